@@ -1,0 +1,154 @@
+"""Find, read, validate and convert hardware profiles.
+
+A profile is named (``ascend-910b2`` → ``hwprofiles/devices/ascend-910b2.toml``) or
+given by path. A calibration overlay (``kind = "calibration"``) names its base
+device and replaces some of its fields; it can be passed wherever a device name is
+accepted, or applied with ``calibration=PATH``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import replace
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from hwprofiles.errors import ProfileError
+from hwprofiles.schema import DeviceFile, SystemFile
+from hwprofiles.spec import Device, System
+
+ROOT = Path(__file__).resolve().parent
+DEVICE_DIR = ROOT / "devices"
+SYSTEM_DIR = ROOT / "systems"
+CALIBRATED_DIR = ROOT / "calibrated"
+# Keys of an overlay that describe the calibration rather than replace profile fields.
+_OVERLAY_META = {"kind", "device", "provenance", "fit", "schema_version"}
+
+
+def list_devices() -> list[str]:
+    return sorted(p.stem for p in DEVICE_DIR.glob("*.toml"))
+
+
+def list_systems() -> list[str]:
+    return sorted(p.stem for p in SYSTEM_DIR.glob("*.toml"))
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError as exc:
+        raise ProfileError(f"{path}: file not found") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ProfileError(f"{path}: not valid TOML: {exc}") from exc
+
+
+def _resolve(name_or_path: str, folder: Path, kind: str, names: list[str]) -> Path:
+    candidate = Path(name_or_path)
+    if candidate.suffix == ".toml" or candidate.exists():
+        if not candidate.exists():
+            raise ProfileError(f"{candidate}: {kind} profile file not found")
+        return candidate
+    path = folder / f"{name_or_path}.toml"
+    if path.exists():
+        return path
+    close = difflib.get_close_matches(name_or_path, names, n=5, cutoff=0.4)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    raise ProfileError(
+        f"unknown {kind} '{name_or_path}'.{hint} "
+        f"Run 'xpusim hw list' for all {kind}s, or pass a path to a .toml profile."
+    )
+
+
+def _explain(path: Path, exc: ValidationError) -> ProfileError:
+    lines = [f"{path}: invalid profile"]
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        got = err.get("input")
+        got_text = "" if isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"  field '{where}': {err['msg']}{got_text}")
+    lines.append("  See docs/profiles.md for every field, its unit and an example.")
+    return ProfileError("\n".join(lines))
+
+
+def _deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_device(name_or_path: str, calibration: str | Path | None = None) -> Device:
+    """Load a device profile (by name or path), optionally with a calibration overlay."""
+    path = _resolve(name_or_path, DEVICE_DIR, "device", list_devices())
+    raw = read_toml(path)
+    if raw.get("kind") == "calibration":
+        if calibration is not None:
+            raise ProfileError(f"{path}: is a calibration overlay; pass the base device with it")
+        return load_device(str(raw.get("device", "")), calibration=path)
+    if calibration is not None:
+        cal_path = Path(calibration)
+        overlay = read_toml(cal_path)
+        if overlay.get("kind") != "calibration":
+            raise ProfileError(f"{cal_path}: field 'kind' must be \"calibration\" in an overlay")
+        base_name = raw.get("name")
+        if overlay.get("device") not in (base_name, name_or_path):
+            raise ProfileError(
+                f"{cal_path}: field 'device' is '{overlay.get('device')}' but the base device is "
+                f"'{base_name}'; calibrate that device or pass the matching base"
+            )
+        raw = _deep_merge(raw, {k: v for k, v in overlay.items() if k not in _OVERLAY_META})
+        path = cal_path
+    try:
+        return DeviceFile.model_validate(raw).to_spec(path=str(path))
+    except ValidationError as exc:
+        raise _explain(path, exc) from None
+
+
+def load_system(
+    name_or_path: str,
+    nodes: int | None = None,
+    device: str | None = None,
+    calibration: str | Path | None = None,
+) -> System:
+    """Load a system profile; ``nodes`` sets the cluster size (N of these servers)."""
+    path = _resolve(name_or_path, SYSTEM_DIR, "system", list_systems())
+    raw = read_toml(path)
+    try:
+        spec = SystemFile.model_validate(raw)
+    except ValidationError as exc:
+        raise _explain(path, exc) from None
+    dev_name = device or spec.device
+    dev_path = Path(dev_name)
+    if not dev_path.is_absolute() and (path.parent / dev_name).suffix == ".toml":
+        dev_name = str(path.parent / dev_name)
+    dev = load_device(dev_name, calibration=calibration)
+    system = spec.to_spec(dev, path=str(path))
+    if nodes is not None:
+        if nodes < 1:
+            raise ProfileError(f"--nodes must be >= 1, got {nodes}")
+        system = replace(system, nodes=nodes)
+    return system
+
+
+def load_raw(name_or_path: str) -> tuple[str, dict[str, Any], Path]:
+    """Return (kind, raw TOML, path) for a device or system name/path; used by `hw show`."""
+    candidate = Path(name_or_path)
+    if candidate.suffix == ".toml" or candidate.exists():
+        raw = read_toml(_resolve(name_or_path, DEVICE_DIR, "device", []))
+        return str(raw.get("kind", "device")), raw, candidate
+    if (DEVICE_DIR / f"{name_or_path}.toml").exists():
+        path = DEVICE_DIR / f"{name_or_path}.toml"
+        return "device", read_toml(path), path
+    if (SYSTEM_DIR / f"{name_or_path}.toml").exists():
+        path = SYSTEM_DIR / f"{name_or_path}.toml"
+        return "system", read_toml(path), path
+    close = difflib.get_close_matches(name_or_path, list_devices() + list_systems(), n=5, cutoff=0.4)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    raise ProfileError(f"unknown device or system '{name_or_path}'.{hint} Run 'xpusim hw list'.")

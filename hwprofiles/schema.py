@@ -1,0 +1,255 @@
+"""The TOML file format of hardware profiles, validated with pydantic.
+
+Keys carry their unit (``_tflops`` = 1e12 FLOP/s, ``_gbps`` = GB/s = 1e9 B/s,
+``_gbit`` = Gb/s line rate, ``_gib``/``_mib``/``_kib`` binary capacities, ``_us``
+microseconds, ``_ghz``). ``to_spec`` converts to the SI dataclasses of
+``hwprofiles.spec``. Every section has a ``source`` string: a URL or document,
+or "estimate: <reasoning>".
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from hwprofiles.spec import (
+    CollectiveEfficiency,
+    Device,
+    Efficiency,
+    Link,
+    MemoryLevel,
+    System,
+)
+
+TERA = 1e12
+GIGA = 1e9
+KIB, MIB, GIB = 1024, 1024**2, 1024**3
+US = 1e-6
+DTYPES = ("fp64", "fp32", "tf32", "bf16", "fp16", "fp8", "int8", "int4")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PeakTable(_Strict):
+    peak_tflops: dict[str, float]
+    marketing_tflops: dict[str, float] = Field(default_factory=dict)
+    tile: tuple[int, int, int] = (16, 16, 16)
+    source: str
+
+    @field_validator("peak_tflops", "marketing_tflops")
+    @classmethod
+    def _known_positive(cls, table: dict[str, float]) -> dict[str, float]:
+        for dtype, value in table.items():
+            if dtype not in DTYPES:
+                raise ValueError(f"unknown dtype '{dtype}' (expected one of {', '.join(DTYPES)})")
+            if value <= 0:
+                raise ValueError(f"peak for {dtype} must be > 0 TFLOP/s, got {value}")
+        return table
+
+
+class Cores(_Strict):
+    count: int = Field(gt=0, description="SMs / AI cores / CPU cores")
+    matrix: int = Field(gt=0, description="cores with a matrix unit (Ascend AIC)")
+    vector: int = Field(gt=0, description="cores with a vector unit (Ascend AIV)")
+    clock_ghz: float = Field(gt=0)
+    source: str
+
+
+class MainMemory(_Strict):
+    type: str
+    capacity_gib: float = Field(gt=0)
+    bandwidth_gbps: float = Field(gt=0)
+    source: str
+
+
+class Level(_Strict):
+    name: str
+    scope: Literal["device", "per_core"] = "device"
+    capacity_kib: float | None = Field(default=None, gt=0)
+    capacity_mib: float | None = Field(default=None, gt=0)
+    bandwidth_gbps: float | None = Field(default=None, gt=0)
+    source: str
+
+    @model_validator(mode="after")
+    def _one_capacity(self) -> Level:
+        given = [c for c in (self.capacity_kib, self.capacity_mib) if c is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of capacity_kib or capacity_mib")
+        return self
+
+    def capacity_bytes(self) -> float:
+        if self.capacity_kib is not None:
+            return self.capacity_kib * KIB
+        return float(self.capacity_mib) * MIB
+
+
+class EfficiencyFile(_Strict):
+    matrix_max: float = Field(gt=0, le=1)
+    matrix_half_gflop: float = Field(ge=0)
+    vector_max: float = Field(gt=0, le=1)
+    vector_half_mflop: float = Field(ge=0)
+    memory_max: float = Field(gt=0, le=1)
+    memory_half_mib: float = Field(ge=0)
+    launch_overhead_us: float = Field(ge=0)
+    core_block_m: int = Field(default=128, gt=0)
+    core_block_n: int = Field(default=128, gt=0)
+    source: str
+
+    def to_spec(self) -> Efficiency:
+        return Efficiency(
+            matrix_max=self.matrix_max,
+            matrix_half_flops=self.matrix_half_gflop * GIGA,
+            vector_max=self.vector_max,
+            vector_half_flops=self.vector_half_mflop * 1e6,
+            memory_max=self.memory_max,
+            memory_half_bytes=self.memory_half_mib * MIB,
+            launch_overhead_s=self.launch_overhead_us * US,
+            core_block_m=self.core_block_m,
+            core_block_n=self.core_block_n,
+        )
+
+
+class DeviceFile(_Strict):
+    schema_version: Literal[1] = 1
+    kind: Literal["device"] = "device"
+    name: str
+    vendor: str
+    arch: Literal["davinci", "nvidia", "cpu"]
+    description: str
+    tdp_w: float | None = None
+    matrix: PeakTable
+    vector: PeakTable
+    cores: Cores
+    hbm: MainMemory
+    levels: list[Level] = Field(default_factory=list)
+    efficiency: EfficiencyFile
+
+    def to_spec(self, path: str = "") -> Device:
+        main = MemoryLevel(
+            name="hbm",
+            capacity_bytes=self.hbm.capacity_gib * GIB,
+            bandwidth=self.hbm.bandwidth_gbps * GIGA,
+        )
+        levels = tuple(
+            MemoryLevel(
+                name=lv.name,
+                capacity_bytes=lv.capacity_bytes(),
+                bandwidth=None if lv.bandwidth_gbps is None else lv.bandwidth_gbps * GIGA,
+                scope=lv.scope,
+            )
+            for lv in self.levels
+        )
+        return Device(
+            name=self.name,
+            vendor=self.vendor,
+            arch=self.arch,
+            description=self.description,
+            matrix_peak={k: v * TERA for k, v in self.matrix.peak_tflops.items()},
+            vector_peak={k: v * TERA for k, v in self.vector.peak_tflops.items()},
+            marketing_peak={k: v * TERA for k, v in self.matrix.marketing_tflops.items()},
+            cores=self.cores.count,
+            matrix_cores=self.cores.matrix,
+            vector_cores=self.cores.vector,
+            clock_hz=self.cores.clock_ghz * GIGA,
+            hbm_capacity=main.capacity_bytes,
+            hbm_bandwidth=float(main.bandwidth),
+            memory=(main, *levels),
+            matrix_tile=self.matrix.tile,
+            efficiency=self.efficiency.to_spec(),
+            tdp_watts=self.tdp_w,
+            sources={
+                "matrix": self.matrix.source,
+                "vector": self.vector.source,
+                "cores": self.cores.source,
+                "hbm": self.hbm.source,
+                "efficiency": self.efficiency.source,
+                **{f"level.{lv.name}": lv.source for lv in self.levels},
+            },
+            path=path,
+        )
+
+
+class IntraNode(_Strict):
+    topology: Literal["full_mesh", "switch", "pcie"]
+    link_bandwidth_gbps: float = Field(gt=0, description="one direction, per link (full mesh) or per device port")
+    vendor_figure: str = Field(description="what the vendor quotes and whether it is one-way or both ways")
+    links_per_device: int = Field(gt=0)
+    latency_us: float = Field(ge=0)
+    source: str
+
+
+class Package(_Strict):
+    dies: int = Field(gt=0)
+    die_to_die_bandwidth_gbps: float = Field(gt=0, description="one direction")
+    latency_us: float = Field(ge=0)
+    source: str
+
+
+class Nic(_Strict):
+    count: int = Field(gt=0, description="NICs per node")
+    bandwidth_gbit: float = Field(gt=0, description="line rate per NIC per direction, Gb/s")
+    latency_us: float = Field(ge=0)
+    source: str
+
+
+class InterNode(_Strict):
+    topology: Literal["rail_optimized", "fat_tree", "supernode"]
+    oversubscription: float = Field(default=1.0, ge=1.0)
+    source: str
+
+
+class CollectiveEfficiencyFile(_Strict):
+    intra_node: float = Field(gt=0, le=1)
+    inter_node: float = Field(gt=0, le=1)
+    step_overhead_us: float = Field(ge=0)
+    source: str
+
+
+class SystemFile(_Strict):
+    schema_version: Literal[1] = 1
+    kind: Literal["system"] = "system"
+    name: str
+    description: str
+    device: str = Field(description="device profile name or path")
+    devices_per_node: int = Field(gt=0)
+    nodes: int = Field(default=1, gt=0)
+    intra_node: IntraNode
+    package: Package | None = None
+    nic: Nic
+    inter_node: InterNode
+    collective_efficiency: CollectiveEfficiencyFile
+
+    def to_spec(self, device: Device, path: str = "") -> System:
+        pkg = self.package
+        return System(
+            name=self.name,
+            description=self.description,
+            device=device,
+            devices_per_node=self.devices_per_node,
+            intra_topology=self.intra_node.topology,
+            intra_link=Link(self.intra_node.link_bandwidth_gbps * GIGA, self.intra_node.latency_us * US),
+            links_per_device=self.intra_node.links_per_device,
+            nics_per_node=self.nic.count,
+            nic=Link(self.nic.bandwidth_gbit * GIGA / 8, self.nic.latency_us * US),
+            inter_topology=self.inter_node.topology,
+            oversubscription=self.inter_node.oversubscription,
+            nodes=self.nodes,
+            dies_per_package=pkg.dies if pkg else 1,
+            die_to_die=Link(pkg.die_to_die_bandwidth_gbps * GIGA, pkg.latency_us * US) if pkg else None,
+            collective_efficiency=CollectiveEfficiency(
+                intra_node=self.collective_efficiency.intra_node,
+                inter_node=self.collective_efficiency.inter_node,
+                step_overhead_s=self.collective_efficiency.step_overhead_us * US,
+            ),
+            sources={
+                "intra_node": self.intra_node.source,
+                "nic": self.nic.source,
+                "inter_node": self.inter_node.source,
+                "collective_efficiency": self.collective_efficiency.source,
+                **({"package": pkg.source} if pkg else {}),
+            },
+            path=path,
+        )

@@ -1,0 +1,166 @@
+"""Hardware in SI units: the plain data every model in ``sim/`` reads.
+
+These are the loaded, validated, unit-converted forms of the TOML profiles
+(``hwprofiles/schema.py`` holds the file format). Everything is frozen so a
+what-if study changes a field with ``dataclasses.replace`` and never mutates
+a shared profile.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class MemoryLevel:
+    """One level of the memory hierarchy.
+
+    ``scope`` is ``device`` (HBM, L2: one per device) or ``per_core`` (L1, L0A/B/C,
+    UB, shared memory: one per AI core / SM). ``bandwidth`` is bytes/s for the whole
+    device (summed over cores for per-core levels); None where unpublished.
+    """
+
+    name: str
+    capacity_bytes: float
+    bandwidth: float | None
+    scope: str = "device"
+
+
+@dataclass(frozen=True)
+class Efficiency:
+    """Parameters of the analytic cost model (``sim/cost/roofline.py``).
+
+    Achieved fraction of peak grows with the work of one op and saturates:
+    ``eff(w) = max * w / (w + half)`` — ``half`` is the work at which the unit
+    reaches half its maximum efficiency. Calibration replaces these.
+    """
+
+    matrix_max: float = 0.85
+    matrix_half_flops: float = 2.0e9
+    vector_max: float = 0.7
+    vector_half_flops: float = 1.0e7
+    memory_max: float = 0.85
+    memory_half_bytes: float = 1.0e6
+    launch_overhead_s: float = 5.0e-6
+    # Output block one core computes per wave for a GEMM (GPU CTA / Ascend cube
+    # L0C block); drives wave quantisation.
+    core_block_m: int = 128
+    core_block_n: int = 128
+
+
+@dataclass(frozen=True)
+class Device:
+    """One accelerator (or a host CPU) in SI units.
+
+    ``matrix_peak`` holds the matrix-unit (tensor core / Cube) dense peak per dtype
+    in FLOP/s — for Ascend the Cube-only figure; ``marketing_peak`` keeps the
+    vendor's headline figure (Ascend's adds the Vector units).
+    """
+
+    name: str
+    vendor: str
+    arch: str  # "davinci" | "nvidia" | "cpu"
+    description: str
+    matrix_peak: dict[str, float]
+    vector_peak: dict[str, float]
+    marketing_peak: dict[str, float]
+    cores: int  # SMs / AI cores / CPU cores
+    matrix_cores: int  # Ascend AIC count; SMs on NVIDIA
+    vector_cores: int  # Ascend AIV count; SMs on NVIDIA
+    clock_hz: float
+    hbm_capacity: float  # bytes of main device memory (HBM, GDDR or host DRAM)
+    hbm_bandwidth: float  # bytes/s of main device memory
+    memory: tuple[MemoryLevel, ...]
+    matrix_tile: tuple[int, int, int]  # (m, n, k) of one matrix-unit instruction
+    efficiency: Efficiency
+    tdp_watts: float | None = None
+    sources: dict[str, str] = field(default_factory=dict)
+    path: str = ""
+
+    def level(self, name: str) -> MemoryLevel | None:
+        for lvl in self.memory:
+            if lvl.name == name:
+                return lvl
+        return None
+
+    def peak_for(self, unit: str, dtype: str) -> float:
+        """Peak FLOP/s of ``unit`` ("matrix" or "vector") for ``dtype``.
+
+        Falls back to the closest published dtype (bf16<->fp16, fp32 from fp16/2)
+        so every dtype has a defined peak; the fallback is documented in docs/cost_model.md.
+        """
+        table = self.matrix_peak if unit == "matrix" else self.vector_peak
+        if dtype in table:
+            return table[dtype]
+        for alt in _DTYPE_FALLBACK.get(dtype, ()):
+            if alt in table:
+                return table[alt]
+        # Any remaining dtype runs at the slowest published rate of the unit.
+        return min(table.values())
+
+
+_DTYPE_FALLBACK = {
+    "bf16": ("fp16",),
+    "fp16": ("bf16",),
+    "fp8": ("int8", "bf16", "fp16"),
+    "int8": ("fp8", "bf16", "fp16"),
+    "tf32": ("fp32",),
+    "fp32": ("tf32",),
+}
+
+
+@dataclass(frozen=True)
+class Link:
+    """A class of point-to-point link: bandwidth per direction (bytes/s) and latency (s)."""
+
+    bandwidth: float
+    latency: float
+
+
+@dataclass(frozen=True)
+class CollectiveEfficiency:
+    """Fraction of link peak a collective reaches, per link class, and per-step overhead.
+
+    NCCL/HCCL bus bandwidth stays below the link peak (protocol headers,
+    chunking, synchronisation); the defaults come from published bus-bandwidth
+    measurements cited in each system profile.
+    """
+
+    intra_node: float = 0.8
+    inter_node: float = 0.9
+    step_overhead_s: float = 2.0e-6
+
+
+@dataclass(frozen=True)
+class System:
+    """A server (node) of identical devices, and how many of them form the cluster.
+
+    intra_topology: "full_mesh" (HCCS: every device has a direct link to every other),
+    "switch" (NVLink through NVSwitch, UB switch: each device has one aggregate port),
+    "pcie" (through PCIe switches / host). ``intra_link`` is one link in full mesh,
+    the device's aggregate port otherwise.
+    inter_topology: "rail_optimized" (NIC i of every node on leaf/rail i), "fat_tree", or
+    "supernode" (the whole cluster on one switched fabric, CloudMatrix-style).
+    """
+
+    name: str
+    description: str
+    device: Device
+    devices_per_node: int
+    intra_topology: str
+    intra_link: Link
+    links_per_device: int
+    nics_per_node: int
+    nic: Link
+    inter_topology: str
+    oversubscription: float
+    nodes: int = 1
+    dies_per_package: int = 1
+    die_to_die: Link | None = None
+    collective_efficiency: CollectiveEfficiency = CollectiveEfficiency()
+    sources: dict[str, str] = field(default_factory=dict)
+    path: str = ""
+
+    @property
+    def num_devices(self) -> int:
+        return self.nodes * self.devices_per_node

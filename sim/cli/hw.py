@@ -1,0 +1,116 @@
+"""``xpusim hw list|show|diff``: browse and compare hardware profiles."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any
+
+from hwprofiles import list_devices, list_systems, load_device, load_system
+from hwprofiles.loader import load_raw
+from sim.report import emit_json, fmt_bytes, fmt_si, table
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    hw = sub.add_parser("hw", help="list, show and compare hardware profiles")
+    hw_sub = hw.add_subparsers(dest="hw_command", metavar="ACTION", required=True)
+    p = hw_sub.add_parser("list", help="all device and system profiles")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_list)
+    p = hw_sub.add_parser("show", help="one profile, by name or path to a .toml file")
+    p.add_argument("name")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_show)
+    p = hw_sub.add_parser("diff", help="fields that differ between two profiles")
+    p.add_argument("a")
+    p.add_argument("b")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_diff)
+
+
+def _summary(name: str) -> dict[str, Any]:
+    dev = load_device(name)
+    return {
+        "name": dev.name,
+        "vendor": dev.vendor,
+        "matrix_peak_bf16_flops": dev.peak_for("matrix", "bf16"),
+        "hbm_capacity_bytes": dev.hbm_capacity,
+        "hbm_bandwidth": dev.hbm_bandwidth,
+    }
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    devices = list_devices()
+    systems = list_systems()
+    if args.json:
+        emit_json({"devices": devices, "systems": systems})
+        return 0
+    rows = []
+    for name in devices:
+        s = _summary(name)
+        rows.append([name, s["vendor"], fmt_si(s["matrix_peak_bf16_flops"], "FLOP/s"),
+                     fmt_bytes(s["hbm_capacity_bytes"]), fmt_si(s["hbm_bandwidth"], "B/s")])
+    print(table(rows, ["device", "vendor", "matrix bf16", "memory", "mem bandwidth"]))
+    print()
+    rows = []
+    for name in systems:
+        sysm = load_system(name)
+        rows.append([name, f"{sysm.devices_per_node} x {sysm.device.name}", sysm.intra_topology,
+                     f"{sysm.nics_per_node} x {fmt_si(sysm.nic.bandwidth * 8, 'b/s')}"])
+    print(table(rows, ["system", "devices", "intra-node", "NICs"]))
+    return 0
+
+
+def spec_dict(name: str) -> tuple[str, dict[str, Any]]:
+    """The loaded profile in SI units as a nested dict (what the simulator sees)."""
+    kind, _raw, path = load_raw(name)
+    if kind == "system":
+        spec = load_system(str(path))
+    else:
+        spec = load_device(str(path))
+    return kind, dataclasses.asdict(spec)
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    kind, spec = spec_dict(args.name)
+    if args.json:
+        emit_json({"kind": kind, "profile": spec})
+        return 0
+    for key, value in _flatten(spec).items():
+        print(f"{key:45s} {value}")
+    return 0
+
+
+def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+    elif isinstance(obj, list | tuple) and obj and isinstance(obj[0], dict):
+        for item in obj:
+            out.update(_flatten(item, f"{prefix}{item.get('name', '?')}."))
+    else:
+        out[prefix.rstrip(".")] = obj
+    return out
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    kind_a, a = spec_dict(args.a)
+    kind_b, b = spec_dict(args.b)
+    fa, fb = _flatten(a), _flatten(b)
+    skip = ("sources", "path", "name", "description")
+    rows = []
+    for key in sorted(set(fa) | set(fb)):
+        if key.split(".")[0] in skip or ".sources." in key or key.endswith(".path"):
+            continue
+        va, vb = fa.get(key), fb.get(key)
+        if va != vb:
+            ratio = vb / va if isinstance(va, int | float) and isinstance(vb, int | float) and va else None
+            rows.append({"field": key, "a": va, "b": vb, "ratio_b_over_a": ratio})
+    if args.json:
+        emit_json({"a": args.a, "b": args.b, "differences": rows})
+        return 0
+    print(table([[r["field"], r["a"], r["b"],
+                  "-" if r["ratio_b_over_a"] is None else f"{r['ratio_b_over_a']:.3g}x"]
+                 for r in rows], ["field", args.a, args.b, "b/a"]))
+    return 0

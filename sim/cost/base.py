@@ -1,0 +1,57 @@
+"""The one interface for "how long does this op take": ``CostModel.time(op) -> OpCost``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from sim.ir import Op
+
+
+@dataclass(frozen=True)
+class OpCost:
+    """Predicted time of one op and why.
+
+    ``time_s = max(compute_s, memory_s) + overhead_s``: compute and memory traffic
+    overlap (roofline), the launch overhead does not. ``bound`` names the largest term.
+    """
+
+    time_s: float
+    compute_s: float
+    memory_s: float
+    overhead_s: float
+    bound: str  # "compute" | "memory" | "overhead"
+    details: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {
+            "time_s": self.time_s,
+            "compute_s": self.compute_s,
+            "memory_s": self.memory_s,
+            "overhead_s": self.overhead_s,
+            "bound": self.bound,
+            **self.details,
+        }
+
+
+class CostModel(Protocol):
+    name: str
+
+    def time(self, op: Op) -> OpCost: ...
+
+
+class CachedCostModel:
+    """Memoises any cost model on the op's content (names do not matter)."""
+
+    def __init__(self, inner: CostModel) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self._cache: dict[tuple, OpCost] = {}
+
+    def time(self, op: Op) -> OpCost:
+        key = op.cache_key()
+        cost = self._cache.get(key)
+        if cost is None:
+            cost = self.inner.time(op)
+            self._cache[key] = cost
+        return cost

@@ -1,0 +1,77 @@
+"""``ModelSpec``: the architecture of a transformer, independent of hardware and parallelism."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class MoESpec:
+    """Routed + shared experts of an MoE FFN (DeepSeek/Qwen2-MoE/Mixtral/Pangu style)."""
+
+    num_experts: int  # routed experts per MoE layer
+    top_k: int  # routed experts per token
+    expert_ffn: int  # intermediate size of one routed expert
+    shared_experts: int = 0  # always-active experts
+    shared_ffn: int = 0  # intermediate size of ONE shared expert
+    first_dense_layers: int = 0  # leading layers with a dense FFN instead of MoE
+    layer_freq: int = 1  # every layer_freq-th layer (after the dense ones) is MoE
+    dense_ffn: int = 0  # intermediate size of the dense FFN layers (0: use ModelSpec.ffn)
+    scoring: str = "softmax"  # "softmax" | "sigmoid"
+    norm_topk_prob: bool = True
+    n_group: int = 1  # group-limited routing (DeepSeek-V3): groups of experts
+    topk_group: int = 1  # groups a token may route to
+    shared_gate: bool = False  # Qwen2-MoE's sigmoid gate on the shared expert output
+
+
+@dataclass(frozen=True)
+class MLASpec:
+    """Multi-head latent attention (DeepSeek-V2/V3, Pangu Ultra MoE)."""
+
+    q_lora_rank: int | None  # None: queries projected directly from hidden
+    kv_lora_rank: int
+    qk_nope_head_dim: int
+    qk_rope_head_dim: int
+    v_head_dim: int
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A decoder-only transformer.
+
+    ``ffn`` is the dense FFN intermediate size; ``gated_ffn`` is True for SwiGLU
+    (three matrices), False for GELU/ReLU MLPs (two matrices, OPT). With ``mla`` set,
+    ``heads`` is the number of attention heads and ``head_dim`` is unused for
+    projections (the MLA dims are). ``mtp_layers`` counts DeepSeek-style multi-token
+    prediction modules (each one extra transformer layer plus a projection).
+    """
+
+    name: str
+    family: str
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    ffn: int
+    vocab: int
+    max_seq: int = 4096
+    gated_ffn: bool = True
+    norm: str = "rmsnorm"
+    tie_embeddings: bool = False
+    qkv_bias: bool = False
+    linear_bias: bool = False  # OPT: biases on every linear layer
+    learned_positions: bool = False  # OPT: learned position embeddings
+    moe: MoESpec | None = None
+    mla: MLASpec | None = None
+    mtp_layers: int = 0
+
+    def is_moe_layer(self, index: int) -> bool:
+        """Whether layer ``index`` (0-based) has an MoE FFN."""
+        if self.moe is None or index < self.moe.first_dense_layers:
+            return False
+        return (index - self.moe.first_dense_layers) % self.moe.layer_freq == 0
+
+    @property
+    def num_moe_layers(self) -> int:
+        return sum(1 for i in range(self.layers) if self.is_moe_layer(i))

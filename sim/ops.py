@@ -1,0 +1,168 @@
+"""Builders of common ops: the one place that counts FLOPs and bytes for a GEMM,
+an elementwise op, a softmax, a norm, a convolution and fused attention.
+
+Every workload builder (kernels' ``describe()``, training and inference lowerings)
+calls these, so FLOP and byte accounting is written once.
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+
+from sim.errors import InputError
+from sim.ir import MAIN_MEMORY, Op, OpKind, Unit, dtype_bytes
+
+
+def _check_positive(name: str, **sizes: float) -> None:
+    for key, value in sizes.items():
+        if value < 0:
+            raise InputError(f"{name}: {key} must be >= 0, got {value}")
+
+
+def _mem(nbytes: float) -> MappingProxyType:
+    return MappingProxyType({MAIN_MEMORY: float(nbytes)})
+
+
+def gemm(
+    name: str,
+    m: float,
+    n: float,
+    k: float,
+    dtype: str = "bf16",
+    batch: float = 1,
+    out_dtype: str | None = None,
+    read_a: bool = True,
+    read_b: bool = True,
+) -> Op:
+    """C[batch, m, n] = A[batch, m, k] @ B[batch, k, n]: 2*m*n*k*batch FLOPs.
+
+    Bytes assume each operand crosses main memory once (the tiling keeps reuse on
+    chip); ``read_b=False`` models weights already resident (rarely true).
+    """
+    _check_positive(name, m=m, n=n, k=k, batch=batch)
+    b = dtype_bytes(dtype)
+    ob = dtype_bytes(out_dtype or dtype)
+    nbytes = batch * ((m * k * b if read_a else 0) + (k * n * b if read_b else 0) + m * n * ob)
+    return Op(
+        name,
+        OpKind.GEMM,
+        2.0 * m * n * k * batch,
+        _mem(nbytes),
+        dtype,
+        Unit.MATRIX,
+        MappingProxyType({"m": m, "n": n, "k": k, "batch": batch}),
+    )
+
+
+def elementwise(
+    name: str,
+    numel: float,
+    dtype: str = "bf16",
+    flops_per_element: float = 1.0,
+    inputs: int = 1,
+    outputs: int = 1,
+    kind: OpKind = OpKind.ELEMENTWISE,
+) -> Op:
+    """A pointwise op over ``numel`` elements reading ``inputs`` and writing ``outputs`` tensors."""
+    _check_positive(name, numel=numel)
+    b = dtype_bytes(dtype)
+    return Op(
+        name,
+        kind,
+        numel * flops_per_element,
+        _mem(numel * b * (inputs + outputs)),
+        dtype,
+        Unit.VECTOR,
+        MappingProxyType({"numel": numel}),
+    )
+
+
+def softmax(name: str, rows: float, cols: float, dtype: str = "bf16") -> Op:
+    """Row softmax: max, subtract, exp, sum, divide ~ 5 FLOPs per element; one read, one write."""
+    return elementwise(name, rows * cols, dtype, 5.0, 1, 1, OpKind.SOFTMAX)
+
+
+def norm(name: str, tokens: float, hidden: float, dtype: str = "bf16") -> Op:
+    """RMSNorm / LayerNorm: ~5 FLOPs per element (square, sum, scale, weight, bias)."""
+    return elementwise(name, tokens * hidden, dtype, 5.0, 1, 1, OpKind.NORM)
+
+
+def memcpy(name: str, nbytes: float) -> Op:
+    _check_positive(name, nbytes=nbytes)
+    return Op(name, OpKind.MEMCPY, 0.0, _mem(2.0 * nbytes), "bf16", Unit.DMA,
+              MappingProxyType({"bytes": nbytes}))
+
+
+def conv2d(
+    name: str,
+    batch: int,
+    in_ch: int,
+    out_ch: int,
+    height: int,
+    width: int,
+    kernel: int,
+    stride: int = 1,
+    padding: int | None = None,
+    dtype: str = "fp32",
+    groups: int = 1,
+) -> Op:
+    """2-D convolution as an implicit GEMM: m = batch*H_out*W_out, n = out_ch, k = in_ch/groups*k*k."""
+    _check_positive(name, batch=batch, in_ch=in_ch, out_ch=out_ch, height=height, width=width)
+    pad = kernel // 2 if padding is None else padding
+    h_out = (height + 2 * pad - kernel) // stride + 1
+    w_out = (width + 2 * pad - kernel) // stride + 1
+    m = batch * h_out * w_out
+    n = out_ch
+    k = in_ch // groups * kernel * kernel
+    b = dtype_bytes(dtype)
+    nbytes = (batch * in_ch * height * width + out_ch * k + m * n) * b
+    return Op(
+        name,
+        OpKind.CONV2D,
+        2.0 * m * n * k,
+        _mem(nbytes),
+        dtype,
+        Unit.MATRIX,
+        MappingProxyType({"m": m, "n": n, "k": k, "batch": 1, "h_out": h_out, "w_out": w_out}),
+    )
+
+
+def fused_attention(
+    name: str,
+    batch: float,
+    heads: float,
+    q_len: float,
+    kv_len: float,
+    head_dim: float,
+    dtype: str = "bf16",
+    causal: bool = False,
+    kv_heads: float | None = None,
+    v_head_dim: float | None = None,
+) -> Op:
+    """A FlashAttention-style fused kernel: QK^T and PV on the matrix unit, no S x S in memory.
+
+    Causal prefill computes about half of the score matrix (q_len == kv_len). Bytes:
+    Q, K, V read once and O written once (K/V shared by ``heads/kv_heads`` query heads).
+    """
+    _check_positive(name, batch=batch, heads=heads, q_len=q_len, kv_len=kv_len)
+    kvh = kv_heads or heads
+    vd = v_head_dim or head_dim
+    pairs = q_len * kv_len
+    if causal and q_len > 1:
+        # Query i attends to kv positions up to (kv_len - q_len + i): sum over i.
+        pairs = q_len * (kv_len - q_len) + q_len * (q_len + 1) / 2
+    flops = 2.0 * batch * heads * pairs * (head_dim + vd)
+    b = dtype_bytes(dtype)
+    nbytes = b * batch * (heads * q_len * (head_dim + vd) + kvh * kv_len * (head_dim + vd))
+    return Op(
+        name,
+        OpKind.ATTENTION,
+        flops,
+        _mem(nbytes),
+        dtype,
+        Unit.MATRIX,
+        MappingProxyType(
+            {"batch": batch, "heads": heads, "q_len": q_len, "kv_len": kv_len,
+             "head_dim": head_dim, "kv_heads": kvh, "causal": float(causal)}
+        ),
+    )

@@ -1,0 +1,38 @@
+"""Parse human sizes on the command line: '1GiB', '512MB', '4k', '1e9'."""
+
+from __future__ import annotations
+
+import re
+
+from sim.errors import InputError
+
+_SUFFIX = {
+    "": 1, "b": 1,
+    "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9, "t": 1e12, "tb": 1e12,
+    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+}
+
+
+def parse_size(text: str, what: str = "size") -> float:
+    match = re.fullmatch(r"\s*([0-9.eE+-]+)\s*([a-zA-Z]*)\s*", str(text))
+    if not match or match.group(2).lower() not in _SUFFIX:
+        raise InputError(f"cannot read {what} '{text}': use a number with an optional unit "
+                         "(B, KB, MB, GB, KiB, MiB, GiB), e.g. 1GiB")
+    try:
+        value = float(match.group(1)) * _SUFFIX[match.group(2).lower()]
+    except ValueError:
+        raise InputError(f"cannot read {what} '{text}'") from None
+    if value < 0:
+        raise InputError(f"{what} must be >= 0, got {text}")
+    return value
+
+
+def parse_int_list(text: str, what: str) -> list[int]:
+    """'1,2,4' -> [1, 2, 4]."""
+    try:
+        values = [int(x) for x in str(text).split(",") if x.strip()]
+    except ValueError:
+        raise InputError(f"{what}: expected comma-separated integers, got '{text}'") from None
+    if not values:
+        raise InputError(f"{what}: empty list")
+    return values

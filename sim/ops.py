@@ -166,3 +166,11 @@ def fused_attention(
              "head_dim": head_dim, "kv_heads": kvh, "causal": float(causal)}
         ),
     )
+
+
+def embedding_lookup(name: str, tokens: float, hidden: float, dtype: str = "bf16") -> Op:
+    """Gather ``tokens`` rows of an embedding table: read and write one row each, no FLOPs."""
+    _check_positive(name, tokens=tokens, hidden=hidden)
+    nbytes = 2.0 * tokens * hidden * dtype_bytes(dtype)
+    return Op(name, OpKind.EMBEDDING, 0.0, _mem(nbytes), dtype, Unit.DMA,
+              MappingProxyType({"tokens": tokens, "hidden": hidden}))

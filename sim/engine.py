@@ -150,9 +150,19 @@ class Engine:
 
     def _stream(self, env, graph, stream, tids, durations, finished, waiters, simulated,
                 rendezvous, records):
+        """Run one stream's tasks in order.
+
+        Consecutive ops whose dependencies are already met and whose completion no
+        other stream waits for are advanced with a single timeout (event coalescing):
+        their start/end times are the same as if each had its own event, but the
+        event loop does one step instead of many.
+        """
         tasks = graph.tasks
         rank = graph.rank
-        for tid in tids:
+        watched = self._watched(graph)
+        i, n = 0, len(tids)
+        while i < n:
+            tid = tids[i]
             task = tasks[tid]
             for dep in task.deps:
                 if finished[dep] is None:
@@ -163,15 +173,56 @@ class Engine:
             work = task.work
             if isinstance(work, Collective):
                 start = yield from self._collective(env, work, simulated, rendezvous)
-            else:
-                start = env.now
-                yield env.timeout(durations[tid])
-            finished[tid] = env.now
-            ev = waiters.pop(tid, None)
+                self._finish(rank, stream, task, start, env.now, finished, waiters, records)
+                i += 1
+                continue
+            t = env.now
+            run_end = i
+            while True:
+                tid = tids[run_end]
+                task = tasks[tid]
+                end = t + durations[tid]
+                records.append(Record(rank, stream, tid, task.work.name, _kind_of(task.work),
+                                      task.label, t, end))
+                t = end
+                run_end += 1
+                if watched[tid] or run_end >= n:
+                    break  # another stream must see this task finish at its real time
+                finished[tid] = end  # only this stream reads it
+                nxt = tasks[tids[run_end]]
+                if isinstance(nxt.work, Collective) or any(
+                    tasks[d].stream != stream and (finished[d] is None or finished[d] > env.now)
+                    for d in nxt.deps
+                ):
+                    break
+            if t > env.now:
+                yield env.timeout(t - env.now)
+            last = tids[run_end - 1]
+            finished[last] = t
+            ev = waiters.pop(last, None)
             if ev is not None:
                 ev.succeed()
-            records.append(Record(rank, stream, tid, work.name, _kind_of(work), task.label,
-                                  start, env.now))
+            i = run_end
+
+    @staticmethod
+    def _watched(graph: RankGraph) -> list[bool]:
+        """Tasks that a task on another stream depends on."""
+        watched = [False] * len(graph.tasks)
+        tasks = graph.tasks
+        for task in tasks:
+            for dep in task.deps:
+                if tasks[dep].stream != task.stream:
+                    watched[dep] = True
+        return watched
+
+    @staticmethod
+    def _finish(rank, stream, task, start, end, finished, waiters, records) -> None:
+        finished[task.id] = end
+        ev = waiters.pop(task.id, None)
+        if ev is not None:
+            ev.succeed()
+        records.append(Record(rank, stream, task.id, task.work.name, _kind_of(task.work),
+                              task.label, start, end))
 
     def _collective(self, env, work: Collective, simulated, rendezvous):
         key = (work.name, work.tag, work.group)

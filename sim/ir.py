@@ -186,7 +186,8 @@ class RankGraph:
         for d in deps:
             if not 0 <= d < tid:
                 raise InputError(f"rank {self.rank}: task {tid} depends on unknown task {d}")
-        self.tasks.append(Task(tid, work, Stream(stream), tuple(deps), label))
+        stream = stream if isinstance(stream, Stream) else Stream(stream)
+        self.tasks.append(Task(tid, work, stream, tuple(deps), label))
         return tid
 
     def ops(self) -> list[Op]:

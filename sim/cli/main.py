@@ -69,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     except NegativeVerdict as exc:
         sys.stderr.write(f"xpusim: {exc}\n")
         return 3
+    except BrokenPipeError:  # output piped into `head` and closed early
+        return 0
     except KeyboardInterrupt:
         sys.stderr.write("xpusim: interrupted\n")
         return 130

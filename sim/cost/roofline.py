@@ -2,17 +2,21 @@
 
 For one op on one device (docs/cost_model.md derives each term):
 
-* compute_s = padded_flops / (peak(unit, dtype) * eff(flops) * wave_eff)
-  - ``eff(w) = max * w / (w + half)`` so that ``flops / (peak * eff) = (w + half) / (peak * max)``:
-    a small op pays a fixed "half" of work — pipeline fill, tail effects — on top of its own.
-  - GEMM-shaped ops (``shape`` has m, n, k) are padded to the matrix tile
-    (16x16x16 Cube fractal, tensor-core MMA tile) and run in waves of per-core output
-    blocks: ``wave_eff = blocks / (waves * cores)``.
-* memory_s = max over levels of bytes / (bandwidth * mem_eff(bytes)), the same curve form.
+* compute_s = (work + half) / (peak(unit, dtype) * max)
+  - ``max`` and ``half`` are the unit's efficiency parameters: an op of w FLOPs
+    reaches ``eff(w) = max * w / (w + half)`` of peak, i.e. it pays a fixed "half"
+    of work (pipeline fill, tail effects) on top of its own.
+  - ``work`` is the FLOPs the hardware really executes. For GEMM-shaped ops (``shape``
+    has m, n, k) the output is cut into per-core blocks (``core_block_m x core_block_n``,
+    operands padded to the matrix tile: 16x16x16 Cube fractal, tensor-core MMA tile)
+    that run in waves over the cores; a wave lasts as long as its largest block, so
+    ``work = waves * cores * 2 * min(bm, m) * min(bn, n) * k`` (padded dims).
+* memory_s = max over levels of (bytes + half_bytes) / (bandwidth * memory_max).
 * overhead_s = the per-op launch overhead.
 
-Efficiencies are <= 1 and padding only adds work, so no op ever beats the physical
-roofline max(flops / peak, bytes / bandwidth).
+``work`` >= the op's FLOPs and ``max`` <= 1, so no op ever beats the physical roofline
+max(flops / peak, bytes / bandwidth); ``work`` never decreases when m, n or k grow, so
+time is monotone in the problem size.
 """
 
 from __future__ import annotations
@@ -34,15 +38,21 @@ def saturating_efficiency(work: float, max_eff: float, half: float) -> float:
 def gemm_quantisation(
     m: float, n: float, k: float, batch: float, device: Device
 ) -> tuple[float, float]:
-    """(padded FLOPs, wave efficiency) of a (batched) GEMM on the device's matrix unit."""
+    """(executed FLOPs, wave efficiency) of a (batched) GEMM on the device's matrix unit.
+
+    Executed FLOPs count padding to the matrix tile and the idle cores of the last wave.
+    """
     tm, tn, tk = device.matrix_tile
     eff = device.efficiency
-    padded = 2.0 * batch * _pad(m, tm) * _pad(n, tn) * _pad(k, tk)
-    blocks = batch * math.ceil(m / eff.core_block_m) * math.ceil(n / eff.core_block_n)
+    pm, pn, pk = _pad(m, tm), _pad(n, tn), _pad(k, tk)
+    if pm == 0 or pn == 0 or pk == 0 or batch <= 0:
+        return 0.0, 1.0
+    blocks = math.ceil(batch) * math.ceil(pm / eff.core_block_m) * math.ceil(pn / eff.core_block_n)
     cores = device.matrix_cores
     waves = math.ceil(blocks / cores)
-    wave_eff = blocks / (waves * cores) if waves else 1.0
-    return padded, wave_eff
+    block_flops = 2.0 * min(eff.core_block_m, pm) * min(eff.core_block_n, pn) * pk
+    executed = waves * cores * block_flops
+    return executed, 2.0 * batch * pm * pn * pk / executed
 
 
 def _pad(x: float, tile: int) -> float:
@@ -70,12 +80,12 @@ class RooflineModel:
             )
             work = max(work, op.flops)
         if op.unit == Unit.MATRIX:
-            size_eff = saturating_efficiency(op.flops, eff.matrix_max, eff.matrix_half_flops)
+            max_eff, half = eff.matrix_max, eff.matrix_half_flops
         else:
-            size_eff = saturating_efficiency(op.flops, eff.vector_max, eff.vector_half_flops)
-        t = work / (peak * size_eff * wave_eff)
-        return t, {"peak_flops": peak, "size_efficiency": size_eff, "wave_efficiency": wave_eff,
-                   "padded_flops": work}
+            max_eff, half = eff.vector_max, eff.vector_half_flops
+        t = (work + half) / (peak * max_eff)
+        return t, {"peak_flops": peak, "executed_flops": work, "wave_efficiency": wave_eff,
+                   "size_efficiency": saturating_efficiency(op.flops, max_eff, half)}
 
     def memory_time(self, op: Op) -> float:
         dev, eff = self.device, self.device.efficiency
@@ -90,8 +100,7 @@ class RooflineModel:
                 if level is None or level.bandwidth is None:
                     continue  # unpublished on-chip bandwidth: the level is assumed not to bind
                 bandwidth = level.bandwidth
-            mem_eff = saturating_efficiency(nbytes, eff.memory_max, eff.memory_half_bytes)
-            worst = max(worst, nbytes / (bandwidth * mem_eff))
+            worst = max(worst, (nbytes + eff.memory_half_bytes) / (bandwidth * eff.memory_max))
         return worst
 
     def time(self, op: Op) -> OpCost:

@@ -1,0 +1,1 @@
+"""The project's performance figures, rerunnable by anyone with ``xpusim bench``."""

@@ -1,5 +1,25 @@
 """Model specifications: dense and MoE transformers read from HF config.json or presets."""
 
+from sim.models.counting import (
+    ParamCounts,
+    flops_per_token,
+    model_flops_per_token,
+    param_counts,
+    weight_bytes,
+)
+from sim.models.hf_config import from_hf_config, list_presets, load_model
 from sim.models.spec import MLASpec, ModelSpec, MoESpec
 
-__all__ = ["MLASpec", "ModelSpec", "MoESpec"]
+__all__ = [
+    "MLASpec",
+    "ModelSpec",
+    "MoESpec",
+    "ParamCounts",
+    "flops_per_token",
+    "from_hf_config",
+    "list_presets",
+    "load_model",
+    "model_flops_per_token",
+    "param_counts",
+    "weight_bytes",
+]

@@ -65,6 +65,13 @@ class ModelSpec:
     moe: MoESpec | None = None
     mla: MLASpec | None = None
     mtp_layers: int = 0
+    # OPT: token embeddings are ``embed_dim`` wide (word_embed_proj_dim) and mapped to
+    # ``hidden`` by project_in/project_out matrices when the two differ; 0 means hidden.
+    embed_dim: int = 0
+    final_norm: bool = True  # False for OPT-350m (post-norm layers, no final norm)
+    # Learned position tables hold max_seq + position_offset rows (OPT keeps 2 extra
+    # rows from fairseq's padding offset; HF OPTLearnedPositionalEmbedding).
+    position_offset: int = 0
 
     def is_moe_layer(self, index: int) -> bool:
         """Whether layer ``index`` (0-based) has an MoE FFN."""

@@ -1,0 +1,422 @@
+"""Read a Hugging Face ``config.json`` (or a built-in preset) into a ``ModelSpec``.
+
+Families and the ``model_type`` values that select them:
+
+- ``llama``, ``mistral``: GQA attention, SwiGLU FFN, RMSNorm.
+- ``qwen2``: as Llama, with biases on the Q/K/V projections.
+- ``qwen2_moe``: Qwen2 attention; every ``decoder_sparse_step``-th layer is MoE with
+  one gated shared expert of ``shared_expert_intermediate_size``.
+- ``mixtral``: Llama attention; every layer is MoE with ``num_local_experts`` experts
+  of ``intermediate_size``.
+- ``deepseek_v2``, ``deepseek_v3``, ``pangu_ultra_moe``: MLA attention; the first
+  ``first_k_dense_replace`` layers dense, then MoE with shared experts; MTP modules.
+  Pangu's openPangu key names (``num_routed_experts``, ``num_shared_experts``,
+  ``num_dense_layers``, ``num_mtp_layers``) are accepted as aliases.
+- ``opt``: MHA with biases, ReLU MLP (two matrices), LayerNorm, learned positions.
+
+The mapping of each key is in docs/models.md. Keys this module does not read
+(dropout, rope scaling, token ids) do not change parameter or FLOP counts.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from sim.errors import InputError
+from sim.models.spec import MLASpec, ModelSpec, MoESpec
+
+PRESET_DIR = Path(__file__).resolve().parent / "presets"
+
+
+class _Config:
+    """A config dict and where it came from, so every error names the file and the key."""
+
+    def __init__(self, data: Mapping[str, Any], source: str) -> None:
+        self.data = data
+        self.source = source
+        self.model_type = str(data.get("model_type", "?"))
+
+    def error(self, key: str, problem: str) -> InputError:
+        return InputError(f"{self.source}: key '{key}' {problem} (model_type '{self.model_type}')")
+
+    def has(self, key: str) -> bool:
+        return self.data.get(key) is not None
+
+    def pick(self, *keys: str) -> str:
+        """The first of ``keys`` present (aliases: HF name first); the first one if none is."""
+        for key in keys:
+            if self.has(key):
+                return key
+        return keys[0]
+
+    def int_(self, key: str, default: int | None = None, minimum: int = 1) -> int:
+        """An integer >= ``minimum``; required when ``default`` is None."""
+        value = self.data.get(key)
+        if value is None:
+            if default is None:
+                raise InputError(
+                    f"{self.source}: missing required key '{key}' for model_type "
+                    f"'{self.model_type}'; add it to the config (see docs/models.md)"
+                )
+            return default
+        if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+            raise self.error(key, f"must be an integer, got {value!r}")
+        if value < minimum:
+            raise self.error(key, f"must be >= {minimum}, got {value!r}")
+        return int(value)
+
+    def bool_(self, key: str, default: bool) -> bool:
+        value = self.data.get(key)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise self.error(key, f"must be true or false, got {value!r}")
+        return value
+
+    def str_(self, key: str, default: str) -> str:
+        value = self.data.get(key)
+        if value is None:
+            return default
+        if not isinstance(value, str):
+            raise self.error(key, f"must be a string, got {value!r}")
+        return value
+
+
+def _attention_heads(cfg: _Config, hidden: int) -> tuple[int, int, int]:
+    """(heads, kv_heads, head_dim) of GQA/MHA attention."""
+    heads = cfg.int_("num_attention_heads")
+    kv_heads = cfg.int_("num_key_value_heads", heads)
+    if heads % kv_heads:
+        raise cfg.error(
+            "num_key_value_heads", f"({kv_heads}) must divide num_attention_heads ({heads})"
+        )
+    if cfg.has("head_dim"):
+        head_dim = cfg.int_("head_dim")
+    else:
+        if hidden % heads:
+            raise cfg.error(
+                "num_attention_heads",
+                f"({heads}) must divide hidden_size ({hidden}), or set head_dim",
+            )
+        head_dim = hidden // heads
+    return heads, kv_heads, head_dim
+
+
+def _llama_like(
+    cfg: _Config,
+    name: str,
+    *,
+    qkv_bias: bool,
+    moe: MoESpec | None = None,
+    ffn_key: str = "intermediate_size",
+) -> ModelSpec:
+    """Llama-style decoder: pre-RMSNorm, rotary positions, SwiGLU FFN."""
+    hidden = cfg.int_("hidden_size")
+    heads, kv_heads, head_dim = _attention_heads(cfg, hidden)
+    return ModelSpec(
+        name=name,
+        family=cfg.model_type,
+        hidden=hidden,
+        layers=cfg.int_("num_hidden_layers"),
+        heads=heads,
+        kv_heads=kv_heads,
+        head_dim=head_dim,
+        ffn=cfg.int_(ffn_key),
+        vocab=cfg.int_("vocab_size"),
+        max_seq=cfg.int_("max_position_embeddings", 4096),
+        gated_ffn=True,
+        norm="rmsnorm",
+        tie_embeddings=cfg.bool_("tie_word_embeddings", False),
+        qkv_bias=qkv_bias,
+        moe=moe,
+    )
+
+
+def _parse_llama(cfg: _Config, name: str) -> ModelSpec:
+    # Llama's attention_bias also adds an o_proj bias (hidden values per layer,
+    # < 0.01 % of a layer's parameters); only the Q/K/V biases are counted.
+    return _llama_like(cfg, name, qkv_bias=cfg.bool_("attention_bias", False))
+
+
+def _parse_qwen2(cfg: _Config, name: str) -> ModelSpec:
+    return _llama_like(cfg, name, qkv_bias=True)  # Qwen2Attention: q/k/v Linear(bias=True)
+
+
+def _check_top_k(cfg: _Config, experts_key: str, num_experts: int, top_k: int) -> None:
+    if top_k > num_experts:
+        raise cfg.error(
+            "num_experts_per_tok", f"({top_k}) must be <= {experts_key} ({num_experts})"
+        )
+
+
+def _parse_qwen2_moe(cfg: _Config, name: str) -> ModelSpec:
+    num_experts = cfg.int_("num_experts")
+    top_k = cfg.int_("num_experts_per_tok")
+    _check_top_k(cfg, "num_experts", num_experts, top_k)
+    if cfg.data.get("mlp_only_layers"):
+        raise cfg.error(
+            "mlp_only_layers",
+            "is not supported (only an empty list); express dense layers with decoder_sparse_step",
+        )
+    # HF Qwen2MoeDecoderLayer: layer i is sparse when (i + 1) % decoder_sparse_step == 0,
+    # i.e. layers step-1, 2*step-1, ...: first_dense_layers = step - 1, layer_freq = step.
+    step = cfg.int_("decoder_sparse_step", 1)
+    shared_ffn = cfg.int_("shared_expert_intermediate_size", 0, minimum=0)
+    moe = MoESpec(
+        num_experts=num_experts,
+        top_k=top_k,
+        expert_ffn=cfg.int_("moe_intermediate_size"),
+        shared_experts=1 if shared_ffn else 0,
+        shared_ffn=shared_ffn,
+        first_dense_layers=step - 1,
+        layer_freq=step,
+        dense_ffn=cfg.int_("intermediate_size"),
+        scoring="softmax",
+        norm_topk_prob=cfg.bool_("norm_topk_prob", False),
+        shared_gate=bool(shared_ffn),  # sigmoid(Linear(hidden, 1)) scales the shared expert
+    )
+    return _llama_like(cfg, name, qkv_bias=True, moe=moe)
+
+
+def _parse_mixtral(cfg: _Config, name: str) -> ModelSpec:
+    num_experts = cfg.int_("num_local_experts")
+    top_k = cfg.int_("num_experts_per_tok")
+    _check_top_k(cfg, "num_local_experts", num_experts, top_k)
+    expert_ffn = cfg.int_("intermediate_size")
+    moe = MoESpec(
+        num_experts=num_experts,
+        top_k=top_k,
+        expert_ffn=expert_ffn,
+        dense_ffn=expert_ffn,
+        scoring="softmax",
+        norm_topk_prob=True,
+    )
+    return _llama_like(cfg, name, qkv_bias=False, moe=moe)
+
+
+def _deepseek_moe(cfg: _Config, layers: int) -> MoESpec | None:
+    experts_key = cfg.pick("n_routed_experts", "num_routed_experts")
+    if not cfg.has(experts_key):
+        return None  # no routed experts: every layer dense
+    num_experts = cfg.int_(experts_key)
+    top_k = cfg.int_("num_experts_per_tok")
+    _check_top_k(cfg, experts_key, num_experts, top_k)
+    first_key = cfg.pick("first_k_dense_replace", "num_dense_layers")
+    first_dense = cfg.int_(first_key, 0, minimum=0)
+    if first_dense > layers:
+        raise cfg.error(first_key, f"({first_dense}) must be <= num_hidden_layers ({layers})")
+    freq = cfg.int_("moe_layer_freq", 1)
+    # HF DeepseekV2/V3: layer i is MoE when i >= first_k_dense_replace and
+    # i % moe_layer_freq == 0. Start the MoE run at the first such layer so that
+    # ModelSpec's (i - first_dense_layers) % layer_freq rule selects the same layers.
+    first_moe = -(-first_dense // freq) * freq
+    n_group = cfg.int_("n_group", 1)
+    topk_group = cfg.int_("topk_group", 1)
+    if topk_group > n_group:
+        raise cfg.error("topk_group", f"({topk_group}) must be <= n_group ({n_group})")
+    scoring = cfg.str_("scoring_func", "softmax")
+    if scoring not in ("softmax", "sigmoid"):
+        raise cfg.error("scoring_func", f"must be 'softmax' or 'sigmoid', got {scoring!r}")
+    expert_ffn = cfg.int_("moe_intermediate_size")
+    return MoESpec(
+        num_experts=num_experts,
+        top_k=top_k,
+        expert_ffn=expert_ffn,
+        # DeepSeek's shared experts are n_shared_experts MLPs of moe_intermediate_size
+        # (HF builds them as one MLP n_shared times as wide: the same parameters).
+        shared_experts=cfg.int_(cfg.pick("n_shared_experts", "num_shared_experts"), 0, minimum=0),
+        shared_ffn=expert_ffn,
+        first_dense_layers=min(first_moe, layers),
+        layer_freq=freq,
+        dense_ffn=cfg.int_("intermediate_size"),
+        scoring=scoring,
+        norm_topk_prob=cfg.bool_("norm_topk_prob", False),
+        n_group=n_group,
+        topk_group=topk_group,
+    )
+
+
+def _parse_deepseek(cfg: _Config, name: str) -> ModelSpec:
+    hidden = cfg.int_("hidden_size")
+    layers = cfg.int_("num_hidden_layers")
+    heads = cfg.int_("num_attention_heads")
+    q_lora = cfg.data.get("q_lora_rank")  # null in DeepSeek-V2-Lite: q projected directly
+    mla = MLASpec(
+        q_lora_rank=cfg.int_("q_lora_rank") if q_lora is not None else None,
+        kv_lora_rank=cfg.int_("kv_lora_rank"),
+        qk_nope_head_dim=cfg.int_("qk_nope_head_dim"),
+        qk_rope_head_dim=cfg.int_("qk_rope_head_dim", minimum=0),
+        v_head_dim=cfg.int_("v_head_dim"),
+    )
+    return ModelSpec(
+        name=name,
+        family=cfg.model_type,
+        hidden=hidden,
+        layers=layers,
+        heads=heads,
+        kv_heads=cfg.int_("num_key_value_heads", heads),
+        # With MLA, head_dim is the query/key width of one head (nope + rope): the
+        # inner dimension of Q·K^T. V heads are mla.v_head_dim wide.
+        head_dim=mla.qk_nope_head_dim + mla.qk_rope_head_dim,
+        ffn=cfg.int_("intermediate_size"),
+        vocab=cfg.int_("vocab_size"),
+        max_seq=cfg.int_("max_position_embeddings", 4096),
+        gated_ffn=True,
+        norm="rmsnorm",
+        tie_embeddings=cfg.bool_("tie_word_embeddings", False),
+        qkv_bias=cfg.bool_("attention_bias", False),
+        moe=_deepseek_moe(cfg, layers),
+        mla=mla,
+        mtp_layers=cfg.int_(cfg.pick("num_nextn_predict_layers", "num_mtp_layers"), 0, minimum=0),
+    )
+
+
+def _parse_opt(cfg: _Config, name: str) -> ModelSpec:
+    hidden = cfg.int_("hidden_size")
+    heads = cfg.int_("num_attention_heads")
+    if hidden % heads:
+        raise cfg.error("num_attention_heads", f"({heads}) must divide hidden_size ({hidden})")
+    act = cfg.str_("activation_function", "relu")
+    if act not in ("relu", "gelu", "gelu_new"):
+        raise cfg.error("activation_function", f"must be relu or gelu for OPT, got {act!r}")
+    pre_norm = cfg.bool_("do_layer_norm_before", True)
+    embed_dim = cfg.int_("word_embed_proj_dim", hidden)
+    bias = cfg.bool_("enable_bias", True)
+    return ModelSpec(
+        name=name,
+        family="opt",
+        hidden=hidden,
+        layers=cfg.int_("num_hidden_layers"),
+        heads=heads,
+        kv_heads=heads,
+        head_dim=hidden // heads,
+        ffn=cfg.int_("ffn_dim"),
+        vocab=cfg.int_("vocab_size"),
+        max_seq=cfg.int_("max_position_embeddings", 2048),
+        gated_ffn=False,  # fc1 -> ReLU -> fc2
+        norm="layernorm",
+        # PretrainedConfig's default is True and OPTForCausalLM ties lm_head to embed_tokens.
+        tie_embeddings=cfg.bool_("tie_word_embeddings", True),
+        qkv_bias=bias,
+        linear_bias=bias,
+        learned_positions=True,
+        # HF OPTDecoder: a final LayerNorm only for pre-norm models (OPT-350m is post-norm).
+        final_norm=pre_norm and not cfg.bool_("_remove_final_layer_norm", False),
+        embed_dim=0 if embed_dim == hidden else embed_dim,
+        position_offset=2,
+    )
+
+
+FAMILIES: dict[str, Callable[[_Config, str], ModelSpec]] = {
+    "llama": _parse_llama,
+    "mistral": _parse_llama,
+    "qwen2": _parse_qwen2,
+    "qwen2_moe": _parse_qwen2_moe,
+    "mixtral": _parse_mixtral,
+    "deepseek_v2": _parse_deepseek,
+    "deepseek_v3": _parse_deepseek,
+    "pangu_ultra_moe": _parse_deepseek,
+    "opt": _parse_opt,
+}
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    """The JSON object in ``path`` (a config.json, or a folder holding one)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "config.json"
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise InputError(f"{path}: model config file not found") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read model config: {exc.strerror}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(
+            f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
+        ) from None
+    if not isinstance(data, dict):
+        raise InputError(
+            f"{path}: expected a JSON object of config keys, got {type(data).__name__}"
+        )
+    return data
+
+
+def _default_name(data: Mapping[str, Any], path: Path | None) -> str:
+    given = data.get("_name_or_path")
+    if isinstance(given, str) and given:
+        return given.rstrip("/").split("/")[-1]
+    if path is not None:
+        path = path / "config.json" if path.is_dir() else path
+        return path.parent.name if path.stem == "config" and path.parent.name else path.stem
+    return str(data.get("model_type", "model"))
+
+
+def from_hf_config(
+    path_or_dict: str | Path | Mapping[str, Any], name: str | None = None
+) -> ModelSpec:
+    """A ``ModelSpec`` from a HF ``config.json`` path (or folder) or an already-parsed dict."""
+    if isinstance(path_or_dict, Mapping):
+        data, path = dict(path_or_dict), None
+        source = f"model config '{name or data.get('model_type', '?')}'"
+    else:
+        path = Path(path_or_dict)
+        data = read_config(path)
+        source = str(path / "config.json" if path.is_dir() else path)
+    cfg = _Config(data, source)
+    if "model_type" not in data:
+        raise InputError(
+            f"{source}: missing required key 'model_type' (one of {', '.join(FAMILIES)})"
+        )
+    model_type = data["model_type"]
+    parser = FAMILIES.get(model_type) if isinstance(model_type, str) else None
+    if parser is None:
+        close = difflib.get_close_matches(str(model_type), list(FAMILIES), n=3, cutoff=0.5)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise InputError(
+            f"{source}: key 'model_type' is {model_type!r}, which is not supported."
+            f"{hint} Supported: {', '.join(FAMILIES)}"
+        )
+    return parser(cfg, name or _default_name(data, path))
+
+
+def list_presets() -> list[str]:
+    """Names of the built-in presets (``sim/models/presets/<name>.json``)."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.json"))
+
+
+def resolve_model(name_or_path: str | Path) -> tuple[Path, str | None]:
+    """(config path, preset name or None) for a preset name or a path to a config."""
+    candidate = Path(name_or_path)
+    text = str(name_or_path)
+    if candidate.suffix == ".json" or candidate.exists() or "/" in text or "\\" in text:
+        return candidate, None
+    preset = PRESET_DIR / f"{text}.json"
+    if preset.exists():
+        return preset, text
+    names = list_presets()
+    close = difflib.get_close_matches(text.lower(), names, n=5, cutoff=0.4)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    raise InputError(
+        f"unknown model '{text}'.{hint} Presets: {', '.join(names)}; "
+        "or pass a path to a Hugging Face config.json."
+    )
+
+
+def load_model(name_or_path: str | Path) -> ModelSpec:
+    """A preset by name (e.g. ``deepseek-v3``) or a HF config.json by path."""
+    path, preset = resolve_model(name_or_path)
+    return from_hf_config(path, name=preset)
+
+
+def config_source(name_or_path: str | Path) -> str | None:
+    """The ``_source`` note of a preset or config file (where its values come from)."""
+    path, _ = resolve_model(name_or_path)
+    source = read_config(path).get("_source")
+    return str(source) if source is not None else None

@@ -7,8 +7,30 @@ Public API (stable; studies and the engine use only this):
   ``d // system.devices_per_node``); ``nbytes`` is the per-rank buffer as defined on
   ``sim.ir.Collective``.
 * ``comm_time_fn(system) -> Callable[[Collective], float]`` for the engine.
+* ``cost_network(system, phases, backend)`` prices arbitrary phases of flows (all-to-allv).
+
+Modules: ``topology`` (links from the profile), ``algorithms`` (collectives as phases),
+``analytical`` and ``flow`` (the two backends), ``api`` (choice + dispatch), ``ep``
+(the expert-parallel dispatch/combine study), ``bench``
+(the 4,096-rank figure for ``xpusim bench``).
 """
 
-from sim.network.api import CollectiveResult, comm_time_fn, cost_collective
+from sim.network.api import (
+    CollectiveResult,
+    bus_factor,
+    comm_time_fn,
+    cost_collective,
+    cost_network,
+)
+from sim.network.bench import bench_collective_4096
+from sim.network.phases import Phase
 
-__all__ = ["CollectiveResult", "comm_time_fn", "cost_collective"]
+__all__ = [
+    "CollectiveResult",
+    "Phase",
+    "bench_collective_4096",
+    "bus_factor",
+    "comm_time_fn",
+    "cost_collective",
+    "cost_network",
+]

@@ -1,6 +1,12 @@
-"""Interim collective cost: closed-form ring/pairwise on the slowest link class.
+"""The collective cost API: algorithm choice, backend dispatch, nccl-tests bandwidths.
 
-To be replaced by topology-aware algorithms (issue 3); the signatures stay.
+``cost_collective`` builds the system's ``Topology``, decomposes the collective into
+phases with the chosen algorithm (``sim.network.algorithms``) and prices them with
+the analytical backend (per-link bytes / capacity + latency) or the flow-level
+simulation (max-min fair sharing). ``algorithm="auto"`` prices every applicable
+algorithm analytically and keeps the fastest, which reproduces what NCCL/HCCL tuning
+does: trees for small messages (fewer latency steps), rings for large ones,
+two-level forms when the group spans nodes, direct all-to-all inside a node.
 """
 
 from __future__ import annotations
@@ -10,7 +16,14 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from hwprofiles.spec import System
+from sim.errors import InputError
 from sim.ir import Collective, CollectiveKind
+from sim.network import analytical, flow
+from sim.network.algorithms import build, candidates
+from sim.network.phases import NetworkCost, Phase
+from sim.network.topology import Topology
+
+BACKENDS = ("analytical", "flow")
 
 
 @dataclass(frozen=True)
@@ -19,20 +32,48 @@ class CollectiveResult:
     algorithm: str
     algorithm_bandwidth: float  # bytes/s: nbytes / time
     bus_bandwidth: float  # bytes/s: algbw x the nccl-tests bus factor
-    link_bytes: dict[str, float] = field(default_factory=dict)
-    bottleneck: str = ""
+    link_bytes: dict[str, float] = field(default_factory=dict)  # bytes crossing each class
+    bottleneck: str = ""  # the link that limits the slowest phase, and its load
+    backend: str = "analytical"
+    phases: tuple[dict, ...] = ()  # per phase: name, time_s, transfer_s, latency_s, ...
+
+    def as_dict(self) -> dict:
+        return {
+            "time_s": self.time_s,
+            "algorithm": self.algorithm,
+            "algorithm_bandwidth": self.algorithm_bandwidth,
+            "bus_bandwidth": self.bus_bandwidth,
+            "backend": self.backend,
+            "link_bytes": dict(self.link_bytes),
+            "bottleneck": self.bottleneck,
+            "phases": list(self.phases),
+        }
 
 
 def bus_factor(kind: CollectiveKind, n: int) -> float:
-    """nccl-tests' busbw/algbw factor (PERFORMANCE.md of nccl-tests)."""
+    """nccl-tests' busbw/algbw factor (nccl-tests doc/PERFORMANCE.md)."""
     if n <= 1:
         return 0.0
     if kind == CollectiveKind.ALL_REDUCE:
         return 2 * (n - 1) / n
-    if kind in (CollectiveKind.ALL_GATHER, CollectiveKind.REDUCE_SCATTER,
-                CollectiveKind.ALL_TO_ALL, CollectiveKind.ALL_TO_ALLV):
+    if kind in (
+        CollectiveKind.ALL_GATHER,
+        CollectiveKind.REDUCE_SCATTER,
+        CollectiveKind.ALL_TO_ALL,
+        CollectiveKind.ALL_TO_ALLV,
+    ):
         return (n - 1) / n
     return 1.0
+
+
+def cost_network(system: System, phases: list[Phase], backend: str = "analytical") -> NetworkCost:
+    """Price arbitrary phases of traffic (used by the EP study for all-to-allv)."""
+    topo = Topology(system)
+    if backend == "analytical":
+        return analytical.cost_phases(topo, phases)
+    if backend == "flow":
+        return flow.cost_phases(topo, phases)
+    raise InputError(f"unknown backend '{backend}'; choose one of: {', '.join(BACKENDS)}")
 
 
 def cost_collective(
@@ -43,26 +84,57 @@ def cost_collective(
     algorithm: str = "auto",
     backend: str = "analytical",
 ) -> CollectiveResult:
-    kind = CollectiveKind(kind)
+    try:
+        kind = CollectiveKind(kind)
+    except ValueError:
+        raise InputError(
+            f"unknown collective '{kind}'; choose one of: "
+            f"{', '.join(k.value for k in CollectiveKind)}"
+        ) from None
+    if backend not in BACKENDS:
+        raise InputError(f"unknown backend '{backend}'; choose one of: {', '.join(BACKENDS)}")
+    if nbytes < 0:
+        raise InputError(f"bytes must be >= 0, got {nbytes}")
+    group = tuple(int(g) for g in group)
+    topo = Topology(system)
+    topo.check_group(group)
     n = len(group)
     if n <= 1 or nbytes == 0:
-        return CollectiveResult(0.0, "none", 0.0, 0.0)
-    nodes = {g // system.devices_per_node for g in group}
-    eff = system.collective_efficiency
-    if len(nodes) > 1:
-        per_node = n / len(nodes)
-        bw = system.nic.bandwidth * min(system.nics_per_node, per_node) / per_node
-        bw *= eff.inter_node / system.oversubscription
-        alpha = system.nic.latency + eff.step_overhead_s
+        return CollectiveResult(0.0, "none", 0.0, 0.0, backend=backend)
+    if algorithm == "auto":
+        best = None
+        for name in candidates(kind, topo, group):
+            c = analytical.cost_phases(topo, build(kind, name, topo, group, nbytes))
+            if best is None or c.time_s < best[1].time_s:
+                best = (name, c)
+        assert best is not None
+        algorithm, cost = best
+        if backend == "flow":
+            cost = flow.cost_phases(topo, build(kind, algorithm, topo, group, nbytes))
     else:
-        links = system.links_per_device if system.intra_topology == "full_mesh" else 1
-        bw = system.intra_link.bandwidth * links * eff.intra_node
-        alpha = system.intra_link.latency + eff.step_overhead_s
-    steps = {CollectiveKind.ALL_REDUCE: 2 * (n - 1)}.get(kind, n - 1)
-    factor = bus_factor(kind, n)
-    t = factor * nbytes / bw + steps * alpha
-    algbw = nbytes / t
-    return CollectiveResult(t, "ring", algbw, algbw * factor)
+        phases = build(kind, algorithm, topo, group, nbytes)
+        cost = cost_network(system, phases, backend)
+    algbw = nbytes / cost.time_s if cost.time_s > 0 else 0.0
+    return CollectiveResult(
+        time_s=cost.time_s,
+        algorithm=algorithm,
+        algorithm_bandwidth=algbw,
+        bus_bandwidth=algbw * bus_factor(kind, n),
+        link_bytes=cost.link_bytes,
+        bottleneck=cost.bottleneck,
+        backend=backend,
+        phases=tuple(
+            {
+                "name": p.name,
+                "time_s": p.time_s,
+                "transfer_s": p.transfer_s,
+                "latency_s": p.latency_s,
+                "link_bytes": p.link_bytes,
+                "bottleneck": p.bottleneck,
+            }
+            for p in cost.phases
+        ),
+    )
 
 
 def comm_time_fn(system: System) -> Callable[[Collective], float]:

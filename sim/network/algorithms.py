@@ -1,0 +1,248 @@
+"""Collective algorithms as phases of flows (``sim.network.phases.Phase``).
+
+``nbytes`` follows ``sim.ir.Collective``: the all-reduce buffer, the all-gather
+*output*, the reduce-scatter *input*, the total one rank sends in an all-to-all
+(``nbytes / n`` to each rank, itself included, as in nccl-tests), the send/recv message.
+
+Algorithms (the classic decompositions used by NCCL and HCCL):
+
+* ``ring`` — pipelined ring over the group in device order. All-reduce moves
+  2(n-1)/n x S over every ring edge in 2(n-1) steps; reduce-scatter / all-gather
+  (n-1)/n x S in n-1 steps; broadcast is a pipelined chain (S per edge, n-1 hops).
+* ``tree`` — all-reduce on NCCL's double binary tree: two complementary binary
+  trees, each carrying half the buffer up (reduce) and down (broadcast), pipelined;
+  ~2S per rank, 2 log2(n) latency steps. Broadcast: one binary tree, S per edge,
+  log2(n) steps.
+* ``hierarchical`` — two levels for groups spanning nodes with the same devices on
+  every node: all-reduce = intra-node reduce-scatter (ring) -> inter-node all-reduce
+  of S/k among same-rail peers (ring) -> intra-node all-gather; reduce-scatter and
+  all-gather keep the matching halves; all-to-all = RDMA to the same-rail peer of the
+  destination node (S/N per remote node) then forwarding inside the node over the
+  server fabric (the DeepEP / PXN shape).
+* ``pairwise`` — all-to-all as n-1 exchange steps (step i: rank r sends to r+i).
+* ``direct`` — every rank exchanges with all peers at once, one latency step:
+  all-to-all inside one node (HCCS full mesh or NVSwitch), and on a full mesh also
+  reduce-scatter / all-gather (S/n to each peer over its own link) and all-reduce as
+  the two in sequence — HCCL's mesh algorithm, the only one that uses all of a
+  device's HCCS links at once. The intra-node halves of ``hierarchical`` use it on a
+  full mesh and a ring otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+from sim.errors import InputError
+from sim.ir import CollectiveKind
+from sim.network.phases import Flow, Phase
+from sim.network.topology import Topology
+
+ALGORITHMS = ("ring", "tree", "hierarchical", "pairwise", "direct")
+
+_RING_KINDS = (
+    CollectiveKind.ALL_REDUCE,
+    CollectiveKind.REDUCE_SCATTER,
+    CollectiveKind.ALL_GATHER,
+    CollectiveKind.BROADCAST,
+)
+_A2A_KINDS = (CollectiveKind.ALL_TO_ALL, CollectiveKind.ALL_TO_ALLV)
+
+
+def layout(topo: Topology, group: tuple[int, ...]) -> dict[int, list[int]]:
+    """node -> group members on it, in device order."""
+    nodes: dict[int, list[int]] = defaultdict(list)
+    for d in sorted(group):
+        nodes[topo.node_of(d)].append(d)
+    return dict(nodes)
+
+
+def is_homogeneous(topo: Topology, group: tuple[int, ...]) -> bool:
+    """Every node of the group holds members at the same local indices."""
+    shapes = {tuple(topo.local_of(d) for d in ds) for ds in layout(topo, group).values()}
+    return len(shapes) == 1
+
+
+def candidates(kind: CollectiveKind, topo: Topology, group: tuple[int, ...]) -> list[str]:
+    """Algorithms that apply to ``kind`` on this group (the auto choice picks among them)."""
+    nodes = layout(topo, group)
+    multi = len(nodes) > 1
+    hier = multi and is_homogeneous(topo, group) and len(group) > len(nodes)
+    if kind == CollectiveKind.SEND_RECV:
+        return ["direct"]
+    if kind in _A2A_KINDS:
+        out = ["pairwise"]
+        if not multi:
+            out.append("direct")
+        if hier:
+            out.append("hierarchical")
+        return out
+    out = ["ring"]
+    if kind in (CollectiveKind.ALL_REDUCE, CollectiveKind.BROADCAST):
+        out.append("tree")  # NCCL runs trees for all-reduce (and broadcast) only
+    if not multi and topo.system.intra_topology == "full_mesh" and kind != CollectiveKind.BROADCAST:
+        out.append("direct")
+    if hier and kind != CollectiveKind.BROADCAST:
+        out.append("hierarchical")
+    return out
+
+
+def build(
+    kind: CollectiveKind, algorithm: str, topo: Topology, group: tuple[int, ...], nbytes: float
+) -> list[Phase]:
+    valid = candidates(kind, topo, group)
+    if algorithm not in valid:
+        raise InputError(
+            f"algorithm '{algorithm}' does not apply to {kind} on this group "
+            f"({len(group)} ranks on {len(layout(topo, group))} node(s)); "
+            f"choose one of: {', '.join(valid)} or auto"
+        )
+    members = sorted(group)
+    n = len(members)
+    if kind == CollectiveKind.SEND_RECV:
+        flows = tuple((members[i], members[i + 1], nbytes) for i in range(0, n - 1, 2))
+        return [Phase("send-recv", 1, flows)]
+    if kind in _A2A_KINDS:
+        return _all_to_all(algorithm, topo, members, nbytes)
+    if algorithm == "ring":
+        return _ring_kind(kind, members, nbytes)
+    if algorithm == "tree":
+        return _tree_kind(kind, members, nbytes)
+    if algorithm == "direct":
+        return _direct_kind(kind, members, nbytes)
+    return _hierarchical(kind, topo, members, nbytes)
+
+
+def ring_flows(members: list[int], nbytes: float, closed: bool = True) -> tuple[Flow, ...]:
+    m = len(members)
+    last = m if closed else m - 1
+    return tuple((members[i], members[(i + 1) % m], nbytes) for i in range(last) if m > 1)
+
+
+def _ring_kind(kind: CollectiveKind, members: list[int], s: float) -> list[Phase]:
+    n = len(members)
+    if kind == CollectiveKind.ALL_REDUCE:
+        return [Phase("ring all-reduce", 2 * (n - 1), ring_flows(members, 2 * (n - 1) / n * s))]
+    if kind == CollectiveKind.BROADCAST:
+        return [Phase("chain broadcast", n - 1, ring_flows(members, s, closed=False))]
+    return [Phase(f"ring {kind}", n - 1, ring_flows(members, (n - 1) / n * s))]
+
+
+def _direct_kind(kind: CollectiveKind, members: list[int], s: float) -> list[Phase]:
+    n = len(members)
+    group = (tuple(members),)
+    rs = Phase("direct reduce-scatter", 1, a2a_groups=group, a2a_bytes=s / n)
+    ag = Phase("direct all-gather", 1, a2a_groups=group, a2a_bytes=s / n)
+    if kind == CollectiveKind.ALL_REDUCE:
+        return [rs, ag]
+    return [rs] if kind == CollectiveKind.REDUCE_SCATTER else [ag]
+
+
+def _tree_edges(members: list[int]) -> list[tuple[int, int]]:
+    """(child, parent) edges of the balanced in-order binary tree over ``members``.
+
+    In an in-order tree about half the positions are leaves and they alternate with
+    inner nodes, so shifting the ranks by one (the second tree of NCCL's double binary
+    tree) turns most leaves into inner nodes.
+    """
+    edges: list[tuple[int, int]] = []
+
+    def subtree(lo: int, hi: int, parent: int | None) -> None:
+        if lo >= hi:
+            return
+        mid = (lo + hi) // 2
+        if parent is not None:
+            edges.append((members[mid], parent))
+        subtree(lo, mid, members[mid])
+        subtree(mid + 1, hi, members[mid])
+
+    subtree(0, len(members), None)
+    return edges
+
+
+def _depth(n: int) -> int:
+    return max(1, math.ceil(math.log2(n))) if n > 1 else 0
+
+
+def _tree_kind(kind: CollectiveKind, members: list[int], s: float) -> list[Phase]:
+    n = len(members)
+    if kind == CollectiveKind.BROADCAST:
+        flows = tuple((p, c, s) for c, p in _tree_edges(members))
+        return [Phase("tree broadcast", _depth(n), flows)]
+    # Double binary tree: the second tree is the first shifted by one rank, so the
+    # leaves of one are mostly inner nodes of the other; each carries half the buffer.
+    half = s / 2
+    flows: list[Flow] = []
+    for order in (members, members[1:] + members[:1]):
+        for child, parent in _tree_edges(order):
+            flows.append((child, parent, half))  # reduce up
+            flows.append((parent, child, half))  # broadcast down
+    return [Phase("double-binary-tree all-reduce", 2 * _depth(n), tuple(flows))]
+
+
+def _rails(topo: Topology, members: list[int]) -> tuple[list[list[int]], list[list[int]]]:
+    """(per-node member lists, per-local-index lists across nodes)."""
+    nodes = layout(topo, tuple(members))
+    per_node = list(nodes.values())
+    k = len(per_node[0])
+    rails = [[ds[j] for ds in per_node] for j in range(k)]
+    return per_node, rails
+
+
+def _hierarchical(
+    kind: CollectiveKind, topo: Topology, members: list[int], s: float
+) -> list[Phase]:
+    per_node, rails = _rails(topo, members)
+    k, nn = len(per_node[0]), len(per_node)
+
+    def rings(groups: list[list[int]], nbytes: float) -> tuple[Flow, ...]:
+        return tuple(f for g in groups for f in ring_flows(g, nbytes))
+
+    if topo.system.intra_topology == "full_mesh":  # direct: S/k to each local peer at once
+        groups = tuple(tuple(g) for g in per_node)
+        intra_rs = Phase(
+            "intra-node reduce-scatter (direct)", 1, a2a_groups=groups, a2a_bytes=s / k
+        )
+        intra_ag = Phase("intra-node all-gather (direct)", 1, a2a_groups=groups, a2a_bytes=s / k)
+    else:
+        intra_rs = Phase(
+            "intra-node reduce-scatter (ring)", k - 1, rings(per_node, (k - 1) / k * s)
+        )
+        intra_ag = Phase("intra-node all-gather (ring)", k - 1, rings(per_node, (k - 1) / k * s))
+    if kind == CollectiveKind.ALL_REDUCE:
+        inter = Phase(
+            "inter-node all-reduce", 2 * (nn - 1), rings(rails, 2 * (nn - 1) / nn * s / k)
+        )
+        return [intra_rs, inter, intra_ag]
+    if kind == CollectiveKind.REDUCE_SCATTER:
+        return [
+            intra_rs,
+            Phase("inter-node reduce-scatter", nn - 1, rings(rails, (nn - 1) / nn * s / k)),
+        ]
+    return [Phase("inter-node all-gather", nn - 1, rings(rails, (nn - 1) / nn * s / k)), intra_ag]
+
+
+def _all_to_all(algorithm: str, topo: Topology, members: list[int], s: float) -> list[Phase]:
+    n = len(members)
+    if algorithm == "pairwise":
+        return [Phase("pairwise all-to-all", n - 1, a2a_groups=(tuple(members),), a2a_bytes=s / n)]
+    if algorithm == "direct":
+        return [Phase("direct all-to-all", 1, a2a_groups=(tuple(members),), a2a_bytes=s / n)]
+    per_node, rails = _rails(topo, members)
+    k, nn = len(per_node[0]), len(per_node)
+    return [
+        # To each remote node, the chunks for all k of its devices go to the same-rail peer.
+        Phase(
+            "inter-node to same-rail peer",
+            nn - 1,
+            a2a_groups=tuple(tuple(r) for r in rails),
+            a2a_bytes=s / nn,
+        ),
+        # Each device forwards to every local peer what the N nodes sent for it.
+        Phase(
+            "intra-node forwarding",
+            k - 1,
+            a2a_groups=tuple(tuple(g) for g in per_node),
+            a2a_bytes=s / k,
+        ),
+    ]

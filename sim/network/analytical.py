@@ -1,0 +1,207 @@
+"""Analytical backend: per-link bytes / capacity, plus a latency term per round.
+
+For each phase the time is ``max over links(bytes on link / capacity) + rounds *
+(hop latency + step overhead)``: every link carries its load at full (effective)
+rate, so the busiest link sets the pace. Explicit flows are summed link by link.
+A uniform all-to-all in subgroups is priced by symmetry: devices at the same local
+index inside a node see the same traffic, so one representative per local index
+gives every link's load and a 4,096-rank all-to-all costs O(devices per node x n).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+from sim.errors import InputError
+from sim.network.phases import NetworkCost, Phase, PhaseCost
+from sim.network.topology import (
+    DIE_TO_DIE,
+    INTER,
+    INTRA,
+    LINK_CLASSES,
+    SPINE,
+    Topology,
+)
+from sim.report import fmt_bytes, fmt_si
+
+# A ragged (asymmetric) all-to-all is priced by listing its flows; beyond this many
+# the group should be made symmetric instead.
+MAX_LISTED_FLOWS = 1_000_000
+
+
+def cost_phases(topo: Topology, phases: list[Phase]) -> NetworkCost:
+    costs = [cost_phase(topo, p) for p in phases]
+    return NetworkCost(sum(c.time_s for c in costs), costs)
+
+
+def cost_phase(topo: Topology, phase: Phase) -> PhaseCost:
+    if phase.is_uniform_a2a and _symmetric(topo, phase.a2a_groups):
+        return _uniform_a2a(topo, phase)
+    pairs = sum(len(g) * (len(g) - 1) for g in phase.a2a_groups)
+    if pairs > MAX_LISTED_FLOWS:
+        raise InputError(
+            f"phase '{phase.name}': a ragged all-to-all of {pairs} flows is too large to "
+            "list; use a group with the same devices on every node (a multiple of the "
+            "devices per node) so it can be priced by symmetry"
+        )
+    return _flows(topo, phase, phase.expand())
+
+
+def describe_link(topo: Topology, link: tuple, load: float) -> str:
+    cap = topo.capacity(link)
+    names = {
+        "d2d": "die-to-die link {1}->{2}",
+        "mesh": "HCCS/mesh link {1}->{2}",
+        "up": "switch port (send) of device {1}",
+        "down": "switch port (receive) of device {1}",
+        "nic_tx": "NIC {2} of {1} (send)",
+        "nic_rx": "NIC {2} of {1} (receive)",
+        "spine_up": "leaf {1} uplink to spine (oversubscribed)",
+        "spine_down": "leaf {1} downlink from spine (oversubscribed)",
+    }
+    parts = list(link)
+    if link[0] in ("nic_tx", "nic_rx") and isinstance(link[1], int):
+        parts[1] = f"node {link[1]}"
+    where = names[link[0]].format(*parts)
+    return f"{where} [{topo.link_class(link)}]: {fmt_bytes(load)} at {fmt_si(cap, 'B/s')} effective"
+
+
+def phase_latency(topo: Topology, phase: Phase, hop_latency: float) -> float:
+    return phase.rounds * (hop_latency + topo.system.collective_efficiency.step_overhead_s)
+
+
+def _flows(topo: Topology, phase: Phase, flows: list) -> PhaseCost:
+    loads: dict[tuple, float] = defaultdict(float)
+    by_class = dict.fromkeys(LINK_CLASSES, 0.0)
+    hop = 0.0
+    for src, dst, nbytes in flows:
+        path = topo.path(src, dst)
+        for link in path:
+            loads[link] += nbytes
+        for cls in {topo.link_class(link) for link in path}:
+            by_class[cls] += nbytes  # bytes that crossed the class, once per flow
+        if path:
+            hop = max(hop, topo.path_latency(src, dst))
+    transfer, bottleneck = 0.0, "none (no traffic)"
+    for link, load in loads.items():
+        t = load / topo.capacity(link)
+        if t > transfer:
+            transfer, bottleneck = t, describe_link(topo, link, load)
+    latency = phase_latency(topo, phase, hop) if flows else 0.0
+    return PhaseCost(
+        phase.name,
+        transfer + latency,
+        transfer,
+        latency,
+        {k: v for k, v in by_class.items() if v},
+        bottleneck,
+    )
+
+
+def _symmetric(topo: Topology, groups: tuple[tuple[int, ...], ...]) -> bool:
+    """Every node holding group members holds the same local indices, in every subgroup."""
+    locals_by_node: dict[int, set[int]] = defaultdict(set)
+    for sub in groups:
+        for d in sub:
+            locals_by_node[topo.node_of(d)].add(topo.local_of(d))
+    layouts = {frozenset(v) for v in locals_by_node.values()}
+    sizes = {len(sub) for sub in groups}
+    return len(layouts) == 1 and len(sizes) == 1
+
+
+def _uniform_a2a(topo: Topology, phase: Phase) -> PhaseCost:
+    """Loads of a uniform all-to-all inside each subgroup, from one device per local index.
+
+    For a representative device r of local index l we count its peers by where they
+    sit (same package, same node, other node, other leaf). Its send-side loads are
+    bytes x count; by the symmetry of a uniform all-to-all its receive side is equal.
+    A NIC shared by several local indices carries the sum of theirs; a leaf's spine
+    uplink carries the sum over every device on that leaf.
+    """
+    b = phase.a2a_bytes
+    all_devs = np.array([d for sub in phase.a2a_groups for d in sub], dtype=np.int64)
+    dpn = topo.dpn
+    local_count = np.bincount(all_devs % dpn, minlength=dpn)
+    reps: dict[int, tuple[int, ...]] = {}
+    for sub in phase.a2a_groups:
+        for d in sub:
+            reps.setdefault(d % dpn, sub)
+    d2d_peers, intra_peers, inter_peers, cross_peers = {}, {}, {}, {}
+    for local, sub in reps.items():
+        members = np.array(sub, dtype=np.int64)
+        r = next(d for d in sub if d % dpn == local)
+        others = members[members != r]
+        same_node = others // dpn == r // dpn
+        if topo.system.dies_per_package > 1 and topo.system.die_to_die is not None:
+            same_pkg = others // topo.system.dies_per_package == topo.package_of(r)
+        else:
+            same_pkg = np.zeros_like(same_node)
+        d2d_peers[local] = int(np.sum(same_pkg & same_node))
+        intra_peers[local] = int(np.sum(same_node & ~same_pkg))
+        remote = others[~same_node]
+        inter_peers[local] = len(remote)
+        if topo.system.oversubscription > 1.0:
+            cross_peers[local] = sum(1 for d in remote if topo.leaf_of(d) != topo.leaf_of(r))
+        else:
+            cross_peers[local] = 0
+
+    candidates: list[tuple[float, str]] = []
+    mesh = topo.system.intra_topology == "full_mesh"
+    hop = 0.0
+    for local in reps:
+        if d2d_peers[local]:
+            candidates.append(
+                (
+                    b / topo.d2d_capacity(),
+                    describe_link(topo, ("d2d", f"local {local}", "its die peer"), b),
+                )
+            )
+            hop = max(hop, topo.class_latency(DIE_TO_DIE))
+        if intra_peers[local]:
+            load = b if mesh else b * intra_peers[local]
+            rep = f"local {local}"
+            link = ("mesh", rep, "each peer") if mesh else ("up", f"{rep} (every node)")
+            candidates.append((load / topo.intra_capacity(), describe_link(topo, link, load)))
+            hop = max(hop, topo.class_latency(INTRA))
+    nic_load: dict[int, float] = defaultdict(float)
+    leaf_load: dict[int, float] = defaultdict(float)
+    rail_leaf = topo.system.inter_topology == "rail_optimized"
+    for local in reps:
+        nic_load[topo.nic_index(local)] += b * inter_peers[local]
+        if cross_peers[local]:
+            leaf = topo.nic_index(local) if rail_leaf else 0
+            per_device = b * cross_peers[local]
+            leaf_load[leaf] += per_device * (local_count[local] if rail_leaf else 1)
+        if inter_peers[local]:
+            hop = max(hop, topo.class_latency(INTER))
+    for nic, load in nic_load.items():
+        if load:
+            candidates.append(
+                (
+                    load / topo.nic_capacity(),
+                    describe_link(topo, ("nic_tx", "every node", nic), load),
+                )
+            )
+    for leaf, load in leaf_load.items():
+        candidates.append(
+            (load / topo.spine_capacity(), describe_link(topo, ("spine_up", leaf), load))
+        )
+
+    by_class = {
+        DIE_TO_DIE: sum(local_count[loc] * d2d_peers[loc] * b for loc in reps),
+        INTRA: sum(local_count[loc] * intra_peers[loc] * b for loc in reps),
+        INTER: sum(local_count[loc] * inter_peers[loc] * b for loc in reps),
+        SPINE: sum(local_count[loc] * cross_peers[loc] * b for loc in reps),
+    }
+    transfer, bottleneck = max(candidates, default=(0.0, "none (no traffic)"))
+    latency = phase_latency(topo, phase, hop) if candidates else 0.0
+    return PhaseCost(
+        phase.name,
+        transfer + latency,
+        transfer,
+        latency,
+        {k: float(v) for k, v in by_class.items() if v},
+        bottleneck,
+    )

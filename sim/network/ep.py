@@ -1,0 +1,373 @@
+"""Expert-parallel dispatch/combine: traffic from routing, priced on the network.
+
+The EP group is devices 0..P-1 (filling nodes in order); the E routed experts are
+spread evenly, E/P consecutive experts per device. Each device holds T tokens of
+``hidden`` elements; a token goes to its top-k experts. Traffic is computed as
+*expected* bytes from the routing distribution (deterministic, no sampling):
+
+* ``pi_e`` — probability that a token picks expert e among its k. Uniform routing:
+  k/E exactly. Zipf(s) (``p_e`` proportional to 1/rank^s over a seeded permutation of
+  experts) or a measured histogram: ``pi_e = 1 - (1 - p_e)^k`` (k independent draws),
+  rescaled so the pi sum to k.
+* ``P(set A hit)`` — probability that at least one of a token's k experts lies in A
+  (a device's or a node's experts). Uniform: exactly ``1 - C(E-|A|, k) / C(E, k)``
+  (hypergeometric). Otherwise ``1 - prod_{e in A}(1 - pi_e)`` (independent experts).
+
+Dispatch modes (combine sends the same bytes back along the reverse paths):
+
+* ``flat`` — one all-to-allv over the EP group; a token is sent once per destination
+  *expert*: ``T * sum_{e on d} pi_e`` tokens from each device to device d (copies for
+  experts on the sender itself stay local). Pairwise: P-1 latency steps.
+* ``hierarchical`` — Pangu Ultra MoE's hierarchical EP all-to-all: an inter-node
+  stage sends each token once per destination *node* to the same-rail peer there,
+  then an intra-node all-to-all delivers it once per destination *device*. Two
+  sequential phases.
+* ``deepep`` — the DeepEP shape: the same de-duplicated bytes, but RDMA to the
+  same-rail peer and NVLink/HCCS forwarding run concurrently (one pipelined phase).
+
+With a capacity factor ``cf`` each expert keeps at most ``cf * P*T*k/E`` tokens
+(drop-and-pad); the kept share of a device's tokens scales every byte sent to it.
+
+Dedup analysis (uniform routing, N nodes of the EP group): flat sends a token
+``k (N-1)/N`` times across nodes on average; hierarchical sends it once per remote
+node hit, ``(N-1) (1 - C(E - E/N, k) / C(E, k))`` times. Their ratio is the predicted
+inter-node byte saving that ``EPResult.dedup`` reports next to the simulated one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from hwprofiles.spec import System
+from sim.errors import InputError
+from sim.network.api import cost_network
+from sim.network.phases import NetworkCost, Phase
+from sim.network.topology import DIE_TO_DIE, INTER, INTRA
+
+DISPATCH_MODES = ("flat", "hierarchical", "deepep")
+
+
+@dataclass(frozen=True)
+class EPConfig:
+    hidden: int
+    top_k: int
+    experts: int
+    ep: int
+    tokens_per_device: int
+    dtype_bytes: float = 2.0
+    dispatch: str = "flat"
+    routing: str = "uniform"  # "uniform" | "zipf:S" | "hist:FILE"
+    capacity_factor: float | None = None  # None: dropless
+    overlap_compute_s: float = 0.0
+    seed: int = 0
+
+    @property
+    def token_bytes(self) -> float:
+        return self.hidden * self.dtype_bytes
+
+
+@dataclass(frozen=True)
+class EPResult:
+    config: EPConfig
+    nodes: int
+    dispatch_time_s: float
+    combine_time_s: float
+    inter_node_bytes: float  # dispatch, bytes that crossed NICs
+    intra_node_bytes: float  # dispatch, bytes on server fabric and die-to-die links
+    slowest_rank: int
+    slowest_rank_recv_bytes: float
+    mean_rank_recv_bytes: float
+    bottleneck: str
+    hidden_share: float  # of dispatch+combine time hidden behind overlap_compute_s
+    exposed_s: float
+    dropped_fraction: float
+    dedup: dict = field(default_factory=dict)
+    phases: list[dict] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        c = self.config
+        return {
+            "dispatch": c.dispatch,
+            "ep": c.ep,
+            "nodes": self.nodes,
+            "tokens_per_device": c.tokens_per_device,
+            "hidden": c.hidden,
+            "top_k": c.top_k,
+            "experts": c.experts,
+            "routing": c.routing,
+            "capacity_factor": c.capacity_factor,
+            "token_bytes": c.token_bytes,
+            "dispatch_time_s": self.dispatch_time_s,
+            "combine_time_s": self.combine_time_s,
+            "total_time_s": self.dispatch_time_s + self.combine_time_s,
+            "inter_node_bytes": self.inter_node_bytes,
+            "intra_node_bytes": self.intra_node_bytes,
+            "slowest_rank": self.slowest_rank,
+            "slowest_rank_recv_bytes": self.slowest_rank_recv_bytes,
+            "mean_rank_recv_bytes": self.mean_rank_recv_bytes,
+            "imbalance": (
+                self.slowest_rank_recv_bytes / self.mean_rank_recv_bytes
+                if self.mean_rank_recv_bytes
+                else 1.0
+            ),
+            "bottleneck": self.bottleneck,
+            "overlap_compute_s": c.overlap_compute_s,
+            "hidden_share": self.hidden_share,
+            "exposed_s": self.exposed_s,
+            "dropped_fraction": self.dropped_fraction,
+            "dedup": self.dedup,
+            "phases": self.phases,
+        }
+
+
+# -- routing ---------------------------------------------------------------------------
+def expert_probabilities(routing: str, experts: int, seed: int = 0) -> np.ndarray:
+    """p_e: share of routing decisions that go to each expert (sums to 1)."""
+    if routing == "uniform":
+        return np.full(experts, 1.0 / experts)
+    if routing.startswith("zipf:"):
+        try:
+            s = float(routing.split(":", 1)[1])
+        except ValueError:
+            raise InputError(f"--routing {routing}: expected zipf:S with a number S >= 0") from None
+        if s < 0:
+            raise InputError(f"--routing {routing}: Zipf exponent must be >= 0")
+        weights = 1.0 / np.arange(1, experts + 1) ** s
+        # A seeded permutation places the hot experts on arbitrary devices.
+        weights = weights[np.random.default_rng(seed).permutation(experts)]
+        return weights / weights.sum()
+    if routing.startswith("hist:"):
+        path = Path(routing.split(":", 1)[1])
+        try:
+            counts = np.array([float(x) for x in path.read_text().replace(",", " ").split()])
+        except (OSError, ValueError) as exc:
+            raise InputError(
+                f"--routing {routing}: cannot read a histogram of numbers from {path} ({exc})"
+            ) from None
+        if len(counts) != experts or counts.min() < 0 or counts.sum() <= 0:
+            raise InputError(
+                f"--routing {routing}: need {experts} non-negative counts "
+                f"(one per expert), got {len(counts)}"
+            )
+        return counts / counts.sum()
+    raise InputError(f"--routing {routing}: choose uniform, zipf:S or hist:FILE")
+
+
+def inclusion_probabilities(p: np.ndarray, k: int, uniform: bool) -> np.ndarray:
+    """pi_e = P(expert e among a token's top-k); sums to k."""
+    if uniform:
+        return np.full(len(p), k / len(p))
+    pi = 1.0 - (1.0 - p) ** k
+    return np.minimum(1.0, pi * k / pi.sum())
+
+
+def prob_hit(pi: np.ndarray, members: np.ndarray, k: int, uniform: bool) -> float:
+    """P(a token's top-k touches at least one expert in ``members``)."""
+    e, m = len(pi), len(members)
+    if uniform:
+        return 1.0 - math.comb(e - m, k) / math.comb(e, k)
+    return float(1.0 - np.prod(1.0 - pi[members]))
+
+
+def predicted_dedup_ratio(experts: int, top_k: int, nodes: int) -> float:
+    """Flat / hierarchical inter-node bytes under uniform routing (see module doc)."""
+    if nodes <= 1:
+        return 1.0
+    flat = top_k * (nodes - 1) / nodes
+    p_node = 1.0 - math.comb(experts - experts // nodes, top_k) / math.comb(experts, top_k)
+    return flat / ((nodes - 1) * p_node)
+
+
+# -- traffic -----------------------------------------------------------------------------
+def _check(cfg: EPConfig, system: System) -> None:
+    if cfg.dispatch not in DISPATCH_MODES:
+        raise InputError(f"--dispatch {cfg.dispatch}: choose one of {', '.join(DISPATCH_MODES)}")
+    for name in ("hidden", "top_k", "experts", "ep", "tokens_per_device"):
+        if getattr(cfg, name) < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be >= 1")
+    if cfg.experts % cfg.ep:
+        raise InputError(
+            f"--ep {cfg.ep} must divide the {cfg.experts} routed experts "
+            "(experts are spread evenly over the EP group)"
+        )
+    if cfg.top_k > cfg.experts:
+        raise InputError(f"--top-k {cfg.top_k} exceeds --experts {cfg.experts}")
+    if cfg.capacity_factor is not None and cfg.capacity_factor <= 0:
+        raise InputError("--capacity-factor must be > 0 (omit it for dropless)")
+    if cfg.ep > system.num_devices:
+        need = -(-cfg.ep // system.devices_per_node)
+        raise InputError(
+            f"--ep {cfg.ep} needs {need} node(s) of {system.devices_per_node} "
+            f"devices; the system has {system.nodes}: pass --nodes {need}"
+        )
+    dpn = system.devices_per_node
+    if cfg.ep > dpn and cfg.ep % dpn:
+        raise InputError(
+            f"--ep {cfg.ep} spans nodes, so it must be a multiple of the {dpn} devices per node"
+        )
+
+
+def _kept_fraction(cfg: EPConfig, pi: np.ndarray) -> np.ndarray:
+    """Per expert: share of its routed tokens kept under the capacity factor."""
+    if cfg.capacity_factor is None:
+        return np.ones_like(pi)
+    total_tokens = cfg.ep * cfg.tokens_per_device
+    capacity = cfg.capacity_factor * total_tokens * cfg.top_k / cfg.experts
+    load = total_tokens * pi
+    return np.minimum(1.0, capacity / np.maximum(load, 1e-30))
+
+
+def dispatch_phases(cfg: EPConfig, system: System) -> tuple[list[Phase], dict]:
+    """The dispatch traffic of ``cfg`` as phases of flows, and routing statistics."""
+    p_count, per_dev = cfg.ep, cfg.experts // cfg.ep
+    uniform = cfg.routing == "uniform"
+    p = expert_probabilities(cfg.routing, cfg.experts, cfg.seed)
+    pi = inclusion_probabilities(p, cfg.top_k, uniform)
+    kept = _kept_fraction(cfg, pi)
+    experts_of = [np.arange(d * per_dev, (d + 1) * per_dev) for d in range(p_count)]
+    # Kept share of the copies a device receives (uniform within a device's experts).
+    dev_pi = np.array([pi[ex].sum() for ex in experts_of])
+    dev_kept = np.array([(pi[ex] * kept[ex]).sum() for ex in experts_of]) / np.maximum(
+        dev_pi, 1e-30
+    )
+    dropped = 1.0 - float((pi * kept).sum() / pi.sum())
+    t, tb = cfg.tokens_per_device, cfg.token_bytes
+    dpn = system.devices_per_node
+    nodes = -(-p_count // dpn)
+    stats = {"pi": pi, "dev_kept": dev_kept, "dropped": dropped, "nodes": nodes}
+
+    if cfg.dispatch == "flat":
+        per_dest = t * dev_pi * dev_kept * tb  # bytes each device sends to device d
+        flows = tuple(
+            (s, d, float(per_dest[d])) for s in range(p_count) for d in range(p_count) if s != d
+        )
+        return [Phase("flat all-to-allv", max(1, p_count - 1), flows)], stats
+
+    dev_hit = np.array([prob_hit(pi, ex, cfg.top_k, uniform) for ex in experts_of]) * dev_kept
+    k_local = min(dpn, p_count)
+    node_devs = [list(range(b * k_local, (b + 1) * k_local)) for b in range(nodes)]
+    # A node is needed when one of its experts is hit; with a capacity factor, scale by
+    # the node's kept share of copies (dropped copies do not travel), an approximation.
+    node_hit = np.array(
+        [
+            prob_hit(pi, np.concatenate([experts_of[d] for d in devs]), cfg.top_k, uniform)
+            * float(np.dot(dev_pi[devs], dev_kept[devs]) / dev_pi[devs].sum())
+            for devs in node_devs
+        ]
+    )
+    inter: list[tuple[int, int, float]] = []
+    for s in range(p_count):
+        for b in range(nodes):
+            if b != s // k_local:
+                peer = b * k_local + s % k_local  # same-rail device on node b
+                inter.append((s, peer, t * node_hit[b] * tb))
+    intra: list[tuple[int, int, float]] = []
+    for devs in node_devs:
+        for j in devs:
+            # j forwards its own tokens and those of its N-1 rail peers: N * T tokens,
+            # each needed on device d with probability P(d hit).
+            for d in devs:
+                if d != j:
+                    intra.append((j, d, nodes * t * dev_hit[d] * tb))
+    if cfg.dispatch == "hierarchical":
+        intra_rounds = 1 if system.intra_topology == "full_mesh" else max(1, k_local - 1)
+        phases = []
+        if inter:
+            phases.append(Phase("inter-node: once per destination node", nodes - 1, tuple(inter)))
+        phases.append(Phase("intra-node all-to-allv: once per device", intra_rounds, tuple(intra)))
+        return phases, stats
+    return [
+        Phase(
+            "deepep: RDMA to rail peer + forwarding (pipelined)",
+            max(1, nodes - 1),
+            tuple(inter + intra),
+        )
+    ], stats
+
+
+def combine_phases(dispatch: list[Phase]) -> list[Phase]:
+    """Combine returns every dispatched byte along the reverse path, in reverse order."""
+    return [
+        replace(ph, name=f"combine: {ph.name}", flows=tuple((d, s, b) for s, d, b in ph.flows))
+        for ph in reversed(dispatch)
+    ]
+
+
+def _recv_bytes(phases: list[Phase], ranks: int) -> np.ndarray:
+    """Bytes each rank receives in the final hop (what lands on its experts)."""
+    recv = np.zeros(ranks)
+    for _src, dst, nbytes in phases[-1].flows:
+        recv[dst] += nbytes
+    return recv
+
+
+def simulate_ep(cfg: EPConfig, system: System, backend: str = "analytical") -> EPResult:
+    """Cost dispatch and combine of one MoE layer for ``cfg`` on ``system``."""
+    _check(cfg, system)
+    phases, stats = dispatch_phases(cfg, system)
+    disp: NetworkCost = cost_network(system, phases, backend)
+    comb: NetworkCost = cost_network(system, combine_phases(phases), backend)
+    link = disp.link_bytes
+    recv = _recv_bytes(phases, cfg.ep)
+    total = disp.time_s + comb.time_s
+    hidden = min(total, cfg.overlap_compute_s)
+    nodes = stats["nodes"]
+    dedup = {
+        "nodes": nodes,
+        "flat_inter_copies_per_token": cfg.top_k * (nodes - 1) / nodes,
+        "predicted_flat_over_hierarchical": predicted_dedup_ratio(cfg.experts, cfg.top_k, nodes),
+        "valid_for": "uniform routing, dropless",
+    }
+    if nodes > 1:
+        dedup["hierarchical_inter_copies_per_token"] = (
+            dedup["flat_inter_copies_per_token"] / dedup["predicted_flat_over_hierarchical"]
+        )
+        flat_phases, _ = dispatch_phases(replace(cfg, dispatch="flat"), system)
+        flat_inter = sum(
+            b
+            for s, d, b in flat_phases[0].flows
+            if s // system.devices_per_node != d // system.devices_per_node
+        )
+        dedup["flat_inter_node_bytes"] = flat_inter
+        this_inter = link.get(INTER, 0.0)
+        dedup["simulated_flat_over_this"] = flat_inter / this_inter if this_inter else None
+    return EPResult(
+        config=cfg,
+        nodes=nodes,
+        dispatch_time_s=disp.time_s,
+        combine_time_s=comb.time_s,
+        inter_node_bytes=link.get(INTER, 0.0),
+        intra_node_bytes=link.get(INTRA, 0.0) + link.get(DIE_TO_DIE, 0.0),
+        slowest_rank=int(np.argmax(recv)),
+        slowest_rank_recv_bytes=float(recv.max()),
+        mean_rank_recv_bytes=float(recv.mean()),
+        bottleneck=disp.bottleneck,
+        hidden_share=hidden / total if total > 0 else 0.0,
+        exposed_s=total - hidden,
+        dropped_fraction=stats["dropped"],
+        dedup=dedup,
+        phases=[
+            {
+                "name": p.name,
+                "time_s": p.time_s,
+                "transfer_s": p.transfer_s,
+                "latency_s": p.latency_s,
+                "link_bytes": p.link_bytes,
+                "bottleneck": p.bottleneck,
+            }
+            for p in disp.phases + comb.phases
+        ],
+    )
+
+
+def system_for_ep(system: System, ep: int, nodes: int | None) -> tuple[System, str]:
+    """The system sized for the EP group: given nodes, or ceil(ep / devices per node)."""
+    need = -(-ep // system.devices_per_node)
+    if nodes is None:
+        note = f"nodes = ceil({ep} / {system.devices_per_node}) = {need}"
+        return replace(system, nodes=need), note
+    return replace(system, nodes=nodes), ""

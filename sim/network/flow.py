@@ -1,0 +1,97 @@
+"""Flow-level discrete-event backend: every flow on its links, max-min fair sharing.
+
+Each phase starts all its flows together. Rates come from progressive filling:
+raise every unfrozen flow's rate equally until some link is full, freeze the flows
+on full links, repeat (the max-min fair allocation). The next event is the first
+flow to finish; the clock advances to it, finished flows leave, and the rates are
+solved again. A phase ends when its last flow ends, then pays the same per-round
+latency as the analytical backend. Meant for groups up to ~64 ranks (it lists
+every flow); the analytical backend must agree with it there (tests/test_network_agree.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sim.errors import InputError
+from sim.network.analytical import describe_link, phase_latency
+from sim.network.phases import NetworkCost, Phase, PhaseCost
+from sim.network.topology import Topology
+
+# The incidence matrix is flows x links booleans; beyond this many cells (~50 MB) the
+# analytical backend is the tool.
+MAX_CELLS = 50_000_000
+_EPS = 1e-12
+
+
+def cost_phases(topo: Topology, phases: list[Phase]) -> NetworkCost:
+    costs = [simulate_phase(topo, p) for p in phases]
+    return NetworkCost(sum(c.time_s for c in costs), costs)
+
+
+def max_min_rates(incidence: np.ndarray, capacity: np.ndarray, active: np.ndarray) -> np.ndarray:
+    """Max-min fair rates of the ``active`` flows (rows of ``incidence``) on the links."""
+    rates = np.zeros(incidence.shape[0])
+    frozen = ~active
+    remaining = capacity.astype(float).copy()
+    while not frozen.all():
+        users = incidence[~frozen].sum(axis=0)  # unfrozen flows per link
+        used = users > 0
+        share = np.full(len(capacity), np.inf)
+        share[used] = remaining[used] / users[used]
+        delta = share.min()
+        rates[~frozen] += delta
+        remaining -= delta * users
+        full = used & (remaining <= _EPS * capacity)
+        if not full.any():  # numerical guard: freeze the tightest link
+            full = share == delta
+        frozen |= incidence[:, full].any(axis=1)
+    return rates
+
+
+def simulate_phase(topo: Topology, phase: Phase) -> PhaseCost:
+    flows = phase.expand()
+    if not flows:
+        return PhaseCost(phase.name, 0.0, 0.0, 0.0, {}, "none (no traffic)")
+    links: dict[tuple, int] = {}
+    paths = []
+    by_class: dict[str, float] = {}
+    hop = 0.0
+    for src, dst, nbytes in flows:
+        path = topo.path(src, dst)
+        paths.append([links.setdefault(link, len(links)) for link in path])
+        for cls in {topo.link_class(link) for link in path}:
+            by_class[cls] = by_class.get(cls, 0.0) + nbytes
+        hop = max(hop, topo.path_latency(src, dst))
+    if len(flows) * len(links) > MAX_CELLS:
+        raise InputError(
+            f"phase '{phase.name}' has {len(flows)} flows on {len(links)} links, too many "
+            "for the flow backend (meant for groups up to ~64 ranks): use --backend analytical"
+        )
+    incidence = np.zeros((len(flows), len(links)), dtype=bool)
+    for i, path in enumerate(paths):
+        incidence[i, path] = True
+    capacity = np.array([topo.capacity(link) for link in links])
+    sizes = np.array([f[2] for f in flows], dtype=float)
+    remaining = sizes.copy()
+    active = remaining > 0
+    now = 0.0
+    while active.any():  # one event per batch of finishing flows
+        rates = max_min_rates(incidence, capacity, active)
+        dt = np.min(remaining[active] / rates[active])
+        now += dt
+        remaining[active] -= rates[active] * dt
+        active &= remaining > 1e-9 * sizes
+    # Report the link with the most bytes per unit capacity, as the analytical backend does.
+    ids = list(links)
+    load = incidence.T.astype(float) @ sizes
+    busiest = int(np.argmax(load / capacity))
+    latency = phase_latency(topo, phase, hop)
+    return PhaseCost(
+        phase.name,
+        now + latency,
+        now,
+        latency,
+        by_class,
+        describe_link(topo, ids[busiest], float(load[busiest])),
+    )

@@ -1,0 +1,220 @@
+"""The expert-parallel study: dedup analysis, hand-computed traffic, skew, capacity, CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from test_network_fixtures import mesh, switch
+
+from sim.cli.main import main
+from sim.errors import InputError
+from sim.network.ep import (
+    EPConfig,
+    expert_probabilities,
+    predicted_dedup_ratio,
+    simulate_ep,
+)
+
+
+def _cfg(**kw):
+    base = dict(hidden=7680, top_k=8, experts=256, ep=32, tokens_per_device=8192)
+    base.update(kw)
+    return EPConfig(**base)
+
+
+@pytest.mark.parametrize(
+    "experts,top_k,nodes", [(256, 8, 4), (256, 8, 2), (64, 2, 4), (128, 6, 8), (256, 1, 4)]
+)
+def test_hierarchical_saves_inter_node_bytes_by_predicted_factor(experts, top_k, nodes):
+    system = mesh(nodes)
+    ep = 8 * nodes
+    flat = simulate_ep(_cfg(experts=experts, top_k=top_k, ep=ep, dispatch="flat"), system)
+    hier = simulate_ep(_cfg(experts=experts, top_k=top_k, ep=ep, dispatch="hierarchical"), system)
+    predicted = predicted_dedup_ratio(experts, top_k, nodes)
+    assert flat.inter_node_bytes / hier.inter_node_bytes == pytest.approx(predicted, rel=1e-9)
+    assert hier.dedup["simulated_flat_over_this"] == pytest.approx(predicted, rel=1e-9)
+
+
+def test_pangu_dedup_factor_closed_form():
+    # E=256, k=8, N=4: flat 8 * 3/4 = 6 copies; hierarchical 3 * (1 - C(192,8)/C(256,8)).
+    p_node = 1 - math.comb(192, 8) / math.comb(256, 8)
+    assert predicted_dedup_ratio(256, 8, 4) == pytest.approx(6 / (3 * p_node))
+    assert predicted_dedup_ratio(256, 8, 4) == pytest.approx(2.2135, abs=1e-3)
+
+
+def test_flat_uniform_traffic_hand_computed():
+    system = mesh(4)
+    cfg = _cfg(dispatch="flat")
+    res = simulate_ep(cfg, system)
+    # each of 32 devices sends T*k copies spread evenly over 32 devices; 24 of them remote
+    tb = 7680 * 2
+    per_pair = 8192 * 8 / 32 * tb
+    assert res.inter_node_bytes == pytest.approx(32 * 24 * per_pair)
+    assert res.intra_node_bytes == pytest.approx(32 * 7 * per_pair)
+    # the busiest link is each device's 200G NIC: 24 * per_pair bytes
+    nic = 25e9 * system.collective_efficiency.inter_node
+    latency = 31 * (system.nic.latency + system.collective_efficiency.step_overhead_s)
+    assert res.dispatch_time_s == pytest.approx(24 * per_pair / nic + latency)
+    assert res.combine_time_s == pytest.approx(res.dispatch_time_s)
+
+
+def test_deepep_pipelines_the_two_stages():
+    system = switch(4)
+    hier = simulate_ep(_cfg(dispatch="hierarchical"), system)
+    deep = simulate_ep(_cfg(dispatch="deepep"), system)
+    assert deep.inter_node_bytes == pytest.approx(hier.inter_node_bytes)
+    assert deep.dispatch_time_s < hier.dispatch_time_s
+
+
+def test_zipf_skew_makes_a_slowest_rank():
+    system = mesh(4)
+    uni = simulate_ep(_cfg(dispatch="flat"), system)
+    skew = simulate_ep(_cfg(dispatch="flat", routing="zipf:1.2"), system)
+    d = skew.as_dict()
+    assert d["imbalance"] > 1.5
+    assert skew.dispatch_time_s > uni.dispatch_time_s
+    # same total copies: skew only moves them
+    p = expert_probabilities("zipf:1.2", 256)
+    assert p.sum() == pytest.approx(1.0)
+    assert skew.slowest_rank_recv_bytes > uni.slowest_rank_recv_bytes
+
+
+def test_capacity_factor_drops_hot_expert_tokens():
+    system = mesh(4)
+    dropless = simulate_ep(_cfg(routing="zipf:1.2"), system)
+    capped = simulate_ep(_cfg(routing="zipf:1.2", capacity_factor=1.25), system)
+    assert capped.dropped_fraction > 0
+    assert dropless.dropped_fraction == 0
+    assert capped.dispatch_time_s < dropless.dispatch_time_s
+    # uniform routing never exceeds a capacity factor >= 1
+    assert simulate_ep(_cfg(capacity_factor=1.0), system).dropped_fraction == pytest.approx(0)
+
+
+def test_overlap_hides_communication():
+    system = mesh(4)
+    base = simulate_ep(_cfg(), system)
+    total = base.dispatch_time_s + base.combine_time_s
+    half = simulate_ep(_cfg(overlap_compute_s=total / 2), system)
+    assert half.hidden_share == pytest.approx(0.5)
+    assert half.exposed_s == pytest.approx(total / 2)
+    full = simulate_ep(_cfg(overlap_compute_s=10 * total), system)
+    assert full.hidden_share == 1.0 and full.exposed_s == 0.0
+
+
+def test_histogram_routing(tmp_path):
+    hist = tmp_path / "h.txt"
+    hist.write_text(" ".join(["1"] * 255 + ["256"]))
+    res = simulate_ep(_cfg(routing=f"hist:{hist}"), mesh(4))
+    assert res.as_dict()["imbalance"] > 1.0
+    bad = tmp_path / "bad.txt"
+    bad.write_text("1 2 3")
+    with pytest.raises(InputError, match="one per expert"):
+        simulate_ep(_cfg(routing=f"hist:{bad}"), mesh(4))
+
+
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        ({"ep": 24}, "must divide"),
+        ({"ep": 64}, "pass --nodes 8"),
+        ({"dispatch": "magic"}, "--dispatch"),
+        ({"routing": "zipf:x"}, "zipf:S"),
+        ({"capacity_factor": 0.0}, "capacity-factor"),
+    ],
+)
+def test_bad_input(kw, match):
+    with pytest.raises(InputError, match=match):
+        simulate_ep(_cfg(**kw), mesh(4))
+
+
+def _run_json(capsys, argv):
+    assert main(argv) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_cli_pangu_flat_vs_hierarchical(capsys):
+    common = [
+        "ep",
+        "--model",
+        "pangu-ultra-moe",
+        "--system",
+        "atlas-800t-a2",
+        "--nodes",
+        "4",
+        "--ep",
+        "32",
+        "--tokens-per-device",
+        "8192",
+        "--json",
+    ]
+    flat = _run_json(capsys, [*common, "--dispatch", "flat"])
+    hier = _run_json(capsys, [*common, "--dispatch", "hierarchical"])
+    for out in (flat, hier):
+        for key in (
+            "dispatch_time_s",
+            "combine_time_s",
+            "inter_node_bytes",
+            "intra_node_bytes",
+            "slowest_rank",
+            "bottleneck",
+            "hidden_share",
+        ):
+            assert key in out
+    ratio = flat["inter_node_bytes"] / hier["inter_node_bytes"]
+    assert ratio == pytest.approx(hier["dedup"]["predicted_flat_over_hierarchical"], rel=1e-9)
+    assert hier["dedup"]["simulated_flat_over_this"] == pytest.approx(ratio)
+    assert hier["dispatch_time_s"] < flat["dispatch_time_s"]
+
+
+def test_cli_text_report_states_the_dedup(capsys):
+    assert (
+        main(
+            [
+                "ep",
+                "--model",
+                "pangu-ultra-moe",
+                "--nodes",
+                "4",
+                "--ep",
+                "32",
+                "--dispatch",
+                "hierarchical",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "predicted flat/hierarchical = 2.213, simulated 2.213" in out
+
+
+def test_cli_sweep_writes_plot(tmp_path, capsys):
+    plot = tmp_path / "ep.png"
+    out = _run_json(
+        capsys,
+        [
+            "ep",
+            "--hidden",
+            "4096",
+            "--top-k",
+            "8",
+            "--experts",
+            "64",
+            "--sweep",
+            "ep=8,16,32",
+            "--dispatch",
+            "flat,hierarchical",
+            "--plot",
+            str(plot),
+            "--json",
+        ],
+    )
+    assert plot.exists() and plot.stat().st_size > 0
+    assert [r["ep"] for r in out["sweep"]] == [8, 8, 16, 16, 32, 32]
+
+
+def test_cli_errors_exit_2(capsys):
+    assert main(["ep", "--top-k", "8"]) == 2
+    assert "--model" in capsys.readouterr().err
+    assert main(["ep", "--model", "pangu-ultra-moe", "--ep", "24"]) == 2

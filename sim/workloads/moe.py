@@ -1,0 +1,264 @@
+"""IR description of one MoE FFN layer's forward: the op graph ``kernels.moe`` runs.
+
+``describe_moe`` lists, in program order on one rank, what ``MoELayer.forward`` (ep=1)
+or ``kernels.moe.ep_forward`` (ep>1) executes:
+
+router GEMM -> scores (softmax / sigmoid) -> top-k -> [normalise] -> sort by expert ->
+gather rows (permute) -> [EP: all-to-all counts, rows, expert ids] -> per *active*
+expert: gate GEMM, up GEMM, SiLU*up, down GEMM -> [EP: all-to-all results back] ->
+scale by routing weight -> index-add into token rows -> shared experts (gate, up,
+SiLU*up, down) -> add.
+
+Token counts per expert are uniform by default (``tokens * top_k / num_experts`` each,
+the expected load under balanced routing; fractional values are kept so FLOPs stay
+exact in expectation) or a measured/assumed histogram ``tokens_per_expert``. Experts
+with zero tokens run no GEMM, as in the kernel.
+
+Under EP the rank-local shared experts go on the compute stream right after the
+dispatch is issued, so they overlap the all-to-all (the kernel issues them after the
+combine; the overlap is what an optimised implementation does and what the engine
+should show). Matrix FLOPs are identical either way.
+
+No torch here: this module is imported by the simulator.
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+
+from sim.errors import InputError
+from sim.ir import Collective, CollectiveKind, Op, OpKind, RankGraph, Stream, Unit, dtype_bytes
+from sim.ops import elementwise, gemm, memcpy, softmax
+
+INDEX_BYTES = 8  # int64 expert ids / token indices, as torch.sort and topk return them
+SILU_MUL_FLOPS = 5.0  # silu(g) = g * sigmoid(g): ~4 FLOPs, then * up: 1
+
+
+def _check(
+    tokens: float,
+    hidden: int,
+    expert_ffn: int,
+    num_experts: int,
+    top_k: int,
+    shared_experts: int,
+    shared_ffn: int,
+    ep: int,
+) -> None:
+    for name, value in (
+        ("tokens", tokens),
+        ("hidden", hidden),
+        ("expert_ffn", expert_ffn),
+        ("num_experts", num_experts),
+        ("top_k", top_k),
+        ("ep", ep),
+    ):
+        if value <= 0:
+            raise InputError(f"describe_moe: {name} must be > 0, got {value}")
+    if top_k > num_experts:
+        raise InputError(f"describe_moe: top_k={top_k} exceeds num_experts={num_experts}")
+    if shared_experts < 0 or shared_ffn < 0:
+        raise InputError("describe_moe: shared_experts and shared_ffn must be >= 0")
+    if shared_experts and not shared_ffn:
+        raise InputError("describe_moe: shared_experts > 0 needs shared_ffn > 0 (width of one)")
+    if num_experts % ep:
+        raise InputError(
+            f"describe_moe: ep={ep} must divide num_experts={num_experts} "
+            "(each rank owns num_experts/ep experts)"
+        )
+
+
+def _topk_op(name: str, tokens: float, num_experts: int, top_k: int, dtype: str) -> Op:
+    """Top-k over the expert scores: reads tokens x E scores, writes ids and weights.
+
+    FLOPs ~ one comparison per score (a partial selection of k << E); vector unit.
+    """
+    read = tokens * num_experts * 4  # scores are fp32 in the kernel
+    write = tokens * top_k * (INDEX_BYTES + dtype_bytes(dtype))
+    return Op(
+        name,
+        OpKind.ROUTING,
+        tokens * num_experts,
+        MappingProxyType({"hbm": read + write}),
+        "fp32",
+        Unit.VECTOR,
+        MappingProxyType({"tokens": tokens, "experts": num_experts, "top_k": top_k}),
+    )
+
+
+def _sort_op(name: str, rows: float) -> Op:
+    """Stable sort of ``rows`` int64 expert ids (radix-like: a few passes over the keys)."""
+    return Op(
+        name,
+        OpKind.ROUTING,
+        rows * 2,
+        MappingProxyType({"hbm": rows * INDEX_BYTES * 4}),
+        "int8",
+        Unit.VECTOR,
+        MappingProxyType({"rows": rows}),
+    )
+
+
+def _swiglu(
+    graph: RankGraph, prefix: str, rows: float, hidden: int, ffn: float, dtype: str, label: str
+) -> None:
+    graph.add(gemm(f"{prefix}.gate", rows, ffn, hidden, dtype), label=label)
+    graph.add(gemm(f"{prefix}.up", rows, ffn, hidden, dtype), label=label)
+    graph.add(
+        elementwise(f"{prefix}.silu_mul", rows * ffn, dtype, SILU_MUL_FLOPS, 2, 1), label=label
+    )
+    graph.add(gemm(f"{prefix}.down", rows, hidden, ffn, dtype), label=label)
+
+
+def expert_loads(
+    tokens: float,
+    num_experts: int,
+    top_k: int,
+    ep: int,
+    tokens_per_expert: list[float] | tuple[float, ...] | None,
+) -> list[float]:
+    """Rows each of the ``num_experts`` experts receives (global over the EP group)."""
+    total_rows = tokens * top_k * ep
+    if tokens_per_expert is None:
+        return [total_rows / num_experts] * num_experts
+    loads = [float(n) for n in tokens_per_expert]
+    if len(loads) != num_experts:
+        raise InputError(
+            f"describe_moe: tokens_per_expert has {len(loads)} entries, expected "
+            f"num_experts={num_experts}"
+        )
+    if any(n < 0 for n in loads):
+        raise InputError("describe_moe: tokens_per_expert entries must be >= 0")
+    if sum(loads) > total_rows * (1 + 1e-9):
+        raise InputError(
+            f"describe_moe: tokens_per_expert sums to {sum(loads):g} but only "
+            f"tokens*top_k*ep = {total_rows:g} assignments exist"
+        )
+    return loads
+
+
+def describe_moe(
+    tokens: float,
+    hidden: int,
+    expert_ffn: int,
+    num_experts: int,
+    top_k: int,
+    shared_experts: int = 0,
+    shared_ffn: int = 0,
+    dtype: str = "fp32",
+    tokens_per_expert: list[float] | tuple[float, ...] | None = None,
+    ep: int = 1,
+    rank: int = 0,
+    scoring: str = "softmax",
+) -> RankGraph:
+    """Op graph of one MoE layer forward on EP rank ``rank``.
+
+    ``tokens`` are this rank's tokens. ``tokens_per_expert`` (length ``num_experts``)
+    counts the rows each expert receives over the whole EP group (for ep=1, exactly
+    ``MoELayer``'s ``RoutingStats.kept_per_expert``); default uniform. With ``ep > 1``
+    rank ``rank`` runs experts ``[rank*E/ep, (rank+1)*E/ep)`` and sends its rows with
+    all-to-all collectives over the group ``0..ep-1``; each rank is assumed to route
+    its tokens with the same expert distribution, so it sends
+    ``tokens*top_k*load_e/sum(load)`` rows to expert ``e``.
+    """
+    _check(tokens, hidden, expert_ffn, num_experts, top_k, shared_experts, shared_ffn, ep)
+    if scoring not in ("softmax", "sigmoid"):
+        raise InputError(f"describe_moe: scoring must be 'softmax' or 'sigmoid', got '{scoring}'")
+    if not 0 <= rank < ep:
+        raise InputError(f"describe_moe: rank={rank} must be in 0..ep-1={ep - 1}")
+    loads = expert_loads(tokens, num_experts, top_k, ep, tokens_per_expert)
+    b = dtype_bytes(dtype)
+    sent_rows = tokens * top_k  # every (token, slot) row leaves this rank once (self included)
+    graph = RankGraph(rank)
+    lbl = "moe"
+
+    # Router: logits GEMM, scores, top-k, weight normalisation.
+    graph.add(gemm("moe.router", tokens, num_experts, hidden, dtype, out_dtype="fp32"), label=lbl)
+    if scoring == "softmax":
+        graph.add(softmax("moe.router.softmax", tokens, num_experts, "fp32"), label=lbl)
+    else:
+        graph.add(elementwise("moe.router.sigmoid", tokens * num_experts, "fp32", 4.0), label=lbl)
+    graph.add(_topk_op("moe.router.topk", tokens, num_experts, top_k, dtype), label=lbl)
+    if top_k > 1:
+        graph.add(elementwise("moe.router.normalise", tokens * top_k, "fp32", 2.0, 1, 1), label=lbl)
+
+    # Dispatch: sort assignments by expert, gather the token rows into that order.
+    graph.add(_sort_op("moe.dispatch.sort", sent_rows), label=lbl)
+    permute = graph.add(memcpy("moe.dispatch.permute", sent_rows * hidden * b), label=lbl)
+
+    per_rank = num_experts // ep
+    local = range(rank * per_rank, (rank + 1) * per_rank)
+    if ep > 1:
+        group = tuple(range(ep))
+        counts = graph.add(
+            Collective("moe.dispatch.counts", CollectiveKind.ALL_TO_ALL, group, ep * INDEX_BYTES),
+            Stream.COMM,
+            deps=(permute,),
+            label=lbl,
+        )
+        rows_a2a = graph.add(
+            Collective(
+                "moe.dispatch.rows", CollectiveKind.ALL_TO_ALLV, group, sent_rows * hidden * b
+            ),
+            Stream.COMM,
+            deps=(counts,),
+            label=lbl,
+        )
+        ids_a2a = graph.add(
+            Collective(
+                "moe.dispatch.expert_ids",
+                CollectiveKind.ALL_TO_ALLV,
+                group,
+                sent_rows * INDEX_BYTES,
+            ),
+            Stream.COMM,
+            deps=(counts,),
+            label=lbl,
+        )
+        # Shared experts need no remote data: they overlap the dispatch all-to-all.
+        if shared_experts:
+            _swiglu(graph, "moe.shared", tokens, hidden, shared_experts * shared_ffn, dtype, lbl)
+        recv_rows = sum(loads[e] for e in local)
+        graph.add(
+            _sort_op("moe.dispatch.local_sort", recv_rows), deps=(rows_a2a, ids_a2a), label=lbl
+        )
+        graph.add(memcpy("moe.dispatch.local_permute", recv_rows * hidden * b), label=lbl)
+
+    # (Under EP the local sort above already waits for the dispatch; stream order does the rest.)
+    for e in local:
+        if loads[e] <= 0:
+            continue  # no tokens, no GEMM
+        graph.add(gemm(f"moe.expert{e}.gate", loads[e], expert_ffn, hidden, dtype), label=lbl)
+        graph.add(gemm(f"moe.expert{e}.up", loads[e], expert_ffn, hidden, dtype), label=lbl)
+        graph.add(
+            elementwise(
+                f"moe.expert{e}.silu_mul", loads[e] * expert_ffn, dtype, SILU_MUL_FLOPS, 2, 1
+            ),
+            label=lbl,
+        )
+        graph.add(gemm(f"moe.expert{e}.down", loads[e], hidden, expert_ffn, dtype), label=lbl)
+
+    if ep > 1:
+        last = graph.add(memcpy("moe.combine.local_unpermute", recv_rows * hidden * b), label=lbl)
+        back = graph.add(
+            Collective(
+                "moe.combine.rows", CollectiveKind.ALL_TO_ALLV, group, recv_rows * hidden * b
+            ),
+            Stream.COMM,
+            deps=(last,),
+            label=lbl,
+        )
+        graph.add(
+            elementwise("moe.combine.scale", sent_rows * hidden, dtype, 1.0, 1, 1),
+            deps=(back,),
+            label=lbl,
+        )
+    else:
+        graph.add(elementwise("moe.combine.scale", sent_rows * hidden, dtype, 1.0, 1, 1), label=lbl)
+    # index_add_: read the scaled rows and the accumulator, write the accumulator.
+    graph.add(elementwise("moe.combine.index_add", sent_rows * hidden, dtype, 1.0, 2, 1), label=lbl)
+
+    if shared_experts:
+        if ep == 1:
+            _swiglu(graph, "moe.shared", tokens, hidden, shared_experts * shared_ffn, dtype, lbl)
+        graph.add(elementwise("moe.shared.add", tokens * hidden, dtype, 1.0, 2, 1), label=lbl)
+    return graph

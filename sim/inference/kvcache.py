@@ -1,0 +1,117 @@
+"""Memory of an inference deployment: weights, KV cache and activations per device.
+
+Per-rank figures follow the sharding of ``sim.workloads.transformer``: attention and
+dense FFN weights split over TP, routed experts split over EP (E/ep experts per rank,
+each expert's FFN split over TP), embedding and LM head vocab-parallel over TP.
+KV cache: GQA keeps 2 * kv_heads * head_dim values per token per layer, split over
+TP by KV heads (replicated when tp > kv_heads, as vLLM does); MLA keeps one latent
+of kv_lora_rank + qk_rope_head_dim per token per layer, replicated on every TP rank
+(the latent has no head dimension to split).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sim.errors import NegativeVerdict
+from sim.ir import dtype_bytes
+from sim.models.counting import param_counts
+from sim.models.spec import ModelSpec
+
+
+def weights_per_rank(spec: ModelSpec, tp: int, ep: int) -> float:
+    """Parameters one rank holds: routed experts / (tp x ep), everything else / tp.
+
+    Counts come from ``sim.models.counting`` (the one parameter count of the project);
+    norms are replicated in reality but are < 0.01 % of the weights.
+    """
+    counts = param_counts(spec)
+    return (counts.total - counts.routed_experts) / tp + counts.routed_experts / (tp * ep)
+
+
+def kv_bytes_per_token(spec: ModelSpec, dtype: str = "bf16", tp: int = 1) -> float:
+    """KV-cache bytes one token occupies on one TP rank, all layers."""
+    b = dtype_bytes(dtype)
+    if spec.mla is not None:
+        per_layer = (spec.mla.kv_lora_rank + spec.mla.qk_rope_head_dim) * b
+    else:
+        kv_heads_rank = max(1.0, spec.kv_heads / tp)
+        per_layer = 2 * kv_heads_rank * spec.head_dim * b
+    return per_layer * spec.layers
+
+
+def activation_bytes(spec: ModelSpec, tokens: float, dtype: str = "bf16", tp: int = 1) -> float:
+    """Peak transient activation memory of one forward over ``tokens`` tokens on one rank.
+
+    The largest live set in a layer is the FFN-up output plus the residual stream and
+    the logits of the last position of each sequence are small in comparison; we take
+    tokens * (2*hidden + 2*ffn_inner/tp) elements plus the fp32 logits of ``tokens``
+    rows (upper bound: vLLM computes logits only for sampled positions).
+    """
+    b = dtype_bytes(dtype)
+    if spec.moe is not None:
+        inner = max(
+            spec.moe.expert_ffn * spec.moe.top_k,
+            spec.moe.shared_ffn * spec.moe.shared_experts,
+            spec.ffn,
+        )
+    else:
+        inner = spec.ffn
+    return tokens * (2 * spec.hidden + 2 * inner / tp) * b + tokens * spec.vocab / tp * 4
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Per-device memory of a deployment (bytes)."""
+
+    capacity: float  # device memory usable by the engine (HBM x gpu_memory_utilization)
+    weights: float
+    activations: float
+    kv_cache: float  # what remains for the KV cache
+    kv_bytes_per_token: float
+    kv_tokens: float  # tokens of context the whole deployment can cache
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "capacity_bytes": self.capacity,
+            "weights_bytes": self.weights,
+            "activation_bytes": self.activations,
+            "kv_cache_bytes": self.kv_cache,
+            "kv_bytes_per_token": self.kv_bytes_per_token,
+            "kv_tokens": self.kv_tokens,
+        }
+
+
+def plan_memory(
+    spec: ModelSpec,
+    hbm_bytes: float,
+    tp: int,
+    ep: int,
+    dtype: str = "bf16",
+    memory_utilization: float = 0.9,
+    max_batched_tokens: float = 8192,
+    kv_dtype: str | None = None,
+) -> MemoryPlan:
+    """KV-cache capacity = HBM x utilisation - weights - activation workspace (vLLM's rule).
+
+    With ep > 1 the deployment has ep groups of tp ranks, each caching its own
+    requests, so the deployment caches ep x (per-rank tokens).
+    """
+    capacity = hbm_bytes * memory_utilization
+    weights = weights_per_rank(spec, tp, ep) * dtype_bytes(dtype)
+    acts = activation_bytes(spec, max_batched_tokens, dtype, tp)
+    kv = capacity - weights - acts
+    per_token = kv_bytes_per_token(spec, kv_dtype or dtype, tp)
+    tokens = max(0.0, kv) / per_token * ep if per_token else 0.0
+    return MemoryPlan(capacity, weights, acts, kv, per_token, tokens)
+
+
+def require_fit(plan: MemoryPlan, what: str) -> None:
+    """Out-of-memory verdict (exit 3) with the breakdown when nothing is left for the KV cache."""
+    if plan.kv_cache <= 0:
+        raise NegativeVerdict(
+            f"{what}: weights ({plan.weights / 2**30:.1f} GiB) + activations "
+            f"({plan.activations / 2**30:.1f} GiB) exceed the usable device memory "
+            f"({plan.capacity / 2**30:.1f} GiB); use more devices (--devices / --tp / --ep)",
+            plan.as_dict(),
+        )

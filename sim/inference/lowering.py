@@ -1,0 +1,311 @@
+"""Lower one inference forward (prefill, decode or a speculative verify) to IR and run it.
+
+A step is ``sequences`` requests, each with ``q_len`` new tokens attending to a
+paged KV cache of ``context`` earlier positions (mean over the batch). The layer
+ops come from ``sim.workloads.transformer`` (one builder for training and
+inference); here they are placed on one simulated rank of a TP group, their
+``CommNeed`` s become collectives on concrete ranks, host overheads of the serving
+engine become ``Delay`` s, and the SimPy engine gives the step time.
+
+Scale by symmetry: all TP ranks (and all EP groups) run the same program, so rank 0
+alone is simulated and its collectives are costed on the real group.
+
+Parallel plan: ``tp`` ranks split attention and dense FFN (Megatron); with ``ep``
+> 1 the deployment has ep groups of tp ranks (devices = tp x ep), each serving
+1/ep of the requests (data-parallel attention) while routed experts are spread
+over the ep groups and reached by all-to-all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hwprofiles.spec import System
+from sim import ops
+from sim.cost import CachedCostModel, RooflineModel
+from sim.engine import Engine
+from sim.errors import InputError
+from sim.inference.engine_profile import NO_ENGINE, EngineProfile
+from sim.inference.kvcache import kv_bytes_per_token
+from sim.inference.routing import UNIFORM, Routing, experts_touched, moe_load
+from sim.ir import Collective, CollectiveKind, Delay, Op, RankGraph, Stream, dtype_bytes
+from sim.models.spec import ModelSpec
+from sim.network import comm_time_fn
+from sim.workloads.transformer import (
+    CommNeed,
+    Sharding,
+    StepShape,
+    embedding_forward,
+    layer_forward,
+    lm_head_forward,
+)
+
+_COLLECTIVE_KINDS = {str(k) for k in CollectiveKind}
+
+
+@dataclass(frozen=True)
+class ParallelPlan:
+    tp: int = 1
+    ep: int = 1
+    first_device: int = 0  # global id of the plan's first device (drafts sit elsewhere)
+
+    @property
+    def devices(self) -> int:
+        return self.tp * self.ep
+
+    def tp_group(self) -> tuple[int, ...]:
+        return tuple(range(self.first_device, self.first_device + self.tp))
+
+    def ep_group(self) -> tuple[int, ...]:
+        return tuple(self.first_device + i * self.tp for i in range(self.ep))
+
+
+@dataclass(frozen=True)
+class StepBatch:
+    """``sequences`` requests x ``q_len`` new tokens over ``context`` cached positions each."""
+
+    sequences: float
+    q_len: float
+    context: float
+    phase: str = "decode"  # "prefill" | "decode" | "verify" (for labels and CUDA graphs)
+
+    @property
+    def tokens(self) -> float:
+        return self.sequences * self.q_len
+
+
+@dataclass
+class StepResult:
+    """Time of one forward on the busiest rank, and why."""
+
+    time_s: float
+    device_s: float  # engine makespan of the device work (ops + collectives)
+    host_s: float  # serving-engine delays (step overhead, sampling)
+    by_kind: dict[str, float]
+    compute_s: float  # sum of op compute terms
+    memory_s: float  # sum of op memory terms
+    overhead_s: float  # sum of per-kernel overheads
+    bound: str
+    kernels: int
+    weight_bytes_read: float
+    kv_bytes_read: float
+    experts_loaded: float  # distinct routed experts per MoE layer (whole deployment)
+    tokens: float
+    details: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {
+            "time_s": self.time_s,
+            "device_s": self.device_s,
+            "host_s": self.host_s,
+            "bound": self.bound,
+            "compute_s": self.compute_s,
+            "memory_s": self.memory_s,
+            "kernel_overhead_s": self.overhead_s,
+            "kernels": self.kernels,
+            "weight_bytes_read": self.weight_bytes_read,
+            "kv_bytes_read": self.kv_bytes_read,
+            "experts_loaded": self.experts_loaded,
+            "tokens": self.tokens,
+            "time_by_kind_s": dict(sorted(self.by_kind.items(), key=lambda kv: -kv[1])),
+        }
+
+
+def check_plan(spec: ModelSpec, system: System, plan: ParallelPlan) -> None:
+    if plan.tp < 1 or plan.ep < 1:
+        raise InputError(f"tp and ep must be >= 1 (got tp={plan.tp}, ep={plan.ep})")
+    if plan.first_device + plan.devices > system.num_devices:
+        raise InputError(
+            f"plan needs {plan.devices} devices from device {plan.first_device}; "
+            f"system '{system.name}' has {system.num_devices}: use --devices <= "
+            f"{system.num_devices} or a larger system"
+        )
+    if spec.heads % plan.tp:
+        raise InputError(
+            f"TP={plan.tp} does not divide the {spec.heads} attention heads of "
+            f"{spec.name}: choose a TP that divides {spec.heads}"
+        )
+    if plan.ep > 1:
+        if spec.moe is None:
+            raise InputError(f"--ep {plan.ep} needs an MoE model; {spec.name} is dense")
+        if spec.moe.num_experts % plan.ep:
+            raise InputError(
+                f"EP={plan.ep} does not divide the {spec.moe.num_experts} experts of {spec.name}"
+            )
+
+
+def step_items(
+    spec: ModelSpec,
+    batch: StepBatch,
+    plan: ParallelPlan,
+    dtype: str = "bf16",
+    routing: Routing = UNIFORM,
+    fc_in: int = 0,
+) -> list[Op | CommNeed]:
+    """Ops and comm needs of one forward on one rank, in order (embedding .. LM head).
+
+    ``fc_in`` > 0 adds a draft head's input projection (fc_in -> hidden) after the
+    embedding: EAGLE's fc over [embedding, target feature] and MTP's eh_proj both
+    map 2 x hidden to hidden.
+    """
+    seqs_rank = batch.sequences / plan.ep  # ep groups split the requests
+    shape = StepShape(seqs_rank, batch.q_len, batch.context + batch.q_len, causal=True)
+    sh = Sharding(tp=plan.tp, ep=plan.ep)
+    load = moe_load(spec, shape.tokens, plan.ep, routing) if spec.moe else None
+    items: list[Op | CommNeed] = list(embedding_forward(spec, shape.tokens, sh, dtype))
+    if fc_in:
+        items.append(ops.gemm("draft_fc", shape.tokens, spec.hidden, fc_in, dtype))
+    # Layers of one kind have identical ops: build each kind once and repeat it.
+    dense_layer: list | None = None
+    moe_layer: list | None = None
+    for layer in range(spec.layers):
+        if spec.is_moe_layer(layer):
+            if moe_layer is None:
+                moe_layer = layer_forward(spec, layer, shape, sh, dtype, load)
+            items += moe_layer
+        else:
+            if dense_layer is None:
+                dense_layer = layer_forward(spec, layer, shape, sh, dtype)
+            items += dense_layer
+    # Only the positions that are sampled need logits: the last of each prefill
+    # sequence, every position of a decode or verify step.
+    logit_rows = seqs_rank if batch.phase == "prefill" else shape.tokens
+    items += lm_head_forward(spec, logit_rows, sh, dtype)
+    return items
+
+
+def build_graph(
+    items: list[Op | CommNeed],
+    plan: ParallelPlan,
+    host_before: float = 0.0,
+    host_after: float = 0.0,
+) -> RankGraph:
+    """Rank-0 program: host delay, the items in order on the compute stream, host delay.
+
+    Collectives of a forward block the next op (tensor-parallel reduce, MoE
+    dispatch), so everything runs in program order on one stream.
+    """
+    graph = RankGraph(plan.first_device)
+    tags: dict[str, int] = {}
+    if host_before > 0:
+        graph.add(Delay("step_overhead", host_before), Stream.COMPUTE, label="host")
+    for item in items:
+        if isinstance(item, CommNeed):
+            group = plan.tp_group() if item.group == "tp" else plan.ep_group()
+            tag = tags.get(item.name, 0)
+            tags[item.name] = tag + 1
+            graph.add(
+                Collective(item.name, item.kind, group, item.nbytes, tag=tag),
+                Stream.COMPUTE,
+                label="comm",
+            )
+        else:
+            graph.add(item, Stream.COMPUTE, label="device")
+    if host_after > 0:
+        graph.add(Delay("sampling", host_after), Stream.COMPUTE, label="host")
+    return graph
+
+
+class StepSimulator:
+    """Prices forwards of one model on one deployment; caches op costs across steps."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        system: System,
+        plan: ParallelPlan,
+        engine: EngineProfile = NO_ENGINE,
+        dtype: str = "bf16",
+        routing: Routing = UNIFORM,
+        fc_in: int = 0,
+    ) -> None:
+        check_plan(spec, system, plan)
+        self.fc_in = fc_in
+        self.spec, self.system, self.plan = spec, system, plan
+        self.engine, self.dtype, self.routing = engine, dtype, routing
+        self._models: dict[bool, CachedCostModel] = {}
+        self._comm = comm_time_fn(system)
+        self._memo: dict[tuple, StepResult] = {}
+
+    def _cost_model(self, batch: StepBatch) -> CachedCostModel:
+        decode_batch = batch.sequences / self.plan.ep if batch.phase != "prefill" else None
+        graphed = decode_batch is not None and decode_batch <= self.engine.cuda_graph_max_batch
+        if graphed not in self._models:
+            device = self.engine.device_for_step(self.system.device, decode_batch)
+            self._models[graphed] = CachedCostModel(RooflineModel(device))
+        return self._models[graphed]
+
+    def run(self, batch: StepBatch, host: bool = True) -> StepResult:
+        """Simulate one forward; ``host=False`` leaves out the engine's step/sampling delays."""
+        key = (batch, host)
+        hit = self._memo.get(key)
+        if hit is not None:
+            return hit
+        if batch.sequences <= 0 or batch.q_len <= 0:
+            raise InputError(f"a step needs >= 1 sequence and >= 1 token (got {batch})")
+        items = step_items(self.spec, batch, self.plan, self.dtype, self.routing, self.fc_in)
+        model = self._cost_model(batch)
+        # vLLM's scorer runs a verify pass as sequences x q_len one-token sequences.
+        runner_seqs = batch.sequences * (batch.q_len if batch.phase == "verify" else 1)
+        before = self.engine.step_host_time(runner_seqs) if host else 0.0
+        after = (
+            self.engine.sampling_time(
+                batch.sequences * (1 if batch.phase == "prefill" else batch.q_len)
+            )
+            if host
+            else 0.0
+        )
+        graph = build_graph(items, self.plan, before, after)
+        sim = Engine([graph], lambda op: model.time(op).time_s, self._comm).run()
+        result = self._summarise(items, model, sim, before + after, batch)
+        self._memo[key] = result
+        return result
+
+    def _summarise(self, items, model, sim, host_s, batch) -> StepResult:
+        compute = memory = overhead = 0.0
+        weight_bytes = kv_bytes = 0.0
+        kernels = 0
+        for item in items:
+            if isinstance(item, CommNeed):
+                continue
+            cost = model.time(item)
+            compute += cost.compute_s
+            memory += cost.memory_s
+            overhead += cost.overhead_s
+            kernels += 1
+            if "k" in item.shape and "n" in item.shape:
+                weight_bytes += (
+                    item.shape["k"]
+                    * item.shape["n"]
+                    * item.shape.get("batch", 1)
+                    * dtype_bytes(item.dtype)
+                )
+        seqs_rank = batch.sequences / self.plan.ep
+        kv_bytes = (
+            seqs_rank * batch.context * kv_bytes_per_token(self.spec, self.dtype, self.plan.tp)
+        )
+        by_kind = sim.time_by_kind(self.plan.first_device)
+        terms = {
+            "compute": compute,
+            "memory": memory,
+            "kernel overhead": overhead,
+            "communication": sum(v for k, v in by_kind.items() if k in _COLLECTIVE_KINDS),
+            "host": host_s,
+        }
+        bound = max(terms, key=terms.get)
+        experts = experts_touched(self.spec, batch.tokens, self.routing) if self.spec.moe else 0.0
+        return StepResult(
+            sim.makespan_s,
+            sim.makespan_s - host_s,
+            host_s,
+            by_kind,
+            compute,
+            memory,
+            overhead,
+            bound,
+            kernels,
+            weight_bytes,
+            kv_bytes,
+            experts,
+            batch.tokens,
+        )

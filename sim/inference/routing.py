@@ -1,0 +1,96 @@
+"""Which experts the tokens of one step touch: uniform, Zipf or a measured histogram.
+
+Decode reads the weights of every distinct expert its tokens route to, so the
+distinct count drives weight traffic. Under uniform routing the expectation is
+closed-form, E * (1 - (1 - k/E)^t) (MoESD Eq. 8). For skewed routing we sample:
+each token draws k distinct experts without replacement with probabilities p
+(Gumbel top-k, seeded), and the EP rank holding the most assignments sets the
+pace (it finishes last), so its assignments and distinct experts form the MoELoad.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from sim.errors import InputError
+from sim.models.spec import ModelSpec
+from sim.workloads.transformer import MoELoad, expected_active_experts, uniform_moe_load
+
+
+@dataclass(frozen=True)
+class Routing:
+    """How tokens choose experts.
+
+    kind: "uniform" (closed form), "zipf" (p_i ~ 1/i^zipf_s), "histogram" (p_i ~
+    histogram[i], e.g. measured expert counts). ``samples`` draws are averaged.
+    """
+
+    kind: str = "uniform"
+    zipf_s: float = 1.0
+    histogram: tuple[float, ...] = ()
+    seed: int = 0
+    samples: int = 16
+
+    def probabilities(self, num_experts: int) -> np.ndarray:
+        if self.kind == "zipf":
+            p = 1.0 / np.arange(1, num_experts + 1, dtype=float) ** self.zipf_s
+        elif self.kind == "histogram":
+            if len(self.histogram) != num_experts:
+                raise InputError(
+                    f"routing histogram has {len(self.histogram)} entries; the model "
+                    f"has {num_experts} experts: give one count per expert"
+                )
+            p = np.asarray(self.histogram, dtype=float)
+            if (p < 0).any() or p.sum() <= 0:
+                raise InputError("routing histogram: counts must be >= 0 and not all zero")
+        elif self.kind == "uniform":
+            p = np.ones(num_experts)
+        else:
+            raise InputError(f"unknown routing '{self.kind}': use uniform, zipf or histogram")
+        return p / p.sum()
+
+
+UNIFORM = Routing()
+
+
+def moe_load(
+    spec: ModelSpec, tokens_per_rank: float, ep: int, routing: Routing = UNIFORM
+) -> MoELoad:
+    """MoELoad of the busiest EP rank for ``tokens_per_rank`` tokens on each of ``ep`` ranks."""
+    if spec.moe is None:
+        raise InputError(f"model '{spec.name}' has no MoE layers")
+    if routing.kind == "uniform" or tokens_per_rank <= 0:
+        return uniform_moe_load(spec, tokens_per_rank, ep)
+    moe = spec.moe
+    if moe.num_experts % ep:
+        raise InputError(f"EP={ep} does not divide the {moe.num_experts} experts of {spec.name}")
+    tokens = max(1, round(tokens_per_rank * ep))
+    p = routing.probabilities(moe.num_experts)
+    logp = np.log(np.maximum(p, 1e-300))
+    rng = np.random.default_rng(routing.seed)
+    per_rank = moe.num_experts // ep
+    assign_sum = active_sum = 0.0
+    for _ in range(routing.samples):
+        # Gumbel top-k: the k largest of log p + Gumbel noise are a weighted sample
+        # of k distinct experts without replacement.
+        keys = logp + rng.gumbel(size=(tokens, moe.num_experts))
+        chosen = np.argpartition(-keys, moe.top_k - 1, axis=1)[:, : moe.top_k]
+        counts = np.bincount(chosen.ravel(), minlength=moe.num_experts).reshape(ep, per_rank)
+        busiest = int(np.argmax(counts.sum(axis=1)))
+        assign_sum += counts[busiest].sum()
+        active_sum += np.count_nonzero(counts[busiest])
+    scale = tokens_per_rank * ep / tokens  # undo rounding of fractional token counts
+    return MoELoad(
+        tokens=assign_sum / routing.samples * scale, active_experts=active_sum / routing.samples
+    )
+
+
+def experts_touched(spec: ModelSpec, tokens: float, routing: Routing = UNIFORM) -> float:
+    """Distinct experts (of one MoE layer, all EP ranks) touched by ``tokens`` tokens."""
+    if spec.moe is None:
+        return 0.0
+    if routing.kind == "uniform":
+        return expected_active_experts(spec.moe.num_experts, spec.moe.top_k, tokens)
+    return moe_load(spec, tokens, 1, routing).active_experts

@@ -1,0 +1,379 @@
+"""Continuous-batching serving simulation (SimPy), vLLM-V0 style.
+
+Requests arrive (Poisson or a trace), wait in FCFS order, and are admitted while
+the KV cache has room for their prompt (paged in blocks) and the batch is below
+``max_num_seqs``. Each iteration is either a prefill of the newly admitted
+requests (prefill has priority, as in vLLM's default scheduler) or one decode
+step of every running request; with speculative decoding a decode step is one SD
+round that emits 1 + accepted tokens per request, the acceptance sampled per
+request. When a decode step finds no free block, the most recently admitted
+request is preempted and recomputed later (vLLM's recompute preemption).
+
+Step times come from ``StepSimulator`` (ops -> cost model -> engine, with the
+engine profile's host overheads). Decode time is linear in context for a fixed
+batch (only the KV read grows), so each batch size is simulated at a few context
+grid points and interpolated; prefill likewise over the prompt length.
+"""
+
+from __future__ import annotations
+
+import bisect
+import csv
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import simpy
+from tqdm import tqdm
+
+from sim.errors import InputError
+from sim.inference.lowering import StepBatch, StepSimulator
+
+CONTEXT_GRID = (0, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
+
+
+@dataclass
+class Request:
+    id: int
+    arrival_s: float
+    prompt: int
+    output: int
+    alpha: float = 0.0  # per-request acceptance rate (speculative decoding)
+    generated: int = 0
+    first_token_s: float | None = None
+    finish_s: float | None = None
+    preemptions: int = 0
+
+    @property
+    def context(self) -> int:
+        return self.prompt + self.generated
+
+
+@dataclass(frozen=True)
+class LengthDist:
+    """A token-length distribution: "const:N" / "N", "uniform:A:B", "exp:MEAN" (geometric-like)."""
+
+    kind: str
+    a: float
+    b: float = 0.0
+
+    @staticmethod
+    def parse(text: str, what: str) -> LengthDist:
+        parts = str(text).split(":")
+        try:
+            if len(parts) == 1:
+                return LengthDist("const", float(parts[0]))
+            kind, args = parts[0], [float(x) for x in parts[1:]]
+        except ValueError:
+            raise InputError(
+                f"{what}: cannot read '{text}'; use N, const:N, uniform:A:B or exp:MEAN"
+            ) from None
+        if kind == "const" and len(args) == 1:
+            return LengthDist("const", args[0])
+        if kind == "uniform" and len(args) == 2 and 1 <= args[0] <= args[1]:
+            return LengthDist("uniform", args[0], args[1])
+        if kind == "exp" and len(args) == 1 and args[0] >= 1:
+            return LengthDist("exp", args[0])
+        raise InputError(
+            f"{what}: cannot read '{text}'; use N, const:N, uniform:A:B (1 <= A <= B) "
+            "or exp:MEAN (MEAN >= 1)"
+        )
+
+    def sample(self, rng: np.random.Generator) -> int:
+        if self.kind == "const":
+            return max(1, round(self.a))
+        if self.kind == "uniform":
+            return int(rng.integers(round(self.a), round(self.b) + 1))
+        return max(1, round(rng.exponential(self.a)))
+
+
+@dataclass(frozen=True)
+class Workload:
+    """How requests are generated: Poisson arrivals at ``rate`` per second, or a trace."""
+
+    num_requests: int = 200
+    rate: float = 1.0
+    prompt: LengthDist = LengthDist("const", 512)
+    output: LengthDist = LengthDist("const", 128)
+    seed: int = 0
+    trace: str | None = None  # CSV with arrival_s, prompt_tokens, output_tokens
+    alpha: float = 0.0  # mean acceptance (speculative decoding)
+    alpha_concentration: float = 20.0  # Beta(alpha*c, (1-alpha)*c) per request
+
+
+def make_requests(w: Workload) -> list[Request]:
+    rng = np.random.default_rng(w.seed)
+    if w.trace:
+        rows = read_trace(w.trace)
+    else:
+        if w.rate <= 0:
+            raise InputError(f"--rate must be > 0 requests/s, got {w.rate}")
+        if w.num_requests < 1:
+            raise InputError(f"--requests must be >= 1, got {w.num_requests}")
+        gaps = rng.exponential(1.0 / w.rate, w.num_requests)
+        arrivals = np.cumsum(gaps) - gaps[0]
+        rows = [(float(t), w.prompt.sample(rng), w.output.sample(rng)) for t in arrivals]
+    out = []
+    for i, (t, p, o) in enumerate(rows):
+        alpha = 0.0
+        if w.alpha > 0:
+            if w.alpha >= 1:
+                alpha = 1.0
+            else:
+                c = w.alpha_concentration
+                alpha = float(rng.beta(w.alpha * c, (1 - w.alpha) * c))
+        out.append(Request(i, t, p, o, alpha))
+    return out
+
+
+def read_trace(path: str) -> list[tuple[float, int, int]]:
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"--trace {path}: file not found")
+    rows = []
+    with p.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        need = {"arrival_s", "prompt_tokens", "output_tokens"}
+        if not reader.fieldnames or not need <= set(reader.fieldnames):
+            raise InputError(f"--trace {path}: needs CSV columns {', '.join(sorted(need))}")
+        for n, row in enumerate(reader, start=2):
+            try:
+                rows.append(
+                    (float(row["arrival_s"]), int(row["prompt_tokens"]), int(row["output_tokens"]))
+                )
+            except ValueError:
+                raise InputError(f"--trace {path}: line {n}: not numbers: {row}") from None
+            if rows[-1][1] < 1 or rows[-1][2] < 1 or rows[-1][0] < 0:
+                raise InputError(f"--trace {path}: line {n}: lengths must be >= 1, arrival >= 0")
+    if not rows:
+        raise InputError(f"--trace {path}: no requests")
+    return sorted(rows)
+
+
+class StepCosts:
+    """Step times from the simulator, interpolated over context on CONTEXT_GRID."""
+
+    def __init__(
+        self, target: StepSimulator, draft: StepSimulator | None = None, gamma: int = 0
+    ) -> None:
+        self.target, self.draft, self.gamma = target, draft, gamma
+
+    @staticmethod
+    def _interp(fn, x: float) -> float:
+        i = min(max(bisect.bisect_right(CONTEXT_GRID, x) - 1, 0), len(CONTEXT_GRID) - 2)
+        x0, x1 = CONTEXT_GRID[i], CONTEXT_GRID[i + 1]
+        y0, y1 = fn(x0), fn(x1)
+        return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+
+    def decode(self, batch: int, context: float) -> float:
+        return self._interp(
+            lambda c: self.target.run(StepBatch(batch, 1, c, "decode")).time_s, context
+        )
+
+    def prefill(self, sequences: int, prompt: float) -> float:
+        # Prefill time over the prompt length: simulate at grid lengths (>= 1 token).
+        return self._interp(
+            lambda q: self.target.run(StepBatch(sequences, max(q, 1), 0, "prefill")).time_s, prompt
+        )
+
+    def sd_round(self, batch: int, context: float) -> float:
+        assert self.draft is not None
+        g = self.gamma
+        draft = self._interp(
+            lambda c: self.draft.run(StepBatch(batch, 1, c, "decode")).time_s, context + (g - 1) / 2
+        )
+        verify = self._interp(
+            lambda c: self.target.run(StepBatch(batch, g + 1, c, "verify")).time_s, context
+        )
+        return g * draft + verify + self.target.engine.reject_time(batch * (g + 1))
+
+
+@dataclass
+class ServeResult:
+    requests: list[Request]
+    makespan_s: float
+    steps: int
+    prefill_steps: int
+    preemptions: int
+    mean_batch: float
+    kv_capacity_tokens: float
+    extra: dict = field(default_factory=dict)
+
+    def metrics(self) -> dict:
+        done = [r for r in self.requests if r.finish_s is not None]
+        ttft = np.array([r.first_token_s - r.arrival_s for r in done])
+        tpot = np.array(
+            [(r.finish_s - r.first_token_s) / (r.output - 1) for r in done if r.output > 1]
+        )
+        e2e = np.array([r.finish_s - r.arrival_s for r in done])
+        out_tokens = sum(r.output for r in done)
+
+        def pct(x: np.ndarray) -> dict:
+            if len(x) == 0:
+                return {"mean": None, "p50": None, "p90": None, "p99": None}
+            return {
+                "mean": float(x.mean()),
+                "p50": float(np.percentile(x, 50)),
+                "p90": float(np.percentile(x, 90)),
+                "p99": float(np.percentile(x, 99)),
+            }
+
+        return {
+            "requests": len(self.requests),
+            "completed": len(done),
+            "makespan_s": self.makespan_s,
+            "throughput_tokens_per_s": out_tokens / self.makespan_s if self.makespan_s else 0.0,
+            "throughput_requests_per_s": len(done) / self.makespan_s if self.makespan_s else 0.0,
+            "ttft_s": pct(ttft),
+            "tpot_s": pct(tpot),
+            "e2e_s": pct(e2e),
+            "steps": self.steps,
+            "prefill_steps": self.prefill_steps,
+            "preemptions": self.preemptions,
+            "mean_decode_batch": self.mean_batch,
+            "kv_capacity_tokens": self.kv_capacity_tokens,
+            **self.extra,
+        }
+
+
+class Server:
+    """The continuous-batching scheduler as a SimPy process."""
+
+    def __init__(
+        self,
+        costs: StepCosts,
+        kv_capacity_tokens: float,
+        max_num_seqs: int = 256,
+        max_batched_tokens: int = 8192,
+        block_size: int = 16,
+        seed: int = 0,
+    ) -> None:
+        self.costs = costs
+        self.blocks_total = int(kv_capacity_tokens // block_size)
+        self.block = block_size
+        self.max_num_seqs = max_num_seqs
+        self.max_batched_tokens = max_batched_tokens
+        self.rng = np.random.default_rng(seed + 1)
+        self.kv_capacity_tokens = kv_capacity_tokens
+
+    def _blocks(self, tokens: int) -> int:
+        return math.ceil(tokens / self.block)
+
+    def run(self, requests: list[Request], progress: bool = False) -> ServeResult:
+        for r in requests:
+            need = self._blocks(r.prompt + r.output)
+            if need > self.blocks_total:
+                raise InputError(
+                    f"request {r.id} needs {r.prompt + r.output} tokens of KV cache; the "
+                    f"deployment holds {self.blocks_total * self.block}: shorten it or "
+                    "add devices"
+                )
+        env = simpy.Environment()
+        waiting: deque[Request] = deque()
+        arrived = [env.event()]
+        stats = {"steps": 0, "prefill": 0, "preempt": 0, "batch_sum": 0}
+        bar = tqdm(total=len(requests), disable=not progress, unit="req", desc="serving")
+
+        def arrivals():
+            for r in requests:
+                if r.arrival_s > env.now:
+                    yield env.timeout(r.arrival_s - env.now)
+                waiting.append(r)
+                if not arrived[0].triggered:
+                    arrived[0].succeed()
+
+        def scheduler():
+            running: list[Request] = []
+            used = 0  # KV blocks in use
+            finished = 0
+            while finished < len(requests):
+                if not running and not waiting:
+                    arrived[0] = env.event()
+                    yield arrived[0]
+                    continue
+                admit: list[Request] = []
+                budget = self.max_batched_tokens
+                while waiting and len(running) + len(admit) < self.max_num_seqs:
+                    r = waiting[0]
+                    need = self._blocks(r.context + 1)
+                    if used + need > self.blocks_total or (admit and r.context > budget):
+                        break
+                    waiting.popleft()
+                    used += need
+                    budget -= r.context
+                    admit.append(r)
+                if admit:
+                    mean_prompt = sum(r.context for r in admit) / len(admit)
+                    yield env.timeout(self.costs.prefill(len(admit), mean_prompt))
+                    stats["prefill"] += 1
+                    for r in admit:
+                        if r.first_token_s is None:
+                            r.first_token_s = env.now
+                        r.generated += 1
+                    running += admit
+                    finished += self._retire(running, env.now, bar)
+                    used = sum(self._blocks(r.context) for r in running)
+                    continue
+                # Decode: every running request needs room for this step's new tokens.
+                step_tokens = self.costs.gamma + 1 if self.costs.draft else 1
+                while (
+                    running
+                    and sum(self._blocks(r.context + step_tokens) for r in running)
+                    > self.blocks_total
+                ):
+                    # Recompute preemption: the most recently admitted request frees its
+                    # blocks and is prefilled again (prompt + generated) when readmitted.
+                    victim = running.pop()
+                    victim.preemptions += 1
+                    stats["preempt"] += 1
+                    waiting.appendleft(victim)
+                if not running:
+                    continue
+                batch = len(running)
+                context = sum(r.context for r in running) / batch
+                if self.costs.draft:
+                    yield env.timeout(self.costs.sd_round(batch, context))
+                    for r in running:
+                        r.generated = min(r.output, r.generated + self._sd_tokens(r.alpha))
+                else:
+                    yield env.timeout(self.costs.decode(batch, context))
+                    for r in running:
+                        r.generated += 1
+                stats["steps"] += 1
+                stats["batch_sum"] += batch
+                finished += self._retire(running, env.now, bar)
+                used = sum(self._blocks(r.context) for r in running)
+
+        env.process(arrivals())
+        env.process(scheduler())
+        env.run()
+        bar.close()
+        makespan = max((r.finish_s for r in requests if r.finish_s is not None), default=0.0)
+        mean_batch = stats["batch_sum"] / stats["steps"] if stats["steps"] else 0.0
+        return ServeResult(
+            requests,
+            makespan,
+            stats["steps"],
+            stats["prefill"],
+            stats["preempt"],
+            mean_batch,
+            self.kv_capacity_tokens,
+        )
+
+    def _sd_tokens(self, alpha: float) -> int:
+        """1 + the number of leading drafted tokens accepted (each with probability alpha)."""
+        accepted = 0
+        while accepted < self.costs.gamma and self.rng.random() < alpha:
+            accepted += 1
+        return accepted + 1
+
+    @staticmethod
+    def _retire(running: list[Request], now: float, bar) -> int:
+        done = [r for r in running if r.generated >= r.output]
+        for r in done:
+            r.finish_s = now
+            running.remove(r)
+        bar.update(len(done))
+        return len(done)

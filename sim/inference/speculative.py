@@ -1,0 +1,212 @@
+"""Speculative decoding (SD): draft gamma tokens, verify them in one target forward.
+
+One SD round over a batch of B requests (MoESD Eq. 2, with the draft's gamma
+sequential steps as in its Eq. 4):
+
+    t_round = gamma * t_draft_step(B) + t_verify(B, gamma+1 tokens each) + t_reject(B)
+
+The target scores gamma+1 positions per request (the gamma drafted tokens plus the
+bonus position), as vLLM does; the step times come from the simulator (ops ->
+cost model -> engine) with the serving engine's host overheads. A round yields
+E = 1 + sum_{i=1..gamma} prod_{j<=i} alpha_j tokens per request, which for a
+constant alpha is (1 - alpha^(gamma+1)) / (1 - alpha) (Leviathan et al.; MoESD
+Eq. 5 writes it as sigma * (gamma+1)). Speedup = E * t_ar / t_round, where t_ar
+is one plain decode step (MoESD Eq. 4).
+
+Target efficiency (MoESD §3.1) = T_T(B,1) / T_T(B,gamma): plain decode step time
+over verification time; here the verification forward is the gamma+1-token one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from scipy.optimize import brentq
+
+from hwprofiles.spec import System
+from sim.errors import InputError
+from sim.inference.engine_profile import NO_ENGINE, EngineProfile
+from sim.inference.lowering import ParallelPlan, StepBatch, StepSimulator
+from sim.inference.routing import UNIFORM, Routing
+from sim.models.spec import ModelSpec
+
+HEAD_KINDS = ("eagle", "mtp")
+
+
+def expected_tokens(alpha: float | tuple[float, ...], gamma: int) -> float:
+    """Tokens one SD round emits per request: 1 + sum_i prod_{j<=i} alpha_j."""
+    rates = _rates(alpha, gamma)
+    total, survive = 1.0, 1.0
+    for a in rates:
+        survive *= a
+        total += survive
+    return total
+
+
+def _rates(alpha: float | tuple[float, ...], gamma: int) -> tuple[float, ...]:
+    rates = (alpha,) * gamma if isinstance(alpha, int | float) else tuple(alpha)
+    if len(rates) != gamma:
+        raise InputError(
+            f"per-position acceptance has {len(rates)} rates; gamma is {gamma}: "
+            "give one rate per drafted position"
+        )
+    for a in rates:
+        if not 0.0 <= a <= 1.0:
+            raise InputError(f"acceptance rate {a} is outside [0, 1]")
+    return rates
+
+
+def sigma_to_alpha(sigma: float, gamma: int) -> float:
+    """Invert MoESD Eq. 5, sigma = [(1 - a^(g+1)) / (1 - a)] / (g+1), for a."""
+    lo = 1.0 / (gamma + 1)
+    if not lo <= sigma <= 1.0:
+        raise InputError(f"sigma must be in [1/(gamma+1), 1] = [{lo:.3f}, 1], got {sigma}")
+    if sigma >= 1.0:
+        return 1.0
+    if sigma <= lo:
+        return 0.0
+    return brentq(lambda a: expected_tokens(a, gamma) / (gamma + 1) - sigma, 0.0, 1.0 - 1e-12)
+
+
+def head_spec(target: ModelSpec, kind: str) -> tuple[ModelSpec, int]:
+    """A one-layer draft head on the target's devices, and its input projection width.
+
+    EAGLE (Li et al. 2024): one decoder layer of the target's width with a dense
+    FFN (Mixtral's EAGLE uses the expert's intermediate size), an fc over
+    [token embedding, target feature] (2h -> h), and the target's embedding and LM
+    head. MTP (DeepSeek-V3): one target layer (MoE if the target is) with eh_proj
+    (2h -> h) and the shared embedding and head.
+    """
+    if kind == "eagle":
+        inner = target.moe.expert_ffn if target.moe else target.ffn
+        spec = replace(
+            target, name=f"eagle-head({target.name})", layers=1, ffn=inner, moe=None, mtp_layers=0
+        )
+    elif kind == "mtp":
+        spec = replace(target, name=f"mtp-head({target.name})", layers=1, mtp_layers=0)
+        if target.moe is not None:
+            spec = replace(spec, moe=replace(target.moe, first_dense_layers=0, layer_freq=1))
+    else:
+        raise InputError(
+            f"unknown draft head '{kind}': use one of {', '.join(HEAD_KINDS)} or a model name"
+        )
+    return spec, 2 * target.hidden
+
+
+def draft_simulator(
+    target: ModelSpec,
+    draft: ModelSpec | str,
+    system: System,
+    plan: ParallelPlan,
+    engine: EngineProfile,
+    dtype: str = "bf16",
+    routing: Routing = UNIFORM,
+    draft_plan: ParallelPlan | None = None,
+) -> StepSimulator:
+    """The draft's step simulator: a head on the target's plan, or a model on ``draft_plan``.
+
+    Draft forwards pay the proposer's per-step host cost instead of the target's.
+    """
+    draft_engine = replace(engine, step_overhead_s=engine.draft_step_overhead_s)
+    if isinstance(draft, str):
+        head, fc_in = head_spec(target, draft)
+        return StepSimulator(head, system, plan, draft_engine, dtype, routing, fc_in)
+    return StepSimulator(draft, system, draft_plan or ParallelPlan(tp=1), draft_engine, dtype)
+
+
+@dataclass(frozen=True)
+class SDRow:
+    """One batch size of an SD study (seconds; experts per MoE layer, whole model)."""
+
+    batch: int
+    gamma: int
+    t_ar_s: float
+    t_sd_round_s: float
+    t_draft_s: float
+    t_verify_s: float
+    t_reject_s: float
+    expected_tokens: float
+    speedup: float
+    target_efficiency: float
+    experts_loaded: float  # distinct routed experts touched by the verify pass
+    experts_loaded_ar: float  # ... by the plain decode step
+    bound_ar: str
+    bound_verify: str
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+class SpeculativeModel:
+    """Target + draft on a system; ``row(batch)`` prices one SD round against plain decoding.
+
+    ``draft`` is a ModelSpec (a separate small model with its own ``draft_plan``,
+    by default one device: vLLM's draft runs TP=1 on the first GPU) or a head kind
+    in HEAD_KINDS (runs on the target's devices with the target's plan).
+    """
+
+    def __init__(
+        self,
+        target: ModelSpec,
+        draft: ModelSpec | str,
+        system: System,
+        plan: ParallelPlan,
+        gamma: int,
+        alpha: float | tuple[float, ...],
+        engine: EngineProfile = NO_ENGINE,
+        context: float = 512.0,
+        draft_plan: ParallelPlan | None = None,
+        dtype: str = "bf16",
+        routing: Routing = UNIFORM,
+    ) -> None:
+        if gamma < 1:
+            raise InputError(f"gamma must be >= 1, got {gamma}")
+        self.gamma = gamma
+        self.alpha = alpha
+        self.tokens_per_round = expected_tokens(alpha, gamma)
+        self.engine = engine
+        self.context = context
+        self.target = StepSimulator(target, system, plan, engine, dtype, routing)
+        self.draft = draft_simulator(
+            target, draft, system, plan, engine, dtype, routing, draft_plan
+        )
+
+    def row(self, batch: int) -> SDRow:
+        g = self.gamma
+        ar = self.target.run(StepBatch(batch, 1, self.context, "decode"))
+        # The draft's i-th step attends to context + i positions; the mean is used.
+        draft = self.draft.run(StepBatch(batch, 1, self.context + (g - 1) / 2, "decode"))
+        verify = self.target.run(StepBatch(batch, g + 1, self.context, "verify"))
+        t_draft = g * draft.time_s
+        t_reject = self.engine.reject_time(batch * (g + 1))
+        t_round = t_draft + verify.time_s + t_reject
+        return SDRow(
+            batch,
+            g,
+            ar.time_s,
+            t_round,
+            t_draft,
+            verify.time_s,
+            t_reject,
+            self.tokens_per_round,
+            self.tokens_per_round * ar.time_s / t_round,
+            ar.time_s / verify.time_s,
+            verify.experts_loaded,
+            ar.experts_loaded,
+            ar.bound,
+            verify.bound,
+        )
+
+    def sweep(self, batches: list[int]) -> list[SDRow]:
+        return [self.row(b) for b in batches]
+
+
+def peak(rows: list[SDRow]) -> SDRow:
+    return max(rows, key=lambda r: r.speedup)
+
+
+def band_width(rows: list[SDRow]) -> tuple[int, int]:
+    """(smallest, largest) batch whose speedup is >= peak / sqrt(2) (MoESD Fig. 4)."""
+    top = peak(rows).speedup / 2**0.5
+    inside = [r.batch for r in rows if r.speedup >= top]
+    return min(inside), max(inside)

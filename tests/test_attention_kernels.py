@@ -284,9 +284,12 @@ def test_peak_memory_at_4096_far_below_standard():
     seq = 4096
     standard = _peak_extra_bytes("standard", seq)
     fast = _peak_extra_bytes("fast", seq)
-    # Model of standard's peak (sim.attention_model): two score-sized fp32 tensors + the mask.
-    predicted = standard_peak_memory(1, 2, seq, 32, True, "fp32") - 4 * 2 * seq * 32 * 4
-    assert standard > 0.6 * predicted
+    # Standard attention must at least hold one fp32 score tensor (batch*heads*S*S); the
+    # model's full peak (scores, probabilities, mask) is an upper reference: the allocator
+    # may reuse freed score pages for the probabilities, so RSS can sit below it.
+    one_score_tensor = 1 * 2 * seq * seq * 4
+    predicted = standard_peak_memory(1, 2, seq, 32, True, "fp32")
+    assert one_score_tensor <= standard <= 1.2 * predicted
     assert fast < standard / 10
 
 

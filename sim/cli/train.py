@@ -1,0 +1,213 @@
+"""``xpusim train``: simulate one training step of a model on a cluster under a parallel plan."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields, replace
+from pathlib import Path
+
+from hwprofiles import load_system
+from sim.errors import InputError, NegativeVerdict
+from sim.parallel import ParallelPlan, load_plan_file, validate_plan
+from sim.report import emit_json, fmt_bytes, fmt_si, table
+from sim.training.memory import format_breakdown
+from sim.training.simulate import TrainingOptions, estimate_memory, simulate_training
+
+_INT_FLAGS = ("tp", "pp", "vpp", "dp", "ep", "cp", "mbs", "gbs", "seq", "zero", "seed")
+_BOOL_FLAGS = (
+    "sequence_parallel",
+    "hierarchical_ep",
+    "overlap_ep",
+    "overlap_dp",
+    "overlap_tp",
+    "tp_extend_ep",
+)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="simulate a training step (step time, MFU, memory, bubble)",
+        description=__doc__,
+    )
+    p.add_argument("--model", help="preset name or Hugging Face config.json path")
+    p.add_argument("--system", help="system profile name or path (default atlas-800t-a2)")
+    p.add_argument("--nodes", type=int, help="number of nodes (default: the plan's devices)")
+    p.add_argument("--plan", help="plan TOML file ([plan] table; flags override it)")
+    for name in _INT_FLAGS:
+        p.add_argument(f"--{name.replace('_', '-')}", type=int, dest=name)
+    p.add_argument("--dtype", help="training dtype (default bf16)")
+    p.add_argument(
+        "--recompute",
+        choices=("auto", "none", "selective", "full"),
+        help="activation recompute; auto (default) picks the lightest that fits memory",
+    )
+    p.add_argument(
+        "--recompute-modules", help="comma list for selective: norm,attn,act,experts,mlp"
+    )
+    p.add_argument("--schedule", choices=("auto", "1f1b", "interleaved"))
+    p.add_argument("--order", help="rank order innermost first (default tp-cp-ep-dp-pp)")
+    p.add_argument("--moe-routing", help="uniform | zipf:S | hist:c1,c2,... (seeded by --seed)")
+    for name in _BOOL_FLAGS:
+        p.add_argument(
+            f"--{name.replace('_', '-')}",
+            dest=name,
+            action=argparse.BooleanOptionalAction,
+            default=None,
+        )
+    p.add_argument(
+        "--full-ranks",
+        action="store_true",
+        help="simulate every rank instead of one per stage (small jobs: the check)",
+    )
+    p.add_argument("--trace", help="write a Chrome trace (Perfetto) of one rank per stage here")
+    p.add_argument("--timeline", help="write a PNG timeline of one rank per stage here")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
+    p.set_defaults(func=run)
+
+
+def _load_model(name: str | None):
+    if not name:
+        raise InputError(
+            "--model is required (a preset such as pangu-ultra-moe, or a config.json "
+            "path), on the command line or as `model = ...` in the plan file"
+        )
+    from sim.models.hf_config import load_model
+
+    return load_model(name)
+
+
+def build_plan(args: argparse.Namespace) -> tuple[ParallelPlan, dict]:
+    """Plan from the file (if any), then every flag the user gave on top."""
+    values: dict = {}
+    extra: dict = {}
+    if args.plan:
+        values = load_plan_file(args.plan)
+        extra = values.pop("_extra")
+    for name in _INT_FLAGS + _BOOL_FLAGS + ("dtype", "schedule", "order", "moe_routing"):
+        v = getattr(args, name, None)
+        if v is not None:
+            values[name] = v
+    if args.recompute is not None:
+        values["recompute"] = args.recompute
+    if args.recompute_modules:
+        values["recompute_modules"] = tuple(m.strip() for m in args.recompute_modules.split(","))
+    values.setdefault("recompute", "auto")
+    if "sequence_parallel" not in values:
+        # Megatron-Core requires sequence parallelism for MoE with TP, and it is the
+        # usual choice for dense models too: on whenever TP > 1 unless --no-sequence-parallel.
+        values["sequence_parallel"] = values.get("tp", 1) > 1
+    known = {f.name for f in fields(ParallelPlan)}
+    return ParallelPlan(
+        **{k: v for k, v in values.items() if k in known and k != "recompute"},
+        recompute="none" if values["recompute"] == "auto" else values["recompute"],
+    ), {"recompute": values["recompute"], **extra}
+
+
+def choose_recompute(spec, system, plan: ParallelPlan) -> tuple[ParallelPlan, list]:
+    """The lightest recompute policy whose memory fits (none, then selective, then full)."""
+    mems: list = []
+    for policy in ("none", "selective", "full"):
+        candidate = replace(plan, recompute=policy)
+        mems = estimate_memory(spec, system, candidate)
+        if not any(m.oom for m in mems):
+            return candidate, mems
+    return candidate, mems
+
+
+def run(args: argparse.Namespace) -> int:
+    plan, extra = build_plan(args)
+    spec = _load_model(args.model or extra.get("model"))
+    system_name = args.system or extra.get("system") or "atlas-800t-a2"
+    nodes = args.nodes or extra.get("nodes")
+    if nodes is None:
+        probe = load_system(system_name)
+        per_node = probe.devices_per_node
+        world = plan.tp * plan.cp * plan.pp * max(plan.dp, 1)
+        nodes = max(1, -(-world // per_node))
+    system = load_system(system_name, nodes=int(nodes))
+    plan = validate_plan(spec, plan, system.num_devices)
+    if extra["recompute"] == "auto":
+        plan, mems = choose_recompute(spec, system, plan)
+    else:
+        mems = estimate_memory(spec, system, plan)
+    worst = max(mems, key=lambda m: m.total)
+    if worst.oom:
+        payload = {
+            "model": spec.name,
+            "system": system.name,
+            "plan": plan.as_dict(),
+            "oom": True,
+            "memory_per_device_bytes": worst.total,
+            "memory": worst.as_dict(),
+            "memory_by_stage": [m.as_dict() for m in mems],
+        }
+        if args.json:
+            emit_json(payload)
+        raise NegativeVerdict(
+            f"out of memory: {format_breakdown(worst)}; try --recompute full, "
+            "a higher --zero, more --pp/--tp, or a smaller --mbs",
+            payload,
+        )
+    result = simulate_training(
+        spec, system, plan, TrainingOptions(full_ranks=args.full_ranks, progress=not args.quiet)
+    )
+    reps = {s.rank: f"stage {s.stage} (rank {s.rank})" for s in result.stages}
+    if args.trace:
+        from sim.trace import write_chrome_trace
+
+        write_chrome_trace(result.sim, args.trace, reps.keys(), reps)
+    if args.timeline:
+        from sim.trace import render_timeline
+
+        render_timeline(
+            result.sim,
+            args.timeline,
+            sorted(reps),
+            reps,
+            title=f"{spec.name} on {system.num_devices} x {system.device.name}",
+        )
+    payload = result.as_dict()
+    if args.trace:
+        payload["trace"] = str(Path(args.trace))
+    if args.json:
+        emit_json(payload)
+        return 0
+    _print(result, payload)
+    return 0
+
+
+def _print(result, d: dict) -> None:
+    plan = result.plan
+    print(
+        f"{d['model']} on {d['devices']} x {d['system']}: tp={plan.tp} pp={plan.pp} "
+        f"vpp={plan.vpp} dp={plan.dp} ep={plan.ep} cp={plan.cp} mbs={plan.mbs} gbs={plan.gbs} "
+        f"seq={plan.seq} recompute={plan.recompute} sp={plan.sequence_parallel} zero={plan.zero}"
+    )
+    peaks = ", ".join(
+        f"{v:.1%} of {name} peak ({fmt_si(result.peaks[name], 'FLOP/s')})"
+        for name, v in d["mfu_by_peak"].items()
+    )
+    rows = [
+        ("step time", fmt_si(d["step_time_s"], "s")),
+        ("tokens/s", f"{d['tokens_per_s']:,.0f} ({d['tokens_per_s_per_device']:.1f} per device)"),
+        ("MFU", peaks),
+        (
+            "memory/device",
+            f"{fmt_bytes(d['memory_per_device_bytes'])} "
+            f"(stage {d['memory']['stage']}, oom={d['oom']})",
+        ),
+        (
+            "bubble",
+            f"{d['bubble_fraction']:.1%} of the step (closed form (p-1)/(m*v) = "
+            f"{d['bubble_closed_form']:.1%} of ideal)",
+        ),
+        ("exposed comm", fmt_si(d["exposed_comm_s"], "s")),
+    ]
+    print(table(rows, ("quantity", "value")))
+    print()
+    print("mean busy time per stage (s):")
+    print(table([(k, f"{v:.3f}") for k, v in d["breakdown_s"].items()], ("part", "seconds")))
+    print()
+    print("memory: " + format_breakdown(result.peak_memory))

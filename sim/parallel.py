@@ -1,0 +1,350 @@
+"""Parallel plans for training: degrees, batch, recompute, overlap switches, and rank placement.
+
+A ``ParallelPlan`` is plain data (what the user chose). ``validate_plan`` checks it
+against a model and a system and raises ``InputError`` naming the field and the fix.
+``Layout`` places global ranks on the topology: the order string lists dimensions
+innermost first (Megatron's default ``tp-cp-ep-dp-pp``: TP inside a node, PP
+outermost). EP is carved out of DP as in Megatron: the data-parallel dimension of
+size ``dp`` is split into ``ep`` (inner) x ``dp/ep`` (outer, the expert-data-parallel
+replicas). World size = tp x cp x dp x pp.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from sim.errors import InputError
+from sim.ir import BYTES_PER_DTYPE
+from sim.models.spec import ModelSpec
+
+RECOMPUTE_POLICIES = ("none", "selective", "full")
+# Modules a selective policy may recompute (docs/training.md): norms, the attention
+# core with its up-projections, the FFN activation function, the routed-expert MLPs.
+RECOMPUTE_MODULES = ("norm", "attn", "act", "experts", "mlp")
+DEFAULT_SELECTIVE = ("norm", "attn", "act")
+DIMENSIONS = ("tp", "cp", "ep", "dp", "pp")
+DEFAULT_ORDER = "tp-cp-ep-dp-pp"
+
+
+@dataclass(frozen=True)
+class ParallelPlan:
+    """How one training step is split over devices.
+
+    ``dp`` of 0 means "derive from the device count". ``ep`` divides ``dp``; with
+    ``tp_extend_ep`` the TP x EP group shards the *set* of experts (MindSpeed
+    ``moe_tp_extend_ep``) instead of TP splitting each expert's matrices.
+    ``moe_routing`` is "uniform", "zipf:S" (Zipf exponent S) or "hist:c1,c2,..."
+    (relative tokens per expert); routing draws use ``seed``.
+    """
+
+    tp: int = 1
+    pp: int = 1
+    vpp: int = 1
+    dp: int = 0
+    ep: int = 1
+    cp: int = 1
+    mbs: int = 1
+    gbs: int = 0  # 0: one micro-batch per DP rank per pipeline stage
+    seq: int = 4096
+    dtype: str = "bf16"
+    sequence_parallel: bool = False
+    zero: int = 1  # 0: plain DP; 1: optimizer states sharded (Megatron distributed optimizer); 2: +grads; 3: +params
+    recompute: str = "none"
+    recompute_modules: tuple[str, ...] = DEFAULT_SELECTIVE
+    tp_extend_ep: bool = True
+    overlap_dp: bool = True  # grad reduce-scatter during backward, param all-gather during forward
+    overlap_tp: bool = False  # TP collectives chunked and pipelined with their GEMMs
+    overlap_ep: bool = (
+        True  # EP all-to-all hidden by another micro-batch's compute (adaptive pipe overlap)
+    )
+    hierarchical_ep: bool = (
+        True  # inter-node all-gather + intra-node all-to-all (dedups top-k copies)
+    )
+    schedule: str = "auto"  # "1f1b" | "interleaved" | "auto" (interleaved when vpp > 1)
+    order: str = DEFAULT_ORDER
+    pad_layers: int = (
+        -1
+    )  # -1: pad with no-op layers up to a multiple of pp*vpp; else exactly this many
+    moe_routing: str = "uniform"
+    seed: int = 0
+    grad_reduce_dtype: str = (
+        "fp32"  # Megatron accumulates and reduces main grads in fp32 by default
+    )
+    fragmentation: float = 0.05  # allocator fragmentation as a fraction of the dynamic memory
+    runtime_reserved_gib: float = (
+        1.0  # framework/runtime workspace (HCCL/NCCL buffers, CANN/CUDA context)
+    )
+    tp_overlap_chunks: int = 4
+
+    @property
+    def world(self) -> int:
+        return self.tp * self.cp * self.dp * self.pp
+
+    @property
+    def edp(self) -> int:
+        """Expert-data-parallel degree: replicas of one expert shard."""
+        return self.dp // self.ep
+
+    @property
+    def interleaved(self) -> bool:
+        return self.schedule == "interleaved" or (self.schedule == "auto" and self.vpp > 1)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["recompute_modules"] = list(self.recompute_modules)
+        out["world"] = self.world
+        return out
+
+
+def microbatches(plan: ParallelPlan) -> int:
+    """Micro-batches per pipeline per step: gbs / (mbs x dp)."""
+    return plan.gbs // (plan.mbs * plan.dp)
+
+
+def resolve_plan(plan: ParallelPlan, num_devices: int) -> ParallelPlan:
+    """Fill the derived fields (dp from the device count, gbs default) and validate degrees."""
+    for name in ("tp", "pp", "vpp", "ep", "cp", "mbs", "seq", "tp_overlap_chunks"):
+        value = getattr(plan, name)
+        if not isinstance(value, int) or value < 1:
+            raise InputError(f"plan.{name} must be a positive integer, got {value!r}")
+    dp = plan.dp
+    per_replica = plan.tp * plan.cp * plan.pp
+    if dp == 0:
+        if num_devices % per_replica:
+            raise InputError(
+                f"{num_devices} devices are not a multiple of tp*cp*pp = {per_replica}; "
+                "change --tp/--cp/--pp or the number of nodes"
+            )
+        dp = num_devices // per_replica
+    if dp < 1:
+        raise InputError(f"plan.dp must be >= 1, got {dp}")
+    if plan.tp * plan.cp * dp * plan.pp != num_devices:
+        raise InputError(
+            f"devices ({num_devices}) != tp*cp*dp*pp = {plan.tp}*{plan.cp}*{dp}*{plan.pp} "
+            f"= {plan.tp * plan.cp * dp * plan.pp}; fix --dp or the number of nodes"
+        )
+    gbs = plan.gbs or plan.mbs * dp * plan.pp * plan.vpp
+    return replace(plan, dp=dp, gbs=gbs)
+
+
+def layer_slots(spec: ModelSpec, plan: ParallelPlan) -> list[str]:
+    """Pipeline slots in order: "L<i>" transformer layers, "mtp<j>" MTP modules, "noop" padding.
+
+    MTP modules run after the last layer (they need its hidden state). Padding no-op
+    layers (MindSpeed ``noop_layers``) go half before the first layer and half after
+    the last slot: the first virtual stage runs the embedding and the last one the
+    output head (for Pangu Ultra MoE a vocab x hidden GEMM worth about two MoE
+    layers), so those are the ones to lighten. (All padding at the end was tried:
+    the Pangu step is 2% slower, because the MTP block then shares a stage with L60.)
+    """
+    slots = [f"L{i}" for i in range(spec.layers)] + [f"mtp{j}" for j in range(spec.mtp_layers)]
+    stages = plan.pp * plan.vpp
+    if plan.pad_layers < 0:
+        pad = (-len(slots)) % stages
+    else:
+        pad = plan.pad_layers
+    total = len(slots) + pad
+    if total % stages:
+        raise InputError(
+            f"{len(slots)} layers (+{pad} padding) do not divide into pp*vpp = {stages} "
+            f"virtual stages; set pad_layers to {(-len(slots)) % stages} (or -1 for automatic) "
+            "or change --pp/--vpp"
+        )
+    if total < stages:
+        raise InputError(
+            f"{total} layer slots cannot fill pp*vpp = {stages} virtual stages; lower --pp or --vpp"
+        )
+    front = pad // 2
+    return ["noop"] * front + slots + ["noop"] * (pad - front)
+
+
+def validate_plan(spec: ModelSpec, plan: ParallelPlan, num_devices: int) -> ParallelPlan:
+    """Resolve and check ``plan`` for ``spec`` on ``num_devices``; return the resolved plan."""
+    if isinstance(plan.tp, int) and plan.tp >= 1 and spec.heads % plan.tp:
+        # Checked before the device count: the more specific message helps more.
+        raise InputError(
+            f"tp={plan.tp} does not divide the {spec.heads} attention heads of "
+            f"{spec.name}; choose a tp that divides {spec.heads}"
+        )
+    plan = resolve_plan(plan, num_devices)
+    if plan.dtype not in BYTES_PER_DTYPE:
+        raise InputError(
+            f"plan.dtype '{plan.dtype}' unknown; use one of {', '.join(BYTES_PER_DTYPE)}"
+        )
+    if plan.grad_reduce_dtype not in BYTES_PER_DTYPE:
+        raise InputError(f"plan.grad_reduce_dtype '{plan.grad_reduce_dtype}' unknown")
+    if spec.heads % plan.tp:
+        raise InputError(
+            f"tp={plan.tp} does not divide the {spec.heads} attention heads of "
+            f"{spec.name}; choose a tp that divides {spec.heads}"
+        )
+    if spec.mla is None and spec.kv_heads % plan.tp and plan.tp % spec.kv_heads:
+        raise InputError(
+            f"tp={plan.tp} and the {spec.kv_heads} KV heads of {spec.name} do not "
+            "divide one another; choose another tp"
+        )
+    if plan.dp % plan.ep:
+        raise InputError(
+            f"ep={plan.ep} must divide dp={plan.dp} (EP is carved out of DP); "
+            "change --ep or the device count"
+        )
+    if spec.moe is None and plan.ep > 1:
+        raise InputError(f"{spec.name} is dense: ep must be 1, got {plan.ep}")
+    if spec.moe is not None:
+        shards = plan.ep * (plan.tp if plan.tp_extend_ep else 1)
+        if spec.moe.num_experts % shards:
+            what = "tp*ep" if plan.tp_extend_ep else "ep"
+            raise InputError(
+                f"{what} = {shards} does not divide the {spec.moe.num_experts} "
+                f"experts of {spec.name}; change --ep/--tp"
+            )
+    if plan.seq % (plan.cp * (2 if plan.cp > 1 else 1)):
+        raise InputError(
+            f"seq={plan.seq} must be divisible by 2*cp = {2 * plan.cp} "
+            "(load-balanced context-parallel chunks)"
+        )
+    if plan.sequence_parallel and (plan.seq // plan.cp * plan.mbs) % plan.tp:
+        raise InputError(f"sequence parallelism needs mbs*seq/cp divisible by tp={plan.tp}")
+    if plan.gbs % (plan.mbs * plan.dp):
+        raise InputError(
+            f"gbs={plan.gbs} is not divisible by mbs*dp = {plan.mbs}*{plan.dp} = "
+            f"{plan.mbs * plan.dp}; change --gbs or --mbs"
+        )
+    m = microbatches(plan)
+    if plan.vpp > 1 and not plan.interleaved:
+        raise InputError(
+            "vpp > 1 needs the interleaved schedule (schedule = 'interleaved' or 'auto')"
+        )
+    if plan.interleaved and plan.pp > 1 and m % plan.pp:
+        raise InputError(
+            f"the interleaved schedule needs micro-batches ({m}) divisible by "
+            f"pp={plan.pp} (Megatron's constraint); change --gbs or --mbs"
+        )
+    if plan.schedule not in ("auto", "1f1b", "interleaved"):
+        raise InputError(f"schedule '{plan.schedule}' unknown; use 1f1b, interleaved or auto")
+    if plan.zero not in (0, 1, 2, 3):
+        raise InputError(f"zero must be 0, 1, 2 or 3, got {plan.zero}")
+    if plan.recompute not in RECOMPUTE_POLICIES:
+        raise InputError(f"recompute '{plan.recompute}' unknown; use none, selective or full")
+    bad = [mod for mod in plan.recompute_modules if mod not in RECOMPUTE_MODULES]
+    if bad:
+        raise InputError(
+            f"recompute_modules {bad} unknown; choose from {', '.join(RECOMPUTE_MODULES)}"
+        )
+    if not 0 <= plan.fragmentation < 1:
+        raise InputError(f"fragmentation must be in [0, 1), got {plan.fragmentation}")
+    parse_order(plan.order)
+    parse_routing(plan.moe_routing)
+    layer_slots(spec, plan)
+    return plan
+
+
+def parse_order(order: str) -> tuple[str, ...]:
+    dims = tuple(d.strip() for d in order.split("-"))
+    if sorted(dims) != sorted(DIMENSIONS):
+        raise InputError(
+            f"order '{order}' must list each of {', '.join(DIMENSIONS)} once, "
+            f"innermost first (default {DEFAULT_ORDER})"
+        )
+    return dims
+
+
+def parse_routing(text: str) -> tuple[str, tuple[float, ...]]:
+    """'uniform' | 'zipf:1.2' | 'hist:5,3,1,...' -> (kind, parameters)."""
+    kind, _, rest = text.partition(":")
+    try:
+        if kind == "uniform" and not rest:
+            return "uniform", ()
+        if kind == "zipf":
+            s = float(rest)
+            if s < 0:
+                raise ValueError
+            return "zipf", (s,)
+        if kind == "hist":
+            counts = tuple(float(x) for x in rest.split(","))
+            if not counts or min(counts) < 0 or sum(counts) <= 0:
+                raise ValueError
+            return "hist", counts
+    except ValueError:
+        pass
+    raise InputError(
+        f"moe_routing '{text}' not understood; use 'uniform', 'zipf:S' (S >= 0) "
+        "or 'hist:c1,c2,...' (non-negative tokens per expert)"
+    )
+
+
+@dataclass(frozen=True)
+class Coord:
+    tp: int
+    cp: int
+    ep: int
+    dp: int  # the outer (expert-data-parallel) part of DP: 0 .. dp/ep - 1
+    pp: int
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Maps coordinates to global ranks for a resolved plan (dims innermost first)."""
+
+    plan: ParallelPlan
+    sizes: dict[str, int] = field(init=False)
+    dims: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        p = self.plan
+        object.__setattr__(self, "dims", parse_order(p.order))
+        object.__setattr__(
+            self, "sizes", {"tp": p.tp, "cp": p.cp, "ep": p.ep, "dp": p.dp // p.ep, "pp": p.pp}
+        )
+
+    def rank(self, c: Coord) -> int:
+        r, stride = 0, 1
+        for d in self.dims:
+            r += getattr(c, d) * stride
+            stride *= self.sizes[d]
+        return r
+
+    def coord(self, rank: int) -> Coord:
+        vals = {}
+        for d in self.dims:
+            vals[d] = rank % self.sizes[d]
+            rank //= self.sizes[d]
+        return Coord(**vals)
+
+    def group(self, rank: int, dims: tuple[str, ...]) -> tuple[int, ...]:
+        """Global ranks sharing every coordinate of ``rank`` except ``dims``."""
+        base = self.coord(rank)
+        members = [base]
+        for d in dims:
+            members = [replace(m, **{d: i}) for m in members for i in range(self.sizes[d])]
+        return tuple(sorted(self.rank(m) for m in members))
+
+    def stage_ranks(self, stage: int) -> list[int]:
+        return sorted(r for r in range(self.plan.world) if self.coord(r).pp == stage)
+
+
+def load_plan_file(path: str | Path) -> dict[str, Any]:
+    """Read a plan TOML (``[plan]`` table or top-level keys); unknown keys are errors."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"plan file {path} not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"plan file {path}: {exc}") from None
+    table = data.get("plan", data)
+    known = {f.name for f in fields(ParallelPlan)}
+    extra = {k: v for k, v in data.items() if k != "plan"} if "plan" in data else {}
+    unknown = [k for k in table if k not in known]
+    if unknown:
+        raise InputError(
+            f"plan file {path}: unknown keys {unknown}; known: {', '.join(sorted(known))}"
+        )
+    out = dict(table)
+    if "recompute_modules" in out:
+        out["recompute_modules"] = tuple(out["recompute_modules"])
+    out["_extra"] = extra
+    return out

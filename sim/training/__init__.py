@@ -1,0 +1,10 @@
+"""Training at cluster scale: lowering of fwd/bwd/recompute/optimizer, memory, simulation."""
+
+from sim.training.simulate import (
+    TrainingOptions,
+    TrainingResult,
+    estimate_memory,
+    simulate_training,
+)
+
+__all__ = ["TrainingOptions", "TrainingResult", "estimate_memory", "simulate_training"]

@@ -1,0 +1,621 @@
+"""Lowering a training step to per-rank IR graphs.
+
+For each simulated rank (one representative per pipeline stage, or every rank in
+full-rank mode) the lowering:
+
+1. builds the forward items of each model chunk it holds (``layers.slot_items``),
+2. turns them into *segments*: runs of consecutive ops priced by the cost model
+   and merged into one ``Delay`` (the engine then handles tens of thousands of
+   tasks instead of millions; the per-op times are kept for the breakdown), and
+   collectives on concrete global-rank groups,
+3. emits the units of the pipeline schedule in order: receive activations
+   (gradients), the unit's segments, send; data-parallel gradient reduction after
+   the last backward of each chunk; the optimizer step; the parameter all-gather.
+
+Streams: compute-stream work runs in order; a collective the next op needs at
+once (TP, CP, and EP without overlap) sits on the compute stream, so its time is
+exposed. Pipeline receives go on the comm stream, sends on the copy stream (each
+direction between two stages then appears in the same order on both sides, so the
+rendezvous cannot deadlock). With ``overlap_ep`` an F unit and the B unit that
+follows it in 1F1B's steady state are interleaved block by block at their EP
+all-to-alls, which move to the comm stream: one micro-batch's dispatch/combine runs
+while the other's compute proceeds (Pangu's adaptive pipe overlap; MindSpeed's
+merged forward-backward). With ``overlap_dp`` gradient reduce-scatters run on the
+comm stream as soon as a chunk's last backward ends, and the parameter all-gather
+of the previous step's optimizer overlaps this step's first forwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from hwprofiles.spec import System
+from sim import ops
+from sim.ir import (
+    Collective,
+    CollectiveKind,
+    Delay,
+    Op,
+    OpKind,
+    RankGraph,
+    Stream,
+    Unit,
+    dtype_bytes,
+)
+from sim.models.spec import ModelSpec
+from sim.parallel import Coord, Layout, ParallelPlan, layer_slots
+from sim.schedules import Unit as SchedUnit
+from sim.schedules import steady_pairs
+from sim.training import layers as L
+from sim.training.routing import hot_factors, rank_loads
+
+ADAM_BYTES_PER_PARAM = (
+    34.0  # read fp32 master, m, v, grad (+ grad-norm read); write master, m, v, bf16 param
+)
+ADAM_FLOPS_PER_PARAM = 12.0  # moments, bias correction, sqrt, divide, decay, update
+
+
+@dataclass
+class Chunk:
+    """The model chunk (virtual stage) ``chunk`` of one rank."""
+
+    vstage: int
+    slots: list[tuple[str, list[L.Item]]]
+    dense_params: float
+    expert_params: float
+    act_bytes: float  # alive per in-flight micro-batch
+    input_bytes: float  # the chunk's input activation (what is sent between stages)
+
+
+@dataclass
+class RankPlan:
+    rank: int
+    stage: int
+    groups: dict[str, tuple[int, ...]]
+    chunks: list[Chunk]
+    order: list[SchedUnit] = field(default_factory=list)
+    merge_fb: bool = False  # interleave steady-state F/B pairs at EP collectives (overlap_ep)
+
+
+def merges_fb(spec: ModelSpec, plan: ParallelPlan) -> bool:
+    """Whether adaptive pipe overlap applies: an MoE model with expert all-to-alls."""
+    has_a2a = plan.ep > 1 or (plan.tp_extend_ep and plan.tp > 1)
+    return plan.overlap_ep and spec.moe is not None and has_a2a
+
+
+def slot_context(
+    spec: ModelSpec, plan: ParallelPlan, system: System, layout: Layout, rank: int, full_ranks: bool
+) -> tuple[L.SlotContext, L.SlotContext]:
+    """(compute context, comm context): loads for the rank's own experts and the busiest rank."""
+    ep_dims = ("tp", "ep") if plan.tp_extend_ep else ("ep",)
+    ep_group = layout.group(rank, ep_dims)
+    spans = len({g // system.devices_per_node for g in ep_group}) > 1
+    n = len(ep_group)
+    hot = hot_factors(spec, plan.moe_routing, n, plan.seed) if spec.moe else {}
+    own = hot
+    if full_ranks and spec.moe:
+        idx = ep_group.index(rank)
+        own = {i: float(rank_loads(spec, plan.moe_routing, n, i, plan.seed)[idx]) for i in hot}
+    tokens = plan.mbs * plan.seq / plan.cp
+    comp = L.SlotContext(spec, plan, tokens, own, hot, spans)
+    return comp, L.SlotContext(spec, plan, tokens, hot, hot, spans)
+
+
+def rank_groups(plan: ParallelPlan, layout: Layout, rank: int) -> dict[str, tuple[int, ...]]:
+    return {
+        "tp": layout.group(rank, ("tp",)),
+        "cp": layout.group(rank, ("cp",)),
+        "ep": layout.group(rank, ("tp", "ep") if plan.tp_extend_ep else ("ep",)),
+        "ep_inter": layout.group(rank, ("ep",)),
+        "ep_intra": layout.group(rank, ("tp",)),
+        "ep_tp": layout.group(rank, ("tp",)),  # expert-TP gather/scatter around the dispatch
+        "dp_dense": layout.group(rank, ("cp", "ep", "dp")),
+        "dp_expert": layout.group(rank, ("cp", "dp")),
+    }
+
+
+def build_chunks(
+    spec: ModelSpec, plan: ParallelPlan, ctx: L.SlotContext, stage: int
+) -> list[Chunk]:
+    slots = layer_slots(spec, plan)
+    per = len(slots) // (plan.pp * plan.vpp)
+    last_v = plan.pp * plan.vpp - 1
+    b = dtype_bytes(plan.dtype)
+    seq_shard = plan.tp if plan.sequence_parallel else 1
+    input_bytes = ctx.tokens * spec.hidden * b / seq_shard
+    chunks = []
+    for c in range(plan.vpp):
+        v = c * plan.pp + stage
+        work: list[tuple[str, list[L.Item]]] = []
+        if v == 0:
+            work.append(("embedding", L.embedding_items(ctx)))
+        for slot in slots[v * per : (v + 1) * per]:
+            work.append((slot, L.slot_items(ctx, slot)))
+        if v == last_v:
+            work.append(("head", L.head_items(ctx)))
+        dense = expert = act = 0.0
+        for name, items in work:
+            d, e = L.weight_params(items)
+            dense += d
+            expert += e
+            if name == "embedding" or any(
+                isinstance(it, L.Comp) and it.op.kind == OpKind.EMBEDDING for it in items
+            ):
+                dense += spec.vocab / plan.tp * spec.hidden
+            act += L.activation_bytes(items, plan.recompute, plan.recompute_modules, input_bytes)
+        chunks.append(Chunk(v, work, dense, expert, act, input_bytes))
+    return chunks
+
+
+# ---------------------------------------------------------------- segments
+
+
+@dataclass
+class Segment:
+    """One step of a unit: merged compute (seconds) or one collective.
+
+    ``async_`` collectives run on the comm stream after the unit's previous compute;
+    ``waits`` names the async collectives (by ``key``) a compute segment needs.
+    """
+
+    phase: str  # "fwd" | "bwd" | "recompute"
+    slot: str
+    seconds: float = 0.0
+    comm: L.Comm | None = None
+    async_: bool = False
+    key: int = -1
+    waits: tuple[int, ...] = ()
+
+
+class Pricer:
+    """Prices ops with the (cached) cost model; the per-kind totals are kept by the caller."""
+
+    def __init__(self, op_time) -> None:
+        self.op_time = op_time
+
+    def time(self, op: Op) -> float:
+        return self.op_time(op)
+
+
+def _split_gemm(op: Op, parts: int) -> Op:
+    s = op.shape
+    return ops.gemm(op.name, s["m"] / parts, s["n"], s["k"], op.dtype, s.get("batch", 1))
+
+
+def tp_overlap(items: list, plan: ParallelPlan, counter: list[int]) -> list:
+    """Chunk TP collectives with their adjacent GEMM (Megatron ``tp_comm_overlap``).
+
+    An all-gather feeding a GEMM is cut into ``c`` pieces along the tokens; GEMM piece
+    j starts when gather piece j lands. A GEMM feeding a reduce-scatter is cut the
+    same way and piece j's reduce-scatter runs while piece j+1 computes. Only with
+    sequence parallelism (all-gather / reduce-scatter; an all-reduce is not chunked).
+    """
+    if not (plan.overlap_tp and plan.sequence_parallel and plan.tp > 1):
+        return items
+    c = plan.tp_overlap_chunks
+    out: list = []
+    i = 0
+    while i < len(items):
+        it = items[i]
+        nxt = items[i + 1] if i + 1 < len(items) else None
+        nxt_op = nxt.op if isinstance(nxt, L.Comp) else nxt
+        if (
+            isinstance(it, L.Comm)
+            and it.group == "tp"
+            and it.kind == CollectiveKind.ALL_GATHER
+            and isinstance(nxt_op, Op)
+            and nxt_op.kind == OpKind.GEMM
+        ):
+            keys = []
+            for j in range(c):
+                counter[0] += 1
+                keys.append(counter[0])
+                out.append(
+                    ("async", replace(it, name=f"{it.name}#{j}", nbytes=it.nbytes / c), counter[0])
+                )
+            for j in range(c):
+                out.append(("wait", _split_gemm(nxt_op, c), keys[j]))
+            i += 2
+            continue
+        prev = out[-1] if out else None
+        prev_op = prev.op if isinstance(prev, L.Comp) else prev
+        if (
+            isinstance(it, L.Comm)
+            and it.group == "tp"
+            and it.kind == CollectiveKind.REDUCE_SCATTER
+            and isinstance(prev_op, Op)
+            and prev_op.kind == OpKind.GEMM
+        ):
+            out.pop()
+            for j in range(c):
+                counter[0] += 1
+                out.append(_split_gemm(prev_op, c))
+                out.append(
+                    ("async", replace(it, name=f"{it.name}#{j}", nbytes=it.nbytes / c), counter[0])
+                )
+            out.append(("join", counter[0]))
+            i += 1
+            continue
+        out.append(it)
+        i += 1
+    return out
+
+
+def _segments(
+    items: list,
+    phase: str,
+    slot: str,
+    pricer: Pricer,
+    by_kind: dict[str, list[float]],
+    out: list[Segment],
+) -> list[Segment]:
+    join: tuple[int, ...] = ()
+    for it in items:
+        if isinstance(it, tuple):
+            tag = it[0]
+            if tag == "async":
+                out.append(Segment(phase, slot, comm=it[1], async_=True, key=it[2]))
+                continue
+            if tag == "join":
+                join = (it[1],)
+                continue
+            op, waits = it[1], (it[2],)
+        elif isinstance(it, L.Comm):
+            out.append(Segment(phase, slot, comm=it))
+            continue
+        else:
+            op, waits = (it.op if isinstance(it, L.Comp) else it), ()
+        waits += join
+        join = ()
+        t = pricer.time(op)
+        acc = by_kind.setdefault(f"{phase}:{op.kind}", [0.0, 0.0])
+        acc[0] += t
+        acc[1] += op.flops
+        if out and out[-1].comm is None and out[-1].phase == phase and not waits:
+            out[-1].seconds += t
+        else:
+            out.append(Segment(phase, slot, seconds=t, waits=waits))
+    return out
+
+
+def unit_segments(
+    chunk: Chunk, kind: str, plan: ParallelPlan, pricer: Pricer, by_kind: dict[str, list[float]]
+) -> list[Segment]:
+    segs: list[Segment] = []
+    counter = [0]
+    if kind == "F":
+        for slot, items in chunk.slots:
+            _segments(tp_overlap(items, plan, counter), "fwd", slot, pricer, by_kind, segs)
+        return segs
+    for slot, items in reversed(chunk.slots):
+        if slot not in ("embedding", "head"):
+            redo = L.recompute_items(items, plan.recompute, plan.recompute_modules)
+            _segments(tp_overlap(redo, plan, counter), "recompute", slot, pricer, by_kind, segs)
+        bwd = L.backward_items(items, plan.sequence_parallel)
+        _segments(tp_overlap(bwd, plan, counter), "bwd", slot, pricer, by_kind, segs)
+    return segs
+
+
+# ---------------------------------------------------------------- emission
+
+
+@dataclass
+class Emitter:
+    """Adds tasks to one rank's graph.
+
+    A collective whose group holds no other simulated rank needs no rendezvous: it
+    becomes a ``Delay`` of the network's time (same timing, far cheaper for the
+    engine); the Delay objects of a template are built once and shared by all units.
+    """
+
+    graph: RankGraph
+    plan: ParallelPlan
+    groups: dict[str, tuple[int, ...]]
+    simulated: frozenset[int]
+    comm_time: Callable[[Collective], float]
+    _solo: dict[tuple[int, ...], bool] = field(default_factory=dict)
+    _delays: dict[int, Delay] = field(default_factory=dict)
+
+    def solo(self, group: tuple[int, ...]) -> bool:
+        known = self._solo.get(group)
+        if known is None:
+            known = self._solo[group] = sum(1 for r in group if r in self.simulated) <= 1
+        return known
+
+    def collective(
+        self,
+        name: str,
+        kind: CollectiveKind,
+        group: tuple[int, ...],
+        nbytes: float,
+        stream: Stream,
+        deps: list[int],
+        label: str,
+        tag: int,
+        algorithm: str = "auto",
+    ) -> int:
+        coll = Collective(name, kind, group, nbytes, algorithm, tag)
+        deps = [d for d in deps if d is not None]
+        if self.solo(group):
+            return self.graph.add(Delay(name, self.comm_time(coll), str(kind)), stream, deps, label)
+        return self.graph.add(coll, stream, deps, label)
+
+    def comm_segment(
+        self, seg: Segment, stream: Stream, deps: list[int], tag: int, idx: int
+    ) -> int:
+        c = seg.comm
+        label = c.group.split("_")[0] if c.group.startswith("ep") else c.group
+        group = self.groups[c.group]
+        if self.solo(group):
+            work = self._delays.get(id(seg))
+            if work is None:
+                coll = Collective(c.name, c.kind, group, c.nbytes, c.algorithm)
+                work = self._delays[id(seg)] = Delay(
+                    f"{seg.phase}.{seg.slot}.{c.name}", self.comm_time(coll), str(c.kind)
+                )
+            return self.graph.add(work, stream, deps, label)
+        return self.collective(
+            f"{seg.phase}.{seg.slot}.{c.name}.{idx}",
+            c.kind,
+            group,
+            c.nbytes,
+            stream,
+            deps,
+            label,
+            tag,
+            c.algorithm,
+        )
+
+    def unit(
+        self, segs: list[Segment], first_deps: list[int], tag: int, split_ep: bool
+    ) -> list[list[tuple[Segment, int]]]:
+        """Blocks of a unit: runs of segments ending at an EP collective (when ``split_ep``)."""
+        blocks: list[list[tuple[Segment, int]]] = [[]]
+        for i, seg in enumerate(segs):
+            blocks[-1].append((seg, i))
+            nxt = segs[i + 1] if i + 1 < len(segs) else None
+            if (
+                split_ep and _is_ep(seg) and not (nxt is not None and _is_ep(nxt))
+            ):  # hierarchical: 2 back to back
+                blocks.append([])
+        return [b for b in blocks if b]
+
+    def run_blocks(
+        self,
+        units: list[tuple[list[list[tuple[Segment, int]]], int, list[int]]],
+    ) -> list[int]:
+        """Emit the blocks of one or two units round-robin; return each unit's last task.
+
+        With two units, EP collectives go on the comm stream and only the same
+        unit's next block waits for them, so the other unit's block fills the gap.
+        """
+        pending = [list(deps) for _, _, deps in units]
+        last: list[int | None] = [None] * len(units)
+        last_compute: list[int | None] = [None] * len(units)
+        keyed: list[dict[int, int]] = [{} for _ in units]
+        longest = max(len(blocks) for blocks, _, _ in units)
+        for i in range(longest):
+            for u, (blocks, tag, _) in enumerate(units):
+                if i >= len(blocks):
+                    continue
+                for seg, idx in blocks[i]:
+                    if seg.comm is None:
+                        deps = pending[u] + [keyed[u][k] for k in seg.waits]
+                        work = self._delays.get(id(seg))
+                        if work is None:
+                            work = self._delays[id(seg)] = Delay(
+                                f"{seg.phase}.{seg.slot}", seg.seconds, seg.phase
+                            )
+                        tid = self.graph.add(work, Stream.COMPUTE, deps, seg.phase)
+                        pending[u] = []
+                        last_compute[u] = tid
+                    elif seg.async_:
+                        deps = (
+                            [last_compute[u]] if last_compute[u] is not None else list(pending[u])
+                        )
+                        tid = self.comm_segment(seg, Stream.COMM, deps, tag, idx)
+                        keyed[u][seg.key] = tid
+                    elif len(units) > 1 and seg.comm.group.startswith("ep"):
+                        deps = ([last[u]] if last[u] is not None else []) + pending[u]
+                        tid = self.comm_segment(seg, Stream.COMM, deps, tag, idx)
+                        pending[u] = [tid]
+                    else:
+                        tid = self.comm_segment(seg, Stream.COMPUTE, pending[u], tag, idx)
+                        pending[u] = []
+                        last_compute[u] = tid
+                    last[u] = tid
+        # a unit that ended on an async collective finishes when it does
+        return [p[-1] if p else t for p, t in zip(pending, last, strict=True)]
+
+
+def _is_ep(seg: Segment) -> bool:
+    return seg.comm is not None and seg.comm.group.startswith("ep")
+
+
+def _p2p_tag(plan: ParallelPlan, microbatch: int, vstage: int) -> int:
+    return microbatch * plan.pp * plan.vpp + vstage
+
+
+def lower_rank(
+    rp: RankPlan,
+    plan: ParallelPlan,
+    layout: Layout,
+    pricer: Pricer,
+    by_kind: dict[str, list[float]],
+    simulated: frozenset[int],
+    comm_time: Callable[[Collective], float],
+) -> tuple[RankGraph, float]:
+    """The program of one rank for one training step."""
+    g = RankGraph(rp.rank)
+    em = Emitter(g, plan, rp.groups, simulated, comm_time)
+    b = dtype_bytes(plan.dtype)
+    gb = dtype_bytes(plan.grad_reduce_dtype)
+    nv = plan.pp * plan.vpp
+    # by_kind collects each template once: the caller scales by the micro-batch count.
+    templates = {
+        (c, k): unit_segments(ch, k, plan, pricer, by_kind)
+        for c, ch in enumerate(rp.chunks)
+        for k in ("F", "B")
+    }
+    # Parameter all-gather (ZeRO >= 1) of the previous step's optimizer: with overlap it
+    # runs while this step starts; the first forward of a chunk waits for its own.
+    param_ag: dict[int, list[int]] = {}
+    if plan.zero >= 1 and plan.overlap_dp and plan.zero < 3:
+        for c, ch in enumerate(rp.chunks):
+            param_ag[c] = _param_gather(em, ch, c, b, Stream.COMM, [], tag=c)
+
+    last_b_of_chunk = {}
+    for i, unit in enumerate(rp.order):
+        if unit.kind == "B":
+            last_b_of_chunk[unit.chunk] = i
+    seen_first_f: set[int] = set()
+    dp_tasks: list[int] = []
+    steps = steady_pairs(rp.order) if rp.merge_fb else [(u,) for u in rp.order]
+    index = {id(u): i for i, u in enumerate(rp.order)}
+    for step in steps:
+        prepared = []
+        for unit in step:
+            ch = rp.chunks[unit.chunk]
+            v = ch.vstage
+            deps: list[int] = []
+            tag = (unit.microbatch * plan.vpp + unit.chunk) * 2 + (unit.kind == "B")
+            if unit.kind == "F" and unit.chunk not in seen_first_f:
+                seen_first_f.add(unit.chunk)
+                deps += param_ag.get(unit.chunk, [])
+            if plan.zero == 3:
+                deps += _param_gather(
+                    em,
+                    ch,
+                    unit.chunk,
+                    b,
+                    Stream.COMM if plan.overlap_dp else Stream.COMPUTE,
+                    [],
+                    tag=1000 + tag,
+                )
+            src = v - 1 if unit.kind == "F" else v + 1
+            if 0 <= src < nv:
+                peer = layout.rank(_with_pp(layout, rp.rank, src % plan.pp))
+                deps.append(
+                    em.collective(
+                        f"pp.{unit.kind}",
+                        CollectiveKind.SEND_RECV,
+                        (peer, rp.rank),
+                        ch.input_bytes,
+                        Stream.COMM,
+                        [],
+                        "pp",
+                        _p2p_tag(plan, unit.microbatch, v),
+                    )
+                )
+            blocks = em.unit(templates[(unit.chunk, unit.kind)], deps, tag, len(step) > 1)
+            prepared.append((blocks, tag, deps))
+        lasts = em.run_blocks(prepared)
+        for unit, last in zip(step, lasts, strict=True):
+            ch = rp.chunks[unit.chunk]
+            v = ch.vstage
+            dst = v + 1 if unit.kind == "F" else v - 1
+            if 0 <= dst < nv:
+                peer = layout.rank(_with_pp(layout, rp.rank, dst % plan.pp))
+                em.collective(
+                    f"pp.{unit.kind}",
+                    CollectiveKind.SEND_RECV,
+                    (rp.rank, peer),
+                    ch.input_bytes,
+                    Stream.COPY,
+                    [last],
+                    "pp",
+                    _p2p_tag(plan, unit.microbatch, dst),
+                )
+            if unit.kind == "B" and (
+                plan.zero == 3 or index[id(unit)] == last_b_of_chunk[unit.chunk]
+            ):
+                stream = Stream.COMM if plan.overlap_dp else Stream.COMPUTE
+                dp_tasks += _grad_reduce(
+                    em,
+                    ch,
+                    unit.chunk,
+                    gb,
+                    stream,
+                    [last],
+                    tag=unit.microbatch if plan.zero == 3 else 0,
+                )
+    # Optimizer step on the local shard, then (without overlap) the parameter all-gather.
+    params = sum(
+        _shard(plan, ch.dense_params, len(rp.groups["dp_dense"]))
+        + _shard(plan, ch.expert_params, len(rp.groups["dp_expert"]))
+        for ch in rp.chunks
+    )
+    adam = Op(
+        "adam",
+        OpKind.ELEMENTWISE,
+        ADAM_FLOPS_PER_PARAM * params,
+        {"hbm": ADAM_BYTES_PER_PARAM * params},
+        "fp32",
+        Unit.VECTOR,
+        {"numel": params},
+    )
+    t_adam = pricer.time(adam)
+    opt = g.add(Delay("optimizer", t_adam, "optimizer"), Stream.COMPUTE, dp_tasks, "optimizer")
+    if plan.zero in (1, 2) and not plan.overlap_dp:
+        for c, ch in enumerate(rp.chunks):
+            _param_gather(em, ch, c, b, Stream.COMPUTE, [opt], tag=c)
+    return g, t_adam
+
+
+def _shard(plan: ParallelPlan, params: float, dp: int) -> float:
+    """Parameters whose optimizer step this rank runs (ZeRO >= 1 shards them over DP)."""
+    return params / dp if plan.zero >= 1 else params
+
+
+def _with_pp(layout: Layout, rank: int, stage: int) -> Coord:
+    return replace(layout.coord(rank), pp=stage)
+
+
+def _grad_reduce(
+    em: Emitter, ch: Chunk, c: int, gb: float, stream: Stream, deps: list[int], tag: int
+) -> list[int]:
+    kind = CollectiveKind.ALL_REDUCE if em.plan.zero == 0 else CollectiveKind.REDUCE_SCATTER
+    out = []
+    for name, params, group in (
+        ("dense", ch.dense_params, "dp_dense"),
+        ("expert", ch.expert_params, "dp_expert"),
+    ):
+        if params > 0 and len(em.groups[group]) > 1:
+            out.append(
+                em.collective(
+                    f"dp.grad.{name}.{c}",
+                    kind,
+                    em.groups[group],
+                    params * gb,
+                    stream,
+                    deps,
+                    "dp",
+                    tag,
+                )
+            )
+    return out
+
+
+def _param_gather(
+    em: Emitter, ch: Chunk, c: int, b: float, stream: Stream, deps: list[int], tag: int
+) -> list[int]:
+    out = []
+    for name, params, group in (
+        ("dense", ch.dense_params, "dp_dense"),
+        ("expert", ch.expert_params, "dp_expert"),
+    ):
+        if params > 0 and len(em.groups[group]) > 1:
+            out.append(
+                em.collective(
+                    f"dp.param.{name}.{c}",
+                    CollectiveKind.ALL_GATHER,
+                    em.groups[group],
+                    params * b,
+                    stream,
+                    deps,
+                    "dp",
+                    tag,
+                )
+            )
+    return out

@@ -1,0 +1,357 @@
+"""``simulate_training``: one training step of a model, plan and system, end to end.
+
+Scale by symmetry: ranks of one pipeline stage run the same program (TP, CP, DP and
+EP peers; EP peers differ only in routing load, and the busiest one sets the pace),
+so by default one representative rank per stage is simulated, with every
+collective's group holding the real global ranks so it is costed on the full
+topology. ``full_ranks=True`` simulates every rank (small jobs): the check that the
+reduction is right.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from hwprofiles.spec import System
+from sim.cost import CachedCostModel, RooflineModel
+from sim.engine import Engine, SimResult
+from sim.errors import InputError
+from sim.ir import Stream
+from sim.models.spec import ModelSpec
+from sim.parallel import Coord, Layout, ParallelPlan, microbatches, validate_plan
+from sim.schedules import closed_form_bubble, stage_order
+from sim.training.lowering import (
+    Pricer,
+    RankPlan,
+    build_chunks,
+    lower_rank,
+    merges_fb,
+    rank_groups,
+    slot_context,
+)
+from sim.training.memory import MemoryBreakdown, format_breakdown, rank_memory
+
+FULL_RANK_LIMIT = 128
+COMM_LABELS = ("tp", "ep", "cp", "dp", "pp")
+
+
+@dataclass(frozen=True)
+class TrainingOptions:
+    full_ranks: bool = False
+    progress: bool = False
+    include_mtp_in_mfu: bool = False  # MFU convention: main model only (DeepSeek/Pangu count 6N)
+
+
+@dataclass
+class StageStats:
+    stage: int
+    rank: int
+    busy_s: dict[str, float]  # compute phases and comm labels -> seconds
+    bubble_s: float
+    exposed_comm_s: float
+    work_s: float  # forward + backward + recompute compute time
+
+    def as_dict(self) -> dict:
+        return {
+            "stage": self.stage,
+            "rank": self.rank,
+            "busy_s": self.busy_s,
+            "bubble_s": self.bubble_s,
+            "exposed_comm_s": self.exposed_comm_s,
+            "work_s": self.work_s,
+        }
+
+
+@dataclass
+class TrainingResult:
+    model: str
+    system: str
+    plan: ParallelPlan
+    devices: int
+    step_time_s: float
+    tokens_per_step: float
+    model_flops_per_token: float
+    peaks: dict[str, float]  # name -> per-device peak FLOP/s used for MFU
+    memory: list[MemoryBreakdown]
+    stages: list[StageStats]
+    compute_by_kind_s: dict[str, float]  # per step, mean over stages
+    flops_by_phase: dict[str, float]  # "phase:op kind" -> lowered FLOPs per step, all devices
+    simulated_ranks: int
+    tasks: int
+    wall_s: float
+    sim: SimResult | None = field(default=None, repr=False)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens_per_step / self.step_time_s
+
+    @property
+    def mfu_by_peak(self) -> dict[str, float]:
+        achieved = self.model_flops_per_token * self.tokens_per_s / self.devices
+        return {name: achieved / peak for name, peak in self.peaks.items()}
+
+    @property
+    def mfu(self) -> float:
+        return self.mfu_by_peak["matrix"]
+
+    @property
+    def peak_memory(self) -> MemoryBreakdown:
+        return max(self.memory, key=lambda m: m.total)
+
+    @property
+    def oom(self) -> bool:
+        return any(m.oom for m in self.memory)
+
+    @property
+    def bubble_fraction(self) -> float:
+        return sum(s.bubble_s for s in self.stages) / len(self.stages) / self.step_time_s
+
+    @property
+    def exposed_comm_s(self) -> float:
+        return sum(s.exposed_comm_s for s in self.stages) / len(self.stages)
+
+    def breakdown(self) -> dict[str, float]:
+        """Mean over stages of busy time per phase / comm group, plus bubble and exposed comm."""
+        keys = sorted({k for s in self.stages for k in s.busy_s})
+        n = len(self.stages)
+        out = {k: sum(s.busy_s.get(k, 0.0) for s in self.stages) / n for k in keys}
+        out["bubble"] = sum(s.bubble_s for s in self.stages) / n
+        out["exposed_comm"] = self.exposed_comm_s
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        m = microbatches(self.plan)
+        return {
+            "model": self.model,
+            "system": self.system,
+            "devices": self.devices,
+            "plan": self.plan.as_dict(),
+            "microbatches": m,
+            "step_time_s": self.step_time_s,
+            "tokens_per_step": self.tokens_per_step,
+            "tokens_per_s": self.tokens_per_s,
+            "tokens_per_s_per_device": self.tokens_per_s / self.devices,
+            "model_flops_per_token": self.model_flops_per_token,
+            "mfu": self.mfu,
+            "mfu_by_peak": self.mfu_by_peak,
+            "peak_flops": self.peaks,
+            "memory_per_device_bytes": self.peak_memory.total,
+            "memory": self.peak_memory.as_dict(),
+            "memory_by_stage": [mem.as_dict() for mem in self.memory],
+            "oom": self.oom,
+            "bubble_fraction": self.bubble_fraction,
+            "bubble_closed_form": closed_form_bubble(
+                self.plan.pp, m, self.plan.vpp if self.plan.interleaved else 1
+            ),
+            "exposed_comm_s": self.exposed_comm_s,
+            "breakdown_s": self.breakdown(),
+            "compute_by_kind_s": self.compute_by_kind_s,
+            "flops_by_phase": self.flops_by_phase,
+            "stages": [s.as_dict() for s in self.stages],
+            "simulated_ranks": self.simulated_ranks,
+            "tasks": self.tasks,
+            "wall_s": self.wall_s,
+        }
+
+
+def _progress(options: TrainingOptions, message: str) -> None:
+    if options.progress:
+        sys.stderr.write(f"xpusim train: {message}\n")
+        sys.stderr.flush()
+
+
+def rank_plans(
+    spec: ModelSpec, system: System, plan: ParallelPlan, full_ranks: bool = False
+) -> tuple[Layout, list[RankPlan]]:
+    """Rank plans to simulate: one per stage (coordinates 0 elsewhere), or all ranks."""
+    layout = Layout(plan)
+    if full_ranks:
+        if plan.world > FULL_RANK_LIMIT:
+            raise InputError(
+                f"--full-ranks simulates every rank; {plan.world} ranks is over the "
+                f"limit of {FULL_RANK_LIMIT} — drop --full-ranks"
+            )
+        ranks = list(range(plan.world))
+    else:
+        ranks = [layout.rank(Coord(0, 0, 0, 0, s)) for s in range(plan.pp)]
+    m = microbatches(plan)
+    cache: dict[tuple, list] = {}
+    out = []
+    for r in ranks:
+        stage = layout.coord(r).pp
+        ctx, _ = slot_context(spec, plan, system, layout, r, full_ranks)
+        key = (stage, tuple(sorted(ctx.hot.items())), tuple(sorted(ctx.hot_comm.items())))
+        if key not in cache:
+            cache[key] = build_chunks(spec, plan, ctx, stage)
+        # Merged F/B overlap hands each forward on later: one more warm-up micro-batch
+        # keeps the pipeline fed (MindSpeed megatron-moe-fb-overlap.md).
+        merge = merges_fb(spec, plan)
+        order = stage_order(stage, plan.pp, plan.vpp, m, plan.interleaved, int(merge))
+        out.append(RankPlan(r, stage, rank_groups(plan, layout, r), cache[key], order, merge))
+    return layout, out
+
+
+def estimate_memory(spec: ModelSpec, system: System, plan: ParallelPlan) -> list[MemoryBreakdown]:
+    """Memory per pipeline stage without running the engine (cheap: for design sweeps)."""
+    plan = validate_plan(spec, plan, system.num_devices)
+    _, rps = rank_plans(spec, system, plan)
+    return [rank_memory(rp, plan, system.device.hbm_capacity) for rp in rps]
+
+
+def _union(iv: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    out: list[list[float]] = []
+    for a, b in sorted(iv):
+        if b <= a:
+            continue
+        if out and a <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return [(a, b) for a, b in out]
+
+
+def _overlap(xs, ys) -> float:
+    i = j = 0
+    total = 0.0
+    while i < len(xs) and j < len(ys):
+        lo, hi = max(xs[i][0], ys[j][0]), min(xs[i][1], ys[j][1])
+        if hi > lo:
+            total += hi - lo
+        if xs[i][1] < ys[j][1]:
+            i += 1
+        else:
+            j += 1
+    return total
+
+
+def stage_stats(records: list, makespan: float, rank: int, stage: int) -> StageStats:
+    """Busy time by phase and comm group; bubble = compute-stream idle not explained by comm."""
+    busy: dict[str, float] = {}
+    compute_iv, async_iv = [], []
+    blocking = work = 0.0
+    for r in records:
+        d = r.end - r.start
+        key = r.label if r.label in ("fwd", "bwd", "recompute", "optimizer") else f"comm_{r.label}"
+        busy[key] = busy.get(key, 0.0) + d
+        if r.stream == Stream.COMPUTE:
+            compute_iv.append((r.start, r.end))
+            if key.startswith("comm_"):
+                blocking += d
+            elif key != "optimizer":
+                work += d
+        elif r.label != "pp":
+            async_iv.append((r.start, r.end))
+    cu, au = _union(compute_iv), _union(async_iv)
+    exposed_async = sum(b - a for a, b in au) - _overlap(au, cu)
+    idle = makespan - sum(b - a for a, b in cu)
+    bubble = max(0.0, idle - exposed_async)
+    return StageStats(stage, rank, busy, bubble, blocking + exposed_async, work)
+
+
+def simulate_training(
+    spec: ModelSpec, system: System, plan: ParallelPlan, options: TrainingOptions | None = None
+) -> TrainingResult:
+    """Simulate one training step; raises InputError for an impossible plan."""
+    options = options or TrainingOptions()
+    t0 = time.perf_counter()
+    plan = validate_plan(spec, plan, system.num_devices)
+    _progress(
+        options,
+        f"plan tp={plan.tp} pp={plan.pp} vpp={plan.vpp} dp={plan.dp} ep={plan.ep} "
+        f"cp={plan.cp} on {plan.world} devices, {microbatches(plan)} micro-batches",
+    )
+    layout, rps = rank_plans(spec, system, plan, options.full_ranks)
+    memory_by_stage: dict[int, MemoryBreakdown] = {}
+    for rp in rps:
+        mem = rank_memory(rp, plan, system.device.hbm_capacity)
+        if rp.stage not in memory_by_stage or mem.total > memory_by_stage[rp.stage].total:
+            memory_by_stage[rp.stage] = mem
+    cost = CachedCostModel(RooflineModel(system.device))
+    pricer = Pricer(lambda op: cost.time(op).time_s)
+    from sim.network import comm_time_fn
+
+    comm_time = comm_time_fn(system)
+    simulated = frozenset(rp.rank for rp in rps)
+    graphs = []
+    per_rank_kind: dict[int, dict[str, list[float]]] = {}
+    for rp in rps:
+        acc: dict[str, list[float]] = {}
+        graph, t_opt = lower_rank(rp, plan, layout, pricer, acc, simulated, comm_time)
+        acc["optimizer:elementwise"] = [t_opt, 0.0]
+        per_rank_kind[rp.rank] = acc
+        graphs.append(graph)
+    tasks = sum(len(g.tasks) for g in graphs)
+    _progress(
+        options,
+        f"lowered {tasks} tasks on {len(graphs)} simulated ranks "
+        f"({time.perf_counter() - t0:.2f} s); running the engine",
+    )
+    sim = Engine(graphs, lambda op: 0.0, comm_time).run()
+    _progress(
+        options, f"simulated {sim.makespan_s:.3f} s of training in {time.perf_counter() - t0:.2f} s"
+    )
+    reps = {}
+    for rp in rps:
+        reps.setdefault(rp.stage, rp.rank)
+    by_rank: dict[int, list] = {}
+    for rec in sim.records:
+        if rec.rank in by_rank or rec.rank in reps.values():
+            by_rank.setdefault(rec.rank, []).append(rec)
+    stages = [
+        stage_stats(by_rank.get(rank, []), sim.makespan_s, rank, stage)
+        for stage, rank in sorted(reps.items())
+    ]
+    m = microbatches(plan)
+    compute_by_kind: dict[str, float] = {}
+    flops_by_phase: dict[str, float] = {}
+    ranks_per_stage = plan.world // plan.pp
+    for rank in reps.values():
+        for key, (t, f) in per_rank_kind[rank].items():
+            scale = 1 if key.startswith("optimizer") else m
+            compute_by_kind[key] = compute_by_kind.get(key, 0.0) + t * scale / plan.pp
+            flops_by_phase[key] = flops_by_phase.get(key, 0.0) + f * scale * ranks_per_stage
+    from sim.models.counting import model_flops_per_token
+
+    mfpt = model_flops_per_token(spec, plan.seq, include_mtp=options.include_mtp_in_mfu)
+    dev = system.device
+    peaks = {"matrix": dev.peak_for("matrix", plan.dtype)}
+    marketing = dev.marketing_peak.get(plan.dtype) or dev.marketing_peak.get(
+        "fp16" if plan.dtype == "bf16" else plan.dtype
+    )
+    if marketing:
+        peaks["marketing"] = marketing
+    return TrainingResult(
+        model=spec.name,
+        system=system.name,
+        plan=plan,
+        devices=plan.world,
+        step_time_s=sim.makespan_s,
+        tokens_per_step=float(plan.gbs * plan.seq),
+        model_flops_per_token=mfpt,
+        peaks=peaks,
+        memory=[memory_by_stage[s] for s in sorted(memory_by_stage)],
+        stages=stages,
+        compute_by_kind_s=compute_by_kind,
+        flops_by_phase=flops_by_phase,
+        simulated_ranks=len(graphs),
+        tasks=tasks,
+        wall_s=time.perf_counter() - t0,
+        sim=sim,
+    )
+
+
+def oom_message(result_or_memory: TrainingResult | list[MemoryBreakdown]) -> str:
+    mems = (
+        result_or_memory.memory
+        if isinstance(result_or_memory, TrainingResult)
+        else result_or_memory
+    )
+    worst = max(mems, key=lambda m: m.total)
+    return "out of memory: " + format_breakdown(worst)
+
+
+def with_overrides(plan: ParallelPlan, **changes: Any) -> ParallelPlan:
+    return replace(plan, **{k: v for k, v in changes.items() if v is not None})

@@ -110,6 +110,7 @@ class Engine:
         self.graphs = list(graphs)
         self.op_time = op_time
         self.comm_time = comm_time
+        self._members: dict[tuple[int, ...], int] = {}  # simulated members per group
 
     def run(self) -> SimResult:
         env = simpy.Environment()
@@ -228,7 +229,9 @@ class Engine:
         key = (work.name, work.tag, work.group)
         state = rendezvous.get(key)
         if state is None:
-            expected = sum(1 for r in work.group if r in simulated) or 1
+            expected = self._members.get(work.group)
+            if expected is None:
+                expected = self._members[work.group] = sum(1 for r in work.group if r in simulated) or 1
             state = rendezvous[key] = [0, env.event(), expected, 0.0]
         state[0] += 1
         if state[0] < state[2]:

@@ -1,0 +1,177 @@
+"""Stage 1 of a study: a cheap analytical estimate of every candidate.
+
+Two checks, both explainable in a line (docs/explore.md derives them):
+
+* **Memory lower bound.** The static training state — ``dtype`` weights plus fp32
+  main gradients (Megatron's default) on every model-parallel shard, and 12 B per
+  parameter of fp32 master + Adam moments sharded over all devices (ZeRO-1) —
+  with the *most* sharding the plan space allows (largest TP x PP for dense
+  weights, x EP for experts). If even that exceeds one device's HBM, no plan fits
+  and the candidate is dropped before any plan is tried.
+* **Roofline step bound.** The forward ops of one sequence through one dense and
+  one MoE layer (``sim.workloads.transformer.layer_forward``, so MLA/GQA, expert
+  GEMM sizes and the wave quantisation of small expert GEMMs all count), priced
+  by the device's roofline cost model; backward = 2 x forward (the MFU
+  convention). Sequences are spread evenly over all devices (an ideal,
+  bubble-free data-parallel split). The EP all-to-all of that sequence (dispatch
+  and combine, forward and backward) is priced at the device's intra-node (or NIC)
+  bandwidth, and assumed to overlap with compute (Pangu's adaptive pipe overlap),
+  so the step is bounded by the larger of the two.
+
+It is a *bound* used to shortlist — pipeline bubbles, TP communication and
+recompute only show up in the full simulation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hwprofiles.spec import System
+from sim.cost import CachedCostModel, RooflineModel
+from sim.ir import Op, dtype_bytes
+from sim.models.counting import model_flops_per_token, param_counts
+from sim.models.spec import ModelSpec
+from sim.studies.space import Counted, to_spec
+from sim.studies.study_file import Study
+from sim.workloads.transformer import (
+    Sharding,
+    StepShape,
+    layer_forward,
+    lm_head_forward,
+    uniform_moe_load,
+)
+
+MAIN_GRAD_BYTES = 4.0  # fp32 main gradients (Megatron accumulate_allreduce_grads_in_fp32)
+OPTIMIZER_BYTES = 12.0  # fp32 master + Adam m + v per parameter
+# Module names the lowering recomputes under the default selective policy
+# (sim.parallel.DEFAULT_SELECTIVE: norms, attention core, FFN activation).
+SELECTIVE_OP_MARKERS = ("norm", "attention", "_act")
+
+
+@dataclass(frozen=True)
+class Analytical:
+    """Stage-1 figures of one candidate (SI units, per step unless named otherwise)."""
+
+    model_flops_per_token: float
+    forward_s_per_seq: float  # one sequence, all layers, one device, roofline
+    selective_fraction: float  # share of forward time in ops selective recompute redoes
+    comm_s_per_seq: float  # EP all-to-all of one sequence, fwd + bwd
+    step_time_s: float
+    tokens_per_s: float
+    mfu: float
+    static_memory_lb_bytes: float
+    fits: bool
+
+    def as_dict(self) -> dict[str, float | bool]:
+        return {
+            "analytical_step_time_s": self.step_time_s,
+            "analytical_tokens_per_s": self.tokens_per_s,
+            "analytical_mfu": self.mfu,
+            "static_memory_lb_bytes": self.static_memory_lb_bytes,
+            "fits_memory_lb": self.fits,
+        }
+
+
+def _ops_time(items: list, cost: CachedCostModel) -> tuple[float, float]:
+    """(all ops, ops a selective recompute repeats) in seconds; comm needs skipped."""
+    total = selective = 0.0
+    for item in items:
+        if isinstance(item, Op):
+            t = cost.time(item).time_s
+            total += t
+            if any(marker in item.name for marker in SELECTIVE_OP_MARKERS):
+                selective += t
+    return total, selective
+
+
+def ep_bandwidth(system: System, ep: int) -> float:
+    """Bytes/s one device can push into an all-to-all of ``ep`` peers.
+
+    Inside a node: all its intra-node links (full mesh) or its switch port; across
+    nodes: its share of the node's NICs. Scaled by the profile's collective efficiency.
+    """
+    eff = system.collective_efficiency
+    if ep <= system.devices_per_node:
+        links = system.links_per_device if system.intra_topology == "full_mesh" else 1
+        return system.intra_link.bandwidth * links * eff.intra_node
+    share = system.nics_per_node / system.devices_per_node
+    return system.nic.bandwidth * share * eff.inter_node
+
+
+def static_memory_lower_bound(spec: ModelSpec, study: Study, devices: int) -> float:
+    """Weights + main grads at the plan space's most sharding, ZeRO-1 optimizer over all devices."""
+    counts = param_counts(spec)
+    plans = study.plans
+    mp = max(plans.tp) * max(plans.pp)
+    experts = counts.routed_experts
+    dense = counts.total_with_mtp - experts
+    per_param = dtype_bytes(study.fixed.dtype) + MAIN_GRAD_BYTES
+    expert_shards = mp * max(plans.ep) if spec.moe else mp
+    return (
+        per_param * (dense / mp + experts / expert_shards)
+        + OPTIMIZER_BYTES * counts.total_with_mtp / devices
+    )
+
+
+def estimate(
+    counted: Counted, study: Study, system: System, cost: CachedCostModel | None = None
+) -> Analytical:
+    """The stage-1 estimate of one candidate on ``system``."""
+    spec = to_spec(counted.candidate, study)
+    cost = cost or CachedCostModel(RooflineModel(system.device))
+    fixed = study.fixed
+    dtype = fixed.dtype
+    seq = fixed.seq
+    shape = StepShape(1, seq, seq, True)
+    ep = study.search.analytical_ep or system.devices_per_node
+    ep = ep if spec.moe else 1
+    load = uniform_moe_load(spec, seq, ep) if spec.moe else None
+    slots = spec.layers + spec.mtp_layers
+    forward = selective = 0.0
+    seen: dict[bool, tuple[float, float]] = {}
+    for layer in range(slots):
+        moe = spec.is_moe_layer(layer)
+        if moe not in seen:
+            seen[moe] = _ops_time(
+                layer_forward(spec, layer, shape, Sharding(1, ep), dtype, load if moe else None),
+                cost,
+            )
+        forward += seen[moe][0]
+        selective += seen[moe][1]
+    head, head_sel = _ops_time(lm_head_forward(spec, seq, Sharding(1, 1), dtype), cost)
+    forward += head * (1 + spec.mtp_layers)
+    selective += head_sel * (1 + spec.mtp_layers)
+    comm = 0.0
+    if spec.moe and ep > 1:
+        moe_layers = sum(1 for i in range(slots) if spec.is_moe_layer(i))
+        # dispatch + combine, forward and backward; (ep-1)/ep of the copies leave the device
+        a2a = 4 * seq * spec.moe.top_k * spec.hidden * dtype_bytes(dtype) * (ep - 1) / ep
+        comm = moe_layers * a2a / ep_bandwidth(system, ep)
+    devices = system.num_devices
+    seqs_per_device = fixed.global_batch / devices
+    step = seqs_per_device * max(3.0 * forward, comm)
+    mfpt = model_flops_per_token(spec, seq)
+    tokens_per_s = fixed.tokens_per_step / step
+    peak = system.device.peak_for("matrix", dtype)
+    mfu = mfpt * tokens_per_s / (devices * peak)
+    lb = static_memory_lower_bound(spec, study, devices)
+    return Analytical(
+        mfpt,
+        forward,
+        selective / forward if forward else 0.0,
+        comm,
+        step,
+        tokens_per_s,
+        mfu,
+        lb,
+        lb <= system.device.hbm_capacity,
+    )
+
+
+def rank_value(metric: str, tokens_per_s: float, mfu: float, token_budget: float) -> float:
+    """Higher is better for every metric (time_to_tokens is negated seconds)."""
+    if metric == "tokens_per_s":
+        return tokens_per_s
+    if metric == "mfu":
+        return mfu
+    return -token_budget / tokens_per_s if tokens_per_s > 0 else float("-inf")

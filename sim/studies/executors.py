@@ -1,0 +1,119 @@
+"""Run independent study points on a local process pool or a Ray cluster.
+
+Both executors call the same pure function on the same picklable task and return
+results in task order, so a study's rows are identical whichever runs it. A
+point that raises is turned into a result by the task function itself (an error
+row); a worker that dies is reported the same way here, and the sweep goes on.
+``on_result(index, result)`` is called as each point finishes (progress bar,
+cache writes).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import importlib.util
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sim.errors import InputError
+
+EXECUTORS = ("local", "ray")
+
+
+def error_result(exc: BaseException) -> dict[str, Any]:
+    return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def run_local(
+    fn: Callable[[Any], dict],
+    tasks: Sequence[Any],
+    jobs: int,
+    on_result: Callable[[int, dict], None] | None = None,
+) -> list[dict]:
+    """``jobs`` processes (in this process when jobs == 1, which is easier to debug)."""
+    results: list[dict | None] = [None] * len(tasks)
+
+    def done(i: int, result: dict) -> None:
+        results[i] = result
+        if on_result:
+            on_result(i, result)
+
+    if jobs <= 1 or len(tasks) <= 1:
+        for i, task in enumerate(tasks):
+            try:
+                done(i, fn(task))
+            except Exception as exc:  # noqa: BLE001 - one bad point must not stop the sweep
+                done(i, error_result(exc))
+        return results  # type: ignore[return-value]
+    with cf.ProcessPoolExecutor(max_workers=jobs) as pool:
+        futures = {pool.submit(fn, task): i for i, task in enumerate(tasks)}
+        for fut in cf.as_completed(futures):
+            try:
+                done(futures[fut], fut.result())
+            except Exception as exc:  # noqa: BLE001 - includes BrokenProcessPool
+                done(futures[fut], error_result(exc))
+    return results  # type: ignore[return-value]
+
+
+def ray_available() -> bool:
+    return importlib.util.find_spec("ray") is not None
+
+
+def run_ray(
+    fn: Callable[[Any], dict],
+    tasks: Sequence[Any],
+    jobs: int,
+    address: str | None,
+    on_result: Callable[[int, dict], None] | None = None,
+) -> list[dict]:
+    """Ray tasks; ``address`` None starts a local Ray with ``jobs`` CPUs, else connects
+    (``auto`` or ``HOST:PORT``) to a running cluster."""
+    if not ray_available():
+        raise InputError("--executor ray needs the ray package: pip install 'xpusim[ray]'")
+    import ray  # optional dependency: imported only when asked for
+
+    started = not ray.is_initialized()
+    if started:
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=max(1, jobs), include_dashboard=False, log_to_driver=False)
+    try:
+        remote = ray.remote(fn)
+        refs = [remote.remote(task) for task in tasks]
+        index = {ref: i for i, ref in enumerate(refs)}
+        results: list[dict | None] = [None] * len(tasks)
+        pending = list(refs)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            for ref in ready:
+                i = index[ref]
+                try:
+                    results[i] = ray.get(ref)
+                except Exception as exc:  # noqa: BLE001 - a failed task is an error row
+                    results[i] = error_result(exc)
+                if on_result:
+                    on_result(i, results[i])
+        return results  # type: ignore[return-value]
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def run_tasks(
+    fn: Callable[[Any], dict],
+    tasks: Sequence[Any],
+    executor: str = "local",
+    jobs: int = 1,
+    address: str | None = None,
+    on_result: Callable[[int, dict], None] | None = None,
+) -> list[dict]:
+    if executor not in EXECUTORS:
+        raise InputError(f"--executor '{executor}' unknown; use {' or '.join(EXECUTORS)}")
+    if jobs < 1:
+        raise InputError(f"--jobs must be >= 1, got {jobs}")
+    if not tasks:
+        return []
+    if executor == "ray":
+        return run_ray(fn, tasks, jobs, address, on_result)
+    return run_local(fn, tasks, jobs, on_result)

@@ -1,0 +1,413 @@
+"""What-if hardware (and model) studies: vary one field at a time, measure the elasticity.
+
+A *saved command* is a TOML file holding one ``xpusim`` command and its arguments::
+
+    command = "train"          # or "ep", "infer" (one prefill/decode step)
+    [args]                     # train: model, system, nodes + any ParallelPlan field
+    model = "pangu-ultra-moe"  # ep, infer: the command's long options, underscores for dashes
+    system = "atlas-800t-a2"
+    nodes = 768
+    tp = 8
+    ...
+    [whatif]                   # optional defaults for `xpusim whatif`
+    metric = "tokens_per_s"
+    vary = ["device.hbm_bandwidth=0.5x,1x,2x"]
+
+A *variation* ``FIELD=V1,V2,...`` names a field by a dotted path — ``device.*``
+(``hwprofiles.spec.Device``, incl. ``device.efficiency.*`` and dict entries such as
+``device.matrix_peak.bf16``), ``system.*`` (``System``; aliases below) or
+``model.*`` (``ModelSpec``, incl. ``model.moe.*``, ``model.mla.*``) — and values
+that are multipliers of the base value (``0.5x``, ``2x``; on a dict every entry is
+scaled) or absolute numbers in SI units. Fields are varied one at a time around
+the base point (frozen dataclasses changed with ``dataclasses.replace``).
+
+The elasticity of the metric to a field is the least-squares slope of
+ln(metric) against ln(value / base value) over the base and the varied points:
++1 means the metric scales in proportion (fully bound by that field), 0 means the
+field does not matter at this operating point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import tomllib
+from dataclasses import dataclass, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from hwprofiles import load_system
+from hwprofiles.spec import System
+from sim.cli import ep as ep_cli
+from sim.cli import infer as infer_cli
+from sim.errors import InputError
+from sim.inference.engine_profile import load_engine
+from sim.inference.lowering import StepBatch, StepSimulator
+from sim.models import load_model
+from sim.models.spec import ModelSpec
+from sim.network.ep import simulate_ep, system_for_ep
+from sim.parallel import ParallelPlan
+from sim.studies.executors import run_tasks
+from sim.training import simulate_training
+
+COMMANDS = ("train", "ep", "infer")
+SYSTEM_ALIASES = {
+    "system.intra_node_bandwidth": "system.intra_link.bandwidth",
+    "system.intra_node_latency": "system.intra_link.latency",
+    "system.inter_node_bandwidth": "system.nic.bandwidth",
+    "system.inter_node_latency": "system.nic.latency",
+    "system.hccs_bandwidth": "system.intra_link.bandwidth",
+    "system.roce_bandwidth": "system.nic.bandwidth",
+}
+DEFAULT_METRIC = {"train": "tokens_per_s", "ep": "total_time_s", "infer": "tokens_per_s"}
+
+
+@dataclass(frozen=True)
+class SavedCommand:
+    command: str
+    args: dict[str, Any]
+    metric: str
+    vary: tuple[str, ...]
+    path: str = ""
+
+
+def load_saved(path: str | Path) -> SavedCommand:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"saved command {path} not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"saved command {path}: not valid TOML: {exc}") from None
+    unknown = sorted(set(data) - {"command", "args", "whatif", "description"})
+    if unknown:
+        raise InputError(f"{path}: unknown keys {unknown}; use command, args, whatif, description")
+    command = data.get("command")
+    if command not in COMMANDS:
+        raise InputError(f"{path}: command = {command!r}; whatif supports {', '.join(COMMANDS)}")
+    args = data.get("args", {})
+    if not isinstance(args, dict):
+        raise InputError(f"{path}: [args] must be a table")
+    wi = data.get("whatif", {})
+    bad = sorted(set(wi) - {"metric", "vary"})
+    if bad:
+        raise InputError(f"{path}: unknown keys whatif.{bad}; use metric, vary")
+    return SavedCommand(
+        command,
+        dict(args),
+        wi.get("metric", DEFAULT_METRIC[command]),
+        tuple(wi.get("vary", ())),
+        str(path),
+    )
+
+
+@dataclass(frozen=True)
+class Variation:
+    field: str  # canonical dotted path (aliases resolved)
+    label: str  # as the user wrote it
+    values: tuple[str, ...]  # "2x" or "1.6e12"
+
+
+def parse_vary(text: str) -> Variation:
+    name, sep, rest = text.partition("=")
+    values = tuple(v.strip() for v in rest.split(",") if v.strip())
+    if not sep or not name.strip() or not values:
+        raise InputError(
+            f"--vary '{text}': expected FIELD=V1,V2,... e.g. device.hbm_bandwidth=0.5x,1x,2x"
+        )
+    name = name.strip()
+    root = name.split(".")[0]
+    if root not in ("device", "system", "model"):
+        raise InputError(f"--vary '{name}': the field must start with device., system. or model.")
+    for v in values:
+        _number(v.removesuffix("x"), name)
+    return Variation(SYSTEM_ALIASES.get(name, name), name, values)
+
+
+def _number(text: str, name: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise InputError(
+            f"--vary {name}: value '{text}' is not a number or multiplier (e.g. 2x, 0.5x, 1.6e12)"
+        ) from None
+
+
+def _get(obj: Any, parts: list[str], name: str) -> Any:
+    for part in parts:
+        if isinstance(obj, dict):
+            if part not in obj:
+                raise InputError(f"--vary {name}: no entry '{part}'; have {', '.join(obj)}")
+            obj = obj[part]
+        elif is_dataclass(obj) and part in {f.name for f in fields(obj)}:
+            obj = getattr(obj, part)
+        else:
+            known = ", ".join(f.name for f in fields(obj)) if is_dataclass(obj) else "-"
+            raise InputError(
+                f"--vary {name}: '{part}' is not a field of {type(obj).__name__}; fields: {known}"
+            )
+    return obj
+
+
+def _set(obj: Any, parts: list[str], value: Any) -> Any:
+    head, rest = parts[0], parts[1:]
+    new = (
+        value
+        if not rest
+        else _set(obj[head] if isinstance(obj, dict) else getattr(obj, head), rest, value)
+    )
+    if isinstance(obj, dict):
+        return {**obj, head: new}
+    return replace(obj, **{head: new})
+
+
+def _apply_value(base: Any, value: str, name: str) -> tuple[Any, float]:
+    """(new field value, multiplier of the base value)."""
+    if isinstance(base, dict):
+        if not value.endswith("x"):
+            raise InputError(
+                f"--vary {name}: a table of values can only be scaled (e.g. 2x); "
+                f"or name one entry, e.g. {name}.{next(iter(base), 'bf16')}"
+            )
+        m = _number(value[:-1], name)
+        return {k: v * m for k, v in base.items()}, m
+    if base is None or isinstance(base, bool) or not isinstance(base, int | float):
+        raise InputError(f"--vary {name}: the field is not numeric ({base!r})")
+    if value.endswith("x"):
+        m = _number(value[:-1], name)
+        new = base * m
+    else:
+        new = _number(value, name)
+        m = new / base if base else math.nan
+    if isinstance(base, int):
+        new = int(round(new))
+        m = new / base if base else math.nan
+    if new <= 0 or not m > 0:
+        raise InputError(f"--vary {name}: value {value} gives {new}; it must be > 0")
+    return new, m
+
+
+@dataclass(frozen=True)
+class Point:
+    """Inputs of one evaluation (picklable for the executors)."""
+
+    saved: SavedCommand
+    system: System
+    spec: ModelSpec | None
+
+
+def base_inputs(saved: SavedCommand) -> tuple[System, ModelSpec | None]:
+    a = saved.args
+    system = load_system(a.get("system", "atlas-800t-a2"), nodes=a.get("nodes"))
+    spec = load_model(a["model"]) if a.get("model") else None
+    if saved.command in ("train", "infer") and spec is None:
+        raise InputError(f"{saved.path}: args.model is required for command = '{saved.command}'")
+    return system, spec
+
+
+def vary_point(base: Point, field_path: str, value: str, name: str) -> tuple[Point, float]:
+    parts = field_path.split(".")
+    root, rest = parts[0], parts[1:]
+    if not rest:
+        raise InputError(f"--vary {name}: name a field, e.g. {root}.hbm_bandwidth")
+    if root == "model":
+        if base.spec is None:
+            raise InputError(f"--vary {name}: this saved command has no model")
+        current = _get(base.spec, rest, name)
+        new, m = _apply_value(current, value, name)
+        return replace(base, spec=_set(base.spec, rest, new)), m
+    path = ["device", *rest] if root == "device" else rest
+    current = _get(base.system, path, name)
+    new, m = _apply_value(current, value, name)
+    return replace(base, system=_set(base.system, path, new)), m
+
+
+def _train_result(point: Point) -> dict[str, Any]:
+    known = {f.name for f in fields(ParallelPlan)}
+    a = point.saved.args
+    unknown = sorted(set(a) - known - {"model", "system", "nodes"})
+    if unknown:
+        raise InputError(
+            f"{point.saved.path}: args {unknown} are not train arguments; "
+            f"use model, system, nodes or plan fields ({', '.join(sorted(known))})"
+        )
+    plan_args = {k: v for k, v in a.items() if k in known}
+    if "recompute_modules" in plan_args:
+        plan_args["recompute_modules"] = tuple(plan_args["recompute_modules"])
+    assert point.spec is not None
+    result = simulate_training(point.spec, point.system, ParallelPlan(**plan_args)).as_dict()
+    return {k: v for k, v in result.items() if isinstance(v, int | float | bool)}
+
+
+def _parse_command_args(point: Point, command: str, register) -> argparse.Namespace:
+    """The saved arguments through the command's own parser (``--key value`` per entry)."""
+    parser = argparse.ArgumentParser(prog="xpusim")
+    register(parser.add_subparsers(dest="command"))
+    argv = [command]
+    for key, value in point.saved.args.items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            argv.append(flag)
+        elif value is not False:
+            argv += [flag, str(value)]
+    try:
+        return parser.parse_args(argv)
+    except SystemExit:
+        raise InputError(
+            f"{point.saved.path}: [args] are not valid `xpusim {command}` options "
+            "(see the message above)"
+        ) from None
+
+
+def _ep_result(point: Point) -> dict[str, Any]:
+    # The command's own config builder; the (possibly varied) System replaces args.system.
+    args = _parse_command_args(point, "ep", ep_cli.register)
+    cfg, _ = ep_cli.base_config(args)
+    if point.spec is not None and point.spec.moe is not None:
+        cfg = replace(
+            cfg,
+            hidden=point.spec.hidden,
+            top_k=point.spec.moe.top_k,
+            experts=point.spec.moe.num_experts,
+        )
+    dispatch = args.dispatch.split(",")[0]
+    system, _ = system_for_ep(point.system, cfg.ep, args.nodes)
+    result = simulate_ep(replace(cfg, dispatch=dispatch), system, args.backend).as_dict()
+    return {k: v for k, v in result.items() if isinstance(v, int | float | bool)}
+
+
+def _infer_result(point: Point) -> dict[str, Any]:
+    """One prefill or decode step, as `xpusim infer` without --serve computes it."""
+    args = _parse_command_args(point, "infer", infer_cli.register)
+    if args.serve:
+        raise InputError(f"{point.saved.path}: whatif runs single infer steps; drop 'serve'")
+    assert point.spec is not None
+    plan = infer_cli.parallel_plan(args)
+    routing = infer_cli.parse_routing(args.routing, args.seed)
+    sim = StepSimulator(
+        point.spec, point.system, plan, load_engine(args.engine), args.dtype, routing
+    )
+    if args.phase == "prefill":
+        batch = StepBatch(args.batch, args.context, 0, "prefill")
+    else:
+        batch = StepBatch(args.batch, 1, args.context, "decode")
+    result = sim.run(batch).as_dict()
+    out = {k: v for k, v in result.items() if isinstance(v, int | float | bool)}
+    out["tokens_per_s"] = batch.tokens / result["time_s"]
+    return out
+
+
+def evaluate(point: Point) -> dict[str, Any]:
+    """Run the saved command on the point; never raises (errors become a field)."""
+    try:
+        if point.saved.command == "train":
+            return _train_result(point)
+        if point.saved.command == "infer":
+            return _infer_result(point)
+        return _ep_result(point)
+    except Exception as exc:  # noqa: BLE001 - a failing point is reported, the sweep goes on
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def elasticity(multipliers: list[float], metrics: list[float]) -> float:
+    """Least-squares slope of ln(metric) on ln(multiplier); nan with < 2 distinct points."""
+    pts = [
+        (math.log(m), math.log(v))
+        for m, v in zip(multipliers, metrics, strict=True)
+        if m > 0 and v and v > 0
+    ]
+    xs = {x for x, _ in pts}
+    if len(xs) < 2:
+        return math.nan
+    mx = sum(x for x, _ in pts) / len(pts)
+    my = sum(y for _, y in pts) / len(pts)
+    sxx = sum((x - mx) ** 2 for x, _ in pts)
+    return sum((x - mx) * (y - my) for x, y in pts) / sxx
+
+
+@dataclass
+class WhatIfResult:
+    command: str
+    metric: str
+    base_metric: float
+    points: list[dict[str, Any]]  # one row per evaluated point (base first)
+    sensitivity: list[dict[str, Any]]  # one row per varied field
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "command": self.command,
+            "metric": self.metric,
+            "base_metric": self.base_metric,
+            "sensitivity": self.sensitivity,
+            "points": self.points,
+        }
+
+
+def _metric(result: dict[str, Any], metric: str) -> float | None:
+    value = result.get(metric)
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def run_whatif(
+    saved: SavedCommand,
+    variations: list[Variation],
+    metric: str | None = None,
+    executor: str = "local",
+    jobs: int = 1,
+    address: str | None = None,
+    on_result=None,
+) -> WhatIfResult:
+    """Evaluate the base point and every one-at-a-time variation; elasticities per field."""
+    metric = metric or saved.metric
+    if not variations:
+        raise InputError("give at least one --vary FIELD=V1,V2,... (or whatif.vary in the file)")
+    system, spec = base_inputs(saved)
+    base = Point(saved, system, spec)
+    points: list[Point] = [base]
+    labels: list[tuple[str, str, float]] = [("base", "1x", 1.0)]
+    for var in variations:
+        for value in var.values:
+            point, m = vary_point(base, var.field, value, var.label)
+            if m == 1.0:
+                continue  # the base point itself
+            points.append(point)
+            labels.append((var.label, value, m))
+    results = run_tasks(evaluate, points, executor, jobs, address, on_result)
+    base_value = _metric(results[0], metric)
+    if base_value is None:
+        err = results[0].get("error") or f"metric '{metric}' not in the result; have " + ", ".join(
+            k for k, v in results[0].items() if isinstance(v, int | float)
+        )
+        raise InputError(f"base point: {err}")
+    rows = []
+    for (name, value, m), res in zip(labels, results, strict=True):
+        rows.append(
+            {
+                "field": name,
+                "value": value,
+                "multiplier": m,
+                metric: _metric(res, metric),
+                "error": res.get("error"),
+                "oom": res.get("oom"),
+            }
+        )
+    sensitivity = []
+    for var in variations:
+        mine = [r for r in rows if r["field"] == var.label and r[metric] is not None]
+        mults = [1.0] + [r["multiplier"] for r in mine]
+        values = [base_value] + [r[metric] for r in mine]
+        lo = min(range(len(mults)), key=lambda i: mults[i])
+        hi = max(range(len(mults)), key=lambda i: mults[i])
+        sensitivity.append(
+            {
+                "field": var.label,
+                "path": var.field,
+                "elasticity": elasticity(mults, values),
+                "low_label": f"{mults[lo]:g}x",
+                "high_label": f"{mults[hi]:g}x",
+                "low_metric": values[lo],
+                "high_metric": values[hi],
+                "errors": sum(1 for r in rows if r["field"] == var.label and r["error"]),
+            }
+        )
+    return WhatIfResult(saved.command, metric, base_value, rows, sensitivity)

@@ -96,7 +96,29 @@ class EfficiencyFile(_Strict):
     launch_overhead_us: float = Field(ge=0)
     core_block_m: int = Field(default=128, gt=0)
     core_block_n: int = Field(default=128, gt=0)
+    # Per-op-kind corrections written by calibration (see Efficiency); keys are OpKind values.
+    kind_speed: dict[str, float] = Field(default_factory=dict)
+    kind_overhead_us: dict[str, float] = Field(default_factory=dict)
+    # Last-level-cache tier of main memory (see Efficiency); 0 MiB = off.
+    cache_mib: float = Field(default=0.0, ge=0)
+    cache_speedup: float = Field(default=1.0, ge=1.0)  # >= 1 keeps time monotone in size
     source: str
+
+    @field_validator("kind_speed")
+    @classmethod
+    def _speed_positive(cls, table: dict[str, float]) -> dict[str, float]:
+        for kind, value in table.items():
+            if value <= 0:
+                raise ValueError(f"kind_speed.{kind} must be > 0, got {value}")
+        return table
+
+    @field_validator("kind_overhead_us")
+    @classmethod
+    def _overhead_non_negative(cls, table: dict[str, float]) -> dict[str, float]:
+        for kind, value in table.items():
+            if value < 0:
+                raise ValueError(f"kind_overhead_us.{kind} must be >= 0, got {value}")
+        return table
 
     def to_spec(self) -> Efficiency:
         return Efficiency(
@@ -109,6 +131,10 @@ class EfficiencyFile(_Strict):
             launch_overhead_s=self.launch_overhead_us * US,
             core_block_m=self.core_block_m,
             core_block_n=self.core_block_n,
+            kind_speed=dict(self.kind_speed),
+            kind_overhead_s={k: v * US for k, v in self.kind_overhead_us.items()},
+            cache_bytes=self.cache_mib * MIB,
+            cache_speedup=self.cache_speedup,
         )
 
 

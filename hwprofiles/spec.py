@@ -46,6 +46,17 @@ class Efficiency:
     # L0C block); drives wave quantisation.
     core_block_m: int = 128
     core_block_n: int = 128
+    # Per-op-kind corrections (calibration fills them; empty = no correction):
+    # ``kind_speed[kind]`` divides the roofline body max(compute, memory) of ops of that
+    # OpKind (a CPU's conv2d runs through oneDNN, its GEMM through BLAS: one matrix curve
+    # cannot fit both); ``kind_overhead_s[kind]`` adds to the launch overhead.
+    kind_speed: dict[str, float] = field(default_factory=dict)
+    kind_overhead_s: dict[str, float] = field(default_factory=dict)
+    # Last-level-cache tier of main memory (calibration sets it; 0 = off): an op whose
+    # main-memory traffic is at most ``cache_bytes`` streams at ``cache_speedup`` times
+    # the main-memory bandwidth (its data stays in the LLC between ops, e.g. a CPU's L3).
+    cache_bytes: float = 0.0
+    cache_speedup: float = 1.0
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,17 @@ For one op on one device (docs/cost_model.md derives each term):
     operands padded to the matrix tile: 16x16x16 Cube fractal, tensor-core MMA tile)
     that run in waves over the cores; a wave lasts as long as its largest block, so
     ``work = waves * cores * 2 * min(bm, m) * min(bn, n) * k`` (padded dims).
-* memory_s = max over levels of (bytes + half_bytes) / (bandwidth * memory_max).
-* overhead_s = the per-op launch overhead.
+* memory_s = max over levels of (bytes + half_bytes) / (bandwidth * memory_max);
+  a calibrated last-level-cache tier multiplies the main-memory bandwidth by
+  ``cache_speedup`` for ops moving at most ``cache_bytes`` (off by default).
+* overhead_s = the per-op launch overhead (+ a calibrated per-op-kind extra).
+* a calibrated ``kind_speed[kind]`` (default 1) divides compute_s and memory_s of that
+  op kind: one implementation family (e.g. CPU conv2d via oneDNN) may run faster or
+  slower than the GEMM/elementwise curves predict.
 
 ``work`` >= the op's FLOPs and ``max`` <= 1, so no op ever beats the physical roofline
-max(flops / peak, bytes / bandwidth); ``work`` never decreases when m, n or k grow, so
+max(flops / peak, bytes / bandwidth) (unless a calibration measured a kind_speed > 1
+on that device); ``work`` never decreases when m, n or k grow, so
 time is monotone in the problem size.
 """
 
@@ -95,6 +101,8 @@ class RooflineModel:
                 continue
             if level_name == MAIN_MEMORY:
                 bandwidth = dev.hbm_bandwidth
+                if 0 < nbytes <= eff.cache_bytes:  # calibrated LLC tier (off by default)
+                    bandwidth *= eff.cache_speedup
             else:
                 level = dev.level(level_name)
                 if level is None or level.bandwidth is None:
@@ -104,9 +112,13 @@ class RooflineModel:
         return worst
 
     def time(self, op: Op) -> OpCost:
+        eff = self.device.efficiency
         compute_s, details = self.compute_time(op)
         memory_s = self.memory_time(op)
-        overhead_s = self.device.efficiency.launch_overhead_s
+        overhead_s = eff.launch_overhead_s + eff.kind_overhead_s.get(str(op.kind), 0.0)
+        # Calibrated per-kind speed (1 unless a calibration set one): scales both terms.
+        speed = eff.kind_speed.get(str(op.kind), 1.0)
+        compute_s, memory_s = compute_s / speed, memory_s / speed
         body = max(compute_s, memory_s)
         if overhead_s > body:
             bound = "overhead"

@@ -1,0 +1,10 @@
+"""Calibration: run real kernels on the local device, fit the cost model, validate.
+
+``device`` finds what can be timed (CPU always, CUDA, Ascend via torch_npu);
+``harness`` times a callable robustly; ``suites`` pairs each measured case with
+the IR the simulator prices; ``fit`` fits the roofline parameters with
+``scipy.optimize.least_squares``; ``overlay`` writes the calibrated profile;
+``validate`` compares predictions with held-out measurements.
+
+This package may import torch; ``sim/`` never imports it.
+"""

@@ -1,0 +1,221 @@
+"""The calibration run: measure the cases, fit the fit set, write the overlay.
+
+Measurements are kept as CSV rows (one per case, with the noise statistics) so a
+fit can be redone from committed data without re-timing (``--from-measurements``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from calibrate.device import LocalDevice
+from calibrate.fit import FitParams, FitResult, build_table, fit
+from calibrate.harness import HarnessConfig, Measurement, measure, noise_score, timer_for
+from calibrate.suites import SUITES, Case
+from hwprofiles import load_device
+from hwprofiles.spec import Device
+from sim.errors import InputError
+
+# Base profile per local device kind; CUDA/NPU need --profile (which GPU is it?).
+DEFAULT_PROFILE = {"cpu": "cpu-host"}
+
+
+@dataclass(frozen=True)
+class Measured:
+    case: Case
+    m: Measurement
+
+    def row(self, device: LocalDevice | None = None) -> dict:
+        row = {
+            "suite": self.case.suite,
+            "split": self.case.split,
+            "case": self.case.name,
+            "shape": json.dumps(self.case.params, sort_keys=True),
+            "dtype": self.case.dtype,
+            **self.m.as_dict(),
+        }
+        if device is not None:
+            row.update(
+                {
+                    "device": device.name,
+                    "threads": device.threads,
+                    "torch": device.torch_version,
+                    "host_cpu": device.host_cpu,
+                    "date": device.date,
+                }
+            )
+        return row
+
+
+def base_profile(kind: str, profile: str | None) -> str:
+    if profile:
+        return profile
+    if kind in DEFAULT_PROFILE:
+        return DEFAULT_PROFILE[kind]
+    raise InputError(
+        f"--device {kind}: pass --profile NAME (the device profile to calibrate, "
+        "e.g. h100-sxm5-80gb); 'xpusim hw list' shows them"
+    )
+
+
+def measure_cases(
+    cases: Sequence[Case],
+    local: LocalDevice,
+    config: HarnessConfig,
+    progress: Callable[[Case], None] | None = None,
+) -> list[Measured]:
+    """Time every case on ``local``; a case whose kernel fails to run is reported and skipped."""
+    import torch
+
+    timer = timer_for(local.kind, local.threads)
+    out: list[Measured] = []
+    for case in cases:
+        if progress:
+            progress(case)
+        try:
+            fn = case.runner(local.torch_device)
+        except (ImportError, NotImplementedError) as exc:
+            raise InputError(f"suite {case.suite}: cannot build the kernel ({exc})") from None
+        out.append(Measured(case, measure(fn, timer=timer, config=config)))
+        del fn
+        if local.kind == "cuda":
+            torch.cuda.empty_cache()
+    return out
+
+
+def write_measurements(
+    path: str | Path, measured: Sequence[Measured], local: LocalDevice | None = None
+) -> Path:
+    from sim.report import write_csv
+
+    return write_csv(path, [m.row(local) for m in measured])
+
+
+def read_measurements(path: str | Path) -> list[Measured]:
+    """Rows written by ``write_measurements`` back into (case, measurement) pairs."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: measurements file not found")
+    out = []
+    with path.open() as fh:
+        for row in csv.DictReader(fh):
+            try:
+                if row["suite"] not in SUITES:
+                    raise KeyError(f"unknown suite {row['suite']}")
+                shape = tuple((k, float(v)) for k, v in json.loads(row["shape"]).items())
+                case = Case(row["suite"], shape, row["split"], row["dtype"])
+                m = Measurement(
+                    float(row["median_s"]),
+                    float(row["q1_s"]),
+                    float(row["q3_s"]),
+                    float(row["min_s"]),
+                    int(row["reps"]),
+                    float(row["rel_iqr"]),
+                    float(row["outlier_fraction"]),
+                    row["noisy"] == "True",
+                    float(row.get("wall_median_s") or row["median_s"]),
+                    float(row.get("contention") or 1.0),
+                )
+            except (KeyError, ValueError) as exc:
+                raise InputError(
+                    f"{path}: bad measurement row ({exc}); regenerate it with 'xpusim calibrate'"
+                ) from None
+            out.append(Measured(case, m))
+    return out
+
+
+def fit_measured(measured: Sequence[Measured], base: Device) -> FitResult:
+    """Fit the roofline parameters of ``base`` to the fit-split measurements."""
+    rows = [m for m in measured if m.case.split == "fit"]
+    if len(rows) < 8:
+        raise InputError(f"only {len(rows)} fit cases measured; the fit needs at least 8")
+    table = build_table([m.case.graph() for m in rows], base)
+    return fit(
+        table,
+        [m.m.median_s for m in rows],
+        FitParams.from_device(base),
+        groups=[m.case.suite for m in rows],
+    )
+
+
+def predict_case(case: Case, device: Device) -> float:
+    """Predicted time of one case: sum of its ops' roofline times (one stream)."""
+    from sim.cost import RooflineModel
+
+    model = RooflineModel(device)
+    return sum(model.time(op).time_s for op in case.graph().ops())
+
+
+def provenance(
+    local: LocalDevice, base_name: str, quick: bool, seed: int, measured: Sequence[Measured]
+) -> dict:
+    from sim import __version__
+
+    noise = noise_score([m.m for m in measured])
+    return {
+        "device_name": local.name,
+        "device_kind": local.kind,
+        "base_profile": base_name,
+        "torch_version": local.torch_version,
+        "threads": local.threads,
+        "host_cpu": local.host_cpu,
+        "date": local.date,
+        "xpusim_version": __version__,
+        "mode": "quick" if quick else "full",
+        "seed": seed,
+        "suites": sorted({m.case.suite for m in measured}),
+        "fit_cases": sum(m.case.split == "fit" for m in measured),
+        "heldout_cases": sum(m.case.split == "heldout" for m in measured),
+        "noise_median_rel_iqr": noise["median_rel_iqr"],
+        "noise_p90_rel_iqr": noise["p90_rel_iqr"],
+        "noisy_fraction": noise["noisy_fraction"],
+        "median_contention": noise["median_contention"],
+        "max_contention": noise["max_contention"],
+        "timer": (
+            "device events"
+            if local.kind != "cpu"
+            else "thread CPU time"
+            if local.threads == 1
+            else "wall clock"
+        ),
+    }
+
+
+def load_base(name: str, local: LocalDevice | None = None) -> Device:
+    """The profile to calibrate. On a CPU timed with fewer threads than it has cores,
+    the device *is* those threads: cores and peaks scale to ``threads / cores`` (so GEMM
+    wave quantisation and the fitted efficiencies describe what was measured); the
+    overlay records the scaled figures and provenance says why."""
+    base = load_device(name)
+    if local is None or local.kind != "cpu" or not 0 < local.threads < base.cores:
+        return base
+    f = local.threads / base.cores
+    return replace(
+        base,
+        cores=local.threads,
+        matrix_cores=min(base.matrix_cores, local.threads),
+        vector_cores=min(base.vector_cores, local.threads),
+        matrix_peak={k: v * f for k, v in base.matrix_peak.items()},
+        vector_peak={k: v * f for k, v in base.vector_peak.items()},
+    )
+
+
+def recorded_device(path: str | Path, kind: str) -> LocalDevice:
+    """The device a measurements CSV was taken on (from its first row)."""
+    with Path(path).open() as fh:
+        row = next(csv.DictReader(fh), None)
+    if row is None:
+        raise InputError(f"{path}: no measurements")
+    return LocalDevice(
+        kind=kind,
+        torch_device=kind,
+        name=row.get("device", "?"),
+        torch_version=row.get("torch", "?"),
+        threads=int(row.get("threads", 0) or 0),
+        host_cpu=row.get("host_cpu", "?"),
+        date=row.get("date", "?"),
+    )

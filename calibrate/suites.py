@@ -1,0 +1,483 @@
+"""What calibration measures: microbenchmarks and real-kernel suites, each case
+paired with the IR the simulator prices for it.
+
+A ``Suite`` lists shapes (a full list and a quick subset), builds the IR for a
+shape (microbenchmarks through ``sim.ops``, kernels through their describe()
+functions via ``sim.kernel_registry``) and a zero-argument torch callable that runs
+the same work. Shapes are split into fit and held-out sets by a seeded permutation
+per suite (``split_shapes``), so the held-out set is fixed by the seed, not chosen.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from sim import ops
+from sim.ir import Op, RankGraph
+from sim.kernel_registry import describe_kernel
+
+DEFAULT_SEED = 20260
+HELDOUT_FRACTION = 0.35
+
+Shape = dict[str, float]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One measured configuration: a suite, a shape, and whether it is fit or held out."""
+
+    suite: str
+    shape: tuple[tuple[str, float], ...]
+    split: str  # "fit" | "heldout"
+    dtype: str
+
+    @property
+    def params(self) -> Shape:
+        return dict(self.shape)
+
+    @property
+    def name(self) -> str:
+        return f"{self.suite}[" + ",".join(f"{k}={_fmt(v)}" for k, v in self.shape) + "]"
+
+    def graph(self) -> RankGraph:
+        return SUITES[self.suite].graph(self.params, self.dtype)
+
+    def runner(self, torch_device: str) -> Callable[[], object]:
+        return SUITES[self.suite].runner(self.params, self.dtype, torch_device)
+
+
+def _fmt(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else f"{v:g}"
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    kind: str  # "micro" | "kernel"
+    full: tuple[Shape, ...]
+    quick: tuple[Shape, ...]
+    build_ops: Callable[[Shape, str], list[Op] | RankGraph]
+    build_runner: Callable[[Shape, str, str], Callable[[], object]]
+
+    def graph(self, shape: Shape, dtype: str) -> RankGraph:
+        built = self.build_ops(shape, dtype)
+        if isinstance(built, RankGraph):
+            return built
+        g = RankGraph(0)
+        prev: tuple[int, ...] = ()
+        for op in built:
+            prev = (g.add(op, deps=prev),)
+        return g
+
+    def runner(self, shape: Shape, dtype: str, device: str) -> Callable[[], object]:
+        return self.build_runner(shape, dtype, device)
+
+
+# ---------------------------------------------------------------- torch helpers
+
+
+def _torch_dtype(dtype: str):
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+
+
+def _randn(*size: int, dtype: str, device: str):
+    import torch
+
+    gen = torch.Generator().manual_seed(0)  # same data every run: timings must not depend on it
+    return torch.randn(*size, generator=gen).to(device=device, dtype=_torch_dtype(dtype))
+
+
+def _no_grad(fn: Callable[[], object]) -> Callable[[], object]:
+    import torch
+
+    def run() -> object:
+        with torch.inference_mode():
+            return fn()
+
+    return run
+
+
+# ---------------------------------------------------------------- microbenchmarks
+
+_GEMM_SIZES = (64, 127, 256, 384, 512, 1000, 1024)
+
+
+def _gemm_shapes(sizes: tuple[int, ...], limit_flops: float) -> tuple[Shape, ...]:
+    out = []
+    for m, n, k in itertools.product(sizes, repeat=3):
+        if 2.0 * m * n * k <= limit_flops:
+            out.append({"m": m, "n": n, "k": k})
+    return tuple(out)
+
+
+def _gemm_runner(s: Shape, dtype: str, device: str):
+    import torch
+
+    a = _randn(int(s["m"]), int(s["k"]), dtype=dtype, device=device)
+    b = _randn(int(s["k"]), int(s["n"]), dtype=dtype, device=device)
+    return _no_grad(lambda: torch.mm(a, b))
+
+
+def _bmm_runner(s: Shape, dtype: str, device: str):
+    import torch
+
+    a = _randn(int(s["batch"]), int(s["m"]), int(s["k"]), dtype=dtype, device=device)
+    b = _randn(int(s["batch"]), int(s["k"]), int(s["n"]), dtype=dtype, device=device)
+    return _no_grad(lambda: torch.bmm(a, b))
+
+
+def _memcpy_runner(s: Shape, dtype: str, device: str):
+    import torch
+
+    numel = int(s["bytes"]) // 4
+    src = torch.ones(numel, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    return _no_grad(lambda: dst.copy_(src))
+
+
+def _add_runner(s: Shape, dtype: str, device: str):
+    import torch
+
+    a = _randn(int(s["numel"]), dtype=dtype, device=device)
+    b = _randn(int(s["numel"]), dtype=dtype, device=device)
+    return _no_grad(lambda: torch.add(a, b))
+
+
+def _silu_runner(s: Shape, dtype: str, device: str):
+    import torch
+
+    a = _randn(int(s["numel"]), dtype=dtype, device=device)
+    return _no_grad(lambda: torch.nn.functional.silu(a))
+
+
+def _softmax_runner(s: Shape, dtype: str, device: str):
+    import torch
+
+    x = _randn(int(s["rows"]), int(s["cols"]), dtype=dtype, device=device)
+    return _no_grad(lambda: torch.softmax(x, dim=-1))
+
+
+def _layernorm_runner(s: Shape, dtype: str, device: str):
+    import torch
+
+    h = int(s["hidden"])
+    x = _randn(int(s["tokens"]), h, dtype=dtype, device=device)
+    w = _randn(h, dtype=dtype, device=device)
+    b = _randn(h, dtype=dtype, device=device)
+    return _no_grad(lambda: torch.nn.functional.layer_norm(x, (h,), w, b))
+
+
+def _conv_runner(s: Shape, dtype: str, device: str):
+    import torch
+
+    kk = int(s["kernel"])
+    x = _randn(
+        int(s["batch"]),
+        int(s["in_ch"]),
+        int(s["height"]),
+        int(s["width"]),
+        dtype=dtype,
+        device=device,
+    )
+    w = _randn(int(s["out_ch"]), int(s["in_ch"]), kk, kk, dtype=dtype, device=device)
+    return _no_grad(lambda: torch.nn.functional.conv2d(x, w, padding=kk // 2))
+
+
+# SiLU = x * sigmoid(x): exp, add, divide, multiply ~ 4 FLOPs per element (an estimate
+# of the arithmetic; on CPU it is memory- or overhead-bound at these sizes anyway).
+SILU_FLOPS_PER_ELEMENT = 4.0
+
+# Tensors stay below 32 MB: glibc serves larger allocations with fresh mmap'd pages,
+# and the page faults of first touch (~1 ns/byte here) are not part of the model.
+_NUMELS_FULL = (4096, 32768, 262144, 1048576, 2097152, 4194304)
+_NUMELS_QUICK = (4096, 262144, 4194304)
+# memcpy copies into a preallocated buffer, so it can go past the caches to DRAM.
+_COPY_NUMELS_FULL = (4096, 65536, 262144, 1048576, 4194304, 16777216)
+_COPY_NUMELS_QUICK = (4096, 262144, 16777216)
+
+
+def _micro_suites() -> list[Suite]:
+    gemm_full = _gemm_shapes(_GEMM_SIZES, 2.2e9)
+    gemm_quick = _gemm_shapes((64, 127, 512, 1000), 1.1e9)
+    bmm_full = tuple(
+        {"batch": b, "m": m, "n": n, "k": k}
+        for b in (4, 16)
+        for (m, n, k) in (
+            (64, 64, 64),
+            (128, 128, 64),
+            (256, 256, 64),
+            (128, 64, 128),
+            (512, 512, 64),
+        )
+    )
+    bmm_quick = bmm_full[::2]
+    conv_full = tuple(
+        {"batch": 1, "in_ch": c, "out_ch": o, "height": hw, "width": hw, "kernel": k}
+        for c, o in ((3, 32), (32, 32), (64, 64), (64, 128))
+        for hw in (24, 48, 96)
+        for k in (1, 3)
+    )
+    conv_quick = conv_full[::3]
+    return [
+        Suite(
+            "gemm",
+            "micro",
+            gemm_full,
+            gemm_quick,
+            lambda s, dt: [ops.gemm("gemm", s["m"], s["n"], s["k"], dt)],
+            _gemm_runner,
+        ),
+        Suite(
+            "bmm",
+            "micro",
+            bmm_full,
+            bmm_quick,
+            lambda s, dt: [ops.gemm("bmm", s["m"], s["n"], s["k"], dt, s["batch"])],
+            _bmm_runner,
+        ),
+        Suite(
+            "memcpy",
+            "micro",
+            tuple({"bytes": n * 4} for n in _COPY_NUMELS_FULL),
+            tuple({"bytes": n * 4} for n in _COPY_NUMELS_QUICK),
+            lambda s, dt: [ops.memcpy("memcpy", s["bytes"])],
+            _memcpy_runner,
+        ),
+        Suite(
+            "add",
+            "micro",
+            tuple({"numel": n} for n in _NUMELS_FULL),
+            tuple({"numel": n} for n in _NUMELS_QUICK),
+            lambda s, dt: [ops.elementwise("add", s["numel"], dt, 1.0, 2, 1)],
+            _add_runner,
+        ),
+        Suite(
+            "silu",
+            "micro",
+            tuple({"numel": n} for n in _NUMELS_FULL),
+            tuple({"numel": n} for n in _NUMELS_QUICK),
+            lambda s, dt: [ops.elementwise("silu", s["numel"], dt, SILU_FLOPS_PER_ELEMENT)],
+            _silu_runner,
+        ),
+        Suite(
+            "softmax",
+            "micro",
+            tuple({"rows": r, "cols": c} for r in (64, 256, 1024) for c in (128, 1000, 4096)),
+            tuple({"rows": r, "cols": c} for r in (64, 1024) for c in (128, 4096)),
+            lambda s, dt: [ops.softmax("softmax", s["rows"], s["cols"], dt)],
+            _softmax_runner,
+        ),
+        Suite(
+            "layernorm",
+            "micro",
+            tuple({"tokens": t, "hidden": h} for t in (64, 256, 1024) for h in (256, 1024, 4096)),
+            tuple({"tokens": t, "hidden": h} for t in (64, 1024) for h in (256, 4096)),
+            lambda s, dt: [ops.norm("layernorm", s["tokens"], s["hidden"], dt)],
+            _layernorm_runner,
+        ),
+        Suite(
+            "conv2d",
+            "micro",
+            conv_full,
+            conv_quick,
+            lambda s, dt: [
+                ops.conv2d(
+                    "conv2d",
+                    int(s["batch"]),
+                    int(s["in_ch"]),
+                    int(s["out_ch"]),
+                    int(s["height"]),
+                    int(s["width"]),
+                    int(s["kernel"]),
+                    dtype=dt,
+                )
+            ],
+            _conv_runner,
+        ),
+    ]
+
+
+# ---------------------------------------------------------------- kernel suites
+
+
+def _attention_runner(fast: bool):
+    def build(s: Shape, dtype: str, device: str):
+        from kernels.attention import fast_attention, standard_attention
+
+        b, h, n, d = int(s["batch"]), int(s["heads"]), int(s["seq"]), int(s["head_dim"])
+        kvh = int(s.get("kv_heads", h))
+        q = _randn(b, h, n, d, dtype=dtype, device=device)
+        k = _randn(b, kvh, n, d, dtype=dtype, device=device)
+        v = _randn(b, kvh, n, d, dtype=dtype, device=device)
+        causal = bool(s.get("causal", 0))
+        if fast:
+            block = int(s.get("block", 128))
+            return _no_grad(lambda: fast_attention(q, k, v, causal=causal, outer_block=block))
+        return _no_grad(lambda: standard_attention(q, k, v, causal=causal))
+
+    return build
+
+
+def _moe_layer_and_input(s: Shape, dtype: str, device: str):
+    import torch
+
+    from kernels.moe import MoELayer
+
+    torch.manual_seed(0)  # same weights every run: the routing histogram is reproducible
+    layer = (
+        MoELayer(
+            hidden=int(s["hidden"]),
+            expert_ffn=int(s["expert_ffn"]),
+            num_experts=int(s["experts"]),
+            top_k=int(s["top_k"]),
+            shared_experts=int(s.get("shared_experts", 0)),
+        )
+        .to(device=device, dtype=_torch_dtype(dtype))
+        .eval()
+    )
+    return layer, _randn(int(s["tokens"]), int(s["hidden"]), dtype=dtype, device=device)
+
+
+def _moe_runner(s: Shape, dtype: str, device: str):
+    layer, x = _moe_layer_and_input(s, dtype, device)
+    return _no_grad(lambda: layer(x))
+
+
+@functools.lru_cache(maxsize=256)
+def moe_routing_histogram(shape: tuple[tuple[str, float], ...], dtype: str) -> tuple[float, ...]:
+    """Rows each expert receives when the suite's MoE layer routes the suite's input.
+
+    The measured layer has random weights, so its routing is not uniform (some experts
+    get 1.5x the mean); the graph the simulator prices uses this histogram
+    (``describe_moe(tokens_per_expert=...)``), i.e. the routing the kernel really did.
+    """
+    import torch
+
+    layer, x = _moe_layer_and_input(dict(shape), dtype, "cpu")
+    with torch.inference_mode():
+        _, stats = layer(x, return_stats=True)
+    return tuple(float(v) for v in stats.kept_per_expert)
+
+
+def _moe_ops(s: Shape, dtype: str) -> RankGraph:
+    hist = moe_routing_histogram(tuple(sorted(s.items())), dtype)
+    return describe_kernel("moe", s, dtype, tokens_per_expert=list(hist))
+
+
+def _cdc_runner(s: Shape, dtype: str, device: str):
+    import torch
+
+    from kernels.cdc import CDC
+
+    torch.manual_seed(0)
+    net = CDC(upscale=int(s["upscale"])).to(device=device, dtype=_torch_dtype(dtype)).eval()
+    x = _randn(int(s["batch"]), 3, int(s["height"]), int(s["width"]), dtype=dtype, device=device)
+    return _no_grad(lambda: net(x))
+
+
+def _kernel(name: str):
+    return lambda s, dt: describe_kernel(name, s, dt)
+
+
+def _kernel_suites() -> list[Suite]:
+    attn_full = tuple(
+        {"batch": 1, "heads": h, "seq": n, "head_dim": d, "causal": c}
+        for h in (4, 8)
+        for n in (128, 256, 512, 1024)
+        for d in (64,)
+        for c in (0, 1)
+    ) + tuple({"batch": 2, "heads": 4, "seq": n, "head_dim": 128, "causal": 1} for n in (256, 768))
+    attn_quick = tuple(
+        {"batch": 1, "heads": 4, "seq": n, "head_dim": 64, "causal": c}
+        for n in (128, 384, 768)
+        for c in (0, 1)
+    )
+    moe_full = tuple(
+        {"tokens": t, "hidden": hd, "expert_ffn": f, "experts": e, "top_k": k, "shared_experts": se}
+        for t in (64, 256, 1024)
+        for (hd, f) in ((256, 512), (512, 1024))
+        for (e, k) in ((8, 2), (16, 4))
+        for se in (0, 1)
+        if not (t == 1024 and hd == 512 and e == 16)
+    )
+    moe_quick = tuple(
+        {
+            "tokens": t,
+            "hidden": 256,
+            "expert_ffn": 512,
+            "experts": 8,
+            "top_k": 2,
+            "shared_experts": se,
+        }
+        for t in (64, 256, 512)
+        for se in (0, 1)
+    )
+    # CDC's hourglass max-pools 4 times: input sides must be multiples of 16.
+    cdc_full = tuple(
+        {"upscale": 4, "batch": 1, "height": h, "width": w}
+        for h, w in ((16, 16), (16, 32), (32, 32), (32, 48), (48, 48), (48, 64), (64, 64))
+    )
+    cdc_quick = tuple(
+        {"upscale": 4, "batch": 1, "height": h, "width": w}
+        for h, w in ((16, 16), (32, 32), (32, 48))
+    )
+    return [
+        Suite(
+            "standard-attention",
+            "kernel",
+            attn_full,
+            attn_quick,
+            _kernel("standard-attention"),
+            _attention_runner(False),
+        ),
+        Suite(
+            "fastattention",
+            "kernel",
+            attn_full,
+            attn_quick,
+            _kernel("fastattention"),
+            _attention_runner(True),
+        ),
+        Suite("moe", "kernel", moe_full, moe_quick, _moe_ops, _moe_runner),
+        Suite("cdc", "kernel", cdc_full, cdc_quick, _kernel("cdc"), _cdc_runner),
+    ]
+
+
+SUITES: dict[str, Suite] = {s.name: s for s in _micro_suites() + _kernel_suites()}
+MICRO_SUITES = tuple(n for n, s in SUITES.items() if s.kind == "micro")
+KERNEL_SUITES = tuple(n for n, s in SUITES.items() if s.kind == "kernel")
+
+
+def split_shapes(suite: str, shapes: tuple[Shape, ...], seed: int) -> list[str]:
+    """'fit' / 'heldout' per shape: a seeded permutation holds out ~35% of every suite."""
+    n = len(shapes)
+    rng = np.random.default_rng([seed, zlib.crc32(suite.encode())])
+    order = rng.permutation(n)
+    n_held = int(round(HELDOUT_FRACTION * n)) if n >= 3 else 0
+    held = set(order[:n_held].tolist())
+    return ["heldout" if i in held else "fit" for i in range(n)]
+
+
+def cases(
+    suites: tuple[str, ...] | list[str] | None = None,
+    quick: bool = False,
+    seed: int = DEFAULT_SEED,
+    dtype: str = "fp32",
+) -> list[Case]:
+    """Every case of the chosen suites (all by default), with its fit/held-out label."""
+    chosen = list(suites) if suites else list(SUITES)
+    out: list[Case] = []
+    for name in chosen:
+        suite = SUITES[name]
+        shapes = suite.quick if quick else suite.full
+        for shape, split in zip(shapes, split_shapes(name, shapes, seed), strict=True):
+            out.append(Case(name, tuple((k, float(v)) for k, v in shape.items()), split, dtype))
+    return out

@@ -1,0 +1,150 @@
+"""``xpusim calibrate --device cpu [--quick] --out FILE``: time the suites on this machine,
+fit the cost model, and write a calibration overlay (plus the measurements CSV).
+
+torch is imported only inside ``run`` (via ``calibrate``): the simulator runs without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from sim.errors import InputError
+from sim.report import emit_json, fmt_si, table
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("calibrate", help="measure kernels here and fit a calibration overlay")
+    p.add_argument(
+        "--device",
+        default="cpu",
+        choices=("cpu", "cuda", "npu"),
+        help="local device to time (default cpu)",
+    )
+    p.add_argument("--profile", help="base device profile (default: cpu-host for --device cpu)")
+    p.add_argument("--quick", action="store_true", help="fewer shapes and repetitions (< 3 min)")
+    p.add_argument("--out", required=True, help="overlay TOML to write")
+    p.add_argument(
+        "--measurements", help="CSV of every measured case (default: OUT with '.measurements.csv')"
+    )
+    p.add_argument(
+        "--from-measurements",
+        metavar="CSV",
+        help="fit a measurements CSV from an earlier run instead of timing",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads while timing (default 1: steadiest on a "
+        "shared machine; see docs/calibration.md)",
+    )
+    p.add_argument("--suites", help="comma-separated suites (default: all)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the fit/held-out split")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from calibrate.suites import DEFAULT_SEED, SUITES
+
+    seed = DEFAULT_SEED if args.seed is None else args.seed
+    suites = None
+    if args.suites:
+        suites = [s.strip() for s in args.suites.split(",") if s.strip()]
+        unknown = [s for s in suites if s not in SUITES]
+        if unknown:
+            raise InputError(
+                f"--suites: unknown {', '.join(unknown)}; choose from {', '.join(SUITES)}"
+            )
+    out = Path(args.out)
+    csv_path = (
+        Path(args.measurements) if args.measurements else out.with_suffix(".measurements.csv")
+    )
+    started = time.perf_counter()
+    if args.from_measurements:
+        from calibrate.pipeline import read_measurements, recorded_device
+
+        measured = read_measurements(args.from_measurements)
+        local = recorded_device(args.from_measurements, args.device)
+        quick = bool(args.quick)
+    else:
+        measured, local = _measure(args, suites, seed)
+        quick = bool(args.quick)
+    from calibrate.overlay import overlay_doc, write_overlay
+    from calibrate.pipeline import (
+        base_profile,
+        fit_measured,
+        load_base,
+        provenance,
+        write_measurements,
+    )
+
+    base_name = base_profile(local.kind, args.profile)
+    base = load_base(base_name, local)
+    result = fit_measured(measured, base)
+    prov = provenance(local, base.name, quick, seed, measured)
+    write_overlay(out, overlay_doc(base, result, prov))
+    if not args.from_measurements:
+        write_measurements(csv_path, measured, local)
+    elapsed = time.perf_counter() - started
+    payload = {
+        "overlay": str(out),
+        "measurements": None if args.from_measurements else str(csv_path),
+        "elapsed_s": elapsed,
+        "provenance": prov,
+        "fit": result.summary(),
+    }
+    if args.json:
+        emit_json(payload)
+        return 0
+    p = result.params
+    print(
+        f"calibrated {base.name} on {local.name} ({local.threads} threads, "
+        f"{len(measured)} cases, {elapsed:.0f} s) -> {out}"
+    )
+    print(
+        f"  fit: median |error| {result.median_abs_error:.1%}, p90 {result.p90_abs_error:.1%} "
+        f"over {result.n_cases} fit cases; noise: median rel. IQR "
+        f"{prov['noise_median_rel_iqr']:.1%}, {prov['noisy_fraction']:.0%} of cases noisy"
+    )
+    rows = [
+        ["matrix max / half", f"{p.matrix_max:.3g}", fmt_si(p.matrix_half_flops, "FLOP")],
+        ["vector max / half", f"{p.vector_max:.3g}", fmt_si(p.vector_half_flops, "FLOP")],
+        ["memory max / half", f"{p.memory_max:.3g}", fmt_si(p.memory_half_bytes, "B")],
+        ["launch overhead", "", fmt_si(p.launch_overhead_s, "s")],
+    ]
+    rows += [
+        [
+            f"kind {k}: speed / overhead",
+            f"{p.kind_speed[k]:.3g}",
+            fmt_si(p.kind_overhead_s.get(k, 0.0), "s"),
+        ]
+        for k in sorted(p.kind_speed)
+    ]
+    print(table(rows, ["parameter", "value", "size"]))
+    if result.at_bound:
+        print(f"  at a bound (check the data): {', '.join(result.at_bound)}")
+    return 0
+
+
+def _measure(args: argparse.Namespace, suites, seed: int):
+    from tqdm import tqdm
+
+    from calibrate.device import detect
+    from calibrate.harness import HarnessConfig
+    from calibrate.pipeline import measure_cases
+    from calibrate.suites import cases
+
+    local = detect(args.device, threads=args.threads)
+    todo = cases(suites, quick=args.quick, seed=seed)
+    config = HarnessConfig.quick() if args.quick else HarnessConfig()
+    with tqdm(total=len(todo), desc="calibrate", unit="case", disable=args.json) as bar:
+
+        def progress(case) -> None:
+            bar.set_postfix_str(case.suite, refresh=False)
+            bar.update(1)
+
+        measured = measure_cases(todo, local, config, progress)
+    return measured, local

@@ -1,0 +1,226 @@
+"""Kernel names -> the torch-free functions that describe them as IR, with their shape keys.
+
+``xpusim predict kernel NAME --shape k=v,...`` and the calibration suites both go
+through here, so a kernel is predicted from exactly the op graph its describe()
+function builds (``sim/workloads/attention.py``, ``moe.py``, ``cdc.py``). The
+describe modules are imported when first used, so a missing one only disables
+its kernel.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from sim.errors import InputError
+from sim.ir import RankGraph
+
+
+@dataclass(frozen=True)
+class ShapeKey:
+    """One ``--shape`` key: its type, default (None = required) and meaning."""
+
+    name: str
+    kind: type  # int or bool
+    default: int | bool | None
+    help: str
+    minimum: int = 1
+
+
+@dataclass(frozen=True)
+class KernelEntry:
+    name: str
+    module: str
+    function: str
+    keys: tuple[ShapeKey, ...]
+    # Builds describe()'s keyword arguments from the parsed shape and dtype.
+    kwargs: Callable[[dict, str], dict]
+    help: str
+
+    def key(self, name: str) -> ShapeKey | None:
+        return next((k for k in self.keys if k.name == name), None)
+
+
+_ATTN_KEYS = (
+    ShapeKey("batch", int, 1, "batch size"),
+    ShapeKey("heads", int, None, "query heads"),
+    ShapeKey("seq", int, None, "sequence length (queries = keys)"),
+    ShapeKey("head_dim", int, None, "dimension of one head"),
+    ShapeKey("causal", bool, False, "causal mask (0/1)"),
+    ShapeKey("kv_heads", int, None, "key/value heads for GQA (default: heads)"),
+)
+
+
+def _attn_kwargs(s: dict, dtype: str) -> dict:
+    return {
+        "batch": s["batch"],
+        "heads": s["heads"],
+        "seq": s["seq"],
+        "head_dim": s["head_dim"],
+        "causal": s["causal"],
+        "kv_heads": s.get("kv_heads"),
+        "dtype": dtype,
+    }
+
+
+def _fast_kwargs(s: dict, dtype: str) -> dict:
+    return {**_attn_kwargs(s, dtype), "outer_block": s["block"]}
+
+
+def _moe_kwargs(s: dict, dtype: str) -> dict:
+    return {
+        "tokens": s["tokens"],
+        "hidden": s["hidden"],
+        "expert_ffn": s["expert_ffn"],
+        "num_experts": s["experts"],
+        "top_k": s["top_k"],
+        "shared_experts": s["shared_experts"],
+        # Each shared expert is as wide as a routed one (MoELayer's default shared_ffn).
+        "shared_ffn": s["expert_ffn"] if s["shared_experts"] else 0,
+        "dtype": dtype,
+    }
+
+
+def _cdc_kwargs(s: dict, dtype: str) -> dict:
+    return {
+        "upscale": s["upscale"],
+        "batch": s["batch"],
+        "height": s["height"],
+        "width": s["width"],
+        "dtype": dtype,
+    }
+
+
+KERNELS: dict[str, KernelEntry] = {
+    e.name: e
+    for e in (
+        KernelEntry(
+            "standard-attention",
+            "sim.workloads.attention",
+            "describe_standard_attention",
+            _ATTN_KEYS,
+            _attn_kwargs,
+            "materialised attention: QK^T, scale, mask, softmax, PV (kernels/attention.py)",
+        ),
+        KernelEntry(
+            "fastattention",
+            "sim.workloads.attention",
+            "describe_fast_attention",
+            (*_ATTN_KEYS, ShapeKey("block", int, 128, "outer tile size (query and key rows)")),
+            _fast_kwargs,
+            "FastAttention: tiled, online softmax, tiling mask (kernels/attention.py)",
+        ),
+        KernelEntry(
+            "moe",
+            "sim.workloads.moe",
+            "describe_moe",
+            (
+                ShapeKey("tokens", int, None, "tokens in the batch"),
+                ShapeKey("hidden", int, None, "model hidden size"),
+                ShapeKey("expert_ffn", int, None, "intermediate size of one expert"),
+                ShapeKey("experts", int, None, "routed experts"),
+                ShapeKey("top_k", int, None, "experts per token"),
+                ShapeKey("shared_experts", int, 0, "always-active shared experts", minimum=0),
+            ),
+            _moe_kwargs,
+            "MoE layer: router, dispatch, grouped SwiGLU experts, combine (kernels/moe.py)",
+        ),
+        KernelEntry(
+            "cdc",
+            "sim.workloads.cdc",
+            "describe_cdc",
+            (
+                ShapeKey("upscale", int, 4, "super-resolution factor"),
+                ShapeKey("batch", int, 1, "images"),
+                ShapeKey("height", int, None, "input (low-resolution) height in pixels"),
+                ShapeKey("width", int, None, "input width in pixels"),
+            ),
+            _cdc_kwargs,
+            "CDC super-resolution network forward (kernels/cdc.py)",
+        ),
+    )
+}
+
+
+def kernel_entry(name: str) -> KernelEntry:
+    entry = KERNELS.get(name)
+    if entry is None:
+        raise InputError(f"unknown kernel '{name}': expected one of {', '.join(KERNELS)}")
+    return entry
+
+
+def _convert(entry: KernelEntry, key: ShapeKey, value: object) -> int | bool:
+    text = str(value).strip().lower()
+    try:
+        if key.kind is bool:
+            if text in ("1", "true", "yes", "1.0"):
+                return True
+            if text in ("0", "false", "no", "0.0"):
+                return False
+            raise ValueError(text)
+        number = float(text)
+        if not number.is_integer() or number < key.minimum:
+            raise ValueError(text)
+        return int(number)
+    except ValueError:
+        what = "0 or 1" if key.kind is bool else f"an integer >= {key.minimum}"
+        raise InputError(
+            f"kernel {entry.name}: shape key '{key.name}' must be {what}, got '{value}'"
+        ) from None
+
+
+def normalise_shape(name: str, shape: Mapping[str, object]) -> dict:
+    """Check keys, convert values, fill defaults; the error names the key and the valid keys."""
+    entry = kernel_entry(name)
+    valid = ", ".join(k.name for k in entry.keys)
+    out: dict = {}
+    for key_name, value in shape.items():
+        key = entry.key(key_name)
+        if key is None:
+            raise InputError(f"kernel {name}: unknown shape key '{key_name}'; valid keys: {valid}")
+        out[key_name] = _convert(entry, key, value)
+    for key in entry.keys:
+        if key.name not in out:
+            if key.default is None and key.name != "kv_heads":
+                raise InputError(
+                    f"kernel {name}: shape key '{key.name}' is required "
+                    f"({key.help}); valid keys: {valid}"
+                )
+            if key.default is not None:
+                out[key.name] = key.default
+    return out
+
+
+def parse_shape(name: str, text: str) -> dict:
+    """'batch=1,heads=8,seq=1024' -> a normalised shape dict for kernel ``name``."""
+    pairs: dict[str, str] = {}
+    for item in (p.strip() for p in text.split(",")):
+        if not item:
+            continue
+        if "=" not in item:
+            raise InputError(f"--shape: expected key=value pairs separated by commas, got '{item}'")
+        key, value = (s.strip() for s in item.split("=", 1))
+        pairs[key] = value
+    return normalise_shape(name, pairs)
+
+
+def describe_kernel(
+    name: str, shape: Mapping[str, object], dtype: str = "fp32", **extra: object
+) -> RankGraph:
+    """The op graph of kernel ``name`` at ``shape`` (validated), built by its describe().
+
+    ``extra`` goes to describe() unchanged (e.g. ``tokens_per_expert`` for moe: a
+    measured routing histogram instead of uniform routing).
+    """
+    entry = kernel_entry(name)
+    s = normalise_shape(name, shape)
+    try:
+        module = importlib.import_module(entry.module)
+    except ModuleNotFoundError as exc:
+        raise InputError(
+            f"kernel {name}: its describe module {entry.module} is not available ({exc})"
+        ) from None
+    fn = getattr(module, entry.function)
+    kwargs = {k: v for k, v in entry.kwargs(s, dtype).items() if v is not None}
+    return fn(**kwargs, **extra)

@@ -9,8 +9,8 @@ accepted, or applied with ``calibration=PATH``.
 from __future__ import annotations
 
 import difflib
-from dataclasses import replace
 import tomllib
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 

@@ -51,6 +51,7 @@ from sim.workloads.attention import (
     describe_fast_attention,
     describe_standard_attention,
     kv_block_limit,
+    padding_applies,
 )
 
 _NEG_INF = float("-inf")
@@ -161,7 +162,7 @@ def _block_mask(
         if delta < cols - 1:  # not fully visible (fully masked blocks never get here)
             a, b = max(delta, 0), max(-delta, 0)
             mask = template[a : a + rows, b : b + cols]
-    if kv_lens is not None and any(n - k_start < cols for n in kv_lens):
+    if padding_applies(k_start, cols, kv_lens):
         pad = torch.stack([_padding_row(template, n - k_start, cols) for n in kv_lens]).view(
             len(kv_lens), 1, 1, 1, cols
         )
@@ -268,49 +269,7 @@ def fast_attention(
     return out.view(batch, heads, q_len, head_dim)
 
 
-def describe_standard(
-    batch: int,
-    heads: int,
-    seq: int,
-    head_dim: int,
-    causal: bool = False,
-    kv_heads: int | None = None,
-    kv_len: int | None = None,
-    dtype: str = "fp32",
-    padded: bool = False,
-):
-    """IR ops ``standard_attention`` runs for these sizes (see sim.workloads.attention)."""
-    return describe_standard_attention(
-        batch, heads, seq, head_dim, causal, kv_heads, kv_len, dtype, padded
-    )
-
-
-def describe_fast(
-    batch: int,
-    heads: int,
-    seq: int,
-    head_dim: int,
-    causal: bool = False,
-    kv_heads: int | None = None,
-    kv_len: int | None = None,
-    dtype: str = "fp32",
-    outer_block: int = 128,
-    inner_block: int = 64,
-    q_offset: int = 0,
-    kv_lens: Sequence[int] | None = None,
-):
-    """IR ops ``fast_attention`` runs for these sizes (see sim.workloads.attention)."""
-    return describe_fast_attention(
-        batch,
-        heads,
-        seq,
-        head_dim,
-        causal,
-        kv_heads,
-        kv_len,
-        dtype,
-        outer_block,
-        inner_block,
-        q_offset,
-        kv_lens,
-    )
+# The IR ops these kernels run for given sizes: the torch-free builders themselves
+# (one definition, so kernel and description share their signature and defaults).
+describe_standard = describe_standard_attention
+describe_fast = describe_fast_attention

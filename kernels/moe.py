@@ -63,6 +63,17 @@ class RoutingStats:
     dropped: int
     capacity: int | None
 
+    @classmethod
+    def of(
+        cls, counts: torch.Tensor, kept_counts: torch.Tensor, capacity: int | None
+    ) -> RoutingStats:
+        return cls(
+            tokens_per_expert=tuple(counts.tolist()),
+            kept_per_expert=tuple(kept_counts.tolist()),
+            dropped=int((counts - kept_counts).sum()),
+            capacity=capacity,
+        )
+
 
 @dataclass(frozen=True)
 class Routing:
@@ -70,6 +81,15 @@ class Routing:
 
     experts: torch.Tensor
     weights: torch.Tensor
+
+    def sorted_by_expert(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The dispatch order: a stable sort of the flattened (token, slot) assignments by
+        expert id. Returns (expert ids per token-slot unsorted, and sorted: expert ids,
+        token index, weight)."""
+        top_k = self.experts.shape[-1]
+        flat_expert = self.experts.reshape(-1)
+        order = torch.sort(flat_expert, stable=True).indices
+        return flat_expert, flat_expert[order], order // top_k, self.weights.reshape(-1)[order]
 
 
 def expert_capacity(capacity_factor: float, tokens: int, top_k: int, num_experts: int) -> int:
@@ -198,6 +218,17 @@ class MoELayer(nn.Module):
     def shared_ffn_rows(self, x: torch.Tensor) -> torch.Tensor:
         return self.shared_down(F.silu(self.shared_gate(x)) * self.shared_up(x))
 
+    def combine(
+        self, x: torch.Tensor, token: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor
+    ) -> torch.Tensor:
+        """The unpermute: expert output ``rows`` scaled by their routing ``weight`` and
+        added into their ``token`` rows, plus the shared experts on every token."""
+        out = torch.zeros_like(x)
+        out.index_add_(0, token, rows * weight.unsqueeze(-1))
+        if self.shared_experts:
+            out = out + self.shared_ffn_rows(x)
+        return out
+
     def describe(
         self,
         tokens: float,
@@ -240,12 +271,7 @@ class MoELayer(nn.Module):
         tokens = x.shape[0]
         routing = self.route(x)
 
-        # Dispatch: stable sort of the flattened (token, slot) assignments by expert id.
-        flat_expert = routing.experts.reshape(-1)
-        order = torch.sort(flat_expert, stable=True).indices
-        sorted_expert = flat_expert[order]
-        sorted_token = order // self.top_k
-        sorted_weight = routing.weights.reshape(-1)[order]
+        flat_expert, sorted_expert, sorted_token, sorted_weight = routing.sorted_by_expert()
         counts = torch.bincount(flat_expert, minlength=self.num_experts)
 
         capacity = None
@@ -258,20 +284,10 @@ class MoELayer(nn.Module):
         rows = x[sorted_token[keep]]  # the permute: a gather of token rows
         expert_out = self.expert_ffn_rows(rows, kept_counts.tolist())
 
-        out = torch.zeros_like(x)
-        out.index_add_(0, sorted_token[keep], expert_out * sorted_weight[keep].unsqueeze(-1))
-        if self.shared_experts:
-            out = out + self.shared_ffn_rows(x)
-        out = out.reshape(shape)
+        out = self.combine(x, sorted_token[keep], expert_out, sorted_weight[keep]).reshape(shape)
         if not return_stats:
             return out
-        stats = RoutingStats(
-            tokens_per_expert=tuple(counts.tolist()),
-            kept_per_expert=tuple(kept_counts.tolist()),
-            dropped=int((counts - kept_counts).sum()),
-            capacity=capacity,
-        )
-        return out, stats
+        return out, RoutingStats.of(counts, kept_counts, capacity)
 
 
 def _position_in_expert(sorted_expert: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
@@ -322,11 +338,7 @@ def ep_forward(
     x = x_local.reshape(-1, layer.hidden)
 
     routing = layer.route(x)
-    flat_expert = routing.experts.reshape(-1)
-    order = torch.sort(flat_expert, stable=True).indices
-    sorted_expert = flat_expert[order]
-    sorted_token = order // layer.top_k
-    sorted_weight = routing.weights.reshape(-1)[order]
+    _, sorted_expert, sorted_token, sorted_weight = routing.sorted_by_expert()
     send_counts = torch.bincount(sorted_expert // per_rank, minlength=world)
 
     # 1. counts, so every rank can size its receive buffers.
@@ -359,17 +371,7 @@ def ep_forward(
     # 3. results back to the ranks that own the tokens, in the order they were sent.
     returned = _all_to_all(computed, recv, send, group)
 
-    out = torch.zeros_like(x)
-    out.index_add_(0, sorted_token, returned * sorted_weight.unsqueeze(-1))
-    if layer.shared_experts:
-        out = out + layer.shared_ffn_rows(x)
-    out = out.reshape(x_local.shape)
+    out = layer.combine(x, sorted_token, returned, sorted_weight).reshape(x_local.shape)
     if not return_stats:
         return out
-    stats = RoutingStats(
-        tokens_per_expert=tuple(counts.tolist()),
-        kept_per_expert=tuple(kept_counts.tolist()),
-        dropped=int((counts - kept_counts).sum()),
-        capacity=capacity,
-    )
-    return out, stats
+    return out, RoutingStats.of(counts, kept_counts, capacity)

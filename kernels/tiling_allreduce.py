@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 
 from kernels.attention import fast_attention
+from kernels.distributed import run_distributed
 
 
 def make_inputs(
@@ -124,8 +125,6 @@ def run_tp_attention(
     seed: int = 0,
 ) -> list[torch.Tensor]:
     """Launch ``world`` gloo processes; return every rank's (batch, seq, hidden) output."""
-    from kernels.distributed import run_distributed
-
     outs = run_distributed(
         _rank_main, world, (batch, heads, seq, head_dim), causal, blocks, overlap, seed
     )

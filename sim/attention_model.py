@@ -248,6 +248,7 @@ def fast_attention_cost(
     full_t, full_terms = block_time(cols, False)
     last_cols = seq - (math.ceil(seq / cols) - 1) * cols
     io = 2 * rows * head_dim * elt / (device.hbm_bandwidth / cores * eff.memory_max)
+    part_t = block_time(cols, True)[0]  # a diagonal block: it needs the mask slice
     item_times: list[float] = []
     steps_total = 0
     for qb in range(nq):
@@ -256,7 +257,6 @@ def fast_attention_cost(
         else:
             visited, partial = math.ceil(seq / cols), 0
         steps_total += visited
-        part_t, part_terms = block_time(cols, True)
         t = (visited - partial) * full_t + partial * part_t
         t += (full_terms["first"] - full_t) + io  # pipeline fill of the first block; Q/O
         if not causal and last_cols != cols:

@@ -52,14 +52,15 @@ class SimResult:
 
     def exposed_comm_s(self, rank: int) -> float:
         """Time the comm stream is busy while the compute stream is idle on ``rank``."""
-        compute = _union([(r.start, r.end) for r in self.records
-                          if r.rank == rank and r.stream == Stream.COMPUTE])
-        comm = _union([(r.start, r.end) for r in self.records
-                       if r.rank == rank and r.stream != Stream.COMPUTE])
-        return _length(comm) - _overlap(comm, compute)
+        compute = union_intervals([(r.start, r.end) for r in self.records
+                                   if r.rank == rank and r.stream == Stream.COMPUTE])
+        comm = union_intervals([(r.start, r.end) for r in self.records
+                                if r.rank == rank and r.stream != Stream.COMPUTE])
+        return intervals_length(comm) - overlap_length(comm, compute)
 
 
-def _union(intervals: list[tuple[float, float]]) -> list[tuple[float, float]]:
+def union_intervals(intervals: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Sorted, disjoint union of ``(start, end)`` intervals; empty ones are dropped."""
     merged: list[list[float]] = []
     for start, end in sorted(intervals):
         if end <= start:
@@ -71,11 +72,13 @@ def _union(intervals: list[tuple[float, float]]) -> list[tuple[float, float]]:
     return [(a, b) for a, b in merged]
 
 
-def _length(intervals: list[tuple[float, float]]) -> float:
+def intervals_length(intervals: list[tuple[float, float]]) -> float:
+    """Total length of disjoint intervals (the output of ``union_intervals``)."""
     return sum(b - a for a, b in intervals)
 
 
-def _overlap(xs: list[tuple[float, float]], ys: list[tuple[float, float]]) -> float:
+def overlap_length(xs: list[tuple[float, float]], ys: list[tuple[float, float]]) -> float:
+    """Length of the intersection of two sorted, disjoint interval lists (a linear merge)."""
     i = j = 0
     total = 0.0
     while i < len(xs) and j < len(ys):

@@ -8,7 +8,7 @@ import math
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from sim import SCHEMA_VERSION
 
@@ -23,7 +23,7 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
-def emit_json(payload: dict[str, Any], stream=None) -> None:
+def emit_json(payload: dict[str, Any], stream: TextIO | None = None) -> None:
     """Print ``payload`` as JSON with ``schema_version`` first (SI units throughout)."""
     out = {"schema_version": SCHEMA_VERSION, **payload}
     json.dump(_clean(out), stream or sys.stdout, indent=2, sort_keys=False)

@@ -11,12 +11,11 @@ import importlib
 import time
 from collections.abc import Callable
 
+from sim.bench.engine_bench import bench_engine
 from sim.report import emit_json, table
 
 
 def _engine() -> dict:
-    from sim.bench.engine_bench import bench_engine
-
     r = bench_engine()
     return {"value": r["ops_per_s"], "unit": "simulated ops/s (one core)",
             "target": ">= 250,000", "ok": r["ops_per_s"] >= 250_000,

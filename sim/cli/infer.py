@@ -14,9 +14,14 @@ import sys
 from hwprofiles import load_system
 from sim.errors import InputError
 from sim.inference.engine_profile import load_engine
-from sim.inference.kvcache import plan_memory, require_fit
-from sim.inference.lowering import ParallelPlan, StepBatch, StepSimulator
-from sim.inference.routing import Routing
+from sim.inference.lowering import (
+    ParallelPlan,
+    StepBatch,
+    StepSimulator,
+    plan_for,
+    require_memory,
+)
+from sim.inference.routing import routing_from_text
 from sim.inference.serving import LengthDist, Server, StepCosts, Workload, make_requests
 from sim.inference.speculative import HEAD_KINDS, draft_simulator
 from sim.models.hf_config import load_model
@@ -41,41 +46,6 @@ def add_deployment_args(p: argparse.ArgumentParser) -> None:
         help="MoE routing: uniform, zipf:S (p_i ~ i^-S) or a file of per-expert counts",
     )
     p.add_argument("--seed", type=int, default=0)
-
-
-def parallel_plan(args: argparse.Namespace) -> ParallelPlan:
-    if args.devices is not None and args.tp is not None:
-        raise InputError("give either --devices N (TP=N) or --tp/--ep, not both")
-    if args.tp is not None:
-        return ParallelPlan(tp=args.tp, ep=args.ep)
-    if args.ep != 1:
-        raise InputError("--ep needs --tp (devices = tp x ep)")
-    return ParallelPlan(tp=args.devices or 1)
-
-
-def parse_routing(text: str, seed: int) -> Routing:
-    if text == "uniform":
-        return Routing(seed=seed)
-    if text.startswith("zipf"):
-        try:
-            s = float(text.split(":")[1]) if ":" in text else 1.0
-        except ValueError:
-            raise InputError(
-                f"--routing {text}: use zipf:S with a number S, e.g. zipf:1.2"
-            ) from None
-        return Routing("zipf", zipf_s=s, seed=seed)
-    try:
-        with open(text) as fh:
-            counts = tuple(float(x) for x in fh.read().replace(",", " ").split())
-    except FileNotFoundError:
-        raise InputError(
-            f"--routing {text}: use uniform, zipf:S, or a file of per-expert counts"
-        ) from None
-    except ValueError:
-        raise InputError(
-            f"--routing {text}: the file must hold numbers (one count per expert)"
-        ) from None
-    return Routing("histogram", histogram=counts, seed=seed)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -112,29 +82,16 @@ def run(args: argparse.Namespace) -> int:
     spec = load_model(args.model)
     system = load_system(args.system, nodes=args.nodes)
     engine = load_engine(args.engine)
-    plan = parallel_plan(args)
-    routing = parse_routing(args.routing, args.seed)
-    memory = plan_memory(
-        spec,
-        system.device.hbm_capacity,
-        plan.tp,
-        plan.ep,
-        args.dtype,
-        engine.memory_utilization,
-        engine.max_batched_tokens,
-    )
-    require_fit(memory, f"{spec.name} on {plan.devices} x {system.device.name}")
+    plan = plan_for(args.devices, args.tp, args.ep)
+    routing = routing_from_text(args.routing, args.seed)
+    memory = require_memory(spec, system, plan, engine, args.dtype)
     sim = StepSimulator(spec, system, plan, engine, args.dtype, routing)
     if args.serve:
         return _serve(args, spec, system, plan, engine, sim, memory)
     if args.batch < 1 or args.context < (1 if args.phase == "prefill" else 0):
         raise InputError("--batch must be >= 1 and --context >= 1 (prefill) or >= 0 (decode)")
-    if args.phase == "prefill":
-        batch = StepBatch(args.batch, args.context, 0, "prefill")
-        new_tokens = args.batch * args.context
-    else:
-        batch = StepBatch(args.batch, 1, args.context, "decode")
-        new_tokens = args.batch
+    batch = StepBatch.for_phase(args.phase, args.batch, args.context)
+    new_tokens = batch.tokens
     result = sim.run(batch)
     kv_needed = args.batch * (args.context + 1) / plan.ep * memory.kv_bytes_per_token
     payload = {

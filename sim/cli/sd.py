@@ -1,35 +1,19 @@
 """``xpusim sd``: the speculative-decoding study (MoESD) — speedup and target efficiency vs batch.
 
-Per batch size: the target's plain decode step (t_ar_s), one SD round and its parts
-(gamma draft steps, the gamma+1-token verification, rejection), the expected
-tokens per round from the acceptance, speedup = tokens x t_ar / t_round and
-target efficiency = t_ar / t_verify. ``--compare-dense`` adds a dense
-target/draft pair, ``--topk`` re-runs the target with other top-k (MoESD Fig. 4).
+The study itself is ``sim.inference.sd_study.sd_payload`` (it takes the System, so
+``xpusim whatif`` can vary it); this module parses options, loads the system and
+prints, writes CSV or plots. ``--compare-dense`` adds a dense target/draft pair,
+``--topk`` re-runs the target with other top-k (MoESD Fig. 4).
 """
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 from pathlib import Path
 
 from hwprofiles import load_system
-from sim.cli.infer import parallel_plan, parse_routing
-from sim.errors import InputError
-from sim.inference.engine_profile import load_engine
-from sim.inference.kvcache import plan_memory, require_fit
-from sim.inference.lowering import ParallelPlan
-from sim.inference.speculative import (
-    HEAD_KINDS,
-    SpeculativeModel,
-    band_width,
-    expected_tokens,
-    peak,
-    sigma_to_alpha,
-)
-from sim.models.hf_config import load_model
+from sim.inference.sd_study import sd_payload
 from sim.report import emit_json, table, write_csv
-from sim.units import parse_int_list
 
 PAPER_BATCHES = "1,2,4,8,12,16,20,24,28,32,36,40,44,48,52,56,60,80,100"
 
@@ -79,124 +63,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _alpha(args: argparse.Namespace) -> float | tuple[float, ...]:
-    if args.sigma is not None:
-        return sigma_to_alpha(args.sigma, args.gamma)
-    try:
-        values = tuple(float(x) for x in str(args.alpha).split(",") if x.strip())
-    except ValueError:
-        raise InputError(
-            f"--alpha: expected a rate or comma-separated rates, got '{args.alpha}'"
-        ) from None
-    if len(values) == 1:
-        return values[0]
-    return values
-
-
-def _group(label: str, target, draft, args, system, plan, engine, alpha, batches, routing) -> dict:
-    memory = plan_memory(
-        target,
-        system.device.hbm_capacity,
-        plan.tp,
-        plan.ep,
-        args.dtype,
-        engine.memory_utilization,
-        engine.max_batched_tokens,
-    )
-    require_fit(memory, f"{target.name} on {plan.devices} x {system.device.name}")
-    model = SpeculativeModel(
-        target,
-        draft,
-        system,
-        plan,
-        args.gamma,
-        alpha,
-        engine,
-        args.context,
-        ParallelPlan(tp=args.draft_devices),
-        args.dtype,
-        routing,
-    )
-    rows = model.sweep(batches)
-    best = peak(rows)
-    lo, hi = band_width(rows)
-    return {
-        "label": label,
-        "target": target.name,
-        "draft": draft if isinstance(draft, str) else draft.name,
-        "top_k": target.moe.top_k if target.moe else None,
-        "num_experts": target.moe.num_experts if target.moe else None,
-        "rows": [r.as_dict() for r in rows],
-        "peak": {"batch": best.batch, "speedup": best.speedup},
-        "band_sqrt2": {"min_batch": lo, "max_batch": hi},
-    }
-
-
 def run(args: argparse.Namespace) -> int:
     system = load_system(args.system, nodes=args.nodes)
-    engine = load_engine(args.engine)
-    plan = parallel_plan(args)
-    batches = parse_int_list(args.batch, "--batch")
-    if min(batches) < 1:
-        raise InputError("--batch: batch sizes must be >= 1")
-    alpha = _alpha(args)
-    tokens = expected_tokens(alpha, args.gamma)
-    routing = parse_routing(args.routing, args.seed)
-    target = load_model(args.target)
-    draft = args.draft if args.draft in HEAD_KINDS else load_model(args.draft)
-    groups = [
-        _group(target.name, target, draft, args, system, plan, engine, alpha, batches, routing)
-    ]
-    if args.compare_dense:
-        if not args.draft_dense:
-            raise InputError("--compare-dense needs --draft-dense (e.g. opt-350m)")
-        dense = load_model(args.compare_dense)
-        ddraft = (
-            args.draft_dense if args.draft_dense in HEAD_KINDS else load_model(args.draft_dense)
-        )
-        groups.append(
-            _group(dense.name, dense, ddraft, args, system, plan, engine, alpha, batches, routing)
-        )
-    if args.topk:
-        if target.moe is None:
-            raise InputError(f"--topk needs an MoE target; {target.name} is dense")
-        for k in parse_int_list(args.topk, "--topk"):
-            if not 1 <= k <= target.moe.num_experts:
-                raise InputError(f"--topk {k}: must be in 1..{target.moe.num_experts}")
-            tk = replace(target, name=f"{target.name} top-{k}", moe=replace(target.moe, top_k=k))
-            groups.append(
-                _group(f"top-{k}", tk, draft, args, system, plan, engine, alpha, batches, routing)
-            )
-    payload = {
-        "target": target.name,
-        "draft": groups[0]["draft"],
-        "system": system.name,
-        "device": system.device.name,
-        "tp": plan.tp,
-        "ep": plan.ep,
-        "engine": engine.name,
-        "gamma": args.gamma,
-        "alpha": alpha,
-        "expected_tokens": tokens,
-        "context": args.context,
-        "rows": groups[0]["rows"],
-        "peak": groups[0]["peak"],
-        "groups": groups,
-    }
+    payload = sd_payload(args, system)
+    groups = payload["groups"]
+    devices = payload["tp"] * payload["ep"]
+    tokens = payload["expected_tokens"]
     if args.csv:
         write_csv(args.csv, [{"group": g["label"], **r} for g in groups for r in g["rows"]])
     if args.plot:
         plot_sweep(
             groups,
             args.plot,
-            f"{system.name} x{plan.devices}, gamma={args.gamma}, E[tokens]={tokens:.2f}",
+            f"{system.name} x{devices}, gamma={args.gamma}, E[tokens]={tokens:.2f}",
         )
     if args.json:
         emit_json(payload)
         return 0
     print(
-        f"SD on {plan.devices} x {system.device.name} ({engine.name}): gamma={args.gamma}, "
-        f"alpha={alpha}, {tokens:.2f} tokens/round, context {args.context:g}"
+        f"SD on {devices} x {system.device.name} ({payload['engine']}): gamma={args.gamma}, "
+        f"alpha={payload['alpha']}, {tokens:.2f} tokens/round, context {args.context:g}"
     )
     for g in groups:
         print(

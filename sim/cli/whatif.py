@@ -16,7 +16,7 @@ from sim.studies.whatif import load_saved, parse_vary, run_whatif
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("whatif", help="what-if hardware study: elasticity of a saved command")
-    p.add_argument("saved", help="saved command TOML (command = 'train' | 'ep' + [args])")
+    p.add_argument("saved", help="saved command TOML (command = 'train' | 'ep' | 'infer' | 'sd' + [args])")
     p.add_argument(
         "--vary",
         action="append",
@@ -27,7 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--metric",
-        help="result field to study (train: tokens_per_s, mfu, step_time_s; ep: total_time_s)",
+        help="result field to study (train: tokens_per_s, mfu, step_time_s; ep: total_time_s; "
+        "infer: tokens_per_s, time_s; sd: peak_speedup, peak_target_efficiency, peak_batch)",
     )
     p.add_argument("--jobs", type=int, default=1)
     p.add_argument("--executor", choices=("local", "ray"), default="local")

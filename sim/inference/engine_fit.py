@@ -26,9 +26,8 @@ from scipy.optimize import least_squares
 from hwprofiles import load_system
 from hwprofiles.spec import System
 from sim.inference.engine_profile import EngineProfile, load_engine
-from sim.inference.lowering import ParallelPlan
-from sim.inference.moesd_reference import FIT_SELECTION, PeakCase, load_reference
-from sim.inference.speculative import SpeculativeModel, expected_tokens
+from sim.inference.moesd_reference import FIT_SELECTION, PeakCase, case_model, load_reference
+from sim.inference.speculative import expected_tokens
 from sim.models.hf_config import load_model
 from sim.models.spec import ModelSpec
 
@@ -47,6 +46,7 @@ class DeviceTimes:
 
 
 def zero_fit_params(engine: EngineProfile) -> EngineProfile:
+    """The profile with the fitted host terms at zero: device time plus fixed host terms."""
     return replace(engine, **{p: 0.0 for p in FIT_PARAMS})
 
 
@@ -59,17 +59,7 @@ def device_times(
     batches: list[int],
     context: float = 512.0,
 ) -> DeviceTimes:
-    draft = case.draft if case.draft in ("eagle", "mtp") else load(case.draft)
-    model = SpeculativeModel(
-        load(case.target),
-        draft,
-        system,
-        ParallelPlan(tp=devices),
-        case.gamma,
-        case.alpha,
-        zero_fit_params(engine),
-        context,
-    )
+    model = case_model(case, load, system, devices, zero_fit_params(engine), context)
     rows = model.sweep(batches)
     g = case.gamma
     return DeviceTimes(

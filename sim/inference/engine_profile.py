@@ -9,13 +9,13 @@ measurements say so in ``[fit]``.
 from __future__ import annotations
 
 import difflib
-import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from hwprofiles.loader import ROOT as HWPROFILES_ROOT
 from hwprofiles.spec import Device
 from sim.errors import InputError
+from sim.tomlfile import read_toml
 
 ENGINE_DIR = HWPROFILES_ROOT / "engines"
 US = 1e-6
@@ -124,14 +124,7 @@ def load_engine(name_or_path: str | None) -> EngineProfile:
                 f"unknown engine profile '{name_or_path}'.{hint} Known: "
                 f"{', '.join(list_engines()) or '(none)'}, or pass a .toml path."
             )
-    try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError:
-        raise InputError(f"{path}: engine profile file not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"{path}: not valid TOML: {exc}") from None
-    return _from_dict(data, path)
+    return _from_dict(read_toml(path, "engine profile"), path)
 
 
 def _from_dict(data: dict, path: Path) -> EngineProfile:

@@ -26,7 +26,7 @@ from sim.cost import CachedCostModel, RooflineModel
 from sim.engine import Engine
 from sim.errors import InputError
 from sim.inference.engine_profile import NO_ENGINE, EngineProfile
-from sim.inference.kvcache import kv_bytes_per_token
+from sim.inference.kvcache import MemoryPlan, kv_bytes_per_token, plan_memory, require_fit
 from sim.inference.routing import UNIFORM, Routing, experts_touched, moe_load
 from sim.ir import Collective, CollectiveKind, Delay, Op, RankGraph, Stream, dtype_bytes
 from sim.models.spec import ModelSpec
@@ -60,6 +60,17 @@ class ParallelPlan:
         return tuple(self.first_device + i * self.tp for i in range(self.ep))
 
 
+def plan_for(devices: int | None, tp: int | None, ep: int = 1) -> ParallelPlan:
+    """The plan of the ``--devices N`` (TP = N) or ``--tp T [--ep E]`` options."""
+    if devices is not None and tp is not None:
+        raise InputError("give either --devices N (TP=N) or --tp/--ep, not both")
+    if tp is not None:
+        return ParallelPlan(tp=tp, ep=ep)
+    if ep != 1:
+        raise InputError("--ep needs --tp (devices = tp x ep)")
+    return ParallelPlan(tp=devices or 1)
+
+
 @dataclass(frozen=True)
 class StepBatch:
     """``sequences`` requests x ``q_len`` new tokens over ``context`` cached positions each."""
@@ -72,6 +83,14 @@ class StepBatch:
     @property
     def tokens(self) -> float:
         return self.sequences * self.q_len
+
+    @classmethod
+    def for_phase(cls, phase: str, batch: int, context: int) -> StepBatch:
+        """A prefill of ``batch`` prompts of ``context`` tokens, or a decode step of
+        ``batch`` requests with ``context`` cached tokens each."""
+        if phase == "prefill":
+            return cls(batch, context, 0, "prefill")
+        return cls(batch, 1, context, "decode")
 
 
 @dataclass
@@ -109,6 +128,24 @@ class StepResult:
             "tokens": self.tokens,
             "time_by_kind_s": dict(sorted(self.by_kind.items(), key=lambda kv: -kv[1])),
         }
+
+
+def require_memory(
+    spec: ModelSpec, system: System, plan: ParallelPlan, engine: EngineProfile, dtype: str
+) -> MemoryPlan:
+    """The deployment's memory plan (vLLM's rule); an out-of-memory verdict when no room
+    is left for the KV cache."""
+    memory = plan_memory(
+        spec,
+        system.device.hbm_capacity,
+        plan.tp,
+        plan.ep,
+        dtype,
+        engine.memory_utilization,
+        engine.max_batched_tokens,
+    )
+    require_fit(memory, f"{spec.name} on {plan.devices} x {system.device.name}")
+    return memory
 
 
 def check_plan(spec: ModelSpec, system: System, plan: ParallelPlan) -> None:

@@ -18,7 +18,7 @@ from hwprofiles import load_system
 from hwprofiles.spec import System
 from sim.inference.engine_profile import EngineProfile, load_engine
 from sim.inference.lowering import ParallelPlan
-from sim.inference.speculative import SpeculativeModel, peak, sigma_to_alpha
+from sim.inference.speculative import HEAD_KINDS, SpeculativeModel, peak, sigma_to_alpha
 from sim.models.hf_config import load_model
 from sim.models.spec import ModelSpec
 from sim.report import table
@@ -65,33 +65,28 @@ class Reference:
     source: str
 
 
+def _case(entry: dict, gamma: int, sigma: float, peak_speedup: float) -> PeakCase:
+    return PeakCase(
+        entry["target"],
+        entry["draft"],
+        entry["dataset"],
+        entry["temperature"],
+        gamma,
+        sigma,
+        peak_speedup,
+    )
+
+
 def load_reference(path: Path = REFERENCE_PATH) -> Reference:
     with path.open("rb") as fh:
         data = tomllib.load(fh)
-    cases = []
-    for entry in data["table1"]:
-        for i, gamma in enumerate(entry["gamma"]):
-            cases.append(
-                PeakCase(
-                    entry["target"],
-                    entry["draft"],
-                    entry["dataset"],
-                    entry["temperature"],
-                    gamma,
-                    entry["sigma"][i],
-                    entry["peak_speedup"][i],
-                )
-            )
+    cases = [
+        _case(entry, gamma, entry["sigma"][i], entry["peak_speedup"][i])
+        for entry in data["table1"]
+        for i, gamma in enumerate(entry["gamma"])
+    ]
     h = data["headline"]
-    headline = PeakCase(
-        h["target"],
-        h["draft"],
-        h["dataset"],
-        h["temperature"],
-        h["gamma"],
-        h["sigma"],
-        h["peak_speedup"],
-    )
+    headline = _case(h, h["gamma"], h["sigma"], h["peak_speedup"])
     return Reference(
         data["batches"],
         data["sparsity_topk"],
@@ -125,6 +120,28 @@ class PeakComparison:
         }
 
 
+def case_model(
+    case: PeakCase,
+    load: Callable[[str], ModelSpec],
+    system: System,
+    devices: int,
+    engine: EngineProfile,
+    context: float = 512.0,
+) -> SpeculativeModel:
+    """The SD model of a reported case: target at TP = ``devices``, draft model or head."""
+    draft = case.draft if case.draft in HEAD_KINDS else load(case.draft)
+    return SpeculativeModel(
+        load(case.target),
+        draft,
+        system,
+        ParallelPlan(tp=devices),
+        case.gamma,
+        case.alpha,
+        engine,
+        context,
+    )
+
+
 def compare_peaks(
     cases: list[PeakCase],
     load: Callable[[str], ModelSpec],
@@ -137,18 +154,7 @@ def compare_peaks(
     """The model's peak speedup over ``batches`` for each reported case (target TP = devices)."""
     out = []
     for case in cases:
-        draft = case.draft if case.draft in ("eagle", "mtp") else load(case.draft)
-        model = SpeculativeModel(
-            load(case.target),
-            draft,
-            system,
-            ParallelPlan(tp=devices),
-            case.gamma,
-            case.alpha,
-            engine,
-            context,
-        )
-        best = peak(model.sweep(batches))
+        best = peak(case_model(case, load, system, devices, engine, context).sweep(batches))
         out.append(PeakComparison(case, best.speedup, best.batch))
     return out
 

@@ -55,6 +55,32 @@ class Routing:
 UNIFORM = Routing()
 
 
+def routing_from_text(text: str, seed: int = 0) -> Routing:
+    """The ``--routing`` option: ``uniform``, ``zipf:S`` or the path of a per-expert counts file."""
+    if text == "uniform":
+        return Routing(seed=seed)
+    if text.startswith("zipf"):
+        try:
+            s = float(text.split(":")[1]) if ":" in text else 1.0
+        except ValueError:
+            raise InputError(
+                f"--routing {text}: use zipf:S with a number S, e.g. zipf:1.2"
+            ) from None
+        return Routing("zipf", zipf_s=s, seed=seed)
+    try:
+        with open(text) as fh:
+            counts = tuple(float(x) for x in fh.read().replace(",", " ").split())
+    except FileNotFoundError:
+        raise InputError(
+            f"--routing {text}: use uniform, zipf:S, or a file of per-expert counts"
+        ) from None
+    except ValueError:
+        raise InputError(
+            f"--routing {text}: the file must hold numbers (one count per expert)"
+        ) from None
+    return Routing("histogram", histogram=counts, seed=seed)
+
+
 def moe_load(
     spec: ModelSpec, tokens_per_rank: float, ep: int, routing: Routing = UNIFORM
 ) -> MoELoad:

@@ -123,17 +123,7 @@ def cost_collective(
         link_bytes=cost.link_bytes,
         bottleneck=cost.bottleneck,
         backend=backend,
-        phases=tuple(
-            {
-                "name": p.name,
-                "time_s": p.time_s,
-                "transfer_s": p.transfer_s,
-                "latency_s": p.latency_s,
-                "link_bytes": p.link_bytes,
-                "bottleneck": p.bottleneck,
-            }
-            for p in cost.phases
-        ),
+        phases=tuple(p.as_dict() for p in cost.phases),
     )
 
 

@@ -350,17 +350,7 @@ def simulate_ep(cfg: EPConfig, system: System, backend: str = "analytical") -> E
         exposed_s=total - hidden,
         dropped_fraction=stats["dropped"],
         dedup=dedup,
-        phases=[
-            {
-                "name": p.name,
-                "time_s": p.time_s,
-                "transfer_s": p.transfer_s,
-                "latency_s": p.latency_s,
-                "link_bytes": p.link_bytes,
-                "bottleneck": p.bottleneck,
-            }
-            for p in disp.phases + comb.phases
-        ],
+        phases=[p.as_dict() for p in disp.phases + comb.phases],
     )
 
 

@@ -50,6 +50,17 @@ class PhaseCost:
     link_bytes: dict[str, float]
     bottleneck: str  # the link that sets transfer_s and why
 
+    def as_dict(self) -> dict[str, object]:
+        """The phase as reported in results (collective and EP breakdowns)."""
+        return {
+            "name": self.name,
+            "time_s": self.time_s,
+            "transfer_s": self.transfer_s,
+            "latency_s": self.latency_s,
+            "link_bytes": self.link_bytes,
+            "bottleneck": self.bottleneck,
+        }
+
 
 @dataclass(frozen=True)
 class NetworkCost:

@@ -11,7 +11,6 @@ turns it into exit code 2. docs/explore.md documents every key.
 from __future__ import annotations
 
 import ast
-import tomllib
 from pathlib import Path
 from typing import Literal
 
@@ -19,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from sim.errors import InputError
 from sim.parallel import RECOMPUTE_POLICIES
+from sim.tomlfile import read_toml
 
 RANK_METRICS = ("tokens_per_s", "mfu", "time_to_tokens")
 ATTENTION_TYPES = ("gqa", "mla")
@@ -279,11 +279,4 @@ def parse_study(data: dict, source: str = "study") -> Study:
 
 
 def load_study(path: str | Path) -> Study:
-    path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(f"study file {path} not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"study file {path}: not valid TOML: {exc}") from None
-    return parse_study(data, str(path))
+    return parse_study(read_toml(path, "study file"), str(path))

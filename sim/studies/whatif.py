@@ -2,9 +2,9 @@
 
 A *saved command* is a TOML file holding one ``xpusim`` command and its arguments::
 
-    command = "train"          # or "ep", "infer" (one prefill/decode step)
+    command = "train"          # or "ep", "infer" (one prefill/decode step), "sd"
     [args]                     # train: model, system, nodes + any ParallelPlan field
-    model = "pangu-ultra-moe"  # ep, infer: the command's long options, underscores for dashes
+    model = "pangu-ultra-moe"  # ep, infer, sd: the command's long options, underscores for dashes
     system = "atlas-800t-a2"
     nodes = 768
     tp = 8
@@ -16,7 +16,8 @@ A *saved command* is a TOML file holding one ``xpusim`` command and its argument
 A *variation* ``FIELD=V1,V2,...`` names a field by a dotted path — ``device.*``
 (``hwprofiles.spec.Device``, incl. ``device.efficiency.*`` and dict entries such as
 ``device.matrix_peak.bf16``), ``system.*`` (``System``; aliases below) or
-``model.*`` (``ModelSpec``, incl. ``model.moe.*``, ``model.mla.*``) — and values
+``model.*`` (``ModelSpec``, incl. ``model.moe.*``, ``model.mla.*``; for ``sd`` the
+target model) — and values
 that are multipliers of the base value (``0.5x``, ``2x``; on a dict every entry is
 scaled) or absolute numbers in SI units. Fields are varied one at a time around
 the base point (frozen dataclasses changed with ``dataclasses.replace``).
@@ -31,7 +32,7 @@ from __future__ import annotations
 
 import argparse
 import math
-import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -40,17 +41,21 @@ from hwprofiles import load_system
 from hwprofiles.spec import System
 from sim.cli import ep as ep_cli
 from sim.cli import infer as infer_cli
+from sim.cli import sd as sd_cli
 from sim.errors import InputError
 from sim.inference.engine_profile import load_engine
-from sim.inference.lowering import StepBatch, StepSimulator
+from sim.inference.lowering import StepBatch, StepSimulator, plan_for
+from sim.inference.routing import routing_from_text
+from sim.inference.sd_study import sd_payload
 from sim.models import load_model
 from sim.models.spec import ModelSpec
 from sim.network.ep import simulate_ep, system_for_ep
 from sim.parallel import ParallelPlan
 from sim.studies.executors import run_tasks
+from sim.tomlfile import read_toml
 from sim.training import simulate_training
 
-COMMANDS = ("train", "ep", "infer")
+COMMANDS = ("train", "ep", "infer", "sd")
 SYSTEM_ALIASES = {
     "system.intra_node_bandwidth": "system.intra_link.bandwidth",
     "system.intra_node_latency": "system.intra_link.latency",
@@ -59,7 +64,12 @@ SYSTEM_ALIASES = {
     "system.hccs_bandwidth": "system.intra_link.bandwidth",
     "system.roce_bandwidth": "system.nic.bandwidth",
 }
-DEFAULT_METRIC = {"train": "tokens_per_s", "ep": "total_time_s", "infer": "tokens_per_s"}
+DEFAULT_METRIC = {
+    "train": "tokens_per_s",
+    "ep": "total_time_s",
+    "infer": "tokens_per_s",
+    "sd": "peak_speedup",
+}
 
 
 @dataclass(frozen=True)
@@ -72,13 +82,7 @@ class SavedCommand:
 
 
 def load_saved(path: str | Path) -> SavedCommand:
-    path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(f"saved command {path} not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"saved command {path}: not valid TOML: {exc}") from None
+    data = read_toml(path, "saved command")
     unknown = sorted(set(data) - {"command", "args", "whatif", "description"})
     if unknown:
         raise InputError(f"{path}: unknown keys {unknown}; use command, args, whatif, description")
@@ -199,9 +203,11 @@ class Point:
 def base_inputs(saved: SavedCommand) -> tuple[System, ModelSpec | None]:
     a = saved.args
     system = load_system(a.get("system", "atlas-800t-a2"), nodes=a.get("nodes"))
-    spec = load_model(a["model"]) if a.get("model") else None
-    if saved.command in ("train", "infer") and spec is None:
-        raise InputError(f"{saved.path}: args.model is required for command = '{saved.command}'")
+    # The model that `model.*` variations change: sd's target, the other commands' model.
+    key = "target" if saved.command == "sd" else "model"
+    spec = load_model(a[key]) if a.get(key) else None
+    if saved.command in ("train", "infer", "sd") and spec is None:
+        raise InputError(f"{saved.path}: args.{key} is required for command = '{saved.command}'")
     return system, spec
 
 
@@ -282,19 +288,33 @@ def _infer_result(point: Point) -> dict[str, Any]:
     if args.serve:
         raise InputError(f"{point.saved.path}: whatif runs single infer steps; drop 'serve'")
     assert point.spec is not None
-    plan = infer_cli.parallel_plan(args)
-    routing = infer_cli.parse_routing(args.routing, args.seed)
+    plan = plan_for(args.devices, args.tp, args.ep)
+    routing = routing_from_text(args.routing, args.seed)
     sim = StepSimulator(
         point.spec, point.system, plan, load_engine(args.engine), args.dtype, routing
     )
-    if args.phase == "prefill":
-        batch = StepBatch(args.batch, args.context, 0, "prefill")
-    else:
-        batch = StepBatch(args.batch, 1, args.context, "decode")
+    batch = StepBatch.for_phase(args.phase, args.batch, args.context)
     result = sim.run(batch).as_dict()
     out = {k: v for k, v in result.items() if isinstance(v, int | float | bool)}
     out["tokens_per_s"] = batch.tokens / result["time_s"]
     return out
+
+
+def _sd_result(point: Point) -> dict[str, Any]:
+    """The SD study on the point's system and target: its peak and the row at the peak.
+
+    ``peak_<field>`` holds each field of the batch with the highest speedup (e.g.
+    ``peak_speedup``, ``peak_batch``, ``peak_target_efficiency``); with one ``batch``
+    value that is simply that batch's row.
+    """
+    args = _parse_command_args(point, "sd", sd_cli.register)
+    payload = sd_payload(args, point.system, point.spec)
+    group = payload["groups"][0]
+    best = next(r for r in group["rows"] if r["batch"] == group["peak"]["batch"])
+    out: dict[str, Any] = {f"peak_{k}": v for k, v in best.items()}
+    out["band_min_batch"] = group["band_sqrt2"]["min_batch"]
+    out["band_max_batch"] = group["band_sqrt2"]["max_batch"]
+    return {k: v for k, v in out.items() if isinstance(v, int | float | bool)}
 
 
 def evaluate(point: Point) -> dict[str, Any]:
@@ -304,6 +324,8 @@ def evaluate(point: Point) -> dict[str, Any]:
             return _train_result(point)
         if point.saved.command == "infer":
             return _infer_result(point)
+        if point.saved.command == "sd":
+            return _sd_result(point)
         return _ep_result(point)
     except Exception as exc:  # noqa: BLE001 - a failing point is reported, the sweep goes on
         return {"error": f"{type(exc).__name__}: {exc}"}
@@ -355,7 +377,7 @@ def run_whatif(
     executor: str = "local",
     jobs: int = 1,
     address: str | None = None,
-    on_result=None,
+    on_result: Callable[[int, dict], None] | None = None,
 ) -> WhatIfResult:
     """Evaluate the base point and every one-at-a-time variation; elasticities per field."""
     metric = metric or saved.metric

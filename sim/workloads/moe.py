@@ -227,15 +227,7 @@ def describe_moe(
     for e in local:
         if loads[e] <= 0:
             continue  # no tokens, no GEMM
-        graph.add(gemm(f"moe.expert{e}.gate", loads[e], expert_ffn, hidden, dtype), label=lbl)
-        graph.add(gemm(f"moe.expert{e}.up", loads[e], expert_ffn, hidden, dtype), label=lbl)
-        graph.add(
-            elementwise(
-                f"moe.expert{e}.silu_mul", loads[e] * expert_ffn, dtype, SILU_MUL_FLOPS, 2, 1
-            ),
-            label=lbl,
-        )
-        graph.add(gemm(f"moe.expert{e}.down", loads[e], hidden, expert_ffn, dtype), label=lbl)
+        _swiglu(graph, f"moe.expert{e}", loads[e], hidden, expert_ffn, dtype, lbl)
 
     if ep > 1:
         last = graph.add(memcpy("moe.combine.local_unpermute", recv_rows * hidden * b), label=lbl)

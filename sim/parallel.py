@@ -78,6 +78,12 @@ class ParallelPlan:
         1.0  # framework/runtime workspace (HCCL/NCCL buffers, CANN/CUDA context)
     )
     tp_overlap_chunks: int = 4
+    # Uneven pipeline split: model slots (transformer layers, then MTP modules) per
+    # virtual stage, in virtual-stage order (v = chunk * pp + stage), pp*vpp entries
+    # summing to layers + MTP modules; 0 is allowed (a stage with only the embedding
+    # or the head). Empty: equal slots per virtual stage, padded with no-op layers.
+    # Megatron-Core's ``pipeline_model_parallel_layout`` / MindSpeed ``num_layer_list``.
+    layer_split: tuple[int, ...] = ()
 
     @property
     def world(self) -> int:
@@ -95,6 +101,7 @@ class ParallelPlan:
     def as_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["recompute_modules"] = list(self.recompute_modules)
+        out["layer_split"] = list(self.layer_split)
         out["world"] = self.world
         return out
 
@@ -139,9 +146,13 @@ def layer_slots(spec: ModelSpec, plan: ParallelPlan) -> list[str]:
     output head (for Pangu Ultra MoE a vocab x hidden GEMM worth about two MoE
     layers), so those are the ones to lighten. (All padding at the end was tried:
     the Pangu step is 2% slower, because the MTP block then shares a stage with L60.)
+    With ``plan.layer_split`` there is no padding: the list is the model's slots.
     """
     slots = [f"L{i}" for i in range(spec.layers)] + [f"mtp{j}" for j in range(spec.mtp_layers)]
     stages = plan.pp * plan.vpp
+    if plan.layer_split:
+        _check_split(spec, plan, len(slots))
+        return slots
     if plan.pad_layers < 0:
         pad = (-len(slots)) % stages
     else:
@@ -159,6 +170,37 @@ def layer_slots(spec: ModelSpec, plan: ParallelPlan) -> list[str]:
         )
     front = pad // 2
     return ["noop"] * front + slots + ["noop"] * (pad - front)
+
+
+def _check_split(spec: ModelSpec, plan: ParallelPlan, model_slots: int) -> None:
+    split = plan.layer_split
+    stages = plan.pp * plan.vpp
+    if len(split) != stages:
+        raise InputError(
+            f"layer_split has {len(split)} entries; it needs one per virtual stage "
+            f"(pp*vpp = {stages}), in virtual-stage order"
+        )
+    if any(not isinstance(n, int) or n < 0 for n in split):
+        raise InputError(f"layer_split entries must be non-negative integers, got {list(split)}")
+    if sum(split) != model_slots:
+        raise InputError(
+            f"layer_split sums to {sum(split)}; {spec.name} has {spec.layers} layers + "
+            f"{spec.mtp_layers} MTP modules = {model_slots} slots to place"
+        )
+    if plan.pad_layers > 0:
+        raise InputError("layer_split places every slot itself: leave pad_layers at -1 (or 0)")
+
+
+def stage_slots(spec: ModelSpec, plan: ParallelPlan) -> list[list[str]]:
+    """The slots of each virtual stage (index v = chunk * pp + stage)."""
+    slots = layer_slots(spec, plan)
+    stages = plan.pp * plan.vpp
+    counts = list(plan.layer_split) or [len(slots) // stages] * stages
+    out, start = [], 0
+    for n in counts:
+        out.append(slots[start : start + n])
+        start += n
+    return out
 
 
 def validate_plan(spec: ModelSpec, plan: ParallelPlan, num_devices: int) -> ParallelPlan:
@@ -344,7 +386,8 @@ def load_plan_file(path: str | Path) -> dict[str, Any]:
             f"plan file {path}: unknown keys {unknown}; known: {', '.join(sorted(known))}"
         )
     out = dict(table)
-    if "recompute_modules" in out:
-        out["recompute_modules"] = tuple(out["recompute_modules"])
+    for key in ("recompute_modules", "layer_split"):
+        if key in out:
+            out[key] = tuple(out[key])
     out["_extra"] = extra
     return out

@@ -17,6 +17,7 @@ from sim.parallel import (
     load_plan_file,
     parse_routing,
     resolve_plan,
+    stage_slots,
     validate_plan,
 )
 
@@ -136,6 +137,32 @@ def test_layer_slots_pad_pangu_to_64():
     slots = layer_slots(spec, ParallelPlan(pp=16, vpp=2))
     assert len(slots) == 64  # 61 layers + 1 MTP + 2 no-op (Pangu's 61 -> 64)
     assert slots[0] == "noop" and slots[-1] == "noop" and slots[-2] == "mtp0"
+
+
+def test_layer_split_places_slots_without_padding():
+    spec = ModelSpec("p", "x", 64, 61, 8, 8, 8, 64, 100, mtp_layers=1)
+    split = tuple([2] * 15 + [1] + [2] * 15 + [1])
+    plan = ParallelPlan(pp=16, vpp=2, layer_split=split)
+    stages = stage_slots(spec, plan)
+    assert [len(s) for s in stages] == list(split)
+    assert stages[0] == ["L0", "L1"] and stages[15] == ["L30"] and stages[31] == ["mtp0"]
+    assert "noop" not in layer_slots(spec, plan)
+    # default: equal slots per virtual stage, padded
+    assert {len(s) for s in stage_slots(spec, ParallelPlan(pp=16, vpp=2))} == {2}
+
+
+@pytest.mark.parametrize(
+    "split, message",
+    [
+        ((31, 30), "one per virtual stage"),
+        ((31, 30, 0, 0), "sums to 61"),
+        ((63, -1, 0, 0), "non-negative"),
+    ],
+)
+def test_layer_split_errors(split, message):
+    spec = ModelSpec("p", "x", 64, 61, 8, 8, 8, 64, 100, mtp_layers=1)
+    with pytest.raises(InputError, match=message):
+        layer_slots(spec, ParallelPlan(pp=2, vpp=2, layer_split=split))
 
 
 def test_routing_parser():

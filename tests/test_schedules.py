@@ -165,3 +165,62 @@ def test_schedule_alone_gives_exact_bubble(p, v, m):
     result = Engine(graphs, lambda op: 0.0, lambda c: 0.0).run()
     ideal = m * (tf + tb)
     assert result.makespan_s == pytest.approx(ideal * (1 + closed_form_bubble(p, m, v)))
+
+
+def _run_fixed(p: int, v: int, m: int, cost) -> float:
+    """Makespan of interleaved 1F1B with free transfers; ``cost(vstage) -> (tf, tb)``."""
+    graphs = []
+    for s in range(p):
+        g = RankGraph(s)
+        for u in stage_order(s, p, v, m, interleaved=v > 1):
+            vs = u.chunk * p + s
+            src = vs - 1 if u.kind == "F" else vs + 1
+            deps = []
+            if 0 <= src < p * v:
+                coll = Collective(
+                    f"pp.{u.kind}",
+                    CollectiveKind.SEND_RECV,
+                    (src % p, s),
+                    0.0,
+                    tag=u.microbatch * p * v + vs,
+                )
+                deps.append(g.add(coll, Stream.COMM))
+            tf, tb = cost(vs)
+            t = g.add(Delay(str(u), tf if u.kind == "F" else tb), Stream.COMPUTE, deps)
+            dst = vs + 1 if u.kind == "F" else vs - 1
+            if 0 <= dst < p * v:
+                coll = Collective(
+                    f"pp.{u.kind}",
+                    CollectiveKind.SEND_RECV,
+                    (s, dst % p),
+                    0.0,
+                    tag=u.microbatch * p * v + dst,
+                )
+                g.add(coll, Stream.COPY, [t])
+        graphs.append(g)
+    return Engine(graphs, lambda op: 0.0, lambda c: 0.0).run().makespan_s
+
+
+@pytest.mark.parametrize("p, v, m", [(8, 2, 16), (4, 2, 8)])
+def test_interleaving_is_paced_by_the_heaviest_virtual_stage(p, v, m):
+    """docs/training.md gap analysis 2: with one virtual stage 2.1x the others (Pangu's MTP +
+    two heads), halving the other chunk of that device barely helps: the makespan stays
+    between m * sum over chunks of the slowest virtual stage and that times the fill/drain
+    factor, not at the device's total work."""
+    last = p * v - 1
+
+    def heavy(vs):
+        return (2.1, 4.2) if vs == last else (1.0, 2.0)
+
+    def heavy_partner_halved(vs):
+        return (0.5, 1.0) if vs == last - p else heavy(vs)
+
+    for cost in (heavy, heavy_partner_halved):
+        per_chunk = [max(sum(cost(c * p + s)) for s in range(p)) for c in range(v)]
+        lower = m * sum(per_chunk)
+        assert (
+            lower <= _run_fixed(p, v, m, cost) <= lower * (1 + closed_form_bubble(p, m, v)) + 1e-9
+        )
+    device_work = lambda cost: max(sum(sum(cost(c * p + s)) for c in range(v)) for s in range(p))  # noqa: E731
+    assert device_work(heavy_partner_halved) < 0.9 * device_work(heavy)
+    assert _run_fixed(p, v, m, heavy_partner_halved) > 0.95 * _run_fixed(p, v, m, heavy)

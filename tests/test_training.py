@@ -266,8 +266,12 @@ def test_cli_json_keys(capsys, tmp_path):
         "breakdown_s",
     ):
         assert key in d
-    assert set(d["mfu_by_peak"]) == {"matrix", "marketing"}
+    # Cube peak, the marketing headline and the 256 TFLOP/s Huawei quotes (Pangu Pro MoE)
+    assert set(d["mfu_by_peak"]) == {"matrix", "marketing", "huawei_quoted"}
     assert d["mfu_by_peak"]["marketing"] < d["mfu_by_peak"]["matrix"]
+    assert d["mfu_by_peak"]["huawei_quoted"] == pytest.approx(
+        d["mfu_by_peak"]["matrix"] * 353.894 / 256.0
+    )
     assert d["tokens_per_s"] == pytest.approx(8 * 1024 / d["step_time_s"])
     assert json.loads(trace.read_text())["traceEvents"]
 
@@ -323,3 +327,103 @@ def test_context_parallel_splits_attention_work(node):
     per_seq_2 = _flops(two, "fwd", "attention") / 4
     assert per_seq_2 == pytest.approx(per_seq_1, rel=1e-3)
     assert two.breakdown()["comm_cp"] > 0
+
+
+def test_mfu_conventions_are_the_same_run_counted_differently(node):
+    """Each (FLOPs-per-token, peak) pair is that convention's FLOPs x tokens/s / peak."""
+    plan = ParallelPlan(tp=2, pp=2, ep=2, dp=2, mbs=1, gbs=4, seq=1024, sequence_parallel=True)
+    r = simulate_training(MOE, node, plan)
+    d = r.as_dict()
+    conv = d["flops_per_token_conventions"]
+    assert conv["causal"] == pytest.approx(d["model_flops_per_token"])
+    assert conv["causal"] < conv["full_attention"] and conv["causal"] < conv["causal+mtp"]
+    assert conv["full_attention+mtp"] == max(conv.values())
+    # full attention adds exactly the causal attention FLOPs again (s/2 -> s keys)
+    attn = forward_flops_breakdown(MOE, 1024, True)["attention"]
+    assert conv["full_attention"] - conv["causal"] == pytest.approx(3 * attn)
+    per_device = d["tokens_per_s"] / d["devices"]
+    for name, f in conv.items():
+        for peak_name, peak in d["peak_flops"].items():
+            assert d["mfu_conventions"][name][peak_name] == pytest.approx(f * per_device / peak)
+    assert d["mfu_conventions"]["causal"]["matrix"] == pytest.approx(d["mfu"])
+
+
+def test_layer_split_moves_layers_between_stages(node):
+    """An uneven split changes which slots each chunk runs, and the stage work follows."""
+    plan = ParallelPlan(tp=2, pp=2, ep=2, dp=2, mbs=1, gbs=4, seq=512, sequence_parallel=True)
+    even = simulate_training(MOE, node, plan)  # 8 layers + 1 MTP + 1 no-op = 5 + 5
+    light_last = simulate_training(MOE, node, replace(plan, layer_split=(6, 3)))
+    w_even = [s.work_s for s in even.stages]
+    w_split = [s.work_s for s in light_last.stages]
+    assert w_split[0] > w_even[0] and w_split[1] < w_even[1]
+    # same model work in total: only the placement changed
+    assert sum(light_last.flops_by_phase.values()) == pytest.approx(
+        sum(even.flops_by_phase.values()), rel=1e-9
+    )
+
+
+def test_sensitivity_slowdown_scales_only_its_ops(node):
+    """A 2x attention slowdown adds exactly the attention time once more to the busy time."""
+    from sim.training.simulate import Sensitivity
+
+    plan = ParallelPlan(tp=1, pp=1, dp=8, mbs=1, gbs=8, seq=1024)
+    base = simulate_training(DENSE, node, plan)
+    slow = simulate_training(
+        DENSE, node, plan, TrainingOptions(sensitivity=Sensitivity((("attention", 2.0),)))
+    )
+    attn = sum(t for k, t in base.compute_by_kind_s.items() if k.endswith(":attention"))
+    work = base.stages[0].work_s
+    assert slow.stages[0].work_s == pytest.approx(work + attn, rel=1e-6)
+    assert slow.step_time_s > base.step_time_s
+    # the FLOPs (model work) do not change: only time does
+    assert slow.flops_by_phase == base.flops_by_phase
+
+
+def test_cli_layer_split_and_errors(capsys):
+    args = ["train", "--model", "llama-2-7b", "--nodes", "1", "--tp", "4", "--pp", "2"]
+    args += ["--mbs", "1", "--gbs", "2", "--seq", "256", "--json", "--quiet"]
+    assert main(args + ["--layer-split", "17,15"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["plan"]["layer_split"] == [17, 15]
+    assert main(args + ["--layer-split", "16,15"]) == 2
+    assert "sums to 31" in capsys.readouterr().err
+
+
+def test_shared_embedding_grads_all_reduced_between_first_and_last_stage(node):
+    """MTP reuses the input embedding on the last stage: one all-reduce of its gradient per step
+    between the first and last pipeline stage (Megatron's embedding group), none without MTP."""
+    from sim.ir import CollectiveKind
+    from sim.network import cost_collective
+
+    plan = ParallelPlan(tp=2, pp=2, ep=2, dp=2, mbs=1, gbs=4, seq=512, sequence_parallel=True)
+    r = simulate_training(MOE, node, plan)
+    hits = [x for x in r.sim.records if x.name == "dp.embed_grad"]
+    assert sorted(x.rank for x in hits) == sorted(s.rank for s in r.stages)
+    group = tuple(sorted(s.rank for s in r.stages))
+    expected = cost_collective(
+        node, CollectiveKind.ALL_REDUCE, group, MOE.vocab / 2 * MOE.hidden * 4
+    ).time_s
+    assert hits[0].end - hits[0].start == pytest.approx(expected, rel=1e-6)
+    no_mtp = simulate_training(replace(MOE, mtp_layers=0), node, plan)
+    assert not [x for x in no_mtp.sim.records if x.name == "dp.embed_grad"]
+
+
+@pytest.mark.slow
+def test_pangu_gap_sensitivities_move_the_right_way():
+    """Every added cost lowers the Pangu throughput; the uneven split does not."""
+    from sim.models.hf_config import load_model
+    from sim.training.bench import PANGU_PLAN
+    from sim.training.gap import pangu_variants, run_variants
+
+    spec = load_model("pangu-ultra-moe")
+    system = load_system("atlas-800t-a2", nodes=768)
+    wanted = {"headline", "uneven split", "routing zipf:0.2", "attention x1.5", "host 20 us/op"}
+    variants = [v for v in pangu_variants(PANGU_PLAN) if v.name in wanted]
+    rows = {r["variant"]: r for r in run_variants(spec, system, PANGU_PLAN, variants)}
+    base = rows["headline"]["tokens_per_s"]
+    assert rows["uneven split"]["tokens_per_s"] >= base
+    for name in ("routing zipf:0.2", "attention x1.5", "host 20 us/op"):
+        assert rows[name]["tokens_per_s"] < base
+    assert (
+        rows["headline"]["mfu_by_peak"]["huawei_quoted"] > rows["headline"]["mfu_by_peak"]["matrix"]
+    )

@@ -12,6 +12,7 @@ from sim.parallel import ParallelPlan, load_plan_file, validate_plan
 from sim.report import emit_json, fmt_bytes, fmt_si, table
 from sim.training.memory import format_breakdown
 from sim.training.simulate import TrainingOptions, estimate_memory, simulate_training
+from sim.units import parse_int_list
 
 _INT_FLAGS = ("tp", "pp", "vpp", "dp", "ep", "cp", "mbs", "gbs", "seq", "zero", "seed")
 _BOOL_FLAGS = (
@@ -48,6 +49,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--schedule", choices=("auto", "1f1b", "interleaved"))
     p.add_argument("--order", help="rank order innermost first (default tp-cp-ep-dp-pp)")
     p.add_argument("--moe-routing", help="uniform | zipf:S | hist:c1,c2,... (seeded by --seed)")
+    p.add_argument(
+        "--layer-split",
+        help="uneven pipeline split: model slots (layers, then MTP) per virtual stage, "
+        "pp*vpp comma-separated counts in virtual-stage order (default: equal, no-op padded)",
+    )
     for name in _BOOL_FLAGS:
         p.add_argument(
             f"--{name.replace('_', '-')}",
@@ -91,6 +97,8 @@ def build_plan(args: argparse.Namespace) -> tuple[ParallelPlan, dict]:
             values[name] = v
     if args.recompute is not None:
         values["recompute"] = args.recompute
+    if args.layer_split:
+        values["layer_split"] = tuple(parse_int_list(args.layer_split, "--layer-split"))
     if args.recompute_modules:
         values["recompute_modules"] = tuple(m.strip() for m in args.recompute_modules.split(","))
     values.setdefault("recompute", "auto")

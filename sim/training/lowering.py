@@ -44,7 +44,7 @@ from sim.ir import (
     dtype_bytes,
 )
 from sim.models.spec import ModelSpec
-from sim.parallel import Coord, Layout, ParallelPlan, layer_slots
+from sim.parallel import Coord, Layout, ParallelPlan, stage_slots
 from sim.schedules import Unit as SchedUnit
 from sim.schedules import steady_pairs
 from sim.training import layers as L
@@ -76,6 +76,11 @@ class RankPlan:
     chunks: list[Chunk]
     order: list[SchedUnit] = field(default_factory=list)
     merge_fb: bool = False  # interleave steady-state F/B pairs at EP collectives (overlap_ep)
+    # Word-embedding elements on this rank shared between the first and the last pipeline
+    # stage (tied output head, or MTP modules that reuse the input embedding): their
+    # gradients are all-reduced between the two stages once per step (Megatron's
+    # embedding group, ``_allreduce_word_embedding_grads``). 0: nothing shared.
+    shared_embedding: float = 0.0
 
 
 def merges_fb(spec: ModelSpec, plan: ParallelPlan) -> bool:
@@ -112,14 +117,14 @@ def rank_groups(plan: ParallelPlan, layout: Layout, rank: int) -> dict[str, tupl
         "ep_tp": layout.group(rank, ("tp",)),  # expert-TP gather/scatter around the dispatch
         "dp_dense": layout.group(rank, ("cp", "ep", "dp")),
         "dp_expert": layout.group(rank, ("cp", "dp")),
+        "embed": tuple(sorted({layout.rank(_with_pp(layout, rank, s)) for s in (0, plan.pp - 1)})),
     }
 
 
 def build_chunks(
     spec: ModelSpec, plan: ParallelPlan, ctx: L.SlotContext, stage: int
 ) -> list[Chunk]:
-    slots = layer_slots(spec, plan)
-    per = len(slots) // (plan.pp * plan.vpp)
+    slots = stage_slots(spec, plan)
     last_v = plan.pp * plan.vpp - 1
     b = dtype_bytes(plan.dtype)
     seq_shard = plan.tp if plan.sequence_parallel else 1
@@ -130,7 +135,7 @@ def build_chunks(
         work: list[tuple[str, list[L.Item]]] = []
         if v == 0:
             work.append(("embedding", L.embedding_items(ctx)))
-        for slot in slots[v * per : (v + 1) * per]:
+        for slot in slots[v]:
             work.append((slot, L.slot_items(ctx, slot)))
         if v == last_v:
             work.append(("head", L.head_items(ctx)))
@@ -316,6 +321,7 @@ class Emitter:
     comm_time: Callable[[Collective], float]
     _solo: dict[tuple[int, ...], bool] = field(default_factory=dict)
     _delays: dict[int, Delay] = field(default_factory=dict)
+    _solo_seg: dict[int, tuple[Delay, str]] = field(default_factory=dict)
 
     def solo(self, group: tuple[int, ...]) -> bool:
         known = self._solo.get(group)
@@ -344,16 +350,18 @@ class Emitter:
     def comm_segment(
         self, seg: Segment, stream: Stream, deps: list[int], tag: int, idx: int
     ) -> int:
+        # Fast path: a solo collective of a template segment is the same Delay every
+        # time the template runs (tens of thousands of times per step).
+        solo = self._solo_seg.get(id(seg))
+        if solo is not None:
+            return self.graph.add(solo[0], stream, deps, solo[1])
         c = seg.comm
         label = c.group.split("_")[0] if c.group.startswith("ep") else c.group
         group = self.groups[c.group]
         if self.solo(group):
-            work = self._delays.get(id(seg))
-            if work is None:
-                coll = Collective(c.name, c.kind, group, c.nbytes, c.algorithm)
-                work = self._delays[id(seg)] = Delay(
-                    f"{seg.phase}.{seg.slot}.{c.name}", self.comm_time(coll), str(c.kind)
-                )
+            coll = Collective(c.name, c.kind, group, c.nbytes, c.algorithm)
+            work = Delay(f"{seg.phase}.{seg.slot}.{c.name}", self.comm_time(coll), str(c.kind))
+            self._solo_seg[id(seg)] = (work, label)
             return self.graph.add(work, stream, deps, label)
         return self.collective(
             f"{seg.phase}.{seg.slot}.{c.name}.{idx}",
@@ -471,6 +479,7 @@ def lower_rank(
             last_b_of_chunk[unit.chunk] = i
     seen_first_f: set[int] = set()
     dp_tasks: list[int] = []
+    embed_deps: list[int] = []
     steps = steady_pairs(rp.order) if rp.merge_fb else [(u,) for u in rp.order]
     index = {id(u): i for i, u in enumerate(rp.order)}
     for step in steps:
@@ -540,6 +549,30 @@ def lower_rank(
                     [last],
                     tag=unit.microbatch if plan.zero == 3 else 0,
                 )
+            if (
+                unit.kind == "B"
+                and rp.shared_embedding
+                and plan.pp > 1
+                and ch.vstage in (0, nv - 1)
+                and index[id(unit)] == last_b_of_chunk[unit.chunk]
+            ):
+                embed_deps.append(last)
+    if embed_deps:
+        # After the whole schedule (Megatron's finalize_model_grads): issued earlier on the
+        # in-order comm stream it would hold back the pipeline receives behind it.
+        stream = Stream.COMM if plan.overlap_dp else Stream.COMPUTE
+        dp_tasks.append(
+            em.collective(
+                "dp.embed_grad",
+                CollectiveKind.ALL_REDUCE,
+                rp.groups["embed"],
+                rp.shared_embedding * gb,
+                stream,
+                embed_deps,
+                "dp",
+                0,
+            )
+        )
     # Optimizer step on the local shard, then (without overlap) the parameter all-gather.
     params = sum(
         _shard(plan, ch.dense_params, len(rp.groups["dp_dense"]))

@@ -37,12 +37,53 @@ from sim.training.memory import MemoryBreakdown, format_breakdown, rank_memory
 FULL_RANK_LIMIT = 128
 COMM_LABELS = ("tp", "ep", "cp", "dp", "pp")
 
+# Peak figures quoted by a vendor paper for a device, used only as an alternative MFU
+# *denominator* (a reporting convention, never a model input). Ascend 910B2 in the
+# Atlas 800T A2: "A single accelerator in Ascend 800T ... 256 TeraFLOPS for FP16"
+# (Pangu Pro MoE, arXiv 2505.21411 §3.1.2). The device profile's own figures are the
+# Cube peak 353.9 and the marketing 376 (Cube + Vector).
+QUOTED_PEAKS: dict[str, dict[str, float]] = {
+    "ascend-910b2": {"fp16": 256e12, "bf16": 256e12},
+}
+
+
+@dataclass(frozen=True)
+class Sensitivity:
+    """What-if knobs for gap analysis (defaults: none). Not calibration: each is a question
+    ("what if grouped expert GEMMs ran 25% slower?"), reported next to the headline.
+
+    ``slowdown`` multiplies the modelled time of ops: keys are op kinds ("gemm",
+    "attention", "elementwise", ...) or "experts" (the routed-expert grouped GEMMs,
+    which then do not take the "gemm" factor). ``op_overhead_s`` adds a fixed time to
+    every op (host dispatch that the device waits for when the launch queue runs dry).
+    """
+
+    slowdown: tuple[tuple[str, float], ...] = ()
+    op_overhead_s: float = 0.0
+
+    def wrap(self, op_time):
+        if not self.slowdown and not self.op_overhead_s:
+            return op_time
+        factors = dict(self.slowdown)
+        extra = self.op_overhead_s
+
+        def timed(op):
+            key = (
+                "experts"
+                if op.name.startswith("experts_") and "experts" in factors
+                else str(op.kind)
+            )
+            return op_time(op) * factors.get(key, 1.0) + extra
+
+        return timed
+
 
 @dataclass(frozen=True)
 class TrainingOptions:
     full_ranks: bool = False
     progress: bool = False
     include_mtp_in_mfu: bool = False  # MFU convention: main model only (DeepSeek/Pangu count 6N)
+    sensitivity: Sensitivity = Sensitivity()
 
 
 @dataclass
@@ -75,6 +116,7 @@ class TrainingResult:
     tokens_per_step: float
     model_flops_per_token: float
     peaks: dict[str, float]  # name -> per-device peak FLOP/s used for MFU
+    flops_conventions: dict[str, float]  # convention -> model FLOPs per token (mfu_conventions)
     memory: list[MemoryBreakdown]
     stages: list[StageStats]
     compute_by_kind_s: dict[str, float]  # per step, mean over stages
@@ -92,6 +134,15 @@ class TrainingResult:
     def mfu_by_peak(self) -> dict[str, float]:
         achieved = self.model_flops_per_token * self.tokens_per_s / self.devices
         return {name: achieved / peak for name, peak in self.peaks.items()}
+
+    def mfu_table(self) -> dict[str, dict[str, float]]:
+        """MFU for every (FLOPs-per-token convention, peak) pair: the same run, counted
+        the ways papers count it."""
+        per_device = self.tokens_per_s / self.devices
+        return {
+            conv: {name: f * per_device / peak for name, peak in self.peaks.items()}
+            for conv, f in self.flops_conventions.items()
+        }
 
     @property
     def mfu(self) -> float:
@@ -138,6 +189,8 @@ class TrainingResult:
             "mfu": self.mfu,
             "mfu_by_peak": self.mfu_by_peak,
             "peak_flops": self.peaks,
+            "flops_per_token_conventions": self.flops_conventions,
+            "mfu_conventions": self.mfu_table(),
             "memory_per_device_bytes": self.peak_memory.total,
             "memory": self.peak_memory.as_dict(),
             "memory_by_stage": [mem.as_dict() for mem in self.memory],
@@ -190,7 +243,12 @@ def rank_plans(
         # keeps the pipeline fed (MindSpeed megatron-moe-fb-overlap.md).
         merge = merges_fb(spec, plan)
         order = stage_order(stage, plan.pp, plan.vpp, m, plan.interleaved, int(merge))
-        out.append(RankPlan(r, stage, rank_groups(plan, layout, r), cache[key], order, merge))
+        shared = (
+            spec.vocab / plan.tp * spec.hidden if spec.tie_embeddings or spec.mtp_layers else 0.0
+        )
+        out.append(
+            RankPlan(r, stage, rank_groups(plan, layout, r), cache[key], order, merge, shared)
+        )
     return layout, out
 
 
@@ -270,7 +328,7 @@ def simulate_training(
         if rp.stage not in memory_by_stage or mem.total > memory_by_stage[rp.stage].total:
             memory_by_stage[rp.stage] = mem
     cost = CachedCostModel(RooflineModel(system.device))
-    pricer = Pricer(lambda op: cost.time(op).time_s)
+    pricer = Pricer(options.sensitivity.wrap(lambda op: cost.time(op).time_s))
     from sim.network import comm_time_fn
 
     comm_time = comm_time_fn(system)
@@ -296,10 +354,11 @@ def simulate_training(
     reps = {}
     for rp in rps:
         reps.setdefault(rp.stage, rp.rank)
-    by_rank: dict[int, list] = {}
+    by_rank: dict[int, list] = {rank: [] for rank in reps.values()}
     for rec in sim.records:
-        if rec.rank in by_rank or rec.rank in reps.values():
-            by_rank.setdefault(rec.rank, []).append(rec)
+        recs = by_rank.get(rec.rank)
+        if recs is not None:
+            recs.append(rec)
     stages = [
         stage_stats(by_rank.get(rank, []), sim.makespan_s, rank, stage)
         for stage, rank in sorted(reps.items())
@@ -323,6 +382,10 @@ def simulate_training(
     )
     if marketing:
         peaks["marketing"] = marketing
+    quoted = QUOTED_PEAKS.get(dev.name, {}).get(plan.dtype)
+    if quoted:
+        peaks["huawei_quoted"] = quoted
+    conventions = mfu_conventions(spec, plan.seq)
     return TrainingResult(
         model=spec.name,
         system=system.name,
@@ -332,6 +395,7 @@ def simulate_training(
         tokens_per_step=float(plan.gbs * plan.seq),
         model_flops_per_token=mfpt,
         peaks=peaks,
+        flops_conventions=conventions,
         memory=[memory_by_stage[s] for s in sorted(memory_by_stage)],
         stages=stages,
         compute_by_kind_s=compute_by_kind,
@@ -341,6 +405,23 @@ def simulate_training(
         wall_s=time.perf_counter() - t0,
         sim=sim,
     )
+
+
+def mfu_conventions(spec: ModelSpec, seq: int) -> dict[str, float]:
+    """Model FLOPs per token under the conventions papers use (3 x forward, no recompute).
+
+    ``causal``: attention over s/2 keys on average (this simulator's ``mfu``);
+    ``full_attention``: over all s keys (PaLM's 12·L·H·Q·T, what many reports use);
+    ``+mtp``: the MTP modules with their output head counted as model work.
+    """
+    from sim.models.counting import model_flops_per_token
+
+    out = {}
+    for causal in (True, False):
+        for mtp in (False, True):
+            name = ("causal" if causal else "full_attention") + ("+mtp" if mtp else "")
+            out[name] = model_flops_per_token(spec, seq, causal=causal, include_mtp=mtp)
+    return out
 
 
 def oom_message(result_or_memory: TrainingResult | list[MemoryBreakdown]) -> str:

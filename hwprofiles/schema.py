@@ -36,10 +36,14 @@ class _Strict(BaseModel):
 class PeakTable(_Strict):
     peak_tflops: dict[str, float]
     marketing_tflops: dict[str, float] = Field(default_factory=dict)
+    # A peak quoted elsewhere (e.g. in a paper) that results are sometimes normalised by:
+    # only ever an alternative MFU denominator, never a model input.
+    quoted_tflops: dict[str, float] = Field(default_factory=dict)
+    quoted_source: str = ""
     tile: tuple[int, int, int] = (16, 16, 16)
     source: str
 
-    @field_validator("peak_tflops", "marketing_tflops")
+    @field_validator("peak_tflops", "marketing_tflops", "quoted_tflops")
     @classmethod
     def _known_positive(cls, table: dict[str, float]) -> dict[str, float]:
         for dtype, value in table.items():
@@ -102,6 +106,7 @@ class EfficiencyFile(_Strict):
     # Last-level-cache tier of main memory (see Efficiency); 0 MiB = off.
     cache_mib: float = Field(default=0.0, ge=0)
     cache_speedup: float = Field(default=1.0, ge=1.0)  # >= 1 keeps time monotone in size
+    overlap: float = Field(default=1.0, ge=0, le=1)  # compute/memory overlap (see Efficiency)
     source: str
 
     @field_validator("kind_speed")
@@ -135,6 +140,7 @@ class EfficiencyFile(_Strict):
             kind_overhead_s={k: v * US for k, v in self.kind_overhead_us.items()},
             cache_bytes=self.cache_mib * MIB,
             cache_speedup=self.cache_speedup,
+            overlap=self.overlap,
         )
 
 
@@ -176,6 +182,7 @@ class DeviceFile(_Strict):
             matrix_peak={k: v * TERA for k, v in self.matrix.peak_tflops.items()},
             vector_peak={k: v * TERA for k, v in self.vector.peak_tflops.items()},
             marketing_peak={k: v * TERA for k, v in self.matrix.marketing_tflops.items()},
+            quoted_peak={k: v * TERA for k, v in self.matrix.quoted_tflops.items()},
             cores=self.cores.count,
             matrix_cores=self.cores.matrix,
             vector_cores=self.cores.vector,
@@ -188,6 +195,7 @@ class DeviceFile(_Strict):
             tdp_watts=self.tdp_w,
             sources={
                 "matrix": self.matrix.source,
+                **({"matrix.quoted": self.matrix.quoted_source} if self.matrix.quoted_tflops else {}),
                 "vector": self.vector.source,
                 "cores": self.cores.source,
                 "hbm": self.hbm.source,

@@ -57,6 +57,11 @@ class Efficiency:
     # the main-memory bandwidth (its data stays in the LLC between ops, e.g. a CPU's L3).
     cache_bytes: float = 0.0
     cache_speedup: float = 1.0
+    # Overlap of an op's compute and memory phases (calibration sets it; 1 = full):
+    # body = max(compute, memory) + (1 - overlap) * min(compute, memory). A GPU kernel
+    # streams operands while it computes (1); a CPU BLAS call packs its operands, a
+    # memory pass, before the compute loop runs (< 1).
+    overlap: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,7 @@ class Device:
     matrix_tile: tuple[int, int, int]  # (m, n, k) of one matrix-unit instruction
     efficiency: Efficiency
     tdp_watts: float | None = None
+    quoted_peak: dict[str, float] = field(default_factory=dict)  # MFU denominators only
     sources: dict[str, str] = field(default_factory=dict)
     path: str = ""
 

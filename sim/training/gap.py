@@ -176,7 +176,7 @@ def markdown(rows: list[dict]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        q = r["mfu_by_peak"].get("huawei_quoted")
+        q = r["mfu_by_peak"].get("quoted")
         lines.append(
             f"| {r['variant']} | {r['tokens_per_s'] / 1e6:.2f} M | {r['tokens_per_s_per_device']:.0f} | "
             f"{r['tokens_per_s'] / base - 1:+.1%} | {r['tokens_per_s'] / PAPER_TOKENS_PER_S - 1:+.0%} | "

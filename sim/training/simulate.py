@@ -37,16 +37,6 @@ from sim.training.memory import MemoryBreakdown, format_breakdown, rank_memory
 FULL_RANK_LIMIT = 128
 COMM_LABELS = ("tp", "ep", "cp", "dp", "pp")
 
-# Peak figures quoted by a vendor paper for a device, used only as an alternative MFU
-# *denominator* (a reporting convention, never a model input). Ascend 910B2 in the
-# Atlas 800T A2: "A single accelerator in Ascend 800T ... 256 TeraFLOPS for FP16"
-# (Pangu Pro MoE, arXiv 2505.21411 §3.1.2). The device profile's own figures are the
-# Cube peak 353.9 and the marketing 376 (Cube + Vector).
-QUOTED_PEAKS: dict[str, dict[str, float]] = {
-    "ascend-910b2": {"fp16": 256e12, "bf16": 256e12},
-}
-
-
 @dataclass(frozen=True)
 class Sensitivity:
     """What-if knobs for gap analysis (defaults: none). Not calibration: each is a question
@@ -382,9 +372,10 @@ def simulate_training(
     )
     if marketing:
         peaks["marketing"] = marketing
-    quoted = QUOTED_PEAKS.get(dev.name, {}).get(plan.dtype)
+    # A peak quoted by a paper (device profile `quoted_tflops`): a denominator convention.
+    quoted = dev.quoted_peak.get(plan.dtype)
     if quoted:
-        peaks["huawei_quoted"] = quoted
+        peaks["quoted"] = quoted
     conventions = mfu_conventions(spec, plan.seq)
     return TrainingResult(
         model=spec.name,

@@ -40,11 +40,14 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="xpusim", description=__doc__.splitlines()[0] if __doc__ else "")
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser with every command, or just ``only`` (start-up stays fast: a command's
+    module pulls in what it needs, e.g. matplotlib or scipy, only when it runs)."""
+    parser = _Parser(prog="xpusim", description="Performance simulator for large models "
+                     "on Ascend NPUs and NVIDIA GPUs.")
     parser.add_argument("--version", action="version", version=f"xpusim {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for name in COMMAND_MODULES:
+    for name in COMMAND_MODULES if only is None else (only,):
         try:
             module = importlib.import_module(f"sim.cli.{name}")
         except ModuleNotFoundError as exc:
@@ -56,8 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args_in = sys.argv[1:] if argv is None else argv
+    command = args_in[0] if args_in and args_in[0] in COMMAND_MODULES else None
+    parser = build_parser(command)
+    args = parser.parse_args(args_in)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

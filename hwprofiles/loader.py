@@ -42,6 +42,13 @@ def read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(fh)
     except FileNotFoundError as exc:
         raise ProfileError(f"{path}: file not found") from exc
+    except IsADirectoryError:
+        raise ProfileError(
+            f"{path}: is a directory, not a profile; pass a .toml file or a profile name "
+            "(run 'xpusim hw list')"
+        ) from None
+    except OSError as exc:  # permission denied, a device file, ...
+        raise ProfileError(f"{path}: cannot read the file ({exc.strerror or exc})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ProfileError(f"{path}: not valid TOML: {exc}") from exc
 
@@ -51,6 +58,11 @@ def _resolve(name_or_path: str, folder: Path, kind: str, names: list[str]) -> Pa
     if candidate.suffix == ".toml" or candidate.exists():
         if not candidate.exists():
             raise ProfileError(f"{candidate}: {kind} profile file not found")
+        if candidate.is_dir():
+            raise ProfileError(
+                f"{candidate}: is a directory, not a {kind} profile; pass a .toml file or a "
+                f"{kind} name (run 'xpusim hw list')"
+            )
         return candidate
     path = folder / f"{name_or_path}.toml"
     if path.exists():
@@ -91,7 +103,14 @@ def load_device(name_or_path: str, calibration: str | Path | None = None) -> Dev
     if raw.get("kind") == "calibration":
         if calibration is not None:
             raise ProfileError(f"{path}: is a calibration overlay; pass the base device with it")
-        return load_device(str(raw.get("device", "")), calibration=path)
+        base = raw.get("device")
+        if not isinstance(base, str) or not base.strip():
+            raise ProfileError(
+                f"{path}: calibration overlay lacks field 'device' (the base device it "
+                'calibrates, e.g. device = "ascend-910b2"); add it, or pass the base device '
+                "and give this file with --calibration"
+            )
+        return load_device(base, calibration=path)
     if calibration is not None:
         cal_path = Path(calibration)
         overlay = read_toml(cal_path)

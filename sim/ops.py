@@ -106,11 +106,26 @@ def conv2d(
     dtype: str = "fp32",
     groups: int = 1,
 ) -> Op:
-    """2-D convolution as an implicit GEMM: m = batch*H_out*W_out, n = out_ch, k = in_ch/groups*k*k."""
+    """2-D convolution as an implicit GEMM: m = batch*H_out*W_out, n = out_ch, k = in_ch/groups*k*k.
+
+    Output size per dimension (PyTorch Conv2d, dilation 1): (H + 2 pad - kernel) // stride + 1;
+    an input smaller than the kernel (after padding) has no output position and is rejected.
+    """
     _check_positive(name, batch=batch, in_ch=in_ch, out_ch=out_ch, height=height, width=width)
+    for key, value in (("kernel", kernel), ("stride", stride), ("groups", groups)):
+        if value < 1:
+            raise InputError(f"{name}: {key} must be >= 1, got {value}")
     pad = kernel // 2 if padding is None else padding
+    if pad < 0:
+        raise InputError(f"{name}: padding must be >= 0, got {pad}")
     h_out = (height + 2 * pad - kernel) // stride + 1
     w_out = (width + 2 * pad - kernel) // stride + 1
+    if h_out < 1 or w_out < 1:
+        raise InputError(
+            f"{name}: a {kernel}x{kernel} kernel with padding {pad} and stride {stride} leaves "
+            f"no output of a {height}x{width} input (output {h_out}x{w_out}); use a larger "
+            "input, a smaller kernel or more padding"
+        )
     m = batch * h_out * w_out
     n = out_ch
     k = in_ch // groups * kernel * kernel
@@ -125,6 +140,28 @@ def conv2d(
         Unit.MATRIX,
         MappingProxyType({"m": m, "n": n, "k": k, "batch": 1, "h_out": h_out, "w_out": w_out}),
     )
+
+
+def _check_heads(
+    name: str, heads: float, kv_heads: float | None, head_dim: float, v_head_dim: float | None
+) -> None:
+    """Attention needs at least one head of positive width; GQA shares each K/V head among
+    heads/kv_heads query heads, so whole head counts must divide. Per-rank averages of a
+    sharded model may be fractional (heads / tp); those are not checked for divisibility."""
+    if heads <= 0:
+        raise InputError(f"{name}: heads must be >= 1, got {heads}")
+    if head_dim <= 0 or (v_head_dim is not None and v_head_dim <= 0):
+        raise InputError(f"{name}: head_dim must be >= 1, got {head_dim} (v: {v_head_dim})")
+    if kv_heads is None:
+        return
+    if kv_heads <= 0:
+        raise InputError(f"{name}: kv_heads must be >= 1, got {kv_heads}")
+    whole = float(heads).is_integer() and float(kv_heads).is_integer()
+    if whole and int(heads) % int(kv_heads):
+        raise InputError(
+            f"{name}: heads ({heads:g}) must be a multiple of kv_heads ({kv_heads:g}): in GQA "
+            "each K/V head serves heads/kv_heads query heads; choose kv_heads dividing heads"
+        )
 
 
 def fused_attention(
@@ -145,6 +182,7 @@ def fused_attention(
     Q, K, V read once and O written once (K/V shared by ``heads/kv_heads`` query heads).
     """
     _check_positive(name, batch=batch, heads=heads, q_len=q_len, kv_len=kv_len)
+    _check_heads(name, heads, kv_heads, head_dim, v_head_dim)
     kvh = kv_heads or heads
     vd = v_head_dim or head_dim
     pairs = q_len * kv_len

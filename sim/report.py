@@ -11,6 +11,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from sim import SCHEMA_VERSION
+from sim.errors import InputError
+
+# Figure formats every command writes (matplotlib's Agg backend renders all three).
+PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 
 
 def _clean(obj: Any) -> Any:
@@ -59,9 +63,32 @@ def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def write_csv(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
-    rows = list(rows)
+def check_plot_path(path: str | Path, flag: str = "--plot") -> Path:
+    """The plot path as a Path, or an InputError naming ``flag`` when matplotlib could not
+    write it: an unknown suffix (it picks the format from the suffix) or a directory."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{flag} {path}: is a directory; give a file name such as {path}/plot.png")
+    if path.suffix.lower() not in PLOT_SUFFIXES:
+        shown = path.suffix or "no suffix"
+        raise InputError(
+            f"{flag} {path}: unknown figure format ({shown}); end the file name in "
+            f"{', '.join(PLOT_SUFFIXES)}"
+        )
+    return path
+
+
+def check_output_file(path: str | Path, flag: str) -> Path:
+    """A file the command will write (CSV, JSON, trace): an InputError if it is a directory."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{flag} {path}: is a directory; give a file name inside it")
+    return path
+
+
+def write_csv(path: str | Path, rows: Iterable[dict[str, Any]], flag: str = "--csv") -> Path:
+    rows = list(rows)
+    path = check_output_file(path, flag)
     path.parent.mkdir(parents=True, exist_ok=True)
     fields: list[str] = []
     for row in rows:

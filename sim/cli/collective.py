@@ -19,7 +19,15 @@ from sim.ir import CollectiveKind
 from sim.network import cost_collective
 from sim.network.algorithms import ALGORITHMS
 from sim.network.api import BACKENDS
-from sim.report import emit_json, fmt_bytes, fmt_si, table, write_csv
+from sim.report import (
+    check_output_file,
+    check_plot_path,
+    emit_json,
+    fmt_bytes,
+    fmt_si,
+    table,
+    write_csv,
+)
 from sim.units import parse_size
 
 DEFAULT_SWEEP = "1KiB:4GiB"
@@ -96,6 +104,10 @@ def sweep_sizes(spec: str) -> list[float]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.plot:
+        check_plot_path(args.plot)
+    if args.csv:
+        check_output_file(args.csv, "--csv")
     system, ranks, note = sized_system(args.system, args.ranks, args.nodes)
     if note and not args.json:
         sys.stderr.write(f"xpusim: note: {note}\n")

@@ -18,7 +18,15 @@ from sim.ir import dtype_bytes
 from sim.models import load_model
 from sim.network.api import BACKENDS
 from sim.network.ep import DISPATCH_MODES, EPConfig, EPResult, simulate_ep, system_for_ep
-from sim.report import emit_json, fmt_bytes, fmt_si, table, write_csv
+from sim.report import (
+    check_output_file,
+    check_plot_path,
+    emit_json,
+    fmt_bytes,
+    fmt_si,
+    table,
+    write_csv,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -65,12 +73,21 @@ def base_config(args: argparse.Namespace) -> tuple[EPConfig, dict]:
             raise InputError(f"--model {args.model} is dense (no experts); pick an MoE model")
         hidden, top_k, experts = spec.hidden, spec.moe.top_k, spec.moe.num_experts
         shared, name = spec.moe.shared_experts, spec.name
-    hidden = args.hidden or hidden
-    top_k = args.top_k or top_k
-    experts = args.experts or experts
+    # A flag the user gave (even 0) replaces the model's value; None means "not given".
+    given = (("--hidden", args.hidden), ("--top-k", args.top_k), ("--experts", args.experts))
+    for flag, value in given:
+        if value is not None and value < 1:
+            raise InputError(f"{flag} must be >= 1, got {value}")
+    if args.shared_experts is not None and args.shared_experts < 0:
+        raise InputError(f"--shared-experts must be >= 0, got {args.shared_experts}")
+    hidden = args.hidden if args.hidden is not None else hidden
+    top_k = args.top_k if args.top_k is not None else top_k
+    experts = args.experts if args.experts is not None else experts
     shared = args.shared_experts if args.shared_experts is not None else (shared or 0)
     missing = [
-        f for f, v in (("--hidden", hidden), ("--top-k", top_k), ("--experts", experts)) if not v
+        f
+        for f, v in (("--hidden", hidden), ("--top-k", top_k), ("--experts", experts))
+        if v is None
     ]
     if missing:
         raise InputError(f"give --model NAME or {', '.join(missing)}")
@@ -118,6 +135,10 @@ def _one(cfg: EPConfig, args: argparse.Namespace) -> tuple[EPResult, str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.plot:
+        check_plot_path(args.plot)
+    if args.csv:
+        check_output_file(args.csv, "--csv")
     cfg, extra = base_config(args)
     modes = _modes(args.dispatch)
     if args.sweep:

@@ -137,7 +137,15 @@ def run(args: argparse.Namespace) -> int:
         search = search.model_copy(update={"shortlist": args.shortlist})
     study = study.model_copy(update={"search": search})
     out = Path(args.out) if args.out else Path("out") / "explore" / study.name
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise InputError(
+            f"--out {out}: is a file; --out names a folder for points.csv, the plots and the "
+            "cache (give a new or existing folder)"
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a parent is a file, or no permission
+        raise InputError(f"--out {out}: cannot create the folder ({exc.strerror or exc})") from None
     result = run_study(
         study,
         executor=args.executor,

@@ -8,6 +8,7 @@ from typing import Any
 
 from hwprofiles import list_devices, list_systems, load_device, load_system
 from hwprofiles.loader import load_raw
+from sim.errors import InputError
 from sim.report import emit_json, fmt_bytes, fmt_si, table
 
 
@@ -67,7 +68,8 @@ def spec_dict(name: str) -> tuple[str, dict[str, Any]]:
     if kind == "system":
         spec = load_system(str(path))
     else:
-        spec = load_device(str(path))
+        spec = load_device(str(path))  # a device, or a calibration overlay on one
+        kind = "device"
     return kind, dataclasses.asdict(spec)
 
 
@@ -97,6 +99,12 @@ def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
 def cmd_diff(args: argparse.Namespace) -> int:
     kind_a, a = spec_dict(args.a)
     kind_b, b = spec_dict(args.b)
+    if kind_a != kind_b:
+        raise InputError(
+            f"cannot diff a {kind_a} with a {kind_b}: '{args.a}' is a {kind_a} profile and "
+            f"'{args.b}' a {kind_b} profile; compare two devices or two systems (a system's "
+            "device is named in 'xpusim hw show SYSTEM')"
+        )
     fa, fb = _flatten(a), _flatten(b)
     skip = ("sources", "path", "name", "description")
     rows = []

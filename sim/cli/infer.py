@@ -12,8 +12,9 @@ import argparse
 import sys
 
 from hwprofiles import load_system
-from sim.errors import InputError
+from sim.errors import InputError, NegativeVerdict
 from sim.inference.engine_profile import load_engine
+from sim.inference.kvcache import require_kv_fit, step_kv_bytes
 from sim.inference.lowering import (
     ParallelPlan,
     StepBatch,
@@ -92,8 +93,29 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--batch must be >= 1 and --context >= 1 (prefill) or >= 0 (decode)")
     batch = StepBatch.for_phase(args.phase, args.batch, args.context)
     new_tokens = batch.tokens
+    # Checked before simulating: an out-of-memory verdict, like train's.
+    kv_needed = step_kv_bytes(memory, args.batch, args.context, plan.ep)
+    what = f"{args.phase} of batch {args.batch} x context {args.context}"
+    try:
+        require_kv_fit(memory, kv_needed, what)
+    except NegativeVerdict as verdict:
+        if args.json:
+            emit_json(
+                {
+                    "model": spec.name,
+                    "system": system.name,
+                    "tp": plan.tp,
+                    "ep": plan.ep,
+                    "devices": plan.devices,
+                    "phase": args.phase,
+                    "batch": args.batch,
+                    "context": args.context,
+                    "oom": True,
+                    "memory": verdict.payload,
+                }
+            )
+        raise
     result = sim.run(batch)
-    kv_needed = args.batch * (args.context + 1) / plan.ep * memory.kv_bytes_per_token
     payload = {
         "model": spec.name,
         "system": system.name,
@@ -149,7 +171,21 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_speculative_args(gamma: int, alpha: float, draft_devices: int) -> None:
+    """The --draft options of a serving run: a draft length, a probability, a TP size."""
+    if gamma < 1:
+        raise InputError(f"--gamma must be >= 1 (tokens drafted per round), got {gamma}")
+    if not 0.0 <= alpha <= 1.0:
+        raise InputError(
+            f"--alpha must be in [0, 1] (mean acceptance per drafted token), got {alpha}"
+        )
+    if draft_devices < 1:
+        raise InputError(f"--draft-devices must be >= 1, got {draft_devices}")
+
+
 def _serve(args, spec, system, plan, engine, sim, memory) -> int:
+    if args.draft:
+        check_speculative_args(args.gamma, args.alpha, args.draft_devices)
     workload = Workload(
         args.requests,
         args.rate,

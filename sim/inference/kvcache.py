@@ -115,3 +115,29 @@ def require_fit(plan: MemoryPlan, what: str) -> None:
             f"({plan.capacity / 2**30:.1f} GiB); use more devices (--devices / --tp / --ep)",
             plan.as_dict(),
         )
+
+
+def step_kv_bytes(plan: MemoryPlan, requests: float, context: float, ep: int = 1) -> float:
+    """KV bytes a step keeps on one device: each request's context plus its new token,
+    the requests split over the ``ep`` groups (each caches its own requests)."""
+    return requests * (context + 1) / ep * plan.kv_bytes_per_token
+
+
+def require_kv_fit(plan: MemoryPlan, kv_needed: float, what: str) -> None:
+    """Out-of-memory verdict (exit 3) when a step's KV cache exceeds what is left for it.
+
+    ``kv_needed`` is the KV bytes the step keeps on one device (requests x cached tokens x
+    ``kv_bytes_per_token`` / ep); the room is vLLM's rule, HBM x utilisation - weights -
+    activation workspace (``plan.kv_cache``).
+    """
+    if kv_needed <= plan.kv_cache:
+        return
+    gib = 2**30
+    raise NegativeVerdict(
+        f"out of memory: {what} needs {kv_needed / gib:.1f} GiB of KV cache per device, "
+        f"but only {max(plan.kv_cache, 0.0) / gib:.1f} GiB is left (usable "
+        f"{plan.capacity / gib:.1f} GiB - weights {plan.weights / gib:.1f} GiB - activations "
+        f"{plan.activations / gib:.1f} GiB; room for {plan.kv_tokens:,.0f} tokens); use a "
+        "smaller --batch or --context, or more devices (--devices / --tp / --ep)",
+        {**plan.as_dict(), "kv_needed_bytes": kv_needed, "fits": False},
+    )

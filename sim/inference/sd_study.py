@@ -101,6 +101,10 @@ def sd_payload(args: Any, system: System, target: ModelSpec | None = None) -> di
 
     ``target`` replaces the model named by ``args.target`` (whatif varies model fields).
     """
+    if args.context < 0:
+        raise InputError(f"--context must be >= 0 cached tokens per request, got {args.context:g}")
+    if args.draft_devices < 1:
+        raise InputError(f"--draft-devices must be >= 1, got {args.draft_devices}")
     engine = load_engine(args.engine)
     plan = plan_for(args.devices, args.tp, args.ep)
     batches = parse_int_list(args.batch, "--batch")

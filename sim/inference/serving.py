@@ -64,21 +64,21 @@ class LengthDist:
         parts = str(text).split(":")
         try:
             if len(parts) == 1:
-                return LengthDist("const", float(parts[0]))
+                parts = ["const", parts[0]]
             kind, args = parts[0], [float(x) for x in parts[1:]]
         except ValueError:
             raise InputError(
                 f"{what}: cannot read '{text}'; use N, const:N, uniform:A:B or exp:MEAN"
             ) from None
-        if kind == "const" and len(args) == 1:
+        if kind == "const" and len(args) == 1 and args[0] >= 1:
             return LengthDist("const", args[0])
         if kind == "uniform" and len(args) == 2 and 1 <= args[0] <= args[1]:
             return LengthDist("uniform", args[0], args[1])
         if kind == "exp" and len(args) == 1 and args[0] >= 1:
             return LengthDist("exp", args[0])
         raise InputError(
-            f"{what}: cannot read '{text}'; use N, const:N, uniform:A:B (1 <= A <= B) "
-            "or exp:MEAN (MEAN >= 1)"
+            f"{what}: cannot read '{text}'; use N or const:N (N >= 1 tokens), uniform:A:B "
+            "(1 <= A <= B) or exp:MEAN (MEAN >= 1)"
         )
 
     def sample(self, rng: np.random.Generator) -> int:

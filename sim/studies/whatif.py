@@ -42,15 +42,17 @@ from hwprofiles.spec import System
 from sim.cli import ep as ep_cli
 from sim.cli import infer as infer_cli
 from sim.cli import sd as sd_cli
+from sim.cli import train as train_cli
 from sim.errors import InputError
 from sim.inference.engine_profile import load_engine
-from sim.inference.lowering import StepBatch, StepSimulator, plan_for
+from sim.inference.kvcache import require_kv_fit, step_kv_bytes
+from sim.inference.lowering import StepBatch, StepSimulator, plan_for, require_memory
 from sim.inference.routing import routing_from_text
 from sim.inference.sd_study import sd_payload
 from sim.models import load_model
 from sim.models.spec import ModelSpec
 from sim.network.ep import simulate_ep, system_for_ep
-from sim.parallel import ParallelPlan
+from sim.parallel import ParallelPlan, validate_plan
 from sim.studies.executors import run_tasks
 from sim.tomlfile import read_toml
 from sim.training import simulate_training
@@ -202,7 +204,17 @@ class Point:
 
 def base_inputs(saved: SavedCommand) -> tuple[System, ModelSpec | None]:
     a = saved.args
-    system = load_system(a.get("system", "atlas-800t-a2"), nodes=a.get("nodes"))
+    system_name = a.get("system", "atlas-800t-a2")
+    nodes = a.get("nodes")
+    if nodes is None and saved.command == "train":
+        # As `xpusim train`: enough nodes for the plan's tp x cp x pp x dp devices.
+        per_node = load_system(system_name).devices_per_node
+        world = 1
+        for key, default in (("tp", 1), ("cp", 1), ("pp", 1), ("dp", 1)):
+            value = a.get(key, default)
+            world *= max(int(value), 1) if isinstance(value, int | float) else 1
+        nodes = max(1, -(-world // per_node))
+    system = load_system(system_name, nodes=nodes)
     # The model that `model.*` variations change: sd's target, the other commands' model.
     key = "target" if saved.command == "sd" else "model"
     spec = load_model(a[key]) if a.get(key) else None
@@ -228,33 +240,79 @@ def vary_point(base: Point, field_path: str, value: str, name: str) -> tuple[Poi
     return replace(base, system=_set(base.system, path, new)), m
 
 
-def _train_result(point: Point) -> dict[str, Any]:
+def _train_plan(point: Point) -> ParallelPlan:
+    """The plan `xpusim train` runs for the saved arguments on the point's model and system.
+
+    The arguments go through train's own parser and ``build_plan`` (its defaults: sequence
+    parallelism on whenever tp > 1, recompute "auto"), then ``validate_plan`` and, for
+    "auto", the lightest recompute that fits (``choose_recompute``), as ``xpusim train``
+    does. Plan fields that train has no flag for (e.g. fragmentation) are set on top.
+    """
     known = {f.name for f in fields(ParallelPlan)}
     a = point.saved.args
-    unknown = sorted(set(a) - known - {"model", "system", "nodes"})
+    flags = _command_options("train", train_cli.register)
+    unknown = sorted(set(a) - known - flags)
     if unknown:
         raise InputError(
             f"{point.saved.path}: args {unknown} are not train arguments; "
             f"use model, system, nodes or plan fields ({', '.join(sorted(known))})"
         )
-    plan_args = {k: v for k, v in a.items() if k in known}
-    if "recompute_modules" in plan_args:
-        plan_args["recompute_modules"] = tuple(plan_args["recompute_modules"])
+    as_flags = {k: v for k, v in a.items() if k in flags}
+    plan_only = {k: v for k, v in a.items() if k not in flags}
+    args = _parse_command_args(point, "train", train_cli.register, as_flags)
+    plan, extra = train_cli.build_plan(args)
+    if plan_only:
+        plan = replace(plan, **plan_only)
     assert point.spec is not None
-    result = simulate_training(point.spec, point.system, ParallelPlan(**plan_args)).as_dict()
+    plan = validate_plan(point.spec, plan, point.system.num_devices)
+    if extra["recompute"] == "auto":
+        plan, _ = train_cli.choose_recompute(point.spec, point.system, plan)
+    return plan
+
+
+def _train_result(point: Point) -> dict[str, Any]:
+    assert point.spec is not None
+    plan = _train_plan(point)
+    result = simulate_training(point.spec, point.system, plan).as_dict()
     return {k: v for k, v in result.items() if isinstance(v, int | float | bool)}
 
 
-def _parse_command_args(point: Point, command: str, register) -> argparse.Namespace:
-    """The saved arguments through the command's own parser (``--key value`` per entry)."""
+def _command_parser(command: str, register) -> tuple[argparse.ArgumentParser, Any]:
+    """(top-level parser, the command's sub-parser) of an ``xpusim`` command."""
     parser = argparse.ArgumentParser(prog="xpusim")
-    register(parser.add_subparsers(dest="command"))
+    subparsers = parser.add_subparsers(dest="command")
+    register(subparsers)
+    return parser, subparsers.choices[command]
+
+
+def _command_options(command: str, register) -> set[str]:
+    """Option names (argparse dest, underscores) of an ``xpusim`` command."""
+    _, sub = _command_parser(command, register)
+    return {a.dest for a in sub._actions if a.option_strings} - {"help"}  # noqa: SLF001
+
+
+def _parse_command_args(
+    point: Point, command: str, register, saved_args: dict[str, Any] | None = None
+) -> argparse.Namespace:
+    """The saved arguments through the command's own parser (``--key value`` per entry).
+
+    Lists become comma lists; ``false`` becomes ``--no-KEY`` where the command has that
+    flag (train's on/off options), else it is left out.
+    """
+    parser, sub = _command_parser(command, register)
+    options = {o for a in sub._actions for o in a.option_strings}  # noqa: SLF001
     argv = [command]
-    for key, value in point.saved.args.items():
+    items = point.saved.args if saved_args is None else saved_args
+    for key, value in items.items():
         flag = "--" + key.replace("_", "-")
         if value is True:
             argv.append(flag)
-        elif value is not False:
+        elif value is False:
+            if "--no-" + flag[2:] in options:
+                argv.append("--no-" + flag[2:])
+        elif isinstance(value, list | tuple):
+            argv += [flag, ",".join(str(v) for v in value)]
+        else:
             argv += [flag, str(value)]
     try:
         return parser.parse_args(argv)
@@ -290,10 +348,13 @@ def _infer_result(point: Point) -> dict[str, Any]:
     assert point.spec is not None
     plan = plan_for(args.devices, args.tp, args.ep)
     routing = routing_from_text(args.routing, args.seed)
-    sim = StepSimulator(
-        point.spec, point.system, plan, load_engine(args.engine), args.dtype, routing
-    )
+    engine = load_engine(args.engine)
+    sim = StepSimulator(point.spec, point.system, plan, engine, args.dtype, routing)
     batch = StepBatch.for_phase(args.phase, args.batch, args.context)
+    # The memory verdicts of `xpusim infer`: weights must fit, then this step's KV cache.
+    memory = require_memory(point.spec, point.system, plan, engine, args.dtype)
+    kv_needed = step_kv_bytes(memory, args.batch, args.context, plan.ep)
+    require_kv_fit(memory, kv_needed, f"{args.phase} of batch {args.batch} x {args.context}")
     result = sim.run(batch).as_dict()
     out = {k: v for k, v in result.items() if isinstance(v, int | float | bool)}
     out["tokens_per_s"] = batch.tokens / result["time_s"]

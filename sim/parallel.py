@@ -278,6 +278,11 @@ def validate_plan(spec: ModelSpec, plan: ParallelPlan, num_devices: int) -> Para
         )
     if not 0 <= plan.fragmentation < 1:
         raise InputError(f"fragmentation must be in [0, 1), got {plan.fragmentation}")
+    if plan.pp * plan.vpp > spec.layers + spec.mtp_layers:
+        raise InputError(
+            f"pp*vpp = {plan.pp * plan.vpp} virtual stages exceed the {spec.layers} layers of "
+            f"{spec.name}; use a smaller --pp/--vpp"
+        )
     parse_order(plan.order)
     parse_routing(plan.moe_routing)
     layer_slots(spec, plan)
@@ -386,8 +391,29 @@ def load_plan_file(path: str | Path) -> dict[str, Any]:
             f"plan file {path}: unknown keys {unknown}; known: {', '.join(sorted(known))}"
         )
     out = dict(table)
+    defaults = {f.name: f.default for f in fields(ParallelPlan)}
+    for key, value in out.items():
+        _check_plan_value(path, key, value, defaults[key])
     for key in ("recompute_modules", "layer_split"):
         if key in out:
             out[key] = tuple(out[key])
     out["_extra"] = extra
     return out
+
+
+def _check_plan_value(path: Path, key: str, value: Any, default: Any) -> None:
+    """A plan-file value must have the type of the field's default (TOML gives typed values)."""
+    if isinstance(default, bool):
+        ok, want = isinstance(value, bool), "true or false"
+    elif isinstance(default, int):
+        ok, want = isinstance(value, int) and not isinstance(value, bool), "an integer"
+    elif isinstance(default, float):
+        ok, want = isinstance(value, int | float) and not isinstance(value, bool), "a number"
+    elif isinstance(default, str):
+        ok, want = isinstance(value, str), "a string"
+    elif isinstance(default, tuple):
+        ok, want = isinstance(value, list), "a list"
+    else:
+        return
+    if not ok:
+        raise InputError(f"plan file {path}: {key} = {value!r} must be {want}")

@@ -13,7 +13,15 @@ from pathlib import Path
 from hwprofiles import load_device, load_system
 from sim.attention_model import compare, tiling_allreduce_cost
 from sim.errors import InputError
-from sim.report import emit_json, fmt_bytes, fmt_si, table, write_csv
+from sim.report import (
+    check_output_file,
+    check_plot_path,
+    emit_json,
+    fmt_bytes,
+    fmt_si,
+    table,
+    write_csv,
+)
 from sim.units import parse_int_list
 
 KERNEL_DTYPES = ("fp16", "bf16", "fp32")  # what kernels/attention.py runs
@@ -145,6 +153,10 @@ def study(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.plot:
+        check_plot_path(args.plot)
+    if args.csv:
+        check_output_file(args.csv, "--csv")
     result = study(args)
     rows = result["rows"]
     if args.csv:

@@ -9,7 +9,7 @@ from pathlib import Path
 from hwprofiles import load_system
 from sim.errors import InputError, NegativeVerdict
 from sim.parallel import ParallelPlan, load_plan_file, validate_plan
-from sim.report import emit_json, fmt_bytes, fmt_si, table
+from sim.report import check_output_file, check_plot_path, emit_json, fmt_bytes, fmt_si, table
 from sim.training.memory import format_breakdown
 from sim.training.simulate import TrainingOptions, estimate_memory, simulate_training
 from sim.units import parse_int_list
@@ -125,6 +125,10 @@ def choose_recompute(spec, system, plan: ParallelPlan) -> tuple[ParallelPlan, li
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.trace:
+        check_output_file(args.trace, "--trace")
+    if args.timeline:
+        check_plot_path(args.timeline, "--timeline")
     plan, extra = build_plan(args)
     spec = _load_model(args.model or extra.get("model"))
     system_name = args.system or extra.get("system") or "atlas-800t-a2"

@@ -11,11 +11,15 @@ Per op (roofline.py):
 * compute: ``(work + half_u) / (peak_u(dtype) * max_u)`` for unit u = matrix / vector
   (``work`` = executed FLOPs incl. tile padding and idle cores of the last wave)
 * memory, per level: ``(bytes + half_b) / (bandwidth * max_b)``; main-memory bandwidth
-  times ``cache_speedup`` for ops moving at most the last-level cache's capacity
-* ``time = max(compute, memory) / kind_speed[kind] + launch_overhead + kind_overhead[kind]``
+  times ``cache_speedup`` for ops moving at most the last-level cache's capacity, except
+  weights of a graph whose weight footprint exceeds the cache (``cold_bytes``):
+  ``(cold + hot / cache_speedup + half_b) / (bandwidth * max_b)``
+* ``body = max(compute, memory) + (1 - overlap) * min(compute, memory)``
+* ``time = body / kind_speed[kind] + launch_overhead + kind_overhead[kind]``
 
-Fitted parameters: the 8 device-wide ones (matrix_max, matrix_half_flops, vector_max,
-vector_half_flops, memory_max, memory_half_bytes, launch_overhead_s, cache_speedup) and, for every
+Fitted parameters: the 9 device-wide ones (matrix_max, matrix_half_flops, vector_max,
+vector_half_flops, memory_max, memory_half_bytes, launch_overhead_s, cache_speedup,
+overlap) and, for every
 op kind other than the reference kinds (gemm, elementwise, memcpy) that appears in
 at least ``MIN_CASES_PER_KIND`` fit cases, a speed and an extra overhead.
 
@@ -39,7 +43,7 @@ import numpy as np
 from scipy.optimize import least_squares
 
 from hwprofiles.spec import Device
-from sim.cost.roofline import gemm_quantisation
+from sim.cost.roofline import cold_bytes, gemm_quantisation
 from sim.ir import MAIN_MEMORY, Op, RankGraph, Unit
 
 PARAM_NAMES = (
@@ -51,13 +55,15 @@ PARAM_NAMES = (
     "memory_half_bytes",
     "launch_overhead_s",
     "cache_speedup",
+    "overlap",
 )
 # Physical bounds (log space): a unit cannot be 1e4x slower than its spec nor, even with
 # a stale spec, more than 10x faster; half-work between one FLOP/byte and far above any
 # op; launch overhead between 10 ns and 10 ms.
 # The last-level-cache tier is at least as fast as main memory and at most 50x.
-LOWER = np.log([1e-4, 1.0, 1e-4, 1.0, 1e-4, 1.0, 1e-8, 1.0])
-UPPER = np.log([10.0, 1e13, 10.0, 1e12, 10.0, 1e11, 1e-2, 50.0])
+# Compute/memory overlap between 0.001 (phases in sequence) and 1 (the roofline max).
+LOWER = np.log([1e-4, 1.0, 1e-4, 1.0, 1e-4, 1.0, 1e-8, 1.0, 1e-3])
+UPPER = np.log([10.0, 1e13, 10.0, 1e12, 10.0, 1e11, 1e-2, 50.0, 1.0])
 # Per-kind speed within 1/20..20 of the reference curve; extra overhead 0..1 ms (in µs).
 KIND_SPEED_BOUNDS = (math.log(0.05), math.log(20.0))
 KIND_OVERHEAD_US_BOUNDS = (0.0, 1000.0)
@@ -79,6 +85,7 @@ class FitParams:
     memory_half_bytes: float
     launch_overhead_s: float
     cache_speedup: float = 1.0
+    overlap: float = 1.0
     kind_speed: dict[str, float] = field(default_factory=dict)
     kind_overhead_s: dict[str, float] = field(default_factory=dict)
 
@@ -94,6 +101,7 @@ class FitParams:
             e.memory_half_bytes,
             e.launch_overhead_s,
             max(1.0, e.cache_speedup),
+            e.overlap,
             dict(e.kind_speed),
             dict(e.kind_overhead_s),
         )
@@ -142,6 +150,7 @@ class FitParams:
             kind_overhead_s=dict(self.kind_overhead_s),
             cache_bytes=llc_bytes(base),
             cache_speedup=self.cache_speedup,
+            overlap=self.overlap,
         )
         main = base.memory[0]
         memory = base.memory
@@ -169,6 +178,7 @@ class OpTable:
     work: np.ndarray  # executed FLOPs (matrix, incl. padding and idle cores) or FLOPs
     peak: np.ndarray  # FLOP/s of the op's unit and dtype on the base device
     hbm_bytes: np.ndarray
+    cold_bytes: np.ndarray  # weights of graphs too big for the cache: never cache-served
     hbm_bandwidth: float
     cache_bytes: float  # LLC tier: ops moving at most this much main memory get cache_speedup
     other_bytes: np.ndarray  # (ops, levels) bytes at on-chip levels with a bandwidth
@@ -203,6 +213,8 @@ def build_table(graphs: Sequence[RankGraph | Sequence[Op]], base: Device) -> OpT
     levels = [lv for lv in base.memory if lv.name != MAIN_MEMORY and lv.bandwidth is not None]
     rows: list[tuple] = []
     others: list[list[float]] = []
+    cold: list[float] = []
+    cache = llc_bytes(base)
     kinds: list[str] = []
     for ci, graph in enumerate(graphs):
         ops = graph.ops() if isinstance(graph, RankGraph) else list(graph)
@@ -223,6 +235,7 @@ def build_table(graphs: Sequence[RankGraph | Sequence[Op]], base: Device) -> OpT
                 (ci, unit, kinds.index(kind), op.flops, work, peak, op.bytes.get(MAIN_MEMORY, 0.0))
             )
             others.append([op.bytes.get(lv.name, 0.0) for lv in levels])
+            cold.append(cold_bytes(op, cache))
     arr = np.array(rows, dtype=float).reshape(-1, 7)
     return OpTable(
         case=arr[:, 0].astype(int),
@@ -233,8 +246,9 @@ def build_table(graphs: Sequence[RankGraph | Sequence[Op]], base: Device) -> OpT
         work=arr[:, 4],
         peak=arr[:, 5],
         hbm_bytes=arr[:, 6],
+        cold_bytes=np.array(cold, dtype=float),
         hbm_bandwidth=base.hbm_bandwidth,
-        cache_bytes=llc_bytes(base),
+        cache_bytes=cache,
         other_bytes=np.array(others, dtype=float).reshape(len(rows), len(levels)),
         other_bandwidth=np.array([lv.bandwidth for lv in levels], dtype=float),
         n_cases=len(graphs),
@@ -253,6 +267,13 @@ def op_times(table: OpTable, p: FitParams) -> np.ndarray:
     mem = np.where(
         t.hbm_bytes > 0, (t.hbm_bytes + p.memory_half_bytes) / (bandwidth * p.memory_max), 0.0
     )
+    # Weights that cannot stay cached come from main memory; the rest may hit the cache.
+    hot = t.hbm_bytes - t.cold_bytes
+    hot_speed = np.where((hot > 0) & (hot <= t.cache_bytes), p.cache_speedup, 1.0)
+    mem_cold = (t.cold_bytes + hot / hot_speed + p.memory_half_bytes) / (
+        t.hbm_bandwidth * p.memory_max
+    )
+    mem = np.where(t.cold_bytes > 0, mem_cold, mem)
     if t.other_bytes.shape[1]:
         on_chip_max = min(1.0, p.memory_max)  # to_device raises only the main-memory bandwidth
         lv = np.where(
@@ -263,7 +284,8 @@ def op_times(table: OpTable, p: FitParams) -> np.ndarray:
         mem = np.maximum(mem, lv.max(axis=1))
     speed = np.array([p.kind_speed.get(k, 1.0) for k in t.kinds])[t.kind]
     extra = np.array([p.kind_overhead_s.get(k, 0.0) for k in t.kinds])[t.kind]
-    return np.maximum(compute, mem) / speed + p.launch_overhead_s + extra
+    body = np.maximum(compute, mem) + (1.0 - p.overlap) * np.minimum(compute, mem)
+    return body / speed + p.launch_overhead_s + extra
 
 
 def case_times(table: OpTable, p: FitParams) -> np.ndarray:
@@ -322,7 +344,7 @@ def fit(
     """Least squares on log-time residuals from ``start`` and from a neutral start; best wins.
 
     Two starts guard against the kinks of max(compute, memory) trapping the solver.
-    ``groups`` (suite names) balance the weights; ``fit_kinds=False`` fits only the 8
+    ``groups`` (suite names) balance the weights; ``fit_kinds=False`` fits only the 9
     device-wide parameters.
     """
     t = np.asarray(measured_s, dtype=float)
@@ -350,7 +372,7 @@ def fit(
         data = w * (np.log(case_times(table, FitParams.from_vector(x, kinds))) - y)
         return np.concatenate([data, prior_weight * (x - x_prior)])
 
-    neutral = FitParams(0.5, 1e8, 0.5, 1e6, 0.5, 1e5, 1e-5, 2.0)
+    neutral = FitParams(0.5, 1e8, 0.5, 1e6, 0.5, 1e5, 1e-5, 2.0, 0.5)
     best = None
     for s in (start, neutral):
         x0 = np.clip(s.vector(kinds), lower + 1e-6, upper - 1e-6)

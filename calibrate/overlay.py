@@ -93,6 +93,7 @@ def overlay_doc(base: Device, result: FitResult, provenance: dict[str, Any]) -> 
             "launch_overhead_us": e.launch_overhead_s / US,
             "cache_mib": e.cache_bytes / MIB,
             "cache_speedup": e.cache_speedup,
+            "overlap": e.overlap,
             "kind_speed": dict(e.kind_speed),
             "kind_overhead_us": {k: v / US for k, v in e.kind_overhead_s.items()},
             "source": src,

@@ -21,6 +21,7 @@ import numpy as np
 from sim import ops
 from sim.ir import Op, RankGraph
 from sim.kernel_registry import describe_kernel
+from sim.workloads.moe import SILU_FLOPS
 
 DEFAULT_SEED = 20260
 HELDOUT_FRACTION = 0.35
@@ -191,9 +192,63 @@ def _conv_runner(s: Shape, dtype: str, device: str):
     return _no_grad(lambda: torch.nn.functional.conv2d(x, w, padding=kk // 2))
 
 
-# SiLU = x * sigmoid(x): exp, add, divide, multiply ~ 4 FLOPs per element (an estimate
-# of the arithmetic; on CPU it is memory- or overhead-bound at these sizes anyway).
-SILU_FLOPS_PER_ELEMENT = 4.0
+def _rowmax_runner(s: Shape, dtype: str, device: str):
+    import torch
+
+    x = _randn(int(s["rows"]), int(s["cols"]), dtype=dtype, device=device)
+    return _no_grad(lambda: torch.amax(x, dim=-1, keepdim=True))
+
+
+def _rowmax_op(s: Shape, dtype: str) -> list[Op]:
+    """Row max: one comparison per element; reads rows x cols, writes one value per row."""
+    from dataclasses import replace
+    from types import MappingProxyType
+
+    from sim.ir import MAIN_MEMORY, OpKind, dtype_bytes
+
+    rows, cols = s["rows"], s["cols"]
+    op = ops.elementwise("rowmax", rows * cols, dtype, 1.0, 1, 0, OpKind.REDUCTION)
+    nbytes = (rows * cols + rows) * dtype_bytes(dtype)
+    return [replace(op, bytes=MappingProxyType({MAIN_MEMORY: nbytes}))]
+
+
+def _image_runner(kind: str):
+    def build(s: Shape, dtype: str, device: str):
+        import torch.nn.functional as F
+
+        x = _randn(
+            1, int(s["channels"]), int(s["size"]), int(s["size"]), dtype=dtype, device=device
+        )
+        if kind == "pool":
+            return _no_grad(lambda: F.max_pool2d(x, 2))
+        return _no_grad(lambda: F.interpolate(x, scale_factor=2, mode="nearest"))
+
+    return build
+
+
+def _image_op(kind: str):
+    def build(s: Shape, dtype: str) -> list[Op]:
+        from sim.workloads.cdc import maxpool2d, upsample_nearest
+
+        c, n = int(s["channels"]), int(s["size"])
+        if kind == "pool":
+            return [maxpool2d("maxpool", 1, c, n, n, dtype)]
+        return [upsample_nearest("upsample", 1, c, n, n, 2, dtype)]
+
+    return build
+
+
+# The vector-kind microbenchmarks (row reduction, 2x2 max-pool, nearest x2 upsample)
+# measure the kinds the kernels use, so their speed and overhead are fitted from
+# isolated ops, not only from residuals inside one kernel.
+_ROWMAX_FULL = tuple({"rows": r, "cols": c} for r in (64, 512, 2048) for c in (64, 128, 1024))
+_ROWMAX_QUICK = tuple({"rows": r, "cols": c} for r in (64, 2048) for c in (128, 1024))
+_IMAGE_FULL = tuple({"channels": c, "size": n} for c in (16, 64) for n in (16, 32, 64, 128))
+_IMAGE_QUICK = tuple({"channels": c, "size": n} for c in (16, 64) for n in (16, 64))
+
+# SiLU = x * sigmoid(x): the same per-element count as the MoE kernel's SiLU (an exp
+# plus four simple ops; sim/workloads/moe.py).
+SILU_FLOPS_PER_ELEMENT = SILU_FLOPS
 
 # Tensors stay below 32 MB: glibc serves larger allocations with fresh mmap'd pages,
 # and the page faults of first touch (~1 ns/byte here) are not part of the model.
@@ -283,6 +338,18 @@ def _micro_suites() -> list[Suite]:
             lambda s, dt: [ops.norm("layernorm", s["tokens"], s["hidden"], dt)],
             _layernorm_runner,
         ),
+        Suite("rowmax", "micro", _ROWMAX_FULL, _ROWMAX_QUICK, _rowmax_op, _rowmax_runner),
+        Suite(
+            "maxpool", "micro", _IMAGE_FULL, _IMAGE_QUICK, _image_op("pool"), _image_runner("pool")
+        ),
+        Suite(
+            "upsample",
+            "micro",
+            _IMAGE_FULL,
+            _IMAGE_QUICK,
+            _image_op("upsample"),
+            _image_runner("upsample"),
+        ),
         Suite(
             "conv2d",
             "micro",
@@ -367,9 +434,15 @@ def moe_routing_histogram(shape: tuple[tuple[str, float], ...], dtype: str) -> t
     return tuple(float(v) for v in stats.kept_per_expert)
 
 
-def _moe_ops(s: Shape, dtype: str) -> RankGraph:
+def moe_shape_with_routing(s: Shape, dtype: str) -> dict:
+    """The suite's MoE shape plus its measured routing as the ``tokens_per_expert`` key:
+    the exact shape ``xpusim predict kernel moe --shape ...`` takes for this case."""
     hist = moe_routing_histogram(tuple(sorted(s.items())), dtype)
-    return describe_kernel("moe", s, dtype, tokens_per_expert=list(hist))
+    return {**s, "tokens_per_expert": tuple(int(v) for v in hist)}
+
+
+def _moe_ops(s: Shape, dtype: str) -> RankGraph:
+    return describe_kernel("moe", moe_shape_with_routing(s, dtype), dtype)
 
 
 def _cdc_runner(s: Shape, dtype: str, device: str):
@@ -421,10 +494,14 @@ def _kernel_suites() -> list[Suite]:
         for se in (0, 1)
     )
     # CDC's hourglass max-pools 4 times: input sides must be multiples of 16.
+    # 15 shapes, so the seeded 35% split holds out 5.
     cdc_full = tuple(
         {"upscale": 4, "batch": 1, "height": h, "width": w}
-        for h, w in ((16, 16), (16, 32), (32, 32), (32, 48), (48, 48), (48, 64), (64, 64))
-    )
+        for h, w in (
+            (16, 16), (16, 32), (16, 48), (16, 64), (32, 16), (32, 32), (32, 48), (32, 64),
+            (48, 16), (48, 32), (48, 48), (48, 64), (64, 32), (64, 48), (64, 64),
+        )
+    )  # fmt: skip
     cdc_quick = tuple(
         {"upscale": 4, "batch": 1, "height": h, "width": w}
         for h, w in ((16, 16), (32, 32), (32, 48))

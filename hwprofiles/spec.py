@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from hwprofiles.errors import ProfileError
+
 
 @dataclass(frozen=True)
 class MemoryLevel:
@@ -112,6 +114,13 @@ class Device:
         for alt in _DTYPE_FALLBACK.get(dtype, ()):
             if alt in table:
                 return table[alt]
+        if dtype == "fp64":
+            # Many accelerators (all Ascend, Ada) have no FP64 matrix path: refuse rather
+            # than price double precision at an unrelated rate.
+            raise ProfileError(
+                f"{self.name} publishes no fp64 {unit} peak; fp64 work cannot be priced on it "
+                f"(published: {', '.join(sorted(table))})"
+            )
         # Any remaining dtype runs at the slowest published rate of the unit.
         return min(table.values())
 

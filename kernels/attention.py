@@ -80,20 +80,25 @@ def build_mask(
     batch: int = 1,
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor | None:
-    """The explicit additive mask of standard attention: (batch or 1, 1, q_len, kv_len)."""
+    """The explicit additive mask of standard attention: (batch or 1, 1, q_len, kv_len).
+
+    Causal: -inf strictly above diagonal ``q_offset`` (``triu(1 + q_offset)`` of a -inf
+    fill: two ops). Padding: -inf at keys ``j >= kv_lens[b]``, added on top.
+    """
     if not causal and kv_lens is None:
         return None
-    rows = torch.arange(q_len).unsqueeze(1)
-    cols = torch.arange(kv_len).unsqueeze(0)
-    visible = torch.ones(q_len, kv_len, dtype=torch.bool)
+    mask = None
     if causal:
-        visible = cols <= rows + q_offset
-    visible = visible.unsqueeze(0).unsqueeze(0)
+        mask = torch.full((q_len, kv_len), _NEG_INF, dtype=dtype).triu(1 + q_offset)
+        mask = mask.view(1, 1, q_len, kv_len)
     if kv_lens is not None:
-        lens = torch.as_tensor(list(kv_lens)).view(-1, 1, 1, 1)
-        visible = visible & (cols.view(1, 1, 1, -1) < lens)
-    mask = torch.zeros(visible.shape, dtype=dtype)
-    return mask.masked_fill(~visible, _NEG_INF)
+        cols = torch.arange(kv_len).view(1, 1, 1, -1)
+        lens = torch.tensor(list(kv_lens)).view(-1, 1, 1, 1)
+        pad = torch.zeros(len(kv_lens), 1, 1, kv_len, dtype=dtype).masked_fill(
+            cols >= lens, _NEG_INF
+        )
+        mask = pad if mask is None else mask + pad
+    return mask
 
 
 def standard_attention(
@@ -135,8 +140,7 @@ def mask_template(block: int, dtype: torch.dtype = torch.float32) -> torch.Tenso
     a slice of it; see ``_block_mask``.
     """
     size = 2 * block
-    visible = torch.ones(size, size, dtype=torch.bool).tril()
-    return torch.zeros(size, size, dtype=dtype).masked_fill(~visible, _NEG_INF)
+    return torch.full((size, size), _NEG_INF, dtype=dtype).triu(1)
 
 
 def _block_mask(
@@ -212,34 +216,39 @@ def fast_attention(
     group = heads // kv_heads
     acc = torch.float32
     template = mask_template(outer_block, acc)
-    # GQA as a broadcast: q viewed (batch, kv_heads, group, q_len, d), K/V get a
-    # size-1 group axis; matmul broadcasts it without copying K/V per query head.
+    # GQA: the ``group`` query heads that share one K/V head are stacked along the row
+    # axis of the query block, (batch, kv_heads, group*rows, d), so each GEMM is a plain
+    # batched matmul over (batch, kv_heads) against the un-repeated K/V tile. (A
+    # broadcast over a size-1 group axis would make torch copy the tile per query head.)
     q5 = q.view(batch, kv_heads, group, q_len, head_dim)
-    k5 = k.unsqueeze(2)
-    v5 = v.unsqueeze(2)
     kv_limit = kv_block_limit(kv_len, kv_lens)
     out = torch.empty_like(q5)
+    # The running max starts at the most negative finite value, not -inf: a row that has
+    # seen only masked keys keeps it, and exp(-inf - m) = 0, exp(m - m) = 1 need no
+    # special case (the -inf - -inf = nan guard costs three ops per block otherwise).
+    lowest = torch.finfo(acc).min
     for q_start in range(0, q_len, outer_block):
         rows = min(outer_block, q_len - q_start)
-        q_blk = q5[:, :, :, q_start : q_start + rows].to(acc) * scale
-        m = torch.full((batch, kv_heads, group, rows, 1), _NEG_INF, dtype=acc)
-        denom = torch.zeros((batch, kv_heads, group, rows, 1), dtype=acc)
-        o = torch.zeros((batch, kv_heads, group, rows, head_dim), dtype=acc)
+        shape5 = (batch, kv_heads, group, rows)
+        q_blk = (q5[:, :, :, q_start : q_start + rows].to(acc) * scale).view(
+            batch, kv_heads, group * rows, head_dim
+        )
+        m = torch.full((batch, kv_heads, group * rows, 1), lowest, dtype=acc)
+        denom = torch.zeros((batch, kv_heads, group * rows, 1), dtype=acc)
+        o = torch.zeros((batch, kv_heads, group * rows, head_dim), dtype=acc)
         for k_start in range(0, kv_limit, outer_block):
             cols = min(outer_block, kv_limit - k_start)
             kind = block_kind(q_start, rows, k_start, cols, causal, q_offset)
             if kind == "masked":
                 continue
-            k_blk = k5[:, :, :, k_start : k_start + cols].to(acc)
-            v_blk = v5[:, :, :, k_start : k_start + cols].to(acc)
+            k_blk = k[:, :, k_start : k_start + cols].to(acc)
+            v_blk = v[:, :, k_start : k_start + cols].to(acc)
             # Cube, level 2: QK^T as inner tiles of keys sized for L0A/L0B/L0C.
-            s = torch.cat(
-                [
-                    torch.matmul(q_blk, k_blk[..., t : t + inner_block, :].transpose(-2, -1))
-                    for t in range(0, cols, inner_block)
-                ],
-                dim=-1,
-            )
+            tiles = [
+                torch.matmul(q_blk, k_blk[:, :, t : t + inner_block].transpose(-2, -1))
+                for t in range(0, cols, inner_block)
+            ]
+            s = tiles[0] if len(tiles) == 1 else torch.cat(tiles, dim=-1)
             # Vector: mask slice (only for partial blocks), online softmax update.
             mask = _block_mask(
                 template,
@@ -252,20 +261,17 @@ def fast_attention(
                 kv_lens,
             )
             if mask is not None:
-                s = s + mask
+                s = (s.view(*shape5, cols) + mask).view(batch, kv_heads, group * rows, cols)
             m_new = torch.maximum(m, s.amax(dim=-1, keepdim=True))
-            m_safe = torch.where(torch.isinf(m_new), torch.zeros_like(m_new), m_new)
-            p = torch.exp(s - m_safe)
-            alpha = torch.exp(m - m_safe)
+            p = torch.exp(s - m_new)
+            alpha = torch.exp(m - m_new)
             denom = denom * alpha + p.sum(dim=-1, keepdim=True)
             o = o * alpha
             # Cube, level 2: PV accumulated over the same inner key tiles.
             for t in range(0, cols, inner_block):
-                o = o + torch.matmul(
-                    p[..., t : t + inner_block], v_blk[..., t : t + inner_block, :]
-                )
+                o = o + torch.matmul(p[..., t : t + inner_block], v_blk[:, :, t : t + inner_block])
             m = m_new
-        out[:, :, :, q_start : q_start + rows] = (o / denom).to(q.dtype)
+        out[:, :, :, q_start : q_start + rows] = (o / denom).view(*shape5, head_dim).to(q.dtype)
     return out.view(batch, heads, q_len, head_dim)
 
 

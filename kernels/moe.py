@@ -211,7 +211,14 @@ class MoELayer(nn.Module):
             e = first_expert + i
             xs = rows[start : start + n]
             h = F.silu(xs @ self.w_gate[e].t()) * (xs @ self.w_up[e].t())
-            out[start : start + n] = h @ self.w_down[e].t()
+            # Without autograd the down projection writes straight into the expert's rows
+            # of ``out`` (a contiguous row slice), as a grouped GEMM would: no extra copy.
+            # out= is not differentiable, so with autograd on the slice is assigned.
+            down = self.w_down[e].t()
+            if torch.is_grad_enabled():
+                out[start : start + n] = h @ down
+            else:
+                torch.mm(h, down, out=out[start : start + n])
             start += n
         return out
 
@@ -275,16 +282,17 @@ class MoELayer(nn.Module):
         counts = torch.bincount(flat_expert, minlength=self.num_experts)
 
         capacity = None
-        keep = torch.ones_like(sorted_expert, dtype=torch.bool)
+        kept_counts = counts
         if self.capacity_factor is not None:
             capacity = expert_capacity(self.capacity_factor, tokens, self.top_k, self.num_experts)
             keep = _position_in_expert(sorted_expert, counts) < capacity
-        kept_counts = torch.bincount(sorted_expert[keep], minlength=self.num_experts)
+            kept_counts = torch.bincount(sorted_expert[keep], minlength=self.num_experts)
+            sorted_token, sorted_weight = sorted_token[keep], sorted_weight[keep]
 
-        rows = x[sorted_token[keep]]  # the permute: a gather of token rows
+        rows = x[sorted_token]  # the permute: a gather of token rows
         expert_out = self.expert_ffn_rows(rows, kept_counts.tolist())
 
-        out = self.combine(x, sorted_token[keep], expert_out, sorted_weight[keep]).reshape(shape)
+        out = self.combine(x, sorted_token, expert_out, sorted_weight).reshape(shape)
         if not return_stats:
             return out
         return out, RoutingStats.of(counts, kept_counts, capacity)

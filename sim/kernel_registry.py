@@ -22,7 +22,7 @@ class ShapeKey:
     """One ``--shape`` key: its type, default (None = required) and meaning."""
 
     name: str
-    kind: type  # int or bool
+    kind: type  # int, bool, or tuple (a list of numbers separated by ':')
     default: int | bool | None
     help: str
     minimum: int = 1
@@ -79,6 +79,8 @@ def _moe_kwargs(s: dict, dtype: str) -> dict:
         # Each shared expert is as wide as a routed one (MoELayer's default shared_ffn).
         "shared_ffn": s["expert_ffn"] if s["shared_experts"] else 0,
         "dtype": dtype,
+        # Rows per expert (a routing histogram); absent = uniform routing.
+        "tokens_per_expert": list(s["tokens_per_expert"]) if "tokens_per_expert" in s else None,
     }
 
 
@@ -122,6 +124,14 @@ KERNELS: dict[str, KernelEntry] = {
                 ShapeKey("experts", int, None, "routed experts"),
                 ShapeKey("top_k", int, None, "experts per token"),
                 ShapeKey("shared_experts", int, 0, "always-active shared experts", minimum=0),
+                ShapeKey(
+                    "tokens_per_expert",
+                    tuple,
+                    None,
+                    "rows each expert receives, ':'-separated (e.g. 20:12:0:32; "
+                    "default uniform tokens*top_k/experts)",
+                    minimum=0,
+                ),
             ),
             _moe_kwargs,
             "MoE layer: router, dispatch, grouped SwiGLU experts, combine (kernels/moe.py)",
@@ -151,6 +161,8 @@ def kernel_entry(name: str) -> KernelEntry:
 
 
 def _convert(entry: KernelEntry, key: ShapeKey, value: object) -> int | bool:
+    if key.kind is tuple:
+        return _convert_list(entry, key, value)
     text = str(value).strip().lower()
     try:
         if key.kind is bool:
@@ -170,6 +182,21 @@ def _convert(entry: KernelEntry, key: ShapeKey, value: object) -> int | bool:
         ) from None
 
 
+def _convert_list(entry: KernelEntry, key: ShapeKey, value: object) -> tuple[int, ...]:
+    """'20:12:0:32' (or a sequence) -> (20, 12, 0, 32): integers >= ``key.minimum``."""
+    items = value if isinstance(value, list | tuple) else str(value).replace("/", ":").split(":")
+    try:
+        numbers = tuple(float(str(v).strip()) for v in items if str(v).strip())
+        if not numbers or any(not n.is_integer() or n < key.minimum for n in numbers):
+            raise ValueError(value)
+    except ValueError:
+        raise InputError(
+            f"kernel {entry.name}: shape key '{key.name}' must be integers >= {key.minimum} "
+            f"separated by ':' (e.g. {key.name}=20:12:0:32), got '{value}'"
+        ) from None
+    return tuple(int(n) for n in numbers)
+
+
 def normalise_shape(name: str, shape: Mapping[str, object]) -> dict:
     """Check keys, convert values, fill defaults; the error names the key and the valid keys."""
     entry = kernel_entry(name)
@@ -182,7 +209,7 @@ def normalise_shape(name: str, shape: Mapping[str, object]) -> dict:
         out[key_name] = _convert(entry, key, value)
     for key in entry.keys:
         if key.name not in out:
-            if key.default is None and key.name != "kv_heads":
+            if key.default is None and key.name not in ("kv_heads", "tokens_per_expert"):
                 raise InputError(
                     f"kernel {name}: shape key '{key.name}' is required "
                     f"({key.help}); valid keys: {valid}"

@@ -250,7 +250,7 @@ def test_causal_description_skips_masked_blocks():
 
 
 _MEMORY_SCRIPT = textwrap.dedent("""
-    import json, resource, sys, torch
+    import json, sys, torch
     from kernels.attention import fast_attention, standard_attention
     torch.set_num_threads(1)
     kind, seq = sys.argv[1], int(sys.argv[2])
@@ -258,15 +258,20 @@ _MEMORY_SCRIPT = textwrap.dedent("""
     q, k, v = (torch.randn(1, 2, seq, 32, generator=g) for _ in range(3))
     fn = fast_attention if kind == "fast" else standard_attention
     fn(q[:, :, :64], k[:, :, :64], v[:, :, :64], causal=True)  # warm up allocator and kernels
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    def hwm():  # VmHWM (KiB): this address space's peak RSS; unlike ru_maxrss it is not
+        # inherited from the parent across fork + exec (pytest's own peak would mask it)
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    before = hwm()
     out = fn(q, k, v, causal=True) if kind == "standard" else fn(q, k, v, causal=True, outer_block=512)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    after = hwm()
     print(json.dumps({"peak_extra_bytes": (after - before) * 1024}))
 """)
 
 
 def _peak_extra_bytes(kind: str, seq: int) -> float:
-    """Rise of the process's resident-set high-water mark (ru_maxrss, KiB on Linux) while
+    """Rise of the process's resident-set high-water mark (VmHWM, KiB on Linux) while
     the kernel runs, in a fresh interpreter: it sees every torch CPU allocation, which
     tracemalloc does not."""
     done = subprocess.run(
@@ -308,3 +313,55 @@ def test_tiling_allreduce_matches_single_process(world):
     ref = reference_attention_projection(q, k, v, w_o, causal=True)
     for out in outs:
         torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+# --- describe() lists every op the kernels launch -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("batch", "heads", "kv_heads", "seq", "causal", "dtype", "block"),
+    [
+        (1, 4, 4, 512, True, torch.float32, 128),
+        (1, 8, 2, 256, True, torch.float32, 128),  # GQA
+        (2, 8, 8, 256, False, torch.bfloat16, 128),  # casts around fp32 accumulation
+        (1, 4, 4, 200, True, torch.float32, 64),  # ragged last block
+        (1, 2, 2, 300, False, torch.float32, 96),  # inner tiles of 64 + 32 keys
+    ],
+)
+def test_describe_lists_every_executed_op(batch, heads, kv_heads, seq, causal, dtype, block):
+    from calibrate.opcount import count_ops
+
+    q, k, v = _inputs(batch, heads, kv_heads, seq, seq, 64, dtype=dtype)
+    name = "fp32" if dtype == torch.float32 else "bf16"
+    fast = count_ops(lambda: fast_attention(q, k, v, causal=causal, outer_block=block))
+    fast_graph = describe_fast(
+        batch, heads, seq, 64, causal, kv_heads, dtype=name, outer_block=block
+    )
+    assert len(fast_graph.ops()) == sum(fast.values()), fast
+    std = count_ops(lambda: standard_attention(q, k, v, causal=causal))
+    std_graph = describe_standard(batch, heads, seq, 64, causal, kv_heads, dtype=name)
+    assert len(std_graph.ops()) == sum(std.values()), std
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_describe_lists_every_executed_op_with_padding(causal):
+    from calibrate.opcount import count_ops
+
+    q, k, v = _inputs(2, 4, 4, 256, 256, 64)
+    lens = [200, 256]
+    fast = count_ops(lambda: fast_attention(q, k, v, causal=causal, kv_lens=lens))
+    assert len(describe_fast(2, 4, 256, 64, causal, kv_lens=lens).ops()) == sum(fast.values())
+    std = count_ops(lambda: standard_attention(q, k, v, causal=causal, kv_lens=lens))
+    assert len(describe_standard(2, 4, 256, 64, causal, padded=True).ops()) == sum(std.values())
+
+
+def test_describe_gemms_match_executed_matmuls():
+    """Same number of GEMMs as the kernel's bmm calls, each of the right size."""
+    from calibrate.opcount import count_ops
+
+    q, k, v = _inputs(1, 8, 2, 256, 256, 32)
+    counts = count_ops(lambda: fast_attention(q, k, v, causal=True))
+    graph = describe_fast(1, 8, 256, 32, True, 2)
+    gemms = [op for op in graph.ops() if op.kind == "gemm"]
+    assert len(gemms) == counts["bmm"]
+    assert all(op.shape["batch"] == 2 for op in gemms)  # batch x kv_heads: no K/V repeat

@@ -42,7 +42,19 @@ PROV = {
 
 
 def test_round_trip_reproduces_the_fitted_device(tmp_path):
-    p = FitParams(0.3, 2e6, 0.4, 3e5, 0.7, 5e4, 2.5e-6, 2.0, {"conv2d": 1.4}, {"conv2d": 2e-6})
+    p = FitParams(
+        0.3,
+        2e6,
+        0.4,
+        3e5,
+        0.7,
+        5e4,
+        2.5e-6,
+        2.0,
+        0.5,
+        kind_speed={"conv2d": 1.4},
+        kind_overhead_s={"conv2d": 2e-6},
+    )
     path = write_overlay(tmp_path / "cal.toml", overlay_doc(BASE, result(p), PROV))
     loaded = load_device("cpu-host", calibration=path)
     e = loaded.efficiency
@@ -50,6 +62,7 @@ def test_round_trip_reproduces_the_fitted_device(tmp_path):
     assert e.vector_half_flops == pytest.approx(3e5, rel=1e-5)
     assert e.launch_overhead_s == pytest.approx(2.5e-6, rel=1e-5)
     assert e.cache_speedup == pytest.approx(2.0, rel=1e-5)
+    assert e.overlap == pytest.approx(0.5, rel=1e-5)
     assert e.cache_bytes == 32 * 2**20
     assert e.kind_speed == {"conv2d": pytest.approx(1.4, rel=1e-5)}
     expected = p.to_device(BASE)

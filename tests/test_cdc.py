@@ -255,3 +255,14 @@ def test_describe_bytes_scale_with_dtype():
 def test_describe_bad_input(kwargs, match):
     with pytest.raises(InputError, match=match):
         describe_cdc(**kwargs)
+
+
+@pytest.mark.parametrize(("height", "width"), [(16, 16), (16, 32)])
+def test_describe_lists_every_executed_op(models, height, width):
+    """One graph op per executed (non-view) torch op of the x4 forward."""
+    from calibrate.opcount import count_ops
+
+    net = models[4]
+    x = torch.randn(1, 3, height, width)
+    executed = count_ops(lambda: net(x))
+    assert len(net.describe(1, height, width).ops()) == sum(executed.values())

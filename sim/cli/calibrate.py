@@ -114,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
         ["vector max / half", f"{p.vector_max:.3g}", fmt_si(p.vector_half_flops, "FLOP")],
         ["memory max / half", f"{p.memory_max:.3g}", fmt_si(p.memory_half_bytes, "B")],
         ["launch overhead", "", fmt_si(p.launch_overhead_s, "s")],
+        ["cache speedup / compute-memory overlap", f"{p.cache_speedup:.3g}", f"{p.overlap:.3g}"],
     ]
     rows += [
         [

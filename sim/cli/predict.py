@@ -89,7 +89,10 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(result)
         return 0
-    shape_text = ",".join(f"{k}={int(v)}" for k, v in shape.items())
+    shape_text = ",".join(
+        f"{k}=" + (":".join(map(str, v)) if isinstance(v, tuple) else str(int(v)))
+        for k, v in shape.items()
+    )
     cal = f" + {args.calibration}" if args.calibration else " (uncalibrated)"
     print(
         f"{args.name}[{shape_text}] on {device.name}{cal}: {fmt_si(result['time_s'], 's')} "

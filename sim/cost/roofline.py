@@ -13,7 +13,12 @@ For one op on one device (docs/cost_model.md derives each term):
     ``work = waves * cores * 2 * min(bm, m) * min(bn, n) * k`` (padded dims).
 * memory_s = max over levels of (bytes + half_bytes) / (bandwidth * memory_max);
   a calibrated last-level-cache tier multiplies the main-memory bandwidth by
-  ``cache_speedup`` for ops moving at most ``cache_bytes`` (off by default).
+  ``cache_speedup`` for ops moving at most ``cache_bytes`` (off by default). Weights
+  of a graph whose weight footprint exceeds the cache (``cold_bytes``) are never
+  cached: memory_s = (cold + hot / speedup + half_bytes) / (bandwidth * max).
+* body = max(compute_s, memory_s) + (1 - overlap) * min(compute_s, memory_s): a
+  calibrated ``overlap`` < 1 says the phases run partly one after the other (a CPU
+  BLAS call packs its operands before computing); 1 (default) is the roofline.
 * overhead_s = the per-op launch overhead (+ a calibrated per-op-kind extra).
 * a calibrated ``kind_speed[kind]`` (default 1) divides compute_s and memory_s of that
   op kind: one implementation family (e.g. CPU conv2d via oneDNN) may run faster or
@@ -61,6 +66,24 @@ def gemm_quantisation(
     return executed, 2.0 * batch * pm * pn * pk / executed
 
 
+def cold_bytes(op: Op, cache_bytes: float) -> float:
+    """Main-memory bytes of ``op`` that the cache tier cannot serve.
+
+    An op may state the weights it reads (``shape["param_bytes"]``) and the weight
+    footprint of the graph it belongs to (``shape["param_footprint_bytes"]``, every
+    weight read once per forward). A forward that sweeps more weights than the cache
+    holds evicts each before its next use (LRU on a cyclic sweep), so those bytes come
+    from main memory; activations handed over from the previous op stay eligible.
+    Zero when the op states no weights or the footprint fits.
+    """
+    if cache_bytes <= 0:
+        return 0.0
+    shape = op.shape
+    if shape.get("param_footprint_bytes", 0.0) <= cache_bytes:
+        return 0.0
+    return min(float(shape.get("param_bytes", 0.0)), op.bytes.get(MAIN_MEMORY, 0.0))
+
+
 def _pad(x: float, tile: int) -> float:
     return math.ceil(x / tile) * tile if x > 0 else 0.0
 
@@ -101,6 +124,13 @@ class RooflineModel:
                 continue
             if level_name == MAIN_MEMORY:
                 bandwidth = dev.hbm_bandwidth
+                cold = cold_bytes(op, eff.cache_bytes)
+                if cold > 0:  # weights that cannot stay cached stream from main memory
+                    hot = nbytes - cold
+                    speed = eff.cache_speedup if 0 < hot <= eff.cache_bytes else 1.0
+                    t = (cold + hot / speed + eff.memory_half_bytes) / (bandwidth * eff.memory_max)
+                    worst = max(worst, t)
+                    continue
                 if 0 < nbytes <= eff.cache_bytes:  # calibrated LLC tier (off by default)
                     bandwidth *= eff.cache_speedup
             else:
@@ -119,7 +149,8 @@ class RooflineModel:
         # Calibrated per-kind speed (1 unless a calibration set one): scales both terms.
         speed = eff.kind_speed.get(str(op.kind), 1.0)
         compute_s, memory_s = compute_s / speed, memory_s / speed
-        body = max(compute_s, memory_s)
+        # Compute and memory phases overlap by ``overlap`` (1 = the plain roofline max).
+        body = max(compute_s, memory_s) + (1.0 - eff.overlap) * min(compute_s, memory_s)
         if overhead_s > body:
             bound = "overhead"
         else:

@@ -23,16 +23,54 @@ from sim.ir import (
     MAIN_MEMORY,
     Collective,
     CollectiveKind,
+    Op,
     OpKind,
     RankGraph,
     Stream,
     dtype_bytes,
 )
 
-# Vector work of the online softmax per score element of a block (kernels/attention.py):
-# row max (1), subtract the max (1), exp (1), row sum (1). Per output element
-# (row x head_dim): rescale o by alpha (1), add the PV tile product (1 per inner tile).
+# Vector work of the online softmax per score element of a block (used by the Da Vinci
+# blockwise model in sim/attention_model.py): row max (1), subtract the max (1), exp (1),
+# row sum (1).
 SOFTMAX_FLOPS_PER_SCORE = 4.0
+# Vector instructions per element of exp(x): a vectorised exp (ATen's Vectorized<float>
+# uses a Sleef/Cephes-style routine) does a range reduction (x = n*ln2 + r: ~3 ops), a
+# degree-6 polynomial in r (6 FMAs = 12 FLOPs) and a 2^n scaling (~3 ops): ~20, an
+# estimate from the algorithm, not a fit. (Timed on the dev VM, torch.exp of 64 Ki fp32
+# elements took 7.5x as long as torch.add of the same size.)
+EXP_FLOPS = 20.0
+ACC = "fp32"  # FastAttention accumulates in fp32 whatever the input dtype
+FP32_BYTES = 4
+
+
+def _vec(
+    name: str,
+    numel: float,
+    nbytes: float,
+    flops_per_element: float = 1.0,
+    kind: OpKind = OpKind.ELEMENTWISE,
+) -> Op:
+    """A vector-unit op over ``numel`` fp32 elements that moves exactly ``nbytes``.
+
+    ``ops.elementwise`` assumes every input is as large as the output; the online
+    softmax mixes (rows x cols) tiles with per-row statistics and a broadcast mask
+    slice, so its ops state their bytes directly.
+    """
+    op = ops.elementwise(name, numel, ACC, flops_per_element, 1, 1, kind)
+    return replace(op, bytes=MappingProxyType({MAIN_MEMORY: float(nbytes)}))
+
+
+def _fill(name: str, numel: float, dtype: str = ACC) -> Op:
+    """torch.full / torch.zeros: write ``numel`` elements, read nothing."""
+    return ops.elementwise(name, numel, dtype, 1.0, 0, 1)
+
+
+def _cast(name: str, numel: float, src: str, dst: str) -> Op:
+    """A dtype conversion (``.to``): read in ``src``, write in ``dst``."""
+    op = ops.elementwise(name, numel, dst, 1.0, 1, 1)
+    nbytes = numel * (dtype_bytes(src) + dtype_bytes(dst))
+    return replace(op, bytes=MappingProxyType({MAIN_MEMORY: nbytes}))
 
 
 def block_kind(
@@ -103,24 +141,46 @@ def describe_standard_attention(
     if kvh != heads:  # repeat_interleave copies K and V once per query head
         for name in ("repeat_k", "repeat_v"):
             graph.add(ops.memcpy(name, batch * heads * length * head_dim * elt))
-    has_mask = causal or padded
-    if has_mask:
-        mask_rows = batch if padded else 1
-        graph.add(ops.elementwise("build_mask", mask_rows * seq * length, dtype, 1.0, 0, 1))
+    mask_rows = 0.0  # rows of the mask tensor, broadcast over heads (and batch if causal only)
+    if causal:  # full(-inf) then triu: write, then read + write the q x kv mask
+        graph.add(_fill("mask_full", seq * length, dtype))
+        graph.add(ops.elementwise("mask_triu", seq * length, dtype, 1.0, 1, 1))
+        mask_rows = seq
+    if padded:  # arange of key positions, compare, zeros, masked_fill (+ add to causal)
+        idx = dtype_bytes("int8")
+        graph.add(
+            replace(
+                _fill("pad_arange", length, dtype),
+                bytes=MappingProxyType({MAIN_MEMORY: 8.0 * length}),
+            )
+        )
+        graph.add(
+            replace(
+                ops.elementwise("pad_ge", batch * length, dtype, 1.0, 1, 1),
+                bytes=MappingProxyType({MAIN_MEMORY: batch * length * (8 + idx)}),
+            )
+        )
+        graph.add(_fill("pad_zeros", batch * length, dtype))
+        graph.add(ops.elementwise("pad_masked_fill", batch * length, dtype, 1.0, 1, 1))
+        if causal:
+            graph.add(ops.elementwise("mask_combine", batch * seq * length, dtype, 1.0, 1, 1))
+            mask_rows = batch * seq
+        else:
+            mask_rows = batch
     graph.add(ops.gemm("qk", seq, length, head_dim, dtype, bh))
     graph.add(ops.elementwise("scale", scores, dtype, 1.0, 1, 1))
-    if has_mask:
-        graph.add(ops.elementwise("mask_add", scores, dtype, 1.0, 2, 1))
-    softmax = ops.softmax("softmax", bh * seq, length, dtype)
+    if causal or padded:  # S + mask: the mask is read once per broadcast copy at most
+        add = ops.elementwise("mask_add", scores, dtype, 1.0, 1, 1)
+        nbytes = (2 * scores + mask_rows * length) * elt
+        graph.add(replace(add, bytes=MappingProxyType({MAIN_MEMORY: nbytes})))
     if dtype != "fp32":
-        # torch.softmax(..., dtype=float32) reads S in the input dtype and writes fp32 P,
-        # which is then cast back (read fp32, write the input dtype).
-        acc = dtype_bytes("fp32")
-        graph.add(replace(softmax, bytes=MappingProxyType({MAIN_MEMORY: scores * (elt + acc)})))
-        cast = ops.elementwise("cast_p", scores, dtype, 1.0, 1, 1)
-        graph.add(replace(cast, bytes=MappingProxyType({MAIN_MEMORY: scores * (acc + elt)})))
+        # torch.softmax(..., dtype=float32) converts S to fp32 first, and the kernel casts
+        # P back to the input dtype: two conversions around an fp32 softmax.
+        graph.add(_cast("cast_s", scores, dtype, ACC))
+        graph.add(ops.softmax("softmax", bh * seq, length, ACC))
+        graph.add(_cast("cast_p", scores, ACC, dtype))
     else:
-        graph.add(softmax)
+        graph.add(ops.softmax("softmax", bh * seq, length, dtype))
     graph.add(ops.gemm("pv", seq, head_dim, length, dtype, bh))
     return graph
 
@@ -148,34 +208,77 @@ def describe_fast_attention(
     kvh, length = _check(batch, heads, seq, head_dim, kv_heads, kv_len)
     if outer_block < 1 or inner_block < 1:
         raise InputError("attention: outer_block and inner_block must be >= 1")
-    del kvh  # GQA is a broadcast: the GEMMs run over all batch*heads query heads
     inner = min(inner_block, outer_block)
-    acc = "fp32"
+    group = heads // kvh
+    bkv = batch * kvh  # GEMM batch: the group's query heads are stacked along the rows
     bh = batch * heads
+    f = FP32_BYTES
+    elt = dtype_bytes(dtype)
     graph = RankGraph(rank=0)
     limit = kv_block_limit(length, kv_lens)
+    size = 2 * outer_block  # the tiling-mask template: full(-inf) then triu(1)
+    graph.add(_fill("template_full", size * size))
+    graph.add(ops.elementwise("template_triu", size * size, ACC, 1.0, 1, 1))
     for q_start in range(0, seq, outer_block):
         rows = min(outer_block, seq - q_start)
-        graph.add(ops.elementwise(f"q{q_start}.load_scale", bh * rows * head_dim, acc, 1.0, 1, 1))
+        qrow = f"q{q_start}"
+        q_elems = bh * rows * head_dim
+        stats = bh * rows  # one running max / sum per query row
+        if dtype != ACC:
+            graph.add(_cast(f"{qrow}.cast_q", q_elems, dtype, ACC))
+        graph.add(_vec(f"{qrow}.scale", q_elems, 2 * q_elems * f))
+        graph.add(_fill(f"{qrow}.init_max", stats))
+        graph.add(_fill(f"{qrow}.init_sum", stats))
+        graph.add(_fill(f"{qrow}.init_o", q_elems))
         for k_start in range(0, limit, outer_block):
             cols = min(outer_block, limit - k_start)
             kind = block_kind(q_start, rows, k_start, cols, causal, q_offset)
             if kind == "masked":
                 continue
-            tag = f"q{q_start}.k{k_start}"
-            for t in range(0, cols, inner):
-                graph.add(ops.gemm(f"{tag}.qk{t}", rows, min(inner, cols - t), head_dim, acc, bh))
-            if kind == "partial" or padding_applies(k_start, cols, kv_lens):
-                graph.add(ops.elementwise(f"{tag}.mask_add", bh * rows * cols, acc, 1.0, 2, 1))
-            n = bh * rows * cols
-            graph.add(ops.elementwise(f"{tag}.rowmax", n, acc, 1.0, 1, 0, OpKind.REDUCTION))
-            graph.add(ops.elementwise(f"{tag}.exp", n, acc, 2.0, 1, 1))
-            graph.add(ops.elementwise(f"{tag}.rowsum", n, acc, 1.0, 1, 0, OpKind.REDUCTION))
-            graph.add(ops.elementwise(f"{tag}.rescale", bh * rows * head_dim, acc, 1.0, 1, 1))
-            for t in range(0, cols, inner):
-                graph.add(ops.gemm(f"{tag}.pv{t}", rows, head_dim, min(inner, cols - t), acc, bh))
-                graph.add(ops.elementwise(f"{tag}.acc{t}", bh * rows * head_dim, acc, 1.0, 2, 1))
-        graph.add(ops.elementwise(f"q{q_start}.normalise", bh * rows * head_dim, acc, 1.0, 2, 1))
+            tag = f"{qrow}.k{k_start}"
+            kv_elems = bkv * cols * head_dim
+            if dtype != ACC:
+                graph.add(_cast(f"{tag}.cast_k", kv_elems, dtype, ACC))
+                graph.add(_cast(f"{tag}.cast_v", kv_elems, dtype, ACC))
+            tiles = range(0, cols, inner)
+            for t in tiles:
+                n = min(inner, cols - t)
+                graph.add(ops.gemm(f"{tag}.qk{t}", group * rows, n, head_dim, ACC, bkv))
+            n = bh * rows * cols  # score elements of the block
+            if len(tiles) > 1:  # torch.cat of the inner tiles: one copy of the block
+                graph.add(ops.memcpy(f"{tag}.cat", n * f))
+            padding = padding_applies(k_start, cols, kv_lens)
+            if padding:  # torch.stack of one template row per batch element
+                graph.add(ops.memcpy(f"{tag}.pad_stack", batch * cols * f))
+                if kind == "partial":  # causal slice + padding rows
+                    graph.add(
+                        _vec(
+                            f"{tag}.mask_combine",
+                            batch * rows * cols,
+                            (2 * batch + 1) * rows * cols * f,
+                        )
+                    )
+            if kind == "partial" or padding:
+                # S + mask slice: read S and the (rows x cols) slice, write S.
+                graph.add(_vec(f"{tag}.mask_add", n, (2 * n + rows * cols) * f))
+            graph.add(_vec(f"{tag}.rowmax", n, (n + stats) * f, 1.0, OpKind.REDUCTION))
+            graph.add(_vec(f"{tag}.max_update", stats, 3 * stats * f))
+            graph.add(_vec(f"{tag}.sub_max", n, (2 * n + stats) * f))
+            graph.add(_vec(f"{tag}.exp", n, 2 * n * f, EXP_FLOPS))
+            graph.add(_vec(f"{tag}.alpha_sub", stats, 3 * stats * f))
+            graph.add(_vec(f"{tag}.alpha_exp", stats, 2 * stats * f, EXP_FLOPS))
+            graph.add(_vec(f"{tag}.sum_rescale", stats, 3 * stats * f))
+            graph.add(_vec(f"{tag}.rowsum", n, (n + stats) * f, 1.0, OpKind.REDUCTION))
+            graph.add(_vec(f"{tag}.sum_add", stats, 3 * stats * f))
+            graph.add(_vec(f"{tag}.o_rescale", q_elems, (2 * q_elems + stats) * f))
+            for t in tiles:
+                n_t = min(inner, cols - t)
+                graph.add(ops.gemm(f"{tag}.pv{t}", group * rows, head_dim, n_t, ACC, bkv))
+                graph.add(_vec(f"{tag}.acc{t}", q_elems, 3 * q_elems * f))
+        graph.add(_vec(f"{qrow}.normalise", q_elems, (2 * q_elems + stats) * f))
+        if dtype != ACC:
+            graph.add(_cast(f"{qrow}.cast_out", q_elems, ACC, dtype))
+        graph.add(ops.memcpy(f"{qrow}.store", q_elems * elt))  # into the output slice
     return graph
 
 

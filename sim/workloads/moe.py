@@ -24,14 +24,18 @@ No torch here: this module is imported by the simulator.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from types import MappingProxyType
 
 from sim.errors import InputError
 from sim.ir import Collective, CollectiveKind, Op, OpKind, RankGraph, Stream, Unit, dtype_bytes
 from sim.ops import elementwise, gemm, memcpy, softmax
+from sim.workloads.attention import EXP_FLOPS
 
 INDEX_BYTES = 8  # int64 expert ids / token indices, as torch.sort and topk return them
-SILU_MUL_FLOPS = 5.0  # silu(g) = g * sigmoid(g): ~4 FLOPs, then * up: 1
+# silu(g) = g / (1 + exp(-g)): an exp (EXP_FLOPS, see sim/workloads/attention.py), then
+# negate, add, divide, multiply.
+SILU_FLOPS = EXP_FLOPS + 4.0
 
 
 def _check(
@@ -98,15 +102,52 @@ def _sort_op(name: str, rows: float) -> Op:
     )
 
 
-def _swiglu(
-    graph: RankGraph, prefix: str, rows: float, hidden: int, ffn: float, dtype: str, label: str
-) -> None:
-    graph.add(gemm(f"{prefix}.gate", rows, ffn, hidden, dtype), label=label)
-    graph.add(gemm(f"{prefix}.up", rows, ffn, hidden, dtype), label=label)
-    graph.add(
-        elementwise(f"{prefix}.silu_mul", rows * ffn, dtype, SILU_MUL_FLOPS, 2, 1), label=label
+def _weights(op: Op, param_bytes: float, footprint: float) -> Op:
+    """Mark a GEMM's weight operand (``param_bytes``) and the layer's weight footprint.
+
+    The cost model's cache tier (sim/cost/roofline.py) holds weights in the last-level
+    cache only when every weight the layer reads per forward fits there: a cyclic
+    sweep over more data than an LRU cache holds evicts each weight before its next
+    use, so those bytes come from main memory whatever the size of one GEMM.
+    """
+    return replace(
+        op,
+        shape=MappingProxyType(
+            {**op.shape, "param_bytes": param_bytes, "param_footprint_bytes": footprint}
+        ),
     )
-    graph.add(gemm(f"{prefix}.down", rows, hidden, ffn, dtype), label=label)
+
+
+def _swiglu(
+    graph: RankGraph,
+    prefix: str,
+    rows: float,
+    hidden: int,
+    ffn: float,
+    dtype: str,
+    label: str,
+    footprint: float = 0.0,
+) -> None:
+    """gate GEMM, SiLU, up GEMM, multiply, down GEMM: the five ops of one SwiGLU FFN."""
+    w = hidden * ffn * dtype_bytes(dtype)  # bytes of one of the three weight matrices
+    graph.add(_weights(gemm(f"{prefix}.gate", rows, ffn, hidden, dtype), w, footprint), label=label)
+    graph.add(elementwise(f"{prefix}.silu", rows * ffn, dtype, SILU_FLOPS), label=label)
+    graph.add(_weights(gemm(f"{prefix}.up", rows, ffn, hidden, dtype), w, footprint), label=label)
+    graph.add(elementwise(f"{prefix}.mul", rows * ffn, dtype, 1.0, 2, 1), label=label)
+    graph.add(_weights(gemm(f"{prefix}.down", rows, hidden, ffn, dtype), w, footprint), label=label)
+
+
+def _index_op(name: str, rows: float, bytes_per_row: float) -> Op:
+    """An index / gather / arithmetic op over ``rows`` int64 ids (and what they carry)."""
+    return Op(
+        name,
+        OpKind.ROUTING,
+        rows,
+        MappingProxyType({"hbm": rows * bytes_per_row}),
+        "fp32",
+        Unit.VECTOR,
+        MappingProxyType({"rows": rows}),
+    )
 
 
 def expert_loads(
@@ -171,22 +212,40 @@ def describe_moe(
     graph = RankGraph(rank)
     lbl = "moe"
 
-    # Router: logits GEMM, scores, top-k, weight normalisation.
-    graph.add(gemm("moe.router", tokens, num_experts, hidden, dtype, out_dtype="fp32"), label=lbl)
+    per_rank = num_experts // ep
+    local = range(rank * per_rank, (rank + 1) * per_rank)
+    # Weights this rank reads per forward: router, its active experts, shared experts.
+    active = sum(1 for e in local if loads[e] > 0)
+    footprint = (
+        b * hidden * (num_experts + 3 * active * expert_ffn + 3 * shared_experts * shared_ffn)
+    )
+
+    # Router: logits GEMM, scores, top-k, gather of the chosen scores, normalisation.
+    router = gemm("moe.router", tokens, num_experts, hidden, dtype, out_dtype="fp32")
+    graph.add(_weights(router, num_experts * hidden * b, footprint), label=lbl)
     if scoring == "softmax":
         graph.add(softmax("moe.router.softmax", tokens, num_experts, "fp32"), label=lbl)
     else:
         graph.add(elementwise("moe.router.sigmoid", tokens * num_experts, "fp32", 4.0), label=lbl)
     graph.add(_topk_op("moe.router.topk", tokens, num_experts, top_k, dtype), label=lbl)
-    if top_k > 1:
-        graph.add(elementwise("moe.router.normalise", tokens * top_k, "fp32", 2.0, 1, 1), label=lbl)
+    # scores.gather(1, ids): read ids (int64), write the chosen fp32 scores.
+    graph.add(_index_op("moe.router.gather", sent_rows, INDEX_BYTES + 2 * 4), label=lbl)
+    if top_k > 1:  # weights / weights.sum(-1): a row sum, then a divide
+        graph.add(
+            elementwise("moe.router.sum", sent_rows, "fp32", 1.0, 1, 0, OpKind.REDUCTION),
+            label=lbl,
+        )
+        graph.add(elementwise("moe.router.normalise", sent_rows, "fp32", 1.0, 1, 1), label=lbl)
 
-    # Dispatch: sort assignments by expert, gather the token rows into that order.
+    # Dispatch: sort assignments by expert, reorder ids and weights, count rows per
+    # expert, gather the token rows into that order.
     graph.add(_sort_op("moe.dispatch.sort", sent_rows), label=lbl)
+    graph.add(_index_op("moe.dispatch.sorted_ids", sent_rows, 3 * INDEX_BYTES), label=lbl)
+    graph.add(_index_op("moe.dispatch.token_of", sent_rows, 2 * INDEX_BYTES), label=lbl)
+    graph.add(_index_op("moe.dispatch.sorted_weights", sent_rows, INDEX_BYTES + 2 * b), label=lbl)
+    graph.add(_index_op("moe.dispatch.bincount", sent_rows, INDEX_BYTES), label=lbl)
     permute = graph.add(memcpy("moe.dispatch.permute", sent_rows * hidden * b), label=lbl)
 
-    per_rank = num_experts // ep
-    local = range(rank * per_rank, (rank + 1) * per_rank)
     if ep > 1:
         group = tuple(range(ep))
         counts = graph.add(
@@ -216,7 +275,16 @@ def describe_moe(
         )
         # Shared experts need no remote data: they overlap the dispatch all-to-all.
         if shared_experts:
-            _swiglu(graph, "moe.shared", tokens, hidden, shared_experts * shared_ffn, dtype, lbl)
+            _swiglu(
+                graph,
+                "moe.shared",
+                tokens,
+                hidden,
+                shared_experts * shared_ffn,
+                dtype,
+                lbl,
+                footprint,
+            )
         recv_rows = sum(loads[e] for e in local)
         graph.add(
             _sort_op("moe.dispatch.local_sort", recv_rows), deps=(rows_a2a, ids_a2a), label=lbl
@@ -227,7 +295,7 @@ def describe_moe(
     for e in local:
         if loads[e] <= 0:
             continue  # no tokens, no GEMM
-        _swiglu(graph, f"moe.expert{e}", loads[e], hidden, expert_ffn, dtype, lbl)
+        _swiglu(graph, f"moe.expert{e}", loads[e], hidden, expert_ffn, dtype, lbl, footprint)
 
     if ep > 1:
         last = graph.add(memcpy("moe.combine.local_unpermute", recv_rows * hidden * b), label=lbl)
@@ -245,12 +313,23 @@ def describe_moe(
             label=lbl,
         )
     else:
+        # torch.zeros_like(x): the combine accumulator.
+        graph.add(elementwise("moe.combine.zeros", tokens * hidden, dtype, 1.0, 0, 1), label=lbl)
         graph.add(elementwise("moe.combine.scale", sent_rows * hidden, dtype, 1.0, 1, 1), label=lbl)
     # index_add_: read the scaled rows and the accumulator, write the accumulator.
     graph.add(elementwise("moe.combine.index_add", sent_rows * hidden, dtype, 1.0, 2, 1), label=lbl)
 
     if shared_experts:
         if ep == 1:
-            _swiglu(graph, "moe.shared", tokens, hidden, shared_experts * shared_ffn, dtype, lbl)
+            _swiglu(
+                graph,
+                "moe.shared",
+                tokens,
+                hidden,
+                shared_experts * shared_ffn,
+                dtype,
+                lbl,
+                footprint,
+            )
         graph.add(elementwise("moe.shared.add", tokens * hidden, dtype, 1.0, 2, 1), label=lbl)
     return graph

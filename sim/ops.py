@@ -185,6 +185,11 @@ def fused_attention(
     _check_heads(name, heads, kv_heads, head_dim, v_head_dim)
     kvh = kv_heads or heads
     vd = v_head_dim or head_dim
+    if causal and kv_len < q_len:
+        raise InputError(
+            f"{name}: causal attention needs kv_len >= q_len (the queries are the last "
+            f"q_len positions), got kv_len={kv_len} < q_len={q_len}; raise --kv-len"
+        )
     pairs = q_len * kv_len
     if causal and q_len > 1:
         # Query i attends to kv positions up to (kv_len - q_len + i): sum over i.

@@ -4,7 +4,7 @@ and the fix, never a Python traceback.
 Each case runs ``xpusim ...`` in-process through ``sim.cli.main.main`` and checks the return
 code, that stderr holds no traceback, and that it names what was wrong. A few cases run as a
 real process, where the exit status itself is the contract. Inputs the current tree does not
-yet reject cleanly are listed in ``KNOWN_GAPS`` as non-strict ``xfail`` (see the QA report),
+yet rejected cleanly were fixed and are kept as ``FORMER_GAPS`` regression cases,
 so they turn green when fixed without breaking the suite.
 """
 
@@ -387,22 +387,20 @@ def test_bad_input_is_a_clean_error(capsys, files, command, code, words):
         assert word in err, f"{word!r} not in: {err}"
 
 
-# Inputs the current tree still accepts silently or answers unclearly (QA report). Non-strict
-# xfail: they pass once the command rejects them with exit 2 and a message naming the flag.
-KNOWN_GAPS = [
+FORMER_GAPS = [
     (f"{TRAIN.replace('--nodes 1', '--nodes 0')} --tp 2", ["--nodes"], "--nodes 0 taken as unset"),
     (f"{INFER.replace('--devices 1', '--devices 0')}", ["--devices"], "--devices 0 taken as unset"),
     (
         "op attention --heads 8 --seq 4096 --kv-len 16 --causal --device h100-sxm5-80gb",
         ["--kv-len"],
-        "causal with kv_len < q_len: 'FLOPs must be >= 0' instead of naming --kv-len",
+        "causal with kv_len < q_len must name --kv-len",
     ),
+    ("op gemm --m 8 --n 8 --k 8 --dtype fp64 --device ascend-910b2", ["fp64"], "no fp64 unit"),
 ]
 
 
-@pytest.mark.parametrize(("command", "words", "why"), KNOWN_GAPS, ids=[g[2] for g in KNOWN_GAPS])
-@pytest.mark.xfail(reason="known gap, see the QA report", strict=False)
-def test_known_gaps(capsys, files, command, words, why):
+@pytest.mark.parametrize(("command", "words", "why"), FORMER_GAPS, ids=[g[2] for g in FORMER_GAPS])
+def test_former_gaps_are_rejected(capsys, files, command, words, why):
     rc, err = run_cli(capsys, command, files)
     assert rc == 2, why
     assert "Traceback" not in err

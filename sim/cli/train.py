@@ -132,6 +132,8 @@ def run(args: argparse.Namespace) -> int:
     plan, extra = build_plan(args)
     spec = _load_model(args.model or extra.get("model"))
     system_name = args.system or extra.get("system") or "atlas-800t-a2"
+    if args.nodes is not None and args.nodes < 1:
+        raise InputError(f"--nodes must be >= 1, got {args.nodes}")
     nodes = args.nodes or extra.get("nodes")
     if nodes is None:
         probe = load_system(system_name)

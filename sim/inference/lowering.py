@@ -64,6 +64,9 @@ def plan_for(devices: int | None, tp: int | None, ep: int = 1) -> ParallelPlan:
     """The plan of the ``--devices N`` (TP = N) or ``--tp T [--ep E]`` options."""
     if devices is not None and tp is not None:
         raise InputError("give either --devices N (TP=N) or --tp/--ep, not both")
+    for flag, value in (("--devices", devices), ("--tp", tp), ("--ep", ep)):
+        if value is not None and value < 1:
+            raise InputError(f"{flag} must be >= 1, got {value}")
     if tp is not None:
         return ParallelPlan(tp=tp, ep=ep)
     if ep != 1:

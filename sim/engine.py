@@ -14,14 +14,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import simpy
 
 from sim.ir import Collective, Delay, Op, RankGraph, Stream, Work
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
+class Record(NamedTuple):
+    """One executed task (a NamedTuple: immutable and cheap to create in the hot loop)."""
+
     rank: int
     stream: str
     task: int
@@ -124,12 +126,14 @@ class Engine:
             finished: list[float | None] = [None] * len(graph.tasks)
             waiters: dict[int, simpy.Event] = {}
             durations = self._durations(graph)
+            meta = [(t.work.name, _kind_of(t.work), t.label) for t in graph.tasks]
+            watched = self._watched(graph)
             by_stream: dict[Stream, list[int]] = {}
             for task in graph.tasks:
                 by_stream.setdefault(task.stream, []).append(task.id)
             for stream, tids in by_stream.items():
-                env.process(self._stream(env, graph, stream, tids, durations, finished,
-                                         waiters, simulated, rendezvous, records))
+                env.process(self._stream(env, graph, stream, tids, durations, meta, watched,
+                                         finished, waiters, simulated, rendezvous, records))
         env.run()
         unfinished = [key for key, state in rendezvous.items() if not state[1].triggered]
         if unfinished:
@@ -152,8 +156,8 @@ class Engine:
                 out.append(-1.0)  # collectives are priced at their rendezvous
         return out
 
-    def _stream(self, env, graph, stream, tids, durations, finished, waiters, simulated,
-                rendezvous, records):
+    def _stream(self, env, graph, stream, tids, durations, meta, watched, finished, waiters,
+                simulated, rendezvous, records):
         """Run one stream's tasks in order.
 
         Consecutive ops whose dependencies are already met and whose completion no
@@ -163,7 +167,7 @@ class Engine:
         """
         tasks = graph.tasks
         rank = graph.rank
-        watched = self._watched(graph)
+        append = records.append
         i, n = 0, len(tids)
         while i < n:
             tid = tids[i]
@@ -177,17 +181,16 @@ class Engine:
             work = task.work
             if isinstance(work, Collective):
                 start = yield from self._collective(env, work, simulated, rendezvous)
-                self._finish(rank, stream, task, start, env.now, finished, waiters, records)
+                self._finish(rank, stream, task, meta[tid], start, env.now, finished, waiters,
+                             records)
                 i += 1
                 continue
             t = env.now
             run_end = i
             while True:
                 tid = tids[run_end]
-                task = tasks[tid]
                 end = t + durations[tid]
-                records.append(Record(rank, stream, tid, task.work.name, _kind_of(task.work),
-                                      task.label, t, end))
+                append(Record(rank, stream, tid, *meta[tid], t, end))
                 t = end
                 run_end += 1
                 if watched[tid] or run_end >= n:
@@ -220,13 +223,12 @@ class Engine:
         return watched
 
     @staticmethod
-    def _finish(rank, stream, task, start, end, finished, waiters, records) -> None:
+    def _finish(rank, stream, task, task_meta, start, end, finished, waiters, records) -> None:
         finished[task.id] = end
         ev = waiters.pop(task.id, None)
         if ev is not None:
             ev.succeed()
-        records.append(Record(rank, stream, task.id, task.work.name, _kind_of(task.work),
-                              task.label, start, end))
+        records.append(Record(rank, stream, task.id, *task_meta, start, end))
 
     def _collective(self, env, work: Collective, simulated, rendezvous):
         key = (work.name, work.tag, work.group)

@@ -100,6 +100,9 @@ class EfficiencyFile(_Strict):
     launch_overhead_us: float = Field(ge=0)
     core_block_m: int = Field(default=128, gt=0)
     core_block_n: int = Field(default=128, gt=0)
+    # Output block shapes [m, n] the GEMM library may choose among (see Efficiency);
+    # empty = just [core_block_m, core_block_n].
+    core_blocks: list[tuple[int, int]] = Field(default_factory=list)
     # Per-op-kind corrections written by calibration (see Efficiency); keys are OpKind values.
     kind_speed: dict[str, float] = Field(default_factory=dict)
     kind_overhead_us: dict[str, float] = Field(default_factory=dict)
@@ -125,6 +128,16 @@ class EfficiencyFile(_Strict):
                 raise ValueError(f"kind_overhead_us.{kind} must be >= 0, got {value}")
         return table
 
+    @field_validator("core_blocks")
+    @classmethod
+    def _blocks_positive(cls, blocks: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        for m, n in blocks:
+            if m <= 0 or n <= 0:
+                raise ValueError(
+                    f"core_blocks entries must be [m, n] with m, n > 0, got [{m}, {n}]"
+                )
+        return blocks
+
     def to_spec(self) -> Efficiency:
         return Efficiency(
             matrix_max=self.matrix_max,
@@ -136,6 +149,7 @@ class EfficiencyFile(_Strict):
             launch_overhead_s=self.launch_overhead_us * US,
             core_block_m=self.core_block_m,
             core_block_n=self.core_block_n,
+            core_blocks=tuple((int(m), int(n)) for m, n in self.core_blocks),
             kind_speed=dict(self.kind_speed),
             kind_overhead_s={k: v * US for k, v in self.kind_overhead_us.items()},
             cache_bytes=self.cache_mib * MIB,

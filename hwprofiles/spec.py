@@ -48,6 +48,10 @@ class Efficiency:
     # L0C block); drives wave quantisation.
     core_block_m: int = 128
     core_block_n: int = 128
+    # Output block shapes (m, n) the GEMM library may choose among per problem (cuBLAS /
+    # CUTLASS heuristics pick the CTA tile that wastes least on wave quantisation).
+    # Empty = only (core_block_m, core_block_n), the single fixed block.
+    core_blocks: tuple[tuple[int, int], ...] = ()
     # Per-op-kind corrections (calibration fills them; empty = no correction):
     # ``kind_speed[kind]`` divides the roofline body max(compute, memory) of ops of that
     # OpKind (a CPU's conv2d runs through oneDNN, its GEMM through BLAS: one matrix curve
@@ -64,6 +68,11 @@ class Efficiency:
     # streams operands while it computes (1); a CPU BLAS call packs its operands, a
     # memory pass, before the compute loop runs (< 1).
     overlap: float = 1.0
+
+    @property
+    def block_shapes(self) -> tuple[tuple[int, int], ...]:
+        """The GEMM output block shapes to choose from, in order of preference."""
+        return self.core_blocks or ((self.core_block_m, self.core_block_n),)
 
 
 @dataclass(frozen=True)

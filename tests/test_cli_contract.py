@@ -319,11 +319,6 @@ def test_sd_qwen2_moe_rises_then_falls_and_beats_dense(capsys, tmp_path):
     assert (tmp_path / "sd.png").stat().st_size > 0
 
 
-@pytest.mark.xfail(
-    reason="OPT-30B speedup rises again at the largest batch (0.886 at 80 -> 0.917 at 100), "
-    "where issue 6 states it falls monotonically (QA report)",
-    strict=False,
-)
 def test_sd_dense_opt30b_speedup_falls_monotonically(capsys):
     out = run_json(
         capsys,

@@ -110,6 +110,68 @@ def test_gemm_time_grows_with_work(m, n, k, axis, extra):
     assert model.time(ops.gemm("g", **grown)).time_s >= base * (1 - 1e-12)
 
 
+def test_block_shape_choice_hand_computed():
+    # 640 x 128 x 256 on 4 cores. 128x128 blocks: 5 blocks -> 2 waves -> 8 block slots
+    # of 2*128*128*256 FLOPs. 64x128 blocks: 10 blocks -> 3 waves -> 12 slots of
+    # 2*64*128*256 = 6 slots of the 128x128 size: the library picks 64x128.
+    dev = toy_device(matrix_half_flops=0.0, core_blocks=((128, 128), (64, 128)))
+    cost = RooflineModel(dev).time(ops.gemm("g", 640, 128, 256, "bf16"))
+    executed = 3 * 4 * (2 * 64 * 128 * 256)
+    assert cost.details["executed_flops"] == pytest.approx(executed)
+    assert cost.details["wave_efficiency"] == pytest.approx(10 / 12)
+
+
+def test_block_shape_ties_go_to_the_first_listed():
+    # 512 x 512: 16 blocks of 128x128 (4 waves) or 64 of 64x64 (16 waves): same work;
+    # either order gives the same executed FLOPs, the choice is the first listed.
+    op = ops.gemm("g", 512, 512, 1024, "bf16")
+    a = toy_device(core_blocks=((128, 128), (64, 64)))
+    b = toy_device(core_blocks=((64, 64), (128, 128)))
+    ta, tb = RooflineModel(a).time(op), RooflineModel(b).time(op)
+    assert ta.details["executed_flops"] == tb.details["executed_flops"] == 2 * 512 * 512 * 1024
+
+
+def test_default_block_list_is_the_single_core_block():
+    eff = Efficiency(core_block_m=64, core_block_n=256)
+    assert eff.block_shapes == ((64, 256),)
+    # Ascend and the CPU profile keep the one block they had (their calibration stays valid).
+    for name in ("ascend-910b2", "cpu-host"):
+        e = load_device(name).efficiency
+        assert e.block_shapes == ((e.core_block_m, e.core_block_n),)
+
+
+def test_nvidia_profiles_list_several_block_shapes():
+    for name in list_devices():
+        dev = load_device(name)
+        if dev.arch == "nvidia":
+            shapes = dev.efficiency.block_shapes
+            assert len(shapes) > 1, name
+            assert shapes[0] == (dev.efficiency.core_block_m, dev.efficiency.core_block_n), name
+
+
+def test_bad_core_blocks_are_rejected(tmp_path):
+    from hwprofiles.loader import ROOT
+    from sim.errors import ProfileError
+
+    text = (ROOT / "devices" / "a800-sxm4-80gb.toml").read_text()
+    bad = tmp_path / "bad.toml"
+    bad.write_text(text.replace("core_blocks = [[128, 128]", "core_blocks = [[0, 128]"))
+    with pytest.raises(ProfileError, match="core_blocks"):
+        load_device(str(bad))
+
+
+@settings(max_examples=200, deadline=None)
+@given(dims, dims, dims, st.integers(1, 8), st.sampled_from(["m", "n", "k", "batch"]),
+       st.integers(1, 5000))
+def test_gemm_time_with_block_choice_grows_with_work(m, n, k, batch, axis, extra):
+    # The minimum over block shapes of non-decreasing functions is non-decreasing.
+    model = RooflineModel(load_device("h100-sxm5-80gb"))
+    base = model.time(ops.gemm("g", m, n, k, batch=batch)).time_s
+    grown = {"m": m, "n": n, "k": k, "batch": batch}
+    grown[axis] += extra
+    assert model.time(ops.gemm("g", **grown)).time_s >= base * (1 - 1e-12)
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.floats(1, 1e12), st.floats(1, 1e12))
 def test_more_memory_bandwidth_never_slows_an_op(numel, scale):

@@ -21,6 +21,8 @@ from sim.inference.speculative import (
     expected_tokens,
     head_spec,
     peak,
+    rejection_device_time,
+    rejection_ops,
     sigma_to_alpha,
 )
 from sim.models.hf_config import load_model
@@ -86,6 +88,28 @@ def test_round_is_the_sum_of_its_parts(qwen_rows):
         assert r.experts_loaded >= r.experts_loaded_ar
 
 
+def test_rejection_sampler_is_a_priced_memory_pass(a800, vllm):
+    """t_reject = two fp32 passes over B x gamma x vocab probabilities (hand-computed)."""
+    b, g, vocab = 12, 4, 151_936
+    first, second = rejection_ops(b, g, vocab)
+    numel = b * g * vocab
+    assert first.main_bytes == pytest.approx(numel * 4 * 3)  # read target + draft, write
+    assert second.main_bytes == pytest.approx(numel * 4 * 2)  # read recovered, write noise
+    dev = vllm.device_for_step(a800.device, None)  # runs eagerly, outside CUDA graphs
+    eff = dev.efficiency
+    bw = dev.hbm_bandwidth * eff.memory_max
+    expected = sum(
+        (n + eff.memory_half_bytes) / bw + eff.launch_overhead_s for n in (numel * 12, numel * 8)
+    )
+    assert rejection_device_time(dev, b, g, vocab) == pytest.approx(expected)
+
+
+def test_reject_time_grows_with_batch_and_is_in_the_round(qwen_rows):
+    rej = [r.t_reject_s for r in qwen_rows]
+    assert all(x > 0 for x in rej)
+    assert all(a < b for a, b in zip(rej, rej[1:], strict=False))
+
+
 def test_moe_speedup_rises_then_falls_with_peak_at_medium_batch(qwen_rows):
     s = [r.speedup for r in qwen_rows]
     best = peak(qwen_rows)
@@ -104,9 +128,10 @@ def test_moe_target_efficiency_rises_then_falls(qwen_rows):
 def test_dense_speedup_falls(opt_rows):
     s = np.array([r.speedup for r in opt_rows])
     assert int(np.argmax(s)) == 0
-    # Falls overall; wave quantisation adds small sawtooth steps (MoESD Fig. 5c shows them too).
+    # With the library choosing the GEMM block shape per problem, the dense speedup
+    # falls monotonically with batch (MoESD Fig. 1/5; issue 6).
     assert np.corrcoef(BATCHES, s)[0, 1] < -0.8
-    assert all(s[i] <= s[:i].max() * 1.01 for i in range(1, len(s)))
+    assert all(s[i] <= s[i - 1] for i in range(1, len(s))), s
 
 
 def test_moe_beats_dense_above_batch_16(qwen_rows, opt_rows):

@@ -10,7 +10,9 @@ For one op on one device (docs/cost_model.md derives each term):
     has m, n, k) the output is cut into per-core blocks (``core_block_m x core_block_n``,
     operands padded to the matrix tile: 16x16x16 Cube fractal, tensor-core MMA tile)
     that run in waves over the cores; a wave lasts as long as its largest block, so
-    ``work = waves * cores * 2 * min(bm, m) * min(bn, n) * k`` (padded dims).
+    ``work = waves * cores * 2 * min(bm, m) * min(bn, n) * k`` (padded dims). A device
+    may list several block shapes (``core_blocks``); the least ``work`` among them is
+    taken, as GEMM libraries choose the CTA tile per problem.
 * memory_s = max over levels of (bytes + half_bytes) / (bandwidth * memory_max);
   a calibrated last-level-cache tier multiplies the main-memory bandwidth by
   ``cache_speedup`` for ops moving at most ``cache_bytes`` (off by default). Weights
@@ -52,18 +54,34 @@ def gemm_quantisation(
     """(executed FLOPs, wave efficiency) of a (batched) GEMM on the device's matrix unit.
 
     Executed FLOPs count padding to the matrix tile and the idle cores of the last wave.
+    The library picks, among the device's block shapes (``efficiency.block_shapes``),
+    the one that executes the least work (ties: the first listed), as cuBLAS/CUTLASS
+    heuristics pick a CTA tile per problem to cut wave-quantisation waste.
     """
     tm, tn, tk = device.matrix_tile
-    eff = device.efficiency
     pm, pn, pk = _pad(m, tm), _pad(n, tn), _pad(k, tk)
     if pm == 0 or pn == 0 or pk == 0 or batch <= 0:
         return 0.0, 1.0
-    blocks = math.ceil(batch) * math.ceil(pm / eff.core_block_m) * math.ceil(pn / eff.core_block_n)
-    cores = device.matrix_cores
-    waves = math.ceil(blocks / cores)
-    block_flops = 2.0 * min(eff.core_block_m, pm) * min(eff.core_block_n, pn) * pk
-    executed = waves * cores * block_flops
+    executed = min(
+        block_work(pm, pn, pk, batch, bm, bn, device.matrix_cores)
+        for bm, bn in device.efficiency.block_shapes
+    )
     return executed, 2.0 * batch * pm * pn * pk / executed
+
+
+def block_work(
+    pm: float, pn: float, pk: float, batch: float, bm: int, bn: int, cores: int
+) -> float:
+    """FLOPs executed by a padded GEMM cut into ``bm x bn`` output blocks run in waves.
+
+    A wave lasts as long as its largest block, so every core of every wave counts a
+    full block. Each factor is non-decreasing in pm, pn, pk and batch, so this is too;
+    the minimum over block shapes of non-decreasing functions is non-decreasing, which
+    keeps GEMM time monotone in the problem size.
+    """
+    blocks = math.ceil(batch) * math.ceil(pm / bm) * math.ceil(pn / bn)
+    waves = math.ceil(blocks / cores)
+    return waves * cores * 2.0 * min(bm, pm) * min(bn, pn) * pk
 
 
 def cold_bytes(op: Op, cache_bytes: float) -> float:

@@ -5,6 +5,10 @@ sequential steps as in its Eq. 4):
 
     t_round = gamma * t_draft_step(B) + t_verify(B, gamma+1 tokens each) + t_reject(B)
 
+t_reject is the rejection sampler's device passes over the B x gamma x vocab fp32
+probabilities of target and draft (``rejection_ops``, priced by the cost model) plus
+the engine profile's host terms (``reject_s``, ``reject_per_token_s``).
+
 The target scores gamma+1 positions per request (the gamma drafted tokens plus the
 bonus position), as vLLM does; the step times come from the simulator (ops ->
 cost model -> engine) with the serving engine's host overheads. A round yields
@@ -23,11 +27,14 @@ from dataclasses import dataclass, replace
 
 from scipy.optimize import brentq
 
-from hwprofiles.spec import System
+from hwprofiles.spec import Device, System
+from sim import ops
+from sim.cost import RooflineModel
 from sim.errors import InputError
 from sim.inference.engine_profile import NO_ENGINE, EngineProfile
 from sim.inference.lowering import ParallelPlan, StepBatch, StepSimulator
 from sim.inference.routing import UNIFORM, Routing
+from sim.ir import Op
 from sim.models.spec import ModelSpec
 
 HEAD_KINDS = ("eagle", "mtp")
@@ -66,6 +73,32 @@ def sigma_to_alpha(sigma: float, gamma: int) -> float:
     if sigma <= lo:
         return 0.0
     return brentq(lambda a: expected_tokens(a, gamma) / (gamma + 1) - sigma, 0.0, 1.0 - 1e-12)
+
+
+def rejection_ops(batch: int, gamma: int, vocab: int) -> list[Op]:
+    """The device work of vLLM's rejection sampler for one round (fp32 probabilities).
+
+    vLLM 0.6 ``RejectionSampler`` (modified rejection sampling, Leviathan et al.) takes
+    the target's and the draft's probabilities at the gamma drafted positions of every
+    request, [B, gamma, vocab] each in fp32, and
+    1. forms the recovered distribution max(0, p_target - p_draft), normalised: reads
+       both tensors, writes one (sub, clamp, sum, divide ~ 4 FLOPs per element);
+    2. samples from it by the exponential race argmax(p / q), q ~ Exp(1): reads the
+       recovered distribution, writes the noise (~3 FLOPs: draw, divide, compare).
+    The accept test itself touches B x gamma scalars (negligible). The bonus position
+    is sampled by the ordinary sampler, which the engine's step cost covers.
+    """
+    numel = float(batch * gamma * vocab)
+    return [
+        ops.elementwise("rejection.recovered_probs", numel, "fp32", 4.0, inputs=2, outputs=1),
+        ops.elementwise("rejection.sample", numel, "fp32", 3.0, inputs=1, outputs=1),
+    ]
+
+
+def rejection_device_time(device: Device, batch: int, gamma: int, vocab: int) -> float:
+    """Seconds of the rejection sampler's device passes (memory-bound roofline cost)."""
+    model = RooflineModel(device)
+    return sum(model.time(op).time_s for op in rejection_ops(batch, gamma, vocab))
 
 
 def head_spec(target: ModelSpec, kind: str) -> tuple[ModelSpec, int]:
@@ -167,6 +200,9 @@ class SpeculativeModel:
         self.engine = engine
         self.context = context
         self.target = StepSimulator(target, system, plan, engine, dtype, routing)
+        # The sampler runs eagerly (outside CUDA graphs) on the target's first device.
+        self.reject_device = engine.device_for_step(system.device, None)
+        self.vocab = target.vocab
         self.draft = draft_simulator(
             target, draft, system, plan, engine, dtype, routing, draft_plan
         )
@@ -178,7 +214,9 @@ class SpeculativeModel:
         draft = self.draft.run(StepBatch(batch, 1, self.context + (g - 1) / 2, "decode"))
         verify = self.target.run(StepBatch(batch, g + 1, self.context, "verify"))
         t_draft = g * draft.time_s
-        t_reject = self.engine.reject_time(batch * (g + 1))
+        t_reject = self.engine.reject_time(batch * (g + 1)) + rejection_device_time(
+            self.reject_device, batch, g, self.vocab
+        )
         t_round = t_draft + verify.time_s + t_reject
         return SDRow(
             batch,

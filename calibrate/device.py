@@ -15,6 +15,18 @@ from sim.errors import InputError
 
 KINDS = ("cpu", "cuda", "npu")
 
+# torch is an optional extra (pyproject.toml): the simulator runs without it.
+TORCH_INSTALL = "pip install -c constraints.txt -e '.[torch]'"
+
+
+def require_torch(what: str):
+    """``import torch``, or an ``InputError`` (exit 2) saying that ``what`` needs it."""
+    try:
+        import torch
+    except ImportError:  # not installed (or blocked): name the extra that provides it
+        raise InputError(f"{what} needs torch: {TORCH_INSTALL}") from None
+    return torch
+
 
 @dataclass(frozen=True)
 class LocalDevice:
@@ -55,7 +67,7 @@ def _npu_available() -> bool:
 
 
 def available_kinds() -> list[str]:
-    import torch
+    torch = require_torch("timing kernels")
 
     kinds = ["cpu"]
     if torch.cuda.is_available():
@@ -67,10 +79,9 @@ def available_kinds() -> list[str]:
 
 def detect(kind: str = "cpu", threads: int | None = None) -> LocalDevice:
     """Select ``kind`` (cpu/cuda/npu), set torch's thread count, and describe the device."""
-    import torch
-
     if kind not in KINDS:
         raise InputError(f"--device '{kind}': expected one of {', '.join(KINDS)}")
+    torch = require_torch(f"timing kernels on --device {kind}")
     if kind not in available_kinds():
         raise InputError(
             f"--device {kind}: not available here (found: {', '.join(available_kinds())}); "

@@ -37,6 +37,8 @@ class Measured:
             "shape": json.dumps(self.case.params, sort_keys=True),
             "dtype": self.case.dtype,
             **self.m.as_dict(),
+            # MoE: rows per expert in the measured run, so a refit needs no torch.
+            "routing": "" if self.case.routing is None else json.dumps(list(self.case.routing)),
         }
         if device is not None:
             row.update(
@@ -69,7 +71,9 @@ def measure_cases(
     progress: Callable[[Case], None] | None = None,
 ) -> list[Measured]:
     """Time every case on ``local``; a case whose kernel fails to run is reported and skipped."""
-    import torch
+    from calibrate.device import require_torch
+
+    torch = require_torch(f"timing kernels on --device {local.kind}")
 
     timer = timer_for(local.kind, local.threads)
     out: list[Measured] = []
@@ -80,7 +84,8 @@ def measure_cases(
             fn = case.runner(local.torch_device)
         except (ImportError, NotImplementedError) as exc:
             raise InputError(f"suite {case.suite}: cannot build the kernel ({exc})") from None
-        out.append(Measured(case, measure(fn, timer=timer, config=config)))
+        # Record the MoE routing now (torch is here) so --from-measurements needs none.
+        out.append(Measured(case.with_routing(), measure(fn, timer=timer, config=config)))
         del fn
         if local.kind == "cuda":
             torch.cuda.empty_cache()
@@ -95,19 +100,43 @@ def write_measurements(
     return write_csv(path, [m.row(local) for m in measured])
 
 
-def read_measurements(path: str | Path) -> list[Measured]:
-    """Rows written by ``write_measurements`` back into (case, measurement) pairs."""
+# Columns read_measurements needs (write_measurements writes these and more).
+REQUIRED_COLUMNS = (
+    "suite", "split", "shape", "dtype", "median_s", "q1_s", "q3_s", "min_s", "reps",
+    "rel_iqr", "outlier_fraction", "noisy",
+)  # fmt: skip
+
+
+def read_measurements(path: str | Path, flag: str = "") -> list[Measured]:
+    """Rows written by ``write_measurements`` back into (case, measurement) pairs.
+
+    ``flag`` (e.g. ``--from-measurements``) prefixes every error message, so the user
+    sees which option named the bad file.
+    """
     path = Path(path)
+    where = f"{flag} {path}" if flag else str(path)
     if not path.exists():
-        raise InputError(f"{path}: measurements file not found")
+        raise InputError(f"{where}: measurements file not found")
+    if path.is_dir():
+        raise InputError(f"{where}: is a directory; pass the measurements CSV")
     out = []
-    with path.open() as fh:
-        for row in csv.DictReader(fh):
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise InputError(
+                f"{where}: missing column(s) {', '.join(missing)}; pass a measurements CSV "
+                "written by 'xpusim calibrate' (columns: " + ", ".join(REQUIRED_COLUMNS) + ")"
+            )
+        for line, row in enumerate(reader, start=2):
+            if row["suite"] not in SUITES:
+                raise InputError(
+                    f"{where}:{line}: unknown suite '{row['suite']}'; known: {', '.join(SUITES)}"
+                )
             try:
-                if row["suite"] not in SUITES:
-                    raise KeyError(f"unknown suite {row['suite']}")
                 shape = tuple((k, float(v)) for k, v in json.loads(row["shape"]).items())
-                case = Case(row["suite"], shape, row["split"], row["dtype"])
+                routing = _routing(row.get("routing"))
+                case = Case(row["suite"], shape, row["split"], row["dtype"], routing)
                 m = Measurement(
                     float(row["median_s"]),
                     float(row["q1_s"]),
@@ -120,12 +149,21 @@ def read_measurements(path: str | Path) -> list[Measured]:
                     float(row.get("wall_median_s") or row["median_s"]),
                     float(row.get("contention") or 1.0),
                 )
-            except (KeyError, ValueError) as exc:
+            except (KeyError, ValueError, TypeError, AttributeError) as exc:
+                # json.JSONDecodeError is a ValueError; a None cell (short row) a TypeError.
                 raise InputError(
-                    f"{path}: bad measurement row ({exc}); regenerate it with 'xpusim calibrate'"
+                    f"{where}:{line}: bad measurement row ({exc}); "
+                    "regenerate it with 'xpusim calibrate'"
                 ) from None
             out.append(Measured(case, m))
     return out
+
+
+def _routing(cell: str | None) -> tuple[int, ...] | None:
+    """The 'routing' cell: a JSON list of rows per expert, or empty (not recorded)."""
+    if not cell:
+        return None
+    return tuple(int(v) for v in json.loads(cell))
 
 
 def fit_measured(measured: Sequence[Measured], base: Device) -> FitResult:

@@ -14,7 +14,7 @@ import functools
 import itertools
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -31,12 +31,19 @@ Shape = dict[str, float]
 
 @dataclass(frozen=True)
 class Case:
-    """One measured configuration: a suite, a shape, and whether it is fit or held out."""
+    """One measured configuration: a suite, a shape, and whether it is fit or held out.
+
+    ``routing`` (MoE cases only) is the rows each expert received when the case was
+    measured, as recorded in the measurements CSV: with it the case's graph is built
+    without torch; without it ``moe_routing_histogram`` reruns the router (needs torch).
+    It is a record of the run, not part of the case's identity (``compare=False``).
+    """
 
     suite: str
     shape: tuple[tuple[str, float], ...]
     split: str  # "fit" | "heldout"
     dtype: str
+    routing: tuple[int, ...] | None = field(default=None, compare=False)
 
     @property
     def params(self) -> Shape:
@@ -47,7 +54,17 @@ class Case:
         return f"{self.suite}[" + ",".join(f"{k}={_fmt(v)}" for k, v in self.shape) + "]"
 
     def graph(self) -> RankGraph:
-        return SUITES[self.suite].graph(self.params, self.dtype)
+        shape: dict = self.params
+        if self.routing is not None:
+            shape = {**shape, "tokens_per_expert": self.routing}
+        return SUITES[self.suite].graph(shape, self.dtype)
+
+    def with_routing(self) -> Case:
+        """This case with its MoE routing histogram filled in (others: unchanged)."""
+        if self.suite != "moe" or self.routing is not None:
+            return self
+        hist = moe_routing_histogram(self.shape, self.dtype)
+        return replace(self, routing=tuple(int(v) for v in hist))
 
     def runner(self, torch_device: str) -> Callable[[], object]:
         return SUITES[self.suite].runner(self.params, self.dtype, torch_device)
@@ -426,8 +443,12 @@ def moe_routing_histogram(shape: tuple[tuple[str, float], ...], dtype: str) -> t
     get 1.5x the mean); the graph the simulator prices uses this histogram
     (``describe_moe(tokens_per_expert=...)``), i.e. the routing the kernel really did.
     """
-    import torch
+    from calibrate.device import require_torch
 
+    torch = require_torch(
+        "pricing an MoE case whose routing is not recorded (a measurements CSV without "
+        "a 'routing' column; re-measure with 'xpusim calibrate' to record it)"
+    )
     layer, x = _moe_layer_and_input(dict(shape), dtype, "cpu")
     with torch.inference_mode():
         _, stats = layer(x, return_stats=True)
@@ -442,6 +463,8 @@ def moe_shape_with_routing(s: Shape, dtype: str) -> dict:
 
 
 def _moe_ops(s: Shape, dtype: str) -> RankGraph:
+    if "tokens_per_expert" in s:  # the routing recorded when the case was measured
+        return describe_kernel("moe", s, dtype)
     return describe_kernel("moe", moe_shape_with_routing(s, dtype), dtype)
 
 

@@ -397,3 +397,302 @@ def test_whatif_train_nodes_default_like_train(tmp_path):
     system, _ = base_inputs(load_saved(saved))
     # tp 8 x pp 2 = 16 devices on 8-NPU Atlas 800T A2 servers: 2 nodes, as `xpusim train`.
     assert system.nodes == 2
+
+
+# --------------------------------------------------------------------------- torch-free calibrate
+
+NO_TORCH = (
+    "import sys; sys.modules['torch'] = None  # as if torch were not installed\n"
+    "from sim.cli.main import main\n"
+    "sys.exit(main(sys.argv[1:]))\n"
+)
+
+
+def run_without_torch(args: list[str], cwd: Path) -> tuple[int, str]:
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", NO_TORCH, *args], cwd=cwd, capture_output=True, text=True
+    )
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc.returncode, proc.stderr
+
+
+def _routed_csv(tmp_path: Path, routing: bool = True) -> Path:
+    """Measurements made by the uncalibrated model itself, MoE rows with a recorded routing
+    (uniform: tokens x top_k / experts rows per expert), built without torch."""
+    from dataclasses import replace
+
+    from calibrate.harness import summarise
+    from calibrate.pipeline import Measured, predict_case, write_measurements
+    from calibrate.suites import cases
+
+    base = load_device("cpu-host")
+    rows = []
+    for case in cases(["gemm", "memcpy", "add", "softmax", "moe"], quick=True):
+        if case.suite == "moe":
+            p = case.params
+            per_expert = int(p["tokens"] * p["top_k"] / p["experts"])
+            case = replace(case, routing=(per_expert,) * int(p["experts"]))
+        t = predict_case(case, base)
+        rows.append(Measured(case if routing else replace(case, routing=None), summarise([t] * 5)))
+    return write_measurements(tmp_path / "m.csv", rows)
+
+
+def test_routing_round_trips_through_the_csv(tmp_path):
+    from calibrate.pipeline import read_measurements
+
+    measured = read_measurements(_routed_csv(tmp_path))
+    moe = [m for m in measured if m.case.suite == "moe"]
+    assert {m.case.params["tokens"] for m in moe} == {64, 256, 512}
+    for m in moe:  # tokens x top_k 2 / 8 experts rows per expert, as written
+        assert m.case.routing == (int(m.case.params["tokens"]) * 2 // 8,) * 8
+    assert all(m.case.routing is None for m in measured if m.case.suite != "moe")
+
+
+def test_recorded_routing_is_the_graph_torch_would_build():
+    pytest.importorskip("torch")
+    from calibrate.suites import cases
+
+    case = next(c for c in cases(["moe"], quick=True))
+    routed = case.with_routing()
+    assert routed.routing is not None and routed == case  # routing is not the case's identity
+    assert sum(routed.routing) <= case.params["tokens"] * case.params["top_k"]
+    a, b = routed.graph().ops(), case.graph().ops()
+    assert [(o.name, o.flops) for o in a] == [(o.name, o.flops) for o in b]
+
+
+def test_calibrate_needs_torch_to_measure(tmp_path):
+    rc, err = run_without_torch(["calibrate", "--quick", "--out", "o.toml"], tmp_path)
+    assert rc == 2
+    assert "needs torch: pip install -c constraints.txt -e '.[torch]'" in err
+    assert "--from-measurements" in err  # the torch-free alternative is named
+
+
+def test_validate_needs_torch_to_measure(tmp_path):
+    csv = _routed_csv(tmp_path)
+    assert (
+        main(["calibrate", "--from-measurements", str(csv), "--out", str(tmp_path / "o.toml")]) == 0
+    )
+    rc, err = run_without_torch(["validate", "--calibration", "o.toml", "--out", "v"], tmp_path)
+    assert rc == 2 and "needs torch" in err and "--measurements" in err
+
+
+def test_refit_and_validate_from_a_csv_need_no_torch(tmp_path):
+    _routed_csv(tmp_path)
+    rc, err = run_without_torch(
+        ["calibrate", "--from-measurements", "m.csv", "--out", "o.toml", "--json"], tmp_path
+    )
+    assert rc == 0, err
+    assert (tmp_path / "o.toml").exists()
+    rc, err = run_without_torch(
+        ["validate", "--calibration", "o.toml", "--measurements", "m.csv", "--out", "v"],
+        tmp_path,
+    )
+    assert rc == 0, err
+    rows = (tmp_path / "v" / "validation.csv").read_text()
+    assert "moe" in rows  # the MoE held-out cases were priced from their recorded routing
+
+
+def test_csv_without_routing_names_what_torch_is_for(tmp_path):
+    _routed_csv(tmp_path, routing=False)
+    rc, err = run_without_torch(
+        ["calibrate", "--from-measurements", "m.csv", "--out", "o.toml"], tmp_path
+    )
+    assert rc == 2 and "'routing' column" in err and "needs torch" in err
+
+
+@pytest.mark.parametrize("drop", [["suite"], ["suite", "median_s"]])
+def test_measurements_csv_names_the_missing_columns(tmp_path, capsys, drop):
+    import csv
+
+    src = _routed_csv(tmp_path)
+    with src.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    bad = tmp_path / "bad.csv"
+    with bad.open("w", newline="") as fh:
+        keep = [k for k in rows[0] if k not in drop]
+        writer = csv.DictWriter(fh, keep, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    rc, _, err = run_cli(capsys, f"calibrate --from-measurements {bad} --out {tmp_path}/o.toml")
+    assert rc == 2
+    assert f"missing column(s) {', '.join(drop)}" in err and "--from-measurements" in err
+    overlay = tmp_path / "o.toml"
+    assert main(["calibrate", "--from-measurements", str(src), "--out", str(overlay)]) == 0
+    capsys.readouterr()
+    rc, _, err = run_cli(
+        capsys, f"validate --calibration {overlay} --measurements {bad} --out {tmp_path}/v"
+    )
+    assert rc == 2 and "--measurements" in err and "missing column(s) suite" in err
+
+
+def test_measurements_csv_unknown_suite_and_bad_cell(tmp_path, capsys):
+    src = _routed_csv(tmp_path)
+    lines = src.read_text().splitlines()
+    (tmp_path / "suite.csv").write_text("\n".join([lines[0], "nope" + lines[1][4:]]) + "\n")
+    rc, _, err = run_cli(
+        capsys, f"calibrate --from-measurements {tmp_path}/suite.csv --out {tmp_path}/o.toml"
+    )
+    assert rc == 2 and "suite.csv:2: unknown suite 'nope'" in err
+    rc, _, err = run_cli(capsys, f"calibrate --from-measurements {tmp_path} --out x.toml")
+    assert rc == 2 and "is a directory" in err
+
+
+# --------------------------------------------------------------------------- collective size
+
+
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        ("all-reduce --ranks 1000000", ["--ranks 1000000", "131,072", "fewer --ranks"]),
+        ("all-to-all --ranks 131073", ["--ranks 131073", "131,072"]),
+        ("all-reduce --nodes 20000", ["--nodes 20000 x 8", "160,000 ranks", "fewer --nodes"]),
+    ],
+)
+def test_collective_rejects_absurd_rank_counts(capsys, flags, words):
+    rc, _, err = run_cli(capsys, f"collective {flags} --system dgx-h100")
+    assert rc == 2
+    for word in words:
+        assert word in err
+
+
+def test_cost_collective_caps_the_group():
+    from hwprofiles import load_system
+    from sim.network import cost_collective
+    from sim.network.api import MAX_RANKS
+
+    system = load_system("dgx-h100", nodes=MAX_RANKS // 8 + 1)
+    with pytest.raises(InputError, match="above the limit of 131,072"):
+        cost_collective(system, "all-reduce", range(MAX_RANKS + 1), 1e6)
+
+
+def test_flow_backend_rejects_a_huge_all_to_all_before_listing_it(capsys):
+    # 100,000 ranks: 10^10 flows; the check counts them instead of listing them.
+    rc, _, err = run_cli(
+        capsys, "collective all-to-all --system dgx-h100 --ranks 100000 --backend flow"
+    )
+    assert rc == 2 and "too many for the flow backend" in err and "--backend analytical" in err
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    ranks=st.integers(2, 48),
+    system=st.sampled_from(["dgx-h100", "atlas-800t-a2", "atlas-800t-a3", "pcie-l40"]),
+    kind=st.sampled_from(["all-to-all", "all-reduce", "all-gather"]),
+    limit=st.integers(10, 20_000),
+)
+def test_flow_early_check_only_rejects_what_the_exact_check_would(ranks, system, kind, limit):
+    """The count-based check is a lower bound: whenever it rejects, the incidence matrix
+    listed from the real flows and links is larger than the limit too."""
+    from unittest import mock
+
+    from hwprofiles import load_system
+    from sim.ir import CollectiveKind
+    from sim.network import flow
+    from sim.network.algorithms import build, candidates
+    from sim.network.topology import Topology
+
+    sysm = load_system(system)
+    sysm = load_system(system, nodes=-(-ranks // sysm.devices_per_node))
+    topo = Topology(sysm)
+    group = tuple(range(ranks))
+    ck = CollectiveKind(kind)
+    for algorithm in candidates(ck, topo, group):
+        for phase in build(ck, algorithm, topo, group, 1e6):
+            flows = phase.expand()
+            links = {link for s, d, _ in flows for link in topo.path(s, d)}
+            with mock.patch.object(flow, "MAX_CELLS", limit):
+                if flow._too_large(topo, phase) is not None:
+                    assert len(flows) * len(links) > limit
+
+
+# --------------------------------------------------------------------------- argument checks
+
+
+def test_explore_top_must_be_positive(capsys):
+    rc, _, err = run_cli(capsys, f"explore {EXAMPLES / 'small_study.toml'} --top -1 --no-plots")
+    assert rc == 2 and "--top must be >= 1" in err
+
+
+TRAIN = "train --model llama-3-8b --system atlas-800t-a2 --nodes 1 --gbs 8 --seq 128 --tp 2"
+
+
+@pytest.mark.parametrize("dtype", ["int4", "int8", "fp64"])
+def test_train_rejects_inference_dtypes(capsys, dtype):
+    rc, _, err = run_cli(capsys, f"{TRAIN} --dtype {dtype} --quiet")
+    assert rc == 2 and f"--dtype '{dtype}'" in err and "bf16, fp16, fp32, fp8" in err
+
+
+def test_train_plan_file_dtype_is_named(capsys, tmp_path):
+    plan = tmp_path / "plan.toml"
+    plan.write_text('[plan]\ndtype = "int8"\n')
+    rc, _, err = run_cli(capsys, f"{TRAIN} --plan {plan} --quiet")
+    assert rc == 2 and f"{plan}: dtype 'int8'" in err
+
+
+@pytest.mark.parametrize("dtype", ["fp8", "fp16"])
+def test_train_accepts_training_dtypes(dtype):
+    plan, _ = train_cli.build_plan(_train_args(f"--dtype {dtype}"))
+    assert plan.dtype == dtype
+
+
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        ("--gamma 4", "--gamma needs --draft"),
+        ("--alpha 0.7", "--alpha needs --draft"),
+        ("--gamma 2 --draft-devices 2", "--gamma, --draft-devices needs --draft"),
+    ],
+)
+def test_serve_speculative_options_need_a_draft(capsys, flags, words):
+    rc, _, err = run_cli(capsys, f"{SERVE} {flags}")
+    assert rc == 2 and words in err
+
+
+def test_serve_draft_gets_the_default_gamma(capsys):
+    rc, out, _ = run_cli(capsys, f"{SERVE} --draft eagle --json")
+    assert rc == 0
+    payload = json.loads(out)
+    assert (payload["gamma"], payload["alpha"]) == (4, 0.8)
+
+
+# --------------------------------------------------------------------------- sd memory
+
+
+def _sd_memory():
+    # SD_SMALL: qwen2-57b-a14b on 2 x A800 (hgx-a800), vLLM 0.6, bf16.
+    from hwprofiles import load_system
+    from sim.inference.lowering import plan_for, require_memory
+
+    engine = load_engine("vllm-0.6")
+    return require_memory(
+        load_model("qwen2-57b-a14b"), load_system("hgx-a800"), plan_for(2, None, 1), engine, "bf16"
+    )
+
+
+def test_sd_batch_that_fits_nowhere_is_an_oom_verdict(capsys):
+    rc, _, err = run_cli(capsys, f"{SD_SMALL} --batch 1000000")
+    assert rc == 3
+    assert "out of memory" in err and "SD verification of batch 1000000" in err
+    assert "--batch" in err
+
+
+def test_sd_rows_that_do_not_fit_are_listed_not_simulated(capsys):
+    memory = _sd_memory()
+    context, gamma = 512, 4
+    # A verification round keeps batch x (context + gamma + 1) tokens per device (EP 1).
+    largest = int(memory.kv_cache // ((context + gamma + 1) * memory.kv_bytes_per_token))
+    batches = f"1,{largest},{largest + 1},1000000"
+    rc, out, _ = run_cli(capsys, f"{SD_SMALL} --batch {batches} --gamma {gamma} --json")
+    assert rc == 0
+    group = json.loads(out)["groups"][0]
+    assert [r["batch"] for r in group["rows"]] == [1, largest]
+    oom = group["oom_rows"]
+    assert [r["batch"] for r in oom] == [largest + 1, 1_000_000]
+    assert all(r["fits"] is False and "speedup" not in r for r in oom)
+    assert oom[0]["kv_needed_bytes"] == pytest.approx(
+        (largest + 1) * (context + gamma + 1) * memory.kv_bytes_per_token
+    )
+    assert oom[0]["kv_needed_bytes"] > group["kv_cache_bytes"]

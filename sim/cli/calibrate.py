@@ -1,7 +1,8 @@
 """``xpusim calibrate --device cpu [--quick] --out FILE``: time the suites on this machine,
 fit the cost model, and write a calibration overlay (plus the measurements CSV).
 
-torch is imported only inside ``run`` (via ``calibrate``): the simulator runs without it.
+torch is imported only when timing (via ``calibrate``): the simulator runs without it, and
+``--from-measurements`` refits a CSV without it (MoE rows carry their recorded routing).
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     if args.from_measurements:
         from calibrate.pipeline import read_measurements, recorded_device
 
-        measured = read_measurements(args.from_measurements)
+        measured = read_measurements(args.from_measurements, "--from-measurements")
         local = recorded_device(args.from_measurements, args.device)
         quick = bool(args.quick)
     else:
@@ -133,7 +134,11 @@ def run(args: argparse.Namespace) -> int:
 def _measure(args: argparse.Namespace, suites, seed: int):
     from tqdm import tqdm
 
-    from calibrate.device import detect
+    from calibrate.device import detect, require_torch
+
+    require_torch(
+        "'xpusim calibrate' (timing kernels; '--from-measurements CSV' refits without torch)"
+    )
     from calibrate.harness import HarnessConfig
     from calibrate.pipeline import measure_cases
     from calibrate.suites import cases

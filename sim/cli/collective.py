@@ -18,7 +18,7 @@ from sim.errors import InputError
 from sim.ir import CollectiveKind
 from sim.network import cost_collective
 from sim.network.algorithms import ALGORITHMS
-from sim.network.api import BACKENDS
+from sim.network.api import BACKENDS, MAX_RANKS
 from sim.report import (
     check_output_file,
     check_plot_path,
@@ -66,9 +66,18 @@ def sized_system(name: str, ranks: int | None, nodes: int | None) -> tuple[Syste
     """Load the system and size it for ``ranks``; returns (system, ranks, note)."""
     system = load_system(name)
     dpn = system.devices_per_node
+    given_ranks = ranks
     ranks = ranks if ranks is not None else dpn * (nodes or 1)
     if ranks < 1:
         raise InputError(f"--ranks must be >= 1, got {ranks}")
+    if ranks > MAX_RANKS:
+        flag = "--ranks" if given_ranks is not None else "--nodes"
+        given = f"--ranks {ranks}" if given_ranks is not None else f"--nodes {nodes} x {dpn}"
+        raise InputError(
+            f"{given}: {ranks:,} ranks is above the limit of {MAX_RANKS:,} (2^17, more "
+            "than the largest clusters built; the ring/tree pricing grows with every rank): "
+            f"pass fewer {flag}"
+        )
     need = -(-ranks // dpn)
     note = ""
     if nodes is None:

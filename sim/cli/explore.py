@@ -127,6 +127,8 @@ def _table(rows: list[dict[str, Any]]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.top < 1:  # a negative slice would silently drop the last rows instead
+        raise InputError(f"--top must be >= 1 (rows of the printed table), got {args.top}")
     study = load_study(args.study)
     search = study.search
     if args.rank_by:

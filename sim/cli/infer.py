@@ -49,6 +49,10 @@ def add_deployment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
+# Defaults of the speculative-decoding options of --serve (used only with --draft).
+SD_DEFAULTS = {"gamma": 4, "alpha": 0.8, "draft_devices": 1}
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("infer", help="inference step (prefill/decode) or serving simulation")
     p.add_argument("--model", required=True, help="model preset name or HF config.json path")
@@ -70,16 +74,43 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--prompt-len", default="uniform:128:1024", help="N, uniform:A:B or exp:MEAN")
     s.add_argument("--output-len", default="exp:256", help="N, uniform:A:B or exp:MEAN")
     s.add_argument("--draft", help="speculative decoding: draft model name or head (eagle, mtp)")
-    s.add_argument("--gamma", type=int, default=4)
-    s.add_argument("--alpha", type=float, default=0.8, help="mean acceptance; sampled per request")
-    s.add_argument("--draft-devices", type=int, default=1)
+    # The SD options default to None so that one given without --draft is caught, not
+    # silently ignored; run() fills in the defaults below when --draft is set.
+    s.add_argument(
+        "--gamma", type=int, help=f"tokens drafted per round (default {SD_DEFAULTS['gamma']})"
+    )
+    s.add_argument(
+        "--alpha",
+        type=float,
+        help=f"mean acceptance; sampled per request (default {SD_DEFAULTS['alpha']})",
+    )
+    s.add_argument(
+        "--draft-devices",
+        type=int,
+        help=f"tensor-parallel size of the draft (default {SD_DEFAULTS['draft_devices']})",
+    )
     s.add_argument(
         "--progress", action="store_true", help="show a progress bar (default: on a tty)"
     )
     p.set_defaults(func=run)
 
 
+def fill_speculative_defaults(args: argparse.Namespace) -> None:
+    """Reject SD options given without --draft (they would be ignored); else default them."""
+    given = [name for name in SD_DEFAULTS if getattr(args, name) is not None]
+    if given and not args.draft:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise InputError(
+            f"{flags} needs --draft (speculative decoding): add --draft MODEL (or eagle, mtp) "
+            f"with --serve, or drop {flags}"
+        )
+    for name, value in SD_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+
+
 def run(args: argparse.Namespace) -> int:
+    fill_speculative_defaults(args)
     spec = load_model(args.model)
     system = load_system(args.system, nodes=args.nodes)
     engine = load_engine(args.engine)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from hwprofiles import load_system
 from sim.errors import InputError, NegativeVerdict
+from sim.ir import BYTES_PER_DTYPE
 from sim.parallel import ParallelPlan, load_plan_file, validate_plan
 from sim.report import check_output_file, check_plot_path, emit_json, fmt_bytes, fmt_si, table
 from sim.training.memory import format_breakdown
@@ -73,6 +74,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+# Mixed-precision training computes in these; int8/int4 are inference weight formats.
+TRAIN_DTYPES = ("bf16", "fp16", "fp32", "fp8")
+
+
 def _load_model(name: str | None):
     if not name:
         raise InputError(
@@ -95,6 +100,15 @@ def build_plan(args: argparse.Namespace) -> tuple[ParallelPlan, dict]:
         v = getattr(args, name, None)
         if v is not None:
             values[name] = v
+    dtype = values.get("dtype", "bf16")
+    # An unknown name gets the plan check's message (sim.parallel); a known inference-only
+    # format (int8, int4, ...) gets this one.
+    if dtype in BYTES_PER_DTYPE and dtype not in TRAIN_DTYPES:
+        where = "--dtype" if args.dtype is not None else f"{args.plan}: dtype"
+        raise InputError(
+            f"{where} '{dtype}': training computes in {', '.join(TRAIN_DTYPES)} "
+            "(integer formats are inference-only); pass one of those"
+        )
     if args.recompute is not None:
         values["recompute"] = args.recompute
     if args.layer_split:

@@ -61,11 +61,16 @@ def run(args: argparse.Namespace) -> int:
     if args.measurements:
         from calibrate.pipeline import read_measurements
 
-        measured = [m for m in read_measurements(args.measurements) if m.case.split == "heldout"]
+        rows = read_measurements(args.measurements, "--measurements")
+        measured = [m for m in rows if m.case.split == "heldout"]
         if suites:
             measured = [m for m in measured if m.case.suite in suites]
     else:
-        from calibrate.device import detect
+        from calibrate.device import detect, require_torch
+
+        require_torch(
+            "'xpusim validate' (timing held-out kernels; '--measurements CSV' needs no torch)"
+        )
         from calibrate.harness import HarnessConfig
         from calibrate.pipeline import measure_cases
 

@@ -7,6 +7,16 @@ target efficiency = t_ar / t_verify. Optional groups: a dense target/draft pair
 (``compare_dense``/``draft_dense``) and the target re-run with other top-k
 (``topk``, MoESD Fig. 4).
 
+Memory: every batch is checked against the target's KV cache with the rule ``xpusim
+infer`` uses (``sim.inference.kvcache.require_kv_fit``): a verification round keeps
+each request's context plus the gamma drafted tokens plus the bonus token, i.e.
+``batch x (context + gamma + 1)`` tokens (split over the EP groups). Batches that do
+not fit are left out of the sweep (no speedup is computed for them) and listed under
+the group's ``oom_rows`` with ``fits: false``; when no batch of a group fits, the
+study is an out-of-memory verdict (exit 3), as in ``xpusim infer``. (The draft's own
+KV cache is not counted: a head's is tiny, and a draft model runs on its own
+``--draft-devices``.)
+
 The study takes the ``System`` as an argument (the CLI loads it from a profile name;
 ``xpusim whatif`` passes a varied copy), and ``args`` is any object with the
 ``xpusim sd`` option names as attributes (an ``argparse.Namespace``).
@@ -20,6 +30,7 @@ from typing import Any
 from hwprofiles.spec import System
 from sim.errors import InputError
 from sim.inference.engine_profile import EngineProfile, load_engine
+from sim.inference.kvcache import MemoryPlan, require_kv_fit, step_kv_bytes
 from sim.inference.lowering import ParallelPlan, plan_for, require_memory
 from sim.inference.routing import Routing, routing_from_text
 from sim.inference.speculative import (
@@ -63,7 +74,8 @@ def _group(
     routing: Routing,
 ) -> dict:
     """One target/draft pair swept over ``batches``: rows, peak and the peak/sqrt(2) band."""
-    require_memory(target, system, plan, engine, args.dtype)
+    memory = require_memory(target, system, plan, engine, args.dtype)
+    fitting, oom_rows = _kv_fit(label, memory, batches, args, plan)
     model = SpeculativeModel(
         target,
         draft,
@@ -77,7 +89,7 @@ def _group(
         args.dtype,
         routing,
     )
-    rows = model.sweep(batches)
+    rows = model.sweep(fitting)
     best = peak(rows)
     lo, hi = band_width(rows)
     return {
@@ -89,7 +101,35 @@ def _group(
         "rows": [r.as_dict() for r in rows],
         "peak": {"batch": best.batch, "speedup": best.speedup},
         "band_sqrt2": {"min_batch": lo, "max_batch": hi},
+        "kv_cache_bytes": memory.kv_cache,
+        "oom_rows": oom_rows,
     }
+
+
+def _kv_fit(
+    label: str, memory: MemoryPlan, batches: list[int], args: Any, plan: ParallelPlan
+) -> tuple[list[int], list[dict]]:
+    """(batches whose verification round fits the KV cache, rows for those that do not).
+
+    Raises the out-of-memory verdict (exit 3) of the smallest batch when none fits.
+    """
+    cached = args.context + args.gamma  # + the bonus token: step_kv_bytes adds one
+    fitting, oom_rows = [], []
+    for b in batches:
+        needed = step_kv_bytes(memory, b, cached, plan.ep)
+        if needed <= memory.kv_cache:
+            fitting.append(b)
+        else:
+            oom_rows.append({"batch": b, "kv_needed_bytes": needed, "fits": False})
+    if not fitting:
+        b = min(batches)
+        require_kv_fit(
+            memory,
+            step_kv_bytes(memory, b, cached, plan.ep),
+            f"{label}: SD verification of batch {b} x (context {args.context:g} + "
+            f"gamma {args.gamma} + 1) tokens",
+        )
+    return fitting, oom_rows
 
 
 def _draft(name: str) -> ModelSpec | str:

@@ -25,6 +25,14 @@ from sim.network.topology import Topology
 
 BACKENDS = ("analytical", "flow")
 
+# The largest collective group priced. The ring, tree and hierarchical decompositions
+# list one flow per rank (the tree four), and ``auto`` prices each candidate, so the
+# cost grows linearly with the group: ~4.5 s for an all-reduce at this limit on a
+# 2-core laptop-class machine, ~35 s at 2^20. 2^17 ranks is above the largest
+# clusters built (~100K GPUs; Pangu Ultra MoE trained on ~6K NPUs), so a larger group
+# is a typo, not a study.
+MAX_RANKS = 131_072
+
 
 @dataclass(frozen=True)
 class CollectiveResult:
@@ -95,6 +103,11 @@ def cost_collective(
         raise InputError(f"unknown backend '{backend}'; choose one of: {', '.join(BACKENDS)}")
     if nbytes < 0:
         raise InputError(f"bytes must be >= 0, got {nbytes}")
+    if len(group) > MAX_RANKS:
+        raise InputError(
+            f"a group of {len(group):,} ranks is above the limit of {MAX_RANKS:,} "
+            "(2^17, more than the largest clusters built); use fewer ranks"
+        )
     group = tuple(int(g) for g in group)
     topo = Topology(system)
     topo.check_group(group)

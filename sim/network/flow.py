@@ -49,7 +49,36 @@ def max_min_rates(incidence: np.ndarray, capacity: np.ndarray, active: np.ndarra
     return rates
 
 
+def _too_large(topo: Topology, phase: Phase) -> InputError | None:
+    """The MAX_CELLS verdict from counts alone, before the flows are listed (an
+    all-to-all lists n^2 flows: 10^10 at 100,000 ranks, which would never finish).
+
+    Every flow leaves its source on a link of its own (die-to-die, mesh, switch port)
+    or on its node's NIC, which at most ``devices_per_nic`` devices share; so the
+    phase uses at least ceil(sources / devices_per_nic) links and the incidence matrix
+    has at least flows x that many cells. Rejecting on this lower bound rejects only
+    phases that the exact check after listing would reject too.
+    """
+    listed = [f for f in phase.flows if f[0] != f[1] and f[2] > 0]
+    n_flows = len(listed)
+    sources = {f[0] for f in listed}
+    if phase.a2a_bytes > 0:
+        n_flows += sum(len(g) * (len(g) - 1) for g in phase.a2a_groups)
+        sources.update(d for g in phase.a2a_groups if len(g) > 1 for d in g)
+    min_links = -(-len(sources) // topo.devices_per_nic())
+    if n_flows * min_links <= MAX_CELLS:
+        return None
+    return InputError(
+        f"phase '{phase.name}' has {n_flows:,} flows on at least {min_links:,} links, too "
+        "many for the flow backend (meant for groups up to ~64 ranks): use --backend "
+        "analytical"
+    )
+
+
 def simulate_phase(topo: Topology, phase: Phase) -> PhaseCost:
+    early = _too_large(topo, phase)
+    if early is not None:
+        raise early
     flows = phase.expand()
     if not flows:
         return PhaseCost(phase.name, 0.0, 0.0, 0.0, {}, "none (no traffic)")

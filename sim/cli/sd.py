@@ -122,6 +122,9 @@ def run(args: argparse.Namespace) -> int:
                 ],
             )
         )
+        if g.get("oom_rows"):
+            skipped = ", ".join(str(r["batch"]) for r in g["oom_rows"])
+            print(f"  out of KV-cache memory (not simulated): batch {skipped}")
     for path in (args.csv, args.plot):
         if path:
             print(f"wrote {path}")

@@ -32,6 +32,11 @@ def list_devices() -> list[str]:
     return sorted(p.stem for p in DEVICE_DIR.glob("*.toml"))
 
 
+def list_calibrated() -> list[str]:
+    """Shipped calibration overlays, loadable by name like a device (``cpu-host-calibrated``)."""
+    return sorted(p.stem for p in CALIBRATED_DIR.glob("*.toml"))
+
+
 def list_systems() -> list[str]:
     return sorted(p.stem for p in SYSTEM_DIR.glob("*.toml"))
 
@@ -67,6 +72,8 @@ def _resolve(name_or_path: str, folder: Path, kind: str, names: list[str]) -> Pa
     path = folder / f"{name_or_path}.toml"
     if path.exists():
         return path
+    if folder == DEVICE_DIR and (CALIBRATED_DIR / f"{name_or_path}.toml").exists():
+        return CALIBRATED_DIR / f"{name_or_path}.toml"  # a shipped calibrated profile
     close = difflib.get_close_matches(name_or_path, names, n=5, cutoff=0.4)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
     raise ProfileError(
@@ -98,7 +105,7 @@ def _deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]
 
 def load_device(name_or_path: str, calibration: str | Path | None = None) -> Device:
     """Load a device profile (by name or path), optionally with a calibration overlay."""
-    path = _resolve(name_or_path, DEVICE_DIR, "device", list_devices())
+    path = _resolve(name_or_path, DEVICE_DIR, "device", list_devices() + list_calibrated())
     raw = read_toml(path)
     if raw.get("kind") == "calibration":
         if calibration is not None:
@@ -125,9 +132,10 @@ def load_device(name_or_path: str, calibration: str | Path | None = None) -> Dev
         raw = _deep_merge(raw, {k: v for k, v in overlay.items() if k not in _OVERLAY_META})
         path = cal_path
     try:
-        return DeviceFile.model_validate(raw).to_spec(path=str(path))
+        device = DeviceFile.model_validate(raw).to_spec(path=str(path))
     except ValidationError as exc:
         raise _explain(path, exc) from None
+    return replace(device, calibration=str(calibration)) if calibration is not None else device
 
 
 def load_system(

@@ -102,6 +102,7 @@ class Device:
     efficiency: Efficiency
     tdp_watts: float | None = None
     quoted_peak: dict[str, float] = field(default_factory=dict)  # MFU denominators only
+    calibration: str = ""  # path of the calibration overlay applied, if any
     sources: dict[str, str] = field(default_factory=dict)
     path: str = ""
 

@@ -415,3 +415,15 @@ def test_system_with_device_by_relative_path(tmp_path: Path) -> None:
     system = load_system(str(tmp_path / "my_sys.toml"))
     assert system.device.name == "my-gpu"
     assert system.device.hbm_bandwidth == 6.7e12
+
+
+def test_shipped_calibrated_profile_loads_by_name():
+    from hwprofiles.loader import list_calibrated
+
+    assert "cpu-host-calibrated" in list_calibrated()
+    calibrated = load_device("cpu-host-calibrated")
+    base = load_device("cpu-host")
+    assert calibrated.name == base.name
+    assert calibrated.calibration.endswith("cpu-host-calibrated.toml")
+    assert base.calibration == ""
+    assert calibrated.efficiency != base.efficiency

@@ -7,7 +7,7 @@ import dataclasses
 from typing import Any
 
 from hwprofiles import list_devices, list_systems, load_device, load_system
-from hwprofiles.loader import load_raw
+from hwprofiles.loader import list_calibrated, load_raw
 from sim.errors import InputError
 from sim.report import emit_json, fmt_bytes, fmt_si, table
 
@@ -44,7 +44,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     devices = list_devices()
     systems = list_systems()
     if args.json:
-        emit_json({"devices": devices, "systems": systems})
+        emit_json({"devices": devices, "systems": systems, "calibrated": list_calibrated()})
         return 0
     rows = []
     for name in devices:
@@ -59,6 +59,9 @@ def cmd_list(args: argparse.Namespace) -> int:
         rows.append([name, f"{sysm.devices_per_node} x {sysm.device.name}", sysm.intra_topology,
                      f"{sysm.nics_per_node} x {fmt_si(sysm.nic.bandwidth * 8, 'b/s')}"])
     print(table(rows, ["system", "devices", "intra-node", "NICs"]))
+    calibrated = list_calibrated()
+    if calibrated:
+        print(f"\ncalibrated profiles (use as a device name): {', '.join(calibrated)}")
     return 0
 
 

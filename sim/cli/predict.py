@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     shape = parse_shape(args.name, args.shape)
     device = load_device(args.device, calibration=args.calibration)
     result = predict_kernel(args.name, shape, device, args.dtype)
-    result["calibration"] = args.calibration
+    result["calibration"] = device.calibration or None
     if args.json:
         emit_json(result)
         return 0
@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         f"{k}=" + (":".join(map(str, v)) if isinstance(v, tuple) else str(int(v)))
         for k, v in shape.items()
     )
-    cal = f" + {args.calibration}" if args.calibration else " (uncalibrated)"
+    cal = f" + {device.calibration}" if device.calibration else " (uncalibrated)"
     print(
         f"{args.name}[{shape_text}] on {device.name}{cal}: {fmt_si(result['time_s'], 's')} "
         f"({result['num_ops']} ops, {fmt_si(result['flops'], 'FLOP')})"

@@ -17,7 +17,7 @@ from typing import Any
 
 from hwprofiles.spec import System
 from sim.cost import CachedCostModel, RooflineModel
-from sim.engine import Engine, SimResult
+from sim.engine import Engine, SimResult, overlap_length, union_intervals
 from sim.errors import InputError
 from sim.ir import Stream
 from sim.models.spec import ModelSpec
@@ -249,32 +249,6 @@ def estimate_memory(spec: ModelSpec, system: System, plan: ParallelPlan) -> list
     return [rank_memory(rp, plan, system.device.hbm_capacity) for rp in rps]
 
 
-def _union(iv: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    out: list[list[float]] = []
-    for a, b in sorted(iv):
-        if b <= a:
-            continue
-        if out and a <= out[-1][1]:
-            out[-1][1] = max(out[-1][1], b)
-        else:
-            out.append([a, b])
-    return [(a, b) for a, b in out]
-
-
-def _overlap(xs, ys) -> float:
-    i = j = 0
-    total = 0.0
-    while i < len(xs) and j < len(ys):
-        lo, hi = max(xs[i][0], ys[j][0]), min(xs[i][1], ys[j][1])
-        if hi > lo:
-            total += hi - lo
-        if xs[i][1] < ys[j][1]:
-            i += 1
-        else:
-            j += 1
-    return total
-
-
 def stage_stats(records: list, makespan: float, rank: int, stage: int) -> StageStats:
     """Busy time by phase and comm group; bubble = compute-stream idle not explained by comm."""
     busy: dict[str, float] = {}
@@ -292,8 +266,8 @@ def stage_stats(records: list, makespan: float, rank: int, stage: int) -> StageS
                 work += d
         elif r.label != "pp":
             async_iv.append((r.start, r.end))
-    cu, au = _union(compute_iv), _union(async_iv)
-    exposed_async = sum(b - a for a, b in au) - _overlap(au, cu)
+    cu, au = union_intervals(compute_iv), union_intervals(async_iv)
+    exposed_async = sum(b - a for a, b in au) - overlap_length(au, cu)
     idle = makespan - sum(b - a for a, b in cu)
     bubble = max(0.0, idle - exposed_async)
     return StageStats(stage, rank, busy, bubble, blocking + exposed_async, work)

@@ -41,7 +41,7 @@ FIGURES: dict[str, Callable[[], dict]] = {
     "train_pangu_6144": _wall("sim.training.bench", "bench_train_pangu", 10.0,
                               "s wall for the 6,144-NPU Pangu Ultra MoE step"),
     "sd_sweep": _wall("sim.inference.bench", "bench_sd_sweep", 30.0,
-                      "s wall for the 16-batch MoESD sweep"),
+                      "s wall for the 19-batch MoESD sweep"),
     "explore_study": _wall("sim.studies.bench", "bench_explore", 300.0,
                            "s wall for the ~1,000-candidate study with --jobs 2"),
 }

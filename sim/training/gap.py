@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from hwprofiles.spec import System
 from sim.models.spec import ModelSpec
@@ -210,34 +211,39 @@ def plot(rows: list[dict], path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m sim.training.gap [--ablations | --combined] [--plot PNG] [VARIANT ...]``."""
+    import argparse
+
     from hwprofiles import load_system
     from sim.models.hf_config import load_model
     from sim.training.bench import PANGU_PLAN
 
+    parser = argparse.ArgumentParser(
+        prog="python -m sim.training.gap",
+        description="Pangu Ultra MoE on 6,144 NPUs: the headline next to one-assumption "
+        "variants (default), the optimisation ablations, or the combined check.",
+    )
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--ablations", action="store_true", help="turn each optimisation off")
+    group.add_argument("--combined", action="store_true", help="the combined sensitivity check")
+    parser.add_argument("--plot", nargs="?", const="out/train_pangu_gap.png", help="write a PNG")
+    parser.add_argument("variants", nargs="*", help="only these variant names (after the headline)")
+    args = parser.parse_args(argv)
     spec = load_model("pangu-ultra-moe")
     system = load_system("atlas-800t-a2", nodes=768)
-    args = list(argv or [])
-    if "--ablations" in args:
+    if args.ablations:
         variants = pangu_ablations(PANGU_PLAN)
-    elif "--combined" in args:
+    elif args.combined:
         variants = pangu_combined(PANGU_PLAN)
     else:
         variants = pangu_variants(PANGU_PLAN)
-    out_png = None
-    if "--plot" in args:
-        i = args.index("--plot")
-        out_png = args[i + 1] if i + 1 < len(args) else "out/train_pangu_gap.png"
-        del args[i : i + 2]
-    names = {a for a in args if not a.startswith("--")}
-    if names:
-        variants = [variants[0]] + [v for v in variants[1:] if v.name in names]
+    if args.variants:
+        variants = [variants[0]] + [v for v in variants[1:] if v.name in set(args.variants)]
     rows = run_variants(spec, system, PANGU_PLAN, variants)
     print(markdown(rows))
-    if out_png:
-        from pathlib import Path
-
-        Path(out_png).parent.mkdir(parents=True, exist_ok=True)
-        plot(rows, out_png)
+    if args.plot:
+        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
+        plot(rows, args.plot)
     return 0
 
 

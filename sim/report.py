@@ -78,6 +78,14 @@ def check_plot_path(path: str | Path, flag: str = "--plot") -> Path:
     return path
 
 
+def check_output_args(args) -> None:
+    """Check a command's ``--plot`` and ``--csv`` paths (when given) before any work runs."""
+    if getattr(args, "plot", None):
+        check_plot_path(args.plot)
+    if getattr(args, "csv", None):
+        check_output_file(args.csv, "--csv")
+
+
 def check_output_file(path: str | Path, flag: str) -> Path:
     """A file the command will write (CSV, JSON, trace): an InputError if it is a directory."""
     path = Path(path)

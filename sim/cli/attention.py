@@ -14,8 +14,7 @@ from hwprofiles import load_device, load_system
 from sim.attention_model import compare, tiling_allreduce_cost
 from sim.errors import InputError
 from sim.report import (
-    check_output_file,
-    check_plot_path,
+    check_output_args,
     emit_json,
     fmt_bytes,
     fmt_si,
@@ -153,10 +152,7 @@ def study(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.plot:
-        check_plot_path(args.plot)
-    if args.csv:
-        check_output_file(args.csv, "--csv")
+    check_output_args(args)
     result = study(args)
     rows = result["rows"]
     if args.csv:

@@ -13,7 +13,12 @@ from pathlib import Path
 
 from hwprofiles import load_system
 from sim.inference.sd_study import sd_payload
-from sim.report import check_output_file, check_plot_path, emit_json, table, write_csv
+from sim.report import (
+    check_output_args,
+    emit_json,
+    table,
+    write_csv,
+)
 
 PAPER_BATCHES = "1,2,4,8,12,16,20,24,28,32,36,40,44,48,52,56,60,80,100"
 
@@ -64,10 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.plot:
-        check_plot_path(args.plot)
-    if args.csv:
-        check_output_file(args.csv, "--csv")
+    check_output_args(args)
     system = load_system(args.system, nodes=args.nodes)
     payload = sd_payload(args, system)
     groups = payload["groups"]

@@ -9,7 +9,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from sim.report import check_output_file, check_plot_path, emit_json, table, write_csv
+from sim.report import (
+    check_output_args,
+    emit_json,
+    table,
+    write_csv,
+)
 from sim.studies import plots
 from sim.studies.whatif import load_saved, parse_vary, run_whatif
 
@@ -40,10 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.plot:
-        check_plot_path(args.plot)
-    if args.csv:
-        check_output_file(args.csv, "--csv")
+    check_output_args(args)
     saved = load_saved(args.saved)
     texts = args.vary or list(saved.vary)
     variations = [parse_vary(t) for t in texts]

@@ -605,10 +605,19 @@ def _with_pp(layout: Layout, rank: int, stage: int) -> Coord:
     return replace(layout.coord(rank), pp=stage)
 
 
-def _grad_reduce(
-    em: Emitter, ch: Chunk, c: int, gb: float, stream: Stream, deps: list[int], tag: int
+def _dp_collectives(
+    em: Emitter,
+    ch: Chunk,
+    what: str,
+    c: int,
+    kind: CollectiveKind,
+    bytes_per_param: float,
+    stream: Stream,
+    deps: list[int],
+    tag: int,
 ) -> list[int]:
-    kind = CollectiveKind.ALL_REDUCE if em.plan.zero == 0 else CollectiveKind.REDUCE_SCATTER
+    """One DP collective per parameter class of chunk ``c``: dense parameters over the
+    dense-DP group, expert parameters over the (smaller) expert-DP group."""
     out = []
     for name, params, group in (
         ("dense", ch.dense_params, "dp_dense"),
@@ -616,39 +625,22 @@ def _grad_reduce(
     ):
         if params > 0 and len(em.groups[group]) > 1:
             out.append(
-                em.collective(
-                    f"dp.grad.{name}.{c}",
-                    kind,
-                    em.groups[group],
-                    params * gb,
-                    stream,
-                    deps,
-                    "dp",
-                    tag,
-                )
+                em.collective(f"dp.{what}.{name}.{c}", kind, em.groups[group],
+                              params * bytes_per_param, stream, deps, "dp", tag)
             )
     return out
+
+
+def _grad_reduce(
+    em: Emitter, ch: Chunk, c: int, gb: float, stream: Stream, deps: list[int], tag: int
+) -> list[int]:
+    """Gradient all-reduce (ZeRO 0) or reduce-scatter (ZeRO >= 1) of chunk ``c``."""
+    kind = CollectiveKind.ALL_REDUCE if em.plan.zero == 0 else CollectiveKind.REDUCE_SCATTER
+    return _dp_collectives(em, ch, "grad", c, kind, gb, stream, deps, tag)
 
 
 def _param_gather(
     em: Emitter, ch: Chunk, c: int, b: float, stream: Stream, deps: list[int], tag: int
 ) -> list[int]:
-    out = []
-    for name, params, group in (
-        ("dense", ch.dense_params, "dp_dense"),
-        ("expert", ch.expert_params, "dp_expert"),
-    ):
-        if params > 0 and len(em.groups[group]) > 1:
-            out.append(
-                em.collective(
-                    f"dp.param.{name}.{c}",
-                    CollectiveKind.ALL_GATHER,
-                    em.groups[group],
-                    params * b,
-                    stream,
-                    deps,
-                    "dp",
-                    tag,
-                )
-            )
-    return out
+    """Parameter all-gather of chunk ``c`` (ZeRO-3 before use, ZeRO >= 1 after the step)."""
+    return _dp_collectives(em, ch, "param", c, CollectiveKind.ALL_GATHER, b, stream, deps, tag)

@@ -222,6 +222,12 @@ def describe_moe(
 
     # Router: logits GEMM, scores, top-k, gather of the chosen scores, normalisation.
     router = gemm("moe.router", tokens, num_experts, hidden, dtype, out_dtype="fp32")
+
+    def add_shared_experts() -> None:
+        # Shared experts see every token; under EP they overlap the dispatch all-to-all.
+        _swiglu(graph, "moe.shared", tokens, hidden, shared_experts * shared_ffn, dtype, lbl,
+                footprint)
+
     graph.add(_weights(router, num_experts * hidden * b, footprint), label=lbl)
     if scoring == "softmax":
         graph.add(softmax("moe.router.softmax", tokens, num_experts, "fp32"), label=lbl)
@@ -273,18 +279,8 @@ def describe_moe(
             deps=(counts,),
             label=lbl,
         )
-        # Shared experts need no remote data: they overlap the dispatch all-to-all.
         if shared_experts:
-            _swiglu(
-                graph,
-                "moe.shared",
-                tokens,
-                hidden,
-                shared_experts * shared_ffn,
-                dtype,
-                lbl,
-                footprint,
-            )
+            add_shared_experts()
         recv_rows = sum(loads[e] for e in local)
         graph.add(
             _sort_op("moe.dispatch.local_sort", recv_rows), deps=(rows_a2a, ids_a2a), label=lbl
@@ -321,15 +317,6 @@ def describe_moe(
 
     if shared_experts:
         if ep == 1:
-            _swiglu(
-                graph,
-                "moe.shared",
-                tokens,
-                hidden,
-                shared_experts * shared_ffn,
-                dtype,
-                lbl,
-                footprint,
-            )
+            add_shared_experts()
         graph.add(elementwise("moe.shared.add", tokens * hidden, dtype, 1.0, 2, 1), label=lbl)
     return graph

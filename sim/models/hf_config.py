@@ -6,6 +6,8 @@ Families and the ``model_type`` values that select them:
 - ``qwen2``: as Llama, with biases on the Q/K/V projections.
 - ``qwen2_moe``: Qwen2 attention; every ``decoder_sparse_step``-th layer is MoE with
   one gated shared expert of ``shared_expert_intermediate_size``.
+- ``qwen3_moe``: as ``qwen2_moe`` without the shared expert; Q/K/V biases only with
+  ``attention_bias``. Its per-head Q/K RMSNorm (2·head_dim weights a layer) is not counted.
 - ``mixtral``: Llama attention; every layer is MoE with ``num_local_experts`` experts
   of ``intermediate_size``.
 - ``deepseek_v2``, ``deepseek_v3``, ``pangu_ultra_moe``: MLA attention; the first
@@ -20,6 +22,7 @@ The mapping of each key is in docs/models.md. Keys this module does not read
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 from collections.abc import Callable, Mapping
@@ -182,6 +185,17 @@ def _parse_qwen2_moe(cfg: _Config, name: str) -> ModelSpec:
     return _llama_like(cfg, name, qkv_bias=True, moe=moe)
 
 
+def _parse_qwen3_moe(cfg: _Config, name: str) -> ModelSpec:
+    # HF Qwen3MoeDecoderLayer uses Qwen2-MoE's sparse-step rule but has no shared expert,
+    # and Qwen3MoeAttention's q/k/v biases follow attention_bias (False in the releases).
+    # Its q_norm/k_norm are RMSNorms over head_dim: 256 weights a layer, and elementwise
+    # work, left out of parameter and FLOP counts.
+    if cfg.has("shared_expert_intermediate_size"):
+        raise cfg.error("shared_expert_intermediate_size", "is not a Qwen3-MoE key; use qwen2_moe")
+    spec = _parse_qwen2_moe(cfg, name)
+    return dataclasses.replace(spec, qkv_bias=cfg.bool_("attention_bias", False))
+
+
 def _parse_mixtral(cfg: _Config, name: str) -> ModelSpec:
     num_experts = cfg.int_("num_local_experts")
     top_k = cfg.int_("num_experts_per_tok")
@@ -316,6 +330,7 @@ FAMILIES: dict[str, Callable[[_Config, str], ModelSpec]] = {
     "mistral": _parse_llama,
     "qwen2": _parse_qwen2,
     "qwen2_moe": _parse_qwen2_moe,
+    "qwen3_moe": _parse_qwen3_moe,
     "mixtral": _parse_mixtral,
     "deepseek_v2": _parse_deepseek,
     "deepseek_v3": _parse_deepseek,

@@ -13,18 +13,34 @@ import argparse
 from pathlib import Path
 
 from sim.errors import InputError
-from sim.report import emit_json, table, write_csv
+from sim.report import check_output_file, check_plot_path, emit_json, table, write_csv
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("validate", help="held-out prediction error of a calibration")
+    p = sub.add_parser(
+        "validate",
+        help="prediction error: against published measurements (--published), or on the "
+        "held-out shapes of a local calibration",
+    )
+    g = p.add_argument_group("published measurements (--published)")
+    g.add_argument(
+        "--published",
+        action="store_true",
+        help="score every row of the validation corpus (sim/data/validation) through the "
+        "command that predicts it",
+    )
+    g.add_argument("--category", help="comma-separated categories (default: all)")
+    g.add_argument("--rows", help="comma-separated row ids (default: all)")
+    g.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
+    g.add_argument("--csv", help="write one line per row to this CSV file")
+    g.add_argument("--plot", help="write the predicted-vs-measured scatter (PNG/SVG)")
     p.add_argument(
         "--device",
         default="cpu",
         choices=("cpu", "cuda", "npu"),
         help="local device to measure on (default cpu)",
     )
-    p.add_argument("--calibration", required=True, help="overlay TOML from 'xpusim calibrate'")
+    p.add_argument("--calibration", help="overlay TOML from 'xpusim calibrate' (local mode)")
     p.add_argument(
         "--measurements",
         metavar="CSV",
@@ -53,6 +69,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.published:
+        return run_published(args)
+    if not args.calibration:
+        raise InputError(
+            "validate needs --calibration FILE (held-out shapes of a local calibration) "
+            "or --published (the corpus of published measurements)"
+        )
     from calibrate import validate as v
 
     meta = v.read_overlay_meta(args.calibration)
@@ -154,3 +177,40 @@ def _print(payload: dict) -> None:
         f"p90 <= {chk['max_p90_error']:.0%}): {status}"
     )
     print("wrote " + ", ".join(payload["files"].values()))
+
+
+def _split(text: str | None) -> list[str] | None:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+def run_published(args: argparse.Namespace) -> int:
+    from sim.validation import report
+
+    if args.plot:
+        check_plot_path(args.plot)
+    if args.csv:
+        check_output_file(args.csv, "--csv")
+    if args.jobs < 1:
+        raise InputError(f"--jobs must be >= 1, got {args.jobs}")
+    rows = report.select_rows(_split(args.category), _split(args.rows))
+    payload = report.published_payload(rows, args.jobs)
+    results = payload.pop("_results")
+    written = []
+    if args.csv:
+        written.append(str(write_csv(args.csv, [r.as_dict() for r in results])))
+    if args.plot:
+        from sim.validation.plot import scatter
+
+        title = "xpusim vs published measurements" + (
+            f" ({args.category})" if args.category else ""
+        )
+        written.append(str(scatter(results, args.plot, title)))
+    if args.json:
+        emit_json({**payload, "files": written})
+        return 0
+    report.print_rows(results)
+    print()
+    report.print_summary(payload["summary"])
+    for path in written:
+        print(f"wrote {path}")
+    return 0

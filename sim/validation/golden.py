@@ -1,0 +1,66 @@
+"""The regression gate: the committed per-category error table of the published corpus.
+
+A category's median |error| on check rows may not worsen by more than
+``TOLERANCE`` (2 points), and a row the simulator expressed may not become
+unsupported. Improvements rewrite the file in the same commit:
+
+    python -m sim.validation.golden tests/golden/validation_published.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from sim.validation.corpus import load_corpus
+from sim.validation.runner import RowResult, run_rows
+from sim.validation.summary import summarize
+
+TOLERANCE = 0.02
+
+
+def golden_record(results: list[RowResult]) -> dict[str, Any]:
+    summary = summarize(results)
+    return {
+        "tolerance": TOLERANCE,
+        "categories": {
+            c: {k: s[k] for k in ("n", "unsupported", "median_abs_error", "p90_abs_error",
+                                  "bias", "baseline_median_abs_error")}
+            for c, s in summary.items()
+        },
+        "supported": sorted(r.id for r in results if not r.unsupported),
+    }
+
+
+def regressions(results: list[RowResult], golden: dict[str, Any]) -> list[str]:
+    """What got worse than the golden record: one message per category or row."""
+    now = golden_record(results)
+    problems = []
+    for category, before in golden["categories"].items():
+        after = now["categories"].get(category)
+        if after is None:
+            problems.append(f"{category}: category disappeared")
+            continue
+        b, a = before["median_abs_error"], after["median_abs_error"]
+        if b is not None and (a is None or a > b + TOLERANCE):
+            problems.append(f"{category}: median |error| {b:.1%} -> "
+                            f"{'none' if a is None else f'{a:.1%}'} (tolerance {TOLERANCE:.0%})")
+    lost = sorted(set(golden["supported"]) - set(now["supported"]))
+    if lost:
+        problems.append("no longer supported: " + ", ".join(lost))
+    return problems
+
+
+def main(argv: list[str]) -> int:
+    path = Path(argv[0]) if argv else Path("tests/golden/validation_published.json")
+    results = run_rows(load_corpus(), jobs=2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(golden_record(results), indent=2) + "\n")
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

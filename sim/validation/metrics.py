@@ -1,0 +1,121 @@
+"""From a command's JSON output to the quantity a published row reports.
+
+Each metric is a function ``(row args, payload) -> value`` in the row's unit. The
+baseline (``sim.validation.baseline``) builds a naive payload with the same keys, so
+the model and the naive answer go through the same conversion.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from sim.ir import dtype_bytes
+from sim.models.hf_config import load_model
+
+Payload = dict[str, Any]
+Metric = Callable[[dict[str, Any], Payload], float]
+
+# Units in which a smaller number means a faster run.
+TIME_UNITS = ("s", "ms", "us", "µs")
+
+
+def lower_is_faster(unit: str) -> bool:
+    return unit in TIME_UNITS
+
+
+def signed_error(predicted: float, measured: float, unit: str) -> float:
+    """Relative error, positive when the prediction is faster than the measurement."""
+    rel = (predicted - measured) / measured
+    return -rel if lower_is_faster(unit) else rel
+
+
+def gemm_flops(args: dict[str, Any]) -> float:
+    return 2.0 * int(args.get("batch", 1)) * int(args["m"]) * int(args["n"]) * int(args["k"])
+
+
+# The FlashAttention papers' count (FA2 §4.1, FA3 §4.1): 4·seq²·head_dim·heads·batch
+# for the forward pass, halved when causal, backward 2.5x the forward.
+PASS_FACTOR = {"fwd": 1.0, "bwd": 2.5, "fwd_bwd": 3.5}
+
+
+def attention_paper_flops(args: dict[str, Any]) -> float:
+    seq = int(args["seq"])
+    kv_len = int(args.get("kv-len", seq))
+    flops = 4.0 * int(args["batch"]) * int(args["heads"]) * seq * kv_len * int(args["head-dim"])
+    if args.get("causal"):
+        flops /= 2.0
+    return flops * PASS_FACTOR[str(args.get("pass", "fwd"))]
+
+
+def elementwise_bytes(args: dict[str, Any]) -> float:
+    """Bytes a STREAM-style kernel moves: every input read once, one output written."""
+    return float(args["numel"]) * dtype_bytes(str(args["dtype"])) * (int(args.get("inputs", 1)) + 1)
+
+
+def megatron_flops_per_step(args: dict[str, Any]) -> float:
+    """Narayanan et al. 2021 (arXiv 2104.04473) eq. 3, with full activation recompute:
+    96·B·s·l·h²·(1 + s/6h + V/16lh) FLOPs per iteration."""
+    spec = load_model(str(args["model"]))
+    b, s = float(args["gbs"]), float(args["seq"])
+    layers, h, v = float(spec.layers), float(spec.hidden), float(spec.vocab)
+    return 96.0 * b * s * layers * h * h * (1.0 + s / (6.0 * h) + v / (16.0 * layers * h))
+
+
+def _op_tflops(args: dict[str, Any], p: Payload) -> float:
+    kind = args["kind"]
+    if kind == "gemm":
+        flops = gemm_flops(args)
+    elif kind == "attention":
+        flops = attention_paper_flops(args)
+    else:
+        flops = float(p["flops"])
+    return flops / p["time_s"] / 1e12
+
+
+def _op_gbps(args: dict[str, Any], p: Payload) -> float:
+    return elementwise_bytes(args) / p["time_s"] / 1e9
+
+
+def _ep_link_bytes_per_rank(args: dict[str, Any], p: Payload) -> float:
+    # DeepEP's "bottleneck bandwidth": bytes over the bottleneck link class (RDMA across
+    # nodes, NVLink/HCCS inside one) per rank, divided by the kernel time.
+    key = "inter_node_bytes" if int(p.get("nodes", 1)) > 1 else "intra_node_bytes"
+    return float(p[key]) / int(p["ep"])
+
+
+def _ep_dispatch_gbps(args: dict[str, Any], p: Payload) -> float:
+    return _ep_link_bytes_per_rank(args, p) / p["dispatch_time_s"] / 1e9
+
+
+def _ep_combine_gbps(args: dict[str, Any], p: Payload) -> float:
+    return _ep_link_bytes_per_rank(args, p) / p["combine_time_s"] / 1e9
+
+
+def _train_tflops_megatron(args: dict[str, Any], p: Payload) -> float:
+    return megatron_flops_per_step(args) / p["step_time_s"] / p["devices"] / 1e12
+
+
+METRICS: dict[tuple[str, str], Metric] = {
+    ("op", "tflops"): _op_tflops,
+    ("op", "gbps"): _op_gbps,
+    ("op", "time_us"): lambda a, p: p["time_s"] * 1e6,
+    ("collective", "busbw"): lambda a, p: p["bus_bandwidth"] / 1e9,
+    ("collective", "algbw"): lambda a, p: p["algorithm_bandwidth"] / 1e9,
+    ("collective", "time_us"): lambda a, p: p["time_s"] * 1e6,
+    ("ep", "dispatch_gbps"): _ep_dispatch_gbps,
+    ("ep", "combine_gbps"): _ep_combine_gbps,
+    ("ep", "dispatch_us"): lambda a, p: p["dispatch_time_s"] * 1e6,
+    ("ep", "combine_us"): lambda a, p: p["combine_time_s"] * 1e6,
+    ("infer", "tokens_per_s"): lambda a, p: p["tokens_per_s"],
+    ("infer", "ttft_ms"): lambda a, p: p["time_s"] * 1e3,
+    ("infer", "step_ms"): lambda a, p: p["time_s"] * 1e3,
+    ("infer", "output_tokens_per_s"): lambda a, p: p["throughput_tokens_per_s"],
+    ("sd", "peak_speedup"): lambda a, p: p["peak"]["speedup"],
+    ("train", "tokens_per_s_per_device"): lambda a, p: p["tokens_per_s_per_device"],
+    ("train", "tflops_megatron"): _train_tflops_megatron,
+}
+
+
+def metric_for(command: str, metric: str) -> Metric | None:
+    return METRICS.get((command, metric))

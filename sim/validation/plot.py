@@ -1,0 +1,50 @@
+"""Predicted vs measured, log-log, one colour per category, with the ±10% / ±25% bands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sim.validation.runner import RowResult
+
+
+def scatter(results: list[RowResult], path: str | Path, title: str) -> Path:
+    import matplotlib  # imported here so the CLI starts fast when no plot is asked for
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    points = [r for r in results if r.predicted is not None]
+    fig, ax = plt.subplots(figsize=(7.5, 6.5))
+    for category in sorted({r.category for r in points}):
+        rows = [r for r in points if r.category == category]
+        check = [r for r in rows if r.role == "check"]
+        fit = [r for r in rows if r.role == "fit"]
+        sc = ax.scatter([r.measured for r in check], [r.predicted for r in check], s=18,
+                        label=f"{category} ({len(check)})")
+        if fit:
+            ax.scatter([r.measured for r in fit], [r.predicted for r in fit], s=40,
+                       facecolors="none", edgecolors=sc.get_facecolor()[0], marker="s")
+    if points:
+        lo = min(min(r.measured, r.predicted) for r in points) / 1.5
+        hi = max(max(r.measured, r.predicted) for r in points) * 1.5
+        xs = [lo, hi]
+        ax.plot(xs, xs, color="black", lw=1, label="predicted = measured")
+        for band, style in ((0.10, "--"), (0.25, ":")):
+            ax.plot(xs, [x * (1 + band) for x in xs], color="grey", lw=0.8, ls=style,
+                    label=f"±{band:.0%}")
+            ax.plot(xs, [x * (1 - band) for x in xs], color="grey", lw=0.8, ls=style)
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(lo, hi)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("measured (row's unit: TFLOP/s, GB/s, tokens/s, ms, x)")
+    ax.set_ylabel("predicted (same unit)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(fontsize=7, loc="upper left", title="check rows; squares = fit rows",
+              title_fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

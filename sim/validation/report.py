@@ -1,0 +1,86 @@
+"""``xpusim validate --published``: run the corpus, print rows and the per-category table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sim.errors import InputError
+from sim.report import fmt_si, table
+from sim.validation.corpus import CATEGORIES, Row, load_corpus
+from sim.validation.runner import RowResult, run_rows
+from sim.validation.summary import summarize
+
+
+def select_rows(categories: list[str] | None, ids: list[str] | None) -> list[Row]:
+    rows = load_corpus()
+    if categories:
+        unknown = [c for c in categories if c not in CATEGORIES]
+        if unknown:
+            raise InputError(
+                f"--category {','.join(unknown)}: unknown; choose from {', '.join(CATEGORIES)}"
+            )
+        rows = [r for r in rows if r.category in categories]
+    if ids:
+        known = {r.id for r in rows}
+        missing = [i for i in ids if i not in known]
+        if missing:
+            raise InputError(f"--rows {','.join(missing)}: no such row id in the corpus")
+        rows = [r for r in rows if r.id in ids]
+    if not rows:
+        raise InputError("no corpus rows selected")
+    return rows
+
+
+def published_payload(rows: list[Row], jobs: int) -> dict[str, Any]:
+    results = run_rows(rows, jobs)
+    return {
+        "rows": [r.as_dict() for r in results],
+        "summary": summarize(results),
+        "_results": results,
+    }
+
+
+def _pct(value: float | None, signed: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{value:+.1%}" if signed else f"{value:.1%}"
+
+
+def _value(v: float | None, unit: str) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.4g} {unit}"
+
+
+def print_rows(results: list[RowResult]) -> None:
+    rows = []
+    for r in results:
+        if r.unsupported:
+            rows.append([r.id, r.category, r.role, _value(r.measured, r.unit), "-",
+                         f"unsupported: {r.unsupported}", ""])
+            continue
+        rows.append([r.id, r.category, r.role, _value(r.measured, r.unit),
+                     _value(r.predicted, r.unit), _pct(r.error, True),
+                     _pct(r.baseline_error, True)])
+    print(table(rows, ["id", "category", "role", "measured", "predicted", "error",
+                       "naive error"]))
+
+
+def print_summary(summary: dict[str, dict[str, Any]]) -> None:
+    rows = []
+    for category, s in summary.items():
+        rows.append([
+            category, s["n"], s["fit_rows"], s["unsupported"],
+            _pct(s["median_abs_error"]), _pct(s["p90_abs_error"]), _pct(s["max_abs_error"]),
+            _pct(s["bias"], True), _pct(s["baseline_median_abs_error"]),
+            _pct(s["baseline_bias"], True),
+        ])
+    print(table(rows, ["category", "check", "fit", "unsupported", "median |err|", "p90",
+                       "max", "bias", "naive median", "naive bias"]))
+    print("errors on check rows only; positive = the simulator predicts a faster run than "
+          "measured")
+
+
+def slowest(results: list[RowResult], n: int = 3) -> str:
+    top = sorted(results, key=lambda r: -r.wall_s)[:n]
+    return ", ".join(f"{r.id} {fmt_si(r.wall_s, 's')}" for r in top)

@@ -1,0 +1,144 @@
+"""Run every corpus row through the command a user would type, in process.
+
+A row becomes ``xpusim <command> [kind] --flag value ... --json``; the runner calls
+the CLI's own ``main`` with that argv and reads the JSON it prints, so the prediction
+is exactly what the user's command gives. A command that refuses the row (exit 2, e.g.
+an unknown device or flag) makes the row ``unsupported`` with the command's message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shlex
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from sim.validation.baseline import naive_payload
+from sim.validation.corpus import Row
+from sim.validation.metrics import metric_for, signed_error
+
+# Commands whose first positional argument is a kind (``op gemm``, ``collective all-reduce``).
+POSITIONAL_KIND = ("op", "collective")
+
+
+@dataclass(frozen=True)
+class RowResult:
+    id: str
+    category: str
+    role: str
+    metric: str
+    unit: str
+    measured: float
+    predicted: float | None
+    error: float | None
+    baseline_predicted: float | None
+    baseline_error: float | None
+    source: str
+    reliability: str
+    hardware: str
+    command: str
+    unsupported: str = ""
+    wall_s: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        if not self.unsupported:
+            out.pop("unsupported")
+        return out
+
+
+def row_argv(row: Row) -> list[str]:
+    """The command line (without ``xpusim`` and ``--json``) that predicts ``row``."""
+    args = dict(row.args)
+    argv = [row.command]
+    if row.command in POSITIONAL_KIND:
+        argv.append(str(args.pop("kind")))
+    for key, value in args.items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            argv.append(flag)
+        elif value is False or value is None:
+            continue
+        elif isinstance(value, list):
+            argv += [flag, ",".join(str(v) for v in value)]
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
+def run_command(argv: list[str]) -> tuple[int, str, str]:
+    """Call the CLI in process: (exit code, stdout, stderr)."""
+    from sim.cli.main import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = main(argv)
+        except SystemExit as exc:  # argparse: unknown flag or bad value
+            rc = exc.code if isinstance(exc.code, int) else 2
+    return rc, out.getvalue(), err.getvalue()
+
+
+def _refusal(stderr: str, rc: int) -> str:
+    lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
+    message = lines[-1] if lines else f"exit {rc}"
+    return message.removeprefix("xpusim: error: ").removeprefix("xpusim: ")
+
+
+def run_row(row: Row) -> RowResult:
+    start = time.perf_counter()
+    argv = row_argv(row)
+    base = {
+        "id": row.id,
+        "category": row.category,
+        "role": row.role,
+        "metric": row.metric,
+        "unit": row.unit,
+        "measured": row.measured,
+        "source": row.source,
+        "reliability": row.reliability,
+        "hardware": row.hardware,
+        "command": "xpusim " + shlex.join(argv),
+    }
+    empty = {"predicted": None, "error": None, "baseline_predicted": None, "baseline_error": None}
+    if row.unsupported:
+        return RowResult(**base, **empty, unsupported=row.unsupported)
+    metric = metric_for(row.command, row.metric)
+    if metric is None:
+        return RowResult(**base, **empty, unsupported=f"no metric {row.metric!r} for {row.command}")
+    rc, stdout, stderr = run_command([*argv, "--json"])
+    wall = time.perf_counter() - start
+    if rc != 0:
+        reason = _refusal(stderr, rc)
+        if rc == 3:
+            reason = f"predicted not to fit: {reason}"
+        return RowResult(**base, **empty, unsupported=reason, wall_s=wall)
+    payload = json.loads(stdout)
+    predicted = metric(row.args, payload)
+    baseline = metric(row.args, naive_payload(row.command, row.args, payload))
+    return RowResult(
+        **base,
+        predicted=predicted,
+        error=signed_error(predicted, row.measured, row.unit),
+        baseline_predicted=baseline,
+        baseline_error=signed_error(baseline, row.measured, row.unit),
+        wall_s=wall,
+    )
+
+
+def _warm_imports() -> None:
+    # Each worker imports the CLI modules once, not once per row.
+    import sim.cli.main  # noqa: F401
+
+
+def run_rows(rows: list[Row], jobs: int = 1) -> list[RowResult]:
+    """Results in row order; ``jobs`` > 1 spreads rows over worker processes (the
+    results are identical: every row is deterministic and independent)."""
+    if jobs <= 1 or len(rows) <= 1:
+        return [run_row(r) for r in rows]
+    with ProcessPoolExecutor(max_workers=jobs, initializer=_warm_imports) as pool:
+        return list(pool.map(run_row, rows, chunksize=1))

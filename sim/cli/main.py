@@ -12,6 +12,7 @@ import sys
 
 from sim import __version__
 from sim.errors import InputError, NegativeVerdict, ProfileError
+from sim.limits import check_namespace
 
 # One module per command under sim/cli/, each exposing register(subparsers).
 COMMAND_MODULES = (
@@ -67,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        # One set of rules for every numeric option (finite, in range), before any work.
+        check_namespace(args)
         return int(args.func(args) or 0)
     except (InputError, ProfileError) as exc:
         sys.stderr.write(f"xpusim: error: {exc}\n")

@@ -9,7 +9,8 @@ from pathlib import Path
 from hwprofiles import load_system
 from sim.errors import InputError, NegativeVerdict
 from sim.ir import BYTES_PER_DTYPE
-from sim.parallel import ParallelPlan, load_plan_file, validate_plan
+from sim.limits import check_ranks, check_train_work
+from sim.parallel import ParallelPlan, load_plan_file, microbatches, validate_plan
 from sim.report import check_output_file, check_plot_path, emit_json, fmt_bytes, fmt_si, table
 from sim.training.memory import format_breakdown
 from sim.training.simulate import TrainingOptions, estimate_memory, simulate_training
@@ -155,7 +156,11 @@ def run(args: argparse.Namespace) -> int:
         world = plan.tp * plan.cp * plan.pp * max(plan.dp, 1)
         nodes = max(1, -(-world // per_node))
     system = load_system(system_name, nodes=int(nodes))
+    check_ranks(system.num_devices, f"{system.num_devices:,} devices", "pass fewer --nodes")
     plan = validate_plan(spec, plan, system.num_devices)
+    check_train_work(
+        system.num_devices, plan.pp, microbatches(plan), spec.layers, args.full_ranks
+    )
     if extra["recompute"] == "auto":
         plan, mems = choose_recompute(spec, system, plan)
     else:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,6 +20,7 @@ from calibrate.suites import SUITES, Case
 from hwprofiles import load_device
 from hwprofiles.spec import Device
 from sim.errors import InputError
+from sim.inputs import open_text
 
 # Base profile per local device kind; CUDA/NPU need --profile (which GPU is it?).
 DEFAULT_PROFILE = {"cpu": "cpu-host"}
@@ -115,12 +117,9 @@ def read_measurements(path: str | Path, flag: str = "") -> list[Measured]:
     """
     path = Path(path)
     where = f"{flag} {path}" if flag else str(path)
-    if not path.exists():
-        raise InputError(f"{where}: measurements file not found")
-    if path.is_dir():
-        raise InputError(f"{where}: is a directory; pass the measurements CSV")
     out = []
-    with path.open(newline="") as fh:
+    # sim.inputs: missing, directory, permissions, size, UTF-8 -> InputError naming it.
+    with open_text(path, f"{where}: measurements" if flag else "measurements") as fh:
         reader = csv.DictReader(fh)
         missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
@@ -149,7 +148,10 @@ def read_measurements(path: str | Path, flag: str = "") -> list[Measured]:
                     float(row.get("wall_median_s") or row["median_s"]),
                     float(row.get("contention") or 1.0),
                 )
-            except (KeyError, ValueError, TypeError, AttributeError) as exc:
+                numbers = [v for _, v in shape] + [m.median_s, m.q1_s, m.q3_s, m.min_s]
+                if not all(math.isfinite(v) for v in numbers) or not m.median_s > 0:
+                    raise ValueError("times and shape values must be finite, median_s > 0")
+            except (KeyError, ValueError, TypeError, AttributeError, RecursionError) as exc:
                 # json.JSONDecodeError is a ValueError; a None cell (short row) a TypeError.
                 raise InputError(
                     f"{where}:{line}: bad measurement row ({exc}); "
@@ -244,7 +246,7 @@ def load_base(name: str, local: LocalDevice | None = None) -> Device:
 
 def recorded_device(path: str | Path, kind: str) -> LocalDevice:
     """The device a measurements CSV was taken on (from its first row)."""
-    with Path(path).open() as fh:
+    with open_text(path, "measurements") as fh:
         row = next(csv.DictReader(fh), None)
     if row is None:
         raise InputError(f"{path}: no measurements")

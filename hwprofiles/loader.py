@@ -9,7 +9,6 @@ accepted, or applied with ``calibration=PATH``.
 from __future__ import annotations
 
 import difflib
-import tomllib
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -42,20 +41,16 @@ def list_systems() -> list[str]:
 
 
 def read_toml(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
-    except FileNotFoundError as exc:
-        raise ProfileError(f"{path}: file not found") from exc
-    except IsADirectoryError:
+    # The one input reader (sim/inputs.py, standard library only): size cap, UTF-8,
+    # nesting depth, directories and permissions, each a ProfileError naming the file.
+    from sim.inputs import read_toml as read_checked
+
+    if Path(path).is_dir():
         raise ProfileError(
             f"{path}: is a directory, not a profile; pass a .toml file or a profile name "
             "(run 'xpusim hw list')"
-        ) from None
-    except OSError as exc:  # permission denied, a device file, ...
-        raise ProfileError(f"{path}: cannot read the file ({exc.strerror or exc})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ProfileError(f"{path}: not valid TOML: {exc}") from exc
+        )
+    return read_checked(path, "profile", error=ProfileError)
 
 
 def _resolve(name_or_path: str, folder: Path, kind: str, names: list[str]) -> Path:

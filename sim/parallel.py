@@ -11,12 +11,12 @@ replicas). World size = tp x cp x dp x pp.
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from sim.errors import InputError
+from sim.inputs import read_toml
 from sim.ir import BYTES_PER_DTYPE
 from sim.models.spec import ModelSpec
 
@@ -376,12 +376,7 @@ class Layout:
 def load_plan_file(path: str | Path) -> dict[str, Any]:
     """Read a plan TOML (``[plan]`` table or top-level keys); unknown keys are errors."""
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(f"plan file {path} not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"plan file {path}: {exc}") from None
+    data = read_toml(path, "plan file")  # sim.inputs: the one checked reader
     table = data.get("plan", data)
     known = {f.name for f in fields(ParallelPlan)}
     extra = {k: v for k, v in data.items() if k != "plan"} if "plan" in data else {}

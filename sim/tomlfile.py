@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any
 
-from sim.errors import InputError
+from sim import inputs
 
 
 def read_toml(path: str | Path, what: str) -> dict[str, Any]:
     """The parsed file; a missing file or bad TOML is an ``InputError`` naming ``what``
     (e.g. "study file") and the path, with the parser's line and column."""
-    path = Path(path)
-    try:
-        return tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(f"{what} {path} not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"{what} {path}: not valid TOML: {exc}") from None
+    # sim.inputs checks size, encoding, nesting and file type (one reader for all inputs).
+    return inputs.read_toml(Path(path), what)

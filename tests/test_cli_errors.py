@@ -152,7 +152,7 @@ CASES = [
     (f"{EP} --ep 8 --dispatch weird", 2, ["--dispatch", "hierarchical"]),
     (f"{EP} --ep 8 --routing zipf:abc", 2, ["--routing", "zipf:S"]),
     (f"{EP} --ep 8 --routing zipf:-1", 2, ["Zipf exponent"]),
-    (f"{EP} --ep 8 --routing hist:{{missing}}", 2, ["--routing", "No such file"]),
+    (f"{EP} --ep 8 --routing hist:{{missing}}", 2, ["--routing", "file not found"]),
     (f"{EP} --ep 8 --routing hist:{{hist_words}}", 2, ["--routing", "histogram"]),
     (f"{EP} --ep 8 --routing gaussian", 2, ["uniform, zipf:S or hist:FILE"]),
     (f"{EP} --ep 8 --capacity-factor 0", 2, ["--capacity-factor", "dropless"]),
@@ -241,7 +241,7 @@ CASES = [
     (f"{INFER} --serve --trace {{missing}}", 2, ["--trace", "not found"]),
     (f"{INFER} --serve --trace {{trace_words}}", 2, ["--trace", "line 2"]),
     (f"{INFER} --serve --trace {{trace_columns}}", 2, ["arrival_s"]),
-    (f"{INFER} --serve --trace {{trace_negative}}", 2, ["lengths must be >= 1"]),
+    (f"{INFER} --serve --trace {{trace_negative}}", 2, ["line 2", "prompt_tokens must be >= 1"]),
     (f"{SERVE} --draft nope --gamma 4 --alpha 0.8", 2, ["unknown model 'nope'"]),
     (
         "infer --model deepseek-v3 --system dgx-a100 --devices 1 --phase decode --batch 1",

@@ -471,7 +471,7 @@ def test_cli_errors_exit_2(tmp_path, capsys):
     assert main(["model", "show", str(bad)]) == 2
     assert "missing required key 'num_attention_heads'" in capsys.readouterr().err
     assert main(["model", "show", str(tmp_path / "nope.json")]) == 2
-    assert "nope.json: model config file not found" in capsys.readouterr().err
+    assert "nope.json: file not found" in capsys.readouterr().err
     assert main(["model", "show", "llama-2-7", "--json"]) == 2
     assert "Did you mean: llama-2-7b" in capsys.readouterr().err
     assert main(["model", "show", "llama-2-7b", "--seq", "0"]) == 2

@@ -10,11 +10,14 @@ pace (it finishes last), so its assignments and distinct experts form the MoELoa
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from sim.errors import InputError
+from sim.inputs import read_text
 from sim.models.spec import ModelSpec
 from sim.workloads.transformer import MoELoad, expected_active_experts, uniform_moe_load
 
@@ -66,18 +69,22 @@ def routing_from_text(text: str, seed: int = 0) -> Routing:
             raise InputError(
                 f"--routing {text}: use zipf:S with a number S, e.g. zipf:1.2"
             ) from None
+        if not (math.isfinite(s) and 0 <= s <= 100):
+            raise InputError(f"--routing {text}: the Zipf exponent S must be in [0, 100]")
         return Routing("zipf", zipf_s=s, seed=seed)
+    if not Path(text).exists():
+        raise InputError(f"--routing {text}: use uniform, zipf:S, or a file of per-expert counts")
+    body = read_text(text, "--routing counts file")
     try:
-        with open(text) as fh:
-            counts = tuple(float(x) for x in fh.read().replace(",", " ").split())
-    except FileNotFoundError:
-        raise InputError(
-            f"--routing {text}: use uniform, zipf:S, or a file of per-expert counts"
-        ) from None
+        counts = tuple(float(x) for x in body.replace(",", " ").split())
     except ValueError:
         raise InputError(
             f"--routing {text}: the file must hold numbers (one count per expert)"
         ) from None
+    if not counts or not all(math.isfinite(c) and c >= 0 for c in counts) or not sum(counts):
+        raise InputError(
+            f"--routing {text}: the counts must be finite, >= 0 and not all zero"
+        )
     return Routing("histogram", histogram=counts, seed=seed)
 
 

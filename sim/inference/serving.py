@@ -22,7 +22,6 @@ import csv
 import math
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import simpy
@@ -30,6 +29,8 @@ from tqdm import tqdm
 
 from sim.errors import InputError
 from sim.inference.lowering import StepBatch, StepSimulator
+from sim.inputs import open_text
+from sim.limits import MAX_REQUESTS, MAX_SEQ, check_float, check_int
 
 CONTEXT_GRID = (0, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
 
@@ -129,24 +130,27 @@ def make_requests(w: Workload) -> list[Request]:
 
 
 def read_trace(path: str) -> list[tuple[float, int, int]]:
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"--trace {path}: file not found")
     rows = []
-    with p.open(newline="") as fh:
+    with open_text(path, "--trace") as fh:  # sim.inputs: size, UTF-8, file type checked
         reader = csv.DictReader(fh)
         need = {"arrival_s", "prompt_tokens", "output_tokens"}
         if not reader.fieldnames or not need <= set(reader.fieldnames):
             raise InputError(f"--trace {path}: needs CSV columns {', '.join(sorted(need))}")
         for n, row in enumerate(reader, start=2):
-            try:
-                rows.append(
-                    (float(row["arrival_s"]), int(row["prompt_tokens"]), int(row["output_tokens"]))
+            if n - 1 > MAX_REQUESTS:
+                raise InputError(
+                    f"--trace {path}: more than {MAX_REQUESTS:,} requests (the serving-run "
+                    "limit, docs/limits.md); split the trace"
                 )
-            except ValueError:
-                raise InputError(f"--trace {path}: line {n}: not numbers: {row}") from None
-            if rows[-1][1] < 1 or rows[-1][2] < 1 or rows[-1][0] < 0:
-                raise InputError(f"--trace {path}: line {n}: lengths must be >= 1, arrival >= 0")
+            where = f"--trace {path}: line {n}:"
+            # sim.limits: finite numbers, whole token counts within the sequence limit.
+            rows.append(
+                (
+                    check_float(row["arrival_s"], f"{where} arrival_s", 0.0, 1e9),
+                    check_int(row["prompt_tokens"], f"{where} prompt_tokens", 1, MAX_SEQ),
+                    check_int(row["output_tokens"], f"{where} output_tokens", 1, MAX_SEQ),
+                )
+            )
     if not rows:
         raise InputError(f"--trace {path}: no requests")
     return sorted(rows)

@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from sim.errors import InputError
+from sim.inputs import read_json
 from sim.models.spec import MLASpec, ModelSpec, MoESpec
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
@@ -344,18 +344,8 @@ def read_config(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if path.is_dir():
         path = path / "config.json"
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise InputError(f"{path}: model config file not found") from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read model config: {exc.strerror}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(
-            f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
-        ) from None
+    # sim.inputs: size cap, UTF-8, nesting depth, permissions (one reader for all inputs).
+    data = read_json(path, "model config")
     if not isinstance(data, dict):
         raise InputError(
             f"{path}: expected a JSON object of config keys, got {type(data).__name__}"

@@ -44,6 +44,7 @@ import numpy as np
 
 from hwprofiles.spec import System
 from sim.errors import InputError
+from sim.inputs import read_text
 from sim.network.api import cost_network
 from sim.network.phases import NetworkCost, Phase
 from sim.network.topology import DIE_TO_DIE, INTER, INTRA
@@ -142,13 +143,19 @@ def expert_probabilities(routing: str, experts: int, seed: int = 0) -> np.ndarra
         return weights / weights.sum()
     if routing.startswith("hist:"):
         path = Path(routing.split(":", 1)[1])
+        text = read_text(path, f"--routing {routing}: histogram")  # sim.inputs checks
         try:
-            counts = np.array([float(x) for x in path.read_text().replace(",", " ").split()])
-        except (OSError, ValueError) as exc:
+            counts = np.array([float(x) for x in text.replace(",", " ").split()])
+        except ValueError as exc:
             raise InputError(
                 f"--routing {routing}: cannot read a histogram of numbers from {path} ({exc})"
             ) from None
-        if len(counts) != experts or counts.min() < 0 or counts.sum() <= 0:
+        if (
+            len(counts) != experts
+            or not np.isfinite(counts).all()
+            or counts.min() < 0
+            or counts.sum() <= 0
+        ):
             raise InputError(
                 f"--routing {routing}: need {experts} non-negative counts "
                 f"(one per expert), got {len(counts)}"

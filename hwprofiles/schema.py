@@ -15,8 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from hwprofiles.spec import (
     CollectiveEfficiency,
+    CollectiveLibrary,
     Device,
     Efficiency,
+    KernelTraits,
     Link,
     MemoryLevel,
     System,
@@ -158,6 +160,26 @@ class EfficiencyFile(_Strict):
         )
 
 
+class KernelsFile(_Strict):
+    """Optional ``[kernels]`` section: what kernel implementations can use (see KernelTraits)."""
+
+    exp_per_clk_per_core: float = Field(default=16.0, gt=0)
+    warp_mma_fraction: float = Field(default=1.0, gt=0, le=1)
+    async_mma: bool = False
+    default_attention: str = ""
+    l2_bandwidth_gbps: float | None = Field(default=None, gt=0)
+    source: str
+
+    def to_spec(self) -> KernelTraits:
+        return KernelTraits(
+            exp_per_clk_per_core=self.exp_per_clk_per_core,
+            warp_mma_fraction=self.warp_mma_fraction,
+            async_mma=self.async_mma,
+            default_attention=self.default_attention,
+            l2_bandwidth=None if self.l2_bandwidth_gbps is None else self.l2_bandwidth_gbps * GIGA,
+        )
+
+
 class DeviceFile(_Strict):
     schema_version: Literal[1] = 1
     kind: Literal["device"] = "device"
@@ -172,6 +194,7 @@ class DeviceFile(_Strict):
     hbm: MainMemory
     levels: list[Level] = Field(default_factory=list)
     efficiency: EfficiencyFile
+    kernels: KernelsFile | None = None
 
     def to_spec(self, path: str = "") -> Device:
         main = MemoryLevel(
@@ -207,6 +230,7 @@ class DeviceFile(_Strict):
             matrix_tile=self.matrix.tile,
             efficiency=self.efficiency.to_spec(),
             tdp_watts=self.tdp_w,
+            kernels=self.kernels.to_spec() if self.kernels else KernelTraits(),
             sources={
                 "matrix": self.matrix.source,
                 **({"matrix.quoted": self.matrix.quoted_source} if self.matrix.quoted_tflops else {}),
@@ -215,6 +239,7 @@ class DeviceFile(_Strict):
                 "hbm": self.hbm.source,
                 "efficiency": self.efficiency.source,
                 **{f"level.{lv.name}": lv.source for lv in self.levels},
+                **({"kernels": self.kernels.source} if self.kernels else {}),
             },
             path=path,
         )
@@ -256,6 +281,22 @@ class CollectiveEfficiencyFile(_Strict):
     source: str
 
 
+class CollectiveLibraryFile(_Strict):
+    name: Literal["nccl", "hccl", "generic"]
+    arch: Literal["volta", "ampere", "hopper", "blackwell"] = "hopper"
+    nvls: bool = False
+    nvls_efficiency: float = Field(default=0.0, ge=0, le=1)
+    collnet: bool = False
+    channels: int = Field(default=16, gt=0)
+    source: str
+
+    @model_validator(mode="after")
+    def _nvls_needs_efficiency(self) -> CollectiveLibraryFile:
+        if self.nvls and self.nvls_efficiency <= 0:
+            raise ValueError("nvls = true needs nvls_efficiency > 0 (the port fraction NVLS reaches)")
+        return self
+
+
 class SystemFile(_Strict):
     schema_version: Literal[1] = 1
     kind: Literal["system"] = "system"
@@ -269,6 +310,7 @@ class SystemFile(_Strict):
     nic: Nic
     inter_node: InterNode
     collective_efficiency: CollectiveEfficiencyFile
+    collective_library: CollectiveLibraryFile | None = None
 
     def to_spec(self, device: Device, path: str = "") -> System:
         pkg = self.package
@@ -292,12 +334,31 @@ class SystemFile(_Strict):
                 inter_node=self.collective_efficiency.inter_node,
                 step_overhead_s=self.collective_efficiency.step_overhead_us * US,
             ),
+            collective_library=_library(self.collective_library),
             sources={
                 "intra_node": self.intra_node.source,
                 "nic": self.nic.source,
                 "inter_node": self.inter_node.source,
                 "collective_efficiency": self.collective_efficiency.source,
                 **({"package": pkg.source} if pkg else {}),
+                **(
+                    {"collective_library": self.collective_library.source}
+                    if self.collective_library
+                    else {}
+                ),
             },
             path=path,
         )
+
+
+def _library(lib: CollectiveLibraryFile | None) -> CollectiveLibrary:
+    if lib is None:
+        return CollectiveLibrary()
+    return CollectiveLibrary(
+        name=lib.name,
+        arch=lib.arch,
+        nvls=lib.nvls,
+        nvls_efficiency=lib.nvls_efficiency,
+        collnet=lib.collnet,
+        channels=lib.channels,
+    )

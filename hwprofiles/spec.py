@@ -76,6 +76,27 @@ class Efficiency:
 
 
 @dataclass(frozen=True)
+class KernelTraits:
+    """What attention/GEMM kernel implementations can use on this device.
+
+    ``exp_per_clk_per_core``: special-function-unit (MUFU) results per clock per SM
+    (``exp2``: the online softmax's one transcendental per score). ``warp_mma_fraction``:
+    share of the matrix peak that warp-level ``mma.sync`` can issue (1 on Ampere; on
+    Hopper the full rate needs warpgroup ``wgmma``). ``async_mma``: warpgroup MMA + TMA
+    exist (Hopper). ``default_attention``: the attention implementation a user's stack
+    runs on this device ("" = by architecture, ``sim.cost.attention_impl.default_impl``).
+    ``l2_bandwidth``: the L2's bandwidth, which fp32 reductions (attention backward's dQ
+    accumulation) stream through.
+    """
+
+    exp_per_clk_per_core: float = 16.0
+    warp_mma_fraction: float = 1.0
+    async_mma: bool = False
+    default_attention: str = ""
+    l2_bandwidth: float | None = None  # bytes/s of the L2 (reductions through L2); None: unpublished
+
+
+@dataclass(frozen=True)
 class Device:
     """One accelerator (or a host CPU) in SI units.
 
@@ -105,6 +126,7 @@ class Device:
     calibration: str = ""  # path of the calibration overlay applied, if any
     sources: dict[str, str] = field(default_factory=dict)
     path: str = ""
+    kernels: KernelTraits = KernelTraits()
 
     def level(self, name: str) -> MemoryLevel | None:
         for lvl in self.memory:
@@ -168,6 +190,28 @@ class CollectiveEfficiency:
 
 
 @dataclass(frozen=True)
+class CollectiveLibrary:
+    """The collective library a system runs and what it enables there.
+
+    ``name``: "nccl" prices collectives with NCCL's own tuning model (protocols LL,
+    LL128, Simple; ring, tree, NVLS, CollNet; sim/network/protocols.py); "hccl" and
+    "generic" keep one protocol whose steps each cost a hop latency plus
+    ``step_overhead`` (HCCL publishes no protocol model). ``arch`` selects NCCL's
+    per-architecture caps (volta, ampere, hopper, blackwell). ``nvls``: NVLink SHARP
+    (multimem in-switch reduction, Hopper NVSwitch and later) and the fraction of
+    the port bandwidth it reaches; ``collnet``: in-network reduction (SHARP)
+    declared on the inter-node fabric. ``channels``: NCCL's ring/tree channels.
+    """
+
+    name: str = "generic"
+    arch: str = "hopper"
+    nvls: bool = False
+    nvls_efficiency: float = 0.0
+    collnet: bool = False
+    channels: int = 16
+
+
+@dataclass(frozen=True)
 class System:
     """A server (node) of identical devices, and how many of them form the cluster.
 
@@ -194,6 +238,7 @@ class System:
     dies_per_package: int = 1
     die_to_die: Link | None = None
     collective_efficiency: CollectiveEfficiency = CollectiveEfficiency()
+    collective_library: CollectiveLibrary = CollectiveLibrary()
     sources: dict[str, str] = field(default_factory=dict)
     path: str = ""
 

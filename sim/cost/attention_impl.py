@@ -1,0 +1,510 @@
+"""Attention priced by the implementation that runs it (docs/attention.md, "Implementations").
+
+One entry point, ``attention_cost(device, shape, impl, pass_)``, used by ``xpusim op
+attention``, ``train``, ``infer`` (through ``KernelCostModel``) and agreeing with
+``xpusim attention`` on Ascend (FastAttention delegates to ``sim.attention_model``).
+
+Implementations and how each is priced:
+
+* ``standard`` — PyTorch eager (the FlashAttention benchmarks' ``attention_pytorch``):
+  [build the causal mask], QK^T as one batched GEMM (scale fused as the GEMM's alpha),
+  [mask add], softmax, PV — each a separate kernel whose S x S tensors cross HBM,
+  priced op by op with the roofline model and summed. Backward is what autograd runs:
+  dP = dO V^T, dV = P^T dO, the softmax backward (reads P and dP, writes dS),
+  dQ = dS K, dK = dS^T Q.
+* GPU fused kernels (``flash1``, ``flash2``, ``flash3``, ``cudnn``, ``xformers``,
+  ``triton``) — one tiled kernel: a CTA owns ``Br`` query rows of one (batch, head) and
+  walks the key blocks of ``Bc`` keys. Per block, on one SM:
+
+  - MMA: ``4 Br Bc d`` FLOPs forward (QK^T, PV), ``10 Br Bc d`` backward (five GEMMs:
+    S recomputed, dP, dV, dK, dQ; the FA papers' 2.5x), at the SM's share of the matrix
+    peak x the device's ``matrix_max`` x the share its MMA path reaches: warp-level
+    ``mma.sync`` reaches ``kernels.warp_mma_fraction`` of peak (1 on Ampere, 0.5 on
+    Hopper, whose full rate needs warpgroup ``wgmma``: FA3 paper s1); ``flash3``,
+    ``cudnn`` and ``triton`` use ``wgmma`` where the device has it.
+  - softmax: one ``exp2`` per score on the special-function units
+    (``kernels.exp_per_clk_per_core`` per clock per SM: 16, i.e. 3.9 T/s on H100 against
+    989 TFLOP/s of matmul, FA3 paper s3.1) and ``ALU_PER_SCORE`` FP32 instructions per
+    score (scale-subtract, row max, row sum, convert; +1 mask select on diagonal blocks
+    of a causal kernel) on the FP32 lanes; the two pipes run concurrently, so the
+    softmax takes the longer of the two.
+  - overlap: a warp's softmax sits between its two GEMMs (S -> P -> PV), so FA2-style
+    kernels run them one after the other: ``block = mma + softmax``. FA3's ping-pong
+    scheduling of two warpgroups and its intra-warpgroup pipelining hide a fraction
+    ``OVERLAP["flash3"]`` of the shorter phase: ``block = mma + softmax - h * min(...)``.
+
+  Items (one per query block of each batch x head, the causal ones visiting only the
+  key blocks up to the diagonal) are placed on the SMs in launch order, each on the
+  least-loaded SM (``flash3``/``cudnn``: heaviest first, as their persistent schedulers
+  do): for short sequences the last wave runs with idle SMs. The kernel takes the
+  longer of that and its HBM traffic (Q, K, V read, O written), plus the launch overhead.
+* Ascend (``npu_fusion_attention``, ``fastattention``) — the Cube/Vector pipeline with
+  its GM hand-off and synchronisation of ``sim.attention_model.fast_attention_cost``,
+  the same function ``xpusim attention`` prints, so the study and a training step agree.
+  Backward: 2.5x the forward pipeline (five matmuls per block instead of two, the same
+  softmax recomputation); an assumption, not a measured Ascend figure.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from hwprofiles.spec import Device
+from sim import ops
+from sim.cost.base import OpCost
+from sim.cost.roofline import RooflineModel
+from sim.errors import InputError
+from sim.ir import MAIN_MEMORY, Op, OpKind, dtype_bytes
+
+IMPLS = (
+    "standard",
+    "flash1",
+    "flash2",
+    "flash3",
+    "cudnn",
+    "xformers",
+    "triton",
+    "npu_fusion_attention",
+    "fastattention",
+)
+PASSES = ("fwd", "bwd", "fwd_bwd")
+GPU_FUSED = ("flash1", "flash2", "flash3", "cudnn", "xformers", "triton")
+ASCEND = ("npu_fusion_attention", "fastattention")
+# FP32 instructions per score of the online softmax (FA2 paper Alg. 1): scale-and-subtract
+# the row max (1 FFMA), the row max (1 FMNMX), the row sum (1 FADD), the convert of P to
+# 16 bits (1). Backward: P recomputed (1 FFMA), dS = P * (dP - D) (2), two converts.
+ALU_PER_SCORE = {"fwd": 4.0, "bwd": 5.0}
+# Fraction of the shorter of (MMA, softmax) a kernel hides behind the other per block.
+# FA2-style kernels (and cuDNN, whose pipelining is unpublished) run them in series.
+# flash3: 0.63, fit to the FA3 paper's ablation (Table 2, H100, d=128, seq 8k: 570 TFLOP/s
+# without and 661 with ping-pong + intra-warpgroup overlap; with this model's terms the
+# 661 needs 63% of the softmax hidden). Not a corpus row.
+OVERLAP = {"flash3": 0.63}
+# Kernels that use Hopper's warpgroup MMA (wgmma + TMA) where the device has it.
+ASYNC_MMA = ("flash3", "cudnn", "triton")
+# Persistent kernels with a tile scheduler that launches the heaviest (causal) items first.
+HEAVY_FIRST = ("flash3", "cudnn")
+EXACT_SCHEDULE_ITEMS = 20000  # above this many items the placement is priced as a fluid
+
+
+@dataclass(frozen=True)
+class AttnShape:
+    """One attention call: ``q_len`` queries of ``batch x heads`` against ``kv_len`` keys."""
+
+    batch: float
+    heads: float
+    q_len: float
+    kv_len: float
+    head_dim: float
+    v_head_dim: float | None = None
+    kv_heads: float | None = None
+    causal: bool = False
+    dtype: str = "bf16"
+
+    @property
+    def vd(self) -> float:
+        return self.v_head_dim or self.head_dim
+
+    @property
+    def kvh(self) -> float:
+        return self.kv_heads or self.heads
+
+    def pairs(self) -> float:
+        """(query, key) pairs computed: all, or up to the diagonal (queries are the last
+        ``q_len`` positions of ``kv_len``)."""
+        if self.causal and self.q_len > 1:
+            return self.q_len * (self.kv_len - self.q_len) + self.q_len * (self.q_len + 1) / 2
+        return self.q_len * self.kv_len
+
+    def paper_flops(self, pass_: str = "fwd") -> float:
+        """The FlashAttention papers' FLOP count (FA2/FA3 s4.1): 4 b h s_q s_k d forward
+        (2 (d + d_v) in general), halved when causal; backward 2.5x, both 3.5x."""
+        flops = 2.0 * self.batch * self.heads * self.q_len * self.kv_len * (self.head_dim + self.vd)
+        if self.causal:
+            flops /= 2
+        return flops * {"fwd": 1.0, "bwd": 2.5, "fwd_bwd": 3.5}[pass_]
+
+
+def shape_of(op: Op) -> AttnShape:
+    """The attention call an ``OpKind.ATTENTION`` op (``sim.ops.fused_attention``) describes."""
+    s = op.shape
+    b, h, q, kv, d = s["batch"], s["heads"], s["q_len"], s["kv_len"], s["head_dim"]
+    causal = bool(s.get("causal", 0.0))
+    base = AttnShape(b, h, q, kv, d, None, s.get("kv_heads"), causal, op.dtype)
+    flops = op.flops / (2.5 if s.get("backward") else 1.0) * s.get("cp", 1.0)
+    # v_head_dim is not stored: recover it from the FLOP count 2 b h pairs (d + d_v).
+    full = AttnShape(b, h, q * s.get("cp", 1.0), kv, d, None, s.get("kv_heads"), causal, op.dtype)
+    pairs = full.pairs()
+    vd = flops / (2.0 * b * h * pairs) - d if b * h * pairs > 0 else d
+    return AttnShape(b, h, base.q_len, kv, d, vd if vd > 0 else d, s.get("kv_heads"), causal,
+                     op.dtype)
+
+
+def default_impl(device: Device) -> str:
+    """What a user's stack runs on ``device`` today (docs/attention.md, "Defaults"):
+    the profile's ``kernels.default_attention``; otherwise FlashAttention-2 on NVIDIA,
+    ``npu_fusion_attention`` on Ascend, eager PyTorch on a CPU."""
+    if device.kernels.default_attention:
+        return device.kernels.default_attention
+    return {"nvidia": "flash2", "davinci": "npu_fusion_attention"}.get(device.arch, "standard")
+
+
+def check_impl(device: Device, impl: str, flag: str = "--impl") -> str:
+    """``impl`` if it can run on ``device``, else a clear InputError naming ``flag``."""
+    if impl not in IMPLS:
+        raise InputError(f"{flag}: unknown attention implementation '{impl}'; expected one of "
+                         f"{', '.join(IMPLS)}")
+    if impl in GPU_FUSED and device.arch != "nvidia":
+        raise InputError(f"{flag} {impl}: a CUDA kernel, not available on {device.name} "
+                         f"({device.arch}); use {default_impl(device)} or standard")
+    if impl == "npu_fusion_attention" and device.arch != "davinci":
+        raise InputError(f"{flag} npu_fusion_attention: an Ascend (torch_npu) kernel, not "
+                         f"available on {device.name}; use {default_impl(device)} or standard")
+    if impl == "flash3" and not device.kernels.async_mma:
+        raise InputError(f"{flag} flash3: FlashAttention-3 needs Hopper's wgmma/TMA, which "
+                         f"{device.name} lacks; use flash2 or cudnn")
+    return impl
+
+
+def attention_cost(device: Device, shape: AttnShape, impl: str | None = None,
+                   pass_: str = "fwd") -> OpCost:
+    """Predicted time of one attention call by ``impl`` (default: ``default_impl``)."""
+    impl = check_impl(device, impl or default_impl(device))
+    if pass_ not in PASSES:
+        raise InputError(f"--pass: expected one of {', '.join(PASSES)}, got '{pass_}'")
+    _check_shape(shape)
+    if pass_ == "fwd_bwd":
+        fwd = attention_cost(device, shape, impl, "fwd")
+        bwd = attention_cost(device, shape, impl, "bwd")
+        cost = _combine(fwd, bwd)
+    elif impl == "standard":
+        cost = _standard(device, shape, pass_)
+    elif impl in ASCEND:
+        cost = _ascend(device, shape, pass_)
+    else:
+        cost = _fused_gpu(device, shape, impl, pass_)
+    details = {**cost.details, "achieved_flops": shape.paper_flops(pass_) / cost.time_s}
+    return OpCost(cost.time_s, cost.compute_s, cost.memory_s, cost.overhead_s, cost.bound, details)
+
+
+def _check_shape(shape: AttnShape) -> None:
+    for key in ("batch", "heads", "q_len", "kv_len", "head_dim"):
+        if getattr(shape, key) <= 0:
+            raise InputError(f"attention: {key} must be >= 1, got {getattr(shape, key)}")
+    if shape.causal and shape.kv_len < shape.q_len:
+        raise InputError(f"attention: causal attention needs kv_len >= q_len, got kv_len="
+                         f"{shape.kv_len:g} < q_len={shape.q_len:g}; raise --kv-len")
+
+
+def _combine(a: OpCost, b: OpCost) -> OpCost:
+    bound = a.bound if a.time_s >= b.time_s else b.bound
+    details = {f"fwd_{k}": v for k, v in a.details.items() if k != "achieved_flops"}
+    details.update({f"bwd_{k}": v for k, v in b.details.items() if k != "achieved_flops"})
+    return OpCost(a.time_s + b.time_s, a.compute_s + b.compute_s, a.memory_s + b.memory_s,
+                  a.overhead_s + b.overhead_s, bound, details)
+
+
+# ------------------------------------------------------------------ standard (eager)
+
+
+def standard_ops(shape: AttnShape, pass_: str = "fwd") -> list[Op]:
+    """The kernels eager PyTorch runs for ``softmax(Q K^T * scale + mask) V`` (forward) or
+    for its autograd backward, in order. Scores are in the input dtype (as the FA
+    benchmarks' ``attention_pytorch``); the causal mask is built per call in fp32
+    (``torch.full`` + ``torch.triu``) and cast to the dtype."""
+    b, h, q, kv, d, vd = shape.batch, shape.heads, shape.q_len, shape.kv_len, shape.head_dim, shape.vd
+    dt = shape.dtype
+    bh = b * h
+    scores = bh * q * kv
+    out: list[Op] = []
+    if pass_ == "fwd":
+        if shape.kvh != h:  # repeat_interleave of K and V to the query heads
+            out.append(ops.memcpy("repeat_kv", b * h * kv * (d + vd) * dtype_bytes(dt)))
+        if shape.causal:
+            out.append(ops.elementwise("mask_full", q * kv, "fp32", 0.0, 0, 1))
+            out.append(ops.elementwise("mask_triu", q * kv, "fp32", 1.0, 1, 1))
+            cast = ops.elementwise("mask_cast", q * kv, dt, 1.0, 1, 1)
+            nbytes = q * kv * (4 + dtype_bytes(dt))
+            out.append(_with_bytes(cast, nbytes))
+        out.append(ops.gemm("qk", q, kv, d, dt, bh))
+        if shape.causal:  # S + mask: the broadcast mask is re-read for every batch x head
+            out.append(ops.elementwise("mask_add", scores, dt, 1.0, 2, 1))
+        out.append(ops.softmax("softmax", bh * q, kv, dt))
+        out.append(ops.gemm("pv", q, vd, kv, dt, bh))
+        return out
+    # autograd: PV backward, softmax backward (the mask add passes the gradient through),
+    # QK^T backward (the scale rides on the GEMMs' alpha).
+    out.append(ops.gemm("dp", q, kv, vd, dt, bh))
+    out.append(ops.gemm("dv", kv, vd, q, dt, bh))
+    out.append(ops.elementwise("softmax_bwd", scores, dt, 3.0, 2, 1, OpKind.SOFTMAX))
+    out.append(ops.gemm("dq", q, d, kv, dt, bh))
+    out.append(ops.gemm("dk", kv, d, q, dt, bh))
+    if shape.kvh != h:  # sum the repeated K/V gradients back to the K/V heads
+        out.append(ops.elementwise("reduce_dkv", b * h * kv * (d + vd), dt, 1.0, 1, 0))
+    return out
+
+
+def _with_bytes(op: Op, nbytes: float) -> Op:
+    from dataclasses import replace
+
+    return replace(op, bytes=MappingProxyType({MAIN_MEMORY: float(nbytes)}))
+
+
+def _standard(device: Device, shape: AttnShape, pass_: str) -> OpCost:
+    model = RooflineModel(device)
+    total = compute = memory = overhead = 0.0
+    by_bound: dict[str, float] = {}
+    nbytes = 0.0
+    for op in standard_ops(shape, pass_):
+        c = model.time(op)
+        total += c.time_s
+        compute += c.compute_s
+        memory += c.memory_s
+        overhead += c.overhead_s
+        nbytes += op.main_bytes
+        by_bound[c.bound] = by_bound.get(c.bound, 0.0) + c.time_s
+    details = {"kernels": float(len(standard_ops(shape, pass_))), "hbm_bytes": nbytes,
+               "score_bytes": shape.batch * shape.heads * shape.q_len * shape.kv_len
+               * dtype_bytes(shape.dtype)}
+    return OpCost(total, compute, memory, overhead, max(by_bound, key=by_bound.get), details)
+
+
+# ------------------------------------------------------------------ GPU fused kernels
+
+
+def tiles(impl: str, device: Device, head_dim: float, pass_: str) -> tuple[int, int]:
+    """(Br, Bc) of the kernel: query rows per CTA x keys per block.
+
+    flash2 forward: flash-attention csrc/flash_attn/src/flash_fwd_launch_template.h
+    (sm80/sm90: d<=64 128x128; d<=128 128x64; d=256 64x64 on H100 for 2 CTAs/SM, 128x64
+    on A100). flash3 forward: hopper/ tile sizes of the FA3 release (d<=64 192x128,
+    d<=128 128x128, d=256 128x80). Backward (both): d<=64 128x128, d<=128 64x128, else
+    64x64. cudnn/triton: 128x128 forward (estimate: the common Hopper tile), xformers
+    (CUTLASS memory-efficient kernel) and flash1: 64x64 / 128x64 (estimate)."""
+    if pass_ == "bwd":
+        return (128, 128) if head_dim <= 64 else (64, 128) if head_dim <= 128 else (64, 64)
+    if impl == "flash3":
+        return (192, 128) if head_dim <= 64 else (128, 128) if head_dim <= 128 else (128, 80)
+    if impl in ("cudnn", "triton"):
+        return (128, 128) if head_dim <= 128 else (128, 64)
+    if impl == "xformers":
+        return (64, 64)
+    if head_dim <= 64:
+        return (128, 128)
+    if head_dim <= 128:
+        return (128, 64)
+    return (64, 64) if device.kernels.async_mma else (128, 64)
+
+
+@dataclass(frozen=True)
+class BlockTerms:
+    mma_s: float
+    exp_s: float
+    alu_s: float
+    softmax_s: float
+    block_s: float
+    reduce_s: float = 0.0  # backward dQ reduction through L2; FA1's O round trip through HBM
+
+
+def block_terms(device: Device, impl: str, shape: AttnShape, pass_: str, br: int, bc: int,
+                diagonal: bool = False) -> BlockTerms:
+    """Time of one (Br x Bc) block on one SM, and its parts (module docstring)."""
+    k = device.kernels
+    sms = device.matrix_cores
+    clock = device.clock_hz
+    use_async = impl in ASYNC_MMA and k.async_mma
+    fraction = 1.0 if use_async else k.warp_mma_fraction
+    mma_rate = device.peak_for("matrix", shape.dtype) / sms * fraction * device.efficiency.matrix_max
+    tm, tn, tk = device.matrix_tile
+    d = math.ceil(shape.head_dim / tk) * tk
+    vd = math.ceil(shape.vd / tk) * tk
+    gemms = 2.0 if pass_ == "fwd" else 5.0  # QK^T, PV | S, dP, dV, dK, dQ
+    mma_flops = gemms * br * bc * (d + vd)
+    mma_s = mma_flops / mma_rate
+    scores = br * bc
+    exp_s = scores / (k.exp_per_clk_per_core * clock)
+    fp32_lanes = device.peak_for("vector", "fp32") / (2.0 * sms)  # FP32 instr/s per SM
+    alu = ALU_PER_SCORE[pass_] + (1.0 if diagonal else 0.0)
+    if impl == "flash1":
+        # FA1 rescales the output block by both softmax statistics every key block (FA2
+        # paper s3.1.1 removes this): 2 d_v extra FP32 ops per query row per block.
+        alu += 2.0 * shape.vd / bc
+    alu_s = alu * scores / fp32_lanes
+    softmax_s = max(exp_s, alu_s)
+    hide = OVERLAP.get(impl, 0.0)
+    block_s = mma_s + softmax_s - hide * min(mma_s, softmax_s)
+    reduce_s = 0.0
+    if pass_ == "bwd":
+        # dQ is accumulated over key blocks in fp32 through L2 (FA2: atomicAdd, FA3: TMA
+        # reduce-add): each block reads and writes its Br x d partial, 8 B per element, at
+        # the SM's share of L2 bandwidth, after the block's dQ GEMM.
+        l2 = k.l2_bandwidth or device.hbm_bandwidth * device.efficiency.memory_max
+        reduce_s = 2.0 * 4.0 * br * shape.head_dim / (l2 / sms)
+    if impl == "flash1":
+        # FA1's loop order: key blocks outer, query blocks inner, so each block reads and
+        # writes its O rows (and softmax statistics) in HBM (FA2 paper s3.1.2).
+        sm_bw = device.hbm_bandwidth * device.efficiency.memory_max / sms
+        reduce_s += 2.0 * br * shape.vd * dtype_bytes(shape.dtype) / sm_bw
+    return BlockTerms(mma_s, exp_s, alu_s, softmax_s, block_s + reduce_s, reduce_s)
+
+
+def _fused_gpu(device: Device, shape: AttnShape, impl: str, pass_: str) -> OpCost:
+    br, bc = tiles(impl, device, shape.head_dim, pass_)
+    full = block_terms(device, impl, shape, pass_, br, bc)
+    diag = block_terms(device, impl, shape, pass_, br, bc, diagonal=True)
+    eff = device.efficiency
+    elt = dtype_bytes(shape.dtype)
+    sms = device.matrix_cores
+    sm_bw = device.hbm_bandwidth * eff.memory_max / sms
+    q_blocks = math.ceil(shape.q_len / br)
+    kv_blocks = math.ceil(shape.kv_len / bc)
+    offset = shape.kv_len - shape.q_len  # queries are the last q_len positions
+    # Per item: its key blocks, plus loading its Q rows and storing its O rows (at the
+    # SM's share of HBM bandwidth: the pipeline fill before the first block).
+    io_rows = br * (shape.head_dim + shape.vd) * elt * (3.0 if pass_ == "bwd" else 1.0)
+    io_s = io_rows / sm_bw
+    items: list[float] = []
+    blocks = 0
+    for i in range(q_blocks):
+        if shape.causal:
+            last_q = offset + min((i + 1) * br, shape.q_len) - 1
+            first_q = offset + i * br
+            visited = min(kv_blocks, math.floor(last_q / bc) + 1)
+            unmasked = min(visited, math.floor((first_q + 1) / bc))
+            partial = visited - unmasked
+        else:
+            visited, partial = kv_blocks, 0
+        blocks += visited
+        items.append((visited - partial) * full.block_s + partial * diag.block_s + io_s)
+    bh = shape.batch * shape.heads
+    reps = max(1, round(bh))
+    pipeline_s = _place(items, reps, sms, impl in HEAVY_FIRST) * (bh / reps)
+    # HBM: Q, K, V read and O written once (backward: + O, dO read, dQ, dK, dV written,
+    # dQ accumulated in fp32); K/V re-reads by other query blocks hit L2.
+    q_bytes = bh * shape.q_len * (shape.head_dim + shape.vd) * elt
+    kv_bytes = shape.batch * shape.kvh * shape.kv_len * (shape.head_dim + shape.vd) * elt
+    hbm_bytes = q_bytes + kv_bytes
+    if pass_ == "bwd":
+        hbm_bytes = 2.5 * q_bytes + 2.0 * kv_bytes + 2 * bh * shape.q_len * shape.head_dim * 4
+    hbm_s = hbm_bytes / (device.hbm_bandwidth * eff.memory_max)
+    kernels = 1 if pass_ == "fwd" else 2  # backward: a preprocess (dO . O) and the main kernel
+    overhead_s = kernels * eff.launch_overhead_s
+    body = max(pipeline_s, hbm_s)
+    bound = "memory" if hbm_s > pipeline_s else (
+        "softmax" if full.softmax_s > full.mma_s else "compute")
+    waves = math.ceil(q_blocks * bh / sms)
+    details = {
+        "block_rows": float(br),
+        "block_cols": float(bc),
+        "block_mma_s": full.mma_s,
+        "block_exp_s": full.exp_s,
+        "block_alu_s": full.alu_s,
+        "block_reduce_s": full.reduce_s,
+        "block_s": full.block_s,
+        "blocks": blocks * bh,
+        "items": q_blocks * bh,
+        "waves": float(waves),
+        "pipeline_s": pipeline_s,
+        "hbm_s": hbm_s,
+        "hbm_bytes": hbm_bytes,
+    }
+    return OpCost(body + overhead_s, pipeline_s, hbm_s, overhead_s, bound, details)
+
+
+def _place(items: list[float], reps: int, sms: int, heavy_first: bool) -> float:
+    """Makespan of ``reps`` copies of ``items`` (one batch x head's query blocks, in launch
+    order) placed one by one on the least-loaded of ``sms`` SMs."""
+    n = len(items) * reps
+    if n == 0:
+        return 0.0
+    if len(set(items)) == 1:  # equal items: whole waves
+        return math.ceil(n / sms) * items[0]
+    if n > EXACT_SCHEDULE_ITEMS:
+        # Many items: the SMs drain together; the last placement adds at most one item.
+        return sum(items) * reps / sms + max(items) / 2
+    order = items * reps
+    if heavy_first:
+        order = sorted(order, reverse=True)
+    loads = [0.0] * min(sms, n)
+    for t in order:
+        heapq.heappush(loads, heapq.heappop(loads) + t)
+    return max(loads)
+
+
+# ------------------------------------------------------------------ Ascend
+
+
+def _ascend(device: Device, shape: AttnShape, pass_: str) -> OpCost:
+    """``sim.attention_model.fast_attention_cost`` (the ``xpusim attention`` model)."""
+    from sim.attention_model import fast_attention_cost  # the study module imports sim.cost
+
+    bh = shape.batch * shape.heads
+    reps = max(1, round(bh))
+    causal = shape.causal and shape.q_len == shape.kv_len
+    dtype = shape.dtype if shape.dtype in ("fp16", "bf16", "fp32") else "fp16"
+    cost = fast_attention_cost(
+        device, 1, reps, int(shape.kv_len), int(shape.head_dim), causal, dtype,
+        q_len=int(shape.q_len),
+    )
+    scale = bh / reps * (2.5 if pass_ == "bwd" else 1.0)
+    launch = device.efficiency.launch_overhead_s
+    time_s = (cost.time_s - launch) * scale + launch
+    d = cost.details
+    details = {k: float(d[k]) for k in ("rows", "cols", "block_cube_s", "block_vector_s",
+                                        "block_gm_s", "sync_s", "pipeline_s", "hbm_s")}
+    return OpCost(time_s, d["pipeline_s"] * scale, d["hbm_s"] * scale, launch, cost.bound,
+                  details)
+
+
+# ------------------------------------------------------------------ the cost model
+
+
+class KernelCostModel:
+    """The roofline model, with attention ops priced by their implementation.
+
+    ``attention_impl`` None = the device's default (``default_impl``). An attention op's
+    pass comes from its shape (``backward``); a context-parallel op (``cp`` in its shape:
+    1/cp of a causal score matrix, Megatron's zig-zag split) is priced as 1/cp of the
+    full-sequence kernel.
+    """
+
+    def __init__(self, device: Device, attention_impl: str | None = None,
+                 name: str = "kernel") -> None:
+        self.device = device
+        self.attention_impl = check_impl(device, attention_impl or default_impl(device),
+                                         "--attention-impl")
+        self.roofline = RooflineModel(device)
+        self.name = name
+
+    def time(self, op: Op) -> OpCost:
+        if op.kind != OpKind.ATTENTION:
+            return self.roofline.time(op)
+        shape = shape_of(op)
+        pass_ = "bwd" if op.shape.get("backward") else "fwd"
+        cp = op.shape.get("cp", 1.0)
+        if cp > 1:
+            from dataclasses import replace
+
+            full = attention_cost(self.device, replace(shape, q_len=shape.q_len * cp),
+                                  self.attention_impl, pass_)
+            return OpCost(full.time_s / cp, full.compute_s / cp, full.memory_s / cp,
+                          full.overhead_s, full.bound, full.details)
+        return attention_cost(self.device, shape, self.attention_impl, pass_)
+
+
+__all__ = [
+    "IMPLS",
+    "PASSES",
+    "AttnShape",
+    "KernelCostModel",
+    "attention_cost",
+    "block_terms",
+    "check_impl",
+    "default_impl",
+    "shape_of",
+    "standard_ops",
+    "tiles",
+]

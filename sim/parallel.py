@@ -22,8 +22,10 @@ from sim.models.spec import ModelSpec
 
 RECOMPUTE_POLICIES = ("none", "selective", "full")
 # Modules a selective policy may recompute (docs/training.md): norms, the attention
-# core with its up-projections, the FFN activation function, the routed-expert MLPs.
-RECOMPUTE_MODULES = ("norm", "attn", "act", "experts", "mlp")
+# core with its up-projections, the FFN activation function, the routed-expert MLPs;
+# "core_attn" is Megatron-LM's selective recompute (Korthikanti et al. 2022): the
+# attention core alone (scores, softmax, dropout), not the projections.
+RECOMPUTE_MODULES = ("norm", "attn", "act", "experts", "mlp", "core_attn")
 DEFAULT_SELECTIVE = ("norm", "attn", "act")
 DIMENSIONS = ("tp", "cp", "ep", "dp", "pp")
 DEFAULT_ORDER = "tp-cp-ep-dp-pp"
@@ -78,6 +80,15 @@ class ParallelPlan:
         1.0  # framework/runtime workspace (HCCL/NCCL buffers, CANN/CUDA context)
     )
     tp_overlap_chunks: int = 4
+    # Training recipe. ``dropout``: attention-probability and hidden dropout rate
+    # (Megatron-LM's GPT default 0.1, Narayanan et al. 2021 / Korthikanti et al. 2022;
+    # Llama-style recipes 0): with dropout the step keeps 1-byte masks and, for unfused
+    # attention, the dropped scores. ``grad_accum_fusion``: the weight-gradient GEMM
+    # accumulates straight into the fp32 main gradient (Megatron-Core
+    # ``gradient_accumulation_fusion``, default on); off (Megatron-LM 2021), every
+    # micro-batch adds the 16-bit gradients into the fp32 buffer in a separate pass.
+    dropout: float = 0.0
+    grad_accum_fusion: bool = True
     # Uneven pipeline split: model slots (transformer layers, then MTP modules) per
     # virtual stage, in virtual-stage order (v = chunk * pp + stage), pp*vpp entries
     # summing to layers + MTP modules; 0 is allowed (a stage with only the embedding
@@ -276,6 +287,8 @@ def validate_plan(spec: ModelSpec, plan: ParallelPlan, num_devices: int) -> Para
         raise InputError(
             f"recompute_modules {bad} unknown; choose from {', '.join(RECOMPUTE_MODULES)}"
         )
+    if not 0 <= plan.dropout < 1:
+        raise InputError(f"dropout must be in [0, 1), got {plan.dropout}")
     if not 0 <= plan.fragmentation < 1:
         raise InputError(f"fragmentation must be in [0, 1), got {plan.fragmentation}")
     if plan.pp * plan.vpp > spec.layers + spec.mtp_layers:

@@ -46,6 +46,9 @@ class Comp:
     module: str  # module of the op's output (recompute re-runs ops of recomputed modules)
     saved_bytes: float = 0.0  # bytes kept for this op's backward
     saved_by: str = "checkpoint"  # module that produced the saved tensor; "checkpoint": always kept
+    # Further tensors kept for the backward, each with the module whose recompute drops
+    # it: (bytes, module). Unfused attention's scores ("core_attn") and dropout masks.
+    extra_saved: tuple[tuple[float, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,11 @@ def _wrap_ops(raw: list[Op | CommNeed], ctx: SlotContext) -> list[Item]:
     out: list[Item] = []
     b = ctx.b
     norm_saved = False  # the normed input is shared by all its consumers: count it once
+    plan = ctx.plan
+    # With sequence parallelism a GEMM fed by the SP all-gather keeps only its sequence
+    # shard of the input and re-gathers it for the backward (Korthikanti et al. 2022,
+    # arXiv 2205.05198 §4.2.2; ``backward_items`` emits the re-gather).
+    sp_shard = plan.tp if plan.sequence_parallel and plan.tp > 1 else 1
     for item in raw:
         if isinstance(item, CommNeed):
             out += (
@@ -153,6 +161,8 @@ def _wrap_ops(raw: list[Op | CommNeed], ctx: SlotContext) -> list[Item]:
                 "mlp_up",
                 "shared_expert_up",
             ):
+                if sp_shard > 1 and shape["m"] == ctx.tokens:
+                    a_bytes /= sp_shard  # the gathered input: only the local shard is kept
                 saved, by = (0.0 if norm_saved else a_bytes), "norm"
                 norm_saved = True
             elif name in ("q_b_proj", "kv_b_proj", "o_proj"):
@@ -162,19 +172,66 @@ def _wrap_ops(raw: list[Op | CommNeed], ctx: SlotContext) -> list[Item]:
             elif name.endswith("_down"):
                 saved, by = a_bytes, "act"
             elif name == "lm_head":
+                if sp_shard > 1 and shape["m"] == ctx.tokens:
+                    a_bytes /= sp_shard
                 saved, by = a_bytes, "checkpoint"
             else:
                 saved, by = a_bytes, module
         elif op.kind == OpKind.ATTENTION:
-            saved, by = op.main_bytes, "attn"  # Q, K, V, O (+ softmax statistics, small)
+            # Q, K, V (O is the output projection's saved input: one tensor, counted
+            # there) plus, for unfused attention, the score-sized tensors.
+            saved, by = attention_saved(op, ctx), "attn"
+            scores = attention_scores_saved(op, ctx)
+            if scores:
+                out.append(Comp(op, module, saved, by, ((scores, "core_attn"),)))
+                continue
         elif name.endswith("_act"):
             gated = ctx.spec.gated_ffn or not name.startswith("mlp")
             saved = shape["numel"] * b * (2 if gated else 1)  # the up-projection output
             by = "experts" if name.startswith("experts") else "mlp"
         elif op.kind == OpKind.SOFTMAX:
             saved, by = op.main_bytes / 2.0, "checkpoint"  # fp32 probabilities for the loss
+        elif name.endswith("_residual") and plan.dropout > 0:
+            # Megatron's fused bias-dropout-add keeps a 1-byte mask per element of the
+            # block output (Korthikanti et al. 2022 §4.1: the "sbh" of each block).
+            saved, by = shape["numel"] * DROPOUT_MASK_BYTES, "checkpoint"
         out.append(Comp(op, module, saved, by))
     return out
+
+
+DROPOUT_MASK_BYTES = 1.0  # a byte per element (torch bool / uint8 mask)
+
+
+def attention_saved(op: Op, ctx: SlotContext) -> float:
+    """Q, K and V of an attention op: what its backward needs besides the output."""
+    s = op.shape
+    vd = _v_dim(ctx.spec)
+    o_bytes = s["batch"] * s["heads"] * s["q_len"] * vd * dtype_bytes(op.dtype)
+    return max(0.0, op.main_bytes - o_bytes)
+
+
+def attention_scores_saved(op: Op, ctx: SlotContext) -> float:
+    """Score-sized tensors an unfused attention keeps for its backward.
+
+    Megatron-LM's standard attention (Korthikanti et al. 2022 §4.1): the softmax output
+    (2·a·s²·b bytes at 16 bits), and with attention dropout its mask (a·s²·b) and the
+    dropout output that feeds the PV GEMM (2·a·s²·b): 5·a·s²·b. Fused (Flash)
+    attention keeps none (it recomputes the scores in its backward).
+    """
+    if not is_unfused_attention(op):
+        return 0.0
+    s = op.shape
+    pairs = s["batch"] * s["heads"] * s["q_len"] * s["kv_len"]
+    per_pair = dtype_bytes(op.dtype)  # softmax output
+    if ctx.plan.dropout > 0:
+        per_pair += DROPOUT_MASK_BYTES + dtype_bytes(op.dtype)
+    return pairs * per_pair
+
+
+def is_unfused_attention(op: Op) -> bool:
+    """Whether an attention op materialises its scores (the attention-impl choice)."""
+    impl = str(op.shape.get("impl", "")) if hasattr(op.shape, "get") else ""
+    return impl in ("standard", "unfused", "eager", "math")
 
 
 def _ep_comms(need: CommNeed, ctx: SlotContext) -> list[Comm]:
@@ -471,8 +528,20 @@ def recompute_items(items: list[Item], policy: str, modules: tuple[str, ...]) ->
     if policy == "full":
         return list(items)
     if policy == "selective":
-        return [it for it in items if it.module in modules]
+        return [it for it in items if _recomputed(it, modules)]
     return []
+
+
+def _recomputed(it: Item, modules: tuple[str, ...]) -> bool:
+    """``core_attn`` (Megatron's selective recompute) re-runs only the attention core:
+    the score computation, not the projections around it."""
+    if it.module in modules:
+        return True
+    if "core_attn" in modules and it.module == "attn":
+        return (isinstance(it, Comp) and it.op.kind == OpKind.ATTENTION) or (
+            isinstance(it, Comm) and it.name == "cp_kv_gather"
+        )
+    return False
 
 
 def activation_bytes(
@@ -483,10 +552,17 @@ def activation_bytes(
         return 0.0
     if policy == "full":
         return input_bytes  # only the slot input is checkpointed
-    dropped = modules if policy == "selective" else ()
-    return sum(
-        it.saved_bytes for it in items if isinstance(it, Comp) and it.saved_by not in dropped
-    )
+    dropped = set(modules) if policy == "selective" else set()
+    if "attn" in dropped:
+        dropped.add("core_attn")  # recomputing the attention module re-runs its core too
+    total = 0.0
+    for it in items:
+        if not isinstance(it, Comp):
+            continue
+        if it.saved_by not in dropped:
+            total += it.saved_bytes
+        total += sum(nbytes for nbytes, by in it.extra_saved if by not in dropped)
+    return total
 
 
 def weight_params(items: list[Item]) -> tuple[float, float]:

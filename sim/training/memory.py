@@ -34,6 +34,34 @@ OPTIMIZER_BYTES_PER_PARAM = 12.0  # fp32 master weights + Adam first and second 
 GIB = 1024**3
 
 
+def megatron_activation_bytes(
+    s: float, b: float, h: float, a: float, t: int = 1, sp: bool = False, policy: str = "none"
+) -> float:
+    """Activation bytes per transformer layer and micro-batch, as Korthikanti et al. 2022
+    (arXiv 2205.05198, Table 2) derive them for a GPT layer (16-bit activations,
+    dropout, unfused attention, 4h GELU MLP):
+
+    * no parallelism: s·b·h·(34 + 5·a·s/h);
+    * tensor parallel t: s·b·h·(10 + 24/t + 5·a·s/(h·t)); with sequence parallelism
+      s·b·h·(34/t + 5·a·s/(h·t));
+    * selective recompute (the attention core): the 5·a·s/h term goes, s·b·h·(10 + 24/t)
+      and s·b·h·34/t with SP;
+    * full recompute: the layer input only, 2·s·b·h (sharded by t with SP: Megatron
+      checkpoints the sequence-parallel shard).
+
+    The reference the lowering's per-op accounting (``layers.activation_bytes``) is
+    tested against; the simulator itself sums per-op saved tensors, so FlashAttention,
+    no dropout, SwiGLU or GQA change the result where this formula cannot.
+    """
+    sbh = s * b * h
+    if policy == "full":
+        return 2.0 * sbh / (t if sp else 1)
+    scores = 0.0 if policy == "selective" else 5.0 * a * s / (h * t)
+    if sp:
+        return sbh * (34.0 / t + scores)
+    return sbh * (10.0 + 24.0 / t + scores)
+
+
 @dataclass(frozen=True)
 class MemoryBreakdown:
     stage: int
@@ -46,6 +74,10 @@ class MemoryBreakdown:
     reserved: float
     in_flight: dict[int, int]  # chunk -> micro-batches alive at the peak
     capacity: float
+    # Activation bytes per micro-batch of the largest transformer layer on this stage
+    # (compare with ``megatron_activation_bytes``) and per chunk (layers + embedding/head).
+    per_layer_activations: float = 0.0
+    per_chunk_activations: tuple[float, ...] = ()
 
     @property
     def total(self) -> float:
@@ -76,6 +108,8 @@ class MemoryBreakdown:
             "total_bytes": self.total,
             "capacity_bytes": self.capacity,
             "in_flight_microbatches": {str(k): v for k, v in self.in_flight.items()},
+            "activations_per_layer_bytes": self.per_layer_activations,
+            "activations_per_chunk_bytes": list(self.per_chunk_activations),
             "oom": self.oom,
         }
 
@@ -111,6 +145,15 @@ def rank_memory(rp: RankPlan, plan: ParallelPlan, capacity: float) -> MemoryBrea
     p2p = max(ch.input_bytes for ch in rp.chunks) if plan.pp > 1 else 0.0
     buffers = 2.0 * largest + 4.0 * p2p
     frag = plan.fragmentation * (acts + buffers)
+    per_layer = max(
+        (
+            L.activation_bytes(items, plan.recompute, plan.recompute_modules, ch.input_bytes)
+            for ch in rp.chunks
+            for name, items in ch.slots
+            if name.startswith("L")
+        ),
+        default=0.0,
+    )
     return MemoryBreakdown(
         rp.stage,
         weights,
@@ -122,6 +165,8 @@ def rank_memory(rp: RankPlan, plan: ParallelPlan, capacity: float) -> MemoryBrea
         plan.runtime_reserved_gib * GIB,
         in_flight,
         capacity,
+        per_layer,
+        tuple(ch.act_bytes for ch in rp.chunks),
     )
 
 

@@ -49,12 +49,17 @@ def test_bus_factors_are_nccl_tests():
 @pytest.mark.skipif("dgx-h100" not in list_systems(), reason="dgx-h100 profile not present")
 def test_dgx_h100_all_reduce_busbw_in_published_nccl_range():
     system = load_system("dgx-h100")
-    res = cost_collective(system, "all-reduce", range(8), GIB)
+    ring = cost_collective(system, "all-reduce", range(8), GIB, algorithm="ring")
     peak = system.intra_link.bandwidth  # NVLink 4 one-way per GPU, 450 GB/s
-    assert res.bus_bandwidth < peak
+    assert ring.bus_bandwidth < peak
+    assert ring.protocol == "Simple"
     # NCCL ring all-reduce on 8 x H100/H200 (NVLink 4): 365-368 GB/s busbw at large sizes
     # (stas00/ml-engineering network/benchmarks); allow +-8% around that band.
-    assert 0.92 * 365e9 <= res.bus_bandwidth <= 1.08 * 368e9
+    assert 0.92 * 365e9 <= ring.bus_bandwidth <= 1.08 * 368e9
+    # By default NCCL picks NVLS (in-switch reduction) there: 466-482 GB/s published.
+    auto = cost_collective(system, "all-reduce", range(8), GIB)
+    assert auto.algorithm == "nvls"
+    assert 0.92 * 466e9 <= auto.bus_bandwidth <= 1.08 * 482e9
 
 
 def test_atlas_a2_all_reduce_uses_all_hccs_links():

@@ -41,8 +41,9 @@ def test_all_reduce_dgx_h100_json(capsys):
         "schema_version",
     ):
         assert key in out
-    assert out["algorithm"] == "ring"
-    assert out["bus_bandwidth"] < 450e9
+    # NCCL's default on an NVLS-capable NVSwitch: in-switch reduction, Simple protocol.
+    assert out["algorithm"] == "nvls" and out["protocol"] == "Simple"
+    assert out["bus_bandwidth"] < 2 * 450e9
     assert out["bus_bandwidth"] == pytest.approx(out["algorithm_bandwidth"] * 1.75)
 
 

@@ -19,12 +19,14 @@ from sim.ir import CollectiveKind
 from sim.network import cost_collective
 from sim.network.algorithms import ALGORITHMS
 from sim.network.api import BACKENDS, MAX_RANKS
+from sim.network.protocols import PROTOCOLS
 from sim.report import (
     check_output_file,
     check_plot_path,
     emit_json,
     fmt_bytes,
     fmt_si,
+    save_figure,
     table,
     write_csv,
 )
@@ -48,6 +50,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--bytes", default="1GiB", help="per-rank buffer (sim.ir.Collective.bytes)")
     p.add_argument("--algorithm", default="auto", choices=("auto", *ALGORITHMS))
+    p.add_argument(
+        "--protocol",
+        default="auto",
+        choices=("auto", *PROTOCOLS),
+        help="NCCL protocol (LL, LL128, Simple); auto = the cheapest, as NCCL picks",
+    )
     p.add_argument("--backend", default="analytical", choices=BACKENDS)
     p.add_argument(
         "--sweep",
@@ -127,14 +135,16 @@ def run(args: argparse.Namespace) -> int:
     if args.sweep:
         return _sweep(args, system, group, header)
     nbytes = parse_size(args.bytes, "--bytes")
-    res = cost_collective(system, args.kind, group, nbytes, args.algorithm, args.backend)
+    res = cost_collective(
+        system, args.kind, group, nbytes, args.algorithm, args.backend, args.protocol
+    )
     payload = {**header, "bytes": nbytes, **res.as_dict()}
     if args.json:
         emit_json(payload)
         return 0
     print(
         f"{args.kind} of {fmt_bytes(nbytes)} over {ranks} ranks of {system.name} "
-        f"({system.nodes} node(s)), {res.algorithm} [{res.backend}]"
+        f"({system.nodes} node(s)), {res.algorithm}/{res.protocol} [{res.backend}]"
     )
     print(
         f"  time {fmt_si(res.time_s, 's')}   algbw {fmt_si(res.algorithm_bandwidth, 'B/s')}   "
@@ -154,22 +164,35 @@ def run(args: argparse.Namespace) -> int:
 def _sweep(args: argparse.Namespace, system: System, group: tuple[int, ...], header: dict) -> int:
     rows = []
     for size in sweep_sizes(args.sweep):
-        res = cost_collective(system, args.kind, group, size, args.algorithm, args.backend)
+        res = cost_collective(
+            system, args.kind, group, size, args.algorithm, args.backend, args.protocol
+        )
         rows.append(
             {
                 "bytes": size,
                 "time_s": res.time_s,
-                "algorithm": res.algorithm,
-                "algorithm_bandwidth": res.algorithm_bandwidth,
+                "algbw": res.algorithm_bandwidth,
+                "algorithm_bandwidth": res.algorithm_bandwidth,  # the older name, kept
                 "bus_bandwidth": res.bus_bandwidth,
+                "algorithm": res.algorithm,
+                "protocol": res.protocol,
             }
         )
     plot = Path(args.plot or f"out/collective_{args.kind}.png")
-    plot_sweep(rows, plot, f"{args.kind}, {len(group)} ranks, {system.name}")
+    measured = measured_points(args.kind, args.system, system.name, len(group), system.nodes)
+    plot_sweep(rows, plot, f"{args.kind}, {len(group)} ranks, {system.name}", measured)
     if args.csv:
         write_csv(args.csv, rows)
     if args.json:
-        emit_json({**header, "backend": args.backend, "plot": str(plot), "sweep": rows})
+        emit_json(
+            {
+                **header,
+                "backend": args.backend,
+                "plot": str(plot),
+                "measured": measured,
+                "sweep": rows,
+            }
+        )
         return 0
     print(
         table(
@@ -180,17 +203,52 @@ def _sweep(args: argparse.Namespace, system: System, group: tuple[int, ...], hea
                     f"{r['algorithm_bandwidth'] / 1e9:.2f}",
                     f"{r['bus_bandwidth'] / 1e9:.2f}",
                     r["algorithm"],
+                    r["protocol"],
                 ]
                 for r in rows
             ],
-            ["size", "time(us)", "algbw(GB/s)", "busbw(GB/s)", "algorithm"],
+            ["size", "time(us)", "algbw(GB/s)", "busbw(GB/s)", "algorithm", "protocol"],
         )
     )
+    if measured:
+        print(f"measured (validation corpus): {len(measured)} point(s) overlaid")
     print(f"plot: {plot}")
     return 0
 
 
-def plot_sweep(rows: list[dict], path: Path, title: str) -> Path:
+def measured_points(kind: str, system_arg: str, system_name: str, ranks: int, nodes: int) -> list[dict]:
+    """Published busbw points of the validation corpus for this kind, system, ranks and
+    nodes (category "collective", metric busbw, check and fit rows alike): the measured
+    curve the sweep plot overlays. Empty when the corpus has none (or is absent)."""
+    try:
+        from sim.validation.corpus import load_corpus
+    except ImportError:
+        return []
+    try:
+        rows = load_corpus()
+    except (InputError, OSError):
+        return []
+    out = []
+    for row in rows:
+        a = row.args
+        if row.category != "collective" or row.metric != "busbw" or row.unsupported:
+            continue
+        if a.get("kind") != kind or a.get("system") not in (system_arg, system_name):
+            continue
+        dpn_nodes = int(a.get("nodes", 1))
+        if int(a.get("ranks", 0)) != ranks or dpn_nodes != nodes:
+            continue
+        if a.get("algorithm", "auto") != "auto" or "bytes" not in a:
+            continue  # the sweep shows the library's own choice
+        try:
+            size = parse_size(str(a["bytes"]), "bytes")
+        except InputError:
+            continue
+        out.append({"id": row.id, "bytes": size, "bus_bandwidth": row.measured * 1e9})
+    return sorted(out, key=lambda r: r["bytes"])
+
+
+def plot_sweep(rows: list[dict], path: Path, title: str, measured: list[dict] | None = None) -> Path:
     import matplotlib  # imported here so the CLI starts fast when no plot is asked for
 
     matplotlib.use("Agg")
@@ -201,6 +259,15 @@ def plot_sweep(rows: list[dict], path: Path, title: str) -> Path:
     sizes = [r["bytes"] for r in rows]
     ax.plot(sizes, [r["bus_bandwidth"] / 1e9 for r in rows], marker="o", label="busbw")
     ax.plot(sizes, [r["algorithm_bandwidth"] / 1e9 for r in rows], marker=".", label="algbw")
+    if measured:
+        ax.scatter(
+            [m["bytes"] for m in measured],
+            [m["bus_bandwidth"] / 1e9 for m in measured],
+            marker="x",
+            color="black",
+            zorder=3,
+            label="busbw measured (validation corpus)",
+        )
     ax.set_xscale("log", base=2)
     ax.set_xlabel("bytes per rank")
     ax.set_ylabel("GB/s")
@@ -208,6 +275,6 @@ def plot_sweep(rows: list[dict], path: Path, title: str) -> Path:
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)  # atomic: temp file, then rename
     plt.close(fig)
     return path

@@ -38,7 +38,16 @@ from sim.ir import CollectiveKind
 from sim.network.phases import Flow, Phase
 from sim.network.topology import Topology
 
-ALGORITHMS = ("ring", "tree", "hierarchical", "pairwise", "direct")
+ALGORITHMS = (
+    "ring",
+    "tree",
+    "nvls",
+    "nvls_tree",
+    "collnet",
+    "hierarchical",
+    "pairwise",
+    "direct",
+)
 
 _RING_KINDS = (
     CollectiveKind.ALL_REDUCE,
@@ -68,6 +77,8 @@ def candidates(kind: CollectiveKind, topo: Topology, group: tuple[int, ...]) -> 
     nodes = layout(topo, group)
     multi = len(nodes) > 1
     hier = multi and is_homogeneous(topo, group) and len(group) > len(nodes)
+    if topo.system.collective_library.name == "nccl" and kind not in _A2A_KINDS:
+        return _nccl_candidates(kind, topo, multi, hier)
     if kind == CollectiveKind.SEND_RECV:
         return ["direct"]
     if kind in _A2A_KINDS:
@@ -84,6 +95,30 @@ def candidates(kind: CollectiveKind, topo: Topology, group: tuple[int, ...]) -> 
         out.append("direct")
     if hier and kind != CollectiveKind.BROADCAST:
         out.append("hierarchical")
+    return out
+
+
+def _nccl_candidates(
+    kind: CollectiveKind, topo: Topology, multi: bool, hier: bool
+) -> list[str]:
+    """What NCCL (2.19+) can run: trees, NVLS and CollNet for all-reduce only; rings
+    for every kind; NVLS where the NVSwitch supports NVLink SHARP (multimem), the
+    multi-node form (NVLS tree) and CollNet only on groups with the same devices on
+    every node; CollNet only where the profile declares in-network reduction."""
+    lib = topo.system.collective_library
+    if kind == CollectiveKind.SEND_RECV:
+        return ["direct"]
+    out = ["ring"]
+    if kind != CollectiveKind.ALL_REDUCE:
+        return out
+    out.append("tree")
+    if lib.nvls and topo.system.intra_topology == "switch":
+        if not multi:
+            out.append("nvls")
+        elif hier:
+            out.append("nvls_tree")
+    if lib.collnet and hier:
+        out.append("collnet")
     return out
 
 
@@ -106,6 +141,15 @@ def build(
         return _all_to_all(algorithm, topo, members, nbytes)
     if algorithm == "ring":
         return _ring_kind(kind, members, nbytes)
+    if algorithm == "nvls":
+        return [_nvls_phase(topo, [members], nbytes)]
+    if algorithm in ("nvls_tree", "collnet") or (
+        algorithm == "tree"
+        and topo.system.collective_library.name == "nccl"
+        and len(layout(topo, group)) > 1
+        and is_homogeneous(topo, group)
+    ):
+        return [_two_level_pipelined(algorithm, topo, members, nbytes)]
     if algorithm == "tree":
         return _tree_kind(kind, members, nbytes)
     if algorithm == "direct":
@@ -178,6 +222,72 @@ def _tree_kind(kind: CollectiveKind, members: list[int], s: float) -> list[Phase
             flows.append((child, parent, half))  # reduce up
             flows.append((parent, child, half))  # broadcast down
     return [Phase("double-binary-tree all-reduce", 2 * _depth(n), tuple(flows))]
+
+
+def _nvls_port_bytes(groups: list[list[int]], s: float) -> tuple[tuple[int, float], ...]:
+    """NVLS all-reduce inside each group through the switch (multimem): a device's
+    reduce step reads its S/k slice reduced in the switch (the switch pulls S/k of
+    every device: S out of each port, S/k back in), its broadcast step writes S/k
+    that the switch copies to all k (S/k out, S in): S(k+1)/k each way per port."""
+    out = []
+    for g in groups:
+        k = len(g)
+        out.extend((d, s * (k + 1) / k) for d in g)
+    return tuple(out)
+
+
+def _nvls_scale(topo: Topology) -> float:
+    """NVLS traffic is priced at nvls_efficiency of the port peak instead of the
+    point-to-point collective efficiency."""
+    s = topo.system
+    return s.collective_library.nvls_efficiency / s.collective_efficiency.intra_node
+
+
+def _nvls_phase(topo: Topology, groups: list[list[int]], s: float) -> Phase:
+    return Phase(
+        "NVLS all-reduce (in-switch reduce + multicast)",
+        1,
+        port_bytes=_nvls_port_bytes(groups, s),
+        port_scale=_nvls_scale(topo),
+    )
+
+
+def _two_level_pipelined(algorithm: str, topo: Topology, members: list[int], s: float) -> Phase:
+    """NCCL's multi-node all-reduce trees as one pipelined phase (every stage runs at
+    once on successive chunks, so the busiest link sets the pace):
+
+    * ``tree``: a chain through the node's devices (S up to reduce, S down to
+      broadcast on each chain edge) and a tree between nodes, each node sending
+      and receiving S in all over its rails (S/k per same-rail peer);
+    * ``nvls_tree``: the in-switch NVLS reduction inside the node (S(k+1)/k per port)
+      and the same tree between nodes on the S/k slices;
+    * ``collnet``: the chain inside the node and the in-network (SHARP) reduction:
+      each node sends S/k per rail up once and receives the result once.
+    """
+    per_node, rails = _rails(topo, members)
+    k, nn = len(per_node[0]), len(per_node)
+    flows: list[Flow] = []
+    # Between nodes a double binary tree moves ~2(N-1)/N x its slice through each node
+    # (S/k per rail at N = 2, ~2S/k at scale), like an all-reduce of the S/k slices;
+    # in-network reduction sends each slice up once and gets the result once.
+    per_rail = s / k if algorithm == "collnet" else 2 * (nn - 1) / nn * s / k
+    inter = [f for r in rails for f in ring_flows(r, per_rail)]
+    if algorithm == "nvls_tree":
+        return Phase(
+            "NVLS tree all-reduce (NVLS in node, tree across nodes; pipelined)",
+            1,
+            flows=tuple(inter),
+            port_bytes=_nvls_port_bytes(per_node, s),
+            port_scale=_nvls_scale(topo),
+        )
+    for g in per_node:
+        for a, b in zip(g[:-1], g[1:], strict=True):
+            flows.append((b, a, s))  # reduce up the chain
+            flows.append((a, b, s))  # broadcast down
+    name = "tree all-reduce (chain in node, tree across nodes; pipelined)"
+    if algorithm == "collnet":
+        name = "CollNet all-reduce (chain in node, in-network reduction; pipelined)"
+    return Phase(name, 1, flows=tuple(flows + inter))
 
 
 def _rails(topo: Topology, members: list[int]) -> tuple[list[list[int]], list[list[int]]]:

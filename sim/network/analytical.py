@@ -84,12 +84,17 @@ def _flows(topo: Topology, phase: Phase, flows: list) -> PhaseCost:
             by_class[cls] += nbytes  # bytes that crossed the class, once per flow
         if path:
             hop = max(hop, topo.path_latency(src, dst))
+    for dev, nbytes in phase.port_bytes:  # in-switch traffic: both ports of the device
+        loads[("up", dev)] += nbytes / phase.port_scale
+        loads[("down", dev)] += nbytes / phase.port_scale
+        by_class[INTRA] += nbytes
+        hop = max(hop, topo.class_latency(INTRA))
     transfer, bottleneck = 0.0, "none (no traffic)"
     for link, load in loads.items():
         t = load / topo.capacity(link)
         if t > transfer:
             transfer, bottleneck = t, describe_link(topo, link, load)
-    latency = phase_latency(topo, phase, hop) if flows else 0.0
+    latency = phase_latency(topo, phase, hop) if loads else 0.0
     return PhaseCost(
         phase.name,
         transfer + latency,

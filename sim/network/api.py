@@ -2,11 +2,14 @@
 
 ``cost_collective`` builds the system's ``Topology``, decomposes the collective into
 phases with the chosen algorithm (``sim.network.algorithms``) and prices them with
-the analytical backend (per-link bytes / capacity + latency) or the flow-level
-simulation (max-min fair sharing). ``algorithm="auto"`` prices every applicable
-algorithm analytically and keeps the fastest, which reproduces what NCCL/HCCL tuning
-does: trees for small messages (fewer latency steps), rings for large ones,
-two-level forms when the group spans nodes, direct all-to-all inside a node.
+the analytical backend (per-link bytes / capacity) or the flow-level simulation
+(max-min fair sharing). On an NCCL system the protocol (LL, LL128, Simple) then
+scales that transfer time and NCCL's latency model adds the per-step latencies
+(``sim.network.protocols``); elsewhere each step costs a hop latency plus the
+profile's step overhead. ``algorithm``/``protocol`` = "auto" price every applicable
+pair analytically and keep the fastest, NCCL's own rule: LL for small messages,
+LL128 / Simple as they grow, trees and NVLS where they win, two-level forms when
+the group spans nodes, direct all-to-all inside a node.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ from hwprofiles.spec import System
 from sim.errors import InputError
 from sim.ir import Collective, CollectiveKind
 from sim.network import analytical, flow
+from sim.network import protocols as proto
 from sim.network.algorithms import build, candidates
-from sim.network.phases import NetworkCost, Phase
+from sim.network.phases import NetworkCost, Phase, PhaseCost
 from sim.network.topology import Topology
 
 BACKENDS = ("analytical", "flow")
@@ -44,11 +48,13 @@ class CollectiveResult:
     bottleneck: str = ""  # the link that limits the slowest phase, and its load
     backend: str = "analytical"
     phases: tuple[dict, ...] = ()  # per phase: name, time_s, transfer_s, latency_s, ...
+    protocol: str = "Simple"  # LL, LL128 or Simple (NCCL); Simple elsewhere
 
     def as_dict(self) -> dict:
         return {
             "time_s": self.time_s,
             "algorithm": self.algorithm,
+            "protocol": self.protocol,
             "algorithm_bandwidth": self.algorithm_bandwidth,
             "bus_bandwidth": self.bus_bandwidth,
             "backend": self.backend,
@@ -91,6 +97,7 @@ def cost_collective(
     nbytes: float,
     algorithm: str = "auto",
     backend: str = "analytical",
+    protocol: str = "auto",
 ) -> CollectiveResult:
     try:
         kind = CollectiveKind(kind)
@@ -101,6 +108,10 @@ def cost_collective(
         ) from None
     if backend not in BACKENDS:
         raise InputError(f"unknown backend '{backend}'; choose one of: {', '.join(BACKENDS)}")
+    if protocol != "auto" and protocol not in proto.PROTOCOLS:
+        raise InputError(
+            f"unknown protocol '{protocol}'; choose one of: auto, {', '.join(proto.PROTOCOLS)}"
+        )
     if nbytes < 0:
         raise InputError(f"bytes must be >= 0, got {nbytes}")
     if len(group) > MAX_RANKS:
@@ -114,19 +125,37 @@ def cost_collective(
     n = len(group)
     if n <= 1 or nbytes == 0:
         return CollectiveResult(0.0, "none", 0.0, 0.0, backend=backend)
-    if algorithm == "auto":
-        best = None
-        for name in candidates(kind, topo, group):
-            c = analytical.cost_phases(topo, build(kind, name, topo, group, nbytes))
-            if best is None or c.time_s < best[1].time_s:
-                best = (name, c)
-        assert best is not None
-        algorithm, cost = best
-        if backend == "flow":
-            cost = flow.cost_phases(topo, build(kind, algorithm, topo, group, nbytes))
-    else:
-        phases = build(kind, algorithm, topo, group, nbytes)
-        cost = cost_network(system, phases, backend)
+    names = candidates(kind, topo, group) if algorithm == "auto" else [algorithm]
+    nodes = len({topo.node_of(d) for d in group})
+    best: tuple[float, str, str, NetworkCost, list[int]] | None = None
+    for name in names:
+        phases = build(kind, name, topo, group, nbytes)
+        cost = analytical.cost_phases(topo, phases)
+        options = proto.protocols(system, kind, name, nbytes, n)
+        if protocol != "auto":
+            if protocol not in options:
+                if algorithm != "auto":
+                    raise InputError(
+                        f"protocol {protocol} does not apply to {kind} with {name} on "
+                        f"{system.name} (library {system.collective_library.name}); "
+                        f"choose one of: auto, {', '.join(options)}"
+                    )
+                continue
+            options = [protocol]
+        for p in options:
+            rounds = [ph.rounds for ph in phases]
+            t = _with_protocol(system, kind, name, p, cost, rounds, nbytes, n, nodes).time_s
+            if best is None or t < best[0]:
+                best = (t, name, p, cost, rounds)
+    if best is None:
+        raise InputError(
+            f"protocol {protocol} applies to no algorithm of {kind} on {system.name}; "
+            "use --protocol auto"
+        )
+    _, algorithm, chosen, cost, rounds = best
+    if backend == "flow":
+        cost = flow.cost_phases(topo, build(kind, algorithm, topo, group, nbytes))
+    cost = _with_protocol(system, kind, algorithm, chosen, cost, rounds, nbytes, n, nodes)
     algbw = nbytes / cost.time_s if cost.time_s > 0 else 0.0
     return CollectiveResult(
         time_s=cost.time_s,
@@ -137,7 +166,37 @@ def cost_collective(
         bottleneck=cost.bottleneck,
         backend=backend,
         phases=tuple(p.as_dict() for p in cost.phases),
+        protocol=chosen,
     )
+
+
+def _with_protocol(
+    system: System,
+    kind: CollectiveKind,
+    algorithm: str,
+    protocol: str,
+    cost: NetworkCost,
+    rounds: list[int],
+    nbytes: float,
+    n: int,
+    nodes: int,
+) -> NetworkCost:
+    """The phases' cost under ``protocol``: on an NCCL system the transfer time over
+    the protocol's bandwidth fraction, and NCCL's latency (shared out over the phases
+    by their rounds) instead of the per-round hop + step overhead."""
+    if not proto.is_nccl(system):
+        return cost
+    transfer = sum(p.transfer_s for p in cost.phases)
+    simple_busbw = nbytes * bus_factor(kind, n) / transfer if transfer > 0 else float("inf")
+    frac = proto.bandwidth_fraction(system, kind, algorithm, protocol, nodes, simple_busbw, nbytes)
+    weights = [max(1, r) for r in rounds]
+    latency = proto.latency_s(system, kind, algorithm, protocol, n, nodes, sum(rounds))
+    phases = []
+    for p, w in zip(cost.phases, weights, strict=True):
+        share = latency * w / sum(weights)
+        t = p.transfer_s / frac
+        phases.append(PhaseCost(p.name, t + share, t, share, p.link_bytes, p.bottleneck))
+    return NetworkCost(sum(p.time_s for p in phases), phases)
 
 
 def comm_time_fn(system: System) -> Callable[[Collective], float]:

@@ -80,7 +80,7 @@ def simulate_phase(topo: Topology, phase: Phase) -> PhaseCost:
     if early is not None:
         raise early
     flows = phase.expand()
-    if not flows:
+    if not flows and not phase.port_bytes:
         return PhaseCost(phase.name, 0.0, 0.0, 0.0, {}, "none (no traffic)")
     links: dict[tuple, int] = {}
     paths = []
@@ -92,6 +92,14 @@ def simulate_phase(topo: Topology, phase: Phase) -> PhaseCost:
         for cls in {topo.link_class(link) for link in path}:
             by_class[cls] = by_class.get(cls, 0.0) + nbytes
         hop = max(hop, topo.path_latency(src, dst))
+    # In-switch traffic: one flow up and one down each device's port, sized so that
+    # the port's capacity prices it at the phase's port_scale.
+    for dev, nbytes in phase.port_bytes:
+        for link in (("up", dev), ("down", dev)):
+            flows.append((dev, dev, nbytes / phase.port_scale))
+            paths.append([links.setdefault(link, len(links))])
+        by_class["intra_node"] = by_class.get("intra_node", 0.0) + nbytes
+        hop = max(hop, topo.class_latency("intra_node"))
     if len(flows) * len(links) > MAX_CELLS:
         raise InputError(
             f"phase '{phase.name}' has {len(flows)} flows on {len(links)} links, too many "

@@ -25,6 +25,11 @@ class Phase:
     # Uniform all-to-all: every ordered pair inside each subgroup exchanges a2a_bytes.
     a2a_groups: tuple[tuple[int, ...], ...] = ()
     a2a_bytes: float = 0.0
+    # In-switch traffic (NVLS multimem): bytes that cross each listed device's switch
+    # port in *each* direction, at ``port_scale`` x the port's collective capacity
+    # (NVLS reaches a different share of the port than point-to-point copies).
+    port_bytes: tuple[tuple[int, float], ...] = ()
+    port_scale: float = 1.0
 
     def expand(self) -> list[Flow]:
         """All flows, listing the uniform all-to-all pairs (n^2: small groups only)."""
@@ -36,7 +41,7 @@ class Phase:
 
     @property
     def is_uniform_a2a(self) -> bool:
-        return bool(self.a2a_groups) and not self.flows
+        return bool(self.a2a_groups) and not self.flows and not self.port_bytes
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,214 @@
+"""Protocols and per-step latencies: NCCL's tuning model as the library uses it.
+
+NCCL prices every (algorithm, protocol) pair with ``time = latency + bytes / algbw``
+and runs the cheapest (src/graph/tuning.cc, ``ncclTopoTuneModel`` and
+``ncclTopoGetAlgoTime``); its constants live in ``sim/data/nccl_tuning.toml``.
+Here the *bandwidth* side comes from the topology (the phases of
+``sim.network.algorithms`` priced link by link, at NCCL's effective per-link rate);
+this module adds what the link loads do not show:
+
+* the **protocol fraction** of that bandwidth: LL moves 4 data bytes per 8-byte
+  word (a flag in the other half), 0.5; LL128 keeps 120 of 128 bytes, NCCL uses
+  0.92; Simple 1.0; trees lose more (x0.92, LL x1/3.8, LL128 x7/9 on one node);
+  capped by NCCL's absolute LL ceiling and per-channel LL128/tree ceilings;
+* the **latency**: NCCL's base latency of the (algorithm, protocol) plus one
+  hardware latency per step (NVLink, PCIe or network, per protocol), with the
+  step counts of ring (2(n-1) for all-reduce, n-1 for reduce-scatter/all-gather),
+  tree (2 x (chain inside the node + log2 nodes)) and NVLS (one switch round);
+* NCCL's medium-size **tree correction** (trees under-run the model there).
+
+Systems whose library is "hccl" or "generic" keep one protocol ("Simple") whose
+steps each cost a hop latency plus the profile's ``step_overhead`` (HCCL publishes
+no protocol or tuning model; see docs/collective.md).
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+
+from hwprofiles.spec import System
+from sim.ir import CollectiveKind
+
+PROTOCOLS = ("LL", "LL128", "Simple")
+_P = {p: i for i, p in enumerate(PROTOCOLS)}
+
+# Algorithms the NCCL tuner knows (NCCL's names, lower case). ``pairwise``/``direct``
+# (send/recv based all-to-all, p2p) are priced with the ring's per-step latencies.
+_TUNED = ("ring", "tree", "nvls", "nvls_tree", "collnet")
+
+# NCCL p2p (send/recv, all-to-all) uses LL up to NCCL_P2P_LL_THRESHOLD bytes per peer.
+P2P_LL_THRESHOLD = 16384
+
+
+@dataclass(frozen=True)
+class Tuning:
+    base: dict[str, list[float]]
+    hw: dict[str, dict[str, list[float]]]
+    ll_max_bw: dict[str, list[float]]
+    ring_ll128_per_ch: dict[str, list[float]]
+    tree_per_ch: dict[str, list[float]]
+    tree_ll128_per_ch: dict[str, list[float]]
+    fraction: dict[str, list[float]]
+    tree_correction: dict[str, list[float]]
+    plateau: float
+    plateau_pre_ampere: float
+    net_overhead_us: float
+
+
+@cache
+def tuning() -> Tuning:
+    text = (resources.files("sim") / "data" / "nccl_tuning.toml").read_text(encoding="utf-8")
+    d = tomllib.loads(text)
+    misc = d["misc"]
+    return Tuning(
+        base=d["base_latency_us"],
+        hw=d["hw_latency_us"],
+        ll_max_bw=d["ll_max_bw"],
+        ring_ll128_per_ch=d["ring_ll128_max_bw_per_channel"],
+        tree_per_ch=d["tree_max_bw_per_channel"],
+        tree_ll128_per_ch=d["tree_ll128_max_bw_per_channel"],
+        fraction=d["protocol_fraction"],
+        tree_correction=d["tree_correction"],
+        plateau=misc["ring_plateau"],
+        plateau_pre_ampere=misc["ring_plateau_pre_ampere"],
+        net_overhead_us=misc["net_overhead_us"],
+    )
+
+
+def is_nccl(system: System) -> bool:
+    return system.collective_library.name == "nccl"
+
+
+def protocols(system: System, kind: CollectiveKind, algorithm: str, nbytes: float, n: int) -> list[str]:
+    """Protocols NCCL would consider for ``algorithm`` (the auto choice picks among them)."""
+    if not is_nccl(system):
+        return ["Simple"]
+    if algorithm in ("nvls", "nvls_tree", "collnet"):
+        return ["Simple"]  # NCCL runs NVLS and CollNet with Simple only
+    if algorithm in ("pairwise", "direct", "hierarchical") or kind == CollectiveKind.SEND_RECV:
+        per_peer = nbytes / max(1, n) if kind != CollectiveKind.SEND_RECV else nbytes
+        return ["LL"] if per_peer <= P2P_LL_THRESHOLD else ["Simple"]
+    # LL128 is enabled by default only over NVLink (tuning.cc: "Enable LL128 by default
+    # only on Volta/Ampere/Hopper+NVLink"); PCIe systems get LL and Simple.
+    if system.intra_topology != "switch":
+        return ["LL", "Simple"]
+    return list(PROTOCOLS)
+
+
+def _scale(nodes: int) -> int:
+    return 0 if nodes <= 1 else 1 if nodes == 2 else 2
+
+
+def bandwidth_fraction(
+    system: System,
+    kind: CollectiveKind,
+    algorithm: str,
+    protocol: str,
+    nodes: int,
+    simple_busbw: float,
+    nbytes: float,
+) -> float:
+    """The share of the Simple-protocol bandwidth that ``protocol`` reaches.
+
+    ``simple_busbw`` (bytes/s) is the bus bandwidth the link model gives with Simple;
+    NCCL's absolute caps (LL ceiling, per-channel LL128 and tree ceilings) are bus
+    bandwidths too, so the fraction is min(protocol share, cap / simple_busbw).
+    """
+    if not is_nccl(system):
+        return 1.0
+    t = tuning()
+    lib = system.collective_library
+    p = _P[protocol]
+    s = _scale(nodes)
+    # LL: for one node NCCL looks up the GPU architecture, across nodes the host CPU
+    # (Intel assumed: the first row).
+    ll_row = lib.arch if nodes <= 1 else "volta"
+    ll_cap = t.ll_max_bw[ll_row][s] * 1e9
+    busbw = max(simple_busbw, 1.0)
+    if algorithm == "tree":
+        frac = (t.fraction["tree"] if nodes <= 1 else t.fraction["tree_multi_node"])[p]
+        if protocol == "Simple":
+            frac = min(frac, lib.channels * t.tree_per_ch[lib.arch][s] * 1e9 / busbw)
+        elif protocol == "LL128":
+            frac = min(frac, lib.channels * t.tree_ll128_per_ch[lib.arch][s] * 1e9 / busbw)
+        else:
+            frac = min(frac, ll_cap / busbw)
+        if kind == CollectiveKind.ALL_REDUCE and nbytes >= 64:
+            log_size = int(math.log2(nbytes / 64))
+            table = t.tree_correction[protocol]
+            if 0 <= log_size < len(table):
+                frac *= table[log_size]
+        return frac
+    if algorithm in _TUNED or algorithm in ("pairwise", "direct", "hierarchical"):
+        frac = t.fraction["ring"][p]
+        if protocol == "LL":
+            frac = min(frac, ll_cap / busbw)
+        elif protocol == "LL128":
+            frac = min(frac, lib.channels * t.ring_ll128_per_ch[lib.arch][s] * 1e9 / busbw)
+        return frac
+    return 1.0
+
+
+def _intra_hw(system: System) -> str:
+    return "nvlink" if system.intra_topology == "switch" else "pci"
+
+
+def latency_s(
+    system: System,
+    kind: CollectiveKind,
+    algorithm: str,
+    protocol: str,
+    n: int,
+    nodes: int,
+    rounds: int,
+) -> float:
+    """NCCL's latency of (algorithm, protocol) on ``n`` ranks over ``nodes`` nodes.
+
+    ``rounds``: the latency steps of the phases (used for the p2p algorithms, which
+    NCCL's tuner does not price).
+    """
+    t = tuning()
+    p = _P[protocol]
+    intra_hw = _intra_hw(system)
+    table = "ring" if algorithm not in _TUNED else algorithm
+    base = t.base[table][p]
+    intra = t.hw[intra_hw][table][p]
+    # One network step: NCCL's hwLat[NET] plus the graph's network latency (the NIC's),
+    # charged twice with Simple (the data and the flush of the receive buffer).
+    nic = system.nic.latency * 1e6
+    inter = t.hw["net"][table][p] + nic * (2 if protocol == "Simple" else 1)
+    ppn = max(1, n // max(1, nodes))
+    if algorithm in ("pairwise", "direct", "hierarchical") or kind == CollectiveKind.SEND_RECV:
+        step = inter if nodes > 1 else intra
+        return (base + rounds * step) * 1e-6
+    if algorithm == "ring":
+        if kind == CollectiveKind.BROADCAST:
+            # Not the same channels both ways: NCCL adds a chunk latency per step,
+            # the tree's Simple latency ("waiting for proper chunk modeling").
+            hw = "net" if nodes > 1 else intra_hw
+            step = t.hw[hw]["tree"][p] if protocol == "Simple" else t.hw[hw]["ring"][p]
+            return (base + n * step) * 1e-6
+        nsteps = 2 * (n - 1) if kind == CollectiveKind.ALL_REDUCE else n - 1
+        n_inter = 0
+        if nodes > 1:
+            n_inter = 2 * (nodes - 1) if kind == CollectiveKind.ALL_REDUCE else nodes - 1
+            overhead = t.net_overhead_us * (3 if protocol == "Simple" else 1)
+            intra = max(intra, overhead)
+        lat = base + (nsteps - n_inter) * intra + n_inter * inter
+        if nodes > 1 and kind == CollectiveKind.ALL_REDUCE and protocol == "Simple":
+            pre = system.collective_library.arch == "volta"
+            lat *= t.plateau_pre_ampere if pre else t.plateau  # "plateau effect of ring"
+        return lat * 1e-6
+    levels = int(math.log2(nodes)) if nodes > 1 else 0
+    if algorithm == "tree":
+        return (base + 2 * ((ppn - 1) * intra + levels * inter)) * 1e-6
+    if algorithm == "nvls":
+        return (intra + (inter if nodes > 1 else 0.0)) * 1e-6
+    if algorithm == "nvls_tree":
+        return (base + intra + 2 * levels * inter) * 1e-6
+    # collnet (chain): the chain inside the node, one trip through the switch tree.
+    return (base + 2 * (ppn - 1) * intra + inter) * 1e-6

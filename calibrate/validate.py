@@ -22,6 +22,7 @@ from calibrate.suites import KERNEL_SUITES, Case, cases
 from hwprofiles import load_device
 from hwprofiles.loader import read_toml
 from sim.errors import InputError
+from sim.report import save_figure
 
 # The kernels the validation targets are set for (issue 5): median <= 10%, p90 <= 25%.
 DEFAULT_CHECK_SUITES = ("fastattention", "moe", "cdc")
@@ -219,7 +220,7 @@ def scatter_plot(points: Sequence[Point], path: str | Path, title: str) -> Path:
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)  # atomic: temp file, then rename
     plt.close(fig)
     return path
 

@@ -9,6 +9,7 @@ accepted, or applied with ``calibration=PATH``.
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,26 @@ def read_toml(path: Path) -> dict[str, Any]:
             f"{path}: is a directory, not a profile; pass a .toml file or a profile name "
             "(run 'xpusim hw list')"
         )
-    return read_checked(path, "profile", error=ProfileError)
+    raw = read_checked(path, "profile", error=ProfileError)
+    _require_finite(raw, path)
+    return raw
+
+
+def _require_finite(raw: dict[str, Any], path: Path) -> None:
+    """TOML allows inf and nan; no rate, capacity or latency of real hardware is either
+    (an inf bandwidth prices every transfer at 0 s, a nan poisons every sum)."""
+    stack: list[tuple[str, Any]] = [("", raw)]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend((f"{where}.{k}".lstrip("."), v) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((f"{where}[{i}]", v) for i, v in enumerate(value))
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ProfileError(
+                f"{path}: field {where} = {value}: must be a finite number; give the "
+                "figure from the datasheet (in the field's unit)"
+            )
 
 
 def _resolve(name_or_path: str, folder: Path, kind: str, names: list[str]) -> Path:

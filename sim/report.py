@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
+import os
 import sys
-from collections.abc import Iterable, Sequence
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -63,9 +66,67 @@ def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+# What each output flag writes, by suffix: an output path must end in one of these,
+# and an existing file is replaced only if it does (so `--csv README.md` is refused).
+CSV_SUFFIXES = (".csv",)
+JSON_SUFFIXES = (".json",)
+TOML_SUFFIXES = (".toml",)
+SUFFIXES_BY_FLAG = {
+    "--csv": CSV_SUFFIXES,
+    "--trace": JSON_SUFFIXES,
+    "--measurements": CSV_SUFFIXES,
+    "--plot": PLOT_SUFFIXES,
+    "--timeline": PLOT_SUFFIXES,
+}
+
+
+def _check_writable_dir(path: Path, flag: str) -> None:
+    """The folder ``path`` will be written in exists (or can be made) and takes a file:
+    tried with a temporary file, the only check that holds for root, /proc, read-only
+    mounts and full disks alike."""
+    parent = path.parent if str(path.parent) else Path(".")
+    ancestor = parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise InputError(f"{flag} {path}: {ancestor} is not a folder; give a path in a folder")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".xpusim-probe-"):
+            pass
+    except OSError as exc:
+        raise InputError(
+            f"{flag} {path}: cannot write in {parent} ({exc.strerror or exc}); "
+            "give a path in a folder you can write"
+        ) from None
+
+
+def check_output_file(
+    path: str | Path, flag: str, suffixes: tuple[str, ...] | None = None
+) -> Path:
+    """A file the command will write, checked before any work: not a directory, in a
+    writable folder, named with the suffix of what is written, and, if it exists,
+    already such a file (an existing README.md is never replaced by a CSV)."""
+    path = Path(path)
+    suffixes = suffixes or SUFFIXES_BY_FLAG.get(flag, ())
+    if path.is_dir():
+        raise InputError(f"{flag} {path}: is a directory; give a file name inside it")
+    if suffixes and path.suffix.lower() not in suffixes:
+        shown = path.suffix or "no suffix"
+        refuse = " (refusing to replace an existing file of another kind)" if path.exists() else ""
+        raise InputError(
+            f"{flag} {path}: {shown} is not what it writes{refuse}; end the file name in "
+            f"{', '.join(suffixes)}"
+        )
+    if path.exists() and not path.is_file():
+        raise InputError(f"{flag} {path}: not a regular file; give a file name")
+    _check_writable_dir(path, flag)
+    return path
+
+
 def check_plot_path(path: str | Path, flag: str = "--plot") -> Path:
-    """The plot path as a Path, or an InputError naming ``flag`` when matplotlib could not
-    write it: an unknown suffix (it picks the format from the suffix) or a directory."""
+    """The plot path, checked like any output (matplotlib picks the format from the
+    suffix: .png, .svg or .pdf)."""
     path = Path(path)
     if path.is_dir():
         raise InputError(f"{flag} {path}: is a directory; give a file name such as {path}/plot.png")
@@ -75,7 +136,7 @@ def check_plot_path(path: str | Path, flag: str = "--plot") -> Path:
             f"{flag} {path}: unknown figure format ({shown}); end the file name in "
             f"{', '.join(PLOT_SUFFIXES)}"
         )
-    return path
+    return check_output_file(path, flag, PLOT_SUFFIXES)
 
 
 def check_output_args(args) -> None:
@@ -86,24 +147,49 @@ def check_output_args(args) -> None:
         check_output_file(args.csv, "--csv")
 
 
-def check_output_file(path: str | Path, flag: str) -> Path:
-    """A file the command will write (CSV, JSON, trace): an InputError if it is a directory."""
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` (same suffix) to write; renamed over ``path``
+    only when the block succeeds, so an interrupted run leaves the old file whole."""
     path = Path(path)
-    if path.is_dir():
-        raise InputError(f"{flag} {path}: is a directory; give a file name inside it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    os.close(fd)
+    # mkstemp makes the file private (0600); give it the mode a plain open() would.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int = 120) -> Path:
+    """``fig.savefig`` through a temporary file (format from the suffix), then rename."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".").lower() or None)
     return path
 
 
 def write_csv(path: str | Path, rows: Iterable[dict[str, Any]], flag: str = "--csv") -> Path:
     rows = list(rows)
-    path = check_output_file(path, flag)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = check_output_file(path, flag, CSV_SUFFIXES)
     fields: list[str] = []
     for row in rows:
         for key in row:
             if key not in fields:
                 fields.append(key)
-    with path.open("w", newline="") as fh:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from sim.engine import Record, SimResult
+from sim.report import save_figure, write_text_atomic
 
 _STREAM_TID = {"compute": 0, "comm": 1, "copy": 2}
 _COLOURS = {
@@ -79,7 +80,7 @@ def write_chrome_trace(
 ) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(chrome_trace(result, ranks, names)))
+    write_text_atomic(path, json.dumps(chrome_trace(result, ranks, names)))
     return path
 
 
@@ -131,6 +132,6 @@ def render_timeline(
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
+    save_figure(fig, path, dpi=130)  # atomic: temp file, then rename
     plt.close(fig)
     return path

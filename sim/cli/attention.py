@@ -18,6 +18,7 @@ from sim.report import (
     emit_json,
     fmt_bytes,
     fmt_si,
+    save_figure,
     table,
     write_csv,
 )
@@ -273,6 +274,6 @@ def plot(result: dict, path: str) -> Path:
     fig.tight_layout()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
+    save_figure(fig, out, dpi=120)  # atomic: temp file, then rename
     plt.close(fig)
     return out

@@ -24,6 +24,7 @@ from sim.report import (
     emit_json,
     fmt_bytes,
     fmt_si,
+    save_figure,
     table,
     write_csv,
 )
@@ -301,6 +302,6 @@ def plot_ep_sweep(rows: list[dict], path: Path, title: str) -> Path:
         ax.legend()
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)  # atomic: temp file, then rename
     plt.close(fig)
     return path

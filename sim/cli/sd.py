@@ -16,6 +16,7 @@ from sim.inference.sd_study import sd_payload
 from sim.report import (
     check_output_args,
     emit_json,
+    save_figure,
     table,
     write_csv,
 )
@@ -156,6 +157,6 @@ def plot_sweep(groups: list[dict], path: str, title: str) -> Path:
         ax.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    save_figure(fig, out, dpi=110)  # atomic: temp file, then rename
     plt.close(fig)
     return out

@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from sim.errors import InputError
 from sim.inputs import read_json
+from sim.limits import MAX_DIM
 from sim.models.spec import MLASpec, ModelSpec, MoESpec
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
@@ -66,10 +68,15 @@ class _Config:
                     f"'{self.model_type}'; add it to the config (see docs/models.md)"
                 )
             return default
-        if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.error(key, f"must be an integer, got {value!r}")
+        if not math.isfinite(value) or value != int(value):
             raise self.error(key, f"must be an integer, got {value!r}")
         if value < minimum:
             raise self.error(key, f"must be >= {minimum}, got {value!r}")
+        if value > MAX_DIM:
+            # sim.limits: 1e30 is not a layer or head count; counts are tensor dimensions.
+            raise self.error(key, f"must be <= {MAX_DIM:,} (docs/limits.md), got {value!r}")
         return int(value)
 
     def bool_(self, key: str, default: bool) -> bool:

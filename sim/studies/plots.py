@@ -11,6 +11,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 
+from sim.report import save_figure
+
 METRIC_LABELS = {
     "tokens_per_s": "throughput (tokens/s)",
     "mfu": "MFU",
@@ -141,6 +143,6 @@ def _save(fig, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
+    save_figure(fig, path, dpi=130)  # atomic: temp file, then rename
     plt.close(fig)
     return path

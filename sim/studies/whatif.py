@@ -49,10 +49,18 @@ from sim.inference.kvcache import require_kv_fit, step_kv_bytes
 from sim.inference.lowering import StepBatch, StepSimulator, plan_for, require_memory
 from sim.inference.routing import routing_from_text
 from sim.inference.sd_study import sd_payload
+from sim.limits import (
+    MAX_DIM,
+    MAX_RANKS,
+    check_float,
+    check_int,
+    check_namespace,
+    check_train_work,
+)
 from sim.models import load_model
 from sim.models.spec import ModelSpec
 from sim.network.ep import simulate_ep, system_for_ep
-from sim.parallel import ParallelPlan, validate_plan
+from sim.parallel import ParallelPlan, microbatches, validate_plan
 from sim.studies.executors import run_tasks
 from sim.tomlfile import read_toml
 from sim.training import simulate_training
@@ -107,6 +115,11 @@ def load_saved(path: str | Path) -> SavedCommand:
     )
 
 
+# Largest varied value of a float field (SI units): above any rate or capacity
+# (sim.limits.MAX_RATE is 1e21), so no product of fields overflows to inf.
+MAX_VARIED = 1e24
+
+
 @dataclass(frozen=True)
 class Variation:
     field: str  # canonical dotted path (aliases resolved)
@@ -132,11 +145,14 @@ def parse_vary(text: str) -> Variation:
 
 def _number(text: str, name: str) -> float:
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise InputError(
             f"--vary {name}: value '{text}' is not a number or multiplier (e.g. 2x, 0.5x, 1.6e12)"
         ) from None
+    # The same rules as flags and files (sim.limits): finite, and > 0 for a multiplier
+    # or a size; 1e400 is inf, which would make every elasticity nan.
+    return check_float(value, f"--vary {name}: value '{text}'", 0.0, MAX_VARIED, lo_open=True)
 
 
 def _get(obj: Any, parts: list[str], name: str) -> Any:
@@ -186,8 +202,11 @@ def _apply_value(base: Any, value: str, name: str) -> tuple[Any, float]:
         new = _number(value, name)
         m = new / base if base else math.nan
     if isinstance(base, int):
-        new = int(round(new))
+        # A count stays a whole number within the limits of a tensor dimension.
+        new = check_int(round(new), f"--vary {name}: value {value} gives", 1, MAX_DIM)
         m = new / base if base else math.nan
+    else:
+        new = check_float(new, f"--vary {name}: value {value} gives", 0.0, MAX_VARIED, True)
     if new <= 0 or not m > 0:
         raise InputError(f"--vary {name}: value {value} gives {new}; it must be > 0")
     return new, m
@@ -206,6 +225,8 @@ def base_inputs(saved: SavedCommand) -> tuple[System, ModelSpec | None]:
     a = saved.args
     system_name = a.get("system", "atlas-800t-a2")
     nodes = a.get("nodes")
+    if nodes is not None:
+        nodes = check_int(nodes, f"{saved.path}: args.nodes", 1, MAX_RANKS)
     if nodes is None and saved.command == "train":
         # As `xpusim train`: enough nodes for the plan's tp x cp x pp x dp devices.
         per_node = load_system(system_name).devices_per_node
@@ -265,6 +286,7 @@ def _train_plan(point: Point) -> ParallelPlan:
         plan = replace(plan, **plan_only)
     assert point.spec is not None
     plan = validate_plan(point.spec, plan, point.system.num_devices)
+    check_train_work(point.system.num_devices, plan.pp, microbatches(plan), point.spec.layers)
     if extra["recompute"] == "auto":
         plan, _ = train_cli.choose_recompute(point.spec, point.system, plan)
     return plan
@@ -315,12 +337,17 @@ def _parse_command_args(
         else:
             argv += [flag, str(value)]
     try:
-        return parser.parse_args(argv)
+        ns = parser.parse_args(argv)
     except SystemExit:
         raise InputError(
             f"{point.saved.path}: [args] are not valid `xpusim {command}` options "
             "(see the message above)"
         ) from None
+    try:
+        check_namespace(ns)  # the flags' limits hold for saved arguments too
+    except InputError as exc:
+        raise InputError(f"{point.saved.path}: [args]: {exc}") from None
+    return ns
 
 
 def _ep_result(point: Point) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from pathlib import Path
 from hwprofiles.spec import System
 from sim.models.spec import ModelSpec
 from sim.parallel import ParallelPlan
+from sim.report import save_figure
 from sim.training.simulate import Sensitivity, TrainingOptions, simulate_training
 
 # Reported figures (a check, never an input): Pangu Ultra MoE abstract (30.0% MFU) and
@@ -206,7 +207,7 @@ def plot(rows: list[dict], path: str) -> None:
     ax.set_title("Pangu Ultra MoE: simulated throughput under each assumption")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)  # atomic: temp file, then rename
     plt.close(fig)
 
 

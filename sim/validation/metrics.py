@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sim.ir import dtype_bytes
+from sim.models.counting import param_counts
 from sim.models.hf_config import load_model
 
 Payload = dict[str, Any]
@@ -62,6 +63,14 @@ def megatron_flops_per_step(args: dict[str, Any]) -> float:
     return 96.0 * b * s * layers * h * h * (1.0 + s / (6.0 * h) + v / (16.0 * layers * h))
 
 
+def six_n_attention_flops_per_token(args: dict[str, Any]) -> float:
+    """The FlashAttention-2 paper's training count (Dao 2023, Table 1):
+    6·params + 12·layers·hidden·seqlen FLOPs per token, no recompute term."""
+    spec = load_model(str(args["model"]))
+    seq = float(args["seq"])
+    return 6.0 * param_counts(spec).total + 12.0 * spec.layers * spec.hidden * seq
+
+
 def _op_tflops(args: dict[str, Any], p: Payload) -> float:
     kind = args["kind"]
     if kind == "gemm":
@@ -96,6 +105,11 @@ def _train_tflops_megatron(args: dict[str, Any], p: Payload) -> float:
     return megatron_flops_per_step(args) / p["step_time_s"] / p["devices"] / 1e12
 
 
+def _train_tflops_6n_attn(args: dict[str, Any], p: Payload) -> float:
+    flops = six_n_attention_flops_per_token(args) * p["tokens_per_step"]
+    return flops / p["step_time_s"] / p["devices"] / 1e12
+
+
 METRICS: dict[tuple[str, str], Metric] = {
     ("op", "tflops"): _op_tflops,
     ("op", "gbps"): _op_gbps,
@@ -114,6 +128,7 @@ METRICS: dict[tuple[str, str], Metric] = {
     ("sd", "peak_speedup"): lambda a, p: p["peak"]["speedup"],
     ("train", "tokens_per_s_per_device"): lambda a, p: p["tokens_per_s_per_device"],
     ("train", "tflops_megatron"): _train_tflops_megatron,
+    ("train", "tflops_6n_attn"): _train_tflops_6n_attn,
 }
 
 

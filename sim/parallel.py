@@ -28,6 +28,7 @@ RECOMPUTE_POLICIES = ("none", "selective", "full")
 RECOMPUTE_MODULES = ("norm", "attn", "act", "experts", "mlp", "core_attn")
 DEFAULT_SELECTIVE = ("norm", "attn", "act")
 DIMENSIONS = ("tp", "cp", "ep", "dp", "pp")
+FRAMEWORKS = ("eager", "cuda-graphs")  # host-side profiles: sim/training/framework.py
 DEFAULT_ORDER = "tp-cp-ep-dp-pp"
 
 
@@ -89,6 +90,14 @@ class ParallelPlan:
     # micro-batch adds the 16-bit gradients into the fp32 buffer in a separate pass.
     dropout: float = 0.0
     grad_accum_fusion: bool = True
+    # Attention implementation (sim.cost.attention_impl: "standard" = unfused eager
+    # attention with S x S tensors in memory, "flash2", "npu_fusion_attention", ...);
+    # "" = the device's current default stack. Sets the attention ops' price and, for
+    # "standard", the scores kept for the backward.
+    attention_impl: str = ""
+    # Host side of the framework (sim.training.framework): "eager" PyTorch dispatch per
+    # op, or "cuda-graphs" (no per-op host cost).
+    framework: str = "eager"
     # Uneven pipeline split: model slots (transformer layers, then MTP modules) per
     # virtual stage, in virtual-stage order (v = chunk * pp + stage), pp*vpp entries
     # summing to layers + MTP modules; 0 is allowed (a stage with only the embedding
@@ -286,6 +295,10 @@ def validate_plan(spec: ModelSpec, plan: ParallelPlan, num_devices: int) -> Para
     if bad:
         raise InputError(
             f"recompute_modules {bad} unknown; choose from {', '.join(RECOMPUTE_MODULES)}"
+        )
+    if plan.framework not in FRAMEWORKS:
+        raise InputError(
+            f"plan.framework '{plan.framework}' unknown; use one of {', '.join(FRAMEWORKS)}"
         )
     if not 0 <= plan.dropout < 1:
         raise InputError(f"dropout must be in [0, 1), got {plan.dropout}")

@@ -218,7 +218,7 @@ def attention_scores_saved(op: Op, ctx: SlotContext) -> float:
     dropout output that feeds the PV GEMM (2·a·s²·b): 5·a·s²·b. Fused (Flash)
     attention keeps none (it recomputes the scores in its backward).
     """
-    if not is_unfused_attention(op):
+    if not is_unfused_attention(op, ctx):
         return 0.0
     s = op.shape
     pairs = s["batch"] * s["heads"] * s["q_len"] * s["kv_len"]
@@ -228,10 +228,37 @@ def attention_scores_saved(op: Op, ctx: SlotContext) -> float:
     return pairs * per_pair
 
 
-def is_unfused_attention(op: Op) -> bool:
-    """Whether an attention op materialises its scores (the attention-impl choice)."""
-    impl = str(op.shape.get("impl", "")) if hasattr(op.shape, "get") else ""
-    return impl in ("standard", "unfused", "eager", "math")
+def is_unfused_attention(op: Op, ctx: SlotContext) -> bool:
+    """Whether an attention op materialises its scores: the plan's attention
+    implementation is "standard" (eager / Megatron-LM 2021), or the op says so."""
+    impl = str(op.shape.get("impl", "")) or ctx.plan.attention_impl
+    return impl == "standard"
+
+
+def attention_dropout(items: list[Item], ctx: SlotContext) -> list[Item]:
+    """Unfused attention with dropout: a pass over the (full, masked) score matrix after
+    the softmax that writes the dropped probabilities and a 1-byte mask (Megatron-LM's
+    fused scale-mask-softmax is followed by ``attention_dropout``; Korthikanti et al.
+    2022 §4.1). Fused kernels drop in-kernel from a regenerated RNG state."""
+    if ctx.plan.dropout <= 0:
+        return items
+    out: list[Item] = []
+    for it in items:
+        out.append(it)
+        if isinstance(it, Comp) and it.op.kind == OpKind.ATTENTION and is_unfused_attention(
+            it.op, ctx
+        ):
+            s = it.op.shape
+            numel = s["batch"] * s["heads"] * s["q_len"] * s["kv_len"]
+            op = ops.elementwise("attention_dropout", numel, ctx.plan.dtype, 2.0)
+            op = replace(
+                op,
+                bytes=MappingProxyType(
+                    {MAIN_MEMORY: op.main_bytes + numel * DROPOUT_MASK_BYTES}
+                ),
+            )
+            out.append(Comp(op, "attn"))  # its saved tensors are counted with the scores
+    return out
 
 
 def _ep_comms(need: CommNeed, ctx: SlotContext) -> list[Comm]:
@@ -349,6 +376,7 @@ def layer_items(ctx: SlotContext, layer: int) -> list[Item]:
     sh = Sharding(plan.tp, plan.ep, plan.sequence_parallel)
     t_norm = t / plan.tp if plan.sequence_parallel else t
     attn = _cp_attention(_wrap_ops(attention_ops(spec, shape, sh, plan.dtype), ctx), ctx)
+    attn = attention_dropout(attn, ctx)
     items = _block("attn", t_norm, ctx, attn)
     if not spec.is_moe_layer(layer):
         ffn = _wrap_ops(ffn_items(spec, layer, shape, sh, plan.dtype), ctx)
@@ -538,9 +566,10 @@ def _recomputed(it: Item, modules: tuple[str, ...]) -> bool:
     if it.module in modules:
         return True
     if "core_attn" in modules and it.module == "attn":
-        return (isinstance(it, Comp) and it.op.kind == OpKind.ATTENTION) or (
-            isinstance(it, Comm) and it.name == "cp_kv_gather"
-        )
+        core = ("attention_dropout", "cp_kv_gather")
+        if isinstance(it, Comp):
+            return it.op.kind == OpKind.ATTENTION or it.op.name in core
+        return it.name in core
     return False
 
 

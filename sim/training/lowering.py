@@ -50,10 +50,30 @@ from sim.schedules import steady_pairs
 from sim.training import layers as L
 from sim.training.routing import hot_factors, rank_loads
 
-ADAM_BYTES_PER_PARAM = (
-    34.0  # read fp32 master, m, v, grad (+ grad-norm read); write master, m, v, bf16 param
-)
 ADAM_FLOPS_PER_PARAM = 12.0  # moments, bias correction, sqrt, divide, decay, update
+# Norm of the gradients: square and accumulate.
+NORM_FLOPS_PER_PARAM = 2.0
+
+
+def adam_bytes_per_param(plan: ParallelPlan) -> float:
+    """HBM bytes per parameter of one mixed-precision Adam step (Megatron's optimizer;
+    Micikevicius et al. 2018 for the recipe): read the main gradient (``grad_reduce_dtype``),
+    read and write the fp32 master weight, m and v (3 x 8 B), and, when the model
+    computes in 16 or 8 bits, write its 16-bit copy of the weight (2 B). fp16/bf16 with
+    fp32 grads: 4 + 24 + 2 = 30 B."""
+    b = 0.0 if plan.dtype == "fp32" else 2.0  # fp8 recipes keep a bf16 weight copy
+    return dtype_bytes(plan.grad_reduce_dtype) + 24.0 + b
+
+
+def grad_accum_bytes_per_param(plan: ParallelPlan) -> float:
+    """Unfused gradient accumulation (Megatron-LM 2021: ``main_grad.add_(grad)`` in a
+    hook after each micro-batch's backward): read the 16-bit gradient and the fp32 main
+    gradient, write the fp32 main gradient. 0 with ``grad_accum_fusion`` (the wgrad GEMM
+    accumulates in its epilogue) or when the model already computes in the grad dtype."""
+    if plan.grad_accum_fusion or plan.dtype == plan.grad_reduce_dtype:
+        return 0.0
+    gb = dtype_bytes(plan.grad_reduce_dtype)
+    return dtype_bytes(plan.dtype) + 2 * gb
 
 
 @dataclass
@@ -118,6 +138,7 @@ def rank_groups(plan: ParallelPlan, layout: Layout, rank: int) -> dict[str, tupl
         "dp_dense": layout.group(rank, ("cp", "ep", "dp")),
         "dp_expert": layout.group(rank, ("cp", "dp")),
         "embed": tuple(sorted({layout.rank(_with_pp(layout, rank, s)) for s in (0, plan.pp - 1)})),
+        "world": tuple(range(plan.world)),
     }
 
 
@@ -167,6 +188,7 @@ class Segment:
     phase: str  # "fwd" | "bwd" | "recompute"
     slot: str
     seconds: float = 0.0
+    ops: int = 0  # ops merged into a compute segment (each one host launch)
     comm: L.Comm | None = None
     async_: bool = False
     key: int = -1
@@ -174,10 +196,14 @@ class Segment:
 
 
 class Pricer:
-    """Prices ops with the (cached) cost model; the per-kind totals are kept by the caller."""
+    """Prices ops with the (cached) cost model; the per-kind totals are kept by the caller.
 
-    def __init__(self, op_time) -> None:
+    ``host_op_s``: the framework's host cost per launched op (sim.training.framework).
+    """
+
+    def __init__(self, op_time, host_op_s: float = 0.0) -> None:
         self.op_time = op_time
+        self.host_op_s = host_op_s
 
     def time(self, op: Op) -> float:
         return self.op_time(op)
@@ -279,9 +305,24 @@ def _segments(
         acc[1] += op.flops
         if out and out[-1].comm is None and out[-1].phase == phase and not waits:
             out[-1].seconds += t
+            out[-1].ops += 1
         else:
-            out.append(Segment(phase, slot, seconds=t, waits=waits))
+            out.append(Segment(phase, slot, seconds=t, waits=waits, ops=1))
     return out
+
+
+def host_bound(segs: list[Segment], pricer: Pricer, by_kind: dict[str, list[float]]) -> None:
+    """A run of n ops cannot end before the host has issued them: max(device, n * host).
+    The excess is booked as "<phase>:host" (the exposed framework overhead)."""
+    h = pricer.host_op_s
+    if h <= 0:
+        return
+    for seg in segs:
+        if seg.comm is None and seg.ops:
+            exposed = seg.ops * h - seg.seconds
+            if exposed > 0:
+                seg.seconds += exposed
+                by_kind.setdefault(f"{seg.phase}:host", [0.0, 0.0])[0] += exposed
 
 
 def unit_segments(
@@ -292,6 +333,7 @@ def unit_segments(
     if kind == "F":
         for slot, items in chunk.slots:
             _segments(tp_overlap(items, plan, counter), "fwd", slot, pricer, by_kind, segs)
+        host_bound(segs, pricer, by_kind)
         return segs
     for slot, items in reversed(chunk.slots):
         if slot not in ("embedding", "head"):
@@ -299,6 +341,14 @@ def unit_segments(
             _segments(tp_overlap(redo, plan, counter), "recompute", slot, pricer, by_kind, segs)
         bwd = L.backward_items(items, plan.sequence_parallel)
         _segments(tp_overlap(bwd, plan, counter), "bwd", slot, pricer, by_kind, segs)
+    accum = grad_accum_bytes_per_param(plan) * (chunk.dense_params + chunk.expert_params)
+    if accum:
+        # One add per parameter tensor in Megatron's hook; a single memory-bound op here.
+        numel = chunk.dense_params + chunk.expert_params
+        op = Op("grad_accum", OpKind.ELEMENTWISE, numel, {"hbm": accum}, plan.grad_reduce_dtype,
+                Unit.VECTOR, {"numel": numel})
+        _segments([op], "bwd", "grad_accum", pricer, by_kind, segs)
+    host_bound(segs, pricer, by_kind)
     return segs
 
 
@@ -579,17 +629,42 @@ def lower_rank(
         + _shard(plan, ch.expert_params, len(rp.groups["dp_expert"]))
         for ch in rp.chunks
     )
+    deps = dp_tasks
+    t_prep = 0.0
+    gbytes = dtype_bytes(plan.grad_reduce_dtype)
+    if plan.dtype == "fp16":
+        # Dynamic loss scaling (Micikevicius et al. 2018; Megatron's
+        # _unscale_main_grads_and_check_for_nan): scale the main grads by 1/S and look for
+        # inf/NaN (read + write), then agree on "found inf" across all ranks.
+        unscale = Op("grad_unscale", OpKind.ELEMENTWISE, 2.0 * params,
+                     {"hbm": 2.0 * gbytes * params}, "fp32", Unit.VECTOR, {"numel": params})
+        t = pricer.time(unscale)
+        t_prep += t
+        deps = [g.add(Delay("grad_unscale", t, "optimizer"), Stream.COMPUTE, deps, "optimizer")]
+        deps = [em.collective("dp.found_inf", CollectiveKind.ALL_REDUCE, rp.groups["world"],
+                              4.0, Stream.COMPUTE, deps, "dp", 0)]
+    # Gradient clipping (Megatron clip_grad_norm_fp32, on by default: clip-grad 1.0): the
+    # L2 norm of the local grad shard, then an all-reduce of one fp32 scalar over every
+    # rank holding a distinct shard (model-parallel x distributed-optimizer ranks).
+    norm = Op("grad_norm", OpKind.REDUCTION, NORM_FLOPS_PER_PARAM * params,
+              {"hbm": gbytes * params}, "fp32", Unit.VECTOR, {"numel": params})
+    t = pricer.time(norm)
+    t_prep += t
+    deps = [g.add(Delay("grad_norm", t, "optimizer"), Stream.COMPUTE, deps, "optimizer")]
+    deps = [em.collective("dp.grad_norm", CollectiveKind.ALL_REDUCE, rp.groups["world"], 4.0,
+                          Stream.COMPUTE, deps, "dp", 0)]
     adam = Op(
         "adam",
         OpKind.ELEMENTWISE,
         ADAM_FLOPS_PER_PARAM * params,
-        {"hbm": ADAM_BYTES_PER_PARAM * params},
+        {"hbm": adam_bytes_per_param(plan) * params},
         "fp32",
         Unit.VECTOR,
         {"numel": params},
     )
     t_adam = pricer.time(adam)
-    opt = g.add(Delay("optimizer", t_adam, "optimizer"), Stream.COMPUTE, dp_tasks, "optimizer")
+    opt = g.add(Delay("optimizer", t_adam, "optimizer"), Stream.COMPUTE, deps, "optimizer")
+    t_adam += t_prep
     if plan.zero in (1, 2) and not plan.overlap_dp:
         for c, ch in enumerate(rp.chunks):
             _param_gather(em, ch, c, b, Stream.COMPUTE, [opt], tag=c)

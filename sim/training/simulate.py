@@ -16,13 +16,15 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from hwprofiles.spec import System
-from sim.cost import CachedCostModel, RooflineModel
+from sim.cost import CachedCostModel
+from sim.cost.attention_impl import KernelCostModel
 from sim.engine import Engine, SimResult, overlap_length, union_intervals
 from sim.errors import InputError
 from sim.ir import Stream
 from sim.models.spec import ModelSpec
 from sim.parallel import Coord, Layout, ParallelPlan, microbatches, validate_plan
 from sim.schedules import closed_form_bubble, stage_order
+from sim.training.framework import framework_profile
 from sim.training.lowering import (
     Pricer,
     RankPlan,
@@ -74,6 +76,7 @@ class TrainingOptions:
     progress: bool = False
     include_mtp_in_mfu: bool = False  # MFU convention: main model only (DeepSeek/Pangu count 6N)
     sensitivity: Sensitivity = Sensitivity()
+    attention_impl: str | None = None  # None: the device's default (sim.cost.attention_impl)
 
 
 @dataclass
@@ -242,9 +245,19 @@ def rank_plans(
     return layout, out
 
 
+def resolve_attention(plan: ParallelPlan, system: System, impl: str | None = None) -> ParallelPlan:
+    """The plan with its attention implementation named: ``impl`` (the option), else the
+    plan's, else the device's default stack. It prices the attention ops and decides
+    whether the S x S scores are kept for the backward (``layers.attention_scores_saved``)."""
+    from sim.cost.attention_impl import check_impl, default_impl
+
+    name = impl or plan.attention_impl or default_impl(system.device)
+    return replace(plan, attention_impl=check_impl(system.device, name, "--attention-impl"))
+
+
 def estimate_memory(spec: ModelSpec, system: System, plan: ParallelPlan) -> list[MemoryBreakdown]:
     """Memory per pipeline stage without running the engine (cheap: for design sweeps)."""
-    plan = validate_plan(spec, plan, system.num_devices)
+    plan = resolve_attention(validate_plan(spec, plan, system.num_devices), system)
     _, rps = rank_plans(spec, system, plan)
     return [rank_memory(rp, plan, system.device.hbm_capacity) for rp in rps]
 
@@ -280,6 +293,8 @@ def simulate_training(
     options = options or TrainingOptions()
     t0 = time.perf_counter()
     plan = validate_plan(spec, plan, system.num_devices)
+    # The option, else the plan's, else the device's default (memory depends on it too).
+    plan = resolve_attention(plan, system, options.attention_impl)
     _progress(
         options,
         f"plan tp={plan.tp} pp={plan.pp} vpp={plan.vpp} dp={plan.dp} ep={plan.ep} "
@@ -291,8 +306,11 @@ def simulate_training(
         mem = rank_memory(rp, plan, system.device.hbm_capacity)
         if rp.stage not in memory_by_stage or mem.total > memory_by_stage[rp.stage].total:
             memory_by_stage[rp.stage] = mem
-    cost = CachedCostModel(RooflineModel(system.device))
-    pricer = Pricer(options.sensitivity.wrap(lambda op: cost.time(op).time_s))
+    cost = CachedCostModel(KernelCostModel(system.device, plan.attention_impl))
+    pricer = Pricer(
+        options.sensitivity.wrap(lambda op: cost.time(op).time_s),
+        framework_profile(plan.framework).host_op_s,
+    )
     from sim.network import comm_time_fn
 
     comm_time = comm_time_fn(system)

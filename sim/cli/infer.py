@@ -12,6 +12,7 @@ import argparse
 import sys
 
 from hwprofiles import load_system
+from sim.cost.attention_impl import IMPLS, check_impl
 from sim.errors import InputError, NegativeVerdict
 from sim.inference.engine_profile import load_engine
 from sim.inference.kvcache import require_kv_fit, step_kv_bytes
@@ -65,6 +66,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=1024,
         help="prompt length (prefill) or cached context per request (decode)",
     )
+    p.add_argument(
+        "--attention-impl",
+        choices=IMPLS,
+        metavar="IMPL",
+        help="attention kernel: " + ", ".join(IMPLS) + " (default: the device's, docs/attention.md)",
+    )
     p.add_argument("--json", action="store_true")
     s = p.add_argument_group("serving (--serve)")
     s.add_argument("--serve", action="store_true", help="simulate continuous batching of requests")
@@ -117,7 +124,11 @@ def run(args: argparse.Namespace) -> int:
     plan = plan_for(args.devices, args.tp, args.ep)
     routing = routing_from_text(args.routing, args.seed)
     memory = require_memory(spec, system, plan, engine, args.dtype)
-    sim = StepSimulator(spec, system, plan, engine, args.dtype, routing)
+    if args.attention_impl:
+        check_impl(system.device, args.attention_impl, "--attention-impl")
+    sim = StepSimulator(
+        spec, system, plan, engine, args.dtype, routing, attention_impl=args.attention_impl
+    )
     if args.serve:
         return _serve(args, spec, system, plan, engine, sim, memory)
     if args.batch < 1 or args.context < (1 if args.phase == "prefill" else 0):

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 from hwprofiles import load_device
 from sim import ops
 from sim.cost import RooflineModel
+from sim.cost.attention_impl import IMPLS, PASSES, attention_cost, default_impl, shape_of
+from sim.ir import OpKind
 from sim.report import emit_json, fmt_si
 
 
@@ -35,6 +38,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--kv-len", type=int, help="key/value length (default: --seq)")
     p.add_argument("--head-dim", type=int, default=128)
     p.add_argument("--causal", action="store_true")
+    p.add_argument("--impl", choices=IMPLS, metavar="IMPL",
+                   help="implementation: " + ", ".join(IMPLS) + " (default: the device's, "
+                   "docs/attention.md)")
+    p.add_argument("--pass", dest="pass_", choices=PASSES, default="fwd",
+                   help="fwd, bwd or fwd_bwd (default %(default)s)")
     common(p)
     p.set_defaults(func=run, build=lambda a: ops.fused_attention(
         "attention", a.batch, a.heads, a.seq, a.kv_len or a.seq, a.head_dim, a.dtype,
@@ -64,9 +72,23 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     device = load_device(args.device, calibration=args.calibration)
     op = args.build(args)
-    cost = RooflineModel(device).time(op)
     unit = "matrix" if op.unit == "matrix" else "vector"
     peak = device.peak_for(unit, op.dtype)
+    extra: dict = {}
+    if op.kind == OpKind.ATTENTION:
+        # Priced by the implementation (sim/cost/attention_impl.py); FLOPs and achieved
+        # TFLOP/s follow the FlashAttention papers' count for the pass.
+        impl = args.impl or default_impl(device)
+        shape = shape_of(op)
+        cost = attention_cost(device, shape, impl, args.pass_)
+        factor = {"fwd": 1.0, "bwd": 2.5, "fwd_bwd": 3.5}[args.pass_]
+        op = replace(op, flops=op.flops * factor,
+                     bytes={k: v * factor for k, v in op.bytes.items()})
+        extra = {"impl": impl, "pass": args.pass_,
+                 "paper_flops": shape.paper_flops(args.pass_),
+                 "achieved_tflops": shape.paper_flops(args.pass_) / cost.time_s / 1e12}
+    else:
+        cost = RooflineModel(device).time(op)
     roofline_s = max(op.flops / peak, op.main_bytes / device.hbm_bandwidth)
     payload = {
         "op": str(op.kind),
@@ -80,11 +102,15 @@ def run(args: argparse.Namespace) -> int:
         "peak_flops": peak,
         "fraction_of_peak": (op.flops / cost.time_s) / peak if cost.time_s else 0.0,
         "roofline_time_s": roofline_s,
+        **extra,
     }
     if args.json:
         emit_json(payload)
         return 0
-    print(f"{op.kind} on {device.name} ({op.dtype}): {fmt_si(cost.time_s, 's')}  [{cost.bound}-bound]")
+    label = f"{op.kind} [{extra['impl']} {extra['pass']}]" if extra else str(op.kind)
+    print(f"{label} on {device.name} ({op.dtype}): {fmt_si(cost.time_s, 's')}  [{cost.bound}-bound]")
+    if extra:
+        print(f"  {extra['achieved_tflops']:.1f} TFLOP/s (FlashAttention papers' FLOP count)")
     print(f"  compute  {fmt_si(cost.compute_s, 's')}   memory {fmt_si(cost.memory_s, 's')}   "
           f"overhead {fmt_si(cost.overhead_s, 's')}")
     print(f"  {fmt_si(payload['achieved_flops'], 'FLOP/s')} achieved = "

@@ -7,6 +7,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 
 from hwprofiles import load_system
+from sim.cost.attention_impl import IMPLS, check_impl
 from sim.errors import InputError, NegativeVerdict
 from sim.ir import BYTES_PER_DTYPE
 from sim.limits import check_ranks, check_train_work
@@ -70,6 +71,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--trace", help="write a Chrome trace (Perfetto) of one rank per stage here")
     p.add_argument("--timeline", help="write a PNG timeline of one rank per stage here")
+    p.add_argument(
+        "--attention-impl",
+        choices=IMPLS,
+        metavar="IMPL",
+        help="attention kernel: " + ", ".join(IMPLS) + " (default: the device's, docs/attention.md)",
+    )
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
     p.set_defaults(func=run)
@@ -156,6 +163,10 @@ def run(args: argparse.Namespace) -> int:
         world = plan.tp * plan.cp * plan.pp * max(plan.dp, 1)
         nodes = max(1, -(-world // per_node))
     system = load_system(system_name, nodes=int(nodes))
+    if args.attention_impl:
+        check_impl(system.device, args.attention_impl, "--attention-impl")
+        if hasattr(plan, "attention_impl"):  # the plan also carries it (memory of unfused scores)
+            plan = replace(plan, attention_impl=args.attention_impl)
     check_ranks(system.num_devices, f"{system.num_devices:,} devices", "pass fewer --nodes")
     plan = validate_plan(spec, plan, system.num_devices)
     check_train_work(
@@ -184,7 +195,14 @@ def run(args: argparse.Namespace) -> int:
             payload,
         )
     result = simulate_training(
-        spec, system, plan, TrainingOptions(full_ranks=args.full_ranks, progress=not args.quiet)
+        spec,
+        system,
+        plan,
+        TrainingOptions(
+            full_ranks=args.full_ranks,
+            progress=not args.quiet,
+            attention_impl=args.attention_impl,
+        ),
     )
     reps = {s.rank: f"stage {s.stage} (rank {s.rank})" for s in result.stages}
     if args.trace:

@@ -157,12 +157,13 @@ def check_impl(device: Device, impl: str, flag: str = "--impl") -> str:
     if impl not in IMPLS:
         raise InputError(f"{flag}: unknown attention implementation '{impl}'; expected one of "
                          f"{', '.join(IMPLS)}")
+    usable = "standard" if device.arch == "cpu" else f"{default_impl(device)} or standard"
     if impl in GPU_FUSED and device.arch != "nvidia":
         raise InputError(f"{flag} {impl}: a CUDA kernel, not available on {device.name} "
-                         f"({device.arch}); use {default_impl(device)} or standard")
+                         f"({device.arch}); use {usable}")
     if impl == "npu_fusion_attention" and device.arch != "davinci":
         raise InputError(f"{flag} npu_fusion_attention: an Ascend (torch_npu) kernel, not "
-                         f"available on {device.name}; use {default_impl(device)} or standard")
+                         f"available on {device.name}; use {usable}")
     if impl == "flash3" and not device.kernels.async_mma:
         raise InputError(f"{flag} flash3: FlashAttention-3 needs Hopper's wgmma/TMA, which "
                          f"{device.name} lacks; use flash2 or cudnn")
@@ -353,6 +354,13 @@ def block_terms(device: Device, impl: str, shape: AttnShape, pass_: str, br: int
 
 def _fused_gpu(device: Device, shape: AttnShape, impl: str, pass_: str) -> OpCost:
     br, bc = tiles(impl, device, shape.head_dim, pass_)
+    group = shape.heads / shape.kvh
+    split_kv = pass_ == "fwd" and shape.q_len * group < br
+    if split_kv:
+        # Decode / short queries: the kernels pack the query heads sharing a K/V head as
+        # rows of one tile (padded to the 16-row MMA tile) and split the key range over
+        # the SMs (FlashDecoding; flash-attn's split-KV path), so every SM works.
+        br = max(16, math.ceil(shape.q_len * group / 16) * 16)
     full = block_terms(device, impl, shape, pass_, br, bc)
     diag = block_terms(device, impl, shape, pass_, br, bc, diagonal=True)
     eff = device.efficiency
@@ -381,7 +389,13 @@ def _fused_gpu(device: Device, shape: AttnShape, impl: str, pass_: str) -> OpCos
         items.append((visited - partial) * full.block_s + partial * diag.block_s + io_s)
     bh = shape.batch * shape.heads
     reps = max(1, round(bh))
-    pipeline_s = _place(items, reps, sms, impl in HEAVY_FIRST) * (bh / reps)
+    if split_kv:
+        groups = shape.batch * shape.kvh
+        blocks = kv_blocks / bh * groups  # per (batch x head) below: one item per K/V head
+        total = groups * kv_blocks * full.block_s
+        pipeline_s = total / sms + full.block_s + io_s  # the last split adds one block
+    else:
+        pipeline_s = _place(items, reps, sms, impl in HEAVY_FIRST) * (bh / reps)
     # HBM: Q, K, V read and O written once (backward: + O, dO read, dQ, dK, dV written,
     # dQ accumulated in fp32); K/V re-reads by other query blocks hit L2.
     q_bytes = bh * shape.q_len * (shape.head_dim + shape.vd) * elt
@@ -406,6 +420,7 @@ def _fused_gpu(device: Device, shape: AttnShape, impl: str, pass_: str) -> OpCos
         "block_s": full.block_s,
         "blocks": blocks * bh,
         "items": q_blocks * bh,
+        "split_kv": float(split_kv),
         "waves": float(waves),
         "pipeline_s": pipeline_s,
         "hbm_s": hbm_s,

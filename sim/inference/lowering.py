@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 
 from hwprofiles.spec import System
 from sim import ops
-from sim.cost import CachedCostModel, RooflineModel
+from sim.cost import CachedCostModel
+from sim.cost.attention_impl import KernelCostModel
 from sim.engine import Engine
 from sim.errors import InputError
 from sim.inference.engine_profile import NO_ENGINE, EngineProfile
@@ -258,9 +259,11 @@ class StepSimulator:
         dtype: str = "bf16",
         routing: Routing = UNIFORM,
         fc_in: int = 0,
+        attention_impl: str | None = None,
     ) -> None:
         check_plan(spec, system, plan)
         self.fc_in = fc_in
+        self.attention_impl = attention_impl  # None: the device's default implementation
         self.spec, self.system, self.plan = spec, system, plan
         self.engine, self.dtype, self.routing = engine, dtype, routing
         self._models: dict[bool, CachedCostModel] = {}
@@ -272,7 +275,7 @@ class StepSimulator:
         graphed = decode_batch is not None and decode_batch <= self.engine.cuda_graph_max_batch
         if graphed not in self._models:
             device = self.engine.device_for_step(self.system.device, decode_batch)
-            self._models[graphed] = CachedCostModel(RooflineModel(device))
+            self._models[graphed] = CachedCostModel(KernelCostModel(device, self.attention_impl))
         return self._models[graphed]
 
     def run(self, batch: StepBatch, host: bool = True) -> StepResult:

@@ -1,0 +1,144 @@
+"""Attention by implementation (sim/cost/attention_impl.py): hand-computed terms,
+invariants, and agreement with the FastAttention study on Ascend."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hwprofiles import load_device
+from sim import ops
+from sim.attention_model import compare, fast_attention_cost
+from sim.cli.main import main
+from sim.cost.attention_impl import (
+    AttnShape,
+    KernelCostModel,
+    attention_cost,
+    block_terms,
+    default_impl,
+    standard_ops,
+)
+from sim.errors import InputError
+
+A100 = load_device("a100-sxm4-80gb")
+H100 = load_device("h100-sxm5-80gb")
+NPU = load_device("ascend-910b2")
+
+
+def test_standard_materialises_scores():
+    """QK^T writes the b*h*q*kv scores in the dtype; softmax reads and writes them."""
+    shape = AttnShape(1, 2, 128, 128, 64, dtype="bf16")
+    qk, softmax, pv = standard_ops(shape, "fwd")
+    scores = 2 * 128 * 128 * 2  # b*h*q*kv elements x 2 bytes
+    assert qk.main_bytes == 2 * (128 * 64 + 128 * 64) * 2 + scores
+    assert softmax.main_bytes == 2 * scores
+    assert pv.main_bytes == scores + 2 * (128 * 64 + 128 * 64) * 2
+    causal = standard_ops(AttnShape(1, 2, 128, 128, 64, causal=True), "fwd")
+    assert [op.name for op in causal] == [
+        "mask_full", "mask_triu", "mask_cast", "qk", "mask_add", "softmax", "pv"]
+    assert [op.name for op in standard_ops(shape, "bwd")] == [
+        "dp", "dv", "softmax_bwd", "dq", "dk"]
+
+
+def test_flash2_block_terms_by_hand():
+    """A100, d=64, 128x128 block: 2 GEMMs of 2*128*128*64 at 312/108 TFLOP/s x 0.9
+    (mma.sync is Ampere's native path), 128*128 exp2 at 16/clk/SM x 1.41 GHz."""
+    t = block_terms(A100, "flash2", AttnShape(1, 1, 4096, 4096, 64), "fwd", 128, 128)
+    assert t.mma_s == pytest.approx(4 * 128 * 128 * 64 / (312e12 / 108 * 0.9))
+    assert t.exp_s == pytest.approx(128 * 128 / (16 * 1.41e9))
+    assert t.block_s == pytest.approx(t.mma_s + max(t.exp_s, t.alu_s))
+    # Hopper: FA2's mma.sync reaches half of the wgmma peak; FA3 uses wgmma.
+    fa2 = block_terms(H100, "flash2", AttnShape(1, 1, 4096, 4096, 64), "fwd", 128, 128)
+    fa3 = block_terms(H100, "flash3", AttnShape(1, 1, 4096, 4096, 64), "fwd", 128, 128)
+    assert fa2.mma_s == pytest.approx(2 * fa3.mma_s)
+
+
+def test_flash2_wave_count_short_sequence():
+    """16 heads x ceil(512/128) query blocks = 64 items: one partial wave on 108 SMs."""
+    cost = attention_cost(A100, AttnShape(1, 16, 512, 512, 128), "flash2", "fwd")
+    assert cost.details["items"] == 64
+    assert cost.details["waves"] == 1
+    # One item per SM: one item's 512/64 = 8 key blocks + loading Q and storing O
+    # (128 rows x (128 + 128) x 2 B) at the SM's share of HBM bandwidth.
+    io = 128 * 256 * 2 / (2039e9 * 0.86 / 108)
+    assert cost.details["pipeline_s"] == pytest.approx(8 * cost.details["block_s"] + io)
+
+
+def test_fwd_bwd_is_the_sum_and_backward_is_slower():
+    shape = AttnShape(2, 16, 2048, 2048, 128, causal=True)
+    fwd = attention_cost(H100, shape, "flash3", "fwd").time_s
+    bwd = attention_cost(H100, shape, "flash3", "bwd").time_s
+    assert attention_cost(H100, shape, "flash3", "fwd_bwd").time_s == pytest.approx(fwd + bwd)
+    assert bwd > 2 * fwd
+
+
+def test_defaults_and_refusals():
+    assert default_impl(H100) == "flash3"
+    assert default_impl(A100) == "flash2"
+    assert default_impl(NPU) == "npu_fusion_attention"
+    assert default_impl(load_device("cpu-host")) == "standard"
+    with pytest.raises(InputError, match="flash3"):
+        attention_cost(A100, AttnShape(1, 1, 128, 128, 64), "flash3")
+    with pytest.raises(InputError, match="CUDA"):
+        attention_cost(NPU, AttnShape(1, 1, 128, 128, 64), "flash2")
+
+
+IMPLS_GPU = ("standard", "flash2", "flash3", "cudnn")
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    impl=st.sampled_from(IMPLS_GPU),
+    seq=st.integers(64, 8192),
+    grow=st.integers(1, 4096),
+    heads=st.integers(1, 64),
+    d=st.sampled_from([64, 128, 256]),
+    pass_=st.sampled_from(["fwd", "bwd"]),
+)
+def test_time_grows_with_seq_and_causal_never_slower(impl, seq, grow, heads, d, pass_):
+    def t(s, causal):
+        return attention_cost(H100, AttnShape(1, heads, s, s, d, causal=causal), impl,
+                              pass_).time_s
+
+    assert t(seq + grow, False) >= t(seq, False) * (1 - 1e-12)
+    assert t(seq + grow, True) >= t(seq, True) * (1 - 1e-12)
+    if impl != "standard":  # fused kernels skip masked blocks: causal is never slower
+        assert t(seq, True) <= t(seq, False) * (1 + 1e-12)
+    else:  # eager PyTorch builds and adds the mask on top of the same GEMMs (FA3 Fig. 5)
+        assert t(seq, True) >= t(seq, False)
+
+
+@pytest.mark.parametrize("seq", [1024, 4096])
+def test_ascend_training_op_matches_attention_study(seq):
+    """The 910B2 attention op of a training step costs what `xpusim attention` prints."""
+    op = ops.fused_attention("attention", 1, 32, seq, seq, 128, "fp16", causal=True)
+    step = KernelCostModel(NPU).time(op).time_s
+    study = compare(NPU, 1, 32, seq, 128, True, "fp16")["fast_time_s"]
+    assert step == pytest.approx(study, rel=1e-12)
+    assert study == fast_attention_cost(NPU, 1, 32, seq, 128, True, "fp16").time_s
+
+
+def test_kernel_model_backward_op_uses_backward_pass():
+    op = ops.fused_attention("attention", 1, 8, 2048, 2048, 128, "bf16", causal=True)
+    from sim.training.layers import backward_op
+
+    (bwd,) = backward_op(op)
+    model = KernelCostModel(H100, "flash2")
+    expect = attention_cost(H100, AttnShape(1, 8, 2048, 2048, 128, causal=True), "flash2", "bwd")
+    assert model.time(bwd).time_s == pytest.approx(expect.time_s)
+
+
+def test_op_attention_cli_reports_achieved_tflops(capsys):
+    args = ("op attention --device h100-sxm5-80gb --batch 8 --heads 32 --seq 4096 "
+            "--head-dim 128 --impl flash2 --pass bwd --json").split()
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    flops = 2.5 * 4 * 8 * 32 * 4096 * 4096 * 128
+    assert out["impl"] == "flash2" and out["pass"] == "bwd"
+    assert out["achieved_tflops"] == pytest.approx(flops / out["time_s"] / 1e12)
+    assert math.isfinite(out["time_s"])
+    assert main("op attention --device a100-sxm4-80gb --seq 1024 --impl flash3".split()) == 2

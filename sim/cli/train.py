@@ -78,6 +78,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="attention kernel: " + ", ".join(IMPLS) + " (default: the device's, docs/attention.md)",
     )
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--explain",
+        action="store_true",
+        help="print each term of the step (compute by phase and kind, host dispatch, "
+        "optimizer, exposed communication, bubble), its share and its source",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
     p.set_defaults(func=run)
 
@@ -226,7 +232,28 @@ def run(args: argparse.Namespace) -> int:
         emit_json(payload)
         return 0
     _print(result, payload)
+    if args.explain:
+        _print_explain(result)
     return 0
+
+
+def _print_explain(result) -> None:
+    from sim.training.simulate import explain_terms
+
+    terms = explain_terms(result)
+    print()
+    print(f"why {result.step_time_s:.3f} s (mean stage; shares of the step):")
+    print(table(
+        [(name, f"{t:.3f}", f"{t / result.step_time_s:.1%}", src) for name, t, src in terms],
+        ("term", "seconds", "share", "source"),
+    ))
+    plan = result.plan
+    print(
+        f"recipe: dtype {plan.dtype}, attention {plan.attention_impl}, dropout {plan.dropout}, "
+        f"grad accumulation fusion {plan.grad_accum_fusion}, framework {plan.framework}, "
+        f"recompute {plan.recompute}"
+        + (f" ({','.join(plan.recompute_modules)})" if plan.recompute == "selective" else "")
+    )
 
 
 def _print(result, d: dict) -> None:

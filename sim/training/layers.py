@@ -469,6 +469,13 @@ def head_items(ctx: SlotContext) -> list[Item]:
     plan = ctx.plan
     sh = Sharding(plan.tp, 1, plan.sequence_parallel)
     items = _wrap_ops(lm_head_forward(ctx.spec, ctx.tokens, sh, plan.dtype), ctx)
+    if plan.tp > 1:
+        # Vocab-parallel cross-entropy (Megatron _VocabParallelCrossEntropy): all-reduces
+        # over TP of the row max, the predicted logit and the sum of exps, fp32 per token.
+        items += [
+            Comm(f"loss_{what}", CollectiveKind.ALL_REDUCE, ctx.tokens * 4.0, "tp")
+            for what in ("max", "target", "sumexp")
+        ]
     if plan.tp > 1 and plan.sequence_parallel:
         items.insert(
             1,

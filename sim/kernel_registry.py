@@ -160,6 +160,10 @@ def kernel_entry(name: str) -> KernelEntry:
     return entry
 
 
+# A shape value is a tensor dimension: at most 2^31 - 1 (sim.limits.MAX_DIM).
+MAX_SHAPE_VALUE = 2**31 - 1
+
+
 def _convert(entry: KernelEntry, key: ShapeKey, value: object) -> int | bool:
     if key.kind is tuple:
         return _convert_list(entry, key, value)
@@ -172,11 +176,15 @@ def _convert(entry: KernelEntry, key: ShapeKey, value: object) -> int | bool:
                 return False
             raise ValueError(text)
         number = float(text)
-        if not number.is_integer() or number < key.minimum:
+        if not number.is_integer() or number < key.minimum or number > MAX_SHAPE_VALUE:
             raise ValueError(text)
         return int(number)
     except ValueError:
-        what = "0 or 1" if key.kind is bool else f"an integer >= {key.minimum}"
+        what = (
+            "0 or 1"
+            if key.kind is bool
+            else f"an integer >= {key.minimum} (and <= {MAX_SHAPE_VALUE:,}, docs/limits.md)"
+        )
         raise InputError(
             f"kernel {entry.name}: shape key '{key.name}' must be {what}, got '{value}'"
         ) from None
@@ -187,7 +195,9 @@ def _convert_list(entry: KernelEntry, key: ShapeKey, value: object) -> tuple[int
     items = value if isinstance(value, list | tuple) else str(value).replace("/", ":").split(":")
     try:
         numbers = tuple(float(str(v).strip()) for v in items if str(v).strip())
-        if not numbers or any(not n.is_integer() or n < key.minimum for n in numbers):
+        if not numbers or any(
+            not n.is_integer() or not key.minimum <= n <= MAX_SHAPE_VALUE for n in numbers
+        ):
             raise ValueError(value)
     except ValueError:
         raise InputError(
@@ -219,6 +229,27 @@ def normalise_shape(name: str, shape: Mapping[str, object]) -> dict:
     return out
 
 
+# Tiles of a blockwise kernel's op graph: describe() lists ~17 ops per (query block,
+# key block) pair, ~40 us and ~1.5 KB each to build and price (fastattention at seq
+# 16384, block 128: 16,384 tiles, 279K ops, 11 s, 400 MB), so 2^14 tiles is the most
+# that answers within about ten seconds.
+MAX_KERNEL_TILES = 2**14
+
+
+def check_kernel_work(name: str, shape: Mapping[str, object]) -> None:
+    """Refuse, in O(1), a shape whose op graph would take minutes and gigabytes."""
+    seq, block = shape.get("seq"), shape.get("block")
+    if isinstance(seq, int | float) and isinstance(block, int | float) and block > 0:
+        per_side = -(-int(seq) // int(block))
+        if per_side > 2**31 or per_side * per_side > MAX_KERNEL_TILES:
+            raise InputError(
+                f"kernel {name}: seq={int(seq)} in blocks of {int(block)} is {per_side:,}^2 "
+                f"tiles, above the limit of {MAX_KERNEL_TILES:,} (each tile is ~17 ops in "
+                "the graph; docs/limits.md): raise block= or lower seq= (the time per tile "
+                "is the same, so the total scales with the tile count)"
+            )
+
+
 def parse_shape(name: str, text: str) -> dict:
     """'batch=1,heads=8,seq=1024' -> a normalised shape dict for kernel ``name``."""
     pairs: dict[str, str] = {}
@@ -242,6 +273,7 @@ def describe_kernel(
     """
     entry = kernel_entry(name)
     s = normalise_shape(name, shape)
+    check_kernel_work(name, s)
     try:
         module = importlib.import_module(entry.module)
     except ModuleNotFoundError as exc:

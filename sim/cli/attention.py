@@ -13,6 +13,7 @@ from pathlib import Path
 from hwprofiles import load_device, load_system
 from sim.attention_model import compare, tiling_allreduce_cost
 from sim.errors import InputError
+from sim.limits import MAX_SEQ, check_int
 from sim.report import (
     check_output_args,
     emit_json,
@@ -25,6 +26,7 @@ from sim.report import (
 from sim.units import parse_int_list
 
 KERNEL_DTYPES = ("fp16", "bf16", "fp32")  # what kernels/attention.py runs
+MAX_SEQ_POINTS = 1000  # rows of one study
 
 
 def parse_seq_list(text: str) -> list[int]:
@@ -51,6 +53,10 @@ def parse_seq_list(text: str) -> list[int]:
             values.append(values[-1] * ratio)
     if min(values) < 1:
         raise InputError(f"--seq: every length must be >= 1, got {min(values)}")
+    for v in values:  # sim.limits: a length above 2^24 tokens would run for minutes
+        check_int(v, "--seq", 1, MAX_SEQ)
+    if len(values) > MAX_SEQ_POINTS:
+        raise InputError(f"--seq: {len(values)} lengths, more than {MAX_SEQ_POINTS}; pass fewer")
     return values
 
 

@@ -9,6 +9,13 @@ round that emits 1 + accepted tokens per request, the acceptance sampled per
 request. When a decode step finds no free block, the most recently admitted
 request is preempted and recomputed later (vLLM's recompute preemption).
 
+With an engine whose ``policy`` is "mixed" (chunked prefill / in-flight batching:
+SGLang, TensorRT-LLM, MindIE, vLLM with chunked prefill) every iteration runs the
+decode token of every running request together with prompt chunks of admitted
+requests, up to ``max_batched_tokens`` tokens in all (``Server._run_mixed``); with
+``kv_reserve = "full"`` a request is admitted only when its prompt plus its whole
+output fits (TensorRT-LLM's GUARANTEED_NO_EVICT) and is never preempted.
+
 Step times come from ``StepSimulator`` (ops -> cost model -> engine, with the
 engine profile's host overheads). Decode time is linear in context for a fixed
 batch (only the KV read grows), so each batch size is simulated at a few context
@@ -30,7 +37,7 @@ from tqdm import tqdm
 from sim.errors import InputError
 from sim.inference.lowering import StepBatch, StepSimulator
 from sim.inputs import open_text
-from sim.limits import MAX_REQUESTS, MAX_SEQ, check_float, check_int
+from sim.limits import MAX_REQUESTS, MAX_SEQ, MAX_SERVE_TOKENS, check_float, check_int
 
 CONTEXT_GRID = (0, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
 
@@ -46,6 +53,7 @@ class Request:
     first_token_s: float | None = None
     finish_s: float | None = None
     preemptions: int = 0
+    prefill_left: int = 0  # prompt (+ recomputed) tokens still to prefill (mixed policy)
 
     @property
     def context(self) -> int:
@@ -71,6 +79,8 @@ class LengthDist:
             raise InputError(
                 f"{what}: cannot read '{text}'; use N, const:N, uniform:A:B or exp:MEAN"
             ) from None
+        for x in args:  # sim.limits: a finite token count within the sequence limit
+            check_float(x, f"{what} '{text}': length", 0.0, float(MAX_SEQ))
         if kind == "const" and len(args) == 1 and args[0] >= 1:
             return LengthDist("const", args[0])
         if kind == "uniform" and len(args) == 2 and 1 <= args[0] <= args[1]:
@@ -81,6 +91,10 @@ class LengthDist:
             f"{what}: cannot read '{text}'; use N or const:N (N >= 1 tokens), uniform:A:B "
             "(1 <= A <= B) or exp:MEAN (MEAN >= 1)"
         )
+
+    @property
+    def mean(self) -> float:
+        return (self.a + self.b) / 2 if self.kind == "uniform" else self.a
 
     def sample(self, rng: np.random.Generator) -> int:
         if self.kind == "const":
@@ -108,11 +122,18 @@ def make_requests(w: Workload) -> list[Request]:
     rng = np.random.default_rng(w.seed)
     if w.trace:
         rows = read_trace(w.trace)
+        check_serve_tokens(sum(p + o for _, p, o in rows), f"--trace {w.trace}")
     else:
         if w.rate <= 0:
             raise InputError(f"--rate must be > 0 requests/s, got {w.rate}")
         if w.num_requests < 1:
             raise InputError(f"--requests must be >= 1, got {w.num_requests}")
+        check_int(w.num_requests, "--requests", 1, MAX_REQUESTS)
+        check_serve_tokens(
+            w.num_requests * (w.prompt.mean + w.output.mean),
+            f"--requests {w.num_requests} x (prompt {w.prompt.mean:g} + output "
+            f"{w.output.mean:g} tokens on average)",
+        )
         gaps = rng.exponential(1.0 / w.rate, w.num_requests)
         arrivals = np.cumsum(gaps) - gaps[0]
         rows = [(float(t), w.prompt.sample(rng), w.output.sample(rng)) for t in arrivals]
@@ -127,6 +148,18 @@ def make_requests(w: Workload) -> list[Request]:
                 alpha = float(rng.beta(w.alpha * c, (1 - w.alpha) * c))
         out.append(Request(i, t, p, o, alpha))
     return out
+
+
+def check_serve_tokens(tokens: float, where: str) -> None:
+    """The run's work from its inputs, before any request is simulated: every token is
+    scheduled by the serving loop, so the time grows with the total."""
+    if tokens > MAX_SERVE_TOKENS:
+        raise InputError(
+            f"{where}: {tokens:,.0f} tokens to serve, above the limit of "
+            f"{MAX_SERVE_TOKENS:,} (docs/limits.md): pass fewer --requests or shorter "
+            "--prompt-len/--output-len (throughput and latency settle after a few "
+            "thousand requests)"
+        )
 
 
 def read_trace(path: str) -> list[tuple[float, int, int]]:
@@ -181,6 +214,43 @@ class StepCosts:
         return self._interp(
             lambda q: self.target.run(StepBatch(sequences, max(q, 1), 0, "prefill")).time_s, prompt
         )
+
+    def _device(self, batch: StepBatch) -> float:
+        return self.target.run(batch, host=False).time_s
+
+    def decode_device(self, batch: int, context: float) -> float:
+        return self._interp(lambda c: self._device(StepBatch(batch, 1, c, "decode")), context)
+
+    def prefill_token_device(self, chunk: float) -> float:
+        """Device time one prompt chunk of ``chunk`` tokens adds to a forward.
+
+        A one-sequence prefill of the chunk less a one-token forward: the weight
+        stream and the kernel launches are paid once per forward, whatever it holds.
+        Exact for the weight GEMMs; a chunk's attention to earlier chunks of its
+        prompt is left out (it is small for prompts within one token budget).
+        """
+        base = self._device(StepBatch(1, 1, 0, "prefill"))
+        full = self._interp(
+            lambda q: self._device(StepBatch(1, max(q, 1), 0, "prefill")), max(chunk, 1)
+        )
+        return max(0.0, full - base)
+
+    def mixed(
+        self, decode_batch: int, context: float, chunks: list[int], sampled: int, admitted: int
+    ) -> float:
+        """One in-flight-batching iteration: ``decode_batch`` decode tokens (or SD rounds)
+        at mean ``context`` plus prompt ``chunks``; host work by the engine's overlap rule."""
+        engine = self.target.engine
+        if decode_batch and self.draft is not None:
+            device = self.sd_round(decode_batch, context)  # includes its own host terms
+        elif decode_batch:
+            device = self.decode_device(decode_batch, context)
+        else:
+            device = self._device(StepBatch(1, 1, 0, "prefill"))
+        device += sum(self.prefill_token_device(c) for c in chunks)
+        before = engine.step_host_time(decode_batch + len(chunks)) + engine.request_time(admitted)
+        after = engine.sampling_time(sampled)
+        return engine.step_time(device, before, after)
 
     def sd_round(self, batch: int, context: float) -> float:
         assert self.draft is not None
@@ -266,6 +336,8 @@ class Server:
         return math.ceil(tokens / self.block)
 
     def run(self, requests: list[Request], progress: bool = False) -> ServeResult:
+        engine = self.costs.target.engine
+        self.policy, self.kv_reserve = engine.policy, engine.kv_reserve
         for r in requests:
             need = self._blocks(r.prompt + r.output)
             if need > self.blocks_total:
@@ -289,6 +361,9 @@ class Server:
                     arrived[0].succeed()
 
         def scheduler():
+            if self.policy == "mixed":
+                yield from self._run_mixed(env, requests, waiting, arrived, stats, bar)
+                return
             running: list[Request] = []
             used = 0  # KV blocks in use
             finished = 0
@@ -298,10 +373,17 @@ class Server:
                     yield arrived[0]
                     continue
                 admit: list[Request] = []
-                budget = self.max_batched_tokens
-                while waiting and len(running) + len(admit) < self.max_num_seqs:
+                # Static batching admits a new batch only when the last one has drained,
+                # and prefills all of it at once (no token budget).
+                static = self.policy == "static"
+                budget = math.inf if static else self.max_batched_tokens
+                while (
+                    waiting
+                    and len(running) + len(admit) < self.max_num_seqs
+                    and not (static and running)
+                ):
                     r = waiting[0]
-                    need = self._blocks(r.context + 1)
+                    need = self._reserve(r)
                     if used + need > self.blocks_total or (admit and r.context > budget):
                         break
                     waiting.popleft()
@@ -310,7 +392,10 @@ class Server:
                     admit.append(r)
                 if admit:
                     mean_prompt = sum(r.context for r in admit) / len(admit)
-                    yield env.timeout(self.costs.prefill(len(admit), mean_prompt))
+                    yield env.timeout(
+                        self.costs.prefill(len(admit), mean_prompt)
+                        + self.costs.target.engine.request_time(len(admit))
+                    )
                     stats["prefill"] += 1
                     for r in admit:
                         if r.first_token_s is None:
@@ -318,7 +403,7 @@ class Server:
                         r.generated += 1
                     running += admit
                     finished += self._retire(running, env.now, bar)
-                    used = sum(self._blocks(r.context) for r in running)
+                    used = self._held(running)
                     continue
                 # Decode: every running request needs room for this step's new tokens.
                 step_tokens = self.costs.gamma + 1 if self.costs.draft else 1
@@ -348,7 +433,7 @@ class Server:
                 stats["steps"] += 1
                 stats["batch_sum"] += batch
                 finished += self._retire(running, env.now, bar)
-                used = sum(self._blocks(r.context) for r in running)
+                used = self._held(running)
 
         env.process(arrivals())
         env.process(scheduler())
@@ -365,6 +450,87 @@ class Server:
             mean_batch,
             self.kv_capacity_tokens,
         )
+
+    def _held(self, running: list[Request]) -> int:
+        """KV blocks the running requests hold after a step."""
+        if self.kv_reserve == "full":
+            return sum(self._blocks(r.prompt + r.output) for r in running)
+        return sum(self._blocks(r.context) for r in running)
+
+    def _reserve(self, r: Request) -> int:
+        """KV blocks a request holds: all it will ever need ("full"), or its context."""
+        if self.kv_reserve == "full":
+            return self._blocks(r.prompt + r.output)
+        return self._blocks(r.context + 1)
+
+    def _run_mixed(self, env, requests, waiting, arrived, stats, bar):
+        """In-flight batching: decodes and prompt chunks share each step's token budget."""
+        running: list[Request] = []
+        finished = 0
+        step_tokens = self.costs.gamma + 1 if self.costs.draft else 1
+        while finished < len(requests):
+            if not running and not waiting:
+                arrived[0] = env.event()
+                yield arrived[0]
+                continue
+            decoding = [r for r in running if r.prefill_left == 0]
+            budget = self.max_batched_tokens - len(decoding) * step_tokens
+            chunks: list[tuple[Request, int]] = []
+            for r in running:
+                if r.prefill_left > 0 and budget > 0:
+                    c = min(r.prefill_left, budget)
+                    chunks.append((r, c))
+                    budget -= c
+            used = sum(self._reserve(r) for r in running)
+            admitted = 0
+            while waiting and budget > 0 and len(running) < self.max_num_seqs:
+                r = waiting[0]
+                if used + self._reserve(r) > self.blocks_total:
+                    break
+                waiting.popleft()
+                used += self._reserve(r)
+                r.prefill_left = r.context  # prompt, plus generated tokens if recomputed
+                c = min(r.prefill_left, budget)
+                chunks.append((r, c))
+                budget -= c
+                running.append(r)
+                admitted += 1
+            if self.kv_reserve != "full":
+                # Recompute preemption when the running requests outgrow the cache (vLLM).
+                while decoding and (
+                    sum(self._blocks(r.context + step_tokens) for r in running)
+                    > self.blocks_total
+                ):
+                    victim = decoding.pop()
+                    running.remove(victim)
+                    victim.preemptions += 1
+                    stats["preempt"] += 1
+                    waiting.appendleft(victim)
+            if not decoding and not chunks:
+                continue
+            batch = len(decoding)
+            context = sum(r.context for r in decoding) / batch if batch else 0.0
+            done_prefill = [r for r, c in chunks if c >= r.prefill_left]
+            yield env.timeout(
+                self.costs.mixed(
+                    batch, context, [c for _, c in chunks], batch + len(done_prefill), admitted
+                )
+            )
+            for r in decoding:
+                if self.costs.draft:
+                    r.generated = min(r.output, r.generated + self._sd_tokens(r.alpha))
+                else:
+                    r.generated += 1
+            for r, c in chunks:
+                r.prefill_left -= c
+                if r.prefill_left == 0:
+                    if r.first_token_s is None:
+                        r.first_token_s = env.now
+                    r.generated += 1
+            stats["steps"] += 1
+            stats["prefill"] += 1 if chunks else 0
+            stats["batch_sum"] += batch
+            finished += self._retire(running, env.now, bar)
 
     def _sd_tokens(self, alpha: float) -> int:
         """1 + the number of leading drafted tokens accepted (each with probability alpha)."""

@@ -16,6 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from sim import safe_eval
 from sim.errors import InputError
 from sim.parallel import RECOMPUTE_POLICIES
 from sim.tomlfile import read_toml
@@ -234,9 +235,9 @@ _ALLOWED_NODES = (
 def check_constraint(text: str, key: str = "space.constraints") -> ast.Expression:
     """Parse a constraint; only arithmetic, comparisons, and/or/not over known names."""
     try:
-        tree = ast.parse(text, mode="eval")
-    except SyntaxError as exc:
-        raise ValueError(f"{key}: '{text}' is not an expression ({exc.msg})") from None
+        tree = safe_eval.parse(text)  # length-capped, no recursion crash
+    except safe_eval.EvalError as exc:
+        raise ValueError(f"{key}: '{text[:80]}' is {exc}") from None
     for node in ast.walk(tree):
         if not isinstance(node, _ALLOWED_NODES):
             raise ValueError(
@@ -254,12 +255,19 @@ def check_constraint(text: str, key: str = "space.constraints") -> ast.Expressio
 
 
 def evaluate_constraint(tree: ast.Expression, values: dict[str, object]) -> bool:
-    """Evaluate a checked constraint with ``values`` as the only names (no builtins)."""
-    code = compile(tree, "<constraint>", "eval")
+    """Evaluate a checked constraint with ``values`` as the only names, by the bounded
+    walker of sim/safe_eval.py (floats, strings only in ==/!=): no expression can
+    allocate or compute without bound. A division by zero makes it false; an
+    out-of-bounds result (``hidden ** 999999999``) is an InputError."""
     try:
-        return bool(eval(code, {"__builtins__": {}}, values))  # noqa: S307 - AST checked above
+        return bool(safe_eval.evaluate(tree, values))
     except ZeroDivisionError:
         return False
+    except safe_eval.EvalError as exc:
+        raise InputError(
+            f"constraint '{ast.unparse(tree)[:80]}': {exc}; keep its arithmetic on numbers "
+            "within +-1e100"
+        ) from None
 
 
 def _location(loc: tuple) -> str:

@@ -25,7 +25,7 @@ from scipy.optimize import least_squares
 
 from hwprofiles import load_system
 from hwprofiles.spec import System
-from sim.inference.engine_profile import EngineProfile, load_engine
+from sim.inference.engine_profile import EngineProfile, engine_for_system, load_engine
 from sim.inference.moesd_reference import FIT_SELECTION, PeakCase, case_model, load_reference
 from sim.inference.speculative import expected_tokens
 from sim.models.hf_config import load_model
@@ -40,6 +40,7 @@ class DeviceTimes:
 
     case: PeakCase
     batches: np.ndarray
+    host_scale: float  # the system's host-CPU scale of the fitted (reference-host) terms
     ar: np.ndarray
     draft: np.ndarray  # one draft forward
     verify: np.ndarray
@@ -65,6 +66,7 @@ def device_times(
     return DeviceTimes(
         case,
         np.array(batches, float),
+        engine_for_system(engine, system.name).host_scale,
         np.array([r.t_ar_s for r in rows]),
         np.array([r.t_draft_s / g for r in rows]),
         np.array([r.t_verify_s + r.t_reject_s for r in rows]),
@@ -73,7 +75,7 @@ def device_times(
 
 def peak_speedup(times: DeviceTimes, params: np.ndarray) -> float:
     """Peak over batches of the speedup with the fitted host terms added (exact: they are serial)."""
-    step, per_seq, draft_step = params
+    step, per_seq, draft_step = np.asarray(params) * times.host_scale
     g = times.case.gamma
     b = times.batches
     tokens = expected_tokens(times.case.alpha, g)

@@ -37,6 +37,28 @@ class EngineProfile:
     * ``reject_s`` + ``reject_per_token_s`` x scored tokens: rejection sampling.
     * ``memory_utilization``: fraction of device memory the engine may use;
       ``max_num_seqs`` and ``max_batched_tokens`` bound the scheduler.
+    * ``detokenize_per_token_s``: host time per generated token (incremental
+      detokenisation, stop checks, building the response).
+    * ``request_overhead_s``: host time once per request when it is admitted
+      (tokenised prompt enters the engine, sequence-group creation).
+    * ``host_overlap``: which host work runs while the device computes the next step:
+      "none" (serial: vLLM <= 0.5), "output" (output processing, sampling bookkeeping
+      and detokenisation hidden: vLLM 0.6's async output processor), "all" (the
+      scheduler also runs one batch ahead: SGLang 0.4's and TRT-LLM 1.0's overlap
+      scheduler). Hidden work costs time only where it exceeds the device time.
+    * ``policy``: "prefill-first" (a step is all prefill or all decode: vLLM V0's
+      default scheduler) or "mixed" (chunked prefill / in-flight batching: prompts
+      share a step's ``max_batched_tokens`` with the running decodes) or "static" (one
+      batch at a time, prefilled together and decoded until all finish:
+      gptSessionBenchmark, gpt-fast).
+    * ``kv_reserve``: "incremental" (blocks as tokens are generated; recompute
+      preemption when full: vLLM) or "full" (prompt + max output reserved at
+      admission, never preempted: TRT-LLM's GUARANTEED_NO_EVICT).
+    * ``reference_host`` (a CPU of hwprofiles/hosts.toml) and ``host_scale``: the host
+      terms are seconds on the reference host; ``on_host`` rescales them to a system's
+      host CPU by single-thread speed.
+    * ``paged_attention`` / ``fused_sampling``: the stack's kernel choices (recorded;
+      the attention kernel is priced by the cost model).
     """
 
     name: str
@@ -55,6 +77,15 @@ class EngineProfile:
     memory_utilization: float = 0.9
     max_num_seqs: int = 256
     max_batched_tokens: int = 8192
+    detokenize_per_token_s: float = 0.0
+    request_overhead_s: float = 0.0
+    host_overlap: str = "none"
+    policy: str = "prefill-first"
+    kv_reserve: str = "incremental"
+    reference_host: str = ""
+    host_scale: float = 1.0
+    paged_attention: str = ""
+    fused_sampling: bool = False
     sources: dict[str, str] = field(default_factory=dict)
 
     def kernel_overhead(self, graphed: bool) -> float | None:
@@ -75,13 +106,42 @@ class EngineProfile:
         return replace(device, efficiency=replace(device.efficiency, launch_overhead_s=over))
 
     def step_host_time(self, sequences: float) -> float:
-        return self.step_overhead_s + self.step_overhead_per_seq_s * sequences
+        return (self.step_overhead_s + self.step_overhead_per_seq_s * sequences) * self.host_scale
 
     def sampling_time(self, tokens: float) -> float:
-        return self.sampling_s + self.sampling_per_token_s * tokens
+        """Host time after the forward: sampling bookkeeping and detokenisation."""
+        per_token = self.sampling_per_token_s + self.detokenize_per_token_s
+        return (self.sampling_s + per_token * tokens) * self.host_scale
 
     def reject_time(self, scored_tokens: float) -> float:
-        return self.reject_s + self.reject_per_token_s * scored_tokens
+        return (self.reject_s + self.reject_per_token_s * scored_tokens) * self.host_scale
+
+    def request_time(self, requests: float) -> float:
+        return self.request_overhead_s * requests * self.host_scale
+
+    def step_time(self, device_s: float, before_s: float, after_s: float) -> float:
+        """A forward's wall time from its device time and the host work around it.
+
+        Serial host work adds to the device time; work the engine overlaps with the
+        next step's device work (``host_overlap``) costs only its excess over it.
+        """
+        if self.host_overlap == "all":
+            return max(device_s, before_s + after_s)
+        if self.host_overlap == "output":
+            return before_s + max(device_s, after_s)
+        return before_s + device_s + after_s
+
+    def on_host(self, host_single_thread: float | None) -> EngineProfile:
+        """This profile with its host terms rescaled to a host of the given speed.
+
+        Host work is one engine thread, so its time scales with single-thread speed:
+        host_scale = reference speed / this host's speed. Unknown hosts (None) or
+        profiles without a reference host keep the reference times.
+        """
+        if host_single_thread is None or not self.reference_host:
+            return self
+        ref = host_speed(self.reference_host)
+        return replace(self, host_scale=ref / host_single_thread)
 
 
 NO_ENGINE = EngineProfile(name="none", description="no host overheads; device launch overheads")
@@ -97,13 +157,58 @@ _US_KEYS = {
     "reject_us": "reject_s",
     "reject_per_token_us": "reject_per_token_s",
 }
+_US_KEYS["detokenize_per_token_us"] = "detokenize_per_token_s"
+_US_KEYS["request_overhead_us"] = "request_overhead_s"
 _PLAIN_KEYS = {
     "cuda_graphs": bool,
     "cuda_graph_max_batch": int,
     "memory_utilization": float,
     "max_num_seqs": int,
     "max_batched_tokens": int,
+    "fused_sampling": bool,
 }
+# Text fields and their allowed values (None: any non-empty text).
+_CHOICE_KEYS: dict[str, tuple[str, ...] | None] = {
+    "host_overlap": ("none", "output", "all"),
+    "policy": ("prefill-first", "mixed", "static"),
+    "kv_reserve": ("incremental", "full"),
+    "reference_host": None,
+    "paged_attention": None,
+}
+HOSTS_PATH = HWPROFILES_ROOT / "hosts.toml"
+
+
+def _hosts() -> dict:
+    return read_toml(HOSTS_PATH, "host CPU table")
+
+
+def host_speed(cpu: str) -> float:
+    """Single-thread speed of a host CPU of hwprofiles/hosts.toml (boost GHz x IPC vs Zen 2)."""
+    cpus = _hosts().get("cpus", {})
+    if cpu not in cpus:
+        raise InputError(
+            f"unknown host CPU '{cpu}' in {HOSTS_PATH}; known: {', '.join(sorted(cpus))}"
+        )
+    entry = cpus[cpu]
+    return float(entry["boost_ghz"]) * float(entry["ipc_vs_zen2"])
+
+
+def system_host(system_name: str) -> str | None:
+    """The host CPU of a system profile (hwprofiles/hosts.toml [systems]), or None."""
+    value = _hosts().get("systems", {}).get(system_name)
+    return value if isinstance(value, str) else None
+
+
+def system_host_speed(system_name: str) -> float | None:
+    cpu = system_host(system_name)
+    return host_speed(cpu) if cpu else None
+
+
+def engine_for_system(engine: EngineProfile, system_name: str) -> EngineProfile:
+    """The engine with host terms rescaled to the system's host CPU (idempotent)."""
+    if engine.host_scale != 1.0:
+        return engine
+    return engine.on_host(system_host_speed(system_name))
 
 
 def list_engines() -> list[str]:
@@ -154,6 +259,14 @@ def _from_dict(data: dict, path: Path) -> EngineProfile:
                         f"{path}: field '{where}' must be a number >= 0 (microseconds)"
                     )
                 values[_US_KEYS[key]] = float(value) * US
+            elif key in _CHOICE_KEYS:
+                allowed_values = _CHOICE_KEYS[key]
+                if not isinstance(value, str) or not value or (
+                    allowed_values is not None and value not in allowed_values
+                ):
+                    want = " | ".join(allowed_values) if allowed_values else "a non-empty string"
+                    raise InputError(f"{path}: field '{where}' must be {want} (got {value!r})")
+                values[key] = value
             elif key in _PLAIN_KEYS:
                 typ = _PLAIN_KEYS[key]
                 if typ is bool and not isinstance(value, bool):
@@ -162,10 +275,12 @@ def _from_dict(data: dict, path: Path) -> EngineProfile:
                     raise InputError(f"{path}: field '{where}' must be a positive number")
                 values[key] = typ(value)
             else:
-                allowed = ", ".join(sorted([*_US_KEYS, *_PLAIN_KEYS]))
+                allowed = ", ".join(sorted([*_US_KEYS, *_PLAIN_KEYS, *_CHOICE_KEYS]))
                 raise InputError(f"{path}: unknown field '{where}'; known fields: {allowed}")
     if "fit" in data:
         sources["fit"] = str(data["fit"].get("method", "")) if isinstance(data["fit"], dict) else ""
     if not 0 < values.get("memory_utilization", 0.9) <= 1:
         raise InputError(f"{path}: memory_utilization must be in (0, 1]")
+    if values.get("reference_host"):
+        host_speed(values["reference_host"])  # a clear error for an unknown CPU
     return EngineProfile(**values, sources=sources)

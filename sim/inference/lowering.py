@@ -26,7 +26,7 @@ from sim.cost import CachedCostModel
 from sim.cost.attention_impl import KernelCostModel
 from sim.engine import Engine
 from sim.errors import InputError
-from sim.inference.engine_profile import NO_ENGINE, EngineProfile
+from sim.inference.engine_profile import NO_ENGINE, EngineProfile, engine_for_system
 from sim.inference.kvcache import MemoryPlan, kv_bytes_per_token, plan_memory, require_fit
 from sim.inference.routing import UNIFORM, Routing, experts_touched, moe_load
 from sim.ir import Collective, CollectiveKind, Delay, Op, RankGraph, Stream, dtype_bytes
@@ -265,6 +265,8 @@ class StepSimulator:
         self.fc_in = fc_in
         self.attention_impl = attention_impl  # None: the device's default implementation
         self.spec, self.system, self.plan = spec, system, plan
+        # Host terms are seconds on the engine's reference host: rescale to this system's.
+        engine = engine_for_system(engine, system.name)
         self.engine, self.dtype, self.routing = engine, dtype, routing
         self._models: dict[bool, CachedCostModel] = {}
         self._comm = comm_time_fn(system)
@@ -298,13 +300,16 @@ class StepSimulator:
             if host
             else 0.0
         )
-        graph = build_graph(items, self.plan, before, after)
+        # The device work alone; the host work around it is added by the engine's
+        # overlap rule (serial, output overlapped, or all overlapped).
+        graph = build_graph(items, self.plan)
         sim = Engine([graph], lambda op: model.time(op).time_s, self._comm).run()
-        result = self._summarise(items, model, sim, before + after, batch)
+        total = self.engine.step_time(sim.makespan_s, before, after)
+        result = self._summarise(items, model, sim, total - sim.makespan_s, batch, total)
         self._memo[key] = result
         return result
 
-    def _summarise(self, items, model, sim, host_s, batch) -> StepResult:
+    def _summarise(self, items, model, sim, host_s, batch, total_s) -> StepResult:
         compute = memory = overhead = 0.0
         weight_bytes = kv_bytes = 0.0
         kernels = 0
@@ -335,11 +340,14 @@ class StepSimulator:
             "communication": sum(v for k, v in by_kind.items() if k in _COLLECTIVE_KINDS),
             "host": host_s,
         }
+        by_kind = dict(by_kind)
+        if host_s > 0:
+            by_kind["host"] = host_s
         bound = max(terms, key=terms.get)
         experts = experts_touched(self.spec, batch.tokens, self.routing) if self.spec.moe else 0.0
         return StepResult(
+            total_s,
             sim.makespan_s,
-            sim.makespan_s - host_s,
             host_s,
             by_kind,
             compute,

@@ -9,6 +9,7 @@ from typing import Any
 from hwprofiles import list_devices, list_systems, load_device, load_system
 from hwprofiles.loader import list_calibrated, load_raw
 from sim.errors import InputError
+from sim.inference.engine_profile import list_engines, load_engine
 from sim.report import emit_json, fmt_bytes, fmt_si, table
 
 
@@ -44,7 +45,14 @@ def cmd_list(args: argparse.Namespace) -> int:
     devices = list_devices()
     systems = list_systems()
     if args.json:
-        emit_json({"devices": devices, "systems": systems, "calibrated": list_calibrated()})
+        emit_json(
+            {
+                "devices": devices,
+                "systems": systems,
+                "calibrated": list_calibrated(),
+                "engines": list_engines(),
+            }
+        )
         return 0
     rows = []
     for name in devices:
@@ -62,6 +70,14 @@ def cmd_list(args: argparse.Namespace) -> int:
     calibrated = list_calibrated()
     if calibrated:
         print(f"\ncalibrated profiles (use as a device name): {', '.join(calibrated)}")
+    print()
+    rows = []
+    for name in list_engines():
+        e = load_engine(name)
+        rows.append([name, e.policy, e.kv_reserve, e.host_overlap, e.reference_host or "-",
+                     "yes" if e.cuda_graphs else "no"])
+    print(table(rows, ["serving engine (--engine)", "batching", "KV reserve", "host overlap",
+                       "reference host", "graphs"]))
     return 0
 
 

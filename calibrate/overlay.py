@@ -21,6 +21,7 @@ from typing import Any
 from calibrate.fit import FitParams, FitResult
 from hwprofiles.schema import GIGA, MIB, TERA, US
 from hwprofiles.spec import Device
+from sim.report import write_text_atomic
 
 
 def _toml_value(value: Any) -> str:
@@ -114,9 +115,9 @@ def overlay_doc(base: Device, result: FitResult, provenance: dict[str, Any]) -> 
 
 def write_overlay(path: str | Path, doc: dict[str, Any]) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
+    # Atomic (temp file + rename): an interrupted run leaves the previous overlay whole.
+    return write_text_atomic(
+        path,
         "# Calibration overlay written by 'xpusim calibrate'; load with --calibration FILE.\n"
-        + dumps(doc)
+        + dumps(doc),
     )
-    return path

@@ -5,11 +5,12 @@ from __future__ import annotations
 import re
 
 from sim.errors import InputError
+from sim.limits import MAX_BYTES, check_size
 
 _SUFFIX = {
     "": 1, "b": 1,
     "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9, "t": 1e12, "tb": 1e12,
-    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "p": 1e15, "pb": 1e15, "pib": 2**50,
 }
 
 
@@ -22,9 +23,9 @@ def parse_size(text: str, what: str = "size") -> float:
         value = float(match.group(1)) * _SUFFIX[match.group(2).lower()]
     except ValueError:
         raise InputError(f"cannot read {what} '{text}'") from None
-    if value < 0:
-        raise InputError(f"{what} must be >= 0, got {text}")
-    return value
+    # sim.limits: a size is finite, > 0 and at most 1 PiB (1e400 is inf, 1e30 B is
+    # no buffer anyone allocates).
+    return check_size(value, what, MAX_BYTES)
 
 
 def parse_int_list(text: str, what: str) -> list[int]:

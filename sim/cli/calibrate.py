@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from sim.errors import InputError
-from sim.report import emit_json, fmt_si, table
+from sim.report import check_output_file, emit_json, fmt_si, table
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -48,6 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from calibrate.pipeline import write_measurements
     from calibrate.suites import DEFAULT_SEED, SUITES
 
     seed = DEFAULT_SEED if args.seed is None else args.seed
@@ -63,6 +64,11 @@ def run(args: argparse.Namespace) -> int:
     csv_path = (
         Path(args.measurements) if args.measurements else out.with_suffix(".measurements.csv")
     )
+    # Both outputs checked before minutes of timing: suffix, folder writable, no file of
+    # another kind replaced (sim.report).
+    check_output_file(out, "--out", (".toml",))
+    if not args.from_measurements:
+        check_output_file(csv_path, "--measurements", (".csv",))
     started = time.perf_counter()
     if args.from_measurements:
         from calibrate.pipeline import read_measurements, recorded_device
@@ -73,13 +79,15 @@ def run(args: argparse.Namespace) -> int:
     else:
         measured, local = _measure(args, suites, seed)
         quick = bool(args.quick)
+        # Written as soon as they exist: a failure in the fit below loses nothing (refit
+        # with --from-measurements).
+        write_measurements(csv_path, measured, local)
     from calibrate.overlay import overlay_doc, write_overlay
     from calibrate.pipeline import (
         base_profile,
         fit_measured,
         load_base,
         provenance,
-        write_measurements,
     )
 
     base_name = base_profile(local.kind, args.profile)
@@ -87,8 +95,6 @@ def run(args: argparse.Namespace) -> int:
     result = fit_measured(measured, base)
     prov = provenance(local, base.name, quick, seed, measured)
     write_overlay(out, overlay_doc(base, result, prov))
-    if not args.from_measurements:
-        write_measurements(csv_path, measured, local)
     elapsed = time.perf_counter() - started
     payload = {
         "overlay": str(out),

@@ -349,7 +349,7 @@ class Server:
         env = simpy.Environment()
         waiting: deque[Request] = deque()
         arrived = [env.event()]
-        stats = {"steps": 0, "prefill": 0, "preempt": 0, "batch_sum": 0}
+        stats = {"steps": 0, "prefill": 0, "preempt": 0, "batch_sum": 0, "arrived": 0}
         bar = tqdm(total=len(requests), disable=not progress, unit="req", desc="serving")
 
         def arrivals():
@@ -357,6 +357,7 @@ class Server:
                 if r.arrival_s > env.now:
                     yield env.timeout(r.arrival_s - env.now)
                 waiting.append(r)
+                stats["arrived"] += 1
                 if not arrived[0].triggered:
                     arrived[0].succeed()
 
@@ -376,6 +377,17 @@ class Server:
                 # Static batching admits a new batch only when the last one has drained,
                 # and prefills all of it at once (no token budget).
                 static = self.policy == "static"
+                if (
+                    static
+                    and not running
+                    and len(waiting) < self.max_num_seqs
+                    and stats["arrived"] < len(requests)
+                ):
+                    # A static batch is formed from the queue once it is full (or no
+                    # more requests will come), as a fixed-batch benchmark does.
+                    arrived[0] = env.event()
+                    yield arrived[0]
+                    continue
                 budget = math.inf if static else self.max_batched_tokens
                 while (
                     waiting

@@ -1,0 +1,98 @@
+"""Serving-stack profiles: host-CPU scaling, the overlap rule, batching policies."""
+
+from __future__ import annotations
+
+import pytest
+
+from hwprofiles import load_system
+from sim.errors import InputError
+from sim.inference.engine_profile import (
+    EngineProfile,
+    engine_for_system,
+    host_speed,
+    list_engines,
+    load_engine,
+)
+from sim.inference.lowering import ParallelPlan, StepSimulator
+from sim.inference.serving import Server, StepCosts, Workload, make_requests
+from sim.models.hf_config import load_model
+
+STACKS = ("vllm-0.5", "vllm-0.6", "sglang-0.4", "trtllm-0.10", "trtllm-1.0", "mindie-1.0",
+          "vllm-ascend-0.9")
+
+
+def test_every_stack_loads_with_a_known_reference_host():
+    names = list_engines()
+    for name in STACKS:
+        assert name in names
+        engine = load_engine(name)
+        assert engine.reference_host
+        assert host_speed(engine.reference_host) > 0
+
+
+def test_host_speed_is_clock_times_ipc():
+    # hosts.toml: EPYC 7742 3.4 GHz x 1.0; Xeon 8480 3.8 GHz x 1.19
+    assert host_speed("epyc-7742") == pytest.approx(3.4)
+    assert host_speed("xeon-8480") == pytest.approx(3.8 * 1.19)
+
+
+def test_host_terms_scale_with_the_host_cpu_not_the_gpu():
+    vllm = load_engine("vllm-0.6")  # reference host xeon-8358 (hgx-a800)
+    a800 = engine_for_system(vllm, "hgx-a800")
+    h800 = engine_for_system(vllm, "hgx-h800")
+    assert a800.host_scale == pytest.approx(1.0)
+    assert h800.host_scale == pytest.approx(3.4 / (3.8 * 1.19))
+    assert h800.step_host_time(10) == pytest.approx(a800.step_host_time(10) * h800.host_scale)
+    # rescaling is applied once
+    assert engine_for_system(h800, "hgx-h800").host_scale == h800.host_scale
+
+
+def test_overlap_rule():
+    serial = EngineProfile("s")
+    out = EngineProfile("o", host_overlap="output")
+    both = EngineProfile("a", host_overlap="all")
+    assert serial.step_time(10.0, 2.0, 3.0) == 15.0
+    assert out.step_time(10.0, 2.0, 3.0) == 12.0  # sampling/detok hidden
+    assert out.step_time(1.0, 2.0, 3.0) == 5.0  # ... up to the device time
+    assert both.step_time(10.0, 2.0, 3.0) == 10.0
+    assert both.step_time(4.0, 2.0, 3.0) == 5.0
+
+
+def test_bad_policy_is_a_clear_error(tmp_path):
+    bad = tmp_path / "e.toml"
+    bad.write_text('kind = "engine"\nname = "x"\n[scheduler]\npolicy = "fifo"\n')
+    with pytest.raises(InputError, match="policy"):
+        load_engine(str(bad))
+
+
+def _serve(engine_name: str, n: int = 40, prompt: int = 64, output: int = 16):
+    from sim.inference.serving import LengthDist
+
+    sim = StepSimulator(load_model("qwen2-0.5b"), load_system("dgx-a100"), ParallelPlan(1),
+                        load_engine(engine_name))
+    reqs = make_requests(Workload(n, 1e4, LengthDist("const", prompt), LengthDist("const", output)))
+    engine = sim.engine
+    server = Server(StepCosts(sim), 1e6, engine.max_num_seqs, engine.max_batched_tokens)
+    return server.run(reqs)
+
+
+@pytest.mark.parametrize("name", ["trtllm-0.10", "sglang-0.4", "trtllm-0.6.1", "vllm-0.6"])
+def test_every_policy_completes_every_request(name):
+    result = _serve(name)
+    assert all(r.finish_s is not None and r.generated == r.output for r in result.requests)
+    assert result.preemptions == 0
+
+
+def test_static_batching_runs_one_prefill_and_output_minus_one_decodes():
+    # 40 requests in one static batch: one prefill step, then 15 decode steps.
+    result = _serve("trtllm-0.6.1")
+    assert result.prefill_steps == 1
+    assert result.steps == 15
+
+
+def test_mixed_batching_shares_the_token_budget():
+    # trtllm-0.10: budget 2048 tokens -> 40 prompts of 64 tokens = 2560 need >= two
+    # steps with prompt chunks, and decodes run in the same steps (no decode-only wait)
+    result = _serve("trtllm-0.10")
+    assert result.prefill_steps >= 2
+    assert result.steps < result.prefill_steps + 16 + 2

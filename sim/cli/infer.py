@@ -25,7 +25,7 @@ from sim.inference.lowering import (
 )
 from sim.inference.routing import routing_from_text
 from sim.inference.serving import LengthDist, Server, StepCosts, Workload, make_requests
-from sim.inference.speculative import HEAD_KINDS, draft_simulator
+from sim.inference.speculative import HEAD_KINDS, draft_simulator, require_draft_fit
 from sim.models.hf_config import load_model
 from sim.report import emit_json, fmt_bytes, fmt_si, table
 
@@ -240,6 +240,7 @@ def _serve(args, spec, system, plan, engine, sim, memory) -> int:
     costs = StepCosts(sim)
     if args.draft:
         draft = args.draft if args.draft in HEAD_KINDS else load_model(args.draft)
+        require_draft_fit(memory, draft, system, args.draft_devices, engine, args.dtype, "--draft")
         draft_sim = draft_simulator(
             spec,
             draft,

@@ -39,6 +39,7 @@ from sim.inference.speculative import (
     band_width,
     expected_tokens,
     peak,
+    require_draft_fit,
     sigma_to_alpha,
 )
 from sim.models.hf_config import load_model
@@ -75,6 +76,7 @@ def _group(
 ) -> dict:
     """One target/draft pair swept over ``batches``: rows, peak and the peak/sqrt(2) band."""
     memory = require_memory(target, system, plan, engine, args.dtype)
+    require_draft_fit(memory, draft, system, args.draft_devices, engine, args.dtype, label)
     fitting, oom_rows = _kv_fit(label, memory, batches, args, plan)
     model = SpeculativeModel(
         target,

@@ -30,8 +30,9 @@ from scipy.optimize import brentq
 from hwprofiles.spec import Device, System
 from sim import ops
 from sim.cost import RooflineModel
-from sim.errors import InputError
+from sim.errors import InputError, NegativeVerdict
 from sim.inference.engine_profile import NO_ENGINE, EngineProfile
+from sim.inference.kvcache import MemoryPlan, plan_memory
 from sim.inference.lowering import ParallelPlan, StepBatch, StepSimulator
 from sim.inference.routing import UNIFORM, Routing
 from sim.ir import Op
@@ -145,6 +146,57 @@ def draft_simulator(
         head, fc_in = head_spec(target, draft)
         return StepSimulator(head, system, plan, draft_engine, dtype, routing, fc_in)
     return StepSimulator(draft, system, draft_plan or ParallelPlan(tp=1), draft_engine, dtype)
+
+
+def require_draft_fit(
+    target_memory: MemoryPlan,
+    draft: ModelSpec | str,
+    system: System,
+    draft_tp: int,
+    engine: EngineProfile,
+    dtype: str,
+    what: str,
+) -> None:
+    """Out-of-memory verdict (exit 3) when a draft model does not fit beside the target.
+
+    vLLM runs a draft model on the target's first ``draft_tp`` devices (it has no
+    devices of its own), so on those devices both models' weights and activation
+    workspaces share the usable memory (HBM x gpu_memory_utilization). A head (eagle,
+    mtp) is part of the target's own weights and needs no check here.
+    """
+    if isinstance(draft, str):
+        return
+    if draft_tp > system.num_devices:
+        raise InputError(
+            f"--draft-devices {draft_tp}: the system has {system.num_devices} devices; "
+            f"pass --draft-devices <= {system.num_devices}"
+        )
+    dm = plan_memory(
+        draft,
+        system.device.hbm_capacity,
+        draft_tp,
+        1,
+        dtype,
+        engine.memory_utilization,
+        engine.max_batched_tokens,
+    )
+    need = target_memory.weights + target_memory.activations + dm.weights + dm.activations
+    if need > target_memory.capacity:
+        gib = 2**30
+        raise NegativeVerdict(
+            f"{what}: the draft {draft.name} does not fit beside the target: target weights "
+            f"{target_memory.weights / gib:.1f} GiB + activations "
+            f"{target_memory.activations / gib:.1f} GiB + draft weights {dm.weights / gib:.1f} "
+            f"GiB (TP {draft_tp}) + activations {dm.activations / gib:.1f} GiB = "
+            f"{need / gib:.1f} GiB > {target_memory.capacity / gib:.1f} GiB usable per device; "
+            "use a smaller draft, more --draft-devices, or more target devices",
+            {
+                "target": target_memory.as_dict(),
+                "draft": dm.as_dict(),
+                "needed_bytes": need,
+                "fits": False,
+            },
+        )
 
 
 @dataclass(frozen=True)

@@ -110,6 +110,18 @@ REQUIRED_COLUMNS = (
 
 
 def read_measurements(path: str | Path, flag: str = "") -> list[Measured]:
+    """Rows written by ``write_measurements``; a file the csv module cannot split (a
+    field above its 128 KiB limit: not a measurements file) is an InputError too."""
+    try:
+        return _read_measurements(path, flag)
+    except csv.Error as exc:
+        raise InputError(
+            f"{flag} {path}: not a measurements CSV ({exc}); pass one written by "
+            "'xpusim calibrate'".strip()
+        ) from None
+
+
+def _read_measurements(path: str | Path, flag: str = "") -> list[Measured]:
     """Rows written by ``write_measurements`` back into (case, measurement) pairs.
 
     ``flag`` (e.g. ``--from-measurements``) prefixes every error message, so the user
@@ -247,7 +259,10 @@ def load_base(name: str, local: LocalDevice | None = None) -> Device:
 def recorded_device(path: str | Path, kind: str) -> LocalDevice:
     """The device a measurements CSV was taken on (from its first row)."""
     with open_text(path, "measurements") as fh:
-        row = next(csv.DictReader(fh), None)
+        try:
+            row = next(csv.DictReader(fh), None)
+        except csv.Error as exc:
+            raise InputError(f"{path}: not a measurements CSV ({exc})") from None
     if row is None:
         raise InputError(f"{path}: no measurements")
     return LocalDevice(

@@ -107,6 +107,8 @@ def check_output_file(
     """A file the command will write, checked before any work: not a directory, in a
     writable folder, named with the suffix of what is written, and, if it exists,
     already such a file (an existing README.md is never replaced by a CSV)."""
+    if not str(path).strip():
+        raise InputError(f"{flag}: empty path; give a file name")
     path = Path(path)
     suffixes = suffixes or SUFFIXES_BY_FLAG.get(flag, ())
     if path.is_dir():
@@ -127,6 +129,8 @@ def check_output_file(
 def check_plot_path(path: str | Path, flag: str = "--plot") -> Path:
     """The plot path, checked like any output (matplotlib picks the format from the
     suffix: .png, .svg or .pdf)."""
+    if not str(path).strip():
+        raise InputError(f"{flag}: empty path; give a file name such as plot.png")
     path = Path(path)
     if path.is_dir():
         raise InputError(f"{flag} {path}: is a directory; give a file name such as {path}/plot.png")

@@ -60,13 +60,12 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(
                 f"--suites: unknown {', '.join(unknown)}; choose from {', '.join(SUITES)}"
             )
-    out = Path(args.out)
+    # Both outputs checked before minutes of timing: suffix, folder writable, no file of
+    # another kind replaced (sim.report).
+    out = check_output_file(args.out, "--out", (".toml",))
     csv_path = (
         Path(args.measurements) if args.measurements else out.with_suffix(".measurements.csv")
     )
-    # Both outputs checked before minutes of timing: suffix, folder writable, no file of
-    # another kind replaced (sim.report).
-    check_output_file(out, "--out", (".toml",))
     if not args.from_measurements:
         check_output_file(csv_path, "--measurements", (".csv",))
     started = time.perf_counter()

@@ -163,6 +163,15 @@ def check_serve_tokens(tokens: float, where: str) -> None:
 
 
 def read_trace(path: str) -> list[tuple[float, int, int]]:
+    """(arrival_s, prompt_tokens, output_tokens) rows, sorted; a file the csv module
+    cannot split is an InputError like any other bad trace."""
+    try:
+        return _read_trace(path)
+    except csv.Error as exc:
+        raise InputError(f"--trace {path}: not a CSV trace ({exc})") from None
+
+
+def _read_trace(path: str) -> list[tuple[float, int, int]]:
     rows = []
     with open_text(path, "--trace") as fh:  # sim.inputs: size, UTF-8, file type checked
         reader = csv.DictReader(fh)

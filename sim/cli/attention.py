@@ -167,9 +167,12 @@ def run(args: argparse.Namespace) -> int:
         write_csv(args.csv, flat)
     if args.plot:
         plot(result, args.plot)
+    written = [p for p in (args.csv, args.plot) if p]
     if args.json:
-        emit_json(result)
+        emit_json({**result, "files": written})
         return 0
+    for path in written:
+        print(f"wrote {path}")
     print(
         f"attention on {result['device']}: batch {args.batch}, {args.heads} heads, "
         f"head_dim {args.head_dim}, {args.dtype}{', causal' if args.causal else ''}"

@@ -278,14 +278,17 @@ def _print(result, d: dict) -> None:
         ),
         (
             "bubble",
-            f"{d['bubble_fraction']:.1%} of the step (closed form (p-1)/(m*v) = "
-            f"{d['bubble_closed_form']:.1%} of ideal)",
+            f"{d['bubble_fraction']:.1%} of the step simulated (idle pipeline time); the "
+            f"textbook (p-1)/(m*v) gives {d['bubble_closed_form']:.1%} of the bubble-free step",
         ),
         ("exposed comm", fmt_si(d["exposed_comm_s"], "s")),
     ]
     print(table(rows, ("quantity", "value")))
     print()
-    print("mean busy time per stage (s):")
+    print(
+        "mean busy time per stage (s; streams overlap, so the parts can sum to more "
+        "than the step):"
+    )
     print(table([(k, f"{v:.3f}") for k, v in d["breakdown_s"].items()], ("part", "seconds")))
     print()
     print("memory: " + format_breakdown(result.peak_memory))

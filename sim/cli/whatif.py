@@ -75,7 +75,9 @@ def run(args: argparse.Namespace) -> int:
         emit_json({**result.as_dict(), "files": files})
         return 0
     m = result.metric
-    print(f"{result.command} {name}: base {m} = {result.base_metric:.6g}")
+    base = result.base_metric
+    shown = f"{base:,.0f}" if abs(base) >= 1e4 else f"{base:.4g}"
+    print(f"{result.command} {name}: base {m} = {shown}")
     rows = [
         [
             s["field"],
@@ -92,6 +94,6 @@ def run(args: argparse.Namespace) -> int:
     for p in result.points:
         if p["error"]:
             print(f"  {p['field']}={p['value']}: {p['error']}")
-    for key, path in files.items():
-        print(f"{key}: {path}")
+    for path in files.values():
+        print(f"wrote {path}")
     return 0

@@ -14,7 +14,8 @@ from sim.limits import check_ranks, check_train_work
 from sim.parallel import ParallelPlan, load_plan_file, microbatches, validate_plan
 from sim.report import check_output_file, check_plot_path, emit_json, fmt_bytes, fmt_si, table
 from sim.training.memory import format_breakdown
-from sim.training.simulate import TrainingOptions, estimate_memory, simulate_training
+from sim.training.simulate import TrainingOptions, estimate_memory
+from sim.training.steady import simulate_training
 from sim.units import parse_int_list
 
 _INT_FLAGS = ("tp", "pp", "vpp", "dp", "ep", "cp", "mbs", "gbs", "seq", "zero", "seed")
@@ -68,6 +69,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--full-ranks",
         action="store_true",
         help="simulate every rank instead of one per stage (small jobs: the check)",
+    )
+    p.add_argument(
+        "--exact",
+        action="store_true",
+        help="simulate every op of every micro-batch (default: simulate two micro-batch "
+        "counts past the pipeline warm-up and extend the steady state; same result within "
+        "0.5%%, far faster for many micro-batches)",
     )
     p.add_argument("--trace", help="write a Chrome trace (Perfetto) of one rank per stage here")
     p.add_argument("--timeline", help="write a PNG timeline of one rank per stage here")
@@ -208,6 +216,8 @@ def run(args: argparse.Namespace) -> int:
             full_ranks=args.full_ranks,
             progress=not args.quiet,
             attention_impl=args.attention_impl,
+            # Traces and timelines draw every op, so they need the full simulation.
+            exact=bool(args.exact or args.trace or args.timeline),
         ),
     )
     reps = {s.rank: f"stage {s.stage} (rank {s.rank})" for s in result.stages}

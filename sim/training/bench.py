@@ -6,7 +6,7 @@ import time
 
 from hwprofiles import load_system
 from sim.parallel import ParallelPlan
-from sim.training.simulate import simulate_training
+from sim.training.steady import simulate_training
 
 # The headline plan of docs/training.md: 6,144 NPUs (768 Atlas 800T A2 nodes),
 # TP8 PP16 VPP2 EP4, micro-batch 2, global batch 9216 x 4096 tokens (assumed).

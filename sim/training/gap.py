@@ -29,7 +29,8 @@ from hwprofiles.spec import System
 from sim.models.spec import ModelSpec
 from sim.parallel import ParallelPlan
 from sim.report import save_figure
-from sim.training.simulate import Sensitivity, TrainingOptions, simulate_training
+from sim.training.simulate import Sensitivity, TrainingOptions
+from sim.training.steady import simulate_training
 
 # Reported figures (a check, never an input): Pangu Ultra MoE abstract (30.0% MFU) and
 # secondary notes (1.46 M tokens/s) — /work/shared/reference/pangu_ultra_moe.md §5.

@@ -77,6 +77,7 @@ class TrainingOptions:
     include_mtp_in_mfu: bool = False  # MFU convention: main model only (DeepSeek/Pangu count 6N)
     sensitivity: Sensitivity = Sensitivity()
     attention_impl: str | None = None  # None: the device's default (sim.cost.attention_impl)
+    exact: bool = False  # simulate every micro-batch (sim.training.steady), keep records
 
 
 @dataclass
@@ -286,10 +287,12 @@ def stage_stats(records: list, makespan: float, rank: int, stage: int) -> StageS
     return StageStats(stage, rank, busy, bubble, blocking + exposed_async, work)
 
 
-def simulate_training(
+def simulate_exact(
     spec: ModelSpec, system: System, plan: ParallelPlan, options: TrainingOptions | None = None
 ) -> TrainingResult:
-    """Simulate one training step; raises InputError for an impossible plan."""
+    """Simulate one training step, every op of every micro-batch; raises InputError for
+    an impossible plan. ``sim.training.steady.simulate_training`` is the usual entry:
+    it calls this at two micro-batch counts and extends the steady state."""
     options = options or TrainingOptions()
     t0 = time.perf_counter()
     plan = validate_plan(spec, plan, system.num_devices)

@@ -104,6 +104,7 @@ FLOAT_FLAGS: dict[str, tuple[float | None, float | None, bool]] = {
     "flops_per_element": (0.0, 1e6, False),
     "rate": (0.0, 1e9, True),
     "alpha": (0.0, 1.0, False),
+    "dropout": (0.0, 1.0, False),
     "sigma": (0.0, None, False),
     "context": (0.0, float(MAX_SEQ), False),
     "sync_us": (0.0, 1e9, False),

@@ -26,6 +26,7 @@ _BOOL_FLAGS = (
     "overlap_dp",
     "overlap_tp",
     "tp_extend_ep",
+    "grad_accum_fusion",
 )
 
 
@@ -51,6 +52,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--recompute-modules", help="comma list for selective: norm,attn,act,experts,mlp"
     )
     p.add_argument("--schedule", choices=("auto", "1f1b", "interleaved"))
+    p.add_argument(
+        "--dropout",
+        type=float,
+        help="attention and hidden dropout rate of the recipe (Megatron-LM GPT: 0.1; "
+        "default 0): keeps masks and, for unfused attention, the dropped scores",
+    )
+    p.add_argument(
+        "--framework",
+        choices=("eager", "cuda-graphs"),
+        help="host side: eager PyTorch dispatch per op (default) or CUDA graphs (none)",
+    )
     p.add_argument("--order", help="rank order innermost first (default tp-cp-ep-dp-pp)")
     p.add_argument("--moe-routing", help="uniform | zipf:S | hist:c1,c2,... (seeded by --seed)")
     p.add_argument(
@@ -118,7 +130,9 @@ def build_plan(args: argparse.Namespace) -> tuple[ParallelPlan, dict]:
     if args.plan:
         values = load_plan_file(args.plan)
         extra = values.pop("_extra")
-    for name in _INT_FLAGS + _BOOL_FLAGS + ("dtype", "schedule", "order", "moe_routing"):
+    for name in _INT_FLAGS + _BOOL_FLAGS + (
+        "dtype", "schedule", "order", "moe_routing", "dropout", "framework"
+    ):
         v = getattr(args, name, None)
         if v is not None:
             values[name] = v

@@ -33,12 +33,14 @@ def bus_factor(kind: str, n: int) -> float:
     return 1.0
 
 
-def device_link_bandwidth(system: System, nodes: int) -> float:
-    """Peak one-way bandwidth a device can push: its scale-up port(s), or its share of
-    the node's NICs when the group spans nodes (whichever is smaller)."""
+def device_link_bandwidth(system: System, nodes: int, ranks: int) -> float:
+    """Peak one-way bandwidth a device can push: its scale-up port(s) (in a full mesh,
+    the links to the other ranks of the group), or its share of the node's NICs when the
+    group spans nodes (whichever is smaller)."""
     intra = system.intra_link.bandwidth
     if system.intra_topology == "full_mesh":
-        intra *= system.links_per_device
+        peers = min(ranks, system.devices_per_node) - 1
+        intra *= max(1, min(system.links_per_device, peers))
     if nodes <= 1:
         return intra
     nic = system.nic.bandwidth * system.nics_per_node / system.devices_per_node
@@ -70,7 +72,7 @@ def _op(args: dict[str, Any], p: Payload) -> Payload:
 def _collective(args: dict[str, Any], p: Payload) -> Payload:
     system = load_system(str(args["system"]))
     ranks = int(p["ranks"])
-    busbw = device_link_bandwidth(system, int(p.get("nodes", 1)))
+    busbw = device_link_bandwidth(system, int(p.get("nodes", 1)), ranks)
     algbw = busbw / bus_factor(str(args["kind"]), ranks) if ranks > 1 else busbw
     return {**p, "bus_bandwidth": busbw, "algorithm_bandwidth": algbw,
             "time_s": float(p["bytes"]) / algbw}
@@ -81,7 +83,7 @@ def _ep(args: dict[str, Any], p: Payload) -> Payload:
     nodes = int(p.get("nodes", 1))
     key = "inter_node_bytes" if nodes > 1 else "intra_node_bytes"
     per_rank = float(p[key]) / int(p["ep"])
-    bw = device_link_bandwidth(system, nodes)
+    bw = device_link_bandwidth(system, nodes, int(p["ep"]))
     t = per_rank / bw
     return {**p, "dispatch_time_s": t, "combine_time_s": t}
 

@@ -52,12 +52,16 @@ def _value(v: float | None, unit: str) -> str:
     return f"{v:.4g} {unit}"
 
 
+def _clip(text: str, width: int = 90) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 def print_rows(results: list[RowResult]) -> None:
     rows = []
     for r in results:
         if r.unsupported:
             rows.append([r.id, r.category, r.role, _value(r.measured, r.unit), "-",
-                         f"unsupported: {r.unsupported}", ""])
+                         _clip(f"unsupported: {r.unsupported}"), ""])
             continue
         rows.append([r.id, r.category, r.role, _value(r.measured, r.unit),
                      _value(r.predicted, r.unit), _pct(r.error, True),

@@ -28,7 +28,24 @@ TERA = 1e12
 GIGA = 1e9
 KIB, MIB, GIB = 1024, 1024**2, 1024**3
 US = 1e-6
-DTYPES = ("fp64", "fp32", "tf32", "bf16", "fp16", "fp8", "int8", "int4")
+DTYPES = (
+    "fp64", "fp32", "tf32", "bf16", "fp16", "fp8", "int8", "int4",
+    # Low-precision formats (sim/ir.py LOW_PRECISION): FP8 variants and block-scaled
+    # formats, peaks as the vendor quotes them for tensor cores that run them natively.
+    "fp8_e4m3", "fp8_e5m2", "hif8", "mxfp8", "mxfp6", "fp4", "mxfp4", "nvfp4",
+)
+# Sections of a profile whose figures can be marked as announced (see ``announced``).
+DEVICE_SECTIONS = ("matrix", "vector", "cores", "hbm", "levels", "efficiency", "kernels", "tdp_w")
+SYSTEM_SECTIONS = ("intra_node", "package", "nic", "inter_node", "collective_efficiency", "size")
+
+
+def _check_announced(sections: list[str], known: tuple[str, ...]) -> list[str]:
+    for name in sections:
+        if name not in known:
+            raise ValueError(
+                f"announced: unknown section '{name}' (expected some of {', '.join(known)})"
+            )
+    return sections
 
 
 class _Strict(BaseModel):
@@ -185,9 +202,12 @@ class DeviceFile(_Strict):
     kind: Literal["device"] = "device"
     name: str
     vendor: str
-    arch: Literal["davinci", "nvidia", "cpu"]
+    arch: Literal["davinci", "nvidia", "amd", "cpu"]
     description: str
     tdp_w: float | None = None
+    # Sections whose figures are vendor announcements no one has measured yet (parts
+    # not shipping, or shipping without published measurements): ``hw show`` prints them.
+    announced: list[str] = Field(default_factory=list)
     matrix: PeakTable
     vector: PeakTable
     cores: Cores
@@ -195,6 +215,11 @@ class DeviceFile(_Strict):
     levels: list[Level] = Field(default_factory=list)
     efficiency: EfficiencyFile
     kernels: KernelsFile | None = None
+
+    @field_validator("announced")
+    @classmethod
+    def _announced_known(cls, sections: list[str]) -> list[str]:
+        return _check_announced(sections, DEVICE_SECTIONS)
 
     def to_spec(self, path: str = "") -> Device:
         main = MemoryLevel(
@@ -230,6 +255,7 @@ class DeviceFile(_Strict):
             matrix_tile=self.matrix.tile,
             efficiency=self.efficiency.to_spec(),
             tdp_watts=self.tdp_w,
+            announced=tuple(self.announced),
             kernels=self.kernels.to_spec() if self.kernels else KernelTraits(),
             sources={
                 "matrix": self.matrix.source,
@@ -311,6 +337,13 @@ class SystemFile(_Strict):
     inter_node: InterNode
     collective_efficiency: CollectiveEfficiencyFile
     collective_library: CollectiveLibraryFile | None = None
+    # Sections whose figures are vendor announcements no one has measured (see DeviceFile).
+    announced: list[str] = Field(default_factory=list)
+
+    @field_validator("announced")
+    @classmethod
+    def _announced_known(cls, sections: list[str]) -> list[str]:
+        return _check_announced(sections, SYSTEM_SECTIONS)
 
     def to_spec(self, device: Device, path: str = "") -> System:
         pkg = self.package
@@ -335,6 +368,7 @@ class SystemFile(_Strict):
                 step_overhead_s=self.collective_efficiency.step_overhead_us * US,
             ),
             collective_library=_library(self.collective_library),
+            announced=tuple(self.announced),
             sources={
                 "intra_node": self.intra_node.source,
                 "nic": self.nic.source,

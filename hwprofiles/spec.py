@@ -107,7 +107,7 @@ class Device:
 
     name: str
     vendor: str
-    arch: str  # "davinci" | "nvidia" | "cpu"
+    arch: str  # "davinci" | "nvidia" | "amd" | "cpu"
     description: str
     matrix_peak: dict[str, float]
     vector_peak: dict[str, float]
@@ -127,12 +127,24 @@ class Device:
     sources: dict[str, str] = field(default_factory=dict)
     path: str = ""
     kernels: KernelTraits = KernelTraits()
+    # Profile sections whose figures are vendor announcements, not yet measured.
+    announced: tuple[str, ...] = ()
 
     def level(self, name: str) -> MemoryLevel | None:
         for lvl in self.memory:
             if lvl.name == name:
                 return lvl
         return None
+
+    def runs_natively(self, dtype: str, unit: str = "matrix") -> bool:
+        """Whether ``unit`` has a published peak for ``dtype`` or for its own family
+        (an FP8 encoding on an FP8 unit); False where ``peak_for`` would fall back to a
+        different number format (FP8 work on a 910B, FP4 on an H100)."""
+        table = self.matrix_peak if unit == "matrix" else self.vector_peak
+        if dtype in table:
+            return True
+        family = {"fp8_e4m3": "fp8", "fp8_e5m2": "fp8", "mxfp8": "fp8", "hif8": "fp8"}
+        return family.get(dtype) in table
 
     def peak_for(self, unit: str, dtype: str) -> float:
         """Peak FLOP/s of ``unit`` ("matrix" or "vector") for ``dtype``.
@@ -158,6 +170,17 @@ class Device:
 
 
 _DTYPE_FALLBACK = {
+    # FP8 encodings and 8-bit block-scaled formats run on the FP8 tensor-core path; a
+    # device without a native block-scaled FP4 path dequantises FP4 weights to its FP8
+    # (else 16-bit) path, as W4A8/W4A16 kernels do (Marlin, TRT-LLM on Hopper).
+    "fp8_e4m3": ("fp8",),
+    "fp8_e5m2": ("fp8",),
+    "hif8": ("fp8",),
+    "mxfp8": ("fp8",),
+    "mxfp6": ("fp8",),
+    "mxfp4": ("fp4", "fp8", "bf16", "fp16"),
+    "nvfp4": ("fp4", "fp8", "bf16", "fp16"),
+    "fp4": ("mxfp4", "fp8", "bf16", "fp16"),
     "bf16": ("fp16",),
     "fp16": ("bf16",),
     "fp8": ("int8", "bf16", "fp16"),
@@ -241,6 +264,8 @@ class System:
     collective_library: CollectiveLibrary = CollectiveLibrary()
     sources: dict[str, str] = field(default_factory=dict)
     path: str = ""
+    # Profile sections whose figures are vendor announcements, not yet measured.
+    announced: tuple[str, ...] = ()
 
     @property
     def num_devices(self) -> int:

@@ -57,16 +57,23 @@ def cmd_list(args: argparse.Namespace) -> int:
     rows = []
     for name in devices:
         s = _summary(name)
-        rows.append([name, s["vendor"], fmt_si(s["matrix_peak_bf16_flops"], "FLOP/s"),
-                     fmt_bytes(s["hbm_capacity_bytes"]), fmt_si(s["hbm_bandwidth"], "B/s")])
-    print(table(rows, ["device", "vendor", "matrix bf16", "memory", "mem bandwidth"]))
+        dev = load_device(name)
+        # Low-precision peaks only where the matrix unit runs the format natively.
+        low = [fmt_si(dev.peak_for("matrix", d), "FLOP/s") if dev.runs_natively(d) else "-"
+               for d in ("fp8", "mxfp4")]
+        rows.append([name, s["vendor"], fmt_si(s["matrix_peak_bf16_flops"], "FLOP/s"), *low,
+                     fmt_bytes(s["hbm_capacity_bytes"]), fmt_si(s["hbm_bandwidth"], "B/s"),
+                     "announced" if dev.announced else ""])
+    print(table(rows, ["device", "vendor", "matrix bf16", "fp8", "fp4 (mx)", "memory",
+                       "mem bandwidth", "figures"]))
     print()
     rows = []
     for name in systems:
         sysm = load_system(name)
         rows.append([name, f"{sysm.devices_per_node} x {sysm.device.name}", sysm.intra_topology,
-                     f"{sysm.nics_per_node} x {fmt_si(sysm.nic.bandwidth * 8, 'b/s')}"])
-    print(table(rows, ["system", "devices", "intra-node", "NICs"]))
+                     f"{sysm.nics_per_node} x {fmt_si(sysm.nic.bandwidth * 8, 'b/s')}",
+                     sysm.num_devices, "announced" if sysm.announced else ""])
+    print(table(rows, ["system", "devices", "intra-node", "NICs", "total", "figures"]))
     calibrated = list_calibrated()
     if calibrated:
         print(f"\ncalibrated profiles (use as a device name): {', '.join(calibrated)}")

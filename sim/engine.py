@@ -1,13 +1,17 @@
-"""The discrete-event engine (SimPy): ranks x streams, tasks scheduled by dependencies.
+"""The discrete-event engine: ranks x streams, tasks scheduled by dependencies.
 
-Each (rank, stream) is one SimPy process that runs its tasks in order, like a
-CUDA/ACL stream. A task starts when the previous task of its stream and all its
-``deps`` have finished. Ops take the cost model's time; a ``Collective`` is a
-rendezvous: it starts when every *simulated* member of its group has reached it
-(members outside the simulation are assumed symmetric — scale by symmetry) and
-takes the network's time. Overlap of compute and communication is therefore a
-result of the schedule, not a parameter. Every task is recorded for traces and
-breakdowns.
+Each (rank, stream) runs its tasks in order, like a CUDA/ACL stream. A task starts when
+the previous task of its stream and all its ``deps`` have finished. Ops take the cost
+model's time; a ``Collective`` is a rendezvous: it starts when every *simulated* member
+of its group has reached it (members outside the simulation are assumed symmetric —
+scale by symmetry) and takes the network's time. Overlap of compute and communication
+is therefore a result of the schedule, not a parameter.
+
+``Engine`` computes that schedule by running each stream as far as its inputs are known
+and parking it on the first unknown one; ``SimPyEngine`` is the same model as SimPy
+processes with one event per wait (the reference the tests compare with). A run keeps,
+per (rank, stream, label), the busy time and the union of busy intervals; per-task
+``Record``s only when asked (traces, timelines).
 """
 
 from __future__ import annotations
@@ -40,6 +44,11 @@ class SimResult:
     records: list[Record]
     ranks: list[int]
     busy_s: dict[tuple[int, str], float] = field(default_factory=dict)
+    # (rank, stream, label) -> busy seconds, and the sorted, disjoint union of its busy
+    # intervals: kept by every run, records or not (sim.training.simulate.stage_stats).
+    busy_by_label: dict[tuple[int, str, str], float] = field(default_factory=dict)
+    intervals: dict[tuple[int, str, str], list[tuple[float, float]]] = field(
+        default_factory=dict)
 
     def rank_records(self, rank: int) -> list[Record]:
         return [r for r in self.records if r.rank == rank]
@@ -104,7 +113,11 @@ def _kind_of(work: Work) -> str:
 
 
 class Engine:
-    """Runs rank graphs. ``op_time`` prices an Op, ``comm_time`` a Collective (seconds)."""
+    """Runs rank graphs. ``op_time`` prices an Op, ``comm_time`` a Collective (seconds).
+
+    ``run(records=False)`` streams: it keeps, per (rank, stream, label), the busy time
+    and the union of busy intervals (what step breakdowns need), not one Record per task.
+    """
 
     def __init__(
         self,
@@ -117,10 +130,206 @@ class Engine:
         self.comm_time = comm_time
         self._members: dict[tuple[int, ...], int] = {}  # simulated members per group
 
-    def run(self) -> SimResult:
+    def run(self, records: bool = True) -> SimResult:
+        """Schedule every task: start = max(end of the previous task on its stream, end of
+        its dependencies), or for a collective the latest arrival of its simulated members.
+
+        Why not an event queue: no task's duration depends on what else runs at the same
+        time (ops are priced alone, collectives by the network model without link sharing),
+        so the discrete-event schedule is the fixed point of that recurrence, reached
+        by running each stream as far as its inputs are known and parking it on the first
+        unknown one (a dependency on another stream, a collective whose members have not
+        all arrived). Same times as the SimPy engine (``SimPyEngine``, kept as the
+        reference the tests compare with) at a fraction of the cost per task.
+        """
+        simulated = {g.rank for g in self.graphs}
+        # Per stream s: its rank's graph index, its task ids, next position, clock.
+        s_graph: list[int] = []
+        s_name: list[Stream] = []
+        s_tids: list[list[int]] = []
+        s_pos: list[int] = []
+        s_clock: list[float] = []
+        per_graph = []
+        for gi, graph in enumerate(self.graphs):
+            tasks = graph.tasks
+            n = len(tasks)
+            by_stream: dict[Stream, list[int]] = {}
+            for task in tasks:
+                by_stream.setdefault(task.stream, []).append(task.id)
+            slots: dict[tuple[Stream, str], int] = {}
+            slot_of = [0] * n
+            for task in tasks:
+                slot_of[task.id] = slots.setdefault((task.stream, task.label), len(slots))
+            per_graph.append((
+                tasks,
+                self._durations(graph),
+                [None] * n,  # end time per task, once known
+                [None] * n,  # streams parked on a task: None or a list
+                slot_of,
+                slots,
+                [0.0] * len(slots),  # busy seconds per slot
+                [[] for _ in slots],  # busy intervals per slot, flat [s0, e0, s1, e1, ...]
+                [0.0] * n if records else None,  # start time per task, for records
+            ))
+            for stream, tids in by_stream.items():
+                s_graph.append(gi)
+                s_name.append(stream)
+                s_tids.append(tids)
+                s_pos.append(0)
+                s_clock.append(0.0)
+        rendezvous: dict[tuple, list] = {}
+        ready = list(range(len(s_tids)))
+        ready.reverse()  # pop() takes the first stream first
+        pop, push = ready.pop, ready.append
+        members = self._members
+        comm_time = self.comm_time
+        while ready:
+            s = pop()
+            gi = s_graph[s]
+            (tasks, durations, end, parked, slot_of, _, busy, ivs, begin) = per_graph[gi]
+            tids = s_tids[s]
+            n = len(tids)
+            i = s_pos[s]
+            clock = s_clock[s]
+            while i < n:
+                tid = tids[i]
+                task = tasks[tid]
+                start = clock
+                blocked = False
+                for d in task.deps:
+                    e = end[d]
+                    if e is None:
+                        w = parked[d]
+                        if w is None:
+                            parked[d] = [s]
+                        else:
+                            w.append(s)
+                        blocked = True
+                        break
+                    if e > start:
+                        start = e
+                if blocked:
+                    break
+                dur = durations[tid]
+                if dur is not None:
+                    stop = start + dur
+                    end[tid] = stop
+                    slot = slot_of[tid]
+                    busy[slot] += stop - start
+                    if stop > start:
+                        iv = ivs[slot]
+                        if iv and start <= iv[-1]:
+                            if stop > iv[-1]:
+                                iv[-1] = stop
+                        else:
+                            iv.append(start)
+                            iv.append(stop)
+                    if begin is not None:
+                        begin[tid] = start
+                    w = parked[tid]
+                    if w is not None:
+                        parked[tid] = None
+                        ready.extend(w)
+                    clock = stop
+                    i += 1
+                    continue
+                # A collective: a rendezvous of its simulated members.
+                work = task.work
+                key = (work.name, work.tag, work.group)
+                state = rendezvous.get(key)
+                if state is None:
+                    expected = members.get(work.group)
+                    if expected is None:
+                        expected = members[work.group] = (
+                            sum(1 for r in work.group if r in simulated) or 1)
+                    state = rendezvous[key] = [[], expected, 0.0]
+                arrived = state[0]
+                arrived.append((s, tid))
+                if start > state[2]:
+                    state[2] = start
+                if len(arrived) < state[1]:
+                    break  # parked here; the last member to arrive moves it on
+                t0 = state[2]
+                t1 = t0 + comm_time(work)
+                for ms, mtid in arrived:
+                    mg = per_graph[s_graph[ms]]
+                    mg[2][mtid] = t1
+                    slot = mg[4][mtid]
+                    mg[6][slot] += t1 - t0
+                    if t1 > t0:
+                        iv = mg[7][slot]
+                        if iv and t0 <= iv[-1]:
+                            if t1 > iv[-1]:
+                                iv[-1] = t1
+                        else:
+                            iv.append(t0)
+                            iv.append(t1)
+                    if mg[8] is not None:
+                        mg[8][mtid] = t0
+                    w = mg[3][mtid]
+                    if w is not None:
+                        mg[3][mtid] = None
+                        ready.extend(w)
+                    if ms != s:
+                        s_pos[ms] += 1
+                        s_clock[ms] = t1
+                        push(ms)
+                del rendezvous[key]  # done: a later collective with this key meets anew
+                clock = t1
+                i += 1
+            s_pos[s] = i
+            s_clock[s] = clock
+        unfinished = list(rendezvous)
+        if unfinished:
+            raise RuntimeError(f"deadlock: collectives never completed: {unfinished[:3]}")
+        if any(s_pos[s] < len(s_tids[s]) for s in range(len(s_tids))):
+            raise RuntimeError("deadlock: a stream waits for a task that never runs")
+        makespan = 0.0
+        busy_s: dict[tuple[int, str], float] = {}
+        by_label: dict[tuple[int, str, str], float] = {}
+        intervals: dict[tuple[int, str, str], list[tuple[float, float]]] = {}
+        for graph, pg in zip(self.graphs, per_graph, strict=True):
+            for e in pg[2]:
+                if e is not None and e > makespan:
+                    makespan = e
+            for (stream, label), slot in pg[5].items():
+                busy_s[(graph.rank, stream)] = busy_s.get((graph.rank, stream), 0.0) + pg[6][slot]
+                by_label[(graph.rank, stream, label)] = pg[6][slot]
+                iv = pg[7][slot]
+                intervals[(graph.rank, stream, label)] = list(zip(iv[::2], iv[1::2], strict=True))
+        keep: list[Record] = []
+        if records:  # built once at the end, in (rank, task) order
+            for graph, pg in zip(self.graphs, per_graph, strict=True):
+                rank, begin, end = graph.rank, pg[8], pg[2]
+                keep.extend([Record(rank, t.stream, t.id, t.work.name, _kind_of(t.work),
+                                    t.label, begin[t.id], end[t.id]) for t in graph.tasks])
+        return SimResult(makespan, keep, sorted(simulated), busy_s, by_label, intervals)
+
+    def _durations(self, graph: RankGraph) -> list[float | None]:
+        out: list[float | None] = []
+        for task in graph.tasks:
+            work = task.work
+            if isinstance(work, Op):
+                out.append(self.op_time(work))
+            elif isinstance(work, Delay):
+                out.append(work.seconds)
+            else:
+                out.append(None)  # collectives are priced at their rendezvous
+        return out
+
+
+class SimPyEngine(Engine):
+    """The reference engine: one SimPy process per (rank, stream), one event per wait.
+
+    Kept to check ``Engine`` against (tests compare the two on random multi-rank graphs)
+    and as the base for any future model in which durations depend on concurrency
+    (shared links), where the event order matters.
+    """
+
+    def run(self, records: bool = True) -> SimResult:
         env = simpy.Environment()
         simulated = {g.rank for g in self.graphs}
-        records: list[Record] = []
+        recs: list[Record] = []
         rendezvous: dict[tuple, list] = {}
         for graph in self.graphs:
             finished: list[float | None] = [None] * len(graph.tasks)
@@ -133,28 +342,23 @@ class Engine:
                 by_stream.setdefault(task.stream, []).append(task.id)
             for stream, tids in by_stream.items():
                 env.process(self._stream(env, graph, stream, tids, durations, meta, watched,
-                                         finished, waiters, simulated, rendezvous, records))
+                                         finished, waiters, simulated, rendezvous, recs))
         env.run()
         unfinished = [key for key, state in rendezvous.items() if not state[1].triggered]
         if unfinished:
             raise RuntimeError(f"deadlock: collectives never completed: {unfinished[:3]}")
-        makespan = max((r.end for r in records), default=0.0)
+        makespan = max((r.end for r in recs), default=0.0)
         busy: dict[tuple[int, str], float] = {}
-        for r in records:
+        by_label: dict[tuple[int, str, str], float] = {}
+        spans: dict[tuple[int, str, str], list[tuple[float, float]]] = {}
+        for r in recs:
             busy[(r.rank, r.stream)] = busy.get((r.rank, r.stream), 0.0) + r.end - r.start
-        return SimResult(makespan, records, sorted(simulated), busy)
-
-    def _durations(self, graph: RankGraph) -> list[float]:
-        out = []
-        for task in graph.tasks:
-            work = task.work
-            if isinstance(work, Op):
-                out.append(self.op_time(work))
-            elif isinstance(work, Delay):
-                out.append(work.seconds)
-            else:
-                out.append(-1.0)  # collectives are priced at their rendezvous
-        return out
+            key = (r.rank, r.stream, r.label)
+            by_label[key] = by_label.get(key, 0.0) + r.end - r.start
+            spans.setdefault(key, []).append((r.start, r.end))
+        intervals = {k: union_intervals(v) for k, v in spans.items()}
+        return SimResult(makespan, recs if records else [], sorted(simulated), busy, by_label,
+                         intervals)
 
     def _stream(self, env, graph, stream, tids, durations, meta, watched, finished, waiters,
                 simulated, rendezvous, records):

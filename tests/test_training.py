@@ -396,7 +396,7 @@ def test_shared_embedding_grads_all_reduced_between_first_and_last_stage(node):
     from sim.network import cost_collective
 
     plan = ParallelPlan(tp=2, pp=2, ep=2, dp=2, mbs=1, gbs=4, seq=512, sequence_parallel=True)
-    r = simulate_training(MOE, node, plan)
+    r = simulate_training(MOE, node, plan, TrainingOptions(exact=True))  # records kept
     hits = [x for x in r.sim.records if x.name == "dp.embed_grad"]
     assert sorted(x.rank for x in hits) == sorted(s.rank for s in r.stages)
     group = tuple(sorted(s.rank for s in r.stages))
@@ -404,7 +404,7 @@ def test_shared_embedding_grads_all_reduced_between_first_and_last_stage(node):
         node, CollectiveKind.ALL_REDUCE, group, MOE.vocab / 2 * MOE.hidden * 4
     ).time_s
     assert hits[0].end - hits[0].start == pytest.approx(expected, rel=1e-6)
-    no_mtp = simulate_training(replace(MOE, mtp_layers=0), node, plan)
+    no_mtp = simulate_training(replace(MOE, mtp_layers=0), node, plan, TrainingOptions(exact=True))
     assert not [x for x in no_mtp.sim.records if x.name == "dp.embed_grad"]
 
 

@@ -263,26 +263,34 @@ def estimate_memory(spec: ModelSpec, system: System, plan: ParallelPlan) -> list
     return [rank_memory(rp, plan, system.device.hbm_capacity) for rp in rps]
 
 
-def stage_stats(records: list, makespan: float, rank: int, stage: int) -> StageStats:
-    """Busy time by phase and comm group; bubble = compute-stream idle not explained by comm."""
+_PHASES = ("fwd", "bwd", "recompute", "optimizer")
+
+
+def stage_stats(sim: SimResult, rank: int, stage: int) -> StageStats:
+    """Busy time by phase and comm group; bubble = compute-stream idle not explained by comm.
+
+    Reads the engine's per-(rank, stream, label) busy time and interval unions, which
+    every run keeps (no per-task records needed)."""
     busy: dict[str, float] = {}
-    compute_iv, async_iv = [], []
+    compute_iv: list[tuple[float, float]] = []
+    async_iv: list[tuple[float, float]] = []
     blocking = work = 0.0
-    for r in records:
-        d = r.end - r.start
-        key = r.label if r.label in ("fwd", "bwd", "recompute", "optimizer") else f"comm_{r.label}"
+    for (r, stream, label), d in sim.busy_by_label.items():
+        if r != rank:
+            continue
+        key = label if label in _PHASES else f"comm_{label}"
         busy[key] = busy.get(key, 0.0) + d
-        if r.stream == Stream.COMPUTE:
-            compute_iv.append((r.start, r.end))
+        if stream == Stream.COMPUTE:
+            compute_iv.extend(sim.intervals[(r, stream, label)])
             if key.startswith("comm_"):
                 blocking += d
             elif key != "optimizer":
                 work += d
-        elif r.label != "pp":
-            async_iv.append((r.start, r.end))
+        elif label != "pp":
+            async_iv.extend(sim.intervals[(r, stream, label)])
     cu, au = union_intervals(compute_iv), union_intervals(async_iv)
     exposed_async = sum(b - a for a, b in au) - overlap_length(au, cu)
-    idle = makespan - sum(b - a for a, b in cu)
+    idle = sim.makespan_s - sum(b - a for a, b in cu)
     bubble = max(0.0, idle - exposed_async)
     return StageStats(stage, rank, busy, bubble, blocking + exposed_async, work)
 
@@ -332,22 +340,16 @@ def simulate_exact(
         f"lowered {tasks} tasks on {len(graphs)} simulated ranks "
         f"({time.perf_counter() - t0:.2f} s); running the engine",
     )
-    sim = Engine(graphs, lambda op: 0.0, comm_time).run()
+    # Per-task records only for a trace or timeline (options.exact): the breakdown below
+    # reads the engine's streamed busy times and interval unions.
+    sim = Engine(graphs, lambda op: 0.0, comm_time).run(records=options.exact)
     _progress(
         options, f"simulated {sim.makespan_s:.3f} s of training in {time.perf_counter() - t0:.2f} s"
     )
     reps = {}
     for rp in rps:
         reps.setdefault(rp.stage, rp.rank)
-    by_rank: dict[int, list] = {rank: [] for rank in reps.values()}
-    for rec in sim.records:
-        recs = by_rank.get(rec.rank)
-        if recs is not None:
-            recs.append(rec)
-    stages = [
-        stage_stats(by_rank.get(rank, []), sim.makespan_s, rank, stage)
-        for stage, rank in sorted(reps.items())
-    ]
+    stages = [stage_stats(sim, rank, stage) for stage, rank in sorted(reps.items())]
     m = microbatches(plan)
     compute_by_kind: dict[str, float] = {}
     flops_by_phase: dict[str, float] = {}

@@ -10,7 +10,7 @@ from __future__ import annotations
 from types import MappingProxyType
 
 from sim.errors import InputError
-from sim.ir import MAIN_MEMORY, Op, OpKind, Unit, dtype_bytes
+from sim.ir import MAIN_MEMORY, Op, OpKind, Unit, dtype_bytes, is_low_precision
 
 
 def _check_positive(name: str, **sizes: float) -> None:
@@ -41,7 +41,9 @@ def gemm(
     """
     _check_positive(name, m=m, n=n, k=k, batch=batch)
     b = dtype_bytes(dtype)
-    ob = dtype_bytes(out_dtype or dtype)
+    # Low-precision GEMMs accumulate in fp32 and write a 16-bit output (cuBLASLt FP8 /
+    # block-scaled GEMMs, TransformerEngine); a caller may still ask for another.
+    ob = dtype_bytes(out_dtype or ("bf16" if is_low_precision(dtype) else dtype))
     nbytes = batch * ((m * k * b if read_a else 0) + (k * n * b if read_b else 0) + m * n * ob)
     return Op(
         name,

@@ -9,7 +9,7 @@ from pathlib import Path
 from hwprofiles import load_system
 from sim.cost.attention_impl import IMPLS, check_impl
 from sim.errors import InputError, NegativeVerdict
-from sim.ir import BYTES_PER_DTYPE
+from sim.ir import BYTES_PER_DTYPE, is_low_precision
 from sim.limits import check_ranks, check_train_work
 from sim.parallel import ParallelPlan, load_plan_file, microbatches, validate_plan
 from sim.report import check_output_file, check_plot_path, emit_json, fmt_bytes, fmt_si, table
@@ -109,7 +109,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 # Mixed-precision training computes in these; int8/int4 are inference weight formats.
-TRAIN_DTYPES = ("bf16", "fp16", "fp32", "fp8")
+TRAIN_DTYPES = ("bf16", "fp16", "fp32", "fp8", "mxfp8", "hif8")
+
+
+def require_native_dtype(system, dtype: str, flag: str) -> None:
+    """A low-precision recipe needs a matrix unit that runs the format: FP8 GEMMs on a
+    910B would otherwise be priced at an unrelated (int8) rate."""
+    if is_low_precision(dtype) and not system.device.runs_natively(dtype):
+        native = sorted(d for d in system.device.matrix_peak if is_low_precision(d))
+        raise InputError(
+            f"{flag} {dtype}: {system.device.name} ({system.name}) has no {dtype} matrix "
+            f"path (its low-precision formats: {', '.join(native) or 'none'}); pass "
+            "--dtype bf16 or a system whose device runs it"
+        )
 
 
 def _load_model(name: str | None):
@@ -191,6 +203,7 @@ def run(args: argparse.Namespace) -> int:
         world = plan.tp * plan.cp * plan.pp * max(plan.dp, 1)
         nodes = max(1, -(-world // per_node))
     system = load_system(system_name, nodes=int(nodes))
+    require_native_dtype(system, plan.dtype, "--dtype")
     if args.attention_impl:
         check_impl(system.device, args.attention_impl, "--attention-impl")
         if hasattr(plan, "attention_impl"):  # the plan also carries it (memory of unfused scores)

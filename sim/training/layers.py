@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from types import MappingProxyType
 
 from sim import ops
-from sim.ir import MAIN_MEMORY, CollectiveKind, Op, OpKind, Unit, dtype_bytes
+from sim.ir import MAIN_MEMORY, CollectiveKind, Op, OpKind, Unit, dtype_bytes, is_low_precision
 from sim.models.spec import ModelSpec
 from sim.parallel import ParallelPlan
 from sim.workloads.transformer import (
@@ -109,7 +109,58 @@ class SlotContext:
 
     @property
     def b(self) -> float:
-        return dtype_bytes(self.plan.dtype)
+        """Bytes per element of activations (and of the collectives that move them)."""
+        return dtype_bytes(act_dtype(self.plan))
+
+
+def act_dtype(plan: ParallelPlan) -> str:
+    """The dtype of activations, norms, attention and the collectives that carry them.
+
+    A low-precision recipe (``plan.dtype`` fp8, mxfp8, hif8) casts only the inputs of
+    the linear layers' GEMMs: TransformerEngine's FP8 training keeps activations,
+    normalisations, softmax/attention and communication in bf16 (NVIDIA TransformerEngine
+    docs, "Using FP8 with Transformer Engine"; Micikevicius et al. arXiv:2209.05433 s4),
+    as do the NeMo/Megatron FP8 runs of the validation corpus.
+    """
+    return "bf16" if is_low_precision(plan.dtype) else plan.dtype
+
+
+# GEMMs a low-precision recipe leaves in 16 bits: Megatron's output layer and the MoE
+# router are not TransformerEngine linears (DeepSeek-V3 report s3.3.1 likewise keeps the
+# embedding, output head, gating and attention in higher precision).
+_HIGH_PRECISION_GEMMS = ("lm_head", "router")
+
+
+def quantize_op(name: str, numel: float, fmt: str, src: str = "bf16") -> Op:
+    """The cast of a ``src`` tensor to ``fmt`` before a low-precision GEMM: a memory-bound
+    vector pass that reads ``src``, finds the scale (amax over the tensor, or per block for
+    MX/NVFP4) and writes the ``fmt`` elements with their block scales (~3 FLOPs/element:
+    abs-max, scale, convert). TransformerEngine fuses it with the producer only where a
+    fused norm/activation kernel exists; it is priced here as its own pass."""
+    nbytes = numel * (dtype_bytes(src) + dtype_bytes(fmt))
+    return Op(f"{name}_quant", OpKind.ELEMENTWISE, 3.0 * numel,
+              MappingProxyType({MAIN_MEMORY: nbytes}), src, Unit.VECTOR,
+              MappingProxyType({"numel": numel}))
+
+
+def low_precision_gemms(raw: list, fmt: str) -> list:
+    """Rewrite the 16-bit GEMMs of builder output for a low-precision recipe ``fmt``: each
+    becomes a cast of its activation input plus the GEMM on ``fmt`` operands (priced at the
+    device's ``fmt`` peak; output written in bf16). Weights are cast once per step (see
+    ``sim.training.lowering``), so only the activation cast is per micro-batch."""
+    if not is_low_precision(fmt):
+        return raw
+    out: list = []
+    for item in raw:
+        if (isinstance(item, Op) and item.kind == OpKind.GEMM
+                and item.name not in _HIGH_PRECISION_GEMMS):
+            s = item.shape
+            batch = s.get("batch", 1)
+            out.append(quantize_op(item.name, s["m"] * s["k"] * batch, fmt))
+            out.append(ops.gemm(item.name, s["m"], s["n"], s["k"], fmt, batch, out_dtype="bf16"))
+        else:
+            out.append(item)
+    return out
 
 
 def _tp_reduce_kind(plan: ParallelPlan) -> CollectiveKind:
@@ -126,6 +177,7 @@ def _wrap_ops(raw: list[Op | CommNeed], ctx: SlotContext) -> list[Item]:
     # shard of the input and re-gathers it for the backward (Korthikanti et al. 2022,
     # arXiv 2205.05198 §4.2.2; ``backward_items`` emits the re-gather).
     sp_shard = plan.tp if plan.sequence_parallel and plan.tp > 1 else 1
+    raw = low_precision_gemms(raw, plan.dtype)
     for item in raw:
         if isinstance(item, CommNeed):
             out += (
@@ -151,7 +203,8 @@ def _wrap_ops(raw: list[Op | CommNeed], ctx: SlotContext) -> list[Item]:
             saved, by = op.flops / 5.0 * b, "checkpoint"  # the residual-stream input
             norm_saved = False
         elif op.kind == OpKind.GEMM:
-            a_bytes = shape["m"] * shape["k"] * shape.get("batch", 1) * b
+            # The input as the GEMM consumes it (a low-precision recipe saves the cast copy).
+            a_bytes = shape["m"] * shape["k"] * shape.get("batch", 1) * dtype_bytes(op.dtype)
             if name in (
                 "q_a_proj",
                 "kv_a_proj",
@@ -250,7 +303,7 @@ def attention_dropout(items: list[Item], ctx: SlotContext) -> list[Item]:
         ):
             s = it.op.shape
             numel = s["batch"] * s["heads"] * s["q_len"] * s["kv_len"]
-            op = ops.elementwise("attention_dropout", numel, ctx.plan.dtype, 2.0)
+            op = ops.elementwise("attention_dropout", numel, act_dtype(ctx.plan), 2.0)
             op = replace(
                 op,
                 bytes=MappingProxyType(
@@ -317,7 +370,7 @@ def _cp_attention(items: list[Item], ctx: SlotContext) -> list[Item]:
                 plan.seq,
                 plan.seq,
                 s["head_dim"],
-                plan.dtype,
+                act_dtype(plan),
                 True,
                 s["kv_heads"],
                 _v_dim(spec),
@@ -354,14 +407,14 @@ def _block(
     """norm -> (SP all-gather) -> body -> TP reduce -> residual, as layer_forward does."""
     plan, spec = ctx.plan, ctx.spec
     act_bytes = ctx.tokens * spec.hidden * ctx.b
-    items = _wrap_ops([ops.norm(f"{name}_norm", norm_tokens, spec.hidden, plan.dtype)], ctx)
+    items = _wrap_ops([ops.norm(f"{name}_norm", norm_tokens, spec.hidden, act_dtype(plan))], ctx)
     if plan.tp > 1 and plan.sequence_parallel and reduce:
         items.append(Comm(f"{name}_sp_gather", CollectiveKind.ALL_GATHER, act_bytes, "tp", "norm"))
     items += body
     if plan.tp > 1 and reduce:
         items.append(Comm(f"{name}_tp_reduce", _tp_reduce_kind(plan), act_bytes, "tp"))
     items += _wrap_ops(
-        [ops.elementwise(f"{name}_residual", norm_tokens * spec.hidden, plan.dtype, 1.0, inputs=2)],
+        [ops.elementwise(f"{name}_residual", norm_tokens * spec.hidden, act_dtype(plan), 1.0, inputs=2)],
         ctx,
     )
     return items
@@ -375,11 +428,11 @@ def layer_items(ctx: SlotContext, layer: int) -> list[Item]:
     shape = StepShape(plan.mbs, seq_local, seq_local, True)
     sh = Sharding(plan.tp, plan.ep, plan.sequence_parallel)
     t_norm = t / plan.tp if plan.sequence_parallel else t
-    attn = _cp_attention(_wrap_ops(attention_ops(spec, shape, sh, plan.dtype), ctx), ctx)
+    attn = _cp_attention(_wrap_ops(attention_ops(spec, shape, sh, act_dtype(plan)), ctx), ctx)
     attn = attention_dropout(attn, ctx)
     items = _block("attn", t_norm, ctx, attn)
     if not spec.is_moe_layer(layer):
-        ffn = _wrap_ops(ffn_items(spec, layer, shape, sh, plan.dtype), ctx)
+        ffn = _wrap_ops(ffn_items(spec, layer, shape, sh, act_dtype(plan)), ctx)
         return items + _block("ffn", t_norm, ctx, ffn)
     if plan.tp_extend_ep and plan.tp > 1:
         # TP-extend-EP: the TP x EP group shards the experts; each TP rank routes its
@@ -388,20 +441,20 @@ def layer_items(ctx: SlotContext, layer: int) -> list[Item]:
         ep_ranks = plan.tp * plan.ep
         sub = StepShape(plan.mbs * seq_local / plan.tp, 1, 1, True)
         load = moe_load(ctx, layer, t / plan.tp, ep_ranks)
-        raw = ffn_items(spec, layer, sub, Sharding(1, ep_ranks, False), plan.dtype, load)
+        raw = ffn_items(spec, layer, sub, Sharding(1, ep_ranks, False), act_dtype(plan), load)
         body = _scale_a2a(_wrap_ops(raw, ctx), ctx.hot_comm.get(layer, 1.0))
         if not plan.sequence_parallel:
             body.append(
                 Comm("moe_tp_gather", CollectiveKind.ALL_GATHER, t * spec.hidden * ctx.b, "tp")
             )
-        block = _wrap_ops([ops.norm("ffn_norm", t_norm, spec.hidden, plan.dtype)], ctx)
+        block = _wrap_ops([ops.norm("ffn_norm", t_norm, spec.hidden, act_dtype(plan))], ctx)
         block += body
         block += _wrap_ops(
-            [ops.elementwise("ffn_residual", t_norm * spec.hidden, plan.dtype, 1.0, inputs=2)], ctx
+            [ops.elementwise("ffn_residual", t_norm * spec.hidden, act_dtype(plan), 1.0, inputs=2)], ctx
         )
         return items + block
     load = moe_load(ctx, layer, t, plan.ep)
-    raw = ffn_items(spec, layer, shape, sh, plan.dtype, load)
+    raw = ffn_items(spec, layer, shape, sh, act_dtype(plan), load)
     body = _expert_tp(_wrap_ops(raw, ctx), plan.tp)
     return items + _block("ffn", t_norm, ctx, _scale_a2a(body, ctx.hot_comm.get(layer, 1.0)))
 
@@ -448,11 +501,11 @@ def mtp_items(ctx: SlotContext, index: int) -> list[Item]:
     plan, spec = ctx.plan, ctx.spec
     t = ctx.tokens
     sh = Sharding(plan.tp, plan.ep, plan.sequence_parallel)
-    raw: list = list(embedding_forward(spec, t, sh, plan.dtype))
+    raw: list = list(embedding_forward(spec, t, sh, act_dtype(plan)))
     raw += [
-        ops.norm("mtp_enorm", t, spec.hidden, plan.dtype),
-        ops.norm("mtp_hnorm", t, spec.hidden, plan.dtype),
-        ops.gemm("mtp_eh_proj", t, spec.hidden, 2 * spec.hidden, plan.dtype),
+        ops.norm("mtp_enorm", t, spec.hidden, act_dtype(plan)),
+        ops.norm("mtp_hnorm", t, spec.hidden, act_dtype(plan)),
+        ops.gemm("mtp_eh_proj", t, spec.hidden, 2 * spec.hidden, act_dtype(plan)),
     ]
     items = _wrap_ops(raw, ctx)
     items += layer_items(ctx, spec.layers - 1)
@@ -462,13 +515,13 @@ def mtp_items(ctx: SlotContext, index: int) -> list[Item]:
 
 def embedding_items(ctx: SlotContext) -> list[Item]:
     sh = Sharding(ctx.plan.tp, 1, ctx.plan.sequence_parallel)
-    return _wrap_ops(embedding_forward(ctx.spec, ctx.tokens, sh, ctx.plan.dtype), ctx)
+    return _wrap_ops(embedding_forward(ctx.spec, ctx.tokens, sh, act_dtype(ctx.plan)), ctx)
 
 
 def head_items(ctx: SlotContext) -> list[Item]:
     plan = ctx.plan
     sh = Sharding(plan.tp, 1, plan.sequence_parallel)
-    items = _wrap_ops(lm_head_forward(ctx.spec, ctx.tokens, sh, plan.dtype), ctx)
+    items = _wrap_ops(lm_head_forward(ctx.spec, ctx.tokens, sh, act_dtype(plan)), ctx)
     if plan.tp > 1:
         # Vocab-parallel cross-entropy (Megatron _VocabParallelCrossEntropy): all-reduces
         # over TP of the row max, the predicted logit and the sum of exps, fp32 per token.
@@ -510,6 +563,14 @@ def backward_op(op: Op) -> list[Op]:
     s = op.shape
     if op.kind == OpKind.GEMM:
         m, n, k, batch = s["m"], s["n"], s["k"], s.get("batch", 1)
+        if is_low_precision(op.dtype):
+            # dC arrives in bf16 and is cast once (E5M2 in the hybrid FP8 recipe), then
+            # feeds both backward GEMMs, which read the saved low-precision A and B.
+            return [
+                quantize_op(f"{op.name}_dgrad", m * n * batch, op.dtype),
+                ops.gemm(f"{op.name}_dgrad", m, k, n, op.dtype, batch, out_dtype="bf16"),
+                ops.gemm(f"{op.name}_wgrad", k, n, m, op.dtype, batch, out_dtype="bf16"),
+            ]
         return [
             ops.gemm(f"{op.name}_dgrad", m, k, n, op.dtype, batch),
             ops.gemm(f"{op.name}_wgrad", k, n, m, op.dtype, batch),

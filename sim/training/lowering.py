@@ -42,6 +42,7 @@ from sim.ir import (
     Stream,
     Unit,
     dtype_bytes,
+    is_low_precision,
 )
 from sim.models.spec import ModelSpec
 from sim.parallel import Coord, Layout, ParallelPlan, stage_slots
@@ -664,6 +665,14 @@ def lower_rank(
     )
     t_adam = pricer.time(adam)
     opt = g.add(Delay("optimizer", t_adam, "optimizer"), Stream.COMPUTE, deps, "optimizer")
+    if is_low_precision(plan.dtype):
+        # The updated weights are cast to the recipe's format once per step and reused by
+        # every micro-batch (TransformerEngine caches the FP8 weights from the first
+        # micro-batch: Megatron's is_first_microbatch); every local weight, not the shard.
+        local = sum(ch.dense_params + ch.expert_params for ch in rp.chunks)
+        t = pricer.time(L.quantize_op("weights", local, plan.dtype))
+        t_adam += t
+        opt = g.add(Delay("weight_cast", t, "optimizer"), Stream.COMPUTE, [opt], "optimizer")
     t_adam += t_prep
     if plan.zero in (1, 2) and not plan.overlap_dp:
         for c, ch in enumerate(rp.chunks):

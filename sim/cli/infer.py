@@ -12,6 +12,7 @@ import argparse
 import sys
 
 from hwprofiles import load_system
+from sim.cli import disagg as disagg_cli
 from sim.cost.attention_impl import IMPLS, check_impl
 from sim.errors import InputError, NegativeVerdict
 from sim.inference.engine_profile import load_engine
@@ -99,6 +100,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument(
         "--progress", action="store_true", help="show a progress bar (default: on a tty)"
     )
+    disagg_cli.add_args(s)
     p.set_defaults(func=run)
 
 
@@ -118,6 +120,8 @@ def fill_speculative_defaults(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     fill_speculative_defaults(args)
+    if disagg_cli.wants_disagg(args):
+        return disagg_cli.serve_disaggregated(args)
     spec = load_model(args.model)
     system = load_system(args.system, nodes=args.nodes)
     engine = load_engine(args.engine)

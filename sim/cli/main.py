@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "sd",
     "explore",
     "whatif",
+    "compare",
     "calibrate",
     "predict",
     "validate",

@@ -1,0 +1,183 @@
+"""``xpusim compare``: one training or serving command across several systems.
+
+    xpusim compare --systems atlas-800t-a2,gb200-nvl72 --devices 576 \\
+        train --model pangu-ultra-moe --tp 8 --pp 8 --ep 8 --mbs 1 --gbs 1152 --seq 4096
+    xpusim compare --systems dgx-h100,gb200-nvl72 infer --model deepseek-v3 --serve --tp 1 --ep 16
+
+The command after the system list is run as written on each system (``--system S``
+added; for ``train`` also ``--nodes devices / devices_per_node``), in-process, with
+``--json``; the given plan is kept on every system and the data-parallel size follows
+from the device count (no per-system plan search: the comparison isolates the
+hardware). A system the plan does not fit, or cannot be laid out on, is reported with
+the simulator's verdict instead of a number. Per-watt figures use the device profiles'
+``tdp_w`` (board power only, no host, network or cooling), blank where unknown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+from typing import Any
+
+from hwprofiles import load_system
+from sim.errors import InputError
+from sim.report import emit_json, table
+
+COMMANDS = ("train", "infer")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="run one train or infer command on several systems: tokens/s, per device, per watt",
+    )
+    p.add_argument("--systems", required=True, help="comma-separated system profiles")
+    p.add_argument("--devices", type=int,
+                   help="train: devices on every system (default: the plan's; must be a "
+                        "multiple of each system's devices per node); infer: devices the "
+                        "deployment spans (sets --nodes)")
+    p.add_argument("--plot", help="write a bar chart (PNG/SVG) of tokens/s per device and per kW")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("command", choices=COMMANDS, help="the command to run on each system")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="its arguments (without --system)")
+    p.set_defaults(func=run)
+
+
+def _run_one(argv: list[str]) -> tuple[int, dict | None, str]:
+    from sim.cli.main import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(argv)
+    try:
+        payload = json.loads(out.getvalue()) if out.getvalue().strip() else None
+    except json.JSONDecodeError:
+        payload = None
+    return rc, payload, err.getvalue().strip().splitlines()[-1] if err.getvalue().strip() else ""
+
+
+def _row(command: str, system_name: str, rc: int, payload: dict | None, why: str) -> dict:
+    system = load_system(system_name)
+    tdp = system.device.tdp_watts
+    row: dict[str, Any] = {"system": system_name, "device": system.device.name, "rc": rc,
+                           "tdp_w": tdp}
+    if rc != 0 or payload is None:
+        row["verdict"] = why or f"exit {rc}"
+        if payload and payload.get("oom"):
+            row["verdict"] = "out of memory"
+        return row
+    if command == "train":
+        devices = payload.get("devices") or payload.get("world") or 0
+        tps = payload.get("tokens_per_s")
+        p = payload.get("plan", {})
+        row.update(devices=devices, tokens_per_s=tps, step_s=payload.get("step_time_s"),
+                   mfu=payload.get("mfu"),
+                   plan=" ".join(f"{k}={p[k]}" for k in ("tp", "pp", "vpp", "dp", "ep", "cp")
+                                 if k in p) or "",
+                   recompute=p.get("recompute"))
+    else:
+        d = payload
+        if "disaggregated" in d:
+            raise InputError("compare runs colocated serving; drop the --prefill/--decode flags")
+        devices = (d.get("tp") or 1) * (d.get("ep") or 1)
+        tps = d.get("throughput_tokens_per_s") if "throughput_tokens_per_s" in d else d.get(
+            "tokens_per_s")
+        row.update(devices=devices, tokens_per_s=tps, plan=f"tp={d.get('tp')} ep={d.get('ep')}",
+                   ttft_mean_s=(d.get("ttft_s") or {}).get("mean"),
+                   tpot_mean_s=(d.get("tpot_s") or {}).get("mean"))
+    if tps and devices:
+        row["tokens_per_s_per_device"] = tps / devices
+        if tdp:
+            row["tokens_per_s_per_kw"] = tps / (devices * tdp / 1000.0)
+    return row
+
+
+def run(args: argparse.Namespace) -> int:
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    if not systems:
+        raise InputError("--systems needs at least one system name (see 'xpusim hw list')")
+    rest = list(args.args)
+    if rest and rest[0] == "--":
+        rest = rest[1:]
+    for banned in ("--system", "--json", "--nodes"):
+        if banned in rest:
+            raise InputError(f"compare sets {banned} itself; drop it from the {args.command} "
+                             "arguments")
+    if args.devices is not None and args.devices < 1:
+        raise InputError(f"--devices must be >= 1, got {args.devices}")
+    if args.plot:
+        from sim.report import check_plot_path
+
+        check_plot_path(args.plot, "--plot")
+    rows = []
+    for name in systems:
+        system = load_system(name)  # a bad name fails here, before any simulation
+        argv = [args.command, *rest, "--system", name, "--json"]
+        if args.command == "infer" and args.devices:
+            # serving: enough nodes to hold the deployment (its size comes from --tp/--ep)
+            argv += ["--nodes", str(max(system.nodes, -(-args.devices // system.devices_per_node)))]
+        if args.command == "train" and args.devices:
+            if args.devices % system.devices_per_node:
+                rows.append({"system": name, "device": system.device.name, "rc": 2,
+                             "tdp_w": system.device.tdp_watts,
+                             "verdict": f"{args.devices} devices is not a whole number of "
+                                        f"{system.devices_per_node}-device nodes"})
+                continue
+            argv += ["--nodes", str(args.devices // system.devices_per_node)]
+        if args.command == "train":
+            argv.append("--quiet") if "--quiet" not in rest else None
+        rc, payload, why = _run_one(argv)
+        rows.append(_row(args.command, name, rc, payload, why))
+    if args.plot:
+        _plot(rows, args.plot, args.command)
+    if args.json:
+        emit_json({"command": args.command, "args": rest, "devices": args.devices,
+                   "rows": rows, "plot": args.plot})
+        return 0
+    how = "DP from the device count" if args.command == "train" else "same deployment"
+    print(f"xpusim {args.command} {' '.join(rest)}  on {len(systems)} systems "
+          f"(the same plan on each; {how})")
+    out = []
+    for r in rows:
+        if "tokens_per_s" not in r:
+            out.append([r["system"], r["device"], "-", "-", "-", "-", "-", r.get("verdict", "")])
+            continue
+        out.append([
+            r["system"], r["device"], r["devices"], f"{r['tokens_per_s']:,.0f}",
+            f"{r.get('tokens_per_s_per_device', 0):,.1f}",
+            f"{r['tokens_per_s_per_kw']:,.1f}" if "tokens_per_s_per_kw" in r else "-",
+            f"{r['mfu']:.1%}" if r.get("mfu") is not None else "-",
+            r.get("plan", "") + (f" recompute={r['recompute']}" if r.get("recompute") else ""),
+        ])
+    print(table(out, ["system", "device", "devices", "tokens/s", "per device", "per kW (TDP)",
+                      "MFU", "plan / verdict"]))
+    if args.plot:
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def _plot(rows: list[dict], path: str, command: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["system"] for r in rows]
+    per_dev = [r.get("tokens_per_s_per_device", 0.0) for r in rows]
+    per_kw = [r.get("tokens_per_s_per_kw", 0.0) for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, values, title in ((axes[0], per_dev, "tokens/s per device"),
+                              (axes[1], per_kw, "tokens/s per kW of device TDP")):
+        bars = ax.bar(names, values, color="#4477aa")
+        for bar, r, v in zip(bars, rows, values, strict=True):
+            label = f"{v:,.0f}" if v else ("n/a" if "tokens_per_s" in r else "no fit")
+            ax.annotate(label, (bar.get_x() + bar.get_width() / 2, v), ha="center",
+                        va="bottom", fontsize=8)
+        ax.set_title(title)
+        ax.tick_params(axis="x", rotation=30)
+    fig.suptitle(f"xpusim compare {command}")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

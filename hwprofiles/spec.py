@@ -155,6 +155,11 @@ class Device:
         table = self.matrix_peak if unit == "matrix" else self.vector_peak
         if dtype in table:
             return table[dtype]
+        if unit == "matrix" and dtype == "fp32" and "tf32" in table and "fp32" in self.vector_peak:
+            # A tensor-core GPU has no FP32 matrix path: PyTorch's default
+            # (torch.backends.cuda.matmul.allow_tf32 = False since 1.12) runs fp32 matmuls
+            # on the CUDA cores; TF32 is its own dtype ("tf32").
+            return self.vector_peak["fp32"]
         for alt in _DTYPE_FALLBACK.get(dtype, ()):
             if alt in table:
                 return table[alt]
@@ -186,7 +191,6 @@ _DTYPE_FALLBACK = {
     "fp8": ("int8", "bf16", "fp16"),
     "int8": ("fp8", "bf16", "fp16"),
     "tf32": ("fp32",),
-    "fp32": ("tf32",),
 }
 
 

@@ -28,6 +28,10 @@ class MemoryLevel:
     scope: str = "device"
 
 
+# 8-bit floating-point formats that run on the FP8 tensor-core path.
+FP8_FAMILY = ("fp8", "fp8_e4m3", "fp8_e5m2", "mxfp8", "hif8")
+
+
 @dataclass(frozen=True)
 class Efficiency:
     """Parameters of the analytic cost model (``sim/cost/roofline.py``).
@@ -38,6 +42,10 @@ class Efficiency:
     """
 
     matrix_max: float = 0.85
+    # Sustained fraction of the FP8 matrix peak where it differs from the 16-bit one
+    # (0 = the same): at twice the MMA rate a GPU meets its power limit and its clock
+    # drops below the boost clock the peak is quoted at.
+    matrix_max_fp8: float = 0.0
     matrix_half_flops: float = 2.0e9
     vector_max: float = 0.7
     vector_half_flops: float = 1.0e7
@@ -68,6 +76,11 @@ class Efficiency:
     # streams operands while it computes (1); a CPU BLAS call packs its operands, a
     # memory pass, before the compute loop runs (< 1).
     overlap: float = 1.0
+
+    def matrix_max_for(self, dtype: str) -> float:
+        if self.matrix_max_fp8 and dtype in FP8_FAMILY:
+            return self.matrix_max_fp8
+        return self.matrix_max
 
     @property
     def block_shapes(self) -> tuple[tuple[int, int], ...]:

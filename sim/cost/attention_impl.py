@@ -318,7 +318,10 @@ def block_terms(device: Device, impl: str, shape: AttnShape, pass_: str, br: int
     clock = device.clock_hz
     use_async = impl in ASYNC_MMA and k.async_mma
     fraction = 1.0 if use_async else k.warp_mma_fraction
-    mma_rate = device.peak_for("matrix", shape.dtype) / sms * fraction * device.efficiency.matrix_max
+    mma_rate = (
+        device.peak_for("matrix", shape.dtype) / sms * fraction
+        * device.efficiency.matrix_max_for(shape.dtype)
+    )
     tm, tn, tk = device.matrix_tile
     d = math.ceil(shape.head_dim / tk) * tk
     vd = math.ceil(shape.vd / tk) * tk

@@ -127,7 +127,7 @@ class RooflineModel:
             )
             work = max(work, op.flops)
         if op.unit == Unit.MATRIX:
-            max_eff, half = eff.matrix_max, eff.matrix_half_flops
+            max_eff, half = eff.matrix_max_for(op.dtype), eff.matrix_half_flops
         else:
             max_eff, half = eff.vector_max, eff.vector_half_flops
         t = (work + half) / (peak * max_eff)

@@ -271,6 +271,7 @@ class StepSimulator:
         self._models: dict[bool, CachedCostModel] = {}
         self._comm = comm_time_fn(system)
         self._memo: dict[tuple, StepResult] = {}
+        self._fast_memo: dict[tuple, float] = {}  # time_s: step time only
 
     def _cost_model(self, batch: StepBatch) -> CachedCostModel:
         decode_batch = batch.sequences / self.plan.ep if batch.phase != "prefill" else None
@@ -279,6 +280,55 @@ class StepSimulator:
             device = self.engine.device_for_step(self.system.device, decode_batch)
             self._models[graphed] = CachedCostModel(KernelCostModel(device, self.attention_impl))
         return self._models[graphed]
+
+    def _host_terms(self, batch: StepBatch, host: bool) -> tuple[float, float]:
+        """The engine's host work before and after the forward (0 with ``host=False``)."""
+        if not host:
+            return 0.0, 0.0
+        # vLLM's scorer runs a verify pass as sequences x q_len one-token sequences.
+        runner_seqs = batch.sequences * (batch.q_len if batch.phase == "verify" else 1)
+        before = self.engine.step_host_time(runner_seqs)
+        after = self.engine.sampling_time(
+            batch.sequences * (1 if batch.phase == "prefill" else batch.q_len)
+        )
+        return before, after
+
+    def time_s(self, batch: StepBatch, host: bool = True) -> float:
+        """``run(batch, host).time_s`` without building the graph: the forward is one
+        stream in program order (``build_graph``) whose collectives wait for no other
+        simulated rank, so the engine's makespan is the running sum of the items' times.
+        Layers of one kind share their op objects, so each distinct op is priced once.
+        The serving loop prices thousands of step shapes through this."""
+        key = (batch, host)
+        hit = self._fast_memo.get(key)
+        if hit is not None:
+            return hit
+        full = self._memo.get(key)
+        if full is not None:
+            return full.time_s
+        if batch.sequences <= 0 or batch.q_len <= 0:
+            raise InputError(f"a step needs >= 1 sequence and >= 1 token (got {batch})")
+        items = step_items(self.spec, batch, self.plan, self.dtype, self.routing, self.fc_in)
+        model = self._cost_model(batch)
+        priced: dict[int, float] = {}
+        device = 0.0
+        tags: dict[str, int] = {}
+        for item in items:
+            t = priced.get(id(item))
+            if t is None:
+                if isinstance(item, CommNeed):
+                    group = self.plan.tp_group() if item.group == "tp" else self.plan.ep_group()
+                    tag = tags.get(item.name, 0)
+                    tags[item.name] = tag + 1
+                    t = self._comm(Collective(item.name, item.kind, group, item.nbytes, tag=tag))
+                else:
+                    t = model.time(item).time_s
+                priced[id(item)] = t
+            device = device + t
+        before, after = self._host_terms(batch, host)
+        total = self.engine.step_time(device, before, after)
+        self._fast_memo[key] = total
+        return total
 
     def run(self, batch: StepBatch, host: bool = True) -> StepResult:
         """Simulate one forward; ``host=False`` leaves out the engine's step/sampling delays."""
@@ -290,16 +340,7 @@ class StepSimulator:
             raise InputError(f"a step needs >= 1 sequence and >= 1 token (got {batch})")
         items = step_items(self.spec, batch, self.plan, self.dtype, self.routing, self.fc_in)
         model = self._cost_model(batch)
-        # vLLM's scorer runs a verify pass as sequences x q_len one-token sequences.
-        runner_seqs = batch.sequences * (batch.q_len if batch.phase == "verify" else 1)
-        before = self.engine.step_host_time(runner_seqs) if host else 0.0
-        after = (
-            self.engine.sampling_time(
-                batch.sequences * (1 if batch.phase == "prefill" else batch.q_len)
-            )
-            if host
-            else 0.0
-        )
+        before, after = self._host_terms(batch, host)
         # The device work alone; the host work around it is added by the engine's
         # overlap rule (serial, output overlapped, or all overlapped).
         graph = build_graph(items, self.plan)

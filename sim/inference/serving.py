@@ -1,4 +1,4 @@
-"""Continuous-batching serving simulation (SimPy), vLLM-V0 style.
+"""Continuous-batching serving simulation (an event loop over iterations), vLLM-V0 style.
 
 Requests arrive (Poisson or a trace), wait in FCFS order, and are admitted while
 the KV cache has room for their prompt (paged in blocks) and the batch is below
@@ -31,7 +31,6 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
-import simpy
 from tqdm import tqdm
 
 from sim.errors import InputError
@@ -202,9 +201,19 @@ class StepCosts:
     """Step times from the simulator, interpolated over context on CONTEXT_GRID."""
 
     def __init__(
-        self, target: StepSimulator, draft: StepSimulator | None = None, gamma: int = 0
+        self,
+        target: StepSimulator,
+        draft: StepSimulator | None = None,
+        gamma: int = 0,
+        exact: bool = False,
     ) -> None:
         self.target, self.draft, self.gamma = target, draft, gamma
+        self.exact = exact  # price every step shape by a full engine run (the reference)
+
+    def _time(self, sim: StepSimulator, batch: StepBatch, host: bool = True) -> float:
+        """A step's time: ``StepSimulator.time_s`` (the same sum without building the
+        graph), or the full engine run when ``exact``."""
+        return sim.run(batch, host).time_s if self.exact else sim.time_s(batch, host)
 
     @staticmethod
     def _interp(fn, x: float) -> float:
@@ -215,17 +224,18 @@ class StepCosts:
 
     def decode(self, batch: int, context: float) -> float:
         return self._interp(
-            lambda c: self.target.run(StepBatch(batch, 1, c, "decode")).time_s, context
+            lambda c: self._time(self.target, StepBatch(batch, 1, c, "decode")), context
         )
 
     def prefill(self, sequences: int, prompt: float) -> float:
         # Prefill time over the prompt length: simulate at grid lengths (>= 1 token).
         return self._interp(
-            lambda q: self.target.run(StepBatch(sequences, max(q, 1), 0, "prefill")).time_s, prompt
+            lambda q: self._time(self.target, StepBatch(sequences, max(q, 1), 0, "prefill")),
+            prompt,
         )
 
     def _device(self, batch: StepBatch) -> float:
-        return self.target.run(batch, host=False).time_s
+        return self._time(self.target, batch, host=False)
 
     def decode_device(self, batch: int, context: float) -> float:
         return self._interp(lambda c: self._device(StepBatch(batch, 1, c, "decode")), context)
@@ -265,10 +275,11 @@ class StepCosts:
         assert self.draft is not None
         g = self.gamma
         draft = self._interp(
-            lambda c: self.draft.run(StepBatch(batch, 1, c, "decode")).time_s, context + (g - 1) / 2
+            lambda c: self._time(self.draft, StepBatch(batch, 1, c, "decode")),
+            context + (g - 1) / 2,
         )
         verify = self._interp(
-            lambda c: self.target.run(StepBatch(batch, g + 1, c, "verify")).time_s, context
+            lambda c: self._time(self.target, StepBatch(batch, g + 1, c, "verify")), context
         )
         return g * draft + verify + self.target.engine.reject_time(batch * (g + 1))
 
@@ -321,8 +332,29 @@ class ServeResult:
         }
 
 
+class _Arrivals:
+    """Requests in list order, joining the queue once the clock reaches their arrival."""
+
+    def __init__(self, requests: list[Request]) -> None:
+        self.requests = requests
+        self.count = 0  # requests arrived so far
+
+    @property
+    def next_s(self) -> float:
+        """Arrival time of the next request (inf when all have arrived)."""
+        if self.count < len(self.requests):
+            return self.requests[self.count].arrival_s
+        return math.inf
+
+    def pull(self, now: float, waiting: deque) -> None:
+        reqs = self.requests
+        while self.count < len(reqs) and reqs[self.count].arrival_s <= now:
+            waiting.append(reqs[self.count])
+            self.count += 1
+
+
 class Server:
-    """The continuous-batching scheduler as a SimPy process."""
+    """The continuous-batching scheduler: an event loop over serving iterations."""
 
     def __init__(
         self,
@@ -344,7 +376,20 @@ class Server:
     def _blocks(self, tokens: int) -> int:
         return math.ceil(tokens / self.block)
 
-    def run(self, requests: list[Request], progress: bool = False) -> ServeResult:
+    def run(
+        self, requests: list[Request], progress: bool = False, jump: bool = True
+    ) -> ServeResult:
+        """Serve ``requests`` to completion.
+
+        An event loop over iterations: arrivals join the queue at their time; each
+        iteration admits, prefills and decodes as the engine's policy says and advances
+        the clock by the step's time. A run of decode steps in which nothing can change
+        the batch (no arrival can be admitted, no request finishes or is preempted, no
+        prompt chunk is pending) is advanced in one go (``jump``): each of its steps is
+        still priced at its own mean context, but the per-request bookkeeping is done
+        once per run instead of once per step. ``jump=False`` steps one iteration at a
+        time (the reference the tests compare with); the two agree exactly.
+        """
         engine = self.costs.target.engine
         self.policy, self.kv_reserve = engine.policy, engine.kv_reserve
         for r in requests:
@@ -355,110 +400,16 @@ class Server:
                     f"deployment holds {self.blocks_total * self.block}: shorten it or "
                     "add devices"
                 )
-        env = simpy.Environment()
-        waiting: deque[Request] = deque()
-        arrived = [env.event()]
-        stats = {"steps": 0, "prefill": 0, "preempt": 0, "batch_sum": 0, "arrived": 0}
+        # Runs of identical decode steps: only without speculative decoding, whose
+        # per-request acceptance draws must stay in step order.
+        self._jump = jump and not self.costs.draft
+        arrivals = _Arrivals(requests)
+        stats = {"steps": 0, "prefill": 0, "preempt": 0, "batch_sum": 0}
         bar = tqdm(total=len(requests), disable=not progress, unit="req", desc="serving")
-
-        def arrivals():
-            for r in requests:
-                if r.arrival_s > env.now:
-                    yield env.timeout(r.arrival_s - env.now)
-                waiting.append(r)
-                stats["arrived"] += 1
-                if not arrived[0].triggered:
-                    arrived[0].succeed()
-
-        def scheduler():
-            if self.policy == "mixed":
-                yield from self._run_mixed(env, requests, waiting, arrived, stats, bar)
-                return
-            running: list[Request] = []
-            used = 0  # KV blocks in use
-            finished = 0
-            while finished < len(requests):
-                if not running and not waiting:
-                    arrived[0] = env.event()
-                    yield arrived[0]
-                    continue
-                admit: list[Request] = []
-                # Static batching admits a new batch only when the last one has drained,
-                # and prefills all of it at once (no token budget).
-                static = self.policy == "static"
-                if (
-                    static
-                    and not running
-                    and len(waiting) < self.max_num_seqs
-                    and stats["arrived"] < len(requests)
-                ):
-                    # A static batch is formed from the queue once it is full (or no
-                    # more requests will come), as a fixed-batch benchmark does.
-                    arrived[0] = env.event()
-                    yield arrived[0]
-                    continue
-                budget = math.inf if static else self.max_batched_tokens
-                while (
-                    waiting
-                    and len(running) + len(admit) < self.max_num_seqs
-                    and not (static and running)
-                ):
-                    r = waiting[0]
-                    need = self._reserve(r)
-                    if used + need > self.blocks_total or (admit and r.context > budget):
-                        break
-                    waiting.popleft()
-                    used += need
-                    budget -= r.context
-                    admit.append(r)
-                if admit:
-                    mean_prompt = sum(r.context for r in admit) / len(admit)
-                    yield env.timeout(
-                        self.costs.prefill(len(admit), mean_prompt)
-                        + self.costs.target.engine.request_time(len(admit))
-                    )
-                    stats["prefill"] += 1
-                    for r in admit:
-                        if r.first_token_s is None:
-                            r.first_token_s = env.now
-                        r.generated += 1
-                    running += admit
-                    finished += self._retire(running, env.now, bar)
-                    used = self._held(running)
-                    continue
-                # Decode: every running request needs room for this step's new tokens.
-                step_tokens = self.costs.gamma + 1 if self.costs.draft else 1
-                while (
-                    running
-                    and sum(self._blocks(r.context + step_tokens) for r in running)
-                    > self.blocks_total
-                ):
-                    # Recompute preemption: the most recently admitted request frees its
-                    # blocks and is prefilled again (prompt + generated) when readmitted.
-                    victim = running.pop()
-                    victim.preemptions += 1
-                    stats["preempt"] += 1
-                    waiting.appendleft(victim)
-                if not running:
-                    continue
-                batch = len(running)
-                context = sum(r.context for r in running) / batch
-                if self.costs.draft:
-                    yield env.timeout(self.costs.sd_round(batch, context))
-                    for r in running:
-                        r.generated = min(r.output, r.generated + self._sd_tokens(r.alpha))
-                else:
-                    yield env.timeout(self.costs.decode(batch, context))
-                    for r in running:
-                        r.generated += 1
-                stats["steps"] += 1
-                stats["batch_sum"] += batch
-                finished += self._retire(running, env.now, bar)
-                used = self._held(running)
-
-        env.process(arrivals())
-        env.process(scheduler())
-        env.run()
+        if self.policy == "mixed":
+            self._run_mixed(requests, arrivals, stats, bar)
+        else:
+            self._run_batched(requests, arrivals, stats, bar)
         bar.close()
         makespan = max((r.finish_s for r in requests if r.finish_s is not None), default=0.0)
         mean_batch = stats["batch_sum"] / stats["steps"] if stats["steps"] else 0.0
@@ -472,6 +423,127 @@ class Server:
             self.kv_capacity_tokens,
         )
 
+    def _run_length(self, running: list[Request], waiting: deque, step_tokens: int) -> int:
+        """How many decode steps, from this one, can run with the batch unchanged.
+
+        Up to the first finish; with incremental KV, while every running request's
+        next-step blocks are sure to fit (each request gains at most one block per
+        ``block`` tokens, so ``free // n`` blocks each last ``free // n * block`` tokens);
+        admission that failed stays failed (the cache only fills, FCFS keeps the head),
+        and an arrival into an empty queue ends the run (checked by the caller)."""
+        if not self._jump:
+            return 1
+        k = min(r.output - r.generated for r in running)
+        if self.kv_reserve != "full" or self.policy != "mixed":
+            need = sum(self._blocks(r.context + step_tokens) for r in running)
+            spare = (self.blocks_total - need) // len(running)
+            k = min(k, spare * self.block // step_tokens + 1)
+        return max(1, k)
+
+    def _decode_run(self, running, waiting, arrivals, now, steps_max, step_time) -> tuple[float, int]:
+        """Advance ``steps_max`` decode steps (fewer if a request arrives into an empty
+        queue): each priced by ``step_time(mean context)``; returns (clock, steps)."""
+        batch = len(running)
+        total = sum(r.context for r in running)
+        steps = 0
+        while True:
+            now += step_time((total + steps * batch) / batch)
+            steps += 1
+            if steps >= steps_max or (not waiting and arrivals.next_s <= now):
+                break
+        for r in running:
+            r.generated += steps
+        return now, steps
+
+    def _run_batched(self, requests, arrivals, stats, bar) -> None:
+        """Prefill-first (vLLM V0) and static batching."""
+        waiting: deque[Request] = deque()
+        running: list[Request] = []
+        used = 0  # KV blocks in use
+        finished = 0
+        now = 0.0
+        step_tokens = self.costs.gamma + 1 if self.costs.draft else 1
+        while finished < len(requests):
+            arrivals.pull(now, waiting)
+            if not running and not waiting:
+                now = arrivals.next_s
+                continue
+            admit: list[Request] = []
+            # Static batching admits a new batch only when the last one has drained,
+            # and prefills all of it at once (no token budget).
+            static = self.policy == "static"
+            if (
+                static
+                and not running
+                and len(waiting) < self.max_num_seqs
+                and arrivals.count < len(requests)
+            ):
+                # A static batch is formed from the queue once it is full (or no
+                # more requests will come), as a fixed-batch benchmark does.
+                now = arrivals.next_s
+                continue
+            budget = math.inf if static else self.max_batched_tokens
+            while (
+                waiting
+                and len(running) + len(admit) < self.max_num_seqs
+                and not (static and running)
+            ):
+                r = waiting[0]
+                need = self._reserve(r)
+                if used + need > self.blocks_total or (admit and r.context > budget):
+                    break
+                waiting.popleft()
+                used += need
+                budget -= r.context
+                admit.append(r)
+            if admit:
+                mean_prompt = sum(r.context for r in admit) / len(admit)
+                now += self.costs.prefill(
+                    len(admit), mean_prompt
+                ) + self.costs.target.engine.request_time(len(admit))
+                stats["prefill"] += 1
+                for r in admit:
+                    if r.first_token_s is None:
+                        r.first_token_s = now
+                    r.generated += 1
+                running += admit
+                finished += self._retire(running, now, bar)
+                used = self._held(running)
+                continue
+            # Decode: every running request needs room for this step's new tokens.
+            preempted = False
+            while (
+                running
+                and sum(self._blocks(r.context + step_tokens) for r in running)
+                > self.blocks_total
+            ):
+                # Recompute preemption: the most recently admitted request frees its
+                # blocks and is prefilled again (prompt + generated) when readmitted.
+                victim = running.pop()
+                victim.preemptions += 1
+                stats["preempt"] += 1
+                waiting.appendleft(victim)
+                preempted = True
+            if not running:
+                continue
+            batch = len(running)
+            if self.costs.draft:
+                context = sum(r.context for r in running) / batch
+                now += self.costs.sd_round(batch, context)
+                for r in running:
+                    r.generated = min(r.output, r.generated + self._sd_tokens(r.alpha))
+                steps = 1
+            else:
+                k = 1 if preempted else self._run_length(running, waiting, step_tokens)
+                now, steps = self._decode_run(
+                    running, waiting, arrivals, now, k,
+                    lambda c, b=batch: self.costs.decode(b, c),
+                )
+            stats["steps"] += steps
+            stats["batch_sum"] += batch * steps
+            finished += self._retire(running, now, bar)
+            used = self._held(running)
+
     def _held(self, running: list[Request]) -> int:
         """KV blocks the running requests hold after a step."""
         if self.kv_reserve == "full":
@@ -484,15 +556,17 @@ class Server:
             return self._blocks(r.prompt + r.output)
         return self._blocks(r.context + 1)
 
-    def _run_mixed(self, env, requests, waiting, arrived, stats, bar):
+    def _run_mixed(self, requests, arrivals, stats, bar) -> None:
         """In-flight batching: decodes and prompt chunks share each step's token budget."""
+        waiting: deque[Request] = deque()
         running: list[Request] = []
         finished = 0
+        now = 0.0
         step_tokens = self.costs.gamma + 1 if self.costs.draft else 1
         while finished < len(requests):
+            arrivals.pull(now, waiting)
             if not running and not waiting:
-                arrived[0] = env.event()
-                yield arrived[0]
+                now = arrivals.next_s
                 continue
             decoding = [r for r in running if r.prefill_left == 0]
             budget = self.max_batched_tokens - len(decoding) * step_tokens
@@ -516,6 +590,7 @@ class Server:
                 budget -= c
                 running.append(r)
                 admitted += 1
+            preempted = False
             if self.kv_reserve != "full":
                 # Recompute preemption when the running requests outgrow the cache (vLLM).
                 while decoding and (
@@ -527,15 +602,25 @@ class Server:
                     victim.preemptions += 1
                     stats["preempt"] += 1
                     waiting.appendleft(victim)
+                    preempted = True
             if not decoding and not chunks:
                 continue
             batch = len(decoding)
+            if not chunks and not preempted and not self.costs.draft and batch == len(running):
+                # Only decodes: a run of identical steps until something changes.
+                k = self._run_length(running, waiting, step_tokens)
+                now, steps = self._decode_run(
+                    running, waiting, arrivals, now, k,
+                    lambda c, b=batch: self.costs.mixed(b, c, [], b, 0),
+                )
+                stats["steps"] += steps
+                stats["batch_sum"] += batch * steps
+                finished += self._retire(running, now, bar)
+                continue
             context = sum(r.context for r in decoding) / batch if batch else 0.0
             done_prefill = [r for r, c in chunks if c >= r.prefill_left]
-            yield env.timeout(
-                self.costs.mixed(
-                    batch, context, [c for _, c in chunks], batch + len(done_prefill), admitted
-                )
+            now += self.costs.mixed(
+                batch, context, [c for _, c in chunks], batch + len(done_prefill), admitted
             )
             for r in decoding:
                 if self.costs.draft:
@@ -546,12 +631,12 @@ class Server:
                 r.prefill_left -= c
                 if r.prefill_left == 0:
                     if r.first_token_s is None:
-                        r.first_token_s = env.now
+                        r.first_token_s = now
                     r.generated += 1
             stats["steps"] += 1
             stats["prefill"] += 1 if chunks else 0
             stats["batch_sum"] += batch
-            finished += self._retire(running, env.now, bar)
+            finished += self._retire(running, now, bar)
 
     def _sd_tokens(self, alpha: float) -> int:
         """1 + the number of leading drafted tokens accepted (each with probability alpha)."""

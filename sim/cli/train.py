@@ -211,7 +211,13 @@ def run(args: argparse.Namespace) -> int:
     check_ranks(system.num_devices, f"{system.num_devices:,} devices", "pass fewer --nodes")
     plan = validate_plan(spec, plan, system.num_devices)
     check_train_work(
-        system.num_devices, plan.pp, microbatches(plan), spec.layers, args.full_ranks
+        system.num_devices,
+        plan.pp,
+        microbatches(plan),
+        spec.layers,
+        args.full_ranks,
+        exact=bool(args.exact or args.trace or args.timeline),
+        vpp=plan.vpp,
     )
     if extra["recompute"] == "auto":
         plan, mems = choose_recompute(spec, system, plan)

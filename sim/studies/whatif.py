@@ -286,7 +286,14 @@ def _train_plan(point: Point) -> ParallelPlan:
         plan = replace(plan, **plan_only)
     assert point.spec is not None
     plan = validate_plan(point.spec, plan, point.system.num_devices)
-    check_train_work(point.system.num_devices, plan.pp, microbatches(plan), point.spec.layers)
+    check_train_work(
+        point.system.num_devices,
+        plan.pp,
+        microbatches(plan),
+        point.spec.layers,
+        exact=False,
+        vpp=plan.vpp,
+    )
     if extra["recompute"] == "auto":
         plan, _ = train_cli.choose_recompute(point.spec, point.system, plan)
     return plan

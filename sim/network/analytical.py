@@ -37,7 +37,7 @@ def cost_phases(topo: Topology, phases: list[Phase]) -> NetworkCost:
 
 
 def cost_phase(topo: Topology, phase: Phase) -> PhaseCost:
-    if phase.is_uniform_a2a and _symmetric(topo, phase.a2a_groups):
+    if phase.is_uniform_a2a and not phase.via_nic and _symmetric(topo, phase.a2a_groups):
         return _uniform_a2a(topo, phase)
     pairs = sum(len(g) * (len(g) - 1) for g in phase.a2a_groups)
     if pairs > MAX_LISTED_FLOWS:
@@ -77,13 +77,13 @@ def _flows(topo: Topology, phase: Phase, flows: list) -> PhaseCost:
     by_class = dict.fromkeys(LINK_CLASSES, 0.0)
     hop = 0.0
     for src, dst, nbytes in flows:
-        path = topo.path(src, dst)
+        path = topo.path(src, dst, phase.via_nic)
         for link in path:
             loads[link] += nbytes
         for cls in {topo.link_class(link) for link in path}:
             by_class[cls] += nbytes  # bytes that crossed the class, once per flow
         if path:
-            hop = max(hop, topo.path_latency(src, dst))
+            hop = max(hop, topo.path_latency(src, dst, phase.via_nic))
     for dev, nbytes in phase.port_bytes:  # in-switch traffic: both ports of the device
         loads[("up", dev)] += nbytes / phase.port_scale
         loads[("down", dev)] += nbytes / phase.port_scale
@@ -164,8 +164,12 @@ def _uniform_a2a(topo: Topology, phase: Phase) -> PhaseCost:
                 )
             )
             hop = max(hop, topo.class_latency(DIE_TO_DIE))
-        if intra_peers[local]:
-            load = b if mesh else b * intra_peers[local]
+        # On a supernode a cross-node flow also crosses the device's server port.
+        port_peers = intra_peers[local] + (
+            inter_peers[local] if topo.shared_port and not mesh else 0
+        )
+        if port_peers:
+            load = b if mesh else b * port_peers
             rep = f"local {local}"
             link = ("mesh", rep, "each peer") if mesh else ("up", f"{rep} (every node)")
             candidates.append((load / topo.intra_capacity(), describe_link(topo, link, load)))

@@ -22,8 +22,29 @@ Dispatch modes (combine sends the same bytes back along the reverse paths):
   stage sends each token once per destination *node* to the same-rail peer there,
   then an intra-node all-to-all delivers it once per destination *device*. Two
   sequential phases.
-* ``deepep`` — the DeepEP shape: the same de-duplicated bytes, but RDMA to the
-  same-rail peer and NVLink/HCCS forwarding run concurrently (one pipelined phase).
+* ``deepep`` — the DeepEP normal kernels. Across nodes (deepseek-ai/DeepEP
+  README, csrc/kernels/internode.cu): the same de-duplicated bytes as
+  ``hierarchical``, but RDMA to the same-rail peer and NVLink forwarding run
+  concurrently (one pipelined phase, nodes-1 latency steps). Inside one node, and
+  on a supernode whose whole fabric is one load/store domain (DeepEP-Ascend on
+  CloudMatrix384 runs its *intranode* kernel over the full UB mesh,
+  sgl-kernel-npu README), a token goes straight to every destination *device*
+  holding one of its experts, once per device: ``T * P(d hit)`` tokens from each
+  device to device d, priced as a pairwise all-to-allv (P-1 latency steps).
+* ``low-latency`` — DeepEP's low-latency kernels (csrc/kernels/internode_ll.cu):
+  one RDMA message per (token, expert) copy, sent straight to the expert's device
+  with no de-duplication and no forwarding; all messages are posted at once
+  (IBGDA), so one latency step. Same-node copies also go NIC to NIC (pure RDMA, as
+  the V1 README @ ebfe47e measured them); on a supernode the UB fabric carries
+  them.
+
+``deepep_bytes_per_rank`` is the byte count DeepEP's own benchmarks divide by the
+kernel time to print their "bottleneck bandwidth" (tests/test_internode.py,
+test_intranode.py, test_low_latency.py; sgl-kernel-npu's tests copy them):
+internode, ``num_rdma_token_sent`` = (token, destination node) pairs *including
+the sender's own node*; intranode, the tokens a rank receives including those from
+itself; low-latency, every (token, expert) copy. It is a logical count: the local
+share never crosses the link it is named after.
 
 With a capacity factor ``cf`` each expert keeps at most ``cf * P*T*k/E`` tokens
 (drop-and-pad); the kept share of a device's tokens scales every byte sent to it.
@@ -49,7 +70,7 @@ from sim.network.api import cost_network
 from sim.network.phases import NetworkCost, Phase
 from sim.network.topology import DIE_TO_DIE, INTER, INTRA
 
-DISPATCH_MODES = ("flat", "hierarchical", "deepep")
+DISPATCH_MODES = ("flat", "hierarchical", "deepep", "low-latency")
 
 
 @dataclass(frozen=True)
@@ -87,6 +108,7 @@ class EPResult:
     exposed_s: float
     dropped_fraction: float
     dedup: dict = field(default_factory=dict)
+    deepep_bytes_per_rank: float | None = None  # DeepEP's benchmark numerator (module doc)
     phases: list[dict] = field(default_factory=list)
 
     def as_dict(self) -> dict:
@@ -120,6 +142,7 @@ class EPResult:
             "hidden_share": self.hidden_share,
             "exposed_s": self.exposed_s,
             "dropped_fraction": self.dropped_fraction,
+            "deepep_bytes_per_rank": self.deepep_bytes_per_rank,
             "dedup": self.dedup,
             "phases": self.phases,
         }
@@ -247,14 +270,28 @@ def dispatch_phases(cfg: EPConfig, system: System) -> tuple[list[Phase], dict]:
     nodes = -(-p_count // dpn)
     stats = {"pi": pi, "dev_kept": dev_kept, "dropped": dropped, "nodes": nodes}
 
-    if cfg.dispatch == "flat":
+    if cfg.dispatch in ("flat", "low-latency"):
         per_dest = t * dev_pi * dev_kept * tb  # bytes each device sends to device d
         flows = tuple(
             (s, d, float(per_dest[d])) for s in range(p_count) for d in range(p_count) if s != d
         )
-        return [Phase("flat all-to-allv", max(1, p_count - 1), flows)], stats
+        if cfg.dispatch == "flat":
+            return [Phase("flat all-to-allv", max(1, p_count - 1), flows)], stats
+        # Every copy, the sender's own included, is one message of the benchmark.
+        stats["deepep_bytes_per_rank"] = float(per_dest.sum())
+        return [
+            Phase("low-latency: one RDMA message per (token, expert)", 1, flows, via_nic=True)
+        ], stats
 
     dev_hit = np.array([prob_hit(pi, ex, cfg.top_k, uniform) for ex in experts_of]) * dev_kept
+    if cfg.dispatch == "deepep" and (nodes == 1 or system.inter_topology == "supernode"):
+        # DeepEP's intranode kernel: once per destination device, straight there.
+        per_dest = t * dev_hit * tb
+        stats["deepep_bytes_per_rank"] = float(per_dest.sum())  # received, self included
+        flows = tuple(
+            (s, d, float(per_dest[d])) for s in range(p_count) for d in range(p_count) if s != d
+        )
+        return [Phase("deepep: direct, once per device", max(1, p_count - 1), flows)], stats
     k_local = min(dpn, p_count)
     node_devs = [list(range(b * k_local, (b + 1) * k_local)) for b in range(nodes)]
     # A node is needed when one of its experts is hit; with a capacity factor, scale by
@@ -266,6 +303,8 @@ def dispatch_phases(cfg: EPConfig, system: System) -> tuple[list[Phase], dict]:
             for devs in node_devs
         ]
     )
+    # DeepEP's num_rdma_token_sent: (token, node) pairs, the sender's node included.
+    stats["deepep_bytes_per_rank"] = float(t * node_hit.sum() * tb)
     inter: list[tuple[int, int, float]] = []
     for s in range(p_count):
         for b in range(nodes):
@@ -357,6 +396,9 @@ def simulate_ep(cfg: EPConfig, system: System, backend: str = "analytical") -> E
         exposed_s=total - hidden,
         dropped_fraction=stats["dropped"],
         dedup=dedup,
+        deepep_bytes_per_rank=(
+            stats.get("deepep_bytes_per_rank") if cfg.dispatch in ("deepep", "low-latency") else None
+        ),
         phases=[p.as_dict() for p in disp.phases + comb.phases],
     )
 

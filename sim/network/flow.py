@@ -87,11 +87,11 @@ def simulate_phase(topo: Topology, phase: Phase) -> PhaseCost:
     by_class: dict[str, float] = {}
     hop = 0.0
     for src, dst, nbytes in flows:
-        path = topo.path(src, dst)
+        path = topo.path(src, dst, phase.via_nic)
         paths.append([links.setdefault(link, len(links)) for link in path])
         for cls in {topo.link_class(link) for link in path}:
             by_class[cls] = by_class.get(cls, 0.0) + nbytes
-        hop = max(hop, topo.path_latency(src, dst))
+        hop = max(hop, topo.path_latency(src, dst, phase.via_nic))
     # In-switch traffic: one flow up and one down each device's port, sized so that
     # the port's capacity prices it at the phase's port_scale.
     for dev, nbytes in phase.port_bytes:

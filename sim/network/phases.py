@@ -30,6 +30,9 @@ class Phase:
     # (NVLS reaches a different share of the port than point-to-point copies).
     port_bytes: tuple[tuple[int, float], ...] = ()
     port_scale: float = 1.0
+    # Same-node flows go NIC to NIC (RDMA loopback) instead of over the server
+    # fabric: DeepEP's pure-RDMA low-latency kernels (Topology.path).
+    via_nic: bool = False
 
     def expand(self) -> list[Flow]:
         """All flows, listing the uniform all-to-all pairs (n^2: small groups only)."""

@@ -13,7 +13,11 @@ Both collective backends read this one description, so they price the same links
   ``nics_per_node / devices_per_node`` NICs' bandwidth; with fewer NICs than devices,
   ``devices / nics`` neighbouring devices share one NIC (contention). The device-to-NIC
   hop (PCIe) is not modelled. For ``supernode`` the NIC stands for the device's port
-  into the supernode fabric (CloudMatrix UB).
+  into the supernode fabric (CloudMatrix UB) *beyond its server*; the device has one
+  UB port bundle for all its traffic (CM384 paper, arXiv:2506.12708: 392 GB/s one
+  way per 910C, in-server and cross-server together), so a cross-node flow also
+  crosses the device's server port (``up``/``down``) and shares it with in-server
+  flows.
 * ``spine`` — only when ``oversubscription > 1``: a leaf's pooled uplink of
   ``sum(NIC bandwidth on the leaf) / oversubscription`` each way. With
   ``rail_optimized`` NIC *i* of every node sits on leaf (rail) *i* and only traffic
@@ -169,22 +173,37 @@ class Topology:
             return s.nic.latency
         raise KeyError(cls)
 
-    def path_latency(self, a: int, b: int) -> float:
+    def path_latency(self, a: int, b: int, via_nic: bool = False) -> float:
         """One-hop latency between two devices: that of the slowest link class crossed."""
         if a == b:
             return 0.0
-        if self.node_of(a) != self.node_of(b):
+        if self.node_of(a) != self.node_of(b) or (via_nic and not self.shared_port):
             return self.system.nic.latency
         if self.same_package(a, b):
             return self.class_latency(DIE_TO_DIE)
         return self.system.intra_link.latency
 
     # -- paths ------------------------------------------------------------------------
-    def path(self, a: int, b: int) -> tuple[LinkId, ...]:
-        """The directed links a flow from device ``a`` to device ``b`` crosses."""
+    @property
+    def shared_port(self) -> bool:
+        """Cross-node flows share the device's server port (one UB port bundle)."""
+        return self.system.inter_topology == "supernode"
+
+    def path(self, a: int, b: int, via_nic: bool = False) -> tuple[LinkId, ...]:
+        """The directed links a flow from device ``a`` to device ``b`` crosses.
+
+        ``via_nic``: a same-node flow leaves through ``a``'s NIC and enters through
+        ``b``'s (RDMA loopback through the rail switches, as DeepEP's pure-RDMA
+        low-latency kernels send); on a supernode the server fabric *is* the RDMA
+        domain, so the flag changes nothing there.
+        """
         if a == b:
             return ()
         na, nb = self.node_of(a), self.node_of(b)
+        if na == nb and via_nic and not self.shared_port:
+            tx = ("nic_tx", na, self.nic_index(self.local_of(a)))
+            rx = ("nic_rx", nb, self.nic_index(self.local_of(b)))
+            return (tx, rx)
         if na == nb:
             if self.same_package(a, b):
                 return (("d2d", a, b),)
@@ -193,9 +212,12 @@ class Topology:
             return (("up", a), ("down", b))
         tx = ("nic_tx", na, self.nic_index(self.local_of(a)))
         rx = ("nic_rx", nb, self.nic_index(self.local_of(b)))
+        ports: tuple[LinkId, ...] = (("up", a), ("down", b)) if self.shared_port else ()
         if self.crosses_spine(a, b):
-            return (tx, ("spine_up", self.leaf_of(a)), ("spine_down", self.leaf_of(b)), rx)
-        return (tx, rx)
+            mid = (tx, ("spine_up", self.leaf_of(a)), ("spine_down", self.leaf_of(b)), rx)
+        else:
+            mid = (tx, rx)
+        return ports[:1] + mid + ports[1:]
 
     def check_group(self, group: tuple[int, ...]) -> None:
         total = self.system.num_devices

@@ -82,7 +82,8 @@ def _ep(args: dict[str, Any], p: Payload) -> Payload:
     system = load_system(str(args["system"]))
     nodes = int(p.get("nodes", 1))
     key = "inter_node_bytes" if nodes > 1 else "intra_node_bytes"
-    per_rank = float(p[key]) / int(p["ep"])
+    # A pure-RDMA low-latency run inside one node puts its bytes on the NICs.
+    per_rank = float(p[key] or p["inter_node_bytes"]) / int(p["ep"])
     bw = device_link_bandwidth(system, nodes, int(p["ep"]))
     t = per_rank / bw
     return {**p, "dispatch_time_s": t, "combine_time_s": t}

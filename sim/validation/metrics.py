@@ -87,8 +87,12 @@ def _op_gbps(args: dict[str, Any], p: Payload) -> float:
 
 
 def _ep_link_bytes_per_rank(args: dict[str, Any], p: Payload) -> float:
-    # DeepEP's "bottleneck bandwidth": bytes over the bottleneck link class (RDMA across
-    # nodes, NVLink/HCCS inside one) per rank, divided by the kernel time.
+    # DeepEP's "bottleneck bandwidth": the bytes its benchmark scripts count per rank
+    # (deepep_bytes_per_rank, sim/network/ep.py: (token, node) pairs incl. the own
+    # node; tokens received incl. self; every low-latency copy) over the kernel time.
+    # Other modes: bytes over the bottleneck link class per rank.
+    if p.get("deepep_bytes_per_rank") is not None:
+        return float(p["deepep_bytes_per_rank"])
     key = "inter_node_bytes" if int(p.get("nodes", 1)) > 1 else "intra_node_bytes"
     return float(p[key]) / int(p["ep"])
 

@@ -311,20 +311,17 @@ class StepSimulator:
         items = step_items(self.spec, batch, self.plan, self.dtype, self.routing, self.fc_in)
         model = self._cost_model(batch)
         priced: dict[int, float] = {}
+        for item in {id(x): x for x in items}.values():  # each distinct op once
+            if isinstance(item, CommNeed):
+                group = self.plan.tp_group() if item.group == "tp" else self.plan.ep_group()
+                # The tag only matches members of one collective; it does not price it.
+                priced[id(item)] = self._comm(Collective(item.name, item.kind, group,
+                                                         item.nbytes))
+            else:
+                priced[id(item)] = model.time(item).time_s
         device = 0.0
-        tags: dict[str, int] = {}
-        for item in items:
-            t = priced.get(id(item))
-            if t is None:
-                if isinstance(item, CommNeed):
-                    group = self.plan.tp_group() if item.group == "tp" else self.plan.ep_group()
-                    tag = tags.get(item.name, 0)
-                    tags[item.name] = tag + 1
-                    t = self._comm(Collective(item.name, item.kind, group, item.nbytes, tag=tag))
-                else:
-                    t = model.time(item).time_s
-                priced[id(item)] = t
-            device = device + t
+        for t in [priced[id(x)] for x in items]:  # in program order, as the engine adds
+            device += t
         before, after = self._host_terms(batch, host)
         total = self.engine.step_time(device, before, after)
         self._fast_memo[key] = total

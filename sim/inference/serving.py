@@ -38,6 +38,7 @@ from sim.inference.lowering import StepBatch, StepSimulator
 from sim.inputs import open_text
 from sim.limits import MAX_REQUESTS, MAX_SEQ, MAX_SERVE_TOKENS, check_float, check_int
 
+MIN_RATE = 1e-6  # requests/s (docs/limits.md)
 CONTEXT_GRID = (0, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
 
 
@@ -125,6 +126,12 @@ def make_requests(w: Workload) -> list[Request]:
     else:
         if w.rate <= 0:
             raise InputError(f"--rate must be > 0 requests/s, got {w.rate}")
+        if w.rate < MIN_RATE:
+            # Below this the arrivals span years of simulated time: a typo, not a load.
+            raise InputError(
+                f"--rate {w.rate:g}: below {MIN_RATE:g} requests/s (one request a ~12 days); "
+                "pass a larger --rate"
+            )
         if w.num_requests < 1:
             raise InputError(f"--requests must be >= 1, got {w.num_requests}")
         check_int(w.num_requests, "--requests", 1, MAX_REQUESTS)
@@ -507,7 +514,7 @@ class Server:
                         r.first_token_s = now
                     r.generated += 1
                 running += admit
-                finished += self._retire(running, now, bar)
+                finished += len(self._retire(running, now, bar))
                 used = self._held(running)
                 continue
             # Decode: every running request needs room for this step's new tokens.
@@ -541,7 +548,7 @@ class Server:
                 )
             stats["steps"] += steps
             stats["batch_sum"] += batch * steps
-            finished += self._retire(running, now, bar)
+            finished += len(self._retire(running, now, bar))
             used = self._held(running)
 
     def _held(self, running: list[Request]) -> int:
@@ -563,20 +570,28 @@ class Server:
         finished = 0
         now = 0.0
         step_tokens = self.costs.gamma + 1 if self.costs.draft else 1
+        # Bookkeeping kept incrementally, not rescanned every iteration: the running
+        # requests still prefilling (in running order), and with full reservation the
+        # KV blocks the running requests hold (constant per request).
+        pending: list[Request] = []
+        full = self.kv_reserve == "full"
+        held = 0
         while finished < len(requests):
             arrivals.pull(now, waiting)
             if not running and not waiting:
                 now = arrivals.next_s
                 continue
-            decoding = [r for r in running if r.prefill_left == 0]
+            decoding = (
+                [r for r in running if r.prefill_left == 0] if pending else running[:]
+            )
             budget = self.max_batched_tokens - len(decoding) * step_tokens
             chunks: list[tuple[Request, int]] = []
-            for r in running:
-                if r.prefill_left > 0 and budget > 0:
+            for r in pending:
+                if budget > 0:
                     c = min(r.prefill_left, budget)
                     chunks.append((r, c))
                     budget -= c
-            used = sum(self._reserve(r) for r in running)
+            used = held if full else sum(self._reserve(r) for r in running)
             admitted = 0
             while waiting and budget > 0 and len(running) < self.max_num_seqs:
                 r = waiting[0]
@@ -584,11 +599,14 @@ class Server:
                     break
                 waiting.popleft()
                 used += self._reserve(r)
+                if full:
+                    held += self._reserve(r)
                 r.prefill_left = r.context  # prompt, plus generated tokens if recomputed
                 c = min(r.prefill_left, budget)
                 chunks.append((r, c))
                 budget -= c
                 running.append(r)
+                pending.append(r)
                 admitted += 1
             preempted = False
             if self.kv_reserve != "full":
@@ -615,9 +633,12 @@ class Server:
                 )
                 stats["steps"] += steps
                 stats["batch_sum"] += batch * steps
-                finished += self._retire(running, now, bar)
+                done = self._retire(running, now, bar)
+                finished += len(done)
+                if full:
+                    held -= sum(self._reserve(r) for r in done)
                 continue
-            context = sum(r.context for r in decoding) / batch if batch else 0.0
+            context = sum([r.prompt + r.generated for r in decoding]) / batch if batch else 0.0
             done_prefill = [r for r, c in chunks if c >= r.prefill_left]
             now += self.costs.mixed(
                 batch, context, [c for _, c in chunks], batch + len(done_prefill), admitted
@@ -633,10 +654,15 @@ class Server:
                     if r.first_token_s is None:
                         r.first_token_s = now
                     r.generated += 1
+            if chunks:
+                pending = [r for r in pending if r.prefill_left > 0]
             stats["steps"] += 1
             stats["prefill"] += 1 if chunks else 0
             stats["batch_sum"] += batch
-            finished += self._retire(running, now, bar)
+            done = self._retire(running, now, bar)
+            finished += len(done)
+            if full:
+                held -= sum(self._reserve(r) for r in done)
 
     def _sd_tokens(self, alpha: float) -> int:
         """1 + the number of leading drafted tokens accepted (each with probability alpha)."""
@@ -646,10 +672,12 @@ class Server:
         return accepted + 1
 
     @staticmethod
-    def _retire(running: list[Request], now: float, bar) -> int:
+    def _retire(running: list[Request], now: float, bar) -> list[Request]:
+        """Finish the requests that have all their tokens; returns them."""
         done = [r for r in running if r.generated >= r.output]
-        for r in done:
-            r.finish_s = now
-            running.remove(r)
+        if done:
+            for r in done:
+                r.finish_s = now
+            running[:] = [r for r in running if r.generated < r.output]
         bar.update(len(done))
-        return len(done)
+        return done

@@ -213,15 +213,17 @@ def test_ep_comm_estimate_by_hand():
     c = next(k for k in candidates_in_budget(study)[0] if k.candidate.layers == 2)
     spec = to_spec(c.candidate, study)
     plan = validate_plan(spec, ParallelPlan(tp=2, ep=2, gbs=16, seq=512), 8)
-    # group tp*ep = 4 inside one server: all 7 HCCS links of the full mesh at the
-    # profile's intra-node collective efficiency.
+    # group tp*ep = 4 inside one server, priced by the network model: the full mesh
+    # gives each peer one of a device's 7 HCCS links, so a group of 4 reaches 3 of
+    # them, at the profile's intra-node collective efficiency (the per-step latency
+    # of the 256 MiB probe is < 1 % of its time, hence rel=1e-2).
     assert system.intra_topology == "full_mesh" and system.links_per_device == 7
-    bw = 7 * system.intra_link.bandwidth * system.collective_efficiency.intra_node
+    bw = 3 * system.intra_link.bandwidth * system.collective_efficiency.intra_node
     tokens = 512 / 2  # each TP rank dispatches half of the micro-batch
     per_layer = 4 * tokens * 2 * spec.hidden * 2 * (3 / 4) / bw
     microbatches = 16 // (1 * plan.dp)
     want = microbatches * 1 * per_layer  # one MoE layer (the first layer is dense)
-    assert ep_comm_estimate(plan, spec, system) == pytest.approx(want)
+    assert ep_comm_estimate(plan, spec, system) == pytest.approx(want, rel=1e-2)
     assert ep_comm_estimate(replace(plan, ep=1, tp=1), spec, system) == 0.0
 
 

@@ -14,8 +14,8 @@ Two checks, both explainable in a line (docs/explore.md derives them):
   by the device's roofline cost model; backward = 2 x forward (the MFU
   convention). Sequences are spread evenly over all devices (an ideal,
   bubble-free data-parallel split). The EP all-to-all of that sequence (dispatch
-  and combine, forward and backward) is priced at the device's intra-node (or NIC)
-  bandwidth, and assumed to overlap with compute (Pangu's adaptive pipe overlap),
+  and combine, forward and backward) is priced by the network model
+  (``sim.network.cost_collective``, an all-to-all over devices 0..ep-1), and assumed to overlap with compute (Pangu's adaptive pipe overlap),
   so the step is bounded by the larger of the two.
 
 It is a *bound* used to shortlist — pipeline bubbles, TP communication and
@@ -24,13 +24,14 @@ recompute only show up in the full simulation.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from hwprofiles.spec import System
 from sim.cost import CachedCostModel, RooflineModel
-from sim.ir import Op, dtype_bytes
+from sim.ir import CollectiveKind, Op, dtype_bytes
 from sim.models.counting import model_flops_per_token, param_counts
 from sim.models.spec import ModelSpec
+from sim.network.api import cost_collective
 from sim.studies.space import Counted, to_spec
 from sim.studies.study_file import Study
 from sim.workloads.transformer import (
@@ -84,18 +85,36 @@ def _ops_time(items: list, cost: CachedCostModel) -> tuple[float, float]:
     return total, selective
 
 
-def ep_bandwidth(system: System, ep: int) -> float:
-    """Bytes/s one device can push into an all-to-all of ``ep`` peers.
+# Per-rank bytes of the representative all-to-all ``ep_bandwidth`` prices: large
+# enough to be bandwidth-bound on every profile (latency < 1 % of the time).
+EP_PROBE_BYTES = 256 * 2**20
 
-    Inside a node: all its intra-node links (full mesh) or its switch port; across
-    nodes: its share of the node's NICs. Scaled by the profile's collective efficiency.
-    """
-    eff = system.collective_efficiency
-    if ep <= system.devices_per_node:
-        links = system.links_per_device if system.intra_topology == "full_mesh" else 1
-        return system.intra_link.bandwidth * links * eff.intra_node
-    share = system.nics_per_node / system.devices_per_node
-    return system.nic.bandwidth * share * eff.inter_node
+
+_A2A_CACHE: dict[tuple[str, int, float], float] = {}
+
+
+def a2a_time(system: System, ep: int, nbytes: float) -> float:
+    """Seconds of one all-to-all in which each of devices 0..ep-1 sends ``nbytes``,
+    priced by the network model (sim.network.cost_collective: the algorithm and
+    protocol the library would pick, topology, NIC sharing, latencies). Cached: a
+    study asks for the same few (system, ep, bytes) for every candidate."""
+    if ep <= 1 or nbytes <= 0:
+        return 0.0
+    key = (repr(system), ep, nbytes)  # System holds dicts: not hashable itself
+    if key not in _A2A_CACHE:
+        need = -(-ep // system.devices_per_node)
+        sized = system if system.nodes >= need else replace(system, nodes=need)
+        _A2A_CACHE[key] = cost_collective(
+            sized, CollectiveKind.ALL_TO_ALL, range(ep), nbytes
+        ).time_s
+    return _A2A_CACHE[key]
+
+
+def ep_bandwidth(system: System, ep: int) -> float:
+    """Bytes/s of its all-to-all traffic that leave one device in an all-to-all of
+    ``ep`` peers: (ep-1)/ep of a large per-rank buffer over the network model's time."""
+    t = a2a_time(system, ep, float(EP_PROBE_BYTES))
+    return EP_PROBE_BYTES * (ep - 1) / ep / t if t > 0 else float("inf")
 
 
 def static_memory_lower_bound(spec: ModelSpec, study: Study, devices: int) -> float:
@@ -144,9 +163,10 @@ def estimate(
     comm = 0.0
     if spec.moe and ep > 1:
         moe_layers = sum(1 for i in range(slots) if spec.is_moe_layer(i))
-        # dispatch + combine, forward and backward; (ep-1)/ep of the copies leave the device
-        a2a = 4 * seq * spec.moe.top_k * spec.hidden * dtype_bytes(dtype) * (ep - 1) / ep
-        comm = moe_layers * a2a / ep_bandwidth(system, ep)
+        # dispatch + combine, forward and backward: four all-to-alls of the sequence's
+        # top-k copies per MoE layer, priced by the network model
+        copies = seq * spec.moe.top_k * spec.hidden * dtype_bytes(dtype)
+        comm = moe_layers * 4 * a2a_time(system, ep, float(copies))
     devices = system.num_devices
     seqs_per_device = fixed.global_batch / devices
     step = seqs_per_device * max(3.0 * forward, comm)

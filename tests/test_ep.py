@@ -218,3 +218,54 @@ def test_cli_errors_exit_2(capsys):
     assert main(["ep", "--top-k", "8"]) == 2
     assert "--model" in capsys.readouterr().err
     assert main(["ep", "--model", "pangu-ultra-moe", "--ep", "24"]) == 2
+
+
+# -- DeepEP modes (hand-computed) ---------------------------------------------------------
+def test_low_latency_is_one_rdma_step_per_copy_by_hand():
+    """DeepEP low-latency on one H800 node, pure RDMA: every (token, expert) copy is a
+    message NIC to NIC; 256 experts over 8 GPUs, top-8 uniform: 128 x 8 x 32/256 = 128
+    copies of 7168 B to each peer, 7 peers through the GPU's own 400G NIC at 0.9."""
+    from hwprofiles import load_system
+    from sim.network.ep import EPConfig, simulate_ep
+
+    system = load_system("hgx-h800")
+    cfg = EPConfig(7168, 8, 256, 8, 128, dtype_bytes=1.0, dispatch="low-latency")
+    r = simulate_ep(cfg, system)
+    per_peer = 128 * 1 * 7168
+    want = 7 * per_peer / (400e9 / 8 * 0.9) + 1 * (1e-6 + 2e-6)  # one step: NIC + overhead
+    assert r.dispatch_time_s == pytest.approx(want, rel=1e-12)
+    assert r.combine_time_s == pytest.approx(want, rel=1e-12)
+    assert r.inter_node_bytes == pytest.approx(8 * 7 * per_peer)
+    assert r.intra_node_bytes == 0.0
+    assert r.deepep_bytes_per_rank == pytest.approx(8 * per_peer)  # own copies counted
+
+
+def test_deepep_on_supernode_is_direct_and_shares_the_ub_port_by_hand():
+    """DeepEP-Ascend on CloudMatrix384, EP32 = 2 servers of 16 dies: each token goes
+    once to every die holding one of its experts; the die's UB port carries its 14
+    in-server (non-package) peers and its 16 cross-server peers; P-1 = 31 steps, each
+    the 2-level UB latency 5.5 us + HCCL step overhead 10 us."""
+    from hwprofiles import load_system
+    from sim.network.ep import EPConfig, simulate_ep, system_for_ep
+
+    system, _ = system_for_ep(load_system("cloudmatrix-384"), 32, None)
+    cfg = EPConfig(7168, 8, 256, 32, 4096, dtype_bytes=1.0, dispatch="deepep")
+    r = simulate_ep(cfg, system)
+    p_hit = 1 - math.comb(248, 8) / math.comb(256, 8)  # 8 experts per die
+    per_peer = 4096 * p_hit * 7168
+    want = 30 * per_peer / (196e9 * 0.7) + 31 * (5.5e-6 + 10e-6)
+    assert r.dispatch_time_s == pytest.approx(want, rel=1e-9)
+    assert r.deepep_bytes_per_rank == pytest.approx(32 * per_peer)  # self included
+
+
+def test_deepep_internode_counts_rdma_tokens_with_own_node_by_hand():
+    """DeepEP's num_rdma_token_sent: (token, node) pairs incl. the sender's node."""
+    from hwprofiles import load_system
+    from sim.network.ep import EPConfig, simulate_ep
+
+    system = load_system("hgx-h800", nodes=2)
+    cfg = EPConfig(7168, 8, 256, 16, 4096, dtype_bytes=1.0, dispatch="deepep")
+    r = simulate_ep(cfg, system)
+    p_node = 1 - math.comb(128, 8) / math.comb(256, 8)
+    assert r.deepep_bytes_per_rank == pytest.approx(4096 * 2 * p_node * 7168)
+    assert r.inter_node_bytes == pytest.approx(16 * 4096 * p_node * 7168)

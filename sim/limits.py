@@ -185,6 +185,10 @@ def check_float(
         raise InputError(f"{_show(what, value)}: expected a number") from None
     if not math.isfinite(number):
         raise InputError(f"{_show(what, value)}: must be a finite number")
+    if number != 0 and abs(number) < 1e-300:
+        # Subnormal: 1/x overflows to inf (a rate of 1e-320 requests/s puts the first
+        # arrival at t = inf); no quantity in the simulator is meaningfully this small.
+        raise InputError(f"{_show(what, value)}: too small to be meaningful; use 0 or >= 1e-300")
     low = lo is not None and (number < lo or (lo_open and number == lo))
     if (low or (hi is not None and number > hi)) and lo is not None and hi is not None and hi <= 1:
         raise InputError(f"{what} must be in [{lo:g}, {hi:g}], got {value}")

@@ -377,6 +377,13 @@ ISSUE_13 = [
      "refusing"),
     (["train", "--model", "llama-3-8b", "--system", "atlas-800t-a2", "--nodes", "1", "--tp", "8",
       "--trace", "victim.md"], 2, "refusing"),
+    # found by the fuzz test: a .toml that is not an overlay (pyproject.toml), a subnormal rate
+    (["calibrate", "--from-measurements", "measurements.csv", "--out", "victim.toml"], 2,
+     "not a calibration overlay"),
+    (["infer", "--model", "llama-3-8b", "--system", "hgx-a800", "--devices", "1", "--serve",
+      "--requests", "5", "--rate", "1e-320"], 2, "too small"),
+    (["infer", "--model", "llama-3-8b", "--system", "hgx-a800", "--devices", "1", "--serve",
+      "--requests", "5", "--rate", "1e-299"], 2, "--rate"),
 ]
 
 

@@ -63,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     # Both outputs checked before minutes of timing: suffix, folder writable, no file of
     # another kind replaced (sim.report).
     out = check_output_file(args.out, "--out", (".toml",))
+    _refuse_other_toml(out)
     csv_path = (
         Path(args.measurements) if args.measurements else out.with_suffix(".measurements.csv")
     )
@@ -134,6 +135,22 @@ def run(args: argparse.Namespace) -> int:
     if result.at_bound:
         print(f"  at a bound (check the data): {', '.join(result.at_bound)}")
     return 0
+
+
+def _refuse_other_toml(out: Path) -> None:
+    """A .toml is also a profile, a plan or pyproject.toml: replace an existing one only
+    if it is a calibration overlay (``kind = "calibration"``), as written here."""
+    if not out.is_file():
+        return
+    try:
+        head = out.read_bytes()[:4096].decode("utf-8", "replace")
+    except OSError as exc:
+        raise InputError(f"--out {out}: cannot read the existing file ({exc.strerror})") from None
+    if 'kind = "calibration"' not in head:
+        raise InputError(
+            f"--out {out}: exists and is not a calibration overlay; refusing to replace it: "
+            "give a new file name (or remove the old overlay)"
+        )
 
 
 def _measure(args: argparse.Namespace, suites, seed: int):

@@ -38,8 +38,32 @@ def test_gemm_hand_computed():
     assert cost.compute_s == pytest.approx((flops + 1e9) / (100e12 * 0.8))
     nbytes = 2 * (512 * 1024 + 1024 * 512 + 512 * 512)
     assert cost.memory_s == pytest.approx((nbytes + 1e6) / (1e12 * 0.9))
-    assert cost.time_s == pytest.approx(max(cost.compute_s, cost.memory_s) + 1e-5)
+    # The output tile is stored after its main loop: max(compute, operand reads) + write.
+    store = 2 * 512 * 512 / (1e12 * 0.9)
+    assert cost.details["epilogue_s"] == pytest.approx(store)
+    assert cost.time_s == pytest.approx(max(cost.compute_s, cost.memory_s - store) + store + 1e-5)
     assert cost.bound == "compute"
+
+
+def test_gemm_epilogue_not_overlapped_hand_computed():
+    """Output-heavy GEMM (attention scores, k = 64): the write follows the MMAs."""
+    dev = toy_device(matrix_half_flops=0.0, memory_half_bytes=0.0)
+    op = ops.gemm("qk", 4096, 4096, 64, "bf16", batch=8)
+    cost = RooflineModel(dev).time(op)
+    compute = 8 * 2 * 4096 * 4096 * 64 / (100e12 * 0.8)  # whole 128x128 waves: 1024 blocks / 4
+    reads = 8 * 2 * (4096 * 64 * 2) / (1e12 * 0.9)
+    store = 8 * 2 * 4096 * 4096 / (1e12 * 0.9)
+    assert cost.time_s == pytest.approx(max(compute, reads) + store + 1e-5)
+    # a GEMV (decode) is bound by its weight reads: the 2-byte output changes nothing visible
+    gemv = RooflineModel(dev).time(ops.gemm("w", 1, 8192, 8192, "bf16"))
+    assert gemv.time_s == pytest.approx(gemv.memory_s + 1e-5)
+
+
+def test_fp8_gemm_epilogue_writes_16_bits():
+    dev = toy_device(matrix_half_flops=0.0, memory_half_bytes=0.0)
+    dev = Device(**{**dev.__dict__, "matrix_peak": {"bf16": 100e12, "fp8": 200e12}})
+    cost = RooflineModel(dev).time(ops.gemm("g", 4096, 4096, 512, "fp8"))
+    assert cost.details["epilogue_s"] == pytest.approx(4096 * 4096 * 2 / (1e12 * 0.9))
 
 
 def test_gemm_wave_quantisation_hand_computed():

@@ -38,7 +38,7 @@ import math
 
 from hwprofiles.spec import Device
 from sim.cost.base import OpCost
-from sim.ir import MAIN_MEMORY, Op, Unit
+from sim.ir import MAIN_MEMORY, Op, Unit, dtype_bytes, is_low_precision
 
 
 def saturating_efficiency(work: float, max_eff: float, half: float) -> float:
@@ -159,6 +159,33 @@ class RooflineModel:
             worst = max(worst, (nbytes + eff.memory_half_bytes) / (bandwidth * eff.memory_max))
         return worst
 
+    def epilogue_time(self, op: Op) -> float:
+        """Main-memory time of a GEMM's output write on an NVIDIA GPU (0 for other ops and
+        devices: a CPU's BLAS phases are the calibrated ``overlap``; Ascend's Cube hands
+        L0C to the FixPipe unit, a separate pipe that drains a double-buffered L0C while
+        the Cube runs the next tile, so its write overlaps).
+
+        A CUTLASS/cuBLAS GEMM computes an output tile in its main loop (operand loads
+        pipelined with the MMAs) and only then runs the epilogue that converts and
+        stores the tile (CUTLASS docs, "Efficient GEMM in CUDA": the epilogue follows the
+        main loop; Hopper's cooperative kernels and DeepGEMM store through TMA after the
+        last WGMMA of the tile). With output-heavy shapes (small k: attention scores,
+        k = 512 expert GEMMs, 802816x192x768) both the tensor cores and HBM are near
+        their limits and the kernel takes their sum, not their max. Operand reads stay
+        overlapped with the MMAs. Output bytes: batch x m x n x the output element size
+        (16-bit for FP8 inputs, as ``sim.ops.gemm`` writes), at most the op's bytes."""
+        shape = op.shape
+        if (op.unit != Unit.MATRIX or "m" not in shape or "n" not in shape
+                or "k" not in shape or self.device.arch != "nvidia"):
+            return 0.0
+        nbytes = op.bytes.get(MAIN_MEMORY, 0.0)
+        out_elt = 2.0 if is_low_precision(op.dtype) else dtype_bytes(op.dtype)
+        out = min(shape.get("batch", 1) * shape["m"] * shape["n"] * out_elt, nbytes)
+        if out <= 0:
+            return 0.0
+        eff = self.device.efficiency
+        return out / (self.device.hbm_bandwidth * eff.memory_max)
+
     def time(self, op: Op) -> OpCost:
         eff = self.device.efficiency
         compute_s, details = self.compute_time(op)
@@ -169,6 +196,14 @@ class RooflineModel:
         compute_s, memory_s = compute_s / speed, memory_s / speed
         # Compute and memory phases overlap by ``overlap`` (1 = the plain roofline max).
         body = max(compute_s, memory_s) + (1.0 - eff.overlap) * min(compute_s, memory_s)
+        store_s = self.epilogue_time(op) / speed
+        if store_s > 0:
+            # A GEMM's epilogue stores its output tile after the tile's last MMA, so the
+            # output write does not overlap the compute that produces it (see
+            # ``epilogue_time``): body = max(compute, operand reads) + output write.
+            reads_s = max(memory_s - store_s, 0.0)
+            body = max(body, max(compute_s, reads_s) + store_s)
+            details = {**details, "epilogue_s": store_s}
         if overhead_s > body:
             bound = "overhead"
         else:

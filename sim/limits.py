@@ -250,10 +250,10 @@ def check_train_work(
     simulated layer passes (forward and backward of every layer for every simulated
     micro-batch, on one rank per stage, or on every rank with --full-ranks).
 
-    Every micro-batch is counted even without ``exact``: the steady-state shortcut
-    (sim.training.steady) still lowers the whole step, measured linear in the
-    micro-batches (llama-3-8b, pp=1: 4,000 -> 12.5 s / 0.7 GB, 20,000 -> 56 s / 3.2 GB).
-    ``exact`` and ``vpp`` only shape the message."""
+    ``microbatches`` is what the engine will run: every micro-batch with ``exact``,
+    else the two steady-state runs of sim.training.steady.simulated_microbatches (the
+    cost is linear in what is simulated: llama-3-8b, pp=1, exact: 4,000 micro-batches
+    -> 12.5 s / 0.7 GB). ``exact`` and ``vpp`` only shape the message."""
     check_ranks(devices, f"{devices:,} devices", "pass fewer --nodes")
     del vpp  # layer passes do not depend on it: virtual stages split the same layers
     ranks_per_stage = max(devices // max(pp, 1), 1) if full_ranks else 1

@@ -25,6 +25,8 @@ GRID = [
     ("mixtral-8x7b", "dgx-h100", 4, dict(tp=2, pp=4, ep=4, mbs=1, gbs=128, seq=1024,
                                          moe_routing="zipf:0.5", overlap_ep=True)),
     ("gpt3-1.7b", "dgx-a100", 1, dict(tp=1, pp=2, mbs=2, gbs=64, seq=512)),
+    ("gpt3-1.7b", "dgx-a100", 1, dict(tp=2, pp=1, mbs=1, gbs=64, seq=512)),
+    ("llama-3-8b", "dgx-a100", 1, dict(tp=8, pp=1, mbs=1, gbs=32, seq=1024, zero=3)),
 ]
 
 

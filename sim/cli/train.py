@@ -11,11 +11,11 @@ from sim.cost.attention_impl import IMPLS, check_impl
 from sim.errors import InputError, NegativeVerdict
 from sim.ir import BYTES_PER_DTYPE, is_low_precision
 from sim.limits import check_ranks, check_train_work
-from sim.parallel import ParallelPlan, load_plan_file, microbatches, validate_plan
+from sim.parallel import ParallelPlan, load_plan_file, validate_plan
 from sim.report import check_output_file, check_plot_path, emit_json, fmt_bytes, fmt_si, table
 from sim.training.memory import format_breakdown
 from sim.training.simulate import TrainingOptions, estimate_memory
-from sim.training.steady import simulate_training
+from sim.training.steady import simulate_training, simulated_microbatches
 from sim.units import parse_int_list
 
 _INT_FLAGS = ("tp", "pp", "vpp", "dp", "ep", "cp", "mbs", "gbs", "seq", "zero", "seed")
@@ -210,13 +210,14 @@ def run(args: argparse.Namespace) -> int:
             plan = replace(plan, attention_impl=args.attention_impl)
     check_ranks(system.num_devices, f"{system.num_devices:,} devices", "pass fewer --nodes")
     plan = validate_plan(spec, plan, system.num_devices)
+    exact = bool(args.exact or args.trace or args.timeline)
     check_train_work(
         system.num_devices,
         plan.pp,
-        microbatches(plan),
+        simulated_microbatches(plan, exact, args.full_ranks),
         spec.layers,
         args.full_ranks,
-        exact=bool(args.exact or args.trace or args.timeline),
+        exact=exact,
         vpp=plan.vpp,
     )
     if extra["recompute"] == "auto":

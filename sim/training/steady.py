@@ -36,7 +36,22 @@ def steady_counts(plan: ParallelPlan) -> tuple[int, int]:
     forwards, i.e. under 2·pp micro-batches' worth) and a multiple of pp keeps the
     interleaved schedule's divisibility rule.
     """
+    if plan.pp == 1:
+        # No pipeline: every micro-batch repeats the same forward and backward; two
+        # counts two apart (even/odd bucketing effects cancel) fix the slope.
+        return 2, 4
     return 2 * plan.pp, 3 * plan.pp
+
+
+def simulated_microbatches(plan: ParallelPlan, exact: bool = False, full_ranks: bool = False
+                           ) -> int:
+    """Micro-batches the engine will run for this (validated) plan: all of them on the
+    exact path, else those of the two steady-state runs."""
+    m = microbatches(plan)
+    m1, m2 = steady_counts(plan)
+    if exact or full_ranks or m <= m2 + plan.pp:
+        return m
+    return m1 + m2
 
 
 def simulate_training(
@@ -50,7 +65,7 @@ def simulate_training(
     full = validate_plan(spec, plan, system.num_devices)
     m = microbatches(full)
     m1, m2 = steady_counts(full)
-    if options.exact or options.full_ranks or full.pp == 1 or m <= m2 + full.pp:
+    if simulated_microbatches(full, options.exact, options.full_ranks) == m:
         return simulate_exact(spec, system, plan, options)
     per_mb = full.mbs * full.dp
     r1 = simulate_exact(spec, system, replace(full, gbs=m1 * per_mb), options)

@@ -140,7 +140,7 @@ def build(
     if kind in _A2A_KINDS:
         return _all_to_all(algorithm, topo, members, nbytes)
     if algorithm == "ring":
-        return _ring_kind(kind, members, nbytes)
+        return _ring_kind(kind, members, nbytes, _ring_orders(topo, members))
     if algorithm == "nvls":
         return [_nvls_phase(topo, [members], nbytes)]
     if algorithm in ("nvls_tree", "collnet") or (
@@ -163,13 +163,41 @@ def ring_flows(members: list[int], nbytes: float, closed: bool = True) -> tuple[
     return tuple((members[i], members[(i + 1) % m], nbytes) for i in range(last) if m > 1)
 
 
-def _ring_kind(kind: CollectiveKind, members: list[int], s: float) -> list[Phase]:
+def _ring_orders(topo: Topology, members: list[int]) -> list[list[int]]:
+    """The rings a ring collective runs, each carrying an equal share of the buffer.
+
+    One ring in device order, except on a group spanning nodes with k > 1 members on
+    every node at the same local indices: there NCCL runs one ring per channel and
+    spreads the channels over the node's NICs (graph/search.cc: each channel's ring
+    enters and leaves a node through a different NIC), so ring j visits each node's
+    members rotated by j and crosses to the next node from rail j-1 to rail j. Each
+    NIC then carries 1/k of the inter-node bytes, as nccl-tests shows multi-node
+    ring busbw near k x the NIC rate (validation_corpus N12: 381.8 GB/s on 4 x 8 B200
+    with 8 x 50 GB/s EFA per node). A single device-order ring would push every
+    inter-node byte through one NIC per node.
+    """
+    nodes = list(layout(topo, tuple(members)).values())
+    k = len(nodes[0])
+    if len(nodes) < 2 or k < 2 or not is_homogeneous(topo, tuple(members)):
+        return [members]
+    return [[d for ds in nodes for d in ds[j:] + ds[:j]] for j in range(k)]
+
+
+def _ring_kind(
+    kind: CollectiveKind, members: list[int], s: float, rings: list[list[int]] | None = None
+) -> list[Phase]:
     n = len(members)
+    rings = rings or [members]
+    c = len(rings)
+
+    def flows(per_ring_bytes: float, closed: bool = True) -> tuple[Flow, ...]:
+        return tuple(f for r in rings for f in ring_flows(r, per_ring_bytes / c, closed))
+
     if kind == CollectiveKind.ALL_REDUCE:
-        return [Phase("ring all-reduce", 2 * (n - 1), ring_flows(members, 2 * (n - 1) / n * s))]
+        return [Phase("ring all-reduce", 2 * (n - 1), flows(2 * (n - 1) / n * s))]
     if kind == CollectiveKind.BROADCAST:
-        return [Phase("chain broadcast", n - 1, ring_flows(members, s, closed=False))]
-    return [Phase(f"ring {kind}", n - 1, ring_flows(members, (n - 1) / n * s))]
+        return [Phase("chain broadcast", n - 1, flows(s, closed=False))]
+    return [Phase(f"ring {kind}", n - 1, flows((n - 1) / n * s))]
 
 
 def _direct_kind(kind: CollectiveKind, members: list[int], s: float) -> list[Phase]:

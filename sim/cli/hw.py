@@ -105,8 +105,30 @@ def cmd_show(args: argparse.Namespace) -> int:
         emit_json({"kind": kind, "profile": spec})
         return 0
     for key, value in _flatten(spec).items():
-        print(f"{key:45s} {value}")
+        print(f"{key:45s} {human_value(key, value)}")
     return 0
+
+
+def human_value(key: str, value: Any) -> str:
+    """A profile field in its unit, as 'hw list' prints figures (SI values stay in --json)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    leaf = key.rsplit(".", 1)[-1]
+    if "_peak." in key or key.endswith("_peak"):
+        return fmt_si(value, "FLOP/s")
+    if "bandwidth" in leaf:
+        return fmt_si(value, "B/s")
+    if "capacity" in leaf or leaf.endswith("_bytes"):
+        return fmt_bytes(value)
+    if leaf.endswith("_hz"):
+        return fmt_si(value, "Hz")
+    if leaf.endswith("_flops"):
+        return fmt_si(value, "FLOP")
+    if leaf.endswith("_s") or leaf == "latency":
+        return fmt_si(value, "s")
+    if leaf.endswith("_watts"):
+        return f"{value:g} W"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
@@ -144,7 +166,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
     if args.json:
         emit_json({"a": args.a, "b": args.b, "differences": rows})
         return 0
-    print(table([[r["field"], r["a"], r["b"],
+    print(table([[r["field"], human_value(r["field"], r["a"]), human_value(r["field"], r["b"]),
                   "-" if r["ratio_b_over_a"] is None else f"{r['ratio_b_over_a']:.3g}x"]
                  for r in rows], ["field", args.a, args.b, "b/a"]))
     return 0

@@ -46,7 +46,8 @@ def throughput_vs_total(rows: list[dict[str, Any]], path: Path) -> Path:
         label="simulated (blue MLA, orange GQA)",
     )
     ax.set_xlabel("total parameters (B)")
-    ax.set_ylabel("training throughput (tokens/s)")
+    ax.set_ylabel("training throughput (tokens/s, log scale)")
+    ax.set_title("Simulated throughput of each candidate vs its size")
     ax.set_yscale("log")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
@@ -67,7 +68,7 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 def pareto_throughput_activated(rows: list[dict[str, Any]], path: Path) -> Path:
     """Throughput vs activated parameters; the front maximises both (capacity per token and speed)."""
     sim = _ok(rows)
-    pts = [(r["activated_params"] / 1e9, r["tokens_per_s"]) for r in sim]
+    pts = [(r["activated_params"] / 1e9, r["tokens_per_s"] / 1e6) for r in sim]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=20, c="tab:gray", label="simulated")
     front = pareto_front(pts)
@@ -81,7 +82,8 @@ def pareto_throughput_activated(rows: list[dict[str, Any]], path: Path) -> Path:
     for i in front:
         ax.annotate(sim[i]["name"], pts[i], fontsize=5, xytext=(3, 3), textcoords="offset points")
     ax.set_xlabel("activated parameters per token (B)")
-    ax.set_ylabel("training throughput (tokens/s)")
+    ax.set_ylabel("training throughput (million tokens/s)")
+    ax.set_title("Pareto front: throughput vs activated parameters")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return _save(fig, path)
@@ -110,7 +112,8 @@ def heatmap(rows: list[dict[str, Any]], x: str, y: str, metric: str, path: Path)
     ax.set_xlabel(x)
     ax.set_ylabel(y)
     fig.colorbar(im, ax=ax, label=f"best simulated {METRIC_LABELS.get(key, key)}")
-    ax.set_title("blank: no simulated candidate in the cell", fontsize=8)
+    ax.set_title(f"Best simulated {METRIC_LABELS.get(key, key)} by {x} and {y}\n"
+                 "(blank: no simulated candidate in the cell)", fontsize=9)
     return _save(fig, path)
 
 
@@ -135,6 +138,7 @@ def tornado(rows: list[dict[str, Any]], metric: str, base: float, path: Path) ->
     )
     ax.axvline(0, color="k", lw=0.8)
     ax.set_xlabel(f"relative change of {metric} (blue: lowest, red: highest value)")
+    ax.set_title(f"What-if sensitivity of {metric} (base {base:,.4g})")
     ax.grid(axis="x", alpha=0.3)
     return _save(fig, path)
 

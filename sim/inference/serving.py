@@ -28,6 +28,7 @@ import bisect
 import csv
 import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -216,6 +217,7 @@ class StepCosts:
     ) -> None:
         self.target, self.draft, self.gamma = target, draft, gamma
         self.exact = exact  # price every step shape by a full engine run (the reference)
+        self._steppers: dict[tuple[int, bool], Callable[[float], float]] = {}
 
     def _time(self, sim: StepSimulator, batch: StepBatch, host: bool = True) -> float:
         """A step's time: ``StepSimulator.time_s`` (the same sum without building the
@@ -228,6 +230,49 @@ class StepCosts:
         x0, x1 = CONTEXT_GRID[i], CONTEXT_GRID[i + 1]
         y0, y1 = fn(x0), fn(x1)
         return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+
+    def _interp_fn(self, fn) -> Callable[[float], float]:
+        """``lambda x: self._interp(fn, x)`` with each grid segment's end points priced
+        once (the same arithmetic, without pricing two grid points per call)."""
+        ends: dict[int, tuple[float, float, float, float]] = {}
+        last = len(CONTEXT_GRID) - 2
+
+        def at(x: float) -> float:
+            i = min(max(bisect.bisect_right(CONTEXT_GRID, x) - 1, 0), last)
+            e = ends.get(i)
+            if e is None:
+                x0, x1 = CONTEXT_GRID[i], CONTEXT_GRID[i + 1]
+                e = ends[i] = (x0, x1, fn(x0), fn(x1))
+            x0, x1, y0, y1 = e
+            return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+
+        return at
+
+    def decode_stepper(self, batch: int, mixed: bool) -> Callable[[float], float]:
+        """The time of a plain decode step of ``batch`` requests as a function of their
+        mean context: ``decode(batch, c)``, or with ``mixed`` the in-flight-batching
+        iteration with no prompt chunk, ``mixed(batch, c, [], batch, 0)``. Kept per
+        batch: a run of identical decode steps prices each step through it."""
+        key = (batch, mixed)
+        fn = self._steppers.get(key)
+        if fn is not None:
+            return fn
+        if not mixed:
+            fn = self._interp_fn(
+                lambda c: self._time(self.target, StepBatch(batch, 1, c, "decode")))
+        else:
+            assert self.draft is None  # an SD round is priced by sd_round, step by step
+            engine = self.target.engine
+            device = self._interp_fn(lambda c: self._device(StepBatch(batch, 1, c, "decode")))
+            before = engine.step_host_time(batch) + engine.request_time(0)
+            after = engine.sampling_time(batch)
+            step_time = engine.step_time
+
+            def fn(c: float) -> float:
+                return step_time(device(c), before, after)
+
+        self._steppers[key] = fn
+        return fn
 
     def decode(self, batch: int, context: float) -> float:
         return self._interp(
@@ -543,8 +588,7 @@ class Server:
             else:
                 k = 1 if preempted else self._run_length(running, waiting, step_tokens)
                 now, steps = self._decode_run(
-                    running, waiting, arrivals, now, k,
-                    lambda c, b=batch: self.costs.decode(b, c),
+                    running, waiting, arrivals, now, k, self.costs.decode_stepper(batch, False)
                 )
             stats["steps"] += steps
             stats["batch_sum"] += batch * steps
@@ -628,8 +672,7 @@ class Server:
                 # Only decodes: a run of identical steps until something changes.
                 k = self._run_length(running, waiting, step_tokens)
                 now, steps = self._decode_run(
-                    running, waiting, arrivals, now, k,
-                    lambda c, b=batch: self.costs.mixed(b, c, [], b, 0),
+                    running, waiting, arrivals, now, k, self.costs.decode_stepper(batch, True)
                 )
                 stats["steps"] += steps
                 stats["batch_sum"] += batch * steps

@@ -87,6 +87,9 @@ class Chunk:
     expert_params: float
     act_bytes: float  # alive per in-flight micro-batch
     input_bytes: float  # the chunk's input activation (what is sent between stages)
+    # (dense, expert) parameters of each slot, in slot order: ZeRO-3 gathers and
+    # reduce-scatters them one slot (layer) at a time, as FSDP does.
+    slot_params: list[tuple[float, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -162,16 +165,18 @@ def build_chunks(
         if v == last_v:
             work.append(("head", L.head_items(ctx)))
         dense = expert = act = 0.0
+        per_slot = []
         for name, items in work:
             d, e = L.weight_params(items)
-            dense += d
-            expert += e
             if name == "embedding" or any(
                 isinstance(it, L.Comp) and it.op.kind == OpKind.EMBEDDING for it in items
             ):
-                dense += spec.vocab / plan.tp * spec.hidden
+                d += spec.vocab / plan.tp * spec.hidden
+            dense += d
+            expert += e
+            per_slot.append((d, e))
             act += L.activation_bytes(items, plan.recompute, plan.recompute_modules, input_bytes)
-        chunks.append(Chunk(v, work, dense, expert, act, input_bytes))
+        chunks.append(Chunk(v, work, dense, expert, act, input_bytes, per_slot))
     return chunks
 
 
@@ -292,7 +297,7 @@ def _segments(
             if tag == "join":
                 join = (it[1],)
                 continue
-            op, waits = it[1], (it[2],)
+            op, waits = it[1], (it[2] if isinstance(it[2], tuple) else (it[2],))
         elif isinstance(it, L.Comm):
             out.append(Segment(phase, slot, comm=it))
             continue
@@ -326,22 +331,108 @@ def host_bound(segs: list[Segment], pricer: Pricer, by_kind: dict[str, list[floa
                 by_kind.setdefault(f"{seg.phase}:host", [0.0, 0.0])[0] += exposed
 
 
+FSDP_KEY = 1 << 20  # keys of the ZeRO-3 per-slot collectives (above tp_overlap's)
+
+
+def fsdp_comms(
+    chunk: Chunk, i: int, kind: CollectiveKind, bytes_per_param: float
+) -> list[L.Comm]:
+    """ZeRO-3 collectives of slot ``i``: dense parameters over the dense-DP group,
+    expert parameters over the expert-DP group (one collective per parameter class)."""
+    d, e = chunk.slot_params[i]
+    what = "param_ag" if kind == CollectiveKind.ALL_GATHER else "grad_rs"
+    return [
+        L.Comm(f"fsdp.{what}.{name}", kind, p * bytes_per_param, group)
+        for name, p, group in (("dense", d, "dp_dense"), ("expert", e, "dp_expert"))
+        if p > 0
+    ]
+
+
+def _fsdp_items(
+    chunk: Chunk, plan: ParallelPlan, counter: list[int], i: int, kind: CollectiveKind
+) -> tuple[list, tuple[int, ...]]:
+    """Slot ``i``'s ZeRO-3 collectives as items: asynchronous (comm stream, keyed) when
+    the plan overlaps DP traffic, else blocking on the compute stream."""
+    nbytes = dtype_bytes(plan.dtype if kind == CollectiveKind.ALL_GATHER else plan.grad_reduce_dtype)
+    comms = fsdp_comms(chunk, i, kind, nbytes)
+    if not plan.overlap_dp:
+        return comms, ()
+    keys = []
+    out: list = []
+    for c in comms:
+        counter[1] += 1
+        keys.append(FSDP_KEY + counter[1])
+        out.append(("async", c, keys[-1]))
+    return out, tuple(keys)
+
+
+def _waiting(items: list, keys: tuple[int, ...]) -> tuple[list, tuple[int, ...]]:
+    """``items`` with their first compute op waiting for the collectives ``keys``, and
+    the keys still to wait for (all of them when ``items`` has no compute op)."""
+    if not keys:
+        return items, ()
+    out = list(items)
+    for j, it in enumerate(out):
+        if isinstance(it, (tuple, L.Comm)):
+            continue
+        op = it.op if isinstance(it, L.Comp) else it
+        out[j] = ("wait", op, keys)
+        return out, ()
+    return out, keys
+
+
 def unit_segments(
     chunk: Chunk, kind: str, plan: ParallelPlan, pricer: Pricer, by_kind: dict[str, list[float]]
 ) -> list[Segment]:
+    """The segments of one forward (F) or backward (B) of a chunk.
+
+    ZeRO-3 (FSDP) gathers each slot's parameters just before it runs and, in backward,
+    reduce-scatters its gradients as soon as its backward ends (torchtitan applies
+    ``fully_shard`` per transformer block; Megatron-FSDP and DeepSpeed ZeRO-3 also
+    fetch per module). With ``overlap_dp`` the collectives run on the comm stream and
+    slot i+1's all-gather is issued before slot i computes (FSDP2's implicit forward
+    prefetch and explicit backward prefetch of one block; Zhao et al., VLDB 2023 s3.3),
+    so only the first gather and the last reduce-scatter are necessarily exposed.
+    """
     segs: list[Segment] = []
-    counter = [0]
+    counter = [0, 0]
+    fsdp = plan.zero == 3 and bool(chunk.slot_params)
+    ag = CollectiveKind.ALL_GATHER
+    n = len(chunk.slots)
     if kind == "F":
-        for slot, items in chunk.slots:
-            _segments(tp_overlap(items, plan, counter), "fwd", slot, pricer, by_kind, segs)
+        pending: dict[int, tuple[int, ...]] = {}
+        if fsdp:
+            items, pending[0] = _fsdp_items(chunk, plan, counter, 0, ag)
+            _segments(items, "fwd", chunk.slots[0][0], pricer, by_kind, segs)
+        for i, (slot, items) in enumerate(chunk.slots):
+            if fsdp and i + 1 < n:  # prefetch the next slot while this one computes
+                pre, pending[i + 1] = _fsdp_items(chunk, plan, counter, i + 1, ag)
+                _segments(pre, "fwd", slot, pricer, by_kind, segs)
+            items, _ = _waiting(tp_overlap(items, plan, counter), pending.pop(i, ()))
+            _segments(items, "fwd", slot, pricer, by_kind, segs)
         host_bound(segs, pricer, by_kind)
         return segs
-    for slot, items in reversed(chunk.slots):
+    order = list(reversed(range(n)))
+    pending_b: dict[int, tuple[int, ...]] = {}
+    if fsdp:
+        items, pending_b[order[0]] = _fsdp_items(chunk, plan, counter, order[0], ag)
+        _segments(items, "bwd", chunk.slots[order[0]][0], pricer, by_kind, segs)
+    for pos, i in enumerate(order):
+        slot, items = chunk.slots[i]
+        keys = pending_b.pop(i, ())
+        if fsdp and pos + 1 < n:
+            j = order[pos + 1]
+            pre, pending_b[j] = _fsdp_items(chunk, plan, counter, j, ag)
+            _segments(pre, "bwd", slot, pricer, by_kind, segs)
         if slot not in ("embedding", "head"):
             redo = L.recompute_items(items, plan.recompute, plan.recompute_modules)
-            _segments(tp_overlap(redo, plan, counter), "recompute", slot, pricer, by_kind, segs)
-        bwd = L.backward_items(items, plan.sequence_parallel)
-        _segments(tp_overlap(bwd, plan, counter), "bwd", slot, pricer, by_kind, segs)
+            redo, keys = _waiting(tp_overlap(redo, plan, counter), keys)
+            _segments(redo, "recompute", slot, pricer, by_kind, segs)
+        bwd, _ = _waiting(tp_overlap(L.backward_items(items, plan.sequence_parallel), plan, counter), keys)
+        _segments(bwd, "bwd", slot, pricer, by_kind, segs)
+        if fsdp:
+            rs, _ = _fsdp_items(chunk, plan, counter, i, CollectiveKind.REDUCE_SCATTER)
+            _segments(rs, "bwd", slot, pricer, by_kind, segs)
     accum = grad_accum_bytes_per_param(plan) * (chunk.dense_params + chunk.expert_params)
     if accum:
         # One add per parameter tensor in Megatron's hook; a single memory-bound op here.
@@ -407,7 +498,7 @@ class Emitter:
         if solo is not None:
             return self.graph.add(solo[0], stream, deps, solo[1])
         c = seg.comm
-        label = c.group.split("_")[0] if c.group.startswith("ep") else c.group
+        label = c.group.split("_")[0] if c.group.startswith(("ep", "dp")) else c.group
         group = self.groups[c.group]
         if self.solo(group):
             coll = Collective(c.name, c.kind, group, c.nbytes, c.algorithm)
@@ -543,16 +634,6 @@ def lower_rank(
             if unit.kind == "F" and unit.chunk not in seen_first_f:
                 seen_first_f.add(unit.chunk)
                 deps += param_ag.get(unit.chunk, [])
-            if plan.zero == 3:
-                deps += _param_gather(
-                    em,
-                    ch,
-                    unit.chunk,
-                    b,
-                    Stream.COMM if plan.overlap_dp else Stream.COMPUTE,
-                    [],
-                    tag=1000 + tag,
-                )
             src = v - 1 if unit.kind == "F" else v + 1
             if 0 <= src < nv:
                 peer = layout.rank(_with_pp(layout, rp.rank, src % plan.pp))
@@ -587,9 +668,9 @@ def lower_rank(
                     "pp",
                     _p2p_tag(plan, unit.microbatch, dst),
                 )
-            if unit.kind == "B" and (
-                plan.zero == 3 or index[id(unit)] == last_b_of_chunk[unit.chunk]
-            ):
+            if unit.kind == "B" and plan.zero == 3:
+                dp_tasks.append(last)  # the unit ends with its last slot's reduce-scatter
+            elif unit.kind == "B" and index[id(unit)] == last_b_of_chunk[unit.chunk]:
                 stream = Stream.COMM if plan.overlap_dp else Stream.COMPUTE
                 dp_tasks += _grad_reduce(
                     em,
@@ -598,7 +679,7 @@ def lower_rank(
                     gb,
                     stream,
                     [last],
-                    tag=unit.microbatch if plan.zero == 3 else 0,
+                    tag=0,
                 )
             if (
                 unit.kind == "B"

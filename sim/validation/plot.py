@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from sim.validation.runner import RowResult
@@ -38,6 +39,16 @@ def scatter(results: list[RowResult], path: str | Path, title: str) -> Path:
         ax.set_ylim(lo, hi)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    from matplotlib.ticker import FuncFormatter
+
+    # Plain numbers at 1, 2, 5 x 10^k: a narrow range gets readable labels, not 3x10^1.
+    def label(v: float, _pos: int) -> str:
+        lead = round(v / 10 ** math.floor(math.log10(v))) if v > 0 else 0
+        return f"{v:g}" if lead in (1, 2, 5) else ""
+
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter(FuncFormatter(label))
+        axis.set_minor_formatter(FuncFormatter(label))
     ax.set_xlabel("measured (row's unit: TFLOP/s, GB/s, tokens/s, ms, x)")
     ax.set_ylabel("predicted (same unit)")
     ax.set_title(title)

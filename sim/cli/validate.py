@@ -10,6 +10,7 @@ measuring.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from sim.errors import InputError
@@ -193,7 +194,8 @@ def run_published(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         raise InputError(f"--jobs must be >= 1, got {args.jobs}")
     rows = report.select_rows(_split(args.category), _split(args.rows))
-    payload = report.published_payload(rows, args.jobs)
+    progress = not args.json and sys.stderr.isatty()
+    payload = report.published_payload(rows, args.jobs, progress)
     results = payload.pop("_results")
     written = []
     if args.csv:

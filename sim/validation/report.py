@@ -31,8 +31,8 @@ def select_rows(categories: list[str] | None, ids: list[str] | None) -> list[Row
     return rows
 
 
-def published_payload(rows: list[Row], jobs: int) -> dict[str, Any]:
-    results = run_rows(rows, jobs)
+def published_payload(rows: list[Row], jobs: int, progress: bool = False) -> dict[str, Any]:
+    results = run_rows(rows, jobs, progress)
     return {
         "rows": [r.as_dict() for r in results],
         "summary": summarize(results),

@@ -135,10 +135,23 @@ def _warm_imports() -> None:
     import sim.cli.main  # noqa: F401
 
 
-def run_rows(rows: list[Row], jobs: int = 1) -> list[RowResult]:
+def run_rows(rows: list[Row], jobs: int = 1, progress: bool = False) -> list[RowResult]:
     """Results in row order; ``jobs`` > 1 spreads rows over worker processes (the
-    results are identical: every row is deterministic and independent)."""
-    if jobs <= 1 or len(rows) <= 1:
-        return [run_row(r) for r in rows]
-    with ProcessPoolExecutor(max_workers=jobs, initializer=_warm_imports) as pool:
-        return list(pool.map(run_row, rows, chunksize=1))
+    results are identical: every row is deterministic and independent). ``progress``
+    draws a bar on stderr."""
+    from tqdm import tqdm
+
+    with tqdm(total=len(rows), desc="validate", unit="row", disable=not progress,
+              leave=False) as bar:
+        if jobs <= 1 or len(rows) <= 1:
+            out = []
+            for r in rows:
+                out.append(run_row(r))
+                bar.update(1)
+            return out
+        with ProcessPoolExecutor(max_workers=jobs, initializer=_warm_imports) as pool:
+            out = []
+            for result in pool.map(run_row, rows, chunksize=1):
+                out.append(result)
+                bar.update(1)
+            return out

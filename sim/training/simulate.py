@@ -295,6 +295,24 @@ def stage_stats(sim: SimResult, rank: int, stage: int) -> StageStats:
     return StageStats(stage, rank, busy, bubble, blocking + exposed_async, work)
 
 
+_COMM_FN: list = []  # [(system, comm_time)] of the last system simulated
+
+
+def _comm_time_for(system: System):
+    """The network's collective pricing for ``system``, memoised across the steps
+    simulated on the same System object (the steady-state path runs two, a study many):
+    ``comm_time_fn`` caches per (kind, group, bytes, algorithm), a pure function of the
+    frozen System, so reusing it changes no result, only how often a collective is
+    costed. Keyed by identity: a what-if's ``replace(system, ...)`` is a new object."""
+    if _COMM_FN and _COMM_FN[0][0] is system:
+        return _COMM_FN[0][1]
+    from sim.network import comm_time_fn
+
+    fn = comm_time_fn(system)
+    _COMM_FN[:] = [(system, fn)]
+    return fn
+
+
 def simulate_exact(
     spec: ModelSpec, system: System, plan: ParallelPlan, options: TrainingOptions | None = None
 ) -> TrainingResult:
@@ -322,9 +340,7 @@ def simulate_exact(
         options.sensitivity.wrap(lambda op: cost.time(op).time_s),
         framework_profile(plan.framework).host_op_s,
     )
-    from sim.network import comm_time_fn
-
-    comm_time = comm_time_fn(system)
+    comm_time = _comm_time_for(system)
     simulated = frozenset(rp.rank for rp in rps)
     graphs = []
     per_rank_kind: dict[int, dict[str, list[float]]] = {}

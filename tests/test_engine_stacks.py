@@ -96,3 +96,27 @@ def test_mixed_batching_shares_the_token_budget():
     result = _serve("trtllm-0.10")
     assert result.prefill_steps >= 2
     assert result.steps < result.prefill_steps + 16 + 2
+
+
+def test_per_request_host_work_is_paid_once_per_request():
+    # trtllm-0.10 (serial host): request_overhead_s is charged once when a request is
+    # admitted, so with every request queued at t~0 (same admissions, same steps) the
+    # run is longer by exactly n x request_overhead x host_scale.
+    from dataclasses import replace
+
+    from sim.inference.serving import LengthDist
+
+    def run(engine: EngineProfile):
+        sim = StepSimulator(load_model("qwen2-0.5b"), load_system("dgx-a100"), ParallelPlan(1),
+                            engine)
+        reqs = make_requests(Workload(40, 1e9, LengthDist("const", 64), LengthDist("const", 16)))
+        server = Server(StepCosts(sim), 1e6, engine.max_num_seqs, engine.max_batched_tokens)
+        result = server.run(reqs)
+        return max(r.finish_s for r in result.requests), result.steps, sim.engine.host_scale
+
+    base = load_engine("trtllm-0.10")
+    assert base.request_overhead_s == pytest.approx(6.2e-3)  # fit: I9 (docs/inference.md)
+    with_r, steps_r, scale = run(base)
+    without, steps_0, _ = run(replace(base, request_overhead_s=0.0))
+    assert steps_r == steps_0
+    assert with_r - without == pytest.approx(40 * 6.2e-3 * scale, rel=1e-9)

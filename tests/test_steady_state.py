@@ -74,3 +74,5 @@ def test_exact_option_keeps_records():
 def test_steady_counts_are_past_the_warmup_and_multiples_of_pp():
     m1, m2 = steady_counts(ParallelPlan(pp=8, vpp=4))
     assert m1 >= 2 * 8 - 1 and m2 > m1 and m1 % 8 == 0 and m2 % 8 == 0
+    m1, m2 = steady_counts(ParallelPlan(pp=8))
+    assert m1 >= 8 - 1 and m2 > m1

@@ -8,8 +8,8 @@ lowered to the same ops, the step time — and every per-step sum the result rep
 the micro-batch count m once m is past the warm-up: X(m) = a + b·m.
 
 So the step is simulated in full, by the same discrete-event engine, at two
-micro-batch counts m1 = 2·pp·c and m2 = 3·pp·c (c = 1, or the interleaved schedule's
-chunk period), both past the warm-up of every stage, and the requested m is reached by
+micro-batch counts past the warm-up of every stage (``steady_counts``: pp and 2·pp for
+1F1B, 2·pp and 3·pp for the interleaved schedule), and the requested m is reached by
 extending the steady state: X(m) = X(m2) + (m − m2)·(X(m2) − X(m1)) / (m2 − m1).
 Overlap, bubbles and exposed communication still come from the schedule; only the
 repetition of identical periods is not simulated again. ``exact=True`` simulates all m
@@ -31,16 +31,17 @@ from sim.training.simulate import StageStats, TrainingOptions, TrainingResult, s
 def steady_counts(plan: ParallelPlan) -> tuple[int, int]:
     """(m1, m2): two micro-batch counts in the affine regime of this plan's schedule.
 
-    2·pp micro-batches fill every stage's warm-up (1F1B warms up with at most pp - 1
-    forwards; the interleaved schedule with at most 2·(pp - 1) + (vpp - 1)·pp chunk
-    forwards, i.e. under 2·pp micro-batches' worth) and a multiple of pp keeps the
-    interleaved schedule's divisibility rule.
+    1F1B warms up with at most pp - 1 forwards, so pp micro-batches already reach the
+    steady state and pp more fix its period. The interleaved schedule warms up with up
+    to 2·(pp - 1) + (vpp - 1)·pp chunk forwards (under 2·pp micro-batches' worth), so it
+    starts at 2·pp; multiples of pp keep its divisibility rule. Without a pipeline every
+    micro-batch repeats; two counts two apart cancel even/odd bucketing effects.
     """
     if plan.pp == 1:
-        # No pipeline: every micro-batch repeats the same forward and backward; two
-        # counts two apart (even/odd bucketing effects cancel) fix the slope.
         return 2, 4
-    return 2 * plan.pp, 3 * plan.pp
+    if plan.interleaved:
+        return 2 * plan.pp, 3 * plan.pp
+    return plan.pp, 2 * plan.pp
 
 
 def simulated_microbatches(plan: ParallelPlan, exact: bool = False, full_ranks: bool = False

@@ -130,6 +130,15 @@ def run_row(row: Row) -> RowResult:
     )
 
 
+def expected_cost(row: Row) -> float:
+    """A rough rank of how long a row's command takes (scheduling only)."""
+    if row.command == "train":
+        return 1e9 + float(row.args.get("pp", 1))
+    if row.command == "infer" and row.args.get("serve"):
+        return 1e6 + float(row.args.get("output-len", 1)) * float(row.args.get("requests", 1))
+    return 1.0
+
+
 def _warm_imports() -> None:
     # Each worker imports the CLI modules once, not once per row.
     import sim.cli.main  # noqa: F401
@@ -149,9 +158,13 @@ def run_rows(rows: list[Row], jobs: int = 1, progress: bool = False) -> list[Row
                 out.append(run_row(r))
                 bar.update(1)
             return out
+        # Longest rows first (training steps, then serving runs), so no worker is left
+        # with a long row at the end; results go back to row order.
+        order = sorted(range(len(rows)), key=lambda i: -expected_cost(rows[i]))
+        results: list[RowResult | None] = [None] * len(rows)
         with ProcessPoolExecutor(max_workers=jobs, initializer=_warm_imports) as pool:
-            out = []
-            for result in pool.map(run_row, rows, chunksize=1):
-                out.append(result)
+            for i, result in zip(order, pool.map(run_row, [rows[i] for i in order],
+                                                 chunksize=1), strict=True):
+                results[i] = result
                 bar.update(1)
-            return out
+        return [r for r in results if r is not None]

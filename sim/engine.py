@@ -70,6 +70,19 @@ class SimResult:
         return intervals_length(comm) - overlap_length(comm, compute)
 
 
+def merge_interval(iv: list[float], start: float, stop: float) -> None:
+    """Add [start, stop) to a flat, time-ordered list of busy intervals (s0, e0, s1, ...),
+    extending the last one when they touch or overlap."""
+    if stop <= start:
+        return
+    if iv and start <= iv[-1]:
+        if stop > iv[-1]:
+            iv[-1] = stop
+    else:
+        iv.append(start)
+        iv.append(stop)
+
+
 def union_intervals(intervals: list[tuple[float, float]]) -> list[tuple[float, float]]:
     """Sorted, disjoint union of ``(start, end)`` intervals; empty ones are dropped."""
     merged: list[list[float]] = []
@@ -216,6 +229,7 @@ class Engine:
                     end[tid] = stop
                     slot = slot_of[tid]
                     busy[slot] += stop - start
+                    # merge_interval, inlined: this is the engine's hot loop.
                     if stop > start:
                         iv = ivs[slot]
                         if iv and start <= iv[-1]:
@@ -256,14 +270,7 @@ class Engine:
                     mg[2][mtid] = t1
                     slot = mg[4][mtid]
                     mg[6][slot] += t1 - t0
-                    if t1 > t0:
-                        iv = mg[7][slot]
-                        if iv and t0 <= iv[-1]:
-                            if t1 > iv[-1]:
-                                iv[-1] = t1
-                        else:
-                            iv.append(t0)
-                            iv.append(t1)
+                    merge_interval(mg[7][slot], t0, t1)
                     if mg[8] is not None:
                         mg[8][mtid] = t0
                     w = mg[3][mtid]

@@ -17,7 +17,7 @@ from hwprofiles.spec import System
 from sim.models.counting import flops_per_token, model_flops_per_token, weight_bytes
 from sim.models.hf_config import load_model
 from sim.models.spec import ModelSpec
-from sim.validation.metrics import attention_paper_flops, elementwise_bytes, gemm_flops
+from sim.validation.metrics import elementwise_bytes, op_row_flops
 
 Payload = dict[str, Any]
 
@@ -58,12 +58,7 @@ def _op(args: dict[str, Any], p: Payload) -> Payload:
     dtype = str(args.get("dtype", p.get("dtype", "bf16")))
     if kind == "elementwise":
         return {**p, "time_s": elementwise_bytes(args) / device.hbm_bandwidth}
-    if kind == "gemm":
-        flops = gemm_flops(args)
-    elif kind == "attention":
-        flops = attention_paper_flops(args)
-    else:
-        flops = float(p["flops"])
+    flops = op_row_flops(args, p)
     peak = device.peak_for("matrix", dtype)
     hbm = float(p.get("bytes", {}).get("hbm", 0.0))
     return {**p, "time_s": max(flops / peak, hbm / device.hbm_bandwidth)}

@@ -71,15 +71,19 @@ def six_n_attention_flops_per_token(args: dict[str, Any]) -> float:
     return 6.0 * param_counts(spec).total + 12.0 * spec.layers * spec.hidden * seq
 
 
-def _op_tflops(args: dict[str, Any], p: Payload) -> float:
+def op_row_flops(args: dict[str, Any], p: Payload) -> float:
+    """The FLOPs the published figure counts: 2mnk for a GEMM, the FlashAttention papers'
+    count for attention, else what the op itself counts."""
     kind = args["kind"]
     if kind == "gemm":
-        flops = gemm_flops(args)
-    elif kind == "attention":
-        flops = attention_paper_flops(args)
-    else:
-        flops = float(p["flops"])
-    return flops / p["time_s"] / 1e12
+        return gemm_flops(args)
+    if kind == "attention":
+        return attention_paper_flops(args)
+    return float(p["flops"])
+
+
+def _op_tflops(args: dict[str, Any], p: Payload) -> float:
+    return op_row_flops(args, p) / p["time_s"] / 1e12
 
 
 def _op_gbps(args: dict[str, Any], p: Payload) -> float:

@@ -35,5 +35,5 @@ xpusim validate --device cpu --calibration "$OUT/overlay.toml" \
 # 3. Docs: the scatter plot and the error table.
 mkdir -p docs/img
 cp "$OUT/validation/validation.png" docs/img/calibration_cpu_scatter.png
-python -m calibrate.docs_table "$OUT/validation/validation.json" docs/calibration.md
+python -m xpusim.calibrate.docs_table "$OUT/validation/validation.json" docs/calibration.md
 echo "updated $OUT, docs/img/calibration_cpu_scatter.png and docs/calibration.md"

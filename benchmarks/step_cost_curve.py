@@ -17,11 +17,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hwprofiles import load_system  # noqa: E402
-from sim.models.hf_config import load_model  # noqa: E402
-from sim.parallel import ParallelPlan  # noqa: E402
-from sim.training.simulate import TrainingOptions  # noqa: E402
-from sim.training.steady import simulate_training  # noqa: E402
+from xpusim.hwprofiles import load_system  # noqa: E402
+from xpusim.sim.models.hf_config import load_model  # noqa: E402
+from xpusim.sim.parallel import ParallelPlan  # noqa: E402
+from xpusim.sim.training.simulate import TrainingOptions  # noqa: E402
+from xpusim.sim.training.steady import simulate_training  # noqa: E402
 
 
 def cpu_s(spec, system, plan, exact: bool) -> tuple[float, float, int]:

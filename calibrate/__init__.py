@@ -8,3 +8,12 @@ the IR the simulator prices; ``fit`` fits the roofline parameters with
 
 This package may import torch; ``sim/`` never imports it.
 """
+
+if __name__.partition(".")[0] != "xpusim":
+    # Installed, this folder is ``xpusim.calibrate``; imported under its folder name (from
+    # the repository root) it would load every module twice under two names.
+    raise ImportError(
+        "xpusim's calibrate/ folder is imported as 'xpusim.calibrate' "
+        "(pip install -e . from the repository root), not as 'calibrate'"
+    )
+

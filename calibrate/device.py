@@ -11,7 +11,7 @@ import os
 import platform
 from dataclasses import asdict, dataclass
 
-from sim.errors import InputError
+from xpusim.sim.errors import InputError
 
 KINDS = ("cpu", "cuda", "npu")
 

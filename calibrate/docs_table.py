@@ -1,6 +1,6 @@
 """Render a validation JSON as the Markdown table of docs/calibration.md.
 
-``python -m calibrate.docs_table VALIDATION_JSON [DOC]`` prints the table, or replaces
+``python -m xpusim.calibrate.docs_table VALIDATION_JSON [DOC]`` prints the table, or replaces
 the text between the ``validation-table`` markers in DOC.
 """
 

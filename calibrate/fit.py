@@ -41,10 +41,9 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy.optimize import least_squares
-
-from hwprofiles.spec import Device
-from sim.cost.roofline import cold_bytes, gemm_quantisation
-from sim.ir import MAIN_MEMORY, Op, RankGraph, Unit
+from xpusim.hwprofiles.spec import Device
+from xpusim.sim.cost.roofline import cold_bytes, gemm_quantisation
+from xpusim.sim.ir import MAIN_MEMORY, Op, RankGraph, Unit
 
 PARAM_NAMES = (
     "matrix_max",

@@ -1,7 +1,7 @@
 """Write (and read back) a calibration overlay: the fitted parameters as a profile patch.
 
 The overlay has the same sections and unit-suffixed keys as a device profile
-(``docs/profiles.md``) and is deep-merged over the base by ``hwprofiles.loader``:
+(``docs/profiles.md``) and is deep-merged over the base by ``xpusim.hwprofiles.loader``:
 
     schema_version = 1
     kind = "calibration"
@@ -18,10 +18,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-from calibrate.fit import FitParams, FitResult
-from hwprofiles.schema import GIGA, MIB, TERA, US
-from hwprofiles.spec import Device
-from sim.report import write_text_atomic
+from xpusim.calibrate.fit import FitParams, FitResult
+from xpusim.hwprofiles.schema import GIGA, MIB, TERA, US
+from xpusim.hwprofiles.spec import Device
+from xpusim.sim.report import write_text_atomic
 
 
 def _toml_value(value: Any) -> str:

@@ -13,14 +13,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from calibrate.device import LocalDevice
-from calibrate.fit import FitParams, FitResult, build_table, fit
-from calibrate.harness import HarnessConfig, Measurement, measure, noise_score, timer_for
-from calibrate.suites import SUITES, Case
-from hwprofiles import load_device
-from hwprofiles.spec import Device
-from sim.errors import InputError
-from sim.inputs import open_text
+from xpusim.calibrate.device import LocalDevice
+from xpusim.calibrate.fit import FitParams, FitResult, build_table, fit
+from xpusim.calibrate.harness import HarnessConfig, Measurement, measure, noise_score, timer_for
+from xpusim.calibrate.suites import SUITES, Case
+from xpusim.hwprofiles import load_device
+from xpusim.hwprofiles.spec import Device
+from xpusim.sim.errors import InputError
+from xpusim.sim.inputs import open_text
 
 # Base profile per local device kind; CUDA/NPU need --profile (which GPU is it?).
 DEFAULT_PROFILE = {"cpu": "cpu-host"}
@@ -73,7 +73,7 @@ def measure_cases(
     progress: Callable[[Case], None] | None = None,
 ) -> list[Measured]:
     """Time every case on ``local``; a case whose kernel fails to run is reported and skipped."""
-    from calibrate.device import require_torch
+    from xpusim.calibrate.device import require_torch
 
     torch = require_torch(f"timing kernels on --device {local.kind}")
 
@@ -97,7 +97,7 @@ def measure_cases(
 def write_measurements(
     path: str | Path, measured: Sequence[Measured], local: LocalDevice | None = None
 ) -> Path:
-    from sim.report import write_csv
+    from xpusim.sim.report import write_csv
 
     return write_csv(path, [m.row(local) for m in measured])
 
@@ -196,7 +196,7 @@ def fit_measured(measured: Sequence[Measured], base: Device) -> FitResult:
 
 def predict_case(case: Case, device: Device) -> float:
     """Predicted time of one case: sum of its ops' roofline times (one stream)."""
-    from sim.cost import RooflineModel
+    from xpusim.sim.cost import RooflineModel
 
     model = RooflineModel(device)
     return sum(model.time(op).time_s for op in case.graph().ops())
@@ -205,7 +205,7 @@ def predict_case(case: Case, device: Device) -> float:
 def provenance(
     local: LocalDevice, base_name: str, quick: bool, seed: int, measured: Sequence[Measured]
 ) -> dict:
-    from sim import __version__
+    from xpusim.sim import __version__
 
     noise = noise_score([m.m for m in measured])
     return {

@@ -17,11 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-
-from sim import ops
-from sim.ir import Op, RankGraph
-from sim.kernel_registry import describe_kernel
-from sim.workloads.moe import SILU_FLOPS
+from xpusim.sim import ops
+from xpusim.sim.ir import Op, RankGraph
+from xpusim.sim.kernel_registry import describe_kernel
+from xpusim.sim.workloads.moe import SILU_FLOPS
 
 DEFAULT_SEED = 20260
 HELDOUT_FRACTION = 0.35
@@ -221,7 +220,7 @@ def _rowmax_op(s: Shape, dtype: str) -> list[Op]:
     from dataclasses import replace
     from types import MappingProxyType
 
-    from sim.ir import MAIN_MEMORY, OpKind, dtype_bytes
+    from xpusim.sim.ir import MAIN_MEMORY, OpKind, dtype_bytes
 
     rows, cols = s["rows"], s["cols"]
     op = ops.elementwise("rowmax", rows * cols, dtype, 1.0, 1, 0, OpKind.REDUCTION)
@@ -245,7 +244,7 @@ def _image_runner(kind: str):
 
 def _image_op(kind: str):
     def build(s: Shape, dtype: str) -> list[Op]:
-        from sim.workloads.cdc import maxpool2d, upsample_nearest
+        from xpusim.sim.workloads.cdc import maxpool2d, upsample_nearest
 
         c, n = int(s["channels"]), int(s["size"])
         if kind == "pool":
@@ -394,7 +393,7 @@ def _micro_suites() -> list[Suite]:
 
 def _attention_runner(fast: bool):
     def build(s: Shape, dtype: str, device: str):
-        from kernels.attention import fast_attention, standard_attention
+        from xpusim.kernels.attention import fast_attention, standard_attention
 
         b, h, n, d = int(s["batch"]), int(s["heads"]), int(s["seq"]), int(s["head_dim"])
         kvh = int(s.get("kv_heads", h))
@@ -412,8 +411,7 @@ def _attention_runner(fast: bool):
 
 def _moe_layer_and_input(s: Shape, dtype: str, device: str):
     import torch
-
-    from kernels.moe import MoELayer
+    from xpusim.kernels.moe import MoELayer
 
     torch.manual_seed(0)  # same weights every run: the routing histogram is reproducible
     layer = (
@@ -443,7 +441,7 @@ def moe_routing_histogram(shape: tuple[tuple[str, float], ...], dtype: str) -> t
     get 1.5x the mean); the graph the simulator prices uses this histogram
     (``describe_moe(tokens_per_expert=...)``), i.e. the routing the kernel really did.
     """
-    from calibrate.device import require_torch
+    from xpusim.calibrate.device import require_torch
 
     torch = require_torch(
         "pricing an MoE case whose routing is not recorded (a measurements CSV without "
@@ -470,8 +468,7 @@ def _moe_ops(s: Shape, dtype: str) -> RankGraph:
 
 def _cdc_runner(s: Shape, dtype: str, device: str):
     import torch
-
-    from kernels.cdc import CDC
+    from xpusim.kernels.cdc import CDC
 
     torch.manual_seed(0)
     net = CDC(upscale=int(s["upscale"])).to(device=device, dtype=_torch_dtype(dtype)).eval()

@@ -16,13 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from calibrate.pipeline import Measured, predict_case
-from calibrate.suites import KERNEL_SUITES, Case, cases
-from hwprofiles import load_device
-from hwprofiles.loader import read_toml
-from sim.errors import InputError
-from sim.report import save_figure
+from xpusim.calibrate.pipeline import Measured, predict_case
+from xpusim.calibrate.suites import KERNEL_SUITES, Case, cases
+from xpusim.hwprofiles import load_device
+from xpusim.hwprofiles.loader import read_toml
+from xpusim.sim.errors import InputError
+from xpusim.sim.report import save_figure
 
 # The kernels the validation targets are set for (issue 5): median <= 10%, p90 <= 25%.
 DEFAULT_CHECK_SUITES = ("fastattention", "moe", "cdc")
@@ -229,7 +228,7 @@ def report(
     points: Sequence[Point], meta: dict, calibration: str | Path, local: dict | None = None
 ) -> dict:
     """The validation JSON payload (without file paths)."""
-    from sim import __version__
+    from xpusim.sim import __version__
 
     summary = summarise(points)
     return {

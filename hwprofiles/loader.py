@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
-
-from hwprofiles.errors import ProfileError
-from hwprofiles.schema import DeviceFile, SystemFile
-from hwprofiles.spec import Device, System
+from xpusim.hwprofiles.errors import ProfileError
+from xpusim.hwprofiles.schema import DeviceFile, SystemFile
+from xpusim.hwprofiles.spec import Device, System
 
 ROOT = Path(__file__).resolve().parent
 DEVICE_DIR = ROOT / "devices"
@@ -44,7 +43,7 @@ def list_systems() -> list[str]:
 def read_toml(path: Path) -> dict[str, Any]:
     # The one input reader (sim/inputs.py, standard library only): size cap, UTF-8,
     # nesting depth, directories and permissions, each a ProfileError naming the file.
-    from sim.inputs import read_toml as read_checked
+    from xpusim.sim.inputs import read_toml as read_checked
 
     if Path(path).is_dir():
         raise ProfileError(

@@ -3,7 +3,7 @@
 Keys carry their unit (``_tflops`` = 1e12 FLOP/s, ``_gbps`` = GB/s = 1e9 B/s,
 ``_gbit`` = Gb/s line rate, ``_gib``/``_mib``/``_kib`` binary capacities, ``_us``
 microseconds, ``_ghz``). ``to_spec`` converts to the SI dataclasses of
-``hwprofiles.spec``. Every section has a ``source`` string: a URL or document,
+``xpusim.hwprofiles.spec``. Every section has a ``source`` string: a URL or document,
 or "estimate: <reasoning>".
 """
 
@@ -12,8 +12,7 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-
-from hwprofiles.spec import (
+from xpusim.hwprofiles.spec import (
     CollectiveEfficiency,
     CollectiveLibrary,
     Device,

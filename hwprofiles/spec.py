@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from hwprofiles.errors import ProfileError
+from xpusim.hwprofiles.errors import ProfileError
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ class KernelTraits:
     share of the matrix peak that warp-level ``mma.sync`` can issue (1 on Ampere; on
     Hopper the full rate needs warpgroup ``wgmma``). ``async_mma``: warpgroup MMA + TMA
     exist (Hopper). ``default_attention``: the attention implementation a user's stack
-    runs on this device ("" = by architecture, ``sim.cost.attention_impl.default_impl``).
+    runs on this device ("" = by architecture, ``xpusim.sim.cost.attention_impl.default_impl``).
     ``l2_bandwidth``: the L2's bandwidth, which fp32 reductions (attention backward's dQ
     accumulation) stream through.
     """

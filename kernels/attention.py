@@ -35,7 +35,7 @@ fp32 and bf16/fp16 inputs: blocks are upcast and every product, the running
 max/sum and the output accumulator are fp32; the result is cast back to q's dtype.
 
 ``describe_standard``/``describe_fast`` return the IR ops these kernels run (built
-by the torch-free ``sim.workloads.attention``), so the simulator costs exactly
+by the torch-free ``xpusim.sim.workloads.attention``), so the simulator costs exactly
 this op graph.
 """
 
@@ -45,8 +45,7 @@ import math
 from collections.abc import Sequence
 
 import torch
-
-from sim.workloads.attention import (
+from xpusim.sim.workloads.attention import (
     block_kind,
     describe_fast_attention,
     describe_standard_attention,

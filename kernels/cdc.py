@@ -34,9 +34,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from sim.ir import RankGraph
-from sim.workloads.cdc import N_HG, describe_cdc
+from xpusim.sim.ir import RankGraph
+from xpusim.sim.workloads.cdc import N_HG, describe_cdc
 
 NF = 64  # feature channels of conv_in, the hourglass ends and the heads
 LRELU_SLOPE = 0.2
@@ -262,7 +261,7 @@ class CDC(nn.Module):
         return [*srs, fused], weight_maps
 
     def describe(self, batch: int, height: int, width: int, dtype: str = "fp32") -> RankGraph:
-        """This network's forward as IR (``sim.workloads.cdc.describe_cdc``) for an LR input."""
+        """This network's forward as IR (``xpusim.sim.workloads.cdc.describe_cdc``) for an LR input."""
         if self.n_hg != N_HG:
             raise ValueError(f"describe_cdc models the released {N_HG}-hourglass net only")
         return describe_cdc(self.upscale, batch, height, width, dtype)

@@ -1,6 +1,6 @@
 """A Mixture-of-Experts FFN layer in plain PyTorch: router, dispatch, grouped experts, combine.
 
-What ``MoELayer.forward`` runs, step by step (``sim.workloads.moe.describe_moe`` lists
+What ``MoELayer.forward`` runs, step by step (``xpusim.sim.workloads.moe.describe_moe`` lists
 the same steps as IR ops):
 
 1. **Router**: ``logits = x @ W_gate^T`` (one GEMM, tokens x hidden x experts), scores
@@ -42,9 +42,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-
-from sim.ir import RankGraph
-from sim.workloads.moe import describe_moe
+from xpusim.sim.ir import RankGraph
+from xpusim.sim.workloads.moe import describe_moe
 
 SCORINGS = ("softmax", "sigmoid")
 
@@ -244,7 +243,7 @@ class MoELayer(nn.Module):
         ep: int = 1,
         rank: int = 0,
     ) -> RankGraph:
-        """This layer's forward as IR (``sim.workloads.moe.describe_moe``) for ``tokens`` tokens.
+        """This layer's forward as IR (``xpusim.sim.workloads.moe.describe_moe``) for ``tokens`` tokens.
 
         Pass ``RoutingStats.kept_per_expert`` as ``tokens_per_expert`` to describe one
         measured batch exactly; the default is balanced routing.

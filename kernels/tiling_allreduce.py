@@ -20,9 +20,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.distributed as dist
-
-from kernels.attention import fast_attention
-from kernels.distributed import run_distributed
+from xpusim.kernels.attention import fast_attention
+from xpusim.kernels.distributed import run_distributed
 
 
 def make_inputs(

@@ -36,7 +36,7 @@ an SM and the score tile stays in registers (no GM hand-off, no cross-core sync)
 FlashAttention-2 runs the softmax and the MMAs of a warp one after the other, so a
 block costs ``max(cube + vector, kv_load)``. Tiles come from shared memory.
 
-Standard attention is the op graph ``sim.workloads.attention.describe_standard_attention``
+Standard attention is the op graph ``xpusim.sim.workloads.attention.describe_standard_attention``
 (QK^T, scale, mask add, softmax, PV as separate kernels, the S x S tensors through HBM)
 priced op by op with the roofline model and summed.
 """
@@ -47,13 +47,13 @@ import heapq
 import math
 from dataclasses import dataclass
 
-from hwprofiles.spec import Device, System
-from sim.cost import CachedCostModel, RooflineModel
-from sim.engine import Engine, SimResult
-from sim.errors import InputError
-from sim.ir import Stream, dtype_bytes
-from sim.network import comm_time_fn
-from sim.workloads.attention import (
+from xpusim.hwprofiles.spec import Device, System
+from xpusim.sim.cost import CachedCostModel, RooflineModel
+from xpusim.sim.engine import Engine, SimResult
+from xpusim.sim.errors import InputError
+from xpusim.sim.ir import Stream, dtype_bytes
+from xpusim.sim.network import comm_time_fn
+from xpusim.sim.workloads.attention import (
     SOFTMAX_FLOPS_PER_SCORE,
     describe_standard_attention,
     describe_tp_attention_tiling_allreduce,

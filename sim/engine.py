@@ -21,8 +21,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import simpy
-
-from sim.ir import Collective, Delay, Op, RankGraph, Stream, Work
+from xpusim.sim.ir import Collective, Delay, Op, RankGraph, Stream, Work
 
 
 class Record(NamedTuple):

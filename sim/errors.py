@@ -1,6 +1,6 @@
 """Errors for user mistakes: the CLI turns them into a message and an exit code, never a traceback."""
 
-from hwprofiles.errors import ProfileError
+from xpusim.hwprofiles.errors import ProfileError
 
 
 class InputError(ValueError):

@@ -25,7 +25,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from sim.errors import InputError
+from xpusim.sim.errors import InputError
 
 # 16 MiB: a HF config.json is ~2 KB, a profile ~5 KB, a full calibration run's
 # measurements CSV ~100 KB, a 100,000-request serving trace ~2.5 MB. Bigger is

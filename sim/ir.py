@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
 
-from sim.errors import InputError
+from xpusim.sim.errors import InputError
 
 MAIN_MEMORY = "hbm"  # key of the device's main memory (HBM, GDDR or host DRAM) in Op.bytes
 

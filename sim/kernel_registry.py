@@ -13,8 +13,8 @@ import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from sim.errors import InputError
-from sim.ir import RankGraph
+from xpusim.sim.errors import InputError
+from xpusim.sim.ir import RankGraph
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,7 @@ KERNELS: dict[str, KernelEntry] = {
     for e in (
         KernelEntry(
             "standard-attention",
-            "sim.workloads.attention",
+            "xpusim.sim.workloads.attention",
             "describe_standard_attention",
             _ATTN_KEYS,
             _attn_kwargs,
@@ -107,7 +107,7 @@ KERNELS: dict[str, KernelEntry] = {
         ),
         KernelEntry(
             "fastattention",
-            "sim.workloads.attention",
+            "xpusim.sim.workloads.attention",
             "describe_fast_attention",
             (*_ATTN_KEYS, ShapeKey("block", int, 128, "outer tile size (query and key rows)")),
             _fast_kwargs,
@@ -115,7 +115,7 @@ KERNELS: dict[str, KernelEntry] = {
         ),
         KernelEntry(
             "moe",
-            "sim.workloads.moe",
+            "xpusim.sim.workloads.moe",
             "describe_moe",
             (
                 ShapeKey("tokens", int, None, "tokens in the batch"),
@@ -138,7 +138,7 @@ KERNELS: dict[str, KernelEntry] = {
         ),
         KernelEntry(
             "cdc",
-            "sim.workloads.cdc",
+            "xpusim.sim.workloads.cdc",
             "describe_cdc",
             (
                 ShapeKey("upscale", int, 4, "super-resolution factor"),

@@ -15,7 +15,7 @@ import argparse
 import math
 from typing import Any
 
-from sim.errors import InputError
+from xpusim.sim.errors import InputError
 
 # Ranks in one simulated job or collective group: 2^17, above the largest clusters
 # built (~100K GPUs). The collective pricing lists a flow per rank and the training

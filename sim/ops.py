@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from sim.errors import InputError
-from sim.ir import MAIN_MEMORY, Op, OpKind, Unit, dtype_bytes, is_low_precision
+from xpusim.sim.errors import InputError
+from xpusim.sim.ir import MAIN_MEMORY, Op, OpKind, Unit, dtype_bytes, is_low_precision
 
 
 def _check_positive(name: str, **sizes: float) -> None:

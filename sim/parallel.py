@@ -15,10 +15,10 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from sim.errors import InputError
-from sim.inputs import read_toml
-from sim.ir import BYTES_PER_DTYPE
-from sim.models.spec import ModelSpec
+from xpusim.sim.errors import InputError
+from xpusim.sim.inputs import read_toml
+from xpusim.sim.ir import BYTES_PER_DTYPE
+from xpusim.sim.models.spec import ModelSpec
 
 RECOMPUTE_POLICIES = ("none", "selective", "full")
 # Modules a selective policy may recompute (docs/training.md): norms, the attention

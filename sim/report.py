@@ -13,8 +13,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from sim import SCHEMA_VERSION
-from sim.errors import InputError
+from xpusim.sim import SCHEMA_VERSION
+from xpusim.sim.errors import InputError
 
 # Figure formats every command writes (matplotlib's Agg backend renders all three).
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")

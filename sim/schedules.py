@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sim.errors import InputError
+from xpusim.sim.errors import InputError
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sim import inputs
+from xpusim.sim import inputs
 
 
 def read_toml(path: str | Path, what: str) -> dict[str, Any]:

@@ -11,8 +11,8 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from sim.engine import Record, SimResult
-from sim.report import save_figure, write_text_atomic
+from xpusim.sim.engine import Record, SimResult
+from xpusim.sim.report import save_figure, write_text_atomic
 
 _STREAM_TID = {"compute": 0, "comm": 1, "copy": 2}
 _COLOURS = {

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
-from sim.errors import InputError
-from sim.limits import MAX_BYTES, check_size
+from xpusim.sim.errors import InputError
+from xpusim.sim.limits import MAX_BYTES, check_size
 
 _SUFFIX = {
     "": 1, "b": 1,

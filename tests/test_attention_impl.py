@@ -9,12 +9,11 @@ import math
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from hwprofiles import load_device
-from sim import ops
-from sim.attention_model import compare, fast_attention_cost
-from sim.cli.main import main
-from sim.cost.attention_impl import (
+from xpusim.hwprofiles import load_device
+from xpusim.sim import ops
+from xpusim.sim.attention_model import compare, fast_attention_cost
+from xpusim.sim.cli.main import main
+from xpusim.sim.cost.attention_impl import (
     AttnShape,
     KernelCostModel,
     attention_cost,
@@ -22,7 +21,7 @@ from sim.cost.attention_impl import (
     default_impl,
     standard_ops,
 )
-from sim.errors import InputError
+from xpusim.sim.errors import InputError
 
 A100 = load_device("a100-sxm4-80gb")
 H100 = load_device("h100-sxm5-80gb")
@@ -124,7 +123,7 @@ def test_ascend_training_op_matches_attention_study(seq):
 
 def test_kernel_model_backward_op_uses_backward_pass():
     op = ops.fused_attention("attention", 1, 8, 2048, 2048, 128, "bf16", causal=True)
-    from sim.training.layers import backward_op
+    from xpusim.sim.training.layers import backward_op
 
     (bwd,) = backward_op(op)
     model = KernelCostModel(H100, "flash2")

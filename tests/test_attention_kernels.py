@@ -15,8 +15,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
-
-from kernels.attention import (
+from xpusim.kernels.attention import (
     _block_mask,
     build_mask,
     describe_fast,
@@ -25,9 +24,9 @@ from kernels.attention import (
     mask_template,
     standard_attention,
 )
-from kernels.flops import count_flops, relative_error
-from sim.attention_model import standard_peak_memory
-from sim.workloads.attention import attention_matmul_flops, block_kind
+from xpusim.kernels.flops import count_flops, relative_error
+from xpusim.sim.attention_model import standard_peak_memory
+from xpusim.sim.workloads.attention import attention_matmul_flops, block_kind
 
 
 def _inputs(batch, heads, kv_heads, q_len, kv_len, dim, seed=0, dtype=torch.float32):
@@ -251,7 +250,7 @@ def test_causal_description_skips_masked_blocks():
 
 _MEMORY_SCRIPT = textwrap.dedent("""
     import json, sys, torch
-    from kernels.attention import fast_attention, standard_attention
+    from xpusim.kernels.attention import fast_attention, standard_attention
     torch.set_num_threads(1)
     kind, seq = sys.argv[1], int(sys.argv[2])
     g = torch.Generator().manual_seed(0)
@@ -301,7 +300,7 @@ def test_peak_memory_at_4096_far_below_standard():
 @pytest.mark.distributed
 @pytest.mark.parametrize("world", [2, 4])
 def test_tiling_allreduce_matches_single_process(world):
-    from kernels.tiling_allreduce import (
+    from xpusim.kernels.tiling_allreduce import (
         make_inputs,
         reference_attention_projection,
         run_tp_attention,
@@ -329,7 +328,7 @@ def test_tiling_allreduce_matches_single_process(world):
     ],
 )
 def test_describe_lists_every_executed_op(batch, heads, kv_heads, seq, causal, dtype, block):
-    from calibrate.opcount import count_ops
+    from xpusim.calibrate.opcount import count_ops
 
     q, k, v = _inputs(batch, heads, kv_heads, seq, seq, 64, dtype=dtype)
     name = "fp32" if dtype == torch.float32 else "bf16"
@@ -345,7 +344,7 @@ def test_describe_lists_every_executed_op(batch, heads, kv_heads, seq, causal, d
 
 @pytest.mark.parametrize("causal", [False, True])
 def test_describe_lists_every_executed_op_with_padding(causal):
-    from calibrate.opcount import count_ops
+    from xpusim.calibrate.opcount import count_ops
 
     q, k, v = _inputs(2, 4, 4, 256, 256, 64)
     lens = [200, 256]
@@ -357,7 +356,7 @@ def test_describe_lists_every_executed_op_with_padding(causal):
 
 def test_describe_gemms_match_executed_matmuls():
     """Same number of GEMMs as the kernel's bmm calls, each of the right size."""
-    from calibrate.opcount import count_ops
+    from xpusim.calibrate.opcount import count_ops
 
     q, k, v = _inputs(1, 8, 2, 256, 256, 32)
     counts = count_ops(lambda: fast_attention(q, k, v, causal=True))

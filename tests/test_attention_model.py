@@ -8,10 +8,9 @@ import math
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from hwprofiles import load_device, load_system
-from hwprofiles.spec import Device, Efficiency, MemoryLevel
-from sim.attention_model import (
+from xpusim.hwprofiles import load_device, load_system
+from xpusim.hwprofiles.spec import Device, Efficiency, MemoryLevel
+from xpusim.sim.attention_model import (
     compare,
     derive_tiling,
     fast_attention_cost,
@@ -19,11 +18,11 @@ from sim.attention_model import (
     standard_peak_memory,
     tiling_allreduce_cost,
 )
-from sim.cli.attention import parse_seq_list
-from sim.cli.main import main
-from sim.cost import RooflineModel
-from sim.errors import InputError
-from sim.workloads.attention import (
+from xpusim.sim.cli.attention import parse_seq_list
+from xpusim.sim.cli.main import main
+from xpusim.sim.cost import RooflineModel
+from xpusim.sim.errors import InputError
+from xpusim.sim.workloads.attention import (
     describe_fast_attention,
     describe_standard_attention,
     describe_tp_attention_tiling_allreduce,
@@ -252,7 +251,7 @@ def test_cli_bad_input_exits_2(argv, capsys):
 
 
 def test_tiling_allreduce_graph_mirrors_the_kernel():
-    from sim.ir import Collective
+    from xpusim.sim.ir import Collective
 
     graph = describe_tp_attention_tiling_allreduce(1, 32, 1000, 128, 8, 3, True, "fp16")
     colls = [t.work for t in graph.tasks if isinstance(t.work, Collective)]

@@ -6,15 +6,14 @@ import json
 
 import numpy as np
 import pytest
-
-from calibrate.fit import FitParams
-from calibrate.harness import summarise
-from calibrate.pipeline import Measured, predict_case, read_measurements, write_measurements
-from calibrate.suites import cases, split_shapes
-from hwprofiles import load_device
-from sim.cli.main import main
-from sim.cost import RooflineModel
-from sim.kernel_registry import describe_kernel, parse_shape
+from xpusim.calibrate.fit import FitParams
+from xpusim.calibrate.harness import summarise
+from xpusim.calibrate.pipeline import Measured, predict_case, read_measurements, write_measurements
+from xpusim.calibrate.suites import cases, split_shapes
+from xpusim.hwprofiles import load_device
+from xpusim.sim.cli.main import main
+from xpusim.sim.cost import RooflineModel
+from xpusim.sim.kernel_registry import describe_kernel, parse_shape
 
 SUITES = ["gemm", "memcpy", "add", "softmax", "fastattention", "moe", "cdc"]
 
@@ -191,7 +190,7 @@ def test_every_quick_case_builds_its_graph():
 
 
 def test_moe_suite_prices_the_measured_routing():
-    from calibrate.suites import moe_routing_histogram
+    from xpusim.calibrate.suites import moe_routing_histogram
 
     shape = {
         "tokens": 64.0,

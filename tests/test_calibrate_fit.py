@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from calibrate.fit import FitParams, build_table, case_times, fit, llc_bytes, op_times
-from hwprofiles import load_device
-from sim import ops
-from sim.cost import RooflineModel
+from xpusim.calibrate.fit import FitParams, build_table, case_times, fit, llc_bytes, op_times
+from xpusim.hwprofiles import load_device
+from xpusim.sim import ops
+from xpusim.sim.cost import RooflineModel
 
 BASE = load_device("cpu-host")
 

@@ -7,8 +7,7 @@ import itertools
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from calibrate.harness import HarnessConfig, measure, noise_score, summarise
+from xpusim.calibrate.harness import HarnessConfig, measure, noise_score, summarise
 
 
 def fake_timer(samples):
@@ -93,7 +92,7 @@ def test_cpu_time_timer_reports_contention():
 
 
 def test_thread_cpu_timer_measures_work():
-    from calibrate.harness import thread_cpu_timer
+    from xpusim.calibrate.harness import thread_cpu_timer
 
     cpu, wall = thread_cpu_timer()(lambda: sum(range(20000)))
     assert 0 < cpu <= wall * 1.05 + 1e-4

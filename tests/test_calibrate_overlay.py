@@ -5,12 +5,11 @@ from __future__ import annotations
 import tomllib
 
 import pytest
-
-from calibrate.fit import FitParams, FitResult
-from calibrate.overlay import dumps, overlay_doc, write_overlay
-from hwprofiles import load_device
-from sim import ops
-from sim.cost import RooflineModel
+from xpusim.calibrate.fit import FitParams, FitResult
+from xpusim.calibrate.overlay import dumps, overlay_doc, write_overlay
+from xpusim.hwprofiles import load_device
+from xpusim.sim import ops
+from xpusim.sim.cost import RooflineModel
 
 BASE = load_device("cpu-host")
 
@@ -102,8 +101,8 @@ def test_toml_writer_escapes_and_nests():
 
 
 def test_cpu_timed_with_fewer_threads_scales_cores_and_peaks():
-    from calibrate.device import LocalDevice
-    from calibrate.pipeline import load_base
+    from xpusim.calibrate.device import LocalDevice
+    from xpusim.calibrate.pipeline import load_base
 
     local = LocalDevice("cpu", "cpu", "test", "x", 1, "test", "now")
     dev = load_base("cpu-host", local)

@@ -8,11 +8,10 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
-
-from kernels.cdc import CDC, cdc_loss, gradient_weighted_loss, init_weights  # noqa: E402
-from sim.errors import InputError  # noqa: E402
-from sim.ir import OpKind  # noqa: E402
-from sim.workloads.cdc import describe_cdc  # noqa: E402
+from xpusim.kernels.cdc import CDC, cdc_loss, gradient_weighted_loss, init_weights  # noqa: E402
+from xpusim.sim.errors import InputError  # noqa: E402
+from xpusim.sim.ir import OpKind  # noqa: E402
+from xpusim.sim.workloads.cdc import describe_cdc  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -260,7 +259,7 @@ def test_describe_bad_input(kwargs, match):
 @pytest.mark.parametrize(("height", "width"), [(16, 16), (16, 32)])
 def test_describe_lists_every_executed_op(models, height, width):
     """One graph op per executed (non-view) torch op of the x4 forward."""
-    from calibrate.opcount import count_ops
+    from xpusim.calibrate.opcount import count_ops
 
     net = models[4]
     x = torch.randn(1, 3, height, width)

@@ -1,6 +1,6 @@
 """The issues' "Must show" commands, run through the real CLI, with their stated properties.
 
-Each test runs one command as an issue states it (``sim.cli.main.main([...])`` with stdout
+Each test runs one command as an issue states it (``xpusim.sim.cli.main.main([...])`` with stdout
 captured, or a subprocess where the process exit code itself is the contract) and asserts
 the property the issue names on the JSON. Multi-minute commands (calibrate, the Pangu
 design-space study) are left to their own suites; the 6,144-NPU training step is marked
@@ -17,9 +17,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from hwprofiles import load_device, load_system
-from sim.cli.main import main
+from xpusim.hwprofiles import load_device, load_system
+from xpusim.sim.cli.main import main
 
 DATA = Path(__file__).parent / "data"
 EXAMPLES = Path(__file__).parent.parent / "examples"
@@ -37,7 +36,7 @@ def run_json(capsys, command: str, expect_rc: int = 0) -> dict:
 def run_process(command: str) -> subprocess.CompletedProcess:
     """``xpusim COMMAND`` as a separate process, so the real exit status is what is checked."""
     return subprocess.run(
-        [sys.executable, "-m", "sim.cli.main", *shlex.split(command)],
+        [sys.executable, "-m", "xpusim.sim.cli.main", *shlex.split(command)],
         capture_output=True,
         text=True,
         timeout=120,

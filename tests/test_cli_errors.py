@@ -1,7 +1,7 @@
 """Bad input to every command: exit 2 (3 for a negative verdict), a message naming the field
 and the fix, never a Python traceback.
 
-Each case runs ``xpusim ...`` in-process through ``sim.cli.main.main`` and checks the return
+Each case runs ``xpusim ...`` in-process through ``xpusim.sim.cli.main.main`` and checks the return
 code, that stderr holds no traceback, and that it names what was wrong. A few cases run as a
 real process, where the exit status itself is the contract. Inputs the current tree does not
 yet rejected cleanly were fixed and are kept as ``FORMER_GAPS`` regression cases,
@@ -17,8 +17,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
-from sim.cli.main import main
+from xpusim.sim.cli.main import main
 
 DATA = Path(__file__).parent / "data"
 
@@ -410,7 +409,7 @@ def test_former_gaps_are_rejected(capsys, files, command, words, why):
 
 def run_process(command: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "sim.cli.main", *shlex.split(command)],
+        [sys.executable, "-m", "xpusim.sim.cli.main", *shlex.split(command)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -437,7 +436,7 @@ def test_exit_status_of_the_real_process(command, code, word):
 NO_TORCH = """
 import sys
 sys.modules["torch"] = None  # as if torch were not installed
-from sim.cli.main import main
+from xpusim.sim.cli.main import main
 commands = [
     ["hw", "list"],
     ["model", "show", "llama-2-7b"],

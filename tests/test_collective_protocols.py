@@ -8,10 +8,9 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-
-from hwprofiles import load_system
-from sim.errors import InputError
-from sim.network import cost_collective
+from xpusim.hwprofiles import load_system
+from xpusim.sim.errors import InputError
+from xpusim.sim.network import cost_collective
 
 MIB = 1 << 20
 GIB = 1 << 30

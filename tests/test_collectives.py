@@ -6,14 +6,13 @@ import math
 
 import pytest
 from test_network_fixtures import dual_die, mesh, oversubscribed, shared_nic, switch, uniform
-
-from hwprofiles import list_systems, load_system
-from sim.errors import InputError
-from sim.ir import Collective, CollectiveKind
-from sim.network import bench_collective_4096, bus_factor, comm_time_fn, cost_collective
-from sim.network.analytical import _flows, _uniform_a2a
-from sim.network.phases import Phase
-from sim.network.topology import INTER, INTRA, Topology
+from xpusim.hwprofiles import list_systems, load_system
+from xpusim.sim.errors import InputError
+from xpusim.sim.ir import Collective, CollectiveKind
+from xpusim.sim.network import bench_collective_4096, bus_factor, comm_time_fn, cost_collective
+from xpusim.sim.network.analytical import _flows, _uniform_a2a
+from xpusim.sim.network.phases import Phase
+from xpusim.sim.network.topology import INTER, INTRA, Topology
 
 GIB = 2**30
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from hwprofiles import list_systems
-from sim.cli.main import main
+from xpusim.hwprofiles import list_systems
+from xpusim.sim.cli.main import main
 
 
 def _json(capsys, argv):

@@ -5,12 +5,11 @@ import math
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from hwprofiles import list_devices, load_device
-from hwprofiles.spec import Device, Efficiency, MemoryLevel
-from sim import ops
-from sim.cost import CachedCostModel, RooflineModel
-from sim.errors import InputError
+from xpusim.hwprofiles import list_devices, load_device
+from xpusim.hwprofiles.spec import Device, Efficiency, MemoryLevel
+from xpusim.sim import ops
+from xpusim.sim.cost import CachedCostModel, RooflineModel
+from xpusim.sim.errors import InputError
 
 
 def toy_device(**eff) -> Device:
@@ -174,8 +173,8 @@ def test_nvidia_profiles_list_several_block_shapes():
 
 
 def test_bad_core_blocks_are_rejected(tmp_path):
-    from hwprofiles.loader import ROOT
-    from sim.errors import ProfileError
+    from xpusim.hwprofiles.loader import ROOT
+    from xpusim.sim.errors import ProfileError
 
     text = (ROOT / "devices" / "a800-sxm4-80gb.toml").read_text()
     bad = tmp_path / "bad.toml"

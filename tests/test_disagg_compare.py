@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from hwprofiles import load_system
-from sim.cli.main import main
-from sim.inference.disagg import KVPath, kv_path, transfer_times
-from sim.inference.kvcache import kv_bytes_per_token
-from sim.models.hf_config import load_model
+from xpusim.hwprofiles import load_system
+from xpusim.sim.cli.main import main
+from xpusim.sim.inference.disagg import KVPath, kv_path, transfer_times
+from xpusim.sim.inference.kvcache import kv_bytes_per_token
+from xpusim.sim.models.hf_config import load_model
 
 
 def test_kv_transfer_is_bytes_over_bandwidth_by_hand() -> None:

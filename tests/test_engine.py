@@ -3,9 +3,8 @@
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from sim.engine import Engine
-from sim.ir import Collective, CollectiveKind, Delay, RankGraph, Stream
+from xpusim.sim.engine import Engine
+from xpusim.sim.ir import Collective, CollectiveKind, Delay, RankGraph, Stream
 
 
 def _delay_engine(graphs, comm=1.0):

@@ -6,9 +6,8 @@ the one computed from the records."""
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from sim.engine import Engine, SimPyEngine, union_intervals
-from sim.ir import Collective, CollectiveKind, Delay, RankGraph, Stream
+from xpusim.sim.engine import Engine, SimPyEngine, union_intervals
+from xpusim.sim.ir import Collective, CollectiveKind, Delay, RankGraph, Stream
 
 LABELS = ("fwd", "bwd", "tp", "dp")
 

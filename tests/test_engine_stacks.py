@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import pytest
-
-from hwprofiles import load_system
-from sim.errors import InputError
-from sim.inference.engine_profile import (
+from xpusim.hwprofiles import load_system
+from xpusim.sim.errors import InputError
+from xpusim.sim.inference.engine_profile import (
     EngineProfile,
     engine_for_system,
     host_speed,
     list_engines,
     load_engine,
 )
-from sim.inference.lowering import ParallelPlan, StepSimulator
-from sim.inference.serving import Server, StepCosts, Workload, make_requests
-from sim.models.hf_config import load_model
+from xpusim.sim.inference.lowering import ParallelPlan, StepSimulator
+from xpusim.sim.inference.serving import Server, StepCosts, Workload, make_requests
+from xpusim.sim.models.hf_config import load_model
 
 STACKS = ("vllm-0.5", "vllm-0.6", "sglang-0.4", "trtllm-0.10", "trtllm-1.0", "mindie-1.0",
           "vllm-ascend-0.9")
@@ -66,7 +65,7 @@ def test_bad_policy_is_a_clear_error(tmp_path):
 
 
 def _serve(engine_name: str, n: int = 40, prompt: int = 64, output: int = 16):
-    from sim.inference.serving import LengthDist
+    from xpusim.sim.inference.serving import LengthDist
 
     sim = StepSimulator(load_model("qwen2-0.5b"), load_system("dgx-a100"), ParallelPlan(1),
                         load_engine(engine_name))
@@ -104,7 +103,7 @@ def test_per_request_host_work_is_paid_once_per_request():
     # run is longer by exactly n x request_overhead x host_scale.
     from dataclasses import replace
 
-    from sim.inference.serving import LengthDist
+    from xpusim.sim.inference.serving import LengthDist
 
     def run(engine: EngineProfile):
         sim = StepSimulator(load_model("qwen2-0.5b"), load_system("dgx-a100"), ParallelPlan(1),

@@ -7,10 +7,9 @@ import math
 
 import pytest
 from test_network_fixtures import mesh, switch
-
-from sim.cli.main import main
-from sim.errors import InputError
-from sim.network.ep import (
+from xpusim.sim.cli.main import main
+from xpusim.sim.errors import InputError
+from xpusim.sim.network.ep import (
     EPConfig,
     expert_probabilities,
     predicted_dedup_ratio,
@@ -225,8 +224,8 @@ def test_low_latency_is_one_rdma_step_per_copy_by_hand():
     """DeepEP low-latency on one H800 node, pure RDMA: every (token, expert) copy is a
     message NIC to NIC; 256 experts over 8 GPUs, top-8 uniform: 128 x 8 x 32/256 = 128
     copies of 7168 B to each peer, 7 peers through the GPU's own 400G NIC at 0.9."""
-    from hwprofiles import load_system
-    from sim.network.ep import EPConfig, simulate_ep
+    from xpusim.hwprofiles import load_system
+    from xpusim.sim.network.ep import EPConfig, simulate_ep
 
     system = load_system("hgx-h800")
     cfg = EPConfig(7168, 8, 256, 8, 128, dtype_bytes=1.0, dispatch="low-latency")
@@ -245,8 +244,8 @@ def test_deepep_on_supernode_is_direct_and_shares_the_ub_port_by_hand():
     once to every die holding one of its experts; the die's UB port carries its 14
     in-server (non-package) peers and its 16 cross-server peers; P-1 = 31 steps, each
     the 2-level UB latency 5.5 us + HCCL step overhead 10 us."""
-    from hwprofiles import load_system
-    from sim.network.ep import EPConfig, simulate_ep, system_for_ep
+    from xpusim.hwprofiles import load_system
+    from xpusim.sim.network.ep import EPConfig, simulate_ep, system_for_ep
 
     system, _ = system_for_ep(load_system("cloudmatrix-384"), 32, None)
     cfg = EPConfig(7168, 8, 256, 32, 4096, dtype_bytes=1.0, dispatch="deepep")
@@ -260,8 +259,8 @@ def test_deepep_on_supernode_is_direct_and_shares_the_ub_port_by_hand():
 
 def test_deepep_internode_counts_rdma_tokens_with_own_node_by_hand():
     """DeepEP's num_rdma_token_sent: (token, node) pairs incl. the sender's node."""
-    from hwprofiles import load_system
-    from sim.network.ep import EPConfig, simulate_ep
+    from xpusim.hwprofiles import load_system
+    from xpusim.sim.network.ep import EPConfig, simulate_ep
 
     system = load_system("hgx-h800", nodes=2)
     cfg = EPConfig(7168, 8, 256, 16, 4096, dtype_bytes=1.0, dispatch="deepep")

@@ -6,11 +6,10 @@ import tomllib
 
 import pytest
 from studies_tiny import TINY_STUDY
-
-from sim.errors import InputError
-from sim.studies.executors import ray_available, run_tasks
-from sim.studies.search import run_study
-from sim.studies.study_file import parse_study
+from xpusim.sim.errors import InputError
+from xpusim.sim.studies.executors import ray_available, run_tasks
+from xpusim.sim.studies.search import run_study
+from xpusim.sim.studies.study_file import parse_study
 
 
 def _square(x: int) -> dict:

@@ -1,6 +1,6 @@
 """Fuzz the CLI at its boundary: generated arguments and files over every command.
 
-Each case runs ``sim.cli.main.main(argv)`` in-process (a few run as real processes)
+Each case runs ``xpusim.sim.cli.main.main(argv)`` in-process (a few run as real processes)
 in a temporary working folder holding hostile files (binary, non-UTF-8, deeply nested,
 a directory, a FIFO, an oversized file) and "victim" files of other kinds where an
 output is asked for. Every case must:
@@ -30,8 +30,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-from sim.cli.main import main
+from xpusim.sim.cli.main import main
 
 ROOT = Path(__file__).resolve().parent.parent
 FUZZ_SEED = int(os.environ.get("FUZZ_SEED", "13"))
@@ -303,7 +302,7 @@ def test_fuzz_real_process(fuzz_dir, argv):
     """As a user runs it: a real process, exit 2, a message, no traceback, quickly."""
     start = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "sim.cli.main", *argv],
+        [sys.executable, "-m", "xpusim.sim.cli.main", *argv],
         capture_output=True, text=True, timeout=60, cwd=fuzz_dir,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )

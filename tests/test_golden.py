@@ -13,8 +13,7 @@ import os
 from pathlib import Path
 
 import pytest
-
-from sim.cli.main import main
+from xpusim.sim.cli.main import main
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("XPUSIM_UPDATE_GOLDEN") == "1"

@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from sim.cli.main import main
+from xpusim.sim.cli.main import main
 
 
 def _json(capsys, argv):

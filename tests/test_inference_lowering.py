@@ -7,17 +7,21 @@ from dataclasses import replace
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from hwprofiles import load_system
-from sim.errors import InputError, NegativeVerdict
-from sim.inference.engine_profile import NO_ENGINE, EngineProfile, load_engine
-from sim.inference.kvcache import kv_bytes_per_token, plan_memory, require_fit, weights_per_rank
-from sim.inference.lowering import ParallelPlan, StepBatch, StepSimulator, step_items
-from sim.inference.routing import Routing, experts_touched, moe_load
-from sim.ir import Op
-from sim.models.hf_config import load_model
-from sim.models.spec import MLASpec, ModelSpec, MoESpec
-from sim.workloads.transformer import expected_active_experts
+from xpusim.hwprofiles import load_system
+from xpusim.sim.errors import InputError, NegativeVerdict
+from xpusim.sim.inference.engine_profile import NO_ENGINE, EngineProfile, load_engine
+from xpusim.sim.inference.kvcache import (
+    kv_bytes_per_token,
+    plan_memory,
+    require_fit,
+    weights_per_rank,
+)
+from xpusim.sim.inference.lowering import ParallelPlan, StepBatch, StepSimulator, step_items
+from xpusim.sim.inference.routing import Routing, experts_touched, moe_load
+from xpusim.sim.ir import Op
+from xpusim.sim.models.hf_config import load_model
+from xpusim.sim.models.spec import MLASpec, ModelSpec, MoESpec
+from xpusim.sim.workloads.transformer import expected_active_experts
 
 TINY_MOE = ModelSpec(
     "tiny-moe",

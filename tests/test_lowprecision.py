@@ -4,14 +4,13 @@ the cast passes of an FP8 training recipe, and the new hardware profiles."""
 from __future__ import annotations
 
 import pytest
-
-from hwprofiles import load_device, load_system
-from hwprofiles.loader import DEVICE_DIR, SYSTEM_DIR, read_toml
-from sim import ops
-from sim.cost.roofline import RooflineModel
-from sim.ir import OpKind, dtype_bytes
-from sim.parallel import ParallelPlan
-from sim.training.layers import act_dtype, backward_op, low_precision_gemms
+from xpusim.hwprofiles import load_device, load_system
+from xpusim.hwprofiles.loader import DEVICE_DIR, SYSTEM_DIR, read_toml
+from xpusim.sim import ops
+from xpusim.sim.cost.roofline import RooflineModel
+from xpusim.sim.ir import OpKind, dtype_bytes
+from xpusim.sim.parallel import ParallelPlan
+from xpusim.sim.training.layers import act_dtype, backward_op, low_precision_gemms
 
 NEW_DEVICES = ["b200", "b300", "gb200", "ascend-950pr", "ascend-950dt", "mi300x", "mi325x",
                "mi355x"]
@@ -51,7 +50,7 @@ def test_new_systems_load_with_sources(name: str) -> None:
 
 
 def test_required_names_listed() -> None:
-    from hwprofiles import list_devices, list_systems
+    from xpusim.hwprofiles import list_devices, list_systems
 
     names = set(list_devices()) | set(list_systems())
     for n in ("b200", "gb200-nvl72", "ascend-950dt", "ascend-950pr", "atlas-950-superpod",
@@ -107,7 +106,7 @@ def test_fp8_recipe_casts_gemm_inputs_only() -> None:
 
 
 def test_train_refuses_fp8_on_910b(capsys) -> None:
-    from sim.cli.main import main
+    from xpusim.sim.cli.main import main
 
     rc = main(["train", "--model", "llama-3-8b", "--system", "atlas-800t-a2", "--dtype", "fp8",
                "--tp", "8", "--quiet"])

@@ -8,17 +8,16 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from sim.cli.main import main
-from sim.errors import InputError
-from sim.models.counting import (
+from xpusim.sim.cli.main import main
+from xpusim.sim.errors import InputError
+from xpusim.sim.models.counting import (
     flops_per_token,
     forward_flops_breakdown,
     model_flops_per_token,
     param_counts,
     weight_bytes,
 )
-from sim.models.hf_config import from_hf_config, list_presets, load_model
+from xpusim.sim.models.hf_config import from_hf_config, list_presets, load_model
 
 DATA = Path(__file__).parent / "data"
 

@@ -12,12 +12,11 @@ import torch.nn.functional as F  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
-
-from kernels.distributed import run_distributed  # noqa: E402
-from kernels.moe import MoELayer, ep_forward, expert_capacity  # noqa: E402
-from sim.errors import InputError  # noqa: E402
-from sim.ir import Collective, OpKind  # noqa: E402
-from sim.workloads.moe import describe_moe  # noqa: E402
+from xpusim.kernels.distributed import run_distributed  # noqa: E402
+from xpusim.kernels.moe import MoELayer, ep_forward, expert_capacity  # noqa: E402
+from xpusim.sim.errors import InputError  # noqa: E402
+from xpusim.sim.ir import Collective, OpKind  # noqa: E402
+from xpusim.sim.workloads.moe import describe_moe  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -230,10 +229,10 @@ def test_describe_ep_collectives_and_local_experts():
 
 
 def test_describe_ep_graphs_run_in_the_engine():
-    from hwprofiles.loader import load_device, load_system
-    from sim.cost.roofline import RooflineModel
-    from sim.engine import Engine
-    from sim.network.api import comm_time_fn
+    from xpusim.hwprofiles.loader import load_device, load_system
+    from xpusim.sim.cost.roofline import RooflineModel
+    from xpusim.sim.engine import Engine
+    from xpusim.sim.network.api import comm_time_fn
 
     model = RooflineModel(load_device("ascend-910b2"))
     graphs = [describe_moe(512, 1024, 512, 16, 4, 1, 512, "bf16", ep=8, rank=r) for r in range(8)]
@@ -353,7 +352,7 @@ def test_ep_forward_equals_single_process(world):
 )
 def test_describe_lists_every_executed_op(tokens, hidden, ffn, experts, top_k, shared):
     """describe() with the measured routing lists as many ops as the layer launches."""
-    from calibrate.opcount import count_ops
+    from xpusim.calibrate.opcount import count_ops
 
     torch.manual_seed(0)
     layer = MoELayer(hidden, ffn, experts, top_k, shared).eval()
@@ -368,9 +367,9 @@ def test_describe_lists_every_executed_op(tokens, hidden, ffn, experts, top_k, s
 
 def test_weight_footprint_decides_the_cache_tier():
     """Expert weights count as cache-resident only if the whole layer's weights fit."""
-    from hwprofiles import load_device
-    from sim.cost import RooflineModel
-    from sim.cost.roofline import cold_bytes
+    from xpusim.hwprofiles import load_device
+    from xpusim.sim.cost import RooflineModel
+    from xpusim.sim.cost.roofline import cold_bytes
 
     base = load_device("cpu-host")
     cache = 32 * 2**20

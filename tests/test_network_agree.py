@@ -5,14 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from test_network_fixtures import dual_die, mesh, oversubscribed, shared_nic, switch
-
-from sim.errors import InputError
-from sim.network import cost_collective, cost_network
-from sim.network.algorithms import candidates
-from sim.network.ep import DISPATCH_MODES, EPConfig, simulate_ep
-from sim.network.flow import max_min_rates
-from sim.network.phases import Phase
-from sim.network.topology import Topology
+from xpusim.sim.errors import InputError
+from xpusim.sim.network import cost_collective, cost_network
+from xpusim.sim.network.algorithms import candidates
+from xpusim.sim.network.ep import DISPATCH_MODES, EPConfig, simulate_ep
+from xpusim.sim.network.flow import max_min_rates
+from xpusim.sim.network.phases import Phase
+from xpusim.sim.network.topology import Topology
 
 CASES = [
     ("full mesh, 1 node", lambda: mesh(1), 8),

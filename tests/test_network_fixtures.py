@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from hwprofiles import load_system
-from hwprofiles.spec import CollectiveEfficiency, Link, System
+from xpusim.hwprofiles import load_system
+from xpusim.hwprofiles.spec import CollectiveEfficiency, Link, System
 
 
 def mesh(nodes: int = 1, **kw) -> System:

@@ -7,9 +7,8 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_network_fixtures import mesh, switch
-
-from hwprofiles.spec import Link
-from sim.network import cost_collective
+from xpusim.hwprofiles.spec import Link
+from xpusim.sim.network import cost_collective
 
 KINDS = st.sampled_from(
     ["all-reduce", "all-gather", "reduce-scatter", "all-to-all", "broadcast", "send-recv"]

@@ -5,11 +5,10 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from sim.cli.main import main
-from sim.errors import InputError
-from sim.models.spec import MLASpec, ModelSpec, MoESpec
-from sim.parallel import (
+from xpusim.sim.cli.main import main
+from xpusim.sim.errors import InputError
+from xpusim.sim.models.spec import MLASpec, ModelSpec, MoESpec
+from xpusim.sim.parallel import (
     Coord,
     Layout,
     ParallelPlan,

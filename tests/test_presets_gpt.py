@@ -8,9 +8,8 @@ family from the layer shapes of their config.json.
 from __future__ import annotations
 
 import pytest
-
-from sim.models.counting import param_counts
-from sim.models.hf_config import load_model
+from xpusim.sim.models.counting import param_counts
+from xpusim.sim.models.hf_config import load_model
 
 V_MEGATRON, S_MEGATRON = 51_200, 2_048
 

@@ -10,13 +10,12 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from hwprofiles import list_devices, list_systems, load_device, load_system
-from hwprofiles.loader import DEVICE_DIR, SYSTEM_DIR, read_toml
-from sim.cli.main import main
-from sim.cost.roofline import RooflineModel
-from sim.errors import ProfileError
-from sim.ops import gemm
+from xpusim.hwprofiles import list_devices, list_systems, load_device, load_system
+from xpusim.hwprofiles.loader import DEVICE_DIR, SYSTEM_DIR, read_toml
+from xpusim.sim.cli.main import main
+from xpusim.sim.cost.roofline import RooflineModel
+from xpusim.sim.errors import ProfileError
+from xpusim.sim.ops import gemm
 
 DATA = Path(__file__).parent / "data"
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "profiles.md"
@@ -418,7 +417,7 @@ def test_system_with_device_by_relative_path(tmp_path: Path) -> None:
 
 
 def test_shipped_calibrated_profile_loads_by_name():
-    from hwprofiles.loader import list_calibrated
+    from xpusim.hwprofiles.loader import list_calibrated
 
     assert "cpu-host-calibrated" in list_calibrated()
     calibrated = load_device("cpu-host-calibrated")

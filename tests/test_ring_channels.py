@@ -7,10 +7,10 @@ so each NIC sends (n-1)/n x S / k, not (n-1)/n x S (the single device-order ring
 
 from __future__ import annotations
 
-from hwprofiles import load_system
-from sim.ir import CollectiveKind
-from sim.network.algorithms import _ring_orders, build
-from sim.network.topology import Topology
+from xpusim.hwprofiles import load_system
+from xpusim.sim.ir import CollectiveKind
+from xpusim.sim.network.algorithms import _ring_orders, build
+from xpusim.sim.network.topology import Topology
 
 
 def test_ring_orders_rotate_per_rail() -> None:

@@ -14,19 +14,18 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from hwprofiles import load_device
-from hwprofiles.errors import ProfileError
-from sim import ops
-from sim.cli import train as train_cli
-from sim.cli.main import main
-from sim.errors import InputError, NegativeVerdict
-from sim.inference.engine_profile import load_engine
-from sim.inference.kvcache import plan_memory, require_kv_fit, step_kv_bytes
-from sim.inference.serving import LengthDist
-from sim.models import load_model
-from sim.report import check_output_file, check_plot_path, write_csv
-from sim.studies.whatif import Point, _train_plan, base_inputs, load_saved
+from xpusim.hwprofiles import load_device
+from xpusim.hwprofiles.errors import ProfileError
+from xpusim.sim import ops
+from xpusim.sim.cli import train as train_cli
+from xpusim.sim.cli.main import main
+from xpusim.sim.errors import InputError, NegativeVerdict
+from xpusim.sim.inference.engine_profile import load_engine
+from xpusim.sim.inference.kvcache import plan_memory, require_kv_fit, step_kv_bytes
+from xpusim.sim.inference.serving import LengthDist
+from xpusim.sim.models import load_model
+from xpusim.sim.report import check_output_file, check_plot_path, write_csv
+from xpusim.sim.studies.whatif import Point, _train_plan, base_inputs, load_saved
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
@@ -405,7 +404,7 @@ def test_whatif_train_nodes_default_like_train(tmp_path):
 
 NO_TORCH = (
     "import sys; sys.modules['torch'] = None  # as if torch were not installed\n"
-    "from sim.cli.main import main\n"
+    "from xpusim.sim.cli.main import main\n"
     "sys.exit(main(sys.argv[1:]))\n"
 )
 
@@ -426,9 +425,9 @@ def _routed_csv(tmp_path: Path, routing: bool = True) -> Path:
     (uniform: tokens x top_k / experts rows per expert), built without torch."""
     from dataclasses import replace
 
-    from calibrate.harness import summarise
-    from calibrate.pipeline import Measured, predict_case, write_measurements
-    from calibrate.suites import cases
+    from xpusim.calibrate.harness import summarise
+    from xpusim.calibrate.pipeline import Measured, predict_case, write_measurements
+    from xpusim.calibrate.suites import cases
 
     base = load_device("cpu-host")
     rows = []
@@ -443,7 +442,7 @@ def _routed_csv(tmp_path: Path, routing: bool = True) -> Path:
 
 
 def test_routing_round_trips_through_the_csv(tmp_path):
-    from calibrate.pipeline import read_measurements
+    from xpusim.calibrate.pipeline import read_measurements
 
     measured = read_measurements(_routed_csv(tmp_path))
     moe = [m for m in measured if m.case.suite == "moe"]
@@ -455,7 +454,7 @@ def test_routing_round_trips_through_the_csv(tmp_path):
 
 def test_recorded_routing_is_the_graph_torch_would_build():
     pytest.importorskip("torch")
-    from calibrate.suites import cases
+    from xpusim.calibrate.suites import cases
 
     case = next(c for c in cases(["moe"], quick=True))
     routed = case.with_routing()
@@ -561,9 +560,9 @@ def test_collective_rejects_absurd_rank_counts(capsys, flags, words):
 
 
 def test_cost_collective_caps_the_group():
-    from hwprofiles import load_system
-    from sim.network import cost_collective
-    from sim.network.api import MAX_RANKS
+    from xpusim.hwprofiles import load_system
+    from xpusim.sim.network import cost_collective
+    from xpusim.sim.network.api import MAX_RANKS
 
     system = load_system("dgx-h100", nodes=MAX_RANKS // 8 + 1)
     with pytest.raises(InputError, match="above the limit of 131,072"):
@@ -590,11 +589,11 @@ def test_flow_early_check_only_rejects_what_the_exact_check_would(ranks, system,
     listed from the real flows and links is larger than the limit too."""
     from unittest import mock
 
-    from hwprofiles import load_system
-    from sim.ir import CollectiveKind
-    from sim.network import flow
-    from sim.network.algorithms import build, candidates
-    from sim.network.topology import Topology
+    from xpusim.hwprofiles import load_system
+    from xpusim.sim.ir import CollectiveKind
+    from xpusim.sim.network import flow
+    from xpusim.sim.network.algorithms import build, candidates
+    from xpusim.sim.network.topology import Topology
 
     sysm = load_system(system)
     sysm = load_system(system, nodes=-(-ranks // sysm.devices_per_node))
@@ -665,8 +664,8 @@ def test_serve_draft_gets_the_default_gamma(capsys):
 
 def _sd_memory():
     # SD_SMALL: qwen2-57b-a14b on 2 x A800 (hgx-a800), vLLM 0.6, bf16.
-    from hwprofiles import load_system
-    from sim.inference.lowering import plan_for, require_memory
+    from xpusim.hwprofiles import load_system
+    from xpusim.sim.inference.lowering import plan_for, require_memory
 
     engine = load_engine("vllm-0.6")
     return require_memory(

@@ -7,21 +7,20 @@ from dataclasses import replace
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from hwprofiles import load_system
-from hwprofiles.spec import CollectiveEfficiency, Link
-from sim.engine import Engine
-from sim.ir import Collective, CollectiveKind, Delay, RankGraph, Stream
-from sim.models.spec import ModelSpec
-from sim.parallel import ParallelPlan
-from sim.schedules import (
+from xpusim.hwprofiles import load_system
+from xpusim.hwprofiles.spec import CollectiveEfficiency, Link
+from xpusim.sim.engine import Engine
+from xpusim.sim.ir import Collective, CollectiveKind, Delay, RankGraph, Stream
+from xpusim.sim.models.spec import ModelSpec
+from xpusim.sim.parallel import ParallelPlan
+from xpusim.sim.schedules import (
     closed_form_bubble,
     one_f_one_b,
     peak_in_flight,
     stage_order,
     steady_pairs,
 )
-from sim.training import simulate_training
+from xpusim.sim.training import simulate_training
 
 
 @settings(max_examples=60, deadline=None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 
-from sim.cli.main import main
+from xpusim.sim.cli.main import main
 
 
 def test_sd_json_rows_and_groups(capsys, tmp_path):

@@ -8,14 +8,13 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
-from hwprofiles import load_system
-from sim.errors import InputError
-from sim.inference.engine_fit import FIT_PARAMS, device_times, peak_speedup
-from sim.inference.engine_profile import load_engine
-from sim.inference.lowering import ParallelPlan
-from sim.inference.moesd_reference import FIT_SELECTION, compare_peaks, load_reference
-from sim.inference.speculative import (
+from xpusim.hwprofiles import load_system
+from xpusim.sim.errors import InputError
+from xpusim.sim.inference.engine_fit import FIT_PARAMS, device_times, peak_speedup
+from xpusim.sim.inference.engine_profile import load_engine
+from xpusim.sim.inference.lowering import ParallelPlan
+from xpusim.sim.inference.moesd_reference import FIT_SELECTION, compare_peaks, load_reference
+from xpusim.sim.inference.speculative import (
     SpeculativeModel,
     band_width,
     expected_tokens,
@@ -25,7 +24,7 @@ from sim.inference.speculative import (
     rejection_ops,
     sigma_to_alpha,
 )
-from sim.models.hf_config import load_model
+from xpusim.sim.models.hf_config import load_model
 
 REF = load_reference()
 BATCHES = REF.batches

@@ -7,13 +7,12 @@ preemption and with speculative decoding."""
 from __future__ import annotations
 
 import pytest
-
-from hwprofiles import load_system
-from sim.inference.engine_profile import load_engine
-from sim.inference.lowering import ParallelPlan, StepBatch, StepSimulator
-from sim.inference.serving import LengthDist, Server, StepCosts, Workload, make_requests
-from sim.inference.speculative import draft_simulator
-from sim.models.hf_config import load_model
+from xpusim.hwprofiles import load_system
+from xpusim.sim.inference.engine_profile import load_engine
+from xpusim.sim.inference.lowering import ParallelPlan, StepBatch, StepSimulator
+from xpusim.sim.inference.serving import LengthDist, Server, StepCosts, Workload, make_requests
+from xpusim.sim.inference.speculative import draft_simulator
+from xpusim.sim.models.hf_config import load_model
 
 # (engine, KV capacity in tokens): small capacities force preemption (incremental KV).
 CASES = [

@@ -7,12 +7,11 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-
-from hwprofiles import load_system
-from sim.models.hf_config import load_model
-from sim.parallel import ParallelPlan
-from sim.training.simulate import TrainingOptions, simulate_exact
-from sim.training.steady import simulate_training, steady_counts
+from xpusim.hwprofiles import load_system
+from xpusim.sim.models.hf_config import load_model
+from xpusim.sim.parallel import ParallelPlan
+from xpusim.sim.training.simulate import TrainingOptions, simulate_exact
+from xpusim.sim.training.steady import simulate_training, steady_counts
 
 GRID = [
     ("gpt3-1.7b", "dgx-a100", 4, dict(tp=2, pp=4, mbs=1, gbs=128, seq=1024)),

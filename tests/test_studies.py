@@ -11,18 +11,23 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from studies_tiny import TINY_STUDY
-
-from hwprofiles import load_system
-from sim.cli.main import main
-from sim.errors import InputError
-from sim.models.counting import param_counts
-from sim.parallel import ParallelPlan, validate_plan
-from sim.studies import analytical
-from sim.studies.plans import ep_comm_estimate, plan_estimate, recompute_factor
-from sim.studies.plots import pareto_front
-from sim.studies.search import run_study
-from sim.studies.space import Candidate, candidates_in_budget, count, enumerate_candidates, to_spec
-from sim.studies.study_file import check_constraint, evaluate_constraint, parse_study
+from xpusim.hwprofiles import load_system
+from xpusim.sim.cli.main import main
+from xpusim.sim.errors import InputError
+from xpusim.sim.models.counting import param_counts
+from xpusim.sim.parallel import ParallelPlan, validate_plan
+from xpusim.sim.studies import analytical
+from xpusim.sim.studies.plans import ep_comm_estimate, plan_estimate, recompute_factor
+from xpusim.sim.studies.plots import pareto_front
+from xpusim.sim.studies.search import run_study
+from xpusim.sim.studies.space import (
+    Candidate,
+    candidates_in_budget,
+    count,
+    enumerate_candidates,
+    to_spec,
+)
+from xpusim.sim.studies.study_file import check_constraint, evaluate_constraint, parse_study
 
 
 def tiny(**overrides) -> dict:

@@ -6,12 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from hwprofiles import load_system
-from sim.studies import analytical
-from sim.studies.search import PointTask, evaluate_point
-from sim.studies.space import candidates_in_budget
-from sim.studies.study_file import load_study
+from xpusim.hwprofiles import load_system
+from xpusim.sim.studies import analytical
+from xpusim.sim.studies.search import PointTask, evaluate_point
+from xpusim.sim.studies.space import candidates_in_budget
+from xpusim.sim.studies.study_file import load_study
 
 STUDY = Path(__file__).resolve().parents[1] / "examples" / "pangu_ultra_moe_study.toml"
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from sim.engine import Engine
-from sim.ir import Delay, RankGraph, Stream
-from sim.trace import chrome_trace, render_timeline, write_chrome_trace
+from xpusim.sim.engine import Engine
+from xpusim.sim.ir import Delay, RankGraph, Stream
+from xpusim.sim.trace import chrome_trace, render_timeline, write_chrome_trace
 
 
 def _result():

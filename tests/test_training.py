@@ -6,15 +6,14 @@ import json
 from dataclasses import replace
 
 import pytest
-
-from hwprofiles import load_system
-from sim.cli.main import main
-from sim.models.counting import forward_flops_breakdown, param_counts
-from sim.models.spec import MLASpec, ModelSpec, MoESpec
-from sim.parallel import ParallelPlan
-from sim.training import TrainingOptions, estimate_memory, simulate_training
-from sim.training import layers as L
-from sim.training.routing import hot_factors, rank_loads
+from xpusim.hwprofiles import load_system
+from xpusim.sim.cli.main import main
+from xpusim.sim.models.counting import forward_flops_breakdown, param_counts
+from xpusim.sim.models.spec import MLASpec, ModelSpec, MoESpec
+from xpusim.sim.parallel import ParallelPlan
+from xpusim.sim.training import TrainingOptions, estimate_memory, simulate_training
+from xpusim.sim.training import layers as L
+from xpusim.sim.training.routing import hot_factors, rank_loads
 
 DENSE = ModelSpec(
     "tiny-dense",
@@ -291,8 +290,8 @@ def test_cli_plan_file(capsys, tmp_path):
 @pytest.mark.slow
 def test_pangu_headline_and_ablations():
     """The Pangu plan runs, fits, and turning an optimisation off costs throughput."""
-    from sim.models.hf_config import load_model
-    from sim.training.bench import PANGU_PLAN
+    from xpusim.sim.models.hf_config import load_model
+    from xpusim.sim.training.bench import PANGU_PLAN
 
     spec = load_model("pangu-ultra-moe")
     system = load_system("atlas-800t-a2", nodes=768)
@@ -364,7 +363,7 @@ def test_layer_split_moves_layers_between_stages(node):
 
 def test_sensitivity_slowdown_scales_only_its_ops(node):
     """A 2x attention slowdown adds exactly the attention time once more to the busy time."""
-    from sim.training.simulate import Sensitivity
+    from xpusim.sim.training.simulate import Sensitivity
 
     plan = ParallelPlan(tp=1, pp=1, dp=8, mbs=1, gbs=8, seq=1024)
     base = simulate_training(DENSE, node, plan)
@@ -392,8 +391,8 @@ def test_cli_layer_split_and_errors(capsys):
 def test_shared_embedding_grads_all_reduced_between_first_and_last_stage(node):
     """MTP reuses the input embedding on the last stage: one all-reduce of its gradient per step
     between the first and last pipeline stage (Megatron's embedding group), none without MTP."""
-    from sim.ir import CollectiveKind
-    from sim.network import cost_collective
+    from xpusim.sim.ir import CollectiveKind
+    from xpusim.sim.network import cost_collective
 
     plan = ParallelPlan(tp=2, pp=2, ep=2, dp=2, mbs=1, gbs=4, seq=512, sequence_parallel=True)
     r = simulate_training(MOE, node, plan, TrainingOptions(exact=True))  # records kept
@@ -411,9 +410,9 @@ def test_shared_embedding_grads_all_reduced_between_first_and_last_stage(node):
 @pytest.mark.slow
 def test_pangu_gap_sensitivities_move_the_right_way():
     """Every added cost lowers the Pangu throughput; the uneven split does not."""
-    from sim.models.hf_config import load_model
-    from sim.training.bench import PANGU_PLAN
-    from sim.training.gap import pangu_variants, run_variants
+    from xpusim.sim.models.hf_config import load_model
+    from xpusim.sim.training.bench import PANGU_PLAN
+    from xpusim.sim.training.gap import pangu_variants, run_variants
 
     spec = load_model("pangu-ultra-moe")
     system = load_system("atlas-800t-a2", nodes=768)

@@ -13,14 +13,13 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-
-from hwprofiles import load_system
-from sim.ir import Collective, CollectiveKind
-from sim.models.spec import ModelSpec
-from sim.network import comm_time_fn
-from sim.parallel import Layout, ParallelPlan
-from sim.training import simulate_training
-from sim.training.lowering import build_chunks, fsdp_comms, slot_context
+from xpusim.hwprofiles import load_system
+from xpusim.sim.ir import Collective, CollectiveKind
+from xpusim.sim.models.spec import ModelSpec
+from xpusim.sim.network import comm_time_fn
+from xpusim.sim.parallel import Layout, ParallelPlan
+from xpusim.sim.training import simulate_training
+from xpusim.sim.training.lowering import build_chunks, fsdp_comms, slot_context
 
 DENSE = ModelSpec("tiny-dense", "llama", hidden=1024, layers=4, heads=16, kv_heads=4,
                   head_dim=64, ffn=2816, vocab=4096)

@@ -11,12 +11,11 @@ from dataclasses import replace
 from types import MappingProxyType
 
 import pytest
-
-from sim.ir import OpKind
-from sim.models.hf_config import load_model
-from sim.parallel import ParallelPlan, validate_plan
-from sim.training import layers as L
-from sim.training.memory import megatron_activation_bytes
+from xpusim.sim.ir import OpKind
+from xpusim.sim.models.hf_config import load_model
+from xpusim.sim.parallel import ParallelPlan, validate_plan
+from xpusim.sim.training import layers as L
+from xpusim.sim.training.memory import megatron_activation_bytes
 
 SEQ = 2048
 

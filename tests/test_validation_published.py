@@ -11,18 +11,17 @@ import tomllib
 from pathlib import Path
 
 import pytest
-
-from sim.models.hf_config import load_model
-from sim.validation.baseline import bus_factor
-from sim.validation.corpus import CATEGORIES, load_corpus
-from sim.validation.golden import golden_record, regressions
-from sim.validation.metrics import (
+from xpusim.sim.models.hf_config import load_model
+from xpusim.sim.validation.baseline import bus_factor
+from xpusim.sim.validation.corpus import CATEGORIES, load_corpus
+from xpusim.sim.validation.golden import golden_record, regressions
+from xpusim.sim.validation.metrics import (
     attention_paper_flops,
     megatron_flops_per_step,
     metric_for,
     signed_error,
 )
-from sim.validation.runner import row_argv, run_rows
+from xpusim.sim.validation.runner import row_argv, run_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "tests" / "golden" / "validation_published.json"
@@ -169,7 +168,7 @@ def test_regression_gate(results):
     assert not problems, (
         "validation against published measurements got worse: "
         + "; ".join(problems)
-        + " (if intended and explained, regenerate: python -m sim.validation.golden)"
+        + " (if intended and explained, regenerate: python -m xpusim.sim.validation.golden)"
     )
 
 
@@ -186,7 +185,7 @@ def test_cli_json_keys(tmp_path):
     ids = [r.id for r in ROWS if r.category == "collective"][:3]
     plot = tmp_path / "v.png"
     out = subprocess.run(
-        [sys.executable, "-m", "sim.cli.main", "validate", "--published", "--rows",
+        [sys.executable, "-m", "xpusim.sim.cli.main", "validate", "--published", "--rows",
          ",".join(ids), "--json", "--plot", str(plot)],
         capture_output=True, text=True, check=True, cwd=tmp_path,
     )
@@ -205,7 +204,7 @@ def test_cli_json_keys(tmp_path):
 
 def test_cli_rejects_unknown_category(tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "sim.cli.main", "validate", "--published", "--category", "x"],
+        [sys.executable, "-m", "xpusim.sim.cli.main", "validate", "--published", "--category", "x"],
         capture_output=True, text=True, cwd=tmp_path,
     )
     assert out.returncode == 2 and "unknown" in out.stderr and "Traceback" not in out.stderr

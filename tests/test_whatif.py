@@ -11,12 +11,11 @@ from types import SimpleNamespace
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
-from hwprofiles import load_system
-from sim.cli.main import main
-from sim.errors import InputError
-from sim.inference.sd_study import sd_payload
-from sim.studies.whatif import (
+from xpusim.hwprofiles import load_system
+from xpusim.sim.cli.main import main
+from xpusim.sim.errors import InputError
+from xpusim.sim.inference.sd_study import sd_payload
+from xpusim.sim.studies.whatif import (
     Point,
     SavedCommand,
     elasticity,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 
-from sim.engine import Engine
-from sim.ir import Collective, CollectiveKind, RankGraph, Stream
-from sim.ops import elementwise, gemm
+from xpusim.sim.engine import Engine
+from xpusim.sim.ir import Collective, CollectiveKind, RankGraph, Stream
+from xpusim.sim.ops import elementwise, gemm
 
 
 def build_graphs(ranks: int, layers: int) -> list[RankGraph]:

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _engine() -> dict:
-    from sim.bench.engine_bench import bench_engine
+    from xpusim.sim.bench.engine_bench import bench_engine
 
     streamed = bench_engine(records=False)
     recorded = bench_engine(records=True)
@@ -33,10 +33,10 @@ def _engine() -> dict:
 
 def _train(model: str, system: str, nodes: int, **plan) -> Callable[[], dict]:
     def run() -> dict:
-        from hwprofiles import load_system
-        from sim.models.hf_config import load_model
-        from sim.parallel import ParallelPlan
-        from sim.training.steady import simulate_training
+        from xpusim.hwprofiles import load_system
+        from xpusim.sim.models.hf_config import load_model
+        from xpusim.sim.parallel import ParallelPlan
+        from xpusim.sim.training.steady import simulate_training
 
         spec = load_model(model)
         sysm = load_system(system, nodes=nodes)
@@ -54,7 +54,7 @@ def _cli(*argv: str) -> Callable[[], dict]:
         import contextlib
         import io
 
-        from sim.cli.main import main
+        from xpusim.sim.cli.main import main
 
         start = time.perf_counter()
         with contextlib.redirect_stdout(io.StringIO()):
@@ -89,7 +89,7 @@ _GPT_1T = dict(tp=8, pp=64, mbs=1, gbs=3072, seq=2048, dtype="fp16", recompute="
 FIGURES: dict[str, tuple[Callable[[], dict], str, str, Callable[[float], bool]]] = {
     "engine": (_engine, "simulated ops/s (one core, CPU time)", ">= 500,000",
                lambda v: v >= 500_000),
-    "collective_4096": (_wall("sim.network.bench", "bench_collective_4096"),
+    "collective_4096": (_wall("xpusim.sim.network.bench", "bench_collective_4096"),
                         "s wall to cost a 4,096-rank all-to-all", "< 1 s", lambda v: v < 1.0),
     "train_pangu_6144": (_train("pangu-ultra-moe", "atlas-800t-a2", 768, **_PANGU),
                          "s wall, Pangu Ultra MoE step on 6,144 NPUs", "<= 0.5 s",
@@ -97,9 +97,9 @@ FIGURES: dict[str, tuple[Callable[[], dict], str, str, Callable[[float], bool]]]
     "train_gpt3_1t_3072": (_train("gpt3-1t", "dgx-a100", 384, **_GPT_1T),
                            "s wall, Megatron 1T GPT step on 3,072 GPUs", "<= 1 s",
                            lambda v: v <= 1.0),
-    "sd_sweep": (_wall("sim.inference.bench", "bench_sd_sweep"),
+    "sd_sweep": (_wall("xpusim.sim.inference.bench", "bench_sd_sweep"),
                  "s wall for the 19-batch MoESD sweep", "< 30 s", lambda v: v < 30.0),
-    "explore_study": (_wall("sim.studies.bench", "bench_explore"),
+    "explore_study": (_wall("xpusim.sim.studies.bench", "bench_explore"),
                       "s wall, ~1,000-candidate study, --jobs 2", "< 300 s",
                       lambda v: v < 300.0),
     "pangu_study": (_cli("explore", str(ROOT / "examples" / "pangu_ultra_moe_study.toml"),
@@ -114,7 +114,7 @@ FIGURES: dict[str, tuple[Callable[[], dict], str, str, Callable[[float], bool]]]
 
 def measure(name: str, timeout_s: float = 900.0) -> dict:
     """Run figure ``name`` in a fresh process: its value, wall and CPU seconds, peak RSS."""
-    cmd = [sys.executable, "-m", "sim.bench.figures", name]
+    cmd = [sys.executable, "-m", "xpusim.sim.bench.figures", name]
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env,
                           cwd=ROOT)

@@ -10,11 +10,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hwprofiles import load_device, load_system
-from sim.attention_model import compare, tiling_allreduce_cost
-from sim.errors import InputError
-from sim.limits import MAX_SEQ, check_int
-from sim.report import (
+from xpusim.hwprofiles import load_device, load_system
+from xpusim.sim.attention_model import compare, tiling_allreduce_cost
+from xpusim.sim.errors import InputError
+from xpusim.sim.limits import MAX_SEQ, check_int
+from xpusim.sim.report import (
     check_output_args,
     emit_json,
     fmt_bytes,
@@ -23,7 +23,7 @@ from sim.report import (
     table,
     write_csv,
 )
-from sim.units import parse_int_list
+from xpusim.sim.units import parse_int_list
 
 KERNEL_DTYPES = ("fp16", "bf16", "fp32")  # what kernels/attention.py runs
 MAX_SEQ_POINTS = 1000  # rows of one study

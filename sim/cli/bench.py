@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import subprocess
 
-from sim.bench.figures import FIGURES, measure
-from sim.report import emit_json, table
+from xpusim.sim.bench.figures import FIGURES, measure
+from xpusim.sim.report import emit_json, table
 
 
 def register(sub: argparse._SubParsersAction) -> None:

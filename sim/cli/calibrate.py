@@ -11,8 +11,8 @@ import argparse
 import time
 from pathlib import Path
 
-from sim.errors import InputError
-from sim.report import check_output_file, emit_json, fmt_si, table
+from xpusim.sim.errors import InputError
+from xpusim.sim.report import check_output_file, emit_json, fmt_si, table
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -48,8 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from calibrate.pipeline import write_measurements
-    from calibrate.suites import DEFAULT_SEED, SUITES
+    from xpusim.calibrate.pipeline import write_measurements
+    from xpusim.calibrate.suites import DEFAULT_SEED, SUITES
 
     seed = DEFAULT_SEED if args.seed is None else args.seed
     suites = None
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         check_output_file(csv_path, "--measurements", (".csv",))
     started = time.perf_counter()
     if args.from_measurements:
-        from calibrate.pipeline import read_measurements, recorded_device
+        from xpusim.calibrate.pipeline import read_measurements, recorded_device
 
         measured = read_measurements(args.from_measurements, "--from-measurements")
         local = recorded_device(args.from_measurements, args.device)
@@ -82,8 +82,8 @@ def run(args: argparse.Namespace) -> int:
         # Written as soon as they exist: a failure in the fit below loses nothing (refit
         # with --from-measurements).
         write_measurements(csv_path, measured, local)
-    from calibrate.overlay import overlay_doc, write_overlay
-    from calibrate.pipeline import (
+    from xpusim.calibrate.overlay import overlay_doc, write_overlay
+    from xpusim.calibrate.pipeline import (
         base_profile,
         fit_measured,
         load_base,
@@ -155,15 +155,14 @@ def _refuse_other_toml(out: Path) -> None:
 
 def _measure(args: argparse.Namespace, suites, seed: int):
     from tqdm import tqdm
-
-    from calibrate.device import detect, require_torch
+    from xpusim.calibrate.device import detect, require_torch
 
     require_torch(
         "'xpusim calibrate' (timing kernels; '--from-measurements CSV' refits without torch)"
     )
-    from calibrate.harness import HarnessConfig
-    from calibrate.pipeline import measure_cases
-    from calibrate.suites import cases
+    from xpusim.calibrate.harness import HarnessConfig
+    from xpusim.calibrate.pipeline import measure_cases
+    from xpusim.calibrate.suites import cases
 
     local = detect(args.device, threads=args.threads)
     todo = cases(suites, quick=args.quick, seed=seed)

@@ -12,15 +12,15 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from hwprofiles import load_system
-from hwprofiles.spec import System
-from sim.errors import InputError
-from sim.ir import CollectiveKind
-from sim.network import cost_collective
-from sim.network.algorithms import ALGORITHMS
-from sim.network.api import BACKENDS, MAX_RANKS
-from sim.network.protocols import PROTOCOLS
-from sim.report import (
+from xpusim.hwprofiles import load_system
+from xpusim.hwprofiles.spec import System
+from xpusim.sim.errors import InputError
+from xpusim.sim.ir import CollectiveKind
+from xpusim.sim.network import cost_collective
+from xpusim.sim.network.algorithms import ALGORITHMS
+from xpusim.sim.network.api import BACKENDS, MAX_RANKS
+from xpusim.sim.network.protocols import PROTOCOLS
+from xpusim.sim.report import (
     check_output_file,
     check_plot_path,
     emit_json,
@@ -30,7 +30,7 @@ from sim.report import (
     table,
     write_csv,
 )
-from sim.units import parse_size
+from xpusim.sim.units import parse_size
 
 DEFAULT_SWEEP = "1KiB:4GiB"
 
@@ -221,7 +221,7 @@ def measured_points(kind: str, system_arg: str, system_name: str, ranks: int, no
     nodes (category "collective", metric busbw, check and fit rows alike): the measured
     curve the sweep plot overlays. Empty when the corpus has none (or is absent)."""
     try:
-        from sim.validation.corpus import load_corpus
+        from xpusim.sim.validation.corpus import load_corpus
     except ImportError:
         return []
     try:

@@ -21,9 +21,9 @@ import io
 import json
 from typing import Any
 
-from hwprofiles import load_system
-from sim.errors import InputError
-from sim.report import emit_json, table
+from xpusim.hwprofiles import load_system
+from xpusim.sim.errors import InputError
+from xpusim.sim.report import emit_json, table
 
 COMMANDS = ("train", "infer")
 
@@ -46,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_one(argv: list[str]) -> tuple[int, dict | None, str]:
-    from sim.cli.main import main
+    from xpusim.sim.cli.main import main
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     if args.devices is not None and args.devices < 1:
         raise InputError(f"--devices must be >= 1, got {args.devices}")
     if args.plot:
-        from sim.report import check_plot_path
+        from xpusim.sim.report import check_plot_path
 
         check_plot_path(args.plot, "--plot")
     rows = []

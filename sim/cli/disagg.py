@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import argparse
 
-from hwprofiles import load_system
-from sim.errors import InputError
-from sim.inference.disagg import DecodeOnlyCosts, goodput, kv_path, run_disaggregated
-from sim.inference.engine_profile import load_engine
-from sim.inference.kvcache import kv_bytes_per_token
-from sim.inference.lowering import ParallelPlan, StepSimulator, plan_for, require_memory
-from sim.inference.routing import routing_from_text
-from sim.inference.serving import LengthDist, Server, StepCosts, Workload, make_requests
-from sim.models.hf_config import load_model
-from sim.report import emit_json, fmt_bytes, fmt_si, table
+from xpusim.hwprofiles import load_system
+from xpusim.sim.errors import InputError
+from xpusim.sim.inference.disagg import DecodeOnlyCosts, goodput, kv_path, run_disaggregated
+from xpusim.sim.inference.engine_profile import load_engine
+from xpusim.sim.inference.kvcache import kv_bytes_per_token
+from xpusim.sim.inference.lowering import ParallelPlan, StepSimulator, plan_for, require_memory
+from xpusim.sim.inference.routing import routing_from_text
+from xpusim.sim.inference.serving import LengthDist, Server, StepCosts, Workload, make_requests
+from xpusim.sim.models.hf_config import load_model
+from xpusim.sim.report import emit_json, fmt_bytes, fmt_si, table
 
 
 def add_args(s: argparse._ArgumentGroup) -> None:

@@ -12,13 +12,13 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from hwprofiles import load_system
-from sim.errors import InputError
-from sim.ir import dtype_bytes
-from sim.models import load_model
-from sim.network.api import BACKENDS
-from sim.network.ep import DISPATCH_MODES, EPConfig, EPResult, simulate_ep, system_for_ep
-from sim.report import (
+from xpusim.hwprofiles import load_system
+from xpusim.sim.errors import InputError
+from xpusim.sim.ir import dtype_bytes
+from xpusim.sim.models import load_model
+from xpusim.sim.network.api import BACKENDS
+from xpusim.sim.network.ep import DISPATCH_MODES, EPConfig, EPResult, simulate_ep, system_for_ep
+from xpusim.sim.report import (
     check_output_file,
     check_plot_path,
     emit_json,

@@ -8,12 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
-
-from sim.errors import InputError
-from sim.report import emit_json, fmt_bytes, fmt_si, table, write_csv
-from sim.studies import plots
-from sim.studies.search import StudyResult, run_study
-from sim.studies.study_file import RANK_METRICS, load_study
+from xpusim.sim.errors import InputError
+from xpusim.sim.report import emit_json, fmt_bytes, fmt_si, table, write_csv
+from xpusim.sim.studies import plots
+from xpusim.sim.studies.search import StudyResult, run_study
+from xpusim.sim.studies.study_file import RANK_METRICS, load_study
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -6,11 +6,11 @@ import argparse
 import dataclasses
 from typing import Any
 
-from hwprofiles import list_devices, list_systems, load_device, load_system
-from hwprofiles.loader import list_calibrated, load_raw
-from sim.errors import InputError
-from sim.inference.engine_profile import list_engines, load_engine
-from sim.report import emit_json, fmt_bytes, fmt_si, table
+from xpusim.hwprofiles import list_devices, list_systems, load_device, load_system
+from xpusim.hwprofiles.loader import list_calibrated, load_raw
+from xpusim.sim.errors import InputError
+from xpusim.sim.inference.engine_profile import list_engines, load_engine
+from xpusim.sim.report import emit_json, fmt_bytes, fmt_si, table
 
 
 def register(sub: argparse._SubParsersAction) -> None:

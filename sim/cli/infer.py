@@ -11,24 +11,24 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hwprofiles import load_system
-from sim.cli import disagg as disagg_cli
-from sim.cost.attention_impl import IMPLS, check_impl
-from sim.errors import InputError, NegativeVerdict
-from sim.inference.engine_profile import load_engine
-from sim.inference.kvcache import require_kv_fit, step_kv_bytes
-from sim.inference.lowering import (
+from xpusim.hwprofiles import load_system
+from xpusim.sim.cli import disagg as disagg_cli
+from xpusim.sim.cost.attention_impl import IMPLS, check_impl
+from xpusim.sim.errors import InputError, NegativeVerdict
+from xpusim.sim.inference.engine_profile import load_engine
+from xpusim.sim.inference.kvcache import require_kv_fit, step_kv_bytes
+from xpusim.sim.inference.lowering import (
     ParallelPlan,
     StepBatch,
     StepSimulator,
     plan_for,
     require_memory,
 )
-from sim.inference.routing import routing_from_text
-from sim.inference.serving import LengthDist, Server, StepCosts, Workload, make_requests
-from sim.inference.speculative import HEAD_KINDS, draft_simulator, require_draft_fit
-from sim.models.hf_config import load_model
-from sim.report import emit_json, fmt_bytes, fmt_si, table
+from xpusim.sim.inference.routing import routing_from_text
+from xpusim.sim.inference.serving import LengthDist, Server, StepCosts, Workload, make_requests
+from xpusim.sim.inference.speculative import HEAD_KINDS, draft_simulator, require_draft_fit
+from xpusim.sim.models.hf_config import load_model
+from xpusim.sim.report import emit_json, fmt_bytes, fmt_si, table
 
 
 def add_deployment_args(p: argparse.ArgumentParser) -> None:

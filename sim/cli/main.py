@@ -10,9 +10,9 @@ import argparse
 import importlib
 import sys
 
-from sim import __version__
-from sim.errors import InputError, NegativeVerdict, ProfileError
-from sim.limits import check_namespace
+from xpusim.sim import __version__
+from xpusim.sim.errors import InputError, NegativeVerdict, ProfileError
+from xpusim.sim.limits import check_namespace
 
 # One module per command under sim/cli/, each exposing register(subparsers).
 COMMAND_MODULES = (
@@ -51,9 +51,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMAND_MODULES if only is None else (only,):
         try:
-            module = importlib.import_module(f"sim.cli.{name}")
+            module = importlib.import_module(f"xpusim.sim.cli.{name}")
         except ModuleNotFoundError as exc:
-            if exc.name == f"sim.cli.{name}":
+            if exc.name == f"xpusim.sim.cli.{name}":
                 continue  # command not built yet
             raise
         module.register(sub)

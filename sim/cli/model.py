@@ -6,11 +6,11 @@ import argparse
 import dataclasses
 from typing import Any
 
-from sim.errors import InputError
-from sim.models.counting import forward_flops_breakdown, param_counts, weight_bytes
-from sim.models.hf_config import config_source, list_presets, load_model
-from sim.models.spec import ModelSpec
-from sim.report import emit_json, fmt_bytes, fmt_si, table
+from xpusim.sim.errors import InputError
+from xpusim.sim.models.counting import forward_flops_breakdown, param_counts, weight_bytes
+from xpusim.sim.models.hf_config import config_source, list_presets, load_model
+from xpusim.sim.models.spec import ModelSpec
+from xpusim.sim.report import emit_json, fmt_bytes, fmt_si, table
 
 WEIGHT_DTYPES = ("bf16", "fp16", "fp8", "fp32")
 BREAKDOWN_KEYS = (

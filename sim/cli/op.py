@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
-from hwprofiles import load_device
-from sim import ops
-from sim.cost import RooflineModel
-from sim.cost.attention_impl import IMPLS, PASSES, attention_cost, default_impl, shape_of
-from sim.ir import OpKind
-from sim.report import emit_json, fmt_si
+from xpusim.hwprofiles import load_device
+from xpusim.sim import ops
+from xpusim.sim.cost import RooflineModel
+from xpusim.sim.cost.attention_impl import IMPLS, PASSES, attention_cost, default_impl, shape_of
+from xpusim.sim.ir import OpKind
+from xpusim.sim.report import emit_json, fmt_si
 
 
 def register(sub: argparse._SubParsersAction) -> None:

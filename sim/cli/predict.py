@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import argparse
 
-from hwprofiles import load_device
-from sim.cost import RooflineModel
-from sim.kernel_registry import KERNELS, describe_kernel, parse_shape
-from sim.report import emit_json, fmt_si, table
+from xpusim.hwprofiles import load_device
+from xpusim.sim.cost import RooflineModel
+from xpusim.sim.kernel_registry import KERNELS, describe_kernel, parse_shape
+from xpusim.sim.report import emit_json, fmt_si, table
 
 
 def _keys_help() -> str:

@@ -1,6 +1,6 @@
 """``xpusim sd``: the speculative-decoding study (MoESD) — speedup and target efficiency vs batch.
 
-The study itself is ``sim.inference.sd_study.sd_payload`` (it takes the System, so
+The study itself is ``xpusim.sim.inference.sd_study.sd_payload`` (it takes the System, so
 ``xpusim whatif`` can vary it); this module parses options, loads the system and
 prints, writes CSV or plots. ``--compare-dense`` adds a dense target/draft pair,
 ``--topk`` re-runs the target with other top-k (MoESD Fig. 4).
@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hwprofiles import load_system
-from sim.inference.sd_study import sd_payload
-from sim.report import (
+from xpusim.hwprofiles import load_system
+from xpusim.sim.inference.sd_study import sd_payload
+from xpusim.sim.report import (
     check_output_args,
     emit_json,
     save_figure,

@@ -6,17 +6,24 @@ import argparse
 from dataclasses import fields, replace
 from pathlib import Path
 
-from hwprofiles import load_system
-from sim.cost.attention_impl import IMPLS, check_impl
-from sim.errors import InputError, NegativeVerdict
-from sim.ir import BYTES_PER_DTYPE, is_low_precision
-from sim.limits import check_ranks, check_train_work
-from sim.parallel import ParallelPlan, load_plan_file, validate_plan
-from sim.report import check_output_file, check_plot_path, emit_json, fmt_bytes, fmt_si, table
-from sim.training.memory import format_breakdown
-from sim.training.simulate import TrainingOptions, estimate_memory
-from sim.training.steady import simulate_training, simulated_microbatches
-from sim.units import parse_int_list
+from xpusim.hwprofiles import load_system
+from xpusim.sim.cost.attention_impl import IMPLS, check_impl
+from xpusim.sim.errors import InputError, NegativeVerdict
+from xpusim.sim.ir import BYTES_PER_DTYPE, is_low_precision
+from xpusim.sim.limits import check_ranks, check_train_work
+from xpusim.sim.parallel import ParallelPlan, load_plan_file, validate_plan
+from xpusim.sim.report import (
+    check_output_file,
+    check_plot_path,
+    emit_json,
+    fmt_bytes,
+    fmt_si,
+    table,
+)
+from xpusim.sim.training.memory import format_breakdown
+from xpusim.sim.training.simulate import TrainingOptions, estimate_memory
+from xpusim.sim.training.steady import simulate_training, simulated_microbatches
+from xpusim.sim.units import parse_int_list
 
 _INT_FLAGS = ("tp", "pp", "vpp", "dp", "ep", "cp", "mbs", "gbs", "seq", "zero", "seed")
 _BOOL_FLAGS = (
@@ -130,7 +137,7 @@ def _load_model(name: str | None):
             "--model is required (a preset such as pangu-ultra-moe, or a config.json "
             "path), on the command line or as `model = ...` in the plan file"
         )
-    from sim.models.hf_config import load_model
+    from xpusim.sim.models.hf_config import load_model
 
     return load_model(name)
 
@@ -256,11 +263,11 @@ def run(args: argparse.Namespace) -> int:
     )
     reps = {s.rank: f"stage {s.stage} (rank {s.rank})" for s in result.stages}
     if args.trace:
-        from sim.trace import write_chrome_trace
+        from xpusim.sim.trace import write_chrome_trace
 
         write_chrome_trace(result.sim, args.trace, reps.keys(), reps)
     if args.timeline:
-        from sim.trace import render_timeline
+        from xpusim.sim.trace import render_timeline
 
         render_timeline(
             result.sim,
@@ -282,7 +289,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_explain(result) -> None:
-    from sim.training.simulate import explain_terms
+    from xpusim.sim.training.simulate import explain_terms
 
     terms = explain_terms(result)
     print()

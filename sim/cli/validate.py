@@ -13,8 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from sim.errors import InputError
-from sim.report import check_output_file, check_plot_path, emit_json, table, write_csv
+from xpusim.sim.errors import InputError
+from xpusim.sim.report import check_output_file, check_plot_path, emit_json, table, write_csv
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -77,26 +77,26 @@ def run(args: argparse.Namespace) -> int:
             "validate needs --calibration FILE (held-out shapes of a local calibration) "
             "or --published (the corpus of published measurements)"
         )
-    from calibrate import validate as v
+    from xpusim.calibrate import validate as v
 
     meta = v.read_overlay_meta(args.calibration)
     suites = [s.strip() for s in args.suites.split(",")] if args.suites else None
     local = None
     if args.measurements:
-        from calibrate.pipeline import read_measurements
+        from xpusim.calibrate.pipeline import read_measurements
 
         rows = read_measurements(args.measurements, "--measurements")
         measured = [m for m in rows if m.case.split == "heldout"]
         if suites:
             measured = [m for m in measured if m.case.suite in suites]
     else:
-        from calibrate.device import detect, require_torch
+        from xpusim.calibrate.device import detect, require_torch
 
         require_torch(
             "'xpusim validate' (timing held-out kernels; '--measurements CSV' needs no torch)"
         )
-        from calibrate.harness import HarnessConfig
-        from calibrate.pipeline import measure_cases
+        from xpusim.calibrate.harness import HarnessConfig
+        from xpusim.calibrate.pipeline import measure_cases
 
         threads = args.threads or int(meta.get("threads") or 1)
         dev = detect(args.device, threads=threads)
@@ -185,7 +185,7 @@ def _split(text: str | None) -> list[str] | None:
 
 
 def run_published(args: argparse.Namespace) -> int:
-    from sim.validation import report
+    from xpusim.sim.validation import report
 
     if args.plot:
         check_plot_path(args.plot)
@@ -201,7 +201,7 @@ def run_published(args: argparse.Namespace) -> int:
     if args.csv:
         written.append(str(write_csv(args.csv, [r.as_dict() for r in results])))
     if args.plot:
-        from sim.validation.plot import scatter
+        from xpusim.sim.validation.plot import scatter
 
         title = "xpusim vs published measurements" + (
             f" ({args.category})" if args.category else ""

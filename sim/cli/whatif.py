@@ -8,15 +8,14 @@ import sys
 from pathlib import Path
 
 from tqdm import tqdm
-
-from sim.report import (
+from xpusim.sim.report import (
     check_output_args,
     emit_json,
     table,
     write_csv,
 )
-from sim.studies import plots
-from sim.studies.whatif import load_saved, parse_vary, run_whatif
+from xpusim.sim.studies import plots
+from xpusim.sim.studies.whatif import load_saved, parse_vary, run_whatif
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -1,6 +1,6 @@
 """Cost models: how long one ``Op`` takes on one device, with a breakdown."""
 
-from sim.cost.base import CachedCostModel, CostModel, OpCost
-from sim.cost.roofline import RooflineModel
+from xpusim.sim.cost.base import CachedCostModel, CostModel, OpCost
+from xpusim.sim.cost.roofline import RooflineModel
 
 __all__ = ["CachedCostModel", "CostModel", "OpCost", "RooflineModel"]

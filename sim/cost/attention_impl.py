@@ -52,12 +52,12 @@ import math
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from hwprofiles.spec import Device
-from sim import ops
-from sim.cost.base import OpCost
-from sim.cost.roofline import RooflineModel
-from sim.errors import InputError
-from sim.ir import MAIN_MEMORY, Op, OpKind, dtype_bytes
+from xpusim.hwprofiles.spec import Device
+from xpusim.sim import ops
+from xpusim.sim.cost.base import OpCost
+from xpusim.sim.cost.roofline import RooflineModel
+from xpusim.sim.errors import InputError
+from xpusim.sim.ir import MAIN_MEMORY, Op, OpKind, dtype_bytes
 
 IMPLS = (
     "standard",
@@ -457,7 +457,7 @@ def _place(items: list[float], reps: int, sms: int, heavy_first: bool) -> float:
 
 def _ascend(device: Device, shape: AttnShape, pass_: str) -> OpCost:
     """``sim.attention_model.fast_attention_cost`` (the ``xpusim attention`` model)."""
-    from sim.attention_model import fast_attention_cost  # the study module imports sim.cost
+    from xpusim.sim.attention_model import fast_attention_cost  # the study module imports sim.cost
 
     bh = shape.batch * shape.heads
     reps = max(1, round(bh))

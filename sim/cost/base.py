@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from sim.ir import Op
+from xpusim.sim.ir import Op
 
 
 @dataclass(frozen=True)

@@ -36,9 +36,9 @@ from __future__ import annotations
 
 import math
 
-from hwprofiles.spec import Device
-from sim.cost.base import OpCost
-from sim.ir import MAIN_MEMORY, Op, Unit, dtype_bytes, is_low_precision
+from xpusim.hwprofiles.spec import Device
+from xpusim.sim.cost.base import OpCost
+from xpusim.sim.ir import MAIN_MEMORY, Op, Unit, dtype_bytes, is_low_precision
 
 
 def saturating_efficiency(work: float, max_eff: float, half: float) -> float:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import time
 
-from hwprofiles import load_system
-from sim.inference.engine_profile import load_engine
-from sim.inference.lowering import ParallelPlan
-from sim.inference.moesd_reference import load_reference
-from sim.inference.speculative import SpeculativeModel
-from sim.models.hf_config import load_model
+from xpusim.hwprofiles import load_system
+from xpusim.sim.inference.engine_profile import load_engine
+from xpusim.sim.inference.lowering import ParallelPlan
+from xpusim.sim.inference.moesd_reference import load_reference
+from xpusim.sim.inference.speculative import SpeculativeModel
+from xpusim.sim.models.hf_config import load_model
 
 
 def bench_sd_sweep() -> float:

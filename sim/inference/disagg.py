@@ -5,7 +5,7 @@ Splitwise (Patel et al., ISCA 2024, arXiv:2311.18677) and DistServe (Zhong et al
 to a decode instance, and generate there; each pool can then be sized, parallelised
 and even built from different parts (Ascend 950PR for prefill, 950DT for decode).
 
-The model reuses ``sim.inference.serving.Server`` for both pools:
+The model reuses ``xpusim.sim.inference.serving.Server`` for both pools:
 
 1. **Prefill pool**: the requests with one output token each (the first token is the
    prefill's). Their first-token times are the TTFT of the split deployment.
@@ -32,10 +32,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
-from hwprofiles.spec import System
-from sim.errors import InputError
-from sim.inference.serving import Request, Server, ServeResult, StepCosts
+from xpusim.hwprofiles.spec import System
+from xpusim.sim.errors import InputError
+from xpusim.sim.inference.serving import Request, Server, ServeResult, StepCosts
 
 
 class DecodeOnlyCosts(StepCosts):

@@ -22,14 +22,13 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy.optimize import least_squares
-
-from hwprofiles import load_system
-from hwprofiles.spec import System
-from sim.inference.engine_profile import EngineProfile, engine_for_system, load_engine
-from sim.inference.moesd_reference import FIT_SELECTION, PeakCase, case_model, load_reference
-from sim.inference.speculative import expected_tokens
-from sim.models.hf_config import load_model
-from sim.models.spec import ModelSpec
+from xpusim.hwprofiles import load_system
+from xpusim.hwprofiles.spec import System
+from xpusim.sim.inference.engine_profile import EngineProfile, engine_for_system, load_engine
+from xpusim.sim.inference.moesd_reference import FIT_SELECTION, PeakCase, case_model, load_reference
+from xpusim.sim.inference.speculative import expected_tokens
+from xpusim.sim.models.hf_config import load_model
+from xpusim.sim.models.spec import ModelSpec
 
 FIT_PARAMS = ("step_overhead_s", "step_overhead_per_seq_s", "draft_step_overhead_s")
 

@@ -12,10 +12,10 @@ import difflib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from hwprofiles.loader import ROOT as HWPROFILES_ROOT
-from hwprofiles.spec import Device
-from sim.errors import InputError
-from sim.tomlfile import read_toml
+from xpusim.hwprofiles.loader import ROOT as HWPROFILES_ROOT
+from xpusim.hwprofiles.spec import Device
+from xpusim.sim.errors import InputError
+from xpusim.sim.tomlfile import read_toml
 
 ENGINE_DIR = HWPROFILES_ROOT / "engines"
 US = 1e-6

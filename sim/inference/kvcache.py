@@ -1,6 +1,6 @@
 """Memory of an inference deployment: weights, KV cache and activations per device.
 
-Per-rank figures follow the sharding of ``sim.workloads.transformer``: attention and
+Per-rank figures follow the sharding of ``xpusim.sim.workloads.transformer``: attention and
 dense FFN weights split over TP, routed experts split over EP (E/ep experts per rank,
 each expert's FFN split over TP), embedding and LM head vocab-parallel over TP.
 KV cache: GQA keeps 2 * kv_heads * head_dim values per token per layer, split over
@@ -13,16 +13,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sim.errors import NegativeVerdict
-from sim.ir import dtype_bytes
-from sim.models.counting import param_counts
-from sim.models.spec import ModelSpec
+from xpusim.sim.errors import NegativeVerdict
+from xpusim.sim.ir import dtype_bytes
+from xpusim.sim.models.counting import param_counts
+from xpusim.sim.models.spec import ModelSpec
 
 
 def weights_per_rank(spec: ModelSpec, tp: int, ep: int) -> float:
     """Parameters one rank holds: routed experts / (tp x ep), everything else / tp.
 
-    Counts come from ``sim.models.counting`` (the one parameter count of the project);
+    Counts come from ``xpusim.sim.models.counting`` (the one parameter count of the project);
     norms are replicated in reality but are < 0.01 % of the weights.
     """
     counts = param_counts(spec)

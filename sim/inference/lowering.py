@@ -2,7 +2,7 @@
 
 A step is ``sequences`` requests, each with ``q_len`` new tokens attending to a
 paged KV cache of ``context`` earlier positions (mean over the batch). The layer
-ops come from ``sim.workloads.transformer`` (one builder for training and
+ops come from ``xpusim.sim.workloads.transformer`` (one builder for training and
 inference); here they are placed on one simulated rank of a TP group, their
 ``CommNeed`` s become collectives on concrete ranks, host overheads of the serving
 engine become ``Delay`` s, and the SimPy engine gives the step time.
@@ -20,19 +20,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from hwprofiles.spec import System
-from sim import ops
-from sim.cost import CachedCostModel
-from sim.cost.attention_impl import KernelCostModel
-from sim.engine import Engine
-from sim.errors import InputError
-from sim.inference.engine_profile import NO_ENGINE, EngineProfile, engine_for_system
-from sim.inference.kvcache import MemoryPlan, kv_bytes_per_token, plan_memory, require_fit
-from sim.inference.routing import UNIFORM, Routing, experts_touched, moe_load
-from sim.ir import Collective, CollectiveKind, Delay, Op, RankGraph, Stream, dtype_bytes
-from sim.models.spec import ModelSpec
-from sim.network import comm_time_fn
-from sim.workloads.transformer import (
+from xpusim.hwprofiles.spec import System
+from xpusim.sim import ops
+from xpusim.sim.cost import CachedCostModel
+from xpusim.sim.cost.attention_impl import KernelCostModel
+from xpusim.sim.engine import Engine
+from xpusim.sim.errors import InputError
+from xpusim.sim.inference.engine_profile import NO_ENGINE, EngineProfile, engine_for_system
+from xpusim.sim.inference.kvcache import MemoryPlan, kv_bytes_per_token, plan_memory, require_fit
+from xpusim.sim.inference.routing import UNIFORM, Routing, experts_touched, moe_load
+from xpusim.sim.ir import Collective, CollectiveKind, Delay, Op, RankGraph, Stream, dtype_bytes
+from xpusim.sim.models.spec import ModelSpec
+from xpusim.sim.network import comm_time_fn
+from xpusim.sim.workloads.transformer import (
     CommNeed,
     Sharding,
     StepShape,

@@ -15,20 +15,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean, median
 
-from hwprofiles import load_system
-from hwprofiles.spec import System
-from sim.inference.engine_profile import EngineProfile, load_engine
-from sim.inference.lowering import ParallelPlan
-from sim.inference.speculative import (
+from xpusim.hwprofiles import load_system
+from xpusim.hwprofiles.spec import System
+from xpusim.sim.inference.engine_profile import EngineProfile, load_engine
+from xpusim.sim.inference.lowering import ParallelPlan
+from xpusim.sim.inference.speculative import (
     HEAD_KINDS,
     SpeculativeModel,
     expected_tokens,
     peak,
     sigma_to_alpha,
 )
-from sim.models.hf_config import load_model
-from sim.models.spec import ModelSpec
-from sim.report import table
+from xpusim.sim.models.hf_config import load_model
+from xpusim.sim.models.spec import ModelSpec
+from xpusim.sim.report import table
 
 REFERENCE_PATH = Path(__file__).resolve().parents[1] / "data" / "moesd_reference.toml"
 
@@ -183,7 +183,7 @@ def rescaling_baseline(case: PeakCase, fitted: list[PeakCase]) -> float | None:
 
 
 def main() -> None:
-    """Print the model's peak speedups against the paper (python -m sim.inference.moesd_reference)."""
+    """Print the model's peak speedups against the paper (python -m xpusim.sim.inference.moesd_reference)."""
     ref = load_reference()
     engine = load_engine("vllm-0.6")
     fitted = [c for c in ref.table1 if FIT_SELECTION(c)]

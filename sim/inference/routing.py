@@ -15,11 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from sim.errors import InputError
-from sim.inputs import read_text
-from sim.models.spec import ModelSpec
-from sim.workloads.transformer import MoELoad, expected_active_experts, uniform_moe_load
+from xpusim.sim.errors import InputError
+from xpusim.sim.inputs import read_text
+from xpusim.sim.models.spec import ModelSpec
+from xpusim.sim.workloads.transformer import MoELoad, expected_active_experts, uniform_moe_load
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ target efficiency = t_ar / t_verify. Optional groups: a dense target/draft pair
 (``topk``, MoESD Fig. 4).
 
 Memory: every batch is checked against the target's KV cache with the rule ``xpusim
-infer`` uses (``sim.inference.kvcache.require_kv_fit``): a verification round keeps
+infer`` uses (``xpusim.sim.inference.kvcache.require_kv_fit``): a verification round keeps
 each request's context plus the gamma drafted tokens plus the bonus token, i.e.
 ``batch x (context + gamma + 1)`` tokens (split over the EP groups). Batches that do
 not fit are left out of the sweep (no speedup is computed for them) and listed under
@@ -27,13 +27,13 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from hwprofiles.spec import System
-from sim.errors import InputError
-from sim.inference.engine_profile import EngineProfile, load_engine
-from sim.inference.kvcache import MemoryPlan, require_kv_fit, step_kv_bytes
-from sim.inference.lowering import ParallelPlan, plan_for, require_memory
-from sim.inference.routing import Routing, routing_from_text
-from sim.inference.speculative import (
+from xpusim.hwprofiles.spec import System
+from xpusim.sim.errors import InputError
+from xpusim.sim.inference.engine_profile import EngineProfile, load_engine
+from xpusim.sim.inference.kvcache import MemoryPlan, require_kv_fit, step_kv_bytes
+from xpusim.sim.inference.lowering import ParallelPlan, plan_for, require_memory
+from xpusim.sim.inference.routing import Routing, routing_from_text
+from xpusim.sim.inference.speculative import (
     HEAD_KINDS,
     SpeculativeModel,
     band_width,
@@ -42,9 +42,9 @@ from sim.inference.speculative import (
     require_draft_fit,
     sigma_to_alpha,
 )
-from sim.models.hf_config import load_model
-from sim.models.spec import ModelSpec
-from sim.units import parse_int_list
+from xpusim.sim.models.hf_config import load_model
+from xpusim.sim.models.spec import ModelSpec
+from xpusim.sim.units import parse_int_list
 
 
 def acceptance(alpha: str | float, sigma: float | None, gamma: int) -> float | tuple[float, ...]:

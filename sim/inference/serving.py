@@ -33,11 +33,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from tqdm import tqdm
-
-from sim.errors import InputError
-from sim.inference.lowering import StepBatch, StepSimulator
-from sim.inputs import open_text
-from sim.limits import MAX_REQUESTS, MAX_SEQ, MAX_SERVE_TOKENS, check_float, check_int
+from xpusim.sim.errors import InputError
+from xpusim.sim.inference.lowering import StepBatch, StepSimulator
+from xpusim.sim.inputs import open_text
+from xpusim.sim.limits import MAX_REQUESTS, MAX_SEQ, MAX_SERVE_TOKENS, check_float, check_int
 
 MIN_RATE = 1e-6  # requests/s (docs/limits.md)
 CONTEXT_GRID = (0, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)

@@ -26,17 +26,16 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from scipy.optimize import brentq
-
-from hwprofiles.spec import Device, System
-from sim import ops
-from sim.cost import RooflineModel
-from sim.errors import InputError, NegativeVerdict
-from sim.inference.engine_profile import NO_ENGINE, EngineProfile
-from sim.inference.kvcache import MemoryPlan, plan_memory
-from sim.inference.lowering import ParallelPlan, StepBatch, StepSimulator
-from sim.inference.routing import UNIFORM, Routing
-from sim.ir import Op
-from sim.models.spec import ModelSpec
+from xpusim.hwprofiles.spec import Device, System
+from xpusim.sim import ops
+from xpusim.sim.cost import RooflineModel
+from xpusim.sim.errors import InputError, NegativeVerdict
+from xpusim.sim.inference.engine_profile import NO_ENGINE, EngineProfile
+from xpusim.sim.inference.kvcache import MemoryPlan, plan_memory
+from xpusim.sim.inference.lowering import ParallelPlan, StepBatch, StepSimulator
+from xpusim.sim.inference.routing import UNIFORM, Routing
+from xpusim.sim.ir import Op
+from xpusim.sim.models.spec import ModelSpec
 
 HEAD_KINDS = ("eagle", "mtp")
 

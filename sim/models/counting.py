@@ -26,9 +26,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sim.errors import InputError
-from sim.ir import dtype_bytes
-from sim.models.spec import ModelSpec
+from xpusim.sim.errors import InputError
+from xpusim.sim.ir import dtype_bytes
+from xpusim.sim.models.spec import ModelSpec
 
 
 @dataclass(frozen=True)

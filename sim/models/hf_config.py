@@ -29,10 +29,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from sim.errors import InputError
-from sim.inputs import read_json
-from sim.limits import MAX_DIM
-from sim.models.spec import MLASpec, ModelSpec, MoESpec
+from xpusim.sim.errors import InputError
+from xpusim.sim.inputs import read_json
+from xpusim.sim.limits import MAX_DIM
+from xpusim.sim.models.spec import MLASpec, ModelSpec, MoESpec
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 

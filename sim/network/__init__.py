@@ -15,15 +15,15 @@ Modules: ``topology`` (links from the profile), ``algorithms`` (collectives as p
 (the 4,096-rank figure for ``xpusim bench``).
 """
 
-from sim.network.api import (
+from xpusim.sim.network.api import (
     CollectiveResult,
     bus_factor,
     comm_time_fn,
     cost_collective,
     cost_network,
 )
-from sim.network.bench import bench_collective_4096
-from sim.network.phases import Phase
+from xpusim.sim.network.bench import bench_collective_4096
+from xpusim.sim.network.phases import Phase
 
 __all__ = [
     "CollectiveResult",

@@ -1,4 +1,4 @@
-"""Collective algorithms as phases of flows (``sim.network.phases.Phase``).
+"""Collective algorithms as phases of flows (``xpusim.sim.network.phases.Phase``).
 
 ``nbytes`` follows ``sim.ir.Collective``: the all-reduce buffer, the all-gather
 *output*, the reduce-scatter *input*, the total one rank sends in an all-to-all
@@ -33,10 +33,10 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
-from sim.errors import InputError
-from sim.ir import CollectiveKind
-from sim.network.phases import Flow, Phase
-from sim.network.topology import Topology
+from xpusim.sim.errors import InputError
+from xpusim.sim.ir import CollectiveKind
+from xpusim.sim.network.phases import Flow, Phase
+from xpusim.sim.network.topology import Topology
 
 ALGORITHMS = (
     "ring",

@@ -13,10 +13,9 @@ from __future__ import annotations
 from collections import defaultdict
 
 import numpy as np
-
-from sim.errors import InputError
-from sim.network.phases import NetworkCost, Phase, PhaseCost
-from sim.network.topology import (
+from xpusim.sim.errors import InputError
+from xpusim.sim.network.phases import NetworkCost, Phase, PhaseCost
+from xpusim.sim.network.topology import (
     DIE_TO_DIE,
     INTER,
     INTRA,
@@ -24,7 +23,7 @@ from sim.network.topology import (
     SPINE,
     Topology,
 )
-from sim.report import fmt_bytes, fmt_si
+from xpusim.sim.report import fmt_bytes, fmt_si
 
 # A ragged (asymmetric) all-to-all is priced by listing its flows; beyond this many
 # the group should be made symmetric instead.

@@ -1,11 +1,11 @@
 """The collective cost API: algorithm choice, backend dispatch, nccl-tests bandwidths.
 
 ``cost_collective`` builds the system's ``Topology``, decomposes the collective into
-phases with the chosen algorithm (``sim.network.algorithms``) and prices them with
+phases with the chosen algorithm (``xpusim.sim.network.algorithms``) and prices them with
 the analytical backend (per-link bytes / capacity) or the flow-level simulation
 (max-min fair sharing). On an NCCL system the protocol (LL, LL128, Simple) then
 scales that transfer time and NCCL's latency model adds the per-step latencies
-(``sim.network.protocols``); elsewhere each step costs a hop latency plus the
+(``xpusim.sim.network.protocols``); elsewhere each step costs a hop latency plus the
 profile's step overhead. ``algorithm``/``protocol`` = "auto" price every applicable
 pair analytically and keep the fastest, NCCL's own rule: LL for small messages,
 LL128 / Simple as they grow, trees and NVLS where they win, two-level forms when
@@ -18,14 +18,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from hwprofiles.spec import System
-from sim.errors import InputError
-from sim.ir import Collective, CollectiveKind
-from sim.network import analytical, flow
-from sim.network import protocols as proto
-from sim.network.algorithms import build, candidates
-from sim.network.phases import NetworkCost, Phase, PhaseCost
-from sim.network.topology import Topology
+from xpusim.hwprofiles.spec import System
+from xpusim.sim.errors import InputError
+from xpusim.sim.ir import Collective, CollectiveKind
+from xpusim.sim.network import analytical, flow
+from xpusim.sim.network import protocols as proto
+from xpusim.sim.network.algorithms import build, candidates
+from xpusim.sim.network.phases import NetworkCost, Phase, PhaseCost
+from xpusim.sim.network.topology import Topology
 
 BACKENDS = ("analytical", "flow")
 

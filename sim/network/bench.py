@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import time
 
-from hwprofiles import load_system
-from hwprofiles.spec import System
-from sim.ir import CollectiveKind
-from sim.network.api import cost_collective
+from xpusim.hwprofiles import load_system
+from xpusim.hwprofiles.spec import System
+from xpusim.sim.ir import CollectiveKind
+from xpusim.sim.network.api import cost_collective
 
 
 def bench_collective_4096(system: System | None = None) -> float:

@@ -62,13 +62,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-
-from hwprofiles.spec import System
-from sim.errors import InputError
-from sim.inputs import read_text
-from sim.network.api import cost_network
-from sim.network.phases import NetworkCost, Phase
-from sim.network.topology import DIE_TO_DIE, INTER, INTRA
+from xpusim.hwprofiles.spec import System
+from xpusim.sim.errors import InputError
+from xpusim.sim.inputs import read_text
+from xpusim.sim.network.api import cost_network
+from xpusim.sim.network.phases import NetworkCost, Phase
+from xpusim.sim.network.topology import DIE_TO_DIE, INTER, INTRA
 
 DISPATCH_MODES = ("flat", "hierarchical", "deepep", "low-latency")
 

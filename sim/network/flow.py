@@ -12,11 +12,10 @@ every flow); the analytical backend must agree with it there (tests/test_network
 from __future__ import annotations
 
 import numpy as np
-
-from sim.errors import InputError
-from sim.network.analytical import describe_link, phase_latency
-from sim.network.phases import NetworkCost, Phase, PhaseCost
-from sim.network.topology import Topology
+from xpusim.sim.errors import InputError
+from xpusim.sim.network.analytical import describe_link, phase_latency
+from xpusim.sim.network.phases import NetworkCost, Phase, PhaseCost
+from xpusim.sim.network.topology import Topology
 
 # The incidence matrix is flows x links booleans; beyond this many cells (~50 MB) the
 # analytical backend is the tool.

@@ -4,7 +4,7 @@ NCCL prices every (algorithm, protocol) pair with ``time = latency + bytes / alg
 and runs the cheapest (src/graph/tuning.cc, ``ncclTopoTuneModel`` and
 ``ncclTopoGetAlgoTime``); its constants live in ``sim/data/nccl_tuning.toml``.
 Here the *bandwidth* side comes from the topology (the phases of
-``sim.network.algorithms`` priced link by link, at NCCL's effective per-link rate);
+``xpusim.sim.network.algorithms`` priced link by link, at NCCL's effective per-link rate);
 this module adds what the link loads do not show:
 
 * the **protocol fraction** of that bandwidth: LL moves 4 data bytes per 8-byte
@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
-from hwprofiles.spec import System
-from sim.ir import CollectiveKind
+from xpusim.hwprofiles.spec import System
+from xpusim.sim.ir import CollectiveKind
 
 PROTOCOLS = ("LL", "LL128", "Simple")
 _P = {p: i for i, p in enumerate(PROTOCOLS)}
@@ -61,7 +61,7 @@ class Tuning:
 
 @cache
 def tuning() -> Tuning:
-    text = (resources.files("sim") / "data" / "nccl_tuning.toml").read_text(encoding="utf-8")
+    text = (resources.files("xpusim.sim") / "data" / "nccl_tuning.toml").read_text(encoding="utf-8")
     d = tomllib.loads(text)
     misc = d["misc"]
     return Tuning(

@@ -35,8 +35,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hwprofiles.spec import System
-from sim.errors import InputError
+from xpusim.hwprofiles.spec import System
+from xpusim.sim.errors import InputError
 
 # Link classes, used as keys of CollectiveResult.link_bytes.
 DIE_TO_DIE = "die_to_die"

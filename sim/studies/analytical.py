@@ -9,13 +9,13 @@ Two checks, both explainable in a line (docs/explore.md derives them):
   weights, x EP for experts). If even that exceeds one device's HBM, no plan fits
   and the candidate is dropped before any plan is tried.
 * **Roofline step bound.** The forward ops of one sequence through one dense and
-  one MoE layer (``sim.workloads.transformer.layer_forward``, so MLA/GQA, expert
+  one MoE layer (``xpusim.sim.workloads.transformer.layer_forward``, so MLA/GQA, expert
   GEMM sizes and the wave quantisation of small expert GEMMs all count), priced
   by the device's roofline cost model; backward = 2 x forward (the MFU
   convention). Sequences are spread evenly over all devices (an ideal,
   bubble-free data-parallel split). The EP all-to-all of that sequence (dispatch
   and combine, forward and backward) is priced by the network model
-  (``sim.network.cost_collective``, an all-to-all over devices 0..ep-1), and assumed to overlap with compute (Pangu's adaptive pipe overlap),
+  (``xpusim.sim.network.cost_collective``, an all-to-all over devices 0..ep-1), and assumed to overlap with compute (Pangu's adaptive pipe overlap),
   so the step is bounded by the larger of the two.
 
 It is a *bound* used to shortlist — pipeline bubbles, TP communication and
@@ -26,15 +26,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from hwprofiles.spec import System
-from sim.cost import CachedCostModel, RooflineModel
-from sim.ir import CollectiveKind, Op, dtype_bytes
-from sim.models.counting import model_flops_per_token, param_counts
-from sim.models.spec import ModelSpec
-from sim.network.api import cost_collective
-from sim.studies.space import Counted, to_spec
-from sim.studies.study_file import Study
-from sim.workloads.transformer import (
+from xpusim.hwprofiles.spec import System
+from xpusim.sim.cost import CachedCostModel, RooflineModel
+from xpusim.sim.ir import CollectiveKind, Op, dtype_bytes
+from xpusim.sim.models.counting import model_flops_per_token, param_counts
+from xpusim.sim.models.spec import ModelSpec
+from xpusim.sim.network.api import cost_collective
+from xpusim.sim.studies.space import Counted, to_spec
+from xpusim.sim.studies.study_file import Study
+from xpusim.sim.workloads.transformer import (
     Sharding,
     StepShape,
     layer_forward,

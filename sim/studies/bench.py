@@ -10,8 +10,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from sim.studies.search import run_study
-from sim.studies.study_file import load_study
+from xpusim.sim.studies.search import run_study
+from xpusim.sim.studies.study_file import load_study
 
 SMALL_STUDY = Path(__file__).resolve().parents[2] / "examples" / "small_study.toml"
 

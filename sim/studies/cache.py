@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sim import __version__
+from xpusim.sim import __version__
 
 _SOURCE_ROOTS = ("sim", "hwprofiles")
 

@@ -15,7 +15,7 @@ import importlib.util
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sim.errors import InputError
+from xpusim.sim.errors import InputError
 
 EXECUTORS = ("local", "ray")
 

@@ -26,15 +26,15 @@ import itertools
 import math
 from dataclasses import dataclass
 
-from hwprofiles.spec import System
-from sim.errors import InputError
-from sim.ir import dtype_bytes
-from sim.models.counting import param_counts
-from sim.models.spec import ModelSpec
-from sim.parallel import ParallelPlan, microbatches, validate_plan
-from sim.studies.analytical import MAIN_GRAD_BYTES, OPTIMIZER_BYTES, Analytical, ep_bandwidth
-from sim.studies.study_file import Study
-from sim.training import estimate_memory
+from xpusim.hwprofiles.spec import System
+from xpusim.sim.errors import InputError
+from xpusim.sim.ir import dtype_bytes
+from xpusim.sim.models.counting import param_counts
+from xpusim.sim.models.spec import ModelSpec
+from xpusim.sim.parallel import ParallelPlan, microbatches, validate_plan
+from xpusim.sim.studies.analytical import MAIN_GRAD_BYTES, OPTIMIZER_BYTES, Analytical, ep_bandwidth
+from xpusim.sim.studies.study_file import Study
+from xpusim.sim.training import estimate_memory
 
 # Upper bound on estimate_memory calls per model, so a space of mostly-OOM plans
 # cannot stall a study; reported in the row as plans_checked.

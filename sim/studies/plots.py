@@ -10,8 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
-
-from sim.report import save_figure
+from xpusim.sim.report import save_figure
 
 METRIC_LABELS = {
     "tokens_per_s": "throughput (tokens/s)",

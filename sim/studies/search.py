@@ -23,16 +23,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hwprofiles import load_system
-from hwprofiles.spec import System
-from sim.cost import CachedCostModel, RooflineModel
-from sim.studies import analytical
-from sim.studies.cache import PointCache, code_fingerprint, point_key
-from sim.studies.executors import run_tasks
-from sim.studies.plans import choose_plans, plan_label
-from sim.studies.space import Candidate, Counted, SpaceSummary, candidates_in_budget, to_spec
-from sim.studies.study_file import Study, check_constraint, evaluate_constraint
-from sim.training import simulate_training
+from xpusim.hwprofiles import load_system
+from xpusim.hwprofiles.spec import System
+from xpusim.sim.cost import CachedCostModel, RooflineModel
+from xpusim.sim.studies import analytical
+from xpusim.sim.studies.cache import PointCache, code_fingerprint, point_key
+from xpusim.sim.studies.executors import run_tasks
+from xpusim.sim.studies.plans import choose_plans, plan_label
+from xpusim.sim.studies.space import Candidate, Counted, SpaceSummary, candidates_in_budget, to_spec
+from xpusim.sim.studies.study_file import Study, check_constraint, evaluate_constraint
+from xpusim.sim.training import simulate_training
 
 # Breakdown entries (seconds per step, mean over pipeline stages) copied into each row.
 BREAKDOWN_KEYS = (

@@ -4,7 +4,7 @@ A ``Candidate`` is one point of the space (plain hyperparameters); ``to_spec``
 turns it into a ``ModelSpec`` so every count and every simulation uses the
 project's one model description. Pruning happens in this order, cheapest first:
 structural sanity (top_k <= experts, dense layers < layers), the user's
-constraints, then the parameter budgets (counted by ``sim.models.counting``).
+constraints, then the parameter budgets (counted by ``xpusim.sim.models.counting``).
 """
 
 from __future__ import annotations
@@ -13,9 +13,14 @@ import itertools
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
-from sim.models.counting import param_counts
-from sim.models.spec import MLASpec, ModelSpec, MoESpec
-from sim.studies.study_file import CANDIDATE_FIELDS, Study, check_constraint, evaluate_constraint
+from xpusim.sim.models.counting import param_counts
+from xpusim.sim.models.spec import MLASpec, ModelSpec, MoESpec
+from xpusim.sim.studies.study_file import (
+    CANDIDATE_FIELDS,
+    Study,
+    check_constraint,
+    evaluate_constraint,
+)
 
 _GQA_ONLY = ("kv_heads", "head_dim")
 _MLA_ONLY = ("q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")

@@ -15,11 +15,10 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
-from sim import safe_eval
-from sim.errors import InputError
-from sim.parallel import RECOMPUTE_POLICIES
-from sim.tomlfile import read_toml
+from xpusim.sim import safe_eval
+from xpusim.sim.errors import InputError
+from xpusim.sim.parallel import RECOMPUTE_POLICIES
+from xpusim.sim.tomlfile import read_toml
 
 RANK_METRICS = ("tokens_per_s", "mfu", "time_to_tokens")
 ATTENTION_TYPES = ("gqa", "mla")

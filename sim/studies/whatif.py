@@ -14,7 +14,7 @@ A *saved command* is a TOML file holding one ``xpusim`` command and its argument
     vary = ["device.hbm_bandwidth=0.5x,1x,2x"]
 
 A *variation* ``FIELD=V1,V2,...`` names a field by a dotted path — ``device.*``
-(``hwprofiles.spec.Device``, incl. ``device.efficiency.*`` and dict entries such as
+(``xpusim.hwprofiles.spec.Device``, incl. ``device.efficiency.*`` and dict entries such as
 ``device.matrix_peak.bf16``), ``system.*`` (``System``; aliases below) or
 ``model.*`` (``ModelSpec``, incl. ``model.moe.*``, ``model.mla.*``; for ``sd`` the
 target model) — and values
@@ -37,19 +37,19 @@ from dataclasses import dataclass, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from hwprofiles import load_system
-from hwprofiles.spec import System
-from sim.cli import ep as ep_cli
-from sim.cli import infer as infer_cli
-from sim.cli import sd as sd_cli
-from sim.cli import train as train_cli
-from sim.errors import InputError
-from sim.inference.engine_profile import load_engine
-from sim.inference.kvcache import require_kv_fit, step_kv_bytes
-from sim.inference.lowering import StepBatch, StepSimulator, plan_for, require_memory
-from sim.inference.routing import routing_from_text
-from sim.inference.sd_study import sd_payload
-from sim.limits import (
+from xpusim.hwprofiles import load_system
+from xpusim.hwprofiles.spec import System
+from xpusim.sim.cli import ep as ep_cli
+from xpusim.sim.cli import infer as infer_cli
+from xpusim.sim.cli import sd as sd_cli
+from xpusim.sim.cli import train as train_cli
+from xpusim.sim.errors import InputError
+from xpusim.sim.inference.engine_profile import load_engine
+from xpusim.sim.inference.kvcache import require_kv_fit, step_kv_bytes
+from xpusim.sim.inference.lowering import StepBatch, StepSimulator, plan_for, require_memory
+from xpusim.sim.inference.routing import routing_from_text
+from xpusim.sim.inference.sd_study import sd_payload
+from xpusim.sim.limits import (
     MAX_DIM,
     MAX_RANKS,
     check_float,
@@ -57,13 +57,13 @@ from sim.limits import (
     check_namespace,
     check_train_work,
 )
-from sim.models import load_model
-from sim.models.spec import ModelSpec
-from sim.network.ep import simulate_ep, system_for_ep
-from sim.parallel import ParallelPlan, microbatches, validate_plan
-from sim.studies.executors import run_tasks
-from sim.tomlfile import read_toml
-from sim.training import simulate_training
+from xpusim.sim.models import load_model
+from xpusim.sim.models.spec import ModelSpec
+from xpusim.sim.network.ep import simulate_ep, system_for_ep
+from xpusim.sim.parallel import ParallelPlan, microbatches, validate_plan
+from xpusim.sim.studies.executors import run_tasks
+from xpusim.sim.tomlfile import read_toml
+from xpusim.sim.training import simulate_training
 
 COMMANDS = ("train", "ep", "infer", "sd")
 SYSTEM_ALIASES = {

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 
-from hwprofiles import load_system
-from sim.parallel import ParallelPlan
-from sim.training.steady import simulate_training
+from xpusim.hwprofiles import load_system
+from xpusim.sim.parallel import ParallelPlan
+from xpusim.sim.training.steady import simulate_training
 
 # The headline plan of docs/training.md: 6,144 NPUs (768 Atlas 800T A2 nodes),
 # TP8 PP16 VPP2 EP4, micro-batch 2, global batch 9216 x 4096 tokens (assumed).
@@ -25,7 +25,7 @@ PANGU_PLAN = ParallelPlan(
 
 def bench_train_pangu() -> float:
     """Wall seconds of ``xpusim train`` on the Pangu plan (model loading excluded)."""
-    from sim.models.hf_config import load_model
+    from xpusim.sim.models.hf_config import load_model
 
     spec = load_model("pangu-ultra-moe")
     system = load_system("atlas-800t-a2", nodes=768)

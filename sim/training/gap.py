@@ -3,7 +3,7 @@
 The paper reports 1.46 M tokens/s and 30.0% MFU on "6K" Ascend NPUs; the plan of
 docs/training.md simulates faster. Nothing here is fitted to the paper. Each variant
 changes one assumption or adds one cost the headline does not model, and the table
-reports what the simulator then predicts (run ``python -m sim.training.gap``):
+reports what the simulator then predicts (run ``python -m xpusim.sim.training.gap``):
 
 * layout: an uneven pipeline split instead of no-op padding (``layer_split``);
 * workload: sequence length 8K (same tokens per step), MoE routing skew (Zipf);
@@ -12,7 +12,7 @@ reports what the simulator then predicts (run ``python -m sim.training.gap``):
 * host overhead: a fixed dispatch time per op the device waits for;
 * memory: full recompute (what a plan that cannot fit selective recompute pays).
 
-``python -m sim.training.gap --ablations`` prints the table of optimisations turned off;
+``python -m xpusim.sim.training.gap --ablations`` prints the table of optimisations turned off;
 ``--combined`` the plausibility check (several sensitivities at once, at 8K);
 ``--plot PATH`` also draws the table as bars (docs/img/train_pangu_gap.png).
 
@@ -25,12 +25,12 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from hwprofiles.spec import System
-from sim.models.spec import ModelSpec
-from sim.parallel import ParallelPlan
-from sim.report import save_figure
-from sim.training.simulate import Sensitivity, TrainingOptions
-from sim.training.steady import simulate_training
+from xpusim.hwprofiles.spec import System
+from xpusim.sim.models.spec import ModelSpec
+from xpusim.sim.parallel import ParallelPlan
+from xpusim.sim.report import save_figure
+from xpusim.sim.training.simulate import Sensitivity, TrainingOptions
+from xpusim.sim.training.steady import simulate_training
 
 # Reported figures (a check, never an input): Pangu Ultra MoE abstract (30.0% MFU) and
 # secondary notes (1.46 M tokens/s) — /work/shared/reference/pangu_ultra_moe.md §5.
@@ -213,15 +213,15 @@ def plot(rows: list[dict], path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m sim.training.gap [--ablations | --combined] [--plot PNG] [VARIANT ...]``."""
+    """``python -m xpusim.sim.training.gap [--ablations | --combined] [--plot PNG] [VARIANT ...]``."""
     import argparse
 
-    from hwprofiles import load_system
-    from sim.models.hf_config import load_model
-    from sim.training.bench import PANGU_PLAN
+    from xpusim.hwprofiles import load_system
+    from xpusim.sim.models.hf_config import load_model
+    from xpusim.sim.training.bench import PANGU_PLAN
 
     parser = argparse.ArgumentParser(
-        prog="python -m sim.training.gap",
+        prog="python -m xpusim.sim.training.gap",
         description="Pangu Ultra MoE on 6,144 NPUs: the headline next to one-assumption "
         "variants (default), the optimisation ablations, or the combined check.",
     )

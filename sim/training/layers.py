@@ -1,6 +1,6 @@
 """Forward, backward and recompute items of one pipeline slot on one rank.
 
-The forward comes from ``sim.workloads.transformer`` (the FLOPs and bytes shared
+The forward comes from ``xpusim.sim.workloads.transformer`` (the FLOPs and bytes shared
 with inference); this module adds what training needs:
 
 * which tensor each op keeps for its backward (``saved_bytes``) and which module
@@ -21,11 +21,19 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 
-from sim import ops
-from sim.ir import MAIN_MEMORY, CollectiveKind, Op, OpKind, Unit, dtype_bytes, is_low_precision
-from sim.models.spec import ModelSpec
-from sim.parallel import ParallelPlan
-from sim.workloads.transformer import (
+from xpusim.sim import ops
+from xpusim.sim.ir import (
+    MAIN_MEMORY,
+    CollectiveKind,
+    Op,
+    OpKind,
+    Unit,
+    dtype_bytes,
+    is_low_precision,
+)
+from xpusim.sim.models.spec import ModelSpec
+from xpusim.sim.parallel import ParallelPlan
+from xpusim.sim.workloads.transformer import (
     CommNeed,
     MoELoad,
     Sharding,
@@ -147,7 +155,7 @@ def low_precision_gemms(raw: list, fmt: str) -> list:
     """Rewrite the 16-bit GEMMs of builder output for a low-precision recipe ``fmt``: each
     becomes a cast of its activation input plus the GEMM on ``fmt`` operands (priced at the
     device's ``fmt`` peak; output written in bf16). Weights are cast once per step (see
-    ``sim.training.lowering``), so only the activation cast is per micro-batch."""
+    ``xpusim.sim.training.lowering``), so only the activation cast is per micro-batch."""
     if not is_low_precision(fmt):
         return raw
     out: list = []

@@ -30,9 +30,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from hwprofiles.spec import System
-from sim import ops
-from sim.ir import (
+from xpusim.hwprofiles.spec import System
+from xpusim.sim import ops
+from xpusim.sim.ir import (
     Collective,
     CollectiveKind,
     Delay,
@@ -44,12 +44,12 @@ from sim.ir import (
     dtype_bytes,
     is_low_precision,
 )
-from sim.models.spec import ModelSpec
-from sim.parallel import Coord, Layout, ParallelPlan, stage_slots
-from sim.schedules import Unit as SchedUnit
-from sim.schedules import steady_pairs
-from sim.training import layers as L
-from sim.training.routing import hot_factors, rank_loads
+from xpusim.sim.models.spec import ModelSpec
+from xpusim.sim.parallel import Coord, Layout, ParallelPlan, stage_slots
+from xpusim.sim.schedules import Unit as SchedUnit
+from xpusim.sim.schedules import steady_pairs
+from xpusim.sim.training import layers as L
+from xpusim.sim.training.routing import hot_factors, rank_loads
 
 ADAM_FLOPS_PER_PARAM = 12.0  # moments, bias correction, sqrt, divide, decay, update
 # Norm of the gradients: square and accumulate.

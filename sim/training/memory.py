@@ -24,11 +24,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sim.ir import dtype_bytes
-from sim.parallel import ParallelPlan
-from sim.schedules import peak_in_flight
-from sim.training import layers as L
-from sim.training.lowering import RankPlan
+from xpusim.sim.ir import dtype_bytes
+from xpusim.sim.parallel import ParallelPlan
+from xpusim.sim.schedules import peak_in_flight
+from xpusim.sim.training import layers as L
+from xpusim.sim.training.lowering import RankPlan
 
 OPTIMIZER_BYTES_PER_PARAM = 12.0  # fp32 master weights + Adam first and second moments
 GIB = 1024**3

@@ -16,10 +16,9 @@ rank its own load (``rank_loads``) and the collectives make everyone wait.
 from __future__ import annotations
 
 import numpy as np
-
-from sim.errors import InputError
-from sim.models.spec import ModelSpec
-from sim.parallel import parse_routing
+from xpusim.sim.errors import InputError
+from xpusim.sim.models.spec import ModelSpec
+from xpusim.sim.parallel import parse_routing
 
 
 def rank_loads(spec: ModelSpec, routing: str, ep_ranks: int, layer: int, seed: int) -> np.ndarray:

@@ -15,17 +15,17 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from hwprofiles.spec import System
-from sim.cost import CachedCostModel
-from sim.cost.attention_impl import KernelCostModel
-from sim.engine import Engine, SimResult, overlap_length, union_intervals
-from sim.errors import InputError
-from sim.ir import Stream
-from sim.models.spec import ModelSpec
-from sim.parallel import Coord, Layout, ParallelPlan, microbatches, validate_plan
-from sim.schedules import closed_form_bubble, stage_order
-from sim.training.framework import framework_profile
-from sim.training.lowering import (
+from xpusim.hwprofiles.spec import System
+from xpusim.sim.cost import CachedCostModel
+from xpusim.sim.cost.attention_impl import KernelCostModel
+from xpusim.sim.engine import Engine, SimResult, overlap_length, union_intervals
+from xpusim.sim.errors import InputError
+from xpusim.sim.ir import Stream
+from xpusim.sim.models.spec import ModelSpec
+from xpusim.sim.parallel import Coord, Layout, ParallelPlan, microbatches, validate_plan
+from xpusim.sim.schedules import closed_form_bubble, stage_order
+from xpusim.sim.training.framework import framework_profile
+from xpusim.sim.training.lowering import (
     Pricer,
     RankPlan,
     build_chunks,
@@ -34,7 +34,7 @@ from sim.training.lowering import (
     rank_groups,
     slot_context,
 )
-from sim.training.memory import MemoryBreakdown, format_breakdown, rank_memory
+from xpusim.sim.training.memory import MemoryBreakdown, format_breakdown, rank_memory
 
 FULL_RANK_LIMIT = 128
 COMM_LABELS = ("tp", "ep", "cp", "dp", "pp")
@@ -250,7 +250,7 @@ def resolve_attention(plan: ParallelPlan, system: System, impl: str | None = Non
     """The plan with its attention implementation named: ``impl`` (the option), else the
     plan's, else the device's default stack. It prices the attention ops and decides
     whether the S x S scores are kept for the backward (``layers.attention_scores_saved``)."""
-    from sim.cost.attention_impl import check_impl, default_impl
+    from xpusim.sim.cost.attention_impl import check_impl, default_impl
 
     name = impl or plan.attention_impl or default_impl(system.device)
     return replace(plan, attention_impl=check_impl(system.device, name, "--attention-impl"))
@@ -306,7 +306,7 @@ def _comm_time_for(system: System):
     costed. Keyed by identity: a what-if's ``replace(system, ...)`` is a new object."""
     if _COMM_FN and _COMM_FN[0][0] is system:
         return _COMM_FN[0][1]
-    from sim.network import comm_time_fn
+    from xpusim.sim.network import comm_time_fn
 
     fn = comm_time_fn(system)
     _COMM_FN[:] = [(system, fn)]
@@ -317,7 +317,7 @@ def simulate_exact(
     spec: ModelSpec, system: System, plan: ParallelPlan, options: TrainingOptions | None = None
 ) -> TrainingResult:
     """Simulate one training step, every op of every micro-batch; raises InputError for
-    an impossible plan. ``sim.training.steady.simulate_training`` is the usual entry:
+    an impossible plan. ``xpusim.sim.training.steady.simulate_training`` is the usual entry:
     it calls this at two micro-batch counts and extends the steady state."""
     options = options or TrainingOptions()
     t0 = time.perf_counter()
@@ -375,7 +375,7 @@ def simulate_exact(
             scale = 1 if key.startswith("optimizer") else m
             compute_by_kind[key] = compute_by_kind.get(key, 0.0) + t * scale / plan.pp
             flops_by_phase[key] = flops_by_phase.get(key, 0.0) + f * scale * ranks_per_stage
-    from sim.models.counting import model_flops_per_token
+    from xpusim.sim.models.counting import model_flops_per_token
 
     mfpt = model_flops_per_token(spec, plan.seq, include_mtp=options.include_mtp_in_mfu)
     dev = system.device
@@ -418,7 +418,7 @@ def mfu_conventions(spec: ModelSpec, seq: int) -> dict[str, float]:
     ``full_attention``: over all s keys (PaLM's 12·L·H·Q·T, what many reports use);
     ``+mtp``: the MTP modules with their output head counted as model work.
     """
-    from sim.models.counting import model_flops_per_token
+    from xpusim.sim.models.counting import model_flops_per_token
 
     out = {}
     for causal in (True, False):

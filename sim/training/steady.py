@@ -22,10 +22,10 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
-from hwprofiles.spec import System
-from sim.models.spec import ModelSpec
-from sim.parallel import ParallelPlan, microbatches, validate_plan
-from sim.training.simulate import StageStats, TrainingOptions, TrainingResult, simulate_exact
+from xpusim.hwprofiles.spec import System
+from xpusim.sim.models.spec import ModelSpec
+from xpusim.sim.parallel import ParallelPlan, microbatches, validate_plan
+from xpusim.sim.training.simulate import StageStats, TrainingOptions, TrainingResult, simulate_exact
 
 
 def steady_counts(plan: ParallelPlan) -> tuple[int, int]:

@@ -4,7 +4,7 @@ No efficiency, no launch or host overhead, no latency, no pipeline bubble: the t
 of a piece of work is max(FLOPs / peak FLOP/s, bytes / peak bandwidth), and a
 collective runs at the raw link bandwidth. The baseline returns a payload with the
 keys the row's metric reads, so model and baseline share one conversion
-(``sim.validation.metrics``); the model's skill is how much closer it lands.
+(``xpusim.sim.validation.metrics``); the model's skill is how much closer it lands.
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from hwprofiles import load_device, load_system
-from hwprofiles.spec import System
-from sim.models.counting import flops_per_token, model_flops_per_token, weight_bytes
-from sim.models.hf_config import load_model
-from sim.models.spec import ModelSpec
-from sim.validation.metrics import elementwise_bytes, op_row_flops
+from xpusim.hwprofiles import load_device, load_system
+from xpusim.hwprofiles.spec import System
+from xpusim.sim.models.counting import flops_per_token, model_flops_per_token, weight_bytes
+from xpusim.sim.models.hf_config import load_model
+from xpusim.sim.models.spec import ModelSpec
+from xpusim.sim.validation.metrics import elementwise_bytes, op_row_flops
 
 Payload = dict[str, Any]
 

@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from sim.errors import InputError
+from xpusim.sim.errors import InputError
 
 CATEGORIES = (
     "gemm",
@@ -61,7 +61,7 @@ class Row:
 
 
 def corpus_dir() -> Path:
-    return Path(str(resources.files("sim") / "data" / "validation"))
+    return Path(str(resources.files("xpusim.sim") / "data" / "validation"))
 
 
 def load_corpus(directory: Path | None = None) -> list[Row]:

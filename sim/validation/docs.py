@@ -1,6 +1,6 @@
 """Regenerate the numbers in docs/validation.md and its plot from a validation run.
 
-    python -m sim.validation.docs            # rewrites the GENERATED block and docs/img/validation.png
+    python -m xpusim.sim.validation.docs            # rewrites the GENERATED block and docs/img/validation.png
 
 Only the block between the markers is rewritten; the prose around it (what each
 miss lacks) is written by hand.
@@ -11,12 +11,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from sim.validation.corpus import load_corpus
-from sim.validation.plot import scatter
-from sim.validation.runner import RowResult, run_rows
-from sim.validation.summary import summarize
+from xpusim.sim.validation.corpus import load_corpus
+from xpusim.sim.validation.plot import scatter
+from xpusim.sim.validation.runner import RowResult, run_rows
+from xpusim.sim.validation.summary import summarize
 
-BEGIN = "<!-- BEGIN GENERATED: python -m sim.validation.docs -->"
+BEGIN = "<!-- BEGIN GENERATED: python -m xpusim.sim.validation.docs -->"
 END = "<!-- END GENERATED -->"
 
 

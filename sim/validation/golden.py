@@ -4,7 +4,7 @@ A category's median |error| on check rows may not worsen by more than
 ``TOLERANCE`` (2 points), and a row the simulator expressed may not become
 unsupported. Improvements rewrite the file in the same commit:
 
-    python -m sim.validation.golden tests/golden/validation_published.json
+    python -m xpusim.sim.validation.golden tests/golden/validation_published.json
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sim.validation.corpus import load_corpus
-from sim.validation.runner import RowResult, run_rows
-from sim.validation.summary import summarize
+from xpusim.sim.validation.corpus import load_corpus
+from xpusim.sim.validation.runner import RowResult, run_rows
+from xpusim.sim.validation.summary import summarize
 
 TOLERANCE = 0.02
 

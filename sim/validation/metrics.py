@@ -1,7 +1,7 @@
 """From a command's JSON output to the quantity a published row reports.
 
 Each metric is a function ``(row args, payload) -> value`` in the row's unit. The
-baseline (``sim.validation.baseline``) builds a naive payload with the same keys, so
+baseline (``xpusim.sim.validation.baseline``) builds a naive payload with the same keys, so
 the model and the naive answer go through the same conversion.
 """
 
@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from sim.ir import dtype_bytes
-from sim.models.counting import param_counts
-from sim.models.hf_config import load_model
+from xpusim.sim.ir import dtype_bytes
+from xpusim.sim.models.counting import param_counts
+from xpusim.sim.models.hf_config import load_model
 
 Payload = dict[str, Any]
 Metric = Callable[[dict[str, Any], Payload], float]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from sim.validation.runner import RowResult
+from xpusim.sim.validation.runner import RowResult
 
 
 def scatter(results: list[RowResult], path: str | Path, title: str) -> Path:

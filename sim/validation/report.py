@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from sim.errors import InputError
-from sim.report import fmt_si, table
-from sim.validation.corpus import CATEGORIES, Row, load_corpus
-from sim.validation.runner import RowResult, run_rows
-from sim.validation.summary import summarize
+from xpusim.sim.errors import InputError
+from xpusim.sim.report import fmt_si, table
+from xpusim.sim.validation.corpus import CATEGORIES, Row, load_corpus
+from xpusim.sim.validation.runner import RowResult, run_rows
+from xpusim.sim.validation.summary import summarize
 
 
 def select_rows(categories: list[str] | None, ids: list[str] | None) -> list[Row]:

@@ -17,9 +17,9 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sim.validation.baseline import naive_payload
-from sim.validation.corpus import Row
-from sim.validation.metrics import metric_for, signed_error
+from xpusim.sim.validation.baseline import naive_payload
+from xpusim.sim.validation.corpus import Row
+from xpusim.sim.validation.metrics import metric_for, signed_error
 
 # Commands whose first positional argument is a kind (``op gemm``, ``collective all-reduce``).
 POSITIONAL_KIND = ("op", "collective")
@@ -72,7 +72,7 @@ def row_argv(row: Row) -> list[str]:
 
 def run_command(argv: list[str]) -> tuple[int, str, str]:
     """Call the CLI in process: (exit code, stdout, stderr)."""
-    from sim.cli.main import main
+    from xpusim.sim.cli.main import main
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -141,7 +141,7 @@ def expected_cost(row: Row) -> float:
 
 def _warm_imports() -> None:
     # Each worker imports the CLI modules once, not once per row.
-    import sim.cli.main  # noqa: F401
+    import xpusim.sim.cli.main  # noqa: F401
 
 
 def run_rows(rows: list[Row], jobs: int = 1, progress: bool = False) -> list[RowResult]:

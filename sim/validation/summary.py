@@ -10,8 +10,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-
-from sim.validation.runner import RowResult
+from xpusim.sim.validation.runner import RowResult
 
 
 def _stats(errors: list[float], prefix: str = "") -> dict[str, float | None]:

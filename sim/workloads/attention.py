@@ -17,9 +17,9 @@ from collections.abc import Sequence
 from dataclasses import replace
 from types import MappingProxyType
 
-from sim import ops
-from sim.errors import InputError
-from sim.ir import (
+from xpusim.sim import ops
+from xpusim.sim.errors import InputError
+from xpusim.sim.ir import (
     MAIN_MEMORY,
     Collective,
     CollectiveKind,

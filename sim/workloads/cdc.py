@@ -29,9 +29,9 @@ import math
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from sim.errors import InputError
-from sim.ir import MAIN_MEMORY, Op, OpKind, RankGraph, Unit, dtype_bytes
-from sim.ops import conv2d, elementwise, memcpy, softmax
+from xpusim.sim.errors import InputError
+from xpusim.sim.ir import MAIN_MEMORY, Op, OpKind, RankGraph, Unit, dtype_bytes
+from xpusim.sim.ops import conv2d, elementwise, memcpy, softmax
 
 NF = 64
 LR_MULTIPLE = 16

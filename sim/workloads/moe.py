@@ -27,10 +27,19 @@ from __future__ import annotations
 from dataclasses import replace
 from types import MappingProxyType
 
-from sim.errors import InputError
-from sim.ir import Collective, CollectiveKind, Op, OpKind, RankGraph, Stream, Unit, dtype_bytes
-from sim.ops import elementwise, gemm, memcpy, softmax
-from sim.workloads.attention import EXP_FLOPS
+from xpusim.sim.errors import InputError
+from xpusim.sim.ir import (
+    Collective,
+    CollectiveKind,
+    Op,
+    OpKind,
+    RankGraph,
+    Stream,
+    Unit,
+    dtype_bytes,
+)
+from xpusim.sim.ops import elementwise, gemm, memcpy, softmax
+from xpusim.sim.workloads.attention import EXP_FLOPS
 
 INDEX_BYTES = 8  # int64 expert ids / token indices, as torch.sort and topk return them
 # silu(g) = g / (1 + exp(-g)): an exp (EXP_FLOPS, see sim/workloads/attention.py), then

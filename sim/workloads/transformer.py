@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sim import ops
-from sim.ir import CollectiveKind, Op, OpKind, dtype_bytes
-from sim.models.spec import ModelSpec
+from xpusim.sim import ops
+from xpusim.sim.ir import CollectiveKind, Op, OpKind, dtype_bytes
+from xpusim.sim.models.spec import ModelSpec
 
 
 @dataclass(frozen=True)

@@ -30,10 +30,15 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
+def json_document(payload: dict[str, Any]) -> dict[str, Any]:
+    """``payload`` as every ``--json`` prints it: ``schema_version`` first, non-finite
+    numbers as null, tuples as lists (the Python API's ``as_dict()`` returns this too)."""
+    return _clean({"schema_version": SCHEMA_VERSION, **payload})
+
+
 def emit_json(payload: dict[str, Any], stream: TextIO | None = None) -> None:
     """Print ``payload`` as JSON with ``schema_version`` first (SI units throughout)."""
-    out = {"schema_version": SCHEMA_VERSION, **payload}
-    json.dump(_clean(out), stream or sys.stdout, indent=2, sort_keys=False)
+    json.dump(json_document(payload), stream or sys.stdout, indent=2, sort_keys=False)
     (stream or sys.stdout).write("\n")
 
 

@@ -25,7 +25,8 @@ from xpusim.sim.inference.kvcache import plan_memory, require_kv_fit, step_kv_by
 from xpusim.sim.inference.serving import LengthDist
 from xpusim.sim.models import load_model
 from xpusim.sim.report import check_output_file, check_plot_path, write_csv
-from xpusim.sim.studies.whatif import Point, _train_plan, base_inputs, load_saved
+from xpusim.sim.api.train import build_plan
+from xpusim.sim.studies.whatif import Point, base_inputs, load_saved, train_request
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
@@ -377,9 +378,11 @@ def _point(tmp_path: Path, extra: str = "") -> Point:
 
 
 def test_whatif_train_plan_is_the_train_plan(tmp_path):
-    plan = _train_plan(_point(tmp_path))
-    want, extra = train_cli.build_plan(_train_args("--tp 2 --pp 2 --mbs 1 --gbs 16 --seq 2048"))
-    assert extra["recompute"] == "auto"
+    plan, _, _ = build_plan(train_request(_point(tmp_path)))
+    want, recompute, _ = build_plan(
+        train_cli.request_from(_train_args("--tp 2 --pp 2 --mbs 1 --gbs 16 --seq 2048"))
+    )
+    assert recompute == "auto"
     assert plan.sequence_parallel is True  # train: on whenever tp > 1
     for name in ("tp", "pp", "mbs", "gbs", "seq", "sequence_parallel", "zero", "dtype"):
         assert getattr(plan, name) == getattr(want, name), name
@@ -387,7 +390,7 @@ def test_whatif_train_plan_is_the_train_plan(tmp_path):
 
 def test_whatif_train_plan_false_and_plan_only_fields(tmp_path):
     point = _point(tmp_path, "sequence_parallel = false\nfragmentation = 0.1\n")
-    plan = _train_plan(point)
+    plan, _, _ = build_plan(train_request(point))
     assert plan.sequence_parallel is False  # --no-sequence-parallel reached train's parser
     assert plan.fragmentation == 0.1  # a plan field train has no flag for
 
@@ -635,7 +638,7 @@ def test_train_plan_file_dtype_is_named(capsys, tmp_path):
 
 @pytest.mark.parametrize("dtype", ["fp8", "fp16"])
 def test_train_accepts_training_dtypes(dtype):
-    plan, _ = train_cli.build_plan(_train_args(f"--dtype {dtype}"))
+    plan, _, _ = build_plan(train_cli.request_from(_train_args(f"--dtype {dtype}")))
     assert plan.dtype == dtype
 
 

@@ -5,3 +5,20 @@ The repository keeps four code folders at its top level (``sim``, ``hwprofiles``
 ``xpusim.sim``, ``xpusim.hwprofiles``, ``xpusim.kernels`` and ``xpusim.calibrate``
 (see ``setup.py``), so nothing generic lands at the top of a user's environment.
 """
+
+import importlib
+from typing import Any
+
+
+def __getattr__(name: str) -> Any:
+    # The API's names, loaded on first use: `import xpusim.sim.cli.main` (the console
+    # script) must not pay for importing every study.
+    api = importlib.import_module("xpusim.api")
+    if name in api.__all__:
+        return getattr(api, name)
+    raise AttributeError(f"module 'xpusim' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    api = importlib.import_module("xpusim.api")
+    return sorted([*globals(), *api.__all__])

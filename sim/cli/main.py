@@ -13,6 +13,7 @@ import sys
 from xpusim.sim import __version__
 from xpusim.sim.errors import InputError, NegativeVerdict, ProfileError
 from xpusim.sim.limits import check_namespace
+from xpusim.sim.report import emit_json
 
 # One module per command under sim/cli/, each exposing register(subparsers).
 COMMAND_MODULES = (
@@ -76,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"xpusim: error: {exc}\n")
         return 2
     except NegativeVerdict as exc:
+        # The verdict's document (e.g. the memory breakdown) is the command's JSON output.
+        if getattr(args, "json", False) and exc.payload:
+            emit_json(exc.payload)
         sys.stderr.write(f"xpusim: {exc}\n")
         return 3
     except BrokenPipeError:  # output piped into `head` and closed early

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 
-from xpusim.hwprofiles import load_system
-from xpusim.sim.cost.attention_impl import IMPLS, check_impl
-from xpusim.sim.errors import InputError, NegativeVerdict
-from xpusim.sim.ir import BYTES_PER_DTYPE, is_low_precision
-from xpusim.sim.limits import check_ranks, check_train_work
-from xpusim.sim.parallel import ParallelPlan, load_plan_file, validate_plan
+from xpusim.sim.api.base import request_from_args
+from xpusim.sim.api.train import RECOMPUTE_CHOICES, TrainRequest, TrainResult, train
+from xpusim.sim.cost.attention_impl import IMPLS
 from xpusim.sim.report import (
     check_output_file,
     check_plot_path,
@@ -21,9 +18,6 @@ from xpusim.sim.report import (
     table,
 )
 from xpusim.sim.training.memory import format_breakdown
-from xpusim.sim.training.simulate import TrainingOptions, estimate_memory
-from xpusim.sim.training.steady import simulate_training, simulated_microbatches
-from xpusim.sim.units import parse_int_list
 
 _INT_FLAGS = ("tp", "pp", "vpp", "dp", "ep", "cp", "mbs", "gbs", "seq", "zero", "seed")
 _BOOL_FLAGS = (
@@ -52,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", help="training dtype (default bf16)")
     p.add_argument(
         "--recompute",
-        choices=("auto", "none", "selective", "full"),
+        choices=RECOMPUTE_CHOICES,
         help="activation recompute; auto (default) picks the lightest that fits memory",
     )
     p.add_argument(
@@ -115,82 +109,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-# Mixed-precision training computes in these; int8/int4 are inference weight formats.
-TRAIN_DTYPES = ("bf16", "fp16", "fp32", "fp8", "mxfp8", "hif8")
-
-
-def require_native_dtype(system, dtype: str, flag: str) -> None:
-    """A low-precision recipe needs a matrix unit that runs the format: FP8 GEMMs on a
-    910B would otherwise be priced at an unrelated (int8) rate."""
-    if is_low_precision(dtype) and not system.device.runs_natively(dtype):
-        native = sorted(d for d in system.device.matrix_peak if is_low_precision(d))
-        raise InputError(
-            f"{flag} {dtype}: {system.device.name} ({system.name}) has no {dtype} matrix "
-            f"path (its low-precision formats: {', '.join(native) or 'none'}); pass "
-            "--dtype bf16 or a system whose device runs it"
-        )
-
-
-def _load_model(name: str | None):
-    if not name:
-        raise InputError(
-            "--model is required (a preset such as pangu-ultra-moe, or a config.json "
-            "path), on the command line or as `model = ...` in the plan file"
-        )
-    from xpusim.sim.models.hf_config import load_model
-
-    return load_model(name)
-
-
-def build_plan(args: argparse.Namespace) -> tuple[ParallelPlan, dict]:
-    """Plan from the file (if any), then every flag the user gave on top."""
-    values: dict = {}
-    extra: dict = {}
-    if args.plan:
-        values = load_plan_file(args.plan)
-        extra = values.pop("_extra")
-    for name in _INT_FLAGS + _BOOL_FLAGS + (
-        "dtype", "schedule", "order", "moe_routing", "dropout", "framework"
-    ):
-        v = getattr(args, name, None)
-        if v is not None:
-            values[name] = v
-    dtype = values.get("dtype", "bf16")
-    # An unknown name gets the plan check's message (sim.parallel); a known inference-only
-    # format (int8, int4, ...) gets this one.
-    if dtype in BYTES_PER_DTYPE and dtype not in TRAIN_DTYPES:
-        where = "--dtype" if args.dtype is not None else f"{args.plan}: dtype"
-        raise InputError(
-            f"{where} '{dtype}': training computes in {', '.join(TRAIN_DTYPES)} "
-            "(integer formats are inference-only); pass one of those"
-        )
-    if args.recompute is not None:
-        values["recompute"] = args.recompute
-    if args.layer_split:
-        values["layer_split"] = tuple(parse_int_list(args.layer_split, "--layer-split"))
-    if args.recompute_modules:
-        values["recompute_modules"] = tuple(m.strip() for m in args.recompute_modules.split(","))
-    values.setdefault("recompute", "auto")
-    if "sequence_parallel" not in values:
-        # Megatron-Core requires sequence parallelism for MoE with TP, and it is the
-        # usual choice for dense models too: on whenever TP > 1 unless --no-sequence-parallel.
-        values["sequence_parallel"] = values.get("tp", 1) > 1
-    known = {f.name for f in fields(ParallelPlan)}
-    return ParallelPlan(
-        **{k: v for k, v in values.items() if k in known and k != "recompute"},
-        recompute="none" if values["recompute"] == "auto" else values["recompute"],
-    ), {"recompute": values["recompute"], **extra}
-
-
-def choose_recompute(spec, system, plan: ParallelPlan) -> tuple[ParallelPlan, list]:
-    """The lightest recompute policy whose memory fits (none, then selective, then full)."""
-    mems: list = []
-    for policy in ("none", "selective", "full"):
-        candidate = replace(plan, recompute=policy)
-        mems = estimate_memory(spec, system, candidate)
-        if not any(m.oom for m in mems):
-            return candidate, mems
-    return candidate, mems
+def request_from(args: argparse.Namespace) -> TrainRequest:
+    """The flags as a request; traces and timelines draw every op, so they need ``exact``."""
+    request = request_from_args(TrainRequest, args)
+    return replace(
+        request,
+        exact=bool(args.exact or args.trace or args.timeline),
+        progress=not args.quiet,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -198,94 +124,37 @@ def run(args: argparse.Namespace) -> int:
         check_output_file(args.trace, "--trace")
     if args.timeline:
         check_plot_path(args.timeline, "--timeline")
-    plan, extra = build_plan(args)
-    spec = _load_model(args.model or extra.get("model"))
-    system_name = args.system or extra.get("system") or "atlas-800t-a2"
-    if args.nodes is not None and args.nodes < 1:
-        raise InputError(f"--nodes must be >= 1, got {args.nodes}")
-    nodes = args.nodes or extra.get("nodes")
-    if nodes is None:
-        probe = load_system(system_name)
-        per_node = probe.devices_per_node
-        world = plan.tp * plan.cp * plan.pp * max(plan.dp, 1)
-        nodes = max(1, -(-world // per_node))
-    system = load_system(system_name, nodes=int(nodes))
-    require_native_dtype(system, plan.dtype, "--dtype")
-    if args.attention_impl:
-        check_impl(system.device, args.attention_impl, "--attention-impl")
-        if hasattr(plan, "attention_impl"):  # the plan also carries it (memory of unfused scores)
-            plan = replace(plan, attention_impl=args.attention_impl)
-    check_ranks(system.num_devices, f"{system.num_devices:,} devices", "pass fewer --nodes")
-    plan = validate_plan(spec, plan, system.num_devices)
-    exact = bool(args.exact or args.trace or args.timeline)
-    check_train_work(
-        system.num_devices,
-        plan.pp,
-        simulated_microbatches(plan, exact, args.full_ranks),
-        spec.layers,
-        args.full_ranks,
-        exact=exact,
-        vpp=plan.vpp,
-    )
-    if extra["recompute"] == "auto":
-        plan, mems = choose_recompute(spec, system, plan)
-    else:
-        mems = estimate_memory(spec, system, plan)
-    worst = max(mems, key=lambda m: m.total)
-    if worst.oom:
-        payload = {
-            "model": spec.name,
-            "system": system.name,
-            "plan": plan.as_dict(),
-            "oom": True,
-            "memory_per_device_bytes": worst.total,
-            "memory": worst.as_dict(),
-            "memory_by_stage": [m.as_dict() for m in mems],
-        }
-        if args.json:
-            emit_json(payload)
-        raise NegativeVerdict(
-            f"out of memory: {format_breakdown(worst)}; try --recompute full, "
-            "a higher --zero, more --pp/--tp, or a smaller --mbs",
-            payload,
-        )
-    result = simulate_training(
-        spec,
-        system,
-        plan,
-        TrainingOptions(
-            full_ranks=args.full_ranks,
-            progress=not args.quiet,
-            attention_impl=args.attention_impl,
-            # Traces and timelines draw every op, so they need the full simulation.
-            exact=bool(args.exact or args.trace or args.timeline),
-        ),
-    )
-    reps = {s.rank: f"stage {s.stage} (rank {s.rank})" for s in result.stages}
-    if args.trace:
-        from xpusim.sim.trace import write_chrome_trace
-
-        write_chrome_trace(result.sim, args.trace, reps.keys(), reps)
-    if args.timeline:
-        from xpusim.sim.trace import render_timeline
-
-        render_timeline(
-            result.sim,
-            args.timeline,
-            sorted(reps),
-            reps,
-            title=f"{spec.name} on {system.num_devices} x {system.device.name}",
-        )
+    result = train(request_from(args))
+    _write_pictures(args, result)
     payload = result.as_dict()
     if args.trace:
         payload["trace"] = str(Path(args.trace))
     if args.json:
         emit_json(payload)
         return 0
-    _print(result, payload)
+    _print(result.simulation, payload)
     if args.explain:
-        _print_explain(result)
+        _print_explain(result.simulation)
     return 0
+
+
+def _write_pictures(args: argparse.Namespace, result: TrainResult) -> None:
+    sim = result.simulation
+    reps = {s.rank: f"stage {s.stage} (rank {s.rank})" for s in sim.stages}
+    if args.trace:
+        from xpusim.sim.trace import write_chrome_trace
+
+        write_chrome_trace(sim.sim, args.trace, reps.keys(), reps)
+    if args.timeline:
+        from xpusim.sim.trace import render_timeline
+
+        render_timeline(
+            sim.sim,
+            args.timeline,
+            sorted(reps),
+            reps,
+            title=f"{sim.model} on {sim.devices} x {result.device}",
+        )
 
 
 def _print_explain(result) -> None:

@@ -39,10 +39,11 @@ from typing import Any
 
 from xpusim.hwprofiles import load_system
 from xpusim.hwprofiles.spec import System
+from xpusim.sim.api.base import request_from_mapping
+from xpusim.sim.api.train import TrainRequest, train
 from xpusim.sim.cli import ep as ep_cli
 from xpusim.sim.cli import infer as infer_cli
 from xpusim.sim.cli import sd as sd_cli
-from xpusim.sim.cli import train as train_cli
 from xpusim.sim.errors import InputError
 from xpusim.sim.inference.engine_profile import load_engine
 from xpusim.sim.inference.kvcache import require_kv_fit, step_kv_bytes
@@ -55,15 +56,12 @@ from xpusim.sim.limits import (
     check_float,
     check_int,
     check_namespace,
-    check_train_work,
 )
 from xpusim.sim.models import load_model
 from xpusim.sim.models.spec import ModelSpec
 from xpusim.sim.network.ep import simulate_ep, system_for_ep
-from xpusim.sim.parallel import ParallelPlan, microbatches, validate_plan
 from xpusim.sim.studies.executors import run_tasks
 from xpusim.sim.tomlfile import read_toml
-from xpusim.sim.training import simulate_training
 
 COMMANDS = ("train", "ep", "infer", "sd")
 SYSTEM_ALIASES = {
@@ -261,48 +259,19 @@ def vary_point(base: Point, field_path: str, value: str, name: str) -> tuple[Poi
     return replace(base, system=_set(base.system, path, new)), m
 
 
-def _train_plan(point: Point) -> ParallelPlan:
-    """The plan `xpusim train` runs for the saved arguments on the point's model and system.
-
-    The arguments go through train's own parser and ``build_plan`` (its defaults: sequence
-    parallelism on whenever tp > 1, recompute "auto"), then ``validate_plan`` and, for
-    "auto", the lightest recompute that fits (``choose_recompute``), as ``xpusim train``
-    does. Plan fields that train has no flag for (e.g. fragmentation) are set on top.
-    """
-    known = {f.name for f in fields(ParallelPlan)}
-    a = point.saved.args
-    flags = _command_options("train", train_cli.register)
-    unknown = sorted(set(a) - known - flags)
-    if unknown:
-        raise InputError(
-            f"{point.saved.path}: args {unknown} are not train arguments; "
-            f"use model, system, nodes or plan fields ({', '.join(sorted(known))})"
-        )
-    as_flags = {k: v for k, v in a.items() if k in flags}
-    plan_only = {k: v for k, v in a.items() if k not in flags}
-    args = _parse_command_args(point, "train", train_cli.register, as_flags)
-    plan, extra = train_cli.build_plan(args)
-    if plan_only:
-        plan = replace(plan, **plan_only)
-    assert point.spec is not None
-    plan = validate_plan(point.spec, plan, point.system.num_devices)
-    check_train_work(
-        point.system.num_devices,
-        plan.pp,
-        microbatches(plan),
-        point.spec.layers,
-        exact=False,
-        vpp=plan.vpp,
+def train_request(point: Point) -> TrainRequest:
+    """The request `xpusim train` runs for the saved arguments, with the point's (varied)
+    ModelSpec and System in place of their names."""
+    args = {k: v for k, v in point.saved.args.items() if k not in ("nodes", "system", "model")}
+    return request_from_mapping(
+        TrainRequest,
+        {**args, "model": point.spec, "system": point.system},
+        f"{point.saved.path}: args",
     )
-    if extra["recompute"] == "auto":
-        plan, _ = train_cli.choose_recompute(point.spec, point.system, plan)
-    return plan
 
 
 def _train_result(point: Point) -> dict[str, Any]:
-    assert point.spec is not None
-    plan = _train_plan(point)
-    result = simulate_training(point.spec, point.system, plan).as_dict()
+    result = train(train_request(point)).as_dict()
     return {k: v for k, v in result.items() if isinstance(v, int | float | bool)}
 
 

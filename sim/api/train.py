@@ -1,0 +1,305 @@
+"""``train``: one training step of a model on a cluster under a parallel plan.
+
+The request's plan fields (``tp`` ... ``grad_accum_fusion``) left at ``None`` come from
+the plan file (``plan=``), else from ``ParallelPlan``'s defaults, with two derived
+defaults owned here: ``recompute="auto"`` (the lightest policy that fits memory) and
+sequence parallelism on whenever ``tp > 1`` (Megatron-Core requires it for MoE with TP
+and it is the usual choice for dense models).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from xpusim.hwprofiles import load_system
+from xpusim.hwprofiles.spec import System
+from xpusim.sim.api.base import as_json_dict, request_from_kwargs
+from xpusim.sim.cost.attention_impl import check_impl
+from xpusim.sim.errors import InputError, NegativeVerdict
+from xpusim.sim.ir import BYTES_PER_DTYPE, is_low_precision
+from xpusim.sim.limits import check_ranks, check_train_work
+from xpusim.sim.models.spec import ModelSpec
+from xpusim.sim.parallel import ParallelPlan, load_plan_file, validate_plan
+from xpusim.sim.training.memory import MemoryBreakdown, format_breakdown
+from xpusim.sim.training.simulate import TrainingOptions, TrainingResult, estimate_memory
+from xpusim.sim.training.steady import simulate_training, simulated_microbatches
+from xpusim.sim.units import parse_int_list
+
+DEFAULT_SYSTEM = "atlas-800t-a2"
+# Mixed-precision training computes in these; int8/int4 are inference weight formats.
+TRAIN_DTYPES = ("bf16", "fp16", "fp32", "fp8", "mxfp8", "hif8")
+RECOMPUTE_CHOICES = ("auto", "none", "selective", "full")
+PLAN_FIELDS = (
+    "tp", "pp", "vpp", "dp", "ep", "cp", "mbs", "gbs", "seq", "zero", "seed",
+    "sequence_parallel", "hierarchical_ep", "overlap_ep", "overlap_dp", "overlap_tp",
+    "tp_extend_ep", "grad_accum_fusion",
+    "dtype", "schedule", "order", "moe_routing", "dropout", "framework",
+    "pad_layers", "grad_reduce_dtype", "fragmentation", "runtime_reserved_gib",
+    "tp_overlap_chunks",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """``xpusim train``'s flags as data (``None``: the plan file's value, else the default)."""
+
+    # A preset name or Hugging Face config.json path, or a ModelSpec (what-if variations).
+    model: str | ModelSpec | None = None
+    # A profile name or path (default atlas-800t-a2), or a System whose node count is used.
+    system: str | System | None = None
+    nodes: int | None = None  # default: as many as the plan's devices need
+    plan: str | None = None  # plan TOML file ([plan] table; fields here override it)
+    tp: int | None = None
+    pp: int | None = None
+    vpp: int | None = None
+    dp: int | None = None
+    ep: int | None = None
+    cp: int | None = None
+    mbs: int | None = None
+    gbs: int | None = None
+    seq: int | None = None
+    zero: int | None = None
+    seed: int | None = None
+    dtype: str | None = None  # default bf16
+    recompute: str | None = None  # auto | none | selective | full; default auto
+    recompute_modules: str | tuple[str, ...] | None = None  # "norm,attn,act,experts,mlp"
+    schedule: str | None = None  # auto | 1f1b | interleaved
+    dropout: float | None = None
+    framework: str | None = None  # eager | cuda-graphs
+    order: str | None = None  # rank order innermost first; default tp-cp-ep-dp-pp
+    moe_routing: str | None = None  # uniform | zipf:S | hist:c1,c2,...
+    layer_split: str | tuple[int, ...] | None = None  # model slots per virtual stage
+    sequence_parallel: bool | None = None  # default: tp > 1
+    hierarchical_ep: bool | None = None
+    overlap_ep: bool | None = None
+    overlap_dp: bool | None = None
+    overlap_tp: bool | None = None
+    tp_extend_ep: bool | None = None
+    grad_accum_fusion: bool | None = None
+    # Plan fields with no flag (plan files and the Python API set them).
+    pad_layers: int | None = None
+    grad_reduce_dtype: str | None = None
+    fragmentation: float | None = None
+    runtime_reserved_gib: float | None = None
+    tp_overlap_chunks: int | None = None
+    attention_impl: str | None = None  # default: the device's (docs/attention.md)
+    full_ranks: bool = False  # simulate every rank instead of one per stage
+    exact: bool = False  # every op of every micro-batch (traces and timelines need it)
+    progress: bool = False  # progress bar on stderr
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """One simulated step; ``as_dict()`` is ``xpusim train --json``."""
+
+    model: str
+    system: str
+    device: str  # the device's name (e.g. "Ascend 910B")
+    devices: int
+    plan: ParallelPlan
+    step_time_s: float
+    tokens_per_s: float
+    mfu: float
+    memory_per_device_bytes: float
+    simulation: TrainingResult  # the full result: stages, breakdowns, the engine's records
+
+    def as_dict(self) -> dict[str, Any]:
+        return as_json_dict(self.simulation.as_dict())
+
+
+def train(request: TrainRequest | None = None, /, **kwargs: Any) -> TrainResult:
+    """Simulate one training step. Raises ``NegativeVerdict`` (payload: the memory
+    breakdown) when the plan does not fit in device memory under any allowed recompute."""
+    req = request_from_kwargs(TrainRequest, request, kwargs, "xpusim.train")
+    plan, recompute, extra = build_plan(req)
+    spec = _load_model(req.model or extra.get("model"))
+    system = _load_system(req, plan, extra)
+    plan = _apply_impl(system, plan, req.attention_impl)
+    check_ranks(system.num_devices, f"{system.num_devices:,} devices", "pass fewer --nodes")
+    plan = validate_plan(spec, plan, system.num_devices)
+    check_train_work(
+        system.num_devices,
+        plan.pp,
+        simulated_microbatches(plan, req.exact, req.full_ranks),
+        spec.layers,
+        req.full_ranks,
+        exact=req.exact,
+        vpp=plan.vpp,
+    )
+    plan, mems = fit_memory(spec, system, plan, recompute)
+    result = simulate_training(
+        spec,
+        system,
+        plan,
+        TrainingOptions(
+            full_ranks=req.full_ranks,
+            progress=req.progress,
+            attention_impl=req.attention_impl,
+            exact=req.exact,
+        ),
+    )
+    return TrainResult(
+        model=result.model,
+        system=result.system,
+        device=system.device.name,
+        devices=result.devices,
+        plan=result.plan,
+        step_time_s=result.step_time_s,
+        tokens_per_s=result.tokens_per_s,
+        mfu=result.mfu,
+        memory_per_device_bytes=result.peak_memory.total,
+        simulation=result,
+    )
+
+
+def build_plan(req: TrainRequest) -> tuple[ParallelPlan, str, dict[str, Any]]:
+    """The plan from the file (if any) with every field the request sets on top; the
+    recompute policy asked for ("auto" included); the file's other keys (model, system...)."""
+    values: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    if req.plan:
+        values = load_plan_file(req.plan)
+        extra = values.pop("_extra")
+    for name in PLAN_FIELDS:
+        v = getattr(req, name)
+        if v is not None:
+            values[name] = v
+    _check_train_dtype(values.get("dtype", "bf16"), req)
+    recompute = req.recompute or values.pop("recompute", None) or "auto"
+    values.pop("recompute", None)
+    if recompute not in RECOMPUTE_CHOICES:
+        raise InputError(
+            f"--recompute '{recompute}': choose one of {', '.join(RECOMPUTE_CHOICES)}"
+        )
+    if req.layer_split is not None:
+        values["layer_split"] = _int_tuple(req.layer_split, "--layer-split")
+    if req.recompute_modules is not None:
+        values["recompute_modules"] = _str_tuple(req.recompute_modules)
+    if "sequence_parallel" not in values:
+        values["sequence_parallel"] = values.get("tp", 1) > 1
+    known = {f.name for f in fields(ParallelPlan)}
+    plan = ParallelPlan(
+        **{k: v for k, v in values.items() if k in known},
+        recompute="none" if recompute == "auto" else recompute,
+    )
+    return plan, recompute, extra
+
+
+def fit_memory(
+    spec: ModelSpec, system: System, plan: ParallelPlan, recompute: str
+) -> tuple[ParallelPlan, list[MemoryBreakdown]]:
+    """The plan with the recompute policy that fits (``auto``: the lightest), and its
+    per-stage memory; ``NegativeVerdict`` with the breakdown when nothing fits."""
+    if recompute == "auto":
+        plan, mems = choose_recompute(spec, system, plan)
+    else:
+        mems = estimate_memory(spec, system, plan)
+    worst = max(mems, key=lambda m: m.total)
+    if worst.oom:
+        raise NegativeVerdict(
+            f"out of memory: {format_breakdown(worst)}; try --recompute full, "
+            "a higher --zero, more --pp/--tp, or a smaller --mbs",
+            {
+                "model": spec.name,
+                "system": system.name,
+                "plan": plan.as_dict(),
+                "oom": True,
+                "memory_per_device_bytes": worst.total,
+                "memory": worst.as_dict(),
+                "memory_by_stage": [m.as_dict() for m in mems],
+            },
+        )
+    return plan, mems
+
+
+def choose_recompute(
+    spec: ModelSpec, system: System, plan: ParallelPlan
+) -> tuple[ParallelPlan, list[MemoryBreakdown]]:
+    """The lightest recompute policy whose memory fits (none, then selective, then full)."""
+    mems: list[MemoryBreakdown] = []
+    candidate = plan
+    for policy in ("none", "selective", "full"):
+        candidate = replace(plan, recompute=policy)
+        mems = estimate_memory(spec, system, candidate)
+        if not any(m.oom for m in mems):
+            return candidate, mems
+    return candidate, mems
+
+
+def require_native_dtype(system: System, dtype: str, flag: str) -> None:
+    """A low-precision recipe needs a matrix unit that runs the format: FP8 GEMMs on a
+    910B would otherwise be priced at an unrelated (int8) rate."""
+    if is_low_precision(dtype) and not system.device.runs_natively(dtype):
+        native = sorted(d for d in system.device.matrix_peak if is_low_precision(d))
+        raise InputError(
+            f"{flag} {dtype}: {system.device.name} ({system.name}) has no {dtype} matrix "
+            f"path (its low-precision formats: {', '.join(native) or 'none'}); pass "
+            "--dtype bf16 or a system whose device runs it"
+        )
+
+
+def _check_train_dtype(dtype: str, req: TrainRequest) -> None:
+    # An unknown name gets the plan check's message (sim.parallel); a known inference-only
+    # format (int8, int4, ...) gets this one.
+    if dtype in BYTES_PER_DTYPE and dtype not in TRAIN_DTYPES:
+        where = "--dtype" if req.dtype is not None else f"{req.plan}: dtype"
+        raise InputError(
+            f"{where} '{dtype}': training computes in {', '.join(TRAIN_DTYPES)} "
+            "(integer formats are inference-only); pass one of those"
+        )
+
+
+def _load_model(name: str | ModelSpec | None) -> ModelSpec:
+    if isinstance(name, ModelSpec):
+        return name
+    if not name:
+        raise InputError(
+            "--model is required (a preset such as pangu-ultra-moe, or a config.json "
+            "path), on the command line or as `model = ...` in the plan file"
+        )
+    from xpusim.sim.models.hf_config import load_model
+
+    return load_model(name)
+
+
+def _load_system(req: TrainRequest, plan: ParallelPlan, extra: dict[str, Any]) -> System:
+    name = req.system or extra.get("system") or DEFAULT_SYSTEM
+    if req.nodes is not None and req.nodes < 1:
+        raise InputError(f"--nodes must be >= 1, got {req.nodes}")
+    if isinstance(name, System):
+        if req.nodes is not None and req.nodes != name.nodes:
+            raise InputError(
+                f"nodes={req.nodes} beside a System of {name.nodes} nodes: build the "
+                "System with the node count wanted, or pass the system by name"
+            )
+        require_native_dtype(name, plan.dtype, "--dtype")
+        return name
+    nodes = req.nodes or extra.get("nodes")
+    if nodes is None:
+        per_node = load_system(name).devices_per_node
+        world = plan.tp * plan.cp * plan.pp * max(plan.dp, 1)
+        nodes = max(1, -(-world // per_node))
+    system = load_system(name, nodes=int(nodes))
+    require_native_dtype(system, plan.dtype, "--dtype")
+    return system
+
+
+def _apply_impl(system: System, plan: ParallelPlan, impl: str | None) -> ParallelPlan:
+    if not impl:
+        return plan
+    check_impl(system.device, impl, "--attention-impl")
+    # The plan carries it too: unfused attention keeps its scores for backward.
+    return replace(plan, attention_impl=impl)
+
+
+def _int_tuple(value: str | tuple[int, ...], flag: str) -> tuple[int, ...]:
+    if isinstance(value, str):
+        return tuple(parse_int_list(value, flag))
+    return tuple(int(v) for v in value)
+
+
+def _str_tuple(value: str | tuple[str, ...]) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return tuple(m.strip() for m in value.split(","))
+    return tuple(value)

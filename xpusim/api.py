@@ -1,0 +1,24 @@
+"""The public Python API: one function per ``xpusim`` command.
+
+Each function takes a request (a frozen dataclass whose fields are the command's flags,
+with the command's defaults) or the same fields as keyword arguments, and returns a typed
+result whose ``as_dict()`` is exactly what the command prints with ``--json``. A negative
+verdict (the plan does not fit in memory) raises ``NegativeVerdict`` with the same
+document in ``.payload``; bad input raises ``InputError``. See docs/api.md.
+
+    >>> import xpusim
+    >>> r = xpusim.train(model="llama2-7b", system="dgx-h100", tp=8, mbs=1, gbs=8, seq=4096)
+    >>> r.tokens_per_s, r.as_dict()["mfu"]
+"""
+
+from xpusim.sim.api.train import TrainRequest, TrainResult, train
+from xpusim.sim.errors import InputError, NegativeVerdict, ProfileError
+
+__all__ = [
+    "InputError",
+    "NegativeVerdict",
+    "ProfileError",
+    "TrainRequest",
+    "TrainResult",
+    "train",
+]

@@ -145,22 +145,22 @@ def run(args: argparse.Namespace) -> int:
     try:
         require_kv_fit(memory, kv_needed, what)
     except NegativeVerdict as verdict:
-        if args.json:
-            emit_json(
-                {
-                    "model": spec.name,
-                    "system": system.name,
-                    "tp": plan.tp,
-                    "ep": plan.ep,
-                    "devices": plan.devices,
-                    "phase": args.phase,
-                    "batch": args.batch,
-                    "context": args.context,
-                    "oom": True,
-                    "memory": verdict.payload,
-                }
-            )
-        raise
+        # The command's JSON document for the verdict (main prints it under --json).
+        raise NegativeVerdict(
+            str(verdict),
+            {
+                "model": spec.name,
+                "system": system.name,
+                "tp": plan.tp,
+                "ep": plan.ep,
+                "devices": plan.devices,
+                "phase": args.phase,
+                "batch": args.batch,
+                "context": args.context,
+                "oom": True,
+                "memory": verdict.payload,
+            },
+        ) from None
     result = sim.run(batch)
     payload = {
         "model": spec.name,

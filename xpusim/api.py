@@ -7,7 +7,7 @@ verdict (the plan does not fit in memory) raises ``NegativeVerdict`` with the sa
 document in ``.payload``; bad input raises ``InputError``. See docs/api.md.
 
     >>> import xpusim
-    >>> r = xpusim.train(model="llama2-7b", system="dgx-h100", tp=8, mbs=1, gbs=8, seq=4096)
+    >>> r = xpusim.train(model="llama-2-7b", system="dgx-h100", tp=8, mbs=1, gbs=8, seq=4096)
     >>> r.tokens_per_s, r.as_dict()["mfu"]
 """
 

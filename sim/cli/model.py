@@ -104,6 +104,16 @@ def cmd_show(args: argparse.Namespace) -> int:
     if source:
         print(f"source {source}")
     print()
+    for line in _architecture_lines(spec):
+        print(f"  {line}")
+    print()
+    print(table(_parameter_rows(spec, summary), ["parameters", "count", "of total"]))
+    print()
+    _print_flops(args, summary)
+    return 0
+
+
+def _architecture_lines(spec) -> list[str]:
     arch = [
         f"hidden {spec.hidden}, layers {spec.layers}, vocab {spec.vocab}, max_seq {spec.max_seq}"
     ]
@@ -132,9 +142,10 @@ def cmd_show(args: argparse.Namespace) -> int:
     arch.append(
         f"{spec.norm}, tied embeddings: {spec.tie_embeddings}, MTP modules: {spec.mtp_layers}"
     )
-    for line in arch:
-        print(f"  {line}")
-    print()
+    return arch
+
+
+def _parameter_rows(spec, summary: dict) -> list[list[str]]:
     total = summary["total_params"]
     rows = [
         [key, f"{value:,}", _share(value, total)]
@@ -142,24 +153,17 @@ def cmd_show(args: argparse.Namespace) -> int:
         if key in BREAKDOWN_KEYS and value
     ]
     rows.append(["total", f"{total:,}", "100.00%"])
-    rows.append(
-        [
-            "activated per token",
-            f"{summary['activated_params']:,}",
-            _share(summary["activated_params"], total),
-        ]
-    )
-    rows.append(
-        [
-            "activated excl. embedding",
-            f"{summary['activated_params_excl_embedding']:,}",
-            _share(summary["activated_params_excl_embedding"], total),
-        ]
-    )
+    for label, key in (
+        ("activated per token", "activated_params"),
+        ("activated excl. embedding", "activated_params_excl_embedding"),
+    ):
+        rows.append([label, f"{summary[key]:,}", _share(summary[key], total)])
     if spec.mtp_layers:
         rows.append(["MTP modules (not in total)", f"{summary['breakdown']['mtp']:,}", "-"])
-    print(table(rows, ["parameters", "count", "of total"]))
-    print()
+    return rows
+
+
+def _print_flops(args: argparse.Namespace, summary: dict) -> None:
     mode = "causal" if args.causal else "full"
     fb = summary["flops_forward_breakdown"]
     print(
@@ -175,7 +179,6 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(
         "weights: " + ", ".join(f"{d} {fmt_bytes(b)}" for d, b in summary["weight_bytes"].items())
     )
-    return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:

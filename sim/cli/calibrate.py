@@ -48,18 +48,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from xpusim.calibrate.pipeline import write_measurements
-    from xpusim.calibrate.suites import DEFAULT_SEED, SUITES
+    from xpusim.calibrate.overlay import overlay_doc, write_overlay
+    from xpusim.calibrate.pipeline import base_profile, fit_measured, load_base, provenance
+    from xpusim.calibrate.suites import DEFAULT_SEED
 
     seed = DEFAULT_SEED if args.seed is None else args.seed
-    suites = None
-    if args.suites:
-        suites = [s.strip() for s in args.suites.split(",") if s.strip()]
-        unknown = [s for s in suites if s not in SUITES]
-        if unknown:
-            raise InputError(
-                f"--suites: unknown {', '.join(unknown)}; choose from {', '.join(SUITES)}"
-            )
+    suites = _suites(args.suites)
     # Both outputs checked before minutes of timing: suffix, folder writable, no file of
     # another kind replaced (sim.report).
     out = check_output_file(args.out, "--out", (".toml",))
@@ -70,28 +64,9 @@ def run(args: argparse.Namespace) -> int:
     if not args.from_measurements:
         check_output_file(csv_path, "--measurements", (".csv",))
     started = time.perf_counter()
-    if args.from_measurements:
-        from xpusim.calibrate.pipeline import read_measurements, recorded_device
-
-        measured = read_measurements(args.from_measurements, "--from-measurements")
-        local = recorded_device(args.from_measurements, args.device)
-        quick = bool(args.quick)
-    else:
-        measured, local = _measure(args, suites, seed)
-        quick = bool(args.quick)
-        # Written as soon as they exist: a failure in the fit below loses nothing (refit
-        # with --from-measurements).
-        write_measurements(csv_path, measured, local)
-    from xpusim.calibrate.overlay import overlay_doc, write_overlay
-    from xpusim.calibrate.pipeline import (
-        base_profile,
-        fit_measured,
-        load_base,
-        provenance,
-    )
-
-    base_name = base_profile(local.kind, args.profile)
-    base = load_base(base_name, local)
+    measured, local = _measurements(args, suites, seed, csv_path)
+    quick = bool(args.quick)
+    base = load_base(base_profile(local.kind, args.profile), local)
     result = fit_measured(measured, base)
     prov = provenance(local, base.name, quick, seed, measured)
     write_overlay(out, overlay_doc(base, result, prov))
@@ -106,11 +81,41 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(payload)
         return 0
-    p = result.params
     print(
         f"calibrated {base.name} on {local.name} ({local.threads} threads, "
         f"{len(measured)} cases, {elapsed:.0f} s) -> {out}"
     )
+    _print_fit(result, prov)
+    return 0
+
+
+def _suites(text: str | None) -> list[str] | None:
+    from xpusim.calibrate.suites import SUITES
+
+    if not text:
+        return None
+    suites = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in suites if s not in SUITES]
+    if unknown:
+        raise InputError(f"--suites: unknown {', '.join(unknown)}; choose from {', '.join(SUITES)}")
+    return suites
+
+
+def _measurements(args: argparse.Namespace, suites, seed: int, csv_path: Path):
+    """(measured cases, the device they ran on): read back, or timed now and written at once
+    (a failure in the fit then loses nothing: refit with --from-measurements)."""
+    from xpusim.calibrate.pipeline import read_measurements, recorded_device, write_measurements
+
+    if args.from_measurements:
+        measured = read_measurements(args.from_measurements, "--from-measurements")
+        return measured, recorded_device(args.from_measurements, args.device)
+    measured, local = _measure(args, suites, seed)
+    write_measurements(csv_path, measured, local)
+    return measured, local
+
+
+def _print_fit(result, prov: dict) -> None:
+    p = result.params
     print(
         f"  fit: median |error| {result.median_abs_error:.1%}, p90 {result.p90_abs_error:.1%} "
         f"over {result.n_cases} fit cases; noise: median rel. IQR "
@@ -134,7 +139,6 @@ def run(args: argparse.Namespace) -> int:
     print(table(rows, ["parameter", "value", "size"]))
     if result.at_bound:
         print(f"  at a bound (check the data): {', '.join(result.at_bound)}")
-    return 0
 
 
 def _refuse_other_toml(out: Path) -> None:

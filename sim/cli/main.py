@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import NoReturn
 
 from xpusim.sim import __version__
 from xpusim.sim.errors import InputError, NegativeVerdict, ProfileError
@@ -37,7 +38,7 @@ COMMAND_MODULES = (
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse exits 2 too; keep its usage line
+    def error(self, message: str) -> NoReturn:  # argparse exits 2 too; keep its usage line
         self.print_usage(sys.stderr)
         sys.stderr.write(f"xpusim: error: {message}\n")
         raise SystemExit(2)

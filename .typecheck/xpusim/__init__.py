@@ -1,0 +1,1 @@
+../../xpusim/__init__.py

@@ -1,0 +1,1 @@
+../../xpusim/api.py

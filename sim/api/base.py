@@ -16,11 +16,14 @@ prints before exiting with status 3.
 from __future__ import annotations
 
 import argparse
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any, TypeVar
 
 from xpusim.sim.errors import InputError
+from xpusim.sim.limits import check_namespace
 from xpusim.sim.report import json_document
 
 R = TypeVar("R")
@@ -59,6 +62,84 @@ def request_from_mapping(cls: type[R], values: Mapping[str, Any], where: str) ->
             f"{', '.join(repr(u) for u in unknown)}; known: {', '.join(known)}"
         )
     return cls(**normalised)
+
+
+def request_from_flags(cls: type[R], values: Mapping[str, Any], where: str) -> R:
+    """A request from a table of the command's flags, as a saved command's ``[args]`` or a
+    validation row's ``[row.args]`` writes them, read the way the command line reads them:
+
+    - keys are flag names, dashes or underscores (``tokens-per-device``);
+    - ``no-X = true`` is ``--no-X`` (``X = False``); ``X = false`` on an on/off field sets
+      it off, and on any other field leaves the flag out, as does ``X = nothing``;
+    - a value takes the field's type as the flag's parser would give it: a list becomes
+      the comma list a text field expects (``batch = [1, 8]`` -> ``"1,8"``) or a tuple, a
+      number for a text field its text (``alpha = 0.8`` -> ``"0.8"``), an integer for a
+      float field a float, a text for a numeric field its number;
+    - the flags' limits (``xpusim.sim.limits.check_namespace``) hold as on the command line.
+
+    Unknown keys are refused by name; every message starts with ``where``."""
+    hints = typing.get_type_hints(cls)
+    given: dict[str, Any] = {}
+    for key, value in values.items():
+        name = str(key).replace("-", "_")
+        negated = name.removeprefix("no_")
+        if name not in hints and negated != name and bool in _accepted(hints.get(negated)):
+            if value is True:
+                given[negated] = False
+            continue  # `no-X = false`: the flag is not given
+        if value is None or (value is False and bool not in _accepted(hints.get(name))):
+            continue
+        given[name] = _flag_value(value, hints.get(name), f"{where}: {key}")
+    request = request_from_mapping(cls, given, where)
+    try:
+        check_namespace(argparse.Namespace(**given))
+    except InputError as exc:
+        raise InputError(f"{where}: {exc}") from None
+    return request
+
+
+def _accepted(hint: Any) -> set[type]:
+    """The plain types a field's annotation accepts (``str | tuple[int, ...] | None`` ->
+    str, tuple, NoneType); empty for an unknown field."""
+    if hint is None:
+        return set()
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return {t for arg in typing.get_args(hint) for t in _accepted(arg)}
+    origin = typing.get_origin(hint)
+    if isinstance(origin, type):
+        return {origin}
+    return {hint} if isinstance(hint, type) else set()
+
+
+def _flag_value(value: Any, hint: Any, where: str) -> Any:
+    """``value`` as the command line would hand it to the field annotated ``hint``."""
+    kinds = _accepted(hint)
+    if not kinds or isinstance(value, bool):
+        return value  # an unknown key (refused by name later), or an on/off value
+    if isinstance(value, list | tuple):
+        if str in kinds:
+            return ",".join(str(v) for v in value)
+        return tuple(value) if tuple in kinds else value
+    if isinstance(value, int | float) and not any(isinstance(value, k) for k in kinds):
+        if float in kinds:
+            return float(value)
+        if str in kinds:
+            return str(value)
+    if isinstance(value, str) and str not in kinds:
+        return _number_from_text(value, kinds, where)
+    return value
+
+
+def _number_from_text(value: str, kinds: set[type], where: str) -> Any:
+    # A numeric field given a text, as argparse's type=int / type=float reads it.
+    for kind in (int, float):
+        if kind in kinds:
+            try:
+                return kind(value)
+            except ValueError:
+                what = "an integer" if kind is int else "a number"
+                raise InputError(f"{where} = {value!r}: expected {what}") from None
+    return value
 
 
 def request_from_args(cls: type[R], args: argparse.Namespace) -> R:

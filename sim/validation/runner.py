@@ -1,9 +1,12 @@
-"""Run every corpus row through the command a user would type, in process.
+"""Run every corpus row through the study its command names, in process.
 
-A row becomes ``xpusim <command> [kind] --flag value ... --json``; the runner calls
-the CLI's own ``main`` with that argv and reads the JSON it prints, so the prediction
-is exactly what the user's command gives. A command that refuses the row (exit 2, e.g.
-an unknown device or flag) makes the row ``unsupported`` with the command's message.
+A row is a command name and a table of its flags (``[row.args]``: ``attention-impl =
+"standard"``, ``no-sequence-parallel = true``); the runner reads the flags into the
+command's request (``xpusim.sim.api.commands``), calls the study function and scores the
+document its result prints with ``--json``, so the prediction is exactly what the user's
+command ``xpusim <command> [kind] --flag value ...`` gives. A study that refuses the row
+(bad input, e.g. an unknown device) makes the row ``unsupported`` with the message; a
+negative verdict (does not fit) makes it ``unsupported`` as "predicted not to fit".
 """
 
 from __future__ import annotations
@@ -17,12 +20,16 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from xpusim.sim.api.commands import api_command, command_name, run_flags
+from xpusim.sim.errors import InputError, NegativeVerdict, ProfileError
 from xpusim.sim.validation.baseline import naive_payload
 from xpusim.sim.validation.corpus import Row
 from xpusim.sim.validation.metrics import metric_for, signed_error
 
 # Commands whose first positional argument is a kind (``op gemm``, ``collective all-reduce``).
 POSITIONAL_KIND = ("op", "collective")
+# The commands corpus rows use (``serve``: ``infer`` with ``serve = true``).
+ROW_COMMANDS = ("train", "infer", "serve", "sd", "ep", "collective", "attention", "op")
 
 
 @dataclass(frozen=True)
@@ -70,29 +77,45 @@ def row_argv(row: Row) -> list[str]:
     return argv
 
 
-def run_command(argv: list[str]) -> tuple[int, str, str]:
-    """Call the CLI in process: (exit code, stdout, stderr)."""
+def predict(row: Row) -> dict[str, Any]:
+    """The ``--json`` document of the row's command, through its study function.
+
+    Raises ``InputError``/``ProfileError`` when the study refuses the row and
+    ``NegativeVerdict`` when its answer is negative."""
+    name = command_name(row.command, row.args)
+    try:
+        api_command(name)
+    except (ImportError, AttributeError):
+        return _predict_cli(row)  # transitional: the command's study is not in the api yet
+    return run_flags(row.command, row.args, f"row {row.id}: args").as_dict()
+
+
+def _predict_cli(row: Row) -> dict[str, Any]:
+    # Transitional, removed once every row command has its study in xpusim.sim.api.
     from xpusim.sim.cli.main import main
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
-            rc = main(argv)
+            rc = main([*row_argv(row), "--json"])
         except SystemExit as exc:  # argparse: unknown flag or bad value
             rc = exc.code if isinstance(exc.code, int) else 2
-    return rc, out.getvalue(), err.getvalue()
+    if rc == 3:
+        raise NegativeVerdict(_last_line(err.getvalue(), rc).removeprefix("xpusim: "))
+    if rc != 0:
+        raise InputError(_last_line(err.getvalue(), rc).removeprefix("xpusim: error: "))
+    return json.loads(out.getvalue())
 
 
-def _refusal(stderr: str, rc: int) -> str:
-    lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
-    message = lines[-1] if lines else f"exit {rc}"
-    return message.removeprefix("xpusim: error: ").removeprefix("xpusim: ")
+def _last_line(text: str, rc: int = 0) -> str:
+    # A refusal is shown on one line: the message's last (as the CLI's stderr was read).
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else f"exit {rc}"
 
 
 def run_row(row: Row) -> RowResult:
     start = time.perf_counter()
-    argv = row_argv(row)
-    base = {
+    base: dict[str, Any] = {
         "id": row.id,
         "category": row.category,
         "role": row.role,
@@ -102,22 +125,23 @@ def run_row(row: Row) -> RowResult:
         "source": row.source,
         "reliability": row.reliability,
         "hardware": row.hardware,
-        "command": "xpusim " + shlex.join(argv),
+        "command": "xpusim " + shlex.join(row_argv(row)),
     }
-    empty = {"predicted": None, "error": None, "baseline_predicted": None, "baseline_error": None}
+    empty: dict[str, Any] = {"predicted": None, "error": None, "baseline_predicted": None, "baseline_error": None}
     if row.unsupported:
         return RowResult(**base, **empty, unsupported=row.unsupported)
     metric = metric_for(row.command, row.metric)
     if metric is None:
         return RowResult(**base, **empty, unsupported=f"no metric {row.metric!r} for {row.command}")
-    rc, stdout, stderr = run_command([*argv, "--json"])
+    try:
+        payload = predict(row)
+    except (InputError, ProfileError) as exc:
+        reason = _last_line(str(exc))
+        return RowResult(**base, **empty, unsupported=reason, wall_s=time.perf_counter() - start)
+    except NegativeVerdict as exc:
+        reason = f"predicted not to fit: {_last_line(str(exc))}"
+        return RowResult(**base, **empty, unsupported=reason, wall_s=time.perf_counter() - start)
     wall = time.perf_counter() - start
-    if rc != 0:
-        reason = _refusal(stderr, rc)
-        if rc == 3:
-            reason = f"predicted not to fit: {reason}"
-        return RowResult(**base, **empty, unsupported=reason, wall_s=wall)
-    payload = json.loads(stdout)
     predicted = metric(row.args, payload)
     baseline = metric(row.args, naive_payload(row.command, row.args, payload))
     return RowResult(
@@ -140,8 +164,10 @@ def expected_cost(row: Row) -> float:
 
 
 def _warm_imports() -> None:
-    # Each worker imports the CLI modules once, not once per row.
-    import xpusim.sim.cli.main  # noqa: F401
+    # Each worker imports the row commands' studies once, not once per row.
+    for name in ROW_COMMANDS:
+        with contextlib.suppress(ImportError, AttributeError):
+            api_command(name)
 
 
 def run_rows(rows: list[Row], jobs: int = 1, progress: bool = False) -> list[RowResult]:

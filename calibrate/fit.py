@@ -43,7 +43,7 @@ import numpy as np
 from scipy.optimize import least_squares
 from xpusim.hwprofiles.spec import Device
 from xpusim.sim.cost.roofline import cold_bytes, gemm_quantisation
-from xpusim.sim.ir import MAIN_MEMORY, Op, RankGraph, Unit
+from xpusim.sim.ir import MAIN_MEMORY, GemmShape, Op, RankGraph, Unit
 
 PARAM_NAMES = (
     "matrix_max",
@@ -221,10 +221,8 @@ def build_table(graphs: Sequence[RankGraph | Sequence[Op]], base: Device) -> OpT
             unit = {Unit.MATRIX: 0, Unit.VECTOR: 1, Unit.DMA: 2}[Unit(op.unit)]
             work = op.flops
             shape = op.shape
-            if unit == 0 and "m" in shape and "n" in shape and "k" in shape:
-                executed, _ = gemm_quantisation(
-                    shape["m"], shape["n"], shape["k"], shape.get("batch", 1), base
-                )
+            if unit == 0 and isinstance(shape, GemmShape):
+                executed, _ = gemm_quantisation(shape.m, shape.n, shape.k, shape.batch, base)
                 work = max(executed, op.flops)
             kind = str(op.kind)
             if kind not in kinds:

@@ -1,16 +1,17 @@
 """The intermediate representation: what work is done, never how long it takes.
 
 Builders (kernels' ``describe()``, the training and inference lowerings) produce
-``Op``/``Collective``/``Delay`` items in a per-rank ``RankGraph``; the cost model and
-the network price them; the engine schedules them.
+``Op``/``Segment``/``Collective``/``Delay`` items in a per-rank ``RankGraph``; the pricing
+pass (``sim.cost.pricing``: the cost model per device, the network per system) gives
+each its duration; the engine schedules them. Nothing here holds a time except a
+``Delay`` (work with no hardware model behind it).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from enum import StrEnum
-from types import MappingProxyType
 
 from xpusim.sim.errors import InputError
 
@@ -128,7 +129,196 @@ class Stream(StrEnum):
     COPY = "copy"
 
 
-_EMPTY: Mapping[str, float] = MappingProxyType({})
+# ---------------------------------------------------------------- op shapes
+#
+# What a cost model needs beyond an op's totals. Small frozen dataclasses: a typo in a
+# field name is an error, not a silent miss, and they hash as part of ``Op.cache_key``.
+
+
+@dataclass(frozen=True, slots=True)
+class GemmShape:
+    """C[batch, m, n] = A[batch, m, k] @ B[batch, k, n].
+
+    ``weight_bytes`` / ``footprint_bytes`` (0: not stated) tell the cost model's cache tier
+    that the B operand is a weight of that size in a graph that reads ``footprint_bytes``
+    of weights per pass (sim/cost/roofline.py, ``cold_bytes``).
+    """
+
+    m: float
+    n: float
+    k: float
+    batch: float = 1
+    weight_bytes: float = 0.0
+    footprint_bytes: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ConvShape(GemmShape):
+    """A 2-D convolution as its implicit GEMM, with the output's spatial size."""
+
+    h_out: float = 0
+    w_out: float = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AttentionShape:
+    """``q_len`` queries of ``batch x heads`` against ``kv_len`` keys (``kv_heads`` K/V heads).
+
+    ``backward``: the backward pass (priced as such by the attention implementations).
+    ``cp`` > 1: a context-parallel share, 1/cp of the causal score matrix of ``cp x q_len``
+    queries (Megatron's zig-zag split). ``impl`` names the implementation when the op
+    fixes it ("": the plan's or the device's default).
+    """
+
+    batch: float
+    heads: float
+    q_len: float
+    kv_len: float
+    head_dim: float
+    kv_heads: float
+    v_head_dim: float
+    causal: bool = False
+    backward: bool = False
+    cp: float = 1
+    impl: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ElementwiseShape:
+    """A pointwise (or row-wise) op over ``numel`` elements."""
+
+    numel: float
+
+
+@dataclass(frozen=True, slots=True)
+class NormShape:
+    """RMSNorm / LayerNorm over ``tokens`` rows of ``hidden``."""
+
+    tokens: float
+    hidden: float
+
+    @property
+    def numel(self) -> float:
+        return self.tokens * self.hidden
+
+
+@dataclass(frozen=True, slots=True)
+class SoftmaxShape:
+    """Softmax over ``rows`` rows of ``cols``."""
+
+    rows: float
+    cols: float
+
+    @property
+    def numel(self) -> float:
+        return self.rows * self.cols
+
+
+@dataclass(frozen=True, slots=True)
+class MemcpyShape:
+    nbytes: float
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingShape:
+    tokens: float
+    hidden: float
+
+
+@dataclass(frozen=True, slots=True)
+class PoolShape:
+    numel: float
+    window: float
+    h_out: float
+    w_out: float
+
+
+@dataclass(frozen=True, slots=True)
+class UpsampleShape:
+    numel: float
+    factor: float
+
+
+@dataclass(frozen=True, slots=True)
+class TopKShape:
+    """Top-k over ``experts`` scores for each of ``tokens`` tokens."""
+
+    tokens: float
+    experts: float
+    top_k: float
+
+
+Shape = (
+    GemmShape | AttentionShape | ElementwiseShape | NormShape | SoftmaxShape | MemcpyShape
+    | EmbeddingShape | PoolShape | UpsampleShape | TopKShape | None
+)
+
+
+def shape_dict(shape: Shape) -> dict[str, float | bool | str]:
+    """A shape's fields as a plain dict (for JSON output); {} for no shape."""
+    return {} if shape is None else asdict(shape)
+
+
+# ---------------------------------------------------------------- op roles
+#
+# What an op *is* in the model, for the rules that are not pricing: which activation it
+# keeps for its backward, which module recomputes it, which weight it reads. Training's
+# memory and recompute rules read these; no cost model does (``Op.cache_key`` leaves the
+# role out, so two ops that differ only in role share one priced cost).
+
+
+class Weight(StrEnum):
+    """The weight an op reads."""
+
+    NONE = ""
+    DENSE = "dense"  # a linear layer of the transformer (attention, MLP, shared experts)
+    EXPERT = "expert"  # a routed expert's matrices (sharded over expert parallelism)
+    ROUTER = "router"  # the MoE gate
+    HEAD = "head"  # the output projection
+    TABLE = "table"  # the embedding table (rows gathered, not a GEMM operand)
+
+
+@dataclass(frozen=True, slots=True)
+class Saved:
+    """A tensor an op keeps for its backward pass.
+
+    ``elements`` of ``bytes_per_element`` bytes (0: the op's dtype, so a low-precision
+    GEMM keeps its cast input), of which the rank keeps ``1/shard`` (sequence
+    parallelism: a GEMM fed by the all-gather keeps only its sequence shard). ``by`` is
+    the module whose recompute drops it ("checkpoint": always kept). Ops that read the
+    same tensor name it by ``tensor``; it is kept once.
+    """
+
+    elements: float
+    by: str = "checkpoint"
+    bytes_per_element: float = 0.0
+    shard: float = 1
+    tensor: str = ""
+
+    def nbytes(self, op_dtype: str) -> float:
+        per = self.bytes_per_element or dtype_bytes(op_dtype)
+        return self.elements * per / self.shard
+
+
+@dataclass(frozen=True, slots=True)
+class Role:
+    """An op's place in the model.
+
+    ``module``: the module its output belongs to (a selective recompute re-runs the ops
+    of the modules it names; "core_attn" is the attention core inside "attn"; "out":
+    never recomputed selectively). ``saves``: what it keeps for its backward.
+    ``weight``: the weight it reads, ``weight_elements`` of it. ``expert``: part of a
+    routed expert's work (its grouped GEMMs, their activation, casts and backward).
+    """
+
+    module: str = "out"
+    saves: tuple[Saved, ...] = ()
+    weight: Weight = Weight.NONE
+    weight_elements: float = 0.0
+    expert: bool = False
+
+
+NO_ROLE = Role()
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,8 +327,9 @@ class Op:
 
     ``flops`` run on ``unit``; ``bytes`` maps memory level -> bytes moved there
     (``"hbm"`` is main device memory; on-chip levels such as ``"l2"`` or ``"ub"`` are
-    optional). ``shape`` carries what a cost model needs beyond totals (m, n, k,
-    batch for a GEMM; seq, heads for attention).
+    optional). ``shape`` carries what a cost model needs beyond totals (a ``GemmShape``
+    for a GEMM, an ``AttentionShape`` for attention); ``role`` what the op is in the
+    model (memory and recompute rules; never priced).
     """
 
     name: str
@@ -147,7 +338,8 @@ class Op:
     bytes: Mapping[str, float]
     dtype: str = "bf16"
     unit: Unit = Unit.MATRIX
-    shape: Mapping[str, float] = field(default_factory=lambda: _EMPTY)
+    shape: Shape = None
+    role: Role = NO_ROLE
 
     def __post_init__(self) -> None:
         if self.flops < 0:
@@ -161,13 +353,14 @@ class Op:
         return self.bytes.get(MAIN_MEMORY, 0.0)
 
     def cache_key(self) -> tuple:
+        """What the op's cost depends on: everything but its name and role."""
         return (
             self.kind,
             self.flops,
             tuple(sorted(self.bytes.items())),
             self.dtype,
             self.unit,
-            tuple(sorted(self.shape.items())),
+            self.shape,
         )
 
 
@@ -205,7 +398,24 @@ class Delay:
     kind: str = "host"
 
 
-Work = Op | Collective | Delay
+@dataclass(frozen=True, slots=True, eq=False)
+class Segment:
+    """Consecutive ops of one stream that run back to back, scheduled as one task.
+
+    Lowering merges runs of ops into segments so the engine schedules tens of thousands
+    of tasks instead of millions; the pricing pass (``sim.cost.pricing``) gives a
+    segment the sum of its ops' times and, when ``host`` (each op launched by the
+    framework on the host), at least ``len(ops) x`` the host's cost per op. Compared by
+    identity: one segment object is shared by every unit that runs the same ops.
+    """
+
+    name: str
+    ops: tuple[Op, ...]
+    kind: str = "compute"
+    host: bool = True
+
+
+Work = Op | Collective | Delay | Segment
 
 
 @dataclass(slots=True)
@@ -244,7 +454,14 @@ class RankGraph:
         return tid
 
     def ops(self) -> list[Op]:
-        return [t.work for t in self.tasks if isinstance(t.work, Op)]
+        """The graph's ops in task order, those inside segments included."""
+        out: list[Op] = []
+        for t in self.tasks:
+            if isinstance(t.work, Op):
+                out.append(t.work)
+            elif isinstance(t.work, Segment):
+                out.extend(t.work.ops)
+        return out
 
     def total_flops(self) -> float:
         return sum(op.flops for op in self.ops())

@@ -10,7 +10,24 @@ from __future__ import annotations
 from types import MappingProxyType
 
 from xpusim.sim.errors import InputError
-from xpusim.sim.ir import MAIN_MEMORY, Op, OpKind, Unit, dtype_bytes, is_low_precision
+from xpusim.sim.ir import (
+    MAIN_MEMORY,
+    NO_ROLE,
+    AttentionShape,
+    ConvShape,
+    ElementwiseShape,
+    EmbeddingShape,
+    GemmShape,
+    MemcpyShape,
+    NormShape,
+    Op,
+    OpKind,
+    Role,
+    SoftmaxShape,
+    Unit,
+    dtype_bytes,
+    is_low_precision,
+)
 
 
 def _check_positive(name: str, **sizes: float) -> None:
@@ -33,6 +50,7 @@ def gemm(
     out_dtype: str | None = None,
     read_a: bool = True,
     read_b: bool = True,
+    role: Role = NO_ROLE,
 ) -> Op:
     """C[batch, m, n] = A[batch, m, k] @ B[batch, k, n]: 2*m*n*k*batch FLOPs.
 
@@ -52,7 +70,8 @@ def gemm(
         _mem(nbytes),
         dtype,
         Unit.MATRIX,
-        MappingProxyType({"m": m, "n": n, "k": k, "batch": batch}),
+        GemmShape(m, n, k, batch),
+        role,
     )
 
 
@@ -64,6 +83,8 @@ def elementwise(
     inputs: int = 1,
     outputs: int = 1,
     kind: OpKind = OpKind.ELEMENTWISE,
+    role: Role = NO_ROLE,
+    shape: ElementwiseShape | NormShape | SoftmaxShape | None = None,
 ) -> Op:
     """A pointwise op over ``numel`` elements reading ``inputs`` and writing ``outputs`` tensors."""
     _check_positive(name, numel=numel)
@@ -75,24 +96,27 @@ def elementwise(
         _mem(numel * b * (inputs + outputs)),
         dtype,
         Unit.VECTOR,
-        MappingProxyType({"numel": numel}),
+        shape or ElementwiseShape(numel),
+        role,
     )
 
 
-def softmax(name: str, rows: float, cols: float, dtype: str = "bf16") -> Op:
+def softmax(name: str, rows: float, cols: float, dtype: str = "bf16", role: Role = NO_ROLE) -> Op:
     """Row softmax: max, subtract, exp, sum, divide ~ 5 FLOPs per element; one read, one write."""
-    return elementwise(name, rows * cols, dtype, 5.0, 1, 1, OpKind.SOFTMAX)
+    return elementwise(name, rows * cols, dtype, 5.0, 1, 1, OpKind.SOFTMAX, role,
+                       SoftmaxShape(rows, cols))
 
 
-def norm(name: str, tokens: float, hidden: float, dtype: str = "bf16") -> Op:
+def norm(name: str, tokens: float, hidden: float, dtype: str = "bf16", role: Role = NO_ROLE) -> Op:
     """RMSNorm / LayerNorm: ~5 FLOPs per element (square, sum, scale, weight, bias)."""
-    return elementwise(name, tokens * hidden, dtype, 5.0, 1, 1, OpKind.NORM)
+    return elementwise(name, tokens * hidden, dtype, 5.0, 1, 1, OpKind.NORM, role,
+                       NormShape(tokens, hidden))
 
 
-def memcpy(name: str, nbytes: float) -> Op:
+def memcpy(name: str, nbytes: float, role: Role = NO_ROLE) -> Op:
     _check_positive(name, nbytes=nbytes)
     return Op(name, OpKind.MEMCPY, 0.0, _mem(2.0 * nbytes), "bf16", Unit.DMA,
-              MappingProxyType({"bytes": nbytes}))
+              MemcpyShape(nbytes), role)
 
 
 def conv2d(
@@ -140,7 +164,7 @@ def conv2d(
         _mem(nbytes),
         dtype,
         Unit.MATRIX,
-        MappingProxyType({"m": m, "n": n, "k": k, "batch": 1, "h_out": h_out, "w_out": w_out}),
+        ConvShape(m, n, k, 1, h_out=h_out, w_out=w_out),
     )
 
 
@@ -177,6 +201,7 @@ def fused_attention(
     causal: bool = False,
     kv_heads: float | None = None,
     v_head_dim: float | None = None,
+    role: Role = NO_ROLE,
 ) -> Op:
     """A FlashAttention-style fused kernel: QK^T and PV on the matrix unit, no S x S in memory.
 
@@ -206,16 +231,16 @@ def fused_attention(
         _mem(nbytes),
         dtype,
         Unit.MATRIX,
-        MappingProxyType(
-            {"batch": batch, "heads": heads, "q_len": q_len, "kv_len": kv_len,
-             "head_dim": head_dim, "kv_heads": kvh, "causal": float(causal)}
-        ),
+        AttentionShape(batch, heads, q_len, kv_len, head_dim, kvh, vd, causal),
+        role,
     )
 
 
-def embedding_lookup(name: str, tokens: float, hidden: float, dtype: str = "bf16") -> Op:
+def embedding_lookup(
+    name: str, tokens: float, hidden: float, dtype: str = "bf16", role: Role = NO_ROLE
+) -> Op:
     """Gather ``tokens`` rows of an embedding table: read and write one row each, no FLOPs."""
     _check_positive(name, tokens=tokens, hidden=hidden)
     nbytes = 2.0 * tokens * hidden * dtype_bytes(dtype)
     return Op(name, OpKind.EMBEDDING, 0.0, _mem(nbytes), dtype, Unit.DMA,
-              MappingProxyType({"tokens": tokens, "hidden": hidden}))
+              EmbeddingShape(tokens, hidden), role)

@@ -363,4 +363,4 @@ def test_describe_gemms_match_executed_matmuls():
     graph = describe_fast(1, 8, 256, 32, True, 2)
     gemms = [op for op in graph.ops() if op.kind == "gemm"]
     assert len(gemms) == counts["bmm"]
-    assert all(op.shape["batch"] == 2 for op in gemms)  # batch x kv_heads: no K/V repeat
+    assert all(op.shape.batch == 2 for op in gemms)  # batch x kv_heads: no K/V repeat

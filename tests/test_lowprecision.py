@@ -8,7 +8,7 @@ from xpusim.hwprofiles import load_device, load_system
 from xpusim.hwprofiles.loader import DEVICE_DIR, SYSTEM_DIR, read_toml
 from xpusim.sim import ops
 from xpusim.sim.cost.roofline import RooflineModel
-from xpusim.sim.ir import OpKind, dtype_bytes
+from xpusim.sim.ir import OpKind, Role, Weight, dtype_bytes
 from xpusim.sim.parallel import ParallelPlan
 from xpusim.sim.training.layers import act_dtype, backward_op, low_precision_gemms
 
@@ -90,8 +90,10 @@ def test_fp4_falls_back_to_fp8_without_fp4_units() -> None:
 def test_fp8_recipe_casts_gemm_inputs_only() -> None:
     plan = ParallelPlan(dtype="fp8")
     assert act_dtype(plan) == "bf16"
+    # The output layer is left in 16 bits by its role (the weight it reads), not its name.
+    head = Role(weight=Weight.HEAD)
     raw = [ops.gemm("mlp_up", 4096, 8192, 1024, "bf16"), ops.norm("n", 4096, 1024, "bf16"),
-           ops.gemm("lm_head", 4096, 32000, 1024, "bf16")]
+           ops.gemm("lm_head", 4096, 32000, 1024, "bf16", role=head)]
     out = low_precision_gemms(raw, "fp8")
     names = [o.name for o in out]
     assert names == ["mlp_up_quant", "mlp_up", "n", "lm_head"]

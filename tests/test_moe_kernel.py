@@ -205,7 +205,7 @@ def test_describe_uniform_default_hand_count():
     graph = describe_moe(t, h, f, e, k, shared_experts=1, shared_ffn=48)
     gemms = {op.name: op for op in graph.ops() if op.kind == OpKind.GEMM}
     assert gemms["moe.router"].flops == 2 * t * h * e
-    assert gemms["moe.expert3.up"].shape["m"] == t * k / e  # 32 rows per expert
+    assert gemms["moe.expert3.up"].shape.m == t * k / e  # 32 rows per expert
     expected = 2 * t * h * e + 3 * 2 * (t * k) * h * f + 3 * 2 * t * h * 48
     assert sum(op.flops for op in gemms.values()) == expected
 

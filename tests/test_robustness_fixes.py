@@ -118,7 +118,7 @@ def test_conv2d_rejects_impossible_geometry(kwargs, words):
 def test_conv2d_output_size_by_hand():
     # 8x8, kernel 3, stride 2, padding 1: (8 + 2 - 3) // 2 + 1 = 4.
     op = ops.conv2d("conv", 2, 3, 16, 8, 8, 3, stride=2)
-    assert (op.shape["h_out"], op.shape["w_out"]) == (4, 4)
+    assert (op.shape.h_out, op.shape.w_out) == (4, 4)
     assert op.flops == 2.0 * (2 * 4 * 4) * 16 * (3 * 3 * 3)
 
 
@@ -151,7 +151,7 @@ def test_fused_attention_rejects_bad_heads(heads, kv_heads, words):
 
 def test_fused_attention_accepts_gqa_and_per_rank_averages():
     gqa = ops.fused_attention("attn", 1, 8, 128, 128, 64, kv_heads=2)
-    assert gqa.shape["kv_heads"] == 2
+    assert gqa.shape.kv_heads == 2
     # A sharded model's per-rank average (heads / tp) may be fractional: not a GQA error.
     ops.fused_attention("attn", 1, 2.5, 1, 128, 64, kv_heads=1)
 

@@ -8,10 +8,9 @@ paper's closed forms for every recompute mode, with and without TP / sequence pa
 from __future__ import annotations
 
 from dataclasses import replace
-from types import MappingProxyType
 
 import pytest
-from xpusim.sim.ir import OpKind
+from xpusim.sim.ir import Op, OpKind
 from xpusim.sim.models.hf_config import load_model
 from xpusim.sim.parallel import ParallelPlan, validate_plan
 from xpusim.sim.training import layers as L
@@ -24,9 +23,9 @@ def _unfused(items: list, ctx: L.SlotContext) -> list:
     """The same layer with Megatron-LM's unfused (standard) attention."""
     out = []
     for it in items:
-        if isinstance(it, L.Comp) and it.op.kind == OpKind.ATTENTION:
-            op = replace(it.op, shape=MappingProxyType({**it.op.shape, "impl": "standard"}))
-            out += L._wrap_ops([op], ctx)
+        if isinstance(it, Op) and it.kind == OpKind.ATTENTION:
+            op = replace(it, shape=replace(it.shape, impl="standard"))
+            out += L.training_items([op], ctx)
         else:
             out.append(it)
     return out

@@ -9,7 +9,7 @@ from xpusim.hwprofiles import load_device
 from xpusim.sim import ops
 from xpusim.sim.cost import RooflineModel
 from xpusim.sim.cost.attention_impl import IMPLS, PASSES, attention_cost, default_impl, shape_of
-from xpusim.sim.ir import OpKind
+from xpusim.sim.ir import OpKind, shape_dict
 from xpusim.sim.report import emit_json, fmt_si
 
 
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         "op": str(op.kind),
         "device": device.name,
         "dtype": op.dtype,
-        "shape": dict(op.shape),
+        "shape": shape_dict(op.shape),
         "flops": op.flops,
         "bytes": dict(op.bytes),
         **cost.as_dict(),

@@ -57,7 +57,7 @@ from xpusim.sim import ops
 from xpusim.sim.cost.base import OpCost
 from xpusim.sim.cost.roofline import RooflineModel
 from xpusim.sim.errors import InputError
-from xpusim.sim.ir import MAIN_MEMORY, Op, OpKind, dtype_bytes
+from xpusim.sim.ir import MAIN_MEMORY, AttentionShape, Op, OpKind, dtype_bytes
 
 IMPLS = (
     "standard",
@@ -129,18 +129,14 @@ class AttnShape:
 
 
 def shape_of(op: Op) -> AttnShape:
-    """The attention call an ``OpKind.ATTENTION`` op (``sim.ops.fused_attention``) describes."""
+    """The attention call an ``OpKind.ATTENTION`` op (``sim.ops.fused_attention``) describes.
+    A context-parallel op (``cp`` > 1) keeps its own ``q_len``; ``KernelCostModel`` prices
+    it as 1/cp of the call over ``cp x q_len`` queries."""
     s = op.shape
-    b, h, q, kv, d = s["batch"], s["heads"], s["q_len"], s["kv_len"], s["head_dim"]
-    causal = bool(s.get("causal", 0.0))
-    base = AttnShape(b, h, q, kv, d, None, s.get("kv_heads"), causal, op.dtype)
-    flops = op.flops / (2.5 if s.get("backward") else 1.0) * s.get("cp", 1.0)
-    # v_head_dim is not stored: recover it from the FLOP count 2 b h pairs (d + d_v).
-    full = AttnShape(b, h, q * s.get("cp", 1.0), kv, d, None, s.get("kv_heads"), causal, op.dtype)
-    pairs = full.pairs()
-    vd = flops / (2.0 * b * h * pairs) - d if b * h * pairs > 0 else d
-    return AttnShape(b, h, base.q_len, kv, d, vd if vd > 0 else d, s.get("kv_heads"), causal,
-                     op.dtype)
+    if not isinstance(s, AttentionShape):
+        raise InputError(f"op '{op.name}': an attention op needs an AttentionShape, got {s!r}")
+    return AttnShape(s.batch, s.heads, s.q_len, s.kv_len, s.head_dim, s.v_head_dim,
+                     s.kv_heads, s.causal, op.dtype)
 
 
 def default_impl(device: Device) -> str:
@@ -501,8 +497,10 @@ class KernelCostModel:
         if op.kind != OpKind.ATTENTION:
             return self.roofline.time(op)
         shape = shape_of(op)
-        pass_ = "bwd" if op.shape.get("backward") else "fwd"
-        cp = op.shape.get("cp", 1.0)
+        ir_shape = op.shape
+        assert isinstance(ir_shape, AttentionShape)  # shape_of checked it
+        pass_ = "bwd" if ir_shape.backward else "fwd"
+        cp = ir_shape.cp
         if cp > 1:
             from dataclasses import replace
 

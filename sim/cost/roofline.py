@@ -6,8 +6,8 @@ For one op on one device (docs/cost_model.md derives each term):
   - ``max`` and ``half`` are the unit's efficiency parameters: an op of w FLOPs
     reaches ``eff(w) = max * w / (w + half)`` of peak, i.e. it pays a fixed "half"
     of work (pipeline fill, tail effects) on top of its own.
-  - ``work`` is the FLOPs the hardware really executes. For GEMM-shaped ops (``shape``
-    has m, n, k) the output is cut into per-core blocks (``core_block_m x core_block_n``,
+  - ``work`` is the FLOPs the hardware really executes. For GEMM-shaped ops (a
+    ``GemmShape``: GEMMs and convolutions) the output is cut into per-core blocks (``core_block_m x core_block_n``,
     operands padded to the matrix tile: 16x16x16 Cube fractal, tensor-core MMA tile)
     that run in waves over the cores; a wave lasts as long as its largest block, so
     ``work = waves * cores * 2 * min(bm, m) * min(bn, n) * k`` (padded dims). A device
@@ -38,7 +38,7 @@ import math
 
 from xpusim.hwprofiles.spec import Device
 from xpusim.sim.cost.base import OpCost
-from xpusim.sim.ir import MAIN_MEMORY, Op, Unit, dtype_bytes, is_low_precision
+from xpusim.sim.ir import MAIN_MEMORY, GemmShape, Op, Unit, dtype_bytes, is_low_precision
 
 
 def saturating_efficiency(work: float, max_eff: float, half: float) -> float:
@@ -87,9 +87,9 @@ def block_work(
 def cold_bytes(op: Op, cache_bytes: float) -> float:
     """Main-memory bytes of ``op`` that the cache tier cannot serve.
 
-    An op may state the weights it reads (``shape["param_bytes"]``) and the weight
-    footprint of the graph it belongs to (``shape["param_footprint_bytes"]``, every
-    weight read once per forward). A forward that sweeps more weights than the cache
+    A GEMM may state the weights it reads (``GemmShape.weight_bytes``) and the weight
+    footprint of the graph it belongs to (``GemmShape.footprint_bytes``, every weight
+    read once per forward). A forward that sweeps more weights than the cache
     holds evicts each before its next use (LRU on a cyclic sweep), so those bytes come
     from main memory; activations handed over from the previous op stay eligible.
     Zero when the op states no weights or the footprint fits.
@@ -97,9 +97,9 @@ def cold_bytes(op: Op, cache_bytes: float) -> float:
     if cache_bytes <= 0:
         return 0.0
     shape = op.shape
-    if shape.get("param_footprint_bytes", 0.0) <= cache_bytes:
+    if not isinstance(shape, GemmShape) or shape.footprint_bytes <= cache_bytes:
         return 0.0
-    return min(float(shape.get("param_bytes", 0.0)), op.bytes.get(MAIN_MEMORY, 0.0))
+    return min(float(shape.weight_bytes), op.bytes.get(MAIN_MEMORY, 0.0))
 
 
 def _pad(x: float, tile: int) -> float:
@@ -121,10 +121,8 @@ class RooflineModel:
         peak = dev.peak_for(unit, op.dtype)
         shape = op.shape
         work, wave_eff = op.flops, 1.0
-        if op.unit == Unit.MATRIX and "m" in shape and "n" in shape and "k" in shape:
-            work, wave_eff = gemm_quantisation(
-                shape["m"], shape["n"], shape["k"], shape.get("batch", 1), dev
-            )
+        if op.unit == Unit.MATRIX and isinstance(shape, GemmShape):
+            work, wave_eff = gemm_quantisation(shape.m, shape.n, shape.k, shape.batch, dev)
             work = max(work, op.flops)
         if op.unit == Unit.MATRIX:
             max_eff, half = eff.matrix_max_for(op.dtype), eff.matrix_half_flops
@@ -175,12 +173,12 @@ class RooflineModel:
         overlapped with the MMAs. Output bytes: batch x m x n x the output element size
         (16-bit for FP8 inputs, as ``sim.ops.gemm`` writes), at most the op's bytes."""
         shape = op.shape
-        if (op.unit != Unit.MATRIX or "m" not in shape or "n" not in shape
-                or "k" not in shape or self.device.arch != "nvidia"):
+        if (op.unit != Unit.MATRIX or not isinstance(shape, GemmShape)
+                or self.device.arch != "nvidia"):
             return 0.0
         nbytes = op.bytes.get(MAIN_MEMORY, 0.0)
         out_elt = 2.0 if is_low_precision(op.dtype) else dtype_bytes(op.dtype)
-        out = min(shape.get("batch", 1) * shape["m"] * shape["n"] * out_elt, nbytes)
+        out = min(shape.batch * shape.m * shape.n * out_elt, nbytes)
         if out <= 0:
             return 0.0
         eff = self.device.efficiency

@@ -10,10 +10,11 @@ engine become ``Delay`` s, and the SimPy engine gives the step time.
 Scale by symmetry: all TP ranks (and all EP groups) run the same program, so rank 0
 alone is simulated and its collectives are costed on the real group.
 
-Parallel plan: ``tp`` ranks split attention and dense FFN (Megatron); with ``ep``
-> 1 the deployment has ep groups of tp ranks (devices = tp x ep), each serving
-1/ep of the requests (data-parallel attention) while routed experts are spread
-over the ep groups and reached by all-to-all.
+Parallel plan (``xpusim.sim.parallel.ParallelPlan``, the one plan type of training and
+inference, with ``tp`` and ``ep`` set): ``tp`` ranks split attention and dense FFN
+(Megatron); with ``ep`` > 1 the deployment has ep groups of tp ranks (devices = tp x
+ep), each serving 1/ep of the requests (data-parallel attention) while routed experts
+are spread over the ep groups and reached by all-to-all.
 """
 
 from __future__ import annotations
@@ -29,9 +30,19 @@ from xpusim.sim.errors import InputError
 from xpusim.sim.inference.engine_profile import NO_ENGINE, EngineProfile, engine_for_system
 from xpusim.sim.inference.kvcache import MemoryPlan, kv_bytes_per_token, plan_memory, require_fit
 from xpusim.sim.inference.routing import UNIFORM, Routing, experts_touched, moe_load
-from xpusim.sim.ir import Collective, CollectiveKind, Delay, Op, RankGraph, Stream, dtype_bytes
+from xpusim.sim.ir import (
+    Collective,
+    CollectiveKind,
+    Delay,
+    GemmShape,
+    Op,
+    RankGraph,
+    Stream,
+    dtype_bytes,
+)
 from xpusim.sim.models.spec import ModelSpec
 from xpusim.sim.network import comm_time_fn
+from xpusim.sim.parallel import ParallelPlan
 from xpusim.sim.workloads.transformer import (
     CommNeed,
     Sharding,
@@ -42,23 +53,6 @@ from xpusim.sim.workloads.transformer import (
 )
 
 _COLLECTIVE_KINDS = {str(k) for k in CollectiveKind}
-
-
-@dataclass(frozen=True)
-class ParallelPlan:
-    tp: int = 1
-    ep: int = 1
-    first_device: int = 0  # global id of the plan's first device (drafts sit elsewhere)
-
-    @property
-    def devices(self) -> int:
-        return self.tp * self.ep
-
-    def tp_group(self) -> tuple[int, ...]:
-        return tuple(range(self.first_device, self.first_device + self.tp))
-
-    def ep_group(self) -> tuple[int, ...]:
-        return tuple(self.first_device + i * self.tp for i in range(self.ep))
 
 
 def plan_for(devices: int | None, tp: int | None, ep: int = 1) -> ParallelPlan:
@@ -155,6 +149,13 @@ def require_memory(
 def check_plan(spec: ModelSpec, system: System, plan: ParallelPlan) -> None:
     if plan.tp < 1 or plan.ep < 1:
         raise InputError(f"tp and ep must be >= 1 (got tp={plan.tp}, ep={plan.ep})")
+    if plan.pp != 1 or plan.cp != 1 or plan.dp not in (0, plan.ep):
+        # An inference step runs one pipeline stage over full sequences; its only
+        # data parallelism is the EP groups' (dp 0 reads as ep).
+        raise InputError(
+            f"an inference plan sets tp and ep only (got pp={plan.pp}, cp={plan.cp}, "
+            f"dp={plan.dp}): use ParallelPlan(tp=..., ep=...)"
+        )
     if plan.first_device + plan.devices > system.num_devices:
         raise InputError(
             f"plan needs {plan.devices} devices from device {plan.first_device}; "
@@ -359,13 +360,9 @@ class StepSimulator:
             memory += cost.memory_s
             overhead += cost.overhead_s
             kernels += 1
-            if "k" in item.shape and "n" in item.shape:
-                weight_bytes += (
-                    item.shape["k"]
-                    * item.shape["n"]
-                    * item.shape.get("batch", 1)
-                    * dtype_bytes(item.dtype)
-                )
+            shape = item.shape
+            if isinstance(shape, GemmShape):
+                weight_bytes += shape.k * shape.n * shape.batch * dtype_bytes(item.dtype)
         seqs_rank = batch.sequences / self.plan.ep
         kv_bytes = (
             seqs_rank * batch.context * kv_bytes_per_token(self.spec, self.dtype, self.plan.tp)

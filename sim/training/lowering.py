@@ -36,6 +36,8 @@ from xpusim.sim.ir import (
     Collective,
     CollectiveKind,
     Delay,
+    ElementwiseShape,
+    GemmShape,
     Op,
     OpKind,
     RankGraph,
@@ -166,12 +168,8 @@ def build_chunks(
             work.append(("head", L.head_items(ctx)))
         dense = expert = act = 0.0
         per_slot = []
-        for name, items in work:
+        for _, items in work:
             d, e = L.weight_params(items)
-            if name == "embedding" or any(
-                isinstance(it, L.Comp) and it.op.kind == OpKind.EMBEDDING for it in items
-            ):
-                d += spec.vocab / plan.tp * spec.hidden
             dense += d
             expert += e
             per_slot.append((d, e))
@@ -217,7 +215,8 @@ class Pricer:
 
 def _split_gemm(op: Op, parts: int) -> Op:
     s = op.shape
-    return ops.gemm(op.name, s["m"] / parts, s["n"], s["k"], op.dtype, s.get("batch", 1))
+    assert isinstance(s, GemmShape)
+    return ops.gemm(op.name, s.m / parts, s.n, s.k, op.dtype, s.batch, role=op.role)
 
 
 def tp_overlap(items: list, plan: ParallelPlan, counter: list[int]) -> list:
@@ -236,7 +235,7 @@ def tp_overlap(items: list, plan: ParallelPlan, counter: list[int]) -> list:
     while i < len(items):
         it = items[i]
         nxt = items[i + 1] if i + 1 < len(items) else None
-        nxt_op = nxt.op if isinstance(nxt, L.Comp) else nxt
+        nxt_op = nxt
         if (
             isinstance(it, L.Comm)
             and it.group == "tp"
@@ -256,7 +255,7 @@ def tp_overlap(items: list, plan: ParallelPlan, counter: list[int]) -> list:
             i += 2
             continue
         prev = out[-1] if out else None
-        prev_op = prev.op if isinstance(prev, L.Comp) else prev
+        prev_op = prev
         if (
             isinstance(it, L.Comm)
             and it.group == "tp"
@@ -302,7 +301,7 @@ def _segments(
             out.append(Segment(phase, slot, comm=it))
             continue
         else:
-            op, waits = (it.op if isinstance(it, L.Comp) else it), ()
+            op, waits = it, ()
         waits += join
         join = ()
         t = pricer.time(op)
@@ -375,8 +374,7 @@ def _waiting(items: list, keys: tuple[int, ...]) -> tuple[list, tuple[int, ...]]
     for j, it in enumerate(out):
         if isinstance(it, (tuple, L.Comm)):
             continue
-        op = it.op if isinstance(it, L.Comp) else it
-        out[j] = ("wait", op, keys)
+        out[j] = ("wait", it, keys)
         return out, ()
     return out, keys
 
@@ -438,7 +436,7 @@ def unit_segments(
         # One add per parameter tensor in Megatron's hook; a single memory-bound op here.
         numel = chunk.dense_params + chunk.expert_params
         op = Op("grad_accum", OpKind.ELEMENTWISE, numel, {"hbm": accum}, plan.grad_reduce_dtype,
-                Unit.VECTOR, {"numel": numel})
+                Unit.VECTOR, ElementwiseShape(numel))
         _segments([op], "bwd", "grad_accum", pricer, by_kind, segs)
     host_bound(segs, pricer, by_kind)
     return segs
@@ -719,7 +717,7 @@ def lower_rank(
         # _unscale_main_grads_and_check_for_nan): scale the main grads by 1/S and look for
         # inf/NaN (read + write), then agree on "found inf" across all ranks.
         unscale = Op("grad_unscale", OpKind.ELEMENTWISE, 2.0 * params,
-                     {"hbm": 2.0 * gbytes * params}, "fp32", Unit.VECTOR, {"numel": params})
+                     {"hbm": 2.0 * gbytes * params}, "fp32", Unit.VECTOR, ElementwiseShape(params))
         t = pricer.time(unscale)
         t_prep += t
         deps = [g.add(Delay("grad_unscale", t, "optimizer"), Stream.COMPUTE, deps, "optimizer")]
@@ -729,7 +727,7 @@ def lower_rank(
     # L2 norm of the local grad shard, then an all-reduce of one fp32 scalar over every
     # rank holding a distinct shard (model-parallel x distributed-optimizer ranks).
     norm = Op("grad_norm", OpKind.REDUCTION, NORM_FLOPS_PER_PARAM * params,
-              {"hbm": gbytes * params}, "fp32", Unit.VECTOR, {"numel": params})
+              {"hbm": gbytes * params}, "fp32", Unit.VECTOR, ElementwiseShape(params))
     t = pricer.time(norm)
     t_prep += t
     deps = [g.add(Delay("grad_norm", t, "optimizer"), Stream.COMPUTE, deps, "optimizer")]
@@ -742,7 +740,7 @@ def lower_rank(
         {"hbm": adam_bytes_per_param(plan) * params},
         "fp32",
         Unit.VECTOR,
-        {"numel": params},
+        ElementwiseShape(params),
     )
     t_adam = pricer.time(adam)
     opt = g.add(Delay("optimizer", t_adam, "optimizer"), Stream.COMPUTE, deps, "optimizer")

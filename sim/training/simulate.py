@@ -34,7 +34,12 @@ from xpusim.sim.training.lowering import (
     rank_groups,
     slot_context,
 )
-from xpusim.sim.training.memory import MemoryBreakdown, format_breakdown, rank_memory
+from xpusim.sim.training.memory import (
+    MemoryBreakdown,
+    estimate_memory,  # noqa: F401 - re-exported: callers import it from here
+    format_breakdown,
+    rank_memory,
+)
 
 FULL_RANK_LIMIT = 128
 COMM_LABELS = ("tp", "ep", "cp", "dp", "pp")
@@ -45,8 +50,8 @@ class Sensitivity:
     ("what if grouped expert GEMMs ran 25% slower?"), reported next to the headline.
 
     ``slowdown`` multiplies the modelled time of ops: keys are op kinds ("gemm",
-    "attention", "elementwise", ...) or "experts" (the routed-expert grouped GEMMs,
-    which then do not take the "gemm" factor). ``op_overhead_s`` adds a fixed time to
+    "attention", "elementwise", ...) or "experts" (the routed experts' ops, ``Role.expert``:
+    their grouped GEMMs, activation, casts and backward, which then take no kind factor). ``op_overhead_s`` adds a fixed time to
     every op (host dispatch that the device waits for when the launch queue runs dry).
     """
 
@@ -60,11 +65,7 @@ class Sensitivity:
         extra = self.op_overhead_s
 
         def timed(op):
-            key = (
-                "experts"
-                if op.name.startswith("experts_") and "experts" in factors
-                else str(op.kind)
-            )
+            key = "experts" if op.role.expert and "experts" in factors else str(op.kind)
             return op_time(op) * factors.get(key, 1.0) + extra
 
         return timed
@@ -254,13 +255,6 @@ def resolve_attention(plan: ParallelPlan, system: System, impl: str | None = Non
 
     name = impl or plan.attention_impl or default_impl(system.device)
     return replace(plan, attention_impl=check_impl(system.device, name, "--attention-impl"))
-
-
-def estimate_memory(spec: ModelSpec, system: System, plan: ParallelPlan) -> list[MemoryBreakdown]:
-    """Memory per pipeline stage without running the engine (cheap: for design sweeps)."""
-    plan = resolve_attention(validate_plan(spec, plan, system.num_devices), system)
-    _, rps = rank_plans(spec, system, plan)
-    return [rank_memory(rp, plan, system.device.hbm_capacity) for rp in rps]
 
 
 _PHASES = ("fwd", "bwd", "recompute", "optimizer")

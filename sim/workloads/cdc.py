@@ -30,7 +30,16 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from xpusim.sim.errors import InputError
-from xpusim.sim.ir import MAIN_MEMORY, Op, OpKind, RankGraph, Unit, dtype_bytes
+from xpusim.sim.ir import (
+    MAIN_MEMORY,
+    Op,
+    OpKind,
+    PoolShape,
+    RankGraph,
+    Unit,
+    UpsampleShape,
+    dtype_bytes,
+)
 from xpusim.sim.ops import conv2d, elementwise, memcpy, softmax
 
 NF = 64
@@ -54,9 +63,7 @@ def maxpool2d(name: str, batch: int, channels: int, height: int, width: int, dty
         MappingProxyType({MAIN_MEMORY: (numel_in + numel_out) * b}),
         dtype,
         Unit.VECTOR,
-        MappingProxyType(
-            {"numel": numel_in, "window": 2, "h_out": height // 2, "w_out": width // 2}
-        ),
+        PoolShape(numel_in, 2, height // 2, width // 2),
     )
 
 
@@ -74,14 +81,7 @@ def upsample_nearest(
         MappingProxyType({MAIN_MEMORY: (numel_in + numel_out) * b}),
         dtype,
         Unit.VECTOR,
-        MappingProxyType(
-            {
-                "numel": numel_out,
-                "factor": factor,
-                "h_out": height * factor,
-                "w_out": width * factor,
-            }
-        ),
+        UpsampleShape(numel_out, factor),
     )
 
 

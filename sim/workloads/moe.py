@@ -31,10 +31,13 @@ from xpusim.sim.errors import InputError
 from xpusim.sim.ir import (
     Collective,
     CollectiveKind,
+    ElementwiseShape,
+    GemmShape,
     Op,
     OpKind,
     RankGraph,
     Stream,
+    TopKShape,
     Unit,
     dtype_bytes,
 )
@@ -94,7 +97,7 @@ def _topk_op(name: str, tokens: float, num_experts: int, top_k: int, dtype: str)
         MappingProxyType({"hbm": read + write}),
         "fp32",
         Unit.VECTOR,
-        MappingProxyType({"tokens": tokens, "experts": num_experts, "top_k": top_k}),
+        TopKShape(tokens, num_experts, top_k),
     )
 
 
@@ -107,7 +110,7 @@ def _sort_op(name: str, rows: float) -> Op:
         MappingProxyType({"hbm": rows * INDEX_BYTES * 4}),
         "int8",
         Unit.VECTOR,
-        MappingProxyType({"rows": rows}),
+        ElementwiseShape(rows),
     )
 
 
@@ -119,11 +122,9 @@ def _weights(op: Op, param_bytes: float, footprint: float) -> Op:
     sweep over more data than an LRU cache holds evicts each weight before its next
     use, so those bytes come from main memory whatever the size of one GEMM.
     """
+    assert isinstance(op.shape, GemmShape)
     return replace(
-        op,
-        shape=MappingProxyType(
-            {**op.shape, "param_bytes": param_bytes, "param_footprint_bytes": footprint}
-        ),
+        op, shape=replace(op.shape, weight_bytes=param_bytes, footprint_bytes=footprint)
     )
 
 
@@ -155,7 +156,7 @@ def _index_op(name: str, rows: float, bytes_per_row: float) -> Op:
         MappingProxyType({"hbm": rows * bytes_per_row}),
         "fp32",
         Unit.VECTOR,
-        MappingProxyType({"rows": rows}),
+        ElementwiseShape(rows),
     )
 
 

@@ -11,6 +11,13 @@ all-reduce (or a reduce-scatter with sequence parallelism, which also adds an
 all-gather before each block and shards norms/residuals over the sequence).
 Routed experts are split over EP; tokens reach their experts by all-to-all.
 MLA's down-projections (q_a, kv_a) are replicated over TP as in Megatron's MLA.
+
+Each op carries its ``Role`` (sim.ir): the module its output belongs to, the tensor it
+keeps for the backward (training's memory rules read these, not op names) and the
+weight it reads. The GEMMs that read a block's normed input name that tensor
+("attn_norm" / "ffn_norm") so it is kept once; with sequence parallelism they keep
+only their sequence shard of it (the backward re-gathers it: Korthikanti et al. 2022,
+arXiv 2205.05198 s4.2.2).
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from xpusim.sim import ops
-from xpusim.sim.ir import CollectiveKind, Op, OpKind, dtype_bytes
+from xpusim.sim.ir import CollectiveKind, Op, OpKind, Role, Saved, Weight, dtype_bytes
 from xpusim.sim.models.spec import ModelSpec
 
 
@@ -30,6 +37,7 @@ class CommNeed:
     kind: CollectiveKind
     nbytes: float  # per-rank buffer, as defined on sim.ir.Collective
     group: str  # "tp" | "ep"
+    module: str = "out"  # module of its output (sim.ir.Role.module)
 
 
 @dataclass(frozen=True)
@@ -95,58 +103,140 @@ def _div(x: float, parts: int) -> float:
     return x / parts
 
 
+def _sp_shard(sh: Sharding) -> float:
+    """How many ranks share a normed block input: with sequence parallelism each GEMM
+    reading the all-gathered input keeps only its 1/tp sequence shard."""
+    return sh.tp if sh.sequence_parallel and sh.tp > 1 else 1
+
+
+def linear_role(
+    module: str,
+    by: str,
+    m: float,
+    n: float,
+    k: float,
+    batch: float = 1,
+    weight: Weight = Weight.DENSE,
+    tensor: str = "",
+    shard: float = 1,
+    expert: bool = False,
+) -> Role:
+    """The role of a linear layer's GEMM (m x k input, k x n weight): it keeps its input
+    (dropped by recomputing ``by``) and reads its ``weight``."""
+    saved = Saved(m * k * batch, by, shard=shard, tensor=tensor)
+    return Role(module, (saved,), weight, k * n * batch, expert)
+
+
+def _normed_role(module: str, t: float, n: float, k: float, sh: Sharding, block: str,
+                 weight: Weight = Weight.DENSE) -> Role:
+    """A GEMM reading the block's normed input (shared by its readers: kept once)."""
+    return linear_role(module, "norm", t, n, k, 1, weight, f"{block}_norm", _sp_shard(sh))
+
+
+def attention_core_role(batch: float, heads: float, q_len: float, kv_len: float,
+                        head_dim: float, kv_heads: float, v_head_dim: float) -> Role:
+    """The attention core keeps Q, K and V for its backward (O is the output
+    projection's saved input: one tensor, counted there)."""
+    qkv = batch * (heads * q_len * head_dim + kv_heads * kv_len * (head_dim + v_head_dim))
+    return Role("core_attn", (Saved(qkv, "attn"),))
+
+
+def _attention(name: str, shape: StepShape, heads: float, head_dim: float, dtype: str,
+               kv_heads: float, v_head_dim: float) -> Op:
+    role = attention_core_role(shape.sequences, heads, shape.q_len, shape.kv_len, head_dim,
+                               kv_heads, v_head_dim)
+    return ops.fused_attention(name, shape.sequences, heads, shape.q_len, shape.kv_len,
+                               head_dim, dtype, shape.causal, kv_heads, v_head_dim, role)
+
+
+def _gemm(name: str, m: float, n: float, k: float, dtype: str, role: Role,
+          batch: float = 1) -> Op:
+    return ops.gemm(name, m, n, k, dtype, batch, role=role)
+
+
 def attention_ops(spec: ModelSpec, shape: StepShape, sh: Sharding, dtype: str) -> list[Op]:
     """Projections and the attention core of one layer (no norms, no communication)."""
     t = shape.tokens
     tp = sh.tp
     heads = _div(spec.heads, tp)
+    h = spec.hidden
     if spec.mla is None:
         kv_heads = max(1.0, _div(spec.kv_heads, tp))
         hd = spec.head_dim
+        qkv = (heads + 2 * kv_heads) * hd
         return [
-            ops.gemm("qkv_proj", t, (heads + 2 * kv_heads) * hd, spec.hidden, dtype),
-            ops.fused_attention("attention", shape.sequences, heads, shape.q_len, shape.kv_len,
-                                hd, dtype, shape.causal, kv_heads),
-            ops.gemm("o_proj", t, spec.hidden, heads * hd, dtype),
+            _gemm("qkv_proj", t, qkv, h, dtype, _normed_role("attn", t, qkv, h, sh, "attn")),
+            _attention("attention", shape, heads, hd, dtype, kv_heads, hd),
+            _gemm("o_proj", t, h, heads * hd, dtype,
+                  linear_role("out", "attn", t, h, heads * hd)),
         ]
+    return _mla_ops(spec, shape, sh, dtype, heads)
+
+
+def _mla_ops(spec: ModelSpec, shape: StepShape, sh: Sharding, dtype: str,
+             heads: float) -> list[Op]:
+    """Multi-head latent attention (DeepSeek-V2/V3) on one TP rank."""
     mla = spec.mla
+    assert mla is not None
+    t, h = shape.tokens, spec.hidden
     qk_dim = mla.qk_nope_head_dim + mla.qk_rope_head_dim
     out: list[Op] = []
     if mla.q_lora_rank:
-        out.append(ops.gemm("q_a_proj", t, mla.q_lora_rank, spec.hidden, dtype))
-        out.append(ops.gemm("q_b_proj", t, heads * qk_dim, mla.q_lora_rank, dtype))
+        r = mla.q_lora_rank
+        out.append(_gemm("q_a_proj", t, r, h, dtype, _normed_role("attn", t, r, h, sh, "attn")))
+        out.append(_gemm("q_b_proj", t, heads * qk_dim, r, dtype,
+                         linear_role("attn", "attn", t, heads * qk_dim, r)))
     else:
-        out.append(ops.gemm("q_proj", t, heads * qk_dim, spec.hidden, dtype))
-    out.append(ops.gemm("kv_a_proj", t, mla.kv_lora_rank + mla.qk_rope_head_dim, spec.hidden, dtype))
+        out.append(_gemm("q_proj", t, heads * qk_dim, h, dtype,
+                         _normed_role("attn", t, heads * qk_dim, h, sh, "attn")))
+    kv_a = mla.kv_lora_rank + mla.qk_rope_head_dim
+    out.append(_gemm("kv_a_proj", t, kv_a, h, dtype, _normed_role("attn", t, kv_a, h, sh, "attn")))
     if shape.q_len < shape.kv_len:
         # Decode with a latent KV cache (DeepSeek "weight absorption"): queries are
         # mapped into the latent space and attention runs as MQA over the cached
         # latents (kv_lora + rope wide); the output is mapped back per head.
-        out.append(ops.gemm("q_absorb", t, mla.kv_lora_rank, mla.qk_nope_head_dim, dtype, batch=heads))
-        out.append(ops.fused_attention("attention", shape.sequences, heads, shape.q_len,
-                                       shape.kv_len, mla.kv_lora_rank + mla.qk_rope_head_dim,
-                                       dtype, shape.causal, 1, mla.kv_lora_rank))
-        out.append(ops.gemm("v_absorb", t, mla.v_head_dim, mla.kv_lora_rank, dtype, batch=heads))
+        lora, nope, vd = mla.kv_lora_rank, mla.qk_nope_head_dim, mla.v_head_dim
+        out.append(_gemm("q_absorb", t, lora, nope, dtype,
+                         linear_role("out", "out", t, lora, nope, heads), batch=heads))
+        out.append(_attention("attention", shape, heads, kv_a, dtype, 1, lora))
+        out.append(_gemm("v_absorb", t, vd, lora, dtype,
+                         linear_role("out", "out", t, vd, lora, heads), batch=heads))
     else:
-        out.append(ops.gemm("kv_b_proj", t, heads * (mla.qk_nope_head_dim + mla.v_head_dim),
-                            mla.kv_lora_rank, dtype))
-        out.append(ops.fused_attention("attention", shape.sequences, heads, shape.q_len,
-                                       shape.kv_len, qk_dim, dtype, shape.causal, heads,
-                                       mla.v_head_dim))
-    out.append(ops.gemm("o_proj", t, spec.hidden, heads * mla.v_head_dim, dtype))
+        kv_b = heads * (mla.qk_nope_head_dim + mla.v_head_dim)
+        out.append(_gemm("kv_b_proj", t, kv_b, mla.kv_lora_rank, dtype,
+                         linear_role("attn", "attn", t, kv_b, mla.kv_lora_rank)))
+        out.append(_attention("attention", shape, heads, qk_dim, dtype, heads, mla.v_head_dim))
+    o_in = heads * mla.v_head_dim
+    out.append(_gemm("o_proj", t, h, o_in, dtype, linear_role("out", "attn", t, h, o_in)))
     return out
 
 
 def _mlp(name: str, tokens: float, hidden: float, inner: float, gated: bool, dtype: str,
-         batch: float = 1) -> list[Op]:
-    """An MLP (SwiGLU when gated: gate+up fused in one GEMM) over ``batch`` independent weights."""
+         batch: float = 1, sh: Sharding | None = None) -> list[Op]:
+    """An MLP (SwiGLU when gated: gate+up fused in one GEMM) over ``batch`` independent weights.
+
+    ``name`` "experts": the routed experts (their own modules and weights); otherwise the
+    up projection reads the block's normed input (``sh``: its sharding).
+    """
     up_cols = 2 * inner if gated else inner
     act_flops = 4.0 if gated else 1.0  # silu(x)*y ~ 4 FLOPs/element; relu/gelu-approx ~ 1
+    experts = name == "experts"
+    weight = Weight.EXPERT if experts else Weight.DENSE
+    if experts:
+        up_role = linear_role("experts", "experts", tokens, up_cols, hidden, batch, weight,
+                              expert=True)
+    else:
+        up_role = _normed_role("mlp", tokens, up_cols, hidden, sh or Sharding(), "ffn")
+    act_numel = tokens * inner * batch
+    # The activation keeps the up projection's output: both halves when gated.
+    act_role = Role("act", (Saved(act_numel * (2 if gated else 1),
+                                  "experts" if experts else "mlp"),), expert=experts)
+    down_role = linear_role("out", "act", tokens, hidden, inner, batch, weight, expert=experts)
     return [
-        ops.gemm(f"{name}_up", tokens, up_cols, hidden, dtype, batch=batch),
-        ops.elementwise(f"{name}_act", tokens * inner * batch, dtype, act_flops,
-                        inputs=2 if gated else 1),
-        ops.gemm(f"{name}_down", tokens, hidden, inner, dtype, batch=batch),
+        ops.gemm(f"{name}_up", tokens, up_cols, hidden, dtype, batch=batch, role=up_role),
+        ops.elementwise(f"{name}_act", act_numel, dtype, act_flops,
+                        inputs=2 if gated else 1, role=act_role),
+        ops.gemm(f"{name}_down", tokens, hidden, inner, dtype, batch=batch, role=down_role),
     ]
 
 
@@ -162,21 +252,25 @@ def ffn_items(
     t = shape.tokens
     if not spec.is_moe_layer(layer):
         inner = spec.moe.dense_ffn if spec.moe and spec.moe.dense_ffn else spec.ffn
-        return list(_mlp("mlp", t, spec.hidden, _div(inner, sh.tp), spec.gated_ffn, dtype))
+        return list(_mlp("mlp", t, spec.hidden, _div(inner, sh.tp), spec.gated_ffn, dtype,
+                         sh=sh))
     moe = spec.moe
     assert moe is not None
     load = moe_load or uniform_moe_load(spec, t, sh.ep)
     b = dtype_bytes(dtype)
+    e, h = moe.num_experts, spec.hidden
     items: list[Op | CommNeed] = [
-        ops.gemm("router", t, moe.num_experts, spec.hidden, dtype),
-        ops.elementwise("topk", t * moe.num_experts, "fp32", 5.0, kind=OpKind.ROUTING),
+        _gemm("router", t, e, h, dtype,
+              _normed_role("router", t, e, h, sh, "ffn", Weight.ROUTER)),
+        ops.elementwise("topk", t * e, "fp32", 5.0, kind=OpKind.ROUTING, role=Role("router")),
     ]
     # Each token is sent once per chosen expert (flat dispatch); the EP study
     # (sim/network) models deduplicated hierarchical dispatch separately.
     a2a_bytes = t * moe.top_k * spec.hidden * b
     if sh.ep > 1:
-        items.append(CommNeed("moe_dispatch", CollectiveKind.ALL_TO_ALL, a2a_bytes, "ep"))
-    items.append(ops.memcpy("permute", load.tokens * spec.hidden * b))
+        items.append(CommNeed("moe_dispatch", CollectiveKind.ALL_TO_ALL, a2a_bytes, "ep",
+                              "experts"))
+    items.append(ops.memcpy("permute", load.tokens * spec.hidden * b, Role("experts")))
     if load.active_experts > 0 and load.tokens > 0:
         per_expert = load.tokens / load.active_experts
         items += _mlp("experts", per_expert, spec.hidden, _div(moe.expert_ffn, sh.tp), True,
@@ -186,7 +280,7 @@ def ffn_items(
         items.append(CommNeed("moe_combine", CollectiveKind.ALL_TO_ALL, a2a_bytes, "ep"))
     if moe.shared_experts:
         shared_inner = _div(moe.shared_ffn * moe.shared_experts, sh.tp)
-        items += _mlp("shared_expert", t, spec.hidden, shared_inner, True, dtype)
+        items += _mlp("shared_expert", t, spec.hidden, shared_inner, True, dtype, sh=sh)
     return items
 
 
@@ -205,9 +299,11 @@ def layer_forward(
     t_norm = t / sh.tp if sh.sequence_parallel else t
     items: list[Op | CommNeed] = []
     for block in ("attn", "ffn"):
-        items.append(ops.norm(f"{block}_norm", t_norm, spec.hidden, dtype))
+        items.append(ops.norm(f"{block}_norm", t_norm, spec.hidden, dtype,
+                              norm_role("norm", t_norm * spec.hidden)))
         if sh.tp > 1 and sh.sequence_parallel:
-            items.append(CommNeed(f"{block}_sp_gather", CollectiveKind.ALL_GATHER, act_bytes, "tp"))
+            items.append(CommNeed(f"{block}_sp_gather", CollectiveKind.ALL_GATHER, act_bytes, "tp",
+                                  "norm"))
         if block == "attn":
             items += attention_ops(spec, shape, sh, dtype)
         else:
@@ -219,10 +315,18 @@ def layer_forward(
     return items
 
 
+def norm_role(module: str, numel: float) -> Role:
+    """A norm keeps its input (the residual stream) for its backward, whatever recomputes."""
+    return Role(module, (Saved(numel),))
+
+
 def embedding_forward(spec: ModelSpec, tokens: float, sh: Sharding, dtype: str = "bf16") -> list[Op | CommNeed]:
     """Vocab-parallel embedding lookup: gather rows, then all-reduce over TP."""
     b = dtype_bytes(dtype)
-    items: list[Op | CommNeed] = [ops.embedding_lookup("embedding", tokens, spec.hidden, dtype)]
+    table = Role(weight=Weight.TABLE, weight_elements=spec.vocab / sh.tp * spec.hidden)
+    items: list[Op | CommNeed] = [
+        ops.embedding_lookup("embedding", tokens, spec.hidden, dtype, table)
+    ]
     if sh.tp > 1:
         items.append(CommNeed("embedding_reduce", CollectiveKind.ALL_REDUCE,
                               tokens * spec.hidden * b, "tp"))
@@ -230,9 +334,12 @@ def embedding_forward(spec: ModelSpec, tokens: float, sh: Sharding, dtype: str =
 
 
 def lm_head_forward(spec: ModelSpec, tokens: float, sh: Sharding, dtype: str = "bf16") -> list[Op | CommNeed]:
-    """Final norm and the vocab-parallel output projection (logits over vocab/tp columns)."""
+    """Final norm and the vocab-parallel output projection (logits over vocab/tp columns).
+    The head keeps its (sequence-sharded) input; the loss keeps the fp32 probabilities."""
+    v, h = _div(spec.vocab, sh.tp), spec.hidden
+    head = linear_role("out", "checkpoint", tokens, v, h, 1, Weight.HEAD, shard=_sp_shard(sh))
     return [
-        ops.norm("final_norm", tokens, spec.hidden, dtype),
-        ops.gemm("lm_head", tokens, _div(spec.vocab, sh.tp), spec.hidden, dtype),
-        ops.softmax("logits_softmax", tokens, _div(spec.vocab, sh.tp), "fp32"),
+        ops.norm("final_norm", tokens, h, dtype, norm_role("out", tokens * h)),
+        ops.gemm("lm_head", tokens, v, h, dtype, role=head),
+        ops.softmax("logits_softmax", tokens, v, "fp32", Role(saves=(Saved(tokens * v),))),
     ]

@@ -1,0 +1,123 @@
+"""The backward and the recompute of a slot's forward items.
+
+The backward is derived op by op: a GEMM C = A.B becomes dA = dC.B^T (m x k, over n)
+and dB = A^T.dC (k x n, over m) — 2x forward FLOPs; fused attention backward is 2.5x
+its forward FLOPs (FlashAttention-2 runs 5 matmuls in backward vs 2 forward) and reads
+Q, K, V, O, dO while writing dQ, dK, dV (~2x forward bytes); elementwise/norm/softmax
+backward moves ~2x the bytes and FLOPs; permutes are permuted back. Collectives are
+mirrored: all-reduce stays, all-gather <-> reduce-scatter swap, all-to-all stays
+(dispatch <-> combine). A backward op keeps its forward op's role without the saved
+tensors (it is part of the same module and weight; it keeps nothing).
+
+A recompute policy re-runs, before the backward, all forward items ("full") or those
+whose output module it names ("selective", read from the op's ``Role.module``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from types import MappingProxyType
+
+from xpusim.sim import ops
+from xpusim.sim.ir import (
+    MAIN_MEMORY,
+    AttentionShape,
+    CollectiveKind,
+    GemmShape,
+    Op,
+    OpKind,
+    Role,
+    Unit,
+    is_low_precision,
+)
+from xpusim.sim.training.items import Comm, Item, quantize_op
+
+_MIRROR = {
+    CollectiveKind.ALL_GATHER: CollectiveKind.REDUCE_SCATTER,
+    CollectiveKind.REDUCE_SCATTER: CollectiveKind.ALL_GATHER,
+}
+
+
+def _gemm_backward(op: Op, s: GemmShape, role: Role) -> list[Op]:
+    m, n, k, batch = s.m, s.n, s.k, s.batch
+    if is_low_precision(op.dtype):
+        # dC arrives in bf16 and is cast once (E5M2 in the hybrid FP8 recipe), then
+        # feeds both backward GEMMs, which read the saved low-precision A and B.
+        return [
+            quantize_op(f"{op.name}_dgrad", m * n * batch, op.dtype, role=Role(expert=role.expert)),
+            ops.gemm(f"{op.name}_dgrad", m, k, n, op.dtype, batch, out_dtype="bf16", role=role),
+            ops.gemm(f"{op.name}_wgrad", k, n, m, op.dtype, batch, out_dtype="bf16", role=role),
+        ]
+    return [
+        ops.gemm(f"{op.name}_dgrad", m, k, n, op.dtype, batch, role=role),
+        ops.gemm(f"{op.name}_wgrad", k, n, m, op.dtype, batch, role=role),
+    ]
+
+
+def backward_op(op: Op) -> list[Op]:
+    """The backward ops of one forward op (see the module docstring for the rules)."""
+    s = op.shape
+    role = replace(op.role, saves=()) if op.role.saves else op.role
+    if op.kind == OpKind.GEMM and isinstance(s, GemmShape):
+        return _gemm_backward(op, s, role)
+    if op.kind == OpKind.ATTENTION and isinstance(s, AttentionShape):
+        return [
+            Op(
+                f"{op.name}_bwd",
+                op.kind,
+                2.5 * op.flops,
+                MappingProxyType({MAIN_MEMORY: 2.0 * op.main_bytes}),
+                op.dtype,
+                op.unit,
+                replace(s, backward=True),
+                role,
+            )
+        ]
+    if op.kind in (OpKind.MEMCPY, OpKind.EMBEDDING) or op.unit == Unit.DMA:
+        return [replace(op, name=f"{op.name}_bwd", role=role)]
+    return [
+        Op(
+            f"{op.name}_bwd",
+            op.kind,
+            2.0 * op.flops,
+            MappingProxyType({MAIN_MEMORY: 2.0 * op.main_bytes}),
+            op.dtype,
+            op.unit,
+            s,
+            role,
+        )
+    ]
+
+
+def backward_items(items: list[Item], sequence_parallel: bool) -> list[Item]:
+    """Backward of a forward item list, in reverse order, collectives mirrored.
+
+    With sequence parallelism the saved GEMM inputs are the sequence shards, so the
+    backward re-gathers them over TP before the weight gradient (Korthikanti et al. 2022).
+    """
+    out: list[Item] = []
+    for it in reversed(items):
+        if isinstance(it, Comm):
+            out.append(replace(it, name=f"{it.name}_bwd", kind=_MIRROR.get(it.kind, it.kind)))
+            if sequence_parallel and it.name.endswith("_sp_gather"):
+                out.append(replace(it, name=f"{it.name}_regather"))
+        else:
+            out += backward_op(it)
+    return out
+
+
+def recompute_items(items: list[Item], policy: str, modules: tuple[str, ...]) -> list[Item]:
+    """Forward items re-run before the backward: all (full) or those of recomputed modules."""
+    if policy == "full":
+        return list(items)
+    if policy == "selective":
+        return [it for it in items if recomputed(it, modules)]
+    return []
+
+
+def recomputed(it: Item, modules: tuple[str, ...]) -> bool:
+    """Whether a selective recompute of ``modules`` re-runs ``it``. The attention core
+    ("core_attn", Megatron's selective recompute: the score computation, not the
+    projections around it) is part of "attn"."""
+    module = it.module if isinstance(it, Comm) else it.role.module
+    return module in modules or (module == "core_attn" and "attn" in modules)

@@ -1,0 +1,89 @@
+"""What a training slot is made of: ops (each with its ``Role``) and collectives on the
+plan's named groups, plus what the plan fixes for one rank's slots.
+
+The op roles (sim.ir.Role: output module, saved tensors, weight read) come from the
+builders (sim.workloads.transformer and sim.training.layers); the rules that read them
+live in sim.training.saved (memory) and sim.training.backward (backward, recompute).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from xpusim.sim.ir import (
+    MAIN_MEMORY,
+    NO_ROLE,
+    CollectiveKind,
+    ElementwiseShape,
+    Op,
+    OpKind,
+    Role,
+    Unit,
+    dtype_bytes,
+    is_low_precision,
+)
+from xpusim.sim.models.spec import ModelSpec
+from xpusim.sim.parallel import ParallelPlan
+
+
+@dataclass(frozen=True)
+class Comm:
+    """A collective on a named group of the plan ("tp", "ep", "ep_inter", "ep_intra", "cp",
+    "ep_tp", "dp_dense", "dp_expert")."""
+
+    name: str
+    kind: CollectiveKind
+    nbytes: float
+    group: str
+    module: str = "out"  # module of its output (sim.ir.Role.module)
+    algorithm: str = "auto"
+
+
+Item = Op | Comm
+
+DROPOUT_MASK_BYTES = 1.0  # a byte per element (torch bool / uint8 mask)
+
+
+@dataclass(frozen=True)
+class SlotContext:
+    """What the plan fixes for one rank's slots: tokens, sharding and routing."""
+
+    spec: ModelSpec
+    plan: ParallelPlan
+    tokens: float  # tokens of one micro-batch on this rank: mbs * seq / cp
+    # layer -> this rank's expert load / mean (the hottest rank's when representative)
+    hot: dict[int, float]
+    # layer -> the hottest EP rank's load / mean: the all-to-all waits for it
+    hot_comm: dict[int, float]
+    ep_spans_nodes: bool
+
+    @property
+    def b(self) -> float:
+        """Bytes per element of activations (and of the collectives that move them)."""
+        return dtype_bytes(act_dtype(self.plan))
+
+
+def act_dtype(plan: ParallelPlan) -> str:
+    """The dtype of activations, norms, attention and the collectives that carry them.
+
+    A low-precision recipe (``plan.dtype`` fp8, mxfp8, hif8) casts only the inputs of
+    the linear layers' GEMMs: TransformerEngine's FP8 training keeps activations,
+    normalisations, softmax/attention and communication in bf16 (NVIDIA TransformerEngine
+    docs, "Using FP8 with Transformer Engine"; Micikevicius et al. arXiv:2209.05433 s4),
+    as do the NeMo/Megatron FP8 runs of the validation corpus.
+    """
+    return "bf16" if is_low_precision(plan.dtype) else plan.dtype
+
+
+def quantize_op(name: str, numel: float, fmt: str, src: str = "bf16",
+                role: Role = NO_ROLE) -> Op:
+    """The cast of a ``src`` tensor to ``fmt`` before a low-precision GEMM: a memory-bound
+    vector pass that reads ``src``, finds the scale (amax over the tensor, or per block for
+    MX/NVFP4) and writes the ``fmt`` elements with their block scales (~3 FLOPs/element:
+    abs-max, scale, convert). TransformerEngine fuses it with the producer only where a
+    fused norm/activation kernel exists; it is priced here as its own pass."""
+    nbytes = numel * (dtype_bytes(src) + dtype_bytes(fmt))
+    return Op(f"{name}_quant", OpKind.ELEMENTWISE, 3.0 * numel,
+              MappingProxyType({MAIN_MEMORY: nbytes}), src, Unit.VECTOR,
+              ElementwiseShape(numel), role)

@@ -41,6 +41,12 @@ class ParallelPlan:
     ``moe_tp_extend_ep``) instead of TP splitting each expert's matrices.
     ``moe_routing`` is "uniform", "zipf:S" (Zipf exponent S) or "hist:c1,c2,..."
     (relative tokens per expert); routing draws use ``seed``.
+
+    Inference (``sim.inference``) uses the same plan with ``tp`` and ``ep`` only: a
+    deployment of ``ep`` groups of ``tp`` ranks, the attention data-parallel over the
+    groups (so ``dp`` stays 0, read as ``ep``) and the routed experts spread across them;
+    ``devices``, ``tp_group`` and ``ep_group`` describe it. Training fills ``dp`` and
+    places its ranks with ``Layout``.
     """
 
     tp: int = 1
@@ -104,10 +110,30 @@ class ParallelPlan:
     # or the head). Empty: equal slots per virtual stage, padded with no-op layers.
     # Megatron-Core's ``pipeline_model_parallel_layout`` / MindSpeed ``num_layer_list``.
     layer_split: tuple[int, ...] = ()
+    # Inference placement: the global id of the deployment's first device (its groups
+    # start there). Training places ranks with ``Layout``, so this is neither a plan-file
+    # key nor part of ``as_dict``.
+    first_device: int = 0
 
     @property
     def world(self) -> int:
         return self.tp * self.cp * self.dp * self.pp
+
+    @property
+    def devices(self) -> int:
+        """Devices the plan spans: ``world``, with an unset ``dp`` read as ``ep`` (an
+        inference deployment's EP groups are its data-parallel replicas)."""
+        return self.tp * self.cp * self.pp * (self.dp or self.ep)
+
+    def tp_group(self) -> tuple[int, ...]:
+        """Global ids of the first device's tensor-parallel group (TP innermost)."""
+        return tuple(range(self.first_device, self.first_device + self.tp))
+
+    def ep_group(self) -> tuple[int, ...]:
+        """Global ids of the first device's expert-parallel group: one device of each EP
+        group, ``tp x cp`` apart (the default order places EP outside TP and CP)."""
+        stride = self.tp * self.cp
+        return tuple(self.first_device + i * stride for i in range(self.ep))
 
     @property
     def edp(self) -> int:
@@ -119,7 +145,7 @@ class ParallelPlan:
         return self.schedule == "interleaved" or (self.schedule == "auto" and self.vpp > 1)
 
     def as_dict(self) -> dict[str, Any]:
-        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "first_device"}
         out["recompute_modules"] = list(self.recompute_modules)
         out["layer_split"] = list(self.layer_split)
         out["world"] = self.world
@@ -404,7 +430,7 @@ def load_plan_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     data = read_toml(path, "plan file")  # sim.inputs: the one checked reader
     table = data.get("plan", data)
-    known = {f.name for f in fields(ParallelPlan)}
+    known = {f.name for f in fields(ParallelPlan)} - {"first_device"}  # inference only
     extra = {k: v for k, v in data.items() if k != "plan"} if "plan" in data else {}
     unknown = [k for k in table if k not in known]
     if unknown:

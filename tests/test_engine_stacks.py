@@ -12,9 +12,10 @@ from xpusim.sim.inference.engine_profile import (
     list_engines,
     load_engine,
 )
-from xpusim.sim.inference.lowering import ParallelPlan, StepSimulator
+from xpusim.sim.inference.lowering import StepSimulator
 from xpusim.sim.inference.serving import Server, StepCosts, Workload, make_requests
 from xpusim.sim.models.hf_config import load_model
+from xpusim.sim.parallel import ParallelPlan
 
 STACKS = ("vllm-0.5", "vllm-0.6", "sglang-0.4", "trtllm-0.10", "trtllm-1.0", "mindie-1.0",
           "vllm-ascend-0.9")

@@ -16,11 +16,12 @@ from xpusim.sim.inference.kvcache import (
     require_fit,
     weights_per_rank,
 )
-from xpusim.sim.inference.lowering import ParallelPlan, StepBatch, StepSimulator, step_items
+from xpusim.sim.inference.lowering import StepBatch, StepSimulator, step_items
 from xpusim.sim.inference.routing import Routing, experts_touched, moe_load
 from xpusim.sim.ir import Op
 from xpusim.sim.models.hf_config import load_model
 from xpusim.sim.models.spec import MLASpec, ModelSpec, MoESpec
+from xpusim.sim.parallel import ParallelPlan
 from xpusim.sim.workloads.transformer import expected_active_experts
 
 TINY_MOE = ModelSpec(
@@ -141,14 +142,14 @@ def test_plan_errors(a800):
     with pytest.raises(InputError, match="heads"):
         StepSimulator(spec, a800, ParallelPlan(3))
     with pytest.raises(InputError, match="devices"):
-        StepSimulator(spec, a800, ParallelPlan(8, 2))
+        StepSimulator(spec, a800, ParallelPlan(tp=8, ep=2))
     with pytest.raises(InputError, match="dense"):
-        StepSimulator(load_model("llama-2-7b"), a800, ParallelPlan(1, 2))
+        StepSimulator(load_model("llama-2-7b"), a800, ParallelPlan(tp=1, ep=2))
 
 
 def test_ep_groups_split_the_batch(a800):
     spec = load_model("qwen2-57b-a14b")
-    sim = StepSimulator(spec, a800, ParallelPlan(1, 4), NO_ENGINE)
+    sim = StepSimulator(spec, a800, ParallelPlan(tp=1, ep=4), NO_ENGINE)
     r = sim.run(StepBatch(16, 1, 256))
     assert r.by_kind.get("all-to-all", 0) > 0
     assert r.experts_loaded == pytest.approx(expected_active_experts(64, 8, 16))
@@ -198,3 +199,16 @@ def test_engine_profile_loader(tmp_path):
         load_engine(str(bad))
     with pytest.raises(InputError, match="Did you mean"):
         load_engine("vllm-0.7")
+
+
+def test_one_plan_type_for_training_and_inference(a800):
+    # The inference plan is sim.parallel's: tp and ep set, dp unset (read as ep).
+    plan = ParallelPlan(tp=2, ep=4)
+    assert plan.devices == 8
+    assert plan.tp_group() == (0, 1) and plan.ep_group() == (0, 2, 4, 6)
+    assert ParallelPlan(tp=2, ep=2, first_device=4).tp_group() == (4, 5)
+    # A training plan's devices are its world once dp is resolved.
+    assert ParallelPlan(tp=2, pp=2, dp=4, ep=2).devices == 16
+    assert "first_device" not in ParallelPlan().as_dict()  # training documents unchanged
+    with pytest.raises(InputError, match="tp and ep only"):
+        StepSimulator(load_model("llama-2-7b"), a800, ParallelPlan(tp=1, pp=2))

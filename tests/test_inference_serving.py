@@ -6,7 +6,7 @@ import pytest
 from xpusim.hwprofiles import load_system
 from xpusim.sim.errors import InputError
 from xpusim.sim.inference.engine_profile import load_engine
-from xpusim.sim.inference.lowering import ParallelPlan, StepBatch, StepSimulator
+from xpusim.sim.inference.lowering import StepBatch, StepSimulator
 from xpusim.sim.inference.serving import (
     LengthDist,
     Server,
@@ -16,6 +16,7 @@ from xpusim.sim.inference.serving import (
 )
 from xpusim.sim.inference.speculative import draft_simulator
 from xpusim.sim.models.hf_config import load_model
+from xpusim.sim.parallel import ParallelPlan
 
 
 @pytest.fixture(scope="module")

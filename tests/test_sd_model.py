@@ -12,7 +12,6 @@ from xpusim.hwprofiles import load_system
 from xpusim.sim.errors import InputError
 from xpusim.sim.inference.engine_fit import FIT_PARAMS, device_times, peak_speedup
 from xpusim.sim.inference.engine_profile import load_engine
-from xpusim.sim.inference.lowering import ParallelPlan
 from xpusim.sim.inference.moesd_reference import FIT_SELECTION, compare_peaks, load_reference
 from xpusim.sim.inference.speculative import (
     SpeculativeModel,
@@ -25,6 +24,7 @@ from xpusim.sim.inference.speculative import (
     sigma_to_alpha,
 )
 from xpusim.sim.models.hf_config import load_model
+from xpusim.sim.parallel import ParallelPlan
 
 REF = load_reference()
 BATCHES = REF.batches

@@ -9,10 +9,11 @@ from __future__ import annotations
 import pytest
 from xpusim.hwprofiles import load_system
 from xpusim.sim.inference.engine_profile import load_engine
-from xpusim.sim.inference.lowering import ParallelPlan, StepBatch, StepSimulator
+from xpusim.sim.inference.lowering import StepBatch, StepSimulator
 from xpusim.sim.inference.serving import LengthDist, Server, StepCosts, Workload, make_requests
 from xpusim.sim.inference.speculative import draft_simulator
 from xpusim.sim.models.hf_config import load_model
+from xpusim.sim.parallel import ParallelPlan
 
 # (engine, KV capacity in tokens): small capacities force preemption (incremental KV).
 CASES = [

@@ -6,10 +6,10 @@ import time
 
 from xpusim.hwprofiles import load_system
 from xpusim.sim.inference.engine_profile import load_engine
-from xpusim.sim.inference.lowering import ParallelPlan
 from xpusim.sim.inference.moesd_reference import load_reference
 from xpusim.sim.inference.speculative import SpeculativeModel
 from xpusim.sim.models.hf_config import load_model
+from xpusim.sim.parallel import ParallelPlan
 
 
 def bench_sd_sweep() -> float:

@@ -18,7 +18,6 @@ from statistics import mean, median
 from xpusim.hwprofiles import load_system
 from xpusim.hwprofiles.spec import System
 from xpusim.sim.inference.engine_profile import EngineProfile, load_engine
-from xpusim.sim.inference.lowering import ParallelPlan
 from xpusim.sim.inference.speculative import (
     HEAD_KINDS,
     SpeculativeModel,
@@ -28,6 +27,7 @@ from xpusim.sim.inference.speculative import (
 )
 from xpusim.sim.models.hf_config import load_model
 from xpusim.sim.models.spec import ModelSpec
+from xpusim.sim.parallel import ParallelPlan
 from xpusim.sim.report import table
 
 REFERENCE_PATH = Path(__file__).resolve().parents[1] / "data" / "moesd_reference.toml"

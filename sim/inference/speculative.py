@@ -32,10 +32,11 @@ from xpusim.sim.cost import RooflineModel
 from xpusim.sim.errors import InputError, NegativeVerdict
 from xpusim.sim.inference.engine_profile import NO_ENGINE, EngineProfile
 from xpusim.sim.inference.kvcache import MemoryPlan, plan_memory
-from xpusim.sim.inference.lowering import ParallelPlan, StepBatch, StepSimulator
+from xpusim.sim.inference.lowering import StepBatch, StepSimulator
 from xpusim.sim.inference.routing import UNIFORM, Routing
 from xpusim.sim.ir import Op
 from xpusim.sim.models.spec import ModelSpec
+from xpusim.sim.parallel import ParallelPlan
 
 HEAD_KINDS = ("eagle", "mtp")
 

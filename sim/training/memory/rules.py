@@ -1,23 +1,9 @@
-"""Memory per device during training, with an explicit out-of-memory verdict.
+"""The rules both memory modes share: bytes per parameter, sharding, buffers, reserve.
 
-Per rank (Megatron-LM with the distributed optimizer; Rajbhandari et al. 2020 for ZeRO):
-
-* weights: ``dtype`` bytes per parameter (ZeRO-3: sharded over DP);
-* gradients: main grads in ``grad_reduce_dtype`` (fp32 by default; ZeRO >= 2 shards them);
-* optimizer: fp32 master copy + Adam m and v = 12 B per parameter (ZeRO >= 1 shards them);
-  dense parameters shard over the DP x CP group, expert parameters over the
-  expert-data-parallel group (dp/ep x cp);
-* activations: bytes each micro-batch keeps per model chunk until its backward
-  (``layers.activation_bytes``: the saved inputs of each op, minus what the
-  recompute policy drops) times the most micro-batches in flight in the schedule
-  (1F1B: p - s on stage s; interleaved: counted from the ordering);
-* communication buffers: send and receive buffers of the largest collective of a
-  layer and of the pipeline send/receive, double-buffered;
-* fragmentation: a fraction of the dynamic (activation + buffer) memory;
-* runtime reserve: framework and collective-library workspace (plan field).
-
-Parameters are read off the GEMMs the lowering builds, so the count is the
-simulated model's; norms and biases (< 0.1%) are left out.
+Whatever a mode knows about a pipeline stage (its parameters, the activation bytes of
+each model chunk per micro-batch, the micro-batches in flight, its largest collective
+and the pipeline send) is turned into bytes here, by one function (``stage_memory``),
+so the full per-stage mode and the analytical mode cannot apply different constants.
 """
 
 from __future__ import annotations
@@ -26,12 +12,13 @@ from dataclasses import dataclass
 
 from xpusim.sim.ir import dtype_bytes
 from xpusim.sim.parallel import ParallelPlan
-from xpusim.sim.schedules import peak_in_flight
-from xpusim.sim.training import layers as L
-from xpusim.sim.training.lowering import RankPlan
 
 OPTIMIZER_BYTES_PER_PARAM = 12.0  # fp32 master weights + Adam first and second moments
 GIB = 1024**3
+# Communication buffers: send + receive of the largest collective of a layer, and the
+# pipeline send/receive of activations and gradients, each double-buffered.
+COLLECTIVE_BUFFERS = 2.0
+P2P_BUFFERS = 4.0
 
 
 def megatron_activation_bytes(
@@ -60,6 +47,57 @@ def megatron_activation_bytes(
     if sp:
         return sbh * (34.0 / t + scores)
     return sbh * (10.0 + 24.0 / t + scores)
+
+
+@dataclass(frozen=True)
+class StateBytes:
+    """Bytes per parameter of the training state, and the ZeRO stage from which each
+    part is sharded over the data-parallel group (Rajbhandari et al. 2020)."""
+
+    weights: float  # plan.dtype
+    gradients: float  # main grads in plan.grad_reduce_dtype
+    optimizer: float  # fp32 master + Adam m, v
+
+    WEIGHTS_ZERO = 3
+    GRADIENTS_ZERO = 2
+    OPTIMIZER_ZERO = 1
+
+
+def state_bytes(plan: ParallelPlan) -> StateBytes:
+    return StateBytes(
+        dtype_bytes(plan.dtype), dtype_bytes(plan.grad_reduce_dtype), OPTIMIZER_BYTES_PER_PARAM
+    )
+
+
+def unsharded_and_sharded_bytes(plan: ParallelPlan) -> tuple[float, float]:
+    """(bytes per parameter every replica keeps, bytes per parameter ZeRO shards over
+    the data-parallel group) under ``plan.zero``."""
+    sb = state_bytes(plan)
+    parts = (
+        (sb.weights, StateBytes.WEIGHTS_ZERO),
+        (sb.gradients, StateBytes.GRADIENTS_ZERO),
+        (sb.optimizer, StateBytes.OPTIMIZER_ZERO),
+    )
+    full = sum(b for b, stage in parts if plan.zero < stage)
+    return full, sum(b for b, stage in parts if plan.zero >= stage)
+
+
+@dataclass(frozen=True)
+class StageState:
+    """What one rank of a pipeline stage holds, as either mode finds it.
+
+    Parameters are those of the rank (already split by TP, EP and PP); the data-parallel
+    groups ZeRO shards over are the plan's: dense parameters over DP x CP, expert
+    parameters over the expert-data-parallel group (DP/EP x CP)."""
+
+    stage: int
+    dense_params: float
+    expert_params: float
+    chunk_activations: tuple[float, ...]  # bytes one micro-batch keeps, per model chunk
+    in_flight: dict[int, int]  # chunk -> micro-batches alive at the peak
+    largest_comm: float  # per-rank bytes of the largest collective of any slot
+    p2p: float  # activation bytes sent between stages (0 without a pipeline)
+    per_layer_activations: float  # largest transformer layer, one micro-batch
 
 
 @dataclass(frozen=True)
@@ -114,60 +152,40 @@ class MemoryBreakdown:
         }
 
 
-def rank_memory(rp: RankPlan, plan: ParallelPlan, capacity: float) -> MemoryBreakdown:
-    dpd = len(rp.groups["dp_dense"])
-    dpe = len(rp.groups["dp_expert"])
-    dense = sum(ch.dense_params for ch in rp.chunks)
-    expert = sum(ch.expert_params for ch in rp.chunks)
-    b = dtype_bytes(plan.dtype)
-    gb = dtype_bytes(plan.grad_reduce_dtype)
+def stage_memory(st: StageState, plan: ParallelPlan, capacity: float) -> MemoryBreakdown:
+    """Bytes per device of one stage: the one place where state, activations, buffers,
+    fragmentation and the runtime reserve are counted."""
+    dpd = plan.cp * plan.dp  # dense parameters: DP x CP (EP is carved out of DP)
+    dpe = plan.cp * plan.edp  # expert parameters: the expert-data-parallel replicas
+    dense, expert = st.dense_params, st.expert_params
 
     def sharded(per_param: float, from_stage: int) -> float:
         if plan.zero >= from_stage:
             return per_param * (dense / dpd + expert / dpe)
         return per_param * (dense + expert)
 
-    weights = sharded(b, 3)
-    grads = sharded(gb, 2)
-    optimizer = sharded(OPTIMIZER_BYTES_PER_PARAM, 1)
-    in_flight = peak_in_flight(rp.order)
-    acts = sum(rp.chunks[c].act_bytes * n for c, n in in_flight.items())
-    largest = max(
-        (
-            it.nbytes
-            for ch in rp.chunks
-            for _, items in ch.slots
-            for it in items
-            if isinstance(it, L.Comm)
-        ),
-        default=0.0,
-    )
-    p2p = max(ch.input_bytes for ch in rp.chunks) if plan.pp > 1 else 0.0
-    buffers = 2.0 * largest + 4.0 * p2p
-    frag = plan.fragmentation * (acts + buffers)
-    per_layer = max(
-        (
-            L.activation_bytes(items, plan.recompute, plan.recompute_modules, ch.input_bytes)
-            for ch in rp.chunks
-            for name, items in ch.slots
-            if name.startswith("L")
-        ),
-        default=0.0,
-    )
+    sb = state_bytes(plan)
+    acts = sum(st.chunk_activations[c] * n for c, n in st.in_flight.items())
+    buffers = COLLECTIVE_BUFFERS * st.largest_comm + P2P_BUFFERS * st.p2p
     return MemoryBreakdown(
-        rp.stage,
-        weights,
-        grads,
-        optimizer,
+        st.stage,
+        sharded(sb.weights, StateBytes.WEIGHTS_ZERO),
+        sharded(sb.gradients, StateBytes.GRADIENTS_ZERO),
+        sharded(sb.optimizer, StateBytes.OPTIMIZER_ZERO),
         acts,
         buffers,
-        frag,
+        plan.fragmentation * (acts + buffers),
         plan.runtime_reserved_gib * GIB,
-        in_flight,
+        dict(st.in_flight),
         capacity,
-        per_layer,
-        tuple(ch.act_bytes for ch in rp.chunks),
+        st.per_layer_activations,
+        st.chunk_activations,
     )
+
+
+def peak_stage(stages: list[MemoryBreakdown]) -> MemoryBreakdown:
+    """The stage that needs the most memory (it decides whether the plan fits)."""
+    return max(stages, key=lambda m: m.total)
 
 
 def format_breakdown(mem: MemoryBreakdown) -> str:

@@ -11,14 +11,30 @@ document in ``.payload``; bad input raises ``InputError``. See docs/api.md.
     >>> r.tokens_per_s, r.as_dict()["mfu"]
 """
 
+from xpusim.sim.api.collective import (
+    CollectiveRequest,
+    CollectiveResult,
+    CollectiveSweepResult,
+    collective,
+    collective_sweep,
+)
 from xpusim.sim.api.train import TrainRequest, TrainResult, train
+from xpusim.sim.api.validate import ValidateRequest, ValidateResult, validate
 from xpusim.sim.errors import InputError, NegativeVerdict, ProfileError
 
 __all__ = [
+    "CollectiveRequest",
+    "CollectiveResult",
+    "CollectiveSweepResult",
+    "collective",
+    "collective_sweep",
     "InputError",
     "NegativeVerdict",
     "ProfileError",
     "TrainRequest",
     "TrainResult",
     "train",
+    "ValidateRequest",
+    "ValidateResult",
+    "validate",
 ]

@@ -1,7 +1,8 @@
-"""``xpusim validate --device cpu --calibration FILE``: measure the held-out cases, predict
-them with the calibrated and the uncalibrated profile, report the errors.
+"""``xpusim validate``: prediction error against published measurements (``--published``),
+or on the held-out shapes of a local calibration (``--calibration FILE``).
 
-Writes ``validation.json``, ``validation.csv`` (every point) and ``validation.png``
+Parse -> ``ValidateRequest`` -> ``xpusim.sim.api.validate`` -> render. The local mode
+writes ``validation.json``, ``validation.csv`` (every point) and ``validation.png``
 (predicted vs measured) under ``--out``; ``--check`` exits 1 when a checked kernel's
 calibrated median or p90 error is above the threshold. torch is imported only when
 measuring.
@@ -11,10 +12,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
+from dataclasses import replace
 
-from xpusim.sim.errors import InputError
-from xpusim.sim.report import check_output_file, check_plot_path, emit_json, table, write_csv
+from xpusim.sim.api.base import request_from_args
+from xpusim.sim.api.validate import DEVICES, ValidateRequest, ValidateResult, validate
+from xpusim.sim.report import emit_json, table
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,13 +34,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     g.add_argument("--category", help="comma-separated categories (default: all)")
     g.add_argument("--rows", help="comma-separated row ids (default: all)")
-    g.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
+    g.add_argument("--jobs", type=int, help="worker processes (default 1)")
     g.add_argument("--csv", help="write one line per row to this CSV file")
     g.add_argument("--plot", help="write the predicted-vs-measured scatter (PNG/SVG)")
     p.add_argument(
         "--device",
-        default="cpu",
-        choices=("cpu", "cuda", "npu"),
+        choices=DEVICES,
         help="local device to measure on (default cpu)",
     )
     p.add_argument("--calibration", help="overlay TOML from 'xpusim calibrate' (local mode)")
@@ -49,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--threads", type=int, help="torch threads (default: the calibration's)")
     p.add_argument("--suites", help="comma-separated suites (default: the calibration's)")
-    p.add_argument("--out", default="out/validate", help="folder for JSON, CSV and plot")
+    p.add_argument("--out", help="folder for JSON, CSV and plot (default out/validate)")
     p.add_argument(
         "--compare",
         metavar="OVERLAY",
@@ -60,91 +61,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--check-suites",
-        default="fastattention,moe,cdc",
         help="suites the check applies to (default fastattention,moe,cdc)",
     )
-    p.add_argument("--max-median-error", type=float, default=0.10)
-    p.add_argument("--max-p90-error", type=float, default=0.25)
+    p.add_argument(
+        "--max-median-error", type=float, help="check threshold (default 0.10)"
+    )
+    p.add_argument("--max-p90-error", type=float, help="check threshold (default 0.25)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.published:
-        return run_published(args)
-    if not args.calibration:
-        raise InputError(
-            "validate needs --calibration FILE (held-out shapes of a local calibration) "
-            "or --published (the corpus of published measurements)"
-        )
-    from xpusim.calibrate import validate as v
-
-    meta = v.read_overlay_meta(args.calibration)
-    suites = [s.strip() for s in args.suites.split(",")] if args.suites else None
-    local = None
-    if args.measurements:
-        from xpusim.calibrate.pipeline import read_measurements
-
-        rows = read_measurements(args.measurements, "--measurements")
-        measured = [m for m in rows if m.case.split == "heldout"]
-        if suites:
-            measured = [m for m in measured if m.case.suite in suites]
-    else:
-        from xpusim.calibrate.device import detect, require_torch
-
-        require_torch(
-            "'xpusim validate' (timing held-out kernels; '--measurements CSV' needs no torch)"
-        )
-        from xpusim.calibrate.harness import HarnessConfig
-        from xpusim.calibrate.pipeline import measure_cases
-
-        threads = args.threads or int(meta.get("threads") or 1)
-        dev = detect(args.device, threads=threads)
-        local = dev.as_dict()
-        todo = v.heldout_cases(meta, suites)
-        config = HarnessConfig.quick() if meta.get("mode") == "quick" else HarnessConfig()
-        from tqdm import tqdm
-
-        with tqdm(total=len(todo), desc="validate", unit="case", disable=args.json) as bar:
-            measured = measure_cases(todo, dev, config, lambda c: bar.update(1))
-    if not measured:
-        raise InputError("no held-out cases to validate (check --suites / --measurements)")
-    points = v.predict_points(measured, args.calibration)
-    payload = v.report(points, meta, args.calibration, local)
-    if args.compare:
-        payload["repeatability"] = v.compare_calibrations(
-            [p.case for p in points], args.calibration, args.compare
-        )
-    check_suites = [s.strip() for s in args.check_suites.split(",") if s.strip()]
-    failures = v.check(payload["suites"], check_suites, args.max_median_error, args.max_p90_error)
-    payload["check"] = {
-        "suites": check_suites,
-        "max_median_error": args.max_median_error,
-        "max_p90_error": args.max_p90_error,
-        "failures": failures,
-        "passed": not failures,
-    }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    csv_path = write_csv(out / "validation.csv", [p.row() for p in points])
-    png = v.scatter_plot(
-        points,
-        out / "validation.png",
-        f"held-out: {meta.get('base_profile')} calibrated on "
-        f"{meta.get('device_name', '?')} ({meta.get('mode')})",
-    )
-    payload["files"] = {
-        "csv": str(csv_path),
-        "plot": str(png),
-        "json": str(out / "validation.json"),
-    }
-    with (out / "validation.json").open("w") as fh:
-        emit_json(payload, fh)
+    request = request_from_args(ValidateRequest, args)
+    # A bar only on a terminal, never under --json.
+    request = replace(request, progress=not args.json and sys.stderr.isatty())
+    result = validate(request)
     if args.json:
-        emit_json(payload)
+        emit_json(result.as_dict())
+    elif result.mode == "published":
+        _print_published(result)
     else:
-        _print(payload)
-    return 1 if (args.check and failures) else 0
+        _print(result.payload)
+    return 1 if (request.check and not result.passed) else 0
 
 
 def _print(payload: dict) -> None:
@@ -180,39 +118,11 @@ def _print(payload: dict) -> None:
     print("wrote " + ", ".join(payload["files"].values()))
 
 
-def _split(text: str | None) -> list[str] | None:
-    return [t.strip() for t in text.split(",") if t.strip()] if text else None
-
-
-def run_published(args: argparse.Namespace) -> int:
+def _print_published(result: ValidateResult) -> None:
     from xpusim.sim.validation import report
 
-    if args.plot:
-        check_plot_path(args.plot)
-    if args.csv:
-        check_output_file(args.csv, "--csv")
-    if args.jobs < 1:
-        raise InputError(f"--jobs must be >= 1, got {args.jobs}")
-    rows = report.select_rows(_split(args.category), _split(args.rows))
-    progress = not args.json and sys.stderr.isatty()
-    payload = report.published_payload(rows, args.jobs, progress)
-    results = payload.pop("_results")
-    written = []
-    if args.csv:
-        written.append(str(write_csv(args.csv, [r.as_dict() for r in results])))
-    if args.plot:
-        from xpusim.sim.validation.plot import scatter
-
-        title = "xpusim vs published measurements" + (
-            f" ({args.category})" if args.category else ""
-        )
-        written.append(str(scatter(results, args.plot, title)))
-    if args.json:
-        emit_json({**payload, "files": written})
-        return 0
-    report.print_rows(results)
+    report.print_rows(result.rows)
     print()
-    report.print_summary(payload["summary"])
-    for path in written:
+    report.print_summary(result.summary)
+    for path in result.files:
         print(f"wrote {path}")
-    return 0

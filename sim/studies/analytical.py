@@ -2,12 +2,12 @@
 
 Two checks, both explainable in a line (docs/explore.md derives them):
 
-* **Memory lower bound.** The static training state — ``dtype`` weights plus fp32
-  main gradients (Megatron's default) on every model-parallel shard, and 12 B per
-  parameter of fp32 master + Adam moments sharded over all devices (ZeRO-1) —
-  with the *most* sharding the plan space allows (largest TP x PP for dense
-  weights, x EP for experts). If even that exceeds one device's HBM, no plan fits
-  and the candidate is dropped before any plan is tried.
+* **Memory lower bound.** ``xpusim.sim.training.memory.static_lower_bound``: the
+  training state (weights, main gradients, optimizer) at the plan space's most
+  sharding (largest TP x PP for dense weights, x EP for experts; what ZeRO shards,
+  over all devices) plus the runtime reserve, by the same bytes-per-parameter rules
+  the simulation applies to each plan. No plan of the space needs less; if even
+  that exceeds one device's HBM, the candidate is dropped before any plan is tried.
 * **Roofline step bound.** The forward ops of one sequence through one dense and
   one MoE layer (``xpusim.sim.workloads.transformer.layer_forward``, so MLA/GQA, expert
   GEMM sizes and the wave quantisation of small expert GEMMs all count), priced
@@ -29,11 +29,13 @@ from dataclasses import dataclass, replace
 from xpusim.hwprofiles.spec import System
 from xpusim.sim.cost import CachedCostModel, RooflineModel
 from xpusim.sim.ir import CollectiveKind, Op, dtype_bytes
-from xpusim.sim.models.counting import model_flops_per_token, param_counts
+from xpusim.sim.models.counting import model_flops_per_token
 from xpusim.sim.models.spec import ModelSpec
 from xpusim.sim.network.api import cost_collective
+from xpusim.sim.parallel import ParallelPlan
 from xpusim.sim.studies.space import Counted, to_spec
 from xpusim.sim.studies.study_file import Study
+from xpusim.sim.training.memory import static_lower_bound
 from xpusim.sim.workloads.transformer import (
     Sharding,
     StepShape,
@@ -42,8 +44,6 @@ from xpusim.sim.workloads.transformer import (
     uniform_moe_load,
 )
 
-MAIN_GRAD_BYTES = 4.0  # fp32 main gradients (Megatron accumulate_allreduce_grads_in_fp32)
-OPTIMIZER_BYTES = 12.0  # fp32 master + Adam m + v per parameter
 # Module names the lowering recomputes under the default selective policy
 # (sim.parallel.DEFAULT_SELECTIVE: norms, attention core, FFN activation).
 SELECTIVE_OP_MARKERS = ("norm", "attention", "_act")
@@ -117,18 +117,31 @@ def ep_bandwidth(system: System, ep: int) -> float:
     return EP_PROBE_BYTES * (ep - 1) / ep / t if t > 0 else float("inf")
 
 
+def base_plan(study: Study) -> ParallelPlan:
+    """The plan every plan of the study's space starts from: the fixed batch, sequence
+    and dtype and the space's switches; the search sets the degrees, micro-batch and
+    recompute policy, and the remaining fields keep ``ParallelPlan``'s defaults."""
+    space = study.plans
+    return ParallelPlan(
+        gbs=study.fixed.global_batch,
+        seq=study.fixed.seq,
+        dtype=study.fixed.dtype,
+        zero=space.zero,
+        tp_extend_ep=space.tp_extend_ep,
+        overlap_ep=space.overlap_ep,
+        hierarchical_ep=space.hierarchical_ep,
+        moe_routing=study.search.moe_routing,
+        seed=study.search.seed,
+    )
+
+
 def static_memory_lower_bound(spec: ModelSpec, study: Study, devices: int) -> float:
-    """Weights + main grads at the plan space's most sharding, ZeRO-1 optimizer over all devices."""
-    counts = param_counts(spec)
+    """Bytes per device no plan of the study's space goes below (``static_lower_bound``
+    at the space's largest TP, PP and EP)."""
     plans = study.plans
-    mp = max(plans.tp) * max(plans.pp)
-    experts = counts.routed_experts
-    dense = counts.total_with_mtp - experts
-    per_param = dtype_bytes(study.fixed.dtype) + MAIN_GRAD_BYTES
-    expert_shards = mp * max(plans.ep) if spec.moe else mp
-    return (
-        per_param * (dense / mp + experts / expert_shards)
-        + OPTIMIZER_BYTES * counts.total_with_mtp / devices
+    ep = max(plans.ep) if spec.moe else 1
+    return static_lower_bound(
+        spec, base_plan(study), devices, max(plans.tp), max(plans.pp), ep
     )
 
 

@@ -12,10 +12,11 @@
    by the adaptive pipe overlap when ``overlap_ep``; all exposed otherwise).
    This only decides *which* plans get simulated first; the simulation decides
    which is best.
-3. Walk that order: skip plans whose static state cannot fit (a formula), check
-   the rest with the training model's ``estimate_memory`` (no engine run), and
-   keep ``plans_per_model`` that fit, one per layout family (TP, PP, VPP, EP, CP)
-   first so that structurally different plans get simulated.
+3. Walk that order, checking each plan with the training memory model's analytical
+   mode (``xpusim.sim.training.memory.analytical_memory``: the simulation's per-stage
+   memory without lowering the model; equal to it under uniform routing, to rounding
+   under skew), and keep ``plans_per_model`` that fit, one per layout family (TP, PP,
+   VPP, EP, CP) first so that structurally different plans get simulated.
 4. Simulate each kept plan with ``simulate_training`` and keep the best by the
    study's ranking metric.
 """
@@ -24,27 +25,22 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from xpusim.hwprofiles.spec import System
 from xpusim.sim.errors import InputError
 from xpusim.sim.ir import dtype_bytes
-from xpusim.sim.models.counting import param_counts
 from xpusim.sim.models.spec import ModelSpec
 from xpusim.sim.parallel import ParallelPlan, microbatches, validate_plan
-from xpusim.sim.studies.analytical import MAIN_GRAD_BYTES, OPTIMIZER_BYTES, Analytical, ep_bandwidth
+from xpusim.sim.studies.analytical import Analytical, base_plan, ep_bandwidth
 from xpusim.sim.studies.study_file import Study
-from xpusim.sim.training import estimate_memory
-
-# Upper bound on estimate_memory calls per model, so a space of mostly-OOM plans
-# cannot stall a study; reported in the row as plans_checked.
-MAX_MEMORY_CHECKS = 64
+from xpusim.sim.training.memory import analytical_memory, peak_stage
 
 
 def enumerate_plans(spec: ModelSpec, system: System, study: Study) -> list[ParallelPlan]:
     """Valid plans of the study's plan space for ``spec`` on ``system``, in a fixed order."""
     space = study.plans
-    fixed = study.fixed
+    base = base_plan(study)
     out = []
     for tp, pp, vpp, ep, cp, mbs, rc in itertools.product(
         space.tp, space.pp, space.vpp, space.ep, space.cp, space.mbs, space.recompute
@@ -53,24 +49,16 @@ def enumerate_plans(spec: ModelSpec, system: System, study: Study) -> list[Paral
             continue
         if spec.moe is None and ep > 1:
             continue
-        plan = ParallelPlan(
+        plan = replace(
+            base,
             tp=tp,
             pp=pp,
             vpp=vpp,
             ep=ep,
             cp=cp,
             mbs=mbs,
-            gbs=fixed.global_batch,
-            seq=fixed.seq,
-            dtype=fixed.dtype,
             sequence_parallel=space.sequence_parallel and tp > 1,
-            zero=space.zero,
             recompute=rc,
-            tp_extend_ep=space.tp_extend_ep,
-            overlap_ep=space.overlap_ep,
-            hierarchical_ep=space.hierarchical_ep,
-            moe_routing=study.search.moe_routing,
-            seed=study.search.seed,
         )
         try:
             out.append(validate_plan(spec, plan, system.num_devices))
@@ -146,35 +134,25 @@ def ep_comm_estimate(plan: ParallelPlan, spec: ModelSpec, system: System) -> flo
     return microbatches(plan) * moe_layers / plan.pp * per_layer
 
 
-def static_memory(plan: ParallelPlan, spec: ModelSpec, study: Study) -> float:
-    """Weights + main grads + ZeRO-1 optimizer state per device of ``plan`` (no activations)."""
-    counts = param_counts(spec)
-    experts = counts.routed_experts
-    dense = counts.total_with_mtp - experts
-    mp = plan.tp * plan.pp
-    expert_shards = mp * plan.ep if plan.tp_extend_ep else plan.pp * plan.ep
-    per_param = dtype_bytes(plan.dtype) + MAIN_GRAD_BYTES
-    opt_dense = (
-        OPTIMIZER_BYTES * dense / (mp * plan.dp * plan.cp)
-        if plan.zero >= 1
-        else (OPTIMIZER_BYTES * dense / mp)
-    )
-    edp = max(1, plan.dp // plan.ep)
-    opt_expert = OPTIMIZER_BYTES * experts / (expert_shards * (edp if plan.zero >= 1 else 1))
-    return per_param * (dense / mp + experts / expert_shards) + opt_dense + opt_expert
-
-
 @dataclass
 class PlanChoice:
     plans: list[ParallelPlan]  # fitting plans to simulate, best estimate first
     enumerated: int
-    checked: int  # estimate_memory calls
-    fitting_memory_bytes: list[float]
+    checked: int  # memory checks (analytical mode)
+    fitting_memory_bytes: list[float]  # worst stage of each kept plan
 
 
 def _family(plan: ParallelPlan) -> tuple[int, ...]:
     """The layout of a plan: how the model is cut (TP, PP, VPP, EP, CP)."""
     return (plan.tp, plan.pp, plan.vpp, plan.ep, plan.cp)
+
+
+def plan_memory(spec: ModelSpec, system: System, plan: ParallelPlan) -> float | None:
+    """The worst stage's bytes per device of ``plan``, or None when it does not fit:
+    the simulation's memory model in its analytical mode (never below the full mode,
+    so a plan kept here does not run out of memory in the simulation)."""
+    worst = peak_stage(analytical_memory(spec, system, plan))
+    return None if worst.oom else worst.total
 
 
 def choose_plans(spec: ModelSpec, system: System, study: Study, est: Analytical) -> PlanChoice:
@@ -196,33 +174,29 @@ def choose_plans(spec: ModelSpec, system: System, study: Study, est: Analytical)
             p.recompute,
         ),
     )
-    capacity = system.device.hbm_capacity
     want = study.search.plans_per_model
     fitting: list[tuple[ParallelPlan, float]] = []
     families: set[tuple[int, ...]] = set()
-    checked = 0
-    for plan in scored:
-        if len(families) >= want or checked >= MAX_MEMORY_CHECKS:
+    memory: dict[int, float | None] = {}  # index in ``scored`` -> plan_memory
+
+    def fits(i: int) -> float | None:
+        if i not in memory:
+            memory[i] = plan_memory(spec, system, scored[i])
+        return memory[i]
+
+    for i, plan in enumerate(scored):
+        if len(families) >= want:
             break
-        if _family(plan) in families or static_memory(plan, spec, study) > capacity:
-            continue
-        checked += 1
-        stages = estimate_memory(spec, system, plan)
-        if not any(m.oom for m in stages):
-            fitting.append((plan, max(m.total for m in stages)))
+        if _family(plan) not in families and (total := fits(i)) is not None:
+            fitting.append((plan, total))
             families.add(_family(plan))
-    for plan in scored:  # fill up with second-best plans of the families found
-        if len(fitting) >= want or checked >= MAX_MEMORY_CHECKS:
+    taken = {p for p, _ in fitting}
+    for i, plan in enumerate(scored):  # fill up with second-best plans of the families found
+        if len(fitting) >= want:
             break
-        if _family(plan) not in families or any(plan == p for p, _ in fitting):
-            continue
-        if static_memory(plan, spec, study) > capacity:
-            continue
-        checked += 1
-        stages = estimate_memory(spec, system, plan)
-        if not any(m.oom for m in stages):
-            fitting.append((plan, max(m.total for m in stages)))
-    return PlanChoice([p for p, _ in fitting], len(plans), checked, [m for _, m in fitting])
+        if _family(plan) in families and plan not in taken and (total := fits(i)) is not None:
+            fitting.append((plan, total))
+    return PlanChoice([p for p, _ in fitting], len(plans), len(memory), [m for _, m in fitting])
 
 
 def plan_label(plan: ParallelPlan) -> str:

@@ -18,6 +18,7 @@ from xpusim.sim.api.collective import (
     collective,
     collective_sweep,
 )
+from xpusim.sim.api.explore import ExploreRequest, ExploreResult, explore
 from xpusim.sim.api.train import TrainRequest, TrainResult, train
 from xpusim.sim.api.validate import ValidateRequest, ValidateResult, validate
 from xpusim.sim.errors import InputError, NegativeVerdict, ProfileError
@@ -31,6 +32,9 @@ __all__ = [
     "InputError",
     "NegativeVerdict",
     "ProfileError",
+    "ExploreRequest",
+    "ExploreResult",
+    "explore",
     "TrainRequest",
     "TrainResult",
     "train",

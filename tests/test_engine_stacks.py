@@ -13,7 +13,9 @@ from xpusim.sim.inference.engine_profile import (
     load_engine,
 )
 from xpusim.sim.inference.lowering import StepSimulator
-from xpusim.sim.inference.serving import Server, StepCosts, Workload, make_requests
+from xpusim.sim.inference.serving import Server
+from xpusim.sim.inference.stepcosts import StepCosts
+from xpusim.sim.inference.workload import Workload, make_requests
 from xpusim.sim.models.hf_config import load_model
 from xpusim.sim.parallel import ParallelPlan
 
@@ -66,7 +68,7 @@ def test_bad_policy_is_a_clear_error(tmp_path):
 
 
 def _serve(engine_name: str, n: int = 40, prompt: int = 64, output: int = 16):
-    from xpusim.sim.inference.serving import LengthDist
+    from xpusim.sim.inference.workload import LengthDist
 
     sim = StepSimulator(load_model("qwen2-0.5b"), load_system("dgx-a100"), ParallelPlan(1),
                         load_engine(engine_name))
@@ -104,7 +106,7 @@ def test_per_request_host_work_is_paid_once_per_request():
     # run is longer by exactly n x request_overhead x host_scale.
     from dataclasses import replace
 
-    from xpusim.sim.inference.serving import LengthDist
+    from xpusim.sim.inference.workload import LengthDist
 
     def run(engine: EngineProfile):
         sim = StepSimulator(load_model("qwen2-0.5b"), load_system("dgx-a100"), ParallelPlan(1),

@@ -17,15 +17,15 @@ from hypothesis import strategies as st
 from xpusim.hwprofiles import load_device
 from xpusim.hwprofiles.errors import ProfileError
 from xpusim.sim import ops
+from xpusim.sim.api.train import build_plan
 from xpusim.sim.cli import train as train_cli
 from xpusim.sim.cli.main import main
 from xpusim.sim.errors import InputError, NegativeVerdict
 from xpusim.sim.inference.engine_profile import load_engine
 from xpusim.sim.inference.kvcache import plan_memory, require_kv_fit, step_kv_bytes
-from xpusim.sim.inference.serving import LengthDist
+from xpusim.sim.inference.workload import LengthDist
 from xpusim.sim.models import load_model
 from xpusim.sim.report import check_output_file, check_plot_path, write_csv
-from xpusim.sim.api.train import build_plan
 from xpusim.sim.studies.whatif import Point, base_inputs, load_saved, train_request
 
 EXAMPLES = Path(__file__).parent.parent / "examples"

@@ -10,8 +10,10 @@ import pytest
 from xpusim.hwprofiles import load_system
 from xpusim.sim.inference.engine_profile import load_engine
 from xpusim.sim.inference.lowering import StepBatch, StepSimulator
-from xpusim.sim.inference.serving import LengthDist, Server, StepCosts, Workload, make_requests
+from xpusim.sim.inference.serving import Server
 from xpusim.sim.inference.speculative import draft_simulator
+from xpusim.sim.inference.stepcosts import StepCosts
+from xpusim.sim.inference.workload import LengthDist, Workload, make_requests
 from xpusim.sim.models.hf_config import load_model
 from xpusim.sim.parallel import ParallelPlan
 

@@ -19,7 +19,9 @@ from xpusim.sim.inference.engine_profile import load_engine
 from xpusim.sim.inference.kvcache import kv_bytes_per_token
 from xpusim.sim.inference.lowering import ParallelPlan, StepSimulator, plan_for, require_memory
 from xpusim.sim.inference.routing import routing_from_text
-from xpusim.sim.inference.serving import LengthDist, Server, StepCosts, Workload, make_requests
+from xpusim.sim.inference.serving import Server
+from xpusim.sim.inference.stepcosts import StepCosts
+from xpusim.sim.inference.workload import LengthDist, Workload, make_requests
 from xpusim.sim.models.hf_config import load_model
 from xpusim.sim.report import emit_json, fmt_bytes, fmt_si, table
 

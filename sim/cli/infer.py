@@ -25,8 +25,10 @@ from xpusim.sim.inference.lowering import (
     require_memory,
 )
 from xpusim.sim.inference.routing import routing_from_text
-from xpusim.sim.inference.serving import LengthDist, Server, StepCosts, Workload, make_requests
+from xpusim.sim.inference.serving import Server
 from xpusim.sim.inference.speculative import HEAD_KINDS, draft_simulator, require_draft_fit
+from xpusim.sim.inference.stepcosts import StepCosts
+from xpusim.sim.inference.workload import LengthDist, Workload, make_requests
 from xpusim.sim.models.hf_config import load_model
 from xpusim.sim.report import emit_json, fmt_bytes, fmt_si, table
 

@@ -34,7 +34,9 @@ from dataclasses import dataclass
 import numpy as np
 from xpusim.hwprofiles.spec import System
 from xpusim.sim.errors import InputError
-from xpusim.sim.inference.serving import Request, Server, ServeResult, StepCosts
+from xpusim.sim.inference.serving import Server, ServeResult
+from xpusim.sim.inference.stepcosts import StepCosts
+from xpusim.sim.inference.workload import Request
 
 
 class DecodeOnlyCosts(StepCosts):

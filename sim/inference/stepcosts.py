@@ -1,0 +1,147 @@
+"""Step times of a serving run: the step simulator's, interpolated over context.
+
+Decode time is linear in context for a fixed batch (only the KV read grows), so each
+batch size is simulated at the CONTEXT_GRID points and interpolated; prefill likewise
+over the prompt length. ``StepCosts`` also prices speculative-decoding rounds and the
+mixed (in-flight batching) iterations of ``xpusim.sim.inference.serving.Server``.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable
+
+from xpusim.sim.inference.lowering import StepBatch, StepSimulator
+
+CONTEXT_GRID = (0, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
+
+
+class StepCosts:
+    """Step times from the simulator, interpolated over context on CONTEXT_GRID."""
+
+    def __init__(
+        self,
+        target: StepSimulator,
+        draft: StepSimulator | None = None,
+        gamma: int = 0,
+        exact: bool = False,
+    ) -> None:
+        self.target, self.draft, self.gamma = target, draft, gamma
+        self.exact = exact  # price every step shape by a full engine run (the reference)
+        self._steppers: dict[tuple[int, bool], Callable[[float], float]] = {}
+
+    def _time(self, sim: StepSimulator, batch: StepBatch, host: bool = True) -> float:
+        """A step's time: ``StepSimulator.time_s`` (the same sum without building the
+        graph), or the full engine run when ``exact``."""
+        return sim.run(batch, host).time_s if self.exact else sim.time_s(batch, host)
+
+    @staticmethod
+    def _interp(fn, x: float) -> float:
+        i = min(max(bisect.bisect_right(CONTEXT_GRID, x) - 1, 0), len(CONTEXT_GRID) - 2)
+        x0, x1 = CONTEXT_GRID[i], CONTEXT_GRID[i + 1]
+        y0, y1 = fn(x0), fn(x1)
+        return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+
+    def _interp_fn(self, fn) -> Callable[[float], float]:
+        """``lambda x: self._interp(fn, x)`` with each grid segment's end points priced
+        once (the same arithmetic, without pricing two grid points per call)."""
+        ends: dict[int, tuple[float, float, float, float]] = {}
+        last = len(CONTEXT_GRID) - 2
+
+        def at(x: float) -> float:
+            i = min(max(bisect.bisect_right(CONTEXT_GRID, x) - 1, 0), last)
+            e = ends.get(i)
+            if e is None:
+                x0, x1 = CONTEXT_GRID[i], CONTEXT_GRID[i + 1]
+                e = ends[i] = (x0, x1, fn(x0), fn(x1))
+            x0, x1, y0, y1 = e
+            return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+
+        return at
+
+    def decode_stepper(self, batch: int, mixed: bool) -> Callable[[float], float]:
+        """The time of a plain decode step of ``batch`` requests as a function of their
+        mean context: ``decode(batch, c)``, or with ``mixed`` the in-flight-batching
+        iteration with no prompt chunk, ``mixed(batch, c, [], batch, 0)``. Kept per
+        batch: a run of identical decode steps prices each step through it."""
+        key = (batch, mixed)
+        fn = self._steppers.get(key)
+        if fn is not None:
+            return fn
+        if not mixed:
+            fn = self._interp_fn(
+                lambda c: self._time(self.target, StepBatch(batch, 1, c, "decode")))
+        else:
+            assert self.draft is None  # an SD round is priced by sd_round, step by step
+            engine = self.target.engine
+            device = self._interp_fn(lambda c: self._device(StepBatch(batch, 1, c, "decode")))
+            before = engine.step_host_time(batch) + engine.request_time(0)
+            after = engine.sampling_time(batch)
+            step_time = engine.step_time
+
+            def fn(c: float) -> float:
+                return step_time(device(c), before, after)
+
+        self._steppers[key] = fn
+        return fn
+
+    def decode(self, batch: int, context: float) -> float:
+        return self._interp(
+            lambda c: self._time(self.target, StepBatch(batch, 1, c, "decode")), context
+        )
+
+    def prefill(self, sequences: int, prompt: float) -> float:
+        # Prefill time over the prompt length: simulate at grid lengths (>= 1 token).
+        return self._interp(
+            lambda q: self._time(self.target, StepBatch(sequences, max(q, 1), 0, "prefill")),
+            prompt,
+        )
+
+    def _device(self, batch: StepBatch) -> float:
+        return self._time(self.target, batch, host=False)
+
+    def decode_device(self, batch: int, context: float) -> float:
+        return self._interp(lambda c: self._device(StepBatch(batch, 1, c, "decode")), context)
+
+    def prefill_token_device(self, chunk: float) -> float:
+        """Device time one prompt chunk of ``chunk`` tokens adds to a forward.
+
+        A one-sequence prefill of the chunk less a one-token forward: the weight
+        stream and the kernel launches are paid once per forward, whatever it holds.
+        Exact for the weight GEMMs; a chunk's attention to earlier chunks of its
+        prompt is left out (it is small for prompts within one token budget).
+        """
+        base = self._device(StepBatch(1, 1, 0, "prefill"))
+        full = self._interp(
+            lambda q: self._device(StepBatch(1, max(q, 1), 0, "prefill")), max(chunk, 1)
+        )
+        return max(0.0, full - base)
+
+    def mixed(
+        self, decode_batch: int, context: float, chunks: list[int], sampled: int, admitted: int
+    ) -> float:
+        """One in-flight-batching iteration: ``decode_batch`` decode tokens (or SD rounds)
+        at mean ``context`` plus prompt ``chunks``; host work by the engine's overlap rule."""
+        engine = self.target.engine
+        if decode_batch and self.draft is not None:
+            device = self.sd_round(decode_batch, context)  # includes its own host terms
+        elif decode_batch:
+            device = self.decode_device(decode_batch, context)
+        else:
+            device = self._device(StepBatch(1, 1, 0, "prefill"))
+        device += sum(self.prefill_token_device(c) for c in chunks)
+        before = engine.step_host_time(decode_batch + len(chunks)) + engine.request_time(admitted)
+        after = engine.sampling_time(sampled)
+        return engine.step_time(device, before, after)
+
+    def sd_round(self, batch: int, context: float) -> float:
+        assert self.draft is not None
+        g = self.gamma
+        draft = self._interp(
+            lambda c: self._time(self.draft, StepBatch(batch, 1, c, "decode")),
+            context + (g - 1) / 2,
+        )
+        verify = self._interp(
+            lambda c: self._time(self.target, StepBatch(batch, g + 1, c, "verify")), context
+        )
+        return g * draft + verify + self.target.engine.reject_time(batch * (g + 1))

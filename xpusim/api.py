@@ -18,6 +18,7 @@ from xpusim.sim.api.collective import (
     collective,
     collective_sweep,
 )
+from xpusim.sim.api.ep import EpRequest, EpResult, EpSweepResult, ep, ep_sweep
 from xpusim.sim.api.explore import ExploreRequest, ExploreResult, explore
 from xpusim.sim.api.train import TrainRequest, TrainResult, train
 from xpusim.sim.api.validate import ValidateRequest, ValidateResult, validate
@@ -29,6 +30,11 @@ __all__ = [
     "CollectiveSweepResult",
     "collective",
     "collective_sweep",
+    "EpRequest",
+    "EpResult",
+    "EpSweepResult",
+    "ep",
+    "ep_sweep",
     "InputError",
     "NegativeVerdict",
     "ProfileError",

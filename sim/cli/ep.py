@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
-from xpusim.hwprofiles import load_system
-from xpusim.sim.errors import InputError
-from xpusim.sim.ir import dtype_bytes
-from xpusim.sim.models import load_model
+from xpusim.sim.api.base import request_from_args
+from xpusim.sim.api.ep import EpRequest, EpSweepResult, ep, ep_sweep
 from xpusim.sim.network.api import BACKENDS
-from xpusim.sim.network.ep import DISPATCH_MODES, EPConfig, EPResult, simulate_ep, system_for_ep
+from xpusim.sim.network.ep import DISPATCH_MODES
 from xpusim.sim.report import (
-    check_output_file,
-    check_plot_path,
+    check_output_args,
     emit_json,
     fmt_bytes,
     fmt_si,
@@ -41,24 +38,24 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=int,
         help="shared experts (computed locally: no EP traffic; reported only)",
     )
-    p.add_argument("--dtype", default="bf16", help="dtype of dispatched activations")
-    p.add_argument("--system", default="atlas-800t-a2")
+    p.add_argument("--dtype", help="dtype of dispatched activations (default bf16)")
+    p.add_argument("--system", help="system profile name or path (default atlas-800t-a2)")
     p.add_argument("--nodes", type=int, help="nodes (default: ceil(ep / devices per node))")
-    p.add_argument("--ep", type=int, default=8, help="expert-parallel group size")
-    p.add_argument("--tokens-per-device", type=int, default=4096)
+    p.add_argument("--ep", type=int, help="expert-parallel group size (default 8)")
+    p.add_argument("--tokens-per-device", type=int, help="default 4096")
     p.add_argument(
-        "--dispatch", default="flat", help=f"{'|'.join(DISPATCH_MODES)}; a comma list compares them"
+        "--dispatch",
+        help=f"{'|'.join(DISPATCH_MODES)} (default flat); a comma list compares them",
     )
-    p.add_argument("--routing", default="uniform", help="uniform | zipf:S | hist:FILE")
+    p.add_argument("--routing", help="uniform (default) | zipf:S | hist:FILE")
     p.add_argument("--capacity-factor", type=float, help="drop-and-pad capacity (default dropless)")
     p.add_argument(
         "--overlap-compute-s",
         type=float,
-        default=0.0,
-        help="expert compute available to hide dispatch+combine behind",
+        help="expert compute available to hide dispatch+combine behind (default 0)",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the Zipf expert permutation")
-    p.add_argument("--backend", default="analytical", choices=BACKENDS)
+    p.add_argument("--seed", type=int, help="seed of the Zipf expert permutation (default 0)")
+    p.add_argument("--backend", choices=BACKENDS, help="default analytical")
     p.add_argument("--sweep", help="e.g. ep=8,16,32,64")
     p.add_argument("--plot", help="sweep plot path (default out/ep_sweep.png)")
     p.add_argument("--csv", help="write the rows as CSV")
@@ -66,110 +63,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def base_config(args: argparse.Namespace) -> tuple[EPConfig, dict]:
-    hidden, top_k, experts, shared, name = None, None, None, None, None
-    if args.model:
-        spec = load_model(args.model)
-        if spec.moe is None:
-            raise InputError(f"--model {args.model} is dense (no experts); pick an MoE model")
-        hidden, top_k, experts = spec.hidden, spec.moe.top_k, spec.moe.num_experts
-        shared, name = spec.moe.shared_experts, spec.name
-    # A flag the user gave (even 0) replaces the model's value; None means "not given".
-    given = (("--hidden", args.hidden), ("--top-k", args.top_k), ("--experts", args.experts))
-    for flag, value in given:
-        if value is not None and value < 1:
-            raise InputError(f"{flag} must be >= 1, got {value}")
-    if args.shared_experts is not None and args.shared_experts < 0:
-        raise InputError(f"--shared-experts must be >= 0, got {args.shared_experts}")
-    hidden = args.hidden if args.hidden is not None else hidden
-    top_k = args.top_k if args.top_k is not None else top_k
-    experts = args.experts if args.experts is not None else experts
-    shared = args.shared_experts if args.shared_experts is not None else (shared or 0)
-    missing = [
-        f
-        for f, v in (("--hidden", hidden), ("--top-k", top_k), ("--experts", experts))
-        if v is None
-    ]
-    if missing:
-        raise InputError(f"give --model NAME or {', '.join(missing)}")
-    if args.overlap_compute_s < 0:
-        raise InputError("--overlap-compute-s must be >= 0")
-    cfg = EPConfig(
-        hidden=hidden,
-        top_k=top_k,
-        experts=experts,
-        ep=args.ep,
-        tokens_per_device=args.tokens_per_device,
-        dtype_bytes=dtype_bytes(args.dtype),
-        routing=args.routing,
-        capacity_factor=args.capacity_factor,
-        overlap_compute_s=args.overlap_compute_s,
-        seed=args.seed,
-    )
-    return cfg, {"model": name, "shared_experts": shared, "dtype": args.dtype}
-
-
-def _modes(text: str) -> list[str]:
-    modes = [m.strip() for m in text.split(",") if m.strip()]
-    bad = [m for m in modes if m not in DISPATCH_MODES]
-    if bad or not modes:
-        raise InputError(f"--dispatch {text}: choose from {', '.join(DISPATCH_MODES)}")
-    return modes
-
-
-def _sweep_values(text: str) -> list[int]:
-    key, sep, values = text.partition("=")
-    if key.strip() != "ep" or not sep:
-        raise InputError(f"--sweep {text}: expected ep=8,16,32,64")
-    try:
-        out = [int(v) for v in values.split(",") if v.strip()]
-    except ValueError:
-        raise InputError(f"--sweep {text}: EP sizes must be integers") from None
-    if not out:
-        raise InputError(f"--sweep {text}: no EP sizes")
-    return out
-
-
-def _one(cfg: EPConfig, args: argparse.Namespace) -> tuple[EPResult, str]:
-    system, note = system_for_ep(load_system(args.system), cfg.ep, args.nodes)
-    return simulate_ep(cfg, system, args.backend), note
-
-
 def run(args: argparse.Namespace) -> int:
-    if args.plot:
-        check_plot_path(args.plot)
-    if args.csv:
-        check_output_file(args.csv, "--csv")
-    cfg, extra = base_config(args)
-    modes = _modes(args.dispatch)
+    check_output_args(args)
+    request = request_from_args(EpRequest, args)
     if args.sweep:
-        return _sweep(args, cfg, extra, modes)
-    results = []
-    for mode in modes:
-        res, note = _one(replace(cfg, dispatch=mode), args)
-        results.append(
-            {
-                **extra,
-                "system": args.system,
-                "backend": args.backend,
-                **({"note": note} if note else {}),
-                **res.as_dict(),
-            }
-        )
+        return _sweep(args, ep_sweep(request))
+    result = ep(request)
+    docs = result.documents()
     if args.csv:
-        write_csv(
-            args.csv,
-            [{k: v for k, v in r.items() if not isinstance(v, dict | list)} for r in results],
-        )
+        write_csv(args.csv, [{k: v for k, v in d.items() if not isinstance(v, dict | list)} for d in docs])
     if args.json:
-        emit_json(results[0] if len(results) == 1 else {"results": results})
+        emit_json(result.as_dict())
         return 0
-    for r in results:
-        _print(r)
+    for d in docs:
+        _print(d)
     return 0
 
 
-def _print(r: dict) -> None:
+def _print(r: dict[str, Any]) -> None:
     total = r["dispatch_time_s"] + r["combine_time_s"]
     print(
         f"EP{r['ep']} {r['dispatch']} dispatch on {r['system']} ({r['nodes']} node(s)), "
@@ -209,66 +120,37 @@ def _print(r: dict) -> None:
         print(line + f" ({d['valid_for']})")
 
 
-def _sweep(args: argparse.Namespace, cfg: EPConfig, extra: dict, modes: list[str]) -> int:
-    rows = []
-    for ep in _sweep_values(args.sweep):
-        for mode in modes:
-            res, _ = _one(replace(cfg, ep=ep, dispatch=mode), args)
-            d = res.as_dict()
-            rows.append(
-                {
-                    "ep": ep,
-                    "nodes": res.nodes,
-                    "dispatch": mode,
-                    "dispatch_time_s": d["dispatch_time_s"],
-                    "combine_time_s": d["combine_time_s"],
-                    "inter_node_bytes": d["inter_node_bytes"],
-                    "intra_node_bytes": d["intra_node_bytes"],
-                    "slowest_rank": d["slowest_rank"],
-                    "imbalance": d["imbalance"],
-                    "hidden_share": d["hidden_share"],
-                    "bottleneck": d["bottleneck"],
-                }
-            )
+SWEEP_COLUMNS = (
+    ("ep", "ep", str),
+    ("nodes", "nodes", str),
+    ("dispatch", "dispatch", str),
+    ("dispatch(ms)", "dispatch_time_s", lambda v: f"{v * 1e3:.2f}"),
+    ("combine(ms)", "combine_time_s", lambda v: f"{v * 1e3:.2f}"),
+    ("inter-node", "inter_node_bytes", fmt_bytes),
+    ("intra-node", "intra_node_bytes", fmt_bytes),
+    ("slowest", "slowest_rank", str),
+    ("imbalance", "imbalance", lambda v: f"{v:.2f}"),
+)
+
+
+def _sweep(args: argparse.Namespace, result: EpSweepResult) -> int:
+    rows = result.rows()
     plot = Path(args.plot or "out/ep_sweep.png")
     plot_ep_sweep(
         rows,
         plot,
-        f"EP dispatch+combine, {args.system}, "
-        f"{cfg.tokens_per_device} tokens/device, routing {cfg.routing}",
+        f"EP dispatch+combine, {result.system}, "
+        f"{result.tokens_per_device} tokens/device, routing {result.routing}",
     )
     if args.csv:
         write_csv(args.csv, rows)
     if args.json:
-        emit_json({**extra, "system": args.system, "plot": str(plot), "sweep": rows})
+        emit_json({**result.as_dict(), "plot": str(plot)})
         return 0
     print(
         table(
-            [
-                [
-                    r["ep"],
-                    r["nodes"],
-                    r["dispatch"],
-                    f"{r['dispatch_time_s'] * 1e3:.2f}",
-                    f"{r['combine_time_s'] * 1e3:.2f}",
-                    fmt_bytes(r["inter_node_bytes"]),
-                    fmt_bytes(r["intra_node_bytes"]),
-                    r["slowest_rank"],
-                    f"{r['imbalance']:.2f}",
-                ]
-                for r in rows
-            ],
-            [
-                "ep",
-                "nodes",
-                "dispatch",
-                "dispatch(ms)",
-                "combine(ms)",
-                "inter-node",
-                "intra-node",
-                "slowest",
-                "imbalance",
-            ],
+            [[fmt(r[key]) for _, key, fmt in SWEEP_COLUMNS] for r in rows],
+            [title for title, _, _ in SWEEP_COLUMNS],
         )
     )
     print(f"plot: {plot}")
@@ -276,7 +158,7 @@ def _sweep(args: argparse.Namespace, cfg: EPConfig, extra: dict, modes: list[str
     return 0
 
 
-def plot_ep_sweep(rows: list[dict], path: Path, title: str) -> Path:
+def plot_ep_sweep(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
     import matplotlib  # imported here so the CLI starts fast when no plot is asked for
 
     matplotlib.use("Agg")

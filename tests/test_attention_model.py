@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from xpusim.hwprofiles import load_device, load_system
 from xpusim.hwprofiles.spec import Device, Efficiency, MemoryLevel
+from xpusim.sim.api.attention import parse_seq_list
 from xpusim.sim.attention_model import (
     compare,
     derive_tiling,
@@ -18,7 +19,6 @@ from xpusim.sim.attention_model import (
     standard_peak_memory,
     tiling_allreduce_cost,
 )
-from xpusim.sim.cli.attention import parse_seq_list
 from xpusim.sim.cli.main import main
 from xpusim.sim.cost import RooflineModel
 from xpusim.sim.errors import InputError

@@ -26,7 +26,6 @@ MODULE_ALLOWLIST = {
 }
 FUNCTION_ALLOWLIST = {
     "sim/attention_model.py::fast_attention_cost",
-    "sim/cli/attention.py::run",
     "sim/cli/disagg.py::serve_disaggregated",
     "sim/cli/infer.py::run",
     "sim/engine.py::Engine.run",

@@ -11,6 +11,7 @@ document in ``.payload``; bad input raises ``InputError``. See docs/api.md.
     >>> r.tokens_per_s, r.as_dict()["mfu"]
 """
 
+from xpusim.sim.api.attention import AttentionRequest, AttentionResult, attention
 from xpusim.sim.api.collective import (
     CollectiveRequest,
     CollectiveResult,
@@ -25,6 +26,9 @@ from xpusim.sim.api.validate import ValidateRequest, ValidateResult, validate
 from xpusim.sim.errors import InputError, NegativeVerdict, ProfileError
 
 __all__ = [
+    "AttentionRequest",
+    "AttentionResult",
+    "attention",
     "CollectiveRequest",
     "CollectiveResult",
     "CollectiveSweepResult",

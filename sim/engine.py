@@ -1,8 +1,9 @@
 """The discrete-event engine: ranks x streams, tasks scheduled by dependencies.
 
 Each (rank, stream) runs its tasks in order, like a CUDA/ACL stream. A task starts when
-the previous task of its stream and all its ``deps`` have finished. Ops take the cost
-model's time; a ``Collective`` is a rendezvous: it starts when every *simulated* member
+the previous task of its stream and all its ``deps`` have finished. Work takes the time
+the pricing pass gives it (``sim.cost.pricing``: ops and segments by the device's cost
+model, collectives by the system's network); a ``Collective`` is a rendezvous: it starts when every *simulated* member
 of its group has reached it (members outside the simulation are assumed symmetric —
 scale by symmetry) and takes the network's time. Overlap of compute and communication
 is therefore a result of the schedule, not a parameter.
@@ -21,7 +22,8 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import simpy
-from xpusim.sim.ir import Collective, Delay, Op, RankGraph, Stream, Work
+from xpusim.sim.cost.pricing import Pricing
+from xpusim.sim.ir import Collective, Delay, Op, RankGraph, Segment, Stream, Task, Work
 
 
 class Record(NamedTuple):
@@ -117,30 +119,78 @@ def overlap_length(xs: list[tuple[float, float]], ys: list[tuple[float, float]])
 
 
 def _kind_of(work: Work) -> str:
-    if isinstance(work, Op):
-        return str(work.kind)
-    if isinstance(work, Collective):
+    if isinstance(work, Op | Collective):
         return str(work.kind)
     return work.kind
 
 
-class Engine:
-    """Runs rank graphs. ``op_time`` prices an Op, ``comm_time`` a Collective (seconds).
+class _Graph(NamedTuple):
+    """Run state of one rank graph (a tuple: the hot loop unpacks it in one step). Per
+    task: duration (None: a collective met at its rendezvous), start and end once known,
+    and its (stream, label) slot; per slot the busy time and the flat, time-ordered list
+    of busy intervals (s0, e0, s1, e1, ...), kept as tasks end, records or not. Streams
+    waiting for a task are parked on it."""
 
-    ``run(records=False)`` streams: it keeps, per (rank, stream, label), the busy time
-    and the union of busy intervals (what step breakdowns need), not one Record per task.
+    tasks: list[Task]
+    durations: list[float | None]
+    begin: list[float]
+    end: list[float | None]
+    parked: list[list[int] | None]
+    slot_of: list[int]
+    busy: list[float]
+    ivs: list[list[float]]
+
+
+@dataclass
+class _Run:
+    """Run state of one ``Engine.run``: per graph its state and slots; per stream its
+    graph, task ids, next position and clock; the streams ready to advance; open
+    rendezvous."""
+
+    graphs: list[_Graph] = field(default_factory=list)
+    slots: list[dict[tuple[Stream, str], int]] = field(default_factory=list)
+    s_graph: list[int] = field(default_factory=list)
+    s_tids: list[list[int]] = field(default_factory=list)
+    s_pos: list[int] = field(default_factory=list)
+    s_clock: list[float] = field(default_factory=list)
+    ready: list[int] = field(default_factory=list)
+    rendezvous: dict[tuple, list] = field(default_factory=dict)
+
+
+class Engine:
+    """Runs rank graphs priced by a ``Pricing`` (sim.cost.pricing): an op by the cost
+    model, a segment as its ops, a collective by the network (seconds).
+
+    ``Engine(graphs, pricing=p)``; ``Engine(graphs, op_time, comm_time)`` wraps two
+    functions in a ``Pricing``. ``run(records=False)`` streams: it keeps, per (rank,
+    stream, label), the busy time and the union of busy intervals (what step breakdowns
+    need), not one Record per task.
     """
 
     def __init__(
         self,
         graphs: Sequence[RankGraph],
-        op_time: Callable[[Op], float],
-        comm_time: Callable[[Collective], float],
+        op_time: Callable[[Op], float] | None = None,
+        comm_time: Callable[[Collective], float] | None = None,
+        *,
+        pricing: Pricing | None = None,
     ) -> None:
+        if pricing is None:
+            if op_time is None or comm_time is None:
+                raise TypeError("Engine needs pricing=... or both op_time and comm_time")
+            pricing = Pricing(op_time, comm_time)
         self.graphs = list(graphs)
-        self.op_time = op_time
-        self.comm_time = comm_time
+        self.pricing = pricing
+        self.simulated = frozenset(g.rank for g in self.graphs)
         self._members: dict[tuple[int, ...], int] = {}  # simulated members per group
+
+    @property
+    def op_time(self) -> Callable[[Op], float]:
+        return self.pricing.op_time
+
+    @property
+    def comm_time(self) -> Callable[[Collective], float]:
+        return self.pricing.comm_time
 
     def run(self, records: bool = True) -> SimResult:
         """Schedule every task: start = max(end of the previous task on its stream, end of
@@ -152,176 +202,197 @@ class Engine:
         by running each stream as far as its inputs are known and parking it on the first
         unknown one (a dependency on another stream, a collective whose members have not
         all arrived). Same times as the SimPy engine (``SimPyEngine``, kept as the
-        reference the tests compare with) at a fraction of the cost per task.
+        reference the tests compare with) at a fraction of the cost per task. Busy time
+        and interval unions are read off the tasks' start and end times afterwards.
         """
-        simulated = {g.rank for g in self.graphs}
-        # Per stream s: its rank's graph index, its task ids, next position, clock.
-        s_graph: list[int] = []
-        s_name: list[Stream] = []
-        s_tids: list[list[int]] = []
-        s_pos: list[int] = []
-        s_clock: list[float] = []
-        per_graph = []
+        run = self._setup()
+        self._schedule(run)
+        self._check_finished(run)
+        return self._collect(run, records)
+
+    def _setup(self) -> _Run:
+        run = _Run()
         for gi, graph in enumerate(self.graphs):
-            tasks = graph.tasks
-            n = len(tasks)
-            by_stream: dict[Stream, list[int]] = {}
-            for task in tasks:
-                by_stream.setdefault(task.stream, []).append(task.id)
+            n = len(graph.tasks)
             slots: dict[tuple[Stream, str], int] = {}
-            slot_of = [0] * n
-            for task in tasks:
-                slot_of[task.id] = slots.setdefault((task.stream, task.label), len(slots))
-            per_graph.append((
-                tasks,
-                self._durations(graph),
-                [None] * n,  # end time per task, once known
-                [None] * n,  # streams parked on a task: None or a list
-                slot_of,
-                slots,
-                [0.0] * len(slots),  # busy seconds per slot
-                [[] for _ in slots],  # busy intervals per slot, flat [s0, e0, s1, e1, ...]
-                [0.0] * n if records else None,  # start time per task, for records
-            ))
-            for stream, tids in by_stream.items():
-                s_graph.append(gi)
-                s_name.append(stream)
-                s_tids.append(tids)
-                s_pos.append(0)
-                s_clock.append(0.0)
-        rendezvous: dict[tuple, list] = {}
-        ready = list(range(len(s_tids)))
-        ready.reverse()  # pop() takes the first stream first
-        pop, push = ready.pop, ready.append
-        members = self._members
-        comm_time = self.comm_time
+            slot_of = [slots.setdefault((t.stream, t.label), len(slots)) for t in graph.tasks]
+            run.slots.append(slots)
+            run.graphs.append(_Graph(graph.tasks, self._durations(graph), [0.0] * n, [None] * n,
+                                     [None] * n, slot_of, [0.0] * len(slots),
+                                     [[] for _ in slots]))
+            by_stream: dict[Stream, list[int]] = {}
+            for task in graph.tasks:
+                by_stream.setdefault(task.stream, []).append(task.id)
+            for tids in by_stream.values():
+                run.s_graph.append(gi)
+                run.s_tids.append(tids)
+                run.s_pos.append(0)
+                run.s_clock.append(0.0)
+        run.ready = list(range(len(run.s_tids)))
+        run.ready.reverse()  # pop() takes the first stream first
+        return run
+
+    def _schedule(self, run: _Run) -> None:
+        """Advance streams until none can move: the engine's hot loop, one pass per task
+        (a collective's rendezvous is ``_arrive``). Each stream runs as far as its inputs
+        are known and parks on the first unknown one. A task's busy interval is merged
+        into its slot's union as it ends: within a stream a task starts no earlier than
+        the previous one ended, so it either extends the slot's last interval or starts
+        a new one."""
+        ready = run.ready
+        pop, extend = ready.pop, ready.extend
+        s_graph, s_tids, s_pos, s_clock = run.s_graph, run.s_tids, run.s_pos, run.s_clock
+        graphs = run.graphs
+        arrive = self._arrive
         while ready:
             s = pop()
-            gi = s_graph[s]
-            (tasks, durations, end, parked, slot_of, _, busy, ivs, begin) = per_graph[gi]
+            tasks, durations, begin, end, parked, slot_of, busy, ivs = graphs[s_graph[s]]
             tids = s_tids[s]
             n = len(tids)
             i = s_pos[s]
             clock = s_clock[s]
             while i < n:
                 tid = tids[i]
-                task = tasks[tid]
                 start = clock
-                blocked = False
-                for d in task.deps:
+                for d in tasks[tid].deps:
                     e = end[d]
                     if e is None:
-                        w = parked[d]
-                        if w is None:
-                            parked[d] = [s]
-                        else:
-                            w.append(s)
-                        blocked = True
+                        _park(parked, d, s)
                         break
-                    if e > start:
-                        start = e
-                if blocked:
-                    break
-                dur = durations[tid]
-                if dur is not None:
-                    stop = start + dur
-                    end[tid] = stop
-                    slot = slot_of[tid]
-                    busy[slot] += stop - start
-                    # merge_interval, inlined: this is the engine's hot loop.
-                    if stop > start:
+                    start = e if e > start else start  # max(), inlined: this runs per task
+                else:
+                    dur = durations[tid]
+                    if dur is None:
+                        # A duration of None marks a collective (``_durations``).
+                        stop = arrive(run, s, tid, tasks[tid].work, start)  # type: ignore[arg-type]
+                        if stop is None:
+                            break  # parked at the rendezvous; the last member moves it on
+                    else:
+                        stop = start + dur
+                        end[tid] = stop
+                        begin[tid] = start
+                        slot = slot_of[tid]
+                        busy[slot] += stop - start
                         iv = ivs[slot]
                         if iv and start <= iv[-1]:
-                            if stop > iv[-1]:
-                                iv[-1] = stop
-                        else:
-                            iv.append(start)
-                            iv.append(stop)
-                    if begin is not None:
-                        begin[tid] = start
-                    w = parked[tid]
-                    if w is not None:
-                        parked[tid] = None
-                        ready.extend(w)
+                            iv[-1] = stop  # start == the slot's last end: extend it
+                        elif stop > start:
+                            iv += (start, stop)
+                        w = parked[tid]
+                        if w is not None:
+                            parked[tid] = None
+                            extend(w)
                     clock = stop
                     i += 1
                     continue
-                # A collective: a rendezvous of its simulated members.
-                work = task.work
-                key = (work.name, work.tag, work.group)
-                state = rendezvous.get(key)
-                if state is None:
-                    expected = members.get(work.group)
-                    if expected is None:
-                        expected = members[work.group] = (
-                            sum(1 for r in work.group if r in simulated) or 1)
-                    state = rendezvous[key] = [[], expected, 0.0]
-                arrived = state[0]
-                arrived.append((s, tid))
-                if start > state[2]:
-                    state[2] = start
-                if len(arrived) < state[1]:
-                    break  # parked here; the last member to arrive moves it on
-                t0 = state[2]
-                t1 = t0 + comm_time(work)
-                for ms, mtid in arrived:
-                    mg = per_graph[s_graph[ms]]
-                    mg[2][mtid] = t1
-                    slot = mg[4][mtid]
-                    mg[6][slot] += t1 - t0
-                    merge_interval(mg[7][slot], t0, t1)
-                    if mg[8] is not None:
-                        mg[8][mtid] = t0
-                    w = mg[3][mtid]
-                    if w is not None:
-                        mg[3][mtid] = None
-                        ready.extend(w)
-                    if ms != s:
-                        s_pos[ms] += 1
-                        s_clock[ms] = t1
-                        push(ms)
-                del rendezvous[key]  # done: a later collective with this key meets anew
-                clock = t1
-                i += 1
+                break  # parked on a dependency
             s_pos[s] = i
             s_clock[s] = clock
-        unfinished = list(rendezvous)
+
+    def _arrive(self, run: _Run, s: int, tid: int, work: Collective, start: float
+                ) -> float | None:
+        """Stream ``s`` reaches collective ``tid`` at ``start``. Returns its end when this
+        was the last simulated member to arrive (every member then ends at the same time
+        and the other members' streams move on), else None."""
+        rendezvous = run.rendezvous
+        key = (work.name, work.tag, work.group)
+        state = rendezvous.get(key)
+        if state is None:
+            state = rendezvous[key] = [[], self._expected(work.group), 0.0]
+        arrived = state[0]
+        arrived.append((s, tid))
+        if start > state[2]:
+            state[2] = start
+        if len(arrived) < state[1]:
+            return None
+        t0 = state[2]
+        t1 = t0 + self.pricing.comm_time(work)
+        graphs, s_graph, ready = run.graphs, run.s_graph, run.ready
+        for ms, mtid in arrived:
+            _, _, begin, end, parked, slot_of, busy, ivs = graphs[s_graph[ms]]
+            end[mtid] = t1
+            begin[mtid] = t0
+            slot = slot_of[mtid]
+            busy[slot] += t1 - t0
+            merge_interval(ivs[slot], t0, t1)
+            w = parked[mtid]
+            if w is not None:
+                parked[mtid] = None
+                ready.extend(w)
+            if ms != s:
+                run.s_pos[ms] += 1
+                run.s_clock[ms] = t1
+                ready.append(ms)
+        del rendezvous[key]  # done: a later collective with this key meets anew
+        return t1
+
+    def _check_finished(self, run: _Run) -> None:
+        unfinished = list(run.rendezvous)
         if unfinished:
             raise RuntimeError(f"deadlock: collectives never completed: {unfinished[:3]}")
-        if any(s_pos[s] < len(s_tids[s]) for s in range(len(s_tids))):
+        if any(pos < len(tids) for pos, tids in zip(run.s_pos, run.s_tids, strict=True)):
             raise RuntimeError("deadlock: a stream waits for a task that never runs")
+
+    def _collect(self, run: _Run, records: bool) -> SimResult:
+        """The result: makespan, busy time and interval unions per (rank, stream, label),
+        and the records when asked (built once, in (rank, task) order)."""
         makespan = 0.0
         busy_s: dict[tuple[int, str], float] = {}
         by_label: dict[tuple[int, str, str], float] = {}
         intervals: dict[tuple[int, str, str], list[tuple[float, float]]] = {}
-        for graph, pg in zip(self.graphs, per_graph, strict=True):
-            for e in pg[2]:
-                if e is not None and e > makespan:
-                    makespan = e
-            for (stream, label), slot in pg[5].items():
-                busy_s[(graph.rank, stream)] = busy_s.get((graph.rank, stream), 0.0) + pg[6][slot]
-                by_label[(graph.rank, stream, label)] = pg[6][slot]
-                iv = pg[7][slot]
-                intervals[(graph.rank, stream, label)] = list(zip(iv[::2], iv[1::2], strict=True))
         keep: list[Record] = []
-        if records:  # built once at the end, in (rank, task) order
-            for graph, pg in zip(self.graphs, per_graph, strict=True):
-                rank, begin, end = graph.rank, pg[8], pg[2]
+        for graph, g, slots in zip(self.graphs, run.graphs, run.slots, strict=True):
+            rank = graph.rank
+            makespan = max(makespan, max(g.end, default=0.0))  # type: ignore[type-var]
+            for (stream, label), slot in slots.items():
+                busy = g.busy[slot]
+                iv = g.ivs[slot]
+                busy_s[(rank, stream)] = busy_s.get((rank, stream), 0.0) + busy
+                by_label[(rank, stream, label)] = busy
+                intervals[(rank, stream, label)] = list(zip(iv[::2], iv[1::2], strict=True))
+            if records:
                 keep.extend([Record(rank, t.stream, t.id, t.work.name, _kind_of(t.work),
-                                    t.label, begin[t.id], end[t.id]) for t in graph.tasks])
-        return SimResult(makespan, keep, sorted(simulated), busy_s, by_label, intervals)
+                                    t.label, g.begin[t.id], g.end[t.id] or 0.0)
+                             for t in g.tasks])
+        return SimResult(makespan, keep, sorted(self.simulated), busy_s, by_label, intervals)
+
+    def _expected(self, group: tuple[int, ...]) -> int:
+        """Simulated members of a collective's group (at least one: members outside the
+        simulation are assumed symmetric)."""
+        expected = self._members.get(group)
+        if expected is None:
+            simulated = self.simulated
+            expected = self._members[group] = sum(1 for r in group if r in simulated) or 1
+        return expected
 
     def _durations(self, graph: RankGraph) -> list[float | None]:
+        """Each task's duration from the pricing (``Pricing.duration``, dispatched here
+        per work type: this runs once per task); None for a collective that meets other
+        simulated members (priced at its rendezvous). A collective with no other
+        simulated member needs no rendezvous: it takes a fixed duration."""
+        pricing = self.pricing
+        op_time, segment_time, comm = pricing.op_time, pricing.segment_time, pricing.comm_time
         out: list[float | None] = []
         for task in graph.tasks:
             work = task.work
             if isinstance(work, Op):
-                out.append(self.op_time(work))
+                out.append(op_time(work))
+            elif isinstance(work, Segment):
+                out.append(segment_time(work))
             elif isinstance(work, Delay):
                 out.append(work.seconds)
             else:
-                out.append(None)  # collectives are priced at their rendezvous
+                out.append(comm(work) if self._expected(work.group) <= 1 else None)
         return out
+
+
+def _park(parked: list[list[int] | None], tid: int, stream: int) -> None:
+    """Stream ``stream`` waits for task ``tid`` to end."""
+    w = parked[tid]
+    if w is None:
+        parked[tid] = [stream]
+    else:
+        w.append(stream)
 
 
 class SimPyEngine(Engine):
@@ -395,23 +466,8 @@ class SimPyEngine(Engine):
                              records)
                 i += 1
                 continue
-            t = env.now
-            run_end = i
-            while True:
-                tid = tids[run_end]
-                end = t + durations[tid]
-                append(Record(rank, stream, tid, *meta[tid], t, end))
-                t = end
-                run_end += 1
-                if watched[tid] or run_end >= n:
-                    break  # another stream must see this task finish at its real time
-                finished[tid] = end  # only this stream reads it
-                nxt = tasks[tids[run_end]]
-                if isinstance(nxt.work, Collective) or any(
-                    tasks[d].stream != stream and (finished[d] is None or finished[d] > env.now)
-                    for d in nxt.deps
-                ):
-                    break
+            run_end, t = self._coalesce(env, graph, stream, tids, i, durations, meta, watched,
+                                        finished, append)
             if t > env.now:
                 yield env.timeout(t - env.now)
             last = tids[run_end - 1]
@@ -420,6 +476,32 @@ class SimPyEngine(Engine):
             if ev is not None:
                 ev.succeed()
             i = run_end
+
+    @staticmethod
+    def _coalesce(env, graph, stream, tids, i, durations, meta, watched, finished, append
+                  ) -> tuple[int, float]:
+        """Record the run of ops from position ``i`` that can advance with one timeout;
+        returns the position after the run and its end time."""
+        tasks, rank = graph.tasks, graph.rank
+        n = len(tids)
+        t = env.now
+        run_end = i
+        while True:
+            tid = tids[run_end]
+            end = t + durations[tid]
+            append(Record(rank, stream, tid, *meta[tid], t, end))
+            t = end
+            run_end += 1
+            if watched[tid] or run_end >= n:
+                break  # another stream must see this task finish at its real time
+            finished[tid] = end  # only this stream reads it
+            nxt = tasks[tids[run_end]]
+            if isinstance(nxt.work, Collective) or any(
+                tasks[d].stream != stream and (finished[d] is None or finished[d] > env.now)
+                for d in nxt.deps
+            ):
+                break
+        return run_end, t
 
     @staticmethod
     def _watched(graph: RankGraph) -> list[bool]:

@@ -28,7 +28,6 @@ FUNCTION_ALLOWLIST = {
     "sim/attention_model.py::fast_attention_cost",
     "sim/cli/disagg.py::serve_disaggregated",
     "sim/cli/infer.py::run",
-    "sim/engine.py::Engine.run",
     "sim/network/analytical.py::_uniform_a2a",
     "sim/network/ep.py::dispatch_phases",
     "sim/parallel.py::validate_plan",

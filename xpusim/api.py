@@ -23,6 +23,7 @@ from xpusim.sim.api.ep import EpRequest, EpResult, EpSweepResult, ep, ep_sweep
 from xpusim.sim.api.explore import ExploreRequest, ExploreResult, explore
 from xpusim.sim.api.train import TrainRequest, TrainResult, train
 from xpusim.sim.api.validate import ValidateRequest, ValidateResult, validate
+from xpusim.sim.api.whatif import WhatIfRequest, WhatIfResult, whatif
 from xpusim.sim.errors import InputError, NegativeVerdict, ProfileError
 
 __all__ = [
@@ -51,4 +52,7 @@ __all__ = [
     "ValidateRequest",
     "ValidateResult",
     "validate",
+    "WhatIfRequest",
+    "WhatIfResult",
+    "whatif",
 ]

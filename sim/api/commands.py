@@ -30,7 +30,7 @@ class ApiCommand:
 COMMANDS: dict[str, ApiCommand] = {
     "train": ApiCommand("train", "TrainRequest", "train"),
     "infer": ApiCommand("infer", "InferRequest", "infer"),
-    "serve": ApiCommand("infer", "ServeRequest", "serve"),
+    "serve": ApiCommand("serve", "ServeRequest", "serve"),
     "sd": ApiCommand("sd", "SdRequest", "sd"),
     "ep": ApiCommand("ep", "EpRequest", "ep"),
     "collective": ApiCommand("collective", "CollectiveRequest", "collective"),
@@ -50,6 +50,15 @@ def api_command(name: str) -> tuple[type, Callable[..., Any]]:
         raise InputError(f"unknown command {name!r}; commands: {', '.join(COMMANDS)}")
     module = importlib.import_module(f"xpusim.sim.api.{entry.module}")
     return getattr(module, entry.request), getattr(module, entry.function)
+
+
+def command_for_request(request: Any) -> str:
+    """The command whose request ``request`` is (``TrainRequest`` -> "train")."""
+    for name, entry in COMMANDS.items():
+        cls = type(request)
+        if cls.__name__ == entry.request and cls.__module__ == f"xpusim.sim.api.{entry.module}":
+            return name
+    raise InputError(f"{type(request).__name__} is not the request of an xpusim command")
 
 
 def command_name(command: str, args: Mapping[str, Any]) -> str:

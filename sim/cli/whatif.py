@@ -1,21 +1,17 @@
-"""``xpusim whatif SAVED.toml --vary FIELD=V1,V2``: hardware/model sensitivity of a saved command."""
+"""``xpusim whatif SAVED.toml --vary FIELD=V1,V2``: hardware/model sensitivity of a saved command.
+
+Parse -> ``WhatIfRequest`` -> ``xpusim.sim.api.whatif`` -> render (the elasticity table).
+"""
 
 from __future__ import annotations
 
 import argparse
-import math
-import sys
+from dataclasses import replace
 from pathlib import Path
 
-from tqdm import tqdm
-from xpusim.sim.report import (
-    check_output_args,
-    emit_json,
-    table,
-    write_csv,
-)
-from xpusim.sim.studies import plots
-from xpusim.sim.studies.whatif import load_saved, parse_vary, run_whatif
+from xpusim.sim.api.base import request_from_args
+from xpusim.sim.api.whatif import EXECUTORS, WhatIfRequest, WhatIfResult, whatif
+from xpusim.sim.report import emit_json, table
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,18 +20,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--vary",
         action="append",
-        default=[],
         metavar="FIELD=V1,V2,...",
         help="e.g. device.hbm_bandwidth=0.5x,1x,2x; system.inter_node_bandwidth=..., "
-        "model.hidden=...; repeatable",
+        "model.hidden=...; repeatable (default: the file's whatif.vary)",
     )
     p.add_argument(
         "--metric",
         help="result field to study (train: tokens_per_s, mfu, step_time_s; ep: total_time_s; "
         "infer: tokens_per_s, time_s; sd: peak_speedup, peak_target_efficiency, peak_batch)",
     )
-    p.add_argument("--jobs", type=int, default=1)
-    p.add_argument("--executor", choices=("local", "ray"), default="local")
+    p.add_argument("--jobs", type=int, help="parallel workers (default 1)")
+    p.add_argument("--executor", choices=EXECUTORS, help="local (default) or ray")
     p.add_argument("--address", help="Ray cluster address (auto or HOST:PORT)")
     p.add_argument("--plot", help="tornado plot path (default out/whatif/<name>_tornado.png)")
     p.add_argument("--csv", help="write every evaluated point as CSV")
@@ -44,35 +39,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    check_output_args(args)
-    saved = load_saved(args.saved)
-    texts = args.vary or list(saved.vary)
-    variations = [parse_vary(t) for t in texts]
-    total = 1 + sum(len(v.values) for v in variations)
-    bar = tqdm(total=total, desc="what-if points", file=sys.stderr, leave=False, dynamic_ncols=True)
-    try:
-        result = run_whatif(
-            saved,
-            variations,
-            args.metric,
-            args.executor,
-            args.jobs,
-            args.address,
-            on_result=lambda i, r: bar.update(1),
-        )
-    finally:
-        bar.close()
-    name = Path(args.saved).stem
-    plot = Path(args.plot) if args.plot else Path("out") / "whatif" / f"{name}_tornado.png"
-    ok = [s for s in result.sensitivity if not math.isnan(s["elasticity"])]
-    files = {}
-    if ok:
-        files["tornado"] = str(plots.tornado(ok, result.metric, result.base_metric, plot))
-    if args.csv:
-        files["csv"] = str(write_csv(args.csv, result.points))
+    request = request_from_args(WhatIfRequest, args)
+    if args.vary:
+        request = replace(request, vary=tuple(args.vary))
+    result = whatif(replace(request, progress=True))  # the bar is on stderr, also under --json
     if args.json:
-        emit_json({**result.as_dict(), "files": files})
+        emit_json(result.as_dict())
         return 0
+    _print(result, Path(args.saved).stem)
+    return 0
+
+
+def _print(result: WhatIfResult, name: str) -> None:
     m = result.metric
     base = result.base_metric
     shown = f"{base:,.0f}" if abs(base) >= 1e4 else f"{base:.4g}"
@@ -93,6 +71,5 @@ def run(args: argparse.Namespace) -> int:
     for p in result.points:
         if p["error"]:
             print(f"  {p['field']}={p['value']}: {p['error']}")
-    for path in files.values():
+    for path in result.files.values():
         print(f"wrote {path}")
-    return 0

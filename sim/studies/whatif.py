@@ -3,8 +3,8 @@
 A *saved command* is a TOML file holding one ``xpusim`` command and its arguments::
 
     command = "train"          # or "ep", "infer" (one prefill/decode step), "sd"
-    [args]                     # train: model, system, nodes + any ParallelPlan field
-    model = "pangu-ultra-moe"  # ep, infer, sd: the command's long options, underscores for dashes
+    [args]                     # the command's flags: `tp = 8` is --tp 8,
+    model = "pangu-ultra-moe"  # `no-sequence-parallel = true` is --no-sequence-parallel
     system = "atlas-800t-a2"
     nodes = 768
     tp = 8
@@ -12,6 +12,12 @@ A *saved command* is a TOML file holding one ``xpusim`` command and its argument
     [whatif]                   # optional defaults for `xpusim whatif`
     metric = "tokens_per_s"
     vary = ["device.hbm_bandwidth=0.5x,1x,2x"]
+
+The ``[args]`` are read into the command's request (``TrainRequest``, ``EpRequest``, ...:
+``xpusim.sim.api``) as the command line reads its flags, unknown keys refused by name
+with the file; a point of the study is that request with the varied ``System`` and
+``ModelSpec`` objects in place of their names, run through the command's study function.
+No command line is built or parsed.
 
 A *variation* ``FIELD=V1,V2,...`` names a field by a dotted path — ``device.*``
 (``xpusim.hwprofiles.spec.Device``, incl. ``device.efficiency.*`` and dict entries such as
@@ -39,7 +45,8 @@ from typing import Any
 
 from xpusim.hwprofiles import load_system
 from xpusim.hwprofiles.spec import System
-from xpusim.sim.api.base import request_from_flags, request_from_mapping
+from xpusim.sim.api.base import request_from_flags
+from xpusim.sim.api.commands import api_command, command_for_request
 from xpusim.sim.api.ep import EpRequest, ep
 from xpusim.sim.api.train import TrainRequest, train
 from xpusim.sim.cli import infer as infer_cli
@@ -63,6 +70,8 @@ from xpusim.sim.studies.executors import run_tasks
 from xpusim.sim.tomlfile import read_toml
 
 COMMANDS = ("train", "ep", "infer", "sd")
+# The system of a saved command that names none (train's and ep's default).
+DEFAULT_SYSTEM = "atlas-800t-a2"
 SYSTEM_ALIASES = {
     "system.intra_node_bandwidth": "system.intra_link.bandwidth",
     "system.intra_node_latency": "system.intra_link.latency",
@@ -81,11 +90,15 @@ DEFAULT_METRIC = {
 
 @dataclass(frozen=True)
 class SavedCommand:
+    """One command to study: its name, its ``[args]`` as written (flag names) and the
+    command's request read from them."""
+
     command: str
     args: dict[str, Any]
     metric: str
     vary: tuple[str, ...]
     path: str = ""
+    request: Any = None  # the command's request (TrainRequest, ...) read from ``args``
 
 
 def load_saved(path: str | Path) -> SavedCommand:
@@ -109,6 +122,37 @@ def load_saved(path: str | Path) -> SavedCommand:
         wi.get("metric", DEFAULT_METRIC[command]),
         tuple(wi.get("vary", ())),
         str(path),
+        read_request(command, args, f"{path}: args"),
+    )
+
+
+def read_request(command: str, args: dict[str, Any], where: str) -> Any:
+    """The command's request from its flags (``where`` starts every message)."""
+    if command == "infer" and args.get("serve"):
+        raise InputError(f"{where}: whatif runs single infer steps; drop 'serve'")
+    try:
+        cls, _ = api_command(command)
+    except (ImportError, AttributeError):
+        return None  # transitional: the command's study is not in the api yet
+    return request_from_flags(cls, args, where)
+
+
+def saved_from_request(request: Any, metric: str | None = None) -> SavedCommand:
+    """A request (``TrainRequest``, ``EpRequest``, ...) as the command to study; its
+    non-default fields stand for the saved ``[args]``."""
+    command = command_for_request(request)
+    if command not in COMMANDS:
+        raise InputError(
+            f"whatif studies {', '.join(COMMANDS)}; got a {type(request).__name__}"
+        )
+    args = {
+        f.name: getattr(request, f.name)
+        for f in fields(request)
+        if getattr(request, f.name) != f.default
+    }
+    # No file: messages name the request type where they would name the file.
+    return SavedCommand(
+        command, args, metric or DEFAULT_METRIC[command], (), type(request).__name__, request
     )
 
 
@@ -218,27 +262,41 @@ class Point:
     spec: ModelSpec | None
 
 
+def _saved_value(saved: SavedCommand, key: str) -> Any:
+    """A field of the saved request (its default when the file does not set it)."""
+    if saved.request is not None and key in {f.name for f in fields(saved.request)}:
+        return getattr(saved.request, key)
+    return saved.args.get(key)  # transitional: a command without a request yet
+
+
 def base_inputs(saved: SavedCommand) -> tuple[System, ModelSpec | None]:
-    a = saved.args
-    system_name = a.get("system", "atlas-800t-a2")
-    nodes = a.get("nodes")
-    if nodes is not None:
-        nodes = check_int(nodes, f"{saved.path}: args.nodes", 1, MAX_RANKS)
-    if nodes is None and saved.command == "train":
-        # As `xpusim train`: enough nodes for the plan's tp x cp x pp x dp devices.
-        per_node = load_system(system_name).devices_per_node
-        world = 1
-        for key, default in (("tp", 1), ("cp", 1), ("pp", 1), ("dp", 1)):
-            value = a.get(key, default)
-            world *= max(int(value), 1) if isinstance(value, int | float) else 1
-        nodes = max(1, -(-world // per_node))
-    system = load_system(system_name, nodes=nodes)
+    """The System and ModelSpec the saved command runs on: the objects variations change."""
+    system = _base_system(saved)
     # The model that `model.*` variations change: sd's target, the other commands' model.
     key = "target" if saved.command == "sd" else "model"
-    spec = load_model(a[key]) if a.get(key) else None
+    model = _saved_value(saved, key)
+    spec = model if isinstance(model, ModelSpec) else load_model(model) if model else None
     if saved.command in ("train", "infer", "sd") and spec is None:
         raise InputError(f"{saved.path}: args.{key} is required for command = '{saved.command}'")
     return system, spec
+
+
+def _base_system(saved: SavedCommand) -> System:
+    given = _saved_value(saved, "system") or DEFAULT_SYSTEM
+    nodes = _saved_value(saved, "nodes")
+    if nodes is not None:
+        nodes = check_int(nodes, f"{saved.path}: args.nodes", 1, MAX_RANKS)
+    if isinstance(given, System):
+        return given
+    if nodes is None and saved.command == "train":
+        # As `xpusim train`: enough nodes for the plan's tp x cp x pp x dp devices.
+        per_node = load_system(given).devices_per_node
+        world = 1
+        for key in ("tp", "cp", "pp", "dp"):
+            value = _saved_value(saved, key)
+            world *= max(int(value), 1) if isinstance(value, int | float) else 1
+        nodes = max(1, -(-world // per_node))
+    return load_system(given, nodes=nodes)
 
 
 def vary_point(base: Point, field_path: str, value: str, name: str) -> tuple[Point, float]:
@@ -260,13 +318,8 @@ def vary_point(base: Point, field_path: str, value: str, name: str) -> tuple[Poi
 
 def train_request(point: Point) -> TrainRequest:
     """The request `xpusim train` runs for the saved arguments, with the point's (varied)
-    ModelSpec and System in place of their names."""
-    args = {k: v for k, v in point.saved.args.items() if k not in ("nodes", "system", "model")}
-    return request_from_mapping(
-        TrainRequest,
-        {**args, "model": point.spec, "system": point.system},
-        f"{point.saved.path}: args",
-    )
+    ModelSpec and System in place of their names (the System carries the node count)."""
+    return replace(point.saved.request, model=point.spec, system=point.system, nodes=None)
 
 
 def _train_result(point: Point) -> dict[str, Any]:
@@ -405,8 +458,10 @@ def elasticity(multipliers: list[float], metrics: list[float]) -> float:
     return sum((x - mx) * (y - my) for x, y in pts) / sxx
 
 
-@dataclass
-class WhatIfResult:
+@dataclass(frozen=True)
+class WhatIfSweep:
+    """The evaluated points and the elasticity of the metric to each varied field."""
+
     command: str
     metric: str
     base_metric: float
@@ -428,19 +483,10 @@ def _metric(result: dict[str, Any], metric: str) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
-def run_whatif(
-    saved: SavedCommand,
-    variations: list[Variation],
-    metric: str | None = None,
-    executor: str = "local",
-    jobs: int = 1,
-    address: str | None = None,
-    on_result: Callable[[int, dict], None] | None = None,
-) -> WhatIfResult:
-    """Evaluate the base point and every one-at-a-time variation; elasticities per field."""
-    metric = metric or saved.metric
-    if not variations:
-        raise InputError("give at least one --vary FIELD=V1,V2,... (or whatif.vary in the file)")
+def sweep_points(
+    saved: SavedCommand, variations: list[Variation]
+) -> tuple[list[Point], list[tuple[str, str, float]]]:
+    """The base point then each varied point, and each one's (field, value, multiplier)."""
     system, spec = base_inputs(saved)
     base = Point(saved, system, spec)
     points: list[Point] = [base]
@@ -452,6 +498,23 @@ def run_whatif(
                 continue  # the base point itself
             points.append(point)
             labels.append((var.label, value, m))
+    return points, labels
+
+
+def run_whatif(
+    saved: SavedCommand,
+    variations: list[Variation],
+    metric: str | None = None,
+    executor: str = "local",
+    jobs: int = 1,
+    address: str | None = None,
+    on_result: Callable[[int, dict], None] | None = None,
+) -> WhatIfSweep:
+    """Evaluate the base point and every one-at-a-time variation; elasticities per field."""
+    metric = metric or saved.metric
+    if not variations:
+        raise InputError("give at least one --vary FIELD=V1,V2,... (or whatif.vary in the file)")
+    points, labels = sweep_points(saved, variations)
     results = run_tasks(evaluate, points, executor, jobs, address, on_result)
     base_value = _metric(results[0], metric)
     if base_value is None:
@@ -459,35 +522,37 @@ def run_whatif(
             k for k, v in results[0].items() if isinstance(v, int | float)
         )
         raise InputError(f"base point: {err}")
-    rows = []
-    for (name, value, m), res in zip(labels, results, strict=True):
-        rows.append(
-            {
-                "field": name,
-                "value": value,
-                "multiplier": m,
-                metric: _metric(res, metric),
-                "error": res.get("error"),
-                "oom": res.get("oom"),
-            }
-        )
-    sensitivity = []
-    for var in variations:
-        mine = [r for r in rows if r["field"] == var.label and r[metric] is not None]
-        mults = [1.0] + [r["multiplier"] for r in mine]
-        values = [base_value] + [r[metric] for r in mine]
-        lo = min(range(len(mults)), key=lambda i: mults[i])
-        hi = max(range(len(mults)), key=lambda i: mults[i])
-        sensitivity.append(
-            {
-                "field": var.label,
-                "path": var.field,
-                "elasticity": elasticity(mults, values),
-                "low_label": f"{mults[lo]:g}x",
-                "high_label": f"{mults[hi]:g}x",
-                "low_metric": values[lo],
-                "high_metric": values[hi],
-                "errors": sum(1 for r in rows if r["field"] == var.label and r["error"]),
-            }
-        )
-    return WhatIfResult(saved.command, metric, base_value, rows, sensitivity)
+    rows = [
+        {
+            "field": name,
+            "value": value,
+            "multiplier": m,
+            metric: _metric(res, metric),
+            "error": res.get("error"),
+            "oom": res.get("oom"),
+        }
+        for (name, value, m), res in zip(labels, results, strict=True)
+    ]
+    sensitivity = [_sensitivity(var, rows, metric, base_value) for var in variations]
+    return WhatIfSweep(saved.command, metric, base_value, rows, sensitivity)
+
+
+def _sensitivity(
+    var: Variation, rows: list[dict[str, Any]], metric: str, base_value: float
+) -> dict[str, Any]:
+    """One varied field: its elasticity and the metric at its lowest and highest value."""
+    mine = [r for r in rows if r["field"] == var.label and r[metric] is not None]
+    mults = [1.0] + [r["multiplier"] for r in mine]
+    values = [base_value] + [r[metric] for r in mine]
+    lo = min(range(len(mults)), key=lambda i: mults[i])
+    hi = max(range(len(mults)), key=lambda i: mults[i])
+    return {
+        "field": var.label,
+        "path": var.field,
+        "elasticity": elasticity(mults, values),
+        "low_label": f"{mults[lo]:g}x",
+        "high_label": f"{mults[hi]:g}x",
+        "low_metric": values[lo],
+        "high_metric": values[hi],
+        "errors": sum(1 for r in rows if r["field"] == var.label and r["error"]),
+    }

@@ -21,6 +21,7 @@ from xpusim.sim.api.collective import (
 )
 from xpusim.sim.api.ep import EpRequest, EpResult, EpSweepResult, ep, ep_sweep
 from xpusim.sim.api.explore import ExploreRequest, ExploreResult, explore
+from xpusim.sim.api.op import OpRequest, OpResult, op
 from xpusim.sim.api.train import TrainRequest, TrainResult, train
 from xpusim.sim.api.validate import ValidateRequest, ValidateResult, validate
 from xpusim.sim.api.whatif import WhatIfRequest, WhatIfResult, whatif
@@ -43,6 +44,9 @@ __all__ = [
     "InputError",
     "NegativeVerdict",
     "ProfileError",
+    "OpRequest",
+    "OpResult",
+    "op",
     "ExploreRequest",
     "ExploreResult",
     "explore",

@@ -13,9 +13,9 @@ import argparse
 from dataclasses import dataclass
 from typing import Any
 
-from xpusim.hwprofiles import load_device, load_system
+from xpusim.hwprofiles import load_system
 from xpusim.hwprofiles.spec import Device, System
-from xpusim.sim.api.base import as_json_dict, request_from_kwargs
+from xpusim.sim.api.base import as_json_dict, request_from_kwargs, resolve_device
 from xpusim.sim.attention_model import compare, tiling_allreduce_cost
 from xpusim.sim.errors import InputError
 from xpusim.sim.limits import MAX_SEQ, check_int, check_namespace
@@ -87,7 +87,7 @@ def attention(request: AttentionRequest | None = None, /, **kwargs: Any) -> Atte
     """Blockwise vs standard attention at each sequence length (and tiling-AllReduce)."""
     req = request_from_kwargs(AttentionRequest, request, kwargs, "xpusim.attention")
     _check(req)
-    device = _device(req.device, req.calibration)
+    device = resolve_device(req.device, req.calibration)
     if req.tp < 1:
         raise InputError("--tp must be >= 1")
     sync_s = None if req.sync_us is None else req.sync_us * 1e-6
@@ -142,17 +142,6 @@ def _check(req: AttentionRequest) -> None:
         )
     if req.sync_us is not None and req.sync_us < 0:
         raise InputError("--sync-us must be >= 0")
-
-
-def _device(device: str | Device, calibration: str | None) -> Device:
-    if isinstance(device, Device):
-        if calibration is not None:
-            raise InputError(
-                "calibration applies to a device given by name; pass the device's name "
-                "with it, or a Device already calibrated"
-            )
-        return device
-    return load_device(device, calibration=calibration)
 
 
 def _int_list(value: str | tuple[int, ...], flag: str) -> list[int]:

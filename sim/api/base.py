@@ -16,12 +16,15 @@ prints before exiting with status 3.
 from __future__ import annotations
 
 import argparse
+import keyword
 import types
 import typing
 from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any, TypeVar
 
+from xpusim.hwprofiles import load_device
+from xpusim.hwprofiles.spec import Device
 from xpusim.sim.errors import InputError
 from xpusim.sim.limits import check_namespace
 from xpusim.sim.report import json_document
@@ -54,7 +57,7 @@ def request_from_mapping(cls: type[R], values: Mapping[str, Any], where: str) ->
     """A request from a mapping (keyword arguments, a saved command's ``[args]`` table);
     dashes in keys read as underscores, like the flags. Unknown keys are refused by name."""
     known = field_names(cls)
-    normalised = {str(k).replace("-", "_"): v for k, v in values.items()}
+    normalised = {field_name(k): v for k, v in values.items()}
     unknown = sorted(k for k in normalised if k not in known)
     if unknown:
         raise InputError(
@@ -62,6 +65,13 @@ def request_from_mapping(cls: type[R], values: Mapping[str, Any], where: str) ->
             f"{', '.join(repr(u) for u in unknown)}; known: {', '.join(known)}"
         )
     return cls(**normalised)
+
+
+def field_name(key: object) -> str:
+    """A flag or key as a request field: dashes read as underscores, and a Python keyword
+    takes a trailing underscore as its field must (``pass`` -> ``pass_``)."""
+    name = str(key).replace("-", "_")
+    return name + "_" if keyword.iskeyword(name) else name
 
 
 def request_from_flags(cls: type[R], values: Mapping[str, Any], where: str) -> R:
@@ -81,7 +91,7 @@ def request_from_flags(cls: type[R], values: Mapping[str, Any], where: str) -> R
     hints = typing.get_type_hints(cls)
     given: dict[str, Any] = {}
     for key, value in values.items():
-        name = str(key).replace("-", "_")
+        name = field_name(key)
         negated = name.removeprefix("no_")
         if name not in hints and negated != name and bool in _accepted(hints.get(negated)):
             if value is True:
@@ -156,3 +166,16 @@ def request_from_args(cls: type[R], args: argparse.Namespace) -> R:
 def as_json_dict(payload: dict[str, Any]) -> dict[str, Any]:
     """What the command prints with ``--json`` for ``payload``."""
     return json_document(payload)
+
+
+def resolve_device(device: str | Device, calibration: str | None) -> Device:
+    """A ``device`` field as a Device: a name or profile path is loaded (with the
+    ``calibration`` overlay, if any); a Device is used as it is."""
+    if isinstance(device, Device):
+        if calibration is not None:
+            raise InputError(
+                "calibration applies to a device given by name; pass the device's name "
+                "with it, or a Device already calibrated"
+            )
+        return device
+    return load_device(device, calibration=calibration)

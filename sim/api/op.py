@@ -1,0 +1,237 @@
+"""``op``: the predicted time of one op on one device, with its breakdown.
+
+An op is a GEMM, a fused (flash) attention call, a pointwise op or a 2-D convolution
+(``kind``, the command's KIND). GEMM, pointwise and convolution are priced by the
+roofline cost model; attention by its implementation (``impl``, sim/cost/attention_impl.py)
+for the pass asked for, its FLOPs and achieved TFLOP/s counted as the FlashAttention
+papers count them.
+
+Each kind has its own fields; a field of another kind must be left out (``None``). The
+per-kind defaults live in ``KIND_FIELDS`` and nowhere else.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from xpusim.hwprofiles.spec import Device
+from xpusim.sim import ops
+from xpusim.sim.api.base import as_json_dict, request_from_kwargs, resolve_device
+from xpusim.sim.cost import OpCost, RooflineModel
+from xpusim.sim.cost.attention_impl import PASSES, attention_cost, default_impl, shape_of
+from xpusim.sim.errors import InputError
+from xpusim.sim.ir import Op, shape_dict
+from xpusim.sim.limits import check_namespace
+
+KINDS = ("gemm", "attention", "elementwise", "conv2d")
+REQUIRED = "required"  # a KIND_FIELDS default: the field must be given
+# Each kind's fields and their defaults (None: derived, as OpRequest's comments say).
+KIND_FIELDS: dict[str, dict[str, Any]] = {
+    "gemm": {"m": REQUIRED, "n": REQUIRED, "k": REQUIRED, "batch": 1, "dtype": "bf16"},
+    "attention": {
+        "batch": 1, "heads": 32, "kv_heads": None, "seq": REQUIRED, "kv_len": None,
+        "head_dim": 128, "causal": False, "impl": None, "pass_": "fwd", "dtype": "bf16",
+    },
+    "elementwise": {"numel": REQUIRED, "flops_per_element": 1.0, "inputs": 1, "dtype": "bf16"},
+    "conv2d": {
+        "batch": 1, "in_ch": REQUIRED, "out_ch": REQUIRED, "height": REQUIRED,
+        "width": REQUIRED, "kernel": 3, "stride": 1, "dtype": "fp32",
+    },
+}  # fmt: skip
+FLOAT_FIELDS = ("numel", "flops_per_element")  # read as floats, as the flags parse them
+# FLOPs and bytes of a pass relative to the forward (the FlashAttention papers' count).
+PASS_FACTOR = {"fwd": 1.0, "bwd": 2.5, "fwd_bwd": 3.5}
+
+
+@dataclass(frozen=True)
+class OpRequest:
+    """``xpusim op KIND``'s argument and flags as data; ``None``: the kind's default
+    (``KIND_FIELDS``), or not a field of this kind."""
+
+    kind: str | None = None  # required: gemm | attention | elementwise | conv2d
+    # A device name or profile path, or a Device (its calibration, if any, included).
+    device: str | Device = "h100-sxm5-80gb"
+    calibration: str | None = None  # calibration overlay TOML (with a device name)
+    dtype: str | None = None  # default bf16 (conv2d: fp32)
+    # gemm: C[batch, m, n] = A[batch, m, k] @ B[batch, k, n]
+    m: int | None = None
+    n: int | None = None
+    k: int | None = None
+    batch: int | None = None  # gemm, attention, conv2d; default 1
+    # attention
+    heads: int | None = None  # default 32
+    kv_heads: int | None = None  # default: heads
+    seq: int | None = None  # query length (required)
+    kv_len: int | None = None  # default: seq
+    head_dim: int | None = None  # default 128
+    causal: bool | None = None  # default False
+    impl: str | None = None  # default: the device's (docs/attention.md)
+    pass_: str | None = None  # --pass: fwd (default), bwd or fwd_bwd
+    # elementwise
+    numel: float | None = None  # required
+    flops_per_element: float | None = None  # default 1
+    inputs: int | None = None  # input tensors; default 1
+    # conv2d (implicit GEMM)
+    in_ch: int | None = None
+    out_ch: int | None = None
+    height: int | None = None
+    width: int | None = None
+    kernel: int | None = None  # default 3
+    stride: int | None = None  # default 1
+
+
+@dataclass(frozen=True)
+class OpResult:
+    """One priced op; ``as_dict()`` is ``xpusim op KIND --json``."""
+
+    kind: str
+    device: str  # the device's name
+    dtype: str
+    time_s: float
+    bound: str  # compute | memory | overhead
+    flops: float  # of the pass (attention: its FlashAttention-count multiple of the forward)
+    achieved_flops: float  # flops / time_s
+    peak_flops: float  # the device's peak for the op's unit and dtype
+    fraction_of_peak: float
+    roofline_time_s: float  # max(flops / peak, bytes / HBM bandwidth)
+    op: Op  # the op priced (attention: FLOPs and bytes of the pass)
+    cost: OpCost  # compute, memory and overhead terms
+    impl: str | None = None  # attention only: the implementation priced
+    pass_: str | None = None  # attention only
+    paper_flops: float | None = None  # attention only: the papers' FLOP count of the pass
+    achieved_tflops: float | None = None  # attention only: paper_flops / time_s / 1e12
+
+    def as_dict(self) -> dict[str, Any]:
+        payload = {
+            "op": self.kind,
+            "device": self.device,
+            "dtype": self.dtype,
+            "shape": shape_dict(self.op.shape),
+            "flops": self.flops,
+            "bytes": dict(self.op.bytes),
+            **self.cost.as_dict(),
+            "achieved_flops": self.achieved_flops,
+            "peak_flops": self.peak_flops,
+            "fraction_of_peak": self.fraction_of_peak,
+            "roofline_time_s": self.roofline_time_s,
+        }
+        if self.impl is not None:
+            payload.update(
+                {
+                    "impl": self.impl,
+                    "pass": self.pass_,
+                    "paper_flops": self.paper_flops,
+                    "achieved_tflops": self.achieved_tflops,
+                }
+            )
+        return as_json_dict(payload)
+
+
+def op(request: OpRequest | None = None, /, **kwargs: Any) -> OpResult:
+    """Price one op on one device."""
+    req = request_from_kwargs(OpRequest, request, kwargs, "xpusim.op")
+    values = resolve(req)
+    device = resolve_device(req.device, req.calibration)
+    the_op = build_op(values)
+    peak = device.peak_for("matrix" if the_op.unit == "matrix" else "vector", the_op.dtype)
+    attention: dict[str, Any] = {}
+    if values["kind"] == "attention":
+        the_op, cost, attention = _price_attention(device, the_op, values)
+    else:
+        cost = RooflineModel(device).time(the_op)
+    achieved = the_op.flops / cost.time_s if cost.time_s else 0.0
+    return OpResult(
+        kind=str(the_op.kind),
+        device=device.name,
+        dtype=the_op.dtype,
+        time_s=cost.time_s,
+        bound=cost.bound,
+        flops=the_op.flops,
+        achieved_flops=achieved,
+        peak_flops=peak,
+        fraction_of_peak=achieved / peak if cost.time_s else 0.0,
+        roofline_time_s=max(the_op.flops / peak, the_op.main_bytes / device.hbm_bandwidth),
+        op=the_op,
+        cost=cost,
+        **attention,
+    )
+
+
+def _price_attention(
+    device: Device, the_op: Op, values: dict[str, Any]
+) -> tuple[Op, OpCost, dict[str, Any]]:
+    """The attention call priced by its implementation for the pass; the op with the
+    pass's FLOPs and bytes; the implementation, pass and the papers' FLOP count."""
+    impl = values["impl"] or default_impl(device)
+    pass_ = values["pass_"]
+    shape = shape_of(the_op)
+    cost = attention_cost(device, shape, impl, pass_)
+    factor = PASS_FACTOR[pass_]
+    scaled = replace(
+        the_op,
+        flops=the_op.flops * factor,
+        bytes={k: v * factor for k, v in the_op.bytes.items()},
+    )
+    paper = shape.paper_flops(pass_)
+    extra = {
+        "impl": impl,
+        "pass_": pass_,
+        "paper_flops": paper,
+        "achieved_tflops": paper / cost.time_s / 1e12,
+    }
+    return scaled, cost, extra
+
+
+def resolve(req: OpRequest) -> dict[str, Any]:
+    """``kind`` and the kind's fields, defaults filled in; fields of other kinds refused."""
+    check_namespace(argparse.Namespace(**vars(req)))  # the flags' limits hold here too
+    if req.kind not in KIND_FIELDS:
+        given = "an op kind is required" if req.kind is None else f"KIND {req.kind!r}"
+        raise InputError(f"{given}: choose one of {', '.join(KINDS)}")
+    own = KIND_FIELDS[req.kind]
+    values: dict[str, Any] = {"kind": req.kind}
+    for f in fields(OpRequest):
+        if f.name in ("kind", "device", "calibration"):
+            continue
+        value = getattr(req, f.name)
+        if f.name not in own:
+            if value is not None:
+                raise InputError(
+                    f"{_flag(f.name)} is not an option of op {req.kind}; its options: "
+                    f"{', '.join(_flag(name) for name in own)}"
+                )
+            continue
+        if value is None:
+            value = own[f.name]
+            if value == REQUIRED:
+                raise InputError(f"op {req.kind} needs {_flag(f.name)}")
+        values[f.name] = float(value) if f.name in FLOAT_FIELDS else value
+    if req.kind == "attention" and values["pass_"] not in PASSES:
+        raise InputError(f"--pass: expected one of {', '.join(PASSES)}, got '{values['pass_']}'")
+    return values
+
+
+def build_op(v: dict[str, Any]) -> Op:
+    """The IR op of the resolved fields ``v`` (``resolve``)."""
+    kind = v["kind"]
+    if kind == "gemm":
+        return ops.gemm("gemm", v["m"], v["n"], v["k"], v["dtype"], v["batch"])
+    if kind == "attention":
+        return ops.fused_attention(
+            "attention", v["batch"], v["heads"], v["seq"], v["kv_len"] or v["seq"],
+            v["head_dim"], v["dtype"], v["causal"], v["kv_heads"],
+        )  # fmt: skip
+    if kind == "elementwise":
+        return ops.elementwise(
+            "elementwise", v["numel"], v["dtype"], v["flops_per_element"], v["inputs"], 1
+        )
+    return ops.conv2d(
+        "conv2d", v["batch"], v["in_ch"], v["out_ch"], v["height"], v["width"],
+        v["kernel"], v["stride"], None, v["dtype"],
+    )  # fmt: skip
+
+
+def _flag(name: str) -> str:
+    return "--" + name.rstrip("_").replace("_", "-")

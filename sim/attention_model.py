@@ -181,6 +181,136 @@ def _causal_blocks(q_block: int, rows: int, cols: int, seq: int) -> tuple[int, i
     return visited, visited - full
 
 
+@dataclass(frozen=True)
+class _BlockPipe:
+    """Per-core rates of one outer block's pipeline stages (Cube, Vector, GM hand-off)."""
+
+    rows: int
+    head_dim: int
+    elt: float
+    cube_rate: float  # FLOP/s of one core's matrix unit
+    vec_rate: float  # FLOP/s of one core's vector units
+    l2_rate: float  # B/s of one core's share of L2 (the GM hand-off)
+    sync_s: float
+    npu: bool  # separated AIC/AIV: the score tile goes through GM
+    davinci: bool
+    matrix_tile: tuple[int, int, int]
+
+    def block_time(self, ncols: int, partial: bool) -> tuple[float, dict[str, float]]:
+        """Time of one key block of ``ncols`` keys in steady state, and its terms
+        (``first``: the block paid in series, as the first block of an item is)."""
+        rows, head_dim, elt = self.rows, self.head_dim, self.elt
+        tm, tn, tk = self.matrix_tile
+        cube = 2 * 2 * _pad(rows, tm) * _pad(ncols, tn) * _pad(head_dim, tk) / self.cube_rate
+        vflops = (
+            rows * ncols * (SOFTMAX_FLOPS_PER_SCORE + (1 if partial else 0)) + 2 * rows * head_dim
+        )
+        vector = vflops / self.vec_rate
+        kv_read = 2 * ncols * head_dim * elt
+        if self.npu:
+            scores = rows * ncols
+            reads = scores * (ACC_BYTES + elt) + rows * head_dim * ACC_BYTES + kv_read
+            reads += scores * elt if partial else 0  # mask slice of the 2M x 2M template
+            writes = scores * (ACC_BYTES + elt) + rows * head_dim * ACC_BYTES
+            gm = max(reads, writes) / self.l2_rate
+            body = max(cube, vector, gm)
+            first = cube + vector + gm
+        else:
+            gm = kv_read / self.l2_rate
+            # Coupled Da Vinci: Cube and Vector are separate pipes of one core and overlap;
+            # FlashAttention-2 on a GPU runs a warp's MMAs and softmax one after the other.
+            body = max(cube, vector, gm) if self.davinci else max(cube + vector, gm)
+            first = cube + vector + gm
+        terms = {"cube": cube, "vector": vector, "gm": gm}
+        return body + self.sync_s, {**terms, "first": first + self.sync_s}
+
+
+def _block_pipe(
+    device: Device, rows: int, head_dim: int, dtype: str, sync_s: float | None
+) -> _BlockPipe:
+    eff = device.efficiency
+    cores = device.matrix_cores
+    npu = is_separated(device)
+    vec_per_core = max(1, device.vector_cores // cores) if npu else 1
+    cube_rate = device.peak_for("matrix", dtype) / cores * eff.matrix_max
+    vec_rate = (
+        device.peak_for("vector", "fp32") / device.vector_cores * vec_per_core * eff.vector_max
+    )
+    l2 = device.level("l2")
+    # Unpublished L2 bandwidth: the level is assumed not to bind (as in RooflineModel).
+    l2_rate = l2.bandwidth / cores * eff.memory_max if l2 and l2.bandwidth else math.inf
+    if npu and math.isinf(l2_rate):
+        # The GM hand-off must be priced: without a published L2 rate, use the HBM share.
+        l2_rate = device.hbm_bandwidth / cores * eff.memory_max
+    if sync_s is None:
+        sync_s = 2 * SYNC_CYCLES_PER_HANDOFF / device.clock_hz if npu else 0.0
+    return _BlockPipe(
+        rows=rows,
+        head_dim=head_dim,
+        elt=dtype_bytes(dtype),
+        cube_rate=cube_rate,
+        vec_rate=vec_rate,
+        l2_rate=l2_rate,
+        sync_s=sync_s,
+        npu=npu,
+        davinci=device.arch == "davinci",
+        matrix_tile=device.matrix_tile,
+    )
+
+
+def _item_times(
+    pipe: _BlockPipe, cols: int, seq: int, q_len: int, causal: bool, io: float
+) -> tuple[list[float], int]:
+    """Time of each query-block item of one (batch, head), and the key blocks visited."""
+    rows = pipe.rows
+    nq = math.ceil(q_len / rows)
+    full_t, full_terms = pipe.block_time(cols, False)
+    last_cols = seq - (math.ceil(seq / cols) - 1) * cols
+    part_t = pipe.block_time(cols, True)[0]  # a diagonal block: it needs the mask slice
+    item_times: list[float] = []
+    steps_total = 0
+    for qb in range(nq):
+        if causal:
+            visited, partial = _causal_blocks(qb, rows, cols, seq)
+        else:
+            visited, partial = math.ceil(seq / cols), 0
+        steps_total += visited
+        t = (visited - partial) * full_t + partial * part_t
+        t += (full_terms["first"] - full_t) + io  # pipeline fill of the first block; Q/O
+        if not causal and last_cols != cols:
+            t -= full_t - pipe.block_time(last_cols, False)[0]
+        item_times.append(t)
+    return item_times, steps_total
+
+
+def _longest_first(item_times: list[float], copies: int, cores: int) -> float:
+    """Makespan of ``copies`` of each item on ``cores``: longest item first onto the
+    least-loaded core."""
+    items = sorted(item_times * copies, reverse=True)
+    loads = [0.0] * min(cores, len(items))
+    heapq.heapify(loads)
+    for t in items:
+        heapq.heappush(loads, heapq.heappop(loads) + t)
+    return max(loads)
+
+
+def _kv_hbm_reads(device: Device, nq: int, cols: int, head_dim: int, elt: float) -> int:
+    """How many times each head's K/V is read from HBM.
+
+    The items of one wave start together and take equal steps, so the cores working on
+    one head walk its K/V in lockstep: each K/V block comes from HBM once per wave pass
+    of the head and is shared through L2 — provided L2 holds the blocks in flight
+    (double-buffered K and V blocks of every head in the wave) within half its capacity
+    (the other half: the GM hand-off workspace). Otherwise every query block streams K/V
+    from HBM."""
+    cores = device.matrix_cores
+    heads_in_flight = math.ceil(cores / nq) + 1
+    in_flight_bytes = heads_in_flight * 2 * (2 * cols * head_dim * elt)
+    l2 = device.level("l2")
+    l2_cap = l2.capacity_bytes if l2 else 0.0
+    return math.ceil(nq / cores) if in_flight_bytes <= l2_cap / 2 else nq
+
+
 def fast_attention_cost(
     device: Device,
     batch: int,
@@ -203,92 +333,24 @@ def fast_attention_cost(
     elt = dtype_bytes(dtype)
     eff = device.efficiency
     cores = device.matrix_cores
-    npu = is_separated(device)
-    davinci = device.arch == "davinci"
-    vec_per_core = max(1, device.vector_cores // cores) if npu else 1
-    cube_rate = device.peak_for("matrix", dtype) / cores * eff.matrix_max
-    vec_rate = (
-        device.peak_for("vector", "fp32") / device.vector_cores * vec_per_core * eff.vector_max
-    )
-    l2 = device.level("l2")
-    # Unpublished L2 bandwidth: the level is assumed not to bind (as in RooflineModel).
-    l2_rate = l2.bandwidth / cores * eff.memory_max if l2 and l2.bandwidth else math.inf
-    if npu and math.isinf(l2_rate):
-        # The GM hand-off must be priced: without a published L2 rate, use the HBM share.
-        l2_rate = device.hbm_bandwidth / cores * eff.memory_max
-    if sync_s is None:
-        sync_s = 2 * SYNC_CYCLES_PER_HANDOFF / device.clock_hz if npu else 0.0
-    tm, tn, tk = device.matrix_tile
-
-    def block_time(ncols: int, partial: bool) -> tuple[float, dict[str, float]]:
-        cube = 2 * 2 * _pad(rows, tm) * _pad(ncols, tn) * _pad(head_dim, tk) / cube_rate
-        vflops = (
-            rows * ncols * (SOFTMAX_FLOPS_PER_SCORE + (1 if partial else 0)) + 2 * rows * head_dim
-        )
-        vector = vflops / vec_rate
-        kv_read = 2 * ncols * head_dim * elt
-        if npu:
-            scores = rows * ncols
-            reads = scores * (ACC_BYTES + elt) + rows * head_dim * ACC_BYTES + kv_read
-            reads += scores * elt if partial else 0  # mask slice of the 2M x 2M template
-            writes = scores * (ACC_BYTES + elt) + rows * head_dim * ACC_BYTES
-            gm = max(reads, writes) / l2_rate
-            body = max(cube, vector, gm)
-            first = cube + vector + gm
-        else:
-            gm = kv_read / l2_rate
-            # Coupled Da Vinci: Cube and Vector are separate pipes of one core and overlap;
-            # FlashAttention-2 on a GPU runs a warp's MMAs and softmax one after the other.
-            body = max(cube, vector, gm) if davinci else max(cube + vector, gm)
-            first = cube + vector + gm
-        terms = {"cube": cube, "vector": vector, "gm": gm}
-        return body + sync_s, {**terms, "first": first + sync_s}
-
-    nq = math.ceil(q_len / rows)
-    full_t, full_terms = block_time(cols, False)
-    last_cols = seq - (math.ceil(seq / cols) - 1) * cols
+    pipe = _block_pipe(device, rows, head_dim, dtype, sync_s)
+    full_terms = pipe.block_time(cols, False)[1]
     io = 2 * rows * head_dim * elt / (device.hbm_bandwidth / cores * eff.memory_max)
-    part_t = block_time(cols, True)[0]  # a diagonal block: it needs the mask slice
-    item_times: list[float] = []
-    steps_total = 0
-    for qb in range(nq):
-        if causal:
-            visited, partial = _causal_blocks(qb, rows, cols, seq)
-        else:
-            visited, partial = math.ceil(seq / cols), 0
-        steps_total += visited
-        t = (visited - partial) * full_t + partial * part_t
-        t += (full_terms["first"] - full_t) + io  # pipeline fill of the first block; Q/O
-        if not causal and last_cols != cols:
-            t -= full_t - block_time(last_cols, False)[0]
-        item_times.append(t)
-    items = sorted(item_times * (batch * heads), reverse=True)
-    loads = [0.0] * min(cores, len(items))
-    heapq.heapify(loads)
-    for t in items:  # longest item first onto the least-loaded core
-        heapq.heappush(loads, heapq.heappop(loads) + t)
-    pipeline_s = max(loads)
-    # HBM: Q, O once. The items of one wave start together and take equal steps, so the
-    # cores working on one head walk its K/V in lockstep: each K/V block comes from HBM
-    # once per wave pass of the head and is shared through L2 — provided L2 holds the
-    # blocks in flight (double-buffered K and V blocks of every head in the wave) within
-    # half its capacity (the other half: the GM hand-off workspace). Otherwise every
-    # query block streams K/V from HBM.
+    item_times, steps_total = _item_times(pipe, cols, seq, q_len, causal, io)
+    pipeline_s = _longest_first(item_times, batch * heads, cores)
+    # HBM: Q and O once, K/V once per pass of its head (_kv_hbm_reads).
     kv_head = 2 * seq * head_dim * elt
-    heads_in_flight = math.ceil(cores / nq) + 1
-    in_flight_bytes = heads_in_flight * 2 * (2 * cols * head_dim * elt)
-    l2_cap = l2.capacity_bytes if l2 else 0.0
-    kv_reads = math.ceil(nq / cores) if in_flight_bytes <= l2_cap / 2 else nq
+    kv_reads = _kv_hbm_reads(device, len(item_times), cols, head_dim, elt)
     hbm_bytes = batch * heads * (2 * q_len * head_dim * elt + kv_reads * kv_head)
     hbm_s = hbm_bytes / (device.hbm_bandwidth * eff.memory_max)
     time_s = max(pipeline_s, hbm_s) + eff.launch_overhead_s
     if hbm_s > pipeline_s:
         bound = "hbm"
     else:
-        terms = {**{k: full_terms[k] for k in ("cube", "vector", "gm")}, "sync": sync_s}
-        bound = max(terms, key=terms.get)
+        terms = {**{k: full_terms[k] for k in ("cube", "vector", "gm")}, "sync": pipe.sync_s}
+        bound = max(terms, key=lambda k: terms[k])
     flops = 4.0 * batch * heads * head_dim * (seq * (seq + 1) / 2 if causal else q_len * seq)
-    workspace = cores * rows * cols * (ACC_BYTES + elt) if npu else 0.0
+    workspace = cores * rows * cols * (ACC_BYTES + elt) if pipe.npu else 0.0
     memory = 2 * batch * heads * (q_len + seq) * head_dim * elt + workspace + (2 * cols) ** 2 * elt
     details = {
         "rows": rows,
@@ -298,7 +360,7 @@ def fast_attention_cost(
         "block_cube_s": full_terms["cube"],
         "block_vector_s": full_terms["vector"],
         "block_gm_s": full_terms["gm"],
-        "sync_s": sync_s,
+        "sync_s": pipe.sync_s,
         "blocks": batch * heads * steps_total,
         "pipeline_s": pipeline_s,
         "hbm_s": hbm_s,
@@ -334,9 +396,8 @@ def standard_attention_cost(
         "hbm_bytes": hbm,
         **{f"{k}_bound_s": v for k, v in by_bound.items()},
     }
-    return AttentionCost(
-        time_s, max(by_bound, key=by_bound.get), memory, memory <= device.hbm_capacity, details
-    )
+    bound = max(by_bound, key=lambda k: by_bound[k])
+    return AttentionCost(time_s, bound, memory, memory <= device.hbm_capacity, details)
 
 
 def standard_peak_memory(

@@ -134,16 +134,7 @@ def check_int(
     fractions, non-finite values and magnitudes such as ``1e30``."""
     if isinstance(value, bool):
         raise InputError(f"{_show(what, value)}: expected an integer, not true/false")
-    number = value
-    if isinstance(value, str):
-        text = value.strip().replace("_", "")
-        try:
-            number = int(text)
-        except ValueError:
-            try:
-                number = float(text)
-            except ValueError:
-                raise InputError(f"{_show(what, value)}: expected an integer") from None
+    number = _parse_number(value, what) if isinstance(value, str) else value
     if isinstance(number, float):
         if not math.isfinite(number) or number != math.floor(number):
             raise InputError(f"{_show(what, value)}: expected a whole number")
@@ -157,6 +148,19 @@ def check_int(
     if number > hi:
         raise InputError(_above(what, value, hi, unit))
     return number
+
+
+def _parse_number(text: str, what: str) -> int | float:
+    """A numeric string as an int, else a float (``"4_096"``, ``"1e3"``)."""
+    cleaned = text.strip().replace("_", "")
+    try:
+        return int(cleaned)
+    except ValueError:
+        pass
+    try:
+        return float(cleaned)
+    except ValueError:
+        raise InputError(f"{_show(what, text)}: expected an integer") from None
 
 
 def _above(what: str, value: Any, hi: float, unit: str) -> str:
@@ -219,9 +223,9 @@ def check_namespace(args: argparse.Namespace) -> None:
             continue
         what = flag_name(dest)
         if isinstance(value, int):
-            lo, hi = INT_FLAGS.get(dest, (None, MAX_INT))
-            check_int(value, what, lo, hi)
-            if lo is None and abs(value) > MAX_INT:
+            int_lo, int_hi = INT_FLAGS.get(dest, (None, MAX_INT))
+            check_int(value, what, int_lo, int_hi)
+            if int_lo is None and abs(value) > MAX_INT:
                 raise InputError(_above(what, value, MAX_INT, ""))
         elif isinstance(value, float):
             lo, hi, lo_open = FLOAT_FLAGS.get(dest, (None, None, False))

@@ -226,7 +226,9 @@ def _check_split(spec: ModelSpec, plan: ParallelPlan, model_slots: int) -> None:
             f"layer_split has {len(split)} entries; it needs one per virtual stage "
             f"(pp*vpp = {stages}), in virtual-stage order"
         )
-    if any(not isinstance(n, int) or n < 0 for n in split):
+    # Typed as ints, but read from a plan file or a Python caller: checked here.
+    entries: tuple[object, ...] = split
+    if any(not isinstance(n, int) or n < 0 for n in entries):
         raise InputError(f"layer_split entries must be non-negative integers, got {list(split)}")
     if sum(split) != model_slots:
         raise InputError(
@@ -250,20 +252,44 @@ def stage_slots(spec: ModelSpec, plan: ParallelPlan) -> list[list[str]]:
 
 
 def validate_plan(spec: ModelSpec, plan: ParallelPlan, num_devices: int) -> ParallelPlan:
-    """Resolve and check ``plan`` for ``spec`` on ``num_devices``; return the resolved plan."""
-    if isinstance(plan.tp, int) and plan.tp >= 1 and spec.heads % plan.tp:
+    """Resolve and check ``plan`` for ``spec`` on ``num_devices``; return the resolved plan.
+
+    The checks run in a fixed order, so a plan with several faults names the same one
+    each time."""
+    tp: object = plan.tp  # not yet checked: a Python caller may pass anything
+    if isinstance(tp, int) and tp >= 1 and spec.heads % tp:
         # Checked before the device count: the more specific message helps more.
         raise InputError(
-            f"tp={plan.tp} does not divide the {spec.heads} attention heads of "
+            f"tp={tp} does not divide the {spec.heads} attention heads of "
             f"{spec.name}; choose a tp that divides {spec.heads}"
         )
     plan = resolve_plan(plan, num_devices)
+    _check_dtypes(plan)
+    _check_model_split(spec, plan)
+    _check_batch(plan)
+    _check_options(plan)
+    if plan.pp * plan.vpp > spec.layers + spec.mtp_layers:
+        raise InputError(
+            f"pp*vpp = {plan.pp * plan.vpp} virtual stages exceed the {spec.layers} layers of "
+            f"{spec.name}; use a smaller --pp/--vpp"
+        )
+    parse_order(plan.order)
+    parse_routing(plan.moe_routing)
+    layer_slots(spec, plan)
+    return plan
+
+
+def _check_dtypes(plan: ParallelPlan) -> None:
     if plan.dtype not in BYTES_PER_DTYPE:
         raise InputError(
             f"plan.dtype '{plan.dtype}' unknown; use one of {', '.join(BYTES_PER_DTYPE)}"
         )
     if plan.grad_reduce_dtype not in BYTES_PER_DTYPE:
         raise InputError(f"plan.grad_reduce_dtype '{plan.grad_reduce_dtype}' unknown")
+
+
+def _check_model_split(spec: ModelSpec, plan: ParallelPlan) -> None:
+    """TP must split the heads, EP the experts."""
     if spec.heads % plan.tp:
         raise InputError(
             f"tp={plan.tp} does not divide the {spec.heads} attention heads of "
@@ -289,6 +315,10 @@ def validate_plan(spec: ModelSpec, plan: ParallelPlan, num_devices: int) -> Para
                 f"{what} = {shards} does not divide the {spec.moe.num_experts} "
                 f"experts of {spec.name}; change --ep/--tp"
             )
+
+
+def _check_batch(plan: ParallelPlan) -> None:
+    """The sequence must split over CP and SP, the global batch into micro-batches."""
     if plan.seq % (plan.cp * (2 if plan.cp > 1 else 1)):
         raise InputError(
             f"seq={plan.seq} must be divisible by 2*cp = {2 * plan.cp} "
@@ -311,6 +341,10 @@ def validate_plan(spec: ModelSpec, plan: ParallelPlan, num_devices: int) -> Para
             f"the interleaved schedule needs micro-batches ({m}) divisible by "
             f"pp={plan.pp} (Megatron's constraint); change --gbs or --mbs"
         )
+
+
+def _check_options(plan: ParallelPlan) -> None:
+    """Named options must be known, fractions in [0, 1)."""
     if plan.schedule not in ("auto", "1f1b", "interleaved"):
         raise InputError(f"schedule '{plan.schedule}' unknown; use 1f1b, interleaved or auto")
     if plan.zero not in (0, 1, 2, 3):
@@ -330,15 +364,6 @@ def validate_plan(spec: ModelSpec, plan: ParallelPlan, num_devices: int) -> Para
         raise InputError(f"dropout must be in [0, 1), got {plan.dropout}")
     if not 0 <= plan.fragmentation < 1:
         raise InputError(f"fragmentation must be in [0, 1), got {plan.fragmentation}")
-    if plan.pp * plan.vpp > spec.layers + spec.mtp_layers:
-        raise InputError(
-            f"pp*vpp = {plan.pp * plan.vpp} virtual stages exceed the {spec.layers} layers of "
-            f"{spec.name}; use a smaller --pp/--vpp"
-        )
-    parse_order(plan.order)
-    parse_routing(plan.moe_routing)
-    layer_slots(spec, plan)
-    return plan
 
 
 def parse_order(order: str) -> tuple[str, ...]:

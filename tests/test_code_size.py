@@ -25,12 +25,8 @@ MODULE_ALLOWLIST = {
     "sim/training/lowering.py",
 }
 FUNCTION_ALLOWLIST = {
-    "sim/attention_model.py::fast_attention_cost",
     "sim/cli/disagg.py::serve_disaggregated",
     "sim/cli/infer.py::run",
-    "sim/network/analytical.py::_uniform_a2a",
-    "sim/network/ep.py::dispatch_phases",
-    "sim/parallel.py::validate_plan",
     "sim/training/lowering.py::lower_rank",
     "sim/training/simulate.py::simulate_exact",
     "sim/workloads/attention.py::describe_fast_attention",

@@ -239,8 +239,8 @@ def _depth(n: int) -> int:
 def _tree_kind(kind: CollectiveKind, members: list[int], s: float) -> list[Phase]:
     n = len(members)
     if kind == CollectiveKind.BROADCAST:
-        flows = tuple((p, c, s) for c, p in _tree_edges(members))
-        return [Phase("tree broadcast", _depth(n), flows)]
+        down = tuple((p, c, s) for c, p in _tree_edges(members))
+        return [Phase("tree broadcast", _depth(n), down)]
     # Double binary tree: the second tree is the first shifted by one rank, so the
     # leaves of one are mostly inner nodes of the other; each carries half the buffer.
     half = s / 2
@@ -257,7 +257,7 @@ def _nvls_port_bytes(groups: list[list[int]], s: float) -> tuple[tuple[int, floa
     reduce step reads its S/k slice reduced in the switch (the switch pulls S/k of
     every device: S out of each port, S/k back in), its broadcast step writes S/k
     that the switch copies to all k (S/k out, S in): S(k+1)/k each way per port."""
-    out = []
+    out: list[tuple[int, float]] = []
     for g in groups:
         k = len(g)
         out.extend((d, s * (k + 1) / k) for d in g)

@@ -11,6 +11,7 @@ gives every link's load and a 4,096-rank all-to-all costs O(devices per node x n
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 
 import numpy as np
 from xpusim.sim.errors import InputError
@@ -115,14 +116,100 @@ def _symmetric(topo: Topology, groups: tuple[tuple[int, ...], ...]) -> bool:
     return len(layouts) == 1 and len(sizes) == 1
 
 
+@dataclass(frozen=True)
+class _Peers:
+    """A representative device's all-to-all peers, by where they sit relative to it."""
+
+    d2d: int  # same package, over the die-to-die link
+    intra: int  # same node, other package
+    inter: int  # other node
+    cross: int  # other node under another leaf (an oversubscribed spine)
+
+
+def _peers_of(topo: Topology, local: int, sub: tuple[int, ...]) -> _Peers:
+    """Peers of the device of local index ``local`` in subgroup ``sub``."""
+    dpn = topo.dpn
+    members = np.array(sub, dtype=np.int64)
+    r = next(d for d in sub if d % dpn == local)
+    others = members[members != r]
+    same_node = others // dpn == r // dpn
+    if topo.system.dies_per_package > 1 and topo.system.die_to_die is not None:
+        same_pkg = others // topo.system.dies_per_package == topo.package_of(r)
+    else:
+        same_pkg = np.zeros_like(same_node)
+    remote = others[~same_node]
+    if topo.system.oversubscription > 1.0:
+        cross = sum(1 for d in remote if topo.leaf_of(d) != topo.leaf_of(r))
+    else:
+        cross = 0
+    return _Peers(
+        d2d=int(np.sum(same_pkg & same_node)),
+        intra=int(np.sum(same_node & ~same_pkg)),
+        inter=len(remote),
+        cross=cross,
+    )
+
+
+def _in_node_links(
+    topo: Topology, b: float, peers: dict[int, _Peers]
+) -> tuple[list[tuple[float, str]], float]:
+    """(time, description) of the busiest die-to-die and switch-port links of each local
+    index, and the largest hop latency among them."""
+    candidates: list[tuple[float, str]] = []
+    mesh = topo.system.intra_topology == "full_mesh"
+    hop = 0.0
+    for local, p in peers.items():
+        if p.d2d:
+            die_link = ("d2d", f"local {local}", "its die peer")
+            candidates.append((b / topo.d2d_capacity(), describe_link(topo, die_link, b)))
+            hop = max(hop, topo.class_latency(DIE_TO_DIE))
+        # On a supernode a cross-node flow also crosses the device's server port.
+        port_peers = p.intra + (p.inter if topo.shared_port and not mesh else 0)
+        if port_peers:
+            load = b if mesh else b * port_peers
+            rep = f"local {local}"
+            link = ("mesh", rep, "each peer") if mesh else ("up", f"{rep} (every node)")
+            candidates.append((load / topo.intra_capacity(), describe_link(topo, link, load)))
+            hop = max(hop, topo.class_latency(INTRA))
+    return candidates, hop
+
+
+def _scale_out_links(
+    topo: Topology, b: float, peers: dict[int, _Peers], local_count: np.ndarray
+) -> tuple[list[tuple[float, str]], float]:
+    """(time, description) of each NIC's and each leaf uplink's load, and the hop
+    latency. A NIC shared by several local indices carries the sum of theirs; a leaf's
+    spine uplink carries the sum over every device on that leaf."""
+    nic_load: dict[int, float] = defaultdict(float)
+    leaf_load: dict[int, float] = defaultdict(float)
+    rail_leaf = topo.system.inter_topology == "rail_optimized"
+    hop = 0.0
+    for local, p in peers.items():
+        nic_load[topo.nic_index(local)] += b * p.inter
+        if p.cross:
+            leaf = topo.nic_index(local) if rail_leaf else 0
+            per_device = b * p.cross
+            leaf_load[leaf] += per_device * (local_count[local] if rail_leaf else 1)
+        if p.inter:
+            hop = max(hop, topo.class_latency(INTER))
+    candidates: list[tuple[float, str]] = []
+    for nic, load in nic_load.items():
+        if load:
+            link = ("nic_tx", "every node", nic)
+            candidates.append((load / topo.nic_capacity(), describe_link(topo, link, load)))
+    for leaf, load in leaf_load.items():
+        candidates.append(
+            (load / topo.spine_capacity(), describe_link(topo, ("spine_up", leaf), load))
+        )
+    return candidates, hop
+
+
 def _uniform_a2a(topo: Topology, phase: Phase) -> PhaseCost:
     """Loads of a uniform all-to-all inside each subgroup, from one device per local index.
 
     For a representative device r of local index l we count its peers by where they
     sit (same package, same node, other node, other leaf). Its send-side loads are
     bytes x count; by the symmetry of a uniform all-to-all its receive side is equal.
-    A NIC shared by several local indices carries the sum of theirs; a leaf's spine
-    uplink carries the sum over every device on that leaf.
     """
     b = phase.a2a_bytes
     all_devs = np.array([d for sub in phase.a2a_groups for d in sub], dtype=np.int64)
@@ -132,76 +219,16 @@ def _uniform_a2a(topo: Topology, phase: Phase) -> PhaseCost:
     for sub in phase.a2a_groups:
         for d in sub:
             reps.setdefault(d % dpn, sub)
-    d2d_peers, intra_peers, inter_peers, cross_peers = {}, {}, {}, {}
-    for local, sub in reps.items():
-        members = np.array(sub, dtype=np.int64)
-        r = next(d for d in sub if d % dpn == local)
-        others = members[members != r]
-        same_node = others // dpn == r // dpn
-        if topo.system.dies_per_package > 1 and topo.system.die_to_die is not None:
-            same_pkg = others // topo.system.dies_per_package == topo.package_of(r)
-        else:
-            same_pkg = np.zeros_like(same_node)
-        d2d_peers[local] = int(np.sum(same_pkg & same_node))
-        intra_peers[local] = int(np.sum(same_node & ~same_pkg))
-        remote = others[~same_node]
-        inter_peers[local] = len(remote)
-        if topo.system.oversubscription > 1.0:
-            cross_peers[local] = sum(1 for d in remote if topo.leaf_of(d) != topo.leaf_of(r))
-        else:
-            cross_peers[local] = 0
-
-    candidates: list[tuple[float, str]] = []
-    mesh = topo.system.intra_topology == "full_mesh"
-    hop = 0.0
-    for local in reps:
-        if d2d_peers[local]:
-            candidates.append(
-                (
-                    b / topo.d2d_capacity(),
-                    describe_link(topo, ("d2d", f"local {local}", "its die peer"), b),
-                )
-            )
-            hop = max(hop, topo.class_latency(DIE_TO_DIE))
-        # On a supernode a cross-node flow also crosses the device's server port.
-        port_peers = intra_peers[local] + (
-            inter_peers[local] if topo.shared_port and not mesh else 0
-        )
-        if port_peers:
-            load = b if mesh else b * port_peers
-            rep = f"local {local}"
-            link = ("mesh", rep, "each peer") if mesh else ("up", f"{rep} (every node)")
-            candidates.append((load / topo.intra_capacity(), describe_link(topo, link, load)))
-            hop = max(hop, topo.class_latency(INTRA))
-    nic_load: dict[int, float] = defaultdict(float)
-    leaf_load: dict[int, float] = defaultdict(float)
-    rail_leaf = topo.system.inter_topology == "rail_optimized"
-    for local in reps:
-        nic_load[topo.nic_index(local)] += b * inter_peers[local]
-        if cross_peers[local]:
-            leaf = topo.nic_index(local) if rail_leaf else 0
-            per_device = b * cross_peers[local]
-            leaf_load[leaf] += per_device * (local_count[local] if rail_leaf else 1)
-        if inter_peers[local]:
-            hop = max(hop, topo.class_latency(INTER))
-    for nic, load in nic_load.items():
-        if load:
-            candidates.append(
-                (
-                    load / topo.nic_capacity(),
-                    describe_link(topo, ("nic_tx", "every node", nic), load),
-                )
-            )
-    for leaf, load in leaf_load.items():
-        candidates.append(
-            (load / topo.spine_capacity(), describe_link(topo, ("spine_up", leaf), load))
-        )
-
+    peers = {local: _peers_of(topo, local, sub) for local, sub in reps.items()}
+    in_node, in_node_hop = _in_node_links(topo, b, peers)
+    scale_out, scale_out_hop = _scale_out_links(topo, b, peers, local_count)
+    candidates = in_node + scale_out
+    hop = max(in_node_hop, scale_out_hop)
     by_class = {
-        DIE_TO_DIE: sum(local_count[loc] * d2d_peers[loc] * b for loc in reps),
-        INTRA: sum(local_count[loc] * intra_peers[loc] * b for loc in reps),
-        INTER: sum(local_count[loc] * inter_peers[loc] * b for loc in reps),
-        SPINE: sum(local_count[loc] * cross_peers[loc] * b for loc in reps),
+        DIE_TO_DIE: sum(local_count[loc] * peers[loc].d2d * b for loc in reps),
+        INTRA: sum(local_count[loc] * peers[loc].intra * b for loc in reps),
+        INTER: sum(local_count[loc] * peers[loc].inter * b for loc in reps),
+        SPINE: sum(local_count[loc] * peers[loc].cross * b for loc in reps),
     }
     transfer, bottleneck = max(candidates, default=(0.0, "none (no traffic)"))
     latency = phase_latency(topo, phase, hop) if candidates else 0.0

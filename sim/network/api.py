@@ -90,15 +90,10 @@ def cost_network(system: System, phases: list[Phase], backend: str = "analytical
     raise InputError(f"unknown backend '{backend}'; choose one of: {', '.join(BACKENDS)}")
 
 
-def cost_collective(
-    system: System,
-    kind: CollectiveKind | str,
-    group: Sequence[int],
-    nbytes: float,
-    algorithm: str = "auto",
-    backend: str = "analytical",
-    protocol: str = "auto",
-) -> CollectiveResult:
+def _check_request(
+    kind: CollectiveKind | str, backend: str, protocol: str, nbytes: float, ranks: int
+) -> CollectiveKind:
+    """The collective ``kind`` names, after checking the request's other fields."""
     try:
         kind = CollectiveKind(kind)
     except ValueError:
@@ -114,19 +109,65 @@ def cost_collective(
         )
     if nbytes < 0:
         raise InputError(f"bytes must be >= 0, got {nbytes}")
-    if len(group) > MAX_RANKS:
+    if ranks > MAX_RANKS:
         raise InputError(
-            f"a group of {len(group):,} ranks is above the limit of {MAX_RANKS:,} "
+            f"a group of {ranks:,} ranks is above the limit of {MAX_RANKS:,} "
             "(2^17, more than the largest clusters built); use fewer ranks"
         )
+    return kind
+
+
+def cost_collective(
+    system: System,
+    kind: CollectiveKind | str,
+    group: Sequence[int],
+    nbytes: float,
+    algorithm: str = "auto",
+    backend: str = "analytical",
+    protocol: str = "auto",
+) -> CollectiveResult:
+    kind = _check_request(kind, backend, protocol, nbytes, len(group))
     group = tuple(int(g) for g in group)
     topo = Topology(system)
     topo.check_group(group)
     n = len(group)
     if n <= 1 or nbytes == 0:
         return CollectiveResult(0.0, "none", 0.0, 0.0, backend=backend)
-    names = candidates(kind, topo, group) if algorithm == "auto" else [algorithm]
     nodes = len({topo.node_of(d) for d in group})
+    algorithm, chosen, cost, rounds = _fastest(
+        topo, kind, group, nbytes, algorithm, protocol, nodes
+    )
+    if backend == "flow":
+        cost = flow.cost_phases(topo, build(kind, algorithm, topo, group, nbytes))
+    cost = _with_protocol(system, kind, algorithm, chosen, cost, rounds, nbytes, n, nodes)
+    algbw = nbytes / cost.time_s if cost.time_s > 0 else 0.0
+    return CollectiveResult(
+        time_s=cost.time_s,
+        algorithm=algorithm,
+        algorithm_bandwidth=algbw,
+        bus_bandwidth=algbw * bus_factor(kind, n),
+        link_bytes=cost.link_bytes,
+        bottleneck=cost.bottleneck,
+        backend=backend,
+        phases=tuple(p.as_dict() for p in cost.phases),
+        protocol=chosen,
+    )
+
+
+def _fastest(
+    topo: Topology,
+    kind: CollectiveKind,
+    group: tuple[int, ...],
+    nbytes: float,
+    algorithm: str,
+    protocol: str,
+    nodes: int,
+) -> tuple[str, str, NetworkCost, list[int]]:
+    """(algorithm, protocol, analytical cost, rounds per phase) of the fastest choice
+    among ``algorithm`` and ``protocol`` ("auto": every candidate); the first found wins
+    a tie."""
+    system, n = topo.system, len(group)
+    names = candidates(kind, topo, group) if algorithm == "auto" else [algorithm]
     best: tuple[float, str, str, NetworkCost, list[int]] | None = None
     for name in names:
         phases = build(kind, name, topo, group, nbytes)
@@ -152,22 +193,7 @@ def cost_collective(
             f"protocol {protocol} applies to no algorithm of {kind} on {system.name}; "
             "use --protocol auto"
         )
-    _, algorithm, chosen, cost, rounds = best
-    if backend == "flow":
-        cost = flow.cost_phases(topo, build(kind, algorithm, topo, group, nbytes))
-    cost = _with_protocol(system, kind, algorithm, chosen, cost, rounds, nbytes, n, nodes)
-    algbw = nbytes / cost.time_s if cost.time_s > 0 else 0.0
-    return CollectiveResult(
-        time_s=cost.time_s,
-        algorithm=algorithm,
-        algorithm_bandwidth=algbw,
-        bus_bandwidth=algbw * bus_factor(kind, n),
-        link_bytes=cost.link_bytes,
-        bottleneck=cost.bottleneck,
-        backend=backend,
-        phases=tuple(p.as_dict() for p in cost.phases),
-        protocol=chosen,
-    )
+    return best[1], best[2], best[3], best[4]
 
 
 def _with_protocol(

@@ -60,6 +60,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from xpusim.hwprofiles.spec import System
@@ -250,7 +251,13 @@ def _kept_fraction(cfg: EPConfig, pi: np.ndarray) -> np.ndarray:
     return np.minimum(1.0, capacity / np.maximum(load, 1e-30))
 
 
-def dispatch_phases(cfg: EPConfig, system: System) -> tuple[list[Phase], dict]:
+def _all_pairs(per_dest: np.ndarray) -> tuple[tuple[int, int, float], ...]:
+    """Flows from every device to every other device d of ``per_dest[d]`` bytes."""
+    n = len(per_dest)
+    return tuple((s, d, float(per_dest[d])) for s in range(n) for d in range(n) if s != d)
+
+
+def dispatch_phases(cfg: EPConfig, system: System) -> tuple[list[Phase], dict[str, Any]]:
     """The dispatch traffic of ``cfg`` as phases of flows, and routing statistics."""
     p_count, per_dev = cfg.ep, cfg.experts // cfg.ep
     uniform = cfg.routing == "uniform"
@@ -265,15 +272,12 @@ def dispatch_phases(cfg: EPConfig, system: System) -> tuple[list[Phase], dict]:
     )
     dropped = 1.0 - float((pi * kept).sum() / pi.sum())
     t, tb = cfg.tokens_per_device, cfg.token_bytes
-    dpn = system.devices_per_node
-    nodes = -(-p_count // dpn)
-    stats = {"pi": pi, "dev_kept": dev_kept, "dropped": dropped, "nodes": nodes}
+    nodes = -(-p_count // system.devices_per_node)
+    stats: dict[str, Any] = {"pi": pi, "dev_kept": dev_kept, "dropped": dropped, "nodes": nodes}
 
     if cfg.dispatch in ("flat", "low-latency"):
         per_dest = t * dev_pi * dev_kept * tb  # bytes each device sends to device d
-        flows = tuple(
-            (s, d, float(per_dest[d])) for s in range(p_count) for d in range(p_count) if s != d
-        )
+        flows = _all_pairs(per_dest)
         if cfg.dispatch == "flat":
             return [Phase("flat all-to-allv", max(1, p_count - 1), flows)], stats
         # Every copy, the sender's own included, is one message of the benchmark.
@@ -287,11 +291,9 @@ def dispatch_phases(cfg: EPConfig, system: System) -> tuple[list[Phase], dict]:
         # DeepEP's intranode kernel: once per destination device, straight there.
         per_dest = t * dev_hit * tb
         stats["deepep_bytes_per_rank"] = float(per_dest.sum())  # received, self included
-        flows = tuple(
-            (s, d, float(per_dest[d])) for s in range(p_count) for d in range(p_count) if s != d
-        )
-        return [Phase("deepep: direct, once per device", max(1, p_count - 1), flows)], stats
-    k_local = min(dpn, p_count)
+        phase = Phase("deepep: direct, once per device", max(1, p_count - 1), _all_pairs(per_dest))
+        return [phase], stats
+    k_local = min(system.devices_per_node, p_count)
     node_devs = [list(range(b * k_local, (b + 1) * k_local)) for b in range(nodes)]
     # A node is needed when one of its experts is hit; with a capacity factor, scale by
     # the node's kept share of copies (dropped copies do not travel), an approximation.
@@ -304,6 +306,22 @@ def dispatch_phases(cfg: EPConfig, system: System) -> tuple[list[Phase], dict]:
     )
     # DeepEP's num_rdma_token_sent: (token, node) pairs, the sender's node included.
     stats["deepep_bytes_per_rank"] = float(t * node_hit.sum() * tb)
+    return _two_level_phases(cfg, system, node_devs, node_hit, dev_hit), stats
+
+
+def _two_level_phases(
+    cfg: EPConfig,
+    system: System,
+    node_devs: list[list[int]],
+    node_hit: np.ndarray,
+    dev_hit: np.ndarray,
+) -> list[Phase]:
+    """Hierarchical or DeepEP dispatch across nodes: each token goes once to every node
+    it needs (``node_hit``: the probability), to the sender's same-rail peer there, which
+    forwards it to every device of its node that needs it (``dev_hit``)."""
+    p_count, nodes = cfg.ep, len(node_devs)
+    t, tb = cfg.tokens_per_device, cfg.token_bytes
+    k_local = len(node_devs[0])
     inter: list[tuple[int, int, float]] = []
     for s in range(p_count):
         for b in range(nodes):
@@ -324,14 +342,14 @@ def dispatch_phases(cfg: EPConfig, system: System) -> tuple[list[Phase], dict]:
         if inter:
             phases.append(Phase("inter-node: once per destination node", nodes - 1, tuple(inter)))
         phases.append(Phase("intra-node all-to-allv: once per device", intra_rounds, tuple(intra)))
-        return phases, stats
+        return phases
     return [
         Phase(
             "deepep: RDMA to rail peer + forwarding (pipelined)",
             max(1, nodes - 1),
             tuple(inter + intra),
         )
-    ], stats
+    ]
 
 
 def combine_phases(dispatch: list[Phase]) -> list[Phase]:

@@ -15,7 +15,7 @@ import numpy as np
 from xpusim.sim.errors import InputError
 from xpusim.sim.network.analytical import describe_link, phase_latency
 from xpusim.sim.network.phases import NetworkCost, Phase, PhaseCost
-from xpusim.sim.network.topology import Topology
+from xpusim.sim.network.topology import LinkId, Topology
 
 # The incidence matrix is flows x links booleans; beyond this many cells (~50 MB) the
 # analytical backend is the tool.
@@ -81,8 +81,8 @@ def simulate_phase(topo: Topology, phase: Phase) -> PhaseCost:
     flows = phase.expand()
     if not flows and not phase.port_bytes:
         return PhaseCost(phase.name, 0.0, 0.0, 0.0, {}, "none (no traffic)")
-    links: dict[tuple, int] = {}
-    paths = []
+    links: dict[LinkId, int] = {}
+    paths: list[list[int]] = []
     by_class: dict[str, float] = {}
     hop = 0.0
     for src, dst, nbytes in flows:
@@ -105,8 +105,8 @@ def simulate_phase(topo: Topology, phase: Phase) -> PhaseCost:
             "for the flow backend (meant for groups up to ~64 ranks): use --backend analytical"
         )
     incidence = np.zeros((len(flows), len(links)), dtype=bool)
-    for i, path in enumerate(paths):
-        incidence[i, path] = True
+    for i, link_indices in enumerate(paths):
+        incidence[i, link_indices] = True
     capacity = np.array([topo.capacity(link) for link in links])
     sizes = np.array([f[2] for f in flows], dtype=float)
     remaining = sizes.copy()

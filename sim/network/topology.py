@@ -213,6 +213,7 @@ class Topology:
         tx = ("nic_tx", na, self.nic_index(self.local_of(a)))
         rx = ("nic_rx", nb, self.nic_index(self.local_of(b)))
         ports: tuple[LinkId, ...] = (("up", a), ("down", b)) if self.shared_port else ()
+        mid: tuple[LinkId, ...]
         if self.crosses_spine(a, b):
             mid = (tx, ("spine_up", self.leaf_of(a)), ("spine_down", self.leaf_of(b)), rx)
         else:

@@ -25,8 +25,6 @@ MODULE_ALLOWLIST = {
     "sim/training/lowering.py",
 }
 FUNCTION_ALLOWLIST = {
-    "sim/cli/disagg.py::serve_disaggregated",
-    "sim/cli/infer.py::run",
     "sim/training/lowering.py::lower_rank",
     "sim/training/simulate.py::simulate_exact",
     "sim/workloads/attention.py::describe_fast_attention",

@@ -6,15 +6,14 @@ import json
 import math
 from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from xpusim.hwprofiles import load_system
+from xpusim.sim.api.sd import SdRequest, sd
 from xpusim.sim.cli.main import main
 from xpusim.sim.errors import InputError
-from xpusim.sim.inference.sd_study import sd_payload
 from xpusim.sim.studies.whatif import (
     Point,
     SavedCommand,
@@ -233,22 +232,21 @@ def test_whatif_sd_base_matches_the_sd_command(tmp_path, capsys):
     assert points[("model.moe.top_k", "0.5x")]["peak_speedup"] == pytest.approx(topk, rel=1e-12)
 
 
-def test_sd_payload_takes_the_system(tmp_path):
-    args = SimpleNamespace(
-        target="qwen2-57b-a14b", draft="eagle", devices=2, tp=None, ep=1, draft_devices=1,
-        gamma=3, alpha="0.7", sigma=None, batch="1,8", context=512.0, engine="none",
-        dtype="bf16", routing="uniform", seed=0, compare_dense=None, draft_dense=None, topk=None,
+def test_sd_takes_a_system_object(tmp_path):
+    request = SdRequest(
+        target="qwen2-57b-a14b", draft="eagle", devices=2, gamma=3, alpha="0.7", batch="1,8",
+        engine="none", system=load_system("hgx-a800"),
     )  # fmt: skip
-    system = load_system("hgx-a800")
-    base = sd_payload(args, system)
+    system = request.system
+    base = sd(request)
     fast = replace(
         system, device=replace(system.device, hbm_bandwidth=2 * system.device.hbm_bandwidth)
     )
-    faster = sd_payload(args, fast)
-    assert base["system"] == faster["system"] and len(base["rows"]) == 2
+    faster = sd(replace(request, system=fast))
+    assert base.system == faster.system and len(base.rows) == 2
     # Plain decode of a 57B MoE is HBM-bound: doubling the bandwidth shortens every step.
-    for slow_row, fast_row in zip(base["rows"], faster["rows"], strict=True):
-        assert fast_row["t_ar_s"] < slow_row["t_ar_s"]
+    for slow_row, fast_row in zip(base.rows, faster.rows, strict=True):
+        assert fast_row.t_ar_s < slow_row.t_ar_s
 
 
 def test_whatif_sd_needs_a_target(tmp_path, capsys):

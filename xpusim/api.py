@@ -21,7 +21,10 @@ from xpusim.sim.api.collective import (
 )
 from xpusim.sim.api.ep import EpRequest, EpResult, EpSweepResult, ep, ep_sweep
 from xpusim.sim.api.explore import ExploreRequest, ExploreResult, explore
+from xpusim.sim.api.infer import InferRequest, InferResult, infer
 from xpusim.sim.api.op import OpRequest, OpResult, op
+from xpusim.sim.api.sd import SdRequest, SdResult, sd
+from xpusim.sim.api.serve import DisaggServeResult, ServeRequest, ServeResult, serve
 from xpusim.sim.api.train import TrainRequest, TrainResult, train
 from xpusim.sim.api.validate import ValidateRequest, ValidateResult, validate
 from xpusim.sim.api.whatif import WhatIfRequest, WhatIfResult, whatif
@@ -50,6 +53,16 @@ __all__ = [
     "ExploreRequest",
     "ExploreResult",
     "explore",
+    "InferRequest",
+    "InferResult",
+    "infer",
+    "ServeRequest",
+    "ServeResult",
+    "DisaggServeResult",
+    "serve",
+    "SdRequest",
+    "SdResult",
+    "sd",
     "TrainRequest",
     "TrainResult",
     "train",

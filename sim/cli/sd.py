@@ -1,9 +1,9 @@
 """``xpusim sd``: the speculative-decoding study (MoESD) — speedup and target efficiency vs batch.
 
-The study itself is ``xpusim.sim.inference.sd_study.sd_payload`` (it takes the System, so
-``xpusim whatif`` can vary it); this module parses options, loads the system and
-prints, writes CSV or plots. ``--compare-dense`` adds a dense target/draft pair,
-``--topk`` re-runs the target with other top-k (MoESD Fig. 4).
+The study is ``xpusim.sd`` (sim/api/sd.py, on sim/inference/sd_study.py); this module
+parses the flags into its request and prints the result, writes CSV or plots.
+``--compare-dense`` adds a dense target/draft pair, ``--topk`` re-runs the target with
+other top-k (MoESD Fig. 4).
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from xpusim.hwprofiles import load_system
-from xpusim.sim.inference.sd_study import sd_payload
+from xpusim.sim.api.base import request_from_args
+from xpusim.sim.api.sd import SdRequest, SdResult, sd
 from xpusim.sim.report import (
     check_output_args,
     emit_json,
@@ -21,10 +21,9 @@ from xpusim.sim.report import (
     write_csv,
 )
 
-PAPER_BATCHES = "1,2,4,8,12,16,20,24,28,32,36,40,44,48,52,56,60,80,100"
-
 
 def register(sub: argparse._SubParsersAction) -> None:
+    # Defaults are the request's (sim/api/sd.py); None here means "not given".
     p = sub.add_parser(
         "sd", help="speculative-decoding study: speedup and target efficiency vs batch"
     )
@@ -36,26 +35,29 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--devices", type=int, help="target devices (TP=N); the draft model uses --draft-devices"
     )
     p.add_argument("--tp", type=int)
-    p.add_argument("--ep", type=int, default=1)
-    p.add_argument("--draft-devices", type=int, default=1, help="TP of a draft model (vLLM: 1)")
-    p.add_argument("--gamma", type=int, default=4, help="draft length")
+    p.add_argument("--ep", type=int, help="expert-parallel groups of the target (default 1)")
+    p.add_argument("--draft-devices", type=int, help="TP of a draft model (vLLM: 1; default 1)")
+    p.add_argument("--gamma", type=int, help="draft length (default 4)")
     acc = p.add_mutually_exclusive_group()
     acc.add_argument(
         "--alpha",
-        default="0.8",
-        help="acceptance per drafted token: one rate, or one per position (a,b,c,d)",
+        help="acceptance per drafted token: one rate, or one per position (a,b,c,d); "
+        "default 0.8",
     )
     acc.add_argument(
         "--sigma", type=float, help="MoESD's sigma instead of alpha (converted by its Eq. 5)"
     )
-    p.add_argument("--batch", default=PAPER_BATCHES, help="batch sizes, comma-separated")
     p.add_argument(
-        "--context", type=float, default=512.0, help="cached context per request (tokens)"
+        "--batch",
+        help="batch sizes, comma-separated (default: the MoESD paper's, 1..100)",
     )
-    p.add_argument("--engine", default="vllm-0.6", help="serving-engine profile or 'none'")
-    p.add_argument("--dtype", default="bf16")
-    p.add_argument("--routing", default="uniform", help="uniform, zipf:S or a counts file")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--context", type=float, help="cached context per request (tokens; default 512)"
+    )
+    p.add_argument("--engine", help="serving-engine profile or 'none' (default vllm-0.6)")
+    p.add_argument("--dtype", help="default bf16")
+    p.add_argument("--routing", help="uniform (default), zipf:S or a counts file")
+    p.add_argument("--seed", type=int, help="default 0")
     p.add_argument(
         "--compare-dense", metavar="MODEL", help="dense target to compare (e.g. opt-30b)"
     )
@@ -71,25 +73,32 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_output_args(args)
-    system = load_system(args.system, nodes=args.nodes)
-    payload = sd_payload(args, system)
-    groups = payload["groups"]
-    devices = payload["tp"] * payload["ep"]
-    tokens = payload["expected_tokens"]
+    result = sd(request_from_args(SdRequest, args))
+    groups = [g.as_dict() for g in result.groups]
     if args.csv:
         write_csv(args.csv, [{"group": g["label"], **r} for g in groups for r in g["rows"]])
     if args.plot:
         plot_sweep(
             groups,
             args.plot,
-            f"{system.name} x{devices}, gamma={args.gamma}, E[tokens]={tokens:.2f}",
+            f"{result.system} x{result.plan.devices}, gamma={result.gamma}, "
+            f"E[tokens]={result.expected_tokens:.2f}",
         )
     if args.json:
-        emit_json(payload)
+        emit_json(result.as_dict())
         return 0
+    _print(result, groups)
+    for path in (args.csv, args.plot):
+        if path:
+            print(f"wrote {path}")
+    return 0
+
+
+def _print(result: SdResult, groups: list[dict]) -> None:
     print(
-        f"SD on {devices} x {system.device.name} ({payload['engine']}): gamma={args.gamma}, "
-        f"alpha={payload['alpha']}, {tokens:.2f} tokens/round, context {args.context:g}"
+        f"SD on {result.plan.devices} x {result.device} ({result.engine}): "
+        f"gamma={result.gamma}, alpha={result.alpha}, {result.expected_tokens:.2f} "
+        f"tokens/round, context {result.context:g}"
     )
     for g in groups:
         print(
@@ -128,10 +137,6 @@ def run(args: argparse.Namespace) -> int:
         if g.get("oom_rows"):
             skipped = ", ".join(str(r["batch"]) for r in g["oom_rows"])
             print(f"  out of KV-cache memory (not simulated): batch {skipped}")
-    for path in (args.csv, args.plot):
-        if path:
-            print(f"wrote {path}")
-    return 0
 
 
 def plot_sweep(groups: list[dict], path: str, title: str) -> Path:

@@ -48,15 +48,10 @@ from xpusim.hwprofiles.spec import System
 from xpusim.sim.api.base import request_from_flags
 from xpusim.sim.api.commands import api_command, command_for_request
 from xpusim.sim.api.ep import EpRequest, ep
+from xpusim.sim.api.infer import infer
+from xpusim.sim.api.sd import sd
 from xpusim.sim.api.train import TrainRequest, train
-from xpusim.sim.cli import infer as infer_cli
-from xpusim.sim.cli import sd as sd_cli
 from xpusim.sim.errors import InputError
-from xpusim.sim.inference.engine_profile import load_engine
-from xpusim.sim.inference.kvcache import require_kv_fit, step_kv_bytes
-from xpusim.sim.inference.lowering import StepBatch, StepSimulator, plan_for, require_memory
-from xpusim.sim.inference.routing import routing_from_text
-from xpusim.sim.inference.sd_study import sd_payload
 from xpusim.sim.limits import (
     MAX_DIM,
     MAX_RANKS,
@@ -391,24 +386,11 @@ def _ep_result(point: Point) -> dict[str, Any]:
 
 
 def _infer_result(point: Point) -> dict[str, Any]:
-    """One prefill or decode step, as `xpusim infer` without --serve computes it."""
-    args = _parse_command_args(point, "infer", infer_cli.register)
-    if args.serve:
-        raise InputError(f"{point.saved.path}: whatif runs single infer steps; drop 'serve'")
-    assert point.spec is not None
-    plan = plan_for(args.devices, args.tp, args.ep)
-    routing = routing_from_text(args.routing, args.seed)
-    engine = load_engine(args.engine)
-    sim = StepSimulator(point.spec, point.system, plan, engine, args.dtype, routing)
-    batch = StepBatch.for_phase(args.phase, args.batch, args.context)
-    # The memory verdicts of `xpusim infer`: weights must fit, then this step's KV cache.
-    memory = require_memory(point.spec, point.system, plan, engine, args.dtype)
-    kv_needed = step_kv_bytes(memory, args.batch, args.context, plan.ep)
-    require_kv_fit(memory, kv_needed, f"{args.phase} of batch {args.batch} x {args.context}")
-    result = sim.run(batch).as_dict()
-    out = {k: v for k, v in result.items() if isinstance(v, int | float | bool)}
-    out["tokens_per_s"] = batch.tokens / result["time_s"]
-    return out
+    """One prefill or decode step, as `xpusim infer` without --serve computes it, with the
+    point's (varied) ModelSpec and System in place of their names."""
+    request = replace(point.saved.request, model=point.spec, system=point.system, nodes=None)
+    result = infer(request).as_dict()
+    return {k: v for k, v in result.items() if isinstance(v, int | float | bool)}
 
 
 def _sd_result(point: Point) -> dict[str, Any]:
@@ -418,13 +400,10 @@ def _sd_result(point: Point) -> dict[str, Any]:
     ``peak_speedup``, ``peak_batch``, ``peak_target_efficiency``); with one ``batch``
     value that is simply that batch's row.
     """
-    args = _parse_command_args(point, "sd", sd_cli.register)
-    payload = sd_payload(args, point.system, point.spec)
-    group = payload["groups"][0]
-    best = next(r for r in group["rows"] if r["batch"] == group["peak"]["batch"])
-    out: dict[str, Any] = {f"peak_{k}": v for k, v in best.items()}
-    out["band_min_batch"] = group["band_sqrt2"]["min_batch"]
-    out["band_max_batch"] = group["band_sqrt2"]["max_batch"]
+    request = replace(point.saved.request, target=point.spec, system=point.system, nodes=None)
+    group = sd(request).groups[0]
+    out: dict[str, Any] = {f"peak_{k}": v for k, v in group.peak.as_dict().items()}
+    out["band_min_batch"], out["band_max_batch"] = group.band
     return {k: v for k, v in out.items() if isinstance(v, int | float | bool)}
 
 

@@ -1,0 +1,275 @@
+"""``infer``: one prefill or decode step of a model on a deployment (``xpusim infer``
+without ``--serve``; the serving run is ``xpusim.sim.api.serve``).
+
+The step is lowered to per-rank IR (sim/inference/lowering.py), priced by the cost model
+and the network, and scheduled by the engine; the serving engine's host overheads come
+from an engine profile (hwprofiles/engines/). The deployment fields (``model`` ...
+``attention_impl``) are shared with ``serve``: ``load_deployment`` builds what both run on.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from xpusim.hwprofiles import load_system
+from xpusim.hwprofiles.spec import System
+from xpusim.sim.api.base import as_json_dict, request_from_kwargs
+from xpusim.sim.cost.attention_impl import check_impl
+from xpusim.sim.errors import InputError, NegativeVerdict
+from xpusim.sim.inference.engine_profile import EngineProfile, load_engine
+from xpusim.sim.inference.kvcache import MemoryPlan, require_kv_fit, step_kv_bytes
+from xpusim.sim.inference.lowering import (
+    StepBatch,
+    StepResult,
+    StepSimulator,
+    plan_for,
+    require_memory,
+)
+from xpusim.sim.inference.routing import Routing, routing_from_text
+from xpusim.sim.limits import check_namespace
+from xpusim.sim.models.hf_config import load_model
+from xpusim.sim.models.spec import ModelSpec
+from xpusim.sim.parallel import ParallelPlan
+
+PHASES = ("prefill", "decode")
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    """``xpusim infer``'s flags (without ``--serve``) as data."""
+
+    # A preset name or Hugging Face config.json path, or a ModelSpec (what-if variations).
+    model: str | ModelSpec | None = None  # required
+    # A profile name or path, or a System (what-if variations); required.
+    system: str | System | None = None
+    nodes: int | None = None  # default: the profile's
+    devices: int | None = None  # all as tensor parallel (TP = devices); default 1
+    tp: int | None = None  # tensor-parallel size; with ep, devices = tp x ep
+    ep: int = 1  # expert-parallel groups (MoE)
+    engine: str = "vllm-0.6"  # serving-engine profile name or path; "none": no host work
+    dtype: str = "bf16"
+    routing: str = "uniform"  # MoE routing: uniform, zipf:S or a file of per-expert counts
+    seed: int = 0
+    attention_impl: str | None = None  # default: the device's (docs/attention.md)
+    phase: str = "decode"  # prefill | decode
+    batch: int = 1  # requests in the step
+    context: int = 1024  # prompt length (prefill) or cached context per request (decode)
+
+
+@dataclass(frozen=True)
+class InferResult:
+    """One simulated step; ``as_dict()`` is ``xpusim infer --json``."""
+
+    model: str
+    system: str
+    device: str  # the device's name (e.g. "A100-SXM4-80GB")
+    plan: ParallelPlan  # tp and ep of the deployment (devices = tp x ep)
+    engine: str
+    phase: str
+    batch: int
+    context: int
+    dtype: str
+    time_s: float  # the step, host work included
+    tokens_per_s: float  # new tokens of the step per second
+    bound: str  # the largest term: compute, memory, kernel overhead, communication, host
+    step: StepResult  # the full step: time by kind, bytes read, kernels
+    memory: MemoryPlan  # per-device memory of the deployment
+    kv_needed_bytes: float  # KV cache this step keeps on one device
+    spec: ModelSpec  # the model simulated
+
+    def as_dict(self) -> dict[str, Any]:
+        return as_json_dict(
+            {
+                "model": self.model,
+                "system": self.system,
+                "device": self.device,
+                "tp": self.plan.tp,
+                "ep": self.plan.ep,
+                "devices": self.plan.devices,
+                "engine": self.engine,
+                "phase": self.phase,
+                "batch": self.batch,
+                "context": self.context,
+                "dtype": self.dtype,
+                **self.step.as_dict(),
+                "tokens_per_s": self.tokens_per_s,
+                "memory": {
+                    **self.memory.as_dict(),
+                    "kv_needed_bytes": self.kv_needed_bytes,
+                    "fits": self.kv_needed_bytes <= self.memory.kv_cache,
+                },
+            }
+        )
+
+
+def infer(request: InferRequest | None = None, /, **kwargs: Any) -> InferResult:
+    """Simulate one prefill or decode step. Raises ``NegativeVerdict`` (payload: the
+    command's JSON document with ``"oom": true`` and the memory breakdown) when the
+    weights leave no room for a KV cache, or when this step's KV cache does not fit."""
+    req = request_from_kwargs(InferRequest, request, kwargs, "xpusim.infer")
+    check_request(req)
+
+    def verdict(
+        spec: ModelSpec, system: System, plan: ParallelPlan, engine: EngineProfile
+    ) -> dict[str, Any]:
+        return _verdict_header(spec, system, plan, req)
+
+    dep = load_deployment(req, verdict)
+    if req.phase not in PHASES:
+        raise InputError(f"--phase '{req.phase}': choose prefill or decode")
+    if req.batch < 1 or req.context < (1 if req.phase == "prefill" else 0):
+        raise InputError("--batch must be >= 1 and --context >= 1 (prefill) or >= 0 (decode)")
+    batch = StepBatch.for_phase(req.phase, req.batch, req.context)
+    # Checked before simulating: an out-of-memory verdict, like train's.
+    kv_needed = step_kv_bytes(dep.memory, req.batch, req.context, dep.plan.ep)
+    with verdict_document(verdict(dep.spec, dep.system, dep.plan, dep.engine)):
+        require_kv_fit(
+            dep.memory, kv_needed, f"{req.phase} of batch {req.batch} x context {req.context}"
+        )
+    step = dep.sim.run(batch)
+    return InferResult(
+        model=dep.spec.name,
+        system=dep.system.name,
+        device=dep.system.device.name,
+        plan=dep.plan,
+        engine=dep.engine.name,
+        phase=req.phase,
+        batch=req.batch,
+        context=req.context,
+        dtype=req.dtype,
+        time_s=step.time_s,
+        tokens_per_s=batch.tokens / step.time_s,
+        bound=step.bound,
+        step=step,
+        memory=dep.memory,
+        kv_needed_bytes=kv_needed,
+        spec=dep.spec,
+    )
+
+
+def _verdict_header(
+    spec: ModelSpec, system: System, plan: ParallelPlan, req: InferRequest
+) -> dict[str, Any]:
+    """The step's identity in the document of an out-of-memory verdict."""
+    return {
+        "model": spec.name,
+        "system": system.name,
+        "tp": plan.tp,
+        "ep": plan.ep,
+        "devices": plan.devices,
+        "phase": req.phase,
+        "batch": req.batch,
+        "context": req.context,
+    }
+
+
+# --- what infer and serve share ---------------------------------------------------------
+
+
+class DeploymentFields(Protocol):
+    """The request fields of a deployment (``InferRequest`` and ``ServeRequest``)."""
+
+    @property
+    def model(self) -> str | ModelSpec | None: ...
+    @property
+    def system(self) -> str | System | None: ...
+    @property
+    def nodes(self) -> int | None: ...
+    @property
+    def devices(self) -> int | None: ...
+    @property
+    def tp(self) -> int | None: ...
+    @property
+    def ep(self) -> int: ...
+    @property
+    def engine(self) -> str: ...
+    @property
+    def dtype(self) -> str: ...
+    @property
+    def routing(self) -> str: ...
+    @property
+    def seed(self) -> int: ...
+    @property
+    def attention_impl(self) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """A model on a system under a plan with an engine: what a step or a run simulates."""
+
+    spec: ModelSpec
+    system: System
+    plan: ParallelPlan
+    engine: EngineProfile
+    routing: Routing
+    memory: MemoryPlan
+    sim: StepSimulator
+
+
+def check_request(request: Any) -> None:
+    """The flags' limits (``xpusim.sim.limits``) hold for a request as on the command line."""
+    check_namespace(argparse.Namespace(**vars(request)))
+
+
+VerdictDocument = Callable[[ModelSpec, System, ParallelPlan, EngineProfile], dict[str, Any]]
+
+
+def load_deployment(req: DeploymentFields, verdict: VerdictDocument) -> Deployment:
+    """The deployment a request names. ``verdict`` gives the command's document for an
+    out-of-memory verdict (the weights leave no room for a KV cache)."""
+    spec = load_model_arg(req.model, "--model")
+    system = load_system_arg(req.system, req.nodes)
+    engine = load_engine(req.engine)
+    plan = plan_for(req.devices, req.tp, req.ep)
+    routing = routing_from_text(req.routing, req.seed)
+    with verdict_document(verdict(spec, system, plan, engine)):
+        memory = require_memory(spec, system, plan, engine, req.dtype)
+    if req.attention_impl:
+        check_impl(system.device, req.attention_impl, "--attention-impl")
+    sim = StepSimulator(
+        spec, system, plan, engine, req.dtype, routing, attention_impl=req.attention_impl
+    )
+    return Deployment(spec, system, plan, engine, routing, memory, sim)
+
+
+@contextmanager
+def verdict_document(document: dict[str, Any]) -> Iterator[None]:
+    """Re-raise an out-of-memory verdict from below (whose payload is the memory
+    breakdown) with the command's whole JSON document: ``document``, ``"oom": true`` and
+    the breakdown under ``"memory"``."""
+    try:
+        yield
+    except NegativeVerdict as verdict:
+        raise NegativeVerdict(
+            str(verdict), {**document, "oom": True, "memory": verdict.payload}
+        ) from None
+
+
+def load_model_arg(value: str | ModelSpec | None, flag: str) -> ModelSpec:
+    """A model field: a ModelSpec as is, else a preset name or config.json path."""
+    if isinstance(value, ModelSpec):
+        return value
+    if not value:
+        raise InputError(
+            f"{flag} is required: a preset such as llama-2-7b, or a config.json path"
+        )
+    return load_model(value)
+
+
+def load_system_arg(value: str | System | None, nodes: int | None, flag: str = "--system") -> System:
+    """A system field: a System as is (its node count is used), else a profile name or
+    path with ``nodes`` nodes (default: the profile's)."""
+    if isinstance(value, System):
+        if nodes is not None and nodes != value.nodes:
+            raise InputError(
+                f"nodes={nodes} beside a System of {value.nodes} nodes: build the System "
+                "with the node count wanted, or pass the system by name"
+            )
+        return value
+    if not value:
+        raise InputError(f"{flag} is required: a system profile name or path (e.g. hgx-a800)")
+    return load_system(value, nodes=nodes)

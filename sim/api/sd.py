@@ -1,0 +1,214 @@
+"""``sd``: the speculative-decoding study (MoESD): SD speedup and target efficiency vs
+batch size for a target and its draft (``xpusim sd``).
+
+The study is sim/inference/sd_study.py and sim/inference/speculative.py; this module
+reads the request (defaults, checks, loading) and assembles the result. Besides the
+target/draft group, ``compare_dense``/``draft_dense`` add a dense pair and ``topk``
+re-runs the target with other top-k (MoESD Fig. 4).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from xpusim.hwprofiles.spec import System
+from xpusim.sim.api.base import as_json_dict, request_from_kwargs
+from xpusim.sim.api.infer import check_request, load_model_arg, load_system_arg, verdict_document
+from xpusim.sim.errors import InputError
+from xpusim.sim.inference.engine_profile import load_engine
+from xpusim.sim.inference.lowering import plan_for
+from xpusim.sim.inference.routing import routing_from_text
+from xpusim.sim.inference.sd_study import SdGroup, SdSetup, acceptance, sd_group, topk_targets
+from xpusim.sim.inference.speculative import HEAD_KINDS, SDRow, expected_tokens
+from xpusim.sim.models.spec import ModelSpec
+from xpusim.sim.parallel import ParallelPlan
+from xpusim.sim.units import parse_int_list
+
+# The batch sizes of the MoESD paper's sweeps.
+PAPER_BATCHES = "1,2,4,8,12,16,20,24,28,32,36,40,44,48,52,56,60,80,100"
+
+
+@dataclass(frozen=True)
+class SdRequest:
+    """``xpusim sd``'s flags as data."""
+
+    # A preset name or config.json path, or a ModelSpec (what-if variations); required.
+    target: str | ModelSpec | None = None
+    # A draft model (name, path or ModelSpec) or a head: eagle, mtp; required.
+    draft: str | ModelSpec | None = None
+    system: str | System | None = None  # a profile name or path, or a System; required
+    nodes: int | None = None  # default: the profile's
+    devices: int | None = None  # target devices, all as TP (TP = devices); default 1
+    tp: int | None = None  # target tensor-parallel size; with ep, devices = tp x ep
+    ep: int = 1
+    draft_devices: int = 1  # TP of a draft model (vLLM: 1)
+    gamma: int = 4  # draft length
+    # Acceptance per drafted token: one rate, or one per position ("a,b,c,d" or a tuple);
+    # None: 0.8, unless sigma is given.
+    alpha: str | float | tuple[float, ...] | None = None
+    sigma: float | None = None  # MoESD's sigma instead of alpha (converted by its Eq. 5)
+    batch: str | tuple[int, ...] = PAPER_BATCHES  # batch sizes, comma-separated or a tuple
+    context: float = 512.0  # cached context per request (tokens)
+    engine: str = "vllm-0.6"  # serving-engine profile, or "none"
+    dtype: str = "bf16"
+    routing: str = "uniform"  # uniform, zipf:S or a counts file
+    seed: int = 0
+    compare_dense: str | ModelSpec | None = None  # a dense target to compare (e.g. opt-30b)
+    draft_dense: str | ModelSpec | None = None  # its draft (e.g. opt-350m)
+    topk: str | tuple[int, ...] | None = None  # also run the target with these top-k
+
+
+@dataclass(frozen=True)
+class SdResult:
+    """The study; ``as_dict()`` is ``xpusim sd --json``. Headline fields are the first
+    group's (the target with its draft)."""
+
+    target: str
+    draft: str
+    system: str
+    device: str
+    plan: ParallelPlan  # the target's tp and ep
+    engine: str
+    gamma: int
+    alpha: float | tuple[float, ...]
+    expected_tokens: float  # tokens per request per SD round
+    context: float
+    peak_speedup: float
+    peak_batch: int
+    rows: tuple[SDRow, ...]  # the first group's, one per batch that fits
+    groups: tuple[SdGroup, ...]  # the target/draft pair, then the dense pair and top-k runs
+
+    def as_dict(self) -> dict[str, Any]:
+        first = self.groups[0].as_dict()
+        return as_json_dict(
+            {
+                **_header(self.target, self.draft, self.system, self.device, self.plan,
+                          self.engine, self.gamma, self.alpha, self.expected_tokens,
+                          self.context),  # fmt: skip
+                "rows": first["rows"],
+                "peak": first["peak"],
+                "groups": [g.as_dict() for g in self.groups],
+            }
+        )
+
+
+def sd(request: SdRequest | None = None, /, **kwargs: Any) -> SdResult:
+    """Run the SD study. Raises ``NegativeVerdict`` (payload: the study's JSON header with
+    ``"oom": true``, the group and the memory breakdown) when a target's weights leave no
+    room for a KV cache, a draft model does not fit beside it, or no batch's verification
+    round fits the KV cache."""
+    req = request_from_kwargs(SdRequest, request, kwargs, "xpusim.sd")
+    check_request(req)
+    system = load_system_arg(req.system, req.nodes)
+    setup, tokens = _setup(req, system)
+    target = load_model_arg(req.target, "--target")
+    draft = _draft(req.draft, "--draft")
+    draft_name = draft if isinstance(draft, str) else draft.name
+    header = _header(target.name, draft_name, system.name, system.device.name, setup.plan,
+                     setup.engine.name, req.gamma, setup.alpha, tokens, setup.context)  # fmt: skip
+    with verdict_document({**header, "group": target.name}):
+        groups = [sd_group(target.name, target, draft, setup)]
+    for label, t, d in _more_groups(req, target, draft):
+        with verdict_document({**header, "group": label}):
+            groups.append(sd_group(label, t, d, setup))
+    first = groups[0]
+    return SdResult(
+        target=target.name,
+        draft=draft_name,
+        system=system.name,
+        device=system.device.name,
+        plan=setup.plan,
+        engine=setup.engine.name,
+        gamma=req.gamma,
+        alpha=setup.alpha,
+        expected_tokens=tokens,
+        context=setup.context,
+        peak_speedup=first.peak.speedup,
+        peak_batch=first.peak.batch,
+        rows=first.rows,
+        groups=tuple(groups),
+    )
+
+
+def _setup(req: SdRequest, system: System) -> tuple[SdSetup, float]:
+    """The shared part of every group, and the expected tokens per round."""
+    if req.context < 0:
+        raise InputError(f"--context must be >= 0 cached tokens per request, got {req.context:g}")
+    if req.draft_devices < 1:
+        raise InputError(f"--draft-devices must be >= 1, got {req.draft_devices}")
+    if req.alpha is not None and req.sigma is not None:
+        raise InputError("give --alpha or --sigma, not both")
+    engine = load_engine(req.engine)
+    plan = plan_for(req.devices, req.tp, req.ep)
+    batches = _int_list(req.batch, "--batch")
+    if min(batches) < 1:
+        raise InputError("--batch: batch sizes must be >= 1")
+    alpha = acceptance(_alpha_text(req.alpha), req.sigma, req.gamma)
+    tokens = expected_tokens(alpha, req.gamma)
+    routing = routing_from_text(req.routing, req.seed)
+    setup = SdSetup(
+        system, plan, engine, req.gamma, alpha, float(req.context), req.draft_devices,
+        req.dtype, routing, tuple(batches),
+    )  # fmt: skip
+    return setup, tokens
+
+
+def _more_groups(
+    req: SdRequest, target: ModelSpec, draft: ModelSpec | str
+) -> list[tuple[str, ModelSpec, ModelSpec | str]]:
+    """(label, target, draft) of the dense comparison and the top-k runs."""
+    out: list[tuple[str, ModelSpec, ModelSpec | str]] = []
+    if req.compare_dense:
+        if not req.draft_dense:
+            raise InputError("--compare-dense needs --draft-dense (e.g. opt-350m)")
+        dense = load_model_arg(req.compare_dense, "--compare-dense")
+        out.append((dense.name, dense, _draft(req.draft_dense, "--draft-dense")))
+    if req.topk:
+        for label, spec in topk_targets(target, _int_list(req.topk, "--topk")):
+            out.append((label, spec, draft))
+    return out
+
+
+def _header(
+    target: str, draft: str, system: str, device: str, plan: ParallelPlan, engine: str,
+    gamma: int, alpha: float | tuple[float, ...], tokens: float, context: float,
+) -> dict[str, Any]:  # fmt: skip
+    return {
+        "target": target,
+        "draft": draft,
+        "system": system,
+        "device": device,
+        "tp": plan.tp,
+        "ep": plan.ep,
+        "engine": engine,
+        "gamma": gamma,
+        "alpha": alpha,
+        "expected_tokens": tokens,
+        "context": context,
+    }
+
+
+def _draft(value: str | ModelSpec | None, flag: str) -> ModelSpec | str:
+    """A head kind as is, else the draft model."""
+    if isinstance(value, str) and value in HEAD_KINDS:
+        return value
+    return load_model_arg(value, flag)
+
+
+def _alpha_text(alpha: str | float | tuple[float, ...] | None) -> str | float:
+    if alpha is None:
+        return 0.8
+    if isinstance(alpha, tuple | list):
+        return ",".join(str(a) for a in alpha)
+    return alpha
+
+
+def _int_list(value: str | int | tuple[int, ...] | list[int], flag: str) -> list[int]:
+    if isinstance(value, str):
+        return parse_int_list(value, flag)
+    if isinstance(value, int):
+        return [value]
+    if not value or not all(type(v) is int for v in value):  # bools are not batch sizes
+        raise InputError(f"{flag}: expected comma-separated integers, got {value!r}")
+    return list(value)

@@ -1,0 +1,425 @@
+"""``serve``: a serving run, continuous batching of a request stream (``xpusim infer
+--serve``), optionally with speculative decoding (``draft``) or disaggregated into a
+prefill and a decode pool (``prefill_system``/``decode_system``/``prefill_devices``/
+``decode_devices``).
+
+The colocated run gives a ``ServeResult``; a disaggregated one (any pool field set) a
+``DisaggServeResult`` comparing the split deployment with the colocated one of
+``system``/``devices``/``tp``/``ep`` (by default as many devices as both pools).
+The scheduler is sim/inference/serving.py, the split sim/inference/disagg.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from xpusim.hwprofiles.spec import System
+from xpusim.sim.api.base import as_json_dict, request_from_kwargs
+from xpusim.sim.api.infer import (
+    check_request,
+    load_deployment,
+    load_model_arg,
+    load_system_arg,
+    verdict_document,
+)
+from xpusim.sim.errors import InputError
+from xpusim.sim.inference.disagg import (
+    DecodeOnlyCosts,
+    DisaggResult,
+    goodput,
+    kv_path,
+    run_disaggregated,
+)
+from xpusim.sim.inference.engine_profile import EngineProfile, load_engine
+from xpusim.sim.inference.kvcache import MemoryPlan, kv_bytes_per_token
+from xpusim.sim.inference.lowering import StepSimulator, plan_for, require_memory
+from xpusim.sim.inference.routing import Routing, routing_from_text
+from xpusim.sim.inference.serving import Server
+from xpusim.sim.inference.serving import ServeResult as ServingRun
+from xpusim.sim.inference.speculative import HEAD_KINDS, draft_simulator, require_draft_fit
+from xpusim.sim.inference.stepcosts import StepCosts
+from xpusim.sim.inference.workload import LengthDist, Workload, make_requests
+from xpusim.sim.models.spec import ModelSpec
+from xpusim.sim.parallel import ParallelPlan
+
+# Defaults of the speculative-decoding fields (used only with a draft: one given
+# without a draft is refused, not silently ignored, so the fields default to None).
+SD_DEFAULTS = {"gamma": 4, "alpha": 0.8, "draft_devices": 1}
+POOL_FIELDS = ("prefill_system", "decode_system", "prefill_devices", "decode_devices")
+
+
+@dataclass(frozen=True)
+class ServeRequest:
+    """``xpusim infer --serve``'s flags as data."""
+
+    # The deployment, as InferRequest's.
+    model: str | ModelSpec | None = None  # required
+    system: str | System | None = None  # required
+    nodes: int | None = None  # default: the profile's
+    devices: int | None = None  # all as tensor parallel (TP = devices); default 1
+    tp: int | None = None
+    ep: int = 1
+    engine: str = "vllm-0.6"
+    dtype: str = "bf16"
+    routing: str = "uniform"
+    seed: int = 0
+    attention_impl: str | None = None  # default: the device's
+    # The request stream.
+    rate: float = 1.0  # Poisson arrivals, requests/s
+    requests: int = 200
+    trace: str | None = None  # CSV of arrival_s,prompt_tokens,output_tokens (replaces the above)
+    prompt_len: str = "uniform:128:1024"  # N, uniform:A:B or exp:MEAN
+    output_len: str = "exp:256"
+    # Speculative decoding: a draft model (name or ModelSpec) or head (eagle, mtp).
+    draft: str | ModelSpec | None = None
+    gamma: int | None = None  # tokens drafted per round; default 4 (with a draft)
+    alpha: float | None = None  # mean acceptance, sampled per request; default 0.8
+    draft_devices: int | None = None  # tensor-parallel size of a draft model; default 1
+    # Disaggregated serving: any of the four pool fields makes the run disaggregated.
+    prefill_system: str | System | None = None  # default: system
+    decode_system: str | System | None = None  # default: system
+    prefill_devices: int | None = None  # required when disaggregated
+    decode_devices: int | None = None  # required when disaggregated
+    slo_ttft: float | None = None  # goodput SLO on time to first token, s
+    slo_tpot: float | None = None  # goodput SLO on time per output token, s
+    progress: bool = False  # progress bar on stderr
+
+    @property
+    def disaggregated(self) -> bool:
+        return any(getattr(self, name) is not None for name in POOL_FIELDS)
+
+
+@dataclass(frozen=True)
+class ServeResult:
+    """A colocated serving run; ``as_dict()`` is ``xpusim infer --serve --json``."""
+
+    model: str
+    system: str
+    device: str
+    plan: ParallelPlan
+    engine: str
+    rate: float | None  # None with a trace
+    trace: str | None
+    draft: str | None
+    gamma: int | None  # None without a draft
+    alpha: float | None
+    seed: int
+    throughput_tokens_per_s: float  # output tokens per second over the makespan
+    throughput_requests_per_s: float
+    ttft_mean_s: float | None  # None when no request completed
+    tpot_mean_s: float | None
+    metrics: dict[str, Any]  # percentiles of TTFT/TPOT/latency, steps, preemptions...
+    run: ServingRun  # the requests with their times
+
+    def as_dict(self) -> dict[str, Any]:
+        return as_json_dict(
+            {
+                "model": self.model,
+                "system": self.system,
+                "tp": self.plan.tp,
+                "ep": self.plan.ep,
+                "engine": self.engine,
+                "rate": self.rate,
+                "trace": self.trace,
+                "draft": self.draft,
+                "gamma": self.gamma,
+                "alpha": self.alpha,
+                "seed": self.seed,
+                **self.metrics,
+            }
+        )
+
+
+@dataclass(frozen=True)
+class Pool:
+    """One deployment of a disaggregated comparison."""
+
+    system: str
+    device: str
+    plan: ParallelPlan
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"system": self.system, "devices": self.plan.devices, "tp": self.plan.tp,
+                "ep": self.plan.ep}
+
+
+@dataclass(frozen=True)
+class DisaggServeResult:
+    """Disaggregated serving beside the colocated deployment; ``as_dict()`` is ``xpusim
+    infer --serve --prefill-system ... --json``."""
+
+    model: str
+    engine: str
+    dtype: str
+    seed: int
+    slo_ttft_s: float | None
+    slo_tpot_s: float | None
+    kv_bytes_per_token: float  # what crosses from prefill to decode per prompt token
+    prefill: Pool
+    decode: Pool
+    colocated: Pool
+    throughput_tokens_per_s: float  # of the split deployment
+    goodput_requests_per_s: float  # of the split deployment
+    colocated_throughput_tokens_per_s: float
+    colocated_goodput_requests_per_s: float
+    metrics: dict[str, Any]  # the split deployment's, with the KV transfer
+    colocated_metrics: dict[str, Any]  # as ServeResult.metrics, plus goodput
+    run: DisaggResult  # both pools' runs and the user's view of each request
+
+    def as_dict(self) -> dict[str, Any]:
+        return as_json_dict(
+            {
+                "model": self.model,
+                "engine": self.engine,
+                "dtype": self.dtype,
+                "seed": self.seed,
+                "slo_ttft_s": self.slo_ttft_s,
+                "slo_tpot_s": self.slo_tpot_s,
+                "kv_bytes_per_token": self.kv_bytes_per_token,
+                "disaggregated": {
+                    "prefill": self.prefill.as_dict(),
+                    "decode": self.decode.as_dict(),
+                    **self.metrics,
+                },
+                "colocated": {**self.colocated.as_dict(), **self.colocated_metrics},
+            }
+        )
+
+
+def serve(
+    request: ServeRequest | None = None, /, **kwargs: Any
+) -> ServeResult | DisaggServeResult:
+    """Simulate a serving run: a ``ServeResult``, or with a pool field set a
+    ``DisaggServeResult``. Raises ``NegativeVerdict`` (payload: the command's JSON
+    document with ``"oom": true`` and the memory breakdown) when a deployment's weights
+    leave no room for a KV cache or a draft model does not fit beside its target."""
+    req = request_from_kwargs(ServeRequest, request, kwargs, "xpusim.serve")
+    check_request(req)
+    gamma, alpha, draft_devices = speculative_options(req)
+    if req.disaggregated:
+        return _serve_disaggregated(req)
+    return _serve_colocated(req, gamma, alpha, draft_devices)
+
+
+def speculative_options(req: ServeRequest) -> tuple[int, float, int]:
+    """(gamma, alpha, draft_devices) with their defaults; refused without a draft."""
+    given = [name for name in SD_DEFAULTS if getattr(req, name) is not None]
+    if given and not req.draft:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise InputError(
+            f"{flags} needs --draft (speculative decoding): add --draft MODEL (or eagle, mtp) "
+            f"with --serve, or drop {flags}"
+        )
+    gamma = SD_DEFAULTS["gamma"] if req.gamma is None else req.gamma
+    alpha = SD_DEFAULTS["alpha"] if req.alpha is None else req.alpha
+    draft_devices = SD_DEFAULTS["draft_devices"] if req.draft_devices is None else req.draft_devices
+    return int(gamma), float(alpha), int(draft_devices)
+
+
+def check_speculative_args(gamma: int, alpha: float, draft_devices: int) -> None:
+    """The draft options of a serving run: a draft length, a probability, a TP size."""
+    if gamma < 1:
+        raise InputError(f"--gamma must be >= 1 (tokens drafted per round), got {gamma}")
+    if not 0.0 <= alpha <= 1.0:
+        raise InputError(
+            f"--alpha must be in [0, 1] (mean acceptance per drafted token), got {alpha}"
+        )
+    if draft_devices < 1:
+        raise InputError(f"--draft-devices must be >= 1, got {draft_devices}")
+
+
+def _workload(req: ServeRequest, alpha: float) -> Workload:
+    return Workload(
+        req.requests,
+        float(req.rate),
+        LengthDist.parse(req.prompt_len, "--prompt-len"),
+        LengthDist.parse(req.output_len, "--output-len"),
+        req.seed,
+        req.trace,
+        alpha,
+    )
+
+
+def _serve_colocated(req: ServeRequest, gamma: int, alpha: float, draft_devices: int) -> ServeResult:
+    draft_name = req.draft.name if isinstance(req.draft, ModelSpec) else req.draft
+    sd = req.draft is not None
+
+    def document(
+        spec: ModelSpec, system: System, plan: ParallelPlan, engine: EngineProfile
+    ) -> dict[str, Any]:
+        return {
+            "model": spec.name, "system": system.name, "tp": plan.tp, "ep": plan.ep,
+            "engine": engine.name, "rate": None if req.trace else float(req.rate),
+            "trace": req.trace, "draft": draft_name, "gamma": gamma if sd else None,
+            "alpha": alpha if sd else None, "seed": req.seed,
+        }  # fmt: skip
+
+    dep = load_deployment(req, document)
+    if sd:
+        check_speculative_args(gamma, alpha, draft_devices)
+    workload = _workload(req, alpha if sd else 0.0)
+    costs = StepCosts(dep.sim)
+    if req.draft is not None:
+        draft = req.draft if req.draft in HEAD_KINDS else load_model_arg(req.draft, "--draft")
+        with verdict_document(document(dep.spec, dep.system, dep.plan, dep.engine)):
+            require_draft_fit(
+                dep.memory, draft, dep.system, draft_devices, dep.engine, req.dtype, "--draft"
+            )
+        draft_sim = draft_simulator(
+            dep.spec, draft, dep.system, dep.plan, dep.engine, req.dtype, dep.routing,
+            ParallelPlan(tp=draft_devices),
+        )  # fmt: skip
+        costs = StepCosts(dep.sim, draft_sim, gamma)
+    server = Server(
+        costs, dep.memory.kv_tokens, dep.engine.max_num_seqs, dep.engine.max_batched_tokens,
+        seed=req.seed,
+    )  # fmt: skip
+    run = server.run(make_requests(workload), req.progress)
+    metrics = run.metrics()
+    return ServeResult(
+        model=dep.spec.name,
+        system=dep.system.name,
+        device=dep.system.device.name,
+        plan=dep.plan,
+        engine=dep.engine.name,
+        rate=None if req.trace else float(req.rate),
+        trace=req.trace,
+        draft=draft_name,
+        gamma=gamma if sd else None,
+        alpha=alpha if sd else None,
+        seed=req.seed,
+        throughput_tokens_per_s=metrics["throughput_tokens_per_s"],
+        throughput_requests_per_s=metrics["throughput_requests_per_s"],
+        ttft_mean_s=metrics["ttft_s"]["mean"],
+        tpot_mean_s=metrics["tpot_s"]["mean"],
+        metrics=metrics,
+        run=run,
+    )
+
+
+# --- disaggregated serving ----------------------------------------------------------------
+
+
+def _serve_disaggregated(req: ServeRequest) -> DisaggServeResult:
+    if req.draft is not None:
+        raise InputError("--draft is not modelled with disaggregated serving; drop one")
+    for flag, v in (("--slo-ttft", req.slo_ttft), ("--slo-tpot", req.slo_tpot)):
+        if v is not None and not v > 0:
+            raise InputError(f"{flag} must be > 0 seconds, got {v}")
+    spec = load_model_arg(req.model, "--model")
+    engine = load_engine(req.engine)
+    routing = routing_from_text(req.routing, req.seed)
+    document = {
+        "model": spec.name, "engine": engine.name, "dtype": req.dtype, "seed": req.seed,
+        "slo_ttft_s": req.slo_ttft, "slo_tpot_s": req.slo_tpot,
+    }  # fmt: skip
+    pre_plan = _pool_plan(req.prefill_devices, req.ep, "--prefill-devices")
+    dec_plan = _pool_plan(req.decode_devices, req.ep, "--decode-devices")
+    pre_sys = _pool_system(req.prefill_system or req.system, pre_plan.devices, "--prefill-devices")
+    dec_sys = _pool_system(req.decode_system or req.system, dec_plan.devices, "--decode-devices")
+    pre_mem = _pool_memory(spec, pre_sys, pre_plan, engine, req.dtype, {**document, "pool": "prefill"})
+    dec_mem = _pool_memory(spec, dec_sys, dec_plan, engine, req.dtype, {**document, "pool": "decode"})
+    pre_sim = StepSimulator(spec, pre_sys, pre_plan, engine, req.dtype, routing)
+    dec_sim = StepSimulator(spec, dec_sys, dec_plan, engine, req.dtype, routing)
+    workload = _workload(req, 0.0)
+    path = kv_path(pre_sys, dec_sys, pre_plan.devices, dec_plan.devices)
+    kv_token = kv_bytes_per_token(spec, req.dtype, 1)
+    split = run_disaggregated(
+        make_requests(workload),
+        _server(StepCosts(pre_sim), pre_mem.kv_tokens, engine, req.seed),
+        _server(DecodeOnlyCosts(dec_sim), dec_mem.kv_tokens, engine, req.seed),
+        kv_token,
+        path,
+    )
+    metrics = split.metrics(req.slo_ttft, req.slo_tpot)
+    both = pre_plan.devices + dec_plan.devices
+    colocated, co_metrics = _colocated(req, spec, engine, routing, workload, both, document)
+    return DisaggServeResult(
+        model=spec.name,
+        engine=engine.name,
+        dtype=req.dtype,
+        seed=req.seed,
+        slo_ttft_s=req.slo_ttft,
+        slo_tpot_s=req.slo_tpot,
+        kv_bytes_per_token=kv_token,
+        prefill=Pool(pre_sys.name, pre_sys.device.name, pre_plan),
+        decode=Pool(dec_sys.name, dec_sys.device.name, dec_plan),
+        colocated=colocated,
+        throughput_tokens_per_s=metrics["throughput_tokens_per_s"],
+        goodput_requests_per_s=metrics["goodput_requests_per_s"],
+        colocated_throughput_tokens_per_s=co_metrics["throughput_tokens_per_s"],
+        colocated_goodput_requests_per_s=co_metrics["goodput_requests_per_s"],
+        metrics=metrics,
+        colocated_metrics=co_metrics,
+        run=split,
+    )
+
+
+def _server(costs: StepCosts, kv_tokens: float, engine: EngineProfile, seed: int) -> Server:
+    return Server(costs, kv_tokens, engine.max_num_seqs, engine.max_batched_tokens, seed=seed)
+
+
+def _pool_plan(devices: int | None, ep: int, flag: str) -> ParallelPlan:
+    if devices is None:
+        raise InputError(f"{flag} is required with --prefill-system/--decode-system")
+    if devices < 1 or devices % ep:
+        raise InputError(f"{flag} {devices} must be a positive multiple of --ep {ep}")
+    return ParallelPlan(tp=devices // ep, ep=ep)
+
+
+def _pool_system(name: str | System | None, devices: int, flag: str) -> System:
+    """The pool's system with as many nodes as its instance needs (at least the
+    profile's); a System object is used as given."""
+    if isinstance(name, System):
+        system = name
+    else:
+        probe = load_system_arg(name, None)
+        nodes = max(probe.nodes, -(-devices // probe.devices_per_node))
+        system = probe if nodes == probe.nodes else load_system_arg(name, nodes)
+    if devices > system.num_devices:
+        raise InputError(
+            f"{flag} {devices} exceeds the {system.num_devices} devices of {system.name}"
+        )
+    return system
+
+
+def _pool_memory(
+    spec: ModelSpec,
+    system: System,
+    plan: ParallelPlan,
+    engine: EngineProfile,
+    dtype: str,
+    document: dict[str, Any],
+) -> MemoryPlan:
+    """The pool's memory plan; an out-of-memory verdict names the pool."""
+    where = {"system": system.name, "devices": plan.devices, "tp": plan.tp, "ep": plan.ep}
+    with verdict_document({**document, **where}):
+        return require_memory(spec, system, plan, engine, dtype)
+
+
+def _colocated(
+    req: ServeRequest,
+    spec: ModelSpec,
+    engine: EngineProfile,
+    routing: Routing,
+    workload: Workload,
+    pool_devices: int,
+    document: dict[str, Any],
+) -> tuple[Pool, dict[str, Any]]:
+    """The colocated baseline and its metrics: ``system`` with ``devices``/``tp``
+    (default: both pools' devices), serving the same requests."""
+    system = load_system_arg(req.system, req.nodes)
+    if req.devices is None and req.tp is None:
+        plan = ParallelPlan(tp=pool_devices // req.ep, ep=req.ep)
+    else:
+        plan = plan_for(req.devices, req.tp, req.ep)
+    memory = _pool_memory(spec, system, plan, engine, req.dtype, {**document, "pool": "colocated"})
+    sim = StepSimulator(spec, system, plan, engine, req.dtype, routing)
+    requests = make_requests(workload)
+    run = _server(StepCosts(sim), memory.kv_tokens, engine, req.seed).run(requests)
+    metrics = run.metrics()
+    metrics["goodput_requests_per_s"] = goodput(
+        requests, metrics["makespan_s"], req.slo_ttft, req.slo_tpot
+    )
+    return Pool(system.name, system.device.name, plan), metrics

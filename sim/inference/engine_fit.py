@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 from scipy.optimize import least_squares
@@ -47,7 +48,8 @@ class DeviceTimes:
 
 def zero_fit_params(engine: EngineProfile) -> EngineProfile:
     """The profile with the fitted host terms at zero: device time plus fixed host terms."""
-    return replace(engine, **{p: 0.0 for p in FIT_PARAMS})
+    zeros: dict[str, Any] = {p: 0.0 for p in FIT_PARAMS}
+    return replace(engine, **zeros)
 
 
 def device_times(

@@ -217,7 +217,7 @@ def list_engines() -> list[str]:
 
 def load_engine(name_or_path: str | None) -> EngineProfile:
     """Load ``hwprofiles/engines/<name>.toml`` or a path; None or "none" gives NO_ENGINE."""
-    if name_or_path in (None, "", "none"):
+    if name_or_path is None or name_or_path in ("", "none"):
         return NO_ENGINE
     path = Path(name_or_path)
     if path.suffix != ".toml" and not path.exists():
@@ -242,41 +242,8 @@ def _from_dict(data: dict, path: Path) -> EngineProfile:
     sources: dict[str, str] = {}
     known = {"kind", "name", "description", "schema_version", "fit"}
     for section, body in data.items():
-        if section in known:
-            continue
-        if not isinstance(body, dict):
-            raise InputError(
-                f"{path}: top-level field '{section}' is unknown; parameters live "
-                f"in sections such as [host], [kernels], [speculative], [scheduler]"
-            )
-        for key, value in body.items():
-            where = f"{section}.{key}"
-            if key == "source":
-                sources[section] = str(value)
-            elif key in _US_KEYS:
-                if not isinstance(value, int | float) or value < 0:
-                    raise InputError(
-                        f"{path}: field '{where}' must be a number >= 0 (microseconds)"
-                    )
-                values[_US_KEYS[key]] = float(value) * US
-            elif key in _CHOICE_KEYS:
-                allowed_values = _CHOICE_KEYS[key]
-                if not isinstance(value, str) or not value or (
-                    allowed_values is not None and value not in allowed_values
-                ):
-                    want = " | ".join(allowed_values) if allowed_values else "a non-empty string"
-                    raise InputError(f"{path}: field '{where}' must be {want} (got {value!r})")
-                values[key] = value
-            elif key in _PLAIN_KEYS:
-                typ = _PLAIN_KEYS[key]
-                if typ is bool and not isinstance(value, bool):
-                    raise InputError(f"{path}: field '{where}' must be true or false")
-                if typ is not bool and (not isinstance(value, int | float) or value <= 0):
-                    raise InputError(f"{path}: field '{where}' must be a positive number")
-                values[key] = typ(value)
-            else:
-                allowed = ", ".join(sorted([*_US_KEYS, *_PLAIN_KEYS, *_CHOICE_KEYS]))
-                raise InputError(f"{path}: unknown field '{where}'; known fields: {allowed}")
+        if section not in known:
+            _read_section(section, body, path, values, sources)
     if "fit" in data:
         sources["fit"] = str(data["fit"].get("method", "")) if isinstance(data["fit"], dict) else ""
     if not 0 < values.get("memory_utilization", 0.9) <= 1:
@@ -284,3 +251,45 @@ def _from_dict(data: dict, path: Path) -> EngineProfile:
     if values.get("reference_host"):
         host_speed(values["reference_host"])  # a clear error for an unknown CPU
     return EngineProfile(**values, sources=sources)
+
+
+def _read_section(
+    section: str, body: object, path: Path, values: dict, sources: dict[str, str]
+) -> None:
+    """One ``[section]`` of a profile: its fields into ``values``, its source into ``sources``."""
+    if not isinstance(body, dict):
+        raise InputError(
+            f"{path}: top-level field '{section}' is unknown; parameters live "
+            f"in sections such as [host], [kernels], [speculative], [scheduler]"
+        )
+    for key, value in body.items():
+        if key == "source":
+            sources[section] = str(value)
+        else:
+            name, v = _field_value(key, value, f"{section}.{key}", path)
+            values[name] = v
+
+
+def _field_value(key: str, value: object, where: str, path: Path) -> tuple[str, object]:
+    """(EngineProfile field, checked value) of one profile field."""
+    if key in _US_KEYS:
+        if not isinstance(value, int | float) or value < 0:
+            raise InputError(f"{path}: field '{where}' must be a number >= 0 (microseconds)")
+        return _US_KEYS[key], float(value) * US
+    if key in _CHOICE_KEYS:
+        allowed_values = _CHOICE_KEYS[key]
+        if not isinstance(value, str) or not value or (
+            allowed_values is not None and value not in allowed_values
+        ):
+            want = " | ".join(allowed_values) if allowed_values else "a non-empty string"
+            raise InputError(f"{path}: field '{where}' must be {want} (got {value!r})")
+        return key, value
+    if key in _PLAIN_KEYS:
+        typ = _PLAIN_KEYS[key]
+        if typ is bool and not isinstance(value, bool):
+            raise InputError(f"{path}: field '{where}' must be true or false")
+        if typ is not bool and (not isinstance(value, int | float) or value <= 0):
+            raise InputError(f"{path}: field '{where}' must be a positive number")
+        return key, typ(value)
+    allowed = ", ".join(sorted([*_US_KEYS, *_PLAIN_KEYS, *_CHOICE_KEYS]))
+    raise InputError(f"{path}: unknown field '{where}'; known fields: {allowed}")

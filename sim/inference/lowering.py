@@ -378,7 +378,7 @@ class StepSimulator:
         by_kind = dict(by_kind)
         if host_s > 0:
             by_kind["host"] = host_s
-        bound = max(terms, key=terms.get)
+        bound = max(terms, key=lambda k: terms[k])
         experts = experts_touched(self.spec, batch.tokens, self.routing) if self.spec.moe else 0.0
         return StepResult(
             total_s,

@@ -46,13 +46,18 @@ class ServeResult:
     extra: dict = field(default_factory=dict)
 
     def metrics(self) -> dict:
-        done = [r for r in self.requests if r.finish_s is not None]
-        ttft = np.array([r.first_token_s - r.arrival_s for r in done])
+        # (request, first token, finish) of the completed requests.
+        done = [
+            (r, r.first_token_s, r.finish_s)
+            for r in self.requests
+            if r.finish_s is not None and r.first_token_s is not None
+        ]
+        ttft = np.array([first - r.arrival_s for r, first, _ in done])
         tpot = np.array(
-            [(r.finish_s - r.first_token_s) / (r.output - 1) for r in done if r.output > 1]
+            [(finish - first) / (r.output - 1) for r, first, finish in done if r.output > 1]
         )
-        e2e = np.array([r.finish_s - r.arrival_s for r in done])
-        out_tokens = sum(r.output for r in done)
+        e2e = np.array([finish - r.arrival_s for r, _, finish in done])
+        out_tokens = sum(r.output for r, _, _ in done)
 
         def pct(x: np.ndarray) -> dict:
             if len(x) == 0:

@@ -52,8 +52,8 @@ class StepCosts:
             i = min(max(bisect.bisect_right(CONTEXT_GRID, x) - 1, 0), last)
             e = ends.get(i)
             if e is None:
-                x0, x1 = CONTEXT_GRID[i], CONTEXT_GRID[i + 1]
-                e = ends[i] = (x0, x1, fn(x0), fn(x1))
+                a, b = CONTEXT_GRID[i], CONTEXT_GRID[i + 1]
+                e = ends[i] = (a, b, fn(a), fn(b))
             x0, x1, y0, y1 = e
             return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
 

@@ -94,3 +94,27 @@ def test_compare_rejects_system_flag(capsys) -> None:
                "--system", "dgx-a100"])
     assert rc == 2
     assert "--system" in capsys.readouterr().err
+
+
+def test_compare_rows_are_the_studies_results(capsys) -> None:
+    """compare runs the command's study function: a row's figures are xpusim.train's, and
+    a plan that does not fit is the study's verdict (rc 3, out of memory)."""
+    import xpusim
+
+    rc = main(["compare", "--systems", "dgx-h100", "--json", "train", "--model", "qwen2-0.5b",
+               "--tp", "1", "--mbs", "1", "--gbs", "8", "--seq", "1024"])
+    assert rc == 0
+    row = json.loads(capsys.readouterr().out)["rows"][0]
+    want = xpusim.train(model="qwen2-0.5b", system="dgx-h100", tp=1, mbs=1, gbs=8, seq=1024)
+    assert row["tokens_per_s"] == want.tokens_per_s and row["step_s"] == want.step_time_s
+    rc = main(["compare", "--systems", "dgx-h100", "--json", "train", "--model", "llama-2-70b",
+               "--tp", "1", "--mbs", "1", "--gbs", "8", "--seq", "4096", "--recompute", "none"])
+    row = json.loads(capsys.readouterr().out)["rows"][0]
+    assert rc == 0 and row["rc"] == 3 and row["verdict"] == "out of memory"
+
+
+def test_compare_draws_no_traces(capsys) -> None:
+    rc = main(["compare", "--systems", "dgx-h100", "--json", "train", "--model", "qwen2-0.5b",
+               "--gbs", "8", "--trace", "t.json"])
+    row = json.loads(capsys.readouterr().out)["rows"][0]
+    assert rc == 0 and row["rc"] == 2 and "drop it" in row["verdict"]

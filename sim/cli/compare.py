@@ -5,8 +5,8 @@
     xpusim compare --systems dgx-h100,gb200-nvl72 infer --model deepseek-v3 --serve --tp 1 --ep 16
 
 The command after the system list is run as written on each system (``--system S``
-added; for ``train`` also ``--nodes devices / devices_per_node``), in-process, with
-``--json``; the given plan is kept on every system and the data-parallel size follows
+added; for ``train`` also ``--nodes devices / devices_per_node``): its own parser reads
+the flags into its request and the study function runs it (``xpusim.api``); the given plan is kept on every system and the data-parallel size follows
 from the device count (no per-system plan search: the comparison isolates the
 hardware). A system the plan does not fit, or cannot be laid out on, is reported with
 the simulator's verdict instead of a number. Per-watt figures use the device profiles'
@@ -16,13 +16,14 @@ the simulator's verdict instead of a number. Per-watt figures use the device pro
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
-import json
 from typing import Any
 
 from xpusim.hwprofiles import load_system
-from xpusim.sim.errors import InputError
+from xpusim.sim.api.base import request_from_args
+from xpusim.sim.api.commands import api_command, command_name
+from xpusim.sim.cli.main import build_parser
+from xpusim.sim.errors import InputError, NegativeVerdict, ProfileError
+from xpusim.sim.limits import check_namespace
 from xpusim.sim.report import emit_json, table
 
 COMMANDS = ("train", "infer")
@@ -46,16 +47,33 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_one(argv: list[str]) -> tuple[int, dict | None, str]:
-    from xpusim.sim.cli.main import main
+    """Run the command line ``argv`` through its study function: (exit status as the
+    command would give it, its ``--json`` document or None, the last line of its message).
 
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(argv)
+    The flags are parsed by the command's own parser and read into its request
+    (``xpusim.sim.api.commands``: ``infer --serve`` is the serve study)."""
+    args = build_parser(argv[0]).parse_args(argv)
     try:
-        payload = json.loads(out.getvalue()) if out.getvalue().strip() else None
-    except json.JSONDecodeError:
-        payload = None
-    return rc, payload, err.getvalue().strip().splitlines()[-1] if err.getvalue().strip() else ""
+        check_namespace(args)
+        _cli_only_flags(args)
+        cls, study = api_command(command_name(argv[0], vars(args)))
+        return 0, study(request_from_args(cls, args)).as_dict(), ""
+    except (InputError, ProfileError) as exc:
+        return 2, None, _last_line(f"xpusim: error: {exc}")
+    except NegativeVerdict as exc:
+        return 3, exc.payload or None, _last_line(f"xpusim: {exc}")
+
+
+def _cli_only_flags(args: argparse.Namespace) -> None:
+    # Pictures are drawn by the train command line, not its study: compare keeps none.
+    for flag in ("trace", "timeline"):
+        if getattr(args, flag, None):
+            raise InputError(f"compare writes no --{flag}; drop it from the command's arguments")
+
+
+def _last_line(message: str) -> str:
+    lines = message.strip().splitlines()
+    return lines[-1] if lines else ""
 
 
 def _row(command: str, system_name: str, rc: int, payload: dict | None, why: str) -> dict:
@@ -98,6 +116,26 @@ def run(args: argparse.Namespace) -> int:
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     if not systems:
         raise InputError("--systems needs at least one system name (see 'xpusim hw list')")
+    rest = _command_args(args)
+    if args.devices is not None and args.devices < 1:
+        raise InputError(f"--devices must be >= 1, got {args.devices}")
+    if args.plot:
+        from xpusim.sim.report import check_plot_path
+
+        check_plot_path(args.plot, "--plot")
+    rows = [_on_system(args, name, rest) for name in systems]
+    if args.plot:
+        _plot(rows, args.plot, args.command)
+    if args.json:
+        emit_json({"command": args.command, "args": rest, "devices": args.devices,
+                   "rows": rows, "plot": args.plot})
+        return 0
+    _print(args, rest, len(systems), rows)
+    return 0
+
+
+def _command_args(args: argparse.Namespace) -> list[str]:
+    """The command's arguments as given (less a leading ``--``); compare's own refused."""
     rest = list(args.args)
     if rest and rest[0] == "--":
         rest = rest[1:]
@@ -105,39 +143,30 @@ def run(args: argparse.Namespace) -> int:
         if banned in rest:
             raise InputError(f"compare sets {banned} itself; drop it from the {args.command} "
                              "arguments")
-    if args.devices is not None and args.devices < 1:
-        raise InputError(f"--devices must be >= 1, got {args.devices}")
-    if args.plot:
-        from xpusim.sim.report import check_plot_path
+    return rest
 
-        check_plot_path(args.plot, "--plot")
-    rows = []
-    for name in systems:
-        system = load_system(name)  # a bad name fails here, before any simulation
-        argv = [args.command, *rest, "--system", name, "--json"]
-        if args.command == "infer" and args.devices:
-            # serving: enough nodes to hold the deployment (its size comes from --tp/--ep)
-            argv += ["--nodes", str(max(system.nodes, -(-args.devices // system.devices_per_node)))]
-        if args.command == "train" and args.devices:
-            if args.devices % system.devices_per_node:
-                rows.append({"system": name, "device": system.device.name, "rc": 2,
-                             "tdp_w": system.device.tdp_watts,
-                             "verdict": f"{args.devices} devices is not a whole number of "
-                                        f"{system.devices_per_node}-device nodes"})
-                continue
-            argv += ["--nodes", str(args.devices // system.devices_per_node)]
-        if args.command == "train":
-            argv.append("--quiet") if "--quiet" not in rest else None
-        rc, payload, why = _run_one(argv)
-        rows.append(_row(args.command, name, rc, payload, why))
-    if args.plot:
-        _plot(rows, args.plot, args.command)
-    if args.json:
-        emit_json({"command": args.command, "args": rest, "devices": args.devices,
-                   "rows": rows, "plot": args.plot})
-        return 0
+
+def _on_system(args: argparse.Namespace, name: str, rest: list[str]) -> dict:
+    """The command on system ``name``: its row (figures, or the verdict)."""
+    system = load_system(name)  # a bad name fails here, before any simulation
+    argv = [args.command, *rest, "--system", name]
+    if args.command == "infer" and args.devices:
+        # serving: enough nodes to hold the deployment (its size comes from --tp/--ep)
+        argv += ["--nodes", str(max(system.nodes, -(-args.devices // system.devices_per_node)))]
+    if args.command == "train" and args.devices:
+        if args.devices % system.devices_per_node:
+            return {"system": name, "device": system.device.name, "rc": 2,
+                    "tdp_w": system.device.tdp_watts,
+                    "verdict": f"{args.devices} devices is not a whole number of "
+                               f"{system.devices_per_node}-device nodes"}
+        argv += ["--nodes", str(args.devices // system.devices_per_node)]
+    rc, payload, why = _run_one(argv)
+    return _row(args.command, name, rc, payload, why)
+
+
+def _print(args: argparse.Namespace, rest: list[str], systems: int, rows: list[dict]) -> None:
     how = "DP from the device count" if args.command == "train" else "same deployment"
-    print(f"xpusim {args.command} {' '.join(rest)}  on {len(systems)} systems "
+    print(f"xpusim {args.command} {' '.join(rest)}  on {systems} systems "
           f"(the same plan on each; {how})")
     out = []
     for r in rows:
@@ -155,7 +184,6 @@ def run(args: argparse.Namespace) -> int:
                       "MFU", "plan / verdict"]))
     if args.plot:
         print(f"wrote {args.plot}")
-    return 0
 
 
 def _plot(rows: list[dict], path: str, command: str) -> None:

@@ -47,7 +47,8 @@ def predict_kernel(name: str, shape: dict, device, dtype: str = "fp32") -> dict:
     """Predicted time of kernel ``name`` at ``shape`` on ``device``, with per-op costs."""
     graph = describe_kernel(name, shape, dtype)
     model = RooflineModel(device)
-    ops, by_kind = [], {}
+    ops: list[dict] = []
+    by_kind: dict[str, float] = {}
     total = 0.0
     for op in graph.ops():
         cost = model.time(op)

@@ -36,7 +36,6 @@ field does not matter at this operating point.
 
 from __future__ import annotations
 
-import argparse
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, fields, is_dataclass, replace
@@ -47,7 +46,7 @@ from xpusim.hwprofiles import load_system
 from xpusim.hwprofiles.spec import System
 from xpusim.sim.api.base import request_from_flags
 from xpusim.sim.api.commands import api_command, command_for_request
-from xpusim.sim.api.ep import ep
+from xpusim.sim.api.ep import EpRequest, ep
 from xpusim.sim.api.infer import infer
 from xpusim.sim.api.sd import sd
 from xpusim.sim.api.train import TrainRequest, train
@@ -57,7 +56,6 @@ from xpusim.sim.limits import (
     MAX_RANKS,
     check_float,
     check_int,
-    check_namespace,
 )
 from xpusim.sim.models import load_model
 from xpusim.sim.models.spec import ModelSpec
@@ -125,10 +123,7 @@ def read_request(command: str, args: dict[str, Any], where: str) -> Any:
     """The command's request from its flags (``where`` starts every message)."""
     if command == "infer" and args.get("serve"):
         raise InputError(f"{where}: whatif runs single infer steps; drop 'serve'")
-    try:
-        cls, _ = api_command(command)
-    except (ImportError, AttributeError):
-        return None  # transitional: the command's study is not in the api yet
+    cls, _ = api_command(command)
     return request_from_flags(cls, args, where)
 
 
@@ -258,10 +253,9 @@ class Point:
 
 
 def _saved_value(saved: SavedCommand, key: str) -> Any:
-    """A field of the saved request (its default when the file does not set it)."""
-    if saved.request is not None and key in {f.name for f in fields(saved.request)}:
-        return getattr(saved.request, key)
-    return saved.args.get(key)  # transitional: a command without a request yet
+    """A field of the saved request (its default when the file does not set it; None
+    when the command has no such field)."""
+    return getattr(saved.request, key, None)
 
 
 def base_inputs(saved: SavedCommand) -> tuple[System, ModelSpec | None]:
@@ -322,63 +316,14 @@ def _train_result(point: Point) -> dict[str, Any]:
     return {k: v for k, v in result.items() if isinstance(v, int | float | bool)}
 
 
-def _command_parser(command: str, register) -> tuple[argparse.ArgumentParser, Any]:
-    """(top-level parser, the command's sub-parser) of an ``xpusim`` command."""
-    parser = argparse.ArgumentParser(prog="xpusim")
-    subparsers = parser.add_subparsers(dest="command")
-    register(subparsers)
-    return parser, subparsers.choices[command]
-
-
-def _command_options(command: str, register) -> set[str]:
-    """Option names (argparse dest, underscores) of an ``xpusim`` command."""
-    _, sub = _command_parser(command, register)
-    return {a.dest for a in sub._actions if a.option_strings} - {"help"}  # noqa: SLF001
-
-
-def _parse_command_args(
-    point: Point, command: str, register, saved_args: dict[str, Any] | None = None
-) -> argparse.Namespace:
-    """The saved arguments through the command's own parser (``--key value`` per entry).
-
-    Lists become comma lists; ``false`` becomes ``--no-KEY`` where the command has that
-    flag (train's on/off options), else it is left out.
-    """
-    parser, sub = _command_parser(command, register)
-    options = {o for a in sub._actions for o in a.option_strings}  # noqa: SLF001
-    argv = [command]
-    items = point.saved.args if saved_args is None else saved_args
-    for key, value in items.items():
-        flag = "--" + key.replace("_", "-")
-        if value is True:
-            argv.append(flag)
-        elif value is False:
-            if "--no-" + flag[2:] in options:
-                argv.append("--no-" + flag[2:])
-        elif isinstance(value, list | tuple):
-            argv += [flag, ",".join(str(v) for v in value)]
-        else:
-            argv += [flag, str(value)]
-    try:
-        ns = parser.parse_args(argv)
-    except SystemExit:
-        raise InputError(
-            f"{point.saved.path}: [args] are not valid `xpusim {command}` options "
-            "(see the message above)"
-        ) from None
-    try:
-        check_namespace(ns)  # the flags' limits hold for saved arguments too
-    except InputError as exc:
-        raise InputError(f"{point.saved.path}: [args]: {exc}") from None
-    return ns
-
-
 def _ep_result(point: Point) -> dict[str, Any]:
-    """The first dispatch mode of `xpusim ep`, with the point's (varied) System and MoE
-    model in place of their names (the request's nodes, if any, still size the EP group)."""
-    request = replace(point.saved.request, system=point.system)
+    """The first dispatch mode of `xpusim ep` on the point's (varied) System and MoE model."""
+    args = {k: v for k, v in point.saved.args.items() if k not in ("system", "model")}
     if point.spec is not None:
-        request = replace(request, model=point.spec)
+        args["model"] = point.spec
+    request = request_from_flags(
+        EpRequest, {**args, "system": point.system}, f"{point.saved.path}: args"
+    )
     result = ep(request).runs[0].simulation.as_dict()
     return {k: v for k, v in result.items() if isinstance(v, int | float | bool)}
 
@@ -464,6 +409,9 @@ def sweep_points(
     saved: SavedCommand, variations: list[Variation]
 ) -> tuple[list[Point], list[tuple[str, str, float]]]:
     """The base point then each varied point, and each one's (field, value, multiplier)."""
+    if saved.request is None:  # built by hand from its [args]
+        request = read_request(saved.command, saved.args, f"{saved.path}: args")
+        saved = replace(saved, request=request)
     system, spec = base_inputs(saved)
     base = Point(saved, system, spec)
     points: list[Point] = [base]

@@ -11,16 +11,13 @@ negative verdict (does not fit) makes it ``unsupported`` as "predicted not to fi
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 import shlex
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from xpusim.sim.api.commands import api_command, command_name, run_flags
+from xpusim.sim.api.commands import api_command, run_flags
 from xpusim.sim.errors import InputError, NegativeVerdict, ProfileError
 from xpusim.sim.validation.baseline import naive_payload
 from xpusim.sim.validation.corpus import Row
@@ -82,35 +79,13 @@ def predict(row: Row) -> dict[str, Any]:
 
     Raises ``InputError``/``ProfileError`` when the study refuses the row and
     ``NegativeVerdict`` when its answer is negative."""
-    name = command_name(row.command, row.args)
-    try:
-        api_command(name)
-    except (ImportError, AttributeError):
-        return _predict_cli(row)  # transitional: the command's study is not in the api yet
     return run_flags(row.command, row.args, f"row {row.id}: args").as_dict()
 
 
-def _predict_cli(row: Row) -> dict[str, Any]:
-    # Transitional, removed once every row command has its study in xpusim.sim.api.
-    from xpusim.sim.cli.main import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            rc = main([*row_argv(row), "--json"])
-        except SystemExit as exc:  # argparse: unknown flag or bad value
-            rc = exc.code if isinstance(exc.code, int) else 2
-    if rc == 3:
-        raise NegativeVerdict(_last_line(err.getvalue(), rc).removeprefix("xpusim: "))
-    if rc != 0:
-        raise InputError(_last_line(err.getvalue(), rc).removeprefix("xpusim: error: "))
-    return json.loads(out.getvalue())
-
-
-def _last_line(text: str, rc: int = 0) -> str:
-    # A refusal is shown on one line: the message's last (as the CLI's stderr was read).
+def _last_line(text: str) -> str:
+    # A refusal is shown on one line: the message's last, as the command's stderr shows it.
     lines = [ln for ln in text.strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else f"exit {rc}"
+    return lines[-1] if lines else "refused"
 
 
 def run_row(row: Row) -> RowResult:
@@ -166,8 +141,7 @@ def expected_cost(row: Row) -> float:
 def _warm_imports() -> None:
     # Each worker imports the row commands' studies once, not once per row.
     for name in ROW_COMMANDS:
-        with contextlib.suppress(ImportError, AttributeError):
-            api_command(name)
+        api_command(name)
 
 
 def run_rows(rows: list[Row], jobs: int = 1, progress: bool = False) -> list[RowResult]:

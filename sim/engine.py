@@ -3,8 +3,8 @@
 Each (rank, stream) runs its tasks in order, like a CUDA/ACL stream. A task starts when
 the previous task of its stream and all its ``deps`` have finished. Work takes the time
 the pricing pass gives it (``sim.cost.pricing``: ops and segments by the device's cost
-model, collectives by the system's network); a ``Collective`` is a rendezvous: it starts when every *simulated* member
-of its group has reached it (members outside the simulation are assumed symmetric —
+model, collectives by the system's network); a ``Collective`` is a rendezvous: it
+starts when every *simulated* member of its group has reached it (members outside the simulation are assumed symmetric —
 scale by symmetry) and takes the network's time. Overlap of compute and communication
 is therefore a result of the schedule, not a parameter.
 
@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import simpy
 from xpusim.sim.cost.pricing import Pricing
-from xpusim.sim.ir import Collective, Delay, Op, RankGraph, Segment, Stream, Task, Work
+from xpusim.sim.ir import Collective, Op, RankGraph, Segment, Stream, Task, Work
 
 
 class Record(NamedTuple):
@@ -124,21 +124,22 @@ def _kind_of(work: Work) -> str:
     return work.kind
 
 
-class _Graph(NamedTuple):
-    """Run state of one rank graph (a tuple: the hot loop unpacks it in one step). Per
-    task: duration (None: a collective met at its rendezvous), start and end once known,
-    and its (stream, label) slot; per slot the busy time and the flat, time-ordered list
-    of busy intervals (s0, e0, s1, e1, ...), kept as tasks end, records or not. Streams
-    waiting for a task are parked on it."""
-
-    tasks: list[Task]
-    durations: list[float | None]
-    begin: list[float]
-    end: list[float | None]
-    parked: list[list[int] | None]
-    slot_of: list[int]
-    busy: list[float]
-    ivs: list[list[float]]
+# Run state of one rank graph, a plain tuple (the hot loop unpacks it in one step, and
+# tuple unpacking is fastest on an exact tuple): (tasks, durations, begin, end, parked,
+# slot_of, busy, ivs). Per task: its duration (None: a collective met at its
+# rendezvous), start and end once known, the streams parked on it, and its (stream,
+# label) slot; per slot the busy time and the flat, time-ordered list of busy intervals
+# (s0, e0, s1, e1, ...), kept as tasks end, records or not.
+_Graph = tuple[
+    list[Task],
+    list[float | None],
+    list[float],
+    list[float | None],
+    list[list[int] | None],
+    list[int],
+    list[float],
+    list[list[float]],
+]
 
 
 @dataclass
@@ -183,6 +184,9 @@ class Engine:
         self.pricing = pricing
         self.simulated = frozenset(g.rank for g in self.graphs)
         self._members: dict[tuple[int, ...], int] = {}  # simulated members per group
+        # id(collective) -> the fixed duration of one with no other simulated member; the
+        # graphs hold every collective for the engine's life, so ids are not reused.
+        self._solo: dict[int, float] = {}
 
     @property
     def op_time(self) -> Callable[[Op], float]:
@@ -217,9 +221,8 @@ class Engine:
             slots: dict[tuple[Stream, str], int] = {}
             slot_of = [slots.setdefault((t.stream, t.label), len(slots)) for t in graph.tasks]
             run.slots.append(slots)
-            run.graphs.append(_Graph(graph.tasks, self._durations(graph), [0.0] * n, [None] * n,
-                                     [None] * n, slot_of, [0.0] * len(slots),
-                                     [[] for _ in slots]))
+            run.graphs.append((graph.tasks, self._durations(graph), [0.0] * n, [None] * n,
+                               [None] * n, slot_of, [0.0] * len(slots), [[] for _ in slots]))
             by_stream: dict[Stream, list[int]] = {}
             for task in graph.tasks:
                 by_stream.setdefault(task.stream, []).append(task.id)
@@ -277,7 +280,8 @@ class Engine:
                         if iv and start <= iv[-1]:
                             iv[-1] = stop  # start == the slot's last end: extend it
                         elif stop > start:
-                            iv += (start, stop)
+                            iv.append(start)
+                            iv.append(stop)
                         w = parked[tid]
                         if w is not None:
                             parked[tid] = None
@@ -343,17 +347,18 @@ class Engine:
         keep: list[Record] = []
         for graph, g, slots in zip(self.graphs, run.graphs, run.slots, strict=True):
             rank = graph.rank
-            makespan = max(makespan, max(g.end, default=0.0))  # type: ignore[type-var]
+            tasks, _, begin, end, _, _, busy_by_slot, ivs = g
+            makespan = max(makespan, max(end, default=0.0))  # type: ignore[type-var]
             for (stream, label), slot in slots.items():
-                busy = g.busy[slot]
-                iv = g.ivs[slot]
+                busy = busy_by_slot[slot]
+                iv = ivs[slot]
                 busy_s[(rank, stream)] = busy_s.get((rank, stream), 0.0) + busy
                 by_label[(rank, stream, label)] = busy
                 intervals[(rank, stream, label)] = list(zip(iv[::2], iv[1::2], strict=True))
             if records:
                 keep.extend([Record(rank, t.stream, t.id, t.work.name, _kind_of(t.work),
-                                    t.label, g.begin[t.id], g.end[t.id] or 0.0)
-                             for t in g.tasks])
+                                    t.label, begin[t.id], end[t.id] or 0.0)
+                             for t in tasks])
         return SimResult(makespan, keep, sorted(self.simulated), busy_s, by_label, intervals)
 
     def _expected(self, group: tuple[int, ...]) -> int:
@@ -369,9 +374,11 @@ class Engine:
         """Each task's duration from the pricing (``Pricing.duration``, dispatched here
         per work type: this runs once per task); None for a collective that meets other
         simulated members (priced at its rendezvous). A collective with no other
-        simulated member needs no rendezvous: it takes a fixed duration."""
+        simulated member needs no rendezvous: it takes a fixed duration, priced once per
+        collective object (a lowering shares one among every unit that runs it)."""
         pricing = self.pricing
         op_time, segment_time, comm = pricing.op_time, pricing.segment_time, pricing.comm_time
+        members, expected, solo = self._members, self._expected, self._solo
         out: list[float | None] = []
         for task in graph.tasks:
             work = task.work
@@ -379,11 +386,19 @@ class Engine:
                 out.append(op_time(work))
             elif isinstance(work, Segment):
                 out.append(segment_time(work))
-            elif isinstance(work, Delay):
-                out.append(work.seconds)
+            elif isinstance(work, Collective):
+                n = members.get(work.group) or expected(work.group)
+                if n > 1:
+                    out.append(None)
+                    continue
+                d = solo.get(id(work))
+                if d is None:
+                    d = solo[id(work)] = comm(work)
+                out.append(d)
             else:
-                out.append(comm(work) if self._expected(work.group) <= 1 else None)
+                out.append(work.seconds)
         return out
+
 
 
 def _park(parked: list[list[int] | None], tid: int, stream: int) -> None:
@@ -528,7 +543,8 @@ class SimPyEngine(Engine):
         if state is None:
             expected = self._members.get(work.group)
             if expected is None:
-                expected = self._members[work.group] = sum(1 for r in work.group if r in simulated) or 1
+                expected = self._members[work.group] = (
+                    sum(1 for r in work.group if r in simulated) or 1)
             state = rendezvous[key] = [0, env.event(), expected, 0.0]
         state[0] += 1
         if state[0] < state[2]:

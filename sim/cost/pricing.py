@@ -58,6 +58,7 @@ class Pricing:
         self.comm_time = comm_time
         self.host_op_s = host_op_s
         self._segments: dict[Segment, SegmentCost] = {}
+        self._times: dict[Segment, float] = {}  # segment -> time_s (the engine's lookup)
 
     @classmethod
     def for_system(
@@ -100,13 +101,16 @@ class Pricing:
         return SegmentCost(times, device, host)
 
     def segment_time(self, seg: Segment) -> float:
-        return self.segment(seg).time_s
+        t = self._times.get(seg)
+        if t is None:
+            t = self._times[seg] = self.segment(seg).time_s
+        return t
 
     def duration(self, work: Work) -> float | None:
         """Seconds of ``work``; None for a collective (the engine prices it where its
         members meet, or up front when no other member is simulated)."""
         if isinstance(work, Segment):
-            return self.segment(work).time_s
+            return self.segment_time(work)
         if isinstance(work, Op):
             return self.op_time(work)
         if isinstance(work, Delay):

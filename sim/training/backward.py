@@ -57,7 +57,8 @@ def _gemm_backward(op: Op, s: GemmShape, role: Role) -> list[Op]:
 def backward_op(op: Op) -> list[Op]:
     """The backward ops of one forward op (see the module docstring for the rules)."""
     s = op.shape
-    role = replace(op.role, saves=()) if op.role.saves else op.role
+    r = op.role
+    role = Role(r.module, (), r.weight, r.weight_elements, r.expert) if r.saves else r
     if op.kind == OpKind.GEMM and isinstance(s, GemmShape):
         return _gemm_backward(op, s, role)
     if op.kind == OpKind.ATTENTION and isinstance(s, AttentionShape):

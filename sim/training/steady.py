@@ -15,17 +15,27 @@ Overlap, bubbles and exposed communication still come from the schedule; only th
 repetition of identical periods is not simulated again. ``exact=True`` simulates all m
 micro-batches and keeps the engine's records (for traces); tests compare the two
 over a grid of plans.
+
+Lowering and pricing are separate (``lower_training`` / ``price_training``): the lowered
+runs can be priced on other hardware of the same shape without lowering them again.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from xpusim.hwprofiles.spec import System
 from xpusim.sim.models.spec import ModelSpec
 from xpusim.sim.parallel import ParallelPlan, microbatches, validate_plan
-from xpusim.sim.training.simulate import StageStats, TrainingOptions, TrainingResult, simulate_exact
+from xpusim.sim.training.simulate import (
+    LoweredStep,
+    StageStats,
+    TrainingOptions,
+    TrainingResult,
+    lower_step,
+    price_step,
+)
 
 
 def steady_counts(plan: ParallelPlan) -> tuple[int, int]:
@@ -55,29 +65,61 @@ def simulated_microbatches(plan: ParallelPlan, exact: bool = False, full_ranks: 
     return m1 + m2
 
 
+@dataclass
+class LoweredTraining:
+    """A training step lowered once (``lower_training``) and priced on any system of the
+    same shape (``price_training``): the whole step when exact (or as cheap), else the two
+    steady-state runs at ``counts`` micro-batches that ``extrapolate`` extends to ``m``."""
+
+    plan: ParallelPlan  # validated, at the requested micro-batch count
+    steps: tuple[LoweredStep, ...]
+    m: int
+    counts: tuple[int, int] | None  # (m1, m2) of the steady-state runs; None: exact
+
+
+def lower_training(
+    spec: ModelSpec, system: System, plan: ParallelPlan, options: TrainingOptions | None = None
+) -> LoweredTraining:
+    """Lower one training step for ``system``'s shape, unpriced; raises InputError for an
+    impossible plan."""
+    options = options or TrainingOptions()
+    full = validate_plan(spec, plan, system.num_devices)
+    m = microbatches(full)
+    if simulated_microbatches(full, options.exact, options.full_ranks) == m:
+        return LoweredTraining(full, (lower_step(spec, system, plan, options),), m, None)
+    m1, m2 = steady_counts(full)
+    per_mb = full.mbs * full.dp
+    steps = tuple(lower_step(spec, system, replace(full, gbs=k * per_mb), options)
+                  for k in (m1, m2))
+    return LoweredTraining(full, steps, m, (m1, m2))
+
+
+def price_training(lowered: LoweredTraining, system: System) -> TrainingResult:
+    """The lowered step's result on ``system`` (a hardware what-if: another device or
+    network of the same shape prices the same graphs, nothing is lowered again)."""
+    t0 = time.perf_counter()
+    results = [price_step(step, system) for step in lowered.steps]
+    if lowered.counts is None:
+        return results[0]
+    m1, m2 = lowered.counts
+    full = lowered.plan
+    result = extrapolate(results[0], results[1], m1, m2, lowered.m)
+    lower_s = sum(step.lower_s for step in lowered.steps)
+    return replace(
+        result,
+        plan=replace(results[1].plan, gbs=full.gbs),
+        tokens_per_step=float(full.gbs * full.seq),
+        wall_s=lower_s + time.perf_counter() - t0,
+    )
+
+
 def simulate_training(
     spec: ModelSpec, system: System, plan: ParallelPlan, options: TrainingOptions | None = None
 ) -> TrainingResult:
     """One training step: exact when asked (``options.exact``: every micro-batch
     simulated and the engine's records kept, for traces) or when that is as cheap, else
     by extending the simulated steady state. Raises InputError for an impossible plan."""
-    options = options or TrainingOptions()
-    t0 = time.perf_counter()
-    full = validate_plan(spec, plan, system.num_devices)
-    m = microbatches(full)
-    m1, m2 = steady_counts(full)
-    if simulated_microbatches(full, options.exact, options.full_ranks) == m:
-        return simulate_exact(spec, system, plan, options)
-    per_mb = full.mbs * full.dp
-    r1 = simulate_exact(spec, system, replace(full, gbs=m1 * per_mb), options)
-    r2 = simulate_exact(spec, system, replace(full, gbs=m2 * per_mb), options)
-    result = extrapolate(r1, r2, m1, m2, m)
-    return replace(
-        result,
-        plan=replace(r2.plan, gbs=full.gbs),
-        tokens_per_step=float(full.gbs * full.seq),
-        wall_s=time.perf_counter() - t0,
-    )
+    return price_training(lower_training(spec, system, plan, options), system)
 
 
 def _lerp(x1: float, x2: float, m1: int, m2: int, m: int) -> float:

@@ -1,0 +1,274 @@
+"""What one forward (F) or backward (B) unit of a model chunk runs, as unpriced pieces.
+
+A unit is a list of ``Piece`` s in order: runs of consecutive ops that the engine
+schedules as one task (an ``ir.Segment``; the engine then handles tens of thousands of
+tasks instead of millions), and collectives on the plan's named groups. Consecutive ops
+of one phase merge into one segment unless an op waits for an asynchronous collective.
+Nothing here has a duration: the pricing pass (``sim.cost.pricing``) prices each segment
+from its ops, and the same pieces serve every micro-batch of the chunk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from xpusim.sim import ops
+from xpusim.sim.ir import (
+    CollectiveKind,
+    ElementwiseShape,
+    GemmShape,
+    Op,
+    OpKind,
+    Segment,
+    Unit,
+    dtype_bytes,
+)
+from xpusim.sim.parallel import ParallelPlan
+from xpusim.sim.training import layers as L
+from xpusim.sim.training.chunks import Chunk
+
+# Item tags of an overlapped unit (besides ops and collectives):
+# ("async", Comm, key): a collective on the comm stream, named by key;
+# ("wait", Op, key or keys): an op that waits for those collectives;
+# ("join", key): the next op waits for that collective.
+Tagged = tuple
+FSDP_KEY = 1 << 20  # keys of the ZeRO-3 per-slot collectives (above tp_overlap's)
+
+
+@dataclass
+class Piece:
+    """One step of a unit: a run of ops (``segment``, built by ``unit_pieces``) or one
+    collective (``comm``).
+
+    ``async_`` collectives run on the comm stream after the unit's previous compute;
+    ``waits`` names the async collectives (by ``key``) a compute piece needs.
+    """
+
+    phase: str  # "fwd" | "bwd" | "recompute"
+    slot: str
+    ops: list[Op] = field(default_factory=list)
+    comm: L.Comm | None = None
+    async_: bool = False
+    key: int = -1
+    waits: tuple[int, ...] = ()
+    segment: Segment | None = None
+
+
+def grad_accum_bytes_per_param(plan: ParallelPlan) -> float:
+    """Unfused gradient accumulation (Megatron-LM 2021: ``main_grad.add_(grad)`` in a
+    hook after each micro-batch's backward): read the 16-bit gradient and the fp32 main
+    gradient, write the fp32 main gradient. 0 with ``grad_accum_fusion`` (the wgrad GEMM
+    accumulates in its epilogue) or when the model already computes in the grad dtype."""
+    if plan.grad_accum_fusion or plan.dtype == plan.grad_reduce_dtype:
+        return 0.0
+    gb = dtype_bytes(plan.grad_reduce_dtype)
+    return dtype_bytes(plan.dtype) + 2 * gb
+
+
+def _split_gemm(op: Op, parts: int) -> Op:
+    s = op.shape
+    assert isinstance(s, GemmShape)
+    return ops.gemm(op.name, s.m / parts, s.n, s.k, op.dtype, s.batch, role=op.role)
+
+
+def _is_tp(it: object, kind: CollectiveKind) -> bool:
+    return isinstance(it, L.Comm) and it.group == "tp" and it.kind == kind
+
+
+def _is_gemm(it: object) -> bool:
+    return isinstance(it, Op) and it.kind == OpKind.GEMM
+
+
+def _chunked(it: L.Comm, c: int, counter: list[int]) -> list[Tagged]:
+    """A TP collective cut into ``c`` asynchronous pieces, each with a new key."""
+    out: list[Tagged] = []
+    for j in range(c):
+        counter[0] += 1
+        out.append(("async", replace(it, name=f"{it.name}#{j}", nbytes=it.nbytes / c), counter[0]))
+    return out
+
+
+def tp_overlap(items: list, plan: ParallelPlan, counter: list[int]) -> list:
+    """Chunk TP collectives with their adjacent GEMM (Megatron ``tp_comm_overlap``).
+
+    An all-gather feeding a GEMM is cut into ``c`` pieces along the tokens; GEMM piece
+    j starts when gather piece j lands. A GEMM feeding a reduce-scatter is cut the
+    same way and piece j's reduce-scatter runs while piece j+1 computes. Only with
+    sequence parallelism (all-gather / reduce-scatter; an all-reduce is not chunked).
+    """
+    if not (plan.overlap_tp and plan.sequence_parallel and plan.tp > 1):
+        return items
+    c = plan.tp_overlap_chunks
+    out: list = []
+    i = 0
+    while i < len(items):
+        it = items[i]
+        nxt = items[i + 1] if i + 1 < len(items) else None
+        if _is_tp(it, CollectiveKind.ALL_GATHER) and _is_gemm(nxt):
+            gathers = _chunked(it, c, counter)
+            out += gathers
+            out += [("wait", _split_gemm(nxt, c), g[2]) for g in gathers]
+            i += 2
+            continue
+        if _is_tp(it, CollectiveKind.REDUCE_SCATTER) and out and _is_gemm(out[-1]):
+            gemm = out.pop()
+            for piece in _chunked(it, c, counter):
+                out.append(_split_gemm(gemm, c))
+                out.append(piece)
+            out.append(("join", counter[0]))
+            i += 1
+            continue
+        out.append(it)
+        i += 1
+    return out
+
+
+def _add_op(out: list[Piece], phase: str, slot: str, op: Op, waits: tuple[int, ...]) -> None:
+    """Append ``op``: merged into the last piece when that is compute of the same phase
+    and the op waits for nothing, else the start of a new piece."""
+    last = out[-1] if out else None
+    if last is not None and last.comm is None and last.phase == phase and not waits:
+        last.ops.append(op)
+    else:
+        out.append(Piece(phase, slot, [op], waits=waits))
+
+
+def add_items(items: list, phase: str, slot: str, out: list[Piece]) -> list[Piece]:
+    """Append the pieces of ``items`` (ops, collectives and overlap tags) to ``out``."""
+    join: tuple[int, ...] = ()
+    for it in items:
+        if isinstance(it, L.Comm):
+            out.append(Piece(phase, slot, comm=it))
+            continue
+        if isinstance(it, Op):
+            op, waits = it, ()
+        elif it[0] == "async":
+            out.append(Piece(phase, slot, comm=it[1], async_=True, key=it[2]))
+            continue
+        elif it[0] == "join":
+            join = (it[1],)
+            continue
+        else:  # "wait"
+            op, waits = it[1], (it[2] if isinstance(it[2], tuple) else (it[2],))
+        _add_op(out, phase, slot, op, waits + join)
+        join = ()
+    return out
+
+
+def fsdp_comms(
+    chunk: Chunk, i: int, kind: CollectiveKind, bytes_per_param: float
+) -> list[L.Comm]:
+    """ZeRO-3 collectives of slot ``i``: dense parameters over the dense-DP group,
+    expert parameters over the expert-DP group (one collective per parameter class)."""
+    d, e = chunk.slot_params[i]
+    what = "param_ag" if kind == CollectiveKind.ALL_GATHER else "grad_rs"
+    return [
+        L.Comm(f"fsdp.{what}.{name}", kind, p * bytes_per_param, group)
+        for name, p, group in (("dense", d, "dp_dense"), ("expert", e, "dp_expert"))
+        if p > 0
+    ]
+
+
+def _fsdp_items(
+    chunk: Chunk, plan: ParallelPlan, counter: list[int], i: int, kind: CollectiveKind
+) -> tuple[list, tuple[int, ...]]:
+    """Slot ``i``'s ZeRO-3 collectives as items: asynchronous (comm stream, keyed) when
+    the plan overlaps DP traffic, else blocking on the compute stream."""
+    nbytes = dtype_bytes(plan.dtype if kind == CollectiveKind.ALL_GATHER else plan.grad_reduce_dtype)
+    comms = fsdp_comms(chunk, i, kind, nbytes)
+    if not plan.overlap_dp:
+        return comms, ()
+    keys = []
+    out: list = []
+    for c in comms:
+        counter[1] += 1
+        keys.append(FSDP_KEY + counter[1])
+        out.append(("async", c, keys[-1]))
+    return out, tuple(keys)
+
+
+def _waiting(items: list, keys: tuple[int, ...]) -> tuple[list, tuple[int, ...]]:
+    """``items`` with their first compute op waiting for the collectives ``keys``, and
+    the keys still to wait for (all of them when ``items`` has no compute op)."""
+    if not keys:
+        return items, ()
+    out = list(items)
+    for j, it in enumerate(out):
+        if isinstance(it, Op):
+            out[j] = ("wait", it, keys)
+            return out, ()
+    return out, keys
+
+
+def _forward(chunk: Chunk, plan: ParallelPlan, fsdp: bool, pieces: list[Piece]) -> None:
+    counter = [0, 0]
+    ag = CollectiveKind.ALL_GATHER
+    n = len(chunk.slots)
+    pending: dict[int, tuple[int, ...]] = {}
+    if fsdp:
+        items, pending[0] = _fsdp_items(chunk, plan, counter, 0, ag)
+        add_items(items, "fwd", chunk.slots[0][0], pieces)
+    for i, (slot, items) in enumerate(chunk.slots):
+        if fsdp and i + 1 < n:  # prefetch the next slot while this one computes
+            pre, pending[i + 1] = _fsdp_items(chunk, plan, counter, i + 1, ag)
+            add_items(pre, "fwd", slot, pieces)
+        items, _ = _waiting(tp_overlap(items, plan, counter), pending.pop(i, ()))
+        add_items(items, "fwd", slot, pieces)
+
+
+def _backward(chunk: Chunk, plan: ParallelPlan, fsdp: bool, pieces: list[Piece]) -> None:
+    counter = [0, 0]
+    ag = CollectiveKind.ALL_GATHER
+    n = len(chunk.slots)
+    order = list(reversed(range(n)))
+    pending: dict[int, tuple[int, ...]] = {}
+    if fsdp:
+        items, pending[order[0]] = _fsdp_items(chunk, plan, counter, order[0], ag)
+        add_items(items, "bwd", chunk.slots[order[0]][0], pieces)
+    for pos, i in enumerate(order):
+        slot, items = chunk.slots[i]
+        keys = pending.pop(i, ())
+        if fsdp and pos + 1 < n:
+            j = order[pos + 1]
+            pre, pending[j] = _fsdp_items(chunk, plan, counter, j, ag)
+            add_items(pre, "bwd", slot, pieces)
+        if slot not in ("embedding", "head"):
+            redo = L.recompute_items(items, plan.recompute, plan.recompute_modules)
+            redo, keys = _waiting(tp_overlap(redo, plan, counter), keys)
+            add_items(redo, "recompute", slot, pieces)
+        back = tp_overlap(L.backward_items(items, plan.sequence_parallel), plan, counter)
+        add_items(_waiting(back, keys)[0], "bwd", slot, pieces)
+        if fsdp:
+            rs, _ = _fsdp_items(chunk, plan, counter, i, CollectiveKind.REDUCE_SCATTER)
+            add_items(rs, "bwd", slot, pieces)
+    accum = grad_accum_bytes_per_param(plan) * (chunk.dense_params + chunk.expert_params)
+    if accum:
+        # One add per parameter tensor in Megatron's hook; a single memory-bound op here.
+        numel = chunk.dense_params + chunk.expert_params
+        op = Op("grad_accum", OpKind.ELEMENTWISE, numel, {"hbm": accum}, plan.grad_reduce_dtype,
+                Unit.VECTOR, ElementwiseShape(numel))
+        add_items([op], "bwd", "grad_accum", pieces)
+
+
+def unit_pieces(chunk: Chunk, kind: str, plan: ParallelPlan) -> list[Piece]:
+    """The pieces of one forward (F) or backward (B) of a chunk, each run of ops frozen
+    into its ``ir.Segment``.
+
+    ZeRO-3 (FSDP) gathers each slot's parameters just before it runs and, in backward,
+    reduce-scatters its gradients as soon as its backward ends (torchtitan applies
+    ``fully_shard`` per transformer block; Megatron-FSDP and DeepSpeed ZeRO-3 also
+    fetch per module). With ``overlap_dp`` the collectives run on the comm stream and
+    slot i+1's all-gather is issued before slot i computes (FSDP2's implicit forward
+    prefetch and explicit backward prefetch of one block; Zhao et al., VLDB 2023 s3.3),
+    so only the first gather and the last reduce-scatter are necessarily exposed.
+    """
+    pieces: list[Piece] = []
+    fsdp = plan.zero == 3 and bool(chunk.slot_params)
+    if kind == "F":
+        _forward(chunk, plan, fsdp, pieces)
+    else:
+        _backward(chunk, plan, fsdp, pieces)
+    for p in pieces:
+        if p.comm is None:
+            p.segment = Segment(f"{p.phase}.{p.slot}", tuple(p.ops), p.phase)
+    return pieces

@@ -105,6 +105,7 @@ class Level(_Strict):
     def capacity_bytes(self) -> float:
         if self.capacity_kib is not None:
             return self.capacity_kib * KIB
+        assert self.capacity_mib is not None  # _one_capacity: exactly one is given
         return float(self.capacity_mib) * MIB
 
 
@@ -223,10 +224,9 @@ class DeviceFile(_Strict):
         return _check_announced(sections, DEVICE_SECTIONS)
 
     def to_spec(self, path: str = "") -> Device:
+        hbm_bandwidth = self.hbm.bandwidth_gbps * GIGA
         main = MemoryLevel(
-            name="hbm",
-            capacity_bytes=self.hbm.capacity_gib * GIB,
-            bandwidth=self.hbm.bandwidth_gbps * GIGA,
+            name="hbm", capacity_bytes=self.hbm.capacity_gib * GIB, bandwidth=hbm_bandwidth
         )
         levels = tuple(
             MemoryLevel(
@@ -251,7 +251,7 @@ class DeviceFile(_Strict):
             vector_cores=self.cores.vector,
             clock_hz=self.cores.clock_ghz * GIGA,
             hbm_capacity=main.capacity_bytes,
-            hbm_bandwidth=float(main.bandwidth),
+            hbm_bandwidth=float(hbm_bandwidth),
             memory=(main, *levels),
             matrix_tile=self.matrix.tile,
             efficiency=self.efficiency.to_spec(),

@@ -65,58 +65,83 @@ def evaluate(node: ast.AST, names: Mapping[str, Any]) -> Any:
     if isinstance(node, ast.Expression):
         return evaluate(node.body, names)
     if isinstance(node, ast.Constant):
-        if isinstance(node.value, bool | int | float):
-            return _number(node.value, "constant")
-        if isinstance(node.value, str):
-            return node.value
-        raise EvalError(f"constant {node.value!r} is not a number or string")
+        return _constant(node)
     if isinstance(node, ast.Name):
         if node.id not in names:
             raise EvalError(f"unknown name '{node.id}'")
         value = names[node.id]
         return value if isinstance(value, str) else _number(value, node.id)
     if isinstance(node, ast.UnaryOp):
-        value = evaluate(node.operand, names)
-        if isinstance(node.op, ast.Not):
-            return not value
-        number = _number(value, "operand")
-        if isinstance(node.op, ast.USub):
-            return -number
-        if isinstance(node.op, ast.UAdd):
-            return number
+        return _unary(node, names)
     if isinstance(node, ast.BoolOp):
-        is_and = isinstance(node.op, ast.And)
-        result: Any = is_and
-        for child in node.values:
-            result = evaluate(child, names)
-            if bool(result) != is_and:  # short-circuit as Python does
-                return result
-        return result
+        return _bool_op(node, names)
     if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
-        left = _number(evaluate(node.left, names), "left operand")
-        right = _number(evaluate(node.right, names), "right operand")
-        try:
-            result = _BINARY[type(node.op)](left, right)
-        except OverflowError:
-            raise EvalError(f"result beyond +-{MAX_MAGNITUDE:g}") from None
-        except ValueError:  # math.pow of a negative base to a fractional power
-            raise EvalError(f"{left:g} ** {right:g} is not a real number") from None
-        return _number(result, "result")
+        return _binary(node, names)
     if isinstance(node, ast.Compare):
-        left = evaluate(node.left, names)
-        for op, comparator in zip(node.ops, node.comparators, strict=True):
-            right = evaluate(comparator, names)
-            if type(op) not in _COMPARE:
-                raise EvalError(f"comparison {type(op).__name__} is not allowed")
-            if (isinstance(left, str) or isinstance(right, str)) and not isinstance(
-                op, ast.Eq | ast.NotEq
-            ):
-                raise EvalError("strings can only be compared with == and !=")
-            if not _COMPARE[type(op)](left, right):
-                return False
-            left = right
-        return True
-    raise EvalError(f"{type(node).__name__} is not allowed in an expression")
+        return _compare(node, names)
+    raise _not_allowed(node)
+
+
+def _not_allowed(node: ast.AST) -> EvalError:
+    return EvalError(f"{type(node).__name__} is not allowed in an expression")
+
+
+def _constant(node: ast.Constant) -> Any:
+    if isinstance(node.value, bool | int | float):
+        return _number(node.value, "constant")
+    if isinstance(node.value, str):
+        return node.value
+    raise EvalError(f"constant {node.value!r} is not a number or string")
+
+
+def _unary(node: ast.UnaryOp, names: Mapping[str, Any]) -> Any:
+    value = evaluate(node.operand, names)
+    if isinstance(node.op, ast.Not):
+        return not value
+    number = _number(value, "operand")
+    if isinstance(node.op, ast.USub):
+        return -number
+    if isinstance(node.op, ast.UAdd):
+        return number
+    raise _not_allowed(node)
+
+
+def _bool_op(node: ast.BoolOp, names: Mapping[str, Any]) -> Any:
+    is_and = isinstance(node.op, ast.And)
+    result: Any = is_and
+    for child in node.values:
+        result = evaluate(child, names)
+        if bool(result) != is_and:  # short-circuit as Python does
+            return result
+    return result
+
+
+def _binary(node: ast.BinOp, names: Mapping[str, Any]) -> float:
+    left = _number(evaluate(node.left, names), "left operand")
+    right = _number(evaluate(node.right, names), "right operand")
+    try:
+        result = _BINARY[type(node.op)](left, right)
+    except OverflowError:
+        raise EvalError(f"result beyond +-{MAX_MAGNITUDE:g}") from None
+    except ValueError:  # math.pow of a negative base to a fractional power
+        raise EvalError(f"{left:g} ** {right:g} is not a real number") from None
+    return _number(result, "result")
+
+
+def _compare(node: ast.Compare, names: Mapping[str, Any]) -> bool:
+    left = evaluate(node.left, names)
+    for op, comparator in zip(node.ops, node.comparators, strict=True):
+        right = evaluate(comparator, names)
+        if type(op) not in _COMPARE:
+            raise EvalError(f"comparison {type(op).__name__} is not allowed")
+        if (isinstance(left, str) or isinstance(right, str)) and not isinstance(
+            op, ast.Eq | ast.NotEq
+        ):
+            raise EvalError("strings can only be compared with == and !=")
+        if not _COMPARE[type(op)](left, right):
+            return False
+        left = right
+    return True
 
 
 def parse(text: str) -> ast.Expression:

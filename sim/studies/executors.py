@@ -19,21 +19,25 @@ from xpusim.sim.errors import InputError
 
 EXECUTORS = ("local", "ray")
 
+Result = dict[str, Any]  # one point's row, or {"error": ...}
+TaskFn = Callable[[Any], Result]
+OnResult = Callable[[int, Result], None]
 
-def error_result(exc: BaseException) -> dict[str, Any]:
+
+def error_result(exc: BaseException) -> Result:
     return {"error": f"{type(exc).__name__}: {exc}"}
 
 
 def run_local(
-    fn: Callable[[Any], dict],
+    fn: TaskFn,
     tasks: Sequence[Any],
     jobs: int,
-    on_result: Callable[[int, dict], None] | None = None,
-) -> list[dict]:
+    on_result: OnResult | None = None,
+) -> list[Result]:
     """``jobs`` processes (in this process when jobs == 1, which is easier to debug)."""
-    results: list[dict | None] = [None] * len(tasks)
+    results: dict[int, Result] = {}
 
-    def done(i: int, result: dict) -> None:
+    def done(i: int, result: Result) -> None:
         results[i] = result
         if on_result:
             on_result(i, result)
@@ -44,7 +48,7 @@ def run_local(
                 done(i, fn(task))
             except Exception as exc:  # noqa: BLE001 - one bad point must not stop the sweep
                 done(i, error_result(exc))
-        return results  # type: ignore[return-value]
+        return [results[i] for i in range(len(tasks))]
     with cf.ProcessPoolExecutor(max_workers=jobs) as pool:
         futures = {pool.submit(fn, task): i for i, task in enumerate(tasks)}
         for fut in cf.as_completed(futures):
@@ -52,7 +56,7 @@ def run_local(
                 done(futures[fut], fut.result())
             except Exception as exc:  # noqa: BLE001 - includes BrokenProcessPool
                 done(futures[fut], error_result(exc))
-    return results  # type: ignore[return-value]
+    return [results[i] for i in range(len(tasks))]
 
 
 def ray_available() -> bool:
@@ -60,12 +64,12 @@ def ray_available() -> bool:
 
 
 def run_ray(
-    fn: Callable[[Any], dict],
+    fn: TaskFn,
     tasks: Sequence[Any],
     jobs: int,
     address: str | None,
-    on_result: Callable[[int, dict], None] | None = None,
-) -> list[dict]:
+    on_result: OnResult | None = None,
+) -> list[Result]:
     """Ray tasks; ``address`` None starts a local Ray with ``jobs`` CPUs, else connects
     (``auto`` or ``HOST:PORT``) to a running cluster."""
     if not ray_available():
@@ -82,32 +86,33 @@ def run_ray(
         remote = ray.remote(fn)
         refs = [remote.remote(task) for task in tasks]
         index = {ref: i for i, ref in enumerate(refs)}
-        results: list[dict | None] = [None] * len(tasks)
+        results: dict[int, Result] = {}
         pending = list(refs)
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
             for ref in ready:
                 i = index[ref]
                 try:
-                    results[i] = ray.get(ref)
+                    result: Result = ray.get(ref)
                 except Exception as exc:  # noqa: BLE001 - a failed task is an error row
-                    results[i] = error_result(exc)
+                    result = error_result(exc)
+                results[i] = result
                 if on_result:
-                    on_result(i, results[i])
-        return results  # type: ignore[return-value]
+                    on_result(i, result)
+        return [results[i] for i in range(len(tasks))]
     finally:
         if started:
             ray.shutdown()
 
 
 def run_tasks(
-    fn: Callable[[Any], dict],
+    fn: TaskFn,
     tasks: Sequence[Any],
     executor: str = "local",
     jobs: int = 1,
     address: str | None = None,
-    on_result: Callable[[int, dict], None] | None = None,
-) -> list[dict]:
+    on_result: OnResult | None = None,
+) -> list[Result]:
     if executor not in EXECUTORS:
         raise InputError(f"--executor '{executor}' unknown; use {' or '.join(EXECUTORS)}")
     if jobs < 1:

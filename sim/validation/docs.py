@@ -43,12 +43,12 @@ def summary_table(results: list[RowResult]) -> str:
 
 
 def largest_misses(results: list[RowResult], n: int = 10) -> str:
-    check = [r for r in results if r.role == "check" and r.error is not None]
-    worst = sorted(check, key=lambda r: -abs(r.error))[:n]
+    check = [(r, r.error) for r in results if r.role == "check" and r.error is not None]
+    worst = sorted(check, key=lambda pair: -abs(pair[1]))[:n]
     lines = ["| row | category | measured | predicted | error |", "|---|---|---|---|---|"]
-    for r in worst:
+    for r, error in worst:
         lines.append(f"| {r.id} | {r.category} | {r.measured:.4g} {r.unit} | "
-                     f"{r.predicted:.4g} {r.unit} | {_pct(r.error, True)} |")
+                     f"{r.predicted:.4g} {r.unit} | {_pct(error, True)} |")
     return "\n".join(lines)
 
 

@@ -15,20 +15,22 @@ def scatter(results: list[RowResult], path: str | Path, title: str) -> Path:
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    points = [r for r in results if r.predicted is not None]
+    # (row, measured, predicted) of the rows the simulator predicted.
+    points = [(r, r.measured, r.predicted) for r in results if r.predicted is not None]
     fig, ax = plt.subplots(figsize=(7.5, 6.5))
-    for category in sorted({r.category for r in points}):
-        rows = [r for r in points if r.category == category]
-        check = [r for r in rows if r.role == "check"]
-        fit = [r for r in rows if r.role == "fit"]
-        sc = ax.scatter([r.measured for r in check], [r.predicted for r in check], s=18,
-                        label=f"{category} ({len(check)})")
+    for i, category in enumerate(sorted({r.category for r, _, _ in points})):
+        rows = [(r.role, m, p) for r, m, p in points if r.category == category]
+        check = [(m, p) for role, m, p in rows if role == "check"]
+        fit = [(m, p) for role, m, p in rows if role == "fit"]
+        colour = f"C{i}"  # the colour cycle, one colour per category
+        ax.scatter([m for m, _ in check], [p for _, p in check], s=18, color=colour,
+                   label=f"{category} ({len(check)})")
         if fit:
-            ax.scatter([r.measured for r in fit], [r.predicted for r in fit], s=40,
-                       facecolors="none", edgecolors=sc.get_facecolor()[0], marker="s")
+            ax.scatter([m for m, _ in fit], [p for _, p in fit], s=40,
+                       facecolors="none", edgecolors=colour, marker="s")
     if points:
-        lo = min(min(r.measured, r.predicted) for r in points) / 1.5
-        hi = max(max(r.measured, r.predicted) for r in points) * 1.5
+        lo = min(min(m, p) for _, m, p in points) / 1.5
+        hi = max(max(m, p) for _, m, p in points) * 1.5
         xs = [lo, hi]
         ax.plot(xs, xs, color="black", lw=1, label="predicted = measured")
         for band, style in ((0.10, "--"), (0.25, ":")):

@@ -14,7 +14,7 @@ which blocks run.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 
 from xpusim.sim import ops
@@ -185,6 +185,104 @@ def describe_standard_attention(
     return graph
 
 
+@dataclass
+class _Fast:
+    """A FastAttention call being described: sizes, blocks and the graph."""
+
+    graph: RankGraph
+    batch: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    dtype: str
+    inner: int
+    causal: bool
+    q_offset: int
+    kv_lens: Sequence[int] | None
+
+    @property
+    def group(self) -> int:
+        return self.heads // self.kv_heads
+
+    def add(self, op: Op) -> None:
+        self.graph.add(op)
+
+    def query_block(self, q_start: int, rows: int, outer: int, limit: int) -> None:
+        """One query block: cast and scale Q, the running statistics, every unmasked key
+        block, the final normalisation and the store into the output slice."""
+        qrow = f"q{q_start}"
+        q_elems = self.batch * self.heads * rows * self.head_dim
+        f = FP32_BYTES
+        if self.dtype != ACC:
+            self.add(_cast(f"{qrow}.cast_q", q_elems, self.dtype, ACC))
+        self.add(_vec(f"{qrow}.scale", q_elems, 2 * q_elems * f))
+        stats = self.batch * self.heads * rows  # one running max / sum per query row
+        self.add(_fill(f"{qrow}.init_max", stats))
+        self.add(_fill(f"{qrow}.init_sum", stats))
+        self.add(_fill(f"{qrow}.init_o", q_elems))
+        for k_start in range(0, limit, outer):
+            cols = min(outer, limit - k_start)
+            kind = block_kind(q_start, rows, k_start, cols, self.causal, self.q_offset)
+            if kind != "masked":
+                self.key_block(f"{qrow}.k{k_start}", rows, k_start, cols, kind, q_elems)
+        self.add(_vec(f"{qrow}.normalise", q_elems, (2 * q_elems + stats) * f))
+        if self.dtype != ACC:
+            self.add(_cast(f"{qrow}.cast_out", q_elems, ACC, self.dtype))
+        self.add(ops.memcpy(f"{qrow}.store", q_elems * dtype_bytes(self.dtype)))
+
+    def key_block(self, tag: str, rows: int, k_start: int, cols: int, kind: str,
+                  q_elems: float) -> None:
+        """One (query block, key block) pair: K/V casts, the inner-tile QK^T GEMMs, the
+        mask, the online-softmax vector ops and the PV GEMMs with their accumulation."""
+        bkv = self.batch * self.kv_heads  # GEMM batch: a group's query heads stacked as rows
+        if self.dtype != ACC:
+            kv_elems = bkv * cols * self.head_dim
+            self.add(_cast(f"{tag}.cast_k", kv_elems, self.dtype, ACC))
+            self.add(_cast(f"{tag}.cast_v", kv_elems, self.dtype, ACC))
+        tiles = range(0, cols, self.inner)
+        for t in tiles:
+            n = min(self.inner, cols - t)
+            self.add(ops.gemm(f"{tag}.qk{t}", self.group * rows, n, self.head_dim, ACC, bkv))
+        n = self.batch * self.heads * rows * cols  # score elements of the block
+        if len(tiles) > 1:  # torch.cat of the inner tiles: one copy of the block
+            self.add(ops.memcpy(f"{tag}.cat", n * FP32_BYTES))
+        self.mask(tag, rows, k_start, cols, kind, n)
+        self.online_softmax(tag, rows, n, q_elems)
+        for t in tiles:
+            n_t = min(self.inner, cols - t)
+            self.add(ops.gemm(f"{tag}.pv{t}", self.group * rows, self.head_dim, n_t, ACC, bkv))
+            self.add(_vec(f"{tag}.acc{t}", q_elems, 3 * q_elems * FP32_BYTES))
+
+    def mask(self, tag: str, rows: int, k_start: int, cols: int, kind: str, n: float) -> None:
+        """The block's mask: padding rows stacked from the template (and combined with the
+        causal slice), then added to S when the block needs a mask."""
+        f = FP32_BYTES
+        padding = padding_applies(k_start, cols, self.kv_lens)
+        if padding:  # torch.stack of one template row per batch element
+            self.add(ops.memcpy(f"{tag}.pad_stack", self.batch * cols * f))
+            if kind == "partial":  # causal slice + padding rows
+                self.add(_vec(f"{tag}.mask_combine", self.batch * rows * cols,
+                              (2 * self.batch + 1) * rows * cols * f))
+        if kind == "partial" or padding:
+            # S + mask slice: read S and the (rows x cols) slice, write S.
+            self.add(_vec(f"{tag}.mask_add", n, (2 * n + rows * cols) * f))
+
+    def online_softmax(self, tag: str, rows: int, n: float, q_elems: float) -> None:
+        """Row max, rescale of the running max, sum and output, exp of the scores."""
+        f = FP32_BYTES
+        stats = self.batch * self.heads * rows
+        self.add(_vec(f"{tag}.rowmax", n, (n + stats) * f, 1.0, OpKind.REDUCTION))
+        self.add(_vec(f"{tag}.max_update", stats, 3 * stats * f))
+        self.add(_vec(f"{tag}.sub_max", n, (2 * n + stats) * f))
+        self.add(_vec(f"{tag}.exp", n, 2 * n * f, EXP_FLOPS))
+        self.add(_vec(f"{tag}.alpha_sub", stats, 3 * stats * f))
+        self.add(_vec(f"{tag}.alpha_exp", stats, 2 * stats * f, EXP_FLOPS))
+        self.add(_vec(f"{tag}.sum_rescale", stats, 3 * stats * f))
+        self.add(_vec(f"{tag}.rowsum", n, (n + stats) * f, 1.0, OpKind.REDUCTION))
+        self.add(_vec(f"{tag}.sum_add", stats, 3 * stats * f))
+        self.add(_vec(f"{tag}.o_rescale", q_elems, (2 * q_elems + stats) * f))
+
+
 def describe_fast_attention(
     batch: int,
     heads: int,
@@ -208,78 +306,15 @@ def describe_fast_attention(
     kvh, length = _check(batch, heads, seq, head_dim, kv_heads, kv_len)
     if outer_block < 1 or inner_block < 1:
         raise InputError("attention: outer_block and inner_block must be >= 1")
-    inner = min(inner_block, outer_block)
-    group = heads // kvh
-    bkv = batch * kvh  # GEMM batch: the group's query heads are stacked along the rows
-    bh = batch * heads
-    f = FP32_BYTES
-    elt = dtype_bytes(dtype)
-    graph = RankGraph(rank=0)
-    limit = kv_block_limit(length, kv_lens)
+    fast = _Fast(RankGraph(rank=0), batch, heads, kvh, head_dim, dtype,
+                 min(inner_block, outer_block), causal, q_offset, kv_lens)
     size = 2 * outer_block  # the tiling-mask template: full(-inf) then triu(1)
-    graph.add(_fill("template_full", size * size))
-    graph.add(ops.elementwise("template_triu", size * size, ACC, 1.0, 1, 1))
+    fast.add(_fill("template_full", size * size))
+    fast.add(ops.elementwise("template_triu", size * size, ACC, 1.0, 1, 1))
+    limit = kv_block_limit(length, kv_lens)
     for q_start in range(0, seq, outer_block):
-        rows = min(outer_block, seq - q_start)
-        qrow = f"q{q_start}"
-        q_elems = bh * rows * head_dim
-        stats = bh * rows  # one running max / sum per query row
-        if dtype != ACC:
-            graph.add(_cast(f"{qrow}.cast_q", q_elems, dtype, ACC))
-        graph.add(_vec(f"{qrow}.scale", q_elems, 2 * q_elems * f))
-        graph.add(_fill(f"{qrow}.init_max", stats))
-        graph.add(_fill(f"{qrow}.init_sum", stats))
-        graph.add(_fill(f"{qrow}.init_o", q_elems))
-        for k_start in range(0, limit, outer_block):
-            cols = min(outer_block, limit - k_start)
-            kind = block_kind(q_start, rows, k_start, cols, causal, q_offset)
-            if kind == "masked":
-                continue
-            tag = f"{qrow}.k{k_start}"
-            kv_elems = bkv * cols * head_dim
-            if dtype != ACC:
-                graph.add(_cast(f"{tag}.cast_k", kv_elems, dtype, ACC))
-                graph.add(_cast(f"{tag}.cast_v", kv_elems, dtype, ACC))
-            tiles = range(0, cols, inner)
-            for t in tiles:
-                n = min(inner, cols - t)
-                graph.add(ops.gemm(f"{tag}.qk{t}", group * rows, n, head_dim, ACC, bkv))
-            n = bh * rows * cols  # score elements of the block
-            if len(tiles) > 1:  # torch.cat of the inner tiles: one copy of the block
-                graph.add(ops.memcpy(f"{tag}.cat", n * f))
-            padding = padding_applies(k_start, cols, kv_lens)
-            if padding:  # torch.stack of one template row per batch element
-                graph.add(ops.memcpy(f"{tag}.pad_stack", batch * cols * f))
-                if kind == "partial":  # causal slice + padding rows
-                    graph.add(
-                        _vec(
-                            f"{tag}.mask_combine",
-                            batch * rows * cols,
-                            (2 * batch + 1) * rows * cols * f,
-                        )
-                    )
-            if kind == "partial" or padding:
-                # S + mask slice: read S and the (rows x cols) slice, write S.
-                graph.add(_vec(f"{tag}.mask_add", n, (2 * n + rows * cols) * f))
-            graph.add(_vec(f"{tag}.rowmax", n, (n + stats) * f, 1.0, OpKind.REDUCTION))
-            graph.add(_vec(f"{tag}.max_update", stats, 3 * stats * f))
-            graph.add(_vec(f"{tag}.sub_max", n, (2 * n + stats) * f))
-            graph.add(_vec(f"{tag}.exp", n, 2 * n * f, EXP_FLOPS))
-            graph.add(_vec(f"{tag}.alpha_sub", stats, 3 * stats * f))
-            graph.add(_vec(f"{tag}.alpha_exp", stats, 2 * stats * f, EXP_FLOPS))
-            graph.add(_vec(f"{tag}.sum_rescale", stats, 3 * stats * f))
-            graph.add(_vec(f"{tag}.rowsum", n, (n + stats) * f, 1.0, OpKind.REDUCTION))
-            graph.add(_vec(f"{tag}.sum_add", stats, 3 * stats * f))
-            graph.add(_vec(f"{tag}.o_rescale", q_elems, (2 * q_elems + stats) * f))
-            for t in tiles:
-                n_t = min(inner, cols - t)
-                graph.add(ops.gemm(f"{tag}.pv{t}", group * rows, head_dim, n_t, ACC, bkv))
-                graph.add(_vec(f"{tag}.acc{t}", q_elems, 3 * q_elems * f))
-        graph.add(_vec(f"{qrow}.normalise", q_elems, (2 * q_elems + stats) * f))
-        if dtype != ACC:
-            graph.add(_cast(f"{qrow}.cast_out", q_elems, ACC, dtype))
-        graph.add(ops.memcpy(f"{qrow}.store", q_elems * elt))  # into the output slice
-    return graph
+        fast.query_block(q_start, min(outer_block, seq - q_start), outer_block, limit)
+    return fast.graph
 
 
 def attention_matmul_flops(graph: RankGraph) -> float:

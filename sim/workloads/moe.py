@@ -24,7 +24,7 @@ No torch here: this module is imported by the simulator.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 
 from xpusim.sim.errors import InputError
@@ -187,6 +187,114 @@ def expert_loads(
     return loads
 
 
+@dataclass
+class _MoE:
+    """One MoE layer forward being described on one EP rank."""
+
+    graph: RankGraph
+    tokens: float
+    hidden: int
+    expert_ffn: int
+    num_experts: int
+    top_k: int
+    shared: float  # shared experts x their width (0: none)
+    dtype: str
+    loads: list[float]
+    local: range  # this rank's experts
+    ep: int
+    footprint: float  # weight bytes this rank reads per forward
+    label: str = "moe"
+
+    @property
+    def b(self) -> float:
+        return dtype_bytes(self.dtype)
+
+    @property
+    def sent_rows(self) -> float:
+        """Every (token, slot) row leaves this rank once (self included)."""
+        return self.tokens * self.top_k
+
+    def add(self, work, stream: Stream = Stream.COMPUTE, deps: tuple[int, ...] = ()) -> int:
+        return self.graph.add(work, stream, deps, label=self.label)
+
+    def router(self, scoring: str) -> None:
+        """Logits GEMM, scores, top-k, gather of the chosen scores, normalisation."""
+        e, h, b, rows = self.num_experts, self.hidden, self.b, self.sent_rows
+        router = gemm("moe.router", self.tokens, e, h, self.dtype, out_dtype="fp32")
+        self.add(_weights(router, e * h * b, self.footprint))
+        if scoring == "softmax":
+            self.add(softmax("moe.router.softmax", self.tokens, e, "fp32"))
+        else:
+            self.add(elementwise("moe.router.sigmoid", self.tokens * e, "fp32", 4.0))
+        self.add(_topk_op("moe.router.topk", self.tokens, e, self.top_k, self.dtype))
+        # scores.gather(1, ids): read ids (int64), write the chosen fp32 scores.
+        self.add(_index_op("moe.router.gather", rows, INDEX_BYTES + 2 * 4))
+        if self.top_k > 1:  # weights / weights.sum(-1): a row sum, then a divide
+            self.add(elementwise("moe.router.sum", rows, "fp32", 1.0, 1, 0, OpKind.REDUCTION))
+            self.add(elementwise("moe.router.normalise", rows, "fp32", 1.0, 1, 1))
+
+    def dispatch(self) -> int:
+        """Sort assignments by expert, reorder ids and weights, count rows per expert,
+        gather the token rows into that order. Returns the permute's task."""
+        rows, b = self.sent_rows, self.b
+        self.add(_sort_op("moe.dispatch.sort", rows))
+        self.add(_index_op("moe.dispatch.sorted_ids", rows, 3 * INDEX_BYTES))
+        self.add(_index_op("moe.dispatch.token_of", rows, 2 * INDEX_BYTES))
+        self.add(_index_op("moe.dispatch.sorted_weights", rows, INDEX_BYTES + 2 * b))
+        self.add(_index_op("moe.dispatch.bincount", rows, INDEX_BYTES))
+        return self.add(memcpy("moe.dispatch.permute", rows * self.hidden * b))
+
+    def ep_dispatch(self, permute: int) -> float:
+        """All-to-all of the counts, rows and expert ids; the shared experts overlap it;
+        then the local sort and permute. Returns the rows this rank receives."""
+        group = tuple(range(self.ep))
+        rows, h, b = self.sent_rows, self.hidden, self.b
+        counts = self.add(
+            Collective("moe.dispatch.counts", CollectiveKind.ALL_TO_ALL, group, self.ep * INDEX_BYTES),
+            Stream.COMM, (permute,))
+        rows_a2a = self.add(
+            Collective("moe.dispatch.rows", CollectiveKind.ALL_TO_ALLV, group, rows * h * b),
+            Stream.COMM, (counts,))
+        ids_a2a = self.add(
+            Collective("moe.dispatch.expert_ids", CollectiveKind.ALL_TO_ALLV, group,
+                       rows * INDEX_BYTES),
+            Stream.COMM, (counts,))
+        if self.shared:
+            self.shared_experts()
+        recv_rows = sum(self.loads[e] for e in self.local)
+        self.add(_sort_op("moe.dispatch.local_sort", recv_rows), deps=(rows_a2a, ids_a2a))
+        self.add(memcpy("moe.dispatch.local_permute", recv_rows * h * b))
+        return recv_rows
+
+    def experts(self) -> None:
+        for e in self.local:
+            if self.loads[e] > 0:  # no tokens, no GEMM
+                _swiglu(self.graph, f"moe.expert{e}", self.loads[e], self.hidden,
+                        self.expert_ffn, self.dtype, self.label, self.footprint)
+
+    def shared_experts(self) -> None:
+        """Shared experts see every token; under EP they overlap the dispatch all-to-all."""
+        _swiglu(self.graph, "moe.shared", self.tokens, self.hidden, self.shared, self.dtype,
+                self.label, self.footprint)
+
+    def combine(self, recv_rows: float) -> None:
+        """Return the rows (EP), scale by the routing weight, index-add into token rows."""
+        rows, h, b, dt = self.sent_rows, self.hidden, self.b, self.dtype
+        if self.ep > 1:
+            last = self.add(memcpy("moe.combine.local_unpermute", recv_rows * h * b))
+            back = self.add(
+                Collective("moe.combine.rows", CollectiveKind.ALL_TO_ALLV,
+                           tuple(range(self.ep)), recv_rows * h * b),
+                Stream.COMM, (last,))
+            self.add(elementwise("moe.combine.scale", rows * h, dt, 1.0, 1, 1), deps=(back,))
+        else:
+            # torch.zeros_like(x): the combine accumulator.
+            self.add(elementwise("moe.combine.zeros", self.tokens * h, dt, 1.0, 0, 1))
+            self.add(elementwise("moe.combine.scale", rows * h, dt, 1.0, 1, 1))
+        # index_add_: read the scaled rows and the accumulator, write the accumulator.
+        self.add(elementwise("moe.combine.index_add", rows * h, dt, 1.0, 2, 1))
+
+
 def describe_moe(
     tokens: float,
     hidden: int,
@@ -217,116 +325,22 @@ def describe_moe(
     if not 0 <= rank < ep:
         raise InputError(f"describe_moe: rank={rank} must be in 0..ep-1={ep - 1}")
     loads = expert_loads(tokens, num_experts, top_k, ep, tokens_per_expert)
-    b = dtype_bytes(dtype)
-    sent_rows = tokens * top_k  # every (token, slot) row leaves this rank once (self included)
-    graph = RankGraph(rank)
-    lbl = "moe"
-
     per_rank = num_experts // ep
     local = range(rank * per_rank, (rank + 1) * per_rank)
     # Weights this rank reads per forward: router, its active experts, shared experts.
     active = sum(1 for e in local if loads[e] > 0)
-    footprint = (
-        b * hidden * (num_experts + 3 * active * expert_ffn + 3 * shared_experts * shared_ffn)
-    )
-
-    # Router: logits GEMM, scores, top-k, gather of the chosen scores, normalisation.
-    router = gemm("moe.router", tokens, num_experts, hidden, dtype, out_dtype="fp32")
-
-    def add_shared_experts() -> None:
-        # Shared experts see every token; under EP they overlap the dispatch all-to-all.
-        _swiglu(graph, "moe.shared", tokens, hidden, shared_experts * shared_ffn, dtype, lbl,
-                footprint)
-
-    graph.add(_weights(router, num_experts * hidden * b, footprint), label=lbl)
-    if scoring == "softmax":
-        graph.add(softmax("moe.router.softmax", tokens, num_experts, "fp32"), label=lbl)
-    else:
-        graph.add(elementwise("moe.router.sigmoid", tokens * num_experts, "fp32", 4.0), label=lbl)
-    graph.add(_topk_op("moe.router.topk", tokens, num_experts, top_k, dtype), label=lbl)
-    # scores.gather(1, ids): read ids (int64), write the chosen fp32 scores.
-    graph.add(_index_op("moe.router.gather", sent_rows, INDEX_BYTES + 2 * 4), label=lbl)
-    if top_k > 1:  # weights / weights.sum(-1): a row sum, then a divide
-        graph.add(
-            elementwise("moe.router.sum", sent_rows, "fp32", 1.0, 1, 0, OpKind.REDUCTION),
-            label=lbl,
-        )
-        graph.add(elementwise("moe.router.normalise", sent_rows, "fp32", 1.0, 1, 1), label=lbl)
-
-    # Dispatch: sort assignments by expert, reorder ids and weights, count rows per
-    # expert, gather the token rows into that order.
-    graph.add(_sort_op("moe.dispatch.sort", sent_rows), label=lbl)
-    graph.add(_index_op("moe.dispatch.sorted_ids", sent_rows, 3 * INDEX_BYTES), label=lbl)
-    graph.add(_index_op("moe.dispatch.token_of", sent_rows, 2 * INDEX_BYTES), label=lbl)
-    graph.add(_index_op("moe.dispatch.sorted_weights", sent_rows, INDEX_BYTES + 2 * b), label=lbl)
-    graph.add(_index_op("moe.dispatch.bincount", sent_rows, INDEX_BYTES), label=lbl)
-    permute = graph.add(memcpy("moe.dispatch.permute", sent_rows * hidden * b), label=lbl)
-
-    if ep > 1:
-        group = tuple(range(ep))
-        counts = graph.add(
-            Collective("moe.dispatch.counts", CollectiveKind.ALL_TO_ALL, group, ep * INDEX_BYTES),
-            Stream.COMM,
-            deps=(permute,),
-            label=lbl,
-        )
-        rows_a2a = graph.add(
-            Collective(
-                "moe.dispatch.rows", CollectiveKind.ALL_TO_ALLV, group, sent_rows * hidden * b
-            ),
-            Stream.COMM,
-            deps=(counts,),
-            label=lbl,
-        )
-        ids_a2a = graph.add(
-            Collective(
-                "moe.dispatch.expert_ids",
-                CollectiveKind.ALL_TO_ALLV,
-                group,
-                sent_rows * INDEX_BYTES,
-            ),
-            Stream.COMM,
-            deps=(counts,),
-            label=lbl,
-        )
-        if shared_experts:
-            add_shared_experts()
-        recv_rows = sum(loads[e] for e in local)
-        graph.add(
-            _sort_op("moe.dispatch.local_sort", recv_rows), deps=(rows_a2a, ids_a2a), label=lbl
-        )
-        graph.add(memcpy("moe.dispatch.local_permute", recv_rows * hidden * b), label=lbl)
-
+    footprint = dtype_bytes(dtype) * hidden * (
+        num_experts + 3 * active * expert_ffn + 3 * shared_experts * shared_ffn)
+    moe = _MoE(RankGraph(rank), tokens, hidden, expert_ffn, num_experts, top_k,
+               shared_experts * shared_ffn, dtype, loads, local, ep, footprint)
+    moe.router(scoring)
+    permute = moe.dispatch()
+    recv_rows = moe.ep_dispatch(permute) if ep > 1 else 0.0
     # (Under EP the local sort above already waits for the dispatch; stream order does the rest.)
-    for e in local:
-        if loads[e] <= 0:
-            continue  # no tokens, no GEMM
-        _swiglu(graph, f"moe.expert{e}", loads[e], hidden, expert_ffn, dtype, lbl, footprint)
-
-    if ep > 1:
-        last = graph.add(memcpy("moe.combine.local_unpermute", recv_rows * hidden * b), label=lbl)
-        back = graph.add(
-            Collective(
-                "moe.combine.rows", CollectiveKind.ALL_TO_ALLV, group, recv_rows * hidden * b
-            ),
-            Stream.COMM,
-            deps=(last,),
-            label=lbl,
-        )
-        graph.add(
-            elementwise("moe.combine.scale", sent_rows * hidden, dtype, 1.0, 1, 1),
-            deps=(back,),
-            label=lbl,
-        )
-    else:
-        # torch.zeros_like(x): the combine accumulator.
-        graph.add(elementwise("moe.combine.zeros", tokens * hidden, dtype, 1.0, 0, 1), label=lbl)
-        graph.add(elementwise("moe.combine.scale", sent_rows * hidden, dtype, 1.0, 1, 1), label=lbl)
-    # index_add_: read the scaled rows and the accumulator, write the accumulator.
-    graph.add(elementwise("moe.combine.index_add", sent_rows * hidden, dtype, 1.0, 2, 1), label=lbl)
-
+    moe.experts()
+    moe.combine(recv_rows)
     if shared_experts:
         if ep == 1:
-            add_shared_experts()
-        graph.add(elementwise("moe.shared.add", tokens * hidden, dtype, 1.0, 2, 1), label=lbl)
-    return graph
+            moe.shared_experts()
+        moe.add(elementwise("moe.shared.add", tokens * hidden, dtype, 1.0, 2, 1))
+    return moe.graph

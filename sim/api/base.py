@@ -99,7 +99,7 @@ def request_from_flags(cls: type[R], values: Mapping[str, Any], where: str) -> R
             continue  # `no-X = false`: the flag is not given
         if value is None or (value is False and bool not in _accepted(hints.get(name))):
             continue
-        given[name] = _flag_value(value, hints.get(name), f"{where}: {key}")
+        given[name] = _flag_value(value, hints.get(name), f"{where}.{key}")
     request = request_from_mapping(cls, given, where)
     try:
         check_namespace(argparse.Namespace(**given))

@@ -4,9 +4,11 @@ Each (rank, stream) runs its tasks in order, like a CUDA/ACL stream. A task star
 the previous task of its stream and all its ``deps`` have finished. Work takes the time
 the pricing pass gives it (``sim.cost.pricing``: ops and segments by the device's cost
 model, collectives by the system's network); a ``Collective`` is a rendezvous: it
-starts when every *simulated* member of its group has reached it (members outside the simulation are assumed symmetric —
-scale by symmetry) and takes the network's time. Overlap of compute and communication
-is therefore a result of the schedule, not a parameter.
+starts when every *simulated* member of its group has reached it (members outside the
+simulation are assumed symmetric — scale by symmetry) and takes the network's time. A
+collective with no other simulated member needs no rendezvous and takes its time at
+once. Overlap of compute and communication is therefore a result of the schedule, not a
+parameter.
 
 ``Engine`` computes that schedule by running each stream as far as its inputs are known
 and parking it on the first unknown one; ``SimPyEngine`` is the same model as SimPy
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import simpy
 from xpusim.sim.cost.pricing import Pricing
@@ -348,7 +350,8 @@ class Engine:
         for graph, g, slots in zip(self.graphs, run.graphs, run.slots, strict=True):
             rank = graph.rank
             tasks, _, begin, end, _, _, busy_by_slot, ivs = g
-            makespan = max(makespan, max(end, default=0.0))  # type: ignore[type-var]
+            # Every task ended (_check_finished): no None left in ``end``.
+            makespan = max(makespan, max(cast("list[float]", end), default=0.0))
             for (stream, label), slot in slots.items():
                 busy = busy_by_slot[slot]
                 iv = ivs[slot]
@@ -504,7 +507,8 @@ class SimPyEngine(Engine):
         while True:
             tid = tids[run_end]
             end = t + durations[tid]
-            append(Record(rank, stream, tid, *meta[tid], t, end))
+            name, kind, label = meta[tid]
+            append(Record(rank, stream, tid, name, kind, label, t, end))
             t = end
             run_end += 1
             if watched[tid] or run_end >= n:
@@ -535,7 +539,8 @@ class SimPyEngine(Engine):
         ev = waiters.pop(task.id, None)
         if ev is not None:
             ev.succeed()
-        records.append(Record(rank, stream, task.id, *task_meta, start, end))
+        name, kind, label = task_meta
+        records.append(Record(rank, stream, task.id, name, kind, label, start, end))
 
     def _collective(self, env, work: Collective, simulated, rendezvous):
         key = (work.name, work.tag, work.group)

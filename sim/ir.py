@@ -441,7 +441,7 @@ class RankGraph:
     def add(
         self,
         work: Work,
-        stream: Stream = Stream.COMPUTE,
+        stream: Stream | str = Stream.COMPUTE,
         deps: tuple[int, ...] | list[int] = (),
         label: str = "",
     ) -> int:
@@ -449,8 +449,8 @@ class RankGraph:
         for d in deps:
             if not 0 <= d < tid:
                 raise InputError(f"rank {self.rank}: task {tid} depends on unknown task {d}")
-        stream = stream if isinstance(stream, Stream) else Stream(stream)
-        self.tasks.append(Task(tid, work, stream, tuple(deps), label))
+        on = stream if isinstance(stream, Stream) else Stream(stream)
+        self.tasks.append(Task(tid, work, on, tuple(deps), label))
         return tid
 
     def ops(self) -> list[Op]:

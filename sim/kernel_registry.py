@@ -164,7 +164,7 @@ def kernel_entry(name: str) -> KernelEntry:
 MAX_SHAPE_VALUE = 2**31 - 1
 
 
-def _convert(entry: KernelEntry, key: ShapeKey, value: object) -> int | bool:
+def _convert(entry: KernelEntry, key: ShapeKey, value: object) -> int | bool | tuple[int, ...]:
     if key.kind is tuple:
         return _convert_list(entry, key, value)
     text = str(value).strip().lower()

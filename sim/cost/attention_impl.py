@@ -266,7 +266,7 @@ def _standard(device: Device, shape: AttnShape, pass_: str) -> OpCost:
     details = {"kernels": float(len(standard_ops(shape, pass_))), "hbm_bytes": nbytes,
                "score_bytes": shape.batch * shape.heads * shape.q_len * shape.kv_len
                * dtype_bytes(shape.dtype)}
-    return OpCost(total, compute, memory, overhead, max(by_bound, key=by_bound.get), details)
+    return OpCost(total, compute, memory, overhead, max(by_bound, key=lambda bound: by_bound[bound]), details)
 
 
 # ------------------------------------------------------------------ GPU fused kernels
@@ -374,7 +374,7 @@ def _fused_gpu(device: Device, shape: AttnShape, impl: str, pass_: str) -> OpCos
     io_rows = br * (shape.head_dim + shape.vd) * elt * (3.0 if pass_ == "bwd" else 1.0)
     io_s = io_rows / sm_bw
     items: list[float] = []
-    blocks = 0
+    blocks: float = 0
     for i in range(q_blocks):
         if shape.causal:
             last_q = offset + min((i + 1) * br, shape.q_len) - 1

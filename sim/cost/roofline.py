@@ -7,9 +7,9 @@ For one op on one device (docs/cost_model.md derives each term):
     reaches ``eff(w) = max * w / (w + half)`` of peak, i.e. it pays a fixed "half"
     of work (pipeline fill, tail effects) on top of its own.
   - ``work`` is the FLOPs the hardware really executes. For GEMM-shaped ops (a
-    ``GemmShape``: GEMMs and convolutions) the output is cut into per-core blocks (``core_block_m x core_block_n``,
-    operands padded to the matrix tile: 16x16x16 Cube fractal, tensor-core MMA tile)
-    that run in waves over the cores; a wave lasts as long as its largest block, so
+    ``GemmShape``: GEMMs and convolutions) the output is cut into per-core blocks
+    (``core_block_m x core_block_n``, operands padded to the matrix tile: 16x16x16 Cube
+    fractal, tensor-core MMA tile) that run in waves over the cores; a wave lasts as long as its largest block, so
     ``work = waves * cores * 2 * min(bm, m) * min(bn, n) * k`` (padded dims). A device
     may list several block shapes (``core_blocks``); the least ``work`` among them is
     taken, as GEMM libraries choose the CTA tile per problem.

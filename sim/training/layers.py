@@ -11,6 +11,7 @@ attention's score tensors, dropout. The backward and recompute are
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from types import MappingProxyType
 
@@ -66,14 +67,14 @@ from xpusim.sim.workloads.transformer import (
 _HIGH_PRECISION_WEIGHTS = (Weight.HEAD, Weight.ROUTER)
 
 
-def low_precision_gemms(raw: list, fmt: str) -> list:
+def low_precision_gemms(raw: Sequence, fmt: str) -> list:
     """Rewrite the 16-bit GEMMs of builder output for a low-precision recipe ``fmt``: each
     becomes a cast of its activation input plus the GEMM on ``fmt`` operands (priced at the
     device's ``fmt`` peak; output written in bf16; it keeps the cast input for its
     backward). Weights are cast once per step (see ``xpusim.sim.training.lowering``), so
     only the activation cast is per micro-batch."""
     if not is_low_precision(fmt):
-        return raw
+        return list(raw)
     out: list = []
     for item in raw:
         s = item.shape if isinstance(item, Op) else None
@@ -92,7 +93,7 @@ def _tp_reduce_kind(plan: ParallelPlan) -> CollectiveKind:
     return CollectiveKind.REDUCE_SCATTER if plan.sequence_parallel else CollectiveKind.ALL_REDUCE
 
 
-def training_items(raw: list[Op | CommNeed], ctx: SlotContext) -> list[Item]:
+def training_items(raw: Sequence[Op | CommNeed], ctx: SlotContext) -> list[Item]:
     """Builder output as training items: collectives on the plan's groups (EP dispatched
     as the plan does it), GEMMs in the recipe's precision, and attention keeping its
     score tensors when the plan's implementation materialises them."""

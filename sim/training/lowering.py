@@ -37,6 +37,7 @@ of the previous step's optimizer overlaps this step's first forwards.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from xpusim.sim.ir import (
@@ -135,7 +136,7 @@ class Emitter:
         group: tuple[int, ...],
         nbytes: float,
         stream: Stream,
-        deps: list[int],
+        deps: Sequence[int | None],
         label: str,
         tag: int,
         algorithm: str = "auto",

@@ -68,9 +68,10 @@ class Sensitivity:
     ("what if grouped expert GEMMs ran 25% slower?"), reported next to the headline.
 
     ``slowdown`` multiplies the modelled time of ops: keys are op kinds ("gemm",
-    "attention", "elementwise", ...) or "experts" (the routed experts' ops, ``Role.expert``:
-    their grouped GEMMs, activation, casts and backward, which then take no kind factor). ``op_overhead_s`` adds a fixed time to
-    every op (host dispatch that the device waits for when the launch queue runs dry).
+    "attention", "elementwise", ...) or "experts" (the routed experts' ops,
+    ``Role.expert``: their grouped GEMMs, activation, casts and backward, which then take
+    no kind factor). ``op_overhead_s`` adds a fixed time to every op (host dispatch that
+    the device waits for when the launch queue runs dry).
     """
 
     slowdown: tuple[tuple[str, float], ...] = ()

@@ -11,6 +11,7 @@ from its ops, and the same pieces serve every micro-batch of the chunk.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import TypeGuard
 
 from xpusim.sim import ops
 from xpusim.sim.ir import (
@@ -75,7 +76,7 @@ def _is_tp(it: object, kind: CollectiveKind) -> bool:
     return isinstance(it, L.Comm) and it.group == "tp" and it.kind == kind
 
 
-def _is_gemm(it: object) -> bool:
+def _is_gemm(it: object) -> TypeGuard[Op]:
     return isinstance(it, Op) and it.kind == OpKind.GEMM
 
 

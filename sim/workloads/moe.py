@@ -250,7 +250,8 @@ class _MoE:
         group = tuple(range(self.ep))
         rows, h, b = self.sent_rows, self.hidden, self.b
         counts = self.add(
-            Collective("moe.dispatch.counts", CollectiveKind.ALL_TO_ALL, group, self.ep * INDEX_BYTES),
+            Collective("moe.dispatch.counts", CollectiveKind.ALL_TO_ALL, group,
+                       self.ep * INDEX_BYTES),
             Stream.COMM, (permute,))
         rows_a2a = self.add(
             Collective("moe.dispatch.rows", CollectiveKind.ALL_TO_ALLV, group, rows * h * b),

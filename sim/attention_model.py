@@ -46,6 +46,7 @@ from __future__ import annotations
 import heapq
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from xpusim.hwprofiles.spec import Device, System
 from xpusim.sim.cost import CachedCostModel, RooflineModel
@@ -423,7 +424,7 @@ def compare(
     dtype: str,
     outer_block: int | None = None,
     sync_s: float | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """One row of the study: both kernels' time, memory and bound at this ``seq``."""
     std = standard_attention_cost(device, batch, heads, seq, head_dim, causal, dtype)
     fast = fast_attention_cost(
@@ -455,7 +456,7 @@ def tiling_allreduce_cost(
     blocks: int,
     causal: bool = False,
     dtype: str = "fp16",
-) -> dict:
+) -> dict[str, Any]:
     """Simulate TP attention + W_o with its all-reduce split into ``blocks`` sequence blocks.
 
     The op graph is ``describe_tp_attention_tiling_allreduce``; ops are priced by the

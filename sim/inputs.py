@@ -147,7 +147,9 @@ def read_json(path: str | Path, what: str, *, error: type[Exception] = InputErro
     return _check_depth(data, path, what, error)
 
 
-def read_toml(path: str | Path, what: str, *, error: type[Exception] = InputError) -> dict:
+def read_toml(
+    path: str | Path, what: str, *, error: type[Exception] = InputError
+) -> dict[str, Any]:
     """The parsed TOML document (size, encoding and depth checked)."""
     path = Path(path)
     text = read_text(path, what, error=error)
@@ -157,7 +159,8 @@ def read_toml(path: str | Path, what: str, *, error: type[Exception] = InputErro
         raise _fail(error, path, what, f"not valid TOML: {exc}") from None
     except RecursionError:
         raise _fail(error, path, what, f"nested deeper than {MAX_DEPTH} levels") from None
-    return _check_depth(data, path, what, error)
+    _check_depth(data, path, what, error)
+    return data
 
 
 def open_text(path: str | Path, what: str, *, error: type[Exception] = InputError) -> io.StringIO:

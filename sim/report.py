@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import csv
 import json
@@ -33,7 +34,8 @@ def _clean(obj: Any) -> Any:
 def json_document(payload: dict[str, Any]) -> dict[str, Any]:
     """``payload`` as every ``--json`` prints it: ``schema_version`` first, non-finite
     numbers as null, tuples as lists (the Python API's ``as_dict()`` returns this too)."""
-    return _clean({"schema_version": SCHEMA_VERSION, **payload})
+    doc: dict[str, Any] = _clean({"schema_version": SCHEMA_VERSION, **payload})
+    return doc
 
 
 def emit_json(payload: dict[str, Any], stream: TextIO | None = None) -> None:
@@ -148,7 +150,7 @@ def check_plot_path(path: str | Path, flag: str = "--plot") -> Path:
     return check_output_file(path, flag, PLOT_SUFFIXES)
 
 
-def check_output_args(args) -> None:
+def check_output_args(args: argparse.Namespace) -> None:
     """Check a command's ``--plot`` and ``--csv`` paths (when given) before any work runs."""
     if getattr(args, "plot", None):
         check_plot_path(args.plot)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from xpusim.sim.engine import Record, SimResult
 from xpusim.sim.report import save_figure, write_text_atomic
@@ -30,11 +31,11 @@ _COLOURS = {
 
 def chrome_trace(
     result: SimResult, ranks: Iterable[int] | None = None, names: dict[int, str] | None = None
-) -> dict:
+) -> dict[str, Any]:
     """The trace as a dict: ``{"traceEvents": [...], "displayTimeUnit": "ms"}``."""
     keep = set(ranks) if ranks is not None else set(result.ranks)
     names = names or {}
-    events: list[dict] = []
+    events: list[dict[str, Any]] = []
     for rank in sorted(keep):
         events.append(
             {

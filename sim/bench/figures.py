@@ -17,11 +17,15 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 
+# What a figure function returns and a figure's process prints: "value", "detail", ...
+Figure = dict[str, Any]
 
-def _engine() -> dict:
+
+def _engine() -> Figure:
     from xpusim.sim.bench.engine_bench import bench_engine
 
     streamed = bench_engine(records=False)
@@ -31,8 +35,8 @@ def _engine() -> dict:
                       f"{recorded['ops_per_s']:,.0f} ops/s keeping per-task records (traces)"}
 
 
-def _train(model: str, system: str, nodes: int, **plan) -> Callable[[], dict]:
-    def run() -> dict:
+def _train(model: str, system: str, nodes: int, **plan: Any) -> Callable[[], Figure]:
+    def run() -> Figure:
         from xpusim.hwprofiles import load_system
         from xpusim.sim.models.hf_config import load_model
         from xpusim.sim.parallel import ParallelPlan
@@ -49,10 +53,10 @@ def _train(model: str, system: str, nodes: int, **plan) -> Callable[[], dict]:
     return run
 
 
-def _api(name: str, **fields: object) -> Callable[[], dict]:
+def _api(name: str, **fields: object) -> Callable[[], Figure]:
     """A study of the Python API (``xpusim.api``), as its command runs it."""
 
-    def run() -> dict:
+    def run() -> Figure:
         from xpusim import api
 
         start = time.perf_counter()
@@ -63,8 +67,8 @@ def _api(name: str, **fields: object) -> Callable[[], dict]:
     return run
 
 
-def _wall(module: str, func: str) -> Callable[[], dict]:
-    def run() -> dict:
+def _wall(module: str, func: str) -> Callable[[], Figure]:
+    def run() -> Figure:
         import importlib
 
         fn = getattr(importlib.import_module(module), func)
@@ -84,7 +88,7 @@ _PANGU = dict(tp=8, pp=16, vpp=2, ep=4, mbs=2, gbs=9216, seq=4096, sequence_para
 _GPT_1T = dict(tp=8, pp=64, mbs=1, gbs=3072, seq=2048, dtype="fp16", recompute="full")
 
 # name -> (function, unit, target text, target check on the value)
-FIGURES: dict[str, tuple[Callable[[], dict], str, str, Callable[[float], bool]]] = {
+FIGURES: dict[str, tuple[Callable[[], Figure], str, str, Callable[[float], bool]]] = {
     "engine": (_engine, "simulated ops/s (one core, CPU time)", ">= 500,000",
                lambda v: v >= 500_000),
     "collective_4096": (_wall("xpusim.sim.network.bench", "bench_collective_4096"),
@@ -110,7 +114,7 @@ FIGURES: dict[str, tuple[Callable[[], dict], str, str, Callable[[float], bool]]]
 }
 
 
-def measure(name: str, timeout_s: float = 900.0) -> dict:
+def measure(name: str, timeout_s: float = 900.0) -> Figure:
     """Run figure ``name`` in a fresh process: its value, wall and CPU seconds, peak RSS."""
     cmd = [sys.executable, "-m", "xpusim.sim.bench.figures", name]
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -119,7 +123,8 @@ def measure(name: str, timeout_s: float = 900.0) -> dict:
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
         raise RuntimeError(f"figure '{name}' failed: {tail[0]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    figure: Figure = json.loads(proc.stdout.strip().splitlines()[-1])
+    return figure
 
 
 def _child(name: str) -> None:

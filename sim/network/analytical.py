@@ -15,13 +15,14 @@ from dataclasses import dataclass
 
 import numpy as np
 from xpusim.sim.errors import InputError
-from xpusim.sim.network.phases import NetworkCost, Phase, PhaseCost
+from xpusim.sim.network.phases import Flow, NetworkCost, Phase, PhaseCost
 from xpusim.sim.network.topology import (
     DIE_TO_DIE,
     INTER,
     INTRA,
     LINK_CLASSES,
     SPINE,
+    LinkId,
     Topology,
 )
 from xpusim.sim.report import fmt_bytes, fmt_si
@@ -49,7 +50,7 @@ def cost_phase(topo: Topology, phase: Phase) -> PhaseCost:
     return _flows(topo, phase, phase.expand())
 
 
-def describe_link(topo: Topology, link: tuple, load: float) -> str:
+def describe_link(topo: Topology, link: LinkId, load: float) -> str:
     cap = topo.capacity(link)
     names = {
         "d2d": "die-to-die link {1}->{2}",
@@ -72,8 +73,8 @@ def phase_latency(topo: Topology, phase: Phase, hop_latency: float) -> float:
     return phase.rounds * (hop_latency + topo.system.collective_efficiency.step_overhead_s)
 
 
-def _flows(topo: Topology, phase: Phase, flows: list) -> PhaseCost:
-    loads: dict[tuple, float] = defaultdict(float)
+def _flows(topo: Topology, phase: Phase, flows: list[Flow]) -> PhaseCost:
+    loads: dict[LinkId, float] = defaultdict(float)
     by_class = dict.fromkeys(LINK_CLASSES, 0.0)
     hop = 0.0
     for src, dst, nbytes in flows:

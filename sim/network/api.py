@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 
 from xpusim.hwprofiles.spec import System
 from xpusim.sim.errors import InputError
@@ -47,10 +48,10 @@ class CollectiveResult:
     link_bytes: dict[str, float] = field(default_factory=dict)  # bytes crossing each class
     bottleneck: str = ""  # the link that limits the slowest phase, and its load
     backend: str = "analytical"
-    phases: tuple[dict, ...] = ()  # per phase: name, time_s, transfer_s, latency_s, ...
+    phases: tuple[dict[str, Any], ...] = ()  # per phase: name, time_s, transfer_s, latency_s, ...
     protocol: str = "Simple"  # LL, LL128 or Simple (NCCL); Simple elsewhere
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "time_s": self.time_s,
             "algorithm": self.algorithm,

@@ -107,11 +107,11 @@ class EPResult:
     hidden_share: float  # of dispatch+combine time hidden behind overlap_compute_s
     exposed_s: float
     dropped_fraction: float
-    dedup: dict = field(default_factory=dict)
+    dedup: dict[str, Any] = field(default_factory=dict)
     deepep_bytes_per_rank: float | None = None  # DeepEP's benchmark numerator (module doc)
-    phases: list[dict] = field(default_factory=list)
+    phases: list[dict[str, Any]] = field(default_factory=list)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         c = self.config
         return {
             "dispatch": c.dispatch,
@@ -163,7 +163,8 @@ def expert_probabilities(routing: str, experts: int, seed: int = 0) -> np.ndarra
         weights = 1.0 / np.arange(1, experts + 1) ** s
         # A seeded permutation places the hot experts on arbitrary devices.
         weights = weights[np.random.default_rng(seed).permutation(experts)]
-        return weights / weights.sum()
+        probs: np.ndarray = weights / weights.sum()
+        return probs
     if routing.startswith("hist:"):
         path = Path(routing.split(":", 1)[1])
         text = read_text(path, f"--routing {routing}: histogram")  # sim.inputs checks
@@ -183,7 +184,8 @@ def expert_probabilities(routing: str, experts: int, seed: int = 0) -> np.ndarra
                 f"--routing {routing}: need {experts} non-negative counts "
                 f"(one per expert), got {len(counts)}"
             )
-        return counts / counts.sum()
+        shares: np.ndarray = counts / counts.sum()
+        return shares
     raise InputError(f"--routing {routing}: choose uniform, zipf:S or hist:FILE")
 
 
@@ -192,7 +194,8 @@ def inclusion_probabilities(p: np.ndarray, k: int, uniform: bool) -> np.ndarray:
     if uniform:
         return np.full(len(p), k / len(p))
     pi = 1.0 - (1.0 - p) ** k
-    return np.minimum(1.0, pi * k / pi.sum())
+    scaled: np.ndarray = np.minimum(1.0, pi * k / pi.sum())
+    return scaled
 
 
 def prob_hit(pi: np.ndarray, members: np.ndarray, k: int, uniform: bool) -> float:
@@ -248,7 +251,8 @@ def _kept_fraction(cfg: EPConfig, pi: np.ndarray) -> np.ndarray:
     total_tokens = cfg.ep * cfg.tokens_per_device
     capacity = cfg.capacity_factor * total_tokens * cfg.top_k / cfg.experts
     load = total_tokens * pi
-    return np.minimum(1.0, capacity / np.maximum(load, 1e-30))
+    kept: np.ndarray = np.minimum(1.0, capacity / np.maximum(load, 1e-30))
+    return kept
 
 
 def _all_pairs(per_dest: np.ndarray) -> tuple[tuple[int, int, float], ...]:

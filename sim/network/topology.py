@@ -34,6 +34,7 @@ algorithms; ``path_latency`` gives it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from xpusim.hwprofiles.spec import System
 from xpusim.sim.errors import InputError
@@ -57,7 +58,9 @@ _KIND_CLASS = {
     "spine_down": SPINE,
 }
 
-LinkId = tuple
+# A link: its kind (a key of _KIND_CLASS) and then its endpoints (device, node or NIC
+# indices; descriptive strings where a report names a representative link).
+LinkId = tuple[Any, ...]
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,8 @@ class PointCache:
         if path is None or not path.exists():
             return None
         try:
-            return json.loads(path.read_text())
+            doc: dict[str, Any] = json.loads(path.read_text())
+            return doc
         except (json.JSONDecodeError, OSError):
             return None  # a torn write from a killed run: evaluate again
 

@@ -142,7 +142,7 @@ def tornado(rows: list[dict[str, Any]], metric: str, base: float, path: Path) ->
     return _save(fig, path)
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig: Any, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()

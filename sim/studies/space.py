@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from xpusim.sim.models.counting import param_counts
 from xpusim.sim.models.spec import MLASpec, ModelSpec, MoESpec
@@ -134,9 +135,9 @@ class Counted:
         }
 
 
-def _axes(study: Study, attention: str, moe: bool) -> dict[str, list]:
+def _axes(study: Study, attention: str, moe: bool) -> dict[str, list[Any]]:
     space = study.space
-    axes: dict[str, list] = {}
+    axes: dict[str, list[Any]] = {}
     for name in CANDIDATE_FIELDS:
         values = list(dict.fromkeys(getattr(space, name)))  # dedup, keep order
         if name == "attention":

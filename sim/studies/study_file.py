@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from xpusim.sim import safe_eval
@@ -269,11 +269,11 @@ def evaluate_constraint(tree: ast.Expression, values: dict[str, object]) -> bool
         ) from None
 
 
-def _location(loc: tuple) -> str:
+def _location(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(p) for p in loc if not isinstance(p, int)) or "(top level)"
 
 
-def parse_study(data: dict, source: str = "study") -> Study:
+def parse_study(data: dict[str, Any], source: str = "study") -> Study:
     """Validate a study mapping; errors name the key and say what is wrong."""
     try:
         return Study.model_validate(data)

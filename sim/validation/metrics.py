@@ -83,11 +83,11 @@ def op_row_flops(args: dict[str, Any], p: Payload) -> float:
 
 
 def _op_tflops(args: dict[str, Any], p: Payload) -> float:
-    return op_row_flops(args, p) / p["time_s"] / 1e12
+    return float(op_row_flops(args, p) / p["time_s"] / 1e12)
 
 
 def _op_gbps(args: dict[str, Any], p: Payload) -> float:
-    return elementwise_bytes(args) / p["time_s"] / 1e9
+    return float(elementwise_bytes(args) / p["time_s"] / 1e9)
 
 
 def _ep_link_bytes_per_rank(args: dict[str, Any], p: Payload) -> float:
@@ -102,20 +102,20 @@ def _ep_link_bytes_per_rank(args: dict[str, Any], p: Payload) -> float:
 
 
 def _ep_dispatch_gbps(args: dict[str, Any], p: Payload) -> float:
-    return _ep_link_bytes_per_rank(args, p) / p["dispatch_time_s"] / 1e9
+    return float(_ep_link_bytes_per_rank(args, p) / p["dispatch_time_s"] / 1e9)
 
 
 def _ep_combine_gbps(args: dict[str, Any], p: Payload) -> float:
-    return _ep_link_bytes_per_rank(args, p) / p["combine_time_s"] / 1e9
+    return float(_ep_link_bytes_per_rank(args, p) / p["combine_time_s"] / 1e9)
 
 
 def _train_tflops_megatron(args: dict[str, Any], p: Payload) -> float:
-    return megatron_flops_per_step(args) / p["step_time_s"] / p["devices"] / 1e12
+    return float(megatron_flops_per_step(args) / p["step_time_s"] / p["devices"] / 1e12)
 
 
 def _train_tflops_6n_attn(args: dict[str, Any], p: Payload) -> float:
     flops = six_n_attention_flops_per_token(args) * p["tokens_per_step"]
-    return flops / p["step_time_s"] / p["devices"] / 1e12
+    return float(flops / p["step_time_s"] / p["devices"] / 1e12)
 
 
 METRICS: dict[tuple[str, str], Metric] = {

@@ -79,7 +79,8 @@ def predict(row: Row) -> dict[str, Any]:
 
     Raises ``InputError``/``ProfileError`` when the study refuses the row and
     ``NegativeVerdict`` when its answer is negative."""
-    return run_flags(row.command, row.args, f"row {row.id}: args").as_dict()
+    doc: dict[str, Any] = run_flags(row.command, row.args, f"row {row.id}: args").as_dict()
+    return doc
 
 
 def _last_line(text: str) -> str:

@@ -308,6 +308,10 @@ class CollectiveEfficiencyFile(_Strict):
     source: str
 
 
+NcclProtocol = Literal["LL", "LL128", "Simple"]
+_PROTOCOLS: tuple[NcclProtocol, ...] = ("LL", "LL128", "Simple")
+
+
 class CollectiveLibraryFile(_Strict):
     name: Literal["nccl", "hccl", "generic"]
     arch: Literal["volta", "ampere", "hopper", "blackwell"] = "hopper"
@@ -315,6 +319,8 @@ class CollectiveLibraryFile(_Strict):
     nvls_efficiency: float = Field(default=0.0, ge=0, le=1)
     collnet: bool = False
     channels: int = Field(default=16, gt=0)
+    # NCCL_PROTO where the system's recommended environment sets it (cite it in source).
+    protocols: list[NcclProtocol] = Field(default_factory=lambda: list(_PROTOCOLS), min_length=1)
     source: str
 
     @model_validator(mode="after")
@@ -396,4 +402,5 @@ def _library(lib: CollectiveLibraryFile | None) -> CollectiveLibrary:
         nvls_efficiency=lib.nvls_efficiency,
         collnet=lib.collnet,
         channels=lib.channels,
+        protocols=tuple(lib.protocols),
     )

@@ -241,6 +241,8 @@ class CollectiveLibrary:
     (multimem in-switch reduction, Hopper NVSwitch and later) and the fraction of
     the port bandwidth it reaches; ``collnet``: in-network reduction (SHARP)
     declared on the inter-node fabric. ``channels``: NCCL's ring/tree channels.
+    ``protocols``: the protocols the library may run there (NCCL_PROTO; a cloud's
+    network plugin or recommended environment can restrict it, e.g. to Simple).
     """
 
     name: str = "generic"
@@ -249,6 +251,7 @@ class CollectiveLibrary:
     nvls_efficiency: float = 0.0
     collnet: bool = False
     channels: int = 16
+    protocols: tuple[str, ...] = ("LL", "LL128", "Simple")
 
 
 @dataclass(frozen=True)

@@ -91,3 +91,32 @@ def test_every_kind_gets_a_protocol_on_nccl():
             res = cost_collective(s, kind, range(16), size)
             assert res.protocol in ("LL", "LL128", "Simple")
             assert res.time_s > 0
+
+
+def test_profile_protocols_restrict_the_choice():
+    # gcp-a3-mega runs Google's TCPXO environment: NCCL_PROTO=Simple, NCCL_NVLS_ENABLE=0.
+    sysm = _sys("gcp-a3-mega", nodes=2)
+    assert sysm.collective_library.protocols == ("Simple",)
+    for nbytes in (64 * 1024, MIB, 64 * MIB, GIB):
+        res = cost_collective(sysm, "all-reduce", range(16), nbytes)
+        assert res.protocol == "Simple"
+        assert res.algorithm in ("ring", "tree")  # no NVLS tree
+    with pytest.raises(InputError, match="protocol LL128"):
+        cost_collective(sysm, "all-reduce", range(16), MIB, algorithm="tree", protocol="LL128")
+    # Small send/recv would run LL; with LL disabled it runs Simple.
+    assert cost_collective(sysm, "send-recv", range(2), 1024).protocol == "Simple"
+
+
+def test_tree_latency_pays_the_network_plugin_latency():
+    # 2 x 8 H100 over TCPXO (plugin latency L = 50 us), tree Simple:
+    # 2 x ((8 - 1) x hwLat(NVLink, tree, Simple) 28 + log2(2) x (hwLat(NET) 28 + 2 x L))
+    # = 2 x (196 + 128) = 648 us (tuning.cc: the flush doubles L for Simple).
+    sysm = _sys("gcp-a3-mega", nodes=2)
+    res = cost_collective(sysm, "all-reduce", range(16), 64 * MIB, algorithm="tree")
+    latency = sum(p["latency_s"] for p in res.phases)
+    assert latency == pytest.approx(648e-6, rel=1e-9)
+    # aws-ofi-nccl reports 35 us on P6; LL128 tree, 4 nodes: 14 + 2 x (7 x 1.25 + 2 x (8.5 + 35)).
+    p6 = _sys("aws-p6-b200", nodes=4)
+    res = cost_collective(p6, "all-reduce", range(32), 64 * MIB, algorithm="tree", protocol="LL128")
+    latency = sum(p["latency_s"] for p in res.phases)
+    assert latency == pytest.approx((14 + 2 * (7 * 1.25 + 2 * (8.5 + 35))) * 1e-6, rel=1e-9)

@@ -84,9 +84,19 @@ def is_nccl(system: System) -> bool:
 
 
 def protocols(system: System, kind: CollectiveKind, algorithm: str, nbytes: float, n: int) -> list[str]:
-    """Protocols NCCL would consider for ``algorithm`` (the auto choice picks among them)."""
+    """Protocols NCCL would consider for ``algorithm`` (the auto choice picks among them),
+    among those the profile's ``collective_library.protocols`` enables (NCCL_PROTO)."""
     if not is_nccl(system):
         return ["Simple"]
+    enabled = system.collective_library.protocols
+    return [p for p in _default_protocols(system, kind, algorithm, nbytes, n) if p in enabled] or [
+        "Simple"
+    ]
+
+
+def _default_protocols(
+    system: System, kind: CollectiveKind, algorithm: str, nbytes: float, n: int
+) -> list[str]:
     if algorithm in ("nvls", "nvls_tree", "collnet"):
         return ["Simple"]  # NCCL runs NVLS and CollNet with Simple only
     if algorithm in ("pairwise", "direct", "hierarchical") or kind == CollectiveKind.SEND_RECV:

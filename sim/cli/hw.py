@@ -92,11 +92,9 @@ def spec_dict(name: str) -> tuple[str, dict[str, Any]]:
     """The loaded profile in SI units as a nested dict (what the simulator sees)."""
     kind, _raw, path = load_raw(name)
     if kind == "system":
-        spec = load_system(str(path))
-    else:
-        spec = load_device(str(path))  # a device, or a calibration overlay on one
-        kind = "device"
-    return kind, dataclasses.asdict(spec)
+        return kind, dataclasses.asdict(load_system(str(path)))
+    # A device, or a calibration overlay on one.
+    return "device", dataclasses.asdict(load_device(str(path)))
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -155,7 +153,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
         )
     fa, fb = _flatten(a), _flatten(b)
     skip = ("sources", "path", "name", "description")
-    rows = []
+    rows: list[dict[str, Any]] = []
     for key in sorted(set(fa) | set(fb)):
         if key.split(".")[0] in skip or ".sources." in key or key.endswith(".path"):
             continue

@@ -182,7 +182,7 @@ def _print_flops(args: argparse.Namespace, summary: dict) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in list_presets():
         spec = load_model(name)
         counts = param_counts(spec)

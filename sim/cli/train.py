@@ -141,6 +141,10 @@ def run(args: argparse.Namespace) -> int:
 def _write_pictures(args: argparse.Namespace, result: TrainResult) -> None:
     sim = result.simulation
     reps = {s.rank: f"stage {s.stage} (rank {s.rank})" for s in sim.stages}
+    if not (args.trace or args.timeline):
+        return
+    # Traces and timelines ran the exact simulation (request_from), which keeps records.
+    assert sim.sim is not None
     if args.trace:
         from xpusim.sim.trace import write_chrome_trace
 

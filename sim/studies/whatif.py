@@ -46,7 +46,7 @@ from xpusim.hwprofiles import load_system
 from xpusim.hwprofiles.spec import System
 from xpusim.sim.api.base import request_from_flags
 from xpusim.sim.api.commands import api_command, command_for_request
-from xpusim.sim.api.ep import EpRequest, ep
+from xpusim.sim.api.ep import ep
 from xpusim.sim.api.infer import infer
 from xpusim.sim.api.sd import sd
 from xpusim.sim.api.train import TrainRequest, train
@@ -317,13 +317,11 @@ def _train_result(point: Point) -> dict[str, Any]:
 
 
 def _ep_result(point: Point) -> dict[str, Any]:
-    """The first dispatch mode of `xpusim ep` on the point's (varied) System and MoE model."""
-    args = {k: v for k, v in point.saved.args.items() if k not in ("system", "model")}
+    """The first dispatch mode of `xpusim ep`, with the point's (varied) System and MoE
+    model in place of their names (the request's nodes, if any, still size the EP group)."""
+    request = replace(point.saved.request, system=point.system)
     if point.spec is not None:
-        args["model"] = point.spec
-    request = request_from_flags(
-        EpRequest, {**args, "system": point.system}, f"{point.saved.path}: args"
-    )
+        request = replace(request, model=point.spec)
     result = ep(request).runs[0].simulation.as_dict()
     return {k: v for k, v in result.items() if isinstance(v, int | float | bool)}
 

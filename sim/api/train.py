@@ -23,7 +23,12 @@ from xpusim.sim.models.spec import ModelSpec
 from xpusim.sim.parallel import ParallelPlan, load_plan_file, validate_plan
 from xpusim.sim.training.memory import MemoryBreakdown, format_breakdown
 from xpusim.sim.training.simulate import TrainingOptions, TrainingResult, estimate_memory
-from xpusim.sim.training.steady import simulate_training, simulated_microbatches
+from xpusim.sim.training.steady import (
+    LoweredTraining,
+    lower_training,
+    price_training,
+    simulated_microbatches,
+)
 from xpusim.sim.units import parse_int_list
 
 DEFAULT_SYSTEM = "atlas-800t-a2"
@@ -108,10 +113,26 @@ class TrainResult:
         return as_json_dict(self.simulation.as_dict())
 
 
+@dataclass(frozen=True)
+class TrainSetup:
+    """A request resolved: the model, the sized system and the plan that fits (recompute
+    chosen), ready to lower and price."""
+
+    spec: ModelSpec
+    system: System
+    plan: ParallelPlan
+    options: TrainingOptions
+
+
 def train(request: TrainRequest | None = None, /, **kwargs: Any) -> TrainResult:
     """Simulate one training step. Raises ``NegativeVerdict`` (payload: the memory
     breakdown) when the plan does not fit in device memory under any allowed recompute."""
-    req = request_from_kwargs(TrainRequest, request, kwargs, "xpusim.train")
+    setup = prepare_train(request_from_kwargs(TrainRequest, request, kwargs, "xpusim.train"))
+    return priced_result(setup, lower_train(setup))
+
+
+def prepare_train(req: TrainRequest) -> TrainSetup:
+    """Every check and default of ``train`` up to the simulation (plan, memory fit)."""
     plan, recompute, extra = build_plan(req)
     spec = _load_model(req.model or extra.get("model"))
     system = _load_system(req, plan, extra)
@@ -127,22 +148,30 @@ def train(request: TrainRequest | None = None, /, **kwargs: Any) -> TrainResult:
         exact=req.exact,
         vpp=plan.vpp,
     )
-    plan, mems = fit_memory(spec, system, plan, recompute)
-    result = simulate_training(
-        spec,
-        system,
-        plan,
-        TrainingOptions(
-            full_ranks=req.full_ranks,
-            progress=req.progress,
-            attention_impl=req.attention_impl,
-            exact=req.exact,
-        ),
+    plan, _ = fit_memory(spec, system, plan, recompute)
+    options = TrainingOptions(
+        full_ranks=req.full_ranks,
+        progress=req.progress,
+        attention_impl=req.attention_impl,
+        exact=req.exact,
     )
+    return TrainSetup(spec, system, plan, options)
+
+
+def lower_train(setup: TrainSetup) -> LoweredTraining:
+    """The step's unpriced graphs (what a hardware what-if prices again)."""
+    return lower_training(setup.spec, setup.system, setup.plan, setup.options)
+
+
+def priced_result(setup: TrainSetup, lowered: LoweredTraining) -> TrainResult:
+    """``lowered`` priced on ``setup.system``: a system of the lowering's shape (devices,
+    devices per node, default attention kernel) with other figures prices the same graphs;
+    another shape raises InputError (lower it again)."""
+    result = price_training(lowered, setup.system)
     return TrainResult(
         model=result.model,
         system=result.system,
-        device=system.device.name,
+        device=setup.system.device.name,
         devices=result.devices,
         plan=result.plan,
         step_time_s=result.step_time_s,

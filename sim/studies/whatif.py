@@ -49,7 +49,14 @@ from xpusim.sim.api.commands import api_command, command_for_request
 from xpusim.sim.api.ep import ep
 from xpusim.sim.api.infer import infer
 from xpusim.sim.api.sd import sd
-from xpusim.sim.api.train import TrainRequest, train
+from xpusim.sim.api.train import (
+    TrainRequest,
+    TrainSetup,
+    lower_train,
+    prepare_train,
+    priced_result,
+    train,
+)
 from xpusim.sim.errors import InputError
 from xpusim.sim.limits import (
     MAX_DIM,
@@ -61,6 +68,8 @@ from xpusim.sim.models import load_model
 from xpusim.sim.models.spec import ModelSpec
 from xpusim.sim.studies.executors import run_tasks
 from xpusim.sim.tomlfile import read_toml
+from xpusim.sim.training.simulate import check_shape
+from xpusim.sim.training.steady import LoweredTraining
 
 COMMANDS = ("train", "ep", "infer", "sd")
 # The system of a saved command that names none (train's and ep's default).
@@ -316,6 +325,47 @@ def _train_result(point: Point) -> dict[str, Any]:
     return {k: v for k, v in result.items() if isinstance(v, int | float | bool)}
 
 
+@dataclass
+class TrainRepricer:
+    """Train points evaluated in one process, lowering only when needed: a point whose
+    model, resolved plan (recompute chosen on its own memory) and options are those of the
+    last lowering, on a system of the same shape (``check_shape``: devices, devices per
+    node, default attention kernel), prices that lowering on its own hardware — a
+    bandwidth or FLOP-rate variation re-prices the graphs, nothing is lowered again. The
+    result is the one ``train`` gives (tests/test_whatif_reprice.py)."""
+
+    setup: TrainSetup | None = None
+    lowered: LoweredTraining | None = None
+    lowerings: int = 0
+
+    def __call__(self, point: Point) -> dict[str, Any]:
+        try:
+            setup = prepare_train(train_request(point))
+            if not self._reusable(setup):
+                self.setup, self.lowered = setup, lower_train(setup)
+                self.lowerings += 1
+            assert self.lowered is not None
+            result = priced_result(setup, self.lowered).as_dict()
+        except Exception as exc:  # noqa: BLE001 - as evaluate: the sweep goes on
+            return {"error": f"{type(exc).__name__}: {exc}"}
+        return {k: v for k, v in result.items() if isinstance(v, int | float | bool)}
+
+    def _reusable(self, setup: TrainSetup) -> bool:
+        if self.setup is None or self.lowered is None:
+            return False
+        same = (setup.spec, setup.plan, setup.options) == (
+            self.setup.spec, self.setup.plan, self.setup.options
+        )
+        if not same:
+            return False
+        try:
+            for step in self.lowered.steps:
+                check_shape(step, setup.system)
+        except InputError:
+            return False
+        return True
+
+
 def _ep_result(point: Point) -> dict[str, Any]:
     """The first dispatch mode of `xpusim ep`, with the point's (varied) System and MoE
     model in place of their names (the request's nodes, if any, still size the EP group)."""
@@ -438,7 +488,11 @@ def run_whatif(
     if not variations:
         raise InputError("give at least one --vary FIELD=V1,V2,... (or whatif.vary in the file)")
     points, labels = sweep_points(saved, variations)
-    results = run_tasks(evaluate, points, executor, jobs, address, on_result)
+    # One process: train points re-price the base point's lowering (TrainRepricer); with
+    # several workers each point runs the whole study where it lands.
+    in_process = saved.command == "train" and executor == "local" and jobs == 1
+    task = TrainRepricer() if in_process else evaluate
+    results = run_tasks(task, points, executor, jobs, address, on_result)
     base_value = _metric(results[0], metric)
     if base_value is None:
         err = results[0].get("error") or f"metric '{metric}' not in the result; have " + ", ".join(

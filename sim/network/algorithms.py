@@ -37,6 +37,7 @@ from xpusim.sim.errors import InputError
 from xpusim.sim.ir import CollectiveKind
 from xpusim.sim.network.phases import Flow, Phase
 from xpusim.sim.network.topology import Topology
+from xpusim.sim.network.trees import dtree_max_sends
 
 ALGORITHMS = (
     "ring",
@@ -285,8 +286,9 @@ def _two_level_pipelined(algorithm: str, topo: Topology, members: list[int], s: 
     once on successive chunks, so the busiest link sets the pace):
 
     * ``tree``: a chain through the node's devices (S up to reduce, S down to
-      broadcast on each chain edge) and a tree between nodes, each node sending
-      and receiving S in all over its rails (S/k per same-rail peer);
+      broadcast on each chain edge) and NCCL's double binary tree between nodes
+      over the rails: the busiest node sends and receives S/k per rail at 2 nodes,
+      2S/k from 4 nodes on (``trees.dtree_max_sends``);
     * ``nvls_tree``: the in-switch NVLS reduction inside the node (S(k+1)/k per port)
       and the same tree between nodes on the S/k slices;
     * ``collnet``: the chain inside the node and the in-network (SHARP) reduction:
@@ -295,10 +297,11 @@ def _two_level_pipelined(algorithm: str, topo: Topology, members: list[int], s: 
     per_node, rails = _rails(topo, members)
     k, nn = len(per_node[0]), len(per_node)
     flows: list[Flow] = []
-    # Between nodes a double binary tree moves ~2(N-1)/N x its slice through each node
-    # (S/k per rail at N = 2, ~2S/k at scale), like an all-reduce of the S/k slices;
-    # in-network reduction sends each slice up once and gets the result once.
-    per_rail = s / k if algorithm == "collnet" else 2 * (nn - 1) / nn * s / k
+    # Between nodes NCCL's double binary tree (trees.dtree_max_sends): the busiest node
+    # sends and receives S/k per rail at N = 2, 1.5 S/k at N = 3 and 2 S/k from N = 4 on
+    # (an inner node with two children in one tree); in-network reduction sends each
+    # slice up once and gets the result once.
+    per_rail = s / k if algorithm == "collnet" else dtree_max_sends(nn) * (s / 2) / k
     inter = [f for r in rails for f in ring_flows(r, per_rail)]
     if algorithm == "nvls_tree":
         return Phase(

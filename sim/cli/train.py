@@ -61,8 +61,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--framework",
-        choices=("eager", "cuda-graphs"),
-        help="host side: eager PyTorch dispatch per op (default) or CUDA graphs (none)",
+        choices=("eager", "cuda-graphs", "deepspeed-0.3"),
+        help="host side: eager PyTorch dispatch per op (default), CUDA graphs (none), or "
+        "eager with DeepSpeed 0.3's ZeRO-3 (per-parameter list collectives, no overlap)",
     )
     p.add_argument("--order", help="rank order innermost first (default tp-cp-ep-dp-pp)")
     p.add_argument("--moe-routing", help="uniform | zipf:S | hist:c1,c2,... (seeded by --seed)")

@@ -24,6 +24,12 @@ class FrameworkProfile:
     name: str
     host_op_s: float  # CPU time to issue one op (dispatch + launch)
     source: str
+    # ZeRO-3 as DeepSpeed 0.3 ran it (March-2021 release; ``zero3_list_collectives``):
+    # one blocking collective per parameter tensor, in the list form of
+    # ``torch.distributed`` (n output / input views), which PyTorch's NCCL process group
+    # serves with one copy per group member between the list and its flat buffer.
+    zero3_list_collectives: bool = False
+    zero3_source: str = ""
 
 
 FRAMEWORKS = {
@@ -41,6 +47,25 @@ FRAMEWORKS = {
         0.0,
         "CUDA graphs replay the captured kernels with one host launch "
         "(pytorch.org/blog/accelerating-pytorch-with-cuda-graphs): no per-op host cost",
+    ),
+    "deepspeed-0.3": FrameworkProfile(
+        "deepspeed-0.3",
+        10e-6,
+        "PyTorch eager as 'eager' (10 us per op), with DeepSpeed 0.3's ZeRO-3",
+        zero3_list_collectives=True,
+        zero3_source=(
+            "DeepSpeed 0.3 ZeRO-3 (partition_parameters.py of the 2021 release: "
+            "_allgather_param calls torch.cuda.synchronize() and then "
+            "torch.distributed.all_gather(partitions, ...) with one output view per rank, "
+            "once per parameter; _reduce_scatter_gradient calls "
+            "torch.distributed.reduce_scatter with one input view per rank, once per "
+            "parameter). PyTorch's ProcessGroupNCCL serves the list forms with "
+            "ncclAllGather / ncclReduceScatter on a flat buffer plus one copy_ per rank "
+            "(allgather: 'Copy the flattened output tensors to the outputs'); "
+            "_all_gather_base, the flat form DeepSpeed later switched to ('will fall back "
+            "to torch.distributed.all_gather which will result in suboptimal "
+            "performance'), came with PyTorch 1.10"
+        ),
     ),
 }
 

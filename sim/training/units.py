@@ -22,11 +22,13 @@ from xpusim.sim.ir import (
     OpKind,
     Segment,
     Unit,
+    Weight,
     dtype_bytes,
 )
 from xpusim.sim.parallel import ParallelPlan
 from xpusim.sim.training import layers as L
 from xpusim.sim.training.chunks import Chunk
+from xpusim.sim.training.framework import framework_profile
 
 # Item tags of an overlapped unit (besides ops and collectives):
 # ("async", Comm, key): a collective on the comm stream, named by key;
@@ -126,12 +128,27 @@ def tp_overlap(items: list, plan: ParallelPlan, counter: list[int]) -> list:
 
 def _add_op(out: list[Piece], phase: str, slot: str, op: Op, waits: tuple[int, ...]) -> None:
     """Append ``op``: merged into the last piece when that is compute of the same phase
-    and the op waits for nothing, else the start of a new piece."""
+    (and not a shared, already frozen segment) and the op waits for nothing, else the
+    start of a new piece."""
     last = out[-1] if out else None
-    if last is not None and last.comm is None and last.phase == phase and not waits:
+    if (last is not None and last.comm is None and last.segment is None
+            and last.phase == phase and not waits):
         last.ops.append(op)
     else:
         out.append(Piece(phase, slot, [op], waits=waits))
+
+
+_COPY_SEGMENTS: dict[tuple[str, float, int], Segment] = {}
+
+
+def _copy_segment(phase: str, copies: list[Op]) -> Segment:
+    """One segment object per distinct run of list copies (same size, same count): priced
+    once however many slots repeat it (tens of thousands of ops each)."""
+    key = (phase, copies[0].bytes["hbm"], len(copies))
+    seg = _COPY_SEGMENTS.get(key)
+    if seg is None:
+        seg = _COPY_SEGMENTS[key] = Segment(f"{phase}.zero3_list_copies", tuple(copies), phase)
+    return seg
 
 
 def add_items(items: list, phase: str, slot: str, out: list[Piece]) -> list[Piece]:
@@ -148,6 +165,9 @@ def add_items(items: list, phase: str, slot: str, out: list[Piece]) -> list[Piec
             continue
         elif it[0] == "join":
             join = (it[1],)
+            continue
+        elif it[0] == "list_copies":
+            out.append(Piece(phase, slot, list(it[1]), segment=_copy_segment(phase, it[1])))
             continue
         else:  # "wait"
             op, waits = it[1], (it[2] if isinstance(it[2], tuple) else (it[2],))
@@ -170,13 +190,64 @@ def fsdp_comms(
     ]
 
 
+def param_tensors(items: list) -> int:
+    """Parameter tensors of a slot: a weight and a bias for every op that reads a
+    weight (GPT/OPT Linear layers have biases) and for every norm (LayerNorm's gain
+    and bias). An upper bound for bias-free models (Llama), where it doubles the count."""
+    n = 0
+    for it in items:
+        if isinstance(it, Op) and (it.kind == OpKind.NORM or it.role.weight != Weight.NONE):
+            n += 2
+    return max(n, 1)
+
+
+def list_copies(comms: list[L.Comm], members: int, tensors: int) -> list[Op]:
+    """The copies PyTorch's NCCL process group makes for list-form collectives: one per
+    group member and parameter tensor, each moving its 1/members share of the tensor
+    (read + write). Their device time is small; their count (each a launched op) is the
+    cost: ``members x tensors x host_op_s`` on the host."""
+    total = sum(c.nbytes for c in comms)
+    count = members * tensors
+    nbytes = 2 * total / count
+    op = Op("zero3.list_copy", OpKind.ELEMENTWISE, nbytes / 2, {"hbm": nbytes}, "fp16",
+            Unit.VECTOR, ElementwiseShape(nbytes / 2))
+    return [op] * count
+
+
+def _per_tensor(comms: list[L.Comm], tensors: int) -> list[L.Comm]:
+    """Each collective cut into one per parameter tensor (equal shares: the bytes are
+    the same, the per-collective latency is paid ``tensors`` times)."""
+    return [
+        replace(c, name=f"{c.name}#{j}", nbytes=c.nbytes / tensors)
+        for c in comms
+        for j in range(tensors)
+    ]
+
+
+def _list_fsdp_items(
+    chunk: Chunk, plan: ParallelPlan, i: int, kind: CollectiveKind, comms: list[L.Comm]
+) -> list:
+    """DeepSpeed 0.3's ZeRO-3 (``framework.FRAMEWORKS['deepspeed-0.3']``): per parameter
+    tensor a blocking collective (a device synchronize precedes each gather, so nothing
+    overlaps) with ``dp·cp`` copies after a gather, before a reduce-scatter."""
+    tensors = param_tensors(chunk.slots[i][1])
+    per = _per_tensor(comms, tensors)
+    copies = list_copies(comms, plan.dp * plan.cp, tensors)
+    if kind == CollectiveKind.ALL_GATHER:
+        return [*per, ("list_copies", copies)]
+    return [("list_copies", copies), *per]
+
+
 def _fsdp_items(
     chunk: Chunk, plan: ParallelPlan, counter: list[int], i: int, kind: CollectiveKind
 ) -> tuple[list, tuple[int, ...]]:
     """Slot ``i``'s ZeRO-3 collectives as items: asynchronous (comm stream, keyed) when
-    the plan overlaps DP traffic, else blocking on the compute stream."""
+    the plan overlaps DP traffic, else blocking on the compute stream; DeepSpeed 0.3's
+    list collectives when the framework says so (blocking, per tensor, with copies)."""
     nbytes = dtype_bytes(plan.dtype if kind == CollectiveKind.ALL_GATHER else plan.grad_reduce_dtype)
     comms = fsdp_comms(chunk, i, kind, nbytes)
+    if framework_profile(plan.framework).zero3_list_collectives:
+        return _list_fsdp_items(chunk, plan, i, kind, comms), ()
     if not plan.overlap_dp:
         return comms, ()
     keys = []
@@ -270,6 +341,6 @@ def unit_pieces(chunk: Chunk, kind: str, plan: ParallelPlan) -> list[Piece]:
     else:
         _backward(chunk, plan, fsdp, pieces)
     for p in pieces:
-        if p.comm is None:
+        if p.comm is None and p.segment is None:
             p.segment = Segment(f"{p.phase}.{p.slot}", tuple(p.ops), p.phase)
     return pieces

@@ -138,17 +138,18 @@ def _add_op(out: list[Piece], phase: str, slot: str, op: Op, waits: tuple[int, .
         out.append(Piece(phase, slot, [op], waits=waits))
 
 
-_COPY_SEGMENTS: dict[tuple[str, float, int], Segment] = {}
+LIST_COPIES = "zero3_list_copies"  # name suffix of a run of list-form collective copies
 
 
-def _copy_segment(phase: str, copies: list[Op]) -> Segment:
-    """One segment object per distinct run of list copies (same size, same count): priced
-    once however many slots repeat it (tens of thousands of ops each)."""
-    key = (phase, copies[0].bytes["hbm"], len(copies))
-    seg = _COPY_SEGMENTS.get(key)
-    if seg is None:
-        seg = _COPY_SEGMENTS[key] = Segment(f"{phase}.zero3_list_copies", tuple(copies), phase)
-    return seg
+def _share_copy_segments(pieces: list[Piece]) -> None:
+    """One segment object per distinct run of list copies in a unit (same op, same count):
+    priced once however many slots repeat it (tens of thousands of ops each)."""
+    shared: dict[tuple, Segment] = {}
+    for p in pieces:
+        seg = p.segment
+        if seg is not None and seg.name.endswith(LIST_COPIES):
+            key = (seg.name, seg.ops[0].cache_key(), len(seg.ops))
+            p.segment = shared.setdefault(key, seg)
 
 
 def add_items(items: list, phase: str, slot: str, out: list[Piece]) -> list[Piece]:
@@ -167,7 +168,9 @@ def add_items(items: list, phase: str, slot: str, out: list[Piece]) -> list[Piec
             join = (it[1],)
             continue
         elif it[0] == "list_copies":
-            out.append(Piece(phase, slot, list(it[1]), segment=_copy_segment(phase, it[1])))
+            copies = tuple(it[1])
+            segment = Segment(f"{phase}.{LIST_COPIES}", copies, phase)
+            out.append(Piece(phase, slot, list(copies), segment=segment))
             continue
         else:  # "wait"
             op, waits = it[1], (it[2] if isinstance(it[2], tuple) else (it[2],))
@@ -340,6 +343,7 @@ def unit_pieces(chunk: Chunk, kind: str, plan: ParallelPlan) -> list[Piece]:
         _forward(chunk, plan, fsdp, pieces)
     else:
         _backward(chunk, plan, fsdp, pieces)
+    _share_copy_segments(pieces)
     for p in pieces:
         if p.comm is None and p.segment is None:
             p.segment = Segment(f"{p.phase}.{p.slot}", tuple(p.ops), p.phase)

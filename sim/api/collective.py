@@ -26,6 +26,7 @@ from xpusim.sim.network import cost_collective
 from xpusim.sim.network.algorithms import ALGORITHMS
 from xpusim.sim.network.api import BACKENDS, MAX_RANKS
 from xpusim.sim.network.api import CollectiveResult as NetworkCollectiveResult
+from xpusim.sim.network.copy import APIS
 from xpusim.sim.network.protocols import PROTOCOLS
 from xpusim.sim.units import parse_size
 
@@ -48,6 +49,9 @@ class CollectiveRequest:
     algorithm: str = "auto"  # auto = the fastest, as the library picks
     protocol: str = "auto"  # NCCL protocol LL, LL128, Simple; auto = the cheapest
     backend: str = "analytical"  # analytical | flow
+    # library = as the system's collective library runs it (NCCL/HCCL send/recv);
+    # memcpy = send-recv as a direct copy-engine copy (cudaMemcpy peer, aclrtMemcpy)
+    api: str = "library"
     sweep: str | None = None  # MIN:MAX for collective_sweep() (None there: 1KiB:4GiB)
 
 
@@ -140,7 +144,8 @@ def collective(request: CollectiveRequest | None = None, /, **kwargs: Any) -> Co
     kind, system, ranks, note = _prepare(req)
     nbytes = _bytes(req.bytes)
     res = cost_collective(
-        system, kind, tuple(range(ranks)), nbytes, req.algorithm, req.backend, req.protocol
+        system, kind, tuple(range(ranks)), nbytes, req.algorithm, req.backend, req.protocol,
+        req.api,
     )
     return CollectiveResult(
         kind=kind,
@@ -168,7 +173,7 @@ def collective_sweep(
     points = []
     for size in sweep_sizes(req.sweep or DEFAULT_SWEEP):
         res = cost_collective(
-            system, kind, group, size, req.algorithm, req.backend, req.protocol
+            system, kind, group, size, req.algorithm, req.backend, req.protocol, req.api
         )
         points.append(
             CollectiveSweepPoint(
@@ -203,6 +208,7 @@ def _prepare(req: CollectiveRequest) -> tuple[str, System, int, str]:
         ("--algorithm", req.algorithm, ALGORITHM_CHOICES),
         ("--protocol", req.protocol, PROTOCOL_CHOICES),
         ("--backend", req.backend, BACKENDS),
+        ("--api", req.api, APIS),
     ):
         if value not in choices:
             raise InputError(f"{flag} {value!r}: choose one of {', '.join(choices)}")

@@ -25,6 +25,7 @@ from xpusim.sim.api.collective import (
     collective_sweep,
 )
 from xpusim.sim.network.api import BACKENDS
+from xpusim.sim.network.copy import APIS
 from xpusim.sim.report import (
     check_output_args,
     emit_json,
@@ -54,6 +55,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="NCCL protocol (LL, LL128, Simple); auto (default) = the cheapest, as NCCL picks",
     )
     p.add_argument("--backend", choices=BACKENDS, help="default analytical")
+    p.add_argument(
+        "--api",
+        choices=APIS,
+        help="send-recv as the collective library runs it (library, default: ncclSend/"
+        "ncclRecv, HCCL) or as a direct copy-engine copy (memcpy: cudaMemcpy peer, "
+        "nvbandwidth CE, aclrtMemcpy)",
+    )
     p.add_argument(
         "--sweep",
         nargs="?",

@@ -25,6 +25,7 @@ from xpusim.sim.ir import Collective, CollectiveKind
 from xpusim.sim.network import analytical, flow
 from xpusim.sim.network import protocols as proto
 from xpusim.sim.network.algorithms import build, candidates
+from xpusim.sim.network.copy import APIS, copy_system
 from xpusim.sim.network.phases import NetworkCost, Phase, PhaseCost
 from xpusim.sim.network.topology import Topology
 
@@ -126,15 +127,23 @@ def cost_collective(
     algorithm: str = "auto",
     backend: str = "analytical",
     protocol: str = "auto",
+    api: str = "library",
 ) -> CollectiveResult:
+    """Price one collective. ``api``: "library" (default) runs it as the system's
+    collective library does (NCCL's send/recv for ``send-recv``); "memcpy" prices a
+    ``send-recv`` as a direct copy-engine copy (cudaMemcpy peer, nvbandwidth CE,
+    aclrtMemcpy; ``sim/network/copy.py``)."""
     kind = _check_request(kind, backend, protocol, nbytes, len(group))
     group = tuple(int(g) for g in group)
     topo = Topology(system)
     topo.check_group(group)
     n = len(group)
+    nodes = len({topo.node_of(d) for d in group})
+    _check_api(api, kind, algorithm, protocol, nodes)
     if n <= 1 or nbytes == 0:
         return CollectiveResult(0.0, "none", 0.0, 0.0, backend=backend)
-    nodes = len({topo.node_of(d) for d in group})
+    if api == "memcpy":
+        return _cost_copy(system, kind, group, nbytes, backend)
     algorithm, chosen, cost, rounds = _fastest(
         topo, kind, group, nbytes, algorithm, protocol, nodes
     )
@@ -152,6 +161,53 @@ def cost_collective(
         backend=backend,
         phases=tuple(p.as_dict() for p in cost.phases),
         protocol=chosen,
+    )
+
+
+def _check_api(
+    api: str, kind: CollectiveKind, algorithm: str, protocol: str, nodes: int
+) -> None:
+    if api not in APIS:
+        raise InputError(f"unknown api '{api}'; choose one of: {', '.join(APIS)}")
+    if api == "library":
+        return
+    if kind != CollectiveKind.SEND_RECV:
+        raise InputError(
+            f"api memcpy prices a direct copy, i.e. send-recv only, not {kind}; "
+            "use --api library"
+        )
+    if nodes > 1:
+        raise InputError(
+            "api memcpy is a copy-engine copy inside one node; a group across nodes "
+            "goes through the NIC (use --api library)"
+        )
+    if algorithm not in ("auto", "direct") or protocol != "auto":
+        raise InputError(
+            "api memcpy has no algorithm or protocol to choose; drop --algorithm/--protocol"
+        )
+
+
+def _cost_copy(
+    system: System, kind: CollectiveKind, group: tuple[int, ...], nbytes: float, backend: str
+) -> CollectiveResult:
+    """A send-recv as copy-engine copies: the same pairs, on the links at the copy
+    engine's efficiency, one hop latency and no library step."""
+    topo = Topology(copy_system(system))
+    phases = build(kind, "direct", topo, group, nbytes)
+    cost = flow.cost_phases(topo, phases) if backend == "flow" else analytical.cost_phases(
+        topo, phases
+    )
+    algbw = nbytes / cost.time_s if cost.time_s > 0 else 0.0
+    return CollectiveResult(
+        time_s=cost.time_s,
+        algorithm="memcpy",
+        algorithm_bandwidth=algbw,
+        bus_bandwidth=algbw * bus_factor(kind, len(group)),
+        link_bytes=cost.link_bytes,
+        bottleneck=cost.bottleneck,
+        backend=backend,
+        phases=tuple(p.as_dict() for p in cost.phases),
+        protocol="copy",
     )
 
 
@@ -215,7 +271,9 @@ def _with_protocol(
         return cost
     transfer = sum(p.transfer_s for p in cost.phases)
     simple_busbw = nbytes * bus_factor(kind, n) / transfer if transfer > 0 else float("inf")
-    frac = proto.bandwidth_fraction(system, kind, algorithm, protocol, nodes, simple_busbw, nbytes)
+    frac = proto.bandwidth_fraction(
+        system, kind, algorithm, protocol, nodes, simple_busbw, nbytes, n
+    )
     weights = [max(1, r) for r in rounds]
     latency = proto.latency_s(system, kind, algorithm, protocol, n, nodes, sum(rounds))
     phases = []

@@ -57,6 +57,7 @@ class Tuning:
     plateau: float
     plateau_pre_ampere: float
     net_overhead_us: float
+    p2p: dict[str, float]
 
 
 @cache
@@ -76,6 +77,7 @@ def tuning() -> Tuning:
         plateau=misc["ring_plateau"],
         plateau_pre_ampere=misc["ring_plateau_pre_ampere"],
         net_overhead_us=misc["net_overhead_us"],
+        p2p={k: float(v) for k, v in d["p2p"].items()},
     )
 
 
@@ -121,15 +123,20 @@ def bandwidth_fraction(
     nodes: int,
     simple_busbw: float,
     nbytes: float,
+    n: int = 2,
 ) -> float:
     """The share of the Simple-protocol bandwidth that ``protocol`` reaches.
 
     ``simple_busbw`` (bytes/s) is the bus bandwidth the link model gives with Simple;
     NCCL's absolute caps (LL ceiling, per-channel LL128 and tree ceilings) are bus
-    bandwidths too, so the fraction is min(protocol share, cap / simple_busbw).
+    bandwidths too, so the fraction is min(protocol share, cap / simple_busbw). A
+    send/recv inside a node is also capped by the channels it runs on
+    (``p2p_bandwidth``; ``n`` is the communicator's size).
     """
     if not is_nccl(system):
         return 1.0
+    if kind == CollectiveKind.SEND_RECV and nodes <= 1 and protocol == "Simple":
+        return min(1.0, p2p_bandwidth(system, n, nbytes) / max(simple_busbw, 1.0))
     t = tuning()
     lib = system.collective_library
     p = _P[protocol]
@@ -140,19 +147,7 @@ def bandwidth_fraction(
     ll_cap = t.ll_max_bw[ll_row][s] * 1e9
     busbw = max(simple_busbw, 1.0)
     if algorithm == "tree":
-        frac = (t.fraction["tree"] if nodes <= 1 else t.fraction["tree_multi_node"])[p]
-        if protocol == "Simple":
-            frac = min(frac, lib.channels * t.tree_per_ch[lib.arch][s] * 1e9 / busbw)
-        elif protocol == "LL128":
-            frac = min(frac, lib.channels * t.tree_ll128_per_ch[lib.arch][s] * 1e9 / busbw)
-        else:
-            frac = min(frac, ll_cap / busbw)
-        if kind == CollectiveKind.ALL_REDUCE and nbytes >= 64:
-            log_size = int(math.log2(nbytes / 64))
-            table = t.tree_correction[protocol]
-            if 0 <= log_size < len(table):
-                frac *= table[log_size]
-        return frac
+        return _tree_fraction(system, kind, protocol, nodes, busbw, ll_cap, nbytes)
     if algorithm in _TUNED or algorithm in ("pairwise", "direct", "hierarchical"):
         frac = t.fraction["ring"][p]
         if protocol == "LL":
@@ -161,6 +156,75 @@ def bandwidth_fraction(
             frac = min(frac, lib.channels * t.ring_ll128_per_ch[lib.arch][s] * 1e9 / busbw)
         return frac
     return 1.0
+
+
+def _tree_fraction(
+    system: System,
+    kind: CollectiveKind,
+    protocol: str,
+    nodes: int,
+    busbw: float,
+    ll_cap: float,
+    nbytes: float,
+) -> float:
+    """``bandwidth_fraction`` of a tree: NCCL's tree shares, per-channel caps and its
+    medium-size correction."""
+    t = tuning()
+    lib = system.collective_library
+    p = _P[protocol]
+    s = _scale(nodes)
+    frac = (t.fraction["tree"] if nodes <= 1 else t.fraction["tree_multi_node"])[p]
+    if protocol == "Simple":
+        frac = min(frac, lib.channels * t.tree_per_ch[lib.arch][s] * 1e9 / busbw)
+    elif protocol == "LL128":
+        frac = min(frac, lib.channels * t.tree_ll128_per_ch[lib.arch][s] * 1e9 / busbw)
+    else:
+        frac = min(frac, ll_cap / busbw)
+    if kind == CollectiveKind.ALL_REDUCE and nbytes >= 64:
+        log_size = int(math.log2(nbytes / 64))
+        table = t.tree_correction[protocol]
+        if 0 <= log_size < len(table):
+            frac *= table[log_size]
+    return frac
+
+
+def _pow2_up(x: int) -> int:
+    return 1 << max(0, math.ceil(math.log2(max(1, x))))
+
+
+def p2p_channels(system: System, n: int, nbytes: float) -> int:
+    """Channels NCCL runs one intra-node send (or receive) of ``nbytes`` on, in a
+    communicator of ``n`` ranks (the rules are in sim/data/nccl_tuning.toml, [p2p])."""
+    p = tuning().p2p
+    lib = system.collective_library
+    nvlink = system.intra_topology == "switch"
+    p2p_n = _pow2_up(min(lib.channels, int(p["max_channels"])))
+    # ncclTopoGetNchannels: 2 x the NVLinks to the peer (2 over PCIe).
+    links = system.links_per_device if nvlink else 1
+    per_peer = min(_pow2_up(min(p2p_n, 2 * max(1, links))), p2p_n)
+    ch_min = ch_max = per_peer
+    while ch_min * n > p2p_n and ch_min > 1:
+        ch_min //= 2
+    if p["cap_max_channels_by_ranks"]:
+        while ch_max * n > 4 * p2p_n and ch_max > 1:
+            ch_max //= 2
+    chunk = p["nvl_chunk_bytes"] if nvlink else p["pci_chunk_bytes"]
+    min_part, max_part = chunk / 8, chunk * 32
+    nch = max(1, min(ch_min, math.ceil(nbytes / min_part)))
+    part = max(min_part, nbytes / nch)
+    while part > max_part and nch <= ch_max // 2:
+        nch *= 2
+        part = nbytes / nch
+    return nch
+
+
+def p2p_bandwidth(system: System, n: int, nbytes: float) -> float:
+    """Bytes/s one direction of an intra-node NCCL send/recv reaches on its channels:
+    channels x half a CTA's Simple rate (NCCL's per-channel Simple ceiling,
+    perChMaxTreeBws one node; send and receive share the CTA's warps)."""
+    t = tuning()
+    per_channel = t.tree_per_ch[system.collective_library.arch][0] * 1e9 * t.p2p["channel_share"]
+    return p2p_channels(system, n, nbytes) * per_channel
 
 
 def _intra_hw(system: System) -> str:

@@ -120,3 +120,11 @@ def test_api_names_are_exported():
 
     for name in xpusim.api.__all__:
         assert getattr(xpusim, name) is getattr(xpusim.api, name)
+
+
+def test_api_module_reachable_as_an_attribute(tmp_path: Path):
+    proc = subprocess.run(
+        [sys.executable, "-c", "import xpusim; print(len(xpusim.api.__all__) > 10)"],
+        cwd=tmp_path, capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 0 and proc.stdout.strip() == "True", proc.stderr

@@ -14,6 +14,8 @@ def __getattr__(name: str) -> Any:
     # The API's names, loaded on first use: `import xpusim.sim.cli.main` (the console
     # script) must not pay for importing every study.
     api = importlib.import_module("xpusim.api")
+    if name == "api":
+        return api
     if name in api.__all__:
         return getattr(api, name)
     raise AttributeError(f"module 'xpusim' has no attribute {name!r}")

@@ -40,7 +40,18 @@ def test_standard_materialises_scores():
     assert [op.name for op in causal] == [
         "mask_full", "mask_triu", "mask_cast", "qk", "mask_add", "softmax", "pv"]
     assert [op.name for op in standard_ops(shape, "bwd")] == [
-        "dp", "dv", "softmax_bwd", "dq", "dk"]
+        "dp", "dv", "softmax_bwd_mul", "softmax_bwd", "dq", "dk"]
+
+
+def test_standard_softmax_backward_is_two_kernels():
+    """softmax_backward_cuda_out (ATen SoftMax.cu) runs tmp = grad * output first, then the
+    softmax-backward kernel on (tmp, output): each reads two score tensors and writes one,
+    so the backward moves 6 score tensors (2 B each in bf16), not 3."""
+    shape = AttnShape(1, 2, 128, 128, 64, dtype="bf16")
+    scores = 2 * 128 * 128 * 2
+    by_name = {op.name: op for op in standard_ops(shape, "bwd")}
+    assert by_name["softmax_bwd_mul"].main_bytes == 3 * scores
+    assert by_name["softmax_bwd"].main_bytes == 3 * scores
 
 
 def test_flash2_block_terms_by_hand():

@@ -236,7 +236,12 @@ def standard_ops(shape: AttnShape, pass_: str = "fwd") -> list[Op]:
     # QK^T backward (the scale rides on the GEMMs' alpha).
     out.append(ops.gemm("dp", q, kv, vd, dt, bh))
     out.append(ops.gemm("dv", kv, vd, q, dt, bh))
-    out.append(ops.elementwise("softmax_bwd", scores, dt, 3.0, 2, 1, OpKind.SOFTMAX))
+    # softmax_backward_cuda_out (aten/src/ATen/native/cuda/SoftMax.cu) first runs
+    # ``tmp = grad * output`` as its own elementwise kernel (reads dP and P, writes tmp),
+    # then the softmax-backward kernel reads tmp and P and writes dS: two score-sized
+    # kernels, six score tensors crossing HBM, not one fused pass.
+    out.append(ops.elementwise("softmax_bwd_mul", scores, dt, 1.0, 2, 1))
+    out.append(ops.elementwise("softmax_bwd", scores, dt, 2.0, 2, 1, OpKind.SOFTMAX))
     out.append(ops.gemm("dq", q, d, kv, dt, bh))
     out.append(ops.gemm("dk", kv, d, q, dt, bh))
     if shape.kvh != h:  # sum the repeated K/V gradients back to the K/V heads

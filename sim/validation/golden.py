@@ -9,6 +9,7 @@ unsupported. Improvements rewrite the file in the same commit:
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -54,8 +55,19 @@ def regressions(results: list[RowResult], golden: dict[str, Any]) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    path = Path(argv[0]) if argv else Path("tests/golden/validation_published.json")
+    """``python -m xpusim.sim.validation.golden [PATH] [--check]``: run the corpus and write
+    the gate's record to PATH, or with ``--check`` compare it with PATH (exit 1 on a
+    regression) without writing."""
+    parser = argparse.ArgumentParser(prog="python -m xpusim.sim.validation.golden")
+    parser.add_argument("path", nargs="?", default="tests/golden/validation_published.json")
+    parser.add_argument("--check", action="store_true", help="compare, do not write")
+    args = parser.parse_args(argv)
+    path = Path(args.path)
     results = run_rows(load_corpus(), jobs=2)
+    if args.check:
+        problems = regressions(results, json.loads(path.read_text()))
+        print("\n".join(problems) if problems else f"no regression against {path}")
+        return 1 if problems else 0
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(golden_record(results), indent=2) + "\n")
     print(f"wrote {path}")

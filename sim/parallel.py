@@ -28,7 +28,7 @@ RECOMPUTE_POLICIES = ("none", "selective", "full")
 RECOMPUTE_MODULES = ("norm", "attn", "act", "experts", "mlp", "core_attn")
 DEFAULT_SELECTIVE = ("norm", "attn", "act")
 DIMENSIONS = ("tp", "cp", "ep", "dp", "pp")
-FRAMEWORKS = ("eager", "cuda-graphs", "deepspeed-0.3")  # host-side profiles: sim/training/framework.py
+FRAMEWORKS = ("eager", "cuda-graphs", "deepspeed-0.3", "torchtitan-eager")  # host-side profiles: sim/training/framework.py
 DEFAULT_ORDER = "tp-cp-ep-dp-pp"
 
 

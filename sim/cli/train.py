@@ -61,9 +61,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--framework",
-        choices=("eager", "cuda-graphs", "deepspeed-0.3"),
-        help="host side: eager PyTorch dispatch per op (default), CUDA graphs (none), or "
-        "eager with DeepSpeed 0.3's ZeRO-3 (per-parameter list collectives, no overlap)",
+        choices=("eager", "cuda-graphs", "deepspeed-0.3", "torchtitan-eager"),
+        help="host side: eager PyTorch dispatch per op (default), CUDA graphs (none), "
+        "eager with DeepSpeed 0.3's ZeRO-3 (per-parameter list collectives, no overlap), "
+        "or torchtitan's uncompiled Llama (unfused elementwise passes, FSDP2 copy-out)",
     )
     p.add_argument("--order", help="rank order innermost first (default tp-cp-ep-dp-pp)")
     p.add_argument("--moe-routing", help="uniform | zipf:S | hist:c1,c2,... (seeded by --seed)")

@@ -30,6 +30,15 @@ class FrameworkProfile:
     # serves with one copy per group member between the list and its flat buffer.
     zero3_list_collectives: bool = False
     zero3_source: str = ""
+    # Uncompiled eager model code: every elementwise op of the model is its own kernel
+    # and HBM pass (``xpusim.sim.training.eager``).
+    eager_elementwise: bool = False
+    # FSDP2 (per-parameter sharding): after each ZeRO-3 all-gather the gathered flat
+    # buffer is copied out into the per-parameter tensors on the compute stream.
+    fsdp2_copy_out: bool = False
+    # What --recompute selective re-runs: the plan's recompute modules (Megatron-style),
+    # or torchtitan's op-level policy (``eager.op_sac_recompute``).
+    selective: str = "modules"
 
 
 FRAMEWORKS = {
@@ -65,6 +74,28 @@ FRAMEWORKS = {
             "_all_gather_base, the flat form DeepSpeed later switched to ('will fall back "
             "to torch.distributed.all_gather which will result in suboptimal "
             "performance'), came with PyTorch 1.10"
+        ),
+    ),
+    "torchtitan-eager": FrameworkProfile(
+        "torchtitan-eager",
+        10e-6,
+        "PyTorch eager as 'eager' (10 us per op), running torchtitan's Llama without "
+        "torch.compile (unfused RMSNorm, rotary, repeat_kv, SiLU: sim/training/eager.py) "
+        "and FSDP2's all-gather copy-out",
+        eager_elementwise=True,
+        fsdp2_copy_out=True,
+        selective="torchtitan-op",
+        zero3_source=(
+            "FSDP2 (torch.distributed._composable.fsdp, _fsdp_collectives.py): "
+            "foreach_all_gather copies the local shards into one flat input "
+            "(the all-gather copy-in stream, 1/dp of the unit), and "
+            "foreach_all_gather_copy_out, called from FSDPParamGroup.wait_for_unshard on "
+            "the current (compute) stream, splits the gathered flat buffer into the "
+            "unsharded parameters with torch.split_with_sizes_copy: a read and a write of "
+            "the whole unit's parameters per all-gather (forward, and backward after "
+            "reshard_after_forward). The reduce-scatter's copy-in (chunk_cat with the "
+            "cast to the reduce dtype) runs on the reduce-scatter stream, off the "
+            "compute stream, and is not charged to it"
         ),
     ),
 }

@@ -31,6 +31,7 @@ from xpusim.sim.ir import (
 )
 from xpusim.sim.models.spec import ModelSpec
 from xpusim.sim.parallel import ParallelPlan
+from xpusim.sim.training import eager
 from xpusim.sim.training.backward import (  # noqa: F401  (re-exported)
     backward_items,
     backward_op,
@@ -297,9 +298,13 @@ def layer_items(ctx: SlotContext, layer: int) -> list[Item]:
     t_norm = ctx.tokens / plan.tp if plan.sequence_parallel else ctx.tokens
     attn = _cp_attention(training_items(attention_ops(spec, shape, sh, act_dtype(plan)), ctx), ctx)
     attn = attention_dropout(attn, ctx)
+    if eager.eager_passes_on(ctx):
+        attn = [*eager.norm_passes("attn_norm", t_norm, ctx), *attn, *eager.attention_passes(ctx)]
     items = _block("attn", t_norm, ctx, attn)
     if not spec.is_moe_layer(layer):
         ffn = training_items(ffn_items(spec, layer, shape, sh, act_dtype(plan)), ctx)
+        if eager.eager_passes_on(ctx):
+            ffn = [*eager.norm_passes("ffn_norm", t_norm, ctx), *ffn, *eager.ffn_passes(ctx, layer)]
         return items + _block("ffn", t_norm, ctx, ffn)
     if plan.tp_extend_ep and plan.tp > 1:
         return items + _extended_ep_ffn(ctx, layer, t_norm)

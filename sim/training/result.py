@@ -223,7 +223,9 @@ _KIND_SOURCES = {
     "gemm": "matrix-unit roofline x the device's GEMM efficiency curve and tile quantisation "
     "(hwprofiles device [efficiency], sim/cost/roofline.py)",
     "elementwise": "HBM roofline (memory_max x bandwidth); includes bias/GELU/residual/dropout, "
-    "the unfused fp32 gradient accumulation (plan.grad_accum_fusion) and norms' backward",
+    "the unfused fp32 gradient accumulation (plan.grad_accum_fusion) and norms' backward; "
+    "with --framework torchtitan-eager the unfused eager passes (sim/training/eager.py) and "
+    "FSDP2's all-gather copy-out",
     "norm": "HBM roofline: LayerNorm/RMSNorm read + write of the activations",
     "softmax": "HBM roofline: cross-entropy softmax over B*s*V/tp fp32 logits",
     "embedding": "HBM roofline: embedding row gather (and its scatter-add in backward)",

@@ -26,6 +26,7 @@ from xpusim.sim.ir import (
     dtype_bytes,
 )
 from xpusim.sim.parallel import ParallelPlan
+from xpusim.sim.training import eager
 from xpusim.sim.training import layers as L
 from xpusim.sim.training.chunks import Chunk
 from xpusim.sim.training.framework import framework_profile
@@ -262,6 +263,29 @@ def _fsdp_items(
     return out, tuple(keys)
 
 
+def _recompute(items: list, plan: ParallelPlan) -> list:
+    """The forward items re-run before a slot's backward: the plan's policy, or with
+    --recompute selective torchtitan's op-level policy when the framework runs it."""
+    op_level = framework_profile(plan.framework).selective == "torchtitan-op"
+    if plan.recompute == "selective" and op_level:
+        return eager.op_sac_recompute(items, plan.tp)
+    return L.recompute_items(items, plan.recompute, plan.recompute_modules)
+
+
+def _copy_out(chunk: Chunk, plan: ParallelPlan, i: int, keys: tuple[int, ...]) -> tuple[list, tuple[int, ...]]:
+    """FSDP2's all-gather copy-out of slot ``i`` (``FRAMEWORKS['torchtitan-eager']``):
+    ``foreach_all_gather_copy_out`` splits the gathered flat buffer into the unsharded
+    parameters on the compute stream once the gather is done, reading and writing every
+    parameter of the unit. Returns the op (waiting for ``keys``) and the keys left."""
+    if not framework_profile(plan.framework).fsdp2_copy_out:
+        return [], keys
+    numel = sum(chunk.slot_params[i])
+    nbytes = 2.0 * numel * dtype_bytes(plan.dtype)
+    op = Op("fsdp2.copy_out", OpKind.ELEMENTWISE, numel, {"hbm": nbytes}, plan.dtype,
+            Unit.VECTOR, ElementwiseShape(numel))
+    return _waiting([op], keys)
+
+
 def _waiting(items: list, keys: tuple[int, ...]) -> tuple[list, tuple[int, ...]]:
     """``items`` with their first compute op waiting for the collectives ``keys``, and
     the keys still to wait for (all of them when ``items`` has no compute op)."""
@@ -287,7 +311,11 @@ def _forward(chunk: Chunk, plan: ParallelPlan, fsdp: bool, pieces: list[Piece]) 
         if fsdp and i + 1 < n:  # prefetch the next slot while this one computes
             pre, pending[i + 1] = _fsdp_items(chunk, plan, counter, i + 1, ag)
             add_items(pre, "fwd", slot, pieces)
-        items, _ = _waiting(tp_overlap(items, plan, counter), pending.pop(i, ()))
+        keys = pending.pop(i, ())
+        if fsdp:
+            copy, keys = _copy_out(chunk, plan, i, keys)
+            add_items(copy, "fwd", slot, pieces)
+        items, _ = _waiting(tp_overlap(items, plan, counter), keys)
         add_items(items, "fwd", slot, pieces)
 
 
@@ -307,8 +335,11 @@ def _backward(chunk: Chunk, plan: ParallelPlan, fsdp: bool, pieces: list[Piece])
             j = order[pos + 1]
             pre, pending[j] = _fsdp_items(chunk, plan, counter, j, ag)
             add_items(pre, "bwd", slot, pieces)
+        if fsdp:
+            copy, keys = _copy_out(chunk, plan, i, keys)
+            add_items(copy, "bwd", slot, pieces)
         if slot not in ("embedding", "head"):
-            redo = L.recompute_items(items, plan.recompute, plan.recompute_modules)
+            redo = _recompute(items, plan)
             redo, keys = _waiting(tp_overlap(redo, plan, counter), keys)
             add_items(redo, "recompute", slot, pieces)
         back = tp_overlap(L.backward_items(items, plan.sequence_parallel), plan, counter)

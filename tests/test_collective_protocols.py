@@ -120,3 +120,37 @@ def test_tree_latency_pays_the_network_plugin_latency():
     res = cost_collective(p6, "all-reduce", range(32), 64 * MIB, algorithm="tree", protocol="LL128")
     latency = sum(p["latency_s"] for p in res.phases)
     assert latency == pytest.approx((14 + 2 * (7 * 1.25 + 2 * (8.5 + 35))) * 1e-6, rel=1e-9)
+
+
+def test_ampere_ring_all_gather_pays_the_p2p_read_local_copy():
+    # 2 x A800, 8 GB all-gather, ring Simple. NCCL reads over NVLink on SM80, so step 0
+    # is a local copy of the rank's own 4 GB chunk (read + write at 2039 GB/s HBM) in
+    # series with the 4 GB NVLink read at 8 links x 20.0 GB/s = 160 GB/s.
+    from xpusim.sim.ir import CollectiveKind
+    from xpusim.sim.network import protocols as proto
+
+    system = _sys("hgx-a800")
+    res = cost_collective(system, "all-gather", range(2), 8e9)
+    assert (res.algorithm, res.protocol) == ("ring", "Simple")
+    lat = proto.latency_s(system, CollectiveKind.ALL_GATHER, "ring", "Simple", 2, 1, 1)
+    expected = 4e9 / 160e9 + 2 * 4e9 / 2039e9 + lat
+    assert res.time_s == pytest.approx(expected, rel=1e-9)
+    # 8 ranks: the copy is 1/8 of the buffer, the reads 7/8.
+    res8 = cost_collective(system, "all-gather", range(8), 8e9)
+    lat8 = proto.latency_s(system, CollectiveKind.ALL_GATHER, "ring", "Simple", 8, 1, 7)
+    assert res8.time_s == pytest.approx(7e9 / 160e9 + 2e9 / 2039e9 + lat8, rel=1e-9)
+
+
+def test_read_mode_copy_only_where_nccl_reads():
+    from xpusim.sim.ir import CollectiveKind as K
+    from xpusim.sim.network.protocols import read_mode_copy_s
+
+    a800, h100 = _sys("hgx-a800"), _sys("dgx-h100")
+    assert read_mode_copy_s(a800, K.ALL_GATHER, "ring", "Simple", 8e9, 8, 1) > 0
+    # Hopper writes; reduce-scatter/all-reduce reduce as reads arrive; LL/LL128 write;
+    # rings across nodes are not modelled with it.
+    assert read_mode_copy_s(h100, K.ALL_GATHER, "ring", "Simple", 8e9, 8, 1) == 0
+    assert read_mode_copy_s(a800, K.REDUCE_SCATTER, "ring", "Simple", 8e9, 8, 1) == 0
+    assert read_mode_copy_s(a800, K.ALL_REDUCE, "ring", "Simple", 8e9, 8, 1) == 0
+    assert read_mode_copy_s(a800, K.ALL_GATHER, "ring", "LL128", 8e9, 8, 1) == 0
+    assert read_mode_copy_s(a800, K.ALL_GATHER, "ring", "Simple", 8e9, 16, 2) == 0

@@ -150,6 +150,9 @@ def cost_collective(
     if backend == "flow":
         cost = flow.cost_phases(topo, build(kind, algorithm, topo, group, nbytes))
     cost = _with_protocol(system, kind, algorithm, chosen, cost, rounds, nbytes, n, nodes)
+    # After the choice: NCCL's tuner does not see this copy, so it picks as without it.
+    copy_s = proto.read_mode_copy_s(system, kind, algorithm, chosen, nbytes, n, nodes)
+    cost = _with_copy(cost, copy_s)
     algbw = nbytes / cost.time_s if cost.time_s > 0 else 0.0
     return CollectiveResult(
         time_s=cost.time_s,
@@ -282,6 +285,19 @@ def _with_protocol(
         t = p.transfer_s / frac
         phases.append(PhaseCost(p.name, t + share, t, share, p.link_bytes, p.bottleneck))
     return NetworkCost(sum(p.time_s for p in phases), phases)
+
+
+def _with_copy(cost: NetworkCost, copy_s: float) -> NetworkCost:
+    """``cost`` with a serial local copy of ``copy_s`` added to its first phase's
+    transfer (``protocols.read_mode_copy_s``)."""
+    if copy_s <= 0 or not cost.phases:
+        return cost
+    p = cost.phases[0]
+    first = PhaseCost(
+        p.name, p.time_s + copy_s, p.transfer_s + copy_s, p.latency_s, p.link_bytes, p.bottleneck
+    )
+    phases = [first, *cost.phases[1:]]
+    return NetworkCost(sum(q.time_s for q in phases), phases)
 
 
 def comm_time_fn(system: System) -> Callable[[Collective], float]:

@@ -227,6 +227,37 @@ def p2p_bandwidth(system: System, n: int, nbytes: float) -> float:
     return p2p_channels(system, n, nbytes) * per_channel
 
 
+def read_mode_copy_s(
+    system: System,
+    kind: CollectiveKind,
+    algorithm: str,
+    protocol: str,
+    nbytes: float,
+    n: int,
+    nodes: int,
+) -> float:
+    """The serial local copy of an out-of-place ring all-gather under P2P *read*.
+
+    NCCL reads, not writes, over NVLink between two SM80 GPUs (src/graph/paths.cc,
+    ncclTopoCheckP2p: "Enable P2P Read for Ampere/NVLink only"), for the Simple
+    protocol. The ring all-gather's step 0 is then ``directCopySend`` of the rank's
+    own chunk (src/device/all_gather.h): the kernel copies input to output in its
+    own memory and the next rank pulls it later, so that copy (nbytes / n, read and
+    written once each in HBM) runs in series with the n - 1 NVLink reads instead of
+    riding on a write to the peer. Reduce-scatter and all-reduce have no such step:
+    their local writes happen as the reads arrive. The copy is priced at the HBM's
+    line rate (an upper bound: no per-CTA copy rate is published). Rings across
+    nodes are left out: their step 0 may go to the network, not over NVLink.
+    """
+    if not is_nccl(system) or system.collective_library.arch != "ampere":
+        return 0.0
+    if (kind, algorithm, protocol) != (CollectiveKind.ALL_GATHER, "ring", "Simple"):
+        return 0.0
+    if nodes > 1 or system.intra_topology != "switch" or n < 2:
+        return 0.0
+    return 2 * (nbytes / n) / system.device.hbm_bandwidth
+
+
 def _intra_hw(system: System) -> str:
     return "nvlink" if system.intra_topology == "switch" else "pci"
 

@@ -27,6 +27,7 @@ from xpusim.sim.ir import (
     Op,
     OpKind,
     Role,
+    Shape,
     Unit,
     is_low_precision,
 )
@@ -62,32 +63,26 @@ def backward_op(op: Op) -> list[Op]:
     if op.kind == OpKind.GEMM and isinstance(s, GemmShape):
         return _gemm_backward(op, s, role)
     if op.kind == OpKind.ATTENTION and isinstance(s, AttentionShape):
-        return [
-            Op(
-                f"{op.name}_bwd",
-                op.kind,
-                2.5 * op.flops,
-                MappingProxyType({MAIN_MEMORY: 2.0 * op.main_bytes}),
-                op.dtype,
-                op.unit,
-                replace(s, backward=True),
-                role,
-            )
-        ]
+        # FlashAttention's backward: 2.5x the forward FLOPs (recomputes the scores).
+        return [_pointwise_backward(op, 2.5, replace(s, backward=True), role)]
     if op.kind in (OpKind.MEMCPY, OpKind.EMBEDDING) or op.unit == Unit.DMA:
         return [replace(op, name=f"{op.name}_bwd", role=role)]
-    return [
-        Op(
-            f"{op.name}_bwd",
-            op.kind,
-            2.0 * op.flops,
-            MappingProxyType({MAIN_MEMORY: 2.0 * op.main_bytes}),
-            op.dtype,
-            op.unit,
-            s,
-            role,
-        )
-    ]
+    return [_pointwise_backward(op, 2.0, s, role)]
+
+
+def _pointwise_backward(op: Op, flop_factor: float, shape: Shape, role: Role) -> Op:
+    """A backward that reads the forward's tensors and the output gradient and writes the
+    input gradient: twice the forward's HBM bytes, ``flop_factor`` x its FLOPs."""
+    return Op(
+        f"{op.name}_bwd",
+        op.kind,
+        flop_factor * op.flops,
+        MappingProxyType({MAIN_MEMORY: 2.0 * op.main_bytes}),
+        op.dtype,
+        op.unit,
+        shape,
+        role,
+    )
 
 
 def backward_items(items: list[Item], sequence_parallel: bool) -> list[Item]:

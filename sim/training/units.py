@@ -56,6 +56,8 @@ class Piece:
     key: int = -1
     waits: tuple[int, ...] = ()
     segment: Segment | None = None
+    # A run of list-form collective copies: identical runs share one segment (below).
+    list_copies: bool = False
 
 
 def grad_accum_bytes_per_param(plan: ParallelPlan) -> float:
@@ -139,7 +141,7 @@ def _add_op(out: list[Piece], phase: str, slot: str, op: Op, waits: tuple[int, .
         out.append(Piece(phase, slot, [op], waits=waits))
 
 
-LIST_COPIES = "zero3_list_copies"  # name suffix of a run of list-form collective copies
+LIST_COPIES = "zero3_list_copies"  # the segment name of a run of list-form copies
 
 
 def _share_copy_segments(pieces: list[Piece]) -> None:
@@ -148,7 +150,7 @@ def _share_copy_segments(pieces: list[Piece]) -> None:
     shared: dict[tuple, Segment] = {}
     for p in pieces:
         seg = p.segment
-        if seg is not None and seg.name.endswith(LIST_COPIES):
+        if p.list_copies and seg is not None:
             key = (seg.name, seg.ops[0].cache_key(), len(seg.ops))
             p.segment = shared.setdefault(key, seg)
 
@@ -171,7 +173,7 @@ def add_items(items: list, phase: str, slot: str, out: list[Piece]) -> list[Piec
         elif it[0] == "list_copies":
             copies = tuple(it[1])
             segment = Segment(f"{phase}.{LIST_COPIES}", copies, phase)
-            out.append(Piece(phase, slot, list(copies), segment=segment))
+            out.append(Piece(phase, slot, list(copies), segment=segment, list_copies=True))
             continue
         else:  # "wait"
             op, waits = it[1], (it[2] if isinstance(it[2], tuple) else (it[2],))

@@ -13,6 +13,13 @@ from pathlib import Path
 START, END = "<!-- validation-table:start -->", "<!-- validation-table:end -->"
 
 
+def _family(s: dict, family: str) -> str:
+    if family not in s:
+        return "-"
+    c = s[family]["calibrated"]
+    return f"{s[family]['n']}: {c['median_abs_error']:.1%} / {c['p90_abs_error']:.1%}"
+
+
 def markdown_table(report: dict) -> str:
     cal = report.get("calibrated_on", {})
     lines = [
@@ -22,15 +29,17 @@ def markdown_table(report: dict) -> str:
         "held-out cases.",
         "",
         "| suite | kind | held-out cases | calibrated median | calibrated p90 "
+        "| in-range: n, median / p90 | out-of-range: n, median / p90 "
         "| uncalibrated median | uncalibrated p90 | noisy cases |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for suite, s in report["suites"].items():
         c, u = s["calibrated"], s["uncalibrated"]
         lines.append(
             f"| {suite} | {s['kind']} | {s['n']} | {c['median_abs_error']:.1%} | "
-            f"{c['p90_abs_error']:.1%} | {u['median_abs_error']:.1%} | {u['p90_abs_error']:.1%} "
-            f"| {s['noisy']} |"
+            f"{c['p90_abs_error']:.1%} | {_family(s, 'in_range')} | "
+            f"{_family(s, 'out_of_range')} | {u['median_abs_error']:.1%} | "
+            f"{u['p90_abs_error']:.1%} | {s['noisy']} |"
         )
     rep = report.get("repeatability")
     if rep:

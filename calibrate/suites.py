@@ -5,7 +5,8 @@ A ``Suite`` lists shapes (a full list and a quick subset), builds the IR for a
 shape (microbenchmarks through ``sim.ops``, kernels through their describe()
 functions via ``sim.kernel_registry``) and a zero-argument torch callable that runs
 the same work. Shapes are split into fit and held-out sets by a seeded permutation
-per suite (``split_shapes``), so the held-out set is fixed by the seed, not chosen.
+per suite (``split_shapes``), so the held-out set is fixed by the seed, not chosen;
+kernel suites add out-of-range shape families (``families.py``), always held out.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+from xpusim.calibrate.families import OUT_OF_RANGE, is_out_of_range
 from xpusim.sim import ops
 from xpusim.sim.ir import Op, RankGraph
 from xpusim.sim.kernel_registry import describe_kernel
@@ -67,6 +69,12 @@ class Case:
 
     def runner(self, torch_device: str) -> Callable[[], object]:
         return SUITES[self.suite].runner(self.params, self.dtype, torch_device)
+
+    @property
+    def family(self) -> str:
+        """'out-of-range' for a shape of the suite's out-of-range families (never fitted,
+        outside the grid's ranges: ``calibrate/families.py``), else 'in-range'."""
+        return "out-of-range" if is_out_of_range(self.suite, self.params) else "in-range"
 
 
 def _fmt(v: float) -> str:
@@ -569,12 +577,20 @@ def cases(
     seed: int = DEFAULT_SEED,
     dtype: str = "fp32",
 ) -> list[Case]:
-    """Every case of the chosen suites (all by default), with its fit/held-out label."""
+    """Every case of the chosen suites (all by default), with its fit/held-out label.
+
+    The grid (quick or full) is split by ``split_shapes``; a kernel suite's out-of-range
+    family shapes follow, always held out (in quick mode too: they are what tells a
+    model form that carries across shapes from one fitted to the grid).
+    """
     chosen = list(suites) if suites else list(SUITES)
     out: list[Case] = []
     for name in chosen:
         suite = SUITES[name]
         shapes = suite.quick if quick else suite.full
-        for shape, split in zip(shapes, split_shapes(name, shapes, seed), strict=True):
+        splits = split_shapes(name, shapes, seed)
+        labelled = list(zip(shapes, splits, strict=True))
+        labelled += [(s, "heldout") for s in OUT_OF_RANGE.get(name, ())]
+        for shape, split in labelled:
             out.append(Case(name, tuple((k, float(v)) for k, v in shape.items()), split, dtype))
     return out

@@ -85,6 +85,14 @@ def run(args: argparse.Namespace) -> int:
     return 1 if (request.check and not result.passed) else 0
 
 
+def _family_cells(s: dict, family: str) -> list[str]:
+    """'n: median / p90' of the calibrated errors of one shape family, or '-'."""
+    if family not in s:
+        return ["-"]
+    c = s[family]["calibrated"]
+    return [f"{s[family]['n']}: {c['median_abs_error']:.1%} / {c['p90_abs_error']:.1%}"]
+
+
 def _print(payload: dict) -> None:
     rows = []
     for suite, s in payload["suites"].items():
@@ -95,14 +103,16 @@ def _print(payload: dict) -> None:
                 s["n"],
                 f"{c['median_abs_error']:.1%}",
                 f"{c['p90_abs_error']:.1%}",
+                *_family_cells(s, "in_range"),
+                *_family_cells(s, "out_of_range"),
                 f"{u['median_abs_error']:.1%}",
                 f"{u['p90_abs_error']:.1%}",
                 s["noisy"],
             ]
         )
-    print(
-        table(rows, ["suite", "n", "cal median", "cal p90", "uncal median", "uncal p90", "noisy"])
-    )
+    head = ["suite", "n", "cal median", "cal p90", "in-range n: med / p90"]
+    head += ["out-of-range n: med / p90", "uncal median", "uncal p90", "noisy"]
+    print(table(rows, head))
     if "repeatability" in payload:
         r = payload["repeatability"]
         print(

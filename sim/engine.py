@@ -11,10 +11,12 @@ once. Overlap of compute and communication is therefore a result of the schedule
 parameter.
 
 ``Engine`` computes that schedule by running each stream as far as its inputs are known
-and parking it on the first unknown one; ``SimPyEngine`` is the same model as SimPy
-processes with one event per wait (the reference the tests compare with). A run keeps,
-per (rank, stream, label), the busy time and the union of busy intervals; per-task
-``Record``s only when asked (traces, timelines).
+and parking it on the first unknown one; ``SimPyEngine`` (sim.engine_simpy) is the same
+model as SimPy processes with one event per wait (the reference the tests compare with).
+A run keeps, per (rank, stream, label), the busy time and the union of busy intervals;
+per-task ``Record``s only when asked (traces, timelines). A ``Chain`` task (a run of
+one stream's work that nothing waits for part-way) is scheduled as one task whose parts
+each add their busy time and interval, as tasks of their own would.
 """
 
 from __future__ import annotations
@@ -23,9 +25,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, cast
 
-import simpy
 from xpusim.sim.cost.pricing import Pricing
-from xpusim.sim.ir import Collective, Op, RankGraph, Segment, Stream, Task, Work
+from xpusim.sim.ir import Chain, Collective, Op, RankGraph, Segment, Stream, Task, Work
 
 
 class Record(NamedTuple):
@@ -128,10 +129,12 @@ def _kind_of(work: Work) -> str:
 
 # Run state of one rank graph, a plain tuple (the hot loop unpacks it in one step, and
 # tuple unpacking is fastest on an exact tuple): (tasks, durations, begin, end, parked,
-# slot_of, busy, ivs). Per task: its duration (None: a collective met at its
-# rendezvous), start and end once known, the streams parked on it, and its (stream,
-# label) slot; per slot the busy time and the flat, time-ordered list of busy intervals
-# (s0, e0, s1, e1, ...), kept as tasks end, records or not.
+# slot_of, busy, ivs, chains). Per task: its duration (None: a collective met at its
+# rendezvous, or a chain), start and end once known, the streams parked on it, and its
+# (stream, label) slot; per slot the busy time and the flat, time-ordered list of busy
+# intervals (s0, e0, s1, e1, ...), kept as tasks end, records or not; per chain task
+# its parts as (duration, slot).
+_Parts = list[tuple[float, int]]
 _Graph = tuple[
     list[Task],
     list[float | None],
@@ -141,6 +144,7 @@ _Graph = tuple[
     list[int],
     list[float],
     list[list[float]],
+    dict[int, _Parts],
 ]
 
 
@@ -221,10 +225,16 @@ class Engine:
         for gi, graph in enumerate(self.graphs):
             n = len(graph.tasks)
             slots: dict[tuple[Stream, str], int] = {}
-            slot_of = [slots.setdefault((t.stream, t.label), len(slots)) for t in graph.tasks]
+            # Slots in order of first use; a chain's parts use theirs at its place, as one
+            # task per part would (the breakdown's sums then run in the same order).
+            slot_of = [slots.setdefault((t.stream, t.label), len(slots))
+                       if type(t.work) is not Chain else _chain_slots(t, slots)
+                       for t in graph.tasks]
+            durations = self._durations(graph)
+            chains = self._chains(graph, durations, slots)
             run.slots.append(slots)
-            run.graphs.append((graph.tasks, self._durations(graph), [0.0] * n, [None] * n,
-                               [None] * n, slot_of, [0.0] * len(slots), [[] for _ in slots]))
+            run.graphs.append((graph.tasks, durations, [0.0] * n, [None] * n, [None] * n,
+                               slot_of, [0.0] * len(slots), [[] for _ in slots], chains))
             by_stream: dict[Stream, list[int]] = {}
             for task in graph.tasks:
                 by_stream.setdefault(task.stream, []).append(task.id)
@@ -248,10 +258,10 @@ class Engine:
         pop, extend = ready.pop, ready.extend
         s_graph, s_tids, s_pos, s_clock = run.s_graph, run.s_tids, run.s_pos, run.s_clock
         graphs = run.graphs
-        arrive = self._arrive
+        special = self._special
         while ready:
             s = pop()
-            tasks, durations, begin, end, parked, slot_of, busy, ivs = graphs[s_graph[s]]
+            tasks, durations, begin, end, parked, slot_of, busy, ivs, _ = graphs[s_graph[s]]
             tids = s_tids[s]
             n = len(tids)
             i = s_pos[s]
@@ -268,8 +278,8 @@ class Engine:
                 else:
                     dur = durations[tid]
                     if dur is None:
-                        # A duration of None marks a collective (``_durations``).
-                        stop = arrive(run, s, tid, tasks[tid].work, start)  # type: ignore[arg-type]
+                        # A collective met at its rendezvous, or a chain (``_durations``).
+                        stop = special(run, s, tid, start)
                         if stop is None:
                             break  # parked at the rendezvous; the last member moves it on
                     else:
@@ -295,6 +305,23 @@ class Engine:
             s_pos[s] = i
             s_clock[s] = clock
 
+    def _special(self, run: _Run, s: int, tid: int, start: float) -> float | None:
+        """Stream ``s`` reaches task ``tid``, whose inputs are met at ``start``, and the
+        task has no plain duration: a chain runs its parts (``_run_chain``) and returns its
+        end; a collective goes to its rendezvous (``_arrive``)."""
+        tasks, _, begin, end, parked, _, busy, ivs, chains = run.graphs[run.s_graph[s]]
+        parts = chains.get(tid)
+        if parts is None:
+            return self._arrive(run, s, tid, tasks[tid].work, start)  # type: ignore[arg-type]
+        stop = _run_chain(parts, start, busy, ivs)
+        end[tid] = stop
+        begin[tid] = start
+        w = parked[tid]
+        if w is not None:
+            parked[tid] = None
+            run.ready.extend(w)
+        return stop
+
     def _arrive(self, run: _Run, s: int, tid: int, work: Collective, start: float
                 ) -> float | None:
         """Stream ``s`` reaches collective ``tid`` at ``start``. Returns its end when this
@@ -315,7 +342,7 @@ class Engine:
         t1 = t0 + self.pricing.comm_time(work)
         graphs, s_graph, ready = run.graphs, run.s_graph, run.ready
         for ms, mtid in arrived:
-            _, _, begin, end, parked, slot_of, busy, ivs = graphs[s_graph[ms]]
+            _, _, begin, end, parked, slot_of, busy, ivs, _ = graphs[s_graph[ms]]
             end[mtid] = t1
             begin[mtid] = t0
             slot = slot_of[mtid]
@@ -349,7 +376,7 @@ class Engine:
         keep: list[Record] = []
         for graph, g, slots in zip(self.graphs, run.graphs, run.slots, strict=True):
             rank = graph.rank
-            tasks, _, begin, end, _, _, busy_by_slot, ivs = g
+            tasks, _, begin, end, _, _, busy_by_slot, ivs, _ = g
             # Every task ended (_check_finished): no None left in ``end``.
             makespan = max(makespan, max(cast("list[float]", end), default=0.0))
             for (stream, label), slot in slots.items():
@@ -398,9 +425,75 @@ class Engine:
                 if d is None:
                     d = solo[id(work)] = comm(work)
                 out.append(d)
+            elif isinstance(work, Chain):
+                out.append(None)  # its parts are priced by ``_chains``
             else:
                 out.append(work.seconds)
         return out
+
+    def _chains(self, graph: RankGraph, durations: list[float | None],
+                slots: dict[tuple[Stream, str], int]) -> dict[int, _Parts]:
+        """Task id -> (duration, slot) of each part, for the graph's chain tasks (their
+        slots registered by ``_chain_slots``); each distinct chain object is priced once
+        per graph."""
+        out: dict[int, _Parts] = {}
+        priced: dict[int, _Parts] = {}
+        for tid, dur in enumerate(durations):
+            if dur is not None:
+                continue
+            task = graph.tasks[tid]
+            work = task.work
+            if not isinstance(work, Chain):
+                continue
+            parts = priced.get(id(work))
+            if parts is None:
+                parts = priced[id(work)] = self._chain_parts(work, task.stream, slots)
+            out[tid] = parts
+        return out
+
+    def _chain_parts(self, chain: Chain, stream: Stream,
+                     slots: dict[tuple[Stream, str], int]) -> _Parts:
+        parts: _Parts = []
+        for work, label in chain.parts:
+            if isinstance(work, Segment):
+                d = self.pricing.segment_time(work)
+            else:
+                if self._expected(work.group) > 1:
+                    raise ValueError(f"chain '{chain.name}': collective '{work.name}' meets "
+                                     "other simulated ranks; it cannot be a chain part")
+                solo = self._solo.get(id(work))
+                if solo is None:
+                    solo = self._solo[id(work)] = self.pricing.comm_time(work)
+                d = solo
+            parts.append((d, slots[(stream, label)]))
+        return parts
+
+
+def _chain_slots(task: Task, slots: dict[tuple[Stream, str], int]) -> int:
+    """Register the (stream, label) slots of a chain task's parts in order; the task's
+    own slot."""
+    for _, label in cast(Chain, task.work).parts:
+        slots.setdefault((task.stream, label), len(slots))
+    return slots.setdefault((task.stream, task.label), len(slots))
+
+
+def _run_chain(parts: _Parts, start: float, busy: list[float], ivs: list[list[float]]
+               ) -> float:
+    """Run a chain's parts back to back from ``start``: each adds its busy time and
+    interval to its slot exactly as a task of its own would (the engine's hot loop);
+    returns the chain's end."""
+    t = start
+    for d, slot in parts:
+        stop = t + d
+        busy[slot] += stop - t
+        iv = ivs[slot]
+        if iv and t <= iv[-1]:
+            iv[-1] = stop
+        elif stop > t:
+            iv.append(t)
+            iv.append(stop)
+        t = stop
+    return t
 
 
 
@@ -413,149 +506,11 @@ def _park(parked: list[list[int] | None], tid: int, stream: int) -> None:
         w.append(stream)
 
 
-class SimPyEngine(Engine):
-    """The reference engine: one SimPy process per (rank, stream), one event per wait.
+def __getattr__(name: str) -> object:
+    # SimPyEngine lives in sim.engine_simpy (imported on first use: SimPy is only the
+    # tests' reference, and importing it costs every command's start-up).
+    if name == "SimPyEngine":
+        from xpusim.sim.engine_simpy import SimPyEngine
 
-    Kept to check ``Engine`` against (tests compare the two on random multi-rank graphs)
-    and as the base for any future model in which durations depend on concurrency
-    (shared links), where the event order matters.
-    """
-
-    def run(self, records: bool = True) -> SimResult:
-        env = simpy.Environment()
-        simulated = {g.rank for g in self.graphs}
-        recs: list[Record] = []
-        rendezvous: dict[tuple, list] = {}
-        for graph in self.graphs:
-            finished: list[float | None] = [None] * len(graph.tasks)
-            waiters: dict[int, simpy.Event] = {}
-            durations = self._durations(graph)
-            meta = [(t.work.name, _kind_of(t.work), t.label) for t in graph.tasks]
-            watched = self._watched(graph)
-            by_stream: dict[Stream, list[int]] = {}
-            for task in graph.tasks:
-                by_stream.setdefault(task.stream, []).append(task.id)
-            for stream, tids in by_stream.items():
-                env.process(self._stream(env, graph, stream, tids, durations, meta, watched,
-                                         finished, waiters, simulated, rendezvous, recs))
-        env.run()
-        unfinished = [key for key, state in rendezvous.items() if not state[1].triggered]
-        if unfinished:
-            raise RuntimeError(f"deadlock: collectives never completed: {unfinished[:3]}")
-        makespan = max((r.end for r in recs), default=0.0)
-        busy: dict[tuple[int, str], float] = {}
-        by_label: dict[tuple[int, str, str], float] = {}
-        spans: dict[tuple[int, str, str], list[tuple[float, float]]] = {}
-        for r in recs:
-            busy[(r.rank, r.stream)] = busy.get((r.rank, r.stream), 0.0) + r.end - r.start
-            key = (r.rank, r.stream, r.label)
-            by_label[key] = by_label.get(key, 0.0) + r.end - r.start
-            spans.setdefault(key, []).append((r.start, r.end))
-        intervals = {k: union_intervals(v) for k, v in spans.items()}
-        return SimResult(makespan, recs if records else [], sorted(simulated), busy, by_label,
-                         intervals)
-
-    def _stream(self, env, graph, stream, tids, durations, meta, watched, finished, waiters,
-                simulated, rendezvous, records):
-        """Run one stream's tasks in order.
-
-        Consecutive ops whose dependencies are already met and whose completion no
-        other stream waits for are advanced with a single timeout (event coalescing):
-        their start/end times are the same as if each had its own event, but the
-        event loop does one step instead of many.
-        """
-        tasks = graph.tasks
-        rank = graph.rank
-        append = records.append
-        i, n = 0, len(tids)
-        while i < n:
-            tid = tids[i]
-            task = tasks[tid]
-            for dep in task.deps:
-                if finished[dep] is None:
-                    ev = waiters.get(dep)
-                    if ev is None:
-                        ev = waiters[dep] = env.event()
-                    yield ev
-            work = task.work
-            if isinstance(work, Collective):
-                start = yield from self._collective(env, work, simulated, rendezvous)
-                self._finish(rank, stream, task, meta[tid], start, env.now, finished, waiters,
-                             records)
-                i += 1
-                continue
-            run_end, t = self._coalesce(env, graph, stream, tids, i, durations, meta, watched,
-                                        finished, append)
-            if t > env.now:
-                yield env.timeout(t - env.now)
-            last = tids[run_end - 1]
-            finished[last] = t
-            ev = waiters.pop(last, None)
-            if ev is not None:
-                ev.succeed()
-            i = run_end
-
-    @staticmethod
-    def _coalesce(env, graph, stream, tids, i, durations, meta, watched, finished, append
-                  ) -> tuple[int, float]:
-        """Record the run of ops from position ``i`` that can advance with one timeout;
-        returns the position after the run and its end time."""
-        tasks, rank = graph.tasks, graph.rank
-        n = len(tids)
-        t = env.now
-        run_end = i
-        while True:
-            tid = tids[run_end]
-            end = t + durations[tid]
-            name, kind, label = meta[tid]
-            append(Record(rank, stream, tid, name, kind, label, t, end))
-            t = end
-            run_end += 1
-            if watched[tid] or run_end >= n:
-                break  # another stream must see this task finish at its real time
-            finished[tid] = end  # only this stream reads it
-            nxt = tasks[tids[run_end]]
-            if isinstance(nxt.work, Collective) or any(
-                tasks[d].stream != stream and (finished[d] is None or finished[d] > env.now)
-                for d in nxt.deps
-            ):
-                break
-        return run_end, t
-
-    @staticmethod
-    def _watched(graph: RankGraph) -> list[bool]:
-        """Tasks that a task on another stream depends on."""
-        watched = [False] * len(graph.tasks)
-        tasks = graph.tasks
-        for task in tasks:
-            for dep in task.deps:
-                if tasks[dep].stream != task.stream:
-                    watched[dep] = True
-        return watched
-
-    @staticmethod
-    def _finish(rank, stream, task, task_meta, start, end, finished, waiters, records) -> None:
-        finished[task.id] = end
-        ev = waiters.pop(task.id, None)
-        if ev is not None:
-            ev.succeed()
-        name, kind, label = task_meta
-        records.append(Record(rank, stream, task.id, name, kind, label, start, end))
-
-    def _collective(self, env, work: Collective, simulated, rendezvous):
-        key = (work.name, work.tag, work.group)
-        state = rendezvous.get(key)
-        if state is None:
-            expected = self._members.get(work.group)
-            if expected is None:
-                expected = self._members[work.group] = (
-                    sum(1 for r in work.group if r in simulated) or 1)
-            state = rendezvous[key] = [0, env.event(), expected, 0.0]
-        state[0] += 1
-        if state[0] < state[2]:
-            yield state[1]
-            return state[3]
-        state[3] = env.now
-        yield env.timeout(self.comm_time(work))
-        state[1].succeed()
-        return state[3]
+        return SimPyEngine
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

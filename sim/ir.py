@@ -415,7 +415,23 @@ class Segment:
     host: bool = True
 
 
-Work = Op | Collective | Delay | Segment
+@dataclass(frozen=True, slots=True, eq=False)
+class Chain:
+    """Consecutive work of one stream that nothing else waits for part-way: each part
+    starts when the previous one ends, so the engine schedules the run as one task while
+    still adding each part's busy time and interval under its own label (the same times,
+    to the bit, as one task per part). A collective part must have no other simulated
+    member (a fixed duration, no rendezvous). Lowering emits chains only when no
+    per-task record is asked for (sim.training.lowering); compared by identity: one
+    chain object is shared by every unit that runs the same parts.
+    """
+
+    name: str
+    parts: tuple[tuple[Segment | Collective, str], ...]  # (work, label), in order
+    kind: str = "chain"
+
+
+Work = Op | Collective | Delay | Segment | Chain
 
 
 @dataclass(slots=True)
@@ -461,6 +477,10 @@ class RankGraph:
                 out.append(t.work)
             elif isinstance(t.work, Segment):
                 out.extend(t.work.ops)
+            elif isinstance(t.work, Chain):
+                for part, _ in t.work.parts:
+                    if isinstance(part, Segment):
+                        out.extend(part.ops)
         return out
 
     def total_flops(self) -> float:

@@ -15,7 +15,7 @@ from xpusim.hwprofiles import load_system
 from xpusim.hwprofiles.spec import System
 from xpusim.sim.cost.pricing import Pricing
 from xpusim.sim.errors import InputError
-from xpusim.sim.ir import Collective, Delay, Op, Segment
+from xpusim.sim.ir import Chain, Collective, Delay, Op, Segment
 from xpusim.sim.models.hf_config import load_model
 from xpusim.sim.parallel import ParallelPlan
 from xpusim.sim.training.simulate import TrainingOptions, lower_step, price_step
@@ -84,18 +84,25 @@ def test_reprice_exact_step_keeps_records():
     assert repriced.step_time_s == scratch.step_time_s
 
 
+def _works(step) -> list:
+    """The work of a lowered step's tasks, chains (runs of compute pieces, sim.ir.Chain)
+    opened into their segments and collectives."""
+    return [w for g in step.graphs for t in g.tasks
+            for w in ([p for p, _ in t.work.parts] if isinstance(t.work, Chain) else [t.work])]
+
+
 def test_lowered_graphs_hold_no_durations():
     """The lowering emits work, never time: no Delay, and every segment's ops unpriced."""
     spec = load_model("mixtral-8x7b")
     step = lower_step(spec, load_system("dgx-h100", nodes=4),
                       ParallelPlan(tp=2, pp=4, ep=4, mbs=1, gbs=64, seq=2048))
-    kinds = {type(t.work) for g in step.graphs for t in g.tasks}
+    works = _works(step)
+    kinds = {type(w) for w in works}
     assert Delay not in kinds
     assert kinds <= {Segment, Collective, Op}
-    segments = {id(t.work): t.work for g in step.graphs for t in g.tasks
-                if isinstance(t.work, Segment)}
+    segments = {id(w): w for w in works if isinstance(w, Segment)}
     # Units share their segment objects: far fewer distinct segments than tasks.
-    tasks = sum(1 for g in step.graphs for t in g.tasks if isinstance(t.work, Segment))
+    tasks = sum(1 for w in works if isinstance(w, Segment))
     assert len(segments) * 4 < tasks
 
 
@@ -103,7 +110,7 @@ def test_segment_pricing_is_sum_of_ops_at_least_host():
     spec = load_model("gpt3-1.7b")
     step = lower_step(spec, load_system("dgx-a100", nodes=1),
                       ParallelPlan(tp=2, pp=2, dp=2, mbs=1, gbs=8, seq=1024))
-    seg = next(t.work for t in step.graphs[0].tasks if isinstance(t.work, Segment))
+    seg = next(w for w in _works(step) if isinstance(w, Segment))
     pricing = Pricing(lambda op: 1e-6, lambda c: 0.0, host_op_s=3e-6)
     assert pricing.segment_time(seg) == pytest.approx(3e-6 * len(seg.ops))
     fast_host = Pricing(lambda op: 1e-6, lambda c: 0.0, host_op_s=1e-7)

@@ -41,6 +41,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from xpusim.sim.ir import (
+    Chain,
     Collective,
     CollectiveKind,
     ElementwiseShape,
@@ -102,6 +103,12 @@ class LoweredRank:
     templates: list[list[Piece]]
     optimizer_prep: list[Op]
     optimizer_step: list[Op]
+    tasks: int  # tasks as one per piece: a chain counts its parts
+
+
+# A block's emission program (``Emitter.program``): each step a run of two or more
+# pieces emitted as one chain task, or one piece on its own (chain None).
+_Step = tuple[Piece, int, Chain | None]
 
 
 # ---------------------------------------------------------------- emission
@@ -114,14 +121,24 @@ class Emitter:
     A collective whose group holds no other simulated rank needs no rendezvous (the
     engine gives it a fixed duration); the one object of such a collective in a unit's
     pieces is shared by every unit that runs them.
+
+    With ``chains`` (no per-task records asked for) a run of a unit's pieces that go to
+    the compute stream one after the other — segments and solo collectives, nothing
+    else waiting on them part-way — is one ``Chain`` task, shared by every unit that
+    runs it: the engine gives each part the same start, end and breakdown as a task of
+    its own, at a fraction of the cost (the bulk of a step's tasks are such runs).
     """
 
     graph: RankGraph
     plan: ParallelPlan
     groups: dict[str, tuple[int, ...]]
     simulated: frozenset[int]
+    chains: bool = False
+    folded: int = 0  # pieces folded into chains beyond one task each
     _solo: dict[tuple[int, ...], bool] = field(default_factory=dict)
     _solo_piece: dict[int, tuple[Collective, str]] = field(default_factory=dict)
+    # (id(pieces), split_ep) -> the unit's blocks, each block's emission program
+    _programs: dict[tuple[int, bool], list[list[_Step]]] = field(default_factory=dict)
 
     def solo(self, group: tuple[int, ...]) -> bool:
         known = self._solo.get(group)
@@ -147,34 +164,82 @@ class Emitter:
     def comm_piece(self, piece: Piece, stream: Stream, deps: list[int], tag: int, idx: int) -> int:
         c = piece.comm
         assert c is not None
-        # Fast path: a solo collective of a unit's pieces is the same work every time the
-        # unit runs (tens of thousands of times per step).
-        solo = self._solo_piece.get(id(piece))
+        solo = self.solo_part(piece)
         if solo is not None:
             return self.graph.add(solo[0], stream, deps, solo[1])
         label = c.group.split("_")[0] if c.group.startswith(("ep", "dp")) else c.group
+        name = f"{piece.phase}.{piece.slot}.{c.name}.{idx}"
+        return self.collective(name, c.kind, self.groups[c.group], c.nbytes, stream, deps,
+                               label, tag, c.algorithm)
+
+    def solo_part(self, piece: Piece) -> tuple[Collective, str] | None:
+        """(collective, label) of a comm piece whose group holds no other simulated rank,
+        else None. One object per piece: a solo collective of a unit's pieces is the same
+        work every time the unit runs (tens of thousands of times per step)."""
+        solo = self._solo_piece.get(id(piece))
+        if solo is not None:
+            return solo
+        c = piece.comm
+        assert c is not None
         group = self.groups[c.group]
-        name = f"{piece.phase}.{piece.slot}.{c.name}"
-        if self.solo(group):
-            coll = Collective(name, c.kind, group, c.nbytes, c.algorithm)
-            self._solo_piece[id(piece)] = (coll, label)
-            return self.graph.add(coll, stream, deps, label)
-        return self.collective(f"{name}.{idx}", c.kind, group, c.nbytes, stream, deps, label,
-                               tag, c.algorithm)
+        if not self.solo(group):
+            return None
+        label = c.group.split("_")[0] if c.group.startswith(("ep", "dp")) else c.group
+        coll = Collective(f"{piece.phase}.{piece.slot}.{c.name}", c.kind, group, c.nbytes,
+                          c.algorithm)
+        solo = self._solo_piece[id(piece)] = (coll, label)
+        return solo
 
-    def unit(self, pieces: list[Piece], split_ep: bool) -> list[list[tuple[Piece, int]]]:
-        """Blocks of a unit: runs of pieces ending at an EP collective (when ``split_ep``)."""
-        blocks: list[list[tuple[Piece, int]]] = [[]]
-        for i, piece in enumerate(pieces):
-            blocks[-1].append((piece, i))
-            nxt = pieces[i + 1] if i + 1 < len(pieces) else None
-            if split_ep and _is_ep(piece) and not (nxt is not None and _is_ep(nxt)):
-                blocks.append([])  # hierarchical: 2 back to back
-        return [b for b in blocks if b]
+    def unit(self, pieces: list[Piece], split_ep: bool) -> list[list[_Step]]:
+        """Blocks of a unit, as emission programs (``program``): runs of pieces ending at
+        an EP collective (when ``split_ep``). Built once per unit template."""
+        key = (id(pieces), split_ep)
+        programs = self._programs.get(key)
+        if programs is None:
+            blocks: list[list[tuple[Piece, int]]] = [[]]
+            for i, piece in enumerate(pieces):
+                blocks[-1].append((piece, i))
+                nxt = pieces[i + 1] if i + 1 < len(pieces) else None
+                if split_ep and _is_ep(piece) and not (nxt is not None and _is_ep(nxt)):
+                    blocks.append([])  # hierarchical: 2 back to back
+            programs = self._programs[key] = [self.program(b, split_ep) for b in blocks if b]
+        return programs
 
-    def run_blocks(
-        self, units: list[tuple[list[list[tuple[Piece, int]]], int, list[int]]]
-    ) -> list[int]:
+    def program(self, block: list[tuple[Piece, int]], paired: bool) -> list[_Step]:
+        """The block's pieces in order, runs of chainable ones (``_chainable``) folded
+        into one chain each when ``chains``."""
+        steps: list[_Step] = []
+        run: list[tuple[Piece, int]] = []
+        for piece, idx in block:
+            part = self._chainable(piece, paired) if self.chains else None
+            if part is not None and not (run and piece.waits):
+                run.append((piece, idx))
+                continue
+            self._fold(run, steps)
+            run = [(piece, idx)] if part is not None else []
+            if part is None:
+                steps.append((piece, idx, None))
+        self._fold(run, steps)
+        return steps
+
+    def _chainable(self, piece: Piece, paired: bool) -> tuple[Segment | Collective, str] | None:
+        """(work, label) of a piece that runs on the compute stream with no rendezvous:
+        a segment, or a synchronous solo collective; else None."""
+        if piece.comm is None:
+            return piece.segment, piece.phase  # type: ignore[return-value]
+        if piece.waits or piece.async_ or (paired and piece.comm.group.startswith("ep")):
+            return None  # on the comm stream
+        return self.solo_part(piece)
+
+    def _fold(self, run: list[tuple[Piece, int]], steps: list[_Step]) -> None:
+        if len(run) == 1:
+            steps.append((run[0][0], run[0][1], None))
+        elif run:
+            parts = tuple(self._chainable(p, False) for p, _ in run)
+            name = "+".join(p.slot for p, _ in run[:1]) + f"..{len(run)}"
+            steps.append((run[0][0], run[0][1], Chain(name, parts)))  # type: ignore[arg-type]
+
+    def run_blocks(self, units: list[tuple[list[list[_Step]], int, list[int]]]) -> list[int]:
         """Emit the blocks of one or two units round-robin; return each unit's last task.
 
         With two units, EP collectives go on the comm stream and only the same
@@ -190,8 +255,14 @@ class Emitter:
         longest = max(len(blocks) for blocks, _, _ in units)
         for i in range(longest):
             for u, (blocks, tag, _) in enumerate(units):
-                for piece, idx in blocks[i] if i < len(blocks) else ():
-                    if piece.comm is None:
+                for piece, idx, chain in blocks[i] if i < len(blocks) else ():
+                    if chain is not None:
+                        deps = pending[u] + [keyed[u][k] for k in piece.waits]
+                        tid = self.graph.add(chain, Stream.COMPUTE, deps, chain.parts[0][1])
+                        self.folded += len(chain.parts) - 1
+                        pending[u] = []
+                        last_compute[u] = tid
+                    elif piece.comm is None:
                         deps = pending[u] + [keyed[u][k] for k in piece.waits]
                         tid = self.graph.add(piece.segment, Stream.COMPUTE,  # type: ignore[arg-type]
                                              deps, piece.phase)
@@ -228,11 +299,13 @@ def _p2p_tag(plan: ParallelPlan, microbatch: int, vstage: int) -> int:
 
 
 def lower_rank(
-    rp: RankPlan, plan: ParallelPlan, layout: Layout, simulated: frozenset[int]
+    rp: RankPlan, plan: ParallelPlan, layout: Layout, simulated: frozenset[int],
+    chains: bool = False,
 ) -> LoweredRank:
-    """The program of one rank for one training step."""
+    """The program of one rank for one training step; ``chains``: fold runs of compute
+    pieces into chain tasks (when no per-task record is asked for, ``Emitter``)."""
     g = RankGraph(rp.rank)
-    em = Emitter(g, plan, rp.groups, simulated)
+    em = Emitter(g, plan, rp.groups, simulated, chains)
     templates = {
         (c, k): unit_pieces(ch, k, plan) for c, ch in enumerate(rp.chunks) for k in ("F", "B")
     }
@@ -247,7 +320,7 @@ def lower_rank(
     sched.emit()
     dp_tasks = sched.dp_tasks + _embedding_grads(em, rp, sched.embed_deps)
     prep, step = _optimizer(em, rp, dp_tasks)
-    return LoweredRank(rp, g, list(templates.values()), prep, step)
+    return LoweredRank(rp, g, list(templates.values()), prep, step, len(g.tasks) + em.folded)
 
 
 @dataclass
@@ -265,6 +338,7 @@ class _Schedule:
     _seen_first_f: set[int] = field(default_factory=set)
     _last_b: dict[int, int] = field(default_factory=dict)  # chunk -> its last B in order
     _index: dict[int, int] = field(default_factory=dict)  # id(unit) -> position in order
+    _peers: dict[int, int] = field(default_factory=dict)  # virtual stage -> peer rank
 
     def emit(self) -> None:
         rp = self.rp
@@ -280,10 +354,13 @@ class _Schedule:
                 self._finish(unit, last)
 
     def _peer(self, vstage: int) -> int:
-        return self.layout.rank(with_pp(self.layout, self.rp.rank, vstage % self.em.plan.pp))
+        peer = self._peers.get(vstage)
+        if peer is None:
+            stage = vstage % self.em.plan.pp
+            peer = self._peers[vstage] = self.layout.rank(with_pp(self.layout, self.rp.rank, stage))
+        return peer
 
-    def _prepare(self, unit: SchedUnit, paired: bool
-                 ) -> tuple[list[list[tuple[Piece, int]]], int, list[int]]:
+    def _prepare(self, unit: SchedUnit, paired: bool) -> tuple[list[list[_Step]], int, list[int]]:
         """The unit's blocks, tag and first dependencies (its receive, and for a chunk's
         first forward the overlapped parameter all-gather)."""
         plan, rp = self.em.plan, self.rp

@@ -98,12 +98,13 @@ def test_fp8_recipe_casts_gemm_inputs_only() -> None:
     names = [o.name for o in out]
     assert names == ["mlp_up_quant", "mlp_up", "n", "lm_head"]
     quant, gemm = out[0], out[1]
-    # the cast reads the bf16 input and writes fp8: m*k*(2+1) bytes
-    assert quant.kind == OpKind.ELEMENTWISE and quant.main_bytes == 4096 * 1024 * 3
+    # the cast reads the bf16 input once and writes fp8 in both usages (rowwise for this
+    # GEMM, the transposed copy for the weight gradient): m*k*(2+1+1) bytes
+    assert quant.kind == OpKind.ELEMENTWISE and quant.main_bytes == 4096 * 1024 * 4
     assert gemm.dtype == "fp8" and out[3].dtype == "bf16"  # the output layer stays bf16
     bwd = backward_op(gemm)
     assert [o.name for o in bwd] == ["mlp_up_dgrad_quant", "mlp_up_dgrad", "mlp_up_wgrad"]
-    assert bwd[0].main_bytes == 4096 * 8192 * 3  # dC (m x n) cast once
+    assert bwd[0].main_bytes == 4096 * 8192 * 4  # dC (m x n) cast once, into both usages
     assert all(o.dtype == "fp8" for o in bwd[1:])
 
 
@@ -114,3 +115,16 @@ def test_train_refuses_fp8_on_910b(capsys) -> None:
                "--tp", "8", "--quiet"])
     assert rc == 2
     assert "no fp8 matrix path" in capsys.readouterr().err
+
+
+def test_cast_transpose_writes_both_usages_hand_computed() -> None:
+    from xpusim.sim.ir import dtype_bytes
+    from xpusim.sim.training.lowprec import cast_transpose_op
+
+    # 1000 x 512 bf16 elements to FP8: read 2 B, write 1 B rowwise + 1 B transposed.
+    op = cast_transpose_op("x", 512_000, "fp8")
+    assert op.name == "x_quant" and op.main_bytes == 512_000 * 4 and op.flops == 3 * 512_000
+    # MXFP8: each usage carries its E8M0 scale per 32 elements (1 + 1/32 B per element).
+    mx = cast_transpose_op("x", 512_000, "mxfp8")
+    assert dtype_bytes("mxfp8") == 1 + 1 / 32
+    assert mx.main_bytes == 512_000 * (2 + 2 * (1 + 1 / 32))

@@ -31,7 +31,8 @@ from xpusim.sim.ir import (
     Unit,
     is_low_precision,
 )
-from xpusim.sim.training.items import Comm, Item, quantize_op
+from xpusim.sim.training.items import Comm, Item
+from xpusim.sim.training.lowprec import cast_transpose_op
 
 _MIRROR = {
     CollectiveKind.ALL_GATHER: CollectiveKind.REDUCE_SCATTER,
@@ -42,10 +43,12 @@ _MIRROR = {
 def _gemm_backward(op: Op, s: GemmShape, role: Role) -> list[Op]:
     m, n, k, batch = s.m, s.n, s.k, s.batch
     if is_low_precision(op.dtype):
-        # dC arrives in bf16 and is cast once (E5M2 in the hybrid FP8 recipe), then
-        # feeds both backward GEMMs, which read the saved low-precision A and B.
+        # dC arrives in bf16 and is cast once (E5M2 in the hybrid FP8 recipe) into both
+        # usages: rowwise for the data gradient, transposed/columnwise for the weight
+        # gradient (sim.training.lowprec); both GEMMs read the saved low-precision A, B.
         return [
-            quantize_op(f"{op.name}_dgrad", m * n * batch, op.dtype, role=Role(expert=role.expert)),
+            cast_transpose_op(f"{op.name}_dgrad", m * n * batch, op.dtype,
+                              role=Role(expert=role.expert)),
             ops.gemm(f"{op.name}_dgrad", m, k, n, op.dtype, batch, out_dtype="bf16", role=role),
             ops.gemm(f"{op.name}_wgrad", k, n, m, op.dtype, batch, out_dtype="bf16", role=role),
         ]

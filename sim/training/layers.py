@@ -46,6 +46,7 @@ from xpusim.sim.training.items import (  # noqa: F401  (re-exported)
     act_dtype,
     quantize_op,
 )
+from xpusim.sim.training.lowprec import cast_transpose_op
 from xpusim.sim.training.saved import activation_bytes, weight_params  # noqa: F401
 from xpusim.sim.workloads.transformer import (
     CommNeed,
@@ -70,7 +71,9 @@ _HIGH_PRECISION_WEIGHTS = (Weight.HEAD, Weight.ROUTER)
 
 def low_precision_gemms(raw: Sequence, fmt: str) -> list:
     """Rewrite the 16-bit GEMMs of builder output for a low-precision recipe ``fmt``: each
-    becomes a cast of its activation input plus the GEMM on ``fmt`` operands (priced at the
+    becomes a cast of its activation input (in both usages: the rowwise copy for this GEMM
+    and the transposed/columnwise copy for the weight gradient, ``sim.training.lowprec``)
+    plus the GEMM on ``fmt`` operands (priced at the
     device's ``fmt`` peak; output written in bf16; it keeps the cast input for its
     backward). Weights are cast once per step (see ``xpusim.sim.training.lowering``), so
     only the activation cast is per micro-batch."""
@@ -81,8 +84,8 @@ def low_precision_gemms(raw: Sequence, fmt: str) -> list:
         s = item.shape if isinstance(item, Op) else None
         if (isinstance(s, GemmShape) and item.kind == OpKind.GEMM
                 and item.role.weight not in _HIGH_PRECISION_WEIGHTS):
-            out.append(quantize_op(item.name, s.m * s.k * s.batch, fmt,
-                                   role=Role(expert=item.role.expert)))
+            out.append(cast_transpose_op(item.name, s.m * s.k * s.batch, fmt,
+                                         role=Role(expert=item.role.expert)))
             out.append(ops.gemm(item.name, s.m, s.n, s.k, fmt, s.batch, out_dtype="bf16",
                                 role=item.role))
         else:

@@ -1,0 +1,51 @@
+"""The quantisation passes a low-precision (FP8 / MX) recipe runs around its GEMMs.
+
+A GEMM C = A.B in a low-precision recipe reads each operand in two layouts over the
+step: the forward reads A and B with K contiguous, the weight gradient dB = A^T.dC
+reads A and dC along the token dimension, and the data gradient dA = dC.B^T reads B
+along its other axis. TransformerEngine calls these a quantised tensor's *rowwise* and
+*columnwise usage*; on Hopper an FP8 GEMM only runs in the TN layout ("Hopper only
+supports TN GEMMs for FP8. Column-wise data is transpose of data", TransformerEngine
+common/gemm/cublaslt_gemm.cu, CanonicalizeGemmInput), so the columnwise usage is a
+physical transposed FP8 copy, and MXFP8's columnwise usage carries its own block scales
+along the other axis (TransformerEngine docs, "Low precision training: Performance
+considerations - Handling transposes"). TransformerEngine writes both in one fused
+cast-transpose kernel that reads the 16-bit tensor once (``fp8_cast_transpose_fused``;
+with the bias gradient for dC, ``fp8_cast_transpose_bgrad_fused``).
+
+Priced here: the activation input of each linear layer's forward GEMM and the output
+gradient dC of its backward, each cast once per micro-batch into both usages (read 2 B,
+write 2 x the format's bytes per element). Not priced separately: Blackwell's per-tensor
+FP8, whose GEMMs accept any layout (one usage would do), is charged the same pass.
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+
+from xpusim.sim.ir import (
+    MAIN_MEMORY,
+    NO_ROLE,
+    ElementwiseShape,
+    Op,
+    OpKind,
+    Role,
+    Unit,
+    dtype_bytes,
+)
+
+# Usages a quantised GEMM operand is written in: rowwise (this GEMM) and columnwise
+# (the other backward GEMM that reads it along its other axis).
+USAGES = 2
+
+
+def cast_transpose_op(name: str, numel: float, fmt: str, src: str = "bf16",
+                      role: Role = NO_ROLE) -> Op:
+    """Cast a ``src`` tensor of ``numel`` elements to ``fmt`` in both usages, as one
+    memory-bound pass: reads ``src`` once, writes ``USAGES`` ``fmt`` copies (with their
+    scales, counted in ``dtype_bytes(fmt)``); ~3 FLOPs per element (abs-max, scale,
+    convert). Named ``<name>_quant`` like the plain cast it replaces."""
+    nbytes = numel * (dtype_bytes(src) + USAGES * dtype_bytes(fmt))
+    return Op(f"{name}_quant", OpKind.ELEMENTWISE, 3.0 * numel,
+              MappingProxyType({MAIN_MEMORY: nbytes}), src, Unit.VECTOR,
+              ElementwiseShape(numel), role)

@@ -20,6 +20,7 @@ from xpusim.sim.cost.attention_impl import (
     block_terms,
     default_impl,
     standard_ops,
+    tiles,
 )
 from xpusim.sim.errors import InputError
 
@@ -152,3 +153,40 @@ def test_op_attention_cli_reports_achieved_tflops(capsys):
     assert out["achieved_tflops"] == pytest.approx(flops / out["time_s"] / 1e12)
     assert math.isfinite(out["time_s"])
     assert main("op attention --device a100-sxm4-80gb --seq 1024 --impl flash3".split()) == 2
+
+
+def test_fa3_forward_tiles_follow_the_release():
+    """hopper/flash_fwd_launch_template.h (2024): 16-bit d128 128x176 (causal 128x128),
+    FP8 d128 128x256, FP8 d256 128x128; d64 192x128 for both."""
+    assert tiles("flash3", H100, 128, "fwd", "bf16", causal=False) == (128, 176)
+    assert tiles("flash3", H100, 128, "fwd", "bf16", causal=True) == (128, 128)
+    assert tiles("flash3", H100, 128, "fwd", "fp8") == (128, 256)
+    assert tiles("flash3", H100, 256, "fwd", "fp8") == (128, 128)
+    assert tiles("flash3", H100, 256, "fwd", "bf16") == (128, 80)
+    assert tiles("flash3", H100, 64, "fwd", "fp8") == (192, 128)
+    assert tiles("flash3", H100, 128, "bwd", "bf16") == (64, 128)  # backward unchanged
+
+
+def test_triton2_backward_loads_are_not_prefetched():
+    """num_stages=1: each block also pays its Q and dO tiles (2 x 128 x 64 x 2 bytes) at the
+    SM's share of L2 bandwidth, on top of the fp32 dQ read-modify-write."""
+    shape = AttnShape(1, 4, 256, 256, 64, dtype="fp16")
+    l2_per_sm = A100.kernels.l2_bandwidth / A100.matrix_cores
+    t2 = block_terms(A100, "triton2", shape, "bwd", 128, 128)
+    fa2 = block_terms(A100, "flash2", shape, "bwd", 128, 128)
+    assert t2.reduce_s == pytest.approx(fa2.reduce_s + 2 * 128 * 64 * 2 / l2_per_sm)
+    assert t2.mma_s == pytest.approx(fa2.mma_s)
+
+
+def test_triton2_backward_is_one_program_per_head():
+    """Grid = batch x heads: 4 heads of 2 x 2 blocks (seq 256, 128x128 tiles) on 108 SMs take
+    one head's 4 blocks in series (plus its two query blocks' Q/O pipeline fill), while FA2's
+    8 query-block items run side by side."""
+    shape = AttnShape(1, 4, 256, 256, 64, dtype="fp16")
+    block = block_terms(A100, "triton2", shape, "bwd", 128, 128).block_s
+    sm_bw = A100.hbm_bandwidth * A100.efficiency.memory_max / A100.matrix_cores
+    io_s = 128 * (64 + 64) * 2 * 3.0 / sm_bw
+    cost = attention_cost(A100, shape, "triton2", "bwd")
+    assert cost.details["pipeline_s"] == pytest.approx(4 * block + 2 * io_s)
+    with pytest.raises(InputError):  # a CUDA kernel: not on Ascend
+        attention_cost(NPU, shape, "triton2", "bwd")

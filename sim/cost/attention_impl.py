@@ -67,11 +67,12 @@ IMPLS = (
     "cudnn",
     "xformers",
     "triton",
+    "triton2",
     "npu_fusion_attention",
     "fastattention",
 )
 PASSES = ("fwd", "bwd", "fwd_bwd")
-GPU_FUSED = ("flash1", "flash2", "flash3", "cudnn", "xformers", "triton")
+GPU_FUSED = ("flash1", "flash2", "flash3", "cudnn", "xformers", "triton", "triton2")
 ASCEND = ("npu_fusion_attention", "fastattention")
 # FP32 instructions per score of the online softmax (FA2 paper Alg. 1): scale-and-subtract
 # the row max (1 FFMA), the row max (1 FMNMX), the row sum (1 FADD), the convert of P to
@@ -87,6 +88,11 @@ OVERLAP = {"flash3": 0.63}
 ASYNC_MMA = ("flash3", "cudnn", "triton")
 # Persistent kernels with a tile scheduler that launches the heaviest (causal) items first.
 HEAVY_FIRST = ("flash3", "cudnn")
+# Kernels whose backward runs one program per (batch, head) walking all its blocks in series:
+# Triton 2.0's ``triton.ops.flash_attention`` (python/triton/ops/flash_attention.py,
+# ``_bwd_kernel[(ctx.grid[1],)]``: grid = batch x heads, BLOCK 128 x 128, num_warps 8,
+# num_stages 1, dQ read-modify-written in fp32 per block). The FA2 paper's "Triton" rows.
+PER_HEAD_BWD = ("triton2",)
 EXACT_SCHEDULE_ITEMS = 20000  # above this many items the placement is priced as a fluid
 
 
@@ -277,19 +283,22 @@ def _standard(device: Device, shape: AttnShape, pass_: str) -> OpCost:
 # ------------------------------------------------------------------ GPU fused kernels
 
 
-def tiles(impl: str, device: Device, head_dim: float, pass_: str) -> tuple[int, int]:
+def tiles(impl: str, device: Device, head_dim: float, pass_: str, dtype: str = "bf16",
+          causal: bool = False) -> tuple[int, int]:
     """(Br, Bc) of the kernel: query rows per CTA x keys per block.
 
     flash2 forward: flash-attention csrc/flash_attn/src/flash_fwd_launch_template.h
     (sm80/sm90: d<=64 128x128; d<=128 128x64; d=256 64x64 on H100 for 2 CTAs/SM, 128x64
     on A100). flash3 forward: hopper/ tile sizes of the FA3 release (d<=64 192x128,
-    d<=128 128x128, d=256 128x80). Backward (both): d<=64 128x128, d<=128 64x128, else
+    d<=128 128x128, d=256 128x80; ``_fa3_fwd_tile`` for the release's dtype/causal split). Backward (both): d<=64 128x128, d<=128 64x128, else
     64x64. cudnn/triton: 128x128 forward (estimate: the common Hopper tile), xformers
     (CUTLASS memory-efficient kernel) and flash1: 64x64 / 128x64 (estimate)."""
+    if impl == "triton2":  # triton.ops.flash_attention: BLOCK = 128 for both passes
+        return (128, 128)
     if pass_ == "bwd":
         return (128, 128) if head_dim <= 64 else (64, 128) if head_dim <= 128 else (64, 64)
     if impl == "flash3":
-        return (192, 128) if head_dim <= 64 else (128, 128) if head_dim <= 128 else (128, 80)
+        return _fa3_fwd_tile(head_dim, dtype, causal)
     if impl in ("cudnn", "triton"):
         return (128, 128) if head_dim <= 128 else (128, 64)
     if impl == "xformers":
@@ -299,6 +308,21 @@ def tiles(impl: str, device: Device, head_dim: float, pass_: str) -> tuple[int, 
     if head_dim <= 128:
         return (128, 64)
     return (64, 64) if device.kernels.async_mma else (128, 64)
+
+
+def _fa3_fwd_tile(head_dim: float, dtype: str, causal: bool) -> tuple[int, int]:
+    """FA3 forward tile as the release the FA3 paper measured picks it
+    (flash-attention hopper/flash_fwd_launch_template.h, 2024: ``run_mha_fwd_hdim*`` and
+    ``run_mha_fwd_hdim*_fp8``): 16-bit d<=64 192x128, d<=128 128x176 (128x128 when causal),
+    d=256 128x80; FP8 d<=64 192x128, d<=128 128x256, d=256 128x128. Wider key blocks halve
+    the per-block overheads but leave short sequences fewer blocks to pipeline."""
+    if dtype_bytes(dtype) == 1:
+        return (192, 128) if head_dim <= 64 else (128, 256) if head_dim <= 128 else (128, 128)
+    if head_dim <= 64:
+        return (192, 128)
+    if head_dim <= 128:
+        return (128, 128) if causal else (128, 176)
+    return (128, 80)
 
 
 @dataclass(frozen=True)
@@ -348,6 +372,10 @@ def block_terms(device: Device, impl: str, shape: AttnShape, pass_: str, br: int
         # the SM's share of L2 bandwidth, after the block's dQ GEMM.
         l2 = k.l2_bandwidth or device.hbm_bandwidth * device.efficiency.memory_max
         reduce_s = 2.0 * 4.0 * br * shape.head_dim / (l2 / sms)
+        if impl in PER_HEAD_BWD:
+            # num_stages=1: the inner loop's Q and dO tiles (Br x d each) are loaded with
+            # nothing prefetched, so their L2 transfer sits in series with the block.
+            reduce_s += 2.0 * br * shape.head_dim * dtype_bytes(shape.dtype) / (l2 / sms)
     if impl == "flash1":
         # FA1's loop order: key blocks outer, query blocks inner, so each block reads and
         # writes its O rows (and softmax statistics) in HBM (FA2 paper s3.1.2).
@@ -357,7 +385,7 @@ def block_terms(device: Device, impl: str, shape: AttnShape, pass_: str, br: int
 
 
 def _fused_gpu(device: Device, shape: AttnShape, impl: str, pass_: str) -> OpCost:
-    br, bc = tiles(impl, device, shape.head_dim, pass_)
+    br, bc = tiles(impl, device, shape.head_dim, pass_, shape.dtype, shape.causal)
     group = shape.heads / shape.kvh
     split_kv = pass_ == "fwd" and shape.q_len * group < br
     if split_kv:
@@ -391,6 +419,8 @@ def _fused_gpu(device: Device, shape: AttnShape, impl: str, pass_: str) -> OpCos
             visited, partial = kv_blocks, 0
         blocks += visited
         items.append((visited - partial) * full.block_s + partial * diag.block_s + io_s)
+    if pass_ == "bwd" and impl in PER_HEAD_BWD:
+        items = [sum(items)]  # one program walks every block of its (batch, head)
     bh = shape.batch * shape.heads
     reps = max(1, round(bh))
     if split_kv:

@@ -300,15 +300,22 @@ def _p2p_tag(plan: ParallelPlan, microbatch: int, vstage: int) -> int:
 
 def lower_rank(
     rp: RankPlan, plan: ParallelPlan, layout: Layout, simulated: frozenset[int],
-    chains: bool = False,
+    chains: bool = False, pieces: dict[tuple[int, str], list[Piece]] | None = None,
 ) -> LoweredRank:
     """The program of one rank for one training step; ``chains``: fold runs of compute
-    pieces into chain tasks (when no per-task record is asked for, ``Emitter``)."""
+    pieces into chain tasks (when no per-task record is asked for, ``Emitter``).
+    ``pieces``: (id(chunk), "F"/"B") -> the unit's pieces, shared with other lowerings of
+    the same chunks (a step lowered at two micro-batch counts builds them once)."""
     g = RankGraph(rp.rank)
     em = Emitter(g, plan, rp.groups, simulated, chains)
-    templates = {
-        (c, k): unit_pieces(ch, k, plan) for c, ch in enumerate(rp.chunks) for k in ("F", "B")
-    }
+    pieces = {} if pieces is None else pieces
+    templates = {}
+    for c, ch in enumerate(rp.chunks):
+        for k in ("F", "B"):
+            unit = pieces.get((id(ch), k))
+            if unit is None:
+                unit = pieces[(id(ch), k)] = unit_pieces(ch, k, plan)
+            templates[(c, k)] = unit
     # Parameter all-gather (ZeRO >= 1) of the previous step's optimizer: with overlap it
     # runs while this step starts; the first forward of a chunk waits for its own.
     param_ag: dict[int, list[int]] = {}

@@ -20,7 +20,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from xpusim.hwprofiles.spec import System
@@ -106,10 +106,31 @@ def _progress(options: TrainingOptions, message: str) -> None:
         sys.stderr.flush()
 
 
+@dataclass
+class StepCache:
+    """What lowerings of one step at several micro-batch counts share (the steady-state
+    path lowers two): each stage's chunks and each unit's pieces depend on the plan but
+    not on the global batch, so they are built once and their segments priced once.
+    ``key`` is the plan without its global batch; a cache meets one such plan only."""
+
+    key: ParallelPlan | None = None
+    chunks: dict[tuple, list] = field(default_factory=dict)
+    pieces: dict[tuple[int, str], list[Piece]] = field(default_factory=dict)
+
+    def check(self, plan: ParallelPlan) -> None:
+        key = replace(plan, gbs=0)
+        if self.key is None:
+            self.key = key
+        elif self.key != key:
+            raise ValueError("StepCache: shared by plans that differ beyond the global batch")
+
+
 def rank_plans(
-    spec: ModelSpec, system: System, plan: ParallelPlan, full_ranks: bool = False
+    spec: ModelSpec, system: System, plan: ParallelPlan, full_ranks: bool = False,
+    cache: StepCache | None = None,
 ) -> tuple[Layout, list[RankPlan]]:
-    """Rank plans to simulate: one per stage (coordinates 0 elsewhere), or all ranks."""
+    """Rank plans to simulate: one per stage (coordinates 0 elsewhere), or all ranks;
+    the stages' chunks from ``cache`` when given."""
     layout = Layout(plan)
     if full_ranks:
         if plan.world > FULL_RANK_LIMIT:
@@ -121,14 +142,14 @@ def rank_plans(
     else:
         ranks = [layout.rank(Coord(0, 0, 0, 0, s)) for s in range(plan.pp)]
     m = microbatches(plan)
-    cache: dict[tuple, list] = {}
+    chunks = cache.chunks if cache is not None else {}
     out = []
     for r in ranks:
         stage = layout.coord(r).pp
         ctx, _ = slot_context(spec, plan, system, layout, r, full_ranks)
         key = (stage, tuple(sorted(ctx.hot.items())), tuple(sorted(ctx.hot_comm.items())))
-        if key not in cache:
-            cache[key] = build_chunks(spec, plan, ctx, stage)
+        if key not in chunks:
+            chunks[key] = build_chunks(spec, plan, ctx, stage)
         # Merged F/B overlap hands each forward on later: one more warm-up micro-batch
         # keeps the pipeline fed (MindSpeed megatron-moe-fb-overlap.md).
         merge = merges_fb(spec, plan)
@@ -137,7 +158,7 @@ def rank_plans(
             spec.vocab / plan.tp * spec.hidden if spec.tie_embeddings or spec.mtp_layers else 0.0
         )
         out.append(
-            RankPlan(r, stage, rank_groups(plan, layout, r), cache[key], order, merge, shared)
+            RankPlan(r, stage, rank_groups(plan, layout, r), chunks[key], order, merge, shared)
         )
     return layout, out
 
@@ -202,10 +223,12 @@ class LoweredStep:
 
 
 def lower_step(
-    spec: ModelSpec, system: System, plan: ParallelPlan, options: TrainingOptions | None = None
+    spec: ModelSpec, system: System, plan: ParallelPlan, options: TrainingOptions | None = None,
+    cache: StepCache | None = None,
 ) -> LoweredStep:
     """Lower one training step, every micro-batch, to unpriced graphs; raises InputError
-    for an impossible plan."""
+    for an impossible plan. ``cache`` shares chunks and unit pieces with other lowerings
+    of the same plan at other global batches (``StepCache``)."""
     options = options or TrainingOptions()
     t0 = time.perf_counter()
     plan = validate_plan(spec, plan, system.num_devices)
@@ -217,10 +240,13 @@ def lower_step(
         f"plan tp={plan.tp} pp={plan.pp} vpp={plan.vpp} dp={plan.dp} ep={plan.ep} "
         f"cp={plan.cp} on {plan.world} devices, {microbatches(plan)} micro-batches",
     )
-    layout, rps = rank_plans(spec, system, plan, options.full_ranks)
+    if cache is not None:
+        cache.check(plan)
+    layout, rps = rank_plans(spec, system, plan, options.full_ranks, cache)
     simulated = frozenset(rp.rank for rp in rps)
+    pieces = cache.pieces if cache is not None else None
     # Chain tasks unless every task's record is asked for (exact: traces, timelines).
-    ranks = [lower_rank(rp, plan, layout, simulated, chains=not options.exact) for rp in rps]
+    ranks = [lower_rank(rp, plan, layout, simulated, not options.exact, pieces) for rp in rps]
     step = LoweredStep(spec, plan, options, layout, ranks, system.num_devices,
                        system.devices_per_node, requested, time.perf_counter() - t0)
     _progress(options, f"lowered {step.tasks} tasks on {len(ranks)} simulated ranks "
@@ -259,15 +285,18 @@ def step_pricing(plan: ParallelPlan, system: System, options: TrainingOptions) -
     )
 
 
-def price_step(step: LoweredStep, system: System) -> TrainingResult:
+def price_step(step: LoweredStep, system: System, pricing: Pricing | None = None
+               ) -> TrainingResult:
     """The step's result on ``system``: every segment, op and collective priced on its
     hardware, the graphs scheduled by the engine. ``system`` may differ from the one the
     step was lowered on in anything but its shape (``check_shape``): device bandwidths,
-    peaks and efficiencies, link bandwidths and latencies."""
+    peaks and efficiencies, link bandwidths and latencies. ``pricing``: one already built
+    by ``step_pricing`` for this system, plan and options (shared by the steady-state
+    path's two runs, so each op is costed once)."""
     check_shape(step, system)
     t0 = time.perf_counter()
     options = step.options
-    pricing = step_pricing(step.plan, system, options)
+    pricing = pricing or step_pricing(step.plan, system, options)
     kinds = {lr.rank_plan.rank: rank_breakdown(lr, pricing) for lr in step.ranks}
     # Per-task records only for a trace or timeline (options.exact): the breakdown reads
     # the engine's streamed busy times and interval unions.

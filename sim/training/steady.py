@@ -31,10 +31,12 @@ from xpusim.sim.parallel import ParallelPlan, microbatches, validate_plan
 from xpusim.sim.training.simulate import (
     LoweredStep,
     StageStats,
+    StepCache,
     TrainingOptions,
     TrainingResult,
     lower_step,
     price_step,
+    step_pricing,
 )
 
 
@@ -89,7 +91,8 @@ def lower_training(
         return LoweredTraining(full, (lower_step(spec, system, plan, options),), m, None)
     m1, m2 = steady_counts(full)
     per_mb = full.mbs * full.dp
-    steps = tuple(lower_step(spec, system, replace(full, gbs=k * per_mb), options)
+    cache = StepCache()  # both runs share chunks, unit pieces and so segment prices
+    steps = tuple(lower_step(spec, system, replace(full, gbs=k * per_mb), options, cache)
                   for k in (m1, m2))
     return LoweredTraining(full, steps, m, (m1, m2))
 
@@ -98,7 +101,11 @@ def price_training(lowered: LoweredTraining, system: System) -> TrainingResult:
     """The lowered step's result on ``system`` (a hardware what-if: another device or
     network of the same shape prices the same graphs, nothing is lowered again)."""
     t0 = time.perf_counter()
-    results = [price_step(step, system) for step in lowered.steps]
+    first = lowered.steps[0]
+    # One pricing for the runs (they differ in the global batch only): each op, segment
+    # and collective is costed once.
+    pricing = step_pricing(first.plan, system, first.options)
+    results = [price_step(step, system, pricing) for step in lowered.steps]
     if lowered.counts is None:
         return results[0]
     m1, m2 = lowered.counts

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple, cast
 
 from xpusim.sim.cost.pricing import Pricing
-from xpusim.sim.ir import Chain, Collective, Op, RankGraph, Segment, Stream, Task, Work
+from xpusim.sim.ir import Chain, Collective, Delay, Op, RankGraph, Segment, Stream, Task, Work
 
 
 class Record(NamedTuple):
@@ -225,13 +225,7 @@ class Engine:
         for gi, graph in enumerate(self.graphs):
             n = len(graph.tasks)
             slots: dict[tuple[Stream, str], int] = {}
-            # Slots in order of first use; a chain's parts use theirs at its place, as one
-            # task per part would (the breakdown's sums then run in the same order).
-            slot_of = [slots.setdefault((t.stream, t.label), len(slots))
-                       if type(t.work) is not Chain else _chain_slots(t, slots)
-                       for t in graph.tasks]
-            durations = self._durations(graph)
-            chains = self._chains(graph, durations, slots)
+            durations, slot_of, chains = self._price_graph(graph, slots)
             run.slots.append(slots)
             run.graphs.append((graph.tasks, durations, [0.0] * n, [None] * n, [None] * n,
                                slot_of, [0.0] * len(slots), [[] for _ in slots], chains))
@@ -401,55 +395,59 @@ class Engine:
         return expected
 
     def _durations(self, graph: RankGraph) -> list[float | None]:
-        """Each task's duration from the pricing (``Pricing.duration``, dispatched here
-        per work type: this runs once per task); None for a collective that meets other
-        simulated members (priced at its rendezvous). A collective with no other
-        simulated member needs no rendezvous: it takes a fixed duration, priced once per
-        collective object (a lowering shares one among every unit that runs it)."""
-        pricing = self.pricing
-        op_time, segment_time, comm = pricing.op_time, pricing.segment_time, pricing.comm_time
-        members, expected, solo = self._members, self._expected, self._solo
-        out: list[float | None] = []
+        """Each task's duration from the pricing (``_price``); None for a collective that
+        meets other simulated members (priced at its rendezvous) and for a chain."""
+        return [self._price(task.work) for task in graph.tasks]
+
+    def _price(self, work: Work) -> float | None:
+        """``Pricing.duration``, dispatched here per work type (this runs once per task).
+        A collective with no other simulated member needs no rendezvous: it takes a fixed
+        duration, priced once per collective object (a lowering shares one among every
+        unit that runs it); one that meets others is priced at its rendezvous (None)."""
+        cls = type(work)
+        if cls is Collective:
+            coll = cast(Collective, work)
+            n = self._members.get(coll.group) or self._expected(coll.group)
+            if n > 1:
+                return None
+            d = self._solo.get(id(coll))
+            if d is None:
+                d = self._solo[id(coll)] = self.pricing.comm_time(coll)
+            return d
+        if cls is Segment:
+            return self.pricing.segment_time(cast(Segment, work))
+        if cls is Op:
+            return self.pricing.op_time(cast(Op, work))
+        if cls is Chain:
+            return None  # its parts are priced by ``_chain_parts``
+        return cast(Delay, work).seconds
+
+    def _price_graph(self, graph: RankGraph, slots: dict[tuple[Stream, str], int]
+                     ) -> tuple[list[float | None], list[int], dict[int, _Parts]]:
+        """Per task its duration (``_price``) and (stream, label) slot, registered in
+        ``slots`` in order of first use; per chain task its parts as (duration, slot).
+        A chain's parts take their slots at its place, as one task per part would (the
+        breakdown's sums then run in the same order); each distinct chain is priced once."""
+        price = self._price
+        durations: list[float | None] = []
+        slot_of: list[int] = []
+        chains: dict[int, _Parts] = {}
+        known: dict[tuple[int, Stream, str], tuple[int, _Parts]] = {}
         for task in graph.tasks:
             work = task.work
-            if isinstance(work, Op):
-                out.append(op_time(work))
-            elif isinstance(work, Segment):
-                out.append(segment_time(work))
-            elif isinstance(work, Collective):
-                n = members.get(work.group) or expected(work.group)
-                if n > 1:
-                    out.append(None)
-                    continue
-                d = solo.get(id(work))
-                if d is None:
-                    d = solo[id(work)] = comm(work)
-                out.append(d)
-            elif isinstance(work, Chain):
-                out.append(None)  # its parts are priced by ``_chains``
+            if type(work) is Chain:
+                key = (id(work), task.stream, task.label)
+                seen = known.get(key)
+                if seen is None:
+                    slot = _chain_slots(task, slots)
+                    seen = known[key] = (slot, self._chain_parts(work, task.stream, slots))
+                slot_of.append(seen[0])
+                durations.append(None)
+                chains[task.id] = seen[1]
             else:
-                out.append(work.seconds)
-        return out
-
-    def _chains(self, graph: RankGraph, durations: list[float | None],
-                slots: dict[tuple[Stream, str], int]) -> dict[int, _Parts]:
-        """Task id -> (duration, slot) of each part, for the graph's chain tasks (their
-        slots registered by ``_chain_slots``); each distinct chain object is priced once
-        per graph."""
-        out: dict[int, _Parts] = {}
-        priced: dict[int, _Parts] = {}
-        for tid, dur in enumerate(durations):
-            if dur is not None:
-                continue
-            task = graph.tasks[tid]
-            work = task.work
-            if not isinstance(work, Chain):
-                continue
-            parts = priced.get(id(work))
-            if parts is None:
-                parts = priced[id(work)] = self._chain_parts(work, task.stream, slots)
-            out[tid] = parts
-        return out
+                slot_of.append(slots.setdefault((task.stream, task.label), len(slots)))
+                durations.append(price(work))
+        return durations, slot_of, chains
 
     def _chain_parts(self, chain: Chain, stream: Stream,
                      slots: dict[tuple[Stream, str], int]) -> _Parts:

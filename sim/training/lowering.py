@@ -50,7 +50,9 @@ from xpusim.sim.ir import (
     RankGraph,
     Segment,
     Stream,
+    Task,
     Unit,
+    Work,
     dtype_bytes,
     is_low_precision,
 )
@@ -139,6 +141,17 @@ class Emitter:
     _solo_piece: dict[int, tuple[Collective, str]] = field(default_factory=dict)
     # (id(pieces), split_ep) -> the unit's blocks, each block's emission program
     _programs: dict[tuple[int, bool], list[list[_Step]]] = field(default_factory=dict)
+    _single: dict[int, tuple[Work, str] | None] = field(default_factory=dict)
+
+    def add(self, work: Work, stream: Stream, deps: list[int], label: str) -> int:
+        """Append a task: ``RankGraph.add`` without its checks (the emitter's dependencies
+        are tasks it added before, by construction); this runs per task."""
+        tasks = self.graph.tasks
+        tid = len(tasks)
+        tasks.append(Task(tid, work, stream, tuple(deps), label))
+        if type(work) is Chain:
+            self.folded += len(work.parts) - 1
+        return tid
 
     def solo(self, group: tuple[int, ...]) -> bool:
         known = self._solo.get(group)
@@ -159,14 +172,14 @@ class Emitter:
         algorithm: str = "auto",
     ) -> int:
         coll = Collective(name, kind, group, nbytes, algorithm, tag)
-        return self.graph.add(coll, stream, [d for d in deps if d is not None], label)
+        return self.add(coll, stream, [d for d in deps if d is not None], label)
 
     def comm_piece(self, piece: Piece, stream: Stream, deps: list[int], tag: int, idx: int) -> int:
         c = piece.comm
         assert c is not None
         solo = self.solo_part(piece)
         if solo is not None:
-            return self.graph.add(solo[0], stream, deps, solo[1])
+            return self.add(solo[0], stream, deps, solo[1])
         label = c.group.split("_")[0] if c.group.startswith(("ep", "dp")) else c.group
         name = f"{piece.phase}.{piece.slot}.{c.name}.{idx}"
         return self.collective(name, c.kind, self.groups[c.group], c.nbytes, stream, deps,
@@ -204,6 +217,23 @@ class Emitter:
                     blocks.append([])  # hierarchical: 2 back to back
             programs = self._programs[key] = [self.program(b, split_ep) for b in blocks if b]
         return programs
+
+    def single(self, pieces: list[Piece]) -> tuple[Work, str] | None:
+        """(work, label) when an unpaired unit of these pieces is one compute-stream task
+        that waits for nothing but the unit's first dependencies (a chain, or one
+        segment or solo collective), else None."""
+        key = id(pieces)
+        if key not in self._single:
+            programs = self.unit(pieces, False)
+            found: tuple[Work, str] | None = None
+            if len(programs) == 1 and len(programs[0]) == 1:
+                piece, _, chain = programs[0][0]
+                if chain is not None:
+                    found = (chain, chain.parts[0][1])
+                elif not piece.waits:
+                    found = self._chainable(piece, False)
+            self._single[key] = found
+        return self._single[key]
 
     def program(self, block: list[tuple[Piece, int]], paired: bool) -> list[_Step]:
         """The block's pieces in order, runs of chainable ones (``_chainable``) folded
@@ -258,13 +288,12 @@ class Emitter:
                 for piece, idx, chain in blocks[i] if i < len(blocks) else ():
                     if chain is not None:
                         deps = pending[u] + [keyed[u][k] for k in piece.waits]
-                        tid = self.graph.add(chain, Stream.COMPUTE, deps, chain.parts[0][1])
-                        self.folded += len(chain.parts) - 1
+                        tid = self.add(chain, Stream.COMPUTE, deps, chain.parts[0][1])
                         pending[u] = []
                         last_compute[u] = tid
                     elif piece.comm is None:
                         deps = pending[u] + [keyed[u][k] for k in piece.waits]
-                        tid = self.graph.add(piece.segment, Stream.COMPUTE,  # type: ignore[arg-type]
+                        tid = self.add(piece.segment, Stream.COMPUTE,  # type: ignore[arg-type]
                                              deps, piece.phase)
                         pending[u] = []
                         last_compute[u] = tid
@@ -354,9 +383,23 @@ class _Schedule:
             if unit.kind == "B":
                 self._last_b[unit.chunk] = i
         steps = steady_pairs(rp.order) if rp.merge_fb else [(u,) for u in rp.order]
+        em = self.em
         for step in steps:
-            prepared = [self._prepare(unit, len(step) > 1) for unit in step]
-            lasts = self.em.run_blocks(prepared)
+            if len(step) == 1:
+                # Most units run one chain (or one piece): one task, no block bookkeeping.
+                unit = step[0]
+                pieces = self.templates[(unit.chunk, unit.kind)]
+                single = em.single(pieces)
+                deps = self._receive(unit)
+                if single is not None:
+                    last = em.add(single[0], Stream.COMPUTE, deps, single[1])
+                else:
+                    last = em.run_blocks([(em.unit(pieces, False), self._tag(unit), deps)])[0]
+                self._finish(unit, last)
+                continue
+            prepared = [(em.unit(self.templates[(u.chunk, u.kind)], True), self._tag(u),
+                         self._receive(u)) for u in step]
+            lasts = em.run_blocks(prepared)
             for unit, last in zip(step, lasts, strict=True):
                 self._finish(unit, last)
 
@@ -367,13 +410,16 @@ class _Schedule:
             peer = self._peers[vstage] = self.layout.rank(with_pp(self.layout, self.rp.rank, stage))
         return peer
 
-    def _prepare(self, unit: SchedUnit, paired: bool) -> tuple[list[list[_Step]], int, list[int]]:
-        """The unit's blocks, tag and first dependencies (its receive, and for a chunk's
-        first forward the overlapped parameter all-gather)."""
+    def _tag(self, unit: SchedUnit) -> int:
+        """The tag of the unit's own collectives (tells repeated ones apart)."""
+        return (unit.microbatch * self.em.plan.vpp + unit.chunk) * 2 + (unit.kind == "B")
+
+    def _receive(self, unit: SchedUnit) -> list[int]:
+        """The unit's first dependencies: its receive, and for a chunk's first forward the
+        overlapped parameter all-gather."""
         plan, rp = self.em.plan, self.rp
         v = rp.chunks[unit.chunk].vstage
         deps: list[int] = []
-        tag = (unit.microbatch * plan.vpp + unit.chunk) * 2 + (unit.kind == "B")
         if unit.kind == "F" and unit.chunk not in self._seen_first_f:
             self._seen_first_f.add(unit.chunk)
             deps += self.param_ag.get(unit.chunk, [])
@@ -383,8 +429,7 @@ class _Schedule:
                 f"pp.{unit.kind}", CollectiveKind.SEND_RECV, (self._peer(src), rp.rank),
                 rp.chunks[unit.chunk].input_bytes, Stream.COMM, [], "pp",
                 _p2p_tag(plan, unit.microbatch, v)))
-        blocks = self.em.unit(self.templates[(unit.chunk, unit.kind)], paired)
-        return blocks, tag, deps
+        return deps
 
     def _finish(self, unit: SchedUnit, last: int) -> None:
         """After the unit: its send, and after a chunk's last backward the gradient

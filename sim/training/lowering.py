@@ -37,12 +37,9 @@ of the previous step's optimizer overlaps this step's first forwards.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from xpusim.sim.ir import (
-    Chain,
-    Collective,
     CollectiveKind,
     ElementwiseShape,
     Op,
@@ -50,9 +47,7 @@ from xpusim.sim.ir import (
     RankGraph,
     Segment,
     Stream,
-    Task,
     Unit,
-    Work,
     dtype_bytes,
     is_low_precision,
 )
@@ -69,6 +64,7 @@ from xpusim.sim.training.chunks import (  # noqa: F401  (re-exported)
     slot_context,
     with_pp,
 )
+from xpusim.sim.training.emitter import EmitCache, Emitter
 from xpusim.sim.training.units import (  # noqa: F401  (re-exported)
     FSDP_KEY,
     Piece,
@@ -108,216 +104,7 @@ class LoweredRank:
     tasks: int  # tasks as one per piece: a chain counts its parts
 
 
-# A block's emission program (``Emitter.program``): each step a run of two or more
-# pieces emitted as one chain task, or one piece on its own (chain None).
-_Step = tuple[Piece, int, Chain | None]
-
-
 # ---------------------------------------------------------------- emission
-
-
-@dataclass
-class Emitter:
-    """Adds tasks to one rank's graph.
-
-    A collective whose group holds no other simulated rank needs no rendezvous (the
-    engine gives it a fixed duration); the one object of such a collective in a unit's
-    pieces is shared by every unit that runs them.
-
-    With ``chains`` (no per-task records asked for) a run of a unit's pieces that go to
-    the compute stream one after the other — segments and solo collectives, nothing
-    else waiting on them part-way — is one ``Chain`` task, shared by every unit that
-    runs it: the engine gives each part the same start, end and breakdown as a task of
-    its own, at a fraction of the cost (the bulk of a step's tasks are such runs).
-    """
-
-    graph: RankGraph
-    plan: ParallelPlan
-    groups: dict[str, tuple[int, ...]]
-    simulated: frozenset[int]
-    chains: bool = False
-    folded: int = 0  # pieces folded into chains beyond one task each
-    _solo: dict[tuple[int, ...], bool] = field(default_factory=dict)
-    _solo_piece: dict[int, tuple[Collective, str]] = field(default_factory=dict)
-    # (id(pieces), split_ep) -> the unit's blocks, each block's emission program
-    _programs: dict[tuple[int, bool], list[list[_Step]]] = field(default_factory=dict)
-    _single: dict[int, tuple[Work, str] | None] = field(default_factory=dict)
-
-    def add(self, work: Work, stream: Stream, deps: list[int], label: str) -> int:
-        """Append a task: ``RankGraph.add`` without its checks (the emitter's dependencies
-        are tasks it added before, by construction); this runs per task."""
-        tasks = self.graph.tasks
-        tid = len(tasks)
-        tasks.append(Task(tid, work, stream, tuple(deps), label))
-        if type(work) is Chain:
-            self.folded += len(work.parts) - 1
-        return tid
-
-    def solo(self, group: tuple[int, ...]) -> bool:
-        known = self._solo.get(group)
-        if known is None:
-            known = self._solo[group] = sum(1 for r in group if r in self.simulated) <= 1
-        return known
-
-    def collective(
-        self,
-        name: str,
-        kind: CollectiveKind,
-        group: tuple[int, ...],
-        nbytes: float,
-        stream: Stream,
-        deps: Sequence[int | None],
-        label: str,
-        tag: int,
-        algorithm: str = "auto",
-    ) -> int:
-        coll = Collective(name, kind, group, nbytes, algorithm, tag)
-        return self.add(coll, stream, [d for d in deps if d is not None], label)
-
-    def comm_piece(self, piece: Piece, stream: Stream, deps: list[int], tag: int, idx: int) -> int:
-        c = piece.comm
-        assert c is not None
-        solo = self.solo_part(piece)
-        if solo is not None:
-            return self.add(solo[0], stream, deps, solo[1])
-        label = c.group.split("_")[0] if c.group.startswith(("ep", "dp")) else c.group
-        name = f"{piece.phase}.{piece.slot}.{c.name}.{idx}"
-        return self.collective(name, c.kind, self.groups[c.group], c.nbytes, stream, deps,
-                               label, tag, c.algorithm)
-
-    def solo_part(self, piece: Piece) -> tuple[Collective, str] | None:
-        """(collective, label) of a comm piece whose group holds no other simulated rank,
-        else None. One object per piece: a solo collective of a unit's pieces is the same
-        work every time the unit runs (tens of thousands of times per step)."""
-        solo = self._solo_piece.get(id(piece))
-        if solo is not None:
-            return solo
-        c = piece.comm
-        assert c is not None
-        group = self.groups[c.group]
-        if not self.solo(group):
-            return None
-        label = c.group.split("_")[0] if c.group.startswith(("ep", "dp")) else c.group
-        coll = Collective(f"{piece.phase}.{piece.slot}.{c.name}", c.kind, group, c.nbytes,
-                          c.algorithm)
-        solo = self._solo_piece[id(piece)] = (coll, label)
-        return solo
-
-    def unit(self, pieces: list[Piece], split_ep: bool) -> list[list[_Step]]:
-        """Blocks of a unit, as emission programs (``program``): runs of pieces ending at
-        an EP collective (when ``split_ep``). Built once per unit template."""
-        key = (id(pieces), split_ep)
-        programs = self._programs.get(key)
-        if programs is None:
-            blocks: list[list[tuple[Piece, int]]] = [[]]
-            for i, piece in enumerate(pieces):
-                blocks[-1].append((piece, i))
-                nxt = pieces[i + 1] if i + 1 < len(pieces) else None
-                if split_ep and _is_ep(piece) and not (nxt is not None and _is_ep(nxt)):
-                    blocks.append([])  # hierarchical: 2 back to back
-            programs = self._programs[key] = [self.program(b, split_ep) for b in blocks if b]
-        return programs
-
-    def single(self, pieces: list[Piece]) -> tuple[Work, str] | None:
-        """(work, label) when an unpaired unit of these pieces is one compute-stream task
-        that waits for nothing but the unit's first dependencies (a chain, or one
-        segment or solo collective), else None."""
-        key = id(pieces)
-        if key not in self._single:
-            programs = self.unit(pieces, False)
-            found: tuple[Work, str] | None = None
-            if len(programs) == 1 and len(programs[0]) == 1:
-                piece, _, chain = programs[0][0]
-                if chain is not None:
-                    found = (chain, chain.parts[0][1])
-                elif not piece.waits:
-                    found = self._chainable(piece, False)
-            self._single[key] = found
-        return self._single[key]
-
-    def program(self, block: list[tuple[Piece, int]], paired: bool) -> list[_Step]:
-        """The block's pieces in order, runs of chainable ones (``_chainable``) folded
-        into one chain each when ``chains``."""
-        steps: list[_Step] = []
-        run: list[tuple[Piece, int]] = []
-        for piece, idx in block:
-            part = self._chainable(piece, paired) if self.chains else None
-            if part is not None and not (run and piece.waits):
-                run.append((piece, idx))
-                continue
-            self._fold(run, steps)
-            run = [(piece, idx)] if part is not None else []
-            if part is None:
-                steps.append((piece, idx, None))
-        self._fold(run, steps)
-        return steps
-
-    def _chainable(self, piece: Piece, paired: bool) -> tuple[Segment | Collective, str] | None:
-        """(work, label) of a piece that runs on the compute stream with no rendezvous:
-        a segment, or a synchronous solo collective; else None."""
-        if piece.comm is None:
-            return piece.segment, piece.phase  # type: ignore[return-value]
-        if piece.waits or piece.async_ or (paired and piece.comm.group.startswith("ep")):
-            return None  # on the comm stream
-        return self.solo_part(piece)
-
-    def _fold(self, run: list[tuple[Piece, int]], steps: list[_Step]) -> None:
-        if len(run) == 1:
-            steps.append((run[0][0], run[0][1], None))
-        elif run:
-            parts = tuple(self._chainable(p, False) for p, _ in run)
-            name = "+".join(p.slot for p, _ in run[:1]) + f"..{len(run)}"
-            steps.append((run[0][0], run[0][1], Chain(name, parts)))  # type: ignore[arg-type]
-
-    def run_blocks(self, units: list[tuple[list[list[_Step]], int, list[int]]]) -> list[int]:
-        """Emit the blocks of one or two units round-robin; return each unit's last task.
-
-        With two units, EP collectives go on the comm stream and only the same
-        unit's next block waits for them, so the other unit's block fills the gap.
-        Per unit: ``pending`` are the tasks its next piece waits for, ``keyed`` its
-        asynchronous collectives by key.
-        """
-        pending = [list(deps) for _, _, deps in units]
-        last: list[int | None] = [None] * len(units)
-        last_compute: list[int | None] = [None] * len(units)
-        keyed: list[dict[int, int]] = [{} for _ in units]
-        paired = len(units) > 1
-        longest = max(len(blocks) for blocks, _, _ in units)
-        for i in range(longest):
-            for u, (blocks, tag, _) in enumerate(units):
-                for piece, idx, chain in blocks[i] if i < len(blocks) else ():
-                    if chain is not None:
-                        deps = pending[u] + [keyed[u][k] for k in piece.waits]
-                        tid = self.add(chain, Stream.COMPUTE, deps, chain.parts[0][1])
-                        pending[u] = []
-                        last_compute[u] = tid
-                    elif piece.comm is None:
-                        deps = pending[u] + [keyed[u][k] for k in piece.waits]
-                        tid = self.add(piece.segment, Stream.COMPUTE,  # type: ignore[arg-type]
-                                             deps, piece.phase)
-                        pending[u] = []
-                        last_compute[u] = tid
-                    elif piece.async_:
-                        lc = last_compute[u]
-                        deps = [lc] if lc is not None else list(pending[u])
-                        tid = self.comm_piece(piece, Stream.COMM, deps, tag, idx)
-                        keyed[u][piece.key] = tid
-                    elif paired and piece.comm.group.startswith("ep"):
-                        lu = last[u]
-                        deps = ([lu] if lu is not None else []) + pending[u]
-                        tid = self.comm_piece(piece, Stream.COMM, deps, tag, idx)
-                        pending[u] = [tid]
-                    else:
-                        tid = self.comm_piece(piece, Stream.COMPUTE, pending[u], tag, idx)
-                        pending[u] = []
-                        last_compute[u] = tid
-                    last[u] = tid
-        # a unit that ended on an async collective finishes when it does
-        return [p[-1] if p else t for p, t in zip(pending, last, strict=True)]  # type: ignore[misc]
-
-
-def _is_ep(piece: Piece) -> bool:
-    return piece.comm is not None and piece.comm.group.startswith("ep")
 
 
 def _p2p_tag(plan: ParallelPlan, microbatch: int, vstage: int) -> int:
@@ -330,13 +117,15 @@ def _p2p_tag(plan: ParallelPlan, microbatch: int, vstage: int) -> int:
 def lower_rank(
     rp: RankPlan, plan: ParallelPlan, layout: Layout, simulated: frozenset[int],
     chains: bool = False, pieces: dict[tuple[int, str], list[Piece]] | None = None,
+    emit_cache: EmitCache | None = None,
 ) -> LoweredRank:
     """The program of one rank for one training step; ``chains``: fold runs of compute
     pieces into chain tasks (when no per-task record is asked for, ``Emitter``).
-    ``pieces``: (id(chunk), "F"/"B") -> the unit's pieces, shared with other lowerings of
-    the same chunks (a step lowered at two micro-batch counts builds them once)."""
+    ``pieces``: (id(chunk), "F"/"B") -> the unit's pieces, and ``emit_cache`` the rank's
+    emitter caches, shared with other lowerings of the same chunks and rank (a step
+    lowered at two micro-batch counts builds them once)."""
     g = RankGraph(rp.rank)
-    em = Emitter(g, plan, rp.groups, simulated, chains)
+    em = Emitter(g, plan, rp.groups, simulated, chains, emit_cache or EmitCache())
     pieces = {} if pieces is None else pieces
     templates = {}
     for c, ch in enumerate(rp.chunks):

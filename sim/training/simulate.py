@@ -32,6 +32,7 @@ from xpusim.sim.ir import Collective, RankGraph
 from xpusim.sim.models.spec import ModelSpec
 from xpusim.sim.parallel import Coord, Layout, ParallelPlan, microbatches, validate_plan
 from xpusim.sim.schedules import stage_order
+from xpusim.sim.training.emitter import EmitCache
 from xpusim.sim.training.framework import framework_profile
 from xpusim.sim.training.lowering import (
     LoweredRank,
@@ -113,16 +114,21 @@ class StepCache:
     not on the global batch, so they are built once and their segments priced once.
     ``key`` is the plan without its global batch; a cache meets one such plan only."""
 
-    key: ParallelPlan | None = None
+    key: tuple[ParallelPlan, TrainingOptions] | None = None
     chunks: dict[tuple, list] = field(default_factory=dict)
     pieces: dict[tuple[int, str], list[Piece]] = field(default_factory=dict)
+    groups: dict[int, dict[str, tuple[int, ...]]] = field(default_factory=dict)  # per rank
+    emit: dict[int, EmitCache] = field(default_factory=dict)  # per rank
 
-    def check(self, plan: ParallelPlan) -> None:
-        key = replace(plan, gbs=0)
+    def check(self, plan: ParallelPlan, options: TrainingOptions) -> None:
+        key = (replace(plan, gbs=0), options)
         if self.key is None:
             self.key = key
         elif self.key != key:
             raise ValueError("StepCache: shared by plans that differ beyond the global batch")
+
+    def emit_cache(self, rank: int) -> EmitCache:
+        return self.emit.setdefault(rank, EmitCache())
 
 
 def rank_plans(
@@ -143,6 +149,7 @@ def rank_plans(
         ranks = [layout.rank(Coord(0, 0, 0, 0, s)) for s in range(plan.pp)]
     m = microbatches(plan)
     chunks = cache.chunks if cache is not None else {}
+    groups = cache.groups if cache is not None else {}
     out = []
     for r in ranks:
         stage = layout.coord(r).pp
@@ -157,9 +164,9 @@ def rank_plans(
         shared = (
             spec.vocab / plan.tp * spec.hidden if spec.tie_embeddings or spec.mtp_layers else 0.0
         )
-        out.append(
-            RankPlan(r, stage, rank_groups(plan, layout, r), chunks[key], order, merge, shared)
-        )
+        if r not in groups:
+            groups[r] = rank_groups(plan, layout, r)
+        out.append(RankPlan(r, stage, groups[r], chunks[key], order, merge, shared))
     return layout, out
 
 
@@ -241,12 +248,14 @@ def lower_step(
         f"cp={plan.cp} on {plan.world} devices, {microbatches(plan)} micro-batches",
     )
     if cache is not None:
-        cache.check(plan)
+        cache.check(plan, options)
     layout, rps = rank_plans(spec, system, plan, options.full_ranks, cache)
     simulated = frozenset(rp.rank for rp in rps)
     pieces = cache.pieces if cache is not None else None
     # Chain tasks unless every task's record is asked for (exact: traces, timelines).
-    ranks = [lower_rank(rp, plan, layout, simulated, not options.exact, pieces) for rp in rps]
+    ranks = [lower_rank(rp, plan, layout, simulated, not options.exact, pieces,
+                        cache.emit_cache(rp.rank) if cache is not None else None)
+             for rp in rps]
     step = LoweredStep(spec, plan, options, layout, ranks, system.num_devices,
                        system.devices_per_node, requested, time.perf_counter() - t0)
     _progress(options, f"lowered {step.tasks} tasks on {len(ranks)} simulated ranks "

@@ -49,10 +49,20 @@ class SimResult:
     ranks: list[int]
     busy_s: dict[tuple[int, str], float] = field(default_factory=dict)
     # (rank, stream, label) -> busy seconds, and the sorted, disjoint union of its busy
-    # intervals: kept by every run, records or not (sim.training.simulate.stage_stats).
+    # intervals as a flat list (s0, e0, s1, e1, ...): kept by every run, records or not
+    # (sim.training.result.stage_stats); ``intervals`` gives them as pairs.
     busy_by_label: dict[tuple[int, str, str], float] = field(default_factory=dict)
-    intervals: dict[tuple[int, str, str], list[tuple[float, float]]] = field(
-        default_factory=dict)
+    spans: dict[tuple[int, str, str], list[float]] = field(default_factory=dict)
+    _pairs: dict[tuple[int, str, str], list[tuple[float, float]]] | None = field(
+        default=None, repr=False, compare=False)
+
+    @property
+    def intervals(self) -> dict[tuple[int, str, str], list[tuple[float, float]]]:
+        """``spans`` as (start, end) pairs (built on first use)."""
+        if self._pairs is None:
+            self._pairs = {k: list(zip(v[::2], v[1::2], strict=True))
+                           for k, v in self.spans.items()}
+        return self._pairs
 
     def rank_records(self, rank: int) -> list[Record]:
         return [r for r in self.records if r.rank == rank]
@@ -366,7 +376,7 @@ class Engine:
         makespan = 0.0
         busy_s: dict[tuple[int, str], float] = {}
         by_label: dict[tuple[int, str, str], float] = {}
-        intervals: dict[tuple[int, str, str], list[tuple[float, float]]] = {}
+        spans: dict[tuple[int, str, str], list[float]] = {}
         keep: list[Record] = []
         for graph, g, slots in zip(self.graphs, run.graphs, run.slots, strict=True):
             rank = graph.rank
@@ -378,12 +388,12 @@ class Engine:
                 iv = ivs[slot]
                 busy_s[(rank, stream)] = busy_s.get((rank, stream), 0.0) + busy
                 by_label[(rank, stream, label)] = busy
-                intervals[(rank, stream, label)] = list(zip(iv[::2], iv[1::2], strict=True))
+                spans[(rank, stream, label)] = iv
             if records:
                 keep.extend([Record(rank, t.stream, t.id, t.work.name, _kind_of(t.work),
                                     t.label, begin[t.id], end[t.id] or 0.0)
                              for t in tasks])
-        return SimResult(makespan, keep, sorted(self.simulated), busy_s, by_label, intervals)
+        return SimResult(makespan, keep, sorted(self.simulated), busy_s, by_label, spans)
 
     def _expected(self, group: tuple[int, ...]) -> int:
         """Simulated members of a collective's group (at least one: members outside the

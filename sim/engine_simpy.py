@@ -49,9 +49,9 @@ class SimPyEngine(Engine):
             key = (r.rank, r.stream, r.label)
             by_label[key] = by_label.get(key, 0.0) + r.end - r.start
             spans.setdefault(key, []).append((r.start, r.end))
-        intervals = {k: union_intervals(v) for k, v in spans.items()}
+        flat = {k: [t for span in union_intervals(v) for t in span] for k, v in spans.items()}
         return SimResult(makespan, recs if records else [], sorted(simulated), busy, by_label,
-                         intervals)
+                         flat)
 
     def _stream(self, env, graph, stream, tids, durations, meta, watched, finished, waiters,
                 simulated, rendezvous, records):

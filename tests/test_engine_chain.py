@@ -103,3 +103,18 @@ def test_training_chains_change_nothing(model, system, nodes, plan):
     pricing = step_pricing(chained.plan, sysm, TrainingOptions())
     _same(Engine(chained.graphs, pricing=pricing).run(records=False),
           Engine(plain.graphs, pricing=pricing).run(records=False))
+
+
+span = st.tuples(st.sampled_from([0.0, 0.5, 1.0, 1.5, 2.0, 3.0]), st.floats(0.0, 2.0))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(span, max_size=8), max_size=4))
+def test_union_spans_equals_union_intervals(lists):
+    """The vectorised union of flat interval lists (stage_stats) is the engine's union."""
+    from xpusim.sim.engine import union_intervals
+    from xpusim.sim.training.result import union_spans
+
+    pairs = [[(s, s + d) for s, d in spans] for spans in lists]
+    flat = [[t for p in spans for t in p] for spans in pairs]
+    assert union_spans(flat) == union_intervals([p for spans in pairs for p in spans])

@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from xpusim.hwprofiles.spec import Device
-from xpusim.sim.engine import SimResult, overlap_length, union_intervals
+from xpusim.sim.engine import SimResult, overlap_length
 from xpusim.sim.ir import Stream
 from xpusim.sim.models.spec import ModelSpec
 from xpusim.sim.parallel import ParallelPlan, microbatches
@@ -154,8 +155,8 @@ def stage_stats(sim: SimResult, rank: int, stage: int) -> StageStats:
     Reads the engine's per-(rank, stream, label) busy time and interval unions, which
     every run keeps (no per-task records needed)."""
     busy: dict[str, float] = {}
-    compute_iv: list[tuple[float, float]] = []
-    async_iv: list[tuple[float, float]] = []
+    compute_iv: list[list[float]] = []
+    async_iv: list[list[float]] = []
     blocking = work = 0.0
     for (r, stream, label), d in sim.busy_by_label.items():
         if r != rank:
@@ -163,18 +164,39 @@ def stage_stats(sim: SimResult, rank: int, stage: int) -> StageStats:
         key = label if label in _PHASES else f"comm_{label}"
         busy[key] = busy.get(key, 0.0) + d
         if stream == Stream.COMPUTE:
-            compute_iv.extend(sim.intervals[(r, stream, label)])
+            compute_iv.append(sim.spans[(r, stream, label)])
             if key.startswith("comm_"):
                 blocking += d
             elif key != "optimizer":
                 work += d
         elif label != "pp":
-            async_iv.extend(sim.intervals[(r, stream, label)])
-    cu, au = union_intervals(compute_iv), union_intervals(async_iv)
+            async_iv.append(sim.spans[(r, stream, label)])
+    cu, au = union_spans(compute_iv), union_spans(async_iv)
     exposed_async = sum(b - a for a, b in au) - overlap_length(au, cu)
     idle = sim.makespan_s - sum(b - a for a, b in cu)
     bubble = max(0.0, idle - exposed_async)
     return StageStats(stage, rank, busy, bubble, blocking + exposed_async, work)
+
+
+def union_spans(spans: list[list[float]]) -> list[tuple[float, float]]:
+    """``engine.union_intervals`` of flat interval lists (s0, e0, s1, ...), vectorised:
+    the same intervals, to the bit (endpoints are picked, never computed), for the
+    tens of thousands of intervals a stage's streams hold."""
+    flat = np.concatenate([np.asarray(s, dtype=float) for s in spans]) if spans else None
+    if flat is None or flat.size == 0:
+        return []
+    start, end = flat[0::2], flat[1::2]
+    keep = end > start  # empty intervals are dropped
+    start, end = start[keep], end[keep]
+    if start.size == 0:
+        return []
+    order = np.lexsort((end, start))  # as sorted() orders (start, end) pairs
+    start, end = start[order], end[order]
+    reach = np.maximum.accumulate(end)
+    # A new interval starts where the next start lies beyond every end so far.
+    first = np.flatnonzero(np.concatenate(([True], start[1:] > reach[:-1])))
+    last = np.concatenate((first[1:] - 1, [start.size - 1]))
+    return list(zip(start[first].tolist(), reach[last].tolist(), strict=True))
 
 
 def device_peaks(device: Device, dtype: str) -> dict[str, float]:

@@ -190,3 +190,23 @@ def test_triton2_backward_is_one_program_per_head():
     assert cost.details["pipeline_s"] == pytest.approx(4 * block + 2 * io_s)
     with pytest.raises(InputError):  # a CUDA kernel: not on Ascend
         attention_cost(NPU, shape, "triton2", "bwd")
+
+
+def test_attention_pytorch_adds_the_benchmark_layout_copies():
+    """attention_pytorch = standard + the FA benchmarks' layout copies (sim/cost/attention_eager):
+    forward q, k, v each copied once (read + write b*h*s*d bf16), backward one stack of the
+    three gradients. Hand-computed on H100 (3350 GB/s x memory_max 0.9, memory half 4.19 MiB,
+    launch 5 us): a copy of B bytes costs (2B + 4.19 MiB) / (3350e9 * 0.9) + 5 us."""
+    shape = AttnShape(2, 4, 1024, 1024, 64, dtype="bf16")
+    one = 2 * 4 * 1024 * 64 * 2  # b*h*s*d elements x 2 bytes = 1 MiB
+    rate, half, launch = 3350e9 * 0.9, 4.19 * 2**20, 5e-6
+    fwd_copies = 3 * ((2 * one + half) / rate + launch)  # 21.46 us
+    bwd_stack = (2 * 3 * one + half) / rate + launch  # 8.54 us
+    for pass_, extra in (("fwd", fwd_copies), ("bwd", bwd_stack)):
+        base = attention_cost(H100, shape, "standard", pass_).time_s
+        bench = attention_cost(H100, shape, "attention_pytorch", pass_)
+        assert bench.time_s - base == pytest.approx(extra, rel=1e-9)
+        std_kernels = attention_cost(H100, shape, "standard", pass_).details["kernels"]
+        assert bench.details["kernels"] - std_kernels == (3 if pass_ == "fwd" else 1)
+    # runs wherever eager PyTorch does (here an Ascend profile), unlike the CUDA fused kernels
+    assert attention_cost(NPU, shape, "attention_pytorch", "fwd").time_s > 0

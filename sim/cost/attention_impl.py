@@ -12,6 +12,10 @@ Implementations and how each is priced:
   priced op by op with the roofline model and summed. Backward is what autograd runs:
   dP = dO V^T, dV = P^T dO, the softmax backward (reads P and dP, writes dS),
   dQ = dS K, dK = dS^T Q.
+* ``attention_pytorch`` — the FlashAttention benchmarks' ``attention_pytorch`` (the FA2/FA3
+  papers' "PyTorch" baseline): the ``standard`` kernels plus the layout copies its einops
+  rearranges and einsum make of the packed ``qkv`` (``q``, ``k`` transposed to (b h) d s, ``v``)
+  and, backward, the ``stack`` that writes the packed ``qkv`` gradient (``bench_layout_ops``).
 * GPU fused kernels (``flash1``, ``flash2``, ``flash3``, ``cudnn``, ``xformers``,
   ``triton``) — one tiled kernel: a CTA owns ``Br`` query rows of one (batch, head) and
   walks the key blocks of ``Bc`` keys. Per block, on one SM:
@@ -54,6 +58,7 @@ from types import MappingProxyType
 
 from xpusim.hwprofiles.spec import Device
 from xpusim.sim import ops
+from xpusim.sim.cost.attention_eager import bench_layout_ops
 from xpusim.sim.cost.base import OpCost
 from xpusim.sim.cost.roofline import RooflineModel
 from xpusim.sim.errors import InputError
@@ -61,6 +66,7 @@ from xpusim.sim.ir import MAIN_MEMORY, AttentionShape, Op, OpKind, dtype_bytes
 
 IMPLS = (
     "standard",
+    "attention_pytorch",
     "flash1",
     "flash2",
     "flash3",
@@ -183,8 +189,8 @@ def attention_cost(device: Device, shape: AttnShape, impl: str | None = None,
         fwd = attention_cost(device, shape, impl, "fwd")
         bwd = attention_cost(device, shape, impl, "bwd")
         cost = _combine(fwd, bwd)
-    elif impl == "standard":
-        cost = _standard(device, shape, pass_)
+    elif impl in ("standard", "attention_pytorch"):
+        cost = _standard(device, shape, pass_, impl)
     elif impl in ASCEND:
         cost = _ascend(device, shape, pass_)
     else:
@@ -261,12 +267,16 @@ def _with_bytes(op: Op, nbytes: float) -> Op:
     return replace(op, bytes=MappingProxyType({MAIN_MEMORY: float(nbytes)}))
 
 
-def _standard(device: Device, shape: AttnShape, pass_: str) -> OpCost:
+def _standard(device: Device, shape: AttnShape, pass_: str, impl: str = "standard") -> OpCost:
     model = RooflineModel(device)
     total = compute = memory = overhead = 0.0
     by_bound: dict[str, float] = {}
     nbytes = 0.0
-    for op in standard_ops(shape, pass_):
+    kernels = standard_ops(shape, pass_)
+    if impl == "attention_pytorch":  # + the benchmark's q/k/v layout copies (attention_eager)
+        kernels = bench_layout_ops(shape.batch, shape.heads, shape.q_len, shape.kv_len,
+                                   shape.head_dim, shape.vd, shape.dtype, pass_) + kernels
+    for op in kernels:
         c = model.time(op)
         total += c.time_s
         compute += c.compute_s
@@ -274,7 +284,7 @@ def _standard(device: Device, shape: AttnShape, pass_: str) -> OpCost:
         overhead += c.overhead_s
         nbytes += op.main_bytes
         by_bound[c.bound] = by_bound.get(c.bound, 0.0) + c.time_s
-    details = {"kernels": float(len(standard_ops(shape, pass_))), "hbm_bytes": nbytes,
+    details = {"kernels": float(len(kernels)), "hbm_bytes": nbytes,
                "score_bytes": shape.batch * shape.heads * shape.q_len * shape.kv_len
                * dtype_bytes(shape.dtype)}
     return OpCost(total, compute, memory, overhead, max(by_bound, key=lambda bound: by_bound[bound]), details)

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from xpusim.hwprofiles.spec import System
+from xpusim.hwprofiles.spec import Device, System
 from xpusim.sim.cost.attention_impl import KernelCostModel
 from xpusim.sim.cost.base import CachedCostModel
 from xpusim.sim.ir import Collective, Delay, Op, Segment, Work
@@ -43,6 +43,26 @@ class SegmentCost:
     @property
     def time_s(self) -> float:
         return self.device_s + self.host_s
+
+
+# Recently used device cost models, newest first: (device, attention_impl, model).
+_MODELS: list[tuple[Device, str | None, CachedCostModel]] = []
+_KEEP_MODELS = 4
+
+
+def cost_model(device: Device, attention_impl: str | None = None) -> CachedCostModel:
+    """The device's kernel cost model (attention by ``attention_impl``), memoised on op
+    content. Shared by the steps priced on an equal device in this process (a study's
+    plans, a worker's tasks): an op's cost is a pure function of the frozen ``Device``
+    and the implementation, so equal devices give equal costs; a what-if device with
+    other values is another key."""
+    for known, impl, model in _MODELS:
+        if impl == attention_impl and (known is device or known == device):
+            return model
+    model = CachedCostModel(KernelCostModel(device, attention_impl))
+    _MODELS.insert(0, (device, attention_impl, model))
+    del _MODELS[_KEEP_MODELS:]
+    return model
 
 
 class Pricing:
@@ -73,7 +93,7 @@ class Pricing:
         ``attention_impl``, default the device's), its network. ``comm_time`` reuses a
         network pricing already built for this system; ``wrap`` adjusts op times (a
         sensitivity question such as "GEMMs 25% slower")."""
-        model = CachedCostModel(KernelCostModel(system.device, attention_impl))
+        model = cost_model(system.device, attention_impl)
 
         def op_time(op: Op) -> float:
             return model.time(op).time_s

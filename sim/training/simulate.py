@@ -180,21 +180,26 @@ def resolve_attention(plan: ParallelPlan, system: System, impl: str | None = Non
     return replace(plan, attention_impl=check_impl(system.device, name, "--attention-impl"))
 
 
-_COMM_FN: list = []  # [(system, comm_time)] of the last system simulated
+_COMM_FN: list = []  # [(system, comm_time)] of recently simulated systems, newest first
+_KEEP_COMM_FN = 4
 
 
 def _comm_time_for(system: System) -> Callable[[Collective], float]:
     """The network's collective pricing for ``system``, memoised across the steps
-    simulated on the same System object (the steady-state path runs two, a study many):
+    simulated on an equal System (the steady-state path runs two, a study many, and a
+    study's worker process receives a fresh copy of the system with each task):
     ``comm_time_fn`` caches per (kind, group, bytes, algorithm), a pure function of the
-    frozen System, so reusing it changes no result, only how often a collective is
-    costed. Keyed by identity: a what-if's ``replace(system, ...)`` is a new object."""
-    if _COMM_FN and _COMM_FN[0][0] is system:
-        return _COMM_FN[0][1]
+    frozen System's values, so reusing it changes no result, only how often a
+    collective is costed. A what-if's ``replace(system, ...)`` with other values is
+    another key."""
+    for known, fn in _COMM_FN:
+        if known is system or known == system:
+            return fn
     from xpusim.sim.network import comm_time_fn
 
     fn = comm_time_fn(system)
-    _COMM_FN[:] = [(system, fn)]
+    _COMM_FN.insert(0, (system, fn))
+    del _COMM_FN[_KEEP_COMM_FN:]
     return fn
 
 

@@ -21,7 +21,8 @@ from xpusim.sim.parallel import ParallelPlan
 CASES = [
     ("vllm-0.6", 200_000), ("vllm-0.6", 6_000),      # prefill-first
     ("sglang-0.4", 200_000), ("sglang-0.4", 6_000),  # mixed, incremental
-    ("trtllm-0.10", 200_000), ("trtllm-0.10", 12_000),  # mixed, full reservation
+    ("trtllm-0.10", 200_000), ("trtllm-0.10", 12_000),  # mixed, incremental, pause cap
+    ("trtllm-1.0", 200_000), ("trtllm-1.0", 12_000),  # mixed, full reservation
     ("trtllm-0.5", 200_000),                          # static
 ]
 

@@ -54,6 +54,10 @@ class EngineProfile:
     * ``kv_reserve``: "incremental" (blocks as tokens are generated; recompute
       preemption when full: vLLM) or "full" (prompt + max output reserved at
       admission, never preempted: TRT-LLM's GUARANTEED_NO_EVICT).
+    * ``max_input_len``: with incremental KV, the longest context a preempted request
+      is recomputed with (TRT-LLM's LlmRequest::pause keeps min(max_input_len, prompt +
+      generated) tokens and generates the rest again); 0 keeps every generated token
+      (vLLM's recompute).
     * ``reference_host`` (a CPU of hwprofiles/hosts.toml) and ``host_scale``: the host
       terms are seconds on the reference host; ``on_host`` rescales them to a system's
       host CPU by single-thread speed.
@@ -82,6 +86,7 @@ class EngineProfile:
     host_overlap: str = "none"
     policy: str = "prefill-first"
     kv_reserve: str = "incremental"
+    max_input_len: int = 0
     reference_host: str = ""
     host_scale: float = 1.0
     paged_attention: str = ""
@@ -165,6 +170,7 @@ _PLAIN_KEYS = {
     "memory_utilization": float,
     "max_num_seqs": int,
     "max_batched_tokens": int,
+    "max_input_len": int,
     "fused_sampling": bool,
 }
 # Text fields and their allowed values (None: any non-empty text).

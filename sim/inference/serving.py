@@ -296,7 +296,9 @@ class Server:
     def _preempt(self, s: _Loop, pool: list[Request], step_tokens: int, stats: dict) -> bool:
         """Recompute preemption (vLLM) while the running requests outgrow the cache: the
         most recently admitted request of ``pool`` (the decoding ones) frees its blocks
-        and is prefilled again (prompt + generated) when readmitted."""
+        and is prefilled again (prompt + generated) when readmitted. With the engine's
+        ``max_input_len`` set (TensorRT-LLM's pause), the recomputed context is capped
+        at it and the generated tokens beyond are generated again."""
         preempted = False
         while (
             pool
@@ -307,6 +309,9 @@ class Server:
             if pool is not s.running:
                 s.running.remove(victim)
             victim.preemptions += 1
+            cap = self.costs.target.engine.max_input_len
+            if cap:  # LlmRequest::pause: new prompt = min(max_input_len, prompt + generated)
+                victim.generated = min(victim.generated, max(0, cap - victim.prompt))
             stats["preempt"] += 1
             s.waiting.appendleft(victim)
             preempted = True
@@ -355,13 +360,17 @@ class Server:
             decoding = (
                 [r for r in s.running if r.prefill_left == 0] if s.pending else s.running[:]
             )
-            budget = self.max_batched_tokens - len(decoding) * step_tokens
-            chunks, budget = self._pending_chunks(s, budget)
-            admitted = self._admit_mixed(s, chunks, budget)
             # Full reservation never preempts: every admitted request's KV is held.
+            # Started requests come first: when one of them cannot grow, the latest
+            # started ones are preempted and no new request is admitted this step
+            # (TensorRT-LLM MaxUtilizationScheduler: pending requests are tried only
+            # if all started ones fit; vLLM's scheduler: no prefills after a preemption).
             preempted = self.kv_reserve != "full" and self._preempt(
                 s, decoding, step_tokens, stats
             )
+            budget = self.max_batched_tokens - len(decoding) * step_tokens
+            chunks, budget = self._pending_chunks(s, budget)
+            admitted = 0 if preempted else self._admit_mixed(s, chunks, budget)
             if not decoding and not chunks:
                 continue
             batch = len(decoding)
@@ -393,7 +402,11 @@ class Server:
 
     def _admit_mixed(self, s: _Loop, chunks: list[tuple[Request, int]], budget: int) -> int:
         """Admit from the head of the queue while the KV cache, the batch limit and the
-        token budget allow; each admitted request's first chunk joins ``chunks``."""
+        token budget allow; each admitted request's first chunk joins ``chunks``.
+
+        Returns how many requests entered for the first time: the engine's per-request
+        host work (``request_overhead_s``: request and response objects, response
+        delivery) is paid once per request, not again when a preempted one resumes."""
         full = self.kv_reserve == "full"
         used = s.held if full else sum(self._reserve(r) for r in s.running)
         admitted = 0
@@ -411,7 +424,7 @@ class Server:
             budget -= c
             s.running.append(r)
             s.pending.append(r)
-            admitted += 1
+            admitted += 1 if r.preemptions == 0 else 0
         return admitted
 
     def _mixed_step(

@@ -118,3 +118,25 @@ def test_union_spans_equals_union_intervals(lists):
     pairs = [[(s, s + d) for s, d in spans] for spans in lists]
     flat = [[t for p in spans for t in p] for spans in pairs]
     assert union_spans(flat) == union_intervals([p for spans in pairs for p in spans])
+
+
+def test_replayed_unit_pairs_emit_the_same_tasks(monkeypatch):
+    """Interleaved (merged F/B) unit pairs are replayed from a recording: the same tasks,
+    (work, stream, dependencies, label) as emitting every pair afresh."""
+    from xpusim.sim.training.emitter import Emitter
+
+    spec, sysm = load_model("mixtral-8x7b"), load_system("dgx-h100", nodes=4)
+    plan = ParallelPlan(tp=2, pp=4, ep=4, mbs=1, gbs=64, seq=2048)
+
+    def tasks(step):
+        return [[(type(t.work).__name__, t.work.name, t.stream, t.deps, t.label)
+                 for t in g.tasks] for g in step.graphs]
+
+    for exact in (False, True):
+        options = TrainingOptions(exact=exact)
+        replayed = lower_step(spec, sysm, plan, options)
+        with monkeypatch.context() as m:
+            m.setattr(Emitter, "run_pair", Emitter.run_blocks)
+            fresh = lower_step(spec, sysm, plan, options)
+        assert replayed.tasks == fresh.tasks
+        assert tasks(replayed) == tasks(fresh)

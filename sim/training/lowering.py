@@ -188,7 +188,7 @@ class _Schedule:
                 continue
             prepared = [(em.unit(self.templates[(u.chunk, u.kind)], True), self._tag(u),
                          self._receive(u)) for u in step]
-            lasts = em.run_blocks(prepared)
+            lasts = em.run_pair(prepared)
             for unit, last in zip(step, lasts, strict=True):
                 self._finish(unit, last)
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from itertools import chain, repeat
 
 from xpusim.sim.errors import InputError
 from xpusim.sim.ir import CollectiveKind
@@ -62,14 +63,16 @@ _A2A_KINDS = (CollectiveKind.ALL_TO_ALL, CollectiveKind.ALL_TO_ALLV)
 def layout(topo: Topology, group: tuple[int, ...]) -> dict[int, list[int]]:
     """node -> group members on it, in device order."""
     nodes: dict[int, list[int]] = defaultdict(list)
+    dpn = topo.dpn  # Topology.node_of inlined: called per member of 6,144-rank groups
     for d in sorted(group):
-        nodes[topo.node_of(d)].append(d)
+        nodes[d // dpn].append(d)
     return dict(nodes)
 
 
 def is_homogeneous(topo: Topology, group: tuple[int, ...]) -> bool:
     """Every node of the group holds members at the same local indices."""
-    shapes = {tuple(topo.local_of(d) for d in ds) for ds in layout(topo, group).values()}
+    dpn = topo.dpn  # Topology.local_of inlined, as in layout
+    shapes = {tuple(d % dpn for d in ds) for ds in layout(topo, group).values()}
     return len(shapes) == 1
 
 
@@ -160,8 +163,13 @@ def build(
 
 def ring_flows(members: list[int], nbytes: float, closed: bool = True) -> tuple[Flow, ...]:
     m = len(members)
-    last = m if closed else m - 1
-    return tuple((members[i], members[(i + 1) % m], nbytes) for i in range(last) if m > 1)
+    if m < 2:
+        return ()
+    # (members[i], members[(i + 1) % m], nbytes) for i < m (closed) or m - 1, by zip:
+    # the same tuples without a Python-level loop (rings of thousands of ranks). An
+    # open chain's nxt is one shorter: zip stops there, hence strict=False.
+    nxt = members[1:] + members[:1] if closed else members[1:]
+    return tuple(zip(members, nxt, repeat(nbytes, len(nxt)), strict=False))
 
 
 def _ring_orders(topo: Topology, members: list[int]) -> list[list[int]]:
@@ -192,7 +200,7 @@ def _ring_kind(
     c = len(rings)
 
     def flows(per_ring_bytes: float, closed: bool = True) -> tuple[Flow, ...]:
-        return tuple(f for r in rings for f in ring_flows(r, per_ring_bytes / c, closed))
+        return tuple(chain.from_iterable(ring_flows(r, per_ring_bytes / c, closed) for r in rings))
 
     if kind == CollectiveKind.ALL_REDUCE:
         return [Phase("ring all-reduce", 2 * (n - 1), flows(2 * (n - 1) / n * s))]

@@ -25,11 +25,15 @@ from xpusim.sim.network.topology import (
     LinkId,
     Topology,
 )
+from xpusim.sim.network.vectorized import FlowLoads
 from xpusim.sim.report import fmt_bytes, fmt_si
 
 # A ragged (asymmetric) all-to-all is priced by listing its flows; beyond this many
 # the group should be made symmetric instead.
 MAX_LISTED_FLOWS = 1_000_000
+# From this many listed flows (and port entries) a phase is priced with numpy; below,
+# numpy's per-call overhead costs more than the loop it replaces.
+VECTORIZE_FROM = 64
 
 
 def cost_phases(topo: Topology, phases: list[Phase]) -> NetworkCost:
@@ -74,6 +78,26 @@ def phase_latency(topo: Topology, phase: Phase, hop_latency: float) -> float:
 
 
 def _flows(topo: Topology, phase: Phase, flows: list[Flow]) -> PhaseCost:
+    """Price listed flows: with numpy when there are many (same numbers, see
+    ``vectorized``), else the per-flow loop, which is cheaper for a handful."""
+    if len(flows) + len(phase.port_bytes) < VECTORIZE_FROM:
+        return _flows_listed(topo, phase, flows)
+    fl = FlowLoads(topo, phase, flows)
+    transfer, link, load, loaded = fl.bottleneck()
+    bottleneck = "none (no traffic)" if link is None else describe_link(topo, link, load)
+    latency = phase_latency(topo, phase, fl.hop) if loaded else 0.0
+    return PhaseCost(
+        phase.name,
+        transfer + latency,
+        transfer,
+        latency,
+        {k: v for k, v in fl.by_class.items() if v},
+        bottleneck,
+    )
+
+
+def _flows_listed(topo: Topology, phase: Phase, flows: list[Flow]) -> PhaseCost:
+    """The reference pricing of listed flows: one path per flow, loads summed link by link."""
     loads: dict[LinkId, float] = defaultdict(float)
     by_class = dict.fromkeys(LINK_CLASSES, 0.0)
     hop = 0.0

@@ -122,6 +122,11 @@ class _Loop:
     # the KV blocks the running requests hold (constant per request).
     pending: list[Request] = field(default_factory=list)
     held: int = 0
+    # KV blocks the running requests need for the next step (sum of
+    # blocks(context + step_tokens)), as the last preemption check left it: the
+    # admission and the run-length bound that follow it in the same iteration reuse it
+    # instead of rescanning the batch.
+    need: int = 0
 
 
 class Server:
@@ -145,7 +150,15 @@ class Server:
         self.kv_capacity_tokens = kv_capacity_tokens
 
     def _blocks(self, tokens: int) -> int:
-        return math.ceil(tokens / self.block)
+        # Integer ceiling: the same as math.ceil(tokens / block) for token counts.
+        return -(-tokens // self.block)
+
+    def _need(self, running: list[Request], extra: int) -> int:
+        """Sum of ``_blocks(r.context + extra)`` over ``running``, inlined: this runs
+        once per iteration over the whole batch (tests/test_serving_bookkeeping.py
+        checks it against the per-request sum)."""
+        b = self.block
+        return -sum((-(r.prompt + r.generated + extra)) // b for r in running)
 
     def run(
         self, requests: list[Request], progress: bool = False, jump: bool = True
@@ -194,28 +207,45 @@ class Server:
             self.kv_capacity_tokens,
         )
 
-    def _run_length(self, running: list[Request], waiting: deque, step_tokens: int) -> int:
+    def _run_length(self, running: list[Request], need: int, step_tokens: int) -> int:
         """How many decode steps, from this one, can run with the batch unchanged.
 
-        Up to the first finish; with incremental KV, while every running request's
-        next-step blocks are sure to fit (each request gains at most one block per
-        ``block`` tokens, so ``free // n`` blocks each last ``free // n * block`` tokens);
+        Up to the first finish; with incremental KV, while the preemption check of every
+        step would pass (``need``: the blocks this step needs, as that check found them);
         admission that failed stays failed (the cache only fills, FCFS keeps the head),
         and an arrival into an empty queue ends the run (checked by the caller)."""
         if not self._jump:
             return 1
         k = min(r.output - r.generated for r in running)
         if self.kv_reserve != "full" or self.policy != "mixed":
-            need = sum(self._blocks(r.context + step_tokens) for r in running)
-            spare = (self.blocks_total - need) // len(running)
-            k = min(k, spare * self.block // step_tokens + 1)
+            k = min(k, self._kv_steps(running, need, step_tokens))
         return max(1, k)
+
+    def _kv_steps(self, running: list[Request], need: int, step_tokens: int) -> int:
+        """The number of consecutive decode steps, from this one, whose preemption check
+        passes: steps j = 0, 1, ... while sum(blocks(context + j + step_tokens)) stays
+        within the cache (each step adds one token per request; ``need`` is the sum at
+        j = 0).
+
+        Request i's block count grows at step f_i (1..block: the step at which its
+        tokens cross a block boundary) and every ``block`` steps after, so each
+        ``block`` steps add exactly one block per request: ``spare // n`` whole periods
+        fit, and in the next the (spare % n + 1)-th smallest f_i is the first step that
+        does not. Exact, so a run stops only where stepping one at a time would have
+        preempted (the earlier bound, ``spare // n * block + 1`` steps, is never larger)."""
+        spare = self.blocks_total - need
+        if spare < 0:
+            return 1
+        b = self.block
+        periods, rest = divmod(spare, len(running))
+        first = sorted((-(r.prompt + r.generated + step_tokens)) % b for r in running)
+        return periods * b + first[rest] + 1
 
     def _decode_run(self, running, waiting, arrivals, now, steps_max, step_time) -> tuple[float, int]:
         """Advance ``steps_max`` decode steps (fewer if a request arrives into an empty
         queue): each priced by ``step_time(mean context)``; returns (clock, steps)."""
         batch = len(running)
-        total = sum(r.context for r in running)
+        total = sum([r.prompt + r.generated for r in running])
         steps = 0
         while True:
             now += step_time((total + steps * batch) / batch)
@@ -300,14 +330,12 @@ class Server:
         ``max_input_len`` set (TensorRT-LLM's pause), the recomputed context is capped
         at it and the generated tokens beyond are generated again."""
         preempted = False
-        while (
-            pool
-            and sum(self._blocks(r.context + step_tokens) for r in s.running)
-            > self.blocks_total
-        ):
+        need = self._need(s.running, step_tokens)
+        while pool and need > self.blocks_total:
             victim = pool.pop()
+            need -= self._blocks(victim.prompt + victim.generated + step_tokens)
             if pool is not s.running:
-                s.running.remove(victim)
+                _remove(s.running, victim)
             victim.preemptions += 1
             cap = self.costs.target.engine.max_input_len
             if cap:  # LlmRequest::pause: new prompt = min(max_input_len, prompt + generated)
@@ -315,6 +343,7 @@ class Server:
             stats["preempt"] += 1
             s.waiting.appendleft(victim)
             preempted = True
+        s.need = need
         return preempted
 
     def _decode_batched(
@@ -329,7 +358,7 @@ class Server:
                 r.generated = min(r.output, r.generated + self._sd_tokens(r.alpha))
             steps = 1
         else:
-            k = 1 if preempted else self._run_length(s.running, s.waiting, step_tokens)
+            k = 1 if preempted else self._run_length(s.running, s.need, step_tokens)
             s.now, steps = self._decode_run(
                 s.running, s.waiting, arrivals, s.now, k, self.costs.decode_stepper(batch, False)
             )
@@ -340,13 +369,13 @@ class Server:
         """KV blocks the running requests hold after a step."""
         if self.kv_reserve == "full":
             return sum(self._blocks(r.prompt + r.output) for r in running)
-        return sum(self._blocks(r.context) for r in running)
+        return self._need(running, 0)
 
     def _reserve(self, r: Request) -> int:
         """KV blocks a request holds: all it will ever need ("full"), or its context."""
         if self.kv_reserve == "full":
             return self._blocks(r.prompt + r.output)
-        return self._blocks(r.context + 1)
+        return self._blocks(r.prompt + r.generated + 1)
 
     def _run_mixed(self, requests, arrivals, stats, bar) -> None:
         """In-flight batching: decodes and prompt chunks share each step's token budget."""
@@ -370,13 +399,16 @@ class Server:
             )
             budget = self.max_batched_tokens - len(decoding) * step_tokens
             chunks, budget = self._pending_chunks(s, budget)
-            admitted = 0 if preempted else self._admit_mixed(s, chunks, budget)
+            # Without SD the preemption check summed blocks(context + 1), the same as
+            # the incremental reservation admission counts: reuse it.
+            known = s.need if step_tokens == 1 and self.kv_reserve != "full" else None
+            admitted = 0 if preempted else self._admit_mixed(s, chunks, budget, known)
             if not decoding and not chunks:
                 continue
             batch = len(decoding)
             if not chunks and not preempted and not self.costs.draft and batch == len(s.running):
                 # Only decodes: a run of identical steps until something changes.
-                k = self._run_length(s.running, s.waiting, step_tokens)
+                k = self._run_length(s.running, s.need, step_tokens)
                 s.now, steps = self._decode_run(
                     s.running, s.waiting, arrivals, s.now, k, self.costs.decode_stepper(batch, True)
                 )
@@ -400,24 +432,35 @@ class Server:
                 budget -= c
         return chunks, budget
 
-    def _admit_mixed(self, s: _Loop, chunks: list[tuple[Request, int]], budget: int) -> int:
+    def _admit_mixed(
+        self,
+        s: _Loop,
+        chunks: list[tuple[Request, int]],
+        budget: int,
+        used: int | None = None,
+    ) -> int:
         """Admit from the head of the queue while the KV cache, the batch limit and the
         token budget allow; each admitted request's first chunk joins ``chunks``.
 
         Returns how many requests entered for the first time: the engine's per-request
         host work (``request_overhead_s``: request and response objects, response
-        delivery) is paid once per request, not again when a preempted one resumes."""
+        delivery) is paid once per request, not again when a preempted one resumes.
+        ``used``: the blocks the running requests reserve, when the caller knows it."""
         full = self.kv_reserve == "full"
-        used = s.held if full else sum(self._reserve(r) for r in s.running)
+        if full:
+            used = s.held
+        elif used is None:
+            used = self._need(s.running, 1)
         admitted = 0
         while s.waiting and budget > 0 and len(s.running) < self.max_num_seqs:
             r = s.waiting[0]
-            if used + self._reserve(r) > self.blocks_total:
+            need = self._reserve(r)
+            if used + need > self.blocks_total:
                 break
             s.waiting.popleft()
-            used += self._reserve(r)
+            used += need
             if full:
-                s.held += self._reserve(r)
+                s.held += need
             r.prefill_left = r.context  # prompt, plus generated tokens if recomputed
             c = min(r.prefill_left, budget)
             chunks.append((r, c))
@@ -476,3 +519,12 @@ class Server:
             running[:] = [r for r in running if r.generated < r.output]
         bar.update(len(done))
         return done
+
+
+def _remove(running: list[Request], victim: Request) -> None:
+    """Remove ``victim`` from ``running`` by identity, searching from the end where the
+    latest admitted requests are (``list.remove`` compares every dataclass field)."""
+    for i in range(len(running) - 1, -1, -1):
+        if running[i] is victim:
+            del running[i]
+            return

@@ -29,6 +29,11 @@ class StepCosts:
         self.target, self.draft, self.gamma = target, draft, gamma
         self.exact = exact  # price every step shape by a full engine run (the reference)
         self._steppers: dict[tuple[int, bool], Callable[[float], float]] = {}
+        # Interpolating functions per (what, batch) and prompt-chunk costs, kept for the
+        # run: a serving run prices the same shapes hundreds of thousands of times, and
+        # each is a pure function of its arguments (the same floats as pricing afresh).
+        self._grid: dict[tuple[str, int], Callable[[float], float]] = {}
+        self._chunks: dict[float, float] = {}
 
     def _time(self, sim: StepSimulator, batch: StepBatch, host: bool = True) -> float:
         """A step's time: ``StepSimulator.time_s`` (the same sum without building the
@@ -74,7 +79,7 @@ class StepCosts:
         else:
             assert self.draft is None  # an SD round is priced by sd_round, step by step
             engine = self.target.engine
-            device = self._interp_fn(lambda c: self._device(StepBatch(batch, 1, c, "decode")))
+            device = self._grid_fn("decode_device", batch)
             before = engine.step_host_time(batch) + engine.request_time(0)
             after = engine.sampling_time(batch)
             step_time = engine.step_time
@@ -85,23 +90,42 @@ class StepCosts:
         self._steppers[key] = fn
         return fn
 
+    def _grid_fn(self, what: str, batch: int) -> Callable[[float], float]:
+        """``_interp_fn`` of the step kind ``what`` at ``batch``, built once per run."""
+        key = (what, batch)
+        fn = self._grid.get(key)
+        if fn is None:
+            fn = self._grid[key] = self._interp_fn(self._grid_point(what, batch))
+        return fn
+
+    def _grid_point(self, what: str, batch: int) -> Callable[[float], float]:
+        """The priced function ``_grid_fn`` interpolates, by step kind."""
+        target, draft = self.target, self.draft
+        if what == "decode":
+            return lambda c: self._time(target, StepBatch(batch, 1, c, "decode"))
+        if what == "decode_device":
+            return lambda c: self._device(StepBatch(batch, 1, c, "decode"))
+        if what == "prefill":  # over the prompt length, at grid lengths >= 1 token
+            return lambda q: self._time(target, StepBatch(batch, max(q, 1), 0, "prefill"))
+        if what == "chunk_device":
+            return lambda q: self._device(StepBatch(1, max(q, 1), 0, "prefill"))
+        if what == "draft":
+            assert draft is not None
+            return lambda c: self._time(draft, StepBatch(batch, 1, c, "decode"))
+        assert what == "verify"
+        return lambda c: self._time(target, StepBatch(batch, self.gamma + 1, c, "verify"))
+
     def decode(self, batch: int, context: float) -> float:
-        return self._interp(
-            lambda c: self._time(self.target, StepBatch(batch, 1, c, "decode")), context
-        )
+        return self._grid_fn("decode", batch)(context)
 
     def prefill(self, sequences: int, prompt: float) -> float:
-        # Prefill time over the prompt length: simulate at grid lengths (>= 1 token).
-        return self._interp(
-            lambda q: self._time(self.target, StepBatch(sequences, max(q, 1), 0, "prefill")),
-            prompt,
-        )
+        return self._grid_fn("prefill", sequences)(prompt)
 
     def _device(self, batch: StepBatch) -> float:
         return self._time(self.target, batch, host=False)
 
     def decode_device(self, batch: int, context: float) -> float:
-        return self._interp(lambda c: self._device(StepBatch(batch, 1, c, "decode")), context)
+        return self._grid_fn("decode_device", batch)(context)
 
     def prefill_token_device(self, chunk: float) -> float:
         """Device time one prompt chunk of ``chunk`` tokens adds to a forward.
@@ -111,11 +135,12 @@ class StepCosts:
         Exact for the weight GEMMs; a chunk's attention to earlier chunks of its
         prompt is left out (it is small for prompts within one token budget).
         """
-        base = self._device(StepBatch(1, 1, 0, "prefill"))
-        full = self._interp(
-            lambda q: self._device(StepBatch(1, max(q, 1), 0, "prefill")), max(chunk, 1)
-        )
-        return max(0.0, full - base)
+        cost = self._chunks.get(chunk)
+        if cost is None:
+            base = self._device(StepBatch(1, 1, 0, "prefill"))
+            full = self._grid_fn("chunk_device", 1)(max(chunk, 1))
+            cost = self._chunks[chunk] = max(0.0, full - base)
+        return cost
 
     def mixed(
         self, decode_batch: int, context: float, chunks: list[int], sampled: int, admitted: int
@@ -137,11 +162,6 @@ class StepCosts:
     def sd_round(self, batch: int, context: float) -> float:
         assert self.draft is not None
         g = self.gamma
-        draft = self._interp(
-            lambda c: self._time(self.draft, StepBatch(batch, 1, c, "decode")),
-            context + (g - 1) / 2,
-        )
-        verify = self._interp(
-            lambda c: self._time(self.target, StepBatch(batch, g + 1, c, "verify")), context
-        )
+        draft = self._grid_fn("draft", batch)(context + (g - 1) / 2)
+        verify = self._grid_fn("verify", batch)(context)
         return g * draft + verify + self.target.engine.reject_time(batch * (g + 1))

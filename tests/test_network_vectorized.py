@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import replace
 
 import pytest
@@ -16,7 +17,7 @@ from test_network_fixtures import dual_die, mesh, oversubscribed, shared_nic, sw
 from xpusim.hwprofiles import load_system
 from xpusim.sim.ir import CollectiveKind
 from xpusim.sim.network import analytical
-from xpusim.sim.network.algorithms import build, candidates
+from xpusim.sim.network.algorithms import _tree_edges, build, candidates
 from xpusim.sim.network.phases import Phase
 from xpusim.sim.network.topology import Topology
 
@@ -122,3 +123,50 @@ def test_vectorized_equals_loop_at_6144_ranks(algorithm):
         flows = phase.expand()
         if flows:
             assert _fast(topo, phase) == analytical._flows_listed(topo, phase, flows)
+
+
+def _tree_edges_recursive(members):
+    """The recursive form ``algorithms._tree_edges`` replaced by a loop."""
+    edges = []
+
+    def subtree(lo, hi, parent):
+        if lo >= hi:
+            return
+        mid = (lo + hi) // 2
+        if parent is not None:
+            edges.append((members[mid], parent))
+        subtree(lo, mid, members[mid])
+        subtree(mid + 1, hi, members[mid])
+
+    subtree(0, len(members), None)
+    return edges
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 7, 8, 100, 1000, 6144])
+def test_tree_edges_in_the_recursive_order(n):
+    members = list(range(5, 5 + 2 * n, 2))
+    assert _tree_edges(members) == _tree_edges_recursive(members)
+
+
+def _symmetric_reference(topo, groups):
+    """The set-based check ``analytical._symmetric`` replaced with numpy."""
+    locals_by_node = defaultdict(set)
+    for sub in groups:
+        for d in sub:
+            locals_by_node[topo.node_of(d)].add(topo.local_of(d))
+    layouts = {frozenset(v) for v in locals_by_node.values()}
+    return len(layouts) == 1 and len({len(sub) for sub in groups}) == 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_symmetric_check_equals_set_reference(data):
+    topo = Topology(mesh(4))
+    nodes = data.draw(st.sets(st.integers(0, 3), min_size=1))
+    locals_ = data.draw(st.sets(st.integers(0, 7), min_size=1))
+    devs = [n * 8 + j for n in sorted(nodes) for j in sorted(locals_)]
+    extra = data.draw(st.lists(st.integers(0, 31), max_size=3))
+    devs = data.draw(st.permutations(devs + extra))
+    parts = data.draw(st.integers(1, 3))
+    groups = tuple(tuple(devs[i::parts]) for i in range(parts))
+    assert analytical._symmetric(topo, groups) == _symmetric_reference(topo, groups)

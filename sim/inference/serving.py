@@ -158,7 +158,7 @@ class Server:
         once per iteration over the whole batch (tests/test_serving_bookkeeping.py
         checks it against the per-request sum)."""
         b = self.block
-        return -sum((-(r.prompt + r.generated + extra)) // b for r in running)
+        return -sum([(-(r.prompt + r.generated + extra)) // b for r in running])
 
     def run(
         self, requests: list[Request], progress: bool = False, jump: bool = True
@@ -238,7 +238,7 @@ class Server:
             return 1
         b = self.block
         periods, rest = divmod(spare, len(running))
-        first = sorted((-(r.prompt + r.generated + step_tokens)) % b for r in running)
+        first = sorted([(-(r.prompt + r.generated + step_tokens)) % b for r in running])
         return periods * b + first[rest] + 1
 
     def _decode_run(self, running, waiting, arrivals, now, steps_max, step_time) -> tuple[float, int]:
@@ -485,10 +485,11 @@ class Server:
         s.now += self.costs.mixed(
             batch, context, [c for _, c in chunks], batch + len(done_prefill), admitted
         )
-        for r in decoding:
-            if self.costs.draft:
+        if self.costs.draft:  # the acceptance draws in running order, as before
+            for r in decoding:
                 r.generated = min(r.output, r.generated + self._sd_tokens(r.alpha))
-            else:
+        else:
+            for r in decoding:
                 r.generated += 1
         for r, c in chunks:
             r.prefill_left -= c

@@ -17,15 +17,29 @@ A run keeps, per (rank, stream, label), the busy time and the union of busy inte
 per-task ``Record``s only when asked (traces, timelines). A ``Chain`` task (a run of
 one stream's work that nothing waits for part-way) is scheduled as one task whose parts
 each add their busy time and interval, as tasks of their own would.
+
+SM contention (``sim.engine_contended``, ``sim.engine_share``): when the pricing says compute slows while a
+collective is in flight on its rank (``Pricing.comm_share`` < 1, NVIDIA/NCCL systems),
+and the plain schedule overlapped compute with collectives, ``Engine.run`` schedules
+again with every compute-stream segment stretched over its rank's collectives
+(processor sharing: the overlapping time runs at the reduced rate). A compute task's
+end is final only once no collective of its rank can still start before it: it waits
+until its rank's comm stream has advanced past it, and when every stream is blocked the
+waiting task with the least end is final (every collective not yet started starts
+after it). ``SimPyEngine`` carries no contention term: it is the
+reference for the uncontended schedule (pricing without a system).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import NamedTuple, cast
 
 from xpusim.sim.cost.pricing import Pricing
+from xpusim.sim.engine_contended import contended, contention_of, overlapped, special_contended
+from xpusim.sim.engine_share import Contention, run_chain
 from xpusim.sim.ir import Chain, Collective, Delay, Op, RankGraph, Segment, Stream, Task, Work
 
 
@@ -53,6 +67,9 @@ class SimResult:
     # (sim.training.result.stage_stats); ``intervals`` gives them as pairs.
     busy_by_label: dict[tuple[int, str, str], float] = field(default_factory=dict)
     spans: dict[tuple[int, str, str], list[float]] = field(default_factory=dict)
+    # rank -> seconds its compute stream was slowed by overlapped collectives (SM
+    # contention, sim.engine_share); empty when the pricing has none.
+    slowed_s: dict[int, float] = field(default_factory=dict)
     _pairs: dict[tuple[int, str, str], list[tuple[float, float]]] | None = field(
         default=None, repr=False, compare=False)
 
@@ -145,6 +162,8 @@ def _kind_of(work: Work) -> str:
 # intervals (s0, e0, s1, e1, ...), kept as tasks end, records or not; per chain task
 # its parts as (duration, slot).
 _Parts = list[tuple[float, int]]
+# Per graph what pricing gives once per run: durations, slot per task, chain parts, slots.
+_Priced = tuple[list[float | None], list[int], dict[int, _Parts], dict[tuple[Stream, str], int]]
 _Graph = tuple[
     list[Task],
     list[float | None],
@@ -172,6 +191,10 @@ class _Run:
     s_clock: list[float] = field(default_factory=list)
     ready: list[int] = field(default_factory=list)
     rendezvous: dict[tuple, list] = field(default_factory=dict)
+    priced: list[_Priced] = field(default_factory=list)
+    contention: list[Contention] = field(default_factory=list)  # empty: none
+    waiting: dict[int, tuple[int, float]] = field(default_factory=dict)  # stream -> task, start
+    force: int = -1  # the waiting stream whose task ends at its least possible end
 
 
 class Engine:
@@ -228,21 +251,36 @@ class Engine:
         run = self._setup()
         self._schedule(run)
         self._check_finished(run)
+        if self.pricing.comm_share < 1.0 and overlapped(self, run):
+            run = contended(self, run)
         return self._collect(run, records)
 
-    def _setup(self) -> _Run:
+    def _setup(self, priced: list[_Priced] | None = None, contend: bool = False) -> _Run:
+        """Run state for one schedule. ``priced``: the graphs' pricing from an earlier
+        run; ``contend``: compute slows beside collectives
+        (``engine_contended.special_contended``)."""
         run = _Run()
+        if priced is None:
+            priced = []
+            for graph in self.graphs:
+                slots: dict[tuple[Stream, str], int] = {}
+                priced.append((*self._price_graph(graph, slots), slots))
+        run.priced = priced
         for gi, graph in enumerate(self.graphs):
             n = len(graph.tasks)
-            slots: dict[tuple[Stream, str], int] = {}
-            durations, slot_of, chains = self._price_graph(graph, slots)
+            durations, slot_of, chains, slots = priced[gi]
+            if contend:
+                durations = list(durations)
+                run.contention.append(contention_of(self.pricing, graph, durations, slots))
             run.slots.append(slots)
             run.graphs.append((graph.tasks, durations, [0.0] * n, [None] * n, [None] * n,
                                slot_of, [0.0] * len(slots), [[] for _ in slots], chains))
             by_stream: dict[Stream, list[int]] = {}
             for task in graph.tasks:
                 by_stream.setdefault(task.stream, []).append(task.id)
-            for tids in by_stream.values():
+            for stream, tids in by_stream.items():
+                if contend and stream == Stream.COMM:
+                    run.contention[gi].comm_stream = len(run.s_tids)
                 run.s_graph.append(gi)
                 run.s_tids.append(tids)
                 run.s_pos.append(0)
@@ -262,7 +300,7 @@ class Engine:
         pop, extend = ready.pop, ready.extend
         s_graph, s_tids, s_pos, s_clock = run.s_graph, run.s_tids, run.s_pos, run.s_clock
         graphs = run.graphs
-        special = self._special
+        special = partial(special_contended, self) if run.contention else self._special
         while ready:
             s = pop()
             tasks, durations, begin, end, parked, slot_of, busy, ivs, _ = graphs[s_graph[s]]
@@ -311,13 +349,13 @@ class Engine:
 
     def _special(self, run: _Run, s: int, tid: int, start: float) -> float | None:
         """Stream ``s`` reaches task ``tid``, whose inputs are met at ``start``, and the
-        task has no plain duration: a chain runs its parts (``_run_chain``) and returns its
-        end; a collective goes to its rendezvous (``_arrive``)."""
+        task has no plain duration: a chain runs its parts (``engine_share.run_chain``)
+        and returns its end; a collective goes to its rendezvous (``_arrive``)."""
         tasks, _, begin, end, parked, _, busy, ivs, chains = run.graphs[run.s_graph[s]]
         parts = chains.get(tid)
         if parts is None:
             return self._arrive(run, s, tid, tasks[tid].work, start)  # type: ignore[arg-type]
-        stop = _run_chain(parts, start, busy, ivs)
+        stop = run_chain(parts, start, busy, ivs)
         end[tid] = stop
         begin[tid] = start
         w = parked[tid]
@@ -378,6 +416,9 @@ class Engine:
         by_label: dict[tuple[int, str, str], float] = {}
         spans: dict[tuple[int, str, str], list[float]] = {}
         keep: list[Record] = []
+        slowed = ({graph.rank: c.slowed_s
+                   for graph, c in zip(self.graphs, run.contention, strict=True)}
+                  if run.contention else {})
         for graph, g, slots in zip(self.graphs, run.graphs, run.slots, strict=True):
             rank = graph.rank
             tasks, _, begin, end, _, _, busy_by_slot, ivs, _ = g
@@ -393,7 +434,8 @@ class Engine:
                 keep.extend([Record(rank, t.stream, t.id, t.work.name, _kind_of(t.work),
                                     t.label, begin[t.id], end[t.id] or 0.0)
                              for t in tasks])
-        return SimResult(makespan, keep, sorted(self.simulated), busy_s, by_label, spans)
+        return SimResult(makespan, keep, sorted(self.simulated), busy_s, by_label, spans,
+                         slowed_s=slowed)
 
     def _expected(self, group: tuple[int, ...]) -> int:
         """Simulated members of a collective's group (at least one: members outside the
@@ -483,26 +525,6 @@ def _chain_slots(task: Task, slots: dict[tuple[Stream, str], int]) -> int:
     for _, label in cast(Chain, task.work).parts:
         slots.setdefault((task.stream, label), len(slots))
     return slots.setdefault((task.stream, task.label), len(slots))
-
-
-def _run_chain(parts: _Parts, start: float, busy: list[float], ivs: list[list[float]]
-               ) -> float:
-    """Run a chain's parts back to back from ``start``: each adds its busy time and
-    interval to its slot exactly as a task of its own would (the engine's hot loop);
-    returns the chain's end."""
-    t = start
-    for d, slot in parts:
-        stop = t + d
-        busy[slot] += stop - t
-        iv = ivs[slot]
-        if iv and t <= iv[-1]:
-            iv[-1] = stop
-        elif stop > t:
-            iv.append(t)
-            iv.append(stop)
-        t = stop
-    return t
-
 
 
 def _park(parked: list[list[int] | None], tid: int, stream: int) -> None:

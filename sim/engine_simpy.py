@@ -2,6 +2,11 @@
 stream), one event per wait. The tests compare ``sim.engine.Engine`` with it on random
 multi-rank graphs; it is also where a model whose durations depend on concurrency
 (shared links) would start, since there the event order matters.
+
+It carries no SM-contention term (``Pricing.comm_share``, sim.engine_contended): it is
+the reference for the uncontended schedule, and its tests price without a system
+(``comm_share`` 1). The contended schedule is checked by hand in
+tests/test_sm_contention.py.
 """
 
 from __future__ import annotations

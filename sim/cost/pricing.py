@@ -12,6 +12,10 @@ with them:
   finish before the host has launched them (the excess is the exposed host time);
 * a ``Delay`` is its own duration (work with no hardware model behind it).
 
+``comm_share`` and ``contended_rate`` describe SM contention (``overlap_compute_share``):
+the fraction of a compute task's rate left while a collective is in flight on its rank;
+the engine applies it to the overlapping interval.
+
 A what-if that changes hardware (device bandwidths, peaks, efficiencies; system links)
 prices the same lowered graphs with another ``Pricing`` instead of lowering again.
 """
@@ -29,6 +33,40 @@ from xpusim.sim.network import comm_time_fn
 
 OpTime = Callable[[Op], float]
 CommTime = Callable[[Collective], float]
+OpBound = Callable[[Op], str]
+
+
+def overlap_compute_share(system: System) -> float:
+    """Fraction of the device's SMs left to compute kernels while an NCCL collective
+    runs on the same GPU: (SMs - c) / SMs with c the collective's channels.
+
+    Why: NCCL launches a collective as one kernel whose grid is one thread block (CTA)
+    per channel (NVIDIA/nccl ``src/enqueue.cc``: the launch grid is ``nChannels``), and
+    each block stays resident on its SM for the whole collective, so kernels on other
+    streams are scheduled on the remaining SMs. Measured: on an H100 (132 SMs) a GEMM
+    of one 132-block wave run beside an ncclAllGather of 24 blocks took nearly twice
+    its time (NVIDIA developer forums, "Compute-Communication Overlap Causes Severe GEMM
+    Performance Degradation because of Tail Effect", nsys trace); overlap designs treat
+    this interference as a cost to avoid (FlashOverlap, arXiv 2504.19519: "interference-
+    free computation"); DeepSeek-V3's report dedicates 20 of 132 SMs to
+    communication; TransformerEngine's userbuffers overlap gives the comm kernels a
+    fixed ``num_sm``. The share taken here is the proportional one, a lower bound of
+    the slowdown (a GEMM's wave quantisation can make it larger, as measured above).
+    c is the system's ``[collective_library] channels`` (an estimate
+    from NCCL INFO logs, see the system profile's source), capped below the SM count.
+    1.0 (no contention) off NVIDIA/NCCL. HCCL on Ascend: both of its communication
+    engines, Host CPU+TS (Atlas A2) and AI CPU+TS (Atlas A3), "do not occupy compute
+    cores" (CANN 8.5 HCCL user guide, "通信引擎": 不占用计算核; the task scheduler runs
+    the transfers on DMA engines); only the opt-in HCCL_OP_EXPANSION_MODE=AIV runs
+    collectives on the vector cores, not modelled. AMD: RCCL has NCCL's launch
+    structure, but no channel count is sourced for the AMD profiles."""
+    if system.device.arch != "nvidia" or system.collective_library.name != "nccl":
+        return 1.0
+    sms = system.device.matrix_cores
+    if sms <= 1:
+        return 1.0
+    c = min(system.collective_library.channels, sms - 1)
+    return (sms - c) / sms
 
 
 @dataclass(frozen=True)
@@ -73,10 +111,17 @@ class Pricing:
     every unit that runs the same ops, so each is priced once per ``Pricing``.
     """
 
-    def __init__(self, op_time: OpTime, comm_time: CommTime, host_op_s: float = 0.0) -> None:
+    def __init__(self, op_time: OpTime, comm_time: CommTime, host_op_s: float = 0.0,
+                 comm_share: float = 1.0, op_bound: OpBound | None = None) -> None:
         self.op_time = op_time
         self.comm_time = comm_time
         self.host_op_s = host_op_s
+        # SM contention (``overlap_compute_share``): 1.0 = none. ``op_bound`` names an
+        # op's roofline bound ("compute", "memory", "overhead"); without it every op
+        # counts as compute-bound.
+        self.comm_share = comm_share
+        self.op_bound = op_bound
+        self._rates: dict[Segment, float] = {}  # segment -> contended rate
         self._segments: dict[Segment, SegmentCost] = {}
         self._times: dict[Segment, float] = {}  # segment -> time_s (the engine's lookup)
 
@@ -98,8 +143,47 @@ class Pricing:
         def op_time(op: Op) -> float:
             return model.time(op).time_s
 
+        def op_bound(op: Op) -> str:
+            return model.time(op).bound
+
         return cls(wrap(op_time) if wrap else op_time, comm_time or comm_time_fn(system),
-                   host_op_s)
+                   host_op_s, overlap_compute_share(system), op_bound)
+
+    def contended_rate(self, work: Segment | Op) -> float:
+        """Rate (0..1] at which ``work`` progresses while a collective is in flight on
+        its rank. Compute-bound ops run on ``comm_share`` of the SMs, so their time
+        stretches by 1 / comm_share. Memory-bound ops and launch overheads are taken
+        not to slow: with 76-78% of the SMs left (24 of 108, 32 of 132 channels) an
+        HBM-streaming kernel is still limited by HBM, and the collective's own HBM
+        traffic (at NIC or NVLink rates, tens to hundreds of GB/s against 2-3 TB/s) is
+        not charged (ASSUMPTION, no measurement sourced); host-bound time neither. A
+        segment's rate is the work-weighted mix: stretch = 1 + f (1/share - 1) with f
+        its compute-bound share of time. Memoised by identity (lowering shares one
+        segment object among the units that run it)."""
+        if isinstance(work, Op):
+            return self._contended_rate(work)  # ops hold a dict: not hashable
+        rate = self._rates.get(work)
+        if rate is None:
+            rate = self._rates[work] = self._contended_rate(work)
+        return rate
+
+    def _contended_rate(self, work: Segment | Op) -> float:
+        share = self.comm_share
+        if share >= 1.0:
+            return 1.0
+        if isinstance(work, Op):
+            ops: tuple[Op, ...] = (work,)
+            times: tuple[float, ...] = (self.op_time(work),)
+            total = times[0]
+        else:
+            cost = self.segment(work)
+            ops, times, total = work.ops, cost.op_s, cost.time_s
+        if total <= 0:
+            return 1.0
+        bound = self.op_bound
+        compute = sum(t for op, t in zip(ops, times, strict=True)
+                      if bound is None or bound(op) == "compute")
+        return 1.0 / (1.0 + compute / total * (1.0 / share - 1.0))
 
     def segment(self, seg: Segment) -> SegmentCost:
         cost = self._segments.get(seg)

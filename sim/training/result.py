@@ -30,6 +30,9 @@ class StageStats:
     bubble_s: float
     exposed_comm_s: float
     work_s: float  # forward + backward + recompute compute time
+    # Compute-stream time added by SM contention with overlapped collectives (included
+    # in busy_s and work_s; sim.engine_share).
+    compute_slowed_s: float = 0.0
 
     def as_dict(self) -> dict:
         return {
@@ -39,6 +42,7 @@ class StageStats:
             "bubble_s": self.bubble_s,
             "exposed_comm_s": self.exposed_comm_s,
             "work_s": self.work_s,
+            "compute_slowed_s": self.compute_slowed_s,
         }
 
 
@@ -100,6 +104,11 @@ class TrainingResult:
     def exposed_comm_s(self) -> float:
         return sum(s.exposed_comm_s for s in self.stages) / len(self.stages)
 
+    @property
+    def compute_slowed_s(self) -> float:
+        """Mean over stages of the compute time added by SM contention."""
+        return sum(s.compute_slowed_s for s in self.stages) / len(self.stages)
+
     def breakdown(self) -> dict[str, float]:
         """Mean over stages of busy time per phase / comm group, plus bubble and exposed comm."""
         keys = sorted({k for s in self.stages for k in s.busy_s})
@@ -136,6 +145,7 @@ class TrainingResult:
                 self.plan.pp, m, self.plan.vpp if self.plan.interleaved else 1
             ),
             "exposed_comm_s": self.exposed_comm_s,
+            "compute_slowed_s": self.compute_slowed_s,
             "breakdown_s": self.breakdown(),
             "compute_by_kind_s": self.compute_by_kind_s,
             "flops_by_phase": self.flops_by_phase,
@@ -175,7 +185,8 @@ def stage_stats(sim: SimResult, rank: int, stage: int) -> StageStats:
     exposed_async = sum(b - a for a, b in au) - overlap_length(au, cu)
     idle = sim.makespan_s - sum(b - a for a, b in cu)
     bubble = max(0.0, idle - exposed_async)
-    return StageStats(stage, rank, busy, bubble, blocking + exposed_async, work)
+    return StageStats(stage, rank, busy, bubble, blocking + exposed_async, work,
+                      sim.slowed_s.get(rank, 0.0))
 
 
 def union_spans(spans: list[list[float]]) -> list[tuple[float, float]]:
@@ -302,6 +313,14 @@ def explain_terms(result: TrainingResult) -> list[tuple[str, float, str]]:
         f"sim/network on the system topology (busy per stage: {groups}); TP/CP/EP on the "
         "compute stream are exposed, DP/PP/overlapped EP only where the compute waits",
     ))
+    if result.compute_slowed_s > 0:
+        out.append((
+            "compute slowed by overlapped collectives",
+            result.compute_slowed_s,
+            "SM contention: an NCCL collective kernel holds one SM per channel while in "
+            "flight, so compute-bound kernels overlapping it run on the other SMs "
+            "(sim/cost/pricing.overlap_compute_share, sim/engine_share.py)",
+        ))
     out.append((
         "pipeline bubble",
         b["bubble"],

@@ -146,6 +146,7 @@ def _lerp_stage(s1: StageStats, s2: StageStats, m1: int, m2: int, m: int) -> Sta
         busy_s=_lerp_dict(s1.busy_s, s2.busy_s, m1, m2, m),
         bubble_s=max(0.0, _lerp(s1.bubble_s, s2.bubble_s, m1, m2, m)),
         exposed_comm_s=max(0.0, _lerp(s1.exposed_comm_s, s2.exposed_comm_s, m1, m2, m)),
+        compute_slowed_s=max(0.0, _lerp(s1.compute_slowed_s, s2.compute_slowed_s, m1, m2, m)),
         work_s=_lerp(s1.work_s, s2.work_s, m1, m2, m),
     )
 

@@ -1,0 +1,190 @@
+"""The contended schedule (SM contention, ``sim.engine_share``): ``Engine.run`` calls
+``overlapped`` on its plain schedule and, where compute ran beside a collective,
+``contended``, which schedules the step again with compute-stream segments stretched
+over their rank's collectives (processor sharing).
+
+A compute task's end is final once no collective of its rank can still start before
+it: it waits (``run.waiting``) until its rank's comm stream has advanced past it, or
+the stream's next task waits for this compute task or a later one (``_horizon``). When
+every stream is blocked, the waiting task with the least end over the collectives known
+so far is final (``_release``): any collective not yet started starts no earlier than
+some blocked task's end, and each blocked task ends no earlier than that least end
+(more collectives only slow compute). One pass; deterministic (ties by stream).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from xpusim.sim.cost.pricing import Pricing
+from xpusim.sim.engine_share import (
+    Contention,
+    add_busy,
+    chain_end,
+    comm_slot,
+    flat_union,
+    intersects,
+    known_comm,
+    run_chain,
+    stretch,
+)
+from xpusim.sim.ir import Chain, Op, RankGraph, Segment, Stream
+
+if TYPE_CHECKING:
+    from xpusim.sim.engine import Engine, _Parts, _Run
+
+_INF = float("inf")
+
+
+def special_contended(engine: Engine, run: _Run, s: int, tid: int, start: float
+                      ) -> float | None:
+    """``Engine._special`` in a contended run: a compute-stream segment (plain or a chain)
+    ends where ``stretch`` puts it over its rank's collectives once that end is
+    final (``_horizon``), else the stream waits (``run.waiting``); collectives as
+    before."""
+    g = run.s_graph[s]
+    tasks, _, begin, end, parked, slot_of, busy, ivs, chains = run.graphs[g]
+    c = run.contention[g]
+    parts = chains.get(tid)
+    if parts is not None and tid not in c.chain_rates:
+        stop = run_chain(parts, start, busy, ivs)
+    elif parts is None and tid not in c.plain:
+        return engine._arrive(run, s, tid, tasks[tid].work, start)  # type: ignore[arg-type]
+    else:
+        comm = known_comm(ivs, c.comm_slots, start)
+        stop = _tentative(c, chains, tid, start, comm)
+        if run.force == s:
+            run.force = -1
+        elif stop > _horizon(run, g, tid):
+            run.waiting[s] = (tid, start)
+            return None
+        if parts is not None:
+            run_chain_contended(parts, c.chain_rates[tid], start, busy, ivs, c, comm)
+        else:
+            c.slowed_s += (stop - start) - c.plain[tid][0]
+            add_busy(busy, ivs[slot_of[tid]], slot_of[tid], start, stop)
+    end[tid] = stop
+    begin[tid] = start
+    w = parked[tid]
+    if w is not None:
+        parked[tid] = None
+        run.ready.extend(w)
+    return stop
+
+
+def _tentative(c: Contention, chains: dict[int, _Parts], tid: int, start: float,
+               comm: list[float]) -> float:
+    """A contended task's end over the collectives known so far (``comm``): a lower
+    bound of its end, exact when no other collective starts before it."""
+    plain = c.plain.get(tid)
+    if plain is not None:
+        return stretch(comm, start, plain[0], plain[1])
+    return chain_end(chains[tid], c.chain_rates[tid], start, comm)
+
+
+def _horizon(run: _Run, g: int, tid: int) -> float:
+    """Time before which every collective of graph ``g``'s comm stream is known:
+    infinite when the stream is done or its next task waits for compute task
+    ``tid`` or a later one (it cannot start before ``tid`` ends), else the end of
+    its last task."""
+    cs = run.contention[g].comm_stream
+    if cs < 0:
+        return _INF
+    pos, tids = run.s_pos[cs], run.s_tids[cs]
+    if pos >= len(tids):
+        return _INF
+    tasks, end = run.graphs[g][0], run.graphs[g][3]
+    for d in tasks[tids[pos]].deps:
+        if d >= tid and end[d] is None and tasks[d].stream == Stream.COMPUTE:
+            return _INF
+    return run.s_clock[cs]
+
+
+def contended(engine: Engine, plain: _Run) -> _Run:
+    """The contended schedule: ``Engine._schedule`` until every stream is blocked,
+    then ``_release`` the waiting compute tasks, until none waits."""
+    run = engine._setup(plain.priced, contend=True)
+    while True:
+        engine._schedule(run)
+        if not run.waiting:
+            break
+        _release(run)
+    engine._check_finished(run)
+    return run
+
+
+def _release(run: _Run) -> None:
+    """Every stream is blocked: wake the waiting compute tasks, and mark as final the
+    one whose end over the collectives known now is least (ties by stream). Any
+    collective not yet started starts no earlier than some blocked task's end, and
+    each blocked task's end is at least that least end (more collectives only slow
+    compute), so nothing unknown can overlap that task."""
+    best = (_INF, -1)
+    for s, (tid, start) in sorted(run.waiting.items()):
+        g = run.s_graph[s]
+        c = run.contention[g]
+        comm = known_comm(run.graphs[g][7], c.comm_slots, start)
+        e = _tentative(c, run.graphs[g][8], tid, start, comm)
+        if e < best[0]:
+            best = (e, s)
+    run.force = best[1]
+    run.ready.extend(sorted(run.waiting, reverse=True))
+    run.waiting.clear()
+
+
+def overlapped(engine: Engine, run: _Run) -> bool:
+    """Whether any graph's compute stream was busy while its collectives ran (a
+    bisection per collective interval and compute slot: the slots' lists are long)."""
+    for gi in range(len(engine.graphs)):
+        iv = _comm_spans(run, gi)
+        if not iv:
+            continue
+        ivs = run.graphs[gi][7]
+        for (stream, _), slot in run.slots[gi].items():
+            if stream == Stream.COMPUTE and intersects(ivs[slot], iv):
+                return True
+    return False
+
+
+def _comm_spans(run: _Run, gi: int) -> list[float]:
+    """Busy intervals of graph ``gi``'s comm-stream collectives (``comm_slot``)."""
+    ivs = run.graphs[gi][7]
+    return flat_union([ivs[slot] for key, slot in run.slots[gi].items()
+                       if comm_slot(key)])
+
+
+def contention_of(pricing: Pricing, graph: RankGraph, durations: list[float | None],
+                  slots: dict[tuple[Stream, str], int]) -> Contention:
+    """Contention state of one graph: its compute-stream segments and ops leave
+    the hot loop (duration None) for ``special_contended``, with their rates."""
+    c = Contention([slot for key, slot in slots.items() if comm_slot(key)])
+    rate_of = pricing.contended_rate
+    for task in graph.tasks:
+        if task.stream != Stream.COMPUTE:
+            continue
+        work = task.work
+        if type(work) is Chain:
+            rates = [rate_of(w) if isinstance(w, Segment) else 1.0
+                     for w, _ in work.parts]
+            if min(rates, default=1.0) < 1.0:
+                c.chain_rates[task.id] = rates
+        elif isinstance(work, Segment | Op):
+            d = durations[task.id]
+            rate = rate_of(work)
+            if d is not None and rate < 1.0:
+                c.plain[task.id] = (d, rate)
+                durations[task.id] = None
+    return c
+
+
+def run_chain_contended(parts: _Parts, rates: list[float], start: float,
+                         busy: list[float], ivs: list[list[float]], c: Contention,
+                         comm: list[float]) -> float:
+    """``_run_chain`` with each part stretched over the rank's collectives ``comm``."""
+    t = start
+    for (d, slot), rate in zip(parts, rates, strict=True):
+        stop = stretch(comm, t, d, rate)
+        c.slowed_s += (stop - t) - d
+        add_busy(busy, ivs[slot], slot, t, stop)
+        t = stop
+    return t

@@ -1,0 +1,153 @@
+"""SM contention in the engine: compute tasks slowed while a collective is in flight.
+
+A collective kernel holds some of the device's SMs for its whole duration
+(``sim.cost.pricing.overlap_compute_share``), so a compute task that overlaps it in time
+on the same rank progresses at a reduced rate for the overlapping interval (processor
+sharing). ``stretch`` gives such a task's end from its start, its work (its uncontended
+duration) and the rank's busy intervals of collectives; ``Contention`` is the per-graph
+state of one contended engine run (``sim.engine.Engine._contended``).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Contention:
+    """One rank graph in a contended run: the (stream, label) slots of its collectives
+    (``comm_slot``), its comm stream's index in the run (-1: none), per plain compute
+    task its (work seconds, contended rate), per chain task its parts' rates, and the
+    seconds compute was slowed by."""
+
+    comm_slots: list[int]
+    comm_stream: int = -1
+    plain: dict[int, tuple[float, float]] = field(default_factory=dict)
+    chain_rates: dict[int, list[float]] = field(default_factory=dict)
+    slowed_s: float = 0.0
+
+
+def comm_slot(key: tuple[str, str]) -> bool:
+    """Whether a (stream, label) slot holds collectives that contend with compute:
+    the comm stream's, except PP sends and receives (label "pp"), which NCCL runs on a
+    few channels per peer (NCCL_NCHANNELS_PER_NET_PEER, default 2), not the
+    collective's channel count. The copy stream uses copy engines, not SMs."""
+    return key[0] == "comm" and key[1] != "pp"
+
+
+def known_comm(ivs: list[list[float]], slots: list[int], start: float) -> list[float]:
+    """The collectives' busy intervals known so far that end after ``start`` (flat,
+    sorted, disjoint), from the slots' time-ordered interval lists."""
+    picked: list[list[float]] = []
+    for slot in slots:
+        iv = ivs[slot]
+        if iv and iv[-1] > start:
+            i = bisect_right(iv, start)
+            picked.append(iv[i - 1 if i % 2 == 1 else i:])
+    if len(picked) == 1:
+        return picked[0]
+    return flat_union(picked)
+
+
+def chain_end(parts: list[tuple[float, int]], rates: list[float], start: float,
+              comm: list[float]) -> float:
+    """End of a chain whose parts run back to back, each stretched over ``comm``."""
+    t = start
+    for (d, _), rate in zip(parts, rates, strict=True):
+        t = stretch(comm, t, d, rate)
+    return t
+
+
+def stretch(comm: list[float], start: float, work: float, rate: float) -> float:
+    """End of a task that starts at ``start`` and needs ``work`` seconds at full rate,
+    running at ``rate`` inside the intervals ``comm`` (flat, sorted, disjoint) and at
+    full rate outside them.
+
+    Example: comm = [1, 3], start 0, work 2, rate 0.5: 1 s at full rate to t = 1, then
+    the last second of work takes 2 s at half rate: end 3."""
+    if rate >= 1.0 or work <= 0.0:
+        return start + work
+    n = len(comm)
+    i = bisect_right(comm, start)
+    t = start
+    left = work
+    if i % 2 == 1:  # ``start`` lies inside the interval that ends at comm[i]
+        cap = (comm[i] - t) * rate
+        if left <= cap:
+            return t + left / rate
+        left -= cap
+        t = comm[i]
+        i += 1
+    while i < n:
+        a, b = comm[i], comm[i + 1]
+        if t + left <= a:
+            return t + left
+        left -= a - t
+        cap = (b - a) * rate
+        if left <= cap:
+            return a + left / rate
+        left -= cap
+        t = b
+        i += 2
+    return t + left
+
+
+def flat_union(lists: list[list[float]]) -> list[float]:
+    """Union of flat interval lists (each sorted and disjoint) as one flat list."""
+    pairs = sorted((iv[k], iv[k + 1]) for iv in lists for k in range(0, len(iv), 2))
+    out: list[float] = []
+    for a, b in pairs:
+        if b <= a:
+            continue
+        if out and a <= out[-1]:
+            if b > out[-1]:
+                out[-1] = b
+        else:
+            out.append(a)
+            out.append(b)
+    return out
+
+
+def intersects(busy: list[float], other: list[float]) -> bool:
+    """Whether two flat interval lists (sorted, disjoint) overlap for a positive time;
+    a bisection into ``busy`` per interval of ``other`` (the shorter list)."""
+    n = len(busy)
+    for k in range(0, len(other), 2):
+        a, b = other[k], other[k + 1]
+        i = bisect_right(busy, a)
+        if i % 2 == 1 and busy[i] > a:
+            return True  # ``a`` lies inside a busy interval
+        if i < n and busy[i] < b:
+            return True  # a busy interval starts inside [a, b)
+    return False
+
+
+def run_chain(parts: list[tuple[float, int]], start: float, busy: list[float], ivs: list[list[float]]
+               ) -> float:
+    """Run a chain's parts back to back from ``start``: each adds its busy time and
+    interval to its slot exactly as a task of its own would (the engine's hot loop);
+    returns the chain's end."""
+    t = start
+    for d, slot in parts:
+        stop = t + d
+        busy[slot] += stop - t
+        iv = ivs[slot]
+        if iv and t <= iv[-1]:
+            iv[-1] = stop
+        elif stop > t:
+            iv.append(t)
+            iv.append(stop)
+        t = stop
+    return t
+
+
+def add_busy(busy: list[float], iv: list[float], slot: int, start: float, stop: float
+              ) -> None:
+    """A task's busy time and interval on its slot (as the hot loop adds them)."""
+    busy[slot] += stop - start
+    if iv and start <= iv[-1]:
+        iv[-1] = stop
+    elif stop > start:
+        iv.append(start)
+        iv.append(stop)

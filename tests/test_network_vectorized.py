@@ -41,20 +41,7 @@ FACTORIES = [
 def _fast(topo: Topology, phase: Phase):
     flows = phase.expand()
     assert len(flows) + len(phase.port_bytes) >= 1
-    fl = analytical.FlowLoads(topo, phase, flows)
-    transfer, link, load, loaded = fl.bottleneck()
-    bottleneck = "none (no traffic)" if link is None else analytical.describe_link(
-        topo, link, load
-    )
-    latency = analytical.phase_latency(topo, phase, fl.hop) if loaded else 0.0
-    return analytical.PhaseCost(
-        phase.name,
-        transfer + latency,
-        transfer,
-        latency,
-        {k: v for k, v in fl.by_class.items() if v},
-        bottleneck,
-    )
+    return analytical._flows_vectorized(topo, phase, flows)
 
 
 @st.composite

@@ -83,6 +83,12 @@ def _flows(topo: Topology, phase: Phase, flows: list[Flow]) -> PhaseCost:
     ``vectorized``), else the per-flow loop, which is cheaper for a handful."""
     if len(flows) + len(phase.port_bytes) < VECTORIZE_FROM:
         return _flows_listed(topo, phase, flows)
+    return _flows_vectorized(topo, phase, flows)
+
+
+def _flows_vectorized(topo: Topology, phase: Phase, flows: list[Flow]) -> PhaseCost:
+    """Listed flows priced with numpy (``FlowLoads``): the same numbers as
+    ``_flows_listed``, whatever the number of flows (tests compare the two)."""
     fl = FlowLoads(topo, phase, flows)
     transfer, link, load, loaded = fl.bottleneck()
     bottleneck = "none (no traffic)" if link is None else describe_link(topo, link, load)

@@ -39,7 +39,7 @@ from typing import NamedTuple, cast
 
 from xpusim.sim.cost.pricing import Pricing
 from xpusim.sim.engine_contended import contended, contention_of, overlapped, special_contended
-from xpusim.sim.engine_share import Contention, run_chain
+from xpusim.sim.engine_share import Contention, finish, run_chain
 from xpusim.sim.ir import Chain, Collective, Delay, Op, RankGraph, Segment, Stream, Task, Work
 
 
@@ -356,12 +356,7 @@ class Engine:
         if parts is None:
             return self._arrive(run, s, tid, tasks[tid].work, start)  # type: ignore[arg-type]
         stop = run_chain(parts, start, busy, ivs)
-        end[tid] = stop
-        begin[tid] = start
-        w = parked[tid]
-        if w is not None:
-            parked[tid] = None
-            run.ready.extend(w)
+        finish(run.ready, begin, end, parked, tid, start, stop)
         return stop
 
     def _arrive(self, run: _Run, s: int, tid: int, work: Collective, start: float

@@ -22,6 +22,7 @@ from xpusim.sim.engine_share import (
     add_busy,
     chain_end,
     comm_slot,
+    finish,
     flat_union,
     intersects,
     known_comm,
@@ -63,12 +64,7 @@ def special_contended(engine: Engine, run: _Run, s: int, tid: int, start: float
         else:
             c.slowed_s += (stop - start) - c.plain[tid][0]
             add_busy(busy, ivs[slot_of[tid]], slot_of[tid], start, stop)
-    end[tid] = stop
-    begin[tid] = start
-    w = parked[tid]
-    if w is not None:
-        parked[tid] = None
-        run.ready.extend(w)
+    finish(run.ready, begin, end, parked, tid, start, stop)
     return stop
 
 

@@ -151,3 +151,15 @@ def add_busy(busy: list[float], iv: list[float], slot: int, start: float, stop: 
     elif stop > start:
         iv.append(start)
         iv.append(stop)
+
+
+def finish(ready: list, begin: list[float], end: list[float | None], parked: list, tid: int,
+           start: float, stop: float) -> None:
+    """Task ``tid`` ran from ``start`` to ``stop``: record both and release the tasks that
+    waited on it (``parked``) into ``ready``."""
+    end[tid] = stop
+    begin[tid] = start
+    w = parked[tid]
+    if w is not None:
+        parked[tid] = None
+        ready.extend(w)

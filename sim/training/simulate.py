@@ -28,7 +28,7 @@ from xpusim.sim.cost.attention_impl import check_impl, default_impl
 from xpusim.sim.cost.pricing import Pricing
 from xpusim.sim.engine import Engine, SimResult
 from xpusim.sim.errors import InputError
-from xpusim.sim.ir import Collective, RankGraph
+from xpusim.sim.ir import Collective, RankGraph, Segment
 from xpusim.sim.models.spec import ModelSpec
 from xpusim.sim.parallel import Coord, Layout, ParallelPlan, microbatches, validate_plan
 from xpusim.sim.schedules import stage_order
@@ -347,16 +347,36 @@ def rank_breakdown(lr: LoweredRank, pricing: Pricing) -> dict[str, list[float]]:
 
 
 def _unit_breakdown(pieces: list[Piece], pricing: Pricing, acc: dict[str, list[float]]) -> None:
-    segments = [(p.phase, p.segment) for p in pieces if p.segment is not None]
-    for phase, seg in segments:
-        for op, t in zip(seg.ops, pricing.segment(seg).op_s, strict=True):
-            kind = acc.setdefault(f"{phase}:{op.kind}", [0.0, 0.0])
-            kind[0] += t
-            kind[1] += op.flops
-    for phase, seg in segments:
-        host = pricing.segment(seg).host_s
+    # Units share their Segment objects (a ZeRO-3 step lists the same layer segments
+    # thousands of times), so each distinct (phase, segment) is summed once and added
+    # as many times as it occurs.
+    counts: dict[tuple[str, int], int] = {}
+    segs: dict[int, Segment] = {}
+    for p in pieces:
+        if p.segment is not None:
+            key = (p.phase, id(p.segment))
+            counts[key] = counts.get(key, 0) + 1
+            segs[id(p.segment)] = p.segment
+    for (phase, sid), n in counts.items():
+        seg = segs[sid]
+        for kind, (t, f) in _segment_kinds(seg, pricing).items():
+            entry = acc.setdefault(f"{phase}:{kind}", [0.0, 0.0])
+            entry[0] += t * n
+            entry[1] += f * n
+    for (phase, sid), n in counts.items():
+        host = pricing.segment(segs[sid]).host_s
         if host > 0:
-            acc.setdefault(f"{phase}:host", [0.0, 0.0])[0] += host
+            acc.setdefault(f"{phase}:host", [0.0, 0.0])[0] += host * n
+
+
+def _segment_kinds(seg: Segment, pricing: Pricing) -> dict[str, list[float]]:
+    """Seconds and FLOPs of one segment's ops, per op kind."""
+    kinds: dict[str, list[float]] = {}
+    for op, t in zip(seg.ops, pricing.segment(seg).op_s, strict=True):
+        kind = kinds.setdefault(f"{op.kind}", [0.0, 0.0])
+        kind[0] += t
+        kind[1] += op.flops
+    return kinds
 
 
 def _result(step: LoweredStep, system: System, sim: SimResult,

@@ -40,16 +40,9 @@ class StepCosts:
         graph), or the full engine run when ``exact``."""
         return sim.run(batch, host).time_s if self.exact else sim.time_s(batch, host)
 
-    @staticmethod
-    def _interp(fn, x: float) -> float:
-        i = min(max(bisect.bisect_right(CONTEXT_GRID, x) - 1, 0), len(CONTEXT_GRID) - 2)
-        x0, x1 = CONTEXT_GRID[i], CONTEXT_GRID[i + 1]
-        y0, y1 = fn(x0), fn(x1)
-        return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
-
     def _interp_fn(self, fn) -> Callable[[float], float]:
-        """``lambda x: self._interp(fn, x)`` with each grid segment's end points priced
-        once (the same arithmetic, without pricing two grid points per call)."""
+        """``fn`` interpolated linearly over CONTEXT_GRID (clamped to the first and last
+        segments), each grid segment's end points priced once."""
         ends: dict[int, tuple[float, float, float, float]] = {}
         last = len(CONTEXT_GRID) - 2
 

@@ -32,7 +32,11 @@ xpusim validate --device cpu --calibration "$OUT/overlay.toml" \
 xpusim validate --device cpu --calibration "$OUT/overlay.toml" \
     --compare "$OUT/overlay-repeat.toml" --out "$OUT/validation-remeasured" || true
 
-# 3. Docs: the scatter plot and the error table.
+# 3. The named calibrated profile (--device cpu-host-calibrated) is a copy of the overlay.
+{ echo "# The committed CPU calibration (copy of calibrate/data/cpu-host/overlay.toml): use it as --device cpu-host-calibrated."
+  tail -n +2 "$OUT/overlay.toml"; } > hwprofiles/calibrated/cpu-host-calibrated.toml
+
+# 4. Docs: the scatter plot and the error table.
 mkdir -p docs/img
 cp "$OUT/validation/validation.png" docs/img/calibration_cpu_scatter.png
 python -m xpusim.calibrate.docs_table "$OUT/validation/validation.json" docs/calibration.md

@@ -39,7 +39,7 @@ from typing import NamedTuple, cast
 
 from xpusim.sim.cost.pricing import Pricing
 from xpusim.sim.engine_contended import contended, contention_of, overlapped, special_contended
-from xpusim.sim.engine_share import Contention, finish, run_chain
+from xpusim.sim.engine_share import Contention, finish, merge_interval, run_chain
 from xpusim.sim.ir import Chain, Collective, Delay, Op, RankGraph, Segment, Stream, Task, Work
 
 
@@ -99,19 +99,6 @@ class SimResult:
         comm = union_intervals([(r.start, r.end) for r in self.records
                                 if r.rank == rank and r.stream != Stream.COMPUTE])
         return intervals_length(comm) - overlap_length(comm, compute)
-
-
-def merge_interval(iv: list[float], start: float, stop: float) -> None:
-    """Add [start, stop) to a flat, time-ordered list of busy intervals (s0, e0, s1, ...),
-    extending the last one when they touch or overlap."""
-    if stop <= start:
-        return
-    if iv and start <= iv[-1]:
-        if stop > iv[-1]:
-            iv[-1] = stop
-    else:
-        iv.append(start)
-        iv.append(stop)
 
 
 def union_intervals(intervals: list[tuple[float, float]]) -> list[tuple[float, float]]:

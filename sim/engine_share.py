@@ -93,19 +93,25 @@ def stretch(comm: list[float], start: float, work: float, rate: float) -> float:
     return t + left
 
 
+def merge_interval(iv: list[float], start: float, stop: float) -> None:
+    """Add [start, stop) to a flat, time-ordered list of busy intervals (s0, e0, s1, ...),
+    extending the last one when they touch or overlap."""
+    if stop <= start:
+        return
+    if iv and start <= iv[-1]:
+        if stop > iv[-1]:
+            iv[-1] = stop
+    else:
+        iv.append(start)
+        iv.append(stop)
+
+
 def flat_union(lists: list[list[float]]) -> list[float]:
     """Union of flat interval lists (each sorted and disjoint) as one flat list."""
     pairs = sorted((iv[k], iv[k + 1]) for iv in lists for k in range(0, len(iv), 2))
     out: list[float] = []
     for a, b in pairs:
-        if b <= a:
-            continue
-        if out and a <= out[-1]:
-            if b > out[-1]:
-                out[-1] = b
-        else:
-            out.append(a)
-            out.append(b)
+        merge_interval(out, a, b)
     return out
 
 

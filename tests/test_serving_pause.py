@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import replace
 from types import SimpleNamespace
 
+import pytest
 from xpusim.sim.inference.engine_profile import load_engine
 from xpusim.sim.inference.serving import Server, _Loop
 from xpusim.sim.inference.workload import Request
@@ -53,26 +54,30 @@ def test_pause_keeps_generated_tokens_up_to_max_input_len():
     assert stats["preempt"] == 1
 
 
-def test_pause_of_a_full_length_prompt_discards_its_generated_tokens():
-    engine = replace(load_engine("trtllm-0.10"), max_input_len=2048)
+@pytest.mark.parametrize(
+    ("engine_name", "max_input_len", "generated", "context"),
+    [
+        # TRT-LLM: min(2048, 2048 + 700) = 2048: the prompt is unchanged and the 700
+        # tokens are lost (LlmRequest::pause resizes the tokens to the new prompt length).
+        ("trtllm-0.10", 2048, 0, 2048),
+        # vLLM has no cap: it recomputes prompt + generated and keeps every token.
+        ("vllm-0.6", None, 700, 2748),
+    ],
+)
+def test_a_paused_decoding_request_keeps_what_its_engine_keeps(
+    engine_name, max_input_len, generated, context
+):
+    engine = load_engine(engine_name)
+    if max_input_len is None:
+        assert engine.max_input_len == 0  # no cap
+    else:
+        engine = replace(engine, max_input_len=max_input_len)
     a, b = _two_requests()
-    # Pause a instead: it is the only decoding request in the pool.
+    # Pause a: it is the only decoding request in the pool.
     server = _server(engine, 242 * 16)
     s = _Loop(running=[b, a])
     assert server._preempt(s, [b, a], 1, {"preempt": 0})
-    # min(2048, 2048 + 700) = 2048: the prompt is unchanged and the 700 tokens are lost
-    # (LlmRequest::pause resizes the tokens to the new prompt length).
-    assert a.generated == 0 and a.context == 2048
-
-
-def test_vllm_recompute_keeps_every_generated_token():
-    engine = load_engine("vllm-0.6")
-    assert engine.max_input_len == 0  # no cap: vLLM recomputes prompt + generated
-    a, b = _two_requests()
-    server = _server(engine, 242 * 16)
-    s = _Loop(running=[b, a])
-    assert server._preempt(s, [b, a], 1, {"preempt": 0})
-    assert a.generated == 700 and a.context == 2748
+    assert a.generated == generated and a.context == context
 
 
 def test_a_resumed_request_does_not_pay_the_per_request_host_work_again():

@@ -8,7 +8,7 @@ the ``TrainingResult``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -35,15 +35,7 @@ class StageStats:
     compute_slowed_s: float = 0.0
 
     def as_dict(self) -> dict:
-        return {
-            "stage": self.stage,
-            "rank": self.rank,
-            "busy_s": self.busy_s,
-            "bubble_s": self.bubble_s,
-            "exposed_comm_s": self.exposed_comm_s,
-            "work_s": self.work_s,
-            "compute_slowed_s": self.compute_slowed_s,
-        }
+        return asdict(self)  # every field, in declaration order (the JSON's keys)
 
 
 @dataclass

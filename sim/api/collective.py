@@ -24,8 +24,9 @@ from xpusim.sim.ir import CollectiveKind
 from xpusim.sim.limits import check_namespace, check_size
 from xpusim.sim.network import cost_collective
 from xpusim.sim.network.algorithms import ALGORITHMS
-from xpusim.sim.network.api import BACKENDS, MAX_RANKS
+from xpusim.sim.network.api import BACKENDS, MAX_RANKS, bus_factor
 from xpusim.sim.network.api import CollectiveResult as NetworkCollectiveResult
+from xpusim.sim.network.call_timing import TIMINGS, timing_overhead_s
 from xpusim.sim.network.copy import APIS
 from xpusim.sim.network.protocols import PROTOCOLS
 from xpusim.sim.units import parse_size
@@ -53,6 +54,10 @@ class CollectiveRequest:
     # memcpy = send-recv as a direct copy-engine copy (cudaMemcpy peer, aclrtMemcpy)
     api: str = "library"
     sweep: str | None = None  # MIN:MAX for collective_sweep() (None there: 1KiB:4GiB)
+    # How the time is measured (sim/network/call_timing.py): device = calls back to back
+    # (nccl-tests); host = one torch.distributed call on an idle device, so the
+    # framework's per-call host path is inside the timed interval.
+    timing: str = "device"
 
 
 @dataclass(frozen=True)
@@ -71,10 +76,13 @@ class CollectiveResult:
     protocol: str
     note: str  # how the node count was derived ("" when given or one node)
     network: NetworkCollectiveResult  # phases, bytes per link class, bottleneck
+    timing: str = "device"
+    host_call_s: float = 0.0  # added by --timing host (inside time_s)
 
     def as_dict(self) -> dict[str, Any]:
         header = _header(self.kind, self.system, self.ranks, self.nodes, self.note)
-        return as_json_dict({**header, "bytes": self.bytes, **self.network.as_dict()})
+        timing = {"timing": self.timing, "host_call_s": self.host_call_s}
+        return as_json_dict({**header, "bytes": self.bytes, **self.network.as_dict(), **timing})
 
 
 @dataclass(frozen=True)
@@ -147,6 +155,8 @@ def collective(request: CollectiveRequest | None = None, /, **kwargs: Any) -> Co
         system, kind, tuple(range(ranks)), nbytes, req.algorithm, req.backend, req.protocol,
         req.api,
     )
+    host_s = timing_overhead_s(req.timing)
+    res = _timed(res, kind, ranks, nbytes, host_s)
     return CollectiveResult(
         kind=kind,
         system=system.name,
@@ -160,7 +170,21 @@ def collective(request: CollectiveRequest | None = None, /, **kwargs: Any) -> Co
         protocol=res.protocol,
         note=note,
         network=res,
+        timing=req.timing,
+        host_call_s=host_s,
     )
+
+
+def _timed(
+    res: NetworkCollectiveResult, kind: str, ranks: int, nbytes: float, host_s: float
+) -> NetworkCollectiveResult:
+    """The result as a benchmark that adds ``host_s`` to each call reports it."""
+    if host_s == 0.0 or res.time_s == 0.0:
+        return res
+    time_s = res.time_s + host_s
+    algbw = nbytes / time_s
+    return replace(res, time_s=time_s, algorithm_bandwidth=algbw,
+                   bus_bandwidth=algbw * bus_factor(CollectiveKind(kind), ranks))
 
 
 def collective_sweep(
@@ -170,11 +194,13 @@ def collective_sweep(
     req = request_from_kwargs(CollectiveRequest, request, kwargs, "xpusim.collective_sweep")
     kind, system, ranks, note = _prepare(req)
     group = tuple(range(ranks))
+    host_s = timing_overhead_s(req.timing)
     points = []
     for size in sweep_sizes(req.sweep or DEFAULT_SWEEP):
         res = cost_collective(
             system, kind, group, size, req.algorithm, req.backend, req.protocol, req.api
         )
+        res = _timed(res, kind, ranks, size, host_s)
         points.append(
             CollectiveSweepPoint(
                 bytes=size,
@@ -209,6 +235,7 @@ def _prepare(req: CollectiveRequest) -> tuple[str, System, int, str]:
         ("--protocol", req.protocol, PROTOCOL_CHOICES),
         ("--backend", req.backend, BACKENDS),
         ("--api", req.api, APIS),
+        ("--timing", req.timing, TIMINGS),
     ):
         if value not in choices:
             raise InputError(f"{flag} {value!r}: choose one of {', '.join(choices)}")

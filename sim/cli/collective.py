@@ -25,6 +25,7 @@ from xpusim.sim.api.collective import (
     collective_sweep,
 )
 from xpusim.sim.network.api import BACKENDS
+from xpusim.sim.network.call_timing import TIMINGS
 from xpusim.sim.network.copy import APIS
 from xpusim.sim.report import (
     check_output_args,
@@ -61,6 +62,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="send-recv as the collective library runs it (library, default: ncclSend/"
         "ncclRecv, HCCL) or as a direct copy-engine copy (memcpy: cudaMemcpy peer, "
         "nvbandwidth CE, aclrtMemcpy)",
+    )
+    p.add_argument(
+        "--timing",
+        choices=TIMINGS,
+        help="how the time is measured: device (default; calls back to back, as "
+        "nccl-tests) or host (one torch.distributed call on an idle device: adds "
+        "PyTorch's per-call host overhead, sim/data/call_timing.toml)",
     )
     p.add_argument(
         "--sweep",
@@ -104,6 +112,8 @@ def _print(r: CollectiveResult) -> None:
         f"  time {fmt_si(r.time_s, 's')}   algbw {fmt_si(r.algbw_bytes_per_s, 'B/s')}   "
         f"busbw {fmt_si(r.busbw_bytes_per_s, 'B/s')}"
     )
+    if r.host_call_s:
+        print(f"  of which host per call (--timing host): {fmt_si(r.host_call_s, 's')}")
     for cls, b in res.link_bytes.items():
         print(f"  {cls:11s} {fmt_bytes(b)} crossed")
     for ph in res.phases:

@@ -223,20 +223,25 @@ def test_cli_errors_exit_2(capsys):
 def test_low_latency_is_one_rdma_step_per_copy_by_hand():
     """DeepEP low-latency on one H800 node, pure RDMA: every (token, expert) copy is a
     message NIC to NIC; 256 experts over 8 GPUs, top-8 uniform: 128 x 8 x 32/256 = 128
-    copies of 7168 B to each peer, 7 peers through the GPU's own 400G NIC at 0.9."""
+    copies to each peer, 7 peers through the GPU's own 400G NIC at 0.9. A dispatch
+    message is 16 + 7168 + 56 x 4 = 7408 B (header, FP8 payload, scales); the combine
+    sends the 7392 B token back without the header."""
     from xpusim.hwprofiles import load_system
     from xpusim.sim.network.ep import EPConfig, simulate_ep
 
     system = load_system("hgx-h800")
     cfg = EPConfig(7168, 8, 256, 8, 128, dtype_bytes=1.0, dispatch="low-latency")
     r = simulate_ep(cfg, system)
-    per_peer = 128 * 1 * 7168
-    want = 7 * per_peer / (400e9 / 8 * 0.9) + 1 * (1e-6 + 2e-6)  # one step: NIC + overhead
+    per_peer = 128 * 1 * 7408
+    nic = 400e9 / 8 * 0.9
+    want = 7 * per_peer / nic + 1 * (1e-6 + 2e-6)  # one step: NIC + overhead
     assert r.dispatch_time_s == pytest.approx(want, rel=1e-12)
-    assert r.combine_time_s == pytest.approx(want, rel=1e-12)
+    back = 128 * 1 * 7392
+    assert r.combine_time_s == pytest.approx(7 * back / nic + 3e-6, rel=1e-12)
     assert r.inter_node_bytes == pytest.approx(8 * 7 * per_peer)
     assert r.intra_node_bytes == 0.0
     assert r.deepep_bytes_per_rank == pytest.approx(8 * per_peer)  # own copies counted
+    assert r.deepep_combine_bytes_per_rank == pytest.approx(8 * back)
 
 
 def test_deepep_on_supernode_is_direct_and_shares_the_ub_port_by_hand():
@@ -251,7 +256,7 @@ def test_deepep_on_supernode_is_direct_and_shares_the_ub_port_by_hand():
     cfg = EPConfig(7168, 8, 256, 32, 4096, dtype_bytes=1.0, dispatch="deepep")
     r = simulate_ep(cfg, system)
     p_hit = 1 - math.comb(248, 8) / math.comb(256, 8)  # 8 experts per die
-    per_peer = 4096 * p_hit * 7168
+    per_peer = 4096 * p_hit * (7168 + 56 * 4)  # INT8 token + a float scale per 128
     want = 30 * per_peer / (196e9 * 0.7) + 31 * (5.5e-6 + 10e-6)
     assert r.dispatch_time_s == pytest.approx(want, rel=1e-9)
     assert r.deepep_bytes_per_rank == pytest.approx(32 * per_peer)  # self included
@@ -266,5 +271,36 @@ def test_deepep_internode_counts_rdma_tokens_with_own_node_by_hand():
     cfg = EPConfig(7168, 8, 256, 16, 4096, dtype_bytes=1.0, dispatch="deepep")
     r = simulate_ep(cfg, system)
     p_node = 1 - math.comb(128, 8) / math.comb(256, 8)
-    assert r.deepep_bytes_per_rank == pytest.approx(4096 * 2 * p_node * 7168)
-    assert r.inter_node_bytes == pytest.approx(16 * 4096 * p_node * 7168)
+    msg = 7168 * (1 + 4 / 128)  # test_internode.py: fp8_factor = (1 + 4 / 128) / 2 of BF16
+    assert r.deepep_bytes_per_rank == pytest.approx(4096 * 2 * p_node * msg)
+    assert r.inter_node_bytes == pytest.approx(16 * 4096 * p_node * msg)
+
+
+@pytest.mark.parametrize(
+    "dispatch,dtype_bytes,want",
+    [
+        ("flat", 1.0, (7168, 7168)),  # NCCL-style all-to-all: bare tokens
+        ("hierarchical", 2.0, (14336, 14336)),
+        ("deepep", 1.0, (7392, 7392)),  # 7168 FP8 + 56 float scales
+        ("deepep", 2.0, (14336, 14336)),  # BF16: no scales
+        ("low-latency", 1.0, (7408, 7392)),  # + 16-byte dispatch header (internode_ll.cu)
+        ("low-latency", 2.0, (14352, 14336)),
+    ],
+)
+def test_deepep_message_bytes_by_hand(dispatch, dtype_bytes, want):
+    cfg = EPConfig(7168, 8, 256, 8, 128, dtype_bytes=dtype_bytes, dispatch=dispatch)
+    assert cfg.message_bytes() == pytest.approx(want)
+
+
+def test_low_latency_bf16_combine_counts_bare_tokens():
+    """The benchmark's combine numerator is hidden x 2 per copy (test_low_latency.py
+    num_bf16_bytes); the dispatch one carries the 16-byte header."""
+    from xpusim.hwprofiles import load_system
+
+    system = load_system("hgx-h800")
+    cfg = EPConfig(7168, 8, 256, 8, 128, dtype_bytes=2.0, dispatch="low-latency")
+    r = simulate_ep(cfg, system)
+    assert r.deepep_bytes_per_rank == pytest.approx(128 * 8 * 14352)
+    assert r.deepep_combine_bytes_per_rank == pytest.approx(128 * 8 * 14336)
+    doc = r.as_dict()
+    assert doc["dispatch_message_bytes"] == 14352 and doc["combine_message_bytes"] == 14336

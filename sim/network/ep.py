@@ -46,6 +46,17 @@ the sender's own node*; intranode, the tokens a rank receives including those fr
 itself; low-latency, every (token, expert) copy. It is a logical count: the local
 share never crosses the link it is named after.
 
+DeepEP's messages carry more than ``hidden x dtype`` bytes per token copy, and its
+benchmarks count the extra bytes too (``message_bytes``): a 1-byte (FP8 / INT8)
+token carries one float32 scale per 128 elements (``per_token_cast_to_fp8`` in
+tests/utils.py; test_internode.py's ``fp8_factor = (1 + 4 / 128) / 2``), and a
+low-latency *dispatch* message adds a 16-byte header, the token's source index
+(csrc/kernels/internode_ll.cu: ``num_bytes_per_msg = sizeof(int4) + hidden +
+num_scales * sizeof(float)``; test_low_latency.py counts ``hidden + hidden / 128 *
+4 + 16``). The low-latency BF16 combine sends bare ``hidden x 2`` bytes. Both the
+wire bytes and ``deepep_bytes_per_rank`` use these sizes; the flat and hierarchical
+modes keep ``hidden x dtype``.
+
 With a capacity factor ``cf`` each expert keeps at most ``cf * P*T*k/E`` tokens
 (drop-and-pad); the kept share of a device's tokens scales every byte sent to it.
 
@@ -72,6 +83,15 @@ from xpusim.sim.network.topology import DIE_TO_DIE, INTER, INTRA
 
 DISPATCH_MODES = ("flat", "hierarchical", "deepep", "low-latency")
 
+# DeepEP's per-token message layout (module doc): a float32 scale per 128 elements of
+# a 1-byte token (tests/utils.py per_token_cast_to_fp8; internode_ll.cu kNumPerChannels
+# = 128), and a 16-byte source-index header on low-latency dispatch messages
+# (internode_ll.cu: sizeof(int4)). sgl-kernel-npu's DeepEP-Ascend tests count the same
+# bytes for its INT8 dispatch (tests/python/deepep/test_low_latency.py num_fp8_bytes).
+DEEPEP_SCALE_BLOCK = 128
+DEEPEP_SCALE_BYTES = 4
+DEEPEP_LL_HEADER_BYTES = 16
+
 
 @dataclass(frozen=True)
 class EPConfig:
@@ -91,6 +111,17 @@ class EPConfig:
     def token_bytes(self) -> float:
         return self.hidden * self.dtype_bytes
 
+    def message_bytes(self) -> tuple[float, float]:
+        """Bytes of one token copy on the wire, (dispatch, combine): DeepEP's message
+        layout for its two modes (module doc), bare ``hidden x dtype`` otherwise."""
+        if self.dispatch not in ("deepep", "low-latency"):
+            return self.token_bytes, self.token_bytes
+        payload = self.token_bytes
+        if self.dtype_bytes == 1.0:  # FP8 / INT8: one float32 scale per 128 elements
+            payload += math.ceil(self.hidden / DEEPEP_SCALE_BLOCK) * DEEPEP_SCALE_BYTES
+        header = DEEPEP_LL_HEADER_BYTES if self.dispatch == "low-latency" else 0
+        return payload + header, payload
+
 
 @dataclass(frozen=True)
 class EPResult:
@@ -109,6 +140,7 @@ class EPResult:
     dropped_fraction: float
     dedup: dict[str, Any] = field(default_factory=dict)
     deepep_bytes_per_rank: float | None = None  # DeepEP's benchmark numerator (module doc)
+    deepep_combine_bytes_per_rank: float | None = None  # the same for combine
     phases: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -124,6 +156,8 @@ class EPResult:
             "routing": c.routing,
             "capacity_factor": c.capacity_factor,
             "token_bytes": c.token_bytes,
+            "dispatch_message_bytes": c.message_bytes()[0],
+            "combine_message_bytes": c.message_bytes()[1],
             "dispatch_time_s": self.dispatch_time_s,
             "combine_time_s": self.combine_time_s,
             "total_time_s": self.dispatch_time_s + self.combine_time_s,
@@ -143,6 +177,7 @@ class EPResult:
             "exposed_s": self.exposed_s,
             "dropped_fraction": self.dropped_fraction,
             "deepep_bytes_per_rank": self.deepep_bytes_per_rank,
+            "deepep_combine_bytes_per_rank": self.deepep_combine_bytes_per_rank,
             "dedup": self.dedup,
             "phases": self.phases,
         }
@@ -275,7 +310,7 @@ def dispatch_phases(cfg: EPConfig, system: System) -> tuple[list[Phase], dict[st
         dev_pi, 1e-30
     )
     dropped = 1.0 - float((pi * kept).sum() / pi.sum())
-    t, tb = cfg.tokens_per_device, cfg.token_bytes
+    t, tb = cfg.tokens_per_device, cfg.message_bytes()[0]
     nodes = -(-p_count // system.devices_per_node)
     stats: dict[str, Any] = {"pi": pi, "dev_kept": dev_kept, "dropped": dropped, "nodes": nodes}
 
@@ -324,7 +359,7 @@ def _two_level_phases(
     it needs (``node_hit``: the probability), to the sender's same-rail peer there, which
     forwards it to every device of its node that needs it (``dev_hit``)."""
     p_count, nodes = cfg.ep, len(node_devs)
-    t, tb = cfg.tokens_per_device, cfg.token_bytes
+    t, tb = cfg.tokens_per_device, cfg.message_bytes()[0]
     k_local = len(node_devs[0])
     inter: list[tuple[int, int, float]] = []
     for s in range(p_count):
@@ -356,10 +391,15 @@ def _two_level_phases(
     ]
 
 
-def combine_phases(dispatch: list[Phase]) -> list[Phase]:
-    """Combine returns every dispatched byte along the reverse path, in reverse order."""
+def combine_phases(dispatch: list[Phase], scale: float = 1.0) -> list[Phase]:
+    """Combine returns every dispatched token copy along the reverse path, in reverse
+    order; ``scale`` = combine / dispatch message bytes (``EPConfig.message_bytes``)."""
     return [
-        replace(ph, name=f"combine: {ph.name}", flows=tuple((d, s, b) for s, d, b in ph.flows))
+        replace(
+            ph,
+            name=f"combine: {ph.name}",
+            flows=tuple((d, s, b * scale) for s, d, b in ph.flows),
+        )
         for ph in reversed(dispatch)
     ]
 
@@ -376,13 +416,18 @@ def simulate_ep(cfg: EPConfig, system: System, backend: str = "analytical") -> E
     """Cost dispatch and combine of one MoE layer for ``cfg`` on ``system``."""
     _check(cfg, system)
     phases, stats = dispatch_phases(cfg, system)
+    dispatch_msg, combine_msg = cfg.message_bytes()
     disp: NetworkCost = cost_network(system, phases, backend)
-    comb: NetworkCost = cost_network(system, combine_phases(phases), backend)
+    comb_phases = combine_phases(phases, combine_msg / dispatch_msg)
+    comb: NetworkCost = cost_network(system, comb_phases, backend)
     link = disp.link_bytes
     recv = _recv_bytes(phases, cfg.ep)
     total = disp.time_s + comb.time_s
     hidden = min(total, cfg.overlap_compute_s)
     nodes = stats["nodes"]
+    deepep_bytes = (
+        stats.get("deepep_bytes_per_rank") if cfg.dispatch in ("deepep", "low-latency") else None
+    )
     dedup = {
         "nodes": nodes,
         "flat_inter_copies_per_token": cfg.top_k * (nodes - 1) / nodes,
@@ -417,8 +462,9 @@ def simulate_ep(cfg: EPConfig, system: System, backend: str = "analytical") -> E
         exposed_s=total - hidden,
         dropped_fraction=stats["dropped"],
         dedup=dedup,
-        deepep_bytes_per_rank=(
-            stats.get("deepep_bytes_per_rank") if cfg.dispatch in ("deepep", "low-latency") else None
+        deepep_bytes_per_rank=deepep_bytes,
+        deepep_combine_bytes_per_rank=(
+            deepep_bytes * combine_msg / dispatch_msg if deepep_bytes is not None else None
         ),
         phases=[p.as_dict() for p in disp.phases + comb.phases],
     )

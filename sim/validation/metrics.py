@@ -106,6 +106,10 @@ def _ep_dispatch_gbps(args: dict[str, Any], p: Payload) -> float:
 
 
 def _ep_combine_gbps(args: dict[str, Any], p: Payload) -> float:
+    # DeepEP's combine messages can differ from its dispatch ones (sim/network/ep.py
+    # EPConfig.message_bytes: the low-latency dispatch header is not sent back).
+    if p.get("deepep_combine_bytes_per_rank") is not None:
+        return float(p["deepep_combine_bytes_per_rank"] / p["combine_time_s"] / 1e9)
     return float(_ep_link_bytes_per_rank(args, p) / p["combine_time_s"] / 1e9)
 
 

@@ -41,7 +41,7 @@ def test_standard_materialises_scores():
     assert [op.name for op in causal] == [
         "mask_full", "mask_triu", "mask_cast", "qk", "mask_add", "softmax", "pv"]
     assert [op.name for op in standard_ops(shape, "bwd")] == [
-        "dp", "dv", "softmax_bwd_mul", "softmax_bwd", "dq", "dk"]
+        "dp", "dv", "softmax_bwd_mul", "softmax_bwd", "dq", "dk", "dq_scale", "dk_scale"]
 
 
 def test_standard_softmax_backward_is_two_kernels():
@@ -210,3 +210,69 @@ def test_attention_pytorch_adds_the_benchmark_layout_copies():
         assert bench.details["kernels"] - std_kernels == (3 if pass_ == "fwd" else 1)
     # runs wherever eager PyTorch does (here an Ascend profile), unlike the CUDA fused kernels
     assert attention_cost(NPU, shape, "attention_pytorch", "fwd").time_s > 0
+
+
+def test_standard_backward_applies_the_scale_after_each_bmm():
+    """baddbmm's autograd (derivatives.yaml: maybe_multiply(grad.bmm(...), alpha)) multiplies
+    the q and k gradients by alpha in two elementwise kernels: each reads and writes
+    b*h*s*d elements (2 x 128 x 64 x 2 B = 32 KiB in and out here)."""
+    shape = AttnShape(1, 2, 128, 256, 64, dtype="bf16")
+    by_name = {op.name: op for op in standard_ops(shape, "bwd")}
+    assert by_name["dq_scale"].main_bytes == 2 * (2 * 128 * 64) * 2
+    assert by_name["dk_scale"].main_bytes == 2 * (2 * 256 * 64) * 2
+
+
+def test_flash1_splitk_reduction_by_hand():
+    """FA1 (FMHA_kernel_traits<256, 64, 16, 1, 4>): each 16-row step over 256 keys sums its 4
+    warps' 16 x 64 fp32 O partials through shared memory, written and read once: 2 x 4 x 4 x
+    16 x 64 B per 16 x 256 scores = 8 B per score, at 128 B/clk/SM x 1.41 GHz. Backward (1 x 8
+    warps): dQ partials, 16 B per score. The rest of the block is FA2's plus FA1's O rescale
+    and its O round trip through HBM."""
+    shape = AttnShape(1, 4, 1024, 1024, 64, dtype="fp16")
+    smem_rate = 128 * 1.41e9
+    sm_bw = A100.hbm_bandwidth * A100.efficiency.memory_max / A100.matrix_cores
+    o_trip = 2 * 128 * 64 * 2 / sm_bw
+    for pass_, per_score in (("fwd", 8.0), ("bwd", 16.0)):
+        fa1 = block_terms(A100, "flash1", shape, pass_, 128, 128)
+        fa2 = block_terms(A100, "flash2", shape, pass_, 128, 128)
+        assert fa1.reduce_s - fa2.reduce_s == pytest.approx(
+            o_trip + per_score * 128 * 128 / smem_rate)
+        assert fa1.mma_s == pytest.approx(fa2.mma_s)
+    # seqlen_k 128 (and d = 128) take 128-key blocks: the same partials over half the keys
+    short = AttnShape(1, 4, 128, 128, 64, dtype="fp16")
+    fwd_short = block_terms(A100, "flash1", short, "fwd", 128, 128).reduce_s
+    assert fwd_short - o_trip == pytest.approx(16.0 * 128 * 128 / smem_rate)
+
+
+def test_triton2_softmax_instructions_follow_the_source():
+    """Triton 2.0 forward: FA2's 4 FP32 instructions per score + the separate scale multiply,
+    the log2(e) multiply of tl.exp, the per-block P normalisation and the causal tl.where on
+    every block = 8; backward 5 + log2(e) + tl.where = 7 (diagonal blocks included)."""
+    fp32_lanes = A100.peak_for("vector", "fp32") / (2.0 * A100.matrix_cores)
+    for causal, fwd_alu, bwd_alu in ((True, 8.0, 7.0), (False, 7.0, 6.0)):
+        shape = AttnShape(1, 4, 1024, 1024, 64, causal=causal, dtype="fp16")
+        for pass_, alu in (("fwd", fwd_alu), ("bwd", bwd_alu)):
+            for diagonal in (False, True):
+                t = block_terms(A100, "triton2", shape, pass_, 128, 128, diagonal=diagonal)
+                expect = alu + (1.0 if diagonal and not causal else 0.0)
+                assert t.alu_s == pytest.approx(expect * 128 * 128 / fp32_lanes)
+
+
+def test_triton2_backward_side_kernels():
+    """Triton 2.0's backward also fills an fp32 dq (4 B per q element), runs _bwd_preprocess
+    (reads O, dO, L; writes do_scaled, delta) and autograd casts the fp32 dq to fp16: three
+    roofline kernels in series, one launch of them already in the fused price."""
+    from xpusim.sim.cost.attention_blocks import triton2_bwd_side_ops
+    from xpusim.sim.cost.roofline import RooflineModel
+
+    shape = AttnShape(2, 4, 1024, 1024, 64, causal=True, dtype="fp16")
+    side = triton2_bwd_side_ops(2, 4, 1024, 64, 64, "fp16")
+    elems, rows = 2 * 4 * 1024 * 64, 2 * 4 * 1024
+    assert [op.main_bytes for op in side] == [4 * elems, 3 * 2 * elems + 8 * rows, 6 * elems]
+    roof = RooflineModel(A100)
+    extra = sum(roof.time(op).time_s for op in side) - A100.efficiency.launch_overhead_s
+    cost = attention_cost(A100, shape, "triton2", "bwd")
+    assert cost.details["side_kernels_s"] == pytest.approx(extra)
+    import xpusim.sim.cost.attention_impl as impl_module  # the fused part alone
+    fused = impl_module._fused_gpu(A100, shape, "triton2", "bwd")
+    assert cost.time_s == pytest.approx(fused.time_s + extra)

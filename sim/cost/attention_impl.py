@@ -54,15 +54,23 @@ from __future__ import annotations
 import heapq
 import math
 from dataclasses import dataclass
-from types import MappingProxyType
 
 from xpusim.hwprofiles.spec import Device
 from xpusim.sim import ops
+from xpusim.sim.cost.attention_blocks import (
+    SMEM_BYTES_PER_CLK_PER_SM,
+    extra_alu_per_score,
+    fa1_splitk_bytes_per_score,
+    plus_side_kernels,
+    roofline_sum,
+    triton2_bwd_side_ops,
+    with_bytes,
+)
 from xpusim.sim.cost.attention_eager import bench_layout_ops
 from xpusim.sim.cost.base import OpCost
 from xpusim.sim.cost.roofline import RooflineModel
 from xpusim.sim.errors import InputError
-from xpusim.sim.ir import MAIN_MEMORY, AttentionShape, Op, OpKind, dtype_bytes
+from xpusim.sim.ir import AttentionShape, Op, OpKind, dtype_bytes
 
 IMPLS = (
     "standard",
@@ -195,6 +203,9 @@ def attention_cost(device: Device, shape: AttnShape, impl: str | None = None,
         cost = _ascend(device, shape, pass_)
     else:
         cost = _fused_gpu(device, shape, impl, pass_)
+        if impl == "triton2" and pass_ == "bwd":
+            cost = plus_side_kernels(device, cost, triton2_bwd_side_ops(
+                shape.batch, shape.heads, shape.q_len, shape.head_dim, shape.vd, shape.dtype))
     details = {**cost.details, "achieved_flops": shape.paper_flops(pass_) / cost.time_s}
     return OpCost(cost.time_s, cost.compute_s, cost.memory_s, cost.overhead_s, cost.bound, details)
 
@@ -237,7 +248,7 @@ def standard_ops(shape: AttnShape, pass_: str = "fwd") -> list[Op]:
             out.append(ops.elementwise("mask_triu", q * kv, "fp32", 1.0, 1, 1))
             cast = ops.elementwise("mask_cast", q * kv, dt, 1.0, 1, 1)
             nbytes = q * kv * (4 + dtype_bytes(dt))
-            out.append(_with_bytes(cast, nbytes))
+            out.append(with_bytes(cast, nbytes))
         out.append(ops.gemm("qk", q, kv, d, dt, bh))
         if shape.causal:  # S + mask: the broadcast mask is re-read for every batch x head
             out.append(ops.elementwise("mask_add", scores, dt, 1.0, 2, 1))
@@ -245,7 +256,7 @@ def standard_ops(shape: AttnShape, pass_: str = "fwd") -> list[Op]:
         out.append(ops.gemm("pv", q, vd, kv, dt, bh))
         return out
     # autograd: PV backward, softmax backward (the mask add passes the gradient through),
-    # QK^T backward (the scale rides on the GEMMs' alpha).
+    # QK^T backward (two bmm, each followed by its alpha multiply).
     out.append(ops.gemm("dp", q, kv, vd, dt, bh))
     out.append(ops.gemm("dv", kv, vd, q, dt, bh))
     # softmax_backward_cuda_out (aten/src/ATen/native/cuda/SoftMax.cu) first runs
@@ -256,38 +267,26 @@ def standard_ops(shape: AttnShape, pass_: str = "fwd") -> list[Op]:
     out.append(ops.elementwise("softmax_bwd", scores, dt, 2.0, 2, 1, OpKind.SOFTMAX))
     out.append(ops.gemm("dq", q, d, kv, dt, bh))
     out.append(ops.gemm("dk", kv, d, q, dt, bh))
+    # baddbmm's backward applies alpha (the softmax scale) after each bmm as its own kernel:
+    # tools/autograd/derivatives.yaml ``batch1: maybe_multiply(grad.bmm(batch2^T), alpha)``,
+    # ``batch2: maybe_multiply(batch1^T.bmm(grad), alpha)``, and ``maybe_multiply`` is
+    # ``t * s`` unless s == 1 (FunctionsManual.cpp).
+    out.append(ops.elementwise("dq_scale", bh * q * d, dt, 1.0, 1, 1))
+    out.append(ops.elementwise("dk_scale", bh * kv * d, dt, 1.0, 1, 1))
     if shape.kvh != h:  # sum the repeated K/V gradients back to the K/V heads
         out.append(ops.elementwise("reduce_dkv", b * h * kv * (d + vd), dt, 1.0, 1, 0))
     return out
 
 
-def _with_bytes(op: Op, nbytes: float) -> Op:
-    from dataclasses import replace
-
-    return replace(op, bytes=MappingProxyType({MAIN_MEMORY: float(nbytes)}))
-
-
 def _standard(device: Device, shape: AttnShape, pass_: str, impl: str = "standard") -> OpCost:
-    model = RooflineModel(device)
-    total = compute = memory = overhead = 0.0
-    by_bound: dict[str, float] = {}
-    nbytes = 0.0
     kernels = standard_ops(shape, pass_)
     if impl == "attention_pytorch":  # + the benchmark's q/k/v layout copies (attention_eager)
         kernels = bench_layout_ops(shape.batch, shape.heads, shape.q_len, shape.kv_len,
                                    shape.head_dim, shape.vd, shape.dtype, pass_) + kernels
-    for op in kernels:
-        c = model.time(op)
-        total += c.time_s
-        compute += c.compute_s
-        memory += c.memory_s
-        overhead += c.overhead_s
-        nbytes += op.main_bytes
-        by_bound[c.bound] = by_bound.get(c.bound, 0.0) + c.time_s
-    details = {"kernels": float(len(kernels)), "hbm_bytes": nbytes,
-               "score_bytes": shape.batch * shape.heads * shape.q_len * shape.kv_len
-               * dtype_bytes(shape.dtype)}
-    return OpCost(total, compute, memory, overhead, max(by_bound, key=lambda bound: by_bound[bound]), details)
+    cost = roofline_sum(device, kernels)
+    details = {**cost.details, "score_bytes": shape.batch * shape.heads * shape.q_len
+               * shape.kv_len * dtype_bytes(shape.dtype)}
+    return OpCost(cost.time_s, cost.compute_s, cost.memory_s, cost.overhead_s, cost.bound, details)
 
 
 # ------------------------------------------------------------------ GPU fused kernels
@@ -367,6 +366,7 @@ def block_terms(device: Device, impl: str, shape: AttnShape, pass_: str, br: int
     exp_s = scores / (k.exp_per_clk_per_core * clock)
     fp32_lanes = device.peak_for("vector", "fp32") / (2.0 * sms)  # FP32 instr/s per SM
     alu = ALU_PER_SCORE[pass_] + (1.0 if diagonal else 0.0)
+    alu += extra_alu_per_score(impl, pass_, shape.causal, diagonal)  # Triton 2.0 (attention_blocks)
     if impl == "flash1":
         # FA1 rescales the output block by both softmax statistics every key block (FA2
         # paper s3.1.1 removes this): 2 d_v extra FP32 ops per query row per block.
@@ -391,6 +391,9 @@ def block_terms(device: Device, impl: str, shape: AttnShape, pass_: str, br: int
         # writes its O rows (and softmax statistics) in HBM (FA2 paper s3.1.2).
         sm_bw = device.hbm_bandwidth * device.efficiency.memory_max / sms
         reduce_s += 2.0 * br * shape.vd * dtype_bytes(shape.dtype) / sm_bw
+        # and sums its warps' split-K partials through shared memory (FA2 paper s3.3).
+        smem = fa1_splitk_bytes_per_score(shape.head_dim, shape.vd, shape.kv_len, pass_)
+        reduce_s += smem * scores / (SMEM_BYTES_PER_CLK_PER_SM * clock)
     return BlockTerms(mma_s, exp_s, alu_s, softmax_s, block_s + reduce_s, reduce_s)
 
 

@@ -256,7 +256,7 @@ def test_deepep_on_supernode_is_direct_and_shares_the_ub_port_by_hand():
     cfg = EPConfig(7168, 8, 256, 32, 4096, dtype_bytes=1.0, dispatch="deepep")
     r = simulate_ep(cfg, system)
     p_hit = 1 - math.comb(248, 8) / math.comb(256, 8)  # 8 experts per die
-    per_peer = 4096 * p_hit * (7168 + 56 * 4)  # INT8 token + a float scale per 128
+    per_peer = 4096 * p_hit * (7168 + 4)  # INT8 token + one float scale (DeepEP-Ascend)
     want = 30 * per_peer / (196e9 * 0.7) + 31 * (5.5e-6 + 10e-6)
     assert r.dispatch_time_s == pytest.approx(want, rel=1e-9)
     assert r.deepep_bytes_per_rank == pytest.approx(32 * per_peer)  # self included
@@ -277,19 +277,42 @@ def test_deepep_internode_counts_rdma_tokens_with_own_node_by_hand():
 
 
 @pytest.mark.parametrize(
-    "dispatch,dtype_bytes,want",
+    "dispatch,dtype_bytes,vendor,want",
     [
-        ("flat", 1.0, (7168, 7168)),  # NCCL-style all-to-all: bare tokens
-        ("hierarchical", 2.0, (14336, 14336)),
-        ("deepep", 1.0, (7392, 7392)),  # 7168 FP8 + 56 float scales
-        ("deepep", 2.0, (14336, 14336)),  # BF16: no scales
-        ("low-latency", 1.0, (7408, 7392)),  # + 16-byte dispatch header (internode_ll.cu)
-        ("low-latency", 2.0, (14352, 14336)),
+        ("flat", 1.0, "NVIDIA", (7168, 7168, 7168, 7168)),  # NCCL-style all-to-all: bare
+        ("hierarchical", 2.0, "Huawei", (14336, 14336, 14336, 14336)),
+        ("deepep", 1.0, "NVIDIA", (7392, 7392, 7392, 7392)),  # 7168 FP8 + 56 float scales
+        ("deepep", 2.0, "NVIDIA", (14336, 14336, 14336, 14336)),  # BF16: no scales
+        # + 16-byte dispatch header (internode_ll.cu); the combine goes back without it
+        ("low-latency", 1.0, "NVIDIA", (7408, 7392, 7408, 7392)),
+        ("low-latency", 2.0, "NVIDIA", (14352, 14336, 14352, 14336)),
+        # CANN MoeDistributeDispatchV2: 7168 (32-aligned) + 32-B scale slot + 12-B triple
+        # on the wire; sgl-kernel-npu's test counts DeepEP's 7408 B
+        ("low-latency", 1.0, "Huawei", (7212, 7168, 7408, 7168)),
+        ("low-latency", 2.0, "Huawei", (14380, 14336, 14380, 14336)),
+        ("deepep", 1.0, "Huawei", (7172, 7172, 7172, 7172)),  # one float scale per token
     ],
 )
-def test_deepep_message_bytes_by_hand(dispatch, dtype_bytes, want):
+def test_deepep_message_bytes_by_hand(dispatch, dtype_bytes, vendor, want):
+    from xpusim.sim.network.ep import message_sizes
+
     cfg = EPConfig(7168, 8, 256, 8, 128, dtype_bytes=dtype_bytes, dispatch=dispatch)
-    assert cfg.message_bytes() == pytest.approx(want)
+    m = message_sizes(cfg, vendor)
+    assert (m.dispatch, m.combine, m.dispatch_counted, m.combine_counted) == pytest.approx(want)
+
+
+def test_ascend_low_latency_counts_deepep_bytes_but_sends_cann_ones():
+    """CloudMatrix384, EP8 low-latency INT8: 7212-B messages cross the UB ports; the
+    numerator counts 7408 B per copy, 128 x 8 copies a rank, its own included."""
+    from xpusim.hwprofiles import load_system
+
+    system = load_system("cloudmatrix-384")
+    cfg = EPConfig(7168, 8, 256, 8, 128, dtype_bytes=1.0, dispatch="low-latency")
+    r = simulate_ep(cfg, system)
+    assert r.deepep_bytes_per_rank == pytest.approx(128 * 8 * 7408)
+    assert r.deepep_combine_bytes_per_rank == pytest.approx(128 * 8 * 7168)
+    # 8 dies x 7 peers x 128 copies of 7212 B on the server fabric and die-to-die links
+    assert r.intra_node_bytes == pytest.approx(8 * 7 * 128 * 7212)
 
 
 def test_low_latency_bf16_combine_counts_bare_tokens():

@@ -47,15 +47,18 @@ itself; low-latency, every (token, expert) copy. It is a logical count: the loca
 share never crosses the link it is named after.
 
 DeepEP's messages carry more than ``hidden x dtype`` bytes per token copy, and its
-benchmarks count the extra bytes too (``message_bytes``): a 1-byte (FP8 / INT8)
+benchmarks count the extra bytes too (``message_sizes``): a 1-byte (FP8 / INT8)
 token carries one float32 scale per 128 elements (``per_token_cast_to_fp8`` in
 tests/utils.py; test_internode.py's ``fp8_factor = (1 + 4 / 128) / 2``), and a
 low-latency *dispatch* message adds a 16-byte header, the token's source index
 (csrc/kernels/internode_ll.cu: ``num_bytes_per_msg = sizeof(int4) + hidden +
 num_scales * sizeof(float)``; test_low_latency.py counts ``hidden + hidden / 128 *
-4 + 16``). The low-latency BF16 combine sends bare ``hidden x 2`` bytes. Both the
-wire bytes and ``deepep_bytes_per_rank`` use these sizes; the flat and hierarchical
-modes keep ``hidden x dtype``.
+4 + 16``). The low-latency BF16 combine sends bare ``hidden x 2`` bytes. On Huawei
+devices (DeepEP-Ascend, sgl-kernel-npu) the low-latency dispatch runs CANN's
+MoeDistributeDispatchV2, whose message is the token padded to 32 B plus a 32-B scale
+slot and a 12-B index triple (7212 B for an INT8 7168-wide token), while the
+benchmark still counts DeepEP's 7408 B; its normal INT8 dispatch carries one float
+scale per token. The flat and hierarchical modes keep ``hidden x dtype``.
 
 With a capacity factor ``cf`` each expert keeps at most ``cf * P*T*k/E`` tokens
 (drop-and-pad); the kept share of a device's tokens scales every byte sent to it.
@@ -82,15 +85,37 @@ from xpusim.sim.network.phases import NetworkCost, Phase
 from xpusim.sim.network.topology import DIE_TO_DIE, INTER, INTRA
 
 DISPATCH_MODES = ("flat", "hierarchical", "deepep", "low-latency")
+DEEPEP_MODES = ("deepep", "low-latency")
 
 # DeepEP's per-token message layout (module doc): a float32 scale per 128 elements of
 # a 1-byte token (tests/utils.py per_token_cast_to_fp8; internode_ll.cu kNumPerChannels
 # = 128), and a 16-byte source-index header on low-latency dispatch messages
-# (internode_ll.cu: sizeof(int4)). sgl-kernel-npu's DeepEP-Ascend tests count the same
-# bytes for its INT8 dispatch (tests/python/deepep/test_low_latency.py num_fp8_bytes).
+# (internode_ll.cu: sizeof(int4)).
 DEEPEP_SCALE_BLOCK = 128
 DEEPEP_SCALE_BYTES = 4
 DEEPEP_LL_HEADER_BYTES = 16
+# DeepEP-Ascend's low-latency dispatch (CANN MoeDistributeDispatchV2, the kernel
+# sgl-kernel-npu's test_low_latency.py times): a token padded to 32 B, a 32-B slot for
+# its float scale and a 12-B (rank, token, k) triple ("token_align32B + 32B(float) +
+# 3*4B", ops-transformer mc2/moe_distribute_dispatch_v2/op_kernel/
+# moe_distribute_dispatch_v2.h, Init).
+ASCEND_LL_ALIGN = 32
+ASCEND_LL_SCALE_SLOT = 32
+ASCEND_LL_TRIPLE = 12
+# DeepEP-Ascend's normal INT8 dispatch: one float scale per token (sgl-kernel-npu
+# csrc/deepep deep_ep.cpp: dynamic_scales_out has one float per received token; its
+# test_intranode.py counts quant_scale_bytes = num_recv_tokens * 4).
+ASCEND_TOKEN_SCALE = 4
+
+
+@dataclass(frozen=True)
+class Messages:
+    """Bytes of one token copy: on the wire, and as the benchmark counts them."""
+
+    dispatch: float
+    combine: float
+    dispatch_counted: float
+    combine_counted: float
 
 
 @dataclass(frozen=True)
@@ -111,16 +136,27 @@ class EPConfig:
     def token_bytes(self) -> float:
         return self.hidden * self.dtype_bytes
 
-    def message_bytes(self) -> tuple[float, float]:
-        """Bytes of one token copy on the wire, (dispatch, combine): DeepEP's message
-        layout for its two modes (module doc), bare ``hidden x dtype`` otherwise."""
-        if self.dispatch not in ("deepep", "low-latency"):
-            return self.token_bytes, self.token_bytes
-        payload = self.token_bytes
-        if self.dtype_bytes == 1.0:  # FP8 / INT8: one float32 scale per 128 elements
-            payload += math.ceil(self.hidden / DEEPEP_SCALE_BLOCK) * DEEPEP_SCALE_BYTES
-        header = DEEPEP_LL_HEADER_BYTES if self.dispatch == "low-latency" else 0
-        return payload + header, payload
+
+def message_sizes(cfg: EPConfig, vendor: str) -> Messages:
+    """Per token copy, DeepEP's message layout for its two modes (module doc); DeepEP-
+    Ascend's on Huawei devices; bare ``hidden x dtype`` for flat and hierarchical."""
+    tb = cfg.token_bytes
+    if cfg.dispatch not in ("deepep", "low-latency"):
+        return Messages(tb, tb, tb, tb)
+    one_byte = cfg.dtype_bytes == 1.0  # FP8 / INT8 carry scales
+    scales = math.ceil(cfg.hidden / DEEPEP_SCALE_BLOCK) * DEEPEP_SCALE_BYTES if one_byte else 0
+    header = DEEPEP_LL_HEADER_BYTES if cfg.dispatch == "low-latency" else 0
+    if vendor != "Huawei":  # DeepEP: its tests count exactly what it sends
+        return Messages(tb + scales + header, tb + scales, tb + scales + header, tb + scales)
+    if cfg.dispatch == "low-latency":
+        wire = math.ceil(tb / ASCEND_LL_ALIGN) * ASCEND_LL_ALIGN + ASCEND_LL_SCALE_SLOT
+        wire += ASCEND_LL_TRIPLE
+        # sgl-kernel-npu's test_low_latency.py counts DeepEP's FP8 message for its INT8
+        # run (num_fp8_bytes = hidden + hidden // 128 * 4 + 16); the BF16 combine bare.
+        counted = tb + scales + header if one_byte else wire
+        return Messages(wire, tb, counted, tb)
+    token = tb + (ASCEND_TOKEN_SCALE if one_byte else 0)
+    return Messages(token, token, token, token)
 
 
 @dataclass(frozen=True)
@@ -141,6 +177,7 @@ class EPResult:
     dedup: dict[str, Any] = field(default_factory=dict)
     deepep_bytes_per_rank: float | None = None  # DeepEP's benchmark numerator (module doc)
     deepep_combine_bytes_per_rank: float | None = None  # the same for combine
+    messages: Messages | None = None  # bytes per token copy (message_sizes)
     phases: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -156,8 +193,8 @@ class EPResult:
             "routing": c.routing,
             "capacity_factor": c.capacity_factor,
             "token_bytes": c.token_bytes,
-            "dispatch_message_bytes": c.message_bytes()[0],
-            "combine_message_bytes": c.message_bytes()[1],
+            "dispatch_message_bytes": self.messages.dispatch if self.messages else c.token_bytes,
+            "combine_message_bytes": self.messages.combine if self.messages else c.token_bytes,
             "dispatch_time_s": self.dispatch_time_s,
             "combine_time_s": self.combine_time_s,
             "total_time_s": self.dispatch_time_s + self.combine_time_s,
@@ -310,7 +347,7 @@ def dispatch_phases(cfg: EPConfig, system: System) -> tuple[list[Phase], dict[st
         dev_pi, 1e-30
     )
     dropped = 1.0 - float((pi * kept).sum() / pi.sum())
-    t, tb = cfg.tokens_per_device, cfg.message_bytes()[0]
+    t, tb = cfg.tokens_per_device, message_sizes(cfg, system.device.vendor).dispatch
     nodes = -(-p_count // system.devices_per_node)
     stats: dict[str, Any] = {"pi": pi, "dev_kept": dev_kept, "dropped": dropped, "nodes": nodes}
 
@@ -359,7 +396,7 @@ def _two_level_phases(
     it needs (``node_hit``: the probability), to the sender's same-rail peer there, which
     forwards it to every device of its node that needs it (``dev_hit``)."""
     p_count, nodes = cfg.ep, len(node_devs)
-    t, tb = cfg.tokens_per_device, cfg.message_bytes()[0]
+    t, tb = cfg.tokens_per_device, message_sizes(cfg, system.device.vendor).dispatch
     k_local = len(node_devs[0])
     inter: list[tuple[int, int, float]] = []
     for s in range(p_count):
@@ -393,7 +430,7 @@ def _two_level_phases(
 
 def combine_phases(dispatch: list[Phase], scale: float = 1.0) -> list[Phase]:
     """Combine returns every dispatched token copy along the reverse path, in reverse
-    order; ``scale`` = combine / dispatch message bytes (``EPConfig.message_bytes``)."""
+    order; ``scale`` = combine / dispatch message bytes (``message_sizes``)."""
     return [
         replace(
             ph,
@@ -416,18 +453,17 @@ def simulate_ep(cfg: EPConfig, system: System, backend: str = "analytical") -> E
     """Cost dispatch and combine of one MoE layer for ``cfg`` on ``system``."""
     _check(cfg, system)
     phases, stats = dispatch_phases(cfg, system)
-    dispatch_msg, combine_msg = cfg.message_bytes()
+    msg = message_sizes(cfg, system.device.vendor)
     disp: NetworkCost = cost_network(system, phases, backend)
-    comb_phases = combine_phases(phases, combine_msg / dispatch_msg)
+    comb_phases = combine_phases(phases, msg.combine / msg.dispatch)
     comb: NetworkCost = cost_network(system, comb_phases, backend)
     link = disp.link_bytes
     recv = _recv_bytes(phases, cfg.ep)
     total = disp.time_s + comb.time_s
     hidden = min(total, cfg.overlap_compute_s)
     nodes = stats["nodes"]
-    deepep_bytes = (
-        stats.get("deepep_bytes_per_rank") if cfg.dispatch in ("deepep", "low-latency") else None
-    )
+    # stats count wire bytes; the benchmark's numerator counts its own message size
+    wire_bytes = stats.get("deepep_bytes_per_rank") if cfg.dispatch in DEEPEP_MODES else None
     dedup = {
         "nodes": nodes,
         "flat_inter_copies_per_token": cfg.top_k * (nodes - 1) / nodes,
@@ -462,10 +498,13 @@ def simulate_ep(cfg: EPConfig, system: System, backend: str = "analytical") -> E
         exposed_s=total - hidden,
         dropped_fraction=stats["dropped"],
         dedup=dedup,
-        deepep_bytes_per_rank=deepep_bytes,
-        deepep_combine_bytes_per_rank=(
-            deepep_bytes * combine_msg / dispatch_msg if deepep_bytes is not None else None
+        deepep_bytes_per_rank=(
+            wire_bytes * msg.dispatch_counted / msg.dispatch if wire_bytes is not None else None
         ),
+        deepep_combine_bytes_per_rank=(
+            wire_bytes * msg.combine_counted / msg.dispatch if wire_bytes is not None else None
+        ),
+        messages=msg,
         phases=[p.as_dict() for p in disp.phases + comb.phases],
     )
 

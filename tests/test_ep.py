@@ -237,7 +237,11 @@ def test_low_latency_is_one_rdma_step_per_copy_by_hand():
     want = 7 * per_peer / nic + 1 * (1e-6 + 2e-6)  # one step: NIC + overhead
     assert r.dispatch_time_s == pytest.approx(want, rel=1e-12)
     back = 128 * 1 * 7392
-    assert r.combine_time_s == pytest.approx(7 * back / nic + 3e-6, rel=1e-12)
+    # then the reduce pass after the grid barrier: read the 128 x 8 copies of the rank's
+    # own tokens, write 128 tokens, on H800's memory roofline (3.35 TB/s x 0.9, half 4.39 MB)
+    reduce = (128 * 8 * 7392 + 128 * 7168 + 4393533.44) / (3.35e12 * 0.9)
+    assert r.local_pass_s == pytest.approx((0.0, reduce))
+    assert r.combine_time_s == pytest.approx(7 * back / nic + 3e-6 + reduce, rel=1e-12)
     assert r.inter_node_bytes == pytest.approx(8 * 7 * per_peer)
     assert r.intra_node_bytes == 0.0
     assert r.deepep_bytes_per_rank == pytest.approx(8 * per_peer)  # own copies counted
@@ -313,6 +317,10 @@ def test_ascend_low_latency_counts_deepep_bytes_but_sends_cann_ones():
     assert r.deepep_combine_bytes_per_rank == pytest.approx(128 * 8 * 7168)
     # 8 dies x 7 peers x 128 copies of 7212 B on the server fabric and die-to-die links
     assert r.intra_node_bytes == pytest.approx(8 * 7 * 128 * 7212)
+    # LocalWindowCopy after WaitDispatch: 1024 copies (own included) read from the window
+    # (7212 B) and written out (7168 + 4-B scale + 12-B triple) at 1.6 TB/s x 0.9, half 2 MiB
+    copy = (1024 * (7212 + 7184) + 2 * 2**20) / (1.6e12 * 0.9)
+    assert r.local_pass_s == pytest.approx((copy, 0.0))
 
 
 def test_low_latency_bf16_combine_counts_bare_tokens():

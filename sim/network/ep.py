@@ -178,6 +178,7 @@ class EPResult:
     deepep_bytes_per_rank: float | None = None  # DeepEP's benchmark numerator (module doc)
     deepep_combine_bytes_per_rank: float | None = None  # the same for combine
     messages: Messages | None = None  # bytes per token copy (message_sizes)
+    local_pass_s: tuple[float, float] = (0.0, 0.0)  # in the times above (local_pass_s)
     phases: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -215,6 +216,8 @@ class EPResult:
             "dropped_fraction": self.dropped_fraction,
             "deepep_bytes_per_rank": self.deepep_bytes_per_rank,
             "deepep_combine_bytes_per_rank": self.deepep_combine_bytes_per_rank,
+            "dispatch_local_pass_s": self.local_pass_s[0],
+            "combine_local_pass_s": self.local_pass_s[1],
             "dedup": self.dedup,
             "phases": self.phases,
         }
@@ -358,6 +361,9 @@ def dispatch_phases(cfg: EPConfig, system: System) -> tuple[list[Phase], dict[st
             return [Phase("flat all-to-allv", max(1, p_count - 1), flows)], stats
         # Every copy, the sender's own included, is one message of the benchmark.
         stats["deepep_bytes_per_rank"] = float(per_dest.sum())
+        kept_copies = dev_pi * dev_kept  # per token, copies bound for each device
+        stats["ll_own_copies"] = float(t * kept_copies.sum())  # of one rank's tokens
+        stats["ll_recv_copies_max"] = float(p_count * t * kept_copies.max())  # busiest rank
         return [
             Phase("low-latency: one RDMA message per (token, expert)", 1, flows, via_nic=True)
         ], stats
@@ -449,6 +455,40 @@ def _recv_bytes(phases: list[Phase], ranks: int) -> np.ndarray:
     return recv
 
 
+def local_pass_s(
+    cfg: EPConfig, system: System, msg: Messages, stats: dict[str, Any]
+) -> tuple[float, float]:
+    """Seconds of the low-latency kernels' local pass that waits for every copy first
+    and so adds to the transfer, (dispatch, combine):
+
+    * DeepEP's combine (csrc/kernels/internode_ll.cu, combine: "Wait all ranks to
+      arrive", ``cg::this_grid().sync()``, then "Reduce tokens"): a rank reads the k
+      copies of each of its tokens and writes their weighted sum.
+    * DeepEP-Ascend's dispatch (CANN MoeDistributeDispatchV2::Process: AlltoAllDispatch,
+      SetStatus, WaitDispatch on every rank's status and SyncAll, then LocalWindowCopy):
+      every received copy goes from the window to expandXOut (token, scale, triple).
+
+    DeepEP's dispatch copies an (expert, source) block as soon as its count arrives and
+    CANN's combine waits token by token: both overlap the transfer (zero here). Priced
+    as a memory-bound op on the roofline's memory curve (sim/cost/roofline.py: (bytes +
+    half) / (HBM bandwidth x memory_max)), a lower bound for a copy through registers/UB.
+    """
+    if cfg.dispatch != "low-latency":
+        return 0.0, 0.0
+    dev = system.device
+    eff = dev.efficiency
+
+    def memory_s(nbytes: float) -> float:
+        return (nbytes + eff.memory_half_bytes) / (dev.hbm_bandwidth * eff.memory_max)
+
+    if dev.vendor == "Huawei":
+        scale = ASCEND_TOKEN_SCALE if cfg.dtype_bytes == 1.0 else 0
+        out = cfg.token_bytes + scale + ASCEND_LL_TRIPLE  # expandXOut, dynamic scale, triple
+        return memory_s(stats["ll_recv_copies_max"] * (msg.dispatch + out)), 0.0
+    reads = stats["ll_own_copies"] * msg.combine
+    return 0.0, memory_s(reads + cfg.tokens_per_device * cfg.token_bytes)
+
+
 def simulate_ep(cfg: EPConfig, system: System, backend: str = "analytical") -> EPResult:
     """Cost dispatch and combine of one MoE layer for ``cfg`` on ``system``."""
     _check(cfg, system)
@@ -457,9 +497,10 @@ def simulate_ep(cfg: EPConfig, system: System, backend: str = "analytical") -> E
     disp: NetworkCost = cost_network(system, phases, backend)
     comb_phases = combine_phases(phases, msg.combine / msg.dispatch)
     comb: NetworkCost = cost_network(system, comb_phases, backend)
+    local = local_pass_s(cfg, system, msg, stats)
     link = disp.link_bytes
     recv = _recv_bytes(phases, cfg.ep)
-    total = disp.time_s + comb.time_s
+    total = disp.time_s + comb.time_s + sum(local)
     hidden = min(total, cfg.overlap_compute_s)
     nodes = stats["nodes"]
     # stats count wire bytes; the benchmark's numerator counts its own message size
@@ -486,8 +527,8 @@ def simulate_ep(cfg: EPConfig, system: System, backend: str = "analytical") -> E
     return EPResult(
         config=cfg,
         nodes=nodes,
-        dispatch_time_s=disp.time_s,
-        combine_time_s=comb.time_s,
+        dispatch_time_s=disp.time_s + local[0],
+        combine_time_s=comb.time_s + local[1],
         inter_node_bytes=link.get(INTER, 0.0),
         intra_node_bytes=link.get(INTRA, 0.0) + link.get(DIE_TO_DIE, 0.0),
         slowest_rank=int(np.argmax(recv)),
@@ -505,6 +546,7 @@ def simulate_ep(cfg: EPConfig, system: System, backend: str = "analytical") -> E
             wire_bytes * msg.combine_counted / msg.dispatch if wire_bytes is not None else None
         ),
         messages=msg,
+        local_pass_s=local,
         phases=[p.as_dict() for p in disp.phases + comb.phases],
     )
 

@@ -276,3 +276,27 @@ def test_triton2_backward_side_kernels():
     import xpusim.sim.cost.attention_impl as impl_module  # the fused part alone
     fused = impl_module._fused_gpu(A100, shape, "triton2", "bwd")
     assert cost.time_s == pytest.approx(fused.time_s + extra)
+
+
+def test_flash_backward_preprocess_and_dq_convert():
+    """FA2 (run_flash_bwd_seqk_parallel) and FA3 (hopper run_flash_bwd) wrap the main backward
+    kernel in a preprocess (reads O and dO, writes dot(dO, O) per row, zeroes the fp32
+    dq_accum; FA3 also writes LSE in log2 units) and a dQ convert (fp32 dq_accum in, fp16
+    dQ out). Their bytes depend on b*s*h*d only, so at a fixed 16k tokens they are the same
+    at every sequence length."""
+    from xpusim.sim.cost.attention_blocks import bwd_side_ops
+
+    elems, rows = 2 * 4 * 1024 * 64, 2 * 4 * 1024
+    fa2 = bwd_side_ops("flash2", 2, 4, 1024, 64, 64, "fp16")
+    assert [op.name for op in fa2] == ["bwd_preprocess", "convert_dq"]
+    assert fa2[0].main_bytes == 2 * 2 * elems + 4 * elems + 2 * 4 * rows
+    assert fa2[1].main_bytes == (4 + 2) * elems
+    fa3 = bwd_side_ops("flash3", 2, 4, 1024, 64, 64, "fp16")
+    assert fa3[0].main_bytes == fa2[0].main_bytes + 4 * rows
+    assert bwd_side_ops("cudnn", 2, 4, 1024, 64, 64, "fp16") == []
+    short, long_ = (AttnShape(16384 // s, 32, s, s, 64, causal=True, dtype="fp16")
+                    for s in (512, 8192))
+    side = [attention_cost(A100, sh, "flash2", "bwd").details["side_kernels_s"]
+            for sh in (short, long_)]
+    assert side[0] == pytest.approx(side[1])
+    assert attention_cost(A100, short, "flash2", "fwd").details.get("side_kernels_s") is None

@@ -33,6 +33,16 @@ q, autograd's cast of the gradient to the input's dtype (torch/csrc/autograd/eng
 ``validate_outputs``: ``grad = grad.to(metadata dtype)``). ``triton2_bwd_side_ops`` lists
 them; each is priced by the roofline like the eager baseline's kernels.
 
+FlashAttention-2 and -3 run the same kind of kernels around their main backward kernel
+(flash-attention csrc/flash_attn/src/flash_bwd_launch_template.h ``run_flash_bwd_seqk_parallel``:
+``flash_bwd_dot_do_o_kernel<Clear_dQaccum=true>`` reads O and dO, writes the row sums dot(dO, O)
+and zeroes the fp32 ``dq_accum``; after the main kernel ``flash_bwd_convert_dq_kernel`` reads
+``dq_accum`` and writes dQ in the input dtype. hopper/flash_bwd_launch_template.h ``run_flash_bwd``:
+``FlashAttnBwdPreprocess<..., Clear_dQaccum=true>`` (also writes LSE in log2 units) and
+``FlashAttnBwdPostprocessConvertdQ``). ``bwd_side_ops`` lists them per implementation. Their
+bytes scale with b*s*h*d, which the papers' sweeps hold fixed (batch x seqlen = 16k), while the
+attention work grows with s: they weigh most at 512.
+
 Shared memory moves 32 banks x 4 bytes per clock per SM (CUDA C Programming Guide,
 "Shared Memory" for compute capability 5.x and later: 32 banks, each 32 bits per clock).
 """
@@ -81,6 +91,27 @@ def extra_alu_per_score(impl: str, pass_: str, causal: bool, diagonal: bool) -> 
         return 0.0
     mask_everywhere = 1.0 if causal and not diagonal else 0.0
     return TRITON2_EXTRA_ALU["fwd" if pass_ == "fwd" else "bwd"] + mask_everywhere
+
+
+def bwd_side_ops(impl: str, batch: float, heads: float, q_len: float, head_dim: float,
+                 v_head_dim: float, dtype: str) -> list[Op]:
+    """The memory-bound kernels ``impl``'s backward runs around its fused kernel, in launch
+    order (module docstring); [] where the source was not checked (cudnn, xformers, flash1,
+    the Triton 3 tutorial)."""
+    if impl == "triton2":
+        return triton2_bwd_side_ops(batch, heads, q_len, head_dim, v_head_dim, dtype)
+    if impl not in ("flash2", "flash3"):
+        return []
+    elt = dtype_bytes(dtype)
+    rows = batch * heads * q_len
+    q_elems = rows * head_dim
+    o_elems = rows * v_head_dim
+    row_stats = 3.0 if impl == "flash3" else 2.0  # LSE read, dPsum written (+ LSE_log2, FA3)
+    pre = with_bytes(ops.elementwise("bwd_preprocess", o_elems, dtype, 2.0, 2, 1),
+                     2.0 * elt * o_elems + 4.0 * q_elems + row_stats * 4.0 * rows)
+    convert = with_bytes(ops.elementwise("convert_dq", q_elems, dtype, 1.0, 1, 1),
+                         (4.0 + elt) * q_elems)
+    return [pre, convert]
 
 
 def triton2_bwd_side_ops(batch: float, heads: float, q_len: float, head_dim: float,
@@ -138,6 +169,7 @@ def plus_side_kernels(device: Device, cost: OpCost, side: list[Op]) -> OpCost:
 
 __all__ = [
     "FA1_WARPS_N",
+    "bwd_side_ops",
     "SMEM_BYTES_PER_CLK_PER_SM",
     "TRITON2_EXTRA_ALU",
     "extra_alu_per_score",

@@ -59,11 +59,11 @@ from xpusim.hwprofiles.spec import Device
 from xpusim.sim import ops
 from xpusim.sim.cost.attention_blocks import (
     SMEM_BYTES_PER_CLK_PER_SM,
+    bwd_side_ops,
     extra_alu_per_score,
     fa1_splitk_bytes_per_score,
     plus_side_kernels,
     roofline_sum,
-    triton2_bwd_side_ops,
     with_bytes,
 )
 from xpusim.sim.cost.attention_eager import bench_layout_ops
@@ -203,9 +203,10 @@ def attention_cost(device: Device, shape: AttnShape, impl: str | None = None,
         cost = _ascend(device, shape, pass_)
     else:
         cost = _fused_gpu(device, shape, impl, pass_)
-        if impl == "triton2" and pass_ == "bwd":
-            cost = plus_side_kernels(device, cost, triton2_bwd_side_ops(
-                shape.batch, shape.heads, shape.q_len, shape.head_dim, shape.vd, shape.dtype))
+        side = bwd_side_ops(impl, shape.batch, shape.heads, shape.q_len, shape.head_dim,
+                            shape.vd, shape.dtype) if pass_ == "bwd" else []
+        if side:  # preprocess / dQ convert kernels around the fused backward (attention_blocks)
+            cost = plus_side_kernels(device, cost, side)
     details = {**cost.details, "achieved_flops": shape.paper_flops(pass_) / cost.time_s}
     return OpCost(cost.time_s, cost.compute_s, cost.memory_s, cost.overhead_s, cost.bound, details)
 

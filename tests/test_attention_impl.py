@@ -7,7 +7,7 @@ import json
 import math
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from xpusim.hwprofiles import load_device
 from xpusim.sim import ops
@@ -115,10 +115,16 @@ def test_time_grows_with_seq_and_causal_never_slower(impl, seq, grow, heads, d, 
         return attention_cost(H100, AttnShape(1, heads, s, s, d, causal=causal), impl,
                               pass_).time_s
 
+    # Below one tile of queries the forward takes the split-KV (decode) path: a different
+    # schedule, not comparable across that boundary.
+    assume(pass_ == "bwd" or impl == "standard" or seq >= 192)
     assert t(seq + grow, False) >= t(seq, False) * (1 - 1e-12)
     assert t(seq + grow, True) >= t(seq, True) * (1 - 1e-12)
-    if impl != "standard":  # fused kernels skip masked blocks: causal is never slower
+    same_tile = tiles(impl, H100, d, pass_, "bf16", True) == tiles(impl, H100, d, pass_, "bf16")
+    if impl != "standard" and same_tile:  # fused kernels skip masked blocks: causal never slower
         assert t(seq, True) <= t(seq, False) * (1 + 1e-12)
+    elif impl != "standard":  # FA3 release, d=128: causal 128x128 vs 128x176 (wider key blocks)
+        assert t(seq, True) <= t(seq, False) * 1.2
     else:  # eager PyTorch builds and adds the mask on top of the same GEMMs (FA3 Fig. 5)
         assert t(seq, True) >= t(seq, False)
 
@@ -227,21 +233,22 @@ def test_flash1_splitk_reduction_by_hand():
     warps' 16 x 64 fp32 O partials through shared memory, written and read once: 2 x 4 x 4 x
     16 x 64 B per 16 x 256 scores = 8 B per score, at 128 B/clk/SM x 1.41 GHz. Backward (1 x 8
     warps): dQ partials, 16 B per score. The rest of the block is FA2's plus FA1's O rescale
-    and its O round trip through HBM."""
+    and its fp32 O round trip through HBM once per 256-key block (2 x 4 x 64 B per row, i.e.
+    2 B per score; none when one key block covers seqlen_k)."""
     shape = AttnShape(1, 4, 1024, 1024, 64, dtype="fp16")
     smem_rate = 128 * 1.41e9
     sm_bw = A100.hbm_bandwidth * A100.efficiency.memory_max / A100.matrix_cores
-    o_trip = 2 * 128 * 64 * 2 / sm_bw
+    o_trip = 2 * 4 * 64 / 256 * 128 * 128 / sm_bw
     for pass_, per_score in (("fwd", 8.0), ("bwd", 16.0)):
         fa1 = block_terms(A100, "flash1", shape, pass_, 128, 128)
         fa2 = block_terms(A100, "flash2", shape, pass_, 128, 128)
         assert fa1.reduce_s - fa2.reduce_s == pytest.approx(
             o_trip + per_score * 128 * 128 / smem_rate)
         assert fa1.mma_s == pytest.approx(fa2.mma_s)
-    # seqlen_k 128 (and d = 128) take 128-key blocks: the same partials over half the keys
+    # seqlen_k 128 takes one 128-key block: the same partials over half the keys, no O trip
     short = AttnShape(1, 4, 128, 128, 64, dtype="fp16")
     fwd_short = block_terms(A100, "flash1", short, "fwd", 128, 128).reduce_s
-    assert fwd_short - o_trip == pytest.approx(16.0 * 128 * 128 / smem_rate)
+    assert fwd_short == pytest.approx(16.0 * 128 * 128 / smem_rate)
 
 
 def test_triton2_softmax_instructions_follow_the_source():

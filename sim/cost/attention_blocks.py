@@ -72,6 +72,16 @@ def fa1_key_block(head_dim: float, kv_len: float) -> int:
     return 256 if head_dim <= 64 and kv_len >= 256 else 128
 
 
+def fa1_o_roundtrip_bytes_per_score(v_head_dim: float, head_dim: float, kv_len: float) -> float:
+    """HBM bytes per score of FA1's O accumulator round trip (FA2 paper s3.1.2: FA1 loops over
+    key blocks outside the query blocks). With more than one key block (``loop``) the kernel
+    reads and writes its O rows as fp32 ``o_tmp`` once per key block (flash-attention 1.x
+    fmha_api.cpp ``mha_fwd``: ``o_tmp`` is allocated as kFloat when seqlen_k > the block;
+    the backward reuses it as the fp32 ``dq_tmp``): 2 x 4 x d_v bytes per row per S keys."""
+    block = fa1_key_block(head_dim, kv_len)
+    return 0.0 if kv_len <= block else 2.0 * 4.0 * v_head_dim / block
+
+
 def fa1_splitk_bytes_per_score(head_dim: float, v_head_dim: float, kv_len: float,
                                pass_: str) -> float:
     """Shared-memory bytes per score of FA1's split-K reduction (module docstring).
@@ -174,6 +184,7 @@ __all__ = [
     "TRITON2_EXTRA_ALU",
     "extra_alu_per_score",
     "fa1_key_block",
+    "fa1_o_roundtrip_bytes_per_score",
     "fa1_splitk_bytes_per_score",
     "plus_side_kernels",
     "roofline_sum",

@@ -61,6 +61,7 @@ from xpusim.sim.cost.attention_blocks import (
     SMEM_BYTES_PER_CLK_PER_SM,
     bwd_side_ops,
     extra_alu_per_score,
+    fa1_o_roundtrip_bytes_per_score,
     fa1_splitk_bytes_per_score,
     plus_side_kernels,
     roofline_sum,
@@ -388,10 +389,11 @@ def block_terms(device: Device, impl: str, shape: AttnShape, pass_: str, br: int
             # nothing prefetched, so their L2 transfer sits in series with the block.
             reduce_s += 2.0 * br * shape.head_dim * dtype_bytes(shape.dtype) / (l2 / sms)
     if impl == "flash1":
-        # FA1's loop order: key blocks outer, query blocks inner, so each block reads and
-        # writes its O rows (and softmax statistics) in HBM (FA2 paper s3.1.2).
+        # FA1's loop order: key blocks outer, query blocks inner, so each key block reads and
+        # writes its O rows in HBM (FA2 paper s3.1.2), in fp32 (attention_blocks).
         sm_bw = device.hbm_bandwidth * device.efficiency.memory_max / sms
-        reduce_s += 2.0 * br * shape.vd * dtype_bytes(shape.dtype) / sm_bw
+        reduce_s += fa1_o_roundtrip_bytes_per_score(shape.vd, shape.head_dim, shape.kv_len) \
+            * scores / sm_bw
         # and sums its warps' split-K partials through shared memory (FA2 paper s3.3).
         smem = fa1_splitk_bytes_per_score(shape.head_dim, shape.vd, shape.kv_len, pass_)
         reduce_s += smem * scores / (SMEM_BYTES_PER_CLK_PER_SM * clock)

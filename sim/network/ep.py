@@ -36,7 +36,8 @@ Dispatch modes (combine sends the same bytes back along the reverse paths):
   with no de-duplication and no forwarding; all messages are posted at once
   (IBGDA), so one latency step. Same-node copies also go NIC to NIC (pure RDMA, as
   the V1 README @ ebfe47e measured them); on a supernode the UB fabric carries
-  them.
+  them. DeepEP's combine and DeepEP-Ascend's dispatch then make a local pass that
+  waits for every copy first (``local_pass_s``), added to their time.
 
 ``deepep_bytes_per_rank`` is the byte count DeepEP's own benchmarks divide by the
 kernel time to print their "bottleneck bandwidth" (tests/test_internode.py,

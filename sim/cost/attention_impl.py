@@ -37,6 +37,10 @@ Implementations and how each is priced:
     scheduling of two warpgroups and its intra-warpgroup pipelining hide a fraction
     ``OVERLAP["flash3"]`` of the shorter phase: ``block = mma + softmax - h * min(...)``.
 
+  - older kernels' extra per-block work (FA1's split-K shared-memory reduction and fp32
+    O round trip, Triton 2.0's FA1-style softmax) and the memory-bound kernels around a
+    fused backward (FA2/FA3 preprocess and dQ convert, Triton 2.0's): ``attention_blocks``.
+
   Items (one per query block of each batch x head, the causal ones visiting only the
   key blocks up to the diagonal) are placed on the SMs in launch order, each on the
   least-loaded SM (``flash3``/``cudnn``: heaviest first, as their persistent schedulers

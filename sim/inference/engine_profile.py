@@ -15,6 +15,7 @@ from pathlib import Path
 from xpusim.hwprofiles.loader import ROOT as HWPROFILES_ROOT
 from xpusim.hwprofiles.spec import Device
 from xpusim.sim.errors import InputError
+from xpusim.sim.inference.decode_attention import KERNELS, GenerationAttention
 from xpusim.sim.tomlfile import read_toml
 
 ENGINE_DIR = HWPROFILES_ROOT / "engines"
@@ -63,6 +64,9 @@ class EngineProfile:
       host CPU by single-thread speed.
     * ``paged_attention`` / ``fused_sampling``: the stack's kernel choices (recorded;
       the attention kernel is priced by the cost model).
+    * ``generation_attention`` (+ ``xqa_group_sizes``, ``xqa_head_dims``): the rule for
+      the decode-attention kernel (``xpusim.sim.inference.decode_attention``): "fused"
+      (the cost model's kernel), "masked-mha" or "xqa-or-masked-mha" (TensorRT-LLM).
     """
 
     name: str
@@ -91,7 +95,16 @@ class EngineProfile:
     host_scale: float = 1.0
     paged_attention: str = ""
     fused_sampling: bool = False
+    generation_attention: str = "fused"
+    xqa_group_sizes: tuple[int, ...] = ()
+    xqa_head_dims: tuple[int, ...] = ()
     sources: dict[str, str] = field(default_factory=dict)
+
+    def generation_kernel(self) -> GenerationAttention:
+        """The engine's decode-attention kernel rule."""
+        return GenerationAttention(
+            self.generation_attention, self.xqa_group_sizes, self.xqa_head_dims
+        )
 
     def kernel_overhead(self, graphed: bool) -> float | None:
         if graphed and self.cuda_graphs:
@@ -180,7 +193,10 @@ _CHOICE_KEYS: dict[str, tuple[str, ...] | None] = {
     "kv_reserve": ("incremental", "full"),
     "reference_host": None,
     "paged_attention": None,
+    "generation_attention": KERNELS,
 }
+# Lists of positive integers (stored as tuples).
+_INT_LIST_KEYS = ("xqa_group_sizes", "xqa_head_dims")
 HOSTS_PATH = HWPROFILES_ROOT / "hosts.toml"
 
 
@@ -290,6 +306,12 @@ def _field_value(key: str, value: object, where: str, path: Path) -> tuple[str, 
             want = " | ".join(allowed_values) if allowed_values else "a non-empty string"
             raise InputError(f"{path}: field '{where}' must be {want} (got {value!r})")
         return key, value
+    if key in _INT_LIST_KEYS:
+        if not isinstance(value, list) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value
+        ):
+            raise InputError(f"{path}: field '{where}' must be a list of positive integers")
+        return key, tuple(value)
     if key in _PLAIN_KEYS:
         typ = _PLAIN_KEYS[key]
         if typ is bool and not isinstance(value, bool):
@@ -297,5 +319,5 @@ def _field_value(key: str, value: object, where: str, path: Path) -> tuple[str, 
         if typ is not bool and (not isinstance(value, int | float) or value <= 0):
             raise InputError(f"{path}: field '{where}' must be a positive number")
         return key, typ(value)
-    allowed = ", ".join(sorted([*_US_KEYS, *_PLAIN_KEYS, *_CHOICE_KEYS]))
+    allowed = ", ".join(sorted([*_US_KEYS, *_PLAIN_KEYS, *_CHOICE_KEYS, *_INT_LIST_KEYS]))
     raise InputError(f"{path}: unknown field '{where}'; known fields: {allowed}")

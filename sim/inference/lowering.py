@@ -25,8 +25,10 @@ from xpusim.hwprofiles.spec import System
 from xpusim.sim import ops
 from xpusim.sim.cost import CachedCostModel
 from xpusim.sim.cost.attention_impl import KernelCostModel
+from xpusim.sim.cost.base import CostModel
 from xpusim.sim.engine import Engine
 from xpusim.sim.errors import InputError
+from xpusim.sim.inference.decode_attention import with_engine_attention
 from xpusim.sim.inference.engine_profile import NO_ENGINE, EngineProfile, engine_for_system
 from xpusim.sim.inference.kvcache import MemoryPlan, kv_bytes_per_token, plan_memory, require_fit
 from xpusim.sim.inference.routing import UNIFORM, Routing, experts_touched, moe_load
@@ -279,7 +281,12 @@ class StepSimulator:
         graphed = decode_batch is not None and decode_batch <= self.engine.cuda_graph_max_batch
         if graphed not in self._models:
             device = self.engine.device_for_step(self.system.device, decode_batch)
-            self._models[graphed] = CachedCostModel(KernelCostModel(device, self.attention_impl))
+            model: CostModel = KernelCostModel(device, self.attention_impl)
+            if self.attention_impl is None:
+                # The engine's own decode-attention kernel rule (an explicit
+                # --attention-impl overrides it).
+                model = with_engine_attention(model, device, self.engine.generation_kernel())
+            self._models[graphed] = CachedCostModel(model)
         return self._models[graphed]
 
     def _host_terms(self, batch: StepBatch, host: bool) -> tuple[float, float]:

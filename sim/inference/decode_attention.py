@@ -1,0 +1,138 @@
+"""The generation-phase (decode) attention kernel a serving engine picks, and its cost.
+
+TensorRT-LLM's GPT attention plugin runs one of two kernels for a one-token
+generation step (docs/source/advanced/gpt-attention.md, "Generation Phase" and "XQA
+Optimization"; cpp/tensorrt_llm/kernels/decoderMaskedMultiheadAttention/):
+
+* **XQA** (MQA/GQA): one CTA per (sequence, KV head) holds all the query heads of the
+  group as rows of a tensor-core tile, so each K/V element is read and converted once
+  per group. Up to v0.10 the kernels are precompiled cubins (cubin/xqa_kernel_cubin.h,
+  ``sXqaKernelMetaInfo``): single-query kernels exist only for ``num_q_heads_per_kv``
+  = 8 (``nqpkv_8_m_8``) and head sizes 128 / 256, and
+  ``XQAKernelList::supportConfig`` looks the exact group size up, so other groups
+  fall back. ``mayHavePerfGain`` then asks for enough CTAs:
+  ``num_kv_heads x batch x multi_block_count x kEnableMinBlockFactor (4) >= SM count``.
+  The cost model's fused split-KV kernel already prices this (K/V once per KV head).
+* **masked MHA** (everything else: MHA, GQA groups without a cubin, small batches):
+  "a single CUDA thread-block per head" (gpt-attention.md), i.e. one CTA per (sequence,
+  query head). Its dot products run on the CUDA cores in FP32
+  (decoderMaskedMultiheadAttentionTemplate.h: ``MMHA_USE_FP32_ACUM_FOR_FMA`` and
+  ``MMHA_USE_FP32_ACUM_FOR_OUT``; ``qk_dot_`` converts each K element to FP32 and FMAs
+  it into an FP32 accumulator, the V loop likewise). Every query head of a group
+  converts and multiplies the shared K/V again: the work grows with the query heads,
+  not the KV heads, while the HBM traffic stays once per KV head (the group's CTAs are
+  adjacent in the grid, ``grid(num_heads, batch)``, and meet in L2).
+
+``masked_mha_cost`` prices the second kernel as a roofline of that CUDA-core work and
+the K/V read; ``EngineAttentionModel`` routes a decode attention op to it when the
+engine profile's rule (``[kernels] generation_attention``) picks masked MHA.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from xpusim.hwprofiles.spec import Device
+from xpusim.sim.cost.attention_impl import AttnShape, shape_of
+from xpusim.sim.cost.base import CostModel, OpCost
+from xpusim.sim.errors import InputError
+from xpusim.sim.ir import AttentionShape, Op, OpKind, dtype_bytes
+
+# Per K or V element and per query head, masked MHA issues one conversion to FP32 and
+# one FP32 FMA (qk_dot_ / the V accumulation with the FP32-accumulation knobs above):
+# 2 lane operations, each one FP32-pipe slot (the FP32 peak counts an FMA as 2 FLOP).
+MMHA_LANE_OPS_PER_ELEMENT = 2
+# An 8-bit (FP8 / INT8) cache is dequantised first, in the same loop
+# (convert_from_8bit_kv_cache: convert_from_fp8 to the 16-bit type, then ``mul`` by
+# kv_scale_quant_orig; gpt-attention.md: "dequantized on-the-fly in the MHA/MQA
+# kernel"). Both steps are packed 16-bit instructions (cvt.rn.f16x2.e4m3x2 and a half2
+# multiply: two elements each), so +0.5 + 0.5 lane operations per element.
+MMHA_DEQUANT_LANE_OPS_PER_ELEMENT = 1
+# XQA's CTA-count gate (decoderXQAImplPrecompiled.cpp / decoderXQARunner.cpp,
+# ``kEnableMinBlockFactor = 4.0``).
+XQA_MIN_BLOCK_FACTOR = 4.0
+KERNELS = ("fused", "masked-mha", "xqa-or-masked-mha")
+
+
+@dataclass(frozen=True)
+class GenerationAttention:
+    """An engine's rule for its decode-attention kernel.
+
+    ``kernel``: "fused" (the cost model's FlashDecoding-style kernel: vLLM's and
+    TRT-LLM 1.0's JIT XQA, which covers any group size), "masked-mha" (always: TRT-LLM
+    before XQA) or "xqa-or-masked-mha" (XQA where a precompiled kernel exists for the
+    group size and head size and the CTA gate passes, else masked MHA).
+    """
+
+    kernel: str = "fused"
+    xqa_group_sizes: tuple[int, ...] = ()
+    xqa_head_dims: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.kernel not in KERNELS:
+            raise InputError(
+                f"generation_attention must be one of {', '.join(KERNELS)} (got {self.kernel!r})"
+            )
+
+    def picks_masked_mha(self, shape: AttnShape, sms: int) -> bool:
+        """Whether a one-token step of ``shape`` (one rank's heads) runs masked MHA."""
+        if self.kernel == "fused":
+            return False
+        if self.kernel == "masked-mha":
+            return True
+        group = shape.heads / shape.kvh
+        has_cubin = (
+            group in self.xqa_group_sizes and shape.head_dim in self.xqa_head_dims
+        )
+        # mayHavePerfGain with multi-block mode off (multi_block_count = 1).
+        enough_ctas = shape.kvh * shape.batch * XQA_MIN_BLOCK_FACTOR >= sms
+        return not (has_cubin and enough_ctas)
+
+
+def masked_mha_cost(device: Device, shape: AttnShape) -> OpCost:
+    """One masked-MHA generation step: CUDA-core FP32 work per query head, K/V read once
+    per KV head, Q read and O written once; one launch."""
+    eff = device.efficiency
+    elements = shape.batch * shape.heads * shape.kv_len * (shape.head_dim + shape.vd)
+    elt = dtype_bytes(shape.dtype)
+    per_element = MMHA_LANE_OPS_PER_ELEMENT + (MMHA_DEQUANT_LANE_OPS_PER_ELEMENT if elt == 1 else 0)
+    lane_ops = per_element * elements
+    lane_ops_per_s = device.vector_peak["fp32"] / 2 * eff.vector_max
+    compute_s = lane_ops / lane_ops_per_s
+    kv_bytes = shape.batch * shape.kvh * shape.kv_len * (shape.head_dim + shape.vd) * elt
+    q_bytes = shape.batch * shape.heads * shape.q_len * (shape.head_dim + shape.vd) * elt
+    memory_s = (kv_bytes + q_bytes) / (device.hbm_bandwidth * eff.memory_max)
+    overhead_s = eff.launch_overhead_s
+    bound = "compute" if compute_s > memory_s else "memory"
+    details = {"mmha_lane_ops": lane_ops, "hbm_bytes": kv_bytes + q_bytes}
+    return OpCost(max(compute_s, memory_s) + overhead_s, compute_s, memory_s, overhead_s,
+                  bound, details)
+
+
+class EngineAttentionModel:
+    """A cost model whose one-token attention ops follow the engine's kernel rule."""
+
+    def __init__(self, inner: CostModel, device: Device, rule: GenerationAttention) -> None:
+        self.inner, self.device, self.rule = inner, device, rule
+        self.name = inner.name
+
+    def time(self, op: Op) -> OpCost:
+        if op.kind == OpKind.ATTENTION and self._is_generation(op):
+            shape = shape_of(op)
+            if self.rule.picks_masked_mha(shape, self.device.matrix_cores):
+                return masked_mha_cost(self.device, shape)
+        return self.inner.time(op)
+
+    @staticmethod
+    def _is_generation(op: Op) -> bool:
+        s = op.shape
+        return isinstance(s, AttentionShape) and s.q_len == 1 and not s.backward and s.cp == 1
+
+
+def with_engine_attention(inner: CostModel, device: Device,
+                          rule: GenerationAttention) -> CostModel:
+    """``inner`` unchanged when the rule is "fused" or the device is not an NVIDIA GPU
+    (the rule names CUDA kernels), else wrapped in ``EngineAttentionModel``."""
+    if rule.kernel == "fused" or device.arch != "nvidia":
+        return inner
+    return EngineAttentionModel(inner, device, rule)

@@ -1,0 +1,129 @@
+"""The serving engine's decode-attention kernel rule (TensorRT-LLM XQA vs masked MHA).
+
+Hand-computed values on the H100 SXM profile: FP32 CUDA-core peak 67 TFLOP/s at
+vector_max 0.7 (2.345e13 FP32 lane operations/s), HBM 3.35 TB/s at memory_max 0.9
+(3.015e12 B/s), launch overhead 5 us, 132 SMs.
+"""
+
+from __future__ import annotations
+
+import pytest
+from xpusim.hwprofiles import load_system
+from xpusim.hwprofiles.loader import load_device
+from xpusim.sim import ops
+from xpusim.sim.cost.attention_impl import AttnShape, KernelCostModel
+from xpusim.sim.errors import InputError
+from xpusim.sim.inference.decode_attention import (
+    EngineAttentionModel,
+    GenerationAttention,
+    masked_mha_cost,
+    with_engine_attention,
+)
+from xpusim.sim.inference.engine_profile import load_engine
+from xpusim.sim.inference.lowering import StepBatch, StepSimulator
+from xpusim.sim.models.hf_config import load_model
+from xpusim.sim.parallel import ParallelPlan
+
+H100 = load_device("h100-sxm5-80gb")
+XQA_010 = GenerationAttention("xqa-or-masked-mha", (8,), (128, 256))
+
+
+def _shape(batch: float, heads: float, kv_heads: float, dtype: str = "fp16") -> AttnShape:
+    return AttnShape(batch, heads, 1, 1000, 128, 128, kv_heads, True, dtype)
+
+
+def test_xqa_runs_for_group_8_when_enough_ctas():
+    # Llama-2-70B at TP8: 8 query heads, 1 KV head per rank (group 8, head size 128).
+    # mayHavePerfGain: 1 x 64 x 4 = 256 >= 132 SMs -> XQA.
+    assert not XQA_010.picks_masked_mha(_shape(64, 8, 1), 132)
+    # 1 x 32 x 4 = 128 < 132 -> masked MHA.
+    assert XQA_010.picks_masked_mha(_shape(32, 8, 1), 132)
+
+
+def test_groups_without_a_precompiled_kernel_run_masked_mha():
+    # Mixtral / Llama-3-8B at TP2: 16 query heads over 4 KV heads = group 4: no cubin.
+    assert XQA_010.picks_masked_mha(_shape(1000, 16, 4), 132)
+    # MHA (Llama-2-7B): group 1.
+    assert XQA_010.picks_masked_mha(_shape(1000, 32, 32), 132)
+    # Head size 64 has no cubin either.
+    assert XQA_010.picks_masked_mha(AttnShape(1000, 8, 1, 1000, 64, 64, 1, True, "fp16"), 132)
+
+
+def test_fixed_rules():
+    assert GenerationAttention("masked-mha").picks_masked_mha(_shape(1000, 8, 1), 132)
+    assert not GenerationAttention().picks_masked_mha(_shape(1, 32, 32), 132)
+    with pytest.raises(InputError, match="generation_attention"):
+        GenerationAttention("mmha")
+
+
+def test_masked_mha_cost_16bit_is_memory_bound():
+    # batch 100, 16 query heads, 4 KV heads, 1000 keys, head size 128, FP16 K/V.
+    # CUDA-core work: 100 x 16 x 1000 x 256 = 4.096e8 elements x 2 lane ops
+    # = 8.192e8 / 2.345e13 = 34.93 us.
+    # HBM: K/V 100 x 4 x 1000 x 256 x 2 B = 2.048e8 B, Q/O 100 x 16 x 256 x 2 B = 819,200 B;
+    # 2.056192e8 / 3.015e12 = 68.20 us.
+    cost = masked_mha_cost(H100, _shape(100, 16, 4))
+    assert cost.compute_s == pytest.approx(34.934e-6, rel=1e-3)
+    assert cost.memory_s == pytest.approx(68.199e-6, rel=1e-3)
+    assert cost.bound == "memory"
+    assert cost.time_s == pytest.approx(68.199e-6 + 5e-6, rel=1e-3)
+
+
+def test_masked_mha_cost_8bit_cache_is_compute_bound():
+    # FP8 K/V: dequantisation adds 1 lane op per element: 3 x 4.096e8 = 1.2288e9
+    # / 2.345e13 = 52.40 us; HBM halves: 1.028096e8 B / 3.015e12 = 34.10 us.
+    cost = masked_mha_cost(H100, _shape(100, 16, 4, "fp8"))
+    assert cost.compute_s == pytest.approx(52.401e-6, rel=1e-3)
+    assert cost.memory_s == pytest.approx(34.099e-6, rel=1e-3)
+    assert cost.bound == "compute"
+
+
+def test_engine_model_routes_only_one_token_steps():
+    inner = KernelCostModel(H100)
+    model = EngineAttentionModel(inner, H100, XQA_010)
+    decode = ops.fused_attention("a", 100, 16, 1, 1000, 128, "fp16", True, 4, 128)
+    assert model.time(decode).time_s == pytest.approx(masked_mha_cost(H100, _shape(100, 16, 4)).time_s)
+    prefill = ops.fused_attention("a", 4, 16, 512, 512, 128, "fp16", True, 4, 128)
+    assert model.time(prefill).time_s == inner.time(prefill).time_s
+    # XQA-eligible decode (group 8, enough CTAs) keeps the fused kernel's price.
+    xqa = ops.fused_attention("a", 100, 8, 1, 1000, 128, "fp16", True, 1, 128)
+    assert model.time(xqa).time_s == inner.time(xqa).time_s
+
+
+def test_fused_rule_and_other_vendors_are_not_wrapped():
+    inner = KernelCostModel(H100)
+    assert with_engine_attention(inner, H100, GenerationAttention()) is inner
+    ascend = load_device("ascend-910b2")
+    ascend_inner = KernelCostModel(ascend)
+    assert with_engine_attention(ascend_inner, ascend, XQA_010) is ascend_inner
+
+
+def test_trtllm_profiles_carry_their_kernel_rule():
+    assert load_engine("trtllm-0.10").generation_kernel() == XQA_010
+    assert load_engine("trtllm-0.6.1").generation_kernel().kernel == "masked-mha"
+    assert load_engine("trtllm-0.5").generation_kernel().kernel == "masked-mha"
+    assert load_engine("trtllm-1.0").generation_kernel().kernel == "fused"
+    assert load_engine("vllm-0.6").generation_kernel().kernel == "fused"
+
+
+def test_profile_rejects_a_bad_group_list(tmp_path):
+    path = tmp_path / "e.toml"
+    path.write_text('kind = "engine"\nname = "e"\n[kernels]\nxqa_group_sizes = [8, "x"]\n')
+    with pytest.raises(InputError, match="xqa_group_sizes"):
+        load_engine(str(path))
+
+
+def test_step_simulator_prices_mixtral_fp8_decode_with_masked_mha():
+    spec = load_model("mixtral-8x7b")
+    system = load_system("dgx-h100")
+    plan = ParallelPlan(tp=2)
+    batch = StepBatch(512, 1, 2048)
+    trt = StepSimulator(spec, system, plan, load_engine("trtllm-0.10"), "fp8")
+    fused = StepSimulator(spec, system, plan, load_engine("trtllm-1.0"), "fp8")
+    t_trt = trt.run(batch, host=False).by_kind["attention"]
+    t_fused = fused.run(batch, host=False).by_kind["attention"]
+    assert t_trt > t_fused
+    # An explicit attention implementation overrides the engine's rule.
+    forced = StepSimulator(spec, system, plan, load_engine("trtllm-0.10"), "fp8",
+                           attention_impl="flash2")
+    assert forced.run(batch, host=False).by_kind["attention"] < t_trt

@@ -8,6 +8,10 @@ papers count them.
 
 Each kind has its own fields; a field of another kind must be left out (``None``). The
 per-kind defaults live in ``KIND_FIELDS`` and nowhere else.
+
+``timing`` (every kind, sim/cost/op_timing.py) says how the time is measured: ``launch``
+(default) as a framework launches the op, host launch overhead included; ``kernel`` the
+kernel's duration as a profiler reports it, without the host launch overhead.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from xpusim.sim import ops
 from xpusim.sim.api.base import as_json_dict, request_from_kwargs, resolve_device
 from xpusim.sim.cost import OpCost, RooflineModel
 from xpusim.sim.cost.attention_impl import PASSES, attention_cost, default_impl, shape_of
+from xpusim.sim.cost.op_timing import as_timed, check_timing
 from xpusim.sim.errors import InputError
 from xpusim.sim.ir import Op, shape_dict
 from xpusim.sim.limits import check_namespace
@@ -55,6 +60,9 @@ class OpRequest:
     device: str | Device = "h100-sxm5-80gb"
     calibration: str | None = None  # calibration overlay TOML (with a device name)
     dtype: str | None = None  # default bf16 (conv2d: fp32)
+    # How the time is measured (sim/cost/op_timing.py): launch = as a framework launches
+    # the op (host launch overhead included); kernel = the kernel as a profiler times it.
+    timing: str = "launch"
     # gemm: C[batch, m, n] = A[batch, m, k] @ B[batch, k, n]
     m: int | None = None
     n: int | None = None
@@ -102,6 +110,8 @@ class OpResult:
     pass_: str | None = None  # attention only
     paper_flops: float | None = None  # attention only: the papers' FLOP count of the pass
     achieved_tflops: float | None = None  # attention only: paper_flops / time_s / 1e12
+    timing: str = "launch"
+    launch_excluded_s: float = 0.0  # host launch overhead --timing kernel took out of time_s
 
     def as_dict(self) -> dict[str, Any]:
         payload = {
@@ -112,6 +122,8 @@ class OpResult:
             "flops": self.flops,
             "bytes": dict(self.op.bytes),
             **self.cost.as_dict(),
+            "timing": self.timing,
+            "launch_excluded_s": self.launch_excluded_s,
             "achieved_flops": self.achieved_flops,
             "peak_flops": self.peak_flops,
             "fraction_of_peak": self.fraction_of_peak,
@@ -138,9 +150,14 @@ def op(request: OpRequest | None = None, /, **kwargs: Any) -> OpResult:
     peak = device.peak_for("matrix" if the_op.unit == "matrix" else "vector", the_op.dtype)
     attention: dict[str, Any] = {}
     if values["kind"] == "attention":
-        the_op, cost, attention = _price_attention(device, the_op, values)
+        the_op, launched, attention = _price_attention(device, the_op, values)
+        launch_s = launched.overhead_s  # attention prices one launch per kernel it runs
     else:
-        cost = RooflineModel(device).time(the_op)
+        launched = RooflineModel(device).time(the_op)
+        launch_s = device.efficiency.launch_overhead_s  # one kernel launch
+    cost, excluded = as_timed(launched, req.timing, launch_s)
+    if attention:
+        attention["achieved_tflops"] = attention["paper_flops"] / cost.time_s / 1e12
     achieved = the_op.flops / cost.time_s if cost.time_s else 0.0
     return OpResult(
         kind=str(the_op.kind),
@@ -156,14 +173,16 @@ def op(request: OpRequest | None = None, /, **kwargs: Any) -> OpResult:
         op=the_op,
         cost=cost,
         **attention,
+        timing=req.timing,
+        launch_excluded_s=excluded,
     )
 
 
 def _price_attention(
     device: Device, the_op: Op, values: dict[str, Any]
 ) -> tuple[Op, OpCost, dict[str, Any]]:
-    """The attention call priced by its implementation for the pass; the op with the
-    pass's FLOPs and bytes; the implementation, pass and the papers' FLOP count."""
+    """The attention call priced by its implementation for the pass (as launched); the op
+    with the pass's FLOPs and bytes; the implementation, pass and the papers' FLOP count."""
     impl = values["impl"] or default_impl(device)
     pass_ = values["pass_"]
     shape = shape_of(the_op)
@@ -174,13 +193,7 @@ def _price_attention(
         flops=the_op.flops * factor,
         bytes={k: v * factor for k, v in the_op.bytes.items()},
     )
-    paper = shape.paper_flops(pass_)
-    extra = {
-        "impl": impl,
-        "pass_": pass_,
-        "paper_flops": paper,
-        "achieved_tflops": paper / cost.time_s / 1e12,
-    }
+    extra = {"impl": impl, "pass_": pass_, "paper_flops": shape.paper_flops(pass_)}
     return scaled, cost, extra
 
 
@@ -190,11 +203,12 @@ def resolve(req: OpRequest) -> dict[str, Any]:
     if req.kind not in KIND_FIELDS:
         given = "an op kind is required" if req.kind is None else f"KIND {req.kind!r}"
         raise InputError(f"{given}: choose one of {', '.join(KINDS)}")
+    check_timing(req.timing)
     own = KIND_FIELDS[req.kind]
     values: dict[str, Any] = {"kind": req.kind}
     for f in fields(OpRequest):
-        if f.name in ("kind", "device", "calibration"):
-            continue
+        if f.name in ("kind", "device", "calibration", "timing"):
+            continue  # fields of every kind
         value = getattr(req, f.name)
         if f.name not in own:
             if value is not None:

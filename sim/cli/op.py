@@ -7,6 +7,7 @@ import argparse
 from xpusim.sim.api.base import request_from_args
 from xpusim.sim.api.op import KIND_FIELDS, OpRequest, OpResult, op
 from xpusim.sim.cost.attention_impl import IMPLS, PASSES
+from xpusim.sim.cost.op_timing import TIMINGS
 from xpusim.sim.report import emit_json, fmt_si
 
 
@@ -18,6 +19,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--device", help="device name or profile path (default h100-sxm5-80gb)")
         p.add_argument("--calibration", help="calibration overlay TOML")
         p.add_argument("--dtype", help=f"default {KIND_FIELDS[kind]['dtype']}")
+        p.add_argument(
+            "--timing",
+            choices=TIMINGS,
+            help="how the time is measured: launch (default; the op as a framework "
+            "launches it, host launch overhead included) or kernel (the kernel's duration "
+            "as a profiler reports it: kineto, CUPTI, nsys, msprof; docs/cost_model.md)",
+        )
         p.add_argument("--json", action="store_true")
         p.set_defaults(func=run)
 
@@ -76,6 +84,9 @@ def _print(r: OpResult) -> None:
         print(f"  {r.achieved_tflops:.1f} TFLOP/s (FlashAttention papers' FLOP count)")
     print(f"  compute  {fmt_si(cost.compute_s, 's')}   memory {fmt_si(cost.memory_s, 's')}   "
           f"overhead {fmt_si(cost.overhead_s, 's')}")
+    if r.timing == "kernel":
+        print(f"  kernel timing (--timing kernel): host launch overhead "
+              f"{fmt_si(r.launch_excluded_s, 's')} excluded")
     print(f"  {fmt_si(r.achieved_flops, 'FLOP/s')} achieved = "
           f"{r.fraction_of_peak:.1%} of {fmt_si(r.peak_flops, 'FLOP/s')} peak; "
           f"physical roofline {fmt_si(r.roofline_time_s, 's')}")

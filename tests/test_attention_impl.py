@@ -307,3 +307,18 @@ def test_flash_backward_preprocess_and_dq_convert():
             for sh in (short, long_)]
     assert side[0] == pytest.approx(side[1])
     assert attention_cost(A100, short, "flash2", "fwd").details.get("side_kernels_s") is None
+
+
+def test_xformers_stages_p_through_shared_memory():
+    """xFormers' CUTLASS kernels: forward writes P (fp16) to shared memory and reads it back
+    as the PV GEMM's operand A (2 x 2 B per score); backward re-reads P from shared memory to
+    form dS (2 B per score); both at 128 B/clk/SM. The 2023 sm80 backward at d <= 64 runs
+    64 x 64 blocks."""
+    shape = AttnShape(1, 4, 1024, 1024, 64, causal=True, dtype="fp16")
+    smem_rate = 128 * 1.41e9
+    for pass_, per_score in (("fwd", 4.0), ("bwd", 2.0)):
+        xf = block_terms(A100, "xformers", shape, pass_, 64, 64)
+        fa2 = block_terms(A100, "flash2", shape, pass_, 64, 64)
+        assert xf.block_s - fa2.block_s == pytest.approx(per_score * 64 * 64 / smem_rate)
+    assert tiles("xformers", A100, 64, "bwd") == (64, 64)
+    assert tiles("xformers", A100, 128, "bwd") == tiles("flash2", A100, 128, "bwd")

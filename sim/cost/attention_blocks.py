@@ -25,6 +25,19 @@ The kernels below run the same GEMMs but do more per block, each read from their
   diagonal. Backward: ``p = tl.exp(qk * sm_scale - m)`` (the log2(e) multiply) and the same
   ``tl.where`` on every block; ``ds = p * dp * sm_scale`` and the two converts match FA2's.
 
+xFormers' CUTLASS memory-efficient kernels (``xformers``; the FA2 paper's "xformers" baseline,
+``op=(cutlass.FwOp, cutlass.BwOp)``) stage the softmax output through shared memory where FA2
+keeps it in registers (FA2's forward feeds P to the PV GEMM from registers). Forward
+(xformers csrc/attention/cuda/fmha/kernel_forward.h, ``MM0``: "store this value into a
+shared-memory (AccumulatorSharedStorage) that is used later as operand A for the second
+matmul", ``MM1`` = ``DefaultMmaFromSharedMemory``): P is written to and read from shared
+memory, 2 x elt bytes per score. Backward (kernel_backward.h ``processBlockIJ``): P goes to
+shared memory for the dV GEMM as in FA2, and is read back element by element to form dS
+(``fragment_attn[idx] = attn_T.at(...)``), 1 x elt more per score than FA2's dataflow. Its
+sm80 16-bit backward for d <= 64 is ``AttentionBackwardKernel<Sm80, half, aligned, no
+dropout, kPreloadMmas, 64, 64, 64>`` (autogen/impl/cutlassB_f16_aligned_k64.cu, 2023): 64 x 64
+blocks of 4 warps (``attention_impl.tiles``).
+
 Triton 2.0's backward also runs three memory-bound kernels around ``_bwd_kernel``
 (``_attention.backward``): ``dq = torch.zeros_like(q, dtype=torch.float32)`` (a fill of an fp32
 copy of q), ``_bwd_preprocess`` (reads O, dO and the row sums L; writes the rescaled dO,
@@ -92,6 +105,17 @@ def fa1_splitk_bytes_per_score(head_dim: float, v_head_dim: float, kv_len: float
     warps = FA1_WARPS_N["fwd" if pass_ == "fwd" else "bwd"]
     dim = v_head_dim if pass_ == "fwd" else head_dim
     return 8.0 * warps * dim / fa1_key_block(head_dim, kv_len)
+
+
+def smem_bytes_per_score(impl: str, head_dim: float, v_head_dim: float, kv_len: float,
+                         pass_: str, dtype: str) -> float:
+    """Shared-memory bytes per score that ``impl`` moves beyond FA2's dataflow: FA1's split-K
+    reduction, xFormers' P staging (module docstring); 0 for the others."""
+    if impl == "flash1":
+        return fa1_splitk_bytes_per_score(head_dim, v_head_dim, kv_len, pass_)
+    if impl == "xformers":
+        return (2.0 if pass_ == "fwd" else 1.0) * dtype_bytes(dtype)
+    return 0.0
 
 
 def extra_alu_per_score(impl: str, pass_: str, causal: bool, diagonal: bool) -> float:
@@ -188,6 +212,7 @@ __all__ = [
     "fa1_splitk_bytes_per_score",
     "plus_side_kernels",
     "roofline_sum",
+    "smem_bytes_per_score",
     "triton2_bwd_side_ops",
     "with_bytes",
 ]

@@ -66,9 +66,9 @@ from xpusim.sim.cost.attention_blocks import (
     bwd_side_ops,
     extra_alu_per_score,
     fa1_o_roundtrip_bytes_per_score,
-    fa1_splitk_bytes_per_score,
     plus_side_kernels,
     roofline_sum,
+    smem_bytes_per_score,
     with_bytes,
 )
 from xpusim.sim.cost.attention_eager import bench_layout_ops
@@ -307,9 +307,12 @@ def tiles(impl: str, device: Device, head_dim: float, pass_: str, dtype: str = "
     on A100). flash3 forward: hopper/ tile sizes of the FA3 release (d<=64 192x128,
     d<=128 128x128, d=256 128x80; ``_fa3_fwd_tile`` for the release's dtype/causal split). Backward (both): d<=64 128x128, d<=128 64x128, else
     64x64. cudnn/triton: 128x128 forward (estimate: the common Hopper tile), xformers
-    (CUTLASS memory-efficient kernel) and flash1: 64x64 / 128x64 (estimate)."""
+    (CUTLASS memory-efficient kernel): 64x64 forward, and backward at d<=64 (the 2023 sm80
+    kernels); flash1: FA2's (estimate; its key-block terms are in attention_blocks)."""
     if impl == "triton2":  # triton.ops.flash_attention: BLOCK = 128 for both passes
         return (128, 128)
+    if impl == "xformers" and pass_ == "bwd" and head_dim <= 64:
+        return (64, 64)  # cutlassB_f16_aligned_k64.cu, sm80 (attention_blocks)
     if pass_ == "bwd":
         return (128, 128) if head_dim <= 64 else (64, 128) if head_dim <= 128 else (64, 64)
     if impl == "flash3":
@@ -398,9 +401,10 @@ def block_terms(device: Device, impl: str, shape: AttnShape, pass_: str, br: int
         sm_bw = device.hbm_bandwidth * device.efficiency.memory_max / sms
         reduce_s += fa1_o_roundtrip_bytes_per_score(shape.vd, shape.head_dim, shape.kv_len) \
             * scores / sm_bw
-        # and sums its warps' split-K partials through shared memory (FA2 paper s3.3).
-        smem = fa1_splitk_bytes_per_score(shape.head_dim, shape.vd, shape.kv_len, pass_)
-        reduce_s += smem * scores / (SMEM_BYTES_PER_CLK_PER_SM * clock)
+    # Shared-memory traffic beyond FA2's: FA1's split-K partials (FA2 paper s3.3), xFormers'
+    # P staging (attention_blocks).
+    smem = smem_bytes_per_score(impl, shape.head_dim, shape.vd, shape.kv_len, pass_, shape.dtype)
+    reduce_s += smem * scores / (SMEM_BYTES_PER_CLK_PER_SM * clock)
     return BlockTerms(mma_s, exp_s, alu_s, softmax_s, block_s + reduce_s, reduce_s)
 
 

@@ -7,6 +7,8 @@ vector_max 0.7 (2.345e13 FP32 lane operations/s), HBM 3.35 TB/s at memory_max 0.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from xpusim.hwprofiles import load_system
 from xpusim.hwprofiles.loader import load_device
@@ -117,13 +119,24 @@ def test_step_simulator_prices_mixtral_fp8_decode_with_masked_mha():
     spec = load_model("mixtral-8x7b")
     system = load_system("dgx-h100")
     plan = ParallelPlan(tp=2)
+    engine = load_engine("trtllm-0.10")
+    as_fused = replace(engine, generation_attention="fused")
     batch = StepBatch(512, 1, 2048)
-    trt = StepSimulator(spec, system, plan, load_engine("trtllm-0.10"), "fp8")
-    fused = StepSimulator(spec, system, plan, load_engine("trtllm-1.0"), "fp8")
-    t_trt = trt.run(batch, host=False).by_kind["attention"]
-    t_fused = fused.run(batch, host=False).by_kind["attention"]
-    assert t_trt > t_fused
+    t_trt = StepSimulator(spec, system, plan, engine, "fp8").run(batch, host=False)
+    t_fused = StepSimulator(spec, system, plan, as_fused, "fp8").run(batch, host=False)
+    assert t_trt.by_kind["attention"] > t_fused.by_kind["attention"]
     # An explicit attention implementation overrides the engine's rule.
-    forced = StepSimulator(spec, system, plan, load_engine("trtllm-0.10"), "fp8",
-                           attention_impl="flash2")
-    assert forced.run(batch, host=False).by_kind["attention"] < t_trt
+    forced = StepSimulator(spec, system, plan, engine, "fp8", attention_impl="flash2")
+    assert forced.run(batch, host=False).by_kind["attention"] < t_trt.by_kind["attention"]
+
+
+def test_one_token_prefill_keeps_the_context_kernel():
+    # A context-phase step runs the context FMHA even for a one-token prompt.
+    spec = load_model("mixtral-8x7b")
+    system = load_system("dgx-h100")
+    plan = ParallelPlan(tp=2)
+    engine = load_engine("trtllm-0.10")
+    batch = StepBatch(1, 1, 0, "prefill")
+    t_trt = StepSimulator(spec, system, plan, engine, "fp8").time_s(batch, host=False)
+    as_fused = replace(engine, generation_attention="fused")
+    assert t_trt == StepSimulator(spec, system, plan, as_fused, "fp8").time_s(batch, host=False)

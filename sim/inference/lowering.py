@@ -271,7 +271,7 @@ class StepSimulator:
         # Host terms are seconds on the engine's reference host: rescale to this system's.
         engine = engine_for_system(engine, system.name)
         self.engine, self.dtype, self.routing = engine, dtype, routing
-        self._models: dict[bool, CachedCostModel] = {}
+        self._models: dict[tuple[bool, bool], CachedCostModel] = {}
         self._comm = comm_time_fn(system)
         self._memo: dict[tuple, StepResult] = {}
         self._fast_memo: dict[tuple, float] = {}  # time_s: step time only
@@ -279,15 +279,18 @@ class StepSimulator:
     def _cost_model(self, batch: StepBatch) -> CachedCostModel:
         decode_batch = batch.sequences / self.plan.ep if batch.phase != "prefill" else None
         graphed = decode_batch is not None and decode_batch <= self.engine.cuda_graph_max_batch
-        if graphed not in self._models:
+        # Prefill (context phase) runs the context FMHA whatever its length; the engine's
+        # generation-kernel rule prices only decode / verify steps.
+        key = (graphed, decode_batch is not None)
+        if key not in self._models:
             device = self.engine.device_for_step(self.system.device, decode_batch)
             model: CostModel = KernelCostModel(device, self.attention_impl)
-            if self.attention_impl is None:
+            if decode_batch is not None and self.attention_impl is None:
                 # The engine's own decode-attention kernel rule (an explicit
                 # --attention-impl overrides it).
                 model = with_engine_attention(model, device, self.engine.generation_kernel())
-            self._models[graphed] = CachedCostModel(model)
-        return self._models[graphed]
+            self._models[key] = CachedCostModel(model)
+        return self._models[key]
 
     def _host_terms(self, batch: StepBatch, host: bool) -> tuple[float, float]:
         """The engine's host work before and after the forward (0 with ``host=False``)."""

@@ -296,10 +296,10 @@ def test_flash_backward_preprocess_and_dq_convert():
     elems, rows = 2 * 4 * 1024 * 64, 2 * 4 * 1024
     fa2 = bwd_side_ops("flash2", 2, 4, 1024, 64, 64, "fp16")
     assert [op.name for op in fa2] == ["bwd_preprocess", "convert_dq"]
-    assert fa2[0].main_bytes == 2 * 2 * elems + 4 * elems + 2 * 4 * rows
+    assert fa2[0].main_bytes == 2 * 2 * elems + 4 * elems + 4 * rows
     assert fa2[1].main_bytes == (4 + 2) * elems
     fa3 = bwd_side_ops("flash3", 2, 4, 1024, 64, 64, "fp16")
-    assert fa3[0].main_bytes == fa2[0].main_bytes + 4 * rows
+    assert fa3[0].main_bytes == fa2[0].main_bytes + 2 * 4 * rows
     assert bwd_side_ops("cudnn", 2, 4, 1024, 64, 64, "fp16") == []
     short, long_ = (AttnShape(16384 // s, 32, s, s, 64, causal=True, dtype="fp16")
                     for s in (512, 8192))

@@ -140,7 +140,8 @@ def bwd_side_ops(impl: str, batch: float, heads: float, q_len: float, head_dim: 
     rows = batch * heads * q_len
     q_elems = rows * head_dim
     o_elems = rows * v_head_dim
-    row_stats = 3.0 if impl == "flash3" else 2.0  # LSE read, dPsum written (+ LSE_log2, FA3)
+    # per-row fp32: FA2 writes dot(dO, O); FA3 also reads LSE and writes it in log2 units
+    row_stats = 3.0 if impl == "flash3" else 1.0
     pre = with_bytes(ops.elementwise("bwd_preprocess", o_elems, dtype, 2.0, 2, 1),
                      2.0 * elt * o_elems + 4.0 * q_elems + row_stats * 4.0 * rows)
     convert = with_bytes(ops.elementwise("convert_dq", q_elems, dtype, 1.0, 1, 1),

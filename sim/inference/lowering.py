@@ -38,6 +38,7 @@ from xpusim.sim.ir import (
     Delay,
     GemmShape,
     Op,
+    OpKind,
     RankGraph,
     Stream,
     dtype_bytes,
@@ -317,6 +318,32 @@ class StepSimulator:
         full = self._memo.get(key)
         if full is not None:
             return full.time_s
+        device = 0.0
+        for t, _ in self._priced_items(batch):  # in program order, as the engine adds
+            device += t
+        before, after = self._host_terms(batch, host)
+        total = self.engine.step_time(device, before, after)
+        self._fast_memo[key] = total
+        return total
+
+    def part_time(self, batch: StepBatch, attention: bool) -> float:
+        """Device time of the step's attention ops (``attention=True``) or of all its
+        other items (GEMMs, MoE, norms, collectives, ...), in program order; no host work.
+        A mixed in-flight step prices its token-proportional work and its attention
+        separately (``StepCosts.mixed``)."""
+        key = (batch, "attention" if attention else "other")
+        hit = self._fast_memo.get(key)
+        if hit is None:
+            hit = 0.0
+            for t, is_attention in self._priced_items(batch):
+                if is_attention == attention:
+                    hit += t
+            self._fast_memo[key] = hit
+        return hit
+
+    def _priced_items(self, batch: StepBatch) -> list[tuple[float, bool]]:
+        """(time, is an attention op) of each item of the step, in program order; each
+        distinct op is priced once."""
         if batch.sequences <= 0 or batch.q_len <= 0:
             raise InputError(f"a step needs >= 1 sequence and >= 1 token (got {batch})")
         items = step_items(self.spec, batch, self.plan, self.dtype, self.routing, self.fc_in)
@@ -330,13 +357,10 @@ class StepSimulator:
                                                          item.nbytes))
             else:
                 priced[id(item)] = model.time(item).time_s
-        device = 0.0
-        for t in [priced[id(x)] for x in items]:  # in program order, as the engine adds
-            device += t
-        before, after = self._host_terms(batch, host)
-        total = self.engine.step_time(device, before, after)
-        self._fast_memo[key] = total
-        return total
+        return [
+            (priced[id(x)], not isinstance(x, CommNeed) and x.kind == OpKind.ATTENTION)
+            for x in items
+        ]
 
     def run(self, batch: StepBatch, host: bool = True) -> StepResult:
         """Simulate one forward; ``host=False`` leaves out the engine's step/sampling delays."""

@@ -14,6 +14,10 @@ from collections.abc import Callable
 from xpusim.sim.inference.lowering import StepBatch, StepSimulator
 
 CONTEXT_GRID = (0, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
+# Token counts of a mixed step's token-proportional work (GEMMs, MoE, norms, all-reduce),
+# interpolated linearly between: powers of two with midpoints from 128 up.
+TOKEN_GRID = (0, 1, 2, 4, 8, 16, 32, 64, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048,
+              3072, 4096, 6144, 8192, 12288, 16384, 24576, 32768, 65536, 131072)
 
 
 class StepCosts:
@@ -40,17 +44,17 @@ class StepCosts:
         graph), or the full engine run when ``exact``."""
         return sim.run(batch, host).time_s if self.exact else sim.time_s(batch, host)
 
-    def _interp_fn(self, fn) -> Callable[[float], float]:
-        """``fn`` interpolated linearly over CONTEXT_GRID (clamped to the first and last
+    def _interp_fn(self, fn, grid: tuple[int, ...] = CONTEXT_GRID) -> Callable[[float], float]:
+        """``fn`` interpolated linearly over ``grid`` (clamped to the first and last
         segments), each grid segment's end points priced once."""
         ends: dict[int, tuple[float, float, float, float]] = {}
-        last = len(CONTEXT_GRID) - 2
+        last = len(grid) - 2
 
         def at(x: float) -> float:
-            i = min(max(bisect.bisect_right(CONTEXT_GRID, x) - 1, 0), last)
+            i = min(max(bisect.bisect_right(grid, x) - 1, 0), last)
             e = ends.get(i)
             if e is None:
-                a, b = CONTEXT_GRID[i], CONTEXT_GRID[i + 1]
+                a, b = grid[i], grid[i + 1]
                 e = ends[i] = (a, b, fn(a), fn(b))
             x0, x1, y0, y1 = e
             return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
@@ -88,7 +92,8 @@ class StepCosts:
         key = (what, batch)
         fn = self._grid.get(key)
         if fn is None:
-            fn = self._grid[key] = self._interp_fn(self._grid_point(what, batch))
+            grid = TOKEN_GRID if what == "tokens" else CONTEXT_GRID
+            fn = self._grid[key] = self._interp_fn(self._grid_point(what, batch), grid)
         return fn
 
     def _grid_point(self, what: str, batch: int) -> Callable[[float], float]:
@@ -102,6 +107,11 @@ class StepCosts:
             return lambda q: self._time(target, StepBatch(batch, max(q, 1), 0, "prefill"))
         if what == "chunk_device":
             return lambda q: self._device(StepBatch(1, max(q, 1), 0, "prefill"))
+        if what in ("tokens", "chunk_attention"):
+            # One sequence of q tokens: its attention ops, or everything else (the
+            # token-proportional work, one logit row); nothing at 0 tokens.
+            attention = what == "chunk_attention"
+            return lambda q: target.part_time(StepBatch(1, q, 0, "prefill"), attention) if q else 0.0
         if what == "draft":
             assert draft is not None
             return lambda c: self._time(draft, StepBatch(batch, 1, c, "decode"))
@@ -121,7 +131,8 @@ class StepCosts:
         return self._grid_fn("decode_device", batch)(context)
 
     def prefill_token_device(self, chunk: float) -> float:
-        """Device time one prompt chunk of ``chunk`` tokens adds to a forward.
+        """Device time one prompt chunk of ``chunk`` tokens adds to a forward (the
+        speculative-decoding rounds' chunks; plain mixed steps use ``mixed_device``).
 
         A one-sequence prefill of the chunk less a one-token forward: the weight
         stream and the kernel launches are paid once per forward, whatever it holds.
@@ -143,14 +154,33 @@ class StepCosts:
         engine = self.target.engine
         if decode_batch and self.draft is not None:
             device = self.sd_round(decode_batch, context)  # includes its own host terms
+            device += sum(self.prefill_token_device(c) for c in chunks)
+        elif chunks:
+            device = self.mixed_device(decode_batch, context, chunks)
         elif decode_batch:
             device = self.decode_device(decode_batch, context)
         else:
             device = self._device(StepBatch(1, 1, 0, "prefill"))
-        device += sum(self.prefill_token_device(c) for c in chunks)
         before = engine.step_host_time(decode_batch + len(chunks)) + engine.request_time(admitted)
         after = engine.sampling_time(sampled)
         return engine.step_time(device, before, after)
+
+    def mixed_device(self, decode_batch: int, context: float, chunks: list[int]) -> float:
+        """Device time of one forward over ``decode_batch`` decode tokens and the prompt
+        ``chunks``: the context and generation tokens are packed into one input
+        (TensorRT-LLM gpt-attention.md, "In-flight Batching"; vLLM/SGLang chunked
+        prefill likewise), so every weight (each expert's included) is read once and the
+        GEMMs run over all the step's tokens. Priced as the decode step, plus the
+        token-proportional work of the chunk tokens on top of the decode tokens
+        (``tokens`` at decode + chunk tokens less at the decode tokens), plus each
+        chunk's own causal attention. Left out: a chunk's attention to its prompt's
+        earlier chunks, and the chunks' logit rows."""
+        tokens = self._grid_fn("tokens", 0)
+        device = tokens(decode_batch + sum(chunks)) - tokens(decode_batch)
+        if decode_batch:
+            device += self.decode_device(decode_batch, context)
+        attention = self._grid_fn("chunk_attention", 1)
+        return device + sum(attention(c) for c in chunks)
 
     def sd_round(self, batch: int, context: float) -> float:
         assert self.draft is not None

@@ -1,0 +1,58 @@
+"""A mixed (in-flight batching) step is one forward over its decode and prompt tokens."""
+
+from __future__ import annotations
+
+import pytest
+from xpusim.hwprofiles import load_system
+from xpusim.sim.inference.engine_profile import load_engine
+from xpusim.sim.inference.lowering import StepBatch, StepSimulator
+from xpusim.sim.inference.stepcosts import StepCosts
+from xpusim.sim.models.hf_config import load_model
+from xpusim.sim.parallel import ParallelPlan
+
+
+def _costs(model: str, tp: int, dtype: str = "fp16") -> StepCosts:
+    sim = StepSimulator(load_model(model), load_system("dgx-h100"), ParallelPlan(tp=tp),
+                        load_engine("trtllm-0.10"), dtype)
+    return StepCosts(sim)
+
+
+def test_parts_add_up_to_the_step():
+    costs = _costs("llama-2-7b", 1)
+    sim = costs.target
+    for batch in (StepBatch(64, 1, 1024), StepBatch(1, 512, 0, "prefill")):
+        total = sim.time_s(batch, host=False)
+        parts = sim.part_time(batch, attention=True) + sim.part_time(batch, attention=False)
+        assert parts == pytest.approx(total, rel=1e-12)
+
+
+def test_a_lone_chunk_is_a_prefill_forward():
+    # 2048 is a point of both grids: no interpolation.
+    costs = _costs("llama-2-7b", 1)
+    alone = costs.mixed_device(0, 0.0, [2048])
+    assert alone == pytest.approx(costs._device(StepBatch(1, 2048, 0, "prefill")), rel=1e-12)
+
+
+def test_chunk_tokens_ride_on_the_decode_tokens():
+    # decode 64 at context 1024 + one 128-token chunk: the decode step, the token work
+    # at 64 + 128 = 192 tokens less at 64 (all three grid points), the chunk's attention.
+    costs = _costs("llama-2-7b", 1)
+    sim = costs.target
+    other = lambda t: sim.part_time(StepBatch(1, t, 0, "prefill"), attention=False)  # noqa: E731
+    expected = (costs.decode_device(64, 1024) + other(192) - other(64)
+                + sim.part_time(StepBatch(1, 128, 0, "prefill"), attention=True))
+    assert costs.mixed_device(64, 1024, [128]) == pytest.approx(expected, rel=1e-12)
+
+
+def test_experts_are_read_once_per_step():
+    # Mixtral-8x7B: a one-token forward touches 2 of 8 experts, a 128-token chunk all 8.
+    # Pricing each chunk as (its prefill - a one-token prefill) would re-read six experts'
+    # weights per chunk; one forward reads them once, so 16 chunks of 128 on top of a
+    # decode batch that already touches every expert cost far less than 16 such chunks.
+    costs = _costs("mixtral-8x7b", 2)
+    decode = costs.decode_device(734, 192)
+    one_forward = costs.mixed_device(734, 192, [128] * 16) - decode
+    per_chunk = 16 * costs.prefill_token_device(128)
+    assert one_forward < 0.5 * per_chunk
+    # ... and no less than the chunks' own work: 2,048 tokens of expert and dense GEMMs.
+    assert one_forward > 0.5 * costs.mixed_device(0, 0.0, [2048])

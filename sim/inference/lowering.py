@@ -19,7 +19,7 @@ are spread over the ep groups and reached by all-to-all.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from xpusim.hwprofiles.spec import System
 from xpusim.sim import ops
@@ -216,7 +216,36 @@ def step_items(
     # sequence, every position of a decode or verify step.
     logit_rows = seqs_rank if batch.phase == "prefill" else shape.tokens
     items += lm_head_forward(spec, logit_rows, sh, dtype)
-    return items
+    return tp_collectives_in_16bit(items, dtype)
+
+
+# Bytes per element of the activations a tensor-parallel collective carries when the
+# weights are narrower than 16 bits.
+ACTIVATION_BYTES = 2
+
+
+def tp_collectives_in_16bit(items: list[Op | CommNeed], dtype: str) -> list[Op | CommNeed]:
+    """``items`` with each tensor-parallel collective's buffer at 16 bits per element
+    when ``dtype`` (the weights' format) is narrower.
+
+    A quantised serving model keeps a 16-bit network dtype and narrows only the GEMM
+    operands: TensorRT-LLM's FP8 configurations set ``"dtype": "float16"`` with
+    ``"quant_algo": "FP8"`` (docs/source/performance/perf-overview.md v0.10, "Network
+    Configuration Files"), ``FP8RowLinear.forward`` (tensorrt_llm/quantization/layers.py)
+    dequantises its input to ``self.dtype`` for the FP8 GEMM, and
+    ``RowLinear.multiply_reduce`` (tensorrt_llm/layers/linear.py) all-reduces the GEMM's
+    output, which is in that 16-bit dtype. vLLM's RowParallelLinear likewise reduces
+    the model-dtype output of a quantised GEMM, and weight-only int8/int4 keep 16-bit
+    activations. Expert-parallel all-to-alls are left alone: some dispatchers send FP8.
+    """
+    scale = ACTIVATION_BYTES / dtype_bytes(dtype)
+    if scale <= 1:
+        return items
+    return [
+        replace(it, nbytes=it.nbytes * scale)
+        if isinstance(it, CommNeed) and it.group == "tp" else it
+        for it in items
+    ]
 
 
 def build_graph(

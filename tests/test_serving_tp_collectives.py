@@ -1,0 +1,46 @@
+"""Tensor-parallel collectives of a quantised model carry 16-bit activations (issue 17).
+
+TensorRT-LLM's FP8 configurations keep ``"dtype": "float16"`` and all-reduce the 16-bit
+output of the FP8 GEMM (RowLinear.multiply_reduce); the expected buffers below are
+computed by hand from the model shapes.
+"""
+
+from xpusim.sim.inference.lowering import StepBatch, step_items, tp_collectives_in_16bit
+from xpusim.sim.ir import CollectiveKind
+from xpusim.sim.models.hf_config import load_model
+from xpusim.sim.parallel import ParallelPlan
+from xpusim.sim.workloads.transformer import CommNeed
+
+
+def _tp_reduces(dtype: str, tp: int = 8, sequences: int = 10) -> list[CommNeed]:
+    spec = load_model("llama-2-70b")
+    items = step_items(spec, StepBatch(sequences=sequences, q_len=1, context=512),
+                       ParallelPlan(tp=tp), dtype)
+    return [it for it in items if isinstance(it, CommNeed) and it.name.endswith("_tp_reduce")]
+
+
+def test_fp8_tp_all_reduce_is_16_bit() -> None:
+    # 10 decode tokens x hidden 8192 x 2 bytes = 163,840 bytes per all-reduce; two per
+    # layer (attention output, FFN output) over 80 layers.
+    reduces = _tp_reduces("fp8")
+    assert len(reduces) == 160
+    assert {r.nbytes for r in reduces} == {10 * 8192 * 2}
+    assert {r.kind for r in reduces} == {CollectiveKind.ALL_REDUCE}
+
+
+def test_fp8_and_fp16_tp_all_reduce_carry_the_same_bytes() -> None:
+    assert [r.nbytes for r in _tp_reduces("fp8")] == [r.nbytes for r in _tp_reduces("fp16")]
+
+
+def test_16_bit_dtype_is_unchanged() -> None:
+    items = [CommNeed("x_tp_reduce", CollectiveKind.ALL_REDUCE, 100.0, "tp")]
+    assert tp_collectives_in_16bit(items, "bf16") == items
+
+
+def test_int4_weights_scale_by_four_and_ep_all_to_all_is_left_alone() -> None:
+    tp = CommNeed("x_tp_reduce", CollectiveKind.ALL_REDUCE, 100.0, "tp")
+    ep = CommNeed("moe_dispatch", CollectiveKind.ALL_TO_ALL, 100.0, "ep")
+    out = tp_collectives_in_16bit([tp, ep], "int4")
+    assert out[0].nbytes == 400.0  # 0.5 byte -> 2 bytes per element
+    assert out[1] is ep
+    assert tp_collectives_in_16bit([tp, ep], "fp8")[0].nbytes == 200.0

@@ -4,7 +4,8 @@ The backward is derived op by op: a GEMM C = A.B becomes dA = dC.B^T (m x k, ove
 and dB = A^T.dC (k x n, over m) — 2x forward FLOPs; fused attention backward is 2.5x
 its forward FLOPs (FlashAttention-2 runs 5 matmuls in backward vs 2 forward) and reads
 Q, K, V, O, dO while writing dQ, dK, dV (~2x forward bytes); elementwise/norm/softmax
-backward moves ~2x the bytes and FLOPs; permutes are permuted back. Collectives are
+backward moves ~2x the bytes and FLOPs; a low-precision cast of a GEMM input has no
+backward op (``lowprec.is_forward_cast``); permutes are permuted back. Collectives are
 mirrored: all-reduce stays, all-gather <-> reduce-scatter swap, all-to-all stays
 (dispatch <-> combine). A backward op keeps its forward op's role without the saved
 tensors (it is part of the same module and weight; it keeps nothing).
@@ -32,7 +33,11 @@ from xpusim.sim.ir import (
     is_low_precision,
 )
 from xpusim.sim.training.items import Comm, Item
-from xpusim.sim.training.lowprec import cast_transpose_op
+from xpusim.sim.training.lowprec import cast_transpose_op, is_forward_cast
+
+# The rotary embedding's op (built in ``layers._with_rotary``): a rotation, whose
+# backward moves the forward's bytes (TransformerEngine ``fused_rope_backward``).
+ROTARY = "rotary"
 
 _MIRROR = {
     CollectiveKind.ALL_GATHER: CollectiveKind.REDUCE_SCATTER,
@@ -65,10 +70,14 @@ def backward_op(op: Op) -> list[Op]:
     role = Role(r.module, (), r.weight, r.weight_elements, r.expert) if r.saves else r
     if op.kind == OpKind.GEMM and isinstance(s, GemmShape):
         return _gemm_backward(op, s, role)
+    if is_forward_cast(op):
+        return []  # straight-through: the dgrad GEMM writes the 16-bit input gradient
     if op.kind == OpKind.ATTENTION and isinstance(s, AttentionShape):
         # FlashAttention's backward: 2.5x the forward FLOPs (recomputes the scores).
         return [_pointwise_backward(op, 2.5, replace(s, backward=True), role)]
-    if op.kind in (OpKind.MEMCPY, OpKind.EMBEDDING) or op.unit == Unit.DMA:
+    if op.kind in (OpKind.MEMCPY, OpKind.EMBEDDING) or op.unit == Unit.DMA or op.name == ROTARY:
+        # A copy, a lookup, or the rotary embedding (a rotation: the backward reads the
+        # output gradient and writes the input gradient, the forward's bytes).
         return [replace(op, name=f"{op.name}_bwd", role=role)]
     return [_pointwise_backward(op, 2.0, s, role)]
 

@@ -33,6 +33,7 @@ from xpusim.sim.models.spec import ModelSpec
 from xpusim.sim.parallel import ParallelPlan
 from xpusim.sim.training import eager
 from xpusim.sim.training.backward import (  # noqa: F401  (re-exported)
+    ROTARY,
     backward_items,
     backward_op,
     recompute_items,
@@ -250,6 +251,46 @@ def _cp_attention_op(op: Op, ctx: SlotContext) -> list[Item]:
     return [gather, cp_op]
 
 
+def rotary_width(spec: ModelSpec, tp: int) -> float:
+    """Elements per token of this rank's Q and K that the rotary embedding rotates: every
+    head dimension of Q and K, or MLA's decoupled rope part (per query head, plus the one
+    K rope head shared by all heads, computed on every TP rank); 0 without rotary
+    positions (learned position embeddings: GPT-3, OPT)."""
+    if spec.learned_positions:
+        return 0.0
+    if spec.mla is not None:
+        return (spec.heads / tp + 1) * spec.mla.qk_rope_head_dim
+    return (spec.heads + spec.kv_heads) * spec.head_dim / tp
+
+
+def _with_rotary(items: list[Item], ctx: SlotContext) -> list[Item]:
+    """The rotary embedding on Q and K, a pass of its own before the attention core.
+
+    Megatron-Core's ``Attention.forward`` (megatron/core/transformer/attention.py, and
+    ``MLASelfAttention`` for MLA) calls ``apply_rotary_pos_emb`` on the query and the key
+    after the QKV projection and before the core attention; with ``apply_rope_fusion``
+    that is TransformerEngine's ``FusedRoPEFunc`` (transformer_engine/pytorch/attention.py:
+    ``tex.fused_rope_forward``, and ``tex.fused_rope_backward`` on the gradient), one
+    kernel that reads the 16-bit tensor and writes the rotated one (2 + 2 B per element;
+    the cos/sin table is per position, negligible). MindSpeed's fused
+    ``npu_rotary_mul`` is the same pass. The cuDNN / flash kernels take Q and K already
+    rotated, so the pass is not inside the attention op. Priced here at that fused
+    minimum; the eager framework prices its unfused rotary itself (``eager.py``)."""
+    width = rotary_width(ctx.spec, ctx.plan.tp)
+    if width == 0 or eager.eager_passes_on(ctx):
+        return items
+    # ~3 FLOPs per element (two multiplies and an add of the rotated pair).
+    rope = ops.elementwise(ROTARY, ctx.tokens * width, act_dtype(ctx.plan), 3.0,
+                           role=Role("attn"))
+    at = next((i for i, it in enumerate(items)
+               if isinstance(it, Op) and it.kind == OpKind.ATTENTION), None)
+    if at is None:
+        return items
+    if at > 0 and isinstance(items[at - 1], Comm):
+        at -= 1  # before CP's K/V gather: the gathered keys are already rotated
+    return [*items[:at], rope, *items[at:]]
+
+
 def _v_dim(spec: ModelSpec) -> float:
     return spec.mla.v_head_dim if spec.mla else spec.head_dim
 
@@ -300,7 +341,7 @@ def layer_items(ctx: SlotContext, layer: int) -> list[Item]:
     sh = Sharding(plan.tp, plan.ep, plan.sequence_parallel)
     t_norm = ctx.tokens / plan.tp if plan.sequence_parallel else ctx.tokens
     attn = _cp_attention(training_items(attention_ops(spec, shape, sh, act_dtype(plan)), ctx), ctx)
-    attn = attention_dropout(attn, ctx)
+    attn = attention_dropout(_with_rotary(attn, ctx), ctx)
     if eager.eager_passes_on(ctx):
         attn = [*eager.norm_passes("attn_norm", t_norm, ctx), *attn, *eager.attention_passes(ctx)]
     items = _block("attn", t_norm, ctx, attn)

@@ -17,6 +17,13 @@ Priced here: the activation input of each linear layer's forward GEMM and the ou
 gradient dC of its backward, each cast once per micro-batch into both usages (read 2 B,
 write 2 x the format's bytes per element). Not priced separately: Blackwell's per-tensor
 FP8, whose GEMMs accept any layout (one usage would do), is charged the same pass.
+
+A forward cast has no backward pass of its own: the cast runs inside TransformerEngine's
+linear autograd function (``_Linear`` / ``_LayerNormLinear`` in
+transformer_engine/pytorch/module/linear.py, layernorm_linear.py), whose ``backward``
+returns the data-gradient GEMM's output, written in the activation dtype, as the
+gradient of the 16-bit input (``dgrad.view(ctx.inp_shape)``): the straight-through
+gradient of the quantisation costs no kernel (``is_forward_cast``).
 """
 
 from __future__ import annotations
@@ -34,6 +41,9 @@ from xpusim.sim.ir import (
     dtype_bytes,
 )
 
+# Every cast op (``cast_transpose_op`` here, ``items.quantize_op``) is named ``<name>_quant``.
+CAST_SUFFIX = "_quant"
+
 # Usages a quantised GEMM operand is written in: rowwise (this GEMM) and columnwise
 # (the other backward GEMM that reads it along its other axis).
 USAGES = 2
@@ -46,6 +56,12 @@ def cast_transpose_op(name: str, numel: float, fmt: str, src: str = "bf16",
     scales, counted in ``dtype_bytes(fmt)``); ~3 FLOPs per element (abs-max, scale,
     convert). Named ``<name>_quant`` like the plain cast it replaces."""
     nbytes = numel * (dtype_bytes(src) + USAGES * dtype_bytes(fmt))
-    return Op(f"{name}_quant", OpKind.ELEMENTWISE, 3.0 * numel,
+    return Op(f"{name}{CAST_SUFFIX}", OpKind.ELEMENTWISE, 3.0 * numel,
               MappingProxyType({MAIN_MEMORY: nbytes}), src, Unit.VECTOR,
               ElementwiseShape(numel), role)
+
+
+def is_forward_cast(op: Op) -> bool:
+    """Whether ``op`` is a cast of a GEMM input to a low-precision format: its backward is
+    the identity, carried by the data-gradient GEMM's 16-bit output (module docstring)."""
+    return op.kind == OpKind.ELEMENTWISE and op.name.endswith(CAST_SUFFIX)

@@ -248,6 +248,7 @@ _KIND_SOURCES = {
     "gemm": "matrix-unit roofline x the device's GEMM efficiency curve and tile quantisation "
     "(hwprofiles device [efficiency], sim/cost/roofline.py)",
     "elementwise": "HBM roofline (memory_max x bandwidth); includes bias/GELU/residual/dropout, "
+    "the fused rotary embedding on Q and K (sim/training/layers._with_rotary), "
     "the unfused fp32 gradient accumulation (plan.grad_accum_fusion) and norms' backward; "
     "with --framework torchtitan-eager the unfused eager passes (sim/training/eager.py) and "
     "FSDP2's all-gather copy-out; with a low-precision --dtype the casts of GEMM inputs "

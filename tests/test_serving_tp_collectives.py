@@ -1,12 +1,12 @@
-"""Tensor-parallel collectives of a quantised model carry 16-bit activations (issue 17).
+"""A quantised model's activations are 16-bit: TP collectives, norms, residuals (issue 17).
 
 TensorRT-LLM's FP8 configurations keep ``"dtype": "float16"`` and all-reduce the 16-bit
 output of the FP8 GEMM (RowLinear.multiply_reduce); the expected buffers below are
 computed by hand from the model shapes.
 """
 
-from xpusim.sim.inference.lowering import StepBatch, step_items, tp_collectives_in_16bit
-from xpusim.sim.ir import CollectiveKind
+from xpusim.sim.inference.lowering import StepBatch, sixteen_bit_activations, step_items
+from xpusim.sim.ir import CollectiveKind, Op, OpKind
 from xpusim.sim.models.hf_config import load_model
 from xpusim.sim.parallel import ParallelPlan
 from xpusim.sim.workloads.transformer import CommNeed
@@ -34,13 +34,34 @@ def test_fp8_and_fp16_tp_all_reduce_carry_the_same_bytes() -> None:
 
 def test_16_bit_dtype_is_unchanged() -> None:
     items = [CommNeed("x_tp_reduce", CollectiveKind.ALL_REDUCE, 100.0, "tp")]
-    assert tp_collectives_in_16bit(items, "bf16") == items
+    assert sixteen_bit_activations(items, "bf16") == items
 
 
 def test_int4_weights_scale_by_four_and_ep_all_to_all_is_left_alone() -> None:
     tp = CommNeed("x_tp_reduce", CollectiveKind.ALL_REDUCE, 100.0, "tp")
     ep = CommNeed("moe_dispatch", CollectiveKind.ALL_TO_ALL, 100.0, "ep")
-    out = tp_collectives_in_16bit([tp, ep], "int4")
+    out = sixteen_bit_activations([tp, ep], "int4")
     assert out[0].nbytes == 400.0  # 0.5 byte -> 2 bytes per element
     assert out[1] is ep
-    assert tp_collectives_in_16bit([tp, ep], "fp8")[0].nbytes == 200.0
+    assert sixteen_bit_activations([tp, ep], "fp8")[0].nbytes == 200.0
+
+
+def test_fp8_norms_and_residuals_are_16_bit_and_gemms_stay_fp8() -> None:
+    # 10 tokens x hidden 8192: RMSNorm reads and writes one 16-bit row per token,
+    # 10 x 8192 x (2 + 2) = 327,680 bytes (the per-channel weight is 8192 x 2 more);
+    # the FP8 and FP16 steps price the same norm, residual and embedding bytes.
+    spec = load_model("llama-2-70b")
+    batch = StepBatch(sequences=10, q_len=1, context=512)
+    fp8 = step_items(spec, batch, ParallelPlan(tp=8), "fp8")
+    fp16 = step_items(spec, batch, ParallelPlan(tp=8), "fp16")
+    by_name = {it.name: it for it in fp16 if isinstance(it, Op)}
+    for it in fp8:
+        if not isinstance(it, Op):
+            continue
+        if it.kind in (OpKind.NORM, OpKind.ELEMENTWISE, OpKind.EMBEDDING):
+            assert it.dtype == "fp16"
+            assert it.bytes == by_name[it.name].bytes, it.name
+        elif it.kind == OpKind.GEMM:
+            assert it.dtype == "fp8"
+    qkv8 = next(it for it in fp8 if isinstance(it, Op) and it.name == "qkv_proj")
+    assert qkv8.main_bytes < by_name["qkv_proj"].main_bytes

@@ -216,36 +216,46 @@ def step_items(
     # sequence, every position of a decode or verify step.
     logit_rows = seqs_rank if batch.phase == "prefill" else shape.tokens
     items += lm_head_forward(spec, logit_rows, sh, dtype)
-    return tp_collectives_in_16bit(items, dtype)
+    return sixteen_bit_activations(items, dtype)
 
 
-# Bytes per element of the activations a tensor-parallel collective carries when the
-# weights are narrower than 16 bits.
-ACTIVATION_BYTES = 2
+# A quantised serving model's activations: the 16-bit network dtype.
+ACTIVATION_DTYPE = "fp16"
+# Ops that read and write activations only (no weights): priced in the network dtype.
+ACTIVATION_KINDS = (OpKind.NORM, OpKind.ELEMENTWISE, OpKind.EMBEDDING)
 
 
-def tp_collectives_in_16bit(items: list[Op | CommNeed], dtype: str) -> list[Op | CommNeed]:
-    """``items`` with each tensor-parallel collective's buffer at 16 bits per element
-    when ``dtype`` (the weights' format) is narrower.
+def sixteen_bit_activations(items: list[Op | CommNeed], dtype: str) -> list[Op | CommNeed]:
+    """``items`` with activations at 16 bits per element when ``dtype`` (the weights'
+    format) is narrower: each tensor-parallel collective's buffer, and the norms,
+    elementwise ops (residual adds, SwiGLU) and embedding lookup.
 
     A quantised serving model keeps a 16-bit network dtype and narrows only the GEMM
     operands: TensorRT-LLM's FP8 configurations set ``"dtype": "float16"`` with
     ``"quant_algo": "FP8"`` (docs/source/performance/perf-overview.md v0.10, "Network
-    Configuration Files"), ``FP8RowLinear.forward`` (tensorrt_llm/quantization/layers.py)
-    dequantises its input to ``self.dtype`` for the FP8 GEMM, and
-    ``RowLinear.multiply_reduce`` (tensorrt_llm/layers/linear.py) all-reduces the GEMM's
-    output, which is in that 16-bit dtype. vLLM's RowParallelLinear likewise reduces
-    the model-dtype output of a quantised GEMM, and weight-only int8/int4 keep 16-bit
-    activations. Expert-parallel all-to-alls are left alone: some dispatchers send FP8.
+    Configuration Files"); ``FP8RowLinear.forward`` (tensorrt_llm/quantization/layers.py)
+    dequantises its input to ``self.dtype`` for the FP8 GEMM, ``RowLinear.multiply_reduce``
+    (tensorrt_llm/layers/linear.py) all-reduces the GEMM's output in that dtype, and
+    ``quantize_layers`` (tensorrt_llm/quantization/quantize.py) leaves the embeddings
+    unquantised (default ``exclude_modules``). vLLM's RowParallelLinear likewise reduces
+    the model-dtype output of a quantised GEMM, and weight-only int8/int4 (gpt-fast
+    ``WeightOnlyInt8Linear``: weights cast to the input's dtype) keep 16-bit
+    activations. Expert-parallel all-to-alls are left alone (some dispatchers send
+    FP8), and so are the GEMMs (their weights are the narrow format), attention (an
+    FP8 KV cache) and the LM head (whether it is quantised depends on the engine).
     """
-    scale = ACTIVATION_BYTES / dtype_bytes(dtype)
+    scale = dtype_bytes(ACTIVATION_DTYPE) / dtype_bytes(dtype)
     if scale <= 1:
         return items
-    return [
-        replace(it, nbytes=it.nbytes * scale)
-        if isinstance(it, CommNeed) and it.group == "tp" else it
-        for it in items
-    ]
+    out: list[Op | CommNeed] = []
+    for it in items:
+        if isinstance(it, CommNeed) and it.group == "tp":
+            it = replace(it, nbytes=it.nbytes * scale)
+        elif isinstance(it, Op) and it.kind in ACTIVATION_KINDS and it.dtype == dtype:
+            it = replace(it, dtype=ACTIVATION_DTYPE,
+                         bytes={level: b * scale for level, b in it.bytes.items()})
+        out.append(it)
+    return out
 
 
 def build_graph(

@@ -247,15 +247,25 @@ def sixteen_bit_activations(items: list[Op | CommNeed], dtype: str) -> list[Op |
     scale = dtype_bytes(ACTIVATION_DTYPE) / dtype_bytes(dtype)
     if scale <= 1:
         return items
+    # Layers repeat the same item objects (step_items builds each kind once); keep
+    # that sharing, which the step pricing relies on to stay cheap.
+    done: dict[int, Op | CommNeed] = {}
     out: list[Op | CommNeed] = []
     for it in items:
-        if isinstance(it, CommNeed) and it.group == "tp":
-            it = replace(it, nbytes=it.nbytes * scale)
-        elif isinstance(it, Op) and it.kind in ACTIVATION_KINDS and it.dtype == dtype:
-            it = replace(it, dtype=ACTIVATION_DTYPE,
-                         bytes={level: b * scale for level, b in it.bytes.items()})
-        out.append(it)
+        key = id(it)
+        if key not in done:
+            done[key] = _in_16bit(it, dtype, scale)
+        out.append(done[key])
     return out
+
+
+def _in_16bit(it: Op | CommNeed, dtype: str, scale: float) -> Op | CommNeed:
+    if isinstance(it, CommNeed) and it.group == "tp":
+        return replace(it, nbytes=it.nbytes * scale)
+    if isinstance(it, Op) and it.kind in ACTIVATION_KINDS and it.dtype == dtype:
+        return replace(it, dtype=ACTIVATION_DTYPE,
+                       bytes={level: b * scale for level, b in it.bytes.items()})
+    return it
 
 
 def build_graph(

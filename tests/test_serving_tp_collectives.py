@@ -65,3 +65,27 @@ def test_fp8_norms_and_residuals_are_16_bit_and_gemms_stay_fp8() -> None:
             assert it.dtype == "fp8"
     qkv8 = next(it for it in fp8 if isinstance(it, Op) and it.name == "qkv_proj")
     assert qkv8.main_bytes < by_name["qkv_proj"].main_bytes
+
+
+def test_lm_head_16bit_doubles_the_fp8_head_weights() -> None:
+    # Llama-2-70B LM head at TP8: 32,000 x 8,192 / 8 = 32.768 M weights per rank,
+    # 32.768 MB in FP8 and 65.536 MB at 16 bits (plus the same activations and logits).
+    spec = load_model("llama-2-70b")
+    batch = StepBatch(sequences=1, q_len=1, context=512)
+
+    def head(**kw) -> Op:
+        items = step_items(spec, batch, ParallelPlan(tp=8), "fp8", **kw)
+        return next(it for it in items if isinstance(it, Op) and it.name == "lm_head")
+
+    narrow, wide = head(), head(lm_head_16bit=True)
+    assert narrow.dtype == "fp8" and wide.dtype == "fp16"
+    assert wide.main_bytes - narrow.main_bytes >= 32_000 * 8_192 / 8 * (2 - 1)
+    assert wide.main_bytes - narrow.main_bytes < 32_000 * 8_192 / 8 * 1.01
+
+
+def test_trtllm_profiles_keep_the_lm_head_16_bit() -> None:
+    from xpusim.sim.inference.engine_profile import load_engine
+
+    assert load_engine("trtllm-0.10").lm_head_16bit
+    assert load_engine("trtllm-1.0").lm_head_16bit
+    assert not load_engine("vllm-0.6").lm_head_16bit

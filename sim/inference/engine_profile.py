@@ -67,6 +67,8 @@ class EngineProfile:
     * ``generation_attention`` (+ ``xqa_group_sizes``, ``xqa_head_dims``): the rule for
       the decode-attention kernel (``xpusim.sim.inference.decode_attention``): "fused"
       (the cost model's kernel), "masked-mha" or "xqa-or-masked-mha" (TensorRT-LLM).
+    * ``lm_head_16bit``: with a narrow ``--dtype`` (fp8, int8, int4), the LM head stays
+      in the 16-bit network dtype (the stack's quantiser leaves it out by default).
     """
 
     name: str
@@ -98,6 +100,7 @@ class EngineProfile:
     generation_attention: str = "fused"
     xqa_group_sizes: tuple[int, ...] = ()
     xqa_head_dims: tuple[int, ...] = ()
+    lm_head_16bit: bool = False
     sources: dict[str, str] = field(default_factory=dict)
 
     def generation_kernel(self) -> GenerationAttention:
@@ -185,6 +188,7 @@ _PLAIN_KEYS = {
     "max_batched_tokens": int,
     "max_input_len": int,
     "fused_sampling": bool,
+    "lm_head_16bit": bool,
 }
 # Text fields and their allowed values (None: any non-empty text).
 _CHOICE_KEYS: dict[str, tuple[str, ...] | None] = {

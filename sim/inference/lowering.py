@@ -179,6 +179,12 @@ def check_plan(spec: ModelSpec, system: System, plan: ParallelPlan) -> None:
             )
 
 
+# A quantised serving model's activations: the 16-bit network dtype.
+ACTIVATION_DTYPE = "fp16"
+# Ops that read and write activations only (no weights): priced in the network dtype.
+ACTIVATION_KINDS = (OpKind.NORM, OpKind.ELEMENTWISE, OpKind.EMBEDDING)
+
+
 def step_items(
     spec: ModelSpec,
     batch: StepBatch,
@@ -186,12 +192,14 @@ def step_items(
     dtype: str = "bf16",
     routing: Routing = UNIFORM,
     fc_in: int = 0,
+    lm_head_16bit: bool = False,
 ) -> list[Op | CommNeed]:
     """Ops and comm needs of one forward on one rank, in order (embedding .. LM head).
 
     ``fc_in`` > 0 adds a draft head's input projection (fc_in -> hidden) after the
     embedding: EAGLE's fc over [embedding, target feature] and MTP's eh_proj both
-    map 2 x hidden to hidden.
+    map 2 x hidden to hidden. ``lm_head_16bit``: a narrow ``dtype`` leaves the LM head
+    in the 16-bit network dtype (``EngineProfile.lm_head_16bit``).
     """
     seqs_rank = batch.sequences / plan.ep  # ep groups split the requests
     shape = StepShape(seqs_rank, batch.q_len, batch.context + batch.q_len, causal=True)
@@ -215,14 +223,9 @@ def step_items(
     # Only the positions that are sampled need logits: the last of each prefill
     # sequence, every position of a decode or verify step.
     logit_rows = seqs_rank if batch.phase == "prefill" else shape.tokens
-    items += lm_head_forward(spec, logit_rows, sh, dtype)
+    head_dtype = ACTIVATION_DTYPE if lm_head_16bit and dtype_bytes(dtype) < 2 else dtype
+    items += lm_head_forward(spec, logit_rows, sh, head_dtype)
     return sixteen_bit_activations(items, dtype)
-
-
-# A quantised serving model's activations: the 16-bit network dtype.
-ACTIVATION_DTYPE = "fp16"
-# Ops that read and write activations only (no weights): priced in the network dtype.
-ACTIVATION_KINDS = (OpKind.NORM, OpKind.ELEMENTWISE, OpKind.EMBEDDING)
 
 
 def sixteen_bit_activations(items: list[Op | CommNeed], dtype: str) -> list[Op | CommNeed]:
@@ -395,7 +398,8 @@ class StepSimulator:
         distinct op is priced once."""
         if batch.sequences <= 0 or batch.q_len <= 0:
             raise InputError(f"a step needs >= 1 sequence and >= 1 token (got {batch})")
-        items = step_items(self.spec, batch, self.plan, self.dtype, self.routing, self.fc_in)
+        items = step_items(self.spec, batch, self.plan, self.dtype, self.routing, self.fc_in,
+                           self.engine.lm_head_16bit)
         model = self._cost_model(batch)
         priced: dict[int, float] = {}
         for item in {id(x): x for x in items}.values():  # each distinct op once
@@ -419,7 +423,8 @@ class StepSimulator:
             return hit
         if batch.sequences <= 0 or batch.q_len <= 0:
             raise InputError(f"a step needs >= 1 sequence and >= 1 token (got {batch})")
-        items = step_items(self.spec, batch, self.plan, self.dtype, self.routing, self.fc_in)
+        items = step_items(self.spec, batch, self.plan, self.dtype, self.routing, self.fc_in,
+                           self.engine.lm_head_16bit)
         model = self._cost_model(batch)
         before, after = self._host_terms(batch, host)
         # The device work alone; the host work around it is added by the engine's

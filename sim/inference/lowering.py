@@ -205,27 +205,31 @@ def step_items(
     shape = StepShape(seqs_rank, batch.q_len, batch.context + batch.q_len, causal=True)
     sh = Sharding(tp=plan.tp, ep=plan.ep)
     load = moe_load(spec, shape.tokens, plan.ep, routing) if spec.moe else None
-    items: list[Op | CommNeed] = list(embedding_forward(spec, shape.tokens, sh, dtype))
+    items = sixteen_bit_activations(list(embedding_forward(spec, shape.tokens, sh, dtype)),
+                                    dtype)
     if fc_in:
         items.append(ops.gemm("draft_fc", shape.tokens, spec.hidden, fc_in, dtype))
-    # Layers of one kind have identical ops: build each kind once and repeat it.
+    # Layers of one kind have identical ops: build (and narrow) each kind once and
+    # repeat the same objects, which the step pricing relies on to stay cheap.
     dense_layer: list | None = None
     moe_layer: list | None = None
     for layer in range(spec.layers):
         if spec.is_moe_layer(layer):
             if moe_layer is None:
-                moe_layer = layer_forward(spec, layer, shape, sh, dtype, load)
+                moe_layer = sixteen_bit_activations(
+                    layer_forward(spec, layer, shape, sh, dtype, load), dtype)
             items += moe_layer
         else:
             if dense_layer is None:
-                dense_layer = layer_forward(spec, layer, shape, sh, dtype)
+                dense_layer = sixteen_bit_activations(
+                    layer_forward(spec, layer, shape, sh, dtype), dtype)
             items += dense_layer
     # Only the positions that are sampled need logits: the last of each prefill
     # sequence, every position of a decode or verify step.
     logit_rows = seqs_rank if batch.phase == "prefill" else shape.tokens
     head_dtype = ACTIVATION_DTYPE if lm_head_16bit and dtype_bytes(dtype) < 2 else dtype
-    items += lm_head_forward(spec, logit_rows, sh, head_dtype)
-    return sixteen_bit_activations(items, dtype)
+    items += sixteen_bit_activations(lm_head_forward(spec, logit_rows, sh, head_dtype), dtype)
+    return items
 
 
 def sixteen_bit_activations(items: list[Op | CommNeed], dtype: str) -> list[Op | CommNeed]:
@@ -328,6 +332,8 @@ class StepSimulator:
         self._comm = comm_time_fn(system)
         self._memo: dict[tuple, StepResult] = {}
         self._fast_memo: dict[tuple, float] = {}  # time_s: step time only
+        # _device_sums: (all, attention, other) device seconds per step shape
+        self._sums_memo: dict[StepBatch, tuple[float, float, float]] = {}
 
     def _cost_model(self, batch: StepBatch) -> CachedCostModel:
         decode_batch = batch.sequences / self.plan.ep if batch.phase != "prefill" else None
@@ -370,9 +376,7 @@ class StepSimulator:
         full = self._memo.get(key)
         if full is not None:
             return full.time_s
-        device = 0.0
-        for t, _ in self._priced_items(batch):  # in program order, as the engine adds
-            device += t
+        device = self._device_sums(batch)[0]
         before, after = self._host_terms(batch, host)
         total = self.engine.step_time(device, before, after)
         self._fast_memo[key] = total
@@ -383,37 +387,46 @@ class StepSimulator:
         other items (GEMMs, MoE, norms, collectives, ...), in program order; no host work.
         A mixed in-flight step prices its token-proportional work and its attention
         separately (``StepCosts.mixed``)."""
-        key = (batch, "attention" if attention else "other")
-        hit = self._fast_memo.get(key)
+        _, attention_s, other_s = self._device_sums(batch)
+        return attention_s if attention else other_s
+
+    def _device_sums(self, batch: StepBatch) -> tuple[float, float, float]:
+        """(all items, attention ops, the other items): device seconds of one forward,
+        each summed in program order (as the engine adds them), from one pricing pass."""
+        hit = self._sums_memo.get(batch)
         if hit is None:
-            hit = 0.0
-            for t, is_attention in self._priced_items(batch):
-                if is_attention == attention:
-                    hit += t
-            self._fast_memo[key] = hit
+            total = attention_s = other_s = 0.0
+            items, priced = self._priced_items(batch)
+            for item in items:
+                t, is_attention = priced[id(item)]
+                total += t
+                if is_attention:
+                    attention_s += t
+                else:
+                    other_s += t
+            hit = self._sums_memo[batch] = (total, attention_s, other_s)
         return hit
 
-    def _priced_items(self, batch: StepBatch) -> list[tuple[float, bool]]:
-        """(time, is an attention op) of each item of the step, in program order; each
-        distinct op is priced once."""
+    def _priced_items(
+        self, batch: StepBatch
+    ) -> tuple[list[Op | CommNeed], dict[int, tuple[float, bool]]]:
+        """The step's items in program order, and (time, is an attention op) by item
+        id: each distinct op is priced once."""
         if batch.sequences <= 0 or batch.q_len <= 0:
             raise InputError(f"a step needs >= 1 sequence and >= 1 token (got {batch})")
         items = step_items(self.spec, batch, self.plan, self.dtype, self.routing, self.fc_in,
                            self.engine.lm_head_16bit)
         model = self._cost_model(batch)
-        priced: dict[int, float] = {}
+        priced: dict[int, tuple[float, bool]] = {}
         for item in {id(x): x for x in items}.values():  # each distinct op once
             if isinstance(item, CommNeed):
                 group = self.plan.tp_group() if item.group == "tp" else self.plan.ep_group()
                 # The tag only matches members of one collective; it does not price it.
-                priced[id(item)] = self._comm(Collective(item.name, item.kind, group,
-                                                         item.nbytes))
+                t = self._comm(Collective(item.name, item.kind, group, item.nbytes))
+                priced[id(item)] = (t, False)
             else:
-                priced[id(item)] = model.time(item).time_s
-        return [
-            (priced[id(x)], not isinstance(x, CommNeed) and x.kind == OpKind.ATTENTION)
-            for x in items
-        ]
+                priced[id(item)] = (model.time(item).time_s, item.kind == OpKind.ATTENTION)
+        return items, priced
 
     def run(self, batch: StepBatch, host: bool = True) -> StepResult:
         """Simulate one forward; ``host=False`` leaves out the engine's step/sampling delays."""

@@ -24,7 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             choices=TIMINGS,
             help="how the time is measured: launch (default; the op as a framework "
             "launches it, host launch overhead included) or kernel (the kernel's duration "
-            "as a profiler reports it: kineto, CUPTI, nsys, msprof; docs/cost_model.md)",
+            "as a profiler reports it: kineto, CUPTI, nsys, msprof; docs/cost_model.md; "
+            "small GEMMs read 1-7 us fast there, a device cost the model lacks)",
         )
         p.add_argument("--json", action="store_true")
         p.set_defaults(func=run)
@@ -86,7 +87,8 @@ def _print(r: OpResult) -> None:
           f"overhead {fmt_si(cost.overhead_s, 's')}")
     if r.timing == "kernel":
         print(f"  kernel timing (--timing kernel): host launch overhead "
-              f"{fmt_si(r.launch_excluded_s, 's')} excluded")
+              f"{fmt_si(r.launch_excluded_s, 's')} excluded (small kernels: a lower bound, "
+              "docs/cost_model.md)")
     print(f"  {fmt_si(r.achieved_flops, 'FLOP/s')} achieved = "
           f"{r.fraction_of_peak:.1%} of {fmt_si(r.peak_flops, 'FLOP/s')} peak; "
           f"physical roofline {fmt_si(r.roofline_time_s, 's')}")

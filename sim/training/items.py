@@ -76,14 +76,19 @@ def act_dtype(plan: ParallelPlan) -> str:
     return "bf16" if is_low_precision(plan.dtype) else plan.dtype
 
 
+# Every cast to a low-precision format is named ``<name>_quant`` (lowprec.is_forward_cast).
+CAST_SUFFIX = "_quant"
+
+
 def quantize_op(name: str, numel: float, fmt: str, src: str = "bf16",
-                role: Role = NO_ROLE) -> Op:
+                role: Role = NO_ROLE, usages: int = 1) -> Op:
     """The cast of a ``src`` tensor to ``fmt`` before a low-precision GEMM: a memory-bound
     vector pass that reads ``src``, finds the scale (amax over the tensor, or per block for
-    MX/NVFP4) and writes the ``fmt`` elements with their block scales (~3 FLOPs/element:
-    abs-max, scale, convert). TransformerEngine fuses it with the producer only where a
-    fused norm/activation kernel exists; it is priced here as its own pass."""
-    nbytes = numel * (dtype_bytes(src) + dtype_bytes(fmt))
-    return Op(f"{name}_quant", OpKind.ELEMENTWISE, 3.0 * numel,
+    MX/NVFP4) and writes ``usages`` copies of the ``fmt`` elements with their block scales
+    (~3 FLOPs/element: abs-max, scale, convert). TransformerEngine fuses it with the
+    producer only where a fused norm/activation kernel exists; it is priced here as its
+    own pass."""
+    nbytes = numel * (dtype_bytes(src) + usages * dtype_bytes(fmt))
+    return Op(f"{name}{CAST_SUFFIX}", OpKind.ELEMENTWISE, 3.0 * numel,
               MappingProxyType({MAIN_MEMORY: nbytes}), src, Unit.VECTOR,
               ElementwiseShape(numel), role)

@@ -28,21 +28,8 @@ gradient of the quantisation costs no kernel (``is_forward_cast``).
 
 from __future__ import annotations
 
-from types import MappingProxyType
-
-from xpusim.sim.ir import (
-    MAIN_MEMORY,
-    NO_ROLE,
-    ElementwiseShape,
-    Op,
-    OpKind,
-    Role,
-    Unit,
-    dtype_bytes,
-)
-
-# Every cast op (``cast_transpose_op`` here, ``items.quantize_op``) is named ``<name>_quant``.
-CAST_SUFFIX = "_quant"
+from xpusim.sim.ir import NO_ROLE, Op, OpKind, Role
+from xpusim.sim.training.items import CAST_SUFFIX, quantize_op
 
 # Usages a quantised GEMM operand is written in: rowwise (this GEMM) and columnwise
 # (the other backward GEMM that reads it along its other axis).
@@ -53,12 +40,9 @@ def cast_transpose_op(name: str, numel: float, fmt: str, src: str = "bf16",
                       role: Role = NO_ROLE) -> Op:
     """Cast a ``src`` tensor of ``numel`` elements to ``fmt`` in both usages, as one
     memory-bound pass: reads ``src`` once, writes ``USAGES`` ``fmt`` copies (with their
-    scales, counted in ``dtype_bytes(fmt)``); ~3 FLOPs per element (abs-max, scale,
-    convert). Named ``<name>_quant`` like the plain cast it replaces."""
-    nbytes = numel * (dtype_bytes(src) + USAGES * dtype_bytes(fmt))
-    return Op(f"{name}{CAST_SUFFIX}", OpKind.ELEMENTWISE, 3.0 * numel,
-              MappingProxyType({MAIN_MEMORY: nbytes}), src, Unit.VECTOR,
-              ElementwiseShape(numel), role)
+    scales, counted in ``dtype_bytes(fmt)``). The plain cast (``items.quantize_op``) with
+    ``USAGES`` outputs, under the same ``<name>_quant`` name."""
+    return quantize_op(name, numel, fmt, src, role, usages=USAGES)
 
 
 def is_forward_cast(op: Op) -> bool:

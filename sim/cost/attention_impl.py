@@ -72,6 +72,7 @@ from xpusim.sim.cost.attention_blocks import (
     with_bytes,
 )
 from xpusim.sim.cost.attention_eager import bench_layout_ops
+from xpusim.sim.cost.attention_hopper import hopper_fwd_tile, out_bytes
 from xpusim.sim.cost.base import OpCost
 from xpusim.sim.cost.roofline import RooflineModel
 from xpusim.sim.errors import InputError
@@ -87,11 +88,12 @@ IMPLS = (
     "xformers",
     "triton",
     "triton2",
+    "colfax",
     "npu_fusion_attention",
     "fastattention",
 )
 PASSES = ("fwd", "bwd", "fwd_bwd")
-GPU_FUSED = ("flash1", "flash2", "flash3", "cudnn", "xformers", "triton", "triton2")
+GPU_FUSED = ("flash1", "flash2", "flash3", "cudnn", "xformers", "triton", "triton2", "colfax")
 ASCEND = ("npu_fusion_attention", "fastattention")
 # FP32 instructions per score of the online softmax (FA2 paper Alg. 1): scale-and-subtract
 # the row max (1 FFMA), the row max (1 FMNMX), the row sum (1 FADD), the convert of P to
@@ -103,8 +105,9 @@ ALU_PER_SCORE = {"fwd": 4.0, "bwd": 5.0}
 # without and 661 with ping-pong + intra-warpgroup overlap; with this model's terms the
 # 661 needs 63% of the softmax hidden). Not a corpus row.
 OVERLAP = {"flash3": 0.63}
-# Kernels that use Hopper's warpgroup MMA (wgmma + TMA) where the device has it.
-ASYNC_MMA = ("flash3", "cudnn", "triton")
+# Kernels that use Hopper's warpgroup MMA (wgmma + TMA) where the device has it; ``colfax``
+# (FA2's algorithm on wgmma, no softmax overlap) runs only there (attention_hopper).
+ASYNC_MMA = ("flash3", "cudnn", "triton", "colfax")
 # Persistent kernels with a tile scheduler that launches the heaviest (causal) items first.
 HEAVY_FIRST = ("flash3", "cudnn")
 # Kernels whose backward runs one program per (batch, head) walking all its blocks in series:
@@ -185,8 +188,8 @@ def check_impl(device: Device, impl: str, flag: str = "--impl") -> str:
     if impl == "npu_fusion_attention" and device.arch != "davinci":
         raise InputError(f"{flag} npu_fusion_attention: an Ascend (torch_npu) kernel, not "
                          f"available on {device.name}; use {usable}")
-    if impl == "flash3" and not device.kernels.async_mma:
-        raise InputError(f"{flag} flash3: FlashAttention-3 needs Hopper's wgmma/TMA, which "
+    if impl in ("flash3", "colfax") and not device.kernels.async_mma:
+        raise InputError(f"{flag} {impl}: a Hopper kernel that needs wgmma/TMA, which "
                          f"{device.name} lacks; use flash2 or cudnn")
     return impl
 
@@ -317,6 +320,9 @@ def tiles(impl: str, device: Device, head_dim: float, pass_: str, dtype: str = "
         return (128, 128) if head_dim <= 64 else (64, 128) if head_dim <= 128 else (64, 64)
     if impl == "flash3":
         return _fa3_fwd_tile(head_dim, dtype, causal)
+    hopper = hopper_fwd_tile(impl, device.kernels.async_mma)  # colfax, triton on sm_90
+    if hopper:
+        return hopper
     if impl in ("cudnn", "triton"):
         return (128, 128) if head_dim <= 128 else (128, 64)
     if impl == "xformers":
@@ -428,7 +434,8 @@ def _fused_gpu(device: Device, shape: AttnShape, impl: str, pass_: str) -> OpCos
     offset = shape.kv_len - shape.q_len  # queries are the last q_len positions
     # Per item: its key blocks, plus loading its Q rows and storing its O rows (at the
     # SM's share of HBM bandwidth: the pipeline fill before the first block).
-    io_rows = br * (shape.head_dim + shape.vd) * elt * (3.0 if pass_ == "bwd" else 1.0)
+    o_elt = out_bytes(impl, shape.dtype)  # FA3 FP8 writes O in BF16 (attention_hopper)
+    io_rows = br * (shape.head_dim * elt + shape.vd * o_elt) * (3.0 if pass_ == "bwd" else 1.0)
     io_s = io_rows / sm_bw
     items: list[float] = []
     blocks: float = 0
@@ -456,7 +463,7 @@ def _fused_gpu(device: Device, shape: AttnShape, impl: str, pass_: str) -> OpCos
         pipeline_s = _place(items, reps, sms, impl in HEAVY_FIRST) * (bh / reps)
     # HBM: Q, K, V read and O written once (backward: + O, dO read, dQ, dK, dV written,
     # dQ accumulated in fp32); K/V re-reads by other query blocks hit L2.
-    q_bytes = bh * shape.q_len * (shape.head_dim + shape.vd) * elt
+    q_bytes = bh * shape.q_len * (shape.head_dim * elt + shape.vd * o_elt)
     kv_bytes = shape.batch * shape.kvh * shape.kv_len * (shape.head_dim + shape.vd) * elt
     hbm_bytes = q_bytes + kv_bytes
     if pass_ == "bwd":

@@ -1,0 +1,52 @@
+"""Hopper kernel facts (sim/cost/attention_hopper.py): the Colfax CUTLASS FMHA (FA2's
+algorithm on wgmma), Triton's BLOCK_N on sm_90, FA3's BF16 output of an FP8 forward."""
+
+from __future__ import annotations
+
+import pytest
+from xpusim.hwprofiles import load_device
+from xpusim.sim.cost.attention_impl import AttnShape, attention_cost, block_terms, tiles
+from xpusim.sim.errors import InputError
+
+A100 = load_device("a100-sxm4-80gb")
+H100 = load_device("h100-sxm5-80gb")
+
+
+def test_colfax_is_fa2_on_wgmma():
+    """Per block: MMA at the wgmma rate (as flash3) plus the whole softmax (as flash2): none
+    of FA3's softmax/GEMM overlap."""
+    shape = AttnShape(8, 16, 2048, 2048, 128, dtype="bf16")
+    col = block_terms(H100, "colfax", shape, "fwd", 128, 128)
+    fa3 = block_terms(H100, "flash3", shape, "fwd", 128, 128)
+    fa2 = block_terms(H100, "flash2", shape, "fwd", 128, 128)
+    assert col.mma_s == pytest.approx(fa3.mma_s)
+    assert col.mma_s == pytest.approx(fa2.mma_s * H100.kernels.warp_mma_fraction)
+    assert col.block_s == pytest.approx(col.mma_s + col.softmax_s)
+    assert fa3.block_s < col.block_s < fa2.block_s
+    assert tiles("colfax", H100, 128, "fwd") == (128, 128)
+
+
+def test_colfax_needs_hopper():
+    with pytest.raises(InputError, match="colfax"):
+        attention_cost(A100, AttnShape(1, 8, 1024, 1024, 128, dtype="bf16"), "colfax")
+
+
+def test_triton_block_n_on_hopper():
+    """triton.ops.flash_attention launches BLOCK_M=128, BLOCK_N=64; the tutorial's BLOCK_N
+    is at most 64. Ampere keeps the old tile."""
+    assert tiles("triton", H100, 128, "fwd") == (128, 64)
+    assert tiles("triton", H100, 64, "fwd", "fp8") == (128, 64)
+    assert tiles("triton", A100, 64, "fwd") == (128, 128)
+
+
+def test_fa3_fp8_writes_bf16_output():
+    """FA3's FP8 forward stores O in BF16 (hopper/flash_api.cpp): HBM bytes are Q, K, V at
+    1 B and O at 2 B per element; cuDNN's FP8 SDPA writes O in FP8."""
+    shape = AttnShape(4, 16, 4096, 4096, 128, dtype="fp8")
+    elems = 4 * 16 * 4096 * 128
+    fa3 = attention_cost(H100, shape, "flash3")
+    cudnn = attention_cost(H100, shape, "cudnn")
+    assert fa3.details["hbm_bytes"] == pytest.approx(3 * elems + 2 * elems)
+    assert cudnn.details["hbm_bytes"] == pytest.approx(4 * elems)
+    bf16 = attention_cost(H100, AttnShape(4, 16, 4096, 4096, 128, dtype="bf16"), "flash3")
+    assert bf16.details["hbm_bytes"] == pytest.approx(8 * elems)

@@ -69,6 +69,10 @@ class EngineProfile:
       (the cost model's kernel), "masked-mha" or "xqa-or-masked-mha" (TensorRT-LLM).
     * ``lm_head_16bit``: with a narrow ``--dtype`` (fp8, int8, int4), the LM head stays
       in the 16-bit network dtype (the stack's quantiser leaves it out by default).
+    * ``vocab_parallel``: the embedding and LM head are split over the TP ranks
+      (Megatron's vocab-parallel layers); false: every rank holds and reads both whole.
+    * ``weight_only_int8_gemv_factor``: one-row GEMMs with int8 weights take this multiple
+      of their memory-roofline time (``xpusim.sim.inference.weight_only``); 1: none.
     """
 
     name: str
@@ -101,6 +105,8 @@ class EngineProfile:
     xqa_group_sizes: tuple[int, ...] = ()
     xqa_head_dims: tuple[int, ...] = ()
     lm_head_16bit: bool = False
+    vocab_parallel: bool = True
+    weight_only_int8_gemv_factor: float = 1.0
     sources: dict[str, str] = field(default_factory=dict)
 
     def generation_kernel(self) -> GenerationAttention:
@@ -189,6 +195,8 @@ _PLAIN_KEYS = {
     "max_input_len": int,
     "fused_sampling": bool,
     "lm_head_16bit": bool,
+    "vocab_parallel": bool,
+    "weight_only_int8_gemv_factor": float,
 }
 # Text fields and their allowed values (None: any non-empty text).
 _CHOICE_KEYS: dict[str, tuple[str, ...] | None] = {

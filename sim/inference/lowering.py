@@ -32,6 +32,7 @@ from xpusim.sim.inference.decode_attention import with_engine_attention
 from xpusim.sim.inference.engine_profile import NO_ENGINE, EngineProfile, engine_for_system
 from xpusim.sim.inference.kvcache import MemoryPlan, kv_bytes_per_token, plan_memory, require_fit
 from xpusim.sim.inference.routing import UNIFORM, Routing, experts_touched, moe_load
+from xpusim.sim.inference.weight_only import with_weight_only_gemv
 from xpusim.sim.ir import (
     Collective,
     CollectiveKind,
@@ -193,20 +194,24 @@ def step_items(
     routing: Routing = UNIFORM,
     fc_in: int = 0,
     lm_head_16bit: bool = False,
+    vocab_parallel: bool = True,
 ) -> list[Op | CommNeed]:
     """Ops and comm needs of one forward on one rank, in order (embedding .. LM head).
 
     ``fc_in`` > 0 adds a draft head's input projection (fc_in -> hidden) after the
     embedding: EAGLE's fc over [embedding, target feature] and MTP's eh_proj both
     map 2 x hidden to hidden. ``lm_head_16bit``: a narrow ``dtype`` leaves the LM head
-    in the 16-bit network dtype (``EngineProfile.lm_head_16bit``).
+    in the 16-bit network dtype (``EngineProfile.lm_head_16bit``). ``vocab_parallel``
+    False: the embedding and LM head are whole on every TP rank (gpt-fast's tp.py
+    shards only attention and the FFN; ``EngineProfile.vocab_parallel``).
     """
     seqs_rank = batch.sequences / plan.ep  # ep groups split the requests
     shape = StepShape(seqs_rank, batch.q_len, batch.context + batch.q_len, causal=True)
     sh = Sharding(tp=plan.tp, ep=plan.ep)
     load = moe_load(spec, shape.tokens, plan.ep, routing) if spec.moe else None
-    items = sixteen_bit_activations(list(embedding_forward(spec, shape.tokens, sh, dtype)),
-                                    dtype)
+    vocab_sh = sh if vocab_parallel else Sharding(tp=1, ep=plan.ep)
+    items = sixteen_bit_activations(list(embedding_forward(spec, shape.tokens, vocab_sh,
+                                                           dtype)), dtype)
     if fc_in:
         items.append(ops.gemm("draft_fc", shape.tokens, spec.hidden, fc_in, dtype))
     # Layers of one kind have identical ops: build (and narrow) each kind once and
@@ -228,7 +233,8 @@ def step_items(
     # sequence, every position of a decode or verify step.
     logit_rows = seqs_rank if batch.phase == "prefill" else shape.tokens
     head_dtype = ACTIVATION_DTYPE if lm_head_16bit and dtype_bytes(dtype) < 2 else dtype
-    items += sixteen_bit_activations(lm_head_forward(spec, logit_rows, sh, head_dtype), dtype)
+    items += sixteen_bit_activations(lm_head_forward(spec, logit_rows, vocab_sh, head_dtype),
+                                     dtype)
     return items
 
 
@@ -348,6 +354,8 @@ class StepSimulator:
                 # The engine's own decode-attention kernel rule (an explicit
                 # --attention-impl overrides it).
                 model = with_engine_attention(model, device, self.engine.generation_kernel())
+            if decode_batch is not None:
+                model = with_weight_only_gemv(model, self.engine.weight_only_int8_gemv_factor)
             self._models[key] = CachedCostModel(model)
         return self._models[key]
 
@@ -415,7 +423,7 @@ class StepSimulator:
         if batch.sequences <= 0 or batch.q_len <= 0:
             raise InputError(f"a step needs >= 1 sequence and >= 1 token (got {batch})")
         items = step_items(self.spec, batch, self.plan, self.dtype, self.routing, self.fc_in,
-                           self.engine.lm_head_16bit)
+                           self.engine.lm_head_16bit, self.engine.vocab_parallel)
         model = self._cost_model(batch)
         priced: dict[int, tuple[float, bool]] = {}
         for item in {id(x): x for x in items}.values():  # each distinct op once
@@ -437,7 +445,7 @@ class StepSimulator:
         if batch.sequences <= 0 or batch.q_len <= 0:
             raise InputError(f"a step needs >= 1 sequence and >= 1 token (got {batch})")
         items = step_items(self.spec, batch, self.plan, self.dtype, self.routing, self.fc_in,
-                           self.engine.lm_head_16bit)
+                           self.engine.lm_head_16bit, self.engine.vocab_parallel)
         model = self._cost_model(batch)
         before, after = self._host_terms(batch, host)
         # The device work alone; the host work around it is added by the engine's

@@ -50,3 +50,21 @@ def test_fa3_fp8_writes_bf16_output():
     assert cudnn.details["hbm_bytes"] == pytest.approx(4 * elems)
     bf16 = attention_cost(H100, AttnShape(4, 16, 4096, 4096, 128, dtype="bf16"), "flash3")
     assert bf16.details["hbm_bytes"] == pytest.approx(8 * elems)
+
+
+def test_fa3_first_block_pays_the_missing_intra_warpgroup_overlap():
+    """Each FA3 work tile's first key block hides only the ping-pong share (0.23) of
+    min(MMA, softmax), not the steady state's 0.63: the difference is paid once per tile."""
+    from xpusim.sim.cost.attention_hopper import first_block_extra_s
+    from xpusim.sim.cost.attention_impl import OVERLAP
+
+    assert first_block_extra_s("flash2", 0.0, 1.0, 0.5) == 0.0
+    assert first_block_extra_s("flash3", OVERLAP["flash3"], 1.0, 0.5) == pytest.approx(
+        (OVERLAP["flash3"] - 0.23) * 0.5)
+    # One tile of 128 queries over 176 keys (one block): the price holds the extra once.
+    shape = AttnShape(1, 1, 128, 176, 128, dtype="bf16")
+    full = block_terms(H100, "flash3", shape, "fwd", 128, 176)
+    cost = attention_cost(H100, shape, "flash3")
+    extra = first_block_extra_s("flash3", OVERLAP["flash3"], full.mma_s, full.softmax_s)
+    io = 128 * 256 * 2 / (H100.hbm_bandwidth * H100.efficiency.memory_max / H100.matrix_cores)
+    assert cost.details["pipeline_s"] == pytest.approx(full.block_s + io + extra)

@@ -21,6 +21,18 @@
   (python/triton/ops/flash_attention.py, ``_attention.forward``); its FP8 benchmark and
   pytorch/benchmark (C1, C2) run the fused-attention tutorial (06-fused-attention.py), whose
   autotune space is ``BLOCK_M`` in {64, 128} x ``BLOCK_N`` in {32, 64}. So 128 x 64.
+* FlashAttention-3's first key block of a work tile: the intra-warpgroup pipelining (FA3 paper
+  s3.2, Algorithm 2; hopper mainloop ``mma``: QK_0 is issued and waited alone, then
+  ``online_softmax</*Is_first=*/true>``, and only from the second block does each softmax run
+  while the warpgroup's previous P V GEMM is in flight) has no GEMM of its own warpgroup to
+  overlap with the first softmax, so that block gets only the ping-pong between the two
+  consumer warpgroups. ``attention_impl.OVERLAP["flash3"]`` (0.63) is the share the two
+  together hide per block; ``FIRST_BLOCK_OVERLAP`` is the ping-pong-alone share, from the same
+  FA3 ablation (Table 2, d = 128, seq 8k: 661 TFLOP/s with both, 582 with warp specialisation
+  but no GEMM-softmax pipelining): 0.23 is the share that makes the model's 8k, d = 128
+  forward 582/661 of its own price with 0.63. Not a corpus row. Every work tile pays the
+  difference once, which weighs on short sequences (few key blocks per tile) and in FP8, where
+  the softmax is the longer phase. Forward only; the split-KV decode path keeps its price.
 * FlashAttention-3 writes the output of an FP8 forward in BF16 (hopper/flash_api.cpp: ``out_type
   = q_type == at::ScalarType::Float8_e4m3fn ? at::ScalarType::BFloat16 : q_type``), so its O
   store moves 2 bytes per element where Q, K and V move 1. cuDNN's FP8 SDPA and the Triton
@@ -32,6 +44,8 @@ from __future__ import annotations
 
 from xpusim.sim.ir import dtype_bytes
 
+# Share of min(MMA, softmax) hidden on a work tile's first key block (module docstring).
+FIRST_BLOCK_OVERLAP = {"flash3": 0.23}
 COLFAX_TILE = (128, 128)  # estimate: the largest of the README's tested {64,128}x{64,128}
 TRITON_HOPPER_TILE = (128, 64)  # triton.ops.flash_attention BLOCK_M/BLOCK_N; tutorial BN <= 64
 
@@ -46,6 +60,16 @@ def hopper_fwd_tile(impl: str, async_mma: bool) -> tuple[int, int] | None:
     return None
 
 
+def first_block_extra_s(impl: str, overlap: float, mma_s: float, softmax_s: float) -> float:
+    """Time a work tile's first key block adds over a steady-state block of ``impl``, whose
+    steady state hides ``overlap`` of min(MMA, softmax) (module docstring); 0 for kernels
+    without intra-warpgroup pipelining."""
+    first = FIRST_BLOCK_OVERLAP.get(impl)
+    if first is None:
+        return 0.0
+    return max(0.0, overlap - first) * min(mma_s, softmax_s)
+
+
 def out_bytes(impl: str, dtype: str) -> float:
     """Bytes per element of the O tensor ``impl`` writes for inputs of ``dtype``."""
     elt = float(dtype_bytes(dtype))
@@ -54,4 +78,11 @@ def out_bytes(impl: str, dtype: str) -> float:
     return elt
 
 
-__all__ = ["COLFAX_TILE", "TRITON_HOPPER_TILE", "hopper_fwd_tile", "out_bytes"]
+__all__ = [
+    "COLFAX_TILE",
+    "FIRST_BLOCK_OVERLAP",
+    "TRITON_HOPPER_TILE",
+    "first_block_extra_s",
+    "hopper_fwd_tile",
+    "out_bytes",
+]

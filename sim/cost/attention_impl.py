@@ -72,7 +72,7 @@ from xpusim.sim.cost.attention_blocks import (
     with_bytes,
 )
 from xpusim.sim.cost.attention_eager import bench_layout_ops
-from xpusim.sim.cost.attention_hopper import hopper_fwd_tile, out_bytes
+from xpusim.sim.cost.attention_hopper import first_block_extra_s, hopper_fwd_tile, out_bytes
 from xpusim.sim.cost.base import OpCost
 from xpusim.sim.cost.roofline import RooflineModel
 from xpusim.sim.errors import InputError
@@ -437,6 +437,8 @@ def _fused_gpu(device: Device, shape: AttnShape, impl: str, pass_: str) -> OpCos
     o_elt = out_bytes(impl, shape.dtype)  # FA3 FP8 writes O in BF16 (attention_hopper)
     io_rows = br * (shape.head_dim * elt + shape.vd * o_elt) * (3.0 if pass_ == "bwd" else 1.0)
     io_s = io_rows / sm_bw
+    if pass_ == "fwd" and not split_kv:  # FA3: first key block lacks intra-warpgroup overlap
+        io_s += first_block_extra_s(impl, OVERLAP.get(impl, 0.0), full.mma_s, full.softmax_s)
     items: list[float] = []
     blocks: float = 0
     for i in range(q_blocks):

@@ -17,7 +17,7 @@ Implementations and how each is priced:
   rearranges and einsum make of the packed ``qkv`` (``q``, ``k`` transposed to (b h) d s, ``v``)
   and, backward, the ``stack`` that writes the packed ``qkv`` gradient (``bench_layout_ops``).
 * GPU fused kernels (``flash1``, ``flash2``, ``flash3``, ``cudnn``, ``xformers``,
-  ``triton``) — one tiled kernel: a CTA owns ``Br`` query rows of one (batch, head) and
+  ``triton``, ``colfax``) — one tiled kernel: a CTA owns ``Br`` query rows of one (batch, head) and
   walks the key blocks of ``Bc`` keys. Per block, on one SM:
 
   - MMA: ``4 Br Bc d`` FLOPs forward (QK^T, PV), ``10 Br Bc d`` backward (five GEMMs:
@@ -25,7 +25,7 @@ Implementations and how each is priced:
     peak x the device's ``matrix_max`` x the share its MMA path reaches: warp-level
     ``mma.sync`` reaches ``kernels.warp_mma_fraction`` of peak (1 on Ampere, 0.5 on
     Hopper, whose full rate needs warpgroup ``wgmma``: FA3 paper s1); ``flash3``,
-    ``cudnn`` and ``triton`` use ``wgmma`` where the device has it.
+    ``cudnn``, ``triton``, ``colfax`` use ``wgmma`` where the device has it (attention_hopper).
   - softmax: one ``exp2`` per score on the special-function units
     (``kernels.exp_per_clk_per_core`` per clock per SM: 16, i.e. 3.9 T/s on H100 against
     989 TFLOP/s of matmul, FA3 paper s3.1) and ``ALU_PER_SCORE`` FP32 instructions per
@@ -309,7 +309,7 @@ def tiles(impl: str, device: Device, head_dim: float, pass_: str, dtype: str = "
     (sm80/sm90: d<=64 128x128; d<=128 128x64; d=256 64x64 on H100 for 2 CTAs/SM, 128x64
     on A100). flash3 forward: hopper/ tile sizes of the FA3 release (d<=64 192x128,
     d<=128 128x128, d=256 128x80; ``_fa3_fwd_tile`` for the release's dtype/causal split). Backward (both): d<=64 128x128, d<=128 64x128, else
-    64x64. cudnn/triton: 128x128 forward (estimate: the common Hopper tile), xformers
+    64x64. cudnn: 128x128 forward (estimate); triton/colfax on Hopper: attention_hopper; xformers
     (CUTLASS memory-efficient kernel): 64x64 forward, and backward at d<=64 (the 2023 sm80
     kernels); flash1: FA2's (estimate; its key-block terms are in attention_blocks)."""
     if impl == "triton2":  # triton.ops.flash_attention: BLOCK = 128 for both passes

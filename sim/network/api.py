@@ -24,7 +24,7 @@ from typing import Any
 from xpusim.hwprofiles.spec import System
 from xpusim.sim.errors import InputError
 from xpusim.sim.ir import Collective, CollectiveKind
-from xpusim.sim.network import analytical, flow
+from xpusim.sim.network import analytical, flow, nvls
 from xpusim.sim.network import protocols as proto
 from xpusim.sim.network.algorithms import build, candidates
 from xpusim.sim.network.copy import APIS, copy_system
@@ -311,6 +311,9 @@ def _with_protocol(
     for p, w in zip(cost.phases, weights, strict=True):
         share = latency * w / sum(weights)
         t = p.transfer_s / frac
+        if algorithm == "nvls" and nodes == 1:
+            # NVLS's chunk pipeline, which NCCL's tuner does not price (sim/network/nvls.py).
+            share += nvls.pipeline_s(nbytes, n, t)
         phases.append(PhaseCost(p.name, t + share, t, share, p.link_bytes, p.bottleneck))
     return NetworkCost(sum(p.time_s for p in phases), phases)
 

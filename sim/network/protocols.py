@@ -29,6 +29,7 @@ import tomllib
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
+from typing import Any
 
 from xpusim.hwprofiles.spec import System
 from xpusim.sim.ir import CollectiveKind
@@ -45,6 +46,17 @@ P2P_LL_THRESHOLD = 16384
 
 
 @dataclass(frozen=True)
+class NvlsTuning:
+    """NCCL's NVLS chunk pipeline (nccl_tuning.toml [nvls]; sim/network/nvls.py)."""
+
+    channels: int
+    max_chunk_bytes: int
+    chunk_rules: tuple[tuple[int, int], ...]  # (multiple of concurrentOps x chunk, ceiling)
+    step_overhead_us: float
+    pipeline_fill_loops: float
+
+
+@dataclass(frozen=True)
 class Tuning:
     base: dict[str, list[float]]
     hw: dict[str, dict[str, list[float]]]
@@ -58,6 +70,7 @@ class Tuning:
     plateau_pre_ampere: float
     net_overhead_us: float
     p2p: dict[str, float]
+    nvls: NvlsTuning
 
 
 @cache
@@ -78,6 +91,17 @@ def tuning() -> Tuning:
         plateau_pre_ampere=misc["ring_plateau_pre_ampere"],
         net_overhead_us=misc["net_overhead_us"],
         p2p={k: float(v) for k, v in d["p2p"].items()},
+        nvls=_nvls_tuning(d["nvls"]),
+    )
+
+
+def _nvls_tuning(d: dict[str, Any]) -> NvlsTuning:
+    return NvlsTuning(
+        channels=int(d["channels"]),
+        max_chunk_bytes=int(d["max_chunk_bytes"]),
+        chunk_rules=tuple((int(m), int(c)) for m, c in d["chunk_rules"]),
+        step_overhead_us=float(d["step_overhead_us"]),
+        pipeline_fill_loops=float(d["pipeline_fill_loops"]),
     )
 
 

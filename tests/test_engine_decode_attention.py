@@ -19,6 +19,7 @@ from xpusim.sim.inference.decode_attention import (
     EngineAttentionModel,
     GenerationAttention,
     masked_mha_cost,
+    masked_mha_row_ops,
     with_engine_attention,
 )
 from xpusim.sim.inference.engine_profile import load_engine
@@ -58,26 +59,49 @@ def test_fixed_rules():
         GenerationAttention("mmha")
 
 
+def test_masked_mha_row_ops_follow_threads_per_key():
+    # Head size 128, 16-bit T: 16 threads per key and per value row, 8 elements each,
+    # 4 shuffle rounds. K: 16 x (7 sum adds + 4 shuffle adds + 1 scale) = 192 FP32 lane
+    # ops, 16 x (1 load + 4 shuffles) = 80 others; V: 16 logit conversions, 16 x (1 load
+    # + 1 logit smem load) = 32 others.
+    assert masked_mha_row_ops(_shape(1, 1, 1)) == (208.0, 112.0)
+    # Head size 64: 8 threads x (7 + 3 + 1) + 8 = 96; 8 x 4 + 16 = 48.
+    assert masked_mha_row_ops(AttnShape(1, 1, 1, 10, 64, 64, 1, True, "fp16")) == (96.0, 48.0)
+    # Head size 256: 32 threads (the cap) x (7 + 5 + 1) + 32 = 448; 32 x 6 + 64 = 256.
+    assert masked_mha_row_ops(AttnShape(1, 1, 1, 10, 256, 256, 1, True, "fp16")) == (448.0, 256.0)
+
+
 def test_masked_mha_cost_16bit_is_memory_bound():
     # batch 100, 16 query heads, 4 KV heads, 1000 keys, head size 128, FP16 K/V.
-    # CUDA-core work: 100 x 16 x 1000 x 256 = 4.096e8 elements x 2 lane ops
-    # = 8.192e8 / 2.345e13 = 34.93 us.
+    # Per element: 100 x 16 x 1000 x 256 = 4.096e8 elements x 2 lane ops = 8.192e8;
+    # per row: 1.6e6 rows x 208 = 3.328e8 FP32 lane ops, x 112 = 1.792e8 others.
+    # H100 issues 128 lanes/clk x 132 SMs x 1.83 GHz x 0.7 = 2.164e13 < the FP32 rate,
+    # so everything issues at 2.345e13: 1.3312e9 / 2.345e13 = 56.77 us.
     # HBM: K/V 100 x 4 x 1000 x 256 x 2 B = 2.048e8 B, Q/O 100 x 16 x 256 x 2 B = 819,200 B;
     # 2.056192e8 / 3.015e12 = 68.20 us.
     cost = masked_mha_cost(H100, _shape(100, 16, 4))
-    assert cost.compute_s == pytest.approx(34.934e-6, rel=1e-3)
+    assert cost.compute_s == pytest.approx(56.768e-6, rel=1e-3)
     assert cost.memory_s == pytest.approx(68.199e-6, rel=1e-3)
     assert cost.bound == "memory"
     assert cost.time_s == pytest.approx(68.199e-6 + 5e-6, rel=1e-3)
 
 
 def test_masked_mha_cost_8bit_cache_is_compute_bound():
-    # FP8 K/V: dequantisation adds 1 lane op per element: 3 x 4.096e8 = 1.2288e9
-    # / 2.345e13 = 52.40 us; HBM halves: 1.028096e8 B / 3.015e12 = 34.10 us.
+    # FP8 K/V: dequantisation adds 1 lane op per element: 3 x 4.096e8 + 3.328e8 + 1.792e8
+    # = 1.7408e9 / 2.345e13 = 74.23 us; HBM halves: 1.028096e8 B / 3.015e12 = 34.10 us.
     cost = masked_mha_cost(H100, _shape(100, 16, 4, "fp8"))
-    assert cost.compute_s == pytest.approx(52.401e-6, rel=1e-3)
+    assert cost.compute_s == pytest.approx(74.235e-6, rel=1e-3)
     assert cost.memory_s == pytest.approx(34.099e-6, rel=1e-3)
     assert cost.bound == "compute"
+
+
+def test_masked_mha_on_ampere_is_fp32_pipe_bound():
+    # A100: 64 FP32 lanes/clk/SM (19.5 TFLOP/s) against 128 issued: the loads and
+    # shuffles issue beside the FP32 work, which sets the time: 1.152e9 FP32 lane ops.
+    a100 = load_device("a100-sxm4-80gb")
+    vmax = a100.efficiency.vector_max
+    cost = masked_mha_cost(a100, _shape(100, 16, 4))
+    assert cost.compute_s == pytest.approx(1.152e9 / (19.5e12 / 2 * vmax), rel=1e-3)
 
 
 def test_engine_model_routes_only_one_token_steps():

@@ -24,12 +24,16 @@ Optimization"; cpp/tensorrt_llm/kernels/decoderMaskedMultiheadAttention/):
   adjacent in the grid, ``grid(num_heads, batch)``, and meet in L2).
 
 ``masked_mha_cost`` prices the second kernel as a roofline of that CUDA-core work and
-the K/V read; ``EngineAttentionModel`` routes a decode attention op to it when the
+the K/V read. The CUDA-core work counts, besides the per-element conversion and FMA, what
+the source issues per key and per value row (the lane reduction of each q.k product over
+THREADS_PER_KEY threads with warp shuffles, the loads, the logit's load and conversion),
+against the FP32 pipe and against the SM's instruction issue rate; ``EngineAttentionModel`` routes a decode attention op to it when the
 engine profile's rule (``[kernels] generation_attention``) picks masked MHA.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from xpusim.hwprofiles.spec import Device
@@ -48,6 +52,28 @@ MMHA_LANE_OPS_PER_ELEMENT = 2
 # kernel"). Both steps are packed 16-bit instructions (cvt.rn.f16x2.e4m3x2 and a half2
 # multiply: two elements each), so +0.5 + 0.5 lane operations per element.
 MMHA_DEQUANT_LANE_OPS_PER_ELEMENT = 1
+# Beyond the per-element work, the source shows per-key and per-timestep work
+# (masked_multihead_attention_kernel, decoderMaskedMultiheadAttentionTemplate.h; the same
+# structure from the FasterTransformer-derived template of v0.5 to the 1.x tree). A key
+# is split over THREADS_PER_KEY = min(32, Dh_max x sizeof(T) / 16) threads
+# (threads_per_key<T, Dh_MAX>, T the 16-bit compute type: 16 threads at head size 128),
+# each holding one 16-byte vector of K_VEC_SIZE = 16 / sizeof(T) = 8 elements (8 bytes of
+# an 8-bit cache). Per key each of those threads issues the vector load, the sum of its
+# FP32 partial products (qk_dot_: ``sum(qk_vec)``, K_VEC_SIZE - 1 adds), log2(THREADS_PER_KEY)
+# ``__shfl_xor_sync`` + add (the HMMA reduction, MMHA_USE_HMMA, is commented out) and the
+# multiply by inv_sqrt_dh. The V loop gives a timestep THREADS_PER_VALUE =
+# Dh_max x sizeof(T) / 16 threads (threads_per_value), each issuing the vector load and,
+# in Logit_value_fma, the logit's shared-memory load and its conversion to FP32. Address
+# arithmetic, bound checks, the ALiBi term and loop control are left out (a lower bound).
+MMHA_VECTOR_BYTES = 16
+MMHA_COMPUTE_BYTES = 2  # T: FP16/BF16 activations (an 8-bit cache is converted to T)
+MMHA_MAX_THREADS_PER_KEY = 32
+# An SM issues one warp instruction per clock from each of its 4 schedulers ("Warp
+# Scheduler (32 thread/clk)" x 4 per SM: NVIDIA A100 and H100 architecture whitepapers),
+# 128 thread-instructions per clock. Hopper's FP32 pipe takes 128 lanes per clock, so
+# every other instruction (loads, shuffles) takes an FP32 slot; Ampere's takes 64, so
+# they can issue beside the FP32 work.
+ISSUE_LANES_PER_CLK = 128
 # XQA's CTA-count gate (decoderXQAImplPrecompiled.cpp / decoderXQARunner.cpp,
 # ``kEnableMinBlockFactor = 4.0``).
 XQA_MIN_BLOCK_FACTOR = 4.0
@@ -89,22 +115,51 @@ class GenerationAttention:
         return not (has_cubin and enough_ctas)
 
 
+def _threads_per_vector(head_dim: float) -> tuple[int, int]:
+    """(threads per key or value row, elements per thread) of a head size: threads_per_key
+    / threads_per_value over dh_max, the next power of two >= max(head size, 32)."""
+    dh_max = 1 << (max(math.ceil(head_dim), 32) - 1).bit_length()
+    threads = min(MMHA_MAX_THREADS_PER_KEY, dh_max * MMHA_COMPUTE_BYTES // MMHA_VECTOR_BYTES)
+    return threads, dh_max // threads
+
+
+def masked_mha_row_ops(shape: AttnShape) -> tuple[float, float]:
+    """(FP32-pipe lane ops, other issued lane ops) of one key plus one value row of one
+    query head, besides the per-element conversion and FMA (the constants above)."""
+    k_threads, k_elems = _threads_per_vector(shape.head_dim)
+    v_threads, _ = _threads_per_vector(shape.vd)
+    rounds = (k_threads - 1).bit_length()  # log2(THREADS_PER_KEY) shuffle rounds
+    # K: sum of the thread's partial products, one add per shuffle round, the scale.
+    fp32 = k_threads * ((k_elems - 1) + rounds + 1)
+    other = k_threads * (1 + rounds)  # the vector load and the shuffles
+    # V: the logit's conversion to FP32; the vector load and the logit's smem load.
+    fp32 += v_threads * 1
+    other += v_threads * 2
+    return float(fp32), float(other)
+
+
 def masked_mha_cost(device: Device, shape: AttnShape) -> OpCost:
-    """One masked-MHA generation step: CUDA-core FP32 work per query head, K/V read once
-    per KV head, Q read and O written once; one launch."""
+    """One masked-MHA generation step: CUDA-core work per query head (FP32 pipe and
+    instruction issue), K/V read once per KV head, Q read and O written once; one launch."""
     eff = device.efficiency
     elements = shape.batch * shape.heads * shape.kv_len * (shape.head_dim + shape.vd)
+    rows = shape.batch * shape.heads * shape.kv_len
     elt = dtype_bytes(shape.dtype)
     per_element = MMHA_LANE_OPS_PER_ELEMENT + (MMHA_DEQUANT_LANE_OPS_PER_ELEMENT if elt == 1 else 0)
-    lane_ops = per_element * elements
-    lane_ops_per_s = device.vector_peak["fp32"] / 2 * eff.vector_max
-    compute_s = lane_ops / lane_ops_per_s
+    row_fp32, row_other = masked_mha_row_ops(shape)
+    fp32_ops = per_element * elements + row_fp32 * rows
+    issued_ops = fp32_ops + row_other * rows
+    fp32_per_s = device.vector_peak["fp32"] / 2 * eff.vector_max
+    issue_per_s = max(fp32_per_s, ISSUE_LANES_PER_CLK * device.vector_cores * device.clock_hz
+                      * eff.vector_max)
+    compute_s = max(fp32_ops / fp32_per_s, issued_ops / issue_per_s)
     kv_bytes = shape.batch * shape.kvh * shape.kv_len * (shape.head_dim + shape.vd) * elt
     q_bytes = shape.batch * shape.heads * shape.q_len * (shape.head_dim + shape.vd) * elt
     memory_s = (kv_bytes + q_bytes) / (device.hbm_bandwidth * eff.memory_max)
     overhead_s = eff.launch_overhead_s
     bound = "compute" if compute_s > memory_s else "memory"
-    details = {"mmha_lane_ops": lane_ops, "hbm_bytes": kv_bytes + q_bytes}
+    details = {"mmha_lane_ops": issued_ops, "mmha_fp32_lane_ops": fp32_ops,
+               "hbm_bytes": kv_bytes + q_bytes}
     return OpCost(max(compute_s, memory_s) + overhead_s, compute_s, memory_s, overhead_s,
                   bound, details)
 

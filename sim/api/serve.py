@@ -107,6 +107,7 @@ class ServeResult:
     seed: int
     throughput_tokens_per_s: float  # output tokens per second over the makespan
     throughput_requests_per_s: float
+    total_tokens_per_s: float  # prompt + output tokens per second over the makespan
     ttft_mean_s: float | None  # None when no request completed
     tpot_mean_s: float | None
     metrics: dict[str, Any]  # percentiles of TTFT/TPOT/latency, steps, preemptions...
@@ -291,6 +292,7 @@ def _serve_colocated(req: ServeRequest, gamma: int, alpha: float, draft_devices:
         seed=req.seed,
         throughput_tokens_per_s=metrics["throughput_tokens_per_s"],
         throughput_requests_per_s=metrics["throughput_requests_per_s"],
+        total_tokens_per_s=metrics["total_tokens_per_s"],
         ttft_mean_s=metrics["ttft_s"]["mean"],
         tpot_mean_s=metrics["tpot_s"]["mean"],
         metrics=metrics,

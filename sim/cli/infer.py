@@ -163,7 +163,8 @@ def _print_serve(r: ServeResult) -> None:
         + (f", SD with {r.draft} gamma={r.gamma} alpha~{r.alpha}" if r.draft else "")
     )
     print(
-        f"  throughput {m['throughput_tokens_per_s']:.1f} output tokens/s, "
+        f"  throughput {m['throughput_tokens_per_s']:.1f} output tokens/s "
+        f"({m['total_tokens_per_s']:.1f} prompt + output tokens/s), "
         f"{m['throughput_requests_per_s']:.2f} requests/s; mean decode batch "
         f"{m['mean_decode_batch']:.1f}; {m['preemptions']} preemptions; KV capacity "
         f"{m['kv_capacity_tokens']:,.0f} tokens"

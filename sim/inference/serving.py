@@ -58,6 +58,10 @@ class ServeResult:
         )
         e2e = np.array([finish - r.arrival_s for r, _, finish in done])
         out_tokens = sum(r.output for r, _, _ in done)
+        # Prompt + output tokens of the completed requests: the "total token throughput"
+        # some benchmarks print next to the output-token one (e.g. trtllm-bench's
+        # "Total Token Throughput", vLLM benchmark_throughput's "total tokens/s").
+        total_tokens = out_tokens + sum(r.prompt for r, _, _ in done)
 
         def pct(x: np.ndarray) -> dict:
             if len(x) == 0:
@@ -75,6 +79,7 @@ class ServeResult:
             "makespan_s": self.makespan_s,
             "throughput_tokens_per_s": out_tokens / self.makespan_s if self.makespan_s else 0.0,
             "throughput_requests_per_s": len(done) / self.makespan_s if self.makespan_s else 0.0,
+            "total_tokens_per_s": total_tokens / self.makespan_s if self.makespan_s else 0.0,
             "ttft_s": pct(ttft),
             "tpot_s": pct(tpot),
             "e2e_s": pct(e2e),

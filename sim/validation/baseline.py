@@ -118,7 +118,12 @@ def _serve(args: dict[str, Any], p: Payload, spec: ModelSpec, peak: float, bw: f
     decode_flops = flops_per_token(spec, prompt + output / 2) * output * requests / peak
     decode = max(decode_flops, waves * output * weights / bw)
     makespan = prefill + decode
-    return {**p, "makespan_s": makespan, "throughput_tokens_per_s": requests * output / makespan}
+    return {
+        **p,
+        "makespan_s": makespan,
+        "throughput_tokens_per_s": requests * output / makespan,
+        "total_tokens_per_s": requests * (prompt + output) / makespan,
+    }
 
 
 def _sd(args: dict[str, Any], p: Payload) -> Payload:

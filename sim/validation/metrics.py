@@ -137,6 +137,8 @@ METRICS: dict[tuple[str, str], Metric] = {
     ("infer", "ttft_ms"): lambda a, p: p["time_s"] * 1e3,
     ("infer", "step_ms"): lambda a, p: p["time_s"] * 1e3,
     ("infer", "output_tokens_per_s"): lambda a, p: p["throughput_tokens_per_s"],
+    # Prompt + output tokens served / makespan (benchmarks that report "total tokens/s").
+    ("infer", "total_tokens_per_s"): lambda a, p: p["total_tokens_per_s"],
     ("sd", "peak_speedup"): lambda a, p: p["peak"]["speedup"],
     ("train", "tokens_per_s_per_device"): lambda a, p: p["tokens_per_s_per_device"],
     ("train", "tflops_megatron"): _train_tflops_megatron,

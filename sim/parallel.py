@@ -63,6 +63,9 @@ class ParallelPlan:
     zero: int = 1  # 0: plain DP; 1: optimizer states sharded (Megatron distributed optimizer); 2: +grads; 3: +params
     recompute: str = "none"
     recompute_modules: tuple[str, ...] = DEFAULT_SELECTIVE
+    # k > 1: the policy applies to every k-th transformer layer only, the others keep
+    # their activations (torchtitan's selective layer AC, selective_ac_option = k).
+    recompute_every: int = 1
     tp_extend_ep: bool = True
     overlap_dp: bool = True  # grad reduce-scatter during backward, param all-gather during forward
     overlap_tp: bool = False  # TP collectives chunked and pipelined with their GEMMs
@@ -144,6 +147,19 @@ class ParallelPlan:
     @property
     def interleaved(self) -> bool:
         return self.schedule == "interleaved" or (self.schedule == "auto" and self.vpp > 1)
+
+    def layer_recompute(self, slot: str) -> str:
+        """The recompute policy of slot ``slot`` ("L12", "embedding", "head", "mtp0").
+
+        With ``recompute_every`` k > 1 only every k-th transformer layer runs the policy
+        and the others keep all their activations ("none"): torchtitan's selective layer
+        AC (torchtitan/parallelisms/parallelize_llama.py, _apply_ac_to_transformer_block,
+        2024) counts the blocks from 1 and wraps block n in checkpoint_wrapper when
+        n % k == 0, i.e. 0-based layers k-1, 2k-1, ... Slots other than the transformer
+        layers follow ``recompute`` as with k = 1."""
+        if self.recompute_every == 1 or not slot.startswith("L"):
+            return self.recompute
+        return self.recompute if (int(slot[1:]) + 1) % self.recompute_every == 0 else "none"
 
     def as_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "first_device"}
@@ -344,12 +360,8 @@ def _check_batch(plan: ParallelPlan) -> None:
         )
 
 
-def _check_options(plan: ParallelPlan) -> None:
-    """Named options must be known, fractions in [0, 1)."""
-    if plan.schedule not in ("auto", "1f1b", "interleaved"):
-        raise InputError(f"schedule '{plan.schedule}' unknown; use 1f1b, interleaved or auto")
-    if plan.zero not in (0, 1, 2, 3):
-        raise InputError(f"zero must be 0, 1, 2 or 3, got {plan.zero}")
+def _check_recompute(plan: ParallelPlan) -> None:
+    """The recompute policy, its modules and its layer period must be known/valid."""
     if plan.recompute not in RECOMPUTE_POLICIES:
         raise InputError(f"recompute '{plan.recompute}' unknown; use none, selective or full")
     bad = [mod for mod in plan.recompute_modules if mod not in RECOMPUTE_MODULES]
@@ -357,6 +369,21 @@ def _check_options(plan: ParallelPlan) -> None:
         raise InputError(
             f"recompute_modules {bad} unknown; choose from {', '.join(RECOMPUTE_MODULES)}"
         )
+    k: Any = plan.recompute_every  # a plan file or API caller may pass any value
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise InputError(
+            f"recompute_every (--recompute-every) must be an integer >= 1, got {k!r}: "
+            "1 recomputes every layer, 2 every second layer, ..."
+        )
+
+
+def _check_options(plan: ParallelPlan) -> None:
+    """Named options must be known, fractions in [0, 1)."""
+    if plan.schedule not in ("auto", "1f1b", "interleaved"):
+        raise InputError(f"schedule '{plan.schedule}' unknown; use 1f1b, interleaved or auto")
+    if plan.zero not in (0, 1, 2, 3):
+        raise InputError(f"zero must be 0, 1, 2 or 3, got {plan.zero}")
+    _check_recompute(plan)
     if plan.framework not in FRAMEWORKS:
         raise InputError(
             f"plan.framework '{plan.framework}' unknown; use one of {', '.join(FRAMEWORKS)}"

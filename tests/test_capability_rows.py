@@ -48,3 +48,82 @@ def test_total_tokens_metric_reads_the_field():
     metric = metric_for("infer", "total_tokens_per_s")
     assert metric is not None
     assert metric({}, {"total_tokens_per_s": 123.0}) == 123.0
+
+
+# --- --recompute-every: torchtitan's selective layer AC -------------------------------
+
+from dataclasses import replace  # noqa: E402
+
+from xpusim.hwprofiles import load_system  # noqa: E402
+from xpusim.sim.errors import InputError  # noqa: E402
+from xpusim.sim.models.spec import ModelSpec  # noqa: E402
+from xpusim.sim.parallel import ParallelPlan  # noqa: E402
+from xpusim.sim.training import estimate_memory  # noqa: E402
+from xpusim.sim.training.memory import analytical_memory  # noqa: E402
+
+DENSE6 = ModelSpec(
+    name="hand-dense6", family="llama", hidden=1024, layers=6, heads=8, kv_heads=4,
+    head_dim=128, ffn=4096, vocab=32000,
+)  # fmt: skip
+
+
+def test_layer_recompute_every_kth_layer():
+    plan = ParallelPlan(recompute="full", recompute_every=3)
+    # torchtitan counts blocks from 1 and checkpoints block n when n % 3 == 0.
+    assert [plan.layer_recompute(f"L{i}") for i in range(6)] == [
+        "none", "none", "full", "none", "none", "full"]  # fmt: skip
+    assert plan.layer_recompute("head") == "full"  # non-layer slots follow --recompute
+    assert ParallelPlan(recompute="full").layer_recompute("L0") == "full"
+
+
+@pytest.mark.parametrize("every, recomputed", [(2, 3), (3, 2), (4, 1), (7, 0)])
+def test_recompute_every_memory_by_hand(every, recomputed):
+    node = load_system("dgx-a100", nodes=1)
+    base = ParallelPlan(tp=1, pp=1, dp=8, mbs=1, seq=2048)
+    none = estimate_memory(DENSE6, node, replace(base, recompute="none"))[0]
+    full = estimate_memory(DENSE6, node, replace(base, recompute="full"))[0]
+    plan = replace(base, recompute="full", recompute_every=every)
+    mixed = estimate_memory(DENSE6, node, plan)[0]
+    # Full recompute everywhere, plus what each of the 6 - recomputed layers that keep
+    # their activations adds over a checkpointed one.
+    gap = none.per_layer_activations - full.per_layer_activations
+    expected = full.activations + (6 - recomputed) * gap
+    assert mixed.activations == pytest.approx(expected, rel=1e-12)
+    assert analytical_memory(DENSE6, node, plan) == estimate_memory(DENSE6, node, plan)
+
+
+def _train(capsys, extra: list[str]) -> dict:
+    return _json(capsys, [
+        "train", "--model", "llama-2-7b", "--system", "dgx-a100", "--nodes", "1",
+        "--tp", "1", "--pp", "1", "--dp", "8", "--zero", "3", "--mbs", "1", "--gbs", "8",
+        "--seq", "2048", "--json", *extra,
+    ])  # fmt: skip
+
+
+def test_recompute_every_time_is_between_none_and_full(capsys):
+    none = _train(capsys, ["--recompute", "none"])
+    full = _train(capsys, ["--recompute", "full"])
+    half = _train(capsys, ["--recompute", "full", "--recompute-every", "2"])
+    assert half["plan"]["recompute_every"] == 2
+    # 32 layers: 16 re-run their forward, so the recompute costs about half of full's.
+    assert none["step_time_s"] < half["step_time_s"] < full["step_time_s"]
+    mid = (none["step_time_s"] + full["step_time_s"]) / 2
+    assert half["step_time_s"] == pytest.approx(mid, rel=0.02)
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--recompute", "full", "--recompute-every", "0"], "recompute_every"),
+    (["--recompute", "none", "--recompute-every", "2"], "--recompute-every"),
+])  # fmt: skip
+def test_recompute_every_bad_input(capsys, flags, needle):
+    argv = ["train", "--model", "llama-2-7b", "--system", "dgx-a100", "--nodes", "1", *flags]
+    assert main(argv) == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_recompute_every_plan_validation():
+    from xpusim.sim.parallel import validate_plan
+
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(InputError, match="recompute_every"):
+            validate_plan(DENSE6, ParallelPlan(recompute="full", recompute_every=bad), 8)  # type: ignore[arg-type]

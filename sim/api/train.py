@@ -41,7 +41,7 @@ PLAN_FIELDS = (
     "tp_extend_ep", "grad_accum_fusion",
     "dtype", "schedule", "order", "moe_routing", "dropout", "framework",
     "pad_layers", "grad_reduce_dtype", "fragmentation", "runtime_reserved_gib",
-    "tp_overlap_chunks",
+    "tp_overlap_chunks", "recompute_every",
 )  # fmt: skip
 
 
@@ -69,6 +69,7 @@ class TrainRequest:
     dtype: str | None = None  # default bf16
     recompute: str | None = None  # auto | none | selective | full; default auto
     recompute_modules: str | tuple[str, ...] | None = None  # "norm,attn,act,experts,mlp"
+    recompute_every: int | None = None  # k: recompute every k-th layer only; default 1
     schedule: str | None = None  # auto | 1f1b | interleaved
     dropout: float | None = None
     framework: str | None = None  # eager | cuda-graphs
@@ -200,6 +201,11 @@ def build_plan(req: TrainRequest) -> tuple[ParallelPlan, str, dict[str, Any]]:
     if recompute not in RECOMPUTE_CHOICES:
         raise InputError(
             f"--recompute '{recompute}': choose one of {', '.join(RECOMPUTE_CHOICES)}"
+        )
+    if values.get("recompute_every", 1) != 1 and recompute == "none":
+        raise InputError(
+            "--recompute-every needs a policy to apply to every k-th layer: add "
+            "--recompute full (torchtitan's selective layer AC) or --recompute selective"
         )
     if req.layer_split is not None:
         values["layer_split"] = _int_tuple(req.layer_split, "--layer-split")

@@ -52,6 +52,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--recompute-modules", help="comma list for selective: norm,attn,act,experts,mlp"
     )
+    p.add_argument(
+        "--recompute-every",
+        type=int,
+        metavar="K",
+        help="apply --recompute to every K-th transformer layer only (layers K, 2K, ... "
+        "counted from 1), the others keep their activations; torchtitan's "
+        "selective_ac_option K is --recompute full --recompute-every K (default 1)",
+    )
     p.add_argument("--schedule", choices=("auto", "1f1b", "interleaved"))
     p.add_argument(
         "--dropout",
@@ -187,7 +195,9 @@ def _print(result, d: dict) -> None:
     print(
         f"{d['model']} on {d['devices']} x {d['system']}: tp={plan.tp} pp={plan.pp} "
         f"vpp={plan.vpp} dp={plan.dp} ep={plan.ep} cp={plan.cp} mbs={plan.mbs} gbs={plan.gbs} "
-        f"seq={plan.seq} recompute={plan.recompute} sp={plan.sequence_parallel} zero={plan.zero}"
+        f"seq={plan.seq} recompute={plan.recompute}"
+        + (f" (every {plan.recompute_every} layers)" if plan.recompute_every > 1 else "")
+        + f" sp={plan.sequence_parallel} zero={plan.zero}"
     )
     peaks = ", ".join(
         f"{v:.1%} of {name} peak ({fmt_si(result.peaks[name], 'FLOP/s')})"

@@ -116,11 +116,12 @@ def build_chunks(
             work.append(("head", L.head_items(ctx)))
         dense = expert = act = 0.0
         per_slot = []
-        for _, items in work:
+        for name, items in work:
             d, e = L.weight_params(items)
             dense += d
             expert += e
             per_slot.append((d, e))
-            act += L.activation_bytes(items, plan.recompute, plan.recompute_modules, input_bytes)
+            policy = plan.layer_recompute(name)
+            act += L.activation_bytes(items, policy, plan.recompute_modules, input_bytes)
         chunks.append(Chunk(v, work, dense, expert, act, input_bytes, per_slot))
     return chunks

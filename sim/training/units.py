@@ -265,13 +265,15 @@ def _fsdp_items(
     return out, tuple(keys)
 
 
-def _recompute(items: list, plan: ParallelPlan) -> list:
-    """The forward items re-run before a slot's backward: the plan's policy, or with
+def _recompute(items: list, plan: ParallelPlan, slot: str) -> list:
+    """The forward items re-run before slot ``slot``'s backward: the plan's policy for
+    that slot (``--recompute-every`` leaves some layers without one), or with
     --recompute selective torchtitan's op-level policy when the framework runs it."""
+    policy = plan.layer_recompute(slot)
     op_level = framework_profile(plan.framework).selective == "torchtitan-op"
-    if plan.recompute == "selective" and op_level:
+    if policy == "selective" and op_level:
         return eager.op_sac_recompute(items, plan.tp)
-    return L.recompute_items(items, plan.recompute, plan.recompute_modules)
+    return L.recompute_items(items, policy, plan.recompute_modules)
 
 
 def _copy_out(chunk: Chunk, plan: ParallelPlan, i: int, keys: tuple[int, ...]) -> tuple[list, tuple[int, ...]]:
@@ -341,7 +343,7 @@ def _backward(chunk: Chunk, plan: ParallelPlan, fsdp: bool, pieces: list[Piece])
             copy, keys = _copy_out(chunk, plan, i, keys)
             add_items(copy, "bwd", slot, pieces)
         if slot not in ("embedding", "head"):
-            redo = _recompute(items, plan)
+            redo = _recompute(items, plan, slot)
             redo, keys = _waiting(tp_overlap(redo, plan, counter), keys)
             add_items(redo, "recompute", slot, pieces)
         back = tp_overlap(L.backward_items(items, plan.sequence_parallel), plan, counter)

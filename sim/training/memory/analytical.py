@@ -154,27 +154,35 @@ class _Model:
     hot: dict[int, float]  # MoE layer -> busiest EP rank's load / mean
     first: dict[bool, int]  # is MoE -> the first layer of that kind (the one built)
 
+    def slot_key(self, name: str) -> ParallelPlan:
+        """The cache key of slot ``name``: with ``--recompute-every`` k > 1 the slot's own
+        policy (a layer that recomputes or one that keeps all), so a layer kind is built
+        at most twice, not once per layer."""
+        if self.plan.recompute_every == 1:
+            return self.key
+        return replace(self.key, recompute=self.plan.layer_recompute(name), recompute_every=1)
+
     def figures(self, name: str, loads: tuple[float, float], spans: bool) -> SlotFigures:
         """The figures of slot ``name``, built once per kind: a dense layer as the
         model's first dense layer, an MTP module at the last layer's load (its block is
         built like the last layer), an MoE layer as the first MoE layer at the stage's
         coolest and hottest loads ``loads``, interpolated to its own."""
-        spec = self.spec
+        spec, key = self.spec, self.slot_key(name)
         kind = _slot_kind(spec, name)
         if kind == "dense":
             layer = self.first[False]
-            return _cached_figures(spec, self.key, f"L{layer}", layer, 1.0, spans)
+            return _cached_figures(spec, key, f"L{layer}", layer, 1.0, spans)
         if kind == "mtp":
             last = spec.layers - 1
-            return _cached_figures(spec, self.key, "mtp0", last, self.hot.get(last, 1.0), spans)
+            return _cached_figures(spec, key, "mtp0", last, self.hot.get(last, 1.0), spans)
         if kind != "moe":
-            return _cached_figures(spec, self.key, name, 0, 1.0, spans)
+            return _cached_figures(spec, key, name, 0, 1.0, spans)
         layer, (lo, hi) = self.first[True], loads
         load = self.hot.get(int(name[1:]), 1.0)
-        top = _cached_figures(spec, self.key, f"L{layer}", layer, hi, spans)
+        top = _cached_figures(spec, key, f"L{layer}", layer, hi, spans)
         if load == hi:
             return top
-        low = _cached_figures(spec, self.key, f"L{layer}", layer, lo, spans)
+        low = _cached_figures(spec, key, f"L{layer}", layer, lo, spans)
         if load == lo:
             return low
         # The load scales the routed tokens, and they enter the saved tensors (expert

@@ -34,7 +34,9 @@ def rank_state(rp: RankPlan, plan: ParallelPlan) -> StageState:
     )
     per_layer = max(
         (
-            L.activation_bytes(items, plan.recompute, plan.recompute_modules, ch.input_bytes)
+            L.activation_bytes(
+                items, plan.layer_recompute(name), plan.recompute_modules, ch.input_bytes
+            )
             for ch in rp.chunks
             for name, items in ch.slots
             if name.startswith("L")

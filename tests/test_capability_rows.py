@@ -127,3 +127,22 @@ def test_recompute_every_plan_validation():
     for bad in (0, -1, 1.5, True):
         with pytest.raises(InputError, match="recompute_every"):
             validate_plan(DENSE6, ParallelPlan(recompute="full", recompute_every=bad), 8)  # type: ignore[arg-type]
+
+
+# --- the FlashAttention-2 paper's training TFLOP/s ------------------------------------
+
+
+def test_fa2_tflops_metric_by_hand():
+    from xpusim.sim.models.counting import param_counts
+    from xpusim.sim.models.hf_config import load_model
+
+    spec = load_model("gpt3-1.3b")  # 24 layers, hidden 2048
+    params = param_counts(spec).total
+    # FA2 Table 1: 6*seqlen*params + 12*layers*hidden*seqlen^2 per 2048-token sequence.
+    per_seq = 6 * 2048 * params + 12 * 24 * 2048 * 2048**2
+    payload = {"tokens_per_step": 512 * 2048, "step_time_s": 4.0, "devices": 8}
+    metric = metric_for("train", "tflops_6n_attn")
+    assert metric is not None
+    got = metric({"model": "gpt3-1.3b", "seq": 2048}, payload)
+    assert got == pytest.approx(512 * per_seq / 4.0 / 8 / 1e12, rel=1e-12)
+    assert 1.30e9 < params < 1.33e9  # GPT-3 XL, tied embeddings

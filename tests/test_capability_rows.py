@@ -146,3 +146,31 @@ def test_fa2_tflops_metric_by_hand():
     got = metric({"model": "gpt3-1.3b", "seq": 2048}, payload)
     assert got == pytest.approx(512 * per_seq / 4.0 / 8 / 1e12, rel=1e-12)
     assert 1.30e9 < params < 1.33e9  # GPT-3 XL, tied embeddings
+
+
+# --- the H100 NVL device --------------------------------------------------------------
+
+
+def test_h100_nvl_profile_datasheet_figures():
+    from xpusim.hwprofiles import load_device
+
+    nvl, sxm = load_device("h100-nvl"), load_device("h100-sxm5-80gb")
+    assert nvl.hbm_bandwidth == pytest.approx(3.9e12)
+    assert nvl.hbm_capacity == pytest.approx(94 * 2**30)
+    # Dense = half of the datasheet's with-sparsity 1,671 / 3,341 TFLOP/s.
+    assert nvl.matrix_peak["bf16"] == pytest.approx(1671e12 / 2, rel=1e-3)
+    assert nvl.matrix_peak["fp8"] == pytest.approx(3341e12 / 2, rel=1e-3)
+    # The tensor clock the datasheet peak implies on 132 SMs x 4096 FLOP/clk.
+    assert nvl.cores == 132
+    assert nvl.clock_hz * 132 * 4096 == pytest.approx(nvl.matrix_peak["bf16"], rel=1e-3)
+    # Efficiencies carried over from the SXM profile.
+    assert nvl.efficiency.memory_max == sxm.efficiency.memory_max
+    assert nvl.efficiency.matrix_max == sxm.efficiency.matrix_max
+
+
+def test_h100_nvl_stream_copy_runs(capsys):
+    out = _json(capsys, ["op", "elementwise", "--device", "h100-nvl", "--numel", "33554432",
+                         "--inputs", "1", "--dtype", "fp64", "--json"])
+    moved = 33554432 * 8 * 2
+    # Memory-bound: no faster than the 3.9 TB/s HBM.
+    assert moved / out["time_s"] < 3.9e12

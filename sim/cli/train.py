@@ -31,19 +31,7 @@ _BOOL_FLAGS = (
 )
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "train",
-        help="simulate a training step (step time, MFU, memory, bubble)",
-        description=__doc__,
-    )
-    p.add_argument("--model", help="preset name or Hugging Face config.json path")
-    p.add_argument("--system", help="system profile name or path (default atlas-800t-a2)")
-    p.add_argument("--nodes", type=int, help="number of nodes (default: the plan's devices)")
-    p.add_argument("--plan", help="plan TOML file ([plan] table; flags override it)")
-    for name in _INT_FLAGS:
-        p.add_argument(f"--{name.replace('_', '-')}", type=int, dest=name)
-    p.add_argument("--dtype", help="training dtype (default bf16)")
+def _add_recompute_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--recompute",
         choices=RECOMPUTE_CHOICES,
@@ -60,6 +48,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         "counted from 1), the others keep their activations; torchtitan's "
         "selective_ac_option K is --recompute full --recompute-every K (default 1)",
     )
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="simulate a training step (step time, MFU, memory, bubble)",
+        description=__doc__,
+    )
+    p.add_argument("--model", help="preset name or Hugging Face config.json path")
+    p.add_argument("--system", help="system profile name or path (default atlas-800t-a2)")
+    p.add_argument("--nodes", type=int, help="number of nodes (default: the plan's devices)")
+    p.add_argument("--plan", help="plan TOML file ([plan] table; flags override it)")
+    for name in _INT_FLAGS:
+        p.add_argument(f"--{name.replace('_', '-')}", type=int, dest=name)
+    p.add_argument("--dtype", help="training dtype (default bf16)")
+    _add_recompute_flags(p)
     p.add_argument("--schedule", choices=("auto", "1f1b", "interleaved"))
     p.add_argument(
         "--dropout",

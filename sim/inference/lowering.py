@@ -19,7 +19,8 @@ are spread over the ep groups and reached by all-to-all.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from collections import Counter
+from dataclasses import dataclass, field
 
 from xpusim.hwprofiles.spec import System
 from xpusim.sim import ops
@@ -273,11 +274,14 @@ def sixteen_bit_activations(items: list[Op | CommNeed], dtype: str) -> list[Op |
 
 
 def _in_16bit(it: Op | CommNeed, dtype: str, scale: float) -> Op | CommNeed:
+    # Built field by field rather than with dataclasses.replace, which inspects the
+    # fields on every call: this runs for every activation op of every step shape.
     if isinstance(it, CommNeed) and it.group == "tp":
-        return replace(it, nbytes=it.nbytes * scale)
+        return CommNeed(it.name, it.kind, it.nbytes * scale, it.group, it.module)
     if isinstance(it, Op) and it.kind in ACTIVATION_KINDS and it.dtype == dtype:
-        return replace(it, dtype=ACTIVATION_DTYPE,
-                       bytes={level: b * scale for level, b in it.bytes.items()})
+        return Op(it.name, it.kind, it.flops,
+                  {level: b * scale for level, b in it.bytes.items()},
+                  ACTIVATION_DTYPE, it.unit, it.shape, it.role)
     return it
 
 
@@ -400,18 +404,22 @@ class StepSimulator:
 
     def _device_sums(self, batch: StepBatch) -> tuple[float, float, float]:
         """(all items, attention ops, the other items): device seconds of one forward,
-        each summed in program order (as the engine adds them), from one pricing pass."""
+        from one pricing pass. The engine adds the items one by one in program order;
+        here each distinct op's time is multiplied by its count (layers repeat the same
+        op objects), which differs from that running sum only by rounding (~1e-15
+        relative; tests/test_serving_fast.py holds the two within 1e-12) and is what
+        keeps pricing thousands of step shapes cheap."""
         hit = self._sums_memo.get(batch)
         if hit is None:
             total = attention_s = other_s = 0.0
             items, priced = self._priced_items(batch)
-            for item in items:
-                t, is_attention = priced[id(item)]
-                total += t
+            for key, count in Counter(map(id, items)).items():
+                t, is_attention = priced[key]
+                total += count * t
                 if is_attention:
-                    attention_s += t
+                    attention_s += count * t
                 else:
-                    other_s += t
+                    other_s += count * t
             hit = self._sums_memo[batch] = (total, attention_s, other_s)
         return hit
 
@@ -426,7 +434,7 @@ class StepSimulator:
                            self.engine.lm_head_16bit, self.engine.vocab_parallel)
         model = self._cost_model(batch)
         priced: dict[int, tuple[float, bool]] = {}
-        for item in {id(x): x for x in items}.values():  # each distinct op once
+        for item in dict(zip(map(id, items), items, strict=True)).values():  # distinct ops
             if isinstance(item, CommNeed):
                 group = self.plan.tp_group() if item.group == "tp" else self.plan.ep_group()
                 # The tag only matches members of one collective; it does not price it.

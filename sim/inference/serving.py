@@ -419,8 +419,8 @@ class Server:
                 )
                 stats["steps"] += steps
                 stats["batch_sum"] += batch * steps
-            else:
-                self._mixed_step(s, decoding, chunks, admitted, stats)
+            elif not self._mixed_step(s, decoding, chunks, admitted, stats):
+                continue  # nobody reached its output length: nothing to retire
             done = self._retire(s.running, s.now, bar)
             s.finished += len(done)
             if self.kv_reserve == "full":
@@ -482,31 +482,39 @@ class Server:
         chunks: list[tuple[Request, int]],
         admitted: int,
         stats: dict,
-    ) -> None:
-        """One iteration of decode tokens (or SD rounds) and prompt chunks."""
+    ) -> bool:
+        """One iteration of decode tokens (or SD rounds) and prompt chunks. Returns
+        whether any request may have reached its output length (then the caller
+        retires; the check rides on the pass that adds the tokens)."""
         batch = len(decoding)
         context = sum([r.prompt + r.generated for r in decoding]) / batch if batch else 0.0
         done_prefill = [r for r, c in chunks if c >= r.prefill_left]
         s.now += self.costs.mixed(
             batch, context, [c for _, c in chunks], batch + len(done_prefill), admitted
         )
+        finished = False
         if self.costs.draft:  # the acceptance draws in running order, as before
             for r in decoding:
                 r.generated = min(r.output, r.generated + self._sd_tokens(r.alpha))
+            finished = bool(decoding)
         else:
             for r in decoding:
                 r.generated += 1
+                if r.generated >= r.output:
+                    finished = True
         for r, c in chunks:
             r.prefill_left -= c
             if r.prefill_left == 0:
                 if r.first_token_s is None:
                     r.first_token_s = s.now
                 r.generated += 1
+                finished = finished or r.generated >= r.output
         if chunks:
             s.pending = [r for r in s.pending if r.prefill_left > 0]
         stats["steps"] += 1
         stats["prefill"] += 1 if chunks else 0
         stats["batch_sum"] += batch
+        return finished
 
     def _sd_tokens(self, alpha: float) -> int:
         """1 + the number of leading drafted tokens accepted (each with probability alpha)."""

@@ -20,7 +20,7 @@ from xpusim.sim.limits import MAX_REQUESTS, MAX_SEQ, MAX_SERVE_TOKENS, check_flo
 MIN_RATE = 1e-6  # requests/s (docs/limits.md)
 
 
-@dataclass
+@dataclass(slots=True)
 class Request:
     id: int
     arrival_s: float

@@ -27,7 +27,7 @@ from xpusim.sim.cost import OpCost, RooflineModel
 from xpusim.sim.cost.attention_impl import PASSES, attention_cost, default_impl, shape_of
 from xpusim.sim.cost.op_timing import as_timed, check_timing
 from xpusim.sim.errors import InputError
-from xpusim.sim.ir import Op, shape_dict
+from xpusim.sim.ir import AttentionShape, Op, shape_dict
 from xpusim.sim.limits import check_namespace
 
 KINDS = ("gemm", "attention", "elementwise", "conv2d")
@@ -192,6 +192,10 @@ def _price_attention(
         the_op,
         flops=the_op.flops * factor,
         bytes={k: v * factor for k, v in the_op.bytes.items()},
+        # The shape names the implementation priced (it was "" for the device default),
+        # so --json's "shape" and "impl" agree.
+        shape=replace(the_op.shape, impl=impl) if isinstance(the_op.shape, AttentionShape)
+        else the_op.shape,
     )
     extra = {"impl": impl, "pass_": pass_, "paper_flops": shape.paper_flops(pass_)}
     return scaled, cost, extra

@@ -62,35 +62,56 @@ def test_fixed_rules():
 def test_masked_mha_row_ops_follow_threads_per_key():
     # Head size 128, 16-bit T: 16 threads per key and per value row, 8 elements each,
     # 4 shuffle rounds. K: 16 x (7 sum adds + 4 shuffle adds + 1 scale) = 192 FP32 lane
-    # ops, 16 x (1 load + 4 shuffles) = 80 others; V: 16 logit conversions, 16 x (1 load
-    # + 1 logit smem load) = 32 others.
-    assert masked_mha_row_ops(_shape(1, 1, 1)) == (208.0, 112.0)
-    # Head size 64: 8 threads x (7 + 3 + 1) + 8 = 96; 8 x 4 + 16 = 48.
-    assert masked_mha_row_ops(AttnShape(1, 1, 1, 10, 64, 64, 1, True, "fp16")) == (96.0, 48.0)
-    # Head size 256: 32 threads (the cap) x (7 + 5 + 1) + 32 = 448; 32 x 6 + 64 = 256.
-    assert masked_mha_row_ops(AttnShape(1, 1, 1, 10, 256, 256, 1, True, "fp16")) == (448.0, 256.0)
+    # ops; others 16 x (1 load + 4 shuffles + 6 paged-addressing/mask ops + 2 leader
+    # ops) = 208. V: 16 logit conversions; others 16 x (1 load + 1 logit smem load + 6
+    # paged-addressing/mask ops) = 128.
+    assert masked_mha_row_ops(_shape(1, 1, 1)) == (208.0, 336.0)
+    # Head size 64: 8 threads x (7 + 3 + 1) + 8 = 96; 8 x (4 + 8) + 8 x 8 = 160.
+    assert masked_mha_row_ops(AttnShape(1, 1, 1, 10, 64, 64, 1, True, "fp16")) == (96.0, 160.0)
+    # Head size 256: 32 threads (the cap) x (7 + 5 + 1) + 32 = 448; 32 x (6 + 8) + 32 x 8
+    # = 704.
+    assert masked_mha_row_ops(AttnShape(1, 1, 1, 10, 256, 256, 1, True, "fp16")) == (448.0, 704.0)
 
 
-def test_masked_mha_cost_16bit_is_memory_bound():
+def test_paged_addressing_counts_per_key_and_value_row():
+    # The paged-KV terms alone: (6 + 2) per K thread and 6 per V thread, 16 threads each
+    # at head size 128 = 224 issued lane ops per key plus value row, none on the FP32 pipe.
+    from xpusim.sim.inference import decode_attention as da
+
+    assert da.MMHA_PAGED_ROW_OPS == 6 and da.MMHA_KEY_LEADER_OPS == 2
+    fp32, other = masked_mha_row_ops(_shape(1, 1, 1))
+    assert (fp32, other - 112.0) == (208.0, 224.0)
+
+
+def test_masked_mha_cost_16bit_group4_is_near_balance():
     # batch 100, 16 query heads, 4 KV heads, 1000 keys, head size 128, FP16 K/V.
     # Per element: 100 x 16 x 1000 x 256 = 4.096e8 elements x 2 lane ops = 8.192e8;
-    # per row: 1.6e6 rows x 208 = 3.328e8 FP32 lane ops, x 112 = 1.792e8 others.
+    # per row: 1.6e6 rows x 208 = 3.328e8 FP32 lane ops, x 336 = 5.376e8 others.
     # H100 issues 128 lanes/clk x 132 SMs x 1.83 GHz x 0.7 = 2.164e13 < the FP32 rate,
-    # so everything issues at 2.345e13: 1.3312e9 / 2.345e13 = 56.77 us.
+    # so everything issues at 2.345e13: 1.6896e9 / 2.345e13 = 72.05 us.
     # HBM: K/V 100 x 4 x 1000 x 256 x 2 B = 2.048e8 B, Q/O 100 x 16 x 256 x 2 B = 819,200 B;
-    # 2.056192e8 / 3.015e12 = 68.20 us.
+    # 2.056192e8 / 3.015e12 = 68.20 us: a group of 4 with a 16-bit cache is just
+    # CUDA-core bound once the paged addressing is counted.
     cost = masked_mha_cost(H100, _shape(100, 16, 4))
-    assert cost.compute_s == pytest.approx(56.768e-6, rel=1e-3)
+    assert cost.compute_s == pytest.approx(72.051e-6, rel=1e-3)
     assert cost.memory_s == pytest.approx(68.199e-6, rel=1e-3)
+    assert cost.bound == "compute"
+    assert cost.time_s == pytest.approx(72.051e-6 + 5e-6, rel=1e-3)
+
+
+def test_masked_mha_mha_16bit_is_memory_bound():
+    # MHA (16 query heads over 16 KV heads): 4x the HBM bytes for the same work,
+    # 8.200192e8 B / 3.015e12 = 272.0 us against 72.05 us of issue: HBM-bound.
+    cost = masked_mha_cost(H100, _shape(100, 16, 16))
     assert cost.bound == "memory"
-    assert cost.time_s == pytest.approx(68.199e-6 + 5e-6, rel=1e-3)
+    assert cost.compute_s == pytest.approx(72.051e-6, rel=1e-3)
 
 
 def test_masked_mha_cost_8bit_cache_is_compute_bound():
-    # FP8 K/V: dequantisation adds 1 lane op per element: 3 x 4.096e8 + 3.328e8 + 1.792e8
-    # = 1.7408e9 / 2.345e13 = 74.23 us; HBM halves: 1.028096e8 B / 3.015e12 = 34.10 us.
+    # FP8 K/V: dequantisation adds 1 lane op per element: 3 x 4.096e8 + 3.328e8 + 5.376e8
+    # = 2.0992e9 / 2.345e13 = 89.52 us; HBM halves: 1.028096e8 B / 3.015e12 = 34.10 us.
     cost = masked_mha_cost(H100, _shape(100, 16, 4, "fp8"))
-    assert cost.compute_s == pytest.approx(74.235e-6, rel=1e-3)
+    assert cost.compute_s == pytest.approx(89.518e-6, rel=1e-3)
     assert cost.memory_s == pytest.approx(34.099e-6, rel=1e-3)
     assert cost.bound == "compute"
 

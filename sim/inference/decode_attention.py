@@ -26,7 +26,8 @@ Optimization"; cpp/tensorrt_llm/kernels/decoderMaskedMultiheadAttention/):
 ``masked_mha_cost`` prices the second kernel as a roofline of that CUDA-core work and
 the K/V read. The CUDA-core work counts, besides the per-element conversion and FMA, what
 the source issues per key and per value row (the lane reduction of each q.k product over
-THREADS_PER_KEY threads with warp shuffles, the loads, the logit's load and conversion),
+THREADS_PER_KEY threads with warp shuffles, the loads, the logit's load and conversion, the
+paged KV cache's block-table addressing and the per-key mask checks),
 against the FP32 pipe and against the SM's instruction issue rate; ``EngineAttentionModel`` routes a decode attention op to it when the
 engine profile's rule (``[kernels] generation_attention``) picks masked MHA.
 """
@@ -63,11 +64,36 @@ MMHA_DEQUANT_LANE_OPS_PER_ELEMENT = 1
 # ``__shfl_xor_sync`` + add (the HMMA reduction, MMHA_USE_HMMA, is commented out) and the
 # multiply by inv_sqrt_dh. The V loop gives a timestep THREADS_PER_VALUE =
 # Dh_max x sizeof(T) / 16 threads (threads_per_value), each issuing the vector load and,
-# in Logit_value_fma, the logit's shared-memory load and its conversion to FP32. Address
-# arithmetic, bound checks, the ALiBi term and loop control are left out (a lower bound).
+# in Logit_value_fma, the logit's shared-memory load and its conversion to FP32.
+# The paged KV cache (KVBlockArray, cpp/tensorrt_llm/kernels/kvCacheUtils.h) adds, per key
+# in the K loop and per value row in the V loop, what each of those threads issues from
+# the source (the K loop's unrolled LDG batch, ``kvCacheBuffer.getKBlockPtr(seqIdx,
+# valid_time_now)`` and ``getKVLocalIdx(valid_time_now, hi_kv, Dh, jj)`` inside
+# ``for k_loop``; the V loop's ``getVBlockPtr(rowIdx, time_idx)`` / ``getKVLocalIdx``
+# likewise; no per-block hoisting in any revision read):
+# * the clamp ``min(time_now + k_loop * K_PER_ITER, context_length - 1)`` (V:
+#   ``min(time_idx, tlength - 1)``);
+# * ``getBlockPtr``: the block index ``tokenIdx >> mTokensPerBlockLog2`` and the global
+#   load of the block pointer (v0.5-era ``pointer[...]``; later ``offsets[...]``, whose
+#   pool select and byte-offset multiply are not counted);
+# * ``getKVLocalIdx``: ``getLocalIdx`` = ``globalIdx & (tokensPerBlock - 1)`` and the
+#   multiply-add ``local x dimsPerHead + (headIdx x tokensPerBlock x dimsPerHead +
+#   channelIdx)`` (the bracket and the mask are loop-invariant);
+# * the per-key mask check (K: ``local_time_now < context_length`` / ``is_active``; V:
+#   ``is_mask = time_idx >= context_length``).
+# The K loop's leader branch (``qk_max = fmaxf(qk_max, qk_); qk_smem[local_ti] = qk_``)
+# runs on one lane per key but is issued once per warp for the warp's keys, so it costs
+# every thread of a key a slot. The 64-bit address adds of the subscripts, loop control
+# (per K_LOOP_UNROLL = 4 keys / V_LOOP_UNROLL = 8 rows) and the ALiBi term of some
+# revisions are left out (their instruction count needs the SASS): a lower bound.
 MMHA_VECTOR_BYTES = 16
 MMHA_COMPUTE_BYTES = 2  # T: FP16/BF16 activations (an 8-bit cache is converted to T)
 MMHA_MAX_THREADS_PER_KEY = 32
+# Per thread, per key (K loop) and per value row (V loop): clamp, shift, block-pointer
+# load, mask, multiply-add (the paged addressing above) and the mask check.
+MMHA_PAGED_ROW_OPS = 6
+# Per thread and key, the K loop's leader branch: fmaxf and the qk_smem store.
+MMHA_KEY_LEADER_OPS = 2
 # An SM issues one warp instruction per clock from each of its 4 schedulers ("Warp
 # Scheduler (32 thread/clk)" x 4 per SM: NVIDIA A100 and H100 architecture whitepapers),
 # 128 thread-instructions per clock. Hopper's FP32 pipe takes 128 lanes per clock, so
@@ -125,16 +151,19 @@ def _threads_per_vector(head_dim: float) -> tuple[int, int]:
 
 def masked_mha_row_ops(shape: AttnShape) -> tuple[float, float]:
     """(FP32-pipe lane ops, other issued lane ops) of one key plus one value row of one
-    query head, besides the per-element conversion and FMA (the constants above)."""
+    query head, besides the per-element conversion and FMA (the constants above); the
+    integer, load and store work (paged addressing, mask checks, the leader's update)
+    counts against the issue rate only."""
     k_threads, k_elems = _threads_per_vector(shape.head_dim)
     v_threads, _ = _threads_per_vector(shape.vd)
     rounds = (k_threads - 1).bit_length()  # log2(THREADS_PER_KEY) shuffle rounds
     # K: sum of the thread's partial products, one add per shuffle round, the scale.
     fp32 = k_threads * ((k_elems - 1) + rounds + 1)
     other = k_threads * (1 + rounds)  # the vector load and the shuffles
+    other += k_threads * (MMHA_PAGED_ROW_OPS + MMHA_KEY_LEADER_OPS)
     # V: the logit's conversion to FP32; the vector load and the logit's smem load.
     fp32 += v_threads * 1
-    other += v_threads * 2
+    other += v_threads * (2 + MMHA_PAGED_ROW_OPS)
     return float(fp32), float(other)
 
 

@@ -197,7 +197,28 @@ def step_items(
     lm_head_16bit: bool = False,
     vocab_parallel: bool = True,
 ) -> list[Op | CommNeed]:
-    """Ops and comm needs of one forward on one rank, in order (embedding .. LM head).
+    """Ops and comm needs of one forward on one rank, in order (embedding .. LM head):
+    ``step_blocks`` spelled out, each block repeated its count."""
+    items: list[Op | CommNeed] = []
+    for block, count in step_blocks(spec, batch, plan, dtype, routing, fc_in,
+                                    lm_head_16bit, vocab_parallel):
+        for _ in range(count):
+            items += block
+    return items
+
+
+def step_blocks(
+    spec: ModelSpec,
+    batch: StepBatch,
+    plan: ParallelPlan,
+    dtype: str = "bf16",
+    routing: Routing = UNIFORM,
+    fc_in: int = 0,
+    lm_head_16bit: bool = False,
+    vocab_parallel: bool = True,
+) -> list[tuple[list[Op | CommNeed], int]]:
+    """One forward on one rank as (block of items, how many times it runs in a row), in
+    order: the embedding, each run of consecutive layers of one kind, the LM head.
 
     ``fc_in`` > 0 adds a draft head's input projection (fc_in -> hidden) after the
     embedding: EAGLE's fc over [embedding, target feature] and MTP's eh_proj both
@@ -211,32 +232,32 @@ def step_items(
     sh = Sharding(tp=plan.tp, ep=plan.ep)
     load = moe_load(spec, shape.tokens, plan.ep, routing) if spec.moe else None
     vocab_sh = sh if vocab_parallel else Sharding(tp=1, ep=plan.ep)
-    items = sixteen_bit_activations(list(embedding_forward(spec, shape.tokens, vocab_sh,
-                                                           dtype)), dtype)
+    head = sixteen_bit_activations(list(embedding_forward(spec, shape.tokens, vocab_sh,
+                                                          dtype)), dtype)
     if fc_in:
-        items.append(ops.gemm("draft_fc", shape.tokens, spec.hidden, fc_in, dtype))
+        head.append(ops.gemm("draft_fc", shape.tokens, spec.hidden, fc_in, dtype))
+    blocks: list[tuple[list[Op | CommNeed], int]] = [(head, 1)]
     # Layers of one kind have identical ops: build (and narrow) each kind once and
     # repeat the same objects, which the step pricing relies on to stay cheap.
-    dense_layer: list | None = None
-    moe_layer: list | None = None
+    built: dict[bool, list[Op | CommNeed]] = {}
     for layer in range(spec.layers):
-        if spec.is_moe_layer(layer):
-            if moe_layer is None:
-                moe_layer = sixteen_bit_activations(
-                    layer_forward(spec, layer, shape, sh, dtype, load), dtype)
-            items += moe_layer
+        moe = spec.is_moe_layer(layer)
+        if moe not in built:
+            built[moe] = sixteen_bit_activations(
+                layer_forward(spec, layer, shape, sh, dtype, load if moe else None), dtype)
+        block = built[moe]
+        if blocks[-1][0] is block:
+            blocks[-1] = (block, blocks[-1][1] + 1)
         else:
-            if dense_layer is None:
-                dense_layer = sixteen_bit_activations(
-                    layer_forward(spec, layer, shape, sh, dtype), dtype)
-            items += dense_layer
+            blocks.append((block, 1))
     # Only the positions that are sampled need logits: the last of each prefill
     # sequence, every position of a decode or verify step.
     logit_rows = seqs_rank if batch.phase == "prefill" else shape.tokens
     head_dtype = ACTIVATION_DTYPE if lm_head_16bit and dtype_bytes(dtype) < 2 else dtype
-    items += sixteen_bit_activations(lm_head_forward(spec, logit_rows, vocab_sh, head_dtype),
-                                     dtype)
-    return items
+    tail = sixteen_bit_activations(lm_head_forward(spec, logit_rows, vocab_sh, head_dtype),
+                                   dtype)
+    blocks.append((tail, 1))
+    return blocks
 
 
 def sixteen_bit_activations(items: list[Op | CommNeed], dtype: str) -> list[Op | CommNeed]:
@@ -405,15 +426,15 @@ class StepSimulator:
     def _device_sums(self, batch: StepBatch) -> tuple[float, float, float]:
         """(all items, attention ops, the other items): device seconds of one forward,
         from one pricing pass. The engine adds the items one by one in program order;
-        here each distinct op's time is multiplied by its count (layers repeat the same
-        op objects), which differs from that running sum only by rounding (~1e-15
-        relative; tests/test_serving_fast.py holds the two within 1e-12) and is what
-        keeps pricing thousands of step shapes cheap."""
+        here each distinct op's time is multiplied by how often it runs (``step_blocks``:
+        layers repeat the same op objects), which differs from that running sum only by
+        rounding (~1e-15 relative; tests/test_serving_fast.py holds the two within 1e-12)
+        and is what keeps pricing thousands of step shapes cheap."""
         hit = self._sums_memo.get(batch)
         if hit is None:
             total = attention_s = other_s = 0.0
-            items, priced = self._priced_items(batch)
-            for key, count in Counter(map(id, items)).items():
+            counts, priced = self._priced_items(batch)
+            for key, count in counts.items():
                 t, is_attention = priced[key]
                 total += count * t
                 if is_attention:
@@ -425,24 +446,31 @@ class StepSimulator:
 
     def _priced_items(
         self, batch: StepBatch
-    ) -> tuple[list[Op | CommNeed], dict[int, tuple[float, bool]]]:
-        """The step's items in program order, and (time, is an attention op) by item
-        id: each distinct op is priced once."""
+    ) -> tuple[dict[int, int], dict[int, tuple[float, bool]]]:
+        """How many times each distinct item of the step runs, and its (time, is an
+        attention op), both by item id: each distinct op is priced once."""
         if batch.sequences <= 0 or batch.q_len <= 0:
             raise InputError(f"a step needs >= 1 sequence and >= 1 token (got {batch})")
-        items = step_items(self.spec, batch, self.plan, self.dtype, self.routing, self.fc_in,
-                           self.engine.lm_head_16bit, self.engine.vocab_parallel)
+        blocks = step_blocks(self.spec, batch, self.plan, self.dtype, self.routing, self.fc_in,
+                             self.engine.lm_head_16bit, self.engine.vocab_parallel)
+        counts: Counter[int] = Counter()
+        distinct: dict[int, Op | CommNeed] = {}
+        for block, repeat in blocks:
+            for item in block:
+                key = id(item)
+                counts[key] += repeat
+                distinct[key] = item
         model = self._cost_model(batch)
         priced: dict[int, tuple[float, bool]] = {}
-        for item in dict(zip(map(id, items), items, strict=True)).values():  # distinct ops
+        for key, item in distinct.items():
             if isinstance(item, CommNeed):
                 group = self.plan.tp_group() if item.group == "tp" else self.plan.ep_group()
                 # The tag only matches members of one collective; it does not price it.
                 t = self._comm(Collective(item.name, item.kind, group, item.nbytes))
-                priced[id(item)] = (t, False)
+                priced[key] = (t, False)
             else:
-                priced[id(item)] = (model.time(item).time_s, item.kind == OpKind.ATTENTION)
-        return items, priced
+                priced[key] = (model.time(item).time_s, item.kind == OpKind.ATTENTION)
+        return counts, priced
 
     def run(self, batch: StepBatch, host: bool = True) -> StepResult:
         """Simulate one forward; ``host=False`` leaves out the engine's step/sampling delays."""

@@ -39,6 +39,7 @@ from xpusim.sim.inference.serving import Server
 from xpusim.sim.inference.serving import ServeResult as ServingRun
 from xpusim.sim.inference.speculative import HEAD_KINDS, draft_simulator, require_draft_fit
 from xpusim.sim.inference.stepcosts import StepCosts
+from xpusim.sim.inference.trtllm_bench import run_limits
 from xpusim.sim.inference.workload import LengthDist, Workload, make_requests
 from xpusim.sim.models.spec import ModelSpec
 from xpusim.sim.parallel import ParallelPlan
@@ -272,11 +273,13 @@ def _serve_colocated(req: ServeRequest, gamma: int, alpha: float, draft_devices:
             ParallelPlan(tp=draft_devices),
         )  # fmt: skip
         costs = StepCosts(dep.sim, draft_sim, gamma)
-    server = Server(
-        costs, dep.memory.kv_tokens, dep.engine.max_num_seqs, dep.engine.max_batched_tokens,
-        seed=req.seed,
-    )  # fmt: skip
-    run = server.run(make_requests(workload), req.progress)
+    requests = make_requests(workload)
+    # The engine's scheduler limits: fixed, or chosen per run (trtllm-bench's heuristic).
+    max_seqs, max_tokens = run_limits(
+        dep.engine, dep.spec, dep.system, dep.plan, req.dtype, requests
+    )
+    server = Server(costs, dep.memory.kv_tokens, max_seqs, max_tokens, seed=req.seed)
+    run = server.run(requests, req.progress)
     metrics = run.metrics()
     return ServeResult(
         model=dep.spec.name,

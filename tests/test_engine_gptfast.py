@@ -12,7 +12,7 @@ from xpusim.sim.cost.attention_impl import KernelCostModel
 from xpusim.sim.cost.base import OpCost
 from xpusim.sim.errors import InputError
 from xpusim.sim.inference.engine_profile import NO_ENGINE, load_engine
-from xpusim.sim.inference.lowering import StepBatch, StepSimulator, step_items
+from xpusim.sim.inference.lowering import StepBatch, StepSimulator, flatten, step_blocks
 from xpusim.sim.inference.weight_only import (
     WeightOnlyGemvModel,
     is_weight_only_gemv,
@@ -77,9 +77,9 @@ def test_whole_vocab_layers_on_every_tp_rank():
     spec = load_model("mixtral-8x7b")
     batch = StepBatch.for_phase("decode", 1, 105)
     plan = ParallelPlan(tp=2)
-    split, split_reduces = _head_and_embedding(step_items(spec, batch, plan))
-    whole, whole_reduces = _head_and_embedding(step_items(spec, batch, plan,
-                                                          vocab_parallel=False))
+    split, split_reduces = _head_and_embedding(flatten(step_blocks(spec, batch, plan)))
+    whole, whole_reduces = _head_and_embedding(flatten(step_blocks(spec, batch, plan,
+                                                          vocab_parallel=False)))
     assert split.n == spec.vocab / 2 and whole.n == spec.vocab
     assert [r.kind for r in split_reduces] == [CollectiveKind.ALL_REDUCE]
     assert whole_reduces == []
@@ -95,7 +95,7 @@ def test_int8_decode_gemms_cost_the_factor_times_their_stream():
     slow = StepSimulator(spec, system, plan, engine, "int8").run(decode, host=False)
     # Every GEMM of a batch-1 decode step is a memory-bound one-row int8 GEMM, so the
     # step grows by (factor - 1) x the GEMMs' memory terms.
-    items = step_items(spec, decode, plan, "int8", vocab_parallel=False)
+    items = flatten(step_blocks(spec, decode, plan, "int8", vocab_parallel=False))
     base = KernelCostModel(system.device)
     gemm_memory_s = sum(base.time(x).memory_s for x in items
                         if isinstance(x, Op) and x.kind == OpKind.GEMM)

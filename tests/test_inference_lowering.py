@@ -16,7 +16,7 @@ from xpusim.sim.inference.kvcache import (
     require_fit,
     weights_per_rank,
 )
-from xpusim.sim.inference.lowering import StepBatch, StepSimulator, step_items
+from xpusim.sim.inference.lowering import StepBatch, StepSimulator, flatten, step_blocks
 from xpusim.sim.inference.routing import Routing, experts_touched, moe_load
 from xpusim.sim.ir import Op
 from xpusim.sim.models.hf_config import load_model
@@ -126,7 +126,7 @@ def test_llama_decode_batch1_is_bound_by_reading_weights(a100):
 
 def test_step_items_kinds_and_tp_collectives(a800):
     spec = load_model("qwen2-57b-a14b")
-    items = step_items(spec, StepBatch(8, 1, 100), ParallelPlan(2))
+    items = flatten(step_blocks(spec, StepBatch(8, 1, 100), ParallelPlan(2)))
     ops = [i for i in items if isinstance(i, Op)]
     comms = [i for i in items if not isinstance(i, Op)]
     # Two TP all-reduces per layer plus the embedding's.

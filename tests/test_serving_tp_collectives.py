@@ -5,7 +5,7 @@ output of the FP8 GEMM (RowLinear.multiply_reduce); the expected buffers below a
 computed by hand from the model shapes.
 """
 
-from xpusim.sim.inference.lowering import StepBatch, sixteen_bit_activations, step_items
+from xpusim.sim.inference.lowering import StepBatch, flatten, sixteen_bit_activations, step_blocks
 from xpusim.sim.ir import CollectiveKind, Op, OpKind
 from xpusim.sim.models.hf_config import load_model
 from xpusim.sim.parallel import ParallelPlan
@@ -14,8 +14,8 @@ from xpusim.sim.workloads.transformer import CommNeed
 
 def _tp_reduces(dtype: str, tp: int = 8, sequences: int = 10) -> list[CommNeed]:
     spec = load_model("llama-2-70b")
-    items = step_items(spec, StepBatch(sequences=sequences, q_len=1, context=512),
-                       ParallelPlan(tp=tp), dtype)
+    items = flatten(step_blocks(spec, StepBatch(sequences=sequences, q_len=1, context=512),
+                       ParallelPlan(tp=tp), dtype))
     return [it for it in items if isinstance(it, CommNeed) and it.name.endswith("_tp_reduce")]
 
 
@@ -52,8 +52,8 @@ def test_fp8_norms_and_residuals_are_16_bit_and_gemms_stay_fp8() -> None:
     # the FP8 and FP16 steps price the same norm, residual and embedding bytes.
     spec = load_model("llama-2-70b")
     batch = StepBatch(sequences=10, q_len=1, context=512)
-    fp8 = step_items(spec, batch, ParallelPlan(tp=8), "fp8")
-    fp16 = step_items(spec, batch, ParallelPlan(tp=8), "fp16")
+    fp8 = flatten(step_blocks(spec, batch, ParallelPlan(tp=8), "fp8"))
+    fp16 = flatten(step_blocks(spec, batch, ParallelPlan(tp=8), "fp16"))
     by_name = {it.name: it for it in fp16 if isinstance(it, Op)}
     for it in fp8:
         if not isinstance(it, Op):
@@ -74,7 +74,7 @@ def test_lm_head_16bit_doubles_the_fp8_head_weights() -> None:
     batch = StepBatch(sequences=1, q_len=1, context=512)
 
     def head(**kw) -> Op:
-        items = step_items(spec, batch, ParallelPlan(tp=8), "fp8", **kw)
+        items = flatten(step_blocks(spec, batch, ParallelPlan(tp=8), "fp8", **kw))
         return next(it for it in items if isinstance(it, Op) and it.name == "lm_head")
 
     narrow, wide = head(), head(lm_head_16bit=True)

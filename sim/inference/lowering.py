@@ -187,21 +187,11 @@ ACTIVATION_DTYPE = "fp16"
 ACTIVATION_KINDS = (OpKind.NORM, OpKind.ELEMENTWISE, OpKind.EMBEDDING)
 
 
-def step_items(
-    spec: ModelSpec,
-    batch: StepBatch,
-    plan: ParallelPlan,
-    dtype: str = "bf16",
-    routing: Routing = UNIFORM,
-    fc_in: int = 0,
-    lm_head_16bit: bool = False,
-    vocab_parallel: bool = True,
-) -> list[Op | CommNeed]:
-    """Ops and comm needs of one forward on one rank, in order (embedding .. LM head):
-    ``step_blocks`` spelled out, each block repeated its count."""
+def flatten(blocks: list[tuple[list[Op | CommNeed], int]]) -> list[Op | CommNeed]:
+    """A forward's ops and comm needs in order (embedding .. LM head): ``step_blocks``
+    spelled out, each block repeated its count (the engine's program)."""
     items: list[Op | CommNeed] = []
-    for block, count in step_blocks(spec, batch, plan, dtype, routing, fc_in,
-                                    lm_head_16bit, vocab_parallel):
+    for block, count in blocks:
         for _ in range(count):
             items += block
     return items
@@ -282,7 +272,7 @@ def sixteen_bit_activations(items: list[Op | CommNeed], dtype: str) -> list[Op |
     scale = dtype_bytes(ACTIVATION_DTYPE) / dtype_bytes(dtype)
     if scale <= 1:
         return items
-    # Layers repeat the same item objects (step_items builds each kind once); keep
+    # Layers repeat the same item objects (step_blocks builds each kind once); keep
     # that sharing, which the step pricing relies on to stay cheap.
     done: dict[int, Op | CommNeed] = {}
     out: list[Op | CommNeed] = []
@@ -480,8 +470,9 @@ class StepSimulator:
             return hit
         if batch.sequences <= 0 or batch.q_len <= 0:
             raise InputError(f"a step needs >= 1 sequence and >= 1 token (got {batch})")
-        items = step_items(self.spec, batch, self.plan, self.dtype, self.routing, self.fc_in,
-                           self.engine.lm_head_16bit, self.engine.vocab_parallel)
+        items = flatten(step_blocks(self.spec, batch, self.plan, self.dtype, self.routing,
+                                    self.fc_in, self.engine.lm_head_16bit,
+                                    self.engine.vocab_parallel))
         model = self._cost_model(batch)
         before, after = self._host_terms(batch, host)
         # The device work alone; the host work around it is added by the engine's

@@ -65,23 +65,25 @@ def kv_cache_max_requests(inp: BenchInputs, isl: float, osl: float) -> float:
     return cache_memory / (byte_per_token * (isl + osl))
 
 
+def _round_up(x: float, ladder: tuple[tuple[float, int], ...], floor: int) -> int:
+    """Round ``x`` up to a multiple of the step of the first (bound, step) with x < bound,
+    at least ``floor`` (tuning.py rounds batch size and token count this way)."""
+    step = next(step for bound, step in ladder if x < bound)
+    return max(floor, step * math.ceil(x / step))
+
+
+# tuning.py finetune_setting: batch size to 32 below 256, 128 below 1024, else 256 (at
+# least 64); tokens to 256 below 4096, 512 below 8192, else 1024 (at least 2048). The
+# floors only bind in the first band.
+_BS_LADDER = ((256, 32), (1024, 128), (math.inf, 256))
+_TOKEN_LADDER = ((4096, 256), (8192, 512), (math.inf, 1024))
+
+
 def finetune_setting(max_requests: float, isl: float, osl: float, pp: int) -> tuple[int, int]:
     """tuning.py finetune_setting (optimistic tuning): (max_batch_size, max_num_tokens)."""
     raw_bs = min(max_requests, 4096) / pp
     raw_token = min(raw_bs * (1 + isl / osl), 32768)
-    if raw_bs < 256:
-        max_bs = max(64, 32 * math.ceil(raw_bs / 32))
-    elif raw_bs < 1024:
-        max_bs = 128 * math.ceil(raw_bs / 128)
-    else:
-        max_bs = 256 * math.ceil(raw_bs / 256)
-    if raw_token < 4096:
-        max_token = max(2048, 256 * math.ceil(raw_token / 256))
-    elif raw_token < 8192:
-        max_token = 512 * math.ceil(raw_token / 512)
-    else:
-        max_token = 1024 * math.ceil(raw_token / 1024)
-    return max_bs, max_token
+    return _round_up(raw_bs, _BS_LADDER, 64), _round_up(raw_token, _TOKEN_LADDER, 2048)
 
 
 def bench_settings(

@@ -167,7 +167,9 @@ class AttentionShape:
     ``backward``: the backward pass (priced as such by the attention implementations).
     ``cp`` > 1: a context-parallel share, 1/cp of the causal score matrix of ``cp x q_len``
     queries (Megatron's zig-zag split). ``impl`` names the implementation when the op
-    fixes it ("": the plan's or the device's default).
+    fixes it ("": the plan's or the device's default). ``window`` > 0: sliding-window
+    (local) causal attention, each query seeing at most ``window`` keys, itself included
+    (``attention_pairs``); 0 = the whole causal context.
     """
 
     batch: float
@@ -181,6 +183,30 @@ class AttentionShape:
     backward: bool = False
     cp: float = 1
     impl: str = ""
+    window: float = 0
+
+
+def attention_pairs(q_len: float, kv_len: float, causal: bool, window: float = 0) -> float:
+    """(query, key) pairs one head scores: the queries are the last ``q_len`` of ``kv_len``
+    positions.
+
+    Causal: the query at position p (0-based) sees p + 1 keys. With a sliding ``window``
+    it sees min(p + 1, window): HF's sliding mask keeps key k for query q when
+    q - window < k <= q (transformers masking_utils ``sliding_window_overlay``; gpt-oss
+    ``sliding_window`` 128). Without ``causal`` every query sees every key (or
+    ``window`` of them).
+    """
+    if not causal:
+        return q_len * (min(kv_len, window) if window else kv_len)
+    if q_len <= 1 and not window:
+        return q_len * kv_len
+    offset = kv_len - q_len
+    if not window or window >= kv_len:
+        return q_len * offset + q_len * (q_len + 1) / 2
+    # Positions offset .. window-1 are still inside the ramp (p + 1 <= window keys);
+    # every later query sees exactly ``window`` keys.
+    ramp = max(0.0, min(kv_len, window) - offset)
+    return ramp * (offset + 1) + ramp * (ramp - 1) / 2 + (q_len - ramp) * window
 
 
 @dataclass(frozen=True, slots=True)

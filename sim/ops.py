@@ -25,6 +25,7 @@ from xpusim.sim.ir import (
     Role,
     SoftmaxShape,
     Unit,
+    attention_pairs,
     dtype_bytes,
     is_low_precision,
 )
@@ -202,11 +203,14 @@ def fused_attention(
     kv_heads: float | None = None,
     v_head_dim: float | None = None,
     role: Role = NO_ROLE,
+    window: float = 0,
 ) -> Op:
     """A FlashAttention-style fused kernel: QK^T and PV on the matrix unit, no S x S in memory.
 
     Causal prefill computes about half of the score matrix (q_len == kv_len). Bytes:
     Q, K, V read once and O written once (K/V shared by ``heads/kv_heads`` query heads).
+    ``window`` > 0 (sliding-window layers, gpt-oss): each query scores at most ``window``
+    keys (``sim.ir.attention_pairs``), and only the last q_len + window - 1 keys are read.
     """
     _check_positive(name, batch=batch, heads=heads, q_len=q_len, kv_len=kv_len)
     _check_heads(name, heads, kv_heads, head_dim, v_head_dim)
@@ -217,13 +221,15 @@ def fused_attention(
             f"{name}: causal attention needs kv_len >= q_len (the queries are the last "
             f"q_len positions), got kv_len={kv_len} < q_len={q_len}; raise --kv-len"
         )
-    pairs = q_len * kv_len
-    if causal and q_len > 1:
-        # Query i attends to kv positions up to (kv_len - q_len + i): sum over i.
-        pairs = q_len * (kv_len - q_len) + q_len * (q_len + 1) / 2
+    if window < 0 or (window and not causal):
+        raise InputError(f"{name}: a sliding window needs causal attention and window >= 1, "
+                         f"got window={window} (causal={causal})")
+    # Query i attends to kv positions up to (kv_len - q_len + i) (and back ``window``).
+    pairs = attention_pairs(q_len, kv_len, causal, window)
     flops = 2.0 * batch * heads * pairs * (head_dim + vd)
     b = dtype_bytes(dtype)
-    nbytes = b * batch * (heads * q_len * (head_dim + vd) + kvh * kv_len * (head_dim + vd))
+    kv_read = min(kv_len, q_len + window - 1) if window else kv_len
+    nbytes = b * batch * (heads * q_len * (head_dim + vd) + kvh * kv_read * (head_dim + vd))
     return Op(
         name,
         OpKind.ATTENTION,
@@ -231,7 +237,7 @@ def fused_attention(
         _mem(nbytes),
         dtype,
         Unit.MATRIX,
-        AttentionShape(batch, heads, q_len, kv_len, head_dim, kvh, vd, causal),
+        AttentionShape(batch, heads, q_len, kv_len, head_dim, kvh, vd, causal, window=window),
         role,
     )
 

@@ -62,6 +62,7 @@ Shared memory moves 32 banks x 4 bytes per clock per SM (CUDA C Programming Guid
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from types import MappingProxyType
 
@@ -217,3 +218,29 @@ __all__ = [
     "triton2_bwd_side_ops",
     "with_bytes",
 ]
+
+
+def key_blocks(q_len: float, causal: bool, window: float, i: int, br: int, bc: int,
+               kv_blocks: int, offset: float) -> tuple[int, int]:
+    """(key blocks visited, of which partly masked) by query block ``i`` (``br`` rows;
+    the queries are the last ``q_len`` positions, ``offset`` = kv_len - q_len).
+
+    Causal: blocks up to the diagonal; those crossing it are masked. A sliding
+    ``window`` also skips the blocks wholly left of the window, as flash-attn's local
+    path does (flash_fwd_kernel.h: n_block_min = max(0, (m_block * kBlockM + seqlen_k -
+    seqlen_q - window_size_left) / kBlockN)); the blocks crossing its left edge are
+    masked too.
+    """
+    if not causal:
+        return kv_blocks, 0
+    last_q = offset + min((i + 1) * br, q_len) - 1
+    first_q = offset + i * br
+    hi = min(kv_blocks, math.floor(last_q / bc) + 1)  # blocks [lo, hi) are visited
+    below_diag = math.floor((first_q + 1) / bc)  # blocks no row of this block masks causally
+    lo = full_lo = 0
+    if window:
+        lo = math.floor(max(0.0, first_q - window + 1) / bc)  # first key any row needs
+        full_lo = math.ceil(max(0.0, last_q - window + 1) / bc)  # inside every row's window
+    visited = hi - lo
+    unmasked = min(visited, max(0, below_diag - full_lo))
+    return visited, visited - unmasked

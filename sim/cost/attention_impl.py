@@ -57,7 +57,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from xpusim.hwprofiles.spec import Device
 from xpusim.sim import ops
@@ -66,6 +66,7 @@ from xpusim.sim.cost.attention_blocks import (
     bwd_side_ops,
     extra_alu_per_score,
     fa1_o_roundtrip_bytes_per_score,
+    key_blocks,
     plus_side_kernels,
     roofline_sum,
     smem_bytes_per_score,
@@ -76,7 +77,7 @@ from xpusim.sim.cost.attention_hopper import first_block_extra_s, hopper_fwd_til
 from xpusim.sim.cost.base import OpCost
 from xpusim.sim.cost.roofline import RooflineModel
 from xpusim.sim.errors import InputError
-from xpusim.sim.ir import AttentionShape, Op, OpKind, dtype_bytes
+from xpusim.sim.ir import AttentionShape, Op, OpKind, attention_pairs, dtype_bytes
 
 IMPLS = (
     "standard",
@@ -131,6 +132,7 @@ class AttnShape:
     kv_heads: float | None = None
     causal: bool = False
     dtype: str = "bf16"
+    window: float = 0  # sliding-window (local) attention: keys per query, 0 = all (sim.ir)
 
     @property
     def vd(self) -> float:
@@ -142,17 +144,21 @@ class AttnShape:
 
     def pairs(self) -> float:
         """(query, key) pairs computed: all, or up to the diagonal (queries are the last
-        ``q_len`` positions of ``kv_len``)."""
-        if self.causal and self.q_len > 1:
-            return self.q_len * (self.kv_len - self.q_len) + self.q_len * (self.q_len + 1) / 2
-        return self.q_len * self.kv_len
+        ``q_len`` positions of ``kv_len``; back at most ``window`` keys when set)."""
+        return attention_pairs(self.q_len, self.kv_len, self.causal, self.window)
+
+    @property
+    def kv_span(self) -> float:
+        """Keys any query reads: all, or the last q_len + window - 1 under a window."""
+        return min(self.kv_len, self.q_len + self.window - 1) if self.window else self.kv_len
 
     def paper_flops(self, pass_: str = "fwd") -> float:
         """The FlashAttention papers' FLOP count (FA2/FA3 s4.1): 4 b h s_q s_k d forward
-        (2 (d + d_v) in general), halved when causal; backward 2.5x, both 3.5x."""
-        flops = 2.0 * self.batch * self.heads * self.q_len * self.kv_len * (self.head_dim + self.vd)
-        if self.causal:
-            flops /= 2
+        (2 (d + d_v) in general), halved when causal; backward 2.5x, both 3.5x. A
+        sliding window (no paper convention) counts the pairs it scores."""
+        pairs = self.pairs() if self.window else self.q_len * self.kv_len
+        flops = 2.0 * self.batch * self.heads * pairs * (self.head_dim + self.vd)
+        flops /= 2 if self.causal and not self.window else 1
         return flops * {"fwd": 1.0, "bwd": 2.5, "fwd_bwd": 3.5}[pass_]
 
 
@@ -164,7 +170,7 @@ def shape_of(op: Op) -> AttnShape:
     if not isinstance(s, AttentionShape):
         raise InputError(f"op '{op.name}': an attention op needs an AttentionShape, got {s!r}")
     return AttnShape(s.batch, s.heads, s.q_len, s.kv_len, s.head_dim, s.v_head_dim,
-                     s.kv_heads, s.causal, op.dtype)
+                     s.kv_heads, s.causal, op.dtype, s.window)
 
 
 def default_impl(device: Device) -> str:
@@ -226,6 +232,9 @@ def _check_shape(shape: AttnShape) -> None:
     if shape.causal and shape.kv_len < shape.q_len:
         raise InputError(f"attention: causal attention needs kv_len >= q_len, got kv_len="
                          f"{shape.kv_len:g} < q_len={shape.q_len:g}; raise --kv-len")
+    if shape.window < 0 or (shape.window and not shape.causal):
+        raise InputError(f"attention: a sliding window needs causal attention and window "
+                         f">= 1, got window={shape.window:g}")
 
 
 def _combine(a: OpCost, b: OpCost) -> OpCost:
@@ -243,7 +252,8 @@ def standard_ops(shape: AttnShape, pass_: str = "fwd") -> list[Op]:
     """The kernels eager PyTorch runs for ``softmax(Q K^T * scale + mask) V`` (forward) or
     for its autograd backward, in order. Scores are in the input dtype (as the FA
     benchmarks' ``attention_pytorch``); the causal mask is built per call in fp32
-    (``torch.full`` + ``torch.triu``) and cast to the dtype."""
+    (``torch.full`` + ``torch.triu``) and cast to the dtype. A sliding window changes
+    only the mask's band, not these kernels: eager attention scores all S x S pairs."""
     b, h, q, kv, d, vd = shape.batch, shape.heads, shape.q_len, shape.kv_len, shape.head_dim, shape.vd
     dt = shape.dtype
     bh = b * h
@@ -442,14 +452,8 @@ def _fused_gpu(device: Device, shape: AttnShape, impl: str, pass_: str) -> OpCos
     items: list[float] = []
     blocks: float = 0
     for i in range(q_blocks):
-        if shape.causal:
-            last_q = offset + min((i + 1) * br, shape.q_len) - 1
-            first_q = offset + i * br
-            visited = min(kv_blocks, math.floor(last_q / bc) + 1)
-            unmasked = min(visited, math.floor((first_q + 1) / bc))
-            partial = visited - unmasked
-        else:
-            visited, partial = kv_blocks, 0
+        visited, partial = key_blocks(shape.q_len, shape.causal, shape.window, i, br, bc,
+                                      kv_blocks, offset)
         blocks += visited
         items.append((visited - partial) * full.block_s + partial * diag.block_s + io_s)
     if pass_ == "bwd" and impl in PER_HEAD_BWD:
@@ -458,6 +462,7 @@ def _fused_gpu(device: Device, shape: AttnShape, impl: str, pass_: str) -> OpCos
     reps = max(1, round(bh))
     if split_kv:
         groups = shape.batch * shape.kvh
+        kv_blocks = math.ceil(shape.kv_span / bc)  # a window reads only its last keys
         blocks = kv_blocks / bh * groups  # per (batch x head) below: one item per K/V head
         total = groups * kv_blocks * full.block_s
         pipeline_s = total / sms + full.block_s + io_s  # the last split adds one block
@@ -466,7 +471,7 @@ def _fused_gpu(device: Device, shape: AttnShape, impl: str, pass_: str) -> OpCos
     # HBM: Q, K, V read and O written once (backward: + O, dO read, dQ, dK, dV written,
     # dQ accumulated in fp32); K/V re-reads by other query blocks hit L2.
     q_bytes = bh * shape.q_len * (shape.head_dim * elt + shape.vd * o_elt)
-    kv_bytes = shape.batch * shape.kvh * shape.kv_len * (shape.head_dim + shape.vd) * elt
+    kv_bytes = shape.batch * shape.kvh * shape.kv_span * (shape.head_dim + shape.vd) * elt
     hbm_bytes = q_bytes + kv_bytes
     if pass_ == "bwd":
         hbm_bytes = 2.5 * q_bytes + 2.0 * kv_bytes + 2 * bh * shape.q_len * shape.head_dim * 4
@@ -532,6 +537,8 @@ def _ascend(device: Device, shape: AttnShape, pass_: str) -> OpCost:
         q_len=int(shape.q_len),
     )
     scale = bh / reps * (2.5 if pass_ == "bwd" else 1.0)
+    if shape.window:  # npu_fusion_attention's band mode (sparse_mode 4) skips the pairs
+        scale *= shape.pairs() / replace(shape, window=0).pairs()  # outside the window
     launch = device.efficiency.launch_overhead_s
     time_s = (cost.time_s - launch) * scale + launch
     d = cost.details
@@ -570,8 +577,6 @@ class KernelCostModel:
         pass_ = "bwd" if ir_shape.backward else "fwd"
         cp = ir_shape.cp
         if cp > 1:
-            from dataclasses import replace
-
             full = attention_cost(self.device, replace(shape, q_len=shape.q_len * cp),
                                   self.attention_impl, pass_)
             return OpCost(full.time_s / cp, full.compute_s / cp, full.memory_s / cp,

@@ -171,8 +171,9 @@ def masked_mha_cost(device: Device, shape: AttnShape) -> OpCost:
     """One masked-MHA generation step: CUDA-core work per query head (FP32 pipe and
     instruction issue), K/V read once per KV head, Q read and O written once; one launch."""
     eff = device.efficiency
-    elements = shape.batch * shape.heads * shape.kv_len * (shape.head_dim + shape.vd)
-    rows = shape.batch * shape.heads * shape.kv_len
+    keys = shape.kv_span  # a sliding window (gpt-oss) visits only its last keys
+    elements = shape.batch * shape.heads * keys * (shape.head_dim + shape.vd)
+    rows = shape.batch * shape.heads * keys
     elt = dtype_bytes(shape.dtype)
     per_element = MMHA_LANE_OPS_PER_ELEMENT + (MMHA_DEQUANT_LANE_OPS_PER_ELEMENT if elt == 1 else 0)
     row_fp32, row_other = masked_mha_row_ops(shape)
@@ -182,7 +183,7 @@ def masked_mha_cost(device: Device, shape: AttnShape) -> OpCost:
     issue_per_s = max(fp32_per_s, ISSUE_LANES_PER_CLK * device.vector_cores * device.clock_hz
                       * eff.vector_max)
     compute_s = max(fp32_ops / fp32_per_s, issued_ops / issue_per_s)
-    kv_bytes = shape.batch * shape.kvh * shape.kv_len * (shape.head_dim + shape.vd) * elt
+    kv_bytes = shape.batch * shape.kvh * keys * (shape.head_dim + shape.vd) * elt
     q_bytes = shape.batch * shape.heads * shape.q_len * (shape.head_dim + shape.vd) * elt
     memory_s = (kv_bytes + q_bytes) / (device.hbm_bandwidth * eff.memory_max)
     overhead_s = eff.launch_overhead_s

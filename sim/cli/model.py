@@ -113,6 +113,15 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+
+def _local_attention(spec: ModelSpec) -> str:
+    """", sliding window W on n of L layers, sinks" for gpt-oss-style attention."""
+    local = [w for w in spec.layer_windows if w]
+    text = ""
+    if local:
+        text += f", sliding window {max(local)} on {len(local)} of {spec.layers} layers"
+    return text + (", attention sinks" if spec.attention_sinks else "")
+
 def _architecture_lines(spec) -> list[str]:
     arch = [
         f"hidden {spec.hidden}, layers {spec.layers}, vocab {spec.vocab}, max_seq {spec.max_seq}"
@@ -126,9 +135,11 @@ def _architecture_lines(spec) -> list[str]:
     else:
         arch.append(
             f"attention: {spec.heads} heads, {spec.kv_heads} kv heads, head_dim {spec.head_dim}"
-            f"{', qkv bias' if spec.qkv_bias else ''}"
+            f"{', qkv bias' if spec.qkv_bias else ''}{_local_attention(spec)}"
         )
     ffn_kind = "SwiGLU" if spec.gated_ffn else "2-matrix MLP"
+    if spec.swiglu_limit:
+        ffn_kind += f" clamped at {spec.swiglu_limit:g}"
     if spec.moe:
         e = spec.moe
         arch.append(

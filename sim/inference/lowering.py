@@ -229,13 +229,14 @@ def step_blocks(
     blocks: list[tuple[list[Op | CommNeed], int]] = [(head, 1)]
     # Layers of one kind have identical ops: build (and narrow) each kind once and
     # repeat the same objects, which the step pricing relies on to stay cheap.
-    built: dict[bool, list[Op | CommNeed]] = {}
+    built: dict[tuple[bool, int], list[Op | CommNeed]] = {}
     for layer in range(spec.layers):
-        moe = spec.is_moe_layer(layer)
-        if moe not in built:
-            built[moe] = sixteen_bit_activations(
+        kind = spec.layer_kind(layer)  # (MoE?, sliding window)
+        moe = kind[0]
+        if kind not in built:
+            built[kind] = sixteen_bit_activations(
                 layer_forward(spec, layer, shape, sh, dtype, load if moe else None), dtype)
-        block = built[moe]
+        block = built[kind]
         if blocks[-1][0] is block:
             blocks[-1] = (block, blocks[-1][1] + 1)
         else:

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from xpusim.sim.errors import InputError
-from xpusim.sim.ir import dtype_bytes
+from xpusim.sim.ir import attention_pairs, dtype_bytes
 from xpusim.sim.models.spec import ModelSpec
 
 
@@ -138,7 +138,9 @@ def attention_params(spec: ModelSpec) -> int:
             n += mla.q_lora_rank or spec.heads * (mla.qk_nope_head_dim + mla.qk_rope_head_dim)
             n += mla.kv_lora_rank + mla.qk_rope_head_dim
     if spec.linear_bias:
-        n += spec.hidden  # o_proj bias (OPT out_proj)
+        n += spec.hidden  # o_proj bias (OPT out_proj, gpt-oss o_proj)
+    if spec.attention_sinks:
+        n += spec.heads  # gpt-oss GptOssAttention.sinks: one logit per head
     return n
 
 
@@ -158,10 +160,12 @@ def dense_ffn_width(spec: ModelSpec) -> int:
 
 
 def _router_params(spec: ModelSpec) -> int:
-    """Router of one MoE layer. DeepSeek-V3's e_score_correction_bias (E values) is left out."""
+    """Router of one MoE layer (gpt-oss's has a bias of E values). DeepSeek-V3's
+    e_score_correction_bias (E values) is left out."""
     moe = spec.moe
     assert moe is not None
-    return spec.hidden * moe.num_experts + (spec.hidden if moe.shared_gate else 0)
+    bias = moe.num_experts if spec.router_bias else 0
+    return spec.hidden * moe.num_experts + bias + (spec.hidden if moe.shared_gate else 0)
 
 
 def _ffn_params(spec: ModelSpec, layer: int) -> dict[str, int]:
@@ -275,7 +279,13 @@ def attention_flops_per_token(
     qk, v = attention_widths(spec)
     context = seq_len / 2 if causal else seq_len  # causal: position i sees i keys, mean s/2
     layers = spec.layers + (spec.mtp_layers if include_mtp else 0)
-    return layers * 2.0 * (qk + v) * context
+    windows = [spec.attention_window(i) for i in range(layers)]
+    full = sum(1 for w in windows if not w)
+    flops = full * 2.0 * (qk + v) * context
+    for w in windows:
+        if w:  # sliding window: the mean keys per query over the sequence (sim.ir)
+            flops += 2.0 * (qk + v) * attention_pairs(seq_len, seq_len, causal, w) / seq_len
+    return flops
 
 
 def forward_flops_breakdown(

@@ -15,6 +15,8 @@ Families and the ``model_type`` values that select them:
   Pangu's openPangu key names (``num_routed_experts``, ``num_shared_experts``,
   ``num_dense_layers``, ``num_mtp_layers``) are accepted as aliases.
 - ``opt``: MHA with biases, ReLU MLP (two matrices), LayerNorm, learned positions.
+- ``gpt_oss``: as ``mixtral`` with biases on q/k/v/o, the experts and the router, one
+  attention-sink logit per head, clamped SwiGLU and alternating sliding-window layers.
 
 The mapping of each key is in docs/models.md. Keys this module does not read
 (dropout, rope scaling, token ids) do not change parameter or FLOP counts.
@@ -219,6 +221,50 @@ def _parse_mixtral(cfg: _Config, name: str) -> ModelSpec:
     return _llama_like(cfg, name, qkv_bias=False, moe=moe)
 
 
+def _layer_windows(cfg: _Config, layers: int) -> tuple[int, ...]:
+    """gpt-oss ``layer_types``: "sliding_attention" layers get ``sliding_window`` keys per
+    query, "full_attention" layers the whole context. Absent, HF GptOssConfig alternates,
+    sliding first (layer i slides when (i + 1) % 2 == 1)."""
+    window = cfg.int_("sliding_window")
+    types = cfg.data.get("layer_types")
+    if types is None:
+        types = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(layers)]
+    if not isinstance(types, list) or len(types) != layers:
+        raise cfg.error("layer_types", f"must be a list of {layers} entries (num_hidden_layers), "
+                                       f"got {types!r:.80}")
+    kinds = {"sliding_attention": window, "full_attention": 0}
+    bad = [t for t in types if t not in kinds]
+    if bad:
+        raise cfg.error("layer_types", f"entries must be 'sliding_attention' or "
+                                       f"'full_attention', got {bad[0]!r}")
+    return tuple(kinds[t] for t in types)
+
+
+def _parse_gpt_oss(cfg: _Config, name: str) -> ModelSpec:
+    """OpenAI gpt-oss (HF modeling_gpt_oss): Llama-style GQA with biases on q/k/v/o
+    (``attention_bias``, default true) and one learned sink logit per head; every layer
+    MoE with ``num_local_experts`` experts of ``intermediate_size`` whose gate_up and
+    down projections carry biases (GptOssExperts), a biased router (GptOssTopKRouter),
+    and SwiGLU clamped at ``swiglu_limit``; alternating sliding-window layers."""
+    spec = _parse_mixtral(cfg, name)
+    limit = cfg.data.get("swiglu_limit", 7.0)  # GptOssConfig default
+    if isinstance(limit, bool) or not isinstance(limit, int | float) or not limit > 0:
+        raise cfg.error("swiglu_limit", f"must be a number > 0, got {limit!r}")
+    bias = cfg.bool_("attention_bias", True)
+    return dataclasses.replace(
+        spec,
+        qkv_bias=bias,
+        # linear_bias: o_proj's bias (attention_bias) and the experts' gate_up/down biases,
+        # which gpt-oss always has; counting.mlp_params adds 2 * inner + hidden per expert.
+        linear_bias=True,
+        max_seq=cfg.int_("max_position_embeddings", 131072),
+        layer_windows=_layer_windows(cfg, spec.layers),
+        attention_sinks=True,
+        router_bias=True,
+        swiglu_limit=float(limit),
+    )
+
+
 def _deepseek_moe(cfg: _Config, layers: int) -> MoESpec | None:
     experts_key = cfg.pick("n_routed_experts", "num_routed_experts")
     if not cfg.has(experts_key):
@@ -343,6 +389,7 @@ FAMILIES: dict[str, Callable[[_Config, str], ModelSpec]] = {
     "deepseek_v3": _parse_deepseek,
     "pangu_ultra_moe": _parse_deepseek,
     "opt": _parse_opt,
+    "gpt_oss": _parse_gpt_oss,
 }
 
 

@@ -72,6 +72,21 @@ class ModelSpec:
     # Learned position tables hold max_seq + position_offset rows (OPT keeps 2 extra
     # rows from fairseq's padding offset; HF OPTLearnedPositionalEmbedding).
     position_offset: int = 0
+    # gpt-oss (HF GptOssConfig): ``layer_windows[i]`` is layer i's sliding window in keys
+    # per query (0: full causal context; empty: every layer full); a learned per-head
+    # attention sink logit; a router bias; SwiGLU clamped at ``swiglu_limit`` (0: none).
+    layer_windows: tuple[int, ...] = ()
+    attention_sinks: bool = False
+    router_bias: bool = False
+    swiglu_limit: float = 0.0
+
+    def attention_window(self, index: int) -> int:
+        """Sliding window of layer ``index`` (0 = full attention; MTP layers are full)."""
+        return self.layer_windows[index] if index < len(self.layer_windows) else 0
+
+    def layer_kind(self, index: int) -> tuple[bool, int]:
+        """(MoE FFN?, attention window): layers of one kind lower to identical ops."""
+        return self.is_moe_layer(index), self.attention_window(index)
 
     def is_moe_layer(self, index: int) -> bool:
         """Whether layer ``index`` (0-based) has an MoE FFN."""

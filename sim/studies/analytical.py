@@ -160,16 +160,17 @@ def estimate(
     load = uniform_moe_load(spec, seq, ep) if spec.moe else None
     slots = spec.layers + spec.mtp_layers
     forward = selective = 0.0
-    seen: dict[bool, tuple[float, float]] = {}
+    seen: dict[tuple[bool, int], tuple[float, float]] = {}
     for layer in range(slots):
-        moe = spec.is_moe_layer(layer)
-        if moe not in seen:
-            seen[moe] = _ops_time(
+        kind = spec.layer_kind(layer)  # (MoE?, sliding window)
+        moe = kind[0]
+        if kind not in seen:
+            seen[kind] = _ops_time(
                 layer_forward(spec, layer, shape, Sharding(1, ep), dtype, load if moe else None),
                 cost,
             )
-        forward += seen[moe][0]
-        selective += seen[moe][1]
+        forward += seen[kind][0]
+        selective += seen[kind][1]
     head, head_sel = _ops_time(lm_head_forward(spec, seq, Sharding(1, 1), dtype), cost)
     forward += head * (1 + spec.mtp_layers)
     selective += head_sel * (1 + spec.mtp_layers)

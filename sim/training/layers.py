@@ -232,7 +232,7 @@ def _cp_attention_op(op: Op, ctx: SlotContext) -> list[Item]:
     assert isinstance(s, AttentionShape)
     vd = _v_dim(ctx.spec)
     full = ops.fused_attention("attention", s.batch, s.heads, plan.seq, plan.seq, s.head_dim,
-                               act_dtype(plan), True, s.kv_heads, vd)
+                               act_dtype(plan), True, s.kv_heads, vd, window=s.window)
     kv_width = s.kv_heads * (s.head_dim + vd)
     kv_elements = s.batch * plan.seq * kv_width
     kv_bytes = kv_elements * ctx.b
@@ -340,7 +340,8 @@ def layer_items(ctx: SlotContext, layer: int) -> list[Item]:
     shape = StepShape(plan.mbs, seq_local, seq_local, True)
     sh = Sharding(plan.tp, plan.ep, plan.sequence_parallel)
     t_norm = ctx.tokens / plan.tp if plan.sequence_parallel else ctx.tokens
-    attn = _cp_attention(training_items(attention_ops(spec, shape, sh, act_dtype(plan)), ctx), ctx)
+    attn = _cp_attention(
+        training_items(attention_ops(spec, shape, sh, act_dtype(plan), layer), ctx), ctx)
     attn = attention_dropout(_with_rotary(attn, ctx), ctx)
     if eager.eager_passes_on(ctx):
         attn = [*eager.norm_passes("attn_norm", t_norm, ctx), *attn, *eager.attention_passes(ctx)]

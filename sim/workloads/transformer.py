@@ -142,11 +142,12 @@ def attention_core_role(batch: float, heads: float, q_len: float, kv_len: float,
 
 
 def _attention(name: str, shape: StepShape, heads: float, head_dim: float, dtype: str,
-               kv_heads: float, v_head_dim: float) -> Op:
+               kv_heads: float, v_head_dim: float, window: int = 0) -> Op:
     role = attention_core_role(shape.sequences, heads, shape.q_len, shape.kv_len, head_dim,
                                kv_heads, v_head_dim)
     return ops.fused_attention(name, shape.sequences, heads, shape.q_len, shape.kv_len,
-                               head_dim, dtype, shape.causal, kv_heads, v_head_dim, role)
+                               head_dim, dtype, shape.causal, kv_heads, v_head_dim, role,
+                               window)
 
 
 def _gemm(name: str, m: float, n: float, k: float, dtype: str, role: Role,
@@ -154,8 +155,15 @@ def _gemm(name: str, m: float, n: float, k: float, dtype: str, role: Role,
     return ops.gemm(name, m, n, k, dtype, batch, role=role)
 
 
-def attention_ops(spec: ModelSpec, shape: StepShape, sh: Sharding, dtype: str) -> list[Op]:
-    """Projections and the attention core of one layer (no norms, no communication)."""
+def attention_ops(spec: ModelSpec, shape: StepShape, sh: Sharding, dtype: str,
+                  layer: int = 0) -> list[Op]:
+    """Projections and the attention core of layer ``layer`` (no norms, no communication).
+
+    A sliding-window layer (gpt-oss) scores at most its window of keys per query. Its
+    learned sink logit (one per head) adds one term to each softmax denominator: one
+    exp and add per query row, against 2 x window x head_dim FLOPs of that row's scores
+    (< 0.1 %), so it adds no op. The q/k/v/o biases ride in the GEMM epilogues (not
+    priced, as for Qwen2 and OPT)."""
     t = shape.tokens
     tp = sh.tp
     heads = _div(spec.heads, tp)
@@ -166,7 +174,8 @@ def attention_ops(spec: ModelSpec, shape: StepShape, sh: Sharding, dtype: str) -
         qkv = (heads + 2 * kv_heads) * hd
         return [
             _gemm("qkv_proj", t, qkv, h, dtype, _normed_role("attn", t, qkv, h, sh, "attn")),
-            _attention("attention", shape, heads, hd, dtype, kv_heads, hd),
+            _attention("attention", shape, heads, hd, dtype, kv_heads, hd,
+                       spec.attention_window(layer)),
             _gemm("o_proj", t, h, heads * hd, dtype,
                   linear_role("out", "attn", t, h, heads * hd)),
         ]
@@ -212,14 +221,22 @@ def _mla_ops(spec: ModelSpec, shape: StepShape, sh: Sharding, dtype: str,
 
 
 def _mlp(name: str, tokens: float, hidden: float, inner: float, gated: bool, dtype: str,
-         batch: float = 1, sh: Sharding | None = None) -> list[Op]:
+         batch: float = 1, sh: Sharding | None = None, clamp: bool = False) -> list[Op]:
     """An MLP (SwiGLU when gated: gate+up fused in one GEMM) over ``batch`` independent weights.
+
+    ``clamp``: gpt-oss's clamped SwiGLU, a few more FLOPs in the same elementwise pass
+    (memory-bound either way). Biases (gpt-oss experts, OPT) are added in the GEMM
+    epilogue and not priced as ops, as for the attention biases.
 
     ``name`` "experts": the routed experts (their own modules and weights); otherwise the
     up projection reads the block's normed input (``sh``: its sharding).
     """
     up_cols = 2 * inner if gated else inner
     act_flops = 4.0 if gated else 1.0  # silu(x)*y ~ 4 FLOPs/element; relu/gelu-approx ~ 1
+    if gated and clamp:
+        # gpt-oss (GptOssExperts._apply_gate): gate.clamp(max), up.clamp(min, max), the
+        # sigmoid's alpha multiply and (up + 1): four more FLOPs on the same pass.
+        act_flops += 4.0
     experts = name == "experts"
     weight = Weight.EXPERT if experts else Weight.DENSE
     if experts:
@@ -274,7 +291,7 @@ def ffn_items(
     if load.active_experts > 0 and load.tokens > 0:
         per_expert = load.tokens / load.active_experts
         items += _mlp("experts", per_expert, spec.hidden, _div(moe.expert_ffn, sh.tp), True,
-                      dtype, batch=load.active_experts)
+                      dtype, batch=load.active_experts, clamp=spec.swiglu_limit > 0)
     items.append(ops.memcpy("unpermute", load.tokens * spec.hidden * b))
     if sh.ep > 1:
         items.append(CommNeed("moe_combine", CollectiveKind.ALL_TO_ALL, a2a_bytes, "ep"))
@@ -305,7 +322,7 @@ def layer_forward(
             items.append(CommNeed(f"{block}_sp_gather", CollectiveKind.ALL_GATHER, act_bytes, "tp",
                                   "norm"))
         if block == "attn":
-            items += attention_ops(spec, shape, sh, dtype)
+            items += attention_ops(spec, shape, sh, dtype, layer)
         else:
             items += ffn_items(spec, layer, shape, sh, dtype, moe_load)
         if sh.tp > 1:

@@ -91,7 +91,10 @@ INT_FLAGS: dict[str, tuple[int | None, int]] = {
     "width": (1, MAX_DIM),
     "kernel": (1, 4096),
     "stride": (1, 4096),
-    "inputs": (1, 64),
+    # op elementwise: arrays read and written; 0 of one is a write-only fill or a
+    # read-only (reduction-like) kernel, op resolve refuses 0 of both.
+    "inputs": (0, 64),
+    "outputs": (0, 64),
     "outer_block": (1, MAX_SEQ),
     "jobs": (1, 1024),
     "threads": (1, 4096),

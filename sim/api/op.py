@@ -39,7 +39,9 @@ KIND_FIELDS: dict[str, dict[str, Any]] = {
         "batch": 1, "heads": 32, "kv_heads": None, "seq": REQUIRED, "kv_len": None,
         "head_dim": 128, "causal": False, "impl": None, "pass_": "fwd", "dtype": "bf16",
     },
-    "elementwise": {"numel": REQUIRED, "flops_per_element": 1.0, "inputs": 1, "dtype": "bf16"},
+    "elementwise": {
+        "numel": REQUIRED, "flops_per_element": 1.0, "inputs": 1, "outputs": 1, "dtype": "bf16",
+    },
     "conv2d": {
         "batch": 1, "in_ch": REQUIRED, "out_ch": REQUIRED, "height": REQUIRED,
         "width": REQUIRED, "kernel": 3, "stride": 1, "dtype": "fp32",
@@ -80,7 +82,8 @@ class OpRequest:
     # elementwise
     numel: float | None = None  # required
     flops_per_element: float | None = None  # default 1
-    inputs: int | None = None  # input tensors; default 1
+    inputs: int | None = None  # arrays read, each numel elements; default 1 (0: a fill)
+    outputs: int | None = None  # arrays written; default 1 (0: a read-only reduction)
     # conv2d (implicit GEMM)
     in_ch: int | None = None
     out_ch: int | None = None
@@ -228,6 +231,12 @@ def resolve(req: OpRequest) -> dict[str, Any]:
         values[f.name] = float(value) if f.name in FLOAT_FIELDS else value
     if req.kind == "attention" and values["pass_"] not in PASSES:
         raise InputError(f"--pass: expected one of {', '.join(PASSES)}, got '{values['pass_']}'")
+    if req.kind == "elementwise" and values["inputs"] + values["outputs"] == 0:
+        raise InputError(
+            "op elementwise: --inputs 0 with --outputs 0 moves no bytes; give at least one "
+            "array: --inputs 0 --outputs 1 is a write-only fill, --inputs 1 --outputs 0 a "
+            "read-only (reduction-like) kernel"
+        )
     return values
 
 
@@ -242,8 +251,11 @@ def build_op(v: dict[str, Any]) -> Op:
             v["head_dim"], v["dtype"], v["causal"], v["kv_heads"],
         )  # fmt: skip
     if kind == "elementwise":
+        # Bytes as the kernel moves them: numel x element size per array read or written
+        # (a write-only fill reads nothing; a read-only reduction writes no array).
         return ops.elementwise(
-            "elementwise", v["numel"], v["dtype"], v["flops_per_element"], v["inputs"], 1
+            "elementwise", v["numel"], v["dtype"], v["flops_per_element"], v["inputs"],
+            v["outputs"],
         )
     return ops.conv2d(
         "conv2d", v["batch"], v["in_ch"], v["out_ch"], v["height"], v["width"],

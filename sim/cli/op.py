@@ -54,7 +54,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = kinds.add_parser("elementwise", help="pointwise op over N elements")
     p.add_argument("--numel", type=float, required=True)
     p.add_argument("--flops-per-element", type=float, help="default 1")
-    p.add_argument("--inputs", type=int, help="input tensors (default 1)")
+    p.add_argument("--inputs", type=int,
+                   help="arrays read, numel elements each (default 1; 0: a write-only fill)")
+    p.add_argument("--outputs", type=int,
+                   help="arrays written (default 1; 0: a read-only, reduction-like kernel)")
     common(p, "elementwise")
 
     p = kinds.add_parser("conv2d", help="2-D convolution (implicit GEMM)")

@@ -50,8 +50,11 @@ def attention_paper_flops(args: dict[str, Any]) -> float:
 
 
 def elementwise_bytes(args: dict[str, Any]) -> float:
-    """Bytes a STREAM-style kernel moves: every input read once, one output written."""
-    return float(args["numel"]) * dtype_bytes(str(args["dtype"])) * (int(args.get("inputs", 1)) + 1)
+    """Bytes a STREAM-style kernel moves: every input array read once, every output array
+    written once (default one of each; a write-only fill has no input, a read-only kernel
+    no output array)."""
+    arrays = int(args.get("inputs", 1)) + int(args.get("outputs", 1))
+    return float(args["numel"]) * dtype_bytes(str(args["dtype"])) * arrays
 
 
 def megatron_flops_per_step(args: dict[str, Any]) -> float:

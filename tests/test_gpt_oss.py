@@ -121,3 +121,20 @@ def test_layer_ops_carry_the_layer_window():
         windows.append(attn[0].shape.window)
     assert windows == [128, 0]
     assert spec.layer_kind(0) != spec.layer_kind(1)
+
+
+def test_decode_step_groups_layers_by_window_and_reads_only_the_window():
+    from xpusim.sim.inference.lowering import StepBatch, plan_for, step_blocks
+
+    spec = load_model("gpt-oss-20b")
+    blocks = step_blocks(spec, StepBatch.for_phase("decode", 2, 4095), plan_for(1, None))
+    layers = blocks[1:-1]  # embedding first, LM head last
+    # Sliding and full layers alternate: 24 blocks of one layer each, two distinct kinds.
+    assert [count for _, count in layers] == [1] * 24
+    assert len({id(block) for block, _ in layers}) == 2
+    attn = [[op for op in block if getattr(op, "kind", None) == OpKind.ATTENTION][0]
+            for block, _ in layers[:2]]
+    # 2 sequences x 8 KV heads x (64 + 64) x 2 bytes per key; Q and O: 64 heads x 128 x 2.
+    q_o = 2 * 64 * 128 * 2
+    assert attn[0].main_bytes == q_o + 2 * 8 * 128 * 128 * 2  # window: 128 keys
+    assert attn[1].main_bytes == q_o + 2 * 8 * 4096 * 128 * 2  # full: all 4,096

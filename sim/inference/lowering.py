@@ -32,6 +32,7 @@ from xpusim.sim.errors import InputError
 from xpusim.sim.inference.decode_attention import with_engine_attention
 from xpusim.sim.inference.engine_profile import NO_ENGINE, EngineProfile, engine_for_system
 from xpusim.sim.inference.kvcache import MemoryPlan, kv_bytes_per_token, plan_memory, require_fit
+from xpusim.sim.inference.priced_step import PricedStep, attention_core, block_layers
 from xpusim.sim.inference.routing import UNIFORM, Routing, experts_touched, moe_load
 from xpusim.sim.inference.weight_only import with_weight_only_gemv
 from xpusim.sim.ir import (
@@ -52,6 +53,7 @@ from xpusim.sim.workloads.transformer import (
     CommNeed,
     Sharding,
     StepShape,
+    attention_ops,
     embedding_forward,
     layer_forward,
     lm_head_forward,
@@ -197,6 +199,12 @@ def flatten(blocks: list[tuple[list[Op | CommNeed], int]]) -> list[Op | CommNeed
     return items
 
 
+def step_shape(batch: StepBatch, plan: ParallelPlan) -> StepShape:
+    """The tokens of ``batch`` one rank processes: ep groups split the requests."""
+    return StepShape(batch.sequences / plan.ep, batch.q_len, batch.context + batch.q_len,
+                     causal=True)
+
+
 def step_blocks(
     spec: ModelSpec,
     batch: StepBatch,
@@ -217,8 +225,8 @@ def step_blocks(
     False: the embedding and LM head are whole on every TP rank (gpt-fast's tp.py
     shards only attention and the FFN; ``EngineProfile.vocab_parallel``).
     """
-    seqs_rank = batch.sequences / plan.ep  # ep groups split the requests
-    shape = StepShape(seqs_rank, batch.q_len, batch.context + batch.q_len, causal=True)
+    shape = step_shape(batch, plan)
+    seqs_rank = shape.sequences
     sh = Sharding(tp=plan.tp, ep=plan.ep)
     load = moe_load(spec, shape.tokens, plan.ep, routing) if spec.moe else None
     vocab_sh = sh if vocab_parallel else Sharding(tp=1, ep=plan.ep)
@@ -356,6 +364,9 @@ class StepSimulator:
         self._fast_memo: dict[tuple, float] = {}  # time_s: step time only
         # _device_sums: (all, attention, other) device seconds per step shape
         self._sums_memo: dict[StepBatch, tuple[float, float, float]] = {}
+        # _device_sums: priced steps by (sequences, q_len, phase, context > 0), the
+        # skeletons another context of the same step is re-priced from
+        self._priced: dict[tuple[float, float, str, bool], PricedStep] = {}
 
     def _cost_model(self, batch: StepBatch) -> CachedCostModel:
         decode_batch = batch.sequences / self.plan.ep if batch.phase != "prefill" else None
@@ -420,48 +431,64 @@ class StepSimulator:
         here each distinct op's time is multiplied by how often it runs (``step_blocks``:
         layers repeat the same op objects), which differs from that running sum only by
         rounding (~1e-15 relative; tests/test_serving_fast.py holds the two within 1e-12)
-        and is what keeps pricing thousands of step shapes cheap."""
+        and is what keeps pricing thousands of step shapes cheap. A step already priced
+        at another context (> 0 both, or 0 both) is re-priced from it: only its attention
+        cores change (``priced_step``)."""
         hit = self._sums_memo.get(batch)
         if hit is None:
-            total = attention_s = other_s = 0.0
-            counts, priced = self._priced_items(batch)
-            for key, count in counts.items():
-                t, is_attention = priced[key]
-                total += count * t
-                if is_attention:
-                    attention_s += count * t
-                else:
-                    other_s += count * t
-            hit = self._sums_memo[batch] = (total, attention_s, other_s)
+            key = (batch.sequences, batch.q_len, batch.phase, batch.context > 0)
+            known = self._priced.get(key)
+            if known is None:
+                priced = self._priced[key] = self._priced_step(batch)
+            else:
+                priced = self._repriced(known, batch)
+            hit = self._sums_memo[batch] = priced.sums()
         return hit
 
-    def _priced_items(
-        self, batch: StepBatch
-    ) -> tuple[dict[int, int], dict[int, tuple[float, bool]]]:
-        """How many times each distinct item of the step runs, and its (time, is an
-        attention op), both by item id: each distinct op is priced once."""
+    def _priced_step(self, batch: StepBatch) -> PricedStep:
+        """Each distinct item of the step, with how many times it runs and its time (each
+        priced once), and where its attention cores are."""
         if batch.sequences <= 0 or batch.q_len <= 0:
             raise InputError(f"a step needs >= 1 sequence and >= 1 token (got {batch})")
         blocks = step_blocks(self.spec, batch, self.plan, self.dtype, self.routing, self.fc_in,
                              self.engine.lm_head_16bit, self.engine.vocab_parallel)
         counts: Counter[int] = Counter()
-        distinct: dict[int, Op | CommNeed] = {}
-        for block, repeat in blocks:
+        distinct: dict[int, tuple[Op | CommNeed, int]] = {}  # id -> (item, its first layer)
+        for (block, repeat), layer in zip(blocks, block_layers(blocks), strict=True):
             for item in block:
                 key = id(item)
                 counts[key] += repeat
-                distinct[key] = item
+                if key not in distinct:
+                    distinct[key] = (item, layer)
         model = self._cost_model(batch)
-        priced: dict[int, tuple[float, bool]] = {}
-        for key, item in distinct.items():
+        entries: list[tuple[int, float, bool]] = []
+        cores: list[tuple[int, int]] = []
+        for key, (item, layer) in distinct.items():
             if isinstance(item, CommNeed):
                 group = self.plan.tp_group() if item.group == "tp" else self.plan.ep_group()
                 # The tag only matches members of one collective; it does not price it.
                 t = self._comm(Collective(item.name, item.kind, group, item.nbytes))
-                priced[key] = (t, False)
-            else:
-                priced[key] = (model.time(item).time_s, item.kind == OpKind.ATTENTION)
-        return counts, priced
+                entries.append((counts[key], t, False))
+                continue
+            is_attention = item.kind == OpKind.ATTENTION
+            if is_attention:
+                assert layer >= 0, "an attention op outside the layers"
+                cores.append((len(entries), layer))
+            entries.append((counts[key], model.time(item).time_s, is_attention))
+        return PricedStep(tuple(entries), tuple(cores))
+
+    def _repriced(self, known: PricedStep, batch: StepBatch) -> PricedStep:
+        """``known`` (the same step at another context) with its attention cores built
+        and priced at ``batch``'s context, as ``layer_forward`` builds them."""
+        shape = step_shape(batch, self.plan)
+        sh = Sharding(tp=self.plan.tp, ep=self.plan.ep)
+        model = self._cost_model(batch)
+        times = [
+            model.time(attention_core(attention_ops(self.spec, shape, sh, self.dtype, layer)))
+            .time_s
+            for _, layer in known.cores
+        ]
+        return known.with_cores(times)
 
     def run(self, batch: StepBatch, host: bool = True) -> StepResult:
         """Simulate one forward; ``host=False`` leaves out the engine's step/sampling delays."""

@@ -1,0 +1,44 @@
+"""Re-pricing a step at another context (``StepSimulator``'s priced skeletons,
+``sim/inference/priced_step.py``) gives the same floats as lowering and pricing the step
+afresh: dense, MoE, MLA (absorbed and expanded attention) and sliding-window models, with
+tensor and expert parallelism, 16- and 8-bit weights, decode, verify and prefill steps."""
+
+from __future__ import annotations
+
+import pytest
+from xpusim.hwprofiles import load_system
+from xpusim.sim.inference.engine_profile import load_engine
+from xpusim.sim.inference.lowering import StepBatch, StepSimulator
+from xpusim.sim.models.hf_config import load_model
+from xpusim.sim.parallel import ParallelPlan
+
+CASES = [  # (model, system, plan, dtype, engine)
+    ("qwen2-0.5b", "dgx-a100", ParallelPlan(1), "bf16", "vllm-0.6"),
+    ("llama-2-70b", "dgx-h100", ParallelPlan(tp=4), "fp8", "trtllm-0.10"),
+    ("mixtral-8x7b", "dgx-h100", ParallelPlan(tp=2), "fp8", "trtllm-0.10"),
+    ("deepseek-v3", "dgx-h100", ParallelPlan(tp=4, ep=2), "fp8", "sglang-0.4"),
+    ("gpt-oss-20b", "dgx-h100", ParallelPlan(1), "bf16", "vllm-0.6"),
+]
+# Contexts priced one after another: the first of each (context > 0 or == 0) builds the
+# skeleton, the others are re-priced from it.
+CONTEXTS = (0, 128, 1000.5, 4096, 0, 70_000)
+
+
+def _sim(model, system, plan, dtype, engine) -> StepSimulator:
+    return StepSimulator(load_model(model), load_system(system), plan, load_engine(engine),
+                         dtype)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("phase,sequences,q_len", [
+    ("decode", 7, 1), ("decode", 300, 1), ("verify", 16, 4), ("prefill", 2, 512),
+])
+def test_repriced_steps_equal_fresh_pricing(case, phase, sequences, q_len):
+    reused = _sim(*case)
+    for context in CONTEXTS:
+        batch = StepBatch(sequences, q_len, context, phase)
+        fresh = _sim(*case)
+        assert reused._device_sums(batch) == fresh._device_sums(batch)
+        assert reused.time_s(batch) == fresh.time_s(batch)
+    # The re-priced steps did reuse skeletons: one per (shape, context > 0).
+    assert len(reused._priced) == 2

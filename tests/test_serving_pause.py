@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 from xpusim.sim.inference.engine_profile import load_engine
+from xpusim.sim.inference.running import RunningBatch
 from xpusim.sim.inference.serving import Server, _Loop
 from xpusim.sim.inference.workload import Request
 
@@ -39,17 +40,31 @@ def test_trtllm_010_profile_pauses_with_the_build_max_input_len():
     assert engine.kv_reserve == "incremental"
 
 
+def _preempt(server: Server, first: Request, last: Request, stats: dict) -> tuple[list, list]:
+    """The engine's preemption with ``first`` and ``last`` decoding (``last`` started
+    last); returns (the requests still running, the queue)."""
+    s = _Loop()
+    if server.policy == "mixed":
+        batch = RunningBatch(16, 1)
+        batch.join_decoding(first)
+        batch.join_decoding(last)
+        assert server._preempt_mixed(s, batch, stats)
+        return list(batch.decoding.values()), list(s.waiting)
+    s.running = [first, last]
+    assert server._preempt(s, 1, stats)
+    return s.running, list(s.waiting)
+
+
 def test_pause_keeps_generated_tokens_up_to_max_input_len():
     engine = replace(load_engine("trtllm-0.10"), max_input_len=2048)
     a, b = _two_requests()
     # Next step needs ceil(2749/16) + ceil(1129/16) = 172 + 71 = 243 blocks; 242 fit.
     server = _server(engine, 242 * 16)
-    s = _Loop(running=[a, b])
     stats = {"preempt": 0}
-    assert server._preempt(s, [a, b], 1, stats)
+    running, waiting = _preempt(server, a, b, stats)
     # b (the last started) is paused: new prompt = min(2048, 128 + 1000) = 1128, so all
     # 1000 generated tokens are kept and recomputed as context.
-    assert s.running == [a] and list(s.waiting) == [b]
+    assert running == [a] and waiting == [b]
     assert b.generated == 1000 and b.context == 1128 and b.preemptions == 1
     assert stats["preempt"] == 1
 
@@ -75,8 +90,7 @@ def test_a_paused_decoding_request_keeps_what_its_engine_keeps(
     a, b = _two_requests()
     # Pause a: it is the only decoding request in the pool.
     server = _server(engine, 242 * 16)
-    s = _Loop(running=[b, a])
-    assert server._preempt(s, [b, a], 1, {"preempt": 0})
+    _preempt(server, b, a, {"preempt": 0})
     assert a.generated == generated and a.context == context
 
 
@@ -87,8 +101,9 @@ def test_a_resumed_request_does_not_pay_the_per_request_host_work_again():
     resumed = Request(1, 0.0, prompt=64, output=16, generated=5, preemptions=1)
     s = _Loop()
     s.waiting.extend([fresh, resumed])
+    batch = RunningBatch(16, 1)
     chunks: list = []
     # Both are admitted (64 + 69 tokens within the budget), one for the first time.
-    assert server._admit_mixed(s, chunks, 4096) == 1
+    assert server._admit_mixed(s, batch, chunks, 4096) == 1
     assert chunks == [(fresh, 64), (resumed, 69)]
-    assert s.running == [fresh, resumed]
+    assert batch.pending == [fresh, resumed]

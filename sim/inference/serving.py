@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 from xpusim.sim.errors import InputError
+from xpusim.sim.inference.running import RunningBatch
 from xpusim.sim.inference.stepcosts import StepCosts
 from xpusim.sim.inference.workload import Request
 
@@ -118,19 +119,20 @@ class _Loop:
     """The state of one run's event loop: the queue, the batch and the clock."""
 
     waiting: deque[Request] = field(default_factory=deque)
+    # The batch of the prefill-first and static policies (the mixed policy's is a
+    # ``RunningBatch``, which keeps its sums).
     running: list[Request] = field(default_factory=list)
     now: float = 0.0
     finished: int = 0
     used: int = 0  # KV blocks in use (prefill-first and static policies)
-    # Mixed policy, kept incrementally rather than rescanned every iteration: the
-    # running requests still prefilling (in running order), and with full reservation
-    # the KV blocks the running requests hold (constant per request).
-    pending: list[Request] = field(default_factory=list)
+    # Mixed policy with full reservation: the KV blocks the running requests hold
+    # (constant per request), kept rather than rescanned every iteration.
     held: int = 0
     # KV blocks the running requests need for the next step (sum of
     # blocks(context + step_tokens)), as the last preemption check left it: the
-    # admission and the run-length bound that follow it in the same iteration reuse it
-    # instead of rescanning the batch.
+    # run-length bound that follows it in the same iteration reuses it instead of
+    # rescanning the batch (prefill-first and static policies; the mixed policy keeps
+    # it in its ``RunningBatch``).
     need: int = 0
 
 
@@ -246,19 +248,18 @@ class Server:
         first = sorted([(-(r.prompt + r.generated + step_tokens)) % b for r in running])
         return periods * b + first[rest] + 1
 
-    def _decode_run(self, running, waiting, arrivals, now, steps_max, step_time) -> tuple[float, int]:
-        """Advance ``steps_max`` decode steps (fewer if a request arrives into an empty
-        queue): each priced by ``step_time(mean context)``; returns (clock, steps)."""
-        batch = len(running)
-        total = sum([r.prompt + r.generated for r in running])
+    def _decode_run(
+        self, total, batch, waiting, arrivals, now, steps_max, step_time
+    ) -> tuple[float, int]:
+        """Advance ``steps_max`` decode steps of ``batch`` requests whose contexts sum to
+        ``total`` (fewer if a request arrives into an empty queue): each priced by
+        ``step_time(mean context)``; returns (clock, steps). The caller adds the tokens."""
         steps = 0
         while True:
             now += step_time((total + steps * batch) / batch)
             steps += 1
             if steps >= steps_max or (not waiting and arrivals.next_s <= now):
                 break
-        for r in running:
-            r.generated += steps
         return now, steps
 
     def _run_batched(self, requests, arrivals, stats, bar) -> None:
@@ -288,7 +289,7 @@ class Server:
                 self._prefill_batch(s, admit, stats)
             else:
                 # Decode: every running request needs room for this step's new tokens.
-                preempted = self._preempt(s, s.running, step_tokens, stats)
+                preempted = self._preempt(s, step_tokens, stats)
                 if not s.running:
                     continue
                 self._decode_batched(s, arrivals, preempted, step_tokens, stats)
@@ -328,28 +329,30 @@ class Server:
             r.generated += 1
         s.running += admit
 
-    def _preempt(self, s: _Loop, pool: list[Request], step_tokens: int, stats: dict) -> bool:
+    def _preempt(self, s: _Loop, step_tokens: int, stats: dict) -> bool:
         """Recompute preemption (vLLM) while the running requests outgrow the cache: the
-        most recently admitted request of ``pool`` (the decoding ones) frees its blocks
-        and is prefilled again (prompt + generated) when readmitted. With the engine's
-        ``max_input_len`` set (TensorRT-LLM's pause), the recomputed context is capped
-        at it and the generated tokens beyond are generated again."""
+        most recently admitted request frees its blocks and is paused (``_pause``)."""
         preempted = False
         need = self._need(s.running, step_tokens)
-        while pool and need > self.blocks_total:
-            victim = pool.pop()
+        while s.running and need > self.blocks_total:
+            victim = s.running.pop()
             need -= self._blocks(victim.prompt + victim.generated + step_tokens)
-            if pool is not s.running:
-                _remove(s.running, victim)
-            victim.preemptions += 1
-            cap = self.costs.target.engine.max_input_len
-            if cap:  # LlmRequest::pause: new prompt = min(max_input_len, prompt + generated)
-                victim.generated = min(victim.generated, max(0, cap - victim.prompt))
-            stats["preempt"] += 1
-            s.waiting.appendleft(victim)
+            self._pause(s, victim, stats)
             preempted = True
         s.need = need
         return preempted
+
+    def _pause(self, s: _Loop, victim: Request, stats: dict) -> None:
+        """``victim`` goes back to the head of the queue, to be prefilled again (prompt +
+        generated) when readmitted; with the engine's ``max_input_len`` set (TensorRT-LLM's
+        pause) the recomputed context is capped at it and the generated tokens beyond are
+        generated again."""
+        victim.preemptions += 1
+        cap = self.costs.target.engine.max_input_len
+        if cap:  # LlmRequest::pause: new prompt = min(max_input_len, prompt + generated)
+            victim.generated = min(victim.generated, max(0, cap - victim.prompt))
+        stats["preempt"] += 1
+        s.waiting.appendleft(victim)
 
     def _decode_batched(
         self, s: _Loop, arrivals: _Arrivals, preempted: bool, step_tokens: int, stats: dict
@@ -364,9 +367,12 @@ class Server:
             steps = 1
         else:
             k = 1 if preempted else self._run_length(s.running, s.need, step_tokens)
+            total = sum([r.prompt + r.generated for r in s.running])
             s.now, steps = self._decode_run(
-                s.running, s.waiting, arrivals, s.now, k, self.costs.decode_stepper(batch, False)
+                total, batch, s.waiting, arrivals, s.now, k, self.costs.decode_stepper(batch, False)
             )
+            for r in s.running:
+                r.generated += steps
         stats["steps"] += steps
         stats["batch_sum"] += batch * steps
 
@@ -383,54 +389,77 @@ class Server:
         return self._blocks(r.prompt + r.generated + 1)
 
     def _run_mixed(self, requests, arrivals, stats, bar) -> None:
-        """In-flight batching: decodes and prompt chunks share each step's token budget."""
+        """In-flight batching: decodes and prompt chunks share each step's token budget.
+        The batch's sums are kept as requests join, leave and gain tokens
+        (``RunningBatch``), so an iteration costs O(1) bookkeeping plus one pass that
+        adds each decoding request's token."""
         s = _Loop()
         step_tokens = self.costs.gamma + 1 if self.costs.draft else 1
+        batch = RunningBatch(self.block, step_tokens)
         while s.finished < len(requests):
             arrivals.pull(s.now, s.waiting)
-            if not s.running and not s.waiting:
+            if not batch and not s.waiting:
                 s.now = arrivals.next_s
                 continue
-            decoding = (
-                [r for r in s.running if r.prefill_left == 0] if s.pending else s.running[:]
-            )
             # Full reservation never preempts: every admitted request's KV is held.
             # Started requests come first: when one of them cannot grow, the latest
             # started ones are preempted and no new request is admitted this step
             # (TensorRT-LLM MaxUtilizationScheduler: pending requests are tried only
             # if all started ones fit; vLLM's scheduler: no prefills after a preemption).
-            preempted = self.kv_reserve != "full" and self._preempt(
-                s, decoding, step_tokens, stats
-            )
-            budget = self.max_batched_tokens - len(decoding) * step_tokens
-            chunks, budget = self._pending_chunks(s, budget)
-            # Without SD the preemption check summed blocks(context + 1), the same as
-            # the incremental reservation admission counts: reuse it.
-            known = s.need if step_tokens == 1 and self.kv_reserve != "full" else None
-            admitted = 0 if preempted else self._admit_mixed(s, chunks, budget, known)
+            preempted = self.kv_reserve != "full" and self._preempt_mixed(s, batch, stats)
+            decoding = len(batch.decoding)
+            budget = self.max_batched_tokens - decoding * step_tokens
+            chunks, budget = self._pending_chunks(batch, budget)
+            admitted = 0 if preempted else self._admit_mixed(s, batch, chunks, budget)
             if not decoding and not chunks:
                 continue
-            batch = len(decoding)
-            if not chunks and not preempted and not self.costs.draft and batch == len(s.running):
+            if not chunks and not preempted and not self.costs.draft and not batch.pending:
                 # Only decodes: a run of identical steps until something changes.
-                k = self._run_length(s.running, s.need, step_tokens)
+                k = self._run_length_mixed(batch)
                 s.now, steps = self._decode_run(
-                    s.running, s.waiting, arrivals, s.now, k, self.costs.decode_stepper(batch, True)
+                    batch.context, decoding, s.waiting, arrivals, s.now, k,
+                    self.costs.decode_stepper(decoding, True),
                 )
+                done = batch.advance(steps)
                 stats["steps"] += steps
-                stats["batch_sum"] += batch * steps
-            elif not self._mixed_step(s, decoding, chunks, admitted, stats):
-                continue  # nobody reached its output length: nothing to retire
-            done = self._retire(s.running, s.now, bar)
-            s.finished += len(done)
+                stats["batch_sum"] += decoding * steps
+            else:
+                done = self._mixed_step(s, batch, chunks, admitted, stats)
+            if done:
+                self._retire_mixed(s, batch, done, bar)
+
+    def _preempt_mixed(self, s: _Loop, batch: RunningBatch, stats: dict) -> bool:
+        """``_preempt`` over the decoding requests of ``batch``, whose ``need`` is kept."""
+        preempted = False
+        while batch.decoding and batch.need > self.blocks_total:
+            self._pause(s, batch.pop_latest(), stats)
+            preempted = True
+        return preempted
+
+    def _run_length_mixed(self, batch: RunningBatch) -> int:
+        """``_run_length`` of a batch with no prompt pending."""
+        if not self._jump:
+            return 1
+        k = batch.steps_left()
+        if self.kv_reserve != "full":
+            k = min(k, batch.kv_steps(self.blocks_total))
+        return max(1, k)
+
+    def _retire_mixed(self, s: _Loop, batch: RunningBatch, done: list[Request], bar) -> None:
+        """Finish ``done`` (requests that have all their tokens) at the current time."""
+        for r in done:
+            r.finish_s = s.now
+            batch.leave(r)
             if self.kv_reserve == "full":
-                s.held -= sum(self._reserve(r) for r in done)
+                s.held -= self._reserve(r)
+        s.finished += len(done)
+        bar.update(len(done))
 
     @staticmethod
-    def _pending_chunks(s: _Loop, budget: int) -> tuple[list[tuple[Request, int]], int]:
+    def _pending_chunks(batch: RunningBatch, budget: int) -> tuple[list[tuple[Request, int]], int]:
         """Prompt chunks of the requests still prefilling, in order, within ``budget``."""
         chunks: list[tuple[Request, int]] = []
-        for r in s.pending:
+        for r in batch.pending:
             if budget > 0:
                 c = min(r.prefill_left, budget)
                 chunks.append((r, c))
@@ -438,26 +467,25 @@ class Server:
         return chunks, budget
 
     def _admit_mixed(
-        self,
-        s: _Loop,
-        chunks: list[tuple[Request, int]],
-        budget: int,
-        used: int | None = None,
+        self, s: _Loop, batch: RunningBatch, chunks: list[tuple[Request, int]], budget: int
     ) -> int:
         """Admit from the head of the queue while the KV cache, the batch limit and the
         token budget allow; each admitted request's first chunk joins ``chunks``.
 
         Returns how many requests entered for the first time: the engine's per-request
         host work (``request_overhead_s``: request and response objects, response
-        delivery) is paid once per request, not again when a preempted one resumes.
-        ``used``: the blocks the running requests reserve, when the caller knows it."""
+        delivery) is paid once per request, not again when a preempted one resumes."""
         full = self.kv_reserve == "full"
         if full:
             used = s.held
-        elif used is None:
-            used = self._need(s.running, 1)
+        elif batch.step_tokens == 1:
+            # The preemption check's sum of blocks(context + 1): the same as the
+            # incremental reservation admission counts.
+            used = batch.need
+        else:
+            used = batch.need_at(1)
         admitted = 0
-        while s.waiting and budget > 0 and len(s.running) < self.max_num_seqs:
+        while s.waiting and budget > 0 and len(batch) < self.max_num_seqs:
             r = s.waiting[0]
             need = self._reserve(r)
             if used + need > self.blocks_total:
@@ -470,51 +498,48 @@ class Server:
             c = min(r.prefill_left, budget)
             chunks.append((r, c))
             budget -= c
-            s.running.append(r)
-            s.pending.append(r)
+            batch.admit(r)
             admitted += 1 if r.preemptions == 0 else 0
         return admitted
 
     def _mixed_step(
         self,
         s: _Loop,
-        decoding: list[Request],
+        batch: RunningBatch,
         chunks: list[tuple[Request, int]],
         admitted: int,
         stats: dict,
-    ) -> bool:
-        """One iteration of decode tokens (or SD rounds) and prompt chunks. Returns
-        whether any request may have reached its output length (then the caller
-        retires; the check rides on the pass that adds the tokens)."""
-        batch = len(decoding)
-        context = sum([r.prompt + r.generated for r in decoding]) / batch if batch else 0.0
+    ) -> list[Request]:
+        """One iteration of decode tokens (or SD rounds) and prompt chunks. Returns the
+        requests that reached their output length."""
+        decoding = len(batch.decoding)
+        context = batch.context / decoding if decoding else 0.0
         done_prefill = [r for r, c in chunks if c >= r.prefill_left]
         s.now += self.costs.mixed(
-            batch, context, [c for _, c in chunks], batch + len(done_prefill), admitted
+            decoding, context, [c for _, c in chunks], decoding + len(done_prefill), admitted
         )
-        finished = False
         if self.costs.draft:  # the acceptance draws in running order, as before
-            for r in decoding:
+            for r in batch.decoding.values():
                 r.generated = min(r.output, r.generated + self._sd_tokens(r.alpha))
-            finished = bool(decoding)
+            done = [r for r in batch.decoding.values() if r.generated >= r.output]
         else:
-            for r in decoding:
-                r.generated += 1
-                if r.generated >= r.output:
-                    finished = True
+            done = batch.advance(1)
         for r, c in chunks:
             r.prefill_left -= c
             if r.prefill_left == 0:
                 if r.first_token_s is None:
                     r.first_token_s = s.now
-                r.generated += 1
-                finished = finished or r.generated >= r.output
+                batch.prefilled(r)
+                if r.generated >= r.output:
+                    done.append(r)
         if chunks:
-            s.pending = [r for r in s.pending if r.prefill_left > 0]
+            batch.pending = [r for r in batch.pending if r.prefill_left > 0]
+        if self.costs.draft:
+            batch.resync()  # each request gained its own number of tokens
         stats["steps"] += 1
         stats["prefill"] += 1 if chunks else 0
-        stats["batch_sum"] += batch
-        return finished
+        stats["batch_sum"] += decoding
+        return done
 
     def _sd_tokens(self, alpha: float) -> int:
         """1 + the number of leading drafted tokens accepted (each with probability alpha)."""
@@ -534,11 +559,3 @@ class Server:
         bar.update(len(done))
         return done
 
-
-def _remove(running: list[Request], victim: Request) -> None:
-    """Remove ``victim`` from ``running`` by identity, searching from the end where the
-    latest admitted requests are (``list.remove`` compares every dataclass field)."""
-    for i in range(len(running) - 1, -1, -1):
-        if running[i] is victim:
-            del running[i]
-            return

@@ -18,6 +18,7 @@ from xpusim.hwprofiles.spec import (
     Device,
     Efficiency,
     KernelTraits,
+    Latency,
     Link,
     MemoryLevel,
     System,
@@ -34,7 +35,9 @@ DTYPES = (
     "fp8_e4m3", "fp8_e5m2", "hif8", "mxfp8", "mxfp6", "fp4", "mxfp4", "nvfp4",
 )
 # Sections of a profile whose figures can be marked as announced (see ``announced``).
-DEVICE_SECTIONS = ("matrix", "vector", "cores", "hbm", "levels", "efficiency", "kernels", "tdp_w")
+DEVICE_SECTIONS = (
+    "matrix", "vector", "cores", "hbm", "levels", "efficiency", "kernels", "latency", "tdp_w",
+)
 SYSTEM_SECTIONS = ("intra_node", "package", "nic", "inter_node", "collective_efficiency", "size")
 
 
@@ -199,6 +202,20 @@ class KernelsFile(_Strict):
         )
 
 
+class LatencyFile(_Strict):
+    """Optional ``[latency]`` section: load-to-use latencies in core clock cycles, as
+    microbenchmark studies measure them (see Latency). Only what a source gives."""
+
+    smem_cycles: float | None = Field(default=None, gt=0)
+    l2_hit_cycles: float | None = Field(default=None, gt=0)
+    hbm_cycles: float | None = Field(default=None, gt=0)
+    source: str
+
+    def to_spec(self) -> Latency:
+        return Latency(smem_cycles=self.smem_cycles, l2_hit_cycles=self.l2_hit_cycles,
+                       hbm_cycles=self.hbm_cycles)
+
+
 class DeviceFile(_Strict):
     schema_version: Literal[1] = 1
     kind: Literal["device"] = "device"
@@ -217,6 +234,7 @@ class DeviceFile(_Strict):
     levels: list[Level] = Field(default_factory=list)
     efficiency: EfficiencyFile
     kernels: KernelsFile | None = None
+    latency: LatencyFile | None = None
 
     @field_validator("announced")
     @classmethod
@@ -258,6 +276,7 @@ class DeviceFile(_Strict):
             tdp_watts=self.tdp_w,
             announced=tuple(self.announced),
             kernels=self.kernels.to_spec() if self.kernels else KernelTraits(),
+            latency=self.latency.to_spec() if self.latency else Latency(),
             sources={
                 "matrix": self.matrix.source,
                 **({"matrix.quoted": self.matrix.quoted_source} if self.matrix.quoted_tflops else {}),
@@ -267,6 +286,7 @@ class DeviceFile(_Strict):
                 "efficiency": self.efficiency.source,
                 **{f"level.{lv.name}": lv.source for lv in self.levels},
                 **({"kernels": self.kernels.source} if self.kernels else {}),
+                **({"latency": self.latency.source} if self.latency else {}),
             },
             path=path,
         )

@@ -110,6 +110,19 @@ class KernelTraits:
 
 
 @dataclass(frozen=True)
+class Latency:
+    """Load-to-use latencies in core clock cycles (the profile's ``[latency]`` table), as
+    pointer-chasing microbenchmarks measure them: ``smem_cycles`` a shared-memory load,
+    ``l2_hit_cycles`` a global load that hits L2, ``hbm_cycles`` one that misses to device
+    memory. None: no source. Used where a kernel's per-block work waits on a dependent
+    chain of such accesses (``sim.cost.attention_latency``)."""
+
+    smem_cycles: float | None = None
+    l2_hit_cycles: float | None = None
+    hbm_cycles: float | None = None
+
+
+@dataclass(frozen=True)
 class Device:
     """One accelerator (or a host CPU) in SI units.
 
@@ -140,6 +153,7 @@ class Device:
     sources: dict[str, str] = field(default_factory=dict)
     path: str = ""
     kernels: KernelTraits = KernelTraits()
+    latency: Latency = Latency()
     # Profile sections whose figures are vendor announcements, not yet measured.
     announced: tuple[str, ...] = ()
 

@@ -40,6 +40,8 @@ Implementations and how each is priced:
   - older kernels' extra per-block work (FA1's split-K shared-memory reduction and fp32
     O round trip, Triton 2.0's FA1-style softmax) and the memory-bound kernels around a
     fused backward (FA2/FA3 preprocess and dQ convert, Triton 2.0's): ``attention_blocks``.
+  - the latency a block's CTA waits on (a dependent chain of L2 and shared-memory round trips,
+    read from each kernel's source) beyond what other resident CTAs overlap: ``attention_latency``.
 
   Items (one per query block of each batch x head, the causal ones visiting only the
   key blocks up to the diagonal) are placed on the SMs in launch order, each on the
@@ -74,6 +76,7 @@ from xpusim.sim.cost.attention_blocks import (
 )
 from xpusim.sim.cost.attention_eager import bench_layout_ops
 from xpusim.sim.cost.attention_hopper import first_block_extra_s, hopper_fwd_tile, out_bytes
+from xpusim.sim.cost.attention_latency import BlockTerms, block_latency_s
 from xpusim.sim.cost.base import OpCost
 from xpusim.sim.cost.roofline import RooflineModel
 from xpusim.sim.errors import InputError
@@ -359,16 +362,6 @@ def _fa3_fwd_tile(head_dim: float, dtype: str, causal: bool) -> tuple[int, int]:
     return (128, 80)
 
 
-@dataclass(frozen=True)
-class BlockTerms:
-    mma_s: float
-    exp_s: float
-    alu_s: float
-    softmax_s: float
-    block_s: float
-    reduce_s: float = 0.0  # backward dQ reduction through L2; FA1's O round trip through HBM
-
-
 def block_terms(device: Device, impl: str, shape: AttnShape, pass_: str, br: int, bc: int,
                 diagonal: bool = False) -> BlockTerms:
     """Time of one (Br x Bc) block on one SM, and its parts (module docstring)."""
@@ -421,7 +414,8 @@ def block_terms(device: Device, impl: str, shape: AttnShape, pass_: str, br: int
     # P staging (attention_blocks).
     smem = smem_bytes_per_score(impl, shape.head_dim, shape.vd, shape.kv_len, pass_, shape.dtype)
     reduce_s += smem * scores / (SMEM_BYTES_PER_CLK_PER_SM * clock)
-    return BlockTerms(mma_s, exp_s, alu_s, softmax_s, block_s + reduce_s, reduce_s)
+    lat_s = block_latency_s(device, impl, pass_, block_s + reduce_s)  # attention_latency
+    return BlockTerms(mma_s, exp_s, alu_s, softmax_s, block_s + reduce_s + lat_s, reduce_s, lat_s)
 
 
 def _fused_gpu(device: Device, shape: AttnShape, impl: str, pass_: str) -> OpCost:
@@ -489,6 +483,7 @@ def _fused_gpu(device: Device, shape: AttnShape, impl: str, pass_: str) -> OpCos
         "block_exp_s": full.exp_s,
         "block_alu_s": full.alu_s,
         "block_reduce_s": full.reduce_s,
+        "block_latency_s": full.latency_s,
         "block_s": full.block_s,
         "blocks": blocks * bh,
         "items": q_blocks * bh,

@@ -87,3 +87,28 @@ def test_fused_cost_falls_with_the_window_and_matches_without_one():
     # 32 query blocks of 128 rows each visit 2 key blocks instead of up to 32.
     assert local.time_s < full.time_s / 4
     assert local.details["blocks"] < full.details["blocks"] / 8
+
+
+MISTRAL_7B_V01 = {  # mistralai/Mistral-7B-v0.1 config.json
+    "model_type": "mistral", "hidden_size": 4096, "intermediate_size": 14336,
+    "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+    "vocab_size": 32000, "max_position_embeddings": 32768, "sliding_window": 4096,
+}
+
+
+def test_mistral_sliding_window_applies_to_every_layer():
+    from xpusim.sim.models.hf_config import from_hf_config
+    assert from_hf_config(MISTRAL_7B_V01).layer_windows == (4096,) * 32
+    # v0.2+ and Mixtral-8x7B publish null: full attention everywhere.
+    assert from_hf_config({**MISTRAL_7B_V01, "sliding_window": None}).layer_windows == ()
+    mixtral = {**MISTRAL_7B_V01, "model_type": "mixtral", "num_local_experts": 8,
+               "num_experts_per_tok": 2}
+    assert from_hf_config(mixtral).layer_windows == (4096,) * 32
+    assert from_hf_config({**mixtral, "sliding_window": None}).layer_windows == ()
+
+
+def test_mistral_bad_sliding_window_names_the_field():
+    from xpusim.sim.errors import InputError
+    from xpusim.sim.models.hf_config import from_hf_config
+    with pytest.raises(InputError, match="sliding_window"):
+        from_hf_config({**MISTRAL_7B_V01, "sliding_window": 0})

@@ -154,6 +154,21 @@ def _parse_llama(cfg: _Config, name: str) -> ModelSpec:
     return _llama_like(cfg, name, qkv_bias=cfg.bool_("attention_bias", False))
 
 
+def _uniform_window(cfg: _Config, spec: ModelSpec) -> ModelSpec:
+    """Mistral / Mixtral ``sliding_window``: when set (an int, e.g. Mistral-7B-v0.1's 4096),
+    every layer's queries see at most that many keys (HF MistralAttention / MixtralAttention
+    pass ``config.sliding_window`` to every layer's mask); null or absent (Mistral v0.2+,
+    Mixtral-8x7B) means full attention."""
+    if cfg.data.get("sliding_window") is None:
+        return spec
+    window = cfg.int_("sliding_window")
+    return dataclasses.replace(spec, layer_windows=(window,) * spec.layers)
+
+
+def _parse_mistral(cfg: _Config, name: str) -> ModelSpec:
+    return _uniform_window(cfg, _parse_llama(cfg, name))
+
+
 def _parse_qwen2(cfg: _Config, name: str) -> ModelSpec:
     return _llama_like(cfg, name, qkv_bias=True)  # Qwen2Attention: q/k/v Linear(bias=True)
 
@@ -218,7 +233,7 @@ def _parse_mixtral(cfg: _Config, name: str) -> ModelSpec:
         scoring="softmax",
         norm_topk_prob=True,
     )
-    return _llama_like(cfg, name, qkv_bias=False, moe=moe)
+    return _uniform_window(cfg, _llama_like(cfg, name, qkv_bias=False, moe=moe))
 
 
 def _layer_windows(cfg: _Config, layers: int) -> tuple[int, ...]:
@@ -380,7 +395,7 @@ def _parse_opt(cfg: _Config, name: str) -> ModelSpec:
 
 FAMILIES: dict[str, Callable[[_Config, str], ModelSpec]] = {
     "llama": _parse_llama,
-    "mistral": _parse_llama,
+    "mistral": _parse_mistral,
     "qwen2": _parse_qwen2,
     "qwen2_moe": _parse_qwen2_moe,
     "qwen3_moe": _parse_qwen3_moe,

@@ -73,8 +73,8 @@ class RunningBatch:
         self.need += self.blocks(r.prompt + r.generated + self.step_tokens)
 
     def prefilled(self, r: Request) -> None:
-        """``r``'s prompt is done (the caller has dropped it from ``pending``): it gets
-        its first token and decodes from the next step."""
+        """``r``'s prompt is done (the caller drops it from ``pending``): it gets its
+        first token and decodes from the next step."""
         self.need -= self.blocks(r.prompt + r.generated + self.step_tokens)
         r.generated += 1
         self.join_decoding(r)
@@ -112,7 +112,8 @@ class RunningBatch:
 
     def _forget(self, r: Request) -> None:
         """Write ``r``'s generated tokens and take it out of the sums (its heap entry
-        stays, skipped once ``since`` no longer holds it)."""
+        stays, skipped once ``entry`` no longer names it; requests live for the whole
+        run, so their ids are not reused)."""
         r.generated += self.tick - self.since.pop(id(r))
         del self.entry[id(r)]
         context = r.prompt + r.generated

@@ -48,6 +48,7 @@ from xpusim.sim.training.items import (  # noqa: F401  (re-exported)
     quantize_op,
 )
 from xpusim.sim.training.lowprec import cast_transpose_op
+from xpusim.sim.training.megatron_experts import with_expert_passes
 from xpusim.sim.training.saved import activation_bytes, weight_params  # noqa: F401
 from xpusim.sim.workloads.transformer import (
     CommNeed,
@@ -355,7 +356,7 @@ def layer_items(ctx: SlotContext, layer: int) -> list[Item]:
         return items + _extended_ep_ffn(ctx, layer, t_norm)
     load = moe_load(ctx, layer, ctx.tokens, plan.ep)
     raw = ffn_items(spec, layer, shape, sh, act_dtype(plan), load)
-    body = _expert_tp(training_items(raw, ctx), plan.tp)
+    body = _expert_tp(with_expert_passes(training_items(raw, ctx), ctx), plan.tp)
     return items + _block("ffn", t_norm, ctx, _scale_a2a(body, ctx.hot_comm.get(layer, 1.0)))
 
 
@@ -368,7 +369,7 @@ def _extended_ep_ffn(ctx: SlotContext, layer: int, t_norm: float) -> list[Item]:
     sub = StepShape(plan.mbs * (plan.seq / plan.cp) / plan.tp, 1, 1, True)
     load = moe_load(ctx, layer, t / plan.tp, ep_ranks)
     raw = ffn_items(spec, layer, sub, Sharding(1, ep_ranks, False), act_dtype(plan), load)
-    body = _scale_a2a(training_items(raw, ctx), ctx.hot_comm.get(layer, 1.0))
+    body = _scale_a2a(with_expert_passes(training_items(raw, ctx), ctx), ctx.hot_comm.get(layer, 1.0))
     if not plan.sequence_parallel:
         body.append(Comm("moe_tp_gather", CollectiveKind.ALL_GATHER, t * spec.hidden * ctx.b, "tp"))
     return [_norm("ffn_norm", t_norm, ctx), *body, _residual("ffn_residual", t_norm, ctx)]

@@ -1,0 +1,77 @@
+"""Unfused passes of Megatron-Core's grouped experts (``TEGroupedMLP``) that the fused
+expert ops of ``workloads.transformer._mlp`` do not carry.
+
+Two features of an expert MLP leave Megatron-Core's fused kernels and cost HBM passes of
+their own (Megatron-LM ``megatron/core/transformer/moe/experts.py`` TEGroupedMLP and
+``megatron/core/fusions/fused_bias_geglu.py``, as stored in the search corpus):
+
+- **Clamped GLU inputs** (``activation_func_clamp_value``, gpt-oss's 7.0 with the
+  quick-GELU GLU). ``weighted_bias_quick_geglu_impl`` chunks the fc1 output, clamps
+  each half with its own ``torch.clamp`` and ``torch.cat``-s them back *before* the
+  fused (``jit_fuser``) activation: 2 + 2 element passes of each half for the clamps and
+  4 for the cat, i.e. a read and a write of both halves twice (8 x ffn elements per
+  routed token). The activation is inside the ``moe_act`` checkpoint, so a selective
+  recompute of ``act`` re-runs them; without it autograd keeps the concatenated input
+  (both halves) for the fused function's backward.
+- **Expert output bias** (``add_bias_linear``). fc2 is built with ``skip_bias_add=True``
+  and ``TEGroupedMLP._apply_bias`` adds each local expert's bias scaled by the router
+  probability in eager PyTorch: ``torch.cat([t + b * p for each expert])`` — per element
+  of the fc2 output a write of ``b * p``, a read of ``t`` and of ``b * p`` and a write
+  of the sum, then a read and a write by the cat (3 reads + 3 writes). It runs outside
+  the ``moe_act`` checkpoint (not recomputed by ``act``). fc1's bias is added inside
+  TransformerEngine's GroupedLinear GEMM (``skip_bias_add=False``) and is not a pass.
+
+The backward of each op follows the simulator's elementwise rule (2x the forward's
+bytes, ``backward.py``). For the clamps + cat that is 16 vs ~15 bytes per element-pair
+read in PyTorch's ``clamp_backward`` (mask compares, ``logical_and_``, ``where``) and the
+chunk's backward cat; for the bias add it overstates PyTorch's mul/sum backward
+(2 x 6 vs 8 element passes of the fc2 output).
+"""
+
+from __future__ import annotations
+
+from xpusim.sim import ops
+from xpusim.sim.ir import ElementwiseShape, GemmShape, Op, Role, Saved
+from xpusim.sim.training.framework import framework_profile
+from xpusim.sim.training.items import Item, SlotContext, act_dtype
+
+
+def megatron_grouped_experts(ctx: SlotContext) -> bool:
+    """Whether the plan's experts run Megatron-Core's TEGroupedMLP: every framework but
+    torchtitan's eager model code, which has its own expert module."""
+    return not framework_profile(ctx.plan.framework).eager_elementwise
+
+
+def clamp_op(act_numel: float, ctx: SlotContext) -> Op:
+    """Clamp both GLU halves (``act_numel`` elements each) and concatenate them: read and
+    write 2 x act_numel twice. Module "act": re-run by a selective recompute of it; its
+    concatenated output (both halves) is kept for the fused activation's backward."""
+    both = 2.0 * act_numel
+    role = Role("act", (Saved(both, "act"),), expert=True)
+    return ops.elementwise("experts_clamp", both, act_dtype(ctx.plan), 1.0, inputs=2, outputs=2,
+                           role=role)
+
+
+def bias_op(out_numel: float, ctx: SlotContext) -> Op:
+    """fc2's per-expert ``t + b * p`` and the cat over ``out_numel`` output elements
+    (3 reads + 3 writes each; a multiply and an add)."""
+    return ops.elementwise("experts_bias", out_numel, act_dtype(ctx.plan), 2.0, inputs=3,
+                           outputs=3, role=Role("experts", expert=True))
+
+
+def with_expert_passes(items: list[Item], ctx: SlotContext) -> list[Item]:
+    """The expert items with Megatron's unfused clamp (before ``experts_act``) and fc2
+    bias (after ``experts_down``) passes, where the model has them."""
+    spec = ctx.spec
+    clamp, bias = spec.swiglu_limit > 0, spec.linear_bias
+    if not (clamp or bias) or not megatron_grouped_experts(ctx):
+        return items
+    out: list[Item] = []
+    for it in items:
+        shape = it.shape if isinstance(it, Op) else None
+        if clamp and it.name == "experts_act" and isinstance(shape, ElementwiseShape):
+            out.append(clamp_op(shape.numel, ctx))
+        out.append(it)
+        if bias and it.name == "experts_down" and isinstance(shape, GemmShape):
+            out.append(bias_op(shape.m * shape.n * shape.batch, ctx))
+    return out

@@ -1,0 +1,62 @@
+"""Megatron-Core TEGroupedMLP's unfused expert passes (sim/training/megatron_experts.py):
+the clamp + cat before gpt-oss's quick-GEGLU and fc2's per-expert bias add. Hand-computed
+bytes on gpt-oss-120b (hidden = expert ffn = 2880, 128 experts top-4) at seq 4096, EP 8:
+every EP rank receives 4096 x 4 = 16384 routed token copies (uniform routing)."""
+
+from __future__ import annotations
+
+import pytest
+from xpusim.sim.ir import Op
+from xpusim.sim.models.hf_config import load_model
+from xpusim.sim.parallel import ParallelPlan, validate_plan
+from xpusim.sim.training import layers as L
+from xpusim.sim.training.backward import recompute_items
+
+SEQ = 4096.0
+ROUTED = SEQ * 4  # token copies reaching one EP rank's 16 local experts
+N = ROUTED * 2880  # elements of one GLU half (= of the fc2 output: ffn == hidden)
+
+
+def _ctx(model: str = "gpt-oss-120b", framework: str = "eager") -> L.SlotContext:
+    spec = load_model(model)
+    plan = ParallelPlan(ep=8, seq=int(SEQ), framework=framework, recompute="selective",
+                        recompute_modules=("norm", "act"))
+    return L.SlotContext(spec, validate_plan(spec, plan, 8), SEQ, {}, {}, False)
+
+
+def _ops(ctx: L.SlotContext) -> dict[str, Op]:
+    return {it.name: it for it in L.layer_items(ctx, 0) if isinstance(it, Op)}
+
+
+def test_clamp_and_cat_move_both_halves_twice():
+    clamp = _ops(_ctx())["experts_clamp"]
+    # two clamps (read + write one half each) and the cat (read + write both): 8 N bf16
+    assert clamp.main_bytes == pytest.approx(8 * N * 2)
+    assert clamp.role.module == "act"
+    assert [s.elements for s in clamp.role.saves] == [2 * N]  # the cat output, dropped by act
+
+
+def test_fc2_bias_add_three_reads_three_writes():
+    bias = _ops(_ctx())["experts_bias"]
+    # b * p (write), t + (b * p) (2 reads, write), cat (read, write): 6 N bf16
+    assert bias.main_bytes == pytest.approx(6 * N * 2)
+    assert bias.role.module == "experts"
+
+
+def test_order_clamp_before_act_bias_after_down():
+    names = [it.name for it in L.layer_items(_ctx(), 0)]
+    i = names.index
+    assert i("experts_up") < i("experts_clamp") < i("experts_act") < i("experts_down") < i(
+        "experts_bias") < i("unpermute")
+
+
+def test_selective_act_recompute_reruns_the_clamp_not_the_bias():
+    rerun = [it.name for it in recompute_items(L.layer_items(_ctx(), 0), "selective",
+                                               ("norm", "act"))]
+    assert "experts_clamp" in rerun and "experts_act" in rerun
+    assert "experts_bias" not in rerun
+
+
+def test_no_passes_without_clamp_or_bias_or_under_torchtitan():
+    assert not {"experts_clamp", "experts_bias"} & set(_ops(_ctx("mixtral-8x7b")))
+    assert not {"experts_clamp", "experts_bias"} & set(_ops(_ctx(framework="torchtitan-eager")))

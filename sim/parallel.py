@@ -148,6 +148,23 @@ class ParallelPlan:
     def interleaved(self) -> bool:
         return self.schedule == "interleaved" or (self.schedule == "auto" and self.vpp > 1)
 
+    @property
+    def fb_mergeable(self) -> bool:
+        """Whether the schedule can merge a forward and a backward of different micro-batches
+        (EP all-to-all overlap): without pipelining, or with the interleaved schedule.
+
+        Megatron-Core only offers combined 1F1B for those two
+        (``combined_1f1b_schedule_for_no_pipelining`` and ``..._for_interleaved_pipelining``
+        in ``pipeline_parallel/combined_1f1b.py``; ``TransformerConfig.__post_init__``
+        asserts that ``virtual_pipeline_model_parallel_size`` is set when PP > 1), and
+        MindSpeed's ``--moe-fb-overlap`` runs on DualPipeV, Megatron VPP or no PP
+        (``docs/features/megatron_moe/megatron-moe-fb-overlap.md``). The reason: on plain
+        1F1B with PP > 1 adjacent stages' warm-ups differ by one micro-batch, so a merged
+        step on stage s needs the backward of s + 1's step of the same index, which needs
+        the forward of s's previous step: each step waits a round trip and the steady
+        state runs at two merged steps per micro-batch (docs/training.md, EP overlap)."""
+        return self.pp == 1 or self.interleaved
+
     def layer_recompute(self, slot: str) -> str:
         """The recompute policy of slot ``slot`` ("L12", "embedding", "head", "mtp0").
 

@@ -21,7 +21,8 @@ GRID = [
     ("llama-3-8b", "dgx-h100", 2, dict(tp=1, pp=8, vpp=2, mbs=1, gbs=256, seq=1024,
                                        layer_split="3,2,2,2,2,2,2,2,2,2,2,2,2,2,2,1")),
     ("mixtral-8x7b", "dgx-h100", 4, dict(tp=2, pp=4, ep=4, mbs=1, gbs=128, seq=1024)),
-    ("mixtral-8x7b", "dgx-h100", 4, dict(tp=2, pp=4, ep=4, mbs=1, gbs=128, seq=1024,
+    # Merged F/B needs the interleaved schedule when pp > 1 (ParallelPlan.fb_mergeable).
+    ("mixtral-8x7b", "dgx-h100", 4, dict(tp=2, pp=4, vpp=2, ep=4, mbs=1, gbs=128, seq=1024,
                                          moe_routing="zipf:0.5", overlap_ep=True)),
     ("gpt3-1.7b", "dgx-a100", 1, dict(tp=1, pp=2, mbs=2, gbs=64, seq=512)),
     ("gpt3-1.7b", "dgx-a100", 1, dict(tp=2, pp=1, mbs=1, gbs=64, seq=512)),

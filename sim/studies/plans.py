@@ -9,7 +9,8 @@
    closed-form pipeline bubble (1 + (p-1)/(m v)) x the no-op padding of the
    pipeline (slots rounded up to a multiple of p v), plus the TP all-reduces
    (exposed) and the part of the EP all-to-alls longer than the compute (hidden
-   by the adaptive pipe overlap when ``overlap_ep``; all exposed otherwise).
+   by the adaptive pipe overlap when ``overlap_ep`` on a schedule that merges F/B; all
+   exposed otherwise).
    This only decides *which* plans get simulated first; the simulation decides
    which is best.
 3. Walk that order, checking each plan with the training memory model's analytical
@@ -99,9 +100,10 @@ def plan_estimate(
         layers_per_stage = (spec.layers + spec.mtp_layers) / plan.pp
         tp_comm = (plan.gbs / plan.dp) * layers_per_stage * per_layer
     ep_comm = ep_comm_estimate(plan, spec, system)
-    if plan.overlap_ep:
+    if plan.overlap_ep and plan.fb_mergeable:
         # Adaptive pipe overlap: one micro-batch's all-to-all runs under another's
-        # compute, so only the part longer than the compute shows (as in stage 1).
+        # compute, so only the part longer than the compute shows (as in stage 1). Plain
+        # 1F1B with PP > 1 does not merge F/B (``ParallelPlan.fb_mergeable``).
         ep_comm = max(0.0, ep_comm - compute)
     return compute * (1 + bubble) + tp_comm + ep_comm
 

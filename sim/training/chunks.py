@@ -51,9 +51,11 @@ class RankPlan:
 
 
 def merges_fb(spec: ModelSpec, plan: ParallelPlan) -> bool:
-    """Whether adaptive pipe overlap applies: an MoE model with expert all-to-alls."""
+    """Whether adaptive pipe overlap applies: an MoE model with expert all-to-alls, on a
+    schedule that can merge a forward and a backward (``ParallelPlan.fb_mergeable``: no
+    pipelining, or interleaved; plain 1F1B with PP > 1 runs unmerged, as the frameworks do)."""
     has_a2a = plan.ep > 1 or (plan.tp_extend_ep and plan.tp > 1)
-    return plan.overlap_ep and spec.moe is not None and has_a2a
+    return plan.overlap_ep and plan.fb_mergeable and spec.moe is not None and has_a2a
 
 
 def slot_context(

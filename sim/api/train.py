@@ -218,7 +218,26 @@ def build_plan(req: TrainRequest) -> tuple[ParallelPlan, str, dict[str, Any]]:
         **{k: v for k, v in values.items() if k in known},
         recompute="none" if recompute == "auto" else recompute,
     )
-    return plan, recompute, extra
+    return _resolve_ep_overlap(plan, values.get("overlap_ep"), req), recompute, extra
+
+
+def _resolve_ep_overlap(plan: ParallelPlan, asked: bool | None, req: TrainRequest) -> ParallelPlan:
+    """EP overlap merges a forward and a backward of different micro-batches, which the
+    frameworks schedule only without pipelining or on the interleaved schedule
+    (``ParallelPlan.fb_mergeable``). By default it follows that rule (off on plain 1F1B
+    with PP > 1); asked for explicitly on such a plan it is an error, not silently dropped."""
+    if plan.fb_mergeable or not plan.overlap_ep:
+        return plan
+    if asked:
+        where = "--overlap-ep" if req.overlap_ep else f"{req.plan}: overlap_ep = true"
+        raise InputError(
+            f"{where} with pp={plan.pp} on the non-interleaved 1F1B schedule: merged "
+            "forward/backward EP overlap needs pp = 1 or the interleaved schedule "
+            "(Megatron-Core asserts virtual_pipeline_model_parallel_size when PP > 1; "
+            "MindSpeed's --moe-fb-overlap runs on VPP, DualPipeV or no PP); pass --vpp > 1 "
+            "or --no-overlap-ep"
+        )
+    return replace(plan, overlap_ep=False)
 
 
 def fit_memory(

@@ -9,6 +9,7 @@ from pathlib import Path
 from xpusim.sim.api.base import request_from_args
 from xpusim.sim.api.train import RECOMPUTE_CHOICES, TrainRequest, TrainResult, train
 from xpusim.sim.cost.attention_impl import IMPLS
+from xpusim.sim.parallel import ParallelPlan
 from xpusim.sim.report import (
     check_output_file,
     check_plot_path,
@@ -194,6 +195,17 @@ def _print_explain(result) -> None:
     )
 
 
+def _ep_overlap(plan: ParallelPlan) -> str:
+    """Whether the all-to-alls were overlapped, and why not (the schedule rule that
+    ``sim.api.train`` applies by default: ``ParallelPlan.fb_mergeable``)."""
+    if plan.overlap_ep:
+        return "on: a forward and a backward of different micro-batches merged"
+    if not plan.fb_mergeable:
+        return ("off: plain 1F1B with pp > 1 cannot merge F/B (Megatron-Core and MindSpeed "
+                "need --vpp > 1); the all-to-alls block the compute stream")
+    return "off (--no-overlap-ep): the all-to-alls block the compute stream"
+
+
 def _print(result, d: dict) -> None:
     plan = result.plan
     print(
@@ -223,6 +235,8 @@ def _print(result, d: dict) -> None:
         ),
         ("exposed comm", fmt_si(d["exposed_comm_s"], "s")),
     ]
+    if d["breakdown_s"].get("comm_ep", 0.0) > 0:
+        rows.append(("EP overlap", _ep_overlap(plan)))
     print(table(rows, ("quantity", "value")))
     print()
     print(

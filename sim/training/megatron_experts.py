@@ -17,7 +17,8 @@ their own (Megatron-LM ``megatron/core/transformer/moe/experts.py`` TEGroupedMLP
   and ``TEGroupedMLP._apply_bias`` adds each local expert's bias scaled by the router
   probability in eager PyTorch: ``torch.cat([t + b * p for each expert])`` — per element
   of the fc2 output a write of ``b * p``, a read of ``t`` and of ``b * p`` and a write
-  of the sum, then a read and a write by the cat (3 reads + 3 writes). It runs outside
+  of the sum, then a read and a write by the cat (3 reads + 3 writes): two kernels per
+  local expert and the cat, each its own launch (op) here. It runs outside
   the ``moe_act`` checkpoint (not recomputed by ``act``). fc1's bias is added inside
   TransformerEngine's GroupedLinear GEMM (``skip_bias_add=False``) and is not a pass.
 
@@ -52,11 +53,22 @@ def clamp_op(act_numel: float, ctx: SlotContext) -> Op:
                            role=role)
 
 
-def bias_op(out_numel: float, ctx: SlotContext) -> Op:
-    """fc2's per-expert ``t + b * p`` and the cat over ``out_numel`` output elements
-    (3 reads + 3 writes each; a multiply and an add)."""
-    return ops.elementwise("experts_bias", out_numel, act_dtype(ctx.plan), 2.0, inputs=3,
-                           outputs=3, role=Role("experts", expert=True))
+def bias_ops(out_numel: float, experts: float, ctx: SlotContext) -> list[Op]:
+    """fc2's bias, as ``_apply_bias`` launches it over ``out_numel`` output elements: per
+    local expert a ``b * p`` (writes its rows) and a ``t + b * p`` (reads 2, writes 1),
+    then one cat (reads and writes all): 3 reads + 3 writes an element, 2 x experts + 1
+    kernels, each its own op (launch) as in eager PyTorch."""
+    n = max(1, round(experts))
+    rows = out_numel / n
+    dtype, role = act_dtype(ctx.plan), Role("experts", expert=True)
+    out: list[Op] = []
+    for i in range(n):
+        out.append(ops.elementwise(f"experts_bias_scale{i}", rows, dtype, 1.0, inputs=0,
+                                   role=role))
+        out.append(ops.elementwise(f"experts_bias_add{i}", rows, dtype, 1.0, inputs=2,
+                                   role=role))
+    out.append(ops.elementwise("experts_bias_cat", out_numel, dtype, 0.0, role=role))
+    return out
 
 
 def with_expert_passes(items: list[Item], ctx: SlotContext) -> list[Item]:
@@ -73,5 +85,5 @@ def with_expert_passes(items: list[Item], ctx: SlotContext) -> list[Item]:
             out.append(clamp_op(shape.numel, ctx))
         out.append(it)
         if bias and it.name == "experts_down" and isinstance(shape, GemmShape):
-            out.append(bias_op(shape.m * shape.n * shape.batch, ctx))
+            out += bias_ops(shape.m * shape.n * shape.batch, shape.batch, ctx)
     return out

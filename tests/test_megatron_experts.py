@@ -65,3 +65,44 @@ def test_selective_act_recompute_reruns_the_clamp_not_the_bias():
 def test_no_passes_without_clamp_or_bias_or_under_torchtitan():
     for ctx in (_ctx("mixtral-8x7b"), _ctx(framework="torchtitan-eager")):
         assert not [n for n in _ops(ctx) if n in ("experts_clamp", "experts_bias_cat")]
+
+
+# --- Megatron-Core's cross-entropy (sim/training/megatron_loss.py) ---------------------
+
+LOGITS = SEQ * 201088  # one micro-batch's logits on a TP-1 rank
+
+
+def _head(ctx: L.SlotContext) -> dict[str, Op]:
+    return {it.name: it for it in L.head_items(ctx) if isinstance(it, Op)}
+
+
+def test_cross_entropy_forward_26_bytes_per_bf16_logit():
+    head = _head(_ctx())
+    # .float() + row max: read 2, write 4 (a copy op moves nbytes twice)
+    assert head["loss_upcast"].main_bytes == pytest.approx(LOGITS * 6)
+    # exp in place 8, row sum 4, divide in place 8
+    assert head["loss_softmax"].main_bytes == pytest.approx(LOGITS * 20)
+    assert "logits_softmax" not in head
+
+
+def test_cross_entropy_backward_14_bytes_per_logit():
+    from xpusim.sim.training.backward import backward_op
+    head = _head(_ctx())
+    (soft_bwd,) = backward_op(head["loss_softmax"])
+    (cast_bwd,) = backward_op(head["loss_upcast"])
+    assert soft_bwd.main_bytes == pytest.approx(LOGITS * 8)  # in-place scale
+    assert cast_bwd.main_bytes == pytest.approx(LOGITS * 6)  # fp32 read, bf16 write
+
+
+def test_cross_entropy_unchanged_under_torchtitan():
+    head = _head(_ctx(framework="torchtitan-eager"))
+    assert "loss_upcast" not in head
+    assert head["logits_softmax"].main_bytes == pytest.approx(LOGITS * 8)
+
+
+def test_cross_entropy_fp32_logits_need_no_copy():
+    spec = load_model("gpt-oss-120b")
+    plan = validate_plan(spec, ParallelPlan(ep=8, seq=int(SEQ), dtype="fp32"), 8)
+    head = _head(L.SlotContext(spec, plan, SEQ, {}, {}, False))
+    assert "loss_upcast" not in head
+    assert head["loss_softmax"].main_bytes == pytest.approx(LOGITS * 24)  # + the max's read

@@ -49,6 +49,7 @@ from xpusim.sim.training.items import (  # noqa: F401  (re-exported)
 )
 from xpusim.sim.training.lowprec import cast_transpose_op
 from xpusim.sim.training.megatron_experts import with_expert_passes
+from xpusim.sim.training.megatron_loss import with_megatron_loss
 from xpusim.sim.training.saved import activation_bytes, weight_params  # noqa: F401
 from xpusim.sim.workloads.transformer import (
     CommNeed,
@@ -438,7 +439,8 @@ def embedding_items(ctx: SlotContext) -> list[Item]:
 def head_items(ctx: SlotContext) -> list[Item]:
     plan = ctx.plan
     sh = Sharding(plan.tp, 1, plan.sequence_parallel)
-    items = training_items(lm_head_forward(ctx.spec, ctx.tokens, sh, act_dtype(plan)), ctx)
+    raw = lm_head_forward(ctx.spec, ctx.tokens, sh, act_dtype(plan))
+    items = with_megatron_loss(training_items(raw, ctx), ctx)
     if plan.tp > 1:
         # Vocab-parallel cross-entropy (Megatron _VocabParallelCrossEntropy): all-reduces
         # over TP of the row max, the predicted logit and the sum of exps, fp32 per token.

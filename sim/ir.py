@@ -433,12 +433,17 @@ class Segment:
     segment the sum of its ops' times and, when ``host`` (each op launched by the
     framework on the host), at least ``len(ops) x`` the host's cost per op. Compared by
     identity: one segment object is shared by every unit that runs the same ops.
+
+    ``host_syncs``: host-device synchronisations the framework makes in the segment
+    (the host waits until the device has drained, so the device then idles while the
+    host issues the next op: one host op per sync, ``sim.cost.pricing``).
     """
 
     name: str
     ops: tuple[Op, ...]
     kind: str = "compute"
     host: bool = True
+    host_syncs: int = 0
 
 
 @dataclass(frozen=True, slots=True, eq=False)

@@ -9,7 +9,9 @@ with them:
 * a ``Collective`` by the system's network (``sim.network.comm_time_fn``);
 * a ``Segment`` as the sum of its ops' times and, when the framework issues its ops one
   by one on the host (``Segment.host``), at least ``len(ops) x host_op_s``: n ops cannot
-  finish before the host has launched them (the excess is the exposed host time);
+  finish before the host has launched them (the excess is the exposed host time), plus
+  one ``host_op_s`` per host sync in it (``Segment.host_syncs``: the device idles while
+  the host issues the first op after the wait);
 * a ``Delay`` is its own duration (work with no hardware model behind it).
 
 ``comm_share`` and ``contended_rate`` describe SM contention (``overlap_compute_share``):
@@ -202,6 +204,9 @@ class Pricing:
             exposed = len(seg.ops) * self.host_op_s - device
             if exposed > 0:
                 host = exposed
+            # After a host sync the device queue is empty: the device idles while the
+            # host issues the next op (the wake-up itself is not priced: no source).
+            host += seg.host_syncs * self.host_op_s
         return SegmentCost(times, device, host)
 
     def segment_time(self, seg: Segment) -> float:

@@ -10,13 +10,17 @@ latency stays in the device profile's ``launch_overhead`` (priced by the cost mo
 The lowering applies this per merged run of ops: ``n`` ops cannot finish before the
 host has issued them, so the run takes ``max(device time, n * host_op_s)`` (the host
 is assumed to restart at each run: pessimistic where a collective let it run ahead).
+A host sync inside the run (the MoE dispatcher's, ``moe_dispatch_syncs``) adds one
+``host_op_s``: the device has drained and waits for the host's next launch.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from xpusim.sim.errors import InputError
+from xpusim.sim.ir import Op, OpKind
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,10 @@ class FrameworkProfile:
     # What --recompute selective re-runs: the plan's recompute modules (Megatron-style),
     # or torchtitan's op-level policy (``eager.op_sac_recompute``).
     selective: str = "modules"
+    # The MoE token dispatcher waits on the host once per routed forward (MOE_SYNC_SOURCE):
+    # Megatron-Core's dispatchers and the MindSpeed ones derived from them. torchtitan's
+    # expert-parallel path was not read: off there.
+    moe_dispatch_sync: bool = True
 
 
 FRAMEWORKS = {
@@ -85,6 +93,7 @@ FRAMEWORKS = {
         eager_elementwise=True,
         fsdp2_copy_out=True,
         selective="torchtitan-op",
+        moe_dispatch_sync=False,
         zero3_source=(
             "FSDP2 (torch.distributed._composable.fsdp, _fsdp_collectives.py): "
             "foreach_all_gather copies the local shards into one flat input "
@@ -99,6 +108,32 @@ FRAMEWORKS = {
         ),
     ),
 }
+
+
+MOE_SYNC_SOURCE = (
+    "Megatron-LM megatron/core/transformer/moe/token_dispatcher.py (core_r0.13-0.15 era, "
+    "as stored in the search corpus): MoEAlltoAllTokenDispatcher.preprocess sets "
+    "cuda_sync_point 'before_ep_alltoall' when EP x expert-TP > 1 (the all-to-all needs "
+    "input_splits / output_splits as host lists), else 'before_finish' (tokens_per_expert "
+    "on the host for the grouped GEMM); _maybe_dtoh_and_synchronize copies them on "
+    "cuda_dtoh_stream and calls d2h_event.synchronize() there, once per MoE layer "
+    "forward (dropless; only moe_pad_expert_input_to_capacity skips it). The backward's "
+    "all-to-alls reuse the host splits: no sync. MoEAllGatherTokenDispatcher: "
+    "local_map.sum(0).long().cpu(), blocking. MoEFlexTokenDispatcher (DeepEP normal "
+    "kernels): deep_ep.cpp intranode/internode_dispatch busy-waits on the host for "
+    "moe_recv_counter unless num_worst_tokens > 0, which Megatron's fused_dispatch does "
+    "not pass; the cached (handle) dispatch of the backward does not wait. MindSpeed's "
+    "alltoall dispatchers subclass Megatron's (MindSpeedMOEAlltoAllFbOverlapTokenDispatcher)"
+)
+
+
+def moe_dispatch_syncs(ops: Sequence[Op], phase: str, framework: str) -> int:
+    """Host syncs of the MoE token dispatcher in a forward or recompute run of ``ops``:
+    one per routed forward (each top-k routing op), where the framework's dispatcher
+    makes one (MOE_SYNC_SOURCE)."""
+    if phase == "bwd" or not framework_profile(framework).moe_dispatch_sync:
+        return 0
+    return sum(1 for op in ops if op.kind == OpKind.ROUTING)
 
 
 def framework_profile(name: str) -> FrameworkProfile:

@@ -29,7 +29,7 @@ from xpusim.sim.parallel import ParallelPlan
 from xpusim.sim.training import eager
 from xpusim.sim.training import layers as L
 from xpusim.sim.training.chunks import Chunk
-from xpusim.sim.training.framework import framework_profile
+from xpusim.sim.training.framework import framework_profile, moe_dispatch_syncs
 
 # Item tags of an overlapped unit (besides ops and collectives):
 # ("async", Comm, key): a collective on the comm stream, named by key;
@@ -381,5 +381,7 @@ def unit_pieces(chunk: Chunk, kind: str, plan: ParallelPlan) -> list[Piece]:
     _share_copy_segments(pieces)
     for p in pieces:
         if p.comm is None and p.segment is None:
-            p.segment = Segment(f"{p.phase}.{p.slot}", tuple(p.ops), p.phase)
+            syncs = moe_dispatch_syncs(p.ops, p.phase, plan.framework)
+            p.segment = Segment(f"{p.phase}.{p.slot}", tuple(p.ops), p.phase,
+                                host_syncs=syncs)
     return pieces

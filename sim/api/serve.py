@@ -32,7 +32,7 @@ from xpusim.sim.inference.disagg import (
     run_disaggregated,
 )
 from xpusim.sim.inference.engine_profile import EngineProfile, load_engine
-from xpusim.sim.inference.kvcache import MemoryPlan, kv_bytes_per_token
+from xpusim.sim.inference.kvcache import MemoryPlan, kv_bytes_per_token, kv_layout
 from xpusim.sim.inference.lowering import StepSimulator, plan_for, require_memory
 from xpusim.sim.inference.routing import Routing, routing_from_text
 from xpusim.sim.inference.serving import Server
@@ -278,7 +278,10 @@ def _serve_colocated(req: ServeRequest, gamma: int, alpha: float, draft_devices:
     max_seqs, max_tokens = run_limits(
         dep.engine, dep.spec, dep.system, dep.plan, req.dtype, requests
     )
-    server = Server(costs, dep.memory.kv_tokens, max_seqs, max_tokens, seed=req.seed)
+    layout = kv_layout(dep.spec, dep.engine.sliding_window_kv)
+    server = Server(
+        costs, dep.memory.kv_tokens, max_seqs, max_tokens, seed=req.seed, layout=layout
+    )
     run = server.run(requests, req.progress)
     metrics = run.metrics()
     return ServeResult(
@@ -332,8 +335,8 @@ def _serve_disaggregated(req: ServeRequest) -> DisaggServeResult:
     kv_token = kv_bytes_per_token(spec, req.dtype, 1)
     split = run_disaggregated(
         make_requests(workload),
-        _server(StepCosts(pre_sim), pre_mem.kv_tokens, engine, req.seed),
-        _server(DecodeOnlyCosts(dec_sim), dec_mem.kv_tokens, engine, req.seed),
+        _server(StepCosts(pre_sim), pre_mem.kv_tokens, engine, req.seed, spec),
+        _server(DecodeOnlyCosts(dec_sim), dec_mem.kv_tokens, engine, req.seed, spec),
         kv_token,
         path,
     )
@@ -361,8 +364,13 @@ def _serve_disaggregated(req: ServeRequest) -> DisaggServeResult:
     )
 
 
-def _server(costs: StepCosts, kv_tokens: float, engine: EngineProfile, seed: int) -> Server:
-    return Server(costs, kv_tokens, engine.max_num_seqs, engine.max_batched_tokens, seed=seed)
+def _server(
+    costs: StepCosts, kv_tokens: float, engine: EngineProfile, seed: int, spec: ModelSpec
+) -> Server:
+    return Server(
+        costs, kv_tokens, engine.max_num_seqs, engine.max_batched_tokens, seed=seed,
+        layout=kv_layout(spec, engine.sliding_window_kv),
+    )
 
 
 def _pool_plan(devices: int | None, ep: int, flag: str) -> ParallelPlan:
@@ -422,7 +430,7 @@ def _colocated(
     memory = _pool_memory(spec, system, plan, engine, req.dtype, {**document, "pool": "colocated"})
     sim = StepSimulator(spec, system, plan, engine, req.dtype, routing)
     requests = make_requests(workload)
-    run = _server(StepCosts(sim), memory.kv_tokens, engine, req.seed).run(requests)
+    run = _server(StepCosts(sim), memory.kv_tokens, engine, req.seed, spec).run(requests)
     metrics = run.metrics()
     metrics["goodput_requests_per_s"] = goodput(
         requests, metrics["makespan_s"], req.slo_ttft, req.slo_tpot

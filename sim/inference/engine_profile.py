@@ -16,6 +16,7 @@ from xpusim.hwprofiles.loader import ROOT as HWPROFILES_ROOT
 from xpusim.hwprofiles.spec import Device
 from xpusim.sim.errors import InputError
 from xpusim.sim.inference.decode_attention import KERNELS, GenerationAttention
+from xpusim.sim.inference.kvcache import SLIDING_WINDOW_KV
 from xpusim.sim.tomlfile import read_toml
 
 ENGINE_DIR = HWPROFILES_ROOT / "engines"
@@ -71,6 +72,10 @@ class EngineProfile:
       in the 16-bit network dtype (the stack's quantiser leaves it out by default).
     * ``vocab_parallel``: the embedding and LM head are split over the TP ranks
       (Megatron's vocab-parallel layers); false: every rank holds and reads both whole.
+    * ``sliding_window_kv`` (``[kv_cache]``): what a sliding-window layer caches
+      (``xpusim.sim.inference.kvcache.KVLayout``): "window" (the blocks covering its
+      window: vLLM V1's hybrid KV cache manager), "uniform" (the window only when every
+      layer has the same one: vLLM V0) or "full" (the whole context: the default).
     * ``weight_only_int8_gemv_factor``: one-row GEMMs with int8 weights take this multiple
       of their memory-roofline time (``xpusim.sim.inference.weight_only``); 1: none.
     """
@@ -110,6 +115,7 @@ class EngineProfile:
     lm_head_16bit: bool = False
     vocab_parallel: bool = True
     weight_only_int8_gemv_factor: float = 1.0
+    sliding_window_kv: str = "full"
     sources: dict[str, str] = field(default_factory=dict)
 
     def generation_kernel(self) -> GenerationAttention:
@@ -210,6 +216,7 @@ _CHOICE_KEYS: dict[str, tuple[str, ...] | None] = {
     "reference_host": None,
     "paged_attention": None,
     "generation_attention": KERNELS,
+    "sliding_window_kv": SLIDING_WINDOW_KV,
 }
 # Lists of positive integers (stored as tuples).
 _INT_LIST_KEYS = ("xqa_group_sizes", "xqa_head_dims")
@@ -298,7 +305,7 @@ def _read_section(
     if not isinstance(body, dict):
         raise InputError(
             f"{path}: top-level field '{section}' is unknown; parameters live "
-            f"in sections such as [host], [kernels], [speculative], [scheduler]"
+            f"in sections such as [host], [kernels], [speculative], [scheduler], [kv_cache]"
         )
     for key, value in body.items():
         if key == "source":

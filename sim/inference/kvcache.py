@@ -11,6 +11,7 @@ of kv_lora_rank + qk_rope_head_dim per token per layer, replicated on every TP r
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from xpusim.sim.errors import NegativeVerdict
@@ -38,6 +39,68 @@ def kv_bytes_per_token(spec: ModelSpec, dtype: str = "bf16", tp: int = 1) -> flo
         kv_heads_rank = max(1.0, spec.kv_heads / tp)
         per_layer = 2 * kv_heads_rank * spec.head_dim * b
     return per_layer * spec.layers
+
+
+# How an engine caches the KV of sliding-window layers (engine profile ``[kv_cache]
+# sliding_window_kv``; docs/inference.md gives each engine's rule and source):
+# "window": a windowed layer keeps only the blocks covering its window (vLLM V1's hybrid
+# KV cache manager, SlidingWindowManager); "uniform": only when every layer has the same
+# window (vLLM V0's BlockSpaceManager and V1 before the hybrid manager: one sliding_window
+# per model; interleaved models are cached as full); "full": every layer caches the whole
+# context (static caches, engines without a sliding-window pool).
+SLIDING_WINDOW_KV = ("window", "uniform", "full")
+
+
+@dataclass(frozen=True)
+class KVLayout:
+    """KV blocks a request holds, counted in units of one block of ``group`` layers.
+
+    Full-attention layers hold ceil(tokens / block) blocks; windowed layers at most
+    ``cap`` = ceil(window / block) + 1 (the blocks covering the last ``window`` tokens,
+    which start mid-block: vLLM V1's SlidingWindowManager frees the blocks wholly before
+    token (computed - window + 1)). ``full`` and ``sliding`` are the layer counts of each
+    class over ``group`` = their gcd (vLLM's hybrid manager forms KV-cache groups of equal
+    layer counts that share one block pool). A model without windowed layers, or an
+    engine that caches them fully, is ``full = 1, sliding = 0, group = layers``: a
+    request holds ceil(tokens / block) units, as before windows were modelled.
+    """
+
+    block: int = 16
+    full: int = 1
+    sliding: int = 0
+    cap: int = 0
+    group: int = 1
+
+    @property
+    def windowed(self) -> bool:
+        return self.sliding > 0
+
+    def units(self, tokens: int) -> int:
+        """Units a request with ``tokens`` tokens of context holds."""
+        n = -(-tokens // self.block)
+        if not self.sliding:
+            return n
+        return self.full * n + self.sliding * min(n, self.cap)
+
+    def total_units(self, kv_tokens: float) -> int:
+        """Units in a cache sized for ``kv_tokens`` tokens of whole-context KV (all
+        layers): whole blocks of every layer, each split into its layers' groups."""
+        return int(kv_tokens // self.block) * (self.full + self.sliding)
+
+
+def kv_layout(spec: ModelSpec, rule: str = "full", block: int = 16) -> KVLayout:
+    """The KV layout of ``spec`` under an engine's ``sliding_window_kv`` rule.
+
+    Several distinct windows are cached with the largest one (conservative; no model
+    the project ships has more than one window size)."""
+    windows = [spec.attention_window(i) for i in range(spec.layers)]
+    sliding = [w for w in windows if w > 0]
+    if rule == "full" or not sliding or (rule == "uniform" and len(sliding) < spec.layers):
+        return KVLayout(block=block, group=spec.layers)
+    n_full = spec.layers - len(sliding)
+    group = math.gcd(n_full, len(sliding))
+    cap = -(-max(sliding) // block) + 1
+    return KVLayout(block, n_full // group, len(sliding) // group, cap, group)
 
 
 def activation_bytes(spec: ModelSpec, tokens: float, dtype: str = "bf16", tp: int = 1) -> float:

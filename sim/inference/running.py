@@ -20,6 +20,15 @@ For the same reason a decoding request's ``generated`` is not written every step
 brought up to date (``tick`` less the tick it was last written at) when the request
 leaves the batch, and the requests that finish are found from a heap of the tick at
 which each reaches its output length, so a step costs O(1) plus the requests it ends.
+
+Sliding-window layers (``KVLayout.windowed``: the engine frees their blocks outside the
+window) hold at most ``cap`` blocks: a request's units are full x blocks + sliding x
+min(blocks, cap). The full class grows at every crossing, as above; the windowed class
+only while the request is below its cap, so a second histogram (``open``) holds the
+residues of the requests still below it, and a heap (``caps``) the tick at which each
+reaches it (fixed while it decodes, like its end); ``advance`` takes them out of
+``open`` as it passes those ticks. The run-length bound (``kv_steps``) holds the open
+set fixed, so it is exact up to the next cap tick and stops there.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass, field
 
+from xpusim.sim.inference.kvcache import KVLayout
 from xpusim.sim.inference.workload import Request
 
 
@@ -36,13 +46,17 @@ class RunningBatch:
     and ``pending`` (still prefilling, in admission order), with
 
     * ``context``: the sum of prompt + generated over the decoding requests;
-    * ``need``: the sum of blocks(prompt + generated + step_tokens) over all of them;
+    * ``need``: the sum of units(prompt + generated + step_tokens) over all of them
+      (``layout.units``: blocks without windowed layers);
     * ``residues[i]``: how many decoding requests have (context - tick) % block == i;
     * ``since[id]``: the tick a decoding request's ``generated`` was last written at (it
       has ``tick - since`` more tokens than it says);
     * ``ends``: (tick at which it reaches its output length, serial, request) of each
       decoding request, a heap; ``entry[id]`` is the serial of the request's current
-      entry, and entries of requests that left (or were re-entered) are skipped.
+      entry, and entries of requests that left (or were re-entered) are skipped;
+    * ``open`` and ``caps`` (windowed layouts only): the residue histogram of the decoding
+      requests whose windowed blocks are below the cap, and (tick at which they reach
+      it, serial, request), a heap skipped like ``ends``.
     """
 
     block: int
@@ -57,9 +71,17 @@ class RunningBatch:
     ends: list[tuple[int, int, Request]] = field(default_factory=list)
     entry: dict[int, int] = field(default_factory=dict)
     serial: int = 0  # heap tie-break (Requests do not compare) and entry identity
+    layout: KVLayout | None = None
+    open: list[int] = field(default_factory=list)
+    caps: list[tuple[int, int, Request]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.residues = [0] * self.block
+        self.open = [0] * self.block
+        if self.layout is None:
+            self.layout = KVLayout(block=self.block)
+        assert self.layout.block == self.block, "layout and batch block sizes differ"
+        self.units = self.layout.units
 
     def __len__(self) -> int:
         return len(self.decoding) + len(self.pending)
@@ -70,22 +92,30 @@ class RunningBatch:
     def admit(self, r: Request) -> None:
         """``r`` starts (or restarts) its prompt."""
         self.pending.append(r)
-        self.need += self.blocks(r.prompt + r.generated + self.step_tokens)
+        self.need += self.units(r.prompt + r.generated + self.step_tokens)
 
     def prefilled(self, r: Request) -> None:
         """``r``'s prompt is done (the caller drops it from ``pending``): it gets its
         first token and decodes from the next step."""
-        self.need -= self.blocks(r.prompt + r.generated + self.step_tokens)
+        self.need -= self.units(r.prompt + r.generated + self.step_tokens)
         r.generated += 1
         self.join_decoding(r)
 
     def join_decoding(self, r: Request) -> None:
         """``r``, past its prompt, decodes from the next step."""
         context = r.prompt + r.generated
-        self.need += self.blocks(context + self.step_tokens)
+        self.need += self.units(context + self.step_tokens)
         self.context += context
         self.residues[(context - self.tick) % self.block] += 1
+        if self._below_cap(context):
+            self.open[(context - self.tick) % self.block] += 1
         self._track(r)
+
+    def _below_cap(self, context: int) -> bool:
+        """Whether a request with ``context`` tokens still grows its windowed blocks."""
+        lay = self.layout
+        assert lay is not None
+        return lay.windowed and self.blocks(context + self.step_tokens) < lay.cap
 
     def _track(self, r: Request) -> None:
         """``r`` decodes from now on, its ``generated`` written at this tick."""
@@ -94,6 +124,13 @@ class RunningBatch:
         self.serial += 1
         self.entry[id(r)] = self.serial
         heapq.heappush(self.ends, (self.tick + r.output - r.generated, self.serial, r))
+        context = r.prompt + r.generated
+        if self._below_cap(context):
+            # Its windowed blocks reach the cap when context + step_tokens first equals
+            # (cap - 1) x block + 1, context growing one token per tick.
+            assert self.layout is not None
+            at = self.tick + (self.layout.cap - 1) * self.block + 1 - self.step_tokens - context
+            heapq.heappush(self.caps, (at, self.serial, r))
 
     def generated(self, r: Request) -> int:
         """Decoding request ``r``'s generated tokens now."""
@@ -118,8 +155,10 @@ class RunningBatch:
         del self.entry[id(r)]
         context = r.prompt + r.generated
         self.context -= context
-        self.need -= self.blocks(context + self.step_tokens)
+        self.need -= self.units(context + self.step_tokens)
         self.residues[(context - self.tick) % self.block] -= 1
+        if self._below_cap(context):
+            self.open[(context - self.tick) % self.block] -= 1
 
     def _live_end(self) -> tuple[int, int, Request] | None:
         """The heap's first entry of a request still decoding (stale ones dropped)."""
@@ -142,7 +181,10 @@ class RunningBatch:
         needs); returns those that reached their output length (their ``generated``
         written)."""
         self.context += steps * len(self.decoding)
-        self.need += self._crossings(steps)
+        if self.layout is not None and self.layout.windowed:
+            self.need += self._windowed_growth(steps)
+        else:
+            self.need += self._crossings(steps)
         self.tick += steps
         done = []
         while (first := self._live_end()) is not None and first[0] == self.tick:
@@ -153,16 +195,47 @@ class RunningBatch:
             self.since[id(r)] = self.tick
         return done
 
-    def _crossings(self, steps: int) -> int:
-        """Blocks the decoding requests add over the next ``steps`` one-token steps: at
-        step j a request crosses when (residue + tick + j + step_tokens) % block == 0.
-        Each ``block`` steps every request crosses exactly once."""
+    def _crossings(
+        self, steps: int, hist: list[int] | None = None, start: int | None = None
+    ) -> int:
+        """Blocks the requests of ``hist`` (default: every decoding request) add over the
+        ``steps`` one-token steps from tick ``start`` (default: now): at step j a request
+        crosses when (residue + start + j + step_tokens) % block == 0. Each ``block``
+        steps every request crosses exactly once."""
+        count = len(self.decoding) if hist is None else sum(hist)
+        hist = self.residues if hist is None else hist
+        start = self.tick if start is None else start
         b = self.block
         periods, rest = divmod(steps, b)
-        added = periods * len(self.decoding)
+        added = periods * count
         for j in range(rest):
-            added += self.residues[(-self.step_tokens - self.tick - j) % b]
+            added += hist[(-self.step_tokens - start - j) % b]
         return added
+
+    def _live_cap(self) -> tuple[int, int, Request] | None:
+        """The ``caps`` heap's first entry of a request still decoding."""
+        while self.caps:
+            _, serial, r = self.caps[0]
+            if self.entry.get(id(r)) == serial:
+                return self.caps[0]
+            heapq.heappop(self.caps)
+        return None
+
+    def _windowed_growth(self, steps: int) -> int:
+        """Units the decoding requests add over the next ``steps`` steps: the full class
+        at every crossing, the windowed class at the crossings of requests below their
+        cap, each leaving ``open`` at the tick its blocks reach the cap."""
+        lay = self.layout
+        assert lay is not None
+        added = lay.full * self._crossings(steps)
+        now, end = self.tick, self.tick + steps
+        while (first := self._live_cap()) is not None and first[0] <= end:
+            at, _, r = heapq.heappop(self.caps)
+            added += lay.sliding * self._crossings(at - now, self.open, now)
+            # (context - tick) of r, fixed while it decodes
+            self.open[(r.prompt + r.generated - self.since[id(r)]) % self.block] -= 1
+            now = at
+        return added + lay.sliding * self._crossings(end - now, self.open, now)
 
     def kv_steps(self, blocks_total: int) -> int:
         """``Server._kv_steps`` from the histogram: the consecutive one-token decode
@@ -170,6 +243,8 @@ class RunningBatch:
         spare = blocks_total - self.need
         if spare < 0:
             return 1
+        if self.layout is not None and self.layout.windowed:
+            return self._windowed_kv_steps(spare)
         b = self.block
         periods, rest = divmod(spare, len(self.decoding))
         # Each request's first crossing step f = (-(context + step_tokens)) % b + 1; the
@@ -182,26 +257,96 @@ class RunningBatch:
             rest -= count
         raise AssertionError("rest is below the number of decoding requests")
 
+    def _windowed_kv_steps(self, spare: int) -> int:
+        """``kv_steps`` with windowed layers: the requests of ``open`` add full + sliding
+        units at a crossing, the others full; exact while ``open`` holds, so the run
+        stops at the next cap tick at the latest."""
+        lay = self.layout
+        assert lay is not None
+        b = self.block
+        weights: dict[int, int] = {}
+        for key in range(b):
+            w = lay.full * self.residues[key] + lay.sliding * self.open[key]
+            if w:
+                first = (-(key + self.tick + self.step_tokens)) % b
+                weights[first] = weights.get(first, 0) + w
+        cap = self._live_cap()
+        horizon = cap[0] - self.tick if cap is not None else None
+        return periodic_steps(spare, b, weights, horizon)
+
     def need_at(self, extra: int) -> int:
-        """The sum of blocks(prompt + generated + extra) over the batch, rescanned (the
+        """The sum of units(prompt + generated + extra) over the batch, rescanned (the
         admission of a speculative-decoding run, whose step needs other tokens)."""
+        if self.layout is not None and self.layout.windowed:
+            units = self.units
+            return sum([units(r.prompt + self.generated(r) + extra)
+                        for r in self.decoding.values()]) + sum(
+                [units(r.prompt + r.generated + extra) for r in self.pending])
         b = self.block
         return -sum([(-(r.prompt + self.generated(r) + extra)) // b
                      for r in self.decoding.values()]) - sum(
             [(-(r.prompt + r.generated + extra)) // b for r in self.pending])
 
-    def rescanned(self) -> tuple[int, int, list[int]]:
-        """(context, need, residues) recomputed from the requests."""
+    def rescanned(self) -> tuple[int, int, list[int], list[int]]:
+        """(context, need, residues, open) recomputed from the requests."""
         contexts = [r.prompt + self.generated(r) for r in self.decoding.values()]
         residues = [0] * self.block
+        open_ = [0] * self.block
         for c in contexts:
             residues[(c - self.tick) % self.block] += 1
-        return sum(contexts), self.need_at(self.step_tokens), residues
+            if self._below_cap(c):
+                open_[(c - self.tick) % self.block] += 1
+        return sum(contexts), self.need_at(self.step_tokens), residues, open_
 
     def resync(self) -> None:
         """Recompute the sums after the requests gained unequal tokens (a speculative
         decoding round, whose caller wrote each request's ``generated``)."""
         self.ends = []
+        self.caps = []
         for r in list(self.decoding.values()):
             self._track(r)
-        self.context, self.need, self.residues = self.rescanned()
+        self.context, self.need, self.residues, self.open = self.rescanned()
+
+
+def periodic_steps(spare: int, block: int, weights: dict[int, int], horizon: int | None) -> int:
+    """Consecutive one-token steps, from this one, whose KV check passes, when the
+    requests whose next crossing is at step ``first + 1`` (and every ``block`` steps
+    after) add ``weights[first]`` units each time and ``spare`` units are free now.
+
+    Exact while the weights hold, i.e. up to ``horizon`` steps (a request's windowed
+    blocks reaching their cap); the result is capped there (a lower bound after it).
+    With no growth at all the check never fails: the horizon, or an unbounded run."""
+    period = sum(weights.values())
+    unbounded = horizon if horizon is not None else 1 << 62
+    if period == 0:
+        return max(1, unbounded)
+    periods, rest = divmod(spare, period)
+    steps = unbounded
+    for first in sorted(weights):
+        if rest < weights[first]:
+            steps = periods * block + first + 1
+            break
+        rest -= weights[first]
+    return max(1, min(steps, unbounded))
+
+
+def windowed_kv_steps(
+    running: list[Request], spare: int, step_tokens: int, layout: KVLayout
+) -> int:
+    """``Server._kv_steps`` with windowed layers, from the requests (the prefill-first
+    and static policies keep no histogram): a request adds full + sliding units at a
+    crossing while its windowed blocks are below the cap, full after; exact up to the
+    first request reaching its cap."""
+    b = layout.block
+    weights: dict[int, int] = {}
+    horizon: int | None = None
+    for r in running:
+        tokens = r.prompt + r.generated + step_tokens
+        w = layout.full
+        if -(-tokens // b) < layout.cap:
+            w += layout.sliding
+            at = (layout.cap - 1) * b + 1 - tokens  # the step its blocks reach the cap
+            horizon = at if horizon is None else min(horizon, at)
+        first = (-tokens) % b
+        weights[first] = weights.get(first, 0) + w
+    return periodic_steps(spare, b, weights, horizon)

@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 from xpusim.sim.errors import InputError
-from xpusim.sim.inference.running import RunningBatch
+from xpusim.sim.inference.kvcache import KVLayout
+from xpusim.sim.inference.running import RunningBatch, windowed_kv_steps
 from xpusim.sim.inference.stepcosts import StepCosts
 from xpusim.sim.inference.workload import Request
 
@@ -147,9 +148,19 @@ class Server:
         max_batched_tokens: int = 8192,
         block_size: int = 16,
         seed: int = 0,
+        layout: KVLayout | None = None,
     ) -> None:
+        """``layout``: what a request's KV holds (``kvcache.kv_layout``: windowed layers
+        capped under an engine that frees them); None: every layer the whole context.
+        ``blocks_total`` and every block count below are in the layout's units (blocks
+        when no layer is windowed)."""
         self.costs = costs
-        self.blocks_total = int(kv_capacity_tokens // block_size)
+        self.layout = layout if layout is not None else KVLayout(block=block_size)
+        if self.layout.block != block_size:
+            raise InputError(
+                f"KV layout block {self.layout.block} differs from block_size {block_size}"
+            )
+        self.blocks_total = self.layout.total_units(kv_capacity_tokens)
         self.block = block_size
         self.max_num_seqs = max_num_seqs
         self.max_batched_tokens = max_batched_tokens
@@ -157,13 +168,22 @@ class Server:
         self.kv_capacity_tokens = kv_capacity_tokens
 
     def _blocks(self, tokens: int) -> int:
-        # Integer ceiling: the same as math.ceil(tokens / block) for token counts.
-        return -(-tokens // self.block)
+        # Units of the layout: the integer ceiling of tokens / block without windows.
+        return self.layout.units(tokens)
+
+    def _holds(self) -> str:
+        """The cache's size in tokens, for messages (whole blocks without windows)."""
+        if self.layout.windowed:
+            return f"{self.kv_capacity_tokens:,.0f} (whole context on every layer)"
+        return str(self.blocks_total * self.block)
 
     def _need(self, running: list[Request], extra: int) -> int:
         """Sum of ``_blocks(r.context + extra)`` over ``running``, inlined: this runs
         once per iteration over the whole batch (tests/test_serving_bookkeeping.py
         checks it against the per-request sum)."""
+        if self.layout.windowed:
+            units = self.layout.units
+            return sum([units(r.prompt + r.generated + extra) for r in running])
         b = self.block
         return -sum([(-(r.prompt + r.generated + extra)) // b for r in running])
 
@@ -188,7 +208,7 @@ class Server:
             if need > self.blocks_total:
                 raise InputError(
                     f"request {r.id} needs {r.prompt + r.output} tokens of KV cache; the "
-                    f"deployment holds {self.blocks_total * self.block}: shorten it or "
+                    f"deployment holds {self._holds()}: shorten it or "
                     "add devices"
                 )
         # Runs of identical decode steps: only without speculative decoding, whose
@@ -243,6 +263,8 @@ class Server:
         spare = self.blocks_total - need
         if spare < 0:
             return 1
+        if self.layout.windowed:
+            return windowed_kv_steps(running, spare, step_tokens, self.layout)
         b = self.block
         periods, rest = divmod(spare, len(running))
         first = sorted([(-(r.prompt + r.generated + step_tokens)) % b for r in running])
@@ -395,7 +417,7 @@ class Server:
         adds each decoding request's token."""
         s = _Loop()
         step_tokens = self.costs.gamma + 1 if self.costs.draft else 1
-        batch = RunningBatch(self.block, step_tokens)
+        batch = RunningBatch(self.block, step_tokens, layout=self.layout)
         while s.finished < len(requests):
             arrivals.pull(s.now, s.waiting)
             if not batch and not s.waiting:

@@ -11,6 +11,7 @@ The scheduler is sim/inference/serving.py, the split sim/inference/disagg.py.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +42,7 @@ from xpusim.sim.inference.speculative import HEAD_KINDS, draft_simulator, requir
 from xpusim.sim.inference.stepcosts import StepCosts
 from xpusim.sim.inference.trtllm_bench import run_limits
 from xpusim.sim.inference.workload import LengthDist, Workload, make_requests
+from xpusim.sim.limits import MAX_REQUESTS, MAX_SEQ, check_int
 from xpusim.sim.models.spec import ModelSpec
 from xpusim.sim.parallel import ParallelPlan
 
@@ -84,6 +86,11 @@ class ServeRequest:
     decode_devices: int | None = None  # required when disaggregated
     slo_ttft: float | None = None  # goodput SLO on time to first token, s
     slo_tpot: float | None = None  # goodput SLO on time per output token, s
+    # The run's own scheduler limits (vLLM's --max-num-seqs / --max-num-batched-tokens,
+    # trtllm-bench's --max_batch_size / --max_num_tokens): each replaces the engine
+    # profile's value, or what its per-run heuristic would choose. Default: the engine's.
+    max_num_seqs: int | None = None
+    max_batched_tokens: int | None = None
     progress: bool = False  # progress bar on stderr
 
     @property
@@ -198,10 +205,22 @@ def serve(
     leave no room for a KV cache or a draft model does not fit beside its target."""
     req = request_from_kwargs(ServeRequest, request, kwargs, "xpusim.serve")
     check_request(req)
+    requested_limits(req, 1, 1)  # refuse bad limits before any simulation
     gamma, alpha, draft_devices = speculative_options(req)
     if req.disaggregated:
         return _serve_disaggregated(req)
     return _serve_colocated(req, gamma, alpha, draft_devices)
+
+
+def requested_limits(req: ServeRequest, seqs: int, tokens: int) -> tuple[int, int]:
+    """(max_num_seqs, max_batched_tokens) of the run: the engine's ``seqs`` / ``tokens``
+    unless the request sets its own, as the serving tools' flags replace the engine's
+    settings (vLLM ``--max-num-seqs``, trtllm-bench ``--max_batch_size``)."""
+    if req.max_num_seqs is not None:
+        seqs = check_int(req.max_num_seqs, "--max-num-seqs", 1, MAX_REQUESTS)
+    if req.max_batched_tokens is not None:
+        tokens = check_int(req.max_batched_tokens, "--max-batched-tokens", 1, MAX_SEQ)
+    return seqs, tokens
 
 
 def speculative_options(req: ServeRequest) -> tuple[int, float, int]:
@@ -275,8 +294,8 @@ def _serve_colocated(req: ServeRequest, gamma: int, alpha: float, draft_devices:
         costs = StepCosts(dep.sim, draft_sim, gamma)
     requests = make_requests(workload)
     # The engine's scheduler limits: fixed, or chosen per run (trtllm-bench's heuristic).
-    max_seqs, max_tokens = run_limits(
-        dep.engine, dep.spec, dep.system, dep.plan, req.dtype, requests
+    max_seqs, max_tokens = requested_limits(
+        req, *run_limits(dep.engine, dep.spec, dep.system, dep.plan, req.dtype, requests)
     )
     layout = kv_layout(dep.spec, dep.engine.sliding_window_kv)
     server = Server(
@@ -317,6 +336,8 @@ def _serve_disaggregated(req: ServeRequest) -> DisaggServeResult:
             raise InputError(f"{flag} must be > 0 seconds, got {v}")
     spec = load_model_arg(req.model, "--model")
     engine = load_engine(req.engine)
+    seqs, tokens = requested_limits(req, engine.max_num_seqs, engine.max_batched_tokens)
+    engine = dataclasses.replace(engine, max_num_seqs=seqs, max_batched_tokens=tokens)
     routing = routing_from_text(req.routing, req.seed)
     document = {
         "model": spec.name, "engine": engine.name, "dtype": req.dtype, "seed": req.seed,

@@ -75,6 +75,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--prompt-len", help="N, uniform:A:B or exp:MEAN (default uniform:128:1024)"
     )
     s.add_argument("--output-len", help="N, uniform:A:B or exp:MEAN (default exp:256)")
+    s.add_argument(
+        "--max-num-seqs", type=int, metavar="N",
+        help="requests the scheduler runs at once (default: the engine profile's, or its "
+        "per-run heuristic's; vLLM --max-num-seqs, trtllm-bench --max_batch_size)",
+    )
+    s.add_argument(
+        "--max-batched-tokens", type=int, metavar="N",
+        help="tokens per scheduler step (default: the engine's; vLLM "
+        "--max-num-batched-tokens, trtllm-bench --max_num_tokens)",
+    )
     s.add_argument("--draft", help="speculative decoding: draft model name or head (eagle, mtp)")
     s.add_argument(
         "--gamma", type=int, help=f"tokens drafted per round (default {SD_DEFAULTS['gamma']})"
@@ -123,6 +133,11 @@ def _refuse_serving_flags(args: argparse.Namespace) -> None:
     speculative_options(served)
     if served.disaggregated:
         raise InputError("--prefill-system/--decode-system need --serve")
+    if served.max_num_seqs is not None or served.max_batched_tokens is not None:
+        raise InputError(
+            "--max-num-seqs/--max-batched-tokens limit a serving run's scheduler: add "
+            "--serve, or set the step's --batch and --context instead"
+        )
 
 
 def _print_step(r: InferResult) -> None:

@@ -1,0 +1,50 @@
+"""A serving run's own scheduler limits (--max-num-seqs, --max-batched-tokens) replace the
+engine profile's, as the serving tools' flags replace the engine's settings."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from xpusim.sim.api.serve import serve
+from xpusim.sim.errors import InputError
+
+RUN = dict(model="llama-2-7b", system="dgx-a100", devices=1, engine="vllm-0.6", rate=10000.0,
+           requests=300, prompt_len="128", output_len="64")
+
+
+def test_max_num_seqs_bounds_the_batch():
+    capped = serve(**RUN, max_num_seqs=32).metrics
+    free = serve(**RUN).metrics
+    assert capped["mean_decode_batch"] <= 32
+    assert free["mean_decode_batch"] > 32  # vllm-0.6's own limit is 256
+    assert capped["throughput_tokens_per_s"] < free["throughput_tokens_per_s"]
+
+
+def test_limits_equal_to_the_profile_change_nothing():
+    same = serve(**RUN, max_num_seqs=256, max_batched_tokens=8192).metrics
+    assert same == serve(**RUN).metrics
+
+
+def test_override_replaces_the_trtllm_bench_heuristic():
+    run = {**RUN, "engine": "trtllm-1.0", "dtype": "fp8", "system": "dgx-h100"}
+    assert serve(**run, max_num_seqs=16).metrics["mean_decode_batch"] <= 16
+
+
+@pytest.mark.parametrize("field, value", [("max_num_seqs", 0), ("max_batched_tokens", -5),
+                                          ("max_num_seqs", 1.5)])
+def test_bad_limits_are_refused_naming_the_flag(field, value):
+    flag = "--" + field.replace("_", "-")
+    with pytest.raises(InputError, match=flag):
+        serve(**RUN, **{field: value})
+
+
+def test_limits_without_serve_are_refused():
+    out = subprocess.run(
+        [sys.executable, "-m", "xpusim.sim.cli.main", "infer", "--model", "llama-2-7b",
+         "--system", "dgx-a100", "--max-num-seqs", "4"],
+        capture_output=True, text=True,
+    )
+    assert out.returncode != 0 and "add --serve" in out.stderr
+    assert "Traceback" not in out.stderr

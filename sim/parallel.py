@@ -28,7 +28,7 @@ RECOMPUTE_POLICIES = ("none", "selective", "full")
 RECOMPUTE_MODULES = ("norm", "attn", "act", "experts", "mlp", "core_attn")
 DEFAULT_SELECTIVE = ("norm", "attn", "act")
 DIMENSIONS = ("tp", "cp", "ep", "dp", "pp")
-FRAMEWORKS = ("eager", "cuda-graphs", "deepspeed-0.3", "torchtitan-eager")  # host-side profiles: sim/training/framework.py
+FRAMEWORKS = ("eager", "cuda-graphs", "deepspeed-0.3", "flash-attn-training", "torchtitan-eager")  # host-side profiles: sim/training/framework.py
 DEFAULT_ORDER = "tp-cp-ep-dp-pp"
 
 
@@ -105,8 +105,9 @@ class ParallelPlan:
     # "standard", the scores kept for the backward.
     attention_impl: str = ""
     # Host side of the framework (sim.training.framework): "eager" PyTorch dispatch per
-    # op, "cuda-graphs" (no per-op host cost), or "deepspeed-0.3" (eager, with ZeRO-3's
-    # per-parameter list collectives of DeepSpeed 0.3).
+    # op, "cuda-graphs" (no per-op host cost), "deepspeed-0.3" (eager, with ZeRO-3's
+    # per-parameter list collectives of DeepSpeed 0.3), "flash-attn-training" (eager, with
+    # flash-attn's fused cross-entropy) or "torchtitan-eager" (uncompiled model code).
     framework: str = "eager"
     # Uneven pipeline split: model slots (transformer layers, then MTP modules) per
     # virtual stage, in virtual-stage order (v = chunk * pp + stage), pp*vpp entries

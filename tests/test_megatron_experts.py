@@ -106,3 +106,15 @@ def test_cross_entropy_fp32_logits_need_no_copy():
     head = _head(L.SlotContext(spec, plan, SEQ, {}, {}, False))
     assert "loss_upcast" not in head
     assert head["loss_softmax"].main_bytes == pytest.approx(LOGITS * 24)  # + the max's read
+
+
+def test_flash_attn_fused_cross_entropy_reads_the_logits_once():
+    """flash-attn's fused loss (framework flash-attn-training): forward one read of the
+    bf16 logits (2 B), backward a read and a gradient write (4 B); no fp32 copy."""
+    from xpusim.sim.training.backward import backward_op
+    head = _head(_ctx(framework="flash-attn-training"))
+    assert "loss_upcast" not in head and "loss_softmax" not in head
+    xent = head["loss_flash_xent"]
+    assert xent.main_bytes == pytest.approx(LOGITS * 2)
+    (bwd,) = backward_op(xent)
+    assert bwd.main_bytes == pytest.approx(LOGITS * 4)

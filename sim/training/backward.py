@@ -35,7 +35,11 @@ from xpusim.sim.ir import (
 )
 from xpusim.sim.training.items import Comm, Item
 from xpusim.sim.training.lowprec import cast_transpose_op, is_forward_cast
-from xpusim.sim.training.megatron_loss import MEGATRON_SOFTMAX, softmax_backward_bytes
+from xpusim.sim.training.megatron_loss import (
+    FLASH_XENT,
+    MEGATRON_SOFTMAX,
+    softmax_backward_bytes,
+)
 
 # The rotary embedding's op (built in ``layers._with_rotary``): a rotation, whose
 # backward moves the forward's bytes (TransformerEngine ``fused_rope_backward``).
@@ -81,9 +85,10 @@ def backward_op(op: Op) -> list[Op]:
         # A copy, a lookup, or the rotary embedding (a rotation: the backward reads the
         # output gradient and writes the input gradient, the forward's bytes).
         return [replace(op, name=f"{op.name}_bwd", role=role)]
-    if op.name == MEGATRON_SOFTMAX and isinstance(s, SoftmaxShape):
+    if op.name in (MEGATRON_SOFTMAX, FLASH_XENT) and isinstance(s, SoftmaxShape):
         # Megatron's cross-entropy (megatron_loss.py): the backward scales the kept
         # softmax in place, one fp32 pass; the cast back is the upcast copy's backward.
+        # flash-attn's: one kernel reads the logits and writes their gradient.
         bwd = _pointwise_backward(op, 1.0, s, role)
         return [replace(bwd, bytes=MappingProxyType({MAIN_MEMORY: softmax_backward_bytes(op)}))]
     return [_pointwise_backward(op, 2.0, s, role)]

@@ -43,6 +43,10 @@ class FrameworkProfile:
     # What --recompute selective re-runs: the plan's recompute modules (Megatron-style),
     # or torchtitan's op-level policy (``eager.op_sac_recompute``).
     selective: str = "modules"
+    # The loss kernel (``megatron_loss``): Megatron-Core's vocab-parallel cross-entropy
+    # ("megatron"), or flash-attn's fused Triton cross-entropy ("flash-attn"); torchtitan's
+    # eager ``F.cross_entropy`` is priced by ``eager_elementwise``.
+    loss: str = "megatron"
     # The MoE token dispatcher waits on the host once per routed forward (MOE_SYNC_SOURCE):
     # Megatron-Core's dispatchers and the MindSpeed ones derived from them. torchtitan's
     # expert-parallel path was not read: off there.
@@ -83,6 +87,15 @@ FRAMEWORKS = {
             "to torch.distributed.all_gather which will result in suboptimal "
             "performance'), came with PyTorch 1.10"
         ),
+    ),
+    "flash-attn-training": FrameworkProfile(
+        "flash-attn-training",
+        10e-6,
+        "PyTorch eager as 'eager' (10 us per op), running the FlashAttention repository's "
+        "GPT training (flash-attention training/: flash_attn.models.gpt with its fused "
+        "dense, MLP, dropout-add-LayerNorm kernels) and its fused cross-entropy loss "
+        "(flash_attn.losses.cross_entropy.CrossEntropyLoss)",
+        loss="flash-attn",
     ),
     "torchtitan-eager": FrameworkProfile(
         "torchtitan-eager",

@@ -21,6 +21,13 @@ materialised one more logits-sized pass, so these counts are a lower bound.
 The cast is a copy op (``loss_upcast``): its backward, the cast back, moves the same
 bytes (``backward.py``'s copy rule). The softmax op (``MEGATRON_SOFTMAX``) is priced with
 the 20 bytes above and a backward of one in-place fp32 pass (``softmax_backward_bytes``).
+
+The FlashAttention repository's training runs flash-attn's fused cross-entropy instead
+(``flash_attn/losses/cross_entropy.py``, framework ``flash-attn-training``): the forward
+Triton kernel (``cross_entropy_fwd_kernel``) reads each row's 16-bit logits once (online max
+and log-sum-exp) and writes a loss and an LSE per row; the backward
+(``cross_entropy_bwd_kernel``) reads the logits and writes the gradient (in place with
+``inplace_backward``): 2 bytes per 16-bit logit forward, 4 backward (``FLASH_XENT``).
 """
 
 from __future__ import annotations
@@ -29,34 +36,60 @@ from dataclasses import replace
 from types import MappingProxyType
 
 from xpusim.sim import ops
-from xpusim.sim.ir import MAIN_MEMORY, Op, Role, SoftmaxShape
+from xpusim.sim.ir import MAIN_MEMORY, Op, Role, SoftmaxShape, dtype_bytes
 from xpusim.sim.training.framework import framework_profile
-from xpusim.sim.training.items import Item, SlotContext
+from xpusim.sim.training.items import Item, SlotContext, act_dtype
 
 # The softmax op of the loss as ``workloads.transformer.lm_head_forward`` names it, and
 # the name it takes here (``backward.py`` prices its backward by that name).
 LOSS_SOFTMAX = "logits_softmax"
 MEGATRON_SOFTMAX = "loss_softmax"
+FLASH_XENT = "loss_flash_xent"
 FP32 = 4.0
 FORWARD_SOFTMAX_BYTES = 5 * FP32  # exp in place (2), row sum (1), divide in place (2)
 BACKWARD_SOFTMAX_BYTES = 2 * FP32  # the in-place scale by the loss gradient
 
 
+def loss_kernel(ctx: SlotContext) -> str:
+    """The plan's loss kernel: "megatron" (every framework but these two), "flash-attn"
+    (the FlashAttention repository's training), or "eager" (torchtitan's eager model code,
+    priced by the default softmax op)."""
+    profile = framework_profile(ctx.plan.framework)
+    return "eager" if profile.eager_elementwise else profile.loss
+
+
 def megatron_loss(ctx: SlotContext) -> bool:
-    """Whether the plan computes its loss with Megatron-Core's cross-entropy: every
-    framework but torchtitan's eager model code."""
-    return not framework_profile(ctx.plan.framework).eager_elementwise
+    """Whether the plan computes its loss with Megatron-Core's cross-entropy."""
+    return loss_kernel(ctx) == "megatron"
 
 
 def softmax_backward_bytes(op: Op) -> float:
-    """HBM bytes of the loss softmax's backward: one in-place fp32 pass."""
+    """HBM bytes of the loss softmax's backward: one in-place fp32 pass (Megatron), or a
+    read of the 16-bit logits and a write of their gradient (flash-attn)."""
     assert isinstance(op.shape, SoftmaxShape)
-    return op.shape.rows * op.shape.cols * BACKWARD_SOFTMAX_BYTES
+    per_logit = 2 * dtype_bytes(op.dtype) if op.name == FLASH_XENT else BACKWARD_SOFTMAX_BYTES
+    return op.shape.rows * op.shape.cols * per_logit
+
+
+def with_flash_xent(items: list[Item], ctx: SlotContext) -> list[Item]:
+    """The head's items with the loss as flash-attn's fused cross-entropy: one read of the
+    16-bit logits forward (module docstring)."""
+    out: list[Item] = []
+    for it in items:
+        if isinstance(it, Op) and it.name == LOSS_SOFTMAX and isinstance(it.shape, SoftmaxShape):
+            logits = it.shape.rows * it.shape.cols
+            it = replace(it, name=FLASH_XENT, dtype=act_dtype(ctx.plan),
+                         bytes=MappingProxyType({MAIN_MEMORY: logits * ctx.b}))
+        out.append(it)
+    return out
 
 
 def with_megatron_loss(items: list[Item], ctx: SlotContext) -> list[Item]:
-    """The head's items with the loss as Megatron's cross-entropy moves the logits."""
-    if not megatron_loss(ctx):
+    """The head's items with the loss as the plan's loss kernel moves the logits."""
+    kernel = loss_kernel(ctx)
+    if kernel == "flash-attn":
+        return with_flash_xent(items, ctx)
+    if kernel != "megatron":
         return items
     out: list[Item] = []
     for it in items:

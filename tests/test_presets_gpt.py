@@ -103,3 +103,34 @@ def test_qwen3_235b_a22b():
     assert round(c.total / 1e9) == 235
     assert c.activated == active
     assert round(c.activated / 1e9) == 22
+
+
+def test_qwen3_30b_a3b():
+    # 48 layers, hidden 2048, 32 query heads and 4 KV heads of 128, 128 experts of 768,
+    # top-8, no shared expert, vocabulary 151,936 untied. Published: 30.5B total, 3.3B active.
+    h, hd, layers, vocab, e_ffn = 2048, 128, 48, 151_936, 768
+    attn = 2 * h * 32 * hd + 2 * h * 4 * hd
+    per_layer_fixed = attn + h * 128 + 2 * h  # attention, router, two norms
+    expert = 3 * h * e_ffn
+    total = 2 * vocab * h + layers * (per_layer_fixed + 128 * expert) + h
+    active = 2 * vocab * h + layers * (per_layer_fixed + 8 * expert) + h
+    assert (total, active) == (30_532_110_336, 3_353_020_416)
+    spec = load_model("qwen3-30b-a3b")
+    assert not spec.qkv_bias and spec.moe.shared_experts == 0 and spec.moe.top_k == 8
+    c = param_counts(spec)
+    assert c.total == total and round(c.total / 1e8) == 305
+    assert c.activated == active and round(c.activated / 1e8) == 34
+
+
+@pytest.mark.parametrize(
+    "name, layers, hidden, heads", [("gpt3-nemo-5b", 24, 4096, 32), ("gpt3-nemo-20b", 44, 6144, 48)]
+)
+def test_nemo_gpt3_counts(name, layers, hidden, heads):
+    # NeMo 2.0 GPTConfig5B / GPTConfig20B (ffn 4h), GPT-2 BPE padded to 50,304.
+    spec = load_model(name)
+    assert (spec.heads, spec.hidden, spec.layers, spec.vocab) == (heads, hidden, layers, 50_304)
+    assert spec.ffn == 4 * hidden and not spec.gated_ffn and spec.learned_positions
+    total = param_counts(spec).total
+    assert total == megatron_params(layers, hidden, vocab=50_304) + 4 * hidden
+    # 5,047,566,336 and 20,256,522,240: the "5B" and "20B" of the names.
+    assert round(total / 1e9) == {"gpt3-nemo-5b": 5, "gpt3-nemo-20b": 20}[name]

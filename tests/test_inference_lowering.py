@@ -210,5 +210,8 @@ def test_one_plan_type_for_training_and_inference(a800):
     # A training plan's devices are its world once dp is resolved.
     assert ParallelPlan(tp=2, pp=2, dp=4, ep=2).devices == 16
     assert "first_device" not in ParallelPlan().as_dict()  # training documents unchanged
-    with pytest.raises(InputError, match="tp and ep only"):
+    with pytest.raises(InputError, match="tp, pp and ep only"):
+        StepSimulator(load_model("llama-2-7b"), a800, ParallelPlan(tp=1, cp=2))
+    # A plan with pipeline stages is priced stage by stage (sim/inference/pipeline.py).
+    with pytest.raises(InputError, match="one pipeline stage"):
         StepSimulator(load_model("llama-2-7b"), a800, ParallelPlan(tp=1, pp=2))

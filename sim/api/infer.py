@@ -21,14 +21,21 @@ from xpusim.sim.api.base import as_json_dict, request_from_kwargs
 from xpusim.sim.cost.attention_impl import check_impl
 from xpusim.sim.errors import InputError, NegativeVerdict
 from xpusim.sim.inference.engine_profile import EngineProfile, load_engine
-from xpusim.sim.inference.kvcache import MemoryPlan, require_kv_fit, step_kv_bytes
+from xpusim.sim.inference.kvcache import (
+    MemoryPlan,
+    require_kv_fit,
+    stage_memory,
+    step_kv_bytes,
+)
 from xpusim.sim.inference.lowering import (
     StepBatch,
     StepResult,
     StepSimulator,
+    check_plan,
     plan_for,
     require_memory,
 )
+from xpusim.sim.inference.pipeline import PipelineSimulator, PipelineStep
 from xpusim.sim.inference.routing import Routing, routing_from_text
 from xpusim.sim.limits import check_namespace
 from xpusim.sim.models.hf_config import load_model
@@ -48,8 +55,9 @@ class InferRequest:
     system: str | System | None = None
     nodes: int | None = None  # default: the profile's
     devices: int | None = None  # all as tensor parallel (TP = devices); default 1
-    tp: int | None = None  # tensor-parallel size; with ep, devices = tp x ep
+    tp: int | None = None  # tensor-parallel size; devices = tp x pp x ep
     ep: int = 1  # expert-parallel groups (MoE)
+    pp: int = 1  # pipeline stages (vLLM 0.6's layer split; needs tp)
     engine: str = "vllm-0.6"  # serving-engine profile name or path; "none": no host work
     dtype: str = "bf16"
     routing: str = "uniform"  # MoE routing: uniform, zipf:S or a file of per-expert counts
@@ -67,7 +75,7 @@ class InferResult:
     model: str
     system: str
     device: str  # the device's name (e.g. "A100-SXM4-80GB")
-    plan: ParallelPlan  # tp and ep of the deployment (devices = tp x ep)
+    plan: ParallelPlan  # tp, pp and ep of the deployment (devices = tp x pp x ep)
     engine: str
     phase: str
     batch: int
@@ -80,6 +88,10 @@ class InferResult:
     memory: MemoryPlan  # per-device memory of the deployment
     kv_needed_bytes: float  # KV cache this step keeps on one device
     spec: ModelSpec  # the model simulated
+    # With pp > 1: each stage's times, and each stage's memory (``memory`` is the stage
+    # that caches the fewest tokens, which sizes every stage's cache).
+    pipeline: PipelineStep | None = None
+    stage_memory: tuple[MemoryPlan, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         return as_json_dict(
@@ -88,6 +100,7 @@ class InferResult:
                 "system": self.system,
                 "device": self.device,
                 "tp": self.plan.tp,
+                "pp": self.plan.pp,
                 "ep": self.plan.ep,
                 "devices": self.plan.devices,
                 "engine": self.engine,
@@ -102,8 +115,16 @@ class InferResult:
                     "kv_needed_bytes": self.kv_needed_bytes,
                     "fits": self.kv_needed_bytes <= self.memory.kv_cache,
                 },
+                **({"pipeline": self._pipeline_dict()} if self.pipeline else {}),
             }
         )
+
+    def _pipeline_dict(self) -> dict[str, Any]:
+        assert self.pipeline is not None
+        out = self.pipeline.as_dict()
+        for stage, memory in zip(out["stages"], self.stage_memory, strict=True):
+            stage["memory"] = memory.as_dict()
+        return out
 
 
 def infer(request: InferRequest | None = None, /, **kwargs: Any) -> InferResult:
@@ -130,7 +151,12 @@ def infer(request: InferRequest | None = None, /, **kwargs: Any) -> InferResult:
         require_kv_fit(
             dep.memory, kv_needed, f"{req.phase} of batch {req.batch} x context {req.context}"
         )
-    step = dep.sim.run(batch)
+    pipeline: PipelineStep | None = None
+    if isinstance(dep.sim, PipelineSimulator):
+        pipeline = dep.sim.run(batch)
+        step = pipeline.step
+    else:
+        step = dep.sim.run(batch)
     return InferResult(
         model=dep.spec.name,
         system=dep.system.name,
@@ -148,6 +174,8 @@ def infer(request: InferRequest | None = None, /, **kwargs: Any) -> InferResult:
         memory=dep.memory,
         kv_needed_bytes=kv_needed,
         spec=dep.spec,
+        pipeline=pipeline,
+        stage_memory=dep.stage_memory,
     )
 
 
@@ -159,6 +187,7 @@ def _verdict_header(
         "model": spec.name,
         "system": system.name,
         "tp": plan.tp,
+        "pp": plan.pp,
         "ep": plan.ep,
         "devices": plan.devices,
         "phase": req.phase,
@@ -186,6 +215,8 @@ class DeploymentFields(Protocol):
     @property
     def ep(self) -> int: ...
     @property
+    def pp(self) -> int: ...
+    @property
     def engine(self) -> str: ...
     @property
     def dtype(self) -> str: ...
@@ -207,7 +238,8 @@ class Deployment:
     engine: EngineProfile
     routing: Routing
     memory: MemoryPlan
-    sim: StepSimulator
+    sim: StepSimulator | PipelineSimulator  # the latter with pp > 1
+    stage_memory: tuple[MemoryPlan, ...] = ()  # each stage's, with pp > 1
 
 
 def check_request(request: Any) -> None:
@@ -224,12 +256,19 @@ def load_deployment(req: DeploymentFields, verdict: VerdictDocument) -> Deployme
     spec = load_model_arg(req.model, "--model")
     system = load_system_arg(req.system, req.nodes)
     engine = load_engine(req.engine)
-    plan = plan_for(req.devices, req.tp, req.ep)
+    plan = plan_for(req.devices, req.tp, req.ep, req.pp)
     routing = routing_from_text(req.routing, req.seed)
+    check_plan(spec, system, plan)  # a bad --pp or device count before the memory plan
     with verdict_document(verdict(spec, system, plan, engine)):
         memory = require_memory(spec, system, plan, engine, req.dtype)
     if req.attention_impl:
         check_impl(system.device, req.attention_impl, "--attention-impl")
+    if plan.pp > 1:
+        stages = stage_memory(spec, system.device.hbm_capacity, plan.tp, plan.ep, plan.pp,
+                              req.dtype, engine.memory_utilization, engine.max_batched_tokens)
+        pipe = PipelineSimulator(spec, system, plan, engine, req.dtype, routing,
+                                 req.attention_impl)
+        return Deployment(spec, system, plan, engine, routing, memory, pipe, tuple(stages))
     sim = StepSimulator(
         spec, system, plan, engine, req.dtype, routing, attention_impl=req.attention_impl
     )

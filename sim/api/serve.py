@@ -63,6 +63,7 @@ class ServeRequest:
     devices: int | None = None  # all as tensor parallel (TP = devices); default 1
     tp: int | None = None
     ep: int = 1
+    pp: int = 1  # pipeline stages: refused for now (a single step takes --pp)
     engine: str = "vllm-0.6"
     dtype: str = "bf16"
     routing: str = "uniform"
@@ -206,6 +207,12 @@ def serve(
     req = request_from_kwargs(ServeRequest, request, kwargs, "xpusim.serve")
     check_request(req)
     requested_limits(req, 1, 1)  # refuse bad limits before any simulation
+    if req.pp != 1:
+        raise InputError(
+            f"--pp {req.pp} with --serve: no serving engine's pipeline-parallel scheduler "
+            "is modelled yet; drop --serve to price one prefill or decode step through "
+            "the stages, or serve with --tp/--ep only"
+        )
     gamma, alpha, draft_devices = speculative_options(req)
     if req.disaggregated:
         return _serve_disaggregated(req)
@@ -280,6 +287,7 @@ def _serve_colocated(req: ServeRequest, gamma: int, alpha: float, draft_devices:
     if sd:
         check_speculative_args(gamma, alpha, draft_devices)
     workload = _workload(req, alpha if sd else 0.0)
+    assert isinstance(dep.sim, StepSimulator), "pp > 1 is refused above"
     costs = StepCosts(dep.sim)
     if req.draft is not None:
         draft = req.draft if req.draft in HEAD_KINDS else load_model_arg(req.draft, "--draft")

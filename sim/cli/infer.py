@@ -36,6 +36,11 @@ def add_deployment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tp", type=int, help="tensor-parallel size (with --ep: devices = tp x ep)")
     p.add_argument("--ep", type=int, help="expert-parallel groups (MoE; default 1)")
     p.add_argument(
+        "--pp", type=int,
+        help="pipeline stages (default 1; needs --tp; devices = tp x pp x ep; a single "
+        "step only, not --serve)",
+    )
+    p.add_argument(
         "--engine",
         help="serving-engine profile name or path; 'none' for no host overheads "
         "(default vllm-0.6)",
@@ -144,7 +149,8 @@ def _print_step(r: InferResult) -> None:
     step, memory, plan = r.step, r.memory, r.plan
     print(
         f"{r.model} {r.phase} on {plan.devices} x {r.device} (tp={plan.tp}, "
-        f"ep={plan.ep}, engine {r.engine}): batch {r.batch}, context {r.context}"
+        + (f"pp={plan.pp}, " if plan.pp > 1 else "")
+        + f"ep={plan.ep}, engine {r.engine}): batch {r.batch}, context {r.context}"
     )
     print(f"  step {fmt_si(step.time_s, 's')}  [{step.bound}-bound]  {r.tokens_per_s:.1f} tokens/s")
     print(
@@ -155,6 +161,7 @@ def _print_step(r: InferResult) -> None:
     print(
         f"  weights read {fmt_bytes(step.weight_bytes_read)}, KV read "
         f"{fmt_bytes(step.kv_bytes_read)} per rank"
+        + (" (summed over the stages)" if plan.pp > 1 else "")
         + (f", experts touched per layer {step.experts_loaded:.1f}" if r.spec.moe else "")
     )
     rows = [
@@ -162,12 +169,36 @@ def _print_step(r: InferResult) -> None:
         for k, v in sorted(step.by_kind.items(), key=lambda kv: -kv[1])
     ]
     print(table(rows, ["kind", "time", "share"]))
+    if r.pipeline is not None:
+        _print_stages(r)
     print(
-        f"  memory per device: weights {fmt_bytes(memory.weights)}, activations "
+        f"  memory per device{' (the stage that caches the fewest tokens)' if plan.pp > 1 else ''}: weights {fmt_bytes(memory.weights)}, activations "
         f"{fmt_bytes(memory.activations)}, KV cache {fmt_bytes(memory.kv_cache)} "
         f"({memory.kv_tokens:,.0f} tokens); this batch needs {fmt_bytes(r.kv_needed_bytes)} of KV"
         + ("" if r.kv_needed_bytes <= memory.kv_cache else "  ** does not fit **")
     )
+
+
+def _print_stages(r: InferResult) -> None:
+    """Each pipeline stage: its layers, device time, hand-off and memory."""
+    pipe = r.pipeline
+    assert pipe is not None
+    sends = [*pipe.sends_s, 0.0]
+    rows = [
+        (
+            f"{i}{' *' if i == pipe.bottleneck else ''}",
+            f"{a}-{b - 1}",
+            fmt_si(stage.device_s, "s"),
+            fmt_si(sends[i], "s") if i < len(pipe.sends_s) else "-",
+            fmt_bytes(memory.weights),
+            f"{memory.kv_tokens:,.0f}",
+        )
+        for i, ((a, b), stage, memory) in enumerate(
+            zip(pipe.layers, pipe.stages, r.stage_memory, strict=True)
+        )
+    ]
+    print(table(rows, ["stage", "layers", "device", "send", "weights/device", "KV tokens"]))
+    print(f"  * bottleneck stage {pipe.bottleneck}: step = sum of the stage times and sends")
 
 
 def _print_serve(r: ServeResult) -> None:

@@ -15,8 +15,9 @@ import math
 from dataclasses import dataclass
 
 from xpusim.sim.errors import NegativeVerdict
+from xpusim.sim.inference.stages import stage_layers
 from xpusim.sim.ir import dtype_bytes
-from xpusim.sim.models.counting import param_counts
+from xpusim.sim.models.counting import param_counts, stage_param_counts
 from xpusim.sim.models.spec import ModelSpec
 
 
@@ -30,15 +31,18 @@ def weights_per_rank(spec: ModelSpec, tp: int, ep: int) -> float:
     return (counts.total - counts.routed_experts) / tp + counts.routed_experts / (tp * ep)
 
 
-def kv_bytes_per_token(spec: ModelSpec, dtype: str = "bf16", tp: int = 1) -> float:
-    """KV-cache bytes one token occupies on one TP rank, all layers."""
+def kv_bytes_per_token(
+    spec: ModelSpec, dtype: str = "bf16", tp: int = 1, layers: int | None = None
+) -> float:
+    """KV-cache bytes one token occupies on one TP rank, all layers (or ``layers`` of
+    them: one pipeline stage's)."""
     b = dtype_bytes(dtype)
     if spec.mla is not None:
         per_layer = (spec.mla.kv_lora_rank + spec.mla.qk_rope_head_dim) * b
     else:
         kv_heads_rank = max(1.0, spec.kv_heads / tp)
         per_layer = 2 * kv_heads_rank * spec.head_dim * b
-    return per_layer * spec.layers
+    return per_layer * (spec.layers if layers is None else layers)
 
 
 # How an engine caches the KV of sliding-window layers (engine profile ``[kv_cache]
@@ -103,13 +107,16 @@ def kv_layout(spec: ModelSpec, rule: str = "full", block: int = 16) -> KVLayout:
     return KVLayout(block, n_full // group, len(sliding) // group, cap, group)
 
 
-def activation_bytes(spec: ModelSpec, tokens: float, dtype: str = "bf16", tp: int = 1) -> float:
+def activation_bytes(
+    spec: ModelSpec, tokens: float, dtype: str = "bf16", tp: int = 1, logits: bool = True
+) -> float:
     """Peak transient activation memory of one forward over ``tokens`` tokens on one rank.
 
     The largest live set in a layer is the FFN-up output plus the residual stream and
     the logits of the last position of each sequence are small in comparison; we take
     tokens * (2*hidden + 2*ffn_inner/tp) elements plus the fp32 logits of ``tokens``
-    rows (upper bound: vLLM computes logits only for sampled positions).
+    rows (upper bound: vLLM computes logits only for sampled positions). ``logits``
+    False: a pipeline stage without the LM head.
     """
     b = dtype_bytes(dtype)
     if spec.moe is not None:
@@ -120,7 +127,8 @@ def activation_bytes(spec: ModelSpec, tokens: float, dtype: str = "bf16", tp: in
         )
     else:
         inner = spec.ffn
-    return tokens * (2 * spec.hidden + 2 * inner / tp) * b + tokens * spec.vocab / tp * 4
+    hidden = tokens * (2 * spec.hidden + 2 * inner / tp) * b
+    return hidden + tokens * spec.vocab / tp * 4 if logits else hidden
 
 
 @dataclass(frozen=True)
@@ -154,12 +162,22 @@ def plan_memory(
     memory_utilization: float = 0.9,
     max_batched_tokens: float = 8192,
     kv_dtype: str | None = None,
+    pp: int = 1,
 ) -> MemoryPlan:
     """KV-cache capacity = HBM x utilisation - weights - activation workspace (vLLM's rule).
 
     With ep > 1 the deployment has ep groups of tp ranks, each caching its own
-    requests, so the deployment caches ep x (per-rank tokens).
+    requests, so the deployment caches ep x (per-rank tokens). With pp > 1 each stage
+    has its own plan (``stage_memory``) and the deployment's is the stage that caches
+    the fewest tokens: vLLM 0.6 sizes every worker's cache to the smallest block count
+    any worker reports (``DistributedGPUExecutor.determine_num_available_blocks``:
+    ``num_gpu_blocks = min(b[0] for b in num_blocks)``, vllm/executor/
+    distributed_gpu_executor.py).
     """
+    if pp > 1:
+        stages = stage_memory(spec, hbm_bytes, tp, ep, pp, dtype, memory_utilization,
+                              max_batched_tokens, kv_dtype)
+        return min(stages, key=lambda m: m.kv_tokens)
     capacity = hbm_bytes * memory_utilization
     weights = weights_per_rank(spec, tp, ep) * dtype_bytes(dtype)
     acts = activation_bytes(spec, max_batched_tokens, dtype, tp)
@@ -169,13 +187,44 @@ def plan_memory(
     return MemoryPlan(capacity, weights, acts, kv, per_token, tokens)
 
 
+def stage_memory(
+    spec: ModelSpec,
+    hbm_bytes: float,
+    tp: int,
+    ep: int,
+    pp: int,
+    dtype: str = "bf16",
+    memory_utilization: float = 0.9,
+    max_batched_tokens: float = 8192,
+    kv_dtype: str | None = None,
+) -> list[MemoryPlan]:
+    """Each pipeline stage's memory plan: the weights of its own layers (with the
+    embedding on the first stage and the LM head on the last,
+    ``counting.stage_param_counts``), the KV cache of its own layers (vLLM's
+    CacheEngine counts ``model_config.get_num_attention_layers(parallel_config)``, the
+    layers ``get_pp_indices`` gives the worker) and its activation workspace, logits
+    only on the last stage."""
+    capacity = hbm_bytes * memory_utilization
+    plans = []
+    for start, end in stage_layers(spec.layers, pp):
+        dense, routed = stage_param_counts(spec, start, end)
+        weights = (dense / tp + routed / (tp * ep)) * dtype_bytes(dtype)
+        acts = activation_bytes(spec, max_batched_tokens, dtype, tp, end == spec.layers)
+        kv = capacity - weights - acts
+        per_token = kv_bytes_per_token(spec, kv_dtype or dtype, tp, end - start)
+        tokens = max(0.0, kv) / per_token * ep if per_token else 0.0
+        plans.append(MemoryPlan(capacity, weights, acts, kv, per_token, tokens))
+    return plans
+
+
 def require_fit(plan: MemoryPlan, what: str) -> None:
     """Out-of-memory verdict (exit 3) with the breakdown when nothing is left for the KV cache."""
     if plan.kv_cache <= 0:
         raise NegativeVerdict(
             f"{what}: weights ({plan.weights / 2**30:.1f} GiB) + activations "
             f"({plan.activations / 2**30:.1f} GiB) exceed the usable device memory "
-            f"({plan.capacity / 2**30:.1f} GiB); use more devices (--devices / --tp / --ep)",
+            f"({plan.capacity / 2**30:.1f} GiB); use more devices "
+            "(--devices / --tp / --pp / --ep)",
             plan.as_dict(),
         )
 

@@ -62,17 +62,18 @@ from xpusim.sim.workloads.transformer import (
 _COLLECTIVE_KINDS = {str(k) for k in CollectiveKind}
 
 
-def plan_for(devices: int | None, tp: int | None, ep: int = 1) -> ParallelPlan:
-    """The plan of the ``--devices N`` (TP = N) or ``--tp T [--ep E]`` options."""
+def plan_for(devices: int | None, tp: int | None, ep: int = 1, pp: int = 1) -> ParallelPlan:
+    """The plan of the ``--devices N`` (TP = N) or ``--tp T [--ep E] [--pp P]`` options."""
     if devices is not None and tp is not None:
-        raise InputError("give either --devices N (TP=N) or --tp/--ep, not both")
-    for flag, value in (("--devices", devices), ("--tp", tp), ("--ep", ep)):
+        raise InputError("give either --devices N (TP=N) or --tp/--ep/--pp, not both")
+    for flag, value in (("--devices", devices), ("--tp", tp), ("--ep", ep), ("--pp", pp)):
         if value is not None and value < 1:
             raise InputError(f"{flag} must be >= 1, got {value}")
     if tp is not None:
-        return ParallelPlan(tp=tp, ep=ep)
-    if ep != 1:
-        raise InputError("--ep needs --tp (devices = tp x ep)")
+        return ParallelPlan(tp=tp, ep=ep, pp=pp)
+    for flag, value in (("--ep", ep), ("--pp", pp)):
+        if value != 1:
+            raise InputError(f"{flag} needs --tp (devices = tp x pp x ep): add --tp T")
     return ParallelPlan(tp=devices or 1)
 
 
@@ -148,26 +149,35 @@ def require_memory(
         dtype,
         engine.memory_utilization,
         engine.max_batched_tokens,
+        pp=plan.pp,
     )
     require_fit(memory, f"{spec.name} on {plan.devices} x {system.device.name}")
     return memory
 
 
 def check_plan(spec: ModelSpec, system: System, plan: ParallelPlan) -> None:
-    if plan.tp < 1 or plan.ep < 1:
-        raise InputError(f"tp and ep must be >= 1 (got tp={plan.tp}, ep={plan.ep})")
-    if plan.pp != 1 or plan.cp != 1 or plan.dp not in (0, plan.ep):
-        # An inference step runs one pipeline stage over full sequences; its only
-        # data parallelism is the EP groups' (dp 0 reads as ep).
+    if plan.tp < 1 or plan.ep < 1 or plan.pp < 1:
         raise InputError(
-            f"an inference plan sets tp and ep only (got pp={plan.pp}, cp={plan.cp}, "
-            f"dp={plan.dp}): use ParallelPlan(tp=..., ep=...)"
+            f"tp, pp and ep must be >= 1 (got tp={plan.tp}, pp={plan.pp}, ep={plan.ep})"
+        )
+    if plan.cp != 1 or plan.vpp != 1 or plan.dp not in (0, plan.ep):
+        # An inference step runs full sequences through pp stages; its only data
+        # parallelism is the EP groups' (dp 0 reads as ep).
+        raise InputError(
+            f"an inference plan sets tp, pp and ep only (got cp={plan.cp}, vpp={plan.vpp}, "
+            f"dp={plan.dp}): use ParallelPlan(tp=..., pp=..., ep=...)"
+        )
+    if plan.pp > spec.layers:
+        raise InputError(
+            f"--pp {plan.pp} exceeds the {spec.layers} layers of {spec.name}: every "
+            f"pipeline stage needs a layer; use --pp <= {spec.layers}"
         )
     if plan.first_device + plan.devices > system.num_devices:
         raise InputError(
-            f"plan needs {plan.devices} devices from device {plan.first_device}; "
-            f"system '{system.name}' has {system.num_devices}: use --devices <= "
-            f"{system.num_devices} or a larger system"
+            f"plan needs {plan.devices} devices (tp {plan.tp} x pp {plan.pp} x ep "
+            f"{plan.ep}) from device {plan.first_device}; system '{system.name}' has "
+            f"{system.num_devices}: use --devices <= {system.num_devices} (tp x pp x ep <= "
+            f"{system.num_devices}) or a larger system (--nodes)"
         )
     if spec.heads % plan.tp:
         raise InputError(
@@ -214,9 +224,13 @@ def step_blocks(
     fc_in: int = 0,
     lm_head_16bit: bool = False,
     vocab_parallel: bool = True,
+    layers: tuple[int, int] | None = None,
 ) -> list[tuple[list[Op | CommNeed], int]]:
     """One forward on one rank as (block of items, how many times it runs in a row), in
     order: the embedding, each run of consecutive layers of one kind, the LM head.
+    ``layers`` (start, end): one pipeline stage's layers only (``pipeline.stage_layers``);
+    the embedding block is empty unless the stage starts at layer 0, the LM head block
+    unless it ends at the last layer.
 
     ``fc_in`` > 0 adds a draft head's input projection (fc_in -> hidden) after the
     embedding: EAGLE's fc over [embedding, target feature] and MTP's eh_proj both
@@ -227,18 +241,19 @@ def step_blocks(
     """
     shape = step_shape(batch, plan)
     seqs_rank = shape.sequences
+    start, end = layers or (0, spec.layers)
     sh = Sharding(tp=plan.tp, ep=plan.ep)
     load = moe_load(spec, shape.tokens, plan.ep, routing) if spec.moe else None
     vocab_sh = sh if vocab_parallel else Sharding(tp=1, ep=plan.ep)
     head = sixteen_bit_activations(list(embedding_forward(spec, shape.tokens, vocab_sh,
-                                                          dtype)), dtype)
-    if fc_in:
+                                                          dtype)), dtype) if start == 0 else []
+    if fc_in and start == 0:
         head.append(ops.gemm("draft_fc", shape.tokens, spec.hidden, fc_in, dtype))
     blocks: list[tuple[list[Op | CommNeed], int]] = [(head, 1)]
     # Layers of one kind have identical ops: build (and narrow) each kind once and
     # repeat the same objects, which the step pricing relies on to stay cheap.
     built: dict[tuple[bool, int], list[Op | CommNeed]] = {}
-    for layer in range(spec.layers):
+    for layer in range(start, end):
         kind = spec.layer_kind(layer)  # (MoE?, sliding window)
         moe = kind[0]
         if kind not in built:
@@ -254,7 +269,7 @@ def step_blocks(
     logit_rows = seqs_rank if batch.phase == "prefill" else shape.tokens
     head_dtype = ACTIVATION_DTYPE if lm_head_16bit and dtype_bytes(dtype) < 2 else dtype
     tail = sixteen_bit_activations(lm_head_forward(spec, logit_rows, vocab_sh, head_dtype),
-                                   dtype)
+                                   dtype) if end == spec.layers else []
     blocks.append((tail, 1))
     return blocks
 
@@ -350,8 +365,15 @@ class StepSimulator:
         routing: Routing = UNIFORM,
         fc_in: int = 0,
         attention_impl: str | None = None,
+        layers: tuple[int, int] | None = None,
     ) -> None:
+        """``layers`` (start, end): price one pipeline stage, whose ``plan`` has pp 1
+        (``pipeline.PipelineSimulator`` builds one per stage); None: the whole model."""
         check_plan(spec, system, plan)
+        if plan.pp != 1:
+            raise InputError("a StepSimulator prices one pipeline stage (pp=1); a plan with "
+                             "pp > 1 is priced by pipeline.PipelineSimulator")
+        self.layers = layers or (0, spec.layers)
         self.fc_in = fc_in
         self.attention_impl = attention_impl  # None: the device's default implementation
         self.spec, self.system, self.plan = spec, system, plan
@@ -386,7 +408,7 @@ class StepSimulator:
             self._models[key] = CachedCostModel(model)
         return self._models[key]
 
-    def _host_terms(self, batch: StepBatch, host: bool) -> tuple[float, float]:
+    def host_terms(self, batch: StepBatch, host: bool) -> tuple[float, float]:
         """The engine's host work before and after the forward (0 with ``host=False``)."""
         if not host:
             return 0.0, 0.0
@@ -412,7 +434,7 @@ class StepSimulator:
         if full is not None:
             return full.time_s
         device = self._device_sums(batch)[0]
-        before, after = self._host_terms(batch, host)
+        before, after = self.host_terms(batch, host)
         total = self.engine.step_time(device, before, after)
         self._fast_memo[key] = total
         return total
@@ -451,10 +473,11 @@ class StepSimulator:
         if batch.sequences <= 0 or batch.q_len <= 0:
             raise InputError(f"a step needs >= 1 sequence and >= 1 token (got {batch})")
         blocks = step_blocks(self.spec, batch, self.plan, self.dtype, self.routing, self.fc_in,
-                             self.engine.lm_head_16bit, self.engine.vocab_parallel)
+                             self.engine.lm_head_16bit, self.engine.vocab_parallel, self.layers)
         counts: Counter[int] = Counter()
         distinct: dict[int, tuple[Op | CommNeed, int]] = {}  # id -> (item, its first layer)
-        for (block, repeat), layer in zip(blocks, block_layers(blocks), strict=True):
+        for (block, repeat), layer in zip(blocks, block_layers(blocks, self.layers[0]),
+                                        strict=True):
             for item in block:
                 key = id(item)
                 counts[key] += repeat
@@ -500,9 +523,9 @@ class StepSimulator:
             raise InputError(f"a step needs >= 1 sequence and >= 1 token (got {batch})")
         items = flatten(step_blocks(self.spec, batch, self.plan, self.dtype, self.routing,
                                     self.fc_in, self.engine.lm_head_16bit,
-                                    self.engine.vocab_parallel))
+                                    self.engine.vocab_parallel, self.layers))
         model = self._cost_model(batch)
-        before, after = self._host_terms(batch, host)
+        before, after = self.host_terms(batch, host)
         # The device work alone; the host work around it is added by the engine's
         # overlap rule (serial, output overlapped, or all overlapped).
         graph = build_graph(items, self.plan)
@@ -528,9 +551,9 @@ class StepSimulator:
             if isinstance(shape, GemmShape):
                 weight_bytes += shape.k * shape.n * shape.batch * dtype_bytes(item.dtype)
         seqs_rank = batch.sequences / self.plan.ep
-        kv_bytes = (
-            seqs_rank * batch.context * kv_bytes_per_token(self.spec, self.dtype, self.plan.tp)
-        )
+        share = (self.layers[1] - self.layers[0]) / self.spec.layers  # a stage's layers
+        kv_bytes = (seqs_rank * batch.context * share
+                    * kv_bytes_per_token(self.spec, self.dtype, self.plan.tp))
         by_kind = sim.time_by_kind(self.plan.first_device)
         terms = {
             "compute": compute,

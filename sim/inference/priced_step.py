@@ -49,10 +49,11 @@ class PricedStep:
         return PricedStep(tuple(entries), self.cores)
 
 
-def block_layers(blocks: list[tuple[list, int]]) -> list[int]:
+def block_layers(blocks: list[tuple[list, int]], start: int = 0) -> list[int]:
     """The first layer of each block of ``step_blocks`` (embedding, runs of same-kind
-    layers, LM head): -1 for the embedding and LM head blocks."""
-    first, layer = [-1], 0
+    layers, LM head): -1 for the embedding and LM head blocks. ``start``: the first
+    layer of a pipeline stage's blocks."""
+    first, layer = [-1], start
     for _, count in blocks[1:-1]:
         first.append(layer)
         layer += count

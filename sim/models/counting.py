@@ -231,6 +231,34 @@ def param_counts(spec: ModelSpec) -> ParamCounts:
     )
 
 
+def stage_param_counts(spec: ModelSpec, start: int, end: int) -> tuple[int, int]:
+    """(parameters other than routed experts, routed-expert parameters) of a pipeline
+    stage holding layers [start, end): its layers, the embedding (and OPT's project_in)
+    on the stage that starts at layer 0, the final norm and LM head (and project_out)
+    on the stage that ends at the last layer. A tied table is held by both the first
+    and the last stage when they differ: vLLM's LlamaModel builds ``embed_tokens`` on
+    the first rank and, with ``tie_word_embeddings``, on the last rank too, where the
+    LM head ties to it (vllm/model_executor/models/llama.py, v0.6). One stage of the
+    whole model gives ``param_counts``' total."""
+    counts = param_counts(spec)
+    dense = routed = 0
+    for layer in range(start, end):
+        ffn = _ffn_params(spec, layer)
+        routed += ffn.get("routed_experts", 0)
+        dense += attention_params(spec) + 2 * _norm(spec, spec.hidden) + sum(
+            v for k, v in ffn.items() if k not in ("routed_experts", "activated_routed_experts")
+        )
+    first, last = start == 0, end == spec.layers
+    if first:
+        dense += counts.embedding + counts.position_embedding + counts.embed_projection // 2
+    if last:
+        dense += counts.lm_head + counts.embed_projection - counts.embed_projection // 2
+        dense += _norm(spec, spec.hidden) if spec.final_norm else 0
+        if spec.tie_embeddings and not first:
+            dense += counts.embedding
+    return dense, routed
+
+
 def _ffn_matmul_per_token(spec: ModelSpec, layer: int) -> int:
     """FFN weights one token multiplies with in layer ``layer`` (router included)."""
     if not spec.is_moe_layer(layer):

@@ -33,7 +33,7 @@ from xpusim.sim.inference.disagg import (
     run_disaggregated,
 )
 from xpusim.sim.inference.engine_profile import EngineProfile, load_engine
-from xpusim.sim.inference.kvcache import MemoryPlan, kv_bytes_per_token, kv_layout
+from xpusim.sim.inference.kvcache import MemoryPlan, kv_bytes_per_token, kv_cache_dtype, kv_layout
 from xpusim.sim.inference.lowering import StepSimulator, plan_for, require_memory
 from xpusim.sim.inference.routing import Routing, routing_from_text
 from xpusim.sim.inference.serving import Server
@@ -361,7 +361,7 @@ def _serve_disaggregated(req: ServeRequest) -> DisaggServeResult:
     dec_sim = StepSimulator(spec, dec_sys, dec_plan, engine, req.dtype, routing)
     workload = _workload(req, 0.0)
     path = kv_path(pre_sys, dec_sys, pre_plan.devices, dec_plan.devices)
-    kv_token = kv_bytes_per_token(spec, req.dtype, 1)
+    kv_token = kv_bytes_per_token(spec, kv_cache_dtype(req.dtype), 1)
     split = run_disaggregated(
         make_requests(workload),
         _server(StepCosts(pre_sim), pre_mem.kv_tokens, engine, req.seed, spec),

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from xpusim.sim.errors import NegativeVerdict
 from xpusim.sim.inference.stages import stage_layers
-from xpusim.sim.ir import dtype_bytes
+from xpusim.sim.ir import Op, OpKind, dtype_bytes
 from xpusim.sim.models.counting import param_counts, stage_param_counts
 from xpusim.sim.models.spec import ModelSpec
 
@@ -29,6 +29,37 @@ def weights_per_rank(spec: ModelSpec, tp: int, ep: int) -> float:
     """
     counts = param_counts(spec)
     return (counts.total - counts.routed_experts) / tp + counts.routed_experts / (tp * ep)
+
+
+# The KV-cache format of a run whose weights are ``dtype``, where it differs. NVIDIA's
+# NVFP4 checkpoints (ModelOpt; the nvidia/*-Instruct-FP4 models of the TRT-LLM v1.0
+# perf-overview) quantise the KV cache to FP8: ModelOpt's examples/llm_ptq/hf_ptq.py sets
+# ``--kv_cache_qformat`` default "fp8" (NVIDIA/TensorRT-Model-Optimizer @ 42bb0236), the
+# 70B FP4 checkpoint's hf_quant_config.json reads "quant_algo": "NVFP4",
+# "kv_cache_quant_algo": "FP8", and TensorRT-LLM's PyTorch backend takes the cache format
+# from that key (tensorrt_llm/_torch/model_config.py,
+# ModelConfig.load_modelopt_quant_config). Every other dtype caches in its own format
+# (ModelOpt FP8 checkpoints: kv_cache_quant_algo FP8; 16-bit models: 16-bit).
+KV_CACHE_DTYPE = {"nvfp4": "fp8"}
+
+
+def kv_cache_dtype(dtype: str) -> str:
+    """The format of the KV cache of a run whose weights are ``dtype``."""
+    return KV_CACHE_DTYPE.get(dtype, dtype)
+
+
+def in_kv_format(item: Op, dtype: str) -> Op:
+    """``item`` (an op of a ``dtype`` run) with an attention core in the KV cache's format:
+    its dtype (the kernel's element size, e.g. masked MHA's FP8 dequantisation) and its
+    bytes (Q, K, V, O at that element size) become ``kv_cache_dtype(dtype)``'s. Any other
+    op, or a run whose cache keeps its dtype, is returned as is."""
+    kv = kv_cache_dtype(dtype)
+    if kv == dtype or item.kind != OpKind.ATTENTION or item.dtype != dtype:
+        return item
+    scale = dtype_bytes(kv) / dtype_bytes(dtype)
+    return Op(item.name, item.kind, item.flops,
+              {level: b * scale for level, b in item.bytes.items()},
+              kv, item.unit, item.shape, item.role)
 
 
 def kv_bytes_per_token(
@@ -182,7 +213,7 @@ def plan_memory(
     weights = weights_per_rank(spec, tp, ep) * dtype_bytes(dtype)
     acts = activation_bytes(spec, max_batched_tokens, dtype, tp)
     kv = capacity - weights - acts
-    per_token = kv_bytes_per_token(spec, kv_dtype or dtype, tp)
+    per_token = kv_bytes_per_token(spec, kv_dtype or kv_cache_dtype(dtype), tp)
     tokens = max(0.0, kv) / per_token * ep if per_token else 0.0
     return MemoryPlan(capacity, weights, acts, kv, per_token, tokens)
 
@@ -211,7 +242,7 @@ def stage_memory(
         weights = (dense / tp + routed / (tp * ep)) * dtype_bytes(dtype)
         acts = activation_bytes(spec, max_batched_tokens, dtype, tp, end == spec.layers)
         kv = capacity - weights - acts
-        per_token = kv_bytes_per_token(spec, kv_dtype or dtype, tp, end - start)
+        per_token = kv_bytes_per_token(spec, kv_dtype or kv_cache_dtype(dtype), tp, end - start)
         tokens = max(0.0, kv) / per_token * ep if per_token else 0.0
         plans.append(MemoryPlan(capacity, weights, acts, kv, per_token, tokens))
     return plans

@@ -31,7 +31,14 @@ from xpusim.sim.engine import Engine
 from xpusim.sim.errors import InputError
 from xpusim.sim.inference.decode_attention import with_engine_attention
 from xpusim.sim.inference.engine_profile import NO_ENGINE, EngineProfile, engine_for_system
-from xpusim.sim.inference.kvcache import MemoryPlan, kv_bytes_per_token, plan_memory, require_fit
+from xpusim.sim.inference.kvcache import (
+    MemoryPlan,
+    in_kv_format,
+    kv_bytes_per_token,
+    kv_cache_dtype,
+    plan_memory,
+    require_fit,
+)
 from xpusim.sim.inference.priced_step import PricedStep, attention_core, block_layers
 from xpusim.sim.inference.routing import UNIFORM, Routing, experts_touched, moe_load
 from xpusim.sim.inference.weight_only import with_weight_only_gemv
@@ -257,8 +264,9 @@ def step_blocks(
         kind = spec.layer_kind(layer)  # (MoE?, sliding window)
         moe = kind[0]
         if kind not in built:
-            built[kind] = sixteen_bit_activations(
-                layer_forward(spec, layer, shape, sh, dtype, load if moe else None), dtype)
+            built[kind] = [in_kv_format(it, dtype) if isinstance(it, Op) else it
+                           for it in sixteen_bit_activations(layer_forward(
+                               spec, layer, shape, sh, dtype, load if moe else None), dtype)]
         block = built[kind]
         if blocks[-1][0] is block:
             blocks[-1] = (block, blocks[-1][1] + 1)
@@ -507,7 +515,8 @@ class StepSimulator:
         sh = Sharding(tp=self.plan.tp, ep=self.plan.ep)
         model = self._cost_model(batch)
         times = [
-            model.time(attention_core(attention_ops(self.spec, shape, sh, self.dtype, layer)))
+            model.time(in_kv_format(attention_core(
+                attention_ops(self.spec, shape, sh, self.dtype, layer)), self.dtype))
             .time_s
             for _, layer in known.cores
         ]
@@ -553,7 +562,7 @@ class StepSimulator:
         seqs_rank = batch.sequences / self.plan.ep
         share = (self.layers[1] - self.layers[0]) / self.spec.layers  # a stage's layers
         kv_bytes = (seqs_rank * batch.context * share
-                    * kv_bytes_per_token(self.spec, self.dtype, self.plan.tp))
+                    * kv_bytes_per_token(self.spec, kv_cache_dtype(self.dtype), self.plan.tp))
         by_kind = sim.time_by_kind(self.plan.first_device)
         terms = {
             "compute": compute,

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 from xpusim.hwprofiles.spec import System
 from xpusim.sim.inference.engine_profile import EngineProfile
+from xpusim.sim.inference.kvcache import kv_cache_dtype
 from xpusim.sim.inference.workload import Request
 from xpusim.sim.models.counting import param_counts
 from xpusim.sim.models.spec import ModelSpec
@@ -110,7 +111,8 @@ def run_limits(
     The profile's fixed values unless it sets ``batch_heuristic = "trtllm-bench"``; then
     trtllm-bench's choice for this model, mapping, GPU and dataset. The GPU memory is the
     device profile's HBM capacity (GiB), standing for NVML's total (a little less on the
-    card: 79.6 GiB on an H100 80GB); the KV dtype is the run's dtype, as in the memory plan.
+    card: 79.6 GiB on an H100 80GB); the KV dtype is the run's KV-cache format
+    (``kvcache.kv_cache_dtype``: FP8 for an NVFP4 checkpoint), as in the memory plan.
     """
     if engine.batch_heuristic != "trtllm-bench" or not requests:
         return engine.max_num_seqs, engine.max_batched_tokens
@@ -120,7 +122,7 @@ def run_limits(
         kv_heads=spec.kv_heads,
         head_size=spec.head_dim,
         weight_dtype=dtype,
-        kv_dtype=dtype,
+        kv_dtype=kv_cache_dtype(dtype),
         tp=plan.tp,
         pp=1,
         device_memory_gib=system.device.hbm_capacity / GIB,

@@ -6,6 +6,9 @@ Families and the ``model_type`` values that select them:
 - ``qwen2``: as Llama, with biases on the Q/K/V projections.
 - ``qwen2_moe``: Qwen2 attention; every ``decoder_sparse_step``-th layer is MoE with
   one gated shared expert of ``shared_expert_intermediate_size``.
+- ``qwen3``: dense Qwen3, as ``qwen2`` but Q/K/V biases only with ``attention_bias``,
+  ``head_dim`` default 128 (HF Qwen3Config) and a per-head Q/K RMSNorm, not counted
+  (as for ``qwen3_moe``). ``use_sliding_window: true`` is refused.
 - ``qwen3_moe``: as ``qwen2_moe`` without the shared expert; Q/K/V biases only with
   ``attention_bias``. Its per-head Q/K RMSNorm (2·head_dim weights a layer) is not counted.
 - ``mixtral``: Llama attention; every layer is MoE with ``num_local_experts`` experts
@@ -171,6 +174,24 @@ def _parse_mistral(cfg: _Config, name: str) -> ModelSpec:
 
 def _parse_qwen2(cfg: _Config, name: str) -> ModelSpec:
     return _llama_like(cfg, name, qkv_bias=True)  # Qwen2Attention: q/k/v Linear(bias=True)
+
+
+def _parse_qwen3(cfg: _Config, name: str) -> ModelSpec:
+    """Dense Qwen3 (HF modeling_qwen3): Qwen3Attention's q/k/v/o Linear(bias=attention_bias),
+    False in the releases; q_norm/k_norm are RMSNorms over head_dim (2·head_dim weights a
+    layer, left out as for qwen3_moe). HF Qwen3Config defaults head_dim to 128, not
+    hidden / heads, and tie_word_embeddings to false (configuration_qwen3.py)."""
+    if cfg.has("num_experts"):
+        raise cfg.error("num_experts", "is not a dense Qwen3 key; use model_type qwen3_moe")
+    if cfg.bool_("use_sliding_window", False):
+        # Qwen3Config: layers i >= max_window_layers would slide; no released Qwen3 does.
+        raise cfg.error("use_sliding_window", "true is not supported for qwen3 (only false, "
+                                              "as in the released Qwen3 configs)")
+    data = dict(cfg.data)
+    if data.get("head_dim") is None:
+        data["head_dim"] = 128
+    dense = _Config(data, cfg.source)
+    return _llama_like(dense, name, qkv_bias=dense.bool_("attention_bias", False))
 
 
 def _check_top_k(cfg: _Config, experts_key: str, num_experts: int, top_k: int) -> None:
@@ -398,6 +419,7 @@ FAMILIES: dict[str, Callable[[_Config, str], ModelSpec]] = {
     "mistral": _parse_mistral,
     "qwen2": _parse_qwen2,
     "qwen2_moe": _parse_qwen2_moe,
+    "qwen3": _parse_qwen3,
     "qwen3_moe": _parse_qwen3_moe,
     "mixtral": _parse_mixtral,
     "deepseek_v2": _parse_deepseek,

@@ -54,6 +54,9 @@ class TrainRequest:
     # A profile name or path (default atlas-800t-a2), or a System whose node count is used.
     system: str | System | None = None
     nodes: int | None = None  # default: as many as the plan's devices need
+    # Run on the first N devices of the system (contiguous block; with it, nodes
+    # defaults to the profile's); default: all of them.
+    devices: int | None = None
     plan: str | None = None  # plan TOML file ([plan] table; fields here override it)
     tp: int | None = None
     pp: int | None = None
@@ -102,16 +105,17 @@ class TrainResult:
     model: str
     system: str
     device: str  # the device's name (e.g. "Ascend 910B")
-    devices: int
+    devices: int  # the job's: tp*cp*dp*pp, the system's first devices
     plan: ParallelPlan
     step_time_s: float
     tokens_per_s: float
     mfu: float
     memory_per_device_bytes: float
     simulation: TrainingResult  # the full result: stages, breakdowns, the engine's records
+    system_devices: int = 0  # the system's (more than ``devices`` with --devices N)
 
     def as_dict(self) -> dict[str, Any]:
-        return as_json_dict(self.simulation.as_dict())
+        return as_json_dict({**self.simulation.as_dict(), "system_devices": self.system_devices})
 
 
 @dataclass(frozen=True)
@@ -136,12 +140,15 @@ def prepare_train(req: TrainRequest) -> TrainSetup:
     """Every check and default of ``train`` up to the simulation (plan, memory fit)."""
     plan, recompute, extra = build_plan(req)
     spec = _load_model(req.model or extra.get("model"))
-    system = _load_system(req, plan, extra)
+    devices = _devices_asked(req, extra)
+    system = _load_system(req, plan, extra, devices)
     plan = _apply_impl(system, plan, req.attention_impl)
     check_ranks(system.num_devices, f"{system.num_devices:,} devices", "pass fewer --nodes")
-    plan = validate_plan(spec, plan, system.num_devices)
+    if devices is not None:
+        check_devices(plan, devices, system)
+    plan = validate_plan(spec, plan, system.num_devices if devices is None else devices)
     check_train_work(
-        system.num_devices,
+        plan.world,
         plan.pp,
         simulated_microbatches(plan, req.exact, req.full_ranks),
         spec.layers,
@@ -180,6 +187,7 @@ def priced_result(setup: TrainSetup, lowered: LoweredTraining) -> TrainResult:
         mfu=result.mfu,
         memory_per_device_bytes=result.peak_memory.total,
         simulation=result,
+        system_devices=setup.system.num_devices,
     )
 
 
@@ -317,7 +325,51 @@ def _load_model(name: str | ModelSpec | None) -> ModelSpec:
     return load_model(name)
 
 
-def _load_system(req: TrainRequest, plan: ParallelPlan, extra: dict[str, Any]) -> System:
+def _devices_asked(req: TrainRequest, extra: dict[str, Any]) -> int | None:
+    """``devices`` from the request, else from the plan file (beside ``nodes``)."""
+    value: Any = req.devices if req.devices is not None else extra.get("devices")
+    if value is None:
+        return None
+    where = "--devices" if req.devices is not None else f"{req.plan}: devices"
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InputError(
+            f"{where} must be an integer >= 1 (the first N devices of the system), "
+            f"got {value!r}"
+        )
+    return value
+
+
+def check_devices(plan: ParallelPlan, devices: int, system: System) -> None:
+    """``devices`` (the first N of ``system``) must fit the system and be the plan's
+    world size tp*cp*dp*pp (or, with dp unset, a multiple of tp*cp*pp)."""
+    total = system.num_devices
+    if devices > total:
+        need = -(-devices // system.devices_per_node)
+        raise InputError(
+            f"--devices {devices} exceeds the {total} devices of system '{system.name}' "
+            f"({system.nodes} node(s) x {system.devices_per_node}): pass --nodes {need} "
+            f"or --devices <= {total}"
+        )
+    degrees: tuple[object, ...] = (plan.tp, plan.cp, plan.pp, plan.dp)
+    if not all(isinstance(d, int) for d in degrees):
+        return  # validate_plan names the bad degree
+    per = plan.tp * plan.cp * plan.pp
+    if plan.dp and plan.world != devices:
+        raise InputError(
+            f"--devices {devices} != tp*cp*dp*pp = {plan.tp}*{plan.cp}*{plan.dp}*{plan.pp} "
+            f"= {plan.world}: change --dp (or leave it out: dp = devices / (tp*cp*pp)) "
+            "or --devices"
+        )
+    if not plan.dp and per >= 1 and devices % per:
+        raise InputError(
+            f"--devices {devices} is not a multiple of tp*cp*pp = {per}: change "
+            "--devices or --tp/--cp/--pp"
+        )
+
+
+def _load_system(
+    req: TrainRequest, plan: ParallelPlan, extra: dict[str, Any], devices: int | None
+) -> System:
     name = req.system or extra.get("system") or DEFAULT_SYSTEM
     if req.nodes is not None and req.nodes < 1:
         raise InputError(f"--nodes must be >= 1, got {req.nodes}")
@@ -330,6 +382,8 @@ def _load_system(req: TrainRequest, plan: ParallelPlan, extra: dict[str, Any]) -
         require_native_dtype(name, plan.dtype, "--dtype")
         return name
     nodes = req.nodes or extra.get("nodes")
+    if nodes is None and devices is not None:
+        nodes = load_system(name).nodes  # --devices N of the profile's system
     if nodes is None:
         per_node = load_system(name).devices_per_node
         world = plan.tp * plan.cp * plan.pp * max(plan.dp, 1)

@@ -51,6 +51,25 @@ def _add_recompute_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_system_flags(p: argparse.ArgumentParser) -> None:
+    """--system, --nodes and --devices: the system and the part of it the job runs on."""
+    p.add_argument("--system", help="system profile name or path (default atlas-800t-a2)")
+    p.add_argument(
+        "--nodes",
+        type=int,
+        help="number of nodes of the system (default: as many as the plan's devices need; "
+        "with --devices, the profile's)",
+    )
+    p.add_argument(
+        "--devices",
+        type=int,
+        metavar="N",
+        help="run on the first N devices of the system (contiguous: ranks 0..N-1 on "
+        "devices 0..N-1, so the network sees their real links); N = tp*cp*dp*pp "
+        "(default: every device)",
+    )
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
@@ -58,8 +77,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=__doc__,
     )
     p.add_argument("--model", help="preset name or Hugging Face config.json path")
-    p.add_argument("--system", help="system profile name or path (default atlas-800t-a2)")
-    p.add_argument("--nodes", type=int, help="number of nodes (default: the plan's devices)")
+    _add_system_flags(p)
     p.add_argument("--plan", help="plan TOML file ([plan] table; flags override it)")
     for name in _INT_FLAGS:
         p.add_argument(f"--{name.replace('_', '-')}", type=int, dest=name)
@@ -210,8 +228,12 @@ def _ep_overlap(plan: ParallelPlan) -> str:
 
 def _print(result, d: dict) -> None:
     plan = result.plan
+    where = f"{d['devices']} x {d['system']}"
+    if d["system_devices"] != d["devices"]:
+        where = (f"{d['devices']} of the {d['system_devices']} devices of {d['system']} "
+                 f"(0-{d['devices'] - 1})")
     print(
-        f"{d['model']} on {d['devices']} x {d['system']}: tp={plan.tp} pp={plan.pp} "
+        f"{d['model']} on {where}: tp={plan.tp} pp={plan.pp} "
         f"vpp={plan.vpp} dp={plan.dp} ep={plan.ep} cp={plan.cp} mbs={plan.mbs} gbs={plan.gbs} "
         f"seq={plan.seq} recompute={plan.recompute}"
         + (f" (every {plan.recompute_every} layers)" if plan.recompute_every > 1 else "")

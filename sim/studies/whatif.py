@@ -286,8 +286,9 @@ def _base_system(saved: SavedCommand) -> System:
         nodes = check_int(nodes, f"{saved.path}: args.nodes", 1, MAX_RANKS)
     if isinstance(given, System):
         return given
-    if nodes is None and saved.command == "train":
-        # As `xpusim train`: enough nodes for the plan's tp x cp x pp x dp devices.
+    if nodes is None and saved.command == "train" and _saved_value(saved, "devices") is None:
+        # As `xpusim train`: enough nodes for the plan's tp x cp x pp x dp devices (with
+        # `devices`, the first N of the profile's nodes, as train --devices).
         per_node = load_system(given).devices_per_node
         world = 1
         for key in ("tp", "cp", "pp", "dp"):

@@ -30,7 +30,14 @@ from xpusim.sim.engine import Engine, SimResult
 from xpusim.sim.errors import InputError
 from xpusim.sim.ir import Collective, RankGraph, Segment
 from xpusim.sim.models.spec import ModelSpec
-from xpusim.sim.parallel import Coord, Layout, ParallelPlan, microbatches, validate_plan
+from xpusim.sim.parallel import (
+    Coord,
+    Layout,
+    ParallelPlan,
+    job_devices,
+    microbatches,
+    validate_plan,
+)
 from xpusim.sim.schedules import stage_order
 from xpusim.sim.training.emitter import EmitCache
 from xpusim.sim.training.framework import framework_profile
@@ -243,7 +250,7 @@ def lower_step(
     of the same plan at other global batches (``StepCache``)."""
     options = options or TrainingOptions()
     t0 = time.perf_counter()
-    plan = validate_plan(spec, plan, system.num_devices)
+    plan = validate_plan(spec, plan, job_devices(plan, system.num_devices))
     requested = options.attention_impl or plan.attention_impl
     # The option, else the plan's, else the device's default (memory depends on it too).
     plan = resolve_attention(plan, system, options.attention_impl)

@@ -38,6 +38,7 @@ from xpusim.sim.parallel import (
     Coord,
     Layout,
     ParallelPlan,
+    job_devices,
     microbatches,
     stage_slots,
     validate_plan,
@@ -238,7 +239,7 @@ def analytical_memory(
     the full mode (see the package docstring for the band)."""
     from xpusim.sim.training.simulate import resolve_attention  # simulate imports us
 
-    plan = resolve_attention(validate_plan(spec, plan, system.num_devices), system)
+    plan = resolve_attention(validate_plan(spec, plan, job_devices(plan, system.num_devices)), system)
     n_ep = plan.ep * (plan.tp if plan.tp_extend_ep else 1)
     hot = hot_factors(spec, plan.moe_routing, n_ep, plan.seed) if spec.moe else {}
     first: dict[bool, int] = {}

@@ -1,4 +1,4 @@
-"""Families added to sim/models/hf_config.py: dense Qwen3, Nemotron.
+"""Families added to sim/models/hf_config.py: dense Qwen3, Nemotron, GPT-J, Falcon.
 
 Every expected count is hand-computed from the published layer shapes (not read back
 from the simulator) and checked against the model card's stated size.
@@ -139,4 +139,96 @@ def test_nemotron_variants_refused_and_missing_key(tmp_path):
     path.write_text(json.dumps(cfg))
     with pytest.raises(InputError, match=r"nemotron\.json: missing required key "
                                          r"'num_hidden_layers' for model_type 'nemotron'"):
+        from_hf_config(path)
+
+
+def test_gptj_6b_count():
+    # GPT-J 6B: 28 layers of 4h^2 attention (no biases) + 2*4h*h MLP with biases (4h + h)
+    # + ONE LayerNorm (2h); untied 50,400 x 4096 table and head; final LayerNorm.
+    h, layers, vocab = 4096, 28, 50_400
+    true_arch = 2 * vocab * h + layers * (4 * h * h + 8 * h * h + 5 * h + 2 * h) + 2 * h + vocab
+    # linear_bias also counts an out_proj bias (h a layer) GPT-J lacks; the lm_head bias
+    # (vocab) is not counted: +64,288.
+    expected = true_arch + layers * h - vocab
+    assert expected - true_arch == 64_288
+    spec = load_model("gpt-j-6b")
+    assert spec.family == "gptj" and spec.shared_norm and not spec.gated_ffn
+    assert (spec.heads, spec.kv_heads, spec.head_dim, spec.ffn) == (16, 16, 256, 4 * h)
+    c = param_counts(spec)
+    assert c.total == expected == 6_050_947_072
+    assert c.norms == layers * 2 * h + 2 * h  # one LayerNorm (weight + bias) a layer
+    # EleutherAI's model card: 6,053,381,344 parameters; within 0.05 %.
+    assert abs(c.total / 6_053_381_344 - 1) < 5e-4
+
+
+def test_falcon_180b_count():
+    # 80 layers: q/o 14848^2 each, k/v 14848 x 8 x 64 each, MLP 2 x 14848 x 59392, two
+    # LayerNorms (2 x 2h); untied 65,024-row table and head, final LayerNorm.
+    h, layers, vocab = 14848, 80, 65_024
+    per_layer = 2 * h * h + 2 * h * 8 * 64 + 2 * h * 4 * h + 4 * h
+    expected = 2 * vocab * h + layers * per_layer + 2 * h
+    spec = load_model("falcon-180b")
+    assert spec.family == "falcon" and not spec.shared_norm and spec.kv_heads == 8
+    assert not (spec.qkv_bias or spec.linear_bias or spec.tie_embeddings)
+    c = param_counts(spec)
+    assert c.total == expected == 179_522_565_120
+    assert round(c.total / 1e9) == 180  # the published "180B"
+
+
+def _falcon_7b() -> dict:
+    # tiiuae/falcon-7b's shape (HF FalconConfig keys): 32 layers, 4544 wide, 71 heads of
+    # 64, multi-query, parallel attention with one input LayerNorm, no biases.
+    return {"model_type": "falcon", "hidden_size": 4544, "num_attention_heads": 71,
+            "num_hidden_layers": 32, "vocab_size": 65_024, "multi_query": True,
+            "parallel_attn": True, "new_decoder_architecture": False, "bias": False}
+
+
+def test_falcon_old_architecture_shares_one_norm():
+    h, layers, vocab = 4544, 32, 65_024
+    spec = from_hf_config(_falcon_7b())
+    assert spec.shared_norm and spec.kv_heads == 1 and spec.tie_embeddings
+    qkv = h * (h + 2 * 64)  # query_key_value: 71 query heads + 1 K + 1 V head of 64
+    per_layer = qkv + h * h + 2 * h * 4 * h + 2 * h  # dense, MLP, one LayerNorm
+    assert param_counts(spec).total == vocab * h + layers * per_layer + 2 * h == 6_921_720_704
+    sequential = from_hf_config({**_falcon_7b(), "parallel_attn": False})
+    assert not sequential.shared_norm
+    assert param_counts(sequential).total - param_counts(spec).total == layers * 2 * h
+    biased = from_hf_config({**_falcon_7b(), "bias": True})
+    # query_key_value (h + 128), dense (h), dense_h_to_4h (4h), dense_4h_to_h (h).
+    assert param_counts(biased).total - param_counts(spec).total == layers * (h + 128 + 6 * h)
+
+
+def test_shared_norm_lowering_drops_the_second_norm_only():
+    from xpusim.sim.workloads.transformer import Sharding, StepShape, layer_forward
+
+    shared = from_hf_config(_falcon_7b())
+    sequential = from_hf_config({**_falcon_7b(), "parallel_attn": False})
+    shape = StepShape(1, 128, 128, True)
+    names = [it.name for it in layer_forward(shared, 0, shape, Sharding(2, 1, True))]
+    seq_names = [it.name for it in layer_forward(sequential, 0, shape, Sharding(2, 1, True))]
+    assert set(seq_names) - set(names) == {"ffn_norm", "ffn_sp_gather"}
+    # Both blocks still reduce over TP and add to the residual (TensorRT-LLM's Falcon
+    # Attention and MLP each end in an all-reduce).
+    for name in ("attn_tp_reduce", "ffn_tp_reduce", "attn_residual", "ffn_residual"):
+        assert name in names
+
+
+def test_gptj_falcon_refusals_and_missing_keys(tmp_path):
+    cfg = _preset("falcon-180b")
+    with pytest.raises(InputError, match="alibi"):
+        from_hf_config({**cfg, "alibi": True})
+    with pytest.raises(InputError, match="num_ln_in_parallel_attn"):
+        from_hf_config({**cfg, "num_ln_in_parallel_attn": 1})
+    with pytest.raises(InputError, match="num_kv_heads.*must divide"):
+        from_hf_config({**cfg, "num_kv_heads": 7})
+    gptj = _preset("gpt-j-6b")
+    with pytest.raises(InputError, match="rotary_dim"):
+        from_hf_config({**gptj, "rotary_dim": 512})
+    with pytest.raises(InputError, match="activation_function"):
+        from_hf_config({**gptj, "activation_function": "swiglu"})
+    del gptj["n_embd"]
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(gptj))
+    with pytest.raises(InputError, match=r"config\.json: missing required key 'n_embd' "
+                                         r"for model_type 'gptj'"):
         from_hf_config(path)

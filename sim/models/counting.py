@@ -43,7 +43,7 @@ class ParamCounts:
     routed_experts: int  # every routed expert of every MoE layer
     shared_experts: int  # always-active experts
     router: int  # gate matrices (hidden x experts) and Qwen2-MoE's shared-expert gate
-    norms: int  # two norms per layer and the final norm
+    norms: int  # two norms per layer (one with shared_norm) and the final norm
     lm_head: int  # output projection; 0 when tied to the embedding
     mtp: int  # multi-token-prediction modules, NOT in total (shared embedding/head excluded)
     activated_routed_experts: int  # the top_k routed experts one token visits, all layers
@@ -190,7 +190,7 @@ def _mtp_module_params(spec: ModelSpec, index: int) -> int:
     layer = spec.layers + index
     ffn = _ffn_params(spec, layer)
     ffn_all = sum(v for k, v in ffn.items() if k != "activated_routed_experts")
-    block = attention_params(spec) + 2 * _norm(spec, spec.hidden) + ffn_all
+    block = attention_params(spec) + spec.norms_per_layer * _norm(spec, spec.hidden) + ffn_all
     return (
         2 * _norm(spec, spec.hidden)
         + 2 * spec.hidden * spec.hidden
@@ -212,7 +212,7 @@ def param_counts(spec: ModelSpec) -> ParamCounts:
     for layer in range(spec.layers):
         for key, value in _ffn_params(spec, layer).items():
             parts[key] += value
-    norms = spec.layers * 2 * _norm(spec, spec.hidden) + (
+    norms = spec.layers * spec.norms_per_layer * _norm(spec, spec.hidden) + (
         _norm(spec, spec.hidden) if spec.final_norm else 0
     )
     return ParamCounts(
@@ -245,7 +245,7 @@ def stage_param_counts(spec: ModelSpec, start: int, end: int) -> tuple[int, int]
     for layer in range(start, end):
         ffn = _ffn_params(spec, layer)
         routed += ffn.get("routed_experts", 0)
-        dense += attention_params(spec) + 2 * _norm(spec, spec.hidden) + sum(
+        dense += attention_params(spec) + spec.norms_per_layer * _norm(spec, spec.hidden) + sum(
             v for k, v in ffn.items() if k not in ("routed_experts", "activated_routed_experts")
         )
     first, last = start == 0, end == spec.layers

@@ -22,6 +22,8 @@ Families and the ``model_type`` values that select them:
   attention-sink logit per head, clamped SwiGLU and alternating sliding-window layers.
 - ``nemotron`` (``hf_families``): GQA, a two-matrix MLP with squared ReLU, LayerNorm,
   partial rotary (read, not priced differently).
+- ``gptj``, ``falcon`` (``hf_families``): GELU MLPs, LayerNorm; GPT-J's and Falcon-7B's
+  parallel block reads one LayerNorm (``shared_norm``); Falcon's new architecture has GQA.
 
 The mapping of each key is in docs/models.md. Keys this module does not read
 (dropout, rope scaling, token ids) do not change parameter or FLOP counts.
@@ -37,7 +39,7 @@ from typing import Any
 
 from xpusim.sim.errors import InputError
 from xpusim.sim.inputs import read_json
-from xpusim.sim.models.hf_families import parse_nemotron
+from xpusim.sim.models.hf_families import parse_falcon, parse_gptj, parse_nemotron
 from xpusim.sim.models.hf_reader import ConfigReader as _Config
 from xpusim.sim.models.hf_reader import attention_heads as _attention_heads
 from xpusim.sim.models.spec import MLASpec, ModelSpec, MoESpec
@@ -352,6 +354,8 @@ FAMILIES: dict[str, Callable[[_Config, str], ModelSpec]] = {
     "opt": _parse_opt,
     "gpt_oss": _parse_gpt_oss,
     "nemotron": parse_nemotron,
+    "gptj": parse_gptj,
+    "falcon": parse_falcon,
 }
 
 

@@ -1,4 +1,5 @@
-"""Families read from HF ``config.json`` beyond the first set (``hf_config``): Nemotron.
+"""Families read from HF ``config.json`` beyond the first set (``hf_config``): Nemotron,
+GPT-J, Falcon.
 
 Each parser maps a config to a ``ModelSpec`` only where the spec expresses the
 architecture faithfully; a variant it cannot express is refused with the key named.
@@ -56,4 +57,104 @@ def parse_nemotron(cfg: ConfigReader, name: str) -> ModelSpec:
         tie_embeddings=cfg.bool_("tie_word_embeddings", False),  # NemotronConfig default
         qkv_bias=attn_bias,
         linear_bias=mlp_bias,
+    )
+
+
+def parse_gptj(cfg: ConfigReader, name: str) -> ModelSpec:
+    """EleutherAI GPT-J (HF modeling_gptj; keys n_embd, n_layer, n_head, n_inner, n_positions,
+    the GPTJConfig names). GPTJBlock is parallel: ``x + attn(ln_1(x)) + mlp(ln_1(x))`` with
+    ONE LayerNorm a layer (``shared_norm``); q/k/v/out_proj have no bias, fc_in/fc_out do;
+    the MLP is fc_in -> gelu_new -> fc_out, ``n_inner`` default 4 x n_embd; rotary on the
+    first ``rotary_dim`` dims of each head (an uncounted elementwise pass, read only);
+    untied lm_head with a bias. ``linear_bias`` counts the MLP biases and an out_proj bias
+    GPT-J lacks (n_embd a layer), and the lm_head bias (vocab) is not counted: +64,288
+    parameters on GPT-J 6B's 6.05B (0.001 %); biases are GEMM epilogues, not priced."""
+    hidden = cfg.int_("n_embd")
+    heads = cfg.int_("n_head")
+    if hidden % heads:
+        raise cfg.error("n_head", f"({heads}) must divide n_embd ({hidden})")
+    head_dim = hidden // heads
+    rotary = cfg.int_("rotary_dim", head_dim)
+    if rotary > head_dim:
+        raise cfg.error("rotary_dim", f"({rotary}) must be <= the head dim ({head_dim})")
+    act = cfg.str_("activation_function", "gelu_new")
+    if act not in _NON_GATED_ACTS:
+        raise cfg.error("activation_function", f"must be one of {', '.join(_NON_GATED_ACTS)}, "
+                                               f"got {act!r}")
+    return ModelSpec(
+        name=name,
+        family="gptj",
+        hidden=hidden,
+        layers=cfg.int_("n_layer"),
+        heads=heads,
+        kv_heads=heads,
+        head_dim=head_dim,
+        ffn=cfg.int_("n_inner", 4 * hidden),
+        vocab=cfg.int_("vocab_size"),
+        max_seq=cfg.int_("n_positions", 2048),
+        gated_ffn=False,
+        norm="layernorm",
+        tie_embeddings=cfg.bool_("tie_word_embeddings", False),  # GPTJConfig default
+        qkv_bias=False,
+        linear_bias=True,
+        shared_norm=True,
+    )
+
+
+def _falcon_heads(cfg: ConfigReader, hidden: int, new_arch: bool) -> tuple[int, int, int]:
+    """(heads, kv_heads, head_dim) of HF FalconAttention: new_decoder_architecture reads
+    num_kv_heads; otherwise multi_query (default true) means one K/V head."""
+    heads = cfg.int_("num_attention_heads")
+    if hidden % heads:
+        raise cfg.error("num_attention_heads", f"({heads}) must divide hidden_size ({hidden})")
+    if new_arch:
+        kv_heads = cfg.int_("num_kv_heads", heads)
+    else:
+        kv_heads = 1 if cfg.bool_("multi_query", True) else heads
+    if heads % kv_heads:
+        raise cfg.error("num_kv_heads", f"({kv_heads}) must divide num_attention_heads ({heads})")
+    return heads, kv_heads, hidden // heads
+
+
+def parse_falcon(cfg: ConfigReader, name: str) -> ModelSpec:
+    """TII Falcon (HF configuration_falcon / modeling_falcon FalconDecoderLayer).
+
+    ``new_decoder_architecture`` (Falcon-40B/180B): GQA of ``num_kv_heads`` and two
+    LayerNorms (ln_attn, ln_mlp) on the layer input, attention and MLP in parallel;
+    else ``multi_query`` K/V heads and, with ``parallel_attn``, one input LayerNorm
+    shared by both (``shared_norm``), without it a sequential block of two. ``bias``
+    (default false) puts biases on query_key_value, dense and the MLP (``qkv_bias`` and
+    ``linear_bias`` together, exact). MLP dense_h_to_4h -> GELU -> dense_4h_to_h of
+    ``ffn_hidden_size`` (default 4 x hidden). ``alibi: true`` and
+    ``num_ln_in_parallel_attn: 1`` with the new architecture are refused."""
+    if cfg.bool_("alibi", False):
+        raise cfg.error("alibi", "true is not supported (rotary Falcon configs only)")
+    new_arch = cfg.bool_("new_decoder_architecture", False)
+    if new_arch and cfg.int_("num_ln_in_parallel_attn", 2) != 2:
+        raise cfg.error("num_ln_in_parallel_attn", "must be 2 with new_decoder_architecture "
+                                                   "(one shared LayerNorm is not supported there)")
+    act = cfg.str_("activation", "gelu")
+    if act not in _NON_GATED_ACTS:
+        raise cfg.error("activation", f"must be one of {', '.join(_NON_GATED_ACTS)}, got {act!r}")
+    hidden = cfg.int_("hidden_size")
+    heads, kv_heads, head_dim = _falcon_heads(cfg, hidden, new_arch)
+    bias = cfg.bool_("bias", False)
+    return ModelSpec(
+        name=name,
+        family="falcon",
+        hidden=hidden,
+        layers=cfg.int_("num_hidden_layers"),
+        heads=heads,
+        kv_heads=kv_heads,
+        head_dim=head_dim,
+        ffn=cfg.int_("ffn_hidden_size", 4 * hidden),
+        vocab=cfg.int_("vocab_size"),
+        max_seq=cfg.int_("max_position_embeddings", 2048),
+        gated_ffn=False,
+        norm="layernorm",
+        # PretrainedConfig's default true; FalconForCausalLM ties lm_head to word_embeddings.
+        tie_embeddings=cfg.bool_("tie_word_embeddings", True),
+        qkv_bias=bias,
+        linear_bias=bias,
+        shared_norm=not new_arch and cfg.bool_("parallel_attn", True),
     )

@@ -79,6 +79,15 @@ class ModelSpec:
     attention_sinks: bool = False
     router_bias: bool = False
     swiglu_limit: float = 0.0
+    # GPT-J (HF GPTJBlock) and Falcon without new_decoder_architecture but with
+    # parallel_attn (FalconDecoderLayer): attention and MLP both read ONE LayerNorm of the
+    # layer input, ``x + attn(ln(x)) + mlp(ln(x))``: one norm a layer, not two.
+    shared_norm: bool = False
+
+    @property
+    def norms_per_layer(self) -> int:
+        """Norms inside one transformer layer (the final norm apart)."""
+        return 1 if self.shared_norm else 2
 
     def attention_window(self, index: int) -> int:
         """Sliding window of layer ``index`` (0 = full attention; MTP layers are full)."""

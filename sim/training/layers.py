@@ -320,13 +320,15 @@ def _residual(name: str, tokens: float, ctx: SlotContext) -> Op:
 
 
 def _block(
-    name: str, norm_tokens: float, ctx: SlotContext, body: list[Item], reduce: bool = True
+    name: str, norm_tokens: float, ctx: SlotContext, body: list[Item], reduce: bool = True,
+    norm: bool = True,
 ) -> list[Item]:
-    """norm -> (SP all-gather) -> body -> TP reduce -> residual, as layer_forward does."""
+    """norm -> (SP all-gather) -> body -> TP reduce -> residual, as layer_forward does.
+    ``norm`` False: the block reads the previous block's normed input (``shared_norm``)."""
     plan, spec = ctx.plan, ctx.spec
     act_bytes = ctx.tokens * spec.hidden * ctx.b
-    items: list[Item] = [_norm(f"{name}_norm", norm_tokens, ctx)]
-    if plan.tp > 1 and plan.sequence_parallel and reduce:
+    items: list[Item] = [_norm(f"{name}_norm", norm_tokens, ctx)] if norm else []
+    if plan.tp > 1 and plan.sequence_parallel and reduce and norm:
         items.append(Comm(f"{name}_sp_gather", CollectiveKind.ALL_GATHER, act_bytes, "tp", "norm"))
     items += body
     if plan.tp > 1 and reduce:
@@ -351,8 +353,9 @@ def layer_items(ctx: SlotContext, layer: int) -> list[Item]:
     if not spec.is_moe_layer(layer):
         ffn = training_items(ffn_items(spec, layer, shape, sh, act_dtype(plan)), ctx)
         if eager.eager_passes_on(ctx):
-            ffn = [*eager.norm_passes("ffn_norm", t_norm, ctx), *ffn, *eager.ffn_passes(ctx, layer)]
-        return items + _block("ffn", t_norm, ctx, ffn)
+            norm_passes = [] if spec.shared_norm else eager.norm_passes("ffn_norm", t_norm, ctx)
+            ffn = [*norm_passes, *ffn, *eager.ffn_passes(ctx, layer)]
+        return items + _block("ffn", t_norm, ctx, ffn, norm=not spec.shared_norm)
     if plan.tp_extend_ep and plan.tp > 1:
         return items + _extended_ep_ffn(ctx, layer, t_norm)
     load = moe_load(ctx, layer, ctx.tokens, plan.ep)

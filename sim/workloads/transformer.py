@@ -309,18 +309,24 @@ def layer_forward(
     dtype: str = "bf16",
     moe_load: MoELoad | None = None,
 ) -> list[Op | CommNeed]:
-    """Forward of transformer layer ``layer`` (0-based) on one TP rank, in order."""
+    """Forward of transformer layer ``layer`` (0-based) on one TP rank, in order.
+
+    With ``spec.shared_norm`` (GPT-J, Falcon's parallel_attn) the MLP reads the attention's
+    normed (and, with SP, gathered) input: no second norm or gather. Each block still
+    reduces over TP and adds its output, as TensorRT-LLM's FalconDecoderLayer / GPTJ
+    layer do (Attention and MLP each end in a RowLinear with its own all-reduce)."""
     b = dtype_bytes(dtype)
     t = shape.tokens
     act_bytes = t * spec.hidden * b
     t_norm = t / sh.tp if sh.sequence_parallel else t
     items: list[Op | CommNeed] = []
     for block in ("attn", "ffn"):
-        items.append(ops.norm(f"{block}_norm", t_norm, spec.hidden, dtype,
-                              norm_role("norm", t_norm * spec.hidden)))
-        if sh.tp > 1 and sh.sequence_parallel:
-            items.append(CommNeed(f"{block}_sp_gather", CollectiveKind.ALL_GATHER, act_bytes, "tp",
-                                  "norm"))
+        if block == "attn" or not spec.shared_norm:
+            items.append(ops.norm(f"{block}_norm", t_norm, spec.hidden, dtype,
+                                  norm_role("norm", t_norm * spec.hidden)))
+            if sh.tp > 1 and sh.sequence_parallel:
+                items.append(CommNeed(f"{block}_sp_gather", CollectiveKind.ALL_GATHER, act_bytes,
+                                      "tp", "norm"))
         if block == "attn":
             items += attention_ops(spec, shape, sh, dtype, layer)
         else:

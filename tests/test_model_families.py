@@ -1,4 +1,5 @@
-"""Families added to sim/models/hf_config.py: dense Qwen3, Nemotron, GPT-J, Falcon.
+"""Families added to sim/models/hf_config.py: dense Qwen3, Nemotron, GPT-J, Falcon, Phi-3,
+GPT-NeoX.
 
 Every expected count is hand-computed from the published layer shapes (not read back
 from the simulator) and checked against the model card's stated size.
@@ -232,3 +233,48 @@ def test_gptj_falcon_refusals_and_missing_keys(tmp_path):
     with pytest.raises(InputError, match=r"config\.json: missing required key 'n_embd' "
                                          r"for model_type 'gptj'"):
         from_hf_config(path)
+
+
+def test_phi3_mini_count_and_window():
+    # 32 layers of MHA 32 x 96 (4h^2), SwiGLU 3 x 3072 x 8192, two RMSNorms; untied
+    # 32,064-row table and head; final norm. Published: 3.8B.
+    h, layers, vocab = 3072, 32, 32_064
+    expected = 2 * vocab * h + layers * (4 * h * h + 3 * h * 8192 + 2 * h) + h
+    spec = load_model("phi-3-mini-4k")
+    assert spec.family == "phi3" and spec.gated_ffn and not spec.qkv_bias
+    assert spec.head_dim == 96 and spec.layer_windows == (2047,) * layers
+    c = param_counts(spec)
+    assert c.total == expected == 3_821_079_552 and round(c.total / 1e9, 1) == 3.8
+    unwindowed = from_hf_config({**_preset("phi-3-mini-4k"), "sliding_window": None})
+    assert unwindowed.layer_windows == ()
+    with pytest.raises(InputError, match="partial_rotary_factor"):
+        from_hf_config({**_preset("phi-3-mini-4k"), "partial_rotary_factor": 0})
+    with pytest.raises(InputError, match="hidden_act.*SiLU-gated"):
+        from_hf_config({**_preset("phi-3-mini-4k"), "hidden_act": "gelu"})
+
+
+def _neox_20b() -> dict:
+    # EleutherAI/gpt-neox-20b's shape (HF GPTNeoXConfig keys).
+    return {"model_type": "gpt_neox", "hidden_size": 6144, "num_attention_heads": 64,
+            "num_hidden_layers": 44, "intermediate_size": 24576, "vocab_size": 50_432,
+            "rotary_pct": 0.25, "use_parallel_residual": True, "max_position_embeddings": 2048,
+            "tie_word_embeddings": False}
+
+
+def test_gpt_neox_20b_count():
+    # Per layer: query_key_value 3h^2 + 3h, dense h^2 + h, MLP 2 x h x 4h + 4h + h, two
+    # LayerNorms 4h; untied 50,432-row embed_in and embed_out; final LayerNorm 2h.
+    # Published (HF model card): 20,554,567,680.
+    h, layers, vocab = 6144, 44, 50_432
+    per_layer = 4 * h * h + 4 * h + 8 * h * h + 5 * h + 4 * h
+    expected = 2 * vocab * h + layers * per_layer + 2 * h
+    spec = from_hf_config(_neox_20b())
+    assert spec.family == "gpt_neox" and not spec.shared_norm and not spec.gated_ffn
+    assert param_counts(spec).total == expected == 20_554_567_680
+    sequential = from_hf_config({**_neox_20b(), "use_parallel_residual": False})
+    assert param_counts(sequential).total == expected  # two norms either way
+    with pytest.raises(InputError, match="attention_bias"):
+        from_hf_config({**_neox_20b(), "attention_bias": False})
+    with pytest.raises(InputError, match="missing required key 'intermediate_size' for "
+                                         "model_type 'gpt_neox'"):
+        from_hf_config({k: v for k, v in _neox_20b().items() if k != "intermediate_size"})

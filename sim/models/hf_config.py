@@ -24,6 +24,10 @@ Families and the ``model_type`` values that select them:
   partial rotary (read, not priced differently).
 - ``gptj``, ``falcon`` (``hf_families``): GELU MLPs, LayerNorm; GPT-J's and Falcon-7B's
   parallel block reads one LayerNorm (``shared_norm``); Falcon's new architecture has GQA.
+- ``phi3``: as ``mistral`` (packed qkv / gate_up projections, the same weights);
+  ``partial_rotary_factor`` read only.
+- ``gpt_neox`` (``hf_families``): MHA with biases, GELU MLP with biases, two LayerNorms
+  (parallel residual or not: the same ops); ``rotary_pct`` read only.
 
 The mapping of each key is in docs/models.md. Keys this module does not read
 (dropout, rope scaling, token ids) do not change parameter or FLOP counts.
@@ -39,7 +43,12 @@ from typing import Any
 
 from xpusim.sim.errors import InputError
 from xpusim.sim.inputs import read_json
-from xpusim.sim.models.hf_families import parse_falcon, parse_gptj, parse_nemotron
+from xpusim.sim.models.hf_families import (
+    parse_falcon,
+    parse_gpt_neox,
+    parse_gptj,
+    parse_nemotron,
+)
 from xpusim.sim.models.hf_reader import ConfigReader as _Config
 from xpusim.sim.models.hf_reader import attention_heads as _attention_heads
 from xpusim.sim.models.spec import MLASpec, ModelSpec, MoESpec
@@ -96,6 +105,20 @@ def _uniform_window(cfg: _Config, spec: ModelSpec) -> ModelSpec:
 
 def _parse_mistral(cfg: _Config, name: str) -> ModelSpec:
     return _uniform_window(cfg, _parse_llama(cfg, name))
+
+
+def _parse_phi3(cfg: _Config, name: str) -> ModelSpec:
+    """Microsoft Phi-3 / Phi-3.5 / Phi-4 (HF modeling_phi3): Llama's shape with q/k/v packed
+    in one qkv_proj and gate/up in one gate_up_proj (the same weights), no attention or
+    MLP biases (Phi3Attention / Phi3MLP take no bias flag), RMSNorm, SiLU-gated MLP.
+    Phi3Attention passes ``config.sliding_window`` to every layer, as Mistral does
+    (Phi-3-mini-4k: 2047). ``partial_rotary_factor`` (Phi-4-mini 0.75) is read and
+    checked only: rotary is an uncounted elementwise pass. rope_scaling is not read."""
+    cfg.float_("partial_rotary_factor", 1.0, 0.0, 1.0)
+    act = cfg.str_("hidden_act", "silu")
+    if act != "silu":
+        raise cfg.error("hidden_act", f"must be 'silu' (Phi3MLP is SiLU-gated), got {act!r}")
+    return _uniform_window(cfg, _llama_like(cfg, name, qkv_bias=False))
 
 
 def _parse_qwen2(cfg: _Config, name: str) -> ModelSpec:
@@ -356,6 +379,8 @@ FAMILIES: dict[str, Callable[[_Config, str], ModelSpec]] = {
     "nemotron": parse_nemotron,
     "gptj": parse_gptj,
     "falcon": parse_falcon,
+    "phi3": _parse_phi3,
+    "gpt_neox": parse_gpt_neox,
 }
 
 

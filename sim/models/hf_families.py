@@ -1,5 +1,5 @@
 """Families read from HF ``config.json`` beyond the first set (``hf_config``): Nemotron,
-GPT-J, Falcon.
+GPT-J, Falcon, GPT-NeoX.
 
 Each parser maps a config to a ``ModelSpec`` only where the spec expresses the
 architecture faithfully; a variant it cannot express is refused with the key named.
@@ -157,4 +157,42 @@ def parse_falcon(cfg: ConfigReader, name: str) -> ModelSpec:
         qkv_bias=bias,
         linear_bias=bias,
         shared_norm=not new_arch and cfg.bool_("parallel_attn", True),
+    )
+
+
+def parse_gpt_neox(cfg: ConfigReader, name: str) -> ModelSpec:
+    """EleutherAI GPT-NeoX / Pythia (HF modeling_gpt_neox GPTNeoXLayer). MHA whose
+    query_key_value and dense carry biases with ``attention_bias`` (default true), an MLP
+    dense_h_to_4h -> act -> dense_4h_to_h with biases (always), an input and a
+    post-attention LayerNorm: with ``use_parallel_residual`` (default true) both read the
+    layer input, ``x + attn(ln1(x)) + mlp(ln2(x))``, else the block is sequential; two
+    norms either way, so the lowering is the same. ``rotary_pct`` (0.25) is read and
+    checked only. embed_out is untied by default (``tie_word_embeddings`` false)."""
+    if not cfg.bool_("attention_bias", True):
+        # ModelSpec's linear_bias is the dense (o) bias and the MLP's together.
+        raise cfg.error("attention_bias", "false is not supported (the MLP keeps its biases)")
+    act = cfg.str_("hidden_act", "gelu")
+    if act not in _NON_GATED_ACTS:
+        raise cfg.error("hidden_act", f"must be one of {', '.join(_NON_GATED_ACTS)}, got {act!r}")
+    cfg.float_("rotary_pct", 0.25, 0.0, 1.0)
+    hidden = cfg.int_("hidden_size")
+    heads = cfg.int_("num_attention_heads")
+    if hidden % heads:
+        raise cfg.error("num_attention_heads", f"({heads}) must divide hidden_size ({hidden})")
+    return ModelSpec(
+        name=name,
+        family="gpt_neox",
+        hidden=hidden,
+        layers=cfg.int_("num_hidden_layers"),
+        heads=heads,
+        kv_heads=heads,
+        head_dim=hidden // heads,
+        ffn=cfg.int_("intermediate_size"),
+        vocab=cfg.int_("vocab_size"),
+        max_seq=cfg.int_("max_position_embeddings", 2048),
+        gated_ffn=False,
+        norm="layernorm",
+        tie_embeddings=cfg.bool_("tie_word_embeddings", False),
+        qkv_bias=True,
+        linear_bias=True,
     )

@@ -115,10 +115,15 @@ class ParallelPlan:
     # or the head). Empty: equal slots per virtual stage, padded with no-op layers.
     # Megatron-Core's ``pipeline_model_parallel_layout`` / MindSpeed ``num_layer_list``.
     layer_split: tuple[int, ...] = ()
+    # Training placement: the devices the job uses on each node, from the node's first
+    # (``sim.placement``): 0 = all of them, one contiguous block (rank r on device r);
+    # k > 0 = the first k devices of nodes 0, 1, ... (a scheduler's segments, as
+    # Megatron-Bridge's GB200 launcher asks Slurm for: docs/training.md, 'Part of a
+    # system').
+    per_node: int = 0
     # Placement: the global id of the plan's first device (its groups start there).
-    # Inference deployments may start anywhere; a training job runs on the contiguous
-    # devices 0 .. world-1 of its system (``job_devices``: Layout's rank r is device r),
-    # so this is neither a plan-file key nor part of ``as_dict``.
+    # Inference deployments may start anywhere; a training job starts at device 0
+    # (``sim.placement.job_devices``), so this is neither a plan-file key nor part of ``as_dict``.
     first_device: int = 0
 
     @property
@@ -217,33 +222,6 @@ def resolve_plan(plan: ParallelPlan, num_devices: int) -> ParallelPlan:
         )
     gbs = plan.gbs or plan.mbs * dp * plan.pp * plan.vpp
     return replace(plan, dp=dp, gbs=gbs)
-
-
-def job_devices(plan: ParallelPlan, system_devices: int) -> int:
-    """The devices a training plan runs on, out of a system of ``system_devices``.
-
-    A plan whose ``dp`` is set spans ``plan.devices`` (= world) devices placed as one
-    contiguous block from device ``first_device`` = 0 (rank r on device r, so the
-    network prices the links those devices really have: NVLink inside a node, the NICs
-    across); a job smaller than the system leaves its last devices idle
-    (``xpusim train --devices``; docs/training.md, 'Part of a system'). An unset ``dp``
-    (0) fills the whole system. Degrees that are not yet checked fall through to
-    ``validate_plan``, which names them."""
-    degrees: tuple[object, ...] = (plan.tp, plan.cp, plan.pp, plan.dp)
-    if not plan.dp or not all(isinstance(d, int) and d >= 1 for d in degrees):
-        return system_devices
-    if plan.first_device != 0:
-        raise InputError(
-            f"a training plan starts at device 0 (got first_device={plan.first_device}): "
-            "its ranks are the system's first devices"
-        )
-    if plan.devices > system_devices:
-        raise InputError(
-            f"the plan needs tp*cp*dp*pp = {plan.tp}*{plan.cp}*{plan.dp}*{plan.pp} = "
-            f"{plan.devices} devices; the system has {system_devices}: lower --dp or "
-            "raise --nodes"
-        )
-    return plan.devices
 
 
 def layer_slots(spec: ModelSpec, plan: ParallelPlan) -> list[str]:

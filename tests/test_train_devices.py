@@ -1,8 +1,9 @@
-"""``xpusim train --devices N``: a job on the first N devices of a system.
+"""``xpusim train --devices N [--per-node K]``: a job on part of a system.
 
-Placement is one contiguous block (rank r on device r, ``sim.parallel.job_devices``), so
-the hand checks are identities: N devices of a larger system see the same links as a
-system of exactly those devices, and a group's path shows which links it crosses."""
+Placement is one contiguous block (rank r on device r, ``sim.placement``), or the first K
+devices of each node, so the hand checks are identities: N devices of a larger system see
+the same links as a system of exactly those devices, and a group's path shows which links
+it crosses."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from xpusim.hwprofiles import load_system
 from xpusim.sim.cli.main import main
 from xpusim.sim.errors import InputError
 from xpusim.sim.network.topology import Topology
-from xpusim.sim.parallel import Layout, ParallelPlan, job_devices
+from xpusim.sim.parallel import Layout, ParallelPlan
+from xpusim.sim.placement import device_of, job_devices
 
 import xpusim
 
@@ -90,19 +92,59 @@ def test_128_gpus_fill_one_rack_then_the_next():
     n = 128
     system = load_system("gb200-nvl72", nodes=ceil(n / 72))
     plan = ParallelPlan(tp=2, dp=64)
-    assert job_devices(plan, system.num_devices) == n
+    assert job_devices(plan, system) == n
     dp_group = Layout(plan).group(0, ("dp",))
     assert dp_group[-1] == 126 and {"nic_tx", "nic_rx"} <= _link_kinds(system, dp_group)
     assert _link_kinds(system, Layout(plan).group(70, ("tp",))) == {"up", "down"}
 
 
 def test_job_devices():
-    assert job_devices(ParallelPlan(), 16) == 16  # dp unset: the whole system
-    assert job_devices(ParallelPlan(tp=2, dp=2), 16) == 4
+    two = load_system("dgx-h100", nodes=2)
+    assert job_devices(ParallelPlan(), two) == 16  # dp unset: the whole system
+    assert job_devices(ParallelPlan(tp=2, dp=2), two) == 4
+    assert job_devices(ParallelPlan(dp=8, per_node=4), two) == 8
     with pytest.raises(InputError, match="needs tp\\*cp\\*dp\\*pp = 2\\*1\\*16\\*1 = 32"):
-        job_devices(ParallelPlan(tp=2, dp=16), 16)
+        job_devices(ParallelPlan(tp=2, dp=16), two)
+    with pytest.raises(InputError, match="3 node\\(s\\)"):  # 12 devices, 4 per node
+        job_devices(ParallelPlan(dp=12, per_node=4), two)
     with pytest.raises(InputError, match="starts at device 0"):
-        job_devices(ParallelPlan(dp=2, first_device=4), 16)
+        job_devices(ParallelPlan(dp=2, first_device=4), two)
+    with pytest.raises(InputError, match="cannot fill the system"):
+        job_devices(ParallelPlan(per_node=4), two)
+
+
+def test_device_of():
+    # 4 per node on 8-GPU nodes: ranks 0-3 on devices 0-3, ranks 4-7 on devices 8-11.
+    plan = ParallelPlan(dp=8, per_node=4)
+    assert [device_of(plan, r, 8) for r in range(8)] == [0, 1, 2, 3, 8, 9, 10, 11]
+    assert [device_of(ParallelPlan(dp=8), r, 8) for r in range(8)] == list(range(8))
+
+
+def test_first_k_of_each_node_is_a_k_device_node():
+    # 4 GPUs of each of two DGX nodes see the links of two 4-GPU nodes: NVSwitch per-GPU
+    # capacity, one NIC per GPU, the same two nodes on the rail switches.
+    part = xpusim.train(system="dgx-h100", nodes=2, devices=8, per_node=4, **KW)
+    fours = replace(load_system("dgx-h100"), devices_per_node=4, nics_per_node=4, nodes=2)
+    whole = xpusim.train(system=fours, **KW)
+    assert part.step_time_s == whole.step_time_s
+    assert part.memory_per_device_bytes == whole.memory_per_device_bytes
+    # ... and the DP group now crosses the NICs, so it is slower than 8 GPUs of one node.
+    assert part.step_time_s > xpusim.train(system="dgx-h100", nodes=2, devices=8, **KW).step_time_s
+    # per_node = the node's devices is the contiguous block.
+    same = xpusim.train(system="dgx-h100", nodes=2, devices=16, per_node=8, **KW)
+    assert same.step_time_s == xpusim.train(system="dgx-h100", nodes=2, **KW).step_time_s
+
+
+def test_64_gpus_of_each_nvl72_rack():
+    # Megatron-Bridge's GB200 launcher: 256 GPUs as 4 segments of 16 four-GPU trays, one
+    # per rack. EP 32 inside a rack, as on a 64-GPU NVLink domain.
+    kw = dict(model="deepseek-v3", tp=1, pp=8, vpp=4, ep=32, dp=32, mbs=1, gbs=512,
+              seq=4096, dtype="mxfp8")
+    part = xpusim.train(system=load_system("gb200-nvl72", nodes=4), devices=256, per_node=64,
+                        **kw)
+    sixty_four = replace(load_system("gb200-nvl72"), devices_per_node=64, nics_per_node=64,
+                         nodes=4)
+    assert part.step_time_s == xpusim.train(system=sixty_four, **kw).step_time_s
 
 
 @pytest.mark.parametrize(
@@ -114,6 +156,10 @@ def test_job_devices():
         (dict(devices=4, dp=8), "--devices 4 != tp\\*cp\\*dp\\*pp = 1\\*1\\*8\\*1 = 8"),
         (dict(devices=6, tp=4), "--devices 6 is not a multiple of tp\\*cp\\*pp = 4"),
         (dict(devices=72, nodes=1), "--devices 72 exceeds .* pass --nodes 9"),
+        (dict(per_node=4), "--per-node 4 needs --devices N"),
+        (dict(devices=8, per_node=9, nodes=2), "must be an integer from 1 to the 8 devices"),
+        (dict(devices=8, per_node=3, nodes=3), "--per-node 3 does not divide"),
+        (dict(devices=12, per_node=4, nodes=2), "exceeds the 8 devices .* pass --nodes 3"),
     ],
 )
 def test_bad_devices(extra, message):
@@ -151,3 +197,6 @@ def test_cli(capsys):
     assert doc["devices"] == 4 and doc["system_devices"] == 8
     assert main(shlex.split(cmd)) == 0
     assert "llama-3-8b on 4 of the 8 devices of dgx-h100 (0-3)" in capsys.readouterr().out
+    assert main(shlex.split(cmd.replace("--devices 4", "--nodes 2 --devices 8 --per-node 4"))) == 0
+    out = capsys.readouterr().out
+    assert "on 8 of the 16 devices of dgx-h100 (the first 4 of each node)" in out

@@ -41,7 +41,7 @@ PLAN_FIELDS = (
     "tp_extend_ep", "grad_accum_fusion",
     "dtype", "schedule", "order", "moe_routing", "dropout", "framework",
     "pad_layers", "grad_reduce_dtype", "fragmentation", "runtime_reserved_gib",
-    "tp_overlap_chunks", "recompute_every",
+    "tp_overlap_chunks", "recompute_every", "per_node",
 )  # fmt: skip
 
 
@@ -57,6 +57,9 @@ class TrainRequest:
     # Run on the first N devices of the system (contiguous block; with it, nodes
     # defaults to the profile's); default: all of them.
     devices: int | None = None
+    # With devices: use the first K devices of each node (a scheduler's segments);
+    # default: all of each node's (one contiguous block).
+    per_node: int | None = None
     plan: str | None = None  # plan TOML file ([plan] table; fields here override it)
     tp: int | None = None
     pp: int | None = None
@@ -146,6 +149,11 @@ def prepare_train(req: TrainRequest) -> TrainSetup:
     check_ranks(system.num_devices, f"{system.num_devices:,} devices", "pass fewer --nodes")
     if devices is not None:
         check_devices(plan, devices, system)
+    elif plan.per_node not in (0, system.devices_per_node):
+        raise InputError(
+            f"--per-node {plan.per_node} needs --devices N (the job's size): with "
+            "--per-node the job leaves devices of every node idle"
+        )
     plan = validate_plan(spec, plan, system.num_devices if devices is None else devices)
     check_train_work(
         plan.world,
@@ -342,13 +350,15 @@ def _devices_asked(req: TrainRequest, extra: dict[str, Any]) -> int | None:
 def check_devices(plan: ParallelPlan, devices: int, system: System) -> None:
     """``devices`` (the first N of ``system``) must fit the system and be the plan's
     world size tp*cp*dp*pp (or, with dp unset, a multiple of tp*cp*pp)."""
-    total = system.num_devices
-    if devices > total:
-        need = -(-devices // system.devices_per_node)
+    k: object = plan.per_node  # checked in sim.placement.check_per_node
+    per_node = k if isinstance(k, int) and k > 0 else 0
+    room = system.nodes * (min(per_node, system.devices_per_node) or system.devices_per_node)
+    if devices > room:
+        need = -(-devices // (per_node or system.devices_per_node))
+        used = f"{per_node} used per node" if per_node else f"{system.devices_per_node} each"
         raise InputError(
-            f"--devices {devices} exceeds the {total} devices of system '{system.name}' "
-            f"({system.nodes} node(s) x {system.devices_per_node}): pass --nodes {need} "
-            f"or --devices <= {total}"
+            f"--devices {devices} exceeds the {room} devices of system '{system.name}' "
+            f"({system.nodes} node(s), {used}): pass --nodes {need} or --devices <= {room}"
         )
     degrees: tuple[object, ...] = (plan.tp, plan.cp, plan.pp, plan.dp)
     if not all(isinstance(d, int) for d in degrees):

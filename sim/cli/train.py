@@ -68,6 +68,14 @@ def _add_system_flags(p: argparse.ArgumentParser) -> None:
         "devices 0..N-1, so the network sees their real links); N = tp*cp*dp*pp "
         "(default: every device)",
     )
+    p.add_argument(
+        "--per-node",
+        type=int,
+        metavar="K",
+        help="with --devices: use the first K devices of each node (ranks 0..K-1 on node 0, "
+        "K..2K-1 on node 1, ...), as a scheduler's segments place a job (default: all of "
+        "each node's, one contiguous block)",
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -230,8 +238,10 @@ def _print(result, d: dict) -> None:
     plan = result.plan
     where = f"{d['devices']} x {d['system']}"
     if d["system_devices"] != d["devices"]:
+        span = (f"the first {plan.per_node} of each node" if plan.per_node
+                else f"0-{d['devices'] - 1}")
         where = (f"{d['devices']} of the {d['system_devices']} devices of {d['system']} "
-                 f"(0-{d['devices'] - 1})")
+                 f"({span})")
     print(
         f"{d['model']} on {where}: tp={plan.tp} pp={plan.pp} "
         f"vpp={plan.vpp} dp={plan.dp} ep={plan.ep} cp={plan.cp} mbs={plan.mbs} gbs={plan.gbs} "

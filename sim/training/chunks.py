@@ -15,6 +15,7 @@ from xpusim.hwprofiles.spec import System
 from xpusim.sim.ir import dtype_bytes
 from xpusim.sim.models.spec import ModelSpec
 from xpusim.sim.parallel import Coord, Layout, ParallelPlan, stage_slots
+from xpusim.sim.placement import rank_nodes
 from xpusim.sim.schedules import Unit as SchedUnit
 from xpusim.sim.training import layers as L
 from xpusim.sim.training.routing import hot_factors, rank_loads
@@ -64,7 +65,8 @@ def slot_context(
     """(compute context, comm context): loads for the rank's own experts and the busiest rank."""
     ep_dims = ("tp", "ep") if plan.tp_extend_ep else ("ep",)
     ep_group = layout.group(rank, ep_dims)
-    spans = len({g // system.devices_per_node for g in ep_group}) > 1
+    per_node = rank_nodes(plan, system.devices_per_node)  # consecutive ranks per node
+    spans = len({g // per_node for g in ep_group}) > 1
     n = len(ep_group)
     hot = hot_factors(spec, plan.moe_routing, n, plan.seed) if spec.moe else {}
     own = hot

@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from typing import Any
 
 from xpusim.hwprofiles.spec import System
@@ -34,10 +35,10 @@ from xpusim.sim.parallel import (
     Coord,
     Layout,
     ParallelPlan,
-    job_devices,
     microbatches,
     validate_plan,
 )
+from xpusim.sim.placement import device_of, job_devices
 from xpusim.sim.schedules import stage_order
 from xpusim.sim.training.emitter import EmitCache
 from xpusim.sim.training.framework import framework_profile
@@ -191,6 +192,27 @@ _COMM_FN: list = []  # [(system, comm_time)] of recently simulated systems, newe
 _KEEP_COMM_FN = 4
 
 
+def _placed(
+    plan: ParallelPlan, system: System, fn: Callable[[Collective], float]
+) -> Callable[[Collective], float]:
+    """``fn`` over the devices of a collective's ranks (``device_of``): the identity
+    unless the plan uses ``per_node`` devices of each node, where the network must see
+    rank r on device r mod k of node r // k."""
+    k = plan.per_node
+    dpn = system.devices_per_node
+    if not k or k == dpn:
+        return fn
+
+    @lru_cache(maxsize=65536)
+    def devices(group: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(device_of(plan, r, dpn) for r in group)
+
+    def comm_time(coll: Collective) -> float:
+        return fn(replace(coll, group=devices(coll.group)))
+
+    return comm_time
+
+
 def _comm_time_for(system: System) -> Callable[[Collective], float]:
     """The network's collective pricing for ``system``, memoised across the steps
     simulated on an equal System (the steady-state path runs two, a study many, and a
@@ -250,7 +272,7 @@ def lower_step(
     of the same plan at other global batches (``StepCache``)."""
     options = options or TrainingOptions()
     t0 = time.perf_counter()
-    plan = validate_plan(spec, plan, job_devices(plan, system.num_devices))
+    plan = validate_plan(spec, plan, job_devices(plan, system))
     requested = options.attention_impl or plan.attention_impl
     # The option, else the plan's, else the device's default (memory depends on it too).
     plan = resolve_attention(plan, system, options.attention_impl)
@@ -301,7 +323,7 @@ def step_pricing(plan: ParallelPlan, system: System, options: TrainingOptions) -
         system,
         plan.attention_impl,
         framework_profile(plan.framework).host_op_s,
-        comm_time=_comm_time_for(system),
+        comm_time=_placed(plan, system, _comm_time_for(system)),
         wrap=options.sensitivity.wrap,
     )
 

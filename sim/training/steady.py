@@ -27,7 +27,8 @@ from dataclasses import dataclass, replace
 
 from xpusim.hwprofiles.spec import System
 from xpusim.sim.models.spec import ModelSpec
-from xpusim.sim.parallel import ParallelPlan, job_devices, microbatches, validate_plan
+from xpusim.sim.parallel import ParallelPlan, microbatches, validate_plan
+from xpusim.sim.placement import job_devices
 from xpusim.sim.training.simulate import (
     LoweredStep,
     StageStats,
@@ -85,7 +86,7 @@ def lower_training(
     """Lower one training step for ``system``'s shape, unpriced; raises InputError for an
     impossible plan."""
     options = options or TrainingOptions()
-    full = validate_plan(spec, plan, job_devices(plan, system.num_devices))
+    full = validate_plan(spec, plan, job_devices(plan, system))
     m = microbatches(full)
     if simulated_microbatches(full, options.exact, options.full_ranks) == m:
         return LoweredTraining(full, (lower_step(spec, system, plan, options),), m, None)

@@ -38,11 +38,11 @@ from xpusim.sim.parallel import (
     Coord,
     Layout,
     ParallelPlan,
-    job_devices,
     microbatches,
     stage_slots,
     validate_plan,
 )
+from xpusim.sim.placement import job_devices, rank_nodes
 from xpusim.sim.training import layers as L
 from xpusim.sim.training.lowering import merges_fb
 from xpusim.sim.training.memory.rules import (
@@ -239,7 +239,7 @@ def analytical_memory(
     the full mode (see the package docstring for the band)."""
     from xpusim.sim.training.simulate import resolve_attention  # simulate imports us
 
-    plan = resolve_attention(validate_plan(spec, plan, job_devices(plan, system.num_devices)), system)
+    plan = resolve_attention(validate_plan(spec, plan, job_devices(plan, system)), system)
     n_ep = plan.ep * (plan.tp if plan.tp_extend_ep else 1)
     hot = hot_factors(spec, plan.moe_routing, n_ep, plan.seed) if spec.moe else {}
     first: dict[bool, int] = {}
@@ -252,7 +252,8 @@ def analytical_memory(
     extra = int(merges_fb(spec, plan))
     out = []
     for stage in range(plan.pp):
-        spans = spec.moe is not None and _ep_spans_nodes(plan, layout, stage, system.devices_per_node)
+        spans = spec.moe is not None and _ep_spans_nodes(
+            plan, layout, stage, rank_nodes(plan, system.devices_per_node))
         flight = in_flight(stage, plan.pp, plan.vpp, m, plan.interleaved, extra)
         state = _stage_state(model, stage, slots, spans, flight)
         out.append(stage_memory(state, plan, system.device.hbm_capacity))

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from xpusim.hwprofiles.spec import System
 from xpusim.sim.models.spec import ModelSpec
-from xpusim.sim.parallel import ParallelPlan, job_devices, validate_plan
+from xpusim.sim.parallel import ParallelPlan, validate_plan
+from xpusim.sim.placement import job_devices
 from xpusim.sim.schedules import peak_in_flight
 from xpusim.sim.training import layers as L
 from xpusim.sim.training.lowering import RankPlan
@@ -66,6 +67,6 @@ def estimate_memory(spec: ModelSpec, system: System, plan: ParallelPlan) -> list
     # imported here, at call time.
     from xpusim.sim.training.simulate import rank_plans, resolve_attention
 
-    plan = resolve_attention(validate_plan(spec, plan, job_devices(plan, system.num_devices)), system)
+    plan = resolve_attention(validate_plan(spec, plan, job_devices(plan, system)), system)
     _, rps = rank_plans(spec, system, plan)
     return [rank_memory(rp, plan, system.device.hbm_capacity) for rp in rps]

@@ -108,6 +108,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "or torchtitan's uncompiled Llama (unfused elementwise passes, FSDP2 copy-out)",
     )
     p.add_argument("--order", help="rank order innermost first (default tp-cp-ep-dp-pp)")
+    p.add_argument(
+        "--grad-reduce-dtype",
+        choices=("fp32", "bf16", "fp16"),
+        help="dtype of the main gradients (accumulated, reduced over DP and read by the "
+        "optimizer): fp32 (Megatron-LM's default for bf16, --accumulate-allreduce-grads-in-"
+        "fp32) or bf16 (Megatron-Bridge's performance recipes: grad_reduce_in_fp32 = False)",
+    )
     p.add_argument("--moe-routing", help="uniform | zipf:S | hist:c1,c2,... (seeded by --seed)")
     p.add_argument(
         "--layer-split",

@@ -9,6 +9,7 @@ import pytest
 from xpusim.hwprofiles import load_system
 from xpusim.sim.inference.engine_profile import load_engine
 from xpusim.sim.inference.lowering import StepBatch, StepSimulator
+from xpusim.sim.inference.priced_step import clear_memos
 from xpusim.sim.models.hf_config import load_model
 from xpusim.sim.parallel import ParallelPlan
 
@@ -25,6 +26,7 @@ CONTEXTS = (0, 128, 1000.5, 4096, 0, 70_000)
 
 
 def _sim(model, system, plan, dtype, engine) -> StepSimulator:
+    clear_memos()  # a simulator of its own memo: priced afresh, not shared (step_memo)
     return StepSimulator(load_model(model), load_system(system), plan, load_engine(engine),
                          dtype)
 

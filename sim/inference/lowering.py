@@ -39,7 +39,12 @@ from xpusim.sim.inference.kvcache import (
     plan_memory,
     require_fit,
 )
-from xpusim.sim.inference.priced_step import PricedStep, attention_core, block_layers
+from xpusim.sim.inference.priced_step import (
+    PricedStep,
+    attention_core,
+    block_layers,
+    simulator_memo,
+)
 from xpusim.sim.inference.routing import UNIFORM, Routing, experts_touched, moe_load
 from xpusim.sim.inference.weight_only import with_weight_only_gemv
 from xpusim.sim.ir import (
@@ -54,7 +59,6 @@ from xpusim.sim.ir import (
     dtype_bytes,
 )
 from xpusim.sim.models.spec import ModelSpec
-from xpusim.sim.network import comm_time_fn
 from xpusim.sim.parallel import ParallelPlan
 from xpusim.sim.workloads.transformer import (
     CommNeed,
@@ -388,15 +392,15 @@ class StepSimulator:
         # Host terms are seconds on the engine's reference host: rescale to this system's.
         engine = engine_for_system(engine, system.name)
         self.engine, self.dtype, self.routing = engine, dtype, routing
-        self._models: dict[tuple[bool, bool], CachedCostModel] = {}
-        self._comm = comm_time_fn(system)
+        # Cost models, priced skeletons (another context of a step is re-priced from),
+        # (all, attention, other) device sums and collective times: shared with every
+        # simulator of equal inputs in this process (``priced_step.step_memo``).
+        memo, self._comm = simulator_memo(spec, system, plan, engine, dtype, routing, fc_in,
+                                          attention_impl, self.layers)
+        self._models = memo.models
+        self._priced, self._sums_memo = memo.priced, memo.sums
         self._memo: dict[tuple, StepResult] = {}
         self._fast_memo: dict[tuple, float] = {}  # time_s: step time only
-        # _device_sums: (all, attention, other) device seconds per step shape
-        self._sums_memo: dict[StepBatch, tuple[float, float, float]] = {}
-        # _device_sums: priced steps by (sequences, q_len, phase, context > 0), the
-        # skeletons another context of the same step is re-priced from
-        self._priced: dict[tuple[float, float, str, bool], PricedStep] = {}
 
     def _cost_model(self, batch: StepBatch) -> CachedCostModel:
         decode_batch = batch.sequences / self.plan.ep if batch.phase != "prefill" else None

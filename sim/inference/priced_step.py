@@ -11,13 +11,27 @@ at any context, priced by the same cost model (chosen by sequences and phase), s
 time is the same float. Re-pricing therefore rebuilds and prices only the attention
 cores and sums the items in the same order: the same floats as lowering afresh
 (``tests/test_priced_step.py`` compares the two with ``==``).
+
+``step_memo`` shares these caches between step simulators built from equal inputs in
+one process (``StepMemo``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
 
-from xpusim.sim.ir import Op, OpKind
+from xpusim.sim.ir import Collective, Op, OpKind
+from xpusim.sim.network import comm_time_fn
+
+# Step-simulator configurations whose pricing caches one process keeps (``step_memo``):
+# a configuration's caches hold tens of MB after a long serving run (every decode batch
+# size's skeleton, op costs and sums), so few; and systems' collective pricers
+# (``shared_table``: floats by collective, small).
+MEMO_CONFIGS = 2
+SHARED_TABLES = 4
 
 
 @dataclass(frozen=True)
@@ -65,3 +79,65 @@ def attention_core(items: list[Op]) -> Op:
     cores = [op for op in items if op.kind == OpKind.ATTENTION]
     assert len(cores) == 1, f"expected one attention core, got {len(cores)}"
     return cores[0]
+
+
+@dataclass
+class StepMemo:
+    """The pricing caches of one step-simulator configuration: its cost models by (CUDA
+    graphs, decode), priced skeletons by (sequences, q_len, phase, context > 0), device
+    sums by ``StepBatch``; and the collective pricer, shared by every configuration on
+    the same system (``shared_table``). Every value is a pure function of the
+    simulator's inputs and its key (op costs keyed on what they depend on, collective
+    times, sums of both), so simulators built from equal inputs can share them and get
+    the same floats as pricing afresh. Step results that carry mutable fields
+    (``StepResult``) are not kept here."""
+
+    models: dict[tuple[bool, bool], Any] = field(default_factory=dict)
+    priced: dict[tuple[float, float, str, bool], PricedStep] = field(default_factory=dict)
+    sums: dict[Any, tuple[float, float, float]] = field(default_factory=dict)
+    # The collective pricer: set from ``shared_table`` on first use.
+    comm: Callable[[Collective], float] | None = None
+
+
+@lru_cache(maxsize=MEMO_CONFIGS)
+def step_memo(config: str) -> StepMemo:
+    """The memo of the step-simulator configuration ``config`` (the ``repr`` of all its
+    inputs: frozen dataclasses of plain data, whose ``repr`` holds every field, floats
+    exactly), one per configuration per process, the last ``MEMO_CONFIGS`` kept.
+
+    A serving sweep (``xpusim validate``'s rows of one deployment at several request
+    lengths, an API sweep over rates) prices the same step shapes in every run:
+    sharing the memo prices each shape once per process. Not visible to users: a hit
+    returns the float a fresh pricing would."""
+    return StepMemo()
+
+
+@lru_cache(maxsize=SHARED_TABLES)
+def shared_table(what: str, key: str) -> dict[Any, Any]:
+    """A cache shared by step simulators whose ``what`` ("comm": the collective pricer,
+    by system) has the same ``repr`` ``key``; the last ``SHARED_TABLES`` kept."""
+    return {}
+
+
+def clear_memos() -> None:
+    """Drop every shared step-simulator memo of this process (``step_memo``,
+    ``shared_table``): simulators built afterwards price afresh. Memory, and tests
+    that compare shared with fresh pricing."""
+    step_memo.cache_clear()
+    shared_table.cache_clear()
+
+
+def simulator_memo(
+    spec: Any, system: Any, plan: Any, engine: Any, dtype: str, routing: Any, fc_in: int,
+    attention_impl: str | None, layers: tuple[int, int],
+) -> tuple[StepMemo, Callable[[Collective], float]]:
+    """The memo of a ``StepSimulator`` of these inputs and its collective pricer (shared
+    as ``StepMemo`` says)."""
+    memo = step_memo(repr((spec, system, plan, engine, dtype, routing, fc_in,
+                           attention_impl, layers)))
+    if memo.comm is None:  # a new memo: its shared tables
+        comm = shared_table("comm", repr(system))
+        if "fn" not in comm:
+            comm["fn"] = comm_time_fn(system)
+        memo.comm = comm["fn"]
+    return memo, memo.comm

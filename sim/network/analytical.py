@@ -103,29 +103,66 @@ def _flows_vectorized(topo: Topology, phase: Phase, flows: list[Flow]) -> PhaseC
     )
 
 
+# Routes (path, link classes crossed, hop latency) of device pairs, per system object:
+# a pure function of the system, which is frozen (never mutated; a what-if builds a new
+# one with ``dataclasses.replace``). Keyed on the object's id, the object itself kept in
+# the entry so the id is not reused while cached; the last ROUTE_SYSTEMS systems kept.
+# A serving run prices a collective for each of thousands of buffer sizes on one group.
+ROUTE_SYSTEMS = 8
+# (links crossed, their classes once each, hop latency) by (source, destination, via NIC)
+Route = tuple[tuple[LinkId, ...], tuple[str, ...], float]
+_ROUTES: dict[int, tuple[object, dict[tuple[int, int, bool], Route]]] = {}
+
+
+def _routes(topo: Topology) -> dict[tuple[int, int, bool], Route]:
+    system = topo.system
+    entry = _ROUTES.get(id(system))
+    if entry is None or entry[0] is not system:
+        if len(_ROUTES) >= ROUTE_SYSTEMS:
+            del _ROUTES[next(iter(_ROUTES))]
+        entry = _ROUTES[id(system)] = (system, {})
+    return entry[1]
+
+
+def _route(
+    topo: Topology, routes: dict[tuple[int, int, bool], Route], src: int, dst: int, via_nic: bool
+) -> Route:
+    """(links crossed, their classes once each, hop latency) from ``src`` to ``dst``."""
+    key = (src, dst, via_nic)
+    route = routes.get(key)
+    if route is None:
+        path = topo.path(src, dst, via_nic)
+        classes = tuple({topo.link_class(link) for link in path})
+        latency = topo.path_latency(src, dst, via_nic) if path else 0.0
+        route = routes[key] = (path, classes, latency)
+    return route
+
+
 def _flows_listed(topo: Topology, phase: Phase, flows: list[Flow]) -> PhaseCost:
     """The reference pricing of listed flows: one path per flow, loads summed link by link."""
     loads: dict[LinkId, float] = defaultdict(float)
     by_class = dict.fromkeys(LINK_CLASSES, 0.0)
     hop = 0.0
+    routes = _routes(topo)
     for src, dst, nbytes in flows:
-        path = topo.path(src, dst, phase.via_nic)
+        path, classes, latency = _route(topo, routes, src, dst, phase.via_nic)
         for link in path:
             loads[link] += nbytes
-        for cls in {topo.link_class(link) for link in path}:
+        for cls in classes:
             by_class[cls] += nbytes  # bytes that crossed the class, once per flow
         if path:
-            hop = max(hop, topo.path_latency(src, dst, phase.via_nic))
+            hop = max(hop, latency)
     for dev, nbytes in phase.port_bytes:  # in-switch traffic: both ports of the device
         loads[("up", dev)] += nbytes / phase.port_scale
         loads[("down", dev)] += nbytes / phase.port_scale
         by_class[INTRA] += nbytes
         hop = max(hop, topo.class_latency(INTRA))
-    transfer, bottleneck = 0.0, "none (no traffic)"
+    transfer, worst = 0.0, None
     for link, load in loads.items():
         t = load / topo.capacity(link)
         if t > transfer:
-            transfer, bottleneck = t, describe_link(topo, link, load)
+            transfer, worst = t, (link, load)
+    bottleneck = "none (no traffic)" if worst is None else describe_link(topo, *worst)
     latency = phase_latency(topo, phase, hop) if loads else 0.0
     return PhaseCost(
         phase.name,

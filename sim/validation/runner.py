@@ -145,27 +145,66 @@ def _warm_imports() -> None:
         api_command(name)
 
 
+# The arguments of a serving row that place its deployment: rows that share them run
+# in one process, one configuration (model, dtype, ...) after another.
+_DEPLOYMENT_ARGS = ("system", "nodes", "tp", "ep", "engine")
+# A serving row's arguments that change its requests, not the deployment it prices.
+_WORKLOAD_ARGS = ("rate", "requests", "prompt-len", "output-len", "seed", "trace",
+                  "max-num-seqs", "max-batched-tokens", "progress")
+
+
+def share_key(index: int, row: Row) -> tuple[object, ...]:
+    """Serving rows on one deployment (system, plan, engine) share a key: they run one
+    after another in one process, each model and dtype's rows in a row, so that their
+    step simulators share pricing caches (``priced_step.step_memo``, ``shared_table``).
+    Any other row is its own group. Scheduling only: a row's result does not depend
+    on which rows ran before it."""
+    if row.command == "infer" and row.args.get("serve"):
+        return ("serve", *(str(row.args.get(k)) for k in _DEPLOYMENT_ARGS))
+    return ("row", index)
+
+
+def _config(row: Row) -> list[tuple[str, str]]:
+    """A serving row's arguments but the workload's: its step-simulator configuration."""
+    return sorted((k, str(v)) for k, v in row.args.items() if k not in _WORKLOAD_ARGS)
+
+
+def _groups(rows: list[Row]) -> list[list[int]]:
+    """Row indices by ``share_key``, in order of first appearance, each group's rows by
+    configuration (stable: in corpus order within one)."""
+    groups: dict[tuple[object, ...], list[int]] = {}
+    for i, row in enumerate(rows):
+        groups.setdefault(share_key(i, row), []).append(i)
+    return [sorted(g, key=lambda i: _config(rows[i])) for g in groups.values()]
+
+
+def _run_group(rows: list[Row]) -> list[RowResult]:
+    return [run_row(r) for r in rows]
+
+
 def run_rows(rows: list[Row], jobs: int = 1, progress: bool = False) -> list[RowResult]:
     """Results in row order; ``jobs`` > 1 spreads rows over worker processes (the
     results are identical: every row is deterministic and independent). ``progress``
     draws a bar on stderr."""
     from tqdm import tqdm
 
+    groups = _groups(rows)
+    results: list[RowResult | None] = [None] * len(rows)
     with tqdm(total=len(rows), desc="validate", unit="row", disable=not progress,
               leave=False) as bar:
-        if jobs <= 1 or len(rows) <= 1:
-            out = []
-            for r in rows:
-                out.append(run_row(r))
-                bar.update(1)
-            return out
-        # Longest rows first (training steps, then serving runs), so no worker is left
-        # with a long row at the end; results go back to row order.
-        order = sorted(range(len(rows)), key=lambda i: -expected_cost(rows[i]))
-        results: list[RowResult | None] = [None] * len(rows)
-        with ProcessPoolExecutor(max_workers=jobs, initializer=_warm_imports) as pool:
-            for i, result in zip(order, pool.map(run_row, [rows[i] for i in order],
-                                                 chunksize=1), strict=True):
-                results[i] = result
-                bar.update(1)
-        return [r for r in results if r is not None]
+        if jobs <= 1 or len(groups) <= 1:
+            for group in groups:
+                for i in group:
+                    results[i] = run_row(rows[i])
+                    bar.update(1)
+        else:
+            # Longest groups first (training steps, then serving runs), so no worker is
+            # left with a long one at the end; results go back to row order.
+            groups.sort(key=lambda g: -sum(expected_cost(rows[i]) for i in g))
+            with ProcessPoolExecutor(max_workers=jobs, initializer=_warm_imports) as pool:
+                done = pool.map(_run_group, [[rows[i] for i in g] for g in groups], chunksize=1)
+                for group, out in zip(groups, done, strict=True):
+                    for i, result in zip(group, out, strict=True):
+                        results[i] = result
+                    bar.update(len(group))
+    return [r for r in results if r is not None]

@@ -209,11 +209,17 @@ def plan_memory(
         stages = stage_memory(spec, hbm_bytes, tp, ep, pp, dtype, memory_utilization,
                               max_batched_tokens, kv_dtype)
         return min(stages, key=lambda m: m.kv_tokens)
-    capacity = hbm_bytes * memory_utilization
     weights = weights_per_rank(spec, tp, ep) * dtype_bytes(dtype)
     acts = activation_bytes(spec, max_batched_tokens, dtype, tp)
-    kv = capacity - weights - acts
     per_token = kv_bytes_per_token(spec, kv_dtype or kv_cache_dtype(dtype), tp)
+    return _plan(hbm_bytes * memory_utilization, weights, acts, per_token, ep)
+
+
+def _plan(capacity: float, weights: float, acts: float, per_token: float,
+          ep: int) -> MemoryPlan:
+    """What is left for the KV cache on one rank, and the tokens it holds across the ep
+    groups (each caches its own requests)."""
+    kv = capacity - weights - acts
     tokens = max(0.0, kv) / per_token * ep if per_token else 0.0
     return MemoryPlan(capacity, weights, acts, kv, per_token, tokens)
 
@@ -241,10 +247,8 @@ def stage_memory(
         dense, routed = stage_param_counts(spec, start, end)
         weights = (dense / tp + routed / (tp * ep)) * dtype_bytes(dtype)
         acts = activation_bytes(spec, max_batched_tokens, dtype, tp, end == spec.layers)
-        kv = capacity - weights - acts
         per_token = kv_bytes_per_token(spec, kv_dtype or kv_cache_dtype(dtype), tp, end - start)
-        tokens = max(0.0, kv) / per_token * ep if per_token else 0.0
-        plans.append(MemoryPlan(capacity, weights, acts, kv, per_token, tokens))
+        plans.append(_plan(capacity, weights, acts, per_token, ep))
     return plans
 
 

@@ -100,25 +100,41 @@ def test_mixed_batching_shares_the_token_budget():
     assert result.steps < result.prefill_steps + 16 + 2
 
 
-def test_per_request_host_work_is_paid_once_per_request():
-    # trtllm-0.10 (serial host): request_overhead_s is charged once when a request is
-    # admitted, so with every request queued at t~0 (same admissions, same steps) the
-    # run is longer by exactly n x request_overhead x host_scale.
-    from dataclasses import replace
-
+def _run_40_queued(engine: EngineProfile) -> tuple[float, int, float]:
+    """40 requests of 64 prompt / 16 output tokens, all queued at t~0: (end, steps, scale)."""
     from xpusim.sim.inference.workload import LengthDist
 
-    def run(engine: EngineProfile):
-        sim = StepSimulator(load_model("qwen2-0.5b"), load_system("dgx-a100"), ParallelPlan(1),
-                            engine)
-        reqs = make_requests(Workload(40, 1e9, LengthDist("const", 64), LengthDist("const", 16)))
-        server = Server(StepCosts(sim), 1e6, engine.max_num_seqs, engine.max_batched_tokens)
-        result = server.run(reqs)
-        return max(r.finish_s for r in result.requests), result.steps, sim.engine.host_scale
+    sim = StepSimulator(load_model("qwen2-0.5b"), load_system("dgx-a100"), ParallelPlan(1),
+                        engine)
+    reqs = make_requests(Workload(40, 1e9, LengthDist("const", 64), LengthDist("const", 16)))
+    server = Server(StepCosts(sim), 1e6, engine.max_num_seqs, engine.max_batched_tokens)
+    result = server.run(reqs)
+    return max(r.finish_s for r in result.requests), result.steps, sim.engine.host_scale
+
+
+def test_per_request_host_work_is_paid_once_per_request():
+    # A serial-host engine charges request_overhead_s once when a request is admitted,
+    # so with every request queued at t~0 (same admissions, same steps) the run is
+    # longer by exactly n x request_overhead x host_scale.
+    from dataclasses import replace
+
+    base = replace(load_engine("trtllm-0.10"), response_per_token_s=0.0)
+    with_r, steps_r, scale = _run_40_queued(replace(base, request_overhead_s=2e-3))
+    without, steps_0, _ = _run_40_queued(replace(base, request_overhead_s=0.0))
+    assert steps_r == steps_0
+    assert with_r - without == pytest.approx(40 * 2e-3 * scale, rel=1e-9)
+
+
+def test_streamed_response_is_paid_per_generated_token():
+    # trtllm-0.10 (serial host, --streaming): one response per active request per
+    # iteration, so 40 requests x 16 output tokens cost 640 x response_per_token x scale
+    # on top of the same steps; nothing is charged per admission.
+    from dataclasses import replace
 
     base = load_engine("trtllm-0.10")
-    assert base.request_overhead_s == pytest.approx(2.757e-3)  # fit: I9 (docs/inference.md)
-    with_r, steps_r, scale = run(base)
-    without, steps_0, _ = run(replace(base, request_overhead_s=0.0))
+    assert base.response_per_token_s == pytest.approx(21.54e-6)  # fit: I9 (docs/inference.md)
+    assert base.request_overhead_s == 0.0
+    with_r, steps_r, scale = _run_40_queued(base)
+    without, steps_0, _ = _run_40_queued(replace(base, response_per_token_s=0.0))
     assert steps_r == steps_0
-    assert with_r - without == pytest.approx(40 * base.request_overhead_s * scale, rel=1e-9)
+    assert with_r - without == pytest.approx(640 * base.response_per_token_s * scale, rel=1e-9)

@@ -43,6 +43,9 @@ class EngineProfile:
       detokenisation, stop checks, building the response).
     * ``request_overhead_s``: host time once per request when it is admitted
       (tokenised prompt enters the engine, sequence-group creation).
+    * ``response_per_token_s``: host time per generated token to build and deliver a
+      streamed response (a streaming benchmark gets one response per active request
+      per iteration, so this cost grows with the batch, unlike ``request_overhead_s``).
     * ``host_overlap``: which host work runs while the device computes the next step:
       "none" (serial: vLLM <= 0.5), "output" (output processing, sampling bookkeeping
       and detokenisation hidden: vLLM 0.6's async output processor), "all" (the
@@ -101,6 +104,7 @@ class EngineProfile:
     batch_heuristic: str = "none"
     detokenize_per_token_s: float = 0.0
     request_overhead_s: float = 0.0
+    response_per_token_s: float = 0.0
     host_overlap: str = "none"
     policy: str = "prefill-first"
     kv_reserve: str = "incremental"
@@ -146,7 +150,8 @@ class EngineProfile:
 
     def sampling_time(self, tokens: float) -> float:
         """Host time after the forward: sampling bookkeeping and detokenisation."""
-        per_token = self.sampling_per_token_s + self.detokenize_per_token_s
+        per_token = (self.sampling_per_token_s + self.detokenize_per_token_s
+                     + self.response_per_token_s)
         return (self.sampling_s + per_token * tokens) * self.host_scale
 
     def reject_time(self, scored_tokens: float) -> float:
@@ -195,6 +200,7 @@ _US_KEYS = {
 }
 _US_KEYS["detokenize_per_token_us"] = "detokenize_per_token_s"
 _US_KEYS["request_overhead_us"] = "request_overhead_s"
+_US_KEYS["response_per_token_us"] = "response_per_token_s"
 _PLAIN_KEYS = {
     "cuda_graphs": bool,
     "cuda_graph_max_batch": int,

@@ -309,18 +309,65 @@ def test_flash_backward_preprocess_and_dq_convert():
     assert attention_cost(A100, short, "flash2", "fwd").details.get("side_kernels_s") is None
 
 
-def test_xformers_stages_p_through_shared_memory():
-    """xFormers' CUTLASS kernels: forward writes P (fp16) to shared memory and reads it back
-    as the PV GEMM's operand A (2 x 2 B per score); backward re-reads P from shared memory to
-    form dS (2 B per score); both at 128 B/clk/SM. The 2023 sm80 backward at d <= 64 runs
-    64 x 64 blocks."""
+def test_xformers_shared_memory_traffic_by_hand():
+    """xFormers' CUTLASS kernels read every GEMM operand from shared memory through 32 x 32
+    warp tiles (M N K x 2 B x (1/32 + 1/32)), stage P / dS there and fill their tiles by
+    cp.async; the block pays what those bytes take at 128 B/clk/SM beyond its MMA time.
+    64 x 64 block, d = 64, fp16. Forward: operands 64*64*128 * 0.125 = 65,536 B; P written
+    4,096 x 2; Q, K, V filled 3 x 4,096 x 2 -> 98,304 B. Backward: operands 64*64*320 * 0.125 =
+    163,840 B; P written, P read, dS written 3 x 8,192; Q, dO twice and K, V once 6 x 8,192 ->
+    237,568 B."""
+    from xpusim.sim.cost.attention_blocks import xformers_smem_bytes
+
+    assert xformers_smem_bytes(64, 64, 64, 64, "fwd", "fp16") == 98_304
+    assert xformers_smem_bytes(64, 64, 64, 64, "bwd", "fp16") == 237_568
     shape = AttnShape(1, 4, 1024, 1024, 64, causal=True, dtype="fp16")
     smem_rate = 128 * 1.41e9
-    for pass_, per_score in (("fwd", 4.0), ("bwd", 2.0)):
+    for pass_, nbytes in (("fwd", 98_304), ("bwd", 237_568)):
         xf = block_terms(A100, "xformers", shape, pass_, 64, 64)
         fa2 = block_terms(A100, "flash2", shape, pass_, 64, 64)
+        assert xf.mma_s == fa2.mma_s and nbytes / smem_rate > xf.mma_s  # the port binds
         # (each without its dependent-chain latency, which attention_latency prices per kernel)
-        staged = (xf.block_s - xf.latency_s) - (fa2.block_s - fa2.latency_s)
-        assert staged == pytest.approx(per_score * 64 * 64 / smem_rate)
+        extra = (xf.block_s - xf.latency_s) - (fa2.block_s - fa2.latency_s)
+        assert extra == pytest.approx(nbytes / smem_rate - xf.mma_s)
     assert tiles("xformers", A100, 64, "bwd") == (64, 64)
     assert tiles("xformers", A100, 128, "bwd") == tiles("flash2", A100, 128, "bwd")
+
+
+def test_xformers_split_key_backward_by_hand():
+    """xFormers >= 0.0.20 splits the backward's keys over CTAs (one per 64-key block unless
+    batch x heads >= 256 with <= 128 keys; at most 200 / (batch x heads) when d > 64); each
+    CTA recomputes delta over all queries of its head, reading O and dO (2 x s x d x 2 B), and
+    the fp32 dQ workspace (16-byte lock header + 64 x d x 4 B per 64-row tile) is zeroed."""
+    from xpusim.sim.cost.attention_blocks import (
+        bwd_prologue_bytes_per_item,
+        bwd_side_ops,
+        xformers_key_splits,
+    )
+
+    assert xformers_key_splits(32, 32, 512, 64) == 8
+    assert xformers_key_splits(4, 64, 128, 64) == 1
+    assert xformers_key_splits(1, 8, 1024, 128) == 16
+    assert xformers_key_splits(16, 32, 1024, 128) == 1
+    args = (32, 32, 512, 512, 64, 64, "fp16", 64)
+    assert bwd_prologue_bytes_per_item("xformers", "bwd", *args) == 2 * 512 * 64 * 2
+    assert bwd_prologue_bytes_per_item("xformers", "fwd", *args) == 0
+    assert bwd_prologue_bytes_per_item("flash2", "bwd", *args) == 0
+    (zero,) = bwd_side_ops("xformers", 2, 4, 1024, 64, 64, "fp16", 1024)
+    assert zero.main_bytes == 2 * 4 * 16 * (64 * 64 * 4 + 16)
+    assert bwd_side_ops("xformers", 4, 64, 128, 64, 64, "fp16", 128) == []
+    # the prologue is paid per item at the SM's share of L2 (7,219 GB/s over 108 SMs): one
+    # (batch, head) of 8 items on 8 SMs -> 8 items in parallel, each 2 x 512 x 64 x 2 B later
+    shape = AttnShape(1, 1, 512, 512, 64, causal=True, dtype="fp16")
+    with_prologue = attention_cost(A100, shape, "xformers", "bwd").details["pipeline_s"]
+    fa2_like = _fused_gpu_without_prologue(shape)
+    assert with_prologue - fa2_like == pytest.approx(2 * 512 * 64 * 2 / (7219e9 / 108))
+
+
+def _fused_gpu_without_prologue(shape: AttnShape) -> float:
+    from unittest import mock
+
+    from xpusim.sim.cost import attention_impl
+
+    with mock.patch.object(attention_impl, "bwd_prologue_bytes_per_item", return_value=0.0):
+        return attention_cost(A100, shape, "xformers", "bwd").details["pipeline_s"]

@@ -38,6 +38,21 @@ sm80 16-bit backward for d <= 64 is ``AttentionBackwardKernel<Sm80, half, aligne
 dropout, kPreloadMmas, 64, 64, 64>`` (autogen/impl/cutlassB_f16_aligned_k64.cu, 2023): 64 x 64
 blocks of 4 warps (``attention_impl.tiles``).
 
+Every GEMM of those kernels reads both operands from shared memory through warp tiles of 32 x 32
+(``WarpShape = cutlass::gemm::GemmShape<32, 32, GemmType::WarpK>`` in kernel_forward.h ``MM0``/
+``MM1`` and in each backward ``Matmul*``; ``kNumWarpsPerBlock = kBlockSizeI * kBlockSizeJ / (32 *
+32)``): an M x N x K GEMM moves M N K elt (1/32 + 1/32) bytes of ``ldmatrix`` traffic, 16 FLOP per
+byte, which at 128 B/clk is exactly the A100 SM's 2048 FLOP/clk of 16-bit MMA. So the shared-memory
+port, not the tensor pipe, sets the block's GEMM time once the staging and the ``cp.async`` tile
+fills are added (``xformers_smem_bytes``): forward QK^T + PV operands, P written (read back as
+MM1's operand), and the Q, K, V tiles (Q is re-loaded each key block); backward the five GEMMs'
+operands, P written (``accumApplyLSEToSmem``) and read element-wise for dS (``attn_T.at``), dS
+written (``accumToSmem``), and the tiles its prologues load per block (Q for QK^T and dK, dO for dV
+and dP, K for dQ, V for dP; K for QK^T stays resident, ``kSmemContainsEntireMat``). The block pays
+what that traffic takes beyond its MMA time (``smem_extra_s``). FA2 (warp tiles of 32 query rows x
+the whole key block or head dim, P from registers) stays under its MMA time, as FA2 forward d64
+does at 128 x 128 (~176 KB against 4.2 MFLOP), so it gets no such term.
+
 Triton 2.0's backward also runs three memory-bound kernels around ``_bwd_kernel``
 (``_attention.backward``): ``dq = torch.zeros_like(q, dtype=torch.float32)`` (a fill of an fp32
 copy of q), ``_bwd_preprocess`` (reads O, dO and the row sums L; writes the rescaled dO,
@@ -55,6 +70,28 @@ and zeroes the fp32 ``dq_accum``; after the main kernel ``flash_bwd_convert_dq_k
 ``FlashAttnBwdPostprocessConvertdQ``). ``bwd_side_ops`` lists them per implementation. Their
 bytes scale with b*s*h*d, which the papers' sweeps hold fixed (batch x seqlen = 16k), while the
 attention work grows with s: they weigh most at 512.
+
+xFormers' backward from 0.0.20 (2023-05-23; facebookresearch/xformers#774: "we have improved the
+parallelization ... available starting in xFormers 0.0.20"; the same kernel PyTorch's
+mem_eff_attention/kernel_backward.h carries) splits the keys over CTAs, FA2-style: the grid is
+``(num_splits_key, heads, batch)`` and ``attention_backward_generic.cu`` sets ``num_splits_key =
+ceil_div(num_keys, kBlockSizeJ)``, one CTA per key block, except when ``batch x heads >= 256`` and
+``num_keys <= 2 kBlockSizeJ`` (then 1), and at most ``200 / (batch x heads)`` when dK/dV cannot stay
+in registers (``kNeedsAccumGradK``: head_dim above the tile) (``xformers_key_splits``). Two costs come
+with the split that FA2's dataflow lacks:
+
+* every CTA recomputes delta = rowsum(dO * O) for *all* queries of its (batch, head) before its
+  first block (``attention_kernel``: ``if (kKernelComputesDelta) for (query_start = 0; query_start
+  < p.num_queries; ...) computeDelta(...)``, then ``__syncthreads()``; ``kKernelComputesDelta`` holds
+  for 16-bit inputs), so each CTA reads O and dO of the whole head, 2 x q_len x d_v x elt bytes,
+  from L2 (the head's other CTAs read the same rows), where FA2 runs one preprocess kernel over
+  them once (``bwd_prologue_bytes_per_item``, priced at the SM's share of L2 bandwidth like the
+  other per-CTA L2 transfers of ``attention_impl``);
+* the fp32 dQ accumulators live in a global workspace of one ``GradQTempStorage`` per 64-row query
+  tile (``int32_t lock; int32_t counter; int32_t pad[2];`` then the tile's fp32 partial sums,
+  taken under ``AtomicLock`` by the CTAs of different key blocks), which is zero-filled before the
+  kernel (``workspace.zero_()`` when ``should_zero_workspace()``): a memset of about b x h x s_q x d
+  x 4 bytes (``xformers_bwd_side_ops``).
 
 Shared memory moves 32 banks x 4 bytes per clock per SM (CUDA C Programming Guide,
 "Shared Memory" for compute capability 5.x and later: 32 banks, each 32 bits per clock).
@@ -110,13 +147,44 @@ def fa1_splitk_bytes_per_score(head_dim: float, v_head_dim: float, kv_len: float
 
 def smem_bytes_per_score(impl: str, head_dim: float, v_head_dim: float, kv_len: float,
                          pass_: str, dtype: str) -> float:
-    """Shared-memory bytes per score that ``impl`` moves beyond FA2's dataflow: FA1's split-K
-    reduction, xFormers' P staging (module docstring); 0 for the others."""
+    """Shared-memory bytes per score that ``impl`` moves beyond FA2's dataflow, in series with
+    the block: FA1's split-K reduction (module docstring); 0 for the others (xFormers' whole
+    shared-memory traffic is ``xformers_smem_bytes``)."""
     if impl == "flash1":
         return fa1_splitk_bytes_per_score(head_dim, v_head_dim, kv_len, pass_)
-    if impl == "xformers":
-        return (2.0 if pass_ == "fwd" else 1.0) * dtype_bytes(dtype)
     return 0.0
+
+
+XFORMERS_WARP_TILE = (32, 32)  # WarpShape of every xFormers CUTLASS GEMM (module docstring)
+
+
+def xformers_smem_bytes(br: int, bc: int, head_dim: float, v_head_dim: float, pass_: str,
+                        dtype: str) -> float:
+    """Shared-memory bytes one (br x bc) block of xFormers' kernel moves (module docstring):
+    ``ldmatrix`` operand reads of its GEMMs through 32 x 32 warp tiles, P / dS staging, and the
+    ``cp.async`` tile fills."""
+    elt = dtype_bytes(dtype)
+    d, vd = head_dim, v_head_dim
+    per_mnk = elt * (1.0 / XFORMERS_WARP_TILE[0] + 1.0 / XFORMERS_WARP_TILE[1])
+    if pass_ == "fwd":  # QK^T (br x bc x d), PV (br x vd x bc); P written; Q, K, V filled
+        mnk, staged, filled = br * bc * (d + vd), 1.0 * br * bc, br * d + bc * (d + vd)
+    else:  # S, dV, dP, dQ, dK; P written, P read for dS, dS written; Q, dO twice, K, V
+        mnk, staged = br * bc * (3.0 * d + 2.0 * vd), 3.0 * br * bc
+        filled = 2.0 * br * (d + vd) + bc * (d + vd)
+    return mnk * per_mnk + (staged + filled) * elt
+
+
+def smem_extra_s(impl: str, head_dim: float, v_head_dim: float, kv_len: float, pass_: str,
+                 dtype: str, tile: tuple[int, int], mma_s: float, clock_hz: float) -> float:
+    """Seconds a (br x bc) ``tile`` block of ``impl`` adds for shared-memory traffic: FA1's
+    split-K bytes in series; for xFormers, what its whole traffic takes beyond the block's MMA
+    time ``mma_s`` (the port feeds the MMAs; module docstring); 0 for the others."""
+    rate = SMEM_BYTES_PER_CLK_PER_SM * clock_hz
+    br, bc = tile
+    if impl == "xformers":
+        return max(0.0, xformers_smem_bytes(br, bc, head_dim, v_head_dim, pass_, dtype) / rate
+                   - mma_s)
+    return smem_bytes_per_score(impl, head_dim, v_head_dim, kv_len, pass_, dtype) * (br * bc) / rate
 
 
 def extra_alu_per_score(impl: str, pass_: str, causal: bool, diagonal: bool) -> float:
@@ -129,12 +197,14 @@ def extra_alu_per_score(impl: str, pass_: str, causal: bool, diagonal: bool) -> 
 
 
 def bwd_side_ops(impl: str, batch: float, heads: float, q_len: float, head_dim: float,
-                 v_head_dim: float, dtype: str) -> list[Op]:
+                 v_head_dim: float, dtype: str, kv_len: float = 0.0) -> list[Op]:
     """The memory-bound kernels ``impl``'s backward runs around its fused kernel, in launch
-    order (module docstring); [] where the source was not checked (cudnn, xformers, flash1,
-    the Triton 3 tutorial)."""
+    order (module docstring; ``kv_len`` 0 = ``q_len``); [] where the source was not checked
+    (cudnn, flash1, the Triton 3 tutorial)."""
     if impl == "triton2":
         return triton2_bwd_side_ops(batch, heads, q_len, head_dim, v_head_dim, dtype)
+    if impl == "xformers":
+        return xformers_bwd_side_ops(batch, heads, q_len, kv_len or q_len, head_dim)
     if impl not in ("flash2", "flash3"):
         return []
     elt = dtype_bytes(dtype)
@@ -148,6 +218,49 @@ def bwd_side_ops(impl: str, batch: float, heads: float, q_len: float, head_dim: 
     convert = with_bytes(ops.elementwise("convert_dq", q_elems, dtype, 1.0, 1, 1),
                          (4.0 + elt) * q_elems)
     return [pre, convert]
+
+
+XFORMERS_BWD_BLOCK = 64  # kBlockSizeI = kBlockSizeJ of the sm80/sm70 16-bit d <= 64 backward
+GRADQ_TILE_HEADER_BYTES = 16.0  # GradQTempStorage: lock, counter, pad[2] (int32 each)
+
+
+def xformers_key_splits(batch: float, heads: float, kv_len: float, head_dim: float,
+                        block: int = XFORMERS_BWD_BLOCK) -> int:
+    """CTAs per (batch, head) of xFormers' split-key backward (module docstring): one per key
+    block, 1 when ``batch x heads >= 256`` and ``kv_len <= 2 block``, at most ``200 / (batch x
+    heads)`` (at least 1) when ``head_dim`` exceeds the tile (dK/dV accumulated in gmem)."""
+    splits = math.ceil(kv_len / block)
+    if batch * heads >= 256 and kv_len <= 2 * block:
+        splits = 1
+    if head_dim > block:
+        splits = min(splits, int(200 // (batch * heads)))
+    return max(1, splits)
+
+
+def bwd_prologue_bytes_per_item(impl: str, pass_: str, batch: float, heads: float,
+                                q_len: float, kv_len: float, head_dim: float,
+                                v_head_dim: float, dtype: str, rows: int) -> float:
+    """L2 bytes a backward CTA of ``impl`` reads before its first block beyond FA2's dataflow,
+    per item of ``attention_impl`` (one per ``rows``-row query block of a (batch, head)):
+    xFormers' delta recomputation, 2 x q_len x d_v x elt per CTA, ``xformers_key_splits`` CTAs
+    per (batch, head) (module docstring); 0 for the other kernels and for the forward."""
+    if impl != "xformers" or pass_ != "bwd" or dtype_bytes(dtype) > 2:
+        return 0.0  # kKernelComputesDelta: 16-bit kernels only
+    per_cta = 2.0 * q_len * v_head_dim * dtype_bytes(dtype)
+    ctas = xformers_key_splits(batch, heads, kv_len, head_dim)
+    return per_cta * ctas / math.ceil(q_len / rows)
+
+
+def xformers_bwd_side_ops(batch: float, heads: float, q_len: float, kv_len: float,
+                          head_dim: float) -> list[Op]:
+    """The zero-fill of xFormers' fp32 dQ workspace when the keys are split (module docstring):
+    one ``GradQTempStorage`` (16-byte lock header + 64 x d fp32) per 64-row query tile."""
+    if xformers_key_splits(batch, heads, kv_len, head_dim) <= 1:
+        return []
+    tiles = batch * heads * math.ceil(q_len / XFORMERS_BWD_BLOCK)
+    nbytes = tiles * (XFORMERS_BWD_BLOCK * head_dim * 4.0 + GRADQ_TILE_HEADER_BYTES)
+    zero = ops.elementwise("gq_workspace_zero", nbytes / 4.0, "fp32", 0.0, 0, 1)
+    return [with_bytes(zero, nbytes)]
 
 
 def triton2_bwd_side_ops(batch: float, heads: float, q_len: float, head_dim: float,
@@ -165,6 +278,12 @@ def triton2_bwd_side_ops(batch: float, heads: float, q_len: float, head_dim: flo
                      3.0 * elt * o_elems + 2.0 * 4.0 * rows)
     cast = with_bytes(ops.elementwise("dq_cast", q_elems, dtype, 1.0, 1, 1), (4.0 + elt) * q_elems)
     return [zero, pre, cast]
+
+
+def l2_bytes_per_s(device: Device) -> float:
+    """The device's L2 bandwidth (profile ``kernels.l2_bandwidth_gbps``), else its derated HBM
+    bandwidth, as ``attention_impl.block_terms`` prices per-CTA L2 transfers."""
+    return device.kernels.l2_bandwidth or device.hbm_bandwidth * device.efficiency.memory_max
 
 
 def with_bytes(op: Op, nbytes: float) -> Op:
@@ -205,6 +324,9 @@ def plus_side_kernels(device: Device, cost: OpCost, side: list[Op]) -> OpCost:
 
 __all__ = [
     "FA1_WARPS_N",
+    "GRADQ_TILE_HEADER_BYTES",
+    "XFORMERS_BWD_BLOCK",
+    "bwd_prologue_bytes_per_item",
     "bwd_side_ops",
     "SMEM_BYTES_PER_CLK_PER_SM",
     "TRITON2_EXTRA_ALU",
@@ -212,11 +334,17 @@ __all__ = [
     "fa1_key_block",
     "fa1_o_roundtrip_bytes_per_score",
     "fa1_splitk_bytes_per_score",
+    "l2_bytes_per_s",
     "plus_side_kernels",
     "roofline_sum",
     "smem_bytes_per_score",
+    "smem_extra_s",
     "triton2_bwd_side_ops",
     "with_bytes",
+    "XFORMERS_WARP_TILE",
+    "xformers_bwd_side_ops",
+    "xformers_smem_bytes",
+    "xformers_key_splits",
 ]
 
 

@@ -64,14 +64,15 @@ from dataclasses import dataclass, replace
 from xpusim.hwprofiles.spec import Device
 from xpusim.sim import ops
 from xpusim.sim.cost.attention_blocks import (
-    SMEM_BYTES_PER_CLK_PER_SM,
+    bwd_prologue_bytes_per_item,
     bwd_side_ops,
     extra_alu_per_score,
     fa1_o_roundtrip_bytes_per_score,
     key_blocks,
+    l2_bytes_per_s,
     plus_side_kernels,
     roofline_sum,
-    smem_bytes_per_score,
+    smem_extra_s,
     with_bytes,
 )
 from xpusim.sim.cost.attention_eager import bench_layout_ops
@@ -221,7 +222,7 @@ def attention_cost(device: Device, shape: AttnShape, impl: str | None = None,
     else:
         cost = _fused_gpu(device, shape, impl, pass_)
         side = bwd_side_ops(impl, shape.batch, shape.heads, shape.q_len, shape.head_dim,
-                            shape.vd, shape.dtype) if pass_ == "bwd" else []
+                            shape.vd, shape.dtype, shape.kv_len) if pass_ == "bwd" else []
         if side:  # preprocess / dQ convert kernels around the fused backward (attention_blocks)
             cost = plus_side_kernels(device, cost, side)
     details = {**cost.details, "achieved_flops": shape.paper_flops(pass_) / cost.time_s}
@@ -410,10 +411,10 @@ def block_terms(device: Device, impl: str, shape: AttnShape, pass_: str, br: int
         sm_bw = device.hbm_bandwidth * device.efficiency.memory_max / sms
         reduce_s += fa1_o_roundtrip_bytes_per_score(shape.vd, shape.head_dim, shape.kv_len) \
             * scores / sm_bw
-    # Shared-memory traffic beyond FA2's: FA1's split-K partials (FA2 paper s3.3), xFormers'
-    # P staging (attention_blocks).
-    smem = smem_bytes_per_score(impl, shape.head_dim, shape.vd, shape.kv_len, pass_, shape.dtype)
-    reduce_s += smem * scores / (SMEM_BYTES_PER_CLK_PER_SM * clock)
+    # Shared-memory traffic: FA1's split-K partials (FA2 paper s3.3), xFormers' operand,
+    # staging and fill bytes beyond its MMA time (attention_blocks).
+    reduce_s += smem_extra_s(impl, shape.head_dim, shape.vd, shape.kv_len, pass_, shape.dtype,
+                             (br, bc), mma_s, clock)
     lat_s = block_latency_s(device, impl, pass_, block_s + reduce_s)  # attention_latency
     return BlockTerms(mma_s, exp_s, alu_s, softmax_s, block_s + reduce_s + lat_s, reduce_s, lat_s)
 
@@ -440,7 +441,9 @@ def _fused_gpu(device: Device, shape: AttnShape, impl: str, pass_: str) -> OpCos
     # SM's share of HBM bandwidth: the pipeline fill before the first block).
     o_elt = out_bytes(impl, shape.dtype)  # FA3 FP8 writes O in BF16 (attention_hopper)
     io_rows = br * (shape.head_dim * elt + shape.vd * o_elt) * (3.0 if pass_ == "bwd" else 1.0)
-    io_s = io_rows / sm_bw
+    io_s = io_rows / sm_bw + bwd_prologue_bytes_per_item(  # xFormers' delta (attention_blocks)
+        impl, pass_, shape.batch, shape.heads, shape.q_len, shape.kv_len, shape.head_dim,
+        shape.vd, shape.dtype, br) / (l2_bytes_per_s(device) / sms)
     if pass_ == "fwd" and not split_kv:  # FA3: first key block lacks intra-warpgroup overlap
         io_s += first_block_extra_s(impl, OVERLAP.get(impl, 0.0), full.mma_s, full.softmax_s)
     items: list[float] = []

@@ -30,6 +30,8 @@ class MemoryLevel:
 
 # 8-bit floating-point formats that run on the FP8 tensor-core path.
 FP8_FAMILY = ("fp8", "fp8_e4m3", "fp8_e5m2", "mxfp8", "hif8")
+# 4-bit floating-point formats that run on the FP4 tensor-core path (Blackwell).
+FP4_FAMILY = ("fp4", "mxfp4", "nvfp4")
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,8 @@ class Efficiency:
     # (0 = the same): at twice the MMA rate a GPU meets its power limit and its clock
     # drops below the boost clock the peak is quoted at.
     matrix_max_fp8: float = 0.0
+    # The same for the FP4 matrix peak (0 = as matrix_max): twice the FP8 MMA rate again.
+    matrix_max_fp4: float = 0.0
     matrix_half_flops: float = 2.0e9
     vector_max: float = 0.7
     vector_half_flops: float = 1.0e7
@@ -78,8 +82,11 @@ class Efficiency:
     overlap: float = 1.0
 
     def matrix_max_for(self, dtype: str) -> float:
+        """``matrix_max`` for ``dtype``: the FP8 / FP4 figure where the profile sets one."""
         if self.matrix_max_fp8 and dtype in FP8_FAMILY:
             return self.matrix_max_fp8
+        if self.matrix_max_fp4 and dtype in FP4_FAMILY:
+            return self.matrix_max_fp4
         return self.matrix_max
 
     @property

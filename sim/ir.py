@@ -437,6 +437,11 @@ class Segment:
     ``host_syncs``: host-device synchronisations the framework makes in the segment
     (the host waits until the device has drained, so the device then idles while the
     host issues the next op: one host op per sync, ``sim.cost.pricing``).
+    ``host_extra_s``: host seconds the framework spends issuing these ops beyond one
+    host op each (TransformerEngine's per-expert launches, ``sim.training.te_moe_host``),
+    at the reference host; the pricing scales them to the system's host.
+    ``after``: the compute segment the same unit ran before this one (None at a unit's
+    start): the host may have issued ahead by that segment's slack (``sim.cost.pricing``).
     """
 
     name: str
@@ -444,6 +449,8 @@ class Segment:
     kind: str = "compute"
     host: bool = True
     host_syncs: int = 0
+    host_extra_s: float = 0.0
+    after: Segment | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True, eq=False)

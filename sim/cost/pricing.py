@@ -11,7 +11,10 @@ with them:
   by one on the host (``Segment.host``), at least ``len(ops) x host_op_s``: n ops cannot
   finish before the host has launched them (the excess is the exposed host time), plus
   one ``host_op_s`` per host sync in it (``Segment.host_syncs``: the device idles while
-  the host issues the first op after the wait);
+  the host issues the first op after the wait); a segment's ``host_extra_s`` (host work
+  beyond one op per op, measured on a reference host) adds to the host side, scaled by
+  ``host_scale``; the host's lead over the device from the unit's earlier runs
+  (``Segment.after``) is subtracted;
 * a ``Delay`` is its own duration (work with no hardware model behind it).
 
 ``comm_share`` and ``contended_rate`` describe SM contention (``overlap_compute_share``):
@@ -114,10 +117,14 @@ class Pricing:
     """
 
     def __init__(self, op_time: OpTime, comm_time: CommTime, host_op_s: float = 0.0,
-                 comm_share: float = 1.0, op_bound: OpBound | None = None) -> None:
+                 comm_share: float = 1.0, op_bound: OpBound | None = None,
+                 host_scale: float = 1.0) -> None:
         self.op_time = op_time
         self.comm_time = comm_time
         self.host_op_s = host_op_s
+        # Factor on a segment's ``host_extra_s`` (measured on a reference host): the
+        # reference's single-thread speed over this system host's; 0 = not issued.
+        self.host_scale = host_scale
         # SM contention (``overlap_compute_share``): 1.0 = none. ``op_bound`` names an
         # op's roofline bound ("compute", "memory", "overhead"); without it every op
         # counts as compute-bound.
@@ -125,6 +132,7 @@ class Pricing:
         self.op_bound = op_bound
         self._rates: dict[Segment, float] = {}  # segment -> contended rate
         self._segments: dict[Segment, SegmentCost] = {}
+        self._leads: dict[Segment, float] = {}  # segment -> host lead when it ends
         self._times: dict[Segment, float] = {}  # segment -> time_s (the engine's lookup)
 
     @classmethod
@@ -135,6 +143,7 @@ class Pricing:
         host_op_s: float = 0.0,
         comm_time: CommTime | None = None,
         wrap: Callable[[OpTime], OpTime] | None = None,
+        host_scale: float = 1.0,
     ) -> Pricing:
         """Pricing on ``system``: its device's kernel cost model (attention by
         ``attention_impl``, default the device's), its network. ``comm_time`` reuses a
@@ -149,7 +158,7 @@ class Pricing:
             return model.time(op).bound
 
         return cls(wrap(op_time) if wrap else op_time, comm_time or comm_time_fn(system),
-                   host_op_s, overlap_compute_share(system), op_bound)
+                   host_op_s, overlap_compute_share(system), op_bound, host_scale)
 
     def contended_rate(self, work: Segment | Op) -> float:
         """Rate (0..1] at which ``work`` progresses while a collective is in flight on
@@ -199,15 +208,40 @@ class Pricing:
         device = 0.0
         for t in times:  # in program order (not math.fsum: the engine's sums are plain)
             device += t
-        host = 0.0
+        host = lead = 0.0
         if seg.host and self.host_op_s > 0:
-            exposed = len(seg.ops) * self.host_op_s - device
+            # The framework's extra host time (per-expert launches of TransformerEngine's
+            # grouped experts, sim.training.te_moe_host), scaled to this system's host.
+            issue = len(seg.ops) * self.host_op_s + seg.host_extra_s * self.host_scale
+            ahead = self._lead_in(seg)
+            exposed = issue - device - ahead
             if exposed > 0:
                 host = exposed
+            # The host keeps issuing while the device works: it leaves this run ahead by
+            # the slack, unless it waited on the device here (a sync drains the queue).
+            lead = 0.0 if seg.host_syncs else max(0.0, ahead + device - issue)
             # After a host sync the device queue is empty: the device idles while the
             # host issues the next op (the wake-up itself is not priced: no source).
             host += seg.host_syncs * self.host_op_s
+        self._leads[seg] = lead
         return SegmentCost(times, device, host)
+
+    def _lead_in(self, seg: Segment) -> float:
+        """How far ahead of the device the host is when ``seg`` starts: what it gained
+        over the unit's earlier runs since the last sync (``Segment.after``; the
+        collectives between them are not counted, so a lower bound). Earlier runs are
+        priced oldest first, so the chain is walked without recursion."""
+        prev = seg.after
+        if prev is None:
+            return 0.0
+        chain: list[Segment] = []
+        p: Segment | None = prev
+        while p is not None and p not in self._leads:
+            chain.append(p)
+            p = p.after
+        for s in reversed(chain):
+            self.segment(s)
+        return self._leads[prev]
 
     def segment_time(self, seg: Segment) -> float:
         t = self._times.get(seg)

@@ -8,10 +8,13 @@ sequence with one launch, removing the per-op host cost. The device-side launch
 latency stays in the device profile's ``launch_overhead`` (priced by the cost model).
 
 The lowering applies this per merged run of ops: ``n`` ops cannot finish before the
-host has issued them, so the run takes ``max(device time, n * host_op_s)`` (the host
-is assumed to restart at each run: pessimistic where a collective let it run ahead).
+host has issued them, so the run takes ``max(device time, n * host_op_s - lead)``, where
+``lead`` is how far the host got ahead over the unit's earlier runs since its last sync
+(``sim.cost.pricing``; collectives between runs add nothing to it, a lower bound).
 A host sync inside the run (the MoE dispatcher's, ``moe_dispatch_syncs``) adds one
 ``host_op_s``: the device has drained and waits for the host's next launch.
+TransformerEngine's grouped experts cost the host more than one op each
+(``sim.training.te_moe_host``, ``Segment.host_extra_s``).
 """
 
 from __future__ import annotations
@@ -51,6 +54,9 @@ class FrameworkProfile:
     # Megatron-Core's dispatchers and the MindSpeed ones derived from them. torchtitan's
     # expert-parallel path was not read: off there.
     moe_dispatch_sync: bool = True
+    # Megatron-Core's MoE layer with TransformerEngine's grouped experts: the host issues
+    # per-local-expert GEMMs and quantisations and the eager router (te_moe_host.py).
+    te_moe_host: bool = False
 
 
 FRAMEWORKS = {
@@ -62,6 +68,7 @@ FRAMEWORKS = {
         "(jiahuanglin.xyz GPU-kernel lessons, 'From PyTorch op to kernel launch'); 10 us, "
         "the lower half of that range and of the 10-20 us usually quoted for eager "
         "dispatch: an estimate, not a fit",
+        te_moe_host=True,
     ),
     "cuda-graphs": FrameworkProfile(
         "cuda-graphs",

@@ -65,6 +65,7 @@ from xpusim.sim.training.result import (  # noqa: F401  (re-exported)
     oom_message,
     stage_stats,
 )
+from xpusim.sim.training.te_moe_host import te_host_scale
 from xpusim.sim.training.units import Piece
 
 FULL_RANK_LIMIT = 128
@@ -325,6 +326,7 @@ def step_pricing(plan: ParallelPlan, system: System, options: TrainingOptions) -
         framework_profile(plan.framework).host_op_s,
         comm_time=_placed(plan, system, _comm_time_for(system)),
         wrap=options.sensitivity.wrap,
+        host_scale=te_host_scale(system),
     )
 
 

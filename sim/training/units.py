@@ -30,6 +30,7 @@ from xpusim.sim.training import eager
 from xpusim.sim.training import layers as L
 from xpusim.sim.training.chunks import Chunk
 from xpusim.sim.training.framework import framework_profile, moe_dispatch_syncs
+from xpusim.sim.training.te_moe_host import segment_extra_host_s
 
 # Item tags of an overlapped unit (besides ops and collectives):
 # ("async", Comm, key): a collective on the comm stream, named by key;
@@ -379,9 +380,13 @@ def unit_pieces(chunk: Chunk, kind: str, plan: ParallelPlan) -> list[Piece]:
     else:
         _backward(chunk, plan, fsdp, pieces)
     _share_copy_segments(pieces)
+    prev: Segment | None = None  # the host runs ahead across the unit's runs (pricing)
     for p in pieces:
         if p.comm is None and p.segment is None:
             syncs = moe_dispatch_syncs(p.ops, p.phase, plan.framework)
+            extra = segment_extra_host_s(p.ops, p.phase, plan.framework)
             p.segment = Segment(f"{p.phase}.{p.slot}", tuple(p.ops), p.phase,
-                                host_syncs=syncs)
+                                host_syncs=syncs, host_extra_s=extra, after=prev)
+        if p.segment is not None:
+            prev = p.segment
     return pieces

@@ -13,6 +13,12 @@ For one op on one device (docs/cost_model.md derives each term):
     ``work = waves * cores * 2 * min(bm, m) * min(bn, n) * k`` (padded dims). A device
     may list several block shapes (``core_blocks``); the least ``work`` among them is
     taken, as GEMM libraries choose the CTA tile per problem.
+  - operand feed (NVIDIA profiles with an L2 bandwidth): a block cannot run its MMAs
+    faster than the SM's share of L2 bandwidth delivers its operands, ``(bm + bn) x k``
+    elements (Hopper clusters multicast the larger tile: ``min + max / 2``), so each
+    block costs ``max(2 bm bn, per_element x loads) x k`` FLOPs, ``per_element`` =
+    peak x max / L2 bandwidth x element size; the tile choice takes the cheapest shape
+    (``block_work``, docs/cost_model.md "Operand feed").
 * memory_s = max over levels of (bytes + half_bytes) / (bandwidth * memory_max);
   a calibrated last-level-cache tier multiplies the main-memory bandwidth by
   ``cache_speedup`` for ops moving at most ``cache_bytes`` (off by default). Weights
@@ -56,32 +62,64 @@ def gemm_quantisation(
     Executed FLOPs count padding to the matrix tile and the idle cores of the last wave.
     The library picks, among the device's block shapes (``efficiency.block_shapes``),
     the one that executes the least work (ties: the first listed), as cuBLAS/CUTLASS
-    heuristics pick a CTA tile per problem to cut wave-quantisation waste.
+    heuristics pick a CTA tile per problem to cut wave-quantisation waste. (The cost
+    model adds the operand-feed bound to that choice: ``gemm_tile_cost``.)
+    """
+    _, executed = gemm_tile_cost(m, n, k, batch, device)
+    if executed == 0:
+        return 0.0, 1.0
+    return executed, 2.0 * batch * _padded(m, n, k, device) / executed
+
+
+def gemm_tile_cost(
+    m: float, n: float, k: float, batch: float, device: Device,
+    flops_per_element: float = 0.0, multicast: bool = False,
+) -> tuple[float, float]:
+    """(cost in FLOPs, executed FLOPs) of the block shape the library picks for a GEMM.
+
+    A shape's cost is its ``block_work`` with the operand-feed bound (``flops_per_element``
+    FLOPs per operand element a block loads; 0: no bound), its executed FLOPs the same
+    without the bound. The cheapest shape wins (ties: the first listed), as cuBLAS/CUTLASS
+    heuristics pick the CTA tile per problem. (0, 0) for an empty GEMM.
     """
     tm, tn, tk = device.matrix_tile
     pm, pn, pk = _pad(m, tm), _pad(n, tn), _pad(k, tk)
     if pm == 0 or pn == 0 or pk == 0 or batch <= 0:
-        return 0.0, 1.0
-    executed = min(
-        block_work(pm, pn, pk, batch, bm, bn, device.matrix_cores)
+        return 0.0, 0.0
+    cores = device.matrix_cores
+    return min(
+        (block_work(pm, pn, pk, batch, bm, bn, cores, flops_per_element, multicast),
+         block_work(pm, pn, pk, batch, bm, bn, cores))
         for bm, bn in device.efficiency.block_shapes
     )
-    return executed, 2.0 * batch * pm * pn * pk / executed
+
+
+def _padded(m: float, n: float, k: float, device: Device) -> float:
+    tm, tn, tk = device.matrix_tile
+    return _pad(m, tm) * _pad(n, tn) * _pad(k, tk)
 
 
 def block_work(
-    pm: float, pn: float, pk: float, batch: float, bm: int, bn: int, cores: int
+    pm: float, pn: float, pk: float, batch: float, bm: int, bn: int, cores: int,
+    flops_per_element: float = 0.0, multicast: bool = False,
 ) -> float:
     """FLOPs executed by a padded GEMM cut into ``bm x bn`` output blocks run in waves.
 
     A wave lasts as long as its largest block, so every core of every wave counts a
-    full block. Each factor is non-decreasing in pm, pn, pk and batch, so this is too;
-    the minimum over block shapes of non-decreasing functions is non-decreasing, which
-    keeps GEMM time monotone in the problem size.
+    full block. Operand-feed bound (``flops_per_element`` > 0): a block's main loop
+    cannot run faster than its operands arrive, so it costs at least
+    ``flops_per_element`` FLOPs per operand element it loads per k: ``rows + cols``
+    (one A row and one B column each), or with ``multicast`` (a Hopper 2-CTA cluster
+    whose TMA loads the larger of the two tiles once for both CTAs)
+    ``min(rows, cols) + max(rows, cols) / 2``. Every factor is non-decreasing in pm, pn,
+    pk and batch, so this is too; the minimum over block shapes of non-decreasing
+    functions is non-decreasing, which keeps GEMM time monotone in the problem size.
     """
     blocks = math.ceil(batch) * math.ceil(pm / bm) * math.ceil(pn / bn)
     waves = math.ceil(blocks / cores)
-    return waves * cores * 2.0 * min(bm, pm) * min(bn, pn) * pk
+    rows, cols = min(bm, pm), min(bn, pn)
+    loads = min(rows, cols) + max(rows, cols) / 2.0 if multicast else rows + cols
+    return waves * cores * max(2.0 * rows * cols, flops_per_element * loads) * pk
 
 
 def cold_bytes(op: Op, cache_bytes: float) -> float:
@@ -119,18 +157,32 @@ class RooflineModel:
         dev, eff = self.device, self.device.efficiency
         unit = "matrix" if op.unit == Unit.MATRIX else "vector"
         peak = dev.peak_for(unit, op.dtype)
-        shape = op.shape
-        work, wave_eff = op.flops, 1.0
-        if op.unit == Unit.MATRIX and isinstance(shape, GemmShape):
-            work, wave_eff = gemm_quantisation(shape.m, shape.n, shape.k, shape.batch, dev)
-            work = max(work, op.flops)
         if op.unit == Unit.MATRIX:
             max_eff, half = eff.matrix_max_for(op.dtype), eff.matrix_half_flops
         else:
             max_eff, half = eff.vector_max, eff.vector_half_flops
+        work, executed, wave_eff = op.flops, op.flops, 1.0
+        shape = op.shape
+        if op.unit == Unit.MATRIX and isinstance(shape, GemmShape):
+            # Operand-feed bound (``block_work``): the FLOPs an SM runs at peak x max while
+            # its share of L2 bandwidth delivers one operand element (profiles' [kernels]
+            # l2_bandwidth_gbps: H100 12 TB/s, Hazy Research "GPUs Go Brrr"; A100 5120 B/clk,
+            # A100 whitepaper); NVIDIA profiles that publish it only. Hopper (async_mma) runs
+            # 2-CTA clusters with TMA multicast (CUTLASS cutlass_library/generator.py
+            # GenerateSM90_TensorOp_16b_WGMMA_gemm: cluster shapes [2,1,1] / [1,2,1]).
+            l2 = dev.kernels.l2_bandwidth if dev.arch == "nvidia" else None
+            per_element = peak * max_eff / l2 * dtype_bytes(op.dtype) if l2 else 0.0
+            work, executed = gemm_tile_cost(shape.m, shape.n, shape.k, shape.batch, dev,
+                                            per_element, dev.kernels.async_mma)
+            if executed > 0:
+                wave_eff = 2.0 * shape.batch * _padded(shape.m, shape.n, shape.k, dev) / executed
+            work, executed = max(work, op.flops), max(executed, op.flops)
         t = (work + half) / (peak * max_eff)
-        return t, {"peak_flops": peak, "executed_flops": work, "wave_efficiency": wave_eff,
+        details = {"peak_flops": peak, "executed_flops": executed, "wave_efficiency": wave_eff,
                    "size_efficiency": saturating_efficiency(op.flops, max_eff, half)}
+        if work > executed:
+            details["feed_bound_flops"] = work
+        return t, details
 
     def memory_time(self, op: Op) -> float:
         dev, eff = self.device, self.device.efficiency

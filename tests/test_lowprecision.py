@@ -71,11 +71,15 @@ def test_fp8_gemm_priced_at_fp8_peak() -> None:
     g8 = ops.gemm("g", big, big, big, "fp8")
     g16 = ops.gemm("g", big, big, big, "bf16")
     model = RooflineModel(dev)
-    # compute-bound: the FP8 GEMM runs at the FP8 peak, twice the BF16 one
+    # compute-bound: the FP8 GEMM runs at the FP8 peak (twice the BF16 one) times the
+    # profile's FP8 efficiency; the BF16 one at its own (b200 measures both, MAMF rows G30)
     assert dev.peak_for("matrix", "fp8") == 2 * dev.peak_for("matrix", "bf16")
     t8, t16 = model.time(g8).time_s, model.time(g16).time_s
     assert t8 >= g8.flops / dev.peak_for("matrix", "fp8")
-    assert t16 / t8 == pytest.approx(2.0, rel=0.02)
+    eff = dev.efficiency
+    ratio = 2.0 * eff.matrix_max_for("fp8") / eff.matrix_max_for("bf16")
+    assert ratio < 2.0  # the measured FP8 fraction of peak is the lower one
+    assert t16 / t8 == pytest.approx(ratio, rel=0.02)
     # output in bf16: m*k + k*n one byte each, m*n two bytes
     assert g8.main_bytes == big * big * (1 + 1 + 2)
 

@@ -192,6 +192,7 @@ class KernelsFile(_Strict):
     async_mma: bool = False
     default_attention: str = ""
     l2_bandwidth_gbps: float | None = Field(default=None, gt=0)
+    epilogue_overlap: bool = False
     source: str
 
     def to_spec(self) -> KernelTraits:
@@ -201,6 +202,7 @@ class KernelsFile(_Strict):
             async_mma=self.async_mma,
             default_attention=self.default_attention,
             l2_bandwidth=None if self.l2_bandwidth_gbps is None else self.l2_bandwidth_gbps * GIGA,
+            epilogue_overlap=self.epilogue_overlap,
         )
 
 

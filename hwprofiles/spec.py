@@ -106,7 +106,9 @@ class KernelTraits:
     exist (Hopper). ``default_attention``: the attention implementation a user's stack
     runs on this device ("" = by architecture, ``xpusim.sim.cost.attention_impl.default_impl``).
     ``l2_bandwidth``: the L2's bandwidth, which fp32 reductions (attention backward's dQ
-    accumulation) stream through.
+    accumulation) stream through. ``epilogue_overlap``: GEMM kernels keep more than one
+    accumulator stage, so a tile's epilogue (convert + store) runs while the next tile's
+    MMAs do (Blackwell: tensor-memory accumulators, CUTLASS SM100 AccumulatorPipeline).
     """
 
     exp_per_clk_per_core: float = 16.0
@@ -114,6 +116,7 @@ class KernelTraits:
     async_mma: bool = False
     default_attention: str = ""
     l2_bandwidth: float | None = None  # bytes/s of the L2 (reductions through L2); None: unpublished
+    epilogue_overlap: bool = False
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,30 @@ def test_gemm_epilogue_not_overlapped_hand_computed():
     assert gemv.time_s == pytest.approx(gemv.memory_s + 1e-5)
 
 
+def test_gemm_epilogue_overlapped_leaves_the_last_wave():
+    """Two accumulator stages (Blackwell): tile i's stores run under tile i+1's MMAs, so
+    only the last wave's tiles (one 128x128 tile per core here) are written after them."""
+    from dataclasses import replace
+
+    from xpusim.hwprofiles.spec import KernelTraits
+
+    dev = toy_device(matrix_half_flops=0.0, memory_half_bytes=0.0)
+    dev = replace(dev, kernels=KernelTraits(epilogue_overlap=True))
+    op = ops.gemm("qk", 4096, 4096, 64, "bf16", batch=8)
+    cost = RooflineModel(dev).time(op)
+    compute = 8 * 2 * 4096 * 4096 * 64 / (100e12 * 0.8)
+    nbytes = 8 * 2 * (2 * 4096 * 64 + 4096 * 4096)
+    tail = 4 * 128 * 128 * 2 / (1e12 * 0.9)  # 4 cores x one 128x128 bf16 tile
+    assert cost.details["epilogue_s"] == pytest.approx(tail)
+    reads = nbytes / (1e12 * 0.9) - tail
+    assert cost.time_s == pytest.approx(max(compute, nbytes / (1e12 * 0.9), reads + tail) + 1e-5)
+    # without the trait the whole output follows the MMAs (the NVIDIA default)
+    serial = RooflineModel(toy_device(matrix_half_flops=0.0, memory_half_bytes=0.0)).time(op)
+    assert serial.time_s > cost.time_s
+    assert load_device("b200").kernels.epilogue_overlap
+    assert not load_device("h100-sxm5-80gb").kernels.epilogue_overlap
+
+
 def test_fp8_gemm_epilogue_writes_16_bits():
     dev = toy_device(matrix_half_flops=0.0, memory_half_bytes=0.0)
     dev = Device(**{**dev.__dict__, "matrix_peak": {"bf16": 100e12, "fp8": 200e12}})

@@ -223,7 +223,9 @@ class RooflineModel:
         k = 512 expert GEMMs, 802816x192x768) both the tensor cores and HBM are near
         their limits and the kernel takes their sum, not their max. Operand reads stay
         overlapped with the MMAs. Output bytes: batch x m x n x the output element size
-        (16-bit for FP8 inputs, as ``sim.ops.gemm`` writes), at most the op's bytes."""
+        (16-bit for FP8 inputs, as ``sim.ops.gemm`` writes), at most the op's bytes; where
+        the device overlaps epilogues with the next tile's MMAs (``epilogue_overlap``) only
+        the last wave's tiles."""
         shape = op.shape
         if (op.unit != Unit.MATRIX or not isinstance(shape, GemmShape)
                 or self.device.arch != "nvidia"):
@@ -234,6 +236,13 @@ class RooflineModel:
         if out <= 0:
             return 0.0
         eff = self.device.efficiency
+        if self.device.kernels.epilogue_overlap:
+            # Two accumulator stages (Blackwell tensor memory; CUTLASS SM100
+            # AccumulatorPipelineStageCount = 2, sm100_gemm_tma_warpspecialized.hpp): the
+            # epilogue warps drain one tile while the MMA warp computes the next, so only
+            # the last wave's stores follow the last MMA: one output tile per core.
+            bm, bn = eff.block_shapes[0]
+            out = min(out, self.device.matrix_cores * bm * bn * out_elt)
         return out / (self.device.hbm_bandwidth * eff.memory_max)
 
     def time(self, op: Op) -> OpCost:

@@ -21,6 +21,7 @@ from xpusim.hwprofiles.spec import (
     Latency,
     Link,
     MemoryLevel,
+    PcieTree,
     System,
 )
 
@@ -354,6 +355,26 @@ class CollectiveLibraryFile(_Strict):
         return self
 
 
+class PcieTreeFile(_Strict):
+    devices_per_switch: int = Field(gt=0, description="GPUs under one PCIe switch; 1 = own root port")
+    sockets: int = Field(gt=0)
+    p2p: bool = Field(description="the driver offers CUDA P2P between the GPUs")
+    p2p_level: Literal["PIX", "PXB", "PHB", "SYS"] = Field(description="NCCL_P2P_LEVEL in effect")
+    cross_socket_p2p: float = Field(gt=0, le=1)
+    shm_efficiency: float = Field(gt=0, le=1)
+    source: str
+
+    def to_spec(self) -> PcieTree:
+        return PcieTree(
+            devices_per_switch=self.devices_per_switch,
+            sockets=self.sockets,
+            p2p=self.p2p,
+            p2p_level=self.p2p_level,
+            cross_socket_p2p=self.cross_socket_p2p,
+            shm_efficiency=self.shm_efficiency,
+        )
+
+
 class SystemFile(_Strict):
     schema_version: Literal[1] = 1
     kind: Literal["system"] = "system"
@@ -368,6 +389,7 @@ class SystemFile(_Strict):
     inter_node: InterNode
     collective_efficiency: CollectiveEfficiencyFile
     collective_library: CollectiveLibraryFile | None = None
+    pcie_tree: PcieTreeFile | None = None
     # Sections whose figures are vendor announcements no one has measured (see DeviceFile).
     announced: list[str] = Field(default_factory=list)
 
@@ -399,6 +421,7 @@ class SystemFile(_Strict):
                 step_overhead_s=self.collective_efficiency.step_overhead_us * US,
             ),
             collective_library=_library(self.collective_library),
+            pcie_tree=self.pcie_tree.to_spec() if self.pcie_tree else None,
             announced=tuple(self.announced),
             sources={
                 "intra_node": self.intra_node.source,
@@ -406,6 +429,7 @@ class SystemFile(_Strict):
                 "inter_node": self.inter_node.source,
                 "collective_efficiency": self.collective_efficiency.source,
                 **({"package": pkg.source} if pkg else {}),
+                **({"pcie_tree": self.pcie_tree.source} if self.pcie_tree else {}),
                 **(
                     {"collective_library": self.collective_library.source}
                     if self.collective_library

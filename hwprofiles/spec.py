@@ -279,6 +279,28 @@ class CollectiveLibrary:
 
 
 @dataclass(frozen=True)
+class PcieTree:
+    """How the GPUs of a PCIe server (no NVLink) hang off switches and CPU sockets, and
+    which NCCL transport each pair of GPUs gets (sim/network/pcie.py).
+
+    ``devices_per_switch``: GPUs under one PCIe switch (1: every GPU on its own CPU root
+    port). ``sockets``: CPU sockets, the devices split evenly over them in order.
+    ``p2p``: the driver offers CUDA P2P between the GPUs (GeForce cards: no).
+    ``p2p_level``: NCCL's NCCL_P2P_LEVEL cutoff (PIX, PXB, PHB or SYS): pairs further
+    apart use the SHM transport through host memory. ``cross_socket_p2p``: a P2P flow
+    across the socket link / one inside a socket. ``shm_efficiency``: what one GPU
+    receives through SHM, as a fraction of its PCIe link peak.
+    """
+
+    devices_per_switch: int
+    sockets: int
+    p2p: bool
+    p2p_level: str
+    cross_socket_p2p: float
+    shm_efficiency: float
+
+
+@dataclass(frozen=True)
 class System:
     """A server (node) of identical devices, and how many of them form the cluster.
 
@@ -306,6 +328,7 @@ class System:
     die_to_die: Link | None = None
     collective_efficiency: CollectiveEfficiency = CollectiveEfficiency()
     collective_library: CollectiveLibrary = CollectiveLibrary()
+    pcie_tree: PcieTree | None = None
     sources: dict[str, str] = field(default_factory=dict)
     path: str = ""
     # Profile sections whose figures are vendor announcements, not yet measured.

@@ -43,7 +43,12 @@ def cost_phases(topo: Topology, phases: list[Phase]) -> NetworkCost:
 
 
 def cost_phase(topo: Topology, phase: Phase) -> PhaseCost:
-    if phase.is_uniform_a2a and not phase.via_nic and _symmetric(topo, phase.a2a_groups):
+    if (
+        phase.is_uniform_a2a
+        and not phase.via_nic
+        and not topo.has_pcie_tree
+        and _symmetric(topo, phase.a2a_groups)
+    ):
         return _uniform_a2a(topo, phase)
     pairs = sum(len(g) * (len(g) - 1) for g in phase.a2a_groups)
     if pairs > MAX_LISTED_FLOWS:
@@ -66,6 +71,8 @@ def describe_link(topo: Topology, link: LinkId, load: float) -> str:
         "nic_rx": "NIC {2} of {1} (receive)",
         "spine_up": "leaf {1} uplink to spine (oversubscribed)",
         "spine_down": "leaf {1} downlink from spine (oversubscribed)",
+        "shm_rx": "SHM receive of device {1} (through host memory)",
+        "xsock": "P2P flow {1}->{2} across the CPU socket link",
     }
     parts = list(link)
     if link[0] in ("nic_tx", "nic_rx") and isinstance(link[1], int):
@@ -81,7 +88,7 @@ def phase_latency(topo: Topology, phase: Phase, hop_latency: float) -> float:
 def _flows(topo: Topology, phase: Phase, flows: list[Flow]) -> PhaseCost:
     """Price listed flows: with numpy when there are many (same numbers, see
     ``vectorized``), else the per-flow loop, which is cheaper for a handful."""
-    if len(flows) + len(phase.port_bytes) < VECTORIZE_FROM:
+    if topo.has_pcie_tree or len(flows) + len(phase.port_bytes) < VECTORIZE_FROM:
         return _flows_listed(topo, phase, flows)
     return _flows_vectorized(topo, phase, flows)
 

@@ -8,7 +8,10 @@ Both collective backends read this one description, so they price the same links
   ordered device pair; a device's ``links_per_device`` links are spread evenly over its
   peers, so each pair gets ``intra_link.bandwidth * links_per_device / (devices - 1)``.
   ``switch`` (NVLink/NVSwitch, UB switch) and ``pcie``: each device has one up-port and
-  one down-port of ``intra_link.bandwidth`` into a non-blocking switch.
+  one down-port of ``intra_link.bandwidth`` into a non-blocking switch. A ``pcie``
+  system with a ``pcie_tree`` adds NCCL's transport per pair (``sim/network/pcie``):
+  an SHM flow also crosses the receiver's ``shm_rx``, a P2P flow between CPU sockets
+  its own ``xsock`` link.
 * ``inter_node`` — NIC ports. With at least one NIC per device a device owns
   ``nics_per_node / devices_per_node`` NICs' bandwidth; with fewer NICs than devices,
   ``devices / nics`` neighbouring devices share one NIC (contention). The device-to-NIC
@@ -38,6 +41,7 @@ from typing import Any
 
 from xpusim.hwprofiles.spec import System
 from xpusim.sim.errors import InputError
+from xpusim.sim.network import pcie
 
 # Link classes, used as keys of CollectiveResult.link_bytes.
 DIE_TO_DIE = "die_to_die"
@@ -56,6 +60,8 @@ _KIND_CLASS = {
     "nic_rx": INTER,
     "spine_up": SPINE,
     "spine_down": SPINE,
+    "shm_rx": INTRA,
+    "xsock": INTRA,
 }
 
 # A link: its kind (a key of _KIND_CLASS) and then its endpoints (device, node or NIC
@@ -159,6 +165,10 @@ class Topology:
             return self.intra_capacity()
         if kind in ("nic_tx", "nic_rx"):
             return self.nic_capacity()
+        if kind == "shm_rx":
+            return pcie.shm_capacity(self.system)
+        if kind == "xsock":
+            return pcie.cross_socket_capacity(self.system)
         return self.spine_capacity()
 
     @staticmethod
@@ -188,6 +198,12 @@ class Topology:
 
     # -- paths ------------------------------------------------------------------------
     @property
+    def has_pcie_tree(self) -> bool:
+        """The node's PCIe tree is declared (transports per pair: ``sim/network/pcie``).
+        Its extra links are priced flow by flow (no numpy or symmetry shortcut)."""
+        return self.system.pcie_tree is not None and self.system.intra_topology == "pcie"
+
+    @property
     def shared_port(self) -> bool:
         """Cross-node flows share the device's server port (one UB port bundle)."""
         return self.system.inter_topology == "supernode"
@@ -212,7 +228,7 @@ class Topology:
                 return (("d2d", a, b),)
             if self.system.intra_topology == "full_mesh":
                 return (("mesh", a, b),)
-            return (("up", a), ("down", b))
+            return (("up", a), ("down", b), *pcie.extra_links(self.system, a, b))
         tx = ("nic_tx", na, self.nic_index(self.local_of(a)))
         rx = ("nic_rx", nb, self.nic_index(self.local_of(b)))
         ports: tuple[LinkId, ...] = (("up", a), ("down", b)) if self.shared_port else ()

@@ -12,7 +12,7 @@ from xpusim.sim.parallel import ParallelPlan, validate_plan
 from xpusim.sim.training import eager
 from xpusim.sim.training import layers as L
 from xpusim.sim.training.chunks import Chunk
-from xpusim.sim.training.units import _copy_out, _recompute
+from xpusim.sim.training.units import _copy_out, recompute_for_slot
 
 T = 10.0
 
@@ -56,7 +56,7 @@ def test_layer_items_carry_the_passes_only_with_the_framework():
 def test_op_sac_recomputes_wk_wo_w3_and_every_elementwise_op():
     ctx = _ctx()
     items = L.layer_items(ctx, 0)
-    redo = _recompute(items, ctx.plan, "L0")
+    redo = recompute_for_slot(items, ctx.plan, "L0")
     gemms = {o.name: o.flops for o in redo if o.kind == OpKind.GEMM}
     # mm order wq wk wv wo w1 w3 w2: the 2nd, 4th and 6th are recomputed
     assert gemms == pytest.approx({
@@ -73,7 +73,7 @@ def test_op_sac_recomputes_wk_wo_w3_and_every_elementwise_op():
 def test_other_frameworks_keep_the_module_recompute():
     ctx = _ctx("eager")
     items = L.layer_items(ctx, 0)
-    assert _recompute(items, ctx.plan, "L0") == L.recompute_items(items, "selective",
+    assert recompute_for_slot(items, ctx.plan, "L0") == L.recompute_items(items, "selective",
                                                              ctx.plan.recompute_modules)
 
 

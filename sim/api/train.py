@@ -2,7 +2,7 @@
 
 The request's plan fields (``tp`` ... ``grad_accum_fusion``) left at ``None`` come from
 the plan file (``plan=``), else from ``ParallelPlan``'s defaults, with two derived
-defaults owned here: ``recompute="auto"`` (the lightest policy that fits memory) and
+defaults owned here: ``recompute="auto"`` (the cheapest policy that fits memory) and
 sequence parallelism on whenever ``tp > 1`` (Megatron-Core requires it for MoE with TP
 and it is the usual choice for dense models).
 """
@@ -22,6 +22,7 @@ from xpusim.sim.limits import check_ranks, check_train_work
 from xpusim.sim.models.spec import ModelSpec
 from xpusim.sim.parallel import ParallelPlan, load_plan_file, validate_plan
 from xpusim.sim.training.memory import MemoryBreakdown, format_breakdown
+from xpusim.sim.training.recompute_choice import choose_recompute
 from xpusim.sim.training.simulate import TrainingOptions, TrainingResult, estimate_memory
 from xpusim.sim.training.steady import (
     LoweredTraining,
@@ -259,7 +260,8 @@ def _resolve_ep_overlap(plan: ParallelPlan, asked: bool | None, req: TrainReques
 def fit_memory(
     spec: ModelSpec, system: System, plan: ParallelPlan, recompute: str
 ) -> tuple[ParallelPlan, list[MemoryBreakdown]]:
-    """The plan with the recompute policy that fits (``auto``: the lightest), and its
+    """The plan with the recompute policy that fits (``auto``: the cheapest that fits,
+    ``sim.training.recompute_choice``), and its
     per-stage memory; ``NegativeVerdict`` with the breakdown when nothing fits."""
     if recompute == "auto":
         plan, mems = choose_recompute(spec, system, plan)
@@ -281,20 +283,6 @@ def fit_memory(
             },
         )
     return plan, mems
-
-
-def choose_recompute(
-    spec: ModelSpec, system: System, plan: ParallelPlan
-) -> tuple[ParallelPlan, list[MemoryBreakdown]]:
-    """The lightest recompute policy whose memory fits (none, then selective, then full)."""
-    mems: list[MemoryBreakdown] = []
-    candidate = plan
-    for policy in ("none", "selective", "full"):
-        candidate = replace(plan, recompute=policy)
-        mems = estimate_memory(spec, system, candidate)
-        if not any(m.oom for m in mems):
-            return candidate, mems
-    return candidate, mems
 
 
 def require_native_dtype(system: System, dtype: str, flag: str) -> None:

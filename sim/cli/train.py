@@ -36,7 +36,7 @@ def _add_recompute_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--recompute",
         choices=RECOMPUTE_CHOICES,
-        help="activation recompute; auto (default) picks the lightest that fits memory",
+        help="activation recompute; auto (default) picks the cheapest that fits memory",
     )
     p.add_argument(
         "--recompute-modules", help="comma list for selective: norm,attn,act,experts,mlp"
@@ -182,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(payload)
         return 0
-    _print(result.simulation, payload)
+    _print(result.simulation, payload, auto=(args.recompute or "auto") == "auto" and not args.plan)
     if args.explain:
         _print_explain(result.simulation)
     return 0
@@ -241,7 +241,18 @@ def _ep_overlap(plan: ParallelPlan) -> str:
     return "off (--no-overlap-ep): the all-to-alls block the compute stream"
 
 
-def _print(result, d: dict) -> None:
+def _recompute_text(plan: ParallelPlan, auto: bool) -> str:
+    """The plan's recompute policy, its modules when selective, and whether ``auto``
+    chose it (``sim.training.recompute_choice``: the cheapest candidate that fits)."""
+    text = plan.recompute
+    if plan.recompute == "selective":
+        text += f"({','.join(plan.recompute_modules)})"
+    if plan.recompute_every > 1:
+        text += f" (every {plan.recompute_every} layers)"
+    return text + (" [auto: cheapest that fits]" if auto else "")
+
+
+def _print(result, d: dict, auto: bool = False) -> None:
     plan = result.plan
     where = f"{d['devices']} x {d['system']}"
     if d["system_devices"] != d["devices"]:
@@ -252,9 +263,8 @@ def _print(result, d: dict) -> None:
     print(
         f"{d['model']} on {where}: tp={plan.tp} pp={plan.pp} "
         f"vpp={plan.vpp} dp={plan.dp} ep={plan.ep} cp={plan.cp} mbs={plan.mbs} gbs={plan.gbs} "
-        f"seq={plan.seq} recompute={plan.recompute}"
-        + (f" (every {plan.recompute_every} layers)" if plan.recompute_every > 1 else "")
-        + f" sp={plan.sequence_parallel} zero={plan.zero}"
+        f"seq={plan.seq} recompute={_recompute_text(plan, auto)}"
+        f" sp={plan.sequence_parallel} zero={plan.zero}"
     )
     peaks = ", ".join(
         f"{v:.1%} of {name} peak ({fmt_si(result.peaks[name], 'FLOP/s')})"

@@ -266,7 +266,7 @@ def _fsdp_items(
     return out, tuple(keys)
 
 
-def _recompute(items: list, plan: ParallelPlan, slot: str) -> list:
+def recompute_for_slot(items: list, plan: ParallelPlan, slot: str) -> list:
     """The forward items re-run before slot ``slot``'s backward: the plan's policy for
     that slot (``--recompute-every`` leaves some layers without one), or with
     --recompute selective torchtitan's op-level policy when the framework runs it."""
@@ -344,7 +344,7 @@ def _backward(chunk: Chunk, plan: ParallelPlan, fsdp: bool, pieces: list[Piece])
             copy, keys = _copy_out(chunk, plan, i, keys)
             add_items(copy, "bwd", slot, pieces)
         if slot not in ("embedding", "head"):
-            redo = _recompute(items, plan, slot)
+            redo = recompute_for_slot(items, plan, slot)
             redo, keys = _waiting(tp_overlap(redo, plan, counter), keys)
             add_items(redo, "recompute", slot, pieces)
         back = tp_overlap(L.backward_items(items, plan.sequence_parallel), plan, counter)

@@ -41,6 +41,7 @@ time is monotone in the problem size.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 from xpusim.hwprofiles.spec import Device
 from xpusim.sim.cost.base import OpCost
@@ -86,12 +87,35 @@ def gemm_tile_cost(
     pm, pn, pk = _pad(m, tm), _pad(n, tn), _pad(k, tk)
     if pm == 0 or pn == 0 or pk == 0 or batch <= 0:
         return 0.0, 0.0
-    cores = device.matrix_cores
-    return min(
-        (block_work(pm, pn, pk, batch, bm, bn, cores, flops_per_element, multicast),
-         block_work(pm, pn, pk, batch, bm, bn, cores))
-        for bm, bn in device.efficiency.block_shapes
-    )
+    return _cheapest_block(pm, pn, pk, batch, device.matrix_cores,
+                           device.efficiency.block_shapes, flops_per_element, multicast)
+
+
+@lru_cache(maxsize=1 << 16, typed=True)
+def _cheapest_block(
+    pm: float, pn: float, pk: float, batch: float, cores: int,
+    shapes: tuple[tuple[int, int], ...], flops_per_element: float, multicast: bool,
+) -> tuple[float, float]:
+    """``gemm_tile_cost`` of the padded dims: the least (cost, executed) over ``shapes``.
+    A pure function of its arguments, kept: decode GEMMs of nearby batch sizes pad to
+    the same tile multiple, so a serving run meets each padded shape many times."""
+    return min(_block_works(pm, pn, pk, batch, bm, bn, cores, flops_per_element, multicast)
+               for bm, bn in shapes)
+
+
+def _block_works(
+    pm: float, pn: float, pk: float, batch: float, bm: int, bn: int, cores: int,
+    flops_per_element: float, multicast: bool,
+) -> tuple[float, float]:
+    """(``block_work`` with the operand-feed bound, ``block_work`` without it): the same
+    arithmetic as the two calls, sharing the block and wave counts (the pricing of every
+    GEMM shape runs this per block shape; tests/test_gemm_operand_feed.py compares)."""
+    blocks = math.ceil(batch) * math.ceil(pm / bm) * math.ceil(pn / bn)
+    waves = math.ceil(blocks / cores)
+    rows, cols = min(bm, pm), min(bn, pn)
+    loads = min(rows, cols) + max(rows, cols) / 2.0 if multicast else rows + cols
+    mma = 2.0 * rows * cols
+    return waves * cores * max(mma, flops_per_element * loads) * pk, waves * cores * mma * pk
 
 
 def _padded(m: float, n: float, k: float, device: Device) -> float:

@@ -58,7 +58,7 @@ from xpusim.sim.ir import (
     Stream,
     dtype_bytes,
 )
-from xpusim.sim.models.spec import ModelSpec
+from xpusim.sim.models.spec import ModelSpec, layer_runs
 from xpusim.sim.parallel import ParallelPlan
 from xpusim.sim.workloads.transformer import (
     CommNeed,
@@ -264,18 +264,12 @@ def step_blocks(
     # Layers of one kind have identical ops: build (and narrow) each kind once and
     # repeat the same objects, which the step pricing relies on to stay cheap.
     built: dict[tuple[bool, int], list[Op | CommNeed]] = {}
-    for layer in range(start, end):
-        kind = spec.layer_kind(layer)  # (MoE?, sliding window)
-        moe = kind[0]
+    for kind, layer, count in layer_runs(spec, start, end):  # kind: (MoE?, sliding window)
         if kind not in built:
             built[kind] = [in_kv_format(it, dtype) if isinstance(it, Op) else it
                            for it in sixteen_bit_activations(layer_forward(
-                               spec, layer, shape, sh, dtype, load if moe else None), dtype)]
-        block = built[kind]
-        if blocks[-1][0] is block:
-            blocks[-1] = (block, blocks[-1][1] + 1)
-        else:
-            blocks.append((block, 1))
+                               spec, layer, shape, sh, dtype, load if kind[0] else None), dtype)]
+        blocks.append((built[kind], count))
     # Only the positions that are sampled need logits: the last of each prefill
     # sequence, every position of a decode or verify step.
     logit_rows = seqs_rank if batch.phase == "prefill" else shape.tokens

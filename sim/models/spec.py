@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 
 @dataclass(frozen=True)
@@ -106,3 +107,18 @@ class ModelSpec:
     @property
     def num_moe_layers(self) -> int:
         return sum(1 for i in range(self.layers) if self.is_moe_layer(i))
+
+
+@lru_cache(maxsize=64)
+def layer_runs(spec: ModelSpec, start: int, end: int) -> tuple[tuple[tuple[bool, int], int, int], ...]:
+    """Layers ``start`` .. ``end`` - 1 as runs of consecutive layers of one kind
+    (``ModelSpec.layer_kind``), in order: (kind, first layer of the run, layers in it).
+    Kept per spec: a serving run lowers thousands of steps of one model."""
+    runs: list[tuple[tuple[bool, int], int, int]] = []
+    for layer in range(start, end):
+        kind = spec.layer_kind(layer)
+        if runs and runs[-1][0] == kind:
+            runs[-1] = (kind, runs[-1][1], runs[-1][2] + 1)
+        else:
+            runs.append((kind, layer, 1))
+    return tuple(runs)

@@ -17,6 +17,22 @@ from xpusim.sim.models.spec import ModelSpec
 _NON_GATED_ACTS = ("relu2", "relu", "gelu", "gelu_new", "gelu_pytorch_tanh", "silu")
 
 
+def _non_gated_act(cfg: ConfigReader, key: str, default: str, why: str = "") -> str:
+    """The activation of a two-matrix (non-gated) MLP, refused unless one we price."""
+    act = cfg.str_(key, default)
+    if act not in _NON_GATED_ACTS:
+        raise cfg.error(key, f"must be one of {', '.join(_NON_GATED_ACTS)}{why}, got {act!r}")
+    return act
+
+
+def _dividing_heads(cfg: ConfigReader, key: str, hidden: int, hidden_key: str) -> int:
+    """``key``'s head count, which must divide the hidden size (MHA: head_dim = hidden / heads)."""
+    heads = cfg.int_(key)
+    if hidden % heads:
+        raise cfg.error(key, f"({heads}) must divide {hidden_key} ({hidden})")
+    return heads
+
+
 def parse_nemotron(cfg: ConfigReader, name: str) -> ModelSpec:
     """NVIDIA Nemotron-3/-4 and Minitron (HF modeling_nemotron, configuration_nemotron).
 
@@ -28,10 +44,7 @@ def parse_nemotron(cfg: ConfigReader, name: str) -> ModelSpec:
     of each Q/K head: rotary is an elementwise pass that no FLOP count includes, and
     TransformerEngine's fused RoPE kernel writes the pass-through half too (the same
     bytes), so it is read and checked only. ``head_dim`` defaults to hidden / heads."""
-    act = cfg.str_("hidden_act", "relu2")
-    if act not in _NON_GATED_ACTS:
-        raise cfg.error("hidden_act", f"must be one of {', '.join(_NON_GATED_ACTS)} "
-                                      f"(NemotronMLP is not gated), got {act!r}")
+    _non_gated_act(cfg, "hidden_act", "relu2", " (NemotronMLP is not gated)")
     cfg.float_("partial_rotary_factor", 0.5, 0.0, 1.0)
     attn_bias = cfg.bool_("attention_bias", False)
     mlp_bias = cfg.bool_("mlp_bias", False)
@@ -70,17 +83,12 @@ def parse_gptj(cfg: ConfigReader, name: str) -> ModelSpec:
     GPT-J lacks (n_embd a layer), and the lm_head bias (vocab) is not counted: +64,288
     parameters on GPT-J 6B's 6.05B (0.001 %); biases are GEMM epilogues, not priced."""
     hidden = cfg.int_("n_embd")
-    heads = cfg.int_("n_head")
-    if hidden % heads:
-        raise cfg.error("n_head", f"({heads}) must divide n_embd ({hidden})")
+    heads = _dividing_heads(cfg, "n_head", hidden, "n_embd")
     head_dim = hidden // heads
     rotary = cfg.int_("rotary_dim", head_dim)
     if rotary > head_dim:
         raise cfg.error("rotary_dim", f"({rotary}) must be <= the head dim ({head_dim})")
-    act = cfg.str_("activation_function", "gelu_new")
-    if act not in _NON_GATED_ACTS:
-        raise cfg.error("activation_function", f"must be one of {', '.join(_NON_GATED_ACTS)}, "
-                                               f"got {act!r}")
+    _non_gated_act(cfg, "activation_function", "gelu_new")
     return ModelSpec(
         name=name,
         family="gptj",
@@ -104,9 +112,7 @@ def parse_gptj(cfg: ConfigReader, name: str) -> ModelSpec:
 def _falcon_heads(cfg: ConfigReader, hidden: int, new_arch: bool) -> tuple[int, int, int]:
     """(heads, kv_heads, head_dim) of HF FalconAttention: new_decoder_architecture reads
     num_kv_heads; otherwise multi_query (default true) means one K/V head."""
-    heads = cfg.int_("num_attention_heads")
-    if hidden % heads:
-        raise cfg.error("num_attention_heads", f"({heads}) must divide hidden_size ({hidden})")
+    heads = _dividing_heads(cfg, "num_attention_heads", hidden, "hidden_size")
     if new_arch:
         kv_heads = cfg.int_("num_kv_heads", heads)
     else:
@@ -133,9 +139,7 @@ def parse_falcon(cfg: ConfigReader, name: str) -> ModelSpec:
     if new_arch and cfg.int_("num_ln_in_parallel_attn", 2) != 2:
         raise cfg.error("num_ln_in_parallel_attn", "must be 2 with new_decoder_architecture "
                                                    "(one shared LayerNorm is not supported there)")
-    act = cfg.str_("activation", "gelu")
-    if act not in _NON_GATED_ACTS:
-        raise cfg.error("activation", f"must be one of {', '.join(_NON_GATED_ACTS)}, got {act!r}")
+    _non_gated_act(cfg, "activation", "gelu")
     hidden = cfg.int_("hidden_size")
     heads, kv_heads, head_dim = _falcon_heads(cfg, hidden, new_arch)
     bias = cfg.bool_("bias", False)
@@ -171,14 +175,10 @@ def parse_gpt_neox(cfg: ConfigReader, name: str) -> ModelSpec:
     if not cfg.bool_("attention_bias", True):
         # ModelSpec's linear_bias is the dense (o) bias and the MLP's together.
         raise cfg.error("attention_bias", "false is not supported (the MLP keeps its biases)")
-    act = cfg.str_("hidden_act", "gelu")
-    if act not in _NON_GATED_ACTS:
-        raise cfg.error("hidden_act", f"must be one of {', '.join(_NON_GATED_ACTS)}, got {act!r}")
+    _non_gated_act(cfg, "hidden_act", "gelu")
     cfg.float_("rotary_pct", 0.25, 0.0, 1.0)
     hidden = cfg.int_("hidden_size")
-    heads = cfg.int_("num_attention_heads")
-    if hidden % heads:
-        raise cfg.error("num_attention_heads", f"({heads}) must divide hidden_size ({hidden})")
+    heads = _dividing_heads(cfg, "num_attention_heads", hidden, "hidden_size")
     return ModelSpec(
         name=name,
         family="gpt_neox",

@@ -33,6 +33,7 @@ from xpusim.sim.inference.disagg import (
     run_disaggregated,
 )
 from xpusim.sim.inference.engine_profile import EngineProfile, load_engine
+from xpusim.sim.inference.graph_padding import capture_sizes
 from xpusim.sim.inference.kvcache import MemoryPlan, kv_bytes_per_token, kv_cache_dtype, kv_layout
 from xpusim.sim.inference.lowering import StepSimulator, plan_for, require_memory
 from xpusim.sim.inference.routing import Routing, routing_from_text
@@ -288,7 +289,7 @@ def _serve_colocated(req: ServeRequest, gamma: int, alpha: float, draft_devices:
         check_speculative_args(gamma, alpha, draft_devices)
     workload = _workload(req, alpha if sd else 0.0)
     assert isinstance(dep.sim, StepSimulator), "pp > 1 is refused above"
-    costs = StepCosts(dep.sim)
+    draft_sim = None
     if req.draft is not None:
         draft = req.draft if req.draft in HEAD_KINDS else load_model_arg(req.draft, "--draft")
         with verdict_document(document(dep.spec, dep.system, dep.plan, dep.engine)):
@@ -299,12 +300,14 @@ def _serve_colocated(req: ServeRequest, gamma: int, alpha: float, draft_devices:
             dep.spec, draft, dep.system, dep.plan, dep.engine, req.dtype, dep.routing,
             ParallelPlan(tp=draft_devices),
         )  # fmt: skip
-        costs = StepCosts(dep.sim, draft_sim, gamma)
     requests = make_requests(workload)
     # The engine's scheduler limits: fixed, or chosen per run (trtllm-bench's heuristic).
     max_seqs, max_tokens = requested_limits(
         req, *run_limits(dep.engine, dep.spec, dep.system, dep.plan, req.dtype, requests)
     )
+    graphs = capture_sizes(dep.engine.cuda_graph_batch_sizes, max_seqs, max_tokens)
+    costs = StepCosts(dep.sim, draft_sim, gamma if draft_sim is not None else 0,
+                      graph_sizes=graphs)
     layout = kv_layout(dep.spec, dep.engine.sliding_window_kv)
     server = Server(
         costs, dep.memory.kv_tokens, max_seqs, max_tokens, seed=req.seed, layout=layout

@@ -79,6 +79,9 @@ class EngineProfile:
       (``xpusim.sim.inference.kvcache.KVLayout``): "window" (the blocks covering its
       window: vLLM V1's hybrid KV cache manager), "uniform" (the window only when every
       layer has the same one: vLLM V0) or "full" (the whole context: the default).
+    * ``cuda_graph_batch_sizes``: with it, a generation-only step runs padded to the
+      smallest captured batch size >= its batch (``xpusim.sim.inference.graph_padding``:
+      TensorRT-LLM 1.0's ``cuda_graph_config`` with ``enable_padding``); empty: unpadded.
     * ``weight_only_int8_gemv_factor``: one-row GEMMs with int8 weights take this multiple
       of their memory-roofline time (``xpusim.sim.inference.weight_only``); 1: none.
     """
@@ -116,6 +119,7 @@ class EngineProfile:
     generation_attention: str = "fused"
     xqa_group_sizes: tuple[int, ...] = ()
     xqa_head_dims: tuple[int, ...] = ()
+    cuda_graph_batch_sizes: tuple[int, ...] = ()
     lm_head_16bit: bool = False
     vocab_parallel: bool = True
     weight_only_int8_gemv_factor: float = 1.0
@@ -225,7 +229,7 @@ _CHOICE_KEYS: dict[str, tuple[str, ...] | None] = {
     "sliding_window_kv": SLIDING_WINDOW_KV,
 }
 # Lists of positive integers (stored as tuples).
-_INT_LIST_KEYS = ("xqa_group_sizes", "xqa_head_dims")
+_INT_LIST_KEYS = ("xqa_group_sizes", "xqa_head_dims", "cuda_graph_batch_sizes")
 HOSTS_PATH = HWPROFILES_ROOT / "hosts.toml"
 
 

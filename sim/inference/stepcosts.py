@@ -11,6 +11,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable
 
+from xpusim.sim.inference.graph_padding import padded_step
 from xpusim.sim.inference.lowering import StepBatch, StepSimulator
 
 CONTEXT_GRID = (0, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
@@ -29,9 +30,13 @@ class StepCosts:
         draft: StepSimulator | None = None,
         gamma: int = 0,
         exact: bool = False,
+        graph_sizes: tuple[int, ...] = (),
     ) -> None:
         self.target, self.draft, self.gamma = target, draft, gamma
         self.exact = exact  # price every step shape by a full engine run (the reference)
+        # Captured CUDA-graph batch sizes a generation-only step is padded to
+        # (graph_padding.capture_sizes); empty: steps run at their own batch.
+        self.graph_sizes = graph_sizes
         self._steppers: dict[tuple[int, bool], Callable[[float], float]] = {}
         # Interpolating functions per (what, batch) and prompt-chunk costs, kept for the
         # run: a serving run prices the same shapes hundreds of thousands of times, and
@@ -76,13 +81,15 @@ class StepCosts:
         else:
             assert self.draft is None  # an SD round is priced by sd_round, step by step
             engine = self.target.engine
-            device = self._grid_fn("decode_device", batch)
+            padded, _ = padded_step(batch, 0.0, self.graph_sizes)
+            device = self._grid_fn("decode_device", padded)
             before = engine.step_host_time(batch) + engine.request_time(0)
             after = engine.sampling_time(batch)
             step_time = engine.step_time
+            share = batch / padded  # the dummies hold no context (padded_step)
 
             def fn(c: float) -> float:
-                return step_time(device(c), before, after)
+                return step_time(device(c * share if padded != batch else c), before, after)
 
         self._steppers[key] = fn
         return fn
@@ -158,7 +165,7 @@ class StepCosts:
         elif chunks:
             device = self.mixed_device(decode_batch, context, chunks)
         elif decode_batch:
-            device = self.decode_device(decode_batch, context)
+            device = self.decode_device(*padded_step(decode_batch, context, self.graph_sizes))
         else:
             device = self._device(StepBatch(1, 1, 0, "prefill"))
         before = engine.step_host_time(decode_batch + len(chunks)) + engine.request_time(admitted)

@@ -83,6 +83,45 @@ def test_paged_addressing_counts_per_key_and_value_row():
     assert (fp32, other - 112.0) == (208.0, 224.0)
 
 
+def test_contiguous_kv_cache_drops_the_block_table_ops():
+    # KVLinearBuffer (TRT-LLM 0.5 engines without --paged_kv_cache): clamp, multiply-add
+    # and mask check per thread (3) instead of the paged 6. Head size 128: K others
+    # 16 x (1 load + 4 shuffles) + 16 x (3 + 2 leader) = 160, V 16 x (2 + 3) = 80: 240
+    # (paged 336); the FP32 work is unchanged (208).
+    from xpusim.sim.inference import decode_attention as da
+
+    assert da.MMHA_CONTIGUOUS_ROW_OPS == 3
+    assert masked_mha_row_ops(_shape(1, 1, 1), "contiguous") == (208.0, 240.0)
+    # Head size 64: 8 threads: 8 x (1 + 3) + 8 x (3 + 2) + 8 x (2 + 3) = 112.
+    head64 = AttnShape(1, 1, 1, 10, 64, 64, 1, True, "fp16")
+    assert masked_mha_row_ops(head64, "contiguous") == (96.0, 112.0)
+
+
+def test_contiguous_16bit_group4_is_memory_bound():
+    # _shape(100, 16, 4): 8.192e8 + 1.6e6 x 208 = 1.152e9 FP32 lane ops, + 1.6e6 x 240
+    # = 1.536e9 issued at 2.345e13: 65.50 us, under the 68.20 us of HBM (paged: 72.05 us,
+    # compute-bound).
+    cost = masked_mha_cost(H100, _shape(100, 16, 4), "contiguous")
+    assert cost.compute_s == pytest.approx(65.501e-6, rel=1e-3)
+    assert cost.memory_s == pytest.approx(68.199e-6, rel=1e-3)
+    assert cost.bound == "memory"
+    # FP8 cache: 3 x 4.096e8 + 3.328e8 + 3.84e8 = 1.9456e9 / 2.345e13 = 82.97 us (paged
+    # 89.52 us).
+    fp8 = masked_mha_cost(H100, _shape(100, 16, 4, "fp8"), "contiguous")
+    assert fp8.compute_s == pytest.approx(82.968e-6, rel=1e-3)
+
+
+def test_engine_model_passes_the_kv_cache_layout():
+    rule = GenerationAttention("masked-mha", kv_cache="contiguous")
+    model = EngineAttentionModel(KernelCostModel(H100), H100, rule)
+    decode = ops.fused_attention("a", 100, 16, 1, 1000, 128, "fp16", True, 4, 128)
+    want = masked_mha_cost(H100, _shape(100, 16, 4), "contiguous").time_s
+    assert model.time(decode).time_s == pytest.approx(want)
+    assert want < masked_mha_cost(H100, _shape(100, 16, 4)).time_s
+    with pytest.raises(InputError, match="kv_cache_layout"):
+        GenerationAttention("masked-mha", kv_cache="blocked")
+
+
 def test_masked_mha_cost_16bit_group4_is_near_balance():
     # batch 100, 16 query heads, 4 KV heads, 1000 keys, head size 128, FP16 K/V.
     # Per element: 100 x 16 x 1000 x 256 = 4.096e8 elements x 2 lane ops = 8.192e8;
@@ -149,8 +188,20 @@ def test_trtllm_profiles_carry_their_kernel_rule():
     assert load_engine("trtllm-0.10").generation_kernel() == XQA_010
     assert load_engine("trtllm-0.6.1").generation_kernel().kernel == "masked-mha"
     assert load_engine("trtllm-0.5").generation_kernel().kernel == "masked-mha"
+    # v0.5 builds default to the contiguous KV cache (examples/llama/build.py); the
+    # in-flight-batching profiles keep the paged one.
+    assert load_engine("trtllm-0.5").generation_kernel().kv_cache == "contiguous"
+    assert load_engine("trtllm-0.6.1").generation_kernel().kv_cache == "paged"
+    assert load_engine("trtllm-0.10").generation_kernel().kv_cache == "paged"
     assert load_engine("trtllm-1.0").generation_kernel().kernel == "fused"
     assert load_engine("vllm-0.6").generation_kernel().kernel == "fused"
+
+
+def test_profile_rejects_a_bad_kv_cache_layout(tmp_path):
+    path = tmp_path / "e.toml"
+    path.write_text('kind = "engine"\nname = "e"\n[kernels]\nkv_cache_layout = "blocks"\n')
+    with pytest.raises(InputError, match="kv_cache_layout"):
+        load_engine(str(path))
 
 
 def test_profile_rejects_a_bad_group_list(tmp_path):

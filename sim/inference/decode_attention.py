@@ -27,7 +27,8 @@ Optimization"; cpp/tensorrt_llm/kernels/decoderMaskedMultiheadAttention/):
 the K/V read. The CUDA-core work counts, besides the per-element conversion and FMA, what
 the source issues per key and per value row (the lane reduction of each q.k product over
 THREADS_PER_KEY threads with warp shuffles, the loads, the logit's load and conversion, the
-paged KV cache's block-table addressing and the per-key mask checks),
+KV cache addressing (the paged cache's block table, or the contiguous cache's row) and the
+per-key mask checks),
 against the FP32 pipe and against the SM's instruction issue rate; ``EngineAttentionModel`` routes a decode attention op to it when the
 engine profile's rule (``[kernels] generation_attention``) picks masked MHA.
 """
@@ -92,6 +93,16 @@ MMHA_MAX_THREADS_PER_KEY = 32
 # Per thread, per key (K loop) and per value row (V loop): clamp, shift, block-pointer
 # load, mask, multiply-add (the paged addressing above) and the mask check.
 MMHA_PAGED_ROW_OPS = 6
+# The contiguous KV cache (KVLinearBuffer, the same kvCacheUtils.h; the kernel is
+# templated on the buffer type and makes the same calls): ``getKBlockPtr(seqIdx,
+# tokenIdx)`` ignores the token and returns the sequence's row pointer (loop-invariant:
+# no shift, no block-pointer load), and ``getKVLocalIdx`` is ``headIdx x mMaxSeqLen x
+# dimsPerHead + tokenIdx x dimsPerHead + channelIdx`` (one multiply-add per key, no
+# ``getLocalIdx`` mask): clamp, multiply-add and the mask check remain. v0.5-era
+# TensorRT-LLM builds use it unless ``--paged_kv_cache`` (or ``--use_inflight_batching``)
+# is given (examples/llama/build.py @ 027cd518: "By default we use contiguous KV cache").
+MMHA_CONTIGUOUS_ROW_OPS = 3
+KV_CACHE_LAYOUTS = ("paged", "contiguous")
 # Per thread and key, the K loop's leader branch: fmaxf and the qk_smem store.
 MMHA_KEY_LEADER_OPS = 2
 # An SM issues one warp instruction per clock from each of its 4 schedulers ("Warp
@@ -119,11 +130,19 @@ class GenerationAttention:
     kernel: str = "fused"
     xqa_group_sizes: tuple[int, ...] = ()
     xqa_head_dims: tuple[int, ...] = ()
+    # The KV cache masked MHA addresses: "paged" (KVBlockArray) or "contiguous"
+    # (KVLinearBuffer); see MMHA_PAGED_ROW_OPS / MMHA_CONTIGUOUS_ROW_OPS.
+    kv_cache: str = "paged"
 
     def __post_init__(self) -> None:
         if self.kernel not in KERNELS:
             raise InputError(
                 f"generation_attention must be one of {', '.join(KERNELS)} (got {self.kernel!r})"
+            )
+        if self.kv_cache not in KV_CACHE_LAYOUTS:
+            raise InputError(
+                f"kv_cache_layout must be one of {', '.join(KV_CACHE_LAYOUTS)} "
+                f"(got {self.kv_cache!r})"
             )
 
     def picks_masked_mha(self, shape: AttnShape, sms: int) -> bool:
@@ -149,34 +168,36 @@ def _threads_per_vector(head_dim: float) -> tuple[int, int]:
     return threads, dh_max // threads
 
 
-def masked_mha_row_ops(shape: AttnShape) -> tuple[float, float]:
+def masked_mha_row_ops(shape: AttnShape, kv_cache: str = "paged") -> tuple[float, float]:
     """(FP32-pipe lane ops, other issued lane ops) of one key plus one value row of one
     query head, besides the per-element conversion and FMA (the constants above); the
-    integer, load and store work (paged addressing, mask checks, the leader's update)
-    counts against the issue rate only."""
+    integer, load and store work (KV addressing, mask checks, the leader's update)
+    counts against the issue rate only. ``kv_cache``: "paged" or "contiguous"."""
     k_threads, k_elems = _threads_per_vector(shape.head_dim)
     v_threads, _ = _threads_per_vector(shape.vd)
     rounds = (k_threads - 1).bit_length()  # log2(THREADS_PER_KEY) shuffle rounds
+    row_ops = MMHA_CONTIGUOUS_ROW_OPS if kv_cache == "contiguous" else MMHA_PAGED_ROW_OPS
     # K: sum of the thread's partial products, one add per shuffle round, the scale.
     fp32 = k_threads * ((k_elems - 1) + rounds + 1)
     other = k_threads * (1 + rounds)  # the vector load and the shuffles
-    other += k_threads * (MMHA_PAGED_ROW_OPS + MMHA_KEY_LEADER_OPS)
+    other += k_threads * (row_ops + MMHA_KEY_LEADER_OPS)
     # V: the logit's conversion to FP32; the vector load and the logit's smem load.
     fp32 += v_threads * 1
-    other += v_threads * (2 + MMHA_PAGED_ROW_OPS)
+    other += v_threads * (2 + row_ops)
     return float(fp32), float(other)
 
 
-def masked_mha_cost(device: Device, shape: AttnShape) -> OpCost:
+def masked_mha_cost(device: Device, shape: AttnShape, kv_cache: str = "paged") -> OpCost:
     """One masked-MHA generation step: CUDA-core work per query head (FP32 pipe and
-    instruction issue), K/V read once per KV head, Q read and O written once; one launch."""
+    instruction issue), K/V read once per KV head, Q read and O written once; one launch.
+    ``kv_cache``: the layout the kernel addresses ("paged" or "contiguous")."""
     eff = device.efficiency
     keys = shape.kv_span  # a sliding window (gpt-oss) visits only its last keys
     elements = shape.batch * shape.heads * keys * (shape.head_dim + shape.vd)
     rows = shape.batch * shape.heads * keys
     elt = dtype_bytes(shape.dtype)
     per_element = MMHA_LANE_OPS_PER_ELEMENT + (MMHA_DEQUANT_LANE_OPS_PER_ELEMENT if elt == 1 else 0)
-    row_fp32, row_other = masked_mha_row_ops(shape)
+    row_fp32, row_other = masked_mha_row_ops(shape, kv_cache)
     fp32_ops = per_element * elements + row_fp32 * rows
     issued_ops = fp32_ops + row_other * rows
     fp32_per_s = device.vector_peak["fp32"] / 2 * eff.vector_max
@@ -205,7 +226,7 @@ class EngineAttentionModel:
         if op.kind == OpKind.ATTENTION and self._is_generation(op):
             shape = shape_of(op)
             if self.rule.picks_masked_mha(shape, self.device.matrix_cores):
-                return masked_mha_cost(self.device, shape)
+                return masked_mha_cost(self.device, shape, self.rule.kv_cache)
         return self.inner.time(op)
 
     @staticmethod

@@ -15,7 +15,7 @@ from pathlib import Path
 from xpusim.hwprofiles.loader import ROOT as HWPROFILES_ROOT
 from xpusim.hwprofiles.spec import Device
 from xpusim.sim.errors import InputError
-from xpusim.sim.inference.decode_attention import KERNELS, GenerationAttention
+from xpusim.sim.inference.decode_attention import KERNELS, KV_CACHE_LAYOUTS, GenerationAttention
 from xpusim.sim.inference.kvcache import SLIDING_WINDOW_KV
 from xpusim.sim.tomlfile import read_toml
 
@@ -71,6 +71,10 @@ class EngineProfile:
     * ``generation_attention`` (+ ``xqa_group_sizes``, ``xqa_head_dims``): the rule for
       the decode-attention kernel (``xpusim.sim.inference.decode_attention``): "fused"
       (the cost model's kernel), "masked-mha" or "xqa-or-masked-mha" (TensorRT-LLM).
+    * ``kv_cache_layout``: the KV cache masked MHA addresses, "paged" (the block table
+      of KVBlockArray: the default) or "contiguous" (KVLinearBuffer: TensorRT-LLM
+      engines built without ``--paged_kv_cache``); it sets the per-key addressing work
+      (``decode_attention.MMHA_PAGED_ROW_OPS`` / ``MMHA_CONTIGUOUS_ROW_OPS``).
     * ``lm_head_16bit``: with a narrow ``--dtype`` (fp8, int8, int4), the LM head stays
       in the 16-bit network dtype (the stack's quantiser leaves it out by default).
     * ``vocab_parallel``: the embedding and LM head are split over the TP ranks
@@ -119,6 +123,7 @@ class EngineProfile:
     generation_attention: str = "fused"
     xqa_group_sizes: tuple[int, ...] = ()
     xqa_head_dims: tuple[int, ...] = ()
+    kv_cache_layout: str = "paged"
     cuda_graph_batch_sizes: tuple[int, ...] = ()
     lm_head_16bit: bool = False
     vocab_parallel: bool = True
@@ -129,7 +134,8 @@ class EngineProfile:
     def generation_kernel(self) -> GenerationAttention:
         """The engine's decode-attention kernel rule."""
         return GenerationAttention(
-            self.generation_attention, self.xqa_group_sizes, self.xqa_head_dims
+            self.generation_attention, self.xqa_group_sizes, self.xqa_head_dims,
+            self.kv_cache_layout,
         )
 
     def kernel_overhead(self, graphed: bool) -> float | None:
@@ -226,6 +232,7 @@ _CHOICE_KEYS: dict[str, tuple[str, ...] | None] = {
     "reference_host": None,
     "paged_attention": None,
     "generation_attention": KERNELS,
+    "kv_cache_layout": KV_CACHE_LAYOUTS,
     "sliding_window_kv": SLIDING_WINDOW_KV,
 }
 # Lists of positive integers (stored as tuples).

@@ -335,6 +335,8 @@ class Role:
     never recomputed selectively). ``saves``: what it keeps for its backward.
     ``weight``: the weight it reads, ``weight_elements`` of it. ``expert``: part of a
     routed expert's work (its grouped GEMMs, their activation, casts and backward).
+    ``swizzled_scales``: a low-precision GEMM whose operands' block scales are swizzled
+    before each of its GEMMs, forward and backward (``sim.training.lowprec``).
     """
 
     module: str = "out"
@@ -342,6 +344,7 @@ class Role:
     weight: Weight = Weight.NONE
     weight_elements: float = 0.0
     expert: bool = False
+    swizzled_scales: bool = False
 
 
 NO_ROLE = Role()

@@ -34,7 +34,12 @@ from xpusim.sim.ir import (
     is_low_precision,
 )
 from xpusim.sim.training.items import Comm, Item
-from xpusim.sim.training.lowprec import cast_transpose_op, is_forward_cast
+from xpusim.sim.training.lowprec import (
+    cast_transpose_op,
+    is_forward_cast,
+    is_scale_swizzle,
+    scale_swizzle_ops,
+)
 from xpusim.sim.training.megatron_loss import (
     FLASH_XENT,
     MEGATRON_SOFTMAX,
@@ -57,10 +62,20 @@ def _gemm_backward(op: Op, s: GemmShape, role: Role) -> list[Op]:
         # dC arrives in bf16 and is cast once (E5M2 in the hybrid FP8 recipe) into both
         # usages: rowwise for the data gradient, transposed/columnwise for the weight
         # gradient (sim.training.lowprec); both GEMMs read the saved low-precision A, B.
+        # Each backward GEMM swizzles its operands' block scales first where the forward
+        # did (``Role.swizzled_scales``, sim.training.lowprec): dgrad reads dC and B's
+        # columnwise copy, wgrad A's and dC's columnwise copies.
+        swz = Role(role.module, expert=role.expert)
+        dgrad = scale_swizzle_ops(f"{op.name}_dgrad", m, k, n, batch, op.dtype, swz)
+        wgrad = scale_swizzle_ops(f"{op.name}_wgrad", k, n, m, batch, op.dtype, swz)
+        if not role.swizzled_scales:
+            dgrad, wgrad = [], []
         return [
             cast_transpose_op(f"{op.name}_dgrad", m * n * batch, op.dtype,
                               role=Role(expert=role.expert)),
+            *dgrad,
             ops.gemm(f"{op.name}_dgrad", m, k, n, op.dtype, batch, out_dtype="bf16", role=role),
+            *wgrad,
             ops.gemm(f"{op.name}_wgrad", k, n, m, op.dtype, batch, out_dtype="bf16", role=role),
         ]
     return [
@@ -73,11 +88,13 @@ def backward_op(op: Op) -> list[Op]:
     """The backward ops of one forward op (see the module docstring for the rules)."""
     s = op.shape
     r = op.role
-    role = Role(r.module, (), r.weight, r.weight_elements, r.expert) if r.saves else r
+    role = replace(r, saves=()) if r.saves else r
     if op.kind == OpKind.GEMM and isinstance(s, GemmShape):
         return _gemm_backward(op, s, role)
     if is_forward_cast(op):
         return []  # straight-through: the dgrad GEMM writes the 16-bit input gradient
+    if is_scale_swizzle(op):
+        return []  # the backward GEMMs' own swizzles come with them (_gemm_backward)
     if op.kind == OpKind.ATTENTION and isinstance(s, AttentionShape):
         # FlashAttention's backward: 2.5x the forward FLOPs (recomputes the scores).
         return [_pointwise_backward(op, 2.5, replace(s, backward=True), role)]

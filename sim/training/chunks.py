@@ -74,8 +74,9 @@ def slot_context(
         idx = ep_group.index(rank)
         own = {i: float(rank_loads(spec, plan.moe_routing, n, i, plan.seed)[idx]) for i in hot}
     tokens = plan.mbs * plan.seq / plan.cp
-    comp = L.SlotContext(spec, plan, tokens, own, hot, spans)
-    return comp, L.SlotContext(spec, plan, tokens, hot, hot, spans)
+    swizzle = system.device.arch == "nvidia"  # cuBLASLt block-scale layout (lowprec.py)
+    comp = L.SlotContext(spec, plan, tokens, own, hot, spans, swizzle)
+    return comp, L.SlotContext(spec, plan, tokens, hot, hot, spans, swizzle)
 
 
 def with_pp(layout: Layout, rank: int, stage: int) -> Coord:

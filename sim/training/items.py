@@ -57,6 +57,9 @@ class SlotContext:
     # layer -> the hottest EP rank's load / mean: the all-to-all waits for it
     hot_comm: dict[int, float]
     ep_spans_nodes: bool
+    # The device's block-scaled GEMMs need their scales swizzled first (NVIDIA cuBLASLt;
+    # sim.training.lowprec): set from the system by chunks.slot_context.
+    scale_swizzle: bool = False
 
     @property
     def b(self) -> float:

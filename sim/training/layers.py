@@ -47,7 +47,7 @@ from xpusim.sim.training.items import (  # noqa: F401  (re-exported)
     act_dtype,
     quantize_op,
 )
-from xpusim.sim.training.lowprec import cast_transpose_op
+from xpusim.sim.training.lowprec import cast_transpose_op, scale_swizzle_ops
 from xpusim.sim.training.megatron_experts import with_expert_passes
 from xpusim.sim.training.megatron_loss import with_megatron_loss
 from xpusim.sim.training.saved import activation_bytes, weight_params  # noqa: F401
@@ -72,14 +72,16 @@ from xpusim.sim.workloads.transformer import (
 _HIGH_PRECISION_WEIGHTS = (Weight.HEAD, Weight.ROUTER)
 
 
-def low_precision_gemms(raw: Sequence, fmt: str) -> list:
+def low_precision_gemms(raw: Sequence, fmt: str, swizzle: bool = False) -> list:
     """Rewrite the 16-bit GEMMs of builder output for a low-precision recipe ``fmt``: each
     becomes a cast of its activation input (in both usages: the rowwise copy for this GEMM
     and the transposed/columnwise copy for the weight gradient, ``sim.training.lowprec``)
     plus the GEMM on ``fmt`` operands (priced at the
     device's ``fmt`` peak; output written in bf16; it keeps the cast input for its
     backward). Weights are cast once per step (see ``xpusim.sim.training.lowering``), so
-    only the activation cast is per micro-batch."""
+    only the activation cast is per micro-batch. With ``swizzle`` (an NVIDIA device) a
+    block-scaled format's GEMM is preceded by its two scale swizzles
+    (``lowprec.scale_swizzle_ops``) and marked ``Role.swizzled_scales`` for its backward."""
     if not is_low_precision(fmt):
         return list(raw)
     out: list = []
@@ -89,8 +91,14 @@ def low_precision_gemms(raw: Sequence, fmt: str) -> list:
                 and item.role.weight not in _HIGH_PRECISION_WEIGHTS):
             out.append(cast_transpose_op(item.name, s.m * s.k * s.batch, fmt,
                                          role=Role(expert=item.role.expert)))
+            role = item.role
+            swz = scale_swizzle_ops(item.name, s.m, s.n, s.k, s.batch, fmt,
+                                    Role(role.module, expert=role.expert)) if swizzle else []
+            if swz:
+                out += swz
+                role = replace(role, swizzled_scales=True)
             out.append(ops.gemm(item.name, s.m, s.n, s.k, fmt, s.batch, out_dtype="bf16",
-                                role=item.role))
+                                role=role))
         else:
             out.append(item)
     return out
@@ -105,7 +113,7 @@ def training_items(raw: Sequence[Op | CommNeed], ctx: SlotContext) -> list[Item]
     as the plan does it), GEMMs in the recipe's precision, and attention keeping its
     score tensors when the plan's implementation materialises them."""
     out: list[Item] = []
-    for item in low_precision_gemms(raw, ctx.plan.dtype):
+    for item in low_precision_gemms(raw, ctx.plan.dtype, ctx.scale_swizzle):
         if isinstance(item, CommNeed):
             if item.group == "ep":
                 out += _ep_comms(item, ctx)

@@ -65,6 +65,7 @@ from xpusim.sim.training.chunks import (  # noqa: F401  (re-exported)
     with_pp,
 )
 from xpusim.sim.training.emitter import EmitCache, Emitter
+from xpusim.sim.training.lowprec import param_gather_bytes
 from xpusim.sim.training.units import (  # noqa: F401  (re-exported)
     FSDP_KEY,
     Piece,
@@ -138,7 +139,7 @@ def lower_rank(
     # runs while this step starts; the first forward of a chunk waits for its own.
     param_ag: dict[int, list[int]] = {}
     if plan.zero >= 1 and plan.overlap_dp and plan.zero < 3:
-        b = dtype_bytes(plan.dtype)
+        b = param_gather_bytes(plan.dtype)
         for c, ch in enumerate(rp.chunks):
             param_ag[c] = _param_gather(em, ch, c, b, Stream.COMM, [], tag=c)
     sched = _Schedule(em, rp, layout, templates, param_ag)
@@ -305,7 +306,7 @@ def _optimizer(em: Emitter, rp: RankPlan, deps: list[int]) -> tuple[list[Op], li
         step.append(cast)
         opt = _optimizer_task(em, "weight_cast", cast, [opt])
     if plan.zero in (1, 2) and not plan.overlap_dp:
-        b = dtype_bytes(plan.dtype)
+        b = param_gather_bytes(plan.dtype)
         for c, ch in enumerate(rp.chunks):
             _param_gather(em, ch, c, b, Stream.COMPUTE, [opt], tag=c)
     return prep, step

@@ -259,6 +259,9 @@ _KIND_SOURCES = {
     "reduction": "HBM roofline",
     "memcpy": "HBM roofline",
     "permute": "HBM roofline: MoE token permutation/unpermutation",
+    "scale_swizzle": "MXFP8 on NVIDIA: TransformerEngine 2.x swizzles both operands' E8M0 "
+    "scales into cuBLASLt's layout before every GEMM, two launches per GEMM (HBM roofline "
+    "+ launch; sim/training/lowprec.py)",
 }
 _PHASE_NAMES = {"fwd": "forward", "bwd": "backward", "recompute": "recompute"}
 

@@ -51,6 +51,7 @@ from xpusim.sim.training.lowering import (
     rank_groups,
     slot_context,
 )
+from xpusim.sim.training.lowprec import SWIZZLE_KIND, is_scale_swizzle
 from xpusim.sim.training.memory import (
     MemoryBreakdown,
     estimate_memory,  # noqa: F401 - re-exported: callers import it from here
@@ -404,7 +405,9 @@ def _segment_kinds(seg: Segment, pricing: Pricing) -> dict[str, list[float]]:
     """Seconds and FLOPs of one segment's ops, per op kind."""
     kinds: dict[str, list[float]] = {}
     for op, t in zip(seg.ops, pricing.segment(seg).op_s, strict=True):
-        kind = kinds.setdefault(f"{op.kind}", [0.0, 0.0])
+        # The MXFP8 scale swizzles get their own line in the breakdown (lowprec.py).
+        label = SWIZZLE_KIND if is_scale_swizzle(op) else f"{op.kind}"
+        kind = kinds.setdefault(label, [0.0, 0.0])
         kind[0] += t
         kind[1] += op.flops
     return kinds

@@ -77,3 +77,20 @@ def test_param_gather_bytes() -> None:
     assert param_gather_bytes("mxfp8") == 2.0
     assert param_gather_bytes("fp8") == 1.0
     assert param_gather_bytes("bf16") == 2.0
+
+
+@pytest.mark.parametrize(("dtype", "per_param"), [("mxfp8", 2.0), ("fp8", 1.0), ("bf16", 2.0)])
+def test_lowered_param_all_gather_bytes(dtype: str, per_param: float) -> None:
+    from xpusim.hwprofiles import load_system
+    from xpusim.sim.ir import Collective
+    from xpusim.sim.models.hf_config import load_model
+    from xpusim.sim.parallel import ParallelPlan
+    from xpusim.sim.training.simulate import lower_step
+
+    plan = ParallelPlan(tp=1, pp=1, dp=8, mbs=1, gbs=8, seq=1024, dtype=dtype)
+    step = lower_step(load_model("llama-3-8b"), load_system("dgx-b200", nodes=1), plan)
+    rank = step.ranks[0]
+    gathers = [t.work for t in rank.graph.tasks
+               if isinstance(getattr(t, "work", None), Collective) and "param" in t.work.name]
+    assert len(gathers) == 1
+    assert gathers[0].bytes == per_param * rank.rank_plan.chunks[0].dense_params

@@ -141,7 +141,9 @@ class GemmShape:
 
     ``weight_bytes`` / ``footprint_bytes`` (0: not stated) tell the cost model's cache tier
     that the B operand is a weight of that size in a graph that reads ``footprint_bytes``
-    of weights per pass (sim/cost/roofline.py, ``cold_bytes``).
+    of weights per pass (sim/cost/roofline.py, ``cold_bytes``). ``accumulate``: the dtype
+    of C when the GEMM adds its product into C (beta = 1: the epilogue reads C and writes
+    it back, e.g. a weight gradient into the fp32 main gradient); "" for a plain output.
     """
 
     m: float
@@ -150,6 +152,7 @@ class GemmShape:
     batch: float = 1
     weight_bytes: float = 0.0
     footprint_bytes: float = 0.0
+    accumulate: str = ""
 
 
 @dataclass(frozen=True, slots=True)

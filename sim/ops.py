@@ -52,18 +52,25 @@ def gemm(
     read_a: bool = True,
     read_b: bool = True,
     role: Role = NO_ROLE,
+    accumulate: bool = False,
 ) -> Op:
     """C[batch, m, n] = A[batch, m, k] @ B[batch, k, n]: 2*m*n*k*batch FLOPs.
 
     Bytes assume each operand crosses main memory once (the tiling keeps reuse on
     chip); ``read_b=False`` models weights already resident (rarely true).
+    ``accumulate``: C += A @ B (beta = 1, e.g. a weight gradient added into the main
+    gradient): the epilogue also reads C, in the output dtype.
     """
     _check_positive(name, m=m, n=n, k=k, batch=batch)
     b = dtype_bytes(dtype)
     # Low-precision GEMMs accumulate in fp32 and write a 16-bit output (cuBLASLt FP8 /
     # block-scaled GEMMs, TransformerEngine); a caller may still ask for another.
-    ob = dtype_bytes(out_dtype or ("bf16" if is_low_precision(dtype) else dtype))
-    nbytes = batch * ((m * k * b if read_a else 0) + (k * n * b if read_b else 0) + m * n * ob)
+    out = out_dtype or ("bf16" if is_low_precision(dtype) else dtype)
+    ob = dtype_bytes(out)
+    c_moves = 2 * ob if accumulate else ob  # an accumulating epilogue reads C too
+    nbytes = batch * ((m * k * b if read_a else 0) + (k * n * b if read_b else 0)
+                      + m * n * c_moves)
+    shape = GemmShape(m, n, k, batch, accumulate=out if accumulate else "")
     return Op(
         name,
         OpKind.GEMM,
@@ -71,7 +78,7 @@ def gemm(
         _mem(nbytes),
         dtype,
         Unit.MATRIX,
-        GemmShape(m, n, k, batch),
+        shape,
         role,
     )
 

@@ -256,6 +256,8 @@ class RooflineModel:
             return 0.0
         nbytes = op.bytes.get(MAIN_MEMORY, 0.0)
         out_elt = 2.0 if is_low_precision(op.dtype) else dtype_bytes(op.dtype)
+        if shape.accumulate:  # the epilogue reads C and writes it back (beta = 1)
+            out_elt = 2.0 * dtype_bytes(shape.accumulate)
         out = min(shape.batch * shape.m * shape.n * out_elt, nbytes)
         if out <= 0:
             return 0.0

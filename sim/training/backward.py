@@ -31,6 +31,7 @@ from xpusim.sim.ir import (
     Shape,
     SoftmaxShape,
     Unit,
+    Weight,
     is_low_precision,
 )
 from xpusim.sim.training.items import Comm, Item
@@ -56,7 +57,28 @@ _MIRROR = {
 }
 
 
-def _gemm_backward(op: Op, s: GemmShape, role: Role) -> list[Op]:
+# Weights whose gradient Megatron-Core's linear layers add straight into the main
+# gradient (``gradient_accumulation_fusion``): the transformer's linear layers, the routed
+# experts (TransformerEngine GroupedLinear) and the output layer. The router gate is a
+# plain parameter whose gradient autograd accumulates.
+MAIN_GRAD_WEIGHTS = (Weight.DENSE, Weight.EXPERT, Weight.HEAD)
+
+
+def _wgrad(op: Op, s: GemmShape, role: Role, main_grad: str, out_dtype: str | None) -> Op:
+    """The weight-gradient GEMM dW = A^T dC. With a ``main_grad`` dtype and a weight
+    whose gradient Megatron-Core fuses into the main gradient, it accumulates there
+    (beta = 1: Megatron-LM ``fused_weight_gradient_mlp_cuda.wgrad_gemm_accum_fp32`` /
+    ``wgrad_gemm_accum_fp16`` into ``weight.main_grad``; TransformerEngine's linear and
+    GroupedLinear backward ``general_gemm(..., out=main_grad, accumulate=True)``): its
+    epilogue reads and writes the main gradient, in its dtype, each micro-batch."""
+    m, n, k, batch = s.m, s.n, s.k, s.batch
+    if main_grad and role.weight in MAIN_GRAD_WEIGHTS:
+        return ops.gemm(f"{op.name}_wgrad", k, n, m, op.dtype, batch, out_dtype=main_grad,
+                        role=role, accumulate=True)
+    return ops.gemm(f"{op.name}_wgrad", k, n, m, op.dtype, batch, out_dtype=out_dtype, role=role)
+
+
+def _gemm_backward(op: Op, s: GemmShape, role: Role, main_grad: str = "") -> list[Op]:
     m, n, k, batch = s.m, s.n, s.k, s.batch
     if is_low_precision(op.dtype):
         # dC arrives in bf16 and is cast once (E5M2 in the hybrid FP8 recipe) into both
@@ -76,21 +98,23 @@ def _gemm_backward(op: Op, s: GemmShape, role: Role) -> list[Op]:
             *dgrad,
             ops.gemm(f"{op.name}_dgrad", m, k, n, op.dtype, batch, out_dtype="bf16", role=role),
             *wgrad,
-            ops.gemm(f"{op.name}_wgrad", k, n, m, op.dtype, batch, out_dtype="bf16", role=role),
+            _wgrad(op, s, role, main_grad, "bf16"),
         ]
     return [
         ops.gemm(f"{op.name}_dgrad", m, k, n, op.dtype, batch, role=role),
-        ops.gemm(f"{op.name}_wgrad", k, n, m, op.dtype, batch, role=role),
+        _wgrad(op, s, role, main_grad, None),
     ]
 
 
-def backward_op(op: Op) -> list[Op]:
-    """The backward ops of one forward op (see the module docstring for the rules)."""
+def backward_op(op: Op, main_grad: str = "") -> list[Op]:
+    """The backward ops of one forward op (see the module docstring for the rules).
+    ``main_grad``: the main gradient's dtype when weight gradients accumulate into it
+    in the GEMM (``_wgrad``); "" when they are written as a fresh tensor."""
     s = op.shape
     r = op.role
     role = replace(r, saves=()) if r.saves else r
     if op.kind == OpKind.GEMM and isinstance(s, GemmShape):
-        return _gemm_backward(op, s, role)
+        return _gemm_backward(op, s, role, main_grad)
     if is_forward_cast(op):
         return []  # straight-through: the dgrad GEMM writes the 16-bit input gradient
     if is_scale_swizzle(op):
@@ -126,11 +150,13 @@ def _pointwise_backward(op: Op, flop_factor: float, shape: Shape, role: Role) ->
     )
 
 
-def backward_items(items: list[Item], sequence_parallel: bool) -> list[Item]:
+def backward_items(items: list[Item], sequence_parallel: bool,
+                   main_grad: str = "") -> list[Item]:
     """Backward of a forward item list, in reverse order, collectives mirrored.
 
     With sequence parallelism the saved GEMM inputs are the sequence shards, so the
     backward re-gathers them over TP before the weight gradient (Korthikanti et al. 2022).
+    ``main_grad``: see ``backward_op``.
     """
     out: list[Item] = []
     for it in reversed(items):
@@ -139,7 +165,7 @@ def backward_items(items: list[Item], sequence_parallel: bool) -> list[Item]:
             if sequence_parallel and it.name.endswith("_sp_gather"):
                 out.append(replace(it, name=f"{it.name}_regather"))
         else:
-            out += backward_op(it)
+            out += backward_op(it, main_grad)
     return out
 
 

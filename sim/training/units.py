@@ -61,6 +61,23 @@ class Piece:
     list_copies: bool = False
 
 
+# Frameworks whose linear layers add the weight gradient into the main gradient inside
+# the GEMM when ``grad_accum_fusion`` is on: Megatron-LM / Megatron-Core and the stacks
+# built on it (NeMo, Megatron-Bridge, MindSpeed), run eager or with CUDA graphs.
+# DeepSpeed, torchtitan and the flash-attn training scripts keep autograd's gradients.
+MAIN_GRAD_FRAMEWORKS = ("eager", "cuda-graphs")
+
+
+def main_grad_dtype(plan: ParallelPlan) -> str:
+    """The dtype the weight-gradient GEMMs accumulate into (``backward._wgrad``), or ""
+    where they write a fresh gradient: Megatron-Core's ``gradient_accumulation_fusion``
+    adds each micro-batch's weight gradient into ``main_grad`` (fp32, or bf16 with
+    ``grad_reduce_in_fp32 = False``) in the GEMM's epilogue."""
+    if plan.grad_accum_fusion and plan.framework in MAIN_GRAD_FRAMEWORKS:
+        return plan.grad_reduce_dtype
+    return ""
+
+
 def grad_accum_bytes_per_param(plan: ParallelPlan) -> float:
     """Unfused gradient accumulation (Megatron-LM 2021: ``main_grad.add_(grad)`` in a
     hook after each micro-batch's backward): read the 16-bit gradient and the fp32 main
@@ -75,6 +92,9 @@ def grad_accum_bytes_per_param(plan: ParallelPlan) -> float:
 def _split_gemm(op: Op, parts: int) -> Op:
     s = op.shape
     assert isinstance(s, GemmShape)
+    if s.accumulate:  # a weight gradient added into the main gradient stays one
+        return ops.gemm(op.name, s.m / parts, s.n, s.k, op.dtype, s.batch,
+                        out_dtype=s.accumulate, role=op.role, accumulate=True)
     return ops.gemm(op.name, s.m / parts, s.n, s.k, op.dtype, s.batch, role=op.role)
 
 
@@ -347,7 +367,8 @@ def _backward(chunk: Chunk, plan: ParallelPlan, fsdp: bool, pieces: list[Piece])
             redo = recompute_for_slot(items, plan, slot)
             redo, keys = _waiting(tp_overlap(redo, plan, counter), keys)
             add_items(redo, "recompute", slot, pieces)
-        back = tp_overlap(L.backward_items(items, plan.sequence_parallel), plan, counter)
+        back = tp_overlap(L.backward_items(items, plan.sequence_parallel, main_grad_dtype(plan)),
+                          plan, counter)
         add_items(_waiting(back, keys)[0], "bwd", slot, pieces)
         if fsdp:
             rs, _ = _fsdp_items(chunk, plan, counter, i, CollectiveKind.REDUCE_SCATTER)

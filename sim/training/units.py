@@ -30,6 +30,7 @@ from xpusim.sim.training import eager
 from xpusim.sim.training import layers as L
 from xpusim.sim.training.chunks import Chunk
 from xpusim.sim.training.framework import framework_profile, moe_dispatch_syncs
+from xpusim.sim.training.lowprec import is_forward_cast, is_scale_swizzle
 from xpusim.sim.training.te_moe_host import segment_extra_host_s
 
 # Item tags of an overlapped unit (besides ops and collectives):
@@ -98,7 +99,7 @@ def _split_gemm(op: Op, parts: int) -> Op:
     return ops.gemm(op.name, s.m / parts, s.n, s.k, op.dtype, s.batch, role=op.role)
 
 
-def _is_tp(it: object, kind: CollectiveKind) -> bool:
+def _is_tp(it: object, kind: CollectiveKind) -> TypeGuard[L.Comm]:
     return isinstance(it, L.Comm) and it.group == "tp" and it.kind == kind
 
 
@@ -115,6 +116,57 @@ def _chunked(it: L.Comm, c: int, counter: list[int]) -> list[Tagged]:
     return out
 
 
+def _is_operand_prep(it: object) -> bool:
+    """A low-precision cast or scale swizzle of a GEMM operand (``sim.training.lowprec``)."""
+    return isinstance(it, Op) and (is_forward_cast(it) or is_scale_swizzle(it))
+
+
+def _prep_then_gemm(items: list, i: int) -> int:
+    """Index of the GEMM that ``items[i:]`` reaches through operand casts / swizzles
+    only, or -1."""
+    j = i
+    while j < len(items) and _is_operand_prep(items[j]):
+        j += 1
+    return j if j < len(items) and _is_gemm(items[j]) else -1
+
+
+def _bulk_backward(out: list, rs: L.Comm, ag: L.Comm, counter: list[int]) -> bool:
+    """TransformerEngine 1.x userbuffers' bulk overlaps in a column-parallel layer's
+    backward (``ub_bulk_dgrad`` / ``ub_bulk_wgrad``, method ``bulk`` for qkv/fc1 dgrad and
+    wgrad in NeMo-Framework-Launcher's ``conf/training/tp_overlap/ub_cfg_*.yaml``): the
+    re-gather of the saved input runs while the data-gradient GEMM computes
+    (``BULK_OVERLAP_AG``), and the data gradient's reduce-scatter while the
+    weight-gradient GEMM computes (``BULK_OVERLAP_RS``; TE ``module/linear.py``,
+    ``layernorm_linear.py`` backward). ``out`` ends with [operand prep, dgrad, operand
+    prep, wgrad]; rewritten in place. False (nothing changed) when it does not."""
+    if not out or not _is_gemm(out[-1]):
+        return False
+    d = len(out) - 2
+    while d >= 0 and _is_operand_prep(out[d]):
+        d -= 1
+    if d < 0 or not _is_gemm(out[d]):
+        return False
+    p = d
+    while p > 0 and _is_operand_prep(out[p - 1]):
+        p -= 1
+    wgrad = out.pop()
+    counter[0] += 1
+    ag_key = counter[0]
+    counter[0] += 1
+    rs_key = counter[0]
+    out.insert(d + 1, ("async", replace(rs, name=f"{rs.name}#bulk"), rs_key))
+    out.insert(p, ("async", replace(ag, name=f"{ag.name}#bulk"), ag_key))
+    out += [("wait", wgrad, ag_key), ("join", rs_key)]
+    return True
+
+
+def _te_userbuffers(plan: ParallelPlan) -> bool:
+    """Whether the TP overlap is TransformerEngine's userbuffers (Megatron-Core / NeMo /
+    Megatron-Bridge ``tp_comm_overlap``; the eager and CUDA-graph frameworks) rather than
+    another stack's (torchtitan's async TP keeps the plain chunking)."""
+    return plan.framework in MAIN_GRAD_FRAMEWORKS
+
+
 def tp_overlap(items: list, plan: ParallelPlan, counter: list[int]) -> list:
     """Chunk TP collectives with their adjacent GEMM (Megatron ``tp_comm_overlap``).
 
@@ -122,19 +174,36 @@ def tp_overlap(items: list, plan: ParallelPlan, counter: list[int]) -> list:
     j starts when gather piece j lands. A GEMM feeding a reduce-scatter is cut the
     same way and piece j's reduce-scatter runs while piece j+1 computes. Only with
     sequence parallelism (all-gather / reduce-scatter; an all-reduce is not chunked).
+
+    With TransformerEngine's userbuffers (``_te_userbuffers``) two more things hold.
+    A low-precision cast (or scale swizzle) between the gather and its GEMM runs before
+    the gather: TE 1.x casts the norm output / the output gradient to FP8 on the local
+    shard and gathers the FP8 tensor into the userbuffer (``layernorm_linear.py``
+    ``_apply_normalization(..., fp8_out)`` then ``SPLIT_PIPELINED_AG_P2P``;
+    ``base.py`` ``grad_output_preprocess``: cast, then gather), so the ring-exchange
+    gather (qkv/fc1 fprop, proj/fc2 dgrad) still overlaps the GEMM. And a column-parallel
+    layer's backward re-gather and reduce-scatter run as bulk overlaps (``_bulk_backward``).
     """
     if not (plan.overlap_tp and plan.sequence_parallel and plan.tp > 1):
         return items
     c = plan.tp_overlap_chunks
+    te = _te_userbuffers(plan)
     out: list = []
     i = 0
     while i < len(items):
         it = items[i]
         nxt = items[i + 1] if i + 1 < len(items) else None
-        if _is_tp(it, CollectiveKind.ALL_GATHER) and _is_gemm(nxt):
+        g = _prep_then_gemm(items, i + 1) if te else (i + 1 if _is_gemm(nxt) else -1)
+        if _is_tp(it, CollectiveKind.ALL_GATHER) and g > 0:
+            out += items[i + 1:g]  # the operand casts run on the shard, before the gather
             gathers = _chunked(it, c, counter)
             out += gathers
-            out += [("wait", _split_gemm(nxt, c), g[2]) for g in gathers]
+            out += [("wait", _split_gemm(items[g], c), x[2]) for x in gathers]
+            i = g + 1
+            continue
+        if (te and _is_tp(it, CollectiveKind.REDUCE_SCATTER)
+                and _is_tp(nxt, CollectiveKind.ALL_GATHER) and nxt.name.endswith("_regather")
+                and _bulk_backward(out, it, nxt, counter)):
             i += 2
             continue
         if _is_tp(it, CollectiveKind.REDUCE_SCATTER) and out and _is_gemm(out[-1]):

@@ -83,3 +83,28 @@ def test_row_parallel_backward_gathers_fp8_output_gradient_before_dgrad():
         ("wait", "o_proj_dgrad", j) for j in (1, 2, 3, 4)]
     assert out[5][1].shape.m == T / 4
     assert out[9].name == "o_proj_wgrad"
+
+
+def _plain_plan(framework: str = "eager", sp: bool = True) -> ParallelPlan:
+    return ParallelPlan(tp=4, sequence_parallel=sp, overlap_tp=False, dtype="fp8",
+                        framework=framework)
+
+
+def test_without_userbuffers_the_backward_still_overlaps_through_async_nccl():
+    """TE 1.x / Megatron-Core async gather + "Overlap dgrad-RS/AR with wgrad" without
+    --overlap-tp: the same wiring as the bulk overlap; the forward stays serial."""
+    back = backward_items(_column_linear()[1:], True, "fp32")
+    out = tp_overlap(back, _plain_plan(), [0])
+    assert out[0][0] == "async" and out[0][1].kind == AG and out[0][1].nbytes == GATHER
+    assert [it.name for it in out[1:3]] == ["qkv_proj_dgrad_quant", "qkv_proj_dgrad"]
+    assert out[3][0] == "async" and out[3][1].kind == RS
+    assert (out[4][0], out[4][1].name, out[4][2]) == ("wait", "qkv_proj_wgrad", 1)
+    assert out[5] == ("join", 2) and len(out) == 6
+    fwd = _column_linear()
+    assert tp_overlap(fwd, _plain_plan(), [0]) == fwd  # forward gather: not overlapped
+
+
+def test_async_backward_needs_sequence_parallelism_and_a_megatron_stack():
+    back = backward_items(_column_linear()[1:], True, "fp32")
+    assert tp_overlap(back, _plain_plan("torchtitan-eager"), [0]) == back
+    assert tp_overlap(back, _plain_plan(sp=False), [0]) == back

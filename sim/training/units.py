@@ -160,6 +160,32 @@ def _bulk_backward(out: list, rs: L.Comm, ag: L.Comm, counter: list[int]) -> boo
     return True
 
 
+def _async_backward(items: list, counter: list[int]) -> list:
+    """Without userbuffers, a column-parallel layer's backward still overlaps its two
+    sequence-parallel collectives with its GEMMs, through async NCCL calls: the re-gather
+    of the saved input is launched before the data-gradient GEMM and waited for after it,
+    and the data gradient's reduce-scatter runs while the weight-gradient GEMM computes
+    (TransformerEngine 1.x ``module/linear.py`` / ``layernorm_linear.py`` /
+    ``layernorm_mlp.py`` backward: ``gather_along_first_dim(..., async_op=ctx.requires_dgrad)``,
+    "# Overlap dgrad-RS/AR with wgrad": ``reduce_scatter_along_first_dim(dgrad, tp_group,
+    async_op=True)``; Megatron-Core ``LinearWithGradAccumulationAndAsyncCommunication``
+    likewise). The same dependency structure as the userbuffers' bulk overlaps
+    (``_bulk_backward``), on NCCL's kernels; the forward's gathers and reduce-scatters
+    stay serial with their GEMMs."""
+    out: list = []
+    i = 0
+    while i < len(items):
+        it = items[i]
+        nxt = items[i + 1] if i + 1 < len(items) else None
+        if (_is_tp(it, CollectiveKind.REDUCE_SCATTER) and _is_tp(nxt, CollectiveKind.ALL_GATHER)
+                and nxt.name.endswith("_regather") and _bulk_backward(out, it, nxt, counter)):
+            i += 2
+            continue
+        out.append(it)
+        i += 1
+    return out
+
+
 def _te_userbuffers(plan: ParallelPlan) -> bool:
     """Whether the TP overlap is TransformerEngine's userbuffers (Megatron-Core / NeMo /
     Megatron-Bridge ``tp_comm_overlap``; the eager and CUDA-graph frameworks) rather than
@@ -184,10 +210,12 @@ def tp_overlap(items: list, plan: ParallelPlan, counter: list[int]) -> list:
     gather (qkv/fc1 fprop, proj/fc2 dgrad) still overlaps the GEMM. And a column-parallel
     layer's backward re-gather and reduce-scatter run as bulk overlaps (``_bulk_backward``).
     """
-    if not (plan.overlap_tp and plan.sequence_parallel and plan.tp > 1):
+    if not (plan.sequence_parallel and plan.tp > 1):
         return items
-    c = plan.tp_overlap_chunks
     te = _te_userbuffers(plan)
+    if not plan.overlap_tp:
+        return _async_backward(items, counter) if te else items
+    c = plan.tp_overlap_chunks
     out: list = []
     i = 0
     while i < len(items):

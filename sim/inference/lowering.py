@@ -41,6 +41,7 @@ from xpusim.sim.inference.kvcache import (
 )
 from xpusim.sim.inference.priced_step import (
     PricedStep,
+    StepOpTimes,
     attention_core,
     block_layers,
     simulator_memo,
@@ -489,7 +490,8 @@ class StepSimulator:
                 counts[key] += repeat
                 if key not in distinct:
                     distinct[key] = (item, layer)
-        model = self._cost_model(batch)
+        # Priced by the uncached model through a memo of this step only (``StepOpTimes``).
+        op_time = StepOpTimes(self._cost_model(batch).inner)
         entries: list[tuple[int, float, bool]] = []
         cores: list[tuple[int, int]] = []
         for key, (item, layer) in distinct.items():
@@ -503,7 +505,7 @@ class StepSimulator:
             if is_attention:
                 assert layer >= 0, "an attention op outside the layers"
                 cores.append((len(entries), layer))
-            entries.append((counts[key], model.time(item).time_s, is_attention))
+            entries.append((counts[key], op_time(item), is_attention))
         return PricedStep(tuple(entries), tuple(cores))
 
     def _repriced(self, known: PricedStep, batch: StepBatch) -> PricedStep:
@@ -511,11 +513,10 @@ class StepSimulator:
         and priced at ``batch``'s context, as ``layer_forward`` builds them."""
         shape = step_shape(batch, self.plan)
         sh = Sharding(tp=self.plan.tp, ep=self.plan.ep)
-        model = self._cost_model(batch)
+        op_time = StepOpTimes(self._cost_model(batch).inner)
         times = [
-            model.time(in_kv_format(attention_core(
+            op_time(in_kv_format(attention_core(
                 attention_ops(self.spec, shape, sh, self.dtype, layer)), self.dtype))
-            .time_s
             for _, layer in known.cores
         ]
         return known.with_cores(times)

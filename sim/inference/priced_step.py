@@ -74,6 +74,32 @@ def block_layers(blocks: list[tuple[list, int]], start: int = 0) -> list[int]:
     return [*first, -1]
 
 
+class StepOpTimes:
+    """Op times of one step under ``model`` (an uncached cost model): each distinct
+    content (``Op.cache_key``) among the step's ops priced once.
+
+    A step simulator's ``CachedCostModel`` keeps every op it prices for the life of its
+    configuration, but a new step shape's ops are new: over the corpus's serving rows
+    fewer than 0.5 % of the ops priced for a skeleton or a re-pricing were found there
+    from another step (2026-12-06: ~5,000 of ~1.27M), while the kept costs, their shapes
+    and keys (~50 tracked objects per skeleton) were traversed by every full pass of the
+    garbage collector: without them ``validate --published`` took ~99 instead of ~131 s
+    CPU (docs/performance.md). The key is everything an op's cost
+    depends on (the cost models read no name or role), so the time is the float the
+    cached model returns for it; the memo lives as long as the step's pricing."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.seen: dict[tuple, float] = {}
+
+    def __call__(self, op: Op) -> float:
+        key = op.cache_key()
+        t = self.seen.get(key)
+        if t is None:
+            t = self.seen[key] = self.model.time(op).time_s
+        return t
+
+
 def attention_core(items: list[Op]) -> Op:
     """The one attention core among a layer's ``attention_ops``."""
     cores = [op for op in items if op.kind == OpKind.ATTENTION]

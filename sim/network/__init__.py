@@ -6,6 +6,8 @@ Public API (stable; studies and the engine use only this):
   -> CollectiveResult`` — ``group`` holds global device ids (device d sits on node
   ``d // system.devices_per_node``); ``nbytes`` is the per-rank buffer as defined on
   ``sim.ir.Collective``.
+* ``collective_time(system, kind, group, nbytes, algorithm="auto") -> float``: the
+  same collective's ``time_s`` (analytical backend), without the report.
 * ``comm_time_fn(system) -> Callable[[Collective], float]`` for the engine.
 * ``cost_network(system, phases, backend)`` prices arbitrary phases of flows (all-to-allv).
 
@@ -18,6 +20,7 @@ Modules: ``topology`` (links from the profile), ``algorithms`` (collectives as p
 from xpusim.sim.network.api import (
     CollectiveResult,
     bus_factor,
+    collective_time,
     comm_time_fn,
     cost_collective,
     cost_network,
@@ -30,6 +33,7 @@ __all__ = [
     "Phase",
     "bench_collective_4096",
     "bus_factor",
+    "collective_time",
     "comm_time_fn",
     "cost_collective",
     "cost_network",

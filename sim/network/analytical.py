@@ -43,13 +43,39 @@ def cost_phases(topo: Topology, phases: list[Phase]) -> NetworkCost:
 
 
 def cost_phase(topo: Topology, phase: Phase) -> PhaseCost:
-    if (
+    if _by_symmetry(topo, phase):
+        return _uniform_a2a(topo, phase)
+    return _flows(topo, phase, _listed(phase))
+
+
+def phase_times(topo: Topology, phase: Phase) -> tuple[float, float]:
+    """(transfer_s, latency_s) of ``cost_phase(topo, phase)``, the same floats; a phase
+    of a few listed flows (``_flows_listed``'s) is priced without the report's fields
+    (bytes by link class, the bottleneck's description). The collective choice prices
+    every candidate algorithm and protocol this way, and only the chosen one in full."""
+    if not _by_symmetry(topo, phase):
+        flows = _listed(phase)
+        if _loop_priced(topo, phase, flows):
+            loads, hop = _link_loads(topo, phase, flows, None)
+            transfer, _ = _busiest(topo, loads)
+            return transfer, phase_latency(topo, phase, hop) if loads else 0.0
+    cost = cost_phase(topo, phase)
+    return cost.transfer_s, cost.latency_s
+
+
+def _by_symmetry(topo: Topology, phase: Phase) -> bool:
+    """``phase`` is a uniform all-to-all priced from one device per local index."""
+    return (
         phase.is_uniform_a2a
         and not phase.via_nic
         and not topo.has_pcie_tree
         and _symmetric(topo, phase.a2a_groups)
-    ):
-        return _uniform_a2a(topo, phase)
+    )
+
+
+def _listed(phase: Phase) -> list[Flow]:
+    """The phase's flows listed (``Phase.expand``), refusing a ragged all-to-all too
+    large to list."""
     pairs = sum(len(g) * (len(g) - 1) for g in phase.a2a_groups)
     if pairs > MAX_LISTED_FLOWS:
         raise InputError(
@@ -57,7 +83,7 @@ def cost_phase(topo: Topology, phase: Phase) -> PhaseCost:
             "list; use a group with the same devices on every node (a multiple of the "
             "devices per node) so it can be priced by symmetry"
         )
-    return _flows(topo, phase, phase.expand())
+    return phase.expand()
 
 
 def describe_link(topo: Topology, link: LinkId, load: float) -> str:
@@ -88,9 +114,13 @@ def phase_latency(topo: Topology, phase: Phase, hop_latency: float) -> float:
 def _flows(topo: Topology, phase: Phase, flows: list[Flow]) -> PhaseCost:
     """Price listed flows: with numpy when there are many (same numbers, see
     ``vectorized``), else the per-flow loop, which is cheaper for a handful."""
-    if topo.has_pcie_tree or len(flows) + len(phase.port_bytes) < VECTORIZE_FROM:
+    if _loop_priced(topo, phase, flows):
         return _flows_listed(topo, phase, flows)
     return _flows_vectorized(topo, phase, flows)
+
+
+def _loop_priced(topo: Topology, phase: Phase, flows: list[Flow]) -> bool:
+    return topo.has_pcie_tree or len(flows) + len(phase.port_bytes) < VECTORIZE_FROM
 
 
 def _flows_vectorized(topo: Topology, phase: Phase, flows: list[Flow]) -> PhaseCost:
@@ -147,28 +177,9 @@ def _route(
 
 def _flows_listed(topo: Topology, phase: Phase, flows: list[Flow]) -> PhaseCost:
     """The reference pricing of listed flows: one path per flow, loads summed link by link."""
-    loads: dict[LinkId, float] = defaultdict(float)
     by_class = dict.fromkeys(LINK_CLASSES, 0.0)
-    hop = 0.0
-    routes = _routes(topo)
-    for src, dst, nbytes in flows:
-        path, classes, latency = _route(topo, routes, src, dst, phase.via_nic)
-        for link in path:
-            loads[link] += nbytes
-        for cls in classes:
-            by_class[cls] += nbytes  # bytes that crossed the class, once per flow
-        if path:
-            hop = max(hop, latency)
-    for dev, nbytes in phase.port_bytes:  # in-switch traffic: both ports of the device
-        loads[("up", dev)] += nbytes / phase.port_scale
-        loads[("down", dev)] += nbytes / phase.port_scale
-        by_class[INTRA] += nbytes
-        hop = max(hop, topo.class_latency(INTRA))
-    transfer, worst = 0.0, None
-    for link, load in loads.items():
-        t = load / topo.capacity(link)
-        if t > transfer:
-            transfer, worst = t, (link, load)
+    loads, hop = _link_loads(topo, phase, flows, by_class)
+    transfer, worst = _busiest(topo, loads)
     bottleneck = "none (no traffic)" if worst is None else describe_link(topo, *worst)
     latency = phase_latency(topo, phase, hop) if loads else 0.0
     return PhaseCost(
@@ -179,6 +190,45 @@ def _flows_listed(topo: Topology, phase: Phase, flows: list[Flow]) -> PhaseCost:
         {k: v for k, v in by_class.items() if v},
         bottleneck,
     )
+
+
+def _link_loads(
+    topo: Topology, phase: Phase, flows: list[Flow], by_class: dict[str, float] | None
+) -> tuple[dict[LinkId, float], float]:
+    """Bytes on each link crossed (flows in order, then the in-switch port traffic) and
+    the largest hop latency; ``by_class`` (when given) gains the bytes that crossed
+    each link class."""
+    loads: dict[LinkId, float] = defaultdict(float)
+    hop = 0.0
+    routes = _routes(topo)
+    for src, dst, nbytes in flows:
+        path, classes, latency = _route(topo, routes, src, dst, phase.via_nic)
+        for link in path:
+            loads[link] += nbytes
+        if by_class is not None:
+            for cls in classes:
+                by_class[cls] += nbytes  # bytes that crossed the class, once per flow
+        if path:
+            hop = max(hop, latency)
+    for dev, nbytes in phase.port_bytes:  # in-switch traffic: both ports of the device
+        loads[("up", dev)] += nbytes / phase.port_scale
+        loads[("down", dev)] += nbytes / phase.port_scale
+        if by_class is not None:
+            by_class[INTRA] += nbytes
+        hop = max(hop, topo.class_latency(INTRA))
+    return loads, hop
+
+
+def _busiest(
+    topo: Topology, loads: dict[LinkId, float]
+) -> tuple[float, tuple[LinkId, float] | None]:
+    """(the largest load / capacity, that link and its load), the first found on a tie."""
+    transfer, worst = 0.0, None
+    for link, load in loads.items():
+        t = load / topo.capacity(link)
+        if t > transfer:
+            transfer, worst = t, (link, load)
+    return transfer, worst
 
 
 def _symmetric(topo: Topology, groups: tuple[tuple[int, ...], ...]) -> bool:

@@ -14,15 +14,15 @@ the group spans nodes, direct all-to-all inside a node.
 
 from __future__ import annotations
 
-import gc
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
 from xpusim.hwprofiles.spec import System
 from xpusim.sim.errors import InputError
+from xpusim.sim.gcpause import gc_paused
 from xpusim.sim.ir import Collective, CollectiveKind
 from xpusim.sim.network import analytical, flow, nvls
 from xpusim.sim.network import protocols as proto
@@ -70,27 +70,17 @@ class CollectiveResult:
         }
 
 
-@contextmanager
-def _gc_paused(active: bool) -> Iterator[None]:
-    """Python's cyclic garbage collector off while ``active``.
-
-    Pricing a large group lists one flow tuple per rank and ring step (a ring
-    all-reduce over 6,144 ranks: 49,152), all freed by reference counting when the
-    candidate is priced. With the collector on, that burst of allocations promotes
-    them and triggers full (generation 2) collections of the caller's whole heap: in
-    a training step 0.1-0.15 s of collection during one 6,144-rank all-reduce, more
-    than the pricing itself. The flows are freed by reference counting either way;
-    the few cycles pricing makes (the tree builder's recursive closure) wait for the
-    next collection after the pause. Results are unaffected.
+def _gc_paused(active: bool) -> AbstractContextManager[None]:
+    """``gcpause.gc_paused`` while ``active``: pricing a large group lists one flow tuple
+    per rank and ring step (a ring all-reduce over 6,144 ranks: 49,152), all freed by
+    reference counting when the candidate is priced. With the collector on, that burst
+    of allocations promotes them and triggers full (generation 2) collections of the
+    caller's whole heap: in a training step 0.1-0.15 s of collection during one
+    6,144-rank all-reduce, more than the pricing itself. The few cycles pricing makes
+    (the tree builder's recursive closure) wait for the next collection after the
+    pause. Results are unaffected.
     """
-    if not active or not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
+    return gc_paused(active)
 
 
 def bus_factor(kind: CollectiveKind, n: int) -> float:
@@ -172,11 +162,11 @@ def cost_collective(
     if api == "memcpy":
         return _cost_copy(system, kind, group, nbytes, backend)
     with _gc_paused(n >= GC_PAUSE_FROM):
-        algorithm, chosen, cost, rounds = _fastest(
-            topo, kind, group, nbytes, algorithm, protocol, nodes
-        )
-    if backend == "flow":
-        cost = flow.cost_phases(topo, build(kind, algorithm, topo, group, nbytes))
+        algorithm, chosen, _ = _fastest(topo, kind, group, nbytes, algorithm, protocol, nodes)
+        phases = build(kind, algorithm, topo, group, nbytes)
+        pricer = flow.cost_phases if backend == "flow" else analytical.cost_phases
+        cost = pricer(topo, phases)
+    rounds = [ph.rounds for ph in phases]
     cost = _with_protocol(system, kind, algorithm, chosen, cost, rounds, nbytes, n, nodes)
     # After the choice: NCCL's tuner does not see this copy, so it picks as without it.
     copy_s = proto.read_mode_copy_s(system, kind, algorithm, chosen, nbytes, n, nodes)
@@ -242,6 +232,34 @@ def _cost_copy(
     )
 
 
+def collective_time(
+    system: System,
+    kind: CollectiveKind | str,
+    group: Sequence[int],
+    nbytes: float,
+    algorithm: str = "auto",
+) -> float:
+    """``cost_collective(system, kind, group, nbytes, algorithm).time_s`` (analytical
+    backend, the fastest protocol, the library API), the same float, without building
+    the report (phases, link bytes, bottleneck): the engines' collective pricer."""
+    kind = _check_request(kind, "analytical", "auto", nbytes, len(group))
+    group = tuple(int(g) for g in group)
+    topo = Topology(system)
+    topo.check_group(group)
+    n = len(group)
+    nodes = len({topo.node_of(d) for d in group})
+    _check_api("library", kind, algorithm, "auto", nodes)
+    if n <= 1 or nbytes == 0:
+        return 0.0
+    with _gc_paused(n >= GC_PAUSE_FROM):
+        algorithm, chosen, times = _fastest(topo, kind, group, nbytes, algorithm, "auto", nodes)
+    # ``_with_copy``'s sum: the copy on the first phase, then the phases in order.
+    copy_s = proto.read_mode_copy_s(system, kind, algorithm, chosen, nbytes, n, nodes)
+    if copy_s > 0 and times:
+        times = [times[0] + copy_s, *times[1:]]
+    return sum(times)
+
+
 def _fastest(
     topo: Topology,
     kind: CollectiveKind,
@@ -250,16 +268,18 @@ def _fastest(
     algorithm: str,
     protocol: str,
     nodes: int,
-) -> tuple[str, str, NetworkCost, list[int]]:
-    """(algorithm, protocol, analytical cost, rounds per phase) of the fastest choice
-    among ``algorithm`` and ``protocol`` ("auto": every candidate); the first found wins
-    a tie."""
+) -> tuple[str, str, list[float]]:
+    """(algorithm, protocol, its phases' analytical times) of the fastest choice among
+    ``algorithm`` and ``protocol`` ("auto": every candidate); the first found wins a
+    tie. Each choice's time is ``_with_protocol``'s, from the phases' transfer and
+    latency terms alone (``analytical.phase_times``)."""
     system, n = topo.system, len(group)
     names = candidates(kind, topo, group) if algorithm == "auto" else [algorithm]
-    best: tuple[float, str, str, NetworkCost, list[int]] | None = None
+    best: tuple[float, str, str, list[float]] | None = None
     for name in names:
         phases = build(kind, name, topo, group, nbytes)
-        cost = analytical.cost_phases(topo, phases)
+        terms = [analytical.phase_times(topo, ph) for ph in phases]
+        rounds = [ph.rounds for ph in phases]
         options = proto.protocols(system, kind, name, nbytes, n)
         if protocol != "auto":
             if protocol not in options:
@@ -272,16 +292,16 @@ def _fastest(
                 continue
             options = [protocol]
         for p in options:
-            rounds = [ph.rounds for ph in phases]
-            t = _with_protocol(system, kind, name, p, cost, rounds, nbytes, n, nodes).time_s
+            times = _protocol_times(system, kind, name, p, terms, rounds, nbytes, n, nodes)
+            t = sum(times)
             if best is None or t < best[0]:
-                best = (t, name, p, cost, rounds)
+                best = (t, name, p, times)
     if best is None:
         raise InputError(
             f"protocol {protocol} applies to no algorithm of {kind} on {system.name}; "
             "use --protocol auto"
         )
-    return best[1], best[2], best[3], best[4]
+    return best[1], best[2], best[3]
 
 
 def _with_protocol(
@@ -300,22 +320,61 @@ def _with_protocol(
     by their rounds) instead of the per-round hop + step overhead."""
     if not proto.is_nccl(system):
         return cost
-    transfer = sum(p.transfer_s for p in cost.phases)
+    terms = [(p.transfer_s, p.latency_s) for p in cost.phases]
+    parts = _protocol_parts(system, kind, algorithm, protocol, terms, rounds, nbytes, n, nodes)
+    phases = [PhaseCost(p.name, t + share, t, share, p.link_bytes, p.bottleneck)
+              for p, (t, share) in zip(cost.phases, parts, strict=True)]
+    return NetworkCost(sum(p.time_s for p in phases), phases)
+
+
+def _protocol_times(
+    system: System,
+    kind: CollectiveKind,
+    algorithm: str,
+    protocol: str,
+    terms: list[tuple[float, float]],
+    rounds: list[int],
+    nbytes: float,
+    n: int,
+    nodes: int,
+) -> list[float]:
+    """Each phase's time in ``_with_protocol``'s cost, from the phases' analytical
+    (transfer, latency) ``terms``: the same floats."""
+    if not proto.is_nccl(system):
+        return [transfer + latency for transfer, latency in terms]
+    parts = _protocol_parts(system, kind, algorithm, protocol, terms, rounds, nbytes, n, nodes)
+    return [t + share for t, share in parts]
+
+
+def _protocol_parts(
+    system: System,
+    kind: CollectiveKind,
+    algorithm: str,
+    protocol: str,
+    terms: list[tuple[float, float]],
+    rounds: list[int],
+    nbytes: float,
+    n: int,
+    nodes: int,
+) -> list[tuple[float, float]]:
+    """(transfer, latency share) of each phase under ``protocol`` on an NCCL system,
+    from the phases' analytical (transfer, latency) ``terms``."""
+    transfer = sum(t for t, _ in terms)
     simple_busbw = nbytes * bus_factor(kind, n) / transfer if transfer > 0 else float("inf")
     frac = proto.bandwidth_fraction(
         system, kind, algorithm, protocol, nodes, simple_busbw, nbytes, n
     )
     weights = [max(1, r) for r in rounds]
     latency = proto.latency_s(system, kind, algorithm, protocol, n, nodes, sum(rounds))
-    phases = []
-    for p, w in zip(cost.phases, weights, strict=True):
+    parts = []
+    for (transfer_s, _), w in zip(terms, weights, strict=True):
         share = latency * w / sum(weights)
-        t = p.transfer_s / frac
+        t = transfer_s / frac
         if algorithm == "nvls" and nodes == 1:
             # NVLS's chunk pipeline, which NCCL's tuner does not price (sim/network/nvls.py).
             share += nvls.pipeline_s(nbytes, n, t)
-        phases.append(PhaseCost(p.name, t + share, t, share, p.link_bytes, p.bottleneck))
-    return NetworkCost(sum(p.time_s for p in phases), phases)
+        parts.append((t, share))
+    return parts
 
 
 def _with_copy(cost: NetworkCost, copy_s: float) -> NetworkCost:
@@ -334,7 +393,7 @@ def _with_copy(cost: NetworkCost, copy_s: float) -> NetworkCost:
 def comm_time_fn(system: System) -> Callable[[Collective], float]:
     @lru_cache(maxsize=65536)
     def _cost(kind: str, group: tuple[int, ...], nbytes: float, algorithm: str) -> float:
-        return cost_collective(system, kind, group, nbytes, algorithm).time_s
+        return collective_time(system, kind, group, nbytes, algorithm)
 
     def comm_time(coll: Collective) -> float:
         return _cost(coll.kind, coll.group, coll.bytes, coll.algorithm)

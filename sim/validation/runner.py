@@ -19,6 +19,7 @@ from typing import Any
 
 from xpusim.sim.api.commands import api_command, run_flags
 from xpusim.sim.errors import InputError, NegativeVerdict, ProfileError
+from xpusim.sim.gcpause import gc_paused
 from xpusim.sim.validation.baseline import naive_payload
 from xpusim.sim.validation.corpus import Row
 from xpusim.sim.validation.metrics import metric_for, signed_error
@@ -90,6 +91,17 @@ def _last_line(text: str) -> str:
 
 
 def run_row(row: Row) -> RowResult:
+    """The row's result. The cyclic garbage collector is paused while the row runs
+    (``gcpause``): a row's objects (a serving run's requests and step-pricing caches, a
+    training step's task graph) stay reachable until it ends, yet their allocation set
+    off ~80 full collections per worker over ``validate --published`` (16 of ~100 s CPU,
+    2026-12-06) that freed next to nothing. Results are unaffected; the few reference
+    cycles a row leaves are collected after it (peak RSS 185 -> 190 MB)."""
+    with gc_paused():
+        return _run_row(row)
+
+
+def _run_row(row: Row) -> RowResult:
     start = time.perf_counter()
     base: dict[str, Any] = {
         "id": row.id,

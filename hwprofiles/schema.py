@@ -194,6 +194,7 @@ class KernelsFile(_Strict):
     default_attention: str = ""
     l2_bandwidth_gbps: float | None = Field(default=None, gt=0)
     epilogue_overlap: bool = False
+    non_tn_fp8_gemm: bool = False
     source: str
 
     def to_spec(self) -> KernelTraits:
@@ -204,6 +205,7 @@ class KernelsFile(_Strict):
             default_attention=self.default_attention,
             l2_bandwidth=None if self.l2_bandwidth_gbps is None else self.l2_bandwidth_gbps * GIGA,
             epilogue_overlap=self.epilogue_overlap,
+            non_tn_fp8_gemm=self.non_tn_fp8_gemm,
         )
 
 

@@ -109,6 +109,9 @@ class KernelTraits:
     accumulation) stream through. ``epilogue_overlap``: GEMM kernels keep more than one
     accumulator stage, so a tile's epilogue (convert + store) runs while the next tile's
     MMAs do (Blackwell: tensor-memory accumulators, CUTLASS SM100 AccumulatorPipeline).
+    ``non_tn_fp8_gemm``: per-tensor FP8 GEMMs take operands in any layout (sm_100/sm_103:
+    TransformerEngine ``nvte_is_non_tn_fp8_gemm_supported``), so an FP8 cast writes no
+    transposed copy (``sim.training.lowprec``); false on Hopper/Ada (TN only).
     """
 
     exp_per_clk_per_core: float = 16.0
@@ -117,6 +120,7 @@ class KernelTraits:
     default_attention: str = ""
     l2_bandwidth: float | None = None  # bytes/s of the L2 (reductions through L2); None: unpublished
     epilogue_overlap: bool = False
+    non_tn_fp8_gemm: bool = False
 
 
 @dataclass(frozen=True)

@@ -340,6 +340,10 @@ class Role:
     routed expert's work (its grouped GEMMs, their activation, casts and backward).
     ``swizzled_scales``: a low-precision GEMM whose operands' block scales are swizzled
     before each of its GEMMs, forward and backward (``sim.training.lowprec``).
+    ``cast_usages`` / ``amax_pass``: how a low-precision GEMM's operand casts run, its
+    backward's output-gradient cast included: copies written per cast (2: rowwise and
+    transposed; 1 where the device's FP8 GEMMs take any layout) and whether a separate
+    amax pass precedes each (FP8 current scaling; ``sim.training.lowprec.CastRecipe``).
     """
 
     module: str = "out"
@@ -348,6 +352,8 @@ class Role:
     weight_elements: float = 0.0
     expert: bool = False
     swizzled_scales: bool = False
+    cast_usages: int = 2
+    amax_pass: bool = False
 
 
 NO_ROLE = Role()

@@ -28,6 +28,8 @@ RECOMPUTE_POLICIES = ("none", "selective", "full")
 RECOMPUTE_MODULES = ("norm", "attn", "act", "experts", "mlp", "core_attn")
 DEFAULT_SELECTIVE = ("norm", "attn", "act")
 DIMENSIONS = ("tp", "cp", "ep", "dp", "pp")
+# FP8 scaling recipes (ParallelPlan.fp8_scaling; sim.training.lowprec).
+FP8_SCALINGS = ("delayed", "current")
 FRAMEWORKS = ("eager", "cuda-graphs", "deepspeed-0.3", "flash-attn-training", "torchtitan-eager")  # host-side profiles: sim/training/framework.py
 DEFAULT_ORDER = "tp-cp-ep-dp-pp"
 
@@ -99,6 +101,10 @@ class ParallelPlan:
     # micro-batch adds the 16-bit gradients into the fp32 buffer in a separate pass.
     dropout: float = 0.0
     grad_accum_fusion: bool = True
+    # FP8 scaling recipe of a ``dtype = "fp8"`` run (sim.training.lowprec): "delayed"
+    # (TransformerEngine DelayedScaling: the amax inside the cast) or "current"
+    # (Float8CurrentScaling: a separate amax pass over each cast input first).
+    fp8_scaling: str = "delayed"
     # Attention implementation (sim.cost.attention_impl: "standard" = unfused eager
     # attention with S x S tensors in memory, "flash2", "npu_fusion_attention", ...);
     # "" = the device's current default stack. Sets the attention ops' price and, for
@@ -401,6 +407,19 @@ def _check_recompute(plan: ParallelPlan) -> None:
         )
 
 
+def _check_fp8_scaling(plan: ParallelPlan) -> None:
+    """A known FP8 scaling recipe; one other than the default only for an FP8 run."""
+    if plan.fp8_scaling not in FP8_SCALINGS:
+        raise InputError(
+            f"fp8_scaling '{plan.fp8_scaling}' unknown; use one of {', '.join(FP8_SCALINGS)}"
+        )
+    if plan.fp8_scaling != "delayed" and plan.dtype != "fp8":
+        raise InputError(
+            f"--fp8-scaling {plan.fp8_scaling} applies to --dtype fp8 (per-tensor FP8 "
+            f"scaling), not --dtype {plan.dtype}; drop it or pass --dtype fp8"
+        )
+
+
 def _check_options(plan: ParallelPlan) -> None:
     """Named options must be known, fractions in [0, 1)."""
     if plan.schedule not in ("auto", "1f1b", "interleaved"):
@@ -414,6 +433,7 @@ def _check_options(plan: ParallelPlan) -> None:
         )
     if not 0 <= plan.dropout < 1:
         raise InputError(f"dropout must be in [0, 1), got {plan.dropout}")
+    _check_fp8_scaling(plan)
     if not 0 <= plan.fragmentation < 1:
         raise InputError(f"fragmentation must be in [0, 1), got {plan.fragmentation}")
 

@@ -40,7 +40,7 @@ PLAN_FIELDS = (
     "tp", "pp", "vpp", "dp", "ep", "cp", "mbs", "gbs", "seq", "zero", "seed",
     "sequence_parallel", "hierarchical_ep", "overlap_ep", "overlap_dp", "overlap_tp",
     "tp_extend_ep", "grad_accum_fusion",
-    "dtype", "schedule", "order", "moe_routing", "dropout", "framework",
+    "dtype", "fp8_scaling", "schedule", "order", "moe_routing", "dropout", "framework",
     "pad_layers", "grad_reduce_dtype", "fragmentation", "runtime_reserved_gib",
     "tp_overlap_chunks", "recompute_every", "per_node",
 )  # fmt: skip
@@ -74,6 +74,7 @@ class TrainRequest:
     zero: int | None = None
     seed: int | None = None
     dtype: str | None = None  # default bf16
+    fp8_scaling: str | None = None  # delayed | current (dtype fp8 only); default delayed
     recompute: str | None = None  # auto | none | selective | full; default auto
     recompute_modules: str | tuple[str, ...] | None = None  # "norm,attn,act,experts,mlp"
     recompute_every: int | None = None  # k: recompute every k-th layer only; default 1

@@ -9,7 +9,7 @@ from pathlib import Path
 from xpusim.sim.api.base import request_from_args
 from xpusim.sim.api.train import RECOMPUTE_CHOICES, TrainRequest, TrainResult, train
 from xpusim.sim.cost.attention_impl import IMPLS
-from xpusim.sim.parallel import ParallelPlan
+from xpusim.sim.parallel import FP8_SCALINGS, ParallelPlan
 from xpusim.sim.report import (
     check_output_file,
     check_plot_path,
@@ -51,6 +51,18 @@ def _add_recompute_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_dtype_flags(p: argparse.ArgumentParser) -> None:
+    """--dtype and, for FP8, its scaling recipe (sim.training.lowprec)."""
+    p.add_argument("--dtype", help="training dtype (default bf16)")
+    p.add_argument(
+        "--fp8-scaling",
+        choices=FP8_SCALINGS,
+        help="FP8 scaling recipe of a --dtype fp8 run: delayed (TransformerEngine "
+        "DelayedScaling, default: amax taken inside the cast) or current "
+        "(Float8CurrentScaling, Megatron-Bridge's FP8-CS: a separate amax pass per cast)",
+    )
+
+
 def _add_system_flags(p: argparse.ArgumentParser) -> None:
     """--system, --nodes and --devices: the system and the part of it the job runs on."""
     p.add_argument("--system", help="system profile name or path (default atlas-800t-a2)")
@@ -89,7 +101,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--plan", help="plan TOML file ([plan] table; flags override it)")
     for name in _INT_FLAGS:
         p.add_argument(f"--{name.replace('_', '-')}", type=int, dest=name)
-    p.add_argument("--dtype", help="training dtype (default bf16)")
+    _add_dtype_flags(p)
     _add_recompute_flags(p)
     p.add_argument("--schedule", choices=("auto", "1f1b", "interleaved"))
     p.add_argument(
@@ -223,7 +235,9 @@ def _print_explain(result) -> None:
     ))
     plan = result.plan
     print(
-        f"recipe: dtype {plan.dtype}, attention {plan.attention_impl}, dropout {plan.dropout}, "
+        f"recipe: dtype {plan.dtype}"
+        + (f" ({plan.fp8_scaling} scaling)" if plan.dtype == "fp8" else "")
+        + f", attention {plan.attention_impl}, dropout {plan.dropout}, "
         f"grad accumulation fusion {plan.grad_accum_fusion}, framework {plan.framework}, "
         f"recompute {plan.recompute}"
         + (f" ({','.join(plan.recompute_modules)})" if plan.recompute == "selective" else "")

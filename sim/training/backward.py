@@ -36,7 +36,8 @@ from xpusim.sim.ir import (
 )
 from xpusim.sim.training.items import Comm, Item
 from xpusim.sim.training.lowprec import (
-    cast_transpose_op,
+    CastRecipe,
+    cast_ops,
     is_forward_cast,
     is_scale_swizzle,
     scale_swizzle_ops,
@@ -92,9 +93,12 @@ def _gemm_backward(op: Op, s: GemmShape, role: Role, main_grad: str = "") -> lis
         wgrad = scale_swizzle_ops(f"{op.name}_wgrad", k, n, m, batch, op.dtype, swz)
         if not role.swizzled_scales:
             dgrad, wgrad = [], []
+        # The output-gradient cast runs as the forward's recipe says (``Role.cast_usages``,
+        # ``Role.amax_pass``; lowprec.cast_ops): always its own amax under current scaling.
+        recipe = CastRecipe(role.cast_usages, role.amax_pass)
         return [
-            cast_transpose_op(f"{op.name}_dgrad", m * n * batch, op.dtype,
-                              role=Role(expert=role.expert)),
+            *cast_ops(f"{op.name}_dgrad", m * n * batch, op.dtype, recipe,
+                      Role(expert=role.expert)),
             *dgrad,
             ops.gemm(f"{op.name}_dgrad", m, k, n, op.dtype, batch, out_dtype="bf16", role=role),
             *wgrad,

@@ -75,8 +75,9 @@ def slot_context(
         own = {i: float(rank_loads(spec, plan.moe_routing, n, i, plan.seed)[idx]) for i in hot}
     tokens = plan.mbs * plan.seq / plan.cp
     swizzle = system.device.arch == "nvidia"  # cuBLASLt block-scale layout (lowprec.py)
-    comp = L.SlotContext(spec, plan, tokens, own, hot, spans, swizzle)
-    return comp, L.SlotContext(spec, plan, tokens, hot, hot, spans, swizzle)
+    non_tn = system.device.kernels.non_tn_fp8_gemm  # one FP8 copy per cast (lowprec.py)
+    comp = L.SlotContext(spec, plan, tokens, own, hot, spans, swizzle, non_tn)
+    return comp, L.SlotContext(spec, plan, tokens, hot, hot, spans, swizzle, non_tn)
 
 
 def with_pp(layout: Layout, rank: int, stage: int) -> Coord:

@@ -60,6 +60,9 @@ class SlotContext:
     # The device's block-scaled GEMMs need their scales swizzled first (NVIDIA cuBLASLt;
     # sim.training.lowprec): set from the system by chunks.slot_context.
     scale_swizzle: bool = False
+    # The device's FP8 GEMMs take any operand layout, so a per-tensor FP8 cast writes one
+    # copy (hwprofiles [kernels] non_tn_fp8_gemm; sim.training.lowprec): from the system.
+    non_tn_fp8: bool = False
 
     @property
     def b(self) -> float:

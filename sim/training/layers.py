@@ -47,7 +47,14 @@ from xpusim.sim.training.items import (  # noqa: F401  (re-exported)
     act_dtype,
     quantize_op,
 )
-from xpusim.sim.training.lowprec import cast_transpose_op, scale_swizzle_ops
+from xpusim.sim.training.lowprec import (
+    HOPPER_DELAYED,
+    NORM_FUSED_GEMMS,
+    CastRecipe,
+    cast_ops,
+    cast_recipe,
+    scale_swizzle_ops,
+)
 from xpusim.sim.training.megatron_experts import with_expert_passes
 from xpusim.sim.training.megatron_loss import with_megatron_loss
 from xpusim.sim.training.saved import activation_bytes, weight_params  # noqa: F401
@@ -72,7 +79,8 @@ from xpusim.sim.workloads.transformer import (
 _HIGH_PRECISION_WEIGHTS = (Weight.HEAD, Weight.ROUTER)
 
 
-def low_precision_gemms(raw: Sequence, fmt: str, swizzle: bool = False) -> list:
+def low_precision_gemms(raw: Sequence, fmt: str, swizzle: bool = False,
+                        recipe: CastRecipe = HOPPER_DELAYED) -> list:
     """Rewrite the 16-bit GEMMs of builder output for a low-precision recipe ``fmt``: each
     becomes a cast of its activation input (in both usages: the rowwise copy for this GEMM
     and the transposed/columnwise copy for the weight gradient, ``sim.training.lowprec``)
@@ -81,7 +89,10 @@ def low_precision_gemms(raw: Sequence, fmt: str, swizzle: bool = False) -> list:
     backward). Weights are cast once per step (see ``xpusim.sim.training.lowering``), so
     only the activation cast is per micro-batch. With ``swizzle`` (an NVIDIA device) a
     block-scaled format's GEMM is preceded by its two scale swizzles
-    (``lowprec.scale_swizzle_ops``) and marked ``Role.swizzled_scales`` for its backward."""
+    (``lowprec.scale_swizzle_ops``) and marked ``Role.swizzled_scales`` for its backward.
+    ``recipe``: the casts' copies and amax pass (``lowprec.cast_ops``; the input of a
+    LayerNormLinear GEMM has its amax from the norm), carried on the GEMM's role to the
+    backward's output-gradient cast."""
     if not is_low_precision(fmt):
         return list(raw)
     out: list = []
@@ -89,9 +100,9 @@ def low_precision_gemms(raw: Sequence, fmt: str, swizzle: bool = False) -> list:
         s = item.shape if isinstance(item, Op) else None
         if (isinstance(s, GemmShape) and item.kind == OpKind.GEMM
                 and item.role.weight not in _HIGH_PRECISION_WEIGHTS):
-            out.append(cast_transpose_op(item.name, s.m * s.k * s.batch, fmt,
-                                         role=Role(expert=item.role.expert)))
-            role = item.role
+            out += cast_ops(item.name, s.m * s.k * s.batch, fmt, recipe,
+                            Role(expert=item.role.expert), item.name in NORM_FUSED_GEMMS)
+            role = replace(item.role, cast_usages=recipe.usages, amax_pass=recipe.amax_pass)
             swz = scale_swizzle_ops(item.name, s.m, s.n, s.k, s.batch, fmt,
                                     Role(role.module, expert=role.expert)) if swizzle else []
             if swz:
@@ -113,7 +124,8 @@ def training_items(raw: Sequence[Op | CommNeed], ctx: SlotContext) -> list[Item]
     as the plan does it), GEMMs in the recipe's precision, and attention keeping its
     score tensors when the plan's implementation materialises them."""
     out: list[Item] = []
-    for item in low_precision_gemms(raw, ctx.plan.dtype, ctx.scale_swizzle):
+    recipe = cast_recipe(ctx.plan.dtype, ctx.plan.fp8_scaling, ctx.non_tn_fp8)
+    for item in low_precision_gemms(raw, ctx.plan.dtype, ctx.scale_swizzle, recipe):
         if isinstance(item, CommNeed):
             if item.group == "ep":
                 out += _ep_comms(item, ctx)

@@ -15,8 +15,41 @@ with the bias gradient for dC, ``fp8_cast_transpose_bgrad_fused``).
 
 Priced here: the activation input of each linear layer's forward GEMM and the output
 gradient dC of its backward, each cast once per micro-batch into both usages (read 2 B,
-write 2 x the format's bytes per element). Not priced separately: Blackwell's per-tensor
-FP8, whose GEMMs accept any layout (one usage would do), is charged the same pass.
+write 2 x the format's bytes per element).
+
+**One FP8 copy where the GEMM takes any layout.** TransformerEngine writes the transposed
+columnwise copy of a per-tensor FP8 tensor only when ``!nvte_is_non_tn_fp8_gemm_supported()``
+(transformer_engine/pytorch/csrc/quantizer.cpp, ``Float8Quantizer`` and
+``Float8CurrentScalingQuantizer::create_tensor``: ``create_transpose = columnwise_usage &&
+!nvte_is_non_tn_fp8_gemm_supported()``); that function (common/transformer_engine.cpp) is
+true for compute capability 10.0 up to 12.0 and from 13.0 (B200, GB200, B300/GB300), false
+on Hopper, Ada and sm_120; there cuBLASLt reads the rowwise copy in the other layout
+(common/gemm/cublaslt_gemm.cu ``CanonicalizeGemmInput``). TE 2.0-2.2 had the same rule as
+``non_tn_fp8_gemm_supported()`` (compute capability major >= 10) in pytorch/csrc/util.cpp.
+The device profile's ``[kernels] non_tn_fp8_gemm`` says so; per-tensor FP8 casts then
+write one copy (``CastRecipe.usages`` 1). MXFP8 keeps both: its block scales run along
+different axes for the two usages.
+
+**Current scaling.** TransformerEngine's ``Float8CurrentScaling`` recipe (Megatron-Bridge's
+``bf16_with_fp8_current_scaling_mixed``, the "fp8cs" rows) takes each tensor's scale from
+its own amax: ``Float8CurrentScalingQuantizer::quantize_impl`` (quantizer.cpp) runs
+``nvte_compute_amax_with_config`` over the input (one more full read of the 16-bit
+tensor), ``nvte_compute_scale_from_amax`` (one thread), then ``nvte_quantize_v2`` (the
+cast). Delayed scaling (``DelayedScaling``, TE 1.x's default and the NeMo 24.07 /
+Megatron-LM rows) uses the previous steps' amax history and takes the new amax inside
+the cast kernel: no extra pass. Priced (``cast_ops``) as a memory-bound amax op before the
+cast, reading the 16-bit input once, named ``<name>_amax_quant`` (a cast for the
+backward and overlap rules, and in the casts' ``elementwise`` line of --explain). Not for
+the inputs of TransformerEngine's LayerNormLinear (Megatron-Core's ``linear_qkv`` and a
+dense MLP's ``linear_fc1``, gpt_layer_specs.py ``TELayerNormColumnParallelLinear``): the
+normalisation computes the amax of its high-precision output in the same kernel
+(pytorch/csrc/extensions/normalization.cpp ``Impl::FUSED_NORM_AMAX_FP8`` then
+``quantize_with_amax``), so those casts are priced as under delayed scaling
+(``NORM_FUSED_GEMMS``). Every output-gradient cast computes its amax
+(``grad_output_preprocess`` quantizes dC with the quantizer). Not priced: the amax
+all-reduce over the TP group that sequence parallelism adds to a column-parallel input and
+a row-parallel output gradient (``with_amax_reduction``; one 4-byte all-reduce each, a
+few tens of microseconds per layer and micro-batch).
 
 A forward cast has no backward pass of its own: the cast runs inside TransformerEngine's
 linear autograd function (``_Linear`` / ``_LayerNormLinear`` in
@@ -61,6 +94,7 @@ the backward (``sim.training.backward``).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from types import MappingProxyType
 
 from xpusim.sim.ir import (
@@ -78,6 +112,49 @@ from xpusim.sim.training.items import CAST_SUFFIX, quantize_op
 # Usages a quantised GEMM operand is written in: rowwise (this GEMM) and columnwise
 # (the other backward GEMM that reads it along its other axis).
 USAGES = 2
+# Per-tensor-scaled formats: the ones current scaling and the single-copy rule apply to.
+PER_TENSOR_FORMATS = frozenset({"fp8"})
+# GEMMs whose input is a normalisation's output in the same TransformerEngine module
+# (LayerNormLinear): the norm computes the amax (module docstring).
+NORM_FUSED_GEMMS = frozenset({"qkv_proj", "mlp_up"})
+AMAX_SUFFIX = "_amax"
+
+
+@dataclass(frozen=True)
+class CastRecipe:
+    """How a recipe casts a GEMM operand: ``usages`` copies written per cast, and whether a
+    separate amax pass reads the input first (``amax_pass``: current scaling)."""
+
+    usages: int = USAGES
+    amax_pass: bool = False
+
+
+# Two copies, amax inside the cast: TE's delayed scaling on a TN-only device (the default).
+HOPPER_DELAYED = CastRecipe()
+
+
+def cast_recipe(fmt: str, scaling: str = "delayed", non_tn_fp8: bool = False) -> CastRecipe:
+    """The casts of format ``fmt`` under FP8 ``scaling`` on a device whose FP8 GEMMs take
+    any layout (``non_tn_fp8``): one copy and an amax pass apply to per-tensor FP8 only
+    (module docstring)."""
+    if fmt not in PER_TENSOR_FORMATS:
+        return CastRecipe()
+    return CastRecipe(1 if non_tn_fp8 else USAGES, scaling == "current")
+
+
+def cast_ops(name: str, numel: float, fmt: str, recipe: CastRecipe = HOPPER_DELAYED,
+             role: Role = NO_ROLE, norm_amax: bool = False, src: str = "bf16") -> list[Op]:
+    """The cast of a ``src`` GEMM operand of ``numel`` elements under ``recipe``: with
+    ``recipe.amax_pass`` (and no ``norm_amax``, an amax the producing norm computed) an amax
+    op reading the input (1 FLOP, ``dtype_bytes(src)`` bytes per element), then the cast
+    writing ``recipe.usages`` copies (``items.quantize_op``)."""
+    cast = quantize_op(name, numel, fmt, src, role, usages=recipe.usages)
+    if not recipe.amax_pass or norm_amax:
+        return [cast]
+    amax = Op(f"{name}{AMAX_SUFFIX}{CAST_SUFFIX}", OpKind.ELEMENTWISE, numel,
+              MappingProxyType({MAIN_MEMORY: numel * dtype_bytes(src)}), src, Unit.VECTOR,
+              ElementwiseShape(numel), role)
+    return [amax, cast]
 
 # Formats whose GEMMs swizzle their block scales before each call on NVIDIA (module
 # docstring): MXFP8, one E8M0 byte per 32-element block (OCP MX v1.0).

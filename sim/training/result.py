@@ -252,7 +252,9 @@ _KIND_SOURCES = {
     "the unfused fp32 gradient accumulation (plan.grad_accum_fusion) and norms' backward; "
     "with --framework torchtitan-eager the unfused eager passes (sim/training/eager.py) and "
     "FSDP2's all-gather copy-out; with a low-precision --dtype the casts of GEMM inputs "
-    "and output gradients into both usages (*_quant, sim/training/lowprec.py)",
+    "and output gradients (*_quant: both usages, one FP8 copy where [kernels] "
+    "non_tn_fp8_gemm; with --fp8-scaling current each cast's own amax pass, *_amax_quant; "
+    "sim/training/lowprec.py)",
     "norm": "HBM roofline: LayerNorm/RMSNorm read + write of the activations",
     "softmax": "HBM roofline: cross-entropy softmax over B*s*V/tp fp32 logits",
     "embedding": "HBM roofline: embedding row gather (and its scatter-add in backward)",

@@ -78,6 +78,10 @@ ROUTER_PRE_FWD_S = 1.72e-3  # '#MOE_ROUTER_AND_PRE' min, per MoE layer forward
 # scaling amax + scale + cast; MXFP8 one cast with its block scales. "fp8" is FP8-CS here
 # (Megatron-Bridge's FP8 recipes; delayed scaling's fused multi-tensor cast is not modelled).
 QUANT_LAUNCHES = {"fp8": 3, "fp8_e4m3": 3, "fp8_e5m2": 3, "mxfp8": 1}
+# With current scaling the amax runs as its own op (``<gemm>_amax_quant``,
+# sim.training.lowprec.cast_ops): one of the per-expert launches above is its.
+AMAX_LAUNCHES = 1
+_AMAX_QUANT = "_amax_quant"
 REFERENCE_HOST = "xeon-8570"  # ASSUMPTION: ModelZoo#7's host is not named (8 B200 node)
 _QUANT = "_quant"
 
@@ -88,11 +92,14 @@ def _local_experts(op: Op) -> float:
 
 
 def op_extra_host_s(op: Op, phase: str, host_op_s: float,
-                    expert_gemms: dict[str, tuple[float, str]]) -> float:
+                    expert_gemms: dict[str, tuple[float, str]],
+                    amaxed: frozenset[str] = frozenset()) -> float:
     """Host seconds (at the reference host) the framework spends issuing ``op`` beyond the
     one ``host_op_s`` it is already charged as one op. ``expert_gemms``: the local-expert
     count and operand format of each grouped expert GEMM of the run, by name (the cast of
-    its input, ``<name>_quant``, quantises per expert into that format)."""
+    its input, ``<name>_quant``, quantises per expert into that format). ``amaxed``: the
+    casts (by name) whose amax runs as its own op ``<name>_amax_quant``: that op issues
+    ``AMAX_LAUNCHES`` of the per-expert launches, the cast the rest."""
     forward = phase != "bwd"
     if op.kind == OpKind.ROUTING:
         return max(0.0, ROUTER_PRE_FWD_S - 2 * host_op_s) if forward else 0.0
@@ -101,10 +108,14 @@ def op_extra_host_s(op: Op, phase: str, host_op_s: float,
     if op.kind == OpKind.GEMM and isinstance(op.shape, GemmShape):
         per = EXPERT_FWD_GEMM_S if forward else EXPERT_BWD_GEMM_S
         return max(0.0, _local_experts(op) * per - host_op_s)
+    if op.name.endswith(_AMAX_QUANT):
+        experts, _ = expert_gemms.get(op.name[: -len(_AMAX_QUANT)], (0.0, ""))
+        return max(0.0, experts * AMAX_LAUNCHES * host_op_s - host_op_s)
     if op.name.endswith(_QUANT):
-        experts, fmt = expert_gemms.get(op.name[: -len(_QUANT)], (0.0, ""))
-        launches = QUANT_LAUNCHES.get(fmt, 0)
-        if experts > 0 and launches:
+        name = op.name[: -len(_QUANT)]
+        experts, fmt = expert_gemms.get(name, (0.0, ""))
+        launches = QUANT_LAUNCHES.get(fmt, 0) - (AMAX_LAUNCHES if name in amaxed else 0)
+        if experts > 0 and launches > 0:
             return max(0.0, experts * launches * host_op_s - host_op_s)
     return 0.0
 
@@ -119,9 +130,11 @@ def segment_extra_host_s(ops: Sequence[Op], phase: str, framework: str) -> float
              if op.role.expert and op.kind == OpKind.GEMM and isinstance(op.shape, GemmShape)}
     if not gemms and not any(op.kind == OpKind.ROUTING for op in ops):
         return 0.0
+    amaxed = frozenset(op.name[: -len(_AMAX_QUANT)] for op in ops
+                       if op.name.endswith(_AMAX_QUANT))
     total = 0.0
     for op in ops:
-        total += op_extra_host_s(op, phase, profile.host_op_s, gemms)
+        total += op_extra_host_s(op, phase, profile.host_op_s, gemms, amaxed)
     return total
 
 

@@ -37,6 +37,7 @@ from xpusim.sim.ir import (
 from xpusim.sim.training.items import Comm, Item
 from xpusim.sim.training.lowprec import (
     CastRecipe,
+    amax_reduce,
     cast_ops,
     is_forward_cast,
     is_scale_swizzle,
@@ -165,11 +166,26 @@ def backward_items(items: list[Item], sequence_parallel: bool,
     out: list[Item] = []
     for it in reversed(items):
         if isinstance(it, Comm):
-            out.append(replace(it, name=f"{it.name}_bwd", kind=_MIRROR.get(it.kind, it.kind)))
-            if sequence_parallel and it.name.endswith("_sp_gather"):
-                out.append(replace(it, name=f"{it.name}_regather"))
+            out += _comm_backward(it, sequence_parallel)
         else:
             out += backward_op(it, main_grad)
+    return out
+
+
+def _comm_backward(it: Comm, sequence_parallel: bool) -> list[Item]:
+    """The backward of a forward collective: its mirror, in ``it.grad_nbytes`` where set
+    (an FP8 gather's bf16 reduce-scatter, a bf16 reduce-scatter's FP8 gradient gather),
+    after an amax all-reduce where ``it.grad_amax``; the re-gather of a sequence-parallel
+    input in the forward's bytes (FP8 when gathered in FP8: sim.training.lowprec); none for
+    a forward-only collective (an amax all-reduce)."""
+    if it.forward_only:
+        return []
+    nbytes = it.nbytes if it.grad_nbytes is None else it.grad_nbytes
+    out: list[Item] = [amax_reduce(f"{it.name}_bwd", it.module, False)] if it.grad_amax else []
+    out.append(replace(it, name=f"{it.name}_bwd", kind=_MIRROR.get(it.kind, it.kind),
+                       nbytes=nbytes, grad_nbytes=None, grad_amax=False))
+    if sequence_parallel and it.name.endswith("_sp_gather"):
+        out.append(replace(it, name=f"{it.name}_regather", grad_nbytes=None))
     return out
 
 

@@ -38,6 +38,14 @@ class Comm:
     group: str
     module: str = "out"  # module of its output (sim.ir.Role.module)
     algorithm: str = "auto"
+    # Bytes of the backward's mirrored collective when they differ from ``nbytes`` (an
+    # FP8 sequence-parallel gather whose gradient reduce-scatter stays bf16, or the
+    # reverse; sim.training.lowprec ``sp_fp8_collectives``); None: ``nbytes``.
+    grad_nbytes: float | None = None
+    # The backward's mirrored collective is preceded by a 4-byte MAX all-reduce of the
+    # cast's amax over the group (current scaling; lowprec ``amax_reduce``).
+    grad_amax: bool = False
+    forward_only: bool = False  # no backward of its own (an amax all-reduce)
 
 
 Item = Op | Comm

@@ -51,9 +51,12 @@ from xpusim.sim.training.lowprec import (
     HOPPER_DELAYED,
     NORM_FUSED_GEMMS,
     CastRecipe,
+    SpFp8,
+    amax_reduce,
     cast_ops,
     cast_recipe,
     scale_swizzle_ops,
+    sp_fp8_collectives,
 )
 from xpusim.sim.training.megatron_experts import with_expert_passes
 from xpusim.sim.training.megatron_loss import with_megatron_loss
@@ -344,15 +347,27 @@ def _block(
     norm: bool = True,
 ) -> list[Item]:
     """norm -> (SP all-gather) -> body -> TP reduce -> residual, as layer_forward does.
-    ``norm`` False: the block reads the previous block's normed input (``shared_norm``)."""
+    ``norm`` False: the block reads the previous block's normed input (``shared_norm``).
+    Under a TransformerEngine per-tensor FP8 recipe the SP gathers of the dense linears
+    move FP8 bytes, after an amax all-reduce under current scaling
+    (``lowprec.sp_fp8_collectives``)."""
     plan, spec = ctx.plan, ctx.spec
-    act_bytes = ctx.tokens * spec.hidden * ctx.b
+    numel = ctx.tokens * spec.hidden
+    act_bytes = numel * ctx.b
+    sp = plan.tp > 1 and plan.sequence_parallel
+    fp8 = sp_fp8_collectives(body, plan.framework, plan.fp8_scaling) if sp else SpFp8()
     items: list[Item] = [_norm(f"{name}_norm", norm_tokens, ctx)] if norm else []
-    if plan.tp > 1 and plan.sequence_parallel and reduce and norm:
-        items.append(Comm(f"{name}_sp_gather", CollectiveKind.ALL_GATHER, act_bytes, "tp", "norm"))
+    if sp and reduce and norm:
+        if fp8.gather and fp8.amax:
+            items.append(amax_reduce(f"{name}_sp_gather", "norm"))
+        gathered = numel * fp8.gather if fp8.gather else act_bytes
+        items.append(Comm(f"{name}_sp_gather", CollectiveKind.ALL_GATHER, gathered, "tp", "norm",
+                          grad_nbytes=act_bytes))
     items += body
     if plan.tp > 1 and reduce:
-        items.append(Comm(f"{name}_tp_reduce", _tp_reduce_kind(plan), act_bytes, "tp"))
+        grad = numel * fp8.grad_gather if fp8.grad_gather else None
+        items.append(Comm(f"{name}_tp_reduce", _tp_reduce_kind(plan), act_bytes, "tp",
+                          grad_nbytes=grad, grad_amax=bool(grad) and fp8.amax))
     items.append(_residual(f"{name}_residual", norm_tokens, ctx))
     return items
 

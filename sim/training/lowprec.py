@@ -46,10 +46,40 @@ normalisation computes the amax of its high-precision output in the same kernel
 (pytorch/csrc/extensions/normalization.cpp ``Impl::FUSED_NORM_AMAX_FP8`` then
 ``quantize_with_amax``), so those casts are priced as under delayed scaling
 (``NORM_FUSED_GEMMS``). Every output-gradient cast computes its amax
-(``grad_output_preprocess`` quantizes dC with the quantizer). Not priced: the amax
-all-reduce over the TP group that sequence parallelism adds to a column-parallel input and
-a row-parallel output gradient (``with_amax_reduction``; one 4-byte all-reduce each, a
-few tens of microseconds per layer and micro-batch).
+(``grad_output_preprocess`` quantizes dC with the quantizer).
+
+**Sequence-parallel gathers in FP8** (``sp_fp8_collectives``). With sequence parallelism
+a per-tensor FP8 recipe casts on the local shard and all-gathers the FP8 bytes, one byte
+per element (the per-tensor scale is not gathered), in TransformerEngine 1.x and 2.x
+alike: (a) the forward input of a column-parallel LayerNormLinear (qkv, dense fc1): TE
+1.x ``_LayerNormLinear.forward`` normalises into an FP8 ``ln_out``
+(``_apply_normalization(..., fp8 and not return_layernorm_output)``) then
+``gather_along_first_dim(ln_out, tp_group)``; TE 2.x quantizes the local input
+(``input_quantizer.set_usage(columnwise=False)``, "All-gather is not supported with FP8
+column-wise data") and gathers with the quantizer (distributed.py ``_all_gather_fp8``:
+``all_gather_into_tensor`` of ``_data``). (b) The backward re-gather of that input for
+the weight gradient: the saved ``ln_out`` / ``inputmat`` is the FP8 shard (TE 1.x
+``gather_along_first_dim(ln_out, ..., async_op=True)`` then ``fp8_transpose``; TE 2.x
+"If data is in FP8, we compute FP8 transposes manually", a rowwise gather with the
+quantizer). (c) The backward gather of a row-parallel layer's output gradient (o_proj,
+dense fc2): base.py ``grad_output_preprocess`` "FP8 case with gather: unfused bgrad,
+cast, transpose for efficient gather" (TE 1.x ``cast_to_fp8`` then
+``gather_along_first_dim``; TE 2.x ``gather_along_first_dim(grad_output, tp_group,
+quantizer=quantizer)``). The dgrad reduce-scatters stay in bf16. Only on
+TransformerEngine stacks (``TE_FRAMEWORKS``) and for the dense linears above; MoE blocks
+(router input, grouped experts), MLA's down-projections and MXFP8 gathers are unchanged
+(not read). Where the cast runs (shard vs gathered tensor) and the post-gather
+``fp8_transpose`` on TN-only devices are not re-priced.
+
+**Amax all-reduce under current scaling** (``amax_reduce``). With sequence parallelism
+TransformerEngine 2.x sets ``with_amax_reduction`` on a column-parallel layer's input
+quantizer and a row-parallel layer's output-gradient quantizer (module/linear.py,
+layernorm_linear.py, layernorm_mlp.py ``_customize_quantizers_float8_current_scaling``:
+``amax_reduction_group = tp_group``), and ``Float8CurrentScalingQuantizer::quantize_impl``
+(quantizer.cpp) then all-reduces the fp32 amax with ``ReduceOp::MAX`` over the TP group
+before computing the scale, also when the norm computed the amax (``compute_amax``
+false). Priced as a 4-byte all-reduce on the TP group before the forward gather of (a)
+and before the gradient gather of (c): a latency-bound collective in stream order.
 
 A forward cast has no backward pass of its own: the cast runs inside TransformerEngine's
 linear autograd function (``_Linear`` / ``_LayerNormLinear`` in
@@ -100,6 +130,7 @@ from types import MappingProxyType
 from xpusim.sim.ir import (
     MAIN_MEMORY,
     NO_ROLE,
+    CollectiveKind,
     ElementwiseShape,
     Op,
     OpKind,
@@ -107,7 +138,7 @@ from xpusim.sim.ir import (
     Unit,
     dtype_bytes,
 )
-from xpusim.sim.training.items import CAST_SUFFIX, quantize_op
+from xpusim.sim.training.items import CAST_SUFFIX, Comm, quantize_op
 
 # Usages a quantised GEMM operand is written in: rowwise (this GEMM) and columnwise
 # (the other backward GEMM that reads it along its other axis).
@@ -209,3 +240,54 @@ def param_gather_bytes(dtype: str) -> float:
     run: bf16 for MXFP8 (Megatron-Core's shared param/grad buffer, module docstring),
     else the format's own bytes (FP8 with ``fp8_param_gather``; 16-bit runs)."""
     return 2.0 if dtype in BF16_GATHER_FORMATS else dtype_bytes(dtype)
+
+
+# Stacks whose linear layers are TransformerEngine modules (Megatron-Core / NeMo /
+# Megatron-Bridge: the frameworks of sim.training.units.MAIN_GRAD_FRAMEWORKS).
+TE_FRAMEWORKS = ("eager", "cuda-graphs")
+# GEMMs whose input a sequence-parallel FP8 recipe gathers in FP8 (column-parallel
+# LayerNormLinear), and whose output gradient it gathers in FP8 (row-parallel Linear).
+SP_FP8_INPUT_GEMMS = NORM_FUSED_GEMMS
+SP_FP8_GRAD_GEMMS = frozenset({"o_proj", "mlp_down"})
+AMAX_REDUCE_BYTES = 4.0  # one fp32 amax
+AMAX_REDUCE_SUFFIX = "_amax_reduce"
+
+
+def _sp_fp8_format(body: list, names: frozenset[str]) -> str:
+    """The per-tensor FP8 format of the first GEMM of ``body`` named in ``names``, or ""."""
+    for it in body:
+        if (isinstance(it, Op) and it.kind == OpKind.GEMM and it.name in names
+                and it.dtype in PER_TENSOR_FORMATS):
+            return it.dtype
+    return ""
+
+
+@dataclass(frozen=True)
+class SpFp8:
+    """Bytes per element of a block's sequence-parallel collectives under a per-tensor FP8
+    recipe (module docstring): ``gather`` for the forward input gather and its backward
+    re-gather, ``grad_gather`` for the backward output-gradient gather (0: bf16, as
+    built); ``amax``: each FP8 gather is preceded by an amax all-reduce (current scaling)."""
+
+    gather: float = 0.0
+    grad_gather: float = 0.0
+    amax: bool = False
+
+
+def sp_fp8_collectives(body: list, framework: str, scaling: str) -> SpFp8:
+    """What a TransformerEngine FP8 recipe gathers in FP8 around the block ``body`` with
+    sequence parallelism (module docstring): nothing off TE stacks or for a body without
+    the dense TE linears."""
+    if framework not in TE_FRAMEWORKS:
+        return SpFp8()
+    fwd = _sp_fp8_format(body, SP_FP8_INPUT_GEMMS)
+    bwd = _sp_fp8_format(body, SP_FP8_GRAD_GEMMS)
+    return SpFp8(dtype_bytes(fwd) if fwd else 0.0, dtype_bytes(bwd) if bwd else 0.0,
+                 scaling == "current")
+
+
+def amax_reduce(name: str, module: str = "out", forward_only: bool = True) -> Comm:
+    """The amax all-reduce of current scaling with sequence parallelism: 4 bytes, MAX over
+    the TP group (``Float8CurrentScalingQuantizer`` ``with_amax_reduction``)."""
+    return Comm(f"{name}{AMAX_REDUCE_SUFFIX}", CollectiveKind.ALL_REDUCE, AMAX_REDUCE_BYTES,
+                "tp", module, forward_only=forward_only)

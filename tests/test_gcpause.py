@@ -38,3 +38,20 @@ def test_row_runs_with_the_collector_paused(monkeypatch):
     monkeypatch.setattr(runner, "_run_row", lambda row: seen.append(gc.isenabled()) or row)
     assert runner.run_row("row") == "row"
     assert seen == [False] and gc.isenabled()
+
+
+def test_training_step_runs_with_the_collector_paused(monkeypatch):
+    """``simulate_training`` lowers and prices with the collector off, and turns it back on
+    whether the step succeeds or raises."""
+    from xpusim.sim.training import steady
+
+    seen = []
+
+    def lower(*args, **kwargs):
+        seen.append(gc.isenabled())
+        raise ValueError("stop after lowering")
+
+    monkeypatch.setattr(steady, "lower_training", lower)
+    with pytest.raises(ValueError):
+        steady.simulate_training(None, None, None)  # type: ignore[arg-type]
+    assert seen == [False] and gc.isenabled()

@@ -17,6 +17,7 @@ from xpusim.hwprofiles.spec import System
 from xpusim.sim.api.base import as_json_dict, request_from_kwargs
 from xpusim.sim.cost.attention_impl import check_impl
 from xpusim.sim.errors import InputError, NegativeVerdict
+from xpusim.sim.gcpause import gc_paused
 from xpusim.sim.ir import BYTES_PER_DTYPE, is_low_precision
 from xpusim.sim.limits import check_ranks, check_train_work
 from xpusim.sim.models.spec import ModelSpec
@@ -138,7 +139,10 @@ def train(request: TrainRequest | None = None, /, **kwargs: Any) -> TrainResult:
     """Simulate one training step. Raises ``NegativeVerdict`` (payload: the memory
     breakdown) when the plan does not fit in device memory under any allowed recompute."""
     setup = prepare_train(request_from_kwargs(TrainRequest, request, kwargs, "xpusim.train"))
-    return priced_result(setup, lower_train(setup))
+    # A step's task graph stays reachable until it is priced: the cyclic collector's
+    # passes over it free nothing (sim/gcpause.py), so it is paused for the simulation.
+    with gc_paused():
+        return priced_result(setup, lower_train(setup))
 
 
 def prepare_train(req: TrainRequest) -> TrainSetup:

@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass, replace
 
 from xpusim.hwprofiles.spec import System
+from xpusim.sim.gcpause import gc_paused
 from xpusim.sim.models.spec import ModelSpec
 from xpusim.sim.parallel import ParallelPlan, microbatches, validate_plan
 from xpusim.sim.placement import job_devices
@@ -126,8 +127,11 @@ def simulate_training(
 ) -> TrainingResult:
     """One training step: exact when asked (``options.exact``: every micro-batch
     simulated and the engine's records kept, for traces) or when that is as cheap, else
-    by extending the simulated steady state. Raises InputError for an impossible plan."""
-    return price_training(lower_training(spec, system, plan, options), system)
+    by extending the simulated steady state. Raises InputError for an impossible plan.
+    The cyclic garbage collector is paused meanwhile: the step's task graph stays
+    reachable until it is priced, so its passes would free nothing (sim/gcpause.py)."""
+    with gc_paused():
+        return price_training(lower_training(spec, system, plan, options), system)
 
 
 def _lerp(x1: float, x2: float, m1: int, m2: int, m: int) -> float:

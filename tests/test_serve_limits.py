@@ -48,3 +48,27 @@ def test_limits_without_serve_are_refused():
     )
     assert out.returncode != 0 and "add --serve" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_the_run_reports_its_limits_and_graph_sizes():
+    """The limits a run scheduled under and, for an engine that pads generation-only steps
+    to CUDA-graph sizes (trtllm-1.0), the sizes captured under those limits."""
+    run = {**RUN, "engine": "trtllm-1.0", "dtype": "fp8", "system": "dgx-h100"}
+    sched = serve(**run, max_num_seqs=48).metrics["scheduler"]
+    assert sched["max_num_seqs"] == 48
+    # perf-overview sizes up to min(48, max_num_tokens), then the bound itself
+    assert sched["cuda_graph_batch_sizes"] == [1, 2, 4, 8, 16, 32, 48]
+    plain = serve(**RUN).metrics["scheduler"]
+    assert plain == {"max_num_seqs": 256, "max_batched_tokens": 8192, "cuda_graph_batch_sizes": []}
+
+
+def test_cli_prints_the_scheduler_line():
+    out = subprocess.run(
+        [sys.executable, "-m", "xpusim.sim.cli.main", "infer", "--model", "llama-2-7b",
+         "--system", "dgx-h100", "--devices", "1", "--dtype", "fp8", "--engine", "trtllm-1.0",
+         "--serve", "--requests", "40", "--rate", "10000", "--max-num-seqs", "24"],
+        capture_output=True, text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    assert ("scheduler: max_num_seqs 24, max_batched_tokens" in out.stdout
+            and "padded to the CUDA-graph batch sizes 1, 2, 4, 8, 16, 24" in out.stdout)

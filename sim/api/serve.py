@@ -314,6 +314,10 @@ def _serve_colocated(req: ServeRequest, gamma: int, alpha: float, draft_devices:
     )
     run = server.run(requests, req.progress)
     metrics = run.metrics()
+    # The limits the run scheduled under (the engine's, a flag's, or trtllm-bench's own
+    # choice) and the CUDA-graph sizes its generation-only steps were padded to.
+    metrics["scheduler"] = {"max_num_seqs": max_seqs, "max_batched_tokens": max_tokens,
+                            "cuda_graph_batch_sizes": list(graphs)}
     return ServeResult(
         model=dep.spec.name,
         system=dep.system.name,

@@ -215,6 +215,15 @@ def _print_serve(r: ServeResult) -> None:
         f"{m['mean_decode_batch']:.1f}; {m['preemptions']} preemptions; KV capacity "
         f"{m['kv_capacity_tokens']:,.0f} tokens"
     )
+    sched = m.get("scheduler")
+    if sched:
+        sizes = sched["cuda_graph_batch_sizes"]
+        print(
+            f"  scheduler: max_num_seqs {sched['max_num_seqs']:,}, max_batched_tokens "
+            f"{sched['max_batched_tokens']:,}"
+            + (f"; generation-only steps padded to the CUDA-graph batch sizes "
+               f"{', '.join(map(str, sizes))}" if sizes else "")
+        )
     rows = []
     for key, name in (("ttft_s", "TTFT"), ("tpot_s", "TPOT"), ("e2e_s", "latency")):
         q = m[key]

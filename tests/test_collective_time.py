@@ -4,7 +4,7 @@ all-gather's read-mode copy), on PCIe with a PCIe tree, and across nodes (rails,
 and CollNet trees); HCCL's full mesh (direct and symmetric all-to-alls), a die-to-die
 package, an oversubscribed fabric; every kind, auto and fixed algorithms, sizes from a
 byte to a GiB, groups from 2 ranks to 1,024 (numpy-priced phases). The choice prices
-every candidate from ``analytical.phase_times`` and ``_protocol_times`` instead of the
+every candidate from ``analytical.phase_times`` and ``_protocol_parts`` instead of the
 full report, so any drift between the two paths shows here."""
 
 from __future__ import annotations

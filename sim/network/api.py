@@ -292,7 +292,8 @@ def _fastest(
                 continue
             options = [protocol]
         for p in options:
-            times = _protocol_times(system, kind, name, p, terms, rounds, nbytes, n, nodes)
+            parts = _protocol_parts(system, kind, name, p, terms, rounds, nbytes, n, nodes)
+            times = [transfer + share for transfer, share in parts]
             t = sum(times)
             if best is None or t < best[0]:
                 best = (t, name, p, times)
@@ -319,31 +320,12 @@ def _with_protocol(
     the protocol's bandwidth fraction, and NCCL's latency (shared out over the phases
     by their rounds) instead of the per-round hop + step overhead."""
     if not proto.is_nccl(system):
-        return cost
+        return cost  # the same floats as _protocol_parts' terms, kept as they are
     terms = [(p.transfer_s, p.latency_s) for p in cost.phases]
     parts = _protocol_parts(system, kind, algorithm, protocol, terms, rounds, nbytes, n, nodes)
     phases = [PhaseCost(p.name, t + share, t, share, p.link_bytes, p.bottleneck)
               for p, (t, share) in zip(cost.phases, parts, strict=True)]
     return NetworkCost(sum(p.time_s for p in phases), phases)
-
-
-def _protocol_times(
-    system: System,
-    kind: CollectiveKind,
-    algorithm: str,
-    protocol: str,
-    terms: list[tuple[float, float]],
-    rounds: list[int],
-    nbytes: float,
-    n: int,
-    nodes: int,
-) -> list[float]:
-    """Each phase's time in ``_with_protocol``'s cost, from the phases' analytical
-    (transfer, latency) ``terms``: the same floats."""
-    if not proto.is_nccl(system):
-        return [transfer + latency for transfer, latency in terms]
-    parts = _protocol_parts(system, kind, algorithm, protocol, terms, rounds, nbytes, n, nodes)
-    return [t + share for t, share in parts]
 
 
 def _protocol_parts(
@@ -358,7 +340,10 @@ def _protocol_parts(
     nodes: int,
 ) -> list[tuple[float, float]]:
     """(transfer, latency share) of each phase under ``protocol`` on an NCCL system,
-    from the phases' analytical (transfer, latency) ``terms``."""
+    from the phases' analytical (transfer, latency) ``terms``; elsewhere the terms
+    themselves (no protocol model: ``_with_protocol`` keeps the analytical cost)."""
+    if not proto.is_nccl(system):
+        return list(terms)
     transfer = sum(t for t, _ in terms)
     simple_busbw = nbytes * bus_factor(kind, n) / transfer if transfer > 0 else float("inf")
     frac = proto.bandwidth_fraction(

@@ -144,6 +144,8 @@ class GemmShape:
     of weights per pass (sim/cost/roofline.py, ``cold_bytes``). ``accumulate``: the dtype
     of C when the GEMM adds its product into C (beta = 1: the epilogue reads C and writes
     it back, e.g. a weight gradient into the fp32 main gradient); "" for a plain output.
+    ``impl`` names the library kernel that runs it (sim/cost/gemm_impl.py ``GEMM_IMPLS``,
+    e.g. "deepgemm"); "" (every GEMM training and serving lower) is the generic path.
     """
 
     m: float
@@ -153,6 +155,7 @@ class GemmShape:
     weight_bytes: float = 0.0
     footprint_bytes: float = 0.0
     accumulate: str = ""
+    impl: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,13 +53,15 @@ def gemm(
     read_b: bool = True,
     role: Role = NO_ROLE,
     accumulate: bool = False,
+    impl: str = "",
 ) -> Op:
     """C[batch, m, n] = A[batch, m, k] @ B[batch, k, n]: 2*m*n*k*batch FLOPs.
 
     Bytes assume each operand crosses main memory once (the tiling keeps reuse on
     chip); ``read_b=False`` models weights already resident (rarely true).
     ``accumulate``: C += A @ B (beta = 1, e.g. a weight gradient added into the main
-    gradient): the epilogue also reads C, in the output dtype.
+    gradient): the epilogue also reads C, in the output dtype. ``impl``: the library
+    kernel that runs it (sim/cost/gemm_impl.py; "" the generic path).
     """
     _check_positive(name, m=m, n=n, k=k, batch=batch)
     b = dtype_bytes(dtype)
@@ -70,7 +72,7 @@ def gemm(
     c_moves = 2 * ob if accumulate else ob  # an accumulating epilogue reads C too
     nbytes = batch * ((m * k * b if read_a else 0) + (k * n * b if read_b else 0)
                       + m * n * c_moves)
-    shape = GemmShape(m, n, k, batch, accumulate=out if accumulate else "")
+    shape = GemmShape(m, n, k, batch, accumulate=out if accumulate else "", impl=impl)
     return Op(
         name,
         OpKind.GEMM,

@@ -25,6 +25,7 @@ from xpusim.sim import ops
 from xpusim.sim.api.base import as_json_dict, request_from_kwargs, resolve_device
 from xpusim.sim.cost import OpCost, RooflineModel
 from xpusim.sim.cost.attention_impl import PASSES, attention_cost, default_impl, shape_of
+from xpusim.sim.cost.gemm_impl import DEEPGEMM_DTYPES, GEMM_IMPLS
 from xpusim.sim.cost.op_timing import as_timed, check_timing
 from xpusim.sim.errors import InputError
 from xpusim.sim.ir import AttentionShape, Op, shape_dict
@@ -34,7 +35,8 @@ KINDS = ("gemm", "attention", "elementwise", "conv2d")
 REQUIRED = "required"  # a KIND_FIELDS default: the field must be given
 # Each kind's fields and their defaults (None: derived, as OpRequest's comments say).
 KIND_FIELDS: dict[str, dict[str, Any]] = {
-    "gemm": {"m": REQUIRED, "n": REQUIRED, "k": REQUIRED, "batch": 1, "dtype": "bf16"},
+    "gemm": {"m": REQUIRED, "n": REQUIRED, "k": REQUIRED, "batch": 1, "dtype": "bf16",
+             "impl": None},
     "attention": {
         "batch": 1, "heads": 32, "kv_heads": None, "seq": REQUIRED, "kv_len": None,
         "head_dim": 128, "causal": False, "impl": None, "pass_": "fwd", "dtype": "bf16",
@@ -77,7 +79,9 @@ class OpRequest:
     kv_len: int | None = None  # default: seq
     head_dim: int | None = None  # default 128
     causal: bool | None = None  # default False
-    impl: str | None = None  # default: the device's (docs/attention.md)
+    # attention: default the device's (docs/attention.md); gemm: a library kernel of
+    # sim/cost/gemm_impl.py GEMM_IMPLS (default: the generic path, docs/cost_model.md)
+    impl: str | None = None
     pass_: str | None = None  # --pass: fwd (default), bwd or fwd_bwd
     # elementwise
     numel: float | None = None  # required
@@ -229,22 +233,31 @@ def resolve(req: OpRequest) -> dict[str, Any]:
             if value == REQUIRED:
                 raise InputError(f"op {req.kind} needs {_flag(f.name)}")
         values[f.name] = float(value) if f.name in FLOAT_FIELDS else value
-    if req.kind == "attention" and values["pass_"] not in PASSES:
+    _check_kind(values)
+    return values
+
+
+def _check_kind(values: dict[str, Any]) -> None:
+    """The checks of one kind's resolved fields (``resolve``)."""
+    kind = values["kind"]
+    if kind == "gemm":
+        _check_gemm_impl(values)
+    if kind == "attention" and values["pass_"] not in PASSES:
         raise InputError(f"--pass: expected one of {', '.join(PASSES)}, got '{values['pass_']}'")
-    if req.kind == "elementwise" and values["inputs"] + values["outputs"] == 0:
+    if kind == "elementwise" and values["inputs"] + values["outputs"] == 0:
         raise InputError(
             "op elementwise: --inputs 0 with --outputs 0 moves no bytes; give at least one "
             "array: --inputs 0 --outputs 1 is a write-only fill, --inputs 1 --outputs 0 a "
             "read-only (reduction-like) kernel"
         )
-    return values
 
 
 def build_op(v: dict[str, Any]) -> Op:
     """The IR op of the resolved fields ``v`` (``resolve``)."""
     kind = v["kind"]
     if kind == "gemm":
-        return ops.gemm("gemm", v["m"], v["n"], v["k"], v["dtype"], v["batch"])
+        return ops.gemm("gemm", v["m"], v["n"], v["k"], v["dtype"], v["batch"],
+                        impl=v["impl"] or "")
     if kind == "attention":
         return ops.fused_attention(
             "attention", v["batch"], v["heads"], v["seq"], v["kv_len"] or v["seq"],
@@ -261,6 +274,22 @@ def build_op(v: dict[str, Any]) -> Op:
         "conv2d", v["batch"], v["in_ch"], v["out_ch"], v["height"], v["width"],
         v["kernel"], v["stride"], None, v["dtype"],
     )  # fmt: skip
+
+
+def _check_gemm_impl(v: dict[str, Any]) -> None:
+    """``--impl`` of op gemm: one of ``GEMM_IMPLS``; DeepGEMM's kernels take FP8 inputs, and
+    its dense kernel one matrix (groups name their layout: -contiguous or -masked)."""
+    impl = v["impl"]
+    if impl is None:
+        return
+    if impl not in GEMM_IMPLS:
+        raise InputError(f"op gemm --impl {impl!r}: choose one of {', '.join(GEMM_IMPLS)}")
+    if v["dtype"] not in DEEPGEMM_DTYPES:
+        raise InputError(f"op gemm --impl {impl}: DeepGEMM runs FP8 GEMMs; "
+                         f"give --dtype {' or '.join(DEEPGEMM_DTYPES)}")
+    if impl == "deepgemm" and v["batch"] != 1:
+        raise InputError("op gemm --impl deepgemm is one dense GEMM; for groups give "
+                         "--impl deepgemm-contiguous or deepgemm-masked")
 
 
 def _flag(name: str) -> str:

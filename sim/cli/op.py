@@ -7,6 +7,7 @@ import argparse
 from xpusim.sim.api.base import request_from_args
 from xpusim.sim.api.op import KIND_FIELDS, OpRequest, OpResult, op
 from xpusim.sim.cost.attention_impl import IMPLS, PASSES
+from xpusim.sim.cost.gemm_impl import GEMM_IMPLS
 from xpusim.sim.cost.op_timing import TIMINGS
 from xpusim.sim.report import emit_json, fmt_si
 
@@ -33,7 +34,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = kinds.add_parser("gemm", help="C[b,m,n] = A[b,m,k] @ B[b,k,n]")
     for dim in ("m", "n", "k"):
         p.add_argument(f"--{dim}", type=int, required=True)
-    p.add_argument("--batch", type=int, help="default 1")
+    p.add_argument("--batch", type=int, help="default 1 (groups of a grouped kernel)")
+    p.add_argument("--impl", choices=GEMM_IMPLS, metavar="IMPL",
+                   help="library kernel: " + ", ".join(GEMM_IMPLS) + " (default: the generic "
+                   "GEMM path; docs/cost_model.md, 'GEMM by implementation')")
     common(p, "gemm")
 
     p = kinds.add_parser("attention", help="fused (flash) attention")
@@ -82,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _print(r: OpResult) -> None:
     label = f"{r.kind} [{r.impl} {r.pass_}]" if r.impl else r.kind
+    gemm_impl = getattr(r.op.shape, "impl", "") if r.kind == "gemm" else ""
+    label = f"{label} [{gemm_impl}]" if gemm_impl else label
     cost = r.cost
     print(f"{label} on {r.device} ({r.dtype}): {fmt_si(r.time_s, 's')}  [{r.bound}-bound]")
     if r.achieved_tflops is not None:

@@ -45,6 +45,7 @@ from functools import lru_cache
 
 from xpusim.hwprofiles.spec import Device
 from xpusim.sim.cost.base import OpCost
+from xpusim.sim.cost.gemm_impl import deepgemm_work
 from xpusim.sim.ir import MAIN_MEMORY, GemmShape, Op, Unit, dtype_bytes, is_low_precision
 
 
@@ -196,8 +197,11 @@ class RooflineModel:
             # GenerateSM90_TensorOp_16b_WGMMA_gemm: cluster shapes [2,1,1] / [1,2,1]).
             l2 = dev.kernels.l2_bandwidth if dev.arch == "nvidia" else None
             per_element = peak * max_eff / l2 * dtype_bytes(op.dtype) if l2 else 0.0
-            work, executed = gemm_tile_cost(shape.m, shape.n, shape.k, shape.batch, dev,
-                                            per_element, dev.kernels.async_mma)
+            if shape.impl:  # a named library kernel cuts the blocks its own way (gemm_impl)
+                work, executed = deepgemm_work(shape, dev, op.dtype, per_element)
+            else:
+                work, executed = gemm_tile_cost(shape.m, shape.n, shape.k, shape.batch, dev,
+                                                per_element, dev.kernels.async_mma)
             if executed > 0:
                 wave_eff = 2.0 * shape.batch * _padded(shape.m, shape.n, shape.k, dev) / executed
             work, executed = max(work, op.flops), max(executed, op.flops)

@@ -9,6 +9,7 @@ mixed (in-flight batching) iterations of ``xpusim.sim.inference.serving.Server``
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import Callable
 
 from xpusim.sim.inference.graph_padding import padded_step
@@ -51,18 +52,32 @@ class StepCosts:
 
     def _interp_fn(self, fn, grid: tuple[int, ...] = CONTEXT_GRID) -> Callable[[float], float]:
         """``fn`` interpolated linearly over ``grid`` (clamped to the first and last
-        segments), each grid segment's end points priced once."""
-        ends: dict[int, tuple[float, float, float, float]] = {}
+        segments), each grid segment's end points priced once.
+
+        A serving run calls this millions of times, mostly in the segment of the call
+        before: that segment's bounds are checked first (the first segment reaches down
+        to -inf and the last up to +inf, as the clamp says), and each segment keeps
+        y1 - y0 and x1 - x0 (the same floats the formula computes each time), so a call
+        returns y0 + (y1 - y0) * (x - x0) / (x1 - x0) exactly as before."""
+        ends: dict[int, tuple[float, float, float, float, float, float]] = {}
         last = len(grid) - 2
+        # The segment used last: (lower bound, upper bound, x0, y0, y1 - y0, x1 - x0).
+        recent = (math.inf, -math.inf, 0.0, 0.0, 0.0, 1.0)
 
         def at(x: float) -> float:
-            i = min(max(bisect.bisect_right(grid, x) - 1, 0), last)
-            e = ends.get(i)
-            if e is None:
-                a, b = grid[i], grid[i + 1]
-                e = ends[i] = (a, b, fn(a), fn(b))
-            x0, x1, y0, y1 = e
-            return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+            nonlocal recent
+            lo, hi, x0, y0, dy, dx = recent
+            if not lo <= x < hi:
+                i = min(max(bisect.bisect_right(grid, x) - 1, 0), last)
+                e = ends.get(i)
+                if e is None:
+                    a, b = grid[i], grid[i + 1]
+                    ya, yb = fn(a), fn(b)
+                    e = ends[i] = (-math.inf if i == 0 else a, math.inf if i == last else b,
+                                   a, ya, yb - ya, b - a)
+                recent = e
+                lo, hi, x0, y0, dy, dx = e
+            return y0 + dy * (x - x0) / dx
 
         return at
 

@@ -1,0 +1,65 @@
+"""``StepCosts._interp_fn`` (the serving loop's interpolation over context and token
+grids) checks the segment of its previous call first and keeps each segment's
+differences; its values must be the formula's, y0 + (y1 - y0) * (x - x0) / (x1 - x0) on
+the clamped segment, to the bit, in any call order."""
+
+from __future__ import annotations
+
+import bisect
+import random
+
+import pytest
+from xpusim.sim.inference.stepcosts import CONTEXT_GRID, TOKEN_GRID, StepCosts
+
+
+def _costs() -> StepCosts:
+    # _interp_fn reads no simulator: the target is not used here.
+    return StepCosts(target=None)  # type: ignore[arg-type]
+
+
+def _reference(fn, grid, x):
+    """The interpolation as written before the segment memo."""
+    i = min(max(bisect.bisect_right(grid, x) - 1, 0), len(grid) - 2)
+    x0, x1 = grid[i], grid[i + 1]
+    y0, y1 = fn(x0), fn(x1)
+    return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+
+
+def test_hand_computed_values():
+    at = _costs()._interp_fn(lambda x: float(x * x), (0, 10, 20))
+    assert at(5) == 50.0  # 0 + (100 - 0) * 5 / 10
+    assert at(15) == 250.0  # 100 + (400 - 100) * 5 / 10
+    assert at(5.0) == 50.0  # back in the first segment
+    assert at(-5) == -50.0  # clamped to the first segment: extrapolated
+    assert at(25) == 550.0  # clamped to the last: 100 + 300 * 15 / 10
+    assert at(10) == 100.0  # a grid point starts its segment
+    assert at(20) == 400.0
+
+
+def test_each_segment_priced_once():
+    calls: list[float] = []
+
+    def fn(x):
+        calls.append(x)
+        return 2.0 * x
+
+    at = _costs()._interp_fn(fn, (0, 10, 20, 40))
+    for x in (1, 2, 15, 3, 16, 35, 100, -1, 12):
+        at(x)
+    assert calls == [0, 10, 10, 20, 20, 40]  # segments [0,10), [10,20), [20,40) once each
+
+
+@pytest.mark.parametrize("grid", [CONTEXT_GRID, TOKEN_GRID], ids=["context", "tokens"])
+def test_equals_formula_in_any_order(grid):
+    def fn(x):
+        return 1e-3 + 3.7e-7 * x + 1.3e-12 * x * x + 1.0 / (x + 7.0)
+
+    rng = random.Random(5)
+    top = grid[-1]
+    xs = [rng.uniform(-100, top * 1.5) for _ in range(2000)]
+    xs += [float(g) for g in grid] + list(grid) + [g - 1e-9 for g in grid[1:]]
+    xs += [rng.choice(xs) + rng.choice((0.0, 0.5, 1.0)) for _ in range(2000)]  # repeats
+    rng.shuffle(xs)
+    at = _costs()._interp_fn(fn, grid)
+    for x in xs:
+        assert at(x) == _reference(fn, grid, x), x

@@ -10,8 +10,15 @@ from xpusim.hwprofiles import load_system
 from xpusim.sim.inference.engine_profile import load_engine
 from xpusim.sim.inference.lowering import StepBatch, StepSimulator
 from xpusim.sim.inference.priced_step import clear_memos
+from xpusim.sim.ir import OpKind
 from xpusim.sim.models.hf_config import load_model
 from xpusim.sim.parallel import ParallelPlan
+from xpusim.sim.workloads.transformer import (
+    Sharding,
+    StepShape,
+    attention_core_op,
+    attention_ops,
+)
 
 CASES = [  # (model, system, plan, dtype, engine)
     ("qwen2-0.5b", "dgx-a100", ParallelPlan(1), "bf16", "vllm-0.6"),
@@ -44,3 +51,21 @@ def test_repriced_steps_equal_fresh_pricing(case, phase, sequences, q_len):
         assert reused.time_s(batch) == fresh.time_s(batch)
     # The re-priced steps did reuse skeletons: one per (shape, context > 0).
     assert len(reused._priced) == 2
+
+
+@pytest.mark.parametrize("model", ["qwen2-0.5b", "llama-2-70b", "deepseek-v3", "gpt-oss-20b"])
+@pytest.mark.parametrize("tp", [1, 4])
+@pytest.mark.parametrize("q_len,kv_len", [(1, 300), (4, 1004), (512, 512)])
+def test_attention_core_op_is_the_core_of_attention_ops(model, tp, q_len, kv_len):
+    """A re-pricing builds the core alone (``attention_core_op``): the same op as the one
+    ``attention_ops`` builds among the projections, every layer (gpt-oss alternates
+    sliding-window and full layers; DeepSeek's MLA takes the absorbed form when kv_len >
+    q_len)."""
+    spec = load_model(model)
+    shape = StepShape(3, q_len, kv_len)
+    sh = Sharding(tp=tp)
+    for layer in range(min(spec.layers, 4)):
+        built = attention_ops(spec, shape, sh, "bf16", layer)
+        cores = [op for op in built if op.kind == OpKind.ATTENTION]
+        assert len(cores) == 1
+        assert attention_core_op(spec, shape, sh, "bf16", layer) == cores[0]

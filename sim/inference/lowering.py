@@ -42,7 +42,6 @@ from xpusim.sim.inference.kvcache import (
 from xpusim.sim.inference.priced_step import (
     PricedStep,
     StepOpTimes,
-    attention_core,
     block_layers,
     simulator_memo,
 )
@@ -65,7 +64,7 @@ from xpusim.sim.workloads.transformer import (
     CommNeed,
     Sharding,
     StepShape,
-    attention_ops,
+    attention_core_op,
     embedding_forward,
     layer_forward,
     lm_head_forward,
@@ -515,8 +514,8 @@ class StepSimulator:
         sh = Sharding(tp=self.plan.tp, ep=self.plan.ep)
         op_time = StepOpTimes(self._cost_model(batch).inner)
         times = [
-            op_time(in_kv_format(attention_core(
-                attention_ops(self.spec, shape, sh, self.dtype, layer)), self.dtype))
+            op_time(in_kv_format(attention_core_op(self.spec, shape, sh, self.dtype, layer),
+                                 self.dtype))
             for _, layer in known.cores
         ]
         return known.with_cores(times)

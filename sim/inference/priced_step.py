@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from xpusim.sim.ir import Collective, Op, OpKind
+from xpusim.sim.ir import Collective, Op
 from xpusim.sim.network import comm_time_fn
 
 # Step-simulator configurations whose pricing caches one process keeps (``step_memo``):
@@ -98,13 +98,6 @@ class StepOpTimes:
         if t is None:
             t = self.seen[key] = self.model.time(op).time_s
         return t
-
-
-def attention_core(items: list[Op]) -> Op:
-    """The one attention core among a layer's ``attention_ops``."""
-    cores = [op for op in items if op.kind == OpKind.ATTENTION]
-    assert len(cores) == 1, f"expected one attention core, got {len(cores)}"
-    return cores[0]
 
 
 @dataclass

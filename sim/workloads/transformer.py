@@ -174,12 +174,33 @@ def attention_ops(spec: ModelSpec, shape: StepShape, sh: Sharding, dtype: str,
         qkv = (heads + 2 * kv_heads) * hd
         return [
             _gemm("qkv_proj", t, qkv, h, dtype, _normed_role("attn", t, qkv, h, sh, "attn")),
-            _attention("attention", shape, heads, hd, dtype, kv_heads, hd,
-                       spec.attention_window(layer)),
+            _mha_core(spec, shape, tp, dtype, layer),
             _gemm("o_proj", t, h, heads * hd, dtype,
                   linear_role("out", "attn", t, h, heads * hd)),
         ]
     return _mla_ops(spec, shape, sh, dtype, heads)
+
+
+def attention_core_op(spec: ModelSpec, shape: StepShape, sh: Sharding, dtype: str,
+                      layer: int = 0) -> Op:
+    """The attention core of ``attention_ops`` (the same op), without building the
+    projections around it: a serving step re-priced at another context changes only
+    its cores (``sim.inference.priced_step``)."""
+    if spec.mla is None:
+        return _mha_core(spec, shape, sh.tp, dtype, layer)
+    cores = [op for op in _mla_ops(spec, shape, sh, dtype, _div(spec.heads, sh.tp))
+             if op.kind == OpKind.ATTENTION]
+    assert len(cores) == 1, f"expected one attention core, got {len(cores)}"
+    return cores[0]
+
+
+def _mha_core(spec: ModelSpec, shape: StepShape, tp: int, dtype: str, layer: int) -> Op:
+    """The attention core of a multi-head (MHA/GQA/MQA) layer on one of ``tp`` ranks."""
+    heads = _div(spec.heads, tp)
+    kv_heads = max(1.0, _div(spec.kv_heads, tp))
+    hd = spec.head_dim
+    return _attention("attention", shape, heads, hd, dtype, kv_heads, hd,
+                      spec.attention_window(layer))
 
 
 def _mla_ops(spec: ModelSpec, shape: StepShape, sh: Sharding, dtype: str,

@@ -395,10 +395,11 @@ class Op:
 
     def cache_key(self) -> tuple:
         """What the op's cost depends on: everything but its name and role."""
+        levels = tuple(self.bytes.items())
         return (
             self.kind,
             self.flops,
-            tuple(sorted(self.bytes.items())),
+            levels if len(levels) < 2 else tuple(sorted(levels)),
             self.dtype,
             self.unit,
             self.shape,

@@ -32,6 +32,8 @@ from xpusim.sim.ir import (
 
 
 def _check_positive(name: str, **sizes: float) -> None:
+    # The ops built for every serving step shape (gemm, elementwise, fused_attention)
+    # compare their sizes with 0 first and call this only to raise.
     for key, value in sizes.items():
         if value < 0:
             raise InputError(f"{name}: {key} must be >= 0, got {value}")
@@ -63,7 +65,8 @@ def gemm(
     gradient): the epilogue also reads C, in the output dtype. ``impl``: the library
     kernel that runs it (sim/cost/gemm_impl.py; "" the generic path).
     """
-    _check_positive(name, m=m, n=n, k=k, batch=batch)
+    if m < 0 or n < 0 or k < 0 or batch < 0:  # the check inlined: built per step shape
+        _check_positive(name, m=m, n=n, k=k, batch=batch)
     b = dtype_bytes(dtype)
     # Low-precision GEMMs accumulate in fp32 and write a 16-bit output (cuBLASLt FP8 /
     # block-scaled GEMMs, TransformerEngine); a caller may still ask for another.
@@ -97,7 +100,8 @@ def elementwise(
     shape: ElementwiseShape | NormShape | SoftmaxShape | None = None,
 ) -> Op:
     """A pointwise op over ``numel`` elements reading ``inputs`` and writing ``outputs`` tensors."""
-    _check_positive(name, numel=numel)
+    if numel < 0:
+        _check_positive(name, numel=numel)
     b = dtype_bytes(dtype)
     return Op(
         name,
@@ -221,7 +225,8 @@ def fused_attention(
     ``window`` > 0 (sliding-window layers, gpt-oss): each query scores at most ``window``
     keys (``sim.ir.attention_pairs``), and only the last q_len + window - 1 keys are read.
     """
-    _check_positive(name, batch=batch, heads=heads, q_len=q_len, kv_len=kv_len)
+    if batch < 0 or heads < 0 or q_len < 0 or kv_len < 0:
+        _check_positive(name, batch=batch, heads=heads, q_len=q_len, kv_len=kv_len)
     _check_heads(name, heads, kv_heads, head_dim, v_head_dim)
     kvh = kv_heads or heads
     vd = v_head_dim or head_dim

@@ -1,15 +1,24 @@
 """``StepCosts._interp_fn`` (the serving loop's interpolation over context and token
 grids) checks the segment of its previous call first and keeps each segment's
 differences; its values must be the formula's, y0 + (y1 - y0) * (x - x0) / (x1 - x0) on
-the clamped segment, to the bit, in any call order."""
+the clamped segment, to the bit, in any call order. And the closures a serving run keeps
+form no reference cycle with their ``StepCosts``."""
 
 from __future__ import annotations
 
 import bisect
+import gc
 import random
 
 import pytest
+from xpusim.hwprofiles import load_system
+from xpusim.sim.inference.engine_profile import load_engine
+from xpusim.sim.inference.lowering import StepSimulator
+from xpusim.sim.inference.serving import Server
 from xpusim.sim.inference.stepcosts import CONTEXT_GRID, TOKEN_GRID, StepCosts
+from xpusim.sim.inference.workload import LengthDist, Workload, make_requests
+from xpusim.sim.models.hf_config import load_model
+from xpusim.sim.parallel import ParallelPlan
 
 
 def _costs() -> StepCosts:
@@ -63,3 +72,25 @@ def test_equals_formula_in_any_order(grid):
     at = _costs()._interp_fn(fn, grid)
     for x in xs:
         assert at(x) == _reference(fn, grid, x), x
+
+
+@pytest.mark.parametrize("engine", ["vllm-0.6", "trtllm-0.10"])  # prefill-first, mixed
+def test_a_serving_run_leaves_no_reference_cycle(engine):
+    """The pricing closures a run keeps hold no reference to their ``StepCosts``: the run's
+    objects are freed by reference counting, none left for the cyclic collector."""
+    sim = StepSimulator(load_model("qwen2-0.5b"), load_system("dgx-a100"), ParallelPlan(1),
+                        load_engine(engine))
+    w = Workload(40, 10_000.0, LengthDist("uniform", 32, 512), LengthDist("uniform", 8, 300), 3)
+    gc.collect()
+    gc.disable()
+    try:
+        Server(StepCosts(sim), 200_000, seed=3).run(make_requests(w))
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        left = [type(o).__name__ for o in gc.garbage]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert "StepCosts" not in left
+    assert left == []

@@ -128,8 +128,10 @@ def test_dense_speedup_falls(opt_rows):
     s = np.array([r.speedup for r in opt_rows])
     assert int(np.argmax(s)) == 0
     # With the library choosing the GEMM block shape per problem, the dense speedup
-    # falls monotonically with batch (MoESD Fig. 1/5; issue 6).
-    assert np.corrcoef(BATCHES, s)[0, 1] < -0.8
+    # falls monotonically with batch (MoESD Fig. 1/5; issue 6). Convex since the
+    # 2026-12-06 refit (the per-sequence host term carries the fixed one), so the linear
+    # correlation is a loose check; the monotonic fall below is the claim.
+    assert np.corrcoef(BATCHES, s)[0, 1] < -0.75
     assert all(s[i] <= s[i - 1] for i in range(1, len(s))), s
 
 

@@ -59,7 +59,11 @@ def test_the_run_reports_its_limits_and_graph_sizes():
     # perf-overview sizes up to min(48, max_num_tokens), then the bound itself
     assert sched["cuda_graph_batch_sizes"] == [1, 2, 4, 8, 16, 32, 48]
     plain = serve(**RUN).metrics["scheduler"]
-    assert plain == {"max_num_seqs": 256, "max_batched_tokens": 8192, "cuda_graph_batch_sizes": []}
+    # vllm-0.6: vLLM V0's captured decode sizes, 1, 2, 4 and multiples of 8 up to 256
+    v0 = [1, 2, 4] + [8 * i for i in range(1, 33)]
+    assert plain == {"max_num_seqs": 256, "max_batched_tokens": 8192, "cuda_graph_batch_sizes": v0}
+    none = serve(**{**RUN, "engine": "trtllm-0.10"}).metrics["scheduler"]
+    assert none["cuda_graph_batch_sizes"] == []
 
 
 def test_cli_prints_the_scheduler_line():

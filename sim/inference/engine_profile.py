@@ -85,7 +85,16 @@ class EngineProfile:
       layer has the same one: vLLM V0) or "full" (the whole context: the default).
     * ``cuda_graph_batch_sizes``: with it, a generation-only step runs padded to the
       smallest captured batch size >= its batch (``xpusim.sim.inference.graph_padding``:
-      TensorRT-LLM 1.0's ``cuda_graph_config`` with ``enable_padding``); empty: unpadded.
+      TensorRT-LLM 1.0's ``cuda_graph_config`` with ``enable_padding``; vLLM V0/V1 and
+      SGLang 0.4's captured decode sizes); empty: unpadded.
+    * ``spec_scorer`` (``[speculative] spec_scorer``): how the target scores a round's
+      drafts: "multi_query" (one forward of B sequences x gamma+1 query tokens) or
+      "batch_expansion" (vLLM V0's ``BatchExpansionTop1Scorer``: B x (gamma+1) one-token
+      decode sequences, an ordinary decode batch that CUDA graphs pad;
+      ``xpusim.sim.inference.speculative.scoring_batch``).
+    * ``cuda_graph_pad_rows``: the padding rows' inputs, "identical" (vLLM V0: token 0 at
+      position 0, so in an MoE layer they touch one token's experts:
+      ``routing.padded_moe_load``) or "distinct" (routed like real tokens).
     * ``weight_only_int8_gemv_factor``: one-row GEMMs with int8 weights take this multiple
       of their memory-roofline time (``xpusim.sim.inference.weight_only``); 1: none.
     """
@@ -125,6 +134,8 @@ class EngineProfile:
     xqa_head_dims: tuple[int, ...] = ()
     kv_cache_layout: str = "paged"
     cuda_graph_batch_sizes: tuple[int, ...] = ()
+    spec_scorer: str = "multi_query"
+    cuda_graph_pad_rows: str = "distinct"
     lm_head_16bit: bool = False
     vocab_parallel: bool = True
     weight_only_int8_gemv_factor: float = 1.0
@@ -234,6 +245,8 @@ _CHOICE_KEYS: dict[str, tuple[str, ...] | None] = {
     "generation_attention": KERNELS,
     "kv_cache_layout": KV_CACHE_LAYOUTS,
     "sliding_window_kv": SLIDING_WINDOW_KV,
+    "spec_scorer": ("multi_query", "batch_expansion"),
+    "cuda_graph_pad_rows": ("distinct", "identical"),
 }
 # Lists of positive integers (stored as tuples).
 _INT_LIST_KEYS = ("xqa_group_sizes", "xqa_head_dims", "cuda_graph_batch_sizes")

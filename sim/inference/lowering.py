@@ -45,7 +45,7 @@ from xpusim.sim.inference.priced_step import (
     block_layers,
     simulator_memo,
 )
-from xpusim.sim.inference.routing import UNIFORM, Routing, experts_touched, moe_load
+from xpusim.sim.inference.routing import UNIFORM, Routing, experts_touched, padded_moe_load
 from xpusim.sim.inference.weight_only import with_weight_only_gemv
 from xpusim.sim.ir import (
     Collective,
@@ -96,6 +96,7 @@ class StepBatch:
     q_len: float
     context: float
     phase: str = "decode"  # "prefill" | "decode" | "verify" (for labels and CUDA graphs)
+    dummies: float = 0.0  # of ``sequences``: CUDA-graph padding rows (graph_padding)
 
     @property
     def tokens(self) -> float:
@@ -254,7 +255,8 @@ def step_blocks(
     seqs_rank = shape.sequences
     start, end = layers or (0, spec.layers)
     sh = Sharding(tp=plan.tp, ep=plan.ep)
-    load = moe_load(spec, shape.tokens, plan.ep, routing) if spec.moe else None
+    load = (padded_moe_load(spec, shape.tokens, batch.dummies * batch.q_len / plan.ep, plan.ep,
+                            routing) if spec.moe else None)
     vocab_sh = sh if vocab_parallel else Sharding(tp=1, ep=plan.ep)
     head = sixteen_bit_activations(list(embedding_forward(spec, shape.tokens, vocab_sh,
                                                           dtype)), dtype) if start == 0 else []
@@ -464,7 +466,7 @@ class StepSimulator:
         cores change (``priced_step``)."""
         hit = self._sums_memo.get(batch)
         if hit is None:
-            key = (batch.sequences, batch.q_len, batch.phase, batch.context > 0)
+            key = (batch.sequences, batch.q_len, batch.phase, batch.context > 0, batch.dummies)
             known = self._priced.get(key)
             if known is None:
                 priced = self._priced[key] = self._priced_step(batch)

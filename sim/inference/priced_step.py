@@ -112,7 +112,7 @@ class StepMemo:
     (``StepResult``) are not kept here."""
 
     models: dict[tuple[bool, bool], Any] = field(default_factory=dict)
-    priced: dict[tuple[float, float, str, bool], PricedStep] = field(default_factory=dict)
+    priced: dict[tuple[float, float, str, bool, float], PricedStep] = field(default_factory=dict)
     sums: dict[Any, tuple[float, float, float]] = field(default_factory=dict)
     # The collective pricer: set from ``shared_table`` on first use.
     comm: Callable[[Collective], float] | None = None

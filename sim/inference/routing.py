@@ -119,6 +119,24 @@ def moe_load(
     )
 
 
+def padded_moe_load(
+    spec: ModelSpec, tokens_per_rank: float, dummies_per_rank: float, ep: int,
+    routing: Routing = UNIFORM,
+) -> MoELoad:
+    """``moe_load`` of ``tokens_per_rank`` tokens of which ``dummies_per_rank`` are CUDA-graph
+    padding rows with identical inputs (vLLM V0 pads with token 0 at position 0:
+    model_runner.py ``input_tokens.extend(itertools.repeat(0, cuda_graph_pad_size))``;
+    ``EngineProfile.cuda_graph_pad_rows`` "identical"), so they route alike: each adds
+    its k assignments, but together they touch the experts of one token only."""
+    if dummies_per_rank <= 0:
+        return moe_load(spec, tokens_per_rank, ep, routing)
+    assert spec.moe is not None
+    real = tokens_per_rank - dummies_per_rank
+    load = moe_load(spec, real + min(dummies_per_rank, 1.0), ep, routing)
+    extra = max(dummies_per_rank - 1.0, 0.0) * spec.moe.top_k
+    return MoELoad(tokens=load.tokens + extra, active_experts=load.active_experts)
+
+
 def experts_touched(spec: ModelSpec, tokens: float, routing: Routing = UNIFORM) -> float:
     """Distinct experts (of one MoE layer, all EP ranks) touched by ``tokens`` tokens."""
     if spec.moe is None:

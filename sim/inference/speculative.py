@@ -11,7 +11,11 @@ the engine profile's host terms (``reject_s``, ``reject_per_token_s``).
 
 The target scores gamma+1 positions per request (the gamma drafted tokens plus the
 bonus position), as vLLM does; the step times come from the simulator (ops ->
-cost model -> engine) with the serving engine's host overheads. A round yields
+cost model -> engine) with the serving engine's host overheads. With a
+batch-expansion scorer (vLLM V0) that forward is B x (gamma+1) one-token decode
+sequences (``scoring_batch``). CUDA graphs pad the decode-shaped forwards (the AR
+step, each draft step, a batch-expanded scoring forward) to the engine's captured
+sizes (``padded_run``, ``xpusim.sim.inference.graph_padding``). A round yields
 E = 1 + sum_{i=1..gamma} prod_{j<=i} alpha_j tokens per request, which for a
 constant alpha is (1 - alpha^(gamma+1)) / (1 - alpha) (Leviathan et al.; MoESD
 Eq. 5 writes it as sigma * (gamma+1)). Speedup = E * t_ar / t_round, where t_ar
@@ -23,6 +27,7 @@ over verification time; here the verification forward is the gamma+1-token one.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from scipy.optimize import brentq
@@ -31,8 +36,9 @@ from xpusim.sim import ops
 from xpusim.sim.cost import RooflineModel
 from xpusim.sim.errors import InputError, NegativeVerdict
 from xpusim.sim.inference.engine_profile import NO_ENGINE, EngineProfile
+from xpusim.sim.inference.graph_padding import capture_sizes, padded_step
 from xpusim.sim.inference.kvcache import MemoryPlan, plan_memory
-from xpusim.sim.inference.lowering import StepBatch, StepSimulator
+from xpusim.sim.inference.lowering import StepBatch, StepResult, StepSimulator
 from xpusim.sim.inference.routing import UNIFORM, Routing
 from xpusim.sim.ir import Op
 from xpusim.sim.models.spec import ModelSpec
@@ -100,6 +106,56 @@ def rejection_device_time(device: Device, batch: int, gamma: int, vocab: int) ->
     """Seconds of the rejection sampler's device passes (memory-bound roofline cost)."""
     model = RooflineModel(device)
     return sum(model.time(op).time_s for op in rejection_ops(batch, gamma, vocab))
+
+
+def scoring_batch(engine: EngineProfile, batch: int, gamma: int, context: float) -> StepBatch:
+    """The target's scoring forward of one round over ``batch`` requests at ``context``.
+
+    "batch_expansion" (vLLM 0.5.x / 0.6.x with CUDA graphs; vllm/spec_decode/
+    batch_expansion.py ``BatchExpansionTop1Scorer._expand_batch``): each request becomes
+    gamma+1 one-token decode sequences (``_get_token_ids_to_score``: [], [t1], ...,
+    [t1..tg]; ``token_chunk_size=1``, ``is_prompt`` False), the i-th attending to
+    context + 1 + i positions; the scorer worker runs them as one ordinary decode batch
+    of B x (gamma+1) (0.6.3 disables the MQA scorer unless ``enforce_eager``:
+    spec_decode_worker.py ``create_worker``). Priced as that batch at the mean context
+    context + gamma/2. Otherwise one forward of B sequences x gamma+1 query tokens.
+    """
+    if engine.spec_scorer == "batch_expansion":
+        return StepBatch(batch * (gamma + 1), 1, context + gamma / 2, "verify")
+    return StepBatch(batch, gamma + 1, context, "verify")
+
+
+def round_graph_sizes(engine: EngineProfile) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(captured sizes of the AR and draft decode steps, of the scoring forward): the
+    engine's ``cuda_graph_batch_sizes`` under its own limits; the scoring forward is
+    padded only when it is an ordinary decode batch (``spec_scorer`` "batch_expansion")."""
+    graphs = capture_sizes(engine.cuda_graph_batch_sizes, engine.max_num_seqs,
+                           engine.max_batched_tokens)
+    return graphs, graphs if engine.spec_scorer == "batch_expansion" else ()
+
+
+def padded_run(sim: StepSimulator, batch: StepBatch, graphs: Sequence[int]) -> StepResult:
+    """``sim.run(batch)`` with CUDA-graph padding of a one-token-per-sequence forward: the
+    device work of the padded batch (``graph_padding.padded_step``: the dummies hold no
+    context; with identical padding rows they route as one token in MoE layers) and the
+    host work of the real sequences (the runner's per-sequence input
+    preparation and sampling cover the real ones; vLLM's ``_get_cuda_graph_pad_size``
+    only extends the input tensors). Unpadded (the same result as ``sim.run``) when
+    ``batch`` is already a captured size, too large for a graph, or not one-token."""
+    if batch.q_len != 1:
+        return sim.run(batch)
+    padded, context = padded_step(int(batch.sequences), batch.context, graphs)
+    if padded == batch.sequences:
+        return sim.run(batch)
+    dummies = padded - batch.sequences if sim.engine.cuda_graph_pad_rows == "identical" else 0
+    device = sim.run(replace(batch, sequences=padded, context=context, dummies=dummies),
+                     host=False)
+    before, after = sim.host_terms(batch, True)
+    total = sim.engine.step_time(device.time_s, before, after)
+    host = total - device.time_s
+    top = max(device.compute_s, device.memory_s, device.overhead_s)
+    bound = "host" if host > top and device.bound != "communication" else device.bound
+    return replace(device, time_s=total, host_s=host, bound=bound)
 
 
 def head_spec(target: ModelSpec, kind: str) -> tuple[ModelSpec, int]:
@@ -258,13 +314,19 @@ class SpeculativeModel:
         self.draft = draft_simulator(
             target, draft, system, plan, engine, dtype, routing, draft_plan
         )
+        # CUDA-graph sizes the decode steps and the scoring forward are padded to.
+        self.graphs, self.scoring_graphs = round_graph_sizes(engine)
 
     def row(self, batch: int) -> SDRow:
         g = self.gamma
-        ar = self.target.run(StepBatch(batch, 1, self.context, "decode"))
+        ar = padded_run(self.target, StepBatch(batch, 1, self.context, "decode"), self.graphs)
         # The draft's i-th step attends to context + i positions; the mean is used.
-        draft = self.draft.run(StepBatch(batch, 1, self.context + (g - 1) / 2, "decode"))
-        verify = self.target.run(StepBatch(batch, g + 1, self.context, "verify"))
+        draft = padded_run(
+            self.draft, StepBatch(batch, 1, self.context + (g - 1) / 2, "decode"), self.graphs
+        )
+        verify = padded_run(
+            self.target, scoring_batch(self.engine, batch, g, self.context), self.scoring_graphs
+        )
         t_draft = g * draft.time_s
         t_reject = self.engine.reject_time(batch * (g + 1)) + rejection_device_time(
             self.reject_device, batch, g, self.vocab

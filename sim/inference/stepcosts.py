@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from xpusim.sim.inference.graph_padding import padded_step
 from xpusim.sim.inference.lowering import StepBatch, StepSimulator
+from xpusim.sim.inference.speculative import scoring_batch
 
 CONTEXT_GRID = (0, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
 # Token counts of a mixed step's token-proportional work (GEMMs, MoE, norms, all-reduce),
@@ -48,7 +49,7 @@ class StepCosts:
         # Interpolating functions per (what, batch) and prompt-chunk costs, kept for the
         # run: a serving run prices the same shapes hundreds of thousands of times, and
         # each is a pure function of its arguments (the same floats as pricing afresh).
-        self._grid: dict[tuple[str, int], Callable[[float], float]] = {}
+        self._grid: dict[tuple[str, int, int], Callable[[float], float]] = {}
         self._chunks: dict[float, float] = {}
 
     def _time(self, sim: StepSimulator, batch: StepBatch, host: bool = True) -> float:
@@ -100,7 +101,7 @@ class StepCosts:
             assert self.draft is None  # an SD round is priced by sd_round, step by step
             engine = self.target.engine
             padded, _ = padded_step(batch, 0.0, self.graph_sizes)
-            device = self._grid_fn("decode_device", padded)
+            device = self._grid_fn("decode_device", padded, self._dummies(batch, padded))
             before = engine.step_host_time(batch) + engine.request_time(0)
             after = engine.sampling_time(batch)
             step_time = engine.step_time
@@ -112,26 +113,29 @@ class StepCosts:
         self._steppers[key] = fn
         return fn
 
-    def _grid_fn(self, what: str, batch: int) -> Callable[[float], float]:
-        """``_interp_fn`` of the step kind ``what`` at ``batch``, built once per run."""
-        key = (what, batch)
+    def _grid_fn(self, what: str, batch: int, dummies: int = 0) -> Callable[[float], float]:
+        """``_interp_fn`` of the step kind ``what`` at ``batch`` (of which ``dummies`` are
+        identical CUDA-graph padding rows: ``_dummies``), built once per run."""
+        key = (what, batch, dummies)
         fn = self._grid.get(key)
         if fn is None:
             grid = TOKEN_GRID if what == "tokens" else CONTEXT_GRID
-            fn = self._grid[key] = self._interp_fn(self._grid_point(what, batch), grid)
+            fn = self._grid[key] = self._interp_fn(self._grid_point(what, batch, dummies), grid)
         return fn
 
-    def _grid_point(self, what: str, batch: int) -> Callable[[float], float]:
+    def _grid_point(self, what: str, batch: int, dummies: int = 0) -> Callable[[float], float]:
         """The priced function ``_grid_fn`` interpolates, by step kind.
 
         The functions hold the simulators and flags they need, not this object: a run's
         pricing closures, kept in its tables, then form no reference cycle with it and
         are freed by reference counting when the run ends (before, the cyclic garbage
         collector found ~3M such objects over ``validate --published``'s serving rows)."""
-        target, draft, exact, q_verify = self.target, self.draft, self.exact, self.gamma + 1
-        if what in ("decode", "decode_device"):
-            host = what == "decode"
-            return lambda c: _step_time(target, StepBatch(batch, 1, c, "decode"), host, exact)
+        target, draft, exact = self.target, self.draft, self.exact
+        if what == "decode":
+            return lambda c: _step_time(target, StepBatch(batch, 1, c, "decode"), True, exact)
+        if what == "decode_device":
+            return lambda c: _step_time(target, StepBatch(batch, 1, c, "decode", dummies),
+                                        False, exact)
         if what == "prefill":  # over the prompt length, at grid lengths >= 1 token
             return lambda q: _step_time(target, StepBatch(batch, max(q, 1), 0, "prefill"),
                                         True, exact)
@@ -143,11 +147,21 @@ class StepCosts:
             # token-proportional work, one logit row); nothing at 0 tokens.
             attention = what == "chunk_attention"
             return lambda q: target.part_time(StepBatch(1, q, 0, "prefill"), attention) if q else 0.0
-        if what == "draft":
+        if what == "draft":  # device time; sd_round adds the real batch's host work
             assert draft is not None
-            return lambda c: _step_time(draft, StepBatch(batch, 1, c, "decode"), True, exact)
-        assert what == "verify"
-        return lambda c: _step_time(target, StepBatch(batch, q_verify, c, "verify"), True, exact)
+            return lambda c: _step_time(draft, StepBatch(batch, 1, c, "decode", dummies),
+                                        False, exact)
+        assert what == "verify"  # ``batch``: the scoring forward's sequences
+        q_len = 1 if target.engine.spec_scorer == "batch_expansion" else self.gamma + 1
+        return lambda c: _step_time(target, StepBatch(batch, q_len, c, "verify", dummies),
+                                    False, exact)
+
+    def _dummies(self, batch: int, padded: int) -> int:
+        """Padding rows of a step of ``batch`` run at ``padded`` that the MoE layers see as
+        one token (``EngineProfile.cuda_graph_pad_rows`` "identical"); 0: routed like
+        real tokens (``routing.padded_moe_load``)."""
+        identical = self.target.engine.cuda_graph_pad_rows == "identical"
+        return padded - batch if identical else 0
 
     def decode(self, batch: int, context: float) -> float:
         return self._grid_fn("decode", batch)(context)
@@ -189,7 +203,8 @@ class StepCosts:
         elif chunks:
             device = self.mixed_device(decode_batch, context, chunks)
         elif decode_batch:
-            device = self.decode_device(*padded_step(decode_batch, context, self.graph_sizes))
+            padded, mean = padded_step(decode_batch, context, self.graph_sizes)
+            device = self._grid_fn("decode_device", padded, self._dummies(decode_batch, padded))(mean)
         else:
             device = self._device(StepBatch(1, 1, 0, "prefill"))
         before = engine.step_host_time(decode_batch + len(chunks)) + engine.request_time(admitted)
@@ -214,8 +229,28 @@ class StepCosts:
         return device + sum(attention(c) for c in chunks)
 
     def sd_round(self, batch: int, context: float) -> float:
+        """One SD round: gamma draft steps, the scoring forward (``scoring_batch``) and the
+        rejection host work; the decode-shaped forwards padded to the captured CUDA-graph
+        sizes as ``speculative.SpeculativeModel.row`` pads them."""
         assert self.draft is not None
         g = self.gamma
-        draft = self._grid_fn("draft", batch)(context + (g - 1) / 2)
-        verify = self._grid_fn("verify", batch)(context)
-        return g * draft + verify + self.target.engine.reject_time(batch * (g + 1))
+        engine = self.target.engine
+        draft = self._round_step(
+            "draft", StepBatch(batch, 1, context + (g - 1) / 2, "decode"), self.graph_sizes)
+        expanded = engine.spec_scorer == "batch_expansion"
+        verify = self._round_step("verify", scoring_batch(engine, batch, g, context),
+                                  self.graph_sizes if expanded else ())
+        return g * draft + verify + engine.reject_time(batch * (g + 1))
+
+    def _round_step(self, what: str, real: StepBatch, graphs: tuple[int, ...]) -> float:
+        """A forward of an SD round: the device time of its padded batch (on the context
+        grid) and the host work of its real sequences, by the engine's overlap rule."""
+        sim = self.draft if what == "draft" else self.target
+        assert sim is not None
+        sequences, context, dummies = int(real.sequences), real.context, 0
+        if real.q_len == 1:
+            sequences, context = padded_step(sequences, context, graphs)
+            dummies = self._dummies(int(real.sequences), sequences)
+        device = self._grid_fn(what, sequences, dummies)(context)
+        before, after = sim.host_terms(real, True)
+        return sim.engine.step_time(device, before, after)

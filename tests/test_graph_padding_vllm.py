@@ -13,7 +13,13 @@ from xpusim.sim.inference.engine_profile import load_engine
 from xpusim.sim.inference.graph_padding import capture_sizes, padded_batch
 from xpusim.sim.inference.lowering import StepBatch
 from xpusim.sim.inference.routing import padded_moe_load
-from xpusim.sim.inference.speculative import SpeculativeModel, round_graph_sizes, scoring_batch
+from xpusim.sim.inference.speculative import (
+    SpeculativeModel,
+    all_accepted,
+    draft_rows,
+    round_graph_sizes,
+    scoring_batch,
+)
 from xpusim.sim.inference.stepcosts import StepCosts
 from xpusim.sim.models.hf_config import load_model
 from xpusim.sim.parallel import ParallelPlan
@@ -60,6 +66,16 @@ def test_scoring_forward_shapes():
     assert graphs and scoring == ()  # TRT-LLM's scoring forward is not padded here
 
 
+def test_draft_steps_carry_the_bonus_token_rows():
+    v06 = load_engine("vllm-0.6")
+    assert all_accepted(0.9, 4) == pytest.approx(0.6561)
+    assert all_accepted((0.9, 0.8), 2) == pytest.approx(0.72)
+    # 12 requests, 65.61% of them ended their last round on the bonus token: 12 + 8 rows.
+    assert draft_rows(v06, 12, 0.6561) == 20
+    assert draft_rows(v06, 100, 0.6561) == 166
+    assert draft_rows(load_engine("trtllm-1.0"), 12, 0.6561) == 12  # no expansion
+
+
 def test_identical_padding_rows_touch_one_tokens_experts():
     qwen = load_model("qwen2-57b-a14b")  # 64 routed experts, top-8
     load = padded_moe_load(qwen, 16.0, 4.0, 1)
@@ -90,10 +106,11 @@ def test_sd_round_prices_the_padded_batches(qwen_sd):
     v_dev = m.target.run(StepBatch(64, 1, 514.0 * 60 / 64, "verify", 4), host=False).time_s
     assert row.t_verify_s == pytest.approx(v_dev + m.target.engine.step_overhead_s
                                            + 60 * per_seq)
-    # Each draft step: 12 -> 16 rows at mean context 513.5.
-    d_dev = m.draft.run(StepBatch(16, 1, 513.5 * 12 / 16, "decode", 4), host=False).time_s
+    # Each draft step: 12 requests + round(12 x 0.9^4 = 7.87) = 8 bonus-expanded rows = 20
+    # rows, run as 24 at mean context 513.5; host work of the 20 rows.
+    d_dev = m.draft.run(StepBatch(24, 1, 513.5 * 20 / 24, "decode", 4), host=False).time_s
     assert row.t_draft_s == pytest.approx(4 * (d_dev + m.draft.engine.step_overhead_s
-                                               + 12 * per_seq))
+                                               + 20 * per_seq))
     # Padding costs device time: the padded AR step is slower than an unpadded one.
     assert ar_dev > m.target.run(StepBatch(12, 1, 512.0, "decode"), host=False).time_s
 
@@ -110,7 +127,8 @@ def test_captured_sizes_and_too_large_batches_run_unpadded(qwen_sd):
 
 def test_serving_sd_round_matches_the_study(qwen_sd):
     m = qwen_sd
-    costs = StepCosts(m.target, m.draft, 4, graph_sizes=_captured("vllm-0.6"))
+    costs = StepCosts(m.target, m.draft, 4, graph_sizes=_captured("vllm-0.6"),
+                      bonus_share=0.9**4)
     row = m.row(12)
     # The study adds the rejection sampler's device passes; the serving round does not.
     reject_device = row.t_reject_s - m.engine.reject_time(60)

@@ -307,7 +307,7 @@ def _serve_colocated(req: ServeRequest, gamma: int, alpha: float, draft_devices:
     )
     graphs = capture_sizes(dep.engine.cuda_graph_batch_sizes, max_seqs, max_tokens)
     costs = StepCosts(dep.sim, draft_sim, gamma if draft_sim is not None else 0,
-                      graph_sizes=graphs)
+                      graph_sizes=graphs, bonus_share=alpha**gamma if sd else 0.0)
     layout = kv_layout(dep.spec, dep.engine.sliding_window_kv)
     server = Server(
         costs, dep.memory.kv_tokens, max_seqs, max_tokens, seed=req.seed, layout=layout

@@ -5,7 +5,8 @@ step's time is (device time, from the simulator) + (host terms, linear in the
 parameters). We simulate the device times once and fit
 
     step_overhead_s          (per target forward: AR step and verify)
-    step_overhead_per_seq_s  (per sequence of a forward; a verify pass counts B x (gamma+1))
+    step_overhead_per_seq_s  (per sequence of a forward; a verify pass counts B x (gamma+1),
+                              a draft step its bonus-expanded rows, ``draft_rows``)
     draft_step_overhead_s    (per draft forward)
 
 with ``scipy.optimize.least_squares`` (trust region reflective, bounds >= 0) on the
@@ -27,7 +28,7 @@ from xpusim.hwprofiles import load_system
 from xpusim.hwprofiles.spec import System
 from xpusim.sim.inference.engine_profile import EngineProfile, engine_for_system, load_engine
 from xpusim.sim.inference.moesd_reference import FIT_SELECTION, PeakCase, case_model, load_reference
-from xpusim.sim.inference.speculative import expected_tokens
+from xpusim.sim.inference.speculative import all_accepted, draft_rows, expected_tokens
 from xpusim.sim.models.hf_config import load_model
 from xpusim.sim.models.spec import ModelSpec
 
@@ -44,6 +45,7 @@ class DeviceTimes:
     ar: np.ndarray
     draft: np.ndarray  # one draft forward
     verify: np.ndarray
+    draft_rows: np.ndarray  # sequences of each draft forward (speculative.draft_rows)
 
 
 def zero_fit_params(engine: EngineProfile) -> EngineProfile:
@@ -64,6 +66,7 @@ def device_times(
     model = case_model(case, load, system, devices, zero_fit_params(engine), context)
     rows = model.sweep(batches)
     g = case.gamma
+    share = all_accepted(case.alpha, g)
     return DeviceTimes(
         case,
         np.array(batches, float),
@@ -71,6 +74,7 @@ def device_times(
         np.array([r.t_ar_s for r in rows]),
         np.array([r.t_draft_s / g for r in rows]),
         np.array([r.t_verify_s + r.t_reject_s for r in rows]),
+        np.array([draft_rows(engine, b, share) for b in batches], float),
     )
 
 
@@ -82,7 +86,8 @@ def peak_speedup(times: DeviceTimes, params: np.ndarray) -> float:
     tokens = expected_tokens(times.case.alpha, g)
     ar = times.ar + step + per_seq * b
     round_s = (
-        g * (times.draft + draft_step + per_seq * b) + times.verify + step + per_seq * b * (g + 1)
+        g * (times.draft + draft_step + per_seq * times.draft_rows)
+        + times.verify + step + per_seq * b * (g + 1)
     )
     return float(np.max(tokens * ar / round_s))
 

@@ -92,6 +92,10 @@ class EngineProfile:
       "batch_expansion" (vLLM V0's ``BatchExpansionTop1Scorer``: B x (gamma+1) one-token
       decode sequences, an ordinary decode batch that CUDA graphs pad;
       ``xpusim.sim.inference.speculative.scoring_batch``).
+    * ``draft_bonus_expansion`` (``[speculative]``): a request whose last round accepted
+      every draft runs each draft step twice, with and without its bonus token (vLLM V0
+      ``MultiStepWorker._expand_execute_model_request``;
+      ``xpusim.sim.inference.speculative.draft_rows``).
     * ``cuda_graph_pad_rows``: the padding rows' inputs, "identical" (vLLM V0: token 0 at
       position 0, so in an MoE layer they touch one token's experts:
       ``routing.padded_moe_load``) or "distinct" (routed like real tokens).
@@ -136,6 +140,7 @@ class EngineProfile:
     cuda_graph_batch_sizes: tuple[int, ...] = ()
     spec_scorer: str = "multi_query"
     cuda_graph_pad_rows: str = "distinct"
+    draft_bonus_expansion: bool = False
     lm_head_16bit: bool = False
     vocab_parallel: bool = True
     weight_only_int8_gemv_factor: float = 1.0
@@ -233,6 +238,7 @@ _PLAIN_KEYS = {
     "lm_head_16bit": bool,
     "vocab_parallel": bool,
     "weight_only_int8_gemv_factor": float,
+    "draft_bonus_expansion": bool,
 }
 # Text fields and their allowed values (None: any non-empty text).
 _CHOICE_KEYS: dict[str, tuple[str, ...] | None] = {

@@ -125,6 +125,30 @@ def scoring_batch(engine: EngineProfile, batch: int, gamma: int, context: float)
     return StepBatch(batch, gamma + 1, context, "verify")
 
 
+def draft_rows(engine: EngineProfile, batch: int, bonus_share: float) -> int:
+    """Rows of each draft step of a round over ``batch`` requests.
+
+    vLLM V0 (0.5.5 .. 0.6.x, vllm/spec_decode/multi_step_worker.py
+    ``_expand_execute_model_request``): a request whose previous round ended on the bonus
+    token (every draft accepted: spec_decode_worker.py
+    ``_track_sequences_with_bonus_tokens``) is run with and without that token, so the
+    proposer's ``sampler_output`` runs all gamma steps on B + n rows; n is taken at its
+    mean, B x ``bonus_share`` (``bonus_share``: P(all gamma drafts accepted), rounded to
+    whole rows). Other engines (``draft_bonus_expansion`` false): B.
+    """
+    if not engine.draft_bonus_expansion:
+        return batch
+    return batch + round(batch * bonus_share)
+
+
+def all_accepted(alpha: float | tuple[float, ...], gamma: int) -> float:
+    """P(a round accepts all gamma drafts): the product of the per-position rates."""
+    share = 1.0
+    for a in _rates(alpha, gamma):
+        share *= a
+    return share
+
+
 def round_graph_sizes(engine: EngineProfile) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """(captured sizes of the AR and draft decode steps, of the scoring forward): the
     engine's ``cuda_graph_batch_sizes`` under its own limits; the scoring forward is
@@ -321,8 +345,9 @@ class SpeculativeModel:
         g = self.gamma
         ar = padded_run(self.target, StepBatch(batch, 1, self.context, "decode"), self.graphs)
         # The draft's i-th step attends to context + i positions; the mean is used.
+        rows = draft_rows(self.engine, batch, all_accepted(self.alpha, g))
         draft = padded_run(
-            self.draft, StepBatch(batch, 1, self.context + (g - 1) / 2, "decode"), self.graphs
+            self.draft, StepBatch(rows, 1, self.context + (g - 1) / 2, "decode"), self.graphs
         )
         verify = padded_run(
             self.target, scoring_batch(self.engine, batch, g, self.context), self.scoring_graphs

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from xpusim.sim.inference.graph_padding import padded_step
 from xpusim.sim.inference.lowering import StepBatch, StepSimulator
-from xpusim.sim.inference.speculative import scoring_batch
+from xpusim.sim.inference.speculative import draft_rows, scoring_batch
 
 CONTEXT_GRID = (0, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
 # Token counts of a mixed step's token-proportional work (GEMMs, MoE, norms, all-reduce),
@@ -39,12 +39,15 @@ class StepCosts:
         gamma: int = 0,
         exact: bool = False,
         graph_sizes: tuple[int, ...] = (),
+        bonus_share: float = 0.0,
     ) -> None:
         self.target, self.draft, self.gamma = target, draft, gamma
         self.exact = exact  # price every step shape by a full engine run (the reference)
         # Captured CUDA-graph batch sizes a generation-only step is padded to
         # (graph_padding.capture_sizes); empty: steps run at their own batch.
         self.graph_sizes = graph_sizes
+        # P(a round accepts every draft): the draft steps' extra rows (draft_rows).
+        self.bonus_share = bonus_share
         self._steppers: dict[tuple[int, bool], Callable[[float], float]] = {}
         # Interpolating functions per (what, batch) and prompt-chunk costs, kept for the
         # run: a serving run prices the same shapes hundreds of thousands of times, and
@@ -235,8 +238,9 @@ class StepCosts:
         assert self.draft is not None
         g = self.gamma
         engine = self.target.engine
+        rows = draft_rows(engine, batch, self.bonus_share)
         draft = self._round_step(
-            "draft", StepBatch(batch, 1, context + (g - 1) / 2, "decode"), self.graph_sizes)
+            "draft", StepBatch(rows, 1, context + (g - 1) / 2, "decode"), self.graph_sizes)
         expanded = engine.spec_scorer == "batch_expansion"
         verify = self._round_step("verify", scoring_batch(engine, batch, g, context),
                                   self.graph_sizes if expanded else ())

@@ -12,7 +12,12 @@ from xpusim.hwprofiles import load_system
 from xpusim.sim.errors import InputError
 from xpusim.sim.inference.engine_fit import FIT_PARAMS, device_times, peak_speedup
 from xpusim.sim.inference.engine_profile import load_engine
-from xpusim.sim.inference.moesd_reference import FIT_SELECTION, compare_peaks, load_reference
+from xpusim.sim.inference.moesd_reference import (
+    FIT_SELECTION,
+    compare_peaks,
+    load_reference,
+    rescaling_baseline,
+)
 from xpusim.sim.inference.speculative import (
     SpeculativeModel,
     band_width,
@@ -163,16 +168,27 @@ def test_very_sparse_topk_decreases(a800, vllm):
 
 
 @pytest.mark.slow
-def test_table1_peak_speedups_within_15_percent(a800, vllm):
-    """All 24 peak speedups of MoESD Table 1 (2xA800); 6 were used to fit the engine."""
+def test_table1_peak_speedups_and_skill(a800, vllm):
+    """All 24 peak speedups of MoESD Table 1 (2xA800); 6 were used to fit the engine.
+
+    Per row within 16%: since the draft's bonus-token rows (2026-12-06) Qwen2 mtbench T0
+    gamma 4 reads +15.7% (the acceptance-rescaling baseline: +10.7%). Skill (issue 17):
+    on the 18 held-out rows the model's median |error| beats the naive baseline that
+    rescales the fitted row of the same pair and gamma by acceptance."""
     results = compare_peaks(REF.table1, load_model, a800, 2, vllm, BATCHES)
     assert len(results) == 24
-    # +-16%: since the draft's bonus-token rows (2026-12-06) Qwen2 mtbench T0 gamma 4 reads
-    # +15.7% (the acceptance-rescaling baseline: +10.7%); every other row is within 10%.
     for c in results:
         assert abs(c.error) <= 0.16, c.as_dict()
     held_out = [c for c in results if not FIT_SELECTION(c.case)]
     assert len(held_out) == 18
+    fitted = [c for c in REF.table1 if FIT_SELECTION(c)]
+    base_err = []
+    for c in held_out:
+        base = rescaling_baseline(c.case, fitted)
+        assert base is not None
+        base_err.append(abs(base / c.case.peak_speedup - 1.0))
+    model_err = [abs(c.error) for c in held_out]
+    assert np.median(model_err) < np.median(base_err), (np.median(model_err), np.median(base_err))
 
 
 def test_fit_decomposition_matches_full_model(a800, vllm):

@@ -6,7 +6,8 @@ parameters). We simulate the device times once and fit
 
     step_overhead_s          (per target forward: AR step and verify)
     step_overhead_per_seq_s  (per sequence of a forward; a verify pass counts B x (gamma+1),
-                              a draft step its bonus-expanded rows, ``draft_rows``)
+                              a draft step its bonus-expanded rows, ``draft_rows``,
+                              once per round with ``draft_prepare_once``)
     draft_step_overhead_s    (per draft forward)
 
 with ``scipy.optimize.least_squares`` (trust region reflective, bounds >= 0) on the
@@ -46,6 +47,7 @@ class DeviceTimes:
     draft: np.ndarray  # one draft forward
     verify: np.ndarray
     draft_rows: np.ndarray  # sequences of each draft forward (speculative.draft_rows)
+    draft_prepares: int = 0  # draft forwards paying the per-sequence term (0: all gamma)
 
 
 def zero_fit_params(engine: EngineProfile) -> EngineProfile:
@@ -75,6 +77,8 @@ def device_times(
         np.array([r.t_draft_s / g for r in rows]),
         np.array([r.t_verify_s + r.t_reject_s for r in rows]),
         np.array([draft_rows(engine, b, share) for b in batches], float),
+        # speculative.draft_steps_time: inputs prepared once per round (vLLM V0 multi-step)
+        1 if engine.draft_prepare_once and engine.host_overlap == "none" else 0,
     )
 
 
@@ -85,8 +89,9 @@ def peak_speedup(times: DeviceTimes, params: np.ndarray) -> float:
     b = times.batches
     tokens = expected_tokens(times.case.alpha, g)
     ar = times.ar + step + per_seq * b
+    prepares = times.draft_prepares or g
     round_s = (
-        g * (times.draft + draft_step + per_seq * times.draft_rows)
+        g * (times.draft + draft_step) + prepares * per_seq * times.draft_rows
         + times.verify + step + per_seq * b * (g + 1)
     )
     return float(np.max(tokens * ar / round_s))

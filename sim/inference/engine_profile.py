@@ -96,6 +96,11 @@ class EngineProfile:
       every draft runs each draft step twice, with and without its bonus token (vLLM V0
       ``MultiStepWorker._expand_execute_model_request``;
       ``xpusim.sim.inference.speculative.draft_rows``).
+    * ``draft_prepare_once`` (``[speculative]``): the proposer prepares the draft's inputs
+      on the host once per round and advances them on the GPU for the other gamma-1 steps
+      (vLLM V0 ``TP1DraftModelRunner`` GPU multi-step, ``MultiStepWorker.sampler_output``),
+      so the per-sequence host term is paid once per round, the per-step one every step
+      (``xpusim.sim.inference.speculative.draft_steps_time``).
     * ``cuda_graph_pad_rows``: the padding rows' inputs, "identical" (vLLM V0: token 0 at
       position 0, so in an MoE layer they touch one token's experts:
       ``routing.padded_moe_load``) or "distinct" (routed like real tokens).
@@ -141,6 +146,7 @@ class EngineProfile:
     spec_scorer: str = "multi_query"
     cuda_graph_pad_rows: str = "distinct"
     draft_bonus_expansion: bool = False
+    draft_prepare_once: bool = False
     lm_head_16bit: bool = False
     vocab_parallel: bool = True
     weight_only_int8_gemv_factor: float = 1.0
@@ -239,6 +245,7 @@ _PLAIN_KEYS = {
     "vocab_parallel": bool,
     "weight_only_int8_gemv_factor": float,
     "draft_bonus_expansion": bool,
+    "draft_prepare_once": bool,
 }
 # Text fields and their allowed values (None: any non-empty text).
 _CHOICE_KEYS: dict[str, tuple[str, ...] | None] = {

@@ -141,6 +141,27 @@ def draft_rows(engine: EngineProfile, batch: int, bonus_share: float) -> int:
     return batch + round(batch * bonus_share)
 
 
+def draft_steps_time(engine: EngineProfile, step_s: float, rows: int, gamma: int) -> float:
+    """Wall time of a round's gamma draft forwards, each ``step_s`` with its host terms.
+
+    vLLM V0 (v0.5.5 .. v0.6.3.post1, ``vllm/spec_decode/multi_step_worker.py``
+    ``sampler_output``): when the draft runs on ``TP1DraftModelRunner`` and
+    ``supports_gpu_multi_step`` holds (decode only, flash-attn backend, no LoRA), the
+    proposer calls ``execute_model`` once with ``num_steps = gamma``;
+    ``draft_model_runner.py`` prepares the inputs on the host once and advances them on
+    the GPU between steps (``_gpu_advance_step``; "we could get rid of most CPU-GPU
+    synchronization and data transfer overheads by keeping model input and output tensors
+    on GPU all the time"; sampler outputs are not serialised to the CPU). With
+    ``draft_prepare_once`` the per-sequence host term is therefore paid once per round,
+    the per-forward one (``draft_step_overhead``) every step. Exact for serial host work
+    (``host_overlap = "none"``); other overlap rules keep gamma full steps.
+    """
+    if not engine.draft_prepare_once or engine.host_overlap != "none":
+        return gamma * step_s
+    per_seq = engine.step_overhead_per_seq_s * rows * engine.host_scale
+    return gamma * step_s - (gamma - 1) * per_seq
+
+
 def all_accepted(alpha: float | tuple[float, ...], gamma: int) -> float:
     """P(a round accepts all gamma drafts): the product of the per-position rates."""
     share = 1.0
@@ -352,7 +373,7 @@ class SpeculativeModel:
         verify = padded_run(
             self.target, scoring_batch(self.engine, batch, g, self.context), self.scoring_graphs
         )
-        t_draft = g * draft.time_s
+        t_draft = draft_steps_time(self.draft.engine, draft.time_s, rows, g)
         t_reject = self.engine.reject_time(batch * (g + 1)) + rejection_device_time(
             self.reject_device, batch, g, self.vocab
         )

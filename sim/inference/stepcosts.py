@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from xpusim.sim.inference.graph_padding import padded_step
 from xpusim.sim.inference.lowering import StepBatch, StepSimulator
-from xpusim.sim.inference.speculative import draft_rows, scoring_batch
+from xpusim.sim.inference.speculative import draft_rows, draft_steps_time, scoring_batch
 
 CONTEXT_GRID = (0, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
 # Token counts of a mixed step's token-proportional work (GEMMs, MoE, norms, all-reduce),
@@ -244,7 +244,8 @@ class StepCosts:
         expanded = engine.spec_scorer == "batch_expansion"
         verify = self._round_step("verify", scoring_batch(engine, batch, g, context),
                                   self.graph_sizes if expanded else ())
-        return g * draft + verify + engine.reject_time(batch * (g + 1))
+        return (draft_steps_time(self.draft.engine, draft, rows, g) + verify
+                + engine.reject_time(batch * (g + 1)))
 
     def _round_step(self, what: str, real: StepBatch, graphs: tuple[int, ...]) -> float:
         """A forward of an SD round: the device time of its padded batch (on the context

@@ -58,4 +58,12 @@ def padded_step(batch: int, context: float, captured: Sequence[int]) -> tuple[in
     return padded, context * (batch / padded)
 
 
-__all__ = ["capture_sizes", "padded_batch", "padded_step"]
+def padding_dummies(pad_rows: str, batch: int, padded: int) -> int:
+    """Of a step of ``batch`` requests run at ``padded``, the padding rows an MoE layer sees
+    as one token: all of them when every dummy carries the same input (``pad_rows``
+    "identical", ``EngineProfile.cuda_graph_pad_rows``: vLLM V0 pads with token 0 at
+    position 0), none when they route like distinct tokens ("distinct")."""
+    return padded - batch if pad_rows == "identical" else 0
+
+
+__all__ = ["capture_sizes", "padded_batch", "padded_step", "padding_dummies"]

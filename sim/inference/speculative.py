@@ -36,7 +36,7 @@ from xpusim.sim import ops
 from xpusim.sim.cost import RooflineModel
 from xpusim.sim.errors import InputError, NegativeVerdict
 from xpusim.sim.inference.engine_profile import NO_ENGINE, EngineProfile
-from xpusim.sim.inference.graph_padding import capture_sizes, padded_step
+from xpusim.sim.inference.graph_padding import capture_sizes, padded_step, padding_dummies
 from xpusim.sim.inference.kvcache import MemoryPlan, plan_memory
 from xpusim.sim.inference.lowering import StepBatch, StepResult, StepSimulator
 from xpusim.sim.inference.routing import UNIFORM, Routing
@@ -176,7 +176,13 @@ def round_graph_sizes(engine: EngineProfile) -> tuple[tuple[int, ...], tuple[int
     padded only when it is an ordinary decode batch (``spec_scorer`` "batch_expansion")."""
     graphs = capture_sizes(engine.cuda_graph_batch_sizes, engine.max_num_seqs,
                            engine.max_batched_tokens)
-    return graphs, graphs if engine.spec_scorer == "batch_expansion" else ()
+    return graphs, scoring_graphs(engine, graphs)
+
+
+def scoring_graphs(engine: EngineProfile, graphs: tuple[int, ...]) -> tuple[int, ...]:
+    """The captured sizes the scoring forward pads to: the decode steps' ``graphs`` when it
+    is an ordinary decode batch (``spec_scorer`` "batch_expansion"), else none."""
+    return graphs if engine.spec_scorer == "batch_expansion" else ()
 
 
 def padded_run(sim: StepSimulator, batch: StepBatch, graphs: Sequence[int]) -> StepResult:
@@ -192,7 +198,7 @@ def padded_run(sim: StepSimulator, batch: StepBatch, graphs: Sequence[int]) -> S
     padded, context = padded_step(int(batch.sequences), batch.context, graphs)
     if padded == batch.sequences:
         return sim.run(batch)
-    dummies = padded - batch.sequences if sim.engine.cuda_graph_pad_rows == "identical" else 0
+    dummies = padding_dummies(sim.engine.cuda_graph_pad_rows, int(batch.sequences), padded)
     device = sim.run(replace(batch, sequences=padded, context=context, dummies=dummies),
                      host=False)
     before, after = sim.host_terms(batch, True)

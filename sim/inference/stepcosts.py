@@ -12,9 +12,14 @@ import bisect
 import math
 from collections.abc import Callable
 
-from xpusim.sim.inference.graph_padding import padded_step
+from xpusim.sim.inference.graph_padding import padded_step, padding_dummies
 from xpusim.sim.inference.lowering import StepBatch, StepSimulator
-from xpusim.sim.inference.speculative import draft_rows, draft_steps_time, scoring_batch
+from xpusim.sim.inference.speculative import (
+    draft_rows,
+    draft_steps_time,
+    scoring_batch,
+    scoring_graphs,
+)
 
 CONTEXT_GRID = (0, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
 # Token counts of a mixed step's token-proportional work (GEMMs, MoE, norms, all-reduce),
@@ -163,8 +168,7 @@ class StepCosts:
         """Padding rows of a step of ``batch`` run at ``padded`` that the MoE layers see as
         one token (``EngineProfile.cuda_graph_pad_rows`` "identical"); 0: routed like
         real tokens (``routing.padded_moe_load``)."""
-        identical = self.target.engine.cuda_graph_pad_rows == "identical"
-        return padded - batch if identical else 0
+        return padding_dummies(self.target.engine.cuda_graph_pad_rows, batch, padded)
 
     def decode(self, batch: int, context: float) -> float:
         return self._grid_fn("decode", batch)(context)
@@ -241,9 +245,8 @@ class StepCosts:
         rows = draft_rows(engine, batch, self.bonus_share)
         draft = self._round_step(
             "draft", StepBatch(rows, 1, context + (g - 1) / 2, "decode"), self.graph_sizes)
-        expanded = engine.spec_scorer == "batch_expansion"
         verify = self._round_step("verify", scoring_batch(engine, batch, g, context),
-                                  self.graph_sizes if expanded else ())
+                                  scoring_graphs(engine, self.graph_sizes))
         return (draft_steps_time(self.draft.engine, draft, rows, g) + verify
                 + engine.reject_time(batch * (g + 1)))
 

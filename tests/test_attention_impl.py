@@ -218,6 +218,29 @@ def test_attention_pytorch_adds_the_benchmark_layout_copies():
     assert attention_cost(NPU, shape, "attention_pytorch", "fwd").time_s > 0
 
 
+def test_attention_pytorch_transposing_copy_is_priced_by_its_l2_sectors():
+    """copy_k (sim/cost/attention_eager): each of k's b*h*s*d bf16 elements is read from its own
+    32-byte sector, so on an NVIDIA GPU the copy takes the longer of its HBM time and
+    (its bytes + 30 B per element) at the L2 bandwidth. Hand-computed, FA3 paper B3 8k on H100
+    (L2 12 TB/s; HBM 3350 GB/s x 0.9, half 4.19 MiB):
+    k = 2*32*8192*64 = 33,554,432 elements = 64 MiB; copy bytes 2 x 64 MiB = 134,217,728;
+    HBM (134,217,728 + 4,393,533.44) / 3.015e12 = 45.974 us; L2 (134,217,728 + 30 x 33,554,432)
+    / 12e12 = 1,140,850,688 / 12e12 = 95.071 us: 49.097 us more than the roofline copy.
+    Backward, the stack (3 x 64 MiB in and out) stays HBM-bound: L2 (402,653,184 +
+    1,006,632,960) / 12e12 = 117.44 us < HBM 135.01 us. Ascend: no sector term."""
+    shape = AttnShape(2, 32, 8192, 8192, 64, dtype="bf16")
+    fwd = attention_cost(H100, shape, "attention_pytorch", "fwd")
+    assert fwd.details["strided_l2_extra_s"] == pytest.approx(49.097e-6, rel=1e-4)
+    rate, half, launch = 3350e9 * 0.9, 4.19 * 2**20, 5e-6
+    copies = 3 * ((2 * 64 * 2**20 + half) / rate + launch)
+    std = attention_cost(H100, shape, "standard", "fwd").time_s
+    assert fwd.time_s - std == pytest.approx(copies + 49.097e-6, rel=1e-4)
+    bwd = attention_cost(H100, shape, "attention_pytorch", "bwd")
+    assert bwd.details["strided_l2_extra_s"] == 0.0
+    assert attention_cost(NPU, shape, "attention_pytorch", "fwd").details[
+        "strided_l2_extra_s"] == 0.0
+
+
 def test_standard_backward_applies_the_scale_after_each_bmm():
     """baddbmm's autograd (derivatives.yaml: maybe_multiply(grad.bmm(...), alpha)) multiplies
     the q and k gradients by alpha in two elementwise kernels: each reads and writes

@@ -30,12 +30,38 @@ Beyond the score kernels ``attention_impl.standard_ops`` prices, this runs:
 
 Each copy is an ``OpKind.MEMCPY`` priced by the roofline (read + write at the HBM rate, plus
 the launch overhead), like every other kernel of the baseline.
+
+One of them transposes, and on an NVIDIA GPU it is priced by the L2 traffic its reads make
+when that exceeds its HBM time (``strided_l2_extra_s``). ``copy_k`` writes (b h, d, s) with s
+fastest, and ``TensorIteratorBase::reorder_dimensions`` (aten/src/ATen/TensorIterator.cpp)
+orders the copy's loop by the strides of operand 0, the output; ATen's ``gpu_kernel`` runs a
+non-contiguous copy as ``launch_legacy_kernel<128, 4>`` (aten/src/ATen/native/cuda/
+CUDALoops.cuh), so the 32 lanes of a warp write 32 consecutive s and read k[b, s, h, d] for
+those 32 s: one element from each of 32 packed rows 3·h·d elements apart. An SM's loads are
+served in 32-byte sectors (CUDA C++ Best Practices Guide, "Coalesced Access to Global
+Memory": a warp's accesses take as many 32-byte transactions as the sectors they touch), so
+each 2-byte element moves a whole sector from L2 to the SM. The other 15 elements of that
+sector are read by the warps that write d + 1 … d + 15: blocks on other SMs (L1 is per SM),
+but resident at the same time (one (b h) slice of k is s·d elements), so HBM still moves each
+byte once and the extra traffic stays between L2 and the SMs, at the profile's
+``l2_bandwidth_gbps``. Backward, the ``stack`` reads the dk third from the (b h, d, s)
+gradient of that copy with d fastest in its output, the same pattern transposed.
 """
 
 from __future__ import annotations
 
+from xpusim.hwprofiles.spec import Device
 from xpusim.sim import ops
+from xpusim.sim.cost.attention_blocks import l2_bytes_per_s
+from xpusim.sim.cost.roofline import RooflineModel
 from xpusim.sim.ir import Op, dtype_bytes
+
+# The granularity in which an NVIDIA SM's global loads are served (CUDA C++ Best Practices
+# Guide, "Coalesced Access to Global Memory").
+SECTOR_BYTES = 32.0
+# The layout copies whose reads are strided by a packed row (module doc): forward ``copy_k``,
+# backward ``stack_dqkv`` (its dk third).
+TRANSPOSING = ("copy_k", "stack_dqkv")
 
 
 def bench_layout_ops(batch: float, heads: float, q_len: float, kv_len: float, head_dim: float,
@@ -53,4 +79,29 @@ def bench_layout_ops(batch: float, heads: float, q_len: float, kv_len: float, he
     return [ops.memcpy("stack_dqkv", q_bytes + k_bytes + v_bytes)]
 
 
-__all__ = ["bench_layout_ops"]
+def strided_l2_bytes(op: Op, strided_elements: float, dtype: str) -> float:
+    """Bytes ``op`` moves between L2 and the SMs when ``strided_elements`` of its reads each
+    take a whole 32-byte sector (module doc): its own bytes (read + write) plus, per strided
+    element, the rest of its sector."""
+    return op.main_bytes + strided_elements * max(0.0, SECTOR_BYTES - dtype_bytes(dtype))
+
+
+def strided_l2_extra_s(device: Device, batch: float, heads: float, q_len: float, kv_len: float,
+                       head_dim: float, v_head_dim: float, dtype: str, pass_: str) -> float:
+    """Time the transposing copies of ``bench_layout_ops`` take beyond their roofline price on
+    an NVIDIA GPU: each takes the longer of its HBM time and its sector traffic
+    (``strided_l2_bytes``) at the L2 bandwidth. 0 elsewhere (the sector model is NVIDIA's)."""
+    if device.arch != "nvidia":
+        return 0.0
+    model = RooflineModel(device)
+    strided = batch * heads * kv_len * head_dim  # k's elements, read one sector each
+    extra = 0.0
+    for op in bench_layout_ops(batch, heads, q_len, kv_len, head_dim, v_head_dim, dtype, pass_):
+        if op.name in TRANSPOSING:
+            c = model.time(op)
+            l2_s = strided_l2_bytes(op, strided, dtype) / l2_bytes_per_s(device)
+            extra += max(0.0, l2_s - (c.time_s - c.overhead_s))
+    return extra
+
+
+__all__ = ["SECTOR_BYTES", "bench_layout_ops", "strided_l2_bytes", "strided_l2_extra_s"]

@@ -15,7 +15,8 @@ Implementations and how each is priced:
 * ``attention_pytorch`` — the FlashAttention benchmarks' ``attention_pytorch`` (the FA2/FA3
   papers' "PyTorch" baseline): the ``standard`` kernels plus the layout copies its einops
   rearranges and einsum make of the packed ``qkv`` (``q``, ``k`` transposed to (b h) d s, ``v``)
-  and, backward, the ``stack`` that writes the packed ``qkv`` gradient (``bench_layout_ops``).
+  and, backward, the ``stack`` that writes the packed ``qkv`` gradient (``bench_layout_ops``);
+  on NVIDIA the transposing k copy costs at least its L2 sector traffic (``strided_l2_extra_s``).
 * GPU fused kernels (``flash1``, ``flash2``, ``flash3``, ``cudnn``, ``xformers``,
   ``triton``, ``colfax``) — one tiled kernel: a CTA owns ``Br`` query rows of one (batch, head) and
   walks the key blocks of ``Bc`` keys. Per block, on one SM:
@@ -75,7 +76,7 @@ from xpusim.sim.cost.attention_blocks import (
     smem_extra_s,
     with_bytes,
 )
-from xpusim.sim.cost.attention_eager import bench_layout_ops
+from xpusim.sim.cost.attention_eager import bench_layout_ops, strided_l2_extra_s
 from xpusim.sim.cost.attention_hopper import first_block_extra_s, hopper_fwd_tile, out_bytes
 from xpusim.sim.cost.attention_latency import BlockTerms, block_latency_s
 from xpusim.sim.cost.base import OpCost
@@ -302,14 +303,15 @@ def standard_ops(shape: AttnShape, pass_: str = "fwd") -> list[Op]:
 
 
 def _standard(device: Device, shape: AttnShape, pass_: str, impl: str = "standard") -> OpCost:
-    kernels = standard_ops(shape, pass_)
-    if impl == "attention_pytorch":  # + the benchmark's q/k/v layout copies (attention_eager)
-        kernels = bench_layout_ops(shape.batch, shape.heads, shape.q_len, shape.kv_len,
-                                   shape.head_dim, shape.vd, shape.dtype, pass_) + kernels
-    cost = roofline_sum(device, kernels)
+    args = (shape.batch, shape.heads, shape.q_len, shape.kv_len, shape.head_dim, shape.vd,
+            shape.dtype, pass_)
+    bench = impl == "attention_pytorch"  # + the benchmark's q/k/v layout copies (attention_eager)
+    cost = roofline_sum(device, (bench_layout_ops(*args) if bench else []) + standard_ops(shape, pass_))
+    extra_s = strided_l2_extra_s(device, *args) if bench else 0.0  # k's transposing copy
     details = {**cost.details, "score_bytes": shape.batch * shape.heads * shape.q_len
-               * shape.kv_len * dtype_bytes(shape.dtype)}
-    return OpCost(cost.time_s, cost.compute_s, cost.memory_s, cost.overhead_s, cost.bound, details)
+               * shape.kv_len * dtype_bytes(shape.dtype), "strided_l2_extra_s": extra_s}
+    return OpCost(cost.time_s + extra_s, cost.compute_s, cost.memory_s + extra_s,
+                  cost.overhead_s, cost.bound, details)
 
 
 # ------------------------------------------------------------------ GPU fused kernels

@@ -1,5 +1,6 @@
 """Hopper kernel facts (sim/cost/attention_hopper.py): the Colfax CUTLASS FMHA (FA2's
-algorithm on wgmma), Triton's BLOCK_N on sm_90, FA3's BF16 output of an FP8 forward."""
+algorithm on wgmma), the Triton tutorial's tiles and shared-memory wgmma operands on sm_90, FA3's
+BF16 output of an FP8 forward."""
 
 from __future__ import annotations
 
@@ -31,12 +32,39 @@ def test_colfax_needs_hopper():
         attention_cost(A100, AttnShape(1, 8, 1024, 1024, 128, dtype="bf16"), "colfax")
 
 
-def test_triton_block_n_on_hopper():
-    """triton.ops.flash_attention launches BLOCK_M=128, BLOCK_N=64; the tutorial's BLOCK_N
-    is at most 64. Ampere keeps the old tile."""
-    assert tiles("triton", H100, 128, "fwd") == (128, 64)
-    assert tiles("triton", H100, 64, "fwd", "fp8") == (128, 64)
+def test_triton_tiles_on_hopper():
+    """The tutorial's pre-autotune H100 launch: 16-bit 128 x 64 at d <= 64, 128 x 32 above; FP8
+    64 x 128 (128 x 128 causal or at d = 256). Ampere keeps the old tile."""
+    assert tiles("triton", H100, 64, "fwd") == (128, 64)
+    assert tiles("triton", H100, 128, "fwd") == (128, 32)
+    assert tiles("triton", H100, 128, "fwd", "fp8") == (64, 128)
+    assert tiles("triton", H100, 64, "fwd", "fp8", causal=True) == (128, 128)
+    assert tiles("triton", H100, 256, "fwd", "fp8") == (128, 128)
     assert tiles("triton", A100, 64, "fwd") == (128, 128)
+
+
+def test_triton_wgmma_port_hand_computed():
+    """QK^T of a 128 x 32 block at d = 128 (SS wgmma): q 128 x 128 plus K 32 x 128 for each of
+    the two 64-row groups, (16,384 + 8,192) x 2 B = 49,152 B at 128 B/clk x 1.83 GHz = 209.8 ns,
+    against half the block's MMA time: 2 x 128 x 32 x 256 FLOP / (989e12 / 132 x 0.8) / 2 =
+    174.9 ns, so 34.9 ns extra. PV (RS, V 2 x 32 x 128 x 2 B = 69.9 ns) stays under its 174.9."""
+    from xpusim.sim.cost.attention_hopper import triton_wgmma_port_s
+
+    rate = 128 * 1.83e9
+    mma = 2 * 128 * 32 * 256 / (989e12 / 132 * 0.8)
+    assert mma == pytest.approx(349.9e-9, rel=1e-3)
+    got = triton_wgmma_port_s((128, 32), 128, 128, "bf16", mma, rate)
+    assert got == pytest.approx(49152 / rate - mma / 2)
+    assert got == pytest.approx(34.9e-9, rel=1e-2)
+    # d = 64 at BLOCK_N 64: 32,768 B = 139.9 ns under the 174.9 ns QK^T share: nothing.
+    assert triton_wgmma_port_s((128, 64), 64, 64, "bf16", mma, rate) == 0.0
+    # The block prices it (H100's profile: 1.83 GHz, matrix_max 0.8): Ampere and flash3 do not.
+    shape = AttnShape(4, 16, 4096, 4096, 128, dtype="bf16")
+    tri = block_terms(H100, "triton", shape, "fwd", 128, 32)
+    assert tri.mma_s == pytest.approx(mma)
+    assert tri.reduce_s == pytest.approx(got)
+    assert block_terms(H100, "flash3", shape, "fwd", 128, 32).reduce_s == 0.0
+    assert block_terms(A100, "triton", shape, "fwd", 128, 32).reduce_s == 0.0
 
 
 def test_fa3_fp8_writes_bf16_output():

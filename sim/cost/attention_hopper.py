@@ -14,13 +14,37 @@
   Tile: ``QBLKSIZE`` x ``KBLKSIZE`` compile flags, "tested for {64,128}x{64,128}" (the README);
   which the benchmark's build used is not stated, so 128 x 128 (the largest tested) is an
   estimate.
-* ``triton`` on Hopper — two kernels carry this name in the corpus, both with BLOCK_N = 64:
-  the FA3 paper's 16-bit benchmark imports ``triton.ops.flash_attention``
-  (flash-attention hopper/benchmark_flash_attention.py), whose forward is launched with
-  ``BLOCK_M = 128``, ``BLOCK_N = 64``, ``num_warps = 4 if d <= 64 else 8``, ``num_stages = 4``
-  (python/triton/ops/flash_attention.py, ``_attention.forward``); its FP8 benchmark and
-  pytorch/benchmark (C1, C2) run the fused-attention tutorial (06-fused-attention.py), whose
-  autotune space is ``BLOCK_M`` in {64, 128} x ``BLOCK_N`` in {32, 64}. So 128 x 64.
+* ``triton`` on Hopper — the FA3 paper's Triton rows (corpus B3/B4/B6, B11-B14; Triton nightly
+  3.0.0.post20240424) and pytorch/benchmark's (C1, C2) run the fused-attention tutorial
+  (python/tutorials/06-fused-attention.py; INFERRED for the 16-bit FA3 rows): the FA3 benchmarks
+  that ask for a Triton nightly import it as a local copy, ``from triton_fused_attention import
+  attention`` (flash-attention hopper/benchmark_attn.py @ 20b84d6, which times it only for
+  head_dim <= 128 in 16 bits, as the corpus has no 16-bit d = 256 Triton row, and
+  hopper/benchmark_flash_attention_fp8.py); hopper/benchmark_flash_attention.py imports
+  ``triton.ops.flash_attention`` instead, whose forward (BLOCK_M 128, BLOCK_N 64) is the
+  tutorial's at d = 64. Until triton-lang/triton#3892 (reviewed 2024-06-06) moved it to
+  autotuning, the tutorial's ``forward`` fixed the launch with a "Tuning for H100" branch (the
+  pre-#3892 text as carried by han811/AI_Compiler entrance_exam/test.py @ a4c56d1; INFERRED to
+  be the nightly's): 16-bit BLOCK_M 128, BLOCK_N 64 if d <= 64 else 32, ``num_warps`` 8,
+  ``num_stages`` 7; FP8 (its ``float8_e5m2`` branch, whose transposed V the FA3 FP8 benchmark
+  passes; that benchmark passes e4m3, so its copy was edited: INFERRED) d < 256: BLOCK_M 64 (128
+  when causal) x BLOCK_N 128, 4 warps; d = 256: 128 x 128, 8 warps. ``triton_hopper_tile``.
+* The tutorial's ``tl.dot(q, k)`` takes q from shared memory (``q = tl.load(Q_block_ptr)`` "will
+  stay in SRAM throughout": an SS ``wgmma``, both operands from shared memory; in 2024 Triton
+  staged even an A operand it had modified in registers back through shared memory,
+  openxla/triton#17: "Triton previously will ... copy to shared memory to perform SS WGMMA"),
+  and ``tl.dot(p, v, acc)`` takes P from registers (RS; for FP8 through the register permute of
+  triton-lang/triton#3370, 2024-03-14). PTX ISA: ``wgmma.mma_async`` is m64nNk16 (16-bit) or
+  m64nNk32 (8-bit), A from registers or a shared-memory descriptor, B always from shared memory,
+  and each instruction reads its operands anew. So per (Br x Bc) block QK^T reads q (Br x d)
+  once more and K (Bc x d) once per 64-row group, and PV reads V (Bc x d_v) once per 64-row
+  group, through the SM's shared-memory port (128 B/clk, CUDA C Programming Guide: 32 banks x
+  4 B). QK^T at BLOCK_N 32 moves (128 d + 2 x 32 d) x 2 B = 384 d B for 8,192 d FLOP, 21 FLOP/B,
+  where the SM's 16-bit MMA needs 4,096 FLOP/clk / 128 B/clk = 32: the port, not the tensor
+  pipe, sets that GEMM's time (2/3 of peak, below ``matrix_max``). At BLOCK_N 64 (d = 64) and in
+  the FP8 tiles (BLOCK_N 128) the port stays under the derated MMA time. Each GEMM pays what its
+  port time exceeds its MMA time (``triton_wgmma_port_s``; K/V fills, cp.async writes issued
+  stages ahead, are left out).
 * FlashAttention-3's first key block of a work tile: the intra-warpgroup pipelining (FA3 paper
   s3.2, Algorithm 2; hopper mainloop ``mma``: QK_0 is issued and waited alone, then
   ``online_softmax</*Is_first=*/true>``, and only from the second block does each softmax run
@@ -42,22 +66,50 @@
 
 from __future__ import annotations
 
+import math
+
 from xpusim.sim.ir import dtype_bytes
 
 # Share of min(MMA, softmax) hidden on a work tile's first key block (module docstring).
 FIRST_BLOCK_OVERLAP = {"flash3": 0.23}
 COLFAX_TILE = (128, 128)  # estimate: the largest of the README's tested {64,128}x{64,128}
-TRITON_HOPPER_TILE = (128, 64)  # triton.ops.flash_attention BLOCK_M/BLOCK_N; tutorial BN <= 64
+WGMMA_M = 64  # rows of one wgmma instruction (PTX ISA: wgmma.mma_async.m64nNk16 / m64nNk32)
 
 
-def hopper_fwd_tile(impl: str, async_mma: bool) -> tuple[int, int] | None:
+def triton_hopper_tile(head_dim: float, dtype: str, causal: bool) -> tuple[int, int]:
+    """(BLOCK_M, BLOCK_N) of the fused-attention tutorial's H100 launch before autotuning
+    (module docstring): 16-bit 128 x 64 (d <= 64) or 128 x 32; FP8 64 x 128 (128 x 128 when
+    causal) below d = 256, 128 x 128 at d = 256."""
+    if dtype_bytes(dtype) == 1:
+        return (128, 128) if head_dim >= 256 or causal else (64, 128)
+    return (128, 64) if head_dim <= 64 else (128, 32)
+
+
+def hopper_fwd_tile(impl: str, async_mma: bool, head_dim: float = 64, dtype: str = "bf16",
+                    causal: bool = False) -> tuple[int, int] | None:
     """Forward (Br, Bc) of ``colfax`` and of ``triton`` on a wgmma device (module docstring);
     None for the other kernels and devices (``attention_impl.tiles`` decides)."""
     if impl == "colfax":
         return COLFAX_TILE
     if impl == "triton" and async_mma:
-        return TRITON_HOPPER_TILE
+        return triton_hopper_tile(head_dim, dtype, causal)
     return None
+
+
+def triton_wgmma_port_s(tile: tuple[int, int], head_dim: float, v_head_dim: float, dtype: str,
+                        mma_s: float, smem_bytes_per_s: float) -> float:
+    """Seconds one block of the Triton tutorial on sm_90 adds because its ``wgmma`` operands
+    reach the tensor cores through the shared-memory port more slowly than the MMA runs
+    (module docstring): QK^T (SS) reads q and, per 64-row group, K; PV (RS) reads V per group.
+    ``mma_s`` is the block's MMA time, split between the two GEMMs by their FLOPs."""
+    br, bc = tile
+    elt = dtype_bytes(dtype)
+    groups = math.ceil(br / WGMMA_M)
+    qk_bytes = (br + groups * bc) * head_dim * elt
+    pv_bytes = groups * bc * v_head_dim * elt
+    qk_mma = mma_s * head_dim / (head_dim + v_head_dim)
+    return (max(0.0, qk_bytes / smem_bytes_per_s - qk_mma)
+            + max(0.0, pv_bytes / smem_bytes_per_s - (mma_s - qk_mma)))
 
 
 def first_block_extra_s(impl: str, overlap: float, mma_s: float, softmax_s: float) -> float:
@@ -81,8 +133,10 @@ def out_bytes(impl: str, dtype: str) -> float:
 __all__ = [
     "COLFAX_TILE",
     "FIRST_BLOCK_OVERLAP",
-    "TRITON_HOPPER_TILE",
+    "WGMMA_M",
     "first_block_extra_s",
     "hopper_fwd_tile",
     "out_bytes",
+    "triton_hopper_tile",
+    "triton_wgmma_port_s",
 ]

@@ -336,7 +336,7 @@ def tiles(impl: str, device: Device, head_dim: float, pass_: str, dtype: str = "
         return (128, 128) if head_dim <= 64 else (64, 128) if head_dim <= 128 else (64, 64)
     if impl == "flash3":
         return _fa3_fwd_tile(head_dim, dtype, causal)
-    hopper = hopper_fwd_tile(impl, device.kernels.async_mma)  # colfax, triton on sm_90
+    hopper = hopper_fwd_tile(impl, device.kernels.async_mma, head_dim, dtype, causal)
     if hopper:
         return hopper
     if impl in ("cudnn", "triton"):
@@ -413,10 +413,10 @@ def block_terms(device: Device, impl: str, shape: AttnShape, pass_: str, br: int
         sm_bw = device.hbm_bandwidth * device.efficiency.memory_max / sms
         reduce_s += fa1_o_roundtrip_bytes_per_score(shape.vd, shape.head_dim, shape.kv_len) \
             * scores / sm_bw
-    # Shared-memory traffic: FA1's split-K partials (FA2 paper s3.3), xFormers' operand,
-    # staging and fill bytes beyond its MMA time (attention_blocks).
+    # Shared-memory traffic: FA1's split-K partials (FA2 paper s3.3); xFormers' operand, staging
+    # and fill bytes, the Triton tutorial's wgmma operands, beyond MMA time (attention_blocks).
     reduce_s += smem_extra_s(impl, shape.head_dim, shape.vd, shape.kv_len, pass_, shape.dtype,
-                             (br, bc), mma_s, clock)
+                             (br, bc), mma_s, clock, use_async)
     lat_s = block_latency_s(device, impl, pass_, block_s + reduce_s)  # attention_latency
     return BlockTerms(mma_s, exp_s, alu_s, softmax_s, block_s + reduce_s + lat_s, reduce_s, lat_s)
 

@@ -61,9 +61,10 @@ listed but not priced: no source for a barrier's own cost was found (docs/attent
   V, P and dS tiles: ~160 KB of shared memory).
 * ``flash3`` (hopper/ mainloops): a producer warp loads every tile by TMA into a multi-stage
   pipeline and ``wgmma`` reads shared memory asynchronously: 0 and 0.
-* ``triton`` on Hopper (the tutorial and Triton 3's ``triton.ops``, forward, ``num_stages``
-  3-4): K and V pipelined; whether P reaches the second ``wgmma`` from registers is in the
-  compiled kernel: 0 L2 trips, 0 shared counted.
+* ``triton`` on Hopper (the fused-attention tutorial's H100 launch, forward, ``num_stages`` 7
+  in 16 bits, 3-4 in FP8; attention_hopper): K and V pipelined, q resident in shared memory,
+  P to the second ``wgmma`` from registers: 0 L2 trips, 0 shared counted (its operand bytes are
+  a port term, ``attention_hopper.triton_wgmma_port_s``).
 * ``flash1``, ``cudnn``, ``colfax``, ``triton`` on Ampere: not read for this; no term.
 """
 

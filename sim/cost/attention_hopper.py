@@ -57,6 +57,19 @@
   forward 582/661 of its own price with 0.63. Not a corpus row. Every work tile pays the
   difference once, which weighs on short sequences (few key blocks per tile) and in FP8, where
   the softmax is the longer phase. Forward only; the split-KV decode path keeps its price.
+* FlashAttention-3's FP8 forward has no intra-warpgroup pipelining: the FA3 paper (arXiv
+  2407.08608v2, s3.2) gives its Algorithm 2 (QK_j issued before P V_{j-1}, softmax_j under
+  the in-flight P V) as "the consumer path ... for FP16 precision", and the FP8 consumer
+  (hopper/mainloop_fwd_sm90_tma_gmma_ws.hpp, ``mma_fp8``, Dao-AILab/flash-attention @
+  5e0a82d; the in-kernel-transpose FP8 path came in PR #1100, 2024-07-26, "in-kernel
+  transpose of V in producer") issues every WGMMA with ``wg_wait=0``: QK_j, wait,
+  softmax_j, P V_j, wait; the 16-bit ``mma`` of the same file issues QK_j and P V_{j-1}
+  with ``wg_wait=-1`` and ``warpgroup_wait<1>`` before the softmax. So every FP8 key
+  block hides only the ping-pong share ``FIRST_BLOCK_OVERLAP`` (``steady_overlap``), and its
+  first block has nothing extra to pay. The ping-pong stays:
+  ``warp_scheduler_barrier_sync/arrive`` wrap the FP8 GEMMs (the named barrier is compiled
+  in for FP8 at d >= 128; at d = 64 the hardware warp scheduler interleaves the consumer
+  warpgroups), so the same 0.23 is used, nothing new fitted.
 * FlashAttention-3 writes the output of an FP8 forward in BF16 (hopper/flash_api.cpp: ``out_type
   = q_type == at::ScalarType::Float8_e4m3fn ? at::ScalarType::BFloat16 : q_type``), so its O
   store moves 2 bytes per element where Q, K and V move 1. cuDNN's FP8 SDPA and the Triton
@@ -112,14 +125,24 @@ def triton_wgmma_port_s(tile: tuple[int, int], head_dim: float, v_head_dim: floa
             + max(0.0, pv_bytes / smem_bytes_per_s - (mma_s - qk_mma)))
 
 
-def first_block_extra_s(impl: str, overlap: float, mma_s: float, softmax_s: float) -> float:
+def first_block_extra_s(impl: str, overlap: float, mma_s: float, softmax_s: float,
+                        dtype: str = "bf16") -> float:
     """Time a work tile's first key block adds over a steady-state block of ``impl``, whose
-    steady state hides ``overlap`` of min(MMA, softmax) (module docstring); 0 for kernels
-    without intra-warpgroup pipelining."""
+    steady state hides ``overlap`` of min(MMA, softmax) for 16-bit inputs (module docstring);
+    0 for kernels without intra-warpgroup pipelining, FA3's FP8 forward included."""
     first = FIRST_BLOCK_OVERLAP.get(impl)
     if first is None:
         return 0.0
-    return max(0.0, overlap - first) * min(mma_s, softmax_s)
+    return max(0.0, steady_overlap(impl, dtype, overlap) - first) * min(mma_s, softmax_s)
+
+
+def steady_overlap(impl: str, dtype: str, overlap: float) -> float:
+    """Share of min(MMA, softmax) ``impl`` hides on a steady-state key block for inputs of
+    ``dtype``: FA3's FP8 mainloop has no intra-warpgroup pipelining (module docstring), so
+    only the ping-pong share is left; ``overlap`` (``attention_impl.OVERLAP``) otherwise."""
+    if impl == "flash3" and dtype_bytes(dtype) == 1:
+        return FIRST_BLOCK_OVERLAP["flash3"]
+    return overlap
 
 
 def out_bytes(impl: str, dtype: str) -> float:
@@ -137,6 +160,7 @@ __all__ = [
     "first_block_extra_s",
     "hopper_fwd_tile",
     "out_bytes",
+    "steady_overlap",
     "triton_hopper_tile",
     "triton_wgmma_port_s",
 ]

@@ -64,6 +64,7 @@ from dataclasses import dataclass, replace
 
 from xpusim.hwprofiles.spec import Device
 from xpusim.sim import ops
+from xpusim.sim.cost import attention_hopper
 from xpusim.sim.cost.attention_blocks import (
     bwd_prologue_bytes_per_item,
     bwd_side_ops,
@@ -109,10 +110,9 @@ ALU_PER_SCORE = {"fwd": 4.0, "bwd": 5.0}
 # FA2-style kernels (and cuDNN, whose pipelining is unpublished) run them in series.
 # flash3: 0.63, fit to the FA3 paper's ablation (Table 2, H100, d=128, seq 8k: 570 TFLOP/s
 # without and 661 with ping-pong + intra-warpgroup overlap; with this model's terms the
-# 661 needs 63% of the softmax hidden). Not a corpus row.
+# 661 needs 63% of the softmax hidden). Not a corpus row. FP8: attention_hopper.
 OVERLAP = {"flash3": 0.63}
-# Kernels that use Hopper's warpgroup MMA (wgmma + TMA) where the device has it; ``colfax``
-# (FA2's algorithm on wgmma, no softmax overlap) runs only there (attention_hopper).
+# Kernels on Hopper's wgmma + TMA where the device has it; ``colfax`` (FA2 on wgmma) only there.
 ASYNC_MMA = ("flash3", "cudnn", "triton", "colfax")
 # Persistent kernels with a tile scheduler that launches the heaviest (causal) items first.
 HEAVY_FIRST = ("flash3", "cudnn")
@@ -394,7 +394,7 @@ def block_terms(device: Device, impl: str, shape: AttnShape, pass_: str, br: int
         alu += 2.0 * shape.vd / bc
     alu_s = alu * scores / fp32_lanes
     softmax_s = max(exp_s, alu_s)
-    hide = OVERLAP.get(impl, 0.0)
+    hide = attention_hopper.steady_overlap(impl, shape.dtype, OVERLAP.get(impl, 0.0))
     block_s = mma_s + softmax_s - hide * min(mma_s, softmax_s)
     reduce_s = 0.0
     if pass_ == "bwd":
@@ -447,7 +447,8 @@ def _fused_gpu(device: Device, shape: AttnShape, impl: str, pass_: str) -> OpCos
         impl, pass_, shape.batch, shape.heads, shape.q_len, shape.kv_len, shape.head_dim,
         shape.vd, shape.dtype, br) / (l2_bytes_per_s(device) / sms)
     if pass_ == "fwd" and not split_kv:  # FA3: first key block lacks intra-warpgroup overlap
-        io_s += first_block_extra_s(impl, OVERLAP.get(impl, 0.0), full.mma_s, full.softmax_s)
+        io_s += first_block_extra_s(impl, OVERLAP.get(impl, 0.0), full.mma_s, full.softmax_s,
+                                    shape.dtype)  # 0 for FP8 (attention_hopper)
     items: list[float] = []
     blocks: float = 0
     for i in range(q_blocks):

@@ -117,6 +117,7 @@ class EfficiencyFile(_Strict):
     matrix_max: float = Field(gt=0, le=1)
     matrix_max_fp8: float = Field(default=0.0, ge=0, le=1)  # 0: as matrix_max (see Efficiency)
     matrix_max_fp4: float = Field(default=0.0, ge=0, le=1)  # 0: as matrix_max (see Efficiency)
+    matrix_max_mxfp8: float = Field(default=0.0, ge=0, le=1)  # 0: as matrix_max_fp8
     matrix_half_gflop: float = Field(ge=0)
     vector_max: float = Field(gt=0, le=1)
     vector_half_mflop: float = Field(ge=0)
@@ -168,6 +169,7 @@ class EfficiencyFile(_Strict):
             matrix_max=self.matrix_max,
             matrix_max_fp8=self.matrix_max_fp8,
             matrix_max_fp4=self.matrix_max_fp4,
+            matrix_max_mxfp8=self.matrix_max_mxfp8,
             matrix_half_flops=self.matrix_half_gflop * GIGA,
             vector_max=self.vector_max,
             vector_half_flops=self.vector_half_mflop * 1e6,

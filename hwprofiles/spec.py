@@ -50,6 +50,11 @@ class Efficiency:
     matrix_max_fp8: float = 0.0
     # The same for the FP4 matrix peak (0 = as matrix_max): twice the FP8 MMA rate again.
     matrix_max_fp4: float = 0.0
+    # MXFP8 (1x32 E8M0 block scales) where its GEMMs run slower than per-tensor FP8 ones at
+    # the same peak (0 = as matrix_max_fp8): the block-scaled kernels stage the scale
+    # factors beside the operands (Blackwell: tcgen05.mma kind::mxf8f6f4 with scale_vec::1X,
+    # scales copied into tensor memory), docs/lowprecision.md.
+    matrix_max_mxfp8: float = 0.0
     matrix_half_flops: float = 2.0e9
     vector_max: float = 0.7
     vector_half_flops: float = 1.0e7
@@ -82,7 +87,9 @@ class Efficiency:
     overlap: float = 1.0
 
     def matrix_max_for(self, dtype: str) -> float:
-        """``matrix_max`` for ``dtype``: the FP8 / FP4 figure where the profile sets one."""
+        """``matrix_max`` for ``dtype``: the MXFP8 / FP8 / FP4 figure where the profile sets one."""
+        if self.matrix_max_mxfp8 and dtype == "mxfp8":
+            return self.matrix_max_mxfp8
         if self.matrix_max_fp8 and dtype in FP8_FAMILY:
             return self.matrix_max_fp8
         if self.matrix_max_fp4 and dtype in FP4_FAMILY:

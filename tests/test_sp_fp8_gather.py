@@ -67,10 +67,28 @@ def test_current_scaling_adds_a_four_byte_amax_all_reduce_per_fp8_gather() -> No
     ]
 
 
+def test_mxfp8_gathers_its_input_in_mxfp8_and_its_gradient_in_bf16() -> None:
+    """TE 2.x: the forward gathers the rowwise MXFP8 shard, the backward re-gathers the
+    saved columnwise one (1 B + one E8M0 byte per 32 elements); the output-gradient gather
+    and the dgrad reduce-scatters stay bf16; no amax all-reduce (block scales)."""
+    mx = TOKENS * H * (1.0 + 1.0 / 32.0)  # 16.5 MiB
+    fwd, bwd = _step(_ctx("mxfp8"))
+    assert fwd == [("attn_sp_gather", AG, mx), ("attn_tp_reduce", RS, BF16),
+                   ("ffn_sp_gather", AG, mx), ("ffn_tp_reduce", RS, BF16)]
+    assert bwd == [
+        ("ffn_tp_reduce_bwd", AG, BF16),
+        ("ffn_sp_gather_bwd", RS, BF16),
+        ("ffn_sp_gather_regather", AG, mx),
+        ("attn_tp_reduce_bwd", AG, BF16),
+        ("attn_sp_gather_bwd", RS, BF16),
+        ("attn_sp_gather_regather", AG, mx),
+    ]
+
+
 @pytest.mark.parametrize(("dtype", "framework"), [
     ("bf16", "eager"),              # no FP8 recipe
-    ("mxfp8", "eager"),             # MXFP8 gathers not modelled (not read)
-    ("fp8", "torchtitan-eager"),    # not TransformerEngine linears
+    ("mxfp8", "torchtitan-eager"),  # not TransformerEngine linears
+    ("fp8", "torchtitan-eager"),
 ])
 def test_bf16_gathers_elsewhere(dtype: str, framework: str) -> None:
     fwd, bwd = _step(_ctx(dtype, "current" if dtype == "fp8" else "delayed", framework))

@@ -67,8 +67,16 @@ cast, transpose for efficient gather" (TE 1.x ``cast_to_fp8`` then
 ``gather_along_first_dim``; TE 2.x ``gather_along_first_dim(grad_output, tp_group,
 quantizer=quantizer)``). The dgrad reduce-scatters stay in bf16. Only on
 TransformerEngine stacks (``TE_FRAMEWORKS``) and for the dense linears above; MoE blocks
-(router input, grouped experts), MLA's down-projections and MXFP8 gathers are unchanged
-(not read). Where the cast runs (shard vs gathered tensor) and the post-gather
+(router input, grouped experts) and MLA's down-projections are unchanged (not read).
+MXFP8 (TE 2.x, 2026-12-06): (a) and (b) move MXFP8 bytes, 1 + 1/32 per element (FP8 data
+and the E8M0 block scales): ``linear.py`` / ``layernorm_linear.py`` forward quantize the
+local shard and gather it with ``quantizer.set_usage(rowwise=True, columnwise=False)``,
+and since ``MXFP8Quantizer.supports_only_rowwise_all_gather()`` is false the saved shard
+keeps its columnwise data ("Discard row-wise data since it is not needed in backward
+pass") and the backward re-gathers it columnwise ("wgrad GEMM requires input with
+column-wise usage"). (c) stays bf16: ``grad_output_preprocess`` gathers the gradient with
+the quantizer, but dgrad (rowwise) and wgrad (columnwise) both need it, 2 x (1 + 1/32)
+bytes if both usages travel, within 3% of bf16; ``_all_gather_mxfp8`` was not read. Where the cast runs (shard vs gathered tensor) and the post-gather
 ``fp8_transpose`` on TN-only devices are not re-priced.
 
 **Amax all-reduce under current scaling** (``amax_reduce``). With sequence parallelism
@@ -249,15 +257,18 @@ TE_FRAMEWORKS = ("eager", "cuda-graphs")
 # LayerNormLinear), and whose output gradient it gathers in FP8 (row-parallel Linear).
 SP_FP8_INPUT_GEMMS = NORM_FUSED_GEMMS
 SP_FP8_GRAD_GEMMS = frozenset({"o_proj", "mlp_down"})
+# Formats whose input gather (a) and wgrad re-gather (b) move the quantised bytes: the
+# per-tensor FP8 ones and MXFP8 (module docstring); the gradient gather (c) only per-tensor.
+SP_QUANTIZED_INPUT_GATHER_FORMATS = PER_TENSOR_FORMATS | {"mxfp8"}
 AMAX_REDUCE_BYTES = 4.0  # one fp32 amax
 AMAX_REDUCE_SUFFIX = "_amax_reduce"
 
 
-def _sp_fp8_format(body: list, names: frozenset[str]) -> str:
-    """The per-tensor FP8 format of the first GEMM of ``body`` named in ``names``, or ""."""
+def _sp_fp8_format(body: list, names: frozenset[str], formats: frozenset[str]) -> str:
+    """The format in ``formats`` of the first GEMM of ``body`` named in ``names``, or ""."""
     for it in body:
         if (isinstance(it, Op) and it.kind == OpKind.GEMM and it.name in names
-                and it.dtype in PER_TENSOR_FORMATS):
+                and it.dtype in formats):
             return it.dtype
     return ""
 
@@ -265,7 +276,7 @@ def _sp_fp8_format(body: list, names: frozenset[str]) -> str:
 @dataclass(frozen=True)
 class SpFp8:
     """Bytes per element of a block's sequence-parallel collectives under a per-tensor FP8
-    recipe (module docstring): ``gather`` for the forward input gather and its backward
+    or MXFP8 recipe (module docstring): ``gather`` for the forward input gather and its backward
     re-gather, ``grad_gather`` for the backward output-gradient gather (0: bf16, as
     built); ``amax``: each FP8 gather is preceded by an amax all-reduce (current scaling)."""
 
@@ -280,8 +291,8 @@ def sp_fp8_collectives(body: list, framework: str, scaling: str) -> SpFp8:
     the dense TE linears."""
     if framework not in TE_FRAMEWORKS:
         return SpFp8()
-    fwd = _sp_fp8_format(body, SP_FP8_INPUT_GEMMS)
-    bwd = _sp_fp8_format(body, SP_FP8_GRAD_GEMMS)
+    fwd = _sp_fp8_format(body, SP_FP8_INPUT_GEMMS, SP_QUANTIZED_INPUT_GATHER_FORMATS)
+    bwd = _sp_fp8_format(body, SP_FP8_GRAD_GEMMS, PER_TENSOR_FORMATS)
     return SpFp8(dtype_bytes(fwd) if fwd else 0.0, dtype_bytes(bwd) if bwd else 0.0,
                  scaling == "current")
 

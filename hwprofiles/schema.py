@@ -197,6 +197,7 @@ class KernelsFile(_Strict):
     l2_bandwidth_gbps: float | None = Field(default=None, gt=0)
     epilogue_overlap: bool = False
     non_tn_fp8_gemm: bool = False
+    cast_transpose_fraction: float | None = Field(default=None, gt=0, le=1)
     source: str
 
     def to_spec(self) -> KernelTraits:
@@ -208,6 +209,7 @@ class KernelsFile(_Strict):
             l2_bandwidth=None if self.l2_bandwidth_gbps is None else self.l2_bandwidth_gbps * GIGA,
             epilogue_overlap=self.epilogue_overlap,
             non_tn_fp8_gemm=self.non_tn_fp8_gemm,
+            cast_transpose_fraction=self.cast_transpose_fraction,
         )
 
 

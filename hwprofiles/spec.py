@@ -119,6 +119,10 @@ class KernelTraits:
     ``non_tn_fp8_gemm``: per-tensor FP8 GEMMs take operands in any layout (sm_100/sm_103:
     TransformerEngine ``nvte_is_non_tn_fp8_gemm_supported``), so an FP8 cast writes no
     transposed copy (``sim.training.lowprec``); false on Hopper/Ada (TN only).
+    ``cast_transpose_fraction``: the share of HBM bandwidth TransformerEngine's per-tensor
+    FP8 cast-transpose kernel (``transformer_engine/common/transpose/cast_transpose.cu``,
+    TE 1.x and 2.x) reaches, where measured; it replaces ``memory_max`` for casts that
+    write a transposed copy (``ElementwiseShape.transpose``). None: ``memory_max``.
     """
 
     exp_per_clk_per_core: float = 16.0
@@ -128,6 +132,7 @@ class KernelTraits:
     l2_bandwidth: float | None = None  # bytes/s of the L2 (reductions through L2); None: unpublished
     epilogue_overlap: bool = False
     non_tn_fp8_gemm: bool = False
+    cast_transpose_fraction: float | None = None
 
 
 @dataclass(frozen=True)

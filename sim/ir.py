@@ -217,9 +217,13 @@ def attention_pairs(q_len: float, kv_len: float, causal: bool, window: float = 0
 
 @dataclass(frozen=True, slots=True)
 class ElementwiseShape:
-    """A pointwise (or row-wise) op over ``numel`` elements."""
+    """A pointwise (or row-wise) op over ``numel`` elements. ``transpose``: the op also
+    writes a transposed copy through a tiled transpose kernel (TransformerEngine's FP8
+    cast-transpose), priced at the device's ``kernels.cast_transpose_fraction`` of HBM
+    bandwidth where the profile has one (``sim.cost.roofline``)."""
 
     numel: float
+    transpose: bool = False
 
 
 @dataclass(frozen=True, slots=True)

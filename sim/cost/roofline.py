@@ -20,6 +20,8 @@ For one op on one device (docs/cost_model.md derives each term):
     peak x max / L2 bandwidth x element size; the tile choice takes the cheapest shape
     (``block_work``, docs/cost_model.md "Operand feed").
 * memory_s = max over levels of (bytes + half_bytes) / (bandwidth * memory_max);
+  a cast that writes a transposed copy runs at the profile's measured
+  ``kernels.cast_transpose_fraction`` instead, where it has one (``memory_fraction``);
   a calibrated last-level-cache tier multiplies the main-memory bandwidth by
   ``cache_speedup`` for ops moving at most ``cache_bytes`` (off by default). Weights
   of a graph whose weight footprint exceeds the cache (``cold_bytes``) are never
@@ -46,7 +48,28 @@ from functools import lru_cache
 from xpusim.hwprofiles.spec import Device
 from xpusim.sim.cost.base import OpCost
 from xpusim.sim.cost.gemm_impl import deepgemm_work
-from xpusim.sim.ir import MAIN_MEMORY, GemmShape, Op, Unit, dtype_bytes, is_low_precision
+from xpusim.sim.ir import (
+    MAIN_MEMORY,
+    ElementwiseShape,
+    GemmShape,
+    Op,
+    Unit,
+    dtype_bytes,
+    is_low_precision,
+)
+
+
+def memory_fraction(op: Op, device: Device) -> float:
+    """Share of main-memory bandwidth ``op`` reaches: ``memory_max``, except a cast that
+    writes a transposed copy (``ElementwiseShape.transpose``: TransformerEngine's FP8
+    cast-transpose kernel) on a device whose profile measured that kernel
+    (``kernels.cast_transpose_fraction``; h100-sxm5-80gb: NVIDIA/TransformerEngine#101,
+    4096 x 4096 in 51.95 us; sim.training.lowprec)."""
+    measured = device.kernels.cast_transpose_fraction
+    shape = op.shape
+    if measured is not None and isinstance(shape, ElementwiseShape) and shape.transpose:
+        return measured
+    return device.efficiency.memory_max
 
 
 def saturating_efficiency(work: float, max_eff: float, half: float) -> float:
@@ -218,13 +241,15 @@ class RooflineModel:
         for level_name, nbytes in op.bytes.items():
             if nbytes <= 0:
                 continue
+            fraction = eff.memory_max
             if level_name == MAIN_MEMORY:
                 bandwidth = dev.hbm_bandwidth
+                fraction = memory_fraction(op, dev)
                 cold = cold_bytes(op, eff.cache_bytes)
                 if cold > 0:  # weights that cannot stay cached stream from main memory
                     hot = nbytes - cold
                     speed = eff.cache_speedup if 0 < hot <= eff.cache_bytes else 1.0
-                    t = (cold + hot / speed + eff.memory_half_bytes) / (bandwidth * eff.memory_max)
+                    t = (cold + hot / speed + eff.memory_half_bytes) / (bandwidth * fraction)
                     worst = max(worst, t)
                     continue
                 if 0 < nbytes <= eff.cache_bytes:  # calibrated LLC tier (off by default)
@@ -234,7 +259,7 @@ class RooflineModel:
                 if level is None or level.bandwidth is None:
                     continue  # unpublished on-chip bandwidth: the level is assumed not to bind
                 bandwidth = level.bandwidth
-            worst = max(worst, (nbytes + eff.memory_half_bytes) / (bandwidth * eff.memory_max))
+            worst = max(worst, (nbytes + eff.memory_half_bytes) / (bandwidth * fraction))
         return worst
 
     def epilogue_time(self, op: Op) -> float:

@@ -95,14 +95,15 @@ CAST_SUFFIX = "_quant"
 
 
 def quantize_op(name: str, numel: float, fmt: str, src: str = "bf16",
-                role: Role = NO_ROLE, usages: int = 1) -> Op:
+                role: Role = NO_ROLE, usages: int = 1, transpose: bool = False) -> Op:
     """The cast of a ``src`` tensor to ``fmt`` before a low-precision GEMM: a memory-bound
     vector pass that reads ``src``, finds the scale (amax over the tensor, or per block for
     MX/NVFP4) and writes ``usages`` copies of the ``fmt`` elements with their block scales
     (~3 FLOPs/element: abs-max, scale, convert). TransformerEngine fuses it with the
     producer only where a fused norm/activation kernel exists; it is priced here as its
-    own pass."""
+    own pass. ``transpose``: the second copy is a transpose (per-tensor FP8 on a TN-only
+    device: TransformerEngine's cast-transpose kernel, ``sim.training.lowprec``)."""
     nbytes = numel * (dtype_bytes(src) + usages * dtype_bytes(fmt))
     return Op(f"{name}{CAST_SUFFIX}", OpKind.ELEMENTWISE, 3.0 * numel,
               MappingProxyType({MAIN_MEMORY: nbytes}), src, Unit.VECTOR,
-              ElementwiseShape(numel), role)
+              ElementwiseShape(numel, transpose), role)

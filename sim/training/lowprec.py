@@ -17,6 +17,20 @@ Priced here: the activation input of each linear layer's forward GEMM and the ou
 gradient dC of its backward, each cast once per micro-batch into both usages (read 2 B,
 write 2 x the format's bytes per element).
 
+**The cast-transpose kernel's rate.** TransformerEngine writes the two per-tensor FP8
+copies with one tiled kernel (``transformer_engine/common/transpose/cast_transpose.cu``:
+a warp-tile per 32 x 32 vectors, the transposed copy staged through shared memory; the
+NVRTC-tuned variant since TE 1.7, NVIDIA/TransformerEngine#258, still the kernel of TE
+2.x for delayed and current scaling alike). Measured on H100 SXM (NVIDIA/TransformerEngine#101,
+FP16 in, FP8 out): 4096 x 4096 in 51.95 us, i.e. 67.1 MB at 1.29 TB/s, 39% of HBM3's
+3.35 TB/s, where the simulator's other memory-bound ops run at ``memory_max`` (0.9).
+The casts that write a transposed copy carry ``ElementwiseShape.transpose`` and the
+device profile's ``[kernels] cast_transpose_fraction`` (h100-sxm5-80gb: 0.411, fit on
+that 4096 x 4096 point with the roofline's memory half size) prices them
+(``sim.cost.roofline.memory_fraction``). #258 reports its tuned kernels differ from
+#101's "at intermediate scale, but nothing too drastic", so the 2023 point stands for
+the 2024-2025 kernels too.
+
 **One FP8 copy where the GEMM takes any layout.** TransformerEngine writes the transposed
 columnwise copy of a per-tensor FP8 tensor only when ``!nvte_is_non_tn_fp8_gemm_supported()``
 (transformer_engine/pytorch/csrc/quantizer.cpp, ``Float8Quantizer`` and
@@ -187,7 +201,8 @@ def cast_ops(name: str, numel: float, fmt: str, recipe: CastRecipe = HOPPER_DELA
     ``recipe.amax_pass`` (and no ``norm_amax``, an amax the producing norm computed) an amax
     op reading the input (1 FLOP, ``dtype_bytes(src)`` bytes per element), then the cast
     writing ``recipe.usages`` copies (``items.quantize_op``)."""
-    cast = quantize_op(name, numel, fmt, src, role, usages=recipe.usages)
+    cast = quantize_op(name, numel, fmt, src, role, usages=recipe.usages,
+                       transpose=writes_transpose(fmt, recipe.usages))
     if not recipe.amax_pass or norm_amax:
         return [cast]
     amax = Op(f"{name}{AMAX_SUFFIX}{CAST_SUFFIX}", OpKind.ELEMENTWISE, numel,
@@ -211,7 +226,16 @@ def cast_transpose_op(name: str, numel: float, fmt: str, src: str = "bf16",
     memory-bound pass: reads ``src`` once, writes ``USAGES`` ``fmt`` copies (with their
     scales, counted in ``dtype_bytes(fmt)``). The plain cast (``items.quantize_op``) with
     ``USAGES`` outputs, under the same ``<name>_quant`` name."""
-    return quantize_op(name, numel, fmt, src, role, usages=USAGES)
+    return quantize_op(name, numel, fmt, src, role, usages=USAGES,
+                       transpose=writes_transpose(fmt, USAGES))
+
+
+def writes_transpose(fmt: str, usages: int) -> bool:
+    """Whether a cast into ``fmt`` writing ``usages`` copies writes a physically transposed
+    one: per-tensor FP8 with a columnwise usage (TransformerEngine's cast-transpose kernel,
+    module docstring). MXFP8's columnwise usage keeps the layout and scales along the other
+    axis (no transpose)."""
+    return usages > 1 and fmt in PER_TENSOR_FORMATS
 
 
 def is_forward_cast(op: Op) -> bool:

@@ -249,21 +249,50 @@ def test_low_latency_is_one_rdma_step_per_copy_by_hand():
 
 
 def test_deepep_on_supernode_is_direct_and_shares_the_ub_port_by_hand():
-    """DeepEP-Ascend on CloudMatrix384, EP32 = 2 servers of 16 dies: each token goes
-    once to every die holding one of its experts; the die's UB port carries its 14
-    in-server (non-package) peers and its 16 cross-server peers; P-1 = 31 steps, each
-    the 2-level UB latency 5.5 us + HCCL step overhead 10 us."""
+    """DeepEP-Ascend on CloudMatrix384, EP32 = 2 servers of 16 dies: one row per
+    (token, expert) straight to the expert's die (cam_moe_dispatch_normal.h); the die's
+    UB port carries its 14 in-server (non-package) peers and its 16 cross-server peers;
+    P-1 = 31 steps, each the 2-level UB latency 5.5 us + HCCL step overhead 10 us; then
+    the staging pass that the pull waits for (ep_ascend.py)."""
     from xpusim.hwprofiles import load_system
     from xpusim.sim.network.ep import EPConfig, simulate_ep, system_for_ep
 
     system, _ = system_for_ep(load_system("cloudmatrix-384"), 32, None)
     cfg = EPConfig(7168, 8, 256, 32, 4096, dtype_bytes=1.0, dispatch="deepep")
     r = simulate_ep(cfg, system)
-    p_hit = 1 - math.comb(248, 8) / math.comb(256, 8)  # 8 experts per die
-    per_peer = 4096 * p_hit * (7168 + 4)  # INT8 token + one float scale (DeepEP-Ascend)
-    want = 30 * per_peer / (196e9 * 0.7) + 31 * (5.5e-6 + 10e-6)
-    assert r.dispatch_time_s == pytest.approx(want, rel=1e-9)
+    rows_per_die = 4096 * 8 * 8 / 256  # 8 experts per die, 8/256 each: 1024 rows
+    per_peer = rows_per_die * (7168 + 4)  # INT8 token + one float scale (DeepEP-Ascend)
+    transfer = 30 * per_peer / (196e9 * 0.7) + 31 * (5.5e-6 + 10e-6)
+    stage = (32768 * (14336 + 7172) + 2 * 2**20) / (1.6e12 * 0.9)  # 4096 x 8 copies
+    assert r.dispatch_time_s == pytest.approx(transfer + stage, rel=1e-9)
     assert r.deepep_bytes_per_rank == pytest.approx(32 * per_peer)  # self included
+
+
+def test_ascend_normal_kernels_stage_and_reduce_by_hand():
+    """CloudMatrix384 EP8, 4096 tokens, top-8 of 256: a die stages 4096 x 8 copies
+    (read 14336-B BF16 token, write the 7172-B INT8 row) before the pull, and after its
+    sends reduces 32768 returned rows into 4096 tokens, on 1.6 TB/s x 0.9 HBM with a
+    2-MiB half size. Wire and numerator count one row per (token, expert)."""
+    from xpusim.hwprofiles import load_system
+    from xpusim.sim.network.ep import EPConfig, simulate_ep
+
+    system = load_system("cloudmatrix-384")
+    hbm, half = 1.6e12 * 0.9, 2 * 2**20
+    r = simulate_ep(EPConfig(7168, 8, 256, 8, 4096, dtype_bytes=1.0, dispatch="deepep"), system)
+    assert r.local_pass_s[0] == pytest.approx((32768 * (14336 + 7172) + half) / hbm)
+    assert r.deepep_bytes_per_rank == pytest.approx(32768 * 7172)
+    r = simulate_ep(EPConfig(7168, 8, 256, 8, 4096, dtype_bytes=2.0, dispatch="deepep"), system)
+    assert r.local_pass_s[1] == pytest.approx(((32768 + 4096) * 14336 + half) / hbm)
+    assert r.combine_time_s > r.local_pass_s[1] > 0.3e-3  # 0.37 ms after the sends
+
+
+def test_deepep_intranode_on_nvidia_has_no_local_pass():
+    """DeepEP's own intranode kernel receives while it sends: nothing is added."""
+    from xpusim.hwprofiles import load_system
+    from xpusim.sim.network.ep import EPConfig, simulate_ep
+
+    cfg = EPConfig(7168, 8, 256, 8, 4096, dtype_bytes=1.0, dispatch="deepep")
+    assert simulate_ep(cfg, load_system("hgx-h800")).local_pass_s == (0.0, 0.0)
 
 
 def test_deepep_internode_counts_rdma_tokens_with_own_node_by_hand():

@@ -38,6 +38,9 @@ Dispatch modes (combine sends the same bytes back along the reverse paths):
   the V1 README @ ebfe47e measured them); on a supernode the UB fabric carries
   them. DeepEP's combine and DeepEP-Ascend's dispatch then make a local pass that
   waits for every copy first (``local_pass_s``), added to their time.
+  DeepEP-Ascend's *normal* kernels on a supernode send one row per (token, expert),
+  stage the dispatch before the transfer and reduce the combine after it
+  (ep_ascend.py).
 
 ``deepep_bytes_per_rank`` is the byte count DeepEP's own benchmarks divide by the
 kernel time to print their "bottleneck bandwidth" (tests/test_internode.py,
@@ -82,6 +85,7 @@ from xpusim.hwprofiles.spec import System
 from xpusim.sim.errors import InputError
 from xpusim.sim.inputs import read_text
 from xpusim.sim.network.api import cost_network
+from xpusim.sim.network.ep_ascend import reduce_bytes, staging_bytes
 from xpusim.sim.network.phases import NetworkCost, Phase
 from xpusim.sim.network.topology import DIE_TO_DIE, INTER, INTRA
 
@@ -337,6 +341,11 @@ def _all_pairs(per_dest: np.ndarray) -> tuple[tuple[int, int, float], ...]:
     return tuple((s, d, float(per_dest[d])) for s in range(n) for d in range(n) if s != d)
 
 
+def ascend_normal(system: System) -> bool:
+    """DeepEP-Ascend's normal kernels run ``deepep`` here (a Huawei supernode)."""
+    return system.device.vendor == "Huawei" and system.inter_topology == "supernode"
+
+
 def dispatch_phases(cfg: EPConfig, system: System) -> tuple[list[Phase], dict[str, Any]]:
     """The dispatch traffic of ``cfg`` as phases of flows, and routing statistics."""
     p_count, per_dev = cfg.ep, cfg.experts // cfg.ep
@@ -371,8 +380,12 @@ def dispatch_phases(cfg: EPConfig, system: System) -> tuple[list[Phase], dict[st
 
     dev_hit = np.array([prob_hit(pi, ex, cfg.top_k, uniform) for ex in experts_of]) * dev_kept
     if cfg.dispatch == "deepep" and (nodes == 1 or system.inter_topology == "supernode"):
-        # DeepEP's intranode kernel: once per destination device, straight there.
+        # DeepEP's intranode kernel: once per destination device, straight there;
+        # DeepEP-Ascend's on a supernode: once per (token, expert) (ep_ascend.py).
         per_dest = t * dev_hit * tb
+        if ascend_normal(system):
+            per_dest = t * dev_pi * dev_kept * tb
+            stats["ascend_rows"] = float(t * (dev_pi * dev_kept).sum())  # a rank's copies
         stats["deepep_bytes_per_rank"] = float(per_dest.sum())  # received, self included
         phase = Phase("deepep: direct, once per device", max(1, p_count - 1), _all_pairs(per_dest))
         return [phase], stats
@@ -459,8 +472,10 @@ def _recv_bytes(phases: list[Phase], ranks: int) -> np.ndarray:
 def local_pass_s(
     cfg: EPConfig, system: System, msg: Messages, stats: dict[str, Any]
 ) -> tuple[float, float]:
-    """Seconds of the low-latency kernels' local pass that waits for every copy first
-    and so adds to the transfer, (dispatch, combine):
+    """Seconds of a kernel's local pass that the transfer waits for, or that waits for
+    every copy, and so adds to the transfer, (dispatch, combine). DeepEP-Ascend's
+    normal kernels on a supernode: the dispatch staging and the combine reduce
+    (ep_ascend.py). The low-latency kernels:
 
     * DeepEP's combine (csrc/kernels/internode_ll.cu, combine: "Wait all ranks to
       arrive", ``cg::this_grid().sync()``, then "Reduce tokens"): a rank reads the k
@@ -474,14 +489,19 @@ def local_pass_s(
     as a memory-bound op on the roofline's memory curve (sim/cost/roofline.py: (bytes +
     half) / (HBM bandwidth x memory_max)), a lower bound for a copy through registers/UB.
     """
-    if cfg.dispatch != "low-latency":
-        return 0.0, 0.0
     dev = system.device
     eff = dev.efficiency
 
     def memory_s(nbytes: float) -> float:
         return (nbytes + eff.memory_half_bytes) / (dev.hbm_bandwidth * eff.memory_max)
 
+    if cfg.dispatch == "deepep" and "ascend_rows" in stats:  # ep_ascend.py
+        rows = stats["ascend_rows"]
+        stage = staging_bytes(rows, cfg.hidden, msg.dispatch)
+        reduce = reduce_bytes(rows, cfg.tokens_per_device, msg.combine)
+        return memory_s(stage), memory_s(reduce)
+    if cfg.dispatch != "low-latency":
+        return 0.0, 0.0
     if dev.vendor == "Huawei":
         scale = ASCEND_TOKEN_SCALE if cfg.dtype_bytes == 1.0 else 0
         out = cfg.token_bytes + scale + ASCEND_LL_TRIPLE  # expandXOut, dynamic scale, triple

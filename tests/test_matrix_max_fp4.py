@@ -68,13 +68,17 @@ def test_fp4_fraction_moves_only_fp4_gemms():
     assert RooflineModel(faster).time(bf16).compute_s == RooflineModel(dev).time(bf16).compute_s
 
 
-def test_schema_bounds_and_units():
+@pytest.mark.parametrize("field, value, too_big", [
+    ("matrix_max_fp4", 0.434, 1.5),
+    ("matrix_max_mxfp8", 0.726, 1.2),
+])
+def test_schema_bounds_and_units(field, value, too_big):
     from pydantic import ValidationError
     from xpusim.hwprofiles.schema import EfficiencyFile
 
     base = dict(matrix_max=0.8, matrix_half_gflop=1.0, vector_max=0.7, vector_half_mflop=1.0,
                 memory_max=0.9, memory_half_mib=1.0, launch_overhead_us=5.0, source="test")
-    assert EfficiencyFile(**base).to_spec().matrix_max_fp4 == 0.0
-    assert EfficiencyFile(**base, matrix_max_fp4=0.434).to_spec().matrix_max_fp4 == 0.434
+    assert getattr(EfficiencyFile(**base).to_spec(), field) == 0.0
+    assert getattr(EfficiencyFile(**base, **{field: value}).to_spec(), field) == value
     with pytest.raises(ValidationError):
-        EfficiencyFile(**base, matrix_max_fp4=1.5)
+        EfficiencyFile(**base, **{field: too_big})

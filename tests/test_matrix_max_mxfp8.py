@@ -49,15 +49,3 @@ def test_compute_time_uses_the_mxfp8_fraction(device, dtype, expected_s):
     cost = RooflineModel(load_device(device)).time(ops.gemm("g", 4736, 1024, 8192, dtype))
     assert cost.details["executed_flops"] == pytest.approx(2 * 4736 * 1024 * 8192)
     assert cost.compute_s == pytest.approx(expected_s, rel=1e-5)
-
-
-def test_schema_default_and_bounds():
-    from pydantic import ValidationError
-    from xpusim.hwprofiles.schema import EfficiencyFile
-
-    base = dict(matrix_max=0.8, matrix_half_gflop=1.0, vector_max=0.7, vector_half_mflop=1.0,
-                memory_max=0.9, memory_half_mib=1.0, launch_overhead_us=5.0, source="test")
-    assert EfficiencyFile(**base).to_spec().matrix_max_mxfp8 == 0.0
-    assert EfficiencyFile(**base, matrix_max_mxfp8=0.726).to_spec().matrix_max_mxfp8 == 0.726
-    with pytest.raises(ValidationError):
-        EfficiencyFile(**base, matrix_max_mxfp8=1.2)

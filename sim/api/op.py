@@ -26,6 +26,7 @@ from xpusim.sim.api.base import as_json_dict, request_from_kwargs, resolve_devic
 from xpusim.sim.cost import OpCost, RooflineModel
 from xpusim.sim.cost.attention_impl import PASSES, attention_cost, default_impl, shape_of
 from xpusim.sim.cost.gemm_impl import DEEPGEMM_DTYPES, GEMM_IMPLS
+from xpusim.sim.cost.gemm_xla import XLA_IMPLS, xla_impl_error
 from xpusim.sim.cost.op_timing import as_timed, check_timing
 from xpusim.sim.errors import InputError
 from xpusim.sim.ir import AttentionShape, Op, shape_dict
@@ -153,6 +154,8 @@ def op(request: OpRequest | None = None, /, **kwargs: Any) -> OpResult:
     req = request_from_kwargs(OpRequest, request, kwargs, "xpusim.op")
     values = resolve(req)
     device = resolve_device(req.device, req.calibration)
+    if values["kind"] == "gemm" and (error := xla_impl_error(values["impl"], device.name, "")):
+        raise InputError(error)  # xla-sm90 on a device that is not sm_90
     the_op = build_op(values)
     peak = device.peak_for("matrix" if the_op.unit == "matrix" else "vector", the_op.dtype)
     attention: dict[str, Any] = {}
@@ -284,6 +287,11 @@ def _check_gemm_impl(v: dict[str, Any]) -> None:
         return
     if impl not in GEMM_IMPLS:
         raise InputError(f"op gemm --impl {impl!r}: choose one of {', '.join(GEMM_IMPLS)}")
+    if impl in XLA_IMPLS:  # sim/cost/gemm_xla.py: BF16 dots (the device: ``op``)
+        error = xla_impl_error(impl, None, v["dtype"])
+        if error:
+            raise InputError(error)
+        return
     if v["dtype"] not in DEEPGEMM_DTYPES:
         raise InputError(f"op gemm --impl {impl}: DeepGEMM runs FP8 GEMMs; "
                          f"give --dtype {' or '.join(DEEPGEMM_DTYPES)}")

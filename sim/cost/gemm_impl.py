@@ -43,6 +43,9 @@ DeepGEMM's structure, as priced here (sources in ``deepgemm_config`` and ``deepg
 
 HBM traffic (A once, B once per group, the BF16 output) and the epilogue's output store
 after the main loop are the generic roofline's terms.
+
+* ``xla-sm90`` — an XLA GPU ``dot`` as XLA's sm_90 matmul perf table times it: the generic
+  path plus the measured per-dot floor of that table's tool (sim/cost/gemm_xla.py).
 """
 
 from __future__ import annotations
@@ -51,9 +54,11 @@ import math
 from dataclasses import dataclass
 
 from xpusim.hwprofiles.spec import Device
+from xpusim.sim.cost.gemm_xla import XLA_IMPLS
 from xpusim.sim.ir import GemmShape
 
-GEMM_IMPLS = ("deepgemm", "deepgemm-contiguous", "deepgemm-masked")
+DEEPGEMM_IMPLS = ("deepgemm", "deepgemm-contiguous", "deepgemm-masked")
+GEMM_IMPLS = DEEPGEMM_IMPLS + XLA_IMPLS  # xla-sm90: sim/cost/gemm_xla.py
 DEEPGEMM_DTYPES = ("fp8",)  # gemm_fp8_fp8_bf16_nt: FP8 e4m3 inputs, BF16 output
 BLOCK_K = 128  # DeepGEMM's fixed K block (and the 1x128 / 128x128 scaling granularity)
 BLOCK_NS = tuple(range(16, 129, 8))  # get_best_configs: block_ns = range(16, 129, 8)
@@ -176,6 +181,7 @@ def deepgemm_work(
 __all__ = [
     "BLOCK_NS",
     "DEEPGEMM_DTYPES",
+    "DEEPGEMM_IMPLS",
     "DeepGemmConfig",
     "GEMM_IMPLS",
     "best_config",

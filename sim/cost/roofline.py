@@ -46,8 +46,10 @@ import math
 from functools import lru_cache
 
 from xpusim.hwprofiles.spec import Device
+from xpusim.sim import ops
 from xpusim.sim.cost.base import OpCost
-from xpusim.sim.cost.gemm_impl import deepgemm_work
+from xpusim.sim.cost.gemm_impl import DEEPGEMM_IMPLS, deepgemm_work
+from xpusim.sim.cost.gemm_xla import XLA_IMPLS, ZERO_WORK_DOT_MNK, xla_fixed_s
 from xpusim.sim.ir import (
     MAIN_MEMORY,
     ElementwiseShape,
@@ -220,7 +222,7 @@ class RooflineModel:
             # GenerateSM90_TensorOp_16b_WGMMA_gemm: cluster shapes [2,1,1] / [1,2,1]).
             l2 = dev.kernels.l2_bandwidth if dev.arch == "nvidia" else None
             per_element = peak * max_eff / l2 * dtype_bytes(op.dtype) if l2 else 0.0
-            if shape.impl:  # a named library kernel cuts the blocks its own way (gemm_impl)
+            if shape.impl in DEEPGEMM_IMPLS:  # DeepGEMM cuts the blocks its own way
                 work, executed = deepgemm_work(shape, dev, op.dtype, per_element)
             else:
                 work, executed = gemm_tile_cost(shape.m, shape.n, shape.k, shape.batch, dev,
@@ -300,6 +302,17 @@ class RooflineModel:
             out = min(out, self.device.matrix_cores * bm * bn * out_elt)
         return out / (self.device.hbm_bandwidth * eff.memory_max)
 
+    def impl_fixed_s(self, op: Op) -> float:
+        """Per-call seconds a named GEMM implementation adds to the device body: for
+        ``xla-sm90`` the measured zero-work XLA dot less the model's own price of that dot
+        (a 16x16x16 GEMM in the op's dtype, device body without the launch;
+        sim/cost/gemm_xla.py). 0 for every other op."""
+        shape = op.shape
+        if not isinstance(shape, GemmShape) or shape.impl not in XLA_IMPLS:
+            return 0.0
+        cost = self.time(ops.gemm("xla-zero-work-dot", *ZERO_WORK_DOT_MNK, op.dtype))
+        return xla_fixed_s(cost.time_s - cost.overhead_s)
+
     def time(self, op: Op) -> OpCost:
         eff = self.device.efficiency
         compute_s, details = self.compute_time(op)
@@ -318,6 +331,10 @@ class RooflineModel:
             reads_s = max(memory_s - store_s, 0.0)
             body = max(body, max(compute_s, reads_s) + store_s)
             details = {**details, "epilogue_s": store_s}
+        fixed_s = self.impl_fixed_s(op)
+        if fixed_s > 0:  # XLA's per-dot floor (sim/cost/gemm_xla.py), device-side time
+            body += fixed_s
+            details = {**details, "xla_fixed_s": fixed_s}
         if overhead_s > body:
             bound = "overhead"
         else:

@@ -1,0 +1,80 @@
+"""XLA's GPU dot on sm_90 as its matmul perf table times it (``--impl xla-sm90``;
+docs/cost_model.md, "XLA's dot on sm_90").
+
+The table (``kDefaultMatmulPTable`` "sm_90", openxla/xla
+xla/service/gpu/model/matmul_interpolator_data.h; validation rows G18) is written by
+xla/tools/matmul_perf_table_gen.cc: each entry is one HLO ``dot`` compiled with the HLO passes
+on (``CreateExecutable(module, run_hlo_passes=true)``, debug options from flags, so XLA
+autotunes between cuBLAS and its Triton GEMM configs), warmed up once, then run 5 times on each
+of two argument sets while ``HloOpProfiler::GetKernelTracer()`` records every
+CUPTI_ACTIVITY_KIND_KERNEL activity; the entry is the median kernel duration
+(xla/service/gpu/model/hlo_op_profiler.cc ``CuptiKernelTracer::getMedianKernelTimeNs``), stored
+as ``2 m n k b / t`` and as ``clock_rate_ghz x t`` cycles.
+
+What the generic GEMM path does not carry is that measurement's per-dot floor. The same tool's
+usage text (xla/tools/matmul_perf_table_gen_main.cc ``kUsageText``, example 2, "sm_90") prints
+its output for three dots with next to no work, BF16: 16x16x16 and 8x16x16 at 9440 cycles,
+24x16x16 at 10961. At the sm_90 part's 1.98 GHz boost clock (H100 SXM5; the clock XLA's
+``DeviceDescription::clock_rate_ghz`` reports) these are 4768 ns and 5536 ns, both whole
+multiples of the 32 ns GPU timer tick, which dates them to that clock. A dot that does no work
+thus measures 4.77 us (the median of the three) where the roofline prices a zero-work kernel
+at its fill terms (~2.0 us on H100 SXM). The XLA dot is priced as the generic GEMM plus that
+difference; what makes up the 4.77 us (kernel prologue, the serialising KERNEL activity kind,
+the emitter's kernel) is not recorded, so it is one measured constant, not a breakdown.
+"""
+
+from __future__ import annotations
+
+XLA_IMPLS = ("xla-sm90",)
+XLA_DTYPES = ("bf16",)  # the usage-text dots are BF16 (dtypes_spec lhs=bf16,rhs=bf16,out=bf16)
+# matmul_perf_table_gen_main.cc kUsageText example 2 ("sm_90"): clock_cycles of a 16x16x16,
+# 8x16x16 and 24x16x16 BF16 dot.
+ZERO_WORK_DOT_CYCLES = (9440, 9440, 10961)
+ZERO_WORK_DOT_MNK = (16, 16, 16)  # the smallest of them, priced by the model for the offset
+SM90_CLOCK_GHZ = 1.98  # H100 SXM5 boost clock (NVIDIA H100 specification: 1.98 GHz)
+# Hopper (sm_90) device profiles the constant is taken to hold for.
+XLA_SM90_DEVICES = frozenset({
+    "h100-sxm5-80gb", "h100-nvl", "h800-sxm5-80gb", "h200-sxm-141gb", "h20-96gb",
+    "gh200-96gb", "gh200-144gb",
+})
+
+
+def zero_work_dot_s() -> float:
+    """Seconds of a zero-work XLA dot in the sm_90 table's measurement: the median of the
+    usage text's three cycle counts at 1.98 GHz (9440 cycles: 4.768 us)."""
+    cycles = sorted(ZERO_WORK_DOT_CYCLES)[len(ZERO_WORK_DOT_CYCLES) // 2]
+    return cycles / (SM90_CLOCK_GHZ * 1e9)
+
+
+def xla_fixed_s(zero_work_model_s: float) -> float:
+    """Seconds the XLA measurement adds to a dot beyond the generic model: the zero-work dot's
+    measured time less what the model prices for it (``zero_work_model_s``, its device body
+    without the host launch); never negative."""
+    return max(0.0, zero_work_dot_s() - zero_work_model_s)
+
+
+def xla_impl_error(impl: str | None, device: str | None, dtype: str) -> str | None:
+    """Why ``op gemm --impl impl`` cannot run on ``device`` in ``dtype`` (None: it can);
+    ``device`` None or ``dtype`` "" skips that check."""
+    if impl not in XLA_IMPLS:
+        return None
+    if dtype and dtype not in XLA_DTYPES:
+        return (f"op gemm --impl {impl}: the sm_90 dot floor is measured for BF16 dots; "
+                f"give --dtype {' or '.join(XLA_DTYPES)}")
+    if device is not None and device not in XLA_SM90_DEVICES:
+        return (f"op gemm --impl {impl}: measured on sm_90 (Hopper); give one of "
+                f"{', '.join(sorted(XLA_SM90_DEVICES))}")
+    return None
+
+
+__all__ = [
+    "SM90_CLOCK_GHZ",
+    "XLA_DTYPES",
+    "XLA_IMPLS",
+    "XLA_SM90_DEVICES",
+    "ZERO_WORK_DOT_CYCLES",
+    "ZERO_WORK_DOT_MNK",
+    "xla_fixed_s",
+    "xla_impl_error",
+    "zero_work_dot_s",
+]

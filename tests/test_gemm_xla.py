@@ -13,7 +13,7 @@ H100 = "h100-sxm5-80gb"
 
 
 def test_zero_work_dot_is_9440_cycles_at_1_98_ghz():
-    """Median of (9440, 9440, 10961) cycles = 9440; / 1.98 GHz = 4767.7 ns (149 x 32 ns ticks)."""
+    """Median of (9440, 9440, 10961) cycles = 9440; / 1.98 GHz = 4767.7 ns."""
     assert zero_work_dot_s() == pytest.approx(4.7677e-6, rel=1e-4)
     assert xla_fixed_s(2.0e-6) == pytest.approx(2.7677e-6, rel=1e-4)
     assert xla_fixed_s(5.0e-6) == 0.0  # a model already slower than the floor adds nothing

@@ -16,7 +16,9 @@ usage text (xla/tools/matmul_perf_table_gen_main.cc ``kUsageText``, example 2, "
 its output for three dots with next to no work, BF16: 16x16x16 and 8x16x16 at 9440 cycles,
 24x16x16 at 10961. At the sm_90 part's 1.98 GHz boost clock (H100 SXM5; the clock XLA's
 ``DeviceDescription::clock_rate_ghz`` reports) these are 4768 ns and 5536 ns, both whole
-multiples of the 32 ns GPU timer tick, which dates them to that clock. A dot that does no work
+multiples of 32 ns (149 and 173), as quantised timestamps would give; at the H100 PCIe's
+1.755 GHz they would be 5379 and 6246 ns, not multiples (the clock is INFERRED from that, the
+tick size is not sourced). A dot that does no work
 thus measures 4.77 us (the median of the three) where the roofline prices a zero-work kernel
 at its fill terms (~2.0 us on H100 SXM). The XLA dot is priced as the generic GEMM plus that
 difference; what makes up the 4.77 us (kernel prologue, the serialising KERNEL activity kind,

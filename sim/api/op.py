@@ -25,6 +25,7 @@ from xpusim.sim import ops
 from xpusim.sim.api.base import as_json_dict, request_from_kwargs, resolve_device
 from xpusim.sim.cost import OpCost, RooflineModel
 from xpusim.sim.cost.attention_impl import PASSES, attention_cost, default_impl, shape_of
+from xpusim.sim.cost.gemm_cutlass import CUTLASS_DTYPES, CUTLASS_IMPLS, cutlass_device_error
 from xpusim.sim.cost.gemm_impl import DEEPGEMM_DTYPES, GEMM_IMPLS
 from xpusim.sim.cost.gemm_xla import XLA_IMPLS, xla_impl_error
 from xpusim.sim.cost.op_timing import as_timed, check_timing
@@ -156,6 +157,8 @@ def op(request: OpRequest | None = None, /, **kwargs: Any) -> OpResult:
     device = resolve_device(req.device, req.calibration)
     if values["kind"] == "gemm" and (error := xla_impl_error(values["impl"], device.name, "")):
         raise InputError(error)  # xla-sm90 on a device that is not sm_90
+    if values.get("impl") in CUTLASS_IMPLS and (why := cutlass_device_error(device)):
+        raise InputError(f"op gemm --impl {values['impl']}: {why}")
     the_op = build_op(values)
     peak = device.peak_for("matrix" if the_op.unit == "matrix" else "vector", the_op.dtype)
     attention: dict[str, Any] = {}
@@ -281,7 +284,8 @@ def build_op(v: dict[str, Any]) -> Op:
 
 def _check_gemm_impl(v: dict[str, Any]) -> None:
     """``--impl`` of op gemm: one of ``GEMM_IMPLS``; DeepGEMM's kernels take FP8 inputs, and
-    its dense kernel one matrix (groups name their layout: -contiguous or -masked)."""
+    its dense kernel one matrix (groups name their layout: -contiguous or -masked); vLLM's
+    CUTLASS NVFP4 kernel (``cutlass_scaled_fp4_mm``) takes NVFP4 inputs and one matrix."""
     impl = v["impl"]
     if impl is None:
         return
@@ -291,6 +295,13 @@ def _check_gemm_impl(v: dict[str, Any]) -> None:
         error = xla_impl_error(impl, None, v["dtype"])
         if error:
             raise InputError(error)
+    if impl in CUTLASS_IMPLS:
+        if v["dtype"] not in CUTLASS_DTYPES:
+            raise InputError(f"op gemm --impl {impl}: vLLM's cutlass_scaled_fp4_mm takes "
+                             f"NVFP4 operands; give --dtype {' or '.join(CUTLASS_DTYPES)}")
+        if v["batch"] != 1:
+            raise InputError(f"op gemm --impl {impl}: cutlass_scaled_fp4_mm is one 2-D GEMM "
+                             "(a and b must be matrices); give --batch 1")
         return
     if v["dtype"] not in DEEPGEMM_DTYPES:
         raise InputError(f"op gemm --impl {impl}: DeepGEMM runs FP8 GEMMs; "

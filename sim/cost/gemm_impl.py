@@ -11,6 +11,8 @@ differs.
 
 Implementations:
 
+* ``vllm-cutlass-nvfp4`` — vLLM's SM100 CUTLASS NVFP4 GEMM with its untuned config (one
+  256 x 256 x 256 tile, 4 x 4 cluster for every M; sim/cost/gemm_cutlass.py).
 * ``deepgemm`` — DeepGEMM's FP8 dense kernel ``gemm_fp8_fp8_bf16_nt`` (deepseek-ai/DeepGEMM,
   initial release, Feb 2025; the README figures of the validation rows G15-G17 are its
   output). ``deepgemm-contiguous`` / ``deepgemm-masked``: its two M-grouped kernels,
@@ -54,11 +56,15 @@ import math
 from dataclasses import dataclass
 
 from xpusim.hwprofiles.spec import Device
+from xpusim.sim.cost.gemm_cutlass import CUTLASS_IMPLS, cutlass_work
 from xpusim.sim.cost.gemm_xla import XLA_IMPLS
 from xpusim.sim.ir import GemmShape
 
 DEEPGEMM_IMPLS = ("deepgemm", "deepgemm-contiguous", "deepgemm-masked")
-GEMM_IMPLS = DEEPGEMM_IMPLS + XLA_IMPLS  # xla-sm90: sim/cost/gemm_xla.py
+# vLLM's SM100 CUTLASS kernels by their compiled tile/cluster configs: sim/cost/gemm_cutlass.py;
+# xla-sm90 (the generic blocks plus XLA's measured per-dot floor): sim/cost/gemm_xla.py
+BLOCK_IMPLS = DEEPGEMM_IMPLS + CUTLASS_IMPLS  # kernels that cut the output blocks their own way
+GEMM_IMPLS = BLOCK_IMPLS + XLA_IMPLS
 DEEPGEMM_DTYPES = ("fp8",)  # gemm_fp8_fp8_bf16_nt: FP8 e4m3 inputs, BF16 output
 BLOCK_K = 128  # DeepGEMM's fixed K block (and the 1x128 / 128x128 scaling granularity)
 BLOCK_NS = tuple(range(16, 129, 8))  # get_best_configs: block_ns = range(16, 129, 8)
@@ -178,15 +184,27 @@ def deepgemm_work(
     return slots * per_block, slots * mma
 
 
+def impl_work(
+    shape: GemmShape, device: Device, dtype: str, flops_per_element: float,
+) -> tuple[float, float]:
+    """(cost in tensor FLOPs, executed FLOPs) of ``shape`` under the kernel ``shape.impl``
+    names: DeepGEMM's (``deepgemm_work``) or a vLLM CUTLASS config (``cutlass_work``)."""
+    if shape.impl in CUTLASS_IMPLS:
+        return cutlass_work(shape, device, flops_per_element)
+    return deepgemm_work(shape, device, dtype, flops_per_element)
+
+
 __all__ = [
     "BLOCK_NS",
     "DEEPGEMM_DTYPES",
+    "BLOCK_IMPLS",
     "DEEPGEMM_IMPLS",
     "DeepGemmConfig",
     "GEMM_IMPLS",
     "best_config",
     "deepgemm_config",
     "deepgemm_work",
+    "impl_work",
     "promotion_flops_per_element",
     "smem_bytes",
 ]

@@ -48,7 +48,7 @@ from functools import lru_cache
 from xpusim.hwprofiles.spec import Device
 from xpusim.sim import ops
 from xpusim.sim.cost.base import OpCost
-from xpusim.sim.cost.gemm_impl import DEEPGEMM_IMPLS, deepgemm_work
+from xpusim.sim.cost.gemm_impl import BLOCK_IMPLS, impl_work
 from xpusim.sim.cost.gemm_xla import XLA_IMPLS, ZERO_WORK_DOT_MNK, xla_fixed_s
 from xpusim.sim.ir import (
     MAIN_MEMORY,
@@ -222,8 +222,8 @@ class RooflineModel:
             # GenerateSM90_TensorOp_16b_WGMMA_gemm: cluster shapes [2,1,1] / [1,2,1]).
             l2 = dev.kernels.l2_bandwidth if dev.arch == "nvidia" else None
             per_element = peak * max_eff / l2 * dtype_bytes(op.dtype) if l2 else 0.0
-            if shape.impl in DEEPGEMM_IMPLS:  # DeepGEMM cuts the blocks its own way
-                work, executed = deepgemm_work(shape, dev, op.dtype, per_element)
+            if shape.impl in BLOCK_IMPLS:  # a named library kernel cuts the blocks its own way
+                work, executed = impl_work(shape, dev, op.dtype, per_element)
             else:
                 work, executed = gemm_tile_cost(shape.m, shape.n, shape.k, shape.batch, dev,
                                                 per_element, dev.kernels.async_mma)

@@ -285,7 +285,8 @@ def build_op(v: dict[str, Any]) -> Op:
 def _check_gemm_impl(v: dict[str, Any]) -> None:
     """``--impl`` of op gemm: one of ``GEMM_IMPLS``; DeepGEMM's kernels take FP8 inputs, and
     its dense kernel one matrix (groups name their layout: -contiguous or -masked); vLLM's
-    CUTLASS NVFP4 kernel (``cutlass_scaled_fp4_mm``) takes NVFP4 inputs and one matrix."""
+    CUTLASS NVFP4 kernel (``cutlass_scaled_fp4_mm``) takes NVFP4 inputs and one matrix; XLA's
+    ``xla-sm90`` dot takes BF16 (``gemm_xla.xla_impl_error``)."""
     impl = v["impl"]
     if impl is None:
         return
@@ -295,6 +296,7 @@ def _check_gemm_impl(v: dict[str, Any]) -> None:
         error = xla_impl_error(impl, None, v["dtype"])
         if error:
             raise InputError(error)
+        return
     if impl in CUTLASS_IMPLS:
         if v["dtype"] not in CUTLASS_DTYPES:
             raise InputError(f"op gemm --impl {impl}: vLLM's cutlass_scaled_fp4_mm takes "

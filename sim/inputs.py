@@ -147,12 +147,35 @@ def read_json(path: str | Path, what: str, *, error: type[Exception] = InputErro
     return _check_depth(data, path, what, error)
 
 
+# Parsed TOML documents by their text, the last TOML_PARSED_KEPT kept. A process reads
+# the same few files again and again (``xpusim validate --published``: the device,
+# system, engine and host profiles of every row and of its baseline, ~6,000 reads of
+# ~30 files at ~1 ms of parsing each; docs/performance.md). Keyed on the whole text, so
+# an edited file is parsed afresh; every caller gets its own copy (``_fresh``), so a
+# caller that changes its document changes no other's.
+TOML_PARSED_KEPT = 64
+_TOML_PARSED: dict[str, dict[str, Any]] = {}
+
+
+def _fresh(value: Any) -> Any:
+    """A copy of parsed TOML: new dicts and lists, the (immutable) scalars shared."""
+    if type(value) is dict:
+        return {k: _fresh(v) for k, v in value.items()}
+    if type(value) is list:
+        return [_fresh(v) for v in value]
+    return value
+
+
 def read_toml(
     path: str | Path, what: str, *, error: type[Exception] = InputError
 ) -> dict[str, Any]:
     """The parsed TOML document (size, encoding and depth checked)."""
     path = Path(path)
     text = read_text(path, what, error=error)
+    parsed = _TOML_PARSED.get(text)
+    if parsed is not None:
+        fresh: dict[str, Any] = _fresh(parsed)
+        return fresh
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -160,6 +183,9 @@ def read_toml(
     except RecursionError:
         raise _fail(error, path, what, f"nested deeper than {MAX_DEPTH} levels") from None
     _check_depth(data, path, what, error)
+    if len(_TOML_PARSED) >= TOML_PARSED_KEPT:
+        del _TOML_PARSED[next(iter(_TOML_PARSED))]
+    _TOML_PARSED[text] = _fresh(data)
     return data
 
 

@@ -11,7 +11,8 @@ flash-attention ``benchmarks/benchmark_flash_attention.py`` (FA2 paper, 2023) an
     attention = torch.softmax(scores, dim=-1)
     output = torch.einsum('bhts,bshd->bthd', F.dropout(attention, 0.0), v)
 
-Beyond the score kernels ``attention_impl.standard_ops`` prices, this runs:
+Beyond the score kernels ``standard_ops`` (below: eager attention's own kernels,
+``attention_impl``'s ``standard`` implementation) prices, this runs:
 
 * forward, three layout copies. ``unbind`` leaves q, k, v as strided views of the packed
   tensor (row stride 3·h·d), where b and h are not adjacent, so einops' ``reshape`` to
@@ -50,11 +51,16 @@ gradient of that copy with d fastest in its output, the same pattern transposed.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from xpusim.hwprofiles.spec import Device
 from xpusim.sim import ops
-from xpusim.sim.cost.attention_blocks import l2_bytes_per_s
+from xpusim.sim.cost.attention_blocks import l2_bytes_per_s, with_bytes
 from xpusim.sim.cost.roofline import RooflineModel
-from xpusim.sim.ir import Op, dtype_bytes
+from xpusim.sim.ir import Op, OpKind, dtype_bytes
+
+if TYPE_CHECKING:
+    from xpusim.sim.cost.attention_impl import AttnShape
 
 # The granularity in which an NVIDIA SM's global loads are served (CUDA C++ Best Practices
 # Guide, "Coalesced Access to Global Memory").
@@ -104,4 +110,55 @@ def strided_l2_extra_s(device: Device, batch: float, heads: float, q_len: float,
     return extra
 
 
-__all__ = ["SECTOR_BYTES", "bench_layout_ops", "strided_l2_bytes", "strided_l2_extra_s"]
+def standard_ops(shape: AttnShape, pass_: str = "fwd") -> list[Op]:
+    """The kernels eager PyTorch runs for ``softmax(Q K^T * scale + mask) V`` (forward) or
+    for its autograd backward, in order. Scores are in the input dtype (as the FA
+    benchmarks' ``attention_pytorch``); the causal mask is built per call in fp32
+    (``torch.full`` + ``torch.triu``) and cast to the dtype. A sliding window changes
+    only the mask's band, not these kernels: eager attention scores all S x S pairs."""
+    b, h, q, kv, d, vd = shape.batch, shape.heads, shape.q_len, shape.kv_len, shape.head_dim, shape.vd
+    dt = shape.dtype
+    bh = b * h
+    scores = bh * q * kv
+    out: list[Op] = []
+    if pass_ == "fwd":
+        if shape.kvh != h:  # repeat_interleave of K and V to the query heads
+            out.append(ops.memcpy("repeat_kv", b * h * kv * (d + vd) * dtype_bytes(dt)))
+        if shape.causal:
+            out.append(ops.elementwise("mask_full", q * kv, "fp32", 0.0, 0, 1))
+            out.append(ops.elementwise("mask_triu", q * kv, "fp32", 1.0, 1, 1))
+            cast = ops.elementwise("mask_cast", q * kv, dt, 1.0, 1, 1)
+            nbytes = q * kv * (4 + dtype_bytes(dt))
+            out.append(with_bytes(cast, nbytes))
+        out.append(ops.gemm("qk", q, kv, d, dt, bh))
+        if shape.causal:  # S + mask: the broadcast mask is re-read for every batch x head
+            out.append(ops.elementwise("mask_add", scores, dt, 1.0, 2, 1))
+        out.append(ops.softmax("softmax", bh * q, kv, dt))
+        out.append(ops.gemm("pv", q, vd, kv, dt, bh))
+        return out
+    # autograd: PV backward, softmax backward (the mask add passes the gradient through),
+    # QK^T backward (two bmm, each followed by its alpha multiply).
+    out.append(ops.gemm("dp", q, kv, vd, dt, bh))
+    out.append(ops.gemm("dv", kv, vd, q, dt, bh))
+    # softmax_backward_cuda_out (aten/src/ATen/native/cuda/SoftMax.cu) first runs
+    # ``tmp = grad * output`` as its own elementwise kernel (reads dP and P, writes tmp),
+    # then the softmax-backward kernel reads tmp and P and writes dS: two score-sized
+    # kernels, six score tensors crossing HBM, not one fused pass.
+    out.append(ops.elementwise("softmax_bwd_mul", scores, dt, 1.0, 2, 1))
+    out.append(ops.elementwise("softmax_bwd", scores, dt, 2.0, 2, 1, OpKind.SOFTMAX))
+    out.append(ops.gemm("dq", q, d, kv, dt, bh))
+    out.append(ops.gemm("dk", kv, d, q, dt, bh))
+    # baddbmm's backward applies alpha (the softmax scale) after each bmm as its own kernel:
+    # tools/autograd/derivatives.yaml ``batch1: maybe_multiply(grad.bmm(batch2^T), alpha)``,
+    # ``batch2: maybe_multiply(batch1^T.bmm(grad), alpha)``, and ``maybe_multiply`` is
+    # ``t * s`` unless s == 1 (FunctionsManual.cpp).
+    out.append(ops.elementwise("dq_scale", bh * q * d, dt, 1.0, 1, 1))
+    out.append(ops.elementwise("dk_scale", bh * kv * d, dt, 1.0, 1, 1))
+    if shape.kvh != h:  # sum the repeated K/V gradients back to the K/V heads
+        out.append(ops.elementwise("reduce_dkv", b * h * kv * (d + vd), dt, 1.0, 1, 0))
+    return out
+
+
+__all__ = [
+    "SECTOR_BYTES", "bench_layout_ops", "standard_ops", "strided_l2_bytes", "strided_l2_extra_s",
+]

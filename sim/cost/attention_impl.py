@@ -63,7 +63,6 @@ import math
 from dataclasses import dataclass, replace
 
 from xpusim.hwprofiles.spec import Device
-from xpusim.sim import ops
 from xpusim.sim.cost import attention_hopper
 from xpusim.sim.cost.attention_blocks import (
     bwd_prologue_bytes_per_item,
@@ -75,9 +74,8 @@ from xpusim.sim.cost.attention_blocks import (
     plus_side_kernels,
     roofline_sum,
     smem_extra_s,
-    with_bytes,
 )
-from xpusim.sim.cost.attention_eager import bench_layout_ops, strided_l2_extra_s
+from xpusim.sim.cost.attention_eager import bench_layout_ops, standard_ops, strided_l2_extra_s
 from xpusim.sim.cost.attention_hopper import first_block_extra_s, hopper_fwd_tile, out_bytes
 from xpusim.sim.cost.attention_latency import BlockTerms, block_latency_s
 from xpusim.sim.cost.base import OpCost
@@ -253,55 +251,6 @@ def _combine(a: OpCost, b: OpCost) -> OpCost:
 # ------------------------------------------------------------------ standard (eager)
 
 
-def standard_ops(shape: AttnShape, pass_: str = "fwd") -> list[Op]:
-    """The kernels eager PyTorch runs for ``softmax(Q K^T * scale + mask) V`` (forward) or
-    for its autograd backward, in order. Scores are in the input dtype (as the FA
-    benchmarks' ``attention_pytorch``); the causal mask is built per call in fp32
-    (``torch.full`` + ``torch.triu``) and cast to the dtype. A sliding window changes
-    only the mask's band, not these kernels: eager attention scores all S x S pairs."""
-    b, h, q, kv, d, vd = shape.batch, shape.heads, shape.q_len, shape.kv_len, shape.head_dim, shape.vd
-    dt = shape.dtype
-    bh = b * h
-    scores = bh * q * kv
-    out: list[Op] = []
-    if pass_ == "fwd":
-        if shape.kvh != h:  # repeat_interleave of K and V to the query heads
-            out.append(ops.memcpy("repeat_kv", b * h * kv * (d + vd) * dtype_bytes(dt)))
-        if shape.causal:
-            out.append(ops.elementwise("mask_full", q * kv, "fp32", 0.0, 0, 1))
-            out.append(ops.elementwise("mask_triu", q * kv, "fp32", 1.0, 1, 1))
-            cast = ops.elementwise("mask_cast", q * kv, dt, 1.0, 1, 1)
-            nbytes = q * kv * (4 + dtype_bytes(dt))
-            out.append(with_bytes(cast, nbytes))
-        out.append(ops.gemm("qk", q, kv, d, dt, bh))
-        if shape.causal:  # S + mask: the broadcast mask is re-read for every batch x head
-            out.append(ops.elementwise("mask_add", scores, dt, 1.0, 2, 1))
-        out.append(ops.softmax("softmax", bh * q, kv, dt))
-        out.append(ops.gemm("pv", q, vd, kv, dt, bh))
-        return out
-    # autograd: PV backward, softmax backward (the mask add passes the gradient through),
-    # QK^T backward (two bmm, each followed by its alpha multiply).
-    out.append(ops.gemm("dp", q, kv, vd, dt, bh))
-    out.append(ops.gemm("dv", kv, vd, q, dt, bh))
-    # softmax_backward_cuda_out (aten/src/ATen/native/cuda/SoftMax.cu) first runs
-    # ``tmp = grad * output`` as its own elementwise kernel (reads dP and P, writes tmp),
-    # then the softmax-backward kernel reads tmp and P and writes dS: two score-sized
-    # kernels, six score tensors crossing HBM, not one fused pass.
-    out.append(ops.elementwise("softmax_bwd_mul", scores, dt, 1.0, 2, 1))
-    out.append(ops.elementwise("softmax_bwd", scores, dt, 2.0, 2, 1, OpKind.SOFTMAX))
-    out.append(ops.gemm("dq", q, d, kv, dt, bh))
-    out.append(ops.gemm("dk", kv, d, q, dt, bh))
-    # baddbmm's backward applies alpha (the softmax scale) after each bmm as its own kernel:
-    # tools/autograd/derivatives.yaml ``batch1: maybe_multiply(grad.bmm(batch2^T), alpha)``,
-    # ``batch2: maybe_multiply(batch1^T.bmm(grad), alpha)``, and ``maybe_multiply`` is
-    # ``t * s`` unless s == 1 (FunctionsManual.cpp).
-    out.append(ops.elementwise("dq_scale", bh * q * d, dt, 1.0, 1, 1))
-    out.append(ops.elementwise("dk_scale", bh * kv * d, dt, 1.0, 1, 1))
-    if shape.kvh != h:  # sum the repeated K/V gradients back to the K/V heads
-        out.append(ops.elementwise("reduce_dkv", b * h * kv * (d + vd), dt, 1.0, 1, 0))
-    return out
-
-
 def _standard(device: Device, shape: AttnShape, pass_: str, impl: str = "standard") -> OpCost:
     args = (shape.batch, shape.heads, shape.q_len, shape.kv_len, shape.head_dim, shape.vd,
             shape.dtype, pass_)
@@ -421,6 +370,38 @@ def block_terms(device: Device, impl: str, shape: AttnShape, pass_: str, br: int
     return BlockTerms(mma_s, exp_s, alu_s, softmax_s, block_s + reduce_s + lat_s, reduce_s, lat_s)
 
 
+# ``block_terms`` of a full and a diagonal block, kept per device object (identity-keyed,
+# the object held in the entry so its id is not reused; the last BLOCK_DEVICES devices,
+# at most BLOCK_ENTRIES blocks each). They are a pure function of the device and the
+# key below: block_terms reads of the shape only its dtype, head sizes, causality and
+# key length, not its batch, heads or queries (tests/test_attention_impl.py varies
+# those). A serving run prices the decode attention of every batch size at a few
+# context grid points, so the same two blocks again and again (docs/performance.md).
+BLOCK_DEVICES = 8
+BLOCK_ENTRIES = 4096
+_BLOCKS: dict[int, tuple[Device, dict[tuple, tuple[BlockTerms, BlockTerms]]]] = {}
+
+
+def _block_pair(device: Device, impl: str, shape: AttnShape, pass_: str, br: int,
+                bc: int) -> tuple[BlockTerms, BlockTerms]:
+    """(``block_terms`` of a full block, of a diagonal block), each computed once."""
+    entry = _BLOCKS.get(id(device))
+    if entry is None or entry[0] is not device:
+        if len(_BLOCKS) >= BLOCK_DEVICES:
+            del _BLOCKS[next(iter(_BLOCKS))]
+        entry = _BLOCKS[id(device)] = (device, {})
+    table = entry[1]
+    key = (impl, pass_, br, bc, shape.dtype, shape.head_dim, shape.vd, shape.causal,
+           shape.kv_len)
+    pair = table.get(key)
+    if pair is None:
+        if len(table) >= BLOCK_ENTRIES:
+            table.clear()
+        pair = table[key] = (block_terms(device, impl, shape, pass_, br, bc),
+                             block_terms(device, impl, shape, pass_, br, bc, diagonal=True))
+    return pair
+
+
 def _fused_gpu(device: Device, shape: AttnShape, impl: str, pass_: str) -> OpCost:
     br, bc = tiles(impl, device, shape.head_dim, pass_, shape.dtype, shape.causal)
     group = shape.heads / shape.kvh
@@ -430,8 +411,7 @@ def _fused_gpu(device: Device, shape: AttnShape, impl: str, pass_: str) -> OpCos
         # rows of one tile (padded to the 16-row MMA tile) and split the key range over
         # the SMs (FlashDecoding; flash-attn's split-KV path), so every SM works.
         br = max(16, math.ceil(shape.q_len * group / 16) * 16)
-    full = block_terms(device, impl, shape, pass_, br, bc)
-    diag = block_terms(device, impl, shape, pass_, br, bc, diagonal=True)
+    full, diag = _block_pair(device, impl, shape, pass_, br, bc)
     eff = device.efficiency
     elt = dtype_bytes(shape.dtype)
     sms = device.matrix_cores
@@ -568,6 +548,12 @@ class KernelCostModel:
                                          "--attention-impl")
         self.roofline = RooflineModel(device)
         self.name = name
+
+    def time_s(self, op: Op) -> float:
+        """``time(op).time_s``: the roofline's time alone for every op but attention."""
+        if op.kind != OpKind.ATTENTION:
+            return self.roofline.time_s(op)
+        return self.time(op).time_s
 
     def time(self, op: Op) -> OpCost:
         if op.kind != OpKind.ATTENTION:

@@ -202,6 +202,12 @@ class RooflineModel:
         self.name = name
 
     def compute_time(self, op: Op) -> tuple[float, dict[str, float]]:
+        return self._compute(op, True)
+
+    def _compute(self, op: Op, details: bool) -> tuple[float, dict[str, float]]:
+        """``compute_time``; with ``details`` False its details (wave and size
+        efficiency, executed FLOPs) are left out and the dict is empty: the same time,
+        for ``time_s``."""
         if op.unit == Unit.DMA or op.flops == 0:
             return 0.0, {}
         dev, eff = self.device, self.device.efficiency
@@ -227,15 +233,17 @@ class RooflineModel:
             else:
                 work, executed = gemm_tile_cost(shape.m, shape.n, shape.k, shape.batch, dev,
                                                 per_element, dev.kernels.async_mma)
-            if executed > 0:
+            if details and executed > 0:
                 wave_eff = 2.0 * shape.batch * _padded(shape.m, shape.n, shape.k, dev) / executed
             work, executed = max(work, op.flops), max(executed, op.flops)
         t = (work + half) / (peak * max_eff)
-        details = {"peak_flops": peak, "executed_flops": executed, "wave_efficiency": wave_eff,
-                   "size_efficiency": saturating_efficiency(op.flops, max_eff, half)}
+        if not details:
+            return t, {}
+        out = {"peak_flops": peak, "executed_flops": executed, "wave_efficiency": wave_eff,
+               "size_efficiency": saturating_efficiency(op.flops, max_eff, half)}
         if work > executed:
-            details["feed_bound_flops"] = work
-        return t, details
+            out["feed_bound_flops"] = work
+        return t, out
 
     def memory_time(self, op: Op) -> float:
         dev, eff = self.device, self.device.efficiency
@@ -314,12 +322,32 @@ class RooflineModel:
         return xla_fixed_s(cost.time_s - cost.overhead_s)
 
     def time(self, op: Op) -> OpCost:
+        body, compute_s, memory_s, overhead_s, details = self._terms(op, True)
+        if overhead_s > body:
+            bound = "overhead"
+        else:
+            bound = "compute" if compute_s >= memory_s else "memory"
+        return OpCost(body + overhead_s, compute_s, memory_s, overhead_s, bound, details)
+
+    def time_s(self, op: Op) -> float:
+        """``time(op).time_s``, the same float, without the report (bound, details):
+        the serving step pricing asks ~1M ops for their time alone
+        (``priced_step.StepOpTimes``; docs/performance.md)."""
+        body, _, _, overhead_s, _ = self._terms(op, False)
+        return body + overhead_s
+
+    def _terms(
+        self, op: Op, details: bool
+    ) -> tuple[float, float, float, float, dict[str, float]]:
+        """(body, compute_s, memory_s, overhead_s, details) of ``time``; ``details``
+        False leaves the details out (empty), the terms the same floats."""
         eff = self.device.efficiency
-        compute_s, details = self.compute_time(op)
+        compute_s, out = self._compute(op, details)
         memory_s = self.memory_time(op)
-        overhead_s = eff.launch_overhead_s + eff.kind_overhead_s.get(str(op.kind), 0.0)
+        kind = str(op.kind)
+        overhead_s = eff.launch_overhead_s + eff.kind_overhead_s.get(kind, 0.0)
         # Calibrated per-kind speed (1 unless a calibration set one): scales both terms.
-        speed = eff.kind_speed.get(str(op.kind), 1.0)
+        speed = eff.kind_speed.get(kind, 1.0)
         compute_s, memory_s = compute_s / speed, memory_s / speed
         # Compute and memory phases overlap by ``overlap`` (1 = the plain roofline max).
         body = max(compute_s, memory_s) + (1.0 - eff.overlap) * min(compute_s, memory_s)
@@ -330,13 +358,11 @@ class RooflineModel:
             # ``epilogue_time``): body = max(compute, operand reads) + output write.
             reads_s = max(memory_s - store_s, 0.0)
             body = max(body, max(compute_s, reads_s) + store_s)
-            details = {**details, "epilogue_s": store_s}
+            if details:
+                out = {**out, "epilogue_s": store_s}
         fixed_s = self.impl_fixed_s(op)
         if fixed_s > 0:  # XLA's per-dot floor (sim/cost/gemm_xla.py), device-side time
             body += fixed_s
-            details = {**details, "xla_fixed_s": fixed_s}
-        if overhead_s > body:
-            bound = "overhead"
-        else:
-            bound = "compute" if compute_s >= memory_s else "memory"
-        return OpCost(body + overhead_s, compute_s, memory_s, overhead_s, bound, details)
+            if details:
+                out = {**out, "xla_fixed_s": fixed_s}
+        return body, compute_s, memory_s, overhead_s, out

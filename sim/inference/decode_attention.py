@@ -229,6 +229,13 @@ class EngineAttentionModel:
                 return masked_mha_cost(self.device, shape, self.rule.kv_cache)
         return self.inner.time(op)
 
+    def time_s(self, op: Op) -> float:
+        """``time(op).time_s``, through the inner model's ``time_s`` where it has one."""
+        if op.kind == OpKind.ATTENTION and self._is_generation(op):
+            return self.time(op).time_s
+        inner_s = getattr(self.inner, "time_s", None)
+        return inner_s(op) if inner_s is not None else self.inner.time(op).time_s
+
     @staticmethod
     def _is_generation(op: Op) -> bool:
         s = op.shape

@@ -82,6 +82,9 @@ class RunningBatch:
             self.layout = KVLayout(block=self.block)
         assert self.layout.block == self.block, "layout and batch block sizes differ"
         self.units = self.layout.units
+        # Whether any layer is windowed (the layout is fixed for the batch's life): the
+        # per-request paths below skip ``_below_cap`` without windows.
+        self._windowed = self.layout.windowed
 
     def __len__(self) -> int:
         return len(self.decoding) + len(self.pending)
@@ -107,7 +110,7 @@ class RunningBatch:
         self.need += self.units(context + self.step_tokens)
         self.context += context
         self.residues[(context - self.tick) % self.block] += 1
-        if self._below_cap(context):
+        if self._windowed and self._below_cap(context):
             self.open[(context - self.tick) % self.block] += 1
         self._track(r)
 
@@ -125,7 +128,7 @@ class RunningBatch:
         self.entry[id(r)] = self.serial
         heapq.heappush(self.ends, (self.tick + r.output - r.generated, self.serial, r))
         context = r.prompt + r.generated
-        if self._below_cap(context):
+        if self._windowed and self._below_cap(context):
             # Its windowed blocks reach the cap when context + step_tokens first equals
             # (cap - 1) x block + 1, context growing one token per tick.
             assert self.layout is not None
@@ -157,7 +160,7 @@ class RunningBatch:
         self.context -= context
         self.need -= self.units(context + self.step_tokens)
         self.residues[(context - self.tick) % self.block] -= 1
-        if self._below_cap(context):
+        if self._windowed and self._below_cap(context):
             self.open[(context - self.tick) % self.block] -= 1
 
     def _live_end(self) -> tuple[int, int, Request] | None:
@@ -181,7 +184,7 @@ class RunningBatch:
         needs); returns those that reached their output length (their ``generated``
         written)."""
         self.context += steps * len(self.decoding)
-        if self.layout is not None and self.layout.windowed:
+        if self._windowed:
             self.need += self._windowed_growth(steps)
         else:
             self.need += self._crossings(steps)

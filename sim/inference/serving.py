@@ -277,10 +277,13 @@ class Server:
         ``total`` (fewer if a request arrives into an empty queue): each priced by
         ``step_time(mean context)``; returns (clock, steps). The caller adds the tokens."""
         steps = 0
+        # Neither the queue nor the arrivals change during the run: an arrival ends it
+        # only into an empty queue, once the clock reaches the next one.
+        arrival = math.inf if waiting else arrivals.next_s
         while True:
             now += step_time((total + steps * batch) / batch)
             steps += 1
-            if steps >= steps_max or (not waiting and arrivals.next_s <= now):
+            if steps >= steps_max or arrival <= now:
                 break
         return now, steps
 

@@ -59,6 +59,8 @@ class StepCosts:
         # each is a pure function of its arguments (the same floats as pricing afresh).
         self._grid: dict[tuple[str, int, int], Callable[[float], float]] = {}
         self._chunks: dict[float, float] = {}
+        # (``tokens``, ``chunk_attention``) interpolating functions of ``mixed_device``.
+        self._mixed_fns: tuple[Callable[[float], float], Callable[[float], float]] | None = None
 
     def _time(self, sim: StepSimulator, batch: StepBatch, host: bool = True) -> float:
         return _step_time(sim, batch, host, self.exact)
@@ -228,12 +230,15 @@ class StepCosts:
         (``tokens`` at decode + chunk tokens less at the decode tokens), plus each
         chunk's own causal attention. Left out: a chunk's attention to its prompt's
         earlier chunks, and the chunks' logit rows."""
-        tokens = self._grid_fn("tokens", 0)
+        fns = self._mixed_fns
+        if fns is None:  # kept: a serving run makes ~10^5 such steps
+            fns = self._mixed_fns = (self._grid_fn("tokens", 0),
+                                     self._grid_fn("chunk_attention", 1))
+        tokens, attention = fns
         device = tokens(decode_batch + sum(chunks)) - tokens(decode_batch)
         if decode_batch:
             device += self.decode_device(decode_batch, context)
-        attention = self._grid_fn("chunk_attention", 1)
-        return device + sum(attention(c) for c in chunks)
+        return device + sum([attention(c) for c in chunks])
 
     def sd_round(self, batch: int, context: float) -> float:
         """One SD round: gamma draft steps, the scoring forward (``scoring_batch``) and the

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import math
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -72,7 +73,11 @@ def _require_finite(raw: dict[str, Any], path: Path) -> None:
             )
 
 
-def _resolve(name_or_path: str, folder: Path, kind: str, names: list[str]) -> Path:
+def _resolve(name_or_path: str, folder: Path, kind: str,
+             names: Callable[[], list[str]]) -> Path:
+    """The profile file of a name or path; ``names`` lists the known names for the
+    error's suggestions (called only then: listing the folder costs a directory scan
+    per profile loaded, and ``xpusim validate`` loads ~6,000)."""
     candidate = Path(name_or_path)
     if candidate.suffix == ".toml" or candidate.exists():
         if not candidate.exists():
@@ -88,7 +93,7 @@ def _resolve(name_or_path: str, folder: Path, kind: str, names: list[str]) -> Pa
         return path
     if folder == DEVICE_DIR and (CALIBRATED_DIR / f"{name_or_path}.toml").exists():
         return CALIBRATED_DIR / f"{name_or_path}.toml"  # a shipped calibrated profile
-    close = difflib.get_close_matches(name_or_path, names, n=5, cutoff=0.4)
+    close = difflib.get_close_matches(name_or_path, names(), n=5, cutoff=0.4)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
     raise ProfileError(
         f"unknown {kind} '{name_or_path}'.{hint} "
@@ -119,7 +124,8 @@ def _deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]
 
 def load_device(name_or_path: str, calibration: str | Path | None = None) -> Device:
     """Load a device profile (by name or path), optionally with a calibration overlay."""
-    path = _resolve(name_or_path, DEVICE_DIR, "device", list_devices() + list_calibrated())
+    path = _resolve(name_or_path, DEVICE_DIR, "device",
+                    lambda: list_devices() + list_calibrated())
     raw = read_toml(path)
     if raw.get("kind") == "calibration":
         if calibration is not None:
@@ -159,7 +165,7 @@ def load_system(
     calibration: str | Path | None = None,
 ) -> System:
     """Load a system profile; ``nodes`` sets the cluster size (N of these servers)."""
-    path = _resolve(name_or_path, SYSTEM_DIR, "system", list_systems())
+    path = _resolve(name_or_path, SYSTEM_DIR, "system", list_systems)
     raw = read_toml(path)
     try:
         spec = SystemFile.model_validate(raw)
@@ -182,7 +188,7 @@ def load_raw(name_or_path: str) -> tuple[str, dict[str, Any], Path]:
     """Return (kind, raw TOML, path) for a device or system name/path; used by `hw show`."""
     candidate = Path(name_or_path)
     if candidate.suffix == ".toml" or candidate.exists():
-        raw = read_toml(_resolve(name_or_path, DEVICE_DIR, "device", []))
+        raw = read_toml(_resolve(name_or_path, DEVICE_DIR, "device", list))
         return str(raw.get("kind", "device")), raw, candidate
     if (DEVICE_DIR / f"{name_or_path}.toml").exists():
         path = DEVICE_DIR / f"{name_or_path}.toml"

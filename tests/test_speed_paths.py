@@ -16,12 +16,14 @@ from xpusim.sim.cost.attention_impl import (
     KernelCostModel,
     _block_pair,
     _fused_gpu,
+    attention_cost,
     block_terms,
+    shape_of,
 )
 from xpusim.sim.cost.roofline import RooflineModel
 from xpusim.sim.inference.decode_attention import EngineAttentionModel, GenerationAttention
 from xpusim.sim.inference.priced_step import StepOpTimes
-from xpusim.sim.ir import MAIN_MEMORY, GemmShape, Op, OpKind, Unit
+from xpusim.sim.ir import MAIN_MEMORY, AttentionShape, GemmShape, Op, OpKind, Unit
 
 DEVICES = ("h100-sxm5-80gb", "a100-sxm4-80gb", "ascend-910b2", "l40s")
 
@@ -40,6 +42,15 @@ def _ops() -> list[Op]:
         ops.fused_attention("attention", 33, 8, 1, 2049, 128, "fp8", True, 1, 128),
         ops.fused_attention("prefill", 1, 32, 512, 512, 128, "bf16", True, 8, 128),
     ]
+    # Backward and context-parallel attention (the latter priced through ``time``).
+    prefill = out[-1]
+    assert isinstance(prefill.shape, AttentionShape)
+    out.append(replace(prefill, name="bwd", shape=replace(prefill.shape, backward=True)))
+    half = ops.fused_attention("cp", 1, 32, 256, 512, 128, "bf16", True, 8, 128)
+    assert isinstance(half.shape, AttentionShape)
+    out.append(replace(half, shape=replace(half.shape, cp=2)))
+    out.append(ops.fused_attention("window", 4, 16, 1, 9000, 64, "bf16", True, 4, 64,
+                                   window=4096))
     # A GEMM on the on-chip level too (levels without a bandwidth are skipped).
     out.append(Op("levels", OpKind.GEMM, 2e9, {MAIN_MEMORY: 3e6, "l2": 5e6}, "bf16",
                   Unit.MATRIX, GemmShape(1000, 1000, 1000)))
@@ -67,6 +78,9 @@ def test_kernel_and_engine_models_time_s_is_time(name):
     engine = EngineAttentionModel(kernel, device, GenerationAttention("masked-mha"))
     for op in _ops():
         assert kernel.time_s(op) == kernel.time(op).time_s, op.name
+        if op.kind == OpKind.ATTENTION and op.shape.cp == 1:
+            assert kernel.time_s(op) == attention_cost(
+                device, shape_of(op), None, "bwd" if op.shape.backward else "fwd").time_s
         assert engine.time_s(op) == engine.time(op).time_s, op.name
         # StepOpTimes takes the time-only path where the model has one.
         assert StepOpTimes(engine)(op) == engine.time(op).time_s

@@ -206,6 +206,18 @@ def check_impl(device: Device, impl: str, flag: str = "--impl") -> str:
 def attention_cost(device: Device, shape: AttnShape, impl: str | None = None,
                    pass_: str = "fwd") -> OpCost:
     """Predicted time of one attention call by ``impl`` (default: ``default_impl``)."""
+    cost = _attention_body(device, shape, impl, pass_)
+    details = {**cost.details, "achieved_flops": shape.paper_flops(pass_) / cost.time_s}
+    return OpCost(cost.time_s, cost.compute_s, cost.memory_s, cost.overhead_s, cost.bound, details)
+
+
+def attention_time_s(device: Device, shape: AttnShape, impl: str | None = None,
+                     pass_: str = "fwd") -> float:
+    """``attention_cost(...).time_s``, the same float, without the report's last detail."""
+    return _attention_body(device, shape, impl, pass_).time_s
+
+
+def _attention_body(device: Device, shape: AttnShape, impl: str | None, pass_: str) -> OpCost:
     impl = check_impl(device, impl or default_impl(device))
     if pass_ not in PASSES:
         raise InputError(f"--pass: expected one of {', '.join(PASSES)}, got '{pass_}'")
@@ -224,8 +236,7 @@ def attention_cost(device: Device, shape: AttnShape, impl: str | None = None,
                             shape.vd, shape.dtype, shape.kv_len) if pass_ == "bwd" else []
         if side:  # preprocess / dQ convert kernels around the fused backward (attention_blocks)
             cost = plus_side_kernels(device, cost, side)
-    details = {**cost.details, "achieved_flops": shape.paper_flops(pass_) / cost.time_s}
-    return OpCost(cost.time_s, cost.compute_s, cost.memory_s, cost.overhead_s, cost.bound, details)
+    return cost
 
 
 def _check_shape(shape: AttnShape) -> None:
@@ -419,8 +430,7 @@ def _fused_gpu(device: Device, shape: AttnShape, impl: str, pass_: str) -> OpCos
     q_blocks = math.ceil(shape.q_len / br)
     kv_blocks = math.ceil(shape.kv_len / bc)
     offset = shape.kv_len - shape.q_len  # queries are the last q_len positions
-    # Per item: its key blocks, plus loading its Q rows and storing its O rows (at the
-    # SM's share of HBM bandwidth: the pipeline fill before the first block).
+    # Per item: its key blocks + its Q rows in, O rows out at the SM's HBM share (pipeline fill).
     o_elt = out_bytes(impl, shape.dtype)  # FA3 FP8 writes O in BF16 (attention_hopper)
     io_rows = br * (shape.head_dim * elt + shape.vd * o_elt) * (3.0 if pass_ == "bwd" else 1.0)
     io_s = io_rows / sm_bw + bwd_prologue_bytes_per_item(  # xFormers' delta (attention_blocks)
@@ -553,6 +563,10 @@ class KernelCostModel:
         """``time(op).time_s``: the roofline's time alone for every op but attention."""
         if op.kind != OpKind.ATTENTION:
             return self.roofline.time_s(op)
+        ir_shape = op.shape
+        if isinstance(ir_shape, AttentionShape) and ir_shape.cp == 1:
+            return attention_time_s(self.device, shape_of(op), self.attention_impl,
+                                    "bwd" if ir_shape.backward else "fwd")
         return self.time(op).time_s
 
     def time(self, op: Op) -> OpCost:

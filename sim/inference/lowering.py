@@ -19,7 +19,6 @@ are spread over the ep groups and reached by all-to-all.
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 
 from xpusim.hwprofiles.spec import System
@@ -482,14 +481,16 @@ class StepSimulator:
             raise InputError(f"a step needs >= 1 sequence and >= 1 token (got {batch})")
         blocks = step_blocks(self.spec, batch, self.plan, self.dtype, self.routing, self.fc_in,
                              self.engine.lm_head_16bit, self.engine.vocab_parallel, self.layers)
-        counts: Counter[int] = Counter()
+        counts: dict[int, int] = {}  # id -> runs (a plain dict: Counter's __missing__ is Python)
         distinct: dict[int, tuple[Op | CommNeed, int]] = {}  # id -> (item, its first layer)
         for (block, repeat), layer in zip(blocks, block_layers(blocks, self.layers[0]),
                                         strict=True):
             for item in block:
                 key = id(item)
-                counts[key] += repeat
-                if key not in distinct:
+                if key in distinct:
+                    counts[key] += repeat
+                else:
+                    counts[key] = repeat
                     distinct[key] = (item, layer)
         # Priced by the uncached model through a memo of this step only (``StepOpTimes``).
         op_time = StepOpTimes(self._cost_model(batch).inner)

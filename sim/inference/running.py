@@ -189,7 +189,9 @@ class RunningBatch:
         else:
             self.need += self._crossings(steps)
         self.tick += steps
-        done = []
+        done: list[Request] = []
+        if not self.ends or self.ends[0][0] > self.tick:
+            return done  # no entry, live or stale, ends at this tick (most steps)
         while (first := self._live_end()) is not None and first[0] == self.tick:
             heapq.heappop(self.ends)
             done.append(first[2])

@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 
 from xpusim.sim.errors import InputError
-from xpusim.sim.fastinit import fast_init
 
 MAIN_MEMORY = "hbm"  # key of the device's main memory (HBM, GDDR or host DRAM) in Op.bytes
 
@@ -136,7 +135,6 @@ class Stream(StrEnum):
 # field name is an error, not a silent miss, and they hash as part of ``Op.cache_key``.
 
 
-@fast_init
 @dataclass(frozen=True, slots=True)
 class GemmShape:
     """C[batch, m, n] = A[batch, m, k] @ B[batch, k, n].
@@ -168,7 +166,6 @@ class ConvShape(GemmShape):
     w_out: float = 0
 
 
-@fast_init
 @dataclass(frozen=True, slots=True)
 class AttentionShape:
     """``q_len`` queries of ``batch x heads`` against ``kv_len`` keys (``kv_heads`` K/V heads).
@@ -218,7 +215,6 @@ def attention_pairs(q_len: float, kv_len: float, causal: bool, window: float = 0
     return ramp * (offset + 1) + ramp * (ramp - 1) / 2 + (q_len - ramp) * window
 
 
-@fast_init
 @dataclass(frozen=True, slots=True)
 class ElementwiseShape:
     """A pointwise (or row-wise) op over ``numel`` elements. ``transpose``: the op also
@@ -230,7 +226,6 @@ class ElementwiseShape:
     transpose: bool = False
 
 
-@fast_init
 @dataclass(frozen=True, slots=True)
 class NormShape:
     """RMSNorm / LayerNorm over ``tokens`` rows of ``hidden``."""
@@ -243,7 +238,6 @@ class NormShape:
         return self.tokens * self.hidden
 
 
-@fast_init
 @dataclass(frozen=True, slots=True)
 class SoftmaxShape:
     """Softmax over ``rows`` rows of ``cols``."""
@@ -256,13 +250,11 @@ class SoftmaxShape:
         return self.rows * self.cols
 
 
-@fast_init
 @dataclass(frozen=True, slots=True)
 class MemcpyShape:
     nbytes: float
 
 
-@fast_init
 @dataclass(frozen=True, slots=True)
 class EmbeddingShape:
     tokens: float
@@ -322,7 +314,6 @@ class Weight(StrEnum):
     TABLE = "table"  # the embedding table (rows gathered, not a GEMM operand)
 
 
-@fast_init
 @dataclass(frozen=True, slots=True)
 class Saved:
     """A tensor an op keeps for its backward pass.
@@ -345,7 +336,6 @@ class Saved:
         return self.elements * per / self.shard
 
 
-@fast_init
 @dataclass(frozen=True, slots=True)
 class Role:
     """An op's place in the model.
@@ -376,7 +366,6 @@ class Role:
 NO_ROLE = Role()
 
 
-@fast_init
 @dataclass(frozen=True, slots=True)
 class Op:
     """A piece of device work.
@@ -421,7 +410,6 @@ class Op:
         )
 
 
-@fast_init
 @dataclass(frozen=True, slots=True)
 class Collective:
     """Communication among ``group`` (global rank ids).

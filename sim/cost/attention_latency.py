@@ -73,10 +73,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from xpusim.hwprofiles.spec import Device
-from xpusim.sim.fastinit import fast_init
 
 
-@fast_init
 @dataclass(frozen=True)
 class BlockTerms:
     """One (Br x Bc) block on one SM and its parts (``attention_impl.block_terms``)."""

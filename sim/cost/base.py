@@ -5,11 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from xpusim.sim.fastinit import fast_init
 from xpusim.sim.ir import Op
 
 
-@fast_init
 @dataclass(frozen=True)
 class OpCost:
     """Predicted time of one op and why.

@@ -25,12 +25,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from xpusim.sim import ops
-from xpusim.sim.fastinit import fast_init
 from xpusim.sim.ir import CollectiveKind, Op, OpKind, Role, Saved, Weight, dtype_bytes
 from xpusim.sim.models.spec import ModelSpec
 
 
-@fast_init
 @dataclass(frozen=True)
 class CommNeed:
     """A collective the layer needs on a parallel group, before ranks are known."""
@@ -42,7 +40,6 @@ class CommNeed:
     module: str = "out"  # module of its output (sim.ir.Role.module)
 
 
-@fast_init
 @dataclass(frozen=True)
 class StepShape:
     """The tokens one rank processes in one forward pass of a layer.

@@ -24,7 +24,29 @@ def test_colfax_is_fa2_on_wgmma():
     assert col.mma_s == pytest.approx(fa2.mma_s * H100.kernels.warp_mma_fraction)
     assert col.block_s == pytest.approx(col.mma_s + col.softmax_s)
     assert fa3.block_s < col.block_s < fa2.block_s
-    assert tiles("colfax", H100, 128, "fwd") == (128, 128)
+    assert tiles("colfax", H100, 128, "fwd") == (64, 64)
+
+
+def test_colfax_tile_and_port_hand_computed():
+    """src/fmha's default 64 x 64 tile (the build pytorch/benchmark's install.py compiles, no
+    tile flags). Block MMA 2 x 64 x 64 x 256 FLOP / (989e12 / 132 x 0.8) = 349.9 ns, 174.9 ns
+    per GEMM. QK^T (SS): Q 64 x 128 plus K 64 x 128 for the one 64-row group, 32,768 B at
+    128 B/clk x 1.83 GHz = 139.9 ns; PV (RS): V 64 x 128 x 2 B = 16,384 B = 69.9 ns. 32 FLOP/B
+    needs the port for 100% of the MMA peak, so at matrix_max 0.8 neither binds: nothing added.
+    With a four times faster MMA (43.7 ns per GEMM) both bind: 96.2 + 26.2 = 122.4 ns."""
+    from xpusim.sim.cost.attention_hopper import wgmma_port_s
+
+    rate = 128 * 1.83e9
+    shape = AttnShape(4, 16, 4096, 4096, 128, dtype="bf16")
+    col = block_terms(H100, "colfax", shape, "fwd", 64, 64)
+    assert col.mma_s == pytest.approx(2 * 64 * 64 * 256 / (989e12 / 132 * 0.8))
+    assert col.mma_s == pytest.approx(349.9e-9, rel=1e-3)
+    assert col.reduce_s == 0.0
+    assert wgmma_port_s((64, 64), 128, 128, "bf16", col.mma_s, rate) == 0.0
+    fast = col.mma_s / 4
+    got = wgmma_port_s((64, 64), 128, 128, "bf16", fast, rate)
+    assert got == pytest.approx(32768 / rate - fast / 2 + 16384 / rate - fast / 2)
+    assert got == pytest.approx(122.4e-9, rel=1e-2)
 
 
 def test_colfax_needs_hopper():
@@ -43,21 +65,21 @@ def test_triton_tiles_on_hopper():
     assert tiles("triton", A100, 64, "fwd") == (128, 128)
 
 
-def test_triton_wgmma_port_hand_computed():
+def test_wgmma_port_hand_computed_triton():
     """QK^T of a 128 x 32 block at d = 128 (SS wgmma): q 128 x 128 plus K 32 x 128 for each of
     the two 64-row groups, (16,384 + 8,192) x 2 B = 49,152 B at 128 B/clk x 1.83 GHz = 209.8 ns,
     against half the block's MMA time: 2 x 128 x 32 x 256 FLOP / (989e12 / 132 x 0.8) / 2 =
     174.9 ns, so 34.9 ns extra. PV (RS, V 2 x 32 x 128 x 2 B = 69.9 ns) stays under its 174.9."""
-    from xpusim.sim.cost.attention_hopper import triton_wgmma_port_s
+    from xpusim.sim.cost.attention_hopper import wgmma_port_s
 
     rate = 128 * 1.83e9
     mma = 2 * 128 * 32 * 256 / (989e12 / 132 * 0.8)
     assert mma == pytest.approx(349.9e-9, rel=1e-3)
-    got = triton_wgmma_port_s((128, 32), 128, 128, "bf16", mma, rate)
+    got = wgmma_port_s((128, 32), 128, 128, "bf16", mma, rate)
     assert got == pytest.approx(49152 / rate - mma / 2)
     assert got == pytest.approx(34.9e-9, rel=1e-2)
     # d = 64 at BLOCK_N 64: 32,768 B = 139.9 ns under the 174.9 ns QK^T share: nothing.
-    assert triton_wgmma_port_s((128, 64), 64, 64, "bf16", mma, rate) == 0.0
+    assert wgmma_port_s((128, 64), 64, 64, "bf16", mma, rate) == 0.0
     # The block prices it (H100's profile: 1.83 GHz, matrix_max 0.8): Ampere and flash3 do not.
     shape = AttnShape(4, 16, 4096, 4096, 128, dtype="bf16")
     tri = block_terms(H100, "triton", shape, "fwd", 128, 32)

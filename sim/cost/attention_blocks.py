@@ -105,7 +105,7 @@ from types import MappingProxyType
 
 from xpusim.hwprofiles.spec import Device
 from xpusim.sim import ops
-from xpusim.sim.cost.attention_hopper import triton_wgmma_port_s
+from xpusim.sim.cost.attention_hopper import SS_QK_WGMMA, wgmma_port_s
 from xpusim.sim.cost.base import OpCost
 from xpusim.sim.cost.roofline import RooflineModel
 from xpusim.sim.ir import MAIN_MEMORY, Op, dtype_bytes
@@ -180,13 +180,13 @@ def smem_extra_s(impl: str, head_dim: float, v_head_dim: float, kv_len: float, p
                  async_mma: bool = False) -> float:
     """Seconds a (br x bc) ``tile`` block of ``impl`` adds for shared-memory traffic: FA1's
     split-K bytes in series; for xFormers, what its whole traffic takes beyond the block's MMA
-    time ``mma_s`` (the port feeds the MMAs; module docstring); for the Triton tutorial's forward
-    on a wgmma device, what its GEMMs' shared-memory operands take beyond their MMA time
-    (``attention_hopper.triton_wgmma_port_s``); 0 for the others."""
+    time ``mma_s`` (the port feeds the MMAs; module docstring); for the forward of the Triton
+    tutorial and Colfax's FMHA on a wgmma device, what their GEMMs' shared-memory operands take
+    beyond their MMA time (``attention_hopper.wgmma_port_s``); 0 for the others."""
     rate = SMEM_BYTES_PER_CLK_PER_SM * clock_hz
     br, bc = tile
-    if impl == "triton" and async_mma and pass_ == "fwd":
-        return triton_wgmma_port_s(tile, head_dim, v_head_dim, dtype, mma_s, rate)
+    if impl in SS_QK_WGMMA and async_mma and pass_ == "fwd":
+        return wgmma_port_s(tile, head_dim, v_head_dim, dtype, mma_s, rate)
     if impl == "xformers":
         return max(0.0, xformers_smem_bytes(br, bc, head_dim, v_head_dim, pass_, dtype) / rate
                    - mma_s)

@@ -1,19 +1,28 @@
 """Facts about the Hopper attention kernels that ``attention_impl`` reads, each from its source.
 
-* ``colfax`` — Colfax Research's CUTLASS FMHA (ColfaxResearch/cutlass-kernels
-  ``src/fmha-pipeline``; Bikshandi & Shah, "A Case Study in CUDA Kernel Fusion: Implementing
-  FlashAttention-2 on NVIDIA Hopper Architecture using the CUTLASS Library", arXiv 2312.11918),
-  the "cutlass" kernel pytorch/benchmark's flash_attention operator loads as
-  ``torch.ops.cutlass.fmha_forward`` (``colfax_cutlass``; corpus C1). Its source header: "The
-  algorithm is based on FlashAttention-2"; it issues ``wgmma`` (GEMM-I shared-memory operands,
-  GEMM-II with P from registers) fed by TMA with software pipelining and an optional producer
-  warpgroup (``WSPL``), but has neither of FlashAttention-3's two softmax/GEMM overlaps (the
-  ping-pong between consumer warpgroups and the intra-warpgroup pipelining, which the FA3 paper,
-  arXiv 2407.08608 s3.1-3.2, introduces): each block runs MMA then softmax, as FA2 does, at the
-  ``wgmma`` rate. One CTA per query tile (grid = q blocks x heads x batch), launch order.
-  Tile: ``QBLKSIZE`` x ``KBLKSIZE`` compile flags, "tested for {64,128}x{64,128}" (the README);
-  which the benchmark's build used is not stated, so 128 x 128 (the largest tested) is an
-  estimate.
+* ``colfax`` — Colfax Research's CUTLASS FMHA (ColfaxResearch/cutlass-kernels; Bikshandi &
+  Shah, "A Case Study in CUDA Kernel Fusion: Implementing FlashAttention-2 on NVIDIA Hopper
+  Architecture using the CUTLASS Library", arXiv 2312.11918), the "cutlass" kernel
+  pytorch/benchmark's flash_attention operator loads as ``torch.ops.cutlass.fmha_forward``
+  (``colfax_cutlass``; corpus C1). PR #2296 (the C1 rows) adds ``install.py --userbenchmark
+  triton --cutlass``, whose ``install_colfax_cutlass`` (userbenchmark/triton/cutlass_kernels/
+  install.py, every stored revision) compiles the non-pipelined ``src/fmha/fmha_forward.cu``
+  (through its ``register_op.cu``) with no ``QBLKSIZE``/``KBLKSIZE``/``CTA256`` flag, so the
+  source's defaults hold (INFERRED that the PR's table came from that build: its commands are
+  the open-source ones): ``kQueriesPerBlock`` = ``kKeysPerBlock`` = 64, one warpgroup (128
+  threads), grid = q blocks x heads x batch. Its header: "The algorithm is based on
+  FlashAttention-2". Per key block (``fmhaForward``): V_j's TMA load is issued, QK^T waits for
+  K_j and runs as an SS ``wgmma`` (Q and K from shared memory; "RS version has a
+  synchronization bug and hence not used"), K_{j+1}'s load is issued, the online softmax
+  rescales O, and PV runs as an RS ``wgmma`` (P from registers) after V_j's barrier; each GEMM
+  is waited to completion (``warpgroup_wait<0>``). K and V are single-buffered, each load issued
+  a GEMM and a softmax before its use. None of FlashAttention-3's two softmax/GEMM overlaps (the
+  ping-pong between consumer warpgroups and the intra-warpgroup pipelining, FA3 paper, arXiv
+  2407.08608 s3.1-3.2): each block runs MMA then softmax, as FA2 does, at the ``wgmma`` rate.
+  ``src/fmha-pipeline`` (software pipelining, optional producer warpgroup ``WSPL``) is the FP8
+  operator's ``fmha_forward_pipeline``, not this one. Its QK^T operands are priced by
+  ``wgmma_port_s`` with the 64 x 64 tile: (64 + 64) d x 2 B for 2 x 64 x 64 d FLOP is
+  32 FLOP/B, the SM's 16-bit MMA-to-port ratio, so the port stays under the derated MMA time.
 * ``triton`` on Hopper — the FA3 paper's Triton rows (corpus B3/B4/B6, B11-B14; Triton nightly
   3.0.0.post20240424) and pytorch/benchmark's (C1, C2) run the fused-attention tutorial
   (python/tutorials/06-fused-attention.py; INFERRED for the 16-bit FA3 rows): the FA3 benchmarks
@@ -43,8 +52,8 @@
   where the SM's 16-bit MMA needs 4,096 FLOP/clk / 128 B/clk = 32: the port, not the tensor
   pipe, sets that GEMM's time (2/3 of peak, below ``matrix_max``). At BLOCK_N 64 (d = 64) and in
   the FP8 tiles (BLOCK_N 128) the port stays under the derated MMA time. Each GEMM pays what its
-  port time exceeds its MMA time (``triton_wgmma_port_s``; K/V fills, cp.async writes issued
-  stages ahead, are left out).
+  port time exceeds its MMA time (``wgmma_port_s``, for the kernels in ``SS_QK_WGMMA``; K/V
+  fills, cp.async or TMA writes issued ahead of their use, are left out).
 * FlashAttention-3's first key block of a work tile: the intra-warpgroup pipelining (FA3 paper
   s3.2, Algorithm 2; hopper mainloop ``mma``: QK_0 is issued and waited alone, then
   ``online_softmax</*Is_first=*/true>``, and only from the second block does each softmax run
@@ -85,7 +94,10 @@ from xpusim.sim.ir import dtype_bytes
 
 # Share of min(MMA, softmax) hidden on a work tile's first key block (module docstring).
 FIRST_BLOCK_OVERLAP = {"flash3": 0.23}
-COLFAX_TILE = (128, 128)  # estimate: the largest of the README's tested {64,128}x{64,128}
+# src/fmha defaults (kQueriesPerBlock, kKeysPerBlock), built with no tile flags (docstring).
+COLFAX_TILE = (64, 64)
+# Forward kernels whose QK^T is an SS wgmma (Q re-read from shared memory) and PV an RS one.
+SS_QK_WGMMA = ("triton", "colfax")
 WGMMA_M = 64  # rows of one wgmma instruction (PTX ISA: wgmma.mma_async.m64nNk16 / m64nNk32)
 
 
@@ -109,11 +121,12 @@ def hopper_fwd_tile(impl: str, async_mma: bool, head_dim: float = 64, dtype: str
     return None
 
 
-def triton_wgmma_port_s(tile: tuple[int, int], head_dim: float, v_head_dim: float, dtype: str,
-                        mma_s: float, smem_bytes_per_s: float) -> float:
-    """Seconds one block of the Triton tutorial on sm_90 adds because its ``wgmma`` operands
-    reach the tensor cores through the shared-memory port more slowly than the MMA runs
-    (module docstring): QK^T (SS) reads q and, per 64-row group, K; PV (RS) reads V per group.
+def wgmma_port_s(tile: tuple[int, int], head_dim: float, v_head_dim: float, dtype: str,
+                 mma_s: float, smem_bytes_per_s: float) -> float:
+    """Seconds one forward block of a ``SS_QK_WGMMA`` kernel (the Triton tutorial, Colfax's
+    FMHA) on sm_90 adds because its ``wgmma`` operands reach the tensor cores through the
+    shared-memory port more slowly than the MMA runs (module docstring): QK^T (SS) reads Q and,
+    per 64-row group, K; PV (RS) reads V per group.
     ``mma_s`` is the block's MMA time, split between the two GEMMs by their FLOPs."""
     br, bc = tile
     elt = dtype_bytes(dtype)
@@ -156,11 +169,12 @@ def out_bytes(impl: str, dtype: str) -> float:
 __all__ = [
     "COLFAX_TILE",
     "FIRST_BLOCK_OVERLAP",
+    "SS_QK_WGMMA",
     "WGMMA_M",
     "first_block_extra_s",
     "hopper_fwd_tile",
     "out_bytes",
     "steady_overlap",
     "triton_hopper_tile",
-    "triton_wgmma_port_s",
+    "wgmma_port_s",
 ]

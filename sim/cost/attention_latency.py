@@ -64,8 +64,13 @@ listed but not priced: no source for a barrier's own cost was found (docs/attent
 * ``triton`` on Hopper (the fused-attention tutorial's H100 launch, forward, ``num_stages`` 7
   in 16 bits, 3-4 in FP8; attention_hopper): K and V pipelined, q resident in shared memory,
   P to the second ``wgmma`` from registers: 0 L2 trips, 0 shared counted (its operand bytes are
-  a port term, ``attention_hopper.triton_wgmma_port_s``).
-* ``flash1``, ``cudnn``, ``colfax``, ``triton`` on Ampere: not read for this; no term.
+  a port term, ``attention_hopper.wgmma_port_s``).
+* ``colfax`` (ColfaxResearch/cutlass-kernels src/fmha ``fmhaForward``, the build corpus C1
+  ran; attention_hopper): K_{j+1}'s TMA load is issued after QK^T_j and waited before
+  QK^T_{j+1} (a softmax and a GEMM between), V_j's at the loop top and waited before PV_j (a
+  GEMM and a softmax between): 0 L2 trips; both GEMMs are ``wgmma`` reading shared memory
+  asynchronously, their operand bytes a port term: 0 shared. Nothing to price, so no entry.
+* ``flash1``, ``cudnn``, ``triton`` on Ampere: not read for this; no term.
 """
 
 from __future__ import annotations

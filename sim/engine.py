@@ -40,7 +40,18 @@ from typing import NamedTuple, cast
 from xpusim.sim.cost.pricing import Pricing
 from xpusim.sim.engine_contended import contended, contention_of, overlapped, special_contended
 from xpusim.sim.engine_share import Contention, finish, merge_interval, run_chain
-from xpusim.sim.ir import Chain, Collective, Delay, Op, RankGraph, Segment, Stream, Task, Work
+from xpusim.sim.ir import (
+    ASYNC_COMM_STREAMS,
+    Chain,
+    Collective,
+    Delay,
+    Op,
+    RankGraph,
+    Segment,
+    Stream,
+    Task,
+    Work,
+)
 
 
 class Record(NamedTuple):
@@ -266,8 +277,8 @@ class Engine:
             for task in graph.tasks:
                 by_stream.setdefault(task.stream, []).append(task.id)
             for stream, tids in by_stream.items():
-                if contend and stream == Stream.COMM:
-                    run.contention[gi].comm_stream = len(run.s_tids)
+                if contend and stream in ASYNC_COMM_STREAMS:
+                    run.contention[gi].comm_streams.append(len(run.s_tids))
                 run.s_graph.append(gi)
                 run.s_tids.append(tids)
                 run.s_pos.append(0)

@@ -79,21 +79,20 @@ def _tentative(c: Contention, chains: dict[int, _Parts], tid: int, start: float,
 
 
 def _horizon(run: _Run, g: int, tid: int) -> float:
-    """Time before which every collective of graph ``g``'s comm stream is known:
-    infinite when the stream is done or its next task waits for compute task
-    ``tid`` or a later one (it cannot start before ``tid`` ends), else the end of
-    its last task."""
-    cs = run.contention[g].comm_stream
-    if cs < 0:
-        return _INF
-    pos, tids = run.s_pos[cs], run.s_tids[cs]
-    if pos >= len(tids):
-        return _INF
+    """Time before which every collective of graph ``g``'s comm streams is known: the
+    least over its comm streams (``COMM``, ``TP_COMM``) of infinite when the stream is
+    done or its next task waits for compute task ``tid`` or a later one (it cannot start
+    before ``tid`` ends), else the end of its last task."""
     tasks, end = run.graphs[g][0], run.graphs[g][3]
-    for d in tasks[tids[pos]].deps:
-        if d >= tid and end[d] is None and tasks[d].stream == Stream.COMPUTE:
-            return _INF
-    return run.s_clock[cs]
+    least = _INF
+    for cs in run.contention[g].comm_streams:
+        pos, tids = run.s_pos[cs], run.s_tids[cs]
+        if pos >= len(tids) or any(
+                d >= tid and end[d] is None and tasks[d].stream == Stream.COMPUTE
+                for d in tasks[tids[pos]].deps):
+            continue
+        least = min(least, run.s_clock[cs])
+    return least
 
 
 def contended(engine: Engine, plain: _Run) -> _Run:

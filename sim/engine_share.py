@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 @dataclass
 class Contention:
     """One rank graph in a contended run: the (stream, label) slots of its collectives
-    (``comm_slot``), its comm stream's index in the run (-1: none), per plain compute
+    (``comm_slot``), its comm streams' indices in the run, per plain compute
     task its (work seconds, contended rate), per chain task its parts' rates, and the
     seconds compute was slowed by."""
 
     comm_slots: list[int]
-    comm_stream: int = -1
+    comm_streams: list[int] = field(default_factory=list)
     plain: dict[int, tuple[float, float]] = field(default_factory=dict)
     chain_rates: dict[int, list[float]] = field(default_factory=dict)
     slowed_s: float = 0.0
@@ -30,10 +30,10 @@ class Contention:
 
 def comm_slot(key: tuple[str, str]) -> bool:
     """Whether a (stream, label) slot holds collectives that contend with compute:
-    the comm stream's, except PP sends and receives (label "pp"), which NCCL runs on a
+    the comm streams' (``comm``, ``tp_comm``), except PP sends and receives (label "pp"), which NCCL runs on a
     few channels per peer (NCCL_NCHANNELS_PER_NET_PEER, default 2), not the
     collective's channel count. The copy stream uses copy engines, not SMs."""
-    return key[0] == "comm" and key[1] != "pp"
+    return key[0] in ("comm", "tp_comm") and key[1] != "pp"
 
 
 def known_comm(ivs: list[list[float]], slots: list[int], start: float) -> list[float]:

@@ -15,7 +15,7 @@ from typing import Any
 from xpusim.sim.engine import Record, SimResult
 from xpusim.sim.report import save_figure, write_text_atomic
 
-_STREAM_TID = {"compute": 0, "comm": 1, "copy": 2}
+_STREAM_TID = {"compute": 0, "comm": 1, "copy": 2, "tp_comm": 3}
 _COLOURS = {
     "fwd": "#4c72b0",
     "bwd": "#55a868",
@@ -66,7 +66,7 @@ def chrome_trace(
                 "ts": r.start * 1e6,
                 "dur": (r.end - r.start) * 1e6,
                 "pid": r.rank,
-                "tid": _STREAM_TID.get(r.stream, 3),
+                "tid": _STREAM_TID.get(r.stream, 4),
                 "args": {"kind": r.kind, "label": r.label},
             }
         )
@@ -102,7 +102,7 @@ def render_timeline(
 
     names = names or {}
     lo, hi = window or (0.0, result.makespan_s)
-    rows: list[tuple[int, str]] = [(r, s) for r in ranks for s in ("compute", "comm", "copy")]
+    rows: list[tuple[int, str]] = [(r, s) for r in ranks for s in ("compute", "comm", "tp_comm", "copy")]
     index = {row: i for i, row in enumerate(rows)}
     fig, ax = plt.subplots(figsize=(12, 0.22 * len(rows) + 1.2))
     bars: dict[tuple[int, str], list[Record]] = {}

@@ -282,7 +282,8 @@ class Emitter:
                     elif piece.async_:
                         lc = last_compute[u]
                         deps = [lc] if lc is not None else list(pending[u])
-                        tid = self._comm(piece, work, label, Stream.COMM, deps, tag, idx)
+                        tid = self._comm(piece, work, label, _async_stream(piece), deps, tag,
+                                         idx)
                         keyed[u][piece.key] = tid
                     elif paired and piece.comm.group.startswith("ep"):
                         lu = last[u]
@@ -297,6 +298,22 @@ class Emitter:
                     last[u] = tid
         # a unit that ended on an async collective finishes when it does
         return [p[-1] if p else t for p, t in zip(pending, last, strict=True)]  # type: ignore[misc]
+
+
+def _async_stream(piece: Piece) -> Stream:
+    """The stream of an asynchronous collective: ``TP_COMM`` for the tensor-parallel
+    group's, ``COMM`` for the rest (DP / ZeRO-3 / FSDP, EP, CP). TransformerEngine's
+    userbuffers run their chunked and bulk pieces on the communicator's own non-blocking
+    stream (``CommOverlapBase``: ``cudaStreamCreateWithPriority(&_stream_comm,
+    cudaStreamNonBlocking, ...)``, transformer_engine/common/comm_gemm_overlap/
+    comm_gemm_overlap.cpp), async NCCL TP
+    calls on the TP process group's NCCL stream (PyTorch ProcessGroupNCCL keeps one
+    stream per communicator), while Megatron-FSDP / the distributed optimizer gather and
+    reduce-scatter on the DP group's; so a TP piece never waits behind a whole-layer
+    parameter gather. Concurrent collectives on the two streams each take their
+    full-bandwidth price: the engine does not model link sharing (docs/training.md)."""
+    comm = piece.comm
+    return Stream.TP_COMM if comm is not None and comm.group == "tp" else Stream.COMM
 
 
 def _is_ep(piece: Piece) -> bool:

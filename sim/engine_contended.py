@@ -80,7 +80,7 @@ def _tentative(c: Contention, chains: dict[int, _Parts], tid: int, start: float,
 
 def _horizon(run: _Run, g: int, tid: int) -> float:
     """Time before which every collective of graph ``g``'s comm streams is known: the
-    least over its comm streams (``COMM``, ``TP_COMM``) of infinite when the stream is
+    least over its comm streams (``COMM``, ``DP_COMM``) of infinite when the stream is
     done or its next task waits for compute task ``tid`` or a later one (it cannot start
     before ``tid`` ends), else the end of its last task."""
     tasks, end = run.graphs[g][0], run.graphs[g][3]

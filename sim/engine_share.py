@@ -30,10 +30,10 @@ class Contention:
 
 def comm_slot(key: tuple[str, str]) -> bool:
     """Whether a (stream, label) slot holds collectives that contend with compute:
-    the comm streams' (``comm``, ``tp_comm``), except PP sends and receives (label "pp"), which NCCL runs on a
+    the comm streams' (``comm``, ``dp_comm``), except PP sends and receives (label "pp"), which NCCL runs on a
     few channels per peer (NCCL_NCHANNELS_PER_NET_PEER, default 2), not the
     collective's channel count. The copy stream uses copy engines, not SMs."""
-    return key[0] in ("comm", "tp_comm") and key[1] != "pp"
+    return key[0] in ("comm", "dp_comm") and key[1] != "pp"
 
 
 def known_comm(ivs: list[list[float]], slots: list[int], start: float) -> list[float]:

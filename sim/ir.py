@@ -127,17 +127,16 @@ class Stream(StrEnum):
     COMPUTE = "compute"
     COMM = "comm"
     COPY = "copy"
-    # Asynchronous tensor-parallel collectives: TransformerEngine's userbuffers run their
-    # pieces on the communicator's own non-blocking stream (CommOverlapBase constructor,
-    # ``cudaStreamCreateWithPriority(&_stream_comm, cudaStreamNonBlocking, ...)``,
-    # transformer_engine/common/comm_gemm_overlap/comm_gemm_overlap.cpp), async NCCL TP
-    # calls on the TP process group's NCCL stream, so they never queue behind a DP/FSDP
-    # collective on ``COMM`` (sim.training.emitter._async_stream, docs/training.md).
-    TP_COMM = "tp_comm"
+    # Asynchronous data-parallel collectives (ZeRO/FSDP parameter gathers, gradient
+    # reduce-scatters and all-reduces): the DP process group's own NCCL stream
+    # (Megatron's distributed optimizer / Megatron-FSDP), so the TP, EP, CP and PP traffic
+    # on ``COMM`` never queues behind a whole-layer gather (sim.training.emitter.
+    # _async_stream, docs/training.md "DP collectives on their own stream").
+    DP_COMM = "dp_comm"
 
 
 # The streams whose collectives run beside compute (SM contention, ``sim.engine_share``).
-ASYNC_COMM_STREAMS = (Stream.COMM, Stream.TP_COMM)
+ASYNC_COMM_STREAMS = (Stream.COMM, Stream.DP_COMM)
 
 
 # ---------------------------------------------------------------- op shapes

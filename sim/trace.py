@@ -15,7 +15,7 @@ from typing import Any
 from xpusim.sim.engine import Record, SimResult
 from xpusim.sim.report import save_figure, write_text_atomic
 
-_STREAM_TID = {"compute": 0, "comm": 1, "copy": 2, "tp_comm": 3}
+_STREAM_TID = {"compute": 0, "comm": 1, "copy": 2, "dp_comm": 3}
 _COLOURS = {
     "fwd": "#4c72b0",
     "bwd": "#55a868",
@@ -102,7 +102,7 @@ def render_timeline(
 
     names = names or {}
     lo, hi = window or (0.0, result.makespan_s)
-    rows: list[tuple[int, str]] = [(r, s) for r in ranks for s in ("compute", "comm", "tp_comm", "copy")]
+    rows: list[tuple[int, str]] = [(r, s) for r in ranks for s in ("compute", "comm", "dp_comm", "copy")]
     index = {row: i for i, row in enumerate(rows)}
     fig, ax = plt.subplots(figsize=(12, 0.22 * len(rows) + 1.2))
     bars: dict[tuple[int, str], list[Record]] = {}

@@ -301,19 +301,21 @@ class Emitter:
 
 
 def _async_stream(piece: Piece) -> Stream:
-    """The stream of an asynchronous collective: ``TP_COMM`` for the tensor-parallel
-    group's, ``COMM`` for the rest (DP / ZeRO-3 / FSDP, EP, CP). TransformerEngine's
-    userbuffers run their chunked and bulk pieces on the communicator's own non-blocking
-    stream (``CommOverlapBase``: ``cudaStreamCreateWithPriority(&_stream_comm,
+    """The stream of an asynchronous collective: ``DP_COMM`` for the data-parallel groups'
+    (ZeRO-3 / FSDP parameter gathers and gradient reduce-scatters), ``COMM`` for the rest
+    (TP, EP, CP). Megatron's distributed optimizer and Megatron-FSDP issue them on the DP
+    process group's NCCL stream (PyTorch ProcessGroupNCCL: one stream per communicator),
+    so a TP piece never waits behind a whole-layer parameter gather. TransformerEngine's
+    userbuffers also run their TP pieces on their own non-blocking stream
+    (``CommOverlapBase``: ``cudaStreamCreateWithPriority(&_stream_comm,
     cudaStreamNonBlocking, ...)``, transformer_engine/common/comm_gemm_overlap/
-    comm_gemm_overlap.cpp), async NCCL TP
-    calls on the TP process group's NCCL stream (PyTorch ProcessGroupNCCL keeps one
-    stream per communicator), while Megatron-FSDP / the distributed optimizer gather and
-    reduce-scatter on the DP group's; so a TP piece never waits behind a whole-layer
-    parameter gather. Concurrent collectives on the two streams each take their
-    full-bandwidth price: the engine does not model link sharing (docs/training.md)."""
+    comm_gemm_overlap.cpp); that third stream is not modelled: with TP pieces on a stream
+    of their own the contended engine waits at nearly every compute task (4x slower on the
+    405B rows, docs/training.md), so they stay on ``COMM`` behind EP/PP traffic. Concurrent
+    collectives on the two streams each take their full-bandwidth price: the engine does
+    not model link sharing (docs/training.md)."""
     comm = piece.comm
-    return Stream.TP_COMM if comm is not None and comm.group == "tp" else Stream.COMM
+    return Stream.DP_COMM if comm is not None and comm.group.startswith("dp") else Stream.COMM
 
 
 def _is_ep(piece: Piece) -> bool:

@@ -141,7 +141,7 @@ def lower_rank(
     if plan.zero >= 1 and plan.overlap_dp and plan.zero < 3:
         b = param_gather_bytes(plan.dtype)
         for c, ch in enumerate(rp.chunks):
-            param_ag[c] = _param_gather(em, ch, c, b, Stream.COMM, [], tag=c)
+            param_ag[c] = _param_gather(em, ch, c, b, Stream.DP_COMM, [], tag=c)
     sched = _Schedule(em, rp, layout, templates, param_ag)
     sched.emit()
     dp_tasks = sched.dp_tasks + _embedding_grads(em, rp, sched.embed_deps)
@@ -236,7 +236,7 @@ class _Schedule:
         if unit.kind == "B" and plan.zero == 3:
             self.dp_tasks.append(last)  # the unit ends with its last slot's reduce-scatter
         elif last_b:
-            stream = Stream.COMM if plan.overlap_dp else Stream.COMPUTE
+            stream = Stream.DP_COMM if plan.overlap_dp else Stream.COMPUTE
             gb = dtype_bytes(plan.grad_reduce_dtype)
             self.dp_tasks += _grad_reduce(self.em, ch, unit.chunk, gb, stream, [last], tag=0)
         if last_b and rp.shared_embedding and plan.pp > 1 and ch.vstage in (0, nv - 1):
@@ -250,7 +250,7 @@ def _embedding_grads(em: Emitter, rp: RankPlan, embed_deps: list[int]) -> list[i
     if not embed_deps:
         return []
     plan = em.plan
-    stream = Stream.COMM if plan.overlap_dp else Stream.COMPUTE
+    stream = Stream.DP_COMM if plan.overlap_dp else Stream.COMPUTE
     gb = dtype_bytes(plan.grad_reduce_dtype)
     return [em.collective("dp.embed_grad", CollectiveKind.ALL_REDUCE, rp.groups["embed"],
                           rp.shared_embedding * gb, stream, embed_deps, "dp", 0)]

@@ -1,5 +1,5 @@
-"""Asynchronous TP collectives on their own stream (``Stream.TP_COMM``), not behind the
-DP/FSDP collectives of ``Stream.COMM``: hand-computed schedules."""
+"""Asynchronous DP/FSDP collectives on their own stream (``Stream.DP_COMM``), so the TP
+collectives of ``Stream.COMM`` do not queue behind them: hand-computed schedules."""
 
 import pytest
 from xpusim.sim.cost.pricing import Pricing
@@ -26,20 +26,20 @@ def _pricing(share: float = 1.0) -> Pricing:
     return Pricing(lambda op: op.flops, lambda c: _COMM_S[c.name], comm_share=share)
 
 
-def _graph(tp_stream: Stream) -> RankGraph:
+def _graph(dp_stream: Stream) -> RankGraph:
     """compute: A (1 s), then B (1 s) needing the TP piece; the FSDP gather (3 s) is
-    issued at t = 0 on COMM, the TP piece (1 s) after A on ``tp_stream``."""
+    issued at t = 0 on ``dp_stream``, the TP piece (1 s) after A on COMM."""
     g = RankGraph(0)
-    g.add(_coll("fsdp_ag"), Stream.COMM, label="dp")
+    g.add(_coll("fsdp_ag"), dp_stream, label="dp")
     a = g.add(_op("A", 1.0), Stream.COMPUTE, label="fwd")
-    p = g.add(_coll("tp_ag#0"), tp_stream, deps=(a,), label="tp")
+    p = g.add(_coll("tp_ag#0"), Stream.COMM, deps=(a,), label="tp")
     g.add(_op("B", 1.0), Stream.COMPUTE, deps=(p,), label="fwd")
     return g
 
 
 def test_tp_piece_no_longer_waits_for_the_gather():
-    # TP_COMM: gather 0..3, A 0..1, TP piece 1..2, B 2..3: step 3 s.
-    res = Engine([_graph(Stream.TP_COMM)], pricing=_pricing()).run()
+    # DP_COMM: gather 0..3, A 0..1, TP piece 1..2, B 2..3: step 3 s.
+    res = Engine([_graph(Stream.DP_COMM)], pricing=_pricing()).run()
     by = {r.name: r for r in res.records}
     assert (by["tp_ag#0"].start, by["tp_ag#0"].end) == pytest.approx((1.0, 2.0))
     assert (by["B"].start, by["B"].end) == pytest.approx((2.0, 3.0))
@@ -49,34 +49,34 @@ def test_tp_piece_no_longer_waits_for_the_gather():
     assert old.makespan_s == pytest.approx(5.0)
 
 
-def test_tp_comm_collectives_slow_compute_like_comm_ones():
-    """SM contention counts TP_COMM collectives: A (1 s), then B (4 s) beside the TP
+def test_dp_comm_collectives_slow_compute_like_comm_ones():
+    """SM contention counts DP_COMM collectives: A (1 s), then B (4 s) beside the TP
     piece (1..2) and the gather issued after A (1..4): the union 1..4 runs B at half
     rate: 1.5 s of work by 4, 2.5 s after: ends at 6.5. Two concurrent collectives
     slow compute as one does (the union of their intervals)."""
     g = RankGraph(0)
     a = g.add(_op("A", 1.0), Stream.COMPUTE, label="fwd")
-    g.add(_coll("fsdp_ag"), Stream.COMM, deps=(a,), label="dp")
-    g.add(_coll("tp_ag#0"), Stream.TP_COMM, deps=(a,), label="tp")
+    g.add(_coll("fsdp_ag"), Stream.DP_COMM, deps=(a,), label="dp")
+    g.add(_coll("tp_ag#0"), Stream.COMM, deps=(a,), label="tp")
     g.add(_op("B", 4.0), Stream.COMPUTE, label="fwd")
     res = Engine([g], pricing=_pricing(0.5)).run()
     by = {r.name: r for r in res.records}
     assert by["B"].end == pytest.approx(6.5)
     assert res.slowed_s[0] == pytest.approx(1.5)
-    assert comm_slot(("tp_comm", "tp")) and comm_slot(("comm", "dp"))
-    assert not comm_slot(("tp_comm", "pp")) and not comm_slot(("copy", "tp"))
+    assert comm_slot(("dp_comm", "dp")) and comm_slot(("comm", "tp"))
+    assert not comm_slot(("comm", "pp")) and not comm_slot(("copy", "tp"))
 
 
-def test_emitter_puts_tp_pieces_on_their_own_stream():
+def test_emitter_puts_dp_pieces_on_their_own_stream():
     tp = L.Comm("attn.qkv_ag#0", CollectiveKind.ALL_GATHER, 1e6, "tp")
     dp = L.Comm("fsdp.param_ag.dense", CollectiveKind.ALL_GATHER, 1e9, "dp_dense")
-    assert _async_stream(Piece("fwd", "s0", comm=tp, async_=True, key=1)) == Stream.TP_COMM
-    assert _async_stream(Piece("fwd", "s0", comm=dp, async_=True, key=2)) == Stream.COMM
+    assert _async_stream(Piece("fwd", "s0", comm=tp, async_=True, key=1)) == Stream.COMM
+    assert _async_stream(Piece("fwd", "s0", comm=dp, async_=True, key=2)) == Stream.DP_COMM
 
 
-def test_trace_has_a_tp_comm_row():
-    res = Engine([_graph(Stream.TP_COMM)], pricing=_pricing()).run(records=True)
+def test_trace_has_a_dp_comm_row():
+    res = Engine([_graph(Stream.DP_COMM)], pricing=_pricing()).run(records=True)
     ev = chrome_trace(res)["traceEvents"]
     names = {e["tid"]: e["args"]["name"] for e in ev if e.get("name") == "thread_name"}
-    assert names[3] == "tp_comm"
-    assert {e["tid"] for e in ev if e.get("name") == "tp_ag#0" and e.get("ph") == "X"} == {3}
+    assert names[3] == "dp_comm"
+    assert {e["tid"] for e in ev if e.get("name") == "fsdp_ag" and e.get("ph") == "X"} == {3}

@@ -146,6 +146,23 @@ def test_exact_checkpoint_counts(name, exact):
     assert param_counts(load_model(name)).total == exact
 
 
+@pytest.mark.parametrize(
+    "name, exact",
+    [
+        # The ModelLink / MindSpeed-LLM scripts' model arguments (S9 rows, 2026-12-06), by
+        # hand: 2 x vocab x h (untied) + L x (4h^2 [+ 3h qkv bias] + 3 h ffn + 2h norms) + h.
+        # llama-65b: 2*32000*8192 + 80*(4*8192^2 + 3*8192*22016 + 2*8192) + 8192
+        ("llama-65b", 65_285_660_672),
+        # qwen1.5-7b: 2*151936*4096 + 32*(4*4096^2 + 3*4096 + 3*4096*11008 + 2*4096) + 4096
+        ("qwen1.5-7b", 7_721_324_544),
+        # qwen1.5-72b: 2*152064*8192 + 80*(4*8192^2 + 3*8192 + 3*8192*24576 + 2*8192) + 8192
+        ("qwen1.5-72b", 72_287_920_128),
+    ],
+)
+def test_modellink_presets_counts(name, exact):
+    assert param_counts(load_model(name)).total == exact
+
+
 def test_pangu_ultra_moe_718b_39b():
     # arXiv 2505.04519: 718B total, 39B activated (input embedding excluded)
     c = param_counts(load_model("pangu-ultra-moe"))

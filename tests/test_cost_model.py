@@ -44,6 +44,17 @@ def test_gemm_hand_computed():
     assert cost.bound == "compute"
 
 
+def test_stream_time_is_the_memory_curve_of_a_plain_copy():
+    """``stream_time_s`` (the EP study's local passes) is the roofline's main-memory curve:
+    (bytes + half) / (HBM x memory_max), the memory time of a copy of the same bytes."""
+    from xpusim.sim.cost.roofline import stream_time_s
+
+    dev = toy_device()
+    assert stream_time_s(dev, 8e6) == pytest.approx((8e6 + 1e6) / (1e12 * 0.9))
+    copy = ops.memcpy("c", 4e6)  # reads 4 MB, writes 4 MB
+    assert RooflineModel(dev).time(copy).memory_s == pytest.approx(stream_time_s(dev, 8e6))
+
+
 def test_gemm_epilogue_not_overlapped_hand_computed():
     """Output-heavy GEMM (attention scores, k = 64): the write follows the MMAs."""
     dev = toy_device(matrix_half_flops=0.0, memory_half_bytes=0.0)

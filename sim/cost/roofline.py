@@ -61,6 +61,14 @@ from xpusim.sim.ir import (
 )
 
 
+def stream_time_s(device: Device, nbytes: float) -> float:
+    """Seconds to move ``nbytes`` (reads + writes) through main memory at the profile's
+    achievable share, the memory curve of ``RooflineModel.memory_time`` for a plain stream:
+    (bytes + ``memory_half_bytes``) / (HBM bandwidth x ``memory_max``)."""
+    eff = device.efficiency
+    return (nbytes + eff.memory_half_bytes) / (device.hbm_bandwidth * eff.memory_max)
+
+
 def memory_fraction(op: Op, device: Device) -> float:
     """Share of main-memory bandwidth ``op`` reaches: ``memory_max``, except a cast that
     writes a transposed copy (``ElementwiseShape.transpose``: TransformerEngine's FP8

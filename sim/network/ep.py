@@ -82,6 +82,7 @@ from typing import Any
 
 import numpy as np
 from xpusim.hwprofiles.spec import System
+from xpusim.sim.cost.roofline import stream_time_s
 from xpusim.sim.errors import InputError
 from xpusim.sim.inputs import read_text
 from xpusim.sim.network.api import cost_network
@@ -490,10 +491,9 @@ def local_pass_s(
     half) / (HBM bandwidth x memory_max)), a lower bound for a copy through registers/UB.
     """
     dev = system.device
-    eff = dev.efficiency
 
     def memory_s(nbytes: float) -> float:
-        return (nbytes + eff.memory_half_bytes) / (dev.hbm_bandwidth * eff.memory_max)
+        return stream_time_s(dev, nbytes)
 
     if cfg.dispatch == "deepep" and "ascend_rows" in stats:  # ep_ascend.py
         rows = stats["ascend_rows"]

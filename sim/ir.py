@@ -156,6 +156,9 @@ class GemmShape:
     it back, e.g. a weight gradient into the fp32 main gradient); "" for a plain output.
     ``impl`` names the library kernel that runs it (sim/cost/gemm_impl.py ``GEMM_IMPLS``,
     e.g. "deepgemm"); "" (every GEMM training and serving lower) is the generic path.
+    ``tactic_m`` > 0: the generic path runs the block shape chosen for ``tactic_m`` rows
+    at every M (a TensorRT engine's one optimisation profile; sim/cost/roofline.py
+    ``tactic_tile``); 0: the cheapest block shape for the GEMM's own M.
     """
 
     m: float
@@ -166,6 +169,7 @@ class GemmShape:
     footprint_bytes: float = 0.0
     accumulate: str = ""
     impl: str = ""
+    tactic_m: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

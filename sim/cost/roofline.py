@@ -152,6 +152,59 @@ def _block_works(
     return waves * cores * max(mma, flops_per_element * loads) * pk, waves * cores * mma * pk
 
 
+def tactic_tile(
+    opt_m: float, n: float, k: float, batch: float, device: Device,
+    flops_per_element: float = 0.0, multicast: bool = False,
+) -> tuple[int, int]:
+    """The block shape a library that times its tactics at ``opt_m`` rows keeps for every M.
+
+    TensorRT builds each layer's kernel choice once per optimisation profile: "the builder
+    selects the kernels that result in the lowest runtime for the optimum input tensor
+    dimensions, and are valid for all input tensor sizes in the valid range" (TensorRT
+    Python API, ``IOptimizationProfile``). At that timing a CTA tile runs its whole
+    ``bm x bn`` MMAs even where the problem has fewer rows or columns (CUTLASS's multistage
+    main loop zero-fills out-of-bounds operand rows with predicated ``cp_async_zfill``
+    loads rather than skipping their MMAs: cutlass/gemm/threadblock/mma_multistage.h), so
+    each shape is costed here over its full tile (``block_work`` of the dims rounded up to
+    the tile, with the operand-feed bound); the cheapest wins (ties: the first listed).
+    docs/inference.md, "TensorRT-LLM 0.5: one optimisation profile"."""
+    tm, tn, tk = device.matrix_tile
+    pm, pn, pk = _pad(opt_m, tm), _pad(n, tn), _pad(k, tk)
+    return _tactic_tile(pm, pn, pk, batch, device.matrix_cores, device.efficiency.block_shapes,
+                        flops_per_element, multicast)
+
+
+@lru_cache(maxsize=1 << 12, typed=True)
+def _tactic_tile(
+    pm: float, pn: float, pk: float, batch: float, cores: int,
+    shapes: tuple[tuple[int, int], ...], flops_per_element: float, multicast: bool,
+) -> tuple[int, int]:
+    def full_tile_cost(shape: tuple[int, int]) -> float:
+        bm, bn = shape
+        return _block_works(max(pm, bm), max(pn, bn), pk, batch, bm, bn, cores,
+                            flops_per_element, multicast)[0]
+
+    return min(shapes, key=full_tile_cost)
+
+
+def fixed_tactic_cost(
+    shape: GemmShape, device: Device, flops_per_element: float,
+) -> tuple[float, float]:
+    """(cost in FLOPs, executed FLOPs) of ``shape`` run with the tile ``tactic_tile`` keeps
+    for ``shape.tactic_m`` rows: ``block_work`` at the actual M with that one block shape
+    (waves, and the operand-feed bound of a tile smaller than the problem's best), where
+    the generic path (``gemm_tile_cost``) takes the cheapest shape for each M."""
+    tm, tn, tk = device.matrix_tile
+    pm, pn, pk = _pad(shape.m, tm), _pad(shape.n, tn), _pad(shape.k, tk)
+    if pm == 0 or pn == 0 or pk == 0 or shape.batch <= 0:
+        return 0.0, 0.0
+    multicast = device.kernels.async_mma
+    bm, bn = tactic_tile(shape.tactic_m, shape.n, shape.k, shape.batch, device,
+                         flops_per_element, multicast)
+    return _block_works(pm, pn, pk, shape.batch, bm, bn, device.matrix_cores,
+                        flops_per_element, multicast)
+
+
 def _padded(m: float, n: float, k: float, device: Device) -> float:
     tm, tn, tk = device.matrix_tile
     return _pad(m, tm) * _pad(n, tn) * _pad(k, tk)
@@ -238,6 +291,8 @@ class RooflineModel:
             per_element = peak * max_eff / l2 * dtype_bytes(op.dtype) if l2 else 0.0
             if shape.impl in BLOCK_IMPLS:  # a named library kernel cuts the blocks its own way
                 work, executed = impl_work(shape, dev, op.dtype, per_element)
+            elif shape.tactic_m > 0:  # a tile chosen once, at tactic_m rows (tactic_tile)
+                work, executed = fixed_tactic_cost(shape, dev, per_element)
             else:
                 work, executed = gemm_tile_cost(shape.m, shape.n, shape.k, shape.batch, dev,
                                                 per_element, dev.kernels.async_mma)

@@ -106,6 +106,10 @@ class EngineProfile:
       ``routing.padded_moe_load``) or "distinct" (routed like real tokens).
     * ``weight_only_int8_gemv_factor``: one-row GEMMs with int8 weights take this multiple
       of their memory-roofline time (``xpusim.sim.inference.weight_only``); 1: none.
+    * ``gemm_tactic_tokens`` (``[kernels]``): the engine's GEMMs run the tile chosen at
+      this many token rows whatever their M (a TensorRT engine built with one
+      optimisation profile and no GEMM plugin: its opt shape;
+      ``xpusim.sim.inference.gemm_tactic``); 0: the best tile per problem.
     """
 
     name: str
@@ -150,6 +154,7 @@ class EngineProfile:
     lm_head_16bit: bool = False
     vocab_parallel: bool = True
     weight_only_int8_gemv_factor: float = 1.0
+    gemm_tactic_tokens: int = 0
     sliding_window_kv: str = "full"
     sources: dict[str, str] = field(default_factory=dict)
 
@@ -244,6 +249,7 @@ _PLAIN_KEYS = {
     "lm_head_16bit": bool,
     "vocab_parallel": bool,
     "weight_only_int8_gemv_factor": float,
+    "gemm_tactic_tokens": int,
     "draft_bonus_expansion": bool,
     "draft_prepare_once": bool,
 }

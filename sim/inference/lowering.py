@@ -30,6 +30,7 @@ from xpusim.sim.engine import Engine
 from xpusim.sim.errors import InputError
 from xpusim.sim.inference.decode_attention import with_engine_attention
 from xpusim.sim.inference.engine_profile import NO_ENGINE, EngineProfile, engine_for_system
+from xpusim.sim.inference.gemm_tactic import with_gemm_tactic
 from xpusim.sim.inference.kvcache import (
     MemoryPlan,
     in_kv_format,
@@ -412,6 +413,9 @@ class StepSimulator:
                 model = with_engine_attention(model, device, self.engine.generation_kernel())
             if decode_batch is not None:
                 model = with_weight_only_gemv(model, self.engine.weight_only_int8_gemv_factor)
+            # One optimisation profile, no GEMM plugin: every step's GEMMs run the tile
+            # chosen at the profile's opt token count (sim/inference/gemm_tactic.py).
+            model = with_gemm_tactic(model, self.engine.gemm_tactic_tokens)
             self._models[key] = CachedCostModel(model)
         return self._models[key]
 

@@ -265,7 +265,8 @@ def load_deployment(req: DeploymentFields, verdict: VerdictDocument) -> Deployme
         check_impl(system.device, req.attention_impl, "--attention-impl")
     if plan.pp > 1:
         stages = stage_memory(spec, system.device.hbm_capacity, plan.tp, plan.ep, plan.pp,
-                              req.dtype, engine.memory_utilization, engine.max_batched_tokens)
+                              req.dtype, engine.memory_utilization, engine.max_batched_tokens,
+                              vocab=engine.vocab_layout())
         pipe = PipelineSimulator(spec, system, plan, engine, req.dtype, routing,
                                  req.attention_impl)
         return Deployment(spec, system, plan, engine, routing, memory, pipe, tuple(stages))

@@ -16,7 +16,7 @@ from xpusim.hwprofiles.loader import ROOT as HWPROFILES_ROOT
 from xpusim.hwprofiles.spec import Device
 from xpusim.sim.errors import InputError
 from xpusim.sim.inference.decode_attention import KERNELS, KV_CACHE_LAYOUTS, GenerationAttention
-from xpusim.sim.inference.kvcache import SLIDING_WINDOW_KV
+from xpusim.sim.inference.kvcache import SLIDING_WINDOW_KV, VocabLayout
 from xpusim.sim.tomlfile import read_toml
 
 ENGINE_DIR = HWPROFILES_ROOT / "engines"
@@ -79,6 +79,11 @@ class EngineProfile:
       in the 16-bit network dtype (the stack's quantiser leaves it out by default).
     * ``vocab_parallel``: the embedding and LM head are split over the TP ranks
       (Megatron's vocab-parallel layers); false: every rank holds and reads both whole.
+    * ``embedding_parallel``: with ``vocab_parallel``, the token embedding is split over
+      the TP ranks too; false: every rank holds it whole while the LM head stays split
+      (TensorRT-LLM 0.x without ``use_parallel_embedding``). Memory only: a step reads
+      one embedding row per token. ``vocab_layout()`` gives the memory plan both tables'
+      layout (``kvcache.VocabLayout``), with ``lm_head_16bit`` keeping both 16-bit.
     * ``sliding_window_kv`` (``[kv_cache]``): what a sliding-window layer caches
       (``xpusim.sim.inference.kvcache.KVLayout``): "window" (the blocks covering its
       window: vLLM V1's hybrid KV cache manager), "uniform" (the window only when every
@@ -153,6 +158,7 @@ class EngineProfile:
     draft_prepare_once: bool = False
     lm_head_16bit: bool = False
     vocab_parallel: bool = True
+    embedding_parallel: bool = True
     weight_only_int8_gemv_factor: float = 1.0
     gemm_tactic_tokens: int = 0
     sliding_window_kv: str = "full"
@@ -163,6 +169,12 @@ class EngineProfile:
         return GenerationAttention(
             self.generation_attention, self.xqa_group_sizes, self.xqa_head_dims,
             self.kv_cache_layout,
+        )
+
+    def vocab_layout(self) -> VocabLayout:
+        """How a rank holds the embedding and LM head, for the memory plan."""
+        return VocabLayout(
+            self.lm_head_16bit, self.vocab_parallel, self.vocab_parallel and self.embedding_parallel
         )
 
     def kernel_overhead(self, graphed: bool) -> float | None:
@@ -248,6 +260,7 @@ _PLAIN_KEYS = {
     "fused_sampling": bool,
     "lm_head_16bit": bool,
     "vocab_parallel": bool,
+    "embedding_parallel": bool,
     "weight_only_int8_gemv_factor": float,
     "gemm_tactic_tokens": int,
     "draft_bonus_expansion": bool,

@@ -21,6 +21,57 @@ from xpusim.sim.models.counting import param_counts, stage_param_counts
 from xpusim.sim.models.spec import ModelSpec
 
 
+@dataclass(frozen=True)
+class VocabLayout:
+    """How an engine holds the two vocabulary tables (token embedding, LM head) on a rank.
+
+    The default (both split over TP, in the run's dtype) is the rule of ``weights_per_rank``.
+    ``tables_16bit``: a narrow dtype (fp8, int8, int4) leaves both tables 16-bit. The LM head
+    because the quantiser skips it by name (``EngineProfile.lm_head_16bit``); the embedding
+    because it is not a Linear layer, and TensorRT-LLM's ``quantize_layers``
+    (tensorrt_llm/quantization/quantize.py) only replaces the Linear classes of its
+    ``quant_map``. ``head_parallel`` / ``embedding_parallel``: each table is split over the
+    TP ranks (else every rank holds it whole). TensorRT-LLM 0.x builds the embedding whole
+    on every rank unless ``use_parallel_embedding`` is set (``PretrainedConfig.from_dict``:
+    ``config.pop('use_parallel_embedding', False)``, tensorrt_llm/models/modeling_utils.py)
+    while its LM head is a ColumnLinear split over TP. A tied table (no separate LM head) is
+    counted under the head's layout.
+    """
+
+    tables_16bit: bool = False
+    head_parallel: bool = True
+    embedding_parallel: bool = True
+
+
+def vocab_bytes_delta(
+    spec: ModelSpec, tp: int, dtype: str, vocab: VocabLayout, first: bool = True,
+    last: bool = True,
+) -> float:
+    """Bytes one rank holds for the vocabulary tables under ``vocab``, less what the default
+    (both split over ``tp`` at ``dtype``) counts for them. ``first`` / ``last``: the rank's
+    pipeline stage holds the embedding (first) and the LM head (last), as
+    ``counting.stage_param_counts`` assigns them."""
+    counts = param_counts(spec)
+    b = dtype_bytes(dtype)
+    table_b = max(b, 2.0) if vocab.tables_16bit else b
+    head_tp = tp if vocab.head_parallel else 1
+    emb_tp = tp if vocab.embedding_parallel else 1
+    tied = counts.lm_head == 0
+    delta = 0.0
+    if first:
+        held = head_tp if tied and last else emb_tp
+        delta += counts.embedding * (table_b / held - b / tp)
+    if last:
+        delta += counts.lm_head * (table_b / head_tp - b / tp)
+        if tied and not first:
+            delta += counts.embedding * (table_b / head_tp - b / tp)
+    return delta
+
+
+# Both tables split over TP in the run's dtype: the rule of ``weights_per_rank``.
+SPLIT_VOCAB = VocabLayout()
+
+
 def weights_per_rank(spec: ModelSpec, tp: int, ep: int) -> float:
     """Parameters one rank holds: routed experts / (tp x ep), everything else / tp.
 
@@ -194,6 +245,7 @@ def plan_memory(
     max_batched_tokens: float = 8192,
     kv_dtype: str | None = None,
     pp: int = 1,
+    vocab: VocabLayout = SPLIT_VOCAB,
 ) -> MemoryPlan:
     """KV-cache capacity = HBM x utilisation - weights - activation workspace (vLLM's rule).
 
@@ -203,13 +255,15 @@ def plan_memory(
     the fewest tokens: vLLM 0.6 sizes every worker's cache to the smallest block count
     any worker reports (``DistributedGPUExecutor.determine_num_available_blocks``:
     ``num_gpu_blocks = min(b[0] for b in num_blocks)``, vllm/executor/
-    distributed_gpu_executor.py).
+    distributed_gpu_executor.py). ``vocab``: how the engine holds the embedding and LM head
+    (``VocabLayout``; the default splits both over TP in ``dtype``).
     """
     if pp > 1:
         stages = stage_memory(spec, hbm_bytes, tp, ep, pp, dtype, memory_utilization,
-                              max_batched_tokens, kv_dtype)
+                              max_batched_tokens, kv_dtype, vocab)
         return min(stages, key=lambda m: m.kv_tokens)
     weights = weights_per_rank(spec, tp, ep) * dtype_bytes(dtype)
+    weights += vocab_bytes_delta(spec, tp, dtype, vocab)
     acts = activation_bytes(spec, max_batched_tokens, dtype, tp)
     per_token = kv_bytes_per_token(spec, kv_dtype or kv_cache_dtype(dtype), tp)
     return _plan(hbm_bytes * memory_utilization, weights, acts, per_token, ep)
@@ -234,18 +288,21 @@ def stage_memory(
     memory_utilization: float = 0.9,
     max_batched_tokens: float = 8192,
     kv_dtype: str | None = None,
+    vocab: VocabLayout = SPLIT_VOCAB,
 ) -> list[MemoryPlan]:
     """Each pipeline stage's memory plan: the weights of its own layers (with the
     embedding on the first stage and the LM head on the last,
     ``counting.stage_param_counts``), the KV cache of its own layers (vLLM's
     CacheEngine counts ``model_config.get_num_attention_layers(parallel_config)``, the
     layers ``get_pp_indices`` gives the worker) and its activation workspace, logits
-    only on the last stage."""
+    only on the last stage; the vocabulary tables under ``vocab`` on the stages that hold
+    them."""
     capacity = hbm_bytes * memory_utilization
     plans = []
     for start, end in stage_layers(spec.layers, pp):
         dense, routed = stage_param_counts(spec, start, end)
         weights = (dense / tp + routed / (tp * ep)) * dtype_bytes(dtype)
+        weights += vocab_bytes_delta(spec, tp, dtype, vocab, start == 0, end == spec.layers)
         acts = activation_bytes(spec, max_batched_tokens, dtype, tp, end == spec.layers)
         per_token = kv_bytes_per_token(spec, kv_dtype or kv_cache_dtype(dtype), tp, end - start)
         plans.append(_plan(capacity, weights, acts, per_token, ep))

@@ -151,8 +151,9 @@ class StepResult:
 def require_memory(
     spec: ModelSpec, system: System, plan: ParallelPlan, engine: EngineProfile, dtype: str
 ) -> MemoryPlan:
-    """The deployment's memory plan (vLLM's rule); an out-of-memory verdict when no room
-    is left for the KV cache."""
+    """The deployment's memory plan (vLLM's rule, the weights as the engine holds its
+    vocabulary tables: ``EngineProfile.vocab_layout``); an out-of-memory verdict when no
+    room is left for the KV cache."""
     memory = plan_memory(
         spec,
         system.device.hbm_capacity,
@@ -162,6 +163,7 @@ def require_memory(
         engine.memory_utilization,
         engine.max_batched_tokens,
         pp=plan.pp,
+        vocab=engine.vocab_layout(),
     )
     require_fit(memory, f"{spec.name} on {plan.devices} x {system.device.name}")
     return memory

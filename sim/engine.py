@@ -224,6 +224,7 @@ class Engine:
         # id(collective) -> the fixed duration of one with no other simulated member; the
         # graphs hold every collective for the engine's life, so ids are not reused.
         self._solo: dict[int, float] = {}
+        self._streams: list[list[tuple[Stream, list[int]]]] = []  # _stream_tids
 
     @property
     def op_time(self) -> Callable[[Op], float]:
@@ -273,10 +274,7 @@ class Engine:
             run.slots.append(slots)
             run.graphs.append((graph.tasks, durations, [0.0] * n, [None] * n, [None] * n,
                                slot_of, [0.0] * len(slots), [[] for _ in slots], chains))
-            by_stream: dict[Stream, list[int]] = {}
-            for task in graph.tasks:
-                by_stream.setdefault(task.stream, []).append(task.id)
-            for stream, tids in by_stream.items():
+            for stream, tids in self._stream_tids(gi, graph):
                 if contend and stream in ASYNC_COMM_STREAMS:
                     run.contention[gi].comm_streams.append(len(run.s_tids))
                 run.s_graph.append(gi)
@@ -286,6 +284,18 @@ class Engine:
         run.ready = list(range(len(run.s_tids)))
         run.ready.reverse()  # pop() takes the first stream first
         return run
+
+    def _stream_tids(self, gi: int, graph: RankGraph) -> list[tuple[Stream, list[int]]]:
+        """Graph ``gi``'s streams in order of first use, each with its task ids in order;
+        kept for the engine's life (a contended run schedules the same graphs again; the
+        lists are only read)."""
+        if gi < len(self._streams):
+            return self._streams[gi]
+        by_stream: dict[Stream, list[int]] = {}
+        for task in graph.tasks:
+            by_stream.setdefault(task.stream, []).append(task.id)
+        self._streams.append(list(by_stream.items()))
+        return self._streams[gi]
 
     def _schedule(self, run: _Run) -> None:
         """Advance streams until none can move: the engine's hot loop, one pass per task

@@ -5,7 +5,8 @@ over their rank's collectives (processor sharing).
 
 A compute task's end is final once no collective of its rank can still start before
 it: it waits (``run.waiting``) until its rank's comm stream has advanced past it, or
-the stream's next task waits for this compute task or a later one (``_horizon``). When
+the stream's next task waits for this compute task or a later one
+(``_blocking_comm``). When
 every stream is blocked, the waiting task with the least end over the collectives known
 so far is final (``_release``): any collective not yet started starts no earlier than
 some blocked task's end, and each blocked task ends no earlier than that least end
@@ -41,7 +42,7 @@ def special_contended(engine: Engine, run: _Run, s: int, tid: int, start: float
                       ) -> float | None:
     """``Engine._special`` in a contended run: a compute-stream segment (plain or a chain)
     ends where ``stretch`` puts it over its rank's collectives once that end is
-    final (``_horizon``), else the stream waits (``run.waiting``); collectives as
+    final (``_blocking_comm``), else the stream waits (``run.waiting``); collectives as
     before."""
     g = run.s_graph[s]
     tasks, _, begin, end, parked, slot_of, busy, ivs, chains = run.graphs[g]
@@ -52,13 +53,20 @@ def special_contended(engine: Engine, run: _Run, s: int, tid: int, start: float
     elif parts is None and tid not in c.plain:
         return engine._arrive(run, s, tid, tasks[tid].work, start)  # type: ignore[arg-type]
     else:
+        if run.force != s:
+            cs = _blocking_comm(run, g, tid, start, run.ready)
+            if cs >= 0:  # a ready comm stream goes first: no end to compute yet
+                _wait(run, s, cs, tid, start)
+                return None
         comm = known_comm(ivs, c.comm_slots, start)
         stop = _tentative(c, chains, tid, start, comm)
         if run.force == s:
             run.force = -1
-        elif stop > _horizon(run, g, tid):
-            run.waiting[s] = (tid, start)
-            return None
+        else:
+            cs = _blocking_comm(run, g, tid, stop)
+            if cs >= 0:
+                _wait(run, s, cs, tid, start)
+                return None
         if parts is not None:
             run_chain_contended(parts, c.chain_rates[tid], start, busy, ivs, c, comm)
         else:
@@ -78,21 +86,45 @@ def _tentative(c: Contention, chains: dict[int, _Parts], tid: int, start: float,
     return chain_end(chains[tid], c.chain_rates[tid], start, comm)
 
 
-def _horizon(run: _Run, g: int, tid: int) -> float:
-    """Time before which every collective of graph ``g``'s comm streams is known: the
-    least over its comm streams (``COMM``, ``DP_COMM``) of infinite when the stream is
-    done or its next task waits for compute task ``tid`` or a later one (it cannot start
-    before ``tid`` ends), else the end of its last task."""
+def _blocking_comm(run: _Run, g: int, tid: int, stop: float,
+                   among: list[int] | None = None) -> int:
+    """A comm stream (``COMM``, ``DP_COMM``) of graph ``g`` on which a collective may still
+    start before ``stop``, or -1: whether ``stop`` exceeds the horizon before which every
+    one is known, the least over those streams of infinite when the stream is done or
+    its next task waits for compute task ``tid`` or a later one (it cannot start before
+    ``tid`` ends), else the end of its last task. A stream whose clock is at or past
+    ``stop`` cannot lower that least below ``stop``, so its next task is not read.
+    ``among``: only the streams in this list (the ready ones: ``special_contended``
+    lets such a stream advance before it computes the task's end at all)."""
     tasks, end = run.graphs[g][0], run.graphs[g][3]
-    least = _INF
+    s_pos, s_tids, s_clock = run.s_pos, run.s_tids, run.s_clock
     for cs in run.contention[g].comm_streams:
-        pos, tids = run.s_pos[cs], run.s_tids[cs]
+        if s_clock[cs] >= stop or (among is not None and cs not in among):
+            continue
+        pos, tids = s_pos[cs], s_tids[cs]
         if pos >= len(tids) or any(
                 d >= tid and end[d] is None and tasks[d].stream == Stream.COMPUTE
                 for d in tasks[tids[pos]].deps):
             continue
-        least = min(least, run.s_clock[cs])
-    return least
+        return cs
+    return -1
+
+
+def _wait(run: _Run, s: int, cs: int, tid: int, start: float) -> None:
+    """Compute stream ``s`` cannot end task ``tid`` yet: comm stream ``cs`` may start a
+    collective before its end. When ``cs`` is ready to advance, it goes first and ``s``
+    looks again right after it (``s`` parks for one turn); else ``s`` waits for
+    ``_release``. Only the order in which streams are advanced changes: a task's end
+    is still fixed only once no collective of its rank can start before it, so it is
+    the same end in any order, and each (stream, label) slot sums its own stream's
+    tasks in stream order."""
+    ready = run.ready
+    if cs in ready:
+        ready.remove(cs)
+        ready.append(s)
+        ready.append(cs)
+    else:
+        run.waiting[s] = (tid, start)
 
 
 def contended(engine: Engine, plain: _Run) -> _Run:
@@ -154,18 +186,27 @@ def contention_of(pricing: Pricing, graph: RankGraph, durations: list[float | No
     the hot loop (duration None) for ``special_contended``, with their rates."""
     c = Contention([slot for key, slot in slots.items() if comm_slot(key)])
     rate_of = pricing.contended_rate
+    # Per work object (units share them; the graph holds each, so ids stay unique): a
+    # chain's part rates when any is below 1 (else None), a segment's or op's rate.
+    chain_rates: dict[int, list[float] | None] = {}
+    work_rates: dict[int, float] = {}
+    compute = Stream.COMPUTE
     for task in graph.tasks:
-        if task.stream != Stream.COMPUTE:
+        if task.stream != compute:
             continue
         work = task.work
         if type(work) is Chain:
-            rates = [rate_of(w) if isinstance(w, Segment) else 1.0
-                     for w, _ in work.parts]
-            if min(rates, default=1.0) < 1.0:
-                c.chain_rates[task.id] = rates
+            if id(work) not in chain_rates:
+                rates = [rate_of(w) if isinstance(w, Segment) else 1.0 for w, _ in work.parts]
+                chain_rates[id(work)] = rates if min(rates, default=1.0) < 1.0 else None
+            shared = chain_rates[id(work)]
+            if shared is not None:
+                c.chain_rates[task.id] = shared
         elif isinstance(work, Segment | Op):
             d = durations[task.id]
-            rate = rate_of(work)
+            rate = work_rates.get(id(work))
+            if rate is None:
+                rate = work_rates[id(work)] = rate_of(work)
             if d is not None and rate < 1.0:
                 c.plain[task.id] = (d, rate)
                 durations[task.id] = None

@@ -47,7 +47,7 @@ def known_comm(ivs: list[list[float]], slots: list[int], start: float) -> list[f
             picked.append(iv[i - 1 if i % 2 == 1 else i:])
     if len(picked) == 1:
         return picked[0]
-    return flat_union(picked)
+    return flat_union(picked) if picked else []
 
 
 def chain_end(parts: list[tuple[float, int]], rates: list[float], start: float,

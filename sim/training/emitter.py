@@ -57,8 +57,8 @@ class EmitCache:
 
 @dataclass
 class Replay:
-    """The tasks two interleaved units emit (``Emitter.run_blocks``), recorded once per
-    pair of unit templates: each task's work, stream, label and dependencies, a
+    """The tasks one unit or two interleaved units emit (``Emitter.run_blocks``), recorded
+    once per unit template or pair of them: each task's work, stream, label and dependencies, a
     dependency >= 0 counted from the pair's first task, ~k the k-th of the units' first
     dependencies (both units' lists, joined); ``lasts`` each unit's last task alike."""
 
@@ -213,17 +213,17 @@ class Emitter:
             steps.append((run[0][0], run[0][1], chain, chain.parts[0][1]))
 
     def run_pair(self, units: list[tuple[list[list[Step]], int, list[int]]]) -> list[int]:
-        """``run_blocks`` for two interleaved units, replayed from a recording of the same
-        pair of templates (the steady state runs each pair tens of thousands of times).
-        A pair whose tasks depend on the units' tags (collectives that meet another
-        simulated rank) is emitted afresh."""
-        key = (id(units[0][0]), id(units[1][0]), len(units[0][2]), len(units[1][2]))
+        """``run_blocks`` for one unit or two interleaved units, replayed from a recording
+        of the same templates (the steady state runs each tens of thousands of times).
+        Units whose tasks depend on their tags (collectives that meet another simulated
+        rank) are emitted afresh."""
+        key = tuple(x for blocks, _, deps in units for x in (id(blocks), len(deps)))
         if key not in self.cache.replays:
             self.cache.replays[key] = self._record(units)
         replay = self.cache.replays[key]
         if replay is None:
             return self.run_blocks(units)
-        first = units[0][2] + units[1][2]
+        first = [d for _, _, deps in units for d in deps]
         tasks = self.graph.tasks
         base = len(tasks)
         for work, stream, deps, label in replay.tasks:

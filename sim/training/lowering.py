@@ -184,7 +184,7 @@ class _Schedule:
                 if single is not None:
                     last = em.add(single[0], Stream.COMPUTE, deps, single[1])
                 else:
-                    last = em.run_blocks([(em.unit(pieces, False), self._tag(unit), deps)])[0]
+                    last = em.run_pair([(em.unit(pieces, False), self._tag(unit), deps)])[0]
                 self._finish(unit, last)
                 continue
             prepared = [(em.unit(self.templates[(u.chunk, u.kind)], True), self._tag(u),

@@ -487,21 +487,27 @@ class Engine:
         durations: list[float | None] = []
         slot_of: list[int] = []
         chains: dict[int, _Parts] = {}
-        known: dict[tuple[int, Stream, str], tuple[int, _Parts]] = {}
+        # (id(work), stream, label) -> (slot, duration, chain parts): units share work
+        # objects, which the graph holds (so ids stay unique), and ``_price`` is a pure
+        # function of the object; a key's first task registers its slots, so slots are
+        # still numbered in order of first use.
+        known: dict[tuple[int, Stream, str], tuple[int, float | None, _Parts | None]] = {}
         for task in graph.tasks:
             work = task.work
-            if type(work) is Chain:
-                key = (id(work), task.stream, task.label)
-                seen = known.get(key)
-                if seen is None:
+            key = (id(work), task.stream, task.label)
+            seen = known.get(key)
+            if seen is None:
+                if type(work) is Chain:
                     slot = _chain_slots(task, slots)
-                    seen = known[key] = (slot, self._chain_parts(work, task.stream, slots))
-                slot_of.append(seen[0])
-                durations.append(None)
-                chains[task.id] = seen[1]
-            else:
-                slot_of.append(slots.setdefault((task.stream, task.label), len(slots)))
-                durations.append(price(work))
+                    seen = (slot, None, self._chain_parts(work, task.stream, slots))
+                else:
+                    seen = (slots.setdefault((task.stream, task.label), len(slots)),
+                            price(work), None)
+                known[key] = seen
+            slot_of.append(seen[0])
+            durations.append(seen[1])
+            if seen[2] is not None:
+                chains[task.id] = seen[2]
         return durations, slot_of, chains
 
     def _chain_parts(self, chain: Chain, stream: Stream,

@@ -98,15 +98,18 @@ def _blocking_comm(run: _Run, g: int, tid: int, stop: float,
     lets such a stream advance before it computes the task's end at all)."""
     tasks, end = run.graphs[g][0], run.graphs[g][3]
     s_pos, s_tids, s_clock = run.s_pos, run.s_tids, run.s_clock
+    compute = Stream.COMPUTE
     for cs in run.contention[g].comm_streams:
         if s_clock[cs] >= stop or (among is not None and cs not in among):
             continue
         pos, tids = s_pos[cs], s_tids[cs]
-        if pos >= len(tids) or any(
-                d >= tid and end[d] is None and tasks[d].stream == Stream.COMPUTE
-                for d in tasks[tids[pos]].deps):
+        if pos >= len(tids):
             continue
-        return cs
+        for d in tasks[tids[pos]].deps:
+            if end[d] is None and d >= tid and tasks[d].stream == compute:
+                break  # it waits for compute task ``tid`` or a later one
+        else:
+            return cs
     return -1
 
 

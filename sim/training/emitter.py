@@ -226,8 +226,8 @@ class Emitter:
         first = [d for _, _, deps in units for d in deps]
         tasks = self.graph.tasks
         base = len(tasks)
-        for work, stream, deps, label in replay.tasks:
-            tasks.append(Task(len(tasks), work, stream,
+        for tid, (work, stream, deps, label) in enumerate(replay.tasks, base):
+            tasks.append(Task(tid, work, stream,
                               tuple([base + d if d >= 0 else first[~d] for d in deps]), label))
         self.folded += replay.folded
         return [base + d if d >= 0 else first[~d] for d in replay.lasts]

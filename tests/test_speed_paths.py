@@ -84,6 +84,17 @@ def test_kernel_and_engine_models_time_s_is_time(name):
         assert engine.time_s(op) == engine.time(op).time_s, op.name
         # StepOpTimes takes the time-only path where the model has one.
         assert StepOpTimes(engine)(op) == engine.time(op).time_s
+    # TRT-LLM's XQA rule: generation attention through masked MHA or, where a cubin
+    # exists and enough CTAs fill the device, the fused kernel (the inner model's
+    # time-only path); both branches equal ``time``.
+    xqa = EngineAttentionModel(kernel, device, GenerationAttention(
+        "xqa-or-masked-mha", xqa_group_sizes=(4, 8), xqa_head_dims=(64, 128)))
+    gen = [op for op in _ops() if EngineAttentionModel._is_generation(op)]
+    gen.append(ops.fused_attention("xqa", 512, 8, 1, 4096, 128, "bf16", True, 1, 128))
+    assert {xqa.rule.picks_masked_mha(shape_of(op), device.matrix_cores)
+            for op in gen} == {True, False}
+    for op in gen:
+        assert xqa.time_s(op) == xqa.time(op).time_s, op.name
 
 
 def test_block_pair_is_block_terms_and_ignores_batch():

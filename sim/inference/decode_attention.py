@@ -230,9 +230,12 @@ class EngineAttentionModel:
         return self.inner.time(op)
 
     def time_s(self, op: Op) -> float:
-        """``time(op).time_s``, through the inner model's ``time_s`` where it has one."""
+        """``time(op).time_s``, through the inner model's ``time_s`` where it has one
+        (also for a generation attention the rule leaves to the fused kernel)."""
         if op.kind == OpKind.ATTENTION and self._is_generation(op):
-            return self.time(op).time_s
+            shape = shape_of(op)
+            if self.rule.picks_masked_mha(shape, self.device.matrix_cores):
+                return masked_mha_cost(self.device, shape, self.rule.kv_cache).time_s
         inner_s = getattr(self.inner, "time_s", None)
         return inner_s(op) if inner_s is not None else self.inner.time(op).time_s
 

@@ -4,13 +4,17 @@
 over their rank's collectives (processor sharing).
 
 A compute task's end is final once no collective of its rank can still start before
-it: it waits (``run.waiting``) until its rank's comm stream has advanced past it, or
-the stream's next task waits for this compute task or a later one
-(``_blocking_comm``). When
-every stream is blocked, the waiting task with the least end over the collectives known
-so far is final (``_release``): any collective not yet started starts no earlier than
-some blocked task's end, and each blocked task ends no earlier than that least end
-(more collectives only slow compute). One pass; deterministic (ties by stream).
+it: it waits until its rank's comm streams have advanced past it, or their next task
+waits for this compute task or a later one (``_blocking_comm``). A comm stream that is
+ready to advance goes first and the compute stream looks again right after it
+(``_wait``); otherwise the compute stream waits (``run.waiting``). When every stream is
+blocked, the waiting task with the least end over the collectives known so far is final
+(``_release``): any collective not yet started starts no earlier than some blocked
+task's end, and each blocked task ends no earlier than that least end (more collectives
+only slow compute). One pass; deterministic (ties by stream). The order in which
+streams advance changes no float: an end is fixed only when every collective that
+could stretch it is known, and each (stream, label) slot sums its own stream's tasks in
+stream order (tests/test_contended_order.py).
 """
 
 from __future__ import annotations

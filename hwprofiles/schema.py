@@ -198,6 +198,7 @@ class KernelsFile(_Strict):
     epilogue_overlap: bool = False
     non_tn_fp8_gemm: bool = False
     cast_transpose_fraction: float | None = Field(default=None, gt=0, le=1)
+    compute_capability: str = Field(default="", pattern=r"^(\d+\.\d+)?$")
     source: str
 
     def to_spec(self) -> KernelTraits:
@@ -210,6 +211,7 @@ class KernelsFile(_Strict):
             epilogue_overlap=self.epilogue_overlap,
             non_tn_fp8_gemm=self.non_tn_fp8_gemm,
             cast_transpose_fraction=self.cast_transpose_fraction,
+            compute_capability=self.compute_capability,
         )
 
 

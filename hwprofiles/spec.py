@@ -123,6 +123,8 @@ class KernelTraits:
     FP8 cast-transpose kernel (``transformer_engine/common/transpose/cast_transpose.cu``,
     TE 1.x and 2.x) reaches, where measured; it replaces ``memory_max`` for casts that
     write a transposed copy (``ElementwiseShape.transpose``). None: ``memory_max``.
+    ``compute_capability``: the CUDA compute capability ("9.0" for Hopper), for kernels
+    built or measured for one architecture (``--impl xla-sm90``); "" where not stated.
     """
 
     exp_per_clk_per_core: float = 16.0
@@ -133,6 +135,7 @@ class KernelTraits:
     epilogue_overlap: bool = False
     non_tn_fp8_gemm: bool = False
     cast_transpose_fraction: float | None = None
+    compute_capability: str = ""
 
 
 @dataclass(frozen=True)

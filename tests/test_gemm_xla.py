@@ -46,7 +46,10 @@ def test_xla_tiles_are_the_generic_ones():
 
 
 def test_xla_impl_refuses_other_dtypes_and_devices():
-    assert xla_impl_error("deepgemm", "b200", "fp8") is None
+    assert xla_impl_error("deepgemm", load_device("b200"), "fp8") is None
+    assert xla_impl_error("xla-sm90", load_device("h20-96gb"), "bf16") is None  # sm_90 too
+    why = xla_impl_error("xla-sm90", load_device("l40s"), "bf16")
+    assert why is not None and "not stated" in why
     with pytest.raises(InputError, match="BF16"):
         op(kind="gemm", device=H100, m=256, n=256, k=256, dtype="fp8", impl="xla-sm90")
     with pytest.raises(InputError, match="sm_90"):

@@ -155,7 +155,7 @@ def op(request: OpRequest | None = None, /, **kwargs: Any) -> OpResult:
     req = request_from_kwargs(OpRequest, request, kwargs, "xpusim.op")
     values = resolve(req)
     device = resolve_device(req.device, req.calibration)
-    if values["kind"] == "gemm" and (error := xla_impl_error(values["impl"], device.name, "")):
+    if values["kind"] == "gemm" and (error := xla_impl_error(values["impl"], device, "")):
         raise InputError(error)  # xla-sm90 on a device that is not sm_90
     if values.get("impl") in CUTLASS_IMPLS and (why := cutlass_device_error(device)):
         raise InputError(f"op gemm --impl {values['impl']}: {why}")

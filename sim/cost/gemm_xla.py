@@ -27,6 +27,8 @@ the emitter's kernel) is not recorded, so it is one measured constant, not a bre
 
 from __future__ import annotations
 
+from xpusim.hwprofiles.spec import Device
+
 XLA_IMPLS = ("xla-sm90",)
 XLA_DTYPES = ("bf16",)  # the usage-text dots are BF16 (dtypes_spec lhs=bf16,rhs=bf16,out=bf16)
 # matmul_perf_table_gen_main.cc kUsageText example 2 ("sm_90"): clock_cycles of a 16x16x16,
@@ -34,11 +36,9 @@ XLA_DTYPES = ("bf16",)  # the usage-text dots are BF16 (dtypes_spec lhs=bf16,rhs
 ZERO_WORK_DOT_CYCLES = (9440, 9440, 10961)
 ZERO_WORK_DOT_MNK = (16, 16, 16)  # the smallest of them, priced by the model for the offset
 SM90_CLOCK_GHZ = 1.98  # H100 SXM5 boost clock (NVIDIA H100 specification: 1.98 GHz)
-# Hopper (sm_90) device profiles the constant is taken to hold for.
-XLA_SM90_DEVICES = frozenset({
-    "h100-sxm5-80gb", "h100-nvl", "h800-sxm5-80gb", "h200-sxm-141gb", "h20-96gb",
-    "gh200-96gb", "gh200-144gb",
-})
+# The compute capability of the devices the constant is taken to hold for: sm_90 (Hopper),
+# read from the profile's ``[kernels] compute_capability``.
+XLA_SM90_CAPABILITY = "9.0"
 
 
 def zero_work_dot_s() -> float:
@@ -55,17 +55,20 @@ def xla_fixed_s(zero_work_model_s: float) -> float:
     return max(0.0, zero_work_dot_s() - zero_work_model_s)
 
 
-def xla_impl_error(impl: str | None, device: str | None, dtype: str) -> str | None:
-    """Why ``op gemm --impl impl`` cannot run on ``device`` in ``dtype`` (None: it can);
-    ``device`` None or ``dtype`` "" skips that check."""
+def xla_impl_error(impl: str | None, device: Device | None, dtype: str) -> str | None:
+    """Why ``op gemm --impl impl`` cannot run on ``device`` in ``dtype`` (None: it can): the
+    table is BF16 and sm_90's (a profile whose ``compute_capability`` is "9.0"); ``device``
+    None or ``dtype`` "" skips that check."""
     if impl not in XLA_IMPLS:
         return None
     if dtype and dtype not in XLA_DTYPES:
         return (f"op gemm --impl {impl}: the sm_90 dot floor is measured for BF16 dots; "
                 f"give --dtype {' or '.join(XLA_DTYPES)}")
-    if device is not None and device not in XLA_SM90_DEVICES:
-        return (f"op gemm --impl {impl}: measured on sm_90 (Hopper); give one of "
-                f"{', '.join(sorted(XLA_SM90_DEVICES))}")
+    cc = device.kernels.compute_capability if device is not None else XLA_SM90_CAPABILITY
+    if device is not None and cc != XLA_SM90_CAPABILITY:
+        return (f"op gemm --impl {impl}: measured on sm_90 (Hopper), and {device.name} has "
+                f"compute capability {cc or 'not stated'}; give a Hopper profile (one whose "
+                f'[kernels] compute_capability = "{XLA_SM90_CAPABILITY}", e.g. h100-sxm5-80gb)')
     return None
 
 
@@ -73,7 +76,7 @@ __all__ = [
     "SM90_CLOCK_GHZ",
     "XLA_DTYPES",
     "XLA_IMPLS",
-    "XLA_SM90_DEVICES",
+    "XLA_SM90_CAPABILITY",
     "ZERO_WORK_DOT_CYCLES",
     "ZERO_WORK_DOT_MNK",
     "xla_fixed_s",

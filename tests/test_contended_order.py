@@ -11,6 +11,7 @@ same schedule is computed, so every float must equal the reference path's (``==`
   afresh with ``run_blocks``.
 """
 
+from engine_results import assert_same_schedule
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from xpusim.hwprofiles import load_system
@@ -66,9 +67,7 @@ def _graph(spec: list[tuple[int, float, bool]], rank: int, ranks: int) -> RankGr
 
 
 def _same(a: SimResult, b: SimResult) -> None:
-    assert a.makespan_s == b.makespan_s
-    assert list(a.busy_s.items()) == list(b.busy_s.items())
-    assert list(a.busy_by_label.items()) == list(b.busy_by_label.items())
+    assert_same_schedule(a, b)
     assert list(a.spans.items()) == list(b.spans.items())
     assert a.slowed_s == b.slowed_s
     assert a.records == b.records

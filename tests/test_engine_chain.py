@@ -4,6 +4,7 @@ task per part: in the engine on random graphs, and in training lowerings (which 
 runs of compute pieces into chains unless every task's record is asked for)."""
 
 import pytest
+from engine_results import assert_same_schedule
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from xpusim.hwprofiles import load_system
@@ -57,9 +58,7 @@ def _graph(spec, rank: int, ranks: int, chains: bool) -> RankGraph:
 
 
 def _same(a: SimResult, b: SimResult) -> None:
-    assert a.makespan_s == b.makespan_s
-    assert list(a.busy_s.items()) == list(b.busy_s.items())
-    assert list(a.busy_by_label.items()) == list(b.busy_by_label.items())
+    assert_same_schedule(a, b)
     assert list(a.intervals.items()) == list(b.intervals.items())
 
 

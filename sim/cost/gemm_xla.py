@@ -64,8 +64,10 @@ def xla_impl_error(impl: str | None, device: Device | None, dtype: str) -> str |
     if dtype and dtype not in XLA_DTYPES:
         return (f"op gemm --impl {impl}: the sm_90 dot floor is measured for BF16 dots; "
                 f"give --dtype {' or '.join(XLA_DTYPES)}")
-    cc = device.kernels.compute_capability if device is not None else XLA_SM90_CAPABILITY
-    if device is not None and cc != XLA_SM90_CAPABILITY:
+    if device is None:
+        return None
+    cc = device.kernels.compute_capability
+    if cc != XLA_SM90_CAPABILITY:
         return (f"op gemm --impl {impl}: measured on sm_90 (Hopper), and {device.name} has "
                 f"compute capability {cc or 'not stated'}; give a Hopper profile (one whose "
                 f'[kernels] compute_capability = "{XLA_SM90_CAPABILITY}", e.g. h100-sxm5-80gb)')

@@ -16,7 +16,9 @@ from xpusim.sim.models.hf_config import load_model
 from xpusim.sim.network import analytical
 from xpusim.sim.network.api import cost_collective
 from xpusim.sim.parallel import ParallelPlan
+from xpusim.sim.validation import runner
 from xpusim.sim.validation.corpus import Row
+from xpusim.sim.validation.metrics import signed_error
 from xpusim.sim.validation.runner import _groups, run_row, run_rows
 
 
@@ -111,3 +113,23 @@ def test_validate_groups_rows_of_one_deployment_without_changing_results():
     clear_memos()
     together = [r.predicted for r in run_rows(rows, jobs=1)]
     assert together == alone and all(p is not None for p in alone)
+
+
+def test_rows_with_one_command_line_share_one_run(monkeypatch):
+    """Two rows of the same command (two releases of a table repeating one plan) run the
+    study once; each is scored against its own measurement."""
+    args = {"kind": "all-reduce", "system": "dgx-h100", "bytes": "64MiB"}
+    first = Row(id="a", category="collective", role="check", metric="busbw", unit="GB/s",
+                measured=400.0, source="test", reliability="P", hardware="-", software="-",
+                command="collective", args=dict(args))
+    second = dataclasses.replace(first, id="b", measured=500.0)
+    other = dataclasses.replace(first, id="c", args={**args, "bytes": "1MiB"})
+    assert _groups([first, other, second]) == [[0, 2], [1]]
+    calls = []
+    real = runner.predict
+    monkeypatch.setattr(runner, "predict", lambda row: calls.append(row.id) or real(row))
+    a, c, b = run_rows([first, other, second], jobs=1)
+    assert calls == ["a", "c"]  # "b" reused "a"'s document
+    assert a.predicted == b.predicted and a.predicted is not None
+    assert a.error != b.error and b.error == signed_error(b.predicted, 500.0, "GB/s")
+    assert c.predicted != a.predicted

@@ -370,6 +370,27 @@ def test_train_pangu_6144_json(capsys, tmp_path):
     json.loads(trace.read_text())  # the Chrome trace is valid JSON
 
 
+def test_train_explain_sources_footnoted_and_in_json(capsys):
+    """Issue 16's ``--explain``: each term's share of the step and its source; the text
+    table cites sources by number (each printed once, below), ``--json`` carries the list."""
+    from xpusim.sim.cli.train import source_notes
+
+    assert source_notes(["a", "b", "a", "c"]) == {"a": 1, "b": 2, "c": 3}
+    cmd = ("train --model llama-3-8b --system dgx-h100 --tp 1 --mbs 1 --gbs 64 --seq 2048 "
+           "--explain --quiet")
+    assert main(shlex.split(cmd)) == 0
+    text = capsys.readouterr().out
+    table_part, sources = text.split("\nsources:\n")
+    assert "[1]" in table_part and sources.startswith("[1] ")
+    out = run_json(capsys, cmd + " --json")
+    terms = out["explain"]
+    assert {"term", "seconds", "share", "source"} <= set(terms[0])
+    assert sum(t["seconds"] for t in terms) == pytest.approx(out["step_time_s"], rel=1e-6)
+    assert sum(t["share"] for t in terms) == pytest.approx(1.0, rel=1e-6)
+    # every distinct source is printed once, numbered in order of first use
+    assert len(sources.strip().split("\n[")) == len({t["source"] for t in terms})
+
+
 def test_train_oom_verdict_exit_3_with_breakdown():
     proc = run_process(
         "train --model pangu-ultra-moe --system atlas-800t-a2 --nodes 1 --tp 1 --pp 1 --mbs 1 "

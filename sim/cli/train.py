@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import shutil
+import textwrap
 from dataclasses import replace
 from pathlib import Path
 
@@ -165,7 +167,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--explain",
         action="store_true",
         help="print each term of the step (compute by phase and kind, host dispatch, "
-        "optimizer, exposed communication, bubble), its share and its source",
+        "optimizer, exposed communication, bubble), its share and its source; with "
+        "--json, as the document's 'explain' list",
     )
     p.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
     p.set_defaults(func=run)
@@ -192,6 +195,8 @@ def run(args: argparse.Namespace) -> int:
     if args.trace:
         payload["trace"] = str(Path(args.trace))
     if args.json:
+        if args.explain:
+            payload["explain"] = explain_rows(result.simulation)
         emit_json(payload)
         return 0
     _print(result.simulation, payload, auto=(args.recompute or "auto") == "auto" and not args.plan)
@@ -223,16 +228,41 @@ def _write_pictures(args: argparse.Namespace, result: TrainResult) -> None:
         )
 
 
+def source_notes(sources: list[str]) -> dict[str, int]:
+    """Each distinct source text and its footnote number, in order of first use: the
+    ``--explain`` table cites sources by number and prints each once below it, wrapped,
+    so the table stays as wide as its numbers."""
+    notes: dict[str, int] = {}
+    for src in sources:
+        notes.setdefault(src, len(notes) + 1)
+    return notes
+
+
+def explain_rows(result) -> list[dict[str, object]]:
+    """The ``--explain`` terms for ``--json``: term, seconds, share of the step, source."""
+    from xpusim.sim.training.simulate import explain_terms
+
+    return [{"term": name, "seconds": t, "share": t / result.step_time_s, "source": src}
+            for name, t, src in explain_terms(result)]
+
+
 def _print_explain(result) -> None:
     from xpusim.sim.training.simulate import explain_terms
 
     terms = explain_terms(result)
     print()
     print(f"why {result.step_time_s:.3f} s (mean stage; shares of the step):")
+    notes = source_notes([src for _, _, src in terms])
     print(table(
-        [(name, f"{t:.3f}", f"{t / result.step_time_s:.1%}", src) for name, t, src in terms],
+        [(name, f"{t:.3f}", f"{t / result.step_time_s:.1%}", f"[{notes[src]}]")
+         for name, t, src in terms],
         ("term", "seconds", "share", "source"),
     ))
+    print("sources:")
+    width = max(60, shutil.get_terminal_size((100, 24)).columns - 1)
+    for src, n in notes.items():
+        print(textwrap.fill(src, width, initial_indent=f"[{n}] ",
+                            subsequent_indent=" " * (len(str(n)) + 3)))
     plan = result.plan
     print(
         f"recipe: dtype {plan.dtype}"

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Regenerate the committed CPU calibration (calibrate/data/cpu-host/) and the table and
 # figure of docs/calibration.md. Run on a QUIET machine (nothing else busy): the
-# harness flags noisy cases but cannot make them quiet. About 3 min on the 2-core dev
-# VM (2 x 511 cases calibrated, 178 held-out cases validated twice).
+# harness flags noisy cases but cannot make them quiet. About 7 min on the 2-core dev
+# VM (2 x 538 cases calibrated, 201 held-out cases validated twice; 2026-12-06).
 #
 #   THREADS=1 MODE=full benchmarks/calibrate_cpu.sh
 set -euo pipefail

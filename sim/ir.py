@@ -95,6 +95,10 @@ class OpKind(StrEnum):
     GEMM = "gemm"
     ATTENTION = "attention"
     ELEMENTWISE = "elementwise"
+    # A standalone torch.exp: on an MKL build of torch it is MKL VML's vsExp, not
+    # Vectorized<float>::exp (docs/cost_model.md "Exponentials"); its own kind, so that a
+    # calibration fits its speed from the `exp` microbenchmark.
+    EXP = "exp"
     REDUCTION = "reduction"
     SOFTMAX = "softmax"
     NORM = "norm"

@@ -39,6 +39,14 @@ SOFTMAX_FLOPS_PER_SCORE = 4.0
 # degree-6 polynomial in r (6 FMAs = 12 FLOPs) and a 2^n scaling (~3 ops): ~20, an
 # estimate from the algorithm, not a fit. (Timed on the dev VM, torch.exp of 64 Ki fp32
 # elements took 7.5x as long as torch.add of the same size.)
+# Which exp runs differs by op (torch 2.13.0, git cf30153c, include/ATen/cpu/vml.h and
+# vec512/vec512_float.h): F.silu, torch.sigmoid and torch.softmax call
+# Vectorized<float>::exp() = Sleef_expf16_u10 inside their own loop (EXP_FLOPS, kind
+# elementwise / softmax); a standalone torch.exp on an MKL build goes through
+# at::vml::vexp = MKL's vmsExp(VML_HA), a closed routine whose instruction count is not
+# published, so its ops carry OpKind.EXP and a calibration fits that kind's speed from
+# the `exp` microbenchmark (calibrate/exp_micro.py). Without a calibration (every GPU
+# profile) the kind's speed is 1: the same time as before.
 EXP_FLOPS = 20.0
 ACC = "fp32"  # FastAttention accumulates in fp32 whatever the input dtype
 FP32_BYTES = 4
@@ -274,9 +282,10 @@ class _Fast:
         self.add(_vec(f"{tag}.rowmax", n, (n + stats) * f, 1.0, OpKind.REDUCTION))
         self.add(_vec(f"{tag}.max_update", stats, 3 * stats * f))
         self.add(_vec(f"{tag}.sub_max", n, (2 * n + stats) * f))
-        self.add(_vec(f"{tag}.exp", n, 2 * n * f, EXP_FLOPS))
+        # torch.exp (kernels/attention.py): MKL VML's exp, its own kind (see EXP_FLOPS).
+        self.add(_vec(f"{tag}.exp", n, 2 * n * f, EXP_FLOPS, OpKind.EXP))
         self.add(_vec(f"{tag}.alpha_sub", stats, 3 * stats * f))
-        self.add(_vec(f"{tag}.alpha_exp", stats, 2 * stats * f, EXP_FLOPS))
+        self.add(_vec(f"{tag}.alpha_exp", stats, 2 * stats * f, EXP_FLOPS, OpKind.EXP))
         self.add(_vec(f"{tag}.sum_rescale", stats, 3 * stats * f))
         self.add(_vec(f"{tag}.rowsum", n, (n + stats) * f, 1.0, OpKind.REDUCTION))
         self.add(_vec(f"{tag}.sum_add", stats, 3 * stats * f))

@@ -35,7 +35,7 @@ def test_off_stays_off():
 
 def test_row_runs_with_the_collector_paused(monkeypatch):
     seen = []
-    monkeypatch.setattr(runner, "_run_row", lambda row: seen.append(gc.isenabled()) or row)
+    monkeypatch.setattr(runner, "_run_row", lambda row, payloads: seen.append(gc.isenabled()) or row)
     assert runner.run_row("row") == "row"
     assert seen == [False] and gc.isenabled()
 

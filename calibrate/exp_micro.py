@@ -8,7 +8,7 @@ wheel's ``include/``) specialises for float to MKL's ``vmsExp(n, in, out, VML_HA
 MKL's instruction count is not published, so the op is priced as an ``exp``-kind
 elementwise op of ``EXP_FLOPS`` per element and the fit gives the kind its own speed
 and overhead from these timings (``calibrate/fit.py``: every non-reference kind seen in
->= 3 fit cases). Sizes are the ``add`` / ``silu`` suites' (below 32 MB: no first-touch
+>= 3 fit cases). Full-mode sizes are the ``add`` / ``silu`` suites' (below 32 MB: no first-touch
 page faults).
 """
 
@@ -22,11 +22,9 @@ from xpusim.sim.workloads.attention import EXP_FLOPS
 
 Shape = dict[str, float]
 
-EXP_NUMELS_FULL = (4096, 32768, 262144, 1048576, 2097152, 4194304)
+# Quick mode: the add / silu quick sizes plus 32768, so that its seeded split leaves the
+# fit the 3 cases a kind needs for its own speed (the full sizes are the suites' own).
 EXP_NUMELS_QUICK = (4096, 32768, 262144, 4194304)
-
-EXP_FULL: tuple[Shape, ...] = tuple({"numel": n} for n in EXP_NUMELS_FULL)
-EXP_QUICK: tuple[Shape, ...] = tuple({"numel": n} for n in EXP_NUMELS_QUICK)
 
 
 def exp_ops(s: Shape, dtype: str) -> list[Op]:

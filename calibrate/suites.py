@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-from xpusim.calibrate.exp_micro import EXP_FULL, EXP_QUICK, exp_ops, exp_runner
+from xpusim.calibrate.exp_micro import EXP_NUMELS_QUICK, exp_ops, exp_runner
 from xpusim.calibrate.families import OUT_OF_RANGE, is_out_of_range
 from xpusim.sim import ops
 from xpusim.sim.ir import Op, RankGraph
@@ -347,7 +347,8 @@ def _micro_suites() -> list[Suite]:
             lambda s, dt: [ops.elementwise("silu", s["numel"], dt, SILU_FLOPS_PER_ELEMENT)],
             _silu_runner,
         ),
-        Suite("exp", "micro", EXP_FULL, EXP_QUICK, exp_ops, exp_runner),
+        Suite("exp", "micro", tuple({"numel": n} for n in _NUMELS_FULL),
+              tuple({"numel": n} for n in EXP_NUMELS_QUICK), exp_ops, exp_runner),
         Suite(
             "softmax",
             "micro",

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from xpusim.calibrate.exp_micro import EXP_FULL, EXP_QUICK, exp_ops
+from xpusim.calibrate.exp_micro import exp_ops
 from xpusim.calibrate.suites import SUITES, split_shapes
 from xpusim.hwprofiles import load_device
 from xpusim.sim import ops
@@ -66,8 +66,8 @@ def test_fast_attention_torch_exps_are_exp_kind():
 
 def test_exp_suite_registered_with_enough_fit_shapes():
     suite = SUITES["exp"]
-    assert suite.kind == "micro" and suite.full == EXP_FULL and suite.quick == EXP_QUICK
-    assert len(EXP_QUICK) == 4 and len(EXP_FULL) == 6
+    assert suite.kind == "micro" and suite.full == SUITES["add"].full  # the add/silu sizes
+    assert [s["numel"] for s in suite.quick] == [4096, 32768, 262144, 4194304]
     # the fit gives a kind its own speed from >= 3 fit cases (calibrate/fit.py)
-    assert split_shapes("exp", EXP_QUICK, 20260).count("fit") == 3
-    assert split_shapes("exp", EXP_FULL, 20260).count("fit") == 4
+    assert split_shapes("exp", suite.quick, 20260).count("fit") == 3
+    assert split_shapes("exp", suite.full, 20260).count("fit") == 4

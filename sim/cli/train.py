@@ -247,15 +247,13 @@ def explain_rows(result) -> list[dict[str, object]]:
 
 
 def _print_explain(result) -> None:
-    from xpusim.sim.training.simulate import explain_terms
-
-    terms = explain_terms(result)
+    rows = explain_rows(result)
     print()
     print(f"why {result.step_time_s:.3f} s (mean stage; shares of the step):")
-    notes = source_notes([src for _, _, src in terms])
+    notes = source_notes([str(r["source"]) for r in rows])
     print(table(
-        [(name, f"{t:.3f}", f"{t / result.step_time_s:.1%}", f"[{notes[src]}]")
-         for name, t, src in terms],
+        [(r["term"], f"{r['seconds']:.3f}", f"{r['share']:.1%}", f"[{notes[str(r['source'])]}]")
+         for r in rows],
         ("term", "seconds", "share", "source"),
     ))
     print("sources:")

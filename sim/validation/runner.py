@@ -109,6 +109,7 @@ def run_row(row: Row, payloads: dict[tuple[str, ...], dict[str, Any]] | None = N
 
 def _run_row(row: Row, payloads: dict[tuple[str, ...], dict[str, Any]]) -> RowResult:
     start = time.perf_counter()
+    argv = row_argv(row)
     base: dict[str, Any] = {
         "id": row.id,
         "category": row.category,
@@ -119,7 +120,7 @@ def _run_row(row: Row, payloads: dict[tuple[str, ...], dict[str, Any]]) -> RowRe
         "source": row.source,
         "reliability": row.reliability,
         "hardware": row.hardware,
-        "command": "xpusim " + shlex.join(row_argv(row)),
+        "command": "xpusim " + shlex.join(argv),
     }
     empty: dict[str, Any] = {"predicted": None, "error": None, "baseline_predicted": None, "baseline_error": None}
     if row.unsupported:
@@ -127,7 +128,7 @@ def _run_row(row: Row, payloads: dict[tuple[str, ...], dict[str, Any]]) -> RowRe
     metric = metric_for(row.command, row.metric)
     if metric is None:
         return RowResult(**base, **empty, unsupported=f"no metric {row.metric!r} for {row.command}")
-    key = tuple(row_argv(row))
+    key = tuple(argv)
     try:
         payload = payloads.get(key) or predict(row)
     except (InputError, ProfileError) as exc:

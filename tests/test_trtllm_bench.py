@@ -60,3 +60,19 @@ def test_profile_switch() -> None:
         fixed.max_num_seqs,
         fixed.max_batched_tokens,
     )
+
+
+def test_engine_build_flow_keeps_the_heuristic_token_budget() -> None:
+    # TensorRT-engine flow (trtllm-bench build --dataset; throughput with chunked
+    # context): 5000/500 keeps finetune's 2304 tokens (256 x ceil(2257.6 / 256)) instead
+    # of the PyTorch flow's max_isl + max_batch_size = 5224; other lengths are unchanged.
+    assert bench_settings(LLAMA8_H100, 5000, 500, 5000, chunked=True) == (224, 2304)
+    assert bench_settings(LLAMA8_H100, 128, 2048, 128, chunked=True) == (640, 2048)
+
+
+def test_trtllm_017_profile_uses_the_engine_build_flow() -> None:
+    engine = load_engine("trtllm-0.17")
+    assert engine.batch_heuristic == "trtllm-bench-build"
+    assert not engine.cuda_graphs
+    assert engine.memory_utilization == 0.95
+    assert engine.response_per_token_s == 0.0  # trtllm-bench throughput does not stream

@@ -133,8 +133,9 @@ class EngineProfile:
     memory_utilization: float = 0.9
     max_num_seqs: int = 256
     max_batched_tokens: int = 8192
-    # "none": max_num_seqs / max_batched_tokens as given; "trtllm-bench": per run from
-    # trtllm-bench's heuristic (sim/inference/trtllm_bench.py), used by --serve.
+    # "none": max_num_seqs / max_batched_tokens as given; "trtllm-bench" (PyTorch flow)
+    # or "trtllm-bench-build" (TensorRT-engine flow): per run from trtllm-bench's
+    # heuristic (sim/inference/trtllm_bench.py), used by --serve.
     batch_heuristic: str = "none"
     detokenize_per_token_s: float = 0.0
     request_overhead_s: float = 0.0
@@ -271,7 +272,7 @@ _CHOICE_KEYS: dict[str, tuple[str, ...] | None] = {
     "host_overlap": ("none", "output", "all"),
     "policy": ("prefill-first", "mixed", "static"),
     "kv_reserve": ("incremental", "full"),
-    "batch_heuristic": ("none", "trtllm-bench"),
+    "batch_heuristic": ("none", "trtllm-bench", "trtllm-bench-build"),
     "reference_host": None,
     "paged_attention": None,
     "generation_attention": KERNELS,

@@ -18,6 +18,14 @@ quantisation, the mapping, the GPU memory and the dataset's mean ISL/OSL:
 This module reproduces those two functions; ``serve`` uses the result in place of the
 engine profile's fixed ``max_num_seqs``/``max_batched_tokens`` when the profile says
 ``batch_heuristic = "trtllm-bench"``.
+
+``batch_heuristic = "trtllm-bench-build"`` is the TensorRT-engine flow of the same tool
+(``trtllm-bench build --dataset``, then ``throughput --engine_dir``; TensorRT-LLM 0.17's
+perf-overview): ``build_command`` (bench/build/build.py) sets the engine's max_batch_size
+and max_num_tokens from ``calc_engine_setting`` at the dataset's avg ISL/OSL, and the
+throughput run takes the engine's values with chunked context on (the command's
+``--enable_chunked_context`` default), so no max_num_tokens floor of ``max_isl +
+max_batch_size`` is applied: a long prompt is prefilled in max_num_tokens chunks.
 """
 
 from __future__ import annotations
@@ -37,6 +45,8 @@ from xpusim.sim.parallel import ParallelPlan
 GIB = 1024**3
 # tuning.py BYTES_PER_ELEM (QuantAlgo.NO_QUANT 2, FP8 1, FP8_BLOCK_SCALES 1, NVFP4 0.5;
 # anything else .get(..., 2)).
+# The engine profiles' batch_heuristic values this module answers.
+HEURISTICS = ("trtllm-bench", "trtllm-bench-build")
 _BYTES_PER_ELEM = {"bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "nvfp4": 0.5, "fp4": 0.5}
 
 
@@ -88,12 +98,16 @@ def finetune_setting(max_requests: float, isl: float, osl: float, pp: int) -> tu
 
 
 def bench_settings(
-    inp: BenchInputs, avg_isl: float, avg_osl: float, max_isl: int
+    inp: BenchInputs, avg_isl: float, avg_osl: float, max_isl: int, chunked: bool = False
 ) -> tuple[int, int]:
-    """general.py get_settings without chunked prefill: (max_batch_size, max_num_tokens)."""
+    """general.py get_settings (``chunked`` False: the PyTorch flow without chunked
+    prefill) or build.py build_command (``chunked`` True: the TensorRT-engine flow):
+    (max_batch_size, max_num_tokens)."""
     max_bs, max_tokens = finetune_setting(
         kv_cache_max_requests(inp, avg_isl, avg_osl), avg_isl, avg_osl, inp.pp
     )
+    if chunked:
+        return max_bs, max_tokens
     # "Chunked prefill is disabled ... Forcing max_num_tokens to max_isl + max_batch_size".
     return max_bs, max(max_tokens, max_isl + max_bs)
 
@@ -108,13 +122,14 @@ def run_limits(
 ) -> tuple[int, int]:
     """(max_num_seqs, max_batched_tokens) of a --serve run with this engine.
 
-    The profile's fixed values unless it sets ``batch_heuristic = "trtllm-bench"``; then
-    trtllm-bench's choice for this model, mapping, GPU and dataset. The GPU memory is the
+    The profile's fixed values unless it sets ``batch_heuristic = "trtllm-bench"`` (or
+    ``"trtllm-bench-build"``); then trtllm-bench's choice for this model, mapping, GPU and
+    dataset. The GPU memory is the
     device profile's HBM capacity (GiB), standing for NVML's total (a little less on the
     card: 79.6 GiB on an H100 80GB); the KV dtype is the run's KV-cache format
     (``kvcache.kv_cache_dtype``: FP8 for an NVFP4 checkpoint), as in the memory plan.
     """
-    if engine.batch_heuristic != "trtllm-bench" or not requests:
+    if engine.batch_heuristic not in HEURISTICS or not requests:
         return engine.max_num_seqs, engine.max_batched_tokens
     inp = BenchInputs(
         param_count=float(param_counts(spec).total),
@@ -130,4 +145,5 @@ def run_limits(
     )
     avg_isl = sum(r.prompt for r in requests) / len(requests)
     avg_osl = sum(r.output for r in requests) / len(requests)
-    return bench_settings(inp, avg_isl, avg_osl, max(r.prompt for r in requests))
+    return bench_settings(inp, avg_isl, avg_osl, max(r.prompt for r in requests),
+                          chunked=engine.batch_heuristic == "trtllm-bench-build")

@@ -56,3 +56,30 @@ def test_experts_are_read_once_per_step():
     assert one_forward < 0.5 * per_chunk
     # ... and no less than the chunks' own work: 2,048 tokens of expert and dense GEMMs.
     assert one_forward > 0.5 * costs.mixed_device(0, 0.0, [2048])
+
+
+def test_a_later_chunk_attends_to_its_cached_prefix():
+    # 2048 queries over 4096 cached + 2048 own keys: both grid points, so the step's
+    # attention is the prefill of that shape's attention ops (kv_len = 6144), exactly.
+    costs = _costs("llama-2-7b", 1)
+    sim = costs.target
+    later = sim.part_time(StepBatch(1, 2048, 4096, "prefill"), attention=True)
+    first = sim.part_time(StepBatch(1, 2048, 0, "prefill"), attention=True)
+    assert costs.chunk_attention(2048, 4096) == pytest.approx(later, rel=1e-12)
+    assert later > 2 * first  # 2048 x 4096 cross block + the 2048 x 2048 causal square
+    with_prefix = costs.mixed_device(0, 0.0, [2048], [4096])
+    assert with_prefix - costs.mixed_device(0, 0.0, [2048]) == pytest.approx(later - first,
+                                                                              rel=1e-9)
+    # No prefix: the prefix-free path, the same floats as before.
+    assert costs.mixed_device(64, 1024, [128], [0]) == costs.mixed_device(64, 1024, [128])
+
+
+def test_chunk_attention_is_bilinear_between_grid_corners():
+    costs = _costs("llama-2-7b", 1)
+    f = costs._prefix_attention
+    # chunk 1536 is midway between 1024 and 2048, prefix 3072 midway between 2048 and 4096.
+    corners = (f(1024, 2048) + f(1024, 4096) + f(2048, 2048) + f(2048, 4096)) / 4
+    assert costs.chunk_attention(1536, 3072) == pytest.approx(corners, rel=1e-12)
+    # More cached prefix never makes a chunk cheaper.
+    times = [costs.chunk_attention(1000, p) for p in (100, 1000, 5000, 20000)]
+    assert times == sorted(times)

@@ -540,8 +540,11 @@ class Server:
         decoding = len(batch.decoding)
         context = batch.context / decoding if decoding else 0.0
         done_prefill = [r for r, c in chunks if c >= r.prefill_left]
+        # A chunk attends to what its prompt's earlier chunks left in the KV cache.
+        prefixes = [r.context - r.prefill_left for r, _ in chunks]
         s.now += self.costs.mixed(
-            decoding, context, [c for _, c in chunks], decoding + len(done_prefill), admitted
+            decoding, context, [c for _, c in chunks], decoding + len(done_prefill), admitted,
+            prefixes,
         )
         if self.costs.draft:  # the acceptance draws in running order, as before
             for r in batch.decoding.values():

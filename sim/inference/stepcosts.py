@@ -59,6 +59,8 @@ class StepCosts:
         # each is a pure function of its arguments (the same floats as pricing afresh).
         self._grid: dict[tuple[str, int, int], Callable[[float], float]] = {}
         self._chunks: dict[float, float] = {}
+        # Attention of a prompt chunk over its cached prefix at (chunk, prefix) grid corners.
+        self._prefix_corners: dict[tuple[int, int], float] = {}
         # (``tokens``, ``chunk_attention``) interpolating functions of ``mixed_device``.
         self._mixed_fns: tuple[Callable[[float], float], Callable[[float], float]] | None = None
 
@@ -201,16 +203,19 @@ class StepCosts:
         return cost
 
     def mixed(
-        self, decode_batch: int, context: float, chunks: list[int], sampled: int, admitted: int
+        self, decode_batch: int, context: float, chunks: list[int], sampled: int, admitted: int,
+        prefixes: list[int] | None = None,
     ) -> float:
         """One in-flight-batching iteration: ``decode_batch`` decode tokens (or SD rounds)
-        at mean ``context`` plus prompt ``chunks``; host work by the engine's overlap rule."""
+        at mean ``context`` plus prompt ``chunks`` (``prefixes``: the tokens each chunk's
+        prompt already has in the KV cache; None: all 0); host work by the engine's
+        overlap rule."""
         engine = self.target.engine
         if decode_batch and self.draft is not None:
             device = self.sd_round(decode_batch, context)  # includes its own host terms
             device += sum(self.prefill_token_device(c) for c in chunks)
         elif chunks:
-            device = self.mixed_device(decode_batch, context, chunks)
+            device = self.mixed_device(decode_batch, context, chunks, prefixes)
         elif decode_batch:
             padded, mean = padded_step(decode_batch, context, self.graph_sizes)
             device = self._grid_fn("decode_device", padded, self._dummies(decode_batch, padded))(mean)
@@ -220,7 +225,10 @@ class StepCosts:
         after = engine.sampling_time(sampled)
         return engine.step_time(device, before, after)
 
-    def mixed_device(self, decode_batch: int, context: float, chunks: list[int]) -> float:
+    def mixed_device(
+        self, decode_batch: int, context: float, chunks: list[int],
+        prefixes: list[int] | None = None,
+    ) -> float:
         """Device time of one forward over ``decode_batch`` decode tokens and the prompt
         ``chunks``: the context and generation tokens are packed into one input
         (TensorRT-LLM gpt-attention.md, "In-flight Batching"; vLLM/SGLang chunked
@@ -228,8 +236,9 @@ class StepCosts:
         GEMMs run over all the step's tokens. Priced as the decode step, plus the
         token-proportional work of the chunk tokens on top of the decode tokens
         (``tokens`` at decode + chunk tokens less at the decode tokens), plus each
-        chunk's own causal attention. Left out: a chunk's attention to its prompt's
-        earlier chunks, and the chunks' logit rows."""
+        chunk's attention: causal over itself, and over the ``prefixes`` tokens its
+        prompt's earlier chunks left in the KV cache (``chunk_attention``). Left out: the
+        chunks' logit rows."""
         fns = self._mixed_fns
         if fns is None:  # kept: a serving run makes ~10^5 such steps
             fns = self._mixed_fns = (self._grid_fn("tokens", 0),
@@ -238,7 +247,41 @@ class StepCosts:
         device = tokens(decode_batch + sum(chunks)) - tokens(decode_batch)
         if decode_batch:
             device += self.decode_device(decode_batch, context)
-        return device + sum([attention(c) for c in chunks])
+        if not prefixes or not any(prefixes):
+            return device + sum([attention(c) for c in chunks])
+        return device + sum([self.chunk_attention(c, p) if p else attention(c)
+                             for c, p in zip(chunks, prefixes, strict=True)])
+
+    def chunk_attention(self, chunk: float, prefix: float) -> float:
+        """Device time of the attention ops of one prompt chunk of ``chunk`` tokens whose
+        prompt already holds ``prefix`` tokens in the KV cache: its queries attend to
+        those and, causally, to themselves (``StepBatch(1, chunk, prefix, "prefill")``:
+        kv_len = prefix + chunk). TensorRT-LLM's chunked context needs the paged-KV
+        context FMHA for this reason: a later chunk reads the earlier chunks' keys and
+        values from the cache (docs/source/advanced/gpt-attention.md, "Chunked Context");
+        vLLM's and SGLang's chunked prefill likewise attend over the cached prefix.
+
+        Bilinear over (chunk, prefix) on CONTEXT_GRID, each corner priced once per run:
+        the work is ~chunk x prefix plus the chunk's own causal square, so the cross term
+        is exact between grid points and the square is piecewise linear in the chunk, as
+        the prefix-free ``chunk_attention`` grid prices it."""
+        grid = CONTEXT_GRID
+        i = min(max(bisect.bisect_right(grid, chunk) - 1, 0), len(grid) - 2)
+        j = min(max(bisect.bisect_right(grid, prefix) - 1, 0), len(grid) - 2)
+        c0, c1, p0, p1 = grid[i], grid[i + 1], grid[j], grid[j + 1]
+        u, v = (chunk - c0) / (c1 - c0), (prefix - p0) / (p1 - p0)
+        f = self._prefix_attention
+        return ((1 - u) * ((1 - v) * f(c0, p0) + v * f(c0, p1))
+                + u * ((1 - v) * f(c1, p0) + v * f(c1, p1)))
+
+    def _prefix_attention(self, chunk: int, prefix: int) -> float:
+        """``chunk_attention`` at a grid corner, priced once per run."""
+        key = (chunk, prefix)
+        t = self._prefix_corners.get(key)
+        if t is None:
+            t = self._prefix_corners[key] = self.target.part_time(
+                StepBatch(1, chunk, prefix, "prefill"), True) if chunk else 0.0
+        return t
 
     def sd_round(self, batch: int, context: float) -> float:
         """One SD round: gamma draft steps, the scoring forward (``scoring_batch``) and the

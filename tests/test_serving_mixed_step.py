@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from xpusim.hwprofiles import load_system
 from xpusim.sim.inference.engine_profile import load_engine
 from xpusim.sim.inference.lowering import StepBatch, StepSimulator
+from xpusim.sim.inference.serving import Server
 from xpusim.sim.inference.stepcosts import StepCosts
+from xpusim.sim.inference.workload import Request
 from xpusim.sim.models.hf_config import load_model
 from xpusim.sim.parallel import ParallelPlan
 
@@ -83,3 +87,28 @@ def test_chunk_attention_is_bilinear_between_grid_corners():
     # More cached prefix never makes a chunk cheaper.
     times = [costs.chunk_attention(1000, p) for p in (100, 1000, 5000, 20000)]
     assert times == sorted(times)
+
+
+def test_without_chunked_prefill_a_prompt_waits_for_a_step_that_holds_it():
+    # Budget 3000 tokens, two 2000-token prompts. With chunking the second takes the
+    # 1000 tokens the first leaves, then its other 1000 (over the first 1000 as prefix);
+    # without it, it waits for the next step's whole budget: every chunk is a whole prompt.
+    def chunks_seen(chunked: bool) -> list[int]:
+        engine = replace(load_engine("trtllm-0.10"), chunked_prefill=chunked, kv_reserve="full")
+        sim = StepSimulator(load_model("llama-2-7b"), load_system("dgx-h100"), ParallelPlan(),
+                            engine, "fp16")
+        costs = StepCosts(sim)
+        seen: list[int] = []
+        mixed = costs.mixed
+
+        def spy(decode_batch, context, chunks, sampled, admitted, prefixes=None):
+            seen.extend(chunks)
+            return mixed(decode_batch, context, chunks, sampled, admitted, prefixes)
+
+        costs.mixed = spy  # type: ignore[method-assign]
+        server = Server(costs, 1e6, max_num_seqs=8, max_batched_tokens=3000)
+        server.run([Request(0, 0.0, 2000, 4), Request(1, 0.0, 2000, 4)])
+        return seen
+
+    assert chunks_seen(True) == [2000, 1000, 1000]
+    assert chunks_seen(False) == [2000, 2000]

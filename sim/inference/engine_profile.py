@@ -63,6 +63,11 @@ class EngineProfile:
       is recomputed with (TRT-LLM's LlmRequest::pause keeps min(max_input_len, prompt +
       generated) tokens and generates the rest again); 0 keeps every generated token
       (vLLM's recompute).
+    * ``chunked_prefill`` (``[scheduler]``, "mixed" policy): a prompt may be split over
+      steps in the pieces the token budget leaves (TensorRT-LLM's chunked context, vLLM
+      and SGLang chunked prefill); false: a prompt enters a step only whole, and waits
+      for a step whose budget holds it (TensorRT-LLM 1.0's PyTorch flow of trtllm-bench,
+      which runs without chunked prefill and sizes max_num_tokens for the longest prompt).
     * ``reference_host`` (a CPU of hwprofiles/hosts.toml) and ``host_scale``: the host
       terms are seconds on the reference host; ``on_host`` rescales them to a system's
       host CPU by single-thread speed.
@@ -144,6 +149,7 @@ class EngineProfile:
     policy: str = "prefill-first"
     kv_reserve: str = "incremental"
     max_input_len: int = 0
+    chunked_prefill: bool = True
     reference_host: str = ""
     host_scale: float = 1.0
     paged_attention: str = ""
@@ -258,6 +264,7 @@ _PLAIN_KEYS = {
     "max_num_seqs": int,
     "max_batched_tokens": int,
     "max_input_len": int,
+    "chunked_prefill": bool,
     "fused_sampling": bool,
     "lm_head_16bit": bool,
     "vocab_parallel": bool,

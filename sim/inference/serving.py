@@ -495,7 +495,10 @@ class Server:
         self, s: _Loop, batch: RunningBatch, chunks: list[tuple[Request, int]], budget: int
     ) -> int:
         """Admit from the head of the queue while the KV cache, the batch limit and the
-        token budget allow; each admitted request's first chunk joins ``chunks``.
+        token budget allow; each admitted request's first chunk joins ``chunks``. Without
+        the engine's ``chunked_prefill`` a prompt is admitted only whole (it waits, and
+        so does the queue behind it, until a step's budget holds it), unless it exceeds
+        the whole budget, which only chunks can serve.
 
         Returns how many requests entered for the first time: the engine's per-request
         host work (``request_overhead_s``: request and response objects, response
@@ -510,8 +513,11 @@ class Server:
         else:
             used = batch.need_at(1)
         admitted = 0
+        whole = not self.costs.target.engine.chunked_prefill
         while s.waiting and budget > 0 and len(batch) < self.max_num_seqs:
             r = s.waiting[0]
+            if whole and budget < r.context <= self.max_batched_tokens:
+                break  # no chunked prefill: the prompt waits for a step that holds it
             need = self._reserve(r)
             if used + need > self.blocks_total:
                 break

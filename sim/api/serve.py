@@ -18,6 +18,7 @@ from typing import Any
 from xpusim.hwprofiles.spec import System
 from xpusim.sim.api.base import as_json_dict, request_from_kwargs
 from xpusim.sim.api.infer import (
+    Deployment,
     check_request,
     load_deployment,
     load_model_arg,
@@ -270,6 +271,18 @@ def _workload(req: ServeRequest, alpha: float) -> Workload:
     )
 
 
+def run_kv_tokens(dep: Deployment, dtype: str, max_tokens: int) -> float:
+    """The KV room of a run: the deployment's memory plan with its activation reserve at
+    the run's token budget. vLLM sizes its cache after a profiling forward of
+    max_num_batched_tokens tokens and a TensorRT engine is built for max_num_tokens, so
+    when trtllm-bench's heuristic or a flag sets another budget than the engine profile's,
+    the reserve follows the run's, not the profile's fallback."""
+    if max_tokens == dep.engine.max_batched_tokens:
+        return float(dep.memory.kv_tokens)
+    engine = dataclasses.replace(dep.engine, max_batched_tokens=max_tokens)
+    return float(require_memory(dep.spec, dep.system, dep.plan, engine, dtype).kv_tokens)
+
+
 def _serve_colocated(req: ServeRequest, gamma: int, alpha: float, draft_devices: int) -> ServeResult:
     draft_name = req.draft.name if isinstance(req.draft, ModelSpec) else req.draft
     sd = req.draft is not None
@@ -309,9 +322,9 @@ def _serve_colocated(req: ServeRequest, gamma: int, alpha: float, draft_devices:
     costs = StepCosts(dep.sim, draft_sim, gamma if draft_sim is not None else 0,
                       graph_sizes=graphs, bonus_share=alpha**gamma if sd else 0.0)
     layout = kv_layout(dep.spec, dep.engine.sliding_window_kv)
-    server = Server(
-        costs, dep.memory.kv_tokens, max_seqs, max_tokens, seed=req.seed, layout=layout
-    )
+    with verdict_document(document(dep.spec, dep.system, dep.plan, dep.engine)):
+        kv_tokens = run_kv_tokens(dep, req.dtype, max_tokens)
+    server = Server(costs, kv_tokens, max_seqs, max_tokens, seed=req.seed, layout=layout)
     run = server.run(requests, req.progress)
     metrics = run.metrics()
     # The limits the run scheduled under (the engine's, a flag's, or trtllm-bench's own

@@ -1,0 +1,43 @@
+"""A serving run's KV room reserves activations for the run's own token budget."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from xpusim.sim.api.infer import load_deployment
+from xpusim.sim.api.serve import ServeRequest, run_kv_tokens
+from xpusim.sim.inference.kvcache import activation_bytes, kv_bytes_per_token
+
+
+def _dep():
+    req = ServeRequest(model="llama-3.1-70b", system="dgx-h100", tp=1, dtype="fp8",
+                       engine="trtllm-0.17")
+    return load_deployment(req, lambda *a: {})
+
+
+def test_the_profile_budget_keeps_the_deployment_plan() -> None:
+    dep = _dep()
+    assert dep.engine.max_batched_tokens == 8192
+    assert run_kv_tokens(dep, "fp8", 8192) == dep.memory.kv_tokens
+
+
+def test_a_smaller_budget_frees_its_activation_reserve_for_the_cache() -> None:
+    # Llama-3.1-70B FP8 on one H100: trtllm-bench builds 128/2048 with a 2,048-token
+    # budget; the reserve of 8,192 - 2,048 tokens (residual, FFN and fp32 logit rows,
+    # kvcache.activation_bytes) becomes KV room at 160 KiB per token (FP8 cache).
+    dep = _dep()
+    spec = dep.spec
+    freed = activation_bytes(spec, 8192, "fp8", 1) - activation_bytes(spec, 2048, "fp8", 1)
+    per_token = kv_bytes_per_token(spec, "fp8", 1)
+    assert per_token == 2 * 80 * 8 * 128
+    gained = run_kv_tokens(dep, "fp8", 2048) - dep.memory.kv_tokens
+    assert gained == pytest.approx(freed / per_token, rel=1e-9)
+    assert gained > 20_000  # the fp32 logits of 6,144 tokens x 128,256 entries alone: 3 GiB
+
+
+def test_the_engine_is_not_changed() -> None:
+    dep = _dep()
+    before = replace(dep.engine)
+    run_kv_tokens(dep, "fp8", 2048)
+    assert dep.engine == before

@@ -208,8 +208,9 @@ class StepCosts:
     ) -> float:
         """One in-flight-batching iteration: ``decode_batch`` decode tokens (or SD rounds)
         at mean ``context`` plus prompt ``chunks`` (``prefixes``: the tokens each chunk's
-        prompt already has in the KV cache; None: all 0); host work by the engine's
-        overlap rule."""
+        prompt already has in the KV cache; None: all 0; a speculative-decoding round's
+        chunks are priced without them, ``prefill_token_device``); host work by the
+        engine's overlap rule."""
         engine = self.target.engine
         if decode_batch and self.draft is not None:
             device = self.sd_round(decode_batch, context)  # includes its own host terms

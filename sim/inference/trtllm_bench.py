@@ -23,9 +23,10 @@ engine profile's fixed ``max_num_seqs``/``max_batched_tokens`` when the profile 
 (``trtllm-bench build --dataset``, then ``throughput --engine_dir``; TensorRT-LLM 0.17's
 perf-overview): ``build_command`` (bench/build/build.py) sets the engine's max_batch_size
 and max_num_tokens from ``calc_engine_setting`` at the dataset's avg ISL/OSL, and the
-throughput run takes the engine's values with chunked context on (the command's
-``--enable_chunked_context`` default), so no max_num_tokens floor of ``max_isl +
-max_batch_size`` is applied: a long prompt is prefilled in max_num_tokens chunks.
+throughput run takes the engine's values with chunked context on (INFERRED from that
+table, whose 20000-token prompts ran on engines the heuristic gives 2048 tokens), so no
+max_num_tokens floor of ``max_isl + max_batch_size`` is applied: a long prompt is
+prefilled in max_num_tokens chunks.
 """
 
 from __future__ import annotations
@@ -43,10 +44,10 @@ from xpusim.sim.models.spec import ModelSpec
 from xpusim.sim.parallel import ParallelPlan
 
 GIB = 1024**3
-# tuning.py BYTES_PER_ELEM (QuantAlgo.NO_QUANT 2, FP8 1, FP8_BLOCK_SCALES 1, NVFP4 0.5;
-# anything else .get(..., 2)).
 # The engine profiles' batch_heuristic values this module answers.
 HEURISTICS = ("trtllm-bench", "trtllm-bench-build")
+# tuning.py BYTES_PER_ELEM (QuantAlgo.NO_QUANT 2, FP8 1, FP8_BLOCK_SCALES 1, NVFP4 0.5;
+# anything else .get(..., 2)).
 _BYTES_PER_ELEM = {"bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "nvfp4": 0.5, "fp4": 0.5}
 
 

@@ -138,3 +138,14 @@ def test_streamed_response_is_paid_per_generated_token():
     without, steps_0, _ = _run_40_queued(replace(base, response_per_token_s=0.0))
     assert steps_r == steps_0
     assert with_r - without == pytest.approx(640 * base.response_per_token_s * scale, rel=1e-9)
+
+
+def test_tensorrt_llm_0x_attends_every_cached_key():
+    # Mistral-7B-v0.1 windows every layer at 4096 keys; TensorRT-LLM 0.x's attention window
+    # is max_attention_window_size (max_seq_len unless set), so its engines price none.
+    spec = load_model("mistral-7b")
+    assert set(spec.layer_windows) == {4096}
+    for name in ("trtllm-0.5", "trtllm-0.6.1", "trtllm-0.10", "trtllm-0.17"):
+        assert load_engine(name).priced_model(spec).layer_windows == ()
+    for name in ("trtllm-1.0", "vllm-0.6"):
+        assert load_engine(name).priced_model(spec) is spec

@@ -17,6 +17,7 @@ from xpusim.hwprofiles.spec import Device
 from xpusim.sim.errors import InputError
 from xpusim.sim.inference.decode_attention import KERNELS, KV_CACHE_LAYOUTS, GenerationAttention
 from xpusim.sim.inference.kvcache import SLIDING_WINDOW_KV, VocabLayout
+from xpusim.sim.models.spec import ModelSpec
 from xpusim.sim.tomlfile import read_toml
 
 ENGINE_DIR = HWPROFILES_ROOT / "engines"
@@ -93,6 +94,11 @@ class EngineProfile:
       (``xpusim.sim.inference.kvcache.KVLayout``): "window" (the blocks covering its
       window: vLLM V1's hybrid KV cache manager), "uniform" (the window only when every
       layer has the same one: vLLM V0) or "full" (the whole context: the default).
+    * ``attention_window`` (``[kv_cache]``): which keys a sliding-window layer's attention
+      reads: "config" (the checkpoint's window: the default) or "full" (every cached key:
+      TensorRT-LLM 0.x, whose attention window is the runtime's
+      ``max_attention_window_size``, max_seq_len for every layer unless set); with "full"
+      the deployment prices the model without its windows (``without_windows``).
     * ``cuda_graph_batch_sizes``: with it, a generation-only step runs padded to the
       smallest captured batch size >= its batch (``xpusim.sim.inference.graph_padding``:
       TensorRT-LLM 1.0's ``cuda_graph_config`` with ``enable_padding``; vLLM V0/V1 and
@@ -169,6 +175,7 @@ class EngineProfile:
     weight_only_int8_gemv_factor: float = 1.0
     gemm_tactic_tokens: int = 0
     sliding_window_kv: str = "full"
+    attention_window: str = "config"
     sources: dict[str, str] = field(default_factory=dict)
 
     def generation_kernel(self) -> GenerationAttention:
@@ -183,6 +190,13 @@ class EngineProfile:
         return VocabLayout(
             self.lm_head_16bit, self.vocab_parallel, self.vocab_parallel and self.embedding_parallel
         )
+
+    def priced_model(self, spec: ModelSpec) -> ModelSpec:
+        """``spec`` as this engine's kernels run it: with ``attention_window = "full"``
+        no layer is windowed (TensorRT-LLM 0.x attends every cached key)."""
+        if self.attention_window == "full" and spec.layer_windows:
+            return replace(spec, layer_windows=())
+        return spec
 
     def kernel_overhead(self, graphed: bool) -> float | None:
         if graphed and self.cuda_graphs:
@@ -285,6 +299,7 @@ _CHOICE_KEYS: dict[str, tuple[str, ...] | None] = {
     "generation_attention": KERNELS,
     "kv_cache_layout": KV_CACHE_LAYOUTS,
     "sliding_window_kv": SLIDING_WINDOW_KV,
+    "attention_window": ("config", "full"),
     "spec_scorer": ("multi_query", "batch_expansion"),
     "cuda_graph_pad_rows": ("distinct", "identical"),
 }

@@ -386,7 +386,7 @@ class StepSimulator:
         self.layers = layers or (0, spec.layers)
         self.fc_in = fc_in
         self.attention_impl = attention_impl  # None: the device's default implementation
-        self.spec, self.system, self.plan = spec, system, plan
+        self.spec, self.system, self.plan = engine.priced_model(spec), system, plan
         # Host terms are seconds on the engine's reference host: rescale to this system's.
         engine = engine_for_system(engine, system.name)
         self.engine, self.dtype, self.routing = engine, dtype, routing

@@ -286,6 +286,7 @@ def test_infer_kv_boundary(capsys):
         "bf16",
         engine.memory_utilization,
         engine.max_batched_tokens,
+        max_num_seqs=engine.max_num_seqs,
     )
     fits = int(memory.kv_cache // memory.kv_bytes_per_token) - 1  # context + the new token
     rc, out, _ = run_cli(capsys, f"{INFER} --phase decode --batch 1 --context {fits} --json")

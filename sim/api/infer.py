@@ -266,7 +266,7 @@ def load_deployment(req: DeploymentFields, verdict: VerdictDocument) -> Deployme
     if plan.pp > 1:
         stages = stage_memory(spec, system.device.hbm_capacity, plan.tp, plan.ep, plan.pp,
                               req.dtype, engine.memory_utilization, engine.max_batched_tokens,
-                              vocab=engine.vocab_layout())
+                              vocab=engine.vocab_layout(), max_num_seqs=engine.max_num_seqs)
         pipe = PipelineSimulator(spec, system, plan, engine, req.dtype, routing,
                                  req.attention_impl)
         return Deployment(spec, system, plan, engine, routing, memory, pipe, tuple(stages))

@@ -271,15 +271,16 @@ def _workload(req: ServeRequest, alpha: float) -> Workload:
     )
 
 
-def run_kv_tokens(dep: Deployment, dtype: str, max_tokens: int) -> float:
+def run_kv_tokens(dep: Deployment, dtype: str, max_tokens: int, max_seqs: int) -> float:
     """The KV room of a run: the deployment's memory plan with its activation reserve at
-    the run's token budget. vLLM sizes its cache after a profiling forward of
-    max_num_batched_tokens tokens and a TensorRT engine is built for max_num_tokens, so
-    when trtllm-bench's heuristic or a flag sets another budget than the engine profile's,
-    the reserve follows the run's, not the profile's fallback."""
-    if max_tokens == dep.engine.max_batched_tokens:
+    the run's token budget and batch limit. vLLM sizes its cache after a profiling forward
+    of max_num_batched_tokens tokens and a TensorRT engine is built for max_num_tokens, so
+    when trtllm-bench's heuristic or a flag sets other limits than the engine profile's,
+    the reserve follows the run's, not the profile's fallbacks."""
+    engine = dep.engine
+    if (max_tokens, max_seqs) == (engine.max_batched_tokens, engine.max_num_seqs):
         return float(dep.memory.kv_tokens)
-    engine = dataclasses.replace(dep.engine, max_batched_tokens=max_tokens)
+    engine = dataclasses.replace(engine, max_batched_tokens=max_tokens, max_num_seqs=max_seqs)
     return float(require_memory(dep.spec, dep.system, dep.plan, engine, dtype).kv_tokens)
 
 
@@ -323,7 +324,7 @@ def _serve_colocated(req: ServeRequest, gamma: int, alpha: float, draft_devices:
                       graph_sizes=graphs, bonus_share=alpha**gamma if sd else 0.0)
     layout = kv_layout(dep.spec, dep.engine.sliding_window_kv)
     with verdict_document(document(dep.spec, dep.system, dep.plan, dep.engine)):
-        kv_tokens = run_kv_tokens(dep, req.dtype, max_tokens)
+        kv_tokens = run_kv_tokens(dep, req.dtype, max_tokens, max_seqs)
     server = Server(costs, kv_tokens, max_seqs, max_tokens, seed=req.seed, layout=layout)
     run = server.run(requests, req.progress)
     metrics = run.metrics()

@@ -190,15 +190,19 @@ def kv_layout(spec: ModelSpec, rule: str = "full", block: int = 16) -> KVLayout:
 
 
 def activation_bytes(
-    spec: ModelSpec, tokens: float, dtype: str = "bf16", tp: int = 1, logits: bool = True
+    spec: ModelSpec, tokens: float, dtype: str = "bf16", tp: int = 1, logits: bool = True,
+    logit_rows: float | None = None,
 ) -> float:
     """Peak transient activation memory of one forward over ``tokens`` tokens on one rank.
 
-    The largest live set in a layer is the FFN-up output plus the residual stream and
-    the logits of the last position of each sequence are small in comparison; we take
-    tokens * (2*hidden + 2*ffn_inner/tp) elements plus the fp32 logits of ``tokens``
-    rows (upper bound: vLLM computes logits only for sampled positions). ``logits``
-    False: a pipeline stage without the LM head.
+    The largest live set in a layer is the FFN-up output plus the residual stream; we take
+    tokens * (2*hidden + 2*ffn_inner/tp) elements plus fp32 logits of ``logit_rows`` rows
+    (at most ``tokens``; None: every token, an upper bound). The engines compute logits
+    for the sampled positions only, one per sequence of the step: vLLM's LogitsProcessor
+    prunes the hidden states to ``selected_token_indices``, TensorRT-LLM gathers the last
+    token's (``gather_last_token_logits``; the PyTorch backend's ``last_token_ids``), so a
+    step holds at most max_num_seqs rows. ``logits`` False: a pipeline stage without the
+    LM head.
     """
     b = dtype_bytes(dtype)
     if spec.moe is not None:
@@ -210,7 +214,8 @@ def activation_bytes(
     else:
         inner = spec.ffn
     hidden = tokens * (2 * spec.hidden + 2 * inner / tp) * b
-    return hidden + tokens * spec.vocab / tp * 4 if logits else hidden
+    rows = tokens if logit_rows is None else min(tokens, logit_rows)
+    return hidden + rows * spec.vocab / tp * 4 if logits else hidden
 
 
 @dataclass(frozen=True)
@@ -246,6 +251,7 @@ def plan_memory(
     kv_dtype: str | None = None,
     pp: int = 1,
     vocab: VocabLayout = SPLIT_VOCAB,
+    max_num_seqs: float | None = None,
 ) -> MemoryPlan:
     """KV-cache capacity = HBM x utilisation - weights - activation workspace (vLLM's rule).
 
@@ -256,15 +262,16 @@ def plan_memory(
     any worker reports (``DistributedGPUExecutor.determine_num_available_blocks``:
     ``num_gpu_blocks = min(b[0] for b in num_blocks)``, vllm/executor/
     distributed_gpu_executor.py). ``vocab``: how the engine holds the embedding and LM head
-    (``VocabLayout``; the default splits both over TP in ``dtype``).
+    (``VocabLayout``; the default splits both over TP in ``dtype``). ``max_num_seqs``: the
+    logit rows a step holds (``activation_bytes``); None: one per token.
     """
     if pp > 1:
         stages = stage_memory(spec, hbm_bytes, tp, ep, pp, dtype, memory_utilization,
-                              max_batched_tokens, kv_dtype, vocab)
+                              max_batched_tokens, kv_dtype, vocab, max_num_seqs)
         return min(stages, key=lambda m: m.kv_tokens)
     weights = weights_per_rank(spec, tp, ep) * dtype_bytes(dtype)
     weights += vocab_bytes_delta(spec, tp, dtype, vocab)
-    acts = activation_bytes(spec, max_batched_tokens, dtype, tp)
+    acts = activation_bytes(spec, max_batched_tokens, dtype, tp, logit_rows=max_num_seqs)
     per_token = kv_bytes_per_token(spec, kv_dtype or kv_cache_dtype(dtype), tp)
     return _plan(hbm_bytes * memory_utilization, weights, acts, per_token, ep)
 
@@ -289,6 +296,7 @@ def stage_memory(
     max_batched_tokens: float = 8192,
     kv_dtype: str | None = None,
     vocab: VocabLayout = SPLIT_VOCAB,
+    max_num_seqs: float | None = None,
 ) -> list[MemoryPlan]:
     """Each pipeline stage's memory plan: the weights of its own layers (with the
     embedding on the first stage and the LM head on the last,
@@ -303,7 +311,8 @@ def stage_memory(
         dense, routed = stage_param_counts(spec, start, end)
         weights = (dense / tp + routed / (tp * ep)) * dtype_bytes(dtype)
         weights += vocab_bytes_delta(spec, tp, dtype, vocab, start == 0, end == spec.layers)
-        acts = activation_bytes(spec, max_batched_tokens, dtype, tp, end == spec.layers)
+        acts = activation_bytes(spec, max_batched_tokens, dtype, tp, end == spec.layers,
+                                max_num_seqs)
         per_token = kv_bytes_per_token(spec, kv_dtype or kv_cache_dtype(dtype), tp, end - start)
         plans.append(_plan(capacity, weights, acts, per_token, ep))
     return plans

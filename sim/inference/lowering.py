@@ -163,7 +163,7 @@ def require_memory(
         engine.memory_utilization,
         engine.max_batched_tokens,
         pp=plan.pp,
-        vocab=engine.vocab_layout(),
+        vocab=engine.vocab_layout(), max_num_seqs=engine.max_num_seqs,
     )
     require_fit(memory, f"{spec.name} on {plan.devices} x {system.device.name}")
     return memory

@@ -286,6 +286,7 @@ def require_draft_fit(
         dtype,
         engine.memory_utilization,
         engine.max_batched_tokens,
+        max_num_seqs=engine.max_num_seqs,
     )
     need = target_memory.weights + target_memory.activations + dm.weights + dm.activations
     if need > target_memory.capacity:

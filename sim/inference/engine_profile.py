@@ -22,6 +22,9 @@ from xpusim.sim.tomlfile import read_toml
 
 ENGINE_DIR = HWPROFILES_ROOT / "engines"
 US = 1e-6
+# batch_heuristic values answered by trtllm-bench's heuristic (sim/inference/trtllm_bench.py):
+# its PyTorch flow and its TensorRT-engine (build) flow.
+BATCH_HEURISTICS = ("trtllm-bench", "trtllm-bench-build")
 
 
 @dataclass(frozen=True)
@@ -293,7 +296,7 @@ _CHOICE_KEYS: dict[str, tuple[str, ...] | None] = {
     "host_overlap": ("none", "output", "all"),
     "policy": ("prefill-first", "mixed", "static"),
     "kv_reserve": ("incremental", "full"),
-    "batch_heuristic": ("none", "trtllm-bench", "trtllm-bench-build"),
+    "batch_heuristic": ("none", *BATCH_HEURISTICS),
     "reference_host": None,
     "paged_attention": None,
     "generation_attention": KERNELS,

@@ -203,6 +203,7 @@ class Server:
         """
         engine = self.costs.target.engine
         self.policy, self.kv_reserve = engine.policy, engine.kv_reserve
+        self.chunked = engine.chunked_prefill
         for r in requests:
             need = self._blocks(r.prompt + r.output)
             if need > self.blocks_total:
@@ -513,7 +514,7 @@ class Server:
         else:
             used = batch.need_at(1)
         admitted = 0
-        whole = not self.costs.target.engine.chunked_prefill
+        whole = not self.chunked
         while s.waiting and budget > 0 and len(batch) < self.max_num_seqs:
             r = s.waiting[0]
             if whole and budget < r.context <= self.max_batched_tokens:

@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from xpusim.hwprofiles.spec import System
-from xpusim.sim.inference.engine_profile import EngineProfile
+from xpusim.sim.inference.engine_profile import BATCH_HEURISTICS, EngineProfile
 from xpusim.sim.inference.kvcache import kv_cache_dtype
 from xpusim.sim.inference.workload import Request
 from xpusim.sim.models.counting import param_counts
@@ -44,8 +44,6 @@ from xpusim.sim.models.spec import ModelSpec
 from xpusim.sim.parallel import ParallelPlan
 
 GIB = 1024**3
-# The engine profiles' batch_heuristic values this module answers.
-HEURISTICS = ("trtllm-bench", "trtllm-bench-build")
 # tuning.py BYTES_PER_ELEM (QuantAlgo.NO_QUANT 2, FP8 1, FP8_BLOCK_SCALES 1, NVFP4 0.5;
 # anything else .get(..., 2)).
 _BYTES_PER_ELEM = {"bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "nvfp4": 0.5, "fp4": 0.5}
@@ -130,7 +128,7 @@ def run_limits(
     card: 79.6 GiB on an H100 80GB); the KV dtype is the run's KV-cache format
     (``kvcache.kv_cache_dtype``: FP8 for an NVFP4 checkpoint), as in the memory plan.
     """
-    if engine.batch_heuristic not in HEURISTICS or not requests:
+    if engine.batch_heuristic not in BATCH_HEURISTICS or not requests:
         return engine.max_num_seqs, engine.max_batched_tokens
     inp = BenchInputs(
         param_count=float(param_counts(spec).total),

@@ -155,6 +155,8 @@ class Server:
         ``blocks_total`` and every block count below are in the layout's units (blocks
         when no layer is windowed)."""
         self.costs = costs
+        # Whether a prompt may be split over steps (the engine's chunked prefill).
+        self.chunked = costs.target.engine.chunked_prefill
         self.layout = layout if layout is not None else KVLayout(block=block_size)
         if self.layout.block != block_size:
             raise InputError(
@@ -203,7 +205,6 @@ class Server:
         """
         engine = self.costs.target.engine
         self.policy, self.kv_reserve = engine.policy, engine.kv_reserve
-        self.chunked = engine.chunked_prefill
         for r in requests:
             need = self._blocks(r.prompt + r.output)
             if need > self.blocks_total:

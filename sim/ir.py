@@ -163,6 +163,10 @@ class GemmShape:
     ``tactic_m`` > 0: the generic path runs the block shape chosen for ``tactic_m`` rows
     at every M (a TensorRT engine's one optimisation profile; sim/cost/roofline.py
     ``tactic_tile``); 0: the cheapest block shape for the GEMM's own M.
+    ``group_rows``: the rows of each group of a grouped GEMM whose groups differ (an MoE
+    layer's experts); then ``batch`` is their count and ``m`` their mean, so every total
+    (FLOPs, bytes, output) stays ``batch x m``. Empty: ``batch`` equal groups of ``m``. Only a
+    kernel that cuts groups its own way reads it (sim/cost/gemm_torch.py).
     """
 
     m: float
@@ -174,6 +178,7 @@ class GemmShape:
     accumulate: str = ""
     impl: str = ""
     tactic_m: float = 0.0
+    group_rows: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,6 +56,7 @@ def gemm(
     role: Role = NO_ROLE,
     accumulate: bool = False,
     impl: str = "",
+    group_rows: tuple[int, ...] = (),
 ) -> Op:
     """C[batch, m, n] = A[batch, m, k] @ B[batch, k, n]: 2*m*n*k*batch FLOPs.
 
@@ -63,7 +64,8 @@ def gemm(
     chip); ``read_b=False`` models weights already resident (rarely true).
     ``accumulate``: C += A @ B (beta = 1, e.g. a weight gradient added into the main
     gradient): the epilogue also reads C, in the output dtype. ``impl``: the library
-    kernel that runs it (sim/cost/gemm_impl.py; "" the generic path).
+    kernel that runs it (sim/cost/gemm_impl.py; "" the generic path). ``group_rows``: the
+    rows of each of ``batch`` unequal groups, ``m`` their mean (``GemmShape.group_rows``).
     """
     if m < 0 or n < 0 or k < 0 or batch < 0:  # the check inlined: built per step shape
         _check_positive(name, m=m, n=n, k=k, batch=batch)
@@ -75,7 +77,8 @@ def gemm(
     c_moves = 2 * ob if accumulate else ob  # an accumulating epilogue reads C too
     nbytes = batch * ((m * k * b if read_a else 0) + (k * n * b if read_b else 0)
                       + m * n * c_moves)
-    shape = GemmShape(m, n, k, batch, accumulate=out if accumulate else "", impl=impl)
+    shape = GemmShape(m, n, k, batch, accumulate=out if accumulate else "", impl=impl,
+                      group_rows=group_rows)
     return Op(
         name,
         OpKind.GEMM,

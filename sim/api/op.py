@@ -27,18 +27,20 @@ from xpusim.sim.cost import OpCost, RooflineModel
 from xpusim.sim.cost.attention_impl import PASSES, attention_cost, default_impl, shape_of
 from xpusim.sim.cost.gemm_cutlass import CUTLASS_DTYPES, CUTLASS_IMPLS, cutlass_device_error
 from xpusim.sim.cost.gemm_impl import DEEPGEMM_DTYPES, GEMM_IMPLS
+from xpusim.sim.cost.gemm_torch import TORCH_GROUPED_IMPLS, torch_grouped_error
 from xpusim.sim.cost.gemm_xla import XLA_IMPLS, xla_impl_error
 from xpusim.sim.cost.op_timing import as_timed, check_timing
 from xpusim.sim.errors import InputError
 from xpusim.sim.ir import AttentionShape, Op, shape_dict
-from xpusim.sim.limits import check_namespace
+from xpusim.sim.limits import MAX_DIM, check_namespace
+from xpusim.sim.units import parse_int_list
 
 KINDS = ("gemm", "attention", "elementwise", "conv2d")
 REQUIRED = "required"  # a KIND_FIELDS default: the field must be given
 # Each kind's fields and their defaults (None: derived, as OpRequest's comments say).
 KIND_FIELDS: dict[str, dict[str, Any]] = {
-    "gemm": {"m": REQUIRED, "n": REQUIRED, "k": REQUIRED, "batch": 1, "dtype": "bf16",
-             "impl": None},
+    "gemm": {"m": None, "n": REQUIRED, "k": REQUIRED, "batch": None, "dtype": "bf16",
+             "impl": None, "group_rows": None},
     "attention": {
         "batch": 1, "heads": 32, "kv_heads": None, "seq": REQUIRED, "kv_len": None,
         "head_dim": 128, "causal": False, "impl": None, "pass_": "fwd", "dtype": "bf16",
@@ -70,10 +72,13 @@ class OpRequest:
     # the op (host launch overhead included); kernel = the kernel as a profiler times it.
     timing: str = "launch"
     # gemm: C[batch, m, n] = A[batch, m, k] @ B[batch, k, n]
-    m: int | None = None
+    m: int | None = None  # required, unless group_rows gives the groups' rows
     n: int | None = None
     k: int | None = None
-    batch: int | None = None  # gemm, attention, conv2d; default 1
+    batch: int | None = None  # gemm, attention, conv2d; default 1 (gemm: len(group_rows))
+    # gemm: rows of each group of a grouped GEMM with unequal groups ("272,560,..." or a
+    # sequence), in place of m; priced by --impl torch-grouped-sm90 only
+    group_rows: str | tuple[int, ...] | None = None
     # attention
     heads: int | None = None  # default 32
     kv_heads: int | None = None  # default: heads
@@ -159,6 +164,9 @@ def op(request: OpRequest | None = None, /, **kwargs: Any) -> OpResult:
         raise InputError(error)  # xla-sm90 on a device that is not sm_90
     if values.get("impl") in CUTLASS_IMPLS and (why := cutlass_device_error(device)):
         raise InputError(f"op gemm --impl {values['impl']}: {why}")
+    if values.get("impl") in TORCH_GROUPED_IMPLS and (
+            why := torch_grouped_error(device, values["dtype"], values["batch"])):
+        raise InputError(why)
     the_op = build_op(values)
     peak = device.peak_for("matrix" if the_op.unit == "matrix" else "vector", the_op.dtype)
     attention: dict[str, Any] = {}
@@ -247,6 +255,7 @@ def _check_kind(values: dict[str, Any]) -> None:
     """The checks of one kind's resolved fields (``resolve``)."""
     kind = values["kind"]
     if kind == "gemm":
+        _resolve_gemm_rows(values)
         _check_gemm_impl(values)
     if kind == "attention" and values["pass_"] not in PASSES:
         raise InputError(f"--pass: expected one of {', '.join(PASSES)}, got '{values['pass_']}'")
@@ -262,8 +271,10 @@ def build_op(v: dict[str, Any]) -> Op:
     """The IR op of the resolved fields ``v`` (``resolve``)."""
     kind = v["kind"]
     if kind == "gemm":
-        return ops.gemm("gemm", v["m"], v["n"], v["k"], v["dtype"], v["batch"],
-                        impl=v["impl"] or "")
+        rows = v["group_rows"]
+        m = sum(rows) / len(rows) if rows else v["m"]  # unequal groups: m is their mean
+        return ops.gemm("gemm", m, v["n"], v["k"], v["dtype"], v["batch"],
+                        impl=v["impl"] or "", group_rows=rows)
     if kind == "attention":
         return ops.fused_attention(
             "attention", v["batch"], v["heads"], v["seq"], v["kv_len"] or v["seq"],
@@ -282,35 +293,90 @@ def build_op(v: dict[str, Any]) -> Op:
     )  # fmt: skip
 
 
+def _resolve_gemm_rows(v: dict[str, Any]) -> None:
+    """``--m`` / ``--group-rows`` of op gemm: exactly one; group rows (comma-separated integers
+    >= 0, at least one group, a total >= 1) set ``batch`` to their count, and a ``--batch``
+    given with them must equal it; they need a kernel that reads them (``--impl
+    torch-grouped-sm90``). ``v["group_rows"]`` becomes a tuple (() when not given)."""
+    text = v["group_rows"]
+    if text is None:
+        if v["m"] is None:
+            raise InputError("op gemm needs --m (or --group-rows: the rows of each group)")
+        v["group_rows"] = ()
+        v["batch"] = 1 if v["batch"] is None else v["batch"]
+        return
+    if v["m"] is not None:
+        raise InputError("op gemm: give --m (equal groups of M rows) or --group-rows (the "
+                         "rows of each group), not both")
+    if not isinstance(text, str | list | tuple):
+        raise InputError(f"--group-rows: expected comma-separated integers, got {text!r}")
+    rows = tuple(parse_int_list(text, "--group-rows") if isinstance(text, str)
+                 else (_row_int(x) for x in text))
+    if not rows:
+        raise InputError("--group-rows: empty list; give the rows of each group, e.g. 112,1328")
+    if min(rows) < 0 or sum(rows) < 1 or sum(rows) > MAX_DIM:
+        raise InputError(f"--group-rows: each group has >= 0 rows and the groups together "
+                         f"1..{MAX_DIM:,}; got {','.join(map(str, rows))}")
+    if v["batch"] is not None and v["batch"] != len(rows):
+        raise InputError(f"op gemm: --batch {v['batch']} but --group-rows lists {len(rows)} "
+                         "groups; leave --batch out (it is the number of groups)")
+    if v["impl"] not in TORCH_GROUPED_IMPLS:
+        raise InputError("--group-rows needs a kernel that cuts unequal groups: give --impl "
+                         f"{' or '.join(TORCH_GROUPED_IMPLS)} (the generic path prices equal "
+                         "groups: --m M --batch G)")
+    v["group_rows"], v["batch"] = rows, len(rows)
+
+
+def _row_int(x: Any) -> int:
+    """One group's rows from a sequence (the API's ``group_rows``): an integer."""
+    if isinstance(x, bool) or not isinstance(x, int):
+        raise InputError(f"--group-rows: expected integers, got {x!r}")
+    return x
+
+
 def _check_gemm_impl(v: dict[str, Any]) -> None:
     """``--impl`` of op gemm: one of ``GEMM_IMPLS``; DeepGEMM's kernels take FP8 inputs, and
     its dense kernel one matrix (groups name their layout: -contiguous or -masked); vLLM's
     CUTLASS NVFP4 kernel (``cutlass_scaled_fp4_mm``) takes NVFP4 inputs and one matrix; XLA's
-    ``xla-sm90`` dot takes BF16 (``gemm_xla.xla_impl_error``)."""
+    ``xla-sm90`` dot takes BF16 (``gemm_xla.xla_impl_error``); PyTorch's grouped kernel BF16
+    or FP8 and at most 1023 groups (``gemm_torch.torch_grouped_error``). The device: ``op``."""
     impl = v["impl"]
     if impl is None:
         return
     if impl not in GEMM_IMPLS:
         raise InputError(f"op gemm --impl {impl!r}: choose one of {', '.join(GEMM_IMPLS)}")
-    if impl in XLA_IMPLS:  # sim/cost/gemm_xla.py: BF16 dots (the device: ``op``)
+    if impl in XLA_IMPLS:
         error = xla_impl_error(impl, None, v["dtype"])
-        if error:
-            raise InputError(error)
-        return
-    if impl in CUTLASS_IMPLS:
-        if v["dtype"] not in CUTLASS_DTYPES:
-            raise InputError(f"op gemm --impl {impl}: vLLM's cutlass_scaled_fp4_mm takes "
-                             f"NVFP4 operands; give --dtype {' or '.join(CUTLASS_DTYPES)}")
-        if v["batch"] != 1:
-            raise InputError(f"op gemm --impl {impl}: cutlass_scaled_fp4_mm is one 2-D GEMM "
-                             "(a and b must be matrices); give --batch 1")
-        return
+    elif impl in TORCH_GROUPED_IMPLS:
+        error = torch_grouped_error(None, v["dtype"], v["batch"])
+    elif impl in CUTLASS_IMPLS:
+        error = _cutlass_impl_error(impl, v)
+    else:
+        error = _deepgemm_impl_error(impl, v)
+    if error:
+        raise InputError(error)
+
+
+def _deepgemm_impl_error(impl: str, v: dict[str, Any]) -> str | None:
+    """Why DeepGEMM's kernel ``impl`` cannot run ``v`` (None: it can)."""
     if v["dtype"] not in DEEPGEMM_DTYPES:
-        raise InputError(f"op gemm --impl {impl}: DeepGEMM runs FP8 GEMMs; "
-                         f"give --dtype {' or '.join(DEEPGEMM_DTYPES)}")
+        return (f"op gemm --impl {impl}: DeepGEMM runs FP8 GEMMs; "
+                f"give --dtype {' or '.join(DEEPGEMM_DTYPES)}")
     if impl == "deepgemm" and v["batch"] != 1:
-        raise InputError("op gemm --impl deepgemm is one dense GEMM; for groups give "
-                         "--impl deepgemm-contiguous or deepgemm-masked")
+        return ("op gemm --impl deepgemm is one dense GEMM; for groups give "
+                "--impl deepgemm-contiguous or deepgemm-masked")
+    return None
+
+
+def _cutlass_impl_error(impl: str, v: dict[str, Any]) -> str | None:
+    """Why vLLM's CUTLASS NVFP4 kernel cannot run ``v`` (None: it can)."""
+    if v["dtype"] not in CUTLASS_DTYPES:
+        return (f"op gemm --impl {impl}: vLLM's cutlass_scaled_fp4_mm takes "
+                f"NVFP4 operands; give --dtype {' or '.join(CUTLASS_DTYPES)}")
+    if v["batch"] != 1:
+        return (f"op gemm --impl {impl}: cutlass_scaled_fp4_mm is one 2-D GEMM "
+                "(a and b must be matrices); give --batch 1")
+    return None
 
 
 def _flag(name: str) -> str:

@@ -32,9 +32,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.set_defaults(func=run)
 
     p = kinds.add_parser("gemm", help="C[b,m,n] = A[b,m,k] @ B[b,k,n]")
-    for dim in ("m", "n", "k"):
+    p.add_argument("--m", type=int, help="rows (required unless --group-rows)")
+    for dim in ("n", "k"):
         p.add_argument(f"--{dim}", type=int, required=True)
     p.add_argument("--batch", type=int, help="default 1 (groups of a grouped kernel)")
+    p.add_argument("--group-rows", metavar="R1,R2,...",
+                   help="rows of each group of a grouped GEMM with unequal groups (an MoE "
+                   "layer's experts), in place of --m; --impl torch-grouped-sm90")
     p.add_argument("--impl", choices=GEMM_IMPLS, metavar="IMPL",
                    help="library kernel: " + ", ".join(GEMM_IMPLS) + " (default: the generic "
                    "GEMM path; docs/cost_model.md, 'GEMM by implementation')")

@@ -48,6 +48,10 @@ after the main loop are the generic roofline's terms.
 
 * ``xla-sm90`` — an XLA GPU ``dot`` as XLA's sm_90 matmul perf table times it: the generic
   path plus the measured per-dot floor of that table's tool (sim/cost/gemm_xla.py).
+* ``torch-grouped-sm90`` — PyTorch's CUTLASS sm90 grouped GEMM (``torch._grouped_mm`` BF16,
+  ``torch._scaled_grouped_mm`` FP8): its tile and cluster per dtype and shape, each group's
+  M-blocks rounded up to the cluster, a persistent grid (sim/cost/gemm_torch.py); the only
+  path that reads ``GemmShape.group_rows``.
 """
 
 from __future__ import annotations
@@ -57,13 +61,16 @@ from dataclasses import dataclass
 
 from xpusim.hwprofiles.spec import Device
 from xpusim.sim.cost.gemm_cutlass import CUTLASS_IMPLS, cutlass_work
+from xpusim.sim.cost.gemm_torch import TORCH_GROUPED_IMPLS, grouped_work
 from xpusim.sim.cost.gemm_xla import XLA_IMPLS
 from xpusim.sim.ir import GemmShape
 
 DEEPGEMM_IMPLS = ("deepgemm", "deepgemm-contiguous", "deepgemm-masked")
 # vLLM's SM100 CUTLASS kernels by their compiled tile/cluster configs: sim/cost/gemm_cutlass.py;
-# xla-sm90 (the generic blocks plus XLA's measured per-dot floor): sim/cost/gemm_xla.py
-BLOCK_IMPLS = DEEPGEMM_IMPLS + CUTLASS_IMPLS  # kernels that cut the output blocks their own way
+# xla-sm90 (the generic blocks plus XLA's measured per-dot floor): sim/cost/gemm_xla.py;
+# PyTorch's sm90 grouped GEMM (per-group tiles, cluster rounding): sim/cost/gemm_torch.py
+# Kernels that cut the output blocks their own way:
+BLOCK_IMPLS = DEEPGEMM_IMPLS + CUTLASS_IMPLS + TORCH_GROUPED_IMPLS
 GEMM_IMPLS = BLOCK_IMPLS + XLA_IMPLS
 DEEPGEMM_DTYPES = ("fp8",)  # gemm_fp8_fp8_bf16_nt: FP8 e4m3 inputs, BF16 output
 BLOCK_K = 128  # DeepGEMM's fixed K block (and the 1x128 / 128x128 scaling granularity)
@@ -188,9 +195,12 @@ def impl_work(
     shape: GemmShape, device: Device, dtype: str, flops_per_element: float,
 ) -> tuple[float, float]:
     """(cost in tensor FLOPs, executed FLOPs) of ``shape`` under the kernel ``shape.impl``
-    names: DeepGEMM's (``deepgemm_work``) or a vLLM CUTLASS config (``cutlass_work``)."""
+    names: DeepGEMM's (``deepgemm_work``), a vLLM CUTLASS config (``cutlass_work``) or
+    PyTorch's sm90 grouped kernel (``grouped_work``)."""
     if shape.impl in CUTLASS_IMPLS:
         return cutlass_work(shape, device, flops_per_element)
+    if shape.impl in TORCH_GROUPED_IMPLS:
+        return grouped_work(shape, device, dtype, flops_per_element)
     return deepgemm_work(shape, device, dtype, flops_per_element)
 
 

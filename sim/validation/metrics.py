@@ -32,7 +32,13 @@ def signed_error(predicted: float, measured: float, unit: str) -> float:
 
 
 def gemm_flops(args: dict[str, Any]) -> float:
-    return 2.0 * int(args.get("batch", 1)) * int(args["m"]) * int(args["n"]) * int(args["k"])
+    """2 x rows x n x k: rows = batch x m, or the sum of ``group_rows`` (unequal groups)."""
+    rows = args.get("group_rows", args.get("group-rows"))
+    if rows is not None:
+        total = sum(int(r) for r in (rows.split(",") if isinstance(rows, str) else rows))
+    else:
+        total = int(args.get("batch", 1)) * int(args["m"])
+    return 2.0 * total * int(args["n"]) * int(args["k"])
 
 
 # The FlashAttention papers' count (FA2 §4.1, FA3 §4.1): 4·seq²·head_dim·heads·batch

@@ -18,7 +18,7 @@ from xpusim.sim.inference.kvcache import (
 )
 from xpusim.sim.inference.lowering import StepBatch, StepSimulator, flatten, step_blocks
 from xpusim.sim.inference.routing import Routing, experts_touched, moe_load
-from xpusim.sim.ir import Op
+from xpusim.sim.ir import CollectiveKind, Op
 from xpusim.sim.models.hf_config import load_model
 from xpusim.sim.models.spec import MLASpec, ModelSpec, MoESpec
 from xpusim.sim.parallel import ParallelPlan
@@ -129,8 +129,9 @@ def test_step_items_kinds_and_tp_collectives(a800):
     items = flatten(step_blocks(spec, StepBatch(8, 1, 100), ParallelPlan(2)))
     ops = [i for i in items if isinstance(i, Op)]
     comms = [i for i in items if not isinstance(i, Op)]
-    # Two TP all-reduces per layer plus the embedding's.
-    assert len(comms) == 2 * spec.layers + 1
+    # Two TP all-reduces per layer plus the embedding's, and the logits' all-gather.
+    assert len(comms) == 2 * spec.layers + 2
+    assert [c.kind for c in comms].count(CollectiveKind.ALL_GATHER) == 1
     assert any(op.name == "experts_up" for op in ops)
     r = StepSimulator(spec, a800, ParallelPlan(2), NO_ENGINE).run(StepBatch(8, 1, 100))
     assert r.by_kind["all-reduce"] > 0

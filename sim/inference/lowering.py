@@ -68,6 +68,7 @@ from xpusim.sim.workloads.transformer import (
     embedding_forward,
     layer_forward,
     lm_head_forward,
+    logits_gather,
 )
 
 _COLLECTIVE_KINDS = {str(k) for k in CollectiveKind}
@@ -241,17 +242,16 @@ def step_blocks(
     layers: tuple[int, int] | None = None,
 ) -> list[tuple[list[Op | CommNeed], int]]:
     """One forward on one rank as (block of items, how many times it runs in a row), in
-    order: the embedding, each run of consecutive layers of one kind, the LM head.
-    ``layers`` (start, end): one pipeline stage's layers only (``pipeline.stage_layers``);
-    the embedding block is empty unless the stage starts at layer 0, the LM head block
+    order: the embedding, each run of consecutive layers of one kind, the LM head (and its
+    logits' TP gather, ``logits_gather``). ``layers`` (start, end): one pipeline stage's
+    layers only (``pipeline.stage_layers``): no embedding unless it starts at layer 0, no head
     unless it ends at the last layer.
 
-    ``fc_in`` > 0 adds a draft head's input projection (fc_in -> hidden) after the
-    embedding: EAGLE's fc over [embedding, target feature] and MTP's eh_proj both
-    map 2 x hidden to hidden. ``lm_head_16bit``: a narrow ``dtype`` leaves the LM head
-    in the 16-bit network dtype (``EngineProfile.lm_head_16bit``). ``vocab_parallel``
-    False: the embedding and LM head are whole on every TP rank (gpt-fast's tp.py
-    shards only attention and the FFN; ``EngineProfile.vocab_parallel``).
+    ``fc_in`` > 0 adds a draft head's input projection (fc_in -> hidden) after the embedding
+    (EAGLE's fc over [embedding, target feature], MTP's eh_proj: 2 x hidden -> hidden).
+    ``lm_head_16bit``: a narrow ``dtype`` leaves the LM head in the 16-bit network dtype.
+    ``vocab_parallel`` False: the embedding and LM head are whole on every TP rank, no gather
+    (gpt-fast's tp.py shards only attention and the FFN; ``EngineProfile.vocab_parallel``).
     """
     shape = step_shape(batch, plan)
     seqs_rank = shape.sequences
@@ -274,12 +274,12 @@ def step_blocks(
                            for it in sixteen_bit_activations(layer_forward(
                                spec, layer, shape, sh, dtype, load if kind[0] else None), dtype)]
         blocks.append((built[kind], count))
-    # Only the positions that are sampled need logits: the last of each prefill
-    # sequence, every position of a decode or verify step.
+    # Only the positions that are sampled need logits (the last of each prefill sequence,
+    # every position of a decode or verify step), gathered over TP for the sampler.
     logit_rows = seqs_rank if batch.phase == "prefill" else shape.tokens
     head_dtype = ACTIVATION_DTYPE if lm_head_16bit and dtype_bytes(dtype) < 2 else dtype
-    tail = sixteen_bit_activations(lm_head_forward(spec, logit_rows, vocab_sh, head_dtype),
-                                   dtype) if end == spec.layers else []
+    tail = (sixteen_bit_activations(lm_head_forward(spec, logit_rows, vocab_sh, head_dtype), dtype)
+            + logits_gather(spec, logit_rows, vocab_sh)) if end == spec.layers else []
     blocks.append((tail, 1))
     return blocks
 

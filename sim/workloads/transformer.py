@@ -387,3 +387,21 @@ def lm_head_forward(spec: ModelSpec, tokens: float, sh: Sharding, dtype: str = "
         ops.gemm("lm_head", tokens, v, h, dtype, role=head),
         ops.softmax("logits_softmax", tokens, v, "fp32", Role(saves=(Saved(tokens * v),))),
     ]
+
+
+def logits_gather(spec: ModelSpec, rows: float, sh: Sharding) -> list[CommNeed]:
+    """Serving only: a vocab-parallel LM head leaves each TP rank vocab/tp columns of the
+    logits, and the sampler needs whole rows, so the engine gathers them over TP, at 16
+    bits (a GEMM's output) for each of the ``rows`` sampled positions. TensorRT-LLM's head
+    is a ``ColumnLinear(..., gather_output=True)`` whose ``collect_and_bias`` calls
+    ``allgather(x, tp_group, gather_dim=-1)`` (tensorrt_llm/layers/linear.py); vLLM's
+    ``LogitsProcessor._gather_logits`` calls ``tensor_model_parallel_gather`` (to rank 0; an
+    all-gather where ``use_all_gather``), which moves the same bytes into its root as an
+    all-gather into each rank; SGLang's ``LogitsProcessor`` calls
+    ``tensor_model_parallel_all_gather`` when ``do_tensor_parallel_all_gather`` (TP > 1).
+    Priced as an all-gather of the gathered output. Training's vocab-parallel loss needs
+    no gather (``lm_head_forward`` is shared with it)."""
+    if sh.tp <= 1:
+        return []
+    out = rows * _div(spec.vocab, sh.tp) * sh.tp * dtype_bytes("fp16")
+    return [CommNeed("logits_gather", CollectiveKind.ALL_GATHER, out, "tp")]

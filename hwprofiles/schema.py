@@ -81,6 +81,9 @@ class Cores(_Strict):
     matrix: int = Field(gt=0, description="cores with a matrix unit (Ascend AIC)")
     vector: int = Field(gt=0, description="cores with a vector unit (Ascend AIV)")
     clock_ghz: float = Field(gt=0)
+    hbm_bytes_per_cycle: float | None = Field(
+        default=None, gt=0,
+        description="bytes per clock one AI core moves to/from main memory (CANN ini ddr_rate)")
     source: str
 
 
@@ -290,6 +293,7 @@ class DeviceFile(_Strict):
             announced=tuple(self.announced),
             kernels=self.kernels.to_spec() if self.kernels else KernelTraits(),
             latency=self.latency.to_spec() if self.latency else Latency(),
+            core_hbm_bytes_per_cycle=self.cores.hbm_bytes_per_cycle,
             sources={
                 "matrix": self.matrix.source,
                 **({"matrix.quoted": self.matrix.quoted_source} if self.matrix.quoted_tflops else {}),

@@ -8,6 +8,7 @@ a shared profile.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from xpusim.hwprofiles.errors import ProfileError
@@ -185,6 +186,25 @@ class Device:
     latency: Latency = Latency()
     # Profile sections whose figures are vendor announcements, not yet measured.
     announced: tuple[str, ...] = ()
+    # Bytes per core clock one AI core moves to/from main memory (Ascend: the CANN
+    # platform ini's [AICoreMemoryRates] ddr_rate, GetCoreMemBw(HBM)). None: no such cap.
+    core_hbm_bytes_per_cycle: float | None = None
+
+    @property
+    def core_hbm_bandwidth(self) -> float:
+        """Bytes/s the AI cores together move to/from main memory: ``cores`` x
+        ``core_hbm_bytes_per_cycle`` x clock, the HBM bandwidth CANN's own tiling model
+        derives from the platform ini (hicann/ops-nn ``GetHbmBW``: cube_freq x ai_core_cnt x
+        ddr_rate); infinite where the profile gives no per-core rate."""
+        if self.core_hbm_bytes_per_cycle is None:
+            return math.inf
+        return self.cores * self.core_hbm_bytes_per_cycle * self.clock_hz
+
+    def main_memory_rate(self, fraction: float) -> float:
+        """Bytes/s an op running on the cores streams through main memory: the HBM
+        bandwidth x ``fraction`` (the achievable share, ``memory_max``), capped by what the
+        cores themselves move (``core_hbm_bandwidth``). docs/cost_model.md, "Memory-bound ops"."""
+        return min(self.hbm_bandwidth * fraction, self.core_hbm_bandwidth)
 
     def level(self, name: str) -> MemoryLevel | None:
         for lvl in self.memory:

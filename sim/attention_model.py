@@ -242,7 +242,7 @@ def _block_pipe(
     l2_rate = l2.bandwidth / cores * eff.memory_max if l2 and l2.bandwidth else math.inf
     if npu and math.isinf(l2_rate):
         # The GM hand-off must be priced: without a published L2 rate, use the HBM share.
-        l2_rate = device.hbm_bandwidth / cores * eff.memory_max
+        l2_rate = device.main_memory_rate(eff.memory_max) / cores
     if sync_s is None:
         sync_s = 2 * SYNC_CYCLES_PER_HANDOFF / device.clock_hz if npu else 0.0
     return _BlockPipe(
@@ -336,14 +336,15 @@ def fast_attention_cost(
     cores = device.matrix_cores
     pipe = _block_pipe(device, rows, head_dim, dtype, sync_s)
     full_terms = pipe.block_time(cols, False)[1]
-    io = 2 * rows * head_dim * elt / (device.hbm_bandwidth / cores * eff.memory_max)
+    # HBM at the cores' achievable rate (capped by their data-move rate, Device.main_memory_rate).
+    io = 2 * rows * head_dim * elt / (device.main_memory_rate(eff.memory_max) / cores)
     item_times, steps_total = _item_times(pipe, cols, seq, q_len, causal, io)
     pipeline_s = _longest_first(item_times, batch * heads, cores)
     # HBM: Q and O once, K/V once per pass of its head (_kv_hbm_reads).
     kv_head = 2 * seq * head_dim * elt
     kv_reads = _kv_hbm_reads(device, len(item_times), cols, head_dim, elt)
     hbm_bytes = batch * heads * (2 * q_len * head_dim * elt + kv_reads * kv_head)
-    hbm_s = hbm_bytes / (device.hbm_bandwidth * eff.memory_max)
+    hbm_s = hbm_bytes / device.main_memory_rate(eff.memory_max)
     time_s = max(pipeline_s, hbm_s) + eff.launch_overhead_s
     if hbm_s > pipeline_s:
         bound = "hbm"

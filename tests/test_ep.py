@@ -263,7 +263,8 @@ def test_deepep_on_supernode_is_direct_and_shares_the_ub_port_by_hand():
     rows_per_die = 4096 * 8 * 8 / 256  # 8 experts per die, 8/256 each: 1024 rows
     per_peer = rows_per_die * (7168 + 4)  # INT8 token + one float scale (DeepEP-Ascend)
     transfer = 30 * per_peer / (196e9 * 0.7) + 31 * (5.5e-6 + 10e-6)
-    stage = (32768 * (14336 + 7172) + 2 * 2**20) / (1.6e12 * 0.9)  # 4096 x 8 copies
+    # 4096 x 8 copies on the AIVs: min(1.6 TB/s x 0.9, 24 AI cores x 32 B x 1.8 GHz = 1.3824 TB/s)
+    stage = (32768 * (14336 + 7172) + 2 * 2**20) / 1.3824e12
     assert r.dispatch_time_s == pytest.approx(transfer + stage, rel=1e-9)
     assert r.deepep_bytes_per_rank == pytest.approx(32 * per_peer)  # self included
 
@@ -271,13 +272,14 @@ def test_deepep_on_supernode_is_direct_and_shares_the_ub_port_by_hand():
 def test_ascend_normal_kernels_stage_and_reduce_by_hand():
     """CloudMatrix384 EP8, 4096 tokens, top-8 of 256: a die stages 4096 x 8 copies
     (read 14336-B BF16 token, write the 7172-B INT8 row) before the pull, and after its
-    sends reduces 32768 returned rows into 4096 tokens, on 1.6 TB/s x 0.9 HBM with a
-    2-MiB half size. Wire and numerator count one row per (token, expert)."""
+    sends reduces 32768 returned rows into 4096 tokens, at the die's AI-core HBM rate
+    (24 cores x 32 B/cycle x 1.8 GHz = 1.3824 TB/s, under 1.6 TB/s x 0.9) with a 2-MiB half
+    size. Wire and numerator count one row per (token, expert)."""
     from xpusim.hwprofiles import load_system
     from xpusim.sim.network.ep import EPConfig, simulate_ep
 
     system = load_system("cloudmatrix-384")
-    hbm, half = 1.6e12 * 0.9, 2 * 2**20
+    hbm, half = 1.3824e12, 2 * 2**20
     r = simulate_ep(EPConfig(7168, 8, 256, 8, 4096, dtype_bytes=1.0, dispatch="deepep"), system)
     assert r.local_pass_s[0] == pytest.approx((32768 * (14336 + 7172) + half) / hbm)
     assert r.deepep_bytes_per_rank == pytest.approx(32768 * 7172)
@@ -347,8 +349,9 @@ def test_ascend_low_latency_counts_deepep_bytes_but_sends_cann_ones():
     # 8 dies x 7 peers x 128 copies of 7212 B on the server fabric and die-to-die links
     assert r.intra_node_bytes == pytest.approx(8 * 7 * 128 * 7212)
     # LocalWindowCopy after WaitDispatch: 1024 copies (own included) read from the window
-    # (7212 B) and written out (7168 + 4-B scale + 12-B triple) at 1.6 TB/s x 0.9, half 2 MiB
-    copy = (1024 * (7212 + 7184) + 2 * 2**20) / (1.6e12 * 0.9)
+    # (7212 B) and written out (7168 + 4-B scale + 12-B triple) at the AI cores' HBM rate,
+    # 24 x 32 B/cycle x 1.8 GHz = 1.3824 TB/s (under 1.6 TB/s x 0.9), half 2 MiB
+    copy = (1024 * (7212 + 7184) + 2 * 2**20) / 1.3824e12
     assert r.local_pass_s == pytest.approx((copy, 0.0))
 
 

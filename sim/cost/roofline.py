@@ -20,6 +20,9 @@ For one op on one device (docs/cost_model.md derives each term):
     peak x max / L2 bandwidth x element size; the tile choice takes the cheapest shape
     (``block_work``, docs/cost_model.md "Operand feed").
 * memory_s = max over levels of (bytes + half_bytes) / (bandwidth * memory_max);
+  on main memory an op running on the cores (not a DMA-engine copy) moves its bytes at
+  most at the cores' own HBM data-move rate where the profile gives one (Ascend: AI
+  cores x the CANN ini's ``ddr_rate`` x clock, ``Device.main_memory_rate``);
   a cast that writes a transposed copy runs at the profile's measured
   ``kernels.cast_transpose_fraction`` instead, where it has one (``memory_fraction``);
   a calibrated last-level-cache tier multiplies the main-memory bandwidth by
@@ -63,10 +66,11 @@ from xpusim.sim.ir import (
 
 def stream_time_s(device: Device, nbytes: float) -> float:
     """Seconds to move ``nbytes`` (reads + writes) through main memory at the profile's
-    achievable share, the memory curve of ``RooflineModel.memory_time`` for a plain stream:
-    (bytes + ``memory_half_bytes``) / (HBM bandwidth x ``memory_max``)."""
+    achievable share, the memory curve of ``RooflineModel.memory_time`` for a plain stream
+    run by the cores: (bytes + ``memory_half_bytes``) / (HBM bandwidth x ``memory_max``,
+    capped by the cores' HBM data-move rate, ``Device.main_memory_rate``)."""
     eff = device.efficiency
-    return (nbytes + eff.memory_half_bytes) / (device.hbm_bandwidth * eff.memory_max)
+    return (nbytes + eff.memory_half_bytes) / device.main_memory_rate(eff.memory_max)
 
 
 def memory_fraction(op: Op, device: Device) -> float:
@@ -314,26 +318,31 @@ class RooflineModel:
         for level_name, nbytes in op.bytes.items():
             if nbytes <= 0:
                 continue
-            fraction = eff.memory_max
             if level_name == MAIN_MEMORY:
-                bandwidth = dev.hbm_bandwidth
-                fraction = memory_fraction(op, dev)
-                cold = cold_bytes(op, eff.cache_bytes)
-                if cold > 0:  # weights that cannot stay cached stream from main memory
-                    hot = nbytes - cold
-                    speed = eff.cache_speedup if 0 < hot <= eff.cache_bytes else 1.0
-                    t = (cold + hot / speed + eff.memory_half_bytes) / (bandwidth * fraction)
-                    worst = max(worst, t)
-                    continue
-                if 0 < nbytes <= eff.cache_bytes:  # calibrated LLC tier (off by default)
-                    bandwidth *= eff.cache_speedup
-            else:
-                level = dev.level(level_name)
-                if level is None or level.bandwidth is None:
-                    continue  # unpublished on-chip bandwidth: the level is assumed not to bind
-                bandwidth = level.bandwidth
-            worst = max(worst, (nbytes + eff.memory_half_bytes) / (bandwidth * fraction))
+                worst = max(worst, self._main_memory_time(op, nbytes))
+                continue
+            level = dev.level(level_name)
+            if level is None or level.bandwidth is None:
+                continue  # unpublished on-chip bandwidth: the level is assumed not to bind
+            worst = max(worst, (nbytes + eff.memory_half_bytes) / (level.bandwidth * eff.memory_max))
         return worst
+
+    def _main_memory_time(self, op: Op, nbytes: float) -> float:
+        """Seconds ``op`` spends on its ``nbytes`` of main-memory traffic. An op the cores
+        run (not ``Unit.DMA``) moves HBM bytes at ``Device.main_memory_rate``: the HBM
+        share, capped by the cores' own data-move rate where the profile gives one (Ascend
+        ``cores.hbm_bytes_per_cycle``, CANN ini ``ddr_rate``; docs/cost_model.md)."""
+        dev, eff = self.device, self.device.efficiency
+        fraction = memory_fraction(op, dev)
+        rate = dev.hbm_bandwidth * fraction if op.unit == Unit.DMA else dev.main_memory_rate(fraction)
+        cold = cold_bytes(op, eff.cache_bytes)
+        if cold > 0:  # weights that cannot stay cached stream from main memory
+            hot = nbytes - cold
+            speed = eff.cache_speedup if 0 < hot <= eff.cache_bytes else 1.0
+            return (cold + hot / speed + eff.memory_half_bytes) / rate
+        if 0 < nbytes <= eff.cache_bytes:  # calibrated LLC tier (off by default): no HBM cap
+            rate = dev.hbm_bandwidth * eff.cache_speedup * fraction
+        return (nbytes + eff.memory_half_bytes) / rate
 
     def epilogue_time(self, op: Op) -> float:
         """Main-memory time of a GEMM's output write on an NVIDIA GPU (0 for other ops and

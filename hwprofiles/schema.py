@@ -325,6 +325,16 @@ class Package(_Strict):
     source: str
 
 
+class HostLink(_Strict):
+    """The device's link to its host CPU's memory (pinned-memory copies by the copy
+    engines: activation offload, sim/training/offload.py)."""
+
+    bandwidth_gbps: float = Field(
+        gt=0, description="one direction, per device, with every device of the node copying at once")
+    vendor_figure: str = Field(description="what the vendor quotes and whether it is one-way or both ways")
+    source: str
+
+
 class Nic(_Strict):
     count: int = Field(gt=0, description="NICs per node")
     bandwidth_gbit: float = Field(gt=0, description="line rate per NIC per direction, Gb/s")
@@ -402,6 +412,7 @@ class SystemFile(_Strict):
     collective_efficiency: CollectiveEfficiencyFile
     collective_library: CollectiveLibraryFile | None = None
     pcie_tree: PcieTreeFile | None = None
+    host_link: HostLink | None = None
     # Sections whose figures are vendor announcements no one has measured (see DeviceFile).
     announced: list[str] = Field(default_factory=list)
 
@@ -434,6 +445,7 @@ class SystemFile(_Strict):
             ),
             collective_library=_library(self.collective_library),
             pcie_tree=self.pcie_tree.to_spec() if self.pcie_tree else None,
+            host_link=Link(self.host_link.bandwidth_gbps * GIGA, 0.0) if self.host_link else None,
             announced=tuple(self.announced),
             sources={
                 "intra_node": self.intra_node.source,
@@ -442,6 +454,7 @@ class SystemFile(_Strict):
                 "collective_efficiency": self.collective_efficiency.source,
                 **({"package": pkg.source} if pkg else {}),
                 **({"pcie_tree": self.pcie_tree.source} if self.pcie_tree else {}),
+                **({"host_link": self.host_link.source} if self.host_link else {}),
                 **(
                     {"collective_library": self.collective_library.source}
                     if self.collective_library

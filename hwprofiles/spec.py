@@ -368,6 +368,9 @@ class System:
     collective_efficiency: CollectiveEfficiency = CollectiveEfficiency()
     collective_library: CollectiveLibrary = CollectiveLibrary()
     pcie_tree: PcieTree | None = None
+    # The device's link to host memory, one direction, per device with all copying at
+    # once (activation offload's D2H/H2D copies, sim/training/offload.py); None: unpublished.
+    host_link: Link | None = None
     sources: dict[str, str] = field(default_factory=dict)
     path: str = ""
     # Profile sections whose figures are vendor announcements, not yet measured.

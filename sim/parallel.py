@@ -127,6 +127,11 @@ class ParallelPlan:
     # Megatron-Bridge's GB200 launcher asks Slurm for: docs/training.md, 'Part of a
     # system').
     per_node: int = 0
+    # CPU activation offloading (Megatron-Core ``cpu_offloading_num_layers`` with
+    # ``cpu_offloading_activations``): the saved activations of the first N transformer
+    # layers go to host memory after their forward and come back before their backward
+    # (TransformerEngine's offload handler, sim/training/offload.py). 0: off.
+    cpu_offload_layers: int = 0
     # Placement: the global id of the plan's first device (its groups start there).
     # Inference deployments may start anywhere; a training job starts at device 0
     # (``sim.placement.job_devices``), so this is neither a plan-file key nor part of ``as_dict``.
@@ -193,6 +198,8 @@ class ParallelPlan:
 
     def as_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "first_device"}
+        if not self.cpu_offload_layers:  # off: the key only where a plan offloads
+            del out["cpu_offload_layers"]
         out["recompute_modules"] = list(self.recompute_modules)
         out["layer_split"] = list(self.layer_split)
         out["world"] = self.world
@@ -323,7 +330,26 @@ def validate_plan(spec: ModelSpec, plan: ParallelPlan, num_devices: int) -> Para
     parse_order(plan.order)
     parse_routing(plan.moe_routing)
     layer_slots(spec, plan)
+    _check_offload(spec, plan)
     return plan
+
+
+def _check_offload(spec: ModelSpec, plan: ParallelPlan) -> None:
+    """Megatron-Core's conditions for CPU activation offloading (``TransformerConfig.
+    __post_init__``): 0 <= layers < num_layers, no pipeline parallelism, no recompute."""
+    n: Any = plan.cpu_offload_layers
+    if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n < spec.layers:
+        raise InputError(
+            f"cpu_offload_layers (--cpu-offload-layers) must be an integer in [0, "
+            f"{spec.layers}) for {spec.name} (Megatron-Core: 'CPU offloading can be done only "
+            f"for layers less than num_layers'), got {n!r}"
+        )
+    if n and plan.pp > 1:
+        raise InputError("--cpu-offload-layers needs pp = 1: Megatron-Core has 'no support "
+                         "for Pipeline parallelism with CPU offloading'")
+    if n and plan.recompute != "none":
+        raise InputError(f"--cpu-offload-layers with --recompute {plan.recompute}: Megatron-Core "
+                         "'CPU offloading does not work when activation recomputation is enabled'")
 
 
 def _check_dtypes(plan: ParallelPlan) -> None:

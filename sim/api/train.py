@@ -43,7 +43,7 @@ PLAN_FIELDS = (
     "tp_extend_ep", "grad_accum_fusion",
     "dtype", "fp8_scaling", "schedule", "order", "moe_routing", "dropout", "framework",
     "pad_layers", "grad_reduce_dtype", "fragmentation", "runtime_reserved_gib",
-    "tp_overlap_chunks", "recompute_every", "per_node",
+    "tp_overlap_chunks", "recompute_every", "per_node", "cpu_offload_layers",
 )  # fmt: skip
 
 
@@ -79,6 +79,7 @@ class TrainRequest:
     recompute: str | None = None  # auto | none | selective | full; default auto
     recompute_modules: str | tuple[str, ...] | None = None  # "norm,attn,act,experts,mlp"
     recompute_every: int | None = None  # k: recompute every k-th layer only; default 1
+    cpu_offload_layers: int | None = None  # N: offload layers 0..N-1's activations; default 0
     schedule: str | None = None  # auto | 1f1b | interleaved
     dropout: float | None = None
     framework: str | None = None  # eager | cuda-graphs

@@ -51,6 +51,15 @@ def _add_recompute_flags(p: argparse.ArgumentParser) -> None:
         "counted from 1), the others keep their activations; torchtitan's "
         "selective_ac_option K is --recompute full --recompute-every K (default 1)",
     )
+    p.add_argument(
+        "--cpu-offload-layers",
+        type=int,
+        metavar="N",
+        help="CPU activation offloading (Megatron-Core cpu_offloading_num_layers): layers "
+        "0..N-1 copy their saved activations to host memory after their forward and back "
+        "before their backward, over the system's host link; needs pp 1 and no recompute "
+        "(default 0: off)",
+    )
 
 
 def _add_dtype_flags(p: argparse.ArgumentParser) -> None:
@@ -291,6 +300,8 @@ def _recompute_text(plan: ParallelPlan, auto: bool) -> str:
         text += f"({','.join(plan.recompute_modules)})"
     if plan.recompute_every > 1:
         text += f" (every {plan.recompute_every} layers)"
+    if plan.cpu_offload_layers:
+        text += f", activations of {plan.cpu_offload_layers} layers offloaded to the CPU"
     return text + (" [auto: cheapest that fits]" if auto else "")
 
 

@@ -88,6 +88,8 @@ def choose_recompute(
     mems = estimate_memory(spec, system, first)
     if not any(m.oom for m in mems):  # nothing re-run: the cheapest there is
         return first, mems
+    if plan.cpu_offload_layers:  # Megatron-Core refuses recompute with CPU offloading
+        return first, mems
     base = resolve_attention(validate_plan(spec, first, job_devices(first, system)), system)
     _, rps = rank_plans(spec, system, base)
     rest = candidates(plan)[1:]

@@ -266,6 +266,16 @@ _KIND_SOURCES = {
     "+ launch; sim/training/lowprec.py)",
 }
 _PHASE_NAMES = {"fwd": "forward", "bwd": "backward", "recompute": "recompute"}
+# compute_by_kind_s key of the compute stream's waits for CPU-offload copies (per step).
+OFFLOAD_KEY = "offload:exposed"
+
+
+def offload_source(plan: ParallelPlan) -> str:
+    return (f"--cpu-offload-layers {plan.cpu_offload_layers}: TransformerEngine's offload "
+            "handler (cpu_offload_v1.py AsyncDoubleBufferGroupOffloadHandler): each layer's "
+            "D2H copy waited for L/N layers of forward later, its H2D reload started L/N "
+            "layers of backward ahead, over the system's [host_link] "
+            "(sim/training/offload.py)")
 
 
 def explain_terms(result: TrainingResult) -> list[tuple[str, float, str]]:
@@ -291,6 +301,10 @@ def explain_terms(result: TrainingResult) -> list[tuple[str, float, str]]:
                 "(lowering.adam_bytes_per_param: 30 B/param at 16 bits) + gradient-norm "
                 "pass for clipping (+ fp16 loss-scale unscale)",
             ))
+            continue
+        if key == OFFLOAD_KEY:
+            out.append(("cpu activation offload: copies not hidden (exposed)", seconds,
+                        offload_source(plan)))
             continue
         if kind == "host":
             out.append((f"{_PHASE_NAMES.get(phase, phase)}: host dispatch (exposed)", seconds,

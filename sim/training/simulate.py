@@ -57,7 +57,9 @@ from xpusim.sim.training.memory import (
     estimate_memory,  # noqa: F401 - re-exported: callers import it from here
     rank_memory,
 )
+from xpusim.sim.training.offload import rank_exposed_s
 from xpusim.sim.training.result import (  # noqa: F401  (re-exported)
+    OFFLOAD_KEY,
     StageStats,
     TrainingResult,
     device_peaks,
@@ -344,6 +346,10 @@ def price_step(step: LoweredStep, system: System, pricing: Pricing | None = None
     options = step.options
     pricing = pricing or step_pricing(step.plan, system, options)
     kinds = {lr.rank_plan.rank: rank_breakdown(lr, pricing) for lr in step.ranks}
+    for lr in step.ranks:  # CPU activation offload: the copies' waits (sim/training/offload.py)
+        wait = rank_exposed_s(lr.rank_plan, step.plan, system, pricing.op_time)
+        if wait > 0:
+            kinds[lr.rank_plan.rank][OFFLOAD_KEY] = [wait, 0.0]
     # Per-task records only for a trace or timeline (options.exact): the breakdown reads
     # the engine's streamed busy times and interval unions.
     sim = Engine(step.graphs, pricing=pricing).run(records=options.exact)
@@ -440,7 +446,8 @@ def _result(step: LoweredStep, system: System, sim: SimResult,
         system=system.name,
         plan=plan,
         devices=plan.world,
-        step_time_s=sim.makespan_s,
+        # The offload waits (per micro-batch, on the compute stream) add to the engine's step.
+        step_time_s=sim.makespan_s + m * max(k.get(OFFLOAD_KEY, [0.0])[0] for k in kinds.values()),
         tokens_per_step=float(plan.gbs * plan.seq),
         model_flops_per_token=model_flops_per_token(
             spec, plan.seq, include_mtp=options.include_mtp_in_mfu),

@@ -52,6 +52,7 @@ from xpusim.sim.training.memory.rules import (
     stage_memory,
     unsharded_and_sharded_bytes,
 )
+from xpusim.sim.training.offload import offloaded_bytes
 from xpusim.sim.training.routing import hot_factors
 
 
@@ -209,6 +210,7 @@ def _stage_state(model: _Model, stage: int, slots: list[list[str]], spans: bool,
     ]
     loads = (min(moe_loads, default=1.0), max(moe_loads, default=1.0))
     dense_by_chunk, expert_by_chunk, acts = [], [], []
+    layer_acts: list[float] = []  # per transformer layer, for CPU offload
     largest = per_layer = 0.0
     for work in works:
         dense = expert = act = 0.0
@@ -220,13 +222,15 @@ def _stage_state(model: _Model, stage: int, slots: list[list[str]], spans: bool,
             largest = max(largest, f.largest_comm)
             if name.startswith("L"):
                 per_layer = max(per_layer, f.act)
+                layer_acts.append(f.act)
         dense_by_chunk.append(dense)
         expert_by_chunk.append(expert)
         acts.append(act)
     seq_shard = plan.tp if plan.sequence_parallel else 1
     p2p = plan.mbs * plan.seq / plan.cp * spec.hidden * dtype_bytes(plan.dtype) / seq_shard
     return StageState(stage, sum(dense_by_chunk), sum(expert_by_chunk), tuple(acts), flight,
-                      largest, p2p if plan.pp > 1 else 0.0, per_layer)
+                      largest, p2p if plan.pp > 1 else 0.0, per_layer,
+                      offloaded_bytes(layer_acts, plan.cpu_offload_layers))
 
 
 def analytical_memory(

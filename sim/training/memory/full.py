@@ -19,6 +19,7 @@ from xpusim.sim.schedules import peak_in_flight
 from xpusim.sim.training import layers as L
 from xpusim.sim.training.lowering import RankPlan
 from xpusim.sim.training.memory.rules import MemoryBreakdown, StageState, stage_memory
+from xpusim.sim.training.offload import layer_activations, offloaded_bytes
 
 
 def rank_state(rp: RankPlan, plan: ParallelPlan) -> StageState:
@@ -53,6 +54,7 @@ def rank_state(rp: RankPlan, plan: ParallelPlan) -> StageState:
         largest_comm=largest,
         p2p=max(ch.input_bytes for ch in rp.chunks) if plan.pp > 1 else 0.0,
         per_layer_activations=per_layer,
+        offloaded=offloaded_bytes(layer_activations(rp, plan), plan.cpu_offload_layers),
     )
 
 

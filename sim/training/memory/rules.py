@@ -98,6 +98,8 @@ class StageState:
     largest_comm: float  # per-rank bytes of the largest collective of any slot
     p2p: float  # activation bytes sent between stages (0 without a pipeline)
     per_layer_activations: float  # largest transformer layer, one micro-batch
+    # Activation bytes on the host at the peak (CPU offload, sim/training/offload.py).
+    offloaded: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,8 @@ class MemoryBreakdown:
     # (compare with ``megatron_activation_bytes``) and per chunk (layers + embedding/head).
     per_layer_activations: float = 0.0
     per_chunk_activations: tuple[float, ...] = ()
+    # Activation bytes CPU offload keeps in host memory at the peak (not in ``activations``).
+    offloaded: float = 0.0
 
     @property
     def total(self) -> float:
@@ -149,6 +153,7 @@ class MemoryBreakdown:
             "activations_per_layer_bytes": self.per_layer_activations,
             "activations_per_chunk_bytes": list(self.per_chunk_activations),
             "oom": self.oom,
+            **({"activations_offloaded_bytes": self.offloaded} if self.offloaded else {}),
         }
 
 
@@ -165,7 +170,9 @@ def stage_memory(st: StageState, plan: ParallelPlan, capacity: float) -> MemoryB
         return per_param * (dense + expert)
 
     sb = state_bytes(plan)
-    acts = sum(st.chunk_activations[c] * n for c, n in st.in_flight.items())
+    # CPU offload runs without a pipeline (one micro-batch in flight): the offloaded
+    # layers' bytes leave the GPU (sim/training/offload.py).
+    acts = sum(st.chunk_activations[c] * n for c, n in st.in_flight.items()) - st.offloaded
     buffers = COLLECTIVE_BUFFERS * st.largest_comm + P2P_BUFFERS * st.p2p
     return MemoryBreakdown(
         st.stage,
@@ -180,6 +187,7 @@ def stage_memory(st: StageState, plan: ParallelPlan, capacity: float) -> MemoryB
         capacity,
         st.per_layer_activations,
         st.chunk_activations,
+        st.offloaded,
     )
 
 
@@ -202,4 +210,6 @@ def format_breakdown(mem: MemoryBreakdown) -> str:
     return (
         f"stage {mem.stage}: {mem.total / GIB:.1f} GiB needed of {mem.capacity / GIB:.1f} GiB "
         f"({body} GiB)"
+        + (f"; {mem.offloaded / GIB:.1f} GiB of activations offloaded to host memory"
+           if mem.offloaded else "")
     )

@@ -13,6 +13,7 @@ from typing import Any
 from xpusim.sim.ir import dtype_bytes
 from xpusim.sim.models.counting import param_counts
 from xpusim.sim.models.hf_config import load_model
+from xpusim.sim.units import parse_int_list
 
 Payload = dict[str, Any]
 Metric = Callable[[dict[str, Any], Payload], float]
@@ -35,7 +36,7 @@ def gemm_flops(args: dict[str, Any]) -> float:
     """2 x rows x n x k: rows = batch x m, or the sum of ``group_rows`` (unequal groups)."""
     rows = args.get("group_rows", args.get("group-rows"))
     if rows is not None:
-        total = sum(int(r) for r in (rows.split(",") if isinstance(rows, str) else rows))
+        total = sum(parse_int_list(rows, "group_rows") if isinstance(rows, str) else map(int, rows))
     else:
         total = int(args.get("batch", 1)) * int(args["m"])
     return 2.0 * total * int(args["n"]) * int(args["k"])

@@ -108,3 +108,16 @@ def test_step_adds_the_modelled_waits():
     assert per_layer / GIB > 0.1
     fast = xpusim.train(system=rack, cpu_offload_layers=4, **kw)  # 225 GB/s: hidden
     assert fast.simulation.compute_by_kind_s.get(OFFLOAD_KEY, 0.0) < 0.1 * wait
+
+
+def test_out_of_memory_with_offload_suggests_offload_not_recompute(capsys):
+    # Llama-3-70B at MBS 2, 8k tokens, ZeRO-3 on 64 H100s: 208.5 GiB of 80 even with 40
+    # layers offloaded; Megatron-Core refuses recompute with offload, so the hint must not
+    # offer it.
+    argv = ["train", "--model", "llama-3-70b", "--system", "dgx-h100", "--nodes", "8",
+            "--tp", "1", "--pp", "1", "--mbs", "2", "--gbs", "256", "--seq", "8192",
+            "--zero", "3", "--cpu-offload-layers", "40"]  # fmt: skip
+    assert main(argv) != 0
+    err = capsys.readouterr().err
+    assert "out of memory" in err and "more --cpu-offload-layers" in err
+    assert "--recompute full" not in err

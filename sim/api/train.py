@@ -276,8 +276,10 @@ def fit_memory(
     worst = max(mems, key=lambda m: m.total)
     if worst.oom:
         raise NegativeVerdict(
-            f"out of memory: {format_breakdown(worst)}; try --recompute full, "
-            "a higher --zero, more --pp/--tp, or a smaller --mbs",
+            f"out of memory: {format_breakdown(worst)}; try "
+            + ("more --cpu-offload-layers (it excludes recompute), " if plan.cpu_offload_layers
+               else "--recompute full, ")
+            + "a higher --zero, more --pp/--tp, or a smaller --mbs",
             {
                 "model": spec.name,
                 "system": system.name,

@@ -19,25 +19,26 @@ from xpusim.sim.training.memory import megatron_activation_bytes
 SEQ = 2048
 
 
-def _unfused(items: list, ctx: L.SlotContext) -> list:
-    """The same layer with Megatron-LM's unfused (standard) attention."""
+def _unfused(items: list, ctx: L.SlotContext, impl: str) -> list:
+    """The same layer with an unfused attention: Megatron-LM's (fused_softmax) or eager."""
     out = []
     for it in items:
         if isinstance(it, Op) and it.kind == OpKind.ATTENTION:
-            op = replace(it, shape=replace(it.shape, impl="standard"))
+            op = replace(it, shape=replace(it.shape, impl=impl))
             out += L.training_items([op], ctx)
         else:
             out.append(it)
     return out
 
 
+@pytest.mark.parametrize("impl", ["fused_softmax", "standard"])
 @pytest.mark.parametrize("model", ["gpt3-175b", "gpt3-1.7b"])
 @pytest.mark.parametrize("tp,sp", [(1, False), (8, False), (8, True), (4, True)])
 @pytest.mark.parametrize("mbs", [1, 4])
 @pytest.mark.parametrize(
     "policy,modules", [("none", ()), ("selective", ("core_attn",)), ("full", ())]
 )
-def test_activation_bytes_match_korthikanti(model, tp, sp, mbs, policy, modules):
+def test_activation_bytes_match_korthikanti(impl, model, tp, sp, mbs, policy, modules):
     spec = load_model(model)
     if spec.heads % tp:
         pytest.skip("tp does not divide the heads")
@@ -48,7 +49,7 @@ def test_activation_bytes_match_korthikanti(model, tp, sp, mbs, policy, modules)
     )
     plan = validate_plan(spec, plan, tp)
     ctx = L.SlotContext(spec, plan, float(mbs * SEQ), {}, {}, False)
-    items = _unfused(L.layer_items(ctx, 0), ctx)
+    items = _unfused(L.layer_items(ctx, 0), ctx, impl)
     input_bytes = mbs * SEQ * spec.hidden * 2 / (tp if sp else 1)
     got = L.activation_bytes(items, policy, plan.recompute_modules, input_bytes)
     want = megatron_activation_bytes(SEQ, mbs, spec.hidden, spec.heads, tp, sp, policy)

@@ -12,6 +12,8 @@ Implementations and how each is priced:
   priced op by op with the roofline model and summed. Backward is what autograd runs:
   dP = dO V^T, dV = P^T dO, the softmax backward (reads P and dP, writes dS),
   dQ = dS K, dK = dS^T Q.
+* ``fused_softmax`` — Megatron-LM's unfused attention: ``standard``'s GEMMs, the softmax
+  one fused kernel or Megatron's fp32 fallback (``sim.cost.attention_megatron``).
 * ``attention_pytorch`` — the FlashAttention benchmarks' ``attention_pytorch`` (the FA2/FA3
   papers' "PyTorch" baseline): the ``standard`` kernels plus the layout copies its einops
   rearranges and einsum make of the packed ``qkv`` (``q``, ``k`` transposed to (b h) d s, ``v``)
@@ -78,24 +80,16 @@ from xpusim.sim.cost.attention_blocks import (
 from xpusim.sim.cost.attention_eager import bench_layout_ops, standard_ops, strided_l2_extra_s
 from xpusim.sim.cost.attention_hopper import first_block_extra_s, hopper_fwd_tile, out_bytes
 from xpusim.sim.cost.attention_latency import BlockTerms, block_latency_s
+from xpusim.sim.cost.attention_megatron import fused_softmax_cost
 from xpusim.sim.cost.base import OpCost
 from xpusim.sim.cost.roofline import RooflineModel
 from xpusim.sim.errors import InputError
 from xpusim.sim.ir import AttentionShape, Op, OpKind, attention_pairs, dtype_bytes
 
 IMPLS = (
-    "standard",
-    "attention_pytorch",
-    "flash1",
-    "flash2",
-    "flash3",
-    "cudnn",
-    "xformers",
-    "triton",
-    "triton2",
-    "colfax",
-    "npu_fusion_attention",
-    "fastattention",
+    "standard", "attention_pytorch", "fused_softmax",  # scores in HBM
+    "flash1", "flash2", "flash3", "cudnn", "xformers", "triton", "triton2", "colfax",  # CUDA
+    "npu_fusion_attention", "fastattention",  # Ascend
 )
 PASSES = ("fwd", "bwd", "fwd_bwd")
 GPU_FUSED = ("flash1", "flash2", "flash3", "cudnn", "xformers", "triton", "triton2", "colfax")
@@ -191,7 +185,7 @@ def check_impl(device: Device, impl: str, flag: str = "--impl") -> str:
         raise InputError(f"{flag}: unknown attention implementation '{impl}'; expected one of "
                          f"{', '.join(IMPLS)}")
     usable = "standard" if device.arch == "cpu" else f"{default_impl(device)} or standard"
-    if impl in GPU_FUSED and device.arch != "nvidia":
+    if (impl in GPU_FUSED or impl == "fused_softmax") and device.arch != "nvidia":
         raise InputError(f"{flag} {impl}: a CUDA kernel, not available on {device.name} "
                          f"({device.arch}); use {usable}")
     if impl == "npu_fusion_attention" and device.arch != "davinci":
@@ -228,6 +222,8 @@ def _attention_body(device: Device, shape: AttnShape, impl: str | None, pass_: s
         cost = _combine(fwd, bwd)
     elif impl in ("standard", "attention_pytorch"):
         cost = _standard(device, shape, pass_, impl)
+    elif impl == "fused_softmax":
+        cost = fused_softmax_cost(device, shape, pass_)
     elif impl in ASCEND:
         cost = _ascend(device, shape, pass_)
     else:

@@ -177,11 +177,15 @@ def attention_scores_saved(op: Op, ctx: SlotContext) -> float:
     return pairs * _score_bytes_per_pair(op, ctx)
 
 
+UNFUSED_IMPLS = ("standard", "fused_softmax")
+
+
 def is_unfused_attention(op: Op, ctx: SlotContext) -> bool:
     """Whether an attention op materialises its scores: the plan's attention
-    implementation is "standard" (eager / Megatron-LM 2021), or the op says so."""
+    implementation keeps the scores in memory ("standard", eager PyTorch; "fused_softmax",
+    Megatron-LM 2021-22), or the op says so."""
     impl = op.shape.impl if isinstance(op.shape, AttentionShape) else ""
-    return (impl or ctx.plan.attention_impl) == "standard"
+    return (impl or ctx.plan.attention_impl) in UNFUSED_IMPLS
 
 
 def attention_dropout(items: list[Item], ctx: SlotContext) -> list[Item]:

@@ -1,0 +1,149 @@
+"""Megatron-LM's unfused attention with its fused scale-mask-softmax (``fused_softmax``).
+
+Megatron-LM's ``ParallelAttention`` (megatron/model/transformer.py, 2020-2023; Megatron-Core
+``DotProductAttention`` keeps it) computes, per tensor-parallel rank,
+
+    scores = torch.baddbmm(empty, q, k^T, beta=0.0, alpha=1/norm_factor)   # one batched GEMM
+    probs  = FusedScaleMaskSoftmax(scores, mask)                            # one kernel
+    probs  = attention_dropout(probs)                       # sim.training.layers.attention_dropout
+    ctx    = torch.bmm(probs, v)
+
+``FusedScaleMaskSoftmax`` (megatron/model/fused_softmax.py; megatron/core/fusions/
+fused_softmax.py) runs its custom kernel when the input is 16-bit, ``16 < sk <= 2048``
+(the 2021 kernel: ``TORCH_INTERNAL_ASSERT(softmax_elements <= 2048)``; later releases
+raised it to 16384, ``MAX_FUSED_KEYS``), ``sq % 4 == 0`` and ``attn_batches % 4 == 0``
+(b x heads per rank: the dispatcher's 4 rows per 128-thread block must tile the batch,
+``TORCH_INTERNAL_ASSERT(attn_batches % batches_per_block == 0)``). For causal
+self-attention it calls ``scaled_upper_triang_masked_softmax``
+(megatron/fused_kernels/scaled_upper_triang_masked_softmax.h): row i loads only its first
+i + 1 scores (the mask is implicit: no mask tensor is read), and writes the whole row,
+zeros above the diagonal; its backward loads the output gradient and the softmax output
+over the same triangle and writes the whole row of input gradients. A padding mask takes
+``scaled_masked_softmax`` (the row and its byte mask, one per batch, in; the row out).
+
+Otherwise the module falls back to PyTorch ops, with the softmax in fp32
+(``attention_softmax_in_fp32``, which Megatron forces on with
+``apply_query_key_layer_scaling``, the fp16 default): ``input.float()``, ``* scale``,
+``masked_fill_`` with the byte mask, ``torch.nn.Softmax``, ``.half()``; autograd runs each
+one's backward (the fp32 softmax backward as eager PyTorch's two kernels, as in
+``sim.cost.attention_eager``).
+
+The GEMMs are ``standard_ops``'s (the same baddbmm/bmm and their backward, with
+baddbmm's alpha applied after each backward bmm). Attention dropout is not in this op:
+training adds it after the attention (``attention_dropout``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from xpusim.hwprofiles.spec import Device
+from xpusim.sim import ops
+from xpusim.sim.cost.attention_blocks import roofline_sum, with_bytes
+from xpusim.sim.cost.base import OpCost
+from xpusim.sim.ir import Op, OpKind, dtype_bytes
+
+if TYPE_CHECKING:
+    from xpusim.sim.cost.attention_impl import AttnShape
+
+MAX_FUSED_KEYS = 16384  # Megatron-Core's kernel limit (2048 in the 2021 kernel)
+MIN_FUSED_KEYS = 16  # ``16 < sk``
+ROWS_PER_BLOCK = 4  # the kernel's batches (rows) per 128-thread block at sk > 128
+MASK_BYTES = 1.0  # torch.bool mask, a byte per (query, key)
+
+
+def fused_kernel_runs(shape: AttnShape) -> bool:
+    """Whether ``FusedScaleMaskSoftmax`` takes its custom kernel for ``shape`` (module doc)."""
+    return (dtype_bytes(shape.dtype) == 2 and MIN_FUSED_KEYS < shape.kv_len <= MAX_FUSED_KEYS
+            and shape.q_len % 4 == 0 and (shape.batch * shape.heads) % ROWS_PER_BLOCK == 0)
+
+
+def fused_softmax_cost(device: Device, shape: AttnShape, pass_: str) -> OpCost:
+    """The kernels of ``fused_softmax_ops`` priced one after another by the roofline."""
+    cost = roofline_sum(device, fused_softmax_ops(shape, pass_))
+    scores = shape.batch * shape.heads * shape.q_len * shape.kv_len
+    details = {**cost.details, "fused_kernel": float(fused_kernel_runs(shape)),
+               "score_bytes": scores * dtype_bytes(shape.dtype)}
+    return OpCost(cost.time_s, cost.compute_s, cost.memory_s, cost.overhead_s, cost.bound, details)
+
+
+def fused_softmax_ops(shape: AttnShape, pass_: str = "fwd") -> list[Op]:
+    """The kernels of Megatron-LM's unfused attention for ``shape``, in order (module doc)."""
+    b, h, q, kv, d, vd = shape.batch, shape.heads, shape.q_len, shape.kv_len, shape.head_dim, shape.vd
+    dt = shape.dtype
+    bh = b * h
+    softmax = _fused(shape) if fused_kernel_runs(shape) else _fp32_fallback(shape)
+    out: list[Op] = []
+    if pass_ == "fwd":
+        if shape.kvh != h:  # Megatron-Core repeats K/V to the query heads (GQA)
+            out.append(ops.memcpy("repeat_kv", b * h * kv * (d + vd) * dtype_bytes(dt)))
+        out.append(ops.gemm("qk", q, kv, d, dt, bh))
+        out += softmax[0]
+        out.append(ops.gemm("pv", q, vd, kv, dt, bh))
+        return out
+    out.append(ops.gemm("dp", q, kv, vd, dt, bh))
+    out.append(ops.gemm("dv", kv, vd, q, dt, bh))
+    out += softmax[1]
+    out.append(ops.gemm("dq", q, d, kv, dt, bh))
+    out.append(ops.gemm("dk", kv, d, q, dt, bh))
+    # baddbmm's backward multiplies each bmm result by alpha as its own kernel
+    # (tools/autograd/derivatives.yaml, ``maybe_multiply``), as in attention_eager.
+    out.append(ops.elementwise("dq_scale", bh * q * d, dt, 1.0, 1, 1))
+    out.append(ops.elementwise("dk_scale", bh * kv * d, dt, 1.0, 1, 1))
+    if shape.kvh != h:
+        out.append(ops.elementwise("reduce_dkv", b * h * kv * (d + vd), dt, 1.0, 1, 0))
+    return out
+
+
+def _fused(shape: AttnShape) -> tuple[list[Op], list[Op]]:
+    """Forward and backward kernels of the fused softmax: causal reads the triangle it
+    scores (``AttnShape.pairs``) and writes full rows; a padding mask reads full rows and
+    the mask."""
+    bh = shape.batch * shape.heads
+    scores = bh * shape.q_len * shape.kv_len
+    e = dtype_bytes(shape.dtype)
+    if shape.causal:
+        read = bh * shape.pairs()
+        fwd_bytes = (read + scores) * e
+        bwd_bytes = (2 * read + scores) * e
+    else:
+        mask = shape.batch * shape.q_len * shape.kv_len * MASK_BYTES
+        fwd_bytes = 2 * scores * e + mask
+        bwd_bytes = 3 * scores * e
+    fwd = ops.softmax("fused_scale_mask_softmax", bh * shape.q_len, shape.kv_len, shape.dtype)
+    bwd = ops.elementwise("fused_scale_mask_softmax_bwd", scores, shape.dtype, 3.0, 2, 1,
+                          OpKind.SOFTMAX)
+    return [with_bytes(fwd, fwd_bytes)], [with_bytes(bwd, bwd_bytes)]
+
+
+def _fp32_fallback(shape: AttnShape) -> tuple[list[Op], list[Op]]:
+    """``FusedScaleMaskSoftmax``'s PyTorch path with the softmax in fp32 (module doc)."""
+    bh = shape.batch * shape.heads
+    scores = bh * shape.q_len * shape.kv_len
+    e = dtype_bytes(shape.dtype)
+    mask = shape.batch * shape.q_len * shape.kv_len * MASK_BYTES
+    f32 = 4.0
+
+    def kernel(name: str, nbytes: float, kind: OpKind = OpKind.ELEMENTWISE) -> Op:
+        return with_bytes(ops.elementwise(name, scores, "fp32", 1.0, 1, 1, kind), nbytes)
+
+    fwd = [
+        kernel("scores_float", scores * (e + f32)),
+        kernel("scores_scale", scores * 2 * f32),
+        kernel("scores_masked_fill", scores * 2 * f32 + mask),
+        kernel("softmax_fp32", scores * 2 * f32, OpKind.SOFTMAX),
+        kernel("probs_half", scores * (f32 + e)),
+    ]
+    bwd = [
+        kernel("grad_float", scores * (e + f32)),
+        # eager softmax backward: ``grad * output``, then the backward kernel (attention_eager)
+        kernel("softmax_bwd_mul_fp32", scores * 3 * f32),
+        kernel("softmax_bwd_fp32", scores * 3 * f32, OpKind.SOFTMAX),
+        kernel("masked_fill_bwd", scores * 2 * f32 + mask),
+        kernel("scale_bwd", scores * 2 * f32),
+        kernel("grad_half", scores * (f32 + e)),
+    ]
+    return fwd, bwd
+
+
+__all__ = ["MAX_FUSED_KEYS", "fused_kernel_runs", "fused_softmax_cost", "fused_softmax_ops"]

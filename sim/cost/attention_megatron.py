@@ -22,11 +22,13 @@ over the same triangle and writes the whole row of input gradients. A padding ma
 ``scaled_masked_softmax`` (the row and its byte mask, one per batch, in; the row out).
 
 Otherwise the module falls back to PyTorch ops, with the softmax in fp32
-(``attention_softmax_in_fp32``, which Megatron forces on with
-``apply_query_key_layer_scaling``, the fp16 default): ``input.float()``, ``* scale``,
-``masked_fill_`` with the byte mask, ``torch.nn.Softmax``, ``.half()``; autograd runs each
-one's backward (the fp32 softmax backward as eager PyTorch's two kernels, as in
-``sim.cost.attention_eager``).
+(``attention_softmax_in_fp32``, which ``--apply-query-key-layer-scaling`` forces on; that
+flag is off by default, "Useful for fp16 training", and Megatron-LM's own fp16 test scripts
+pass it, e.g. tests/functional_tests ``pretrain_gpt3_distributed_test.sh``: ``if fp16:
+--apply-query-key-layer-scaling``; INFERRED for the fp16 runs this prices):
+``input.float()``, ``* scale``, ``masked_fill_`` with the byte mask, ``torch.nn.Softmax``,
+``.half()``; autograd runs each one's backward (the fp32 softmax backward as eager PyTorch's
+two kernels, as in ``sim.cost.attention_eager``).
 
 The GEMMs are ``standard_ops``'s (the same baddbmm/bmm and their backward, with
 baddbmm's alpha applied after each backward bmm). Attention dropout is not in this op:

@@ -5,7 +5,11 @@ from __future__ import annotations
 import pytest
 from xpusim.hwprofiles import load_device
 from xpusim.sim.cost.attention_impl import AttnShape, attention_cost, check_impl
-from xpusim.sim.cost.attention_megatron import fused_kernel_runs, fused_softmax_ops
+from xpusim.sim.cost.attention_megatron import (
+    fused_kernel_runs,
+    fused_softmax_ops,
+    rows_per_block,
+)
 from xpusim.sim.errors import InputError
 
 # Megatron GPT-3 1.7B per rank (24 heads, head dim 96, seq 2048, MBS 1), fp16, causal.
@@ -46,6 +50,18 @@ def test_padding_mask_kernel_reads_rows_and_mask():
 ])
 def test_kernel_constraints(shape, runs):
     assert fused_kernel_runs(shape) is runs
+
+
+@pytest.mark.parametrize("kv, rows", [(2048, 4), (1024, 4), (256, 4), (128, 8), (64, 8),
+                                      (32, 8), (17, 8), (16, 16)])
+def test_rows_per_block_as_the_dispatcher(kv, rows):
+    # warp = min(2^ceil(log2 kv), 32) threads, 2 rows per warp up to 128 keys; 128 threads
+    assert rows_per_block(kv) == rows
+
+
+def test_short_rows_need_a_multiple_of_eight():
+    assert not fused_kernel_runs(AttnShape(1, 4, 128, 128, 64, causal=True, dtype="bf16"))
+    assert fused_kernel_runs(AttnShape(2, 4, 128, 128, 64, causal=True, dtype="bf16"))
 
 
 def test_fallback_runs_the_softmax_in_fp32():

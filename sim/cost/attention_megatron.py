@@ -37,6 +37,7 @@ training adds it after the attention (``attention_dropout``).
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 from xpusim.hwprofiles.spec import Device
@@ -50,14 +51,26 @@ if TYPE_CHECKING:
 
 MAX_FUSED_KEYS = 16384  # Megatron-Core's kernel limit (2048 in the 2021 kernel)
 MIN_FUSED_KEYS = 16  # ``16 < sk``
-ROWS_PER_BLOCK = 4  # the kernel's batches (rows) per 128-thread block at sk > 128
+THREADS_PER_BLOCK = 128  # the dispatcher's block ("use 128 threads per block")
 MASK_BYTES = 1.0  # torch.bool mask, a byte per (query, key)
 
 
+def rows_per_block(kv_len: float) -> int:
+    """Softmax rows one 128-thread block of the kernel handles, as its dispatcher computes
+    them: a warp of min(next power of two of s_k, 32) threads takes 2 rows when that power
+    is at most 128, else 1 (``dispatch_scaled_upper_triang_masked_softmax_forward``)."""
+    power = 1 << max(0, math.ceil(math.log2(kv_len)))
+    warp = min(power, 32)
+    return (THREADS_PER_BLOCK // warp) * (2 if power <= 128 else 1)
+
+
 def fused_kernel_runs(shape: AttnShape) -> bool:
-    """Whether ``FusedScaleMaskSoftmax`` takes its custom kernel for ``shape`` (module doc)."""
-    return (dtype_bytes(shape.dtype) == 2 and MIN_FUSED_KEYS < shape.kv_len <= MAX_FUSED_KEYS
-            and shape.q_len % 4 == 0 and (shape.batch * shape.heads) % ROWS_PER_BLOCK == 0)
+    """Whether ``FusedScaleMaskSoftmax`` takes its custom kernel for ``shape`` (module doc):
+    16-bit input, 16 < s_k <= ``MAX_FUSED_KEYS``, s_q % 4 = 0 and b x heads a multiple of
+    the kernel's rows per block."""
+    if dtype_bytes(shape.dtype) != 2 or not MIN_FUSED_KEYS < shape.kv_len <= MAX_FUSED_KEYS:
+        return False
+    return shape.q_len % 4 == 0 and (shape.batch * shape.heads) % rows_per_block(shape.kv_len) == 0
 
 
 def fused_softmax_cost(device: Device, shape: AttnShape, pass_: str) -> OpCost:
@@ -148,4 +161,5 @@ def _fp32_fallback(shape: AttnShape) -> tuple[list[Op], list[Op]]:
     return fwd, bwd
 
 
-__all__ = ["MAX_FUSED_KEYS", "fused_kernel_runs", "fused_softmax_cost", "fused_softmax_ops"]
+__all__ = ["MAX_FUSED_KEYS", "fused_kernel_runs", "fused_softmax_cost", "fused_softmax_ops",
+           "rows_per_block"]

@@ -31,17 +31,17 @@ def test_unset_mxfp8_falls_back_to_the_fp8_fraction():
 
 
 def test_blackwell_profiles_scale_fp8_by_the_te_ratio():
-    for name, fp8, mx in (("b200", 0.670, 0.637), ("gb200", 0.5887, 0.560)):
+    for name, fp8, mx in (("b200", 0.621, 0.591), ("gb200", 0.5887, 0.560)):
         eff = load_device(name).efficiency
         assert (eff.matrix_max_fp8, eff.matrix_max_mxfp8) == (fp8, mx)
         assert mx == round(fp8 * 6.812 / 7.161, 3)
 
 
 @pytest.mark.parametrize(("device", "dtype", "expected_s"), [
-    # (79.457 GFLOP + 3.6 GFLOP half) / (4500 TFLOP/s x 0.637)
-    ("b200", "mxfp8", 2.89750e-05),
-    # / (4500 x 0.670): per-tensor FP8 at its own fraction
-    ("b200", "fp8", 2.75479e-05),
+    # (79.457 GFLOP + 3.6 GFLOP half) / (4500 TFLOP/s x 0.591)
+    ("b200", "mxfp8", 3.12303e-05),
+    # / (4500 x 0.621): per-tensor FP8 at its own fraction
+    ("b200", "fp8", 2.97216e-05),
     # (79.457 + 4.0 half) / (5000 x 0.560)
     ("gb200", "mxfp8", 2.98061e-05),
 ])

@@ -116,36 +116,53 @@ def standard_ops(shape: AttnShape, pass_: str = "fwd") -> list[Op]:
     benchmarks' ``attention_pytorch``); the causal mask is built per call in fp32
     (``torch.full`` + ``torch.triu``) and cast to the dtype. A sliding window changes
     only the mask's band, not these kernels: eager attention scores all S x S pairs."""
+    q, kv, dt = shape.q_len, shape.kv_len, shape.dtype
+    scores = shape.batch * shape.heads * q * kv
+    if pass_ != "fwd":
+        # softmax_backward_cuda_out (aten/src/ATen/native/cuda/SoftMax.cu) first runs
+        # ``tmp = grad * output`` as its own elementwise kernel (reads dP and P, writes tmp),
+        # then the softmax-backward kernel reads tmp and P and writes dS: two score-sized
+        # kernels, six score tensors crossing HBM, not one fused pass. (The mask add passes
+        # the gradient through.)
+        return score_gemm_ops(shape, pass_, [], [
+            ops.elementwise("softmax_bwd_mul", scores, dt, 1.0, 2, 1),
+            ops.elementwise("softmax_bwd", scores, dt, 2.0, 2, 1, OpKind.SOFTMAX)])
+    mask: list[Op] = []
+    softmax: list[Op] = []
+    if shape.causal:
+        mask.append(ops.elementwise("mask_full", q * kv, "fp32", 0.0, 0, 1))
+        mask.append(ops.elementwise("mask_triu", q * kv, "fp32", 1.0, 1, 1))
+        cast = ops.elementwise("mask_cast", q * kv, dt, 1.0, 1, 1)
+        mask.append(with_bytes(cast, q * kv * (4 + dtype_bytes(dt))))
+        # S + mask: the broadcast mask is re-read for every batch x head
+        softmax.append(ops.elementwise("mask_add", scores, dt, 1.0, 2, 1))
+    softmax.append(ops.softmax("softmax", shape.batch * shape.heads * q, kv, dt))
+    return score_gemm_ops(shape, pass_, mask, softmax)
+
+
+def score_gemm_ops(shape: AttnShape, pass_: str, before_qk: list[Op],
+                   softmax: list[Op]) -> list[Op]:
+    """Unfused attention with the scores in HBM around a given softmax stage, in order:
+    forward [repeat_kv] + ``before_qk`` + QK^T (one ``baddbmm``, the scale as its alpha) +
+    ``softmax`` + PV; backward dP, dV, ``softmax`` (its backward kernels), dQ, dK, each
+    followed by baddbmm's alpha multiply, [the K/V gradients summed back to the K/V heads].
+    Shared by eager PyTorch (``standard_ops``) and Megatron-LM's fused softmax
+    (``sim.cost.attention_megatron``)."""
     b, h, q, kv, d, vd = shape.batch, shape.heads, shape.q_len, shape.kv_len, shape.head_dim, shape.vd
     dt = shape.dtype
     bh = b * h
-    scores = bh * q * kv
     out: list[Op] = []
     if pass_ == "fwd":
         if shape.kvh != h:  # repeat_interleave of K and V to the query heads
             out.append(ops.memcpy("repeat_kv", b * h * kv * (d + vd) * dtype_bytes(dt)))
-        if shape.causal:
-            out.append(ops.elementwise("mask_full", q * kv, "fp32", 0.0, 0, 1))
-            out.append(ops.elementwise("mask_triu", q * kv, "fp32", 1.0, 1, 1))
-            cast = ops.elementwise("mask_cast", q * kv, dt, 1.0, 1, 1)
-            nbytes = q * kv * (4 + dtype_bytes(dt))
-            out.append(with_bytes(cast, nbytes))
+        out += before_qk
         out.append(ops.gemm("qk", q, kv, d, dt, bh))
-        if shape.causal:  # S + mask: the broadcast mask is re-read for every batch x head
-            out.append(ops.elementwise("mask_add", scores, dt, 1.0, 2, 1))
-        out.append(ops.softmax("softmax", bh * q, kv, dt))
+        out += softmax
         out.append(ops.gemm("pv", q, vd, kv, dt, bh))
         return out
-    # autograd: PV backward, softmax backward (the mask add passes the gradient through),
-    # QK^T backward (two bmm, each followed by its alpha multiply).
     out.append(ops.gemm("dp", q, kv, vd, dt, bh))
     out.append(ops.gemm("dv", kv, vd, q, dt, bh))
-    # softmax_backward_cuda_out (aten/src/ATen/native/cuda/SoftMax.cu) first runs
-    # ``tmp = grad * output`` as its own elementwise kernel (reads dP and P, writes tmp),
-    # then the softmax-backward kernel reads tmp and P and writes dS: two score-sized
-    # kernels, six score tensors crossing HBM, not one fused pass.
-    out.append(ops.elementwise("softmax_bwd_mul", scores, dt, 1.0, 2, 1))
-    out.append(ops.elementwise("softmax_bwd", scores, dt, 2.0, 2, 1, OpKind.SOFTMAX))
+    out += softmax
     out.append(ops.gemm("dq", q, d, kv, dt, bh))
     out.append(ops.gemm("dk", kv, d, q, dt, bh))
     # baddbmm's backward applies alpha (the softmax scale) after each bmm as its own kernel:
@@ -160,5 +177,6 @@ def standard_ops(shape: AttnShape, pass_: str = "fwd") -> list[Op]:
 
 
 __all__ = [
-    "SECTOR_BYTES", "bench_layout_ops", "standard_ops", "strided_l2_bytes", "strided_l2_extra_s",
+    "SECTOR_BYTES", "bench_layout_ops", "score_gemm_ops", "standard_ops", "strided_l2_bytes",
+    "strided_l2_extra_s",
 ]

@@ -30,8 +30,8 @@ pass it, e.g. tests/functional_tests ``pretrain_gpt3_distributed_test.sh``: ``if
 ``.half()``; autograd runs each one's backward (the fp32 softmax backward as eager PyTorch's
 two kernels, as in ``sim.cost.attention_eager``).
 
-The GEMMs are ``standard_ops``'s (the same baddbmm/bmm and their backward, with
-baddbmm's alpha applied after each backward bmm). Attention dropout is not in this op:
+The GEMMs are eager attention's (``attention_eager.score_gemm_ops``: the same baddbmm/bmm
+and their backward, with baddbmm's alpha applied after each backward bmm). Attention dropout is not in this op:
 training adds it after the attention (``attention_dropout``).
 """
 
@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING
 from xpusim.hwprofiles.spec import Device
 from xpusim.sim import ops
 from xpusim.sim.cost.attention_blocks import roofline_sum, with_bytes
+from xpusim.sim.cost.attention_eager import score_gemm_ops
 from xpusim.sim.cost.base import OpCost
 from xpusim.sim.ir import Op, OpKind, dtype_bytes
 
@@ -83,31 +84,10 @@ def fused_softmax_cost(device: Device, shape: AttnShape, pass_: str) -> OpCost:
 
 
 def fused_softmax_ops(shape: AttnShape, pass_: str = "fwd") -> list[Op]:
-    """The kernels of Megatron-LM's unfused attention for ``shape``, in order (module doc)."""
-    b, h, q, kv, d, vd = shape.batch, shape.heads, shape.q_len, shape.kv_len, shape.head_dim, shape.vd
-    dt = shape.dtype
-    bh = b * h
-    softmax = _fused(shape) if fused_kernel_runs(shape) else _fp32_fallback(shape)
-    out: list[Op] = []
-    if pass_ == "fwd":
-        if shape.kvh != h:  # Megatron-Core repeats K/V to the query heads (GQA)
-            out.append(ops.memcpy("repeat_kv", b * h * kv * (d + vd) * dtype_bytes(dt)))
-        out.append(ops.gemm("qk", q, kv, d, dt, bh))
-        out += softmax[0]
-        out.append(ops.gemm("pv", q, vd, kv, dt, bh))
-        return out
-    out.append(ops.gemm("dp", q, kv, vd, dt, bh))
-    out.append(ops.gemm("dv", kv, vd, q, dt, bh))
-    out += softmax[1]
-    out.append(ops.gemm("dq", q, d, kv, dt, bh))
-    out.append(ops.gemm("dk", kv, d, q, dt, bh))
-    # baddbmm's backward multiplies each bmm result by alpha as its own kernel
-    # (tools/autograd/derivatives.yaml, ``maybe_multiply``), as in attention_eager.
-    out.append(ops.elementwise("dq_scale", bh * q * d, dt, 1.0, 1, 1))
-    out.append(ops.elementwise("dk_scale", bh * kv * d, dt, 1.0, 1, 1))
-    if shape.kvh != h:
-        out.append(ops.elementwise("reduce_dkv", b * h * kv * (d + vd), dt, 1.0, 1, 0))
-    return out
+    """The kernels of Megatron-LM's unfused attention for ``shape``, in order (module doc):
+    the eager GEMMs (``score_gemm_ops``) around the fused kernel or the fp32 fallback."""
+    fwd, bwd = _fused(shape) if fused_kernel_runs(shape) else _fp32_fallback(shape)
+    return score_gemm_ops(shape, pass_, [], fwd if pass_ == "fwd" else bwd)
 
 
 def _fused(shape: AttnShape) -> tuple[list[Op], list[Op]]:

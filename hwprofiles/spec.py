@@ -266,6 +266,11 @@ _DTYPE_FALLBACK = {
     "fp16": ("bf16",),
     "fp8": ("int8", "bf16", "fp16"),
     "int8": ("fp8", "bf16", "fp16"),
+    # int4 weights run weight-only (W4A16): gpt-fast's ``_weight_int4pack_mm`` (tinygemm)
+    # takes bf16 activations and dequantises the weights to bf16 for the tensor cores, as
+    # AWQ/GPTQ/Marlin kernels do with fp16; no profile publishes an INT4 tensor rate (W4A4),
+    # and before this entry int4 fell to the unit's slowest rate (FP64 on an A100).
+    "int4": ("bf16", "fp16"),
     "tf32": ("fp32",),
 }
 

@@ -1,5 +1,5 @@
-"""gpt-fast's engine terms: the int8 weight-only GEMV factor and the whole (not
-vocab-parallel) embedding and LM head of its tp.py."""
+"""gpt-fast's engine terms: the int8 and int4 weight-only GEMV factors, the int4 group
+scales, and the whole (not vocab-parallel) embedding and LM head of its tp.py."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from xpusim.sim.inference.engine_profile import NO_ENGINE, load_engine
 from xpusim.sim.inference.lowering import StepBatch, StepSimulator, flatten, step_blocks
 from xpusim.sim.inference.weight_only import (
     WeightOnlyGemvModel,
+    gemv_memory_factors,
     is_weight_only_gemv,
     with_weight_only_gemv,
 )
@@ -35,6 +36,7 @@ class _Fixed:
 
 def test_only_one_row_int8_gemms_are_weight_only_gemvs():
     assert is_weight_only_gemv(ops.gemm("g", 1, 4096, 4096, "int8"))
+    assert is_weight_only_gemv(ops.gemm("g", 1, 4096, 4096, "int4"))
     assert is_weight_only_gemv(ops.gemm("experts", 1, 28672, 4096, "int8", batch=2))
     assert not is_weight_only_gemv(ops.gemm("g", 8, 4096, 4096, "int8"))  # cuBLAS, not a GEMV
     assert not is_weight_only_gemv(ops.gemm("g", 1, 4096, 4096, "bf16"))
@@ -42,15 +44,35 @@ def test_only_one_row_int8_gemms_are_weight_only_gemvs():
 
 
 def test_factor_scales_the_memory_term_only():
-    model = WeightOnlyGemvModel(_Fixed(), 1.5)
+    model = WeightOnlyGemvModel(_Fixed(), {"int8": 1.5, "int4": 2.0})
     cost = model.time(ops.gemm("g", 1, 4096, 4096, "int8"))
     # memory 2 s x 1.5 = 3 s > compute 1 s; plus the 0.5 s overhead.
     assert cost.memory_s == pytest.approx(3.0)
     assert cost.time_s == pytest.approx(3.5)
     assert cost.compute_s == 1.0 and cost.bound == "memory"
     assert model.time(ops.gemm("g", 1, 4096, 4096, "bf16")).time_s == 2.5
+    assert model.time(ops.gemm("g", 1, 4096, 4096, "int4")).time_s == pytest.approx(4.5)
     inner = _Fixed()
-    assert with_weight_only_gemv(inner, 1.0) is inner
+    assert with_weight_only_gemv(inner, {"int8": 1.0, "int4": 1.0}) is inner
+
+
+def test_int4_factor_carries_the_group_scales():
+    # gpt-fast: a bf16 scale and a bf16 zero (4 B) per 32 int4 weights (16 B): 1.25x the
+    # bytes, times the fitted stream factor.
+    engine = load_engine("gpt-fast")
+    assert (engine.int4_group_size, engine.int4_group_bytes) == (32, 4.0)
+    factors = gemv_memory_factors(engine)
+    assert factors["int4"] == pytest.approx(engine.weight_only_int4_gemv_factor * 1.25)
+    assert factors["int8"] == engine.weight_only_int8_gemv_factor
+    # No engine: the default layout (group 128) adds 4 / 64 of the weight bytes.
+    assert gemv_memory_factors(NO_ENGINE)["int4"] == pytest.approx(1.0625)
+
+
+def test_int4_gemms_run_at_the_16_bit_tensor_rate():
+    # Weight-only W4A16: no INT4 tensor rate is published; int4 must not fall to the
+    # unit's slowest (FP64) rate.
+    a100 = load_system("dgx-a100").device
+    assert a100.peak_for("matrix", "int4") == a100.peak_for("matrix", "bf16")
 
 
 def test_gpt_fast_profile_terms():
@@ -105,3 +127,19 @@ def test_int8_decode_gemms_cost_the_factor_times_their_stream():
     prefill = StepBatch.for_phase("prefill", 1, 128)
     assert StepSimulator(spec, system, plan, engine, "int8").run(prefill).time_s == (
         StepSimulator(spec, system, plan, unit, "int8").run(prefill).time_s)
+
+
+def test_int4_decode_gemms_cost_the_factors_times_their_stream():
+    spec, system = load_model("llama-2-7b"), load_system("dgx-a100")
+    engine = load_engine("gpt-fast")
+    unit = replace(engine, weight_only_int4_gemv_factor=1.0, int4_group_bytes=0.0)
+    plan = ParallelPlan(tp=1)
+    decode = StepBatch.for_phase("decode", 1, 105)
+    plain = StepSimulator(spec, system, plan, unit, "int4").run(decode, host=False)
+    slow = StepSimulator(spec, system, plan, engine, "int4").run(decode, host=False)
+    items = flatten(step_blocks(spec, decode, plan, "int4", vocab_parallel=False))
+    base = KernelCostModel(system.device)
+    gemm_memory_s = sum(base.time(x).memory_s for x in items
+                        if isinstance(x, Op) and x.kind == OpKind.GEMM)
+    extra = gemv_memory_factors(engine)["int4"] - 1.0
+    assert slow.time_s - plain.time_s == pytest.approx(extra * gemm_memory_s)

@@ -125,6 +125,10 @@ class EngineProfile:
       ``routing.padded_moe_load``) or "distinct" (routed like real tokens).
     * ``weight_only_int8_gemv_factor``: one-row GEMMs with int8 weights take this multiple
       of their memory-roofline time (``xpusim.sim.inference.weight_only``); 1: none.
+    * ``weight_only_int4_gemv_factor``, ``int4_group_size``, ``int4_group_bytes``: one-row
+      GEMMs with group-quantised int4 weights stream each group's scale and zero
+      (``int4_group_bytes`` per ``int4_group_size`` weights) besides the 4-bit weights, at
+      1/factor of the memory roofline (``xpusim.sim.inference.weight_only``).
     * ``gemm_tactic_tokens`` (``[kernels]``): the engine's GEMMs run the tile chosen at
       this many token rows whatever their M (a TensorRT engine built with one
       optimisation profile and no GEMM plugin: its opt shape;
@@ -176,6 +180,9 @@ class EngineProfile:
     vocab_parallel: bool = True
     embedding_parallel: bool = True
     weight_only_int8_gemv_factor: float = 1.0
+    weight_only_int4_gemv_factor: float = 1.0
+    int4_group_size: int = 128
+    int4_group_bytes: float = 4.0
     gemm_tactic_tokens: int = 0
     sliding_window_kv: str = "full"
     attention_window: str = "config"
@@ -287,6 +294,9 @@ _PLAIN_KEYS = {
     "vocab_parallel": bool,
     "embedding_parallel": bool,
     "weight_only_int8_gemv_factor": float,
+    "weight_only_int4_gemv_factor": float,
+    "int4_group_size": int,
+    "int4_group_bytes": float,
     "gemm_tactic_tokens": int,
     "draft_bonus_expansion": bool,
     "draft_prepare_once": bool,

@@ -46,7 +46,7 @@ from xpusim.sim.inference.priced_step import (
     simulator_memo,
 )
 from xpusim.sim.inference.routing import UNIFORM, Routing, experts_touched, padded_moe_load
-from xpusim.sim.inference.weight_only import with_weight_only_gemv
+from xpusim.sim.inference.weight_only import gemv_memory_factors, with_weight_only_gemv
 from xpusim.sim.ir import (
     Collective,
     CollectiveKind,
@@ -414,7 +414,7 @@ class StepSimulator:
                 # --attention-impl overrides it).
                 model = with_engine_attention(model, device, self.engine.generation_kernel())
             if decode_batch is not None:
-                model = with_weight_only_gemv(model, self.engine.weight_only_int8_gemv_factor)
+                model = with_weight_only_gemv(model, gemv_memory_factors(self.engine))
             # One optimisation profile, no GEMM plugin: every step's GEMMs run the tile
             # chosen at the profile's opt token count (sim/inference/gemm_tactic.py).
             model = with_gemm_tactic(model, self.engine.gemm_tactic_tokens)

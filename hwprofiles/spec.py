@@ -254,11 +254,13 @@ _DTYPE_FALLBACK = {
     # FP8 encodings and 8-bit block-scaled formats run on the FP8 tensor-core path; a
     # device without a native block-scaled FP4 path dequantises FP4 weights to its FP8
     # (else 16-bit) path, as W4A8/W4A16 kernels do (Marlin, TRT-LLM on Hopper).
-    "fp8_e4m3": ("fp8",),
-    "fp8_e5m2": ("fp8",),
-    "hif8": ("fp8",),
-    "mxfp8": ("fp8",),
-    "mxfp6": ("fp8",),
+    # Without an FP8 unit they take fp8's own chain (before: the unit's slowest rate, FP64
+    # on an A100, while plain "fp8" took the INT8 rate).
+    "fp8_e4m3": ("fp8", "int8", "bf16", "fp16"),
+    "fp8_e5m2": ("fp8", "int8", "bf16", "fp16"),
+    "hif8": ("fp8", "int8", "bf16", "fp16"),
+    "mxfp8": ("fp8", "int8", "bf16", "fp16"),
+    "mxfp6": ("fp8", "int8", "bf16", "fp16"),
     "mxfp4": ("fp4", "fp8", "bf16", "fp16"),
     "nvfp4": ("fp4", "fp8", "bf16", "fp16"),
     "fp4": ("mxfp4", "fp8", "bf16", "fp16"),

@@ -132,3 +132,22 @@ def test_cast_transpose_writes_both_usages_hand_computed() -> None:
     mx = cast_transpose_op("x", 512_000, "mxfp8")
     assert dtype_bytes("mxfp8") == 1 + 1 / 32
     assert mx.main_bytes == 512_000 * (2 + 2 * (1 + 1 / 32))
+
+
+def test_fp8_encodings_fall_back_like_fp8():
+    # A device without an FP8 unit prices every FP8 encoding as it prices "fp8" (not at the
+    # unit's slowest rate, FP64 on an A100).
+    from xpusim.hwprofiles import load_device
+
+    a100 = load_device("a100-sxm4-80gb")
+    for enc in ("fp8_e4m3", "fp8_e5m2", "hif8", "mxfp8", "mxfp6"):
+        assert a100.peak_for("matrix", enc) == a100.peak_for("matrix", "fp8")
+
+
+def test_op_refuses_a_format_the_device_cannot_run(capsys):
+    from xpusim.sim.cli.main import main
+
+    rc = main(["op", "gemm", "--m", "1024", "--n", "1024", "--k", "1024",
+               "--device", "a100-sxm4-80gb", "--dtype", "fp8"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "no fp8 matrix path" in err and "Traceback" not in err

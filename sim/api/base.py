@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 from xpusim.hwprofiles import load_device
 from xpusim.hwprofiles.spec import Device
 from xpusim.sim.errors import InputError
+from xpusim.sim.ir import is_low_precision
 from xpusim.sim.limits import check_namespace
 from xpusim.sim.report import json_document
 
@@ -179,3 +180,16 @@ def resolve_device(device: str | Device, calibration: str | None) -> Device:
             )
         return device
     return load_device(device, calibration=calibration)
+
+
+def require_native_dtype(device: Device, dtype: str, flag: str, where: str = "") -> None:
+    """A low-precision format needs a matrix unit that runs it: FP8 GEMMs on a 910B or an
+    A100 would otherwise be priced at an unrelated rate (``Device.peak_for``'s fallback).
+    ``where`` names the device in the message (default its name)."""
+    if is_low_precision(dtype) and not device.runs_natively(dtype):
+        native = sorted(d for d in device.matrix_peak if is_low_precision(d))
+        raise InputError(
+            f"{flag} {dtype}: {where or device.name} has no {dtype} matrix path (its "
+            f"low-precision formats: {', '.join(native) or 'none'}); pass --dtype bf16 or "
+            "a device that runs it"
+        )

@@ -22,7 +22,12 @@ from typing import Any
 
 from xpusim.hwprofiles.spec import Device
 from xpusim.sim import ops
-from xpusim.sim.api.base import as_json_dict, request_from_kwargs, resolve_device
+from xpusim.sim.api.base import (
+    as_json_dict,
+    request_from_kwargs,
+    require_native_dtype,
+    resolve_device,
+)
 from xpusim.sim.cost import OpCost, RooflineModel
 from xpusim.sim.cost.attention_impl import PASSES, attention_cost, default_impl, shape_of
 from xpusim.sim.cost.gemm_cutlass import CUTLASS_DTYPES, CUTLASS_IMPLS, cutlass_device_error
@@ -160,6 +165,8 @@ def op(request: OpRequest | None = None, /, **kwargs: Any) -> OpResult:
     req = request_from_kwargs(OpRequest, request, kwargs, "xpusim.op")
     values = resolve(req)
     device = resolve_device(req.device, req.calibration)
+    if values["kind"] in ("gemm", "attention"):
+        require_native_dtype(device, values["dtype"], f"op {values['kind']} --dtype")
     if values["kind"] == "gemm" and (error := xla_impl_error(values["impl"], device, "")):
         raise InputError(error)  # xla-sm90 on a device that is not sm_90
     if values.get("impl") in CUTLASS_IMPLS and (why := cutlass_device_error(device)):

@@ -14,11 +14,11 @@ from typing import Any
 
 from xpusim.hwprofiles import load_system
 from xpusim.hwprofiles.spec import System
-from xpusim.sim.api.base import as_json_dict, request_from_kwargs
+from xpusim.sim.api.base import as_json_dict, request_from_kwargs, require_native_dtype
 from xpusim.sim.cost.attention_impl import check_impl
 from xpusim.sim.errors import InputError, NegativeVerdict
 from xpusim.sim.gcpause import gc_paused
-from xpusim.sim.ir import BYTES_PER_DTYPE, is_low_precision
+from xpusim.sim.ir import BYTES_PER_DTYPE
 from xpusim.sim.limits import check_ranks, check_train_work
 from xpusim.sim.models.spec import ModelSpec
 from xpusim.sim.parallel import ParallelPlan, load_plan_file, validate_plan
@@ -293,18 +293,6 @@ def fit_memory(
     return plan, mems
 
 
-def require_native_dtype(system: System, dtype: str, flag: str) -> None:
-    """A low-precision recipe needs a matrix unit that runs the format: FP8 GEMMs on a
-    910B would otherwise be priced at an unrelated (int8) rate."""
-    if is_low_precision(dtype) and not system.device.runs_natively(dtype):
-        native = sorted(d for d in system.device.matrix_peak if is_low_precision(d))
-        raise InputError(
-            f"{flag} {dtype}: {system.device.name} ({system.name}) has no {dtype} matrix "
-            f"path (its low-precision formats: {', '.join(native) or 'none'}); pass "
-            "--dtype bf16 or a system whose device runs it"
-        )
-
-
 def _check_train_dtype(dtype: str, req: TrainRequest) -> None:
     # An unknown name gets the plan check's message (sim.parallel); a known inference-only
     # format (int8, int4, ...) gets this one.
@@ -385,7 +373,7 @@ def _load_system(
                 f"nodes={req.nodes} beside a System of {name.nodes} nodes: build the "
                 "System with the node count wanted, or pass the system by name"
             )
-        require_native_dtype(name, plan.dtype, "--dtype")
+        require_native_dtype(name.device, plan.dtype, "--dtype", f"{name.device.name} ({name.name})")
         return name
     nodes = req.nodes or extra.get("nodes")
     if nodes is None and devices is not None:
@@ -395,7 +383,8 @@ def _load_system(
         world = plan.tp * plan.cp * plan.pp * max(plan.dp, 1)
         nodes = max(1, -(-world // per_node))
     system = load_system(name, nodes=int(nodes))
-    require_native_dtype(system, plan.dtype, "--dtype")
+    require_native_dtype(system.device, plan.dtype, "--dtype",
+                         f"{system.device.name} ({system.name})")
     return system
 
 

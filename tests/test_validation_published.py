@@ -17,6 +17,7 @@ from xpusim.sim.validation.corpus import CATEGORIES, load_corpus
 from xpusim.sim.validation.golden import golden_record, regressions
 from xpusim.sim.validation.metrics import (
     attention_paper_flops,
+    korthikanti_flops_per_step,
     megatron_flops_per_step,
     metric_for,
     signed_error,
@@ -52,6 +53,16 @@ def test_megatron_formula_by_hand():
     expected = 96 * b * s * n_l * h * h * (1 + s / (6 * h) + v / (16 * n_l * h))
     args = {"model": "llama-3-8b", "gbs": b, "seq": s}
     assert megatron_flops_per_step(args) == pytest.approx(expected)
+
+
+def test_korthikanti_count_gives_the_readme_mfu_from_the_papers_time():
+    # Korthikanti et al. 2022: 175B (h 12288, 96 layers, V 51200), batch 64, seq 2048 on
+    # 64 A100s in 13.75 s per iteration (its Table 5, as transcribed) is the README's 51.4% MFU.
+    flops = korthikanti_flops_per_step({"model": "gpt3-175b", "gbs": 64, "seq": 2048})
+    h, n_l = 12288, 96
+    by_hand = 72 * 64 * 2048 * n_l * h * h * (1 + 2048 / (6 * h) + 51200 / (12 * n_l * h))
+    assert flops == pytest.approx(by_hand)
+    assert flops / (13.75 * 64 * 312e12) == pytest.approx(0.514, abs=0.001)
 
 
 def test_bus_factors_are_nccl_tests():

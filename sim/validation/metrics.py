@@ -73,6 +73,16 @@ def megatron_flops_per_step(args: dict[str, Any]) -> float:
     return 96.0 * b * s * layers * h * h * (1.0 + s / (6.0 * h) + v / (16.0 * layers * h))
 
 
+def korthikanti_flops_per_step(args: dict[str, Any]) -> float:
+    """Korthikanti et al. 2022 (arXiv 2205.05198, "Reducing Activation Recomputation"),
+    the model FLOPs behind its MFU: 72·B·s·l·h²·(1 + s/6h + V/12lh) per iteration (no
+    recompute term; the Megatron-LM README's MFU table uses it with 312 TFLOP/s per A100)."""
+    spec = load_model(str(args["model"]))
+    b, s = float(args["gbs"]), float(args["seq"])
+    layers, h, v = float(spec.layers), float(spec.hidden), float(spec.vocab)
+    return 72.0 * b * s * layers * h * h * (1.0 + s / (6.0 * h) + v / (12.0 * layers * h))
+
+
 def six_n_attention_flops_per_token(args: dict[str, Any]) -> float:
     """The FlashAttention-2 paper's training count (Dao 2023, Table 1):
     6·params + 12·layers·hidden·seqlen FLOPs per token, no recompute term."""
@@ -127,6 +137,10 @@ def _train_tflops_megatron(args: dict[str, Any], p: Payload) -> float:
     return float(megatron_flops_per_step(args) / p["step_time_s"] / p["devices"] / 1e12)
 
 
+def _train_tflops_korthikanti(args: dict[str, Any], p: Payload) -> float:
+    return float(korthikanti_flops_per_step(args) / p["step_time_s"] / p["devices"] / 1e12)
+
+
 def _train_tflops_6n_attn(args: dict[str, Any], p: Payload) -> float:
     flops = six_n_attention_flops_per_token(args) * p["tokens_per_step"]
     return float(flops / p["step_time_s"] / p["devices"] / 1e12)
@@ -153,6 +167,7 @@ METRICS: dict[tuple[str, str], Metric] = {
     ("train", "tokens_per_s_per_device"): lambda a, p: p["tokens_per_s_per_device"],
     ("train", "tflops_megatron"): _train_tflops_megatron,
     ("train", "tflops_6n_attn"): _train_tflops_6n_attn,
+    ("train", "tflops_korthikanti"): _train_tflops_korthikanti,
 }
 
 

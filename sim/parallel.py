@@ -26,7 +26,14 @@ RECOMPUTE_POLICIES = ("none", "selective", "full")
 # "core_attn" is Megatron-LM's selective recompute (Korthikanti et al. 2022): the
 # attention core alone (scores, softmax, dropout), not the projections.
 RECOMPUTE_MODULES = ("norm", "attn", "act", "experts", "mlp", "core_attn")
-DEFAULT_SELECTIVE = ("norm", "attn", "act")
+# ``--recompute selective`` without ``--recompute-modules``: Megatron's meaning, the
+# attention core alone (Megatron-LM --recompute-granularity selective, Korthikanti et al.
+# 2022; Megatron-Core TransformerConfig: recompute_modules None -> ["core_attn"]). Until
+# 2026-12-06 the default was BROAD_SELECTIVE, which also re-runs the norms, the attention
+# projections and the FFN activation (docs/training.md, "Sequence parallelism and
+# selective recompute").
+DEFAULT_SELECTIVE = ("core_attn",)
+BROAD_SELECTIVE = ("norm", "attn", "act")
 DIMENSIONS = ("tp", "cp", "ep", "dp", "pp")
 # FP8 scaling recipes (ParallelPlan.fp8_scaling; sim.training.lowprec).
 FP8_SCALINGS = ("delayed", "current")

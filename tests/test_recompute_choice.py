@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 from xpusim.hwprofiles import load_system
 from xpusim.sim.models.hf_config import load_model
-from xpusim.sim.parallel import DEFAULT_SELECTIVE, ParallelPlan, validate_plan
+from xpusim.sim.parallel import BROAD_SELECTIVE, DEFAULT_SELECTIVE, ParallelPlan, validate_plan
 from xpusim.sim.training.recompute_choice import candidates, choose_recompute, recompute_seconds
 from xpusim.sim.training.simulate import rank_plans, resolve_attention
 
@@ -51,7 +51,9 @@ def test_candidates_cost_ordered_as_their_work():
     cost = {(c.recompute, c.recompute_modules): recompute_seconds(rps, c, system)
             for c in candidates(base)}  # fmt: skip
     assert (cost[("selective", ("norm", "act"))]
-            < cost[("selective", DEFAULT_SELECTIVE)] < cost[("full", DEFAULT_SELECTIVE)])  # fmt: skip
+            < cost[("selective", BROAD_SELECTIVE)] < cost[("full", DEFAULT_SELECTIVE)])  # fmt: skip
+    # FlashAttention's core is cheap to re-run: Megatron's core-attention set costs least.
+    assert cost[("selective", DEFAULT_SELECTIVE)] < cost[("selective", ("norm", "act"))]
 
 
 def test_none_does_not_fit_but_norm_act_does():
@@ -61,7 +63,7 @@ def test_none_does_not_fit_but_norm_act_does():
     ladder (none, default selective, full) took the heavier norm,attn,act."""
     assert _choice(80) == ("none", DEFAULT_SELECTIVE)
     assert _choice(32) == ("selective", ("norm", "act"))
-    assert _choice(25) == ("selective", DEFAULT_SELECTIVE)
+    assert _choice(25) == ("selective", BROAD_SELECTIVE)
     assert _choice(16) == ("full", DEFAULT_SELECTIVE)
 
 

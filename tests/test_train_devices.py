@@ -22,7 +22,8 @@ from xpusim.sim.placement import device_of, job_devices
 
 import xpusim
 
-KW = dict(model="llama-3-8b", mbs=1, gbs=16, seq=4096, recompute="selective", dtype="bf16")
+KW = dict(model="llama-3-8b", mbs=1, gbs=16, seq=4096, recompute="selective",
+          recompute_modules="norm,attn,act", dtype="bf16")
 
 
 def _link_kinds(system, group: tuple[int, ...]) -> set[str]:
@@ -177,7 +178,7 @@ def test_plan_file_carries_the_system_size(tmp_path):
     path = tmp_path / "plan.toml"
     path.write_text('model = "llama-3-8b"\nsystem = "dgx-h100"\ndevices = 4\n'
                     "[plan]\nmbs = 1\ngbs = 16\nseq = 4096\n")
-    from_file = xpusim.train(plan=str(path), recompute="selective")
+    from_file = xpusim.train(plan=str(path), recompute="selective", recompute_modules="norm,attn,act")
     assert from_file.devices == 4
     assert from_file.step_time_s == xpusim.train(system="dgx-h100", devices=4, **KW).step_time_s
     path.write_text('devices = "four"\n[plan]\nmbs = 1\n')
@@ -187,7 +188,7 @@ def test_plan_file_carries_the_system_size(tmp_path):
 
 def test_cli(capsys):
     cmd = ("train --model llama-3-8b --system dgx-h100 --devices 4 --mbs 1 --gbs 16 "
-           "--seq 4096 --recompute selective --quiet")
+           "--seq 4096 --recompute selective --recompute-modules norm,attn,act --quiet")
     assert main(shlex.split(cmd + " --json")) == 0
     doc = json.loads(capsys.readouterr().out)
     want = xpusim.train(system="dgx-h100", devices=4, **KW).as_dict()

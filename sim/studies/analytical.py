@@ -44,9 +44,9 @@ from xpusim.sim.workloads.transformer import (
     uniform_moe_load,
 )
 
-# Module names the lowering recomputes under the default selective policy
-# (sim.parallel.DEFAULT_SELECTIVE: norms, attention core, FFN activation).
-SELECTIVE_OP_MARKERS = ("norm", "attention", "_act")
+# Op names the lowering recomputes under the default selective policy
+# (sim.parallel.DEFAULT_SELECTIVE: the attention core).
+SELECTIVE_OP_MARKERS = ("attention",)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from xpusim.hwprofiles.spec import System
 from xpusim.sim.cost.pricing import cost_model
 from xpusim.sim.ir import Collective
 from xpusim.sim.models.spec import ModelSpec
-from xpusim.sim.parallel import DEFAULT_SELECTIVE, ParallelPlan, validate_plan
+from xpusim.sim.parallel import BROAD_SELECTIVE, DEFAULT_SELECTIVE, ParallelPlan, validate_plan
 from xpusim.sim.placement import job_devices
 from xpusim.sim.training import layers as L
 from xpusim.sim.training.chunks import RankPlan
@@ -29,11 +29,12 @@ from xpusim.sim.training.units import recompute_for_slot
 # - ("norm", "act"): Megatron-Bridge gpt-oss GB200/H100 recipes, recompute_modules
 #   ['layernorm', 'moe_act'] (scripts/performance/configs/gpt_oss, docs/training.md
 #   2026-12-06 gpt-oss section): two elementwise re-runs;
-# - ("core_attn",): Megatron-LM's --recompute-granularity selective default
-#   (Korthikanti et al. 2022, "Reducing Activation Recomputation", selective activation
-#   recomputation): the attention core only;
-# - DEFAULT_SELECTIVE (norm, attn, act): this simulator's selective default.
-SELECTIVE_LADDER: tuple[tuple[str, ...], ...] = (("norm", "act"), ("core_attn",), DEFAULT_SELECTIVE)
+# - DEFAULT_SELECTIVE ("core_attn",): Megatron-LM's --recompute-granularity selective
+#   default (Korthikanti et al. 2022, "Reducing Activation Recomputation", selective
+#   activation recomputation): the attention core only;
+# - BROAD_SELECTIVE (norm, attn, act): norms, the attention block with its projections
+#   and the FFN activation, the heaviest selective set before full.
+SELECTIVE_LADDER: tuple[tuple[str, ...], ...] = (("norm", "act"), DEFAULT_SELECTIVE, BROAD_SELECTIVE)
 
 
 def candidates(plan: ParallelPlan) -> list[ParallelPlan]:

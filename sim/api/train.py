@@ -77,7 +77,7 @@ class TrainRequest:
     dtype: str | None = None  # default bf16
     fp8_scaling: str | None = None  # delayed | current (dtype fp8 only); default delayed
     recompute: str | None = None  # auto | none | selective | full; default auto
-    recompute_modules: str | tuple[str, ...] | None = None  # "norm,attn,act,experts,mlp"
+    recompute_modules: str | tuple[str, ...] | None = None  # default ("core_attn",); any of "norm,attn,act,experts,mlp,core_attn"
     recompute_every: int | None = None  # k: recompute every k-th layer only; default 1
     cpu_offload_layers: int | None = None  # N: offload layers 0..N-1's activations; default 0
     schedule: str | None = None  # auto | 1f1b | interleaved

@@ -41,7 +41,7 @@ def _add_recompute_flags(p: argparse.ArgumentParser) -> None:
         help="activation recompute; auto (default) picks the cheapest that fits memory",
     )
     p.add_argument(
-        "--recompute-modules", help="comma list for selective: norm,attn,act,experts,mlp"
+        "--recompute-modules", help="comma list for selective (default core_attn, Megatron's attention core): norm,attn,act,experts,mlp,core_attn"
     )
     p.add_argument(
         "--recompute-every",

@@ -22,10 +22,13 @@ over the same triangle and writes the whole row of input gradients. A padding ma
 ``scaled_masked_softmax`` (the row and its byte mask, one per batch, in; the row out).
 
 Otherwise the module falls back to PyTorch ops, with the softmax in fp32
-(``attention_softmax_in_fp32``, which ``--apply-query-key-layer-scaling`` forces on; that
-flag is off by default, "Useful for fp16 training", and Megatron-LM's own fp16 test scripts
-pass it, e.g. tests/functional_tests ``pretrain_gpt3_distributed_test.sh``: ``if fp16:
---apply-query-key-layer-scaling``; INFERRED for the fp16 runs this prices):
+(``attention_softmax_in_fp32``, which query-key layer scaling forces on. Megatron-LM of
+2021-22 scaled by default: ``--no-query-key-layer-scaling`` is ``store_false`` into
+``apply_query_key_layer_scaling``, and ``--attention-softmax-in-fp32`` "is ignored unless
+--no-query-key-layer-scaling is specified" (megatron/arguments.py of that era, beside
+``--accumulate-allreduce-grads-in-fp32``); later releases made it opt-in,
+``--apply-query-key-layer-scaling``, "Useful for fp16 training", which Megatron-LM's own
+fp16 test scripts pass, e.g. tests/functional_tests ``pretrain_gpt3_distributed_test.sh``):
 ``input.float()``, ``* scale``, ``masked_fill_`` with the byte mask, ``torch.nn.Softmax``,
 ``.half()``; autograd runs each one's backward (the fp32 softmax backward as eager PyTorch's
 two kernels, as in ``sim.cost.attention_eager``).

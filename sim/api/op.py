@@ -165,8 +165,6 @@ def op(request: OpRequest | None = None, /, **kwargs: Any) -> OpResult:
     req = request_from_kwargs(OpRequest, request, kwargs, "xpusim.op")
     values = resolve(req)
     device = resolve_device(req.device, req.calibration)
-    if values["kind"] in ("gemm", "attention"):
-        require_native_dtype(device, values["dtype"], f"op {values['kind']} --dtype")
     if values["kind"] == "gemm" and (error := xla_impl_error(values["impl"], device, "")):
         raise InputError(error)  # xla-sm90 on a device that is not sm_90
     if values.get("impl") in CUTLASS_IMPLS and (why := cutlass_device_error(device)):
@@ -174,6 +172,8 @@ def op(request: OpRequest | None = None, /, **kwargs: Any) -> OpResult:
     if values.get("impl") in TORCH_GROUPED_IMPLS and (
             why := torch_grouped_error(device, values["dtype"], values["batch"])):
         raise InputError(why)
+    if values["kind"] in ("gemm", "attention"):  # after the kernels' own, more precise refusals
+        require_native_dtype(device, values["dtype"], f"op {values['kind']} --dtype")
     the_op = build_op(values)
     peak = device.peak_for("matrix" if the_op.unit == "matrix" else "vector", the_op.dtype)
     attention: dict[str, Any] = {}

@@ -32,7 +32,7 @@ from xpusim.sim.ir import CollectiveKind, Op, dtype_bytes
 from xpusim.sim.models.counting import model_flops_per_token
 from xpusim.sim.models.spec import ModelSpec
 from xpusim.sim.network.api import cost_collective
-from xpusim.sim.parallel import ParallelPlan
+from xpusim.sim.parallel import DEFAULT_SELECTIVE, ParallelPlan
 from xpusim.sim.studies.space import Counted, to_spec
 from xpusim.sim.studies.study_file import Study
 from xpusim.sim.training.memory import static_lower_bound
@@ -44,9 +44,15 @@ from xpusim.sim.workloads.transformer import (
     uniform_moe_load,
 )
 
-# Op names the lowering recomputes under the default selective policy
-# (sim.parallel.DEFAULT_SELECTIVE: the attention core).
-SELECTIVE_OP_MARKERS = ("attention",)
+# What a selective recompute of each module re-runs, by op name: a stage-1 screen, so
+# "attn" counts the attention core alone (the lowering also re-runs its projections).
+SELECTIVE_OP_MARKERS = {"norm": "norm", "attn": "attention", "core_attn": "attention",
+                        "act": "_act", "experts": "experts_", "mlp": "mlp_"}
+
+
+def selective_markers(modules: tuple[str, ...]) -> tuple[str, ...]:
+    """Op-name markers of the ops a selective recompute of ``modules`` repeats."""
+    return tuple(sorted({SELECTIVE_OP_MARKERS[m] for m in modules}))
 
 
 @dataclass(frozen=True)
@@ -73,14 +79,15 @@ class Analytical:
         }
 
 
-def _ops_time(items: list, cost: CachedCostModel) -> tuple[float, float]:
+def _ops_time(items: list, cost: CachedCostModel,
+              markers: tuple[str, ...]) -> tuple[float, float]:
     """(all ops, ops a selective recompute repeats) in seconds; comm needs skipped."""
     total = selective = 0.0
     for item in items:
         if isinstance(item, Op):
             t = cost.time(item).time_s
             total += t
-            if any(marker in item.name for marker in SELECTIVE_OP_MARKERS):
+            if any(marker in item.name for marker in markers):
                 selective += t
     return total, selective
 
@@ -122,7 +129,10 @@ def base_plan(study: Study) -> ParallelPlan:
     and dtype and the space's switches; the search sets the degrees, micro-batch and
     recompute policy, and the remaining fields keep ``ParallelPlan``'s defaults."""
     space = study.plans
+    modules = (DEFAULT_SELECTIVE if space.recompute_modules is None
+               else tuple(space.recompute_modules))
     return ParallelPlan(
+        recompute_modules=modules,
         gbs=study.fixed.global_batch,
         seq=study.fixed.seq,
         dtype=study.fixed.dtype,
@@ -159,6 +169,7 @@ def estimate(
     ep = ep if spec.moe else 1
     load = uniform_moe_load(spec, seq, ep) if spec.moe else None
     slots = spec.layers + spec.mtp_layers
+    markers = selective_markers(base_plan(study).recompute_modules)
     forward = selective = 0.0
     seen: dict[tuple[bool, int], tuple[float, float]] = {}
     for layer in range(slots):
@@ -167,11 +178,11 @@ def estimate(
         if kind not in seen:
             seen[kind] = _ops_time(
                 layer_forward(spec, layer, shape, Sharding(1, ep), dtype, load if moe else None),
-                cost,
+                cost, markers,
             )
         forward += seen[kind][0]
         selective += seen[kind][1]
-    head, head_sel = _ops_time(lm_head_forward(spec, seq, Sharding(1, 1), dtype), cost)
+    head, head_sel = _ops_time(lm_head_forward(spec, seq, Sharding(1, 1), dtype), cost, markers)
     forward += head * (1 + spec.mtp_layers)
     selective += head_sel * (1 + spec.mtp_layers)
     comm = 0.0

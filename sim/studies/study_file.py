@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from xpusim.sim import safe_eval
 from xpusim.sim.errors import InputError
-from xpusim.sim.parallel import RECOMPUTE_POLICIES
+from xpusim.sim.parallel import RECOMPUTE_MODULES, RECOMPUTE_POLICIES
 from xpusim.sim.tomlfile import read_toml
 
 RANK_METRICS = ("tokens_per_s", "mfu", "time_to_tokens")
@@ -133,6 +133,9 @@ class PlanSpace(_Strict):
     cp: list[int] = [1]
     mbs: list[int] = [1, 2]
     recompute: list[str] = ["none", "selective", "full"]
+    # Modules a "selective" plan recomputes (train's --recompute-modules); None: train's
+    # default, Megatron's attention core.
+    recompute_modules: list[str] | None = None
     sequence_parallel: bool = True
     zero: int = 1
     tp_extend_ep: bool = True
@@ -149,6 +152,11 @@ class PlanSpace(_Strict):
         if bad or not self.recompute:
             raise ValueError(
                 f"plans.recompute {bad or '[]'} invalid; use {list(RECOMPUTE_POLICIES)}"
+            )
+        modules = self.recompute_modules
+        if modules is not None and (not modules or any(m not in RECOMPUTE_MODULES for m in modules)):
+            raise ValueError(
+                f"plans.recompute_modules {modules} invalid; use names from {list(RECOMPUTE_MODULES)}"
             )
         return self
 

@@ -45,12 +45,24 @@ def test_study_errors_name_the_key():
         parse_study(tiny(**{"fixed.sequence": 4096}))  # unknown key
     with pytest.raises(InputError, match=r"plans\.recompute"):
         parse_study(tiny(**{"plans.recompute": ["sometimes"]}))
+    with pytest.raises(InputError, match=r"plans\.recompute_modules"):
+        parse_study(tiny(**{"plans.recompute_modules": ["layernorm"]}))
     with pytest.raises(InputError, match=r"unknown field 'width'"):
         parse_study(tiny(**{"space.constraints": ["width > 3"]}))
     with pytest.raises(InputError, match=r"search\.expert_picks"):
         parse_study(tiny(**{"search.expert_picks": ["__import__('os')"]}))
     with pytest.raises(InputError, match=r"plots\.heatmap_x"):
         parse_study(tiny(**{"plots.heatmap_x": "colour"}))
+
+
+def test_selective_modules_reach_the_plans_and_the_screen():
+    default = parse_study(tiny())
+    assert analytical.base_plan(default).recompute_modules == ("core_attn",)
+    broad = parse_study(tiny(**{"plans.recompute_modules": ["norm", "attn", "act"]}))
+    assert analytical.base_plan(broad).recompute_modules == ("norm", "attn", "act")
+    # The stage-1 screen counts the attention core for "attn" and "core_attn" alike.
+    assert analytical.selective_markers(("core_attn",)) == ("attention",)
+    assert analytical.selective_markers(("norm", "attn", "act")) == ("_act", "attention", "norm")
 
 
 def test_constraint_language_is_arithmetic_only():

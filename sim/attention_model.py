@@ -53,6 +53,7 @@ from xpusim.sim.cost import CachedCostModel, RooflineModel
 from xpusim.sim.engine import Engine, SimResult
 from xpusim.sim.errors import InputError
 from xpusim.sim.ir import Stream, dtype_bytes
+from xpusim.sim.limits import check_attention_items
 from xpusim.sim.network import comm_time_fn
 from xpusim.sim.workloads.attention import (
     SOFTMAX_FLOPS_PER_SCORE,
@@ -331,6 +332,7 @@ def fast_attention_cost(
         raise InputError("attention: the causal model assumes q_len == seq (a prefill)")
     tiling = derive_tiling(device, head_dim, dtype, seq, outer_block)
     rows, cols = tiling.rows, tiling.cols
+    check_attention_items(batch * heads * math.ceil(q_len / rows))  # before the item list
     elt = dtype_bytes(dtype)
     eff = device.efficiency
     cores = device.matrix_cores

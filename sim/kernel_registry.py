@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from xpusim.sim.errors import InputError
 from xpusim.sim.ir import RankGraph
+from xpusim.sim.units import split_list
 
 
 @dataclass(frozen=True)
@@ -253,9 +254,7 @@ def check_kernel_work(name: str, shape: Mapping[str, object]) -> None:
 def parse_shape(name: str, text: str) -> dict:
     """'batch=1,heads=8,seq=1024' -> a normalised shape dict for kernel ``name``."""
     pairs: dict[str, str] = {}
-    for item in (p.strip() for p in text.split(",")):
-        if not item:
-            continue
+    for item in split_list(text, "--shape"):
         if "=" not in item:
             raise InputError(f"--shape: expected key=value pairs separated by commas, got '{item}'")
         key, value = (s.strip() for s in item.split("=", 1))

@@ -50,8 +50,21 @@ MAX_BYTES = 2**50
 # A tensor dimension (GEMM m/n/k, channels, image side, elements): 2^31 - 1, the
 # largest a 32-bit index addresses; the ops' FLOPs stay finite in float64.
 MAX_DIM = 2**31 - 1
+# Transformer layers of a model (config.json num_hidden_layers, MTP layers): 2^16, far
+# above any model built (GPT-3 96, Llama-3-405B 126). Models are walked layer by layer:
+# `infer` on a 65,536-layer config took 4 s and 350 MB, `model show` on 10^6 layers 3 s,
+# and a config with 10^9 layers ran past a minute.
+MAX_LAYERS = 2**16
 # Elements of an elementwise op: 2^48, the element count of 1 PiB of bf16 / 4.
 MAX_ELEMENTS = 2**48
+# Work items of the blockwise attention model (sim.attention_model.fast_attention_cost):
+# batch x heads x query blocks, each scheduled onto a core longest-first from one sorted
+# list (~0.3 us and ~16 B per item measured: 2^24 items ~5 s, ~270 MB). `xpusim attention
+# --batch 1048576 --seq 16777216` asked for 2^35 and died in a MemoryError.
+MAX_ATTENTION_ITEMS = 2**24
+# Zipf exponent S of `zipf:S` expert routing (p_i ~ i^-S): at S = 100 the second expert
+# already gets 2^-100 of the first's tokens, so a larger S routes the same way.
+MAX_ZIPF_S = 100.0
 # Any other integer option (seeds, top-k, ...): 2^31 - 1 (C int).
 MAX_INT = 2**31 - 1
 # Per-device hardware rates and capacities in profiles and --vary: 1e21 (FLOP/s, B/s
@@ -239,12 +252,39 @@ def check_namespace(args: argparse.Namespace) -> None:
             check_float(value, what, lo, hi, lo_open)
 
 
+def check_zipf(text: str, what: str) -> float:
+    """The S of ``zipf:S`` routing (train --moe-routing, ep/infer/sd --routing): a finite
+    number in [0, MAX_ZIPF_S]; ``what`` names the option and its value."""
+    try:
+        s = float(text)
+    except ValueError:
+        s = math.nan
+    if not (math.isfinite(s) and 0 <= s <= MAX_ZIPF_S):
+        raise InputError(
+            f"{what}: expected zipf:S with the Zipf exponent S a number in [0, "
+            f"{MAX_ZIPF_S:g}], e.g. zipf:1.2"
+        )
+    return s
+
+
 def check_ranks(ranks: int, where: str, fix: str) -> None:
     """A job or group of ``ranks`` devices: at most MAX_RANKS, checked before any work."""
     if ranks > MAX_RANKS:
         raise InputError(
             f"{where}: {ranks:,} ranks is above the limit of {MAX_RANKS:,} (2^17, more than "
             f"the largest clusters built; the work grows with every rank): {fix}"
+        )
+
+
+def check_attention_items(items: int) -> None:
+    """Blockwise attention work items (batch x heads x query blocks): at most
+    MAX_ATTENTION_ITEMS, before the model lists them."""
+    if items > MAX_ATTENTION_ITEMS:
+        raise InputError(
+            f"attention: batch x heads x query blocks = {items:,} work items is above the "
+            f"limit of {MAX_ATTENTION_ITEMS:,} (docs/limits.md: the model schedules each one "
+            "onto a core); pass a smaller batch, fewer heads or a shorter sequence (the "
+            "time grows linearly with batch x heads)"
         )
 
 

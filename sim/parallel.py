@@ -11,6 +11,7 @@ replicas). World size = tp x cp x dp x pp.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 from xpusim.sim.errors import InputError
 from xpusim.sim.inputs import read_toml
 from xpusim.sim.ir import BYTES_PER_DTYPE
+from xpusim.sim.limits import MAX_RANKS, check_int, check_zipf
 from xpusim.sim.models.spec import ModelSpec
 
 RECOMPUTE_POLICIES = ("none", "selective", "full")
@@ -39,6 +41,8 @@ DIMENSIONS = ("tp", "cp", "ep", "dp", "pp")
 FP8_SCALINGS = ("delayed", "current")
 FRAMEWORKS = ("eager", "cuda-graphs", "deepspeed-0.3", "flash-attn-training", "torchtitan-eager")  # host-side profiles: sim/training/framework.py
 DEFAULT_ORDER = "tp-cp-ep-dp-pp"
+# Keys a plan file may hold above its [plan] table (sim.api.train; flags override them).
+PLAN_EXTRA = ("model", "system", "nodes", "devices", "description")
 
 
 @dataclass(frozen=True)
@@ -488,19 +492,16 @@ def parse_routing(text: str) -> tuple[str, tuple[float, ...]]:
         if kind == "uniform" and not rest:
             return "uniform", ()
         if kind == "zipf":
-            s = float(rest)
-            if s < 0:
-                raise ValueError
-            return "zipf", (s,)
+            return "zipf", (check_zipf(rest, f"moe_routing '{text}'"),)
         if kind == "hist":
             counts = tuple(float(x) for x in rest.split(","))
-            if not counts or min(counts) < 0 or sum(counts) <= 0:
+            if not all(math.isfinite(c) and c >= 0 for c in counts) or sum(counts) <= 0:
                 raise ValueError
             return "hist", counts
     except ValueError:
         pass
     raise InputError(
-        f"moe_routing '{text}' not understood; use 'uniform', 'zipf:S' (S >= 0) "
+        f"moe_routing '{text}' not understood; use 'uniform', 'zipf:S' (0 <= S <= 100) "
         "or 'hist:c1,c2,...' (non-negative tokens per expert)"
     )
 
@@ -560,20 +561,26 @@ def load_plan_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     data = read_toml(path, "plan file")  # sim.inputs: the one checked reader
     table = data.get("plan", data)
+    if not isinstance(table, dict):
+        raise InputError(f"plan file {path}: 'plan' = {table!r} must be a [plan] table")
     known = {f.name for f in fields(ParallelPlan)} - {"first_device"}  # inference only
     extra = {k: v for k, v in data.items() if k != "plan"} if "plan" in data else {}
-    unknown = [k for k in table if k not in known]
+    unknown = [k for k in table if k not in known] + [k for k in extra if k not in PLAN_EXTRA]
     if unknown:
         raise InputError(
-            f"plan file {path}: unknown keys {unknown}; known: {', '.join(sorted(known))}"
+            f"plan file {path}: unknown keys {unknown}; known: {', '.join(sorted(known))} "
+            f"in [plan], {', '.join(PLAN_EXTRA)} above it"
         )
+    for key in ("model", "system"):  # a name or a path, as the --model/--system flags
+        if key in extra and (not isinstance(extra[key], str) or not extra[key].strip()):
+            raise InputError(f"plan file {path}: {key} = {extra[key]!r} must be a name or path")
+    if "nodes" in extra:
+        check_int(extra["nodes"], f"plan file {path}: nodes", 1, MAX_RANKS)
     out = dict(table)
     defaults = {f.name: f.default for f in fields(ParallelPlan)}
     for key, value in out.items():
         _check_plan_value(path, key, value, defaults[key])
-    for key in ("recompute_modules", "layer_split"):
-        if key in out:
-            out[key] = tuple(out[key])
+    out.update({k: tuple(out[k]) for k in ("recompute_modules", "layer_split") if k in out})
     out["_extra"] = extra
     return out
 

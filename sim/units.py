@@ -24,16 +24,32 @@ def parse_size(text: str, what: str = "size") -> float:
     except ValueError:
         raise InputError(f"cannot read {what} '{text}'") from None
     # sim.limits: a size is finite, > 0 and at most 1 PiB (1e400 is inf, 1e30 B is
-    # no buffer anyone allocates).
-    return check_size(value, what, MAX_BYTES)
+    # no buffer anyone allocates); and whole bytes (0.5 was priced as a buffer and shown
+    # as "0 B").
+    size = check_size(value, what, MAX_BYTES)
+    if size != int(size):
+        raise InputError(f"{what} '{text}' is {size:g} bytes: a buffer holds whole bytes")
+    return size
+
+
+def split_list(text: str, what: str) -> list[str]:
+    """'a, b,c' -> ['a', 'b', 'c']: the one reader of comma-separated options. An empty
+    item ('1,,2', '1,2,', '') is an error naming ``what``, not silently dropped."""
+    items = [item.strip() for item in str(text).split(",")]
+    if not any(items):
+        raise InputError(f"{what}: empty list; give comma-separated values")
+    if not all(items):
+        raise InputError(
+            f"{what} '{text}': an empty item between commas (',,' or a comma at an end); "
+            "remove it"
+        )
+    return items
 
 
 def parse_int_list(text: str, what: str) -> list[int]:
     """'1,2,4' -> [1, 2, 4]."""
+    items = split_list(text, what)
     try:
-        values = [int(x) for x in str(text).split(",") if x.strip()]
+        return [int(x) for x in items]
     except ValueError:
         raise InputError(f"{what}: expected comma-separated integers, got '{text}'") from None
-    if not values:
-        raise InputError(f"{what}: empty list")
-    return values

@@ -40,6 +40,15 @@ BAD_FILES = {
     "study_partial": ("study.toml", 'name = "x"\n'),
     "cal_no_device": ("cal.toml", 'kind = "calibration"\n'),
     "plan_bad_type": ("plan_bad_type.toml", '[plan]\ntp = "eight"\n'),
+    "plan_not_table": ("plan_not_table.toml", "plan = 5\n"),
+    "plan_top_unknown": ("plan_top_unknown.toml", "bogus = 1\n[plan]\ntp = 2\n"),
+    "plan_nodes_word": ("plan_nodes_word.toml", 'nodes = "abc"\n[plan]\ntp = 2\n'),
+    "plan_system_int": ("plan_system_int.toml", "system = 5\n[plan]\ntp = 2\n"),
+    "deep_llama": (
+        "deep.json",
+        '{"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 1000000000, '
+        '"num_attention_heads": 4, "intermediate_size": 128, "vocab_size": 100}',
+    ),
     "saved_train": (
         "saved.toml",
         textwrap.dedent(
@@ -405,6 +414,47 @@ def test_former_gaps_are_rejected(capsys, files, command, words, why):
     assert "Traceback" not in err
     for word in words:
         assert word in err, why
+
+
+# Found by the 2026-12-06 bad-input probe (tracebacks, a hang, and nonsense accepted
+# silently); each must now be exit 2 with a message naming the flag, file or field.
+PROBE_GAPS = [
+    # tracebacks: MemoryError, TypeError, ValueError
+    (f"{ATTN} --batch 1048576 --seq 16777216", ["work items", "limit of 16,777,216", "batch"]),
+    ("train --model llama-3-8b --plan {plan_not_table}", ["plan file", "[plan] table"]),
+    ("train --model llama-3-8b --plan {plan_nodes_word}", ["plan file", "nodes = 'abc'"]),
+    ("train --model llama-3-8b --plan {plan_system_int}", ["plan file", "system = 5"]),
+    ("train --model llama-3-8b --plan {plan_top_unknown}", ["unknown keys ['bogus']"]),
+    (f"{TRAIN} --moe-routing zipf:nan", ["moe_routing 'zipf:nan'", "zipf:S"]),
+    # ran for minutes: a config with a billion layers
+    ("model show {deep_llama}", ["num_hidden_layers", "65,536"]),
+    # nonsense accepted: NaN routing, fractional bytes, blanks in comma lists
+    (f"{EP} --ep 8 --routing zipf:nan", ["--routing zipf:nan", "[0, 100]"]),
+    (f"{EP} --ep 8 --routing zipf:1e30", ["--routing zipf:1e30", "[0, 100]"]),
+    ("collective all-reduce --system dgx-h100 --bytes 0.5", ["--bytes '0.5'", "whole bytes"]),
+    ("collective all-reduce --system dgx-h100 --bytes 1.5", ["--bytes '1.5'", "whole bytes"]),
+    (f"{EP} --ep 8 --dispatch flat,,hierarchical", ["--dispatch", "empty item"]),
+    (f"{EP} --ep 8 --sweep ep=8,,16", ["--sweep", "empty item"]),
+    ("attention --device ascend-910b2 --seq 1,,2", ["--seq '1,,2'", "empty item"]),
+    (f"{ATTN} --tp 2 --blocks 1,,2", ["--blocks", "empty item"]),
+    (f"{SD} --alpha 0.9 --batch 1,,2", ["--batch '1,,2'", "empty item"]),
+    (f"{SD} --alpha 0.9 --topk 1,2,", ["--topk", "empty item"]),
+    (f"{TRAIN} --recompute selective --recompute-modules norm,,attn", ["--recompute-modules"]),
+    ("whatif {saved_train} --vary device.hbm_bandwidth=0.5x,,2x", ["--vary", "empty item"]),
+    (f"compare --systems dgx-h100,,dgx-a100 {TRAIN.replace('--system atlas-800t-a2', '')}",
+     ["--systems", "empty item"]),
+    ("predict kernel fastattention --shape heads=8,,seq=8,head_dim=8", ["--shape", "empty item"]),
+    ("validate --published --category gemm,", ["--category", "empty item"]),
+]
+
+
+@pytest.mark.parametrize(("command", "words"), PROBE_GAPS, ids=[g[0] for g in PROBE_GAPS])
+def test_probe_gaps_are_rejected(capsys, files, command, words):
+    rc, err = run_cli(capsys, command, files)
+    assert rc == 2, err
+    assert "Traceback" not in err
+    for word in words:
+        assert word in err, f"{word!r} not in: {err}"
 
 
 def run_process(command: str) -> subprocess.CompletedProcess:

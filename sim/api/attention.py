@@ -19,7 +19,7 @@ from xpusim.sim.api.base import as_json_dict, request_from_kwargs, resolve_devic
 from xpusim.sim.attention_model import compare, tiling_allreduce_cost
 from xpusim.sim.errors import InputError
 from xpusim.sim.limits import MAX_SEQ, check_int, check_namespace
-from xpusim.sim.units import parse_int_list
+from xpusim.sim.units import parse_int_list, split_list
 
 KERNEL_DTYPES = ("fp16", "bf16", "fp32")  # what kernels/attention.py runs
 MAX_SEQ_POINTS = 1000  # rows of one study
@@ -154,7 +154,7 @@ def parse_seq_list(text: str | tuple[int, ...]) -> list[int]:
     """'1024,2048,4096' or a geometric range '1024,2048,...,65536' (ratio of the first two)."""
     if not isinstance(text, str):
         text = ",".join(str(v) for v in text)
-    parts = [p.strip() for p in text.split(",") if p.strip()]
+    parts = split_list(text, "--seq")
     if "..." not in parts:
         values = parse_int_list(text, "--seq")
     else:

@@ -21,7 +21,7 @@ from xpusim.hwprofiles.spec import System
 from xpusim.sim.api.base import as_json_dict, request_from_kwargs
 from xpusim.sim.errors import InputError
 from xpusim.sim.ir import CollectiveKind
-from xpusim.sim.limits import check_namespace, check_size
+from xpusim.sim.limits import check_namespace
 from xpusim.sim.network import cost_collective
 from xpusim.sim.network.algorithms import ALGORITHMS
 from xpusim.sim.network.api import BACKENDS, MAX_RANKS, bus_factor
@@ -244,9 +244,7 @@ def _prepare(req: CollectiveRequest) -> tuple[str, System, int, str]:
 
 
 def _bytes(value: str | float) -> float:
-    if isinstance(value, str):
-        return parse_size(value, "--bytes")
-    return check_size(value, "--bytes")
+    return parse_size(value if isinstance(value, str) else repr(value), "--bytes")
 
 
 def sized_system(

@@ -28,6 +28,7 @@ from xpusim.sim.models import load_model
 from xpusim.sim.models.spec import ModelSpec
 from xpusim.sim.network.api import BACKENDS
 from xpusim.sim.network.ep import DISPATCH_MODES, EPConfig, EPResult, simulate_ep, system_for_ep
+from xpusim.sim.units import split_list
 
 
 @dataclass(frozen=True)
@@ -279,7 +280,7 @@ def _model_shape(
 def dispatch_modes(value: str | tuple[str, ...]) -> list[str]:
     """The dispatch modes of "flat,hierarchical" (or a tuple of names), checked."""
     text = value if isinstance(value, str) else ",".join(value)
-    modes = [m.strip() for m in text.split(",") if m.strip()]
+    modes = split_list(text, "--dispatch")
     bad = [m for m in modes if m not in DISPATCH_MODES]
     if bad or not modes:
         raise InputError(f"--dispatch {text}: choose from {', '.join(DISPATCH_MODES)}")
@@ -291,13 +292,11 @@ def sweep_values(text: str) -> list[int]:
     key, sep, values = text.partition("=")
     if key.strip() != "ep" or not sep:
         raise InputError(f"--sweep {text}: expected ep=8,16,32,64")
+    items = split_list(values, f"--sweep {text}: EP sizes")
     try:
-        out = [int(v) for v in values.split(",") if v.strip()]
+        return [int(v) for v in items]
     except ValueError:
         raise InputError(f"--sweep {text}: EP sizes must be integers") from None
-    if not out:
-        raise InputError(f"--sweep {text}: no EP sizes")
-    return out
 
 
 def _system(system: str | System) -> System:

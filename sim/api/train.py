@@ -31,7 +31,7 @@ from xpusim.sim.training.steady import (
     price_training,
     simulated_microbatches,
 )
-from xpusim.sim.units import parse_int_list
+from xpusim.sim.units import parse_int_list, split_list
 
 DEFAULT_SYSTEM = "atlas-800t-a2"
 # Mixed-precision training computes in these; int8/int4 are inference weight formats.
@@ -233,7 +233,7 @@ def build_plan(req: TrainRequest) -> tuple[ParallelPlan, str, dict[str, Any]]:
     if req.layer_split is not None:
         values["layer_split"] = _int_tuple(req.layer_split, "--layer-split")
     if req.recompute_modules is not None:
-        values["recompute_modules"] = _str_tuple(req.recompute_modules)
+        values["recompute_modules"] = _str_tuple(req.recompute_modules, "--recompute-modules")
     if "sequence_parallel" not in values:
         values["sequence_parallel"] = values.get("tp", 1) > 1
     known = {f.name for f in fields(ParallelPlan)}
@@ -402,7 +402,7 @@ def _int_tuple(value: str | tuple[int, ...], flag: str) -> tuple[int, ...]:
     return tuple(int(v) for v in value)
 
 
-def _str_tuple(value: str | tuple[str, ...]) -> tuple[str, ...]:
+def _str_tuple(value: str | tuple[str, ...], flag: str) -> tuple[str, ...]:
     if isinstance(value, str):
-        return tuple(m.strip() for m in value.split(","))
+        return tuple(split_list(value, flag))
     return tuple(value)

@@ -22,6 +22,7 @@ from typing import Any
 from xpusim.sim.api.base import as_json_dict, request_from_kwargs
 from xpusim.sim.errors import InputError
 from xpusim.sim.report import check_output_file, check_plot_path, emit_json, write_csv
+from xpusim.sim.units import split_list
 from xpusim.sim.validation.runner import RowResult
 
 DEVICES = ("cpu", "cuda", "npu")
@@ -85,9 +86,9 @@ def validate(request: ValidateRequest | None = None, /, **kwargs: Any) -> Valida
     return _local(req)
 
 
-def _names(value: str | tuple[str, ...] | None) -> list[str] | None:
+def _names(value: str | tuple[str, ...] | None, flag: str) -> list[str] | None:
     if isinstance(value, str):
-        value = tuple(value.split(","))
+        value = tuple(split_list(value, flag))
     names = [t.strip() for t in value or () if t.strip()]
     return names or None
 
@@ -101,7 +102,7 @@ def _published(req: ValidateRequest) -> ValidateResult:
         check_output_file(req.csv, "--csv")
     if req.jobs < 1:
         raise InputError(f"--jobs must be >= 1, got {req.jobs}")
-    selected = report.select_rows(_names(req.category), _names(req.rows))
+    selected = report.select_rows(_names(req.category, "--category"), _names(req.rows, "--rows"))
     payload = report.published_payload(selected, req.jobs, req.progress)
     results = payload.pop("_results")
     written = []
@@ -132,7 +133,7 @@ def _local(req: ValidateRequest) -> ValidateResult:
         raise InputError(f"--device {req.device!r}: choose one of {', '.join(DEVICES)}")
     assert req.calibration is not None
     meta = v.read_overlay_meta(req.calibration)
-    suites = _names(req.suites)
+    suites = _names(req.suites, "--suites")
     measured, local = _measured(req, meta, suites)
     if not measured:
         raise InputError("no held-out cases to validate (check --suites / --measurements)")
@@ -142,7 +143,7 @@ def _local(req: ValidateRequest) -> ValidateResult:
         payload["repeatability"] = v.compare_calibrations(
             [p.case for p in points], req.calibration, req.compare
         )
-    check_suites = _names(req.check_suites) or []
+    check_suites = _names(req.check_suites, "--check-suites") or []
     failures = v.check(payload["suites"], check_suites, req.max_median_error, req.max_p90_error)
     payload["check"] = {
         "suites": check_suites,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from xpusim.sim.errors import InputError
 from xpusim.sim.report import check_output_file, emit_json, fmt_si, table
+from xpusim.sim.units import split_list
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -94,7 +95,7 @@ def _suites(text: str | None) -> list[str] | None:
 
     if not text:
         return None
-    suites = [s.strip() for s in text.split(",") if s.strip()]
+    suites = split_list(text, "--suites")
     unknown = [s for s in suites if s not in SUITES]
     if unknown:
         raise InputError(f"--suites: unknown {', '.join(unknown)}; choose from {', '.join(SUITES)}")

@@ -25,6 +25,7 @@ from xpusim.sim.cli.main import build_parser
 from xpusim.sim.errors import InputError, NegativeVerdict, ProfileError
 from xpusim.sim.limits import check_namespace
 from xpusim.sim.report import emit_json, table
+from xpusim.sim.units import split_list
 
 COMMANDS = ("train", "infer")
 
@@ -113,7 +114,7 @@ def _row(command: str, system_name: str, rc: int, payload: dict | None, why: str
 
 
 def run(args: argparse.Namespace) -> int:
-    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    systems = split_list(args.systems, "--systems")
     if not systems:
         raise InputError("--systems needs at least one system name (see 'xpusim hw list')")
     rest = _command_args(args)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from xpusim.sim.errors import InputError
 from xpusim.sim.inputs import read_text
+from xpusim.sim.limits import check_zipf
 from xpusim.sim.models.spec import ModelSpec
 from xpusim.sim.workloads.transformer import MoELoad, expected_active_experts, uniform_moe_load
 
@@ -61,15 +62,8 @@ def routing_from_text(text: str, seed: int = 0) -> Routing:
     """The ``--routing`` option: ``uniform``, ``zipf:S`` or the path of a per-expert counts file."""
     if text == "uniform":
         return Routing(seed=seed)
-    if text.startswith("zipf"):
-        try:
-            s = float(text.split(":")[1]) if ":" in text else 1.0
-        except ValueError:
-            raise InputError(
-                f"--routing {text}: use zipf:S with a number S, e.g. zipf:1.2"
-            ) from None
-        if not (math.isfinite(s) and 0 <= s <= 100):
-            raise InputError(f"--routing {text}: the Zipf exponent S must be in [0, 100]")
+    if text == "zipf" or text.startswith("zipf:"):
+        s = check_zipf(text[5:], f"--routing {text}") if ":" in text else 1.0
         return Routing("zipf", zipf_s=s, seed=seed)
     if not Path(text).exists():
         raise InputError(f"--routing {text}: use uniform, zipf:S, or a file of per-expert counts")

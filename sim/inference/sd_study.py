@@ -40,6 +40,7 @@ from xpusim.sim.inference.speculative import (
 )
 from xpusim.sim.models.spec import ModelSpec
 from xpusim.sim.parallel import ParallelPlan
+from xpusim.sim.units import split_list
 
 
 def acceptance(alpha: str | float | None, sigma: float | None, gamma: int) -> float | tuple[float, ...]:
@@ -47,7 +48,7 @@ def acceptance(alpha: str | float | None, sigma: float | None, gamma: int) -> fl
     if sigma is not None:
         return sigma_to_alpha(sigma, gamma)
     try:
-        values = tuple(float(x) for x in str(alpha).split(",") if x.strip())
+        values = tuple(float(x) for x in split_list(str(alpha), "--alpha"))
     except ValueError:
         raise InputError(
             f"--alpha: expected a rate or comma-separated rates, got '{alpha}'"

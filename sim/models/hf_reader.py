@@ -11,7 +11,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from xpusim.sim.errors import InputError
-from xpusim.sim.limits import MAX_DIM
+from xpusim.sim.limits import MAX_DIM, MAX_LAYERS
+
+# Layer counts: the model is walked layer by layer (sim.limits.MAX_LAYERS).
+LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_nextn_predict_layers", "num_mtp_layers")
 
 
 class ConfigReader:
@@ -51,9 +54,10 @@ class ConfigReader:
             raise self.error(key, f"must be an integer, got {value!r}")
         if value < minimum:
             raise self.error(key, f"must be >= {minimum}, got {value!r}")
-        if value > MAX_DIM:
+        high = MAX_LAYERS if key in LAYER_KEYS else MAX_DIM
+        if value > high:
             # sim.limits: 1e30 is not a layer or head count; counts are tensor dimensions.
-            raise self.error(key, f"must be <= {MAX_DIM:,} (docs/limits.md), got {value!r}")
+            raise self.error(key, f"must be <= {high:,} (docs/limits.md), got {value!r}")
         return int(value)
 
     def bool_(self, key: str, default: bool) -> bool:

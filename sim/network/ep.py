@@ -85,6 +85,7 @@ from xpusim.hwprofiles.spec import System
 from xpusim.sim.cost.roofline import stream_time_s
 from xpusim.sim.errors import InputError
 from xpusim.sim.inputs import read_text
+from xpusim.sim.limits import check_zipf
 from xpusim.sim.network.api import cost_network
 from xpusim.sim.network.ep_ascend import reduce_bytes, staging_bytes
 from xpusim.sim.network.phases import NetworkCost, Phase
@@ -235,13 +236,9 @@ def expert_probabilities(routing: str, experts: int, seed: int = 0) -> np.ndarra
     if routing == "uniform":
         return np.full(experts, 1.0 / experts)
     if routing.startswith("zipf:"):
-        try:
-            s = float(routing.split(":", 1)[1])
-        except ValueError:
-            raise InputError(f"--routing {routing}: expected zipf:S with a number S >= 0") from None
-        if s < 0:
-            raise InputError(f"--routing {routing}: Zipf exponent must be >= 0")
-        weights = 1.0 / np.arange(1, experts + 1) ** s
+        s = check_zipf(routing.split(":", 1)[1], f"--routing {routing}")
+        with np.errstate(over="ignore"):  # i^S overflows to inf at large S: weight 0, as it is
+            weights = 1.0 / np.arange(1, experts + 1) ** s
         # A seeded permutation places the hot experts on arbitrary devices.
         weights = weights[np.random.default_rng(seed).permutation(experts)]
         probs: np.ndarray = weights / weights.sum()

@@ -70,6 +70,7 @@ from xpusim.sim.studies.executors import run_tasks
 from xpusim.sim.tomlfile import read_toml
 from xpusim.sim.training.simulate import check_shape
 from xpusim.sim.training.steady import LoweredTraining
+from xpusim.sim.units import split_list
 
 COMMANDS = ("train", "ep", "infer", "sd")
 # The system of a saved command that names none (train's and ep's default).
@@ -169,7 +170,7 @@ class Variation:
 
 def parse_vary(text: str) -> Variation:
     name, sep, rest = text.partition("=")
-    values = tuple(v.strip() for v in rest.split(",") if v.strip())
+    values = tuple(split_list(rest, f"--vary {name.strip()}")) if sep and rest.strip() else ()
     if not sep or not name.strip() or not values:
         raise InputError(
             f"--vary '{text}': expected FIELD=V1,V2,... e.g. device.hbm_bandwidth=0.5x,1x,2x"

@@ -9,9 +9,16 @@ or "estimate: <reasoning>".
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from xpusim.hwprofiles.spec import (
     CollectiveEfficiency,
     CollectiveLibrary,
@@ -53,6 +60,19 @@ def _check_announced(sections: list[str], known: tuple[str, ...]) -> list[str]:
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """pydantic reads TOML's true as 1.0: `bandwidth_gbps = true` became 1 GB/s.
+        A boolean is refused wherever the field (or its table's values) is not one."""
+        annotation = cls.model_fields[info.field_name or ""].annotation
+        if isinstance(value, dict) and get_origin(annotation) is not dict:
+            return value  # a nested section: its own fields are checked
+        values = value.values() if isinstance(value, dict) else [value]
+        if any(isinstance(v, bool) for v in values) and "bool" not in str(annotation):
+            raise ValueError("expected a number or text, not true/false")
+        return value
 
 
 class PeakTable(_Strict):

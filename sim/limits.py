@@ -78,6 +78,7 @@ INT_FLAGS: dict[str, tuple[int | None, int]] = {
     "ranks": (1, MAX_RANKS),
     "devices": (1, MAX_RANKS),
     "draft_devices": (1, MAX_RANKS),
+    "per_node": (1, MAX_RANKS),  # train --per-node K: 0 was taken as unset
     "tp": (1, MAX_RANKS),
     "pp": (1, MAX_RANKS),
     "vpp": (1, 1024),
@@ -128,6 +129,8 @@ FLOAT_FLAGS: dict[str, tuple[float | None, float | None, bool]] = {
     "sigma": (0.0, None, False),
     "context": (0.0, float(MAX_SEQ), False),
     "sync_us": (0.0, 1e9, False),
+    "slo_ttft": (0.0, None, True),  # serving goodput SLOs, seconds
+    "slo_tpot": (0.0, None, True),
     "capacity_factor": (None, 1e6, False),  # sim.network.ep explains <= 0 (dropless)
     "max_median_error": (0.0, None, False),
     "max_p90_error": (0.0, None, False),
@@ -237,11 +240,15 @@ def check_namespace(args: argparse.Namespace) -> None:
     """Every numeric option of a parsed command: the same rules for all commands.
 
     Integers must be within ``INT_FLAGS`` (or MAX_INT), floats finite and within
-    ``FLOAT_FLAGS``. Runs before any command does work (sim.cli.main)."""
+    ``FLOAT_FLAGS``, strings not empty. Runs before any command does work (sim.cli.main)."""
     for dest, value in vars(args).items():
         if value is None or isinstance(value, bool) or callable(value):
             continue
         what = flag_name(dest)
+        if isinstance(value, str) and not value.strip():
+            # '' was taken as "not given" (--system '' ran on the default system, --engine ''
+            # as no engine) or read as the current folder (--device '').
+            raise InputError(f"{what} '{value}': empty value; give one or leave the option out")
         if isinstance(value, int):
             int_lo, int_hi = INT_FLAGS.get(dest, (None, MAX_INT))
             check_int(value, what, int_lo, int_hi)

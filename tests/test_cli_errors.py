@@ -10,6 +10,7 @@ so they turn green when fixed without breaking the suite.
 
 from __future__ import annotations
 
+import re
 import shlex
 import subprocess
 import sys
@@ -81,6 +82,19 @@ def files(tmp_path: Path) -> dict[str, str]:
     paths["broken_system"] = str(DATA / "broken_system.toml")
     paths["tmp"] = str(tmp_path)
     paths["small_study"] = str(Path(__file__).parent.parent / "examples" / "small_study.toml")
+    # Shipped profiles with one figure made nonsense (TOML allows nan, inf and true).
+    root = Path(__file__).parent.parent / "hwprofiles"
+    engine = (root / "engines" / "vllm-0.6.toml").read_text()
+    device = (root / "devices" / "h100-sxm5-80gb.toml").read_text()
+    for key, (text, pattern, value) in {
+        "engine_nan": (engine, r"step_overhead_per_seq_us = [0-9.]+", "nan"),
+        "engine_inf": (engine, r"step_overhead_per_seq_us = [0-9.]+", "inf"),
+        "engine_bool": (engine, r"step_overhead_per_seq_us = [0-9.]+", "true"),
+        "device_bool": (device, r"(?m)^bandwidth_gbps = [0-9.]+", "true"),
+    }.items():
+        name = pattern.split(" =")[0].lstrip("(?m)^")
+        paths[key] = str(tmp_path / f"{key}.toml")
+        Path(paths[key]).write_text(re.sub(pattern, f"{name} = {value}", text, count=1))
     return paths
 
 
@@ -445,6 +459,27 @@ PROBE_GAPS = [
      ["--systems", "empty item"]),
     ("predict kernel fastattention --shape heads=8,,seq=8,head_dim=8", ["--shape", "empty item"]),
     ("validate --published --category gemm,", ["--category", "empty item"]),
+    # profiles: nan, inf and true were read as figures
+    (f"{INFER} --engine {{engine_nan}}", ["host.step_overhead_per_seq_us", "finite", "nan"]),
+    (f"{INFER} --engine {{engine_inf}}", ["host.step_overhead_per_seq_us", "finite", "inf"]),
+    (f"{INFER} --engine {{engine_bool}}", ["host.step_overhead_per_seq_us", "True"]),
+    ("hw show {device_bool}", ["hbm.bandwidth_gbps", "not true/false"]),
+    (f"{GEMM.replace('h100-sxm5-80gb', '{device_bool}')}", ["hbm.bandwidth_gbps"]),
+    # values that were taken as "not given", or fractions of a count
+    (f"{TRAIN} --devices 8 --per-node 0", ["--per-node must be >= 1"]),
+    ("op elementwise --numel 0.5 --device h100-sxm5-80gb", ["--numel 0.5", "whole number"]),
+    (f"{TRAIN} --system ''", ["--system ''", "empty value"]),
+    (f"{INFER} --engine ''", ["--engine ''", "empty value"]),
+    (f"{TRAIN} --trace ''", ["--trace ''", "empty value"]),
+    ("hw show ''", ["empty value"]),
+    ("explore {small_study} --out ''", ["--out ''", "empty value"]),
+    # flags the other kind of run ignored silently
+    (f"{SERVE} --slo-ttft 1", ["--slo-ttft", "disaggregated"]),
+    (f"{SERVE} --slo-tpot -1", ["--slo-tpot must be > 0"]),
+    (f"{INFER} --draft eagle", ["--draft", "--serve"]),
+    (f"{INFER} --rate 5 --requests 10", ["--rate, --requests", "--serve"]),
+    (f"{SERVE} --batch 4", ["--batch", "single step"]),
+    (f"{SERVE} --phase prefill", ["--phase", "single step"]),
 ]
 
 

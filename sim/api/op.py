@@ -266,6 +266,8 @@ def _check_kind(values: dict[str, Any]) -> None:
         _check_gemm_impl(values)
     if kind == "attention" and values["pass_"] not in PASSES:
         raise InputError(f"--pass: expected one of {', '.join(PASSES)}, got '{values['pass_']}'")
+    if kind == "elementwise" and values["numel"] != int(values["numel"]):
+        raise InputError(f"--numel {values['numel']:g}: an op has a whole number of elements")
     if kind == "elementwise" and values["inputs"] + values["outputs"] == 0:
         raise InputError(
             "op elementwise: --inputs 0 with --outputs 0 moves no bytes; give at least one "

@@ -216,6 +216,14 @@ def serve(
             "the stages, or serve with --tp/--ep only"
         )
     gamma, alpha, draft_devices = speculative_options(req)
+    for flag, v in (("--slo-ttft", req.slo_ttft), ("--slo-tpot", req.slo_tpot)):
+        if v is not None and not v > 0:
+            raise InputError(f"{flag} must be > 0 seconds, got {v}")
+        if v is not None and not req.disaggregated:
+            raise InputError(
+                f"{flag} sets the goodput of disaggregated serving (--prefill-system and "
+                "--decode-system); a colocated run reports no goodput: drop it or add the pools"
+            )
     if req.disaggregated:
         return _serve_disaggregated(req)
     return _serve_colocated(req, gamma, alpha, draft_devices)
@@ -360,9 +368,6 @@ def _serve_colocated(req: ServeRequest, gamma: int, alpha: float, draft_devices:
 def _serve_disaggregated(req: ServeRequest) -> DisaggServeResult:
     if req.draft is not None:
         raise InputError("--draft is not modelled with disaggregated serving; drop one")
-    for flag, v in (("--slo-ttft", req.slo_ttft), ("--slo-tpot", req.slo_tpot)):
-        if v is not None and not v > 0:
-            raise InputError(f"{flag} must be > 0 seconds, got {v}")
     spec = load_model_arg(req.model, "--model")
     engine = load_engine(req.engine)
     seqs, tokens = requested_limits(req, engine.max_num_seqs, engine.max_batched_tokens)

@@ -111,8 +111,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+# Flags of one kind of run that the other kind would ignore (were silently ignored).
+SERVING_ONLY = ("rate", "requests", "trace", "prompt_len", "output_len", "draft", "slo_ttft",
+                "slo_tpot")
+STEP_ONLY = ("phase", "batch", "context")
+
+
 def run(args: argparse.Namespace) -> int:
-    if not args.serve:
+    if args.serve:
+        _refuse(args, STEP_ONLY, "only a single step uses these; a serving run's requests "
+                "come from --rate, --requests, --prompt-len and --output-len (or --trace): "
+                "drop them")
+    else:
         _refuse_serving_flags(args)
         step = infer(request_from_args(InferRequest, args))
         if args.json:
@@ -143,6 +153,14 @@ def _refuse_serving_flags(args: argparse.Namespace) -> None:
             "--max-num-seqs/--max-batched-tokens limit a serving run's scheduler: add "
             "--serve, or set the step's --batch and --context instead"
         )
+    _refuse(args, SERVING_ONLY, "only a serving run (--serve) uses these: add --serve, or "
+            "drop them for one prefill or decode step")
+
+
+def _refuse(args: argparse.Namespace, dests: tuple[str, ...], why: str) -> None:
+    given = ["--" + d.replace("_", "-") for d in dests if getattr(args, d, None) is not None]
+    if given:
+        raise InputError(f"{', '.join(given)}: {why}")
 
 
 def _print_step(r: InferResult) -> None:

@@ -9,8 +9,10 @@ measurements say so in ``[fit]``.
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TypeGuard
 
 from xpusim.hwprofiles.loader import ROOT as HWPROFILES_ROOT
 from xpusim.hwprofiles.spec import Device
@@ -413,11 +415,20 @@ def _read_section(
             values[name] = v
 
 
+def _finite_number(value: object) -> TypeGuard[int | float]:
+    """A TOML number a profile figure can be: not true/false (TOML booleans are not 1/0
+    microseconds), not nan or inf (TOML allows both; an inf overhead makes every step inf)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _field_value(key: str, value: object, where: str, path: Path) -> tuple[str, object]:
     """(EngineProfile field, checked value) of one profile field."""
     if key in _US_KEYS:
-        if not isinstance(value, int | float) or value < 0:
-            raise InputError(f"{path}: field '{where}' must be a number >= 0 (microseconds)")
+        if not _finite_number(value) or value < 0:
+            raise InputError(
+                f"{path}: field '{where}' must be a finite number >= 0 (microseconds), "
+                f"got {value!r}"
+            )
         return _US_KEYS[key], float(value) * US
     if key in _CHOICE_KEYS:
         allowed_values = _CHOICE_KEYS[key]
@@ -437,8 +448,8 @@ def _field_value(key: str, value: object, where: str, path: Path) -> tuple[str, 
         typ = _PLAIN_KEYS[key]
         if typ is bool and not isinstance(value, bool):
             raise InputError(f"{path}: field '{where}' must be true or false")
-        if typ is not bool and (not isinstance(value, int | float) or value <= 0):
-            raise InputError(f"{path}: field '{where}' must be a positive number")
+        if typ is not bool and (not _finite_number(value) or value <= 0):
+            raise InputError(f"{path}: field '{where}' must be a finite positive number, got {value!r}")
         return key, typ(value)
     allowed = ", ".join(sorted([*_US_KEYS, *_PLAIN_KEYS, *_CHOICE_KEYS, *_INT_LIST_KEYS]))
     raise InputError(f"{path}: unknown field '{where}'; known fields: {allowed}")

@@ -480,6 +480,10 @@ PROBE_GAPS = [
     (f"{INFER} --rate 5 --requests 10", ["--rate, --requests", "--serve"]),
     (f"{SERVE} --batch 4", ["--batch", "single step"]),
     (f"{SERVE} --phase prefill", ["--phase", "single step"]),
+    (f"{ATTN} --blocks 2", ["--system/--blocks", "--tp"]),
+    (f"{ATTN} --system dgx-h100", ["--system/--blocks", "--tp"]),
+    (f"{SD} --alpha 0.9 --batch 1 --draft-dense nope", ["--draft-dense", "--compare-dense"]),
+    (f"{TRAIN} --recompute none --recompute-modules attn", ["--recompute-modules", "selective"]),
 ]
 
 

@@ -159,6 +159,8 @@ def _more_groups(
 ) -> list[tuple[str, ModelSpec, ModelSpec | str]]:
     """(label, target, draft) of the dense comparison and the top-k runs."""
     out: list[tuple[str, ModelSpec, ModelSpec | str]] = []
+    if req.draft_dense and not req.compare_dense:  # was ignored, even an unknown name
+        raise InputError("--draft-dense is the draft of --compare-dense MODEL: add it or drop both")
     if req.compare_dense:
         if not req.draft_dense:
             raise InputError("--compare-dense needs --draft-dense (e.g. opt-350m)")

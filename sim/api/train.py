@@ -230,6 +230,11 @@ def build_plan(req: TrainRequest) -> tuple[ParallelPlan, str, dict[str, Any]]:
             "--recompute-every needs a policy to apply to every k-th layer: add "
             "--recompute full (torchtitan's selective layer AC) or --recompute selective"
         )
+    if req.recompute_modules is not None and recompute in ("none", "full"):  # was ignored
+        raise InputError(
+            f"--recompute-modules lists what selective recompute recomputes; with --recompute "
+            f"{recompute} nothing uses it: pass --recompute selective (or auto), or drop it"
+        )
     if req.layer_split is not None:
         values["layer_split"] = _int_tuple(req.layer_split, "--layer-split")
     if req.recompute_modules is not None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from xpusim.sim.api.attention import AttentionRequest, AttentionResult, attention
 from xpusim.sim.api.base import request_from_args
+from xpusim.sim.errors import InputError
 from xpusim.sim.report import (
     check_output_args,
     emit_json,
@@ -62,6 +63,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_output_args(args)
+    if (args.tp or 1) == 1 and (args.system or args.blocks):  # were silently ignored
+        raise InputError(
+            "--system/--blocks set the tiling-AllReduce study: add --tp N (N > 1) or drop them"
+        )
     result = attention(request_from_args(AttentionRequest, args))
     if args.csv:
         flat = [{k: v for k, v in r.items() if not isinstance(v, dict)} for r in result.rows]

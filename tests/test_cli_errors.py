@@ -95,6 +95,9 @@ def files(tmp_path: Path) -> dict[str, str]:
         name = pattern.split(" =")[0].lstrip("(?m)^")
         paths[key] = str(tmp_path / f"{key}.toml")
         Path(paths[key]).write_text(re.sub(pattern, f"{name} = {value}", text, count=1))
+    toy_moe = (DATA / "toy_mla_moe_config.json").read_text()
+    paths["moe_ngroup"] = str(tmp_path / "moe_ngroup.json")
+    Path(paths["moe_ngroup"]).write_text(toy_moe.replace('"n_group": 2', '"n_group": 3'))
     return paths
 
 
@@ -484,6 +487,8 @@ PROBE_GAPS = [
     (f"{ATTN} --system dgx-h100", ["--system/--blocks", "--tp"]),
     (f"{SD} --alpha 0.9 --batch 1 --draft-dense nope", ["--draft-dense", "--compare-dense"]),
     (f"{TRAIN} --recompute none --recompute-modules attn", ["--recompute-modules", "selective"]),
+    # a config no implementation can build: HF's router views experts as n_group groups
+    ("model show {moe_ngroup}", ["'n_group' (3) must divide the 4 routed experts"]),
 ]
 
 

@@ -270,6 +270,10 @@ def _deepseek_moe(cfg: _Config, layers: int) -> MoESpec | None:
     topk_group = cfg.int_("topk_group", 1)
     if topk_group > n_group:
         raise cfg.error("topk_group", f"({topk_group}) must be <= n_group ({n_group})")
+    if num_experts % n_group:
+        # HF DeepseekV3TopkRouter.get_topk_indices views the router scores as
+        # (n_group, n_routed_experts // n_group): the groups must split the experts evenly.
+        raise cfg.error("n_group", f"({n_group}) must divide the {num_experts} routed experts")
     scoring = cfg.str_("scoring_func", "softmax")
     if scoring not in ("softmax", "sigmoid"):
         raise cfg.error("scoring_func", f"must be 'softmax' or 'sigmoid', got {scoring!r}")

@@ -42,6 +42,10 @@ BAD_FILES = {
     "cal_no_device": ("cal.toml", 'kind = "calibration"\n'),
     "plan_bad_type": ("plan_bad_type.toml", '[plan]\ntp = "eight"\n'),
     "plan_not_table": ("plan_not_table.toml", "plan = 5\n"),
+    "cal_negative": (
+        "cal_neg.toml",
+        'kind = "calibration"\ndevice = "cpu-host"\n[efficiency]\nmatrix_max = -1\n',
+    ),
     "plan_top_unknown": ("plan_top_unknown.toml", "bogus = 1\n[plan]\ntp = 2\n"),
     "plan_nodes_word": ("plan_nodes_word.toml", 'nodes = "abc"\n[plan]\ntp = 2\n'),
     "plan_system_int": ("plan_system_int.toml", "system = 5\n[plan]\ntp = 2\n"),
@@ -487,6 +491,11 @@ PROBE_GAPS = [
     (f"{ATTN} --system dgx-h100", ["--system/--blocks", "--tp"]),
     (f"{SD} --alpha 0.9 --batch 1 --draft-dense nope", ["--draft-dense", "--compare-dense"]),
     (f"{TRAIN} --recompute none --recompute-modules attn", ["--recompute-modules", "selective"]),
+    # validate: an overlay with a bad figure was found only after minutes of timing; the
+    # options of the other mode were ignored
+    ("validate --calibration {cal_negative}", ["efficiency.matrix_max", "greater than 0"]),
+    ("validate --published --calibration {cal_negative}", ["--calibration", "--published"]),
+    ("validate --calibration {cal_negative} --category gemm", ["--category", "--published"]),
     # a config no implementation can build: HF's router views experts as n_group groups
     ("model show {moe_ngroup}", ["'n_group' (3) must divide the 4 routed experts"]),
 ]

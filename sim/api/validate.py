@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from xpusim.hwprofiles import load_device
 from xpusim.sim.api.base import as_json_dict, request_from_kwargs
 from xpusim.sim.errors import InputError
 from xpusim.sim.report import check_output_file, check_plot_path, emit_json, write_csv
@@ -76,6 +77,7 @@ def validate(request: ValidateRequest | None = None, /, **kwargs: Any) -> Valida
     """Score the published corpus (``published=True``) or a local calibration's held-out
     shapes (``calibration=``)."""
     req = request_from_kwargs(ValidateRequest, request, kwargs, "xpusim.validate")
+    _refuse_other_mode(req)
     if req.published:
         return _published(req)
     if not req.calibration:
@@ -84,6 +86,23 @@ def validate(request: ValidateRequest | None = None, /, **kwargs: Any) -> Valida
             "or --published (the corpus of published measurements)"
         )
     return _local(req)
+
+
+# Options of one mode the other ignored (validate --published --calibration X scored the
+# corpus without a word about X).
+LOCAL_ONLY = ("calibration", "measurements", "threads", "suites", "compare")
+PUBLISHED_ONLY = ("category", "rows", "csv", "plot")
+
+
+def _refuse_other_mode(req: ValidateRequest) -> None:
+    other = LOCAL_ONLY if req.published else PUBLISHED_ONLY
+    given = ["--" + f for f in other if getattr(req, f) is not None]
+    if given and req.published:
+        raise InputError(f"{', '.join(given)}: options of a local calibration's validation, "
+                         "not of --published: drop them, or drop --published")
+    if given:
+        raise InputError(f"{', '.join(given)}: options of --published (the corpus): add "
+                         "--published, or drop them")
 
 
 def _names(value: str | tuple[str, ...] | None, flag: str) -> list[str] | None:
@@ -133,6 +152,12 @@ def _local(req: ValidateRequest) -> ValidateResult:
         raise InputError(f"--device {req.device!r}: choose one of {', '.join(DEVICES)}")
     assert req.calibration is not None
     meta = v.read_overlay_meta(req.calibration)
+    # Each overlay whole (every field, on its base device) before any timing: a bad
+    # figure used to surface only after the minutes of measuring.
+    for overlay in (req.calibration, req.compare):
+        if overlay:
+            base = v.read_overlay_meta(overlay)["base_profile"]
+            load_device(str(base), calibration=overlay)
     suites = _names(req.suites, "--suites")
     measured, local = _measured(req, meta, suites)
     if not measured:

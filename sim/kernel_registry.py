@@ -258,6 +258,8 @@ def parse_shape(name: str, text: str) -> dict:
         if "=" not in item:
             raise InputError(f"--shape: expected key=value pairs separated by commas, got '{item}'")
         key, value = (s.strip() for s in item.split("=", 1))
+        if key in pairs:  # was: the last one silently won
+            raise InputError(f"--shape: '{key}' is given twice; give each key once")
         pairs[key] = value
     return normalise_shape(name, pairs)
 

@@ -117,6 +117,7 @@ INT_FLAGS: dict[str, tuple[int | None, int]] = {
     "jobs": (1, 1024),
     "threads": (1, 4096),
     "shortlist": (1, 1_000_000),
+    "top": (1, MAX_INT),  # rows of a printed table (predict, explore): -1 dropped the last
     "seed": (0, MAX_INT),
 }
 # Float flags by dest: (lowest, highest, lowest excluded). Unlisted floats: finite.

@@ -496,6 +496,11 @@ PROBE_GAPS = [
     ("validate --calibration {cal_negative}", ["efficiency.matrix_max", "greater than 0"]),
     ("validate --published --calibration {cal_negative}", ["--calibration", "--published"]),
     ("validate --calibration {cal_negative} --category gemm", ["--category", "--published"]),
+    # compare exited 0 when every system refused the arguments
+    ("compare --systems dgx-h100,dgx-a100 train --model nope", ["every system refused", "nope"]),
+    # a repeated shape key (the last won), a table of -1 rows
+    (f"{FA},heads=4", ["'heads' is given twice"]),
+    (f"{FA} --top -1", ["--top must be >= 1"]),
     # a config no implementation can build: HF's router views experts as n_group groups
     ("model show {moe_ngroup}", ["'n_group' (3) must divide the 4 routed experts"]),
 ]

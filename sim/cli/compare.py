@@ -125,6 +125,9 @@ def run(args: argparse.Namespace) -> int:
 
         check_plot_path(args.plot, "--plot")
     rows = [_on_system(args, name, rest) for name in systems]
+    if all(r["rc"] == 2 for r in rows):  # bad input on every system: not a comparison
+        verdict = str(rows[0].get("verdict", "")).removeprefix("xpusim: error: ")
+        raise InputError(f"every system refused the {args.command} arguments: {verdict}")
     if args.plot:
         _plot(rows, args.plot, args.command)
     if args.json:

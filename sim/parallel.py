@@ -19,7 +19,7 @@ from typing import Any
 from xpusim.sim.errors import InputError
 from xpusim.sim.inputs import read_toml
 from xpusim.sim.ir import BYTES_PER_DTYPE
-from xpusim.sim.limits import MAX_RANKS, check_int, check_zipf
+from xpusim.sim.limits import check_zipf
 from xpusim.sim.models.spec import ModelSpec
 
 RECOMPUTE_POLICIES = ("none", "selective", "full")
@@ -571,11 +571,6 @@ def load_plan_file(path: str | Path) -> dict[str, Any]:
             f"plan file {path}: unknown keys {unknown}; known: {', '.join(sorted(known))} "
             f"in [plan], {', '.join(PLAN_EXTRA)} above it"
         )
-    for key in ("model", "system"):  # a name or a path, as the --model/--system flags
-        if key in extra and (not isinstance(extra[key], str) or not extra[key].strip()):
-            raise InputError(f"plan file {path}: {key} = {extra[key]!r} must be a name or path")
-    if "nodes" in extra:
-        check_int(extra["nodes"], f"plan file {path}: nodes", 1, MAX_RANKS)
     out = dict(table)
     defaults = {f.name: f.default for f in fields(ParallelPlan)}
     for key, value in out.items():

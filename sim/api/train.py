@@ -19,7 +19,7 @@ from xpusim.sim.cost.attention_impl import check_impl
 from xpusim.sim.errors import InputError, NegativeVerdict
 from xpusim.sim.gcpause import gc_paused
 from xpusim.sim.ir import BYTES_PER_DTYPE
-from xpusim.sim.limits import check_ranks, check_train_work
+from xpusim.sim.limits import MAX_RANKS, check_int, check_ranks, check_train_work
 from xpusim.sim.models.spec import ModelSpec
 from xpusim.sim.parallel import ParallelPlan, load_plan_file, validate_plan
 from xpusim.sim.training.memory import MemoryBreakdown, format_breakdown
@@ -214,6 +214,7 @@ def build_plan(req: TrainRequest) -> tuple[ParallelPlan, str, dict[str, Any]]:
     if req.plan:
         values = load_plan_file(req.plan)
         extra = values.pop("_extra")
+        _check_plan_extra(req.plan, extra)
     for name in PLAN_FIELDS:
         v = getattr(req, name)
         if v is not None:
@@ -247,6 +248,15 @@ def build_plan(req: TrainRequest) -> tuple[ParallelPlan, str, dict[str, Any]]:
         recompute="none" if recompute == "auto" else recompute,
     )
     return _resolve_ep_overlap(plan, values.get("overlap_ep"), req), recompute, extra
+
+
+def _check_plan_extra(path: str, extra: dict[str, Any]) -> None:
+    """The plan file's keys above [plan] (sim.parallel.PLAN_EXTRA) have the flags' types."""
+    for key in ("model", "system"):  # a name or a path, as the --model/--system flags
+        if key in extra and (not isinstance(extra[key], str) or not extra[key].strip()):
+            raise InputError(f"plan file {path}: {key} = {extra[key]!r} must be a name or path")
+    if "nodes" in extra:
+        check_int(extra["nodes"], f"plan file {path}: nodes", 1, MAX_RANKS)
 
 
 def _resolve_ep_overlap(plan: ParallelPlan, asked: bool | None, req: TrainRequest) -> ParallelPlan:

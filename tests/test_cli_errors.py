@@ -501,6 +501,12 @@ PROBE_GAPS = [
     # a repeated shape key (the last won), a table of -1 rows
     (f"{FA},heads=4", ["'heads' is given twice"]),
     (f"{FA} --top -1", ["--top must be >= 1"]),
+    # a Ray address that cannot work (ray.init retried 'nope' for minutes), or that was
+    # ignored without --executor ray
+    ("explore {small_study} --executor ray --address nope:1", ["--address nope:1", "resolve"]),
+    ("explore {small_study} --executor ray --address 10.0.0.1", ["HOST:PORT"]),
+    ("whatif {saved_train} --vary device.hbm_bandwidth=2x --address 127.0.0.1:6379",
+     ["--address", "--executor ray"]),
     # a config no implementation can build: HF's router views experts as n_group groups
     ("model show {moe_ngroup}", ["'n_group' (3) must divide the 4 routed experts"]),
 ]

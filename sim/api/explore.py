@@ -19,10 +19,9 @@ from xpusim.hwprofiles.spec import System
 from xpusim.sim.api.base import as_json_dict, request_from_kwargs
 from xpusim.sim.errors import InputError
 from xpusim.sim.report import write_csv
+from xpusim.sim.studies.executors import check_executor
 from xpusim.sim.studies.search import StudyResult, run_study
 from xpusim.sim.studies.study_file import RANK_METRICS, Study, load_study
-
-EXECUTORS = ("local", "ray")
 
 
 @dataclass(frozen=True)
@@ -66,8 +65,7 @@ def explore(request: ExploreRequest | None = None, /, **kwargs: Any) -> ExploreR
     """Run the study: enumerate, filter, simulate the shortlist, rank."""
     req = request_from_kwargs(ExploreRequest, request, kwargs, "xpusim.explore")
     study = _study(req)
-    if req.executor not in EXECUTORS:
-        raise InputError(f"--executor {req.executor!r}: choose one of {', '.join(EXECUTORS)}")
+    check_executor(req.executor, req.address)
     if req.jobs < 1:
         raise InputError(f"--jobs must be >= 1, got {req.jobs}")
     out = Path(req.out) if req.out else Path("out") / "explore" / study.name

@@ -20,6 +20,7 @@ from typing import Any
 from xpusim.sim.api.base import as_json_dict, request_from_kwargs
 from xpusim.sim.errors import InputError
 from xpusim.sim.report import check_output_file, check_plot_path, write_csv
+from xpusim.sim.studies.executors import check_executor
 from xpusim.sim.studies.whatif import (
     SavedCommand,
     WhatIfSweep,
@@ -28,8 +29,6 @@ from xpusim.sim.studies.whatif import (
     run_whatif,
     saved_from_request,
 )
-
-EXECUTORS = ("local", "ray")
 
 
 @dataclass(frozen=True)
@@ -74,8 +73,7 @@ def whatif(request: WhatIfRequest | None = None, /, **kwargs: Any) -> WhatIfResu
         check_plot_path(req.plot)
     if req.csv:
         check_output_file(req.csv, "--csv")
-    if req.executor not in EXECUTORS:
-        raise InputError(f"--executor {req.executor!r}: choose one of {', '.join(EXECUTORS)}")
+    check_executor(req.executor, req.address)
     saved, name = _saved(req.saved)
     texts = [req.vary] if isinstance(req.vary, str) else list(req.vary)
     variations = [parse_vary(t) for t in texts or saved.vary]

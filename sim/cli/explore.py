@@ -10,9 +10,10 @@ from dataclasses import replace
 from typing import Any
 
 from xpusim.sim.api.base import request_from_args
-from xpusim.sim.api.explore import EXECUTORS, ExploreRequest, ExploreResult, explore
+from xpusim.sim.api.explore import ExploreRequest, ExploreResult, explore
 from xpusim.sim.errors import InputError
 from xpusim.sim.report import emit_json, fmt_bytes, fmt_si, table
+from xpusim.sim.studies.executors import EXECUTORS
 from xpusim.sim.studies.study_file import RANK_METRICS
 
 

@@ -10,8 +10,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from xpusim.sim.api.base import request_from_args
-from xpusim.sim.api.whatif import EXECUTORS, WhatIfRequest, WhatIfResult, whatif
+from xpusim.sim.api.whatif import WhatIfRequest, WhatIfResult, whatif
 from xpusim.sim.report import emit_json, table
+from xpusim.sim.studies.executors import EXECUTORS
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import importlib.util
+import socket
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -105,6 +106,30 @@ def run_ray(
             ray.shutdown()
 
 
+def check_executor(executor: str, address: str | None) -> None:
+    """The executor and, for Ray, the cluster address, before any work."""
+    if executor not in EXECUTORS:
+        raise InputError(f"--executor {executor!r}: choose one of {', '.join(EXECUTORS)}")
+    if address and executor != "ray":  # was ignored: the points ran locally
+        raise InputError(f"--address {address} is a Ray cluster: add --executor ray or drop it")
+    if address:
+        check_ray_address(address)
+
+
+def check_ray_address(address: str) -> None:
+    """``auto``, ``ray://HOST:PORT`` or ``HOST:PORT`` with a port number and a host that
+    resolves: ray.init retries an unknown host for minutes (``--address nope:1``)."""
+    if address == "auto":
+        return
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InputError(f"--address {address}: expected auto or HOST:PORT, e.g. 10.0.0.1:6379")
+    try:
+        socket.getaddrinfo(host, int(port))
+    except (OSError, UnicodeError) as exc:
+        raise InputError(f"--address {address}: cannot resolve host '{host}' ({exc})") from None
+
+
 def run_tasks(
     fn: TaskFn,
     tasks: Sequence[Any],
@@ -113,10 +138,9 @@ def run_tasks(
     address: str | None = None,
     on_result: OnResult | None = None,
 ) -> list[Result]:
-    if executor not in EXECUTORS:
-        raise InputError(f"--executor '{executor}' unknown; use {' or '.join(EXECUTORS)}")
     if jobs < 1:
         raise InputError(f"--jobs must be >= 1, got {jobs}")
+    check_executor(executor, address)
     if not tasks:
         return []
     if executor == "ray":

@@ -273,21 +273,15 @@ class Server:
         return periods * b + first[rest] + 1
 
     def _decode_run(
-        self, total, batch, waiting, arrivals, now, steps_max, step_time
+        self, total, batch, waiting, arrivals, now, steps_max, stepper
     ) -> tuple[float, int]:
         """Advance ``steps_max`` decode steps of ``batch`` requests whose contexts sum to
         ``total`` (fewer if a request arrives into an empty queue): each priced by
-        ``step_time(mean context)``; returns (clock, steps). The caller adds the tokens."""
-        steps = 0
-        # Neither the queue nor the arrivals change during the run: an arrival ends it
-        # only into an empty queue, once the clock reaches the next one.
+        ``stepper`` at its own mean context; returns (clock, steps). The caller adds the
+        tokens. Neither the queue nor the arrivals change during the run: an arrival ends
+        it only into an empty queue, once the clock reaches the next one."""
         arrival = math.inf if waiting else arrivals.next_s
-        while True:
-            now += step_time((total + steps * batch) / batch)
-            steps += 1
-            if steps >= steps_max or arrival <= now:
-                break
-        return now, steps
+        return stepper.advance(now, total, batch, steps_max, arrival)
 
     def _run_batched(self, requests, arrivals, stats, bar) -> None:
         """Prefill-first (vLLM V0) and static batching."""

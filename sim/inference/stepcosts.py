@@ -9,9 +9,9 @@ mixed (in-flight batching) iterations of ``xpusim.sim.inference.serving.Server``
 from __future__ import annotations
 
 import bisect
-import math
 from collections.abc import Callable
 
+from xpusim.sim.inference.decode_runs import DecodeStepper, Interp
 from xpusim.sim.inference.graph_padding import padded_step, padding_dummies
 from xpusim.sim.inference.lowering import StepBatch, StepSimulator
 from xpusim.sim.inference.speculative import (
@@ -53,11 +53,11 @@ class StepCosts:
         self.graph_sizes = graph_sizes
         # P(a round accepts every draft): the draft steps' extra rows (draft_rows).
         self.bonus_share = bonus_share
-        self._steppers: dict[tuple[int, bool], Callable[[float], float]] = {}
+        self._steppers: dict[tuple[int, bool], DecodeStepper] = {}
         # Interpolating functions per (what, batch) and prompt-chunk costs, kept for the
         # run: a serving run prices the same shapes hundreds of thousands of times, and
         # each is a pure function of its arguments (the same floats as pricing afresh).
-        self._grid: dict[tuple[str, int, int], Callable[[float], float]] = {}
+        self._grid: dict[tuple[str, int, int], Interp] = {}
         self._chunks: dict[float, float] = {}
         # Attention of a prompt chunk over its cached prefix at (chunk, prefix) grid corners.
         self._prefix_corners: dict[tuple[int, int], float] = {}
@@ -69,70 +69,51 @@ class StepCosts:
 
     def _interp_fn(self, fn, grid: tuple[int, ...] = CONTEXT_GRID) -> Callable[[float], float]:
         """``fn`` interpolated linearly over ``grid`` (clamped to the first and last
-        segments), each grid segment's end points priced once.
+        segments), each grid segment's end points priced once (``decode_runs.Interp``:
+        y0 + (y1 - y0) * (x - x0) / (x1 - x0), the segment of the call before checked
+        first)."""
+        return Interp(fn, grid).at
 
-        A serving run calls this millions of times, mostly in the segment of the call
-        before: that segment's bounds are checked first (the first segment reaches down
-        to -inf and the last up to +inf, as the clamp says), and each segment keeps
-        y1 - y0 and x1 - x0 (the same floats the formula computes each time), so a call
-        returns y0 + (y1 - y0) * (x - x0) / (x1 - x0) exactly as before."""
-        ends: dict[int, tuple[float, float, float, float, float, float]] = {}
-        last = len(grid) - 2
-        # The segment used last: (lower bound, upper bound, x0, y0, y1 - y0, x1 - x0).
-        recent = (math.inf, -math.inf, 0.0, 0.0, 0.0, 1.0)
-
-        def at(x: float) -> float:
-            nonlocal recent
-            lo, hi, x0, y0, dy, dx = recent
-            if not lo <= x < hi:
-                i = min(max(bisect.bisect_right(grid, x) - 1, 0), last)
-                e = ends.get(i)
-                if e is None:
-                    a, b = grid[i], grid[i + 1]
-                    ya, yb = fn(a), fn(b)
-                    e = ends[i] = (-math.inf if i == 0 else a, math.inf if i == last else b,
-                                   a, ya, yb - ya, b - a)
-                recent = e
-                lo, hi, x0, y0, dy, dx = e
-            return y0 + dy * (x - x0) / dx
-
-        return at
-
-    def decode_stepper(self, batch: int, mixed: bool) -> Callable[[float], float]:
+    def decode_stepper(self, batch: int, mixed: bool) -> DecodeStepper:
         """The time of a plain decode step of ``batch`` requests as a function of their
         mean context: ``decode(batch, c)``, or with ``mixed`` the in-flight-batching
         iteration with no prompt chunk, ``mixed(batch, c, [], batch, 0)``. Kept per
-        batch: a run of identical decode steps prices each step through it."""
+        batch: a run of identical decode steps prices its steps through it
+        (``DecodeStepper.advance``: a long run in one numpy pass, the same floats)."""
         key = (batch, mixed)
-        fn = self._steppers.get(key)
-        if fn is not None:
-            return fn
+        stepper = self._steppers.get(key)
+        if stepper is not None:
+            return stepper
         if not mixed:
-            fn = self._interp_fn(self._grid_point("decode", batch))
+            stepper = DecodeStepper(Interp(self._grid_point("decode", batch), CONTEXT_GRID),
+                                    None, None)
         else:
             assert self.draft is None  # an SD round is priced by sd_round, step by step
             engine = self.target.engine
             padded, _ = padded_step(batch, 0.0, self.graph_sizes)
-            device = self._grid_fn("decode_device", padded, self._dummies(batch, padded))
+            device = self._grid_interp("decode_device", padded, self._dummies(batch, padded))
             before = engine.step_host_time(batch) + engine.request_time(0)
             after = engine.sampling_time(batch)
-            step_time = engine.step_time
-            share = batch / padded  # the dummies hold no context (padded_step)
-
-            def fn(c: float) -> float:
-                return step_time(device(c * share if padded != batch else c), before, after)
-
-        self._steppers[key] = fn
-        return fn
+            # The dummies hold no context (padded_step).
+            share = batch / padded if padded != batch else None
+            stepper = DecodeStepper(device, share,
+                                    (engine.step_time, engine.host_overlap, before, after))
+        self._steppers[key] = stepper
+        return stepper
 
     def _grid_fn(self, what: str, batch: int, dummies: int = 0) -> Callable[[float], float]:
         """``_interp_fn`` of the step kind ``what`` at ``batch`` (of which ``dummies`` are
         identical CUDA-graph padding rows: ``_dummies``), built once per run."""
+        fn = self._grid.get((what, batch, dummies))  # most calls: one lookup
+        return (fn if fn is not None else self._grid_interp(what, batch, dummies)).at
+
+    def _grid_interp(self, what: str, batch: int, dummies: int = 0) -> Interp:
+        """The ``Interp`` behind ``_grid_fn``."""
         key = (what, batch, dummies)
         fn = self._grid.get(key)
         if fn is None:
             grid = TOKEN_GRID if what == "tokens" else CONTEXT_GRID
-            fn = self._grid[key] = self._interp_fn(self._grid_point(what, batch, dummies), grid)
+            fn = self._grid[key] = Interp(self._grid_point(what, batch, dummies), grid)
         return fn
 
     def _grid_point(self, what: str, batch: int, dummies: int = 0) -> Callable[[float], float]:

@@ -107,39 +107,27 @@ def test_whole_vocab_layers_on_every_tp_rank():
     assert whole_reduces == []
 
 
-def test_int8_decode_gemms_cost_the_factor_times_their_stream():
+@pytest.mark.parametrize("dtype, unit_fields", [
+    ("int8", {"weight_only_int8_gemv_factor": 1.0}),
+    ("int4", {"weight_only_int4_gemv_factor": 1.0, "int4_group_bytes": 0.0}),
+])
+def test_weight_only_decode_gemms_cost_the_factor_times_their_stream(dtype, unit_fields):
     spec, system = load_model("llama-2-7b"), load_system("dgx-a100")
     engine = load_engine("gpt-fast")
-    unit = replace(engine, weight_only_int8_gemv_factor=1.0)
+    unit = replace(engine, **unit_fields)
     plan = ParallelPlan(tp=1)
     decode = StepBatch.for_phase("decode", 1, 105)
-    plain = StepSimulator(spec, system, plan, unit, "int8").run(decode, host=False)
-    slow = StepSimulator(spec, system, plan, engine, "int8").run(decode, host=False)
-    # Every GEMM of a batch-1 decode step is a memory-bound one-row int8 GEMM, so the
-    # step grows by (factor - 1) x the GEMMs' memory terms.
-    items = flatten(step_blocks(spec, decode, plan, "int8", vocab_parallel=False))
+    plain = StepSimulator(spec, system, plan, unit, dtype).run(decode, host=False)
+    slow = StepSimulator(spec, system, plan, engine, dtype).run(decode, host=False)
+    # Every GEMM of a batch-1 decode step is a memory-bound one-row weight-only GEMM, so
+    # the step grows by (factor - 1) x the GEMMs' memory terms (int4: x its group scales).
+    items = flatten(step_blocks(spec, decode, plan, dtype, vocab_parallel=False))
     base = KernelCostModel(system.device)
     gemm_memory_s = sum(base.time(x).memory_s for x in items
                         if isinstance(x, Op) and x.kind == OpKind.GEMM)
-    extra = engine.weight_only_int8_gemv_factor - 1.0
+    extra = gemv_memory_factors(engine)[dtype] - 1.0
     assert slow.time_s - plain.time_s == pytest.approx(extra * gemm_memory_s)
-    # A prefill's GEMMs have many rows (cuBLAS, not the decomposed GEMV): untouched.
+    # A prefill's GEMMs have many rows (cuBLAS / tinygemm's multi-row path): untouched.
     prefill = StepBatch.for_phase("prefill", 1, 128)
-    assert StepSimulator(spec, system, plan, engine, "int8").run(prefill).time_s == (
-        StepSimulator(spec, system, plan, unit, "int8").run(prefill).time_s)
-
-
-def test_int4_decode_gemms_cost_the_factors_times_their_stream():
-    spec, system = load_model("llama-2-7b"), load_system("dgx-a100")
-    engine = load_engine("gpt-fast")
-    unit = replace(engine, weight_only_int4_gemv_factor=1.0, int4_group_bytes=0.0)
-    plan = ParallelPlan(tp=1)
-    decode = StepBatch.for_phase("decode", 1, 105)
-    plain = StepSimulator(spec, system, plan, unit, "int4").run(decode, host=False)
-    slow = StepSimulator(spec, system, plan, engine, "int4").run(decode, host=False)
-    items = flatten(step_blocks(spec, decode, plan, "int4", vocab_parallel=False))
-    base = KernelCostModel(system.device)
-    gemm_memory_s = sum(base.time(x).memory_s for x in items
-                        if isinstance(x, Op) and x.kind == OpKind.GEMM)
-    extra = gemv_memory_factors(engine)["int4"] - 1.0
-    assert slow.time_s - plain.time_s == pytest.approx(extra * gemm_memory_s)
+    assert StepSimulator(spec, system, plan, engine, dtype).run(prefill).time_s == (
+        StepSimulator(spec, system, plan, unit, dtype).run(prefill).time_s)

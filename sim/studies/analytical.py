@@ -129,10 +129,8 @@ def base_plan(study: Study) -> ParallelPlan:
     and dtype and the space's switches; the search sets the degrees, micro-batch and
     recompute policy, and the remaining fields keep ``ParallelPlan``'s defaults."""
     space = study.plans
-    modules = (DEFAULT_SELECTIVE if space.recompute_modules is None
-               else tuple(space.recompute_modules))
     return ParallelPlan(
-        recompute_modules=modules,
+        recompute_modules=tuple(space.recompute_modules or DEFAULT_SELECTIVE),
         gbs=study.fixed.global_batch,
         seq=study.fixed.seq,
         dtype=study.fixed.dtype,
@@ -169,7 +167,7 @@ def estimate(
     ep = ep if spec.moe else 1
     load = uniform_moe_load(spec, seq, ep) if spec.moe else None
     slots = spec.layers + spec.mtp_layers
-    markers = selective_markers(base_plan(study).recompute_modules)
+    markers = selective_markers(tuple(study.plans.recompute_modules or DEFAULT_SELECTIVE))
     forward = selective = 0.0
     seen: dict[tuple[bool, int], tuple[float, float]] = {}
     for layer in range(slots):

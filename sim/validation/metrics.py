@@ -64,23 +64,27 @@ def elementwise_bytes(args: dict[str, Any]) -> float:
     return float(args["numel"]) * dtype_bytes(str(args["dtype"])) * arrays
 
 
-def megatron_flops_per_step(args: dict[str, Any]) -> float:
-    """Narayanan et al. 2021 (arXiv 2104.04473) eq. 3, with full activation recompute:
-    96·B·s·l·h²·(1 + s/6h + V/16lh) FLOPs per iteration."""
+def _gpt_flops_per_step(args: dict[str, Any], coeff: float, vocab_div: float) -> float:
+    """coeff·B·s·l·h²·(1 + s/6h + V/(vocab_div·l·h)): the Megatron papers' GPT count, whose
+    coefficient is 24 x the passes over the layers (the LM head's 6·B·s·h·V either way)."""
     spec = load_model(str(args["model"]))
     b, s = float(args["gbs"]), float(args["seq"])
     layers, h, v = float(spec.layers), float(spec.hidden), float(spec.vocab)
-    return 96.0 * b * s * layers * h * h * (1.0 + s / (6.0 * h) + v / (16.0 * layers * h))
+    return coeff * b * s * layers * h * h * (1.0 + s / (6.0 * h) + v / (vocab_div * layers * h))
+
+
+def megatron_flops_per_step(args: dict[str, Any]) -> float:
+    """Narayanan et al. 2021 (arXiv 2104.04473) eq. 3, with full activation recompute
+    (four passes): 96·B·s·l·h²·(1 + s/6h + V/16lh) FLOPs per iteration."""
+    return _gpt_flops_per_step(args, 96.0, 16.0)
 
 
 def korthikanti_flops_per_step(args: dict[str, Any]) -> float:
     """Korthikanti et al. 2022 (arXiv 2205.05198, "Reducing Activation Recomputation"),
-    the model FLOPs behind its MFU: 72·B·s·l·h²·(1 + s/6h + V/12lh) per iteration (no
-    recompute term; the Megatron-LM README's MFU table uses it with 312 TFLOP/s per A100)."""
-    spec = load_model(str(args["model"]))
-    b, s = float(args["gbs"]), float(args["seq"])
-    layers, h, v = float(spec.layers), float(spec.hidden), float(spec.vocab)
-    return 72.0 * b * s * layers * h * h * (1.0 + s / (6.0 * h) + v / (12.0 * layers * h))
+    the model FLOPs behind its MFU (three passes, no recompute term):
+    72·B·s·l·h²·(1 + s/6h + V/12lh) per iteration (the Megatron-LM README's MFU table uses
+    it with 312 TFLOP/s per A100)."""
+    return _gpt_flops_per_step(args, 72.0, 12.0)
 
 
 def six_n_attention_flops_per_token(args: dict[str, Any]) -> float:

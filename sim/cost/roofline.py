@@ -52,6 +52,7 @@ from xpusim.hwprofiles.spec import Device
 from xpusim.sim import ops
 from xpusim.sim.cost.base import OpCost
 from xpusim.sim.cost.gemm_impl import BLOCK_IMPLS, impl_work
+from xpusim.sim.cost.gemm_pipeline import pipeline_stages, pipelined_time
 from xpusim.sim.cost.gemm_xla import XLA_IMPLS, ZERO_WORK_DOT_MNK, xla_fixed_s
 from xpusim.sim.ir import (
     MAIN_MEMORY,
@@ -191,6 +192,30 @@ def _tactic_tile(
     return min(shapes, key=full_tile_cost)
 
 
+def chosen_block(
+    m: float, n: float, k: float, batch: float, device: Device,
+    flops_per_element: float = 0.0, multicast: bool = False,
+) -> tuple[int, int] | None:
+    """The block shape ``gemm_tile_cost`` prices (the cheapest with the operand-feed bound;
+    ties: the first listed), or None for an empty GEMM."""
+    tm, tn, tk = device.matrix_tile
+    pm, pn, pk = _pad(m, tm), _pad(n, tn), _pad(k, tk)
+    if pm == 0 or pn == 0 or pk == 0 or batch <= 0:
+        return None
+    return _cheapest_shape(pm, pn, pk, batch, device.matrix_cores,
+                           device.efficiency.block_shapes, flops_per_element, multicast)
+
+
+@lru_cache(maxsize=1 << 16, typed=True)
+def _cheapest_shape(
+    pm: float, pn: float, pk: float, batch: float, cores: int,
+    shapes: tuple[tuple[int, int], ...], flops_per_element: float, multicast: bool,
+) -> tuple[int, int]:
+    """The argmin of ``_cheapest_block`` (``min`` keeps the first of equal costs, as there)."""
+    return min(shapes, key=lambda s: _block_works(pm, pn, pk, batch, s[0], s[1], cores,
+                                                  flops_per_element, multicast))
+
+
 def fixed_tactic_cost(
     shape: GemmShape, device: Device, flops_per_element: float,
 ) -> tuple[float, float]:
@@ -291,8 +316,7 @@ class RooflineModel:
             # A100 whitepaper); NVIDIA profiles that publish it only. Hopper (async_mma) runs
             # 2-CTA clusters with TMA multicast (CUTLASS cutlass_library/generator.py
             # GenerateSM90_TensorOp_16b_WGMMA_gemm: cluster shapes [2,1,1] / [1,2,1]).
-            l2 = dev.kernels.l2_bandwidth if dev.arch == "nvidia" else None
-            per_element = peak * max_eff / l2 * dtype_bytes(op.dtype) if l2 else 0.0
+            per_element = self._feed_flops_per_element(op, peak, max_eff)
             if shape.impl in BLOCK_IMPLS:  # a named library kernel cuts the blocks its own way
                 work, executed = impl_work(shape, dev, op.dtype, per_element)
             elif shape.tactic_m > 0:  # a tile chosen once, at tactic_m rows (tactic_tile)
@@ -311,6 +335,40 @@ class RooflineModel:
         if work > executed:
             out["feed_bound_flops"] = work
         return t, out
+
+    def _feed_flops_per_element(self, op: Op, peak: float, max_eff: float) -> float:
+        """FLOPs an SM runs at ``peak x max_eff`` while its share of L2 bandwidth delivers
+        one operand element of ``op`` (0 where the profile gives no L2 bandwidth)."""
+        dev = self.device
+        l2 = dev.kernels.l2_bandwidth if dev.arch == "nvidia" else None
+        return peak * max_eff / l2 * dtype_bytes(op.dtype) if l2 else 0.0
+
+    def gemm_stages(self, op: Op) -> int:
+        """Shared-memory stages of the main loop that runs ``op`` on an NVIDIA GPU: the
+        depth of its load/MMA pipeline (``gemm_pipeline``), from the block shape the model
+        prices and the SM's shared memory. 0 (no finite-pipeline term) for other ops and
+        devices, for a named library kernel (its own tiles: ``gemm_impl``), and where the
+        profile gives no ``smem`` level."""
+        shape, dev = op.shape, self.device
+        if (dev.arch != "nvidia" or op.unit != Unit.MATRIX or not isinstance(shape, GemmShape)
+                or shape.impl in BLOCK_IMPLS):
+            return 0
+        smem = dev.level("smem")
+        if smem is None or smem.capacity_bytes <= 0:
+            return 0
+        peak = dev.peak_for("matrix", op.dtype)
+        per_element = self._feed_flops_per_element(op, peak,
+                                                   dev.efficiency.matrix_max_for(op.dtype))
+        multicast = dev.kernels.async_mma
+        if shape.tactic_m > 0:
+            block: tuple[int, int] | None = tactic_tile(
+                shape.tactic_m, shape.n, shape.k, shape.batch, dev, per_element, multicast)
+        else:
+            block = chosen_block(shape.m, shape.n, shape.k, shape.batch, dev, per_element,
+                                 multicast)
+        if block is None:
+            return 0
+        return pipeline_stages(block[0], block[1], smem.capacity_bytes)
 
     def memory_time(self, op: Op) -> float:
         dev, eff = self.device, self.device.efficiency
@@ -424,14 +482,19 @@ class RooflineModel:
         # Compute and memory phases overlap by ``overlap`` (1 = the plain roofline max).
         body = max(compute_s, memory_s) + (1.0 - eff.overlap) * min(compute_s, memory_s)
         store_s = self.epilogue_time(op) / speed
-        if store_s > 0:
+        stages = self.gemm_stages(op)
+        if store_s > 0 or stages > 0:
             # A GEMM's epilogue stores its output tile after the tile's last MMA, so the
             # output write does not overlap the compute that produces it (see
-            # ``epilogue_time``): body = max(compute, operand reads) + output write.
+            # ``epilogue_time``): body = main loop + output write. The main loop runs the
+            # operand reads and the MMAs through a finite ring of shared-memory stages,
+            # which loses throughput near the ridge (``gemm_pipeline``).
             reads_s = max(memory_s - store_s, 0.0)
-            body = max(body, max(compute_s, reads_s) + store_s)
-            if details:
+            body = max(body, pipelined_time(compute_s, reads_s, stages) + store_s)
+            if details and store_s > 0:
                 out = {**out, "epilogue_s": store_s}
+            if details and stages > 0:
+                out = {**out, "pipeline_stages": float(stages)}
         fixed_s = self.impl_fixed_s(op)
         if fixed_s > 0:  # XLA's per-dot floor (sim/cost/gemm_xla.py), device-side time
             body += fixed_s

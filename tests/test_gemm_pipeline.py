@@ -1,0 +1,83 @@
+"""The finite-pipeline term of a GEMM's main loop (sim/cost/gemm_pipeline.py)."""
+
+from __future__ import annotations
+
+import math
+
+from hypothesis import given
+from hypothesis import strategies as st
+from xpusim.hwprofiles.loader import load_device
+from xpusim.sim import ops
+from xpusim.sim.cost.gemm_pipeline import pipeline_stages, pipelined_time
+from xpusim.sim.cost.roofline import RooflineModel
+
+
+def test_stages_are_the_shared_memory_over_a_stage():
+    # Hopper, 228 KB: 128x256 tile = 384 rows x 128 B = 48 KB per stage -> 4 stages (233472 // 49152).
+    assert pipeline_stages(128, 256, 233472) == 4
+    # Ampere, 164 KB: CUTLASS's Sm80 128x256x64 default has kStages = 3.
+    assert pipeline_stages(128, 256, 167936) == 3
+    assert pipeline_stages(64, 128, 233472) == 9
+    assert pipeline_stages(256, 256, 1000) == 1
+
+
+def test_at_the_ridge_the_loop_loses_one_stage_in_c_plus_one():
+    # rho = 1: X = mu * C / (C + 1), so the time is (C + 1) / C of either side's.
+    assert math.isclose(pipelined_time(1.0, 1.0, 4), 1.25)
+    assert math.isclose(pipelined_time(2e-5, 2e-5, 7), 2e-5 * 8 / 7)
+
+
+def test_hand_computed_off_the_ridge():
+    # rho = mu1 / mu2 = compute / memory = 0.5, C = 4: X / mu2 = (0.5 - 0.5**5) / (1 - 0.5**5)
+    share = (0.5 - 0.5**5) / (1 - 0.5**5)
+    assert math.isclose(pipelined_time(1.0, 2.0, 4), 1.0 / share)
+    # rho = 2 (compute-bound): X / mu2 = (2 - 2**5) / (1 - 2**5) = 30 / 31
+    assert math.isclose(pipelined_time(2.0, 1.0, 4), 2.0 * 31 / 30)
+
+
+def test_no_stages_or_an_empty_side_is_the_roofline():
+    assert pipelined_time(3.0, 2.0, 0) == 3.0
+    assert pipelined_time(0.0, 2.0, 4) == 2.0
+    assert pipelined_time(3.0, 0.0, 4) == 3.0
+
+
+@given(st.floats(1e-9, 1.0), st.floats(1e-9, 1.0), st.integers(1, 64))
+def test_never_faster_than_the_roofline_and_deeper_never_slower(c, m, stages):
+    t = pipelined_time(c, m, stages)
+    assert t >= max(c, m) * (1 - 1e-12)
+    assert pipelined_time(c, m, stages + 1) <= t * (1 + 1e-12)
+    # At most the ridge's (C + 1) / C of the slower side.
+    assert t <= max(c, m) * (stages + 1) / stages * (1 + 1e-9)
+
+
+@given(st.floats(1e-9, 1.0), st.floats(1e-9, 1.0), st.floats(1.0, 4.0), st.integers(1, 16))
+def test_more_work_on_either_side_never_shortens_the_loop(c, m, grow, stages):
+    t = pipelined_time(c, m, stages)
+    assert pipelined_time(c * grow, m, stages) >= t * (1 - 1e-12)
+    assert pipelined_time(c, m * grow, stages) >= t * (1 - 1e-12)
+
+
+def test_the_roofline_prices_a_ridge_gemm_through_the_pipeline():
+    dev = load_device("h100-sxm5-80gb")
+    model = RooflineModel(dev)
+    cost = model.time(ops.gemm("ridge", 240, 8192, 8192, "fp16"))
+    stages = int(cost.details["pipeline_stages"])
+    store = cost.details["epilogue_s"]
+    reads = cost.memory_s - store
+    expected = pipelined_time(cost.compute_s, reads, stages) + store
+    assert math.isclose(cost.time_s - cost.overhead_s, expected, rel_tol=1e-12)
+    assert cost.time_s - cost.overhead_s > max(cost.compute_s, cost.memory_s) * 1.05
+
+
+def test_far_from_the_ridge_almost_nothing_changes():
+    model = RooflineModel(load_device("a100-sxm4-80gb"))
+    big = model.time(ops.gemm("big", 8192, 8192, 8192, "fp16"))
+    store = big.details["epilogue_s"]
+    unbuffered = max(big.compute_s, big.memory_s - store) + store  # an infinite ring
+    assert big.details["pipeline_stages"] > 0
+    assert big.time_s - big.overhead_s < unbuffered * 1.001
+
+
+def test_non_nvidia_devices_have_no_pipeline_term():
+    model = RooflineModel(load_device("ascend-910b2"))
+    assert model.gemm_stages(ops.gemm("g", 240, 8192, 8192, "bf16")) == 0

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from xpusim.hwprofiles.loader import load_device
 from xpusim.sim import ops
 from xpusim.sim.cost.gemm_pipeline import pipeline_stages, pipelined_time
-from xpusim.sim.cost.roofline import RooflineModel
+from xpusim.sim.cost.roofline import RooflineModel, stream_time_s
 
 
 def test_stages_are_the_shared_memory_over_a_stage():
@@ -58,15 +58,33 @@ def test_more_work_on_either_side_never_shortens_the_loop(c, m, grow, stages):
 
 
 def test_the_roofline_prices_a_ridge_gemm_through_the_pipeline():
+    """H100, 240 x 8192 x 8192 FP16 (Vidur's 70B o_proj at M = 240): 128 x 256 tiles, 4 stages.
+    The pipeline runs the op's own MMAs (32.2 GFLOP at 989 T x 0.8) against its operand reads
+    less the HBM fill, and adds the shorter fill once; the output store follows."""
     dev = load_device("h100-sxm5-80gb")
     model = RooflineModel(dev)
-    cost = model.time(ops.gemm("ridge", 240, 8192, 8192, "fp16"))
-    stages = int(cost.details["pipeline_stages"])
+    op = ops.gemm("ridge", 240, 8192, 8192, "fp16")
+    cost = model.time(op)
+    assert cost.details["pipeline_stages"] == 4
+    rate = 989e12 * 0.8
+    mma = op.flops / rate
     store = cost.details["epilogue_s"]
     reads = cost.memory_s - store
-    expected = pipelined_time(cost.compute_s, reads, stages) + store
+    reads_fill = stream_time_s(dev, 0.0)
+    mma_fill = dev.efficiency.matrix_half_flops / rate
+    piped = pipelined_time(mma, reads - reads_fill, 4) + min(mma_fill, reads_fill)
+    expected = max(cost.compute_s, reads, piped) + store
     assert math.isclose(cost.time_s - cost.overhead_s, expected, rel_tol=1e-12)
-    assert cost.time_s - cost.overhead_s > max(cost.compute_s, cost.memory_s) * 1.05
+    assert cost.time_s - cost.overhead_s > max(cost.compute_s, cost.memory_s) * 1.1
+
+
+def test_a_tiny_gemm_pays_no_pipeline_loss_on_its_fill():
+    """16 x 16 x 16: the fills (latency) dominate and are not pipelined work."""
+    model = RooflineModel(load_device("h100-sxm5-80gb"))
+    tiny = model.time(ops.gemm("tiny", 16, 16, 16, "bf16"))
+    store = tiny.details["epilogue_s"]
+    unbuffered = max(tiny.compute_s, tiny.memory_s - store) + store
+    assert tiny.time_s - tiny.overhead_s == unbuffered
 
 
 def test_far_from_the_ridge_almost_nothing_changes():
@@ -81,3 +99,12 @@ def test_far_from_the_ridge_almost_nothing_changes():
 def test_non_nvidia_devices_have_no_pipeline_term():
     model = RooflineModel(load_device("ascend-910b2"))
     assert model.gemm_stages(ops.gemm("g", 240, 8192, 8192, "bf16")) == 0
+
+
+def test_a_named_kernel_uses_its_own_stage_count():
+    from xpusim.sim.cost.gemm_impl import deepgemm_config
+
+    dev = load_device("h800-sxm5-80gb")
+    op = ops.gemm("dg", 128, 7168, 2112, "fp8", impl="deepgemm")
+    stages = RooflineModel(dev).gemm_stages(op)
+    assert stages == deepgemm_config(op.shape, dev.matrix_cores).num_stages

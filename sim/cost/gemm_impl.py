@@ -60,8 +60,9 @@ import math
 from dataclasses import dataclass
 
 from xpusim.hwprofiles.spec import Device
-from xpusim.sim.cost.gemm_cutlass import CUTLASS_IMPLS, cutlass_work
-from xpusim.sim.cost.gemm_torch import TORCH_GROUPED_IMPLS, grouped_work
+from xpusim.sim.cost.gemm_cutlass import CUTLASS_IMPLS, cutlass_config, cutlass_work
+from xpusim.sim.cost.gemm_pipeline import pipeline_stages
+from xpusim.sim.cost.gemm_torch import TORCH_GROUPED_IMPLS, grouped_launch, grouped_work
 from xpusim.sim.cost.gemm_xla import XLA_IMPLS
 from xpusim.sim.ir import GemmShape
 
@@ -204,6 +205,23 @@ def impl_work(
     return deepgemm_work(shape, device, dtype, flops_per_element)
 
 
+def impl_stages(shape: GemmShape, device: Device, dtype: str, smem: float) -> int:
+    """Shared-memory stages of the main loop of the kernel ``shape.impl`` names (the depth
+    ``gemm_pipeline`` prices; ``smem``: the SM's shared memory in bytes). DeepGEMM states its
+    own (``best_config``'s ``num_stages``); the CUTLASS kernels keep as many
+    ``(rows + columns) x 128``-byte stages of their tile as ``smem`` holds
+    (``StageCountAutoCarveout``), a 2-SM MMA holding its half of B's columns on each SM
+    (CUTLASS SM100 2-SM UMMA: each SM of the pair loads half of the N tile)."""
+    if shape.impl in CUTLASS_IMPLS:
+        cfg = cutlass_config(shape.impl)
+        rows, cols = cfg.sm_tile
+        return pipeline_stages(rows, cols // 2 if cfg.two_sm else cols, smem)
+    if shape.impl in TORCH_GROUPED_IMPLS:
+        tile = grouped_launch(shape, dtype, device.matrix_cores).config
+        return pipeline_stages(tile.tile_m, tile.tile_n, smem)
+    return deepgemm_config(shape, device.matrix_cores).num_stages
+
+
 __all__ = [
     "BLOCK_NS",
     "DEEPGEMM_DTYPES",
@@ -214,6 +232,7 @@ __all__ = [
     "best_config",
     "deepgemm_config",
     "deepgemm_work",
+    "impl_stages",
     "impl_work",
     "promotion_flops_per_element",
     "smem_bytes",

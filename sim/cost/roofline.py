@@ -51,7 +51,7 @@ from functools import lru_cache
 from xpusim.hwprofiles.spec import Device
 from xpusim.sim import ops
 from xpusim.sim.cost.base import OpCost
-from xpusim.sim.cost.gemm_impl import BLOCK_IMPLS, impl_work
+from xpusim.sim.cost.gemm_impl import BLOCK_IMPLS, impl_stages, impl_work
 from xpusim.sim.cost.gemm_pipeline import pipeline_stages, pipelined_time
 from xpusim.sim.cost.gemm_xla import XLA_IMPLS, ZERO_WORK_DOT_MNK, xla_fixed_s
 from xpusim.sim.ir import (
@@ -192,30 +192,6 @@ def _tactic_tile(
     return min(shapes, key=full_tile_cost)
 
 
-def chosen_block(
-    m: float, n: float, k: float, batch: float, device: Device,
-    flops_per_element: float = 0.0, multicast: bool = False,
-) -> tuple[int, int] | None:
-    """The block shape ``gemm_tile_cost`` prices (the cheapest with the operand-feed bound;
-    ties: the first listed), or None for an empty GEMM."""
-    tm, tn, tk = device.matrix_tile
-    pm, pn, pk = _pad(m, tm), _pad(n, tn), _pad(k, tk)
-    if pm == 0 or pn == 0 or pk == 0 or batch <= 0:
-        return None
-    return _cheapest_shape(pm, pn, pk, batch, device.matrix_cores,
-                           device.efficiency.block_shapes, flops_per_element, multicast)
-
-
-@lru_cache(maxsize=1 << 16, typed=True)
-def _cheapest_shape(
-    pm: float, pn: float, pk: float, batch: float, cores: int,
-    shapes: tuple[tuple[int, int], ...], flops_per_element: float, multicast: bool,
-) -> tuple[int, int]:
-    """The argmin of ``_cheapest_block`` (``min`` keeps the first of equal costs, as there)."""
-    return min(shapes, key=lambda s: _block_works(pm, pn, pk, batch, s[0], s[1], cores,
-                                                  flops_per_element, multicast))
-
-
 def fixed_tactic_cost(
     shape: GemmShape, device: Device, flops_per_element: float,
 ) -> tuple[float, float]:
@@ -292,14 +268,16 @@ class RooflineModel:
         self.name = name
 
     def compute_time(self, op: Op) -> tuple[float, dict[str, float]]:
-        return self._compute(op, True)
+        t, out, _ = self._compute(op, True)
+        return t, out
 
-    def _compute(self, op: Op, details: bool) -> tuple[float, dict[str, float]]:
-        """``compute_time``; with ``details`` False its details (wave and size
-        efficiency, executed FLOPs) are left out and the dict is empty: the same time,
-        for ``time_s``."""
+    def _compute(self, op: Op, details: bool) -> tuple[float, dict[str, float], float]:
+        """``compute_time`` and the MMA-only part of it: (seconds, details, seconds of the
+        op's FLOPs alone, without fill, padding, waves or the operand-feed bound). With ``details`` False the
+        details (wave and size efficiency, executed FLOPs) are left out and the dict is
+        empty: the same times, for ``time_s``."""
         if op.unit == Unit.DMA or op.flops == 0:
-            return 0.0, {}
+            return 0.0, {}, 0.0
         dev, eff = self.device, self.device.efficiency
         unit = "matrix" if op.unit == Unit.MATRIX else "vector"
         peak = dev.peak_for(unit, op.dtype)
@@ -328,13 +306,17 @@ class RooflineModel:
                 wave_eff = 2.0 * shape.batch * _padded(shape.m, shape.n, shape.k, dev) / executed
             work, executed = max(work, op.flops), max(executed, op.flops)
         t = (work + half) / (peak * max_eff)
+        # The MMAs of the op's own FLOPs alone, at the unit's rate, without the fill: the
+        # consumer side of a GEMM main loop (``_terms``); monotone in the problem size,
+        # unlike the executed FLOPs of the block shape chosen for it.
+        mma_t = op.flops / (peak * max_eff)
         if not details:
-            return t, {}
+            return t, {}, mma_t
         out = {"peak_flops": peak, "executed_flops": executed, "wave_efficiency": wave_eff,
                "size_efficiency": saturating_efficiency(op.flops, max_eff, half)}
         if work > executed:
             out["feed_bound_flops"] = work
-        return t, out
+        return t, out, mma_t
 
     def _feed_flops_per_element(self, op: Op, peak: float, max_eff: float) -> float:
         """FLOPs an SM runs at ``peak x max_eff`` while its share of L2 bandwidth delivers
@@ -345,30 +327,23 @@ class RooflineModel:
 
     def gemm_stages(self, op: Op) -> int:
         """Shared-memory stages of the main loop that runs ``op`` on an NVIDIA GPU: the
-        depth of its load/MMA pipeline (``gemm_pipeline``), from the block shape the model
-        prices and the SM's shared memory. 0 (no finite-pipeline term) for other ops and
-        devices, for a named library kernel (its own tiles: ``gemm_impl``), and where the
-        profile gives no ``smem`` level."""
+        depth of its load/MMA pipeline (``gemm_pipeline``). A named library kernel uses its
+        own tile or stage count (``gemm_impl.impl_stages``); any other GEMM the depth of the
+        device's preferred block shape (``core_blocks[0]``, the library's default tile), one
+        depth per device, so that GEMM time stays monotone in the problem size (a depth
+        that followed the per-problem tile choice could shorten a larger GEMM). 0 (no
+        finite-pipeline term) for other ops and devices and where the profile gives no
+        ``smem`` level."""
         shape, dev = op.shape, self.device
-        if (dev.arch != "nvidia" or op.unit != Unit.MATRIX or not isinstance(shape, GemmShape)
-                or shape.impl in BLOCK_IMPLS):
+        if dev.arch != "nvidia" or op.unit != Unit.MATRIX or not isinstance(shape, GemmShape):
             return 0
         smem = dev.level("smem")
         if smem is None or smem.capacity_bytes <= 0:
             return 0
-        peak = dev.peak_for("matrix", op.dtype)
-        per_element = self._feed_flops_per_element(op, peak,
-                                                   dev.efficiency.matrix_max_for(op.dtype))
-        multicast = dev.kernels.async_mma
-        if shape.tactic_m > 0:
-            block: tuple[int, int] | None = tactic_tile(
-                shape.tactic_m, shape.n, shape.k, shape.batch, dev, per_element, multicast)
-        else:
-            block = chosen_block(shape.m, shape.n, shape.k, shape.batch, dev, per_element,
-                                 multicast)
-        if block is None:
-            return 0
-        return pipeline_stages(block[0], block[1], smem.capacity_bytes)
+        if shape.impl in BLOCK_IMPLS:  # a named library kernel: its own tile or stage count
+            return impl_stages(shape, dev, op.dtype, smem.capacity_bytes)
+        bm, bn = dev.efficiency.block_shapes[0]
+        return pipeline_stages(bm, bn, smem.capacity_bytes)
 
     def memory_time(self, op: Op) -> float:
         dev, eff = self.device, self.device.efficiency
@@ -472,13 +447,13 @@ class RooflineModel:
         """(body, compute_s, memory_s, overhead_s, details) of ``time``; ``details``
         False leaves the details out (empty), the terms the same floats."""
         eff = self.device.efficiency
-        compute_s, out = self._compute(op, details)
+        compute_s, out, mma_s = self._compute(op, details)
         memory_s = self.memory_time(op)
         kind = str(op.kind)
         overhead_s = eff.launch_overhead_s + eff.kind_overhead_s.get(kind, 0.0)
         # Calibrated per-kind speed (1 unless a calibration set one): scales both terms.
         speed = eff.kind_speed.get(kind, 1.0)
-        compute_s, memory_s = compute_s / speed, memory_s / speed
+        compute_s, memory_s, mma_s = compute_s / speed, memory_s / speed, mma_s / speed
         # Compute and memory phases overlap by ``overlap`` (1 = the plain roofline max).
         body = max(compute_s, memory_s) + (1.0 - eff.overlap) * min(compute_s, memory_s)
         store_s = self.epilogue_time(op) / speed
@@ -487,10 +462,21 @@ class RooflineModel:
             # A GEMM's epilogue stores its output tile after the tile's last MMA, so the
             # output write does not overlap the compute that produces it (see
             # ``epilogue_time``): body = main loop + output write. The main loop runs the
-            # operand reads and the MMAs through a finite ring of shared-memory stages,
-            # which loses throughput near the ridge (``gemm_pipeline``).
+            # operand reads (the producer) and the MMAs (the consumer) through a finite
+            # ring of shared-memory stages, which loses throughput near their ridge
+            # (``gemm_pipeline``).
+            # The pipeline runs the work: the op's own MMAs against its operand reads, both
+            # without their fixed fill (``half`` terms: latency, not a stream), and the
+            # shorter fill is paid once on top. Padding, idle SMs of the last wave and an L2
+            # operand-feed bound (all in ``compute_s``) and the roofline terms stay floors.
             reads_s = max(memory_s - store_s, 0.0)
-            body = max(body, pipelined_time(compute_s, reads_s, stages) + store_s)
+            rate = self.device.peak_for("matrix", op.dtype) * eff.matrix_max_for(op.dtype)
+            mma_fill_s = eff.matrix_half_flops / rate / speed
+            reads_fill_s = min(stream_time_s(self.device, 0.0) / speed, reads_s)
+            piped_s = (pipelined_time(mma_s, reads_s - reads_fill_s, stages)
+                       + min(mma_fill_s, reads_fill_s))
+            main_s = max(compute_s, reads_s, piped_s)
+            body = max(body, main_s + store_s)
             if details and store_s > 0:
                 out = {**out, "epilogue_s": store_s}
             if details and stages > 0:

@@ -134,3 +134,29 @@ def test_nemo_gpt3_counts(name, layers, hidden, heads):
     assert total == megatron_params(layers, hidden, vocab=50_304) + 4 * hidden
     # 5,047,566,336 and 20,256,522,240: the "5B" and "20B" of the names.
     assert round(total / 1e9) == {"gpt3-nemo-5b": 5, "gpt3-nemo-20b": 20}[name]
+
+
+# MosaicML llm-foundry's benchmark MPT models (scripts/train/benchmarking/README.md @ 061f2c7,
+# the NumParams column at seq 2048): name, d_model, n_heads, n_layers, NumParams.
+MPT_BENCH = [
+    ("mpt-bench-125m", 768, 12, 12, 125_311_488),
+    ("mpt-bench-350m", 1024, 16, 24, 355_985_408),
+    ("mpt-bench-760m", 1536, 12, 24, 760_470_528),
+    ("mpt-bench-1b", 2048, 16, 24, 1_315_950_592),
+    ("mpt-bench-3b", 2560, 20, 32, 2_651_837_440),
+    ("mpt-bench-7b", 4096, 32, 32, 6_658_859_008),
+    ("mpt-bench-13b", 5120, 40, 40, 12_853_954_560),
+    ("mpt-bench-30b", 7168, 56, 48, 29_975_214_080),
+    ("mpt-bench-70b", 8192, 64, 80, 64_862_437_376),
+]
+
+
+@pytest.mark.parametrize("name, hidden, heads, layers, published", MPT_BENCH)
+def test_mpt_bench_counts(name, hidden, heads, layers, published):
+    spec = load_model(name)
+    assert (spec.hidden, spec.heads, spec.layers, spec.vocab) == (hidden, heads, layers, 50_368)
+    assert spec.ffn == 4 * hidden and not spec.gated_ffn and spec.tie_embeddings
+    # The README's count is eq. 2's layout plus the final LayerNorm (2h) with V = 50,368 and
+    # a 2,048-row position table; the OPT layout adds OPT's two offset rows (2h).
+    assert published == megatron_params(layers, hidden, vocab=50_368) + 2 * hidden
+    assert param_counts(spec).total == published + 2 * hidden

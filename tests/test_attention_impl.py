@@ -199,6 +199,31 @@ def test_triton2_backward_is_one_program_per_head():
         attention_cost(NPU, shape, "triton2", "bwd")
 
 
+def test_triton_fa_backward_takes_the_faster_autotuned_grid():
+    """flash_attn_triton.py autotunes its backward over SEQUENCE_PARALLEL False (one program
+    per batch x head, as triton2) and True (one program per key block): the model prices both
+    with triton2's blocks and keeps the faster. Forward and side kernels are triton2's."""
+    few_heads = AttnShape(2, 16, 16384, 16384, 128, causal=True)  # 32 programs on 108 SMs
+    per_head = attention_cost(A100, few_heads, "triton2", "bwd")
+    fa = attention_cost(A100, few_heads, "triton-fa", "bwd")
+    # 128 key blocks x 32 (batch, head) fill the SMs: far below the per-head grid's 32 items
+    assert fa.time_s < 0.5 * per_head.time_s
+    assert fa.details["pipeline_s"] < per_head.details["pipeline_s"]
+    # the sequence-parallel items hold the same blocks: their sum equals the per-head item
+    assert fa.details["blocks"] == per_head.details["blocks"]
+    # many (batch, head) programs of one block each: both grids equal, so the same price
+    one_block = AttnShape(64, 32, 128, 128, 128, causal=True)
+    assert attention_cost(A100, one_block, "triton-fa", "bwd").time_s == pytest.approx(
+        attention_cost(A100, one_block, "triton2", "bwd").time_s)
+    for shape in (few_heads, one_block):
+        assert attention_cost(A100, shape, "triton-fa", "fwd").time_s == \
+            attention_cost(A100, shape, "triton2", "fwd").time_s
+        assert attention_cost(A100, shape, "triton-fa", "bwd").time_s <= \
+            attention_cost(A100, shape, "triton2", "bwd").time_s
+    with pytest.raises(InputError):  # a CUDA kernel: not on Ascend
+        attention_cost(NPU, few_heads, "triton-fa", "bwd")
+
+
 def test_attention_pytorch_adds_the_benchmark_layout_copies():
     """attention_pytorch = standard + the FA benchmarks' layout copies (sim/cost/attention_eager):
     forward q, k, v each copied once (read + write b*h*s*d bf16), backward one stack of the

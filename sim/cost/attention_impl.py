@@ -20,7 +20,7 @@ Implementations and how each is priced:
   and, backward, the ``stack`` that writes the packed ``qkv`` gradient (``bench_layout_ops``);
   on NVIDIA the transposing k copy costs at least its L2 sector traffic (``strided_l2_extra_s``).
 * GPU fused kernels (``flash1``, ``flash2``, ``flash3``, ``cudnn``, ``xformers``,
-  ``triton``, ``colfax``) — one tiled kernel: a CTA owns ``Br`` query rows of one (batch, head) and
+  ``triton``, ``triton2``, ``triton-fa``, ``colfax``) — one tiled kernel: a CTA owns ``Br`` query rows of one (batch, head) and
   walks the key blocks of ``Bc`` keys. Per block, on one SM:
 
   - MMA: ``4 Br Bc d`` FLOPs forward (QK^T, PV), ``10 Br Bc d`` backward (five GEMMs:
@@ -63,6 +63,7 @@ from __future__ import annotations
 import heapq
 import math
 from dataclasses import dataclass, replace
+from types import MappingProxyType
 
 from xpusim.hwprofiles.spec import Device
 from xpusim.sim.cost import attention_hopper
@@ -88,11 +89,12 @@ from xpusim.sim.ir import AttentionShape, Op, OpKind, attention_pairs, dtype_byt
 
 IMPLS = (
     "standard", "attention_pytorch", "fused_softmax",  # scores in HBM
-    "flash1", "flash2", "flash3", "cudnn", "xformers", "triton", "triton2", "colfax",  # CUDA
-    "npu_fusion_attention", "fastattention",  # Ascend
+    "flash1", "flash2", "flash3", "cudnn", "xformers", "triton", "triton2", "triton-fa",  # CUDA
+    "colfax", "npu_fusion_attention", "fastattention",  # Ascend
 )
 PASSES = ("fwd", "bwd", "fwd_bwd")
-GPU_FUSED = ("flash1", "flash2", "flash3", "cudnn", "xformers", "triton", "triton2", "colfax")
+GPU_FUSED = ("flash1", "flash2", "flash3", "cudnn", "xformers", "triton", "triton2", "triton-fa",
+             "colfax")
 ASCEND = ("npu_fusion_attention", "fastattention")
 # FP32 instructions per score of the online softmax (FA2 paper Alg. 1): scale-and-subtract
 # the row max (1 FFMA), the row max (1 FMNMX), the row sum (1 FADD), the convert of P to
@@ -113,6 +115,16 @@ HEAVY_FIRST = ("flash3", "cudnn")
 # ``_bwd_kernel[(ctx.grid[1],)]``: grid = batch x heads, BLOCK 128 x 128, num_warps 8,
 # num_stages 1, dQ read-modify-written in fp32 per block). The FA2 paper's "Triton" rows.
 PER_HEAD_BWD = ("triton2",)
+# The FlashAttention repository's Triton kernel (flash_attn/flash_attn_triton.py, copied into
+# MosaicML llm-foundry as llmfoundry/models/layers/flash_attn_triton.py @ 0227d9f, its
+# attn_impl 'triton'): the same 128 x 128 blocks, num_stages 1, fp32 dQ accumulated per block,
+# priced with ``triton2``'s block terms and side kernels (INFERRED: the same Triton-2.0-era
+# structure; its forward differs in num_warps 8 at d > 64 and num_stages 1). Its backward is
+# autotuned over two grids (``@triton.autotune`` of ``_bwd_kernel``: SEQUENCE_PARALLEL False,
+# one program per (batch, head) walking every key block, or True, one program per key block
+# per (batch, head), dQ by ``tl.atomic_add``): the autotuner times both and keeps the faster,
+# so the model prices both and takes the minimum.
+SEQ_PARALLEL_AUTOTUNED_BWD = MappingProxyType({"triton-fa": "triton2"})
 EXACT_SCHEDULE_ITEMS = 20000  # above this many items the placement is priced as a fluid
 
 
@@ -226,6 +238,16 @@ def _attention_body(device: Device, shape: AttnShape, impl: str | None, pass_: s
         cost = fused_softmax_cost(device, shape, pass_)
     elif impl in ASCEND:
         cost = _ascend(device, shape, pass_)
+    elif impl in SEQ_PARALLEL_AUTOTUNED_BWD:
+        blocks_of = SEQ_PARALLEL_AUTOTUNED_BWD[impl]
+        cost = _fused_gpu(device, shape, blocks_of, pass_)
+        if pass_ == "bwd":
+            # the autotuner keeps the faster grid (SEQ_PARALLEL_AUTOTUNED_BWD)
+            seq_parallel = _fused_gpu(device, shape, blocks_of, pass_, per_head_bwd=False)
+            cost = min(cost, seq_parallel, key=lambda c: c.time_s)
+            side = bwd_side_ops(blocks_of, shape.batch, shape.heads, shape.q_len,
+                                shape.head_dim, shape.vd, shape.dtype, shape.kv_len)
+            cost = plus_side_kernels(device, cost, side)
     else:
         cost = _fused_gpu(device, shape, impl, pass_)
         side = bwd_side_ops(impl, shape.batch, shape.heads, shape.q_len, shape.head_dim,
@@ -409,7 +431,12 @@ def _block_pair(device: Device, impl: str, shape: AttnShape, pass_: str, br: int
     return pair
 
 
-def _fused_gpu(device: Device, shape: AttnShape, impl: str, pass_: str) -> OpCost:
+def _fused_gpu(device: Device, shape: AttnShape, impl: str, pass_: str,
+               per_head_bwd: bool | None = None) -> OpCost:
+    """``per_head_bwd`` None: as ``impl`` runs its backward (``PER_HEAD_BWD``); False: the
+    sequence-parallel grid, one program per key block (``SEQ_PARALLEL_AUTOTUNED_BWD``)."""
+    if per_head_bwd is None:
+        per_head_bwd = impl in PER_HEAD_BWD
     br, bc = tiles(impl, device, shape.head_dim, pass_, shape.dtype, shape.causal)
     group = shape.heads / shape.kvh
     split_kv = pass_ == "fwd" and shape.q_len * group < br
@@ -442,8 +469,13 @@ def _fused_gpu(device: Device, shape: AttnShape, impl: str, pass_: str) -> OpCos
                                       kv_blocks, offset)
         blocks += visited
         items.append((visited - partial) * full.block_s + partial * diag.block_s + io_s)
-    if pass_ == "bwd" and impl in PER_HEAD_BWD:
+    if pass_ == "bwd" and per_head_bwd:
         items = [sum(items)]  # one program walks every block of its (batch, head)
+    elif pass_ == "bwd" and impl in PER_HEAD_BWD:
+        # Sequence-parallel grid: one program per key block, walking the query blocks that
+        # see it (causal: key block j is seen by query blocks j.., the mirror of the query
+        # blocks' loads), launched key block 0, the heaviest, first (program_id(0)).
+        items = items[::-1]
     bh = shape.batch * shape.heads
     reps = max(1, round(bh))
     if split_kv:

@@ -60,7 +60,6 @@ Implementations and how each is priced:
 
 from __future__ import annotations
 
-import heapq
 import math
 from dataclasses import dataclass, replace
 from types import MappingProxyType
@@ -72,7 +71,6 @@ from xpusim.sim.cost.attention_blocks import (
     bwd_side_ops,
     extra_alu_per_score,
     fa1_o_roundtrip_bytes_per_score,
-    key_blocks,
     l2_bytes_per_s,
     plus_side_kernels,
     roofline_sum,
@@ -80,6 +78,7 @@ from xpusim.sim.cost.attention_blocks import (
 )
 from xpusim.sim.cost.attention_eager import bench_layout_ops, standard_ops, strided_l2_extra_s
 from xpusim.sim.cost.attention_hopper import first_block_extra_s, hopper_fwd_tile, out_bytes
+from xpusim.sim.cost.attention_items import fused_hbm_bytes, place_items, work_items
 from xpusim.sim.cost.attention_latency import BlockTerms, block_latency_s
 from xpusim.sim.cost.attention_megatron import fused_softmax_cost
 from xpusim.sim.cost.base import OpCost
@@ -125,7 +124,6 @@ PER_HEAD_BWD = ("triton2",)
 # per (batch, head), dQ by ``tl.atomic_add``): the autotuner times both and keeps the faster,
 # so the model prices both and takes the minimum.
 SEQ_PARALLEL_AUTOTUNED_BWD = MappingProxyType({"triton-fa": "triton2"})
-EXACT_SCHEDULE_ITEMS = 20000  # above this many items the placement is priced as a fluid
 
 
 @dataclass(frozen=True)
@@ -452,7 +450,6 @@ def _fused_gpu(device: Device, shape: AttnShape, impl: str, pass_: str,
     sm_bw = device.hbm_bandwidth * eff.memory_max / sms
     q_blocks = math.ceil(shape.q_len / br)
     kv_blocks = math.ceil(shape.kv_len / bc)
-    offset = shape.kv_len - shape.q_len  # queries are the last q_len positions
     # Per item: its key blocks + its Q rows in, O rows out at the SM's HBM share (pipeline fill).
     o_elt = out_bytes(impl, shape.dtype)  # FA3 FP8 writes O in BF16 (attention_hopper)
     io_rows = br * (shape.head_dim * elt + shape.vd * o_elt) * (3.0 if pass_ == "bwd" else 1.0)
@@ -462,13 +459,8 @@ def _fused_gpu(device: Device, shape: AttnShape, impl: str, pass_: str,
     if pass_ == "fwd" and not split_kv:  # FA3: first key block lacks intra-warpgroup overlap
         io_s += first_block_extra_s(impl, OVERLAP.get(impl, 0.0), full.mma_s, full.softmax_s,
                                     shape.dtype)  # 0 for FP8 (attention_hopper)
-    items: list[float] = []
-    blocks: float = 0
-    for i in range(q_blocks):
-        visited, partial = key_blocks(shape.q_len, shape.causal, shape.window, i, br, bc,
-                                      kv_blocks, offset)
-        blocks += visited
-        items.append((visited - partial) * full.block_s + partial * diag.block_s + io_s)
+    items, blocks = work_items(shape, q_blocks, kv_blocks, br, bc, full.block_s,
+                                diag.block_s, io_s)
     if pass_ == "bwd" and per_head_bwd:
         items = [sum(items)]  # one program walks every block of its (batch, head)
     elif pass_ == "bwd" and impl in PER_HEAD_BWD:
@@ -485,14 +477,8 @@ def _fused_gpu(device: Device, shape: AttnShape, impl: str, pass_: str,
         total = groups * kv_blocks * full.block_s
         pipeline_s = total / sms + full.block_s + io_s  # the last split adds one block
     else:
-        pipeline_s = _place(items, reps, sms, impl in HEAVY_FIRST) * (bh / reps)
-    # HBM: Q, K, V read and O written once (backward: + O, dO read, dQ, dK, dV written,
-    # dQ accumulated in fp32); K/V re-reads by other query blocks hit L2.
-    q_bytes = bh * shape.q_len * (shape.head_dim * elt + shape.vd * o_elt)
-    kv_bytes = shape.batch * shape.kvh * shape.kv_span * (shape.head_dim + shape.vd) * elt
-    hbm_bytes = q_bytes + kv_bytes
-    if pass_ == "bwd":
-        hbm_bytes = 2.5 * q_bytes + 2.0 * kv_bytes + 2 * bh * shape.q_len * shape.head_dim * 4
+        pipeline_s = place_items(items, reps, sms, impl in HEAVY_FIRST) * (bh / reps)
+    hbm_bytes = fused_hbm_bytes(shape, pass_, elt, o_elt)
     hbm_s = hbm_bytes / (device.hbm_bandwidth * eff.memory_max)
     kernels = 1 if pass_ == "fwd" else 2  # backward: a preprocess (dO . O) and the main kernel
     overhead_s = kernels * eff.launch_overhead_s
@@ -518,26 +504,6 @@ def _fused_gpu(device: Device, shape: AttnShape, impl: str, pass_: str,
         "hbm_bytes": hbm_bytes,
     }
     return OpCost(body + overhead_s, pipeline_s, hbm_s, overhead_s, bound, details)
-
-
-def _place(items: list[float], reps: int, sms: int, heavy_first: bool) -> float:
-    """Makespan of ``reps`` copies of ``items`` (one batch x head's query blocks, in launch
-    order) placed one by one on the least-loaded of ``sms`` SMs."""
-    n = len(items) * reps
-    if n == 0:
-        return 0.0
-    if len(set(items)) == 1:  # equal items: whole waves
-        return math.ceil(n / sms) * items[0]
-    if n > EXACT_SCHEDULE_ITEMS:
-        # Many items: the SMs drain together; the last placement adds at most one item.
-        return sum(items) * reps / sms + max(items) / 2
-    order = items * reps
-    if heavy_first:
-        order = sorted(order, reverse=True)
-    loads = [0.0] * min(sms, n)
-    for t in order:
-        heapq.heappush(loads, heapq.heappop(loads) + t)
-    return max(loads)
 
 
 # ------------------------------------------------------------------ Ascend

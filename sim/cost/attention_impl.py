@@ -65,7 +65,7 @@ from dataclasses import dataclass, replace
 from types import MappingProxyType
 
 from xpusim.hwprofiles.spec import Device
-from xpusim.sim.cost import attention_hopper
+from xpusim.sim.cost import attention_blackwell, attention_hopper
 from xpusim.sim.cost.attention_blocks import (
     bwd_prologue_bytes_per_item,
     bwd_side_ops,
@@ -370,7 +370,8 @@ def block_terms(device: Device, impl: str, shape: AttnShape, pass_: str, br: int
         alu += 2.0 * shape.vd / bc
     alu_s = alu * scores / fp32_lanes
     softmax_s = max(exp_s, alu_s)
-    hide = attention_hopper.steady_overlap(impl, shape.dtype, OVERLAP.get(impl, 0.0))
+    hide = attention_blackwell.steady_overlap(
+        device, impl, pass_, attention_hopper.steady_overlap(impl, shape.dtype, OVERLAP.get(impl, 0.0)))
     block_s = mma_s + softmax_s - hide * min(mma_s, softmax_s)
     reduce_s = 0.0
     if pass_ == "bwd":

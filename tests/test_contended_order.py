@@ -15,7 +15,7 @@ from engine_results import assert_same_schedule
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from xpusim.hwprofiles import load_system
-from xpusim.sim import engine_contended
+from xpusim.sim import engine_contended, engine_share
 from xpusim.sim.cost.pricing import Pricing
 from xpusim.sim.engine import Engine, SimResult
 from xpusim.sim.ir import Chain, Collective, CollectiveKind, Op, OpKind, RankGraph, Segment, Stream
@@ -146,3 +146,40 @@ def test_replayed_single_units_emit_the_same_tasks(monkeypatch):
     assert a.step_time_s == b.step_time_s
     assert a.sim.slowed_s == b.sim.slowed_s and a.sim.slowed_s  # contention took part
     _same(a.sim, b.sim)
+
+
+def _fresh_tentative(c, chains, ivs, tid, start):  # no memo: stretched at every call
+    return engine_contended._tentative(c, chains, tid, start,
+                                       engine_share.known_comm(ivs, c.comm_slots, start))
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.lists(item, min_size=1, max_size=14), st.integers(1, 3))
+def test_kept_tentative_ends_give_the_fresh_schedule(spec, ranks):
+    """``_tentative_end`` keeps a waiting task's end while its rank's collective
+    intervals (``comm_state``) and its start are unchanged; evaluating it afresh at every
+    call gives the same schedule, float for float."""
+    graphs = [_graph(spec, r, ranks) for r in range(ranks)]
+    kept = Engine(graphs, pricing=_pricing()).run(records=True)
+    saved = engine_contended._tentative_end
+    engine_contended._tentative_end = _fresh_tentative
+    try:
+        fresh = Engine(graphs, pricing=_pricing()).run(records=True)
+    finally:
+        engine_contended._tentative_end = saved
+    _same(kept, fresh)
+
+
+def test_comm_state_tells_every_change_of_the_lists():
+    """Appending an interval or moving the last end changes the key; nothing else
+    does."""
+    ivs: list[list[float]] = [[], [0.0, 1.0]]
+    seen = {engine_share.comm_state(ivs, [0, 1])}
+    engine_share.add_busy([0.0, 0.0], ivs[0], 0, 0.5, 0.7)
+    seen.add(engine_share.comm_state(ivs, [0, 1]))
+    engine_share.merge_interval(ivs[1], 1.0, 2.0)  # extends the last interval
+    seen.add(engine_share.comm_state(ivs, [0, 1]))
+    engine_share.merge_interval(ivs[1], 3.0, 4.0)  # appends one
+    seen.add(engine_share.comm_state(ivs, [0, 1]))
+    assert len(seen) == 4
+    assert engine_share.comm_state(ivs, [0, 1]) == ((2, 0.7), (4, 4.0))

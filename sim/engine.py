@@ -192,6 +192,8 @@ class _Run:
     priced: list[_Priced] = field(default_factory=list)
     contention: list[Contention] = field(default_factory=list)  # empty: none
     waiting: dict[int, tuple[int, float]] = field(default_factory=dict)  # stream -> task, start
+    # stream -> its graph's state when it began to wait (``engine_contended._release``)
+    wait_state: dict[int, tuple] = field(default_factory=dict)
     force: int = -1  # the waiting stream whose task ends at its least possible end
 
 

@@ -27,7 +27,6 @@ from xpusim.sim.engine_share import (
     add_busy,
     chain_end,
     comm_slot,
-    comm_state,
     finish,
     flat_union,
     intersects,
@@ -63,7 +62,7 @@ def special_contended(engine: Engine, run: _Run, s: int, tid: int, start: float
             if cs >= 0:  # a ready comm stream goes first: no end to compute yet
                 _wait(run, s, cs, tid, start)
                 return None
-        stop = _tentative_end(c, chains, ivs, tid, start)
+        stop = _tentative_end(run, g, tid, start)
         if run.force == s:
             run.force = -1
         else:
@@ -92,21 +91,39 @@ def _tentative(c: Contention, chains: dict[int, _Parts], tid: int, start: float,
     return chain_end(chains[tid], c.chain_rates[tid], start, comm)
 
 
-def _tentative_end(c: Contention, chains: dict[int, _Parts], ivs: list[list[float]],
-                   tid: int, start: float) -> float:
-    """``_tentative`` over the collectives known now, kept per task (``c.tentative``)
-    with its start and the rank's collective intervals (``comm_state``): a compute task
-    waits through many releases (the 1T GPT step with sequence parallelism: ~2.3M
+def _tentative_end(run: _Run, g: int, tid: int, start: float,
+                   state: tuple[int, ...] | None = None) -> float:
+    """``_tentative`` of graph ``g``'s task ``tid`` over the collectives known now, kept
+    per task (``Contention.tentative``) with its start and ``_graph_state``: a compute
+    task waits through many releases (the 1T GPT step with sequence parallelism: ~2.3M
     evaluations of ~64 waiting tasks), mostly with none of its rank's collectives
     changed since it was last stretched. The end is a pure function of the task, its
-    start and those intervals, so a hit is the float a new evaluation gives."""
-    state = comm_state(ivs, c.comm_slots)
+    start and the rank's collective intervals, which change only with ``_graph_state``,
+    so a hit is the float a new evaluation gives. ``state``: ``_graph_state(run, g)``
+    when the caller has it."""
+    c = run.contention[g]
+    if state is None:
+        state = _graph_state(run, g)
     kept = c.tentative.get(tid)
     if kept is not None and kept[0] == start and kept[1] == state:
         return kept[2]
-    stop = _tentative(c, chains, tid, start, known_comm(ivs, c.comm_slots, start))
+    ivs = run.graphs[g][7]
+    stop = _tentative(c, run.graphs[g][8], tid, start, known_comm(ivs, c.comm_slots, start))
     c.tentative[tid] = (start, state, stop)
     return stop
+
+
+def _graph_state(run: _Run, g: int) -> tuple[int, ...]:
+    """The positions of graph ``g``'s comm streams, which is all a waiting compute task
+    of ``g`` reads that can change while it waits: ``_blocking_comm`` reads a comm
+    stream's position and clock (which moves only with it) and the ends of compute
+    tasks at or after the waiting one (which cannot end while the compute stream
+    waits); ``known_comm`` reads the collective slots' intervals, and every write to
+    them ends a task of a comm stream, which moves that stream's position (in its pass
+    of ``Engine._schedule``, or in ``Engine._arrive`` for the other members), and
+    positions only grow. Equal states therefore mean equal inputs."""
+    s_pos = run.s_pos
+    return tuple([s_pos[cs] for cs in run.contention[g].comm_streams])
 
 
 def _blocking_comm(run: _Run, g: int, tid: int, stop: float,
@@ -151,6 +168,7 @@ def _wait(run: _Run, s: int, cs: int, tid: int, start: float) -> None:
         ready.append(cs)
     else:
         run.waiting[s] = (tid, start)
+        run.wait_state[s] = _graph_state(run, run.s_graph[s])
 
 
 def contended(engine: Engine, plain: _Run) -> _Run:
@@ -172,16 +190,29 @@ def _release(run: _Run) -> None:
     collective not yet started starts no earlier than some blocked task's end, and
     each blocked task's end is at least that least end (more collectives only slow
     compute), so nothing unknown can overlap that task."""
+    # A waiting task whose graph is as it was when the task began to wait would only
+    # wait again (the same comm stream may start a collective before its end): it stays
+    # waiting, and only the others and the forced one look again (the 1T GPT step with
+    # sequence parallelism: ~64 tasks wait at each of ~21,600 releases, a few of whose
+    # graphs moved). Only the order in which streams look again changes.
     best = (_INF, -1)
+    state = run.wait_state
+    woken: list[int] = []
     for s, (tid, start) in sorted(run.waiting.items()):
         g = run.s_graph[s]
-        c = run.contention[g]
-        e = _tentative_end(c, run.graphs[g][8], run.graphs[g][7], tid, start)
+        now = _graph_state(run, g)
+        e = _tentative_end(run, g, tid, start, now)
         if e < best[0]:
             best = (e, s)
+        if state.get(s) != now:
+            woken.append(s)
     run.force = best[1]
-    run.ready.extend(sorted(run.waiting, reverse=True))
-    run.waiting.clear()
+    if run.force not in woken:
+        woken.append(run.force)
+    for s in woken:
+        del run.waiting[s]
+        state.pop(s, None)
+    run.ready.extend(sorted(woken, reverse=True))
 
 
 def overlapped(engine: Engine, run: _Run) -> bool:

@@ -26,10 +26,10 @@ class Contention:
     plain: dict[int, tuple[float, float]] = field(default_factory=dict)
     chain_rates: dict[int, list[float]] = field(default_factory=dict)
     slowed_s: float = 0.0
-    # Per waiting compute task: (start, ``comm_state``, its tentative end), so that a
+    # Per waiting compute task: (start, its graph's state, its tentative end), so that a
     # task that waits through many releases is not stretched again while none of its
     # rank's collectives changed (``engine_contended._tentative_end``).
-    tentative: dict[int, tuple[float, tuple, float]] = field(default_factory=dict)
+    tentative: dict[int, tuple[float, tuple[int, ...], float]] = field(default_factory=dict)
 
 
 def comm_slot(key: tuple[str, str]) -> bool:
@@ -38,15 +38,6 @@ def comm_slot(key: tuple[str, str]) -> bool:
     few channels per peer (NCCL_NCHANNELS_PER_NET_PEER, default 2), not the
     collective's channel count. The copy stream uses copy engines, not SMs."""
     return key[0] in ("comm", "dp_comm") and key[1] != "pp"
-
-
-def comm_state(ivs: list[list[float]], slots: list[int]) -> tuple:
-    """What ``known_comm`` reads of the slots' interval lists, as a key: each list's
-    length and last element. Complete because the lists only grow at the end: an
-    interval is appended (two elements) or the last one's end is set (``add_busy``,
-    ``run_chain``, ``merge_interval`` and the engine's hot loop), so every element but the
-    last is fixed once the length is, and equal (length, last) means equal lists."""
-    return tuple([(len(iv), iv[-1]) if iv else (0, 0.0) for iv in [ivs[s] for s in slots]])
 
 
 def known_comm(ivs: list[list[float]], slots: list[int], start: float) -> list[float]:

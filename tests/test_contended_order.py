@@ -148,8 +148,9 @@ def test_replayed_single_units_emit_the_same_tasks(monkeypatch):
     _same(a.sim, b.sim)
 
 
-def _fresh_tentative(c, chains, ivs, tid, start):  # no memo: stretched at every call
-    return engine_contended._tentative(c, chains, tid, start,
+def _fresh_tentative(run, g, tid, start, state=None):  # no memo: stretched at every call
+    c, ivs = run.contention[g], run.graphs[g][7]
+    return engine_contended._tentative(c, run.graphs[g][8], tid, start,
                                        engine_share.known_comm(ivs, c.comm_slots, start))
 
 
@@ -157,7 +158,7 @@ def _fresh_tentative(c, chains, ivs, tid, start):  # no memo: stretched at every
 @given(st.lists(item, min_size=1, max_size=14), st.integers(1, 3))
 def test_kept_tentative_ends_give_the_fresh_schedule(spec, ranks):
     """``_tentative_end`` keeps a waiting task's end while its rank's collective
-    intervals (``comm_state``) and its start are unchanged; evaluating it afresh at every
+    intervals (``_graph_state``) and its start are unchanged; evaluating it afresh at every
     call gives the same schedule, float for float."""
     graphs = [_graph(spec, r, ranks) for r in range(ranks)]
     kept = Engine(graphs, pricing=_pricing()).run(records=True)
@@ -170,16 +171,18 @@ def test_kept_tentative_ends_give_the_fresh_schedule(spec, ranks):
     _same(kept, fresh)
 
 
-def test_comm_state_tells_every_change_of_the_lists():
-    """Appending an interval or moving the last end changes the key; nothing else
-    does."""
-    ivs: list[list[float]] = [[], [0.0, 1.0]]
-    seen = {engine_share.comm_state(ivs, [0, 1])}
-    engine_share.add_busy([0.0, 0.0], ivs[0], 0, 0.5, 0.7)
-    seen.add(engine_share.comm_state(ivs, [0, 1]))
-    engine_share.merge_interval(ivs[1], 1.0, 2.0)  # extends the last interval
-    seen.add(engine_share.comm_state(ivs, [0, 1]))
-    engine_share.merge_interval(ivs[1], 3.0, 4.0)  # appends one
-    seen.add(engine_share.comm_state(ivs, [0, 1]))
-    assert len(seen) == 4
-    assert engine_share.comm_state(ivs, [0, 1]) == ((2, 0.7), (4, 4.0))
+@settings(max_examples=120, deadline=None)
+@given(st.lists(item, min_size=1, max_size=14), st.integers(1, 3))
+def test_waking_only_moved_graphs_gives_the_wake_all_schedule(spec, ranks):
+    """``_release`` leaves waiting the tasks whose graph has not moved since they began
+    to wait (``_graph_state``); waking every waiting task, as before, gives the same
+    schedule."""
+    graphs = [_graph(spec, r, ranks) for r in range(ranks)]
+    selective = Engine(graphs, pricing=_pricing()).run(records=True)
+    saved = engine_contended._graph_state
+    engine_contended._graph_state = lambda run, g: object()  # never equal: wake all
+    try:
+        every = Engine(graphs, pricing=_pricing()).run(records=True)
+    finally:
+        engine_contended._graph_state = saved
+    _same(selective, every)

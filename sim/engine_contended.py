@@ -207,7 +207,7 @@ def _release(run: _Run) -> None:
         if state.get(s) != now:
             woken.append(s)
     run.force = best[1]
-    if run.force not in woken:
+    if run.force >= 0 and run.force not in woken:
         woken.append(run.force)
     for s in woken:
         del run.waiting[s]

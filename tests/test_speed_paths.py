@@ -22,7 +22,9 @@ from xpusim.sim.cost.attention_impl import (
 )
 from xpusim.sim.cost.roofline import RooflineModel
 from xpusim.sim.inference.decode_attention import EngineAttentionModel, GenerationAttention
+from xpusim.sim.inference.gemm_tactic import FixedTacticModel
 from xpusim.sim.inference.priced_step import StepOpTimes
+from xpusim.sim.inference.weight_only import WeightOnlyGemvModel
 from xpusim.sim.ir import MAIN_MEMORY, AttentionShape, GemmShape, Op, OpKind, Unit
 
 DEVICES = ("h100-sxm5-80gb", "a100-sxm4-80gb", "ascend-910b2", "l40s")
@@ -96,6 +98,31 @@ def test_kernel_and_engine_models_time_s_is_time(name):
     for op in gen:
         assert xqa.time_s(op) == xqa.time(op).time_s, op.name
 
+
+
+@pytest.mark.parametrize("name", DEVICES[:2])
+def test_weight_only_and_fixed_tactic_models_time_s_is_time(name):
+    """The TensorRT-LLM wrappers' time-only paths (``WeightOnlyGemvModel``,
+    ``FixedTacticModel``) equal their ``time``, around the engine-attention model and
+    around one without ``time_s`` (the inner ``time`` then)."""
+    device = load_device(name)
+    kernel = KernelCostModel(device)
+    engine = EngineAttentionModel(kernel, device, GenerationAttention("masked-mha"))
+
+    class TimeOnly:  # an inner model without ``time_s``
+        name = "time-only"
+
+        def time(self, op):
+            return kernel.time(op)
+
+    gemv = ops.gemm("int4", 1, 4096, 4096, "int4")
+    for inner in (engine, TimeOnly()):
+        weight_only = WeightOnlyGemvModel(inner, {"int8": 1.7, "int4": 2.3})
+        for model in (weight_only, FixedTacticModel(inner, 2048),
+                      FixedTacticModel(weight_only, 512)):
+            for op in [*_ops(), gemv]:
+                assert model.time_s(op) == model.time(op).time_s, op.name
+                assert StepOpTimes(model)(op) == model.time(op).time_s
 
 def test_block_pair_is_block_terms_and_ignores_batch():
     """The kept (full, diagonal) blocks equal ``block_terms`` of the shape asked, for

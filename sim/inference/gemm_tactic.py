@@ -42,9 +42,16 @@ class FixedTacticModel:
     def __init__(self, inner: CostModel, tokens: int) -> None:
         self.inner, self.tokens = inner, tokens
         self.name = inner.name
+        # The inner model's time alone where it has it (the same float as its
+        # ``time(op).time_s``: see ``WeightOnlyGemvModel``).
+        self._inner_s = getattr(inner, "time_s", None) or (lambda op: inner.time(op).time_s)
 
     def time(self, op: Op) -> OpCost:
         return self.inner.time(with_tactic_m(op, self.tokens))
+
+    def time_s(self, op: Op) -> float:
+        """``time(op).time_s``, the same float, without the inner model's report."""
+        return self._inner_s(with_tactic_m(op, self.tokens))
 
 
 def with_gemm_tactic(inner: CostModel, tokens: int) -> CostModel:

@@ -75,6 +75,17 @@ class WeightOnlyGemvModel:
     def __init__(self, inner: CostModel, factors: dict[str, float]) -> None:
         self.inner, self.factors = inner, factors
         self.name = inner.name
+        # The inner model's time alone where it has it (the same float as its
+        # ``time(op).time_s``: RooflineModel, KernelCostModel, EngineAttentionModel).
+        self._inner_s = getattr(inner, "time_s", None) or (lambda op: inner.time(op).time_s)
+
+    def time_s(self, op: Op) -> float:
+        """``time(op).time_s``, the same float: an op this model leaves alone is the
+        inner model's time alone, without its report (the serving step pricing asks
+        ~1M ops for their time: ``priced_step.StepOpTimes``)."""
+        if not is_weight_only_gemv(op):
+            return self._inner_s(op)
+        return self.time(op).time_s
 
     def time(self, op: Op) -> OpCost:
         cost = self.inner.time(op)

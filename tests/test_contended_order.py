@@ -81,17 +81,22 @@ def _pricing() -> Pricing:
     return Pricing(lambda op: op.flops, lambda c: c.bytes, comm_share=0.6)
 
 
+def _run_patched(graphs, name: str, replacement):
+    """The contended run of ``graphs`` with ``engine_contended.<name>`` replaced."""
+    saved = getattr(engine_contended, name)
+    setattr(engine_contended, name, replacement)
+    try:
+        return Engine(graphs, pricing=_pricing()).run(records=True)
+    finally:
+        setattr(engine_contended, name, saved)
+
+
 @settings(max_examples=120, deadline=None)
 @given(st.lists(item, min_size=1, max_size=14), st.integers(1, 3))
 def test_ready_comm_first_gives_the_release_only_schedule(spec, ranks):
     graphs = [_graph(spec, r, ranks) for r in range(ranks)]
     fast = Engine(graphs, pricing=_pricing()).run(records=True)
-    saved = engine_contended._wait
-    engine_contended._wait = _release_only
-    try:
-        slow = Engine(graphs, pricing=_pricing()).run(records=True)
-    finally:
-        engine_contended._wait = saved
+    slow = _run_patched(graphs, "_wait", _release_only)
     _same(fast, slow)
 
 
@@ -162,12 +167,7 @@ def test_kept_tentative_ends_give_the_fresh_schedule(spec, ranks):
     call gives the same schedule, float for float."""
     graphs = [_graph(spec, r, ranks) for r in range(ranks)]
     kept = Engine(graphs, pricing=_pricing()).run(records=True)
-    saved = engine_contended._tentative_end
-    engine_contended._tentative_end = _fresh_tentative
-    try:
-        fresh = Engine(graphs, pricing=_pricing()).run(records=True)
-    finally:
-        engine_contended._tentative_end = saved
+    fresh = _run_patched(graphs, "_tentative_end", _fresh_tentative)
     _same(kept, fresh)
 
 
@@ -179,10 +179,5 @@ def test_waking_only_moved_graphs_gives_the_wake_all_schedule(spec, ranks):
     schedule."""
     graphs = [_graph(spec, r, ranks) for r in range(ranks)]
     selective = Engine(graphs, pricing=_pricing()).run(records=True)
-    saved = engine_contended._graph_state
-    engine_contended._graph_state = lambda run, g: object()  # never equal: wake all
-    try:
-        every = Engine(graphs, pricing=_pricing()).run(records=True)
-    finally:
-        engine_contended._graph_state = saved
+    every = _run_patched(graphs, "_graph_state", lambda run, g: object())  # never equal: wake all
     _same(selective, every)

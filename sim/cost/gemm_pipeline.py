@@ -28,7 +28,11 @@ K = 32: cutlass_library/generator.py ``GenerateSM90_TensorOp_16b_WGMMA_gemm`` /
 ``..._fp8_WGMMA_gemm``, ``cutlass/gemm/device/default_gemm_configuration.h`` Sm80 128x256x64),
 and the kernel keeps as many stages as the SM's shared memory holds (CUTLASS 3
 ``StageCountAutoCarveout``: capacity / stage bytes; the Sm80 default 128x256x64 kernel's
-``kStages = 3`` is the same floor of 164 KB / 48 KB).
+``kStages = 3`` is the same floor of 164 KB / 48 KB). NVIDIA's own SM100 GEMM template states
+the same rule (cudnn-frontend ``python/cudnn/sdpa/bwd/kernels/bprop_matmul_blackwell.py`` @
+0a35d61d: "K per operand stage is ONE 128-byte swizzle row per operand row"; ``ab_stages`` 6
+for 128 + 128 rows per CTA and 4 for 256 + 128 at the 227 KiB budget less 32 KiB of epilogue
+staging, which this floor ignores: it gives 7 and 4).
 """
 
 from __future__ import annotations

@@ -108,3 +108,20 @@ def test_a_named_kernel_uses_its_own_stage_count():
     op = ops.gemm("dg", 128, 7168, 2112, "fp8", impl="deepgemm")
     stages = RooflineModel(dev).gemm_stages(op)
     assert stages == deepgemm_config(op.shape, dev.matrix_cores).num_stages
+
+
+def test_op_gemm_text_explains_the_time_beyond_the_roofline(capsys):
+    """The CLI line items add up: max(compute, reads) + pipeline loss + output store."""
+    from xpusim.sim.cli.main import main
+
+    assert main(["op", "gemm", "--device", "h100-sxm5-80gb", "--m", "240", "--n", "8192",
+                 "--k", "8192", "--dtype", "fp16", "--timing", "kernel"]) == 0
+    text = capsys.readouterr().out
+    assert "main loop through 4 shared-memory stages" in text
+    assert "output store after the main loop" in text
+    cost = RooflineModel(load_device("h100-sxm5-80gb")).time(
+        ops.gemm("ridge", 240, 8192, 8192, "fp16"))
+    d = cost.details
+    body = max(cost.compute_s, cost.memory_s - d["epilogue_s"]) + d["pipeline_loss_s"] \
+        + d["epilogue_s"]
+    assert math.isclose(cost.time_s - cost.overhead_s, body, rel_tol=1e-12)

@@ -102,6 +102,18 @@ def _print(r: OpResult) -> None:
         print(f"  kernel timing (--timing kernel): host launch overhead "
               f"{fmt_si(r.launch_excluded_s, 's')} excluded (small kernels: a lower bound, "
               "docs/cost_model.md)")
+    _print_gemm_loop(cost.details)
     print(f"  {fmt_si(r.achieved_flops, 'FLOP/s')} achieved = "
           f"{r.fraction_of_peak:.1%} of {fmt_si(r.peak_flops, 'FLOP/s')} peak; "
           f"physical roofline {fmt_si(r.roofline_time_s, 's')}")
+
+
+def _print_gemm_loop(details: dict[str, float]) -> None:
+    """A GEMM's main loop and epilogue beyond max(compute, memory) (docs/cost_model.md)."""
+    stages = details.get("pipeline_stages")
+    if stages:
+        print(f"  main loop through {stages:.0f} shared-memory stages: "
+              f"+{fmt_si(details.get('pipeline_loss_s', 0.0), 's')} near the compute/memory "
+              "ridge (finite pipeline)")
+    if details.get("epilogue_s"):
+        print(f"  output store after the main loop: {fmt_si(details['epilogue_s'], 's')}")

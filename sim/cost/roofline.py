@@ -480,7 +480,8 @@ class RooflineModel:
             if details and store_s > 0:
                 out = {**out, "epilogue_s": store_s}
             if details and stages > 0:
-                out = {**out, "pipeline_stages": float(stages)}
+                out = {**out, "pipeline_stages": float(stages),
+                       "pipeline_loss_s": main_s - max(compute_s, reads_s)}
         fixed_s = self.impl_fixed_s(op)
         if fixed_s > 0:  # XLA's per-dot floor (sim/cost/gemm_xla.py), device-side time
             body += fixed_s

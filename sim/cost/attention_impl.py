@@ -236,19 +236,14 @@ def _attention_body(device: Device, shape: AttnShape, impl: str | None, pass_: s
         cost = fused_softmax_cost(device, shape, pass_)
     elif impl in ASCEND:
         cost = _ascend(device, shape, pass_)
-    elif impl in SEQ_PARALLEL_AUTOTUNED_BWD:
-        blocks_of = SEQ_PARALLEL_AUTOTUNED_BWD[impl]
+    else:
+        blocks_of = SEQ_PARALLEL_AUTOTUNED_BWD.get(impl, impl)
         cost = _fused_gpu(device, shape, blocks_of, pass_)
-        if pass_ == "bwd":
+        if pass_ == "bwd" and impl in SEQ_PARALLEL_AUTOTUNED_BWD:
             # the autotuner keeps the faster grid (SEQ_PARALLEL_AUTOTUNED_BWD)
             seq_parallel = _fused_gpu(device, shape, blocks_of, pass_, per_head_bwd=False)
             cost = min(cost, seq_parallel, key=lambda c: c.time_s)
-            side = bwd_side_ops(blocks_of, shape.batch, shape.heads, shape.q_len,
-                                shape.head_dim, shape.vd, shape.dtype, shape.kv_len)
-            cost = plus_side_kernels(device, cost, side)
-    else:
-        cost = _fused_gpu(device, shape, impl, pass_)
-        side = bwd_side_ops(impl, shape.batch, shape.heads, shape.q_len, shape.head_dim,
+        side = bwd_side_ops(blocks_of, shape.batch, shape.heads, shape.q_len, shape.head_dim,
                             shape.vd, shape.dtype, shape.kv_len) if pass_ == "bwd" else []
         if side:  # preprocess / dQ convert kernels around the fused backward (attention_blocks)
             cost = plus_side_kernels(device, cost, side)

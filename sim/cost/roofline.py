@@ -266,6 +266,15 @@ class RooflineModel:
     def __init__(self, device: Device, name: str = "roofline") -> None:
         self.device = device
         self.name = name
+        # Per-device facts of the GEMM main-loop term, derived once (``gemm_stages``,
+        # ``_terms``): the SM's shared memory, the depth of the preferred block shape, and
+        # the HBM fill time.
+        smem = device.level("smem") if device.arch == "nvidia" else None
+        self._smem_bytes = smem.capacity_bytes if smem is not None else 0.0
+        self._default_stages = (pipeline_stages(*device.efficiency.block_shapes[0],
+                                                self._smem_bytes)
+                                if self._smem_bytes > 0 else 0)
+        self._reads_fill_s = stream_time_s(device, 0.0)
 
     def compute_time(self, op: Op) -> tuple[float, dict[str, float]]:
         t, out, _ = self._compute(op, True)
@@ -294,7 +303,8 @@ class RooflineModel:
             # A100 whitepaper); NVIDIA profiles that publish it only. Hopper (async_mma) runs
             # 2-CTA clusters with TMA multicast (CUTLASS cutlass_library/generator.py
             # GenerateSM90_TensorOp_16b_WGMMA_gemm: cluster shapes [2,1,1] / [1,2,1]).
-            per_element = self._feed_flops_per_element(op, peak, max_eff)
+            l2 = dev.kernels.l2_bandwidth if dev.arch == "nvidia" else None
+            per_element = peak * max_eff / l2 * dtype_bytes(op.dtype) if l2 else 0.0
             if shape.impl in BLOCK_IMPLS:  # a named library kernel cuts the blocks its own way
                 work, executed = impl_work(shape, dev, op.dtype, per_element)
             elif shape.tactic_m > 0:  # a tile chosen once, at tactic_m rows (tactic_tile)
@@ -318,13 +328,6 @@ class RooflineModel:
             out["feed_bound_flops"] = work
         return t, out, mma_t
 
-    def _feed_flops_per_element(self, op: Op, peak: float, max_eff: float) -> float:
-        """FLOPs an SM runs at ``peak x max_eff`` while its share of L2 bandwidth delivers
-        one operand element of ``op`` (0 where the profile gives no L2 bandwidth)."""
-        dev = self.device
-        l2 = dev.kernels.l2_bandwidth if dev.arch == "nvidia" else None
-        return peak * max_eff / l2 * dtype_bytes(op.dtype) if l2 else 0.0
-
     def gemm_stages(self, op: Op) -> int:
         """Shared-memory stages of the main loop that runs ``op`` on an NVIDIA GPU: the
         depth of its load/MMA pipeline (``gemm_pipeline``). A named library kernel uses its
@@ -334,16 +337,12 @@ class RooflineModel:
         that followed the per-problem tile choice could shorten a larger GEMM). 0 (no
         finite-pipeline term) for other ops and devices and where the profile gives no
         ``smem`` level."""
-        shape, dev = op.shape, self.device
-        if dev.arch != "nvidia" or op.unit != Unit.MATRIX or not isinstance(shape, GemmShape):
-            return 0
-        smem = dev.level("smem")
-        if smem is None or smem.capacity_bytes <= 0:
+        shape = op.shape
+        if self._smem_bytes <= 0 or op.unit != Unit.MATRIX or not isinstance(shape, GemmShape):
             return 0
         if shape.impl in BLOCK_IMPLS:  # a named library kernel: its own tile or stage count
-            return impl_stages(shape, dev, op.dtype, smem.capacity_bytes)
-        bm, bn = dev.efficiency.block_shapes[0]
-        return pipeline_stages(bm, bn, smem.capacity_bytes)
+            return impl_stages(shape, self.device, op.dtype, self._smem_bytes)
+        return self._default_stages
 
     def memory_time(self, op: Op) -> float:
         dev, eff = self.device, self.device.efficiency
@@ -462,17 +461,16 @@ class RooflineModel:
             # A GEMM's epilogue stores its output tile after the tile's last MMA, so the
             # output write does not overlap the compute that produces it (see
             # ``epilogue_time``): body = main loop + output write. The main loop runs the
-            # operand reads (the producer) and the MMAs (the consumer) through a finite
-            # ring of shared-memory stages, which loses throughput near their ridge
-            # (``gemm_pipeline``).
-            # The pipeline runs the work: the op's own MMAs against its operand reads, both
-            # without their fixed fill (``half`` terms: latency, not a stream), and the
-            # shorter fill is paid once on top. Padding, idle SMs of the last wave and an L2
-            # operand-feed bound (all in ``compute_s``) and the roofline terms stay floors.
+            # operand reads (the producer) and the op's own MMAs (the consumer) through a
+            # finite ring of shared-memory stages, which loses throughput near their ridge
+            # (``gemm_pipeline``); both without their fixed fill (``half`` terms: latency,
+            # not a stream), the shorter fill paid once on top. Padding, idle SMs of the
+            # last wave and an L2 operand-feed bound (all in ``compute_s``) and the
+            # roofline terms stay floors.
             reads_s = max(memory_s - store_s, 0.0)
             rate = self.device.peak_for("matrix", op.dtype) * eff.matrix_max_for(op.dtype)
             mma_fill_s = eff.matrix_half_flops / rate / speed
-            reads_fill_s = min(stream_time_s(self.device, 0.0) / speed, reads_s)
+            reads_fill_s = min(self._reads_fill_s / speed, reads_s)
             piped_s = (pipelined_time(mma_s, reads_s - reads_fill_s, stages)
                        + min(mma_fill_s, reads_fill_s))
             main_s = max(compute_s, reads_s, piped_s)

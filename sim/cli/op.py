@@ -110,10 +110,9 @@ def _print(r: OpResult) -> None:
 
 def _print_gemm_loop(details: dict[str, float]) -> None:
     """A GEMM's main loop and epilogue beyond max(compute, memory) (docs/cost_model.md)."""
-    stages = details.get("pipeline_stages")
-    if stages:
-        print(f"  main loop through {stages:.0f} shared-memory stages: "
-              f"+{fmt_si(details.get('pipeline_loss_s', 0.0), 's')} near the compute/memory "
-              "ridge (finite pipeline)")
+    loss = details.get("pipeline_loss_s", 0.0)
+    if loss > 0:  # 0 away from the ridge: nothing to explain
+        print(f"  main loop through {details['pipeline_stages']:.0f} shared-memory stages: "
+              f"+{fmt_si(loss, 's')} near the compute/memory ridge (finite pipeline)")
     if details.get("epilogue_s"):
         print(f"  output store after the main loop: {fmt_si(details['epilogue_s'], 's')}")

@@ -49,6 +49,13 @@ def test_host_terms_scale_with_the_host_cpu_not_the_gpu():
     assert engine_for_system(h800, "hgx-h800").host_scale == h800.host_scale
 
 
+def test_gh200_runs_its_engine_on_the_superchips_grace_host():
+    # hosts.toml: grace 2.8 GHz x 1.19 (ESTIMATE); trtllm-0.17's reference host EPYC 7742 3.4 x 1.0
+    engine = engine_for_system(load_engine("trtllm-0.17"), "gh200")
+    assert engine.host_scale == pytest.approx(3.4 / (2.8 * 1.19))
+    assert load_system("gh200").devices_per_node == 1
+
+
 def test_overlap_rule():
     serial = EngineProfile("s")
     out = EngineProfile("o", host_overlap="output")

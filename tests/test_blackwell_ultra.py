@@ -38,20 +38,15 @@ def test_b300_efficiency_is_carried_from_b200() -> None:
     assert load_device("b300").efficiency == load_device("b200").efficiency
 
 
-def test_gb300_nvl72_is_one_72_gpu_nvlink_domain_with_800g_nics() -> None:
+@pytest.mark.parametrize(("name", "device", "per_node"), [("gb300-nvl72", "gb300", 72), ("dgx-b300", "b300", 8)])
+def test_blackwell_ultra_systems_have_one_800g_nic_per_gpu(name: str, device: str, per_node: int) -> None:
+    system = load_system(name)
+    assert system.device.name == device
+    assert system.devices_per_node == system.nics_per_node == per_node
+    assert system.nic.bandwidth == pytest.approx(800e9 / 8)
+    assert system.intra_link.bandwidth == pytest.approx(900e9)
+
+
+def test_gb300_nvl72_host_link_is_half_a_superchips_c2c() -> None:
     system = load_system("gb300-nvl72")
-    assert system.device.name == "gb300"
-    assert system.devices_per_node == 72
-    assert system.nics_per_node == 72
-    assert system.nic.bandwidth == pytest.approx(800e9 / 8)
-    assert system.intra_link.bandwidth == pytest.approx(900e9)
     assert system.host_link is not None and system.host_link.bandwidth == pytest.approx(225e9)
-
-
-def test_dgx_b300_is_eight_b300_with_800g_nics() -> None:
-    system = load_system("dgx-b300")
-    assert system.device.name == "b300"
-    assert system.devices_per_node == 8
-    assert system.nics_per_node == 8
-    assert system.nic.bandwidth == pytest.approx(800e9 / 8)
-    assert system.intra_link.bandwidth == pytest.approx(900e9)

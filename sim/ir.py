@@ -166,7 +166,8 @@ class GemmShape:
     ``group_rows``: the rows of each group of a grouped GEMM whose groups differ (an MoE
     layer's experts); then ``batch`` is their count and ``m`` their mean, so every total
     (FLOPs, bytes, output) stays ``batch x m``. Empty: ``batch`` equal groups of ``m``. Only a
-    kernel that cuts groups its own way reads it (sim/cost/gemm_torch.py).
+    kernel that cuts groups its own way reads it (sim/cost/gemm_torch.py,
+    sim/cost/gemm_trtllm.py).
     """
 
     m: float

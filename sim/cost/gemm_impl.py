@@ -50,8 +50,14 @@ after the main loop are the generic roofline's terms.
   path plus the measured per-dot floor of that table's tool (sim/cost/gemm_xla.py).
 * ``torch-grouped-sm90`` — PyTorch's CUTLASS sm90 grouped GEMM (``torch._grouped_mm`` BF16,
   ``torch._scaled_grouped_mm`` FP8): its tile and cluster per dtype and shape, each group's
-  M-blocks rounded up to the cluster, a persistent grid (sim/cost/gemm_torch.py); the only
-  path that reads ``GemmShape.group_rows``.
+  M-blocks rounded up to the cluster, a persistent grid (sim/cost/gemm_torch.py); it and
+  the TensorRT-LLM kernels below read ``GemmShape.group_rows``.
+* ``trtllm-moe-fc1`` / ``trtllm-moe-fc2`` — TensorRT-LLM's MoE plugin GEMMs (sm80: the fused
+  gated FC1 kernel and CUTLASS 2.x grouped FC2; sm90: the ptr-array TMA warp-specialised
+  kernel with the tokens on its N tile): the candidate tiles and stage counts of the plugin's
+  host code, the cheapest taken (sim/cost/gemm_trtllm.py). Named only by the serving lowering
+  of an engine whose profile sets ``[kernels] moe_gemm = "trtllm"``; not an ``op gemm
+  --impl`` choice.
 """
 
 from __future__ import annotations
@@ -63,16 +69,20 @@ from xpusim.hwprofiles.spec import Device
 from xpusim.sim.cost.gemm_cutlass import CUTLASS_IMPLS, cutlass_config, cutlass_work
 from xpusim.sim.cost.gemm_pipeline import pipeline_stages
 from xpusim.sim.cost.gemm_torch import TORCH_GROUPED_IMPLS, grouped_launch, grouped_work
+from xpusim.sim.cost.gemm_trtllm import TRTLLM_MOE_IMPLS, tactic_work, trtllm_tactic
 from xpusim.sim.cost.gemm_xla import XLA_IMPLS
 from xpusim.sim.ir import GemmShape
 
 DEEPGEMM_IMPLS = ("deepgemm", "deepgemm-contiguous", "deepgemm-masked")
 # vLLM's SM100 CUTLASS kernels by their compiled tile/cluster configs: sim/cost/gemm_cutlass.py;
 # xla-sm90 (the generic blocks plus XLA's measured per-dot floor): sim/cost/gemm_xla.py;
-# PyTorch's sm90 grouped GEMM (per-group tiles, cluster rounding): sim/cost/gemm_torch.py
+# PyTorch's sm90 grouped GEMM (per-group tiles, cluster rounding): sim/cost/gemm_torch.py;
+# TensorRT-LLM's MoE plugin GEMMs (sm80 fused gated / grouped, sm90 TMA warp-specialised):
+# sim/cost/gemm_trtllm.py, named by the serving lowering only (sim/inference/moe_gemm.py)
 # Kernels that cut the output blocks their own way:
-BLOCK_IMPLS = DEEPGEMM_IMPLS + CUTLASS_IMPLS + TORCH_GROUPED_IMPLS
-GEMM_IMPLS = BLOCK_IMPLS + XLA_IMPLS
+BLOCK_IMPLS = DEEPGEMM_IMPLS + CUTLASS_IMPLS + TORCH_GROUPED_IMPLS + TRTLLM_MOE_IMPLS
+# What ``op gemm --impl`` accepts (the TensorRT-LLM plugin kernels are not offered there).
+GEMM_IMPLS = DEEPGEMM_IMPLS + CUTLASS_IMPLS + TORCH_GROUPED_IMPLS + XLA_IMPLS
 DEEPGEMM_DTYPES = ("fp8",)  # gemm_fp8_fp8_bf16_nt: FP8 e4m3 inputs, BF16 output
 BLOCK_K = 128  # DeepGEMM's fixed K block (and the 1x128 / 128x128 scaling granularity)
 BLOCK_NS = tuple(range(16, 129, 8))  # get_best_configs: block_ns = range(16, 129, 8)
@@ -196,12 +206,16 @@ def impl_work(
     shape: GemmShape, device: Device, dtype: str, flops_per_element: float,
 ) -> tuple[float, float]:
     """(cost in tensor FLOPs, executed FLOPs) of ``shape`` under the kernel ``shape.impl``
-    names: DeepGEMM's (``deepgemm_work``), a vLLM CUTLASS config (``cutlass_work``) or
-    PyTorch's sm90 grouped kernel (``grouped_work``)."""
+    names: DeepGEMM's (``deepgemm_work``), a vLLM CUTLASS config (``cutlass_work``),
+    PyTorch's sm90 grouped kernel (``grouped_work``) or a TensorRT-LLM MoE plugin config
+    (``gemm_trtllm.tactic_work``)."""
     if shape.impl in CUTLASS_IMPLS:
         return cutlass_work(shape, device, flops_per_element)
     if shape.impl in TORCH_GROUPED_IMPLS:
         return grouped_work(shape, device, dtype, flops_per_element)
+    if shape.impl in TRTLLM_MOE_IMPLS:
+        tactic = trtllm_tactic(shape, device, dtype)
+        return tactic_work(shape, tactic, device.matrix_cores, flops_per_element)
     return deepgemm_work(shape, device, dtype, flops_per_element)
 
 
@@ -219,6 +233,8 @@ def impl_stages(shape: GemmShape, device: Device, dtype: str, smem: float) -> in
     if shape.impl in TORCH_GROUPED_IMPLS:
         tile = grouped_launch(shape, dtype, device.matrix_cores).config
         return pipeline_stages(tile.tile_m, tile.tile_n, smem)
+    if shape.impl in TRTLLM_MOE_IMPLS:  # the plugin config's own stage count
+        return trtllm_tactic(shape, device, dtype).stages
     return deepgemm_config(shape, device.matrix_cores).num_stages
 
 

@@ -19,6 +19,7 @@ from xpusim.hwprofiles.spec import Device
 from xpusim.sim.errors import InputError
 from xpusim.sim.inference.decode_attention import KERNELS, KV_CACHE_LAYOUTS, GenerationAttention
 from xpusim.sim.inference.kvcache import SLIDING_WINDOW_KV, VocabLayout
+from xpusim.sim.inference.moe_gemm import MOE_GEMM_KINDS
 from xpusim.sim.models.spec import ModelSpec
 from xpusim.sim.tomlfile import read_toml
 
@@ -135,6 +136,10 @@ class EngineProfile:
       this many token rows whatever their M (a TensorRT engine built with one
       optimisation profile and no GEMM plugin: its opt shape;
       ``xpusim.sim.inference.gemm_tactic``); 0: the best tile per problem.
+    * ``moe_gemm`` (``[kernels]``): the library whose kernels run the routed experts'
+      grouped GEMMs: "trtllm" (TensorRT-LLM's MoE plugin, ``xpusim.sim.inference.moe_gemm``,
+      sim/cost/gemm_trtllm.py); "" (default): the generic GEMM path. No shipped profile
+      sets it (docs/inference.md, "TensorRT-LLM Mixtral rows").
     """
 
     name: str
@@ -186,6 +191,7 @@ class EngineProfile:
     int4_group_size: int = 128
     int4_group_bytes: float = 4.0
     gemm_tactic_tokens: int = 0
+    moe_gemm: str = ""
     sliding_window_kv: str = "full"
     attention_window: str = "config"
     sources: dict[str, str] = field(default_factory=dict)
@@ -315,6 +321,7 @@ _CHOICE_KEYS: dict[str, tuple[str, ...] | None] = {
     "kv_cache_layout": KV_CACHE_LAYOUTS,
     "sliding_window_kv": SLIDING_WINDOW_KV,
     "attention_window": ("config", "full"),
+    "moe_gemm": MOE_GEMM_KINDS,
     "spec_scorer": ("multi_query", "batch_expansion"),
     "cuda_graph_pad_rows": ("distinct", "identical"),
 }

@@ -39,6 +39,7 @@ from xpusim.sim.inference.kvcache import (
     plan_memory,
     require_fit,
 )
+from xpusim.sim.inference.moe_gemm import with_moe_gemm
 from xpusim.sim.inference.priced_step import (
     PricedStep,
     StepOpTimes,
@@ -418,6 +419,9 @@ class StepSimulator:
             # One optimisation profile, no GEMM plugin: every step's GEMMs run the tile
             # chosen at the profile's opt token count (sim/inference/gemm_tactic.py).
             model = with_gemm_tactic(model, self.engine.gemm_tactic_tokens)
+            # The engine's own MoE kernels for the routed experts' GEMMs
+            # (sim/inference/moe_gemm.py; they choose their tactic per token count).
+            model = with_moe_gemm(model, self.engine.moe_gemm, device)
             self._models[key] = CachedCostModel(model)
         return self._models[key]
 

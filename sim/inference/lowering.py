@@ -416,11 +416,9 @@ class StepSimulator:
                 model = with_engine_attention(model, device, self.engine.generation_kernel())
             if decode_batch is not None:
                 model = with_weight_only_gemv(model, gemv_memory_factors(self.engine))
-            # One optimisation profile, no GEMM plugin: every step's GEMMs run the tile
-            # chosen at the profile's opt token count (sim/inference/gemm_tactic.py).
+            # GEMM tiles of a one-profile engine (gemm_tactic.py); the engine's own MoE
+            # kernels for the routed experts' GEMMs (moe_gemm.py).
             model = with_gemm_tactic(model, self.engine.gemm_tactic_tokens)
-            # The engine's own MoE kernels for the routed experts' GEMMs
-            # (sim/inference/moe_gemm.py; they choose their tactic per token count).
             model = with_moe_gemm(model, self.engine.moe_gemm, device)
             self._models[key] = CachedCostModel(model)
         return self._models[key]

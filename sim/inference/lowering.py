@@ -411,15 +411,13 @@ class StepSimulator:
             device = self.engine.device_for_step(self.system.device, decode_batch)
             model: CostModel = KernelCostModel(device, self.attention_impl)
             if decode_batch is not None and self.attention_impl is None:
-                # The engine's own decode-attention kernel rule (an explicit
-                # --attention-impl overrides it).
+                # The engine's decode-attention kernel rule (--attention-impl overrides it).
                 model = with_engine_attention(model, device, self.engine.generation_kernel())
             if decode_batch is not None:
                 model = with_weight_only_gemv(model, gemv_memory_factors(self.engine))
-            # GEMM tiles of a one-profile engine (gemm_tactic.py); the engine's own MoE
-            # kernels for the routed experts' GEMMs (moe_gemm.py).
-            model = with_gemm_tactic(model, self.engine.gemm_tactic_tokens)
-            model = with_moe_gemm(model, self.engine.moe_gemm, device)
+            # One-profile GEMM tiles (gemm_tactic.py); the engine's MoE kernels (moe_gemm.py).
+            tactic = with_gemm_tactic(model, self.engine.gemm_tactic_tokens)
+            model = with_moe_gemm(tactic, self.engine.moe_gemm, device)
             self._models[key] = CachedCostModel(model)
         return self._models[key]
 

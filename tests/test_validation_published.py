@@ -210,6 +210,7 @@ def test_cli_json_keys(tmp_path):
         for key in ("n", "median_abs_error", "p90_abs_error", "bias",
                     "baseline_median_abs_error"):
             assert key in stats
+    assert isinstance(payload["device_ratios"], list)  # sim/validation/ratios.py
     assert plot.stat().st_size > 0
 
 

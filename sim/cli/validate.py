@@ -134,5 +134,7 @@ def _print_published(result: ValidateResult) -> None:
     report.print_rows(result.rows)
     print()
     report.print_summary(result.summary)
+    print()
+    report.print_device_ratios(result.payload.get("device_ratios", []))
     for path in result.files:
         print(f"wrote {path}")

@@ -11,8 +11,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from xpusim.sim.validation.corpus import load_corpus
+from xpusim.sim.validation.corpus import Row, load_corpus
 from xpusim.sim.validation.plot import scatter
+from xpusim.sim.validation.ratios import device_pairs, summarize_pairs
 from xpusim.sim.validation.runner import RowResult, run_rows
 from xpusim.sim.validation.summary import summarize
 
@@ -64,8 +65,27 @@ def unsupported_reasons(results: list[RowResult]) -> str:
     return "\n".join(lines)
 
 
-def generated_block(results: list[RowResult]) -> str:
+def device_ratio_table(rows: list[Row], results: list[RowResult], min_pairs: int = 3) -> str:
+    """Device pairs with at least ``min_pairs`` cells timed on both (sim/validation/ratios.py)."""
+    lines = ["| devices | pairs | measured ratio | predicted ratio | median \\|ratio err\\| "
+             "| ratio bias |", "|---|---|---|---|---|---|"]
+    for g in summarize_pairs(device_pairs(rows, results)):
+        if g["pairs"] >= min_pairs:
+            lines.append(f"| {g['second']} / {g['first']} | {g['pairs']} | "
+                         f"{g['median_measured_ratio']:.2f}x | {g['median_predicted_ratio']:.2f}x | "
+                         f"{_pct(g['median_abs_error'])} | {_pct(g['bias'], True)} |")
+    return "\n".join(lines)
+
+
+def generated_block(results: list[RowResult], rows: list[Row] | None = None) -> str:
     supported = sum(1 for r in results if not r.unsupported)
+    ratios = [] if rows is None else [
+        "**Cross-device ratios** (the same cell timed on two devices; speed of the first-named "
+        "over the second; ratio error = predicted / measured ratio - 1, positive = the "
+        "simulator overstates the first-named device's advantage; device pairs with >= 3 "
+        "cells):",
+        device_ratio_table(rows, results),
+    ]
     return "\n\n".join([
         BEGIN,
         f"{len(results)} rows, {supported} expressible ({supported / len(results):.0%}); "
@@ -73,6 +93,7 @@ def generated_block(results: list[RowResult]) -> str:
         summary_table(results),
         "**The ten largest misses** (check rows):",
         largest_misses(results),
+        *ratios,
         "**Rows the simulator cannot express yet**, by reason:",
         unsupported_reasons(results),
         END,
@@ -82,10 +103,11 @@ def generated_block(results: list[RowResult]) -> str:
 def main(argv: list[str]) -> int:
     root = Path(argv[0]) if argv else Path(".")
     doc = root / "docs" / "validation.md"
-    results = run_rows(load_corpus(), jobs=2)
+    rows = load_corpus()
+    results = run_rows(rows, jobs=2)
     text = doc.read_text()
     start, end = text.index(BEGIN), text.index(END) + len(END)
-    doc.write_text(text[:start] + generated_block(results) + text[end:])
+    doc.write_text(text[:start] + generated_block(results, rows) + text[end:])
     scatter(results, root / "docs" / "img" / "validation.png",
             "xpusim vs published measurements (all categories)")
     print(f"wrote {doc} and docs/img/validation.png")

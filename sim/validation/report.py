@@ -7,6 +7,7 @@ from typing import Any
 from xpusim.sim.errors import InputError
 from xpusim.sim.report import fmt_si, table
 from xpusim.sim.validation.corpus import CATEGORIES, Row, load_corpus
+from xpusim.sim.validation.ratios import device_pairs, summarize_pairs
 from xpusim.sim.validation.runner import RowResult, run_rows
 from xpusim.sim.validation.summary import summarize
 
@@ -36,6 +37,7 @@ def published_payload(rows: list[Row], jobs: int, progress: bool = False) -> dic
     return {
         "rows": [r.as_dict() for r in results],
         "summary": summarize(results),
+        "device_ratios": summarize_pairs(device_pairs(rows, results)),
         "_results": results,
     }
 
@@ -83,6 +85,21 @@ def print_summary(summary: dict[str, dict[str, Any]]) -> None:
                        "max", "bias", "naive median", "naive bias"]))
     print("errors on check rows only; positive = the simulator predicts a faster run than "
           "measured")
+
+
+def print_device_ratios(groups: list[dict[str, Any]], n: int = 12) -> None:
+    """The cross-device ratio table (sim/validation/ratios.py), the ``n`` best-covered
+    device pairs."""
+    if not groups:
+        return
+    rows = [[f"{g['second']} / {g['first']}", g["pairs"], f"{g['median_measured_ratio']:.2f}x",
+             f"{g['median_predicted_ratio']:.2f}x", _pct(g["median_abs_error"]),
+             _pct(g["bias"], True)] for g in groups[:n]]
+    print(table(rows, ["devices", "pairs", "measured ratio", "predicted ratio",
+                       "median |ratio err|", "ratio bias"]))
+    more = f"; {len(groups) - n} more device pairs in --json" if len(groups) > n else ""
+    print("the same cell timed on two devices: speed ratio, positive = the simulator "
+          f"overstates the first-named device's advantage{more}")
 
 
 def slowest(results: list[RowResult], n: int = 3) -> str:

@@ -1,0 +1,103 @@
+"""Cross-device ratios: does the simulator move the way measurements move between devices?
+
+A what-if ("how much faster is this job on an H200 than on an H100?") is a ratio of two
+predictions, so its error is the ratio's, not either row's: a model that is +10% on both
+devices gets the ratio right. Where the corpus times the same cell on two devices (the same
+command, metric and arguments but the ``system`` / ``device`` one), the pair's measured
+speed ratio is compared with the predicted one:
+
+    ratio error = predicted ratio / measured ratio - 1
+
+with the ratio the second device's speed over the first's (names sorted), speed = the value
+or, for a time, its inverse. Positive: the model overstates the second device's advantage.
+Check rows only, both supported. Pairs are grouped by their two devices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from xpusim.sim.validation.corpus import Row
+from xpusim.sim.validation.metrics import lower_is_faster
+from xpusim.sim.validation.runner import RowResult
+
+HARDWARE_KEYS = ("system", "device")
+
+
+@dataclass(frozen=True)
+class DevicePair:
+    """One cell timed on two devices: the second's speed over the first's."""
+
+    first: str
+    second: str
+    measured_ratio: float
+    predicted_ratio: float
+    ids: tuple[str, str]
+
+    @property
+    def error(self) -> float:
+        return self.predicted_ratio / self.measured_ratio - 1.0
+
+
+def _hardware(args: dict[str, Any]) -> str:
+    return "/".join(str(args[k]) for k in HARDWARE_KEYS if k in args)
+
+
+def _cell(row: Row) -> tuple:
+    """What must be equal for two rows to time the same cell (all but the hardware)."""
+    rest = tuple(sorted((k, repr(v)) for k, v in row.args.items() if k not in HARDWARE_KEYS))
+    return row.command, row.metric, row.unit, rest
+
+
+def _speed(value: float, unit: str) -> float:
+    return 1.0 / value if lower_is_faster(unit) else value
+
+
+def device_pairs(rows: Iterable[Row], results: Iterable[RowResult]) -> list[DevicePair]:
+    """Every pair of scored check rows that time one cell on two different devices."""
+    scored = {r.id: r for r in results
+              if r.role == "check" and not r.unsupported and r.predicted is not None}
+    cells: dict[tuple, list[tuple[str, Row, RowResult]]] = {}
+    for row in rows:
+        hardware = _hardware(row.args)
+        if row.id in scored and hardware:
+            cells.setdefault(_cell(row), []).append((hardware, row, scored[row.id]))
+    pairs = []
+    for members in cells.values():
+        members.sort(key=lambda m: (m[0], m[1].id))
+        for i, (hw_a, row_a, res_a) in enumerate(members):
+            for hw_b, row_b, res_b in members[i + 1:]:
+                if hw_b == hw_a:
+                    continue
+                unit = row_a.unit
+                measured = _speed(row_b.measured, unit) / _speed(row_a.measured, unit)
+                predicted = _speed(res_b.predicted, unit) / _speed(res_a.predicted, unit)
+                pairs.append(DevicePair(hw_a, hw_b, measured, predicted, (row_a.id, row_b.id)))
+    return pairs
+
+
+def summarize_pairs(pairs: Iterable[DevicePair]) -> list[dict[str, Any]]:
+    """Per (first, second) device: pairs, median |ratio error|, mean signed ratio error,
+    median measured and predicted ratios; most pairs first."""
+    groups: dict[tuple[str, str], list[DevicePair]] = {}
+    for p in pairs:
+        groups.setdefault((p.first, p.second), []).append(p)
+    out = []
+    for (first, second), group in groups.items():
+        errors = np.array([p.error for p in group])
+        out.append({
+            "first": first,
+            "second": second,
+            "pairs": len(group),
+            "median_abs_error": float(np.median(np.abs(errors))),
+            "bias": float(errors.mean()),
+            "median_measured_ratio": float(np.median([p.measured_ratio for p in group])),
+            "median_predicted_ratio": float(np.median([p.predicted_ratio for p in group])),
+        })
+    return sorted(out, key=lambda g: (-g["pairs"], g["first"], g["second"]))
+
+
+__all__ = ["DevicePair", "HARDWARE_KEYS", "device_pairs", "summarize_pairs"]

@@ -63,7 +63,8 @@ def test_summary_groups_by_device_pair():
             _row("a2", "x", 100.0, batch=2), _row("b2", "y", 100.0, batch=2)]
     predicted = {"a1": 100.0, "b1": 220.0, "a2": 100.0, "b2": 90.0}  # +10%, -10% ratio errors
     (group,) = summarize_pairs(device_pairs(rows, [_result(r, predicted[r.id]) for r in rows]))
-    assert (group["first"], group["second"], group["pairs"]) == ("x", "y", 2)
+    assert (group["category"], group["first"], group["second"], group["pairs"]) == (
+        "serving", "x", "y", 2)
     assert group["median_abs_error"] == pytest.approx(0.1)
     assert group["bias"] == pytest.approx(0.0)
     assert group["median_measured_ratio"] == pytest.approx(1.5)

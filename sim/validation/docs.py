@@ -67,11 +67,11 @@ def unsupported_reasons(results: list[RowResult]) -> str:
 
 def device_ratio_table(rows: list[Row], results: list[RowResult], min_pairs: int = 3) -> str:
     """Device pairs with at least ``min_pairs`` cells timed on both (sim/validation/ratios.py)."""
-    lines = ["| devices | pairs | measured ratio | predicted ratio | median \\|ratio err\\| "
-             "| ratio bias |", "|---|---|---|---|---|---|"]
+    lines = ["| category | devices | pairs | measured ratio | predicted ratio "
+             "| median \\|ratio err\\| | ratio bias |", "|---|---|---|---|---|---|---|"]
     for g in summarize_pairs(device_pairs(rows, results)):
         if g["pairs"] >= min_pairs:
-            lines.append(f"| {g['second']} / {g['first']} | {g['pairs']} | "
+            lines.append(f"| {g['category']} | {g['second']} / {g['first']} | {g['pairs']} | "
                          f"{g['median_measured_ratio']:.2f}x | {g['median_predicted_ratio']:.2f}x | "
                          f"{_pct(g['median_abs_error'])} | {_pct(g['bias'], True)} |")
     return "\n".join(lines)

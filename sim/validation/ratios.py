@@ -10,7 +10,8 @@ speed ratio is compared with the predicted one:
 
 with the ratio the second device's speed over the first's (names sorted), speed = the value
 or, for a time, its inverse. Positive: the model overstates the second device's advantage.
-Check rows only, both supported. Pairs are grouped by their two devices.
+Check rows only, both supported. Pairs are grouped by category and their two devices (a
+GEMM's H100/A100 ratio and a serving run's mean different things).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ HARDWARE_KEYS = ("system", "device")
 class DevicePair:
     """One cell timed on two devices: the second's speed over the first's."""
 
+    category: str
     first: str
     second: str
     measured_ratio: float
@@ -75,20 +77,22 @@ def device_pairs(rows: Iterable[Row], results: Iterable[RowResult]) -> list[Devi
                 unit = row_a.unit
                 measured = _speed(row_b.measured, unit) / _speed(row_a.measured, unit)
                 predicted = _speed(res_b.predicted, unit) / _speed(res_a.predicted, unit)
-                pairs.append(DevicePair(hw_a, hw_b, measured, predicted, (row_a.id, row_b.id)))
+                pairs.append(DevicePair(row_a.category, hw_a, hw_b, measured, predicted,
+                                        (row_a.id, row_b.id)))
     return pairs
 
 
 def summarize_pairs(pairs: Iterable[DevicePair]) -> list[dict[str, Any]]:
-    """Per (first, second) device: pairs, median |ratio error|, mean signed ratio error,
-    median measured and predicted ratios; most pairs first."""
-    groups: dict[tuple[str, str], list[DevicePair]] = {}
+    """Per category and (first, second) device: pairs, median |ratio error|, mean signed ratio
+    error, median measured and predicted ratios; most pairs first."""
+    groups: dict[tuple[str, str, str], list[DevicePair]] = {}
     for p in pairs:
-        groups.setdefault((p.first, p.second), []).append(p)
+        groups.setdefault((p.category, p.first, p.second), []).append(p)
     out = []
-    for (first, second), group in groups.items():
+    for (category, first, second), group in groups.items():
         errors = np.array([p.error for p in group])
         out.append({
+            "category": category,
             "first": first,
             "second": second,
             "pairs": len(group),
@@ -97,7 +101,7 @@ def summarize_pairs(pairs: Iterable[DevicePair]) -> list[dict[str, Any]]:
             "median_measured_ratio": float(np.median([p.measured_ratio for p in group])),
             "median_predicted_ratio": float(np.median([p.predicted_ratio for p in group])),
         })
-    return sorted(out, key=lambda g: (-g["pairs"], g["first"], g["second"]))
+    return sorted(out, key=lambda g: (-g["pairs"], g["category"], g["first"], g["second"]))
 
 
 __all__ = ["DevicePair", "HARDWARE_KEYS", "device_pairs", "summarize_pairs"]

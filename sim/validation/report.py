@@ -92,10 +92,11 @@ def print_device_ratios(groups: list[dict[str, Any]], n: int = 12) -> None:
     device pairs."""
     if not groups:
         return
-    rows = [[f"{g['second']} / {g['first']}", g["pairs"], f"{g['median_measured_ratio']:.2f}x",
+    rows = [[g["category"], f"{g['second']} / {g['first']}", g["pairs"],
+             f"{g['median_measured_ratio']:.2f}x",
              f"{g['median_predicted_ratio']:.2f}x", _pct(g["median_abs_error"]),
              _pct(g["bias"], True)] for g in groups[:n]]
-    print(table(rows, ["devices", "pairs", "measured ratio", "predicted ratio",
+    print(table(rows, ["category", "devices", "pairs", "measured ratio", "predicted ratio",
                        "median |ratio err|", "ratio bias"]))
     more = f"; {len(groups) - n} more device pairs in --json" if len(groups) > n else ""
     print("the same cell timed on two devices: speed ratio, positive = the simulator "

@@ -48,7 +48,10 @@ def _hardware(args: dict[str, Any]) -> str:
     return "/".join(str(args[k]) for k in HARDWARE_KEYS if k in args)
 
 
-def _cell(row: Row) -> tuple:
+Cell = tuple[str, str, str, tuple[tuple[str, str], ...]]
+
+
+def _cell(row: Row) -> Cell:
     """What must be equal for two rows to time the same cell (all but the hardware)."""
     rest = tuple(sorted((k, repr(v)) for k, v in row.args.items() if k not in HARDWARE_KEYS))
     return row.command, row.metric, row.unit, rest
@@ -62,21 +65,22 @@ def device_pairs(rows: Iterable[Row], results: Iterable[RowResult]) -> list[Devi
     """Every pair of scored check rows that time one cell on two different devices."""
     scored = {r.id: r for r in results
               if r.role == "check" and not r.unsupported and r.predicted is not None}
-    cells: dict[tuple, list[tuple[str, Row, RowResult]]] = {}
+    cells: dict[Cell, list[tuple[str, Row, float]]] = {}
     for row in rows:
         hardware = _hardware(row.args)
-        if row.id in scored and hardware:
-            cells.setdefault(_cell(row), []).append((hardware, row, scored[row.id]))
+        predicted = scored[row.id].predicted if row.id in scored else None
+        if predicted is not None and hardware:
+            cells.setdefault(_cell(row), []).append((hardware, row, predicted))
     pairs = []
     for members in cells.values():
         members.sort(key=lambda m: (m[0], m[1].id))
-        for i, (hw_a, row_a, res_a) in enumerate(members):
-            for hw_b, row_b, res_b in members[i + 1:]:
+        for i, (hw_a, row_a, pred_a) in enumerate(members):
+            for hw_b, row_b, pred_b in members[i + 1:]:
                 if hw_b == hw_a:
                     continue
                 unit = row_a.unit
                 measured = _speed(row_b.measured, unit) / _speed(row_a.measured, unit)
-                predicted = _speed(res_b.predicted, unit) / _speed(res_a.predicted, unit)
+                predicted = _speed(pred_b, unit) / _speed(pred_a, unit)
                 pairs.append(DevicePair(row_a.category, hw_a, hw_b, measured, predicted,
                                         (row_a.id, row_b.id)))
     return pairs

@@ -29,9 +29,14 @@ from xpusim.sim.network import comm_time_fn
 # Step-simulator configurations whose pricing caches one process keeps (``step_memo``):
 # a configuration's caches hold tens of MB after a long serving run (every decode batch
 # size's skeleton, op costs and sums), so few; and systems' collective pricers
-# (``shared_table``: floats by collective, small).
+# (``shared_table``: floats by collective, small: ~115,000 entries over every serving row
+# of ``validate --published``). A worker runs the deployment groups of many systems in
+# turn, so with room for only 4 systems a system's table was dropped and its collectives
+# priced again when the next of its groups came (2026-12-07: 156,893 collective pricings
+# for 115,445 distinct collectives over the serving rows in one process, ~90 µs each);
+# 32 holds every system the serving rows use (7) and the other inference rows' too.
 MEMO_CONFIGS = 2
-SHARED_TABLES = 4
+SHARED_TABLES = 32
 
 
 @dataclass(frozen=True)

@@ -122,18 +122,18 @@ class RunningBatch:
 
     def _track(self, r: Request) -> None:
         """``r`` decodes from now on, its ``generated`` written at this tick."""
-        self.decoding[id(r)] = r
-        self.since[id(r)] = self.tick
-        self.serial += 1
-        self.entry[id(r)] = self.serial
-        heapq.heappush(self.ends, (self.tick + r.output - r.generated, self.serial, r))
-        context = r.prompt + r.generated
-        if self._windowed and self._below_cap(context):
+        key, tick = id(r), self.tick  # once: this runs for every request of a run
+        self.decoding[key] = r
+        self.since[key] = tick
+        serial = self.serial = self.serial + 1
+        self.entry[key] = serial
+        heapq.heappush(self.ends, (tick + r.output - r.generated, serial, r))
+        if self._windowed and self._below_cap(context := r.prompt + r.generated):
             # Its windowed blocks reach the cap when context + step_tokens first equals
             # (cap - 1) x block + 1, context growing one token per tick.
             assert self.layout is not None
-            at = self.tick + (self.layout.cap - 1) * self.block + 1 - self.step_tokens - context
-            heapq.heappush(self.caps, (at, self.serial, r))
+            at = tick + (self.layout.cap - 1) * self.block + 1 - self.step_tokens - context
+            heapq.heappush(self.caps, (at, serial, r))
 
     def generated(self, r: Request) -> int:
         """Decoding request ``r``'s generated tokens now."""
@@ -154,8 +154,9 @@ class RunningBatch:
         """Write ``r``'s generated tokens and take it out of the sums (its heap entry
         stays, skipped once ``entry`` no longer names it; requests live for the whole
         run, so their ids are not reused)."""
-        r.generated += self.tick - self.since.pop(id(r))
-        del self.entry[id(r)]
+        key = id(r)
+        r.generated += self.tick - self.since.pop(key)
+        del self.entry[key]
         context = r.prompt + r.generated
         self.context -= context
         self.need -= self.units(context + self.step_tokens)

@@ -12,6 +12,7 @@ import random
 
 import pytest
 from xpusim.hwprofiles import load_system
+from xpusim.sim.inference.decode_runs import Interp
 from xpusim.sim.inference.engine_profile import load_engine
 from xpusim.sim.inference.lowering import StepSimulator
 from xpusim.sim.inference.serving import Server
@@ -72,6 +73,31 @@ def test_equals_formula_in_any_order(grid):
     at = _costs()._interp_fn(fn, grid)
     for x in xs:
         assert at(x) == _reference(fn, grid, x), x
+
+
+@pytest.mark.parametrize("grid", [CONTEXT_GRID, TOKEN_GRID], ids=["context", "tokens"])
+def test_two_cursors_share_the_table_and_equal_the_formula(grid):
+    # A mixed step reads the token work at two points in turn through two cursors of one
+    # ``Interp`` (StepCosts.mixed_device): each is the formula, and every segment is
+    # still priced once for both.
+    calls: list[float] = []
+
+    def fn(x):
+        return 2e-4 + 1.1e-7 * x + 3.0 / (x + 11.0)
+
+    def counted(x):
+        calls.append(x)
+        return fn(x)
+
+    interp = Interp(counted, grid)
+    first, second = interp.at, interp.cursor()
+    rng = random.Random(9)
+    for _ in range(3000):
+        lo = rng.choice(grid) + rng.uniform(0, 300)
+        hi = lo + rng.choice((0, 1, 128, 640, 3000))
+        assert first(hi) == _reference(fn, grid, hi)
+        assert second(lo) == _reference(fn, grid, lo)
+    assert len(calls) == 2 * len(interp.ends)  # each segment's ends priced once
 
 
 @pytest.mark.parametrize("engine", ["vllm-0.6", "trtllm-0.10"])  # prefill-first, mixed

@@ -76,6 +76,13 @@ class Interp:
         self.ends: dict[int, Segment] = {}
         self.at = _scalar(self.ends, grid, fn)
 
+    def cursor(self) -> Callable[[float], float]:
+        """Another ``at`` over the same segment table, with its own previous segment: a
+        caller that reads two points of one function in turn (a mixed step's token work
+        at the decode tokens and at decode + chunk tokens) keeps each in its segment
+        rather than looking the segment up at every call. The same floats as ``at``."""
+        return _scalar(self.ends, self.grid, self.fn)
+
     def segment(self, i: int) -> Segment:
         return _segment(self.ends, self.grid, self.fn, i)
 

@@ -81,7 +81,13 @@ class RunningBatch:
         if self.layout is None:
             self.layout = KVLayout(block=self.block)
         assert self.layout.block == self.block, "layout and batch block sizes differ"
-        self.units = self.layout.units
+        if self.layout.windowed:
+            self.units = self.layout.units
+        else:
+            # Units are blocks (``KVLayout.units`` without windows), read ~7 times per
+            # request of a run: the formula over the block size, without the layout.
+            block = self.block
+            self.units = lambda tokens: -(-tokens // block)
         # Whether any layer is windowed (the layout is fixed for the batch's life): the
         # per-request paths below skip ``_below_cap`` without windows.
         self._windowed = self.layout.windowed

@@ -62,7 +62,7 @@ class StepCosts:
         # Attention of a prompt chunk over its cached prefix at (chunk, prefix) grid corners.
         self._prefix_corners: dict[tuple[int, int], float] = {}
         # (``tokens``, ``chunk_attention``) interpolating functions of ``mixed_device``.
-        self._mixed_fns: tuple[Callable[[float], float], Callable[[float], float]] | None = None
+        self._mixed_fns: tuple[Callable[[float], float], ...] | None = None
 
     def _time(self, sim: StepSimulator, batch: StepBatch, host: bool = True) -> float:
         return _step_time(sim, batch, host, self.exact)
@@ -223,10 +223,13 @@ class StepCosts:
         chunks' logit rows."""
         fns = self._mixed_fns
         if fns is None:  # kept: a serving run makes ~10^5 such steps
-            fns = self._mixed_fns = (self._grid_fn("tokens", 0),
+            tokens = self._grid_interp("tokens", 0)
+            # Two cursors over one table: the two token counts lie in different
+            # segments in most steps (``Interp.cursor``).
+            fns = self._mixed_fns = (tokens.at, tokens.cursor(),
                                      self._grid_fn("chunk_attention", 1))
-        tokens, attention = fns
-        device = tokens(decode_batch + sum(chunks)) - tokens(decode_batch)
+        step_tokens, decode_tokens, attention = fns
+        device = step_tokens(decode_batch + sum(chunks)) - decode_tokens(decode_batch)
         if decode_batch:
             device += self.decode_device(decode_batch, context)
         if not prefixes or not any(prefixes):

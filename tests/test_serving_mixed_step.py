@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import bisect
+import random
 from dataclasses import replace
 
 import pytest
@@ -9,7 +11,7 @@ from xpusim.hwprofiles import load_system
 from xpusim.sim.inference.engine_profile import load_engine
 from xpusim.sim.inference.lowering import StepBatch, StepSimulator
 from xpusim.sim.inference.serving import Server
-from xpusim.sim.inference.stepcosts import StepCosts
+from xpusim.sim.inference.stepcosts import CONTEXT_GRID, StepCosts
 from xpusim.sim.inference.workload import Request
 from xpusim.sim.models.hf_config import load_model
 from xpusim.sim.parallel import ParallelPlan
@@ -87,6 +89,23 @@ def test_chunk_attention_is_bilinear_between_grid_corners():
     # More cached prefix never makes a chunk cheaper.
     times = [costs.chunk_attention(1000, p) for p in (100, 1000, 5000, 20000)]
     assert times == sorted(times)
+
+
+def test_chunk_attention_cells_equal_the_corner_formula():
+    # chunk_attention keeps each grid cell's four corners: the same floats as reading
+    # the corners at every call.
+    costs = _costs("llama-2-7b", 1)
+    f, grid = costs._prefix_attention, CONTEXT_GRID
+    rng = random.Random(4)
+    for _ in range(400):
+        chunk, prefix = rng.randint(1, 9000), rng.choice((rng.randint(1, 40000), 128, 4096))
+        i = min(max(bisect.bisect_right(grid, chunk) - 1, 0), len(grid) - 2)
+        j = min(max(bisect.bisect_right(grid, prefix) - 1, 0), len(grid) - 2)
+        c0, c1, p0, p1 = grid[i], grid[i + 1], grid[j], grid[j + 1]
+        u, v = (chunk - c0) / (c1 - c0), (prefix - p0) / (p1 - p0)
+        expected = ((1 - u) * ((1 - v) * f(c0, p0) + v * f(c0, p1))
+                    + u * ((1 - v) * f(c1, p0) + v * f(c1, p1)))
+        assert costs.chunk_attention(chunk, prefix) == expected
 
 
 def test_without_chunked_prefill_a_prompt_waits_for_a_step_that_holds_it():

@@ -61,6 +61,8 @@ class StepCosts:
         self._chunks: dict[float, float] = {}
         # Attention of a prompt chunk over its cached prefix at (chunk, prefix) grid corners.
         self._prefix_corners: dict[tuple[int, int], float] = {}
+        # Those corners by grid cell (i, j) of (chunk, prefix): ``chunk_attention``.
+        self._prefix_cells: dict[tuple[int, int], tuple[float, float, float, float]] = {}
         # (``tokens``, ``chunk_attention``) interpolating functions of ``mixed_device``.
         self._mixed_fns: tuple[Callable[[float], float], ...] | None = None
 
@@ -255,9 +257,13 @@ class StepCosts:
         j = min(max(bisect.bisect_right(grid, prefix) - 1, 0), len(grid) - 2)
         c0, c1, p0, p1 = grid[i], grid[i + 1], grid[j], grid[j + 1]
         u, v = (chunk - c0) / (c1 - c0), (prefix - p0) / (p1 - p0)
-        f = self._prefix_attention
-        return ((1 - u) * ((1 - v) * f(c0, p0) + v * f(c0, p1))
-                + u * ((1 - v) * f(c1, p0) + v * f(c1, p1)))
+        # The cell's four corners, read once per cell (a run reads a few cells ~10^5 times).
+        corners = self._prefix_cells.get((i, j))
+        if corners is None:
+            f = self._prefix_attention
+            corners = self._prefix_cells[(i, j)] = (f(c0, p0), f(c0, p1), f(c1, p0), f(c1, p1))
+        f00, f01, f10, f11 = corners
+        return (1 - u) * ((1 - v) * f00 + v * f01) + u * ((1 - v) * f10 + v * f11)
 
     def _prefix_attention(self, chunk: int, prefix: int) -> float:
         """``chunk_attention`` at a grid corner, priced once per run."""

@@ -63,7 +63,8 @@ class StepCosts:
         self._prefix_corners: dict[tuple[int, int], float] = {}
         # Those corners by grid cell (i, j) of (chunk, prefix): ``chunk_attention``.
         self._prefix_cells: dict[tuple[int, int], tuple[float, float, float, float]] = {}
-        # (``tokens``, ``chunk_attention``) interpolating functions of ``mixed_device``.
+        # ``mixed_device``'s interpolating functions: ``tokens`` (two cursors: at the
+        # step's tokens and at its decode tokens) and ``chunk_attention``.
         self._mixed_fns: tuple[Callable[[float], float], ...] | None = None
 
     def _time(self, sim: StepSimulator, batch: StepBatch, host: bool = True) -> float:

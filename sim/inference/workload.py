@@ -131,13 +131,11 @@ def make_requests(w: Workload) -> list[Request]:
         return [Request(i, t, p, o, 0.0) for i, (t, p, o) in enumerate(rows)]
     out = []
     for i, (t, p, o) in enumerate(rows):
-        alpha = 0.0
-        if w.alpha > 0:
-            if w.alpha >= 1:
-                alpha = 1.0
-            else:
-                c = w.alpha_concentration
-                alpha = float(rng.beta(w.alpha * c, (1 - w.alpha) * c))
+        if w.alpha >= 1:
+            alpha = 1.0
+        else:
+            c = w.alpha_concentration
+            alpha = float(rng.beta(w.alpha * c, (1 - w.alpha) * c))
         out.append(Request(i, t, p, o, alpha))
     return out
 

@@ -175,7 +175,7 @@ def test_results_are_deterministic_and_complete(results):
 
 def test_regression_gate(results):
     golden = json.loads(GOLDEN.read_text())
-    problems = regressions(results, golden)
+    problems = regressions(results, golden, ROWS)
     assert not problems, (
         "validation against published measurements got worse: "
         + "; ".join(problems)
@@ -184,9 +184,10 @@ def test_regression_gate(results):
 
 
 def test_golden_record_shape(results):
-    record = golden_record(results)
+    record = golden_record(results, ROWS)
     assert "all" in record["categories"]
     assert set(record["supported"]) <= {r.id for r in ROWS}
+    assert record["device_ratios"]  # the what-if gate has device pairs to watch
 
 
 # ---- the command ----------------------------------------------------------------

@@ -68,3 +68,16 @@ def test_summary_groups_by_device_pair():
     assert group["median_abs_error"] == pytest.approx(0.1)
     assert group["bias"] == pytest.approx(0.0)
     assert group["median_measured_ratio"] == pytest.approx(1.5)
+
+
+def test_the_gate_fails_a_device_pair_whose_ratio_error_grew():
+    from xpusim.sim.validation.golden import golden_record, regressions
+
+    rows = [_row(f"{d}{i}", d, 100.0, batch=i) for i in range(10) for d in ("x", "y")]
+    exact = [_result(r, 100.0) for r in rows]  # every ratio exact
+    golden = golden_record(exact, rows)
+    assert golden["device_ratios"] == {"serving:y/x": 0.0}
+    worse = [_result(r, 110.0 if r.args["system"] == "y" else 100.0) for r in rows]
+    problems = regressions(worse, golden, rows)
+    assert any("serving:y/x" in p for p in problems)
+    assert regressions(exact, golden, rows) == []

@@ -1,8 +1,10 @@
 """The regression gate: the committed per-category error table of the published corpus.
 
 A category's median |error| on check rows may not worsen by more than
-``TOLERANCE`` (2 points), and a row the simulator expressed may not become
-unsupported. Improvements rewrite the file in the same commit:
+``TOLERANCE`` (2 points), nor may the median |ratio error| of a device pair with at least
+``MIN_RATIO_PAIRS`` cells timed on both (the what-if skill, ``ratios.py``), and a row the
+simulator expressed may not become unsupported. Improvements rewrite the file in the same
+commit:
 
     python -m xpusim.sim.validation.golden tests/golden/validation_published.json
 """
@@ -15,16 +17,26 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from xpusim.sim.validation.corpus import load_corpus
+from xpusim.sim.validation.corpus import Row, load_corpus
+from xpusim.sim.validation.ratios import device_pairs, summarize_pairs
 from xpusim.sim.validation.runner import RowResult, run_rows
 from xpusim.sim.validation.summary import summarize
 
 TOLERANCE = 0.02
+MIN_RATIO_PAIRS = 10  # device pairs with fewer cells are too thin to gate on
 
 
-def golden_record(results: list[RowResult]) -> dict[str, Any]:
+def ratio_errors(rows: list[Row], results: list[RowResult]) -> dict[str, float]:
+    """``category:second/first`` -> median |ratio error|, for device pairs with at least
+    ``MIN_RATIO_PAIRS`` cells."""
+    return {f"{g['category']}:{g['second']}/{g['first']}": g["median_abs_error"]
+            for g in summarize_pairs(device_pairs(rows, results))
+            if g["pairs"] >= MIN_RATIO_PAIRS}
+
+
+def golden_record(results: list[RowResult], rows: list[Row] | None = None) -> dict[str, Any]:
     summary = summarize(results)
-    return {
+    record: dict[str, Any] = {
         "tolerance": TOLERANCE,
         "categories": {
             c: {k: s[k] for k in ("n", "unsupported", "median_abs_error", "p90_abs_error",
@@ -33,11 +45,16 @@ def golden_record(results: list[RowResult]) -> dict[str, Any]:
         },
         "supported": sorted(r.id for r in results if not r.unsupported),
     }
+    if rows is not None:
+        record["device_ratios"] = ratio_errors(rows, results)
+    return record
 
 
-def regressions(results: list[RowResult], golden: dict[str, Any]) -> list[str]:
-    """What got worse than the golden record: one message per category or row."""
-    now = golden_record(results)
+def regressions(results: list[RowResult], golden: dict[str, Any],
+                rows: list[Row] | None = None) -> list[str]:
+    """What got worse than the golden record: one message per category, device pair or row
+    (device pairs only when ``rows`` is given)."""
+    now = golden_record(results, rows)
     problems = []
     for category, before in golden["categories"].items():
         after = now["categories"].get(category)
@@ -48,6 +65,11 @@ def regressions(results: list[RowResult], golden: dict[str, Any]) -> list[str]:
         if b is not None and (a is None or a > b + TOLERANCE):
             problems.append(f"{category}: median |error| {b:.1%} -> "
                             f"{'none' if a is None else f'{a:.1%}'} (tolerance {TOLERANCE:.0%})")
+    for pair, b in golden.get("device_ratios", {}).items() if rows is not None else ():
+        a = now["device_ratios"].get(pair)
+        if a is not None and a > b + TOLERANCE:
+            problems.append(f"{pair}: median |ratio error| {b:.1%} -> {a:.1%} "
+                            f"(tolerance {TOLERANCE:.0%})")
     lost = sorted(set(golden["supported"]) - set(now["supported"]))
     if lost:
         problems.append("no longer supported: " + ", ".join(lost))
@@ -63,13 +85,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--check", action="store_true", help="compare, do not write")
     args = parser.parse_args(argv)
     path = Path(args.path)
-    results = run_rows(load_corpus(), jobs=2)
+    rows = load_corpus()
+    results = run_rows(rows, jobs=2)
     if args.check:
-        problems = regressions(results, json.loads(path.read_text()))
+        problems = regressions(results, json.loads(path.read_text()), rows)
         print("\n".join(problems) if problems else f"no regression against {path}")
         return 1 if problems else 0
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(golden_record(results), indent=2) + "\n")
+    path.write_text(json.dumps(golden_record(results, rows), indent=2) + "\n")
     print(f"wrote {path}")
     return 0
 

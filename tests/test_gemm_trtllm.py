@@ -14,7 +14,6 @@ from xpusim.sim.cost.gemm_trtllm import (
     TRTLLM_FC1,
     TRTLLM_FC2,
     MoeTactic,
-    feed_flops_per_element,
     fused_gated_smem,
     grouped_sm80_smem,
     sm80_candidates,
@@ -23,6 +22,7 @@ from xpusim.sim.cost.gemm_trtllm import (
     tactic_work,
     trtllm_tactic,
 )
+from xpusim.sim.cost.operand_feed import feed_flops_per_element
 from xpusim.sim.errors import InputError
 from xpusim.sim.inference.engine_profile import load_engine
 from xpusim.sim.inference.moe_gemm import MoeGemmModel, with_moe_gemm, with_moe_impl

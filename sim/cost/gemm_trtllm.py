@@ -73,7 +73,8 @@ from dataclasses import dataclass
 from xpusim.hwprofiles.spec import Device
 from xpusim.sim.cost.gemm_pipeline import STAGE_ROW_BYTES, pipeline_stages
 from xpusim.sim.cost.gemm_torch import group_rows_of, max_cta_occupancy
-from xpusim.sim.ir import GemmShape, dtype_bytes
+from xpusim.sim.cost.operand_feed import feed_flops_per_element
+from xpusim.sim.ir import GemmShape
 
 TRTLLM_FC1 = "trtllm-moe-fc1"  # gate + up projection of the routed experts (gated)
 TRTLLM_FC2 = "trtllm-moe-fc2"  # down projection of the routed experts
@@ -196,17 +197,6 @@ def tactic_work(
     return count * per_block, count * mma
 
 
-def feed_flops_per_element(device: Device, dtype: str) -> float:
-    """Tensor FLOPs (at peak x ``matrix_max``) an SM runs while its share of L2 bandwidth
-    delivers one operand element: the roofline's operand-feed bound (sim/cost/roofline.py
-    ``_compute``, the same formula); 0 where the profile gives no L2 bandwidth."""
-    l2 = device.kernels.l2_bandwidth if device.arch == "nvidia" else None
-    if not l2:
-        return 0.0
-    peak = device.peak_for("matrix", dtype) * device.efficiency.matrix_max_for(dtype)
-    return peak / l2 * dtype_bytes(dtype)
-
-
 def trtllm_tactic(shape: GemmShape, device: Device, dtype: str) -> MoeTactic:
     """The config the plugin runs ``shape`` with on ``device`` (module docstring): the
     candidate of fewest cost FLOPs, ties to the deeper pipeline. sm90 (compute capability
@@ -238,7 +228,6 @@ __all__ = [
     "TRTLLM_FC2",
     "TRTLLM_MOE_IMPLS",
     "MoeTactic",
-    "feed_flops_per_element",
     "fused_gated_smem",
     "grouped_sm80_smem",
     "sm80_candidates",

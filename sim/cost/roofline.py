@@ -54,6 +54,7 @@ from xpusim.sim.cost.base import OpCost
 from xpusim.sim.cost.gemm_impl import BLOCK_IMPLS, impl_stages, impl_work
 from xpusim.sim.cost.gemm_pipeline import pipeline_stages, pipelined_time
 from xpusim.sim.cost.gemm_xla import XLA_IMPLS, ZERO_WORK_DOT_MNK, xla_fixed_s
+from xpusim.sim.cost.operand_feed import feed_flops_per_element
 from xpusim.sim.ir import (
     MAIN_MEMORY,
     ElementwiseShape,
@@ -297,14 +298,11 @@ class RooflineModel:
         work, executed, wave_eff = op.flops, op.flops, 1.0
         shape = op.shape
         if op.unit == Unit.MATRIX and isinstance(shape, GemmShape):
-            # Operand-feed bound (``block_work``): the FLOPs an SM runs at peak x max while
-            # its share of L2 bandwidth delivers one operand element (profiles' [kernels]
-            # l2_bandwidth_gbps: H100 12 TB/s, Hazy Research "GPUs Go Brrr"; A100 5120 B/clk,
-            # A100 whitepaper); NVIDIA profiles that publish it only. Hopper (async_mma) runs
-            # 2-CTA clusters with TMA multicast (CUTLASS cutlass_library/generator.py
-            # GenerateSM90_TensorOp_16b_WGMMA_gemm: cluster shapes [2,1,1] / [1,2,1]).
-            l2 = dev.kernels.l2_bandwidth if dev.arch == "nvidia" else None
-            per_element = peak * max_eff / l2 * dtype_bytes(op.dtype) if l2 else 0.0
+            # Operand-feed bound (``block_work``, sim/cost/operand_feed.py). Hopper
+            # (async_mma) runs 2-CTA clusters with TMA multicast (CUTLASS
+            # cutlass_library/generator.py GenerateSM90_TensorOp_16b_WGMMA_gemm: cluster
+            # shapes [2,1,1] / [1,2,1]).
+            per_element = feed_flops_per_element(dev, op.dtype)
             if shape.impl in BLOCK_IMPLS:  # a named library kernel cuts the blocks its own way
                 work, executed = impl_work(shape, dev, op.dtype, per_element)
             elif shape.tactic_m > 0:  # a tile chosen once, at tactic_m rows (tactic_tile)

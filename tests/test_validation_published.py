@@ -187,7 +187,7 @@ def test_golden_record_shape(results):
     record = golden_record(results, ROWS)
     assert "all" in record["categories"]
     assert set(record["supported"]) <= {r.id for r in ROWS}
-    assert record["device_ratios"]  # the what-if gate has device pairs to watch
+    assert record["what_if_ratios"]  # the what-if gate has pairs to watch
 
 
 # ---- the command ----------------------------------------------------------------
@@ -211,7 +211,7 @@ def test_cli_json_keys(tmp_path):
         for key in ("n", "median_abs_error", "p90_abs_error", "bias",
                     "baseline_median_abs_error"):
             assert key in stats
-    assert isinstance(payload["device_ratios"], list)  # sim/validation/ratios.py
+    assert isinstance(payload["what_if_ratios"], list)  # sim/validation/ratios.py
     assert plot.stat().st_size > 0
 
 

@@ -63,8 +63,8 @@ def test_summary_groups_by_device_pair():
             _row("a2", "x", 100.0, batch=2), _row("b2", "y", 100.0, batch=2)]
     predicted = {"a1": 100.0, "b1": 220.0, "a2": 100.0, "b2": 90.0}  # +10%, -10% ratio errors
     (group,) = summarize_pairs(device_pairs(rows, [_result(r, predicted[r.id]) for r in rows]))
-    assert (group["category"], group["first"], group["second"], group["pairs"]) == (
-        "serving", "x", "y", 2)
+    assert (group["axis"], group["category"], group["first"], group["second"],
+            group["pairs"]) == ("hardware", "serving", "x", "y", 2)
     assert group["median_abs_error"] == pytest.approx(0.1)
     assert group["bias"] == pytest.approx(0.0)
     assert group["median_measured_ratio"] == pytest.approx(1.5)
@@ -76,8 +76,18 @@ def test_the_gate_fails_a_device_pair_whose_ratio_error_grew():
     rows = [_row(f"{d}{i}", d, 100.0, batch=i) for i in range(10) for d in ("x", "y")]
     exact = [_result(r, 100.0) for r in rows]  # every ratio exact
     golden = golden_record(exact, rows)
-    assert golden["device_ratios"] == {"serving:y/x": 0.0}
+    assert golden["what_if_ratios"] == {"hardware:serving:y/x": 0.0}
     worse = [_result(r, 110.0 if r.args["system"] == "y" else 100.0) for r in rows]
     problems = regressions(worse, golden, rows)
-    assert any("serving:y/x" in p for p in problems)
+    assert any("hardware:serving:y/x" in p for p in problems)
     assert regressions(exact, golden, rows) == []
+
+
+def test_a_dtype_pair_varies_only_the_dtype():
+    a = _row("a", "x", 100.0, dtype="bf16")
+    b = _row("b", "x", 150.0, dtype="fp8")
+    c = _row("c", "y", 150.0, dtype="fp8")  # another device too: not a dtype pair of a
+    results = [_result(a, 100.0), _result(b, 180.0), _result(c, 150.0)]
+    (pair,) = device_pairs([a, b, c], results, axis="dtype")
+    assert (pair.axis, pair.first, pair.second) == ("dtype", "bf16", "fp8")
+    assert pair.error == pytest.approx(1.8 / 1.5 - 1.0)  # FP8's gain overstated by 20%

@@ -135,6 +135,6 @@ def _print_published(result: ValidateResult) -> None:
     print()
     report.print_summary(result.summary)
     print()
-    report.print_device_ratios(result.payload.get("device_ratios", []))
+    report.print_what_if_ratios(result.payload.get("what_if_ratios", []))
     for path in result.files:
         print(f"wrote {path}")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from xpusim.sim.validation.corpus import Row, load_corpus
 from xpusim.sim.validation.plot import scatter
-from xpusim.sim.validation.ratios import device_pairs, summarize_pairs
+from xpusim.sim.validation.ratios import summarize_pairs, what_if_pairs
 from xpusim.sim.validation.runner import RowResult, run_rows
 from xpusim.sim.validation.summary import summarize
 
@@ -65,13 +65,15 @@ def unsupported_reasons(results: list[RowResult]) -> str:
     return "\n".join(lines)
 
 
-def device_ratio_table(rows: list[Row], results: list[RowResult], min_pairs: int = 3) -> str:
-    """Device pairs with at least ``min_pairs`` cells timed on both (sim/validation/ratios.py)."""
-    lines = ["| category | devices | pairs | measured ratio | predicted ratio "
-             "| median \\|ratio err\\| | ratio bias |", "|---|---|---|---|---|---|---|"]
-    for g in summarize_pairs(device_pairs(rows, results)):
+def what_if_table(rows: list[Row], results: list[RowResult], min_pairs: int = 3) -> str:
+    """Pairs of settings with at least ``min_pairs`` cells timed with both
+    (sim/validation/ratios.py)."""
+    lines = ["| what-if | category | settings | pairs | measured ratio | predicted ratio "
+             "| median \\|ratio err\\| | ratio bias |", "|---|---|---|---|---|---|---|---|"]
+    for g in summarize_pairs(what_if_pairs(rows, results)):
         if g["pairs"] >= min_pairs:
-            lines.append(f"| {g['category']} | {g['second']} / {g['first']} | {g['pairs']} | "
+            lines.append(f"| {g['axis']} | {g['category']} | {g['second']} / {g['first']} | "
+                         f"{g['pairs']} | "
                          f"{g['median_measured_ratio']:.2f}x | {g['median_predicted_ratio']:.2f}x | "
                          f"{_pct(g['median_abs_error'])} | {_pct(g['bias'], True)} |")
     return "\n".join(lines)
@@ -80,11 +82,11 @@ def device_ratio_table(rows: list[Row], results: list[RowResult], min_pairs: int
 def generated_block(results: list[RowResult], rows: list[Row] | None = None) -> str:
     supported = sum(1 for r in results if not r.unsupported)
     ratios = [] if rows is None else [
-        "**Cross-device ratios** (the same cell timed on two devices; speed of the first-named "
-        "over the second; ratio error = predicted / measured ratio - 1, positive = the "
-        "simulator overstates the first-named device's advantage; device pairs with >= 3 "
-        "cells):",
-        device_ratio_table(rows, results),
+        "**What-if ratios** (the same cell timed with two settings of one input: hardware, "
+        "dtype, implementation, engine; speed of the first-named over the second; ratio error "
+        "= predicted / measured ratio - 1, positive = the simulator overstates the first-named "
+        "setting's advantage; pairs of settings with >= 3 cells):",
+        what_if_table(rows, results),
     ]
     return "\n\n".join([
         BEGIN,

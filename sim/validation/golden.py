@@ -1,8 +1,9 @@
 """The regression gate: the committed per-category error table of the published corpus.
 
 A category's median |error| on check rows may not worsen by more than
-``TOLERANCE`` (2 points), nor may the median |ratio error| of a device pair with at least
-``MIN_RATIO_PAIRS`` cells timed on both (the what-if skill, ``ratios.py``), and a row the
+``TOLERANCE`` (2 points), nor may the median |ratio error| of a pair of settings (two
+devices, dtypes, implementations or engines) with at least ``MIN_RATIO_PAIRS`` cells timed
+with both (the what-if skill, ``ratios.py``), and a row the
 simulator expressed may not become unsupported. Improvements rewrite the file in the same
 commit:
 
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from xpusim.sim.validation.corpus import Row, load_corpus
-from xpusim.sim.validation.ratios import device_pairs, summarize_pairs
+from xpusim.sim.validation.ratios import summarize_pairs, what_if_pairs
 from xpusim.sim.validation.runner import RowResult, run_rows
 from xpusim.sim.validation.summary import summarize
 
@@ -27,10 +28,10 @@ MIN_RATIO_PAIRS = 10  # device pairs with fewer cells are too thin to gate on
 
 
 def ratio_errors(rows: list[Row], results: list[RowResult]) -> dict[str, float]:
-    """``category:second/first`` -> median |ratio error|, for device pairs with at least
-    ``MIN_RATIO_PAIRS`` cells."""
-    return {f"{g['category']}:{g['second']}/{g['first']}": g["median_abs_error"]
-            for g in summarize_pairs(device_pairs(rows, results))
+    """``axis:category:second/first`` -> median |ratio error|, for pairs of settings with at
+    least ``MIN_RATIO_PAIRS`` cells."""
+    return {f"{g['axis']}:{g['category']}:{g['second']}/{g['first']}": g["median_abs_error"]
+            for g in summarize_pairs(what_if_pairs(rows, results))
             if g["pairs"] >= MIN_RATIO_PAIRS}
 
 
@@ -46,7 +47,7 @@ def golden_record(results: list[RowResult], rows: list[Row] | None = None) -> di
         "supported": sorted(r.id for r in results if not r.unsupported),
     }
     if rows is not None:
-        record["device_ratios"] = ratio_errors(rows, results)
+        record["what_if_ratios"] = ratio_errors(rows, results)
     return record
 
 
@@ -65,8 +66,8 @@ def regressions(results: list[RowResult], golden: dict[str, Any],
         if b is not None and (a is None or a > b + TOLERANCE):
             problems.append(f"{category}: median |error| {b:.1%} -> "
                             f"{'none' if a is None else f'{a:.1%}'} (tolerance {TOLERANCE:.0%})")
-    for pair, b in golden.get("device_ratios", {}).items() if rows is not None else ():
-        a = now["device_ratios"].get(pair)
+    for pair, b in golden.get("what_if_ratios", {}).items() if rows is not None else ():
+        a = now["what_if_ratios"].get(pair)
         if a is not None and a > b + TOLERANCE:
             problems.append(f"{pair}: median |ratio error| {b:.1%} -> {a:.1%} "
                             f"(tolerance {TOLERANCE:.0%})")

@@ -7,7 +7,7 @@ from typing import Any
 from xpusim.sim.errors import InputError
 from xpusim.sim.report import fmt_si, table
 from xpusim.sim.validation.corpus import CATEGORIES, Row, load_corpus
-from xpusim.sim.validation.ratios import device_pairs, summarize_pairs
+from xpusim.sim.validation.ratios import summarize_pairs, what_if_pairs
 from xpusim.sim.validation.runner import RowResult, run_rows
 from xpusim.sim.validation.summary import summarize
 
@@ -37,7 +37,7 @@ def published_payload(rows: list[Row], jobs: int, progress: bool = False) -> dic
     return {
         "rows": [r.as_dict() for r in results],
         "summary": summarize(results),
-        "device_ratios": summarize_pairs(device_pairs(rows, results)),
+        "what_if_ratios": summarize_pairs(what_if_pairs(rows, results)),
         "_results": results,
     }
 
@@ -87,20 +87,26 @@ def print_summary(summary: dict[str, dict[str, Any]]) -> None:
           "measured")
 
 
-def print_device_ratios(groups: list[dict[str, Any]], n: int = 12) -> None:
-    """The cross-device ratio table (sim/validation/ratios.py), the ``n`` best-covered
-    device pairs."""
-    if not groups:
+def print_what_if_ratios(groups: list[dict[str, Any]], per_axis: int = 6) -> None:
+    """The what-if ratio table (sim/validation/ratios.py): the ``per_axis`` best-covered
+    pairs of settings of each axis."""
+    shown: dict[str, int] = {}
+    rows = []
+    for g in groups:
+        if shown.get(g["axis"], 0) < per_axis:
+            shown[g["axis"]] = shown.get(g["axis"], 0) + 1
+            rows.append([g["axis"], g["category"], f"{g['second']} / {g['first']}", g["pairs"],
+                         f"{g['median_measured_ratio']:.2f}x",
+                         f"{g['median_predicted_ratio']:.2f}x", _pct(g["median_abs_error"]),
+                         _pct(g["bias"], True)])
+    if not rows:
         return
-    rows = [[g["category"], f"{g['second']} / {g['first']}", g["pairs"],
-             f"{g['median_measured_ratio']:.2f}x",
-             f"{g['median_predicted_ratio']:.2f}x", _pct(g["median_abs_error"]),
-             _pct(g["bias"], True)] for g in groups[:n]]
-    print(table(rows, ["category", "devices", "pairs", "measured ratio", "predicted ratio",
-                       "median |ratio err|", "ratio bias"]))
-    more = f"; {len(groups) - n} more device pairs in --json" if len(groups) > n else ""
-    print("the same cell timed on two devices: speed ratio, positive = the simulator "
-          f"overstates the first-named device's advantage{more}")
+    print(table(rows, ["what-if", "category", "settings", "pairs", "measured ratio",
+                       "predicted ratio", "median |ratio err|", "ratio bias"]))
+    more = len(groups) - len(rows)
+    print("the same cell timed with two settings of one input: speed ratio, positive = the "
+          "simulator overstates the first-named setting's advantage"
+          + (f"; {more} more in --json (what_if_ratios)" if more else ""))
 
 
 def slowest(results: list[RowResult], n: int = 3) -> str:

@@ -137,6 +137,12 @@ def kv_bytes_per_token(
 SLIDING_WINDOW_KV = ("window", "uniform", "full")
 
 
+def blocks_of(tokens: int, block: int) -> int:
+    """Blocks of ``block`` tokens that ``tokens`` tokens of context fill (the last partly):
+    a request's KV units when no layer is windowed (``KVLayout.units``)."""
+    return -(-tokens // block)
+
+
 @dataclass(frozen=True)
 class KVLayout:
     """KV blocks a request holds, counted in units of one block of ``group`` layers.
@@ -163,7 +169,7 @@ class KVLayout:
 
     def units(self, tokens: int) -> int:
         """Units a request with ``tokens`` tokens of context holds."""
-        n = -(-tokens // self.block)
+        n = blocks_of(tokens, self.block)
         if not self.sliding:
             return n
         return self.full * n + self.sliding * min(n, self.cap)

@@ -33,10 +33,11 @@ set fixed, so it is exact up to the next cap tick and stops there.
 
 from __future__ import annotations
 
+import functools
 import heapq
 from dataclasses import dataclass, field
 
-from xpusim.sim.inference.kvcache import KVLayout
+from xpusim.sim.inference.kvcache import KVLayout, blocks_of
 from xpusim.sim.inference.workload import Request
 
 
@@ -85,9 +86,8 @@ class RunningBatch:
             self.units = self.layout.units
         else:
             # Units are blocks (``KVLayout.units`` without windows), read ~7 times per
-            # request of a run: the formula over the block size, without the layout.
-            block = self.block
-            self.units = lambda tokens: -(-tokens // block)
+            # request of a run: the same function, bound to the block size.
+            self.units = functools.partial(blocks_of, block=self.block)
         # Whether any layer is windowed (the layout is fixed for the batch's life): the
         # per-request paths below skip ``_below_cap`` without windows.
         self._windowed = self.layout.windowed

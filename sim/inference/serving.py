@@ -516,7 +516,7 @@ class Server:
         waiting, reserve, size = s.waiting, self._reserve, len(batch)
         while waiting and budget > 0 and size < self.max_num_seqs:
             r = waiting[0]
-            context = r.prompt + r.generated  # prompt, plus generated tokens if recomputed
+            context = r.context  # prompt, plus generated tokens if recomputed
             if whole and budget < context <= self.max_batched_tokens:
                 break  # no chunked prefill: the prompt waits for a step that holds it
             need = reserve(r)
@@ -549,7 +549,7 @@ class Server:
         context = batch.context / decoding if decoding else 0.0
         done_prefill = [r for r, c in chunks if c >= r.prefill_left]
         # A chunk attends to what its prompt's earlier chunks left in the KV cache.
-        prefixes = [r.prompt + r.generated - r.prefill_left for r, _ in chunks]
+        prefixes = [r.context - r.prefill_left for r, _ in chunks]
         s.now += self.costs.mixed(
             decoding, context, [c for _, c in chunks], decoding + len(done_prefill), admitted,
             prefixes,

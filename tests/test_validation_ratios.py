@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from xpusim.sim.validation.corpus import Row
-from xpusim.sim.validation.ratios import device_pairs, summarize_pairs
+from xpusim.sim.validation.ratios import axis_pairs, summarize_pairs
 from xpusim.sim.validation.runner import RowResult
 
 
@@ -21,7 +21,7 @@ def _result(row: Row, predicted: float | None, role: str = "check",
 
 def test_a_throughput_pair_by_hand():
     a, b = _row("a", "dgx-h100", 100.0), _row("b", "hgx-h200", 120.0)
-    (pair,) = device_pairs([a, b], [_result(a, 110.0), _result(b, 143.0)])
+    (pair,) = axis_pairs([a, b], [_result(a, 110.0), _result(b, 143.0)])
     # names sorted: dgx-h100 first; measured 120/100 = 1.2, predicted 143/110 = 1.3
     assert (pair.first, pair.second) == ("dgx-h100", "hgx-h200")
     assert pair.measured_ratio == pytest.approx(1.2)
@@ -31,14 +31,14 @@ def test_a_throughput_pair_by_hand():
 
 def test_a_time_pair_is_a_speed_ratio():
     a, b = _row("a", "x", 10.0, unit="ms"), _row("b", "y", 5.0, unit="ms")
-    (pair,) = device_pairs([a, b], [_result(a, 10.0), _result(b, 4.0)])
+    (pair,) = axis_pairs([a, b], [_result(a, 10.0), _result(b, 4.0)])
     assert pair.measured_ratio == pytest.approx(2.0)  # y takes half the time: twice as fast
     assert pair.predicted_ratio == pytest.approx(2.5)
 
 
 def test_equal_errors_on_both_devices_give_an_exact_ratio():
     a, b = _row("a", "x", 100.0), _row("b", "y", 300.0)
-    (pair,) = device_pairs([a, b], [_result(a, 110.0), _result(b, 330.0)])  # both +10%
+    (pair,) = axis_pairs([a, b], [_result(a, 110.0), _result(b, 330.0)])  # both +10%
     assert pair.error == pytest.approx(0.0)
 
 
@@ -47,7 +47,7 @@ def test_only_the_same_cell_on_different_devices_pairs():
             _row("c", "x", 1.0, batch=1),  # same device as a
             _row("d", "y", 1.0, batch=1)]
     results = [_result(r, 1.0) for r in rows]
-    pairs = device_pairs(rows, results)
+    pairs = axis_pairs(rows, results)
     assert sorted(p.ids for p in pairs) == [("a", "d"), ("c", "d")]
 
 
@@ -55,14 +55,14 @@ def test_fit_unsupported_and_unpredicted_rows_are_left_out():
     a, b, c, d = (_row(i, s, 1.0) for i, s in (("a", "w"), ("b", "x"), ("c", "y"), ("d", "z")))
     results = [_result(a, 1.0), _result(b, 1.0, role="fit"), _result(c, None),
                _result(d, 1.0, unsupported="why")]
-    assert device_pairs([a, b, c, d], results) == []
+    assert axis_pairs([a, b, c, d], results) == []
 
 
 def test_summary_groups_by_device_pair():
     rows = [_row("a1", "x", 100.0, batch=1), _row("b1", "y", 200.0, batch=1),
             _row("a2", "x", 100.0, batch=2), _row("b2", "y", 100.0, batch=2)]
     predicted = {"a1": 100.0, "b1": 220.0, "a2": 100.0, "b2": 90.0}  # +10%, -10% ratio errors
-    (group,) = summarize_pairs(device_pairs(rows, [_result(r, predicted[r.id]) for r in rows]))
+    (group,) = summarize_pairs(axis_pairs(rows, [_result(r, predicted[r.id]) for r in rows]))
     assert (group["axis"], group["category"], group["first"], group["second"],
             group["pairs"]) == ("hardware", "serving", "x", "y", 2)
     assert group["median_abs_error"] == pytest.approx(0.1)
@@ -88,6 +88,6 @@ def test_a_dtype_pair_varies_only_the_dtype():
     b = _row("b", "x", 150.0, dtype="fp8")
     c = _row("c", "y", 150.0, dtype="fp8")  # another device too: not a dtype pair of a
     results = [_result(a, 100.0), _result(b, 180.0), _result(c, 150.0)]
-    (pair,) = device_pairs([a, b, c], results, axis="dtype")
+    (pair,) = axis_pairs([a, b, c], results, axis="dtype")
     assert (pair.axis, pair.first, pair.second) == ("dtype", "bf16", "fp8")
     assert pair.error == pytest.approx(1.8 / 1.5 - 1.0)  # FP8's gain overstated by 20%

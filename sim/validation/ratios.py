@@ -37,7 +37,7 @@ AXES: dict[str, tuple[str, ...]] = {
 
 
 @dataclass(frozen=True)
-class DevicePair:
+class WhatIfPair:
     """One cell timed with two settings of one axis: the second's speed over the first's."""
 
     axis: str
@@ -70,8 +70,8 @@ def _speed(value: float, unit: str) -> float:
     return 1.0 / value if lower_is_faster(unit) else value
 
 
-def device_pairs(rows: Iterable[Row], results: Iterable[RowResult],
-                 axis: str = "hardware") -> list[DevicePair]:
+def axis_pairs(rows: Iterable[Row], results: Iterable[RowResult],
+                 axis: str = "hardware") -> list[WhatIfPair]:
     """Every pair of scored check rows that time one cell with two settings of ``axis``."""
     keys = AXES[axis]
     scored = {r.id: r for r in results
@@ -92,21 +92,21 @@ def device_pairs(rows: Iterable[Row], results: Iterable[RowResult],
                 unit = row_a.unit
                 measured = _speed(row_b.measured, unit) / _speed(row_a.measured, unit)
                 predicted = _speed(pred_b, unit) / _speed(pred_a, unit)
-                pairs.append(DevicePair(axis, row_a.category, hw_a, hw_b, measured, predicted,
+                pairs.append(WhatIfPair(axis, row_a.category, hw_a, hw_b, measured, predicted,
                                         (row_a.id, row_b.id)))
     return pairs
 
 
-def what_if_pairs(rows: list[Row], results: list[RowResult]) -> list[DevicePair]:
+def what_if_pairs(rows: list[Row], results: list[RowResult]) -> list[WhatIfPair]:
     """The pairs of every axis (``AXES``)."""
-    return [p for axis in AXES for p in device_pairs(rows, results, axis)]
+    return [p for axis in AXES for p in axis_pairs(rows, results, axis)]
 
 
-def summarize_pairs(pairs: Iterable[DevicePair]) -> list[dict[str, Any]]:
+def summarize_pairs(pairs: Iterable[WhatIfPair]) -> list[dict[str, Any]]:
     """Per axis, category and (first, second) setting: pairs, median |ratio error|, mean
     signed ratio error, median measured and predicted ratios; by axis (``AXES`` order), most
     pairs first."""
-    groups: dict[tuple[str, str, str, str], list[DevicePair]] = {}
+    groups: dict[tuple[str, str, str, str], list[WhatIfPair]] = {}
     for p in pairs:
         groups.setdefault((p.axis, p.category, p.first, p.second), []).append(p)
     out = []
@@ -128,5 +128,5 @@ def summarize_pairs(pairs: Iterable[DevicePair]) -> list[dict[str, Any]]:
                                       g["first"], g["second"]))
 
 
-__all__ = ["AXES", "DevicePair", "HARDWARE_KEYS", "device_pairs", "summarize_pairs",
+__all__ = ["AXES", "WhatIfPair", "HARDWARE_KEYS", "axis_pairs", "summarize_pairs",
            "what_if_pairs"]

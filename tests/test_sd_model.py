@@ -193,6 +193,44 @@ def test_table1_peak_speedups_and_skill(a800, vllm):
     assert np.median(model_err) < np.median(base_err), (np.median(model_err), np.median(base_err))
 
 
+def test_table2_reference_rows():
+    """MoESD Table 2: Qwen2 on 2xH800, 4xA800 and 4xL40, 12 peaks each, the headline one
+    of them; the acceptance-rescaling baseline has a fitted row for every one."""
+    platforms = [pc.platform for pc in REF.table2]
+    assert {p: platforms.count(p) for p in set(platforms)} == {
+        "2xhgx-h800": 12,
+        "4xhgx-a800": 12,
+        "4xpcie-l40": 12,
+    }
+    h = REF.headline
+    assert [
+        pc for pc in REF.table2
+        if (pc.system, pc.devices, pc.case) == (REF.headline_system, REF.headline_devices, h)
+    ]
+    fitted = [c for c in REF.table1 if FIT_SELECTION(c)]
+    assert all(rescaling_baseline(pc.case, fitted) is not None for pc in REF.table2)
+
+
+@pytest.mark.slow
+def test_table2_platform_transfer(vllm):
+    """The 36 held-out peaks of MoESD Table 2, predicted without refitting (2026-12-07:
+    other-platform median |error| 8.4%, bias -7.4%; the rescaling baseline 4.4%, -1.5%).
+    Per row within 20% (4xA800 HumanEval T=0 gamma 4 reads -17.8%). The paper's
+    orderings the model keeps: 4xA800 below 2xA800, 4xL40 above 4xA800 (HumanEval T=0
+    gamma 4); it does not keep 2xH800 above 2xA800 (docs/speculative_decoding.md)."""
+    peaks = {}
+    for pc in REF.table2:
+        cmp = compare_peaks([pc.case], load_model, load_system(pc.system), pc.devices, vllm,
+                            BATCHES)[0]
+        assert abs(cmp.error) <= 0.20, (pc.platform, cmp.as_dict())
+        peaks[(pc.platform, pc.case.label)] = cmp.model_speedup
+    a800_2 = compare_peaks([c for c in REF.table1 if c.label == REF.headline.label],
+                           load_model, load_system("hgx-a800"), 2, vllm, BATCHES)[0]
+    a800_4 = peaks[("4xhgx-a800", REF.headline.label)]
+    assert a800_4 < a800_2.model_speedup
+    assert peaks[("4xpcie-l40", REF.headline.label)] > a800_4
+
+
 def test_fit_decomposition_matches_full_model(a800, vllm):
     """engine_fit adds host terms to device times; that must equal the full simulation."""
     case = next(c for c in REF.table1 if FIT_SELECTION(c))

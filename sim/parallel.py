@@ -39,7 +39,8 @@ BROAD_SELECTIVE = ("norm", "attn", "act")
 DIMENSIONS = ("tp", "cp", "ep", "dp", "pp")
 # FP8 scaling recipes (ParallelPlan.fp8_scaling; sim.training.lowprec).
 FP8_SCALINGS = ("delayed", "current")
-FRAMEWORKS = ("eager", "cuda-graphs", "deepspeed-0.3", "flash-attn-training", "torchtitan-eager")  # host-side profiles: sim/training/framework.py
+FRAMEWORKS = ("eager", "cuda-graphs", "deepspeed-0.3", "flash-attn-training", "torchtitan-eager",
+              "composer-fsdp1")  # host-side profiles: sim/training/framework.py
 DEFAULT_ORDER = "tp-cp-ep-dp-pp"
 # Keys a plan file may hold above its [plan] table (sim.api.train; flags override them).
 PLAN_EXTRA = ("model", "system", "nodes", "devices", "description")
@@ -124,7 +125,8 @@ class ParallelPlan:
     # Host side of the framework (sim.training.framework): "eager" PyTorch dispatch per
     # op, "cuda-graphs" (no per-op host cost), "deepspeed-0.3" (eager, with ZeRO-3's
     # per-parameter list collectives of DeepSpeed 0.3), "flash-attn-training" (eager, with
-    # flash-attn's fused cross-entropy) or "torchtitan-eager" (uncompiled model code).
+    # flash-attn's fused cross-entropy), "torchtitan-eager" (uncompiled model code) or
+    # "composer-fsdp1" (Composer + FSDP1: its gradient passes and eager DecoupledAdamW).
     framework: str = "eager"
     # Uneven pipeline split: model slots (transformer layers, then MTP modules) per
     # virtual stage, in virtual-stage order (v = chunk * pp + stage), pp*vpp entries

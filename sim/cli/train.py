@@ -124,11 +124,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--framework",
         choices=("eager", "cuda-graphs", "deepspeed-0.3", "flash-attn-training",
-                 "torchtitan-eager"),
+                 "torchtitan-eager", "composer-fsdp1"),
         help="host side: eager PyTorch dispatch per op (default), CUDA graphs (none), "
         "eager with DeepSpeed 0.3's ZeRO-3 (per-parameter list collectives, no overlap), "
         "the FlashAttention repository's training (eager, flash-attn's fused loss), "
-        "or torchtitan's uncompiled Llama (unfused elementwise passes, FSDP2 copy-out)",
+        "torchtitan's uncompiled Llama (unfused elementwise passes, FSDP2 copy-out), "
+        "or MosaicML Composer with PyTorch FSDP1 (its post-backward gradient passes, "
+        "Composer's eager DecoupledAdamW)",
     )
     p.add_argument("--order", help="rank order innermost first (default tp-cp-ep-dp-pp)")
     p.add_argument(

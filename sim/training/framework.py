@@ -57,6 +57,14 @@ class FrameworkProfile:
     # Megatron-Core's MoE layer with TransformerEngine's grouped experts: the host issues
     # per-local-expert GEMMs and quantisations and the eager router (te_moe_host.py).
     te_moe_host: bool = False
+    # PyTorch FSDP1's post-backward gradient passes under ZeRO-3 (cast to the reduce
+    # dtype, pre/post-divide, cast back, accumulate into the saved shard:
+    # ``sim.training.fsdp1``), instead of Megatron's main-gradient accumulation.
+    fsdp1_grad_path: bool = False
+    # The optimizer step: "fused" (one pass, ``lowering.adam_bytes_per_param``) or
+    # "composer-decoupled-adamw" (Composer's per-parameter eager DecoupledAdamW, with
+    # FSDP's clip_grad_norm_ scaling every gradient; ``sim.training.fsdp1``).
+    optimizer: str = "fused"
 
 
 FRAMEWORKS = {
@@ -125,6 +133,24 @@ FRAMEWORKS = {
             "reshard_after_forward). The reduce-scatter's copy-in (chunk_cat with the "
             "cast to the reduce dtype) runs on the reduce-scatter stream, off the "
             "compute stream, and is not charged to it"
+        ),
+    ),
+    "composer-fsdp1": FrameworkProfile(
+        "composer-fsdp1",
+        10e-6,
+        "PyTorch eager as 'eager' (10 us per op), under MosaicML Composer with PyTorch FSDP1 "
+        "(llm-foundry's MPT training: composer train/train.py, fsdp_config in the yamls)",
+        fsdp1_grad_path=True,
+        optimizer="composer-decoupled-adamw",
+        moe_dispatch_sync=False,
+        zero3_source=(
+            "PyTorch FSDP1 FULL_SHARD as Composer configures it (composer/trainer/"
+            "dist_strategy.py @ 029483a4dc79dae46d5e78906a6a694f0c228dd3, "
+            "prepare_fsdp_module: backward_prefetch BACKWARD_POST, forward_prefetch "
+            "False, use_orig_params True; llm-foundry's submit_benchmarks.py sets "
+            "limit_all_gathers True): one flat parameter per wrapped block, gathered with "
+            "all_gather_into_tensor straight into the unsharded buffer (no copy-out); "
+            "the gradient's post-backward passes are sim.training.fsdp1's"
         ),
     ),
 }

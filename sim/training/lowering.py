@@ -54,6 +54,7 @@ from xpusim.sim.ir import (
 from xpusim.sim.parallel import Layout, ParallelPlan
 from xpusim.sim.schedules import Unit as SchedUnit
 from xpusim.sim.schedules import steady_pairs
+from xpusim.sim.training import fsdp1
 from xpusim.sim.training import layers as L
 from xpusim.sim.training.chunks import (  # noqa: F401  (re-exported)
     Chunk,
@@ -65,6 +66,7 @@ from xpusim.sim.training.chunks import (  # noqa: F401  (re-exported)
     with_pp,
 )
 from xpusim.sim.training.emitter import EmitCache, Emitter
+from xpusim.sim.training.framework import framework_profile
 from xpusim.sim.training.lowprec import param_gather_bytes
 from xpusim.sim.training.units import (  # noqa: F401  (re-exported)
     FSDP_KEY,
@@ -286,15 +288,19 @@ def _optimizer(em: Emitter, rp: RankPlan, deps: list[int]) -> tuple[list[Op], li
     # Gradient clipping (Megatron clip_grad_norm_fp32, on by default: clip-grad 1.0): the
     # L2 norm of the local grad shard, then an all-reduce of one fp32 scalar over every
     # rank holding a distinct shard (model-parallel x distributed-optimizer ranks).
+    composer = framework_profile(plan.framework).optimizer == "composer-decoupled-adamw"
+    # Composer's FSDP1 shard gradients are fp32 (sim.training.fsdp1: cast back after the
+    # reduce-scatter), and FSDP's clip_grad_norm_ then scales every one (read + write).
+    norm_bytes = fsdp1.FP32 + fsdp1.CLIP_SCALE_BYTES if composer else gbytes
     norm = Op("grad_norm", OpKind.REDUCTION, NORM_FLOPS_PER_PARAM * params,
-              {"hbm": gbytes * params}, "fp32", Unit.VECTOR, ElementwiseShape(params))
+              {"hbm": norm_bytes * params}, "fp32", Unit.VECTOR, ElementwiseShape(params))
     prep.append(norm)
     deps = [_optimizer_task(em, "grad_norm", norm, deps)]
     deps = [em.collective("dp.grad_norm", CollectiveKind.ALL_REDUCE, rp.groups["world"], 4.0,
                           Stream.COMPUTE, deps, "dp", 0)]
+    adam_bytes = fsdp1.decoupled_adamw_bytes_per_param() if composer else adam_bytes_per_param(plan)
     adam = Op("adam", OpKind.ELEMENTWISE, ADAM_FLOPS_PER_PARAM * params,
-              {"hbm": adam_bytes_per_param(plan) * params}, "fp32", Unit.VECTOR,
-              ElementwiseShape(params))
+              {"hbm": adam_bytes * params}, "fp32", Unit.VECTOR, ElementwiseShape(params))
     step = [adam]
     opt = _optimizer_task(em, "optimizer", adam, deps)
     if is_low_precision(plan.dtype):

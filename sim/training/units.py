@@ -25,8 +25,8 @@ from xpusim.sim.ir import (
     Weight,
     dtype_bytes,
 )
-from xpusim.sim.parallel import ParallelPlan
-from xpusim.sim.training import eager
+from xpusim.sim.parallel import ParallelPlan, microbatches
+from xpusim.sim.training import eager, fsdp1
 from xpusim.sim.training import layers as L
 from xpusim.sim.training.chunks import Chunk
 from xpusim.sim.training.framework import framework_profile, moe_dispatch_syncs
@@ -86,6 +86,8 @@ def grad_accum_bytes_per_param(plan: ParallelPlan) -> float:
     accumulates in its epilogue) or when the model already computes in the grad dtype."""
     if plan.grad_accum_fusion or plan.dtype == plan.grad_reduce_dtype:
         return 0.0
+    if plan.zero == 3 and framework_profile(plan.framework).fsdp1_grad_path:
+        return 0.0  # FSDP1 accumulates into its saved shard (fsdp1.grad_path_bytes)
     gb = dtype_bytes(plan.grad_reduce_dtype)
     return dtype_bytes(plan.dtype) + 2 * gb
 
@@ -408,6 +410,28 @@ def _copy_out(chunk: Chunk, plan: ParallelPlan, i: int, keys: tuple[int, ...]) -
     return _waiting([op], keys)
 
 
+def _fsdp1_grad_passes(chunk: Chunk, plan: ParallelPlan, i: int) -> list[Op]:
+    """FSDP1's post-backward passes over slot ``i``'s gradient (``fsdp1.grad_path_bytes``:
+    cast to the reduce dtype, predivide, and on the shard postdivide, cast back and
+    accumulate), one memory-bound op before its reduce-scatter; none for other
+    frameworks. Dense parameters shard over cp x dp ranks, expert ones over cp x dp / ep."""
+    if not framework_profile(plan.framework).fsdp1_grad_path:
+        return []
+    grad_b = 4.0 if plan.dtype == "fp32" else 2.0  # autograd's gradient: the compute dtype
+    reduce_b = dtype_bytes(plan.grad_reduce_dtype)
+    m = microbatches(plan)
+    d, e = chunk.slot_params[i]
+    dense_world = plan.cp * plan.dp
+    expert_world = max(dense_world // plan.ep, 1)
+    nbytes = (fsdp1.grad_path_bytes(d, dense_world, grad_b, reduce_b, m)
+              + fsdp1.grad_path_bytes(e, expert_world, grad_b, reduce_b, m))
+    if nbytes <= 0:
+        return []
+    numel = d + e
+    return [Op("fsdp1.grad_passes", OpKind.ELEMENTWISE, numel, {"hbm": nbytes},
+               plan.grad_reduce_dtype, Unit.VECTOR, ElementwiseShape(numel))]
+
+
 def _waiting(items: list, keys: tuple[int, ...]) -> tuple[list, tuple[int, ...]]:
     """``items`` with their first compute op waiting for the collectives ``keys``, and
     the keys still to wait for (all of them when ``items`` has no compute op)."""
@@ -468,6 +492,7 @@ def _backward(chunk: Chunk, plan: ParallelPlan, fsdp: bool, pieces: list[Piece])
                           plan, counter)
         add_items(_waiting(back, keys)[0], "bwd", slot, pieces)
         if fsdp:
+            add_items(_fsdp1_grad_passes(chunk, plan, i), "bwd", slot, pieces)
             rs, _ = _fsdp_items(chunk, plan, counter, i, CollectiveKind.REDUCE_SCATTER)
             add_items(rs, "bwd", slot, pieces)
     accum = grad_accum_bytes_per_param(plan) * (chunk.dense_params + chunk.expert_params)

@@ -251,7 +251,8 @@ _KIND_SOURCES = {
     "the fused rotary embedding on Q and K (sim/training/layers._with_rotary), "
     "the unfused fp32 gradient accumulation (plan.grad_accum_fusion) and norms' backward; "
     "with --framework torchtitan-eager the unfused eager passes (sim/training/eager.py) and "
-    "FSDP2's all-gather copy-out; with a low-precision --dtype the casts of GEMM inputs "
+    "FSDP2's all-gather copy-out; with --framework composer-fsdp1 FSDP1's post-backward "
+    "gradient passes (sim/training/fsdp1.py); with a low-precision --dtype the casts of GEMM inputs "
     "and output gradients (*_quant: both usages, one FP8 copy where [kernels] "
     "non_tn_fp8_gemm; with --fp8-scaling current each cast's own amax pass, *_amax_quant; "
     "sim/training/lowprec.py)",
@@ -298,8 +299,9 @@ def explain_terms(result: TrainingResult) -> list[tuple[str, float, str]]:
                 "optimizer step",
                 seconds,
                 f"Adam over the ZeRO-{plan.zero} shard, HBM-bound "
-                "(lowering.adam_bytes_per_param: 30 B/param at 16 bits) + gradient-norm "
-                "pass for clipping (+ fp16 loss-scale unscale)",
+                "(lowering.adam_bytes_per_param: 30 B/param at 16 bits; with --framework "
+                "composer-fsdp1 Composer's eager DecoupledAdamW, 80 B/param, sim/training/"
+                "fsdp1.py) + gradient-norm pass for clipping (+ fp16 loss-scale unscale)",
             ))
             continue
         if key == OFFLOAD_KEY:

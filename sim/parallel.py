@@ -42,6 +42,8 @@ FP8_SCALINGS = ("delayed", "current")
 FRAMEWORKS = ("eager", "cuda-graphs", "deepspeed-0.3", "flash-attn-training", "torchtitan-eager",
               "composer-fsdp1")  # host-side profiles: sim/training/framework.py
 DEFAULT_ORDER = "tp-cp-ep-dp-pp"
+# Megatron-Core's MoE token dispatchers the training lowering tells apart (plan.moe_dispatcher).
+MOE_DISPATCHERS = ("alltoall", "flex")
 # Keys a plan file may hold above its [plan] table (sim.api.train; flags override them).
 PLAN_EXTRA = ("model", "system", "nodes", "devices", "description")
 
@@ -95,6 +97,12 @@ class ParallelPlan:
         -1
     )  # -1: pad with no-op layers up to a multiple of pp*vpp; else exactly this many
     moe_routing: str = "uniform"
+    # Megatron-Core's MoE token dispatcher (moe_token_dispatcher_type): "alltoall"
+    # (MoEAlltoAllTokenDispatcher: permute, all-to-all, then a second permutation that
+    # sorts the received chunks by local expert, and its reverse before the combine;
+    # sim.training.megatron_experts) or "flex" (DeepEP / HybridEP: the dispatch kernel
+    # hands over the received tokens, one permute expands them per local expert).
+    moe_dispatcher: str = "alltoall"
     seed: int = 0
     grad_reduce_dtype: str = (
         "fp32"  # Megatron accumulates and reduces main grads in fp32 by default
@@ -372,6 +380,9 @@ def _check_dtypes(plan: ParallelPlan) -> None:
         )
     if plan.grad_reduce_dtype not in BYTES_PER_DTYPE:
         raise InputError(f"plan.grad_reduce_dtype '{plan.grad_reduce_dtype}' unknown")
+    if plan.moe_dispatcher not in MOE_DISPATCHERS:
+        raise InputError(f"plan.moe_dispatcher '{plan.moe_dispatcher}' unknown; use one of "
+                         f"{', '.join(MOE_DISPATCHERS)} (--moe-dispatcher)")
 
 
 def _check_model_split(spec: ModelSpec, plan: ParallelPlan) -> None:

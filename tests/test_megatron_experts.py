@@ -6,11 +6,12 @@ every EP rank receives 4096 x 4 = 16384 routed token copies (uniform routing).""
 from __future__ import annotations
 
 import pytest
+from xpusim.sim.errors import InputError
 from xpusim.sim.ir import Op
 from xpusim.sim.models.hf_config import load_model
 from xpusim.sim.parallel import ParallelPlan, validate_plan
 from xpusim.sim.training import layers as L
-from xpusim.sim.training.backward import recompute_items
+from xpusim.sim.training.backward import backward_op, recompute_items
 
 SEQ = 4096.0
 ROUTED = SEQ * 4  # token copies reaching one EP rank's 16 local experts
@@ -67,6 +68,52 @@ def test_no_passes_without_clamp_or_bias_or_under_torchtitan():
         assert not [n for n in _ops(ctx) if n in ("experts_clamp", "experts_bias_cat")]
 
 
+# --- The alltoall dispatcher's sort of the received tokens by local expert ------------
+# Qwen3-30B-A3B (hidden 2048, 128 experts top-8) at seq 4096, EP 8: 16 local experts, and
+# every EP rank receives 4096 x 8 = 32768 routed token copies (uniform routing).
+
+QWEN_COPIES = SEQ * 8
+
+
+def _qwen(dispatcher: str = "alltoall", framework: str = "eager") -> L.SlotContext:
+    spec = load_model("qwen3-30b-a3b")
+    plan = ParallelPlan(ep=8, seq=int(SEQ), framework=framework, moe_dispatcher=dispatcher)
+    return L.SlotContext(spec, validate_plan(spec, plan, 8), SEQ, {}, {}, False)
+
+
+def test_alltoall_sorts_received_tokens_by_local_expert_and_back():
+    items = L.layer_items(_qwen(), 0)
+    names = [it.name for it in items]
+    i = names.index
+    # Permutation 2 after the permute, Unpermutation 2 before the unpermute
+    assert i("permute") < i("moe_sort_chunks") < i("experts_up")
+    assert i("experts_down") < i("moe_unsort_chunks") < i("unpermute")
+    ops_ = {it.name: it for it in items if isinstance(it, Op)}
+    # a read and a write of every received bf16 token copy: 2 x 32768 x 2048 x 2 B
+    for name in ("moe_sort_chunks", "moe_unsort_chunks"):
+        assert ops_[name].main_bytes == pytest.approx(2 * QWEN_COPIES * 2048 * 2)
+        assert ops_[name].main_bytes == pytest.approx(ops_["permute"].main_bytes)
+
+
+def test_sort_chunks_backward_is_another_pass():
+    sort = {it.name: it for it in L.layer_items(_qwen(), 0)}["moe_sort_chunks"]
+    (bwd,) = backward_op(sort)
+    assert bwd.main_bytes == pytest.approx(2 * QWEN_COPIES * 2048 * 2)
+
+
+def test_no_sort_with_flex_one_local_expert_or_torchtitan():
+    for ctx in (_qwen("flex"), _qwen(framework="torchtitan-eager"), _ctx("mixtral-8x7b")):
+        names = [it.name for it in L.layer_items(ctx, 0)]
+        assert "moe_sort_chunks" not in names and "moe_unsort_chunks" not in names
+        assert "permute" in names
+
+
+def test_unknown_dispatcher_is_an_input_error():
+    spec = load_model("qwen3-30b-a3b")
+    with pytest.raises(InputError, match="moe_dispatcher"):
+        validate_plan(spec, ParallelPlan(ep=8, seq=int(SEQ), moe_dispatcher="deepep"), 8)
+
+
 # --- Megatron-Core's cross-entropy (sim/training/megatron_loss.py) ---------------------
 
 LOGITS = SEQ * 201088  # one micro-batch's logits on a TP-1 rank
@@ -86,7 +133,6 @@ def test_cross_entropy_forward_26_bytes_per_bf16_logit():
 
 
 def test_cross_entropy_backward_14_bytes_per_logit():
-    from xpusim.sim.training.backward import backward_op
     head = _head(_ctx())
     (soft_bwd,) = backward_op(head["loss_softmax"])
     (cast_bwd,) = backward_op(head["loss_upcast"])
@@ -111,7 +157,6 @@ def test_cross_entropy_fp32_logits_need_no_copy():
 def test_flash_attn_fused_cross_entropy_reads_the_logits_once():
     """flash-attn's fused loss (framework flash-attn-training): forward one read of the
     bf16 logits (2 B), backward a read and a gradient write (4 B); no fp32 copy."""
-    from xpusim.sim.training.backward import backward_op
     head = _head(_ctx(framework="flash-attn-training"))
     assert "loss_upcast" not in head and "loss_softmax" not in head
     xent = head["loss_flash_xent"]

@@ -41,7 +41,8 @@ PLAN_FIELDS = (
     "tp", "pp", "vpp", "dp", "ep", "cp", "mbs", "gbs", "seq", "zero", "seed",
     "sequence_parallel", "hierarchical_ep", "overlap_ep", "overlap_dp", "overlap_tp",
     "tp_extend_ep", "grad_accum_fusion",
-    "dtype", "fp8_scaling", "schedule", "order", "moe_routing", "dropout", "framework",
+    "dtype", "fp8_scaling", "schedule", "order", "moe_routing", "moe_dispatcher", "dropout",
+    "framework",
     "pad_layers", "grad_reduce_dtype", "fragmentation", "runtime_reserved_gib",
     "tp_overlap_chunks", "recompute_every", "per_node", "cpu_offload_layers",
 )  # fmt: skip
@@ -85,6 +86,7 @@ class TrainRequest:
     framework: str | None = None  # eager | cuda-graphs
     order: str | None = None  # rank order innermost first; default tp-cp-ep-dp-pp
     moe_routing: str | None = None  # uniform | zipf:S | hist:c1,c2,...
+    moe_dispatcher: str | None = None  # alltoall (default) | flex
     layer_split: str | tuple[int, ...] | None = None  # model slots per virtual stage
     sequence_parallel: bool | None = None  # default: tp > 1
     hierarchical_ep: bool | None = None

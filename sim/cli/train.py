@@ -11,7 +11,7 @@ from pathlib import Path
 from xpusim.sim.api.base import request_from_args
 from xpusim.sim.api.train import RECOMPUTE_CHOICES, TrainRequest, TrainResult, train
 from xpusim.sim.cost.attention_impl import IMPLS
-from xpusim.sim.parallel import FP8_SCALINGS, ParallelPlan
+from xpusim.sim.parallel import FP8_SCALINGS, MOE_DISPATCHERS, ParallelPlan
 from xpusim.sim.report import (
     check_output_file,
     check_plot_path,
@@ -141,6 +141,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "fp32) or bf16 (Megatron-Bridge's performance recipes: grad_reduce_in_fp32 = False)",
     )
     p.add_argument("--moe-routing", help="uniform | zipf:S | hist:c1,c2,... (seeded by --seed)")
+    p.add_argument(
+        "--moe-dispatcher",
+        choices=MOE_DISPATCHERS,
+        help="Megatron-Core MoE token dispatcher (moe_token_dispatcher_type): alltoall "
+        "(default; sorts the received tokens by local expert after the all-to-all and "
+        "back before the combine) or flex (DeepEP / HybridEP: no such sort)",
+    )
     p.add_argument(
         "--layer-split",
         help="uneven pipeline split: model slots (layers, then MTP) per virtual stage, "

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from xpusim.sim.models.hf_config import load_model
-from xpusim.sim.validation.baseline import bus_factor
+from xpusim.sim.validation.baseline import bus_factor, naive_payload
 from xpusim.sim.validation.corpus import CATEGORIES, load_corpus
 from xpusim.sim.validation.golden import golden_record, regressions
 from xpusim.sim.validation.metrics import (
@@ -63,6 +63,23 @@ def test_korthikanti_count_gives_the_readme_mfu_from_the_papers_time():
     by_hand = 72 * 64 * 2048 * n_l * h * h * (1 + 2048 / (6 * h) + 51200 / (12 * n_l * h))
     assert flops == pytest.approx(by_hand)
     assert flops / (13.75 * 64 * 312e12) == pytest.approx(0.514, abs=0.001)
+
+
+def test_per_device_throughputs_by_hand():
+    # A prefill of 64 prompts x 4,096 tokens in 2 s on 32 devices: 4,096 tokens/s per device.
+    step = {"tokens": 64 * 4096, "time_s": 2.0, "devices": 32}
+    assert metric_for("infer", "tokens_per_s_per_device")({}, step) == pytest.approx(4096.0)
+    # MTP with one drafted token accepted 70% of the time: 1.7 tokens per round; 12,288
+    # requests over 256 devices in 0.1 s rounds = 12288 x 1.7 / 0.1 / 256 = 816 per device.
+    row = {"batch": 12288, "expected_tokens": 1.7, "t_sd_round_s": 0.1, "t_ar_s": 0.08}
+    sd = {"tp": 1, "ep": 256, "expected_tokens": 1.7, "rows": [row]}
+    per_device = metric_for("sd", "tokens_per_s_per_device")
+    assert per_device({}, sd) == pytest.approx(816.0)
+    # The naive answer: a round costs one plain step.
+    naive = naive_payload("sd", {}, sd)
+    assert per_device({}, naive) == pytest.approx(12288 * 1.7 / 0.08 / 256)
+    with pytest.raises(ValueError):
+        per_device({}, {**sd, "rows": [row, row]})
 
 
 def test_bus_factors_are_nccl_tests():

@@ -129,7 +129,9 @@ def _serve(args: dict[str, Any], p: Payload, spec: ModelSpec, peak: float, bw: f
 def _sd(args: dict[str, Any], p: Payload) -> Payload:
     # Naive speculative decoding: verifying gamma+1 tokens costs one plain step and
     # drafting is free, so the speedup is the expected tokens per round.
-    return {**p, "peak": {"batch": None, "speedup": float(p["expected_tokens"])}}
+    # A round then takes one plain step (t_sd_round = t_ar).
+    rows = [{**r, "t_sd_round_s": r["t_ar_s"]} for r in p["rows"]]
+    return {**p, "rows": rows, "peak": {"batch": None, "speedup": float(p["expected_tokens"])}}
 
 
 def _train(args: dict[str, Any], p: Payload) -> Payload:

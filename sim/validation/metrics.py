@@ -150,6 +150,24 @@ def _train_tflops_6n_attn(args: dict[str, Any], p: Payload) -> float:
     return float(flops / p["step_time_s"] / p["devices"] / 1e12)
 
 
+def _infer_tokens_per_s_per_device(args: dict[str, Any], p: Payload) -> float:
+    """New tokens of the step (a prefill's prompt tokens, a decode's one per request) per
+    second per device: papers that report throughput "per NPU/GPU" of a large deployment."""
+    return float(p["tokens"] / p["time_s"] / p["devices"])
+
+
+def _sd_tokens_per_s_per_device(args: dict[str, Any], p: Payload) -> float:
+    """Output tokens per second per target device of a speculative-decoding run at one
+    batch size: batch x expected tokens per round / round time / (tp x ep). A decode
+    throughput measured with MTP or a draft (e.g. CloudMatrix-Infer's DeepSeek-R1 rows)."""
+    rows = p["rows"]
+    if len(rows) != 1:
+        raise ValueError(f"tokens_per_s_per_device needs one --batch, got {len(rows)} rows")
+    row = rows[0]
+    devices = int(p["tp"]) * int(p["ep"])
+    return float(row["batch"] * row["expected_tokens"] / row["t_sd_round_s"] / devices)
+
+
 METRICS: dict[tuple[str, str], Metric] = {
     ("op", "tflops"): _op_tflops,
     ("op", "gbps"): _op_gbps,
@@ -167,7 +185,9 @@ METRICS: dict[tuple[str, str], Metric] = {
     ("infer", "output_tokens_per_s"): lambda a, p: p["throughput_tokens_per_s"],
     # Prompt + output tokens served / makespan (benchmarks that report "total tokens/s").
     ("infer", "total_tokens_per_s"): lambda a, p: p["total_tokens_per_s"],
+    ("infer", "tokens_per_s_per_device"): _infer_tokens_per_s_per_device,
     ("sd", "peak_speedup"): lambda a, p: p["peak"]["speedup"],
+    ("sd", "tokens_per_s_per_device"): _sd_tokens_per_s_per_device,
     ("train", "tokens_per_s_per_device"): lambda a, p: p["tokens_per_s_per_device"],
     ("train", "tflops_megatron"): _train_tflops_megatron,
     ("train", "tflops_6n_attn"): _train_tflops_6n_attn,

@@ -1,6 +1,6 @@
-"""Ascend decode attention (CANN IncreFlashAttention): one work unit per (sequence, KV
+"""Ascend decode: attention (CANN IncreFlashAttention) with one work unit per (sequence, KV
 head) with the group's query heads as rows, and flash decode's key split for few units
-(sim.cost.attention_impl.ascend_decode_units)."""
+(sim.cost.attention_impl.ascend_decode_units); speculative decoding's rejection per EP group."""
 
 from __future__ import annotations
 
@@ -44,3 +44,20 @@ def test_mqa_decode_reads_the_latent_once_per_group():
     # K/V bytes from HBM: 48 latents of 4,224 x 576 (K and V) instead of 48 x 128.
     assert grouped.memory_s < per_head.details["hbm_s"] / 100
     assert grouped.time_s < per_head.time_s / 10
+
+
+def test_sd_rejection_runs_per_ep_group(capsys):
+    # EP splits the requests over the groups (data-parallel attention): each of the 256
+    # groups rejects its own 12288 / 256 = 48 requests, not the whole batch.
+    import json
+
+    from xpusim.sim.cli.main import main
+    from xpusim.sim.inference.speculative import rejection_device_time
+
+    argv = ["sd", "--target", "deepseek-v3", "--draft", "mtp", "--system", "cloudmatrix-384",
+            "--tp", "1", "--ep", "256", "--gamma", "1", "--alpha", "0.7", "--batch", "12288",
+            "--context", "4096", "--dtype", "int8", "--engine", "none", "--json"]
+    assert main(argv) == 0
+    row = json.loads(capsys.readouterr().out)["rows"][0]
+    die = load_device("ascend-910c-die")
+    assert row["t_reject_s"] == rejection_device_time(die, 48, 1, 129280)

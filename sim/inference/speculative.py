@@ -27,6 +27,7 @@ over verification time; here the verification forward is the gamma+1-token one.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -362,6 +363,9 @@ class SpeculativeModel:
         self.target = StepSimulator(target, system, plan, engine, dtype, routing)
         # The sampler runs eagerly (outside CUDA graphs) on the target's first device.
         self.reject_device = engine.device_for_step(system.device, None)
+        # With EP the requests are split over the ep groups (data-parallel attention,
+        # lowering.step_shape): each group samples and rejects only its own.
+        self.ep = plan.ep
         self.vocab = target.vocab
         self.draft = draft_simulator(
             target, draft, system, plan, engine, dtype, routing, draft_plan
@@ -381,8 +385,9 @@ class SpeculativeModel:
             self.target, scoring_batch(self.engine, batch, g, self.context), self.scoring_graphs
         )
         t_draft = draft_steps_time(self.draft.engine, draft.time_s, rows, g)
-        t_reject = self.engine.reject_time(batch * (g + 1)) + rejection_device_time(
-            self.reject_device, batch, g, self.vocab
+        per_group = math.ceil(batch / self.ep)
+        t_reject = self.engine.reject_time(per_group * (g + 1)) + rejection_device_time(
+            self.reject_device, per_group, g, self.vocab
         )
         t_round = t_draft + verify.time_s + t_reject
         return SDRow(

@@ -61,6 +61,10 @@ class InferRequest:
     engine: str = "vllm-0.6"  # serving-engine profile name or path; "none": no host work
     dtype: str = "bf16"
     routing: str = "uniform"  # MoE routing: uniform, zipf:S or a file of per-expert counts
+    # The kernel of the MoE dispatch / combine under EP: collective (plain all-to-alls),
+    # deepep or low-latency (sim/network/ep.py's models; sim/inference/ep_dispatch.py).
+    ep_dispatch: str = "collective"
+    ep_dispatch_dtype: str = "bf16"  # dispatched activations: bf16, fp16, fp8 or int8
     seed: int = 0
     attention_impl: str | None = None  # default: the device's (docs/attention.md)
     phase: str = "decode"  # prefill | decode
@@ -225,6 +229,10 @@ class DeploymentFields(Protocol):
     @property
     def seed(self) -> int: ...
     @property
+    def ep_dispatch(self) -> str: ...
+    @property
+    def ep_dispatch_dtype(self) -> str: ...
+    @property
     def attention_impl(self) -> str | None: ...
 
 
@@ -257,7 +265,8 @@ def load_deployment(req: DeploymentFields, verdict: VerdictDocument) -> Deployme
     system = load_system_arg(req.system, req.nodes)
     engine = load_engine(req.engine)
     plan = plan_for(req.devices, req.tp, req.ep, req.pp)
-    routing = routing_from_text(req.routing, req.seed)
+    routing = routing_from_text(req.routing, req.seed, req.ep_dispatch,
+                                req.ep_dispatch_dtype)
     check_plan(spec, system, plan)  # a bad --pp or device count before the memory plan
     with verdict_document(verdict(spec, system, plan, engine)):
         memory = require_memory(spec, system, plan, engine, req.dtype)

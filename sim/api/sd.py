@@ -53,6 +53,10 @@ class SdRequest:
     engine: str = "vllm-0.6"  # serving-engine profile, or "none"
     dtype: str = "bf16"
     routing: str = "uniform"  # uniform, zipf:S or a counts file
+    # The kernel of the MoE dispatch / combine under EP: collective (plain all-to-alls),
+    # deepep or low-latency (sim/network/ep.py's models; sim/inference/ep_dispatch.py).
+    ep_dispatch: str = "collective"
+    ep_dispatch_dtype: str = "bf16"  # dispatched activations: bf16, fp16, fp8 or int8
     seed: int = 0
     compare_dense: str | ModelSpec | None = None  # a dense target to compare (e.g. opt-30b)
     draft_dense: str | ModelSpec | None = None  # its draft (e.g. opt-350m)
@@ -146,7 +150,8 @@ def _setup(req: SdRequest, system: System) -> tuple[SdSetup, float]:
         raise InputError("--batch: batch sizes must be >= 1")
     alpha = acceptance(_alpha_text(req.alpha), req.sigma, req.gamma)
     tokens = expected_tokens(alpha, req.gamma)
-    routing = routing_from_text(req.routing, req.seed)
+    routing = routing_from_text(req.routing, req.seed, req.ep_dispatch,
+                                req.ep_dispatch_dtype)
     setup = SdSetup(
         system, plan, engine, req.gamma, alpha, float(req.context), req.draft_devices,
         req.dtype, routing, tuple(batches),

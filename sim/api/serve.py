@@ -69,6 +69,10 @@ class ServeRequest:
     engine: str = "vllm-0.6"
     dtype: str = "bf16"
     routing: str = "uniform"
+    # The kernel of the MoE dispatch / combine under EP: collective (plain all-to-alls),
+    # deepep or low-latency (sim/network/ep.py's models; sim/inference/ep_dispatch.py).
+    ep_dispatch: str = "collective"
+    ep_dispatch_dtype: str = "bf16"  # dispatched activations: bf16, fp16, fp8 or int8
     seed: int = 0
     attention_impl: str | None = None  # default: the device's
     # The request stream.
@@ -372,7 +376,8 @@ def _serve_disaggregated(req: ServeRequest) -> DisaggServeResult:
     engine = load_engine(req.engine)
     seqs, tokens = requested_limits(req, engine.max_num_seqs, engine.max_batched_tokens)
     engine = dataclasses.replace(engine, max_num_seqs=seqs, max_batched_tokens=tokens)
-    routing = routing_from_text(req.routing, req.seed)
+    routing = routing_from_text(req.routing, req.seed, req.ep_dispatch,
+                                req.ep_dispatch_dtype)
     document = {
         "model": spec.name, "engine": engine.name, "dtype": req.dtype, "seed": req.seed,
         "slo_ttft_s": req.slo_ttft, "slo_tpot_s": req.slo_tpot,

@@ -25,6 +25,7 @@ from xpusim.sim.api.serve import (
 from xpusim.sim.cli import disagg as disagg_cli
 from xpusim.sim.cost.attention_impl import IMPLS
 from xpusim.sim.errors import InputError
+from xpusim.sim.inference.ep_dispatch import EP_DISPATCH_CHOICES, EP_DISPATCH_DTYPES
 from xpusim.sim.report import emit_json, fmt_bytes, fmt_si, table
 
 
@@ -51,6 +52,20 @@ def add_deployment_args(p: argparse.ArgumentParser) -> None:
         help="MoE routing: uniform (default), zipf:S (p_i ~ i^-S) or a file of per-expert counts",
     )
     p.add_argument("--seed", type=int, help="default 0")
+    add_ep_dispatch_args(p)
+
+
+def add_ep_dispatch_args(p: argparse.ArgumentParser) -> None:
+    """``--ep-dispatch`` / ``--ep-dispatch-dtype`` (infer and sd; docs/inference.md)."""
+    p.add_argument(
+        "--ep-dispatch", choices=EP_DISPATCH_CHOICES,
+        help="kernel of the MoE dispatch/combine under EP: collective (plain all-to-alls, "
+        "default), deepep or low-latency (xpusim ep's models, docs/ep.md)",
+    )
+    p.add_argument(
+        "--ep-dispatch-dtype", choices=EP_DISPATCH_DTYPES,
+        help="dtype the EP kernel dispatches in (default bf16; the combine is 16-bit)",
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:

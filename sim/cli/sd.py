@@ -13,6 +13,7 @@ from pathlib import Path
 
 from xpusim.sim.api.base import request_from_args
 from xpusim.sim.api.sd import SdRequest, SdResult, sd
+from xpusim.sim.cli.infer import add_ep_dispatch_args
 from xpusim.sim.report import (
     check_output_args,
     emit_json,
@@ -58,6 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", help="default bf16")
     p.add_argument("--routing", help="uniform (default), zipf:S or a counts file")
     p.add_argument("--seed", type=int, help="default 0")
+    add_ep_dispatch_args(p)
     p.add_argument(
         "--compare-dense", metavar="MODEL", help="dense target to compare (e.g. opt-30b)"
     )

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+from xpusim.sim.inference.ep_dispatch import ep_kernel_comm
 from xpusim.sim.ir import Collective, Op
 from xpusim.sim.network import comm_time_fn
 
@@ -160,12 +161,14 @@ def simulator_memo(
     attention_impl: str | None, layers: tuple[int, int],
 ) -> tuple[StepMemo, Callable[[Collective], float]]:
     """The memo of a ``StepSimulator`` of these inputs and its collective pricer (shared
-    as ``StepMemo`` says)."""
+    as ``StepMemo`` says): the system's, with the MoE dispatch / combine priced by the
+    EP kernel ``routing.ep_dispatch`` names (``ep_dispatch.py``) unless "collective"."""
     memo = step_memo(repr((spec, system, plan, engine, dtype, routing, fc_in,
                            attention_impl, layers)))
     if memo.comm is None:  # a new memo: its shared tables
         comm = shared_table("comm", repr(system))
         if "fn" not in comm:
             comm["fn"] = comm_time_fn(system)
-        memo.comm = comm["fn"]
+        memo.comm = ep_kernel_comm(comm["fn"], spec, system, plan, dtype,
+                                   routing.ep_dispatch, routing.ep_dispatch_dtype)
     return memo, memo.comm

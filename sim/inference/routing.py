@@ -11,11 +11,12 @@ pace (it finishes last), so its assignments and distinct experts form the MoELoa
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from xpusim.sim.errors import InputError
+from xpusim.sim.inference.ep_dispatch import check_ep_dispatch
 from xpusim.sim.inputs import read_text
 from xpusim.sim.limits import check_zipf
 from xpusim.sim.models.spec import ModelSpec
@@ -28,6 +29,9 @@ class Routing:
 
     kind: "uniform" (closed form), "zipf" (p_i ~ 1/i^zipf_s), "histogram" (p_i ~
     histogram[i], e.g. measured expert counts). ``samples`` draws are averaged.
+    ``ep_dispatch`` / ``ep_dispatch_dtype``: the kernel that carries the tokens to their
+    experts under EP and the dtype it dispatches in (``ep_dispatch.py``; "collective":
+    plain all-to-all collectives).
     """
 
     kind: str = "uniform"
@@ -35,6 +39,8 @@ class Routing:
     histogram: tuple[float, ...] = ()
     seed: int = 0
     samples: int = 16
+    ep_dispatch: str = "collective"
+    ep_dispatch_dtype: str = "bf16"
 
     def probabilities(self, num_experts: int) -> np.ndarray:
         if self.kind == "zipf":
@@ -58,8 +64,18 @@ class Routing:
 UNIFORM = Routing()
 
 
-def routing_from_text(text: str, seed: int = 0) -> Routing:
-    """The ``--routing`` option: ``uniform``, ``zipf:S`` or the path of a per-expert counts file."""
+def routing_from_text(
+    text: str, seed: int = 0, ep_dispatch: str = "collective", ep_dispatch_dtype: str = "bf16"
+) -> Routing:
+    """The ``--routing`` option: ``uniform``, ``zipf:S`` or the path of a per-expert counts
+    file; with the ``--ep-dispatch`` kernel and ``--ep-dispatch-dtype`` (``ep_dispatch.py``)."""
+    check_ep_dispatch(ep_dispatch, ep_dispatch_dtype)
+    return replace(_distribution(text, seed), ep_dispatch=ep_dispatch,
+                   ep_dispatch_dtype=ep_dispatch_dtype)
+
+
+def _distribution(text: str, seed: int) -> Routing:
+    """``routing_from_text``'s distribution of expert choices."""
     if text == "uniform":
         return Routing(seed=seed)
     if text == "zipf" or text.startswith("zipf:"):

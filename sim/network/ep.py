@@ -131,7 +131,7 @@ class EPConfig:
     top_k: int
     experts: int
     ep: int
-    tokens_per_device: int
+    tokens_per_device: float  # an expected count: fractional from an inference step
     dtype_bytes: float = 2.0
     dispatch: str = "flat"
     routing: str = "uniform"  # "uniform" | "zipf:S" | "hist:FILE"
@@ -297,9 +297,11 @@ def predicted_dedup_ratio(experts: int, top_k: int, nodes: int) -> float:
 def _check(cfg: EPConfig, system: System) -> None:
     if cfg.dispatch not in DISPATCH_MODES:
         raise InputError(f"--dispatch {cfg.dispatch}: choose one of {', '.join(DISPATCH_MODES)}")
-    for name in ("hidden", "top_k", "experts", "ep", "tokens_per_device"):
+    for name in ("hidden", "top_k", "experts", "ep"):
         if getattr(cfg, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be >= 1")
+    if not cfg.tokens_per_device > 0:
+        raise InputError("--tokens-per-device must be > 0")
     if cfg.experts % cfg.ep:
         raise InputError(
             f"--ep {cfg.ep} must divide the {cfg.experts} routed experts "

@@ -41,7 +41,7 @@ def staging_bytes(rows: float, hidden: int, row_bytes: float) -> float:
     return rows * (hidden * ASCEND_INPUT_BYTES_PER_ELEMENT + row_bytes)
 
 
-def reduce_bytes(rows: float, tokens: int, token_bytes: float) -> float:
+def reduce_bytes(rows: float, tokens: float, token_bytes: float) -> float:
     """HBM bytes of the combine reduce (ReadBufferAndWeightedSum): ``rows`` returned
     copies read from the window, one weighted sum written per token."""
     return rows * token_bytes + tokens * token_bytes

@@ -202,7 +202,7 @@ def ep_sweep(request: EpRequest | None = None, /, **kwargs: Any) -> EpSweepResul
         system=_system_label(req.system),
         dtype=req.dtype,
         shared_experts=shared,
-        tokens_per_device=cfg.tokens_per_device,
+        tokens_per_device=req.tokens_per_device,
         routing=cfg.routing,
         runs=runs,
     )

@@ -83,3 +83,13 @@ def test_bad_flags_are_refused():
     with pytest.raises(InputError, match="--tp 1"):
         ep_kernel_comm(comm_time_fn(system), load_model("deepseek-v3"), system,
                        ParallelPlan(tp=2, ep=16), "int8", "deepep", "bf16")
+
+
+def test_cli_names_the_flag_and_the_fix(capsys):
+    """A kernel with tp > 1: exit 2 naming --tp 1, no traceback."""
+    from xpusim.sim.cli.main import main
+
+    argv = ["infer", "--model", "deepseek-v3", "--system", "cloudmatrix-384", "--tp", "2",
+            "--ep", "16", "--dtype", "int8", "--engine", "none", "--ep-dispatch", "deepep"]
+    assert main(argv) == 2
+    assert "--tp 1" in capsys.readouterr().err

@@ -1,12 +1,13 @@
 """Ascend decode: attention (CANN IncreFlashAttention) with one work unit per (sequence, KV
 head) with the group's query heads as rows, and flash decode's key split for few units
-(sim.cost.attention_impl.ascend_decode_units); speculative decoding's rejection per EP group."""
+(sim.cost.attention_ascend.ascend_decode_units); speculative decoding's rejection per EP group."""
 
 from __future__ import annotations
 
 from xpusim.hwprofiles import load_device
 from xpusim.sim.attention_model import fast_attention_cost
-from xpusim.sim.cost.attention_impl import AttnShape, ascend_decode_units, attention_cost
+from xpusim.sim.cost.attention_ascend import ascend_decode_units
+from xpusim.sim.cost.attention_impl import AttnShape, attention_cost
 
 
 def test_prefill_keeps_one_unit_per_query_head():

@@ -55,7 +55,9 @@ Implementations and how each is priced:
   its GM hand-off and synchronisation of ``sim.attention_model.fast_attention_cost``,
   the same function ``xpusim attention`` prints, so the study and a training step agree.
   Backward: 2.5x the forward pipeline (five matmuls per block instead of two, the same
-  softmax recomputation); an assumption, not a measured Ascend figure.
+  softmax recomputation); an assumption, not a measured Ascend figure. Decode work units
+  (IncreFlashAttention) and MLA's absorbed decode (FusedInferAttentionScore's MLA
+  template): ``sim.cost.attention_ascend``.
 """
 
 from __future__ import annotations
@@ -235,7 +237,9 @@ def _attention_body(device: Device, shape: AttnShape, impl: str | None, pass_: s
     elif impl == "fused_softmax":
         cost = fused_softmax_cost(device, shape, pass_)
     elif impl in ASCEND:
-        cost = _ascend(device, shape, pass_)
+        from xpusim.sim.cost.attention_ascend import ascend_cost  # it imports this module
+
+        cost = ascend_cost(device, shape, pass_)
     else:
         blocks_of = SEQ_PARALLEL_AUTOTUNED_BWD.get(impl, impl)
         cost = _fused_gpu(device, shape, blocks_of, pass_)
@@ -500,69 +504,6 @@ def _fused_gpu(device: Device, shape: AttnShape, impl: str, pass_: str,
         "hbm_bytes": hbm_bytes,
     }
     return OpCost(body + overhead_s, pipeline_s, hbm_s, overhead_s, bound, details)
-
-
-# ------------------------------------------------------------------ Ascend
-
-
-# CANN IncreFlashAttention (the decode kernel behind torch_npu's incremental attention):
-# IsFlashDecode splits the keys over cores when batch x KV heads < 0.4 x cores and, with
-# GQA, the context is >= 2048 keys (its "experience values"); SplitBNS then gives each
-# (batch, KV head) cores // (batch x KV heads) parts, fewer while a part would be < 512 keys.
-# MiracleDrawer/cann_ops_adv src/transformer/incre_flash_attention/ophost/
-# incre_flash_attention_tiling.cc @ 0b37367185baa4d23b9a5d4013ab32a5553727bd.
-IFA_FLASH_DECODE_BN_RATIO = 0.4
-IFA_FLASH_DECODE_GQA_MIN_KEYS = 2048
-IFA_MIN_KEYS_PER_PART = 512
-
-
-def ascend_decode_units(shape: AttnShape, cores: int) -> tuple[float, float, float]:
-    """(work units, query rows per unit, keys per unit) of an Ascend attention call.
-
-    A decode or verify step (``q_len < kv_len``) runs CANN's IncreFlashAttention, whose
-    work unit is one (sequence, KV head) holding the G = heads / kv_heads query heads of
-    the group as rows of one tile (tiling ``nNumOfQInOneGroup = numHeads / numKvHeads``;
-    SplitBN divides ``batchSize x numKvHeads`` over the cores), so each K/V block is read
-    once per group, not once per query head (MQA, e.g. MLA's absorbed decode over one
-    latent: 128 heads, one K/V). Flash decode splits the keys of few units (above).
-    Otherwise (prefill, training) one unit per (sequence, query head) as before.
-    """
-    if shape.q_len >= shape.kv_len:
-        return shape.batch * shape.heads, shape.q_len, shape.kv_len
-    group = shape.heads / shape.kvh
-    units = shape.batch * shape.kvh
-    parts = 1
-    splits = units < IFA_FLASH_DECODE_BN_RATIO * cores and (
-        group == 1 or shape.kv_len >= IFA_FLASH_DECODE_GQA_MIN_KEYS)
-    if splits:
-        parts = max(1, int(cores // max(1.0, units)))
-        while parts > 1 and shape.kv_len / parts < IFA_MIN_KEYS_PER_PART:
-            parts -= 1
-    return units * parts, shape.q_len * group, math.ceil(shape.kv_len / parts)
-
-
-def _ascend(device: Device, shape: AttnShape, pass_: str) -> OpCost:
-    """``sim.attention_model.fast_attention_cost`` (the ``xpusim attention`` model)."""
-    from xpusim.sim.attention_model import fast_attention_cost  # the study module imports sim.cost
-
-    bh, q_rows, keys = ascend_decode_units(shape, device.matrix_cores)
-    reps = max(1, round(bh))
-    causal = shape.causal and shape.q_len == shape.kv_len
-    dtype = shape.dtype if shape.dtype in ("fp16", "bf16", "fp32") else "fp16"
-    cost = fast_attention_cost(
-        device, 1, reps, int(keys), int(shape.head_dim), causal, dtype,
-        q_len=int(q_rows),
-    )
-    scale = bh / reps * (2.5 if pass_ == "bwd" else 1.0)
-    if shape.window:  # npu_fusion_attention's band mode (sparse_mode 4) skips the pairs
-        scale *= shape.pairs() / replace(shape, window=0).pairs()  # outside the window
-    launch = device.efficiency.launch_overhead_s
-    time_s = (cost.time_s - launch) * scale + launch
-    d = cost.details
-    details = {k: float(d[k]) for k in ("rows", "cols", "block_cube_s", "block_vector_s",
-                                        "block_gm_s", "sync_s", "pipeline_s", "hbm_s")}
-    return OpCost(time_s, d["pipeline_s"] * scale, d["hbm_s"] * scale, launch, cost.bound,
-                  details)
 
 
 # ------------------------------------------------------------------ the cost model

@@ -21,7 +21,8 @@ from xpusim.sim.gcpause import gc_paused
 from xpusim.sim.ir import BYTES_PER_DTYPE
 from xpusim.sim.limits import MAX_RANKS, check_int, check_ranks, check_train_work
 from xpusim.sim.models.spec import ModelSpec
-from xpusim.sim.parallel import ParallelPlan, load_plan_file, validate_plan
+from xpusim.sim.parallel import ParallelPlan, validate_plan
+from xpusim.sim.plan_file import load_plan_file
 from xpusim.sim.training.memory import MemoryBreakdown, format_breakdown
 from xpusim.sim.training.recompute_choice import choose_recompute
 from xpusim.sim.training.simulate import TrainingOptions, TrainingResult, estimate_memory
@@ -253,7 +254,7 @@ def build_plan(req: TrainRequest) -> tuple[ParallelPlan, str, dict[str, Any]]:
 
 
 def _check_plan_extra(path: str, extra: dict[str, Any]) -> None:
-    """The plan file's keys above [plan] (sim.parallel.PLAN_EXTRA) have the flags' types."""
+    """The plan file's keys above [plan] (sim.plan_file.PLAN_EXTRA) have the flags' types."""
     for key in ("model", "system"):  # a name or a path, as the --model/--system flags
         if key in extra and (not isinstance(extra[key], str) or not extra[key].strip()):
             raise InputError(f"plan file {path}: {key} = {extra[key]!r} must be a name or path")

@@ -11,7 +11,7 @@ from pathlib import Path
 from xpusim.sim.api.base import request_from_args
 from xpusim.sim.api.train import RECOMPUTE_CHOICES, TrainRequest, TrainResult, train
 from xpusim.sim.cost.attention_impl import IMPLS
-from xpusim.sim.parallel import FP8_SCALINGS, MOE_DISPATCHERS, ParallelPlan
+from xpusim.sim.parallel import FP8_SCALINGS, FRAMEWORKS, MOE_DISPATCHERS, ParallelPlan
 from xpusim.sim.report import (
     check_output_file,
     check_plot_path,
@@ -101,30 +101,12 @@ def _add_system_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "train",
-        help="simulate a training step (step time, MFU, memory, bubble)",
-        description=__doc__,
-    )
-    p.add_argument("--model", help="preset name or Hugging Face config.json path")
-    _add_system_flags(p)
-    p.add_argument("--plan", help="plan TOML file ([plan] table; flags override it)")
-    for name in _INT_FLAGS:
-        p.add_argument(f"--{name.replace('_', '-')}", type=int, dest=name)
-    _add_dtype_flags(p)
-    _add_recompute_flags(p)
-    p.add_argument("--schedule", choices=("auto", "1f1b", "interleaved"))
-    p.add_argument(
-        "--dropout",
-        type=float,
-        help="attention and hidden dropout rate of the recipe (Megatron-LM GPT: 0.1; "
-        "default 0): keeps masks and, for unfused attention, the dropped scores",
-    )
+def _add_stack_flags(p: argparse.ArgumentParser) -> None:
+    """The software stack of the run: framework, rank order, gradient dtype, MoE routing
+    and dispatcher, pipeline split."""
     p.add_argument(
         "--framework",
-        choices=("eager", "cuda-graphs", "deepspeed-0.3", "flash-attn-training",
-                 "torchtitan-eager", "composer-fsdp1"),
+        choices=FRAMEWORKS,
         help="host side: eager PyTorch dispatch per op (default), CUDA graphs (none), "
         "eager with DeepSpeed 0.3's ZeRO-3 (per-parameter list collectives, no overlap), "
         "the FlashAttention repository's training (eager, flash-attn's fused loss), "
@@ -153,6 +135,29 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="uneven pipeline split: model slots (layers, then MTP) per virtual stage, "
         "pp*vpp comma-separated counts in virtual-stage order (default: equal, no-op padded)",
     )
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="simulate a training step (step time, MFU, memory, bubble)",
+        description=__doc__,
+    )
+    p.add_argument("--model", help="preset name or Hugging Face config.json path")
+    _add_system_flags(p)
+    p.add_argument("--plan", help="plan TOML file ([plan] table; flags override it)")
+    for name in _INT_FLAGS:
+        p.add_argument(f"--{name.replace('_', '-')}", type=int, dest=name)
+    _add_dtype_flags(p)
+    _add_recompute_flags(p)
+    p.add_argument("--schedule", choices=("auto", "1f1b", "interleaved"))
+    p.add_argument(
+        "--dropout",
+        type=float,
+        help="attention and hidden dropout rate of the recipe (Megatron-LM GPT: 0.1; "
+        "default 0): keeps masks and, for unfused attention, the dropped scores",
+    )
+    _add_stack_flags(p)
     for name in _BOOL_FLAGS:
         p.add_argument(
             f"--{name.replace('_', '-')}",

@@ -1,0 +1,61 @@
+"""Plan files: a ``[plan]`` TOML table read into ``ParallelPlan`` fields, checked key by key.
+
+``load_plan_file`` is what ``xpusim train --plan FILE`` and ``sim.api.train`` read; the
+values keep the flags' types (``_check_plan_value``), so a bad file exits 2 naming the
+file, the key and the type it needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from xpusim.sim.errors import InputError
+from xpusim.sim.inputs import read_toml
+from xpusim.sim.parallel import ParallelPlan
+
+# Keys a plan file may hold above its [plan] table (sim.api.train; flags override them).
+PLAN_EXTRA = ("model", "system", "nodes", "devices", "description")
+
+
+def load_plan_file(path: str | Path) -> dict[str, Any]:
+    """Read a plan TOML (``[plan]`` table or top-level keys); unknown keys are errors."""
+    path = Path(path)
+    data = read_toml(path, "plan file")  # sim.inputs: the one checked reader
+    table = data.get("plan", data)
+    if not isinstance(table, dict):
+        raise InputError(f"plan file {path}: 'plan' = {table!r} must be a [plan] table")
+    known = {f.name for f in fields(ParallelPlan)} - {"first_device"}  # inference only
+    extra = {k: v for k, v in data.items() if k != "plan"} if "plan" in data else {}
+    unknown = [k for k in table if k not in known] + [k for k in extra if k not in PLAN_EXTRA]
+    if unknown:
+        raise InputError(
+            f"plan file {path}: unknown keys {unknown}; known: {', '.join(sorted(known))} "
+            f"in [plan], {', '.join(PLAN_EXTRA)} above it"
+        )
+    out = dict(table)
+    defaults = {f.name: f.default for f in fields(ParallelPlan)}
+    for key, value in out.items():
+        _check_plan_value(path, key, value, defaults[key])
+    out.update({k: tuple(out[k]) for k in ("recompute_modules", "layer_split") if k in out})
+    out["_extra"] = extra
+    return out
+
+
+def _check_plan_value(path: Path, key: str, value: Any, default: Any) -> None:
+    """A plan-file value must have the type of the field's default (TOML gives typed values)."""
+    if isinstance(default, bool):
+        ok, want = isinstance(value, bool), "true or false"
+    elif isinstance(default, int):
+        ok, want = isinstance(value, int) and not isinstance(value, bool), "an integer"
+    elif isinstance(default, float):
+        ok, want = isinstance(value, int | float) and not isinstance(value, bool), "a number"
+    elif isinstance(default, str):
+        ok, want = isinstance(value, str), "a string"
+    elif isinstance(default, tuple):
+        ok, want = isinstance(value, list), "a list"
+    else:
+        return
+    if not ok:
+        raise InputError(f"plan file {path}: {key} = {value!r} must be {want}")

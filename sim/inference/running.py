@@ -95,25 +95,42 @@ class RunningBatch:
     def __len__(self) -> int:
         return len(self.decoding) + len(self.pending)
 
+    def __bool__(self) -> bool:
+        # Read every iteration (``if not batch``): without it ``bool`` calls ``__len__``.
+        return bool(self.decoding or self.pending)
+
     def blocks(self, tokens: int) -> int:
         return -(-tokens // self.block)
 
-    def admit(self, r: Request) -> None:
-        """``r`` starts (or restarts) its prompt."""
+    def admit(self, r: Request, units: int | None = None) -> None:
+        """``r`` starts (or restarts) its prompt. ``units``: ``units(r.prompt +
+        r.generated + step_tokens)`` where the caller has it (admission's reservation)."""
         self.pending.append(r)
-        self.need += self.units(r.prompt + r.generated + self.step_tokens)
+        if units is None:
+            units = self.units(r.prompt + r.generated + self.step_tokens)
+        self.need += units
 
     def prefilled(self, r: Request) -> None:
         """``r``'s prompt is done (the caller drops it from ``pending``): it gets its
         first token and decodes from the next step."""
-        self.need -= self.units(r.prompt + r.generated + self.step_tokens)
+        before = r.prompt + r.generated + self.step_tokens
         r.generated += 1
-        self.join_decoding(r)
+        if self._windowed:
+            self.need += self.units(before + 1) - self.units(before)
+        else:
+            # Its units go from blocks(before) to blocks(before + 1): one block more
+            # exactly when ``before`` fills its last block (as ``_crossings`` counts).
+            self.need += 1 if before % self.block == 0 else 0
+        self._decode(r)
 
     def join_decoding(self, r: Request) -> None:
         """``r``, past its prompt, decodes from the next step."""
+        self.need += self.units(r.prompt + r.generated + self.step_tokens)
+        self._decode(r)
+
+    def _decode(self, r: Request) -> None:
+        """``r``, its units counted in ``need``, joins the decoding requests."""
         context = r.prompt + r.generated
-        self.need += self.units(context + self.step_tokens)
         self.context += context
         self.residues[(context - self.tick) % self.block] += 1
         if self._windowed and self._below_cap(context):
@@ -197,14 +214,23 @@ class RunningBatch:
             self.need += self._crossings(steps)
         self.tick += steps
         done: list[Request] = []
-        if not self.ends or self.ends[0][0] > self.tick:
+        ends, tick = self.ends, self.tick
+        if not ends or ends[0][0] > tick:
             return done  # no entry, live or stale, ends at this tick (most steps)
-        while (first := self._live_end()) is not None and first[0] == self.tick:
-            heapq.heappop(self.ends)
-            done.append(first[2])
-        for r in done:
-            r.generated += self.tick - self.since[id(r)]
-            self.since[id(r)] = self.tick
+        # The live entries that end at this tick, stale ones dropped on the way
+        # (``_live_end``'s loop, inline: it runs for every request that finishes).
+        entry, since = self.entry, self.since
+        while ends:
+            end, serial, r = ends[0]
+            key = id(r)
+            if entry.get(key) == serial:
+                assert end >= tick, "a request went past its output length"
+                if end != tick:
+                    break
+                r.generated += tick - since[key]
+                since[key] = tick
+                done.append(r)
+            heapq.heappop(ends)
         return done
 
     def _crossings(

@@ -205,14 +205,15 @@ class Server:
         """
         engine = self.costs.target.engine
         self.policy, self.kv_reserve = engine.policy, engine.kv_reserve
-        for r in requests:
-            need = self._blocks(r.prompt + r.output)
-            if need > self.blocks_total:
-                raise InputError(
-                    f"request {r.id} needs {r.prompt + r.output} tokens of KV cache; the "
-                    f"deployment holds {self._holds()}: shorten it or "
-                    "add devices"
-                )
+        # Units grow with the tokens (``KVLayout.units``): only the longest request can
+        # fail, and the message names the first that does.
+        longest = max((r.prompt + r.output for r in requests), default=0)
+        if self._blocks(longest) > self.blocks_total:
+            r = next(r for r in requests if self._blocks(r.prompt + r.output) > self.blocks_total)
+            raise InputError(
+                f"request {r.id} needs {r.prompt + r.output} tokens of KV cache; the "
+                f"deployment holds {self._holds()}: shorten it or add devices"
+            )
         # Runs of identical decode steps: only without speculative decoding, whose
         # per-request acceptance draws must stay in step order.
         self._jump = jump and not self.costs.draft
@@ -530,7 +531,9 @@ class Server:
             c = min(context, budget)
             chunks.append((r, c))
             budget -= c
-            batch.admit(r)
+            # The incremental reservation is the units the batch counts for a prompt
+            # (units(prompt + generated + 1)) when a step adds one token.
+            batch.admit(r, need if not full and batch.step_tokens == 1 else None)
             size += 1
             admitted += 1 if r.preemptions == 0 else 0
         return admitted

@@ -76,3 +76,19 @@ def test_equal_content_priced_once_per_step():
     assert times(c) == pytest.approx(320e-6)
     assert model.calls == 2
     assert StepOpTimes(model)(a) == times(a) and model.calls == 3  # a new step: afresh
+
+
+def test_kinds_that_do_not_repeat_skip_the_memo():
+    """A GEMM (not in ``REPEATED_KINDS``) goes to the model every time, with the time it
+    gives; the norms keep their memo."""
+    from xpusim.sim.inference.priced_step import REPEATED_KINDS
+    from xpusim.sim.ir import OpKind
+    from xpusim.sim.ops import gemm
+
+    assert OpKind.GEMM not in REPEATED_KINDS and OpKind.ATTENTION not in REPEATED_KINDS
+    model = _Counting()
+    times = StepOpTimes(model)
+    g = gemm("up", 4, 8, 16)
+    assert times(g) == times(gemm("down", 4, 8, 16)) == model.time(g).time_s
+    assert model.calls == 3  # two through StepOpTimes, one here
+    assert not times.seen

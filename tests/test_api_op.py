@@ -103,3 +103,19 @@ def test_bad_input_is_an_input_error(kwargs, words):
 def test_unknown_device_is_a_profile_error():
     with pytest.raises(ProfileError, match="unknown device 'nosuch'"):
         xpusim.op(kind="gemm", m=8, n=8, k=8, device="nosuch")
+
+
+def test_request_type_hints_are_kept_per_class_read_only():
+    """``request_from_flags`` reads each request class's annotations once (``_type_hints``):
+    the same hints ``typing.get_type_hints`` resolves, and not writable by a caller."""
+    import typing
+
+    from xpusim.sim.api.base import _type_hints
+    from xpusim.sim.api.serve import ServeRequest
+    from xpusim.sim.api.train import TrainRequest
+
+    for cls in (OpRequest, ServeRequest, TrainRequest):
+        assert dict(_type_hints(cls)) == typing.get_type_hints(cls)
+        assert _type_hints(cls) is _type_hints(cls)
+        with pytest.raises(TypeError):
+            _type_hints(cls)["x"] = int  # type: ignore[index]

@@ -16,6 +16,7 @@ prints before exiting with status 3.
 from __future__ import annotations
 
 import argparse
+import functools
 import keyword
 import types
 import typing
@@ -89,7 +90,8 @@ def request_from_flags(cls: type[R], values: Mapping[str, Any], where: str) -> R
     - the flags' limits (``xpusim.sim.limits.check_namespace``) hold as on the command line.
 
     Unknown keys are refused by name; every message starts with ``where``."""
-    hints = typing.get_type_hints(cls)
+    request_class: type = cls
+    hints = _type_hints(request_class)
     given: dict[str, Any] = {}
     for key, value in values.items():
         name = field_name(key)
@@ -107,6 +109,14 @@ def request_from_flags(cls: type[R], values: Mapping[str, Any], where: str) -> R
     except InputError as exc:
         raise InputError(f"{where}: {exc}") from None
     return request
+
+
+@functools.lru_cache(maxsize=64)
+def _type_hints(cls: type) -> Mapping[str, Any]:
+    """``typing.get_type_hints(cls)``, read-only and kept per request class: resolving a
+    request's ~30 string annotations costs 0.2-0.4 ms, and ``validate --published`` reads a
+    request from flags for every row and its baseline (a class's annotations are fixed)."""
+    return types.MappingProxyType(typing.get_type_hints(cls))
 
 
 def _accepted(hint: Any) -> set[type]:

@@ -69,3 +69,24 @@ def test_attention_core_op_is_the_core_of_attention_ops(model, tp, q_len, kv_len
         cores = [op for op in built if op.kind == OpKind.ATTENTION]
         assert len(cores) == 1
         assert attention_core_op(spec, shape, sh, "bf16", layer) == cores[0]
+
+
+def test_sums_add_each_product_once_to_two_sums():
+    """``PricedStep.sums`` computes count x time once per entry; the sums equal adding the
+    product afresh to each, in entry order (non-integer counts and times included)."""
+    import random
+
+    from xpusim.sim.inference.priced_step import PricedStep
+
+    rng = random.Random(7)
+    for _ in range(200):
+        entries = tuple((rng.choice([1, 3, 79, 80]), rng.random() * 10 ** rng.randint(-7, -2),
+                         rng.random() < 0.3) for _ in range(rng.randint(1, 25)))
+        total = attention = other = 0.0
+        for count, t, is_attention in entries:
+            total += count * t
+            if is_attention:
+                attention += count * t
+            else:
+                other += count * t
+        assert PricedStep(entries, ()).sums() == (total, attention, other)

@@ -65,11 +65,12 @@ class PricedStep:
         item's time times its runs, added in first-appearance order."""
         total = attention_s = other_s = 0.0
         for count, t, is_attention in self.entries:
-            total += count * t
+            part = count * t  # one product, added to two sums (the same float each time)
+            total += part
             if is_attention:
-                attention_s += count * t
+                attention_s += part
             else:
-                other_s += count * t
+                other_s += part
         return total, attention_s, other_s
 
     def with_cores(self, times: list[float]) -> PricedStep:

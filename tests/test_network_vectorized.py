@@ -132,7 +132,11 @@ def _tree_edges_recursive(members):
 @pytest.mark.parametrize("n", [0, 1, 2, 3, 7, 8, 100, 1000, 6144])
 def test_tree_edges_in_the_recursive_order(n):
     members = list(range(5, 5 + 2 * n, 2))
-    assert _tree_edges(members) == _tree_edges_recursive(members)
+    assert list(_tree_edges(members)) == _tree_edges_recursive(members)
+    # Kept per member tuple: asked again, and for the shifted order of the second tree.
+    assert list(_tree_edges(members)) == _tree_edges_recursive(members)
+    shifted = members[1:] + members[:1]
+    assert list(_tree_edges(shifted)) == _tree_edges_recursive(shifted)
 
 
 def _symmetric_reference(topo, groups):

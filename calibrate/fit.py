@@ -36,7 +36,7 @@ from dragging the fit.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -72,6 +72,16 @@ KIND_OVERHEAD_US_BOUNDS = (0.0, 1000.0)
 PRIOR_WEIGHT = 0.0
 REFERENCE_KINDS = frozenset({"gemm", "elementwise", "memcpy"})
 MIN_CASES_PER_KIND = 3
+# A kind's speed and overhead describe its own ops only where those ops carry the time:
+# a kind is fitted from the fit cases in which it takes at least this share of the
+# predicted time (at the start profile). Below that its two parameters fit whatever
+# time the rest of the case's graph misses. Measured (docs/calibration.md, nineteenth
+# session): the MoE layer's `routing` ops (top-k, sort, gather, bincount over <= 4096
+# ids) take at most 4.7% of any case; their speed left the cost flat within 0.1% from
+# 0.05 to 20 (it sat at either bound), and their overhead, with exactly 7 such ops in
+# every MoE case, was an MoE-only intercept: 140-390 us per index op over three runs.
+# Every kind with a microbenchmark has >= 3 fit cases at share 1.0.
+MIN_KIND_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -187,13 +197,43 @@ class OpTable:
     def cases_per_kind(self) -> dict[str, int]:
         return {k: len(set(self.case[self.kind == i].tolist())) for i, k in enumerate(self.kinds)}
 
-    def fitted_kinds(self) -> tuple[str, ...]:
-        """Non-reference kinds with enough fit cases to identify a speed and an overhead."""
+    def kind_shares(self, p: FitParams) -> np.ndarray:
+        """(kinds, cases): each kind's share of each case's predicted time under ``p``."""
+        t = op_times(self, p)
+        total = np.bincount(self.case, weights=t, minlength=self.n_cases)
+        per_kind = np.zeros((len(self.kinds), self.n_cases))
+        np.add.at(per_kind, (self.kind, self.case), t)
+        return per_kind / np.where(total > 0, total, 1.0)
+
+    def fitted_kinds(self, start: FitParams) -> tuple[str, ...]:
+        """Non-reference kinds that carry at least ``MIN_KIND_SHARE`` of the predicted
+        time (under ``start``) of at least ``MIN_CASES_PER_KIND`` fit cases: enough cases
+        in which the kind's own ops, not the rest of the graph, set the time."""
+        shares = self.kind_shares(start)
         return tuple(
             k
-            for k, n in self.cases_per_kind().items()
-            if k not in REFERENCE_KINDS and n >= MIN_CASES_PER_KIND
+            for i, k in enumerate(self.kinds)
+            if k not in REFERENCE_KINDS
+            and int(np.sum(shares[i] >= MIN_KIND_SHARE)) >= MIN_CASES_PER_KIND
         )
+
+
+# Held on a one-core device (a CPU timed with one thread: pipeline.load_base scales the
+# profile to the threads used). ``(work + half) / rate`` adds ``half / rate`` to every op
+# of the unit: a per-op constant, as launch_overhead_s and the kinds' overheads are. On
+# the stored CPU runs (docs/calibration.md, nineteenth session) vector_half_flops was
+# undetermined (standard error a factor > 1e15; correlation -0.999 with pool.overhead)
+# or at its lower bound, and memory_half_bytes sat at its lower bound in all three runs
+# with a Jacobian column 1e-5 of the others'. One core has no parallel units to fill
+# before it reaches its rate, so there is no ramp to fit: both are held at 1 (none) and
+# launch_overhead_s carries the per-op fixed cost. matrix_half_flops stays fitted (a
+# GEMM-only constant, within a factor 2-20 in those runs: BLAS edge tiles and packing).
+SINGLE_CORE_HELD: dict[str, float] = {"vector_half_flops": 1.0, "memory_half_bytes": 1.0}
+
+
+def held_parameters(base: Device) -> dict[str, float]:
+    """Parameters the fit holds at a fixed value for ``base`` (see SINGLE_CORE_HELD)."""
+    return dict(SINGLE_CORE_HELD) if base.cores == 1 else {}
 
 
 def llc_bytes(device: Device) -> float:
@@ -303,6 +343,7 @@ class FitResult:
     at_bound: tuple[str, ...]
     success: bool
     message: str
+    held: tuple[str, ...] = ()  # parameters kept at the start's value (not fitted)
 
     def summary(self) -> dict:
         return {
@@ -315,6 +356,7 @@ class FitResult:
             "n_cases": self.n_cases,
             "fitted_kinds": list(self.fitted_kinds),
             "at_bound": list(self.at_bound),
+            "held": list(self.held),
             "success": self.success,
             "message": self.message,
         }
@@ -337,12 +379,14 @@ def fit(
     f_scale: float = 0.1,
     fit_kinds: bool = True,
     prior_weight: float = PRIOR_WEIGHT,
+    fixed: Collection[str] = (),
 ) -> FitResult:
     """Least squares on log-time residuals from ``start`` and from a neutral start; best wins.
 
     Two starts guard against the kinks of max(compute, memory) trapping the solver.
     ``groups`` (suite names) balance the weights; ``fit_kinds=False`` fits only the 9
-    device-wide parameters.
+    device-wide parameters. ``fixed`` names parameters (``PARAM_NAMES`` or
+    ``kind.speed`` / ``kind.overhead``) held at ``start``'s value.
     """
     t = np.asarray(measured_s, dtype=float)
     if len(t) != table.n_cases:
@@ -352,7 +396,7 @@ def fit(
     y = np.log(t)
     w = suite_weights(groups) if groups is not None else np.ones_like(y)
     w = w / np.sqrt(np.mean(w**2))  # mean squared weight 1: f_scale keeps its meaning
-    kinds = table.fitted_kinds() if fit_kinds else ()
+    kinds = table.fitted_kinds(start) if fit_kinds else ()
     lower = np.concatenate(
         [LOWER, np.tile([KIND_SPEED_BOUNDS[0], KIND_OVERHEAD_US_BOUNDS[0]], len(kinds))]
     )
@@ -364,19 +408,31 @@ def fit(
     # identify (e.g. vector_max when no vector op is compute-bound) stays near the
     # profile instead of wandering to a bound, which keeps repeated calibrations close.
     x_prior = np.clip(start.vector(kinds), lower, upper)
+    names = list(PARAM_NAMES) + [f"{k}.{p}" for k in kinds for p in ("speed", "overhead")]
+    unknown = sorted(set(fixed) - set(names))
+    if unknown:
+        raise ValueError(f"fixed: unknown parameter(s) {', '.join(unknown)}; known: {names}")
+    # Held parameters keep the start's value (clipped into bounds); only the rest move.
+    free = np.array([n not in fixed for n in names])
 
-    def residuals(x: np.ndarray) -> np.ndarray:
+    def full(xf: np.ndarray) -> np.ndarray:
+        x = x_prior.copy()
+        x[free] = xf
+        return x
+
+    def residuals(xf: np.ndarray) -> np.ndarray:
+        x = full(xf)
         data = w * (np.log(case_times(table, FitParams.from_vector(x, kinds))) - y)
-        return np.concatenate([data, prior_weight * (x - x_prior)])
+        return np.concatenate([data, prior_weight * (xf - x_prior[free])])
 
     neutral = FitParams(0.5, 1e8, 0.5, 1e6, 0.5, 1e5, 1e-5, 2.0, 0.5)
     best = None
     for s in (start, neutral):
-        x0 = np.clip(s.vector(kinds), lower + 1e-6, upper - 1e-6)
+        x0 = np.clip(s.vector(kinds), lower + 1e-6, upper - 1e-6)[free]
         res = least_squares(
             residuals,
             x0,
-            bounds=(lower, upper),
+            bounds=(lower[free], upper[free]),
             loss=loss,
             f_scale=f_scale,
             xtol=1e-12,
@@ -387,16 +443,16 @@ def fit(
         if best is None or res.cost < best.cost:
             best = res
     assert best is not None
-    r = np.log(case_times(table, FitParams.from_vector(best.x, kinds))) - y
+    x_best = full(best.x)
+    r = np.log(case_times(table, FitParams.from_vector(x_best, kinds))) - y
     rel = np.abs(np.expm1(r))
-    names = list(PARAM_NAMES) + [f"{k}.{p}" for k in kinds for p in ("speed", "overhead")]
     at_bound = tuple(
         n
-        for n, v, lo, hi in zip(names, best.x, lower, upper, strict=True)
-        if v - lo < 1e-3 or hi - v < 1e-3
+        for n, v, lo, hi, f in zip(names, x_best, lower, upper, free, strict=True)
+        if f and (v - lo < 1e-3 or hi - v < 1e-3)
     )
     return FitResult(
-        params=FitParams.from_vector(best.x, kinds),
+        params=FitParams.from_vector(x_best, kinds),
         start=start,
         cost=float(best.cost),
         rms_log_error=float(math.sqrt(np.mean(r**2))),
@@ -407,4 +463,5 @@ def fit(
         at_bound=at_bound,
         success=bool(best.success),
         message=str(best.message),
+        held=tuple(n for n in names if n in fixed),
     )

@@ -77,6 +77,7 @@ def overlay_doc(base: Device, result: FitResult, provenance: dict[str, Any]) -> 
             "median_abs_error": result.median_abs_error,
             "p90_abs_error": result.p90_abs_error,
             "at_bound": list(result.at_bound),
+            "held": list(result.held),
             "success": result.success,
             "message": result.message,
             # Raw fitted maxima: above 1 means the profile peak was raised (see module doc).

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from xpusim.calibrate.device import LocalDevice
-from xpusim.calibrate.fit import FitParams, FitResult, build_table, fit
+from xpusim.calibrate.fit import FitParams, FitResult, build_table, fit, held_parameters
 from xpusim.calibrate.harness import HarnessConfig, Measurement, measure, noise_score, timer_for
 from xpusim.calibrate.suites import SUITES, Case
 from xpusim.hwprofiles import load_device
@@ -186,11 +186,13 @@ def fit_measured(measured: Sequence[Measured], base: Device) -> FitResult:
     if len(rows) < 8:
         raise InputError(f"only {len(rows)} fit cases measured; the fit needs at least 8")
     table = build_table([m.case.graph() for m in rows], base)
+    held = held_parameters(base)
     return fit(
         table,
         [m.m.median_s for m in rows],
-        FitParams.from_device(base),
+        replace(FitParams.from_device(base), **held),
         groups=[m.case.suite for m in rows],
+        fixed=tuple(held),
     )
 
 

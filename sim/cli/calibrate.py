@@ -140,6 +140,8 @@ def _print_fit(result, prov: dict) -> None:
     print(table(rows, ["parameter", "value", "size"]))
     if result.at_bound:
         print(f"  at a bound (check the data): {', '.join(result.at_bound)}")
+    if result.held:
+        print(f"  held, not fitted (not identifiable here): {', '.join(result.held)}")
 
 
 def _refuse_other_toml(out: Path) -> None:

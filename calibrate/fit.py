@@ -79,7 +79,7 @@ MIN_CASES_PER_KIND = 3
 # session): the MoE layer's `routing` ops (top-k, sort, gather, bincount over <= 4096
 # ids) take at most 4.7% of any case; their speed left the cost flat within 0.1% from
 # 0.05 to 20 (it sat at either bound), and their overhead, with exactly 7 such ops in
-# every MoE case, was an MoE-only intercept: 140-390 us per index op over three runs.
+# every MoE case, was an MoE-only intercept: 99-392 us per index op in five runs.
 # Every kind with a microbenchmark has >= 3 fit cases at share 1.0.
 MIN_KIND_SHARE = 0.5
 
@@ -221,10 +221,10 @@ class OpTable:
 # Held on a one-core device (a CPU timed with one thread: pipeline.load_base scales the
 # profile to the threads used). ``(work + half) / rate`` adds ``half / rate`` to every op
 # of the unit: a per-op constant, as launch_overhead_s and the kinds' overheads are. On
-# the stored CPU runs (docs/calibration.md, nineteenth session) vector_half_flops was
-# undetermined (standard error a factor > 1e15; correlation -0.999 with pool.overhead)
-# or at its lower bound, and memory_half_bytes sat at its lower bound in all three runs
-# with a Jacobian column 1e-5 of the others'. One core has no parallel units to fill
+# the five stored CPU runs (docs/calibration.md, nineteenth session) vector_half_flops
+# was at its lower bound (three quick runs) or undetermined (two full runs: standard
+# error a factor > 1e15, correlation -0.999 with pool.overhead), and memory_half_bytes
+# at its lower bound in all five, with a Jacobian column 1e-5 of the others'. One core has no parallel units to fill
 # before it reaches its rate, so there is no ramp to fit: both are held at 1 (none) and
 # launch_overhead_s carries the per-op fixed cost. matrix_half_flops stays fitted (a
 # GEMM-only constant, within a factor 2-20 in those runs: BLAS edge tiles and packing).

@@ -91,3 +91,63 @@ def test_a_dtype_pair_varies_only_the_dtype():
     (pair,) = axis_pairs([a, b, c], results, axis="dtype")
     assert (pair.axis, pair.first, pair.second) == ("dtype", "bf16", "fp8")
     assert pair.error == pytest.approx(1.8 / 1.5 - 1.0)  # FP8's gain overstated by 20%
+
+
+def _train(rid: str, measured: float, **args) -> Row:
+    base = {"model": "m", "system": "dgx-h100", "nodes": 2, "tp": 1, "pp": 2, "mbs": 1,
+            "gbs": 512, "seq": 4096, "dtype": "fp8"}
+    return Row(rid, "training", "check", "", "", "", "P", measured, "tokens/s/device",
+               "tokens_per_s_per_device", "train", {**base, **args})
+
+
+def test_a_plan_pair_puts_the_measured_slower_plan_first():
+    a = _train("a", 5275.0, vpp=24, mbs=2)
+    b = _train("b", 5113.0, vpp=12, gbs=1024)
+    results = [_result(a, 11356.0), _result(b, 8201.0)]
+    (pair,) = axis_pairs([a, b], results, axis="plan")
+    # only the keys that differ label the pair; b measured slower, so it comes first
+    assert (pair.first, pair.second, pair.ids) == ("gbs1024 vpp12 mbs1", "gbs512 vpp24 mbs2",
+                                                    ("b", "a"))
+    assert pair.measured_ratio == pytest.approx(5275.0 / 5113.0)
+    assert pair.predicted_ratio == pytest.approx(11356.0 / 8201.0)
+    assert pair.error == pytest.approx((11356.0 / 8201.0) / (5275.0 / 5113.0) - 1.0)
+
+
+def test_a_plan_pair_needs_everything_else_equal():
+    a = _train("a", 100.0, tp=2)
+    rows = [a, _train("b", 90.0, tp=4, dtype="bf16"),  # another dtype: a dtype change too
+            _train("c", 90.0, tp=4, seq=8192),  # another sequence
+            _train("d", 90.0, tp=4, framework="cuda-graphs"),  # another stack
+            _train("e", 90.0, tp=4, recompute="full")]  # a plan change: pairs
+    pairs = axis_pairs(rows, [_result(r, 100.0) for r in rows], axis="plan")
+    assert [p.ids for p in pairs] == [("e", "a")]
+    assert (pairs[0].first, pairs[0].second) == ("tp4 recompute=full", "tp2")
+
+
+def test_plan_and_scale_split_a_series():
+    small = _train("small", 100.0, dp=8)
+    big = _train("big", 90.0, nodes=16, dp=64, gbs=4096)  # same plan on 8x the devices
+    bigger_tp = _train("tp", 80.0, nodes=16, dp=32, tp=2, gbs=4096)  # and another plan
+    rows = [small, big, bigger_tp]
+    results = [_result(small, 100.0), _result(big, 99.0), _result(bigger_tp, 70.0)]
+    (scale,) = axis_pairs(rows, results, axis="scale")
+    assert (scale.first, scale.second) == ("nodes2 dp8 gbs512", "nodes16 dp64 gbs4096")
+    assert scale.measured_ratio == pytest.approx(0.9)  # per-device scaling efficiency
+    assert scale.error == pytest.approx(0.99 / 0.9 - 1.0)  # the model scales too well
+    plan = axis_pairs(rows, results, axis="plan")
+    assert sorted(p.ids for p in plan) == [("tp", "big"), ("tp", "small")]
+
+
+def test_plan_pairs_are_training_only_and_summarised_together():
+    serving = [_row("s1", "x", 1.0, tp=1), _row("s2", "x", 2.0, tp=2)]
+    assert axis_pairs(serving, [_result(r, 1.0) for r in serving], axis="plan") == []
+    rows = [_train("a1", 100.0, mbs=1), _train("b1", 110.0, mbs=2),
+            _train("a2", 100.0, mbs=1, seq=8192), _train("b2", 90.0, mbs=2, seq=8192)]
+    predicted = {"a1": 100.0, "b1": 90.0, "a2": 100.0, "b2": 80.0}
+    (group,) = summarize_pairs(axis_pairs(rows, [_result(r, predicted[r.id]) for r in rows],
+                                          axis="plan"))
+    assert (group["first"], group["second"], group["pairs"]) == ("slower plan", "faster plan",
+                                                                 2)
+    # mbs2 wins at 4k (1.1x measured, 0.9x predicted: wrong order); mbs1 wins at 8k (1.11x
+    # measured, 1.25x predicted: right order)
+    assert group["same_order"] == pytest.approx(0.5)

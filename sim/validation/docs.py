@@ -69,13 +69,15 @@ def what_if_table(rows: list[Row], results: list[RowResult], min_pairs: int = 3)
     """Pairs of settings with at least ``min_pairs`` cells timed with both
     (sim/validation/ratios.py)."""
     lines = ["| what-if | category | settings | pairs | measured ratio | predicted ratio "
-             "| median \\|ratio err\\| | ratio bias |", "|---|---|---|---|---|---|---|---|"]
+             "| median \\|ratio err\\| | ratio bias | same order |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for g in summarize_pairs(what_if_pairs(rows, results)):
         if g["pairs"] >= min_pairs:
             lines.append(f"| {g['axis']} | {g['category']} | {g['second']} / {g['first']} | "
                          f"{g['pairs']} | "
                          f"{g['median_measured_ratio']:.2f}x | {g['median_predicted_ratio']:.2f}x | "
-                         f"{_pct(g['median_abs_error'])} | {_pct(g['bias'], True)} |")
+                         f"{_pct(g['median_abs_error'])} | {_pct(g['bias'], True)} | "
+                         f"{_pct(g['same_order'])} |")
     return "\n".join(lines)
 
 
@@ -83,9 +85,11 @@ def generated_block(results: list[RowResult], rows: list[Row] | None = None) -> 
     supported = sum(1 for r in results if not r.unsupported)
     ratios = [] if rows is None else [
         "**What-if ratios** (the same cell timed with two settings of one input: hardware, "
-        "dtype, implementation, engine; speed of the first-named over the second; ratio error "
-        "= predicted / measured ratio - 1, positive = the simulator overstates the first-named "
-        "setting's advantage; pairs of settings with >= 3 cells):",
+        "dtype, implementation, engine, a training run's parallel plan (slower / faster "
+        "measured) or its device count (fewer / more); speed of the first-named over the "
+        "second; ratio error = predicted / measured ratio - 1, positive = the simulator "
+        "overstates the first-named setting's advantage; same order = the share of pairs the "
+        "simulator ranks as measured; pairs of settings with >= 3 cells):",
         what_if_table(rows, results),
     ]
     return "\n\n".join([

@@ -98,14 +98,15 @@ def print_what_if_ratios(groups: list[dict[str, Any]], per_axis: int = 6) -> Non
             rows.append([g["axis"], g["category"], f"{g['second']} / {g['first']}", g["pairs"],
                          f"{g['median_measured_ratio']:.2f}x",
                          f"{g['median_predicted_ratio']:.2f}x", _pct(g["median_abs_error"]),
-                         _pct(g["bias"], True)])
+                         _pct(g["bias"], True), _pct(g["same_order"])])
     if not rows:
         return
     print(table(rows, ["what-if", "category", "settings", "pairs", "measured ratio",
-                       "predicted ratio", "median |ratio err|", "ratio bias"]))
+                       "predicted ratio", "median |ratio err|", "ratio bias", "same order"]))
     more = len(groups) - len(rows)
     print("the same cell timed with two settings of one input: speed ratio, positive = the "
-          "simulator overstates the first-named setting's advantage"
+          "simulator overstates the first-named setting's advantage; same order = pairs the "
+          "simulator ranks as measured"
           + (f"; {more} more in --json (what_if_ratios)" if more else ""))
 
 

@@ -151,3 +151,14 @@ def test_plan_pairs_are_training_only_and_summarised_together():
     # mbs2 wins at 4k (1.1x measured, 0.9x predicted: wrong order); mbs1 wins at 8k (1.11x
     # measured, 1.25x predicted: right order)
     assert group["same_order"] == pytest.approx(0.5)
+
+
+def test_the_gate_watches_the_plan_axis_as_one_group():
+    from xpusim.sim.validation.golden import golden_record, regressions
+
+    rows = [_train(f"{m}{s}", 100.0 + m, mbs=m, seq=s) for s in range(1, 11) for m in (1, 2)]
+    exact = [_result(r, r.measured) for r in rows]
+    golden = golden_record(exact, rows)
+    assert golden["what_if_ratios"] == {"plan:training:faster plan/slower plan": 0.0}
+    flipped = [_result(r, 120.0 if r.args["mbs"] == 1 else 100.0) for r in rows]  # ranked wrong
+    assert any(p.startswith("plan:training") for p in regressions(flipped, golden, rows))

@@ -2,7 +2,8 @@
 
 A category's median |error| on check rows may not worsen by more than
 ``TOLERANCE`` (2 points), nor may the median |ratio error| of a pair of settings (two
-devices, dtypes, implementations or engines) with at least ``MIN_RATIO_PAIRS`` cells timed
+devices, dtypes, implementations or engines; for the plan and scale axes all of a
+category's pairs, ``ratios.GROUP_LABELS``) with at least ``MIN_RATIO_PAIRS`` cells timed
 with both (the what-if skill, ``ratios.py``), and a row the
 simulator expressed may not become unsupported. Improvements rewrite the file in the same
 commit:

@@ -28,6 +28,7 @@ from xpusim.sim.cost.attention_impl import KernelCostModel
 from xpusim.sim.cost.base import CostModel
 from xpusim.sim.engine import Engine
 from xpusim.sim.errors import InputError
+from xpusim.sim.inference.batched_step import DecodeTemplate
 from xpusim.sim.inference.decode_attention import with_engine_attention
 from xpusim.sim.inference.engine_profile import NO_ENGINE, EngineProfile, engine_for_system
 from xpusim.sim.inference.gemm_tactic import with_gemm_tactic
@@ -43,7 +44,7 @@ from xpusim.sim.inference.moe_gemm import with_moe_gemm
 from xpusim.sim.inference.priced_step import (
     PricedStep,
     StepOpTimes,
-    block_layers,
+    distinct_items,
     simulator_memo,
 )
 from xpusim.sim.inference.routing import UNIFORM, Routing, experts_touched, padded_moe_load
@@ -398,16 +399,22 @@ class StepSimulator:
                                           attention_impl, self.layers)
         self._models = memo.models
         self._priced, self._sums_memo = memo.priced, memo.sums
+        if memo.batched is None:
+            memo.batched = DecodeTemplate()
+        self._batched: DecodeTemplate = memo.batched
         self._memo: dict[tuple, StepResult] = {}
         self._fast_memo: dict[tuple, float] = {}  # time_s: step time only
 
-    def _cost_model(self, batch: StepBatch) -> CachedCostModel:
+    def model_key(self, batch: StepBatch) -> tuple[bool, bool]:
+        """(CUDA graph?, decode?): which cost model prices ``batch`` (``_cost_model``)."""
         decode_batch = batch.sequences / self.plan.ep if batch.phase != "prefill" else None
         graphed = decode_batch is not None and decode_batch <= self.engine.cuda_graph_max_batch
-        # Prefill (context phase) runs the context FMHA whatever its length; the engine's
-        # generation-kernel rule prices only decode / verify steps.
-        key = (graphed, decode_batch is not None)
+        return graphed, decode_batch is not None
+
+    def _cost_model(self, batch: StepBatch) -> CachedCostModel:
+        key = self.model_key(batch)  # the generation-kernel rule: decode / verify steps only
         if key not in self._models:
+            decode_batch = batch.sequences / self.plan.ep if key[1] else None
             device = self.engine.device_for_step(self.system.device, decode_batch)
             model: CostModel = KernelCostModel(device, self.attention_impl)
             if decode_batch is not None and self.attention_impl is None:
@@ -480,54 +487,49 @@ class StepSimulator:
             hit = self._sums_memo[batch] = priced.sums()
         return hit
 
+    def lower(self, batch: StepBatch) -> list[tuple[list[Op | CommNeed], int]]:
+        """``step_blocks`` of ``batch`` on this simulator's model, plan and engine."""
+        return step_blocks(self.spec, batch, self.plan, self.dtype, self.routing, self.fc_in,
+                           self.engine.lm_head_16bit, self.engine.vocab_parallel, self.layers)
+
     def _priced_step(self, batch: StepBatch) -> PricedStep:
-        """Each distinct item of the step, with how many times it runs and its time (each
-        priced once), and where its attention cores are."""
+        """Each distinct item of the step, its runs and time, and its attention cores: a dense
+        decode step from a block of batch sizes priced at once (``batched_step``)."""
         if batch.sequences <= 0 or batch.q_len <= 0:
             raise InputError(f"a step needs >= 1 sequence and >= 1 token (got {batch})")
-        blocks = step_blocks(self.spec, batch, self.plan, self.dtype, self.routing, self.fc_in,
-                             self.engine.lm_head_16bit, self.engine.vocab_parallel, self.layers)
-        counts: dict[int, int] = {}  # id -> runs (a plain dict: Counter's __missing__ is Python)
-        distinct: dict[int, tuple[Op | CommNeed, int]] = {}  # id -> (item, its first layer)
-        for (block, repeat), layer in zip(blocks, block_layers(blocks, self.layers[0]),
-                                        strict=True):
-            for item in block:
-                key = id(item)
-                if key in distinct:
-                    counts[key] += repeat
-                else:
-                    counts[key] = repeat
-                    distinct[key] = (item, layer)
+        fast = self._batched.priced(self, batch)
+        return fast if fast is not None else self._lowered_step(batch)
+
+    def _lowered_step(self, batch: StepBatch) -> PricedStep:
         # Priced by the uncached model through a memo of this step only (``StepOpTimes``).
         op_time = StepOpTimes(self._cost_model(batch).inner)
         entries: list[tuple[int, float, bool]] = []
         cores: list[tuple[int, int]] = []
-        for key, (item, layer) in distinct.items():
-            if isinstance(item, CommNeed):
+        for item, count, layer in distinct_items(self.lower(batch), self.layers[0]):
+            if isinstance(item, CommNeed):  # its tag only matches a collective's members
                 group = self.plan.tp_group() if item.group == "tp" else self.plan.ep_group()
-                # The tag only matches members of one collective; it does not price it.
                 t = self._comm(Collective(item.name, item.kind, group, item.nbytes))
-                entries.append((counts[key], t, False))
-                continue
-            is_attention = item.kind == OpKind.ATTENTION
-            if is_attention:
+                entries.append((count, t, False))
+            elif item.kind == OpKind.ATTENTION:
                 assert layer >= 0, "an attention op outside the layers"
                 cores.append((len(entries), layer))
-            entries.append((counts[key], op_time(item), is_attention))
+                entries.append((count, op_time(item), True))
+            else:
+                entries.append((count, op_time(item), False))
         return PricedStep(tuple(entries), tuple(cores))
 
+    def attention_time(self, op_time: StepOpTimes, batch: StepBatch, layer: int) -> float:
+        """The attention core of ``layer`` at ``batch``, built as ``layer_forward`` builds
+        it, priced by ``op_time``."""
+        return op_time(in_kv_format(attention_core_op(
+            self.spec, step_shape(batch, self.plan), Sharding(tp=self.plan.tp, ep=self.plan.ep),
+            self.dtype, layer), self.dtype))
+
     def _repriced(self, known: PricedStep, batch: StepBatch) -> PricedStep:
-        """``known`` (the same step at another context) with its attention cores built
-        and priced at ``batch``'s context, as ``layer_forward`` builds them."""
-        shape = step_shape(batch, self.plan)
-        sh = Sharding(tp=self.plan.tp, ep=self.plan.ep)
+        """``known`` (the same step at another context) with its cores at ``batch``'s."""
         op_time = StepOpTimes(self._cost_model(batch).inner)
-        times = [
-            op_time(in_kv_format(attention_core_op(self.spec, shape, sh, self.dtype, layer),
-                                 self.dtype))
-            for _, layer in known.cores
-        ]
-        return known.with_cores(times)
+        return known.with_cores([self.attention_time(op_time, batch, layer)
+                                 for _, layer in known.cores])
 
     def run(self, batch: StepBatch, host: bool = True) -> StepResult:
         """Simulate one forward; ``host=False`` leaves out the engine's step/sampling delays."""
@@ -537,9 +539,7 @@ class StepSimulator:
             return hit
         if batch.sequences <= 0 or batch.q_len <= 0:
             raise InputError(f"a step needs >= 1 sequence and >= 1 token (got {batch})")
-        items = flatten(step_blocks(self.spec, batch, self.plan, self.dtype, self.routing,
-                                    self.fc_in, self.engine.lm_head_16bit,
-                                    self.engine.vocab_parallel, self.layers))
+        items = flatten(self.lower(batch))
         model = self._cost_model(batch)
         before, after = self.host_terms(batch, host)
         # The device work alone; the host work around it is added by the engine's

@@ -82,6 +82,23 @@ class PricedStep:
         return PricedStep(tuple(entries), self.cores)
 
 
+def distinct_items(blocks: list[tuple[list, int]], start: int = 0) -> list[tuple[Any, int, int]]:
+    """The distinct items of ``step_blocks`` (layers of one kind share their objects) in
+    first-appearance order, as (item, how many times it runs, its first layer: -1 outside
+    the layers). ``start``: the first layer of a pipeline stage's blocks."""
+    counts: dict[int, int] = {}  # id -> runs (a plain dict: Counter's __missing__ is Python)
+    distinct: dict[int, tuple[Any, int]] = {}  # id -> (item, its first layer)
+    for (block, repeat), layer in zip(blocks, block_layers(blocks, start), strict=True):
+        for item in block:
+            key = id(item)
+            if key in distinct:
+                counts[key] += repeat
+            else:
+                counts[key] = repeat
+                distinct[key] = (item, layer)
+    return [(item, counts[key], layer) for key, (item, layer) in distinct.items()]
+
+
 def block_layers(blocks: list[tuple[list, int]], start: int = 0) -> list[int]:
     """The first layer of each block of ``step_blocks`` (embedding, runs of same-kind
     layers, LM head): -1 for the embedding and LM head blocks. ``start``: the first
@@ -140,6 +157,9 @@ class StepMemo:
     models: dict[tuple[bool, bool], Any] = field(default_factory=dict)
     priced: dict[tuple[float, float, str, bool, float], PricedStep] = field(default_factory=dict)
     sums: dict[Any, tuple[float, float, float]] = field(default_factory=dict)
+    # Decode skeletons priced a block of batch sizes at a time (``batched_step``; a
+    # ``DecodeTemplate``, set on first use: imported there, which imports this module).
+    batched: Any = None
     # The collective pricer: set from ``shared_table`` on first use.
     comm: Callable[[Collective], float] | None = None
 

@@ -1,0 +1,337 @@
+"""Decode skeletons of a dense model priced for a block of batch sizes at once, to the bit.
+
+A serving run prices one decode skeleton per batch size B it meets (~1,400 per
+configuration in TensorRT-LLM 0.17's rows), each by lowering the forward (``step_blocks``,
+~140 µs) and pricing its ~15 distinct items (~180 µs): a third of ``validate
+--published``'s CPU (docs/performance.md, nineteenth session). Between two batch sizes of
+one configuration only numbers change: measured over B = 1..4,096 (llama-3.1-70b TP8 H100
+FP8, llama-3.1-8b TP1 H200, gpt-j-6b, llama-2-70b, llama-3.3-70b TP2), the distinct items,
+their order and run counts are the same, and every number of every item (FLOPs, bytes,
+shapes, buffer sizes) is ``v(1) + (B - 1)·(v(2) - v(1))`` exactly (integers below 2**53).
+An MoE layer's routed load is not (padding, experts touched): those configurations keep
+the per-step path.
+
+So a ``DecodeTemplate`` lowers B = 1 and 2 once per configuration, and a block of
+``BLOCK`` batch sizes is priced in one numpy pass for the items the roofline prices (GEMMs
+of the generic path, norms, element-wise ops, softmax, embedding lookups): the same IEEE
+operations on the same operands in the same order as ``RooflineModel._terms`` (``max`` /
+``min`` as ``np.maximum`` / ``np.minimum``, ``math.ceil`` as ``np.ceil`` on integers), and
+``gemm_pipeline.pipelined_time`` called per element (numpy 2.4's SIMD ``power`` is 1 ulp
+off libm's ``pow`` near the ridge: measured, 18 of 20,480 GEMM prices differed). The
+attention core is built and priced per step as ``StepSimulator._repriced`` does, and the
+collectives through the configuration's collective pricer (their buffers from the
+template). Each item's run count and the entries' order come from the template, so the
+``PricedStep`` is the one ``StepSimulator._priced_step`` builds.
+
+Guards: a configuration qualifies only when the cost model is a chain this module repeats
+(``KernelCostModel`` under the engine-attention and weight-only wrappers, neither of which
+touches these items), no item needs a term left out here (cache tier, named or fixed-tactic
+GEMM kernels, weight-only GEMVs, on-chip byte levels), and every template number is an
+integer. Each block is checked against the per-step path at its first and last batch size
+(``PricedStep`` equality): a mismatch turns the configuration back to the per-step path.
+``tests/test_batched_step.py`` compares every batch size of several configurations.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from xpusim.sim.cost.attention_impl import KernelCostModel
+from xpusim.sim.cost.gemm_pipeline import pipelined_time
+from xpusim.sim.cost.operand_feed import feed_flops_per_element
+from xpusim.sim.cost.roofline import RooflineModel, memory_fraction
+from xpusim.sim.inference.decode_attention import EngineAttentionModel
+from xpusim.sim.inference.priced_step import PricedStep, StepOpTimes, distinct_items
+from xpusim.sim.inference.weight_only import WEIGHT_ONLY_DTYPES, WeightOnlyGemvModel
+from xpusim.sim.ir import (
+    MAIN_MEMORY,
+    Collective,
+    ElementwiseShape,
+    GemmShape,
+    Op,
+    OpKind,
+    Unit,
+    dtype_bytes,
+    is_low_precision,
+)
+from xpusim.sim.workloads.transformer import CommNeed
+
+# Batch sizes priced per numpy pass: block k holds k·BLOCK + 1 .. (k + 1)·BLOCK. A pass
+# costs ~1 ms for a whole block; two per-step skeletons check it (its ends).
+BLOCK = 256
+# Op kinds the roofline prices here (with the unit and shape guards of ``_vector_item``).
+_ROOFLINE_KINDS = frozenset({OpKind.GEMM, OpKind.NORM, OpKind.ELEMENTWISE, OpKind.SOFTMAX,
+                             OpKind.EMBEDDING})
+_EXACT = 2.0 ** 53  # integers up to here are exact in float64
+
+
+@dataclass(frozen=True)
+class _Item:
+    """One distinct item of the template: the item at B = 1, its runs and first layer, and
+    per number it carries (FLOPs, main-memory bytes, GEMM rows; a collective's buffer) its
+    value at B = 1 and its step per unit of B."""
+
+    item: Op | CommNeed
+    count: int
+    layer: int
+    grows: dict[str, tuple[float, float]]
+
+    def at(self, name: str, b: Any) -> Any:
+        base, step = self.grows[name]
+        return base + (b - 1) * step
+
+
+@dataclass
+class DecodeTemplate:
+    """The decode skeletons of one configuration (``StepMemo.batched``): the template
+    (None until first asked), ``off`` once this configuration keeps the per-step path,
+    and the priced blocks."""
+
+    items: tuple[_Item, ...] | None = None
+    off: bool = False
+    # Priced blocks by (index, cost-model key): a block may straddle the largest batch
+    # run in a CUDA graph, on either side of which the launch overhead differs.
+    blocks: dict[tuple[int, tuple[bool, bool]], list[np.ndarray | None]] = field(
+        default_factory=dict)
+
+    def priced(self, sim: Any, batch: Any) -> PricedStep | None:
+        """The ``PricedStep`` of ``batch`` (a ``StepBatch``) on ``sim`` (a
+        ``StepSimulator``), or None where the per-step path must price it."""
+        if (self.off or batch.phase != "decode" or batch.q_len != 1
+                or batch.dummies != 0 or batch.context <= 0 or sim.plan.ep != 1
+                or sim.spec.moe or batch.sequences != int(batch.sequences)):
+            return None
+        if self.items is None:
+            self.items = _template(sim, batch)
+            if self.items is None:
+                self.off = True
+                return None
+        b = int(batch.sequences)
+        k = (b - 1) // BLOCK
+        table = self.blocks.get((k, sim.model_key(batch)))
+        if table is None:
+            table = self._block(sim, batch, k)
+            if table is None:
+                return None
+        return _step(sim, batch, self.items, table, b - 1 - k * BLOCK)
+
+    def _block(self, sim: Any, batch: Any, k: int) -> list[np.ndarray | None] | None:
+        """Block ``k``'s roofline prices under ``batch``'s cost model, checked at the
+        first and last batch size of the block that model prices (None: turned back)."""
+        assert isinstance(self.items, tuple)
+        lo, hi = k * BLOCK + 1, (k + 1) * BLOCK
+        if any(abs(it.at(n, float(hi))) >= _EXACT for it in self.items for n in it.grows):
+            self.off = True
+            return None
+        key = sim.model_key(batch)
+        same = [b for b in range(lo, hi + 1) if sim.model_key(_replace(batch, b)) == key]
+        roof = _roofline(sim._cost_model(batch).inner)
+        assert roof is not None  # _template checked the chain
+        bs = np.arange(lo, hi + 1, dtype=np.float64)
+        table = [_price(roof, it, bs) if it.item.__class__ is Op
+                 and it.item.kind != OpKind.ATTENTION else None for it in self.items]
+        for b in (same[0], same[-1]):
+            edge = _replace(batch, b)
+            if _step(sim, edge, self.items, table, b - lo) != sim._lowered_step(edge):
+                self.off = True
+                return None
+        self.blocks[(k, key)] = table
+        return table
+
+
+def _replace(batch: Any, sequences: int) -> Any:
+    return type(batch)(float(sequences), batch.q_len, batch.context, batch.phase, batch.dummies)
+
+
+def _roofline(model: Any) -> RooflineModel | None:
+    """The roofline under ``model`` when every wrapper leaves the non-attention items of a
+    decode step to it (weight-only GEMVs are excluded per item), else None."""
+    while type(model) in (WeightOnlyGemvModel, EngineAttentionModel):
+        model = model.inner
+    if type(model) is not KernelCostModel or type(model.roofline) is not RooflineModel:
+        return None
+    return model.roofline
+
+
+def _template(sim: Any, batch: Any) -> tuple[_Item, ...] | None:
+    """The template of ``sim``'s decode skeletons (context > 0), or None."""
+    roof = _roofline(sim._cost_model(batch).inner)
+    if roof is None or roof.device.efficiency.cache_bytes > 0:
+        return None  # another chain; or the cache tier's cold-byte terms
+    one, two = (distinct_items(sim.lower(_replace(batch, b)), sim.layers[0]) for b in (1, 2))
+    if len(one) != len(two):
+        return None
+    items = []
+    for (a, count, layer), (b, count2, layer2) in zip(one, two, strict=True):
+        grows = _grows(a, b)
+        if grows is None or count != count2 or layer != layer2:
+            return None
+        items.append(_Item(a, count, layer, grows))
+    return tuple(items)
+
+
+def _grows(a: Op | CommNeed, b: Op | CommNeed) -> dict[str, tuple[float, float]] | None:
+    """The numbers of item ``a`` (at B = 1) that ``b`` (B = 2) changes, as (value, step):
+    None when the pair is not one this module prices, or a number is not an integer."""
+    if isinstance(a, CommNeed) and isinstance(b, CommNeed):
+        same = (a.name, a.kind, a.group) == (b.name, b.kind, b.group)
+        pairs = {"nbytes": (a.nbytes, b.nbytes)}
+    elif isinstance(a, Op) and isinstance(b, Op):
+        same = (a.name, a.kind, a.dtype, a.unit) == (b.name, b.kind, b.dtype, b.unit)
+        if a.kind == OpKind.ATTENTION:  # built and priced per step (``_step``)
+            return {} if same else None
+        if not same or not _vector_item(a) or not _vector_item(b):
+            return None
+        pairs = {"flops": (a.flops, b.flops), "bytes": (a.main_bytes, b.main_bytes)}
+        if isinstance(a.shape, GemmShape) and isinstance(b.shape, GemmShape):
+            sa, sb = a.shape, b.shape
+            if (sa.n, sa.k, sa.batch) != (sb.n, sb.k, sb.batch):
+                return None
+            pairs["m"] = (sa.m, sb.m)
+    else:
+        return None
+    grows = {n: (float(v1), float(v2) - float(v1)) for n, (v1, v2) in pairs.items()}
+    if not same or not all(v.is_integer() and s.is_integer() for v, s in grows.values()):
+        return None
+    return grows
+
+
+def _vector_item(op: Op) -> bool:
+    """An op whose roofline time this module computes: main-memory bytes only; a GEMM of
+    the generic path (no named kernel, tactic, accumulation, groups or weight footprint)
+    that is not a weight-only GEMV; an element-wise op without a transposed copy."""
+    if op.kind not in _ROOFLINE_KINDS or set(op.bytes) - {MAIN_MEMORY}:
+        return False
+    shape = op.shape
+    if op.kind == OpKind.GEMM:
+        return (isinstance(shape, GemmShape) and op.unit == Unit.MATRIX and not shape.impl
+                and shape.tactic_m == 0 and not shape.accumulate and not shape.group_rows
+                and shape.footprint_bytes == 0 and op.dtype not in WEIGHT_ONLY_DTYPES)
+    if isinstance(shape, ElementwiseShape) and shape.transpose:
+        return False
+    return op.unit in (Unit.VECTOR, Unit.DMA)
+
+
+def _step(sim: Any, batch: Any, items: tuple[_Item, ...], table: list[np.ndarray | None],
+          row: int) -> PricedStep:
+    """``batch``'s PricedStep: the block's prices at ``row``, the attention cores built and
+    priced at its context, the collectives at its buffers (``_priced_step``'s order)."""
+    b = batch.sequences
+    op_time = StepOpTimes(sim._cost_model(batch).inner)
+    entries: list[tuple[int, float, bool]] = []
+    cores: list[tuple[int, int]] = []
+    for it, prices in zip(items, table, strict=True):
+        item = it.item
+        if isinstance(item, CommNeed):
+            group = sim.plan.tp_group() if item.group == "tp" else sim.plan.ep_group()
+            t = sim._comm(Collective(item.name, item.kind, group, it.at("nbytes", b)))
+            entries.append((it.count, t, False))
+        elif prices is None:  # the attention core
+            cores.append((len(entries), it.layer))
+            entries.append((it.count, sim.attention_time(op_time, batch, it.layer), True))
+        else:
+            entries.append((it.count, float(prices[row]), False))
+    return PricedStep(tuple(entries), tuple(cores))
+
+
+def _price(roof: RooflineModel, it: _Item, bs: np.ndarray) -> np.ndarray:
+    """``roof.time_s`` of ``it`` at each batch size of ``bs``: ``RooflineModel._terms``
+    element-wise (module docstring)."""
+    op = it.item
+    assert isinstance(op, Op)
+    dev, eff = roof.device, roof.device.efficiency
+    flops, nbytes = it.at("flops", bs), it.at("bytes", bs)
+    zero = np.zeros_like(bs)
+    if op.kind == OpKind.GEMM:
+        compute, mma = _gemm_compute(roof, op, it.at("m", bs), flops)
+    elif op.unit == Unit.DMA or op.flops == 0 and it.grows["flops"][1] == 0:
+        compute, mma = zero, zero
+    else:
+        peak = dev.peak_for("vector", op.dtype)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            compute = np.where(flops == 0, 0.0, (flops + eff.vector_half_flops)
+                               / (peak * eff.vector_max))
+            mma = np.where(flops == 0, 0.0, flops / (peak * eff.vector_max))
+    fraction = memory_fraction(op, dev)
+    rate = (dev.hbm_bandwidth * fraction if op.unit == Unit.DMA
+            else dev.main_memory_rate(fraction))
+    memory = np.where(nbytes > 0, (nbytes + eff.memory_half_bytes) / rate, 0.0)
+    kind = str(op.kind)
+    overhead = eff.launch_overhead_s + eff.kind_overhead_s.get(kind, 0.0)
+    speed = eff.kind_speed.get(kind, 1.0)
+    compute, memory, mma = compute / speed, memory / speed, mma / speed
+    body = np.maximum(compute, memory) + (1.0 - eff.overlap) * np.minimum(compute, memory)
+    if op.kind == OpKind.GEMM:
+        body = _gemm_main_loop(roof, op, it, bs, body, compute, memory, mma, speed)
+    return body + overhead
+
+
+def _gemm_compute(roof: RooflineModel, op: Op, m: np.ndarray,
+                  flops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``RooflineModel._compute`` of a generic-path GEMM at rows ``m``: the cheapest
+    block shape's cost (``roofline._cheapest_block``: least (cost, executed), first
+    listed on a tie) with the operand-feed bound."""
+    dev, eff = roof.device, roof.device.efficiency
+    shape = op.shape
+    assert isinstance(shape, GemmShape)
+    peak, max_eff = dev.peak_for("matrix", op.dtype), eff.matrix_max_for(op.dtype)
+    per_element = feed_flops_per_element(dev, op.dtype)
+    multicast = dev.kernels.async_mma
+    tm, tn, tk = dev.matrix_tile
+    pm = np.where(m > 0, np.ceil(m / tm) * tm, 0.0)
+    pn = math.ceil(shape.n / tn) * tn if shape.n > 0 else 0.0
+    pk = math.ceil(shape.k / tk) * tk if shape.k > 0 else 0.0
+    assert pn > 0 and pk > 0 and shape.batch > 0 and bool(np.all(pm > 0))
+    best_cost = best_exec = None
+    for bm, bn in eff.block_shapes:
+        blocks = math.ceil(shape.batch) * np.ceil(pm / bm) * math.ceil(pn / bn)
+        waves = np.ceil(blocks / dev.matrix_cores)
+        rows, cols = np.minimum(bm, pm), min(bn, pn)
+        loads = (np.minimum(rows, cols) + np.maximum(rows, cols) / 2.0 if multicast
+                 else rows + cols)
+        mma = 2.0 * rows * cols
+        cost = waves * dev.matrix_cores * np.maximum(mma, per_element * loads) * pk
+        executed = waves * dev.matrix_cores * mma * pk
+        if best_cost is None or best_exec is None:
+            best_cost, best_exec = cost, executed
+        else:
+            better = (cost < best_cost) | ((cost == best_cost) & (executed < best_exec))
+            best_cost = np.where(better, cost, best_cost)
+            best_exec = np.where(better, executed, best_exec)
+    assert best_cost is not None
+    work = np.maximum(best_cost, flops)
+    return (work + eff.matrix_half_flops) / (peak * max_eff), flops / (peak * max_eff)
+
+
+def _gemm_main_loop(roof: RooflineModel, op: Op, it: _Item, bs: np.ndarray, body: np.ndarray,
+                    compute: np.ndarray, memory: np.ndarray, mma: np.ndarray,
+                    speed: float) -> np.ndarray:
+    """``_terms``' GEMM body: the epilogue's output write after a main loop of operand
+    reads through the shared-memory stages (``epilogue_time``, ``gemm_stages``)."""
+    dev, eff = roof.device, roof.device.efficiency
+    shape = op.shape
+    assert isinstance(shape, GemmShape) and roof.impl_fixed_s(op) == 0.0
+    stages = roof.gemm_stages(op)
+    store = np.zeros_like(bs)
+    if dev.arch == "nvidia":
+        out_elt = 2.0 if is_low_precision(op.dtype) else dtype_bytes(op.dtype)
+        out = np.minimum(shape.batch * it.at("m", bs) * shape.n * out_elt, it.at("bytes", bs))
+        if dev.kernels.epilogue_overlap:
+            bm, bn = eff.block_shapes[0]
+            out = np.minimum(out, dev.matrix_cores * bm * bn * out_elt)
+        store = np.where(out > 0, out / (dev.hbm_bandwidth * eff.memory_max), 0.0) / speed
+    if stages <= 0 and not bool(np.any(store > 0)):
+        return body
+    reads = np.maximum(memory - store, 0.0)
+    rate = dev.peak_for("matrix", op.dtype) * eff.matrix_max_for(op.dtype)
+    mma_fill = eff.matrix_half_flops / rate / speed
+    reads_fill = np.minimum(roof._reads_fill_s / speed, reads)
+    loads = (reads - reads_fill).tolist()
+    piped = np.array([pipelined_time(c, r, stages) for c, r in zip(mma.tolist(), loads,
+                                                                    strict=True)])
+    piped = piped + np.minimum(mma_fill, reads_fill)
+    main = np.maximum(np.maximum(compute, reads), piped)
+    return np.where((store > 0) | (stages > 0), np.maximum(body, main + store), body)

@@ -1,0 +1,92 @@
+"""Decode skeletons priced a block of batch sizes at once (``sim/inference/batched_step.py``)
+equal the per-step lowering and pricing (``StepSimulator._lowered_step``) to the bit, at
+every batch size of a range that crosses blocks and the CUDA-graph limit, on devices with
+and without the epilogue overlap and the operand-feed bound, 16- and 8-bit weights, TP 1
+to 8; configurations the fast path does not cover keep the per-step path."""
+
+from __future__ import annotations
+
+import pytest
+from xpusim.hwprofiles import load_system
+from xpusim.sim.inference import batched_step
+from xpusim.sim.inference.engine_profile import load_engine
+from xpusim.sim.inference.lowering import StepBatch, StepSimulator
+from xpusim.sim.inference.priced_step import clear_memos
+from xpusim.sim.models.hf_config import load_model
+from xpusim.sim.parallel import ParallelPlan
+
+CASES = [  # (model, system, plan, dtype, engine)
+    ("llama-3.1-70b", "dgx-h100", ParallelPlan(tp=8), "fp8", "trtllm-0.17"),
+    ("llama-3.1-8b", "dgx-b200", ParallelPlan(1), "fp8", "trtllm-1.0"),
+    ("llama-3.1-70b", "dgx-a100", ParallelPlan(tp=4), "fp16", "trtllm-0.17"),
+    ("mistral-7b", "pcie-l40s", ParallelPlan(1), "fp8", "trtllm-0.17"),
+    ("qwen2-0.5b", "dgx-a100", ParallelPlan(1), "bf16", "vllm-0.6"),
+    ("gpt-j-6b", "hgx-h200", ParallelPlan(1), "fp8", "trtllm-0.10"),
+]
+
+
+def _sim(model, system, plan, dtype, engine) -> StepSimulator:
+    clear_memos()  # a memo of its own: every skeleton priced here
+    return StepSimulator(load_model(model), load_system(system), plan, load_engine(engine),
+                         dtype)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"{c[0]}-{c[1]}" for c in CASES])
+def test_every_batch_size_equals_the_lowered_step(case):
+    sim = _sim(*case)
+    top = max(600, int(sim.engine.cuda_graph_max_batch) + 40)
+    for b in [*range(1, 600), *range(top - 80, top)]:
+        batch = StepBatch(b, 1, 1000.5, "decode")
+        assert sim._priced_step(batch) == sim._lowered_step(batch), b
+    assert not sim._batched.off and len(sim._batched.blocks) >= 3  # the fast path ran
+
+
+def test_contexts_and_repricings_through_the_fast_path_equal_fresh_pricing():
+    """``time_s`` over batch sizes and contexts (skeletons from blocks, re-pricings from
+    them) equals a simulator whose fast path is turned off."""
+    case = CASES[0]
+    fast = _sim(*case)
+    got = [fast.time_s(StepBatch(b, 1, c, "decode")) for b in (1, 5, 300, 301, 2000)
+           for c in (128, 4000.25, 70_000)]
+    slow = _sim(*case)
+    slow._batched.off = True
+    want = [slow.time_s(StepBatch(b, 1, c, "decode")) for b in (1, 5, 300, 301, 2000)
+            for c in (128, 4000.25, 70_000)]
+    assert got == want
+    assert len(fast._batched.blocks) >= 2 and not slow._batched.blocks
+
+
+@pytest.mark.parametrize("case", [
+    ("mixtral-8x7b", "dgx-h100", ParallelPlan(tp=2), "fp8", "trtllm-0.10"),  # MoE load
+    ("deepseek-v3", "dgx-h100", ParallelPlan(tp=4, ep=2), "fp8", "sglang-0.4"),  # EP
+], ids=["moe", "ep"])
+def test_configurations_outside_the_fast_path_keep_the_lowered_step(case):
+    sim = _sim(*case)
+    for b in (1, 2, 3, 257):
+        batch = StepBatch(b, 1, 1000, "decode")
+        assert sim._priced_step(batch) == sim._lowered_step(batch)
+    assert not sim._batched.blocks
+
+
+def test_other_steps_are_not_batched():
+    """Prefill, verify, padded and zero-context steps go through the lowering."""
+    sim = _sim(*CASES[0])
+    for batch in (StepBatch(3, 512, 0, "prefill"), StepBatch(3, 4, 100, "verify"),
+                  StepBatch(3, 1, 0, "decode"), StepBatch(4, 1, 100, "decode", 1.0)):
+        assert sim._batched.priced(sim, batch) is None
+        assert sim._priced_step(batch) == sim._lowered_step(batch)
+
+
+def test_a_block_that_disagrees_turns_the_configuration_back():
+    """The check at a block's ends: a wrong price turns the fast path off for good."""
+    sim = _sim(*CASES[0])
+    real = batched_step._price
+    try:
+        batched_step._price = lambda roof, it, bs: real(roof, it, bs) * (1 + 1e-12)
+        batch = StepBatch(5, 1, 1000, "decode")
+        assert sim._priced_step(batch) == sim._lowered_step(batch)
+    finally:
+        batched_step._price = real
+    assert sim._batched.off
+    assert sim._batched.priced(sim, StepBatch(6, 1, 1000, "decode")) is None
+

@@ -5,9 +5,9 @@ configuration in TensorRT-LLM 0.17's rows), each by lowering the forward (``step
 ~140 µs) and pricing its ~15 distinct items (~180 µs): a third of ``validate
 --published``'s CPU (docs/performance.md, nineteenth session). Between two batch sizes of
 one configuration only numbers change: measured over B = 1..4,096 (llama-3.1-70b TP8 H100
-FP8, llama-3.1-8b TP1 H200, gpt-j-6b, llama-2-70b, llama-3.3-70b TP2), the distinct items,
-their order and run counts are the same, and every number of every item (FLOPs, bytes,
-shapes, buffer sizes) is ``v(1) + (B - 1)·(v(2) - v(1))`` exactly (integers below 2**53).
+FP8, llama-3.1-8b TP1 H200) and 1..2,048 (gpt-j-6b, llama-2-70b, llama-3.3-70b TP2), the
+distinct items, their order and run counts are the same, and every number of every item
+(FLOPs, bytes, shapes, buffer sizes) is ``v(1) + (B - 1)·(v(2) - v(1))`` exactly (integers below 2**53).
 An MoE layer's routed load is not (padding, experts touched): those configurations keep
 the per-step path.
 

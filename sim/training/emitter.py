@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from xpusim.sim.ir import (
     Chain,
@@ -36,6 +36,9 @@ from xpusim.sim.ir import (
 from xpusim.sim.parallel import ParallelPlan
 from xpusim.sim.training.units import Piece
 
+if TYPE_CHECKING:
+    from xpusim.sim.training.dp_buckets import ChunkBuckets
+
 # A block's emission program (``Emitter.program``): per step the piece (the first of a
 # chain), its index in the unit, and the work to emit when it is fixed in advance (a
 # chain, or a solo collective) with its label; (piece, index, None, "") otherwise.
@@ -46,13 +49,16 @@ Step = tuple[Piece, int, Work | None, str]
 class EmitCache:
     """One rank's emitter caches, valid for one plan, rank groups and ``chains`` setting:
     per group whether it is solo; per comm piece its solo collective; per (unit template,
-    paired) its blocks' programs; per template the single task of an unpaired unit."""
+    paired) its blocks' programs; per template the single task of an unpaired unit; per
+    chunk its DP bucket parts (their pieces live here, so the ids keyed above stay valid)."""
 
     solo: dict[tuple[int, ...], bool] = field(default_factory=dict)
     solo_piece: dict[int, tuple[Collective, str] | None] = field(default_factory=dict)
     programs: dict[tuple[int, bool], list[list[Step]]] = field(default_factory=dict)
     single: dict[int, tuple[Work, str] | None] = field(default_factory=dict)
     replays: dict[tuple[int, ...], Replay | None] = field(default_factory=dict)
+    # id(chunk) -> its DP bucket parts (``sim.training.dp_buckets``), None: one bucket.
+    buckets: dict[int, ChunkBuckets | None] = field(default_factory=dict)
 
 
 @dataclass

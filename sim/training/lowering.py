@@ -10,7 +10,9 @@ full-rank mode) the lowering:
    groups,
 3. emits the units of the pipeline schedule in order: receive activations
    (gradients), the unit's segments, send; data-parallel gradient reduction after
-   the last backward of each chunk; the optimizer step; the parameter all-gather.
+   the last backward of each chunk (per DP bucket inside it on a Megatron-Core stack's
+   first stage, ``sim.training.dp_buckets``); the optimizer step; the parameter
+   all-gather.
 
 Nothing here has a duration: the pricing pass (``sim.cost.pricing``) prices segments
 and ops by the device's cost model and collectives by the system's network, and the
@@ -32,7 +34,10 @@ all-to-alls, which move to the comm stream: one micro-batch's dispatch/combine r
 while the other's compute proceeds (Pangu's adaptive pipe overlap; MindSpeed's
 merged forward-backward). With ``overlap_dp`` gradient reduce-scatters run on the
 comm stream as soon as a chunk's last backward ends, and the parameter all-gather
-of the previous step's optimizer overlaps this step's first forwards.
+of the previous step's optimizer overlaps this step's first forwards. On a Megatron-Core
+stack the first stage's first chunk is cut into DP buckets (``sim.training.dp_buckets``):
+its last backward launches each bucket's reduction as it passes the bucket's layers,
+and its first forward waits for each bucket's gather in turn.
 """
 
 from __future__ import annotations
@@ -54,7 +59,7 @@ from xpusim.sim.ir import (
 from xpusim.sim.parallel import Layout, ParallelPlan
 from xpusim.sim.schedules import Unit as SchedUnit
 from xpusim.sim.schedules import steady_pairs
-from xpusim.sim.training import fsdp1
+from xpusim.sim.training import dp_buckets, fsdp1
 from xpusim.sim.training import layers as L
 from xpusim.sim.training.chunks import (  # noqa: F401  (re-exported)
     Chunk,
@@ -65,6 +70,7 @@ from xpusim.sim.training.chunks import (  # noqa: F401  (re-exported)
     slot_context,
     with_pp,
 )
+from xpusim.sim.training.dp_buckets import Bucket, ChunkBuckets
 from xpusim.sim.training.emitter import EmitCache, Emitter
 from xpusim.sim.training.framework import framework_profile
 from xpusim.sim.training.lowprec import param_gather_bytes
@@ -137,18 +143,59 @@ def lower_rank(
             if unit is None:
                 unit = pieces[(id(ch), k)] = unit_pieces(ch, k, plan)
             templates[(c, k)] = unit
+    buckets = _chunk_buckets(em, rp)
     # Parameter all-gather (ZeRO >= 1) of the previous step's optimizer: with overlap it
-    # runs while this step starts; the first forward of a chunk waits for its own.
+    # runs while this step starts; the first forward of a chunk waits for its own (a
+    # bucketed chunk's, bucket by bucket, in the order its forward needs them).
     param_ag: dict[int, list[int]] = {}
+    bucket_ag: dict[Bucket, int] = {}
     if plan.zero >= 1 and plan.overlap_dp and plan.zero < 3:
         b = param_gather_bytes(plan.dtype)
         for c, ch in enumerate(rp.chunks):
-            param_ag[c] = _param_gather(em, ch, c, b, Stream.DP_COMM, [], tag=c)
-    sched = _Schedule(em, rp, layout, templates, param_ag)
+            cb = buckets.get(c)
+            if cb is None:
+                param_ag[c] = _param_gather(em, ch, c, b, Stream.DP_COMM, [], tag=c)
+                continue
+            for bk in cb.gather_order():
+                t = _bucket_collective(em, bk, cb.params[bk], CollectiveKind.ALL_GATHER, b, [], c)
+                if t is not None:
+                    bucket_ag[bk] = t
+            param_ag[c] = list(bucket_ag.values())
+    sched = _Schedule(em, rp, layout, templates, param_ag, buckets, bucket_ag)
     sched.emit()
     dp_tasks = sched.dp_tasks + _embedding_grads(em, rp, sched.embed_deps)
     prep, step = _optimizer(em, rp, dp_tasks)
     return LoweredRank(rp, g, list(templates.values()), prep, step, len(g.tasks) + em.folded)
+
+
+def _chunk_buckets(em: Emitter, rp: RankPlan) -> dict[int, ChunkBuckets]:
+    """Chunk index -> its DP bucket parts, for the chunks Megatron-Core buckets
+    (``dp_buckets.applies``) that hold more than one bucket; built once per emit cache."""
+    out = {}
+    for c, ch in enumerate(rp.chunks):
+        if not dp_buckets.applies(em.plan, rp.stage, c):
+            continue
+        if id(ch) not in em.cache.buckets:
+            em.cache.buckets[id(ch)] = dp_buckets.chunk_buckets(ch, em.plan)
+        cb = em.cache.buckets[id(ch)]
+        if cb is not None:
+            out[c] = cb
+    return out
+
+
+def _bucket_collective(
+    em: Emitter, bk: Bucket, params: float, kind: CollectiveKind, bytes_per_param: float,
+    deps: list[int], c: int,
+) -> int | None:
+    """One bucket's DP collective on the DP comm stream, over its class's group (None
+    when the group is this rank alone)."""
+    cls, index = bk
+    group = em.groups[f"dp_{cls}"]
+    if params <= 0 or len(group) <= 1:
+        return None
+    what = "param" if kind == CollectiveKind.ALL_GATHER else "grad"
+    return em.collective(f"dp.{what}.{cls}.{c}.b{index}", kind, group, params * bytes_per_param,
+                         Stream.DP_COMM, deps, "dp", c)
 
 
 @dataclass
@@ -161,6 +208,8 @@ class _Schedule:
     layout: Layout
     templates: dict[tuple[int, str], list[Piece]]
     param_ag: dict[int, list[int]]
+    buckets: dict[int, ChunkBuckets] = field(default_factory=dict)
+    bucket_ag: dict[Bucket, int] = field(default_factory=dict)
     dp_tasks: list[int] = field(default_factory=list)
     embed_deps: list[int] = field(default_factory=list)
     _seen_first_f: set[int] = field(default_factory=set)
@@ -178,22 +227,63 @@ class _Schedule:
         em = self.em
         for step in steps:
             if len(step) == 1:
-                # Most units run one chain (or one piece): one task, no block bookkeeping.
                 unit = step[0]
-                pieces = self.templates[(unit.chunk, unit.kind)]
-                single = em.single(pieces)
-                deps = self._receive(unit)
-                if single is not None:
-                    last = em.add(single[0], Stream.COMPUTE, deps, single[1])
+                cb = self.buckets.get(unit.chunk)
+                first_f = unit.kind == "F" and unit.chunk not in self._seen_first_f
+                if cb is not None and first_f and self.bucket_ag:
+                    self._finish(unit, self._first_forward(unit, cb))
+                elif cb is not None and self._is_last_b(unit):
+                    self._finish(unit, self._last_backward(unit, cb), reduced=True)
                 else:
-                    last = em.run_pair([(em.unit(pieces, False), self._tag(unit), deps)])[0]
-                self._finish(unit, last)
+                    pieces = self.templates[(unit.chunk, unit.kind)]
+                    self._finish(unit, self._run(unit, pieces, self._receive(unit)))
                 continue
             prepared = [(em.unit(self.templates[(u.chunk, u.kind)], True), self._tag(u),
                          self._receive(u)) for u in step]
             lasts = em.run_pair(prepared)
             for unit, last in zip(step, lasts, strict=True):
                 self._finish(unit, last)
+
+    def _run(self, unit: SchedUnit, pieces: list[Piece], deps: list[int]) -> int:
+        """Emit one unpaired unit's pieces after ``deps``; its last task. Most units run
+        one chain (or one piece): one task, no block bookkeeping."""
+        em = self.em
+        single = em.single(pieces)
+        if single is not None:
+            return em.add(single[0], Stream.COMPUTE, deps, single[1])
+        return em.run_pair([(em.unit(pieces, False), self._tag(unit), deps)])[0]
+
+    def _is_last_b(self, unit: SchedUnit) -> bool:
+        return unit.kind == "B" and self._index[id(unit)] == self._last_b[unit.chunk]
+
+    def _first_forward(self, unit: SchedUnit, cb: ChunkBuckets) -> int:
+        """A bucketed chunk's first forward: each bucket part waits for the gathers of
+        its own buckets only (Megatron-Core's forward pre-hook, ``finish_param_sync``)."""
+        deps = self._receive(unit, gather=False)
+        last = -1
+        for part in reversed(cb.parts):
+            deps += [self.bucket_ag[b] for b in part.needs if b in self.bucket_ag]
+            last = self._run(unit, part.fwd, deps)
+            deps = []  # the compute stream keeps the parts in order
+        return last
+
+    def _last_backward(self, unit: SchedUnit, cb: ChunkBuckets) -> int:
+        """A bucketed chunk's last backward: after each bucket part the reductions of the
+        buckets it completes, on the DP comm stream (``register_grad_ready`` launches a
+        bucket group's collective once all its gradients are in)."""
+        plan = self.em.plan
+        kind = CollectiveKind.ALL_REDUCE if plan.zero == 0 else CollectiveKind.REDUCE_SCATTER
+        gb = dtype_bytes(plan.grad_reduce_dtype)
+        deps = self._receive(unit)
+        last = -1
+        for part in cb.parts:
+            last = self._run(unit, part.bwd, deps)
+            deps = []
+            for bk in part.closes:
+                t = _bucket_collective(self.em, bk, cb.params[bk], kind, gb, [last], unit.chunk)
+                if t is not None:
+                    self.dp_tasks.append(t)
+        return last
 
     def _peer(self, vstage: int) -> int:
         peer = self._peers.get(vstage)
@@ -206,15 +296,17 @@ class _Schedule:
         """The tag of the unit's own collectives (tells repeated ones apart)."""
         return (unit.microbatch * self.em.plan.vpp + unit.chunk) * 2 + (unit.kind == "B")
 
-    def _receive(self, unit: SchedUnit) -> list[int]:
+    def _receive(self, unit: SchedUnit, gather: bool = True) -> list[int]:
         """The unit's first dependencies: its receive, and for a chunk's first forward the
-        overlapped parameter all-gather."""
+        overlapped parameter all-gather (unless ``gather`` is off: a bucketed forward
+        waits per bucket)."""
         plan, rp = self.em.plan, self.rp
         v = rp.chunks[unit.chunk].vstage
         deps: list[int] = []
         if unit.kind == "F" and unit.chunk not in self._seen_first_f:
             self._seen_first_f.add(unit.chunk)
-            deps += self.param_ag.get(unit.chunk, [])
+            if gather:
+                deps += self.param_ag.get(unit.chunk, [])
         src = v - 1 if unit.kind == "F" else v + 1
         if 0 <= src < plan.pp * plan.vpp:
             deps.append(self.em.collective(
@@ -223,9 +315,10 @@ class _Schedule:
                 _p2p_tag(plan, unit.microbatch, v)))
         return deps
 
-    def _finish(self, unit: SchedUnit, last: int) -> None:
+    def _finish(self, unit: SchedUnit, last: int, reduced: bool = False) -> None:
         """After the unit: its send, and after a chunk's last backward the gradient
-        reduction (ZeRO-3 units end with their own reduce-scatters)."""
+        reduction (ZeRO-3 units end with their own reduce-scatters, a bucketed last
+        backward, ``reduced``, launched its buckets')."""
         plan, rp = self.em.plan, self.rp
         ch = rp.chunks[unit.chunk]
         nv = plan.pp * plan.vpp
@@ -237,7 +330,7 @@ class _Schedule:
         last_b = unit.kind == "B" and self._index[id(unit)] == self._last_b[unit.chunk]
         if unit.kind == "B" and plan.zero == 3:
             self.dp_tasks.append(last)  # the unit ends with its last slot's reduce-scatter
-        elif last_b:
+        elif last_b and not reduced:
             stream = Stream.DP_COMM if plan.overlap_dp else Stream.COMPUTE
             gb = dtype_bytes(plan.grad_reduce_dtype)
             self.dp_tasks += _grad_reduce(self.em, ch, unit.chunk, gb, stream, [last], tag=0)

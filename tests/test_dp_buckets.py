@@ -65,10 +65,11 @@ def _pieces(phase: str, slots: tuple[int, ...]) -> list[Piece]:
             for i in order]
 
 
-def _lowered(rs_s: float, bucketed: bool) -> float:
+def _lowered(rs_s: float, bucketed: bool) -> tuple[float, float]:
     """Step time of one chunk of 3 slots (40M dense parameters each: one bucket per
     slot), DP 2, ZeRO 1, one micro-batch; every gather 1.5 s per bucket, every
-    reduce-scatter ``rs_s`` per bucket (the chunk-level ones 3 x that)."""
+    reduce-scatter ``rs_s`` per bucket (the chunk-level ones 3 x that). Returns (step,
+    exposed communication)."""
     plan = ParallelPlan(tp=1, pp=1, dp=2, mbs=1, gbs=2, zero=1, dtype="bf16")
     layout = Layout(plan)
     slot_params = [(M, 0.0)] * 3
@@ -98,23 +99,27 @@ def _lowered(rs_s: float, bucketed: bool) -> float:
             return rs_s * per_bucket
         return 0.0  # the gradient norm's scalar all-reduce
 
-    return Engine([lr.graph], pricing=Pricing(op_time, comm_time)).run().makespan_s
+    res = Engine([lr.graph], pricing=Pricing(op_time, comm_time)).run(records=True)
+    return res.makespan_s, res.exposed_comm_s(0)
 
 
 def test_buckets_hand_computed():
     # Gathers back to back 0-1.5, 1.5-3, 3-4.5; forwards 1.5-2.5, 3-4, 4.5-5.5;
     # backwards 5.5-7.5, 7.5-9.5, 9.5-11.5; reduce-scatters (1.5 s) 7.5-9, 9.5-11,
-    # 11.5-13: the exposed reduction is the last bucket's.
-    assert _lowered(1.5, True) == pytest.approx(13.0)
+    # 11.5-13: the exposed reduction is the last bucket's. Exposed communication: the
+    # compute waits 0-1.5, 2.5-3, 4-4.5 for gathers and 11.5-13 for the last reduction.
+    assert _lowered(1.5, True) == pytest.approx((13.0, 4.0))
     # Chunk-level: gather 0-4.5, forward 4.5-7.5, backward 7.5-13.5, reduce 13.5-18.
-    assert _lowered(1.5, False) == pytest.approx(18.0)
+    assert _lowered(1.5, False) == pytest.approx((18.0, 9.0))
 
 
 def test_reductions_longer_than_the_backward_queue():
     # 3 s per bucket: 7.5-10.5, 10.5-13.5, 13.5-16.5 while the backward ends at 11.5:
     # exposed 5 s = the last bucket's 3 s + the 2 s that do not fit under the backward.
-    assert _lowered(3.0, True) == pytest.approx(16.5)
-    assert _lowered(3.0, False) == pytest.approx(4.5 + 3 + 6 + 9)
+    step, exposed = _lowered(3.0, True)
+    assert step == pytest.approx(16.5)
+    assert exposed == pytest.approx(2.5 + 5.0)
+    assert _lowered(3.0, False)[0] == pytest.approx(4.5 + 3 + 6 + 9)
 
 
 # ------------------------------------------------------------------ invariants

@@ -38,7 +38,13 @@ from functools import partial
 from typing import NamedTuple, cast
 
 from xpusim.sim.cost.pricing import Pricing
-from xpusim.sim.engine_contended import contended, contention_of, overlapped, special_contended
+from xpusim.sim.engine_contended import (
+    comm_reach,
+    contended,
+    contention_of,
+    overlapped,
+    special_contended,
+)
 from xpusim.sim.engine_share import Contention, finish, merge_interval, run_chain
 from xpusim.sim.ir import (
     ASYNC_COMM_STREAMS,
@@ -278,7 +284,10 @@ class Engine:
                                slot_of, [0.0] * len(slots), [[] for _ in slots], chains))
             for stream, tids in self._stream_tids(gi, graph):
                 if contend and stream in ASYNC_COMM_STREAMS:
-                    run.contention[gi].comm_streams.append(len(run.s_tids))
+                    c = run.contention[gi]
+                    c.comm_streams.append(len(run.s_tids))
+                    c.reach.append(comm_reach(graph.tasks, tids, slot_of, c.comm_slots,
+                                               chains))
                 run.s_graph.append(gi)
                 run.s_tids.append(tids)
                 run.s_pos.append(0)

@@ -4,8 +4,9 @@
 over their rank's collectives (processor sharing).
 
 A compute task's end is final once no collective of its rank can still start before
-it: it waits until its rank's comm streams have advanced past it, or their next task
-waits for this compute task or a later one (``_blocking_comm``). A comm stream that is
+it: it waits until its rank's comm streams have advanced past it, or their tasks up to
+the next collective that contends (not a PP send or receive, ``comm_slot``) wait for
+this compute task or a later one (``_blocking_comm``, ``comm_reach``). A comm stream that is
 ready to advance goes first and the compute stream looks again right after it
 (``_wait``); otherwise the compute stream waits (``run.waiting``). When every stream is
 blocked, the waiting task with the least end over the collectives known so far is final
@@ -34,7 +35,7 @@ from xpusim.sim.engine_share import (
     run_chain,
     stretch,
 )
-from xpusim.sim.ir import Chain, Op, RankGraph, Segment, Stream
+from xpusim.sim.ir import Chain, Op, RankGraph, Segment, Stream, Task
 
 if TYPE_CHECKING:
     from xpusim.sim.engine import Engine, _Parts, _Run
@@ -128,29 +129,48 @@ def _graph_state(run: _Run, g: int) -> tuple[int, ...]:
 
 def _blocking_comm(run: _Run, g: int, tid: int, stop: float,
                    among: list[int] | None = None) -> int:
-    """A comm stream (``COMM``, ``DP_COMM``) of graph ``g`` on which a collective may still
-    start before ``stop``, or -1: whether ``stop`` exceeds the horizon before which every
-    one is known, the least over those streams of infinite when the stream is done or
-    its next task waits for compute task ``tid`` or a later one (it cannot start before
-    ``tid`` ends), else the end of its last task. A stream whose clock is at or past
-    ``stop`` cannot lower that least below ``stop``, so its next task is not read.
-    ``among``: only the streams in this list (the ready ones: ``special_contended``
-    lets such a stream advance before it computes the task's end at all)."""
-    tasks, end = run.graphs[g][0], run.graphs[g][3]
-    s_pos, s_tids, s_clock = run.s_pos, run.s_tids, run.s_clock
-    compute = Stream.COMPUTE
-    for cs in run.contention[g].comm_streams:
+    """A comm stream (``COMM``, ``DP_COMM``) of graph ``g`` on which a collective that
+    contends (``comm_slot``) may still start before ``stop``, or -1. A stream is skipped
+    when its clock is at or past ``stop`` (its next task starts after ``stop``), and
+    when it has no contending task left, or one of its tasks up to and including the
+    next contending one waits for compute task ``tid`` or a later one: that collective
+    starts after it, so not before ``tid`` ends. Non-contending tasks (PP sends and
+    receives) are looked past: in the 1T GPT step (TP8 PP64) the next task of a stage's
+    comm stream is a PP receive that waits for its neighbour, behind which no contending
+    collective can start before the compute task ends; counting it as one made ~64
+    compute tasks wait through each of ~17,600 releases. ``comm_reach`` gives, per
+    position, the latest compute task waited for up to the next contending task, so a
+    look is one comparison: compute tasks run in id order and the compute stream is at
+    ``tid``, so a compute dependency ``>= tid`` has not ended. ``among``: only the
+    streams in this list (the ready ones: ``special_contended`` lets such a stream
+    advance before it computes the task's end at all)."""
+    s_pos, s_clock = run.s_pos, run.s_clock
+    c = run.contention[g]
+    for cs, reach in zip(c.comm_streams, c.reach, strict=True):
         if s_clock[cs] >= stop or (among is not None and cs not in among):
             continue
-        pos, tids = s_pos[cs], s_tids[cs]
-        if pos >= len(tids):
-            continue
-        for d in tasks[tids[pos]].deps:
-            if end[d] is None and d >= tid and tasks[d].stream == compute:
-                break  # it waits for compute task ``tid`` or a later one
-        else:
+        if reach[s_pos[cs]] < tid:
             return cs
     return -1
+
+
+def comm_reach(tasks: list[Task], tids: list[int], slot_of: list[int],
+               comm_slots: list[int], chains: dict[int, _Parts]) -> list[float]:
+    """Per position of a comm stream (``tids``) and one past its end: the largest
+    compute task id that its tasks from there up to and including the next contending
+    one (``comm_slot``; a chain counts as one, whatever its parts) depend on, -1 when
+    none; infinite when no contending task is left (``_blocking_comm``: the stream
+    blocks task ``tid`` when this is below it)."""
+    compute = Stream.COMPUTE
+    reach: list[float] = [_INF] * (len(tids) + 1)
+    after = _INF
+    for k in range(len(tids) - 1, -1, -1):
+        task = tasks[tids[k]]
+        own = max((d for d in task.deps if tasks[d].stream == compute), default=-1)
+        contends = slot_of[task.id] in comm_slots or task.id in chains
+        after = own if contends else max(own, after)
+        reach[k] = after
+    return reach
 
 
 def _wait(run: _Run, s: int, cs: int, tid: int, start: float) -> None:

@@ -23,6 +23,8 @@ class Contention:
 
     comm_slots: list[int]
     comm_streams: list[int] = field(default_factory=list)
+    # per comm stream, ``engine_contended.comm_reach`` of its tasks
+    reach: list[list[float]] = field(default_factory=list)
     plain: dict[int, tuple[float, float]] = field(default_factory=dict)
     chain_rates: dict[int, list[float]] = field(default_factory=dict)
     slowed_s: float = 0.0

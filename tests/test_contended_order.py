@@ -181,3 +181,53 @@ def test_waking_only_moved_graphs_gives_the_wake_all_schedule(spec, ranks):
     selective = Engine(graphs, pricing=_pricing()).run(records=True)
     every = _run_patched(graphs, "_graph_state", lambda run, g: object())  # never equal: wake all
     _same(selective, every)
+
+
+def _next_task_only(run, g, tid, stop, among=None):
+    """``_blocking_comm`` before the look past non-contending tasks: a comm stream blocks
+    unless its clock is past ``stop`` or its next task waits for compute ``tid`` or later."""
+    tasks, end = run.graphs[g][0], run.graphs[g][3]
+    for cs in run.contention[g].comm_streams:
+        if run.s_clock[cs] >= stop or (among is not None and cs not in among):
+            continue
+        pos, tids = run.s_pos[cs], run.s_tids[cs]
+        if pos >= len(tids):
+            continue
+        if not any(end[d] is None and d >= tid and tasks[d].stream == Stream.COMPUTE
+                   for d in tasks[tids[pos]].deps):
+            return cs
+    return -1
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(item, min_size=1, max_size=14), st.integers(1, 3))
+def test_looking_past_pp_gives_the_next_task_schedule(spec, ranks):
+    """``_blocking_comm`` looks past a comm stream's PP sends and receives (they do not
+    contend) to its next contending collective (``comm_reach``); blocking on the next
+    task whatever it is, as before, gives the same schedule, float for float."""
+    graphs = [_graph(spec, r, ranks) for r in range(ranks)]
+    ahead = Engine(graphs, pricing=_pricing()).run(records=True)
+    slow = _run_patched(graphs, "_blocking_comm", _next_task_only)
+    _same(ahead, slow)
+
+
+def test_comm_reach_hand_computed():
+    """comm stream: recv R (pp, no compute dep), send S (pp, after compute 2), X (tp,
+    after compute 0), recv R2 (pp): from R and S the next contending task is X, and the
+    latest compute they wait for is 2; from X, 0; from R2 and past the end nothing
+    contends (infinite)."""
+    g = RankGraph(0)
+    c0 = g.add(_seg("c0", 1.0), Stream.COMPUTE, label="fwd")
+    g.add(_seg("c1", 1.0), Stream.COMPUTE, label="fwd")
+    c2 = g.add(_seg("c2", 1.0), Stream.COMPUTE, label="fwd")
+    pp = CollectiveKind.SEND_RECV
+    g.add(Collective("R", pp, (0, 1), 1.0, tag=1), Stream.COMM, label="pp")
+    g.add(Collective("S", pp, (0, 1), 1.0, tag=2), Stream.COMM, deps=(c2,), label="pp")
+    g.add(Collective("X", CollectiveKind.ALL_GATHER, (0,), 1.0), Stream.COMM, deps=(c0,),
+          label="tp")
+    g.add(Collective("R2", pp, (0, 1), 1.0, tag=3), Stream.COMM, label="pp")
+    engine = Engine([g], pricing=_pricing())
+    run = engine._setup(contend=True)
+    c = run.contention[0]
+    assert c.reach == [[2, 2, 0, float("inf"), float("inf")]]
+

@@ -292,8 +292,26 @@ def contention_of(pricing: Pricing, graph: RankGraph, durations: list[float | No
 def run_chain_contended(parts: _Parts, rates: list[float], start: float,
                          busy: list[float], ivs: list[list[float]], c: Contention,
                          comm: list[float]) -> float:
-    """``_run_chain`` with each part stretched over the rank's collectives ``comm``."""
+    """``_run_chain`` with each part stretched over the rank's collectives ``comm``
+    (none known after ``start``: ``stretch`` gives ``t + d`` for each part, so the
+    parts run as ``run_chain`` runs them, the slowed seconds added as the stretched
+    path adds them; most chains of a step that overlaps only at its ends)."""
     t = start
+    if not comm:  # ``add_busy`` inlined: this runs per part of most chains
+        slowed = c.slowed_s
+        for d, slot in parts:
+            stop = t + d
+            slowed += (stop - t) - d
+            busy[slot] += stop - t
+            iv = ivs[slot]
+            if iv and t <= iv[-1]:
+                iv[-1] = stop
+            elif stop > t:
+                iv.append(t)
+                iv.append(stop)
+            t = stop
+        c.slowed_s = slowed
+        return t
     for (d, slot), rate in zip(parts, rates, strict=True):
         stop = stretch(comm, t, d, rate)
         c.slowed_s += (stop - t) - d

@@ -58,8 +58,13 @@ def known_comm(ivs: list[list[float]], slots: list[int], start: float) -> list[f
 
 def chain_end(parts: list[tuple[float, int]], rates: list[float], start: float,
               comm: list[float]) -> float:
-    """End of a chain whose parts run back to back, each stretched over ``comm``."""
+    """End of a chain whose parts run back to back, each stretched over ``comm``
+    (``stretch`` over no interval is ``t + d``)."""
     t = start
+    if not comm:
+        for d, _ in parts:
+            t = t + d
+        return t
     for (d, _), rate in zip(parts, rates, strict=True):
         t = stretch(comm, t, d, rate)
     return t

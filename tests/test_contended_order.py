@@ -231,3 +231,32 @@ def test_comm_reach_hand_computed():
     c = run.contention[0]
     assert c.reach == [[2, 2, 0, float("inf"), float("inf")]]
 
+
+def _stretched_chain(parts, rates, start, busy, ivs, c, comm):
+    """``run_chain_contended``'s general path: every part through ``stretch``."""
+    t = start
+    for (d, slot), rate in zip(parts, rates, strict=True):
+        stop = engine_share.stretch(comm, t, d, rate)
+        c.slowed_s += (stop - t) - d
+        engine_share.add_busy(busy, ivs[slot], slot, t, stop)
+        t = stop
+    return t
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.floats(0.0, 3.0), st.integers(0, 2), st.floats(0.3, 1.0)),
+                min_size=1, max_size=8), st.floats(0.0, 100.0), st.floats(0.0, 1e-3))
+def test_a_chain_beside_no_collective_runs_as_stretched(parts, start, slowed):
+    """With no collective known after its start, a contended chain skips ``stretch``
+    (``run_chain_contended``, ``chain_end``): the same end, busy sums, intervals and
+    slowed seconds, float for float (the slowed sum starts off zero, as mid-run)."""
+    pieces = [(d, slot) for d, slot, _ in parts]
+    rates = [rate for _, _, rate in parts]
+    results = []
+    for run_it in (engine_contended.run_chain_contended, _stretched_chain):
+        busy, ivs = [0.1, 0.2, 0.3], [[0.0, start], [], [0.0, 0.5]]
+        c = engine_share.Contention([0], slowed_s=slowed)
+        end = run_it(pieces, rates, start, busy, ivs, c, [])
+        results.append((end, busy, ivs, c.slowed_s))
+    assert results[0] == results[1]
+    assert engine_share.chain_end(pieces, rates, start, []) == results[0][0]

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-from xpusim.calibrate.exp_micro import EXP_NUMELS_QUICK, exp_ops, exp_runner
+from xpusim.calibrate import exp_micro as em
 from xpusim.calibrate.families import OUT_OF_RANGE, is_out_of_range
 from xpusim.sim import ops
 from xpusim.sim.ir import Op, RankGraph
@@ -347,8 +347,10 @@ def _micro_suites() -> list[Suite]:
             lambda s, dt: [ops.elementwise("silu", s["numel"], dt, SILU_FLOPS_PER_ELEMENT)],
             _silu_runner,
         ),
-        Suite("exp", "micro", tuple({"numel": n} for n in _NUMELS_FULL),
-              tuple({"numel": n} for n in EXP_NUMELS_QUICK), exp_ops, exp_runner),
+        *(Suite(name, "micro", tuple({"numel": n} for n in _NUMELS_FULL),
+                tuple({"numel": n} for n in em.EXP_NUMELS_QUICK), describe, runner)
+          for name, describe, runner in (("exp", em.exp_ops, em.exp_runner),
+                                         ("exp_masked", em.exp_masked_ops, em.exp_masked_runner))),
         Suite(
             "softmax",
             "micro",
@@ -369,14 +371,8 @@ def _micro_suites() -> list[Suite]:
         Suite(
             "maxpool", "micro", _IMAGE_FULL, _IMAGE_QUICK, _image_op("pool"), _image_runner("pool")
         ),
-        Suite(
-            "upsample",
-            "micro",
-            _IMAGE_FULL,
-            _IMAGE_QUICK,
-            _image_op("upsample"),
-            _image_runner("upsample"),
-        ),
+        Suite("upsample", "micro", _IMAGE_FULL, _IMAGE_QUICK, _image_op("upsample"),
+              _image_runner("upsample")),
         Suite(
             "conv2d",
             "micro",

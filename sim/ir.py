@@ -99,6 +99,11 @@ class OpKind(StrEnum):
     # Vectorized<float>::exp (docs/cost_model.md "Exponentials"); its own kind, so that a
     # calibration fits its speed from the `exp` microbenchmark.
     EXP = "exp"
+    # The -inf elements of a standalone torch.exp (FastAttention's causal / padding mask):
+    # MKL VML's vsExp runs with VML_FTZDAZ_OFF and takes ~12x as long per -inf element as
+    # per ordinary one (docs/calibration.md "Known limits"); its own kind, so that a
+    # calibration fits that speed from the `exp_masked` microbenchmark.
+    EXP_MASKED = "exp_masked"
     REDUCTION = "reduction"
     SOFTMAX = "softmax"
     NORM = "norm"

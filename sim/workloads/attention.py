@@ -232,14 +232,14 @@ class _Fast:
             cols = min(outer, limit - k_start)
             kind = block_kind(q_start, rows, k_start, cols, self.causal, self.q_offset)
             if kind != "masked":
-                self.key_block(f"{qrow}.k{k_start}", rows, k_start, cols, kind, q_elems)
+                self.key_block(f"{qrow}.k{k_start}", q_start, rows, k_start, cols, kind, q_elems)
         self.add(_vec(f"{qrow}.normalise", q_elems, (2 * q_elems + stats) * f))
         if self.dtype != ACC:
             self.add(_cast(f"{qrow}.cast_out", q_elems, ACC, self.dtype))
         self.add(ops.memcpy(f"{qrow}.store", q_elems * dtype_bytes(self.dtype)))
 
-    def key_block(self, tag: str, rows: int, k_start: int, cols: int, kind: str,
-                  q_elems: float) -> None:
+    def key_block(self, tag: str, q_start: int, rows: int, k_start: int, cols: int,
+                  kind: str, q_elems: float) -> None:
         """One (query block, key block) pair: K/V casts, the inner-tile QK^T GEMMs, the
         mask, the online-softmax vector ops and the PV GEMMs with their accumulation."""
         bkv = self.batch * self.kv_heads  # GEMM batch: a group's query heads stacked as rows
@@ -255,7 +255,9 @@ class _Fast:
         if len(tiles) > 1:  # torch.cat of the inner tiles: one copy of the block
             self.add(ops.memcpy(f"{tag}.cat", n * FP32_BYTES))
         self.mask(tag, rows, k_start, cols, kind, n)
-        self.online_softmax(tag, rows, n, q_elems)
+        masked = self.heads * masked_scores(rows, k_start, cols, kind == "partial", q_start,
+                                            self.q_offset, self.kv_lens, self.batch)
+        self.online_softmax(tag, rows, n, q_elems, masked)
         for t in tiles:
             n_t = min(self.inner, cols - t)
             self.add(ops.gemm(f"{tag}.pv{t}", self.group * rows, self.head_dim, n_t, ACC, bkv))
@@ -275,21 +277,73 @@ class _Fast:
             # S + mask slice: read S and the (rows x cols) slice, write S.
             self.add(_vec(f"{tag}.mask_add", n, (2 * n + rows * cols) * f))
 
-    def online_softmax(self, tag: str, rows: int, n: float, q_elems: float) -> None:
-        """Row max, rescale of the running max, sum and output, exp of the scores."""
+    def online_softmax(self, tag: str, rows: int, n: float, q_elems: float,
+                       masked: float = 0.0) -> None:
+        """Row max, rescale of the running max, sum and output, exp of the scores
+        (``masked`` of the ``n`` exp inputs are -inf)."""
         f = FP32_BYTES
         stats = self.batch * self.heads * rows
         self.add(_vec(f"{tag}.rowmax", n, (n + stats) * f, 1.0, OpKind.REDUCTION))
         self.add(_vec(f"{tag}.max_update", stats, 3 * stats * f))
         self.add(_vec(f"{tag}.sub_max", n, (2 * n + stats) * f))
-        # torch.exp (kernels/attention.py): MKL VML's exp, its own kind (see EXP_FLOPS).
-        self.add(_vec(f"{tag}.exp", n, 2 * n * f, EXP_FLOPS, OpKind.EXP))
+        # torch.exp (kernels/attention.py): MKL VML's exp, its own kind (see EXP_FLOPS);
+        # its -inf inputs (s - m_new where the mask added -inf) run VML's slow path, so
+        # they are their own op of kind exp_masked (see exp_ops).
+        for op in exp_ops(f"{tag}.exp", n, masked):
+            self.add(op)
         self.add(_vec(f"{tag}.alpha_sub", stats, 3 * stats * f))
         self.add(_vec(f"{tag}.alpha_exp", stats, 2 * stats * f, EXP_FLOPS, OpKind.EXP))
         self.add(_vec(f"{tag}.sum_rescale", stats, 3 * stats * f))
         self.add(_vec(f"{tag}.rowsum", n, (n + stats) * f, 1.0, OpKind.REDUCTION))
         self.add(_vec(f"{tag}.sum_add", stats, 3 * stats * f))
         self.add(_vec(f"{tag}.o_rescale", q_elems, (2 * q_elems + stats) * f))
+
+
+def exp_ops(name: str, numel: float, masked: float = 0.0) -> list[Op]:
+    """One ``torch.exp`` over ``numel`` fp32 elements of which ``masked`` are -inf:
+    an ``exp`` op over the ordinary elements and, when there are any, an ``exp_masked``
+    op over the -inf ones (each reads and writes its own elements).
+
+    MKL VML's vsExp (``VML_HA | VML_FTZDAZ_OFF``, pytorch aten/src/ATen/cpu/vml.h @
+    0137745d) took 6.6 us for 36,864 ordinary floats and 81 us with half of them -inf
+    (docs/calibration.md, nineteenth session): a per-element cost the calibration fits
+    for the kind. Two ops for one call: the second also pays a launch overhead.
+    """
+    f = FP32_BYTES
+    out = [_vec(name, numel - masked, 2 * (numel - masked) * f, EXP_FLOPS, OpKind.EXP)]
+    if masked > 0:
+        out.append(_vec(f"{name}_masked", masked, 2 * masked * f, EXP_FLOPS,
+                        OpKind.EXP_MASKED))
+    return out
+
+
+def masked_scores(
+    rows: int,
+    k_start: int,
+    cols: int,
+    causal_partial: bool,
+    q_start: int,
+    q_offset: int,
+    kv_lens: Sequence[int] | None,
+    batch: int,
+) -> int:
+    """-inf scores of one (rows x cols) block per head, summed over the batch: what the
+    kernel's mask (``_block_mask``) sets to -inf. Row r sees keys c <= delta + r
+    (causal partial block, delta = q_start + q_offset - k_start) and c < kv_lens[b] -
+    k_start (padding); every other key of the block is masked."""
+    delta = q_start + q_offset - k_start
+    if kv_lens is not None and padding_applies(k_start, cols, kv_lens):
+        pads = [min(cols, max(0, n - k_start)) for n in kv_lens]
+    elif causal_partial:
+        pads = [cols] * batch
+    else:
+        return 0
+    total = 0
+    for pad in pads:
+        for r in range(rows):
+            seen = min(cols, max(0, delta + r + 1)) if causal_partial else cols
+            total += cols - min(seen, pad)
+    return total
 
 
 def describe_fast_attention(

@@ -196,6 +196,10 @@ def load_raw(name_or_path: str) -> tuple[str, dict[str, Any], Path]:
     if (SYSTEM_DIR / f"{name_or_path}.toml").exists():
         path = SYSTEM_DIR / f"{name_or_path}.toml"
         return "system", read_toml(path), path
+    if (CALIBRATED_DIR / f"{name_or_path}.toml").exists():
+        # `hw list` offers shipped calibrated profiles "as a device name"; show them as one.
+        path = CALIBRATED_DIR / f"{name_or_path}.toml"
+        return "device", read_toml(path), path
     close = difflib.get_close_matches(name_or_path, list_devices() + list_systems(), n=5, cutoff=0.4)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
     raise ProfileError(f"unknown device or system '{name_or_path}'.{hint} Run 'xpusim hw list'.")

@@ -90,7 +90,11 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def spec_dict(name: str) -> tuple[str, dict[str, Any]]:
     """The loaded profile in SI units as a nested dict (what the simulator sees)."""
+    if name in list_engines():  # `hw list` lists the serving engines beside the hardware
+        return "engine", dataclasses.asdict(load_engine(name))
     kind, _raw, path = load_raw(name)
+    if kind == "engine":
+        return kind, dataclasses.asdict(load_engine(str(path)))
     if kind == "system":
         return kind, dataclasses.asdict(load_system(str(path)))
     # A device, or a calibration overlay on one.
@@ -159,7 +163,9 @@ def cmd_diff(args: argparse.Namespace) -> int:
             continue
         va, vb = fa.get(key), fb.get(key)
         if va != vb:
-            ratio = vb / va if isinstance(va, int | float) and isinstance(vb, int | float) and va else None
+            # A ratio only of numbers: True/False are ints to Python, but "0x" of a flag is noise.
+            numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (va, vb))
+            ratio = vb / va if numbers and va else None
             rows.append({"field": key, "a": va, "b": vb, "ratio_b_over_a": ratio})
     if args.json:
         emit_json({"a": args.a, "b": args.b, "differences": rows})

@@ -494,13 +494,21 @@ def run_whatif(
     # several workers each point runs the whole study where it lands.
     in_process = saved.command == "train" and executor == "local" and jobs == 1
     task = TrainRepricer() if in_process else evaluate
-    results = run_tasks(task, points, executor, jobs, address, on_result)
+    # Locally the base point runs first and alone: a metric the command does not report, or a
+    # base plan that fails, is refused before the variations are simulated (README: every
+    # input is checked before work starts). Ray runs all at once: a second cluster start
+    # would cost more than the points.
+    first = 1 if executor == "local" else len(points)
+    results = run_tasks(task, points[:first], executor, 1 if first == 1 else jobs, address,
+                        on_result)
     base_value = _metric(results[0], metric)
     if base_value is None:
         err = results[0].get("error") or f"metric '{metric}' not in the result; have " + ", ".join(
             k for k, v in results[0].items() if isinstance(v, int | float)
         )
         raise InputError(f"base point: {err}")
+    rest_done = None if on_result is None else (lambda i, r: on_result(i + first, r))
+    results += run_tasks(task, points[first:], executor, jobs, address, rest_done)
     rows = [
         {
             "field": name,

@@ -102,3 +102,61 @@ def test_hw_diff_gives_no_ratio_of_flags(capsys):
     rows = {row["field"]: row for row in json.loads(out)["differences"]}
     assert rows["collective_library.nvls"]["ratio_b_over_a"] is None
     assert rows["device.hbm_bandwidth"]["ratio_b_over_a"] == pytest.approx(2.039e12 / 3.35e12, rel=1e-3)
+
+
+def test_train_header_names_the_device_not_n_systems(capsys):
+    # "llama-2-7b on 8 x dgx-a100" read as eight DGX boxes; it is 8 A100s of one dgx-a100.
+    rc, out, err = run_cli(
+        capsys, "train --model llama-2-7b --system dgx-a100 --nodes 1 --tp 8 --mbs 1 --gbs 8 "
+        "--seq 2048 --quiet")
+    assert rc == 0, err
+    assert out.startswith("llama-2-7b on 8 x a100-sxm4-80gb (dgx-a100): tp=8 ")
+
+
+ATTN = "op attention --seq 1024 --batch 2"
+
+
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        # FlashAttention-2 runs fp16/bf16 only; it was priced at 499 TFLOP/s in FP8 on H100.
+        ("--impl flash2 --dtype fp8 --device h100-sxm5-80gb", ["--impl flash2 --dtype fp8", "cudnn"]),
+        ("--impl flash1 --dtype fp8 --device h100-sxm5-80gb", ["fp16 and bf16 only"]),
+        # Head dimensions: FA2 up to 256, FA1 up to 128 (flash-attn README).
+        ("--impl flash2 --head-dim 512 --device h100-sxm5-80gb", ["up to 256", "--head-dim"]),
+        ("--impl flash1 --head-dim 256 --device a100-sxm4-80gb", ["up to 128"]),
+        # FA2 needs sm_80+, FA1 sm_75+: on a V100 the stacks run xformers (its profile says so).
+        ("--impl flash2 --dtype fp16 --device v100-sxm2-32gb", ["compute capability 8", "xformers"]),
+        ("--impl flash1 --dtype fp16 --device v100-sxm2-32gb", ["compute capability 7.5"]),
+    ],
+)
+def test_op_attention_refuses_what_flash_attention_cannot_run(capsys, flags, words):
+    rc, _out, err = run_cli(capsys, f"{ATTN} {flags}")
+    assert rc == 2, err
+    assert "Traceback" not in err
+    for word in words:
+        assert word in err, err
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        "--impl flash2 --head-dim 256 --device h100-sxm5-80gb",  # the limit itself runs
+        "--impl flash1 --head-dim 128 --dtype fp16 --device a100-sxm4-80gb",
+        "--dtype fp16 --device v100-sxm2-32gb",  # the V100 default, xformers
+        "--dtype fp8 --device l40s",  # the device default stays a stand-in at any dtype
+        "--impl flash3 --dtype fp8 --device h100-sxm5-80gb",
+    ],
+)
+def test_op_attention_still_prices_what_runs(capsys, flags):
+    rc, out, err = run_cli(capsys, f"{ATTN} {flags} --json")
+    assert rc == 0, err
+    assert json.loads(out)["time_s"] > 0
+
+
+def test_train_refuses_flash2_on_volta(capsys):
+    rc, _out, err = run_cli(
+        capsys, "train --model llama-2-7b --system dgx-v100 --nodes 1 --tp 8 --mbs 1 --gbs 8 "
+        "--seq 2048 --dtype fp16 --attention-impl flash2 --quiet")
+    assert rc == 2, err
+    assert "--attention-impl flash2" in err

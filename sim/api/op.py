@@ -29,7 +29,13 @@ from xpusim.sim.api.base import (
     resolve_device,
 )
 from xpusim.sim.cost import OpCost, RooflineModel
-from xpusim.sim.cost.attention_impl import PASSES, attention_cost, default_impl, shape_of
+from xpusim.sim.cost.attention_impl import (
+    PASSES,
+    attention_cost,
+    default_impl,
+    flash_shape_error,
+    shape_of,
+)
 from xpusim.sim.cost.gemm_cutlass import CUTLASS_DTYPES, CUTLASS_IMPLS, cutlass_device_error
 from xpusim.sim.cost.gemm_impl import DEEPGEMM_DTYPES, GEMM_IMPLS
 from xpusim.sim.cost.gemm_torch import TORCH_GROUPED_IMPLS, torch_grouped_error
@@ -214,6 +220,9 @@ def _price_attention(
     impl = values["impl"] or default_impl(device)
     pass_ = values["pass_"]
     shape = shape_of(the_op)
+    if values["impl"] and (why := flash_shape_error(impl, shape.dtype, shape.head_dim,
+                                                     shape.v_head_dim)):
+        raise InputError(why)  # a kernel named by --impl that cannot run this call
     cost = attention_cost(device, shape, impl, pass_)
     factor = PASS_FACTOR[pass_]
     scaled = replace(

@@ -222,7 +222,8 @@ def run(args: argparse.Namespace) -> int:
             payload["explain"] = explain_rows(result.simulation)
         emit_json(payload)
         return 0
-    _print(result.simulation, payload, auto=(args.recompute or "auto") == "auto" and not args.plan)
+    _print(result.simulation, payload, result.device,
+           auto=(args.recompute or "auto") == "auto" and not args.plan)
     if args.explain:
         _print_explain(result.simulation)
     return 0
@@ -319,9 +320,10 @@ def _recompute_text(plan: ParallelPlan, auto: bool) -> str:
     return text + (" [auto: cheapest that fits]" if auto else "")
 
 
-def _print(result, d: dict, auto: bool = False) -> None:
+def _print(result, d: dict, device: str, auto: bool = False) -> None:
     plan = result.plan
-    where = f"{d['devices']} x {d['system']}"
+    # N devices, not N systems: "1536 x dgx-a100" read as 1,536 DGX boxes.
+    where = f"{d['devices']} x {device} ({d['system']})"
     if d["system_devices"] != d["devices"]:
         span = (f"the first {plan.per_node} of each node" if plan.per_node
                 else f"0-{d['devices'] - 1}")

@@ -191,6 +191,36 @@ def default_impl(device: Device) -> str:
     return {"nvidia": "flash2", "davinci": "npu_fusion_attention"}.get(device.arch, "standard")
 
 
+# What the FlashAttention releases run (Dao-AILab/flash-attention README, "FlashAttention
+# currently supports"): FA1 "Turing or Ampere GPUs ... fp16 and bf16 ... Head dimensions that
+# are multiples of 8, up to 128"; FA2 "Ampere, Ada, or Hopper GPUs ... Datatype fp16 and bf16
+# ... All head dimensions up to 256". (minimum compute capability, dtypes, largest head dim)
+FLASH_LIMITS: dict[str, tuple[float, tuple[str, ...], int]] = {
+    "flash1": (7.5, ("fp16", "bf16"), 128),
+    "flash2": (8.0, ("fp16", "bf16"), 256),
+}
+
+
+def flash_shape_error(impl: str, dtype: str, head_dim: float,
+                      v_head_dim: float | None) -> str | None:
+    """Why FlashAttention 1/2 cannot run this call (its dtype or head size), else None. Only
+    for a call the user names (``op attention --impl``): the training and serving stacks use
+    ``flash2`` as their fused kernel's stand-in at any dtype."""
+    if impl not in FLASH_LIMITS:
+        return None
+    _cc, dtypes, max_dim = FLASH_LIMITS[impl]
+    if dtype not in dtypes:
+        return (f"--impl {impl} --dtype {dtype}: FlashAttention-{impl[-1]} runs "
+                f"{' and '.join(dtypes)} only (flash-attn README); use --impl cudnn (or flash3 on "
+                "Hopper) for fp8, or --dtype bf16")
+    largest = int(max(head_dim, v_head_dim or head_dim))
+    if largest > max_dim:
+        return (f"--impl {impl} --head-dim {largest}: FlashAttention-{impl[-1]} supports head "
+                f"dimensions up to {max_dim} (flash-attn README); use a smaller --head-dim or "
+                "--impl cudnn / standard")
+    return None
+
+
 def check_impl(device: Device, impl: str, flag: str = "--impl") -> str:
     """``impl`` if it can run on ``device``, else a clear InputError naming ``flag``."""
     if impl not in IMPLS:
@@ -203,6 +233,11 @@ def check_impl(device: Device, impl: str, flag: str = "--impl") -> str:
     if impl == "npu_fusion_attention" and device.arch != "davinci":
         raise InputError(f"{flag} npu_fusion_attention: an Ascend (torch_npu) kernel, not "
                          f"available on {device.name}; use {usable}")
+    cc = device.kernels.compute_capability
+    if impl in FLASH_LIMITS and cc and float(cc) < FLASH_LIMITS[impl][0]:
+        raise InputError(f"{flag} {impl}: FlashAttention-{impl[-1]} needs compute capability "
+                         f"{FLASH_LIMITS[impl][0]:g}+ (flash-attn README), {device.name} is {cc}; "
+                         f"use {usable}")
     if impl in ("flash3", "colfax") and not device.kernels.async_mma:
         raise InputError(f"{flag} {impl}: a Hopper kernel that needs wgmma/TMA, which "
                          f"{device.name} lacks; use flash2 or cudnn")
@@ -560,6 +595,7 @@ __all__ = [
     "attention_cost",
     "block_terms",
     "check_impl",
+    "flash_shape_error",
     "default_impl",
     "shape_of",
     "standard_ops",

@@ -8,6 +8,7 @@ file, the key and the type it needs.
 from __future__ import annotations
 
 from dataclasses import fields
+from difflib import get_close_matches
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +24,22 @@ def load_plan_file(path: str | Path) -> dict[str, Any]:
     """Read a plan TOML (``[plan]`` table or top-level keys); unknown keys are errors."""
     path = Path(path)
     data = read_toml(path, "plan file")  # sim.inputs: the one checked reader
-    table = data.get("plan", data)
+    if "plan" in data:
+        table = data["plan"]
+        extra = {k: v for k, v in data.items() if k != "plan"}
+    else:  # top-level plan keys; model, system, ... may sit beside them as in the [plan] form
+        table = {k: v for k, v in data.items() if k not in PLAN_EXTRA}
+        extra = {k: v for k, v in data.items() if k in PLAN_EXTRA}
     if not isinstance(table, dict):
         raise InputError(f"plan file {path}: 'plan' = {table!r} must be a [plan] table")
     known = {f.name for f in fields(ParallelPlan)} - {"first_device"}  # inference only
-    extra = {k: v for k, v in data.items() if k != "plan"} if "plan" in data else {}
     unknown = [k for k in table if k not in known] + [k for k in extra if k not in PLAN_EXTRA]
     if unknown:
+        # A misspelt [plan] header made every key look unknown, model and system included.
+        hint = "".join(f" ('{k}': did you mean [plan]?)" for k in unknown
+                       if isinstance(data.get(k), dict) and "plan" in get_close_matches(k, ["plan"]))
         raise InputError(
-            f"plan file {path}: unknown keys {unknown}; known: {', '.join(sorted(known))} "
+            f"plan file {path}: unknown keys {unknown}{hint}; known: {', '.join(sorted(known))} "
             f"in [plan], {', '.join(PLAN_EXTRA)} above it"
         )
     out = dict(table)

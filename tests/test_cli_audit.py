@@ -160,3 +160,27 @@ def test_train_refuses_flash2_on_volta(capsys):
         "--seq 2048 --dtype fp16 --attention-impl flash2 --quiet")
     assert rc == 2, err
     assert "--attention-impl flash2" in err
+
+
+PLAN_KEYS = "tp = 2\npp = 2\nmbs = 1\ngbs = 16\nseq = 4096\n"
+PLAN_TOP = 'model = "llama-3-8b"\nsystem = "atlas-800t-a2"\nnodes = 1\n'
+
+
+def test_plan_file_with_a_misspelt_plan_table_names_only_it(capsys, tmp_path):
+    # "[plam]" was reported as unknown keys ['model', 'system', 'nodes', 'plam'].
+    path = tmp_path / "plan.toml"
+    path.write_text(PLAN_TOP + "[plam]\n" + PLAN_KEYS)
+    rc, _out, err = run_cli(capsys, f"train --plan {path} --quiet")
+    assert rc == 2, err
+    assert "unknown keys ['plam']" in err
+    assert "did you mean [plan]?" in err
+
+
+def test_plan_file_top_level_form_takes_model_and_system(capsys, tmp_path):
+    # load_plan_file reads "a [plan] table or top-level keys"; the top-level form refused
+    # the model, system and nodes that the [plan] form takes above its table.
+    path = tmp_path / "plan.toml"
+    path.write_text(PLAN_TOP + PLAN_KEYS)
+    rc, out, err = run_cli(capsys, f"train --plan {path} --quiet")
+    assert rc == 0, err
+    assert out.startswith("llama-3-8b on 8 x ascend-910b2 (atlas-800t-a2): tp=2 pp=2 ")

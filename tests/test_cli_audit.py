@@ -184,3 +184,17 @@ def test_plan_file_top_level_form_takes_model_and_system(capsys, tmp_path):
     rc, out, err = run_cli(capsys, f"train --plan {path} --quiet")
     assert rc == 0, err
     assert out.startswith("llama-3-8b on 8 x ascend-910b2 (atlas-800t-a2): tp=2 pp=2 ")
+
+
+def test_explore_with_no_valid_plan_does_not_blame_memory(capsys, tmp_path):
+    # [plans] tp = [3] divides none of the candidates: each read "no plan of the plan space
+    # fits in memory (0 valid plans, 0 checked)", which sends a user after memory.
+    study = (Path(__file__).parents[1] / "examples" / "small_study.toml").read_text()
+    study = study.replace("tp = [1, 2, 4, 8]", "tp = [3]").replace("shortlist = 30", "shortlist = 2")
+    path = tmp_path / "study.toml"
+    path.write_text(study)
+    rc, out, err = run_cli(capsys, f"explore {path} --out {tmp_path / 'out'} --no-plots --no-cache --json")
+    assert rc == 0, err
+    ranked = json.loads(out)["ranked"]
+    assert ranked and all(r["error"] == "no valid plan in [plans] for this model on these devices"
+                          for r in ranked)

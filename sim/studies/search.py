@@ -84,6 +84,11 @@ def evaluate_point(task: PointTask) -> dict[str, Any]:
             "plans_checked": choice.checked,
             "plans_simulated": len(choice.plans),
         }
+        if not choice.plans and not choice.enumerated:
+            # Nothing to fit: blaming memory sent users after the wrong knob ([plans] tp = [3]).
+            # (short: the explore table shows an error's first 60 characters)
+            out["error"] = "no valid plan in [plans] for this model on these devices"
+            return out
         if not choice.plans:
             out["error"] = (
                 f"no plan of the plan space fits in memory "

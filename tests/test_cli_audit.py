@@ -198,3 +198,17 @@ def test_explore_with_no_valid_plan_does_not_blame_memory(capsys, tmp_path):
     ranked = json.loads(out)["ranked"]
     assert ranked and all(r["error"] == "no valid plan in [plans] for this model on these devices"
                           for r in ranked)
+
+
+def test_infer_kv_tokens_are_the_deployments_not_one_devices(capsys):
+    # "memory per device: ... KV cache 59.4 GiB (3,894,600 tokens)": the bytes are one
+    # device's, the tokens the deployment's (ep=4 attention replicas x one device's 973,650).
+    cmd = "infer --model mixtral-8x7b --system dgx-h100 --tp 2 --ep 4 --phase decode --batch 8"
+    rc, out, err = run_cli(capsys, cmd)
+    assert rc == 0, err
+    rc, js, err = run_cli(capsys, cmd + " --json")
+    memory = json.loads(js)["memory"]
+    one_device = memory["kv_cache_bytes"] / memory["kv_bytes_per_token"]
+    assert memory["kv_tokens"] == pytest.approx(4 * one_device)
+    assert f"({memory['kv_tokens']:,.0f} tokens over the 8 devices)" in out
+    assert "of KV per device" in out

@@ -207,7 +207,11 @@ def _print_step(r: InferResult) -> None:
     print(
         f"  memory per device{' (the stage that caches the fewest tokens)' if plan.pp > 1 else ''}: weights {fmt_bytes(memory.weights)}, activations "
         f"{fmt_bytes(memory.activations)}, KV cache {fmt_bytes(memory.kv_cache)} "
-        f"({memory.kv_tokens:,.0f} tokens); this batch needs {fmt_bytes(r.kv_needed_bytes)} of KV"
+        # kv_tokens is the deployment's (sim.inference.kvcache), the bytes are one device's:
+        # with EP's data-parallel attention the count is ep x what one device holds.
+        f"({memory.kv_tokens:,.0f} tokens"
+        + (f" over the {plan.devices} devices" if plan.devices > 1 else "")
+        + f"); this batch needs {fmt_bytes(r.kv_needed_bytes)} of KV per device"
         + ("" if r.kv_needed_bytes <= memory.kv_cache else "  ** does not fit **")
     )
 

@@ -41,7 +41,7 @@ def list_systems() -> list[str]:
     return sorted(p.stem for p in SYSTEM_DIR.glob("*.toml"))
 
 
-def read_toml(path: Path) -> dict[str, Any]:
+def read_toml(path: Path, label: str = "profile") -> dict[str, Any]:
     # The one input reader (sim/inputs.py, standard library only): size cap, UTF-8,
     # nesting depth, directories and permissions, each a ProfileError naming the file.
     from xpusim.sim.inputs import read_toml as read_checked
@@ -51,7 +51,7 @@ def read_toml(path: Path) -> dict[str, Any]:
             f"{path}: is a directory, not a profile; pass a .toml file or a profile name "
             "(run 'xpusim hw list')"
         )
-    raw = read_checked(path, "profile", error=ProfileError)
+    raw = read_checked(path, label, error=ProfileError)
     _require_finite(raw, path)
     return raw
 
@@ -140,7 +140,7 @@ def load_device(name_or_path: str, calibration: str | Path | None = None) -> Dev
         return load_device(base, calibration=path)
     if calibration is not None:
         cal_path = Path(calibration)
-        overlay = read_toml(cal_path)
+        overlay = read_toml(cal_path, "--calibration")  # the flag every command takes it by
         if overlay.get("kind") != "calibration":
             raise ProfileError(f"{cal_path}: field 'kind' must be \"calibration\" in an overlay")
         base_name = raw.get("name")

@@ -212,3 +212,17 @@ def test_infer_kv_tokens_are_the_deployments_not_one_devices(capsys):
     assert memory["kv_tokens"] == pytest.approx(4 * one_device)
     assert f"({memory['kv_tokens']:,.0f} tokens over the 8 devices)" in out
     assert "of KV per device" in out
+
+
+def test_validate_rows_outside_the_category_are_not_called_missing(capsys):
+    # "--rows A3-fa2-512 --category gemm" said "no such row id in the corpus".
+    rc, _out, err = run_cli(capsys, "validate --published --rows A3-fa2-512,zzz --category gemm")
+    assert rc == 2, err
+    assert "A3-fa2-512 is in category attention, not --category gemm" in err
+    assert "zzz is no row id of the corpus" in err
+
+
+def test_a_missing_calibration_file_names_the_flag(capsys):
+    rc, _out, err = run_cli(capsys, "op gemm --m 8 --n 8 --k 8 --calibration /no/such/cal.toml")
+    assert rc == 2, err
+    assert "--calibration /no/such/cal.toml: file not found" in err

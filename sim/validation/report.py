@@ -25,7 +25,11 @@ def select_rows(categories: list[str] | None, ids: list[str] | None) -> list[Row
         known = {r.id for r in rows}
         missing = [i for i in ids if i not in known]
         if missing:
-            raise InputError(f"--rows {','.join(missing)}: no such row id in the corpus")
+            # A row of another category is in the corpus: say that, not "no such row".
+            category = {r.id: r.category for r in load_corpus()}
+            why = [f"{i} is in category {category[i]}, not --category {','.join(categories or [])}"
+                   if i in category else f"{i} is no row id of the corpus" for i in missing]
+            raise InputError(f"--rows {','.join(missing)}: {'; '.join(why)}")
         rows = [r for r in rows if r.id in ids]
     if not rows:
         raise InputError("no corpus rows selected")

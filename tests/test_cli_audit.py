@@ -226,3 +226,21 @@ def test_a_missing_calibration_file_names_the_flag(capsys):
     rc, _out, err = run_cli(capsys, "op gemm --m 8 --n 8 --k 8 --calibration /no/such/cal.toml")
     assert rc == 2, err
     assert "--calibration /no/such/cal.toml: file not found" in err
+
+
+def test_compare_devices_sizes_an_infer_deployment_given_no_tp(capsys):
+    # "compare --devices 8 infer --model llama-2-70b ..." ran TP 1 on each system and every
+    # row read "out of memory"; --devices is "devices the deployment spans".
+    rc, out, err = run_cli(
+        capsys, "compare --systems dgx-h100,dgx-a100 --devices 8 --json infer --model llama-2-70b "
+        "--phase decode --batch 8")
+    assert rc == 0, err
+    rows = json.loads(out)["rows"]
+    assert [r["devices"] for r in rows] == [8, 8]
+    assert all(r["tokens_per_s"] > 0 for r in rows)
+    # a size in the infer arguments is kept
+    rc, out, err = run_cli(
+        capsys, "compare --systems dgx-h100 --devices 8 --json infer --model llama-2-70b --tp 4 "
+        "--phase decode --batch 8")
+    assert rc == 0, err
+    assert json.loads(out)["rows"][0]["devices"] == 4

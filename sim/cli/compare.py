@@ -39,7 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--devices", type=int,
                    help="train: devices on every system (default: the plan's; must be a "
                         "multiple of each system's devices per node); infer: devices the "
-                        "deployment spans (sets --nodes)")
+                        "deployment spans (sets --nodes; without --tp/--ep/--pp in the "
+                        "infer arguments, also its size: --devices N, TP N)")
     p.add_argument("--plot", help="write a bar chart (PNG/SVG) of tokens/s per device and per kW")
     p.add_argument("--json", action="store_true")
     p.add_argument("command", choices=COMMANDS, help="the command to run on each system")
@@ -150,6 +151,10 @@ def _command_args(args: argparse.Namespace) -> list[str]:
     return rest
 
 
+# infer flags that size the deployment; without one, compare --devices N sizes it.
+INFER_SIZE_FLAGS = ("--devices", "--tp", "--ep", "--pp")
+
+
 def _on_system(args: argparse.Namespace, name: str, rest: list[str]) -> dict:
     """The command on system ``name``: its row (figures, or the verdict)."""
     system = load_system(name)  # a bad name fails here, before any simulation
@@ -157,6 +162,10 @@ def _on_system(args: argparse.Namespace, name: str, rest: list[str]) -> dict:
     if args.command == "infer" and args.devices:
         # serving: enough nodes to hold the deployment (its size comes from --tp/--ep)
         argv += ["--nodes", str(max(system.nodes, -(-args.devices // system.devices_per_node)))]
+        if not any(a.split("=")[0] in INFER_SIZE_FLAGS for a in rest):
+            # No size given: span the --devices asked for (infer --devices N is TP N); the
+            # deployment ran on one device and every large model read "out of memory".
+            argv += ["--devices", str(args.devices)]
     if args.command == "train" and args.devices:
         if args.devices % system.devices_per_node:
             return {"system": name, "device": system.device.name, "rc": 2,

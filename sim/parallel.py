@@ -425,6 +425,11 @@ def _check_batch(plan: ParallelPlan) -> None:
             f"{plan.mbs * plan.dp}; change --gbs or --mbs"
         )
     m = microbatches(plan)
+    if plan.vpp > 1 and plan.pp == 1:
+        # Interleaving splits each pipeline stage's layers into vpp chunks; with one stage the
+        # lowering built a group naming one device twice ("group lists a device more than
+        # once"). The explore plan space leaves these plans out (sim/studies/plans.py).
+        raise InputError(f"vpp={plan.vpp} needs pipeline parallelism: give --pp > 1 or --vpp 1")
     if plan.vpp > 1 and not plan.interleaved:
         raise InputError(
             "vpp > 1 needs the interleaved schedule (schedule = 'interleaved' or 'auto')"

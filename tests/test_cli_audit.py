@@ -244,3 +244,13 @@ def test_compare_devices_sizes_an_infer_deployment_given_no_tp(capsys):
         "--phase decode --batch 8")
     assert rc == 0, err
     assert json.loads(out)["rows"][0]["devices"] == 4
+
+
+def test_train_vpp_without_pp_is_refused_before_lowering(capsys):
+    # It lowered, then failed with "group lists a device more than once".
+    rc, _out, err = run_cli(
+        capsys, "train --model llama-2-7b --system dgx-a100 --nodes 1 --tp 2 --pp 1 --vpp 2 "
+        "--mbs 1 --gbs 8 --seq 2048 --quiet")
+    assert rc == 2, err
+    assert "vpp=2 needs pipeline parallelism" in err
+    assert "more than once" not in err

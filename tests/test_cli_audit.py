@@ -254,3 +254,13 @@ def test_train_vpp_without_pp_is_refused_before_lowering(capsys):
     assert rc == 2, err
     assert "vpp=2 needs pipeline parallelism" in err
     assert "more than once" not in err
+
+
+def test_train_says_where_its_trace_and_timeline_went(capsys, tmp_path):
+    trace, timeline = tmp_path / "t.json", tmp_path / "t.png"
+    rc, out, err = run_cli(
+        capsys, "train --model llama-2-7b --system dgx-a100 --nodes 1 --tp 8 --mbs 1 --gbs 8 "
+        f"--seq 2048 --quiet --trace {trace} --timeline {timeline}")
+    assert rc == 0, err
+    assert f"trace: {trace}" in out and f"timeline: {timeline}" in out
+    assert trace.stat().st_size > 0 and timeline.stat().st_size > 0

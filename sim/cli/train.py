@@ -226,6 +226,11 @@ def run(args: argparse.Namespace) -> int:
            auto=(args.recompute or "auto") == "auto" and not args.plan)
     if args.explain:
         _print_explain(result.simulation)
+    # Say where the files went, as the sweeps print "plot: PATH" (--json has "trace").
+    if args.trace:
+        print(f"trace: {args.trace} (Chrome/Perfetto JSON: ui.perfetto.dev)")
+    if args.timeline:
+        print(f"timeline: {args.timeline}")
     return 0
 
 

@@ -264,3 +264,9 @@ def test_train_says_where_its_trace_and_timeline_went(capsys, tmp_path):
     assert rc == 0, err
     assert f"trace: {trace}" in out and f"timeline: {timeline}" in out
     assert trace.stat().st_size > 0 and timeline.stat().st_size > 0
+
+
+def test_one_rank_collective_says_nothing_crosses_a_link(capsys):
+    rc, out, err = run_cli(capsys, "collective all-to-all --system dgx-h100 --ranks 1 --bytes 1GiB")
+    assert rc == 0, err
+    assert "bottleneck: none (one rank: no data crosses a link)" in out

@@ -121,7 +121,8 @@ def _print(r: CollectiveResult) -> None:
             f"  phase {ph['name']}: {fmt_si(ph['time_s'], 's')} "
             f"(transfer {fmt_si(ph['transfer_s'], 's')}, latency {fmt_si(ph['latency_s'], 's')})"
         )
-    print(f"  bottleneck: {res.bottleneck}")
+    # One rank moves nothing: say so rather than "algbw 0 B/s" over a blank bottleneck.
+    print(f"  bottleneck: {res.bottleneck or 'none (one rank: no data crosses a link)'}")
 
 
 def _sweep(args: argparse.Namespace, result: CollectiveSweepResult) -> int:

@@ -270,3 +270,27 @@ def test_one_rank_collective_says_nothing_crosses_a_link(capsys):
     rc, out, err = run_cli(capsys, "collective all-to-all --system dgx-h100 --ranks 1 --bytes 1GiB")
     assert rc == 0, err
     assert "bottleneck: none (one rank: no data crosses a link)" in out
+
+
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        # MoE-only flags on a dense model were ignored without a word.
+        ("--model llama-2-7b --tp 8 --routing zipf:1.2", ["--routing: llama-2-7b is dense", "drop it"]),
+        ("--model llama-2-7b --tp 1 --ep-dispatch-dtype fp8", ["--ep-dispatch-dtype: llama-2-7b"]),
+        # An EP kernel with no EP all-to-all to price.
+        ("--model mixtral-8x7b --tp 8 --ep-dispatch deepep", ["--ep 1 has none", "--ep > 1"]),
+    ],
+)
+def test_infer_refuses_moe_flags_that_would_be_ignored(capsys, flags, words):
+    rc, _out, err = run_cli(capsys, f"infer --system dgx-h100 --phase decode {flags}")
+    assert rc == 2, err
+    for word in words:
+        assert word in err, err
+
+
+def test_infer_moe_flags_still_run_where_they_apply(capsys):
+    rc, _out, err = run_cli(
+        capsys, "infer --model mixtral-8x7b --system dgx-h100 --tp 1 --ep 8 --phase decode "
+        "--routing zipf:1.2 --ep-dispatch deepep")
+    assert rc == 0, err

@@ -267,6 +267,7 @@ def load_deployment(req: DeploymentFields, verdict: VerdictDocument) -> Deployme
     plan = plan_for(req.devices, req.tp, req.ep, req.pp)
     routing = routing_from_text(req.routing, req.seed, req.ep_dispatch,
                                 req.ep_dispatch_dtype)
+    _check_moe_flags(req, spec, plan)
     check_plan(spec, system, plan)  # a bad --pp or device count before the memory plan
     with verdict_document(verdict(spec, system, plan, engine)):
         memory = require_memory(spec, system, plan, engine, req.dtype)
@@ -283,6 +284,19 @@ def load_deployment(req: DeploymentFields, verdict: VerdictDocument) -> Deployme
         spec, system, plan, engine, req.dtype, routing, attention_impl=req.attention_impl
     )
     return Deployment(spec, system, plan, engine, routing, memory, sim)
+
+
+def _check_moe_flags(req: DeploymentFields, spec: ModelSpec, plan: ParallelPlan) -> None:
+    """MoE-only flags on a step that has no experts, or no EP all-to-all, were ignored."""
+    given = {"--routing": req.routing != "uniform", "--ep-dispatch": req.ep_dispatch != "collective",
+             "--ep-dispatch-dtype": req.ep_dispatch_dtype != "bf16"}
+    if not spec.moe and any(given.values()):
+        flags = ", ".join(flag for flag, on in given.items() if on)
+        raise InputError(f"{flags}: {spec.name} is dense (no experts to route); drop "
+                         + ("them" if "," in flags else "it"))
+    if plan.ep == 1 and (given["--ep-dispatch"] or given["--ep-dispatch-dtype"]):
+        raise InputError("--ep-dispatch/--ep-dispatch-dtype price the expert-parallel "
+                         "all-to-alls, which --ep 1 has none of; give --ep > 1 or drop them")
 
 
 @contextmanager

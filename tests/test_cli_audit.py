@@ -294,3 +294,35 @@ def test_infer_moe_flags_still_run_where_they_apply(capsys):
         capsys, "infer --model mixtral-8x7b --system dgx-h100 --tp 1 --ep 8 --phase decode "
         "--routing zipf:1.2 --ep-dispatch deepep")
     assert rc == 0, err
+
+
+@pytest.mark.parametrize(
+    ("command", "words"),
+    [
+        # TensorRT-LLM on a 910B and MindIE on an H100 were priced as if they ran there.
+        ("infer --model llama-2-7b --system atlas-800t-a2 --tp 1 --phase decode --engine trtllm-0.10",
+         ["--engine trtllm-0.10 runs on nvidia devices", "ascend-910b2 is davinci"]),
+        ("infer --model llama-2-7b --system dgx-h100 --tp 1 --phase decode --engine mindie-1.0",
+         ["--engine mindie-1.0 runs on davinci devices"]),
+        ("sd --target qwen2-57b-a14b --draft qwen2-0.5b --system atlas-800t-a2 --devices 2 "
+         "--engine trtllm-0.17", ["--engine trtllm-0.17 runs on nvidia"]),
+        ("infer --model llama-2-7b --system dgx-h100 --serve --prefill-system dgx-h100 "
+         "--decode-system atlas-800t-a2 --prefill-devices 1 --decode-devices 1 --engine trtllm-1.0",
+         ["the decode pool's ascend-910b2 is davinci"]),
+    ],
+)
+def test_an_engine_on_a_device_it_does_not_run_on_is_refused(capsys, command, words):
+    rc, _out, err = run_cli(capsys, command)
+    assert rc == 2, err
+    for word in words:
+        assert word in err, err
+
+
+def test_engines_run_on_their_own_platform(capsys):
+    for command in (
+        "infer --model llama-2-7b --system atlas-800t-a2 --tp 1 --phase decode --engine vllm-ascend-0.9",
+        "infer --model llama-2-7b --system dgx-h100 --tp 1 --phase decode --engine trtllm-0.17",
+        "infer --model llama-2-7b --system atlas-800t-a2 --tp 1 --phase decode",  # vllm-0.6: any
+    ):
+        rc, _out, err = run_cli(capsys, command)
+        assert rc == 0, (command, err)

@@ -20,7 +20,11 @@ from xpusim.hwprofiles.spec import System
 from xpusim.sim.api.base import as_json_dict, request_from_kwargs
 from xpusim.sim.cost.attention_impl import check_impl
 from xpusim.sim.errors import InputError, NegativeVerdict
-from xpusim.sim.inference.engine_profile import EngineProfile, load_engine
+from xpusim.sim.inference.engine_profile import (
+    EngineProfile,
+    check_engine_device,
+    load_engine,
+)
 from xpusim.sim.inference.kvcache import (
     MemoryPlan,
     require_kv_fit,
@@ -264,6 +268,7 @@ def load_deployment(req: DeploymentFields, verdict: VerdictDocument) -> Deployme
     spec = load_model_arg(req.model, "--model")
     system = load_system_arg(req.system, req.nodes)
     engine = load_engine(req.engine)
+    check_engine_device(engine, system.device)
     plan = plan_for(req.devices, req.tp, req.ep, req.pp)
     routing = routing_from_text(req.routing, req.seed, req.ep_dispatch,
                                 req.ep_dispatch_dtype)

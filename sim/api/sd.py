@@ -16,7 +16,7 @@ from xpusim.hwprofiles.spec import System
 from xpusim.sim.api.base import as_json_dict, request_from_kwargs
 from xpusim.sim.api.infer import check_request, load_model_arg, load_system_arg, verdict_document
 from xpusim.sim.errors import InputError
-from xpusim.sim.inference.engine_profile import load_engine
+from xpusim.sim.inference.engine_profile import check_engine_device, load_engine
 from xpusim.sim.inference.lowering import plan_for
 from xpusim.sim.inference.routing import routing_from_text
 from xpusim.sim.inference.sd_study import SdGroup, SdSetup, acceptance, sd_group, topk_targets
@@ -144,6 +144,7 @@ def _setup(req: SdRequest, system: System) -> tuple[SdSetup, float]:
     if req.alpha is not None and req.sigma is not None:
         raise InputError("give --alpha or --sigma, not both")
     engine = load_engine(req.engine)
+    check_engine_device(engine, system.device)
     plan = plan_for(req.devices, req.tp, req.ep)
     batches = _int_list(req.batch, "--batch")
     if min(batches) < 1:

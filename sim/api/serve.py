@@ -33,7 +33,11 @@ from xpusim.sim.inference.disagg import (
     kv_path,
     run_disaggregated,
 )
-from xpusim.sim.inference.engine_profile import EngineProfile, load_engine
+from xpusim.sim.inference.engine_profile import (
+    EngineProfile,
+    check_engine_device,
+    load_engine,
+)
 from xpusim.sim.inference.graph_padding import capture_sizes
 from xpusim.sim.inference.kvcache import MemoryPlan, kv_bytes_per_token, kv_cache_dtype, kv_layout
 from xpusim.sim.inference.lowering import StepSimulator, plan_for, require_memory
@@ -386,6 +390,8 @@ def _serve_disaggregated(req: ServeRequest) -> DisaggServeResult:
     dec_plan = _pool_plan(req.decode_devices, req.ep, "--decode-devices")
     pre_sys = _pool_system(req.prefill_system or req.system, pre_plan.devices, "--prefill-devices")
     dec_sys = _pool_system(req.decode_system or req.system, dec_plan.devices, "--decode-devices")
+    check_engine_device(engine, pre_sys.device, f"the prefill pool's {pre_sys.device.name}")
+    check_engine_device(engine, dec_sys.device, f"the decode pool's {dec_sys.device.name}")
     pre_mem = _pool_memory(spec, pre_sys, pre_plan, engine, req.dtype, {**document, "pool": "prefill"})
     dec_mem = _pool_memory(spec, dec_sys, dec_plan, engine, req.dtype, {**document, "pool": "decode"})
     pre_sim = StepSimulator(spec, pre_sys, pre_plan, engine, req.dtype, routing)

@@ -194,6 +194,9 @@ class EngineProfile:
     moe_gemm: str = ""
     sliding_window_kv: str = "full"
     attention_window: str = "config"
+    # Device architectures (hwprofiles arch: nvidia, amd, davinci, cpu) the stack runs on,
+    # from [platform] device_archs; empty: not stated, any device.
+    device_archs: tuple[str, ...] = ()
     sources: dict[str, str] = field(default_factory=dict)
 
     def generation_kernel(self) -> GenerationAttention:
@@ -327,6 +330,7 @@ _CHOICE_KEYS: dict[str, tuple[str, ...] | None] = {
 }
 # Lists of positive integers (stored as tuples).
 _INT_LIST_KEYS = ("xqa_group_sizes", "xqa_head_dims", "cuda_graph_batch_sizes")
+DEVICE_ARCHS = ("nvidia", "amd", "davinci", "cpu")  # hwprofiles Device.arch values
 HOSTS_PATH = HWPROFILES_ROOT / "hosts.toml"
 
 
@@ -417,9 +421,17 @@ def _read_section(
     for key, value in body.items():
         if key == "source":
             sources[section] = str(value)
+        elif key == "device_archs":
+            values[key] = _device_archs(value, f"{section}.{key}", path)
         else:
             name, v = _field_value(key, value, f"{section}.{key}", path)
             values[name] = v
+
+
+def _device_archs(value: object, where: str, path: Path) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value or not all(v in DEVICE_ARCHS for v in value):
+        raise InputError(f"{path}: field '{where}' must be a list of {', '.join(DEVICE_ARCHS)}")
+    return tuple(value)
 
 
 def _finite_number(value: object) -> TypeGuard[int | float]:
@@ -458,5 +470,17 @@ def _field_value(key: str, value: object, where: str, path: Path) -> tuple[str, 
         if typ is not bool and (not _finite_number(value) or value <= 0):
             raise InputError(f"{path}: field '{where}' must be a finite positive number, got {value!r}")
         return key, typ(value)
-    allowed = ", ".join(sorted([*_US_KEYS, *_PLAIN_KEYS, *_CHOICE_KEYS, *_INT_LIST_KEYS]))
+    allowed = ", ".join(sorted([*_US_KEYS, *_PLAIN_KEYS, *_CHOICE_KEYS, *_INT_LIST_KEYS,
+                                "device_archs"]))
     raise InputError(f"{path}: unknown field '{where}'; known fields: {allowed}")
+
+
+def check_engine_device(engine: EngineProfile, device: Device, where: str = "") -> None:
+    """A serving stack on a device it does not run on (TensorRT-LLM on a 910B, MindIE on an
+    H100) was priced as if it did."""
+    if engine.device_archs and device.arch not in engine.device_archs:
+        raise InputError(
+            f"--engine {engine.name} runs on {' / '.join(engine.device_archs)} devices (its "
+            f"profile's [platform] device_archs); {where or device.name} is {device.arch}: pick "
+            "an engine of that platform ('xpusim hw list'), or --engine none"
+        )

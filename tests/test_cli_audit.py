@@ -326,3 +326,17 @@ def test_engines_run_on_their_own_platform(capsys):
     ):
         rc, _out, err = run_cli(capsys, command)
         assert rc == 0, (command, err)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "sd --target qwen2-57b-a14b --draft llama-2-7b --system hgx-h800 --devices 2 --batch 1",
+        "infer --model llama-2-70b --system dgx-h100 --tp 8 --serve --draft qwen2-0.5b --requests 10",
+    ],
+)
+def test_a_draft_of_another_tokenizer_is_refused(capsys, command):
+    # vLLM's SpecDecodeWorker asserts draft and target vocab sizes are equal.
+    rc, _out, err = run_cli(capsys, command)
+    assert rc == 2, err
+    assert "a draft must share the target's tokenizer" in err

@@ -20,7 +20,12 @@ from xpusim.sim.inference.engine_profile import check_engine_device, load_engine
 from xpusim.sim.inference.lowering import plan_for
 from xpusim.sim.inference.routing import routing_from_text
 from xpusim.sim.inference.sd_study import SdGroup, SdSetup, acceptance, sd_group, topk_targets
-from xpusim.sim.inference.speculative import HEAD_KINDS, SDRow, expected_tokens
+from xpusim.sim.inference.speculative import (
+    HEAD_KINDS,
+    SDRow,
+    check_draft_vocab,
+    expected_tokens,
+)
 from xpusim.sim.models.spec import ModelSpec
 from xpusim.sim.parallel import ParallelPlan
 from xpusim.sim.units import parse_int_list
@@ -108,6 +113,7 @@ def sd(request: SdRequest | None = None, /, **kwargs: Any) -> SdResult:
     setup, tokens = _setup(req, system)
     target = load_model_arg(req.target, "--target")
     draft = _draft(req.draft, "--draft")
+    check_draft_vocab(target, draft)
     draft_name = draft if isinstance(draft, str) else draft.name
     header = _header(target.name, draft_name, system.name, system.device.name, setup.plan,
                      setup.engine.name, req.gamma, setup.alpha, tokens, setup.context)  # fmt: skip
@@ -171,7 +177,9 @@ def _more_groups(
         if not req.draft_dense:
             raise InputError("--compare-dense needs --draft-dense (e.g. opt-350m)")
         dense = load_model_arg(req.compare_dense, "--compare-dense")
-        out.append((dense.name, dense, _draft(req.draft_dense, "--draft-dense")))
+        dense_draft = _draft(req.draft_dense, "--draft-dense")
+        check_draft_vocab(dense, dense_draft, "--draft-dense")
+        out.append((dense.name, dense, dense_draft))
     if req.topk:
         for label, spec in topk_targets(target, _int_list(req.topk, "--topk")):
             out.append((label, spec, draft))

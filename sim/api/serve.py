@@ -44,7 +44,12 @@ from xpusim.sim.inference.lowering import StepSimulator, plan_for, require_memor
 from xpusim.sim.inference.routing import Routing, routing_from_text
 from xpusim.sim.inference.serving import Server
 from xpusim.sim.inference.serving import ServeResult as ServingRun
-from xpusim.sim.inference.speculative import HEAD_KINDS, draft_simulator, require_draft_fit
+from xpusim.sim.inference.speculative import (
+    HEAD_KINDS,
+    check_draft_vocab,
+    draft_simulator,
+    require_draft_fit,
+)
 from xpusim.sim.inference.stepcosts import StepCosts
 from xpusim.sim.inference.trtllm_bench import run_limits
 from xpusim.sim.inference.workload import LengthDist, Workload, make_requests
@@ -322,6 +327,7 @@ def _serve_colocated(req: ServeRequest, gamma: int, alpha: float, draft_devices:
     draft_sim = None
     if req.draft is not None:
         draft = req.draft if req.draft in HEAD_KINDS else load_model_arg(req.draft, "--draft")
+        check_draft_vocab(dep.spec, draft)
         with verdict_document(document(dep.spec, dep.system, dep.plan, dep.engine)):
             require_draft_fit(
                 dep.memory, draft, dep.system, draft_devices, dep.engine, req.dtype, "--draft"

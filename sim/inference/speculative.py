@@ -48,6 +48,20 @@ from xpusim.sim.parallel import ParallelPlan
 HEAD_KINDS = ("eagle", "mtp")
 
 
+def check_draft_vocab(target: ModelSpec, draft: ModelSpec | str, flag: str = "--draft") -> None:
+    """A draft model proposes token ids of the target's vocabulary: vLLM's SpecDecodeWorker
+    asserts the two vocab sizes are equal (vllm/spec_decode/spec_decode_worker.py,
+    ``_vocab_size``: "make sure it's consistent between draft and target workers"). A
+    draft of another tokenizer (qwen2 target, llama draft) was priced without a word."""
+    if isinstance(draft, str) or draft.vocab == target.vocab:
+        return
+    raise InputError(
+        f"{flag} {draft.name}: its vocabulary ({draft.vocab:,} tokens) is not the target "
+        f"{target.name}'s ({target.vocab:,}); a draft must share the target's tokenizer (vLLM "
+        "asserts equal vocab sizes): pick a draft of the same family, or eagle / mtp"
+    )
+
+
 def expected_tokens(alpha: float | tuple[float, ...], gamma: int) -> float:
     """Tokens one SD round emits per request: 1 + sum_i prod_{j<=i} alpha_j."""
     rates = _rates(alpha, gamma)

@@ -340,3 +340,17 @@ def test_a_draft_of_another_tokenizer_is_refused(capsys, command):
     rc, _out, err = run_cli(capsys, command)
     assert rc == 2, err
     assert "a draft must share the target's tokenizer" in err
+
+
+def test_hw_list_json_carries_the_tables_figures(capsys):
+    # "Every command prints a readable table and takes --json": hw list's JSON had names only.
+    rc, out, err = run_cli(capsys, "hw list --json")
+    assert rc == 0, err
+    d = json.loads(out)
+    h100 = next(r for r in d["device_figures"] if r["name"] == "h100-sxm5-80gb")
+    assert h100["matrix_peak_bf16_flops"] == pytest.approx(989e12)
+    assert h100["matrix_peak_fp8_flops"] == pytest.approx(1979e12, rel=0.01)
+    assert h100["matrix_peak_mxfp4_flops"] is None
+    assert {r["name"] for r in d["system_figures"]} == set(d["systems"])
+    trt = next(r for r in d["engine_figures"] if r["name"] == "trtllm-0.10")
+    assert trt["device_archs"] == ["nvidia"]

@@ -41,6 +41,31 @@ def _summary(name: str) -> dict[str, Any]:
     }
 
 
+def _figures() -> dict[str, list[dict[str, Any]]]:
+    """The table's figures in SI units: --json gave the names only."""
+    devices = []
+    for name in list_devices():
+        dev = load_device(name)
+        low = {f"matrix_peak_{d}_flops": dev.peak_for("matrix", d) if dev.runs_natively(d) else None
+               for d in ("fp8", "mxfp4")}
+        devices.append({**_summary(name), **low, "announced": dev.announced})
+    systems = []
+    for name in list_systems():
+        sysm = load_system(name)
+        systems.append({"name": name, "device": sysm.device.name,
+                        "devices_per_node": sysm.devices_per_node,
+                        "intra_topology": sysm.intra_topology, "nics_per_node": sysm.nics_per_node,
+                        "nic_bandwidth": sysm.nic.bandwidth, "num_devices": sysm.num_devices,
+                        "announced": sysm.announced})
+    engines = []
+    for name in list_engines():
+        e = load_engine(name)
+        engines.append({"name": name, "policy": e.policy, "kv_reserve": e.kv_reserve,
+                        "host_overlap": e.host_overlap, "reference_host": e.reference_host,
+                        "cuda_graphs": e.cuda_graphs, "device_archs": list(e.device_archs)})
+    return {"device_figures": devices, "system_figures": systems, "engine_figures": engines}
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     devices = list_devices()
     systems = list_systems()
@@ -51,6 +76,7 @@ def cmd_list(args: argparse.Namespace) -> int:
                 "systems": systems,
                 "calibrated": list_calibrated(),
                 "engines": list_engines(),
+                **_figures(),
             }
         )
         return 0

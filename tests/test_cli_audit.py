@@ -354,3 +354,13 @@ def test_hw_list_json_carries_the_tables_figures(capsys):
     assert {r["name"] for r in d["system_figures"]} == set(d["systems"])
     trt = next(r for r in d["engine_figures"] if r["name"] == "trtllm-0.10")
     assert trt["device_archs"] == ["nvidia"]
+
+
+def test_infer_notes_a_context_past_the_models_positions(capsys):
+    rc, _out, err = run_cli(
+        capsys, "infer --model llama-2-70b --system dgx-h100 --tp 8 --phase decode --context 1000000")
+    assert rc == 0, err  # priced as asked ...
+    assert "note: --context 1000000 is past llama-2-70b's 4,096 positions" in err  # ... and said
+    rc, _out, err = run_cli(
+        capsys, "infer --model llama-2-70b --system dgx-h100 --tp 8 --phase decode --context 4095")
+    assert rc == 0 and "note:" not in err

@@ -140,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         _refuse_serving_flags(args)
         step = infer(request_from_args(InferRequest, args))
+        _note_past_max_seq(step)
         if args.json:
             emit_json(step.as_dict())
         else:
@@ -154,6 +155,18 @@ def run(args: argparse.Namespace) -> int:
     else:
         _print_serve(result)
     return 0
+
+
+def _note_past_max_seq(r: InferResult) -> None:
+    """A context past the checkpoint's positions (max_position_embeddings) is priced as
+    asked, but no engine serves it as is (vLLM refuses a max_model_len above it): say so."""
+    tokens = r.context + (1 if r.phase == "decode" else 0)
+    if tokens > r.spec.max_seq:
+        sys.stderr.write(
+            f"xpusim: note: --context {r.context} is past {r.spec.name}'s {r.spec.max_seq:,} "
+            "positions (max_position_embeddings); priced as asked, though a serving stack "
+            "refuses it without position scaling\n"
+        )
 
 
 def _refuse_serving_flags(args: argparse.Namespace) -> None:

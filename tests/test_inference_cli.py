@@ -119,7 +119,7 @@ def test_infer_serve_with_draft(capsys):
         [
             "infer",
             "--model",
-            "llama-2-7b",
+            "qwen1.5-7b",
             "--system",
             "dgx-a100",
             "--devices",

@@ -364,3 +364,16 @@ def test_infer_notes_a_context_past_the_models_positions(capsys):
     rc, _out, err = run_cli(
         capsys, "infer --model llama-2-70b --system dgx-h100 --tp 8 --phase decode --context 4095")
     assert rc == 0 and "note:" not in err
+
+
+def test_serve_trace_with_stream_flags_is_refused(capsys, tmp_path):
+    # --trace gives every arrival and length; --requests/--rate beside it were ignored.
+    trace = tmp_path / "t.csv"
+    trace.write_text("arrival_s,prompt_tokens,output_tokens\n0,100,10\n0.5,200,20\n")
+    base = f"infer --model llama-2-7b --system dgx-a100 --devices 1 --serve --trace {trace}"
+    rc, _out, err = run_cli(capsys, f"{base} --requests 10 --rate 3")
+    assert rc == 2, err
+    assert "--rate, --requests: --trace gives each request's arrival and lengths" in err
+    rc, out, err = run_cli(capsys, base)
+    assert rc == 0, err
+    assert "2/2 requests" in out

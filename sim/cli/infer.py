@@ -146,6 +146,9 @@ def run(args: argparse.Namespace) -> int:
         else:
             _print_step(step)
         return 0
+    if args.trace:  # the trace gives every arrival and length; these were ignored
+        _refuse(args, ("rate", "requests", "prompt_len", "output_len"),
+                "--trace gives each request's arrival and lengths: drop them or the trace")
     progress = args.progress or (sys.stderr.isatty() and not args.json)
     result = serve(replace(request_from_args(ServeRequest, args), progress=progress))
     if args.json:

@@ -30,10 +30,10 @@ from xpusim.sim.api.base import (
 )
 from xpusim.sim.cost import OpCost, RooflineModel
 from xpusim.sim.cost.attention_impl import (
+    FLASH_LIMITS,
     PASSES,
     attention_cost,
     default_impl,
-    flash_shape_error,
     shape_of,
 )
 from xpusim.sim.cost.gemm_cutlass import CUTLASS_DTYPES, CUTLASS_IMPLS, cutlass_device_error
@@ -399,3 +399,23 @@ def _cutlass_impl_error(impl: str, v: dict[str, Any]) -> str | None:
 
 def _flag(name: str) -> str:
     return "--" + name.rstrip("_").replace("_", "-")
+
+
+def flash_shape_error(impl: str, dtype: str, head_dim: float,
+                      v_head_dim: float | None) -> str | None:
+    """Why FlashAttention 1/2 (``FLASH_LIMITS``, their README) cannot run this call (its dtype or head size), else None. Only
+    for a call the user names (``op attention --impl``): the training and serving stacks use
+    ``flash2`` as their fused kernel's stand-in at any dtype."""
+    if impl not in FLASH_LIMITS:
+        return None
+    _cc, dtypes, max_dim = FLASH_LIMITS[impl]
+    if dtype not in dtypes:
+        return (f"--impl {impl} --dtype {dtype}: FlashAttention-{impl[-1]} runs "
+                f"{' and '.join(dtypes)} only (flash-attn README); use --impl cudnn (or flash3 on "
+                "Hopper) for fp8, or --dtype bf16")
+    largest = int(max(head_dim, v_head_dim or head_dim))
+    if largest > max_dim:
+        return (f"--impl {impl} --head-dim {largest}: FlashAttention-{impl[-1]} supports head "
+                f"dimensions up to {max_dim} (flash-attn README); use a smaller --head-dim or "
+                "--impl cudnn / standard")
+    return None

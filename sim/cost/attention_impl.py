@@ -201,26 +201,6 @@ FLASH_LIMITS: dict[str, tuple[float, tuple[str, ...], int]] = {
 }
 
 
-def flash_shape_error(impl: str, dtype: str, head_dim: float,
-                      v_head_dim: float | None) -> str | None:
-    """Why FlashAttention 1/2 cannot run this call (its dtype or head size), else None. Only
-    for a call the user names (``op attention --impl``): the training and serving stacks use
-    ``flash2`` as their fused kernel's stand-in at any dtype."""
-    if impl not in FLASH_LIMITS:
-        return None
-    _cc, dtypes, max_dim = FLASH_LIMITS[impl]
-    if dtype not in dtypes:
-        return (f"--impl {impl} --dtype {dtype}: FlashAttention-{impl[-1]} runs "
-                f"{' and '.join(dtypes)} only (flash-attn README); use --impl cudnn (or flash3 on "
-                "Hopper) for fp8, or --dtype bf16")
-    largest = int(max(head_dim, v_head_dim or head_dim))
-    if largest > max_dim:
-        return (f"--impl {impl} --head-dim {largest}: FlashAttention-{impl[-1]} supports head "
-                f"dimensions up to {max_dim} (flash-attn README); use a smaller --head-dim or "
-                "--impl cudnn / standard")
-    return None
-
-
 def check_impl(device: Device, impl: str, flag: str = "--impl") -> str:
     """``impl`` if it can run on ``device``, else a clear InputError naming ``flag``."""
     if impl not in IMPLS:
@@ -595,7 +575,6 @@ __all__ = [
     "attention_cost",
     "block_terms",
     "check_impl",
-    "flash_shape_error",
     "default_impl",
     "shape_of",
     "standard_ops",

@@ -377,3 +377,10 @@ def test_serve_trace_with_stream_flags_is_refused(capsys, tmp_path):
     rc, out, err = run_cli(capsys, base)
     assert rc == 0, err
     assert "2/2 requests" in out
+
+
+def test_attention_seq_range_must_end_on_the_range(capsys):
+    # '1024,2048,...,3000' ran 1024 and 2048 only, without a word.
+    rc, _out, err = run_cli(capsys, "attention --seq 1024,2048,...,3000")
+    assert rc == 2, err
+    assert "3000 is not in the range 1024,2048,..." in err and "4096" in err

@@ -183,4 +183,9 @@ def _seq_range(parts: list[str]) -> list[int]:
     values = [first]
     while values[-1] * ratio <= last:
         values.append(values[-1] * ratio)
+    if values[-1] != last:  # '1024,2048,...,3000' stopped at 2048 without a word
+        raise InputError(
+            f"--seq: {last} is not in the range {first},{second},... (x{ratio} each step; "
+            f"it reaches {values[-1]} then {values[-1] * ratio}); end it at one of them"
+        )
     return values

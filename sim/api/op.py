@@ -403,9 +403,10 @@ def _flag(name: str) -> str:
 
 def flash_shape_error(impl: str, dtype: str, head_dim: float,
                       v_head_dim: float | None) -> str | None:
-    """Why FlashAttention 1/2 (``FLASH_LIMITS``, their README) cannot run this call (its dtype or head size), else None. Only
-    for a call the user names (``op attention --impl``): the training and serving stacks use
-    ``flash2`` as their fused kernel's stand-in at any dtype."""
+    """Why FlashAttention 1/2 (``FLASH_LIMITS``, from their README) cannot run this call
+    (its dtype or head size), else None. Only for a call the user names (``op attention
+    --impl``): the training and serving stacks use ``flash2`` as their fused kernel's
+    stand-in at any dtype."""
     if impl not in FLASH_LIMITS:
         return None
     _cc, dtypes, max_dim = FLASH_LIMITS[impl]

@@ -16,6 +16,9 @@ Per op (roofline.py):
   ``(cold + hot / cache_speedup + half_b) / (bandwidth * max_b)``
 * ``body = max(compute, memory) + (1 - overlap) * min(compute, memory)``
 * ``time = body / kind_speed[kind] + launch_overhead + kind_overhead[kind]``
+* a CPU op with a fresh output of >= 32 MiB (``Op.fresh_bytes``) adds a row of kind
+  ``page_fault``: its faulted pages' bytes on the main-memory curve, never cache-served,
+  with no launch overhead of its own (``sim/cost/page_faults.py``)
 
 Fitted parameters: the 9 device-wide ones (matrix_max, matrix_half_flops, vector_max,
 vector_half_flops, memory_max, memory_half_bytes, launch_overhead_s, cache_speedup,
@@ -42,6 +45,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from scipy.optimize import least_squares
 from xpusim.hwprofiles.spec import Device
+from xpusim.sim.cost.page_faults import PAGE_FAULT_KIND, fault_bytes
 from xpusim.sim.cost.roofline import cold_bytes, gemm_quantisation
 from xpusim.sim.ir import MAIN_MEMORY, GemmShape, Op, RankGraph, Unit
 
@@ -193,6 +197,9 @@ class OpTable:
     other_bytes: np.ndarray  # (ops, levels) bytes at on-chip levels with a bandwidth
     other_bandwidth: np.ndarray  # (levels,)
     n_cases: int
+    # 1 for an op, 0 for the page-fault row of an op with a fresh output (the faults
+    # happen inside that op: no launch of their own, no cache tier; page_faults.py).
+    launch: np.ndarray | None = None
 
     def cases_per_kind(self) -> dict[str, int]:
         return {k: len(set(self.case[self.kind == i].tolist())) for i, k in enumerate(self.kinds)}
@@ -255,6 +262,7 @@ def build_table(graphs: Sequence[RankGraph | Sequence[Op]], base: Device) -> OpT
     cold: list[float] = []
     cache = llc_bytes(base)
     kinds: list[str] = []
+    launch: list[float] = []
     for ci, graph in enumerate(graphs):
         ops = graph.ops() if isinstance(graph, RankGraph) else list(graph)
         for op in ops:
@@ -273,6 +281,15 @@ def build_table(graphs: Sequence[RankGraph | Sequence[Op]], base: Device) -> OpT
             )
             others.append([op.bytes.get(lv.name, 0.0) for lv in levels])
             cold.append(cold_bytes(op, cache))
+            launch.append(1.0)
+            faulted = fault_bytes(op, base)
+            if faulted > 0:  # roofline adds fault_time_s to the op's body: its own row here
+                if PAGE_FAULT_KIND not in kinds:
+                    kinds.append(PAGE_FAULT_KIND)
+                rows.append((ci, 2, kinds.index(PAGE_FAULT_KIND), 0.0, 0.0, 1.0, faulted))
+                others.append([0.0] * len(levels))
+                cold.append(0.0)
+                launch.append(0.0)
     arr = np.array(rows, dtype=float).reshape(-1, 7)
     return OpTable(
         case=arr[:, 0].astype(int),
@@ -289,6 +306,7 @@ def build_table(graphs: Sequence[RankGraph | Sequence[Op]], base: Device) -> OpT
         other_bytes=np.array(others, dtype=float).reshape(len(rows), len(levels)),
         other_bandwidth=np.array([lv.bandwidth for lv in levels], dtype=float),
         n_cases=len(graphs),
+        launch=np.array(launch, dtype=float),
     )
 
 
@@ -299,7 +317,8 @@ def op_times(table: OpTable, p: FitParams) -> np.ndarray:
     matrix_c = (t.work + p.matrix_half_flops) / (t.peak * p.matrix_max)
     vector_c = (t.work + p.vector_half_flops) / (t.peak * p.vector_max)
     compute = np.where(has_flops, np.where(t.unit == 0, matrix_c, vector_c), 0.0)
-    cached = (t.hbm_bytes > 0) & (t.hbm_bytes <= t.cache_bytes)
+    launch = np.ones_like(t.flops) if t.launch is None else t.launch
+    cached = (t.hbm_bytes > 0) & (t.hbm_bytes <= t.cache_bytes) & (launch > 0)
     bandwidth = t.hbm_bandwidth * np.where(cached, p.cache_speedup, 1.0)
     mem = np.where(
         t.hbm_bytes > 0, (t.hbm_bytes + p.memory_half_bytes) / (bandwidth * p.memory_max), 0.0
@@ -322,7 +341,7 @@ def op_times(table: OpTable, p: FitParams) -> np.ndarray:
     speed = np.array([p.kind_speed.get(k, 1.0) for k in t.kinds])[t.kind]
     extra = np.array([p.kind_overhead_s.get(k, 0.0) for k in t.kinds])[t.kind]
     body = np.maximum(compute, mem) + (1.0 - p.overlap) * np.minimum(compute, mem)
-    return body / speed + p.launch_overhead_s + extra
+    return body / speed + p.launch_overhead_s * launch + extra
 
 
 def case_times(table: OpTable, p: FitParams) -> np.ndarray:
@@ -420,9 +439,20 @@ def fit(
         x[free] = xf
         return x
 
+    # Kinds the start prices but the fit does not fit (the profile's estimate of a kind no
+    # fit case carries, e.g. cpu-host's page_fault speed without the page_fault suite)
+    # keep the start's values, as an overlay without them keeps the profile's on loading.
+    held_speed = {k: v for k, v in start.kind_speed.items() if k not in kinds}
+    held_over = {k: v for k, v in start.kind_overhead_s.items() if k not in kinds}
+
+    def params(x: np.ndarray) -> FitParams:
+        p = FitParams.from_vector(x, kinds)
+        return replace(p, kind_speed={**held_speed, **p.kind_speed},
+                       kind_overhead_s={**held_over, **p.kind_overhead_s})
+
     def residuals(xf: np.ndarray) -> np.ndarray:
         x = full(xf)
-        data = w * (np.log(case_times(table, FitParams.from_vector(x, kinds))) - y)
+        data = w * (np.log(case_times(table, params(x))) - y)
         return np.concatenate([data, prior_weight * (xf - x_prior[free])])
 
     neutral = FitParams(0.5, 1e8, 0.5, 1e6, 0.5, 1e5, 1e-5, 2.0, 0.5)
@@ -444,7 +474,7 @@ def fit(
             best = res
     assert best is not None
     x_best = full(best.x)
-    r = np.log(case_times(table, FitParams.from_vector(x_best, kinds))) - y
+    r = np.log(case_times(table, params(x_best))) - y
     rel = np.abs(np.expm1(r))
     at_bound = tuple(
         n
@@ -452,7 +482,7 @@ def fit(
         if f and (v - lo < 1e-3 or hi - v < 1e-3)
     )
     return FitResult(
-        params=FitParams.from_vector(x_best, kinds),
+        params=params(x_best),
         start=start,
         cost=float(best.cost),
         rms_log_error=float(math.sqrt(np.mean(r**2))),

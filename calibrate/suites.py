@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 from xpusim.calibrate import exp_micro as em
+from xpusim.calibrate import page_fault_micro as pf
 from xpusim.calibrate.families import OUT_OF_RANGE, is_out_of_range
 from xpusim.sim import ops
 from xpusim.sim.ir import Op, RankGraph
@@ -275,8 +276,8 @@ _IMAGE_QUICK = tuple({"channels": c, "size": n} for c in (16, 64) for n in (16, 
 # plus four simple ops; sim/workloads/moe.py).
 SILU_FLOPS_PER_ELEMENT = SILU_FLOPS
 
-# Tensors stay below 32 MB: glibc serves larger allocations with fresh mmap'd pages,
-# and the page faults of first touch (~1 ns/byte here) are not part of the model.
+# Tensors stay below 32 MiB: glibc serves larger allocations with fresh mmap'd pages,
+# whose first-touch page faults the `page_fault` suite below measures on their own.
 _NUMELS_FULL = (4096, 32768, 262144, 1048576, 2097152, 4194304)
 _NUMELS_QUICK = (4096, 262144, 4194304)
 # memcpy copies into a preallocated buffer, so it can go past the caches to DRAM.
@@ -351,6 +352,9 @@ def _micro_suites() -> list[Suite]:
                 tuple({"numel": n} for n in em.EXP_NUMELS_QUICK), describe, runner)
           for name, describe, runner in (("exp", em.exp_ops, em.exp_runner),
                                          ("exp_masked", em.exp_masked_ops, em.exp_masked_runner))),
+        Suite("page_fault", "micro", tuple({"mib": m} for m in pf.PAGE_FAULT_MIB_FULL),
+              tuple({"mib": m} for m in pf.PAGE_FAULT_MIB_QUICK), pf.page_fault_ops,
+              pf.page_fault_runner),
         Suite(
             "softmax",
             "micro",

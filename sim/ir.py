@@ -104,6 +104,12 @@ class OpKind(StrEnum):
     # per ordinary one (docs/calibration.md "Known limits"); its own kind, so that a
     # calibration fits that speed from the `exp_masked` microbenchmark.
     EXP_MASKED = "exp_masked"
+    # First touch of freshly mapped pages: a CPU op whose output is large enough that
+    # glibc's malloc serves it with a new mmap gets one page fault (and a kernel page clear)
+    # per 4 KiB page on every call (sim/cost/page_faults.py). Never an op of its own: the
+    # cost model prices an op's ``fresh_bytes`` under this kind, so that a calibration fits
+    # its speed from the `page_fault` microbenchmark.
+    PAGE_FAULT = "page_fault"
     REDUCTION = "reduction"
     SOFTMAX = "softmax"
     NORM = "norm"
@@ -403,7 +409,10 @@ class Op:
     (``"hbm"`` is main device memory; on-chip levels such as ``"l2"`` or ``"ub"`` are
     optional). ``shape`` carries what a cost model needs beyond totals (a ``GemmShape``
     for a GEMM, an ``AttentionShape`` for attention); ``role`` what the op is in the
-    model (memory and recompute rules; never priced).
+    model (memory and recompute rules; never priced). ``fresh_bytes``: the size of a
+    newly allocated output the op writes first (an eager framework's out-of-place result;
+    0 = not stated or written into existing memory): on a CPU, where the allocator hands
+    large blocks back to the OS, its pages fault on first touch (sim/cost/page_faults.py).
     """
 
     name: str
@@ -414,6 +423,7 @@ class Op:
     unit: Unit = Unit.MATRIX
     shape: Shape = None
     role: Role = NO_ROLE
+    fresh_bytes: float = 0.0
 
     def __post_init__(self) -> None:
         if self.flops < 0:
@@ -421,6 +431,8 @@ class Op:
         for level, nbytes in self.bytes.items():
             if nbytes < 0:
                 raise InputError(f"op '{self.name}': bytes at '{level}' must be >= 0, got {nbytes}")
+        if self.fresh_bytes < 0:
+            raise InputError(f"op '{self.name}': fresh_bytes must be >= 0, got {self.fresh_bytes}")
 
     @property
     def main_bytes(self) -> float:
@@ -436,6 +448,7 @@ class Op:
             self.dtype,
             self.unit,
             self.shape,
+            self.fresh_bytes,
         )
 
 

@@ -33,6 +33,8 @@ For one op on one device (docs/cost_model.md derives each term):
   calibrated ``overlap`` < 1 says the phases run partly one after the other (a CPU
   BLAS call packs its operands before computing); 1 (default) is the roofline.
 * overhead_s = the per-op launch overhead (+ a calibrated per-op-kind extra).
+* a CPU op with a fresh output of >= 32 MiB adds the first touch of its newly mapped
+  pages to the body (``page_faults.fault_time_s``; 0 on every other device).
 * a calibrated ``kind_speed[kind]`` (default 1) divides compute_s and memory_s of that
   op kind: one implementation family (e.g. CPU conv2d via oneDNN) may run faster or
   slower than the GEMM/elementwise curves predict.
@@ -55,6 +57,7 @@ from xpusim.sim.cost.gemm_impl import BLOCK_IMPLS, impl_stages, impl_work
 from xpusim.sim.cost.gemm_pipeline import pipeline_stages, pipelined_time
 from xpusim.sim.cost.gemm_xla import XLA_IMPLS, ZERO_WORK_DOT_MNK, xla_fixed_s
 from xpusim.sim.cost.operand_feed import feed_flops_per_element
+from xpusim.sim.cost.page_faults import fault_time_s
 from xpusim.sim.ir import (
     MAIN_MEMORY,
     ElementwiseShape,
@@ -483,4 +486,9 @@ class RooflineModel:
             body += fixed_s
             if details:
                 out = {**out, "xla_fixed_s": fixed_s}
+        fault_s = fault_time_s(op, self.device)
+        if fault_s > 0:  # a CPU op's first touch of freshly mapped pages (page_faults.py)
+            body += fault_s
+            if details:
+                out = {**out, "page_fault_s": fault_s}
         return body, compute_s, memory_s, overhead_s, out

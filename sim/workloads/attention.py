@@ -142,17 +142,18 @@ def describe_standard_attention(
     means a per-batch padding mask is part of the mask tensor.
     """
     kvh, length = _check(batch, heads, seq, head_dim, kv_heads, kv_len)
-    graph = RankGraph(rank=0)
+    graph = _FreshOutputs(RankGraph(rank=0))
     bh = batch * heads
     scores = bh * seq * length
     elt = dtype_bytes(dtype)
     if kvh != heads:  # repeat_interleave copies K and V once per query head
         for name in ("repeat_k", "repeat_v"):
-            graph.add(ops.memcpy(name, batch * heads * length * head_dim * elt))
+            graph.add(ops.memcpy(name, batch * heads * length * head_dim * elt),
+                      batch * heads * length * head_dim * elt)
     mask_rows = 0.0  # rows of the mask tensor, broadcast over heads (and batch if causal only)
     if causal:  # full(-inf) then triu: write, then read + write the q x kv mask
-        graph.add(_fill("mask_full", seq * length, dtype))
-        graph.add(ops.elementwise("mask_triu", seq * length, dtype, 1.0, 1, 1))
+        graph.add(_fill("mask_full", seq * length, dtype), seq * length * elt)
+        graph.add(ops.elementwise("mask_triu", seq * length, dtype, 1.0, 1, 1), seq * length * elt)
         mask_rows = seq
     if padded:  # arange of key positions, compare, zeros, masked_fill (+ add to causal)
         idx = dtype_bytes("int8")
@@ -160,37 +161,55 @@ def describe_standard_attention(
             replace(
                 _fill("pad_arange", length, dtype),
                 bytes=MappingProxyType({MAIN_MEMORY: 8.0 * length}),
-            )
+            ),
+            8.0 * length,
         )
         graph.add(
             replace(
                 ops.elementwise("pad_ge", batch * length, dtype, 1.0, 1, 1),
                 bytes=MappingProxyType({MAIN_MEMORY: batch * length * (8 + idx)}),
-            )
+            ),
+            batch * length * idx,
         )
-        graph.add(_fill("pad_zeros", batch * length, dtype))
-        graph.add(ops.elementwise("pad_masked_fill", batch * length, dtype, 1.0, 1, 1))
+        graph.add(_fill("pad_zeros", batch * length, dtype), batch * length * elt)
+        graph.add(ops.elementwise("pad_masked_fill", batch * length, dtype, 1.0, 1, 1),
+                  batch * length * elt)
         if causal:
-            graph.add(ops.elementwise("mask_combine", batch * seq * length, dtype, 1.0, 1, 1))
+            graph.add(ops.elementwise("mask_combine", batch * seq * length, dtype, 1.0, 1, 1),
+                      batch * seq * length * elt)
             mask_rows = batch * seq
         else:
             mask_rows = batch
-    graph.add(ops.gemm("qk", seq, length, head_dim, dtype, bh))
-    graph.add(ops.elementwise("scale", scores, dtype, 1.0, 1, 1))
+    graph.add(ops.gemm("qk", seq, length, head_dim, dtype, bh), scores * elt)
+    graph.add(ops.elementwise("scale", scores, dtype, 1.0, 1, 1), scores * elt)
     if causal or padded:  # S + mask: the mask is read once per broadcast copy at most
         add = ops.elementwise("mask_add", scores, dtype, 1.0, 1, 1)
         nbytes = (2 * scores + mask_rows * length) * elt
-        graph.add(replace(add, bytes=MappingProxyType({MAIN_MEMORY: nbytes})))
+        graph.add(replace(add, bytes=MappingProxyType({MAIN_MEMORY: nbytes})), scores * elt)
     if dtype != "fp32":
         # torch.softmax(..., dtype=float32) converts S to fp32 first, and the kernel casts
         # P back to the input dtype: two conversions around an fp32 softmax.
-        graph.add(_cast("cast_s", scores, dtype, ACC))
-        graph.add(ops.softmax("softmax", bh * seq, length, ACC))
-        graph.add(_cast("cast_p", scores, ACC, dtype))
+        acc = dtype_bytes(ACC)
+        graph.add(_cast("cast_s", scores, dtype, ACC), scores * acc)
+        graph.add(ops.softmax("softmax", bh * seq, length, ACC), scores * acc)
+        graph.add(_cast("cast_p", scores, ACC, dtype), scores * elt)
     else:
-        graph.add(ops.softmax("softmax", bh * seq, length, dtype))
-    graph.add(ops.gemm("pv", seq, head_dim, length, dtype, bh))
-    return graph
+        graph.add(ops.softmax("softmax", bh * seq, length, dtype), scores * elt)
+    graph.add(ops.gemm("pv", seq, head_dim, length, dtype, bh), bh * seq * head_dim * elt)
+    return graph.graph
+
+
+@dataclass
+class _FreshOutputs:
+    """A graph being built whose ops each allocate their output (``standard_attention``
+    runs out-of-place torch ops: every intermediate is a new tensor): ``add`` records the
+    output's size as the op's ``fresh_bytes`` (priced only on a CPU, and only from the
+    allocator's mmap threshold on: sim/cost/page_faults.py)."""
+
+    graph: RankGraph
+
+    def add(self, op: Op, out_bytes: float) -> int:
+        return self.graph.add(replace(op, fresh_bytes=out_bytes))
 
 
 @dataclass

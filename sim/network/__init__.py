@@ -21,12 +21,12 @@ from xpusim.sim.network.api import (
     CollectiveResult,
     bus_factor,
     collective_time,
-    comm_time_fn,
     cost_collective,
     cost_network,
 )
 from xpusim.sim.network.bench import bench_collective_4096
 from xpusim.sim.network.phases import Phase
+from xpusim.sim.network.pricer import comm_time_fn
 
 __all__ = [
     "CollectiveResult",

@@ -139,9 +139,12 @@ def _nccl_candidates(
 
 
 def build(
-    kind: CollectiveKind, algorithm: str, topo: Topology, group: tuple[int, ...], nbytes: float
+    kind: CollectiveKind, algorithm: str, topo: Topology, group: tuple[int, ...], nbytes: float,
+    checked: bool = False,
 ) -> list[Phase]:
-    valid = candidates(kind, topo, group)
+    """``kind`` on ``group`` by ``algorithm`` as phases of flows. ``checked``: the caller
+    took ``algorithm`` from ``candidates`` of this group (skips listing them again)."""
+    valid = [algorithm] if checked else candidates(kind, topo, group)
     if algorithm not in valid:
         raise InputError(
             f"algorithm '{algorithm}' does not apply to {kind} on this group "

@@ -63,6 +63,66 @@ def phase_times(topo: Topology, phase: Phase) -> tuple[float, float]:
     return cost.transfer_s, cost.latency_s
 
 
+# A phase's listed traffic without its sizes: (via NIC?, (source, destination) of each
+# flow, the devices of its in-switch port traffic). Its ``LoadPlan``: (each loaded link's
+# capacity and the indices of the byte values added to it, in ``_link_loads``' order; the
+# largest hop latency; any link loaded).
+PhaseKey = tuple[bool, tuple[tuple[int, int], ...], tuple[int, ...]]
+LoadPlan = tuple[tuple[tuple[float, tuple[int, ...]], ...], float, bool]
+
+
+def planned_phase_times(topo: Topology, phase: Phase,
+                        plans: dict[PhaseKey, LoadPlan]) -> tuple[float, float]:
+    """``phase_times(topo, phase)``, the same floats, with the routes of a listed phase
+    kept in ``plans`` (one ``Topology``'s): a collective priced at many sizes lists the
+    same flows each time, only their bytes differ. The loads are the same additions in
+    the same order (each link's contributions as ``_link_loads`` makes them: the flows
+    in order, then the port traffic), divided by the same capacities; the largest quotient
+    is the same float in any order."""
+    if _by_symmetry(topo, phase):
+        return phase_times(topo, phase)
+    flows = _listed(phase)
+    if not _loop_priced(topo, phase, flows):
+        return phase_times(topo, phase)
+    key = (phase.via_nic, tuple((src, dst) for src, dst, _ in flows),
+           tuple(dev for dev, _ in phase.port_bytes))
+    plan = plans.get(key)
+    if plan is None:
+        plan = plans[key] = _load_plan(topo, phase, flows)
+    links, hop, loaded = plan
+    values = [f[2] for f in flows]
+    values += [nbytes / phase.port_scale for _, nbytes in phase.port_bytes]
+    transfer = 0.0
+    for capacity, parts in links:
+        load = 0.0
+        for i in parts:
+            load += values[i]
+        t = load / capacity
+        if t > transfer:
+            transfer = t
+    return transfer, phase_latency(topo, phase, hop) if loaded else 0.0
+
+
+def _load_plan(topo: Topology, phase: Phase, flows: list[Flow]) -> LoadPlan:
+    """``planned_phase_times``' plan of ``phase``: ``_link_loads`` with each flow's and
+    port's bytes replaced by its index among the values (flows, then ports)."""
+    parts: dict[LinkId, list[int]] = defaultdict(list)
+    hop = 0.0
+    routes = _routes(topo)
+    for i, (src, dst, _) in enumerate(flows):
+        path, _, latency = _route(topo, routes, src, dst, phase.via_nic)
+        for link in path:
+            parts[link].append(i)
+        if path:
+            hop = max(hop, latency)
+    for j, (dev, _) in enumerate(phase.port_bytes):
+        parts[("up", dev)].append(len(flows) + j)
+        parts[("down", dev)].append(len(flows) + j)
+        hop = max(hop, topo.class_latency(INTRA))
+    links = tuple((topo.capacity(link), tuple(ix)) for link, ix in parts.items())
+    return links, hop, bool(parts)
+
+
 def _by_symmetry(topo: Topology, phase: Phase) -> bool:
     """``phase`` is a uniform all-to-all priced from one device per local index."""
     return (

@@ -17,13 +17,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
 from xpusim.hwprofiles.spec import System
 from xpusim.sim.errors import InputError
 from xpusim.sim.gcpause import gc_paused
-from xpusim.sim.ir import Collective, CollectiveKind
+from xpusim.sim.ir import CollectiveKind
 from xpusim.sim.network import analytical, flow, nvls
 from xpusim.sim.network import protocols as proto
 from xpusim.sim.network.algorithms import build, candidates
@@ -268,17 +267,25 @@ def _fastest(
     algorithm: str,
     protocol: str,
     nodes: int,
+    names: list[str] | None = None,
+    latency: Callable[..., float] = proto.latency_s,
+    times_of: Callable[[Topology, Phase], tuple[float, float]] = analytical.phase_times,
 ) -> tuple[str, str, list[float]]:
     """(algorithm, protocol, its phases' analytical times) of the fastest choice among
     ``algorithm`` and ``protocol`` ("auto": every candidate); the first found wins a
     tie. Each choice's time is ``_with_protocol``'s, from the phases' transfer and
-    latency terms alone (``analytical.phase_times``)."""
+    latency terms alone (``analytical.phase_times``). ``names`` (the algorithms to try,
+    already checked against ``candidates``), ``latency`` (``protocols.latency_s`` or a
+    memo of it) and ``times_of`` (``analytical.phase_times`` or the same with kept
+    routes) let ``pricer.CollectivePricer`` keep what does not depend on the size."""
     system, n = topo.system, len(group)
-    names = candidates(kind, topo, group) if algorithm == "auto" else [algorithm]
+    checked = names is not None
+    if names is None:
+        names = candidates(kind, topo, group) if algorithm == "auto" else [algorithm]
     best: tuple[float, str, str, list[float]] | None = None
     for name in names:
-        phases = build(kind, name, topo, group, nbytes)
-        terms = [analytical.phase_times(topo, ph) for ph in phases]
+        phases = build(kind, name, topo, group, nbytes, checked=checked)
+        terms = [times_of(topo, ph) for ph in phases]
         rounds = [ph.rounds for ph in phases]
         options = proto.protocols(system, kind, name, nbytes, n)
         if protocol != "auto":
@@ -292,7 +299,8 @@ def _fastest(
                 continue
             options = [protocol]
         for p in options:
-            parts = _protocol_parts(system, kind, name, p, terms, rounds, nbytes, n, nodes)
+            parts = _protocol_parts(system, kind, name, p, terms, rounds, nbytes, n, nodes,
+                                    latency)
             times = [transfer + share for transfer, share in parts]
             t = sum(times)
             if best is None or t < best[0]:
@@ -338,10 +346,12 @@ def _protocol_parts(
     nbytes: float,
     n: int,
     nodes: int,
+    latency_of: Callable[..., float] = proto.latency_s,
 ) -> list[tuple[float, float]]:
     """(transfer, latency share) of each phase under ``protocol`` on an NCCL system,
     from the phases' analytical (transfer, latency) ``terms``; elsewhere the terms
-    themselves (no protocol model: ``_with_protocol`` keeps the analytical cost)."""
+    themselves (no protocol model: ``_with_protocol`` keeps the analytical cost).
+    ``latency_of``: ``protocols.latency_s`` or a memo of it (the same floats)."""
     if not proto.is_nccl(system):
         return list(terms)
     transfer = sum(t for t, _ in terms)
@@ -350,7 +360,7 @@ def _protocol_parts(
         system, kind, algorithm, protocol, nodes, simple_busbw, nbytes, n
     )
     weights = [max(1, r) for r in rounds]
-    latency = proto.latency_s(system, kind, algorithm, protocol, n, nodes, sum(rounds))
+    latency = latency_of(system, kind, algorithm, protocol, n, nodes, sum(rounds))
     parts = []
     for (transfer_s, _), w in zip(terms, weights, strict=True):
         share = latency * w / sum(weights)
@@ -373,14 +383,3 @@ def _with_copy(cost: NetworkCost, copy_s: float) -> NetworkCost:
     )
     phases = [first, *cost.phases[1:]]
     return NetworkCost(sum(q.time_s for q in phases), phases)
-
-
-def comm_time_fn(system: System) -> Callable[[Collective], float]:
-    @lru_cache(maxsize=65536)
-    def _cost(kind: str, group: tuple[int, ...], nbytes: float, algorithm: str) -> float:
-        return collective_time(system, kind, group, nbytes, algorithm)
-
-    def comm_time(coll: Collective) -> float:
-        return _cost(coll.kind, coll.group, coll.bytes, coll.algorithm)
-
-    return comm_time

@@ -56,10 +56,42 @@ def test_contexts_and_repricings_through_the_fast_path_equal_fresh_pricing():
     assert len(fast._batched.blocks) >= 2 and not slow._batched.blocks
 
 
+MOE_CASES = [  # the MoE items after the router built and priced per step (``_moe_items``)
+    ("mixtral-8x7b", "dgx-h100", ParallelPlan(tp=2), "fp8", "trtllm-0.10"),
+    ("mixtral-8x22b", "dgx-a100", ParallelPlan(tp=8), "fp16", "trtllm-0.17"),
+    ("qwen3-235b-a22b", "dgx-b200", ParallelPlan(tp=8), "fp8", "trtllm-1.0"),
+    ("deepseek-v3", "hgx-h200", ParallelPlan(tp=8), "fp8", "sglang-0.4"),  # dense layers, shared experts
+]
+
+
+@pytest.mark.parametrize("case", MOE_CASES, ids=[f"{c[0]}-{c[1]}" for c in MOE_CASES])
+def test_moe_decode_steps_equal_the_lowered_step(case):
+    """Every batch size, small ones (fewer experts touched than there are) included."""
+    sim = _sim(*case)
+    for b in [*range(1, 300), *range(500, 530)]:
+        batch = StepBatch(b, 1, 1000.5, "decode")
+        assert sim._priced_step(batch) == sim._lowered_step(batch), b
+    assert not sim._batched.off and len(sim._batched.blocks) >= 2
+    assert sum(it.fresh for it in sim._batched.items) >= 4  # top-k, permute, experts, ...
+
+
+def test_an_moe_layout_that_changes_keeps_the_lowered_step():
+    """Fewer MoE items at a batch size than in the template (no expert GEMMs when the
+    load has no tokens): that step goes through the lowering."""
+    sim = _sim(*MOE_CASES[0])
+    assert sim._priced_step(StepBatch(3, 1, 100, "decode")) == sim._lowered_step(
+        StepBatch(3, 1, 100, "decode"))
+    real = batched_step._moe_items
+    try:
+        batched_step._moe_items = lambda s, b: real(s, b)[:-1]
+        assert sim._batched.priced(sim, StepBatch(4, 1, 100, "decode")) is None
+    finally:
+        batched_step._moe_items = real
+
+
 @pytest.mark.parametrize("case", [
-    ("mixtral-8x7b", "dgx-h100", ParallelPlan(tp=2), "fp8", "trtllm-0.10"),  # MoE load
     ("deepseek-v3", "dgx-h100", ParallelPlan(tp=4, ep=2), "fp8", "sglang-0.4"),  # EP
-], ids=["moe", "ep"])
+], ids=["ep"])
 def test_configurations_outside_the_fast_path_keep_the_lowered_step(case):
     sim = _sim(*case)
     for b in (1, 2, 3, 257):

@@ -8,8 +8,11 @@ one configuration only numbers change: measured over B = 1..4,096 (llama-3.1-70b
 FP8, llama-3.1-8b TP1 H200) and 1..2,048 (gpt-j-6b, llama-2-70b, llama-3.3-70b TP2), the
 distinct items, their order and run counts are the same, and every number of every item
 (FLOPs, bytes, shapes, buffer sizes) is ``v(1) + (B - 1)·(v(2) - v(1))`` exactly (integers below 2**53).
-An MoE layer's routed load is not (padding, experts touched): those configurations keep
-the per-step path.
+An MoE layer's routed load is not (padding, experts touched), so an MoE layer's items
+after its router (top-k, permute, the expert GEMMs, unpermute, shared experts) are built
+at each step's load and priced per step (``_moe_items``, twentieth session: 39,442 MoE
+decode skeletons were ~16 s of ``validate --published``'s CPU lowered one at a time); the
+rest of an MoE step (attention, router, norms, LM head) is the dense template's.
 
 So a ``DecodeTemplate`` lowers B = 1 and 2 once per configuration, and a block of
 ``BLOCK`` batch sizes is priced in one numpy pass for the items the roofline prices (GEMMs
@@ -23,7 +26,10 @@ collectives through the configuration's collective pricer (their buffers from th
 template). Each item's run count and the entries' order come from the template, so the
 ``PricedStep`` is the one ``StepSimulator._priced_step`` builds.
 
-Guards: a configuration qualifies only when the cost model is a chain this module repeats
+Guards: the MoE items must be one run of the template's distinct items at B = 1 and 2
+(equal item by item, at the same place: one MoE layer kind, no expert parallelism), and a
+step whose MoE items differ in number keeps the per-step path. A configuration
+qualifies only when the cost model is a chain this module repeats
 (``KernelCostModel`` under the engine-attention and weight-only wrappers, neither of which
 touches these items), no item needs a term left out here (cache tier, named or fixed-tactic
 GEMM kernels, weight-only GEMVs, on-chip byte levels), and every template number is an
@@ -78,6 +84,8 @@ class _Item:
     count: int
     layer: int
     grows: dict[str, tuple[float, float]]
+    # An MoE layer's item after its router (``_moe_items``): built and priced per step.
+    fresh: bool = False
 
     def at(self, name: str, b: Any) -> Any:
         base, step = self.grows[name]
@@ -102,7 +110,7 @@ class DecodeTemplate:
         ``StepSimulator``), or None where the per-step path must price it."""
         if (self.off or batch.phase != "decode" or batch.q_len != 1
                 or batch.dummies != 0 or batch.context <= 0 or sim.plan.ep != 1
-                or sim.spec.moe or batch.sequences != int(batch.sequences)):
+                or batch.sequences != int(batch.sequences)):
             return None
         if self.items is None:
             self.items = _template(sim, batch)
@@ -131,7 +139,7 @@ class DecodeTemplate:
         roof = _roofline(sim._cost_model(batch).inner)
         assert roof is not None  # _template checked the chain
         bs = np.arange(lo, hi + 1, dtype=np.float64)
-        table = [_price(roof, it, bs) if it.item.__class__ is Op
+        table = [_price(roof, it, bs) if it.item.__class__ is Op and not it.fresh
                  and it.item.kind != OpKind.ATTENTION else None for it in self.items]
         for b in (same[0], same[-1]):
             edge = _replace(batch, b)
@@ -164,13 +172,54 @@ def _template(sim: Any, batch: Any) -> tuple[_Item, ...] | None:
     one, two = (distinct_items(sim.lower(_replace(batch, b)), sim.layers[0]) for b in (1, 2))
     if len(one) != len(two):
         return None
+    fresh = range(0)
+    if sim.spec.moe:  # the MoE items after the router: one run, at the same place
+        runs = [_moe_run(items, _moe_items(sim, _replace(batch, b)))
+                for items, b in ((one, 1), (two, 2))]
+        if runs[0] is None or runs[0] != runs[1]:
+            return None
+        fresh = runs[0]
     items = []
-    for (a, count, layer), (b, count2, layer2) in zip(one, two, strict=True):
-        grows = _grows(a, b)
+    for i, ((a, count, layer), (b, count2, layer2)) in enumerate(zip(one, two, strict=True)):
+        grows = {} if i in fresh else _grows(a, b)
         if grows is None or count != count2 or layer != layer2:
             return None
-        items.append(_Item(a, count, layer, grows))
+        items.append(_Item(a, count, layer, grows, i in fresh))
     return tuple(items)
+
+
+def _moe_items(sim: Any, batch: Any) -> list[Op | CommNeed]:
+    """The items of ``batch``'s MoE layers after the router (top-k, permute, experts,
+    unpermute, shared experts) as ``step_blocks`` builds them: ``ffn_items`` at the step's
+    routed load (``padded_moe_load``), at 16-bit activations, in the KV format. Their
+    numbers follow the load (experts touched, padded tokens), not the batch size."""
+    from xpusim.sim.inference.kvcache import in_kv_format
+    from xpusim.sim.inference.lowering import sixteen_bit_activations, step_shape
+    from xpusim.sim.inference.routing import padded_moe_load
+    from xpusim.sim.workloads.transformer import Sharding, ffn_items
+
+    spec, plan = sim.spec, sim.plan
+    shape = step_shape(batch, plan)
+    load = padded_moe_load(spec, shape.tokens, batch.dummies * batch.q_len / plan.ep, plan.ep,
+                           sim.routing)
+    layer = next((i for i in range(*sim.layers) if spec.is_moe_layer(i)), None)
+    if layer is None:
+        return []
+    items = ffn_items(spec, layer, shape, Sharding(tp=plan.tp, ep=plan.ep), sim.dtype, load)
+    return [in_kv_format(it, sim.dtype) if isinstance(it, Op) else it
+            for it in sixteen_bit_activations(items[1:], sim.dtype)]
+
+
+def _moe_run(items: list[tuple[Any, int, int]], fresh: list[Op | CommNeed]) -> range | None:
+    """Where ``fresh`` (``_moe_items``) lies in a step's distinct ``items``, equal item by
+    item: its indices if it lies there exactly once, else None (two MoE layer kinds, an
+    item shared with another layer, no MoE layer)."""
+    n = len(fresh)
+    if not n or any(not isinstance(it, Op) for it in fresh):
+        return None
+    starts = [i for i in range(len(items) - n + 1)
+              if all(items[i + j][0] == fresh[j] for j in range(n))]
+    return range(starts[0], starts[0] + n) if len(starts) == 1 else None
 
 
 def _grows(a: Op | CommNeed, b: Op | CommNeed) -> dict[str, tuple[float, float]] | None:
@@ -216,16 +265,24 @@ def _vector_item(op: Op) -> bool:
 
 
 def _step(sim: Any, batch: Any, items: tuple[_Item, ...], table: list[np.ndarray | None],
-          row: int) -> PricedStep:
+          row: int) -> PricedStep | None:
     """``batch``'s PricedStep: the block's prices at ``row``, the attention cores built and
-    priced at its context, the collectives at its buffers (``_priced_step``'s order)."""
+    priced at its context, an MoE layer's items after the router built and priced at its
+    routed load, the collectives at its buffers (``_priced_step``'s order). None where
+    the MoE items are not the template's in number."""
     b = batch.sequences
     op_time = StepOpTimes(sim._cost_model(batch).inner)
     entries: list[tuple[int, float, bool]] = []
     cores: list[tuple[int, int]] = []
+    built = _moe_items(sim, batch) if sim.spec.moe else []
+    if len(built) != sum(it.fresh for it in items):
+        return None  # another MoE layout at this batch size: the per-step path
+    fresh = iter(built)
     for it, prices in zip(items, table, strict=True):
         item = it.item
-        if isinstance(item, CommNeed):
+        if it.fresh:  # an MoE item (an Op: ``_moe_run``), built at this step's load
+            entries.append((it.count, op_time(next(fresh)), False))
+        elif isinstance(item, CommNeed):
             group = sim.plan.tp_group() if item.group == "tp" else sim.plan.ep_group()
             t = sim._comm(Collective(item.name, item.kind, group, it.at("nbytes", b)))
             entries.append((it.count, t, False))

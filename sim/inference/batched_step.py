@@ -188,7 +188,7 @@ def _template(sim: Any, batch: Any) -> tuple[_Item, ...] | None:
     return tuple(items)
 
 
-def _moe_items(sim: Any, batch: Any) -> list[Op | CommNeed]:
+def _moe_items(sim: Any, batch: Any) -> list[Op]:
     """The items of ``batch``'s MoE layers after the router (top-k, permute, experts,
     unpermute, shared experts) as ``step_blocks`` builds them: ``ffn_items`` at the step's
     routed load (``padded_moe_load``), at 16-bit activations, in the KV format. Their
@@ -206,16 +206,18 @@ def _moe_items(sim: Any, batch: Any) -> list[Op | CommNeed]:
     if layer is None:
         return []
     items = ffn_items(spec, layer, shape, Sharding(tp=plan.tp, ep=plan.ep), sim.dtype, load)
-    return [in_kv_format(it, sim.dtype) if isinstance(it, Op) else it
-            for it in sixteen_bit_activations(items[1:], sim.dtype)]
+    built = sixteen_bit_activations(items[1:], sim.dtype)
+    if not all(isinstance(it, Op) for it in built):
+        return []  # a collective among them (expert parallelism): not this path
+    return [in_kv_format(it, sim.dtype) for it in built if isinstance(it, Op)]
 
 
-def _moe_run(items: list[tuple[Any, int, int]], fresh: list[Op | CommNeed]) -> range | None:
+def _moe_run(items: list[tuple[Any, int, int]], fresh: list[Op]) -> range | None:
     """Where ``fresh`` (``_moe_items``) lies in a step's distinct ``items``, equal item by
     item: its indices if it lies there exactly once, else None (two MoE layer kinds, an
     item shared with another layer, no MoE layer)."""
     n = len(fresh)
-    if not n or any(not isinstance(it, Op) for it in fresh):
+    if not n:
         return None
     starts = [i for i in range(len(items) - n + 1)
               if all(items[i + j][0] == fresh[j] for j in range(n))]

@@ -40,7 +40,8 @@ class CollectivePricer:
     system: System
     topo: Topology = field(init=False)
     _static: dict[tuple[CollectiveKind | str, tuple[int, ...], str], _Static] = field(default_factory=dict)
-    _latency: dict[tuple, float] = field(default_factory=dict)
+    _latency: dict[tuple[CollectiveKind, str, str, int, int, int], float] = field(
+        default_factory=dict)
     _plans: dict[analytical.PhaseKey, analytical.LoadPlan] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

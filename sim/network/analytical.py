@@ -82,8 +82,9 @@ def planned_phase_times(topo: Topology, phase: Phase,
     if _by_symmetry(topo, phase):
         return phase_times(topo, phase)
     flows = _listed(phase)
-    if not _loop_priced(topo, phase, flows):
-        return phase_times(topo, phase)
+    if not _loop_priced(topo, phase, flows):  # ``cost_phase``'s path, the flows listed once
+        cost = _flows(topo, phase, flows)
+        return cost.transfer_s, cost.latency_s
     key = (phase.via_nic, tuple((src, dst) for src, dst, _ in flows),
            tuple(dev for dev, _ in phase.port_bytes))
     plan = plans.get(key)

@@ -12,7 +12,8 @@ Public API (stable; studies and the engine use only this):
 * ``cost_network(system, phases, backend)`` prices arbitrary phases of flows (all-to-allv).
 
 Modules: ``topology`` (links from the profile), ``algorithms`` (collectives as phases),
-``analytical`` and ``flow`` (the two backends), ``api`` (choice + dispatch), ``ep``
+``analytical`` and ``flow`` (the two backends), ``api`` (choice + dispatch), ``pricer``
+(the engines' per-system collective pricer behind ``comm_time_fn``), ``ep``
 (the expert-parallel dispatch/combine study), ``bench``
 (the 4,096-rank figure for ``xpusim bench``).
 """

@@ -45,6 +45,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from scipy.optimize import least_squares
 from xpusim.hwprofiles.spec import Device
+from xpusim.sim.cost.conv_path import priced_kind
 from xpusim.sim.cost.page_faults import PAGE_FAULT_KIND, fault_bytes
 from xpusim.sim.cost.roofline import cold_bytes, gemm_quantisation
 from xpusim.sim.ir import MAIN_MEMORY, GemmShape, Op, RankGraph, Unit
@@ -272,7 +273,7 @@ def build_table(graphs: Sequence[RankGraph | Sequence[Op]], base: Device) -> OpT
             if unit == 0 and isinstance(shape, GemmShape):
                 executed, _ = gemm_quantisation(shape.m, shape.n, shape.k, shape.batch, base)
                 work = max(executed, op.flops)
-            kind = str(op.kind)
+            kind = priced_kind(op, base)  # as roofline prices it (conv_path.py)
             if kind not in kinds:
                 kinds.append(kind)
             peak = base.peak_for("matrix" if unit == 0 else "vector", op.dtype)

@@ -245,7 +245,11 @@ def load_base(name: str, local: LocalDevice | None = None) -> Device:
     wave quantisation and the fitted efficiencies describe what was measured); the
     overlay records the scaled figures and provenance says why."""
     base = load_device(name)
-    if local is None or local.kind != "cpu" or not 0 < local.threads < base.cores:
+    if local is None or local.kind != "cpu":
+        return base
+    if local.threads > 0:  # torch picks a convolution's path by it (sim/cost/conv_path.py)
+        base = replace(base, threads=local.threads)
+    if not 0 < local.threads < base.cores:
         return base
     f = local.threads / base.cores
     return replace(

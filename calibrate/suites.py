@@ -306,7 +306,19 @@ def _micro_suites() -> list[Suite]:
         for hw in (24, 48, 96)
         for k in (1, 3)
     )
-    conv_quick = conv_full[::3]
+    # 3x3 convolutions on both sides of torch's oneDNN threshold (ConvParams::use_mkldnn,
+    # fp32, batch 1, one thread: oneDNN only above 20,480 input elements; below it im2col +
+    # GEMM, sim/cost/conv_path.py), in both grids, so that a fit sees enough cases of each
+    # path to fit the `conv2d` and `conv2d_im2col` kinds apart.
+    conv_threshold = tuple(
+        {"batch": 1, "in_ch": c, "out_ch": c, "height": h, "width": w, "kernel": 3}
+        for c, h, w in (
+            (32, 25, 25), (32, 26, 26), (64, 17, 17), (64, 18, 18),
+            (20, 32, 32), (20, 32, 33), (16, 35, 36), (16, 36, 36),
+        )
+    )  # fmt: skip
+    conv_quick = conv_full[::3] + conv_threshold
+    conv_full = conv_full + conv_threshold
     return [
         Suite(
             "gemm",

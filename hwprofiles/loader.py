@@ -151,11 +151,28 @@ def load_device(name_or_path: str, calibration: str | Path | None = None) -> Dev
             )
         raw = _deep_merge(raw, {k: v for k, v in overlay.items() if k not in _OVERLAY_META})
         path = cal_path
+        threads = _overlay_threads(overlay, cal_path)
     try:
         device = DeviceFile.model_validate(raw).to_spec(path=str(path))
     except ValidationError as exc:
         raise _explain(path, exc) from None
-    return replace(device, calibration=str(calibration)) if calibration is not None else device
+    if calibration is None:
+        return device
+    return replace(device, calibration=str(calibration), threads=threads)
+
+
+def _overlay_threads(overlay: dict, path: Path) -> int:
+    """The torch threads an overlay's timings ran at (``[provenance] threads``): the
+    calibrated CPU is priced at them (sim/cost/conv_path.py). Absent or 0 (a measurements
+    CSV without a threads column records 0): 1, the calibration's default."""
+    provenance = overlay.get("provenance")
+    value = provenance.get("threads", 0) if isinstance(provenance, dict) else 0
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ProfileError(
+            f"{path}: field 'provenance.threads' must be an integer >= 0 (the torch threads "
+            f"the calibration ran at; 0 = not recorded), got {value!r}; fix or remove it"
+        )
+    return max(value, 1)
 
 
 def load_system(

@@ -189,6 +189,10 @@ class Device:
     # Bytes per core clock one AI core moves to/from main memory (Ascend: the CANN
     # platform ini's [AICoreMemoryRates] ddr_rate, GetCoreMemBw(HBM)). None: no such cap.
     core_hbm_bytes_per_cycle: float | None = None
+    # A CPU's torch intra-op threads the profile prices (1 unless a calibration overlay's
+    # provenance records its run's): torch picks a CPU convolution's path by it
+    # (sim/cost/conv_path.py). Unused off a CPU.
+    threads: int = 1
 
     @property
     def core_hbm_bandwidth(self) -> float:

@@ -181,7 +181,11 @@ def conv2d(
         _mem(nbytes),
         dtype,
         Unit.MATRIX,
-        ConvShape(m, n, k, 1, h_out=h_out, w_out=w_out),
+        ConvShape(
+            m, n, k, 1, h_out=h_out, w_out=w_out, images=batch,
+            in_elements=batch * in_ch * height * width, kernel=kernel, stride=stride,
+            groups=groups,
+        ),
     )
 
 

@@ -53,6 +53,7 @@ from functools import lru_cache
 from xpusim.hwprofiles.spec import Device
 from xpusim.sim import ops
 from xpusim.sim.cost.base import OpCost
+from xpusim.sim.cost.conv_path import priced_kind
 from xpusim.sim.cost.gemm_impl import BLOCK_IMPLS, impl_stages, impl_work
 from xpusim.sim.cost.gemm_pipeline import pipeline_stages, pipelined_time
 from xpusim.sim.cost.gemm_xla import XLA_IMPLS, ZERO_WORK_DOT_MNK, xla_fixed_s
@@ -449,7 +450,7 @@ class RooflineModel:
         eff = self.device.efficiency
         compute_s, out, mma_s = self._compute(op, details)
         memory_s = self.memory_time(op)
-        kind = str(op.kind)
+        kind = priced_kind(op, self.device)  # a CPU's slow-path convolution: conv2d_im2col
         overhead_s = eff.launch_overhead_s + eff.kind_overhead_s.get(kind, 0.0)
         # Calibrated per-kind speed (1 unless a calibration set one): scales both terms.
         speed = eff.kind_speed.get(kind, 1.0)

@@ -255,7 +255,9 @@ def llc_bytes(device: Device) -> float:
     return max(sizes, default=0.0)
 
 
-def build_table(graphs: Sequence[RankGraph | Sequence[Op]], base: Device) -> OpTable:
+def build_table(
+    graphs: Sequence[RankGraph | Sequence[Op]], base: Device, split_conv: bool = True
+) -> OpTable:
     """Flatten the cases' ops; GEMM padding and waves use the base device (not fitted)."""
     levels = [lv for lv in base.memory if lv.name != MAIN_MEMORY and lv.bandwidth is not None]
     rows: list[tuple] = []
@@ -273,7 +275,9 @@ def build_table(graphs: Sequence[RankGraph | Sequence[Op]], base: Device) -> OpT
             if unit == 0 and isinstance(shape, GemmShape):
                 executed, _ = gemm_quantisation(shape.m, shape.n, shape.k, shape.batch, base)
                 work = max(executed, op.flops)
-            kind = priced_kind(op, base)  # as roofline prices it (conv_path.py)
+            # A CPU's slow-path convolutions as their own kind (conv_path.py) unless the
+            # caller merges them back (``split_conv`` False: the kind is not identifiable).
+            kind = priced_kind(op, base, split=split_conv)
             if kind not in kinds:
                 kinds.append(kind)
             peak = base.peak_for("matrix" if unit == 0 else "vector", op.dtype)

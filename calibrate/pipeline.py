@@ -21,6 +21,9 @@ from xpusim.hwprofiles import load_device
 from xpusim.hwprofiles.spec import Device
 from xpusim.sim.errors import InputError
 from xpusim.sim.inputs import open_text
+from xpusim.sim.ir import OpKind
+
+CONV2D_IM2COL = str(OpKind.CONV2D_IM2COL)
 
 # Base profile per local device kind; CUDA/NPU need --profile (which GPU is it?).
 DEFAULT_PROFILE = {"cpu": "cpu-host"}
@@ -185,12 +188,18 @@ def fit_measured(measured: Sequence[Measured], base: Device) -> FitResult:
     rows = [m for m in measured if m.case.split == "fit"]
     if len(rows) < 8:
         raise InputError(f"only {len(rows)} fit cases measured; the fit needs at least 8")
-    table = build_table([m.case.graph() for m in rows], base)
+    graphs = [m.case.graph() for m in rows]
+    table = build_table(graphs, base)
     held = held_parameters(base)
+    start = replace(FitParams.from_device(base), **held)
+    if CONV2D_IM2COL in table.kinds and CONV2D_IM2COL not in table.fitted_kinds(start):
+        # Too few cases of torch's slow-path convolutions to fit them apart: fit them with
+        # the oneDNN ones under `conv2d`, as an overlay without the kind prices them.
+        table = build_table(graphs, base, split_conv=False)
     return fit(
         table,
         [m.m.median_s for m in rows],
-        replace(FitParams.from_device(base), **held),
+        start,
         groups=[m.case.suite for m in rows],
         fixed=tuple(held),
     )

@@ -53,12 +53,25 @@ def test_shape_without_input_counts_as_onednn():
 
 
 def test_cpu_kind_by_the_rule():
-    assert priced_kind(_conv(32, 25, 25, 3), CPU) == OpKind.CONV2D_IM2COL
-    assert priced_kind(_conv(32, 26, 26, 3), CPU) == OpKind.CONV2D
-    assert priced_kind(_conv(64, 24, 24, 1), CPU) == OpKind.CONV2D_IM2COL
-    assert priced_kind(_conv(64, 24, 24, 1), replace(CPU, threads=2)) == OpKind.CONV2D
+    assert priced_kind(_conv(32, 25, 25, 3), CPU, split=True) == OpKind.CONV2D_IM2COL
+    assert priced_kind(_conv(32, 26, 26, 3), CPU, split=True) == OpKind.CONV2D
+    assert priced_kind(_conv(64, 24, 24, 1), CPU, split=True) == OpKind.CONV2D_IM2COL
+    two = replace(CPU, threads=2)
+    assert priced_kind(_conv(64, 24, 24, 1), two, split=True) == OpKind.CONV2D
+    assert priced_kind(_conv(32, 25, 25, 3), CPU, split=False) == OpKind.CONV2D
     # The op's own kind is CONV2D everywhere; only a CPU's pricing renames it.
     assert _conv(32, 25, 25, 3).kind == OpKind.CONV2D
+
+
+def test_pricing_splits_only_where_calibrated():
+    """An overlay without a conv2d_im2col speed (every overlay fitted before the rule)
+    prices every convolution as conv2d, as it was fitted."""
+    slow = _conv(32, 25, 25, 3)
+    assert priced_kind(slow, CPU) == OpKind.CONV2D
+    old = load_device("cpu-host", calibration=OVERLAY)
+    assert priced_kind(slow, old) == OpKind.CONV2D
+    eff = replace(CPU.efficiency, kind_speed={"conv2d_im2col": 0.6})
+    assert priced_kind(slow, replace(CPU, efficiency=eff)) == OpKind.CONV2D_IM2COL
 
 
 def test_cpu_prices_the_slow_path_at_its_own_speed():
@@ -89,7 +102,7 @@ def test_gpu_and_npu_conv_cost_unchanged(device):
     for op in describe_cdc(4, 1, 16, 16, dtype="fp32").ops():
         if op.kind != OpKind.CONV2D:
             continue
-        assert priced_kind(op, dev) == OpKind.CONV2D
+        assert priced_kind(op, dev, split=True) == OpKind.CONV2D
         assert model.time(op) == model.time(_unstated(op))
 
 
@@ -117,7 +130,7 @@ def test_conv_suite_fits_both_paths(quick):
         if split != "fit":
             continue
         (op,) = suite.build_ops(shape, "fp32")
-        kind = priced_kind(op, CPU)
+        kind = priced_kind(op, CPU, split=True)
         kinds[kind] = kinds.get(kind, 0) + 1
     assert kinds.get("conv2d", 0) >= 3
     assert kinds.get("conv2d_im2col", 0) >= 3

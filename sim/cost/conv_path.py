@@ -56,12 +56,19 @@ def uses_mkldnn(shape: ConvShape, dtype: str, threads: int) -> bool:
     return not_1x1_or_threaded and big_enough
 
 
-def priced_kind(op: Op, device: Device) -> str:
+def priced_kind(op: Op, device: Device, split: bool | None = None) -> str:
     """The kind ``device`` prices ``op`` under: a CPU's CONV2D op that torch runs on the
-    slow path is CONV2D_IM2COL; every other op (and every op off a CPU) its own kind."""
+    slow path is CONV2D_IM2COL; every other op (and every op off a CPU) its own kind.
+
+    ``split`` None (pricing): only where the device's calibration prices CONV2D_IM2COL
+    (its ``kind_speed`` has the kind); an overlay fitted before the rule, or by a fit that
+    could not identify the kind, prices every convolution as CONV2D, as it was fitted.
+    True (the fit's table): by the rule alone; False: never."""
     kind = str(op.kind)
     if device.arch != "cpu" or kind != OpKind.CONV2D or not isinstance(op.shape, ConvShape):
         return kind
-    if uses_mkldnn(op.shape, op.dtype, device.threads):
+    if split is None:
+        split = str(OpKind.CONV2D_IM2COL) in device.efficiency.kind_speed
+    if not split or uses_mkldnn(op.shape, op.dtype, device.threads):
         return kind
     return str(OpKind.CONV2D_IM2COL)

@@ -134,3 +134,45 @@ def test_conv_suite_fits_both_paths(quick):
         kinds[kind] = kinds.get(kind, 0) + 1
     assert kinds.get("conv2d", 0) >= 3
     assert kinds.get("conv2d_im2col", 0) >= 3
+
+
+def _measured(suite: str, shapes, split: str = "fit"):
+    """Measurements of ``shapes`` at the times ``cpu-host`` predicts (the kinds' fit is
+    not what is tested here, only which kinds it fits)."""
+    from xpusim.calibrate.harness import Measurement
+    from xpusim.calibrate.pipeline import Measured
+    from xpusim.calibrate.suites import Case
+
+    model = RooflineModel(CPU)
+    out = []
+    for shape in shapes:
+        case = Case(suite, tuple((k, float(v)) for k, v in shape.items()), split, "fp32")
+        t = sum(model.time(op).time_s for op in case.graph().ops())
+        out.append(Measured(case, Measurement(t, t, t, t, 10, 0.0, 0.0, False)))
+    return out
+
+
+def test_fit_merges_an_unidentifiable_slow_path_into_conv2d(monkeypatch):
+    from xpusim.calibrate import pipeline
+    from xpusim.calibrate.pipeline import fit_measured
+
+    splits: list[bool] = []
+    real = pipeline.build_table
+
+    def recording(graphs, base, split_conv=True):
+        splits.append(split_conv)
+        return real(graphs, base, split_conv)
+
+    monkeypatch.setattr(pipeline, "build_table", recording)
+
+    suite = SUITES["conv2d"]
+    gemms = [{"m": m, "n": 256, "k": 256} for m in (64, 128, 256, 512, 1024, 2048, 4096)]
+    onednn = [s for s in suite.full if uses_mkldnn(suite.build_ops(s, "fp32")[0].shape,
+                                                   "fp32", 1)]
+    slow = [s for s in suite.full if s not in onednn]
+    both = fit_measured(_measured("gemm", gemms) + _measured("conv2d", onednn + slow), CPU)
+    assert {"conv2d", "conv2d_im2col"} <= set(both.fitted_kinds)
+    assert splits == [True]
+    one = fit_measured(_measured("gemm", gemms) + _measured("conv2d", onednn + slow[:2]), CPU)
+    assert "conv2d" in one.fitted_kinds and "conv2d_im2col" not in one.fitted_kinds
+    assert splits == [True, True, False]  # built split, then merged back

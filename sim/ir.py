@@ -117,7 +117,8 @@ class OpKind(StrEnum):
     # A convolution torch runs on the CPU as im2col + GEMM (``_slow_conv2d_forward``,
     # ``thnn_conv2d``) rather than through oneDNN: never an op's own kind (a conv op is
     # CONV2D everywhere), it is the kind a CPU prices a CONV2D op under where torch's
-    # ``ConvParams::use_mkldnn`` rule picks the slow path (sim/cost/conv_path.py), so that a
+    # ``ConvParams::use_mkldnn`` rule picks the slow path and the shape needs a column
+    # buffer (a slow-path 1x1 is priced as GEMM; sim/cost/conv_path.py), so that a
     # calibration fits the two ATen paths' speeds apart.
     CONV2D_IM2COL = "conv2d_im2col"
     POOL = "pool"
@@ -203,8 +204,8 @@ class GemmShape:
 class ConvShape(GemmShape):
     """A 2-D convolution as its implicit GEMM, with the output's spatial size and what
     torch's CPU path choice reads (sim/cost/conv_path.py): the images, the input's
-    elements (images x in_ch x H x W), the square kernel's side, stride and groups
-    (``in_elements`` 0: not stated, priced as the oneDNN path)."""
+    elements (images x in_ch x H x W), the square kernel's side, stride, groups and
+    padding (``in_elements`` 0: not stated, priced as the oneDNN path)."""
 
     h_out: float = 0
     w_out: float = 0
@@ -213,6 +214,7 @@ class ConvShape(GemmShape):
     kernel: int = 0
     stride: int = 1
     groups: int = 1
+    padding: int = 0
 
 
 @dataclass(frozen=True, slots=True)

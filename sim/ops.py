@@ -184,7 +184,7 @@ def conv2d(
         ConvShape(
             m, n, k, 1, h_out=h_out, w_out=w_out, images=batch,
             in_elements=batch * in_ch * height * width, kernel=kernel, stride=stride,
-            groups=groups,
+            groups=groups, padding=pad,
         ),
     )
 

@@ -55,7 +55,12 @@ def test_shape_without_input_counts_as_onednn():
 def test_cpu_kind_by_the_rule():
     assert priced_kind(_conv(32, 25, 25, 3), CPU, split=True) == OpKind.CONV2D_IM2COL
     assert priced_kind(_conv(32, 26, 26, 3), CPU, split=True) == OpKind.CONV2D
-    assert priced_kind(_conv(64, 24, 24, 1), CPU, split=True) == OpKind.CONV2D_IM2COL
+    # A 1x1 on the slow path is one BLAS GEMM on the input itself (no column buffer).
+    assert priced_kind(_conv(64, 24, 24, 1), CPU, split=True) == OpKind.GEMM
+    padded = ops.conv2d("c", 1, 64, 64, 24, 24, 1, padding=1, dtype="fp32")
+    assert priced_kind(padded, CPU, split=True) == OpKind.CONV2D_IM2COL
+    strided = ops.conv2d("c", 1, 64, 64, 24, 24, 1, stride=2, dtype="fp32")
+    assert priced_kind(strided, CPU, split=True) == OpKind.CONV2D  # strided: oneDNN
     two = replace(CPU, threads=2)
     assert priced_kind(_conv(64, 24, 24, 1), two, split=True) == OpKind.CONV2D
     assert priced_kind(_conv(32, 25, 25, 3), CPU, split=False) == OpKind.CONV2D
@@ -92,7 +97,7 @@ def test_cpu_prices_the_slow_path_at_its_own_speed():
 def _unstated(op):
     """``op`` as described before the rule: its shape without the input it reads."""
     return replace(op, shape=replace(op.shape, images=1, in_elements=0, kernel=0, stride=1,
-                                     groups=1))
+                                     groups=1, padding=0))
 
 
 @pytest.mark.parametrize("device", ["h100-sxm5-80gb", "ascend-910b2"])

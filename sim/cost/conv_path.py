@@ -19,8 +19,13 @@ Checked with torch.profiler on the dev VM (torch 2.13.0+cpu, one thread, fp32, b
 path; a 5x5 at 16,384 elements oneDNN. The two paths run at different speeds per FLOP
 (docs/calibration.md, Known limits, twentieth session), so a CPU prices a slow-path
 convolution under its own kind, ``conv2d_im2col``, whose speed and overhead a calibration
-fits apart from oneDNN's ``conv2d``. Off a CPU (cuDNN, aclnn) nothing changes: the op keeps
-its kind.
+fits apart from oneDNN's ``conv2d``. A slow-path 1x1, stride-1, unpadded convolution has
+no column buffer: ``slow_conv2d_forward_out_cpu`` takes the input itself as the GEMM's
+operand (pytorch/pytorch aten/src/ATen/native/ConvolutionMM2d.cpp @
+d7e1fe69e4010ba92e9c8f690403b2767df43ca4: ``finput = input.view(...)`` for that shape, else
+``finput.resize_`` to (C_in x kh x kw) x (H_out x W_out) and an unfold), so it is one BLAS
+GEMM and priced as the ``gemm`` kind. Off a CPU (cuDNN, aclnn) nothing changes: the op
+keeps its kind.
 """
 
 from __future__ import annotations
@@ -58,7 +63,8 @@ def uses_mkldnn(shape: ConvShape, dtype: str, threads: int) -> bool:
 
 def priced_kind(op: Op, device: Device, split: bool | None = None) -> str:
     """The kind ``device`` prices ``op`` under: a CPU's CONV2D op that torch runs on the
-    slow path is CONV2D_IM2COL; every other op (and every op off a CPU) its own kind.
+    slow path is CONV2D_IM2COL, or GEMM where it needs no column buffer; every other op
+    (and every op off a CPU) its own kind.
 
     ``split`` None (pricing): only where the device's calibration prices CONV2D_IM2COL
     (its ``kind_speed`` has the kind); an overlay fitted before the rule, or by a fit that
@@ -71,4 +77,14 @@ def priced_kind(op: Op, device: Device, split: bool | None = None) -> str:
         split = str(OpKind.CONV2D_IM2COL) in device.efficiency.kind_speed
     if not split or uses_mkldnn(op.shape, op.dtype, device.threads):
         return kind
+    if not needs_columns(op.shape):
+        return str(OpKind.GEMM)
     return str(OpKind.CONV2D_IM2COL)
+
+
+def needs_columns(shape: ConvShape) -> bool:
+    """Whether the slow path unfolds the input into a column buffer: every shape but a
+    1x1, stride-1, unpadded convolution, whose input already is the GEMM's operand
+    (``slow_conv2d_forward_out_cpu``: ``finput = input.view(...)`` for that shape, else
+    ``finput.resize_`` to (C_in x kh x kw) x (H_out x W_out) and an unfold; module doc)."""
+    return shape.kernel != 1 or shape.stride != 1 or shape.padding != 0

@@ -138,6 +138,7 @@ def load_device(name_or_path: str, calibration: str | Path | None = None) -> Dev
                 "and give this file with --calibration"
             )
         return load_device(base, calibration=path)
+    threads = 1
     if calibration is not None:
         cal_path = Path(calibration)
         overlay = read_toml(cal_path, "--calibration")  # the flag every command takes it by
@@ -161,7 +162,7 @@ def load_device(name_or_path: str, calibration: str | Path | None = None) -> Dev
     return replace(device, calibration=str(calibration), threads=threads)
 
 
-def _overlay_threads(overlay: dict, path: Path) -> int:
+def _overlay_threads(overlay: dict[str, Any], path: Path) -> int:
     """The torch threads an overlay's timings ran at (``[provenance] threads``): the
     calibrated CPU is priced at them (sim/cost/conv_path.py). Absent or 0 (a measurements
     CSV without a threads column records 0): 1, the calibration's default."""

@@ -104,22 +104,17 @@ class OpKind(StrEnum):
     # per ordinary one (docs/calibration.md "Known limits"); its own kind, so that a
     # calibration fits that speed from the `exp_masked` microbenchmark.
     EXP_MASKED = "exp_masked"
-    # First touch of freshly mapped pages: a CPU op whose output is large enough that
-    # glibc's malloc serves it with a new mmap gets one page fault (and a kernel page clear)
-    # per 4 KiB page on every call (sim/cost/page_faults.py). Never an op of its own: the
-    # cost model prices an op's ``fresh_bytes`` under this kind, so that a calibration fits
-    # its speed from the `page_fault` microbenchmark.
+    # First touch of a CPU op's freshly mmapped output pages (sim/cost/page_faults.py):
+    # never an op's own kind; an op's ``fresh_bytes`` are priced under it, so that a
+    # calibration fits its speed from the `page_fault` microbenchmark.
     PAGE_FAULT = "page_fault"
     REDUCTION = "reduction"
     SOFTMAX = "softmax"
     NORM = "norm"
     CONV2D = "conv2d"
-    # A convolution torch runs on the CPU as im2col + GEMM (``_slow_conv2d_forward``,
-    # ``thnn_conv2d``) rather than through oneDNN: never an op's own kind (a conv op is
-    # CONV2D everywhere), it is the kind a CPU prices a CONV2D op under where torch's
-    # ``ConvParams::use_mkldnn`` rule picks the slow path and the shape needs a column
-    # buffer (a slow-path 1x1 is priced as GEMM; sim/cost/conv_path.py), so that a
-    # calibration fits the two ATen paths' speeds apart.
+    # torch's CPU im2col + GEMM convolution path (``_slow_conv2d_forward``), not oneDNN:
+    # never an op's own kind; a CPU prices a CONV2D op under it where ``use_mkldnn`` picks
+    # that path (sim/cost/conv_path.py), so that a calibration fits the two paths apart.
     CONV2D_IM2COL = "conv2d_im2col"
     POOL = "pool"
     UPSAMPLE = "upsample"

@@ -232,7 +232,7 @@ def test_describe_ep_graphs_run_in_the_engine():
     from xpusim.hwprofiles.loader import load_device, load_system
     from xpusim.sim.cost.roofline import RooflineModel
     from xpusim.sim.engine import Engine
-    from xpusim.sim.network.api import comm_time_fn
+    from xpusim.sim.network import comm_time_fn
 
     model = RooflineModel(load_device("ascend-910b2"))
     graphs = [describe_moe(512, 1024, 512, 16, 4, 1, 512, "bf16", ep=8, rank=r) for r in range(8)]

@@ -195,13 +195,12 @@ def _moe_items(sim: Any, batch: Any) -> list[Op]:
     numbers follow the load (experts touched, padded tokens), not the batch size."""
     from xpusim.sim.inference.kvcache import in_kv_format
     from xpusim.sim.inference.lowering import sixteen_bit_activations, step_shape
-    from xpusim.sim.inference.routing import padded_moe_load
+    from xpusim.sim.inference.routing import step_moe_load
     from xpusim.sim.workloads.transformer import Sharding, ffn_items
 
     spec, plan = sim.spec, sim.plan
     shape = step_shape(batch, plan)
-    load = padded_moe_load(spec, shape.tokens, batch.dummies * batch.q_len / plan.ep, plan.ep,
-                           sim.routing)
+    load = step_moe_load(spec, shape.tokens, batch.dummies, batch.q_len, plan.ep, sim.routing)
     layer = next((i for i in range(*sim.layers) if spec.is_moe_layer(i)), None)
     if layer is None:
         return []

@@ -47,7 +47,7 @@ from xpusim.sim.inference.priced_step import (
     distinct_items,
     simulator_memo,
 )
-from xpusim.sim.inference.routing import UNIFORM, Routing, experts_touched, padded_moe_load
+from xpusim.sim.inference.routing import UNIFORM, Routing, experts_touched, step_moe_load
 from xpusim.sim.inference.weight_only import gemv_memory_factors, with_weight_only_gemv
 from xpusim.sim.ir import (
     Collective,
@@ -259,8 +259,8 @@ def step_blocks(
     seqs_rank = shape.sequences
     start, end = layers or (0, spec.layers)
     sh = Sharding(tp=plan.tp, ep=plan.ep)
-    load = (padded_moe_load(spec, shape.tokens, batch.dummies * batch.q_len / plan.ep, plan.ep,
-                            routing) if spec.moe else None)
+    load = (step_moe_load(spec, shape.tokens, batch.dummies, batch.q_len, plan.ep, routing)
+            if spec.moe else None)
     vocab_sh = sh if vocab_parallel else Sharding(tp=1, ep=plan.ep)
     head = sixteen_bit_activations(list(embedding_forward(spec, shape.tokens, vocab_sh,
                                                           dtype)), dtype) if start == 0 else []

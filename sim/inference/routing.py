@@ -154,3 +154,11 @@ def experts_touched(spec: ModelSpec, tokens: float, routing: Routing = UNIFORM) 
     if routing.kind == "uniform":
         return expected_active_experts(spec.moe.num_experts, spec.moe.top_k, tokens)
     return moe_load(spec, tokens, 1, routing).active_experts
+
+
+def step_moe_load(spec: ModelSpec, tokens_per_rank: float, dummies: float, q_len: float,
+                  ep: int, routing: Routing = UNIFORM) -> MoELoad:
+    """A serving step's routed load on one rank: ``padded_moe_load`` with the step's
+    CUDA-graph padding rows (``dummies`` sequences of ``q_len`` tokens) spread over the EP
+    ranks (the lowering's and the batched decode template's one formula)."""
+    return padded_moe_load(spec, tokens_per_rank, dummies * q_len / ep, ep, routing)

@@ -252,8 +252,14 @@ def collective_time(
         return 0.0
     with _gc_paused(n >= GC_PAUSE_FROM):
         algorithm, chosen, times = _fastest(topo, kind, group, nbytes, algorithm, "auto", nodes)
-    # ``_with_copy``'s sum: the copy on the first phase, then the phases in order.
-    copy_s = proto.read_mode_copy_s(system, kind, algorithm, chosen, nbytes, n, nodes)
+    return summed_with_copy(system, kind, algorithm, chosen, nbytes, n, nodes, times)
+
+
+def summed_with_copy(system: System, kind: CollectiveKind, algorithm: str, protocol: str,
+                     nbytes: float, n: int, nodes: int, times: list[float]) -> float:
+    """``_with_copy``'s sum of the chosen phases' ``times``: the read-mode copy
+    (``protocols.read_mode_copy_s``) on the first phase, then the phases in order."""
+    copy_s = proto.read_mode_copy_s(system, kind, algorithm, protocol, nbytes, n, nodes)
     if copy_s > 0 and times:
         times = [times[0] + copy_s, *times[1:]]
     return sum(times)

@@ -63,12 +63,8 @@ class CollectivePricer:
             algorithm, chosen, times = api._fastest(self.topo, checked, members, nbytes,
                                                     algorithm, "auto", nodes, names,
                                                     self._latency_s, self._phase_times)
-        # ``collective_time``'s sum: the copy on the first phase, then the phases in order.
-        copy_s = proto.read_mode_copy_s(self.system, checked, algorithm, chosen, nbytes, n,
-                                        nodes)
-        if copy_s > 0 and times:
-            times = [times[0] + copy_s, *times[1:]]
-        return sum(times)
+        return api.summed_with_copy(self.system, checked, algorithm, chosen, nbytes, n, nodes,
+                                    times)
 
     def _check(self, kind: CollectiveKind | str, group: tuple[int, ...],
                algorithm: str) -> _Static:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from xpusim.sim.models.hf_config import load_model
+from xpusim.sim.validation import track_record
 from xpusim.sim.validation.baseline import bus_factor, naive_payload
 from xpusim.sim.validation.corpus import CATEGORIES, load_corpus
 from xpusim.sim.validation.golden import golden_record, regressions
@@ -197,6 +198,17 @@ def test_regression_gate(results):
         "validation against published measurements got worse: "
         + "; ".join(problems)
         + " (if intended and explained, regenerate: python -m xpusim.sim.validation.golden)"
+    )
+
+
+def test_track_record_matches_the_corpus(results):
+    # The table the commands print (sim/validation/track_record.py) is derived from this
+    # run: a change that moves the numbers rewrites it with the golden record.
+    committed = json.loads(track_record.table_path().read_text())
+    problems = track_record.mismatches(committed, track_record.build(ROWS, results))
+    assert not problems, (
+        "sim/data/track_record.json is stale: " + "; ".join(problems[:10])
+        + " (regenerate: python -m xpusim.sim.validation.golden)"
     )
 
 

@@ -22,6 +22,7 @@ from xpusim.sim.report import (
     table,
     write_csv,
 )
+from xpusim.sim.validation.track_record import describe, lookup
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -74,12 +75,16 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         plot(result, args.plot)
     written = [p for p in (args.csv, args.plot) if p]
+    record = lookup("attention", result.device)
     if args.json:
-        emit_json({**result.as_dict(), "files": written})
+        emit_json({**result.as_dict(), "files": written,
+                   "track_record": record and record.as_dict()})
         return 0
     for path in written:
         print(f"wrote {path}")
     _print(result)
+    if record:
+        print(describe(record))
     return 0
 
 

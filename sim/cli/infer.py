@@ -27,6 +27,7 @@ from xpusim.sim.cost.attention_impl import IMPLS
 from xpusim.sim.errors import InputError
 from xpusim.sim.inference.ep_dispatch import EP_DISPATCH_CHOICES, EP_DISPATCH_DTYPES
 from xpusim.sim.report import emit_json, fmt_bytes, fmt_si, table
+from xpusim.sim.validation.track_record import describe, lookup
 
 
 def add_deployment_args(p: argparse.ArgumentParser) -> None:
@@ -141,22 +142,29 @@ def run(args: argparse.Namespace) -> int:
         _refuse_serving_flags(args)
         step = infer(request_from_args(InferRequest, args))
         _note_past_max_seq(step)
+        record = lookup(step.phase, step.device, step.engine)
         if args.json:
-            emit_json(step.as_dict())
+            emit_json({**step.as_dict(), "track_record": record and record.as_dict()})
         else:
             _print_step(step)
+            if record:
+                print(describe(record))
         return 0
     if args.trace:  # the trace gives every arrival and length; these were ignored
         _refuse(args, ("rate", "requests", "prompt_len", "output_len"),
                 "--trace gives each request's arrival and lengths: drop them or the trace")
     progress = args.progress or (sys.stderr.isatty() and not args.json)
     result = serve(replace(request_from_args(ServeRequest, args), progress=progress))
+    record = (None if isinstance(result, DisaggServeResult)
+              else lookup("serving", result.device, result.engine))
     if args.json:
-        emit_json(result.as_dict())
+        emit_json({**result.as_dict(), "track_record": record and record.as_dict()})
     elif isinstance(result, DisaggServeResult):
         disagg_cli.print_disaggregated(result)
     else:
         _print_serve(result)
+        if record:
+            print(describe(record))
     return 0
 
 

@@ -23,6 +23,7 @@ from xpusim.sim.validation.corpus import Row, load_corpus
 from xpusim.sim.validation.ratios import summarize_pairs, what_if_pairs
 from xpusim.sim.validation.runner import RowResult, run_rows
 from xpusim.sim.validation.summary import summarize
+from xpusim.sim.validation.track_record import build, write_table
 
 TOLERANCE = 0.02
 MIN_RATIO_PAIRS = 10  # device pairs with fewer cells are too thin to gate on
@@ -80,7 +81,7 @@ def regressions(results: list[RowResult], golden: dict[str, Any],
 
 def main(argv: list[str]) -> int:
     """``python -m xpusim.sim.validation.golden [PATH] [--check]``: run the corpus and write
-    the gate's record to PATH, or with ``--check`` compare it with PATH (exit 1 on a
+    the gate's record to PATH and the commands' track record (``track_record.py``), or with ``--check`` compare it with PATH (exit 1 on a
     regression) without writing."""
     parser = argparse.ArgumentParser(prog="python -m xpusim.sim.validation.golden")
     parser.add_argument("path", nargs="?", default="tests/golden/validation_published.json")
@@ -96,6 +97,8 @@ def main(argv: list[str]) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(golden_record(results, rows), indent=2) + "\n")
     print(f"wrote {path}")
+    # The track record the commands print is derived from the same run (track_record.py).
+    print(f"wrote {write_table(build(rows, results))}")
     return 0
 
 

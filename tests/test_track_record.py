@@ -87,3 +87,28 @@ def test_serving_record_names_the_engine():
                           "--rate", "1000", "--json").stdout)["track_record"]
     assert doc["category"] == "serving" and doc["engine"] == "trtllm-0.10"
     assert doc["with_engine"]["n"] >= tr.MIN_ROWS
+
+
+def test_what_if_record_is_found_in_either_order():
+    a = tr.what_if_record("hardware", "serving", "dgx-h100", "hgx-h200")
+    b = tr.what_if_record("hardware", "serving", "hgx-h200", "dgx-h100")
+    assert a is not None and a == b and a["pairs"] >= tr.MIN_ROWS
+    assert {a["first"], a["second"]} == {"dgx-h100", "hgx-h200"}
+    assert tr.what_if_record("hardware", "serving", "dgx-h100", "no-such-system") is None
+    assert "published pairs" in tr.describe_what_if(a)
+
+
+def test_mismatches_watch_the_what_if_pairs():
+    table = json.loads(tr.table_path().read_text())
+    moved = json.loads(json.dumps(table))
+    moved["what_if"][0]["median_abs_error"] += 2 * tr.TOLERANCE
+    problems = tr.mismatches(table, moved)
+    assert len(problems) == 1 and problems[0].startswith("what-if ")
+
+
+def test_compare_prints_the_hardware_what_if_record():
+    out = _run("compare", "--systems", "dgx-h100,hgx-h200", "--json", "infer", "--model",
+               "llama-2-7b", "--serve", "--engine", "trtllm-0.10", "--requests", "10",
+               "--prompt-len", "64", "--output-len", "8", "--rate", "1000").stdout
+    records = json.loads(out)["what_if_record"]
+    assert [(r["axis"], r["category"]) for r in records] == [("hardware", "serving")]

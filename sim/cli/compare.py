@@ -26,6 +26,7 @@ from xpusim.sim.errors import InputError, NegativeVerdict, ProfileError
 from xpusim.sim.limits import check_namespace
 from xpusim.sim.report import emit_json, table
 from xpusim.sim.units import split_list
+from xpusim.sim.validation.track_record import describe_what_if, what_if_record
 
 COMMANDS = ("train", "infer")
 
@@ -131,12 +132,32 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"every system refused the {args.command} arguments: {verdict}")
     if args.plot:
         _plot(rows, args.plot, args.command)
+    records = _what_if_records(args.command, rest, systems)
     if args.json:
         emit_json({"command": args.command, "args": rest, "devices": args.devices,
-                   "rows": rows, "plot": args.plot})
+                   "rows": rows, "plot": args.plot, "what_if_record": records})
         return 0
     _print(args, rest, len(systems), rows)
+    if records:
+        print("what-if record (published runs of the same job on two of these systems, "
+              "`xpusim validate --published`):")
+        for entry in records:
+            print("  " + describe_what_if(entry))
     return 0
+
+
+def _what_if_records(command: str, rest: list[str], systems: list[str]) -> list[dict]:
+    """How well the corpus's pairs of the same job on two of ``systems`` were predicted
+    (``track_record.what_if_record``): the what-if this command makes."""
+    if command == "train":
+        category = "training"
+    elif "--serve" in rest:
+        category = "serving"
+    else:
+        category = "prefill" if "prefill" in rest else "decode"
+    found = (what_if_record("hardware", category, a, b)
+             for i, a in enumerate(systems) for b in systems[i + 1:])
+    return [entry for entry in found if entry is not None]
 
 
 def _command_args(args: argparse.Namespace) -> list[str]:

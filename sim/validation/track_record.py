@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from xpusim.sim.validation.corpus import Row, load_corpus
+from xpusim.sim.validation.ratios import summarize_pairs, what_if_pairs
 from xpusim.sim.validation.runner import RowResult, run_rows
 
 # Fewer check rows than this on one device or engine are reported as too few to read;
@@ -125,9 +126,12 @@ def build(rows: list[Row], results: list[RowResult]) -> dict[str, Any]:
             "device": {k: asdict(error_stats(v)) for k, v in sorted(groups["device"].items())},
             "engine": {k: asdict(error_stats(v)) for k, v in sorted(groups["engine"].items())},
         }
+    what_if = [{k: g[k] for k in ("axis", "category", "first", "second", "pairs",
+                                  "median_abs_error", "bias", "same_order")}
+               for g in summarize_pairs(what_if_pairs(rows, results))]
     return {"generated_by": "python -m xpusim.sim.validation.track_record",
             "min_rows": MIN_ROWS, "op_kinds": dict(sorted(op_kinds.items())),
-            "categories": table}
+            "categories": table, "what_if": what_if}
 
 
 def table_path() -> Path:
@@ -179,6 +183,24 @@ def op_category(kind: str) -> str:
     return kinds.get(kind, "")
 
 
+def what_if_record(axis: str, category: str, a: str, b: str) -> dict[str, Any] | None:
+    """The corpus's what-if pairs (``ratios.py``) between settings ``a`` and ``b`` of one
+    axis (e.g. two systems) in ``category``, in the order the table keeps them (the ratio
+    is the second's speed over the first's); None under ``MIN_ROWS`` pairs."""
+    for entry in _table().get("what_if", []):
+        if (entry["axis"], entry["category"]) == (axis, category) and \
+                {entry["first"], entry["second"]} == {a, b} and entry["pairs"] >= MIN_ROWS:
+            return dict(entry)
+    return None
+
+
+def describe_what_if(entry: dict[str, Any]) -> str:
+    return (f"{entry['second']} vs {entry['first']} ({entry['category']}): {entry['pairs']} "
+            f"published pairs, median |ratio error| {entry['median_abs_error']:.1%}, bias "
+            f"{entry['bias']:+.1%} (> 0: the model overstates {entry['second']}'s advantage), "
+            f"measured order kept in {entry['same_order']:.0%}")
+
+
 def _fmt(s: ErrorStats) -> str:
     return (f"{s.n} rows, median |error| {s.median_abs_error:.1%}, p90 {s.p90_abs_error:.1%}, "
             f"bias {s.bias:+.1%}")
@@ -202,27 +224,39 @@ def describe(record: TrackRecord | None) -> str:
     return "\n".join(lines)
 
 
-def mismatches(committed: dict[str, Any], fresh: dict[str, Any]) -> list[str]:
-    """Where the committed table and a fresh one differ: another row count anywhere, or a
-    statistic by more than ``TOLERANCE``."""
-    problems: list[str] = []
+def _differ(label: str, a: dict[str, Any] | None, b: dict[str, Any] | None, count: str,
+            stats: tuple[str, ...]) -> list[str]:
+    """How one entry moved: another count, or a statistic by more than ``TOLERANCE``."""
+    if a is None or b is None or a[count] != b[count]:
+        return [f"{label}: {count} {a and a[count]} committed, {b and b[count]} now"]
+    return [f"{label} {k}: {a[k]:.4f} committed, {b[k]:.4f} now"
+            for k in stats if abs(a[k] - b[k]) > TOLERANCE]
 
-    def compare(label: str, a: dict[str, Any] | None, b: dict[str, Any] | None) -> None:
-        if a is None or b is None or a["n"] != b["n"]:
-            problems.append(f"{label}: rows {a and a['n']} committed, {b and b['n']} now")
-            return
-        for key in ("median_abs_error", "p90_abs_error", "bias"):
-            if abs(a[key] - b[key]) > TOLERANCE:
-                problems.append(f"{label} {key}: {a[key]:.4f} committed, {b[key]:.4f} now")
 
-    old, new = committed.get("categories", {}), fresh["categories"]
-    for category in sorted(set(old) | set(new)):
-        a, b = old.get(category, {}), new.get(category, {})
-        compare(category, a.get("overall"), b.get("overall"))
+def _entries(table: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every entry of a table by a label: category stats, then what-if pairs."""
+    out: dict[str, dict[str, Any]] = {}
+    for category, entry in table.get("categories", {}).items():
+        out[category] = entry["overall"]
         for group in ("device", "engine"):
-            for key in sorted(set(a.get(group, {})) | set(b.get(group, {}))):
-                compare(f"{category} {group} {key}", a.get(group, {}).get(key),
-                        b.get(group, {}).get(key))
+            for key, stats in entry[group].items():
+                out[f"{category} {group} {key}"] = stats
+    for g in table.get("what_if", []):
+        out["what-if " + ":".join((g["axis"], g["category"], g["first"], g["second"]))] = g
+    return out
+
+
+def mismatches(committed: dict[str, Any], fresh: dict[str, Any]) -> list[str]:
+    """Where the committed table and a fresh one differ: another row or pair count
+    anywhere, or a statistic by more than ``TOLERANCE``."""
+    old, new = _entries(committed), _entries(fresh)
+    problems: list[str] = []
+    for label in sorted(set(old) | set(new)):
+        what_if = label.startswith("what-if ")
+        problems += _differ(label, old.get(label), new.get(label),
+                            "pairs" if what_if else "n",
+                            ("median_abs_error", "bias", "same_order") if what_if
+                            else ("median_abs_error", "p90_abs_error", "bias"))
     return problems
 
 

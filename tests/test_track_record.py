@@ -112,3 +112,19 @@ def test_compare_prints_the_hardware_what_if_record():
                "--prompt-len", "64", "--output-len", "8", "--rate", "1000").stdout
     records = json.loads(out)["what_if_record"]
     assert [(r["axis"], r["category"]) for r in records] == [("hardware", "serving")]
+
+
+def test_explore_says_which_candidates_the_record_cannot_separate(tmp_path):
+    from pathlib import Path
+
+    study = Path(__file__).resolve().parents[1] / "examples" / "small_study.toml"
+    doc = json.loads(_run("explore", str(study), "--no-plots", "--json", "--out",
+                          str(tmp_path)).stdout)
+    record = doc["ranking_record"]
+    assert record["plan_pairs"]["axis"] == "plan" and record["plan_pairs"]["pairs"] >= 5
+    ranked = [r for r in doc["ranked"] if not r.get("error")]
+    best = ranked[0]["tokens_per_s"]
+    assert record["within"][0] == ranked[0]["rank"]
+    for r in ranked:  # the ranks listed are exactly those within the median ratio error
+        close = r["tokens_per_s"] * (1 + record["plan_pairs"]["median_abs_error"]) >= best
+        assert (r["rank"] in record["within"]) == close

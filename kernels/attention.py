@@ -78,6 +78,7 @@ def build_mask(
     kv_lens: Sequence[int] | None = None,
     batch: int = 1,
     dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
 ) -> torch.Tensor | None:
     """The explicit additive mask of standard attention: (batch or 1, 1, q_len, kv_len).
 
@@ -88,12 +89,12 @@ def build_mask(
         return None
     mask = None
     if causal:
-        mask = torch.full((q_len, kv_len), _NEG_INF, dtype=dtype).triu(1 + q_offset)
+        mask = torch.full((q_len, kv_len), _NEG_INF, dtype=dtype, device=device).triu(1 + q_offset)
         mask = mask.view(1, 1, q_len, kv_len)
     if kv_lens is not None:
-        cols = torch.arange(kv_len).view(1, 1, 1, -1)
-        lens = torch.tensor(list(kv_lens)).view(-1, 1, 1, 1)
-        pad = torch.zeros(len(kv_lens), 1, 1, kv_len, dtype=dtype).masked_fill(
+        cols = torch.arange(kv_len, device=device).view(1, 1, 1, -1)
+        lens = torch.tensor(list(kv_lens), device=device).view(-1, 1, 1, 1)
+        pad = torch.zeros(len(kv_lens), 1, 1, kv_len, dtype=dtype, device=device).masked_fill(
             cols >= lens, _NEG_INF
         )
         mask = pad if mask is None else mask + pad
@@ -122,7 +123,8 @@ def standard_attention(
         k = k.repeat_interleave(heads // kv_heads, dim=1)
         v = v.repeat_interleave(heads // kv_heads, dim=1)
     if mask is None:
-        mask = build_mask(q_len, kv_len, causal, q_offset, kv_lens, batch, q.dtype)
+        # On q's device: a mask built on the CPU cannot be added to CUDA scores.
+        mask = build_mask(q_len, kv_len, causal, q_offset, kv_lens, batch, q.dtype, q.device)
     s = torch.matmul(q, k.transpose(-2, -1))
     s = s * scale
     if mask is not None:
@@ -132,14 +134,16 @@ def standard_attention(
     return torch.matmul(p, v)
 
 
-def mask_template(block: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def mask_template(
+    block: int, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
+) -> torch.Tensor:
     """The 2M x 2M additive template T[r, c] = 0 if c <= r else -inf (M = ``block``).
 
     Every causal block mask and every padding mask of an M x M (or smaller) block is
     a slice of it; see ``_block_mask``.
     """
     size = 2 * block
-    return torch.full((size, size), _NEG_INF, dtype=dtype).triu(1)
+    return torch.full((size, size), _NEG_INF, dtype=dtype, device=device).triu(1)
 
 
 def _block_mask(
@@ -214,7 +218,9 @@ def fast_attention(
     scale = 1.0 / math.sqrt(head_dim) if scale is None else scale
     group = heads // kv_heads
     acc = torch.float32
-    template = mask_template(outer_block, acc)
+    # Every buffer on q's device (CPU by default, CUDA when timed there).
+    dev = q.device
+    template = mask_template(outer_block, acc, dev)
     # GQA: the ``group`` query heads that share one K/V head are stacked along the row
     # axis of the query block, (batch, kv_heads, group*rows, d), so each GEMM is a plain
     # batched matmul over (batch, kv_heads) against the un-repeated K/V tile. (A
@@ -232,9 +238,9 @@ def fast_attention(
         q_blk = (q5[:, :, :, q_start : q_start + rows].to(acc) * scale).view(
             batch, kv_heads, group * rows, head_dim
         )
-        m = torch.full((batch, kv_heads, group * rows, 1), lowest, dtype=acc)
-        denom = torch.zeros((batch, kv_heads, group * rows, 1), dtype=acc)
-        o = torch.zeros((batch, kv_heads, group * rows, head_dim), dtype=acc)
+        m = torch.full((batch, kv_heads, group * rows, 1), lowest, dtype=acc, device=dev)
+        denom = torch.zeros((batch, kv_heads, group * rows, 1), dtype=acc, device=dev)
+        o = torch.zeros((batch, kv_heads, group * rows, head_dim), dtype=acc, device=dev)
         for k_start in range(0, kv_limit, outer_block):
             cols = min(outer_block, kv_limit - k_start)
             kind = block_kind(q_start, rows, k_start, cols, causal, q_offset)

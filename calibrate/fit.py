@@ -368,6 +368,11 @@ class FitResult:
     success: bool
     message: str
     held: tuple[str, ...] = ()  # parameters kept at the start's value (not fitted)
+    # Largest |this fit's vectorised case time / RooflineModel's - 1| over the fit cases at
+    # the fitted parameters (pipeline.model_gap): 0 where the table restates the model
+    # whole (every CPU op); on a GPU profile the GEMM terms the table does not restate
+    # (operand feed, finite pipeline, epilogue store) make it > 0.
+    model_gap: float = 0.0
 
     def summary(self) -> dict:
         return {
@@ -383,6 +388,7 @@ class FitResult:
             "held": list(self.held),
             "success": self.success,
             "message": self.message,
+            "model_gap": self.model_gap,
         }
 
 

@@ -80,6 +80,7 @@ def overlay_doc(base: Device, result: FitResult, provenance: dict[str, Any]) -> 
             "held": list(result.held),
             "success": result.success,
             "message": result.message,
+            "model_gap": result.model_gap,
             # Raw fitted maxima: above 1 means the profile peak was raised (see module doc).
             "raw_matrix_max": p.matrix_max,
             "raw_vector_max": p.vector_max,

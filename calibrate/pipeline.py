@@ -13,7 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from xpusim.calibrate.device import LocalDevice
+import numpy as np
+from xpusim.calibrate.device import LocalDevice, profile_for_gpu
 from xpusim.calibrate.fit import FitParams, FitResult, build_table, fit, held_parameters
 from xpusim.calibrate.harness import HarnessConfig, Measurement, measure, noise_score, timer_for
 from xpusim.calibrate.suites import SUITES, Case
@@ -25,7 +26,8 @@ from xpusim.sim.ir import OpKind
 
 CONV2D_IM2COL = str(OpKind.CONV2D_IM2COL)
 
-# Base profile per local device kind; CUDA/NPU need --profile (which GPU is it?).
+# Base profile per local device kind; a CUDA GPU's from its product name
+# (device.profile_for_gpu); an NPU needs --profile (which Ascend is it?).
 DEFAULT_PROFILE = {"cpu": "cpu-host"}
 
 
@@ -55,14 +57,20 @@ class Measured:
                     "date": device.date,
                 }
             )
+            if device.accelerator:  # a GPU's facts (CPU rows keep their columns)
+                row["accelerator"] = device.accelerator
         return row
 
 
-def base_profile(kind: str, profile: str | None) -> str:
+def base_profile(kind: str, profile: str | None, device_name: str = "") -> str:
+    """The profile to calibrate: ``--profile``, else the kind's default, else (CUDA) the
+    profile of the GPU named ``device_name``."""
     if profile:
         return profile
     if kind in DEFAULT_PROFILE:
         return DEFAULT_PROFILE[kind]
+    if kind == "cuda":
+        return profile_for_gpu(device_name)
     raise InputError(
         f"--device {kind}: pass --profile NAME (the device profile to calibrate, "
         "e.g. h100-sxm5-80gb); 'xpusim hw list' shows them"
@@ -90,7 +98,8 @@ def measure_cases(
         except (ImportError, NotImplementedError) as exc:
             raise InputError(f"suite {case.suite}: cannot build the kernel ({exc})") from None
         # Record the MoE routing now (torch is here) so --from-measurements needs none.
-        out.append(Measured(case.with_routing(), measure(fn, timer=timer, config=config)))
+        routed = case.with_routing(local.torch_device)
+        out.append(Measured(routed, measure(fn, timer=timer, config=config)))
         del fn
         if local.kind == "cuda":
             torch.cuda.empty_cache()
@@ -196,13 +205,29 @@ def fit_measured(measured: Sequence[Measured], base: Device) -> FitResult:
         # Too few cases of torch's slow-path convolutions to fit them apart: fit them with
         # the oneDNN ones under `conv2d`, as an overlay without the kind prices them.
         table = build_table(graphs, base, split_conv=False)
-    return fit(
+    result = fit(
         table,
         [m.m.median_s for m in rows],
         start,
         groups=[m.case.suite for m in rows],
         fixed=tuple(held),
     )
+    return replace(result, model_gap=model_gap(graphs, table, result.params, base))
+
+
+def model_gap(graphs: Sequence, table, params: FitParams, base: Device) -> float:
+    """Largest relative gap between the fit's vectorised case times and RooflineModel's
+    (what predict / validate use) at ``params``: the fit is only a fit of the priced model
+    where this is ~0. It is not on a GPU profile, whose GEMMs carry terms
+    ``fit.build_table`` does not restate (sim/cost/roofline.py: operand feed, the finite
+    load/MMA pipeline, the epilogue store): up to -28% on the H100 quick grid's bmm cases
+    at the profile's own parameters (2026-12-07)."""
+    from xpusim.calibrate.fit import case_times
+    from xpusim.sim.cost import RooflineModel
+
+    model = RooflineModel(params.to_device(base))
+    priced = np.array([sum(model.time(op).time_s for op in g.ops()) for g in graphs])
+    return float(np.max(np.abs(case_times(table, params) / priced - 1.0)))
 
 
 def predict_case(case: Case, device: Device) -> float:
@@ -219,7 +244,7 @@ def provenance(
     from xpusim.sim import __version__
 
     noise = noise_score([m.m for m in measured])
-    return {
+    out: dict = {
         "device_name": local.name,
         "device_kind": local.kind,
         "base_profile": base_name,
@@ -245,7 +270,12 @@ def provenance(
             if local.threads == 1
             else "wall clock"
         ),
+        # The cases' dtype: validate re-derives the held-out cases with it.
+        "dtype": ",".join(sorted({m.case.dtype for m in measured})),
     }
+    if local.accelerator:
+        out["accelerator"] = local.accelerator
+    return out
 
 
 def load_base(name: str, local: LocalDevice | None = None) -> Device:
@@ -284,6 +314,7 @@ def recorded_device(path: str | Path, kind: str) -> LocalDevice:
         kind=kind,
         torch_device=kind,
         name=row.get("device", "?"),
+        accelerator=row.get("accelerator", ""),
         torch_version=row.get("torch", "?"),
         threads=int(row.get("threads", 0) or 0),
         host_cpu=row.get("host_cpu", "?"),

@@ -19,9 +19,11 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 from xpusim.calibrate import exp_micro as em
+from xpusim.calibrate import gpu_grids
 from xpusim.calibrate import page_fault_micro as pf
 from xpusim.calibrate.families import OUT_OF_RANGE, is_out_of_range
 from xpusim.sim import ops
+from xpusim.sim.errors import InputError
 from xpusim.sim.ir import Op, RankGraph
 from xpusim.sim.kernel_registry import describe_kernel
 from xpusim.sim.workloads.moe import SILU_FLOPS
@@ -62,11 +64,12 @@ class Case:
             shape = {**shape, "tokens_per_expert": self.routing}
         return SUITES[self.suite].graph(shape, self.dtype)
 
-    def with_routing(self) -> Case:
-        """This case with its MoE routing histogram filled in (others: unchanged)."""
+    def with_routing(self, torch_device: str = "cpu") -> Case:
+        """This case with its MoE routing histogram filled in (others: unchanged), routed
+        on ``torch_device``: the device the case was timed on routes as it did then."""
         if self.suite != "moe" or self.routing is not None:
             return self
-        hist = moe_routing_histogram(self.shape, self.dtype)
+        hist = moe_routing_histogram(self.shape, self.dtype, torch_device)
         return replace(self, routing=tuple(int(v) for v in hist))
 
     def runner(self, torch_device: str) -> Callable[[], object]:
@@ -118,6 +121,11 @@ def _torch_dtype(dtype: str):
 def _randn(*size: int, dtype: str, device: str):
     import torch
 
+    if device != "cpu":
+        # Drawn on the device (a GPU's 1 GiB tensors would take seconds on one CPU thread);
+        # seeded, so every run times the same data.
+        gen = torch.Generator(device=device).manual_seed(0)
+        return torch.randn(*size, generator=gen, device=device).to(_torch_dtype(dtype))
     gen = torch.Generator().manual_seed(0)  # same data every run: timings must not depend on it
     return torch.randn(*size, generator=gen).to(device=device, dtype=_torch_dtype(dtype))
 
@@ -457,7 +465,9 @@ def _moe_runner(s: Shape, dtype: str, device: str):
 
 
 @functools.lru_cache(maxsize=256)
-def moe_routing_histogram(shape: tuple[tuple[str, float], ...], dtype: str) -> tuple[float, ...]:
+def moe_routing_histogram(
+    shape: tuple[tuple[str, float], ...], dtype: str, torch_device: str = "cpu"
+) -> tuple[float, ...]:
     """Rows each expert receives when the suite's MoE layer routes the suite's input.
 
     The measured layer has random weights, so its routing is not uniform (some experts
@@ -470,7 +480,7 @@ def moe_routing_histogram(shape: tuple[tuple[str, float], ...], dtype: str) -> t
         "pricing an MoE case whose routing is not recorded (a measurements CSV without "
         "a 'routing' column; re-measure with 'xpusim calibrate' to record it)"
     )
-    layer, x = _moe_layer_and_input(dict(shape), dtype, "cpu")
+    layer, x = _moe_layer_and_input(dict(shape), dtype, torch_device)
     with torch.inference_mode():
         _, stats = layer(x, return_stats=True)
     return tuple(float(v) for v in stats.kept_per_expert)
@@ -575,6 +585,42 @@ SUITES: dict[str, Suite] = {s.name: s for s in _micro_suites() + _kernel_suites(
 MICRO_SUITES = tuple(n for n, s in SUITES.items() if s.kind == "micro")
 KERNEL_SUITES = tuple(n for n, s in SUITES.items() if s.kind == "kernel")
 
+# Suites whose timings measure a mechanism of the CPU path alone, with why: on a GPU or
+# NPU they are not run (their fitted kind would describe nothing the device does).
+CPU_ONLY: dict[str, str] = {
+    "page_fault": "first-touch page faults of glibc's fresh mmap (>= 32 MiB); a GPU "
+    "framework's caching allocator reuses device memory and takes no host page faults",
+    "exp_masked": "MKL's vexp slow path on -inf inputs (calibrate/exp_micro.py); a GPU's "
+    "exp costs the same on any input",
+}
+
+
+def suite_shapes(name: str, quick: bool, device: str = "cpu") -> tuple[Shape, ...]:
+    """The grid of ``name`` on ``device``: the CPU grids on "cpu", ``gpu_grids`` on a
+    GPU or NPU (sized for a device ~100x faster; a suite without one keeps its CPU grid)."""
+    suite = SUITES[name]
+    if device != "cpu" and name in gpu_grids.GRIDS:
+        full, quick_grid = gpu_grids.GRIDS[name]
+        return quick_grid if quick else full
+    return suite.quick if quick else suite.full
+
+
+def device_suites(suites: tuple[str, ...] | list[str] | None, device: str) -> list[str]:
+    """The suites to run on ``device``: all it can run by default; a suite named that it
+    cannot run is an InputError naming the mechanism it measures."""
+    if not suites:
+        return [n for n in SUITES if device == "cpu" or n not in CPU_ONLY]
+    chosen = list(suites)
+    if device != "cpu":
+        off = [n for n in chosen if n in CPU_ONLY]
+        if off:
+            why = "; ".join(f"{n}: {CPU_ONLY[n]}" for n in off)
+            raise InputError(
+                f"--suites {','.join(off)}: CPU-only, not run on --device {device} ({why}); "
+                "drop them from --suites"
+            )
+    return chosen
+
 
 def split_shapes(suite: str, shapes: tuple[Shape, ...], seed: int) -> list[str]:
     """'fit' / 'heldout' per shape: a seeded permutation holds out ~35% of every suite."""
@@ -591,18 +637,18 @@ def cases(
     quick: bool = False,
     seed: int = DEFAULT_SEED,
     dtype: str = "fp32",
+    device: str = "cpu",
 ) -> list[Case]:
-    """Every case of the chosen suites (all by default), with its fit/held-out label.
+    """Every case of the chosen suites (all ``device`` runs by default), with its
+    fit/held-out label.
 
-    The grid (quick or full) is split by ``split_shapes``; a kernel suite's out-of-range
-    family shapes follow, always held out (in quick mode too: they are what tells a
-    model form that carries across shapes from one fitted to the grid).
+    The grid (quick or full, ``suite_shapes``) is split by ``split_shapes``; a kernel
+    suite's out-of-range family shapes follow, always held out (in quick mode too: they
+    are what tells a model form that carries across shapes from one fitted to the grid).
     """
-    chosen = list(suites) if suites else list(SUITES)
     out: list[Case] = []
-    for name in chosen:
-        suite = SUITES[name]
-        shapes = suite.quick if quick else suite.full
+    for name in device_suites(suites, device):
+        shapes = suite_shapes(name, quick, device)
         splits = split_shapes(name, shapes, seed)
         labelled = list(zip(shapes, splits, strict=True))
         labelled += [(s, "heldout") for s in OUT_OF_RANGE.get(name, ())]

@@ -77,8 +77,16 @@ def read_overlay_meta(path: str | Path) -> dict:
 
 
 def heldout_cases(meta: dict, suites: Sequence[str] | None = None) -> list[Case]:
+    """The calibration's held-out cases: its grid (mode, device kind), seed and dtype
+    (an overlay written before these were recorded: a CPU, fp32)."""
     chosen = suites or meta.get("suites") or None
-    all_cases = cases(chosen, quick=meta.get("mode") == "quick", seed=int(meta["seed"]))
+    all_cases = cases(
+        chosen,
+        quick=meta.get("mode") == "quick",
+        seed=int(meta["seed"]),
+        dtype=str(meta.get("dtype") or "fp32"),
+        device=str(meta.get("device_kind") or "cpu"),
+    )
     return [c for c in all_cases if c.split == "heldout"]
 
 

@@ -1,9 +1,15 @@
 """Calibrating on a CUDA GPU, checked without one: the GPU -> profile mapping, detect()
-with a monkeypatched torch.cuda, the GPU suite selection and grids, and the attention
-kernels' buffers on the inputs' device."""
+with a monkeypatched torch.cuda, the GPU suite selection and grids, the attention kernels'
+buffers on the inputs' device, and the device-check script in its CPU mode."""
 
 from __future__ import annotations
 
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -16,6 +22,8 @@ from xpusim.calibrate.suites import CPU_ONLY, cases, suite_shapes  # noqa: E402
 from xpusim.calibrate.validate import heldout_cases  # noqa: E402
 from xpusim.hwprofiles import load_device  # noqa: E402
 from xpusim.sim.errors import InputError  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize(
@@ -166,3 +174,51 @@ def test_attention_kernels_keep_every_buffer_on_the_inputs_device():
     kv = torch.empty(1, 2, 300, 16, device="meta")
     assert fast_attention(q, kv, kv, causal=True).device.type == "meta"
     assert standard_attention(q, kv, kv, causal=True).device.type == "meta"
+
+
+def test_every_gpu_microbenchmark_has_a_prediction():
+    from xpusim.calibrate.device_check import all_cases, predict
+
+    benches = all_cases("cuda:0", tiny=False)
+    assert {b.bench for b in benches} >= {"launch", "copy", "gemm_decode", "elementwise", "sdpa"}
+    for b in benches:
+        assert predict(" ".join(b.sim), "h100-sxm5-80gb") > 0, b.case
+
+
+def test_device_check_micro_and_compare_on_cpu(tmp_path, capsys):
+    from xpusim.calibrate.device_check import main
+
+    micro = tmp_path / "micro.csv"
+    assert main(["micro", "--device", "cpu", "--tiny", "--only", "launch,copy,elementwise",
+                 "--out", str(micro)]) == 0  # fmt: skip
+    rows = list(csv.DictReader(micro.open()))
+    assert rows and all(r["status"] == "ok" and float(r["median_s"]) > 0 for r in rows)
+    out = tmp_path / "compare.csv"
+    assert main(["compare", str(micro), "--profile", "cpu-host", "--out", str(out)]) == 0
+    compared = list(csv.DictReader(out.open()))
+    assert len(compared) == len(rows)
+    assert "median |error|" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_device_check_script_runs_end_to_end_on_cpu(tmp_path):
+    """benchmarks/device_check.sh --tiny: every step, under its timeout, on this CPU."""
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable, "DC_TOTAL_S": "100"}
+    done = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "device_check.sh"), "--tiny"],
+        env=env, capture_output=True, text=True, timeout=150,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["compare.csv", "device_check.tar.gz", "log.txt", "summary.txt"]
+    log = (tmp_path / "log.txt").read_text()
+    assert "pkg/xpusim" in log  # the tree under test, not an installed xpusim
+    for name in ("env", "micro", "compare", "calibrate", "validate"):
+        assert f"=== {name}: rc 0" in log, log[-3000:]
+    summary = (tmp_path / "summary.txt").read_text()
+    assert "per bench" in summary and "validate (held-out)" in summary
+    result = json.loads(subprocess.run(
+        ["tar", "xzOf", str(tmp_path / "device_check.tar.gz"), "results/calib/calibrate.json"],
+        capture_output=True, text=True, check=True).stdout)  # fmt: skip
+    assert result["provenance"]["dtype"] == "fp32"
+    assert result["fit"]["model_gap"] < 1e-9  # a CPU: the fit is the priced model

@@ -46,8 +46,9 @@ import numpy as np
 from scipy.optimize import least_squares
 from xpusim.hwprofiles.spec import Device
 from xpusim.sim.cost.conv_path import priced_kind
+from xpusim.sim.cost.operand_feed import feed_flops_per_element
 from xpusim.sim.cost.page_faults import PAGE_FAULT_KIND, fault_bytes
-from xpusim.sim.cost.roofline import cold_bytes, gemm_quantisation
+from xpusim.sim.cost.roofline import RooflineModel, cold_bytes, epilogue_bytes, gemm_work
 from xpusim.sim.ir import MAIN_MEMORY, GemmShape, Op, RankGraph, Unit
 
 PARAM_NAMES = (
@@ -201,6 +202,18 @@ class OpTable:
     # 1 for an op, 0 for the page-fault row of an op with a fresh output (the faults
     # happen inside that op: no launch of their own, no cache tier; page_faults.py).
     launch: np.ndarray | None = None
+    # A GPU GEMM's main-loop terms (RooflineModel._terms; 0 for every other op and on a
+    # CPU): the output bytes its epilogue stores after the last MMA, and the shared-memory
+    # stages of its load/MMA pipeline.
+    store_bytes: np.ndarray | None = None
+    stages: np.ndarray | None = None
+    # GPU GEMMs under an operand-feed bound: their block cost depends on the fitted matrix
+    # rate (the bound's FLOPs per element scale with it), so ``op_times`` recomputes it for
+    # these distinct ops (``feed_ops``; row -> index in ``feed_index``, -1 for other rows)
+    # on ``base`` at the fitted parameters, as RooflineModel prices them.
+    feed_ops: tuple[Op, ...] = ()
+    feed_index: np.ndarray | None = None
+    base: Device | None = None
 
     def cases_per_kind(self) -> dict[str, int]:
         return {k: len(set(self.case[self.kind == i].tolist())) for i, k in enumerate(self.kinds)}
@@ -258,8 +271,17 @@ def llc_bytes(device: Device) -> float:
 def build_table(
     graphs: Sequence[RankGraph | Sequence[Op]], base: Device, split_conv: bool = True
 ) -> OpTable:
-    """Flatten the cases' ops; GEMM padding and waves use the base device (not fitted)."""
+    """Flatten the cases' ops; GEMM padding, waves, block shapes and the operand-feed bound
+    use the base device (not fitted: the feed bound's FLOPs per element scale with the
+    matrix rate, so away from the base's ``matrix_max`` the table drifts from RooflineModel
+    by what ``pipeline.model_gap`` reports)."""
     levels = [lv for lv in base.memory if lv.name != MAIN_MEMORY and lv.bandwidth is not None]
+    model = RooflineModel(base)
+    stores: list[float] = []
+    stages: list[float] = []
+    feed_ops: list[Op] = []  # distinct feed-bound GEMMs
+    feed_slot: dict[tuple, int] = {}  # (shape, dtype) -> index in feed_ops
+    feed_index: list[int] = []
     rows: list[tuple] = []
     others: list[list[float]] = []
     cold: list[float] = []
@@ -272,9 +294,13 @@ def build_table(
             unit = {Unit.MATRIX: 0, Unit.VECTOR: 1, Unit.DMA: 2}[Unit(op.unit)]
             work = op.flops
             shape = op.shape
+            feed = -1
             if unit == 0 and isinstance(shape, GemmShape):
-                executed, _ = gemm_quantisation(shape.m, shape.n, shape.k, shape.batch, base)
-                work = max(executed, op.flops)
+                work, _ = gemm_work(op, base)  # the blocks RooflineModel prices
+                if feed_flops_per_element(base, op.dtype) > 0:
+                    feed = feed_slot.setdefault((shape, op.dtype), len(feed_ops))
+                    if feed == len(feed_ops):
+                        feed_ops.append(op)
             # A CPU's slow-path convolutions as their own kind (conv_path.py) unless the
             # caller merges them back (``split_conv`` False: the kind is not identifiable).
             kind = priced_kind(op, base, split=split_conv)
@@ -287,6 +313,9 @@ def build_table(
             others.append([op.bytes.get(lv.name, 0.0) for lv in levels])
             cold.append(cold_bytes(op, cache))
             launch.append(1.0)
+            stores.append(epilogue_bytes(op, base))
+            stages.append(float(model.gemm_stages(op)))
+            feed_index.append(feed)
             faulted = fault_bytes(op, base)
             if faulted > 0:  # roofline adds fault_time_s to the op's body: its own row here
                 if PAGE_FAULT_KIND not in kinds:
@@ -295,6 +324,9 @@ def build_table(
                 others.append([0.0] * len(levels))
                 cold.append(0.0)
                 launch.append(0.0)
+                stores.append(0.0)
+                stages.append(0.0)
+                feed_index.append(-1)
     arr = np.array(rows, dtype=float).reshape(-1, 7)
     return OpTable(
         case=arr[:, 0].astype(int),
@@ -312,14 +344,71 @@ def build_table(
         other_bandwidth=np.array([lv.bandwidth for lv in levels], dtype=float),
         n_cases=len(graphs),
         launch=np.array(launch, dtype=float),
+        store_bytes=np.array(stores, dtype=float),
+        stages=np.array(stages, dtype=float),
+        feed_ops=tuple(feed_ops),
+        feed_index=np.array(feed_index, dtype=int),
+        base=base,
     )
+
+
+def _work(t: OpTable, p: FitParams) -> np.ndarray:
+    """Each row's work at ``p``: the table's, with the feed-bound GEMMs' block cost
+    recomputed at the fitted matrix rate (``gemm_work`` on ``p.to_device(base)``)."""
+    if not t.feed_ops or t.base is None or t.feed_index is None:
+        return t.work
+    dev = p.to_device(t.base)
+    costs = np.array([gemm_work(op, dev)[0] for op in t.feed_ops])
+    rows = t.feed_index >= 0
+    work = t.work.copy()
+    work[rows] = costs[t.feed_index[rows]]
+    return work
+
+
+def pipelined_times(compute_s: np.ndarray, memory_s: np.ndarray, stages: np.ndarray) -> np.ndarray:
+    """``sim.cost.gemm_pipeline.pipelined_time`` elementwise: a main loop of ``compute_s``
+    of MMAs and ``memory_s`` of operand loads through ``stages`` buffers."""
+    out = np.maximum(compute_s, memory_s)
+    ok = (stages > 0) & (compute_s > 0) & (memory_s > 0)
+    if not ok.any():
+        return out
+    c, m, n = compute_s[ok], memory_s[ok], stages[ok]
+    rho = c / m
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        inv = 1.0 / rho
+        above = (inv**n - 1.0) / (inv ** (n + 1) - 1.0)  # rho > 1, as pipelined_time
+        below = (rho - rho ** (n + 1)) / (1.0 - rho ** (n + 1))
+        share = np.where(np.abs(rho - 1.0) < 1e-9, n / (n + 1.0), np.where(rho > 1.0, above, below))
+    out[ok] = np.maximum(np.maximum(c / share, c), m)
+    return out
+
+
+def _gemm_main_loop(t: OpTable, p: FitParams, compute: np.ndarray, mem: np.ndarray,
+                    speed: np.ndarray, body: np.ndarray) -> np.ndarray:
+    """``body`` (already / speed) with a GPU GEMM's main loop and epilogue store, as
+    RooflineModel._terms prices them: max(body, max(compute, reads, pipelined) + store)."""
+    assert t.store_bytes is not None and t.stages is not None
+    main = (t.store_bytes > 0) | (t.stages > 0)
+    if not main.any():
+        return body
+    rate = t.peak * p.matrix_max  # the matrix rate (these rows are all matrix ops)
+    store = t.store_bytes / (t.hbm_bandwidth * p.memory_max) / speed
+    compute_s, mem_s = compute / speed, mem / speed
+    reads = np.maximum(mem_s - store, 0.0)
+    mma = t.flops / rate / speed
+    mma_fill = p.matrix_half_flops / rate / speed
+    reads_fill = np.minimum(p.memory_half_bytes / (t.hbm_bandwidth * p.memory_max) / speed, reads)
+    piped = pipelined_times(mma, reads - reads_fill, t.stages) + np.minimum(mma_fill, reads_fill)
+    loop = np.maximum(np.maximum(compute_s, reads), piped)
+    return np.where(main, np.maximum(body, loop + store), body)
 
 
 def op_times(table: OpTable, p: FitParams) -> np.ndarray:
     """Per-op times under ``p``: the roofline formula, vectorised."""
     t = table
     has_flops = (t.flops > 0) & (t.unit != 2)
-    matrix_c = (t.work + p.matrix_half_flops) / (t.peak * p.matrix_max)
+    work = _work(t, p)
+    matrix_c = (work + p.matrix_half_flops) / (t.peak * p.matrix_max)
     vector_c = (t.work + p.vector_half_flops) / (t.peak * p.vector_max)
     compute = np.where(has_flops, np.where(t.unit == 0, matrix_c, vector_c), 0.0)
     launch = np.ones_like(t.flops) if t.launch is None else t.launch
@@ -345,8 +434,10 @@ def op_times(table: OpTable, p: FitParams) -> np.ndarray:
         mem = np.maximum(mem, lv.max(axis=1))
     speed = np.array([p.kind_speed.get(k, 1.0) for k in t.kinds])[t.kind]
     extra = np.array([p.kind_overhead_s.get(k, 0.0) for k in t.kinds])[t.kind]
-    body = np.maximum(compute, mem) + (1.0 - p.overlap) * np.minimum(compute, mem)
-    return body / speed + p.launch_overhead_s * launch + extra
+    body = (np.maximum(compute, mem) + (1.0 - p.overlap) * np.minimum(compute, mem)) / speed
+    if t.stages is not None:
+        body = _gemm_main_loop(t, p, compute, mem, speed, body)
+    return body + p.launch_overhead_s * launch + extra
 
 
 def case_times(table: OpTable, p: FitParams) -> np.ndarray:
@@ -370,8 +461,8 @@ class FitResult:
     held: tuple[str, ...] = ()  # parameters kept at the start's value (not fitted)
     # Largest |this fit's vectorised case time / RooflineModel's - 1| over the fit cases at
     # the fitted parameters (pipeline.model_gap): 0 where the table restates the model
-    # whole (every CPU op); on a GPU profile the GEMM terms the table does not restate
-    # (operand feed, finite pipeline, epilogue store) make it > 0.
+    # whole, > 0 where it does not (a fitted max above 1 on a dtype priced at a fallback
+    # peak).
     model_gap: float = 0.0
 
     def summary(self) -> dict:

@@ -218,10 +218,11 @@ def fit_measured(measured: Sequence[Measured], base: Device) -> FitResult:
 def model_gap(graphs: Sequence, table, params: FitParams, base: Device) -> float:
     """Largest relative gap between the fit's vectorised case times and RooflineModel's
     (what predict / validate use) at ``params``: the fit is only a fit of the priced model
-    where this is ~0. It is not on a GPU profile, whose GEMMs carry terms
-    ``fit.build_table`` does not restate (sim/cost/roofline.py: operand feed, the finite
-    load/MMA pipeline, the epilogue store): up to -28% on the H100 quick grid's bmm cases
-    at the profile's own parameters (2026-12-07)."""
+    where this is ~0. It is 0 on the CPU and on the GPU grids' GEMMs (fit.py restates the
+    operand feed, the finite load/MMA pipeline and the epilogue store); what is left is
+    where ``FitParams.to_device`` cannot carry a fitted max above 1 (an fp32 GEMM on a GPU
+    is priced at the fp32 vector peak, which a raised matrix peak does not raise: 10-23%
+    at matrix_max 1.3 on H100, 2026-12-07)."""
     from xpusim.calibrate.fit import case_times
     from xpusim.sim.cost import RooflineModel
 

@@ -155,8 +155,8 @@ def _print_fit(result, prov: dict) -> None:
     if result.model_gap > 0.01:
         print(
             f"  warning: the fit's vectorised model differs from the priced one by up to "
-            f"{result.model_gap:.1%} on these cases (GPU GEMM terms calibrate/fit.py does not "
-            "restate: operand feed, pipeline, epilogue; docs/calibration.md)"
+            f"{result.model_gap:.1%} on these cases (terms calibrate/fit.py does not restate; "
+            "docs/calibration.md, 'model_gap')"
         )
 
 

@@ -220,6 +220,48 @@ def _padded(m: float, n: float, k: float, device: Device) -> float:
     return _pad(m, tm) * _pad(n, tn) * _pad(k, tk)
 
 
+def gemm_work(op: Op, device: Device) -> tuple[float, float]:
+    """(cost, executed) FLOPs of a GEMM op's blocks on ``device``: the library's block shape
+    with the operand-feed bound (a named kernel's own cut, or a tile fixed at ``tactic_m``),
+    and its executed FLOPs; each at least the op's FLOPs. ``RooflineModel`` prices with it
+    and calibrate/fit.py builds its table with it, so both see the same blocks."""
+    shape = op.shape
+    assert isinstance(shape, GemmShape)
+    # Operand-feed bound (``block_work``, sim/cost/operand_feed.py). Hopper (async_mma)
+    # runs 2-CTA clusters with TMA multicast (CUTLASS cutlass_library/generator.py
+    # GenerateSM90_TensorOp_16b_WGMMA_gemm: cluster shapes [2,1,1] / [1,2,1]).
+    per_element = feed_flops_per_element(device, op.dtype)
+    if shape.impl in BLOCK_IMPLS:  # a named library kernel cuts the blocks its own way
+        work, executed = impl_work(shape, device, op.dtype, per_element)
+    elif shape.tactic_m > 0:  # a tile chosen once, at tactic_m rows (tactic_tile)
+        work, executed = fixed_tactic_cost(shape, device, per_element)
+    else:
+        work, executed = gemm_tile_cost(shape.m, shape.n, shape.k, shape.batch, device,
+                                        per_element, device.kernels.async_mma)
+    return max(work, op.flops), max(executed, op.flops)
+
+
+def epilogue_bytes(op: Op, device: Device) -> float:
+    """Output bytes a GEMM's epilogue stores after its last MMA on an NVIDIA GPU (0 for
+    other ops and devices): ``RooflineModel.epilogue_time`` prices them at the stream rate."""
+    shape = op.shape
+    if op.unit != Unit.MATRIX or not isinstance(shape, GemmShape) or device.arch != "nvidia":
+        return 0.0
+    nbytes = op.bytes.get(MAIN_MEMORY, 0.0)
+    out_elt = 2.0 if is_low_precision(op.dtype) else dtype_bytes(op.dtype)
+    if shape.accumulate:  # the epilogue reads C and writes it back (beta = 1)
+        out_elt = 2.0 * dtype_bytes(shape.accumulate)
+    out = min(shape.batch * shape.m * shape.n * out_elt, nbytes)
+    if out > 0 and device.kernels.epilogue_overlap:
+        # Two accumulator stages (Blackwell tensor memory; CUTLASS SM100
+        # AccumulatorPipelineStageCount = 2, sm100_gemm_tma_warpspecialized.hpp): the
+        # epilogue warps drain one tile while the MMA warp computes the next, so only
+        # the last wave's stores follow the last MMA: one output tile per core.
+        bm, bn = device.efficiency.block_shapes[0]
+        out = min(out, device.matrix_cores * bm * bn * out_elt)
+    return max(out, 0.0)
+
+
 def block_work(
     pm: float, pn: float, pk: float, batch: float, bm: int, bn: int, cores: int,
     flops_per_element: float = 0.0, multicast: bool = False,
@@ -302,21 +344,9 @@ class RooflineModel:
         work, executed, wave_eff = op.flops, op.flops, 1.0
         shape = op.shape
         if op.unit == Unit.MATRIX and isinstance(shape, GemmShape):
-            # Operand-feed bound (``block_work``, sim/cost/operand_feed.py). Hopper
-            # (async_mma) runs 2-CTA clusters with TMA multicast (CUTLASS
-            # cutlass_library/generator.py GenerateSM90_TensorOp_16b_WGMMA_gemm: cluster
-            # shapes [2,1,1] / [1,2,1]).
-            per_element = feed_flops_per_element(dev, op.dtype)
-            if shape.impl in BLOCK_IMPLS:  # a named library kernel cuts the blocks its own way
-                work, executed = impl_work(shape, dev, op.dtype, per_element)
-            elif shape.tactic_m > 0:  # a tile chosen once, at tactic_m rows (tactic_tile)
-                work, executed = fixed_tactic_cost(shape, dev, per_element)
-            else:
-                work, executed = gemm_tile_cost(shape.m, shape.n, shape.k, shape.batch, dev,
-                                                per_element, dev.kernels.async_mma)
+            work, executed = gemm_work(op, dev)
             if details and executed > 0:
                 wave_eff = 2.0 * shape.batch * _padded(shape.m, shape.n, shape.k, dev) / executed
-            work, executed = max(work, op.flops), max(executed, op.flops)
         t = (work + half) / (peak * max_eff)
         # The MMAs of the op's own FLOPs alone, at the unit's rate, without the fill: the
         # consumer side of a GEMM main loop (``_terms``); monotone in the problem size,
@@ -395,26 +425,10 @@ class RooflineModel:
         (16-bit for FP8 inputs, as ``sim.ops.gemm`` writes), at most the op's bytes; where
         the device overlaps epilogues with the next tile's MMAs (``epilogue_overlap``) only
         the last wave's tiles."""
-        shape = op.shape
-        if (op.unit != Unit.MATRIX or not isinstance(shape, GemmShape)
-                or self.device.arch != "nvidia"):
-            return 0.0
-        nbytes = op.bytes.get(MAIN_MEMORY, 0.0)
-        out_elt = 2.0 if is_low_precision(op.dtype) else dtype_bytes(op.dtype)
-        if shape.accumulate:  # the epilogue reads C and writes it back (beta = 1)
-            out_elt = 2.0 * dtype_bytes(shape.accumulate)
-        out = min(shape.batch * shape.m * shape.n * out_elt, nbytes)
+        out = epilogue_bytes(op, self.device)  # the output tile bytes (helper above)
         if out <= 0:
             return 0.0
-        eff = self.device.efficiency
-        if self.device.kernels.epilogue_overlap:
-            # Two accumulator stages (Blackwell tensor memory; CUTLASS SM100
-            # AccumulatorPipelineStageCount = 2, sm100_gemm_tma_warpspecialized.hpp): the
-            # epilogue warps drain one tile while the MMA warp computes the next, so only
-            # the last wave's stores follow the last MMA: one output tile per core.
-            bm, bn = eff.block_shapes[0]
-            out = min(out, self.device.matrix_cores * bm * bn * out_elt)
-        return out / (self.device.hbm_bandwidth * eff.memory_max)
+        return out / (self.device.hbm_bandwidth * self.device.efficiency.memory_max)
 
     def impl_fixed_s(self, op: Op) -> float:
         """Per-call seconds a named GEMM implementation adds to the device body: for

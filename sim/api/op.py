@@ -34,6 +34,7 @@ from xpusim.sim.cost.attention_impl import (
     PASSES,
     attention_cost,
     default_impl,
+    priced_hbm_bytes,
     shape_of,
 )
 from xpusim.sim.cost.gemm_cutlass import CUTLASS_DTYPES, CUTLASS_IMPLS, cutlass_device_error
@@ -42,7 +43,7 @@ from xpusim.sim.cost.gemm_torch import TORCH_GROUPED_IMPLS, torch_grouped_error
 from xpusim.sim.cost.gemm_xla import XLA_IMPLS, xla_impl_error
 from xpusim.sim.cost.op_timing import as_timed, check_timing
 from xpusim.sim.errors import InputError
-from xpusim.sim.ir import AttentionShape, Op, shape_dict
+from xpusim.sim.ir import MAIN_MEMORY, AttentionShape, Op, shape_dict
 from xpusim.sim.limits import MAX_DIM, check_namespace
 from xpusim.sim.units import parse_int_list
 
@@ -65,8 +66,12 @@ KIND_FIELDS: dict[str, dict[str, Any]] = {
     },
 }  # fmt: skip
 FLOAT_FIELDS = ("numel", "flops_per_element")  # read as floats, as the flags parse them
-# FLOPs and bytes of a pass relative to the forward (the FlashAttention papers' count).
+# FLOPs of a pass relative to the forward (the FlashAttention papers' count).
 PASS_FACTOR = {"fwd": 1.0, "bwd": 2.5, "fwd_bwd": 3.5}
+# The op's own tensors of a pass relative to the forward's (Q, K, V read, O written): the
+# backward reads Q, K, V, O, dO and writes dQ, dK, dV, twice the forward's (FlashAttention-2
+# paper, Algorithm 2's inputs and outputs; the per-row statistics L left out).
+IO_FACTOR = {"fwd": 1.0, "bwd": 2.0, "fwd_bwd": 3.0}
 
 
 @dataclass(frozen=True)
@@ -128,8 +133,10 @@ class OpResult:
     achieved_flops: float  # flops / time_s
     peak_flops: float  # the device's peak for the op's unit and dtype
     fraction_of_peak: float
-    roofline_time_s: float  # max(flops / peak, bytes / HBM bandwidth)
-    op: Op  # the op priced (attention: FLOPs and bytes of the pass)
+    roofline_time_s: float  # max(flops / peak, op.main_bytes / HBM bandwidth)
+    # The op priced (attention: the pass's FLOPs; its bytes the op's own tensors each moved
+    # once, the least HBM traffic any implementation of the pass needs)
+    op: Op
     cost: OpCost  # compute, memory and overhead terms
     impl: str | None = None  # attention only: the implementation priced
     pass_: str | None = None  # attention only
@@ -137,15 +144,27 @@ class OpResult:
     achieved_tflops: float | None = None  # attention only: paper_flops / time_s / 1e12
     timing: str = "launch"
     launch_excluded_s: float = 0.0  # host launch overhead --timing kernel took out of time_s
+    # HBM bytes the priced kernels move (None: op.main_bytes, what the roofline priced).
+    # Attention: the implementation's traffic (sim.cost.attention_impl.priced_hbm_bytes):
+    # standard attention's includes the score matrix written and read, a fused kernel's not.
+    priced_hbm_bytes: float | None = None
+
+    @property
+    def hbm_bytes(self) -> float:
+        """HBM bytes of the kernels priced (``--json``'s ``bytes.hbm``)."""
+        return self.op.main_bytes if self.priced_hbm_bytes is None else self.priced_hbm_bytes
 
     def as_dict(self) -> dict[str, Any]:
+        nbytes = {**self.op.bytes, MAIN_MEMORY: self.hbm_bytes}
+        if self.impl is not None:  # attention: the least traffic, the roofline's bytes
+            nbytes["hbm_min"] = self.op.main_bytes
         payload = {
             "op": self.kind,
             "device": self.device,
             "dtype": self.dtype,
             "shape": shape_dict(self.op.shape),
             "flops": self.flops,
-            "bytes": dict(self.op.bytes),
+            "bytes": nbytes,
             **self.cost.as_dict(),
             "timing": self.timing,
             "launch_excluded_s": self.launch_excluded_s,
@@ -228,13 +247,14 @@ def _price_attention(
     scaled = replace(
         the_op,
         flops=the_op.flops * factor,
-        bytes={k: v * factor for k, v in the_op.bytes.items()},
+        bytes={k: v * IO_FACTOR[pass_] for k, v in the_op.bytes.items()},
         # The shape names the implementation priced (it was "" for the device default),
         # so --json's "shape" and "impl" agree.
         shape=replace(the_op.shape, impl=impl) if isinstance(the_op.shape, AttentionShape)
         else the_op.shape,
     )
-    extra = {"impl": impl, "pass_": pass_, "paper_flops": shape.paper_flops(pass_)}
+    extra = {"impl": impl, "pass_": pass_, "paper_flops": shape.paper_flops(pass_),
+             "priced_hbm_bytes": priced_hbm_bytes(cost.details)}
     return scaled, cost, extra
 
 

@@ -284,6 +284,7 @@ def ascend_cost(device: Device, shape: AttnShape, pass_: str) -> OpCost:
     d = cost.details
     details = {k: float(d[k]) for k in ("rows", "cols", "block_cube_s", "block_vector_s",
                                         "block_gm_s", "sync_s", "pipeline_s", "hbm_s")}
+    details["hbm_bytes"] = float(d["hbm_bytes"]) * scale  # the traffic hbm_s * scale prices
     return OpCost(time_s, d["pipeline_s"] * scale, d["hbm_s"] * scale, launch, cost.bound,
                   details)
 

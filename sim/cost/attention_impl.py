@@ -269,6 +269,15 @@ def _attention_body(device: Device, shape: AttnShape, impl: str | None, pass_: s
     return cost
 
 
+def priced_hbm_bytes(details: dict[str, float]) -> float:
+    """HBM bytes the kernels of a priced attention call move, from its ``OpCost.details``:
+    the main kernel's (``hbm_bytes``: a fused kernel's Q, K, V, O once; standard attention's
+    every kernel, the score matrix written and read included) plus the backward's side
+    kernels (``side_hbm_bytes``); ``fwd_bwd`` (``_combine``): both passes."""
+    return sum(details.get(prefix + key, 0.0) for prefix in ("", "fwd_", "bwd_")
+               for key in ("hbm_bytes", "side_hbm_bytes"))
+
+
 def _check_shape(shape: AttnShape) -> None:
     for key in ("batch", "heads", "q_len", "kv_len", "head_dim"):
         if getattr(shape, key) <= 0:

@@ -37,12 +37,12 @@ def test_many_options_equal_the_command(capsys, tmp_path):
     want = cli_json(
         capsys,
         "attention --device v100-sxm2-32gb --seq 2048,8192 --batch 2 --heads 16 --head-dim 64 "
-        f"--dtype bf16 --outer-block 256 --sync-us 3 --tp 8 --system dgx-h100 --blocks 1,4 "
+        f"--dtype fp16 --outer-block 256 --sync-us 3 --tp 8 --system dgx-h100 --blocks 1,4 "
         f"--csv {csv}",
     )
     got = xpusim.attention(
         device="v100-sxm2-32gb", seq=(2048, 8192), batch=2, heads=16, head_dim=64,
-        dtype="bf16", outer_block=256, sync_us=3.0, tp=8, system="dgx-h100", blocks=(1, 4),
+        dtype="fp16", outer_block=256, sync_us=3.0, tp=8, system="dgx-h100", blocks=(1, 4),
     )  # fmt: skip
     assert want["files"] == [str(csv)]
     assert got.as_dict() == {**want, "files": []}

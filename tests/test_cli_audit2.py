@@ -34,27 +34,96 @@ def test_op_attention_bytes_hbm_is_the_priced_implementations_traffic(capsys):
     std = run_json(capsys, f"{ATTN} --impl standard")
     tensors = 4 * 8 * 32 * 4096 * 128 * 2  # Q, K, V, O in bf16
     for out in (flash, std):
-        assert out["bytes"]["hbm_min"] == tensors
+        assert out["bytes"]["roofline"] == tensors  # what roofline_time_s reads
+        assert out["roofline_time_s"] >= tensors / 3.35e12
     assert flash["bytes"]["hbm"] == tensors  # a fused kernel moves each once
     score = 8 * 32 * 4096 * 4096 * 2
     assert std["bytes"]["hbm"] == std["hbm_bytes"] > tensors + 2 * score
     assert std["bytes"]["hbm"] / std["memory_s"] <= 3.35e12  # priced at most at the HBM rate
     rc, out, err = run_cli(capsys, f"{ATTN} --impl standard")
     assert rc == 0, err
-    assert "HBM traffic 33 GiB (standard's kernels; the op's tensors once: 1 GiB)" in out
+    assert "HBM traffic 33 GiB (standard's kernels; the roofline's Q, K, V, O: 1 GiB)" in out
 
 
 @pytest.mark.parametrize("pass_", ["bwd", "fwd_bwd"])
 def test_op_attention_backward_bytes(capsys, pass_):
     out = run_json(capsys, f"{ATTN} --impl flash2 --pass {pass_}")
     fwd_tensors = 4 * 8 * 32 * 4096 * 128 * 2
-    # bwd: Q, K, V, O, dO read and dQ, dK, dV written (twice the forward's), not 2.5x
-    assert out["bytes"]["hbm_min"] == fwd_tensors * {"bwd": 2, "fwd_bwd": 3}[pass_]
-    # the fused backward's own traffic (fp32 dQ accumulator) and its side kernels are counted
-    assert out["bytes"]["hbm"] > out["bytes"]["hbm_min"]
+    # the roofline's bytes scale by the FLOP factor (docs/attention.md section 7)
+    assert out["bytes"]["roofline"] == fwd_tensors * {"bwd": 2.5, "fwd_bwd": 3.5}[pass_]
+    # the fused backward's own traffic (O, dO, dQ, dK, dV, the fp32 dQ accumulator) and its
+    # side kernels are what bytes.hbm counts
+    assert out["bytes"]["hbm"] > 2 * fwd_tensors * {"bwd": 1, "fwd_bwd": 1.5}[pass_]
 
 
 def test_op_attention_ascend_bytes_hbm_is_priced(capsys):
     out = run_json(capsys, "op attention --device ascend-910b2 --seq 4096 --batch 8")
     assert out["impl"] == "npu_fusion_attention"
-    assert out["bytes"]["hbm"] == out["hbm_bytes"] >= out["bytes"]["hbm_min"]
+    assert out["bytes"]["hbm"] == out["hbm_bytes"] >= out["bytes"]["roofline"]
+
+
+V100_BF16 = "has no bf16 matrix path (its profile's [matrix] formats: fp16)"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "op gemm --device v100-sxm2-32gb --m 4096 --n 4096 --k 4096 --dtype bf16",
+        "op attention --device v100-sxm2-32gb --seq 2048 --dtype bf16",
+        "attention --device v100-sxm2-32gb --seq 2048 --dtype bf16",
+        "train --model llama-2-7b --system dgx-v100 --tp 8 --gbs 8 --seq 2048 --dtype bf16",
+        "infer --model llama-2-7b --system dgx-v100 --devices 1 --dtype bf16",
+        "infer --model llama-2-7b --system dgx-v100 --devices 1 --dtype bf16 --serve "
+        "--requests 10 --rate 1",
+        "sd --target qwen2-57b-a14b --draft qwen2-0.5b --system dgx-v100 --devices 8 "
+        "--batch 1 --dtype bf16",
+    ],
+)
+def test_bf16_on_a_v100_is_refused_by_every_command(capsys, command):
+    # Volta's tensor cores run fp16 only; bf16 was priced silently at the fp16 rate.
+    rc, _out, err = run_cli(capsys, command)
+    assert rc == 2, err
+    assert "Traceback" not in err
+    assert "--dtype bf16: v100-sxm2-32gb" in err
+    assert V100_BF16 in err and "pass --dtype fp16" in err
+
+
+def test_the_default_dtype_on_a_v100_is_fp16(capsys):
+    # No --dtype: the device's 16-bit format (fp16 on a V100), at the rate bf16 was priced at.
+    gemm = "op gemm --device v100-sxm2-32gb --m 4096 --n 4096 --k 4096"
+    default = run_json(capsys, gemm)
+    fp16 = run_json(capsys, gemm + " --dtype fp16")
+    assert default["dtype"] == "fp16" and default["time_s"] == fp16["time_s"]
+    assert run_json(capsys, "op gemm --m 64 --n 64 --k 64")["dtype"] == "bf16"  # H100
+    infer = "infer --model llama-2-7b --system dgx-v100 --devices 1"
+    assert run_json(capsys, infer)["dtype"] == "fp16"
+    train = "train --model llama-2-7b --system dgx-v100 --tp 8 --gbs 8 --seq 2048"
+    assert run_json(capsys, train)["plan"]["dtype"] == "fp16"
+    # an FP8 refusal on a V100 no longer suggests bf16
+    rc, _out, err = run_cli(capsys, gemm + " --dtype fp8")
+    assert rc == 2 and "pass --dtype fp16" in err
+
+
+@pytest.mark.parametrize(
+    ("system", "engine"),
+    [("atlas-800t-a2", "vllm-ascend-0.9"), ("dgx-a100", "vllm-0.6"), ("mi300x-8", "vllm-0.6")],
+)
+def test_the_default_engine_follows_the_devices_arch(capsys, system, engine):
+    # vllm-0.6 was the default on Ascend, where vLLM runs only through vllm-ascend.
+    out = run_json(capsys, f"infer --model llama-2-7b --system {system} --devices 1")
+    assert out["engine"] == engine
+    rc, _out, err = run_cli(capsys, f"infer --model llama-2-7b --system {system} --devices 1")
+    assert rc == 0, err
+    said = "no engine profile names amd devices in [platform] device_archs" in err
+    assert said == (system == "mi300x-8")  # an arch without an engine: said which and why
+    serve = run_json(capsys, f"infer --model llama-2-7b --system {system} --devices 1 --serve "
+                     "--requests 20 --rate 5")
+    assert serve["engine"] == engine
+
+
+def test_the_default_engine_of_sd_on_ascend(capsys):
+    sd = "sd --target qwen2-57b-a14b --draft qwen2-0.5b --system atlas-800t-a2 --devices 2 --batch 1"
+    out = run_json(capsys, sd)
+    assert out["engine"] == "vllm-ascend-0.9"
+    named = run_json(capsys, sd + " --engine vllm-0.6")
+    assert named["engine"] == "vllm-0.6"  # a named engine is kept

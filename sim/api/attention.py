@@ -15,7 +15,12 @@ from typing import Any
 
 from xpusim.hwprofiles import load_system
 from xpusim.hwprofiles.spec import Device, System
-from xpusim.sim.api.base import as_json_dict, request_from_kwargs, resolve_device
+from xpusim.sim.api.base import (
+    as_json_dict,
+    request_from_kwargs,
+    require_float16,
+    resolve_device,
+)
 from xpusim.sim.attention_model import compare, tiling_allreduce_cost
 from xpusim.sim.errors import InputError
 from xpusim.sim.limits import MAX_SEQ, check_int, check_namespace
@@ -88,6 +93,7 @@ def attention(request: AttentionRequest | None = None, /, **kwargs: Any) -> Atte
     req = request_from_kwargs(AttentionRequest, request, kwargs, "xpusim.attention")
     _check(req)
     device = resolve_device(req.device, req.calibration)
+    require_float16(device, req.dtype, "--dtype")  # bf16 on a V100 / 910A: no such kernel
     if req.tp < 1:
         raise InputError("--tp must be >= 1")
     sync_s = None if req.sync_us is None else req.sync_us * 1e-6

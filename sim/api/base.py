@@ -192,14 +192,47 @@ def resolve_device(device: str | Device, calibration: str | None) -> Device:
     return load_device(device, calibration=calibration)
 
 
+# The two 16-bit float formats: a device whose matrix unit publishes one only (V100:
+# Volta's tensor cores run fp16, no bf16; Ascend 910A and 310P: fp16 Cube, no bf16) has no
+# kernel for the other at any rate this profile could give (``Device.peak_for`` would price
+# it at its sibling's rate, an optimistic fiction), and the stacks refuse it: vLLM's
+# ``_check_if_gpu_supports_dtype`` raises "Bfloat16 is only supported on GPUs with compute
+# capability of at least 8.0 ... use float16 instead" (vllm-project/vllm
+# vllm/worker/worker.py @ 6ae52299e0b5dc74b480709e4a08d93c8cb13916).
+FLOAT16 = ("bf16", "fp16")
+
+
+def float16_default(device: Device) -> str:
+    """The default 16-bit format on ``device``: bf16, or fp16 where its matrix unit has no
+    bf16 path (V100, Ascend 910A / 310P), as every stack then runs."""
+    if "bf16" not in device.matrix_peak and "fp16" in device.matrix_peak:
+        return "fp16"
+    return "bf16"
+
+
 def require_native_dtype(device: Device, dtype: str, flag: str, where: str = "") -> None:
-    """A low-precision format needs a matrix unit that runs it: FP8 GEMMs on a 910B or an
-    A100 would otherwise be priced at an unrelated rate (``Device.peak_for``'s fallback).
-    ``where`` names the device in the message (default its name)."""
+    """A format the device's matrix unit does not run is refused, not priced at another
+    format's rate (``Device.peak_for``'s fallback): FP8 GEMMs on a 910B or an A100, bf16 on a
+    V100 (``FLOAT16``). ``where`` names the device in the message (default its name)."""
     if is_low_precision(dtype) and not device.runs_natively(dtype):
         native = sorted(d for d in device.matrix_peak if is_low_precision(d))
         raise InputError(
             f"{flag} {dtype}: {where or device.name} has no {dtype} matrix path (its "
-            f"low-precision formats: {', '.join(native) or 'none'}); pass --dtype bf16 or "
-            "a device that runs it"
+            f"low-precision formats: {', '.join(native) or 'none'}); pass --dtype "
+            f"{float16_default(device)} or a device that runs it"
         )
+    require_float16(device, dtype, flag, where)
+
+
+def require_float16(device: Device, dtype: str, flag: str, where: str = "") -> None:
+    """bf16 on a device whose matrix unit runs fp16 only (V100, 910A, 310P) is refused
+    (``FLOAT16``); ``infer`` checks this alone, keeping its weight-only fallback for FP8 / FP4
+    weights (docs/cost_model.md, "dtype fallback")."""
+    if dtype in FLOAT16 and dtype not in device.matrix_peak:
+        other = FLOAT16[1 - FLOAT16.index(dtype)]
+        if other in device.matrix_peak:
+            raise InputError(
+                f"{flag} {dtype}: {where or device.name} has no {dtype} matrix path (its "
+                f"profile's [matrix] formats: {', '.join(sorted(device.matrix_peak))}), so no "
+                f"{dtype} kernel to price; pass --dtype {other}"
+            )

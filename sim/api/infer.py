@@ -12,17 +12,23 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass, replace
+from typing import Any, Protocol, TypeVar
 
 from xpusim.hwprofiles import load_system
 from xpusim.hwprofiles.spec import System
-from xpusim.sim.api.base import as_json_dict, request_from_kwargs
+from xpusim.sim.api.base import (
+    as_json_dict,
+    float16_default,
+    request_from_kwargs,
+    require_float16,
+)
 from xpusim.sim.cost.attention_impl import check_impl
 from xpusim.sim.errors import InputError, NegativeVerdict
 from xpusim.sim.inference.engine_profile import (
     EngineProfile,
     check_engine_device,
+    default_engine,
     load_engine,
 )
 from xpusim.sim.inference.kvcache import (
@@ -62,8 +68,10 @@ class InferRequest:
     tp: int | None = None  # tensor-parallel size; devices = tp x pp x ep
     ep: int = 1  # expert-parallel groups (MoE)
     pp: int = 1  # pipeline stages (vLLM 0.6's layer split; needs tp)
-    engine: str = "vllm-0.6"  # serving-engine profile name or path; "none": no host work
-    dtype: str = "bf16"
+    # Serving-engine profile name or path; "none": no host work. Default (None): the
+    # device's, vllm-0.6 or on Ascend vllm-ascend-0.9 (engine_profile.default_engine).
+    engine: str | None = None
+    dtype: str | None = None  # default bf16, fp16 on a device without bf16 (V100, 910A)
     routing: str = "uniform"  # MoE routing: uniform, zipf:S or a file of per-expert counts
     # The kernel of the MoE dispatch / combine under EP: collective (plain all-to-alls),
     # deepep or low-latency (sim/network/ep.py's models; sim/inference/ep_dispatch.py).
@@ -139,7 +147,7 @@ def infer(request: InferRequest | None = None, /, **kwargs: Any) -> InferResult:
     """Simulate one prefill or decode step. Raises ``NegativeVerdict`` (payload: the
     command's JSON document with ``"oom": true`` and the memory breakdown) when the
     weights leave no room for a KV cache, or when this step's KV cache does not fit."""
-    req = request_from_kwargs(InferRequest, request, kwargs, "xpusim.infer")
+    req = with_stack_defaults(request_from_kwargs(InferRequest, request, kwargs, "xpusim.infer"))
     check_request(req)
 
     def verdict(
@@ -174,7 +182,7 @@ def infer(request: InferRequest | None = None, /, **kwargs: Any) -> InferResult:
         phase=req.phase,
         batch=req.batch,
         context=req.context,
-        dtype=req.dtype,
+        dtype=resolved_dtype(req),
         time_s=step.time_s,
         tokens_per_s=batch.tokens / step.time_s,
         bound=step.bound,
@@ -225,9 +233,9 @@ class DeploymentFields(Protocol):
     @property
     def pp(self) -> int: ...
     @property
-    def engine(self) -> str: ...
+    def engine(self) -> str | None: ...
     @property
-    def dtype(self) -> str: ...
+    def dtype(self) -> str | None: ...
     @property
     def routing(self) -> str: ...
     @property
@@ -267,26 +275,28 @@ def load_deployment(req: DeploymentFields, verdict: VerdictDocument) -> Deployme
     out-of-memory verdict (the weights leave no room for a KV cache)."""
     spec = load_model_arg(req.model, "--model")
     system = load_system_arg(req.system, req.nodes)
-    engine = load_engine(req.engine)
+    engine = load_engine(req.engine or default_engine(system.device))
     check_engine_device(engine, system.device)
+    dtype = req.dtype or float16_default(system.device)
+    require_float16(system.device, dtype, "--dtype")
     plan = plan_for(req.devices, req.tp, req.ep, req.pp)
     routing = routing_from_text(req.routing, req.seed, req.ep_dispatch,
                                 req.ep_dispatch_dtype)
     _check_moe_flags(req, spec, plan)
     check_plan(spec, system, plan)  # a bad --pp or device count before the memory plan
     with verdict_document(verdict(spec, system, plan, engine)):
-        memory = require_memory(spec, system, plan, engine, req.dtype)
+        memory = require_memory(spec, system, plan, engine, dtype)
     if req.attention_impl:
         check_impl(system.device, req.attention_impl, "--attention-impl")
     if plan.pp > 1:
         stages = stage_memory(spec, system.device.hbm_capacity, plan.tp, plan.ep, plan.pp,
-                              req.dtype, engine.memory_utilization, engine.max_batched_tokens,
+                              dtype, engine.memory_utilization, engine.max_batched_tokens,
                               vocab=engine.vocab_layout(), max_num_seqs=engine.max_num_seqs)
-        pipe = PipelineSimulator(spec, system, plan, engine, req.dtype, routing,
+        pipe = PipelineSimulator(spec, system, plan, engine, dtype, routing,
                                  req.attention_impl)
         return Deployment(spec, system, plan, engine, routing, memory, pipe, tuple(stages))
     sim = StepSimulator(
-        spec, system, plan, engine, req.dtype, routing, attention_impl=req.attention_impl
+        spec, system, plan, engine, dtype, routing, attention_impl=req.attention_impl
     )
     return Deployment(spec, system, plan, engine, routing, memory, sim)
 
@@ -326,6 +336,45 @@ def load_model_arg(value: str | ModelSpec | None, flag: str) -> ModelSpec:
             f"{flag} is required: a preset such as llama-2-7b, or a config.json path"
         )
     return load_model(value)
+
+
+class StackFields(Protocol):
+    """The request fields ``with_stack_defaults`` reads (infer, serve and sd requests)."""
+
+    @property
+    def system(self) -> str | System | None: ...
+    @property
+    def nodes(self) -> int | None: ...
+    @property
+    def engine(self) -> str | None: ...
+    @property
+    def dtype(self) -> str | None: ...
+
+
+Req = TypeVar("Req", bound=StackFields)
+
+
+def with_stack_defaults(req: Req) -> Req:
+    """``engine`` and ``dtype`` left None take the system's device's: its arch's engine
+    (``default_engine``) and 16-bit format (``float16_default``). The system is loaded once
+    here and passed on as a System, so nothing loads it twice."""
+    if req.engine is not None and req.dtype is not None:
+        return req
+    system = load_system_arg(req.system, req.nodes)
+    return replace(  # type: ignore[type-var]
+        req,
+        system=system,
+        nodes=None,
+        engine=default_engine(system.device) if req.engine is None else req.engine,
+        dtype=float16_default(system.device) if req.dtype is None else req.dtype,
+    )
+
+
+def resolved_dtype(req: StackFields) -> str:
+    """``req.dtype`` after ``with_stack_defaults`` (never None there)."""
+    if req.dtype is None:
+        raise ValueError("resolve the request's defaults first (with_stack_defaults)")
+    return req.dtype
 
 
 def load_system_arg(value: str | System | None, nodes: int | None, flag: str = "--system") -> System:

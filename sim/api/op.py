@@ -24,6 +24,7 @@ from xpusim.hwprofiles.spec import Device
 from xpusim.sim import ops
 from xpusim.sim.api.base import (
     as_json_dict,
+    float16_default,
     request_from_kwargs,
     require_native_dtype,
     resolve_device,
@@ -66,12 +67,12 @@ KIND_FIELDS: dict[str, dict[str, Any]] = {
     },
 }  # fmt: skip
 FLOAT_FIELDS = ("numel", "flops_per_element")  # read as floats, as the flags parse them
-# FLOPs of a pass relative to the forward (the FlashAttention papers' count).
+# FLOPs of a pass relative to the forward (the FlashAttention papers' count). The op's
+# roofline bytes (Q, K, V read and O written once) scale by the same factor: an overcount
+# for the backward, whose own tensors (Q, K, V, O, dO read; dQ, dK, dV written: FA2 paper,
+# Algorithm 2) are 2x the forward's, kept because the naive baseline of the validation
+# rows reads these bytes (sim/validation/baseline.py).
 PASS_FACTOR = {"fwd": 1.0, "bwd": 2.5, "fwd_bwd": 3.5}
-# The op's own tensors of a pass relative to the forward's (Q, K, V read, O written): the
-# backward reads Q, K, V, O, dO and writes dQ, dK, dV, twice the forward's (FlashAttention-2
-# paper, Algorithm 2's inputs and outputs; the per-row statistics L left out).
-IO_FACTOR = {"fwd": 1.0, "bwd": 2.0, "fwd_bwd": 3.0}
 
 
 @dataclass(frozen=True)
@@ -134,8 +135,8 @@ class OpResult:
     peak_flops: float  # the device's peak for the op's unit and dtype
     fraction_of_peak: float
     roofline_time_s: float  # max(flops / peak, op.main_bytes / HBM bandwidth)
-    # The op priced (attention: the pass's FLOPs; its bytes the op's own tensors each moved
-    # once, the least HBM traffic any implementation of the pass needs)
+    # The op priced (attention: the pass's FLOPs; its bytes the forward's Q, K, V, O once
+    # times PASS_FACTOR: the roofline's bytes, not the implementation's traffic)
     op: Op
     cost: OpCost  # compute, memory and overhead terms
     impl: str | None = None  # attention only: the implementation priced
@@ -156,8 +157,8 @@ class OpResult:
 
     def as_dict(self) -> dict[str, Any]:
         nbytes = {**self.op.bytes, MAIN_MEMORY: self.hbm_bytes}
-        if self.impl is not None:  # attention: the least traffic, the roofline's bytes
-            nbytes["hbm_min"] = self.op.main_bytes
+        if self.impl is not None:  # attention: the bytes roofline_time_s reads
+            nbytes["roofline"] = self.op.main_bytes
         payload = {
             "op": self.kind,
             "device": self.device,
@@ -190,6 +191,8 @@ def op(request: OpRequest | None = None, /, **kwargs: Any) -> OpResult:
     req = request_from_kwargs(OpRequest, request, kwargs, "xpusim.op")
     values = resolve(req)
     device = resolve_device(req.device, req.calibration)
+    if req.dtype is None and values["dtype"] == "bf16":  # the default follows the device
+        values["dtype"] = float16_default(device)  # fp16 on a V100, 910A, 310P
     if values["kind"] == "gemm" and (error := xla_impl_error(values["impl"], device, "")):
         raise InputError(error)  # xla-sm90 on a device that is not sm_90
     if values.get("impl") in CUTLASS_IMPLS and (why := cutlass_device_error(device)):
@@ -247,7 +250,7 @@ def _price_attention(
     scaled = replace(
         the_op,
         flops=the_op.flops * factor,
-        bytes={k: v * IO_FACTOR[pass_] for k, v in the_op.bytes.items()},
+        bytes={k: v * factor for k, v in the_op.bytes.items()},
         # The shape names the implementation priced (it was "" for the device default),
         # so --json's "shape" and "impl" agree.
         shape=replace(the_op.shape, impl=impl) if isinstance(the_op.shape, AttentionShape)

@@ -13,8 +13,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from xpusim.hwprofiles.spec import System
-from xpusim.sim.api.base import as_json_dict, request_from_kwargs
-from xpusim.sim.api.infer import check_request, load_model_arg, load_system_arg, verdict_document
+from xpusim.sim.api.base import as_json_dict, request_from_kwargs, require_float16
+from xpusim.sim.api.infer import (
+    check_request,
+    load_model_arg,
+    load_system_arg,
+    resolved_dtype,
+    verdict_document,
+    with_stack_defaults,
+)
 from xpusim.sim.errors import InputError
 from xpusim.sim.inference.engine_profile import check_engine_device, load_engine
 from xpusim.sim.inference.lowering import plan_for
@@ -55,8 +62,8 @@ class SdRequest:
     sigma: float | None = None  # MoESD's sigma instead of alpha (converted by its Eq. 5)
     batch: str | tuple[int, ...] = PAPER_BATCHES  # batch sizes, comma-separated or a tuple
     context: float = 512.0  # cached context per request (tokens)
-    engine: str = "vllm-0.6"  # serving-engine profile, or "none"
-    dtype: str = "bf16"
+    engine: str | None = None  # serving-engine profile, or "none"; default: the device's
+    dtype: str | None = None  # default bf16, fp16 on a device without bf16 (V100, 910A)
     routing: str = "uniform"  # uniform, zipf:S or a counts file
     # The kernel of the MoE dispatch / combine under EP: collective (plain all-to-alls),
     # deepep or low-latency (sim/network/ep.py's models; sim/inference/ep_dispatch.py).
@@ -109,7 +116,9 @@ def sd(request: SdRequest | None = None, /, **kwargs: Any) -> SdResult:
     round fits the KV cache."""
     req = request_from_kwargs(SdRequest, request, kwargs, "xpusim.sd")
     check_request(req)
+    req = with_stack_defaults(req)  # engine and dtype of the device (sim.api.infer)
     system = load_system_arg(req.system, req.nodes)
+    require_float16(system.device, resolved_dtype(req), "--dtype")
     setup, tokens = _setup(req, system)
     target = load_model_arg(req.target, "--target")
     draft = _draft(req.draft, "--draft")
@@ -161,7 +170,7 @@ def _setup(req: SdRequest, system: System) -> tuple[SdSetup, float]:
                                 req.ep_dispatch_dtype)
     setup = SdSetup(
         system, plan, engine, req.gamma, alpha, float(req.context), req.draft_devices,
-        req.dtype, routing, tuple(batches),
+        resolved_dtype(req), routing, tuple(batches),
     )  # fmt: skip
     return setup, tokens
 

@@ -16,14 +16,21 @@ from dataclasses import dataclass
 from typing import Any
 
 from xpusim.hwprofiles.spec import System
-from xpusim.sim.api.base import as_json_dict, request_from_kwargs
+from xpusim.sim.api.base import (
+    as_json_dict,
+    float16_default,
+    request_from_kwargs,
+    require_float16,
+)
 from xpusim.sim.api.infer import (
     Deployment,
     check_request,
     load_deployment,
     load_model_arg,
     load_system_arg,
+    resolved_dtype,
     verdict_document,
+    with_stack_defaults,
 )
 from xpusim.sim.errors import InputError
 from xpusim.sim.inference.disagg import (
@@ -36,6 +43,7 @@ from xpusim.sim.inference.disagg import (
 from xpusim.sim.inference.engine_profile import (
     EngineProfile,
     check_engine_device,
+    default_engine,
     load_engine,
 )
 from xpusim.sim.inference.graph_padding import capture_sizes
@@ -75,8 +83,8 @@ class ServeRequest:
     tp: int | None = None
     ep: int = 1
     pp: int = 1  # pipeline stages: refused for now (a single step takes --pp)
-    engine: str = "vllm-0.6"
-    dtype: str = "bf16"
+    engine: str | None = None  # default: the device's (InferRequest.engine)
+    dtype: str | None = None  # default bf16, fp16 on a device without bf16 (V100, 910A)
     routing: str = "uniform"
     # The kernel of the MoE dispatch / combine under EP: collective (plain all-to-alls),
     # deepep or low-latency (sim/network/ep.py's models; sim/inference/ep_dispatch.py).
@@ -239,7 +247,7 @@ def serve(
             )
     if req.disaggregated:
         return _serve_disaggregated(req)
-    return _serve_colocated(req, gamma, alpha, draft_devices)
+    return _serve_colocated(with_stack_defaults(req), gamma, alpha, draft_devices)
 
 
 def requested_limits(req: ServeRequest, seqs: int, tokens: int) -> tuple[int, int]:
@@ -320,6 +328,7 @@ def _serve_colocated(req: ServeRequest, gamma: int, alpha: float, draft_devices:
         }  # fmt: skip
 
     dep = load_deployment(req, document)
+    dtype = resolved_dtype(req)
     if sd:
         check_speculative_args(gamma, alpha, draft_devices)
     workload = _workload(req, alpha if sd else 0.0)
@@ -330,23 +339,23 @@ def _serve_colocated(req: ServeRequest, gamma: int, alpha: float, draft_devices:
         check_draft_vocab(dep.spec, draft)
         with verdict_document(document(dep.spec, dep.system, dep.plan, dep.engine)):
             require_draft_fit(
-                dep.memory, draft, dep.system, draft_devices, dep.engine, req.dtype, "--draft"
+                dep.memory, draft, dep.system, draft_devices, dep.engine, dtype, "--draft"
             )
         draft_sim = draft_simulator(
-            dep.spec, draft, dep.system, dep.plan, dep.engine, req.dtype, dep.routing,
+            dep.spec, draft, dep.system, dep.plan, dep.engine, dtype, dep.routing,
             ParallelPlan(tp=draft_devices),
         )  # fmt: skip
     requests = make_requests(workload)
     # The engine's scheduler limits: fixed, or chosen per run (trtllm-bench's heuristic).
     max_seqs, max_tokens = requested_limits(
-        req, *run_limits(dep.engine, dep.spec, dep.system, dep.plan, req.dtype, requests)
+        req, *run_limits(dep.engine, dep.spec, dep.system, dep.plan, dtype, requests)
     )
     graphs = capture_sizes(dep.engine.cuda_graph_batch_sizes, max_seqs, max_tokens)
     costs = StepCosts(dep.sim, draft_sim, gamma if draft_sim is not None else 0,
                       graph_sizes=graphs, bonus_share=alpha**gamma if sd else 0.0)
     layout = kv_layout(dep.spec, dep.engine.sliding_window_kv)
     with verdict_document(document(dep.spec, dep.system, dep.plan, dep.engine)):
-        kv_tokens = run_kv_tokens(dep, req.dtype, max_tokens, max_seqs)
+        kv_tokens = run_kv_tokens(dep, dtype, max_tokens, max_seqs)
     server = Server(costs, kv_tokens, max_seqs, max_tokens, seed=req.seed, layout=layout)
     run = server.run(requests, req.progress)
     metrics = run.metrics()
@@ -383,13 +392,19 @@ def _serve_disaggregated(req: ServeRequest) -> DisaggServeResult:
     if req.draft is not None:
         raise InputError("--draft is not modelled with disaggregated serving; drop one")
     spec = load_model_arg(req.model, "--model")
+    if req.engine is None or req.dtype is None:  # the prefill pool's device's (infer's)
+        device = load_system_arg(req.prefill_system or req.system, None, "--prefill-system").device
+        req = dataclasses.replace(
+            req, engine=req.engine or default_engine(device),
+            dtype=req.dtype or float16_default(device))
     engine = load_engine(req.engine)
+    dtype = resolved_dtype(req)
     seqs, tokens = requested_limits(req, engine.max_num_seqs, engine.max_batched_tokens)
     engine = dataclasses.replace(engine, max_num_seqs=seqs, max_batched_tokens=tokens)
     routing = routing_from_text(req.routing, req.seed, req.ep_dispatch,
                                 req.ep_dispatch_dtype)
     document = {
-        "model": spec.name, "engine": engine.name, "dtype": req.dtype, "seed": req.seed,
+        "model": spec.name, "engine": engine.name, "dtype": dtype, "seed": req.seed,
         "slo_ttft_s": req.slo_ttft, "slo_tpot_s": req.slo_tpot,
     }  # fmt: skip
     pre_plan = _pool_plan(req.prefill_devices, req.ep, "--prefill-devices")
@@ -398,13 +413,15 @@ def _serve_disaggregated(req: ServeRequest) -> DisaggServeResult:
     dec_sys = _pool_system(req.decode_system or req.system, dec_plan.devices, "--decode-devices")
     check_engine_device(engine, pre_sys.device, f"the prefill pool's {pre_sys.device.name}")
     check_engine_device(engine, dec_sys.device, f"the decode pool's {dec_sys.device.name}")
-    pre_mem = _pool_memory(spec, pre_sys, pre_plan, engine, req.dtype, {**document, "pool": "prefill"})
-    dec_mem = _pool_memory(spec, dec_sys, dec_plan, engine, req.dtype, {**document, "pool": "decode"})
-    pre_sim = StepSimulator(spec, pre_sys, pre_plan, engine, req.dtype, routing)
-    dec_sim = StepSimulator(spec, dec_sys, dec_plan, engine, req.dtype, routing)
+    for pool in (pre_sys, dec_sys):
+        require_float16(pool.device, dtype, "--dtype", f"{pool.device.name} ({pool.name})")
+    pre_mem = _pool_memory(spec, pre_sys, pre_plan, engine, dtype, {**document, "pool": "prefill"})
+    dec_mem = _pool_memory(spec, dec_sys, dec_plan, engine, dtype, {**document, "pool": "decode"})
+    pre_sim = StepSimulator(spec, pre_sys, pre_plan, engine, dtype, routing)
+    dec_sim = StepSimulator(spec, dec_sys, dec_plan, engine, dtype, routing)
     workload = _workload(req, 0.0)
     path = kv_path(pre_sys, dec_sys, pre_plan.devices, dec_plan.devices)
-    kv_token = kv_bytes_per_token(spec, kv_cache_dtype(req.dtype), 1)
+    kv_token = kv_bytes_per_token(spec, kv_cache_dtype(dtype), 1)
     split = run_disaggregated(
         make_requests(workload),
         _server(StepCosts(pre_sim), pre_mem.kv_tokens, engine, req.seed, spec),
@@ -418,7 +435,7 @@ def _serve_disaggregated(req: ServeRequest) -> DisaggServeResult:
     return DisaggServeResult(
         model=spec.name,
         engine=engine.name,
-        dtype=req.dtype,
+        dtype=dtype,
         seed=req.seed,
         slo_ttft_s=req.slo_ttft,
         slo_tpot_s=req.slo_tpot,
@@ -499,8 +516,8 @@ def _colocated(
         plan = ParallelPlan(tp=pool_devices // req.ep, ep=req.ep)
     else:
         plan = plan_for(req.devices, req.tp, req.ep)
-    memory = _pool_memory(spec, system, plan, engine, req.dtype, {**document, "pool": "colocated"})
-    sim = StepSimulator(spec, system, plan, engine, req.dtype, routing)
+    memory = _pool_memory(spec, system, plan, engine, resolved_dtype(req), {**document, "pool": "colocated"})
+    sim = StepSimulator(spec, system, plan, engine, resolved_dtype(req), routing)
     requests = make_requests(workload)
     run = _server(StepCosts(sim), memory.kv_tokens, engine, req.seed, spec).run(requests)
     metrics = run.metrics()

@@ -14,7 +14,12 @@ from typing import Any
 
 from xpusim.hwprofiles import load_system
 from xpusim.hwprofiles.spec import System
-from xpusim.sim.api.base import as_json_dict, request_from_kwargs, require_native_dtype
+from xpusim.sim.api.base import (
+    as_json_dict,
+    float16_default,
+    request_from_kwargs,
+    require_native_dtype,
+)
 from xpusim.sim.cost.attention_impl import check_impl
 from xpusim.sim.errors import InputError, NegativeVerdict
 from xpusim.sim.gcpause import gc_paused
@@ -76,7 +81,7 @@ class TrainRequest:
     seq: int | None = None
     zero: int | None = None
     seed: int | None = None
-    dtype: str | None = None  # default bf16
+    dtype: str | None = None  # default bf16 (fp16 on a device without bf16: V100, 910A)
     fp8_scaling: str | None = None  # delayed | current (dtype fp8 only); default delayed
     recompute: str | None = None  # auto | none | selective | full; default auto
     recompute_modules: str | tuple[str, ...] | None = None  # default ("core_attn",); any of "norm,attn,act,experts,mlp,core_attn"
@@ -151,10 +156,14 @@ def train(request: TrainRequest | None = None, /, **kwargs: Any) -> TrainResult:
 
 def prepare_train(req: TrainRequest) -> TrainSetup:
     """Every check and default of ``train`` up to the simulation (plan, memory fit)."""
-    plan, recompute, extra = build_plan(req)
+    plan, recompute, extra, dtype_given = build_plan(req)
     spec = _load_model(req.model or extra.get("model"))
     devices = _devices_asked(req, extra)
     system = _load_system(req, plan, extra, devices)
+    if not dtype_given:  # the default follows the device (sim.api.base.float16_default)
+        plan = replace(plan, dtype=float16_default(system.device))  # fp16 on a V100 / 910A
+    require_native_dtype(system.device, plan.dtype, "--dtype",
+                         f"{system.device.name} ({system.name})")
     plan = _apply_impl(system, plan, req.attention_impl)
     check_ranks(system.num_devices, f"{system.num_devices:,} devices", "pass fewer --nodes")
     if devices is not None:
@@ -209,9 +218,10 @@ def priced_result(setup: TrainSetup, lowered: LoweredTraining) -> TrainResult:
     )
 
 
-def build_plan(req: TrainRequest) -> tuple[ParallelPlan, str, dict[str, Any]]:
+def build_plan(req: TrainRequest) -> tuple[ParallelPlan, str, dict[str, Any], bool]:
     """The plan from the file (if any) with every field the request sets on top; the
-    recompute policy asked for ("auto" included); the file's other keys (model, system...)."""
+    recompute policy asked for ("auto" included); the file's other keys (model, system...);
+    whether the request or the file gave the dtype (else the device's default, set later)."""
     values: dict[str, Any] = {}
     extra: dict[str, Any] = {}
     if req.plan:
@@ -250,7 +260,8 @@ def build_plan(req: TrainRequest) -> tuple[ParallelPlan, str, dict[str, Any]]:
         **{k: v for k, v in values.items() if k in known},
         recompute="none" if recompute == "auto" else recompute,
     )
-    return _resolve_ep_overlap(plan, values.get("overlap_ep"), req), recompute, extra
+    plan = _resolve_ep_overlap(plan, values.get("overlap_ep"), req)
+    return plan, recompute, extra, "dtype" in values
 
 
 def _check_plan_extra(path: str, extra: dict[str, Any]) -> None:
@@ -391,7 +402,6 @@ def _load_system(
                 f"nodes={req.nodes} beside a System of {name.nodes} nodes: build the "
                 "System with the node count wanted, or pass the system by name"
             )
-        require_native_dtype(name.device, plan.dtype, "--dtype", f"{name.device.name} ({name.name})")
         return name
     nodes = req.nodes or extra.get("nodes")
     if nodes is None and devices is not None:
@@ -400,10 +410,7 @@ def _load_system(
         per_node = load_system(name).devices_per_node
         world = plan.tp * plan.cp * plan.pp * max(plan.dp, 1)
         nodes = max(1, -(-world // per_node))
-    system = load_system(name, nodes=int(nodes))
-    require_native_dtype(system.device, plan.dtype, "--dtype",
-                         f"{system.device.name} ({system.name})")
-    return system
+    return load_system(name, nodes=int(nodes))
 
 
 def _apply_impl(system: System, plan: ParallelPlan, impl: str | None) -> ParallelPlan:

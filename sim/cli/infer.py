@@ -12,6 +12,7 @@ import argparse
 import sys
 from dataclasses import replace
 
+from xpusim.hwprofiles import load_system
 from xpusim.sim.api.base import request_from_args
 from xpusim.sim.api.infer import PHASES, InferRequest, InferResult, infer
 from xpusim.sim.api.serve import (
@@ -25,6 +26,7 @@ from xpusim.sim.api.serve import (
 from xpusim.sim.cli import disagg as disagg_cli
 from xpusim.sim.cost.attention_impl import IMPLS
 from xpusim.sim.errors import InputError
+from xpusim.sim.inference.engine_profile import default_engine_note
 from xpusim.sim.inference.ep_dispatch import EP_DISPATCH_CHOICES, EP_DISPATCH_DTYPES
 from xpusim.sim.report import emit_json, fmt_bytes, fmt_si, table
 from xpusim.sim.validation.track_record import describe, lookup
@@ -45,9 +47,9 @@ def add_deployment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--engine",
         help="serving-engine profile name or path; 'none' for no host overheads "
-        "(default vllm-0.6)",
+        "(default: the device's: vllm-0.6, on Ascend vllm-ascend-0.9; docs/inference.md)",
     )
-    p.add_argument("--dtype", help="default bf16")
+    p.add_argument("--dtype", help="default bf16 (fp16 on a device without bf16: V100, 910A)")
     p.add_argument(
         "--routing",
         help="MoE routing: uniform (default), zipf:S (p_i ~ i^-S) or a file of per-expert counts",
@@ -141,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         _refuse_serving_flags(args)
         step = infer(request_from_args(InferRequest, args))
+        note_default_engine(args, args.system)
         _note_past_max_seq(step)
         record = lookup(step.phase, step.device, step.engine)
         if args.json:
@@ -155,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
                 "--trace gives each request's arrival and lengths: drop them or the trace")
     progress = args.progress or (sys.stderr.isatty() and not args.json)
     result = serve(replace(request_from_args(ServeRequest, args), progress=progress))
+    note_default_engine(args, args.prefill_system or args.system)
     record = (None if isinstance(result, DisaggServeResult)
               else lookup("serving", result.device, result.engine))
     if args.json:
@@ -166,6 +170,13 @@ def run(args: argparse.Namespace) -> int:
         if record:
             print(describe(record))
     return 0
+
+
+def note_default_engine(args: argparse.Namespace, system: str) -> None:
+    """No --engine on a device no engine profile names (AMD, a CPU host): say which engine
+    priced the run and why (engine_profile.default_engine_note)."""
+    if args.engine is None and (note := default_engine_note(load_system(system).device)):
+        sys.stderr.write(f"xpusim: note: {note}\n")
 
 
 def _note_past_max_seq(r: InferResult) -> None:

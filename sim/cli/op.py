@@ -102,9 +102,9 @@ def _print(r: OpResult) -> None:
         print(f"  {r.achieved_tflops:.1f} TFLOP/s (FlashAttention papers' FLOP count)")
     print(f"  compute  {fmt_si(cost.compute_s, 's')}   memory {fmt_si(cost.memory_s, 's')}   "
           f"overhead {fmt_si(cost.overhead_s, 's')}")
-    if r.impl is not None:  # what bytes.hbm and bytes.hbm_min of --json are
-        print(f"  HBM traffic {fmt_bytes(r.hbm_bytes)} ({r.impl}'s kernels; the op's "
-              f"tensors once: {fmt_bytes(r.op.main_bytes)})")
+    if r.impl is not None:  # what bytes.hbm and bytes.roofline of --json are
+        print(f"  HBM traffic {fmt_bytes(r.hbm_bytes)} ({r.impl}'s kernels; the roofline's "
+              f"Q, K, V, O: {fmt_bytes(r.op.main_bytes)})")
     if r.timing == "kernel":
         print(f"  kernel timing (--timing kernel): host launch overhead "
               f"{fmt_si(r.launch_excluded_s, 's')} excluded (small kernels: a lower bound, "

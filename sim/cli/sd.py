@@ -13,7 +13,7 @@ from pathlib import Path
 
 from xpusim.sim.api.base import request_from_args
 from xpusim.sim.api.sd import SdRequest, SdResult, sd
-from xpusim.sim.cli.infer import add_ep_dispatch_args
+from xpusim.sim.cli.infer import add_ep_dispatch_args, note_default_engine
 from xpusim.sim.report import (
     check_output_args,
     emit_json,
@@ -56,8 +56,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--context", type=float, help="cached context per request (tokens; default 512)"
     )
-    p.add_argument("--engine", help="serving-engine profile or 'none' (default vllm-0.6)")
-    p.add_argument("--dtype", help="default bf16")
+    p.add_argument("--engine", help="serving-engine profile or 'none' (default: the device's: vllm-0.6, on "
+                   "Ascend vllm-ascend-0.9)")
+    p.add_argument("--dtype", help="default bf16 (fp16 on a device without bf16: V100, 910A)")
     p.add_argument("--routing", help="uniform (default), zipf:S or a counts file")
     p.add_argument("--seed", type=int, help="default 0")
     add_ep_dispatch_args(p)
@@ -77,6 +78,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     check_output_args(args)
     result = sd(request_from_args(SdRequest, args))
+    note_default_engine(args, args.system)
     groups = [g.as_dict() for g in result.groups]
     if args.csv:
         write_csv(args.csv, [{"group": g["label"], **r} for g in groups for r in g["rows"]])

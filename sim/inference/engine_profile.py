@@ -475,6 +475,31 @@ def _field_value(key: str, value: object, where: str, path: Path) -> tuple[str, 
     raise InputError(f"{path}: unknown field '{where}'; known fields: {allowed}")
 
 
+# The serving engine a request that names none runs: vLLM 0.6, except on an arch whose
+# vLLM runs through a platform plugin. vLLM 0.6 has no Ascend backend; vLLM on Ascend NPUs
+# is "a community maintained hardware plugin for running vLLM seamlessly on the Ascend NPU"
+# (vllm-project/vllm-ascend README.md @ 01cf80cbc9bb566e97a69902b38b547c97a7e2de,
+# Overview), whose profile is vllm-ascend-0.9 ([platform] device_archs = ["davinci"]).
+DEFAULT_ENGINE = "vllm-0.6"
+ARCH_DEFAULT_ENGINE = {"davinci": "vllm-ascend-0.9"}
+
+
+def default_engine(device: Device) -> str:
+    """The engine of a request that names none on ``device`` (docs/inference.md)."""
+    return ARCH_DEFAULT_ENGINE.get(device.arch, DEFAULT_ENGINE)
+
+
+def default_engine_note(device: Device) -> str | None:
+    """Why the default engine stands for ``device`` where no engine profile names its arch
+    in ``[platform] device_archs`` (AMD GPUs, a CPU host): the note the commands print."""
+    archs = {arch for name in list_engines() for arch in load_engine(name).device_archs}
+    if device.arch in archs or device.arch in ARCH_DEFAULT_ENGINE:
+        return None
+    return (f"engine {default_engine(device)} (the default): no engine profile names "
+            f"{device.arch} devices in [platform] device_archs, so {device.name} is served "
+            "with vLLM 0.6's host terms (fitted on NVIDIA hosts); pass --engine to choose")
+
+
 def check_engine_device(engine: EngineProfile, device: Device, where: str = "") -> None:
     """A serving stack on a device it does not run on (TensorRT-LLM on a 910B, MindIE on an
     H100) was priced as if it did."""

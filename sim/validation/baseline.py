@@ -60,7 +60,10 @@ def _op(args: dict[str, Any], p: Payload) -> Payload:
         return {**p, "time_s": elementwise_bytes(args) / device.hbm_bandwidth}
     flops = op_row_flops(args, p)
     peak = device.peak_for("matrix", dtype)
-    hbm = float(p.get("bytes", {}).get("hbm", 0.0))
+    # The roofline's bytes (attention: bytes.roofline, the op's Q, K, V, O; bytes.hbm is the
+    # priced implementation's traffic, standard attention's score matrix included).
+    nbytes = p.get("bytes", {})
+    hbm = float(nbytes.get("roofline", nbytes.get("hbm", 0.0)))
     return {**p, "time_s": max(flops / peak, hbm / device.hbm_bandwidth)}
 
 

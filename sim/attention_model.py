@@ -83,10 +83,31 @@ class Tiling:
 @dataclass(frozen=True)
 class AttentionCost:
     time_s: float
-    bound: str  # dominant term: "cube", "vector", "gm", "sync", "hbm" | "compute", "memory", ...
+    # dominant term: "cube", "vector", "gm", "sync", "hbm" (named by arch: bound_label) |
+    # "compute", "memory", ...
+    bound: str
     memory_bytes: float
     fits: bool
     details: dict[str, float]
+
+
+# What each architecture calls the units behind the blockwise loop's terms (the keys of
+# ``_BlockPipe.block_time``): "cube" the matrix unit, "vector" the softmax's vector unit,
+# "gm" the score tile's hand-off through global memory on a separated Da Vinci core (else the
+# K/V tile's read from L2). Ascend's names are CANN's Da Vinci terms (Cube, Vector, GM);
+# an NVIDIA SM has tensor cores and CUDA cores (NVIDIA's architecture whitepapers); other
+# archs get the generic names.
+UNIT_LABELS = {
+    "davinci": {"cube": "cube", "vector": "vector", "gm": "gm"},
+    "nvidia": {"cube": "tensor-core", "vector": "cuda-core", "gm": "l2"},
+}
+GENERIC_UNIT_LABELS = {"cube": "matrix-unit", "vector": "vector-unit", "gm": "l2"}
+
+
+def bound_label(device: Device, term: str) -> str:
+    """The bound a report prints for the loop's dominant ``term`` on ``device``'s arch:
+    "cube" on Ascend, "tensor-core" on NVIDIA, "matrix-unit" elsewhere."""
+    return UNIT_LABELS.get(device.arch, GENERIC_UNIT_LABELS).get(term, term)
 
 
 def _level(device: Device, *names: str) -> float | None:
@@ -352,7 +373,7 @@ def fast_attention_cost(
         bound = "hbm"
     else:
         terms = {**{k: full_terms[k] for k in ("cube", "vector", "gm")}, "sync": pipe.sync_s}
-        bound = max(terms, key=lambda k: terms[k])
+        bound = bound_label(device, max(terms, key=lambda k: terms[k]))
     flops = 4.0 * batch * heads * head_dim * (seq * (seq + 1) / 2 if causal else q_len * seq)
     workspace = cores * rows * cols * (ACC_BYTES + elt) if pipe.npu else 0.0
     memory = 2 * batch * heads * (q_len + seq) * head_dim * elt + workspace + (2 * cols) ** 2 * elt
@@ -499,6 +520,7 @@ def tiling_allreduce_cost(
 
 
 __all__ = [
+    "bound_label",
     "AttentionCost",
     "Tiling",
     "compare",

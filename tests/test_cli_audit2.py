@@ -127,3 +127,19 @@ def test_the_default_engine_of_sd_on_ascend(capsys):
     assert out["engine"] == "vllm-ascend-0.9"
     named = run_json(capsys, sd + " --engine vllm-0.6")
     assert named["engine"] == "vllm-0.6"  # a named engine is kept
+
+
+@pytest.mark.parametrize(
+    ("device", "bound"),
+    [("h100-sxm5-80gb", "tensor-core"), ("v100-sxm2-32gb", "tensor-core"),
+     ("mi300x", "matrix-unit"), ("ascend-910b2", "gm")],
+)
+def test_attention_study_names_the_bound_by_the_devices_arch(capsys, device, bound):
+    # "cube" (Ascend's matrix unit) was printed on NVIDIA devices.
+    out = run_json(capsys, f"attention --device {device} --seq 1024 --head-dim 64")
+    assert out["rows"][0]["fast_bound"] == bound
+    rc, text, err = run_cli(capsys, f"attention --device {device} --seq 1024 --head-dim 64")
+    assert rc == 0, err
+    assert text.split("\n")[3].split()[-1] == bound
+    if device != "ascend-910b2":
+        assert "cube" not in text

@@ -143,3 +143,27 @@ def test_attention_study_names_the_bound_by_the_devices_arch(capsys, device, bou
     assert text.split("\n")[3].split()[-1] == bound
     if device != "ascend-910b2":
         assert "cube" not in text
+
+
+GPT3 = ("train --model gpt3-175b --system dgx-a100 --nodes 192 --tp 8 --pp 12 --mbs 1 --gbs 1536 "
+        "--dtype fp16")
+
+
+def test_train_seq_past_learned_positions_is_noted(capsys):
+    # gpt3-175b has 2,048 learned positions; --seq 4096 ran without a word.
+    rc, _out, err = run_cli(capsys, f"{GPT3} --seq 4096")
+    assert rc == 0, err
+    assert "note: --seq 4,096 is past gpt3-175b's 2,048 learned positions" in err
+    assert "table extended" in err
+    rc, _out, err = run_cli(capsys, f"{GPT3} --seq 2048")
+    assert rc == 0 and "note:" not in err
+
+
+def test_train_seq_past_rope_context_is_noted(capsys):
+    rc, _out, err = run_cli(
+        capsys, "train --model llama-2-7b --system dgx-a100 --tp 8 --gbs 8 --seq 8192 --json")
+    assert rc == 0, err
+    assert "past llama-2-7b's 4,096 trained positions" in err and "position scaling" in err
+    rc, _out, err = run_cli(capsys, "train --model llama-2-7b --system dgx-a100 --tp 8 --gbs 8 "
+                            "--seq 4096")
+    assert rc == 0 and "note:" not in err

@@ -128,6 +128,8 @@ class TrainResult:
     memory_per_device_bytes: float
     simulation: TrainingResult  # the full result: stages, breakdowns, the engine's records
     system_devices: int = 0  # the system's (more than ``devices`` with --devices N)
+    # What the command says on stderr beside the result (a --seq past the model's positions)
+    notes: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         return as_json_dict({**self.simulation.as_dict(), "system_devices": self.system_devices})
@@ -215,7 +217,28 @@ def priced_result(setup: TrainSetup, lowered: LoweredTraining) -> TrainResult:
         memory_per_device_bytes=result.peak_memory.total,
         simulation=result,
         system_devices=setup.system.num_devices,
+        notes=tuple(n for n in [past_positions_note(setup.spec, setup.plan.seq)] if n),
     )
+
+
+def past_positions_note(spec: ModelSpec, seq: int) -> str | None:
+    """A sequence past the model's ``max_position_embeddings`` is priced as asked (the step's
+    cost does not depend on the positions' count), but is not what the checkpoint runs:
+    a learned position table (GPT-3 / OPT format) has no row past it, so a run at this length
+    trains a model whose table is extended (from scratch, or rows added: the parameter count
+    here keeps the preset's table); a RoPE model computes any position, but past its trained
+    context a checkpoint needs position scaling (a long-context fine-tune). docs/training.md."""
+    if seq <= spec.max_seq:
+        return None
+    if spec.learned_positions:
+        return (f"--seq {seq:,} is past {spec.name}'s {spec.max_seq:,} learned positions "
+                "(max_position_embeddings): its position table has no rows beyond them, so "
+                "this trains a model with the table extended (from scratch, or rows added to "
+                "a checkpoint); priced as asked, the parameter count keeping the preset's table")
+    return (f"--seq {seq:,} is past {spec.name}'s {spec.max_seq:,} trained positions "
+            "(max_position_embeddings): rotary positions run at any length, but a checkpoint "
+            "needs position scaling beyond its trained context (a long-context fine-tune); "
+            "priced as asked")
 
 
 def build_plan(req: TrainRequest) -> tuple[ParallelPlan, str, dict[str, Any], bool]:

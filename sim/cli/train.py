@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 import textwrap
 from dataclasses import replace
 from pathlib import Path
@@ -214,6 +215,8 @@ def run(args: argparse.Namespace) -> int:
     if args.timeline:
         check_plot_path(args.timeline, "--timeline")
     result = train(request_from(args))
+    for note in result.notes:
+        sys.stderr.write(f"xpusim: note: {note}\n")
     _write_pictures(args, result)
     payload = result.as_dict()
     if args.trace:

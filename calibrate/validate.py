@@ -161,10 +161,10 @@ def check(
             cal = group["calibrated"]
             if cal["median_abs_error"] > max_median:
                 failures.append(
-                    f"{label}: median error {cal['median_abs_error']:.1%} > {max_median:.0%}"
+                    f"{label}: median error {cal['median_abs_error']:.2%} > {max_median:.0%}"
                 )
-            if cal["p90_abs_error"] > max_p90:
-                failures.append(f"{label}: p90 error {cal['p90_abs_error']:.1%} > {max_p90:.0%}")
+            if cal["p90_abs_error"] > max_p90:  # .2%: 25.04% read "25.0% > 25%" at .1%
+                failures.append(f"{label}: p90 error {cal['p90_abs_error']:.2%} > {max_p90:.0%}")
     return failures
 
 

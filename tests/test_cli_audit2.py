@@ -167,3 +167,12 @@ def test_train_seq_past_rope_context_is_noted(capsys):
     rc, _out, err = run_cli(capsys, "train --model llama-2-7b --system dgx-a100 --tp 8 --gbs 8 "
                             "--seq 4096")
     assert rc == 0 and "note:" not in err
+
+
+@pytest.mark.parametrize("value", ["-5", "0", "0.5", "uniform:0:5", "exp:0"])
+def test_serve_length_below_one_token_says_the_true_bound(capsys, value):
+    # '-5' said "length must be >= 0", yet 0 was refused with another message.
+    rc, _out, err = run_cli(capsys, "infer --model llama-2-7b --system dgx-a100 --devices 1 "
+                            f"--serve --requests 10 --rate 5 --prompt-len {value}")
+    assert rc == 2, err
+    assert f"--prompt-len '{value}': length must be >= 1" in err

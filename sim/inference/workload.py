@@ -57,8 +57,9 @@ class LengthDist:
             raise InputError(
                 f"{what}: cannot read '{text}'; use N, const:N, uniform:A:B or exp:MEAN"
             ) from None
-        for x in args:  # sim.limits: a finite token count within the sequence limit
-            check_float(x, f"{what} '{text}': length", 0.0, float(MAX_SEQ))
+        for x in args:  # sim.limits: a finite token count within the sequence limit; every
+            # form below needs lengths >= 1 (the bound said >= 0, then 0 was refused)
+            check_float(x, f"{what} '{text}': length", 1.0, float(MAX_SEQ))
         if kind == "const" and len(args) == 1 and args[0] >= 1:
             return LengthDist("const", args[0])
         if kind == "uniform" and len(args) == 2 and 1 <= args[0] <= args[1]:

@@ -176,3 +176,24 @@ def test_serve_length_below_one_token_says_the_true_bound(capsys, value):
                             f"--serve --requests 10 --rate 5 --prompt-len {value}")
     assert rc == 2, err
     assert f"--prompt-len '{value}': length must be >= 1" in err
+
+
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [("--dtype fp8 --pass bwd", "FlashAttention-3's backward runs fp16, bf16 only"),
+     ("--dtype fp8 --pass fwd_bwd", "FlashAttention-3's backward runs fp16, bf16 only"),
+     ("--dtype int8", "FlashAttention-3's forward runs fp16, bf16, fp8, fp8_e4m3 only"),
+     ("--dtype fp32", "FlashAttention-3's forward runs"),
+     ("--head-dim 512", "FlashAttention-3 supports head dimensions up to 256")],
+)
+def test_op_attention_flash3_refuses_what_fa3_does_not_run(capsys, flags, said):
+    # FA3's FP8 backward, int8/fp32 and head dim 512 were priced as if FA3 ran them.
+    rc, _out, err = run_cli(capsys, f"{ATTN} --impl flash3 {flags}")
+    assert rc == 2, err
+    assert said in err and "Traceback" not in err
+
+
+def test_op_attention_flash3_runs_what_fa3_runs(capsys):
+    for flags in ("--dtype fp8", "--dtype fp16 --pass bwd", "--head-dim 256"):
+        rc, _out, err = run_cli(capsys, f"{ATTN} --impl flash3 {flags}")
+        assert rc == 0, err

@@ -243,7 +243,7 @@ def _price_attention(
     pass_ = values["pass_"]
     shape = shape_of(the_op)
     if values["impl"] and (why := flash_shape_error(impl, shape.dtype, shape.head_dim,
-                                                     shape.v_head_dim)):
+                                                     shape.v_head_dim, pass_)):
         raise InputError(why)  # a kernel named by --impl that cannot run this call
     cost = attention_cost(device, shape, impl, pass_)
     factor = PASS_FACTOR[pass_]
@@ -424,12 +424,21 @@ def _flag(name: str) -> str:
     return "--" + name.rstrip("_").replace("_", "-")
 
 
-def flash_shape_error(impl: str, dtype: str, head_dim: float,
-                      v_head_dim: float | None) -> str | None:
-    """Why FlashAttention 1/2 (``FLASH_LIMITS``, from their README) cannot run this call
-    (its dtype or head size), else None. Only for a call the user names (``op attention
-    --impl``): the training and serving stacks use ``flash2`` as their fused kernel's
-    stand-in at any dtype."""
+# FlashAttention-3 (Dao-AILab/flash-attention hopper/flash_api.cpp @ 000090d0): mha_fwd takes
+# fp16, bf16 and fp8_e4m3 ("FlashAttention only supports fp16, bf16, and fp8_e4m3 data type"),
+# mha_bwd fp16 and bf16 only; both "head dimension at most" get_max_headdim() = 256.
+FA3_DTYPES = {"fwd": ("fp16", "bf16", "fp8", "fp8_e4m3"), "bwd": ("fp16", "bf16")}
+FA3_MAX_HEAD_DIM = 256
+
+
+def flash_shape_error(impl: str, dtype: str, head_dim: float, v_head_dim: float | None,
+                      pass_: str = "fwd") -> str | None:
+    """Why FlashAttention 1/2 (``FLASH_LIMITS``, from their README) or 3 (``FA3_DTYPES``)
+    cannot run this call (its dtype, pass or head size), else None. Only for a call the user
+    names (``op attention --impl``): the training and serving stacks use ``flash2`` as their
+    fused kernel's stand-in at any dtype."""
+    if impl == "flash3":
+        return _fa3_error(dtype, int(max(head_dim, v_head_dim or head_dim)), pass_)
     if impl not in FLASH_LIMITS:
         return None
     _cc, dtypes, max_dim = FLASH_LIMITS[impl]
@@ -441,5 +450,20 @@ def flash_shape_error(impl: str, dtype: str, head_dim: float,
     if largest > max_dim:
         return (f"--impl {impl} --head-dim {largest}: FlashAttention-{impl[-1]} supports head "
                 f"dimensions up to {max_dim} (flash-attn README); use a smaller --head-dim or "
+                "--impl cudnn / standard")
+    return None
+
+
+def _fa3_error(dtype: str, largest: int, pass_: str) -> str | None:
+    """``flash_shape_error`` for FlashAttention-3 (``FA3_DTYPES``, ``FA3_MAX_HEAD_DIM``)."""
+    needs = "bwd" if pass_ in ("bwd", "fwd_bwd") else "fwd"
+    if dtype not in FA3_DTYPES[needs]:
+        which = "forward" if needs == "fwd" else "backward"
+        return (f"--impl flash3 --dtype {dtype} --pass {pass_}: FlashAttention-3's {which} runs "
+                f"{', '.join(FA3_DTYPES[needs])} only (hopper/flash_api.cpp); use --impl cudnn "
+                "or standard, or another --dtype")
+    if largest > FA3_MAX_HEAD_DIM:
+        return (f"--impl flash3 --head-dim {largest}: FlashAttention-3 supports head dimensions "
+                f"up to {FA3_MAX_HEAD_DIM} (hopper/flash_api.cpp); use a smaller --head-dim or "
                 "--impl cudnn / standard")
     return None

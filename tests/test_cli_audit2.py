@@ -197,3 +197,14 @@ def test_op_attention_flash3_runs_what_fa3_runs(capsys):
     for flags in ("--dtype fp8", "--dtype fp16 --pass bwd", "--head-dim 256"):
         rc, _out, err = run_cli(capsys, f"{ATTN} --impl flash3 {flags}")
         assert rc == 0, err
+
+
+def test_hw_list_says_where_each_engine_runs_and_is_the_default(capsys):
+    rc, out, err = run_cli(capsys, "hw list")
+    assert rc == 0, err
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.strip()}
+    assert rows["vllm-ascend-0.9"][-2:] == ["davinci", "davinci"]
+    assert rows["vllm-0.6"][-2:] == ["any", "nvidia/amd/cpu"]
+    assert rows["trtllm-0.10"][-2:] == ["nvidia", "-"]
+    figures = {e["name"]: e for e in run_json(capsys, "hw list")["engine_figures"]}
+    assert figures["vllm-ascend-0.9"]["default_on"] == ["davinci"]

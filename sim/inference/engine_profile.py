@@ -486,7 +486,12 @@ ARCH_DEFAULT_ENGINE = {"davinci": "vllm-ascend-0.9"}
 
 def default_engine(device: Device) -> str:
     """The engine of a request that names none on ``device`` (docs/inference.md)."""
-    return ARCH_DEFAULT_ENGINE.get(device.arch, DEFAULT_ENGINE)
+    return default_engine_of_arch(device.arch)
+
+
+def default_engine_of_arch(arch: str) -> str:
+    """``default_engine`` by architecture name (hwprofiles ``arch``)."""
+    return ARCH_DEFAULT_ENGINE.get(arch, DEFAULT_ENGINE)
 
 
 def default_engine_note(device: Device) -> str | None:

@@ -208,3 +208,17 @@ def test_hw_list_says_where_each_engine_runs_and_is_the_default(capsys):
     assert rows["trtllm-0.10"][-2:] == ["nvidia", "-"]
     figures = {e["name"]: e for e in run_json(capsys, "hw list")["engine_figures"]}
     assert figures["vllm-ascend-0.9"]["default_on"] == ["davinci"]
+
+
+def test_compare_infer_names_each_systems_engine(capsys):
+    # The default engine now follows the device: compare said "same deployment" and hid that
+    # the Ascend system ran vllm-ascend-0.9 and the H100 vllm-0.6.
+    rc, out, err = run_cli(capsys, "compare --systems atlas-800t-a2,dgx-h100 infer "
+                           "--model llama-2-7b --devices 1")
+    assert rc == 0, err
+    assert "engine=vllm-ascend-0.9" in out and "engine=vllm-0.6" in out
+    assert "note: the systems ran different serving engines" in out
+    rc, out, err = run_cli(capsys, "compare --systems atlas-800t-a2,dgx-h100 infer "
+                           "--model llama-2-7b --devices 1 --engine none")
+    assert rc == 0, err
+    assert "different serving engines" not in out

@@ -105,7 +105,8 @@ def _row(command: str, system_name: str, rc: int, payload: dict | None, why: str
         devices = (d.get("tp") or 1) * (d.get("ep") or 1)
         tps = d.get("throughput_tokens_per_s") if "throughput_tokens_per_s" in d else d.get(
             "tokens_per_s")
-        row.update(devices=devices, tokens_per_s=tps, plan=f"tp={d.get('tp')} ep={d.get('ep')}",
+        row.update(devices=devices, tokens_per_s=tps, engine=d.get("engine"),
+                   plan=f"tp={d.get('tp')} ep={d.get('ep')} engine={d.get('engine')}",
                    ttft_mean_s=(d.get("ttft_s") or {}).get("mean"),
                    tpot_mean_s=(d.get("tpot_s") or {}).get("mean"))
     if tps and devices:
@@ -216,6 +217,10 @@ def _print(args: argparse.Namespace, rest: list[str], systems: int, rows: list[d
         ])
     print(table(out, ["system", "device", "devices", "tokens/s", "per device", "per kW (TDP)",
                       "MFU", "plan / verdict"]))
+    engines = {r["engine"] for r in rows if r.get("engine")}
+    if len(engines) > 1:  # no --engine: each system ran its device's default stack
+        print(f"note: the systems ran different serving engines ({', '.join(sorted(engines))}: "
+              "each device's default, docs/inference.md); pass --engine to compare one stack")
     if args.plot:
         print(f"wrote {args.plot}")
 

@@ -147,8 +147,9 @@ def infer(request: InferRequest | None = None, /, **kwargs: Any) -> InferResult:
     """Simulate one prefill or decode step. Raises ``NegativeVerdict`` (payload: the
     command's JSON document with ``"oom": true`` and the memory breakdown) when the
     weights leave no room for a KV cache, or when this step's KV cache does not fit."""
-    req = with_stack_defaults(request_from_kwargs(InferRequest, request, kwargs, "xpusim.infer"))
-    check_request(req)
+    req = request_from_kwargs(InferRequest, request, kwargs, "xpusim.infer")
+    check_request(req)  # the flags' limits (--nodes among them) before the system loads
+    req = with_stack_defaults(req)
 
     def verdict(
         spec: ModelSpec, system: System, plan: ParallelPlan, engine: EngineProfile

@@ -25,6 +25,7 @@ from xpusim.sim.attention_model import compare, tiling_allreduce_cost
 from xpusim.sim.errors import InputError
 from xpusim.sim.limits import MAX_SEQ, check_int, check_namespace
 from xpusim.sim.units import parse_int_list, split_list
+from xpusim.sim.validation.track_record import TrackRecord, lookup, record_dict
 
 KERNEL_DTYPES = ("fp16", "bf16", "fp32")  # what kernels/attention.py runs
 MAX_SEQ_POINTS = 1000  # rows of one study
@@ -72,6 +73,10 @@ class AttentionResult:
     system: str | None  # the tp study's system (None with tp = 1)
     tiling_allreduce: tuple[dict[str, Any], ...]  # per (seq, blocks); empty with tp = 1
 
+    def track_record(self) -> TrackRecord | None:
+        """How far attention predictions on this device have been off (track_record.py)."""
+        return lookup("attention", self.device)
+
     def as_dict(self) -> dict[str, Any]:
         payload: dict[str, Any] = {
             "device": self.device,
@@ -85,7 +90,8 @@ class AttentionResult:
         if self.system is not None:
             payload["system"] = self.system
             payload["tiling_allreduce"] = list(self.tiling_allreduce)
-        return as_json_dict({**payload, "files": []})
+        return as_json_dict({**payload, "files": [],
+                             "track_record": record_dict(self.track_record())})
 
 
 def attention(request: AttentionRequest | None = None, /, **kwargs: Any) -> AttentionResult:

@@ -30,6 +30,7 @@ from xpusim.sim.network.call_timing import TIMINGS, timing_overhead_s
 from xpusim.sim.network.copy import APIS
 from xpusim.sim.network.protocols import PROTOCOLS
 from xpusim.sim.units import parse_size
+from xpusim.sim.validation.track_record import TrackRecord, lookup, record_dict, system_device
 
 KINDS = tuple(k.value for k in CollectiveKind)
 ALGORITHM_CHOICES = ("auto", *ALGORITHMS)
@@ -79,10 +80,15 @@ class CollectiveResult:
     timing: str = "device"
     host_call_s: float = 0.0  # added by --timing host (inside time_s)
 
+    def track_record(self) -> TrackRecord | None:
+        """How far collective predictions on this system's device have been off."""
+        return lookup("collective", system_device(self.system))
+
     def as_dict(self) -> dict[str, Any]:
         header = _header(self.kind, self.system, self.ranks, self.nodes, self.note)
         timing = {"timing": self.timing, "host_call_s": self.host_call_s}
-        return as_json_dict({**header, "bytes": self.bytes, **self.network.as_dict(), **timing})
+        return as_json_dict({**header, "bytes": self.bytes, **self.network.as_dict(), **timing,
+                             "track_record": record_dict(self.track_record())})
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from xpusim.sim.models.spec import ModelSpec
 from xpusim.sim.network.api import BACKENDS
 from xpusim.sim.network.ep import DISPATCH_MODES, EPConfig, EPResult, simulate_ep, system_for_ep
 from xpusim.sim.units import split_list
+from xpusim.sim.validation.track_record import TrackRecord, lookup, record_dict, system_device
 
 
 @dataclass(frozen=True)
@@ -113,9 +114,15 @@ class EpResult:
             for run in self.runs
         ]
 
+    def track_record(self) -> TrackRecord | None:
+        """How far expert-parallel predictions on this system's device have been off."""
+        return lookup("ep", system_device(self.system))
+
     def as_dict(self) -> dict[str, Any]:
         docs = self.documents()
-        return as_json_dict(docs[0] if len(docs) == 1 else {"results": docs})
+        record = {"track_record": record_dict(self.track_record())}
+        return as_json_dict({**docs[0], **record} if len(docs) == 1
+                            else {"results": docs, **record})
 
 
 SWEEP_FIELDS = (

@@ -22,6 +22,7 @@ from xpusim.sim.report import write_csv
 from xpusim.sim.studies.executors import check_executor
 from xpusim.sim.studies.search import StudyResult, run_study
 from xpusim.sim.studies.study_file import RANK_METRICS, Study, load_study
+from xpusim.sim.validation.track_record import ranking_record
 
 
 @dataclass(frozen=True)
@@ -57,8 +58,13 @@ class ExploreResult:
     files: dict[str, str]  # points.csv and the plots written
     search: StudyResult = field(repr=False)  # the full result: summary, timings, the Study
 
+    def ranking_record(self) -> dict[str, Any] | None:
+        """How far the published record trusts this ranking (``track_record.ranking_record``)."""
+        return ranking_record(self.ranked, self.rank_by)
+
     def as_dict(self) -> dict[str, Any]:
-        return as_json_dict({**self.search.as_dict(), "files": self.files})
+        return as_json_dict({**self.search.as_dict(), "files": self.files,
+                             "ranking_record": self.ranking_record()})
 
 
 def explore(request: ExploreRequest | None = None, /, **kwargs: Any) -> ExploreResult:

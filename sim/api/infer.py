@@ -51,6 +51,7 @@ from xpusim.sim.limits import check_namespace
 from xpusim.sim.models.hf_config import load_model
 from xpusim.sim.models.spec import ModelSpec
 from xpusim.sim.parallel import ParallelPlan
+from xpusim.sim.validation.track_record import TrackRecord, lookup, record_dict
 
 PHASES = ("prefill", "decode")
 
@@ -109,6 +110,10 @@ class InferResult:
     pipeline: PipelineStep | None = None
     stage_memory: tuple[MemoryPlan, ...] = ()
 
+    def track_record(self) -> TrackRecord | None:
+        """How far predictions of this phase on this device and engine have been off."""
+        return lookup(self.phase, self.device, self.engine)
+
     def as_dict(self) -> dict[str, Any]:
         return as_json_dict(
             {
@@ -132,6 +137,7 @@ class InferResult:
                     "fits": self.kv_needed_bytes <= self.memory.kv_cache,
                 },
                 **({"pipeline": self._pipeline_dict()} if self.pipeline else {}),
+                "track_record": record_dict(self.track_record()),
             }
         )
 

@@ -47,6 +47,7 @@ from xpusim.sim.errors import InputError
 from xpusim.sim.ir import MAIN_MEMORY, AttentionShape, Op, shape_dict
 from xpusim.sim.limits import MAX_DIM, check_namespace
 from xpusim.sim.units import parse_int_list
+from xpusim.sim.validation.track_record import TrackRecord, lookup, op_category, record_dict
 
 KINDS = ("gemm", "attention", "elementwise", "conv2d")
 REQUIRED = "required"  # a KIND_FIELDS default: the field must be given
@@ -155,6 +156,11 @@ class OpResult:
         """HBM bytes of the kernels priced (``--json``'s ``bytes.hbm``)."""
         return self.op.main_bytes if self.priced_hbm_bytes is None else self.priced_hbm_bytes
 
+    def track_record(self) -> TrackRecord | None:
+        """How far predictions of this op kind on this device have been off (the corpus's
+        category for ``op KIND`` rows)."""
+        return lookup(op_category(self.kind), self.device)
+
     def as_dict(self) -> dict[str, Any]:
         nbytes = {**self.op.bytes, MAIN_MEMORY: self.hbm_bytes}
         if self.impl is not None:  # attention: the bytes roofline_time_s reads
@@ -183,6 +189,7 @@ class OpResult:
                     "achieved_tflops": self.achieved_tflops,
                 }
             )
+        payload["track_record"] = record_dict(self.track_record())
         return as_json_dict(payload)
 
 

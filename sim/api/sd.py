@@ -36,6 +36,7 @@ from xpusim.sim.inference.speculative import (
 from xpusim.sim.models.spec import ModelSpec
 from xpusim.sim.parallel import ParallelPlan
 from xpusim.sim.units import parse_int_list
+from xpusim.sim.validation.track_record import TrackRecord, lookup, record_dict
 
 # The batch sizes of the MoESD paper's sweeps.
 PAPER_BATCHES = "1,2,4,8,12,16,20,24,28,32,36,40,44,48,52,56,60,80,100"
@@ -95,6 +96,10 @@ class SdResult:
     rows: tuple[SDRow, ...]  # the first group's, one per batch that fits
     groups: tuple[SdGroup, ...]  # the target/draft pair, then the dense pair and top-k runs
 
+    def track_record(self) -> TrackRecord | None:
+        """How far speculative-decoding predictions have been off here."""
+        return lookup("sd", self.device, self.engine)
+
     def as_dict(self) -> dict[str, Any]:
         first = self.groups[0].as_dict()
         return as_json_dict(
@@ -105,6 +110,7 @@ class SdResult:
                 "rows": first["rows"],
                 "peak": first["peak"],
                 "groups": [g.as_dict() for g in self.groups],
+                "track_record": record_dict(self.track_record()),
             }
         )
 

@@ -64,6 +64,7 @@ from xpusim.sim.inference.workload import LengthDist, Workload, make_requests
 from xpusim.sim.limits import MAX_REQUESTS, MAX_SEQ, check_int
 from xpusim.sim.models.spec import ModelSpec
 from xpusim.sim.parallel import ParallelPlan
+from xpusim.sim.validation.track_record import TrackRecord, lookup, record_dict
 
 # Defaults of the speculative-decoding fields (used only with a draft: one given
 # without a draft is refused, not silently ignored, so the fields default to None).
@@ -145,6 +146,10 @@ class ServeResult:
     metrics: dict[str, Any]  # percentiles of TTFT/TPOT/latency, steps, preemptions...
     run: ServingRun  # the requests with their times
 
+    def track_record(self) -> TrackRecord | None:
+        """How far serving predictions on this device and engine have been off."""
+        return lookup("serving", self.device, self.engine)
+
     def as_dict(self) -> dict[str, Any]:
         return as_json_dict(
             {
@@ -160,6 +165,7 @@ class ServeResult:
                 "alpha": self.alpha,
                 "seed": self.seed,
                 **self.metrics,
+                "track_record": record_dict(self.track_record()),
             }
         )
 

@@ -38,6 +38,7 @@ from xpusim.sim.training.steady import (
     simulated_microbatches,
 )
 from xpusim.sim.units import parse_int_list, split_list
+from xpusim.sim.validation.track_record import TrackRecord, lookup, record_dict
 
 DEFAULT_SYSTEM = "atlas-800t-a2"
 # Mixed-precision training computes in these; int8/int4 are inference weight formats.
@@ -131,8 +132,13 @@ class TrainResult:
     # What the command says on stderr beside the result (a --seq past the model's positions)
     notes: tuple[str, ...] = ()
 
+    def track_record(self) -> TrackRecord | None:
+        """How far training predictions on this device have been off (track_record.py)."""
+        return lookup("training", self.device)
+
     def as_dict(self) -> dict[str, Any]:
-        return as_json_dict({**self.simulation.as_dict(), "system_devices": self.system_devices})
+        return as_json_dict({**self.simulation.as_dict(), "system_devices": self.system_devices,
+                             "track_record": record_dict(self.track_record())})
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from xpusim.sim.report import (
     table,
     write_csv,
 )
-from xpusim.sim.validation.track_record import describe, lookup
+from xpusim.sim.validation.track_record import describe
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -75,15 +75,13 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         plot(result, args.plot)
     written = [p for p in (args.csv, args.plot) if p]
-    record = lookup("attention", result.device)
     if args.json:
-        emit_json({**result.as_dict(), "files": written,
-                   "track_record": record and record.as_dict()})
+        emit_json({**result.as_dict(), "files": written})
         return 0
     for path in written:
         print(f"wrote {path}")
     _print(result)
-    if record:
+    if record := result.track_record():
         print(describe(record))
     return 0
 

@@ -36,7 +36,7 @@ from xpusim.sim.report import (
     table,
     write_csv,
 )
-from xpusim.sim.validation.track_record import describe, lookup, system_device
+from xpusim.sim.validation.track_record import describe
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -90,13 +90,12 @@ def run(args: argparse.Namespace) -> int:
     if args.sweep:
         return _sweep(args, collective_sweep(request))
     result = collective(request)
-    record = lookup("collective", system_device(result.system))
     if args.json:
-        emit_json({**result.as_dict(), "track_record": record and record.as_dict()})
+        emit_json(result.as_dict())
         return 0
     _note(result.note)
     _print(result)
-    if record:
+    if record := result.track_record():
         print(describe(record))
     return 0
 

@@ -25,7 +25,7 @@ from xpusim.sim.report import (
     table,
     write_csv,
 )
-from xpusim.sim.validation.track_record import describe, lookup, system_device
+from xpusim.sim.validation.track_record import describe
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -73,13 +73,12 @@ def run(args: argparse.Namespace) -> int:
     docs = result.documents()
     if args.csv:
         write_csv(args.csv, [{k: v for k, v in d.items() if not isinstance(v, dict | list)} for d in docs])
-    record = lookup("ep", system_device(result.system))
     if args.json:
-        emit_json({**result.as_dict(), "track_record": record and record.as_dict()})
+        emit_json(result.as_dict())
         return 0
     for d in docs:
         _print(d)
-    if record:
+    if record := result.track_record():
         print(describe(record))
     return 0
 

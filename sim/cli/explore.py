@@ -15,7 +15,7 @@ from xpusim.sim.errors import InputError
 from xpusim.sim.report import emit_json, fmt_bytes, fmt_si, table
 from xpusim.sim.studies.executors import EXECUTORS
 from xpusim.sim.studies.study_file import RANK_METRICS
-from xpusim.sim.validation.track_record import describe_what_if, what_if_record
+from xpusim.sim.validation.track_record import describe_what_if
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -91,9 +91,9 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--top must be >= 1 (rows of the printed table), got {args.top}")
     # The bar counts simulated models on stderr (also under --json, as before).
     result = explore(replace(request_from_args(ExploreRequest, args), progress=True))
-    record = _ranking_record(result)
+    record = result.ranking_record()
     if args.json:
-        emit_json({**result.as_dict(), "ranking_record": record})
+        emit_json(result.as_dict())
         return 0
     _print(result, args.top)
     if record:
@@ -103,21 +103,6 @@ def run(args: argparse.Namespace) -> int:
                  "separate them." if len(record["within"]) > 1 else
                  "No other candidate is that close to #1."))
     return 0
-
-
-def _ranking_record(result: ExploreResult) -> dict[str, Any] | None:
-    """How far the published record says a ranking by predicted speed can be trusted: the
-    corpus's pairs of one training job run under two plans (``ratios.py`` "plan" axis;
-    the closest evidence for ranking candidates on one cluster), and the ranks whose
-    predicted speed is within that median |ratio error| of the best."""
-    entry = what_if_record("plan", "training", "slower plan", "faster plan")
-    ok = [r for r in result.ranked if not r.get("error")]
-    if entry is None or not ok:
-        return None
-    key = "mfu" if result.rank_by == "mfu" else "tokens_per_s"  # time_to_tokens ~ 1/speed
-    best = ok[0][key]
-    within = [r["rank"] for r in ok if r[key] * (1.0 + entry["median_abs_error"]) >= best]
-    return {"plan_pairs": entry, "within": within}
 
 
 def _print(result: ExploreResult, top: int) -> None:

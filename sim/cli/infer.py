@@ -29,7 +29,7 @@ from xpusim.sim.errors import InputError
 from xpusim.sim.inference.engine_profile import default_engine_note
 from xpusim.sim.inference.ep_dispatch import EP_DISPATCH_CHOICES, EP_DISPATCH_DTYPES
 from xpusim.sim.report import emit_json, fmt_bytes, fmt_si, table
-from xpusim.sim.validation.track_record import describe, lookup
+from xpusim.sim.validation.track_record import describe
 
 
 def add_deployment_args(p: argparse.ArgumentParser) -> None:
@@ -145,12 +145,11 @@ def run(args: argparse.Namespace) -> int:
         step = infer(request_from_args(InferRequest, args))
         note_default_engine(args, args.system)
         _note_past_max_seq(step)
-        record = lookup(step.phase, step.device, step.engine)
         if args.json:
-            emit_json({**step.as_dict(), "track_record": record and record.as_dict()})
+            emit_json(step.as_dict())
         else:
             _print_step(step)
-            if record:
+            if record := step.track_record():
                 print(describe(record))
         return 0
     if args.trace:  # the trace gives every arrival and length; these were ignored
@@ -159,15 +158,13 @@ def run(args: argparse.Namespace) -> int:
     progress = args.progress or (sys.stderr.isatty() and not args.json)
     result = serve(replace(request_from_args(ServeRequest, args), progress=progress))
     note_default_engine(args, args.prefill_system or args.system)
-    record = (None if isinstance(result, DisaggServeResult)
-              else lookup("serving", result.device, result.engine))
     if args.json:
-        emit_json({**result.as_dict(), "track_record": record and record.as_dict()})
+        emit_json(result.as_dict())
     elif isinstance(result, DisaggServeResult):
         disagg_cli.print_disaggregated(result)
     else:
         _print_serve(result)
-        if record:
+        if record := result.track_record():
             print(describe(record))
     return 0
 

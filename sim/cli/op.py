@@ -10,7 +10,7 @@ from xpusim.sim.cost.attention_impl import IMPLS, PASSES
 from xpusim.sim.cost.gemm_impl import GEMM_IMPLS
 from xpusim.sim.cost.op_timing import TIMINGS
 from xpusim.sim.report import emit_json, fmt_bytes, fmt_si
-from xpusim.sim.validation.track_record import describe, lookup, op_category
+from xpusim.sim.validation.track_record import describe
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -82,12 +82,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     result = op(request_from_args(OpRequest, args))
-    record = lookup(op_category(result.kind), result.device)
     if args.json:
-        emit_json({**result.as_dict(), "track_record": record and record.as_dict()})
+        emit_json(result.as_dict())
         return 0
     _print(result)
-    if record:
+    if record := result.track_record():
         print(describe(record))
     return 0
 

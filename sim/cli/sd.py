@@ -21,7 +21,7 @@ from xpusim.sim.report import (
     table,
     write_csv,
 )
-from xpusim.sim.validation.track_record import describe, lookup
+from xpusim.sim.validation.track_record import describe
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -89,12 +89,11 @@ def run(args: argparse.Namespace) -> int:
             f"{result.system} x{result.plan.devices}, gamma={result.gamma}, "
             f"E[tokens]={result.expected_tokens:.2f}",
         )
-    record = lookup("sd", result.device, result.engine)
     if args.json:
-        emit_json({**result.as_dict(), "track_record": record and record.as_dict()})
+        emit_json(result.as_dict())
         return 0
     _print(result, groups)
-    if record:
+    if record := result.track_record():
         print(describe(record))
     for path in (args.csv, args.plot):
         if path:

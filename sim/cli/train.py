@@ -22,7 +22,7 @@ from xpusim.sim.report import (
     table,
 )
 from xpusim.sim.training.memory import format_breakdown
-from xpusim.sim.validation.track_record import describe, lookup
+from xpusim.sim.validation.track_record import describe
 
 _INT_FLAGS = ("tp", "pp", "vpp", "dp", "ep", "cp", "mbs", "gbs", "seq", "zero", "seed")
 _BOOL_FLAGS = (
@@ -221,25 +221,27 @@ def run(args: argparse.Namespace) -> int:
     payload = result.as_dict()
     if args.trace:
         payload["trace"] = str(Path(args.trace))
-    record = lookup("training", result.device)
     if args.json:
         if args.explain:
             payload["explain"] = explain_rows(result.simulation)
-        payload["track_record"] = record and record.as_dict()
         emit_json(payload)
         return 0
     _print(result.simulation, payload, result.device,
            auto=(args.recompute or "auto") == "auto" and not args.plan)
     if args.explain:
         _print_explain(result.simulation)
-    if record:
+    if record := result.track_record():
         print(describe(record))
-    # Say where the files went, as the sweeps print "plot: PATH" (--json has "trace").
+    _print_files(args)
+    return 0
+
+
+def _print_files(args: argparse.Namespace) -> None:
+    """Say where the files went, as the sweeps print "plot: PATH" (--json has "trace")."""
     if args.trace:
         print(f"trace: {args.trace} (Chrome/Perfetto JSON: ui.perfetto.dev)")
     if args.timeline:
         print(f"timeline: {args.timeline}")
-    return 0
 
 
 def _write_pictures(args: argparse.Namespace, result: TrainResult) -> None:

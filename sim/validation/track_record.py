@@ -29,11 +29,11 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from xpusim.sim.validation.corpus import Row, load_corpus
-from xpusim.sim.validation.ratios import summarize_pairs, what_if_pairs
-from xpusim.sim.validation.runner import RowResult, run_rows
+if TYPE_CHECKING:  # the study results import this module: keep the runner out of their path
+    from xpusim.sim.validation.corpus import Row
+    from xpusim.sim.validation.runner import RowResult
 
 # Fewer check rows than this on one device or engine are reported as too few to read;
 # the category-wide line is always printed.
@@ -66,6 +66,11 @@ class TrackRecord:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def record_dict(record: TrackRecord | None) -> dict[str, Any] | None:
+    """A result document's ``"track_record"``: the record, or None without one."""
+    return record.as_dict() if record else None
 
 
 def error_stats(errors: list[float]) -> ErrorStats:
@@ -105,6 +110,8 @@ def device_name(device: str) -> str:
 def build(rows: list[Row], results: list[RowResult]) -> dict[str, Any]:
     """The table: per category, its check rows' error statistics overall, by device profile
     and by engine."""
+    from xpusim.sim.validation.ratios import summarize_pairs, what_if_pairs
+
     by_id = {r.id: r for r in rows}
     op_kinds: dict[str, str] = {}  # ``xpusim op KIND`` -> the category its rows score in
     errors: dict[str, dict[str, dict[str, list[float]]]] = {}
@@ -194,6 +201,21 @@ def what_if_record(axis: str, category: str, a: str, b: str) -> dict[str, Any] |
     return None
 
 
+def ranking_record(ranked: list[dict[str, Any]], rank_by: str) -> dict[str, Any] | None:
+    """How far the published record trusts a ranking by predicted speed (``explore``): the
+    corpus's pairs of one training job run under two plans (``ratios.py`` "plan" axis; the
+    closest evidence for ranking candidates on one cluster), and the ranks whose predicted
+    speed is within that median |ratio error| of the best."""
+    entry = what_if_record("plan", "training", "slower plan", "faster plan")
+    ok = [r for r in ranked if not r.get("error")]
+    if entry is None or not ok:
+        return None
+    key = "mfu" if rank_by == "mfu" else "tokens_per_s"  # time_to_tokens ranks as 1/speed
+    best = ok[0][key]
+    within = [r["rank"] for r in ok if r[key] * (1.0 + entry["median_abs_error"]) >= best]
+    return {"plan_pairs": entry, "within": within}
+
+
 def describe_what_if(entry: dict[str, Any]) -> str:
     return (f"{entry['second']} vs {entry['first']} ({entry['category']}): {entry['pairs']} "
             f"published pairs, median |ratio error| {entry['median_abs_error']:.1%}, bias "
@@ -268,6 +290,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="where to write (default: the packaged sim/data/track_record.json)")
     parser.add_argument("--jobs", type=int, default=2)
     args = parser.parse_args(argv)
+    from xpusim.sim.validation.corpus import load_corpus
+    from xpusim.sim.validation.runner import run_rows
+
     rows = load_corpus()
     table = build(rows, run_rows(rows, jobs=args.jobs))
     out = write_table(table, args.out)

@@ -379,8 +379,8 @@ def _point(tmp_path: Path, extra: str = "") -> Point:
 
 
 def test_whatif_train_plan_is_the_train_plan(tmp_path):
-    plan, _, _ = build_plan(train_request(_point(tmp_path)))
-    want, recompute, _ = build_plan(
+    plan, _, _, _ = build_plan(train_request(_point(tmp_path)))
+    want, recompute, _, _ = build_plan(
         train_cli.request_from(_train_args("--tp 2 --pp 2 --mbs 1 --gbs 16 --seq 2048"))
     )
     assert recompute == "auto"
@@ -391,7 +391,7 @@ def test_whatif_train_plan_is_the_train_plan(tmp_path):
 
 def test_whatif_train_plan_false_and_plan_only_fields(tmp_path):
     point = _point(tmp_path, "sequence_parallel = false\nfragmentation = 0.1\n")
-    plan, _, _ = build_plan(train_request(point))
+    plan, _, _, _ = build_plan(train_request(point))
     assert plan.sequence_parallel is False  # --no-sequence-parallel reached train's parser
     assert plan.fragmentation == 0.1  # a plan field train has no flag for
 
@@ -642,7 +642,7 @@ def test_train_plan_file_dtype_is_named(capsys, tmp_path):
 
 @pytest.mark.parametrize("dtype", ["fp8", "fp16"])
 def test_train_accepts_training_dtypes(dtype):
-    plan, _, _ = build_plan(train_cli.request_from(_train_args(f"--dtype {dtype}")))
+    plan, _, _, _ = build_plan(train_cli.request_from(_train_args(f"--dtype {dtype}")))
     assert plan.dtype == dtype
 
 

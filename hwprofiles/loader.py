@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 from collections.abc import Callable
 from dataclasses import replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,9 @@ SYSTEM_DIR = ROOT / "systems"
 CALIBRATED_DIR = ROOT / "calibrated"
 # Keys of an overlay that describe the calibration rather than replace profile fields.
 _OVERLAY_META = {"kind", "device", "provenance", "fit", "schema_version"}
+# Profiles kept loaded per process (``_plain_device``, ``_system_file``): the shipped
+# profiles number ~80; a user's own files come on top.
+PROFILES_KEPT = 256
 
 
 def list_devices() -> list[str]:
@@ -122,10 +127,47 @@ def _deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]
     return merged
 
 
+def _stamp(path: Path) -> tuple[str, str, int, int]:
+    """What a loaded profile depends on: the path as given (messages and ``path`` fields
+    name it), where it points now, and the file's modification time and size. A
+    profile loaded under the same stamp is the same value (the loaders are pure
+    functions of the file's content), so a changed file is read afresh."""
+    st = path.stat()
+    return str(path), os.path.abspath(path), st.st_mtime_ns, st.st_size
+
+
+@lru_cache(maxsize=PROFILES_KEPT)
+def _plain_device(stamp: tuple[str, str, int, int]) -> Device:
+    """``load_device`` of a file without a calibration argument, by ``_stamp``: ``xpusim
+    validate --published`` loads thousands of profiles of a few dozen files, each read,
+    validated and converted afresh before (0.23 ms a device, 0.38 ms a system with its
+    device, 2026-12-07). A ``Device`` is frozen, so one object serves every caller."""
+    return _load_device(Path(stamp[0]), stamp[0], None)
+
+
+@lru_cache(maxsize=PROFILES_KEPT)
+def _system_file(stamp: tuple[str, str, int, int]) -> SystemFile:
+    """The validated system file at ``_stamp`` (frozen), read once per stamp."""
+    path = Path(stamp[0])
+    try:
+        return SystemFile.model_validate(read_toml(path))
+    except ValidationError as exc:
+        raise _explain(path, exc) from None
+
+
 def load_device(name_or_path: str, calibration: str | Path | None = None) -> Device:
     """Load a device profile (by name or path), optionally with a calibration overlay."""
     path = _resolve(name_or_path, DEVICE_DIR, "device",
                     lambda: list_devices() + list_calibrated())
+    if calibration is None:
+        device = _plain_device(_stamp(path))
+        if not device.calibration:
+            return device
+        # An overlay named as a device: its base device's file may have changed since.
+    return _load_device(path, name_or_path, calibration)
+
+
+def _load_device(path: Path, name_or_path: str, calibration: str | Path | None) -> Device:
     raw = read_toml(path)
     if raw.get("kind") == "calibration":
         if calibration is not None:
@@ -184,11 +226,7 @@ def load_system(
 ) -> System:
     """Load a system profile; ``nodes`` sets the cluster size (N of these servers)."""
     path = _resolve(name_or_path, SYSTEM_DIR, "system", list_systems)
-    raw = read_toml(path)
-    try:
-        spec = SystemFile.model_validate(raw)
-    except ValidationError as exc:
-        raise _explain(path, exc) from None
+    spec = _system_file(_stamp(path))
     dev_name = device or spec.device
     dev_path = Path(dev_name)
     if not dev_path.is_absolute() and (path.parent / dev_name).suffix == ".toml":

@@ -166,7 +166,10 @@ def comm_reach(tasks: list[Task], tids: list[int], slot_of: list[int],
     after = _INF
     for k in range(len(tids) - 1, -1, -1):
         task = tasks[tids[k]]
-        own = max((d for d in task.deps if tasks[d].stream == compute), default=-1)
+        own = -1  # max(compute deps, default=-1): a loop, not a generator (per task)
+        for d in task.deps:
+            if d > own and tasks[d].stream == compute:
+                own = d
         contends = slot_of[task.id] in comm_slots or task.id in chains
         after = own if contends else max(own, after)
         reach[k] = after

@@ -131,3 +131,26 @@ def test_without_chunked_prefill_a_prompt_waits_for_a_step_that_holds_it():
 
     assert chunks_seen(True) == [2000, 1000, 1000]
     assert chunks_seen(False) == [2000, 2000]
+
+
+def test_chunk_attention_remembered_cell_is_the_looked_up_one():
+    """``chunk_attention`` checks the cell of its previous call first (``_cell``): the
+    same float as looking the cell up by bisection at every call, in any call order,
+    within the grid, on its points and past its ends."""
+    costs = _costs("llama-2-7b", 1)
+    grid = CONTEXT_GRID
+    last = len(grid) - 2
+    rng = random.Random(7)
+    points = [0, 1, 127, 128, 129, 4096, 131072, 200000] + [rng.randrange(0, 140000)
+                                                            for _ in range(60)]
+    calls = [(rng.choice(points), rng.choice(points)) for _ in range(400)]
+    calls += [(c, p) for c in (100, 101, 102) for p in (5000, 5001)]  # one cell in a row
+    for chunk, prefix in calls:
+        i = min(max(bisect.bisect_right(grid, chunk) - 1, 0), last)
+        j = min(max(bisect.bisect_right(grid, prefix) - 1, 0), last)
+        c0, c1, p0, p1 = grid[i], grid[i + 1], grid[j], grid[j + 1]
+        u, v = (chunk - c0) / (c1 - c0), (prefix - p0) / (p1 - p0)
+        f = costs._prefix_attention
+        f00, f01, f10, f11 = f(c0, p0), f(c0, p1), f(c1, p0), f(c1, p1)
+        expected = (1 - u) * ((1 - v) * f00 + v * f01) + u * ((1 - v) * f10 + v * f11)
+        assert costs.chunk_attention(chunk, prefix) == expected

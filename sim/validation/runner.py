@@ -167,15 +167,20 @@ def _warm_imports() -> None:
 
 
 # The arguments of a serving row that place its deployment: rows that share them run
-# in one process, one configuration (model, dtype, ...) after another.
-_DEPLOYMENT_ARGS = ("system", "nodes", "tp", "ep", "engine")
+# in one process, one configuration (model, dtype, engine, ...) after another. Not the
+# engine: rows of several engine releases on one system and plan price the same
+# collectives (the TP all-reduce of each batch size of models of one width), which the
+# system's collective pricer (``priced_step.shared_table``) then prices once; split by
+# engine over two workers, 144,446 collectives were priced against ~116,000 distinct
+# (2026-12-07, twenty-first session, ~60 µs each).
+_DEPLOYMENT_ARGS = ("system", "nodes", "tp", "ep")
 # A serving row's arguments that change its requests, not the deployment it prices.
 _WORKLOAD_ARGS = ("rate", "requests", "prompt-len", "output-len", "seed", "trace",
                   "max-num-seqs", "max-batched-tokens", "progress")
 
 
 def share_key(row: Row) -> tuple[object, ...]:
-    """Serving rows on one deployment (system, plan, engine) share a key: they run one
+    """Serving rows on one deployment (system, plan) share a key: they run one
     after another in one process, each model and dtype's rows in a row, so that their
     step simulators share pricing caches (``priced_step.step_memo``, ``shared_table``).
     Any other row shares its key only with rows of the same command line (which then

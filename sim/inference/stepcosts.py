@@ -9,7 +9,6 @@ mixed (in-flight batching) iterations of ``xpusim.sim.inference.serving.Server``
 from __future__ import annotations
 
 import bisect
-import math
 from collections.abc import Callable
 
 from xpusim.sim.inference.decode_runs import DecodeStepper, Interp
@@ -64,9 +63,6 @@ class StepCosts:
         self._prefix_corners: dict[tuple[int, int], float] = {}
         # Those corners by grid cell (i, j) of (chunk, prefix): ``chunk_attention``.
         self._prefix_cells: dict[tuple[int, int], tuple[float, float, float, float]] = {}
-        # The cell ``chunk_attention`` read last (``_cell``); none at first (empty bounds).
-        self._prefix_cell: tuple[float, ...] = (math.inf, -math.inf, 0.0, 0.0, 0, 1, 0, 1,
-                                                0.0, 0.0, 0.0, 0.0)
         # ``mixed_device``'s interpolating functions: ``tokens`` (two cursors: at the
         # step's tokens and at its decode tokens) and ``chunk_attention``.
         self._mixed_fns: tuple[Callable[[float], float], ...] | None = None
@@ -262,31 +258,20 @@ class StepCosts:
         the work is ~chunk x prefix plus the chunk's own causal square, so the cross term
         is exact between grid points and the square is piecewise linear in the chunk, as
         the prefix-free ``chunk_attention`` grid prices it."""
-        # The cell of the call before first: a run reads a few cells ~10^5 times.
-        lo, hi, plo, phi, c0, c1, p0, p1, f00, f01, f10, f11 = self._prefix_cell
-        if not (lo <= chunk < hi and plo <= prefix < phi):
-            cell = self._prefix_cell = self._cell(chunk, prefix)
-            lo, hi, plo, phi, c0, c1, p0, p1, f00, f01, f10, f11 = cell
-        u, v = (chunk - c0) / (c1 - c0), (prefix - p0) / (p1 - p0)
-        return (1 - u) * ((1 - v) * f00 + v * f01) + u * ((1 - v) * f10 + v * f11)
-
-    def _cell(self, chunk: float, prefix: float) -> tuple[float, ...]:
-        """``chunk_attention``'s grid cell of (chunk, prefix), clamped to the first and last
-        cells: the bounds of (chunk, prefix) it holds (-inf / +inf past the grid's first /
-        last point), its corner coordinates and its four corners' times, each corner
-        priced once per run (``_prefix_cells``)."""
         grid = CONTEXT_GRID
-        last = len(grid) - 2
-        i = min(max(bisect.bisect_right(grid, chunk) - 1, 0), last)
-        j = min(max(bisect.bisect_right(grid, prefix) - 1, 0), last)
+        i = min(max(bisect.bisect_right(grid, chunk) - 1, 0), len(grid) - 2)
+        j = min(max(bisect.bisect_right(grid, prefix) - 1, 0), len(grid) - 2)
         c0, c1, p0, p1 = grid[i], grid[i + 1], grid[j], grid[j + 1]
+        u, v = (chunk - c0) / (c1 - c0), (prefix - p0) / (p1 - p0)
+        # The cell's four corners, read once per cell (a run reads a few cells ~10^5 times).
+        # Checking the cell of the call before first did not pay (tried, 2026-12-07): the
+        # chunks of a step, and a prompt's chunks over its steps, change cells too often.
         corners = self._prefix_cells.get((i, j))
         if corners is None:
             f = self._prefix_attention
             corners = self._prefix_cells[(i, j)] = (f(c0, p0), f(c0, p1), f(c1, p0), f(c1, p1))
-        inf = math.inf
-        return (-inf if i == 0 else c0, inf if i == last else c1,
-                -inf if j == 0 else p0, inf if j == last else p1, c0, c1, p0, p1, *corners)
+        f00, f01, f10, f11 = corners
+        return (1 - u) * ((1 - v) * f00 + v * f01) + u * ((1 - v) * f10 + v * f11)
 
     def _prefix_attention(self, chunk: int, prefix: int) -> float:
         """``chunk_attention`` at a grid corner, priced once per run."""

@@ -171,7 +171,7 @@ class RunningBatch:
             del self.live[old]
         self.entry[key] = serial
         self.live[serial] = r
-        heapq.heappush(self.ends, _key(tick + r.output - r.generated, serial))
+        heapq.heappush(self.ends, (tick + r.output - r.generated) * _SERIALS + serial)  # _key
         if self._windowed and self._below_cap(context := r.prompt + r.generated):
             # Its windowed blocks reach the cap when context + step_tokens first equals
             # (cap - 1) x block + 1, context growing one token per tick.
@@ -237,7 +237,7 @@ class RunningBatch:
         self.tick += steps
         done: list[Request] = []
         ends, tick = self.ends, self.tick
-        if not ends or ends[0] >= _key(tick + 1, 0):
+        if not ends or ends[0] >= (tick + 1) * _SERIALS:  # _key(tick + 1, 0), inlined
             return done  # no entry, live or stale, ends at this tick (most steps)
         # The live entries that end at this tick, stale ones dropped on the way
         # (``_live_end``'s loop, inline: it runs for every request that finishes).
@@ -412,3 +412,20 @@ def windowed_kv_steps(
         first = (-tokens) % b
         weights[first] = weights.get(first, 0) + w
     return periodic_steps(spare, b, weights, horizon)
+
+
+def chunk_terms(chunks: list[tuple[Request, int]]) -> tuple[list[int], list[int], int]:
+    """A mixed step's prompt chunks (request, tokens) as ``StepCosts.mixed`` takes them:
+    their sizes, the tokens each one's prompt already holds in the KV cache (its earlier
+    chunks, which a chunk attends to) and how many prompts end with their chunk; one
+    pass, not three (``Server._mixed_step`` runs it every iteration)."""
+    sizes: list[int] = []
+    prefixes: list[int] = []
+    done = 0
+    for r, c in chunks:
+        left = r.prefill_left
+        sizes.append(c)
+        prefixes.append(r.prompt + r.generated - left)
+        if c >= left:
+            done += 1
+    return sizes, prefixes, done

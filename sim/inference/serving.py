@@ -31,7 +31,7 @@ import numpy as np
 from tqdm import tqdm
 from xpusim.sim.errors import InputError
 from xpusim.sim.inference.kvcache import KVLayout
-from xpusim.sim.inference.running import RunningBatch, windowed_kv_steps
+from xpusim.sim.inference.running import RunningBatch, chunk_terms, windowed_kv_steps
 from xpusim.sim.inference.stepcosts import StepCosts
 from xpusim.sim.inference.workload import Request
 
@@ -550,13 +550,9 @@ class Server:
         requests that reached their output length."""
         decoding = len(batch.decoding)
         context = batch.context / decoding if decoding else 0.0
-        done_prefill = [r for r, c in chunks if c >= r.prefill_left]
-        # A chunk attends to what its prompt's earlier chunks left in the KV cache.
-        prefixes = [r.context - r.prefill_left for r, _ in chunks]
-        s.now += self.costs.mixed(
-            decoding, context, [c for _, c in chunks], decoding + len(done_prefill), admitted,
-            prefixes,
-        )
+        sizes, prefixes, done_prefill = chunk_terms(chunks)
+        s.now += self.costs.mixed(decoding, context, sizes, decoding + done_prefill, admitted,
+                                  prefixes)
         if self.costs.draft:  # the acceptance draws in running order, as before
             for r in batch.decoding.values():
                 r.generated = min(r.output, r.generated + self._sd_tokens(r.alpha))

@@ -147,9 +147,10 @@ def _blocking_comm(run: _Run, g: int, tid: int, stop: float,
     s_pos, s_clock = run.s_pos, run.s_clock
     c = run.contention[g]
     for cs, reach in zip(c.comm_streams, c.reach, strict=True):
-        if s_clock[cs] >= stop or (among is not None and cs not in among):
+        if s_clock[cs] >= stop:
             continue
-        if reach[s_pos[cs]] < tid:
+        # ``among`` last: a scan of the ready list, needed only for a stream that blocks.
+        if reach[s_pos[cs]] < tid and (among is None or cs in among):
             return cs
     return -1
 

@@ -338,7 +338,10 @@ def _kept_fraction(cfg: EPConfig, pi: np.ndarray) -> np.ndarray:
 def _all_pairs(per_dest: np.ndarray) -> tuple[tuple[int, int, float], ...]:
     """Flows from every device to every other device d of ``per_dest[d]`` bytes."""
     n = len(per_dest)
-    return tuple((s, d, float(per_dest[d])) for s in range(n) for d in range(n) if s != d)
+    # ``tolist``: the same Python floats as ``float(per_dest[d])``, without indexing the
+    # array once per flow (n x (n - 1) flows: 65,280 at EP256).
+    sizes = per_dest.tolist()
+    return tuple((s, d, sizes[d]) for s in range(n) for d in range(n) if s != d)
 
 
 def ascend_normal(system: System) -> bool:

@@ -234,11 +234,15 @@ def attention_cost(device: Device, shape: AttnShape, impl: str | None = None,
 
 def attention_time_s(device: Device, shape: AttnShape, impl: str | None = None,
                      pass_: str = "fwd") -> float:
-    """``attention_cost(...).time_s``, the same float, without the report's last detail."""
-    return _attention_body(device, shape, impl, pass_).time_s
+    """``attention_cost(...).time_s``, the same float, without the report's details."""
+    return _attention_body(device, shape, impl, pass_, detailed=False).time_s
 
 
-def _attention_body(device: Device, shape: AttnShape, impl: str | None, pass_: str) -> OpCost:
+def _attention_body(device: Device, shape: AttnShape, impl: str | None, pass_: str,
+                    detailed: bool = True) -> OpCost:
+    """The cost of one call; ``detailed=False``: a fused GPU kernel's without its
+    ``details`` (the time alone is asked for ~450,000 times by ``validate --published``'s
+    serving rows)."""
     impl = check_impl(device, impl or default_impl(device))
     if pass_ not in PASSES:
         raise InputError(f"--pass: expected one of {', '.join(PASSES)}, got '{pass_}'")
@@ -257,10 +261,11 @@ def _attention_body(device: Device, shape: AttnShape, impl: str | None, pass_: s
         cost = ascend_cost(device, shape, pass_)
     else:
         blocks_of = SEQ_PARALLEL_AUTOTUNED_BWD.get(impl, impl)
-        cost = _fused_gpu(device, shape, blocks_of, pass_)
+        cost = _fused_gpu(device, shape, blocks_of, pass_, detailed=detailed)
         if pass_ == "bwd" and impl in SEQ_PARALLEL_AUTOTUNED_BWD:
             # the autotuner keeps the faster grid (SEQ_PARALLEL_AUTOTUNED_BWD)
-            seq_parallel = _fused_gpu(device, shape, blocks_of, pass_, per_head_bwd=False)
+            seq_parallel = _fused_gpu(device, shape, blocks_of, pass_, per_head_bwd=False,
+                                      detailed=detailed)
             cost = min(cost, seq_parallel, key=lambda c: c.time_s)
         side = bwd_side_ops(blocks_of, shape.batch, shape.heads, shape.q_len, shape.head_dim,
                             shape.vd, shape.dtype, shape.kv_len) if pass_ == "bwd" else []
@@ -454,9 +459,10 @@ def _block_pair(device: Device, impl: str, shape: AttnShape, pass_: str, br: int
 
 
 def _fused_gpu(device: Device, shape: AttnShape, impl: str, pass_: str,
-               per_head_bwd: bool | None = None) -> OpCost:
+               per_head_bwd: bool | None = None, detailed: bool = True) -> OpCost:
     """``per_head_bwd`` None: as ``impl`` runs its backward (``PER_HEAD_BWD``); False: the
-    sequence-parallel grid, one program per key block (``SEQ_PARALLEL_AUTOTUNED_BWD``)."""
+    sequence-parallel grid, one program per key block (``SEQ_PARALLEL_AUTOTUNED_BWD``).
+    ``detailed=False``: no ``details`` (the same times)."""
     if per_head_bwd is None:
         per_head_bwd = impl in PER_HEAD_BWD
     br, bc = tiles(impl, device, shape.head_dim, pass_, shape.dtype, shape.causal)
@@ -509,6 +515,8 @@ def _fused_gpu(device: Device, shape: AttnShape, impl: str, pass_: str,
     body = max(pipeline_s, hbm_s)
     bound = "memory" if hbm_s > pipeline_s else (
         "softmax" if full.softmax_s > full.mma_s else "compute")
+    if not detailed:
+        return OpCost(body + overhead_s, pipeline_s, hbm_s, overhead_s, bound, {})
     waves = math.ceil(q_blocks * bh / sms)
     details = {
         "block_rows": float(br),

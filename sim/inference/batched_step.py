@@ -102,7 +102,7 @@ class DecodeTemplate:
     off: bool = False
     # Priced blocks by (index, cost-model key): a block may straddle the largest batch
     # run in a CUDA graph, on either side of which the launch overhead differs.
-    blocks: dict[tuple[int, tuple[bool, bool]], list[np.ndarray | None]] = field(
+    blocks: dict[tuple[int, tuple[bool, bool]], list[list[float] | None]] = field(
         default_factory=dict)
 
     def priced(self, sim: Any, batch: Any) -> PricedStep | None:
@@ -126,7 +126,7 @@ class DecodeTemplate:
                 return None
         return _step(sim, batch, self.items, table, b - 1 - k * BLOCK)
 
-    def _block(self, sim: Any, batch: Any, k: int) -> list[np.ndarray | None] | None:
+    def _block(self, sim: Any, batch: Any, k: int) -> list[list[float] | None] | None:
         """Block ``k``'s roofline prices under ``batch``'s cost model, checked at the
         first and last batch size of the block that model prices (None: turned back)."""
         assert isinstance(self.items, tuple)
@@ -139,7 +139,8 @@ class DecodeTemplate:
         roof = _roofline(sim._cost_model(batch).inner)
         assert roof is not None  # _template checked the chain
         bs = np.arange(lo, hi + 1, dtype=np.float64)
-        table = [_price(roof, it, bs) if it.item.__class__ is Op and not it.fresh
+        # Each item's prices as Python floats (``tolist``: the same values), read per step.
+        table = [_price(roof, it, bs).tolist() if it.item.__class__ is Op and not it.fresh
                  and it.item.kind != OpKind.ATTENTION else None for it in self.items]
         for b in (same[0], same[-1]):
             edge = _replace(batch, b)
@@ -265,7 +266,7 @@ def _vector_item(op: Op) -> bool:
     return op.unit in (Unit.VECTOR, Unit.DMA)
 
 
-def _step(sim: Any, batch: Any, items: tuple[_Item, ...], table: list[np.ndarray | None],
+def _step(sim: Any, batch: Any, items: tuple[_Item, ...], table: list[list[float] | None],
           row: int) -> PricedStep | None:
     """``batch``'s PricedStep: the block's prices at ``row``, the attention cores built and
     priced at its context, an MoE layer's items after the router built and priced at its
@@ -279,19 +280,22 @@ def _step(sim: Any, batch: Any, items: tuple[_Item, ...], table: list[np.ndarray
     if len(built) != sum(it.fresh for it in items):
         return None  # another MoE layout at this batch size: the per-step path
     fresh = iter(built)
+    groups = {"tp": sim.plan.tp_group()}  # a step's collectives: TP ones, or on the EP group
     for it, prices in zip(items, table, strict=True):
         item = it.item
         if it.fresh:  # an MoE item (an Op: ``_moe_run``), built at this step's load
             entries.append((it.count, op_time(next(fresh)), False))
         elif isinstance(item, CommNeed):
-            group = sim.plan.tp_group() if item.group == "tp" else sim.plan.ep_group()
+            group = groups.get(item.group)
+            if group is None:
+                group = groups[item.group] = sim.plan.ep_group()
             t = sim._comm(Collective(item.name, item.kind, group, it.at("nbytes", b)))
             entries.append((it.count, t, False))
         elif prices is None:  # the attention core
             cores.append((len(entries), it.layer))
             entries.append((it.count, sim.attention_time(op_time, batch, it.layer), True))
         else:
-            entries.append((it.count, float(prices[row]), False))
+            entries.append((it.count, prices[row], False))
     return PricedStep(tuple(entries), tuple(cores))
 
 

@@ -4,23 +4,12 @@ through ``xpusim.sim.cli.main.main``: its exit code and what it prints."""
 from __future__ import annotations
 
 import json
-import shlex
 import textwrap
 from pathlib import Path
 
 import pytest
-from xpusim.sim.cli.main import main
+from cli_run import run_cli
 from xpusim.sim.studies import whatif as whatif_study
-
-
-def run_cli(capsys, command: str) -> tuple[int, str, str]:
-    try:
-        rc = main(shlex.split(command))
-    except SystemExit as exc:  # argparse usage errors
-        rc = exc.code
-    captured = capsys.readouterr()
-    return rc, captured.out, captured.err
-
 
 SAVED_TRAIN = textwrap.dedent(
     """\

@@ -4,21 +4,11 @@ in-process through ``xpusim.sim.cli.main.main``, its exit code and what it print
 from __future__ import annotations
 
 import json
-import shlex
 
 import pytest
-from xpusim.sim.cli.main import main
+from cli_run import run_cli
 
 ATTN = "op attention --device h100-sxm5-80gb --batch 8 --heads 32 --seq 4096 --head-dim 128"
-
-
-def run_cli(capsys, command: str) -> tuple[int, str, str]:
-    try:
-        rc = main(shlex.split(command))
-    except SystemExit as exc:  # argparse usage errors
-        rc = exc.code
-    captured = capsys.readouterr()
-    return rc, captured.out, captured.err
 
 
 def run_json(capsys, command: str) -> dict:

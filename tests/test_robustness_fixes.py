@@ -12,6 +12,7 @@ import shlex
 from pathlib import Path
 
 import pytest
+from cli_run import run_cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from xpusim.hwprofiles import load_device
@@ -29,16 +30,6 @@ from xpusim.sim.report import check_output_file, check_plot_path, write_csv
 from xpusim.sim.studies.whatif import Point, base_inputs, load_saved, train_request
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
-
-
-def run_cli(capsys, command: str) -> tuple[int, str, str]:
-    try:
-        rc = main(shlex.split(command))
-    except SystemExit as exc:  # argparse usage errors
-        rc = exc.code
-    captured = capsys.readouterr()
-    assert "Traceback" not in captured.err
-    return rc, captured.out, captured.err
 
 
 # --------------------------------------------------------------------------- profiles

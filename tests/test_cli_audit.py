@@ -4,37 +4,20 @@ through ``xpusim.sim.cli.main.main``: its exit code and what it prints."""
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 
 import pytest
-from cli_run import run_cli
+from cli_run import SAVED_TRAIN, run_cli
 from xpusim.sim.studies import whatif as whatif_study
 
-SAVED_TRAIN = textwrap.dedent(
-    """\
-    command = "train"
-    [args]
-    model = "llama-3-8b"
-    system = "atlas-800t-a2"
-    nodes = 1
-    tp = 2
-    pp = 2
-    mbs = 1
-    gbs = 16
-    seq = 2048
-    [whatif]
-    metric = "no_such_metric"
-    vary = ["device.hbm_bandwidth=0.5x,2x"]
-    """
-)
+SAVED_WHATIF = SAVED_TRAIN + '[whatif]\nmetric = "no_such_metric"\nvary = ["device.hbm_bandwidth=0.5x,2x"]\n'
 
 
 def test_whatif_unknown_metric_is_refused_before_the_variations_run(capsys, tmp_path, monkeypatch):
     # The README: "Every input is checked before work starts". The metric was checked only
     # after every point had been simulated.
     saved = tmp_path / "saved.toml"
-    saved.write_text(SAVED_TRAIN)
+    saved.write_text(SAVED_WHATIF)
     calls: list[int] = []
     real_call = whatif_study.TrainRepricer.__call__
 

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_run import SAVED_TRAIN
 from xpusim.hwprofiles import load_device, load_system
 from xpusim.sim.cli.main import main
 
@@ -423,17 +424,6 @@ def test_explore_small_study_ranked_and_reproducible(capsys, tmp_path):
     assert (tmp_path / "a" / "points.csv").stat().st_size > 0
 
 
-SAVED_TRAIN = """command = "train"
-[args]
-model = "llama-3-8b"
-system = "atlas-800t-a2"
-nodes = 1
-tp = 2
-pp = 2
-mbs = 1
-gbs = 16
-seq = 2048
-"""
 
 
 def test_whatif_more_hbm_bandwidth_never_slower(capsys, tmp_path):

@@ -12,7 +12,7 @@ import shlex
 from pathlib import Path
 
 import pytest
-from cli_run import run_cli
+from cli_run import SAVED_TRAIN, run_cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from xpusim.hwprofiles import load_device
@@ -342,17 +342,6 @@ def test_sd_rejects_bad_options(capsys, flags, words):
 
 # --------------------------------------------------------------------------- whatif plan
 
-SAVED_TRAIN = """command = "train"
-[args]
-model = "llama-3-8b"
-system = "atlas-800t-a2"
-nodes = 1
-tp = 2
-pp = 2
-mbs = 1
-gbs = 16
-seq = 2048
-"""
 
 
 def _train_args(text: str) -> argparse.Namespace:

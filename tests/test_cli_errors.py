@@ -14,10 +14,10 @@ import re
 import shlex
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
+from cli_run import SAVED_TRAIN
 from xpusim.sim.cli.main import main
 
 DATA = Path(__file__).parent / "data"
@@ -56,20 +56,7 @@ BAD_FILES = {
     ),
     "saved_train": (
         "saved.toml",
-        textwrap.dedent(
-            """\
-            command = "train"
-            [args]
-            model = "llama-3-8b"
-            system = "atlas-800t-a2"
-            nodes = 1
-            tp = 2
-            pp = 2
-            mbs = 1
-            gbs = 16
-            seq = 2048
-            """
-        ),
+        SAVED_TRAIN,
     ),
 }
 
@@ -550,6 +537,7 @@ def test_exit_status_of_the_real_process(command, code, word):
 NO_TORCH = """
 import sys
 sys.modules["torch"] = None  # as if torch were not installed
+from cli_run import SAVED_TRAIN
 from xpusim.sim.cli.main import main
 commands = [
     ["hw", "list"],

@@ -537,7 +537,6 @@ def test_exit_status_of_the_real_process(command, code, word):
 NO_TORCH = """
 import sys
 sys.modules["torch"] = None  # as if torch were not installed
-from cli_run import SAVED_TRAIN
 from xpusim.sim.cli.main import main
 commands = [
     ["hw", "list"],

@@ -52,7 +52,7 @@ from xpusim.hwprofiles.spec import Device, System
 from xpusim.sim.cost import CachedCostModel, RooflineModel
 from xpusim.sim.engine import Engine, SimResult
 from xpusim.sim.errors import InputError
-from xpusim.sim.ir import Stream, dtype_bytes
+from xpusim.sim.ir import Stream, attention_pairs, dtype_bytes
 from xpusim.sim.limits import check_attention_items
 from xpusim.sim.network import comm_time_fn
 from xpusim.sim.workloads.attention import (
@@ -195,10 +195,15 @@ def _pad(x: float, tile: int) -> float:
     return math.ceil(x / tile) * tile
 
 
-def _causal_blocks(q_block: int, rows: int, cols: int, seq: int) -> tuple[int, int]:
-    """(key blocks visited, of which diagonal/partial) for query block ``q_block`` (top-left causal)."""
-    q_end = min(seq, (q_block + 1) * rows) - 1
-    q_start = q_block * rows
+def _causal_blocks(q_block: int, rows: int, cols: int, seq: int, q_len: int) -> tuple[int, int]:
+    """(key blocks visited, of which diagonal/partial) for query block ``q_block``.
+
+    The ``q_len`` queries are the last of the ``seq`` positions (bottom-right causal, the
+    simulator's convention, sim.ir.attention_pairs; a prefill has q_len == seq): query
+    block i holds positions offset + i x rows ... and sees the keys up to its last row."""
+    offset = seq - q_len
+    q_end = offset + min(q_len, (q_block + 1) * rows) - 1
+    q_start = offset + q_block * rows
     visited = q_end // cols + 1
     full = (q_start + 1) // cols  # blocks whose last key <= first query
     return visited, visited - full
@@ -294,7 +299,7 @@ def _item_times(
     steps_total = 0
     for qb in range(nq):
         if causal:
-            visited, partial = _causal_blocks(qb, rows, cols, seq)
+            visited, partial = _causal_blocks(qb, rows, cols, seq, q_len)
         else:
             visited, partial = math.ceil(seq / cols), 0
         steps_total += visited
@@ -347,10 +352,11 @@ def fast_attention_cost(
     q_len: int | None = None,
 ) -> AttentionCost:
     """Predicted time of the blockwise kernel: ``q_len`` queries (default ``seq``, a
-    prefill) against ``seq`` keys. ``causal`` needs ``q_len == seq``."""
+    prefill) against ``seq`` keys. ``causal``: the queries are the last ``q_len``
+    positions (a chunk of a longer prompt sees every earlier key), so ``q_len <= seq``."""
     q_len = seq if q_len is None else q_len
-    if causal and q_len != seq:
-        raise InputError("attention: the causal model assumes q_len == seq (a prefill)")
+    if causal and q_len > seq:
+        raise InputError(f"attention: causal attention needs q_len <= seq, got {q_len} > {seq}")
     tiling = derive_tiling(device, head_dim, dtype, seq, outer_block)
     rows, cols = tiling.rows, tiling.cols
     check_attention_items(batch * heads * math.ceil(q_len / rows))  # before the item list
@@ -374,7 +380,7 @@ def fast_attention_cost(
     else:
         terms = {**{k: full_terms[k] for k in ("cube", "vector", "gm")}, "sync": pipe.sync_s}
         bound = bound_label(device, max(terms, key=lambda k: terms[k]))
-    flops = 4.0 * batch * heads * head_dim * (seq * (seq + 1) / 2 if causal else q_len * seq)
+    flops = 4.0 * batch * heads * head_dim * attention_pairs(q_len, seq, causal)
     workspace = cores * rows * cols * (ACC_BYTES + elt) if pipe.npu else 0.0
     memory = 2 * batch * heads * (q_len + seq) * head_dim * elt + workspace + (2 * cols) ** 2 * elt
     details = {

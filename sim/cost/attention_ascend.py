@@ -57,6 +57,13 @@ if TYPE_CHECKING:
 # MiracleDrawer/cann_ops_adv src/transformer/incre_flash_attention/ophost/
 # incre_flash_attention_tiling.cc @ 0b37367185baa4d23b9a5d4013ab32a5553727bd.
 IFA_FLASH_DECODE_BN_RATIO = 0.4
+# FusedInferAttentionScore hands a call to IncreFlashAttention only for one query token
+# (IsGqaIfa: queryS == 1) or an MTP / verify step of at most 16 (IsGqaMtp, IsMlaIfaOrMtp:
+# 1 < queryS <= 16); every longer query runs PromptFlashAttention (TilingProcess4PFA), one
+# unit per (sequence, query head) like a prefill, its causal mask skipping the key blocks
+# past the diagonal. repo-mirror-test/ops-transformer attention/fused_infer_attention_score/
+# op_host/fused_infer_attention_score_tiling.cpp @ 7ab1fa15861d6c7733d1b03fc201a6a32e25ec8b.
+IFA_MAX_QUERY = 16
 IFA_FLASH_DECODE_GQA_MIN_KEYS = 2048
 IFA_MIN_KEYS_PER_PART = 512
 
@@ -72,17 +79,24 @@ ACC_BYTES = 4.0  # fp32 scores and PV partials in the GM workspace
 SYNC_CYCLES_PER_HANDOFF = 800.0
 
 
+def runs_ifa(shape: AttnShape) -> bool:
+    """Whether CANN runs the call as IncreFlashAttention: one query (IsGqaIfa routes it by
+    queryS alone), or at most IFA_MAX_QUERY queries against a longer cache (a verify step)."""
+    return shape.q_len <= 1 or (shape.q_len < shape.kv_len and shape.q_len <= IFA_MAX_QUERY)
+
+
 def ascend_decode_units(shape: AttnShape, cores: int) -> tuple[float, float, float]:
     """(work units, query rows per unit, keys per unit) of an Ascend attention call.
 
-    A decode or verify step (``q_len < kv_len``) runs CANN's IncreFlashAttention, whose
-    work unit is one (sequence, KV head) holding the G = heads / kv_heads query heads of
-    the group as rows of one tile (tiling ``nNumOfQInOneGroup = numHeads / numKvHeads``;
+    A decode or verify step (``q_len < kv_len``, ``q_len <= IFA_MAX_QUERY``) runs CANN's
+    IncreFlashAttention, whose work unit is one (sequence, KV head) holding the G = heads /
+    kv_heads query heads of the group as rows of one tile (tiling ``nNumOfQInOneGroup = numHeads / numKvHeads``;
     SplitBN divides ``batchSize x numKvHeads`` over the cores), so each K/V block is read
     once per group, not once per query head. Flash decode splits the keys of few units
-    (above). Otherwise (prefill, training) one unit per (sequence, query head) as before.
+    (above). Otherwise (prefill, training, a chunk of a longer prompt: PromptFlashAttention)
+    one unit per (sequence, query head) as before.
     """
-    if shape.q_len >= shape.kv_len:
+    if not runs_ifa(shape):
         return shape.batch * shape.heads, shape.q_len, shape.kv_len
     group = shape.heads / shape.kvh
     units = shape.batch * shape.kvh
@@ -271,7 +285,9 @@ def ascend_cost(device: Device, shape: AttnShape, pass_: str) -> OpCost:
         return fia_mla_decode_cost(device, shape, dtype)
     bh, q_rows, keys = ascend_decode_units(shape, device.matrix_cores)
     reps = max(1, round(bh))
-    causal = shape.causal and shape.q_len == shape.kv_len
+    # PromptFlashAttention masks causally (the queries are the last q_len positions);
+    # IncreFlashAttention's few queries see every key of the cache.
+    causal = shape.causal and not runs_ifa(shape)
     cost = fast_attention_cost(
         device, 1, reps, int(keys), int(shape.head_dim), causal, dtype,
         q_len=int(q_rows),

@@ -49,9 +49,13 @@ def test_a_chunk_longer_than_a_verify_step_runs_the_prompt_kernel():
     chunk = AttnShape(batch=2, heads=16, q_len=IFA_MAX_QUERY + 1, kv_len=4096, head_dim=128,
                       kv_heads=4)
     assert ascend_decode_units(chunk, 24) == (32, IFA_MAX_QUERY + 1, 4096)
-    # One query is IncreFlashAttention's even with no earlier key (queryS == 1).
-    first = AttnShape(batch=1, heads=32, q_len=1, kv_len=1, head_dim=128, kv_heads=8)
-    assert ascend_decode_units(first, 24) == (8, 4, 1)
+    # FIA routes by the query length alone: 16 queries are IFA's with or without a
+    # longer cache, so one more key changes nothing but the keys.
+    verify = AttnShape(batch=1, heads=32, q_len=IFA_MAX_QUERY, kv_len=IFA_MAX_QUERY,
+                       head_dim=128, kv_heads=8)
+    assert ascend_decode_units(verify, 24) == (8, 4 * IFA_MAX_QUERY, IFA_MAX_QUERY)
+    # IFA is an inference kernel: a backward is FlashAttentionScoreGrad's, per query head.
+    assert ascend_decode_units(verify, 24, "bwd") == (32, IFA_MAX_QUERY, IFA_MAX_QUERY)
 
 
 def test_a_causal_chunk_skips_the_blocks_past_its_diagonal():

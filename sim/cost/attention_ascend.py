@@ -79,16 +79,18 @@ ACC_BYTES = 4.0  # fp32 scores and PV partials in the GM workspace
 SYNC_CYCLES_PER_HANDOFF = 800.0
 
 
-def runs_ifa(shape: AttnShape) -> bool:
-    """Whether CANN runs the call as IncreFlashAttention: one query (IsGqaIfa routes it by
-    queryS alone), or at most IFA_MAX_QUERY queries against a longer cache (a verify step)."""
-    return shape.q_len <= 1 or (shape.q_len < shape.kv_len and shape.q_len <= IFA_MAX_QUERY)
+def runs_ifa(shape: AttnShape, pass_: str = "fwd") -> bool:
+    """Whether CANN runs the call as IncreFlashAttention: a forward of at most IFA_MAX_QUERY
+    queries (FIA routes by queryS alone, whatever the cache length). IFA is an inference
+    kernel: a backward runs FlashAttentionScoreGrad, one unit per (sequence, query head)."""
+    return pass_ == "fwd" and shape.q_len <= IFA_MAX_QUERY
 
 
-def ascend_decode_units(shape: AttnShape, cores: int) -> tuple[float, float, float]:
+def ascend_decode_units(shape: AttnShape, cores: int,
+                        pass_: str = "fwd") -> tuple[float, float, float]:
     """(work units, query rows per unit, keys per unit) of an Ascend attention call.
 
-    A decode or verify step (``q_len < kv_len``, ``q_len <= IFA_MAX_QUERY``) runs CANN's
+    A decode or verify step (``q_len <= IFA_MAX_QUERY``, forward: ``runs_ifa``) runs CANN's
     IncreFlashAttention, whose work unit is one (sequence, KV head) holding the G = heads /
     kv_heads query heads of the group as rows of one tile (tiling ``nNumOfQInOneGroup = numHeads / numKvHeads``;
     SplitBN divides ``batchSize x numKvHeads`` over the cores), so each K/V block is read
@@ -96,7 +98,7 @@ def ascend_decode_units(shape: AttnShape, cores: int) -> tuple[float, float, flo
     (above). Otherwise (prefill, training, a chunk of a longer prompt: PromptFlashAttention)
     one unit per (sequence, query head) as before.
     """
-    if not runs_ifa(shape):
+    if not runs_ifa(shape, pass_):
         return shape.batch * shape.heads, shape.q_len, shape.kv_len
     group = shape.heads / shape.kvh
     units = shape.batch * shape.kvh
@@ -283,11 +285,11 @@ def ascend_cost(device: Device, shape: AttnShape, pass_: str) -> OpCost:
     dtype = shape.dtype if shape.dtype in ("fp16", "bf16", "fp32") else "fp16"
     if pass_ == "fwd" and dtype in ("fp16", "bf16") and is_fia_mla(shape):
         return fia_mla_decode_cost(device, shape, dtype)
-    bh, q_rows, keys = ascend_decode_units(shape, device.matrix_cores)
+    bh, q_rows, keys = ascend_decode_units(shape, device.matrix_cores, pass_)
     reps = max(1, round(bh))
     # PromptFlashAttention masks causally (the queries are the last q_len positions);
     # IncreFlashAttention's few queries see every key of the cache.
-    causal = shape.causal and not runs_ifa(shape)
+    causal = shape.causal and not runs_ifa(shape, pass_)
     cost = fast_attention_cost(
         device, 1, reps, int(keys), int(shape.head_dim), causal, dtype,
         q_len=int(q_rows),

@@ -1,7 +1,11 @@
 """XLA's dot on sm_90 as its matmul perf table times it (sim/cost/gemm_xla.py, --impl xla-sm90):
 the generic GEMM plus the measured zero-work dot less the model's own price of that dot."""
 
+from dataclasses import replace
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from xpusim.hwprofiles import load_device
 from xpusim.sim import ops
 from xpusim.sim.api.op import op
@@ -54,3 +58,27 @@ def test_xla_impl_refuses_other_dtypes_and_devices():
         op(kind="gemm", device=H100, m=256, n=256, k=256, dtype="fp8", impl="xla-sm90")
     with pytest.raises(InputError, match="sm_90"):
         op(kind="gemm", device="b200", m=256, n=256, k=256, impl="xla-sm90")
+
+
+def _faster(device, field: str, factor: float):
+    if field == "matrix_peak":
+        return replace(device, matrix_peak={k: v * factor for k, v in device.matrix_peak.items()})
+    if field == "l2_bandwidth":
+        return replace(device, kernels=replace(device.kernels,
+                                               l2_bandwidth=device.kernels.l2_bandwidth * factor))
+    return replace(device, **{field: getattr(device, field) * factor})
+
+
+@settings(max_examples=60, deadline=None)
+@given(m=st.integers(1, 16384), n=st.integers(1, 512), k=st.integers(1, 16384),
+       field=st.sampled_from(["matrix_peak", "hbm_bandwidth", "clock_hz", "l2_bandwidth"]),
+       factor=st.floats(1.0, 4.0))
+def test_a_faster_device_never_slows_an_xla_dot(m, n, k, field, factor):
+    """The floor difference is the measurement's constant: it was re-derived on the priced
+    device, so a 2x matrix peak shortened the model's zero-work dot (its fill terms) and
+    lengthened a 5478 x 8 x 505 dot by 9%."""
+    h100 = load_device(H100)
+    slow = RooflineModel(h100).time(ops.gemm("x", m, n, k, "bf16", impl="xla-sm90")).time_s
+    fast_device = _faster(h100, field, factor)
+    fast = RooflineModel(fast_device).time(ops.gemm("x", m, n, k, "bf16", impl="xla-sm90"))
+    assert fast.time_s <= slow * (1 + 1e-12)

@@ -23,6 +23,12 @@ thus measures 4.77 us (the median of the three) where the roofline prices a zero
 at its fill terms (~2.0 us on H100 SXM). The XLA dot is priced as the generic GEMM plus that
 difference; what makes up the 4.77 us (kernel prologue, the serialising KERNEL activity kind,
 the emitter's kernel) is not recorded, so it is one measured constant, not a breakdown.
+
+That difference is a constant of the measurement, so the model's price of the zero-work dot
+is taken on the part that was measured (``XLA_MEASURED_DEVICE``, the H100 SXM5 whose clock
+is read above), not on the device being priced: re-deriving it on a what-if device (more
+FLOP/s, more bandwidth) moved the constant by as much as the what-if shortened the model's
+zero-work dot (its fill terms), so a faster device priced a small dot up to 9% slower.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ XLA_DTYPES = ("bf16",)  # the usage-text dots are BF16 (dtypes_spec lhs=bf16,rhs
 ZERO_WORK_DOT_CYCLES = (9440, 9440, 10961)
 ZERO_WORK_DOT_MNK = (16, 16, 16)  # the smallest of them, priced by the model for the offset
 SM90_CLOCK_GHZ = 1.98  # H100 SXM5 boost clock (NVIDIA H100 specification: 1.98 GHz)
+XLA_MEASURED_DEVICE = "h100-sxm5-80gb"  # the sm_90 part at that clock (INFERRED, above)
 # The compute capability of the devices the constant is taken to hold for: sm_90 (Hopper),
 # read from the profile's ``[kernels] compute_capability``.
 XLA_SM90_CAPABILITY = "9.0"
@@ -78,6 +85,7 @@ __all__ = [
     "SM90_CLOCK_GHZ",
     "XLA_DTYPES",
     "XLA_IMPLS",
+    "XLA_MEASURED_DEVICE",
     "XLA_SM90_CAPABILITY",
     "ZERO_WORK_DOT_CYCLES",
     "ZERO_WORK_DOT_MNK",

@@ -50,13 +50,19 @@ from __future__ import annotations
 import math
 from functools import lru_cache
 
+from xpusim.hwprofiles.loader import load_device
 from xpusim.hwprofiles.spec import Device
 from xpusim.sim import ops
 from xpusim.sim.cost.base import OpCost
 from xpusim.sim.cost.conv_path import priced_kind
 from xpusim.sim.cost.gemm_impl import BLOCK_IMPLS, impl_stages, impl_work
 from xpusim.sim.cost.gemm_pipeline import pipeline_stages, pipelined_time
-from xpusim.sim.cost.gemm_xla import XLA_IMPLS, ZERO_WORK_DOT_MNK, xla_fixed_s
+from xpusim.sim.cost.gemm_xla import (
+    XLA_IMPLS,
+    XLA_MEASURED_DEVICE,
+    ZERO_WORK_DOT_MNK,
+    xla_fixed_s,
+)
 from xpusim.sim.cost.operand_feed import feed_flops_per_element
 from xpusim.sim.cost.page_faults import fault_time_s
 from xpusim.sim.ir import (
@@ -307,6 +313,15 @@ def _pad(x: float, tile: int) -> float:
     return math.ceil(x / tile) * tile if x > 0 else 0.0
 
 
+@lru_cache(maxsize=8)
+def _xla_zero_work_model_s(dtype: str) -> float:
+    """The model's device-body price of XLA's zero-work dot on the part its floor was
+    measured on (``XLA_MEASURED_DEVICE``); a pure function of the shipped profile."""
+    model = RooflineModel(load_device(XLA_MEASURED_DEVICE))
+    cost = model.time(ops.gemm("xla-zero-work-dot", *ZERO_WORK_DOT_MNK, dtype))
+    return cost.time_s - cost.overhead_s
+
+
 class RooflineModel:
     """``time(op)`` for one device; parameters come from the profile's ``efficiency``."""
 
@@ -433,13 +448,13 @@ class RooflineModel:
     def impl_fixed_s(self, op: Op) -> float:
         """Per-call seconds a named GEMM implementation adds to the device body: for
         ``xla-sm90`` the measured zero-work XLA dot less the model's own price of that dot
-        (a 16x16x16 GEMM in the op's dtype, device body without the launch;
-        sim/cost/gemm_xla.py). 0 for every other op."""
+        on the measured part (a 16x16x16 GEMM in the op's dtype, device body without the
+        launch; sim/cost/gemm_xla.py): a constant, whatever device is priced. 0 for every
+        other op."""
         shape = op.shape
         if not isinstance(shape, GemmShape) or shape.impl not in XLA_IMPLS:
             return 0.0
-        cost = self.time(ops.gemm("xla-zero-work-dot", *ZERO_WORK_DOT_MNK, op.dtype))
-        return xla_fixed_s(cost.time_s - cost.overhead_s)
+        return xla_fixed_s(_xla_zero_work_model_s(op.dtype))
 
     def time(self, op: Op) -> OpCost:
         body, compute_s, memory_s, overhead_s, details = self._terms(op, True)

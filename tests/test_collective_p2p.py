@@ -9,12 +9,14 @@ import json
 import shlex
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from xpusim.hwprofiles import load_system
 from xpusim.sim.cli.main import main
 from xpusim.sim.errors import InputError
 from xpusim.sim.network import cost_collective
 from xpusim.sim.network.copy import copy_efficiency
-from xpusim.sim.network.protocols import p2p_bandwidth, p2p_channels
+from xpusim.sim.network.protocols import p2p_bandwidth, p2p_channels, p2p_parts
 
 import xpusim
 
@@ -115,3 +117,31 @@ def test_library_is_the_default():
         kind="send-recv", system="dgx-a100", ranks=8, bytes="128MiB", api="library"
     )
     assert a.as_dict() == b.as_dict() and a.algorithm == "direct"
+
+
+def test_a_p2p_part_is_aligned_so_one_more_byte_is_a_tiny_part():
+    """calcP2pChunkSize aligns the part to minSize (64 KiB over NVLink): 64 KiB + 1 byte is a
+    64 KiB part and a 1-byte part, so it takes as long as 64 KiB (it was priced as two
+    halves on two channels, 16% faster than 64 KiB)."""
+    s = load_system("dgx-a100")
+    assert p2p_parts(s, 2, 64 * 1024) == (1, 64 * 1024)
+    assert p2p_parts(s, 2, 64 * 1024 + 1) == (2, 64 * 1024)
+    at = cost_collective(s, "send-recv", (0, 1), 64 * 1024).time_s
+    assert cost_collective(s, "send-recv", (0, 1), 64 * 1024 + 1).time_s >= at
+    # Past maxSize (32 x 512 KiB) per part NCCL doubles the channels: a real step down.
+    assert p2p_parts(s, 8, 64 * MiB) == (4, 16 * MiB)
+    assert p2p_parts(s, 8, 64 * MiB + 1) == (8, 8 * MiB + 64 * 1024)
+
+
+@settings(max_examples=60, deadline=None)
+@given(system=st.sampled_from(["dgx-a100", "dgx-h100", "gcp-a3-mega", "pcie-l40s"]),
+       ranks=st.sampled_from([2, 4, 8]), size=st.integers(1, 16 * MiB),
+       extra=st.integers(1, 16 * MiB))
+def test_one_node_send_recv_time_grows_with_bytes_below_max_part(system, ranks, size, extra):
+    """Up to one maxSize part per channel NCCL never adds channels as bytes grow, so a
+    larger send never finishes sooner."""
+    s = load_system(system)
+    group = tuple(range(min(ranks, s.devices_per_node)))
+    small = cost_collective(s, "send-recv", group, size).time_s
+    big = cost_collective(s, "send-recv", group, min(size + extra, 16 * MiB)).time_s
+    assert big >= small * (1 - 1e-12)

@@ -219,6 +219,15 @@ def _pow2_up(x: int) -> int:
 def p2p_channels(system: System, n: int, nbytes: float) -> int:
     """Channels NCCL runs one intra-node send (or receive) of ``nbytes`` on, in a
     communicator of ``n`` ranks (the rules are in sim/data/nccl_tuning.toml, [p2p])."""
+    return p2p_parts(system, n, nbytes)[0]
+
+
+def p2p_parts(system: System, n: int, nbytes: float) -> tuple[int, float]:
+    """(parts, bytes of the largest) of one intra-node send of ``nbytes``: NCCL cuts the
+    operation into parts of ``calcP2pChunkSize`` bytes, one channel each (enqueue.cc,
+    NCCL 2.18-2.21: size = max(minSize, ceil(bytes / nChannelsMin)), doubled channels while
+    size > maxSize, then alignUp(size, minSize)), so the parts are equal but the last, and
+    64 KiB + 1 byte over NVLink is a 64 KiB part and a 1-byte part, not two halves."""
     p = tuning().p2p
     lib = system.collective_library
     nvlink = system.intra_topology == "switch"
@@ -234,21 +243,24 @@ def p2p_channels(system: System, n: int, nbytes: float) -> int:
             ch_max //= 2
     chunk = p["nvl_chunk_bytes"] if nvlink else p["pci_chunk_bytes"]
     min_part, max_part = chunk / 8, chunk * 32
-    nch = max(1, min(ch_min, math.ceil(nbytes / min_part)))
-    part = max(min_part, nbytes / nch)
-    while part > max_part and nch <= ch_max // 2:
+    size = max(min_part, math.ceil(nbytes / ch_min))
+    nch = ch_min
+    while size > max_part and nch <= ch_max // 2:
         nch *= 2
-        part = nbytes / nch
-    return nch
+        size = math.ceil(nbytes / nch)
+    part = math.ceil(size / min_part) * min_part  # alignUp(size, minSize)
+    return max(1, math.ceil(nbytes / part)), min(float(nbytes), part)
 
 
 def p2p_bandwidth(system: System, n: int, nbytes: float) -> float:
     """Bytes/s one direction of an intra-node NCCL send/recv reaches on its channels:
-    channels x half a CTA's Simple rate (NCCL's per-channel Simple ceiling,
-    perChMaxTreeBws one node; send and receive share the CTA's warps)."""
+    each part on its own channel at half a CTA's Simple rate (NCCL's per-channel Simple
+    ceiling, perChMaxTreeBws one node; send and receive share the CTA's warps), so the
+    send lasts as long as its largest part (``p2p_parts``)."""
     t = tuning()
     per_channel = t.tree_per_ch[system.collective_library.arch][0] * 1e9 * t.p2p["channel_share"]
-    return p2p_channels(system, n, nbytes) * per_channel
+    _, largest = p2p_parts(system, n, nbytes)
+    return per_channel * nbytes / largest if largest > 0 else per_channel
 
 
 def read_mode_copy_s(

@@ -48,7 +48,13 @@ from xpusim.hwprofiles.spec import Device
 from xpusim.sim.cost.conv_path import priced_kind
 from xpusim.sim.cost.operand_feed import feed_flops_per_element
 from xpusim.sim.cost.page_faults import PAGE_FAULT_KIND, fault_bytes
-from xpusim.sim.cost.roofline import RooflineModel, cold_bytes, epilogue_bytes, gemm_work
+from xpusim.sim.cost.roofline import (
+    RooflineModel,
+    cold_bytes,
+    epilogue_bytes,
+    gemm_work,
+    l2_missed_weight_bytes,
+)
 from xpusim.sim.ir import MAIN_MEMORY, GemmShape, Op, RankGraph, Unit
 
 PARAM_NAMES = (
@@ -214,6 +220,11 @@ class OpTable:
     feed_ops: tuple[Op, ...] = ()
     feed_index: np.ndarray | None = None
     base: Device | None = None
+    # A CPU GEMM's weights read in its packing phase from beyond the core's L2
+    # (roofline.l2_missed_weight_bytes; not in ``hbm_bytes``), and whether they come from
+    # the cache tier (the graph's weights fit it) or from main memory.
+    pack_bytes: np.ndarray | None = None
+    pack_cached: np.ndarray | None = None
 
     def cases_per_kind(self) -> dict[str, int]:
         return {k: len(set(self.case[self.kind == i].tolist())) for i, k in enumerate(self.kinds)}
@@ -285,6 +296,8 @@ def build_table(
     rows: list[tuple] = []
     others: list[list[float]] = []
     cold: list[float] = []
+    pack: list[float] = []
+    pack_cached: list[bool] = []
     cache = llc_bytes(base)
     kinds: list[str] = []
     launch: list[float] = []
@@ -307,11 +320,16 @@ def build_table(
             if kind not in kinds:
                 kinds.append(kind)
             peak = base.peak_for("matrix" if unit == 0 else "vector", op.dtype)
-            rows.append(
-                (ci, unit, kinds.index(kind), op.flops, work, peak, op.bytes.get(MAIN_MEMORY, 0.0))
-            )
+            main = op.bytes.get(MAIN_MEMORY, 0.0)
+            packed = l2_missed_weight_bytes(op, base, cache)
+            rows.append((ci, unit, kinds.index(kind), op.flops, work, peak, main - packed))
             others.append([op.bytes.get(lv.name, 0.0) for lv in levels])
-            cold.append(cold_bytes(op, cache))
+            # Packed weights leave the overlapped memory term (RooflineModel._main_memory_time).
+            cold.append(0.0 if packed > 0 else cold_bytes(op, cache))
+            pack.append(packed)
+            pack_cached.append(
+                packed > 0 and isinstance(shape, GemmShape) and shape.footprint_bytes <= cache
+            )
             launch.append(1.0)
             stores.append(epilogue_bytes(op, base))
             stages.append(float(model.gemm_stages(op)))
@@ -323,6 +341,8 @@ def build_table(
                 rows.append((ci, 2, kinds.index(PAGE_FAULT_KIND), 0.0, 0.0, 1.0, faulted))
                 others.append([0.0] * len(levels))
                 cold.append(0.0)
+                pack.append(0.0)
+                pack_cached.append(False)
                 launch.append(0.0)
                 stores.append(0.0)
                 stages.append(0.0)
@@ -348,6 +368,8 @@ def build_table(
         stages=np.array(stages, dtype=float),
         feed_ops=tuple(feed_ops),
         feed_index=np.array(feed_index, dtype=int),
+        pack_bytes=np.array(pack, dtype=float),
+        pack_cached=np.array(pack_cached, dtype=bool),
         base=base,
     )
 
@@ -437,6 +459,10 @@ def op_times(table: OpTable, p: FitParams) -> np.ndarray:
     body = (np.maximum(compute, mem) + (1.0 - p.overlap) * np.minimum(compute, mem)) / speed
     if t.stages is not None:
         body = _gemm_main_loop(t, p, compute, mem, speed, body)
+    if t.pack_bytes is not None and np.any(t.pack_bytes > 0):
+        # A CPU GEMM's packing read of weights evicted from L2 (RooflineModel.pack_read_time).
+        tier = np.where(t.pack_cached, p.cache_speedup, 1.0)
+        body = body + t.pack_bytes / (t.hbm_bandwidth * p.memory_max * tier) / speed
     return body + p.launch_overhead_s * launch + extra
 
 

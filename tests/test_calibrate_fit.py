@@ -61,6 +61,25 @@ def test_vectorised_model_matches_roofline():
     np.testing.assert_allclose(case_times(table, TRUE), roofline_times(cases, dev), rtol=1e-12)
 
 
+def test_vectorised_model_matches_roofline_on_moe_layers():
+    """Weights read in the packing phase (roofline.l2_missed_weight_bytes): from the cache
+    tier (12 MiB of expert weights) and from main memory (96 MiB), restated alike."""
+    from xpusim.sim.workloads.moe import describe_moe
+
+    cases = [
+        describe_moe(64, 256, 512, 8, 2).ops(),
+        describe_moe(100, 512, 1024, 16, 4, 1, 1024).ops(),
+    ]
+    p = FitParams(**{**TRUE.__dict__, "overlap": 0.4})
+    table = build_table(cases, BASE)
+    assert table.pack_bytes is not None and table.pack_cached is not None
+    assert table.pack_bytes.max() == 512 * 1024 * 4
+    assert table.pack_cached.any() and not table.pack_cached.all()
+    np.testing.assert_allclose(
+        case_times(table, p), roofline_times(cases, p.to_device(BASE)), rtol=1e-12
+    )
+
+
 def test_max_above_one_raises_peak_without_changing_times():
     p = FitParams(1.7, 1e6, 2.0, 1e5, 3.0, 1e4, 2e-6, 1.5)
     dev = p.to_device(BASE)

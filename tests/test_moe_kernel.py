@@ -384,10 +384,55 @@ def test_weight_footprint_decides_the_cache_tier():
 
     eff = replace(base.efficiency, cache_bytes=cache, cache_speedup=4.0)
     dev = replace(base, efficiency=eff)
-    t = RooflineModel(dev).time(gate_big).memory_s
+    cost = RooflineModel(dev).time(gate_big)
     nbytes = gate_big.main_bytes
-    hot = nbytes - 512 * 1024 * 4
-    expected = (512 * 1024 * 4 + hot / 4.0 + eff.memory_half_bytes) / (
-        dev.hbm_bandwidth * eff.memory_max
-    )
-    assert t == pytest.approx(expected)
+    weight = 512 * 1024 * 4
+    hot = nbytes - weight
+    rate = dev.hbm_bandwidth * eff.memory_max
+    # The weight is read in the GEMM's packing phase (it is not in the core's L2 either,
+    # see test_weights_evicted_from_l2_are_read_in_the_packing_phase), at DRAM speed;
+    # the activations stay in the overlapped memory term at the cache tier's speed.
+    assert cost.memory_s == pytest.approx((hot + eff.memory_half_bytes) / (rate * 4.0))
+    assert cost.details["pack_read_s"] == pytest.approx(weight / rate)
+
+
+def test_weights_evicted_from_l2_are_read_in_the_packing_phase():
+    """A CPU GEMM whose layer sweeps more weights than the core's L2 reads its weight
+    before computing (BLAS packing), from the cache tier while the layer's weights fit it."""
+    from dataclasses import replace
+
+    from xpusim.hwprofiles import load_device
+    from xpusim.sim import ops
+    from xpusim.sim.cost import RooflineModel
+    from xpusim.sim.cost.roofline import l2_missed_weight_bytes
+
+    base = load_device("cpu-host")  # per-core L2 1 MiB, L3 32 MiB
+    cache = 32 * 2**20
+    eff = replace(base.efficiency, cache_bytes=cache, cache_speedup=2.0, overlap=0.5)
+    dev = replace(base, efficiency=eff)
+    layer = describe_moe(16, 256, 512, 8, 2)  # 8 x 3 x 0.5 MiB = 12 MiB: > L2, < L3
+    gate = next(op for op in layer.ops() if op.name == "moe.expert0.gate")
+    weight = 512 * 256 * 4
+    assert l2_missed_weight_bytes(gate, dev, cache) == weight
+    cost = RooflineModel(dev).time(gate)
+    rate = dev.hbm_bandwidth * eff.memory_max
+    # Hand-computed: rows = 16 x 2 / 8 = 4; the GEMM moves x (4 x 256), w, out (4 x 512).
+    activations = (4 * 256 + 4 * 512) * 4
+    assert gate.main_bytes == activations + weight
+    assert cost.memory_s == pytest.approx((activations + eff.memory_half_bytes) / (rate * 2.0))
+    pack = weight / (rate * 2.0)  # 512 KiB at the cache tier's rate
+    assert cost.details["pack_read_s"] == pytest.approx(pack)
+    c, m = cost.compute_s, cost.memory_s
+    body = max(c, m) + 0.5 * min(c, m) + pack
+    assert cost.time_s == pytest.approx(body + cost.overhead_s)
+    # Not for a GEMM that states no weights (the calibration grid: its operand stays in L2
+    # between back-to-back calls), nor without a calibrated cache tier, nor off a CPU.
+    assert l2_missed_weight_bytes(ops.gemm("grid", 4, 512, 256, "fp32"), dev, cache) == 0
+    assert l2_missed_weight_bytes(gate, base, base.efficiency.cache_bytes) == 0
+    assert "pack_read_s" not in RooflineModel(base).time(gate).details
+    gpu = load_device("h100-sxm5-80gb")
+    assert l2_missed_weight_bytes(gate, gpu, 50 * 2**20) == 0
+    # A layer whose weights fit the core's L2 keeps them there.
+    tiny = describe_moe(16, 64, 64, 2, 1)  # 2 x 3 x 16 KiB
+    tiny_gate = next(op for op in tiny.ops() if op.name == "moe.expert0.gate")
+    assert l2_missed_weight_bytes(tiny_gate, dev, cache) == 0

@@ -309,6 +309,34 @@ def cold_bytes(op: Op, cache_bytes: float) -> float:
     return min(float(shape.weight_bytes), op.bytes.get(MAIN_MEMORY, 0.0))
 
 
+def l2_missed_weight_bytes(op: Op, device: Device, cache_bytes: float) -> float:
+    """Weight bytes a CPU GEMM reads from beyond the core's own L2, in its packing phase.
+
+    A BLAS GEMM copies its B operand (here the weight) into a packed buffer before the
+    micro-kernel runs over it (Goto & van de Geijn, ACM TOMS 34(3), 2008, sections 4-5):
+    the copy's read is a phase of its own, not hidden under the compute it feeds. When
+    the weight sits in the core's L2 (a GEMM timed back to back, the calibration grid)
+    that read is short and the fitted ``overlap`` of the op's memory term covers it; when
+    the graph sweeps more weights per forward than the per-core L2 holds
+    (``GemmShape.footprint_bytes`` > the profile's per-core ``l2``), each weight has been
+    evicted from L2 before its next use and the copy reads it from the last-level cache
+    (or, past that tier, main memory). Measured on the dev VM (Intel Xeon, torch 2.13,
+    MKL, one thread, 2026-12-07; docs/calibration.md, twenty-second session): ``x @
+    w.t()`` with a 0.5 MiB weight cycled over 8-24 distinct weights (4-12 MiB) took
+    +11..+14 us per call over the same weight repeated, at every m from 1 to 64; a 2 MiB
+    weight cycled over 96 MiB +112..+176 us. Only on a CPU (per-core L2) with a
+    calibrated cache tier (``cache_bytes`` > 0): 0 everywhere else, so uncalibrated and
+    GPU/NPU predictions are unchanged.
+    """
+    shape = op.shape
+    if device.arch != "cpu" or cache_bytes <= 0 or not isinstance(shape, GemmShape):
+        return 0.0
+    l2 = device.level("l2")
+    if l2 is None or l2.scope != "per_core" or shape.footprint_bytes <= l2.capacity_bytes:
+        return 0.0
+    return min(float(shape.weight_bytes), op.bytes.get(MAIN_MEMORY, 0.0))
+
+
 def _pad(x: float, tile: int) -> float:
     return math.ceil(x / tile) * tile if x > 0 else 0.0
 
@@ -414,6 +442,14 @@ class RooflineModel:
         dev, eff = self.device, self.device.efficiency
         fraction = memory_fraction(op, dev)
         rate = dev.hbm_bandwidth * fraction if op.unit == Unit.DMA else dev.main_memory_rate(fraction)
+        packed = l2_missed_weight_bytes(op, dev, eff.cache_bytes)
+        if packed > 0:
+            # Those weights are read in the packing phase (``pack_read_time``), not in
+            # this overlapped term; the rest (activations) takes the tier of its size.
+            nbytes -= packed
+            if 0 < nbytes <= eff.cache_bytes:
+                rate = dev.hbm_bandwidth * eff.cache_speedup * fraction
+            return (nbytes + eff.memory_half_bytes) / rate
         cold = cold_bytes(op, eff.cache_bytes)
         if cold > 0:  # weights that cannot stay cached stream from main memory
             hot = nbytes - cold
@@ -422,6 +458,21 @@ class RooflineModel:
         if 0 < nbytes <= eff.cache_bytes:  # calibrated LLC tier (off by default): no HBM cap
             rate = dev.hbm_bandwidth * eff.cache_speedup * fraction
         return (nbytes + eff.memory_half_bytes) / rate
+
+    def pack_read_time(self, op: Op) -> float:
+        """Seconds of a CPU GEMM's packing-phase read of weights not in the core's L2
+        (``l2_missed_weight_bytes``): at the cache tier's rate while the graph's weights fit
+        the last-level cache, at the main-memory rate past it; added to the op's body."""
+        dev, eff = self.device, self.device.efficiency
+        weights = l2_missed_weight_bytes(op, dev, eff.cache_bytes)
+        if weights <= 0:
+            return 0.0
+        rate = dev.main_memory_rate(memory_fraction(op, dev))
+        shape = op.shape
+        assert isinstance(shape, GemmShape)
+        if shape.footprint_bytes <= eff.cache_bytes:
+            rate = dev.hbm_bandwidth * eff.cache_speedup * memory_fraction(op, dev)
+        return weights / rate
 
     def epilogue_time(self, op: Op) -> float:
         """Main-memory time of a GEMM's output write on an NVIDIA GPU (0 for other ops and
@@ -511,6 +562,11 @@ class RooflineModel:
             if details and stages > 0:
                 out = {**out, "pipeline_stages": float(stages),
                        "pipeline_loss_s": main_s - max(compute_s, reads_s)}
+        pack_s = self.pack_read_time(op) / speed
+        if pack_s > 0:  # a CPU GEMM's packing read of weights evicted from L2: serial
+            body += pack_s
+            if details:
+                out = {**out, "pack_read_s": pack_s}
         fixed_s = self.impl_fixed_s(op)
         if fixed_s > 0:  # XLA's per-dot floor (sim/cost/gemm_xla.py), device-side time
             body += fixed_s

@@ -32,6 +32,9 @@ For one op on one device (docs/cost_model.md derives each term):
 * body = max(compute_s, memory_s) + (1 - overlap) * min(compute_s, memory_s): a
   calibrated ``overlap`` < 1 says the phases run partly one after the other (a CPU
   BLAS call packs its operands before computing); 1 (default) is the roofline.
+* a calibrated CPU GEMM whose graph sweeps more weights than the core's L2 holds reads
+  its weight in the packing phase, before the compute: those bytes leave memory_s and
+  ``pack_read_time`` (weight / the cache tier's or main memory's rate) is added to the body.
 * overhead_s = the per-op launch overhead (+ a calibrated per-op-kind extra).
 * a CPU op with a fresh output of >= 32 MiB adds the first touch of its newly mapped
   pages to the body (``page_faults.fault_time_s``; 0 on every other device).

@@ -459,7 +459,7 @@ def op_times(table: OpTable, p: FitParams) -> np.ndarray:
     body = (np.maximum(compute, mem) + (1.0 - p.overlap) * np.minimum(compute, mem)) / speed
     if t.stages is not None:
         body = _gemm_main_loop(t, p, compute, mem, speed, body)
-    if t.pack_bytes is not None and np.any(t.pack_bytes > 0):
+    if t.pack_bytes is not None and t.pack_cached is not None and np.any(t.pack_bytes > 0):
         # A CPU GEMM's packing read of weights evicted from L2 (RooflineModel.pack_read_time).
         tier = np.where(t.pack_cached, p.cache_speedup, 1.0)
         body = body + t.pack_bytes / (t.hbm_bandwidth * p.memory_max * tier) / speed

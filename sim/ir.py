@@ -148,7 +148,7 @@ class Stream(StrEnum):
     # reduce-scatters and all-reduces): the DP process group's own NCCL stream
     # (Megatron's distributed optimizer / Megatron-FSDP), so the TP, EP, CP and PP traffic
     # on ``COMM`` never queues behind a whole-layer gather (sim.training.emitter.
-    # _async_stream, docs/training.md "DP collectives on their own stream").
+    # _async_stream, docs/training_notes.md "DP collectives on their own stream").
     DP_COMM = "dp_comm"
 
 

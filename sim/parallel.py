@@ -30,7 +30,7 @@ RECOMPUTE_MODULES = ("norm", "attn", "act", "experts", "mlp", "core_attn")
 # attention core alone (Megatron-LM --recompute-granularity selective, Korthikanti et al.
 # 2022; Megatron-Core TransformerConfig: recompute_modules None -> ["core_attn"]). Until
 # 2026-12-06 the default was BROAD_SELECTIVE, which also re-runs the norms, the attention
-# projections and the FFN activation (docs/training.md, "Sequence parallelism and
+# projections and the FFN activation (docs/training_notes.md, "Sequence parallelism and
 # selective recompute").
 DEFAULT_SELECTIVE = ("core_attn",)
 BROAD_SELECTIVE = ("norm", "attn", "act")

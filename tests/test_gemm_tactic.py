@@ -2,7 +2,7 @@
 chosen at the profile's opt token count and run at the actual M; hand-computed values.
 
 sim/cost/roofline.py ``tactic_tile`` / ``fixed_tactic_cost``, sim/inference/gemm_tactic.py,
-docs/inference.md "TensorRT-LLM 0.5: one optimisation profile".
+docs/inference_notes.md "TensorRT-LLM 0.5: one optimisation profile".
 """
 
 from dataclasses import replace

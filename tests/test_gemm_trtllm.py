@@ -143,7 +143,7 @@ def test_lowering_names_the_routed_expert_gemms_only():
 
 
 def test_engine_profiles_and_wrapper(tmp_path):
-    """No shipped profile sets moe_gemm (docs/inference.md, "TensorRT-LLM Mixtral rows": the
+    """No shipped profile sets moe_gemm (docs/inference_notes.md, "TensorRT-LLM Mixtral rows": the
     kernels' structure moves the rows by <= 2 points and the sm80 fusion is not expressed);
     a profile that does gets the plugin kernels."""
     assert load_engine("trtllm-0.17").moe_gemm == ""

@@ -1,4 +1,4 @@
-"""TensorRT-LLM's MoE plugin GEMMs priced by their kernels' structure (docs/inference.md,
+"""TensorRT-LLM's MoE plugin GEMMs priced by their kernels' structure (docs/inference_notes.md,
 "TensorRT-LLM Mixtral rows"; docs/cost_model.md, "GEMM by implementation").
 
 The MoE plugin (``CutlassMoeFCRunner``) runs the routed experts as two grouped GEMMs: FC1 (the
@@ -62,7 +62,7 @@ shared memory, 128 KiB, leaves no room for a second), which bound how well the t
 are fed (an efficiency, not a structure the roofline counts), and the fused FC1 writing
 only the activated half (the lowering keeps the separate SwiGLU pass: a what-if that drops
 that pass and half of FC1's output write moves the A100 Mixtral rows 1.5-2 points more
-optimistic, docs/inference.md).
+optimistic, docs/inference_notes.md).
 """
 
 from __future__ import annotations

@@ -186,7 +186,7 @@ def tactic_tile(
     loads rather than skipping their MMAs: cutlass/gemm/threadblock/mma_multistage.h), so
     each shape is costed here over its full tile (``block_work`` of the dims rounded up to
     the tile, with the operand-feed bound); the cheapest wins (ties: the first listed).
-    docs/inference.md, "TensorRT-LLM 0.5: one optimisation profile"."""
+    docs/inference_notes.md, "TensorRT-LLM 0.5: one optimisation profile"."""
     tm, tn, tk = device.matrix_tile
     pm, pn, pk = _pad(opt_m, tm), _pad(n, tn), _pad(k, tk)
     return _tactic_tile(pm, pn, pk, batch, device.matrix_cores, device.efficiency.block_shapes,

@@ -139,7 +139,7 @@ class EngineProfile:
     * ``moe_gemm`` (``[kernels]``): the library whose kernels run the routed experts'
       grouped GEMMs: "trtllm" (TensorRT-LLM's MoE plugin, ``xpusim.sim.inference.moe_gemm``,
       sim/cost/gemm_trtllm.py); "" (default): the generic GEMM path. No shipped profile
-      sets it (docs/inference.md, "TensorRT-LLM Mixtral rows").
+      sets it (docs/inference_notes.md, "TensorRT-LLM Mixtral rows").
     """
 
     name: str

@@ -15,7 +15,7 @@ when GEMM plugin is disabled").
 ``FixedTacticModel`` marks every generic GEMM (``GemmShape.impl == ""``) with
 ``tactic_m`` = the engine's ``gemm_tactic_tokens``; the roofline then prices it with the
 block shape chosen at that M (sim/cost/roofline.py ``tactic_tile`` / ``fixed_tactic_cost``:
-waves and the operand-feed bound of that tile at the actual M). docs/inference.md,
+waves and the operand-feed bound of that tile at the actual M). docs/inference_notes.md,
 "TensorRT-LLM 0.5: one optimisation profile".
 """
 

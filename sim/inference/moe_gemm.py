@@ -6,7 +6,7 @@ grouped GEMMs. ``"trtllm"``: TensorRT-LLM's MoE plugin (``CutlassMoeFCRunner``),
 (sim/cost/gemm_trtllm.py). ``""`` (the default): the generic GEMM path. No shipped profile
 sets it: on the TensorRT-LLM Mixtral rows the kernels' tiles and stage counts move the
 errors by at most ~2 points, and the sm80 fused kernel's SwiGLU epilogue (which would move
-the A100 rows back the other way) is not expressed (docs/inference.md, "TensorRT-LLM
+the A100 rows back the other way) is not expressed (docs/inference_notes.md, "TensorRT-LLM
 Mixtral rows").
 
 ``MoeGemmModel`` marks the routed experts' GEMMs (``experts_up`` / ``experts_down`` of

@@ -317,9 +317,9 @@ def _async_stream(piece: Piece) -> Stream:
     cudaStreamNonBlocking, ...)``, transformer_engine/common/comm_gemm_overlap/
     comm_gemm_overlap.cpp); that third stream is not modelled: with TP pieces on a stream
     of their own the contended engine waits at nearly every compute task (4x slower on the
-    405B rows, docs/training.md), so they stay on ``COMM`` behind EP/PP traffic. Concurrent
+    405B rows, docs/training_notes.md), so they stay on ``COMM`` behind EP/PP traffic. Concurrent
     collectives on the two streams each take their full-bandwidth price: the engine does
-    not model link sharing (docs/training.md)."""
+    not model link sharing (docs/training_notes.md)."""
     comm = piece.comm
     return Stream.DP_COMM if comm is not None and comm.group.startswith("dp") else Stream.COMM
 

@@ -27,7 +27,7 @@ from xpusim.sim.training.units import recompute_for_slot
 
 # The selective module sets ``auto`` tries, besides none and full. Each is a recipe's:
 # - ("norm", "act"): Megatron-Bridge gpt-oss GB200/H100 recipes, recompute_modules
-#   ['layernorm', 'moe_act'] (scripts/performance/configs/gpt_oss, docs/training.md
+#   ['layernorm', 'moe_act'] (scripts/performance/configs/gpt_oss, docs/training_notes.md
 #   2026-12-06 gpt-oss section): two elementwise re-runs;
 # - DEFAULT_SELECTIVE ("core_attn",): Megatron-LM's --recompute-granularity selective
 #   default (Korthikanti et al. 2022, "Reducing Activation Recomputation", selective

@@ -43,7 +43,7 @@ HARDWARE_KEYS = ("system", "device")
 # How many devices and what follows from it in a weak- or strong-scaling series.
 SCALE_KEYS = ("nodes", "devices", "dp", "gbs")
 # A training run's parallel plan: the `train` flags a user picks to lay the same model out
-# on the same hardware (docs/training.md). Numerics (dtype, fp8-scaling, grad-reduce-dtype,
+# on the same hardware (docs/training_notes.md, "Does the model rank plans"). Numerics (dtype, fp8-scaling, grad-reduce-dtype,
 # dropout), the model, the software stack (framework, attention-impl, moe-dispatcher) and
 # the sequence length are not plan: pairs must agree on them.
 PLAN_KEYS = SCALE_KEYS + (

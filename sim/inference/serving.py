@@ -515,12 +515,19 @@ class Server:
         # Read once: every iteration of a run tries the queue's head (~10^6 times over a
         # 30,000-request run), and ``len(batch)`` grows by one per admission.
         waiting, reserve, size = s.waiting, self._reserve, len(batch)
+        # Without windowed layers ``_reserve`` is a block count, computed here inline.
+        block = 0 if self.layout.windowed else self.block
         while waiting and budget > 0 and size < self.max_num_seqs:
             r = waiting[0]
-            context = r.context  # prompt, plus generated tokens if recomputed
+            context = r.prompt + r.generated  # ``r.context``: plus recomputed tokens
             if whole and budget < context <= self.max_batched_tokens:
                 break  # no chunked prefill: the prompt waits for a step that holds it
-            need = reserve(r)
+            if not block:
+                need = reserve(r)
+            elif full:
+                need = -(-(r.prompt + r.output) // block)
+            else:
+                need = -(-(context + 1) // block)
             if used + need > self.blocks_total:
                 break
             waiting.popleft()

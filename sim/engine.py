@@ -288,6 +288,7 @@ class Engine:
                     c.comm_streams.append(len(run.s_tids))
                     c.reach.append(comm_reach(graph.tasks, tids, slot_of, c.comm_slots,
                                                chains))
+                    c.streams.append((len(run.s_tids), c.reach[-1]))
                 run.s_graph.append(gi)
                 run.s_tids.append(tids)
                 run.s_pos.append(0)

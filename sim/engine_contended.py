@@ -145,8 +145,7 @@ def _blocking_comm(run: _Run, g: int, tid: int, stop: float,
     streams in this list (the ready ones: ``special_contended`` lets such a stream
     advance before it computes the task's end at all)."""
     s_pos, s_clock = run.s_pos, run.s_clock
-    c = run.contention[g]
-    for cs, reach in zip(c.comm_streams, c.reach, strict=True):
+    for cs, reach in run.contention[g].streams:
         if s_clock[cs] >= stop:
             continue
         # ``among`` last: a scan of the ready list, needed only for a stream that blocks.

@@ -25,6 +25,9 @@ class Contention:
     comm_streams: list[int] = field(default_factory=list)
     # per comm stream, ``engine_contended.comm_reach`` of its tasks
     reach: list[list[float]] = field(default_factory=list)
+    # (comm stream, its reach) of each: ``_blocking_comm`` reads the two together ~6.6M
+    # times over ``validate --published``'s training rows (a zip per call, before).
+    streams: list[tuple[int, list[float]]] = field(default_factory=list)
     plain: dict[int, tuple[float, float]] = field(default_factory=dict)
     chain_rates: dict[int, list[float]] = field(default_factory=dict)
     slowed_s: float = 0.0

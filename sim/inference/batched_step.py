@@ -41,6 +41,7 @@ integer. Each block is checked against the per-step path at its first and last b
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +50,7 @@ from xpusim.sim.cost.attention_impl import KernelCostModel
 from xpusim.sim.cost.gemm_pipeline import pipelined_time
 from xpusim.sim.cost.operand_feed import feed_flops_per_element
 from xpusim.sim.cost.roofline import RooflineModel, memory_fraction
+from xpusim.sim.inference.batched_attention import block_core_times
 from xpusim.sim.inference.decode_attention import EngineAttentionModel
 from xpusim.sim.inference.priced_step import PricedStep, StepOpTimes, distinct_items
 from xpusim.sim.inference.weight_only import WEIGHT_ONLY_DTYPES, WeightOnlyGemvModel
@@ -104,6 +106,10 @@ class DecodeTemplate:
     # run in a CUDA graph, on either side of which the launch overhead differs.
     blocks: dict[tuple[int, tuple[bool, bool]], list[list[float] | None]] = field(
         default_factory=dict)
+    # Attention cores by (block, cost-model key, context, layer): the block's batch sizes at
+    # one context (``batched_attention``; None: that block keeps the per-step path).
+    cores: dict[tuple[int, tuple[bool, bool], float, int], list[float] | None] = field(
+        default_factory=dict)
 
     def priced(self, sim: Any, batch: Any) -> PricedStep | None:
         """The ``PricedStep`` of ``batch`` (a ``StepBatch``) on ``sim`` (a
@@ -124,7 +130,26 @@ class DecodeTemplate:
             table = self._block(sim, batch, k)
             if table is None:
                 return None
-        return _step(sim, batch, self.items, table, b - 1 - k * BLOCK)
+        return _step(sim, batch, self.items, table, b - 1 - k * BLOCK, self.core_time)
+
+    def core_time(self, sim: Any, op_time: StepOpTimes, batch: Any, layer: int) -> float:
+        """``sim.attention_time(op_time, batch, layer)``: from a table of the block's batch
+        sizes at ``batch``'s context where ``batched_attention`` covers it (the same float;
+        ``op_time`` prices ``batch``'s ops)."""
+        if (batch.phase != "decode" or batch.q_len != 1 or batch.dummies != 0
+                or batch.context <= 0 or sim.plan.ep != 1
+                or batch.sequences != int(batch.sequences)):
+            return sim.attention_time(op_time, batch, layer)
+        b = int(batch.sequences)
+        k = (b - 1) // BLOCK
+        key = (k, sim.model_key(batch), batch.context, layer)
+        if key not in self.cores:
+            self.cores[key] = block_core_times(sim, batch, layer, k * BLOCK + 1,
+                                               (k + 1) * BLOCK)
+        table = self.cores[key]
+        if table is None:
+            return sim.attention_time(op_time, batch, layer)
+        return table[b - 1 - k * BLOCK]
 
     def _block(self, sim: Any, batch: Any, k: int) -> list[list[float] | None] | None:
         """Block ``k``'s roofline prices under ``batch``'s cost model, checked at the
@@ -144,7 +169,8 @@ class DecodeTemplate:
                  and it.item.kind != OpKind.ATTENTION else None for it in self.items]
         for b in (same[0], same[-1]):
             edge = _replace(batch, b)
-            if _step(sim, edge, self.items, table, b - lo) != sim._lowered_step(edge):
+            if _step(sim, edge, self.items, table, b - lo, type(sim).attention_time
+                     ) != sim._lowered_step(edge):
                 self.off = True
                 return None
         self.blocks[(k, key)] = table
@@ -267,11 +293,12 @@ def _vector_item(op: Op) -> bool:
 
 
 def _step(sim: Any, batch: Any, items: tuple[_Item, ...], table: list[list[float] | None],
-          row: int) -> PricedStep | None:
-    """``batch``'s PricedStep: the block's prices at ``row``, the attention cores built and
-    priced at its context, an MoE layer's items after the router built and priced at its
-    routed load, the collectives at its buffers (``_priced_step``'s order). None where
-    the MoE items are not the template's in number."""
+          row: int, core: Callable[[Any, StepOpTimes, Any, int], float]) -> PricedStep | None:
+    """``batch``'s PricedStep: the block's prices at ``row``, the attention cores at its
+    context (``core``: ``StepSimulator.attention_time`` or the same float from a table), an
+    MoE layer's items after the router built and priced at its routed load, the
+    collectives at its buffers (``_priced_step``'s order). None where the MoE items are
+    not the template's in number."""
     b = batch.sequences
     op_time = StepOpTimes(sim._cost_model(batch).inner)
     entries: list[tuple[int, float, bool]] = []
@@ -293,7 +320,7 @@ def _step(sim: Any, batch: Any, items: tuple[_Item, ...], table: list[list[float
             entries.append((it.count, t, False))
         elif prices is None:  # the attention core
             cores.append((len(entries), it.layer))
-            entries.append((it.count, sim.attention_time(op_time, batch, it.layer), True))
+            entries.append((it.count, core(sim, op_time, batch, it.layer), True))
         else:
             entries.append((it.count, prices[row], False))
     return PricedStep(tuple(entries), tuple(cores))

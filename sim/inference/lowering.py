@@ -528,7 +528,7 @@ class StepSimulator:
     def _repriced(self, known: PricedStep, batch: StepBatch) -> PricedStep:
         """``known`` (the same step at another context) with its cores at ``batch``'s."""
         op_time = StepOpTimes(self._cost_model(batch).inner)
-        return known.with_cores([self.attention_time(op_time, batch, layer)
+        return known.with_cores([self._batched.core_time(self, op_time, batch, layer)
                                  for _, layer in known.cores])
 
     def run(self, batch: StepBatch, host: bool = True) -> StepResult:

@@ -78,9 +78,7 @@ def block_core_times(sim: Any, batch: Any, layer: int, lo: int, hi: int) -> list
         rule, model = (model.rule, model.device), model.inner
     if type(model) is not KernelCostModel:
         return None
-    key = sim.model_key(batch)
-    ends = [next(b for b in range(lo, hi + 1) if sim.model_key(_at(batch, b)) == key),
-            next(b for b in range(hi, lo - 1, -1) if sim.model_key(_at(batch, b)) == key)]
+    ends = model_ends(sim, batch, lo, hi)
     shape = _call(sim, _at(batch, ends[0]), layer)
     if shape is None or shape.q_len != 1:
         return None
@@ -99,6 +97,15 @@ def block_core_times(sim: Any, batch: Any, layer: int, lo: int, hi: int) -> list
                                                layer):
             return None
     return table
+
+
+def model_ends(sim: Any, batch: Any, lo: int, hi: int) -> tuple[int, int]:
+    """The first and the last batch size of ``lo`` .. ``hi`` (which holds ``batch``'s)
+    priced by ``batch``'s cost model (``StepSimulator.model_key``), looked for from each
+    end: the blocks' checks run there."""
+    key = sim.model_key(batch)
+    return (next(b for b in range(lo, hi + 1) if sim.model_key(_at(batch, b)) == key),
+            next(b for b in range(hi, lo - 1, -1) if sim.model_key(_at(batch, b)) == key))
 
 
 def _at(batch: Any, sequences: int) -> Any:
@@ -198,4 +205,4 @@ def _masked_mha(device: Any, shape: AttnShape, kv_cache: str, bs: np.ndarray) ->
     return result
 
 
-__all__ = ["block_core_times"]
+__all__ = ["block_core_times", "model_ends"]

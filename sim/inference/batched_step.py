@@ -50,7 +50,7 @@ from xpusim.sim.cost.attention_impl import KernelCostModel
 from xpusim.sim.cost.gemm_pipeline import pipelined_time
 from xpusim.sim.cost.operand_feed import feed_flops_per_element
 from xpusim.sim.cost.roofline import RooflineModel, memory_fraction
-from xpusim.sim.inference.batched_attention import block_core_times
+from xpusim.sim.inference.batched_attention import block_core_times, model_ends
 from xpusim.sim.inference.decode_attention import EngineAttentionModel
 from xpusim.sim.inference.priced_step import PricedStep, StepOpTimes, distinct_items
 from xpusim.sim.inference.weight_only import WEIGHT_ONLY_DTYPES, WeightOnlyGemvModel
@@ -160,14 +160,14 @@ class DecodeTemplate:
             self.off = True
             return None
         key = sim.model_key(batch)
-        same = [b for b in range(lo, hi + 1) if sim.model_key(_replace(batch, b)) == key]
+        ends = model_ends(sim, batch, lo, hi)
         roof = _roofline(sim._cost_model(batch).inner)
         assert roof is not None  # _template checked the chain
         bs = np.arange(lo, hi + 1, dtype=np.float64)
         # Each item's prices as Python floats (``tolist``: the same values), read per step.
         table = [_price(roof, it, bs).tolist() if it.item.__class__ is Op and not it.fresh
                  and it.item.kind != OpKind.ATTENTION else None for it in self.items]
-        for b in (same[0], same[-1]):
+        for b in ends:
             edge = _replace(batch, b)
             if _step(sim, edge, self.items, table, b - lo, type(sim).attention_time
                      ) != sim._lowered_step(edge):

@@ -489,10 +489,7 @@ def _fused_gpu(device: Device, shape: AttnShape, impl: str, pass_: str,
     if pass_ == "fwd" and not split_kv:  # FA3: first key block lacks intra-warpgroup overlap
         io_s += first_block_extra_s(impl, OVERLAP.get(impl, 0.0), full.mma_s, full.softmax_s,
                                     shape.dtype)  # 0 for FP8 (attention_hopper)
-    # The split-KV grid below reads neither (one item per K/V head and key split): its
-    # blocks are counted there. Skipped, not computed and dropped: decode steps of
-    # ``validate --published``'s serving rows price ~450,000 such calls.
-    items, blocks = (([], 0.0) if split_kv else
+    items, blocks = (([], 0.0) if split_kv else  # the split-KV grid reads neither
                      work_items(shape, q_blocks, kv_blocks, br, bc, full.block_s,
                                 diag.block_s, io_s))
     if pass_ == "bwd" and per_head_bwd:

@@ -68,8 +68,7 @@ class ServeResult:
         def pct(x: np.ndarray) -> dict:
             if len(x) == 0:
                 return {"mean": None, "p50": None, "p90": None, "p99": None}
-            # One partition for the three (the same floats as one call per percentile:
-            # each is the same order statistics and interpolation).
+            # One call for the three: the same floats as one call per percentile.
             p50, p90, p99 = np.percentile(x, [50, 90, 99]).tolist()
             return {"mean": float(x.mean()), "p50": p50, "p90": p90, "p99": p99}
 

@@ -19,7 +19,7 @@ one process (``StepMemo``).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any
 
@@ -151,8 +151,8 @@ class StepMemo:
     the same system (``shared_table``). Every value is a pure function of the
     simulator's inputs and its key (op costs keyed on what they depend on, collective
     times, sums of both), so simulators built from equal inputs can share them and get
-    the same floats as pricing afresh. Step results that carry mutable fields
-    (``StepResult``) are not kept here."""
+    the same floats as pricing afresh. Engine runs (``StepResult``, which carries
+    dicts) are kept ``detached`` and handed out as copies."""
 
     models: dict[tuple[bool, bool], Any] = field(default_factory=dict)
     priced: dict[tuple[float, float, str, bool, float], PricedStep] = field(default_factory=dict)
@@ -162,6 +162,16 @@ class StepMemo:
     batched: Any = None
     # The collective pricer: set from ``shared_table`` on first use.
     comm: Callable[[Collective], float] | None = None
+    # Engine runs (``StepSimulator.run``) by (StepBatch, host), each kept ``detached``:
+    # the speculative-decoding rows (``xpusim sd``) of one target at several acceptance
+    # rates run the same steps (60 rows, 15 distinct (configuration, gamma) pairs).
+    runs: dict[Any, Any] = field(default_factory=dict)
+
+
+def detached(result: Any) -> Any:
+    """A ``StepResult`` with its own dicts (``by_kind``, ``details``): one kept in a
+    ``StepMemo`` and the simulators' copies of it share no mutable field."""
+    return replace(result, by_kind=dict(result.by_kind), details=dict(result.details))
 
 
 @lru_cache(maxsize=MEMO_CONFIGS)

@@ -69,3 +69,19 @@ def test_prefill_and_verify_calls_keep_the_per_step_path():
         assert sim._batched.core_time(sim, op_time, batch, 0) == sim.attention_time(
             op_time, batch, 0)
     assert not sim._batched.cores
+
+
+@pytest.mark.parametrize("impl", ["standard", "flash2"])
+def test_other_implementations_keep_or_take_the_table_path(impl):
+    """Eager attention (``standard``) is not covered: the per-step path, no table; the
+    same model on FlashAttention-2 (--attention-impl) takes the tables."""
+    clear_memos()
+    sim = StepSimulator(load_model("llama-3.1-8b"), load_system("dgx-a100"), ParallelPlan(1),
+                        load_engine("vllm-0.6"), "bf16", attention_impl=impl)
+    for b in (1, 2, 255, 256, 257, 700):
+        batch = StepBatch(b, 1, 512, "decode")
+        op_time = StepOpTimes(sim._cost_model(batch).inner)
+        assert sim._batched.core_time(sim, op_time, batch, 0) == sim.attention_time(
+            op_time, batch, 0)
+    tables = list(sim._batched.cores.values())
+    assert tables and all((t is None) == (impl == "standard") for t in tables)

@@ -21,7 +21,7 @@ The cases are the open leads the docs leave "for a task lent a GPU" (docs/calibr
   gate+up (14336 x 8192: Vidur's H100 tactic step); ``gemm_peak`` 8192^3 (the compute ceiling).
 - ``elementwise``: the same bytes through ATen's vectorised loop (contiguous) and its
   non-vectorised ``launch_legacy_kernel`` path (a broadcast add, a strided SiLU): the
-  bytes-in-flight lead of docs/attention.md (``scores + mask``) and docs/cost_model.md
+  bytes-in-flight lead of docs/attention_notes.md (``scores + mask``) and docs/cost_model.md
   (M13, ``silu_and_mul``'s scalar loads; ``silu(h[:, :d]) * h[:, d:]`` is torch's
   two-kernel version of that pattern, not vLLM's kernel).
 - ``sdpa``: torch SDPA's flash (FlashAttention-2), efficient (CUTLASS, xformers-class) and

@@ -13,10 +13,10 @@ overlap x min``). The FP8 kernel (``prefill_d128_fp8_sm100.py``) shares this fla
 The backward is not taken to overlap: the frontend's open-source SM100 backwards cover only
 d = 256 and d in (256, 512]; a d = 128 ``sdpa_backward()`` "falls through to the cuDNN backend"
 (python/cudnn/sdpa/frost/SUPPORT_MATRIX_TRACKER.md @ 00fc1622), whose structure is not
-published (docs/attention.md, "cuDNN's SM100 backward at d = 128: checked, not modelled").
+published (docs/attention_notes.md, "cuDNN's SM100 backward at d = 128: checked, not modelled").
 
 Releases before this structure are not modelled separately: the B200 rows of cuDNN 9.13
-(corpus B15) run ~20-30% below it (docs/attention.md, "Blackwell").
+(corpus B15) run ~20-30% below it (docs/attention_notes.md, "Blackwell").
 """
 
 from __future__ import annotations

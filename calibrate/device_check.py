@@ -16,12 +16,12 @@ The cases are the open leads the docs leave "for a task lent a GPU" (docs/calibr
 - ``copy``: ``dst.copy_(src)`` from 1 MiB to 1 GiB and at the decode GEMM's weight size:
   the stream rate the memory term prices (``memory_max``).
 - ``gemm_decode``: ``F.linear`` at decode M = 1..256 on a 28672 x 4096 bf16 weight (235 MB,
-  beyond the L2): the decode-M stream rate (docs/cost_model.md, "B200's decode-M stream
+  beyond the L2): the decode-M stream rate (docs/cost_model_notes.md, "B200's decode-M stream
   rate" lead, run here on the card at hand); ``gemm_tactic`` M = 240/256/264 on the 70B TP4
   gate+up (14336 x 8192: Vidur's H100 tactic step); ``gemm_peak`` 8192^3 (the compute ceiling).
 - ``elementwise``: the same bytes through ATen's vectorised loop (contiguous) and its
   non-vectorised ``launch_legacy_kernel`` path (a broadcast add, a strided SiLU): the
-  bytes-in-flight lead of docs/attention_notes.md (``scores + mask``) and docs/cost_model.md
+  bytes-in-flight lead of docs/attention_notes.md (``scores + mask``) and docs/cost_model_notes.md
   (M13, ``silu_and_mul``'s scalar loads; ``silu(h[:, :d]) * h[:, d:]`` is torch's
   two-kernel version of that pattern, not vLLM's kernel).
 - ``sdpa``: torch SDPA's flash (FlashAttention-2), efficient (CUTLASS, xformers-class) and

@@ -1,4 +1,4 @@
-"""MoE layer probe on a CPU (docs/calibration.md, twenty-second session; data in
+"""MoE layer probe on a CPU (docs/calibration_notes.md, twenty-second session; data in
 calibrate/data/cpu-host/moe-probe/). Needs torch; not part of the simulator. One torch
 thread, thread CPU time.
 

@@ -87,7 +87,7 @@ MIN_CASES_PER_KIND = 3
 # A kind's speed and overhead describe its own ops only where those ops carry the time:
 # a kind is fitted from the fit cases in which it takes at least this share of the
 # predicted time (at the start profile). Below that its two parameters fit whatever
-# time the rest of the case's graph misses. Measured (docs/calibration.md, nineteenth
+# time the rest of the case's graph misses. Measured (docs/calibration_notes.md, nineteenth
 # session): the MoE layer's `routing` ops (top-k, sort, gather, bincount over <= 4096
 # ids) take at most 4.7% of any case; their speed left the cost flat within 0.1% from
 # 0.05 to 20 (it sat at either bound), and their overhead, with exactly 7 such ops in
@@ -253,7 +253,7 @@ class OpTable:
 # Held on a one-core device (a CPU timed with one thread: pipeline.load_base scales the
 # profile to the threads used). ``(work + half) / rate`` adds ``half / rate`` to every op
 # of the unit: a per-op constant, as launch_overhead_s and the kinds' overheads are. On
-# the five stored CPU runs (docs/calibration.md, nineteenth session) vector_half_flops
+# the five stored CPU runs (docs/calibration_notes.md, nineteenth session) vector_half_flops
 # was at its lower bound (three quick runs) or undetermined (two full runs: standard
 # error a factor > 1e15, correlation -0.999 with pool.overhead), and memory_half_bytes
 # at its lower bound in all five, with a Jacobian column 1e-5 of the others'. One core has no parallel units to fill

@@ -101,7 +101,7 @@ class OpKind(StrEnum):
     EXP = "exp"
     # The -inf elements of a standalone torch.exp (FastAttention's causal / padding mask):
     # MKL VML's vsExp runs with VML_FTZDAZ_OFF and takes ~12x as long per -inf element as
-    # per ordinary one (docs/calibration.md "Known limits"); its own kind, so that a
+    # per ordinary one (docs/calibration_notes.md, masked exp); its own kind, so that a
     # calibration fits that speed from the `exp_masked` microbenchmark.
     EXP_MASKED = "exp_masked"
     # First touch of a CPU op's freshly mmapped output pages (sim/cost/page_faults.py):

@@ -17,7 +17,7 @@ Checked with torch.profiler on the dev VM (torch 2.13.0+cpu, one thread, fp32, b
 2026-12-07): 32x25x25 and 20x32x32 (20,480) 3x3 ran ``_slow_conv2d_forward``, 32x26x26
 (21,632) and 20x32x33 (21,120) ``mkldnn_convolution``; 64x64x64 1x1 (262,144) the slow
 path; a 5x5 at 16,384 elements oneDNN. The two paths run at different speeds per FLOP
-(docs/calibration.md, Known limits, twentieth session), so a CPU prices a slow-path
+(docs/calibration_notes.md, twentieth session), so a CPU prices a slow-path
 convolution under its own kind, ``conv2d_im2col``, whose speed and overhead a calibration
 fits apart from oneDNN's ``conv2d``. A slow-path 1x1, stride-1, unpadded convolution has
 no column buffer: ``slow_conv2d_forward_out_cpu`` takes the input itself as the GEMM's

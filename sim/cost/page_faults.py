@@ -16,7 +16,7 @@ Measured on the dev VM (2026-12-07, torch 2.13, one thread, ``getrusage`` minor 
 per call of an out-of-place ``torch.add``): 0 faults for outputs of 128 KiB-24 MiB,
 ``bytes / 4096 + 1`` from 32 MiB on (8,193 at 32 MiB, 65,537 at 256 MiB), and ~1 us
 of CPU time per fault (the add took 59.8 ms against 26.7 ms into a preallocated
-output at 128 MiB). docs/calibration.md, Known limits (twentieth session).
+output at 128 MiB). docs/calibration_notes.md (twentieth session).
 
 The cost is priced as a stream of the faulted pages' bytes on the main-memory curve
 under its own op kind (``OpKind.PAGE_FAULT``), whose speed and overhead a calibration

@@ -324,7 +324,7 @@ def l2_missed_weight_bytes(op: Op, device: Device, cache_bytes: float) -> float:
     (``GemmShape.footprint_bytes`` > the profile's per-core ``l2``), each weight has been
     evicted from L2 before its next use and the copy reads it from the last-level cache
     (or, past that tier, main memory). Measured on the dev VM (Intel Xeon, torch 2.13,
-    MKL, one thread, 2026-12-07; docs/calibration.md, twenty-second session): ``x @
+    MKL, one thread, 2026-12-07; docs/calibration_notes.md, twenty-second session): ``x @
     w.t()`` with a 0.5 MiB weight cycled over 8-24 distinct weights (4-12 MiB) took
     +11..+14 us per call over the same weight repeated, at every m from 1 to 64; a 2 MiB
     weight cycled over 96 MiB +112..+176 us. Only on a CPU (per-core L2) with a

@@ -325,7 +325,7 @@ def exp_ops(name: str, numel: float, masked: float = 0.0) -> list[Op]:
 
     MKL VML's vsExp (``VML_HA | VML_FTZDAZ_OFF``, pytorch aten/src/ATen/cpu/vml.h @
     0137745d) took 6.6 us for 36,864 ordinary floats and 81 us with half of them -inf
-    (docs/calibration.md, nineteenth session): a per-element cost the calibration fits
+    (docs/calibration_notes.md, nineteenth session): a per-element cost the calibration fits
     for the kind. Two ops for one call: the second also pays a launch overhead.
     """
     f = FP32_BYTES

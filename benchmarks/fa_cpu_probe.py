@@ -1,4 +1,4 @@
-"""FastAttention probe on a CPU (docs/calibration.md, Known limits, twenty-second session).
+"""FastAttention probe on a CPU (docs/calibration_notes.md, "FastAttention on a CPU", twenty-second session).
 Needs torch; not part of the simulator. One torch thread, thread CPU time (min / median).
 
   python benchmarks/fa_cpu_probe.py hotcold [B,H,S,D]

@@ -23,7 +23,7 @@ operations on the same operands in the same order as ``RooflineModel._terms`` (`
 off libm's ``pow`` near the ridge: measured, 18 of 20,480 GEMM prices differed). The
 attention core is built and priced per step as ``StepSimulator._repriced`` does, and the
 collectives through the configuration's collective pricer (their buffers from the
-template). Each item's run count and the entries' order come from the template, so the
+template), a block's sizes at once where ``network.block_pricer`` covers them. Each item's run count and the entries' order come from the template, so the
 ``PricedStep`` is the one ``StepSimulator._priced_step`` builds.
 
 Guards: the MoE items must be one run of the template's distinct items at B = 1 and 2
@@ -65,6 +65,8 @@ from xpusim.sim.ir import (
     dtype_bytes,
     is_low_precision,
 )
+from xpusim.sim.network.block_pricer import block_times
+from xpusim.sim.network.pricer import CollectivePricer
 from xpusim.sim.workloads.transformer import CommNeed
 
 # Batch sizes priced per numpy pass: block k holds k·BLOCK + 1 .. (k + 1)·BLOCK. A pass
@@ -167,6 +169,7 @@ class DecodeTemplate:
         # Each item's prices as Python floats (``tolist``: the same values), read per step.
         table = [_price(roof, it, bs).tolist() if it.item.__class__ is Op and not it.fresh
                  and it.item.kind != OpKind.ATTENTION else None for it in self.items]
+        _comm_prices(sim, self.items, bs, table)
         for b in ends:
             edge = _replace(batch, b)
             if _step(sim, edge, self.items, table, b - lo, type(sim).attention_time
@@ -175,6 +178,23 @@ class DecodeTemplate:
                 return None
         self.blocks[(k, key)] = table
         return table
+
+
+def _comm_prices(sim: Any, items: tuple[_Item, ...], bs: np.ndarray,
+                 table: list[list[float] | None]) -> None:
+    """Each collective's times at the block's batch sizes ``bs`` into ``table``, priced at
+    once by ``block_times`` (the floats ``sim._comm`` gives, at the buffers ``_step``
+    builds: ``_Item.at`` on the array); left None where it does not cover them."""
+    pricer = getattr(sim._comm, "pricer", None)
+    if not isinstance(pricer, CollectivePricer):
+        return  # another pricer (expert-parallel kernels): per step
+    for i, it in enumerate(items):
+        item = it.item
+        if isinstance(item, CommNeed) and not it.fresh:
+            group = sim.plan.tp_group() if item.group == "tp" else sim.plan.ep_group()
+            prices = block_times(pricer, item.kind, group, it.at("nbytes", bs))
+            if prices is not None:
+                table[i] = prices.tolist()
 
 
 def _replace(batch: Any, sequences: int) -> Any:
@@ -316,7 +336,10 @@ def _step(sim: Any, batch: Any, items: tuple[_Item, ...], table: list[list[float
             group = groups.get(item.group)
             if group is None:
                 group = groups[item.group] = sim.plan.ep_group()
-            t = sim._comm(Collective(item.name, item.kind, group, it.at("nbytes", b)))
+            if prices is None:
+                t = sim._comm(Collective(item.name, item.kind, group, it.at("nbytes", b)))
+            else:  # the block's prices (``_comm_prices``)
+                t = prices[row]
             entries.append((it.count, t, False))
         elif prices is None:  # the attention core
             cores.append((len(entries), it.layer))

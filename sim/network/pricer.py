@@ -16,7 +16,6 @@ bad group or kind on its first call, a negative size on every call.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -51,11 +50,7 @@ class CollectivePricer:
              algorithm: str = "auto") -> float:
         if nbytes < 0:  # ``_check_request``'s size check, the only one per call
             api._check_request(kind, "analytical", "auto", nbytes, len(group))
-        key = (kind, group, algorithm)
-        static = self._static.get(key)
-        if static is None:
-            static = self._static[key] = self._check(kind, group, algorithm)
-        checked, members, names, nodes = static
+        checked, members, names, nodes = self.static(kind, group, algorithm)
         n = len(members)
         if n <= 1 or nbytes == 0:
             return 0.0
@@ -65,6 +60,15 @@ class CollectivePricer:
                                                     self._latency_s, self._phase_times)
         return api.summed_with_copy(self.system, checked, algorithm, chosen, nbytes, n, nodes,
                                     times)
+
+    def static(self, kind: CollectiveKind | str, group: tuple[int, ...],
+               algorithm: str) -> _Static:
+        """The checked (kind, members, algorithms to try, nodes) of a request, kept."""
+        key = (kind, group, algorithm)
+        static = self._static.get(key)
+        if static is None:
+            static = self._static[key] = self._check(kind, group, algorithm)
+        return static
 
     def _check(self, kind: CollectiveKind | str, group: tuple[int, ...],
                algorithm: str) -> _Static:
@@ -98,16 +102,20 @@ class CollectivePricer:
         return t
 
 
-def comm_time_fn(system: System) -> Callable[[Collective], float]:
+def comm_time_fn(system: System) -> CommTime:
     """The engines' collective pricer on ``system``: ``collective_time`` of a
     ``Collective``, each distinct (kind, group, bytes, algorithm) priced once."""
-    pricer = CollectivePricer(system)
+    return CommTime(CollectivePricer(system))
 
-    @lru_cache(maxsize=65536)
-    def _cost(kind: str, group: tuple[int, ...], nbytes: float, algorithm: str) -> float:
-        return pricer.time(kind, group, nbytes, algorithm)
 
-    def comm_time(coll: Collective) -> float:
-        return _cost(coll.kind, coll.group, coll.bytes, coll.algorithm)
+class CommTime:
+    """``comm_time_fn``'s callable: a ``Collective``'s time, memoised per (kind, group,
+    bytes, algorithm); ``pricer`` lets a caller price a block of sizes at once
+    (``block_pricer.block_times``, the same floats)."""
 
-    return comm_time
+    def __init__(self, pricer: CollectivePricer) -> None:
+        self.pricer = pricer
+        self._cost = lru_cache(maxsize=65536)(pricer.time)
+
+    def __call__(self, coll: Collective) -> float:
+        return self._cost(coll.kind, coll.group, coll.bytes, coll.algorithm)

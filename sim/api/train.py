@@ -9,7 +9,7 @@ and it is the usual choice for dense models).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from xpusim.hwprofiles import load_system
@@ -30,7 +30,12 @@ from xpusim.sim.parallel import ParallelPlan, validate_plan
 from xpusim.sim.plan_file import load_plan_file
 from xpusim.sim.training.memory import MemoryBreakdown, format_breakdown
 from xpusim.sim.training.recompute_choice import choose_recompute
-from xpusim.sim.training.simulate import TrainingOptions, TrainingResult, estimate_memory
+from xpusim.sim.training.simulate import (
+    StepCache,
+    TrainingOptions,
+    TrainingResult,
+    estimate_memory,
+)
 from xpusim.sim.training.steady import (
     LoweredTraining,
     lower_training,
@@ -150,6 +155,9 @@ class TrainSetup:
     system: System
     plan: ParallelPlan
     options: TrainingOptions
+    # The memory estimate's chunks by plan (``estimate_memory``'s store), for the lowering.
+    chunks: dict[ParallelPlan, StepCache] = field(default_factory=dict, compare=False,
+                                                  repr=False)
 
 
 def train(request: TrainRequest | None = None, /, **kwargs: Any) -> TrainResult:
@@ -191,19 +199,20 @@ def prepare_train(req: TrainRequest) -> TrainSetup:
         exact=req.exact,
         vpp=plan.vpp,
     )
-    plan, _ = fit_memory(spec, system, plan, recompute)
+    chunks: dict[ParallelPlan, StepCache] = {}
+    plan, _ = fit_memory(spec, system, plan, recompute, chunks)
     options = TrainingOptions(
         full_ranks=req.full_ranks,
         progress=req.progress,
         attention_impl=req.attention_impl,
         exact=req.exact,
     )
-    return TrainSetup(spec, system, plan, options)
+    return TrainSetup(spec, system, plan, options, chunks)
 
 
 def lower_train(setup: TrainSetup) -> LoweredTraining:
     """The step's unpriced graphs (what a hardware what-if prices again)."""
-    return lower_training(setup.spec, setup.system, setup.plan, setup.options)
+    return lower_training(setup.spec, setup.system, setup.plan, setup.options, setup.chunks)
 
 
 def priced_result(setup: TrainSetup, lowered: LoweredTraining) -> TrainResult:
@@ -322,15 +331,17 @@ def _resolve_ep_overlap(plan: ParallelPlan, asked: bool | None, req: TrainReques
 
 
 def fit_memory(
-    spec: ModelSpec, system: System, plan: ParallelPlan, recompute: str
+    spec: ModelSpec, system: System, plan: ParallelPlan, recompute: str,
+    store: dict[ParallelPlan, StepCache] | None = None,
 ) -> tuple[ParallelPlan, list[MemoryBreakdown]]:
     """The plan with the recompute policy that fits (``auto``: the cheapest that fits,
     ``sim.training.recompute_choice``), and its
-    per-stage memory; ``NegativeVerdict`` with the breakdown when nothing fits."""
+    per-stage memory; ``NegativeVerdict`` with the breakdown when nothing fits.
+    ``store``: the estimates' chunks by plan (``estimate_memory``)."""
     if recompute == "auto":
-        plan, mems = choose_recompute(spec, system, plan)
+        plan, mems = choose_recompute(spec, system, plan, store)
     else:
-        mems = estimate_memory(spec, system, plan)
+        mems = estimate_memory(spec, system, plan, store)
     worst = max(mems, key=lambda m: m.total)
     if worst.oom:
         raise NegativeVerdict(

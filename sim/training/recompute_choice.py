@@ -13,6 +13,7 @@ more device memory never picks a costlier policy (the set that fits only grows).
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 from xpusim.hwprofiles.spec import System
 from xpusim.sim.cost.pricing import cost_model
@@ -79,25 +80,28 @@ def recompute_seconds(rps: list[RankPlan], plan: ParallelPlan, system: System) -
 
 
 def choose_recompute(
-    spec: ModelSpec, system: System, plan: ParallelPlan
+    spec: ModelSpec, system: System, plan: ParallelPlan,
+    store: dict[ParallelPlan, Any] | None = None,
 ) -> tuple[ParallelPlan, list[MemoryBreakdown]]:
     """The cheapest candidate policy whose memory fits on every stage; when none fits,
-    the candidate with the smallest worst stage (for the out-of-memory message)."""
-    from xpusim.sim.training.simulate import rank_plans, resolve_attention
+    the candidate with the smallest worst stage (for the out-of-memory message).
+    ``store``: ``estimate_memory``'s, the candidates' chunks kept for the lowering."""
+    from xpusim.sim.training.simulate import StepCache, rank_plans, resolve_attention
 
     first = replace(plan, recompute="none")
-    mems = estimate_memory(spec, system, first)
+    mems = estimate_memory(spec, system, first, store)
     if not any(m.oom for m in mems):  # nothing re-run: the cheapest there is
         return first, mems
     if plan.cpu_offload_layers:  # Megatron-Core refuses recompute with CPU offloading
         return first, mems
     base = resolve_attention(validate_plan(spec, first, job_devices(first, system)), system)
-    _, rps = rank_plans(spec, system, base)
+    cache = None if store is None else store.setdefault(replace(base, gbs=0), StepCache())
+    _, rps = rank_plans(spec, system, base, cache=cache)
     rest = candidates(plan)[1:]
     ranked = sorted(rest, key=lambda c: recompute_seconds(rps, replace(c, attention_impl=base.attention_impl), system))
     best = (first, mems)
     for cand in ranked:
-        cand_mems = estimate_memory(spec, system, cand)
+        cand_mems = estimate_memory(spec, system, cand, store)
         if not any(m.oom for m in cand_mems):
             return cand, cand_mems
         if max(m.total for m in cand_mems) < max(m.total for m in best[1]):

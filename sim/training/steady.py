@@ -38,6 +38,7 @@ from xpusim.sim.training.simulate import (
     TrainingResult,
     lower_step,
     price_step,
+    resolve_attention,
     step_pricing,
 )
 
@@ -82,21 +83,38 @@ class LoweredTraining:
 
 
 def lower_training(
-    spec: ModelSpec, system: System, plan: ParallelPlan, options: TrainingOptions | None = None
+    spec: ModelSpec, system: System, plan: ParallelPlan, options: TrainingOptions | None = None,
+    store: dict[ParallelPlan, StepCache] | None = None,
 ) -> LoweredTraining:
     """Lower one training step for ``system``'s shape, unpriced; raises InputError for an
-    impossible plan."""
+    impossible plan. ``store``: the chunks the memory estimate built (``estimate_memory``),
+    by plan; the lowering starts from the ones of its plan instead of building them again."""
     options = options or TrainingOptions()
     full = validate_plan(spec, plan, job_devices(plan, system))
     m = microbatches(full)
     if simulated_microbatches(full, options.exact, options.full_ranks) == m:
-        return LoweredTraining(full, (lower_step(spec, system, plan, options),), m, None)
+        kept = _kept(store, spec, system, plan, options)
+        return LoweredTraining(full, (lower_step(spec, system, plan, options, kept),), m, None)
     m1, m2 = steady_counts(full)
     per_mb = full.mbs * full.dp
-    cache = StepCache()  # both runs share chunks, unit pieces and so segment prices
+    # Both runs share chunks, unit pieces and so segment prices.
+    cache = _kept(store, spec, system, replace(full, gbs=m1 * per_mb), options) or StepCache()
     steps = tuple(lower_step(spec, system, replace(full, gbs=k * per_mb), options, cache)
                   for k in (m1, m2))
     return LoweredTraining(full, steps, m, (m1, m2))
+
+
+def _kept(store: dict[ParallelPlan, StepCache] | None, spec: ModelSpec, system: System,
+          plan: ParallelPlan, options: TrainingOptions) -> StepCache | None:
+    """The cache in ``store`` whose chunks were built for the plan ``lower_step`` resolves
+    from ``plan`` (``validate_plan``, ``resolve_attention``; its global batch aside), or None.
+    A memory estimate builds them as ``rank_plans`` of one rank per stage does; every rank's
+    (``full_ranks``) builds its own."""
+    if not store or options.full_ranks:
+        return None
+    resolved = resolve_attention(validate_plan(spec, plan, job_devices(plan, system)), system,
+                                 options.attention_impl)
+    return store.get(replace(resolved, gbs=0))
 
 
 def price_training(lowered: LoweredTraining, system: System) -> TrainingResult:

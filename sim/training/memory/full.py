@@ -11,6 +11,9 @@ the engine.
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import Any
+
 from xpusim.hwprofiles.spec import System
 from xpusim.sim.models.spec import ModelSpec
 from xpusim.sim.parallel import ParallelPlan, validate_plan
@@ -62,13 +65,17 @@ def rank_memory(rp: RankPlan, plan: ParallelPlan, capacity: float) -> MemoryBrea
     return stage_memory(rank_state(rp, plan), plan, capacity)
 
 
-def estimate_memory(spec: ModelSpec, system: System, plan: ParallelPlan) -> list[MemoryBreakdown]:
+def estimate_memory(spec: ModelSpec, system: System, plan: ParallelPlan,
+                    store: dict[ParallelPlan, Any] | None = None) -> list[MemoryBreakdown]:
     """Memory per pipeline stage without running the engine (the full mode: every slot
-    of every stage is built; ``analytical_memory`` is the cheap equivalent)."""
+    of every stage is built; ``analytical_memory`` is the cheap equivalent). ``store``:
+    the stages' chunks are kept there in a ``StepCache`` per plan (validated, attention
+    named, global batch 0) for the lowering of the plan chosen (``lower_training``)."""
     # simulate.py imports this package: its rank plans and attention default are
     # imported here, at call time.
-    from xpusim.sim.training.simulate import rank_plans, resolve_attention
+    from xpusim.sim.training.simulate import StepCache, rank_plans, resolve_attention
 
     plan = resolve_attention(validate_plan(spec, plan, job_devices(plan, system)), system)
-    _, rps = rank_plans(spec, system, plan)
+    cache = None if store is None else store.setdefault(replace(plan, gbs=0), StepCache())
+    _, rps = rank_plans(spec, system, plan, cache=cache)
     return [rank_memory(rp, plan, system.device.hbm_capacity) for rp in rps]

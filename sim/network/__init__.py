@@ -13,7 +13,8 @@ Public API (stable; studies and the engine use only this):
 
 Modules: ``topology`` (links from the profile), ``algorithms`` (collectives as phases),
 ``analytical`` and ``flow`` (the two backends), ``api`` (choice + dispatch), ``pricer``
-(the engines' per-system collective pricer behind ``comm_time_fn``), ``ep``
+(the engines' per-system collective pricer behind ``comm_time_fn``), ``block_pricer``
+(that pricer's times for a block of sizes at once, the same floats), ``ep``
 (the expert-parallel dispatch/combine study), ``bench``
 (the 4,096-rank figure for ``xpusim bench``).
 """

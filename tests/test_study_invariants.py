@@ -144,3 +144,19 @@ def test_explore_candidates_equal_train_on_their_plan(tmp_path):
                                                                rel=1e-12)
         checked += 1
     assert checked > 0
+
+
+def test_plan_label_names_non_default_selective_modules() -> None:
+    """An explore row's label reproduces the candidate: `train --recompute selective` alone
+    runs Megatron's default modules (core_attn), so other module sets are named."""
+    from xpusim.sim.parallel import ParallelPlan
+    from xpusim.sim.studies.plans import plan_label
+
+    base = ParallelPlan(tp=2, pp=2, dp=2, mbs=1, gbs=8, recompute="selective")
+    assert plan_label(base).endswith("rc=selective")
+    mods = ParallelPlan(tp=2, pp=2, dp=2, mbs=1, gbs=8, recompute="selective",
+                        recompute_modules=("norm", "attn", "act"))
+    assert plan_label(mods).endswith("rc=selective[norm,attn,act]")
+    full = ParallelPlan(tp=2, pp=2, dp=2, mbs=1, gbs=8, recompute="full",
+                        recompute_modules=("norm",))
+    assert plan_label(full).endswith("rc=full")

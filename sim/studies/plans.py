@@ -32,7 +32,7 @@ from xpusim.hwprofiles.spec import System
 from xpusim.sim.errors import InputError
 from xpusim.sim.ir import dtype_bytes
 from xpusim.sim.models.spec import ModelSpec
-from xpusim.sim.parallel import ParallelPlan, microbatches, validate_plan
+from xpusim.sim.parallel import DEFAULT_SELECTIVE, ParallelPlan, microbatches, validate_plan
 from xpusim.sim.studies.analytical import Analytical, base_plan, ep_bandwidth
 from xpusim.sim.studies.study_file import Study
 from xpusim.sim.training.memory import analytical_memory, peak_stage
@@ -202,7 +202,13 @@ def choose_plans(spec: ModelSpec, system: System, study: Study, est: Analytical)
 
 
 def plan_label(plan: ParallelPlan) -> str:
+    """The plan as a row label; a selective recompute names its modules when they are not
+    Megatron's default (``core_attn``), since `train --recompute selective` alone would run
+    the default set: a different step time and memory than the candidate's."""
+    recompute = plan.recompute
+    if recompute == "selective" and plan.recompute_modules != DEFAULT_SELECTIVE:
+        recompute += "[" + ",".join(plan.recompute_modules) + "]"
     return (
         f"tp{plan.tp} pp{plan.pp} vpp{plan.vpp} ep{plan.ep} cp{plan.cp} dp{plan.dp} "
-        f"mbs{plan.mbs} rc={plan.recompute}"
+        f"mbs{plan.mbs} rc={recompute}"
     )

@@ -405,8 +405,8 @@ def test_xformers_split_key_backward_by_hand():
     (zero,) = bwd_side_ops("xformers", 2, 4, 1024, 64, 64, "fp16", 1024)
     assert zero.main_bytes == 2 * 4 * 16 * (64 * 64 * 4 + 16)
     assert bwd_side_ops("xformers", 4, 64, 128, 64, 64, "fp16", 128) == []
-    # the prologue is paid per item at the SM's share of L2 (7,219 GB/s over 108 SMs): one
-    # (batch, head) of 8 items on 8 SMs -> 8 items in parallel, each 2 x 512 x 64 x 2 B later
+    # the prologue is paid per CTA at the SM's share of L2 (7,219 GB/s over 108 SMs): one
+    # (batch, head) of 8 key-block CTAs on 8 SMs -> in parallel, each 2 x 512 x 64 x 2 B later
     shape = AttnShape(1, 1, 512, 512, 64, causal=True, dtype="fp16")
     with_prologue = attention_cost(A100, shape, "xformers", "bwd").details["pipeline_s"]
     fa2_like = _fused_gpu_without_prologue(shape)
@@ -418,5 +418,5 @@ def _fused_gpu_without_prologue(shape: AttnShape) -> float:
 
     from xpusim.sim.cost import attention_impl
 
-    with mock.patch.object(attention_impl, "bwd_prologue_bytes_per_item", return_value=0.0):
+    with mock.patch.object(attention_impl, "bwd_prologue_bytes_per_cta", return_value=0.0):
         return attention_cost(A100, shape, "xformers", "bwd").details["pipeline_s"]

@@ -243,6 +243,16 @@ def xformers_key_splits(batch: float, heads: float, kv_len: float, head_dim: flo
     return max(1, splits)
 
 
+def bwd_prologue_bytes_per_cta(impl: str, pass_: str, q_len: float, v_head_dim: float,
+                               dtype: str) -> float:
+    """L2 bytes each backward CTA of ``impl`` reads before its first block beyond FA2's
+    dataflow: xFormers' delta recomputation over all queries of its (batch, head), 2 x q_len x
+    d_v x elt (module docstring); 0 for the other kernels and for the forward."""
+    if impl != "xformers" or pass_ != "bwd" or dtype_bytes(dtype) > 2:
+        return 0.0  # kKernelComputesDelta: 16-bit kernels only
+    return 2.0 * q_len * v_head_dim * dtype_bytes(dtype)
+
+
 def bwd_prologue_bytes_per_item(impl: str, pass_: str, batch: float, heads: float,
                                 q_len: float, kv_len: float, head_dim: float,
                                 v_head_dim: float, dtype: str, rows: int) -> float:
@@ -250,9 +260,9 @@ def bwd_prologue_bytes_per_item(impl: str, pass_: str, batch: float, heads: floa
     per item of ``attention_impl`` (one per ``rows``-row query block of a (batch, head)):
     xFormers' delta recomputation, 2 x q_len x d_v x elt per CTA, ``xformers_key_splits`` CTAs
     per (batch, head) (module docstring); 0 for the other kernels and for the forward."""
-    if impl != "xformers" or pass_ != "bwd" or dtype_bytes(dtype) > 2:
-        return 0.0  # kKernelComputesDelta: 16-bit kernels only
-    per_cta = 2.0 * q_len * v_head_dim * dtype_bytes(dtype)
+    per_cta = bwd_prologue_bytes_per_cta(impl, pass_, q_len, v_head_dim, dtype)
+    if not per_cta:
+        return 0.0
     ctas = xformers_key_splits(batch, heads, kv_len, head_dim)
     return per_cta * ctas / math.ceil(q_len / rows)
 
@@ -332,6 +342,7 @@ __all__ = [
     "FA1_WARPS_N",
     "GRADQ_TILE_HEADER_BYTES",
     "XFORMERS_BWD_BLOCK",
+    "bwd_prologue_bytes_per_cta",
     "bwd_prologue_bytes_per_item",
     "bwd_side_ops",
     "SMEM_BYTES_PER_CLK_PER_SM",
@@ -365,8 +376,21 @@ def key_blocks(q_len: float, causal: bool, window: float, i: int, br: int, bc: i
     seqlen_q - window_size_left) / kBlockN)); the blocks crossing its left edge are
     masked too.
     """
+    lo, hi, full_lo, below_diag = key_block_span(q_len, causal, window, i, br, bc, kv_blocks,
+                                                 offset)
+    visited = hi - lo
+    unmasked = min(visited, max(0, below_diag - full_lo))
+    return visited, visited - unmasked
+
+
+def key_block_span(q_len: float, causal: bool, window: float, i: int, br: int, bc: int,
+                   kv_blocks: int, offset: float) -> tuple[int, int, int, int]:
+    """(lo, hi, full_lo, below_diag) of query block ``i`` (``key_blocks``): it visits key
+    blocks [lo, hi), of which [full_lo, below_diag) no row masks (empty when full_lo >=
+    below_diag); full_lo >= lo and below_diag <= hi, so the masked blocks are [lo, full_lo)
+    and [below_diag, hi)."""
     if not causal:
-        return kv_blocks, 0
+        return 0, kv_blocks, 0, kv_blocks
     last_q = offset + min((i + 1) * br, q_len) - 1
     first_q = offset + i * br
     hi = min(kv_blocks, math.floor(last_q / bc) + 1)  # blocks [lo, hi) are visited
@@ -375,6 +399,4 @@ def key_blocks(q_len: float, causal: bool, window: float, i: int, br: int, bc: i
     if window:
         lo = math.floor(max(0.0, first_q - window + 1) / bc)  # first key any row needs
         full_lo = math.ceil(max(0.0, last_q - window + 1) / bc)  # inside every row's window
-    visited = hi - lo
-    unmasked = min(visited, max(0, below_diag - full_lo))
-    return visited, visited - unmasked
+    return lo, hi, full_lo, below_diag

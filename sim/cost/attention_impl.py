@@ -49,7 +49,9 @@ Implementations and how each is priced:
   Items (one per query block of each batch x head, the causal ones visiting only the
   key blocks up to the diagonal) are placed on the SMs in launch order, each on the
   least-loaded SM (``flash3``/``cudnn``: heaviest first, as their persistent schedulers
-  do): for short sequences the last wave runs with idle SMs. The kernel takes the
+  do): for short sequences the last wave runs with idle SMs. The backward of ``flash2``,
+  ``flash3`` and ``xformers`` runs one item per key block instead (``KEY_BLOCK_BWD``), each
+  walking the query blocks that see it. The kernel takes the
   longer of that and its HBM traffic (Q, K, V read, O written), plus the launch overhead.
 * Ascend (``npu_fusion_attention``, ``fastattention``) — the Cube/Vector pipeline with
   its GM hand-off and synchronisation of ``sim.attention_model.fast_attention_cost``,
@@ -69,6 +71,7 @@ from types import MappingProxyType
 from xpusim.hwprofiles.spec import Device
 from xpusim.sim.cost import attention_blackwell, attention_hopper
 from xpusim.sim.cost.attention_blocks import (
+    bwd_prologue_bytes_per_cta,
     bwd_prologue_bytes_per_item,
     bwd_side_ops,
     extra_alu_per_score,
@@ -77,10 +80,16 @@ from xpusim.sim.cost.attention_blocks import (
     plus_side_kernels,
     roofline_sum,
     smem_extra_s,
+    xformers_key_splits,
 )
 from xpusim.sim.cost.attention_eager import bench_layout_ops, standard_ops, strided_l2_extra_s
 from xpusim.sim.cost.attention_hopper import first_block_extra_s, hopper_fwd_tile, out_bytes
-from xpusim.sim.cost.attention_items import fused_hbm_bytes, place_items, work_items
+from xpusim.sim.cost.attention_items import (
+    fused_hbm_bytes,
+    key_block_items,
+    place_items,
+    work_items,
+)
 from xpusim.sim.cost.attention_latency import BlockTerms, block_latency_s
 from xpusim.sim.cost.attention_megatron import fused_softmax_cost
 from xpusim.sim.cost.base import OpCost
@@ -126,6 +135,14 @@ PER_HEAD_BWD = ("triton2",)
 # per (batch, head), dQ by ``tl.atomic_add``): the autotuner times both and keeps the faster,
 # so the model prices both and takes the minimum.
 SEQ_PARALLEL_AUTOTUNED_BWD = MappingProxyType({"triton-fa": "triton2"})
+# Kernels whose backward grid is one CTA per key block of each (batch, head), walking the query
+# blocks that see it, dQ accumulated in fp32 through L2 (``attention_items.key_block_items``):
+# FA2 (csrc/flash_attn/src/flash_bwd_launch_template.h ``run_flash_bwd_seqk_parallel``: ``dim3
+# grid_n(num_n_block, params.b, params.h)``), FA3 (hopper/flash_bwd_launch_template.h
+# ``run_flash_bwd``: the tile scheduler over ``num_blocks_n = ceil_div(seqlen_k, kBlockN)`` x h x
+# b, ``SingleTileBwdLPTScheduler`` when causal), xFormers >= 0.0.20 (``num_splits_key`` CTAs per
+# (batch, head), attention_blocks).
+KEY_BLOCK_BWD = ("flash2", "flash3", "xformers")
 
 
 @dataclass(frozen=True)
@@ -492,7 +509,10 @@ def _fused_gpu(device: Device, shape: AttnShape, impl: str, pass_: str,
     items, blocks = (([], 0.0) if split_kv else  # the split-KV grid reads neither
                      work_items(shape, q_blocks, kv_blocks, br, bc, full.block_s,
                                 diag.block_s, io_s))
-    if pass_ == "bwd" and per_head_bwd:
+    if pass_ == "bwd" and impl in KEY_BLOCK_BWD:
+        items, blocks = _key_block_grid(device, shape, impl, q_blocks, kv_blocks, br, bc,
+                                        full.block_s, diag.block_s)
+    elif pass_ == "bwd" and per_head_bwd:
         items = [sum(items)]  # one program walks every block of its (batch, head)
     elif pass_ == "bwd" and impl in PER_HEAD_BWD:
         # Sequence-parallel grid: one program per key block, walking the query blocks that
@@ -518,7 +538,8 @@ def _fused_gpu(device: Device, shape: AttnShape, impl: str, pass_: str,
         "softmax" if full.softmax_s > full.mma_s else "compute")
     if not detailed:
         return OpCost(body + overhead_s, pipeline_s, hbm_s, overhead_s, bound, {})
-    waves = math.ceil(q_blocks * bh / sms)
+    n_items = len(items) if items else q_blocks  # split-KV: its query blocks
+    waves = math.ceil(n_items * bh / sms)
     details = {
         "block_rows": float(br),
         "block_cols": float(bc),
@@ -529,7 +550,7 @@ def _fused_gpu(device: Device, shape: AttnShape, impl: str, pass_: str,
         "block_latency_s": full.latency_s,
         "block_s": full.block_s,
         "blocks": blocks * bh,
-        "items": q_blocks * bh,
+        "items": n_items * bh,
         "split_kv": float(split_kv),
         "waves": float(waves),
         "pipeline_s": pipeline_s,
@@ -537,6 +558,30 @@ def _fused_gpu(device: Device, shape: AttnShape, impl: str, pass_: str,
         "hbm_bytes": hbm_bytes,
     }
     return OpCost(body + overhead_s, pipeline_s, hbm_s, overhead_s, bound, details)
+
+
+def _key_block_grid(device: Device, shape: AttnShape, impl: str, q_blocks: int,
+                    kv_blocks: int, br: int, bc: int, full_s: float,
+                    diag_s: float) -> tuple[list[float], float]:
+    """(seconds of each backward CTA of one batch x head, in launch order; blocks visited) of a
+    ``KEY_BLOCK_BWD`` kernel. A key block's CTA loads its K and V tiles and the first Q and dO
+    tiles before its first block (the later ones are prefetched during the block before) and
+    writes dK and dV at the end, at the SM's HBM share. xFormers runs ``xformers_key_splits``
+    CTAs per (batch, head), CTA s taking key blocks s, s + S, ... (kernel_backward.h
+    ``attention_kernel``: ``key_start += num_splits_key * kBlockSizeJ``), each first reading the
+    head's O and dO for delta from L2 (``bwd_prologue_bytes_per_cta``)."""
+    sms = device.matrix_cores
+    sm_bw = device.hbm_bandwidth * device.efficiency.memory_max / sms
+    row = (shape.head_dim + shape.vd) * dtype_bytes(shape.dtype)
+    io_s = (2.0 * bc + br) * row / sm_bw
+    items, blocks = key_block_items(shape, q_blocks, kv_blocks, br, bc, full_s, diag_s, io_s)
+    if impl == "xformers":
+        splits = min(kv_blocks, xformers_key_splits(shape.batch, shape.heads, shape.kv_len,
+                                                    shape.head_dim))
+        prologue_s = bwd_prologue_bytes_per_cta(impl, "bwd", shape.q_len, shape.vd,
+                                                shape.dtype) / (l2_bytes_per_s(device) / sms)
+        items = [sum(items[s::splits]) + prologue_s for s in range(splits)]
+    return items, blocks
 
 
 # ------------------------------------------------------------------ the cost model

@@ -13,7 +13,7 @@ import heapq
 import math
 from typing import TYPE_CHECKING
 
-from xpusim.sim.cost.attention_blocks import key_blocks
+from xpusim.sim.cost.attention_blocks import key_block_span, key_blocks
 
 if TYPE_CHECKING:
     from xpusim.sim.cost.attention_impl import AttnShape
@@ -55,6 +55,42 @@ def work_items(shape: AttnShape, q_blocks: int, kv_blocks: int, br: int, bc: int
                                       kv_blocks, offset)
         blocks += visited
         items.append((visited - partial) * full_s + partial * diag_s + io_s)
+    return items, blocks
+
+
+def key_block_items(shape: AttnShape, q_blocks: int, kv_blocks: int, br: int, bc: int,
+                    full_s: float, diag_s: float, io_s: float) -> tuple[list[float], float]:
+    """(seconds of each key block's CTA of one batch x head, in launch order; blocks visited):
+    the key-block-parallel backward grid (FA2 ``run_flash_bwd_seqk_parallel``: grid
+    (num_n_block, b, h); FA3 and xFormers likewise), where the CTA of key block j walks the
+    query blocks that see it — causal: from its diagonal on — at ``full_s`` per unmasked and
+    ``diag_s`` per partly masked block, plus its own K/V/dK/dV traffic ``io_s``. The
+    (query block, key block) pairs are those of ``work_items``, counted per key block."""
+    offset = shape.kv_len - shape.q_len  # queries are the last q_len positions
+    # difference arrays over key blocks: +1 where a query block's span starts, -1 past its end
+    seen = [0] * (kv_blocks + 1)
+    masked = [0] * (kv_blocks + 1)
+    for i in range(q_blocks):
+        lo, hi, full_lo, below_diag = key_block_span(shape.q_len, shape.causal, shape.window,
+                                                     i, br, bc, kv_blocks, offset)
+        seen[lo] += 1
+        seen[hi] -= 1
+        if full_lo < below_diag:  # masked: [lo, full_lo) and [below_diag, hi)
+            masked[lo] += 1
+            masked[full_lo] -= 1
+            masked[below_diag] += 1
+            masked[hi] -= 1
+        else:  # every visited block is masked
+            masked[lo] += 1
+            masked[hi] -= 1
+    items: list[float] = []
+    blocks = 0
+    n_seen = n_masked = 0
+    for j in range(kv_blocks):
+        n_seen += seen[j]
+        n_masked += masked[j]
+        blocks += n_seen
+        items.append((n_seen - n_masked) * full_s + n_masked * diag_s + io_s)
     return items, blocks
 
 

@@ -416,7 +416,7 @@ def test_xformers_split_key_backward_by_hand():
 def _fused_gpu_without_prologue(shape: AttnShape) -> float:
     from unittest import mock
 
-    from xpusim.sim.cost import attention_impl
+    from xpusim.sim.cost import attention_bwd_grid
 
-    with mock.patch.object(attention_impl, "bwd_prologue_bytes_per_cta", return_value=0.0):
+    with mock.patch.object(attention_bwd_grid, "bwd_prologue_bytes_per_cta", return_value=0.0):
         return attention_cost(A100, shape, "xformers", "bwd").details["pipeline_s"]

@@ -48,13 +48,11 @@ from xpusim.sim.cost.attention_impl import (
     tiles,
 )
 from xpusim.sim.inference.decode_attention import (
-    ISSUE_LANES_PER_CLK,
-    MMHA_DEQUANT_LANE_OPS_PER_ELEMENT,
-    MMHA_LANE_OPS_PER_ELEMENT,
     XQA_MIN_BLOCK_FACTOR,
     EngineAttentionModel,
     GenerationAttention,
-    masked_mha_row_ops,
+    masked_mha_bytes,
+    masked_mha_ops,
 )
 from xpusim.sim.inference.gemm_tactic import FixedTacticModel
 from xpusim.sim.inference.kvcache import in_kv_format
@@ -186,20 +184,9 @@ def _masked_rows(rule: GenerationAttention, shape: AttnShape, sms: int,
 def _masked_mha(device: Any, shape: AttnShape, kv_cache: str, bs: np.ndarray) -> np.ndarray:
     """``masked_mha_cost(device, shape, kv_cache).time_s`` at each batch of ``bs``."""
     eff = device.efficiency
-    keys = shape.kv_span
-    elements = bs * shape.heads * keys * (shape.head_dim + shape.vd)
-    rows = bs * shape.heads * keys
-    elt = dtype_bytes(shape.dtype)
-    per_element = MMHA_LANE_OPS_PER_ELEMENT + (MMHA_DEQUANT_LANE_OPS_PER_ELEMENT if elt == 1 else 0)
-    row_fp32, row_other = masked_mha_row_ops(shape, kv_cache)
-    fp32_ops = per_element * elements + row_fp32 * rows
-    issued_ops = fp32_ops + row_other * rows
-    fp32_per_s = device.vector_peak["fp32"] / 2 * eff.vector_max
-    issue_per_s = max(fp32_per_s, ISSUE_LANES_PER_CLK * device.vector_cores * device.clock_hz
-                      * eff.vector_max)
+    fp32_ops, issued_ops, fp32_per_s, issue_per_s = masked_mha_ops(device, shape, kv_cache, bs)
     compute_s = np.maximum(fp32_ops / fp32_per_s, issued_ops / issue_per_s)
-    kv_bytes = bs * shape.kvh * keys * (shape.head_dim + shape.vd) * elt
-    q_bytes = bs * shape.heads * shape.q_len * (shape.head_dim + shape.vd) * elt
+    kv_bytes, q_bytes = masked_mha_bytes(shape, bs)
     memory_s = (kv_bytes + q_bytes) / device.main_memory_rate(eff.memory_max)
     result: np.ndarray = np.maximum(compute_s, memory_s) + eff.launch_overhead_s
     return result

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from xpusim.hwprofiles.spec import Device
 from xpusim.sim.cost.attention_impl import AttnShape, shape_of
@@ -187,14 +188,15 @@ def masked_mha_row_ops(shape: AttnShape, kv_cache: str = "paged") -> tuple[float
     return float(fp32), float(other)
 
 
-def masked_mha_cost(device: Device, shape: AttnShape, kv_cache: str = "paged") -> OpCost:
-    """One masked-MHA generation step: CUDA-core work per query head (FP32 pipe and
-    instruction issue), K/V read once per KV head, Q read and O written once; one launch.
-    ``kv_cache``: the layout the kernel addresses ("paged" or "contiguous")."""
+def masked_mha_ops(device: Device, shape: AttnShape, kv_cache: str,
+                   batch: Any) -> tuple[Any, Any, float, float]:
+    """(FP32 lane ops, issued lane ops, FP32 lanes/s, issue lanes/s) of masked MHA at ``batch``
+    (a number, or a numpy array of batch sizes: the same operations in the same order, so the
+    batched decode tables equal the per-step prices bit for bit)."""
     eff = device.efficiency
     keys = shape.kv_span  # a sliding window (gpt-oss) visits only its last keys
-    elements = shape.batch * shape.heads * keys * (shape.head_dim + shape.vd)
-    rows = shape.batch * shape.heads * keys
+    elements = batch * shape.heads * keys * (shape.head_dim + shape.vd)
+    rows = batch * shape.heads * keys
     elt = dtype_bytes(shape.dtype)
     per_element = MMHA_LANE_OPS_PER_ELEMENT + (MMHA_DEQUANT_LANE_OPS_PER_ELEMENT if elt == 1 else 0)
     row_fp32, row_other = masked_mha_row_ops(shape, kv_cache)
@@ -203,9 +205,26 @@ def masked_mha_cost(device: Device, shape: AttnShape, kv_cache: str = "paged") -
     fp32_per_s = device.vector_peak["fp32"] / 2 * eff.vector_max
     issue_per_s = max(fp32_per_s, ISSUE_LANES_PER_CLK * device.vector_cores * device.clock_hz
                       * eff.vector_max)
+    return fp32_ops, issued_ops, fp32_per_s, issue_per_s
+
+
+def masked_mha_bytes(shape: AttnShape, batch: Any) -> tuple[Any, Any]:
+    """(K/V bytes read once per KV head, Q read + O written) of masked MHA at ``batch``."""
+    elt = dtype_bytes(shape.dtype)
+    kv_bytes = batch * shape.kvh * shape.kv_span * (shape.head_dim + shape.vd) * elt
+    q_bytes = batch * shape.heads * shape.q_len * (shape.head_dim + shape.vd) * elt
+    return kv_bytes, q_bytes
+
+
+def masked_mha_cost(device: Device, shape: AttnShape, kv_cache: str = "paged") -> OpCost:
+    """One masked-MHA generation step: CUDA-core work per query head (FP32 pipe and
+    instruction issue), K/V read once per KV head, Q read and O written once; one launch.
+    ``kv_cache``: the layout the kernel addresses ("paged" or "contiguous")."""
+    eff = device.efficiency
+    fp32_ops, issued_ops, fp32_per_s, issue_per_s = masked_mha_ops(device, shape, kv_cache,
+                                                                   shape.batch)
     compute_s = max(fp32_ops / fp32_per_s, issued_ops / issue_per_s)
-    kv_bytes = shape.batch * shape.kvh * keys * (shape.head_dim + shape.vd) * elt
-    q_bytes = shape.batch * shape.heads * shape.q_len * (shape.head_dim + shape.vd) * elt
+    kv_bytes, q_bytes = masked_mha_bytes(shape, shape.batch)
     memory_s = (kv_bytes + q_bytes) / device.main_memory_rate(eff.memory_max)
     overhead_s = eff.launch_overhead_s
     bound = "compute" if compute_s > memory_s else "memory"

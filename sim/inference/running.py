@@ -259,6 +259,10 @@ class RunningBatch:
         self.context += steps * len(self.decoding)
         if self._windowed:
             self.need += self._windowed_growth(steps)
+        elif steps == 1 and self.block > 1:
+            # ``_crossings(1)`` inline (every mixed step advances one token): the
+            # requests whose residue crosses a block boundary at this tick.
+            self.need += self.residues[(-self.step_tokens - self.tick) % self.block]
         else:
             self.need += self._crossings(steps)
         self.tick += steps

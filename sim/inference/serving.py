@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from operator import attrgetter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -48,22 +49,24 @@ class ServeResult:
     extra: dict = field(default_factory=dict)
 
     def metrics(self) -> dict:
-        # (request, first token, finish) of the completed requests.
-        done = [
-            (r, r.first_token_s, r.finish_s)
-            for r in self.requests
-            if r.finish_s is not None and r.first_token_s is not None
-        ]
-        ttft = np.array([first - r.arrival_s for r, first, _ in done])
-        tpot = np.array(
-            [(finish - first) / (r.output - 1) for r, first, finish in done if r.output > 1]
-        )
-        e2e = np.array([finish - r.arrival_s for r, _, finish in done])
-        out_tokens = sum(r.output for r, _, _ in done)
+        # The completed requests, their times and lengths as columns: element-wise numpy
+        # does the IEEE operations of the per-request expressions (first - arrival,
+        # (finish - first) / (output - 1) with the integer exact in float64), in request
+        # order, without a Python pass per quantity over up to 78,000 requests.
+        done = [r for r in self.requests
+                if r.finish_s is not None and r.first_token_s is not None]
+        arrival, first, finish = (_column(done, name, np.float64)
+                                  for name in ("arrival_s", "first_token_s", "finish_s"))
+        output = _column(done, "output", np.int64)
+        ttft = first - arrival
+        several = output > 1
+        tpot = (finish - first)[several] / (output[several] - 1)
+        e2e = finish - arrival
+        out_tokens = sum(map(attrgetter("output"), done))
         # Prompt + output tokens of the completed requests: the "total token throughput"
         # some benchmarks print next to the output-token one (e.g. trtllm-bench's
         # "Total Token Throughput", vLLM benchmark_throughput's "total tokens/s").
-        total_tokens = out_tokens + sum(r.prompt for r, _, _ in done)
+        total_tokens = out_tokens + sum(map(attrgetter("prompt"), done))
 
         def pct(x: np.ndarray) -> dict:
             if len(x) == 0:
@@ -89,6 +92,11 @@ class ServeResult:
             "kv_capacity_tokens": self.kv_capacity_tokens,
             **self.extra,
         }
+
+
+def _column(requests: list[Request], name: str, dtype: type) -> np.ndarray:
+    """The attribute ``name`` of each of ``requests``, as an array."""
+    return np.fromiter(map(attrgetter(name), requests), dtype, len(requests))
 
 
 class _Arrivals:
@@ -204,7 +212,7 @@ class Server:
         self.policy, self.kv_reserve = engine.policy, engine.kv_reserve
         # Units grow with the tokens (``KVLayout.units``): only the longest request can
         # fail, and the message names the first that does.
-        longest = max((r.prompt + r.output for r in requests), default=0)
+        longest = max([r.prompt + r.output for r in requests], default=0)
         if self._blocks(longest) > self.blocks_total:
             r = next(r for r in requests if self._blocks(r.prompt + r.output) > self.blocks_total)
             raise InputError(
@@ -222,7 +230,7 @@ class Server:
         else:
             self._run_batched(requests, arrivals, stats, bar)
         bar.close()
-        makespan = max((r.finish_s for r in requests if r.finish_s is not None), default=0.0)
+        makespan = max([r.finish_s for r in requests if r.finish_s is not None], default=0.0)
         mean_batch = stats["batch_sum"] / stats["steps"] if stats["steps"] else 0.0
         return ServeResult(
             requests,
@@ -416,9 +424,11 @@ class Server:
         s = _Loop()
         step_tokens = self.costs.gamma + 1 if self.costs.draft else 1
         batch = RunningBatch(self.block, step_tokens, layout=self.layout)
-        while s.finished < len(requests):
+        # Read once: the loop below runs ~2M times over ``validate --published``.
+        incremental, total = self.kv_reserve != "full", len(requests)
+        while s.finished < total:
             arrivals.pull(s.now, s.waiting)
-            if not batch and not s.waiting:
+            if not batch.decoding and not batch.pending and not s.waiting:  # not batch
                 s.now = arrivals.next_s
                 continue
             # Full reservation never preempts: every admitted request's KV is held.
@@ -426,10 +436,13 @@ class Server:
             # started ones are preempted and no new request is admitted this step
             # (TensorRT-LLM MaxUtilizationScheduler: pending requests are tried only
             # if all started ones fit; vLLM's scheduler: no prefills after a preemption).
-            preempted = self.kv_reserve != "full" and self._preempt_mixed(s, batch, stats)
+            preempted = (incremental and batch.need > self.blocks_total
+                         and self._preempt_mixed(s, batch, stats))
             decoding = len(batch.decoding)
             budget = self.max_batched_tokens - decoding * step_tokens
-            chunks, budget = self._pending_chunks(batch, budget)
+            chunks: list[tuple[Request, int]] = []
+            if batch.pending:
+                chunks, budget = self._pending_chunks(batch, budget)
             admitted = 0 if preempted else self._admit_mixed(s, batch, chunks, budget)
             if not decoding and not chunks:
                 continue
@@ -467,11 +480,13 @@ class Server:
 
     def _retire_mixed(self, s: _Loop, batch: RunningBatch, done: list[Request], bar) -> None:
         """Finish ``done`` (requests that have all their tokens) at the current time."""
+        now, leave = s.now, batch.leave
         for r in done:
-            r.finish_s = s.now
-            batch.leave(r)
-            if self.kv_reserve == "full":
-                s.held -= self._reserve(r)
+            r.finish_s = now
+            leave(r)
+        if self.kv_reserve == "full":  # ``_reserve`` of each: the units it held
+            units = self.layout.units
+            s.held -= sum([units(r.prompt + r.output) for r in done])
         s.finished += len(done)
         bar.update(len(done))
 
@@ -498,6 +513,8 @@ class Server:
         Returns how many requests entered for the first time: the engine's per-request
         host work (``request_overhead_s``: request and response objects, response
         delivery) is paid once per request, not again when a preempted one resumes."""
+        if not s.waiting or budget <= 0:
+            return 0  # most iterations of a decode run: nothing to try
         full = self.kv_reserve == "full"
         if full:
             used = s.held

@@ -130,31 +130,49 @@ class RunningBatch:
     def prefilled(self, r: Request) -> None:
         """``r``'s prompt is done (the caller drops it from ``pending``): it gets its
         first token and decodes from the next step."""
-        before = r.prompt + r.generated + self.step_tokens
-        r.generated += 1
         if self._windowed:
+            before = r.prompt + r.generated + self.step_tokens
+            r.generated += 1
             self.need += self.units(before + 1) - self.units(before)
             self._decode(r)
             return
-        # Its units go from blocks(before) to blocks(before + 1): one block more
-        # exactly when ``before`` fills its last block (as ``_crossings`` counts).
-        b, tick = self.block, self.tick
-        self.need += 1 if before % b == 0 else 0
-        # ``_decode`` and ``_track`` without windowed layers, inline: this runs once per
-        # request (~3.3M times over ``validate --published``'s serving rows).
-        context = r.prompt + r.generated
-        self.context += context
-        self.residues[(context - tick) % b] += 1
-        key = id(r)
-        self.decoding[key] = r
-        self.since[key] = tick
-        serial = self.serial = self.serial + 1
-        old = self.entry.get(key)
-        if old is not None:
-            del self.live[old]
-        self.entry[key] = serial
-        self.live[serial] = r
-        heapq.heappush(self.ends, (tick + r.output - r.generated) * _SERIALS + serial)  # _key
+        self.prefilled_all([r])
+
+    def prefilled_all(self, requests: list[Request]) -> None:
+        """``prefilled`` of each of ``requests``, in order. Without windowed layers
+        ``_decode`` and ``_track`` are inline and the batch's tables read once: this runs
+        for every request (~3.3M times over ``validate --published``'s serving rows)."""
+        if self._windowed:
+            for r in requests:
+                self.prefilled(r)
+            return
+        b, tick, step_tokens = self.block, self.tick, self.step_tokens
+        residues, decoding, since = self.residues, self.decoding, self.since
+        entry, live, ends = self.entry, self.live, self.ends
+        added = context_sum = 0
+        serial = self.serial
+        for r in requests:
+            # Its units go from blocks(before) to blocks(before + 1): one block more
+            # exactly when ``before`` fills its last block (as ``_crossings`` counts).
+            context = r.prompt + r.generated + 1
+            r.generated += 1
+            if (context - 1 + step_tokens) % b == 0:
+                added += 1
+            context_sum += context
+            residues[(context - tick) % b] += 1
+            key = id(r)
+            decoding[key] = r
+            since[key] = tick
+            serial += 1
+            old = entry.get(key)
+            if old is not None:
+                del live[old]
+            entry[key] = serial
+            live[serial] = r
+            heapq.heappush(ends, (tick + r.output - r.generated) * _SERIALS + serial)  # _key
+        self.serial = serial
+        self.need += added
+        self.context += context_sum
 
     def join_decoding(self, r: Request) -> None:
         """``r``, past its prompt, decodes from the next step."""
@@ -201,19 +219,31 @@ class RunningBatch:
 
     def leave(self, r: Request) -> None:
         """Decoding request ``r`` leaves the batch (finished or preempted)."""
-        key = id(r)
-        del self.decoding[key]
+        self.leave_all([r])
+
+    def leave_all(self, requests: list[Request]) -> None:
+        """``leave`` of each of ``requests``; without windowed layers ``_forget``'s
+        integer updates inline, the batch's tables read once (once per request)."""
+        decoding = self.decoding
         if self._windowed:
-            self._forget(r)
+            for r in requests:
+                del decoding[id(r)]
+                self._forget(r)
             return
-        # ``_forget`` without windowed layers, inline: once per request.
-        tick, b = self.tick, self.block
-        r.generated += tick - self.since.pop(key)
-        del self.live[self.entry.pop(key)]
-        context = r.prompt + r.generated
-        self.context -= context
-        self.need -= -(-(context + self.step_tokens) // b)  # blocks_of
-        self.residues[(context - tick) % b] -= 1
+        tick, b, step_tokens = self.tick, self.block, self.step_tokens
+        since, live, entry, residues = self.since, self.live, self.entry, self.residues
+        context_sum = need = 0
+        for r in requests:
+            key = id(r)
+            del decoding[key]
+            r.generated += tick - since.pop(key)
+            del live[entry.pop(key)]
+            context = r.prompt + r.generated
+            context_sum += context
+            need += -(-(context + step_tokens) // b)  # blocks_of
+            residues[(context - tick) % b] -= 1
+        self.context -= context_sum
+        self.need -= need
 
     def pop_latest(self) -> Request:
         """The most recently started decoding request, out of the batch (preemption)."""

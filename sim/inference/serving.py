@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from operator import attrgetter
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 import numpy as np
 from tqdm import tqdm
@@ -480,10 +480,10 @@ class Server:
 
     def _retire_mixed(self, s: _Loop, batch: RunningBatch, done: list[Request], bar) -> None:
         """Finish ``done`` (requests that have all their tokens) at the current time."""
-        now, leave = s.now, batch.leave
+        now = s.now
         for r in done:
             r.finish_s = now
-            leave(r)
+        batch.leave_all(done)
         if self.kv_reserve == "full":  # ``_reserve`` of each: the units it held
             units = self.layout.units
             s.held -= sum([units(r.prompt + r.output) for r in done])
@@ -516,19 +516,13 @@ class Server:
         if not s.waiting or budget <= 0:
             return 0  # most iterations of a decode run: nothing to try
         full = self.kv_reserve == "full"
-        if full:
-            used = s.held
-        elif batch.step_tokens == 1:
-            # The preemption check's sum of blocks(context + 1): the same as the
-            # incremental reservation admission counts.
-            used = batch.need
-        else:
-            used = batch.need_at(1)
+        used = self._taken(s, batch, full)
         admitted = 0
         whole = not self.chunked
         # Read once: every iteration of a run tries the queue's head (~10^6 times over a
         # 30,000-request run), and ``len(batch)`` grows by one per admission.
         waiting, reserve, size = s.waiting, self._reserve, len(batch)
+        own, pending, joined = not full and batch.step_tokens == 1, batch.pending, 0
         # Without windowed layers ``_reserve`` is a block count, computed here inline.
         block = 0 if self.layout.windowed else self.block
         while waiting and budget > 0 and size < self.max_num_seqs:
@@ -553,11 +547,29 @@ class Server:
             chunks.append((r, c))
             budget -= c
             # The incremental reservation is the units the batch counts for a prompt
-            # (units(prompt + generated + 1)) when a step adds one token.
-            batch.admit(r, need if not full and batch.step_tokens == 1 else None)
+            # (units(prompt + generated + 1)) when a step adds one token: ``batch.admit``
+            # inline, its sum added once below.
+            if own:
+                pending.append(r)
+                joined += need
+            else:
+                batch.admit(r)
             size += 1
             admitted += 1 if r.preemptions == 0 else 0
+        batch.need += joined
         return admitted
+
+    @staticmethod
+    def _taken(s: _Loop, batch: RunningBatch, full: bool) -> int:
+        """The KV units admission counts as taken: the blocks held under full
+        reservation, else the batch's sum of units(context + 1)."""
+        if full:
+            return s.held
+        if batch.step_tokens == 1:
+            # The preemption check's sum of blocks(context + 1): the same as the
+            # incremental reservation admission counts.
+            return batch.need
+        return batch.need_at(1)
 
     def _mixed_step(
         self,
@@ -580,14 +592,16 @@ class Server:
             done = [r for r in batch.decoding.values() if r.generated >= r.output]
         else:
             done = batch.advance(1)
+        ready: list[Request] = []
         for r, c in chunks:
             r.prefill_left -= c
             if r.prefill_left == 0:
                 if r.first_token_s is None:
                     r.first_token_s = s.now
-                batch.prefilled(r)
-                if r.generated >= r.output:
-                    done.append(r)
+                ready.append(r)
+        if ready:
+            batch.prefilled_all(ready)
+            done += [r for r in ready if r.generated >= r.output]
         if chunks:
             batch.pending = [r for r in batch.pending if r.prefill_left > 0]
         if self.costs.draft:

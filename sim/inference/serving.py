@@ -602,7 +602,7 @@ class Server:
         if ready:
             batch.prefilled_all(ready)
             done += [r for r in ready if r.generated >= r.output]
-        if chunks:
+            # Only a chunk's request can reach 0 left (the others keep theirs, > 0).
             batch.pending = [r for r in batch.pending if r.prefill_left > 0]
         if self.costs.draft:
             batch.resync()  # each request gained its own number of tokens

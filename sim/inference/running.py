@@ -43,7 +43,7 @@ from xpusim.sim.inference.workload import Request
 # Serials below this keep a heap key's two parts apart: one serial per entry (a request
 # entering the decoding set, or re-entered after a speculative round), so at most about
 # a run's tokens (MAX_SERVE_TOKENS, sim.limits: 5e7), far below 2**40.
-_SERIALS = 1 << 40
+_SERIALS = 1 << 40  # ``advance`` splits keys by its exponent, 40
 
 
 def _key(tick: int, serial: int) -> int:
@@ -302,9 +302,12 @@ class RunningBatch:
             return done  # no entry, live or stale, ends at this tick (most steps)
         # The live entries that end at this tick, stale ones dropped on the way
         # (``_live_end``'s loop, inline: it runs for every request that finishes).
-        live, since = self.live, self.since
+        live, since, mask = self.live, self.since, _SERIALS - 1
         while ends:
-            end, serial = divmod(ends[0], _SERIALS)
+            # divmod(key, _SERIALS) as a shift and a mask (_SERIALS = 2**40; Python's
+            # shifts floor like divmod): no tuple, once per finishing request.
+            first = ends[0]
+            end, serial = first >> 40, first & mask
             r = live.get(serial)
             if r is not None:
                 assert end >= tick, "a request went past its output length"

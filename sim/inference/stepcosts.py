@@ -66,7 +66,7 @@ class StepCosts:
         # ``mixed_device``'s interpolating functions: ``tokens`` (two cursors: at the
         # step's tokens and at its decode tokens) and ``chunk_attention``.
         self._mixed_fns: tuple[Callable[[float], float], ...] | None = None
-        self._decode_at: dict[int, Callable[[float], float]] = {}
+        self._decode_at: dict[int, tuple[float, Callable[[float], float] | None]] = {}
         # ``mixed``'s host terms (before, after the forward) by (sequences, admitted, sampled).
         self._mixed_host: dict[tuple[int, int, int], tuple[float, float]] = {}
 
@@ -241,12 +241,17 @@ class StepCosts:
             fns = self._mixed_fns = (tokens.at, tokens.cursor(),
                                      self._grid_fn("chunk_attention", 1))
         step_tokens, decode_tokens, attention = fns
-        device = step_tokens(decode_batch + sum(chunks)) - decode_tokens(decode_batch)
-        if decode_batch:
-            # ``decode_device``, its interpolation kept per batch size (one lookup).
-            at = self._decode_at.get(decode_batch)
-            if at is None:
-                at = self._decode_at[decode_batch] = self._grid_fn("decode_device", decode_batch)
+        device = step_tokens(decode_batch + sum(chunks))
+        # Per batch size, one lookup: the token work at the decode tokens (a float of the
+        # batch size alone) and ``decode_device``'s interpolation.
+        per_batch = self._decode_at.get(decode_batch)
+        if per_batch is None:
+            per_batch = self._decode_at[decode_batch] = (
+                decode_tokens(decode_batch),
+                self._grid_fn("decode_device", decode_batch) if decode_batch else None)
+        decode_work, at = per_batch
+        device = device - decode_work
+        if at is not None:
             device += at(context)
         if not prefixes or not any(prefixes):
             return device + sum([attention(c) for c in chunks])

@@ -33,8 +33,10 @@ set fixed, so it is exact up to the next cap tick and stops there.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import heapq
+import itertools
 from dataclasses import dataclass, field
 
 from xpusim.sim.inference.kvcache import KVLayout, blocks_of
@@ -298,7 +300,7 @@ class RunningBatch:
         self.tick += steps
         done: list[Request] = []
         ends, tick = self.ends, self.tick
-        if not ends or ends[0] >= (tick + 1) * _SERIALS:  # _key(tick + 1, 0), inlined
+        if not ends or ends[0] >= (tick + 1) << 40:  # _key(tick + 1, 0), inlined
             return done  # no entry, live or stale, ends at this tick (most steps)
         # The live entries that end at this tick, stale ones dropped on the way
         # (``_live_end``'s loop, inline: it runs for every request that finishes).
@@ -375,13 +377,14 @@ class RunningBatch:
         periods, rest = divmod(spare, len(self.decoding))
         # Each request's first crossing step f = (-(context + step_tokens)) % b + 1; the
         # (rest + 1)-th smallest f is the first step of the next period that fails.
-        firsts = sorted(((-(key + self.tick + self.step_tokens)) % b, count)
-                        for key, count in enumerate(self.residues) if count)
-        for first, count in firsts:
-            if rest < count:
-                return periods * b + first + 1
-            rest -= count
-        raise AssertionError("rest is below the number of decoding requests")
+        # f - 1 = (c - residue) % b with c = (-(tick + step_tokens)) % b, so the residues
+        # in order of f are c, c - 1, ..., 0, b - 1, ..., c + 1: the histogram reversed
+        # from c, and the step is the first whose running count exceeds ``rest``.
+        c = (-(self.tick + self.step_tokens)) % b
+        counts = list(itertools.accumulate(self.residues[c::-1] + self.residues[:c:-1]))
+        first = bisect.bisect_right(counts, rest)
+        assert first < b, "rest is below the number of decoding requests"
+        return periods * b + first + 1
 
     def _windowed_kv_steps(self, spare: int) -> int:
         """``kv_steps`` with windowed layers: the requests of ``open`` add full + sliding

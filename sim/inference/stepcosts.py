@@ -63,6 +63,8 @@ class StepCosts:
         self._prefix_corners: dict[tuple[int, int], float] = {}
         # Those corners by grid cell (i, j) of (chunk, prefix): ``chunk_attention``.
         self._prefix_cells: dict[tuple[int, int], tuple[float, float, float, float]] = {}
+        # ``chunk_attention``'s results by (chunk, prefix).
+        self._chunk_attention: dict[tuple[float, float], float] = {}
         # ``mixed_device``'s interpolating functions: ``tokens`` (two cursors: at the
         # step's tokens and at its decode tokens) and ``chunk_attention``.
         self._mixed_fns: tuple[Callable[[float], float], ...] | None = None
@@ -271,6 +273,11 @@ class StepCosts:
         the work is ~chunk x prefix plus the chunk's own causal square, so the cross term
         is exact between grid points and the square is piecewise linear in the chunk, as
         the prefix-free ``chunk_attention`` grid prices it."""
+        # Kept per (chunk, prefix): a prompt's later chunks recur across a run's steps
+        # (the same float: the cell's corners are fixed once priced).
+        hit = self._chunk_attention.get((chunk, prefix))
+        if hit is not None:
+            return hit
         grid = CONTEXT_GRID
         i = min(max(bisect.bisect_right(grid, chunk) - 1, 0), len(grid) - 2)
         j = min(max(bisect.bisect_right(grid, prefix) - 1, 0), len(grid) - 2)
@@ -284,7 +291,9 @@ class StepCosts:
             f = self._prefix_attention
             corners = self._prefix_cells[(i, j)] = (f(c0, p0), f(c0, p1), f(c1, p0), f(c1, p1))
         f00, f01, f10, f11 = corners
-        return (1 - u) * ((1 - v) * f00 + v * f01) + u * ((1 - v) * f10 + v * f11)
+        t = self._chunk_attention[(chunk, prefix)] = (
+            (1 - u) * ((1 - v) * f00 + v * f01) + u * ((1 - v) * f10 + v * f11))
+        return t
 
     def _prefix_attention(self, chunk: int, prefix: int) -> float:
         """``chunk_attention`` at a grid corner, priced once per run."""

@@ -485,8 +485,12 @@ class Server:
             r.finish_s = now
         batch.leave_all(done)
         if self.kv_reserve == "full":  # ``_reserve`` of each: the units it held
-            units = self.layout.units
-            s.held -= sum([units(r.prompt + r.output) for r in done])
+            if self.layout.windowed:
+                units = self.layout.units
+                s.held -= sum([units(r.prompt + r.output) for r in done])
+            else:
+                b = self.block
+                s.held += sum([(-(r.prompt + r.output)) // b for r in done])
         s.finished += len(done)
         bar.update(len(done))
 
@@ -523,6 +527,7 @@ class Server:
         # 30,000-request run), and ``len(batch)`` grows by one per admission.
         waiting, reserve, size = s.waiting, self._reserve, len(batch)
         own, pending, joined = not full and batch.step_tokens == 1, batch.pending, 0
+        step = batch.step_tokens
         # Without windowed layers ``_reserve`` is a block count, computed here inline.
         block = 0 if self.layout.windowed else self.block
         while waiting and budget > 0 and size < self.max_num_seqs:
@@ -547,13 +552,11 @@ class Server:
             chunks.append((r, c))
             budget -= c
             # The incremental reservation is the units the batch counts for a prompt
-            # (units(prompt + generated + 1)) when a step adds one token: ``batch.admit``
-            # inline, its sum added once below.
-            if own:
-                pending.append(r)
-                joined += need
-            else:
-                batch.admit(r)
+            # (units(prompt + generated + 1)) when a step adds one token; else the units
+            # of context + step tokens: ``batch.admit`` inline, its sum added once below.
+            pending.append(r)
+            joined += need if own else (-(-(context + step) // block) if block
+                                        else batch.units(context + step))
             size += 1
             admitted += 1 if r.preemptions == 0 else 0
         batch.need += joined

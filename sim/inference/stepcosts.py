@@ -207,6 +207,10 @@ class StepCosts:
         elif chunks:
             device = self.mixed_device(decode_batch, context, chunks, prefixes)
         elif decode_batch:
+            if not admitted and sampled == decode_batch:
+                # The plain decode iteration ``decode_stepper`` prices (the same floats:
+                # its padding, interpolation and host terms are these), kept per batch.
+                return self.decode_stepper(decode_batch, True)(context)
             padded, mean = padded_step(decode_batch, context, self.graph_sizes)
             device = self._grid_fn("decode_device", padded, self._dummies(decode_batch, padded))(mean)
         else:

@@ -169,6 +169,9 @@ class Server:
             )
         self.blocks_total = self.layout.total_units(kv_capacity_tokens)
         self.block = block_size
+        # The block size where units are blocks (no windowed layer), else 0: admission
+        # reads it every iteration (the layout is fixed for the server's life).
+        self._plain_block = 0 if self.layout.windowed else block_size
         self.max_num_seqs = max_num_seqs
         self.max_batched_tokens = max_batched_tokens
         self.rng = np.random.default_rng(seed + 1)
@@ -485,12 +488,11 @@ class Server:
             r.finish_s = now
         batch.leave_all(done)
         if self.kv_reserve == "full":  # ``_reserve`` of each: the units it held
-            if self.layout.windowed:
+            if b := self._plain_block:
+                s.held += sum([(-(r.prompt + r.output)) // b for r in done])
+            else:
                 units = self.layout.units
                 s.held -= sum([units(r.prompt + r.output) for r in done])
-            else:
-                b = self.block
-                s.held += sum([(-(r.prompt + r.output)) // b for r in done])
         s.finished += len(done)
         bar.update(len(done))
 
@@ -529,7 +531,7 @@ class Server:
         own, pending, joined = not full and batch.step_tokens == 1, batch.pending, 0
         step = batch.step_tokens
         # Without windowed layers ``_reserve`` is a block count, computed here inline.
-        block = 0 if self.layout.windowed else self.block
+        block = self._plain_block
         while waiting and budget > 0 and size < self.max_num_seqs:
             r = waiting[0]
             context = r.prompt + r.generated  # ``r.context``: plus recomputed tokens

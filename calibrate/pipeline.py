@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+from xpusim.calibrate.allocator import pin_glibc_malloc
 from xpusim.calibrate.device import LocalDevice, profile_for_gpu
 from xpusim.calibrate.fit import FitParams, FitResult, build_table, fit, held_parameters
 from xpusim.calibrate.harness import HarnessConfig, Measurement, measure, noise_score, timer_for
@@ -89,6 +90,9 @@ def measure_cases(
     torch = require_torch(f"timing kernels on --device {local.kind}")
 
     timer = timer_for(local.kind, local.threads)
+    if local.kind == "cpu":
+        # The allocator state the page-fault term prices, whatever ran before (allocator.py).
+        pin_glibc_malloc()
     out: list[Measured] = []
     for case in cases:
         if progress:

@@ -85,3 +85,33 @@ def test_page_fault_suite_gives_the_fit_its_kind():
         assert splits.count("fit") >= 3
     table = build_table([suite.graph(s, "fp32") for s in suite.quick], CPU)
     assert "page_fault" in table.fitted_kinds(FitParams.from_device(CPU))
+
+
+def test_calibration_pins_glibc_malloc_at_its_dynamic_ceiling():
+    """The harness fixes glibc's thresholds at the state page_faults.py prices: mmap at
+    DEFAULT_MMAP_THRESHOLD_MAX (32 MiB), trim at twice that (calibrate/allocator.py)."""
+    import platform
+
+    from xpusim.calibrate.allocator import glibc_thresholds, pin_glibc_malloc
+
+    assert glibc_thresholds() == (32 * 2**20, 64 * 2**20)
+    if platform.libc_ver()[0] == "glibc":
+        assert pin_glibc_malloc()
+
+
+def test_cpu_timing_pins_the_allocator_before_the_first_case(monkeypatch):
+    """measure_cases (calibrate and validate) pins glibc's thresholds on a CPU, so a case is
+    timed in the same allocator state whatever ran before it in the process."""
+    pytest.importorskip("torch")
+    from xpusim.calibrate import pipeline
+    from xpusim.calibrate.device import LocalDevice
+    from xpusim.calibrate.harness import HarnessConfig
+    from xpusim.calibrate.suites import cases
+
+    calls: list[str] = []
+    monkeypatch.setattr(pipeline, "pin_glibc_malloc", lambda: calls.append("pin") or True)
+    case = next(c for c in cases(["add"], quick=True) if c.params["numel"] == 4096)
+    local = LocalDevice("cpu", "cpu", "test cpu", "x", 1, "test cpu", "2026-12-07")
+    config = HarnessConfig(warmup=1, min_reps=5, max_reps=5, budget_s=0.05)
+    out = pipeline.measure_cases([case], local, config)
+    assert calls == ["pin"] and len(out) == 1

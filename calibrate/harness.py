@@ -48,10 +48,15 @@ class HarnessConfig:
     budget_s: float = 1.0
     target_rel_iqr: float = 0.03
     noisy_rel_iqr: float = 0.10
+    # Extra warm-up calls, where the caller can count page faults, until a call faults no
+    # more than the model prices (``settle``): at most this many calls or this long.
+    settle_calls: int = 16
+    settle_budget_s: float = 1.0
 
     @classmethod
     def quick(cls) -> HarnessConfig:
-        return cls(warmup=1, warmup_budget_s=0.05, min_reps=5, max_reps=60, budget_s=0.25)
+        return cls(warmup=1, warmup_budget_s=0.05, min_reps=5, max_reps=60, budget_s=0.25,
+                   settle_budget_s=0.5)
 
 
 @dataclass(frozen=True)
@@ -161,13 +166,64 @@ def timer_for(kind: str, threads: int = 1) -> Timer:
     return thread_cpu_timer() if threads == 1 else wall_timer()
 
 
+def thread_minor_faults() -> Callable[[], int] | None:
+    """Counter of the calling thread's minor page faults (``getrusage(RUSAGE_THREAD)``,
+    Linux), or None where the platform has none."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return None
+    who = getattr(resource, "RUSAGE_THREAD", None)
+    if who is None:
+        return None
+    return lambda: int(resource.getrusage(who).ru_minflt)
+
+
+# Faults per call a settled case may take beyond its modelled ones: the interpreter's own
+# small allocations (measured: 0-2.4 per FastAttention call once settled, 2026-12-07).
+SETTLE_SLACK_FAULTS = 32
+
+
+def settle(
+    fn: Callable[[], object],
+    faults: Callable[[], int],
+    expected_faults: float,
+    config: HarnessConfig,
+    clock: Callable[[], float] = time.perf_counter,
+) -> int:
+    """Call ``fn`` until one call takes no more minor page faults than ``expected_faults``
+    (the model's: the pages of its fresh >= 32 MiB outputs) plus a small slack, or the
+    settle budget is spent; returns the calls made.
+
+    glibc's ``posix_memalign`` hands back a block a little smaller than the chunk it carved
+    for an aligned request, so the freed block does not fit the next call's request until
+    freed neighbours coalesce: a 16 MiB ``torch.add`` output grew the heap by 16 MiB and
+    faulted all 4,096 pages on each of its first 5-9 calls in a fresh process, then none
+    (strace: one ``brk`` per call, then none; 2026-12-07, docs/calibration_notes.md,
+    twenty-third session). A warm-up of one or two calls times that transient, not the
+    steady state the model prices.
+    """
+    start = clock()
+    for n in range(1, config.settle_calls + 1):
+        before = faults()
+        fn()
+        if faults() - before <= expected_faults + SETTLE_SLACK_FAULTS:
+            return n
+        if clock() - start > config.settle_budget_s:
+            return n
+    return config.settle_calls
+
+
 def measure(
     fn: Callable[[], object],
     timer: Timer | None = None,
     config: HarnessConfig | None = None,
     clock: Callable[[], float] = time.perf_counter,
+    faults: Callable[[], int] | None = None,
+    expected_faults: float = 0.0,
 ) -> Measurement:
-    """Warm ``fn`` up, then time it until the spread is small or the budget is spent.
+    """Warm ``fn`` up (then, given a fault counter, ``settle`` it), then time it until the
+    spread is small or the budget is spent.
 
     ``clock`` only tracks the budget; the timings themselves come from ``timer``
     (so a fake timer can drive the whole loop in a test).
@@ -179,6 +235,8 @@ def measure(
         timer(fn)
         if i + 1 >= cfg.warmup and clock() - start > cfg.warmup_budget_s:
             break
+    if faults is not None:
+        settle(fn, faults, expected_faults, cfg, clock)
     samples: list[float] = []
     walls: list[float] = []
     spent = 0.0

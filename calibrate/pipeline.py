@@ -17,10 +17,18 @@ import numpy as np
 from xpusim.calibrate.allocator import pin_glibc_malloc
 from xpusim.calibrate.device import LocalDevice, profile_for_gpu
 from xpusim.calibrate.fit import FitParams, FitResult, build_table, fit, held_parameters
-from xpusim.calibrate.harness import HarnessConfig, Measurement, measure, noise_score, timer_for
+from xpusim.calibrate.harness import (
+    HarnessConfig,
+    Measurement,
+    measure,
+    noise_score,
+    thread_minor_faults,
+    timer_for,
+)
 from xpusim.calibrate.suites import SUITES, Case
 from xpusim.hwprofiles import load_device
 from xpusim.hwprofiles.spec import Device
+from xpusim.sim.cost.page_faults import PAGE_BYTES, fresh_page_bytes
 from xpusim.sim.errors import InputError
 from xpusim.sim.inputs import open_text
 from xpusim.sim.ir import OpKind
@@ -90,9 +98,12 @@ def measure_cases(
     torch = require_torch(f"timing kernels on --device {local.kind}")
 
     timer = timer_for(local.kind, local.threads)
+    faults = None
     if local.kind == "cpu":
-        # The allocator state the page-fault term prices, whatever ran before (allocator.py).
+        # The allocator state the page-fault term prices, whatever ran before (allocator.py),
+        # and each case warmed up until it faults no more than priced (harness.settle).
         pin_glibc_malloc()
+        faults = thread_minor_faults()
     out: list[Measured] = []
     for case in cases:
         if progress:
@@ -103,11 +114,19 @@ def measure_cases(
             raise InputError(f"suite {case.suite}: cannot build the kernel ({exc})") from None
         # Record the MoE routing now (torch is here) so --from-measurements needs none.
         routed = case.with_routing(local.torch_device)
-        out.append(Measured(routed, measure(fn, timer=timer, config=config)))
+        expected = modelled_faults(routed) if faults is not None else 0.0
+        out.append(Measured(routed, measure(fn, timer=timer, config=config, faults=faults,
+                                            expected_faults=expected)))
         del fn
         if local.kind == "cuda":
             torch.cuda.empty_cache()
     return out
+
+
+def modelled_faults(case: Case) -> float:
+    """Minor page faults per call the model prices for ``case``: the pages of its fresh
+    outputs of at least glibc's mmap ceiling (``sim/cost/page_faults.py``)."""
+    return sum(fresh_page_bytes(op.fresh_bytes) for op in case.graph().ops()) / PAGE_BYTES
 
 
 def write_measurements(

@@ -96,3 +96,52 @@ def test_thread_cpu_timer_measures_work():
 
     cpu, wall = thread_cpu_timer()(lambda: sum(range(20000)))
     assert 0 < cpu <= wall * 1.05 + 1e-4
+
+
+def _fault_script(per_call: list[int]):
+    """A fake kernel and fault counter: call i adds per_call[i] (the last value repeats)."""
+    state = {"calls": 0, "faults": 0}
+
+    def fn() -> None:
+        i = min(state["calls"], len(per_call) - 1)
+        state["faults"] += per_call[i]
+        state["calls"] += 1
+
+    return fn, (lambda: state["faults"]), state
+
+
+def test_settle_warms_up_until_a_call_faults_no_more_than_priced():
+    from xpusim.calibrate.harness import HarnessConfig, settle
+
+    cfg = HarnessConfig(settle_calls=16, settle_budget_s=1e9)
+    # A 16 MiB output re-faulted while the heap grows, then recycled (measured pattern).
+    fn, faults, state = _fault_script([4114, 4096, 4096, 4096, 0, 0])
+    assert settle(fn, faults, 0.0, cfg, clock=lambda: 0.0) == 5 and state["calls"] == 5
+    # A fresh >= 32 MiB output faults its pages on every call, as priced: settled at once.
+    fn, faults, state = _fault_script([8193])
+    assert settle(fn, faults, 8193.0, cfg, clock=lambda: 0.0) == 1
+    # Never settles: stops after settle_calls.
+    fn, faults, state = _fault_script([4096])
+    assert settle(fn, faults, 0.0, cfg, clock=lambda: 0.0) == 16
+
+
+def test_measure_settles_only_with_a_fault_counter():
+    from xpusim.calibrate.harness import HarnessConfig, measure
+
+    cfg = HarnessConfig(warmup=1, min_reps=5, max_reps=5, settle_budget_s=1e9)
+    fn, faults, state = _fault_script([4096, 4096, 4096, 0])
+    measure(fn, timer=lambda f: (f(), 1e-3)[1], config=cfg, clock=lambda: 0.0, faults=faults)
+    assert state["calls"] == 1 + 3 + 5  # warm-up, settle (calls 2-4), 5 timed reps
+    fn, faults, state = _fault_script([4096])
+    measure(fn, timer=lambda f: (f(), 1e-3)[1], config=cfg, clock=lambda: 0.0)
+    assert state["calls"] == 1 + 5
+
+
+def test_modelled_faults_are_the_fresh_pages_of_the_graph():
+    from xpusim.calibrate.pipeline import modelled_faults
+    from xpusim.calibrate.suites import cases
+
+    by_name = {c.name: c for c in cases(["add", "standard-attention"], quick=True)}
+    assert modelled_faults(by_name["add[numel=4194304]"]) == 0.0
+    sa = by_name["standard-attention[batch=1,heads=4,seq=2048,head_dim=64,causal=0]"]
+    assert modelled_faults(sa) == 3 * (64 * 2**20 // 4096 + 1)  # the three 64 MiB score tensors

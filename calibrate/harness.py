@@ -182,6 +182,9 @@ def thread_minor_faults() -> Callable[[], int] | None:
 # Faults per call a settled case may take beyond its modelled ones: the interpreter's own
 # small allocations (measured: 0-2.4 per FastAttention call once settled, 2026-12-07).
 SETTLE_SLACK_FAULTS = 32
+# Calls in a row within that: one clean call is not enough, the same add output faulted
+# again after a clean call (4,114, 0, then 4,096 on each of the next 7 calls).
+SETTLE_CLEAN_CALLS = 3
 
 
 def settle(
@@ -191,9 +194,9 @@ def settle(
     config: HarnessConfig,
     clock: Callable[[], float] = time.perf_counter,
 ) -> int:
-    """Call ``fn`` until one call takes no more minor page faults than ``expected_faults``
-    (the model's: the pages of its fresh >= 32 MiB outputs) plus a small slack, or the
-    settle budget is spent; returns the calls made.
+    """Call ``fn`` until ``SETTLE_CLEAN_CALLS`` calls in a row take no more minor page faults
+    than ``expected_faults`` (the model's: the pages of its fresh >= 32 MiB outputs) plus a
+    small slack, or the settle budget is spent; returns the calls made.
 
     glibc's ``posix_memalign`` hands back a block a little smaller than the chunk it carved
     for an aligned request, so the freed block does not fit the next call's request until
@@ -204,12 +207,12 @@ def settle(
     steady state the model prices.
     """
     start = clock()
+    clean = 0
     for n in range(1, config.settle_calls + 1):
         before = faults()
         fn()
-        if faults() - before <= expected_faults + SETTLE_SLACK_FAULTS:
-            return n
-        if clock() - start > config.settle_budget_s:
+        clean = clean + 1 if faults() - before <= expected_faults + SETTLE_SLACK_FAULTS else 0
+        if clean >= SETTLE_CLEAN_CALLS or clock() - start > config.settle_budget_s:
             return n
     return config.settle_calls
 

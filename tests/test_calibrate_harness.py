@@ -115,11 +115,11 @@ def test_settle_warms_up_until_a_call_faults_no_more_than_priced():
 
     cfg = HarnessConfig(settle_calls=16, settle_budget_s=1e9)
     # A 16 MiB output re-faulted while the heap grows, then recycled (measured pattern).
-    fn, faults, state = _fault_script([4114, 4096, 4096, 4096, 0, 0])
-    assert settle(fn, faults, 0.0, cfg, clock=lambda: 0.0) == 5 and state["calls"] == 5
+    fn, faults, state = _fault_script([4114, 0, 4096, 4096, 0, 0, 0])
+    assert settle(fn, faults, 0.0, cfg, clock=lambda: 0.0) == 7 and state["calls"] == 7
     # A fresh >= 32 MiB output faults its pages on every call, as priced: settled at once.
     fn, faults, state = _fault_script([8193])
-    assert settle(fn, faults, 8193.0, cfg, clock=lambda: 0.0) == 1
+    assert settle(fn, faults, 8193.0, cfg, clock=lambda: 0.0) == 3
     # Never settles: stops after settle_calls.
     fn, faults, state = _fault_script([4096])
     assert settle(fn, faults, 0.0, cfg, clock=lambda: 0.0) == 16
@@ -131,7 +131,7 @@ def test_measure_settles_only_with_a_fault_counter():
     cfg = HarnessConfig(warmup=1, min_reps=5, max_reps=5, settle_budget_s=1e9)
     fn, faults, state = _fault_script([4096, 4096, 4096, 0])
     measure(fn, timer=lambda f: (f(), 1e-3)[1], config=cfg, clock=lambda: 0.0, faults=faults)
-    assert state["calls"] == 1 + 3 + 5  # warm-up, settle (calls 2-4), 5 timed reps
+    assert state["calls"] == 1 + 5 + 5  # warm-up, settle (calls 2-6: 3 clean), 5 timed reps
     fn, faults, state = _fault_script([4096])
     measure(fn, timer=lambda f: (f(), 1e-3)[1], config=cfg, clock=lambda: 0.0)
     assert state["calls"] == 1 + 5

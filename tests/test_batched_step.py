@@ -41,6 +41,21 @@ def test_every_batch_size_equals_the_lowered_step(case):
     assert not sim._batched.off and len(sim._batched.blocks) >= 3  # the fast path ran
 
 
+@pytest.mark.parametrize("case", CASES, ids=[f"{c[0]}-{c[1]}" for c in CASES])
+def test_block_sums_equal_the_lowered_steps_sums(case):
+    """``DecodeTemplate.sums`` (a block's device sums at one context, numpy) equals the
+    lowered step's ``PricedStep.sums`` at every batch size, on both sides of the
+    CUDA-graph limit, at grid and off-grid contexts."""
+    sim = _sim(*case)
+    top = max(300, int(sim.engine.cuda_graph_max_batch) + 20)
+    for context in (128, 1000.5, 65536):
+        for b in [*range(1, 300), *range(top - 40, top)]:
+            batch = StepBatch(b, 1, context, "decode")
+            got = sim._batched.sums(sim, batch)
+            assert got is not None and got == sim._lowered_step(batch).sums(), (b, context)
+    assert all(t is not None for t in sim._batched.sums_at.values())
+
+
 def test_contexts_and_repricings_through_the_fast_path_equal_fresh_pricing():
     """``time_s`` over batch sizes and contexts (skeletons from blocks, re-pricings from
     them) equals a simulator whose fast path is turned off."""

@@ -49,8 +49,9 @@ def test_repriced_steps_equal_fresh_pricing(case, phase, sequences, q_len):
         fresh = _sim(*case)
         assert reused._device_sums(batch) == fresh._device_sums(batch)
         assert reused.time_s(batch) == fresh.time_s(batch)
-    # The re-priced steps did reuse skeletons: one per (shape, context > 0).
-    assert len(reused._priced) == 2
+    # The re-priced steps did reuse skeletons: one per (shape, context > 0); a dense
+    # decode step at context > 0 is read from its block's sums instead (batched_step).
+    assert len(reused._priced) == (1 if any(reused._batched.sums_at.values()) else 2)
 
 
 @pytest.mark.parametrize("model", ["qwen2-0.5b", "llama-2-70b", "deepseek-v3", "gpt-oss-20b"])

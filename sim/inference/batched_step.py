@@ -112,6 +112,10 @@ class DecodeTemplate:
     # one context (``batched_attention``; None: that block keeps the per-step path).
     cores: dict[tuple[int, tuple[bool, bool], float, int], list[float] | None] = field(
         default_factory=dict)
+    # Device sums by (block, cost-model key, context): ``PricedStep.sums()`` of each of the
+    # block's batch sizes at one context (``sums``; None: that block keeps the per-step path).
+    sums_at: dict[tuple[int, tuple[bool, bool], float],
+                  list[tuple[float, float, float]] | None] = field(default_factory=dict)
 
     def priced(self, sim: Any, batch: Any) -> PricedStep | None:
         """The ``PricedStep`` of ``batch`` (a ``StepBatch``) on ``sim`` (a
@@ -133,6 +137,89 @@ class DecodeTemplate:
             if table is None:
                 return None
         return _step(sim, batch, self.items, table, b - 1 - k * BLOCK, self.core_time)
+
+    def sums(self, sim: Any, batch: Any) -> tuple[float, float, float] | None:
+        """``sim._priced_step(batch).sums()`` of a dense decode step, read from a table of
+        its block's batch sizes at its context (``_block_sums``), or None where the
+        per-step path must price it. A serving run asks for ~2 grid contexts of each of
+        thousands of batch sizes: ~300,000 points over ``validate --published``'s serving
+        rows, each ~60 µs of per-step Python (``_step``, ``PricedStep.sums``)."""
+        if (self.off or batch.phase != "decode" or batch.q_len != 1
+                or batch.dummies != 0 or batch.context <= 0 or sim.plan.ep != 1
+                or batch.sequences < 1 or batch.sequences != int(batch.sequences)):
+            return None
+        if self.items is None:
+            self.items = _template(sim, batch)
+            if self.items is None:
+                self.off = True
+                return None
+        b = int(batch.sequences)
+        k = (b - 1) // BLOCK
+        key = (k, sim.model_key(batch), batch.context)
+        if key not in self.sums_at:
+            self.sums_at[key] = self._block_sums(sim, batch, k)
+        table = self.sums_at[key]
+        return None if table is None else table[b - 1 - k * BLOCK]
+
+    def _block_sums(self, sim: Any, batch: Any, k: int) -> list[tuple[float, float, float]] | None:
+        """Block ``k``'s device sums at ``batch``'s context under its cost model:
+        ``PricedStep.sums`` element-wise over the block's batch sizes (each entry's
+        ``count * t`` added to the running sums in entry order: the same IEEE operations
+        on the same operands), from the block's prices and attention-core tables. Only
+        where every entry has a table (no MoE item built per step, every collective in
+        ``block_times``); checked against ``_step(...).sums()`` at the block's ends."""
+        items = self.items
+        assert isinstance(items, tuple)
+        if any(it.fresh for it in items):
+            return None
+        mkey = sim.model_key(batch)
+        prices = self.blocks.get((k, mkey))
+        if prices is None:
+            prices = self._block(sim, batch, k)
+            if prices is None:
+                return None
+        lo, hi = k * BLOCK + 1, (k + 1) * BLOCK
+        columns = self._columns(sim, batch, k, prices)
+        if columns is None:
+            return None
+        total, attention, other = np.zeros(BLOCK), np.zeros(BLOCK), np.zeros(BLOCK)
+        for count, column, is_attention in columns:
+            part = count * np.asarray(column)
+            total = total + part
+            if is_attention:
+                attention = attention + part
+            else:
+                other = other + part
+        table = list(zip(total.tolist(), attention.tolist(), other.tolist(), strict=True))
+        for b in model_ends(sim, batch, lo, hi):
+            step = _step(sim, _replace(batch, b), items, prices, b - lo, self.core_time)
+            if step is None or table[b - lo] != step.sums():
+                return None
+        return table
+
+    def _columns(self, sim: Any, batch: Any, k: int, prices: list[list[float] | None]
+                 ) -> list[tuple[int, Any, bool]] | None:
+        """Each entry of block ``k``'s steps at ``batch``'s context as (runs, its times at
+        the block's batch sizes, is an attention core): the block's prices, and the
+        attention cores' tables (``core_time``'s); None where an entry has no table."""
+        assert isinstance(self.items, tuple)
+        mkey = sim.model_key(batch)
+        columns: list[tuple[int, Any, bool]] = []
+        for it, p in zip(self.items, prices, strict=True):
+            if p is not None:
+                columns.append((it.count, p, False))
+                continue
+            if isinstance(it.item, CommNeed):
+                return None  # a collective priced per step
+            ckey = (k, mkey, batch.context, it.layer)
+            if ckey not in self.cores:
+                self.cores[ckey] = block_core_times(sim, batch, it.layer, k * BLOCK + 1,
+                                                    (k + 1) * BLOCK)
+            core = self.cores[ckey]
+            if core is None:
+                return None
+            columns.append((it.count, core, True))
+        return columns
 
     def core_time(self, sim: Any, op_time: StepOpTimes, batch: Any, layer: int) -> float:
         """``sim.attention_time(op_time, batch, layer)``: from a table of the block's batch

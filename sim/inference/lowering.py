@@ -472,18 +472,22 @@ class StepSimulator:
         here each distinct op's time is multiplied by how often it runs (``step_blocks``:
         layers repeat the same op objects), which differs from that running sum only by
         rounding (~1e-15 relative; tests/test_serving_fast.py holds the two within 1e-12)
-        and is what keeps pricing thousands of step shapes cheap. A step already priced
-        at another context (> 0 both, or 0 both) is re-priced from it: only its attention
-        cores change (``priced_step``)."""
+        and is what keeps pricing thousands of step shapes cheap. A dense decode step is
+        read from its block's sums at its context (``DecodeTemplate.sums``); a step already
+        priced at another context (> 0 both, or 0 both) is re-priced from it: only its
+        attention cores change (``priced_step``). The same floats each way."""
         hit = self._sums_memo.get(batch)
         if hit is None:
-            key = (batch.sequences, batch.q_len, batch.phase, batch.context > 0, batch.dummies)
-            known = self._priced.get(key)
-            if known is None:
-                priced = self._priced[key] = self._priced_step(batch)
-            else:
-                priced = self._repriced(known, batch)
-            hit = self._sums_memo[batch] = priced.sums()
+            hit = self._batched.sums(self, batch)
+            if hit is None:
+                key = (batch.sequences, batch.q_len, batch.phase, batch.context > 0, batch.dummies)
+                known = self._priced.get(key)
+                if known is None:
+                    priced = self._priced[key] = self._priced_step(batch)
+                else:
+                    priced = self._repriced(known, batch)
+                hit = priced.sums()
+            self._sums_memo[batch] = hit
         return hit
 
     def lower(self, batch: StepBatch) -> list[tuple[list[Op | CommNeed], int]]:
@@ -583,18 +587,5 @@ class StepSimulator:
             by_kind["host"] = host_s
         bound = max(terms, key=lambda k: terms[k])
         experts = experts_touched(self.spec, batch.tokens, self.routing) if self.spec.moe else 0.0
-        return StepResult(
-            total_s,
-            sim.makespan_s,
-            host_s,
-            by_kind,
-            compute,
-            memory,
-            overhead,
-            bound,
-            kernels,
-            weight_bytes,
-            kv_bytes,
-            experts,
-            batch.tokens,
-        )
+        return StepResult(total_s, sim.makespan_s, host_s, by_kind, compute, memory, overhead,
+                          bound, kernels, weight_bytes, kv_bytes, experts, batch.tokens)

@@ -166,16 +166,22 @@ def _fraction(system: System, kind: CollectiveKind, name: str, protocol: str, no
 
 def _tree_correction(table: Any, sizes: np.ndarray) -> np.ndarray:
     """The factor ``_tree_fraction`` multiplies by at each size (1.0 where it does not:
-    ``x * 1.0 == x``), its index by ``math.log2`` per size as there."""
-    out = []
-    for nbytes in sizes.tolist():
-        factor = 1.0
-        if nbytes >= 64:
-            log_size = int(math.log2(nbytes / 64))
-            if 0 <= log_size < len(table):
-                factor = table[log_size]
-        out.append(factor)
-    return np.array(out, dtype=np.float64)
+    ``x * 1.0 == x``), its index ``int(math.log2(size / 64))`` as there. For x = size / 64
+    >= 1 that is ``frexp``'s exponent less one (x = m·2**e, 0.5 <= m < 1): ``log2`` is
+    within an ulp of e + log2(m), which lies at least 1.3e-12 below e (> 5 ulps of e for
+    e < 1,024) unless m > 1 - 2**-40, and a power of two's log2 is exact; those few sizes
+    take ``math.log2`` itself (a per-size Python loop was ~20 % of a block's pricing)."""
+    out = np.ones(sizes.shape)
+    if not len(table):
+        return out
+    big = sizes >= 64
+    m, e = np.frexp(sizes / 64)
+    log_size = e.astype(np.int64) - 1
+    for i in np.flatnonzero(big & (m > 1.0 - 2.0 ** -40)).tolist():
+        log_size[i] = int(math.log2(float(sizes[i]) / 64))
+    ok = big & (log_size >= 0) & (log_size < len(table))
+    values = np.asarray(table, dtype=np.float64)
+    return np.where(ok, values[np.clip(log_size, 0, len(table) - 1)], out)
 
 
 def _nvls_pipeline(sizes: np.ndarray, heads: int, transfer_s: np.ndarray) -> Any:

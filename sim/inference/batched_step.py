@@ -117,9 +117,10 @@ class DecodeTemplate:
     sums_at: dict[tuple[int, tuple[bool, bool], float],
                   list[tuple[float, float, float]] | None] = field(default_factory=dict)
 
-    def priced(self, sim: Any, batch: Any) -> PricedStep | None:
-        """The ``PricedStep`` of ``batch`` (a ``StepBatch``) on ``sim`` (a
-        ``StepSimulator``), or None where the per-step path must price it."""
+    def _items_for(self, sim: Any, batch: Any) -> tuple[_Item, ...] | None:
+        """The template's items when ``batch`` is a whole-sequence dense decode step the
+        template covers on ``sim`` (built on the first such step; ``off`` when it cannot
+        be), else None."""
         if (self.off or batch.phase != "decode" or batch.q_len != 1
                 or batch.dummies != 0 or batch.context <= 0 or sim.plan.ep != 1
                 or batch.sequences != int(batch.sequences)):
@@ -128,7 +129,14 @@ class DecodeTemplate:
             self.items = _template(sim, batch)
             if self.items is None:
                 self.off = True
-                return None
+        return self.items
+
+    def priced(self, sim: Any, batch: Any) -> PricedStep | None:
+        """The ``PricedStep`` of ``batch`` (a ``StepBatch``) on ``sim`` (a
+        ``StepSimulator``), or None where the per-step path must price it."""
+        items = self._items_for(sim, batch)
+        if items is None:
+            return None
         b = int(batch.sequences)
         k = (b - 1) // BLOCK
         table = self.blocks.get((k, sim.model_key(batch)))
@@ -136,7 +144,7 @@ class DecodeTemplate:
             table = self._block(sim, batch, k)
             if table is None:
                 return None
-        return _step(sim, batch, self.items, table, b - 1 - k * BLOCK, self.core_time)
+        return _step(sim, batch, items, table, b - 1 - k * BLOCK, self.core_time)
 
     def sums(self, sim: Any, batch: Any) -> tuple[float, float, float] | None:
         """``sim._priced_step(batch).sums()`` of a dense decode step, read from a table of
@@ -144,15 +152,8 @@ class DecodeTemplate:
         per-step path must price it. A serving run asks for ~2 grid contexts of each of
         thousands of batch sizes: ~300,000 points over ``validate --published``'s serving
         rows, each ~60 µs of per-step Python (``_step``, ``PricedStep.sums``)."""
-        if (self.off or batch.phase != "decode" or batch.q_len != 1
-                or batch.dummies != 0 or batch.context <= 0 or sim.plan.ep != 1
-                or batch.sequences < 1 or batch.sequences != int(batch.sequences)):
+        if batch.sequences < 1 or self._items_for(sim, batch) is None:
             return None
-        if self.items is None:
-            self.items = _template(sim, batch)
-            if self.items is None:
-                self.off = True
-                return None
         b = int(batch.sequences)
         k = (b - 1) // BLOCK
         key = (k, sim.model_key(batch), batch.context)

@@ -45,7 +45,8 @@ from xpusim.sim.inference.workload import Request
 # Serials below this keep a heap key's two parts apart: one serial per entry (a request
 # entering the decoding set, or re-entered after a speculative round), so at most about
 # a run's tokens (MAX_SERVE_TOKENS, sim.limits: 5e7), far below 2**40.
-_SERIALS = 1 << 40  # ``advance`` splits keys by its exponent, 40
+_SERIAL_BITS = 40  # ``advance`` splits keys by shift and mask
+_SERIALS = 1 << _SERIAL_BITS
 
 
 def _key(tick: int, serial: int) -> int:
@@ -300,16 +301,16 @@ class RunningBatch:
         self.tick += steps
         done: list[Request] = []
         ends, tick = self.ends, self.tick
-        if not ends or ends[0] >= (tick + 1) << 40:  # _key(tick + 1, 0), inlined
+        if not ends or ends[0] >= (tick + 1) << _SERIAL_BITS:  # _key(tick + 1, 0), inlined
             return done  # no entry, live or stale, ends at this tick (most steps)
         # The live entries that end at this tick, stale ones dropped on the way
         # (``_live_end``'s loop, inline: it runs for every request that finishes).
         live, since, mask = self.live, self.since, _SERIALS - 1
         while ends:
-            # divmod(key, _SERIALS) as a shift and a mask (_SERIALS = 2**40; Python's
+            # divmod(key, _SERIALS) as a shift and a mask (_SERIALS = 2**_SERIAL_BITS; Python's
             # shifts floor like divmod): no tuple, once per finishing request.
             first = ends[0]
-            end, serial = first >> 40, first & mask
+            end, serial = first >> _SERIAL_BITS, first & mask
             r = live.get(serial)
             if r is not None:
                 assert end >= tick, "a request went past its output length"

@@ -45,9 +45,9 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from scipy.optimize import least_squares
 from xpusim.hwprofiles.spec import Device
-from xpusim.sim.cost.conv_path import priced_kind
 from xpusim.sim.cost.operand_feed import feed_flops_per_element
 from xpusim.sim.cost.page_faults import PAGE_FAULT_KIND, fault_bytes
+from xpusim.sim.cost.priced_kind import priced_kind
 from xpusim.sim.cost.roofline import (
     RooflineModel,
     cold_bytes,
@@ -55,7 +55,8 @@ from xpusim.sim.cost.roofline import (
     gemm_work,
     l2_missed_weight_bytes,
 )
-from xpusim.sim.ir import MAIN_MEMORY, GemmShape, Op, RankGraph, Unit
+from xpusim.sim.cost.upsample_path import main_memory_bytes
+from xpusim.sim.ir import MAIN_MEMORY, GemmShape, Op, OpKind, RankGraph, Unit
 
 PARAM_NAMES = (
     "matrix_max",
@@ -280,12 +281,16 @@ def llc_bytes(device: Device) -> float:
 
 
 def build_table(
-    graphs: Sequence[RankGraph | Sequence[Op]], base: Device, split_conv: bool = True
+    graphs: Sequence[RankGraph | Sequence[Op]],
+    base: Device,
+    split_conv: bool = True,
+    split_upsample: bool = True,
 ) -> OpTable:
     """Flatten the cases' ops; GEMM padding, waves, block shapes and the operand-feed bound
     use the base device (not fitted: the feed bound's FLOPs per element scale with the
     matrix rate, so away from the base's ``matrix_max`` the table drifts from RooflineModel
-    by what ``pipeline.model_gap`` reports)."""
+    by what ``pipeline.model_gap`` reports). ``split_conv`` / ``split_upsample`` False:
+    a CPU's slow-path convolutions / channels-last upsamplings under their op's own kind."""
     levels = [lv for lv in base.memory if lv.name != MAIN_MEMORY and lv.bandwidth is not None]
     model = RooflineModel(base)
     stores: list[float] = []
@@ -314,13 +319,15 @@ def build_table(
                     feed = feed_slot.setdefault((shape, op.dtype), len(feed_ops))
                     if feed == len(feed_ops):
                         feed_ops.append(op)
-            # A CPU's slow-path convolutions as their own kind (conv_path.py) unless the
-            # caller merges them back (``split_conv`` False: the kind is not identifiable).
-            kind = priced_kind(op, base, split=split_conv)
+            # A CPU's slow-path convolutions and channels-last upsamplings as their own kind
+            # (conv_path.py, upsample_path.py) unless the caller merges them back (the kind
+            # is not identifiable).
+            split = split_upsample if op.kind == OpKind.UPSAMPLE else split_conv
+            kind = priced_kind(op, base, split=split)
             if kind not in kinds:
                 kinds.append(kind)
             peak = base.peak_for("matrix" if unit == 0 else "vector", op.dtype)
-            main = op.bytes.get(MAIN_MEMORY, 0.0)
+            main = main_memory_bytes(op, base)  # a CPU's channels-last upsampling: its copies
             packed = l2_missed_weight_bytes(op, base, cache)
             rows.append((ci, unit, kinds.index(kind), op.flops, work, peak, main - packed))
             others.append([op.bytes.get(lv.name, 0.0) for lv in levels])

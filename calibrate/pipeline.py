@@ -33,7 +33,9 @@ from xpusim.sim.errors import InputError
 from xpusim.sim.inputs import open_text
 from xpusim.sim.ir import OpKind
 
-CONV2D_IM2COL = str(OpKind.CONV2D_IM2COL)
+# A CPU's ATen path kinds (sim/cost/priced_kind.py), each with build_table's flag that
+# merges it back into its op's own kind.
+PATH_KINDS = {"split_conv": str(OpKind.CONV2D_IM2COL), "split_upsample": str(OpKind.UPSAMPLE_CL)}
 
 # Base profile per local device kind; a CUDA GPU's from its product name
 # (device.profile_for_gpu); an NPU needs --profile (which Ascend is it?).
@@ -224,10 +226,15 @@ def fit_measured(measured: Sequence[Measured], base: Device) -> FitResult:
     table = build_table(graphs, base)
     held = held_parameters(base)
     start = replace(FitParams.from_device(base), **held)
-    if CONV2D_IM2COL in table.kinds and CONV2D_IM2COL not in table.fitted_kinds(start):
-        # Too few cases of torch's slow-path convolutions to fit them apart: fit them with
-        # the oneDNN ones under `conv2d`, as an overlay without the kind prices them.
-        table = build_table(graphs, base, split_conv=False)
+    fitted = table.fitted_kinds(start)
+    merge = {
+        flag: False for flag, kind in PATH_KINDS.items() if kind in table.kinds and kind not in fitted
+    }
+    if merge:
+        # Too few cases of one of torch's CPU paths (slow-path convolutions, channels-last
+        # upsamplings) to fit it apart: fit it under its op's own kind (`conv2d`,
+        # `upsample`), as an overlay without the path's kind prices it.
+        table = build_table(graphs, base, **merge)
     result = fit(
         table,
         [m.m.median_s for m in rows],

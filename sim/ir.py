@@ -118,6 +118,11 @@ class OpKind(StrEnum):
     CONV2D_IM2COL = "conv2d_im2col"
     POOL = "pool"
     UPSAMPLE = "upsample"
+    # torch's CPU nearest upsampling on its channels-last kernel (ATen takes it for an
+    # NCHW input when output H + W <= 128): never an op's own kind; a CPU prices an
+    # UPSAMPLE op under it where that rule holds (sim/cost/upsample_path.py), so that a
+    # calibration fits the two ATen paths' speeds and overheads apart.
+    UPSAMPLE_CL = "upsample_cl"
     MEMCPY = "memcpy"
     EMBEDDING = "embedding"
     ROUTING = "routing"
@@ -317,8 +322,13 @@ class PoolShape:
 
 @dataclass(frozen=True, slots=True)
 class UpsampleShape:
+    """``numel`` output elements, ``factor`` per side; ``h_out`` x ``w_out`` the output's
+    spatial size (0 where not stated: torch's CPU path rule needs it, upsample_path.py)."""
+
     numel: float
     factor: float
+    h_out: float = 0.0
+    w_out: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

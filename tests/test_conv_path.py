@@ -13,7 +13,8 @@ from xpusim.hwprofiles import load_device
 from xpusim.hwprofiles.errors import ProfileError
 from xpusim.sim import ops
 from xpusim.sim.cost import RooflineModel
-from xpusim.sim.cost.conv_path import priced_kind, uses_mkldnn
+from xpusim.sim.cost.conv_path import uses_mkldnn
+from xpusim.sim.cost.priced_kind import priced_kind
 from xpusim.sim.ir import ConvShape, OpKind
 from xpusim.sim.workloads.cdc import describe_cdc
 

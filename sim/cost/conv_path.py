@@ -61,15 +61,12 @@ def uses_mkldnn(shape: ConvShape, dtype: str, threads: int) -> bool:
     return not_1x1_or_threaded and big_enough
 
 
-def priced_kind(op: Op, device: Device, split: bool | None = None) -> str:
+def conv_kind(op: Op, device: Device, split: bool | None = None) -> str:
     """The kind ``device`` prices ``op`` under: a CPU's CONV2D op that torch runs on the
     slow path is CONV2D_IM2COL, or GEMM where it needs no column buffer; every other op
-    (and every op off a CPU) its own kind.
-
-    ``split`` None (pricing): only where the device's calibration prices CONV2D_IM2COL
-    (its ``kind_speed`` has the kind); an overlay fitted before the rule, or by a fit that
-    could not identify the kind, prices every convolution as CONV2D, as it was fitted.
-    True (the fit's table): by the rule alone; False: never."""
+    (and every op off a CPU) its own kind. ``split`` as ``priced_kind``'s
+    (sim/cost/priced_kind.py): None only where the device's calibration prices
+    CONV2D_IM2COL, True by the rule alone (the fit's table), False never."""
     kind = str(op.kind)
     if device.arch != "cpu" or kind != OpKind.CONV2D or not isinstance(op.shape, ConvShape):
         return kind

@@ -57,7 +57,6 @@ from xpusim.hwprofiles.loader import load_device
 from xpusim.hwprofiles.spec import Device
 from xpusim.sim import ops
 from xpusim.sim.cost.base import OpCost
-from xpusim.sim.cost.conv_path import priced_kind
 from xpusim.sim.cost.gemm_impl import BLOCK_IMPLS, impl_stages, impl_work
 from xpusim.sim.cost.gemm_pipeline import pipeline_stages, pipelined_time
 from xpusim.sim.cost.gemm_xla import (
@@ -68,11 +67,14 @@ from xpusim.sim.cost.gemm_xla import (
 )
 from xpusim.sim.cost.operand_feed import feed_flops_per_element
 from xpusim.sim.cost.page_faults import fault_time_s
+from xpusim.sim.cost.priced_kind import priced_kind
+from xpusim.sim.cost.upsample_path import main_memory_bytes as upsample_main_bytes
 from xpusim.sim.ir import (
     MAIN_MEMORY,
     ElementwiseShape,
     GemmShape,
     Op,
+    OpKind,
     Unit,
     dtype_bytes,
     is_low_precision,
@@ -429,6 +431,8 @@ class RooflineModel:
             if nbytes <= 0:
                 continue
             if level_name == MAIN_MEMORY:
+                if op.kind == OpKind.UPSAMPLE:  # a CPU's channels-last path: its copies
+                    nbytes = upsample_main_bytes(op, dev)
                 worst = max(worst, self._main_memory_time(op, nbytes))
                 continue
             level = dev.level(level_name)
@@ -533,7 +537,7 @@ class RooflineModel:
         eff = self.device.efficiency
         compute_s, out, mma_s = self._compute(op, details)
         memory_s = self.memory_time(op)
-        kind = priced_kind(op, self.device)  # a CPU's slow-path convolution: conv2d_im2col
+        kind = priced_kind(op, self.device)  # a CPU's ATen path: conv2d_im2col, upsample_cl
         overhead_s = eff.launch_overhead_s + eff.kind_overhead_s.get(kind, 0.0)
         # Calibrated per-kind speed (1 unless a calibration set one): scales both terms.
         speed = eff.kind_speed.get(kind, 1.0)

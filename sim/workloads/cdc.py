@@ -70,7 +70,10 @@ def maxpool2d(name: str, batch: int, channels: int, height: int, width: int, dty
 def upsample_nearest(
     name: str, batch: int, channels: int, height: int, width: int, factor: int, dtype: str
 ) -> Op:
-    """Nearest-neighbour x``factor``: no arithmetic, reads the input once, writes factor^2 x."""
+    """Nearest-neighbour x``factor``: no arithmetic, reads the input once, writes factor^2 x.
+
+    The shape records the output's height and width: torch's CPU kernel for it depends on
+    them (a CPU prices the op by ``sim/cost/upsample_path.py``; other devices as built)."""
     numel_in = batch * channels * height * width
     numel_out = numel_in * factor * factor
     b = dtype_bytes(dtype)
@@ -81,7 +84,7 @@ def upsample_nearest(
         MappingProxyType({MAIN_MEMORY: (numel_in + numel_out) * b}),
         dtype,
         Unit.VECTOR,
-        UpsampleShape(numel_out, factor),
+        UpsampleShape(numel_out, factor, height * factor, width * factor),
     )
 
 

@@ -279,6 +279,15 @@ _ROWMAX_FULL = tuple({"rows": r, "cols": c} for r in (64, 512, 2048) for c in (6
 _ROWMAX_QUICK = tuple({"rows": r, "cols": c} for r in (64, 2048) for c in (128, 1024))
 _IMAGE_FULL = tuple({"channels": c, "size": n} for c in (16, 64) for n in (16, 32, 64, 128))
 _IMAGE_QUICK = tuple({"channels": c, "size": n} for c in (16, 64) for n in (16, 64))
+# Nearest x2 upsampling runs one of two ATen kernels on a CPU, chosen by the output size
+# (sim/cost/upsample_path.py: channels-last when output H + W <= 128, i.e. input sides
+# <= 32 here; generic above), each priced under its own kind: one suite per path, each with
+# >= 3 fit cases in its seeded split (quick and full), so that a fit sees both kinds and
+# holds out a case of each. The sides 32 / 33 are the two sides of the rule.
+_UPSAMPLE_FULL = tuple({"channels": c, "size": n} for c in (16, 64) for n in (33, 48, 64, 128))
+_UPSAMPLE_QUICK = tuple({"channels": c, "size": n} for c in (16, 64) for n in (64, 128))
+_UPSAMPLE_CL_FULL = tuple({"channels": c, "size": n} for c in (16, 64) for n in (8, 16, 24, 32))
+_UPSAMPLE_CL_QUICK = tuple({"channels": c, "size": n} for c in (16, 64) for n in (16, 32))
 
 # SiLU = x * sigmoid(x): the same per-element count as the MoE kernel's SiLU (an exp
 # plus four simple ops; sim/workloads/moe.py).
@@ -395,8 +404,10 @@ def _micro_suites() -> list[Suite]:
         Suite(
             "maxpool", "micro", _IMAGE_FULL, _IMAGE_QUICK, _image_op("pool"), _image_runner("pool")
         ),
-        Suite("upsample", "micro", _IMAGE_FULL, _IMAGE_QUICK, _image_op("upsample"),
+        Suite("upsample", "micro", _UPSAMPLE_FULL, _UPSAMPLE_QUICK, _image_op("upsample"),
               _image_runner("upsample")),
+        Suite("upsample_cl", "micro", _UPSAMPLE_CL_FULL, _UPSAMPLE_CL_QUICK,
+              _image_op("upsample"), _image_runner("upsample")),
         Suite(
             "conv2d",
             "micro",
@@ -592,6 +603,8 @@ CPU_ONLY: dict[str, str] = {
     "framework's caching allocator reuses device memory and takes no host page faults",
     "exp_masked": "MKL's vexp slow path on -inf inputs (calibrate/exp_micro.py); a GPU's "
     "exp costs the same on any input",
+    "upsample_cl": "ATen's channels-last CPU kernel for small nearest upsamplings "
+    "(sim/cost/upsample_path.py); a GPU runs one kernel at every size",
 }
 
 

@@ -12,7 +12,10 @@ An MoE layer's routed load is not (padding, experts touched), so an MoE layer's 
 after its router (top-k, permute, the expert GEMMs, unpermute, shared experts) are built
 at each step's load and priced per step (``_moe_items``, twentieth session: 39,442 MoE
 decode skeletons were ~16 s of ``validate --published``'s CPU lowered one at a time); the
-rest of an MoE step (attention, router, norms, LM head) is the dense template's.
+rest of an MoE step (attention, router, norms, LM head) is the dense template's. Where a
+block's sizes route to one fixed expert count (all experts touched), those items are
+affine in B again and the block's device sums are read from a table like a dense
+model's (``batched_moe``, ``_moe_block``; twenty-fourth session).
 
 So a ``DecodeTemplate`` lowers B = 1 and 2 once per configuration, and a block of
 ``BLOCK`` batch sizes is priced in one numpy pass for the items the roofline prices (GEMMs
@@ -51,6 +54,8 @@ from xpusim.sim.cost.gemm_pipeline import pipelined_time
 from xpusim.sim.cost.operand_feed import feed_flops_per_element
 from xpusim.sim.cost.roofline import RooflineModel, memory_fraction
 from xpusim.sim.inference.batched_attention import block_core_times, model_ends
+from xpusim.sim.inference.batched_moe import affine_moe_items, moe_run, saturated_from
+from xpusim.sim.inference.batched_moe import moe_items as _moe_items
 from xpusim.sim.inference.decode_attention import EngineAttentionModel
 from xpusim.sim.inference.priced_step import PricedStep, StepOpTimes, distinct_items
 from xpusim.sim.inference.weight_only import WEIGHT_ONLY_DTYPES, WeightOnlyGemvModel
@@ -76,6 +81,10 @@ BLOCK = 256
 _ROOFLINE_KINDS = frozenset({OpKind.GEMM, OpKind.NORM, OpKind.ELEMENTWISE, OpKind.SOFTMAX,
                              OpKind.EMBEDDING})
 _EXACT = 2.0 ** 53  # integers up to here are exact in float64
+# An MoE layer's items after the router (``_moe_block``): also the router's top-k (a
+# vector op of its own kind) and the permute/unpermute copies (DMA), which
+# ``RooflineModel._terms`` prices as it does the others (``_price``'s DMA branch).
+_MOE_KINDS = _ROOFLINE_KINDS | {OpKind.ROUTING, OpKind.MEMCPY}
 
 
 @dataclass(frozen=True)
@@ -115,7 +124,14 @@ class DecodeTemplate:
     # Device sums by (block, cost-model key, context): ``PricedStep.sums()`` of each of the
     # block's batch sizes at one context (``sums``; None: that block keeps the per-step path).
     sums_at: dict[tuple[int, tuple[bool, bool], float],
-                  list[tuple[float, float, float]] | None] = field(default_factory=dict)
+                  list[tuple[float, float, float] | None] | None] = field(default_factory=dict)
+    # An MoE template's items after the router over a block's sizes of one routed expert
+    # count (``batched_moe``), by block: (the first such size, the items, affine from
+    # there), None where they are not; and their prices from that size, by (block,
+    # cost-model key).
+    moe_fits: dict[int, tuple[int, tuple[_Item, ...]] | None] = field(default_factory=dict)
+    moe_prices: dict[tuple[int, tuple[bool, bool]], list[np.ndarray] | None] = field(
+        default_factory=dict)
 
     def _items_for(self, sim: Any, batch: Any) -> tuple[_Item, ...] | None:
         """The template's items when ``batch`` is a whole-sequence dense decode step the
@@ -147,9 +163,9 @@ class DecodeTemplate:
         return _step(sim, batch, items, table, b - 1 - k * BLOCK, self.core_time)
 
     def sums(self, sim: Any, batch: Any) -> tuple[float, float, float] | None:
-        """``sim._priced_step(batch).sums()`` of a dense decode step, read from a table of
-        its block's batch sizes at its context (``_block_sums``), or None where the
-        per-step path must price it. A serving run asks for ~2 grid contexts of each of
+        """``sim._priced_step(batch).sums()`` of a decode step, read from a table of its
+        block's batch sizes at its context (``_block_sums``), or None where the per-step
+        path must price it (an MoE step below its block's run of one routed expert count). A serving run asks for ~2 grid contexts of each of
         thousands of batch sizes: ~300,000 points over ``validate --published``'s serving
         rows, each ~60 µs of per-step Python (``_step``, ``PricedStep.sums``)."""
         if batch.sequences < 1 or self._items_for(sim, batch) is None:
@@ -162,17 +178,18 @@ class DecodeTemplate:
         table = self.sums_at[key]
         return None if table is None else table[b - 1 - k * BLOCK]
 
-    def _block_sums(self, sim: Any, batch: Any, k: int) -> list[tuple[float, float, float]] | None:
+    def _block_sums(self, sim: Any, batch: Any, k: int
+                    ) -> list[tuple[float, float, float] | None] | None:
         """Block ``k``'s device sums at ``batch``'s context under its cost model:
         ``PricedStep.sums`` element-wise over the block's batch sizes (each entry's
         ``count * t`` added to the running sums in entry order: the same IEEE operations
         on the same operands), from the block's prices and attention-core tables. Only
-        where every entry has a table (no MoE item built per step, every collective in
-        ``block_times``); checked against ``_step(...).sums()`` at the block's ends."""
+        where every entry has a table (every collective in ``block_times``; an MoE
+        template's items after the router from the sizes where they are affine,
+        ``_moe_block``, the rows below left None); checked against ``_step(...).sums()`` at
+        the first and last size of the table."""
         items = self.items
         assert isinstance(items, tuple)
-        if any(it.fresh for it in items):
-            return None
         mkey = sim.model_key(batch)
         prices = self.blocks.get((k, mkey))
         if prices is None:
@@ -180,7 +197,14 @@ class DecodeTemplate:
             if prices is None:
                 return None
         lo, hi = k * BLOCK + 1, (k + 1) * BLOCK
-        columns = self._columns(sim, batch, k, prices)
+        start, moe = lo, None
+        if any(it.fresh for it in items):
+            moe = self._moe_block(sim, batch, k)
+            fit = self.moe_fits[k]
+            if fit is None or moe is None:
+                return None
+            start = fit[0]
+        columns = self._columns(sim, batch, k, prices, moe)
         if columns is None:
             return None
         total, attention, other = np.zeros(BLOCK), np.zeros(BLOCK), np.zeros(BLOCK)
@@ -191,22 +215,52 @@ class DecodeTemplate:
                 attention = attention + part
             else:
                 other = other + part
-        table = list(zip(total.tolist(), attention.tolist(), other.tolist(), strict=True))
-        for b in model_ends(sim, batch, lo, hi):
+        table: list[tuple[float, float, float] | None] = list(
+            zip(total.tolist(), attention.tolist(), other.tolist(), strict=True))
+        table[:start - lo] = [None] * (start - lo)  # below the MoE items' affine run
+        for b in _ends(sim, batch, start, hi):
             step = _step(sim, _replace(batch, b), items, prices, b - lo, self.core_time)
             if step is None or table[b - lo] != step.sums():
                 return None
         return table
 
-    def _columns(self, sim: Any, batch: Any, k: int, prices: list[list[float] | None]
-                 ) -> list[tuple[int, Any, bool]] | None:
+    def _moe_block(self, sim: Any, batch: Any, k: int) -> list[np.ndarray] | None:
+        """The prices of an MoE template's items after the router (in the template's order)
+        at block ``k``'s sizes under ``batch``'s cost model: NaN below the block's run of
+        one routed expert count, priced from there as the block's roofline items are
+        (``_price`` on the affine numbers of ``batched_moe.affine_moe_items``); None where
+        the block has no such run of at least three sizes or an item is not one
+        ``_price`` covers."""
+        if k not in self.moe_fits:
+            self.moe_fits[k] = _moe_fit(sim, batch, k * BLOCK + 1, (k + 1) * BLOCK)
+        fit = self.moe_fits[k]
+        key = (k, sim.model_key(batch))
+        if fit is None:
+            return None
+        if key not in self.moe_prices:
+            start, items = fit
+            roof = _roofline(sim._cost_model(batch).inner)
+            assert roof is not None  # _template checked the chain
+            bs = np.arange(start, (k + 1) * BLOCK + 1, dtype=np.float64)
+            below = np.full(start - 1 - k * BLOCK, np.nan)
+            self.moe_prices[key] = [np.concatenate((below, _price(roof, it, bs)))
+                                    for it in items]
+        return self.moe_prices[key]
+
+    def _columns(self, sim: Any, batch: Any, k: int, prices: list[list[float] | None],
+                 moe: list[np.ndarray] | None) -> list[tuple[int, Any, bool]] | None:
         """Each entry of block ``k``'s steps at ``batch``'s context as (runs, its times at
-        the block's batch sizes, is an attention core): the block's prices, and the
-        attention cores' tables (``core_time``'s); None where an entry has no table."""
+        the block's batch sizes, is an attention core): the block's prices, the MoE items'
+        (``moe``, in order), and the attention cores' tables (``core_time``'s); None where
+        an entry has no table."""
         assert isinstance(self.items, tuple)
         mkey = sim.model_key(batch)
         columns: list[tuple[int, Any, bool]] = []
+        fresh = iter(moe or ())
         for it, p in zip(self.items, prices, strict=True):
+            if it.fresh:
+                columns.append((it.count, next(fresh), False))
+                continue
             if p is not None:
                 columns.append((it.count, p, False))
                 continue
@@ -268,6 +322,19 @@ class DecodeTemplate:
         return table
 
 
+def _moe_fit(sim: Any, batch: Any, lo: int, hi: int) -> tuple[int, tuple[_Item, ...]] | None:
+    """(the first size of ``lo`` .. ``hi`` from which the MoE items are affine, those items
+    as ``_Item``s), or None where there is no such run or ``_price`` does not cover an
+    item (``batched_moe``)."""
+    start = saturated_from(sim, batch, lo, hi)
+    if start is None:
+        return None
+    fitted = affine_moe_items(sim, batch, start, hi)
+    if fitted is None or not all(_vector_item(op, _MOE_KINDS) for op, _ in fitted):
+        return None
+    return start, tuple(_Item(op, 0, -1, grows) for op, grows in fitted)
+
+
 def _comm_prices(sim: Any, items: tuple[_Item, ...], bs: np.ndarray,
                  table: list[list[float] | None]) -> None:
     """Each collective's times at the block's batch sizes ``bs`` into ``table``, priced at
@@ -283,6 +350,18 @@ def _comm_prices(sim: Any, items: tuple[_Item, ...], bs: np.ndarray,
             prices = block_times(pricer, item.kind, group, it.at("nbytes", bs))
             if prices is not None:
                 table[i] = prices.tolist()
+
+
+def _ends(sim: Any, batch: Any, lo: int, hi: int) -> tuple[int, ...]:
+    """The first and last batch size of ``lo`` .. ``hi`` priced by ``batch``'s cost model
+    (``model_ends``), or none where no size there is."""
+    key = sim.model_key(batch)
+    first = next((b for b in range(lo, hi + 1) if sim.model_key(_replace(batch, b)) == key),
+                 None)
+    if first is None:
+        return ()
+    return first, next(b for b in range(hi, lo - 1, -1)
+                       if sim.model_key(_replace(batch, b)) == key)
 
 
 def _replace(batch: Any, sequences: int) -> Any:
@@ -309,7 +388,7 @@ def _template(sim: Any, batch: Any) -> tuple[_Item, ...] | None:
         return None
     fresh = range(0)
     if sim.spec.moe:  # the MoE items after the router: one run, at the same place
-        runs = [_moe_run(items, _moe_items(sim, _replace(batch, b)))
+        runs = [moe_run(items, _moe_items(sim, _replace(batch, b)))
                 for items, b in ((one, 1), (two, 2))]
         if runs[0] is None or runs[0] != runs[1]:
             return None
@@ -321,41 +400,6 @@ def _template(sim: Any, batch: Any) -> tuple[_Item, ...] | None:
             return None
         items.append(_Item(a, count, layer, grows, i in fresh))
     return tuple(items)
-
-
-def _moe_items(sim: Any, batch: Any) -> list[Op]:
-    """The items of ``batch``'s MoE layers after the router (top-k, permute, experts,
-    unpermute, shared experts) as ``step_blocks`` builds them: ``ffn_items`` at the step's
-    routed load (``padded_moe_load``), at 16-bit activations, in the KV format. Their
-    numbers follow the load (experts touched, padded tokens), not the batch size."""
-    from xpusim.sim.inference.kvcache import in_kv_format
-    from xpusim.sim.inference.lowering import sixteen_bit_activations, step_shape
-    from xpusim.sim.inference.routing import step_moe_load
-    from xpusim.sim.workloads.transformer import Sharding, ffn_items
-
-    spec, plan = sim.spec, sim.plan
-    shape = step_shape(batch, plan)
-    load = step_moe_load(spec, shape.tokens, batch.dummies, batch.q_len, plan.ep, sim.routing)
-    layer = next((i for i in range(*sim.layers) if spec.is_moe_layer(i)), None)
-    if layer is None:
-        return []
-    items = ffn_items(spec, layer, shape, Sharding(tp=plan.tp, ep=plan.ep), sim.dtype, load)
-    built = sixteen_bit_activations(items[1:], sim.dtype)
-    if not all(isinstance(it, Op) for it in built):
-        return []  # a collective among them (expert parallelism): not this path
-    return [in_kv_format(it, sim.dtype) for it in built if isinstance(it, Op)]
-
-
-def _moe_run(items: list[tuple[Any, int, int]], fresh: list[Op]) -> range | None:
-    """Where ``fresh`` (``_moe_items``) lies in a step's distinct ``items``, equal item by
-    item: its indices if it lies there exactly once, else None (two MoE layer kinds, an
-    item shared with another layer, no MoE layer)."""
-    n = len(fresh)
-    if not n:
-        return None
-    starts = [i for i in range(len(items) - n + 1)
-              if all(items[i + j][0] == fresh[j] for j in range(n))]
-    return range(starts[0], starts[0] + n) if len(starts) == 1 else None
 
 
 def _grows(a: Op | CommNeed, b: Op | CommNeed) -> dict[str, tuple[float, float]] | None:
@@ -384,11 +428,12 @@ def _grows(a: Op | CommNeed, b: Op | CommNeed) -> dict[str, tuple[float, float]]
     return grows
 
 
-def _vector_item(op: Op) -> bool:
-    """An op whose roofline time this module computes: main-memory bytes only; a GEMM of
-    the generic path (no named kernel, tactic, accumulation, groups or weight footprint)
-    that is not a weight-only GEMV; an element-wise op without a transposed copy."""
-    if op.kind not in _ROOFLINE_KINDS or set(op.bytes) - {MAIN_MEMORY}:
+def _vector_item(op: Op, kinds: frozenset[OpKind] = _ROOFLINE_KINDS) -> bool:
+    """An op whose roofline time this module computes: one of ``kinds``, main-memory bytes
+    only; a GEMM of the generic path (no named kernel, tactic, accumulation, groups or
+    weight footprint) that is not a weight-only GEMV; an element-wise op without a
+    transposed copy."""
+    if op.kind not in kinds or set(op.bytes) - {MAIN_MEMORY}:
         return False
     shape = op.shape
     if op.kind == OpKind.GEMM:

@@ -11,7 +11,7 @@ from xpusim.hwprofiles import load_system
 from xpusim.sim.inference import batched_step
 from xpusim.sim.inference.engine_profile import load_engine
 from xpusim.sim.inference.lowering import StepBatch, StepSimulator
-from xpusim.sim.inference.priced_step import clear_memos
+from xpusim.sim.inference.priced_step import clear_memos, step_memo
 from xpusim.sim.models.hf_config import load_model
 from xpusim.sim.parallel import ParallelPlan
 
@@ -137,3 +137,26 @@ def test_a_block_that_disagrees_turns_the_configuration_back():
     assert sim._batched.off
     assert sim._batched.priced(sim, StepBatch(6, 1, 1000, "decode")) is None
 
+
+
+def test_block_prices_kept_per_device_equal_fresh_ones():
+    """A configuration priced again after its memo is dropped (``MEMO_CONFIGS``) reads its
+    blocks' item prices from its device's shared table (``_priced``): no item priced
+    again, and every step still the lowered step."""
+    case = CASES[0]
+    sim = _sim(*case)
+    sizes = (1, 2, 255, 256, 257, 600)
+    first = [sim._priced_step(StepBatch(b, 1, 1000.5, "decode")) for b in sizes]
+    step_memo.cache_clear()  # the configurations' memos only: the shared tables stay
+    again = StepSimulator(load_model(case[0]), load_system(case[1]), case[2],
+                          load_engine(case[4]), case[3])
+    assert again._batched is not sim._batched
+    real, calls = batched_step._price, []
+    try:
+        batched_step._price = lambda roof, it, bs: calls.append(it) or real(roof, it, bs)
+        for b, want in zip(sizes, first, strict=True):
+            batch = StepBatch(b, 1, 1000.5, "decode")
+            assert again._priced_step(batch) == want == again._lowered_step(batch), b
+    finally:
+        batched_step._price = real
+    assert not calls and len(again._batched.blocks) >= 3

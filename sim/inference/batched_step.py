@@ -57,7 +57,12 @@ from xpusim.sim.inference.batched_attention import block_core_times, model_ends
 from xpusim.sim.inference.batched_moe import affine_moe_items, moe_run, saturated_from
 from xpusim.sim.inference.batched_moe import moe_items as _moe_items
 from xpusim.sim.inference.decode_attention import EngineAttentionModel
-from xpusim.sim.inference.priced_step import PricedStep, StepOpTimes, distinct_items
+from xpusim.sim.inference.priced_step import (
+    PricedStep,
+    StepOpTimes,
+    distinct_items,
+    shared_table,
+)
 from xpusim.sim.inference.weight_only import WEIGHT_ONLY_DTYPES, WeightOnlyGemvModel
 from xpusim.sim.ir import (
     MAIN_MEMORY,
@@ -132,6 +137,8 @@ class DecodeTemplate:
     moe_fits: dict[int, tuple[int, tuple[_Item, ...]] | None] = field(default_factory=dict)
     moe_prices: dict[tuple[int, tuple[bool, bool]], list[np.ndarray] | None] = field(
         default_factory=dict)
+    # Per cost-model key, the prices kept for its device across configurations (``_priced``).
+    shared: dict[tuple[bool, bool], dict[Any, np.ndarray]] = field(default_factory=dict)
 
     def _items_for(self, sim: Any, batch: Any) -> tuple[_Item, ...] | None:
         """The template's items when ``batch`` is a whole-sequence dense decode step the
@@ -241,10 +248,11 @@ class DecodeTemplate:
             start, items = fit
             roof = _roofline(sim._cost_model(batch).inner)
             assert roof is not None  # _template checked the chain
-            bs = np.arange(start, (k + 1) * BLOCK + 1, dtype=np.float64)
+            shared = self._shared(key[1], roof)
             below = np.full(start - 1 - k * BLOCK, np.nan)
-            self.moe_prices[key] = [np.concatenate((below, _price(roof, it, bs)))
-                                    for it in items]
+            self.moe_prices[key] = [
+                np.concatenate((below, _priced(shared, roof, it, start, (k + 1) * BLOCK)))
+                for it in items]
         return self.moe_prices[key]
 
     def _columns(self, sim: Any, batch: Any, k: int, prices: list[list[float] | None],
@@ -295,6 +303,14 @@ class DecodeTemplate:
             return sim.attention_time(op_time, batch, layer)
         return table[b - 1 - k * BLOCK]
 
+    def _shared(self, mkey: tuple[bool, bool], roof: RooflineModel) -> dict[Any, np.ndarray]:
+        """The block prices kept for the device of ``roof`` (this template's model
+        ``mkey``): ``shared_table`` by the device's ``repr`` (every field, floats exactly),
+        taken once per model."""
+        if mkey not in self.shared:
+            self.shared[mkey] = shared_table("block_prices", repr(roof.device))
+        return self.shared[mkey]
+
     def _block(self, sim: Any, batch: Any, k: int) -> list[list[float] | None] | None:
         """Block ``k``'s roofline prices under ``batch``'s cost model, checked at the
         first and last batch size of the block that model prices (None: turned back)."""
@@ -307,11 +323,12 @@ class DecodeTemplate:
         ends = model_ends(sim, batch, lo, hi)
         roof = _roofline(sim._cost_model(batch).inner)
         assert roof is not None  # _template checked the chain
-        bs = np.arange(lo, hi + 1, dtype=np.float64)
+        shared = self._shared(key, roof)
         # Each item's prices as Python floats (``tolist``: the same values), read per step.
-        table = [_price(roof, it, bs).tolist() if it.item.__class__ is Op and not it.fresh
-                 and it.item.kind != OpKind.ATTENTION else None for it in self.items]
-        _comm_prices(sim, self.items, bs, table)
+        table = [_priced(shared, roof, it, lo, hi).tolist() if it.item.__class__ is Op
+                 and not it.fresh and it.item.kind != OpKind.ATTENTION else None
+                 for it in self.items]
+        _comm_prices(sim, self.items, np.arange(lo, hi + 1, dtype=np.float64), table)
         for b in ends:
             edge = _replace(batch, b)
             if _step(sim, edge, self.items, table, b - lo, type(sim).attention_time
@@ -320,6 +337,22 @@ class DecodeTemplate:
                 return None
         self.blocks[(k, key)] = table
         return table
+
+
+def _priced(shared: dict[Any, np.ndarray], roof: RooflineModel, it: _Item, lo: int,
+            hi: int) -> np.ndarray:
+    """``_price`` of ``it`` at the batch sizes ``lo`` .. ``hi``, kept in ``shared``: the
+    price is a function of the device, the op (``Op.cache_key``: all but its name and
+    role), its growth and the sizes alone, and configurations on one device (engines of
+    one launch overhead, models that share a layer shape, a configuration whose memo
+    ``MEMO_CONFIGS`` dropped) price the same item over the same block: 16,327 prices,
+    6,829 distinct, over the serving rows of ``validate --published``."""
+    assert isinstance(it.item, Op)
+    key = (it.item.cache_key(), tuple(sorted(it.grows.items())), lo, hi)
+    hit = shared.get(key)
+    if hit is None:
+        hit = shared[key] = _price(roof, it, np.arange(lo, hi + 1, dtype=np.float64))
+    return hit
 
 
 def _moe_fit(sim: Any, batch: Any, lo: int, hi: int) -> tuple[int, tuple[_Item, ...]] | None:

@@ -14,6 +14,7 @@ from xpusim.sim.inference.lowering import StepBatch, StepSimulator
 from xpusim.sim.inference.priced_step import clear_memos, step_memo
 from xpusim.sim.models.hf_config import load_model
 from xpusim.sim.parallel import ParallelPlan
+from xpusim.sim.workloads.transformer import CommNeed
 
 CASES = [  # (model, system, plan, dtype, engine)
     ("llama-3.1-70b", "dgx-h100", ParallelPlan(tp=8), "fp8", "trtllm-0.17"),
@@ -141,8 +142,9 @@ def test_a_block_that_disagrees_turns_the_configuration_back():
 
 def test_block_prices_kept_per_device_equal_fresh_ones():
     """A configuration priced again after its memo is dropped (``MEMO_CONFIGS``) reads its
-    blocks' item prices from its device's shared table (``_priced``): no item priced
-    again, and every step still the lowered step."""
+    blocks' item prices from its device's shared table (``_priced``) and its collectives'
+    from its system's (``_comm_prices``): nothing priced again, and every step still the
+    lowered step."""
     case = CASES[0]
     sim = _sim(*case)
     sizes = (1, 2, 255, 256, 257, 600)
@@ -151,12 +153,17 @@ def test_block_prices_kept_per_device_equal_fresh_ones():
     again = StepSimulator(load_model(case[0]), load_system(case[1]), case[2],
                           load_engine(case[4]), case[3])
     assert again._batched is not sim._batched
-    real, calls = batched_step._price, []
+    real, real_comm, calls = batched_step._price, batched_step.block_times, []
     try:
         batched_step._price = lambda roof, it, bs: calls.append(it) or real(roof, it, bs)
+        batched_step.block_times = lambda *a: calls.append(a) or real_comm(*a)
         for b, want in zip(sizes, first, strict=True):
             batch = StepBatch(b, 1, 1000.5, "decode")
             assert again._priced_step(batch) == want == again._lowered_step(batch), b
     finally:
-        batched_step._price = real
+        batched_step._price, batched_step.block_times = real, real_comm
     assert not calls and len(again._batched.blocks) >= 3
+    # The TP all-reduces came from the system's kept block prices (``_comm_prices``).
+    assert any(isinstance(it.item, CommNeed) and p is not None
+               for block in again._batched.blocks.values()
+               for it, p in zip(again._batched.items, block, strict=True))

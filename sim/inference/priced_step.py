@@ -35,9 +35,12 @@ from xpusim.sim.network import comm_time_fn
 # turn, so with room for only 4 systems a system's table was dropped and its collectives
 # priced again when the next of its groups came (2026-12-07: 156,893 collective pricings
 # for 115,445 distinct collectives over the serving rows in one process, ~90 µs each);
-# 32 holds every system the serving rows use (7) and the other inference rows' too.
+# 32 holds every system the serving rows use (7) and the other inference rows' too. The
+# decode template's block prices are kept there too, per device ("block_prices") and per
+# system ("block_comm"), ~1 MB each: 28 tables over every inference row in one process
+# (2026-12-07), so 64 leaves room.
 MEMO_CONFIGS = 2
-SHARED_TABLES = 32
+SHARED_TABLES = 64
 
 
 # Op kinds whose content repeats within one step: the attention and FFN norms (and the

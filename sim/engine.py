@@ -166,8 +166,6 @@ def _kind_of(work: Work) -> str:
 # intervals (s0, e0, s1, e1, ...), kept as tasks end, records or not; per chain task
 # its parts as (duration, slot).
 _Parts = list[tuple[float, int]]
-# Per graph what pricing gives once per run: durations, slot per task, chain parts, slots.
-_Priced = tuple[list[float | None], list[int], dict[int, _Parts], dict[tuple[Stream, str], int]]
 _Graph = tuple[
     list[Task],
     list[float | None],
@@ -195,7 +193,6 @@ class _Run:
     s_clock: list[float] = field(default_factory=list)
     ready: list[int] = field(default_factory=list)
     rendezvous: dict[tuple, list] = field(default_factory=dict)
-    priced: list[_Priced] = field(default_factory=list)
     contention: list[Contention] = field(default_factory=list)  # empty: none
     waiting: dict[int, tuple[int, float]] = field(default_factory=dict)  # stream -> task, start
     # stream -> its graph's state when it began to wait (``engine_contended._release``)
@@ -255,29 +252,50 @@ class Engine:
         reference the tests compare with) at a fraction of the cost per task. Busy time
         and interval unions are read off the tasks' start and end times afterwards.
         """
+        if self.pricing.comm_share < 1.0:
+            return self._collect(self._contended_first(), records)
         run = self._setup()
         self._schedule(run)
         self._check_finished(run)
-        if self.pricing.comm_share < 1.0 and overlapped(self, run):
-            run = contended(self, run)
         return self._collect(run, records)
 
-    def _setup(self, priced: list[_Priced] | None = None, contend: bool = False) -> _Run:
-        """Run state for one schedule. ``priced``: the graphs' pricing from an earlier
-        run; ``contend``: compute slows beside collectives
+    def _contended_first(self) -> _Run:
+        """The run under SM contention, without the plain schedule first: the contended
+        schedule, kept when compute overlapped a collective in it (``overlapped``); else
+        it is the plain schedule and is returned as such (no slowed seconds).
+
+        Why no plain pass is needed: ``run`` used to schedule plainly and reschedule
+        contended only when the plain schedule overlapped. If the plain schedule has no
+        overlap, the contended pass fixes each task in turn at its plain start and end (by
+        induction: a compute task's end is ``stretch`` over collectives of the plain
+        schedule, none of which overlaps it, and ``stretch`` beside no interval is
+        ``start + work``, the plain float; busy sums and intervals are added by the same
+        operations in stream order), so it is the plain schedule and has no overlap
+        either. Hence the contended schedule overlaps exactly when the plain one does,
+        and in both cases the result is the one the two passes gave
+        (``tests/test_contended_first.py``: random graphs, ``==``). A deadlock is
+        reported by the plain pass, as before (its message names its rendezvous)."""
+        try:
+            run = contended(self)
+        except RuntimeError:
+            plain = self._setup()
+            self._schedule(plain)
+            self._check_finished(plain)
+            raise
+        if not overlapped(self, run):
+            run.contention = []  # the plain schedule: no slowed seconds reported
+        return run
+
+    def _setup(self, contend: bool = False) -> _Run:
+        """Run state for one schedule, the graphs priced afresh (``_price_graph``).
+        ``contend``: compute slows beside collectives
         (``engine_contended.special_contended``)."""
         run = _Run()
-        if priced is None:
-            priced = []
-            for graph in self.graphs:
-                slots: dict[tuple[Stream, str], int] = {}
-                priced.append((*self._price_graph(graph, slots), slots))
-        run.priced = priced
         for gi, graph in enumerate(self.graphs):
             n = len(graph.tasks)
-            durations, slot_of, chains, slots = priced[gi]
+            slots: dict[tuple[Stream, str], int] = {}
+            durations, slot_of, chains = self._price_graph(graph, slots)
             if contend:
-                durations = list(durations)
                 run.contention.append(contention_of(self.pricing, graph, durations, slots))
             run.slots.append(slots)
             run.graphs.append((graph.tasks, durations, [0.0] * n, [None] * n, [None] * n,

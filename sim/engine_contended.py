@@ -194,10 +194,10 @@ def _wait(run: _Run, s: int, cs: int, tid: int, start: float) -> None:
         run.wait_state[s] = _graph_state(run, run.s_graph[s])
 
 
-def contended(engine: Engine, plain: _Run) -> _Run:
+def contended(engine: Engine) -> _Run:
     """The contended schedule: ``Engine._schedule`` until every stream is blocked,
     then ``_release`` the waiting compute tasks, until none waits."""
-    run = engine._setup(plain.priced, contend=True)
+    run = engine._setup(contend=True)
     while True:
         engine._schedule(run)
         if not run.waiting:

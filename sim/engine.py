@@ -41,11 +41,11 @@ from xpusim.sim.cost.pricing import Pricing
 from xpusim.sim.engine_contended import (
     comm_reach,
     contended,
-    contention_of,
+    contended_entry,
     overlapped,
     special_contended,
 )
-from xpusim.sim.engine_share import Contention, finish, merge_interval, run_chain
+from xpusim.sim.engine_share import Contention, comm_slot, finish, merge_interval, run_chain
 from xpusim.sim.ir import (
     ASYNC_COMM_STREAMS,
     Chain,
@@ -166,6 +166,9 @@ def _kind_of(work: Work) -> str:
 # intervals (s0, e0, s1, e1, ...), kept as tasks end, records or not; per chain task
 # its parts as (duration, slot).
 _Parts = list[tuple[float, int]]
+# ``Engine._price_graph``'s entry per (work, stream, label): slot, duration, chain parts,
+# contended entry (``engine_contended.contended_entry``).
+_Known = tuple[int, float | None, _Parts | None, tuple[float, float] | list[float] | None]
 _Graph = tuple[
     list[Task],
     list[float | None],
@@ -294,9 +297,11 @@ class Engine:
         for gi, graph in enumerate(self.graphs):
             n = len(graph.tasks)
             slots: dict[tuple[Stream, str], int] = {}
-            durations, slot_of, chains = self._price_graph(graph, slots)
-            if contend:
-                run.contention.append(contention_of(self.pricing, graph, durations, slots))
+            c = Contention([]) if contend else None
+            durations, slot_of, chains = self._price_graph(graph, slots, c)
+            if c is not None:
+                c.comm_slots = [slot for key, slot in slots.items() if comm_slot(key)]
+                run.contention.append(c)
             run.slots.append(slots)
             run.graphs.append((graph.tasks, durations, [0.0] * n, [None] * n, [None] * n,
                                slot_of, [0.0] * len(slots), [[] for _ in slots], chains))
@@ -507,38 +512,53 @@ class Engine:
             return None  # its parts are priced by ``_chain_parts``
         return cast(Delay, work).seconds
 
-    def _price_graph(self, graph: RankGraph, slots: dict[tuple[Stream, str], int]
+    def _price_graph(self, graph: RankGraph, slots: dict[tuple[Stream, str], int],
+                     contention: Contention | None = None
                      ) -> tuple[list[float | None], list[int], dict[int, _Parts]]:
         """Per task its duration (``_price``) and (stream, label) slot, registered in
         ``slots`` in order of first use; per chain task its parts as (duration, slot).
         A chain's parts take their slots at its place, as one task per part would (the
-        breakdown's sums then run in the same order); each distinct chain is priced once."""
-        price = self._price
+        breakdown's sums then run in the same order); each distinct chain is priced once.
+        ``contention``: a contended run's, which gets each compute task's contended rate
+        (``engine_contended.contended_entry``; such a task's duration is then None: it
+        leaves the hot loop for ``special_contended``)."""
         durations: list[float | None] = []
         slot_of: list[int] = []
         chains: dict[int, _Parts] = {}
-        # (id(work), stream, label) -> (slot, duration, chain parts): units share work
-        # objects, which the graph holds (so ids stay unique), and ``_price`` is a pure
-        # function of the object; a key's first task registers its slots, so slots are
-        # still numbered in order of first use.
-        known: dict[tuple[int, Stream, str], tuple[int, float | None, _Parts | None]] = {}
+        # (id(work), stream, label) -> (slot, duration, chain parts, contended entry): units
+        # share work objects, which the graph holds (so ids stay unique), and pricing is a
+        # pure function of the object; a key's first task registers its slots, so slots
+        # are still numbered in order of first use.
+        known: dict[tuple[int, Stream, str], _Known] = {}
         for task in graph.tasks:
             work = task.work
             key = (id(work), task.stream, task.label)
             seen = known.get(key)
             if seen is None:
-                if type(work) is Chain:
-                    slot = _chain_slots(task, slots)
-                    seen = (slot, None, self._chain_parts(work, task.stream, slots))
-                else:
-                    seen = (slots.setdefault((task.stream, task.label), len(slots)),
-                            price(work), None)
-                known[key] = seen
+                seen = known[key] = self._price_key(task, slots, contention is not None)
             slot_of.append(seen[0])
             durations.append(seen[1])
             if seen[2] is not None:
                 chains[task.id] = seen[2]
+            if seen[3] is not None:  # contended: (work seconds, rate), or a chain's rates
+                c = cast(Contention, contention)
+                table = c.plain if seen[2] is None else c.chain_rates
+                table[task.id] = seen[3]  # type: ignore[assignment]
         return durations, slot_of, chains
+
+    def _price_key(self, task: Task, slots: dict[tuple[Stream, str], int],
+                   contend: bool) -> _Known:
+        """``_price_graph``'s entry for the first task of a (work, stream, label)."""
+        work = task.work
+        if type(work) is Chain:
+            slot = _chain_slots(task, slots)
+            parts = self._chain_parts(work, task.stream, slots)
+            entry = contended_entry(self.pricing, task, None) if contend else None
+            return slot, None, parts, entry
+        slot = slots.setdefault((task.stream, task.label), len(slots))
+        d = self._price(work)
+        entry = contended_entry(self.pricing, task, d) if contend else None
+        return slot, None if entry is not None else d, None, entry
 
     def _chain_parts(self, chain: Chain, stream: Stream,
                      slots: dict[tuple[Stream, str], int]) -> _Parts:

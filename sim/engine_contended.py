@@ -35,7 +35,7 @@ from xpusim.sim.engine_share import (
     run_chain,
     stretch,
 )
-from xpusim.sim.ir import Chain, Op, RankGraph, Segment, Stream, Task
+from xpusim.sim.ir import Chain, Op, Segment, Stream, Task
 
 if TYPE_CHECKING:
     from xpusim.sim.engine import Engine, _Parts, _Run
@@ -58,20 +58,10 @@ def special_contended(engine: Engine, run: _Run, s: int, tid: int, start: float
     elif parts is None and tid not in c.plain:
         return engine._arrive(run, s, tid, tasks[tid].work, start)  # type: ignore[arg-type]
     else:
-        if run.force != s:
-            cs = _blocking_comm(run, g, tid, start, run.ready)
-            if cs >= 0:  # a ready comm stream goes first: no end to compute yet
-                _wait(run, s, cs, tid, start)
-                return None
-        stop = _tentative_end(run, g, tid, start)
-        if run.force == s:
-            run.force = -1
-        else:
-            cs = _blocking_comm(run, g, tid, stop)
-            if cs >= 0:
-                _wait(run, s, cs, tid, start)
-                return None
-        c.tentative.pop(tid, None)  # final: the task runs now
+        final = _final_end(run, g, s, tid, start)
+        if final is None:
+            return None  # waits (``_wait``)
+        stop = final
         if parts is not None:
             run_chain_contended(parts, c.chain_rates[tid], start, busy, ivs, c,
                                 known_comm(ivs, c.comm_slots, start))
@@ -79,6 +69,31 @@ def special_contended(engine: Engine, run: _Run, s: int, tid: int, start: float
             c.slowed_s += (stop - start) - c.plain[tid][0]
             add_busy(busy, ivs[slot_of[tid]], slot_of[tid], start, stop)
     finish(run.ready, begin, end, parked, tid, start, stop)
+    return stop
+
+
+def _final_end(run: _Run, g: int, s: int, tid: int, start: float) -> float | None:
+    """Stream ``s``'s contended task ``tid`` (graph ``g``, inputs met at ``start``): its
+    end once final, or None when a comm stream of its rank may still start a collective
+    before that end (``_blocking_comm``; the stream then waits, ``_wait``). A ready comm
+    stream that may do so goes first before the end is computed at all; the task that
+    ``_release`` forced is final at its end over the collectives known now."""
+    if run.force == s:
+        run.force = -1
+        stop = _tentative_end(run, g, tid, start)
+    else:
+        cs = _blocking_comm(run, g, tid, start, run.ready)
+        if cs >= 0:  # a ready comm stream goes first: no end to compute yet
+            _wait(run, s, cs, tid, start, None)
+            return None
+        stop = _tentative_end(run, g, tid, start)
+        cs = _blocking_comm(run, g, tid, stop)
+        if cs >= 0:
+            _wait(run, s, cs, tid, start, stop)
+            return None
+    kept = run.contention[g].tentative
+    if kept:
+        kept.pop(tid, None)  # final: the task runs now
     return stop
 
 
@@ -95,22 +110,26 @@ def _tentative(c: Contention, chains: dict[int, _Parts], tid: int, start: float,
 def _tentative_end(run: _Run, g: int, tid: int, start: float,
                    state: tuple[int, ...] | None = None) -> float:
     """``_tentative`` of graph ``g``'s task ``tid`` over the collectives known now, kept
-    per task (``Contention.tentative``) with its start and ``_graph_state``: a compute
-    task waits through many releases (the 1T GPT step with sequence parallelism: ~2.3M
-    evaluations of ~64 waiting tasks), mostly with none of its rank's collectives
-    changed since it was last stretched. The end is a pure function of the task, its
-    start and the rank's collective intervals, which change only with ``_graph_state``,
-    so a hit is the float a new evaluation gives. ``state``: ``_graph_state(run, g)``
-    when the caller has it."""
+    per waiting task (``Contention.tentative``) with its start and ``_graph_state``: a
+    compute task may wait through many releases (the 1T GPT step with sequence
+    parallelism: ~2.3M evaluations of ~64 waiting tasks), mostly with none of its rank's
+    collectives changed since it was last stretched. The end is a pure function of the
+    task, its start and the rank's collective intervals, which change only with
+    ``_graph_state``, so a hit is the float a new evaluation gives. ``state``:
+    ``_graph_state(run, g)`` when the caller has it (``_release``); the end is kept
+    only then and by ``_wait`` (the state costs a tuple per call, and a task that is
+    final at its first look, most of them, never needs it)."""
     c = run.contention[g]
-    if state is None:
-        state = _graph_state(run, g)
     kept = c.tentative.get(tid)
-    if kept is not None and kept[0] == start and kept[1] == state:
-        return kept[2]
+    if kept is not None:
+        if state is None:
+            state = _graph_state(run, g)
+        if kept[0] == start and kept[1] == state:
+            return kept[2]
     ivs = run.graphs[g][7]
     stop = _tentative(c, run.graphs[g][8], tid, start, known_comm(ivs, c.comm_slots, start))
-    c.tentative[tid] = (start, state, stop)
+    if state is not None:
+        c.tentative[tid] = (start, state, stop)
     return stop
 
 
@@ -176,22 +195,26 @@ def comm_reach(tasks: list[Task], tids: list[int], slot_of: list[int],
     return reach
 
 
-def _wait(run: _Run, s: int, cs: int, tid: int, start: float) -> None:
+def _wait(run: _Run, s: int, cs: int, tid: int, start: float, stop: float | None) -> None:
     """Compute stream ``s`` cannot end task ``tid`` yet: comm stream ``cs`` may start a
     collective before its end. When ``cs`` is ready to advance, it goes first and ``s``
     looks again right after it (``s`` parks for one turn); else ``s`` waits for
-    ``_release``. Only the order in which streams are advanced changes: a task's end
-    is still fixed only once no collective of its rank can start before it, so it is
-    the same end in any order, and each (stream, label) slot sums its own stream's
-    tasks in stream order."""
+    ``_release``, its tentative end ``stop`` (when computed) kept with its graph's state.
+    Only the order in which streams are advanced changes: a task's end is still fixed
+    only once no collective of its rank can start before it, so it is the same end in
+    any order, and each (stream, label) slot sums its own stream's tasks in stream
+    order."""
     ready = run.ready
     if cs in ready:
         ready.remove(cs)
         ready.append(s)
         ready.append(cs)
     else:
+        g = run.s_graph[s]
+        state = run.wait_state[s] = _graph_state(run, g)
+        if stop is not None:
+            run.contention[g].tentative[tid] = (start, state, stop)
         run.waiting[s] = (tid, start)
-        run.wait_state[s] = _graph_state(run, run.s_graph[s])
 
 
 def contended(engine: Engine) -> _Run:
@@ -259,37 +282,24 @@ def _comm_spans(run: _Run, gi: int) -> list[float]:
                        if comm_slot(key)])
 
 
-def contention_of(pricing: Pricing, graph: RankGraph, durations: list[float | None],
-                  slots: dict[tuple[Stream, str], int]) -> Contention:
-    """Contention state of one graph: its compute-stream segments and ops leave
-    the hot loop (duration None) for ``special_contended``, with their rates."""
-    c = Contention([slot for key, slot in slots.items() if comm_slot(key)])
+def contended_entry(pricing: Pricing, task: Task, duration: float | None
+                    ) -> tuple[float, float] | list[float] | None:
+    """What a contended run keeps of a compute-stream task (``Engine._price_graph``, once
+    per distinct work object): a segment's or op's (work seconds, rate) when its rate is
+    below 1, a chain's part rates when any is; None otherwise (the task runs at full
+    rate in the hot loop)."""
+    if task.stream != Stream.COMPUTE:
+        return None
+    work = task.work
     rate_of = pricing.contended_rate
-    # Per work object (units share them; the graph holds each, so ids stay unique): a
-    # chain's part rates when any is below 1 (else None), a segment's or op's rate.
-    chain_rates: dict[int, list[float] | None] = {}
-    work_rates: dict[int, float] = {}
-    compute = Stream.COMPUTE
-    for task in graph.tasks:
-        if task.stream != compute:
-            continue
-        work = task.work
-        if type(work) is Chain:
-            if id(work) not in chain_rates:
-                rates = [rate_of(w) if isinstance(w, Segment) else 1.0 for w, _ in work.parts]
-                chain_rates[id(work)] = rates if min(rates, default=1.0) < 1.0 else None
-            shared = chain_rates[id(work)]
-            if shared is not None:
-                c.chain_rates[task.id] = shared
-        elif isinstance(work, Segment | Op):
-            d = durations[task.id]
-            rate = work_rates.get(id(work))
-            if rate is None:
-                rate = work_rates[id(work)] = rate_of(work)
-            if d is not None and rate < 1.0:
-                c.plain[task.id] = (d, rate)
-                durations[task.id] = None
-    return c
+    if type(work) is Chain:
+        rates = [rate_of(w) if isinstance(w, Segment) else 1.0 for w, _ in work.parts]
+        return rates if min(rates, default=1.0) < 1.0 else None
+    if isinstance(work, Segment | Op):
+        rate = rate_of(work)
+        if duration is not None and rate < 1.0:
+            return (duration, rate)
+    return None
 
 
 def run_chain_contended(parts: _Parts, rates: list[float], start: float,

@@ -73,7 +73,7 @@ def _same(a: SimResult, b: SimResult) -> None:
     assert a.records == b.records
 
 
-def _release_only(run, s, cs, tid, start):  # the engine's order before the change
+def _release_only(run, s, cs, tid, start, stop=None):  # the engine's order before the change
     run.waiting[s] = (tid, start)
 
 

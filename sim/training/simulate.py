@@ -333,19 +333,21 @@ def step_pricing(plan: ParallelPlan, system: System, options: TrainingOptions) -
     )
 
 
-def price_step(step: LoweredStep, system: System, pricing: Pricing | None = None
+def price_step(step: LoweredStep, system: System, pricing: Pricing | None = None,
+               units: dict[tuple[int, ...], dict[str, list[float]]] | None = None
                ) -> TrainingResult:
     """The step's result on ``system``: every segment, op and collective priced on its
     hardware, the graphs scheduled by the engine. ``system`` may differ from the one the
     step was lowered on in anything but its shape (``check_shape``): device bandwidths,
     peaks and efficiencies, link bandwidths and latencies. ``pricing``: one already built
     by ``step_pricing`` for this system, plan and options (shared by the steady-state
-    path's two runs, so each op is costed once)."""
+    path's two runs, so each op is costed once), and ``units`` the breakdowns of unit
+    templates that it already summed (``rank_breakdown``)."""
     check_shape(step, system)
     t0 = time.perf_counter()
     options = step.options
     pricing = pricing or step_pricing(step.plan, system, options)
-    kinds = {lr.rank_plan.rank: rank_breakdown(lr, pricing) for lr in step.ranks}
+    kinds = {lr.rank_plan.rank: rank_breakdown(lr, pricing, units) for lr in step.ranks}
     for lr in step.ranks:  # CPU activation offload: the copies' waits (sim/training/offload.py)
         wait = rank_exposed_s(lr.rank_plan, step.plan, system, pricing.op_time)
         if wait > 0:
@@ -367,13 +369,25 @@ def simulate_exact(
     return price_step(lower_step(spec, system, plan, options), system)
 
 
-def rank_breakdown(lr: LoweredRank, pricing: Pricing) -> dict[str, list[float]]:
+def rank_breakdown(lr: LoweredRank, pricing: Pricing,
+                   units: dict[tuple[int, ...], dict[str, list[float]]] | None = None
+                   ) -> dict[str, list[float]]:
     """"phase:op kind" -> [seconds, FLOPs] of one rank: each distinct unit once (the
     caller scales by the micro-batch count), "phase:host" the exposed host time, and
-    "optimizer:elementwise" the optimizer's passes."""
-    acc: dict[str, list[float]] = {}
-    for pieces in lr.templates:
-        _unit_breakdown(pieces, pricing, acc)
+    "optimizer:elementwise" the optimizer's passes. ``units``: the templates' sums kept
+    by the sequence of template objects, for runs priced by the same ``pricing`` (the
+    steady state's two lowerings share their unit pieces, ``StepCache``, so the second
+    run's ranks sum the same objects in the same order: the same floats); each rank
+    gets its own copy."""
+    key = tuple([id(t) for t in lr.templates])
+    kept = units.get(key) if units is not None else None
+    if kept is None:
+        kept = {}
+        for pieces in lr.templates:
+            _unit_breakdown(pieces, pricing, kept)
+        if units is not None:
+            units[key] = kept
+    acc = {k: list(v) for k, v in kept.items()} if units is not None else kept
     prep = 0.0
     for op in lr.optimizer_prep:
         prep += pricing.op_time(op)

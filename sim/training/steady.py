@@ -125,7 +125,10 @@ def price_training(lowered: LoweredTraining, system: System) -> TrainingResult:
     # One pricing for the runs (they differ in the global batch only): each op, segment
     # and collective is costed once.
     pricing = step_pricing(first.plan, system, first.options)
-    results = [price_step(step, system, pricing) for step in lowered.steps]
+    # The runs share their unit pieces, so their ranks' unit breakdowns too (the dict
+    # holds only sums; the lowered steps keep the templates, so their ids stay valid).
+    units: dict[tuple[int, ...], dict[str, list[float]]] = {}
+    results = [price_step(step, system, pricing, units) for step in lowered.steps]
     if lowered.counts is None:
         return results[0]
     m1, m2 = lowered.counts

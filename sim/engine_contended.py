@@ -102,8 +102,8 @@ def _tentative(c: Contention, chains: dict[int, _Parts], tid: int, start: float,
     """A contended task's end over the collectives known so far (``comm``): a lower
     bound of its end, exact when no other collective starts before it."""
     plain = c.plain.get(tid)
-    if plain is not None:
-        return stretch(comm, start, plain[0], plain[1])
+    if plain is not None:  # ``stretch`` over no interval is ``start + work``
+        return stretch(comm, start, plain[0], plain[1]) if comm else start + plain[0]
     return chain_end(chains[tid], c.chain_rates[tid], start, comm)
 
 

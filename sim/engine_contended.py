@@ -82,12 +82,12 @@ def _final_end(run: _Run, g: int, s: int, tid: int, start: float) -> float | Non
         run.force = -1
         stop = _tentative_end(run, g, tid, start)
     else:
-        cs = _blocking_comm(run, g, tid, start, run.ready)
-        if cs >= 0:  # a ready comm stream goes first: no end to compute yet
-            _wait(run, s, cs, tid, start, None)
+        look = _first_look(run, g, tid, start)
+        if look >= 0:  # a ready comm stream goes first: no end to compute yet
+            _wait(run, s, look, tid, start, None)
             return None
         stop = _tentative_end(run, g, tid, start)
-        cs = _blocking_comm(run, g, tid, stop)
+        cs = _blocking_comm(run, g, tid, stop) if look == -1 else -1
         if cs >= 0:
             _wait(run, s, cs, tid, start, stop)
             return None
@@ -146,8 +146,24 @@ def _graph_state(run: _Run, g: int) -> tuple[int, ...]:
     return tuple([s_pos[cs] for cs in run.contention[g].comm_streams])
 
 
-def _blocking_comm(run: _Run, g: int, tid: int, stop: float,
-                   among: list[int] | None = None) -> int:
+def _first_look(run: _Run, g: int, tid: int, start: float) -> int:
+    """``_blocking_comm`` at ``start`` among the ready streams, in one pass that also
+    tells whether any comm stream can block ``tid`` at all: the first ready stream that
+    blocks (>= 0); else -1, or -2 when no stream's next contending collective is free of
+    compute task ``tid`` (``comm_reach``), so that none can block it whatever its end
+    (``_blocking_comm`` at its end would give -1: its positions do not move meanwhile)."""
+    s_pos, s_clock = run.s_pos, run.s_clock
+    found = -2
+    for cs, reach in run.contention[g].streams:
+        if reach[s_pos[cs]] < tid:
+            # The ready list last: a scan, needed only for a stream that blocks.
+            if s_clock[cs] < start and cs in run.ready:
+                return cs
+            found = -1
+    return found
+
+
+def _blocking_comm(run: _Run, g: int, tid: int, stop: float) -> int:
     """A comm stream (``COMM``, ``DP_COMM``) of graph ``g`` on which a collective that
     contends (``comm_slot``) may still start before ``stop``, or -1. A stream is skipped
     when its clock is at or past ``stop`` (its next task starts after ``stop``), and
@@ -160,15 +176,11 @@ def _blocking_comm(run: _Run, g: int, tid: int, stop: float,
     compute tasks wait through each of ~17,600 releases. ``comm_reach`` gives, per
     position, the latest compute task waited for up to the next contending task, so a
     look is one comparison: compute tasks run in id order and the compute stream is at
-    ``tid``, so a compute dependency ``>= tid`` has not ended. ``among``: only the
-    streams in this list (the ready ones: ``special_contended`` lets such a stream
-    advance before it computes the task's end at all)."""
+    ``tid``, so a compute dependency ``>= tid`` has not ended (``_first_look`` does the
+    same at the task's start among the ready streams)."""
     s_pos, s_clock = run.s_pos, run.s_clock
     for cs, reach in run.contention[g].streams:
-        if s_clock[cs] >= stop:
-            continue
-        # ``among`` last: a scan of the ready list, needed only for a stream that blocks.
-        if reach[s_pos[cs]] < tid and (among is None or cs in among):
+        if s_clock[cs] < stop and reach[s_pos[cs]] < tid:
             return cs
     return -1
 

@@ -6,7 +6,8 @@ same result, float for float, on graphs with and without overlap."""
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_contended_order import _graph, _pricing, _same, _seg, item
+from test_contended_order import _graph, _pricing, _run_patched, _same, _seg, item
+from xpusim.sim import engine_contended
 from xpusim.sim.engine import Engine, SimResult
 from xpusim.sim.engine_contended import contended, overlapped
 from xpusim.sim.ir import Collective, CollectiveKind, RankGraph, Stream
@@ -67,3 +68,23 @@ def test_a_deadlock_is_reported_by_the_plain_pass():
     other.add(_seg("A", 1.0), Stream.COMPUTE, label="fwd")
     with pytest.raises(RuntimeError, match="deadlock: collectives never completed"):
         Engine([g, other], pricing=_pricing()).run()
+
+
+_first_look = engine_contended._first_look
+
+
+def _look_at_the_end_too(run, g, tid, start):
+    """``_first_look`` without its -2: the end is always looked at (``_blocking_comm``)."""
+    look = _first_look(run, g, tid, start)
+    return -1 if look == -2 else look
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(item, min_size=1, max_size=14), st.integers(1, 3))
+def test_no_second_look_when_no_stream_can_block(spec, ranks):
+    """``_final_end`` skips ``_blocking_comm`` at a task's end when no comm stream's next
+    contending collective is free of the task (``_first_look`` -2): looking anyway gives
+    the same schedule, float for float."""
+    graphs = [_graph(spec, r, ranks) for r in range(ranks)]
+    skipped = Engine(graphs, pricing=_pricing()).run(records=True)
+    _same(skipped, _run_patched(graphs, "_first_look", _look_at_the_end_too))

@@ -20,9 +20,10 @@ each add their busy time and interval, as tasks of their own would.
 
 SM contention (``sim.engine_contended``, ``sim.engine_share``): when the pricing says compute slows while a
 collective is in flight on its rank (``Pricing.comm_share`` < 1, NVIDIA/NCCL systems),
-and the plain schedule overlapped compute with collectives, ``Engine.run`` schedules
-again with every compute-stream segment stretched over its rank's collectives
-(processor sharing: the overlapping time runs at the reduced rate). A compute task's
+``Engine.run`` schedules with every compute-stream segment stretched over its rank's
+collectives (processor sharing: the overlapping time runs at the reduced rate), and
+reports the plain schedule where that one overlaps nothing (it is then the same
+schedule: ``engine_contended.contended_first``). A compute task's
 end is final only once no collective of its rank can still start before it: it waits
 until its rank's comm stream has advanced past it, and when every stream is blocked the
 waiting task with the least end is final (every collective not yet started starts
@@ -40,9 +41,8 @@ from typing import NamedTuple, cast
 from xpusim.sim.cost.pricing import Pricing
 from xpusim.sim.engine_contended import (
     comm_reach,
-    contended,
     contended_entry,
-    overlapped,
+    contended_first,
     special_contended,
 )
 from xpusim.sim.engine_share import Contention, comm_slot, finish, merge_interval, run_chain
@@ -256,38 +256,11 @@ class Engine:
         and interval unions are read off the tasks' start and end times afterwards.
         """
         if self.pricing.comm_share < 1.0:
-            return self._collect(self._contended_first(), records)
+            return self._collect(contended_first(self), records)
         run = self._setup()
         self._schedule(run)
         self._check_finished(run)
         return self._collect(run, records)
-
-    def _contended_first(self) -> _Run:
-        """The run under SM contention, without the plain schedule first: the contended
-        schedule, kept when compute overlapped a collective in it (``overlapped``); else
-        it is the plain schedule and is returned as such (no slowed seconds).
-
-        Why no plain pass is needed: ``run`` used to schedule plainly and reschedule
-        contended only when the plain schedule overlapped. If the plain schedule has no
-        overlap, the contended pass fixes each task in turn at its plain start and end (by
-        induction: a compute task's end is ``stretch`` over collectives of the plain
-        schedule, none of which overlaps it, and ``stretch`` beside no interval is
-        ``start + work``, the plain float; busy sums and intervals are added by the same
-        operations in stream order), so it is the plain schedule and has no overlap
-        either. Hence the contended schedule overlaps exactly when the plain one does,
-        and in both cases the result is the one the two passes gave
-        (``tests/test_contended_first.py``: random graphs, ``==``). A deadlock is
-        reported by the plain pass, as before (its message names its rendezvous)."""
-        try:
-            run = contended(self)
-        except RuntimeError:
-            plain = self._setup()
-            self._schedule(plain)
-            self._check_finished(plain)
-            raise
-        if not overlapped(self, run):
-            run.contention = []  # the plain schedule: no slowed seconds reported
-        return run
 
     def _setup(self, contend: bool = False) -> _Run:
         """Run state for one schedule, the graphs priced afresh (``_price_graph``).

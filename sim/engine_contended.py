@@ -1,7 +1,7 @@
 """The contended schedule (SM contention, ``sim.engine_share``): ``Engine.run`` calls
-``overlapped`` on its plain schedule and, where compute ran beside a collective,
-``contended``, which schedules the step again with compute-stream segments stretched
-over their rank's collectives (processor sharing).
+``contended_first``, which schedules the step with compute-stream segments stretched
+over their rank's collectives (processor sharing, ``contended``) and reports it as the
+plain schedule where compute ran beside no collective (``overlapped``).
 
 A compute task's end is final once no collective of its rank can still start before
 it: it waits until its rank's comm streams have advanced past it, or their tasks up to
@@ -227,6 +227,34 @@ def _wait(run: _Run, s: int, cs: int, tid: int, start: float, stop: float | None
         if stop is not None:
             run.contention[g].tentative[tid] = (start, state, stop)
         run.waiting[s] = (tid, start)
+
+
+def contended_first(engine: Engine) -> _Run:
+    """``Engine.run`` under SM contention, without the plain schedule first: the contended
+    schedule, kept when compute overlapped a collective in it (``overlapped``); else it
+    is the plain schedule and is returned as such (no slowed seconds).
+
+    Why no plain pass is needed: ``run`` used to schedule plainly and reschedule
+    contended only when the plain schedule overlapped. If the plain schedule has no
+    overlap, the contended pass fixes each task in turn at its plain start and end (by
+    induction: a compute task's end is ``stretch`` over collectives of the plain
+    schedule, none of which overlaps it, and ``stretch`` beside no interval is ``start +
+    work``, the plain float; busy sums and intervals are added by the same operations in
+    stream order), so it is the plain schedule and has no overlap either. Hence the
+    contended schedule overlaps exactly when the plain one does, and in both cases the
+    result is the one the two passes gave (``tests/test_contended_first.py``: random
+    graphs, ``==``). A deadlock is reported by the plain pass, as before (its message
+    names its rendezvous)."""
+    try:
+        run = contended(engine)
+    except RuntimeError:
+        plain = engine._setup()
+        engine._schedule(plain)
+        engine._check_finished(plain)
+        raise
+    if not overlapped(engine, run):
+        run.contention = []  # the plain schedule: no slowed seconds reported
+    return run
 
 
 def contended(engine: Engine) -> _Run:

@@ -1,4 +1,4 @@
-"""``Engine.run`` under SM contention schedules contended at once (``_contended_first``,
+"""``Engine.run`` under SM contention schedules contended at once (``engine_contended.contended_first``,
 docs/performance.md "What is still expensive"): it used to schedule plainly first and
 reschedule contended only when compute overlapped a collective. Both ways must give the
 same result, float for float, on graphs with and without overlap."""

@@ -99,10 +99,8 @@ class OpKind(StrEnum):
     # Vectorized<float>::exp (docs/cost_model.md "Exponentials"); its own kind, so that a
     # calibration fits its speed from the `exp` microbenchmark.
     EXP = "exp"
-    # The -inf elements of a standalone torch.exp (FastAttention's causal / padding mask):
-    # MKL VML's vsExp runs with VML_FTZDAZ_OFF and takes ~12x as long per -inf element as
-    # per ordinary one (docs/calibration_notes.md, masked exp); its own kind, so that a
-    # calibration fits that speed from the `exp_masked` microbenchmark.
+    # The -inf elements of a standalone torch.exp (FastAttention's masks): vsExp with
+    # VML_FTZDAZ_OFF takes ~12x as long per -inf element (docs/calibration_notes.md).
     EXP_MASKED = "exp_masked"
     # First touch of a CPU op's freshly mmapped output pages (sim/cost/page_faults.py):
     # never an op's own kind; an op's ``fresh_bytes`` are priced under it, so that a
@@ -112,16 +110,13 @@ class OpKind(StrEnum):
     SOFTMAX = "softmax"
     NORM = "norm"
     CONV2D = "conv2d"
-    # torch's CPU im2col + GEMM convolution path (``_slow_conv2d_forward``), not oneDNN:
-    # never an op's own kind; a CPU prices a CONV2D op under it where ``use_mkldnn`` picks
-    # that path (sim/cost/conv_path.py), so that a calibration fits the two paths apart.
+    # torch's CPU im2col + GEMM convolution (``_slow_conv2d_forward``), not oneDNN: never an
+    # op's own kind; a CPU prices CONV2D under it where that path runs (sim/cost/conv_path.py).
     CONV2D_IM2COL = "conv2d_im2col"
     POOL = "pool"
     UPSAMPLE = "upsample"
-    # torch's CPU nearest upsampling on its channels-last kernel (ATen takes it for an
-    # NCHW input when output H + W <= 128): never an op's own kind; a CPU prices an
-    # UPSAMPLE op under it where that rule holds (sim/cost/upsample_path.py), so that a
-    # calibration fits the two ATen paths' speeds and overheads apart.
+    # torch's CPU nearest upsampling on ATen's channels-last kernel: as CONV2D_IM2COL, a
+    # kind a CPU prices UPSAMPLE under where that path runs (sim/cost/upsample_path.py).
     UPSAMPLE_CL = "upsample_cl"
     MEMCPY = "memcpy"
     EMBEDDING = "embedding"
@@ -322,12 +317,9 @@ class PoolShape:
 
 @dataclass(frozen=True, slots=True)
 class UpsampleShape:
-    """``numel`` output elements, ``factor`` per side; ``h_out`` x ``w_out`` the output's
-    spatial size (0 where not stated: torch's CPU path rule needs it, upsample_path.py)."""
-
-    numel: float
-    factor: float
-    h_out: float = 0.0
+    numel: float  # output elements
+    factor: float  # per side
+    h_out: float = 0.0  # output size (0: not stated), for torch's CPU path rule
     w_out: float = 0.0
 
 

@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from measured_at_model import measured_at_model
 from xpusim.calibrate.suites import DEFAULT_SEED, SUITES, split_shapes
 from xpusim.hwprofiles import load_device
 from xpusim.hwprofiles.errors import ProfileError
@@ -143,19 +144,7 @@ def test_conv_suite_fits_both_paths(quick):
 
 
 def _measured(suite: str, shapes, split: str = "fit"):
-    """Measurements of ``shapes`` at the times ``cpu-host`` predicts (the kinds' fit is
-    not what is tested here, only which kinds it fits)."""
-    from xpusim.calibrate.harness import Measurement
-    from xpusim.calibrate.pipeline import Measured
-    from xpusim.calibrate.suites import Case
-
-    model = RooflineModel(CPU)
-    out = []
-    for shape in shapes:
-        case = Case(suite, tuple((k, float(v)) for k, v in shape.items()), split, "fp32")
-        t = sum(model.time(op).time_s for op in case.graph().ops())
-        out.append(Measured(case, Measurement(t, t, t, t, 10, 0.0, 0.0, False)))
-    return out
+    return measured_at_model(CPU, suite, shapes, split)
 
 
 def test_fit_merges_an_unidentifiable_slow_path_into_conv2d(monkeypatch):

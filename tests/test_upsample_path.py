@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+from measured_at_model import measured_at_model
 from xpusim.calibrate.suites import DEFAULT_SEED, SUITES, split_shapes
 from xpusim.hwprofiles import load_device
 from xpusim.sim.cost import RooflineModel
@@ -127,19 +128,7 @@ def test_upsample_suites_fit_and_hold_out_both_paths(quick):
 
 
 def _measured(suite: str, shapes, split: str = "fit"):
-    """Measurements at the times ``cpu-host`` predicts (only which kinds the fit fits is
-    tested here)."""
-    from xpusim.calibrate.harness import Measurement
-    from xpusim.calibrate.pipeline import Measured
-    from xpusim.calibrate.suites import Case
-
-    model = RooflineModel(CPU)
-    out = []
-    for shape in shapes:
-        case = Case(suite, tuple((k, float(v)) for k, v in shape.items()), split, "fp32")
-        t = sum(model.time(op).time_s for op in case.graph().ops())
-        out.append(Measured(case, Measurement(t, t, t, t, 10, 0.0, 0.0, False)))
-    return out
+    return measured_at_model(CPU, suite, shapes, split)
 
 
 def test_fit_merges_an_unidentifiable_channels_last_path_into_upsample():

@@ -4,6 +4,8 @@ other libraries, one node and several, and the same errors."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from xpusim.hwprofiles import load_system
 from xpusim.sim.errors import InputError
@@ -71,3 +73,31 @@ def test_pricer_errors_as_collective_time():
         pricer.time("all_reduce", (0, 1), 1e6)
     with pytest.raises(InputError, match="does not apply"):
         pricer.time("all-reduce", (0, 1), 1e6, "pairwise")
+
+
+@pytest.mark.parametrize("name, nodes, oversubscription", [
+    ("atlas-800t-a2", 8, None),
+    ("atlas-800t-a2", 6, 2.0),  # rail-optimised spine
+    ("atlas-800t-a3", 5, None),  # two dies per package (SIO)
+    ("ascend-950pr-8", 5, 3.0),  # fat-tree spine: a leaf per node
+    ("dgx-h100", 6, None),
+    ("cloudmatrix-384", 4, None),
+    ("pcie-l40s", 3, None),
+])
+def test_groups_on_later_nodes_price_as_collective_time(name, nodes, oversubscription):
+    """The pricer prices a group moved down to node 0 (``_based``): the same floats as
+    ``collective_time`` of the group where it is, for groups of every shape."""
+    system = load_system(name, nodes=nodes)
+    if oversubscription:
+        system = replace(system, oversubscription=oversubscription)
+    dpn = system.devices_per_node
+    pricer = CollectivePricer(system)
+    shapes = [tuple(range(dpn)), (0, 1), (0, 2 * dpn), tuple(range(0, 2 * dpn, 2)),
+              tuple(range(2 * dpn)), (1, dpn + 1, 2 * dpn + 1), (0, 1, dpn + 3)]
+    for shape in shapes:
+        for first in range(0, (nodes - 2) * dpn, dpn):
+            group = tuple(first + d for d in shape)
+            for kind in KINDS:
+                g = group[:2] if kind == "send-recv" else group
+                for size in (64.0, 1.5e6, 3e7):
+                    assert pricer.time(kind, g, size) == collective_time(system, kind, g, size)

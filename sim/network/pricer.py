@@ -16,6 +16,7 @@ bad group or kind on its first call, a negative size on every call.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -42,18 +43,46 @@ class CollectivePricer:
     _latency: dict[tuple[CollectiveKind, str, str, int, int, int], float] = field(
         default_factory=dict)
     _plans: dict[analytical.PhaseKey, analytical.LoadPlan] = field(default_factory=dict)
+    _shifted: Callable[[CollectiveKind, tuple[int, ...], float, str], float] = field(
+        init=False)
 
     def __post_init__(self) -> None:
         self.topo = Topology(self.system)
+        # Per (kind, group moved to node 0, size, algorithm); a few thousand suffice
+        # for one step's groups (a training step prices each distinct one once).
+        self._shifted = lru_cache(maxsize=4096)(self._price)
 
     def time(self, kind: CollectiveKind | str, group: tuple[int, ...], nbytes: float,
              algorithm: str = "auto") -> float:
         if nbytes < 0:  # ``_check_request``'s size check, the only one per call
             api._check_request(kind, "analytical", "auto", nbytes, len(group))
         checked, members, names, nodes = self.static(kind, group, algorithm)
-        n = len(members)
-        if n <= 1 or nbytes == 0:
+        if len(members) <= 1 or nbytes == 0:
             return 0.0
+        return self._shifted(checked, self._based(members), nbytes, algorithm)
+
+    def _based(self, members: tuple[int, ...]) -> tuple[int, ...]:
+        """``members`` moved down by whole nodes so that the first lies on node 0.
+
+        Pricing does not change under that move: every link, capacity, latency and
+        route is a function of node differences, local indices and packages (whole
+        nodes hold whole packages), the flows keep their order and the links their
+        order of first appearance, so the loads are the same additions and the
+        bottleneck the same link (``Topology``, ``vectorized``). A PCIe tree's extra
+        links (``pcie.extra_links``) are named by device; those systems keep their
+        group. The stages of a training plan run equal groups on other nodes: Pangu's
+        16 stages priced each TP, EP and DP collective 16 times (~1/10 of its step)."""
+        dpn = self.topo.dpn
+        shift = min(members) // dpn * dpn
+        if not shift or self.topo.has_pcie_tree:
+            return members
+        return tuple(d - shift for d in members)
+
+    def _price(self, checked: CollectiveKind, members: tuple[int, ...], nbytes: float,
+               algorithm: str) -> float:
+        """``collective_time`` of a checked request of a non-zero size on 2+ ranks."""
+        _, members, names, nodes = self.static(checked, members, algorithm)
+        n = len(members)
         with api._gc_paused(n >= api.GC_PAUSE_FROM):
             algorithm, chosen, times = api._fastest(self.topo, checked, members, nbytes,
                                                     algorithm, "auto", nodes, names,

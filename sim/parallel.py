@@ -559,12 +559,22 @@ class Layout:
         return Coord(**vals)
 
     def group(self, rank: int, dims: tuple[str, ...]) -> tuple[int, ...]:
-        """Global ranks sharing every coordinate of ``rank`` except ``dims``."""
+        """Global ranks sharing every coordinate of ``rank`` except ``dims`` (distinct
+        dimension names).
+
+        ``rank`` is linear in the coordinates (``rank``: each times its dimension's
+        stride), so the members are ``rank`` with its ``dims`` coordinates zeroed plus
+        every combination of those strides: integers, the same ones a ``Coord`` per
+        member gave (Pangu's 6,144-rank plan built 3,440 of them)."""
         base = self.coord(rank)
-        members = [base]
+        strides, stride = {}, 1
+        for d in self.dims:
+            strides[d] = stride
+            stride *= self.sizes[d]
+        members = [rank - sum(getattr(base, d) * strides[d] for d in dims)]
         for d in dims:
-            members = [replace(m, **{d: i}) for m in members for i in range(self.sizes[d])]
-        return tuple(sorted(self.rank(m) for m in members))
+            members = [m + i * strides[d] for m in members for i in range(self.sizes[d])]
+        return tuple(sorted(members))
 
     def stage_ranks(self, stage: int) -> list[int]:
         return sorted(r for r in range(self.plan.world) if self.coord(r).pp == stage)

@@ -55,9 +55,9 @@ def _min_med(f: Callable[[], object], n: int) -> tuple[float, float]:
 
 
 def _split_one(name: str) -> None:
-    from xpusim.calibrate.suites import _moe_layer_and_input
+    from xpusim.calibrate.kernel_runners import moe_layer_and_input
 
-    layer, x = _moe_layer_and_input(SPLIT_SHAPES[name], "fp32", "cpu")
+    layer, x = moe_layer_and_input(SPLIT_SHAPES[name], "fp32", "cpu")
     with torch.no_grad():
         _, stats = layer(x, return_stats=True)
         h, f = layer.hidden, layer.expert_ffn

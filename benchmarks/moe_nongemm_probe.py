@@ -77,9 +77,9 @@ def _priced(shape: dict, kept: list[int], calibration: str) -> tuple[float, floa
 
 
 def _layer(shape: dict):
-    from xpusim.calibrate.suites import _moe_layer_and_input
+    from xpusim.calibrate.kernel_runners import moe_layer_and_input
 
-    layer, x = _moe_layer_and_input(shape, "fp32", "cpu")
+    layer, x = moe_layer_and_input(shape, "fp32", "cpu")
     with torch.no_grad():
         _, stats = layer(x, return_stats=True)
     return layer, x, list(stats.kept_per_expert)

@@ -36,10 +36,10 @@ def exp_ops(s: Shape, dtype: str) -> list[Op]:
 def exp_runner(s: Shape, dtype: str, device: str) -> Callable[[], object]:
     """``torch.exp(a)`` for a contiguous vector ``a`` of ``numel`` elements."""
     import torch
-    from xpusim.calibrate.suites import _no_grad, _randn
+    from xpusim.calibrate.kernel_runners import inference_mode, seeded_randn
 
-    a = _randn(int(s["numel"]), dtype=dtype, device=device)
-    return _no_grad(lambda: torch.exp(a))
+    a = seeded_randn(int(s["numel"]), dtype=dtype, device=device)
+    return inference_mode(lambda: torch.exp(a))
 
 
 # The masked variant: rows of MASK_ROW elements whose last MASKED_PER_ROW are -inf, the
@@ -63,8 +63,8 @@ def exp_masked_ops(s: Shape, dtype: str) -> list[Op]:
 def exp_masked_runner(s: Shape, dtype: str, device: str) -> Callable[[], object]:
     """``torch.exp(a)`` with the last ``MASKED_PER_ROW`` of every ``MASK_ROW`` elements -inf."""
     import torch
-    from xpusim.calibrate.suites import _no_grad, _randn
+    from xpusim.calibrate.kernel_runners import inference_mode, seeded_randn
 
-    a = _randn(int(s["numel"]), dtype=dtype, device=device)
+    a = seeded_randn(int(s["numel"]), dtype=dtype, device=device)
     a.view(-1, MASK_ROW)[:, MASK_ROW - MASKED_PER_ROW :] = float("-inf")
-    return _no_grad(lambda: torch.exp(a))
+    return inference_mode(lambda: torch.exp(a))

@@ -47,7 +47,7 @@ def page_fault_ops(s: Shape, dtype: str) -> list[Op]:
 def page_fault_runner(s: Shape, dtype: str, device: str) -> Callable[[], object]:
     """``torch.full((numel,), 1.0)`` for ``mib`` MiB of fp32 (freed when the call returns)."""
     import torch
-    from xpusim.calibrate.suites import _no_grad
+    from xpusim.calibrate.kernel_runners import inference_mode
 
     numel = int(s["mib"] * 1024 * 1024) // FLOAT_BYTES
-    return _no_grad(lambda: torch.full((numel,), 1.0, dtype=torch.float32, device=device))
+    return inference_mode(lambda: torch.full((numel,), 1.0, dtype=torch.float32, device=device))

@@ -11,7 +11,6 @@ kernel suites add out-of-range shape families (``families.py``), always held out
 
 from __future__ import annotations
 
-import functools
 import itertools
 import zlib
 from collections.abc import Callable
@@ -22,6 +21,16 @@ from xpusim.calibrate import exp_micro as em
 from xpusim.calibrate import gpu_grids
 from xpusim.calibrate import page_fault_micro as pf
 from xpusim.calibrate.families import OUT_OF_RANGE, is_out_of_range
+from xpusim.calibrate.kernel_runners import (
+    Shape,
+    attention_runner,
+    cdc_runner,
+    inference_mode,
+    moe_ops,
+    moe_routing_histogram,
+    moe_runner,
+    seeded_randn,
+)
 from xpusim.sim import ops
 from xpusim.sim.errors import InputError
 from xpusim.sim.ir import Op, RankGraph
@@ -30,9 +39,6 @@ from xpusim.sim.workloads.moe import SILU_FLOPS
 
 DEFAULT_SEED = 20260
 HELDOUT_FRACTION = 0.35
-
-Shape = dict[str, float]
-
 
 @dataclass(frozen=True)
 class Case:
@@ -109,37 +115,6 @@ class Suite:
         return self.build_runner(shape, dtype, device)
 
 
-# ---------------------------------------------------------------- torch helpers
-
-
-def _torch_dtype(dtype: str):
-    import torch
-
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
-
-
-def _randn(*size: int, dtype: str, device: str):
-    import torch
-
-    if device != "cpu":
-        # Drawn on the device (a GPU's 1 GiB tensors would take seconds on one CPU thread);
-        # seeded, so every run times the same data.
-        gen = torch.Generator(device=device).manual_seed(0)
-        return torch.randn(*size, generator=gen, device=device).to(_torch_dtype(dtype))
-    gen = torch.Generator().manual_seed(0)  # same data every run: timings must not depend on it
-    return torch.randn(*size, generator=gen).to(device=device, dtype=_torch_dtype(dtype))
-
-
-def _no_grad(fn: Callable[[], object]) -> Callable[[], object]:
-    import torch
-
-    def run() -> object:
-        with torch.inference_mode():
-            return fn()
-
-    return run
-
-
 # ---------------------------------------------------------------- microbenchmarks
 
 _GEMM_SIZES = (64, 127, 256, 384, 512, 1000, 1024)
@@ -156,17 +131,17 @@ def _gemm_shapes(sizes: tuple[int, ...], limit_flops: float) -> tuple[Shape, ...
 def _gemm_runner(s: Shape, dtype: str, device: str):
     import torch
 
-    a = _randn(int(s["m"]), int(s["k"]), dtype=dtype, device=device)
-    b = _randn(int(s["k"]), int(s["n"]), dtype=dtype, device=device)
-    return _no_grad(lambda: torch.mm(a, b))
+    a = seeded_randn(int(s["m"]), int(s["k"]), dtype=dtype, device=device)
+    b = seeded_randn(int(s["k"]), int(s["n"]), dtype=dtype, device=device)
+    return inference_mode(lambda: torch.mm(a, b))
 
 
 def _bmm_runner(s: Shape, dtype: str, device: str):
     import torch
 
-    a = _randn(int(s["batch"]), int(s["m"]), int(s["k"]), dtype=dtype, device=device)
-    b = _randn(int(s["batch"]), int(s["k"]), int(s["n"]), dtype=dtype, device=device)
-    return _no_grad(lambda: torch.bmm(a, b))
+    a = seeded_randn(int(s["batch"]), int(s["m"]), int(s["k"]), dtype=dtype, device=device)
+    b = seeded_randn(int(s["batch"]), int(s["k"]), int(s["n"]), dtype=dtype, device=device)
+    return inference_mode(lambda: torch.bmm(a, b))
 
 
 def _memcpy_runner(s: Shape, dtype: str, device: str):
@@ -175,46 +150,46 @@ def _memcpy_runner(s: Shape, dtype: str, device: str):
     numel = int(s["bytes"]) // 4
     src = torch.ones(numel, dtype=torch.float32, device=device)
     dst = torch.empty_like(src)
-    return _no_grad(lambda: dst.copy_(src))
+    return inference_mode(lambda: dst.copy_(src))
 
 
 def _add_runner(s: Shape, dtype: str, device: str):
     import torch
 
-    a = _randn(int(s["numel"]), dtype=dtype, device=device)
-    b = _randn(int(s["numel"]), dtype=dtype, device=device)
-    return _no_grad(lambda: torch.add(a, b))
+    a = seeded_randn(int(s["numel"]), dtype=dtype, device=device)
+    b = seeded_randn(int(s["numel"]), dtype=dtype, device=device)
+    return inference_mode(lambda: torch.add(a, b))
 
 
 def _silu_runner(s: Shape, dtype: str, device: str):
     import torch
 
-    a = _randn(int(s["numel"]), dtype=dtype, device=device)
-    return _no_grad(lambda: torch.nn.functional.silu(a))
+    a = seeded_randn(int(s["numel"]), dtype=dtype, device=device)
+    return inference_mode(lambda: torch.nn.functional.silu(a))
 
 
 def _softmax_runner(s: Shape, dtype: str, device: str):
     import torch
 
-    x = _randn(int(s["rows"]), int(s["cols"]), dtype=dtype, device=device)
-    return _no_grad(lambda: torch.softmax(x, dim=-1))
+    x = seeded_randn(int(s["rows"]), int(s["cols"]), dtype=dtype, device=device)
+    return inference_mode(lambda: torch.softmax(x, dim=-1))
 
 
 def _layernorm_runner(s: Shape, dtype: str, device: str):
     import torch
 
     h = int(s["hidden"])
-    x = _randn(int(s["tokens"]), h, dtype=dtype, device=device)
-    w = _randn(h, dtype=dtype, device=device)
-    b = _randn(h, dtype=dtype, device=device)
-    return _no_grad(lambda: torch.nn.functional.layer_norm(x, (h,), w, b))
+    x = seeded_randn(int(s["tokens"]), h, dtype=dtype, device=device)
+    w = seeded_randn(h, dtype=dtype, device=device)
+    b = seeded_randn(h, dtype=dtype, device=device)
+    return inference_mode(lambda: torch.nn.functional.layer_norm(x, (h,), w, b))
 
 
 def _conv_runner(s: Shape, dtype: str, device: str):
     import torch
 
     kk = int(s["kernel"])
-    x = _randn(
+    x = seeded_randn(
         int(s["batch"]),
         int(s["in_ch"]),
         int(s["height"]),
@@ -222,15 +197,15 @@ def _conv_runner(s: Shape, dtype: str, device: str):
         dtype=dtype,
         device=device,
     )
-    w = _randn(int(s["out_ch"]), int(s["in_ch"]), kk, kk, dtype=dtype, device=device)
-    return _no_grad(lambda: torch.nn.functional.conv2d(x, w, padding=kk // 2))
+    w = seeded_randn(int(s["out_ch"]), int(s["in_ch"]), kk, kk, dtype=dtype, device=device)
+    return inference_mode(lambda: torch.nn.functional.conv2d(x, w, padding=kk // 2))
 
 
 def _rowmax_runner(s: Shape, dtype: str, device: str):
     import torch
 
-    x = _randn(int(s["rows"]), int(s["cols"]), dtype=dtype, device=device)
-    return _no_grad(lambda: torch.amax(x, dim=-1, keepdim=True))
+    x = seeded_randn(int(s["rows"]), int(s["cols"]), dtype=dtype, device=device)
+    return inference_mode(lambda: torch.amax(x, dim=-1, keepdim=True))
 
 
 def _rowmax_op(s: Shape, dtype: str) -> list[Op]:
@@ -250,12 +225,12 @@ def _image_runner(kind: str):
     def build(s: Shape, dtype: str, device: str):
         import torch.nn.functional as F
 
-        x = _randn(
+        x = seeded_randn(
             1, int(s["channels"]), int(s["size"]), int(s["size"]), dtype=dtype, device=device
         )
         if kind == "pool":
-            return _no_grad(lambda: F.max_pool2d(x, 2))
-        return _no_grad(lambda: F.interpolate(x, scale_factor=2, mode="nearest"))
+            return inference_mode(lambda: F.max_pool2d(x, 2))
+        return inference_mode(lambda: F.interpolate(x, scale_factor=2, mode="nearest"))
 
     return build
 
@@ -433,93 +408,6 @@ def _micro_suites() -> list[Suite]:
 # ---------------------------------------------------------------- kernel suites
 
 
-def _attention_runner(fast: bool):
-    def build(s: Shape, dtype: str, device: str):
-        from xpusim.kernels.attention import fast_attention, standard_attention
-
-        b, h, n, d = int(s["batch"]), int(s["heads"]), int(s["seq"]), int(s["head_dim"])
-        kvh = int(s.get("kv_heads", h))
-        q = _randn(b, h, n, d, dtype=dtype, device=device)
-        k = _randn(b, kvh, n, d, dtype=dtype, device=device)
-        v = _randn(b, kvh, n, d, dtype=dtype, device=device)
-        causal = bool(s.get("causal", 0))
-        if fast:
-            block = int(s.get("block", 128))
-            return _no_grad(lambda: fast_attention(q, k, v, causal=causal, outer_block=block))
-        return _no_grad(lambda: standard_attention(q, k, v, causal=causal))
-
-    return build
-
-
-def _moe_layer_and_input(s: Shape, dtype: str, device: str):
-    import torch
-    from xpusim.kernels.moe import MoELayer
-
-    torch.manual_seed(0)  # same weights every run: the routing histogram is reproducible
-    layer = (
-        MoELayer(
-            hidden=int(s["hidden"]),
-            expert_ffn=int(s["expert_ffn"]),
-            num_experts=int(s["experts"]),
-            top_k=int(s["top_k"]),
-            shared_experts=int(s.get("shared_experts", 0)),
-        )
-        .to(device=device, dtype=_torch_dtype(dtype))
-        .eval()
-    )
-    return layer, _randn(int(s["tokens"]), int(s["hidden"]), dtype=dtype, device=device)
-
-
-def _moe_runner(s: Shape, dtype: str, device: str):
-    layer, x = _moe_layer_and_input(s, dtype, device)
-    return _no_grad(lambda: layer(x))
-
-
-@functools.lru_cache(maxsize=256)
-def moe_routing_histogram(
-    shape: tuple[tuple[str, float], ...], dtype: str, torch_device: str = "cpu"
-) -> tuple[float, ...]:
-    """Rows each expert receives when the suite's MoE layer routes the suite's input.
-
-    The measured layer has random weights, so its routing is not uniform (some experts
-    get 1.5x the mean); the graph the simulator prices uses this histogram
-    (``describe_moe(tokens_per_expert=...)``), i.e. the routing the kernel really did.
-    """
-    from xpusim.calibrate.device import require_torch
-
-    torch = require_torch(
-        "pricing an MoE case whose routing is not recorded (a measurements CSV without "
-        "a 'routing' column; re-measure with 'xpusim calibrate' to record it)"
-    )
-    layer, x = _moe_layer_and_input(dict(shape), dtype, torch_device)
-    with torch.inference_mode():
-        _, stats = layer(x, return_stats=True)
-    return tuple(float(v) for v in stats.kept_per_expert)
-
-
-def moe_shape_with_routing(s: Shape, dtype: str) -> dict:
-    """The suite's MoE shape plus its measured routing as the ``tokens_per_expert`` key:
-    the exact shape ``xpusim predict kernel moe --shape ...`` takes for this case."""
-    hist = moe_routing_histogram(tuple(sorted(s.items())), dtype)
-    return {**s, "tokens_per_expert": tuple(int(v) for v in hist)}
-
-
-def _moe_ops(s: Shape, dtype: str) -> RankGraph:
-    if "tokens_per_expert" in s:  # the routing recorded when the case was measured
-        return describe_kernel("moe", s, dtype)
-    return describe_kernel("moe", moe_shape_with_routing(s, dtype), dtype)
-
-
-def _cdc_runner(s: Shape, dtype: str, device: str):
-    import torch
-    from xpusim.kernels.cdc import CDC
-
-    torch.manual_seed(0)
-    net = CDC(upscale=int(s["upscale"])).to(device=device, dtype=_torch_dtype(dtype)).eval()
-    x = _randn(int(s["batch"]), 3, int(s["height"]), int(s["width"]), dtype=dtype, device=device)
-    return _no_grad(lambda: net(x))
-
-
 def _kernel(name: str):
     return lambda s, dt: describe_kernel(name, s, dt)
 
@@ -577,7 +465,7 @@ def _kernel_suites() -> list[Suite]:
             attn_full,
             attn_quick,
             _kernel("standard-attention"),
-            _attention_runner(False),
+            attention_runner(False),
         ),
         Suite(
             "fastattention",
@@ -585,10 +473,10 @@ def _kernel_suites() -> list[Suite]:
             attn_full,
             attn_quick,
             _kernel("fastattention"),
-            _attention_runner(True),
+            attention_runner(True),
         ),
-        Suite("moe", "kernel", moe_full, moe_quick, _moe_ops, _moe_runner),
-        Suite("cdc", "kernel", cdc_full, cdc_quick, _kernel("cdc"), _cdc_runner),
+        Suite("moe", "kernel", moe_full, moe_quick, moe_ops, moe_runner),
+        Suite("cdc", "kernel", cdc_full, cdc_quick, _kernel("cdc"), cdc_runner),
     ]
 
 

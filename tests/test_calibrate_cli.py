@@ -190,7 +190,7 @@ def test_every_quick_case_builds_its_graph():
 
 
 def test_moe_suite_prices_the_measured_routing():
-    from xpusim.calibrate.suites import moe_routing_histogram
+    from xpusim.calibrate.kernel_runners import moe_routing_histogram
 
     shape = {
         "tokens": 64.0,

@@ -15,6 +15,7 @@ SHAPE = dict(tokens=16, hidden=256, expert_ffn=512, experts=8, top_k=2, shared_e
 
 
 def test_sixteen_token_layer_non_gemm_price_is_its_dispatches():
+    from xpusim.calibrate.kernel_runners import moe_layer_and_input, moe_routing_histogram
     from xpusim.calibrate.opcount import count_ops
     from xpusim.calibrate.pipeline import (
         fit_measured,
@@ -22,7 +23,6 @@ def test_sixteen_token_layer_non_gemm_price_is_its_dispatches():
         read_measurements,
         recorded_device,
     )
-    from xpusim.calibrate.suites import _moe_layer_and_input, moe_routing_histogram
     from xpusim.sim.cost import RooflineModel
     from xpusim.sim.ir import OpKind
     from xpusim.sim.workloads.moe import describe_moe
@@ -34,7 +34,7 @@ def test_sixteen_token_layer_non_gemm_price_is_its_dispatches():
     graph = describe_moe(16, 256, 512, 8, 2, tokens_per_expert=list(routing))
     rest = [op for op in graph.ops() if op.kind != OpKind.GEMM]
 
-    layer, x = _moe_layer_and_input(SHAPE, "fp32", "cpu")
+    layer, x = moe_layer_and_input(SHAPE, "fp32", "cpu")
     executed = count_ops(lambda: layer(x))
     # Router softmax, top-k, gather, sum, divide; sort, 3 index, floor_divide, bincount;
     # 8 silu, 8 + 1 mul; zeros_like, index_add_: every one is in the graph.

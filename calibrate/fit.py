@@ -44,6 +44,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy.optimize import least_squares
+from xpusim.calibrate.fit_result import FitResult
 from xpusim.hwprofiles.spec import Device
 from xpusim.sim.cost.operand_feed import feed_flops_per_element
 from xpusim.sim.cost.page_faults import PAGE_FAULT_KIND, fault_bytes
@@ -476,44 +477,6 @@ def op_times(table: OpTable, p: FitParams) -> np.ndarray:
 def case_times(table: OpTable, p: FitParams) -> np.ndarray:
     """Predicted time of each case: the sum of its ops (one stream)."""
     return np.bincount(table.case, weights=op_times(table, p), minlength=table.n_cases)
-
-
-@dataclass(frozen=True)
-class FitResult:
-    params: FitParams
-    start: FitParams
-    cost: float
-    rms_log_error: float
-    median_abs_error: float  # fraction, over the fit cases
-    p90_abs_error: float
-    n_cases: int
-    fitted_kinds: tuple[str, ...]
-    at_bound: tuple[str, ...]
-    success: bool
-    message: str
-    held: tuple[str, ...] = ()  # parameters kept at the start's value (not fitted)
-    # Largest |this fit's vectorised case time / RooflineModel's - 1| over the fit cases at
-    # the fitted parameters (pipeline.model_gap): 0 where the table restates the model
-    # whole, > 0 where it does not (a fitted max above 1 on a dtype priced at a fallback
-    # peak).
-    model_gap: float = 0.0
-
-    def summary(self) -> dict:
-        return {
-            "params": self.params.as_dict(),
-            "start": self.start.as_dict(),
-            "cost": self.cost,
-            "rms_log_error": self.rms_log_error,
-            "median_abs_error": self.median_abs_error,
-            "p90_abs_error": self.p90_abs_error,
-            "n_cases": self.n_cases,
-            "fitted_kinds": list(self.fitted_kinds),
-            "at_bound": list(self.at_bound),
-            "held": list(self.held),
-            "success": self.success,
-            "message": self.message,
-            "model_gap": self.model_gap,
-        }
 
 
 def suite_weights(groups: Sequence[str]) -> np.ndarray:

@@ -18,7 +18,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from xpusim.calibrate.fit import FitParams, FitResult
+from xpusim.calibrate.fit import FitParams
+from xpusim.calibrate.fit_result import FitResult
 from xpusim.hwprofiles.schema import GIGA, MIB, TERA, US
 from xpusim.hwprofiles.spec import Device
 from xpusim.sim.report import write_text_atomic

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 from xpusim.calibrate.allocator import pin_glibc_malloc
 from xpusim.calibrate.device import LocalDevice, profile_for_gpu
-from xpusim.calibrate.fit import FitParams, FitResult, build_table, fit, held_parameters
+from xpusim.calibrate.fit import FitParams, build_table, fit, held_parameters
+from xpusim.calibrate.fit_result import FitResult
 from xpusim.calibrate.harness import (
     HarnessConfig,
     Measurement,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import tomllib
 
 import pytest
-from xpusim.calibrate.fit import FitParams, FitResult
+from xpusim.calibrate.fit import FitParams
+from xpusim.calibrate.fit_result import FitResult
 from xpusim.calibrate.overlay import dumps, overlay_doc, write_overlay
 from xpusim.hwprofiles import load_device
 from xpusim.sim import ops

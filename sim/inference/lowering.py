@@ -398,6 +398,8 @@ class StepSimulator:
                                           attention_impl, self.layers)
         self._models = memo.models
         self._priced, self._sums_memo, self._runs = memo.priced, memo.sums, memo.runs
+        # Serving runs' interpolation tables, shared like the rest (``StepCosts``).
+        self.costs_tables = memo.costs
         if memo.batched is None:
             memo.batched = DecodeTemplate()
         self._batched: DecodeTemplate = memo.batched

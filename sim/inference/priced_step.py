@@ -169,6 +169,10 @@ class StepMemo:
     # the speculative-decoding rows (``xpusim sd``) of one target at several acceptance
     # rates run the same steps (60 rows, 15 distinct (configuration, gamma) pairs).
     runs: dict[Any, Any] = field(default_factory=dict)
+    # A serving run's interpolation tables (``stepcosts.CostTables``) by the pricing
+    # flags that change them: the rows of one deployment at several request counts and
+    # rates read the same grid points (``StepCosts``).
+    costs: dict[Any, Any] = field(default_factory=dict)
 
 
 def detached(result: Any) -> Any:

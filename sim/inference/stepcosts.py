@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from xpusim.sim.inference.decode_runs import DecodeStepper, Interp
 from xpusim.sim.inference.graph_padding import padded_step, padding_dummies
@@ -34,6 +35,48 @@ def _step_time(sim: StepSimulator, batch: StepBatch, host: bool, exact: bool) ->
     return sim.run(batch, host).time_s if exact else sim.time_s(batch, host)
 
 
+@dataclass
+class CostTables:
+    """What a ``StepCosts`` keeps of its pricing: each entry a pure function of the target
+    simulator's inputs, the ``exact`` flag and its key, so the runs of one deployment
+    (``xpusim validate``'s rows at several request counts and rates) share them
+    (``_tables``) and read the same floats as pricing afresh.
+
+    ``grid``: interpolating functions per (what, batch, dummies); ``chunks``: prompt-chunk
+    costs; ``prefix_corners``: the attention of a prompt chunk over its cached prefix at
+    (chunk, prefix) grid corners, and ``prefix_cells`` those corners by grid cell (i, j);
+    ``chunk_attention``: its results by (chunk, prefix); ``mixed_fns``: ``mixed_device``'s
+    interpolating functions (``tokens`` at the step's tokens and at its decode tokens, two
+    cursors; ``chunk_attention``); ``decode_at``: per decode batch, the token work at it
+    and ``decode_device``'s interpolation; ``mixed_host``: ``mixed``'s host terms (before,
+    after the forward) by (sequences, admitted, sampled)."""
+
+    grid: dict[tuple[str, int, int], Interp] = field(default_factory=dict)
+    chunks: dict[float, float] = field(default_factory=dict)
+    prefix_corners: dict[tuple[int, int], float] = field(default_factory=dict)
+    prefix_cells: dict[tuple[int, int], tuple[float, float, float, float]] = field(
+        default_factory=dict)
+    chunk_attention: dict[tuple[float, float], float] = field(default_factory=dict)
+    mixed_fns: tuple[Callable[[float], float], ...] | None = None
+    decode_at: dict[int, tuple[float, Callable[[float], float] | None]] = field(
+        default_factory=dict)
+    mixed_host: dict[tuple[int, int, int], tuple[float, float]] = field(default_factory=dict)
+
+
+def _tables(target: StepSimulator | None, draft: StepSimulator | None,
+            exact: bool) -> CostTables:
+    """The tables of a ``StepCosts`` on ``target``: shared with every earlier one on a
+    simulator of equal inputs (``StepMemo.costs``: ~840 grid points a run, each looked
+    up again by every run before, 2026-12-07), fresh with a draft model (its tables
+    would need the draft's inputs in the key; the speculative rows are few)."""
+    if target is None or draft is not None:
+        return CostTables()
+    tables = target.costs_tables.get(exact)
+    if tables is None:
+        tables = target.costs_tables[exact] = CostTables()
+    return tables
+
+
 class StepCosts:
     """Step times from the simulator, interpolated over context on CONTEXT_GRID."""
 
@@ -54,23 +97,11 @@ class StepCosts:
         # P(a round accepts every draft): the draft steps' extra rows (draft_rows).
         self.bonus_share = bonus_share
         self._steppers: dict[tuple[int, bool], DecodeStepper] = {}
-        # Interpolating functions per (what, batch) and prompt-chunk costs, kept for the
-        # run: a serving run prices the same shapes hundreds of thousands of times, and
-        # each is a pure function of its arguments (the same floats as pricing afresh).
-        self._grid: dict[tuple[str, int, int], Interp] = {}
-        self._chunks: dict[float, float] = {}
-        # Attention of a prompt chunk over its cached prefix at (chunk, prefix) grid corners.
-        self._prefix_corners: dict[tuple[int, int], float] = {}
-        # Those corners by grid cell (i, j) of (chunk, prefix): ``chunk_attention``.
-        self._prefix_cells: dict[tuple[int, int], tuple[float, float, float, float]] = {}
-        # ``chunk_attention``'s results by (chunk, prefix).
-        self._chunk_attention: dict[tuple[float, float], float] = {}
-        # ``mixed_device``'s interpolating functions: ``tokens`` (two cursors: at the
-        # step's tokens and at its decode tokens) and ``chunk_attention``.
-        self._mixed_fns: tuple[Callable[[float], float], ...] | None = None
-        self._decode_at: dict[int, tuple[float, Callable[[float], float] | None]] = {}
-        # ``mixed``'s host terms (before, after the forward) by (sequences, admitted, sampled).
-        self._mixed_host: dict[tuple[int, int, int], tuple[float, float]] = {}
+        tables = _tables(target, draft, exact)
+        self._grid, self._chunks = tables.grid, tables.chunks
+        self._prefix_corners, self._prefix_cells = tables.prefix_corners, tables.prefix_cells
+        self._chunk_attention, self._decode_at = tables.chunk_attention, tables.decode_at
+        self._mixed_host, self._tables = tables.mixed_host, tables
 
     def _time(self, sim: StepSimulator, batch: StepBatch, host: bool = True) -> float:
         return _step_time(sim, batch, host, self.exact)
@@ -239,13 +270,13 @@ class StepCosts:
         chunk's attention: causal over itself, and over the ``prefixes`` tokens its
         prompt's earlier chunks left in the KV cache (``chunk_attention``). Left out: the
         chunks' logit rows."""
-        fns = self._mixed_fns
+        fns = self._tables.mixed_fns
         if fns is None:  # kept: a serving run makes ~10^5 such steps
             tokens = self._grid_interp("tokens", 0)
             # Two cursors over one table: the two token counts lie in different
             # segments in most steps (``Interp.cursor``).
-            fns = self._mixed_fns = (tokens.at, tokens.cursor(),
-                                     self._grid_fn("chunk_attention", 1))
+            fns = self._tables.mixed_fns = (tokens.at, tokens.cursor(),
+                                            self._grid_fn("chunk_attention", 1))
         step_tokens, decode_tokens, attention = fns
         device = step_tokens(decode_batch + sum(chunks))
         # Per batch size, one lookup: the token work at the decode tokens (a float of the

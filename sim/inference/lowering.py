@@ -451,7 +451,9 @@ class StepSimulator:
         hit = self._fast_memo.get(key)
         if hit is not None:
             return hit
-        full = self._memo.get(key)
+        # Full runs (``run``): none in most simulators (the serving loop runs none), and a
+        # ``StepBatch`` key hashes in Python: not looked up then.
+        full = self._memo.get(key) if self._memo else None
         if full is not None:
             return full.time_s
         device = self._device_sums(batch)[0]

@@ -481,19 +481,3 @@ def windowed_kv_steps(
         weights[first] = weights.get(first, 0) + w
     return periodic_steps(spare, b, weights, horizon)
 
-
-def chunk_terms(chunks: list[tuple[Request, int]]) -> tuple[list[int], list[int], int]:
-    """A mixed step's prompt chunks (request, tokens) as ``StepCosts.mixed`` takes them:
-    their sizes, the tokens each one's prompt already holds in the KV cache (its earlier
-    chunks, which a chunk attends to) and how many prompts end with their chunk; one
-    pass, not three (``Server._mixed_step`` runs it every iteration)."""
-    sizes: list[int] = []
-    prefixes: list[int] = []
-    done = 0
-    for r, c in chunks:
-        left = r.prefill_left
-        sizes.append(c)
-        prefixes.append(r.prompt + r.generated - left)
-        if c >= left:
-            done += 1
-    return sizes, prefixes, done

@@ -31,7 +31,7 @@ import numpy as np
 from tqdm import tqdm
 from xpusim.sim.errors import InputError
 from xpusim.sim.inference.kvcache import KVLayout
-from xpusim.sim.inference.running import RunningBatch, chunk_terms, windowed_kv_steps
+from xpusim.sim.inference.running import RunningBatch, windowed_kv_steps
 from xpusim.sim.inference.serve_result import ServeResult
 from xpusim.sim.inference.stepcosts import StepCosts
 from xpusim.sim.inference.workload import Request
@@ -367,9 +367,15 @@ class Server:
         batch = RunningBatch(self.block, step_tokens, layout=self.layout)
         # Read once: the loop below runs ~2M times over ``validate --published``.
         incremental, total = self.kv_reserve != "full", len(requests)
+        waiting, decodes, blocks_total = s.waiting, batch.decoding, self.blocks_total
+        max_tokens, plain = self.max_batched_tokens, not self.costs.draft
         while s.finished < total:
-            arrivals.pull(s.now, s.waiting)
-            if not batch.decoding and not batch.pending and not s.waiting:  # not batch
+            # ``arrivals.pull``, entered only when the next request has arrived (most
+            # iterations: none has).
+            count = arrivals.count
+            if count < total and requests[count].arrival_s <= s.now:
+                arrivals.pull(s.now, waiting)
+            if not decodes and not batch.pending and not waiting:  # not batch
                 s.now = arrivals.next_s
                 continue
             # Full reservation never preempts: every admitted request's KV is held.
@@ -377,21 +383,21 @@ class Server:
             # started ones are preempted and no new request is admitted this step
             # (TensorRT-LLM MaxUtilizationScheduler: pending requests are tried only
             # if all started ones fit; vLLM's scheduler: no prefills after a preemption).
-            preempted = (incremental and batch.need > self.blocks_total
+            preempted = (incremental and batch.need > blocks_total
                          and self._preempt_mixed(s, batch, stats))
-            decoding = len(batch.decoding)
-            budget = self.max_batched_tokens - decoding * step_tokens
+            decoding = len(decodes)
+            budget = max_tokens - decoding * step_tokens
             chunks: list[tuple[Request, int]] = []
             if batch.pending:
                 chunks, budget = self._pending_chunks(batch, budget)
             admitted = 0 if preempted else self._admit_mixed(s, batch, chunks, budget)
             if not decoding and not chunks:
                 continue
-            if not chunks and not preempted and not self.costs.draft and not batch.pending:
+            if not chunks and not preempted and plain and not batch.pending:
                 # Only decodes: a run of identical steps until something changes.
                 k = self._run_length_mixed(batch)
                 s.now, steps = self._decode_run(
-                    batch.context, decoding, s.waiting, arrivals, s.now, k,
+                    batch.context, decoding, waiting, arrivals, s.now, k,
                     self.costs.decode_stepper(decoding, True),
                 )
                 done = batch.advance(steps)
@@ -439,10 +445,11 @@ class Server:
         """Prompt chunks of the requests still prefilling, in order, within ``budget``."""
         chunks: list[tuple[Request, int]] = []
         for r in batch.pending:
-            if budget > 0:
-                c = min(r.prefill_left, budget)
-                chunks.append((r, c))
-                budget -= c
+            if budget <= 0:
+                break  # no later request gets a chunk
+            c = min(r.prefill_left, budget)
+            chunks.append((r, c))
+            budget -= c
         return chunks, budget
 
     def _admit_mixed(
@@ -457,8 +464,9 @@ class Server:
         Returns how many requests entered for the first time: the engine's per-request
         host work (``request_overhead_s``: request and response objects, response
         delivery) is paid once per request, not again when a preempted one resumes."""
-        if not s.waiting or budget <= 0:
-            return 0  # most iterations of a decode run: nothing to try
+        if not s.waiting or budget <= 0 or len(batch.decoding) + len(batch.pending) >= (
+                self.max_num_seqs):
+            return 0  # most iterations: nothing to try, or no room in the batch
         full = self.kv_reserve == "full"
         used = self._taken(s, batch, full)
         admitted = 0
@@ -526,8 +534,21 @@ class Server:
         requests that reached their output length."""
         decoding = len(batch.decoding)
         context = batch.context / decoding if decoding else 0.0
-        sizes, prefixes, done_prefill = chunk_terms(chunks)
-        s.now += self.costs.mixed(decoding, context, sizes, decoding + done_prefill, admitted,
+        # The chunks' sizes, the tokens each one's prompt already holds in the KV cache
+        # (its earlier chunks, which a chunk attends to) and the prompts that end with
+        # their chunk (c = min(left, budget), so c == left): one pass, the tokens left
+        # written here (the pricing and ``advance`` read no chunk's request).
+        sizes: list[int] = []
+        prefixes: list[int] = []
+        ready: list[Request] = []
+        for r, c in chunks:
+            left = r.prefill_left
+            sizes.append(c)
+            prefixes.append(r.prompt + r.generated - left)
+            r.prefill_left = left - c
+            if c == left:
+                ready.append(r)
+        s.now += self.costs.mixed(decoding, context, sizes, decoding + len(ready), admitted,
                                   prefixes)
         if self.costs.draft:  # the acceptance draws in running order, as before
             for r in batch.decoding.values():
@@ -535,14 +556,11 @@ class Server:
             done = [r for r in batch.decoding.values() if r.generated >= r.output]
         else:
             done = batch.advance(1)
-        ready: list[Request] = []
-        for r, c in chunks:
-            r.prefill_left -= c
-            if r.prefill_left == 0:
-                if r.first_token_s is None:
-                    r.first_token_s = s.now
-                ready.append(r)
         if ready:
+            now = s.now
+            for r in ready:
+                if r.first_token_s is None:
+                    r.first_token_s = now
             batch.prefilled_all(ready)
             done += [r for r in ready if r.generated >= r.output]
             # Only a chunk's request can reach 0 left (the others keep theirs, > 0).

@@ -100,6 +100,55 @@ def test_advance_returns_the_requests_that_end_at_each_tick(outputs, leave, step
             batch.leave(r)
 
 
+def _state(batch: RunningBatch) -> tuple:
+    return (batch.context, batch.need, batch.tick, list(batch.residues), list(batch.decoding),
+            dict(batch.since), dict(batch.entry), dict(batch.live), batch.serial)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    outputs=st.lists(st.integers(2, 40), min_size=1, max_size=12),
+    contexts=st.lists(st.integers(1, 60), min_size=12, max_size=12),
+    leave=st.lists(st.integers(0, 11), max_size=4),
+    steps=st.lists(st.integers(1, 20), min_size=1, max_size=6),
+    block=st.sampled_from([1, 4, 16]),
+)
+def test_finish_is_advance_then_leave_all(outputs, contexts, leave, steps, block):
+    """``finish`` (the serving loop's path) leaves the batch exactly as ``advance``
+    followed by ``leave_all`` of the requests it returns, and returns the same list."""
+    pair = []
+    for _ in range(2):
+        batch = RunningBatch(block, 1)
+        requests = [Request(i, 0.0, prompt=contexts[i], output=o, generated=1)
+                    for i, o in enumerate(outputs)]
+        for r in requests:
+            batch.join_decoding(r)
+        for i in sorted(set(leave)):
+            if i < len(requests) and id(requests[i]) in batch.decoding:
+                batch.leave(requests[i])
+        pair.append((batch, requests))
+    (one, ones), (two, twos) = pair
+    for k in steps:
+        if not one.decoding:
+            break
+        k = min(k, one.steps_left(), two.steps_left())  # each drops its stale heap heads
+        done = one.advance(k)
+        one.leave_all(done)
+        got = two.finish(k)
+        assert [r.id for r in got] == [r.id for r in done]
+        assert [(r.generated, r.finish_s) for r in twos] == [(r.generated, r.finish_s)
+                                                             for r in ones]
+        # The same sums and tables (the dict keys are the requests' ids: by request id).
+        ids = {id(a): a.id for a in ones} | {id(a): a.id for a in twos}
+        a, b = _state(one), _state(two)
+        assert a[:4] == b[:4] and a[8] == b[8]
+        assert [ids[k] for k in a[4]] == [ids[k] for k in b[4]]
+        assert {ids[k]: v for k, v in a[5].items()} == {ids[k]: v for k, v in b[5].items()}
+        assert {ids[k]: v for k, v in a[6].items()} == {ids[k]: v for k, v in b[6].items()}
+        assert {s: r.id for s, r in a[7].items()} == {s: r.id for s, r in b[7].items()}
+        assert one.ends == two.ends
+
+
 def _server(capacity_tokens: float) -> Server:
     sim = StepSimulator(load_model("qwen2-0.5b"), load_system("dgx-a100"), ParallelPlan(1),
                         load_engine("vllm-0.6"))

@@ -52,10 +52,12 @@ class _Arrivals:
         return math.inf
 
     def pull(self, now: float, waiting: deque) -> None:
-        reqs = self.requests
-        while self.count < len(reqs) and reqs[self.count].arrival_s <= now:
-            waiting.append(reqs[self.count])
-            self.count += 1
+        reqs, count = self.requests, self.count  # locals: once per request of a run
+        end = len(reqs)
+        while count < end and reqs[count].arrival_s <= now:
+            waiting.append(reqs[count])
+            count += 1
+        self.count = count
 
 
 @dataclass
@@ -400,7 +402,7 @@ class Server:
                     batch.context, decoding, waiting, arrivals, s.now, k,
                     self.costs.decode_stepper(decoding, True),
                 )
-                done = batch.advance(steps)
+                done = batch.finish(steps)
                 stats["steps"] += steps
                 stats["batch_sum"] += decoding * steps
             else:
@@ -426,11 +428,11 @@ class Server:
         return max(1, k)
 
     def _retire_mixed(self, s: _Loop, batch: RunningBatch, done: list[Request], bar) -> None:
-        """Finish ``done`` (requests that have all their tokens) at the current time."""
+        """Finish ``done`` (requests that have all their tokens, out of ``batch`` already:
+        ``RunningBatch.finish``, ``_mixed_step``) at the current time."""
         now = s.now
         for r in done:
             r.finish_s = now
-        batch.leave_all(done)
         if self.kv_reserve == "full":  # ``_reserve`` of each: the units it held
             if b := self._plain_block:
                 s.held += sum([(-(r.prompt + r.output)) // b for r in done])
@@ -531,7 +533,7 @@ class Server:
         stats: dict,
     ) -> list[Request]:
         """One iteration of decode tokens (or SD rounds) and prompt chunks. Returns the
-        requests that reached their output length."""
+        requests that reached their output length, out of ``batch`` (``leave_all``)."""
         decoding = len(batch.decoding)
         context = batch.context / decoding if decoding else 0.0
         # The chunks' sizes, the tokens each one's prompt already holds in the KV cache
@@ -550,27 +552,34 @@ class Server:
                 ready.append(r)
         s.now += self.costs.mixed(decoding, context, sizes, decoding + len(ready), admitted,
                                   prefixes)
-        if self.costs.draft:  # the acceptance draws in running order, as before
-            for r in batch.decoding.values():
-                r.generated = min(r.output, r.generated + self._sd_tokens(r.alpha))
-            done = [r for r in batch.decoding.values() if r.generated >= r.output]
-        else:
-            done = batch.advance(1)
+        done = self._sd_advance(batch) if self.costs.draft else batch.finish(1)
         if ready:
             now = s.now
             for r in ready:
                 if r.first_token_s is None:
                     r.first_token_s = now
             batch.prefilled_all(ready)
-            done += [r for r in ready if r.generated >= r.output]
+            if late := [r for r in ready if r.generated >= r.output]:
+                if not self.costs.draft:
+                    batch.leave_all(late)  # ``finish`` left the others
+                done += late
             # Only a chunk's request can reach 0 left (the others keep theirs, > 0).
             batch.pending = [r for r in batch.pending if r.prefill_left > 0]
         if self.costs.draft:
             batch.resync()  # each request gained its own number of tokens
+            batch.leave_all(done)
         stats["steps"] += 1
         stats["prefill"] += 1 if chunks else 0
         stats["batch_sum"] += decoding
         return done
+
+    def _sd_advance(self, batch: RunningBatch) -> list[Request]:
+        """The decoding requests' tokens after one SD round, the acceptance draws in
+        running order; returns those that reached their output length (still in the
+        batch: ``_mixed_step`` resyncs it first)."""
+        for r in batch.decoding.values():
+            r.generated = min(r.output, r.generated + self._sd_tokens(r.alpha))
+        return [r for r in batch.decoding.values() if r.generated >= r.output]
 
     def _sd_tokens(self, alpha: float) -> int:
         """1 + the number of leading drafted tokens accepted (each with probability alpha)."""

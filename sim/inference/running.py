@@ -318,9 +318,9 @@ class RunningBatch:
         read once (~3M requests over ``validate --published``'s serving rows). The same
         sums: integer updates, in any order."""
         if self._windowed:
-            done = self.advance(steps)
-            self.leave_all(done)
-            return done
+            left = self.advance(steps)
+            self.leave_all(left)
+            return left
         if self._tick(steps):
             return []
         done: list[Request] = []

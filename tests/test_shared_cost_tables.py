@@ -5,6 +5,8 @@ the same floats as one on fresh tables, bit for bit."""
 
 from __future__ import annotations
 
+import gc
+
 from xpusim.hwprofiles import load_system
 from xpusim.sim.inference.engine_profile import load_engine
 from xpusim.sim.inference.lowering import StepSimulator
@@ -41,9 +43,37 @@ def _run(sim: StepSimulator, seed: int, graphs: tuple[int, ...] = ()) -> tuple:
 def test_equal_simulators_share_the_tables():
     clear_memos()
     first, second = StepCosts(_sim()), StepCosts(_sim())
-    assert first._grid is second._grid and first._tables is second._tables
-    assert StepCosts(_sim(), exact=True)._grid is not first._grid
-    assert StepCosts(_sim("vllm-0.6"))._grid is not first._grid  # other inputs
+    assert first._tables is second._tables
+    first.decode_device(9, 300.0)
+    assert second._grid_interp("decode_device", 9).points is first._grid[
+        ("decode_device", 9, 0)].points
+    assert StepCosts(_sim(), exact=True)._tables is not first._tables
+    assert StepCosts(_sim("vllm-0.6"))._tables is not first._tables  # other inputs
+
+
+def test_shared_tables_form_no_reference_cycle():
+    """The tables hold floats, no pricing function: a dropped memo (``clear_memos``, or
+    evicted) and its runs are freed by reference counting, none left for the cyclic
+    collector (which ``xpusim validate`` pauses while a row runs)."""
+    clear_memos()
+    gc.collect()
+    gc.disable()
+    try:
+        _run(_sim(), 1)
+        _run(_sim(), 2)
+        clear_memos()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        left = {type(o).__name__ for o in gc.garbage}
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    # (The system's collective pricer, dropped with ``shared_table``, holds cycles of its
+    # own: not the pricing's.)
+    pricing = {"StepMemo", "StepSimulator", "StepCosts", "CostTables", "Interp",
+               "DecodeStepper", "PricedStep", "StepBatch"}
+    assert not left & pricing
 
 
 def test_a_run_on_shared_tables_equals_one_on_fresh_tables():

@@ -79,10 +79,15 @@ class Interp:
     this object, so the two form no reference cycle (a run's pricing is then freed by
     reference counting: tests/test_stepcosts_interp.py)."""
 
-    def __init__(self, fn: Callable[[float], float], grid: tuple[int, ...]) -> None:
+    def __init__(self, fn: Callable[[float], float], grid: tuple[int, ...],
+                 ends: dict[int, Segment] | None = None,
+                 points: dict[int, float] | None = None) -> None:
+        """``ends`` and ``points``: the segment and point tables to start from (and fill),
+        shared with other interpolations of the same function over ``grid``
+        (``stepcosts.CostTables``); None: new ones."""
         self.fn, self.grid = fn, grid
-        self.ends: dict[int, Segment] = {}
-        self.points: dict[int, float] = {}
+        self.ends: dict[int, Segment] = {} if ends is None else ends
+        self.points: dict[int, float] = {} if points is None else points
         self.at = _scalar(self.ends, grid, fn, self.points)
 
     def cursor(self) -> Callable[[float], float]:

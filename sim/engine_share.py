@@ -46,17 +46,23 @@ def comm_slot(key: tuple[str, str]) -> bool:
 
 
 def known_comm(ivs: list[list[float]], slots: list[int], start: float) -> list[float]:
-    """The collectives' busy intervals known so far that end after ``start`` (flat,
-    sorted, disjoint), from the slots' time-ordered interval lists."""
-    picked: list[list[float]] = []
-    for slot in slots:
-        iv = ivs[slot]
-        if iv and iv[-1] > start:
-            i = bisect_right(iv, start)
-            picked.append(iv[i - 1 if i % 2 == 1 else i:])
+    """The collectives' busy intervals known so far (flat, sorted, disjoint), for
+    ``stretch`` from ``start``: empty when none ends after ``start``. When one slot has
+    such intervals, its whole list, not a copy of its tail: ``stretch`` bisects the list
+    at ``start`` itself and reads it no earlier than there, and the tail starts at an even
+    index, so it reads the same floats (the copy cost most of this function where the
+    comm stream ran far ahead). Else the union of the slots' tails (``_tail``). The list
+    is only read (a comm slot's, which a contended compute task never writes)."""
+    picked = [iv for slot in slots if (iv := ivs[slot]) and iv[-1] > start]
     if len(picked) == 1:
         return picked[0]
-    return flat_union(picked) if picked else []
+    return flat_union([_tail(iv, start) for iv in picked]) if picked else picked
+
+
+def _tail(iv: list[float], start: float) -> list[float]:
+    """The intervals of ``iv`` that end after ``start`` (from the one holding it)."""
+    i = bisect_right(iv, start)
+    return iv[i - 1 if i % 2 == 1 else i:]
 
 
 def chain_end(parts: list[tuple[float, int]], rates: list[float], start: float,

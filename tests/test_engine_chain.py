@@ -112,11 +112,13 @@ span = st.tuples(st.sampled_from([0.0, 0.5, 1.0, 1.5, 2.0, 3.0]), st.floats(0.0,
 def test_union_spans_equals_union_intervals(lists):
     """The vectorised union of flat interval lists (stage_stats) is the engine's union."""
     from xpusim.sim.engine import union_intervals
-    from xpusim.sim.training.result import union_spans
+    from xpusim.sim.training.spans import union_arrays
 
     pairs = [[(s, s + d) for s, d in spans] for spans in lists]
     flat = [[t for p in spans for t in p] for spans in pairs]
-    assert union_spans(flat) == union_intervals([p for spans in pairs for p in spans])
+    start, end = union_arrays(flat)
+    assert list(zip(start.tolist(), end.tolist(), strict=True)) == \
+        union_intervals([p for spans in pairs for p in spans])
 
 
 def test_replayed_unit_pairs_emit_the_same_tasks(monkeypatch):

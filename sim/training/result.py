@@ -11,15 +11,15 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
 from xpusim.hwprofiles.spec import Device
-from xpusim.sim.engine import SimResult, overlap_length
+from xpusim.sim.engine import SimResult
 from xpusim.sim.ir import Stream
 from xpusim.sim.models.spec import ModelSpec
 from xpusim.sim.parallel import ParallelPlan, microbatches
 from xpusim.sim.schedules import closed_form_bubble
 from xpusim.sim.training.framework import framework_profile
 from xpusim.sim.training.memory import MemoryBreakdown, format_breakdown
+from xpusim.sim.training.spans import length, overlap, union_arrays
 
 
 @dataclass
@@ -173,33 +173,12 @@ def stage_stats(sim: SimResult, rank: int, stage: int) -> StageStats:
                 work += d
         elif label != "pp":
             async_iv.append(sim.spans[(r, stream, label)])
-    cu, au = union_spans(compute_iv), union_spans(async_iv)
-    exposed_async = sum(b - a for a, b in au) - overlap_length(au, cu)
-    idle = sim.makespan_s - sum(b - a for a, b in cu)
+    cu, au = union_arrays(compute_iv), union_arrays(async_iv)
+    exposed_async = length(au) - overlap(au, cu)
+    idle = sim.makespan_s - length(cu)
     bubble = max(0.0, idle - exposed_async)
     return StageStats(stage, rank, busy, bubble, blocking + exposed_async, work,
                       sim.slowed_s.get(rank, 0.0))
-
-
-def union_spans(spans: list[list[float]]) -> list[tuple[float, float]]:
-    """``engine.union_intervals`` of flat interval lists (s0, e0, s1, ...), vectorised:
-    the same intervals, to the bit (endpoints are picked, never computed), for the
-    tens of thousands of intervals a stage's streams hold."""
-    flat = np.concatenate([np.asarray(s, dtype=float) for s in spans]) if spans else None
-    if flat is None or flat.size == 0:
-        return []
-    start, end = flat[0::2], flat[1::2]
-    keep = end > start  # empty intervals are dropped
-    start, end = start[keep], end[keep]
-    if start.size == 0:
-        return []
-    order = np.lexsort((end, start))  # as sorted() orders (start, end) pairs
-    start, end = start[order], end[order]
-    reach = np.maximum.accumulate(end)
-    # A new interval starts where the next start lies beyond every end so far.
-    first = np.flatnonzero(np.concatenate(([True], start[1:] > reach[:-1])))
-    last = np.concatenate((first[1:] - 1, [start.size - 1]))
-    return list(zip(start[first].tolist(), reach[last].tolist(), strict=True))
 
 
 def device_peaks(device: Device, dtype: str) -> dict[str, float]:

@@ -36,8 +36,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from itertools import compress, repeat
-from operator import attrgetter, is_
 from typing import NamedTuple, cast
 
 from xpusim.sim.cost.pricing import Pricing
@@ -168,7 +166,6 @@ def _kind_of(work: Work) -> str:
 # intervals (s0, e0, s1, e1, ...), kept as tasks end, records or not; per chain task
 # its parts as (duration, slot).
 _Parts = list[tuple[float, int]]
-_WORK, _STREAM, _LABEL = attrgetter("work"), attrgetter("stream"), attrgetter("label")
 # ``Engine._price_graph``'s entry per (work, stream, label): slot, duration, chain parts,
 # contended entry (``engine_contended.contended_entry``).
 _Known = tuple[int, float | None, _Parts | None, tuple[float, float] | list[float] | None]
@@ -302,12 +299,10 @@ class Engine:
         lists are only read)."""
         if gi < len(self._streams):
             return self._streams[gi]
-        # One C-level pass per stream (a graph has a handful) instead of a Python step
-        # per task; task ids are list positions (``RankGraph.add``).
-        streams = list(map(_STREAM, graph.tasks))
-        ids = range(len(streams))
-        self._streams.append([(stream, list(compress(ids, map(is_, streams, repeat(stream)))))
-                              for stream in dict.fromkeys(streams)])
+        by_stream: dict[Stream, list[int]] = {}
+        for task in graph.tasks:
+            by_stream.setdefault(task.stream, []).append(task.id)
+        self._streams.append(list(by_stream.items()))
         return self._streams[gi]
 
     def _schedule(self, run: _Run) -> None:
@@ -500,29 +495,28 @@ class Engine:
         ``contention``: a contended run's, which gets each compute task's contended rate
         (``engine_contended.contended_entry``; such a task's duration is then None: it
         leaves the hot loop for ``special_contended``)."""
+        durations: list[float | None] = []
+        slot_of: list[int] = []
+        chains: dict[int, _Parts] = {}
         # (id(work), stream, label) -> (slot, duration, chain parts, contended entry): units
         # share work objects, which the graph holds (so ids stay unique), and pricing is a
-        # pure function of the object, so any task of a key gives its entry. Keys are
-        # priced in order of first use (``dict`` keeps it), so slots are still numbered
-        # in order of first use and work is priced in the order the per-task loop priced
-        # it. The per-task steps are C-level maps (this ran ~10M times per training
-        # corpus run as a Python loop; task ids are list positions, ``RankGraph.add``).
-        tasks = graph.tasks
-        keys = list(zip(map(id, map(_WORK, tasks)), map(_STREAM, tasks), map(_LABEL, tasks),
-                        strict=True))
-        contend = contention is not None
-        known = {key: self._price_key(task, slots, contend)
-                 for key, task in dict(zip(keys, tasks, strict=True)).items()}
-        seen = list(map(known.__getitem__, keys))
-        slot_of = [e[0] for e in seen]
-        durations = [e[1] for e in seen]
-        chains = {tid: e[2] for tid, e in enumerate(seen) if e[2] is not None}
-        if contention is not None:  # contended: (work seconds, rate), or a chain's rates
-            plain = {tid: e[3] for tid, e in enumerate(seen) if e[3] is not None and e[2] is None}
-            rates = {tid: e[3] for tid, e in enumerate(seen)
-                     if e[3] is not None and e[2] is not None}
-            contention.plain = cast("dict[int, tuple[float, float]]", plain)
-            contention.chain_rates = cast("dict[int, list[float]]", rates)
+        # pure function of the object; a key's first task registers its slots, so slots
+        # are still numbered in order of first use.
+        known: dict[tuple[int, Stream, str], _Known] = {}
+        for task in graph.tasks:
+            work = task.work
+            key = (id(work), task.stream, task.label)
+            seen = known.get(key)
+            if seen is None:
+                seen = known[key] = self._price_key(task, slots, contention is not None)
+            slot_of.append(seen[0])
+            durations.append(seen[1])
+            if seen[2] is not None:
+                chains[task.id] = seen[2]
+            if seen[3] is not None:  # contended: (work seconds, rate), or a chain's rates
+                c = cast(Contention, contention)
+                table = c.plain if seen[2] is None else c.chain_rates
+                table[task.id] = seen[3]  # type: ignore[assignment]
         return durations, slot_of, chains
 
     def _price_key(self, task: Task, slots: dict[tuple[Stream, str], int],

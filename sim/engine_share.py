@@ -56,7 +56,7 @@ def known_comm(ivs: list[list[float]], slots: list[int], start: float) -> list[f
     picked = [iv for slot in slots if (iv := ivs[slot]) and iv[-1] > start]
     if len(picked) == 1:
         return picked[0]
-    return flat_union([_tail(iv, start) for iv in picked]) if picked else []
+    return flat_union([_tail(iv, start) for iv in picked]) if picked else picked
 
 
 def _tail(iv: list[float], start: float) -> list[float]:

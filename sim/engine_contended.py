@@ -48,65 +48,10 @@ def special_contended(engine: Engine, run: _Run, s: int, tid: int, start: float
     """``Engine._special`` in a contended run: a compute-stream segment (plain or a chain)
     ends where ``stretch`` puts it over its rank's collectives once that end is
     final (``_blocking_comm``), else the stream waits (``run.waiting``); collectives as
-    before. A plain segment that ``_release`` did not force and that has no kept
-    tentative end (nearly every one) takes ``_plain_task``, the same steps in one call."""
+    before."""
     g = run.s_graph[s]
-    c = run.contention[g]
-    plain = c.plain.get(tid)
-    if plain is not None and run.force != s and tid not in c.tentative:
-        return _plain_task(run, c, g, s, tid, start, plain)
-    return _other_task(engine, run, c, g, s, tid, start)
-
-
-def _plain_task(run: _Run, c: Contention, g: int, s: int, tid: int, start: float,
-                plain: tuple[float, float]) -> float | None:
-    """``_other_task`` for a plain contended segment ``tid`` (``(work seconds, rate)``,
-    not forced, no kept tentative end), its helpers inlined: this runs ~2.4M times over
-    ``validate --published``'s training rows, where ``_other_task`` made ~9 calls a
-    task. The same steps on the same floats: ``_first_look`` at its start (a ready comm
-    stream that may block goes first), ``_tentative`` over the collectives known now,
-    ``_blocking_comm`` at that end unless no stream can block it (``_first_look`` -2),
-    then the slowed seconds, ``add_busy`` and ``finish``."""
-    s_pos, s_clock = run.s_pos, run.s_clock
-    look = -2
-    for cs, reach in c.streams:
-        if reach[s_pos[cs]] < tid:
-            if s_clock[cs] < start and cs in run.ready:
-                _wait(run, s, cs, tid, start, None)
-                return None
-            look = -1
-    _, _, begin, end, parked, slot_of, busy, ivs, _ = run.graphs[g]
-    work, rate = plain
-    comm = known_comm(ivs, c.comm_slots, start)
-    stop = stretch(comm, start, work, rate) if comm else start + work
-    if look == -1:
-        cs = _blocking_comm(run, g, tid, stop)
-        if cs >= 0:
-            _wait(run, s, cs, tid, start, stop)
-            return None
-    c.slowed_s += (stop - start) - work
-    slot = slot_of[tid]
-    busy[slot] += stop - start
-    iv = ivs[slot]
-    if iv and start <= iv[-1]:
-        iv[-1] = stop
-    elif stop > start:
-        iv.append(start)
-        iv.append(stop)
-    end[tid] = stop
-    begin[tid] = start
-    w = parked[tid]
-    if w is not None:
-        parked[tid] = None
-        run.ready.extend(w)
-    return stop
-
-
-def _other_task(engine: Engine, run: _Run, c: Contention, g: int, s: int, tid: int,
-                start: float) -> float | None:
-    """``special_contended`` for a chain, a collective, and a plain segment that was
-    forced or has a kept tentative end (``_final_end``)."""
     tasks, _, begin, end, parked, slot_of, busy, ivs, chains = run.graphs[g]
+    c = run.contention[g]
     parts = chains.get(tid)
     if parts is not None and tid not in c.chain_rates:
         stop = run_chain(parts, start, busy, ivs)

@@ -81,43 +81,14 @@ def _pricing() -> Pricing:
     return Pricing(lambda op: op.flops, lambda c: c.bytes, comm_share=0.6)
 
 
-def _general_path(run, c, g, s, tid, start, plain):
-    """``_plain_task`` through ``_other_task``: the helpers it inlines, called one by
-    one (so a replaced helper is used for every contended task)."""
-    return engine_contended._other_task(None, run, c, g, s, tid, start)
-
-
 def _run_patched(graphs, name: str, replacement):
-    """The contended run of ``graphs`` with ``engine_contended.<name>`` replaced, every
-    plain contended task through the general path (``_general_path``)."""
-    saved = getattr(engine_contended, name), engine_contended._plain_task
+    """The contended run of ``graphs`` with ``engine_contended.<name>`` replaced."""
+    saved = getattr(engine_contended, name)
     setattr(engine_contended, name, replacement)
-    if name != "_plain_task":
-        engine_contended._plain_task = _general_path
     try:
         return Engine(graphs, pricing=_pricing()).run(records=True)
     finally:
-        setattr(engine_contended, name, saved[0])
-        engine_contended._plain_task = saved[1]
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.lists(item, min_size=1, max_size=14), st.integers(1, 3),
-       st.sampled_from([0.3, 0.6, 0.999]))
-def test_inlined_plain_task_gives_the_general_schedule(spec, ranks, share):
-    """``_plain_task`` (the helpers of a plain contended segment inlined) gives the
-    schedule of ``_other_task``'s path, float for float."""
-    graphs = [_graph(spec, r, ranks) for r in range(ranks)]
-    pricing = _pricing()
-    pricing.comm_share = share
-    inlined = Engine(graphs, pricing=pricing).run(records=True)
-    saved = engine_contended._plain_task
-    engine_contended._plain_task = _general_path
-    try:
-        general = Engine(graphs, pricing=pricing).run(records=True)
-    finally:
-        engine_contended._plain_task = saved
-    _same(inlined, general)
+        setattr(engine_contended, name, saved)
 
 
 @settings(max_examples=120, deadline=None)

@@ -50,9 +50,9 @@ def known_comm(ivs: list[list[float]], slots: list[int], start: float) -> list[f
     ``stretch`` from ``start``: empty when none ends after ``start``. When one slot has
     such intervals, its whole list, not a copy of its tail: ``stretch`` bisects the list
     at ``start`` itself and reads it no earlier than there, and the tail starts at an even
-    index, so it reads the same floats (the copy cost most of this function where the
-    comm stream ran far ahead). Else the union of the slots' tails (``_tail``). The list
-    is only read (a comm slot's, which a contended compute task never writes)."""
+    index, so it reads the same floats (no copy per contended task, which grows with how
+    far the comm stream ran ahead). Else the union of the slots' tails (``_tail``). The
+    list is only read (a comm slot's, which a contended compute task never writes)."""
     picked: list[list[float]] = []
     for slot in slots:  # a loop, not a comprehension: one call fewer (this runs per task)
         iv = ivs[slot]
@@ -60,7 +60,7 @@ def known_comm(ivs: list[list[float]], slots: list[int], start: float) -> list[f
             picked.append(iv)
     if len(picked) == 1:
         return picked[0]
-    return flat_union([_tail(iv, start) for iv in picked]) if picked else picked
+    return flat_union([_tail(iv, start) for iv in picked]) if picked else []
 
 
 def _tail(iv: list[float], start: float) -> list[float]:

@@ -372,8 +372,7 @@ class Server:
         waiting, decodes, blocks_total = s.waiting, batch.decoding, self.blocks_total
         max_tokens, plain = self.max_batched_tokens, not self.costs.draft
         while s.finished < total:
-            # ``arrivals.pull``, entered only when the next request has arrived (most
-            # iterations: none has).
+            # ``arrivals.pull`` only when the next request is due (most iterations: none is).
             count = arrivals.count
             if count < total and requests[count].arrival_s <= s.now:
                 arrivals.pull(s.now, waiting)

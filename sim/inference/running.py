@@ -291,10 +291,31 @@ class RunningBatch:
         written)."""
         if self._tick(steps):
             return []  # no entry, live or stale, ends at this tick (most steps)
-        # The live entries that end at this tick, stale ones dropped on the way
-        # (``_live_end``'s loop, inline: it runs for every request that finishes).
+        done = self._ending()
+        tick, since = self.tick, self.since
+        for r in done:
+            key = id(r)
+            r.generated += tick - since[key]
+            since[key] = tick
+        return done
+
+    def finish(self, steps: int) -> list[Request]:
+        """``advance(steps)`` whose finished requests then leave the batch: ``leave_all``
+        writes their generated tokens as it takes them out of the sums (~3M requests over
+        ``validate --published``'s serving rows), so they are not written twice."""
+        if self._tick(steps):
+            return []
+        done = self._ending()
+        if done:
+            self.leave_all(done)
+        return done
+
+    def _ending(self) -> list[Request]:
+        """The decoding requests whose heap entries end at this tick, popped (stale
+        entries dropped on the way: ``_live_end``'s loop, inline, since it runs for every
+        request that finishes)."""
         done: list[Request] = []
-        ends, tick, live, since, mask = self.ends, self.tick, self.live, self.since, _SERIALS - 1
+        ends, tick, live, mask = self.ends, self.tick, self.live, _SERIALS - 1
         while ends:
             # divmod(key, _SERIALS) as a shift and a mask (_SERIALS = 2**_SERIAL_BITS; Python's
             # shifts floor like divmod): no tuple, once per finishing request.
@@ -305,49 +326,8 @@ class RunningBatch:
                 assert end >= tick, "a request went past its output length"
                 if end != tick:
                     break
-                key = id(r)
-                r.generated += tick - since[key]
-                since[key] = tick
                 done.append(r)
             heapq.heappop(ends)
-        return done
-
-    def finish(self, steps: int) -> list[Request]:
-        """``advance(steps)`` whose finished requests then leave the batch (``leave_all``),
-        in the same pass without windowed layers: each finishing request's entries are
-        read once (~3M requests over ``validate --published``'s serving rows). The same
-        sums: integer updates, in any order."""
-        if self._windowed:
-            left = self.advance(steps)
-            self.leave_all(left)
-            return left
-        if self._tick(steps):
-            return []
-        done: list[Request] = []
-        ends, tick, live, since, mask = self.ends, self.tick, self.live, self.since, _SERIALS - 1
-        decoding, entry, residues = self.decoding, self.entry, self.residues
-        b, step_tokens = self.block, self.step_tokens
-        context_sum = need = 0
-        while ends:
-            first = ends[0]  # as in ``advance``
-            end, serial = first >> _SERIAL_BITS, first & mask
-            r = live.get(serial)
-            if r is not None:
-                assert end >= tick, "a request went past its output length"
-                if end != tick:
-                    break
-                # ``leave_all``'s updates: its generated tokens written, out of the sums.
-                key = id(r)
-                del decoding[key], live[serial], entry[key]
-                r.generated += tick - since.pop(key)
-                context = r.prompt + r.generated
-                context_sum += context
-                need += -(-(context + step_tokens) // b)  # blocks_of
-                residues[(context - tick) % b] -= 1
-                done.append(r)
-            heapq.heappop(ends)
-        self.context -= context_sum
-        self.need -= need
         return done
 
     def _tick(self, steps: int) -> bool:

@@ -31,13 +31,13 @@ from xpusim.sim.api.base import (
 )
 from xpusim.sim.cost import OpCost, RooflineModel
 from xpusim.sim.cost.attention_impl import (
-    FLASH_LIMITS,
     PASSES,
     attention_cost,
     default_impl,
     priced_hbm_bytes,
     shape_of,
 )
+from xpusim.sim.cost.flash_kernels import FLASH_LIMITS
 from xpusim.sim.cost.gemm_cutlass import CUTLASS_DTYPES, CUTLASS_IMPLS, cutlass_device_error
 from xpusim.sim.cost.gemm_impl import DEEPGEMM_DTYPES, GEMM_IMPLS
 from xpusim.sim.cost.gemm_torch import TORCH_GROUPED_IMPLS, torch_grouped_error

@@ -94,6 +94,7 @@ from xpusim.sim.cost.attention_items import (
 from xpusim.sim.cost.attention_latency import BlockTerms, block_latency_s
 from xpusim.sim.cost.attention_megatron import fused_softmax_cost
 from xpusim.sim.cost.base import OpCost
+from xpusim.sim.cost.flash_kernels import FLASH_LIMITS, kernel_head_dim
 from xpusim.sim.cost.roofline import RooflineModel
 from xpusim.sim.errors import InputError
 from xpusim.sim.ir import AttentionShape, Op, OpKind, attention_pairs, dtype_bytes
@@ -184,16 +185,6 @@ def default_impl(device: Device) -> str:
     if device.kernels.default_attention:
         return device.kernels.default_attention
     return {"nvidia": "flash2", "davinci": "npu_fusion_attention"}.get(device.arch, "standard")
-
-
-# What the FlashAttention releases run (Dao-AILab/flash-attention README, "FlashAttention
-# currently supports"): FA1 "Turing or Ampere GPUs ... fp16 and bf16 ... Head dimensions that
-# are multiples of 8, up to 128"; FA2 "Ampere, Ada, or Hopper GPUs ... Datatype fp16 and bf16
-# ... All head dimensions up to 256". (minimum compute capability, dtypes, largest head dim)
-FLASH_LIMITS: dict[str, tuple[float, tuple[str, ...], int]] = {
-    "flash1": (7.5, ("fp16", "bf16"), 128),
-    "flash2": (8.0, ("fp16", "bf16"), 256),
-}
 
 
 def check_impl(device: Device, impl: str, flag: str = "--impl") -> str:
@@ -377,8 +368,8 @@ def block_terms(device: Device, impl: str, shape: AttnShape, pass_: str, br: int
         * device.efficiency.matrix_max_for(shape.dtype)
     )
     tm, tn, tk = device.matrix_tile
-    d = math.ceil(shape.head_dim / tk) * tk
-    vd = math.ceil(shape.vd / tk) * tk
+    d = kernel_head_dim(impl, shape.head_dim, tk)
+    vd = kernel_head_dim(impl, shape.vd, tk)
     gemms = 2.0 if pass_ == "fwd" else 5.0  # QK^T, PV | S, dP, dV, dK, dQ
     mma_flops = gemms * br * bc * (d + vd)
     mma_s = mma_flops / mma_rate

@@ -404,9 +404,12 @@ def _check_model_split(spec: ModelSpec, plan: ParallelPlan) -> None:
         shards = plan.ep * (plan.tp if plan.tp_extend_ep else 1)
         if spec.moe.num_experts % shards:
             what = "tp*ep" if plan.tp_extend_ep else "ep"
+            fix = ("change --ep/--tp, or --no-tp-extend-ep to split each expert over TP "
+                   "(Megatron-Core) so that only ep must divide them"
+                   if plan.tp_extend_ep and plan.tp > 1 else "change --ep")
             raise InputError(
                 f"{what} = {shards} does not divide the {spec.moe.num_experts} "
-                f"experts of {spec.name}; change --ep/--tp"
+                f"experts of {spec.name}; {fix}"
             )
 
 

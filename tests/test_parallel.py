@@ -77,7 +77,10 @@ def test_impossible_dense_plans(plan, devices, words):
     "plan, devices, words",
     [
         (ParallelPlan(tp=2, ep=3, dp=3), 6, "does not divide the 16"),
+        # TP-extend-EP with tp > 1: the message names the Megatron-Core alternative
+        (ParallelPlan(tp=2, ep=3, dp=3), 6, "--no-tp-extend-ep"),
         (ParallelPlan(ep=3, tp_extend_ep=False), 6, "does not divide the 16"),
+        (ParallelPlan(ep=3, tp_extend_ep=False), 6, "; change --ep"),
         (ParallelPlan(ep=4), 2, "must divide dp=2"),
         (ParallelPlan(moe_routing="pareto:3"), 1, "not understood"),
     ],

@@ -35,6 +35,38 @@ _BOOL_FLAGS = (
     "grad_accum_fusion",
 )
 
+# Defaults are ``ParallelPlan``'s (sim/parallel.py); the plan file and flags override them.
+_INT_HELP = {
+    "tp": "tensor-parallel size (default 1)",
+    "pp": "pipeline-parallel stages (default 1)",
+    "vpp": "virtual stages per pipeline rank, interleaved 1F1B (default 1)",
+    "dp": "data-parallel size (default: the devices left after tp*cp*pp)",
+    "ep": "expert-parallel size, carved out of dp (MoE; default 1)",
+    "cp": "context-parallel size (default 1)",
+    "mbs": "micro-batch size in sequences (default 1)",
+    "gbs": "global batch in sequences (default: one micro-batch per DP rank)",
+    "seq": "sequence length in tokens (default 4096)",
+    "zero": "ZeRO stage: 0 plain DP, 1 optimizer states sharded (Megatron's distributed "
+    "optimizer; default), 2 + gradients, 3 + parameters",
+    "seed": "seed of the routing draws (default 0)",
+}
+_BOOL_HELP = {
+    "sequence_parallel": "Megatron sequence parallelism: norms and dropout split over TP "
+    "(default: on when tp > 1)",
+    "hierarchical_ep": "EP dispatch as an inter-node all-gather then an intra-node "
+    "all-to-all (default on)",
+    "overlap_ep": "hide the EP all-to-all behind another micro-batch's compute "
+    "(default on)",
+    "overlap_dp": "gradient reduce-scatter during backward, parameter all-gather during "
+    "forward (default on)",
+    "overlap_tp": "TP collectives chunked and pipelined with their GEMMs (default off)",
+    "tp_extend_ep": "the TP x EP group shards the set of experts (MindSpeed "
+    "moe_tp_extend_ep; default on); --no-tp-extend-ep: TP splits every expert "
+    "(Megatron-Core), so only ep must divide the experts",
+    "grad_accum_fusion": "weight-gradient GEMMs accumulate into the fp32 main gradient "
+    "(Megatron-Core default on)",
+}
+
 
 def _add_recompute_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
@@ -149,7 +181,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_system_flags(p)
     p.add_argument("--plan", help="plan TOML file ([plan] table; flags override it)")
     for name in _INT_FLAGS:
-        p.add_argument(f"--{name.replace('_', '-')}", type=int, dest=name)
+        p.add_argument(f"--{name.replace('_', '-')}", type=int, dest=name, help=_INT_HELP[name])
     _add_dtype_flags(p)
     _add_recompute_flags(p)
     p.add_argument("--schedule", choices=("auto", "1f1b", "interleaved"))
@@ -166,6 +198,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             dest=name,
             action=argparse.BooleanOptionalAction,
             default=None,
+            help=_BOOL_HELP[name],
         )
     p.add_argument(
         "--full-ranks",

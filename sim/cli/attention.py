@@ -36,7 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, help="default 1")
     p.add_argument("--heads", type=int, help="default 32")
     p.add_argument("--head-dim", type=int, help="default 128")
-    p.add_argument("--causal", action="store_true", default=None)
+    p.add_argument("--causal", action="store_true", default=None,
+                   help="causal mask: blocks above the diagonal are skipped (default off)")
     p.add_argument("--dtype", help="fp16 (default), bf16 or fp32")
     p.add_argument(
         "--outer-block",
@@ -58,7 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--blocks", help="sequence blocks for --tp (default 1,2,4,8,16)")
     p.add_argument("--plot", help="write a PNG/SVG of times and speedup vs seq to this path")
     p.add_argument("--csv", help="write the rows as CSV to this path")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
 
 

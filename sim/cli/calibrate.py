@@ -54,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "precision their matrix peaks are for)",
     )
     p.add_argument("--seed", type=int, default=None, help="seed of the fit/held-out split")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
 
 

@@ -80,7 +80,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--plot", help="sweep plot path (default out/collective_<kind>.png)")
     p.add_argument("--csv", help="write the sweep as CSV")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
 
 

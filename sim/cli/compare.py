@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "deployment spans (sets --nodes; without --tp/--ep/--pp in the "
                         "infer arguments, also its size: --devices N, TP N)")
     p.add_argument("--plot", help="write a bar chart (PNG/SVG) of tokens/s per device and per kW")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("command", choices=COMMANDS, help="the command to run on each system")
     p.add_argument("args", nargs=argparse.REMAINDER, help="its arguments (without --system)")
     p.set_defaults(func=run)

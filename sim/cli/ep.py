@@ -60,7 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sweep", help="e.g. ep=8,16,32,64")
     p.add_argument("--plot", help="sweep plot path (default out/ep_sweep.png)")
     p.add_argument("--csv", help="write the rows as CSV")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
 
 

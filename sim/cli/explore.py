@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shortlist", type=int, help="override search.shortlist")
     p.add_argument("--top", type=int, default=15, help="rows of the printed table")
     p.add_argument("--no-cache", action="store_true", help="re-evaluate every point")
-    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--no-plots", action="store_true", help="write the tables only, no PNGs")
     p.add_argument("--json", action="store_true", help="print the ranked result as JSON")
     p.set_defaults(func=run)
 

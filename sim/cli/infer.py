@@ -88,7 +88,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="IMPL",
         help="attention kernel: " + ", ".join(IMPLS) + " (default: the device's, docs/attention.md)",
     )
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     s = p.add_argument_group("serving (--serve)")
     s.add_argument("--serve", action="store_true", help="simulate continuous batching of requests")
     s.add_argument("--rate", type=float, help="Poisson arrival rate, requests/s (default 1)")

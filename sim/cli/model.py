@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     model = sub.add_parser("model", help="model presets and specs: parameters, FLOPs, weights")
     model_sub = model.add_subparsers(dest="model_command", metavar="ACTION", required=True)
     p = model_sub.add_parser("list", help="built-in presets with their parameter counts")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_list)
     p = model_sub.add_parser("show", help="one model: a preset name or a path to a HF config.json")
     p.add_argument("model", help="preset name (see 'xpusim model list') or path to config.json")
@@ -47,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="count MTP modules in FLOPs and weight bytes (not in total params)",
     )
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_show)
 
 

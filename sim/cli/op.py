@@ -29,13 +29,13 @@ def register(sub: argparse._SubParsersAction) -> None:
             "as a profiler reports it: kineto, CUPTI, nsys, msprof; docs/cost_model.md; "
             "small GEMMs read 1-7 us fast there, a device cost the model lacks)",
         )
-        p.add_argument("--json", action="store_true")
+        p.add_argument("--json", action="store_true", help="print the result as JSON")
         p.set_defaults(func=run)
 
     p = kinds.add_parser("gemm", help="C[b,m,n] = A[b,m,k] @ B[b,k,n]")
     p.add_argument("--m", type=int, help="rows (required unless --group-rows)")
-    for dim in ("n", "k"):
-        p.add_argument(f"--{dim}", type=int, required=True)
+    p.add_argument("--n", type=int, required=True, help="columns")
+    p.add_argument("--k", type=int, required=True, help="inner (reduction) dimension")
     p.add_argument("--batch", type=int, help="default 1 (groups of a grouped kernel)")
     p.add_argument("--group-rows", metavar="R1,R2,...",
                    help="rows of each group of a grouped GEMM with unequal groups (an MoE "
@@ -52,7 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seq", type=int, required=True, help="query length")
     p.add_argument("--kv-len", type=int, help="key/value length (default: --seq)")
     p.add_argument("--head-dim", type=int, help="default 128")
-    p.add_argument("--causal", action="store_true", default=None)
+    p.add_argument("--causal", action="store_true", default=None,
+                   help="causal mask: blocks above the diagonal are skipped (default off)")
     p.add_argument("--impl", choices=IMPLS, metavar="IMPL",
                    help="implementation: " + ", ".join(IMPLS) + " (default: the device's, "
                    "docs/attention.md)")
@@ -61,7 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     common(p, "attention")
 
     p = kinds.add_parser("elementwise", help="pointwise op over N elements")
-    p.add_argument("--numel", type=float, required=True)
+    p.add_argument("--numel", type=float, required=True, help="elements of each array")
     p.add_argument("--flops-per-element", type=float, help="default 1")
     p.add_argument("--inputs", type=int,
                    help="arrays read, numel elements each (default 1; 0: a write-only fill)")
@@ -71,10 +72,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = kinds.add_parser("conv2d", help="2-D convolution (implicit GEMM)")
     p.add_argument("--batch", type=int, help="default 1")
-    p.add_argument("--in-ch", type=int, required=True)
-    p.add_argument("--out-ch", type=int, required=True)
-    p.add_argument("--height", type=int, required=True)
-    p.add_argument("--width", type=int, required=True)
+    p.add_argument("--in-ch", type=int, required=True, help="input channels")
+    p.add_argument("--out-ch", type=int, required=True, help="output channels")
+    p.add_argument("--height", type=int, required=True, help="input height in pixels")
+    p.add_argument("--width", type=int, required=True, help="input width in pixels")
     p.add_argument("--kernel", type=int, help="default 3")
     p.add_argument("--stride", type=int, help="default 1")
     common(p, "conv2d")

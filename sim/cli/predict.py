@@ -39,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     k.add_argument("--calibration", help="calibration overlay TOML (from 'xpusim calibrate')")
     k.add_argument("--dtype", default="fp32", help="element type of the kernel (default fp32)")
     k.add_argument("--top", type=int, default=10, help="ops to list in the table (largest first)")
-    k.add_argument("--json", action="store_true")
+    k.add_argument("--json", action="store_true", help="print the result as JSON")
     k.set_defaults(func=run)
 
 

@@ -31,12 +31,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--target", required=True, help="target model preset or config.json")
     p.add_argument("--draft", required=True, help="draft model preset, or a head: eagle, mtp")
-    p.add_argument("--system", required=True)
+    p.add_argument("--system", required=True,
+                   help="system profile name (xpusim hw list) or a .toml path")
     p.add_argument("--nodes", type=int, help="nodes of the system (default: the profile's)")
     p.add_argument(
         "--devices", type=int, help="target devices (TP=N); the draft model uses --draft-devices"
     )
-    p.add_argument("--tp", type=int)
+    p.add_argument("--tp", type=int,
+                   help="target TP per EP group, with --ep (devices = tp x ep); not with --devices")
     p.add_argument("--ep", type=int, help="expert-parallel groups of the target (default 1)")
     p.add_argument("--draft-devices", type=int, help="TP of a draft model (vLLM: 1; default 1)")
     p.add_argument("--gamma", type=int, help="draft length (default 4)")
@@ -69,7 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--draft-dense", metavar="MODEL", help="draft of the dense target (e.g. opt-350m)"
     )
     p.add_argument("--topk", help="also run the target with these top-k values, e.g. 1,2,4,8,16")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--csv", help="write all rows to this CSV file")
     p.add_argument("--plot", help="write speedup and target efficiency vs batch to this PNG/SVG")
     p.set_defaults(func=run)

@@ -184,7 +184,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument(f"--{name.replace('_', '-')}", type=int, dest=name, help=_INT_HELP[name])
     _add_dtype_flags(p)
     _add_recompute_flags(p)
-    p.add_argument("--schedule", choices=("auto", "1f1b", "interleaved"))
+    p.add_argument("--schedule", choices=("auto", "1f1b", "interleaved"),
+                   help="pipeline schedule (default auto: interleaved when --vpp > 1)")
     p.add_argument(
         "--dropout",
         type=float,
@@ -220,7 +221,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="IMPL",
         help="attention kernel: " + ", ".join(IMPLS) + " (default: the device's, docs/attention.md)",
     )
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument(
         "--explain",
         action="store_true",

@@ -67,7 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--max-median-error", type=float, help="check threshold (default 0.10)"
     )
     p.add_argument("--max-p90-error", type=float, help="check threshold (default 0.25)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
 
 

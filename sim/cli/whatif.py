@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--address", help="Ray cluster address (auto or HOST:PORT)")
     p.add_argument("--plot", help="tornado plot path (default out/whatif/<name>_tornado.png)")
     p.add_argument("--csv", help="write every evaluated point as CSV")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
 
 

@@ -339,10 +339,15 @@ def validate_plan(spec: ModelSpec, plan: ParallelPlan, num_devices: int) -> Para
     _check_model_split(spec, plan)
     _check_batch(plan)
     _check_options(plan)
-    if plan.pp * plan.vpp > spec.layers + spec.mtp_layers:
+    # The embedding and the loss may each stand for one layer slot (Megatron-Core
+    # account_for_embedding_in_pipeline_split / account_for_loss_in_pipeline_split, set by
+    # NeMo's and Megatron-Bridge's large-model recipes): the padding puts a no-op there, so
+    # the first and last virtual stages may hold nothing else. An explicit layer_split
+    # places every slot itself (0 allowed).
+    if not plan.layer_split and plan.pp * plan.vpp > spec.layers + spec.mtp_layers + 2:
         raise InputError(
             f"pp*vpp = {plan.pp * plan.vpp} virtual stages exceed the {spec.layers} layers of "
-            f"{spec.name}; use a smaller --pp/--vpp"
+            f"{spec.name} (+2: the embedding's and the loss's slots); use a smaller --pp/--vpp"
         )
     parse_order(plan.order)
     parse_routing(plan.moe_routing)

@@ -188,3 +188,15 @@ def test_plan_file_reads_extra(tmp_path):
     values = load_plan_file(path)
     assert values["tp"] == 2 and values["recompute_modules"] == ("act",)
     assert values["_extra"] == {"model": "llama-2-7b", "nodes": 1}
+
+
+def test_embedding_and_loss_may_each_take_a_virtual_stage():
+    """Megatron-Core's account_for_embedding/loss_in_pipeline_split: 6 layers on pp*vpp = 8
+    virtual stages, the first and the last holding only the embedding and the loss (a
+    no-op slot each); 9 would leave a stage with nothing at all."""
+    plan = validate_plan(DENSE, ParallelPlan(pp=4, vpp=2, gbs=8), 4)
+    slots = stage_slots(DENSE, plan)
+    assert slots[0] == ["noop"] and slots[-1] == ["noop"]
+    assert [s for stage in slots[1:-1] for s in stage] == [f"L{i}" for i in range(6)]
+    with pytest.raises(InputError, match=r"\+2: the embedding's and the loss's slots"):
+        validate_plan(DENSE, ParallelPlan(pp=3, vpp=3, gbs=9), 3)

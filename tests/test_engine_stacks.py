@@ -156,3 +156,14 @@ def test_tensorrt_llm_0x_attends_every_cached_key():
         assert load_engine(name).priced_model(spec).layer_windows == ()
     for name in ("trtllm-1.0", "vllm-0.6"):
         assert load_engine(name).priced_model(spec) is spec
+
+
+def test_system_hosts_and_unknown_cpu():
+    from xpusim.hwprofiles.errors import ProfileError
+    from xpusim.hwprofiles.hosts import system_host
+
+    assert system_host("dgx-b200") == "xeon-8570"  # DGX B200 datasheet
+    assert system_host("gb200-nvl72") == system_host("gb300-nvl72") == "grace"
+    assert system_host("aws-p5") is None
+    with pytest.raises(ProfileError, match="unknown host CPU 'pentium'"):
+        host_speed("pentium")

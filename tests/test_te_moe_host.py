@@ -84,7 +84,11 @@ def test_segment_sum_and_frameworks():
 def test_host_scale_by_cpu():
     # reference Xeon 8570 (4.0 GHz x 1.19) over the DGX H100's Xeon 8480 (3.8 x 1.19)
     assert te_host_scale(load_system("dgx-h100", nodes=1)) == pytest.approx(4.0 / 3.8)
-    assert te_host_scale(load_system("dgx-b200", nodes=1)) == 1.0  # no host entry
+    assert te_host_scale(load_system("dgx-b200", nodes=1)) == 1.0  # its CPU is the reference
+    # GB200 / GB300: the superchip's Grace, 2.8 GHz x 1.19 against the 8570's 4.0 x 1.19
+    assert te_host_scale(load_system("gb200-nvl72", nodes=1)) == pytest.approx(4.0 / 2.8)
+    assert te_host_scale(load_system("gb300-nvl72", nodes=1)) == pytest.approx(4.0 / 2.8)
+    assert te_host_scale(load_system("aws-p5", nodes=1)) == 1.0  # no host entry
     assert te_host_scale(load_system("atlas-800t-a2", nodes=1)) == 0.0  # no TE
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeGuard
 
+from xpusim.hwprofiles.hosts import host_speed, system_host_speed
 from xpusim.hwprofiles.loader import ROOT as HWPROFILES_ROOT
 from xpusim.hwprofiles.spec import Device
 from xpusim.sim.errors import InputError
@@ -331,35 +332,6 @@ _CHOICE_KEYS: dict[str, tuple[str, ...] | None] = {
 # Lists of positive integers (stored as tuples).
 _INT_LIST_KEYS = ("xqa_group_sizes", "xqa_head_dims", "cuda_graph_batch_sizes")
 DEVICE_ARCHS = ("nvidia", "amd", "davinci", "cpu")  # hwprofiles Device.arch values
-HOSTS_PATH = HWPROFILES_ROOT / "hosts.toml"
-
-
-def _hosts() -> dict:
-    return read_toml(HOSTS_PATH, "host CPU table")
-
-
-def host_speed(cpu: str) -> float:
-    """Single-thread speed of a host CPU of hwprofiles/hosts.toml (boost GHz x IPC vs Zen 2)."""
-    cpus = _hosts().get("cpus", {})
-    if cpu not in cpus:
-        raise InputError(
-            f"unknown host CPU '{cpu}' in {HOSTS_PATH}; known: {', '.join(sorted(cpus))}"
-        )
-    entry = cpus[cpu]
-    return float(entry["boost_ghz"]) * float(entry["ipc_vs_zen2"])
-
-
-def system_host(system_name: str) -> str | None:
-    """The host CPU of a system profile (hwprofiles/hosts.toml [systems]), or None."""
-    value = _hosts().get("systems", {}).get(system_name)
-    return value if isinstance(value, str) else None
-
-
-def system_host_speed(system_name: str) -> float | None:
-    cpu = system_host(system_name)
-    return host_speed(cpu) if cpu else None
-
-
 def engine_for_system(engine: EngineProfile, system_name: str) -> EngineProfile:
     """The engine with host terms rescaled to the system's host CPU (idempotent)."""
     if engine.host_scale != 1.0:

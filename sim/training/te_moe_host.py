@@ -51,8 +51,9 @@ host wait it contains is ``moe_dispatch_syncs``), the combine, the backward's Py
 The figures were measured on one host; they are scaled by the host CPU's single-thread
 speed (hwprofiles/hosts.toml, as the serving engines' ``reference_host``):
 ``reference / system``. The profile does not name its host: ASSUMPTION, the DGX B200's
-Xeon Platinum 8570 (``REFERENCE_HOST``). Systems without a host entry (DGX B200, GB200
-NVL72) take the reference's speed (scale 1). The terms apply where TransformerEngine runs
+Xeon Platinum 8570 (``REFERENCE_HOST``), the DGX B200's own CPU (scale 1 there); GB200 and
+GB300 NVL72 run them on the superchip's Grace (scale 1.43); systems without a host entry
+take the reference's speed (scale 1). The terms apply where TransformerEngine runs
 the experts: NVIDIA devices under the Megatron-Core frameworks
 (``FrameworkProfile.te_moe_host``); CUDA graphs remove them with the rest of the host cost.
 """
@@ -60,13 +61,10 @@ the experts: NVIDIA devices under the Megatron-Core frameworks
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import cache
 
-from xpusim.hwprofiles.loader import ROOT as HWPROFILES_ROOT
+from xpusim.hwprofiles.hosts import host_speed, system_host_speed
 from xpusim.hwprofiles.spec import System
-from xpusim.sim.errors import InputError
 from xpusim.sim.ir import GemmShape, Op, OpKind
-from xpusim.sim.tomlfile import read_toml
 from xpusim.sim.training.framework import framework_profile
 
 MODELZOO7 = ("yanring/Megatron-MoE-ModelZoo#7 (Qwen3-30B-A3B, 8 B200, EP 8, BF16): nsys "
@@ -138,26 +136,13 @@ def segment_extra_host_s(ops: Sequence[Op], phase: str, framework: str) -> float
     return total
 
 
-@cache
-def _hosts() -> dict:
-    return read_toml(HWPROFILES_ROOT / "hosts.toml", "host CPU table")
-
-
-def host_speed(cpu: str) -> float:
-    """Single-thread speed of a CPU of hwprofiles/hosts.toml (boost GHz x IPC vs Zen 2)."""
-    cpus = _hosts().get("cpus", {})
-    if cpu not in cpus:
-        raise InputError(f"unknown host CPU '{cpu}' in hwprofiles/hosts.toml")
-    return float(cpus[cpu]["boost_ghz"]) * float(cpus[cpu]["ipc_vs_zen2"])
-
-
 def te_host_scale(system: System) -> float:
     """Factor on the measured MoE host times on ``system``: 0 off NVIDIA (no
     TransformerEngine), else reference / system single-thread speed (1 when the system
     has no host entry in hwprofiles/hosts.toml)."""
     if system.device.arch != "nvidia":
         return 0.0
-    cpu = _hosts().get("systems", {}).get(system.name)
-    if not isinstance(cpu, str):
+    speed = system_host_speed(system.name)
+    if speed is None:
         return 1.0
-    return host_speed(REFERENCE_HOST) / host_speed(cpu)
+    return host_speed(REFERENCE_HOST) / speed

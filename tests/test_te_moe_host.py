@@ -88,6 +88,8 @@ def test_host_scale_by_cpu():
     # GB200 / GB300: the superchip's Grace, 2.8 GHz x 1.19 against the 8570's 4.0 x 1.19
     assert te_host_scale(load_system("gb200-nvl72", nodes=1)) == pytest.approx(4.0 / 2.8)
     assert te_host_scale(load_system("gb300-nvl72", nodes=1)) == pytest.approx(4.0 / 2.8)
+    # DGX B300: Xeon 6 6776P, 3.9 GHz x 1.19
+    assert te_host_scale(load_system("dgx-b300", nodes=1)) == pytest.approx(4.0 / 3.9)
     assert te_host_scale(load_system("aws-p5", nodes=1)) == 1.0  # no host entry
     assert te_host_scale(load_system("atlas-800t-a2", nodes=1)) == 0.0  # no TE
 

@@ -1,22 +1,32 @@
-"""Parallel plans for training: degrees, batch, recompute, overlap switches, and rank placement.
+"""Parallel plans for training: degrees, batch, recompute, overlap switches.
 
 A ``ParallelPlan`` is plain data (what the user chose). ``validate_plan`` checks it
 against a model and a system and raises ``InputError`` naming the field and the fix.
-``Layout`` places global ranks on the topology: the order string lists dimensions
-innermost first (Megatron's default ``tp-cp-ep-dp-pp``: TP inside a node, PP
-outermost). EP is carved out of DP as in Megatron: the data-parallel dimension of
-size ``dp`` is split into ``ep`` (inner) x ``dp/ep`` (outer, the expert-data-parallel
-replicas). World size = tp x cp x dp x pp.
+``Layout`` (``sim.layout``, re-exported here) places global ranks on the topology:
+the order string lists dimensions innermost first (Megatron's default
+``tp-cp-ep-dp-pp``: TP inside a node, PP outermost). By default EP is carved out of DP
+(MindSpeed; Megatron-Core before 0.10): the data-parallel dimension of size ``dp`` is
+split into ``ep`` (inner) x ``dp/ep`` (outer, the expert-data-parallel replicas). With
+``moe_fold`` the MoE layers get their own layout over the same ranks (Megatron-Core >=
+0.10 "MoE parallel folding", arXiv 2504.14960): ``Layout(plan, experts=True)``. World
+size = tp x cp x dp x pp.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from xpusim.sim.errors import InputError
 from xpusim.sim.ir import BYTES_PER_DTYPE
+from xpusim.sim.layout import (  # noqa: F401  (Coord, Layout re-exported)
+    DEFAULT_ORDER,
+    Coord,
+    Layout,
+    expert_dims,
+    parse_order,
+)
 from xpusim.sim.limits import check_zipf
 from xpusim.sim.models.spec import ModelSpec
 
@@ -34,12 +44,10 @@ RECOMPUTE_MODULES = ("norm", "attn", "act", "experts", "mlp", "core_attn")
 # selective recompute").
 DEFAULT_SELECTIVE = ("core_attn",)
 BROAD_SELECTIVE = ("norm", "attn", "act")
-DIMENSIONS = ("tp", "cp", "ep", "dp", "pp")
 # FP8 scaling recipes (ParallelPlan.fp8_scaling; sim.training.lowprec).
 FP8_SCALINGS = ("delayed", "current")
 FRAMEWORKS = ("eager", "cuda-graphs", "deepspeed-0.3", "flash-attn-training", "torchtitan-eager",
               "composer-fsdp1")  # host-side profiles: sim/training/framework.py
-DEFAULT_ORDER = "tp-cp-ep-dp-pp"
 # Megatron-Core's MoE token dispatchers the training lowering tells apart (plan.moe_dispatcher).
 MOE_DISPATCHERS = ("alltoall", "flex")
 
@@ -48,7 +56,8 @@ MOE_DISPATCHERS = ("alltoall", "flex")
 class ParallelPlan:
     """How one training step is split over devices.
 
-    ``dp`` of 0 means "derive from the device count". ``ep`` divides ``dp``; with
+    ``dp`` of 0 means "derive from the device count". ``ep`` divides ``dp`` (with
+    ``moe_fold``: tp*ep divides tp*cp*dp); with
     ``tp_extend_ep`` the TP x EP group shards the *set* of experts (MindSpeed
     ``moe_tp_extend_ep``) instead of TP splitting each expert's matrices.
     ``moe_routing`` is "uniform", "zipf:S" (Zipf exponent S) or "hist:c1,c2,..."
@@ -79,6 +88,14 @@ class ParallelPlan:
     # their activations (torchtitan's selective layer AC, selective_ac_option = k).
     recompute_every: int = 1
     tp_extend_ep: bool = True
+    # MoE parallel folding (Megatron-Core >= 0.10, arXiv 2504.14960; ``parallel_state.
+    # initialize_model_parallel``, NVIDIA/Megatron-LM @ 00caa53a, builds a second
+    # RankGenerator for the experts: etp (default tp), ep, edp = world/(etp*ep*pp)): the
+    # expert groups are formed from the ranks of TP x CP x DP in the order's expert form
+    # (``tp-ep-dp-pp``: CP dropped), so EP may fold CP and need not divide dp. Off: EP is
+    # carved out of DP (MindSpeed, Megatron-Core < 0.10). See ``Layout`` and
+    # ``_check_fold``. The same for every plan with cp = 1.
+    moe_fold: bool = False
     overlap_dp: bool = True  # grad reduce-scatter during backward, param all-gather during forward
     overlap_tp: bool = False  # TP collectives chunked and pipelined with their GEMMs
     overlap_ep: bool = (
@@ -176,8 +193,11 @@ class ParallelPlan:
 
     @property
     def edp(self) -> int:
-        """Expert-data-parallel degree: replicas of one expert shard."""
-        return self.dp // self.ep
+        """Expert-data-parallel degree: replicas of one expert shard, cp*dp/ep (the CP ranks
+        hold the same experts too). Megatron-Core's expert_data_parallel_size =
+        world / (etp * ep_meg * pp) with etp * ep_meg = tp * ep in both expert forms
+        (TP-extend-EP: etp 1, ep_meg = tp * ep; TP-split experts: etp = tp)."""
+        return self.cp * self.dp // self.ep
 
     @property
     def interleaved(self) -> bool:
@@ -217,6 +237,8 @@ class ParallelPlan:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "first_device"}
         if not self.cpu_offload_layers:  # off: the key only where a plan offloads
             del out["cpu_offload_layers"]
+        if not self.moe_fold:  # off: the key only where a plan folds
+            del out["moe_fold"]
         out["recompute_modules"] = list(self.recompute_modules)
         out["layer_split"] = list(self.layer_split)
         out["world"] = self.world
@@ -398,11 +420,7 @@ def _check_model_split(spec: ModelSpec, plan: ParallelPlan) -> None:
             f"tp={plan.tp} and the {spec.kv_heads} KV heads of {spec.name} do not "
             "divide one another; choose another tp"
         )
-    if plan.dp % plan.ep:
-        raise InputError(
-            f"ep={plan.ep} must divide dp={plan.dp} (EP is carved out of DP); "
-            "change --ep or the device count"
-        )
+    _check_fold(plan)
     if spec.moe is None and plan.ep > 1:
         raise InputError(f"{spec.name} is dense: ep must be 1, got {plan.ep}")
     if spec.moe is not None:
@@ -416,6 +434,47 @@ def _check_model_split(spec: ModelSpec, plan: ParallelPlan) -> None:
                 f"{what} = {shards} does not divide the {spec.moe.num_experts} "
                 f"experts of {spec.name}; {fix}"
             )
+
+
+def _check_fold(plan: ParallelPlan) -> None:
+    """Where the expert groups may go: inside DP by default, inside TP x CP x DP with
+    ``moe_fold`` under Megatron-Core's own conditions (``initialize_model_parallel``)."""
+    if not plan.moe_fold:
+        if plan.dp % plan.ep:
+            fold = (" (or --moe-fold: Megatron-Core >= 0.10 forms the expert groups over "
+                    "TP x CP x DP, MoE parallel folding)" if plan.cp > 1 else "")
+            raise InputError(
+                f"ep={plan.ep} must divide dp={plan.dp} (EP is carved out of DP); "
+                f"change --ep or the device count{fold}"
+            )
+        return
+    shards = plan.tp * plan.ep  # etp * ep_meg in both expert forms (ParallelPlan.edp)
+    block = plan.tp * plan.cp * plan.dp
+    if block % shards:
+        # Megatron-Core: "world_size (...) is not divisible by
+        # expert_tensor_model_pipeline_parallel size" (etp * ep * pp).
+        raise InputError(
+            f"--moe-fold: the expert groups tp*ep = {plan.tp}*{plan.ep} = {shards} ranks must "
+            f"divide the tp*cp*dp = {block} ranks of a pipeline stage (Megatron-Core: world "
+            "divisible by etp*ep*pp); change --ep"
+        )
+    dims = parse_order(plan.order)
+    if not (dims[-1] == "pp" or plan.pp == 1 or plan.edp == plan.dp):
+        # Megatron-Core asserts this: otherwise the attention's and the experts' pipeline
+        # groups would differ.
+        raise InputError(
+            f"--moe-fold with --order {plan.order}: Megatron-Core needs pp last in the order "
+            "(or pp = 1, or equal data-parallel sizes of the attention and the experts)"
+        )
+    expert = expert_dims(dims)
+    if plan.tp_extend_ep and plan.tp > 1 and expert.index("ep") != expert.index("tp") + 1:
+        # TP-extend-EP is Megatron's etp = 1 with one EP dimension of tp*ep ranks at ep's
+        # place: Layout(experts=True) spans it as tp x ep, the same ranks only when ep
+        # follows tp once CP is dropped.
+        raise InputError(
+            f"--moe-fold with TP-extend-EP needs ep right after tp in --order once cp is "
+            f"left out (as in tp-cp-ep-dp-pp), got {plan.order}; or --no-tp-extend-ep"
+        )
 
 
 def _check_batch(plan: ParallelPlan) -> None:
@@ -497,16 +556,6 @@ def _check_options(plan: ParallelPlan) -> None:
         raise InputError(f"fragmentation must be in [0, 1), got {plan.fragmentation}")
 
 
-def parse_order(order: str) -> tuple[str, ...]:
-    dims = tuple(d.strip() for d in order.split("-"))
-    if sorted(dims) != sorted(DIMENSIONS):
-        raise InputError(
-            f"order '{order}' must list each of {', '.join(DIMENSIONS)} once, "
-            f"innermost first (default {DEFAULT_ORDER})"
-        )
-    return dims
-
-
 def parse_routing(text: str) -> tuple[str, tuple[float, ...]]:
     """'uniform' | 'zipf:1.2' | 'hist:5,3,1,...' -> (kind, parameters)."""
     kind, _, rest = text.partition(":")
@@ -526,63 +575,3 @@ def parse_routing(text: str) -> tuple[str, tuple[float, ...]]:
         f"moe_routing '{text}' not understood; use 'uniform', 'zipf:S' (0 <= S <= 100) "
         "or 'hist:c1,c2,...' (non-negative tokens per expert)"
     )
-
-
-@dataclass(frozen=True)
-class Coord:
-    tp: int
-    cp: int
-    ep: int
-    dp: int  # the outer (expert-data-parallel) part of DP: 0 .. dp/ep - 1
-    pp: int
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Maps coordinates to global ranks for a resolved plan (dims innermost first)."""
-
-    plan: ParallelPlan
-    sizes: dict[str, int] = field(init=False)
-    dims: tuple[str, ...] = field(init=False)
-
-    def __post_init__(self) -> None:
-        p = self.plan
-        object.__setattr__(self, "dims", parse_order(p.order))
-        object.__setattr__(
-            self, "sizes", {"tp": p.tp, "cp": p.cp, "ep": p.ep, "dp": p.dp // p.ep, "pp": p.pp}
-        )
-
-    def rank(self, c: Coord) -> int:
-        r, stride = 0, 1
-        for d in self.dims:
-            r += getattr(c, d) * stride
-            stride *= self.sizes[d]
-        return r
-
-    def coord(self, rank: int) -> Coord:
-        vals = {}
-        for d in self.dims:
-            vals[d] = rank % self.sizes[d]
-            rank //= self.sizes[d]
-        return Coord(**vals)
-
-    def group(self, rank: int, dims: tuple[str, ...]) -> tuple[int, ...]:
-        """Global ranks sharing every coordinate of ``rank`` except ``dims`` (distinct
-        dimension names).
-
-        ``rank`` is linear in the coordinates (``rank``: each times its dimension's
-        stride), so the members are ``rank`` with its ``dims`` coordinates zeroed plus
-        every combination of those strides: integers, the same ones a ``Coord`` per
-        member gave (Pangu's 6,144-rank plan built 3,440 of them)."""
-        base = self.coord(rank)
-        strides, stride = {}, 1
-        for d in self.dims:
-            strides[d] = stride
-            stride *= self.sizes[d]
-        members = [rank - sum(getattr(base, d) * strides[d] for d in dims)]
-        for d in dims:
-            members = [m + i * strides[d] for m in members for i in range(self.sizes[d])]
-        return tuple(sorted(members))
-
-    def stage_ranks(self, stage: int) -> list[int]:
-        return sorted(r for r in range(self.plan.world) if self.coord(r).pp == stage)

@@ -52,7 +52,7 @@ RECOMPUTE_CHOICES = ("auto", "none", "selective", "full")
 PLAN_FIELDS = (
     "tp", "pp", "vpp", "dp", "ep", "cp", "mbs", "gbs", "seq", "zero", "seed",
     "sequence_parallel", "hierarchical_ep", "overlap_ep", "overlap_dp", "overlap_tp",
-    "tp_extend_ep", "grad_accum_fusion",
+    "tp_extend_ep", "moe_fold", "grad_accum_fusion",
     "dtype", "fp8_scaling", "schedule", "order", "moe_routing", "moe_dispatcher", "dropout",
     "framework",
     "pad_layers", "grad_reduce_dtype", "fragmentation", "runtime_reserved_gib",
@@ -106,6 +106,7 @@ class TrainRequest:
     overlap_dp: bool | None = None
     overlap_tp: bool | None = None
     tp_extend_ep: bool | None = None
+    moe_fold: bool | None = None  # expert groups over TP x CP x DP (Megatron-Core >= 0.10)
     grad_accum_fusion: bool | None = None
     # Plan fields with no flag (plan files and the Python API set them).
     pad_layers: int | None = None

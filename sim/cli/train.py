@@ -32,6 +32,7 @@ _BOOL_FLAGS = (
     "overlap_dp",
     "overlap_tp",
     "tp_extend_ep",
+    "moe_fold",
     "grad_accum_fusion",
 )
 
@@ -41,7 +42,8 @@ _INT_HELP = {
     "pp": "pipeline-parallel stages (default 1)",
     "vpp": "virtual stages per pipeline rank, interleaved 1F1B (default 1)",
     "dp": "data-parallel size (default: the devices left after tp*cp*pp)",
-    "ep": "expert-parallel size, carved out of dp (MoE; default 1)",
+    "ep": "expert-parallel size, carved out of dp (MoE; default 1); with --moe-fold "
+    "out of tp*cp*dp",
     "cp": "context-parallel size (default 1)",
     "mbs": "micro-batch size in sequences (default 1)",
     "gbs": "global batch in sequences (default: one micro-batch per DP rank)",
@@ -63,6 +65,10 @@ _BOOL_HELP = {
     "tp_extend_ep": "the TP x EP group shards the set of experts (MindSpeed "
     "moe_tp_extend_ep; default on); --no-tp-extend-ep: TP splits every expert "
     "(Megatron-Core), so only ep must divide the experts",
+    "moe_fold": "MoE parallel folding (Megatron-Core >= 0.10): the expert groups are "
+    "formed from the ranks of TP x CP x DP in the order tp-ep-dp-pp, so EP may span CP "
+    "ranks inside a node; ep (x tp) must divide tp*cp*dp, not dp (default off: EP carved "
+    "out of DP, as MindSpeed)",
     "grad_accum_fusion": "weight-gradient GEMMs accumulate into the fp32 main gradient "
     "(Megatron-Core default on)",
 }

@@ -63,8 +63,7 @@ def slot_context(
     spec: ModelSpec, plan: ParallelPlan, system: System, layout: Layout, rank: int, full_ranks: bool
 ) -> tuple[L.SlotContext, L.SlotContext]:
     """(compute context, comm context): loads for the rank's own experts and the busiest rank."""
-    ep_dims = ("tp", "ep") if plan.tp_extend_ep else ("ep",)
-    ep_group = layout.group(rank, ep_dims)
+    ep_group = expert_group(plan, layout, rank)
     per_node = rank_nodes(plan, system.devices_per_node)  # consecutive ranks per node
     spans = len({g // per_node for g in ep_group}) > 1
     n = len(ep_group)
@@ -85,16 +84,27 @@ def with_pp(layout: Layout, rank: int, stage: int) -> Coord:
     return replace(layout.coord(rank), pp=stage)
 
 
+def expert_group(plan: ParallelPlan, layout: Layout, rank: int) -> tuple[int, ...]:
+    """The ranks sharing ``rank``'s all-to-all: TP x EP under TP-extend-EP, else EP, in
+    the MoE layers' layout (``Layout.for_experts``: folded over TP x CP x DP with
+    ``plan.moe_fold``)."""
+    dims = ("tp", "ep") if plan.tp_extend_ep else ("ep",)
+    return layout.for_experts().group(rank, dims)
+
+
 def rank_groups(plan: ParallelPlan, layout: Layout, rank: int) -> dict[str, tuple[int, ...]]:
+    experts = layout.for_experts()  # ``layout`` itself unless the plan folds
     return {
         "tp": layout.group(rank, ("tp",)),
         "cp": layout.group(rank, ("cp",)),
-        "ep": layout.group(rank, ("tp", "ep") if plan.tp_extend_ep else ("ep",)),
-        "ep_inter": layout.group(rank, ("ep",)),
-        "ep_intra": layout.group(rank, ("tp",)),
-        "ep_tp": layout.group(rank, ("tp",)),  # expert-TP gather/scatter around the dispatch
+        "ep": expert_group(plan, layout, rank),
+        "ep_inter": experts.group(rank, ("ep",)),
+        "ep_intra": experts.group(rank, ("tp",)),
+        "ep_tp": experts.group(rank, ("tp",)),  # expert-TP gather/scatter around the dispatch
         "dp_dense": layout.group(rank, ("cp", "ep", "dp")),
-        "dp_expert": layout.group(rank, ("cp", "dp")),
+        # Replicas of this rank's expert shard (cp*dp/ep; with folding the experts' layout
+        # has cp of size 1 and dp of size cp*dp/ep, Megatron's expert-data-parallel group).
+        "dp_expert": experts.group(rank, ("cp", "dp")),
         "embed": tuple(sorted({layout.rank(with_pp(layout, rank, s)) for s in (0, plan.pp - 1)})),
         "world": tuple(range(plan.world)),
     }

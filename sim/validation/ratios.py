@@ -48,7 +48,7 @@ SCALE_KEYS = ("nodes", "devices", "dp", "gbs")
 # the sequence length are not plan: pairs must agree on them.
 PLAN_KEYS = SCALE_KEYS + (
     "per-node", "tp", "pp", "vpp", "ep", "cp", "mbs", "layer-split", "schedule",
-    "sequence-parallel", "no-sequence-parallel", "tp-extend-ep", "zero", "recompute",
+    "sequence-parallel", "no-sequence-parallel", "tp-extend-ep", "moe-fold", "zero", "recompute",
     "recompute-modules", "recompute-every", "cpu-offload-layers", "overlap-tp",
     "no-overlap-dp", "no-overlap-ep", "no-hierarchical-ep", "grad-accum-fusion",
     "no-grad-accum-fusion",

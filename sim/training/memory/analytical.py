@@ -140,9 +140,10 @@ def _ep_spans_nodes(plan: ParallelPlan, layout: Layout, stage: int, per_node: in
     """Whether the EP group of stage ``stage``'s representative rank (coordinates 0 but
     pp) leaves its server: its ranks span [first, last], so it does when those two do."""
     dims = ("tp", "ep") if plan.tp_extend_ep else ("ep",)
-    first = layout.rank(Coord(0, 0, 0, 0, stage))
-    top = {d: layout.sizes[d] - 1 if d in dims else 0 for d in ("tp", "cp", "ep", "dp")}
-    last = layout.rank(Coord(pp=stage, **top))
+    experts = layout.for_experts()  # folded over TP x CP x DP with plan.moe_fold
+    first = experts.rank(Coord(0, 0, 0, 0, stage))
+    top = {d: experts.sizes[d] - 1 if d in dims else 0 for d in ("tp", "cp", "ep", "dp")}
+    last = experts.rank(Coord(pp=stage, **top))
     return first // per_node != last // per_node
 
 

@@ -161,7 +161,7 @@ def stage_memory(st: StageState, plan: ParallelPlan, capacity: float) -> MemoryB
     """Bytes per device of one stage: the one place where state, activations, buffers,
     fragmentation and the runtime reserve are counted."""
     dpd = plan.cp * plan.dp  # dense parameters: DP x CP (EP is carved out of DP)
-    dpe = plan.cp * plan.edp  # expert parameters: the expert-data-parallel replicas
+    dpe = plan.edp  # expert parameters: the expert-data-parallel replicas (cp*dp/ep)
     dense, expert = st.dense_params, st.expert_params
 
     def sharded(per_param: float, from_stage: int) -> float:

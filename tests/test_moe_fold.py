@@ -165,3 +165,40 @@ def test_folded_memory_modes_agree(plan):
     for a, f in zip(fast, full, strict=True):
         assert a.total == pytest.approx(f.total, rel=1e-12)
         assert (a.weights, a.gradients, a.optimizer) == (f.weights, f.gradients, f.optimizer)
+
+
+def test_cli_names_the_fold_flag(capsys):
+    from xpusim.sim.cli.main import main
+
+    argv = ["train", "--model", "mixtral-8x22b", "--system", "dgx-b200", "--nodes", "32",
+            "--tp", "2", "--pp", "4", "--cp", "8", "--ep", "8", "--dp", "4", "--seq", "65536",
+            "--quiet"]
+    assert main(argv) == 2
+    assert "--moe-fold" in capsys.readouterr().err
+
+
+def test_plan_file_key(tmp_path):
+    from xpusim.sim.plan_file import load_plan_file
+
+    path = tmp_path / "plan.toml"
+    path.write_text("[plan]\ntp = 2\ncp = 4\nep = 4\nmoe_fold = true\n")
+    assert load_plan_file(str(path))["moe_fold"] is True
+    path.write_text("[plan]\nmoe_fold = 1\n")
+    with pytest.raises(InputError, match="true or false"):
+        load_plan_file(str(path))
+
+
+def test_folded_representatives_agree_with_every_rank():
+    # Every rank of a folded plan has the same group shapes, so one representative per
+    # stage gives the step of all 16 ranks (as for unfolded plans, test_training.py).
+    from xpusim.hwprofiles import load_system
+    from xpusim.sim.training import TrainingOptions, simulate_training
+
+    system = load_system("dgx-h100", nodes=2)
+    plan = ParallelPlan(tp=2, cp=4, ep=4, dp=2, mbs=1, gbs=4, seq=2048,
+                        sequence_parallel=True, moe_fold=True)
+    reduced = simulate_training(MOE8, system, plan)
+    full = simulate_training(MOE8, system, plan, TrainingOptions(full_ranks=True))
+    assert (reduced.simulated_ranks, full.simulated_ranks) == (1, 16)
+    assert full.step_time_s == pytest.approx(reduced.step_time_s, rel=0.01)
+    assert full.peak_memory.total == pytest.approx(reduced.peak_memory.total, rel=1e-12)

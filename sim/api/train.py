@@ -47,7 +47,7 @@ from xpusim.sim.validation.track_record import TrackRecord, lookup, record_dict
 
 DEFAULT_SYSTEM = "atlas-800t-a2"
 # Mixed-precision training computes in these; int8/int4 are inference weight formats.
-TRAIN_DTYPES = ("bf16", "fp16", "fp32", "fp8", "mxfp8", "hif8")
+TRAIN_DTYPES = ("bf16", "fp16", "fp32", "fp8", "mxfp8", "hif8", "nvfp4")
 RECOMPUTE_CHOICES = ("auto", "none", "selective", "full")
 PLAN_FIELDS = (
     "tp", "pp", "vpp", "dp", "ep", "cp", "mbs", "gbs", "seq", "zero", "seed",

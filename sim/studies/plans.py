@@ -36,6 +36,7 @@ from xpusim.sim.parallel import DEFAULT_SELECTIVE, ParallelPlan, microbatches, v
 from xpusim.sim.studies.analytical import Analytical, base_plan, ep_bandwidth
 from xpusim.sim.studies.study_file import Study
 from xpusim.sim.training.memory import analytical_memory, peak_stage
+from xpusim.sim.training.nvfp4 import param_dtype
 
 
 def enumerate_plans(spec: ModelSpec, system: System, study: Study) -> list[ParallelPlan]:
@@ -95,7 +96,7 @@ def plan_estimate(
     tp_comm = 0.0
     if plan.tp > 1:
         # Per layer: 2 blocks x (fwd + bwd) all-reduces of seq x hidden, ring volume 2(t-1)/t.
-        act = plan.seq / plan.cp * spec.hidden * dtype_bytes(plan.dtype)
+        act = plan.seq / plan.cp * spec.hidden * dtype_bytes(param_dtype(plan.dtype))
         per_layer = 4 * 2 * (plan.tp - 1) / plan.tp * act / ep_bandwidth(system, plan.tp)
         layers_per_stage = (spec.layers + spec.mtp_layers) / plan.pp
         tp_comm = (plan.gbs / plan.dp) * layers_per_stage * per_layer
@@ -127,7 +128,7 @@ def ep_comm_estimate(plan: ParallelPlan, spec: ModelSpec, system: System) -> flo
         * tokens
         * spec.moe.top_k
         * spec.hidden
-        * dtype_bytes(plan.dtype)
+        * dtype_bytes(param_dtype(plan.dtype))
         * (group - 1)
         / group
         / ep_bandwidth(system, group)

@@ -60,7 +60,6 @@ from xpusim.sim.parallel import Layout, ParallelPlan
 from xpusim.sim.schedules import Unit as SchedUnit
 from xpusim.sim.schedules import steady_pairs
 from xpusim.sim.training import dp_buckets, fsdp1
-from xpusim.sim.training import layers as L
 from xpusim.sim.training.chunks import (  # noqa: F401  (re-exported)
     Chunk,
     RankPlan,
@@ -74,6 +73,7 @@ from xpusim.sim.training.dp_buckets import Bucket, ChunkBuckets
 from xpusim.sim.training.emitter import EmitCache, Emitter
 from xpusim.sim.training.framework import framework_profile
 from xpusim.sim.training.lowprec import param_gather_bytes
+from xpusim.sim.training.nvfp4 import weight_cast_ops
 from xpusim.sim.training.units import (  # noqa: F401  (re-exported)
     FSDP_KEY,
     Piece,
@@ -400,10 +400,12 @@ def _optimizer(em: Emitter, rp: RankPlan, deps: list[int]) -> tuple[list[Op], li
         # The updated weights are cast to the recipe's format once per step and reused by
         # every micro-batch (TransformerEngine caches the FP8 weights from the first
         # micro-batch: Megatron's is_first_microbatch); every local weight, not the shard.
+        # NVFP4 runs an amax pass then a 2D-block cast into both usages (sim.training.nvfp4).
         local = sum(ch.dense_params + ch.expert_params for ch in rp.chunks)
-        cast = L.quantize_op("weights", local, plan.dtype)
-        step.append(cast)
-        opt = _optimizer_task(em, "weight_cast", cast, [opt])
+        casts = tuple(weight_cast_ops(local, plan.dtype))
+        step += casts
+        opt = em.graph.add(Segment("weight_cast", casts, "optimizer", host=False),
+                           Stream.COMPUTE, [opt], "optimizer")
     if plan.zero in (1, 2) and not plan.overlap_dp:
         b = param_gather_bytes(plan.dtype)
         for c, ch in enumerate(rp.chunks):

@@ -1,4 +1,7 @@
-"""The quantisation passes a low-precision (FP8 / MX) recipe runs around its GEMMs.
+"""The quantisation passes a low-precision (FP8 / MX / NVFP4) recipe runs around its GEMMs.
+
+NVFP4's own passes (random Hadamard transform, 2D weight blocks, bf16 parameters) are
+described and built in ``sim.training.nvfp4``; this module dispatches to them.
 
 A GEMM C = A.B in a low-precision recipe reads each operand in two layouts over the
 step: the forward reads A and B with K contiguous, the weight gradient dB = A^T.dC
@@ -150,6 +153,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from xpusim.sim.ir import (
+    LOW_PRECISION,
     MAIN_MEMORY,
     NO_ROLE,
     CollectiveKind,
@@ -161,6 +165,7 @@ from xpusim.sim.ir import (
     dtype_bytes,
 )
 from xpusim.sim.training.items import CAST_SUFFIX, Comm, quantize_op
+from xpusim.sim.training.nvfp4 import GRAD_GATHER_COPIES, RHT_FORMATS, rht_cast_ops
 
 # Usages a quantised GEMM operand is written in: rowwise (this GEMM) and columnwise
 # (the other backward GEMM that reads it along its other axis).
@@ -189,7 +194,9 @@ HOPPER_DELAYED = CastRecipe()
 def cast_recipe(fmt: str, scaling: str = "delayed", non_tn_fp8: bool = False) -> CastRecipe:
     """The casts of format ``fmt`` under FP8 ``scaling`` on a device whose FP8 GEMMs take
     any layout (``non_tn_fp8``): one copy and an amax pass apply to per-tensor FP8 only
-    (module docstring)."""
+    (module docstring); NVFP4 always takes its per-tensor amax (``sim.training.nvfp4``)."""
+    if fmt in RHT_FORMATS:
+        return CastRecipe(USAGES, True)
     if fmt not in PER_TENSOR_FORMATS:
         return CastRecipe()
     return CastRecipe(1 if non_tn_fp8 else USAGES, scaling == "current")
@@ -200,7 +207,10 @@ def cast_ops(name: str, numel: float, fmt: str, recipe: CastRecipe = HOPPER_DELA
     """The cast of a ``src`` GEMM operand of ``numel`` elements under ``recipe``: with
     ``recipe.amax_pass`` (and no ``norm_amax``, an amax the producing norm computed) an amax
     op reading the input (1 FLOP, ``dtype_bytes(src)`` bytes per element), then the cast
-    writing ``recipe.usages`` copies (``items.quantize_op``)."""
+    writing ``recipe.usages`` copies (``items.quantize_op``). NVFP4: its amax, rowwise and
+    RHT columnwise passes (``nvfp4.rht_cast_ops``; the norm never supplies its amax)."""
+    if fmt in RHT_FORMATS:
+        return rht_cast_ops(name, numel, fmt, role, src)
     cast = quantize_op(name, numel, fmt, src, role, usages=recipe.usages,
                        transpose=writes_transpose(fmt, recipe.usages))
     if not recipe.amax_pass or norm_amax:
@@ -211,13 +221,15 @@ def cast_ops(name: str, numel: float, fmt: str, recipe: CastRecipe = HOPPER_DELA
     return [amax, cast]
 
 # Formats whose GEMMs swizzle their block scales before each call on NVIDIA (module
-# docstring): MXFP8, one E8M0 byte per 32-element block (OCP MX v1.0).
-SWIZZLED_SCALE_FORMATS = frozenset({"mxfp8"})
-SCALE_BLOCK = 32  # elements per E8M0 scale
+# docstring): MXFP8, one E8M0 byte per 32-element block (OCP MX v1.0), and NVFP4, one E4M3
+# byte per 16 (TransformerEngine util.cpp ``swizzle_scaling_factors`` takes
+# NVTE_MXFP8_1D_SCALING and NVTE_NVFP4_1D_SCALING alike); ``LOW_PRECISION`` gives the block.
+SWIZZLED_SCALE_FORMATS = frozenset({"mxfp8", "nvfp4"})
 SWIZZLE_SUFFIXES = ("_swizzle_a", "_swizzle_b")
 SWIZZLE_KIND = "scale_swizzle"  # their line in the step breakdown (--explain)
-# Formats whose parameters the distributed optimizer all-gathers in bf16 (docstring).
-BF16_GATHER_FORMATS = frozenset({"mxfp8"})
+# Formats whose parameters the distributed optimizer all-gathers in bf16 (docstring):
+# MXFP8 through the shared buffer; NVFP4 parameters are bf16 (``sim.training.nvfp4``).
+BF16_GATHER_FORMATS = frozenset({"mxfp8", "nvfp4"})
 
 
 def cast_transpose_op(name: str, numel: float, fmt: str, src: str = "bf16",
@@ -248,13 +260,15 @@ def scale_swizzle_ops(name: str, m: float, n: float, k: float, batch: float, fmt
                       role: Role = NO_ROLE) -> list[Op]:
     """The scale swizzles TransformerEngine runs before the ``fmt`` GEMM ``name``
     (C[batch, m, n] = A[batch, m, k] B[batch, k, n]): one kernel per operand, each reading
-    and writing that operand's E8M0 scales (one byte per ``SCALE_BLOCK`` elements); none
-    for a format without block scales to swizzle (module docstring)."""
+    and writing that operand's block scales (one byte per block of the format: 32 for
+    MXFP8, 16 for NVFP4); none for a format without block scales to swizzle (module
+    docstring)."""
     if fmt not in SWIZZLED_SCALE_FORMATS:
         return []
+    block = LOW_PRECISION[fmt].block
     out = []
     for suffix, numel in zip(SWIZZLE_SUFFIXES, (m * k * batch, k * n * batch), strict=True):
-        scales = numel / SCALE_BLOCK
+        scales = numel / block
         out.append(Op(f"{name}{suffix}", OpKind.ELEMENTWISE, 0.0,
                       MappingProxyType({MAIN_MEMORY: 2.0 * scales}), fmt, Unit.VECTOR,
                       ElementwiseShape(scales), role))
@@ -282,8 +296,10 @@ TE_FRAMEWORKS = ("eager", "cuda-graphs")
 SP_FP8_INPUT_GEMMS = NORM_FUSED_GEMMS
 SP_FP8_GRAD_GEMMS = frozenset({"o_proj", "mlp_down"})
 # Formats whose input gather (a) and wgrad re-gather (b) move the quantised bytes: the
-# per-tensor FP8 ones and MXFP8 (module docstring); the gradient gather (c) only per-tensor.
-SP_QUANTIZED_INPUT_GATHER_FORMATS = PER_TENSOR_FORMATS | {"mxfp8"}
+# per-tensor FP8 ones, MXFP8 and NVFP4 (module docstring; ``sim.training.nvfp4``); the
+# gradient gather (c) per-tensor FP8 (one copy) and NVFP4 (both usages).
+SP_QUANTIZED_INPUT_GATHER_FORMATS = PER_TENSOR_FORMATS | {"mxfp8"} | RHT_FORMATS
+SP_QUANTIZED_GRAD_GATHER_FORMATS = PER_TENSOR_FORMATS | RHT_FORMATS
 AMAX_REDUCE_BYTES = 4.0  # one fp32 amax
 AMAX_REDUCE_SUFFIX = "_amax_reduce"
 
@@ -312,13 +328,15 @@ class SpFp8:
 def sp_fp8_collectives(body: list, framework: str, scaling: str) -> SpFp8:
     """What a TransformerEngine FP8 recipe gathers in FP8 around the block ``body`` with
     sequence parallelism (module docstring): nothing off TE stacks or for a body without
-    the dense TE linears."""
+    the dense TE linears. NVFP4 gathers the gradient's two usages and reduces the amax
+    before every quantised gather (``sim.training.nvfp4``)."""
     if framework not in TE_FRAMEWORKS:
         return SpFp8()
     fwd = _sp_fp8_format(body, SP_FP8_INPUT_GEMMS, SP_QUANTIZED_INPUT_GATHER_FORMATS)
-    bwd = _sp_fp8_format(body, SP_FP8_GRAD_GEMMS, PER_TENSOR_FORMATS)
-    return SpFp8(dtype_bytes(fwd) if fwd else 0.0, dtype_bytes(bwd) if bwd else 0.0,
-                 scaling == "current")
+    bwd = _sp_fp8_format(body, SP_FP8_GRAD_GEMMS, SP_QUANTIZED_GRAD_GATHER_FORMATS)
+    copies = GRAD_GATHER_COPIES if bwd in RHT_FORMATS else 1
+    return SpFp8(dtype_bytes(fwd) if fwd else 0.0, copies * dtype_bytes(bwd) if bwd else 0.0,
+                 scaling == "current" or fwd in RHT_FORMATS)
 
 
 def amax_reduce(name: str, module: str = "out", forward_only: bool = True) -> Comm:

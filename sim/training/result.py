@@ -234,15 +234,16 @@ _KIND_SOURCES = {
     "gradient passes (sim/training/fsdp1.py); with a low-precision --dtype the casts of GEMM inputs "
     "and output gradients (*_quant: both usages, one FP8 copy where [kernels] "
     "non_tn_fp8_gemm; with --fp8-scaling current each cast's own amax pass, *_amax_quant; "
-    "sim/training/lowprec.py)",
+    "with --dtype nvfp4 an amax pass, a rowwise cast and a random-Hadamard columnwise cast, "
+    "*_rht_quant; sim/training/lowprec.py, sim/training/nvfp4.py)",
     "norm": "HBM roofline: LayerNorm/RMSNorm read + write of the activations",
     "softmax": "HBM roofline: cross-entropy softmax over B*s*V/tp fp32 logits",
     "embedding": "HBM roofline: embedding row gather (and its scatter-add in backward)",
     "reduction": "HBM roofline",
     "memcpy": "HBM roofline",
     "permute": "HBM roofline: MoE token permutation/unpermutation",
-    "scale_swizzle": "MXFP8 on NVIDIA: TransformerEngine 2.x swizzles both operands' E8M0 "
-    "scales into cuBLASLt's layout before every GEMM, two launches per GEMM (HBM roofline "
+    "scale_swizzle": "MXFP8 / NVFP4 on NVIDIA: TransformerEngine 2.x swizzles both operands' "
+    "block scales into cuBLASLt's layout before every GEMM, two launches per GEMM (HBM roofline "
     "+ launch; sim/training/lowprec.py)",
 }
 _PHASE_NAMES = {"fwd": "forward", "bwd": "backward", "recompute": "recompute"}

@@ -31,6 +31,7 @@ from xpusim.sim.training import layers as L
 from xpusim.sim.training.chunks import Chunk
 from xpusim.sim.training.framework import framework_profile, moe_dispatch_syncs
 from xpusim.sim.training.lowprec import is_forward_cast, is_scale_swizzle
+from xpusim.sim.training.nvfp4 import param_dtype
 from xpusim.sim.training.te_moe_host import segment_extra_host_s
 
 # Item tags of an overlapped unit (besides ops and collectives):
@@ -89,7 +90,7 @@ def grad_accum_bytes_per_param(plan: ParallelPlan) -> float:
     if plan.zero == 3 and framework_profile(plan.framework).fsdp1_grad_path:
         return 0.0  # FSDP1 accumulates into its saved shard (fsdp1.grad_path_bytes)
     gb = dtype_bytes(plan.grad_reduce_dtype)
-    return dtype_bytes(plan.dtype) + 2 * gb
+    return dtype_bytes(param_dtype(plan.dtype)) + 2 * gb
 
 
 def _split_gemm(op: Op, parts: int) -> Op:
@@ -370,7 +371,8 @@ def _fsdp_items(
     """Slot ``i``'s ZeRO-3 collectives as items: asynchronous (comm stream, keyed) when
     the plan overlaps DP traffic, else blocking on the compute stream; DeepSpeed 0.3's
     list collectives when the framework says so (blocking, per tensor, with copies)."""
-    nbytes = dtype_bytes(plan.dtype if kind == CollectiveKind.ALL_GATHER else plan.grad_reduce_dtype)
+    nbytes = dtype_bytes(param_dtype(plan.dtype) if kind == CollectiveKind.ALL_GATHER
+                         else plan.grad_reduce_dtype)
     comms = fsdp_comms(chunk, i, kind, nbytes)
     if framework_profile(plan.framework).zero3_list_collectives:
         return _list_fsdp_items(chunk, plan, i, kind, comms), ()
@@ -404,7 +406,7 @@ def _copy_out(chunk: Chunk, plan: ParallelPlan, i: int, keys: tuple[int, ...]) -
     if not framework_profile(plan.framework).fsdp2_copy_out:
         return [], keys
     numel = sum(chunk.slot_params[i])
-    nbytes = 2.0 * numel * dtype_bytes(plan.dtype)
+    nbytes = 2.0 * numel * dtype_bytes(param_dtype(plan.dtype))
     op = Op("fsdp2.copy_out", OpKind.ELEMENTWISE, numel, {"hbm": nbytes}, plan.dtype,
             Unit.VECTOR, ElementwiseShape(numel))
     return _waiting([op], keys)

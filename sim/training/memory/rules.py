@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from xpusim.sim.ir import dtype_bytes
 from xpusim.sim.parallel import ParallelPlan
+from xpusim.sim.training.nvfp4 import weight_bytes_per_param
 
 OPTIMIZER_BYTES_PER_PARAM = 12.0  # fp32 master weights + Adam first and second moments
 GIB = 1024**3
@@ -54,7 +55,7 @@ class StateBytes:
     """Bytes per parameter of the training state, and the ZeRO stage from which each
     part is sharded over the data-parallel group (Rajbhandari et al. 2020)."""
 
-    weights: float  # plan.dtype
+    weights: float  # plan.dtype (NVFP4: bf16 + its cached copies, sim.training.nvfp4)
     gradients: float  # main grads in plan.grad_reduce_dtype
     optimizer: float  # fp32 master + Adam m, v
 
@@ -65,7 +66,8 @@ class StateBytes:
 
 def state_bytes(plan: ParallelPlan) -> StateBytes:
     return StateBytes(
-        dtype_bytes(plan.dtype), dtype_bytes(plan.grad_reduce_dtype), OPTIMIZER_BYTES_PER_PARAM
+        weight_bytes_per_param(plan.dtype), dtype_bytes(plan.grad_reduce_dtype),
+        OPTIMIZER_BYTES_PER_PARAM
     )
 
 

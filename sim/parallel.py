@@ -19,7 +19,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from xpusim.sim.errors import InputError
-from xpusim.sim.ir import BYTES_PER_DTYPE
+from xpusim.sim.ir import BYTES_PER_DTYPE, is_low_precision
 from xpusim.sim.layout import (  # noqa: F401  (Coord, Layout re-exported)
     DEFAULT_ORDER,
     Coord,
@@ -166,6 +166,13 @@ class ParallelPlan:
     # layers go to host memory after their forward and come back before their backward
     # (TransformerEngine's offload handler, sim/training/offload.py). 0: off.
     cpu_offload_layers: int = 0
+    # Transformer layers a low-precision recipe keeps in bf16 (Megatron-Core
+    # first_last_layers_bf16 with num_layers_at_start_in_bf16 / _at_end_in_bf16:
+    # fp8_utils.is_first_last_bf16_layer, layer < start or layer >= num_layers - end, for
+    # FP8 and FP4 alike): their linears run in bf16 without casts (sim.training.items
+    # gemm_dtype). 0: none, as Megatron-Bridge's performance recipes run.
+    bf16_layers_at_start: int = 0
+    bf16_layers_at_end: int = 0
     # Placement: the global id of the plan's first device (its groups start there).
     # Inference deployments may start anywhere; a training job starts at device 0
     # (``sim.placement.job_devices``), so this is neither a plan-file key nor part of ``as_dict``.
@@ -235,10 +242,11 @@ class ParallelPlan:
 
     def as_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "first_device"}
-        if not self.cpu_offload_layers:  # off: the key only where a plan offloads
-            del out["cpu_offload_layers"]
-        if not self.moe_fold:  # off: the key only where a plan folds
-            del out["moe_fold"]
+        # off: the key only where a plan sets it
+        for key in ("cpu_offload_layers", "moe_fold", "bf16_layers_at_start",
+                    "bf16_layers_at_end"):
+            if not out[key]:
+                del out[key]
         out["recompute_modules"] = list(self.recompute_modules)
         out["layer_split"] = list(self.layer_split)
         out["world"] = self.world
@@ -375,7 +383,20 @@ def validate_plan(spec: ModelSpec, plan: ParallelPlan, num_devices: int) -> Para
     parse_routing(plan.moe_routing)
     layer_slots(spec, plan)
     _check_offload(spec, plan)
+    _check_bf16_layers(spec, plan)
     return plan
+
+
+def _check_bf16_layers(spec: ModelSpec, plan: ParallelPlan) -> None:
+    """Layers kept in bf16: non-negative, at most the model's layers, low precision only."""
+    n: Any = (plan.bf16_layers_at_start, plan.bf16_layers_at_end)
+    if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in n) or sum(n) > spec.layers:
+        raise InputError(f"--bf16-layers-at-start/-at-end must be integers >= 0 summing to at "
+                         f"most the {spec.layers} layers of {spec.name}, got {n[0]!r}, {n[1]!r}")
+    if sum(n) and not is_low_precision(plan.dtype):
+        raise InputError(f"--bf16-layers-at-start/-at-end keep layers of a low-precision recipe "
+                         f"in bf16; --dtype {plan.dtype} has none: drop them or pass --dtype "
+                         "fp8, mxfp8 or nvfp4")
 
 
 def _check_offload(spec: ModelSpec, plan: ParallelPlan) -> None:

@@ -123,3 +123,32 @@ def test_train_nvfp4_step_breakdown() -> None:
     assert fp4["fwd:gemm"] < mx["fwd:gemm"]  # the FP4 rate
     assert fp4["fwd:elementwise"] > mx["fwd:elementwise"]  # three cast passes, not one
     assert fp4["fwd:scale_swizzle"] > 0
+
+
+def test_layers_kept_in_bf16() -> None:
+    # Megatron-Core is_first_last_bf16_layer: layer < start or layer >= num_layers - end;
+    # MTP layers (numbered from num_layers) follow the recipe.
+    from xpusim.sim.training.items import gemm_dtype
+
+    plan = ParallelPlan(dtype="nvfp4", bf16_layers_at_start=1, bf16_layers_at_end=2)
+    assert [gemm_dtype(plan, i, 6) for i in range(7)] == [
+        "bf16", "nvfp4", "nvfp4", "nvfp4", "bf16", "bf16", "nvfp4"]
+    assert gemm_dtype(ParallelPlan(dtype="nvfp4"), 5, 6) == "nvfp4"
+    # A kept layer's linears run in bf16 with no casts; its SP gathers stay bf16.
+    kw = dict(model="llama-3-8b", system="dgx-b200", tp=2, pp=1, dp=4, mbs=1, gbs=4, seq=2048,
+              dtype="nvfp4")
+    base = xpusim.train(**kw).simulation.compute_by_kind_s
+    kept = xpusim.train(bf16_layers_at_end=4, **kw).simulation.compute_by_kind_s
+    # 4 of 32 layers: their GEMMs at the bf16 rate, their casts and swizzles gone
+    assert kept["fwd:gemm"] > base["fwd:gemm"]
+    assert kept["fwd:scale_swizzle"] == pytest.approx(base["fwd:scale_swizzle"] * 28 / 32)
+
+
+def test_bf16_layers_need_a_low_precision_recipe() -> None:
+    from xpusim.sim.errors import InputError
+
+    kw = dict(model="llama-3-8b", system="dgx-b200", tp=1, pp=1, dp=8, mbs=1, gbs=8, seq=2048)
+    with pytest.raises(InputError, match="low-precision recipe"):
+        xpusim.train(dtype="bf16", bf16_layers_at_end=2, **kw)
+    with pytest.raises(InputError, match="at most the 32 layers"):
+        xpusim.train(dtype="nvfp4", bf16_layers_at_start=20, bf16_layers_at_end=13, **kw)

@@ -57,6 +57,7 @@ PLAN_FIELDS = (
     "framework",
     "pad_layers", "grad_reduce_dtype", "fragmentation", "runtime_reserved_gib",
     "tp_overlap_chunks", "recompute_every", "per_node", "cpu_offload_layers",
+    "bf16_layers_at_start", "bf16_layers_at_end",
 )  # fmt: skip
 
 
@@ -93,6 +94,8 @@ class TrainRequest:
     recompute_modules: str | tuple[str, ...] | None = None  # default ("core_attn",); any of "norm,attn,act,experts,mlp,core_attn"
     recompute_every: int | None = None  # k: recompute every k-th layer only; default 1
     cpu_offload_layers: int | None = None  # N: offload layers 0..N-1's activations; default 0
+    bf16_layers_at_start: int | None = None  # first N layers' linears in bf16; default 0
+    bf16_layers_at_end: int | None = None  # last N layers' linears in bf16; default 0
     schedule: str | None = None  # auto | 1f1b | interleaved
     dropout: float | None = None
     framework: str | None = None  # eager | cuda-graphs

@@ -112,6 +112,15 @@ def _add_dtype_flags(p: argparse.ArgumentParser) -> None:
         "DelayedScaling, default: amax taken inside the cast) or current "
         "(Float8CurrentScaling, Megatron-Bridge's FP8-CS: a separate amax pass per cast)",
     )
+    for end, which in (("start", "first"), ("end", "last")):
+        p.add_argument(
+            f"--bf16-layers-at-{end}",
+            type=int,
+            metavar="N",
+            help=f"keep the {which} N transformer layers' linears in bf16 under a low-precision "
+            f"--dtype (Megatron-Core first_last_layers_bf16, num_layers_at_{end}_in_bf16; "
+            "the NVFP4 paper keeps final layers in BF16) (default 0)",
+        )
 
 
 def _add_system_flags(p: argparse.ArgumentParser) -> None:
@@ -344,6 +353,8 @@ def _print_explain(result) -> None:
     print(
         f"recipe: dtype {plan.dtype}"
         + (f" ({plan.fp8_scaling} scaling)" if plan.dtype == "fp8" else "")
+        + (f" (layers in bf16: first {plan.bf16_layers_at_start}, last {plan.bf16_layers_at_end})"
+           if plan.bf16_layers_at_start or plan.bf16_layers_at_end else "")
         + f", attention {plan.attention_impl}, dropout {plan.dropout}, "
         f"grad accumulation fusion {plan.grad_accum_fusion}, framework {plan.framework}, "
         f"recompute {plan.recompute}"

@@ -90,6 +90,16 @@ def act_dtype(plan: ParallelPlan) -> str:
     return "bf16" if is_low_precision(plan.dtype) else plan.dtype
 
 
+def gemm_dtype(plan: ParallelPlan, layer: int, layers: int) -> str:
+    """The dtype of the linear GEMMs of transformer layer ``layer`` (of ``layers``; MTP
+    layers, numbered from ``layers``, follow the recipe): ``plan.dtype``, or the activation
+    dtype in a layer the plan keeps in bf16 (``ParallelPlan.bf16_layers_at_start`` /
+    ``_at_end``: Megatron-Core ``is_first_last_bf16_layer``)."""
+    if layer < plan.bf16_layers_at_start or layers - plan.bf16_layers_at_end <= layer < layers:
+        return act_dtype(plan)
+    return plan.dtype
+
+
 # Every cast to a low-precision format is named ``<name>_quant`` (lowprec.is_forward_cast).
 CAST_SUFFIX = "_quant"
 

@@ -45,6 +45,7 @@ from xpusim.sim.training.items import (  # noqa: F401  (re-exported)
     Item,
     SlotContext,
     act_dtype,
+    gemm_dtype,
     quantize_op,
 )
 from xpusim.sim.training.lowprec import (
@@ -122,13 +123,15 @@ def _tp_reduce_kind(plan: ParallelPlan) -> CollectiveKind:
     return CollectiveKind.REDUCE_SCATTER if plan.sequence_parallel else CollectiveKind.ALL_REDUCE
 
 
-def training_items(raw: Sequence[Op | CommNeed], ctx: SlotContext) -> list[Item]:
+def training_items(raw: Sequence[Op | CommNeed], ctx: SlotContext, fmt: str = "") -> list[Item]:
     """Builder output as training items: collectives on the plan's groups (EP dispatched
-    as the plan does it), GEMMs in the recipe's precision, and attention keeping its
+    as the plan does it), GEMMs in the recipe's precision (``fmt``, default
+    ``plan.dtype``: a transformer layer's ``items.gemm_dtype``), and attention keeping its
     score tensors when the plan's implementation materialises them."""
     out: list[Item] = []
-    recipe = cast_recipe(ctx.plan.dtype, ctx.plan.fp8_scaling, ctx.non_tn_fp8)
-    for item in low_precision_gemms(raw, ctx.plan.dtype, ctx.scale_swizzle, recipe):
+    fmt = fmt or ctx.plan.dtype
+    recipe = cast_recipe(fmt, ctx.plan.fp8_scaling, ctx.non_tn_fp8)
+    for item in low_precision_gemms(raw, fmt, ctx.scale_swizzle, recipe):
         if isinstance(item, CommNeed):
             if item.group == "ep":
                 out += _ep_comms(item, ctx)
@@ -383,14 +386,15 @@ def layer_items(ctx: SlotContext, layer: int) -> list[Item]:
     shape = StepShape(plan.mbs, seq_local, seq_local, True)
     sh = Sharding(plan.tp, plan.ep, plan.sequence_parallel)
     t_norm = ctx.tokens / plan.tp if plan.sequence_parallel else ctx.tokens
+    fmt = gemm_dtype(plan, layer, spec.layers)
     attn = _cp_attention(
-        training_items(attention_ops(spec, shape, sh, act_dtype(plan), layer), ctx), ctx)
+        training_items(attention_ops(spec, shape, sh, act_dtype(plan), layer), ctx, fmt), ctx)
     attn = attention_dropout(_with_rotary(attn, ctx), ctx)
     if eager.eager_passes_on(ctx):
         attn = [*eager.norm_passes("attn_norm", t_norm, ctx), *attn, *eager.attention_passes(ctx)]
     items = _block("attn", t_norm, ctx, attn)
     if not spec.is_moe_layer(layer):
-        ffn = training_items(ffn_items(spec, layer, shape, sh, act_dtype(plan)), ctx)
+        ffn = training_items(ffn_items(spec, layer, shape, sh, act_dtype(plan)), ctx, fmt)
         if eager.eager_passes_on(ctx):
             norm_passes = [] if spec.shared_norm else eager.norm_passes("ffn_norm", t_norm, ctx)
             ffn = [*norm_passes, *ffn, *eager.ffn_passes(ctx, layer)]
@@ -399,7 +403,7 @@ def layer_items(ctx: SlotContext, layer: int) -> list[Item]:
         return items + _extended_ep_ffn(ctx, layer, t_norm)
     load = moe_load(ctx, layer, ctx.tokens, plan.ep)
     raw = ffn_items(spec, layer, shape, sh, act_dtype(plan), load)
-    body = _expert_tp(with_expert_passes(training_items(raw, ctx), ctx), plan.tp)
+    body = _expert_tp(with_expert_passes(training_items(raw, ctx, fmt), ctx), plan.tp)
     return items + _block("ffn", t_norm, ctx, _scale_a2a(body, ctx.hot_comm.get(layer, 1.0)))
 
 
@@ -412,7 +416,9 @@ def _extended_ep_ffn(ctx: SlotContext, layer: int, t_norm: float) -> list[Item]:
     sub = StepShape(plan.mbs * (plan.seq / plan.cp) / plan.tp, 1, 1, True)
     load = moe_load(ctx, layer, t / plan.tp, ep_ranks)
     raw = ffn_items(spec, layer, sub, Sharding(1, ep_ranks, False), act_dtype(plan), load)
-    body = _scale_a2a(with_expert_passes(training_items(raw, ctx), ctx), ctx.hot_comm.get(layer, 1.0))
+    fmt = gemm_dtype(plan, layer, spec.layers)
+    body = _scale_a2a(with_expert_passes(training_items(raw, ctx, fmt), ctx),
+                      ctx.hot_comm.get(layer, 1.0))
     if not plan.sequence_parallel:
         body.append(Comm("moe_tp_gather", CollectiveKind.ALL_GATHER, t * spec.hidden * ctx.b, "tp"))
     return [_norm("ffn_norm", t_norm, ctx), *body, _residual("ffn_residual", t_norm, ctx)]

@@ -9,10 +9,15 @@ dgrad, wgrad) on NVFP4 operands, E2M1 elements with one E4M3 scale per 16 and an
 scale per tensor (``LOW_PRECISION["nvfp4"]``), at the device's FP4 tensor-core rate; the
 output layer and the MoE router are not TE linears and stay bf16, as do attention,
 norms and the collectives' activations (``sim.training.layers._HIGH_PRECISION_WEIGHTS``,
-``items.act_dtype``). The NVFP4 paper (arXiv 2509.25149, s4) also keeps a few final
-blocks in BF16; Megatron's ``num_layers_at_end_in_bf16`` does that only where a recipe
-asks (``nemotron_3_super_bf16_with_nvfp4_mixed``: 14), not in the Llama performance
-recipes, so no transformer layer is kept in BF16 here.
+``items.act_dtype``). The NVFP4 paper (arXiv 2509.25149) keeps some linear layers in
+BF16, the final blocks being the most sensitive (its appendix E.2: loss converges "when
+the linear layers in the last four blocks remain in BF16"); Megatron-Core does that with
+``first_last_layers_bf16`` / ``num_layers_at_end_in_bf16`` only where a recipe asks
+(``nemotron_3_super_bf16_with_nvfp4_mixed``: the last 14), not in the Llama performance
+recipes: ``--bf16-layers-at-start`` / ``--bf16-layers-at-end`` (default 0) keep them
+(``items.gemm_dtype``). The weight cast and the cached NVFP4 copies below count every
+local weight, those of kept layers (and, as for FP8 before NVFP4, the embedding and
+output layer) too: an overcount by their share.
 
 **The casts** (TransformerEngine ``NVFP4BlockScaling.__post_init__``, common/recipe/
 __init__.py: inputs ``random_hadamard_transform``; weights ``fp4_2d_quantization``;

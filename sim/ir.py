@@ -261,6 +261,23 @@ def attention_pairs(q_len: float, kv_len: float, causal: bool, window: float = 0
     return ramp * (offset + 1) + ramp * (ramp - 1) / 2 + (q_len - ramp) * window
 
 
+def _chunked_prefix_pairs(positions: float, chunk: float) -> float:
+    """Pairs that the causal queries at positions 0 .. ``positions`` - 1 score when each
+    sees only its own chunk: the query at p sees (p mod chunk) + 1 keys."""
+    whole, rest = divmod(positions, chunk)
+    return whole * chunk * (chunk + 1) / 2 + rest * (rest + 1) / 2
+
+
+def chunked_attention_pairs(q_len: float, kv_len: float, chunk: float) -> float:
+    """(query, key) pairs one head scores under chunked causal attention (Llama 4's
+    chunked layers): the queries are the last ``q_len`` of ``kv_len`` positions, and the
+    query at p sees the keys of its own chunk of ``chunk`` positions up to itself,
+    (p mod chunk) + 1 of them (transformers masking_utils ``chunked_overlay`` on the
+    causal mask: kv // chunk == q // chunk). A sequence of s = n x chunk tokens scores
+    n x chunk (chunk + 1) / 2 pairs, n independent causal chunks."""
+    return _chunked_prefix_pairs(kv_len, chunk) - _chunked_prefix_pairs(kv_len - q_len, chunk)
+
+
 @dataclass(frozen=True, slots=True)
 class ElementwiseShape:
     """A pointwise (or row-wise) op over ``numel`` elements. ``transpose``: the op also

@@ -61,4 +61,4 @@ def test_layer_runs_follow_layer_kind(model, start_end):
 def test_layer_runs_hand_computed():
     """DeepSeek-V3: 3 dense layers then 58 MoE layers, no sliding windows."""
     spec = load_model("deepseek-v3")
-    assert layer_runs(spec, 0, spec.layers) == (((False, 0), 0, 3), ((True, 0), 3, 58))
+    assert layer_runs(spec, 0, spec.layers) == (((False, 0, 0), 0, 3), ((True, 0, 0), 3, 58))

@@ -115,11 +115,15 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def _local_attention(spec: ModelSpec) -> str:
-    """", sliding window W on n of L layers, sinks" for gpt-oss-style attention."""
+    """", sliding window W on n of L layers, sinks" for gpt-oss-style attention;
+    ", chunked attention C on n of L layers" for Llama 4's."""
     local = [w for w in spec.layer_windows if w]
+    chunked = [c for c in spec.layer_chunks if c]
     text = ""
     if local:
         text += f", sliding window {max(local)} on {len(local)} of {spec.layers} layers"
+    if chunked:
+        text += f", chunked attention {max(chunked)} on {len(chunked)} of {spec.layers} layers"
     return text + (", attention sinks" if spec.attention_sinks else "")
 
 def _architecture_lines(spec) -> list[str]:

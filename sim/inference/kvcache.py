@@ -184,15 +184,28 @@ def kv_layout(spec: ModelSpec, rule: str = "full", block: int = 16) -> KVLayout:
     """The KV layout of ``spec`` under an engine's ``sliding_window_kv`` rule.
 
     Several distinct windows are cached with the largest one (conservative; no model
-    the project ships has more than one window size)."""
-    windows = [spec.attention_window(i) for i in range(spec.layers)]
-    sliding = [w for w in windows if w > 0]
+    the project ships has more than one window size). A chunked layer (Llama 4) is
+    bounded the same way: it keeps the blocks of its current chunk, which starts at a
+    multiple of the chunk (vLLM V1's ChunkedLocalAttentionManager frees the blocks
+    before it), ceil(chunk / block) blocks, one more when the chunk is not a whole
+    number of blocks. A request's blocks there fall back at each chunk edge; ``cap``
+    bounds them from above."""
+    caps = [_bounded_blocks(spec, i, block) for i in range(spec.layers)]
+    sliding = [c for c in caps if c > 0]
     if rule == "full" or not sliding or (rule == "uniform" and len(sliding) < spec.layers):
         return KVLayout(block=block, group=spec.layers)
     n_full = spec.layers - len(sliding)
     group = math.gcd(n_full, len(sliding))
-    cap = -(-max(sliding) // block) + 1
-    return KVLayout(block, n_full // group, len(sliding) // group, cap, group)
+    return KVLayout(block, n_full // group, len(sliding) // group, max(sliding), group)
+
+
+def _bounded_blocks(spec: ModelSpec, layer: int, block: int) -> int:
+    """The most KV blocks layer ``layer`` holds for one request (0: unbounded, a full
+    layer): the blocks covering a sliding window, or those of the current chunk."""
+    window, chunk = spec.attention_window(layer), spec.attention_chunk(layer)
+    if chunk:
+        return -(-chunk // block) + (1 if chunk % block else 0)
+    return -(-window // block) + 1 if window > 0 else 0
 
 
 def activation_bytes(

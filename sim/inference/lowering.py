@@ -269,8 +269,8 @@ def step_blocks(
     blocks: list[tuple[list[Op | CommNeed], int]] = [(head, 1)]
     # Layers of one kind have identical ops: build (and narrow) each kind once and
     # repeat the same objects, which the step pricing relies on to stay cheap.
-    built: dict[tuple[bool, int], list[Op | CommNeed]] = {}
-    for kind, layer, count in layer_runs(spec, start, end):  # kind: (MoE?, sliding window)
+    built: dict[tuple[bool, int, int], list[Op | CommNeed]] = {}
+    for kind, layer, count in layer_runs(spec, start, end):  # kind: (MoE?, window, chunk)
         if kind not in built:
             built[kind] = [in_kv_format(it, dtype) if isinstance(it, Op) else it
                            for it in sixteen_bit_activations(layer_forward(

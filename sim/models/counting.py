@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from xpusim.sim.errors import InputError
-from xpusim.sim.ir import attention_pairs, dtype_bytes
+from xpusim.sim.ir import attention_pairs, chunked_attention_pairs, dtype_bytes
 from xpusim.sim.models.spec import ModelSpec
 
 
@@ -299,6 +299,16 @@ def _check_seq(seq_len: float) -> None:
         raise InputError(f"sequence length must be > 0, got {seq_len}")
 
 
+def _chunked_keys_per_query(seq_len: float, chunk: int, causal: bool) -> float:
+    """Mean keys a query of a chunked layer sees over a sequence of ``seq_len``: causal,
+    (p mod chunk) + 1 at position p (``sim.ir.chunked_attention_pairs``); without the
+    causal mask (PaLM's MFU convention) every key of its own chunk."""
+    if causal:
+        return chunked_attention_pairs(seq_len, seq_len, chunk) / seq_len
+    whole, rest = divmod(seq_len, chunk)
+    return (whole * chunk * chunk + rest * rest) / seq_len
+
+
 def attention_flops_per_token(
     spec: ModelSpec, seq_len: float, causal: bool = True, include_mtp: bool = False
 ) -> float:
@@ -307,11 +317,13 @@ def attention_flops_per_token(
     qk, v = attention_widths(spec)
     context = seq_len / 2 if causal else seq_len  # causal: position i sees i keys, mean s/2
     layers = spec.layers + (spec.mtp_layers if include_mtp else 0)
-    windows = [spec.attention_window(i) for i in range(layers)]
-    full = sum(1 for w in windows if not w)
+    kinds = [(spec.attention_window(i), spec.attention_chunk(i)) for i in range(layers)]
+    full = sum(1 for w, c in kinds if not w and not c)
     flops = full * 2.0 * (qk + v) * context
-    for w in windows:
-        if w:  # sliding window: the mean keys per query over the sequence (sim.ir)
+    for w, chunk in kinds:
+        if chunk:  # Llama 4 chunked layer: the mean keys per query of its chunks
+            flops += 2.0 * (qk + v) * _chunked_keys_per_query(seq_len, chunk, causal)
+        elif w:  # sliding window: the mean keys per query over the sequence (sim.ir)
             flops += 2.0 * (qk + v) * attention_pairs(seq_len, seq_len, causal, w) / seq_len
     return flops
 

@@ -77,6 +77,11 @@ class ModelSpec:
     # per query (0: full causal context; empty: every layer full); a learned per-head
     # attention sink logit; a router bias; SwiGLU clamped at ``swiglu_limit`` (0: none).
     layer_windows: tuple[int, ...] = ()
+    # Llama 4 (HF Llama4TextConfig ``layer_types``): ``layer_chunks[i]`` is layer i's
+    # attention chunk (0: not chunked; empty: no layer chunked). A query of a chunked
+    # layer sees only the keys of its own chunk of ``chunk`` positions, causally
+    # (transformers masking_utils ``chunked_overlay``: kv // chunk == q // chunk).
+    layer_chunks: tuple[int, ...] = ()
     attention_sinks: bool = False
     router_bias: bool = False
     swiglu_limit: float = 0.0
@@ -94,9 +99,14 @@ class ModelSpec:
         """Sliding window of layer ``index`` (0 = full attention; MTP layers are full)."""
         return self.layer_windows[index] if index < len(self.layer_windows) else 0
 
-    def layer_kind(self, index: int) -> tuple[bool, int]:
-        """(MoE FFN?, attention window): layers of one kind lower to identical ops."""
-        return self.is_moe_layer(index), self.attention_window(index)
+    def attention_chunk(self, index: int) -> int:
+        """Attention chunk of layer ``index`` (0 = not chunked; MTP layers are not)."""
+        return self.layer_chunks[index] if index < len(self.layer_chunks) else 0
+
+    def layer_kind(self, index: int) -> tuple[bool, int, int]:
+        """(MoE FFN?, attention window, attention chunk): layers of one kind lower to
+        identical ops."""
+        return self.is_moe_layer(index), self.attention_window(index), self.attention_chunk(index)
 
     def is_moe_layer(self, index: int) -> bool:
         """Whether layer ``index`` (0-based) has an MoE FFN."""
@@ -110,11 +120,12 @@ class ModelSpec:
 
 
 @lru_cache(maxsize=64)
-def layer_runs(spec: ModelSpec, start: int, end: int) -> tuple[tuple[tuple[bool, int], int, int], ...]:
+def layer_runs(spec: ModelSpec, start: int,
+               end: int) -> tuple[tuple[tuple[bool, int, int], int, int], ...]:
     """Layers ``start`` .. ``end`` - 1 as runs of consecutive layers of one kind
     (``ModelSpec.layer_kind``), in order: (kind, first layer of the run, layers in it).
     Kept per spec: a serving run lowers thousands of steps of one model."""
-    runs: list[tuple[tuple[bool, int], int, int]] = []
+    runs: list[tuple[tuple[bool, int, int], int, int]] = []
     for layer in range(start, end):
         kind = spec.layer_kind(layer)
         if runs and runs[-1][0] == kind:

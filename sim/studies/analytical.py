@@ -169,9 +169,9 @@ def estimate(
     slots = spec.layers + spec.mtp_layers
     markers = selective_markers(tuple(study.plans.recompute_modules or DEFAULT_SELECTIVE))
     forward = selective = 0.0
-    seen: dict[tuple[bool, int], tuple[float, float]] = {}
+    seen: dict[tuple[bool, int, int], tuple[float, float]] = {}
     for layer in range(slots):
-        kind = spec.layer_kind(layer)  # (MoE?, sliding window)
+        kind = spec.layer_kind(layer)  # (MoE?, window, chunk)
         moe = kind[0]
         if kind not in seen:
             seen[kind] = _ops_time(

@@ -16,6 +16,7 @@ from dataclasses import replace
 from types import MappingProxyType
 
 from xpusim.sim import ops
+from xpusim.sim.errors import InputError
 from xpusim.sim.ir import (
     MAIN_MEMORY,
     AttentionShape,
@@ -250,6 +251,12 @@ def _cp_attention(items: list[Item], ctx: SlotContext) -> list[Item]:
     plan = ctx.plan
     if plan.cp == 1:
         return items
+    if any(0 < c < plan.seq for c in ctx.spec.layer_chunks):
+        # A chunked layer's attention is a batch of per-chunk sequences
+        # (workloads.transformer.chunked_step); how CP splits them is not modelled.
+        raise InputError(f"context parallelism (cp={plan.cp}) with chunked attention layers "
+                         f"(chunk {max(ctx.spec.layer_chunks)} < seq {plan.seq}) is not "
+                         "modelled; use cp=1 or seq <= the chunk")
     out: list[Item] = []
     for it in items:
         if isinstance(it, Op) and it.kind == OpKind.ATTENTION:

@@ -25,7 +25,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from xpusim.sim import ops
-from xpusim.sim.ir import CollectiveKind, Op, OpKind, Role, Saved, Weight, dtype_bytes
+from xpusim.sim.ir import (
+    CollectiveKind,
+    Op,
+    OpKind,
+    Role,
+    Saved,
+    Weight,
+    chunked_attention_pairs,
+    dtype_bytes,
+)
 from xpusim.sim.models.spec import ModelSpec
 
 
@@ -57,6 +66,31 @@ class StepShape:
     @property
     def tokens(self) -> float:
         return self.sequences * self.q_len
+
+
+def chunked_step(shape: StepShape, chunk: int) -> StepShape:
+    """The attention of a chunked layer (Llama 4) as one batch of virtual sequences.
+
+    Each chunk a sequence's queries touch is an independent causal attention over the
+    keys of that chunk, as vLLM runs it (``make_local_attention_virtual_batches``: one
+    virtual sequence per chunk, one varlen kernel call). The n chunks touched become n
+    sequences of q_len / n queries each, whose keys are set so that the causal pairs of
+    the virtual batch equal ``chunked_attention_pairs`` (FLOPs exact). Exact shapes when
+    the queries fill whole chunks from a chunk start (training and prefill of
+    n x chunk tokens: n sequences of chunk) or stay inside one chunk (decode: the keys
+    of the current chunk); a query run crossing a chunk edge part-way gets the mean
+    piece (its key reads within a few percent)."""
+    q, kv = shape.q_len, shape.kv_len
+    first, last = (kv - q) // chunk, (kv - 1) // chunk
+    pieces = last - first + 1
+    if pieces == 1 and first == 0:
+        return shape  # the queries stay inside the first chunk: plain causal attention
+    q_piece = q / pieces
+    pairs = chunked_attention_pairs(q, kv, chunk) / pieces
+    # A causal piece of q' queries over kv' keys scores q' (kv' - q') + q' (q' + 1) / 2
+    # pairs (sim.ir.attention_pairs); solved for kv'.
+    kv_piece = pairs / q_piece + (q_piece - 1) / 2
+    return StepShape(shape.sequences * pieces, q_piece, kv_piece, shape.causal)
 
 
 @dataclass(frozen=True)
@@ -199,6 +233,9 @@ def _mha_core(spec: ModelSpec, shape: StepShape, tp: int, dtype: str, layer: int
     heads = _div(spec.heads, tp)
     kv_heads = max(1.0, _div(spec.kv_heads, tp))
     hd = spec.head_dim
+    chunk = spec.attention_chunk(layer)
+    if chunk:
+        shape = chunked_step(shape, chunk)
     return _attention("attention", shape, heads, hd, dtype, kv_heads, hd,
                       spec.attention_window(layer))
 

@@ -28,6 +28,10 @@ Families and the ``model_type`` values that select them:
   ``partial_rotary_factor`` read only.
 - ``gpt_neox`` (``hf_families``): MHA with biases, GELU MLP with biases, two LayerNorms
   (parallel residual or not: the same ops); ``rotary_pct`` read only.
+- ``llama4``, ``llama4_text`` (``hf_families``): the language model of Llama 4 (nested
+  under ``text_config`` for ``llama4``): GQA, MoE layers with one shared expert every
+  ``interleave_moe_layer_step``-th layer, dense ``intermediate_size_mlp`` layers between,
+  chunked local attention (``attention_chunk_size``) on the RoPE layers.
 
 The mapping of each key is in docs/models.md. Keys this module does not read
 (dropout, rope scaling, token ids) do not change parameter or FLOP counts.
@@ -47,6 +51,7 @@ from xpusim.sim.models.hf_families import (
     parse_falcon,
     parse_gpt_neox,
     parse_gptj,
+    parse_llama4,
     parse_nemotron,
 )
 from xpusim.sim.models.hf_reader import ConfigReader as _Config
@@ -385,6 +390,8 @@ FAMILIES: dict[str, Callable[[_Config, str], ModelSpec]] = {
     "falcon": parse_falcon,
     "phi3": _parse_phi3,
     "gpt_neox": parse_gpt_neox,
+    "llama4": parse_llama4,
+    "llama4_text": parse_llama4,
 }
 
 

@@ -1,5 +1,5 @@
 """Families read from HF ``config.json`` beyond the first set (``hf_config``): Nemotron,
-GPT-J, Falcon, GPT-NeoX.
+GPT-J, Falcon, GPT-NeoX, Llama 4.
 
 Each parser maps a config to a ``ModelSpec`` only where the spec expresses the
 architecture faithfully; a variant it cannot express is refused with the key named.
@@ -9,7 +9,7 @@ The key mappings are documented in docs/models.md.
 from __future__ import annotations
 
 from xpusim.sim.models.hf_reader import ConfigReader, attention_heads
-from xpusim.sim.models.spec import ModelSpec
+from xpusim.sim.models.spec import ModelSpec, MoESpec
 
 # HF ACT2FN names of the elementwise, non-gated activations NemotronMLP may apply
 # (transformers activations.py). The activation is an elementwise op: which one does
@@ -195,4 +195,111 @@ def parse_gpt_neox(cfg: ConfigReader, name: str) -> ModelSpec:
         tie_embeddings=cfg.bool_("tie_word_embeddings", False),
         qkv_bias=True,
         linear_bias=True,
+    )
+
+
+def _llama4_text(cfg: ConfigReader) -> tuple[ConfigReader, bool]:
+    """(the text model's keys, tie_word_embeddings): ``llama4`` (Llama4Config, the
+    checkpoints' Llama4ForConditionalGeneration) nests the language model under
+    ``text_config``; ``llama4_text`` (Llama4ForCausalLM) is flat. Only the text model is
+    read: the vision encoder and projector are not part of a text workload."""
+    tie = cfg.bool_("tie_word_embeddings", False)  # Llama4Config default
+    if cfg.model_type != "llama4":
+        return cfg, tie
+    text = cfg.data.get("text_config")
+    if not isinstance(text, dict):
+        raise cfg.error("text_config", "must be an object holding the language model's keys")
+    inner = ConfigReader(text, f"{cfg.source} text_config")
+    return inner, inner.bool_("tie_word_embeddings", tie)
+
+
+def _llama4_moe(cfg: ConfigReader, layers: int) -> MoESpec:
+    """Llama4TextMoe: ``num_local_experts`` routed experts and one shared expert, both
+    Llama4TextMLP of ``intermediate_size``; a bias-free router whose top-k logits pass a
+    sigmoid (Llama4Router); MoE on ``moe_layers``, by default every
+    ``interleave_moe_layer_step``-th layer from layer step - 1 (Llama4TextConfig:
+    range(step - 1, layers, step)); the other layers are Llama4TextMLP of
+    ``intermediate_size_mlp``."""
+    experts = cfg.int_("num_local_experts", 16)
+    top_k = cfg.int_("num_experts_per_tok", 1)
+    if top_k > experts:
+        raise cfg.error("num_experts_per_tok", f"({top_k}) must be <= num_local_experts ({experts})")
+    step = cfg.int_("interleave_moe_layer_step", 1)
+    pattern = list(range(step - 1, layers, step))
+    given = cfg.data.get("moe_layers")
+    if given is not None and given != pattern:
+        raise cfg.error("moe_layers", f"must be every interleave_moe_layer_step-th layer "
+                                      f"({pattern[:4]}...); another set is not supported")
+    expert_ffn = cfg.int_("intermediate_size")
+    return MoESpec(
+        num_experts=experts,
+        top_k=top_k,
+        expert_ffn=expert_ffn,
+        shared_experts=1,
+        shared_ffn=expert_ffn,
+        first_dense_layers=step - 1,
+        layer_freq=step,
+        dense_ffn=cfg.int_("intermediate_size_mlp", 16384),
+        scoring="sigmoid",
+        norm_topk_prob=False,
+    )
+
+
+def _llama4_chunks(cfg: ConfigReader, layers: int) -> tuple[int, ...]:
+    """Each layer's attention chunk: Llama4TextConfig's ``layer_types`` ("chunked_attention"
+    or "full_attention"), by default chunked where ``no_rope_layers`` is 1 (the RoPE
+    layers), itself by default 1 except every ``no_rope_layer_interval``-th layer (the
+    NoPE layers: 3, 7, ... with the interval 4). ``attention_chunk_size`` null: no layer
+    is chunked."""
+    if cfg.data.get("attention_chunk_size", 8192) is None:
+        return ()
+    chunk = cfg.int_("attention_chunk_size", 8192)
+    types = cfg.data.get("layer_types")
+    if types is None:
+        rope = cfg.data.get("no_rope_layers") or [
+            int((i + 1) % cfg.int_("no_rope_layer_interval", 4) != 0) for i in range(layers)]
+        if not isinstance(rope, list) or len(rope) != layers or any(r not in (0, 1) for r in rope):
+            raise cfg.error("no_rope_layers", f"must be a list of {layers} entries 0 or 1")
+        types = ["chunked_attention" if r else "full_attention" for r in rope]
+    if not isinstance(types, list) or len(types) != layers:
+        raise cfg.error("layer_types", f"must be a list of {layers} entries (num_hidden_layers)")
+    kinds = {"chunked_attention": chunk, "full_attention": 0}
+    bad = [t for t in types if t not in kinds]
+    if bad:
+        raise cfg.error("layer_types", f"entries must be 'chunked_attention' or 'full_attention', "
+                                       f"got {bad[0]!r}")
+    return tuple(kinds[t] for t in types)
+
+
+def parse_llama4(cfg: ConfigReader, name: str) -> ModelSpec:
+    """Meta Llama 4 Scout / Maverick (HF configuration_llama4, modeling_llama4): GQA
+    attention with q/k/v/o biases only with ``attention_bias`` (false), an optional
+    weight-free L2 norm of Q and K (``use_qk_norm``) and a NoPE temperature scale, both
+    elementwise and uncounted; SwiGLU MLPs, RMSNorm; MoE layers with a shared expert
+    (``_llama4_moe``); chunked local attention on the RoPE layers (``_llama4_chunks``).
+    Rotary is priced on every layer (the NoPE layers skip it: one elementwise pass)."""
+    text, tie = _llama4_text(cfg)
+    act = text.str_("hidden_act", "silu")
+    if act != "silu":
+        raise text.error("hidden_act", f"must be 'silu' (Llama4TextMLP is SiLU-gated), got {act!r}")
+    hidden = text.int_("hidden_size")
+    layers = text.int_("num_hidden_layers")
+    heads, kv_heads, head_dim = attention_heads(text, hidden)
+    return ModelSpec(
+        name=name,
+        family="llama4",
+        hidden=hidden,
+        layers=layers,
+        heads=heads,
+        kv_heads=kv_heads,
+        head_dim=head_dim,
+        ffn=text.int_("intermediate_size_mlp", 16384),
+        vocab=text.int_("vocab_size"),
+        max_seq=text.int_("max_position_embeddings", 131072),
+        gated_ffn=True,
+        norm="rmsnorm",
+        tie_embeddings=tie,
+        qkv_bias=text.bool_("attention_bias", False),
+        moe=_llama4_moe(text, layers),
+        layer_chunks=_llama4_chunks(text, layers),
     )

@@ -376,6 +376,12 @@ class Op:
     newly allocated output the op writes first (an eager framework's out-of-place result;
     0 = not stated or written into existing memory): on a CPU, where the allocator hands
     large blocks back to the OS, its pages fault on first touch (sim/cost/page_faults.py).
+    ``reuse``: (bytes, distance) pairs splitting the op's main-memory traffic by reuse
+    distance: the main-memory bytes touched since an earlier op of the same graph (or the
+    previous call of a repeated one) touched that data, plus the op's own traffic (inf:
+    not touched before in the call). Stated by graph builders from their data flow
+    (sim/workloads/reuse.py); priced only by a calibrated CPU's reuse-aware tiers
+    (sim/cost/l2_reuse.py); () = nothing stated, the op's size picks its tier.
     """
 
     name: str
@@ -387,6 +393,7 @@ class Op:
     shape: Shape = None
     role: Role = NO_ROLE
     fresh_bytes: float = 0.0
+    reuse: tuple[tuple[float, float], ...] = ()
 
     def __post_init__(self) -> None:
         if self.flops < 0:
@@ -396,6 +403,9 @@ class Op:
                 raise InputError(f"op '{self.name}': bytes at '{level}' must be >= 0, got {nbytes}")
         if self.fresh_bytes < 0:
             raise InputError(f"op '{self.name}': fresh_bytes must be >= 0, got {self.fresh_bytes}")
+        for nbytes, distance in self.reuse:
+            if nbytes < 0 or distance < 0:
+                raise InputError(f"op '{self.name}': reuse entries must be >= 0, got {self.reuse}")
 
     @property
     def main_bytes(self) -> float:
@@ -412,6 +422,7 @@ class Op:
             self.unit,
             self.shape,
             self.fresh_bytes,
+            self.reuse,
         )
 
 

@@ -13,8 +13,8 @@ which blocks run.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 from xpusim.sim import ops
@@ -29,6 +29,7 @@ from xpusim.sim.ir import (
     Stream,
     dtype_bytes,
 )
+from xpusim.sim.workloads.reuse import Reuse
 
 # Vector work of the online softmax per score element of a block (used by the Da Vinci
 # blockwise model in sim/attention_model.py): row max (1), subtract the max (1), exp (1),
@@ -214,7 +215,10 @@ class _FreshOutputs:
 
 @dataclass
 class _Fast:
-    """A FastAttention call being described: sizes, blocks and the graph."""
+    """A FastAttention call being described: sizes, blocks and the graph. Each op names
+    the buffers it reads and writes (``reuse``: their reuse distances, sim/workloads/
+    reuse.py): the kernel's inputs and output slices stay unnamed (last touched a call
+    ago), every intermediate is named after its role in ``fast_attention``."""
 
     graph: RankGraph
     batch: int
@@ -226,13 +230,14 @@ class _Fast:
     causal: bool
     q_offset: int
     kv_lens: Sequence[int] | None
+    reuse: Reuse = field(default_factory=Reuse)
 
     @property
     def group(self) -> int:
         return self.heads // self.kv_heads
 
-    def add(self, op: Op) -> None:
-        self.graph.add(op)
+    def add(self, op: Op, touches: Mapping[str, float] | None = None) -> None:
+        self.graph.add(self.reuse.touch(op, touches or {}))
 
     def query_block(self, q_start: int, rows: int, outer: int, limit: int) -> None:
         """One query block: cast and scale Q, the running statistics, every unmasked key
@@ -240,47 +245,65 @@ class _Fast:
         qrow = f"q{q_start}"
         q_elems = self.batch * self.heads * rows * self.head_dim
         f = FP32_BYTES
+        q_in = {}
         if self.dtype != ACC:
-            self.add(_cast(f"{qrow}.cast_q", q_elems, self.dtype, ACC))
-        self.add(_vec(f"{qrow}.scale", q_elems, 2 * q_elems * f))
+            self.add(_cast(f"{qrow}.cast_q", q_elems, self.dtype, ACC), {"q_cast": q_elems * f})
+            q_in = {"q_cast": q_elems * f}
+        self.add(_vec(f"{qrow}.scale", q_elems, 2 * q_elems * f), {**q_in, "q_blk": q_elems * f})
         stats = self.batch * self.heads * rows  # one running max / sum per query row
-        self.add(_fill(f"{qrow}.init_max", stats))
-        self.add(_fill(f"{qrow}.init_sum", stats))
-        self.add(_fill(f"{qrow}.init_o", q_elems))
+        self.add(_fill(f"{qrow}.init_max", stats), {"m": stats * f})
+        self.add(_fill(f"{qrow}.init_sum", stats), {"denom": stats * f})
+        self.add(_fill(f"{qrow}.init_o", q_elems), {"o": q_elems * f})
         for k_start in range(0, limit, outer):
             cols = min(outer, limit - k_start)
             kind = block_kind(q_start, rows, k_start, cols, self.causal, self.q_offset)
             if kind != "masked":
                 self.key_block(f"{qrow}.k{k_start}", q_start, rows, k_start, cols, kind, q_elems)
-        self.add(_vec(f"{qrow}.normalise", q_elems, (2 * q_elems + stats) * f))
+        self.add(_vec(f"{qrow}.normalise", q_elems, (2 * q_elems + stats) * f),
+                 {"o": q_elems * f, "denom": stats * f, "o_n": q_elems * f})
+        elt = dtype_bytes(self.dtype)
+        last = "o_n"
         if self.dtype != ACC:
-            self.add(_cast(f"{qrow}.cast_out", q_elems, ACC, self.dtype))
-        self.add(ops.memcpy(f"{qrow}.store", q_elems * dtype_bytes(self.dtype)))
+            self.add(_cast(f"{qrow}.cast_out", q_elems, ACC, self.dtype),
+                     {"o_n": q_elems * f, "o_cast": q_elems * elt})
+            last = "o_cast"
+        # The store reads the normalised block and writes the output slice (unnamed).
+        self.add(ops.memcpy(f"{qrow}.store", q_elems * elt), {last: q_elems * elt})
 
     def key_block(self, tag: str, q_start: int, rows: int, k_start: int, cols: int,
                   kind: str, q_elems: float) -> None:
         """One (query block, key block) pair: K/V casts, the inner-tile QK^T GEMMs, the
         mask, the online-softmax vector ops and the PV GEMMs with their accumulation."""
         bkv = self.batch * self.kv_heads  # GEMM batch: a group's query heads stacked as rows
+        f = FP32_BYTES
+        kv_elems = bkv * cols * self.head_dim
         if self.dtype != ACC:
-            kv_elems = bkv * cols * self.head_dim
-            self.add(_cast(f"{tag}.cast_k", kv_elems, self.dtype, ACC))
-            self.add(_cast(f"{tag}.cast_v", kv_elems, self.dtype, ACC))
+            self.add(_cast(f"{tag}.cast_k", kv_elems, self.dtype, ACC), {"k_blk": kv_elems * f})
+            self.add(_cast(f"{tag}.cast_v", kv_elems, self.dtype, ACC), {"v_blk": kv_elems * f})
+        kv_in = self.dtype != ACC  # K / V read from the casts' outputs, else from the inputs
         tiles = range(0, cols, self.inner)
         for t in tiles:
             n = min(self.inner, cols - t)
-            self.add(ops.gemm(f"{tag}.qk{t}", self.group * rows, n, self.head_dim, ACC, bkv))
+            out = "s" if len(tiles) == 1 else f"tile{t}"
+            rows_b = self.batch * self.heads * rows
+            self.add(ops.gemm(f"{tag}.qk{t}", self.group * rows, n, self.head_dim, ACC, bkv),
+                     {"q_blk": q_elems * f, out: rows_b * n * f,
+                      "k_blk": kv_elems * f * n / cols if kv_in else 0.0})
         n = self.batch * self.heads * rows * cols  # score elements of the block
         if len(tiles) > 1:  # torch.cat of the inner tiles: one copy of the block
-            self.add(ops.memcpy(f"{tag}.cat", n * FP32_BYTES))
+            tile_bytes = {f"tile{t}": n * f * min(self.inner, cols - t) / cols for t in tiles}
+            self.add(ops.memcpy(f"{tag}.cat", n * f), {**tile_bytes, "s": n * f})
         self.mask(tag, rows, k_start, cols, kind, n)
         masked = self.heads * masked_scores(rows, k_start, cols, kind == "partial", q_start,
                                             self.q_offset, self.kv_lens, self.batch)
         self.online_softmax(tag, rows, n, q_elems, masked)
         for t in tiles:
             n_t = min(self.inner, cols - t)
-            self.add(ops.gemm(f"{tag}.pv{t}", self.group * rows, self.head_dim, n_t, ACC, bkv))
-            self.add(_vec(f"{tag}.acc{t}", q_elems, 3 * q_elems * FP32_BYTES))
+            self.add(ops.gemm(f"{tag}.pv{t}", self.group * rows, self.head_dim, n_t, ACC, bkv),
+                     {"p": n * f * n_t / cols, "pv": q_elems * f,
+                      "v_blk": kv_elems * f * n_t / cols if kv_in else 0.0})
+            self.add(_vec(f"{tag}.acc{t}", q_elems, 3 * q_elems * f),
+                     {"o": 2 * q_elems * f, "pv": q_elems * f})
 
     def mask(self, tag: str, rows: int, k_start: int, cols: int, kind: str, n: float) -> None:
         """The block's mask: padding rows stacked from the template (and combined with the
@@ -294,7 +317,8 @@ class _Fast:
                               (2 * self.batch + 1) * rows * cols * f))
         if kind == "partial" or padding:
             # S + mask slice: read S and the (rows x cols) slice, write S.
-            self.add(_vec(f"{tag}.mask_add", n, (2 * n + rows * cols) * f))
+            self.add(_vec(f"{tag}.mask_add", n, (2 * n + rows * cols) * f),
+                     {"s": 2 * n * f, "template": rows * cols * f})
 
     def online_softmax(self, tag: str, rows: int, n: float, q_elems: float,
                        masked: float = 0.0) -> None:
@@ -302,20 +326,30 @@ class _Fast:
         (``masked`` of the ``n`` exp inputs are -inf)."""
         f = FP32_BYTES
         stats = self.batch * self.heads * rows
-        self.add(_vec(f"{tag}.rowmax", n, (n + stats) * f, 1.0, OpKind.REDUCTION))
-        self.add(_vec(f"{tag}.max_update", stats, 3 * stats * f))
-        self.add(_vec(f"{tag}.sub_max", n, (2 * n + stats) * f))
+        st = stats * f
+        self.add(_vec(f"{tag}.rowmax", n, (n + stats) * f, 1.0, OpKind.REDUCTION),
+                 {"s": n * f, "rmax": st})
+        self.add(_vec(f"{tag}.max_update", stats, 3 * st), {"m": st, "rmax": st, "m_new": st})
+        self.add(_vec(f"{tag}.sub_max", n, (2 * n + stats) * f),
+                 {"s": n * f, "m_new": st, "x": n * f})
         # torch.exp (kernels/attention.py): MKL VML's exp, its own kind (see EXP_FLOPS);
         # its -inf inputs (s - m_new where the mask added -inf) run VML's slow path, so
-        # they are their own op of kind exp_masked (see exp_ops).
+        # they are their own op of kind exp_masked (see exp_ops). Each reads its share
+        # of s - m_new and writes its share of p.
         for op in exp_ops(f"{tag}.exp", n, masked):
-            self.add(op)
-        self.add(_vec(f"{tag}.alpha_sub", stats, 3 * stats * f))
-        self.add(_vec(f"{tag}.alpha_exp", stats, 2 * stats * f, EXP_FLOPS, OpKind.EXP))
-        self.add(_vec(f"{tag}.sum_rescale", stats, 3 * stats * f))
-        self.add(_vec(f"{tag}.rowsum", n, (n + stats) * f, 1.0, OpKind.REDUCTION))
-        self.add(_vec(f"{tag}.sum_add", stats, 3 * stats * f))
-        self.add(_vec(f"{tag}.o_rescale", q_elems, (2 * q_elems + stats) * f))
+            half = op.main_bytes / 2
+            self.add(op, {"x": half, "p": half})
+        self.add(_vec(f"{tag}.alpha_sub", stats, 3 * st), {"m": st, "m_new": st, "a": st})
+        self.add(_vec(f"{tag}.alpha_exp", stats, 2 * st, EXP_FLOPS, OpKind.EXP),
+                 {"a": st, "alpha": st})
+        self.add(_vec(f"{tag}.sum_rescale", stats, 3 * st),
+                 {"denom": st, "alpha": st, "denom_a": st})
+        self.add(_vec(f"{tag}.rowsum", n, (n + stats) * f, 1.0, OpKind.REDUCTION),
+                 {"p": n * f, "psum": st})
+        self.add(_vec(f"{tag}.sum_add", stats, 3 * st), {"denom_a": st, "psum": st, "denom": st})
+        self.add(_vec(f"{tag}.o_rescale", q_elems, (2 * q_elems + stats) * f),
+                 {"o": 2 * q_elems * f, "alpha": st})
+        self.reuse.last["m"] = self.reuse.last["m_new"]  # m = m_new: one buffer from here
 
 
 def exp_ops(name: str, numel: float, masked: float = 0.0) -> list[Op]:
@@ -391,8 +425,10 @@ def describe_fast_attention(
     fast = _Fast(RankGraph(rank=0), batch, heads, kvh, head_dim, dtype,
                  min(inner_block, outer_block), causal, q_offset, kv_lens)
     size = 2 * outer_block  # the tiling-mask template: full(-inf) then triu(1)
-    fast.add(_fill("template_full", size * size))
-    fast.add(ops.elementwise("template_triu", size * size, ACC, 1.0, 1, 1))
+    t_bytes = size * size * FP32_BYTES
+    fast.add(_fill("template_full", size * size), {"template": t_bytes})
+    fast.add(ops.elementwise("template_triu", size * size, ACC, 1.0, 1, 1),
+             {"template": 2 * t_bytes})
     limit = kv_block_limit(length, kv_lens)
     for q_start in range(0, seq, outer_block):
         fast.query_block(q_start, min(outer_block, seq - q_start), outer_block, limit)

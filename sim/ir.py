@@ -376,12 +376,9 @@ class Op:
     newly allocated output the op writes first (an eager framework's out-of-place result;
     0 = not stated or written into existing memory): on a CPU, where the allocator hands
     large blocks back to the OS, its pages fault on first touch (sim/cost/page_faults.py).
-    ``reuse``: (bytes, distance) pairs splitting the op's main-memory traffic by reuse
-    distance: the main-memory bytes touched since an earlier op of the same graph (or the
-    previous call of a repeated one) touched that data, plus the op's own traffic (inf:
-    not touched before in the call). Stated by graph builders from their data flow
-    (sim/workloads/reuse.py); priced only by a calibrated CPU's reuse-aware tiers
-    (sim/cost/l2_reuse.py); () = nothing stated, the op's size picks its tier.
+    ``reuse``: (bytes, reuse distance) pairs splitting the op's main-memory traffic, as
+    its graph builder states them (sim/workloads/reuse.py; inf = a first touch); priced
+    only by a calibrated CPU's tiers (sim/cost/l2_reuse.py); () = the op's size decides.
     """
 
     name: str

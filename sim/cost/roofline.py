@@ -450,10 +450,8 @@ class RooflineModel:
         run (not ``Unit.DMA``) moves HBM bytes at ``Device.main_memory_rate``: the HBM
         share, capped by the cores' own data-move rate where the profile gives one (Ascend
         ``cores.hbm_bytes_per_cycle``, CANN ini ``ddr_rate``; docs/cost_model.md). On a
-        calibrated CPU the op's stated reuse distances pick the tier of those bytes
-        (``reuse_tiers``): the core's L2 at the L2 tier's rate, the rest as below
-        (``_tier_time``), of which the bytes not touched within the cache tier's reach
-        come from main memory."""
+        calibrated CPU the op's stated reuse distances pick those bytes' tier
+        (``reuse_tiers``: the core's L2, or main memory past the cache tier)."""
         fraction = memory_fraction(op, self.device)
         near, far = reuse_tiers(op, self.device, nbytes)
         if near <= 0 and far <= 0:
@@ -463,10 +461,8 @@ class RooflineModel:
         return l2_s + (self._tier_time(op, rest, fraction, far) if rest > 0 else 0.0)
 
     def _tier_time(self, op: Op, nbytes: float, fraction: float, far: float = 0.0) -> float:
-        """Seconds of ``nbytes`` of main-memory traffic not served by a core's L2: main
-        memory, or the calibrated last-level-cache tier by size and weight footprint;
-        ``far`` of them (``reuse_tiers``: not touched within the cache tier's reach)
-        from main memory, as weights too large for the tier."""
+        """Seconds of ``nbytes`` of main-memory traffic not in a core's L2: by size and
+        weight footprint; ``far`` of them (``reuse_tiers``) from main memory."""
         dev, eff = self.device, self.device.efficiency
         rate = dev.hbm_bandwidth * fraction if op.unit == Unit.DMA else dev.main_memory_rate(fraction)
         packed = l2_missed_weight_bytes(op, dev, eff.cache_bytes)

@@ -13,18 +13,17 @@ Per op (roofline.py):
 * memory, per level: ``(bytes + half_b) / (bandwidth * max_b)``; main-memory bandwidth
   times ``cache_speedup`` for ops moving at most the last-level cache's capacity, except
   weights of a graph whose weight footprint exceeds the cache (``cold_bytes``):
-  ``(cold + hot / cache_speedup + half_b) / (bandwidth * max_b)``; on a CPU the bytes an
-  op's stated reuse distances put in the core's L2 at ``cache_speedup * l2_speedup``
-  times the bandwidth, those beyond the cache tier with ``cold`` (sim/cost/l2_reuse.py)
+  ``(cold + hot / cache_speedup + half_b) / (bandwidth * max_b)``; on a CPU an op's
+  first-touch bytes (``Op.first_touch_bytes``) count as cold (sim/cost/first_touch.py)
 * ``body = max(compute, memory) + (1 - overlap) * min(compute, memory)``
 * ``time = body / kind_speed[kind] + launch_overhead + kind_overhead[kind]``
 * a CPU op with a fresh output of >= 32 MiB (``Op.fresh_bytes``) adds a row of kind
   ``page_fault``: its faulted pages' bytes on the main-memory curve, never cache-served,
   with no launch overhead of its own (``sim/cost/page_faults.py``)
 
-Fitted parameters: the 10 device-wide ones (matrix_max, matrix_half_flops, vector_max,
+Fitted parameters: the 9 device-wide ones (matrix_max, matrix_half_flops, vector_max,
 vector_half_flops, memory_max, memory_half_bytes, launch_overhead_s, cache_speedup,
-overlap, l2_speedup: held where no op has L2-tier bytes) and, for every
+overlap) and, for every
 op kind other than the reference kinds (gemm, elementwise, memcpy) that appears in
 at least ``MIN_CASES_PER_KIND`` fit cases, a speed and an extra overhead.
 
@@ -48,7 +47,6 @@ import numpy as np
 from scipy.optimize import least_squares
 from xpusim.calibrate.fit_result import FitResult
 from xpusim.hwprofiles.spec import Device
-from xpusim.sim.cost.l2_reuse import l2_capacity, split_reuse
 from xpusim.sim.cost.operand_feed import feed_flops_per_element
 from xpusim.sim.cost.page_faults import PAGE_FAULT_KIND, fault_bytes
 from xpusim.sim.cost.priced_kind import priced_kind
@@ -72,17 +70,14 @@ PARAM_NAMES = (
     "launch_overhead_s",
     "cache_speedup",
     "overlap",
-    "l2_speedup",
 )
 # Physical bounds (log space): a unit cannot be 1e4x slower than its spec nor, even with
 # a stale spec, more than 10x faster; half-work between one FLOP/byte and far above any
 # op; launch overhead between 10 ns and 10 ms.
 # The last-level-cache tier is at least as fast as main memory and at most 50x.
 # Compute/memory overlap between 0.001 (phases in sequence) and 1 (the roofline max).
-# A CPU core's L2 tier (sim/cost/l2_reuse.py) at least as fast as the cache tier, at
-# most 20x it (a loose ceiling: the fits of the stored CPU runs sit at 1.0-1.24).
-LOWER = np.log([1e-4, 1.0, 1e-4, 1.0, 1e-4, 1.0, 1e-8, 1.0, 1e-3, 1.0])
-UPPER = np.log([10.0, 1e13, 10.0, 1e12, 10.0, 1e11, 1e-2, 50.0, 1.0, 20.0])
+LOWER = np.log([1e-4, 1.0, 1e-4, 1.0, 1e-4, 1.0, 1e-8, 1.0, 1e-3])
+UPPER = np.log([10.0, 1e13, 10.0, 1e12, 10.0, 1e11, 1e-2, 50.0, 1.0])
 # Per-kind speed within 1/20..20 of the reference curve; extra overhead 0..1 ms (in µs).
 KIND_SPEED_BOUNDS = (math.log(0.05), math.log(20.0))
 KIND_OVERHEAD_US_BOUNDS = (0.0, 1000.0)
@@ -115,7 +110,6 @@ class FitParams:
     launch_overhead_s: float
     cache_speedup: float = 1.0
     overlap: float = 1.0
-    l2_speedup: float = 1.0
     kind_speed: dict[str, float] = field(default_factory=dict)
     kind_overhead_s: dict[str, float] = field(default_factory=dict)
 
@@ -132,7 +126,6 @@ class FitParams:
             e.launch_overhead_s,
             max(1.0, e.cache_speedup),
             e.overlap,
-            max(1.0, e.l2_speedup),
             dict(e.kind_speed),
             dict(e.kind_overhead_s),
         )
@@ -163,8 +156,7 @@ class FitParams:
     def to_device(self, base: Device) -> Device:
         """The base device with these parameters; a max above 1 raises the peak instead.
 
-        The cache tier's size is the base's last-level cache (``llc_bytes``), the L2
-        tier's a CPU core's own L2 (``l2_capacity``; 0 on other devices), neither fitted.
+        The cache tier's size is the base's last-level cache (``llc_bytes``), not fitted.
         """
         m_scale = max(1.0, self.matrix_max)
         v_scale = max(1.0, self.vector_max)
@@ -182,9 +174,8 @@ class FitParams:
             kind_overhead_s=dict(self.kind_overhead_s),
             cache_bytes=llc_bytes(base),
             cache_speedup=self.cache_speedup,
+            first_touch=base.arch == "cpu",  # first-touch bytes from main memory, no parameter
             overlap=self.overlap,
-            l2_bytes=l2_capacity(base),
-            l2_speedup=self.l2_speedup,
         )
         main = base.memory[0]
         memory = base.memory
@@ -238,8 +229,6 @@ class OpTable:
     # the cache tier (the graph's weights fit it) or from main memory.
     pack_bytes: np.ndarray | None = None
     pack_cached: np.ndarray | None = None
-    # A CPU op's bytes a recent op left in the core's L2 (l2_reuse.py; not in hbm_bytes).
-    l2_bytes: np.ndarray | None = None
 
     def cases_per_kind(self) -> dict[str, int]:
         return {k: len(set(self.case[self.kind == i].tolist())) for i, k in enumerate(self.kinds)}
@@ -317,8 +306,6 @@ def build_table(
     cold: list[float] = []
     pack: list[float] = []
     pack_cached: list[bool] = []
-    l2: list[float] = []
-    l2_cap = l2_capacity(base)
     cache = llc_bytes(base)
     kinds: list[str] = []
     launch: list[float] = []
@@ -345,12 +332,13 @@ def build_table(
             peak = base.peak_for("matrix" if unit == 0 else "vector", op.dtype)
             main = main_memory_bytes(op, base)  # a CPU's channels-last upsampling: its copies
             packed = l2_missed_weight_bytes(op, base, cache)
-            near, far = split_reuse(op, l2_cap, cache, main)  # by reuse distance (l2_reuse.py)
-            l2.append(near)
-            rows.append((ci, unit, kinds.index(kind), op.flops, work, peak, main - packed - near))
+            rows.append((ci, unit, kinds.index(kind), op.flops, work, peak, main - packed))
             others.append([op.bytes.get(lv.name, 0.0) for lv in levels])
             # Packed weights leave the overlapped memory term (RooflineModel._main_memory_time).
-            cold.append(0.0 if packed > 0 else cold_bytes(op, cache) + far)
+            cold_w = 0.0 if packed > 0 else cold_bytes(op, cache)
+            # A CPU's first touches from main memory (first_touch.py; to_device turns it on).
+            first = min(op.first_touch_bytes, main - cold_w) if base.arch == "cpu" else 0.0
+            cold.append(0.0 if packed > 0 else cold_w + max(0.0, first))
             pack.append(packed)
             pack_cached.append(
                 packed > 0 and isinstance(shape, GemmShape) and shape.footprint_bytes <= cache
@@ -368,7 +356,6 @@ def build_table(
                 cold.append(0.0)
                 pack.append(0.0)
                 pack_cached.append(False)
-                l2.append(0.0)
                 launch.append(0.0)
                 stores.append(0.0)
                 stages.append(0.0)
@@ -396,7 +383,6 @@ def build_table(
         feed_index=np.array(feed_index, dtype=int),
         pack_bytes=np.array(pack, dtype=float),
         pack_cached=np.array(pack_cached, dtype=bool),
-        l2_bytes=np.array(l2, dtype=float),
         base=base,
     )
 
@@ -473,10 +459,6 @@ def op_times(table: OpTable, p: FitParams) -> np.ndarray:
         t.hbm_bandwidth * p.memory_max
     )
     mem = np.where(t.cold_bytes > 0, mem_cold, mem)
-    if t.l2_bytes is not None and np.any(t.l2_bytes > 0):
-        # Bytes a recent op left in the core's L2: at the L2 tier's rate (l2_reuse.l2_rate).
-        l2_rate = t.hbm_bandwidth * p.memory_max * p.cache_speedup * p.l2_speedup
-        mem = mem + t.l2_bytes / l2_rate
     if t.other_bytes.shape[1]:
         on_chip_max = min(1.0, p.memory_max)  # to_device raises only the main-memory bandwidth
         lv = np.where(
@@ -553,9 +535,7 @@ def fit(
     if unknown:
         raise ValueError(f"fixed: unknown parameter(s) {', '.join(unknown)}; known: {names}")
     # Held parameters keep the start's value (clipped into bounds); only the rest move.
-    # The L2 tier's rate is held where no op has bytes in it (not a CPU): nothing identifies it.
-    no_l2 = table.l2_bytes is None or not np.any(table.l2_bytes > 0)
-    free = np.array([n not in fixed and not (no_l2 and n == "l2_speedup") for n in names])
+    free = np.array([n not in fixed for n in names])
 
     def full(xf: np.ndarray) -> np.ndarray:
         x = x_prior.copy()
@@ -578,7 +558,7 @@ def fit(
         data = w * (np.log(case_times(table, params(x))) - y)
         return np.concatenate([data, prior_weight * (xf - x_prior[free])])
 
-    neutral = FitParams(0.5, 1e8, 0.5, 1e6, 0.5, 1e5, 1e-5, 2.0, 0.5, 2.0)
+    neutral = FitParams(0.5, 1e8, 0.5, 1e6, 0.5, 1e5, 1e-5, 2.0, 0.5)
     best = None
     for s in (start, neutral):
         x0 = np.clip(s.vector(kinds), lower + 1e-6, upper - 1e-6)[free]

@@ -20,7 +20,7 @@ from typing import Any
 
 from xpusim.calibrate.fit import FitParams
 from xpusim.calibrate.fit_result import FitResult
-from xpusim.hwprofiles.schema import GIGA, KIB, MIB, TERA, US
+from xpusim.hwprofiles.schema import GIGA, MIB, TERA, US
 from xpusim.hwprofiles.spec import Device
 from xpusim.sim.report import write_text_atomic
 
@@ -103,9 +103,8 @@ def overlay_doc(base: Device, result: FitResult, provenance: dict[str, Any]) -> 
             "source": src,
         },
     }
-    if e.l2_bytes > 0:  # a CPU core's L2 tier (sim/cost/l2_reuse.py); absent: off
-        doc["efficiency"]["l2_kib"] = e.l2_bytes / KIB
-        doc["efficiency"]["l2_speedup"] = e.l2_speedup
+    if e.first_touch:  # a CPU's first-touch bytes (sim/cost/first_touch.py); absent: off
+        doc["efficiency"]["first_touch"] = True
     # Peaks, cores and bandwidth as calibrated: they differ from the base profile when a
     # fitted max exceeded 1 or when a CPU was timed with fewer threads than cores.
     doc["matrix"] = {"peak_tflops": {k: v / TERA for k, v in fitted.matrix_peak.items()}}

@@ -36,7 +36,6 @@ from xpusim.sim.errors import InputError
 from xpusim.sim.ir import Op, RankGraph
 from xpusim.sim.kernel_registry import describe_kernel
 from xpusim.sim.workloads.moe import SILU_FLOPS
-from xpusim.sim.workloads.reuse import repeated_call
 
 DEFAULT_SEED = 20260
 HELDOUT_FRACTION = 0.35
@@ -106,8 +105,6 @@ class Suite:
         built = self.build_ops(shape, dtype)
         if isinstance(built, RankGraph):
             return built
-        if self.kind == "micro":  # timed back to back: each call re-touches the last's data
-            built = repeated_call(built)
         g = RankGraph(0)
         prev: tuple[int, ...] = ()
         for op in built:

@@ -158,10 +158,7 @@ class EfficiencyFile(_Strict):
     # Last-level-cache tier of main memory (see Efficiency); 0 MiB = off.
     cache_mib: float = Field(default=0.0, ge=0)
     cache_speedup: float = Field(default=1.0, ge=1.0)  # >= 1 keeps time monotone in size
-    # Reuse-aware L2 tier of a CPU core (see Efficiency); 0 KiB = off. Its rate is
-    # l2_speedup times the cache tier's (>= 1: the L2 is never slower than the LLC).
-    l2_kib: float = Field(default=0.0, ge=0)
-    l2_speedup: float = Field(default=1.0, ge=1.0)
+    first_touch: bool = False  # first-touch bytes at the main-memory rate (see Efficiency)
     overlap: float = Field(default=1.0, ge=0, le=1)  # compute/memory overlap (see Efficiency)
     source: str
 
@@ -210,8 +207,7 @@ class EfficiencyFile(_Strict):
             kind_overhead_s={k: v * US for k, v in self.kind_overhead_us.items()},
             cache_bytes=self.cache_mib * MIB,
             cache_speedup=self.cache_speedup,
-            l2_bytes=self.l2_kib * KIB,
-            l2_speedup=self.l2_speedup,
+            first_touch=self.first_touch,
             overlap=self.overlap,
         )
 

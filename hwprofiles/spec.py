@@ -81,13 +81,10 @@ class Efficiency:
     # the main-memory bandwidth (its data stays in the LLC between ops, e.g. a CPU's L3).
     cache_bytes: float = 0.0
     cache_speedup: float = 1.0
-    # Reuse-aware tiers of a CPU core (calibration sets them; 0 = off): the main-memory
-    # bytes of an op that touch data a recent op of the same graph touched (``Op.reuse``,
-    # reuse distance at most ``l2_bytes``, the core's own L2) stream at ``l2_speedup``
-    # times the cache tier's rate; those touched beyond the cache tier's reach at main
-    # memory's (sim/cost/l2_reuse.py).
-    l2_bytes: float = 0.0
-    l2_speedup: float = 1.0
+    # A CPU calibrated with it (True; calibrate/fit.py sets it on a CPU): an op's
+    # ``Op.first_touch_bytes`` stream at the main-memory rate, never the cache tier's
+    # (sim/cost/first_touch.py). False (every GPU / NPU profile, older overlays): off.
+    first_touch: bool = False
     # Overlap of an op's compute and memory phases (calibration sets it; 1 = full):
     # body = max(compute, memory) + (1 - overlap) * min(compute, memory). A GPU kernel
     # streams operands while it computes (1); a CPU BLAS call packs its operands, a

@@ -376,9 +376,9 @@ class Op:
     newly allocated output the op writes first (an eager framework's out-of-place result;
     0 = not stated or written into existing memory): on a CPU, where the allocator hands
     large blocks back to the OS, its pages fault on first touch (sim/cost/page_faults.py).
-    ``reuse``: (bytes, reuse distance) pairs splitting the op's main-memory traffic, as
-    its graph builder states them (sim/workloads/reuse.py; inf = a first touch); priced
-    only by a calibrated CPU's tiers (sim/cost/l2_reuse.py); () = the op's size decides.
+    ``first_touch_bytes``: the part of the main-memory traffic on data no earlier op of
+    its kernel graph touched (sim/workloads/data_flow.py; 0 = not stated): main-memory
+    rate on a CPU calibrated with it (sim/cost/first_touch.py).
     """
 
     name: str
@@ -390,7 +390,7 @@ class Op:
     shape: Shape = None
     role: Role = NO_ROLE
     fresh_bytes: float = 0.0
-    reuse: tuple[tuple[float, float], ...] = ()
+    first_touch_bytes: float = 0.0
 
     def __post_init__(self) -> None:
         if self.flops < 0:
@@ -400,9 +400,8 @@ class Op:
                 raise InputError(f"op '{self.name}': bytes at '{level}' must be >= 0, got {nbytes}")
         if self.fresh_bytes < 0:
             raise InputError(f"op '{self.name}': fresh_bytes must be >= 0, got {self.fresh_bytes}")
-        for nbytes, distance in self.reuse:
-            if nbytes < 0 or distance < 0:
-                raise InputError(f"op '{self.name}': reuse entries must be >= 0, got {self.reuse}")
+        if self.first_touch_bytes < 0:
+            raise InputError(f"op '{self.name}': first_touch_bytes must be >= 0")
 
     @property
     def main_bytes(self) -> float:
@@ -419,7 +418,7 @@ class Op:
             self.unit,
             self.shape,
             self.fresh_bytes,
-            self.reuse,
+            self.first_touch_bytes,
         )
 
 

@@ -28,10 +28,8 @@ For one op on one device (docs/cost_model.md derives each term):
   a calibrated last-level-cache tier multiplies the main-memory bandwidth by
   ``cache_speedup`` for ops moving at most ``cache_bytes`` (off by default). Weights
   of a graph whose weight footprint exceeds the cache (``cold_bytes``) are never
-  cached: memory_s = (cold + hot / speedup + half_bytes) / (bandwidth * max). On a
-  calibrated CPU the reuse distances a kernel graph states (``Op.reuse``) pick the tier
-  of those bytes: within the core's L2 -> the L2 tier's rate, not touched within the
-  cache tier's reach (a first touch) -> main memory (``l2_reuse.py``; off elsewhere).
+  cached: memory_s = (cold + hot / speedup + half_bytes) / (bandwidth * max). On a CPU
+  calibrated with it an op's first-touch bytes count as cold (``first_touch.py``).
 * body = max(compute_s, memory_s) + (1 - overlap) * min(compute_s, memory_s): a
   calibrated ``overlap`` < 1 says the phases run partly one after the other (a CPU
   BLAS call packs its operands before computing); 1 (default) is the roofline.
@@ -60,6 +58,7 @@ from xpusim.hwprofiles.loader import load_device
 from xpusim.hwprofiles.spec import Device
 from xpusim.sim import ops
 from xpusim.sim.cost.base import OpCost
+from xpusim.sim.cost.first_touch import first_touch_bytes
 from xpusim.sim.cost.gemm_impl import BLOCK_IMPLS, impl_stages, impl_work
 from xpusim.sim.cost.gemm_pipeline import pipeline_stages, pipelined_time
 from xpusim.sim.cost.gemm_xla import (
@@ -68,7 +67,6 @@ from xpusim.sim.cost.gemm_xla import (
     ZERO_WORK_DOT_MNK,
     xla_fixed_s,
 )
-from xpusim.sim.cost.l2_reuse import l2_rate, reuse_tiers
 from xpusim.sim.cost.operand_feed import feed_flops_per_element
 from xpusim.sim.cost.page_faults import fault_time_s
 from xpusim.sim.cost.priced_kind import priced_kind
@@ -449,21 +447,9 @@ class RooflineModel:
         """Seconds ``op`` spends on its ``nbytes`` of main-memory traffic. An op the cores
         run (not ``Unit.DMA``) moves HBM bytes at ``Device.main_memory_rate``: the HBM
         share, capped by the cores' own data-move rate where the profile gives one (Ascend
-        ``cores.hbm_bytes_per_cycle``, CANN ini ``ddr_rate``; docs/cost_model.md). On a
-        calibrated CPU the op's stated reuse distances pick those bytes' tier
-        (``reuse_tiers``: the core's L2, or main memory past the cache tier)."""
-        fraction = memory_fraction(op, self.device)
-        near, far = reuse_tiers(op, self.device, nbytes)
-        if near <= 0 and far <= 0:
-            return self._tier_time(op, nbytes, fraction)
-        rest = nbytes - near
-        l2_s = near / l2_rate(self.device, fraction) if near > 0 else 0.0
-        return l2_s + (self._tier_time(op, rest, fraction, far) if rest > 0 else 0.0)
-
-    def _tier_time(self, op: Op, nbytes: float, fraction: float, far: float = 0.0) -> float:
-        """Seconds of ``nbytes`` of main-memory traffic not in a core's L2: by size and
-        weight footprint; ``far`` of them (``reuse_tiers``) from main memory."""
+        ``cores.hbm_bytes_per_cycle``, CANN ini ``ddr_rate``; docs/cost_model.md)."""
         dev, eff = self.device, self.device.efficiency
+        fraction = memory_fraction(op, dev)
         rate = dev.hbm_bandwidth * fraction if op.unit == Unit.DMA else dev.main_memory_rate(fraction)
         packed = l2_missed_weight_bytes(op, dev, eff.cache_bytes)
         if packed > 0:
@@ -473,7 +459,8 @@ class RooflineModel:
             if 0 < nbytes <= eff.cache_bytes:
                 rate = dev.hbm_bandwidth * eff.cache_speedup * fraction
             return (nbytes + eff.memory_half_bytes) / rate
-        cold = cold_bytes(op, eff.cache_bytes) + far
+        cold = cold_bytes(op, eff.cache_bytes)
+        cold += first_touch_bytes(op, dev, nbytes - cold)  # a first touch: main memory
         if cold > 0:  # weights that cannot stay cached stream from main memory
             hot = nbytes - cold
             speed = eff.cache_speedup if 0 < hot <= eff.cache_bytes else 1.0

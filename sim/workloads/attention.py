@@ -29,7 +29,7 @@ from xpusim.sim.ir import (
     Stream,
     dtype_bytes,
 )
-from xpusim.sim.workloads.reuse import Reuse
+from xpusim.sim.workloads.data_flow import DataFlow
 
 # Vector work of the online softmax per score element of a block (used by the Da Vinci
 # blockwise model in sim/attention_model.py): row max (1), subtract the max (1), exp (1),
@@ -216,9 +216,10 @@ class _FreshOutputs:
 @dataclass
 class _Fast:
     """A FastAttention call being described: sizes, blocks and the graph. Each op names
-    the buffers it reads and writes (``reuse``: their reuse distances, sim/workloads/
-    reuse.py): the kernel's inputs and output slices stay unnamed (last touched a call
-    ago), every intermediate is named after its role in ``fast_attention``."""
+    the buffers it reads and writes (sim/workloads/data_flow.py: the bytes on a buffer
+    no earlier op touched are first touches): the kernel's inputs and output slices stay
+    unnamed (first touches), every intermediate is named after its role in
+    ``fast_attention``."""
 
     graph: RankGraph
     batch: int
@@ -230,14 +231,14 @@ class _Fast:
     causal: bool
     q_offset: int
     kv_lens: Sequence[int] | None
-    reuse: Reuse = field(default_factory=Reuse)
+    flow: DataFlow = field(default_factory=DataFlow)
 
     @property
     def group(self) -> int:
         return self.heads // self.kv_heads
 
     def add(self, op: Op, touches: Mapping[str, float] | None = None) -> None:
-        self.graph.add(self.reuse.touch(op, touches or {}))
+        self.graph.add(self.flow.touch(op, touches or {}))
 
     def query_block(self, q_start: int, rows: int, outer: int, limit: int) -> None:
         """One query block: cast and scale Q, the running statistics, every unmasked key
@@ -349,7 +350,6 @@ class _Fast:
         self.add(_vec(f"{tag}.sum_add", stats, 3 * st), {"denom_a": st, "psum": st, "denom": st})
         self.add(_vec(f"{tag}.o_rescale", q_elems, (2 * q_elems + stats) * f),
                  {"o": 2 * q_elems * f, "alpha": st})
-        self.reuse.last["m"] = self.reuse.last["m_new"]  # m = m_new: one buffer from here
 
 
 def exp_ops(name: str, numel: float, masked: float = 0.0) -> list[Op]:

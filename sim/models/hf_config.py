@@ -56,6 +56,7 @@ from xpusim.sim.models.hf_families import (
 )
 from xpusim.sim.models.hf_reader import ConfigReader as _Config
 from xpusim.sim.models.hf_reader import attention_heads as _attention_heads
+from xpusim.sim.models.hf_reader import layer_values
 from xpusim.sim.models.spec import MLASpec, ModelSpec, MoESpec
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
@@ -219,15 +220,7 @@ def _layer_windows(cfg: _Config, layers: int) -> tuple[int, ...]:
     types = cfg.data.get("layer_types")
     if types is None:
         types = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(layers)]
-    if not isinstance(types, list) or len(types) != layers:
-        raise cfg.error("layer_types", f"must be a list of {layers} entries (num_hidden_layers), "
-                                       f"got {types!r:.80}")
-    kinds = {"sliding_attention": window, "full_attention": 0}
-    bad = [t for t in types if t not in kinds]
-    if bad:
-        raise cfg.error("layer_types", f"entries must be 'sliding_attention' or "
-                                       f"'full_attention', got {bad[0]!r}")
-    return tuple(kinds[t] for t in types)
+    return layer_values(cfg, types, layers, {"sliding_attention": window, "full_attention": 0})
 
 
 def _parse_gpt_oss(cfg: _Config, name: str) -> ModelSpec:

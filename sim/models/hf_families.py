@@ -8,7 +8,7 @@ The key mappings are documented in docs/models.md.
 
 from __future__ import annotations
 
-from xpusim.sim.models.hf_reader import ConfigReader, attention_heads
+from xpusim.sim.models.hf_reader import ConfigReader, attention_heads, layer_values
 from xpusim.sim.models.spec import ModelSpec, MoESpec
 
 # HF ACT2FN names of the elementwise, non-gated activations NemotronMLP may apply
@@ -261,14 +261,7 @@ def _llama4_chunks(cfg: ConfigReader, layers: int) -> tuple[int, ...]:
         if not isinstance(rope, list) or len(rope) != layers or any(r not in (0, 1) for r in rope):
             raise cfg.error("no_rope_layers", f"must be a list of {layers} entries 0 or 1")
         types = ["chunked_attention" if r else "full_attention" for r in rope]
-    if not isinstance(types, list) or len(types) != layers:
-        raise cfg.error("layer_types", f"must be a list of {layers} entries (num_hidden_layers)")
-    kinds = {"chunked_attention": chunk, "full_attention": 0}
-    bad = [t for t in types if t not in kinds]
-    if bad:
-        raise cfg.error("layer_types", f"entries must be 'chunked_attention' or 'full_attention', "
-                                       f"got {bad[0]!r}")
-    return tuple(kinds[t] for t in types)
+    return layer_values(cfg, types, layers, {"chunked_attention": chunk, "full_attention": 0})
 
 
 def parse_llama4(cfg: ConfigReader, name: str) -> ModelSpec:

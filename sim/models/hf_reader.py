@@ -106,3 +106,17 @@ def attention_heads(cfg: ConfigReader, hidden: int) -> tuple[int, int, int]:
             )
         head_dim = hidden // heads
     return heads, kv_heads, head_dim
+
+
+def layer_values(cfg: ConfigReader, types: object, layers: int, kinds: dict[str, int]) -> tuple[int, ...]:
+    """Each layer's value from a ``layer_types`` list (one attention kind name per layer,
+    as HF's gpt-oss and Llama 4 configs write it), mapped through ``kinds``; a clear error
+    naming ``layer_types`` for a list of the wrong length or an unknown kind."""
+    if not isinstance(types, list) or len(types) != layers:
+        raise cfg.error("layer_types", f"must be a list of {layers} entries (num_hidden_layers), "
+                                       f"got {types!r:.80}")
+    bad = [t for t in types if t not in kinds]
+    if bad:
+        names = " or ".join(repr(k) for k in kinds)
+        raise cfg.error("layer_types", f"entries must be {names}, got {bad[0]!r}")
+    return tuple(kinds[t] for t in types)

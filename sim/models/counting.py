@@ -43,7 +43,7 @@ class ParamCounts:
     routed_experts: int  # every routed expert of every MoE layer
     shared_experts: int  # always-active experts
     router: int  # gate matrices (hidden x experts) and Qwen2-MoE's shared-expert gate
-    norms: int  # two norms per layer (one with shared_norm) and the final norm
+    norms: int  # two norms per layer (one with shared_norm), the final and BLOOM's embedding norm
     lm_head: int  # output projection; 0 when tied to the embedding
     mtp: int  # multi-token-prediction modules, NOT in total (shared embedding/head excluded)
     activated_routed_experts: int  # the top_k routed experts one token visits, all layers
@@ -89,6 +89,11 @@ class ParamCounts:
 
 def _norm(spec: ModelSpec, width: int) -> int:
     return width * (2 if spec.norm == "layernorm" else 1)  # LayerNorm has a bias
+
+
+def embed_norm_params(spec: ModelSpec) -> int:
+    """BLOOM's ``word_embeddings_layernorm`` (weight and bias of hidden), else 0."""
+    return _norm(spec, spec.hidden) if spec.embed_norm else 0
 
 
 def embed_width(spec: ModelSpec) -> int:
@@ -214,7 +219,7 @@ def param_counts(spec: ModelSpec) -> ParamCounts:
             parts[key] += value
     norms = spec.layers * spec.norms_per_layer * _norm(spec, spec.hidden) + (
         _norm(spec, spec.hidden) if spec.final_norm else 0
-    )
+    ) + embed_norm_params(spec)
     return ParamCounts(
         embedding=spec.vocab * ew,
         position_embedding=(spec.max_seq + spec.position_offset) * spec.hidden
@@ -251,6 +256,7 @@ def stage_param_counts(spec: ModelSpec, start: int, end: int) -> tuple[int, int]
     first, last = start == 0, end == spec.layers
     if first:
         dense += counts.embedding + counts.position_embedding + counts.embed_projection // 2
+        dense += embed_norm_params(spec)
     if last:
         dense += counts.lm_head + counts.embed_projection - counts.embed_projection // 2
         dense += _norm(spec, spec.hidden) if spec.final_norm else 0

@@ -28,6 +28,8 @@ Families and the ``model_type`` values that select them:
   ``partial_rotary_factor`` read only.
 - ``gpt_neox`` (``hf_families``): MHA with biases, GELU MLP with biases, two LayerNorms
   (parallel residual or not: the same ops); ``rotary_pct`` read only.
+- ``bloom`` (``hf_families``): MHA with biases and ALiBi positions (no rotary, no position
+  table), a LayerNorm after the embedding, 4h GELU MLP with biases, tied embeddings.
 - ``llama4``, ``llama4_text`` (``hf_families``): the language model of Llama 4 (nested
   under ``text_config`` for ``llama4``): GQA, MoE layers with one shared expert every
   ``interleave_moe_layer_step``-th layer, dense ``intermediate_size_mlp`` layers between,
@@ -48,6 +50,7 @@ from typing import Any
 from xpusim.sim.errors import InputError
 from xpusim.sim.inputs import read_json
 from xpusim.sim.models.hf_families import (
+    parse_bloom,
     parse_falcon,
     parse_gpt_neox,
     parse_gptj,
@@ -383,6 +386,7 @@ FAMILIES: dict[str, Callable[[_Config, str], ModelSpec]] = {
     "falcon": parse_falcon,
     "phi3": _parse_phi3,
     "gpt_neox": parse_gpt_neox,
+    "bloom": parse_bloom,
     "llama4": parse_llama4,
     "llama4_text": parse_llama4,
 }

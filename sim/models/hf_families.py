@@ -1,5 +1,5 @@
 """Families read from HF ``config.json`` beyond the first set (``hf_config``): Nemotron,
-GPT-J, Falcon, GPT-NeoX, Llama 4.
+GPT-J, Falcon, GPT-NeoX, BLOOM, Llama 4.
 
 Each parser maps a config to a ``ModelSpec`` only where the spec expresses the
 architecture faithfully; a variant it cannot express is refused with the key named.
@@ -195,6 +195,46 @@ def parse_gpt_neox(cfg: ConfigReader, name: str) -> ModelSpec:
         tie_embeddings=cfg.bool_("tie_word_embeddings", False),
         qkv_bias=True,
         linear_bias=True,
+    )
+
+
+def parse_bloom(cfg: ConfigReader, name: str) -> ModelSpec:
+    """BigScience BLOOM (HF configuration_bloom, modeling_bloom BloomForCausalLM).
+
+    BloomConfig names the width ``hidden_size`` (``n_embed`` accepted in its place), the
+    depth ``n_layer`` and the heads ``n_head`` (its attribute_map aliases them to
+    num_hidden_layers / num_attention_heads); vocab_size defaults to 250,880. BloomModel:
+    word_embeddings, then ``word_embeddings_layernorm`` (``embed_norm``), BloomBlocks of
+    input_layernorm -> MHA with a biased query_key_value and dense -> post_attention_layernorm
+    -> BloomMLP (dense_h_to_4h, tanh GELU, dense_4h_to_h, both biased; always 4 x hidden,
+    BloomMLP does not read ``n_inner``), ln_f; LayerNorms with bias; lm_head tied to
+    word_embeddings (``tie_word_embeddings`` default true). No rotary and no position
+    table: ALiBi, a per-head linear bias on the attention scores (``alibi``).
+    ``apply_residual_connection_post_layernorm`` changes which tensor the residual adds, not
+    the ops (read only). BloomConfig sets no position limit (ALiBi extrapolates):
+    ``seq_length`` where given, else 2,048, BLOOM's training length (arXiv 2211.05100)."""
+    hidden = cfg.int_(cfg.pick("hidden_size", "n_embed"))
+    heads_key = cfg.pick("n_head", "num_attention_heads")
+    heads = _dividing_heads(cfg, heads_key, hidden, "hidden_size")
+    cfg.bool_("apply_residual_connection_post_layernorm", False)
+    return ModelSpec(
+        name=name,
+        family="bloom",
+        hidden=hidden,
+        layers=cfg.int_(cfg.pick("n_layer", "num_hidden_layers")),
+        heads=heads,
+        kv_heads=heads,
+        head_dim=hidden // heads,
+        ffn=4 * hidden,
+        vocab=cfg.int_("vocab_size", 250880),
+        max_seq=cfg.int_("seq_length", 2048),
+        gated_ffn=False,
+        norm="layernorm",
+        tie_embeddings=cfg.bool_("tie_word_embeddings", True),
+        qkv_bias=True,
+        linear_bias=True,
+        alibi=True,
+        embed_norm=True,
     )
 
 

@@ -89,6 +89,11 @@ class ModelSpec:
     # parallel_attn (FalconDecoderLayer): attention and MLP both read ONE LayerNorm of the
     # layer input, ``x + attn(ln(x)) + mlp(ln(x))``: one norm a layer, not two.
     shared_norm: bool = False
+    # BLOOM (HF modeling_bloom): ALiBi positions, a per-head linear bias added to the
+    # attention scores (Press et al. 2022, arXiv 2108.12409) instead of rotary or learned
+    # positions; and ``word_embeddings_layernorm``, a LayerNorm right after the embedding.
+    alibi: bool = False
+    embed_norm: bool = False
 
     @property
     def norms_per_layer(self) -> int:

@@ -254,6 +254,10 @@ def past_positions_note(spec: ModelSpec, seq: int) -> str | None:
                 "(max_position_embeddings): its position table has no rows beyond them, so "
                 "this trains a model with the table extended (from scratch, or rows added to "
                 "a checkpoint); priced as asked, the parameter count keeping the preset's table")
+    if spec.alibi:
+        return (f"--seq {seq:,} is past {spec.name}'s {spec.max_seq:,}-token training length: "
+                "ALiBi's linear bias is defined at any distance (it extrapolates; Press et al. "
+                "2022), so no table grows; priced as asked")
     return (f"--seq {seq:,} is past {spec.name}'s {spec.max_seq:,} trained positions "
             "(max_position_embeddings): rotary positions run at any length, but a checkpoint "
             "needs position scaling beyond its trained context (a long-context fine-tune); "

@@ -52,6 +52,9 @@ from xpusim.sim.training.megatron_loss import (
 # The rotary embedding's op (built in ``layers._with_rotary``): a rotation, whose
 # backward moves the forward's bytes (TransformerEngine ``fused_rope_backward``).
 ROTARY = "rotary"
+# ALiBi's bias add on unfused scores (``layers._with_alibi``): the bias is a constant, so
+# the scores' gradient passes through unchanged (the Q·K^T backward reads it): no op.
+ALIBI = "alibi_bias"
 
 _MIRROR = {
     CollectiveKind.ALL_GATHER: CollectiveKind.REDUCE_SCATTER,
@@ -124,6 +127,8 @@ def backward_op(op: Op, main_grad: str = "") -> list[Op]:
         return []  # straight-through: the dgrad GEMM writes the 16-bit input gradient
     if is_scale_swizzle(op):
         return []  # the backward GEMMs' own swizzles come with them (_gemm_backward)
+    if op.name == ALIBI:
+        return []  # a constant bias: the identity on the gradient
     if op.kind == OpKind.ATTENTION and isinstance(s, AttentionShape):
         # FlashAttention's backward: 2.5x the forward FLOPs (recomputes the scores).
         return [_pointwise_backward(op, 2.5, replace(s, backward=True), role)]

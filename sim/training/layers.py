@@ -34,6 +34,7 @@ from xpusim.sim.models.spec import ModelSpec
 from xpusim.sim.parallel import ParallelPlan
 from xpusim.sim.training import eager
 from xpusim.sim.training.backward import (  # noqa: F401  (re-exported)
+    ALIBI,
     ROTARY,
     backward_items,
     backward_op,
@@ -294,8 +295,8 @@ def rotary_width(spec: ModelSpec, tp: int) -> float:
     """Elements per token of this rank's Q and K that the rotary embedding rotates: every
     head dimension of Q and K, or MLA's decoupled rope part (per query head, plus the one
     K rope head shared by all heads, computed on every TP rank); 0 without rotary
-    positions (learned position embeddings: GPT-3, OPT)."""
-    if spec.learned_positions:
+    positions (learned position embeddings: GPT-3, OPT; ALiBi: BLOOM)."""
+    if spec.learned_positions or spec.alibi:
         return 0.0
     if spec.mla is not None:
         return (spec.heads / tp + 1) * spec.mla.qk_rope_head_dim
@@ -328,6 +329,32 @@ def _with_rotary(items: list[Item], ctx: SlotContext) -> list[Item]:
     if at > 0 and isinstance(items[at - 1], Comm):
         at -= 1  # before CP's K/V gather: the gathered keys are already rotated
     return [*items[:at], rope, *items[at:]]
+
+
+def _with_alibi(items: list[Item], ctx: SlotContext) -> list[Item]:
+    """ALiBi's bias on the scores of an unfused attention, a score-sized pass of its own.
+
+    HF BloomAttention (and Megatron-DeepSpeed's BLOOM) compute the scores as
+    ``alibi.baddbmm(q, k^T, beta, alpha)``: the per-head bias row is broadcast into the
+    (b·heads, q, kv) output buffer, which the batched GEMM then reads with beta = 1, so one
+    write and one read of the score matrix beyond the plain Q·K^T (2 + 2 B a pair at 16
+    bits; the slopes x positions row itself is b·heads·kv, negligible) and one add a pair.
+    The bias is a constant: its backward is the identity (``backward.ALIBI``). Fused
+    (flash) kernels take a slope per head and add the bias in-kernel on the scores they
+    already hold (flash-attn ``alibi_slopes``, Ascend ``npu_fusion_attention``'s
+    generated pse): no bytes, one add among the softmax's, not priced separately."""
+    if not ctx.spec.alibi:
+        return items
+    out: list[Item] = []
+    for it in items:
+        if isinstance(it, Op) and it.kind == OpKind.ATTENTION and is_unfused_attention(it, ctx):
+            s = it.shape
+            assert isinstance(s, AttentionShape)
+            pairs = s.batch * s.heads * s.q_len * s.kv_len
+            out.append(ops.elementwise(ALIBI, pairs, act_dtype(ctx.plan), 1.0,
+                                       role=Role("core_attn")))
+        out.append(it)
+    return out
 
 
 def _v_dim(spec: ModelSpec) -> float:
@@ -396,7 +423,7 @@ def layer_items(ctx: SlotContext, layer: int) -> list[Item]:
     fmt = gemm_dtype(plan, layer, spec.layers)
     attn = _cp_attention(
         training_items(attention_ops(spec, shape, sh, act_dtype(plan), layer), ctx, fmt), ctx)
-    attn = attention_dropout(_with_rotary(attn, ctx), ctx)
+    attn = attention_dropout(_with_alibi(_with_rotary(attn, ctx), ctx), ctx)
     if eager.eager_passes_on(ctx):
         attn = [*eager.norm_passes("attn_norm", t_norm, ctx), *attn, *eager.attention_passes(ctx)]
     items = _block("attn", t_norm, ctx, attn)

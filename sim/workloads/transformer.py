@@ -402,7 +402,9 @@ def norm_role(module: str, numel: float) -> Role:
 
 
 def embedding_forward(spec: ModelSpec, tokens: float, sh: Sharding, dtype: str = "bf16") -> list[Op | CommNeed]:
-    """Vocab-parallel embedding lookup: gather rows, then all-reduce over TP."""
+    """Vocab-parallel embedding lookup: gather rows, then all-reduce over TP. BLOOM's
+    ``word_embeddings_layernorm`` (HF BloomModel: applied to the looked-up rows before the
+    first block) follows, on the reduced rows every TP rank holds."""
     b = dtype_bytes(dtype)
     table = Role(weight=Weight.TABLE, weight_elements=spec.vocab / sh.tp * spec.hidden)
     items: list[Op | CommNeed] = [
@@ -411,6 +413,9 @@ def embedding_forward(spec: ModelSpec, tokens: float, sh: Sharding, dtype: str =
     if sh.tp > 1:
         items.append(CommNeed("embedding_reduce", CollectiveKind.ALL_REDUCE,
                               tokens * spec.hidden * b, "tp"))
+    if spec.embed_norm:
+        items.append(ops.norm("embedding_norm", tokens, spec.hidden, dtype,
+                              norm_role("out", tokens * spec.hidden)))
     return items
 
 

@@ -89,3 +89,10 @@ def test_alibi_pass_on_unfused_scores_only():
     assert not any(getattr(it, "name", "") == L.ROTARY for it in items)  # no rotary
     fused = L.layer_items(_ctx("npu_fusion_attention"), 0)
     assert not any(getattr(it, "name", "") == L.ALIBI for it in fused)
+
+
+def test_past_training_length_note_names_alibi():
+    from xpusim.sim.api.train import past_positions_note
+    spec = load_model("bloom-176b")
+    assert past_positions_note(spec, 2048) is None
+    assert "ALiBi" in (past_positions_note(spec, 4096) or "")

@@ -101,12 +101,13 @@ from xpusim.sim.ir import AttentionShape, Op, OpKind, attention_pairs, dtype_byt
 
 IMPLS = (
     "standard", "attention_pytorch", "fused_softmax",  # scores in HBM
-    "flash1", "flash2", "flash3", "cudnn", "xformers", "triton", "triton2", "triton-fa",  # CUDA
+    "flash1", "flash2", "flash3", "flash4", "cudnn", "xformers", "triton", "triton2",  # CUDA
+    "triton-fa",
     "colfax", "npu_fusion_attention", "fastattention",  # Ascend
 )
 PASSES = ("fwd", "bwd", "fwd_bwd")
-GPU_FUSED = ("flash1", "flash2", "flash3", "cudnn", "xformers", "triton", "triton2", "triton-fa",
-             "colfax")
+GPU_FUSED = ("flash1", "flash2", "flash3", "flash4", "cudnn", "xformers", "triton", "triton2",
+             "triton-fa", "colfax")
 ASCEND = ("npu_fusion_attention", "fastattention")
 # FP32 instructions per score of the online softmax (FA2 paper Alg. 1): scale-and-subtract
 # the row max (1 FFMA), the row max (1 FMNMX), the row sum (1 FADD), the convert of P to
@@ -119,9 +120,13 @@ ALU_PER_SCORE = {"fwd": 4.0, "bwd": 5.0}
 # 661 needs 63% of the softmax hidden). Not a corpus row. FP8: attention_hopper.
 OVERLAP = {"flash3": 0.63}
 # Kernels on Hopper's wgmma + TMA where the device has it; ``colfax`` (FA2 on wgmma) only there.
-ASYNC_MMA = ("flash3", "cudnn", "triton", "colfax")
-# Persistent kernels with a tile scheduler that launches the heaviest (causal) items first.
-HEAVY_FIRST = ("flash3", "cudnn")
+ASYNC_MMA = ("flash3", "flash4", "cudnn", "triton", "colfax")  # flash4: tcgen05 (attention_blackwell)
+# Persistent kernels with a tile scheduler that launches the heaviest (causal) items first
+# (flash4: SingleTileLPTScheduler when causal, attention_blackwell).
+HEAVY_FIRST = ("flash3", "flash4", "cudnn")
+# triton.ops.flash_attention: BLOCK = 128 for both passes; flash4 (forward only): 2 Q tiles of
+# 128 rows per CTA x 128 keys (attention_blackwell).
+FIXED_TILES = {"triton2": (128, 128), "flash4": attention_blackwell.FLASH4_TILE}
 
 
 @dataclass(frozen=True)
@@ -204,6 +209,8 @@ def check_impl(device: Device, impl: str, flag: str = "--impl") -> str:
         raise InputError(f"{flag} {impl}: FlashAttention-{impl[-1]} needs compute capability "
                          f"{FLASH_LIMITS[impl][0]:g}+ (flash-attn README), {device.name} is {cc}; "
                          f"use {usable}")
+    if impl == "flash4":
+        attention_blackwell.check_flash4_device(device, flag)
     if impl in ("flash3", "colfax") and not device.kernels.async_mma:
         raise InputError(f"{flag} {impl}: a Hopper kernel that needs wgmma/TMA, which "
                          f"{device.name} lacks; use flash2 or cudnn")
@@ -233,6 +240,8 @@ def _attention_body(device: Device, shape: AttnShape, impl: str | None, pass_: s
     if pass_ not in PASSES:
         raise InputError(f"--pass: expected one of {', '.join(PASSES)}, got '{pass_}'")
     _check_shape(shape)
+    if impl == "flash4":
+        attention_blackwell.check_flash4_call(shape.dtype, pass_)
     if pass_ == "fwd_bwd":
         fwd = attention_cost(device, shape, impl, "fwd")
         bwd = attention_cost(device, shape, impl, "bwd")
@@ -318,8 +327,8 @@ def tiles(impl: str, device: Device, head_dim: float, pass_: str, dtype: str = "
     64x64. cudnn: 128x128 forward (estimate); triton/colfax on Hopper: attention_hopper; xformers
     (CUTLASS memory-efficient kernel): 64x64 forward, and backward at d<=64 (the 2023 sm80
     kernels); flash1: FA2's (estimate; its key-block terms are in attention_blocks)."""
-    if impl == "triton2":  # triton.ops.flash_attention: BLOCK = 128 for both passes
-        return (128, 128)
+    if impl in FIXED_TILES:
+        return FIXED_TILES[impl]
     if impl == "xformers" and pass_ == "bwd" and head_dim <= 64:
         return (64, 64)  # cutlassB_f16_aligned_k64.cu, sm80 (attention_blocks)
     if pass_ == "bwd":
@@ -374,10 +383,14 @@ def block_terms(device: Device, impl: str, shape: AttnShape, pass_: str, br: int
     mma_flops = gemms * br * bc * (d + vd)
     mma_s = mma_flops / mma_rate
     scores = br * bc
-    exp_s = scores / (k.exp_per_clk_per_core * clock)
+    # share of the exponentials on the MUFU: FA4 emulates the rest (attention_blackwell)
+    mufu = attention_blackwell.flash4_mufu_share(device, shape) if impl == "flash4" else 1.0
+    exp_s = mufu * scores / (k.exp_per_clk_per_core * clock)
     fp32_lanes = device.peak_for("vector", "fp32") / (2.0 * sms)  # FP32 instr/s per SM
     alu = ALU_PER_SCORE[pass_] + (1.0 if diagonal else 0.0)
     alu += extra_alu_per_score(impl, pass_, shape.causal, diagonal)  # Triton 2.0 (attention_blocks)
+    if impl == "flash4":  # emulated exp2, lazy O rescaling (attention_blackwell)
+        alu += attention_blackwell.flash4_extra_alu(mufu, shape.vd, bc)
     if impl == "flash1":
         # FA1 rescales the output block by both softmax statistics every key block (FA2
         # paper s3.1.1 removes this): 2 d_v extra FP32 ops per query row per block.
@@ -434,7 +447,7 @@ def _block_pair(device: Device, impl: str, shape: AttnShape, pass_: str, br: int
         entry = _BLOCKS[id(device)] = (device, {})
     table = entry[1]
     key = (impl, pass_, br, bc, shape.dtype, shape.head_dim, shape.vd, shape.causal,
-           shape.kv_len)
+           shape.kv_len, impl == "flash4" and attention_blackwell.two_cta(shape))
     pair = table.get(key)
     if pair is None:
         if len(table) >= BLOCK_ENTRIES:

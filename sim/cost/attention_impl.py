@@ -19,8 +19,9 @@ Implementations and how each is priced:
   rearranges and einsum make of the packed ``qkv`` (``q``, ``k`` transposed to (b h) d s, ``v``)
   and, backward, the ``stack`` that writes the packed ``qkv`` gradient (``bench_layout_ops``);
   on NVIDIA the transposing k copy costs at least its L2 sector traffic (``strided_l2_extra_s``).
-* GPU fused kernels (``flash1``, ``flash2``, ``flash3``, ``cudnn``, ``xformers``,
-  ``triton``, ``triton2``, ``triton-fa``, ``colfax``) — one tiled kernel: a CTA owns ``Br`` query rows of one (batch, head) and
+* GPU fused kernels (``flash1``, ``flash2``, ``flash3``, ``flash4`` (SM100 forward:
+  attention_blackwell), ``cudnn``, ``xformers``, ``triton``, ``triton2``, ``triton-fa``,
+  ``colfax``) — one tiled kernel: a CTA owns ``Br`` query rows of one (batch, head) and
   walks the key blocks of ``Bc`` keys. Per block, on one SM:
 
   - MMA: ``4 Br Bc d`` FLOPs forward (QK^T, PV), ``10 Br Bc d`` backward (five GEMMs:

@@ -116,3 +116,14 @@ def test_flash4_causal_skips_the_blocks_above_the_diagonal():
     full = attention_cost(B200, FA4, "flash4")
     causal = attention_cost(B200, replace(FA4, causal=True), "flash4")
     assert causal.details["blocks"] < 0.6 * full.details["blocks"]
+
+
+def test_train_refuses_flash4_up_front(capsys):
+    """FA4's backward is not modelled: `train --attention-impl flash4` is refused before any
+    work, naming the train flag (not op's --impl)."""
+    from xpusim.sim.cli.main import main
+
+    code = main(["train", "--model", "llama-3-8b", "--system", "dgx-b200", "--nodes", "1",
+                 "--attention-impl", "flash4", "--quiet"])
+    assert code == 2
+    assert "--attention-impl flash4: training needs the backward" in capsys.readouterr().err

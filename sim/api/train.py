@@ -20,6 +20,7 @@ from xpusim.sim.api.base import (
     request_from_kwargs,
     require_native_dtype,
 )
+from xpusim.sim.cost.attention_blackwell import check_trainable
 from xpusim.sim.cost.attention_impl import check_impl
 from xpusim.sim.errors import InputError, NegativeVerdict
 from xpusim.sim.gcpause import gc_paused
@@ -465,6 +466,7 @@ def _apply_impl(system: System, plan: ParallelPlan, impl: str | None) -> Paralle
     if not impl:
         return plan
     check_impl(system.device, impl, "--attention-impl")
+    check_trainable(impl)
     # The plan carries it too: unfused attention keeps its scores for backward.
     return replace(plan, attention_impl=impl)
 

@@ -111,6 +111,16 @@ def check_flash4_device(device: Device, flag: str = "--impl") -> None:
                          f"or cudnn elsewhere")
 
 
+def check_trainable(impl: str, flag: str = "--attention-impl") -> None:
+    """Refuse a forward-only implementation where a backward is needed (``train``): FA4's
+    SM100 backward is not modelled (module docstring), so a step would fail at its first
+    backward attention op instead of here."""
+    if impl == "flash4":
+        raise InputError(f"{flag} flash4: training needs the backward, and FlashAttention-4's "
+                         "SM100 backward (flash_bwd_sm100.py) is not modelled; use cudnn "
+                         "(TransformerEngine's choice on Blackwell) or flash2")
+
+
 def check_flash4_call(dtype: str, pass_: str) -> None:
     """Raise a clear InputError unless FA4's modelled 16-bit forward runs this call."""
     if dtype_bytes(dtype) != 2:
@@ -174,6 +184,6 @@ def _padded(head_dim: float) -> int:
 
 
 __all__ = ["CUDNN_SM100_FWD_OVERLAP", "FLASH4_TILE", "Call", "SM100_CAPABILITIES", "check_flash4_call",
-           "check_flash4_device",
+           "check_flash4_device", "check_trainable",
            "cudnn_sm100_fwd", "flash4_extra_alu", "flash4_mufu_share", "steady_overlap",
            "two_cta"]

@@ -186,10 +186,13 @@ def resolve_attention(plan: ParallelPlan, system: System, impl: str | None = Non
     """The plan with its attention implementation named: ``impl`` (the option), else the
     plan's, else the device's default stack. It prices the attention ops and decides
     whether the S x S scores are kept for the backward (``layers.attention_scores_saved``)."""
+    from xpusim.sim.cost.attention_blackwell import check_trainable
     from xpusim.sim.cost.attention_impl import check_impl, default_impl
 
     name = impl or plan.attention_impl or default_impl(system.device)
-    return replace(plan, attention_impl=check_impl(system.device, name, "--attention-impl"))
+    name = check_impl(system.device, name, "--attention-impl")
+    check_trainable(name)
+    return replace(plan, attention_impl=name)
 
 
 _COMM_FN: list = []  # [(system, comm_time)] of recently simulated systems, newest first

@@ -6,7 +6,8 @@ and NVFP4 as under bf16."""
 from __future__ import annotations
 
 import pytest
-from xpusim.sim.training.nvfp4 import stage_tensor_dtype
+from xpusim.sim.parallel import ParallelPlan
+from xpusim.sim.training.items import act_dtype
 
 
 @pytest.mark.parametrize(
@@ -15,7 +16,7 @@ from xpusim.sim.training.nvfp4 import stage_tensor_dtype
      ("bf16", "bf16"), ("fp16", "fp16"), ("fp32", "fp32")],
 )
 def test_stage_tensor_dtype(dtype, stage):
-    assert stage_tensor_dtype(dtype) == stage
+    assert act_dtype(ParallelPlan(dtype=dtype)) == stage
 
 
 def test_fp8_stage_input_is_bf16():

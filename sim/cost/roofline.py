@@ -460,7 +460,8 @@ class RooflineModel:
                 rate = dev.hbm_bandwidth * eff.cache_speedup * fraction
             return (nbytes + eff.memory_half_bytes) / rate
         cold = cold_bytes(op, eff.cache_bytes)
-        cold += first_touch_bytes(op, dev, nbytes - cold)  # a first touch: main memory
+        if op.first_touch_bytes:  # only a CPU kernel graph states them: main memory
+            cold += first_touch_bytes(op, dev, nbytes - cold)
         if cold > 0:  # weights that cannot stay cached stream from main memory
             hot = nbytes - cold
             speed = eff.cache_speedup if 0 < hot <= eff.cache_bytes else 1.0

@@ -18,7 +18,7 @@ from xpusim.sim.parallel import Coord, Layout, ParallelPlan, stage_slots
 from xpusim.sim.placement import rank_nodes
 from xpusim.sim.schedules import Unit as SchedUnit
 from xpusim.sim.training import layers as L
-from xpusim.sim.training.nvfp4 import stage_tensor_dtype
+from xpusim.sim.training.items import act_dtype
 from xpusim.sim.training.routing import hot_factors, rank_loads
 
 
@@ -118,7 +118,7 @@ def build_chunks(
     (matrices and embedding tables, from the ops' roles) and saved activations."""
     slots = stage_slots(spec, plan)
     last_v = plan.pp * plan.vpp - 1
-    b = dtype_bytes(stage_tensor_dtype(plan.dtype))  # a stage's input: bf16 under FP8 / FP4
+    b = dtype_bytes(act_dtype(plan))  # a stage's input: bf16 under FP8 / FP4
     seq_shard = plan.tp if plan.sequence_parallel else 1
     input_bytes = ctx.tokens * spec.hidden * b / seq_shard
     chunks = []

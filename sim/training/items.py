@@ -85,7 +85,10 @@ def act_dtype(plan: ParallelPlan) -> str:
     the linear layers' GEMMs: TransformerEngine's FP8 training keeps activations,
     normalisations, softmax/attention and communication in bf16 (NVIDIA TransformerEngine
     docs, "Using FP8 with Transformer Engine"; Micikevicius et al. arXiv:2209.05433 s4),
-    as do the NeMo/Megatron FP8 runs of the validation corpus.
+    as do the NeMo/Megatron FP8 runs of the validation corpus. So are the hidden states
+    between stages: a stage's saved input and its pipeline sends (Megatron-Core
+    ``p2p_communication.py`` allocates them in ``config.pipeline_dtype``, bf16 in the NeMo /
+    Megatron-Bridge recipes).
     """
     return "bf16" if is_low_precision(plan.dtype) else plan.dtype
 

@@ -75,7 +75,6 @@ from xpusim.sim.ir import (
     Role,
     Unit,
     dtype_bytes,
-    is_low_precision,
 )
 from xpusim.sim.training.items import CAST_SUFFIX, quantize_op
 
@@ -124,16 +123,6 @@ def param_dtype(dtype: str) -> str:
     """The dtype a ``dtype`` run stores its parameters and stage tensors in: bf16 for
     NVFP4 (module docstring), else ``dtype`` (FP8 recipes with FP8 parameters)."""
     return PARAM_DTYPE if dtype in BF16_PARAM_FORMATS else dtype
-
-
-def stage_tensor_dtype(dtype: str) -> str:
-    """The dtype of the hidden states between layers and stages of a ``dtype`` run: bf16
-    under every low-precision recipe. TransformerEngine quantises inside a linear and
-    returns its output in the activation dtype, so the residual stream, a stage's saved
-    input and the pipeline sends stay 16-bit (Megatron-Core ``p2p_communication.py``
-    allocates the send and receive buffers in ``config.pipeline_dtype``, the params dtype,
-    bf16 in the NeMo / Megatron-Bridge recipes); a 16- or 32-bit run keeps its own."""
-    return PARAM_DTYPE if is_low_precision(dtype) else dtype
 
 
 def weight_bytes_per_param(dtype: str) -> float:

@@ -44,6 +44,7 @@ from xpusim.sim.parallel import (
 )
 from xpusim.sim.placement import job_devices, rank_nodes
 from xpusim.sim.training import layers as L
+from xpusim.sim.training.items import act_dtype
 from xpusim.sim.training.lowering import merges_fb
 from xpusim.sim.training.memory.rules import (
     GIB,
@@ -52,7 +53,6 @@ from xpusim.sim.training.memory.rules import (
     stage_memory,
     unsharded_and_sharded_bytes,
 )
-from xpusim.sim.training.nvfp4 import stage_tensor_dtype
 from xpusim.sim.training.offload import offloaded_bytes
 from xpusim.sim.training.routing import hot_factors
 
@@ -133,7 +133,7 @@ def _cached_figures(
     else:
         items = L.slot_items(ctx, name)
     seq_shard = plan.tp if plan.sequence_parallel else 1
-    input_bytes = tokens * spec.hidden * dtype_bytes(stage_tensor_dtype(plan.dtype)) / seq_shard
+    input_bytes = tokens * spec.hidden * dtype_bytes(act_dtype(plan)) / seq_shard
     return slot_figures(plan, items, input_bytes)
 
 
@@ -229,7 +229,7 @@ def _stage_state(model: _Model, stage: int, slots: list[list[str]], spans: bool,
         expert_by_chunk.append(expert)
         acts.append(act)
     seq_shard = plan.tp if plan.sequence_parallel else 1
-    p2p = (plan.mbs * plan.seq / plan.cp * spec.hidden * dtype_bytes(stage_tensor_dtype(plan.dtype))
+    p2p = (plan.mbs * plan.seq / plan.cp * spec.hidden * dtype_bytes(act_dtype(plan))
            / seq_shard)
     return StageState(stage, sum(dense_by_chunk), sum(expert_by_chunk), tuple(acts), flight,
                       largest, p2p if plan.pp > 1 else 0.0, per_layer,

@@ -97,31 +97,45 @@ def _ops_time(items: list, cost: CachedCostModel,
 EP_PROBE_BYTES = 256 * 2**20
 
 
-_A2A_CACHE: dict[tuple[str, int, float], float] = {}
+_A2A_CACHE: dict[tuple[str, tuple[int, ...], float], float] = {}
 
 
 def a2a_time(system: System, ep: int, nbytes: float) -> float:
-    """Seconds of one all-to-all in which each of devices 0..ep-1 sends ``nbytes``,
+    """Seconds of one all-to-all in which each of devices 0..ep-1 sends ``nbytes``
+    (``group_a2a_time`` over the first ``ep`` devices)."""
+    return group_a2a_time(system, tuple(range(ep)), nbytes)
+
+
+def group_a2a_time(system: System, group: tuple[int, ...], nbytes: float) -> float:
+    """Seconds of one all-to-all in which each device of ``group`` sends ``nbytes``,
     priced by the network model (sim.network.cost_collective: the algorithm and
-    protocol the library would pick, topology, NIC sharing, latencies). Cached: a
-    study asks for the same few (system, ep, bytes) for every candidate."""
-    if ep <= 1 or nbytes <= 0:
+    protocol the library would pick, topology, NIC sharing, latencies), so where the
+    group sits (one server or several) sets its rate. Cached: a study asks for the
+    same few (system, group, bytes) for every candidate."""
+    if len(group) <= 1 or nbytes <= 0:
         return 0.0
-    key = (repr(system), ep, nbytes)  # System holds dicts: not hashable itself
+    key = (repr(system), group, nbytes)  # System holds dicts: not hashable itself
     if key not in _A2A_CACHE:
-        need = -(-ep // system.devices_per_node)
+        need = max(group) // system.devices_per_node + 1
         sized = system if system.nodes >= need else replace(system, nodes=need)
         _A2A_CACHE[key] = cost_collective(
-            sized, CollectiveKind.ALL_TO_ALL, range(ep), nbytes
+            sized, CollectiveKind.ALL_TO_ALL, group, nbytes
         ).time_s
     return _A2A_CACHE[key]
 
 
 def ep_bandwidth(system: System, ep: int) -> float:
     """Bytes/s of its all-to-all traffic that leave one device in an all-to-all of
-    ``ep`` peers: (ep-1)/ep of a large per-rank buffer over the network model's time."""
-    t = a2a_time(system, ep, float(EP_PROBE_BYTES))
-    return EP_PROBE_BYTES * (ep - 1) / ep / t if t > 0 else float("inf")
+    ``ep`` peers on devices 0..ep-1 (``group_bandwidth``)."""
+    return group_bandwidth(system, tuple(range(ep)))
+
+
+def group_bandwidth(system: System, group: tuple[int, ...]) -> float:
+    """Bytes/s of its all-to-all traffic that leave one device in an all-to-all over
+    ``group``: (n-1)/n of a large per-rank buffer over the network model's time."""
+    n = len(group)
+    t = group_a2a_time(system, group, float(EP_PROBE_BYTES))
+    return EP_PROBE_BYTES * (n - 1) / n / t if t > 0 else float("inf")
 
 
 def base_plan(study: Study) -> ParallelPlan:

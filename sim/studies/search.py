@@ -73,6 +73,14 @@ def _sim_row(result: dict[str, Any], label: str) -> dict[str, Any]:
     return row
 
 
+def _plan_keys(study: Study) -> tuple[str, ...]:
+    """The plan fields a row repeats (``plan_tp`` ...), enough to rerun its plan with
+    ``train``; ``moe_fold`` only in studies that search folding (rows of other studies
+    keep their columns)."""
+    keys = ("tp", "pp", "vpp", "ep", "cp", "dp", "mbs", "recompute")
+    return (*keys, "moe_fold") if True in study.plans.moe_fold else keys
+
+
 def evaluate_point(task: PointTask) -> dict[str, Any]:
     """Plan search + simulation of one candidate; never raises (errors become a field)."""
     study, system = task.study, task.system
@@ -109,12 +117,7 @@ def evaluate_point(task: PointTask) -> dict[str, Any]:
             )
             if value > best_value:
                 best, best_value = _sim_row(result, plan_label(plan)), value
-                best.update(
-                    {
-                        f"plan_{k}": getattr(plan, k)
-                        for k in ("tp", "pp", "vpp", "ep", "cp", "dp", "mbs", "recompute")
-                    }
-                )
+                best.update({f"plan_{k}": getattr(plan, k) for k in _plan_keys(study)})
         if best is None:
             out["error"] = "every simulated plan ran out of memory"
             return out

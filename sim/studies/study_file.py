@@ -141,6 +141,10 @@ class PlanSpace(_Strict):
     tp_extend_ep: bool = True
     overlap_ep: bool = True
     hierarchical_ep: bool = True
+    # MoE parallel folding (train's --moe-fold; Megatron-Core >= 0.10, arXiv 2504.14960):
+    # [false, true] also tries each MoE plan with its expert groups formed over
+    # TP x CP x DP. Default [false]: the plans of studies written before the axis.
+    moe_fold: list[bool] = [False]
 
     @model_validator(mode="after")
     def _check(self) -> PlanSpace:
@@ -153,6 +157,8 @@ class PlanSpace(_Strict):
             raise ValueError(
                 f"plans.recompute {bad or '[]'} invalid; use {list(RECOMPUTE_POLICIES)}"
             )
+        if not self.moe_fold:
+            raise ValueError("plans.moe_fold is empty; give [false], [true] or [false, true]")
         modules = self.recompute_modules
         if modules is not None and (not modules or any(m not in RECOMPUTE_MODULES for m in modules)):
             raise ValueError(

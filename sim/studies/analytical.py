@@ -15,8 +15,9 @@ Two checks, both explainable in a line (docs/explore.md derives them):
   convention). Sequences are spread evenly over all devices (an ideal,
   bubble-free data-parallel split). The EP all-to-all of that sequence (dispatch
   and combine, forward and backward) is priced by the network model
-  (``xpusim.sim.network.cost_collective``, an all-to-all over devices 0..ep-1), and assumed to overlap with compute (Pangu's adaptive pipe overlap),
-  so the step is bounded by the larger of the two.
+  (``xpusim.sim.network.cost_collective``, an all-to-all over devices 0..ep-1), and
+  assumed to overlap with compute (Pangu's adaptive pipe overlap), so the step is
+  bounded by the larger of the two.
 
 It is a *bound* used to shortlist — pipeline bubbles, TP communication and
 recompute only show up in the full simulation.

@@ -195,8 +195,9 @@ def _family(plan: ParallelPlan, per_node: int) -> tuple[int, ...]:
     servers its all-to-all group spans. A fold that leaves the group on as many servers
     (TP filling whole servers, say) keeps the layout: its all-to-all crosses the same
     number of servers (the same estimate where the ranks per server match, as there),
-    and what else moves, the expert gradient reduction, the estimate does not see. For unfolded plans the span follows from the degrees, so families are as
-    before the ``moe_fold`` axis."""
+    and what else moves, the expert gradient reduction, the estimate does not see. For
+    unfolded plans the span follows from the degrees, so families are as before the
+    ``moe_fold`` axis."""
     servers = len({rank // per_node for rank in plan_ep_group(plan)})
     return (plan.tp, plan.pp, plan.vpp, plan.ep, plan.cp, servers)
 

@@ -49,9 +49,12 @@ from xpusim.sim.inference.engine_profile import (
 from xpusim.sim.inference.graph_padding import capture_sizes
 from xpusim.sim.inference.kvcache import MemoryPlan, kv_bytes_per_token, kv_cache_dtype, kv_layout
 from xpusim.sim.inference.lowering import StepSimulator, plan_for, require_memory
+from xpusim.sim.inference.pipeline import PipelineSimulator
+from xpusim.sim.inference.pipeline_costs import PipelineCosts
 from xpusim.sim.inference.routing import Routing, routing_from_text
 from xpusim.sim.inference.serving import Server
 from xpusim.sim.inference.serving import ServeResult as ServingRun
+from xpusim.sim.inference.serving_pp import PipelineServer, check_pp_engine
 from xpusim.sim.inference.speculative import (
     HEAD_KINDS,
     check_draft_vocab,
@@ -83,7 +86,7 @@ class ServeRequest:
     devices: int | None = None  # all as tensor parallel (TP = devices); default 1
     tp: int | None = None
     ep: int = 1
-    pp: int = 1  # pipeline stages: refused for now (a single step takes --pp)
+    pp: int = 1  # pipeline stages (needs tp; sim/inference/serving_pp.py)
     engine: str | None = None  # default: the device's (InferRequest.engine)
     dtype: str | None = None  # default bf16, fp16 on a device without bf16 (V100, 910A)
     routing: str = "uniform"
@@ -157,6 +160,7 @@ class ServeResult:
                 "system": self.system,
                 "tp": self.plan.tp,
                 "ep": self.plan.ep,
+                **({"pp": self.plan.pp} if self.plan.pp > 1 else {}),
                 "engine": self.engine,
                 "rate": self.rate,
                 "trace": self.trace,
@@ -236,11 +240,11 @@ def serve(
     req = request_from_kwargs(ServeRequest, request, kwargs, "xpusim.serve")
     check_request(req)
     requested_limits(req, 1, 1)  # refuse bad limits before any simulation
-    if req.pp != 1:
+    if req.pp != 1 and (req.draft is not None or req.disaggregated):
         raise InputError(
-            f"--pp {req.pp} with --serve: no serving engine's pipeline-parallel scheduler "
-            "is modelled yet; drop --serve to price one prefill or decode step through "
-            "the stages, or serve with --tp/--ep only"
+            f"--pp {req.pp} with --serve runs pipeline-parallel serving without speculative "
+            "decoding or disaggregated pools (neither is modelled with pipeline stages): "
+            "drop --draft and the pool flags, or --pp"
         )
     gamma, alpha, draft_devices = speculative_options(req)
     for flag, v in (("--slo-ttft", req.slo_ttft), ("--slo-tpot", req.slo_tpot)):
@@ -338,7 +342,8 @@ def _serve_colocated(req: ServeRequest, gamma: int, alpha: float, draft_devices:
     if sd:
         check_speculative_args(gamma, alpha, draft_devices)
     workload = _workload(req, alpha if sd else 0.0)
-    assert isinstance(dep.sim, StepSimulator), "pp > 1 is refused above"
+    if isinstance(dep.sim, PipelineSimulator):
+        check_pp_engine(dep.engine, dep.plan.pp)
     draft_sim = None
     if req.draft is not None:
         draft = req.draft if req.draft in HEAD_KINDS else load_model_arg(req.draft, "--draft")
@@ -357,13 +362,18 @@ def _serve_colocated(req: ServeRequest, gamma: int, alpha: float, draft_devices:
         req, *run_limits(dep.engine, dep.spec, dep.system, dep.plan, dtype, requests)
     )
     graphs = capture_sizes(dep.engine.cuda_graph_batch_sizes, max_seqs, max_tokens)
-    costs = StepCosts(dep.sim, draft_sim, gamma if draft_sim is not None else 0,
-                      graph_sizes=graphs, bonus_share=alpha**gamma if sd else 0.0)
     layout = kv_layout(dep.spec, dep.engine.sliding_window_kv)
     with verdict_document(document(dep.spec, dep.system, dep.plan, dep.engine)):
         kv_tokens = run_kv_tokens(dep, dtype, max_tokens, max_seqs)
-    server = Server(costs, kv_tokens, max_seqs, max_tokens, seed=req.seed, layout=layout)
-    run = server.run(requests, req.progress)
+    if isinstance(dep.sim, PipelineSimulator):
+        pipe = PipelineServer(PipelineCosts(dep.sim, graphs), kv_tokens, max_seqs, max_tokens,
+                              layout=layout)
+        run = pipe.run(requests, req.progress)
+    else:
+        costs = StepCosts(dep.sim, draft_sim, gamma if draft_sim is not None else 0,
+                          graph_sizes=graphs, bonus_share=alpha**gamma if sd else 0.0)
+        server = Server(costs, kv_tokens, max_seqs, max_tokens, seed=req.seed, layout=layout)
+        run = server.run(requests, req.progress)
     metrics = run.metrics()
     # The limits the run scheduled under (the engine's, a flag's, or trtllm-bench's own
     # choice) and the CUDA-graph sizes its generation-only steps were padded to.

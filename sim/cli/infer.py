@@ -41,8 +41,9 @@ def add_deployment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ep", type=int, help="expert-parallel groups (MoE; default 1)")
     p.add_argument(
         "--pp", type=int,
-        help="pipeline stages (default 1; needs --tp; devices = tp x pp x ep; a single "
-        "step only, not --serve)",
+        help="pipeline stages (default 1; needs --tp; devices = tp x pp x ep); with "
+        "--serve, pp micro-batches in flight as the engine's PP scheduler runs them "
+        "(vllm-0.6, trtllm-0.10/0.17/1.0)",
     )
     p.add_argument(
         "--engine",
@@ -273,7 +274,8 @@ def _print_stages(r: InferResult) -> None:
 def _print_serve(r: ServeResult) -> None:
     m = r.metrics
     print(
-        f"serving {r.model} on {r.plan.devices} x {r.device} ({r.engine}): "
+        f"serving {r.model} on {r.plan.devices} x {r.device} ("
+        + (f"tp={r.plan.tp}, pp={r.plan.pp}, " if r.plan.pp > 1 else "") + f"{r.engine}): "
         f"{m['completed']}/{m['requests']} requests in {m['makespan_s']:.2f} s"
         + (f", SD with {r.draft} gamma={r.gamma} alpha~{r.alpha}" if r.draft else "")
     )

@@ -64,6 +64,12 @@ class EngineProfile:
       share a step's ``max_batched_tokens`` with the running decodes) or "static" (one
       batch at a time, prefilled together and decoded until all finish:
       gptSessionBenchmark, gpt-fast).
+    * ``pp_scheduler`` (``[scheduler]``): how the engine schedules a pipeline-parallel
+      deployment (``xpusim infer --serve --pp P``; sim/inference/serving_pp.py): "none"
+      (no pipeline-parallel scheduler modelled: refused), "virtual-engines" (vLLM V0: P
+      schedulers, each with its own queue, ``max_num_seqs`` and 1/P of the KV blocks) or
+      "micro-batches" (TensorRT-LLM: P micro-batches scheduled in turn from one request
+      pool and one KV cache, each up to ``max_num_seqs``).
     * ``kv_reserve``: "incremental" (blocks as tokens are generated; recompute
       preemption when full: vLLM) or "full" (prompt + max output reserved at
       admission, never preempted: TRT-LLM's GUARANTEED_NO_EVICT).
@@ -168,6 +174,7 @@ class EngineProfile:
     response_per_token_s: float = 0.0
     host_overlap: str = "none"
     policy: str = "prefill-first"
+    pp_scheduler: str = "none"
     kv_reserve: str = "incremental"
     max_input_len: int = 0
     chunked_prefill: bool = True
@@ -313,10 +320,13 @@ _PLAIN_KEYS = {
     "draft_bonus_expansion": bool,
     "draft_prepare_once": bool,
 }
+# Pipeline-parallel schedulers an engine profile can state (``EngineProfile.pp_scheduler``).
+PP_SCHEDULERS = ("none", "virtual-engines", "micro-batches")
 # Text fields and their allowed values (None: any non-empty text).
 _CHOICE_KEYS: dict[str, tuple[str, ...] | None] = {
     "host_overlap": ("none", "output", "all"),
     "policy": ("prefill-first", "mixed", "static"),
+    "pp_scheduler": PP_SCHEDULERS,
     "kv_reserve": ("incremental", "full"),
     "batch_heuristic": ("none", *BATCH_HEURISTICS),
     "reference_host": None,

@@ -182,6 +182,9 @@ class StepCosts:
         if what == "prefill":  # over the prompt length, at grid lengths >= 1 token
             return lambda q: _step_time(target, StepBatch(batch, max(q, 1), 0, "prefill"),
                                         True, exact)
+        if what == "prefill_device":  # a pipeline stage's share (serving_pp.py): no host
+            return lambda q: _step_time(target, StepBatch(batch, max(q, 1), 0, "prefill"),
+                                        False, exact)
         if what == "chunk_device":
             return lambda q: _step_time(target, StepBatch(1, max(q, 1), 0, "prefill"), False,
                                         exact)
@@ -216,6 +219,16 @@ class StepCosts:
 
     def decode_device(self, batch: int, context: float) -> float:
         return self._grid_fn("decode_device", batch)(context)
+
+    def prefill_device(self, sequences: int, prompt: float) -> float:
+        """``prefill``'s device time alone (a pipeline stage's part: serving_pp.py)."""
+        return self._grid_fn("prefill_device", sequences)(prompt)
+
+    def generation_device(self, batch: int, context: float) -> float:
+        """Device time of a generation-only in-flight-batching step, padded to the captured
+        CUDA-graph sizes as ``mixed`` pads it (a pipeline stage's part: serving_pp.py)."""
+        padded, mean = padded_step(batch, context, self.graph_sizes)
+        return self._grid_fn("decode_device", padded, self._dummies(batch, padded))(mean)
 
     def prefill_token_device(self, chunk: float) -> float:
         """Device time one prompt chunk of ``chunk`` tokens adds to a forward (the

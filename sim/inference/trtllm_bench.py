@@ -138,7 +138,7 @@ def run_limits(
         weight_dtype=dtype,
         kv_dtype=kv_cache_dtype(dtype),
         tp=plan.tp,
-        pp=1,
+        pp=plan.pp,  # the heuristic's own PP term (finetune_setting: batch / pp)
         device_memory_gib=system.device.hbm_capacity / GIB,
         kv_fraction=engine.memory_utilization,
     )

@@ -152,8 +152,9 @@ def test_bad_pipeline_inputs_name_the_flag(h100, llama7):
         PipelineSimulator(llama7, h100, ParallelPlan(tp=8, pp=2))
     with pytest.raises(InputError, match="one pipeline stage"):
         StepSimulator(llama7, h100, ParallelPlan(tp=1, pp=2))
-    with pytest.raises(InputError, match="--pp 2 with --serve"):
-        xpusim.serve(model="llama-2-7b", system="dgx-h100", tp=1, pp=2, requests=2)
+    with pytest.raises(InputError, match="--pp 2 with --serve: engine 'sglang-0.4' states no"):
+        xpusim.serve(model="llama-2-7b", system="dgx-h100", tp=1, pp=2, requests=2,
+                     engine="sglang-0.4")
 
 
 def test_pipeline_fits_what_one_device_cannot():

@@ -55,6 +55,7 @@ from xpusim.sim.inference.routing import Routing, routing_from_text
 from xpusim.sim.inference.serving import Server
 from xpusim.sim.inference.serving import ServeResult as ServingRun
 from xpusim.sim.inference.serving_pp import PipelineServer, check_pp_engine
+from xpusim.sim.inference.serving_pp_queue import BatchQueueServer
 from xpusim.sim.inference.speculative import (
     HEAD_KINDS,
     check_draft_vocab,
@@ -366,8 +367,11 @@ def _serve_colocated(req: ServeRequest, gamma: int, alpha: float, draft_devices:
     with verdict_document(document(dep.spec, dep.system, dep.plan, dep.engine)):
         kv_tokens = run_kv_tokens(dep, dtype, max_tokens, max_seqs)
     if isinstance(dep.sim, PipelineSimulator):
-        pipe = PipelineServer(PipelineCosts(dep.sim, graphs), kv_tokens, max_seqs, max_tokens,
-                              layout=layout)
+        # vLLM V1: one scheduler and a queue of batches; the others: a loop per micro-batch.
+        queue = dep.engine.pp_scheduler == "batch-queue"
+        server_cls = BatchQueueServer if queue else PipelineServer
+        pipe = server_cls(PipelineCosts(dep.sim, graphs), kv_tokens, max_seqs, max_tokens,
+                          layout=layout)
         run = pipe.run(requests, req.progress)
     else:
         costs = StepCosts(dep.sim, draft_sim, gamma if draft_sim is not None else 0,

@@ -43,7 +43,8 @@ def add_deployment_args(p: argparse.ArgumentParser) -> None:
         "--pp", type=int,
         help="pipeline stages (default 1; needs --tp; devices = tp x pp x ep); with "
         "--serve, pp micro-batches in flight as the engine's PP scheduler runs them "
-        "(vllm-0.6, trtllm-0.10/0.17/1.0)",
+        "(vllm-nightly: V1's batch queue; vllm-0.6: virtual engines; trtllm-0.10/0.17/1.0: "
+        "micro-batches; sglang-0.4 predates SGLang's PP)",
     )
     p.add_argument(
         "--engine",

@@ -69,7 +69,11 @@ class EngineProfile:
       (no pipeline-parallel scheduler modelled: refused), "virtual-engines" (vLLM V0: P
       schedulers, each with its own queue, ``max_num_seqs`` and 1/P of the KV blocks) or
       "micro-batches" (TensorRT-LLM: P micro-batches scheduled in turn from one request
-      pool and one KV cache, each up to ``max_num_seqs``).
+      pool and one KV cache, each up to ``max_num_seqs``) or "batch-queue" (vLLM V1: one
+      scheduler keeps up to P batches in flight, each from the requests not in flight,
+      with its own token budget under one global ``max_num_seqs`` and one KV cache).
+      ``pp_note``: why a profile has none (e.g. the engine version predates its PP
+      support), quoted when ``--serve --pp`` is refused.
     * ``kv_reserve``: "incremental" (blocks as tokens are generated; recompute
       preemption when full: vLLM) or "full" (prompt + max output reserved at
       admission, never preempted: TRT-LLM's GUARANTEED_NO_EVICT).
@@ -175,6 +179,7 @@ class EngineProfile:
     host_overlap: str = "none"
     policy: str = "prefill-first"
     pp_scheduler: str = "none"
+    pp_note: str = ""
     kv_reserve: str = "incremental"
     max_input_len: int = 0
     chunked_prefill: bool = True
@@ -321,12 +326,13 @@ _PLAIN_KEYS = {
     "draft_prepare_once": bool,
 }
 # Pipeline-parallel schedulers an engine profile can state (``EngineProfile.pp_scheduler``).
-PP_SCHEDULERS = ("none", "virtual-engines", "micro-batches")
+PP_SCHEDULERS = ("none", "virtual-engines", "micro-batches", "batch-queue")
 # Text fields and their allowed values (None: any non-empty text).
 _CHOICE_KEYS: dict[str, tuple[str, ...] | None] = {
     "host_overlap": ("none", "output", "all"),
     "policy": ("prefill-first", "mixed", "static"),
     "pp_scheduler": PP_SCHEDULERS,
+    "pp_note": None,
     "kv_reserve": ("incremental", "full"),
     "batch_heuristic": ("none", *BATCH_HEURISTICS),
     "reference_host": None,

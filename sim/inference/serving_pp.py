@@ -17,6 +17,9 @@ parallelism", with the sources):
   ``max_batched_tokens`` tokens, from the requests not in flight and one KV cache. A
   request stays with the micro-batch that admitted it: the PP loop frees a micro-batch's
   requests (``_remove_inflight_ids``) right before that micro-batch is scheduled again.
+* vLLM V1 ("batch-queue": one scheduler, up to P batches in flight, global
+  ``max_num_seqs``, one KV cache) runs ``serving_pp_queue.BatchQueueServer``, which
+  reuses this module's event chain.
 
 Each micro-batch's iteration is an event chain: the engine's host work before it
 (scheduling, inputs, new requests: ``StageTimes.before_s``) on the engine's one host
@@ -91,11 +94,17 @@ def check_pp_engine(engine: EngineProfile, pp: int) -> None:
     """A pipeline-parallel serving run needs an engine whose PP scheduler is modelled,
     with a continuous-batching policy."""
     if engine.pp_scheduler == "none":
+        note = f" ({engine.pp_note})" if engine.pp_note else ""
         raise InputError(
             f"--pp {pp} with --serve: engine '{engine.name}' states no pipeline-parallel "
-            "scheduler (profiles with one: vllm-0.6's virtual engines, trtllm-0.10, "
-            "trtllm-0.17 and trtllm-1.0's micro-batches); pick one with --engine, drop "
-            "--serve to price one step through the stages, or serve with --tp/--ep only")
+            f"scheduler{note}; profiles with one: vllm-nightly (V1 batch queue), vllm-0.6 "
+            "(virtual engines), trtllm-0.10, trtllm-0.17 and trtllm-1.0 (micro-batches); "
+            "pick one with --engine, drop --serve to price one step through the stages, "
+            "or serve with --tp/--ep only")
+    if engine.pp_scheduler == "batch-queue" and engine.policy != "mixed":
+        raise InputError(f"--pp {pp} with --serve: engine '{engine.name}' states vLLM V1's "
+                         "batch queue, whose one scheduler mixes prompts and decodes; its "
+                         f"policy must be \"mixed\" (got \"{engine.policy}\")")
     if engine.policy == "static":
         raise InputError(f"--pp {pp} with --serve: engine '{engine.name}' batches "
                          "statically, which has no pipeline-parallel scheduler modelled")
@@ -358,7 +367,7 @@ class PipelineServer:
         pipeline = {
             "pp": self.costs.pp,
             "scheduler": self.engine.pp_scheduler,
-            "micro_batches": len(self.batches),
+            "micro_batches": self.costs.pp,
             "stage_busy_share": [b / makespan if makespan else 0.0 for b in self.stage_busy],
         }
         return ServeResult(requests, makespan, stats["steps"], stats["prefill"],

@@ -17,7 +17,8 @@ from xpusim.sim.inference.engine_profile import NO_ENGINE, load_engine
 from xpusim.sim.inference.lowering import StepBatch
 from xpusim.sim.inference.pipeline import PipelineSimulator
 from xpusim.sim.inference.pipeline_costs import PipelineCosts, StageTimes
-from xpusim.sim.inference.serving_pp import PipelineServer
+from xpusim.sim.inference.serving_pp import PipelineServer, check_pp_engine
+from xpusim.sim.inference.serving_pp_queue import BatchQueueServer
 from xpusim.sim.inference.workload import Request
 from xpusim.sim.models.hf_config import load_model
 from xpusim.sim.parallel import ParallelPlan
@@ -55,8 +56,8 @@ def _requests(n: int, prompt: int = 100, output: int = 10) -> list[Request]:
 
 def _serve(pp: int, stage_s: float, n: int, seqs: int, scheduler="micro-batches",
            policy="mixed", output: int = 10):
-    server = PipelineServer(_FlatCosts(pp, stage_s, _engine(scheduler, policy)), 1e6, seqs,
-                            100_000)
+    cls = BatchQueueServer if scheduler == "batch-queue" else PipelineServer
+    server = cls(_FlatCosts(pp, stage_s, _engine(scheduler, policy)), 1e6, seqs, 100_000)
     requests = _requests(n, output=output)
     return server.run(requests), requests
 
@@ -88,6 +89,76 @@ def test_virtual_engines_split_the_cache_and_take_requests_in_turn():
     assert [b.pool.total for b in server.batches] == [50, 50]  # 100 blocks of 16, halved
     with pytest.raises(InputError, match="virtual engine's 1/pp share"):
         server.run([Request(0, 0.0, 900, 10)])  # 910 tokens fit 100 blocks, not 50
+
+
+def test_batch_queue_holds_max_num_seqs_across_the_batches_in_flight():
+    # vLLM V1: one scheduler, max_num_seqs = 2 over everything running, in flight or not.
+    # t=0: batch 1 admits requests 0 and 1 (stage 0 until 1, stage 1 until 2); the next
+    # batch finds both in flight and no room for 2 and 3, so the engine waits on batch 1.
+    # 0 and 1 get their first token at 2, their second (the last) at 4; only then are 2
+    # and 3 admitted: first token at 6, done at 8. TensorRT-LLM's micro-batches (2 each)
+    # run 2 and 3 one stage behind instead.
+    run, requests = _serve(pp=2, stage_s=1.0, n=4, seqs=2, scheduler="batch-queue", output=2)
+    assert [r.first_token_s for r in requests] == [2.0, 2.0, 6.0, 6.0]
+    assert [r.finish_s for r in requests] == [4.0, 4.0, 8.0, 8.0]
+    assert run.extra["pipeline"]["micro_batches"] == 2
+    _, trt = _serve(pp=2, stage_s=1.0, n=4, seqs=2, output=2)
+    assert [r.finish_s for r in trt] == [4.0, 4.0, 5.0, 5.0]
+
+
+def test_batch_queue_sends_a_prompts_chunks_into_consecutive_batches():
+    # A 250-token prompt, 100 tokens a batch. V1 advances num_computed_tokens when it
+    # schedules, so chunk 2 enters right behind chunk 1 (stage 0 at 1-2, stage 1 at 2-3)
+    # and chunk 3 at 2 once batch 1 is out: first token at 4, the second (last) at 6.
+    # TensorRT-LLM keeps the request with its micro-batch: one chunk per 2 s, done at 8.
+    def serve(cls, scheduler):
+        server = cls(_FlatCosts(2, 1.0, _engine(scheduler, "mixed")), 1e6, 4, 100)
+        request = Request(0, 0.0, 250, 2)
+        server.run([request])
+        return request.first_token_s, request.finish_s
+
+    assert serve(BatchQueueServer, "batch-queue") == (4.0, 6.0)
+    assert serve(PipelineServer, "micro-batches") == (6.0, 8.0)
+
+
+def test_batch_queue_takes_the_whole_cache_and_needs_the_mixed_policy():
+    server = BatchQueueServer(_FlatCosts(2, 1.0, _engine("batch-queue", "mixed")), 1600, 4,
+                              1000)
+    assert [b.pool.total for b in server.batches] == [100]  # 100 blocks of 16, not split
+    with pytest.raises(InputError, match="its policy must be \"mixed\""):
+        check_pp_engine(_engine("batch-queue", "prefill-first"), 2)
+    assert load_engine("vllm-nightly").pp_scheduler == "batch-queue"
+    assert "sgl-project/sglang#5724" in load_engine("sglang-0.4").pp_note
+
+
+class _GrowingCosts(_FlatCosts):
+    """Iterations that grow with their tokens, with host work: batches overlap unevenly."""
+
+    def mixed(self, decodes, context, chunks, *args) -> StageTimes:
+        device = 0.01 + 0.001 * decodes + 0.0001 * sum(chunks)
+        return StageTimes((device,) * self.pp, (0.0,) * (self.pp - 1), 0.002, 0.001)
+
+
+def test_batch_queue_preempts_in_flight_and_still_serves_every_token(monkeypatch):
+    # A cache of 250 blocks for 120 requests of up to 500 tokens: recompute preemption,
+    # some victims taken while their batch is in flight (V1's self.running.pop()). Every
+    # request still ends with exactly its output tokens and the cache drains to empty.
+    engine = dataclasses.replace(_engine("batch-queue", "mixed"), kv_reserve="incremental")
+    server = BatchQueueServer(_GrowingCosts(2, 0.0, engine), 4000, 64, 512)
+    in_flight = []
+    pause = BatchQueueServer._pause
+
+    def spy(self, mb, victim):
+        in_flight.append(id(victim) in self.inflight)
+        pause(self, mb, victim)
+
+    monkeypatch.setattr(BatchQueueServer, "_pause", spy)
+    requests = [Request(i, i / 200, 10 + (37 * i) % 290, 1 + (53 * i) % 200)
+                for i in range(120)]
+    run = server.run(requests)
+    assert any(in_flight) and run.preemptions == len(in_flight)
+    assert all(r.generated == r.output and r.finish_s is not None for r in requests)
+    assert server.shared.pool.used == 0 and not server.held and not server.inflight
 
 
 def test_an_idle_pipeline_waits_for_the_next_arrival():
@@ -146,10 +217,17 @@ def test_cli_serves_through_the_stages(capsys):
     assert main([*args, "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["pp"] == 2 and out["pipeline"]["micro_batches"] == 2
+    v1 = ["vllm-nightly" if a == "trtllm-1.0" else a for a in args]
+    assert main(v1) == 0
+    assert "(tp=1, pp=2, vllm-nightly): 20/20 requests" in capsys.readouterr().out
+    assert main([*v1, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["pipeline"]["scheduler"] == "batch-queue" and out["pipeline"]["micro_batches"] == 2
 
 
 @pytest.mark.parametrize("extra, message", [
     (["--engine", "sglang-0.4"], "engine 'sglang-0.4' states no pipeline-parallel scheduler"),
+    (["--engine", "sglang-0.4"], "came with sgl-project/sglang#5724, merged May 2025"),
     (["--engine", "trtllm-0.5"], "engine 'trtllm-0.5' states no pipeline-parallel"),
     (["--pp", "33"], "--pp 33 exceeds the 32 layers"),
     (["--draft", "eagle"], "without speculative decoding"),

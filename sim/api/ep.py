@@ -55,6 +55,9 @@ class EpRequest:
     capacity_factor: float | None = None  # drop-and-pad capacity; None: dropless
     overlap_compute_s: float = 0.0  # expert compute to hide dispatch + combine behind
     seed: int = 0  # seed of the Zipf expert permutation
+    # Low-latency mode: same-node copies "nic" (NIC to NIC, pure RDMA) or "fabric"
+    # (NVLink/xGMI stores beside the RDMA); network/ep.py LL_INTRANODE, docs/ep.md.
+    ll_intranode: str = "nic"
     backend: str = "analytical"  # analytical | flow
     sweep: str | None = None  # "ep=8,16,32,64": ep_sweep() only
 
@@ -267,6 +270,7 @@ def _config(req: EpRequest) -> tuple[EPConfig, str | None, int]:
         capacity_factor=req.capacity_factor,
         overlap_compute_s=req.overlap_compute_s,
         seed=req.seed,
+        ll_intranode=req.ll_intranode,
     )
     return cfg, name, shared
 

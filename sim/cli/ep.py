@@ -48,6 +48,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--dispatch",
         help=f"{'|'.join(DISPATCH_MODES)} (default flat); a comma list compares them",
     )
+    p.add_argument(
+        "--ll-intranode",
+        help="low-latency dispatch: path of copies between devices of one node, "
+        "nic (NIC to NIC, pure RDMA: DeepEP V1 as launched; default) or fabric "
+        "(NVLink/xGMI stores beside the RDMA: DeepEP's allow_nvlink_for_low_latency_mode, "
+        "UCCL-EP); docs/ep.md",
+    )
     p.add_argument("--routing", help="uniform (default) | zipf:S | hist:FILE")
     p.add_argument("--capacity-factor", type=float, help="drop-and-pad capacity (default dropless)")
     p.add_argument(

@@ -34,10 +34,13 @@ Dispatch modes (combine sends the same bytes back along the reverse paths):
 * ``low-latency`` — DeepEP's low-latency kernels (csrc/kernels/internode_ll.cu):
   one RDMA message per (token, expert) copy, sent straight to the expert's device
   with no de-duplication and no forwarding; all messages are posted at once
-  (IBGDA), so one latency step. Same-node copies also go NIC to NIC (pure RDMA, as
-  the V1 README @ ebfe47e measured them); on a supernode the UB fabric carries
-  them. DeepEP's combine and DeepEP-Ascend's dispatch then make a local pass that
-  waits for every copy first (``local_pass_s``), added to their time.
+  (IBGDA), so one latency step. ``ll_intranode`` picks the path of same-node copies:
+  ``nic`` (default), NIC to NIC (pure RDMA, NVSHMEM_DISABLE_P2P=1, as the V1 README @
+  ebfe47e measured them); ``fabric``, a store over NVLink/xGMI (DeepEP #173's
+  ``allow_nvlink_for_low_latency_mode``, UCCL-EP's IPC path), alongside the RDMA. On a
+  supernode the UB fabric carries every copy either way. DeepEP's combine and
+  DeepEP-Ascend's dispatch then make a local pass that waits for every copy first
+  (``local_pass_s``), added to their time.
   DeepEP-Ascend's *normal* kernels on a supernode send one row per (token, expert),
   stage the dispatch before the transfer and reduce the combine after it
   (ep_ascend.py).
@@ -93,6 +96,8 @@ from xpusim.sim.network.topology import DIE_TO_DIE, INTER, INTRA
 
 DISPATCH_MODES = ("flat", "hierarchical", "deepep", "low-latency")
 DEEPEP_MODES = ("deepep", "low-latency")
+# Path of a low-latency copy between two devices of one node (module doc, docs/ep.md).
+LL_INTRANODE = ("nic", "fabric")
 
 # DeepEP's per-token message layout (module doc): a float32 scale per 128 elements of
 # a 1-byte token (tests/utils.py per_token_cast_to_fp8; internode_ll.cu kNumPerChannels
@@ -138,6 +143,7 @@ class EPConfig:
     capacity_factor: float | None = None  # None: dropless
     overlap_compute_s: float = 0.0
     seed: int = 0
+    ll_intranode: str = "nic"  # LL_INTRANODE: path of same-node low-latency copies
 
     @property
     def token_bytes(self) -> float:
@@ -192,6 +198,7 @@ class EPResult:
         c = self.config
         return {
             "dispatch": c.dispatch,
+            "ll_intranode": c.ll_intranode,
             "ep": c.ep,
             "nodes": self.nodes,
             "tokens_per_device": c.tokens_per_device,
@@ -295,8 +302,11 @@ def predicted_dedup_ratio(experts: int, top_k: int, nodes: int) -> float:
 
 # -- traffic -----------------------------------------------------------------------------
 def _check(cfg: EPConfig, system: System) -> None:
-    if cfg.dispatch not in DISPATCH_MODES:
-        raise InputError(f"--dispatch {cfg.dispatch}: choose one of {', '.join(DISPATCH_MODES)}")
+    modes = (("--dispatch", cfg.dispatch, DISPATCH_MODES),
+             ("--ll-intranode", cfg.ll_intranode, LL_INTRANODE))
+    if bad := [(flag, v, ok) for flag, v, ok in modes if v not in ok]:
+        flag, value, choices = bad[0]
+        raise InputError(f"{flag} {value}: choose one of {', '.join(choices)}")
     for name in ("hidden", "top_k", "experts", "ep"):
         if getattr(cfg, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be >= 1")
@@ -377,9 +387,7 @@ def dispatch_phases(cfg: EPConfig, system: System) -> tuple[list[Phase], dict[st
         kept_copies = dev_pi * dev_kept  # per token, copies bound for each device
         stats["ll_own_copies"] = float(t * kept_copies.sum())  # of one rank's tokens
         stats["ll_recv_copies_max"] = float(p_count * t * kept_copies.max())  # busiest rank
-        return [
-            Phase("low-latency: one RDMA message per (token, expert)", 1, flows, via_nic=True)
-        ], stats
+        return [_ll_phase(cfg, flows)], stats
 
     dev_hit = np.array([prob_hit(pi, ex, cfg.top_k, uniform) for ex in experts_of]) * dev_kept
     if cfg.dispatch == "deepep" and (nodes == 1 or system.inter_topology == "supernode"):
@@ -406,6 +414,14 @@ def dispatch_phases(cfg: EPConfig, system: System) -> tuple[list[Phase], dict[st
     # DeepEP's num_rdma_token_sent: (token, node) pairs, the sender's node included.
     stats["deepep_bytes_per_rank"] = float(t * node_hit.sum() * tb)
     return _two_level_phases(cfg, system, node_devs, node_hit, dev_hit), stats
+
+
+def _ll_phase(cfg: EPConfig, flows: tuple[tuple[int, int, float], ...]) -> Phase:
+    """One step, every copy posted at once; ``fabric``: same-node copies on the server
+    fabric (Topology.path), cross-node ones on the NICs, the busiest link sets it."""
+    if cfg.ll_intranode == "fabric":
+        return Phase("low-latency: RDMA across nodes + fabric stores in the node", 1, flows)
+    return Phase("low-latency: one RDMA message per (token, expert)", 1, flows, via_nic=True)
 
 
 def _two_level_phases(

@@ -78,6 +78,9 @@ class InferRequest:
     # deepep or low-latency (sim/network/ep.py's models; sim/inference/ep_dispatch.py).
     ep_dispatch: str = "collective"
     ep_dispatch_dtype: str = "bf16"  # dispatched activations: bf16, fp16, fp8 or int8
+    # The low-latency kernel's same-node copies: "nic" (NIC to NIC) or "fabric"
+    # (NVLink/xGMI stores); only with ep_dispatch "low-latency" (network/ep.py LL_INTRANODE).
+    ll_intranode: str = "nic"
     seed: int = 0
     attention_impl: str | None = None  # default: the device's (docs/attention.md)
     phase: str = "decode"  # prefill | decode
@@ -252,6 +255,8 @@ class DeploymentFields(Protocol):
     @property
     def ep_dispatch_dtype(self) -> str: ...
     @property
+    def ll_intranode(self) -> str: ...
+    @property
     def attention_impl(self) -> str | None: ...
 
 
@@ -288,7 +293,7 @@ def load_deployment(req: DeploymentFields, verdict: VerdictDocument) -> Deployme
     require_float16(system.device, dtype, "--dtype")
     plan = plan_for(req.devices, req.tp, req.ep, req.pp)
     routing = routing_from_text(req.routing, req.seed, req.ep_dispatch,
-                                req.ep_dispatch_dtype)
+                                req.ep_dispatch_dtype, req.ll_intranode)
     _check_moe_flags(req, spec, plan)
     check_plan(spec, system, plan)  # a bad --pp or device count before the memory plan
     with verdict_document(verdict(spec, system, plan, engine)):
@@ -311,14 +316,16 @@ def load_deployment(req: DeploymentFields, verdict: VerdictDocument) -> Deployme
 def _check_moe_flags(req: DeploymentFields, spec: ModelSpec, plan: ParallelPlan) -> None:
     """MoE-only flags on a step that has no experts, or no EP all-to-all, were ignored."""
     given = {"--routing": req.routing != "uniform", "--ep-dispatch": req.ep_dispatch != "collective",
-             "--ep-dispatch-dtype": req.ep_dispatch_dtype != "bf16"}
+             "--ep-dispatch-dtype": req.ep_dispatch_dtype != "bf16",
+             "--ll-intranode": req.ll_intranode != "nic"}
     if not spec.moe and any(given.values()):
         flags = ", ".join(flag for flag, on in given.items() if on)
         raise InputError(f"{flags}: {spec.name} is dense (no experts to route); drop "
                          + ("them" if "," in flags else "it"))
     if plan.ep == 1 and (given["--ep-dispatch"] or given["--ep-dispatch-dtype"]):
-        raise InputError("--ep-dispatch/--ep-dispatch-dtype price the expert-parallel "
-                         "all-to-alls, which --ep 1 has none of; give --ep > 1 or drop them")
+        raise InputError("--ep-dispatch/--ep-dispatch-dtype/--ll-intranode price the "
+                         "expert-parallel all-to-alls, which --ep 1 has none of; give --ep > 1 "
+                         "or drop them")
 
 
 @contextmanager

@@ -70,6 +70,9 @@ class SdRequest:
     # deepep or low-latency (sim/network/ep.py's models; sim/inference/ep_dispatch.py).
     ep_dispatch: str = "collective"
     ep_dispatch_dtype: str = "bf16"  # dispatched activations: bf16, fp16, fp8 or int8
+    # The low-latency kernel's same-node copies: "nic" (NIC to NIC) or "fabric"
+    # (NVLink/xGMI stores); only with ep_dispatch "low-latency" (network/ep.py LL_INTRANODE).
+    ll_intranode: str = "nic"
     seed: int = 0
     compare_dense: str | ModelSpec | None = None  # a dense target to compare (e.g. opt-30b)
     draft_dense: str | ModelSpec | None = None  # its draft (e.g. opt-350m)
@@ -173,7 +176,7 @@ def _setup(req: SdRequest, system: System) -> tuple[SdSetup, float]:
     alpha = acceptance(_alpha_text(req.alpha), req.sigma, req.gamma)
     tokens = expected_tokens(alpha, req.gamma)
     routing = routing_from_text(req.routing, req.seed, req.ep_dispatch,
-                                req.ep_dispatch_dtype)
+                                req.ep_dispatch_dtype, req.ll_intranode)
     setup = SdSetup(
         system, plan, engine, req.gamma, alpha, float(req.context), req.draft_devices,
         resolved_dtype(req), routing, tuple(batches),

@@ -95,6 +95,9 @@ class ServeRequest:
     # deepep or low-latency (sim/network/ep.py's models; sim/inference/ep_dispatch.py).
     ep_dispatch: str = "collective"
     ep_dispatch_dtype: str = "bf16"  # dispatched activations: bf16, fp16, fp8 or int8
+    # The low-latency kernel's same-node copies: "nic" (NIC to NIC) or "fabric"
+    # (NVLink/xGMI stores); only with ep_dispatch "low-latency" (network/ep.py LL_INTRANODE).
+    ll_intranode: str = "nic"
     seed: int = 0
     attention_impl: str | None = None  # default: the device's
     # The request stream.
@@ -422,7 +425,7 @@ def _serve_disaggregated(req: ServeRequest) -> DisaggServeResult:
     seqs, tokens = requested_limits(req, engine.max_num_seqs, engine.max_batched_tokens)
     engine = dataclasses.replace(engine, max_num_seqs=seqs, max_batched_tokens=tokens)
     routing = routing_from_text(req.routing, req.seed, req.ep_dispatch,
-                                req.ep_dispatch_dtype)
+                                req.ep_dispatch_dtype, req.ll_intranode)
     document = {
         "model": spec.name, "engine": engine.name, "dtype": dtype, "seed": req.seed,
         "slo_ttft_s": req.slo_ttft, "slo_tpot_s": req.slo_tpot,

@@ -27,7 +27,13 @@ from xpusim.sim.cli import disagg as disagg_cli
 from xpusim.sim.cost.attention_impl import IMPLS
 from xpusim.sim.errors import InputError
 from xpusim.sim.inference.engine_profile import default_engine_note
-from xpusim.sim.inference.ep_dispatch import EP_DISPATCH_CHOICES, EP_DISPATCH_DTYPES
+from xpusim.sim.inference.ep_dispatch import (
+    EP_DISPATCH_CHOICES,
+    EP_DISPATCH_DTYPES,
+    LOW_LATENCY,
+    ll_intranode_refusal,
+)
+from xpusim.sim.network.ep import LL_INTRANODE
 from xpusim.sim.report import emit_json, fmt_bytes, fmt_si, table
 from xpusim.sim.validation.track_record import describe
 
@@ -61,7 +67,8 @@ def add_deployment_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_ep_dispatch_args(p: argparse.ArgumentParser) -> None:
-    """``--ep-dispatch`` / ``--ep-dispatch-dtype`` (infer and sd; docs/inference.md)."""
+    """``--ep-dispatch`` / ``--ep-dispatch-dtype`` / ``--ll-intranode`` (infer and sd;
+    docs/inference.md)."""
     p.add_argument(
         "--ep-dispatch", choices=EP_DISPATCH_CHOICES,
         help="kernel of the MoE dispatch/combine under EP: collective (plain all-to-alls, "
@@ -71,6 +78,21 @@ def add_ep_dispatch_args(p: argparse.ArgumentParser) -> None:
         "--ep-dispatch-dtype", choices=EP_DISPATCH_DTYPES,
         help="dtype the EP kernel dispatches in (default bf16; the combine is 16-bit)",
     )
+    p.add_argument(
+        "--ll-intranode", choices=LL_INTRANODE,
+        help="with --ep-dispatch low-latency only: path of copies between devices of one "
+        "node, nic (NIC to NIC, pure RDMA: DeepEP as launched; default) or fabric "
+        "(NVLink/xGMI stores beside the RDMA: DeepEP's allow_nvlink_for_low_latency_mode, "
+        "UCCL-EP); docs/ep.md",
+    )
+
+
+def refuse_ll_intranode(args: argparse.Namespace) -> None:
+    """``--ll-intranode`` given (even its default) without the low-latency kernel, the one
+    kernel it is a choice of, would be ignored: refuse it."""
+    kernel = args.ep_dispatch or EP_DISPATCH_CHOICES[0]
+    if args.ll_intranode is not None and kernel != LOW_LATENCY:
+        raise InputError(ll_intranode_refusal(kernel))
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -138,6 +160,7 @@ STEP_ONLY = ("phase", "batch", "context")
 
 
 def run(args: argparse.Namespace) -> int:
+    refuse_ll_intranode(args)
     if args.serve:
         _refuse(args, STEP_ONLY, "only a single step uses these; a serving run's requests "
                 "come from --rate, --requests, --prompt-len and --output-len (or --trace): "

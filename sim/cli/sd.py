@@ -13,7 +13,7 @@ from pathlib import Path
 
 from xpusim.sim.api.base import request_from_args
 from xpusim.sim.api.sd import SdRequest, SdResult, sd
-from xpusim.sim.cli.infer import add_ep_dispatch_args, note_default_engine
+from xpusim.sim.cli.infer import add_ep_dispatch_args, note_default_engine, refuse_ll_intranode
 from xpusim.sim.report import (
     check_output_args,
     emit_json,
@@ -79,6 +79,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_output_args(args)
+    refuse_ll_intranode(args)
     result = sd(request_from_args(SdRequest, args))
     note_default_engine(args, args.system)
     groups = [g.as_dict() for g in result.groups]

@@ -23,6 +23,11 @@ How a step maps onto ``EPConfig``:
   before dispatch, e.g. CloudMatrix-Infer's INT8 "early quantization"); the combine in
   16 bits (``COMBINE_DTYPE``): DeepEP's combine takes BF16 and DeepEP-Ascend's too
   (the S11/S12 combine rows of sim/data/validation/ep.toml, "combine rows bf16");
+* same-node copies of the low-latency kernel over ``ll_intranode`` (``--ll-intranode``,
+  ``LL_INTRANODE``): ``nic`` (default, NIC to NIC: DeepEP as launched) or ``fabric``
+  (NVLink/xGMI stores beside the RDMA: DeepEP after PR 173's
+  ``allow_nvlink_for_low_latency_mode``, UCCL-EP; docs/ep.md). The other kernels have
+  no such choice, so ``fabric`` is refused with them;
 * routing uniform and dropless. ASSUMPTION: a skewed ``--routing`` still scales the
   expert GEMMs (``routing.moe_load``) but not the kernel's bytes, as the collective
   path's bytes are uniform too;
@@ -41,7 +46,7 @@ from xpusim.hwprofiles.spec import System
 from xpusim.sim.errors import InputError
 from xpusim.sim.ir import Collective, dtype_bytes
 from xpusim.sim.models.spec import ModelSpec
-from xpusim.sim.network.ep import EPConfig, simulate_ep, system_for_ep
+from xpusim.sim.network.ep import LL_INTRANODE, EPConfig, simulate_ep, system_for_ep
 from xpusim.sim.parallel import ParallelPlan
 
 COLLECTIVE = "collective"
@@ -52,8 +57,13 @@ COMBINE_DTYPE = "bf16"
 DISPATCH_NEED, COMBINE_NEED = "moe_dispatch", "moe_combine"  # transformer.ffn_items
 
 
-def check_ep_dispatch(kernel: str, dispatch_dtype: str) -> None:
-    """The ``--ep-dispatch`` and ``--ep-dispatch-dtype`` flags name a kernel and a dtype."""
+LOW_LATENCY = "low-latency"
+
+
+def check_ep_dispatch(kernel: str, dispatch_dtype: str, ll_intranode: str = "nic") -> None:
+    """The ``--ep-dispatch``, ``--ep-dispatch-dtype`` and ``--ll-intranode`` flags name a
+    kernel, a dtype and a same-node path; a path other than the default only with the
+    low-latency kernel, the one kernel that has the choice (``network/ep.py``)."""
     if kernel not in EP_DISPATCH_CHOICES:
         raise InputError(
             f"--ep-dispatch {kernel}: choose one of {', '.join(EP_DISPATCH_CHOICES)}"
@@ -62,6 +72,17 @@ def check_ep_dispatch(kernel: str, dispatch_dtype: str) -> None:
         raise InputError(
             f"--ep-dispatch-dtype {dispatch_dtype}: choose one of {', '.join(EP_DISPATCH_DTYPES)}"
         )
+    if ll_intranode not in LL_INTRANODE:
+        raise InputError(f"--ll-intranode {ll_intranode}: choose one of {', '.join(LL_INTRANODE)}")
+    if ll_intranode != LL_INTRANODE[0] and kernel != LOW_LATENCY:
+        raise InputError(ll_intranode_refusal(kernel))
+
+
+def ll_intranode_refusal(kernel: str) -> str:
+    """Why ``--ll-intranode`` is refused with ``kernel`` (the CLI's and the API's text)."""
+    return (f"--ll-intranode picks the path of the low-latency kernel's same-node copies; "
+            f"--ep-dispatch {kernel} has no such choice: give --ep-dispatch {LOW_LATENCY} "
+            "or drop --ll-intranode")
 
 
 @dataclass
@@ -76,6 +97,7 @@ class EPKernelComm:
     kernel: str  # "deepep" | "low-latency"
     dispatch_dtype: str
     need_dtype: str  # the lowering's dtype of the needs' bytes
+    ll_intranode: str = "nic"  # LL_INTRANODE: the low-latency kernel's same-node path
     # (dispatch, combine) seconds by tokens per rank: a serving run asks for few sizes.
     _times: dict[float, tuple[float, float]] = field(default_factory=dict)
 
@@ -97,7 +119,7 @@ class EPKernelComm:
         assert moe is not None
         return EPConfig(hidden=self.spec.hidden, top_k=moe.top_k, experts=moe.num_experts,
                         ep=self.ep, tokens_per_device=tokens, dtype_bytes=dtype_bytes(dtype),
-                        dispatch=self.kernel)
+                        dispatch=self.kernel, ll_intranode=self.ll_intranode)
 
     def times(self, tokens: float) -> tuple[float, float]:
         """(dispatch, combine) seconds of one MoE layer: the dispatch's time with the
@@ -119,9 +141,10 @@ def ep_kernel_comm(
     dtype: str,
     kernel: str,
     dispatch_dtype: str,
+    ll_intranode: str = "nic",
 ) -> Callable[[Collective], float]:
     """``inner`` itself for ``collective`` (or no EP); else an ``EPKernelComm`` around it."""
-    check_ep_dispatch(kernel, dispatch_dtype)
+    check_ep_dispatch(kernel, dispatch_dtype, ll_intranode)
     if kernel == COLLECTIVE or plan.ep == 1 or spec.moe is None:
         return inner
     if plan.tp != 1:
@@ -131,4 +154,5 @@ def ep_kernel_comm(
             "use --tp 1 (data-parallel attention) or --ep-dispatch collective"
         )
     sized, _ = system_for_ep(system, plan.ep, None)
-    return EPKernelComm(inner, spec, sized, plan.ep, kernel, dispatch_dtype, dtype)
+    return EPKernelComm(inner, spec, sized, plan.ep, kernel, dispatch_dtype, dtype,
+                        ll_intranode)

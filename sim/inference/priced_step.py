@@ -223,5 +223,6 @@ def simulator_memo(
         if "fn" not in comm:
             comm["fn"] = comm_time_fn(system)
         memo.comm = ep_kernel_comm(comm["fn"], spec, system, plan, dtype,
-                                   routing.ep_dispatch, routing.ep_dispatch_dtype)
+                                   routing.ep_dispatch, routing.ep_dispatch_dtype,
+                                   routing.ll_intranode)
     return memo, memo.comm

@@ -29,9 +29,10 @@ class Routing:
 
     kind: "uniform" (closed form), "zipf" (p_i ~ 1/i^zipf_s), "histogram" (p_i ~
     histogram[i], e.g. measured expert counts). ``samples`` draws are averaged.
-    ``ep_dispatch`` / ``ep_dispatch_dtype``: the kernel that carries the tokens to their
-    experts under EP and the dtype it dispatches in (``ep_dispatch.py``; "collective":
-    plain all-to-all collectives).
+    ``ep_dispatch`` / ``ep_dispatch_dtype`` / ``ll_intranode``: the kernel that carries
+    the tokens to their experts under EP, the dtype it dispatches in and, for the
+    low-latency kernel, the path of its same-node copies (``ep_dispatch.py``;
+    "collective": plain all-to-all collectives).
     """
 
     kind: str = "uniform"
@@ -41,6 +42,7 @@ class Routing:
     samples: int = 16
     ep_dispatch: str = "collective"
     ep_dispatch_dtype: str = "bf16"
+    ll_intranode: str = "nic"
 
     def probabilities(self, num_experts: int) -> np.ndarray:
         if self.kind == "zipf":
@@ -65,13 +67,15 @@ UNIFORM = Routing()
 
 
 def routing_from_text(
-    text: str, seed: int = 0, ep_dispatch: str = "collective", ep_dispatch_dtype: str = "bf16"
+    text: str, seed: int = 0, ep_dispatch: str = "collective", ep_dispatch_dtype: str = "bf16",
+    ll_intranode: str = "nic",
 ) -> Routing:
     """The ``--routing`` option: ``uniform``, ``zipf:S`` or the path of a per-expert counts
-    file; with the ``--ep-dispatch`` kernel and ``--ep-dispatch-dtype`` (``ep_dispatch.py``)."""
-    check_ep_dispatch(ep_dispatch, ep_dispatch_dtype)
+    file; with the ``--ep-dispatch`` kernel, ``--ep-dispatch-dtype`` and ``--ll-intranode``
+    (``ep_dispatch.py``)."""
+    check_ep_dispatch(ep_dispatch, ep_dispatch_dtype, ll_intranode)
     return replace(_distribution(text, seed), ep_dispatch=ep_dispatch,
-                   ep_dispatch_dtype=ep_dispatch_dtype)
+                   ep_dispatch_dtype=ep_dispatch_dtype, ll_intranode=ll_intranode)
 
 
 def _distribution(text: str, seed: int) -> Routing:

@@ -96,10 +96,12 @@ def test_the_default_dtype_on_a_v100_is_fp16(capsys):
 
 @pytest.mark.parametrize(
     ("system", "engine"),
-    [("atlas-800t-a2", "vllm-ascend-0.9"), ("dgx-a100", "vllm-0.6"), ("mi300x-8", "vllm-0.6")],
+    [("atlas-800t-a2", "vllm-ascend-0.9"), ("dgx-a100", "vllm-0.6"), ("mi300x-8", "vllm-0.6"),
+     ("dgx-b200", "vllm-nightly"), ("gb300-nvl72", "vllm-nightly")],
 )
 def test_the_default_engine_follows_the_devices_arch(capsys, system, engine):
-    # vllm-0.6 was the default on Ascend, where vLLM runs only through vllm-ascend.
+    # vllm-0.6 was the default on Ascend, where vLLM runs only through vllm-ascend, and on
+    # Blackwell, where no vLLM before 0.9 (CUDA 12.8 wheels) runs: there the V1 profile.
     out = run_json(capsys, f"infer --model llama-2-7b --system {system} --devices 1")
     assert out["engine"] == engine
     rc, _out, err = run_cli(capsys, f"infer --model llama-2-7b --system {system} --devices 1")
@@ -194,7 +196,8 @@ def test_hw_list_says_where_each_engine_runs_and_is_the_default(capsys):
     assert rc == 0, err
     rows = {line.split()[0]: line.split() for line in out.splitlines() if line.strip()}
     assert rows["vllm-ascend-0.9"][-2:] == ["davinci", "davinci"]
-    assert rows["vllm-0.6"][-2:] == ["any", "nvidia/amd/cpu"]
+    assert rows["vllm-0.6"][-2:] == ["any", "nvidia-pre-sm100/amd/cpu"]
+    assert rows["vllm-nightly"][-2:] == ["any", "nvidia-sm100+"]
     assert rows["trtllm-0.10"][-2:] == ["nvidia", "-"]
     figures = {e["name"]: e for e in run_json(capsys, "hw list")["engine_figures"]}
     assert figures["vllm-ascend-0.9"]["default_on"] == ["davinci"]

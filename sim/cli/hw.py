@@ -10,8 +10,7 @@ from xpusim.hwprofiles import list_devices, list_systems, load_device, load_syst
 from xpusim.hwprofiles.loader import list_calibrated, load_raw
 from xpusim.sim.errors import InputError
 from xpusim.sim.inference.engine_profile import (
-    DEVICE_ARCHS,
-    default_engine_of_arch,
+    default_on,
     list_engines,
     load_engine,
 )
@@ -68,7 +67,7 @@ def _figures() -> dict[str, list[dict[str, Any]]]:
         engines.append({"name": name, "policy": e.policy, "kv_reserve": e.kv_reserve,
                         "host_overlap": e.host_overlap, "reference_host": e.reference_host,
                         "cuda_graphs": e.cuda_graphs, "device_archs": list(e.device_archs),
-                        "default_on": [a for a in DEVICE_ARCHS if default_engine_of_arch(a) == name]})
+                        "default_on": default_on(name)})
     return {"device_figures": devices, "system_figures": systems, "engine_figures": engines}
 
 
@@ -116,10 +115,9 @@ def cmd_list(args: argparse.Namespace) -> int:
         # Where it runs ([platform] device_archs) and on which archs it is the default engine
         # of infer / sd (engine_profile.default_engine): a profile without the section runs
         # on any device.
-        default_on = [a for a in DEVICE_ARCHS if default_engine_of_arch(a) == name]
         rows.append([name, e.policy, e.kv_reserve, e.host_overlap, e.reference_host or "-",
                      "yes" if e.cuda_graphs else "no", "/".join(e.device_archs) or "any",
-                     "/".join(default_on) or "-"])
+                     "/".join(default_on(name)) or "-"])
     print(table(rows, ["serving engine (--engine)", "batching", "KV reserve", "host overlap",
                        "reference host", "graphs", "runs on", "default on"]))
     return 0

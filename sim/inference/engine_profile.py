@@ -470,16 +470,46 @@ def _field_value(key: str, value: object, where: str, path: Path) -> tuple[str, 
 # Overview), whose profile is vllm-ascend-0.9 ([platform] device_archs = ["davinci"]).
 DEFAULT_ENGINE = "vllm-0.6"
 ARCH_DEFAULT_ENGINE = {"davinci": "vllm-ascend-0.9"}
+# vLLM 0.6 never ran on a Blackwell GPU: its wheels were built with CUDA 12.1 / 12.4, and
+# sm_100 code needs CUDA >= 12.7 (vllm-project/vllm PR #12271, "cuda 12.7 for B100/B200 and
+# cuda 12.8 for RTX50"); vLLM 0.9.0 is the release whose "default wheel has been upgraded
+# from CUDA 12.4 to CUDA 12.8" with an "initial set of optimized kernels on NVIDIA
+# Blackwell" (v0.9.0 release notes, as quoted in NVIDIA-NeMo/Guardrails PR #1312), and
+# that vLLM runs the V1 engine, the vllm-nightly profile. So a request that names no
+# engine on an NVIDIA device of compute capability 10.0 or later runs vllm-nightly.
+BLACKWELL_DEFAULT_ENGINE = "vllm-nightly"
+BLACKWELL_MIN_MAJOR = 10
+
+
+def is_blackwell_or_later(device: Device) -> bool:
+    """An NVIDIA device of compute capability >= 10.0 (B200, GB200, B300, GB300, ...)."""
+    cc = device.kernels.compute_capability
+    return device.arch == "nvidia" and bool(cc) and int(cc.split(".")[0]) >= BLACKWELL_MIN_MAJOR
 
 
 def default_engine(device: Device) -> str:
     """The engine of a request that names none on ``device`` (docs/inference.md)."""
+    if is_blackwell_or_later(device):
+        return BLACKWELL_DEFAULT_ENGINE
     return default_engine_of_arch(device.arch)
 
 
 def default_engine_of_arch(arch: str) -> str:
-    """``default_engine`` by architecture name (hwprofiles ``arch``)."""
+    """``default_engine`` by architecture name (hwprofiles ``arch``), before the
+    compute-capability rule (``is_blackwell_or_later``)."""
     return ARCH_DEFAULT_ENGINE.get(arch, DEFAULT_ENGINE)
+
+
+def default_on(engine: str) -> list[str]:
+    """Where ``engine`` is the default (``xpusim hw list``): arch names, with NVIDIA split at
+    compute capability 10.0 ("nvidia-pre-sm100" / "nvidia-sm100+")."""
+    out = []
+    for arch in DEVICE_ARCHS:
+        if arch == "nvidia" and engine == BLACKWELL_DEFAULT_ENGINE:
+            out.append("nvidia-sm100+")
+        if default_engine_of_arch(arch) == engine:
+            out.append("nvidia-pre-sm100" if arch == "nvidia" else arch)
+    return out
 
 
 def default_engine_note(device: Device) -> str | None:

@@ -19,7 +19,7 @@ import numpy as np
 from xpusim.calibrate.pipeline import Measured, predict_case
 from xpusim.calibrate.suites import KERNEL_SUITES, Case, cases
 from xpusim.hwprofiles import load_device
-from xpusim.hwprofiles.loader import read_toml
+from xpusim.hwprofiles.loader import check_overlay_header, read_toml
 from xpusim.sim.errors import InputError
 from xpusim.sim.report import save_figure
 
@@ -69,6 +69,7 @@ def read_overlay_meta(path: str | Path) -> dict:
             f"{path}: not a calibration overlay (field 'kind' must be "
             "\"calibration\"); write one with 'xpusim calibrate'"
         )
+    check_overlay_header(raw, Path(path))
     prov = dict(raw.get("provenance", {}))
     prov.setdefault("base_profile", raw.get("device"))
     prov.setdefault("mode", "full")

@@ -184,8 +184,7 @@ def _load_device(path: Path, name_or_path: str, calibration: str | Path | None) 
     if calibration is not None:
         cal_path = Path(calibration)
         overlay = read_toml(cal_path, "--calibration")  # the flag every command takes it by
-        if overlay.get("kind") != "calibration":
-            raise ProfileError(f"{cal_path}: field 'kind' must be \"calibration\" in an overlay")
+        check_overlay_header(overlay, cal_path)
         base_name = raw.get("name")
         if overlay.get("device") not in (base_name, name_or_path):
             raise ProfileError(
@@ -202,6 +201,31 @@ def _load_device(path: Path, name_or_path: str, calibration: str | Path | None) 
     if calibration is None:
         return device
     return replace(device, calibration=str(calibration), threads=threads)
+
+
+def check_overlay_header(overlay: dict[str, Any], path: Path) -> None:
+    """The fields that say what an overlay is (``kind``, ``device``, ``schema_version``,
+    ``[provenance]``), checked before its figures: a missing ``device`` used to read as
+    "field 'device' is 'None'", a ``provenance = 5`` failed with a TypeError."""
+    if overlay.get("kind") != "calibration":
+        raise ProfileError(f"{path}: field 'kind' must be \"calibration\" in an overlay")
+    device = overlay.get("device")
+    if not isinstance(device, str) or not device.strip():
+        raise ProfileError(
+            f"{path}: field 'device' must name the base device the overlay calibrates "
+            f'(e.g. device = "ascend-910b2"), got {device!r}; add it'
+        )
+    version = overlay.get("schema_version", 1)
+    if version != 1 or isinstance(version, bool):  # the one overlay format (docs/profiles.md)
+        raise ProfileError(
+            f"{path}: field 'schema_version' must be 1 (the overlay format this xpusim "
+            f"reads), got {version!r}; fix it or drop the field"
+        )
+    if not isinstance(overlay.get("provenance", {}), dict):
+        raise ProfileError(
+            f"{path}: field 'provenance' must be a [provenance] table, got "
+            f"{overlay['provenance']!r}; write the overlay with 'xpusim calibrate'"
+        )
 
 
 def _overlay_threads(overlay: dict[str, Any], path: Path) -> int:

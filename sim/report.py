@@ -133,6 +133,23 @@ def check_output_file(
     return path
 
 
+def make_output_folder(out: str | Path, flag: str, holds: str) -> Path:
+    """The folder a command writes ``holds`` in, made before any work: not a file, and
+    creatable (a parent that is a file, /proc or no permission fail here, not in a
+    traceback after the work)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(
+            f"{flag} {out}: is a file; {flag} names a folder for {holds} "
+            "(give a new or existing folder)"
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a parent is a file, or no permission
+        raise InputError(f"{flag} {out}: cannot create the folder ({exc.strerror or exc})") from None
+    return out
+
+
 def check_plot_path(path: str | Path, flag: str = "--plot") -> Path:
     """The plot path, checked like any output (matplotlib picks the format from the
     suffix: .png, .svg or .pdf)."""

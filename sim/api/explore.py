@@ -18,7 +18,7 @@ from typing import Any
 from xpusim.hwprofiles.spec import System
 from xpusim.sim.api.base import as_json_dict, request_from_kwargs
 from xpusim.sim.errors import InputError
-from xpusim.sim.report import write_csv
+from xpusim.sim.report import make_output_folder, write_csv
 from xpusim.sim.studies.executors import check_executor
 from xpusim.sim.studies.search import StudyResult, run_study
 from xpusim.sim.studies.study_file import RANK_METRICS, Study, load_study
@@ -75,7 +75,7 @@ def explore(request: ExploreRequest | None = None, /, **kwargs: Any) -> ExploreR
     if req.jobs < 1:
         raise InputError(f"--jobs must be >= 1, got {req.jobs}")
     out = Path(req.out) if req.out else Path("out") / "explore" / study.name
-    _make_folder(out)
+    make_output_folder(out, "--out", "points.csv, the plots and the cache")
     result = run_study(
         study,
         executor=req.executor,
@@ -117,18 +117,6 @@ def _study(req: ExploreRequest) -> Study:
             raise InputError(f"--shortlist must be >= 1, got {req.shortlist}")
         search = search.model_copy(update={"shortlist": req.shortlist})
     return study.model_copy(update={"search": search})
-
-
-def _make_folder(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise InputError(
-            f"--out {out}: is a file; --out names a folder for points.csv, the plots and the "
-            "cache (give a new or existing folder)"
-        )
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:  # a parent is a file, or no permission
-        raise InputError(f"--out {out}: cannot create the folder ({exc.strerror or exc})") from None
 
 
 def _progress_bar(total: int) -> Callable[[], None]:

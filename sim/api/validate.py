@@ -22,7 +22,13 @@ from typing import Any
 from xpusim.hwprofiles import load_device
 from xpusim.sim.api.base import as_json_dict, request_from_kwargs
 from xpusim.sim.errors import InputError
-from xpusim.sim.report import check_output_file, check_plot_path, emit_json, write_csv
+from xpusim.sim.report import (
+    check_output_file,
+    check_plot_path,
+    emit_json,
+    make_output_folder,
+    write_csv,
+)
 from xpusim.sim.units import split_list
 from xpusim.sim.validation.runner import RowResult
 
@@ -159,6 +165,7 @@ def _local(req: ValidateRequest) -> ValidateResult:
             base = v.read_overlay_meta(overlay)["base_profile"]
             load_device(str(base), calibration=overlay)
     suites = _names(req.suites, "--suites")
+    make_output_folder(req.out, "--out", "validation.json, validation.csv and validation.png")
     measured, local = _measured(req, meta, suites)
     if not measured:
         raise InputError("no held-out cases to validate (check --suites / --measurements)")

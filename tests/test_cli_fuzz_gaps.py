@@ -1,0 +1,68 @@
+"""Gaps a structured fuzz of every command found (2026-12-07): each input below gave a
+traceback, a message that did not name the field, or exit 0 on nonsense. Each case runs
+the real command in-process and checks the exit code and the words of the message.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from cli_run import run_cli
+
+ROOT = Path(__file__).resolve().parent.parent
+CAL = ROOT / "calibrate" / "data" / "cpu-host"
+
+# Files the cases name as {key}; written into tmp_path.
+FILES = {
+    "overlay_no_device": ("no_device.toml", 'kind = "calibration"\n'),
+    "overlay_provenance_int": (
+        "prov_int.toml", 'kind = "calibration"\ndevice = "cpu-host"\nprovenance = 5\n'
+    ),
+    "overlay_version": (
+        "version.toml", 'kind = "calibration"\ndevice = "cpu-host"\nschema_version = 2\n'
+    ),
+    "a_file": ("a_file.txt", "not a folder\n"),
+}
+
+VALIDATE = "validate --calibration {overlay} --measurements {measurements}"
+GEMM_CPU = "op gemm --m 8 --n 8 --k 8 --device cpu-host"
+
+CASES = [
+    # validate --out: a file or an unwritable folder raised FileExistsError /
+    # FileNotFoundError after the work
+    (f"{VALIDATE} --out {{a_file}}", 2, ["--out", "is a file", "names a folder"]),
+    (f"{VALIDATE} --out /proc/xpusim-validate", 2, ["--out /proc/xpusim-validate",
+                                                    "cannot create the folder"]),
+    # calibration overlays: provenance = 5 raised TypeError; a missing device read
+    # "unknown device 'None'"; schema_version was never read
+    ("validate --calibration {overlay_provenance_int} --measurements {measurements}", 2,
+     ["field 'provenance'", "[provenance] table"]),
+    ("validate --calibration {overlay_no_device} --measurements {measurements}", 2,
+     ["field 'device'", "base device"]),
+    (f"{GEMM_CPU} --calibration {{overlay_no_device}}", 2, ["field 'device'", "base device"]),
+    (f"{GEMM_CPU} --calibration {{overlay_provenance_int}}", 2, ["field 'provenance'"]),
+    (f"{GEMM_CPU} --calibration {{overlay_version}}", 2, ["field 'schema_version'", "got 2"]),
+]
+
+
+@pytest.fixture
+def paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    monkeypatch.chdir(tmp_path)  # default out/ folders land here
+    out = {}
+    for key, (name, text) in FILES.items():
+        (tmp_path / name).write_text(text)
+        out[key] = str(tmp_path / name)
+    shutil.copy(CAL / "overlay.toml", tmp_path / "overlay.toml")
+    out["overlay"] = str(tmp_path / "overlay.toml")
+    out["measurements"] = str(CAL / "measurements.csv")
+    return out
+
+
+@pytest.mark.parametrize(("command", "code", "words"), CASES, ids=[c[0][:70] for c in CASES])
+def test_fuzz_gap_is_a_clean_error(capsys, paths, command, code, words):
+    rc, _out, err = run_cli(capsys, command.format(**paths))
+    assert rc == code, err
+    for word in words:
+        assert word in err, f"{word!r} not in: {err}"

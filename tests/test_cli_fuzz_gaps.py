@@ -44,6 +44,9 @@ CASES = [
     (f"{GEMM_CPU} --calibration {{overlay_no_device}}", 2, ["field 'device'", "base device"]),
     (f"{GEMM_CPU} --calibration {{overlay_provenance_int}}", 2, ["field 'provenance'"]),
     (f"{GEMM_CPU} --calibration {{overlay_version}}", 2, ["field 'schema_version'", "got 2"]),
+    # validate: an unknown suite name was dropped silently (--check-suites checked nothing)
+    (f"{VALIDATE} --suites gemm,gemmm", 2, ["--suites: unknown gemmm", "choose from", "bmm"]),
+    (f"{VALIDATE} --check-suites fastatention", 2, ["--check-suites: unknown fastatention"]),
 ]
 
 

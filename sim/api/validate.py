@@ -118,6 +118,18 @@ def _names(value: str | tuple[str, ...] | None, flag: str) -> list[str] | None:
     return names or None
 
 
+def _suite_names(value: str | tuple[str, ...] | None, flag: str) -> list[str] | None:
+    """Suite names checked against the calibration's suites: an unknown one (a typo) was
+    dropped silently, so '--check-suites fastatention' checked nothing and passed."""
+    from xpusim.calibrate.suites import SUITES
+
+    names = _names(value, flag)
+    unknown = [s for s in names or () if s not in SUITES]
+    if unknown:
+        raise InputError(f"{flag}: unknown {', '.join(unknown)}; choose from {', '.join(SUITES)}")
+    return names
+
+
 def _published(req: ValidateRequest) -> ValidateResult:
     from xpusim.sim.validation import report
 
@@ -164,7 +176,8 @@ def _local(req: ValidateRequest) -> ValidateResult:
         if overlay:
             base = v.read_overlay_meta(overlay)["base_profile"]
             load_device(str(base), calibration=overlay)
-    suites = _names(req.suites, "--suites")
+    suites = _suite_names(req.suites, "--suites")
+    check_suites = _suite_names(req.check_suites, "--check-suites") or []
     make_output_folder(req.out, "--out", "validation.json, validation.csv and validation.png")
     measured, local = _measured(req, meta, suites)
     if not measured:
@@ -175,7 +188,6 @@ def _local(req: ValidateRequest) -> ValidateResult:
         payload["repeatability"] = v.compare_calibrations(
             [p.case for p in points], req.calibration, req.compare
         )
-    check_suites = _names(req.check_suites, "--check-suites") or []
     failures = v.check(payload["suites"], check_suites, req.max_median_error, req.max_p90_error)
     payload["check"] = {
         "suites": check_suites,

@@ -72,6 +72,9 @@ class _Strict(BaseModel):
         values = value.values() if isinstance(value, dict) else [value]
         if any(isinstance(v, bool) for v in values) and "bool" not in str(annotation):
             raise ValueError("expected a number or text, not true/false")
+        # The other way round: pydantic read `nvls = 0` and `nvls = "yes"` as booleans.
+        if annotation in (bool, bool | None) and not isinstance(value, bool | None):
+            raise ValueError("expected true or false")
         return value
 
 
@@ -261,7 +264,7 @@ class DeviceFile(_Strict):
     vendor: str
     arch: Literal["davinci", "nvidia", "amd", "cpu"]
     description: str
-    tdp_w: float | None = None
+    tdp_w: float | None = Field(default=None, gt=0)  # per-watt figures divide by it
     # Sections whose figures are vendor announcements no one has measured yet (parts
     # not shipping, or shipping without published measurements): ``hw show`` prints them.
     announced: list[str] = Field(default_factory=list)

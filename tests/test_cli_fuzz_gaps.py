@@ -47,7 +47,26 @@ CASES = [
     # validate: an unknown suite name was dropped silently (--check-suites checked nothing)
     (f"{VALIDATE} --suites gemm,gemmm", 2, ["--suites: unknown gemmm", "choose from", "bmm"]),
     (f"{VALIDATE} --check-suites fastatention", 2, ["--check-suites: unknown fastatention"]),
+    # profiles: a true/false field took 0, 1 or "yes" (pydantic's lax bool); a TDP of
+    # -700 W or 0 W was accepted (compare divides tokens/s by it)
+    ("hw show {system_nvls_int}", 2, ["collective_library.nvls", "true or false", "got 0"]),
+    ("collective all-reduce --system {system_nvls_word}", 2, ["collective_library.nvls",
+                                                              "true or false"]),
+    ("op gemm --m 8 --n 8 --k 8 --device {device_async_int}", 2, ["kernels.async_mma",
+                                                                  "true or false"]),
+    ("hw show {device_tdp_negative}", 2, ["field 'tdp_w'", "greater than 0", "-700"]),
+    ("hw show {device_tdp_zero}", 2, ["field 'tdp_w'", "greater than 0"]),
 ]
+
+
+# Shipped profiles with one field made nonsense: (source, pattern, replacement).
+PROFILE_EDITS = {
+    "system_nvls_int": ("systems/dgx-a100.toml", "nvls = false", "nvls = 0"),
+    "system_nvls_word": ("systems/dgx-a100.toml", "nvls = false", 'nvls = "yes"'),
+    "device_async_int": ("devices/h100-sxm5-80gb.toml", "async_mma = true", "async_mma = 1"),
+    "device_tdp_negative": ("devices/h100-sxm5-80gb.toml", "tdp_w = 700", "tdp_w = -700"),
+    "device_tdp_zero": ("devices/h100-sxm5-80gb.toml", "tdp_w = 700", "tdp_w = 0"),
+}
 
 
 @pytest.fixture
@@ -57,6 +76,11 @@ def paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     for key, (name, text) in FILES.items():
         (tmp_path / name).write_text(text)
         out[key] = str(tmp_path / name)
+    for key, (source, before, after) in PROFILE_EDITS.items():
+        text = (ROOT / "hwprofiles" / source).read_text()
+        assert before in text, (source, before)
+        (tmp_path / f"{key}.toml").write_text(text.replace(before, after, 1))
+        out[key] = str(tmp_path / f"{key}.toml")
     shutil.copy(CAL / "overlay.toml", tmp_path / "overlay.toml")
     out["overlay"] = str(tmp_path / "overlay.toml")
     out["measurements"] = str(CAL / "measurements.csv")

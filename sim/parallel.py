@@ -575,6 +575,10 @@ def _check_options(plan: ParallelPlan) -> None:
     _check_fp8_scaling(plan)
     if not 0 <= plan.fragmentation < 1:
         raise InputError(f"fragmentation must be in [0, 1), got {plan.fragmentation}")
+    reserved = plan.runtime_reserved_gib  # GiB added to each device's need: < 0 freed memory
+    if not (math.isfinite(reserved) and reserved >= 0):
+        raise InputError(f"plan.runtime_reserved_gib must be a finite GiB >= 0 (default 1), "
+                         f"got {reserved}")
 
 
 def parse_routing(text: str) -> tuple[str, tuple[float, ...]]:

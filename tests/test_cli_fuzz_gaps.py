@@ -24,10 +24,13 @@ FILES = {
         "version.toml", 'kind = "calibration"\ndevice = "cpu-host"\nschema_version = 2\n'
     ),
     "a_file": ("a_file.txt", "not a folder\n"),
+    "plan_reserved_negative": ("reserved.toml", "[plan]\nruntime_reserved_gib = -1.0\n"),
+    "plan_reserved_nan": ("reserved_nan.toml", "[plan]\nruntime_reserved_gib = nan\n"),
 }
 
 VALIDATE = "validate --calibration {overlay} --measurements {measurements}"
 GEMM_CPU = "op gemm --m 8 --n 8 --k 8 --device cpu-host"
+TRAIN_PLAN = "train --model llama-3-8b --system atlas-800t-a2 --nodes 1 --seq 128 --quiet --plan"
 
 CASES = [
     # validate --out: a file or an unwritable folder raised FileExistsError /
@@ -56,6 +59,14 @@ CASES = [
                                                                   "true or false"]),
     ("hw show {device_tdp_negative}", 2, ["field 'tdp_w'", "greater than 0", "-700"]),
     ("hw show {device_tdp_zero}", 2, ["field 'tdp_w'", "greater than 0"]),
+    # engine profiles: schema_version was never read ("x", 2, [1] all passed)
+    ("hw show {engine_version_word}", 2, ["field 'schema_version' must be 1", "got 'x'"]),
+    ("infer --model llama-3-8b --system hgx-a800 --devices 1 --engine {engine_version_2}", 2,
+     ["field 'schema_version' must be 1", "got 2"]),
+    # plan files: a negative runtime reservation gave memory back
+    (f"{TRAIN_PLAN} {{plan_reserved_negative}}", 2, ["plan.runtime_reserved_gib", ">= 0",
+                                                    "-1.0"]),
+    (f"{TRAIN_PLAN} {{plan_reserved_nan}}", 2, ["plan.runtime_reserved_gib", "nan"]),
 ]
 
 
@@ -66,6 +77,8 @@ PROFILE_EDITS = {
     "device_async_int": ("devices/h100-sxm5-80gb.toml", "async_mma = true", "async_mma = 1"),
     "device_tdp_negative": ("devices/h100-sxm5-80gb.toml", "tdp_w = 700", "tdp_w = -700"),
     "device_tdp_zero": ("devices/h100-sxm5-80gb.toml", "tdp_w = 700", "tdp_w = 0"),
+    "engine_version_word": ("engines/vllm-0.6.toml", "schema_version = 1", 'schema_version = "x"'),
+    "engine_version_2": ("engines/vllm-0.6.toml", "schema_version = 1", "schema_version = 2"),
 }
 
 

@@ -382,6 +382,12 @@ def _from_dict(data: dict, path: Path) -> EngineProfile:
     name = data.get("name")
     if not isinstance(name, str) or not name:
         raise InputError(f"{path}: field 'name' is required (a string)")
+    version = data.get("schema_version", 1)
+    if version != 1 or isinstance(version, bool):  # the one engine format (docs/inference.md)
+        raise InputError(
+            f"{path}: field 'schema_version' must be 1 (the engine profile format this "
+            f"xpusim reads), got {version!r}; fix it or drop the field"
+        )
     values: dict = {"name": name, "description": str(data.get("description", ""))}
     sources: dict[str, str] = {}
     known = {"kind", "name", "description", "schema_version", "fit"}

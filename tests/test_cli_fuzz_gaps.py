@@ -26,6 +26,14 @@ FILES = {
     "a_file": ("a_file.txt", "not a folder\n"),
     "plan_reserved_negative": ("reserved.toml", "[plan]\nruntime_reserved_gib = -1.0\n"),
     "plan_reserved_nan": ("reserved_nan.toml", "[plan]\nruntime_reserved_gib = nan\n"),
+    "saved_devices_true": (
+        "saved_bool.toml",
+        'command = "infer"\n[args]\nmodel = "llama-3-8b"\nsystem = "dgx-h100"\ndevices = true\n',
+    ),
+    "saved_model_true": (
+        "saved_model_bool.toml",
+        'command = "infer"\n[args]\nmodel = true\nsystem = "dgx-h100"\ndevices = 1\n',
+    ),
 }
 
 VALIDATE = "validate --calibration {overlay} --measurements {measurements}"
@@ -67,6 +75,17 @@ CASES = [
     (f"{TRAIN_PLAN} {{plan_reserved_negative}}", 2, ["plan.runtime_reserved_gib", ">= 0",
                                                     "-1.0"]),
     (f"{TRAIN_PLAN} {{plan_reserved_nan}}", 2, ["plan.runtime_reserved_gib", "nan"]),
+    # saved commands: `devices = true` ran on 1 device (a bool is an int)
+    ("whatif {saved_devices_true} --vary device.hbm_bandwidth=2x", 2,
+     ["args.devices = true", "expected an integer", "on/off flags"]),
+    ("whatif {saved_model_true} --vary device.hbm_bandwidth=2x", 2,
+     ["args.model = true", "expected a text"]),
+    # collective: --csv/--plot without --sweep wrote nothing (exit 0); --bytes with
+    # --sweep was dropped
+    ("collective all-reduce --csv {tmp}/c.csv", 2, ["--csv/--plot", "add --sweep"]),
+    ("collective all-reduce --plot {tmp}/c.png", 2, ["--csv/--plot", "add --sweep"]),
+    ("collective all-reduce --sweep --bytes 1MiB", 2, ["--bytes 1MiB", "--sweep 1KiB:4GiB",
+                                                       "give one of them"]),
 ]
 
 
@@ -97,6 +116,7 @@ def paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     shutil.copy(CAL / "overlay.toml", tmp_path / "overlay.toml")
     out["overlay"] = str(tmp_path / "overlay.toml")
     out["measurements"] = str(CAL / "measurements.csv")
+    out["tmp"] = str(tmp_path)
     return out
 
 
@@ -104,5 +124,6 @@ def paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
 def test_fuzz_gap_is_a_clean_error(capsys, paths, command, code, words):
     rc, _out, err = run_cli(capsys, command.format(**paths))
     assert rc == code, err
+    assert not list(Path(paths["tmp"]).glob("c.*"))  # nothing written on an error
     for word in words:
         assert word in err, f"{word!r} not in: {err}"

@@ -135,6 +135,10 @@ def _accepted(hint: Any) -> set[type]:
 def _flag_value(value: Any, hint: Any, where: str) -> Any:
     """``value`` as the command line would hand it to the field annotated ``hint``."""
     kinds = _accepted(hint)
+    if kinds and isinstance(value, bool) and bool not in kinds:
+        # `devices = true` read as 1 (bool is an int); `X = false` never gets here
+        raise InputError(f"{where} = true: expected {_kind_words(kinds)}, not true/false "
+                         "(true/false are for on/off flags)")
     if not kinds or isinstance(value, bool):
         return value  # an unknown key (refused by name later), or an on/off value
     if isinstance(value, list | tuple):
@@ -149,6 +153,13 @@ def _flag_value(value: Any, hint: Any, where: str) -> Any:
     if isinstance(value, str) and str not in kinds:
         return _number_from_text(value, kinds, where)
     return value
+
+
+def _kind_words(kinds: set[type]) -> str:
+    """What a field takes, in words: "an integer", "a number" or "a text"."""
+    if int in kinds:
+        return "an integer"
+    return "a number" if float in kinds else "a text"
 
 
 def _number_from_text(value: str, kinds: set[type], where: str) -> Any:

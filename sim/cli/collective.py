@@ -24,6 +24,7 @@ from xpusim.sim.api.collective import (
     collective,
     collective_sweep,
 )
+from xpusim.sim.errors import InputError
 from xpusim.sim.network.api import BACKENDS
 from xpusim.sim.network.call_timing import TIMINGS
 from xpusim.sim.network.copy import APIS
@@ -85,6 +86,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    _check_mode(args)
     check_output_args(args)
     request = request_from_args(CollectiveRequest, args)
     if args.sweep:
@@ -98,6 +100,21 @@ def run(args: argparse.Namespace) -> int:
     if record := result.track_record():
         print(describe(record))
     return 0
+
+
+def _check_mode(args: argparse.Namespace) -> None:
+    """Flags of the other mode were dropped silently: ``--csv``/``--plot`` without
+    ``--sweep`` wrote nothing (exit 0), ``--bytes`` with ``--sweep`` priced the range."""
+    if not args.sweep and (args.csv or args.plot):
+        raise InputError(
+            "--csv/--plot write a size sweep: add --sweep [MIN:MAX], or drop them "
+            "(--json prints one size's result)"
+        )
+    if args.sweep and args.bytes is not None:
+        raise InputError(
+            f"--bytes {args.bytes} prices one size, --sweep {args.sweep} a range of sizes: "
+            "give one of them"
+        )
 
 
 def _note(note: str) -> None:

@@ -38,6 +38,8 @@ FILES = {
 
 VALIDATE = "validate --calibration {overlay} --measurements {measurements}"
 GEMM_CPU = "op gemm --m 8 --n 8 --k 8 --device cpu-host"
+SD_DENSE = "sd --target qwen3-8b --draft qwen2-0.5b --system hgx-a800 --devices 1 --batch 1"
+TRAIN_DENSE = "train --model llama-3-8b --system atlas-800t-a2 --nodes 1 --gbs 8 --seq 128 --quiet"
 TRAIN_PLAN = "train --model llama-3-8b --system atlas-800t-a2 --nodes 1 --seq 128 --quiet --plan"
 
 CASES = [
@@ -86,6 +88,17 @@ CASES = [
     ("collective all-reduce --plot {tmp}/c.png", 2, ["--csv/--plot", "add --sweep"]),
     ("collective all-reduce --sweep --bytes 1MiB", 2, ["--bytes 1MiB", "--sweep 1KiB:4GiB",
                                                        "give one of them"]),
+    # MoE-only flags on a dense model: infer refused them, sd and train ignored them
+    (f"{SD_DENSE} --routing zipf:1", 2, ["--routing: qwen3-8b is dense", "drop it"]),
+    (f"{SD_DENSE} --ep-dispatch deepep", 2, ["--ep-dispatch: qwen3-8b is dense"]),
+    (f"{TRAIN_DENSE} --moe-routing zipf:1", 2, ["--moe-routing: llama-3-8b is dense"]),
+    (f"{TRAIN_DENSE} --moe-dispatcher flex --moe-fold", 2,
+     ["--moe-dispatcher, --moe-fold: llama-3-8b is dense", "drop them"]),
+    # a draft head (eagle, mtp) runs on the target's devices: --draft-devices was ignored
+    (f"{SD_DENSE.replace('qwen2-0.5b', 'mtp')} --draft-devices 2", 2,
+     ["--draft-devices 2", "mtp head runs inside the target"]),
+    ("infer --model llama-3-8b --system hgx-a800 --devices 1 --serve --requests 3 --draft eagle "
+     "--draft-devices 2", 2, ["--draft-devices 2", "eagle head"]),
 ]
 
 

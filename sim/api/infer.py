@@ -294,7 +294,8 @@ def load_deployment(req: DeploymentFields, verdict: VerdictDocument) -> Deployme
     plan = plan_for(req.devices, req.tp, req.ep, req.pp)
     routing = routing_from_text(req.routing, req.seed, req.ep_dispatch,
                                 req.ep_dispatch_dtype, req.ll_intranode)
-    _check_moe_flags(req, spec, plan)
+    check_moe_flags(spec, plan, req.routing, req.ep_dispatch, req.ep_dispatch_dtype,
+                    req.ll_intranode)
     check_plan(spec, system, plan)  # a bad --pp or device count before the memory plan
     with verdict_document(verdict(spec, system, plan, engine)):
         memory = require_memory(spec, system, plan, engine, dtype)
@@ -313,11 +314,15 @@ def load_deployment(req: DeploymentFields, verdict: VerdictDocument) -> Deployme
     return Deployment(spec, system, plan, engine, routing, memory, sim)
 
 
-def _check_moe_flags(req: DeploymentFields, spec: ModelSpec, plan: ParallelPlan) -> None:
-    """MoE-only flags on a step that has no experts, or no EP all-to-all, were ignored."""
-    given = {"--routing": req.routing != "uniform", "--ep-dispatch": req.ep_dispatch != "collective",
-             "--ep-dispatch-dtype": req.ep_dispatch_dtype != "bf16",
-             "--ll-intranode": req.ll_intranode != "nic"}
+def check_moe_flags(
+    spec: ModelSpec, plan: ParallelPlan, routing: str, ep_dispatch: str, ep_dispatch_dtype: str,
+    ll_intranode: str,
+) -> None:
+    """MoE-only flags on a step that has no experts, or no EP all-to-all, were ignored
+    (infer, serve and sd)."""
+    given = {"--routing": routing != "uniform", "--ep-dispatch": ep_dispatch != "collective",
+             "--ep-dispatch-dtype": ep_dispatch_dtype != "bf16",
+             "--ll-intranode": ll_intranode != "nic"}
     if not spec.moe and any(given.values()):
         flags = ", ".join(flag for flag, on in given.items() if on)
         raise InputError(f"{flags}: {spec.name} is dense (no experts to route); drop "

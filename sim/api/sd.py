@@ -15,6 +15,7 @@ from typing import Any
 from xpusim.hwprofiles.spec import System
 from xpusim.sim.api.base import as_json_dict, request_from_kwargs, require_float16
 from xpusim.sim.api.infer import (
+    check_moe_flags,
     check_request,
     load_model_arg,
     load_system_arg,
@@ -31,6 +32,7 @@ from xpusim.sim.inference.speculative import (
     HEAD_KINDS,
     SDRow,
     check_draft_vocab,
+    check_head_devices,
     expected_tokens,
 )
 from xpusim.sim.models.spec import ModelSpec
@@ -130,7 +132,10 @@ def sd(request: SdRequest | None = None, /, **kwargs: Any) -> SdResult:
     require_float16(system.device, resolved_dtype(req), "--dtype")
     setup, tokens = _setup(req, system)
     target = load_model_arg(req.target, "--target")
+    check_moe_flags(target, setup.plan, req.routing, req.ep_dispatch, req.ep_dispatch_dtype,
+                    req.ll_intranode)
     draft = _draft(req.draft, "--draft")
+    check_head_devices(draft, req.draft_devices)
     check_draft_vocab(target, draft)
     draft_name = draft if isinstance(draft, str) else draft.name
     header = _header(target.name, draft_name, system.name, system.device.name, setup.plan,

@@ -59,6 +59,7 @@ from xpusim.sim.inference.serving_pp_queue import BatchQueueServer
 from xpusim.sim.inference.speculative import (
     HEAD_KINDS,
     check_draft_vocab,
+    check_head_devices,
     draft_simulator,
     require_draft_fit,
 )
@@ -284,6 +285,7 @@ def speculative_options(req: ServeRequest) -> tuple[int, float, int]:
             f"{flags} needs --draft (speculative decoding): add --draft MODEL (or eagle, mtp) "
             f"with --serve, or drop {flags}"
         )
+    check_head_devices(req.draft, req.draft_devices)
     gamma = SD_DEFAULTS["gamma"] if req.gamma is None else req.gamma
     alpha = SD_DEFAULTS["alpha"] if req.alpha is None else req.alpha
     draft_devices = SD_DEFAULTS["draft_devices"] if req.draft_devices is None else req.draft_devices

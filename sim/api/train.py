@@ -195,6 +195,7 @@ def prepare_train(req: TrainRequest) -> TrainSetup:
             "--per-node the job leaves devices of every node idle"
         )
     plan = validate_plan(spec, plan, system.num_devices if devices is None else devices)
+    _check_dense_moe_flags(spec, plan)  # after validate_plan: a malformed value names itself
     check_train_work(
         plan.world,
         plan.pp,
@@ -380,6 +381,17 @@ def _check_train_dtype(dtype: str, req: TrainRequest) -> None:
             f"{where} '{dtype}': training computes in {', '.join(TRAIN_DTYPES)} "
             "(integer formats are inference-only); pass one of those"
         )
+
+
+def _check_dense_moe_flags(spec: ModelSpec, plan: ParallelPlan) -> None:
+    """MoE-only options on a dense model were ignored silently (infer and sd refuse
+    their --routing / --ep-dispatch there)."""
+    given = [flag for flag, on in (("--moe-routing", plan.moe_routing != "uniform"),
+                                   ("--moe-dispatcher", plan.moe_dispatcher != "alltoall"),
+                                   ("--moe-fold", plan.moe_fold)) if on]
+    if given and not spec.moe:
+        raise InputError(f"{', '.join(given)}: {spec.name} is dense (no experts to route); "
+                         f"drop {'them' if len(given) > 1 else 'it'}")
 
 
 def _load_model(name: str | ModelSpec | None) -> ModelSpec:

@@ -249,6 +249,16 @@ def head_spec(target: ModelSpec, kind: str) -> tuple[ModelSpec, int]:
     return spec, 2 * target.hidden
 
 
+def check_head_devices(draft: ModelSpec | str | None, draft_devices: int | None) -> None:
+    """A head runs on the target's devices with the target's plan (``draft_simulator``):
+    a ``--draft-devices`` given with one was ignored silently."""
+    if isinstance(draft, str) and draft in HEAD_KINDS and draft_devices not in (None, 1):
+        raise InputError(
+            f"--draft-devices {draft_devices}: the {draft} head runs inside the target, on its "
+            "devices and plan (no separate draft model); drop --draft-devices"
+        )
+
+
 def draft_simulator(
     target: ModelSpec,
     draft: ModelSpec | str,

@@ -26,6 +26,9 @@ FILES = {
     "a_file": ("a_file.txt", "not a folder\n"),
     "plan_reserved_negative": ("reserved.toml", "[plan]\nruntime_reserved_gib = -1.0\n"),
     "plan_reserved_nan": ("reserved_nan.toml", "[plan]\nruntime_reserved_gib = nan\n"),
+    "trace_short_row": (
+        "trace_short.csv", "arrival_s,prompt_tokens,output_tokens\n0,10,10\n\n1,5\n"
+    ),
     "saved_devices_true": (
         "saved_bool.toml",
         'command = "infer"\n[args]\nmodel = "llama-3-8b"\nsystem = "dgx-h100"\ndevices = true\n',
@@ -99,6 +102,10 @@ CASES = [
      ["--draft-devices 2", "mtp head runs inside the target"]),
     ("infer --model llama-3-8b --system hgx-a800 --devices 1 --serve --requests 3 --draft eagle "
      "--draft-devices 2", 2, ["--draft-devices 2", "eagle head"]),
+    # a trace row with a missing column: "output_tokens None: expected an integer, got
+    # NoneType"; the line number counted records, not lines
+    ("infer --model llama-3-8b --system hgx-a800 --devices 1 --serve --trace {trace_short_row}", 2,
+     ["line 4", "holds 2 of the 3 columns", "give all three"]),
 ]
 
 

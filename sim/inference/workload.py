@@ -175,7 +175,11 @@ def _read_trace(path: str) -> list[tuple[float, int, int]]:
                     f"--trace {path}: more than {MAX_REQUESTS:,} requests (the serving-run "
                     "limit, docs/limits.md); split the trace"
                 )
-            where = f"--trace {path}: line {n}:"
+            where = f"--trace {path}: line {reader.line_num}:"  # blank lines are skipped
+            if any(row[k] is None for k in need):  # csv fills a short row's fields with None
+                given = len(need) - sum(row[k] is None for k in need)
+                raise InputError(f"{where} the row holds {given} of the 3 columns arrival_s, "
+                                 "prompt_tokens, output_tokens; give all three")
             # sim.limits: finite numbers, whole token counts within the sequence limit.
             rows.append(
                 (

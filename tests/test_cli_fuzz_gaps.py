@@ -85,6 +85,9 @@ CASES = [
      ["args.devices = true", "expected an integer", "on/off flags"]),
     ("whatif {saved_model_true} --vary device.hbm_bandwidth=2x", 2,
      ["args.model = true", "expected a text"]),
+    # whatif: a non-numeric field printed its whole value (600 characters of MemoryLevel)
+    ("whatif {saved_whatif} --vary device.memory=2x", 2,
+     ["--vary device.memory: the field is not numeric", "...", "vary a number field"]),
     # collective: --csv/--plot without --sweep wrote nothing (exit 0); --bytes with
     # --sweep was dropped
     ("collective all-reduce --csv {tmp}/c.csv", 2, ["--csv/--plot", "add --sweep"]),
@@ -137,6 +140,7 @@ def paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     out["overlay"] = str(tmp_path / "overlay.toml")
     out["measurements"] = str(CAL / "measurements.csv")
     out["tmp"] = str(tmp_path)
+    out["saved_whatif"] = str(ROOT / "examples" / "llama_decode_whatif.toml")
     return out
 
 
@@ -144,6 +148,7 @@ def paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
 def test_fuzz_gap_is_a_clean_error(capsys, paths, command, code, words):
     rc, _out, err = run_cli(capsys, command.format(**paths))
     assert rc == code, err
+    assert len(err) < 1000, err  # a message, not a dump
     assert not list(Path(paths["tmp"]).glob("c.*"))  # nothing written on an error
     for word in words:
         assert word in err, f"{word!r} not in: {err}"

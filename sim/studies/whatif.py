@@ -37,6 +37,7 @@ field does not matter at this operating point.
 from __future__ import annotations
 
 import math
+import reprlib
 from collections.abc import Callable
 from dataclasses import dataclass, fields, is_dataclass, replace
 from pathlib import Path
@@ -235,7 +236,9 @@ def _apply_value(base: Any, value: str, name: str) -> tuple[Any, float]:
         m = _number(value[:-1], name)
         return {k: v * m for k, v in base.items()}, m
     if base is None or isinstance(base, bool) or not isinstance(base, int | float):
-        raise InputError(f"--vary {name}: the field is not numeric ({base!r})")
+        # reprlib: a tuple of MemoryLevel printed whole ran to 600 characters
+        raise InputError(f"--vary {name}: the field is not numeric ({reprlib.repr(base)}); "
+                         "vary a number field (a peak, bandwidth, capacity or size)")
     if value.endswith("x"):
         m = _number(value[:-1], name)
         new = base * m

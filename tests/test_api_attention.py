@@ -32,17 +32,18 @@ def test_readme_command_equals_keywords(capsys):
 
 
 def test_many_options_equal_the_command(capsys, tmp_path):
-    """tiling-AllReduce on a system, tuned blocks, another device; files listed by the CLI."""
+    """tiling-AllReduce on a system of another device, tuned blocks; files listed by the
+    CLI (the system's devices are --device's: dgx-v100, not dgx-h100, which --tp refuses)."""
     csv = tmp_path / "rows.csv"
     want = cli_json(
         capsys,
         "attention --device v100-sxm2-32gb --seq 2048,8192 --batch 2 --heads 16 --head-dim 64 "
-        f"--dtype fp16 --outer-block 256 --sync-us 3 --tp 8 --system dgx-h100 --blocks 1,4 "
+        f"--dtype fp16 --outer-block 256 --sync-us 3 --tp 8 --system dgx-v100 --blocks 1,4 "
         f"--csv {csv}",
     )
     got = xpusim.attention(
         device="v100-sxm2-32gb", seq=(2048, 8192), batch=2, heads=16, head_dim=64,
-        dtype="fp16", outer_block=256, sync_us=3.0, tp=8, system="dgx-h100", blocks=(1, 4),
+        dtype="fp16", outer_block=256, sync_us=3.0, tp=8, system="dgx-v100", blocks=(1, 4),
     )  # fmt: skip
     assert want["files"] == [str(csv)]
     assert got.as_dict() == {**want, "files": []}

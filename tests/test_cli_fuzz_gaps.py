@@ -88,6 +88,11 @@ CASES = [
     # whatif: a non-numeric field printed its whole value (600 characters of MemoryLevel)
     ("whatif {saved_whatif} --vary device.memory=2x", 2,
      ["--vary device.memory: the field is not numeric", "...", "vary a number field"]),
+    # attention --tp priced tiling-AllReduce on --system's own device, not --device
+    ("attention --seq 4096 --device h100-sxm5-80gb --tp 2", 2,
+     ["--system atlas-800t-a2", "ascend-910b2, not --device h100-sxm5-80gb"]),
+    ("attention --seq 4096 --tp 2 --system dgx-h100", 2,
+     ["devices are h100-sxm5-80gb, not --device ascend-910b2"]),
     # collective: --csv/--plot without --sweep wrote nothing (exit 0); --bytes with
     # --sweep was dropped
     ("collective all-reduce --csv {tmp}/c.csv", 2, ["--csv/--plot", "add --sweep"]),

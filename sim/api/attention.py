@@ -116,6 +116,12 @@ def attention(request: AttentionRequest | None = None, /, **kwargs: Any) -> Atte
     if req.tp > 1:
         sys_obj = req.system if isinstance(req.system, System) else load_system(req.system)
         system = sys_obj.name
+        if sys_obj.device.name != device.name:  # tiling_allreduce_cost prices sys_obj's device
+            raise InputError(
+                f"--tp prices tiling-AllReduce on --system {system}, whose devices are "
+                f"{sys_obj.device.name}, not --device {device.name}: pass a --system of "
+                f"{device.name} devices, or --device {sys_obj.device.name}"
+            )
         blocks = _int_list(req.blocks, "--blocks")
         tiling = tuple(
             tiling_allreduce_cost(

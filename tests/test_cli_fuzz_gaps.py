@@ -93,6 +93,8 @@ CASES = [
      ["--system atlas-800t-a2", "ascend-910b2, not --device h100-sxm5-80gb"]),
     ("attention --seq 4096 --tp 2 --system dgx-h100", 2,
      ["devices are h100-sxm5-80gb, not --device ascend-910b2"]),
+    # hw diff: "a engine"
+    ("hw diff h100-sxm5-80gb vllm-0.6", 2, ["a device with an engine", "two engines"]),
     # collective: --csv/--plot without --sweep wrote nothing (exit 0); --bytes with
     # --sweep was dropped
     ("collective all-reduce --csv {tmp}/c.csv", 2, ["--csv/--plot", "add --sweep"]),

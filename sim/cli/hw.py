@@ -185,10 +185,11 @@ def cmd_diff(args: argparse.Namespace) -> int:
     kind_a, a = spec_dict(args.a)
     kind_b, b = spec_dict(args.b)
     if kind_a != kind_b:
+        an = {k: ("an " if k[0] in "aeiou" else "a ") + k for k in (kind_a, kind_b)}
         raise InputError(
-            f"cannot diff a {kind_a} with a {kind_b}: '{args.a}' is a {kind_a} profile and "
-            f"'{args.b}' a {kind_b} profile; compare two devices or two systems (a system's "
-            "device is named in 'xpusim hw show SYSTEM')"
+            f"cannot diff {an[kind_a]} with {an[kind_b]}: '{args.a}' is {an[kind_a]} profile "
+            f"and '{args.b}' {an[kind_b]} profile; compare two devices, two systems or two "
+            "engines (a system's device is named in 'xpusim hw show SYSTEM')"
         )
     fa, fb = _flatten(a), _flatten(b)
     skip = ("sources", "path", "name", "description")

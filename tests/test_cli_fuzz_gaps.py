@@ -43,6 +43,7 @@ VALIDATE = "validate --calibration {overlay} --measurements {measurements}"
 GEMM_CPU = "op gemm --m 8 --n 8 --k 8 --device cpu-host"
 SD_DENSE = "sd --target qwen3-8b --draft qwen2-0.5b --system hgx-a800 --devices 1 --batch 1"
 TRAIN_DENSE = "train --model llama-3-8b --system atlas-800t-a2 --nodes 1 --gbs 8 --seq 128 --quiet"
+REFIT = "calibrate --from-measurements {measurements} --out {tmp}/refit.toml"
 TRAIN_PLAN = "train --model llama-3-8b --system atlas-800t-a2 --nodes 1 --seq 128 --quiet --plan"
 
 CASES = [
@@ -95,6 +96,12 @@ CASES = [
      ["devices are h100-sxm5-80gb, not --device ascend-910b2"]),
     # hw diff: "a engine"
     ("hw diff h100-sxm5-80gb vllm-0.6", 2, ["a device with an engine", "two engines"]),
+    # calibrate --from-measurements read the CSV whole: --suites, --dtype, --threads and
+    # --measurements (timing options) were dropped silently
+    (f"{REFIT} --suites gemm", 2, ["--suites: an option of a timing run", "drop it"]),
+    (f"{REFIT} --measurements {{tmp}}/c.csv --threads 2", 2,
+     ["--measurements, --threads: options of a timing run", "drop them"]),
+    (f"{REFIT} --dtype bf16", 2, ["--dtype: an option of a timing run"]),
     # collective: --csv/--plot without --sweep wrote nothing (exit 0); --bytes with
     # --sweep was dropped
     ("collective all-reduce --csv {tmp}/c.csv", 2, ["--csv/--plot", "add --sweep"]),

@@ -42,7 +42,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--threads",
         type=int,
-        default=1,
         help="torch intra-op threads while timing (default 1: steadiest on a "
         "shared machine; see docs/calibration.md)",
     )
@@ -64,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from xpusim.calibrate.suites import DEFAULT_SEED
 
     seed = DEFAULT_SEED if args.seed is None else args.seed
+    _refuse_timing_flags(args)
     suites = _suites(args.suites)
     # Both outputs checked before minutes of timing: suffix, folder writable, no file of
     # another kind replaced (sim.report).
@@ -98,6 +98,20 @@ def run(args: argparse.Namespace) -> int:
     )
     _print_fit(result, prov)
     return 0
+
+
+# Options of a timing run: a refit (--from-measurements) read the CSV whole and dropped them.
+TIMING_ONLY = ("measurements", "suites", "dtype", "threads")
+
+
+def _refuse_timing_flags(args: argparse.Namespace) -> None:
+    given = ["--" + f for f in TIMING_ONLY if getattr(args, f) is not None]
+    if args.from_measurements and given:
+        what, it = ("options", "them") if len(given) > 1 else ("an option", "it")
+        raise InputError(
+            f"{', '.join(given)}: {what} of a timing run; --from-measurements refits every "
+            f"row of its CSV as it was measured: drop {it}, or drop --from-measurements"
+        )
 
 
 def _suites(text: str | None) -> list[str] | None:
@@ -187,7 +201,7 @@ def _measure(args: argparse.Namespace, suites, seed: int):
     from xpusim.calibrate.pipeline import base_profile, load_base, measure_cases
     from xpusim.calibrate.suites import cases
 
-    local = detect(args.device, threads=args.threads)
+    local = detect(args.device, threads=args.threads or 1)
     # The base profile before minutes of timing: an unknown GPU fails now, not after.
     load_base(base_profile(local.kind, args.profile, local.name), local)
     dtype = args.dtype or ("fp32" if local.kind == "cpu" else "bf16")

@@ -119,6 +119,12 @@ INT_FLAGS: dict[str, tuple[int | None, int]] = {
     "shortlist": (1, 1_000_000),
     "top": (1, MAX_INT),  # rows of a printed table (predict, explore): -1 dropped the last
     "seed": (0, MAX_INT),
+    # Plan-file fields (sim.plan_file): no-op layer slots (-1: as many as the split needs),
+    # at most a model's layer limit; pad_layers = 1e9 built a billion slots and hung.
+    "pad_layers": (-1, MAX_LAYERS),
+    # Chunks of a TP-overlapped GEMM (overlap_tp): TransformerEngine's userbuffers split
+    # into a handful (num_splits 4, or tp for the ring exchange); 1e8 ran for minutes.
+    "tp_overlap_chunks": (1, 1024),
 }
 # Float flags by dest: (lowest, highest, lowest excluded). Unlisted floats: finite.
 FLOAT_FLAGS: dict[str, tuple[float | None, float | None, bool]] = {

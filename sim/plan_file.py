@@ -14,6 +14,7 @@ from typing import Any
 
 from xpusim.sim.errors import InputError
 from xpusim.sim.inputs import read_toml
+from xpusim.sim.limits import FLOAT_FLAGS, INT_FLAGS, MAX_INT, check_float, check_int
 from xpusim.sim.parallel import ParallelPlan
 
 # Keys a plan file may hold above its [plan] table (sim.api.train; flags override them).
@@ -46,6 +47,7 @@ def load_plan_file(path: str | Path) -> dict[str, Any]:
     defaults = {f.name: f.default for f in fields(ParallelPlan)}
     for key, value in out.items():
         _check_plan_value(path, key, value, defaults[key])
+    _check_plan_limits(path, out)
     out.update({k: tuple(out[k]) for k in ("recompute_modules", "layer_split") if k in out})
     out["_extra"] = extra
     return out
@@ -67,3 +69,20 @@ def _check_plan_value(path: Path, key: str, value: Any, default: Any) -> None:
         return
     if not ok:
         raise InputError(f"plan file {path}: {key} = {value!r} must be {want}")
+
+
+def _check_plan_limits(path: Path, table: dict[str, Any]) -> None:
+    """The flags' upper limits (sim.limits) hold for the same keys in a plan file, which
+    skipped them: gbs = 1e9 ran for minutes where --gbs 1e9 is refused at once. Lower
+    bounds stay with the plan's own checks (dp = 0, gbs = 0 mean "derive")."""
+    for key, value in table.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        try:
+            if isinstance(value, int):
+                check_int(value, key, None, INT_FLAGS.get(key, (None, MAX_INT))[1])
+            else:
+                check_float(value, key, None, FLOAT_FLAGS.get(key, (None, None, False))[1])
+        except InputError as exc:
+            raise InputError(f"plan file {path}: {exc}") from None
+

@@ -29,6 +29,11 @@ FILES = {
     "trace_short_row": (
         "trace_short.csv", "arrival_s,prompt_tokens,output_tokens\n0,10,10\n\n1,5\n"
     ),
+    "plan_gbs_huge": ("gbs_huge.toml", "[plan]\ngbs = 1000000000\n"),
+    "plan_pad_huge": ("pad_huge.toml", "[plan]\npad_layers = 1000000000\n"),
+    "plan_chunks_huge": (
+        "chunks_huge.toml", "[plan]\ntp = 8\noverlap_tp = true\ntp_overlap_chunks = 100000000\n"
+    ),
     "saved_devices_true": (
         "saved_bool.toml",
         'command = "infer"\n[args]\nmodel = "llama-3-8b"\nsystem = "dgx-h100"\ndevices = true\n',
@@ -80,7 +85,12 @@ CASES = [
     # plan files: a negative runtime reservation gave memory back
     (f"{TRAIN_PLAN} {{plan_reserved_negative}}", 2, ["plan.runtime_reserved_gib", ">= 0",
                                                     "-1.0"]),
-    (f"{TRAIN_PLAN} {{plan_reserved_nan}}", 2, ["plan.runtime_reserved_gib", "nan"]),
+    (f"{TRAIN_PLAN} {{plan_reserved_nan}}", 2, ["plan file", "runtime_reserved_gib = nan",
+                                               "finite"]),
+    # plan files skipped the flags' limits: these ran for minutes (--gbs 1e9 is refused)
+    (f"{TRAIN_PLAN} {{plan_gbs_huge}}", 2, ["plan file", "gbs = 1000000000", "16,777,216"]),
+    (f"{TRAIN_PLAN} {{plan_pad_huge}}", 2, ["plan file", "pad_layers = 1000000000", "65,536"]),
+    (f"{TRAIN_PLAN} {{plan_chunks_huge}}", 2, ["tp_overlap_chunks = 100000000", "1,024"]),
     # saved commands: `devices = true` ran on 1 device (a bool is an int)
     ("whatif {saved_devices_true} --vary device.hbm_bandwidth=2x", 2,
      ["args.devices = true", "expected an integer", "on/off flags"]),

@@ -34,6 +34,25 @@ FILES = {
     "plan_chunks_huge": (
         "chunks_huge.toml", "[plan]\ntp = 8\noverlap_tp = true\ntp_overlap_chunks = 100000000\n"
     ),
+    "saved_devices_list": (
+        "saved_list.toml",
+        'command = "infer"\n[args]\nmodel = "llama-3-8b"\nsystem = "dgx-h100"\ndevices = [1]\n',
+    ),
+    "saved_batch_table": (
+        "saved_table.toml",
+        'command = "infer"\n[args]\nmodel = "llama-3-8b"\nsystem = "dgx-h100"\ndevices = 1\n'
+        "[args.batch]\na = 1\n",
+    ),
+    "saved_vary_int": (
+        "saved_vary.toml",
+        'command = "infer"\n[args]\nmodel = "llama-3-8b"\nsystem = "dgx-h100"\ndevices = 1\n'
+        "[whatif]\nvary = 5\n",
+    ),
+    "saved_metric_list": (
+        "saved_metric.toml",
+        'command = "infer"\n[args]\nmodel = "llama-3-8b"\nsystem = "dgx-h100"\ndevices = 1\n'
+        '[whatif]\nmetric = ["time_s"]\nvary = ["device.hbm_bandwidth=2x"]\n',
+    ),
     "saved_devices_true": (
         "saved_bool.toml",
         'command = "infer"\n[args]\nmodel = "llama-3-8b"\nsystem = "dgx-h100"\ndevices = true\n',
@@ -91,6 +110,13 @@ CASES = [
     (f"{TRAIN_PLAN} {{plan_gbs_huge}}", 2, ["plan file", "gbs = 1000000000", "16,777,216"]),
     (f"{TRAIN_PLAN} {{plan_pad_huge}}", 2, ["plan file", "pad_layers = 1000000000", "65,536"]),
     (f"{TRAIN_PLAN} {{plan_chunks_huge}}", 2, ["tp_overlap_chunks = 100000000", "1,024"]),
+    # saved commands: a list or table for a number, or a [whatif] of the wrong shape,
+    # raised TypeErrors (vary = 5: a traceback)
+    ("whatif {saved_devices_list}", 2, ["args.devices = [1]", "expected an integer, not a list"]),
+    ("whatif {saved_batch_table} --vary device.hbm_bandwidth=2x", 2,
+     ["args.batch", "not a table"]),
+    ("whatif {saved_vary_int}", 2, ["whatif.vary = 5", "list of texts"]),
+    ("whatif {saved_metric_list}", 2, ["whatif.metric = ['time_s']", "result field's name"]),
     # saved commands: `devices = true` ran on 1 device (a bool is an int)
     ("whatif {saved_devices_true} --vary device.hbm_bandwidth=2x", 2,
      ["args.devices = true", "expected an integer", "on/off flags"]),

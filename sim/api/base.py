@@ -141,6 +141,10 @@ def _flag_value(value: Any, hint: Any, where: str) -> Any:
                          "(true/false are for on/off flags)")
     if not kinds or isinstance(value, bool):
         return value  # an unknown key (refused by name later), or an on/off value
+    if isinstance(value, list | tuple | dict) and not kinds & {str, tuple, list, dict}:
+        # `devices = [1]` reached the plan as a list: "TypeError: '<' not supported"
+        shown = "a table" if isinstance(value, dict) else "a list"
+        raise InputError(f"{where} = {value!r}: expected {_kind_words(kinds)}, not {shown}")
     if isinstance(value, list | tuple):
         if str in kinds:
             return ",".join(str(v) for v in value)

@@ -120,6 +120,7 @@ def load_saved(path: str | Path) -> SavedCommand:
     bad = sorted(set(wi) - {"metric", "vary"})
     if bad:
         raise InputError(f"{path}: unknown keys whatif.{bad}; use metric, vary")
+    _check_whatif_table(path, wi)
     return SavedCommand(
         command,
         dict(args),
@@ -128,6 +129,19 @@ def load_saved(path: str | Path) -> SavedCommand:
         str(path),
         read_request(command, args, f"{path}: args"),
     )
+
+
+def _check_whatif_table(path: str | Path, wi: dict[str, Any]) -> None:
+    """[whatif] metric is a result field's name, vary a list of FIELD=V1,V2 texts:
+    `vary = 5` and `metric = [1]` raised TypeErrors."""
+    metric = wi.get("metric", "")
+    if not isinstance(metric, str):
+        raise InputError(f"{path}: whatif.metric = {metric!r} must be a result field's name, "
+                         'e.g. metric = "tokens_per_s"')
+    vary = wi.get("vary", [])
+    if not isinstance(vary, list) or not all(isinstance(v, str) for v in vary):
+        raise InputError(f"{path}: whatif.vary = {vary!r} must be a list of texts, e.g. "
+                         'vary = ["device.hbm_bandwidth=0.5x,2x"]')
 
 
 def read_request(command: str, args: dict[str, Any], where: str) -> Any:

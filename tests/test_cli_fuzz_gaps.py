@@ -34,6 +34,8 @@ FILES = {
     "plan_chunks_huge": (
         "chunks_huge.toml", "[plan]\ntp = 8\noverlap_tp = true\ntp_overlap_chunks = 100000000\n"
     ),
+    "null_config": ("null.json", "null"),
+    "hist_words": ("hist_words.txt", "a b c\n"),
     "saved_devices_list": (
         "saved_list.toml",
         'command = "infer"\n[args]\nmodel = "llama-3-8b"\nsystem = "dgx-h100"\ndevices = [1]\n',
@@ -117,6 +119,10 @@ CASES = [
      ["args.batch", "not a table"]),
     ("whatif {saved_vary_int}", 2, ["whatif.vary = 5", "list of texts"]),
     ("whatif {saved_metric_list}", 2, ["whatif.metric = ['time_s']", "result field's name"]),
+    # messages in Python's words: "got NoneType", "could not convert string to float"
+    ("model show {null_config}", 2, ["expected a JSON object of config keys", "got null"]),
+    ("ep --model pangu-ultra-moe --tokens-per-device 128 --routing hist:{hist_words}", 2,
+     ["the histogram", "must hold numbers", "'a' is not one"]),
     # saved commands: `devices = true` ran on 1 device (a bool is an int)
     ("whatif {saved_devices_true} --vary device.hbm_bandwidth=2x", 2,
      ["args.devices = true", "expected an integer", "on/off flags"]),

@@ -400,9 +400,10 @@ def read_config(path: str | Path) -> dict[str, Any]:
     # sim.inputs: size cap, UTF-8, nesting depth, permissions (one reader for all inputs).
     data = read_json(path, "model config")
     if not isinstance(data, dict):
-        raise InputError(
-            f"{path}: expected a JSON object of config keys, got {type(data).__name__}"
-        )
+        # JSON's names for what it holds ("got NoneType" read like a crash)
+        kind = {list: "an array", str: "a string", bool: "true/false", type(None): "null",
+                int: "a number", float: "a number"}.get(type(data), type(data).__name__)
+        raise InputError(f"{path}: expected a JSON object of config keys ({{...}}), got {kind}")
     return data
 
 

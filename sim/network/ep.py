@@ -253,11 +253,14 @@ def expert_probabilities(routing: str, experts: int, seed: int = 0) -> np.ndarra
     if routing.startswith("hist:"):
         path = Path(routing.split(":", 1)[1])
         text = read_text(path, f"--routing {routing}: histogram")  # sim.inputs checks
+        words = text.replace(",", " ").split()
         try:
-            counts = np.array([float(x) for x in text.replace(",", " ").split()])
-        except ValueError as exc:
+            counts = np.array([float(x) for x in words])
+        except ValueError:
+            bad = next(w for w in words if not _is_number(w))
             raise InputError(
-                f"--routing {routing}: cannot read a histogram of numbers from {path} ({exc})"
+                f"--routing {routing}: the histogram {path} must hold numbers (one token count "
+                f"per expert); {bad!r} is not one"
             ) from None
         if (
             len(counts) != experts
@@ -597,3 +600,11 @@ def system_for_ep(system: System, ep: int, nodes: int | None) -> tuple[System, s
         note = f"nodes = ceil({ep} / {system.devices_per_node}) = {need}"
         return replace(system, nodes=need), note
     return replace(system, nodes=nodes), ""
+
+
+def _is_number(word: str) -> bool:
+    try:
+        float(word)
+    except ValueError:
+        return False
+    return True

@@ -90,6 +90,12 @@ CASES = [
     # validate: an unknown suite name was dropped silently (--check-suites checked nothing)
     (f"{VALIDATE} --suites gemm,gemmm", 2, ["--suites: unknown gemmm", "choose from", "bmm"]),
     (f"{VALIDATE} --check-suites fastatention", 2, ["--check-suites: unknown fastatention"]),
+    # validate --published dropped the local mode's --check, thresholds, --out, --device
+    # (and the local mode --jobs): they are refused like --calibration already was
+    ("validate --published --check", 2, ["--check: options of a local calibration"]),
+    ("validate --published --max-median-error 0.2 --out {tmp}/v", 2,
+     ["--max-median-error, --out", "drop them, or drop --published"]),
+    (f"{VALIDATE} --jobs 2", 2, ["--jobs: options of --published"]),
     # profiles: a true/false field took 0, 1 or "yes" (pydantic's lax bool); a TDP of
     # -700 W or 0 W was accepted (compare divides tokens/s by it)
     ("hw show {system_nvls_int}", 2, ["collective_library.nvls", "true or false", "got 0"]),

@@ -15,7 +15,7 @@ folder), and the result's ``as_dict()`` is ``xpusim validate ... --json``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -96,13 +96,17 @@ def validate(request: ValidateRequest | None = None, /, **kwargs: Any) -> Valida
 
 # Options of one mode the other ignored (validate --published --calibration X scored the
 # corpus without a word about X).
-LOCAL_ONLY = ("calibration", "measurements", "threads", "suites", "compare")
-PUBLISHED_ONLY = ("category", "rows", "csv", "plot")
+# A field counts as given when it differs from its default (--check, --max-median-error,
+# --out and --device with --published were dropped as well).
+LOCAL_ONLY = ("calibration", "measurements", "threads", "suites", "compare", "check",
+              "check_suites", "max_median_error", "max_p90_error", "out", "device")
+PUBLISHED_ONLY = ("category", "rows", "csv", "plot", "jobs")
 
 
 def _refuse_other_mode(req: ValidateRequest) -> None:
     other = LOCAL_ONLY if req.published else PUBLISHED_ONLY
-    given = ["--" + f for f in other if getattr(req, f) is not None]
+    defaults = {f.name: f.default for f in fields(ValidateRequest)}
+    given = ["--" + f.replace("_", "-") for f in other if getattr(req, f) != defaults[f]]
     if given and req.published:
         raise InputError(f"{', '.join(given)}: options of a local calibration's validation, "
                          "not of --published: drop them, or drop --published")

@@ -17,7 +17,12 @@ from xpusim.sim.errors import InputError
 from xpusim.sim.models.counting import param_counts
 from xpusim.sim.parallel import ParallelPlan, validate_plan
 from xpusim.sim.studies import analytical
-from xpusim.sim.studies.plans import ep_comm_estimate, plan_estimate, recompute_factor
+from xpusim.sim.studies.plans import (
+    ep_comm_estimate,
+    plan_estimate,
+    plan_terms,
+    recompute_factor,
+)
 from xpusim.sim.studies.plots import pareto_front
 from xpusim.sim.studies.search import run_study
 from xpusim.sim.studies.space import (
@@ -261,7 +266,15 @@ def test_plan_estimate_orders_recompute_and_bubble():
         rc: plan_estimate(replace(base, recompute=rc), spec, system, study, est)
         for rc in ("none", "selective", "full")
     }
-    assert t["none"] < t["selective"] < t["full"] == pytest.approx(t["none"] * 4 / 3)
+    assert t["none"] < t["selective"] < t["full"]
+    # Recompute scales the compute term; the DP traffic (the term's rest here) does not.
+    terms = {
+        rc: plan_terms(replace(base, recompute=rc), spec, system, study, est)
+        for rc in ("none", "full")
+    }
+    assert terms["full"]["compute"] == pytest.approx(terms["none"]["compute"] * 4 / 3)
+    assert terms["full"]["dp"] == terms["none"]["dp"] > 0
+    assert t["full"] == pytest.approx(sum(terms["full"].values()))
     assert recompute_factor("selective", 0.3) == pytest.approx(1.1)
     piped = validate_plan(spec, ParallelPlan(pp=2, gbs=16, seq=512), 8)
     assert plan_estimate(piped, spec, system, study, est) > t["none"]  # bubble (p-1)/m

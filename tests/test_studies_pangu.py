@@ -17,10 +17,10 @@ STUDY = Path(__file__).resolve().parents[1] / "examples" / "pangu_ultra_moe_stud
 
 @pytest.mark.slow
 def test_61_layers_train_faster_than_66():
+    # Each model at the best of the study's own plans_per_model (4): with one plan each
+    # the comparison hung on the estimate's first pick, e.g. L66's ep2/ep4 plans tie
+    # without the DP term (the ep tiebreak took ep2) and L61's first plan is ep2.
     study = load_study(STUDY)
-    study = study.model_copy(
-        update={"search": study.search.model_copy(update={"plans_per_model": 1})}
-    )
     system = load_system(study.hardware.system, nodes=study.hardware.nodes)
     kept, _ = candidates_in_budget(study)
     rows = {}

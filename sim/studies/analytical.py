@@ -98,7 +98,7 @@ def _ops_time(items: list, cost: CachedCostModel,
 EP_PROBE_BYTES = 256 * 2**20
 
 
-_A2A_CACHE: dict[tuple[str, tuple[int, ...], float], float] = {}
+_COLLECTIVE_CACHE: dict[tuple[str, CollectiveKind, tuple[int, ...], float], float] = {}
 
 
 def a2a_time(system: System, ep: int, nbytes: float) -> float:
@@ -108,21 +108,27 @@ def a2a_time(system: System, ep: int, nbytes: float) -> float:
 
 
 def group_a2a_time(system: System, group: tuple[int, ...], nbytes: float) -> float:
-    """Seconds of one all-to-all in which each device of ``group`` sends ``nbytes``,
-    priced by the network model (sim.network.cost_collective: the algorithm and
-    protocol the library would pick, topology, NIC sharing, latencies), so where the
-    group sits (one server or several) sets its rate. Cached: a study asks for the
-    same few (system, group, bytes) for every candidate."""
+    """Seconds of one all-to-all in which each device of ``group`` sends ``nbytes``
+    (``group_time``)."""
+    return group_time(system, CollectiveKind.ALL_TO_ALL, group, nbytes)
+
+
+def group_time(
+    system: System, kind: CollectiveKind, group: tuple[int, ...], nbytes: float
+) -> float:
+    """Seconds of one ``kind`` collective of ``nbytes`` (the simulation's size convention,
+    ``sim.network.cost_collective``) over ``group``, priced by the network model (the
+    algorithm and protocol the library would pick, topology, NIC sharing, latencies), so
+    where the group sits (one server or several) sets its rate. Cached: a study asks for
+    the same few (system, kind, group, bytes) for every candidate."""
     if len(group) <= 1 or nbytes <= 0:
         return 0.0
-    key = (repr(system), group, nbytes)  # System holds dicts: not hashable itself
-    if key not in _A2A_CACHE:
+    key = (repr(system), kind, group, nbytes)  # System holds dicts: not hashable itself
+    if key not in _COLLECTIVE_CACHE:
         need = max(group) // system.devices_per_node + 1
         sized = system if system.nodes >= need else replace(system, nodes=need)
-        _A2A_CACHE[key] = cost_collective(
-            sized, CollectiveKind.ALL_TO_ALL, group, nbytes
-        ).time_s
-    return _A2A_CACHE[key]
+        _COLLECTIVE_CACHE[key] = cost_collective(sized, kind, group, nbytes).time_s
+    return _COLLECTIVE_CACHE[key]
 
 
 def ep_bandwidth(system: System, ep: int) -> float:

@@ -11,7 +11,9 @@
    (exposed) and the part of the EP all-to-alls (priced where the plan's layout puts
    the group, folded or not: ``plan_ep_group``) longer than the compute (hidden
    by the adaptive pipe overlap when ``overlap_ep`` on a schedule that merges F/B; all
-   exposed otherwise).
+   exposed otherwise), plus the CP K/V all-gathers and reduce-scatters (exposed) and the
+   part of the DP gradient reduction and parameter all-gather the first stage cannot
+   hide (dense-DP and expert-DP groups where the layout puts them: ``plan_comm``).
    This only decides *which* plans get simulated first; the simulation decides
    which is best.
 3. Walk that order, checking each plan with the training memory model's analytical
@@ -46,6 +48,7 @@ from xpusim.sim.studies.analytical import (
     ep_bandwidth,
     group_bandwidth,
 )
+from xpusim.sim.studies.plan_comm import cp_comm_estimate, dp_comm_estimate
 from xpusim.sim.studies.study_file import Study
 from xpusim.sim.training.chunks import expert_group
 from xpusim.sim.training.memory import analytical_memory, peak_stage
@@ -115,6 +118,14 @@ def plan_estimate(
     plan: ParallelPlan, spec: ModelSpec, system: System, study: Study, est: Analytical
 ) -> float:
     """Cheap step-time estimate of ``plan`` (seconds), used only to order plans."""
+    return sum(plan_terms(plan, spec, system, study, est).values())
+
+
+def plan_terms(
+    plan: ParallelPlan, spec: ModelSpec, system: System, study: Study, est: Analytical
+) -> dict[str, float]:
+    """The estimate's terms in seconds per step: "compute" (with the pipeline bubble), then
+    the exposed "tp", "ep", "cp" and "dp" communication; ``plan_estimate`` is their sum."""
     devices = system.num_devices
     compute = study.fixed.global_batch * 3.0 * est.forward_s_per_seq / devices
     compute *= recompute_factor(plan.recompute, est.selective_fraction)
@@ -138,7 +149,8 @@ def plan_estimate(
         # compute, so only the part longer than the compute shows (as in stage 1). Plain
         # 1F1B with PP > 1 does not merge F/B (``ParallelPlan.fb_mergeable``).
         ep_comm = max(0.0, ep_comm - compute)
-    return compute * (1 + bubble) + tp_comm + ep_comm
+    return {"compute": compute * (1 + bubble), "tp": tp_comm, "ep": ep_comm,
+            "cp": cp_comm_estimate(spec, system, plan), "dp": dp_comm_estimate(spec, system, plan)}
 
 
 def ep_comm_estimate(plan: ParallelPlan, spec: ModelSpec, system: System) -> float:

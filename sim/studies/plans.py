@@ -206,8 +206,9 @@ def _family(plan: ParallelPlan, per_node: int) -> tuple[int, ...]:
     """The layout of a plan: how the model is cut (TP, PP, VPP, EP, CP) and how many
     servers its all-to-all group spans. A fold that leaves the group on as many servers
     (TP filling whole servers, say) keeps the layout: its all-to-all crosses the same
-    number of servers (the same estimate where the ranks per server match, as there),
-    and what else moves, the expert gradient reduction, the estimate does not see. For
+    number of servers (the same EP estimate where the ranks per server match, as there),
+    and what else moves, the expert gradient reduction, the estimate sees only through
+    its DP term's last bucket (``plan_comm``). For
     unfolded plans the span follows from the degrees, so families are as before the
     ``moe_fold`` axis."""
     servers = len({rank // per_node for rank in plan_ep_group(plan)})

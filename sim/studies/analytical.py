@@ -123,12 +123,26 @@ def group_time(
     the same few (system, kind, group, bytes) for every candidate."""
     if len(group) <= 1 or nbytes <= 0:
         return 0.0
-    key = (repr(system), kind, group, nbytes)  # System holds dicts: not hashable itself
+    key = (_system_key(system), kind, group, nbytes)
     if key not in _COLLECTIVE_CACHE:
         need = max(group) // system.devices_per_node + 1
         sized = system if system.nodes >= need else replace(system, nodes=need)
         _COLLECTIVE_CACHE[key] = cost_collective(sized, kind, group, nbytes).time_s
     return _COLLECTIVE_CACHE[key]
+
+
+_SYSTEM_KEYS: dict[int, tuple[System, str]] = {}
+
+
+def _system_key(system: System) -> str:
+    """``repr(system)``, the cache key of its collectives (System holds dicts: not hashable
+    itself), computed once per System object: the plan search asks for thousands of
+    collectives on one system, and the repr of a profile costs more than a cache hit.
+    Systems are frozen; the object is kept with its key so its id is not reused."""
+    hit = _SYSTEM_KEYS.get(id(system))
+    if hit is None or hit[0] is not system:
+        hit = _SYSTEM_KEYS[id(system)] = (system, repr(system))
+    return hit[1]
 
 
 def ep_bandwidth(system: System, ep: int) -> float:

@@ -27,8 +27,8 @@ from xpusim.sim.layout import (  # noqa: F401  (Coord, Layout re-exported)
     expert_dims,
     parse_order,
 )
-from xpusim.sim.limits import check_zipf
 from xpusim.sim.models.spec import ModelSpec
+from xpusim.sim.routing_text import parse_routing
 
 RECOMPUTE_POLICIES = ("none", "selective", "full")
 # Modules a selective policy may recompute (docs/training.md): norms, the attention
@@ -580,23 +580,3 @@ def _check_options(plan: ParallelPlan) -> None:
         raise InputError(f"plan.runtime_reserved_gib must be a finite GiB >= 0 (default 1), "
                          f"got {reserved}")
 
-
-def parse_routing(text: str) -> tuple[str, tuple[float, ...]]:
-    """'uniform' | 'zipf:1.2' | 'hist:5,3,1,...' -> (kind, parameters)."""
-    kind, _, rest = text.partition(":")
-    try:
-        if kind == "uniform" and not rest:
-            return "uniform", ()
-        if kind == "zipf":
-            return "zipf", (check_zipf(rest, f"moe_routing '{text}'"),)
-        if kind == "hist":
-            counts = tuple(float(x) for x in rest.split(","))
-            if not all(math.isfinite(c) and c >= 0 for c in counts) or sum(counts) <= 0:
-                raise ValueError
-            return "hist", counts
-    except ValueError:
-        pass
-    raise InputError(
-        f"moe_routing '{text}' not understood; use 'uniform', 'zipf:S' (0 <= S <= 100) "
-        "or 'hist:c1,c2,...' (non-negative tokens per expert)"
-    )

@@ -13,12 +13,12 @@ from xpusim.sim.parallel import (
     Layout,
     ParallelPlan,
     layer_slots,
-    parse_routing,
     resolve_plan,
     stage_slots,
     validate_plan,
 )
 from xpusim.sim.plan_file import load_plan_file
+from xpusim.sim.routing_text import parse_routing
 
 DENSE = ModelSpec(
     "tiny", "llama", hidden=512, layers=6, heads=8, kv_heads=4, head_dim=64, ffn=1024, vocab=1000

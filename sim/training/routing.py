@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from xpusim.sim.errors import InputError
 from xpusim.sim.models.spec import ModelSpec
-from xpusim.sim.parallel import parse_routing
+from xpusim.sim.routing_text import parse_routing
 
 
 def rank_loads(spec: ModelSpec, routing: str, ep_ranks: int, layer: int, seed: int) -> np.ndarray:

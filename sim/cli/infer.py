@@ -55,7 +55,8 @@ def add_deployment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--engine",
         help="serving-engine profile name or path; 'none' for no host overheads "
-        "(default: the device's: vllm-0.6, on Ascend vllm-ascend-0.9; docs/inference.md)",
+        "(default: the device's: vllm-0.6, on Ascend vllm-ascend-0.9, on Blackwell "
+        "vllm-nightly; docs/inference.md)",
     )
     p.add_argument("--dtype", help="default bf16 (fp16 on a device without bf16: V100, 910A)")
     p.add_argument(

@@ -59,7 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--context", type=float, help="cached context per request (tokens; default 512)"
     )
     p.add_argument("--engine", help="serving-engine profile or 'none' (default: the device's: vllm-0.6, on "
-                   "Ascend vllm-ascend-0.9)")
+                   "Ascend vllm-ascend-0.9, on Blackwell vllm-nightly)")
     p.add_argument("--dtype", help="default bf16 (fp16 on a device without bf16: V100, 910A)")
     p.add_argument("--routing", help="uniform (default), zipf:S or a counts file")
     p.add_argument("--seed", type=int, help="default 0")

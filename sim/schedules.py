@@ -139,9 +139,11 @@ def peak_in_flight(order: list[Unit]) -> dict[int, int]:
     live: dict[int, int] = {}
     best: dict[int, int] = {}
     best_total = -1
+    total = 0  # sum(live.values()), kept as it moves (integers: the same count)
     for unit in order:
-        live[unit.chunk] = live.get(unit.chunk, 0) + (1 if unit.kind == "F" else -1)
-        total = sum(live.values())
+        step = 1 if unit.kind == "F" else -1
+        live[unit.chunk] = live.get(unit.chunk, 0) + step
+        total += step
         if total > best_total:
             best_total, best = total, dict(live)
     return best

@@ -96,7 +96,7 @@ def choose_recompute(
         return first, mems
     base = resolve_attention(validate_plan(spec, first, job_devices(first, system)), system)
     cache = None if store is None else store.setdefault(replace(base, gbs=0), StepCache())
-    _, rps = rank_plans(spec, system, base, cache=cache)
+    _, rps = rank_plans(spec, system, base, cache=cache, orders=False)  # chunks only
     rest = candidates(plan)[1:]
     ranked = sorted(rest, key=lambda c: recompute_seconds(rps, replace(c, attention_impl=base.attention_impl), system))
     best = (first, mems)

@@ -145,10 +145,11 @@ class StepCache:
 
 def rank_plans(
     spec: ModelSpec, system: System, plan: ParallelPlan, full_ranks: bool = False,
-    cache: StepCache | None = None,
+    cache: StepCache | None = None, orders: bool = True,
 ) -> tuple[Layout, list[RankPlan]]:
     """Rank plans to simulate: one per stage (coordinates 0 elsewhere), or all ranks;
-    the stages' chunks from ``cache`` when given."""
+    the stages' chunks from ``cache`` when given. ``orders=False``: no schedule order
+    (an empty one): the memory estimates read only its peak (``rank_state``)."""
     layout = Layout(plan)
     if full_ranks:
         if plan.world > FULL_RANK_LIMIT:
@@ -172,7 +173,8 @@ def rank_plans(
         # Merged F/B overlap hands each forward on later: one more warm-up micro-batch
         # keeps the pipeline fed (MindSpeed megatron-moe-fb-overlap.md).
         merge = merges_fb(spec, plan)
-        order = stage_order(stage, plan.pp, plan.vpp, m, plan.interleaved, int(merge))
+        order = (stage_order(stage, plan.pp, plan.vpp, m, plan.interleaved, int(merge))
+                 if orders else [])
         shared = (
             spec.vocab / plan.tp * spec.hidden if spec.tie_embeddings or spec.mtp_layers else 0.0
         )

@@ -503,6 +503,9 @@ class Engine:
         # pure function of the object; a key's first task registers its slots, so slots
         # are still numbered in order of first use.
         known: dict[tuple[int, Stream, str], _Known] = {}
+        # The contended tables, read once (no ``cast`` per task: a call at run time).
+        plain, chain_rates = ((contention.plain, contention.chain_rates)
+                              if contention is not None else ({}, {}))
         for task in graph.tasks:
             work = task.work
             key = (id(work), task.stream, task.label)
@@ -514,8 +517,7 @@ class Engine:
             if seen[2] is not None:
                 chains[task.id] = seen[2]
             if seen[3] is not None:  # contended: (work seconds, rate), or a chain's rates
-                c = cast(Contention, contention)
-                table = c.plain if seen[2] is None else c.chain_rates
+                table = plain if seen[2] is None else chain_rates
                 table[task.id] = seen[3]  # type: ignore[assignment]
         return durations, slot_of, chains
 

@@ -491,10 +491,7 @@ class StepSimulator:
                 else:
                     priced = self._repriced(known, batch)
                 hit = priced.sums()
-                # Kept here only: a step read from its block's table is read from it
-                # again (the same entry), and nearly every such step is asked once (the
-                # serving rows' grid points: ~450,000, 0.3 % asked again, 2026-12-08).
-                self._sums_memo[batch] = hit
+            self._sums_memo[batch] = hit
         return hit
 
     def lower(self, batch: StepBatch) -> list[tuple[list[Op | CommNeed], int]]:

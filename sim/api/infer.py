@@ -31,6 +31,12 @@ from xpusim.sim.inference.engine_profile import (
     default_engine,
     load_engine,
 )
+from xpusim.sim.inference.first_token import (
+    FirstTokenStep,
+    first_token_step,
+    from_generation,
+    refuse_pipeline,
+)
 from xpusim.sim.inference.kvcache import (
     MemoryPlan,
     require_kv_fit,
@@ -112,6 +118,9 @@ class InferResult:
     # that caches the fewest tokens, which sizes every stage's cache).
     pipeline: PipelineStep | None = None
     stage_memory: tuple[MemoryPlan, ...] = ()
+    # A prefill with an engine whose first token comes from a generation step (TurboMind
+    # 0.1): the context decode and the first generation step that ``step`` composes.
+    first_token: FirstTokenStep | None = None
 
     def track_record(self) -> TrackRecord | None:
         """How far predictions of this phase on this device and engine have been off."""
@@ -140,6 +149,7 @@ class InferResult:
                     "fits": self.kv_needed_bytes <= self.memory.kv_cache,
                 },
                 **({"pipeline": self._pipeline_dict()} if self.pipeline else {}),
+                **({"first_token": self.first_token.as_dict()} if self.first_token else {}),
                 "track_record": record_dict(self.track_record()),
             }
         )
@@ -166,6 +176,7 @@ def infer(request: InferRequest | None = None, /, **kwargs: Any) -> InferResult:
         return _verdict_header(spec, system, plan, req)
 
     dep = load_deployment(req, verdict)
+    refuse_pipeline(dep.engine, dep.plan.pp)
     if req.phase not in PHASES:
         raise InputError(f"--phase '{req.phase}': choose prefill or decode")
     if req.batch < 1 or req.context < (1 if req.phase == "prefill" else 0):
@@ -178,9 +189,13 @@ def infer(request: InferRequest | None = None, /, **kwargs: Any) -> InferResult:
             dep.memory, kv_needed, f"{req.phase} of batch {req.batch} x context {req.context}"
         )
     pipeline: PipelineStep | None = None
+    first: FirstTokenStep | None = None
     if isinstance(dep.sim, PipelineSimulator):
         pipeline = dep.sim.run(batch)
         step = pipeline.step
+    elif req.phase == "prefill" and from_generation(dep.engine):
+        first = first_token_step(dep.sim, req.batch, req.context)
+        step = first.step
     else:
         step = dep.sim.run(batch)
     return InferResult(
@@ -202,6 +217,7 @@ def infer(request: InferRequest | None = None, /, **kwargs: Any) -> InferResult:
         spec=dep.spec,
         pipeline=pipeline,
         stage_memory=dep.stage_memory,
+        first_token=first,
     )
 
 

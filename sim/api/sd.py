@@ -25,6 +25,7 @@ from xpusim.sim.api.infer import (
 )
 from xpusim.sim.errors import InputError
 from xpusim.sim.inference.engine_profile import check_engine_device, load_engine
+from xpusim.sim.inference.first_token import refuse_generation_first_token
 from xpusim.sim.inference.lowering import plan_for
 from xpusim.sim.inference.routing import routing_from_text
 from xpusim.sim.inference.sd_study import SdGroup, SdSetup, acceptance, sd_group, topk_targets
@@ -174,6 +175,7 @@ def _setup(req: SdRequest, system: System) -> tuple[SdSetup, float]:
         raise InputError("give --alpha or --sigma, not both")
     engine = load_engine(req.engine)
     check_engine_device(engine, system.device)
+    refuse_generation_first_token(engine, "sd")
     plan = plan_for(req.devices, req.tp, req.ep)
     batches = _int_list(req.batch, "--batch")
     if min(batches) < 1:

@@ -46,6 +46,7 @@ from xpusim.sim.inference.engine_profile import (
     default_engine,
     load_engine,
 )
+from xpusim.sim.inference.first_token import refuse_generation_first_token
 from xpusim.sim.inference.graph_padding import capture_sizes
 from xpusim.sim.inference.kvcache import MemoryPlan, kv_bytes_per_token, kv_cache_dtype, kv_layout
 from xpusim.sim.inference.lowering import StepSimulator, plan_for, require_memory
@@ -344,6 +345,7 @@ def _serve_colocated(req: ServeRequest, gamma: int, alpha: float, draft_devices:
         }  # fmt: skip
 
     dep = load_deployment(req, document)
+    refuse_generation_first_token(dep.engine, "--serve")
     dtype = resolved_dtype(req)
     if sd:
         check_speculative_args(gamma, alpha, draft_devices)
@@ -423,6 +425,7 @@ def _serve_disaggregated(req: ServeRequest) -> DisaggServeResult:
             req, engine=req.engine or default_engine(device),
             dtype=req.dtype or float16_default(device))
     engine = load_engine(req.engine)
+    refuse_generation_first_token(engine, "--serve")
     dtype = resolved_dtype(req)
     seqs, tokens = requested_limits(req, engine.max_num_seqs, engine.max_batched_tokens)
     engine = dataclasses.replace(engine, max_num_seqs=seqs, max_batched_tokens=tokens)

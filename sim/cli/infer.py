@@ -262,6 +262,8 @@ def _print_step(r: InferResult) -> None:
     print(table(rows, ["kind", "time", "share"]))
     if r.pipeline is not None:
         _print_stages(r)
+    if r.first_token is not None:
+        _print_first_token(r)
     print(
         f"  memory per device{' (the stage that caches the fewest tokens)' if plan.pp > 1 else ''}: weights {fmt_bytes(memory.weights)}, activations "
         f"{fmt_bytes(memory.activations)}, KV cache {fmt_bytes(memory.kv_cache)} "
@@ -271,6 +273,20 @@ def _print_step(r: InferResult) -> None:
         + (f" over the {plan.devices} devices" if plan.devices > 1 else "")
         + f"); this batch needs {fmt_bytes(r.kv_needed_bytes)} of KV per device"
         + ("" if r.kv_needed_bytes <= memory.kv_cache else "  ** does not fit **")
+    )
+
+
+def _print_first_token(r: InferResult) -> None:
+    """The two forwards of a first token sampled by a generation step (TurboMind 0.1)."""
+    first = r.first_token
+    assert first is not None
+    context = first.context
+    print(
+        f"  first token from a generation step (engine {r.engine}): context decode of "
+        f"{r.batch} x {first.prompt - 1} tokens "
+        + (f"{fmt_si(context.time_s, 's')} (device only)" if context else "skipped")
+        + f" + generation step at context {first.prompt - 1} "
+        f"{fmt_si(first.generation.time_s, 's')} (host {fmt_si(first.generation.host_s, 's')})"
     )
 
 

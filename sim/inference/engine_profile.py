@@ -73,7 +73,12 @@ class EngineProfile:
       scheduler keeps up to P batches in flight, each from the requests not in flight,
       with its own token budget under one global ``max_num_seqs`` and one KV cache).
       ``pp_note``: why a profile has none (e.g. the engine version predates its PP
-      support), quoted when ``--serve --pp`` is refused.
+      support), quoted when ``--serve --pp`` is refused (and by ``infer --pp`` with
+      ``first_token = "generation"``).
+    * ``first_token`` (``[scheduler]``): which step samples a request's first output token:
+      "context" (the prefill step of the whole prompt: every stack but one) or "generation"
+      (LMDeploy TurboMind 0.1: the context decode runs the prompt minus its last token and the
+      first generation step samples the first token; ``xpusim.sim.inference.first_token``).
     * ``kv_reserve``: "incremental" (blocks as tokens are generated; recompute
       preemption when full: vLLM) or "full" (prompt + max output reserved at
       admission, never preempted: TRT-LLM's GUARANTEED_NO_EVICT).
@@ -180,6 +185,7 @@ class EngineProfile:
     policy: str = "prefill-first"
     pp_scheduler: str = "none"
     pp_note: str = ""
+    first_token: str = "context"
     kv_reserve: str = "incremental"
     max_input_len: int = 0
     chunked_prefill: bool = True
@@ -327,12 +333,15 @@ _PLAIN_KEYS = {
 }
 # Pipeline-parallel schedulers an engine profile can state (``EngineProfile.pp_scheduler``).
 PP_SCHEDULERS = ("none", "virtual-engines", "micro-batches", "batch-queue")
+# Which step samples a request's first output token (``EngineProfile.first_token``).
+FIRST_TOKEN_STEPS = ("context", "generation")
 # Text fields and their allowed values (None: any non-empty text).
 _CHOICE_KEYS: dict[str, tuple[str, ...] | None] = {
     "host_overlap": ("none", "output", "all"),
     "policy": ("prefill-first", "mixed", "static"),
     "pp_scheduler": PP_SCHEDULERS,
     "pp_note": None,
+    "first_token": FIRST_TOKEN_STEPS,
     "kv_reserve": ("incremental", "full"),
     "batch_heuristic": ("none", *BATCH_HEURISTICS),
     "reference_host": None,

@@ -20,7 +20,7 @@ from xpusim.sim.models.hf_config import load_model
 from xpusim.sim.parallel import ParallelPlan
 
 STACKS = ("vllm-0.5", "vllm-0.6", "sglang-0.4", "trtllm-0.10", "trtllm-0.17", "trtllm-1.0",
-          "mindie-1.0", "vllm-ascend-0.9")
+          "mindie-1.0", "vllm-ascend-0.9", "lmdeploy-0.1")
 
 
 def test_every_stack_loads_with_a_known_reference_host():

@@ -24,10 +24,7 @@ from typing import Any
 
 from xpusim.sim.errors import InputError
 from xpusim.sim.inference.engine_profile import EngineProfile
-from xpusim.sim.inference.lowering import StepBatch, StepResult, StepSimulator
-from xpusim.sim.ir import CollectiveKind
-
-_COLLECTIVES = {str(k) for k in CollectiveKind}
+from xpusim.sim.inference.lowering import StepBatch, StepResult, StepSimulator, step_bound
 
 
 def from_generation(engine: EngineProfile) -> bool:
@@ -85,16 +82,9 @@ def composed(first: StepResult, second: StepResult) -> StepResult:
     memory = first.memory_s + second.memory_s
     overhead = first.overhead_s + second.overhead_s
     host = first.host_s + second.host_s
-    terms = {
-        "compute": compute,
-        "memory": memory,
-        "kernel overhead": overhead,
-        "communication": sum(v for k, v in by_kind.items() if k in _COLLECTIVES),
-        "host": host,
-    }
     return StepResult(
         first.time_s + second.time_s, first.device_s + second.device_s, host, by_kind,
-        compute, memory, overhead, max(terms, key=lambda k: terms[k]),
+        compute, memory, overhead, step_bound(compute, memory, overhead, by_kind, host),
         first.kernels + second.kernels, first.weight_bytes_read + second.weight_bytes_read,
         first.kv_bytes_read + second.kv_bytes_read,
         max(first.experts_loaded, second.experts_loaded), first.tokens + second.tokens,

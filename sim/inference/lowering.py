@@ -579,17 +579,20 @@ class StepSimulator:
         kv_bytes = (seqs_rank * batch.context * share
                     * kv_bytes_per_token(self.spec, kv_cache_dtype(self.dtype), self.plan.tp))
         by_kind = sim.time_by_kind(self.plan.first_device)
-        terms = {
-            "compute": compute,
-            "memory": memory,
-            "kernel overhead": overhead,
-            "communication": sum(v for k, v in by_kind.items() if k in _COLLECTIVE_KINDS),
-            "host": host_s,
-        }
+        bound = step_bound(compute, memory, overhead, by_kind, host_s)
         by_kind = dict(by_kind)
         if host_s > 0:
             by_kind["host"] = host_s
-        bound = max(terms, key=lambda k: terms[k])
         experts = experts_touched(self.spec, batch.tokens, self.routing) if self.spec.moe else 0.0
         return StepResult(total_s, sim.makespan_s, host_s, by_kind, compute, memory, overhead,
                           bound, kernels, weight_bytes, kv_bytes, experts, batch.tokens)
+
+
+def step_bound(
+    compute: float, memory: float, overhead: float, by_kind: dict[str, float], host_s: float
+) -> str:
+    """The largest of a step's summed terms: the name ``StepResult.bound`` carries."""
+    comm = sum(v for k, v in by_kind.items() if k in _COLLECTIVE_KINDS)
+    terms = {"compute": compute, "memory": memory, "kernel overhead": overhead,
+             "communication": comm, "host": host_s}
+    return max(terms, key=lambda k: terms[k])

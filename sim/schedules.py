@@ -17,7 +17,6 @@ value, used only as a check in tests and docs.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 from xpusim.sim.errors import InputError
 
@@ -148,19 +147,6 @@ def peak_in_flight(order: list[Unit]) -> dict[int, int]:
         if total > best_total:
             best_total, best = total, dict(live)
     return best
-
-
-@lru_cache(maxsize=4096)
-def stage_peak(
-    stage: int, stages: int, chunks: int, microbatches: int, interleaved: bool,
-    extra_warmup: int = 0,
-) -> tuple[tuple[int, int], ...]:
-    """``peak_in_flight(stage_order(...))`` as its (chunk, count) items in order, kept
-    (a few integers per key): a memory estimate needs only this of a stage's schedule,
-    and ``choose_recompute`` estimates up to five candidate plans of one schedule (each
-    order is up to ~6,000 units over the training rows of ``validate --published``)."""
-    order = stage_order(stage, stages, chunks, microbatches, interleaved, extra_warmup)
-    return tuple(peak_in_flight(order).items())
 
 
 def closed_form_bubble(stages: int, microbatches: int, chunks: int = 1) -> float:

@@ -18,17 +18,18 @@ from xpusim.hwprofiles.spec import System
 from xpusim.sim.models.spec import ModelSpec
 from xpusim.sim.parallel import ParallelPlan, microbatches, validate_plan
 from xpusim.sim.placement import job_devices
-from xpusim.sim.schedules import peak_in_flight, stage_peak
 from xpusim.sim.training import layers as L
 from xpusim.sim.training.lowering import RankPlan
+from xpusim.sim.training.memory.analytical import in_flight
 from xpusim.sim.training.memory.rules import MemoryBreakdown, StageState, stage_memory
 from xpusim.sim.training.offload import layer_activations, offloaded_bytes
 
 
 def rank_state(rp: RankPlan, plan: ParallelPlan) -> StageState:
     """What rank ``rp`` holds, read off its lowered chunks; the micro-batches in flight
-    from its schedule order, or, when it has none (``rank_plans(orders=False)``), from the
-    order ``rank_plans`` would build (``stage_peak``: the same dict)."""
+    at the peak of its stage's schedule order, by the closed form of the order
+    ``rank_plans`` builds (``analytical.in_flight``: the same items in the same order), so
+    a memory estimate needs no order of its own."""
     largest = max(
         (
             it.nbytes
@@ -55,9 +56,8 @@ def rank_state(rp: RankPlan, plan: ParallelPlan) -> StageState:
         dense_params=sum(ch.dense_params for ch in rp.chunks),
         expert_params=sum(ch.expert_params for ch in rp.chunks),
         chunk_activations=tuple(ch.act_bytes for ch in rp.chunks),
-        in_flight=peak_in_flight(rp.order) if rp.order else dict(stage_peak(
-            rp.stage, plan.pp, plan.vpp, microbatches(plan), plan.interleaved,
-            int(rp.merge_fb))),
+        in_flight=in_flight(rp.stage, plan.pp, plan.vpp, microbatches(plan),
+                            plan.interleaved, int(rp.merge_fb)),
         largest_comm=largest,
         p2p=max(ch.input_bytes for ch in rp.chunks) if plan.pp > 1 else 0.0,
         per_layer_activations=per_layer,
